@@ -1,0 +1,71 @@
+//! `sandkasten-agent`: the in-sandbox agent. Statically linked, it runs as
+//! PID 1 of every sandbox.
+//!
+//! Modes:
+//! - `sandkasten-agent init`: read a [`LaunchSpec`] (JSON) on stdin, build
+//!   the sandbox (namespaces, mounts, cgroups, seccomp), print a
+//!   [`LaunchReport`] on stdout and serve the daemon as the sandbox's PID 1.
+//!   See `init/`.
+//! - `sandkasten-agent serve --socket PATH`: serve on a Unix socket without
+//!   any sandboxing, with an [`AgentConfig`] (JSON) on stdin. Only for tests
+//!   of the shell and file logic.
+//!
+//! [`LaunchSpec`]: sandkasten_protocol::LaunchSpec
+//! [`LaunchReport`]: sandkasten_protocol::LaunchReport
+//! [`AgentConfig`]: sandkasten_protocol::AgentConfig
+
+mod files;
+mod init;
+mod reaper;
+mod server;
+mod shell;
+
+use std::io::Read;
+use std::os::unix::net::UnixListener;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("init") => init::run(),
+        Some("serve") => {
+            let Some(path) = args
+                .iter()
+                .position(|a| a == "--socket")
+                .and_then(|i| args.get(i + 1))
+            else {
+                eprintln!("usage: sandkasten-agent serve --socket PATH < config.json");
+                return ExitCode::from(2);
+            };
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("sandkasten-agent: reading config from stdin: {e}");
+                return ExitCode::from(2);
+            }
+            let cfg = match serde_json::from_str(&input) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sandkasten-agent: invalid config: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let _ = std::fs::remove_file(path);
+            let listener = match UnixListener::bind(path) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("sandkasten-agent: bind {path}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            server::serve(listener, cfg)
+        }
+        Some("version") | Some("--version") => {
+            println!("sandkasten-agent {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: sandkasten-agent init | serve --socket PATH | version");
+            ExitCode::from(2)
+        }
+    }
+}

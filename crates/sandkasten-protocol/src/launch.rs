@@ -1,0 +1,72 @@
+//! The launch spec: what the daemon's native runtime tells
+//! `sandkasten-agent init` (as JSON on its stdin) to build one sandbox.
+
+use super::AgentConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One uid or gid mapping line for a user namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdMap {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// A bind mount of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// Network of the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A new network namespace with only loopback up.
+    None,
+}
+
+/// Everything `sandkasten-agent init` needs to build a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub session_id: String,
+    pub hostname: String,
+    /// Read-only image layers, topmost first (overlayfs `lowerdir` order).
+    pub lower_dirs: Vec<PathBuf>,
+    /// Per-session overlay upper and work dirs (same filesystem).
+    pub upper_dir: PathBuf,
+    pub work_dir: PathBuf,
+    /// Empty directory where the root filesystem is assembled.
+    pub rootfs_dir: PathBuf,
+    /// Bind mounts applied on top of the rootfs, in order.
+    pub binds: Vec<BindMount>,
+    /// Size of the tmpfs mounted at /tmp.
+    pub tmp_size_mb: u64,
+    /// Remount the assembled rootfs read-only (binds keep their own flag).
+    pub readonly_rootfs: bool,
+    pub uid_map: Vec<IdMap>,
+    pub gid_map: Vec<IdMap>,
+    /// `cgroup.procs` (v2) or `cgroup.procs`/`tasks` (v1) files the sandbox
+    /// init is written into before it starts.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Unix socket path (in a root-only host directory) the agent serves on.
+    pub socket_path: PathBuf,
+    pub network: NetworkMode,
+    pub agent: AgentConfig,
+}
+
+/// What `sandkasten-agent init` prints (one JSON line on stdout) once the
+/// sandbox is up and the agent listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchReport {
+    /// Host pid of the sandbox's PID 1 (the agent).
+    pub pid: i32,
+    /// Its start time in clock ticks since boot (field 22 of
+    /// `/proc/PID/stat`), to prove identity later.
+    pub start_time: u64,
+}
