@@ -1,1 +1,158 @@
-//! sandkasten-runtime
+//! The seam between the engine and the sandbox backends: the object-safe
+//! [`Runtime`] trait, the plain types it speaks, and the [`AgentClient`]
+//! every backend uses to talk to our in-sandbox agent.
+
+mod agent_client;
+
+pub use agent_client::{AgentClient, ExecHandle};
+pub use sandkasten_protocol::{DirEntry, ErrorKind as AgentErrorKind, FileStat, FileType};
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub memory_mb: u64,
+    /// CPU quota in cores (1.0 = one full core).
+    pub cpu: f64,
+    pub pids: u64,
+}
+
+/// Network of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Loopback only.
+    None,
+    /// Outbound access.
+    Full,
+}
+
+/// What backs `/workspace`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkspaceMount {
+    /// A private directory deleted with the sandbox.
+    Ephemeral,
+    /// A host directory that outlives the sandbox.
+    Host(PathBuf),
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub image: String,
+    pub limits: Limits,
+    pub network: NetworkMode,
+    pub readonly_rootfs: bool,
+    pub workspace: WorkspaceMount,
+    /// Extra environment for the shell.
+    pub env: Vec<(String, String)>,
+}
+
+/// How to find a sandbox again (persisted by the engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxHandle {
+    pub id: String,
+    /// Host pid of the sandbox's init (0 when the backend has none).
+    pub pid: i32,
+    /// Start time of that pid (clock ticks since boot), proving identity.
+    pub start_time: u64,
+}
+
+/// A live sandbox: its handle and a connected agent.
+pub struct Sandbox {
+    pub handle: SandboxHandle,
+    pub agent: AgentClient,
+}
+
+/// Resource usage read back from the kernel.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxStats {
+    pub memory_bytes: u64,
+    pub memory_limit: u64,
+    pub cpu_usage_usec: u64,
+    pub pids: u64,
+}
+
+/// An image a backend can start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub name: String,
+    /// Content digest ("sha256:…") of the image, or "builtin".
+    pub digest: String,
+    pub size_bytes: u64,
+    pub builtin: bool,
+}
+
+/// Errors of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+    #[error("invalid image archive: {0}")]
+    InvalidImage(String),
+    #[error("image {0} is built in and cannot be changed")]
+    ImageBuiltin(String),
+    #[error("sandbox {0} is gone")]
+    Gone(String),
+    #[error("{0} is not supported by the {1} runtime")]
+    Unsupported(String, &'static str),
+    #[error("host is not ready for sandboxes: {0}")]
+    HostNotReady(String),
+    #[error("agent: {0}")]
+    Agent(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RuntimeError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A sandbox backend. Object safe: the engine holds an `Arc<dyn Runtime>`.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Short name ("native", "docker").
+    fn name(&self) -> &'static str;
+
+    /// Builds and starts a sandbox, returning it with a connected agent.
+    async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError>;
+
+    /// Reconnects to a sandbox that was running before a daemon restart.
+    /// `Err(Gone)` when it no longer exists or cannot be proven ours.
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Sandbox, RuntimeError>;
+
+    /// Kills every process of the sandbox and removes its mounts, cgroups
+    /// and ephemeral files. Idempotent: destroying a gone sandbox cleans up
+    /// what is left and succeeds.
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError>;
+
+    /// Usage and limits of a running sandbox.
+    async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError>;
+
+    /// Images this backend can start.
+    async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError>;
+
+    /// Imports a rootfs tarball or `docker save` archive as `name`.
+    async fn import_image(&self, name: &str, archive: PathBuf) -> Result<ImageInfo, RuntimeError>;
+
+    /// Removes an image (the engine checks that no session uses it).
+    async fn remove_image(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// Session ids of sandboxes this backend finds on the host (to clean up
+    /// orphans the store does not know).
+    async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
+}

@@ -1,1 +1,80 @@
-//! sandkasten-store
+//! SQLite persistence of the daemon's state under the data dir.
+//!
+//! One connection behind a mutex (SQLite serialises writers anyway), WAL
+//! journal, versioned migrations tracked in `PRAGMA user_version`. Each
+//! table has its own module; callers see plain structs, never SQL.
+
+mod migrations;
+mod sessions;
+
+pub use sessions::{SessionRecord, SessionRow};
+
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("migrating database to version {version}: {source}")]
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database is at version {found}, newer than this daemon knows ({known})")]
+    TooNew { found: usize, known: usize },
+    #[error("{op}: {source}")]
+    Query {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+pub(crate) fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// The daemon's database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations::migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Schema version after migration.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        migrations::version(&self.conn())
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

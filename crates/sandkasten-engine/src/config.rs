@@ -1,0 +1,50 @@
+//! The engine's own configuration (the daemon config assembles it).
+
+use sandkasten_runtime::{Limits, NetworkMode};
+
+/// Settings of session management.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub default_image: String,
+    /// Empty: any image the runtime knows.
+    pub allowed_images: Vec<String>,
+    pub session_ttl_seconds: u64,
+    pub max_sessions: usize,
+    pub limits: Limits,
+    pub network: NetworkMode,
+    pub readonly_rootfs: bool,
+    /// Default exec timeout when a request names none.
+    pub default_exec_timeout_ms: u64,
+    /// Upper bound of any exec timeout.
+    pub max_exec_timeout_ms: u64,
+    /// Output cap of one exec (bytes before terminal-noise removal).
+    pub max_output_bytes: u64,
+    /// Cap of one file read.
+    pub max_read_bytes: u64,
+    pub workspace_enabled: bool,
+    pub workspace_persist_by_default: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            default_image: "base".into(),
+            allowed_images: Vec::new(),
+            session_ttl_seconds: 1800,
+            max_sessions: 64,
+            limits: Limits {
+                memory_mb: 512,
+                cpu: 1.0,
+                pids: 256,
+            },
+            network: NetworkMode::None,
+            readonly_rootfs: false,
+            default_exec_timeout_ms: 30_000,
+            max_exec_timeout_ms: 120_000,
+            max_output_bytes: 1024 * 1024,
+            max_read_bytes: 64 * 1024 * 1024,
+            workspace_enabled: true,
+            workspace_persist_by_default: false,
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Async client of the in-sandbox agent: one Unix stream, many requests in
+//! flight, replies routed by request id.
+
+use crate::RuntimeError;
+use sandkasten_protocol::{self as proto, Body, Frame, Request, Response};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Response>>>>>;
+
+/// A connected agent. Cheap to clone; the connection closes when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    next_id: AtomicU64,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// `None` once the connection is closed: no new request can register.
+    pending: Pending,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A running exec: its request id and the stream of its replies
+/// (`ExecOutput`… then `ExecDone`, or `Error`).
+pub struct ExecHandle {
+    pub id: u64,
+    pub replies: mpsc::UnboundedReceiver<Response>,
+}
+
+impl AgentClient {
+    /// Connects to an agent listening on `path`.
+    pub async fn connect(path: &Path) -> Result<Self, RuntimeError> {
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            RuntimeError::io(format!("connecting to agent at {}", path.display()), e)
+        })?;
+        Ok(Self::from_stream(stream))
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: UnixStream) -> Self {
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader_pending = pending.clone();
+        let reader = tokio::spawn(async move {
+            let result: Result<(), proto::CodecError> = async {
+                loop {
+                    let mut prefix = [0u8; 4];
+                    rd.read_exact(&mut prefix).await?;
+                    let n = proto::frame_len(prefix)?;
+                    let mut payload = vec![0u8; n];
+                    rd.read_exact(&mut payload).await?;
+                    let frame = proto::decode(&payload)?;
+                    let Body::Response(resp) = frame.body else {
+                        continue;
+                    };
+                    let done = !matches!(resp, Response::ExecOutput { .. });
+                    let mut guard = reader_pending.lock().unwrap();
+                    if let Some(map) = guard.as_mut() {
+                        if let Some(tx) = map.get(&frame.id) {
+                            let _ = tx.send(resp);
+                        }
+                        if done {
+                            map.remove(&frame.id);
+                        }
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!("agent connection closed: {e}");
+            }
+            // Dropping every sender wakes every waiter with "closed".
+            reader_pending.lock().unwrap().take();
+        });
+        AgentClient {
+            inner: Arc::new(Inner {
+                next_id: AtomicU64::new(1),
+                tx,
+                pending,
+                tasks: vec![writer.abort_handle(), reader.abort_handle()],
+            }),
+        }
+    }
+
+    /// True while the connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.inner.pending.lock().unwrap().is_some()
+    }
+
+    fn send(&self, req: Request) -> Result<(u64, mpsc::UnboundedReceiver<Response>), RuntimeError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = proto::encode(&Frame {
+            id,
+            body: Body::Request(req),
+        })
+        .map_err(|e| RuntimeError::Agent(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut guard = self.inner.pending.lock().unwrap();
+            let map = guard
+                .as_mut()
+                .ok_or_else(|| RuntimeError::Agent("agent connection closed".into()))?;
+            map.insert(id, tx);
+        }
+        self.inner
+            .tx
+            .send(bytes)
+            .map_err(|_| RuntimeError::Agent("agent connection closed".into()))?;
+        Ok((id, rx))
+    }
+
+    /// Sends a request with exactly one reply and waits for it.
+    pub async fn call(&self, req: Request) -> Result<Response, RuntimeError> {
+        let (_, mut rx) = self.send(req)?;
+        rx.recv()
+            .await
+            .ok_or_else(|| RuntimeError::Agent("agent connection closed".into()))
+    }
+
+    /// Starts an exec; replies stream through the returned handle.
+    pub fn exec(
+        &self,
+        cmd: String,
+        timeout_ms: u64,
+        max_output_bytes: u64,
+    ) -> Result<ExecHandle, RuntimeError> {
+        let (id, replies) = self.send(Request::Exec {
+            cmd,
+            timeout_ms,
+            max_output_bytes,
+        })?;
+        Ok(ExecHandle { id, replies })
+    }
+
+    /// Interrupts the exec started with request id `target`.
+    pub async fn cancel(&self, target: u64) -> Result<(), RuntimeError> {
+        self.call(Request::CancelExec { target }).await.map(|_| ())
+    }
+}

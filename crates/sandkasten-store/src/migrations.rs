@@ -1,0 +1,79 @@
+//! Versioned schema migrations. Migration `i` (0-based) brings the schema
+//! from version `i` to `i + 1`; applied ones are never edited, only new ones
+//! appended.
+
+use crate::StoreError;
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions. `workspace_id` exists from the first version on.
+    "CREATE TABLE sessions (
+        id              TEXT PRIMARY KEY,
+        image           TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        workspace_id    TEXT,
+        cwd             TEXT NOT NULL,
+        ttl_seconds     INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        expires_at_ms   INTEGER NOT NULL,
+        acquire_source  TEXT NOT NULL,
+        pid             INTEGER NOT NULL DEFAULT 0,
+        pid_start_time  INTEGER NOT NULL DEFAULT 0,
+        ended_at_ms     INTEGER
+    );
+    CREATE INDEX sessions_by_state ON sessions(state);
+    CREATE INDEX sessions_by_workspace ON sessions(workspace_id);",
+];
+
+pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map(|v| v as usize)
+        .map_err(crate::q("reading schema version"))
+}
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current = version(conn)?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let target = i + 1;
+        let err = |source| StoreError::Migrate {
+            version: target,
+            source,
+        };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", target as i64)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_from_empty_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn).unwrap(), MIGRATIONS.len());
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn).unwrap(), MIGRATIONS.len());
+        // The workspace column exists from the first version on.
+        conn.execute_batch("SELECT workspace_id FROM sessions")
+            .unwrap();
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { .. })));
+    }
+}

@@ -1,0 +1,218 @@
+//! The `sessions` table: one row per session, kept after it ends.
+
+use crate::{q, Store, StoreError};
+use rusqlite::{params, OptionalExtension, Row};
+
+/// A session as stored. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub image: String,
+    /// Lifecycle state name (owned by the engine).
+    pub state: String,
+    pub workspace_id: Option<String>,
+    pub cwd: String,
+    pub ttl_seconds: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub acquire_source: String,
+    /// Host pid of the sandbox init and its start time (identity proof).
+    pub pid: i32,
+    pub pid_start_time: u64,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// Alias kept for readability at call sites that list rows.
+pub type SessionRow = SessionRecord;
+
+const COLUMNS: &str = "id, image, state, workspace_id, cwd, ttl_seconds, created_at_ms, \
+     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        image: r.get(1)?,
+        state: r.get(2)?,
+        workspace_id: r.get(3)?,
+        cwd: r.get(4)?,
+        ttl_seconds: r.get::<_, i64>(5)? as u64,
+        created_at_ms: r.get(6)?,
+        expires_at_ms: r.get(7)?,
+        acquire_source: r.get(8)?,
+        pid: r.get(9)?,
+        pid_start_time: r.get::<_, i64>(10)? as u64,
+        ended_at_ms: r.get(11)?,
+    })
+}
+
+impl Store {
+    /// Inserts a new session row.
+    pub fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
+                params![
+                    s.id,
+                    s.image,
+                    s.state,
+                    s.workspace_id,
+                    s.cwd,
+                    s.ttl_seconds as i64,
+                    s.created_at_ms,
+                    s.expires_at_ms,
+                    s.acquire_source,
+                    s.pid,
+                    s.pid_start_time as i64,
+                    s.ended_at_ms
+                ],
+            )
+            .map(|_| ())
+            .map_err(q("inserting session"))
+    }
+
+    /// Records the sandbox identity once it runs.
+    pub fn set_session_sandbox(
+        &self,
+        id: &str,
+        state: &str,
+        pid: i32,
+        start_time: u64,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET state = ?2, pid = ?3, pid_start_time = ?4 WHERE id = ?1",
+                params![id, state, pid, start_time as i64],
+            )
+            .map(|_| ())
+            .map_err(q("recording session sandbox"))
+    }
+
+    /// Records activity: the new expiry and the shell's cwd.
+    pub fn touch_session(&self, id: &str, expires_at_ms: i64, cwd: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET expires_at_ms = ?2, cwd = ?3 WHERE id = ?1",
+                params![id, expires_at_ms, cwd],
+            )
+            .map(|_| ())
+            .map_err(q("recording session activity"))
+    }
+
+    /// Moves a session to `state`; `ended_at_ms` is set for final states.
+    pub fn set_session_state(
+        &self,
+        id: &str,
+        state: &str,
+        ended_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET state = ?2, ended_at_ms = COALESCE(?3, ended_at_ms) WHERE id = ?1",
+                params![id, state, ended_at_ms],
+            )
+            .map(|_| ())
+            .map_err(q("updating session state"))
+    }
+
+    /// One session by id.
+    pub fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"),
+                [id],
+                from_row,
+            )
+            .optional()
+            .map_err(q("reading session"))
+    }
+
+    /// Sessions whose state is not one of `final_states`, oldest first.
+    pub fn list_sessions_except(
+        &self,
+        final_states: &[&str],
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM sessions ORDER BY created_at_ms, id"
+            ))
+            .map_err(q("listing sessions"))?;
+        let rows = stmt
+            .query_map([], from_row)
+            .map_err(q("listing sessions"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let r = r.map_err(q("listing sessions"))?;
+            if !final_states.contains(&r.state.as_str()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            image: "base".into(),
+            state: "creating".into(),
+            workspace_id: None,
+            cwd: "/workspace".into(),
+            ttl_seconds: 60,
+            created_at_ms: 1,
+            expires_at_ms: 60_001,
+            acquire_source: "cold".into(),
+            pid: 0,
+            pid_start_time: 0,
+            ended_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn session_lifecycle_roundtrips_through_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert_session(&rec("a")).unwrap();
+            s.insert_session(&SessionRecord {
+                workspace_id: Some("ws".into()),
+                ..rec("b")
+            })
+            .unwrap();
+            s.set_session_sandbox("a", "running", 42, 4242).unwrap();
+            s.touch_session("a", 99_000, "/tmp").unwrap();
+            s.set_session_state("b", "destroyed", Some(5)).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let a = s.get_session("a").unwrap().unwrap();
+        assert_eq!(
+            (a.pid, a.pid_start_time, a.state.as_str()),
+            (42, 4242, "running")
+        );
+        assert_eq!((a.expires_at_ms, a.cwd.as_str()), (99_000, "/tmp"));
+        let live = s.list_sessions_except(&["destroyed"]).unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        let b = s.get_session("b").unwrap().unwrap();
+        assert_eq!(
+            (b.ended_at_ms, b.workspace_id.as_deref()),
+            (Some(5), Some("ws"))
+        );
+        assert!(s.get_session("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.insert_session(&rec("a")).unwrap();
+        assert!(s.insert_session(&rec("a")).is_err());
+    }
+}
