@@ -1,8 +1,211 @@
-//! `sandkasten-agent init`: builds the sandbox and becomes its PID 1.
+//! `sandkasten-agent init`: builds one sandbox and becomes its PID 1.
+//!
+//! The daemon starts this binary as host root with a [`LaunchSpec`] on
+//! stdin. Steps, in this process (the *launcher*, still single-threaded):
+//!
+//! 1. Bind the agent socket (in a root-only host directory) before any
+//!    namespace exists; the sandbox's PID 1 inherits the listening fd, and
+//!    nothing inside the sandbox can reach the path.
+//! 2. `unshare(CLONE_NEWNS)`, make every mount private, and assemble the
+//!    root filesystem as real root: overlayfs of the image layers plus the
+//!    per-session upper dir, bind mounts, tmpfs `/tmp`, a minimal `/dev`.
+//!    These mounts exist only in this mount namespace and its copies; the
+//!    host never sees them, and they vanish with the last process inside.
+//! 3. `clone` the child into new user, mount, pid, uts, ipc and net
+//!    namespaces. The launcher writes its uid/gid maps (root inside maps to
+//!    an unprivileged host uid) and puts it into the session's cgroups, then
+//!    releases it.
+//! 4. The child (PID 1 of the sandbox): new cgroup namespace, hostname,
+//!    loopback up, fresh `/proc` and `/dev/pts`, `pivot_root`, drop the
+//!    capability bounding set, no_new_privs, seccomp; then it serves the
+//!    daemon (`server::serve`).
+//! 5. The launcher prints a [`LaunchReport`] and exits, so the sandbox does
+//!    not depend on the daemon's process tree and survives its restart.
+//!
+//! [`LaunchSpec`]: sandkasten_protocol::LaunchSpec
+//! [`LaunchReport`]: sandkasten_protocol::LaunchReport
 
+mod caps;
+mod mounts;
+mod net;
+pub mod seccomp;
+
+use sandkasten_protocol::{LaunchReport, LaunchSpec};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 
+/// Formats the last OS error with what was being done.
+pub(crate) fn os_err(what: impl std::fmt::Display) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
 pub fn run() -> ExitCode {
-    eprintln!("sandkasten-agent init: not built yet");
-    ExitCode::from(1)
+    match launch() {
+        Ok(report) => {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sandkasten-agent init: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_err("pipe2"));
+    }
+    // SAFETY: pipe2 returned two fresh fds we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn launch() -> Result<LaunchReport, String> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).map_err(|e| format!("reading spec: {e}"))?;
+    let spec: LaunchSpec = serde_json::from_str(&input).map_err(|e| format!("invalid spec: {e}"))?;
+
+    let _ = std::fs::remove_file(&spec.socket_path);
+    let listener = UnixListener::bind(&spec.socket_path)
+        .map_err(|e| format!("binding agent socket {}: {e}", spec.socket_path.display()))?;
+    std::fs::set_permissions(&spec.socket_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod agent socket: {e}"))?;
+
+    // SAFETY: plain syscalls on the current (single-threaded) process.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(os_err("unshare(CLONE_NEWNS)"));
+    }
+    mounts::assemble_rootfs(&spec)?;
+
+    let (go_rd, go_wr) = pipe()?;
+    let (ready_rd, ready_wr) = pipe()?;
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWNET;
+    // SAFETY: a raw clone without a new stack behaves like fork(); this
+    // process is single-threaded, so the child may run arbitrary code.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
+    if pid < 0 {
+        return Err(os_err("clone of the sandbox init"));
+    }
+    if pid == 0 {
+        drop(go_wr);
+        drop(ready_rd);
+        child(spec, listener, go_rd, ready_wr);
+    }
+    let pid = pid as i32;
+    drop(go_rd);
+    drop(ready_wr);
+    drop(listener);
+
+    let setup = (|| -> Result<(), String> {
+        write_id_map(pid, "uid_map", &spec.uid_map)?;
+        write_id_map(pid, "gid_map", &spec.gid_map)?;
+        for procs in &spec.cgroup_procs {
+            std::fs::write(procs, pid.to_string())
+                .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        // SAFETY: pid is our own child, not yet released.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        return Err(e);
+    }
+    let mut go = std::fs::File::from(go_wr);
+    go.write_all(b"g").map_err(|e| format!("releasing sandbox init: {e}"))?;
+    drop(go);
+
+    // The child reports "ok" or an error message once it is serving.
+    let mut msg = String::new();
+    let _ = std::fs::File::from(ready_rd).read_to_string(&mut msg);
+    if msg != "ok" {
+        // SAFETY: pid is our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(if msg.is_empty() { "sandbox init died during setup".into() } else { msg });
+    }
+    let start_time = proc_start_time(pid)?;
+    Ok(LaunchReport { pid, start_time })
+}
+
+fn write_id_map(pid: i32, file: &str, maps: &[sandkasten_protocol::IdMap]) -> Result<(), String> {
+    let text: String = maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect();
+    std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|e| format!("writing {file}: {e}"))
+}
+
+/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
+pub fn proc_start_time(pid: i32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("reading stat of {pid}: {e}"))?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("malformed stat")?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "malformed stat".to_string())
+}
+
+/// Runs in the cloned child; never returns.
+fn child(spec: LaunchSpec, listener: UnixListener, go: OwnedFd, ready: OwnedFd) -> ! {
+    let mut ready = std::fs::File::from(ready);
+    let mut byte = [0u8; 1];
+    let released = std::fs::File::from(go).read(&mut byte).map(|n| n == 1).unwrap_or(false);
+    if !released {
+        std::process::exit(1);
+    }
+    match setup_child(&spec) {
+        Ok(()) => {
+            let _ = ready.write_all(b"ok");
+            drop(ready);
+            let code = crate::server::serve(listener, spec.agent);
+            std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+        }
+        Err(e) => {
+            let _ = ready.write_all(e.as_bytes());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn setup_child(spec: &LaunchSpec) -> Result<(), String> {
+    // SAFETY: plain syscalls on our own process.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(os_err("setsid"));
+        }
+        if libc::setresgid(0, 0, 0) != 0 {
+            return Err(os_err("setresgid(0)"));
+        }
+        if libc::setresuid(0, 0, 0) != 0 {
+            return Err(os_err("setresuid(0)"));
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(os_err("setgroups"));
+        }
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            return Err(os_err("unshare(CLONE_NEWCGROUP)"));
+        }
+    }
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    net::loopback_up()?;
+    mounts::finish_in_namespace(spec)?;
+    // stdio must not keep the daemon's pipes open.
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard fds.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+    caps::drop_bounding_set()?;
+    seccomp::install()?;
+    Ok(())
 }

@@ -1,0 +1,173 @@
+//! Assembling the sandbox's root filesystem.
+
+use super::os_err;
+use sandkasten_protocol::LaunchSpec;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+fn cstr(p: &Path) -> Result<CString, String> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path with NUL: {}", p.display()))
+}
+
+fn mount(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> Result<(), String> {
+    let src_c = src.map(cstr).transpose()?;
+    let target_c = cstr(target)?;
+    let fstype_c = fstype.map(|s| CString::new(s).unwrap());
+    let data_c = data.map(|s| CString::new(s).map_err(|_| "mount data with NUL".to_string())).transpose()?;
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            target_c.as_ptr(),
+            fstype_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            flags,
+            data_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr() as *const libc::c_void),
+        )
+    };
+    if rc != 0 {
+        return Err(os_err(format!(
+            "mounting {} on {}",
+            src.map(|s| s.display().to_string()).or(fstype.map(str::to_string)).unwrap_or_default(),
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `rootfs` joined with an absolute in-sandbox path.
+fn inside(rootfs: &Path, target: &str) -> PathBuf {
+    rootfs.join(target.trim_start_matches('/'))
+}
+
+fn ensure_dir(p: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))
+}
+
+fn ensure_file(p: &Path) -> Result<(), String> {
+    if let Some(parent) = p.parent() {
+        ensure_dir(parent)?;
+    }
+    if p.symlink_metadata().is_err() {
+        std::fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
+    let meta = std::fs::metadata(source).map_err(|e| format!("bind source {}: {e}", source.display()))?;
+    if meta.is_dir() {
+        ensure_dir(target)?;
+    } else {
+        ensure_file(target)?;
+    }
+    mount(Some(source), target, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    if readonly {
+        flags |= libc::MS_RDONLY;
+    }
+    mount(None, target, None, flags, None)
+}
+
+/// Step 2 of the launch, as real root in the launcher's private mount
+/// namespace: overlay rootfs, binds, `/tmp`, `/dev`.
+pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
+    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let rootfs = &spec.rootfs_dir;
+    for p in spec.lower_dirs.iter().chain([&spec.upper_dir, &spec.work_dir]) {
+        let s = p.to_string_lossy();
+        if s.contains(':') || s.contains(',') {
+            return Err(format!("overlay path contains ':' or ',': {s}"));
+        }
+    }
+    let lower: Vec<String> = spec.lower_dirs.iter().map(|p| p.display().to_string()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.upper_dir.display(),
+        spec.work_dir.display()
+    );
+    mount(Some(Path::new("overlay")), rootfs, Some("overlay"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))?;
+
+    for b in &spec.binds {
+        bind(&b.source, &inside(rootfs, &b.target), b.readonly)?;
+    }
+
+    let tmp = inside(rootfs, "/tmp");
+    ensure_dir(&tmp)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &tmp,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&format!("size={}m,mode=1777", spec.tmp_size_mb)),
+    )?;
+
+    let dev = inside(rootfs, "/dev");
+    ensure_dir(&dev)?;
+    mount(Some(Path::new("tmpfs")), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("size=64k,mode=755"))?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(name);
+        ensure_file(&target)?;
+        mount(Some(&Path::new("/dev").join(name)), &target, None, libc::MS_BIND, None)?;
+    }
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| format!("creating /dev/{link}: {e}"))?;
+    }
+    ensure_dir(&dev.join("pts"))?;
+    let shm = dev.join("shm");
+    ensure_dir(&shm)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &shm,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&format!("size={}m,mode=1777", spec.tmp_size_mb)),
+    )?;
+    ensure_dir(&inside(rootfs, "/proc"))?;
+
+    if spec.readonly_rootfs {
+        mount(None, rootfs, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)?;
+    }
+    Ok(())
+}
+
+/// Step 4, in the sandbox's own user and mount namespace: fresh `/proc`
+/// and `/dev/pts`, then `pivot_root` and detach the host's tree.
+pub fn finish_in_namespace(spec: &LaunchSpec) -> Result<(), String> {
+    let rootfs = &spec.rootfs_dir;
+    mount(
+        Some(Path::new("proc")),
+        &inside(rootfs, "/proc"),
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )?;
+    mount(
+        Some(Path::new("devpts")),
+        &inside(rootfs, "/dev/pts"),
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    std::env::set_current_dir(rootfs).map_err(|e| format!("chdir to rootfs: {e}"))?;
+    let dot = CString::new(".").unwrap();
+    // SAFETY: pivot_root(".", ".") stacks the old root under the new one;
+    // the detach below removes it.
+    unsafe {
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
+            return Err(os_err("pivot_root"));
+        }
+        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(os_err("detaching the host root"));
+        }
+    }
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}

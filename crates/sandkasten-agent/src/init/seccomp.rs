@@ -1,0 +1,139 @@
+//! The sandbox's seccomp filter: checks the architecture (a foreign-arch
+//! syscall kills the process) and answers EPERM to what a sandbox never
+//! needs. The list and the reason for each entry are in
+//! `docs/architecture.md` ("Seccomp").
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch,
+};
+use std::collections::BTreeMap;
+
+/// Syscalls refused outright with EPERM.
+pub const DENIED: &[(i64, &str)] = &[
+    // Kernel modules and replacing the kernel.
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    // eBPF programs and perf: large kernel attack surface, host-wide data.
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    // Mount API: the sandbox's mounts are fixed at creation.
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_open_tree, "open_tree"),
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fspick, "fspick"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
+    // Joining other namespaces.
+    (libc::SYS_setns, "setns"),
+    // Kernel keyrings are not namespaced.
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_request_key, "request_key"),
+    // userfaultfd is a classic exploitation primitive.
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    // io_uring bypasses seccomp for the operations it performs.
+    (libc::SYS_io_uring_setup, "io_uring_setup"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_io_uring_register, "io_uring_register"),
+    // Host-wide state: accounting, swap, reboot, clocks, kernel log, quotas.
+    (libc::SYS_acct, "acct"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_reboot, "reboot"),
+    (libc::SYS_settimeofday, "settimeofday"),
+    (libc::SYS_clock_settime, "clock_settime"),
+    (libc::SYS_clock_adjtime, "clock_adjtime"),
+    (libc::SYS_adjtimex, "adjtimex"),
+    (libc::SYS_syslog, "syslog"),
+    (libc::SYS_quotactl, "quotactl"),
+    // File handles bypass path-based isolation (the "shocker" escape).
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_name_to_handle_at, "name_to_handle_at"),
+    // Raw port I/O and obsolete interfaces.
+    (libc::SYS_iopl, "iopl"),
+    (libc::SYS_ioperm, "ioperm"),
+    (libc::SYS_uselib, "uselib"),
+    (libc::SYS__sysctl, "_sysctl"),
+    (libc::SYS_lookup_dcookie, "lookup_dcookie"),
+    (libc::SYS_fanotify_init, "fanotify_init"),
+];
+
+/// Namespace-creating flags refused in `clone` and `unshare`.
+pub const NAMESPACE_FLAGS: &[(u64, &str)] = &[
+    (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
+    (libc::CLONE_NEWNS as u64, "CLONE_NEWNS"),
+    (libc::CLONE_NEWPID as u64, "CLONE_NEWPID"),
+    (libc::CLONE_NEWNET as u64, "CLONE_NEWNET"),
+    (libc::CLONE_NEWUTS as u64, "CLONE_NEWUTS"),
+    (libc::CLONE_NEWIPC as u64, "CLONE_NEWIPC"),
+    (libc::CLONE_NEWCGROUP as u64, "CLONE_NEWCGROUP"),
+    (libc::CLONE_NEWTIME as u64, "CLONE_NEWTIME"),
+];
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "x86_64")]
+    {
+        TargetArch::x86_64
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        TargetArch::aarch64
+    }
+}
+
+fn flag_rules() -> Result<Vec<SeccompRule>, String> {
+    NAMESPACE_FLAGS
+        .iter()
+        .map(|(flag, _)| {
+            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag), *flag)
+                .map_err(|e| e.to_string())?;
+            SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Builds the two filters: EPERM for the deny list and namespace flags,
+/// ENOSYS for `clone3` (its flags live in memory seccomp cannot inspect;
+/// libc falls back to `clone`, whose flags the first filter checks).
+pub fn filters() -> Result<Vec<BpfProgram>, String> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|(nr, _)| (*nr, vec![])).collect();
+    rules.insert(libc::SYS_clone, flag_rules()?);
+    rules.insert(libc::SYS_unshare, flag_rules()?);
+    let eperm = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch())
+        .map_err(|e| e.to_string())?;
+    let clone3: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, vec![])].into_iter().collect();
+    let enosys = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch())
+        .map_err(|e| e.to_string())?;
+    Ok(vec![
+        BpfProgram::try_from(eperm).map_err(|e| e.to_string())?,
+        BpfProgram::try_from(enosys).map_err(|e| e.to_string())?,
+    ])
+}
+
+/// Sets no_new_privs and installs the filters on the calling process.
+pub fn install() -> Result<(), String> {
+    for f in filters()? {
+        seccompiler::apply_filter(&f).map_err(|e| format!("installing seccomp filter: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compile() {
+        let f = filters().unwrap();
+        assert_eq!(f.len(), 2);
+        assert!(f.iter().all(|p| !p.is_empty()));
+    }
+}
