@@ -1,1 +1,299 @@
-//! sandkasten-native
+//! The native runtime: each sandbox is a tree of processes in its own user,
+//! mount, pid, uts, ipc, net and cgroup namespaces, on an overlayfs root,
+//! limited by cgroups (v2 or v1), with our agent as its PID 1.
+//!
+//! The daemon side lives here (directories, cgroups, images, spawning,
+//! proving and killing the init); the in-sandbox side (mounts, pivot_root,
+//! capabilities, seccomp) is `sandkasten-agent init`, which this module
+//! starts with a [`LaunchSpec`].
+//!
+//! Layout under the data dir:
+//! ```text
+//! images/base/rootfs          generated minimal root (owned by sandbox root)
+//! sessions/<id>/              0700, root: never reachable from a sandbox
+//!   upper/ work/              overlay upper and work dirs
+//!   rootfs/                   mount point (mounts exist only in the sandbox)
+//!   workspace/                ephemeral /workspace
+//!   agent.sock                the agent's socket
+//! ```
+
+mod cgroups;
+mod fsutil;
+mod image;
+mod process;
+
+pub use cgroups::{Cgroups, Hierarchy};
+pub use fsutil::{has_mounts_below, remove_tree};
+
+use async_trait::async_trait;
+use sandkasten_protocol::{AgentConfig, BindMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork};
+use sandkasten_runtime::{
+    AgentClient, ImageInfo, NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
+    WorkspaceMount,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+
+/// The host uid/gid range sandboxes map to: uid 0 inside is `host_root`,
+/// the sandbox user (uid 1000 inside) is `host_user`.
+#[derive(Debug, Clone)]
+pub struct IdRange {
+    pub host_root: u32,
+    pub host_user: u32,
+    pub size: u32,
+}
+
+impl Default for IdRange {
+    fn default() -> Self {
+        IdRange { host_root: 100_000, host_user: 101_000, size: 65_536 }
+    }
+}
+
+/// The uid of the sandbox user inside every sandbox.
+pub const SANDBOX_UID: u32 = 1000;
+
+/// Settings of the native runtime.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    pub data_dir: PathBuf,
+    /// The static `sandkasten-agent` binary.
+    pub agent_binary: PathBuf,
+    /// Size of each sandbox's `/tmp` and `/dev/shm` tmpfs.
+    pub tmp_size_mb: u64,
+}
+
+pub struct NativeRuntime {
+    cfg: NativeConfig,
+    cgroups: Cgroups,
+    ids: IdRange,
+}
+
+fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let ctx = ctx.into();
+    move |e| RuntimeError::io(ctx, e)
+}
+
+impl NativeRuntime {
+    /// Checks the host, prepares the data dir and the built-in image.
+    pub fn new(cfg: NativeConfig) -> Result<NativeRuntime, RuntimeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(RuntimeError::HostNotReady(
+                "the native runtime needs root (it creates namespaces, cgroups and mounts); \
+                 run the daemon as root or use runtime: docker"
+                    .into(),
+            ));
+        }
+        if !std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay") {
+            return Err(RuntimeError::HostNotReady("the kernel has no overlayfs (modprobe overlay)".into()));
+        }
+        let cgroups = Cgroups::detect()?;
+        for d in ["sessions", "images"] {
+            let p = cfg.data_dir.join(d);
+            std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
+        }
+        let rt = NativeRuntime { cfg, cgroups, ids: IdRange::default() };
+        image::ensure_base(&rt.images_dir(), &rt.ids)?;
+        tracing::info!(cgroups = ?rt.cgroups, "native runtime ready");
+        Ok(rt)
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("images")
+    }
+
+    /// Directory of one session's state.
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("sessions").join(id)
+    }
+
+    fn resolve_image(&self, name: &str) -> Result<image::ResolvedImage, RuntimeError> {
+        match name {
+            "base" => image::ensure_base(&self.images_dir(), &self.ids),
+            other => Err(RuntimeError::ImageNotFound(other.to_string())),
+        }
+    }
+
+    fn agent_env(&self, extra: &[(String, String)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"),
+            ("HOME", "/home/sandbox"),
+            ("USER", "sandbox"),
+            ("LOGNAME", "sandbox"),
+            ("SHELL", "/bin/bash"),
+            ("TERM", "dumb"),
+            ("LANG", "C.UTF-8"),
+            ("PYTHONUNBUFFERED", "1"),
+            ("PAGER", "cat"),
+            ("GIT_PAGER", "cat"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    async fn launch(&self, spec: &SandboxSpec, dir: &Path) -> Result<LaunchReport, RuntimeError> {
+        let image = self.resolve_image(&spec.image)?;
+        if spec.network == NetworkMode::Full {
+            return Err(RuntimeError::Unsupported("network_mode full".into(), "native"));
+        }
+        let mkdir = |p: &Path, mode: u32, owner: Option<u32>| -> Result<(), RuntimeError> {
+            std::fs::create_dir_all(p).map_err(io(format!("creating {}", p.display())))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
+            if let Some(uid) = owner {
+                std::os::unix::fs::chown(p, Some(uid), Some(uid)).map_err(io(format!("chown {}", p.display())))?;
+            }
+            Ok(())
+        };
+        mkdir(dir, 0o700, None)?;
+        mkdir(&dir.join("upper"), 0o755, Some(self.ids.host_root))?;
+        mkdir(&dir.join("work"), 0o700, None)?;
+        mkdir(&dir.join("rootfs"), 0o755, None)?;
+        let workspace = match &spec.workspace {
+            WorkspaceMount::Ephemeral => {
+                let w = dir.join("workspace");
+                mkdir(&w, 0o755, Some(self.ids.host_user))?;
+                w
+            }
+            WorkspaceMount::Host(p) => p.clone(),
+        };
+        let mut binds = image.binds;
+        binds.push(BindMount { source: workspace, target: "/workspace".into(), readonly: false });
+        let cgroup_procs = self.cgroups.create(&spec.id, &spec.limits)?;
+        let map = |size| vec![IdMap { inside: 0, outside: self.ids.host_root, count: size }];
+        let launch = LaunchSpec {
+            session_id: spec.id.clone(),
+            hostname: format!("sk-{}", &spec.id[..spec.id.len().min(12)]),
+            lower_dirs: image.layers,
+            upper_dir: dir.join("upper"),
+            work_dir: dir.join("work"),
+            rootfs_dir: dir.join("rootfs"),
+            binds,
+            tmp_size_mb: self.cfg.tmp_size_mb,
+            readonly_rootfs: spec.readonly_rootfs,
+            uid_map: map(self.ids.size),
+            gid_map: map(self.ids.size),
+            cgroup_procs,
+            socket_path: sandkasten_protocol::socket_path(dir),
+            network: WireNetwork::None,
+            agent: AgentConfig {
+                uid: Some(SANDBOX_UID),
+                gid: Some(SANDBOX_UID),
+                workdir: "/workspace".into(),
+                env: self.agent_env(&spec.env),
+                home: "/home/sandbox".into(),
+            },
+        };
+        let json = serde_json::to_vec(&launch).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        let mut child = tokio::process::Command::new(&self.cfg.agent_binary)
+            .arg("init")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(format!("starting {}", self.cfg.agent_binary.display())))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(&json).await.map_err(io("sending launch spec"))?;
+        drop(stdin);
+        let out = child.wait_with_output().await.map_err(io("waiting for sandbox init"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::Other(format!(
+                "sandbox init failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| RuntimeError::Other(format!("unreadable launch report: {e}")))
+    }
+
+    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
+        AgentClient::connect(&sandkasten_protocol::socket_path(&self.session_dir(id))).await
+    }
+}
+
+#[async_trait]
+impl Runtime for NativeRuntime {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        let dir = self.session_dir(&spec.id);
+        let report = match self.launch(&spec, &dir).await {
+            Ok(r) => r,
+            Err(e) => {
+                let handle = SandboxHandle { id: spec.id.clone(), pid: 0, start_time: 0 };
+                if let Err(ce) = self.destroy(&handle).await {
+                    tracing::warn!(session = %spec.id, "cleanup after failed create: {ce}");
+                }
+                return Err(e);
+            }
+        };
+        let handle = SandboxHandle { id: spec.id.clone(), pid: report.pid, start_time: report.start_time };
+        match self.connect(&spec.id).await {
+            Ok(agent) => Ok(Sandbox { handle, agent }),
+            Err(e) => {
+                let _ = self.destroy(&handle).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Sandbox, RuntimeError> {
+        if process::open_verified(handle.pid, handle.start_time).is_none() {
+            return Err(RuntimeError::Gone(handle.id.clone()));
+        }
+        let agent = self.connect(&handle.id).await.map_err(|_| RuntimeError::Gone(handle.id.clone()))?;
+        Ok(Sandbox { handle: handle.clone(), agent })
+    }
+
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        if let Some(pidfd) = process::open_verified(handle.pid, handle.start_time) {
+            process::kill_and_wait(pidfd).await.map_err(io("killing sandbox init"))?;
+        }
+        self.cgroups.remove(&handle.id).await?;
+        let dir = self.session_dir(&handle.id);
+        remove_tree(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        Ok(())
+    }
+
+    async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {
+        Ok(self.cgroups.stats(&handle.id))
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        Ok(vec![ImageInfo { name: "base".into(), digest: "builtin".into(), size_bytes: 0, builtin: true }])
+    }
+
+    async fn import_image(&self, _name: &str, _archive: PathBuf) -> Result<ImageInfo, RuntimeError> {
+        Err(RuntimeError::Unsupported("image import".into(), "native"))
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        if name == "base" {
+            return Err(RuntimeError::ImageBuiltin(name.into()));
+        }
+        Err(RuntimeError::ImageNotFound(name.into()))
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let dir = self.cfg.data_dir.join("sessions");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))? {
+            let e = e.map_err(io("listing sessions"))?;
+            if let Some(name) = e.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+}

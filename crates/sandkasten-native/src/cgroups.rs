@@ -1,0 +1,264 @@
+//! Per-session cgroups on v2 where its controllers are enabled, on v1
+//! hierarchies otherwise (each controller decided on its own, so hybrid
+//! hosts work). Groups live at `<hierarchy>/sandkasten/<session_id>`.
+
+use sandkasten_runtime::{Limits, RuntimeError, SandboxStats};
+use std::path::{Path, PathBuf};
+
+/// Where one controller lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hierarchy {
+    /// The root of a cgroup2 mount with the controller available.
+    V2(PathBuf),
+    /// The mount point of the v1 hierarchy carrying the controller.
+    V1(PathBuf),
+}
+
+impl Hierarchy {
+    fn root(&self) -> &Path {
+        match self {
+            Hierarchy::V2(p) | Hierarchy::V1(p) => p,
+        }
+    }
+    fn group(&self, id: &str) -> PathBuf {
+        self.root().join(PARENT).join(id)
+    }
+}
+
+const PARENT: &str = "sandkasten";
+
+/// The host's cgroup layout for the controllers we use.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    pub memory: Hierarchy,
+    pub pids: Hierarchy,
+    pub cpu: Hierarchy,
+    /// CPU usage accounting: `cpu` itself on v2, `cpuacct` on v1.
+    pub cpuacct: Hierarchy,
+}
+
+struct CgroupMount {
+    fstype: String,
+    mount_point: PathBuf,
+    super_options: String,
+}
+
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let _source = r.next()?;
+            let super_options = r.next().unwrap_or("");
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| CgroupMount {
+                fstype: fstype.to_string(),
+                mount_point: PathBuf::from(mount_point.replace("\\040", " ")),
+                super_options: super_options.to_string(),
+            })
+        })
+        .collect()
+}
+
+impl Cgroups {
+    /// Detects the layout from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Cgroups, RuntimeError> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| RuntimeError::io("reading /proc/self/mountinfo", e))?;
+        Self::from_mountinfo(&mountinfo, |p| std::fs::read_to_string(p).ok())
+    }
+
+    fn from_mountinfo(mountinfo: &str, read: impl Fn(&Path) -> Option<String>) -> Result<Cgroups, RuntimeError> {
+        let mounts = cgroup_mounts(mountinfo);
+        let find = |controller: &str, v1_name: &str| -> Option<Hierarchy> {
+            for m in mounts.iter().filter(|m| m.fstype == "cgroup2") {
+                let ctl = read(&m.mount_point.join("cgroup.controllers")).unwrap_or_default();
+                if ctl.split_whitespace().any(|c| c == controller) {
+                    return Some(Hierarchy::V2(m.mount_point.clone()));
+                }
+            }
+            mounts
+                .iter()
+                .filter(|m| m.fstype == "cgroup")
+                .find(|m| m.super_options.split(',').any(|o| o == v1_name))
+                .map(|m| Hierarchy::V1(m.mount_point.clone()))
+        };
+        let missing = |c: &str| {
+            RuntimeError::HostNotReady(format!(
+                "no cgroup hierarchy carries the {c} controller (neither cgroup v2 nor v1); \
+                 mount cgroups (e.g. systemd does) and retry"
+            ))
+        };
+        let memory = find("memory", "memory").ok_or_else(|| missing("memory"))?;
+        let pids = find("pids", "pids").ok_or_else(|| missing("pids"))?;
+        let cpu = find("cpu", "cpu").ok_or_else(|| missing("cpu"))?;
+        let cpuacct = match &cpu {
+            Hierarchy::V2(_) => cpu.clone(),
+            Hierarchy::V1(_) => find("cpu", "cpuacct").ok_or_else(|| missing("cpuacct"))?,
+        };
+        Ok(Cgroups { memory, pids, cpu, cpuacct })
+    }
+
+    fn hierarchies(&self) -> Vec<&Hierarchy> {
+        let mut out: Vec<&Hierarchy> = Vec::new();
+        for h in [&self.memory, &self.pids, &self.cpu, &self.cpuacct] {
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// Creates the session's groups with their limits; returns the
+    /// `cgroup.procs` files the sandbox init must join.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, RuntimeError> {
+        for h in self.hierarchies() {
+            if let Hierarchy::V2(root) = h {
+                // Delegate the controllers down to our groups.
+                for dir in [root.clone(), root.join(PARENT)] {
+                    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+                    let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                }
+            }
+            let g = h.group(id);
+            std::fs::create_dir_all(&g).map_err(|e| RuntimeError::io(format!("creating cgroup {}", g.display()), e))?;
+        }
+        let mem = limits.memory_mb * 1024 * 1024;
+        let set = |h: &Hierarchy, file: &str, value: String| -> Result<(), RuntimeError> {
+            let p = h.group(id).join(file);
+            std::fs::write(&p, &value).map_err(|e| RuntimeError::io(format!("writing {value} to {}", p.display()), e))
+        };
+        match &self.memory {
+            Hierarchy::V2(_) => {
+                set(&self.memory, "memory.max", mem.to_string())?;
+                if self.memory.group(id).join("memory.swap.max").exists() {
+                    set(&self.memory, "memory.swap.max", "0".into())?;
+                }
+            }
+            Hierarchy::V1(_) => {
+                set(&self.memory, "memory.limit_in_bytes", mem.to_string())?;
+                if self.memory.group(id).join("memory.memsw.limit_in_bytes").exists() {
+                    set(&self.memory, "memory.memsw.limit_in_bytes", mem.to_string())?;
+                }
+            }
+        }
+        set(&self.pids, "pids.max", limits.pids.to_string())?;
+        let period = 100_000u64;
+        let quota = ((limits.cpu * period as f64) as u64).max(1000);
+        match &self.cpu {
+            Hierarchy::V2(_) => set(&self.cpu, "cpu.max", format!("{quota} {period}"))?,
+            Hierarchy::V1(_) => {
+                set(&self.cpu, "cpu.cfs_period_us", period.to_string())?;
+                set(&self.cpu, "cpu.cfs_quota_us", quota.to_string())?;
+            }
+        }
+        Ok(self.hierarchies().into_iter().map(|h| h.group(id).join("cgroup.procs")).collect())
+    }
+
+    /// Pids currently in the session's groups.
+    pub fn procs(&self, id: &str) -> Vec<i32> {
+        let mut out = Vec::new();
+        for h in self.hierarchies() {
+            if let Ok(s) = std::fs::read_to_string(h.group(id).join("cgroup.procs")) {
+                out.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Removes the session's groups. They must be empty; the kernel may
+    /// take a moment to release exited tasks, so EBUSY is retried briefly.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        for h in self.hierarchies() {
+            let g = h.group(id);
+            let mut delay = std::time::Duration::from_millis(1);
+            let mut waited = std::time::Duration::ZERO;
+            loop {
+                match std::fs::remove_dir(&g) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited < std::time::Duration::from_secs(5) => {
+                        // Kill stragglers that are provably in this group.
+                        for pid in self.procs(id) {
+                            // SAFETY: signalling a pid read from our own session's cgroup.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                        tokio::time::sleep(delay).await;
+                        waited += delay;
+                        delay = (delay * 2).min(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(RuntimeError::io(format!("removing cgroup {}", g.display()), e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Usage and limits read back from the kernel.
+    pub fn stats(&self, id: &str) -> SandboxStats {
+        let read = |h: &Hierarchy, f: &str| -> Option<String> {
+            std::fs::read_to_string(h.group(id).join(f)).ok().map(|s| s.trim().to_string())
+        };
+        let num = |s: Option<String>| s.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let (memory_bytes, memory_limit) = match &self.memory {
+            Hierarchy::V2(_) => (num(read(&self.memory, "memory.current")), num(read(&self.memory, "memory.max"))),
+            Hierarchy::V1(_) => (
+                num(read(&self.memory, "memory.usage_in_bytes")),
+                num(read(&self.memory, "memory.limit_in_bytes")),
+            ),
+        };
+        let cpu_usage_usec = match &self.cpuacct {
+            Hierarchy::V2(_) => read(&self.cpuacct, "cpu.stat")
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok()))
+                })
+                .unwrap_or(0),
+            Hierarchy::V1(_) => num(read(&self.cpuacct, "cpuacct.usage")) / 1000,
+        };
+        let pids = num(read(&self.pids, "pids.current"));
+        SandboxStats { memory_bytes, memory_limit, cpu_usage_usec, pids }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_host_uses_v1_when_v2_has_no_controllers() {
+        let c = Cgroups::from_mountinfo(HYBRID, |_| Some(String::new())).unwrap();
+        assert_eq!(c.memory, Hierarchy::V1("/sys/fs/cgroup/memory".into()));
+        assert_eq!(c.pids, Hierarchy::V1("/sys/fs/cgroup/pids".into()));
+        assert_eq!(c.cpu, Hierarchy::V1("/sys/fs/cgroup/cpu".into()));
+        assert_eq!(c.cpuacct, Hierarchy::V1("/sys/fs/cgroup/cpuacct".into()));
+    }
+
+    #[test]
+    fn pure_v2_host_uses_v2() {
+        let info = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let c = Cgroups::from_mountinfo(info, |_| Some("cpuset cpu io memory pids".into())).unwrap();
+        assert_eq!(c.memory, Hierarchy::V2("/sys/fs/cgroup".into()));
+        assert_eq!(c.cpuacct, c.cpu);
+        assert_eq!(c.hierarchies().len(), 1);
+    }
+
+    #[test]
+    fn missing_controller_is_a_clear_error() {
+        let err = Cgroups::from_mountinfo("", |_| None).unwrap_err();
+        assert!(err.to_string().contains("memory controller"), "{err}");
+    }
+}
