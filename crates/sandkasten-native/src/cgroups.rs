@@ -70,7 +70,10 @@ impl Cgroups {
         Self::from_mountinfo(&mountinfo, |p| std::fs::read_to_string(p).ok())
     }
 
-    fn from_mountinfo(mountinfo: &str, read: impl Fn(&Path) -> Option<String>) -> Result<Cgroups, RuntimeError> {
+    fn from_mountinfo(
+        mountinfo: &str,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> Result<Cgroups, RuntimeError> {
         let mounts = cgroup_mounts(mountinfo);
         let find = |controller: &str, v1_name: &str| -> Option<Hierarchy> {
             for m in mounts.iter().filter(|m| m.fstype == "cgroup2") {
@@ -98,7 +101,12 @@ impl Cgroups {
             Hierarchy::V2(_) => cpu.clone(),
             Hierarchy::V1(_) => find("cpu", "cpuacct").ok_or_else(|| missing("cpuacct"))?,
         };
-        Ok(Cgroups { memory, pids, cpu, cpuacct })
+        Ok(Cgroups {
+            memory,
+            pids,
+            cpu,
+            cpuacct,
+        })
     }
 
     fn hierarchies(&self) -> Vec<&Hierarchy> {
@@ -118,17 +126,21 @@ impl Cgroups {
             if let Hierarchy::V2(root) = h {
                 // Delegate the controllers down to our groups.
                 for dir in [root.clone(), root.join(PARENT)] {
-                    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
-                    let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+                    let _ =
+                        std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
                 }
             }
             let g = h.group(id);
-            std::fs::create_dir_all(&g).map_err(|e| RuntimeError::io(format!("creating cgroup {}", g.display()), e))?;
+            std::fs::create_dir_all(&g)
+                .map_err(|e| RuntimeError::io(format!("creating cgroup {}", g.display()), e))?;
         }
         let mem = limits.memory_mb * 1024 * 1024;
         let set = |h: &Hierarchy, file: &str, value: String| -> Result<(), RuntimeError> {
             let p = h.group(id).join(file);
-            std::fs::write(&p, &value).map_err(|e| RuntimeError::io(format!("writing {value} to {}", p.display()), e))
+            std::fs::write(&p, &value)
+                .map_err(|e| RuntimeError::io(format!("writing {value} to {}", p.display()), e))
         };
         match &self.memory {
             Hierarchy::V2(_) => {
@@ -139,7 +151,12 @@ impl Cgroups {
             }
             Hierarchy::V1(_) => {
                 set(&self.memory, "memory.limit_in_bytes", mem.to_string())?;
-                if self.memory.group(id).join("memory.memsw.limit_in_bytes").exists() {
+                if self
+                    .memory
+                    .group(id)
+                    .join("memory.memsw.limit_in_bytes")
+                    .exists()
+                {
                     set(&self.memory, "memory.memsw.limit_in_bytes", mem.to_string())?;
                 }
             }
@@ -154,7 +171,11 @@ impl Cgroups {
                 set(&self.cpu, "cpu.cfs_quota_us", quota.to_string())?;
             }
         }
-        Ok(self.hierarchies().into_iter().map(|h| h.group(id).join("cgroup.procs")).collect())
+        Ok(self
+            .hierarchies()
+            .into_iter()
+            .map(|h| h.group(id).join("cgroup.procs"))
+            .collect())
     }
 
     /// Pids currently in the session's groups.
@@ -181,7 +202,10 @@ impl Cgroups {
                 match std::fs::remove_dir(&g) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && waited < std::time::Duration::from_secs(5) => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && waited < std::time::Duration::from_secs(5) =>
+                    {
                         // Kill stragglers that are provably in this group.
                         for pid in self.procs(id) {
                             // SAFETY: signalling a pid read from our own session's cgroup.
@@ -191,7 +215,12 @@ impl Cgroups {
                         waited += delay;
                         delay = (delay * 2).min(std::time::Duration::from_millis(50));
                     }
-                    Err(e) => return Err(RuntimeError::io(format!("removing cgroup {}", g.display()), e)),
+                    Err(e) => {
+                        return Err(RuntimeError::io(
+                            format!("removing cgroup {}", g.display()),
+                            e,
+                        ))
+                    }
                 }
             }
         }
@@ -201,11 +230,16 @@ impl Cgroups {
     /// Usage and limits read back from the kernel.
     pub fn stats(&self, id: &str) -> SandboxStats {
         let read = |h: &Hierarchy, f: &str| -> Option<String> {
-            std::fs::read_to_string(h.group(id).join(f)).ok().map(|s| s.trim().to_string())
+            std::fs::read_to_string(h.group(id).join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
         };
         let num = |s: Option<String>| s.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let (memory_bytes, memory_limit) = match &self.memory {
-            Hierarchy::V2(_) => (num(read(&self.memory, "memory.current")), num(read(&self.memory, "memory.max"))),
+            Hierarchy::V2(_) => (
+                num(read(&self.memory, "memory.current")),
+                num(read(&self.memory, "memory.max")),
+            ),
             Hierarchy::V1(_) => (
                 num(read(&self.memory, "memory.usage_in_bytes")),
                 num(read(&self.memory, "memory.limit_in_bytes")),
@@ -214,14 +248,21 @@ impl Cgroups {
         let cpu_usage_usec = match &self.cpuacct {
             Hierarchy::V2(_) => read(&self.cpuacct, "cpu.stat")
                 .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok()))
+                    s.lines().find_map(|l| {
+                        l.strip_prefix("usage_usec ")
+                            .and_then(|v| v.trim().parse().ok())
+                    })
                 })
                 .unwrap_or(0),
             Hierarchy::V1(_) => num(read(&self.cpuacct, "cpuacct.usage")) / 1000,
         };
         let pids = num(read(&self.pids, "pids.current"));
-        SandboxStats { memory_bytes, memory_limit, cpu_usage_usec, pids }
+        SandboxStats {
+            memory_bytes,
+            memory_limit,
+            cpu_usage_usec,
+            pids,
+        }
     }
 }
 
@@ -250,7 +291,8 @@ mod tests {
     #[test]
     fn pure_v2_host_uses_v2() {
         let info = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        let c = Cgroups::from_mountinfo(info, |_| Some("cpuset cpu io memory pids".into())).unwrap();
+        let c =
+            Cgroups::from_mountinfo(info, |_| Some("cpuset cpu io memory pids".into())).unwrap();
         assert_eq!(c.memory, Hierarchy::V2("/sys/fs/cgroup".into()));
         assert_eq!(c.cpuacct, c.cpu);
         assert_eq!(c.hierarchies().len(), 1);

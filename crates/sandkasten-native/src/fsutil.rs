@@ -24,7 +24,10 @@ pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
         Err(e) => return Err(e),
     };
     if has_mounts_below(dir)? {
-        return Err(std::io::Error::other(format!("refusing to delete {}: a mount lies below it", dir.display())));
+        return Err(std::io::Error::other(format!(
+            "refusing to delete {}: a mount lies below it",
+            dir.display()
+        )));
     }
     remove_on_device(dir, meta.dev())
 }
@@ -36,7 +39,10 @@ fn remove_on_device(dir: &Path, dev: u64) -> std::io::Result<()> {
         let meta = std::fs::symlink_metadata(&path)?;
         if meta.is_dir() {
             if meta.dev() != dev {
-                return Err(std::io::Error::other(format!("refusing to cross into another filesystem at {}", path.display())));
+                return Err(std::io::Error::other(format!(
+                    "refusing to cross into another filesystem at {}",
+                    path.display()
+                )));
             }
             remove_on_device(&path, dev)?;
         } else {

@@ -57,7 +57,8 @@ pub fn ensure_base(images_dir: &Path, ids: &IdRange) -> Result<ResolvedImage, Ru
         let staging = images_dir.join(".base-staging");
         remove_tree(&staging).map_err(io("clearing base image staging"))?;
         generate_base(&staging.join("rootfs"), ids)?;
-        std::fs::write(staging.join("version"), BASE_VERSION).map_err(io("writing base image version"))?;
+        std::fs::write(staging.join("version"), BASE_VERSION)
+            .map_err(io("writing base image version"))?;
         remove_tree(&dir).map_err(io("removing outdated base image"))?;
         std::fs::rename(&staging, &dir).map_err(io("installing base image"))?;
     }
@@ -66,10 +67,17 @@ pub fn ensure_base(images_dir: &Path, ids: &IdRange) -> Result<ResolvedImage, Ru
         .filter_map(|d| {
             let host = Path::new("/").join(d);
             let meta = std::fs::symlink_metadata(&host).ok()?;
-            meta.is_dir().then(|| BindMount { source: host, target: format!("/{d}"), readonly: true })
+            meta.is_dir().then(|| BindMount {
+                source: host,
+                target: format!("/{d}"),
+                readonly: true,
+            })
         })
         .collect();
-    Ok(ResolvedImage { layers: vec![rootfs], binds })
+    Ok(ResolvedImage {
+        layers: vec![rootfs],
+        binds,
+    })
 }
 
 fn generate_base(rootfs: &Path, ids: &IdRange) -> Result<(), RuntimeError> {
@@ -83,8 +91,10 @@ fn generate_base(rootfs: &Path, ids: &IdRange) -> Result<(), RuntimeError> {
         let host = Path::new("/").join(d);
         match std::fs::symlink_metadata(&host) {
             Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&host).map_err(io(format!("reading link {}", host.display())))?;
-                std::os::unix::fs::symlink(target, rootfs.join(d)).map_err(io("creating system dir link"))?;
+                let target = std::fs::read_link(&host)
+                    .map_err(io(format!("reading link {}", host.display())))?;
+                std::os::unix::fs::symlink(target, rootfs.join(d))
+                    .map_err(io("creating system dir link"))?;
             }
             Ok(m) if m.is_dir() => mk(d, 0o755)?,
             _ => {}
@@ -132,25 +142,31 @@ fn generate_base(rootfs: &Path, ids: &IdRange) -> Result<(), RuntimeError> {
     for (name, content) in files {
         std::fs::write(etc.join(name), content).map_err(io(format!("writing /etc/{name}")))?;
     }
-    std::fs::set_permissions(etc.join("shadow"), std::fs::Permissions::from_mode(0o640)).map_err(io("chmod shadow"))?;
+    std::fs::set_permissions(etc.join("shadow"), std::fs::Permissions::from_mode(0o640))
+        .map_err(io("chmod shadow"))?;
     // Everything belongs to root inside the sandbox...
     chown_tree(rootfs, ids.host_root, ids.host_root).map_err(io("chown base image"))?;
     // ...except the sandbox user's home and the workspace mount point.
     mk("home/sandbox", 0o755)?;
     lchown(&rootfs.join("home/sandbox"), ids.host_user, ids.host_user).map_err(io("chown home"))?;
-    lchown(&rootfs.join("workspace"), ids.host_user, ids.host_user).map_err(io("chown workspace"))?;
+    lchown(&rootfs.join("workspace"), ids.host_user, ids.host_user)
+        .map_err(io("chown workspace"))?;
     Ok(())
 }
 
 /// Copies a host file, directory or symlink (symlinks stay symlinks).
 fn copy_public(src: &Path, dst: &Path) -> Result<(), RuntimeError> {
-    let Ok(meta) = std::fs::symlink_metadata(src) else { return Ok(()) };
+    let Ok(meta) = std::fs::symlink_metadata(src) else {
+        return Ok(());
+    };
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
     }
     if meta.file_type().is_symlink() {
-        let target = std::fs::read_link(src).map_err(io(format!("reading link {}", src.display())))?;
-        std::os::unix::fs::symlink(target, dst).map_err(io(format!("linking {}", dst.display())))?;
+        let target =
+            std::fs::read_link(src).map_err(io(format!("reading link {}", src.display())))?;
+        std::os::unix::fs::symlink(target, dst)
+            .map_err(io(format!("linking {}", dst.display())))?;
     } else if meta.is_dir() {
         std::fs::create_dir_all(dst).map_err(io(format!("creating {}", dst.display())))?;
         for entry in std::fs::read_dir(src).map_err(io(format!("reading {}", src.display())))? {

@@ -26,10 +26,12 @@ pub use cgroups::{Cgroups, Hierarchy};
 pub use fsutil::{has_mounts_below, remove_tree};
 
 use async_trait::async_trait;
-use sandkasten_protocol::{AgentConfig, BindMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork};
+use sandkasten_protocol::{
+    AgentConfig, BindMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
+};
 use sandkasten_runtime::{
-    AgentClient, ImageInfo, NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
-    WorkspaceMount,
+    AgentClient, ImageInfo, NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle,
+    SandboxSpec, SandboxStats, WorkspaceMount,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -47,7 +49,11 @@ pub struct IdRange {
 
 impl Default for IdRange {
     fn default() -> Self {
-        IdRange { host_root: 100_000, host_user: 101_000, size: 65_536 }
+        IdRange {
+            host_root: 100_000,
+            host_user: 101_000,
+            size: 65_536,
+        }
     }
 }
 
@@ -86,16 +92,26 @@ impl NativeRuntime {
                     .into(),
             ));
         }
-        if !std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay") {
-            return Err(RuntimeError::HostNotReady("the kernel has no overlayfs (modprobe overlay)".into()));
+        if !std::fs::read_to_string("/proc/filesystems")
+            .unwrap_or_default()
+            .contains("overlay")
+        {
+            return Err(RuntimeError::HostNotReady(
+                "the kernel has no overlayfs (modprobe overlay)".into(),
+            ));
         }
         let cgroups = Cgroups::detect()?;
         for d in ["sessions", "images"] {
             let p = cfg.data_dir.join(d);
             std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod"))?;
         }
-        let rt = NativeRuntime { cfg, cgroups, ids: IdRange::default() };
+        let rt = NativeRuntime {
+            cfg,
+            cgroups,
+            ids: IdRange::default(),
+        };
         image::ensure_base(&rt.images_dir(), &rt.ids)?;
         tracing::info!(cgroups = ?rt.cgroups, "native runtime ready");
         Ok(rt)
@@ -119,7 +135,10 @@ impl NativeRuntime {
 
     fn agent_env(&self, extra: &[(String, String)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
-            ("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"),
+            (
+                "PATH",
+                "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+            ),
             ("HOME", "/home/sandbox"),
             ("USER", "sandbox"),
             ("LOGNAME", "sandbox"),
@@ -143,13 +162,18 @@ impl NativeRuntime {
     async fn launch(&self, spec: &SandboxSpec, dir: &Path) -> Result<LaunchReport, RuntimeError> {
         let image = self.resolve_image(&spec.image)?;
         if spec.network == NetworkMode::Full {
-            return Err(RuntimeError::Unsupported("network_mode full".into(), "native"));
+            return Err(RuntimeError::Unsupported(
+                "network_mode full".into(),
+                "native",
+            ));
         }
         let mkdir = |p: &Path, mode: u32, owner: Option<u32>| -> Result<(), RuntimeError> {
             std::fs::create_dir_all(p).map_err(io(format!("creating {}", p.display())))?;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(io("chmod"))?;
             if let Some(uid) = owner {
-                std::os::unix::fs::chown(p, Some(uid), Some(uid)).map_err(io(format!("chown {}", p.display())))?;
+                std::os::unix::fs::chown(p, Some(uid), Some(uid))
+                    .map_err(io(format!("chown {}", p.display())))?;
             }
             Ok(())
         };
@@ -163,12 +187,30 @@ impl NativeRuntime {
                 mkdir(&w, 0o755, Some(self.ids.host_user))?;
                 w
             }
-            WorkspaceMount::Host(p) => p.clone(),
+            WorkspaceMount::Persistent(ws) => {
+                let root = self.cfg.data_dir.join("workspaces");
+                mkdir(&root, 0o700, None)?;
+                let w = root.join(ws);
+                if !w.exists() {
+                    mkdir(&w, 0o755, Some(self.ids.host_user))?;
+                }
+                w
+            }
         };
         let mut binds = image.binds;
-        binds.push(BindMount { source: workspace, target: "/workspace".into(), readonly: false });
+        binds.push(BindMount {
+            source: workspace,
+            target: "/workspace".into(),
+            readonly: false,
+        });
         let cgroup_procs = self.cgroups.create(&spec.id, &spec.limits)?;
-        let map = |size| vec![IdMap { inside: 0, outside: self.ids.host_root, count: size }];
+        let map = |size| {
+            vec![IdMap {
+                inside: 0,
+                outside: self.ids.host_root,
+                count: size,
+            }]
+        };
         let launch = LaunchSpec {
             session_id: spec.id.clone(),
             hostname: format!("sk-{}", &spec.id[..spec.id.len().min(12)]),
@@ -202,9 +244,15 @@ impl NativeRuntime {
             .spawn()
             .map_err(io(format!("starting {}", self.cfg.agent_binary.display())))?;
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(&json).await.map_err(io("sending launch spec"))?;
+        stdin
+            .write_all(&json)
+            .await
+            .map_err(io("sending launch spec"))?;
         drop(stdin);
-        let out = child.wait_with_output().await.map_err(io("waiting for sandbox init"))?;
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(io("waiting for sandbox init"))?;
         if !out.status.success() {
             return Err(RuntimeError::Other(format!(
                 "sandbox init failed: {}",
@@ -231,14 +279,22 @@ impl Runtime for NativeRuntime {
         let report = match self.launch(&spec, &dir).await {
             Ok(r) => r,
             Err(e) => {
-                let handle = SandboxHandle { id: spec.id.clone(), pid: 0, start_time: 0 };
+                let handle = SandboxHandle {
+                    id: spec.id.clone(),
+                    pid: 0,
+                    start_time: 0,
+                };
                 if let Err(ce) = self.destroy(&handle).await {
                     tracing::warn!(session = %spec.id, "cleanup after failed create: {ce}");
                 }
                 return Err(e);
             }
         };
-        let handle = SandboxHandle { id: spec.id.clone(), pid: report.pid, start_time: report.start_time };
+        let handle = SandboxHandle {
+            id: spec.id.clone(),
+            pid: report.pid,
+            start_time: report.start_time,
+        };
         match self.connect(&spec.id).await {
             Ok(agent) => Ok(Sandbox { handle, agent }),
             Err(e) => {
@@ -252,13 +308,21 @@ impl Runtime for NativeRuntime {
         if process::open_verified(handle.pid, handle.start_time).is_none() {
             return Err(RuntimeError::Gone(handle.id.clone()));
         }
-        let agent = self.connect(&handle.id).await.map_err(|_| RuntimeError::Gone(handle.id.clone()))?;
-        Ok(Sandbox { handle: handle.clone(), agent })
+        let agent = self
+            .connect(&handle.id)
+            .await
+            .map_err(|_| RuntimeError::Gone(handle.id.clone()))?;
+        Ok(Sandbox {
+            handle: handle.clone(),
+            agent,
+        })
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         if let Some(pidfd) = process::open_verified(handle.pid, handle.start_time) {
-            process::kill_and_wait(pidfd).await.map_err(io("killing sandbox init"))?;
+            process::kill_and_wait(pidfd)
+                .await
+                .map_err(io("killing sandbox init"))?;
         }
         self.cgroups.remove(&handle.id).await?;
         let dir = self.session_dir(&handle.id);
@@ -271,10 +335,19 @@ impl Runtime for NativeRuntime {
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
-        Ok(vec![ImageInfo { name: "base".into(), digest: "builtin".into(), size_bytes: 0, builtin: true }])
+        Ok(vec![ImageInfo {
+            name: "base".into(),
+            digest: "builtin".into(),
+            size_bytes: 0,
+            builtin: true,
+        }])
     }
 
-    async fn import_image(&self, _name: &str, _archive: PathBuf) -> Result<ImageInfo, RuntimeError> {
+    async fn import_image(
+        &self,
+        _name: &str,
+        _archive: PathBuf,
+    ) -> Result<ImageInfo, RuntimeError> {
         Err(RuntimeError::Unsupported("image import".into(), "native"))
     }
 

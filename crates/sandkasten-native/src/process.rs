@@ -35,7 +35,13 @@ pub fn open_verified(pid: i32, expected_start: u64) -> Option<OwnedFd> {
 pub async fn kill_and_wait(pidfd: OwnedFd) -> std::io::Result<()> {
     // SAFETY: pidfd_send_signal on a pidfd we own.
     let rc = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
     if rc != 0 {
         let e = std::io::Error::last_os_error();

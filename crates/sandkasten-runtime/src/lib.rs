@@ -33,8 +33,9 @@ pub enum NetworkMode {
 pub enum WorkspaceMount {
     /// A private directory deleted with the sandbox.
     Ephemeral,
-    /// A host directory that outlives the sandbox.
-    Host(PathBuf),
+    /// The named persistent workspace `id`, created on first use; it
+    /// outlives the sandbox.
+    Persistent(String),
 }
 
 /// What to build.
