@@ -1,1 +1,333 @@
-fn main() {}
+//! `sandkasten`: the daemon and its command line. Wiring only: parse the
+//! CLI and config, build the runtime, store, engine and API, and run.
+
+mod config;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use config::Config;
+use sandkasten_engine::{Engine, EngineConfig};
+use sandkasten_native::{NativeConfig, NativeRuntime};
+use sandkasten_runtime::{Limits, NetworkMode, Runtime};
+use sandkasten_store::Store;
+use sha2::Digest;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The static in-sandbox agent, built by build.rs.
+static AGENT_BINARY: &[u8] = include_bytes!(env!("SANDKASTEN_AGENT_BIN"));
+
+#[derive(Parser)]
+#[command(
+    name = "sandkasten",
+    version,
+    about = "Self-hosted sandbox runtime for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Serve {
+        /// YAML config file; without it, embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List sessions of the running daemon.
+    Ps {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Destroy a session of the running daemon.
+    Rm {
+        id: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List images.
+    Ls,
+    /// Import a rootfs tarball or `docker save` archive as NAME.
+    Import { name: String, file: PathBuf },
+    /// Remove an image.
+    Rm { name: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("sandkasten {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
+        Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),
+        Command::Rm { id, config } => runtime().and_then(|rt| rt.block_on(rm(config, id))),
+        Command::Image { command, config } => {
+            runtime().and_then(|rt| rt.block_on(image(config, command)))
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandkasten: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The configured key, or the one generated at first start (0600 file).
+fn api_key(cfg: &Config, create: bool) -> Result<String> {
+    if let Some(k) = &cfg.api_key {
+        return Ok(k.clone());
+    }
+    let path = cfg.data_dir.join("api_key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_string());
+    }
+    if !create {
+        bail!(
+            "no api_key configured and {} does not exist; start the daemon first",
+            path.display()
+        );
+    }
+    let bytes: [u8; 24] = rand::random();
+    let key = format!(
+        "sk-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_0600()
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    eprintln!(
+        "sandkasten: generated an API key in {} (mode 0600)",
+        path.display()
+    );
+    Ok(key)
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+/// Writes the embedded agent under the data dir (once per version).
+fn install_agent(data_dir: &Path) -> Result<PathBuf> {
+    let digest = sha2::Sha256::digest(AGENT_BINARY);
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let dir = data_dir.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("sandkasten-agent-{hex}"));
+    if !path.exists() {
+        let tmp = dir.join(format!(".agent-{}", std::process::id()));
+        std::fs::write(&tmp, AGENT_BINARY).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555))?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+fn engine_config(cfg: &Config) -> EngineConfig {
+    EngineConfig {
+        default_image: cfg.default_image.clone(),
+        allowed_images: cfg.allowed_images.clone(),
+        session_ttl_seconds: cfg.session_ttl_seconds,
+        max_sessions: cfg.max_sessions,
+        limits: Limits {
+            memory_mb: cfg.defaults.mem_limit_mb,
+            cpu: cfg.defaults.cpu_limit,
+            pids: cfg.defaults.pids_limit,
+        },
+        network: if cfg.defaults.network_mode == "full" {
+            NetworkMode::Full
+        } else {
+            NetworkMode::None
+        },
+        readonly_rootfs: cfg.defaults.readonly_rootfs,
+        max_exec_timeout_ms: cfg.defaults.max_exec_timeout_ms,
+        workspace_enabled: cfg.workspace.enabled,
+        workspace_persist_by_default: cfg.workspace.persist_by_default,
+        ..EngineConfig::default()
+    }
+}
+
+fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let agent = install_agent(&cfg.data_dir)?;
+    Ok(NativeRuntime::new(NativeConfig {
+        data_dir: cfg.data_dir.clone(),
+        agent_binary: agent,
+        tmp_size_mb: cfg.defaults.tmp_size_mb,
+    })?)
+}
+
+async fn serve(config: Option<PathBuf>) -> Result<()> {
+    init_logging();
+    let cfg = Config::load(config.as_deref())?;
+    let runtime: Arc<dyn Runtime> = Arc::new(native_runtime(&cfg)?);
+    let key = api_key(&cfg, true)?;
+    let store = Arc::new(Store::open(&cfg.db_path())?);
+    let shutdown = CancellationToken::new();
+    let engine = Engine::start(engine_config(&cfg), runtime, store, shutdown.clone()).await?;
+    let router = sandkasten_api::router(
+        engine,
+        sandkasten_api::ApiConfig {
+            api_key: key,
+            max_body_bytes: (cfg.max_body_mb * 1024 * 1024) as usize,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, runtime = "native", data_dir = %cfg.data_dir.display(), "sandkasten ready");
+
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down; running sessions stay up for the next start");
+        signal_token.cancel();
+    });
+    sandkasten_api::serve(listener, router, shutdown).await?;
+    Ok(())
+}
+
+/// Base URL and key of the local daemon for the client commands.
+fn client(config: Option<PathBuf>) -> Result<(String, String, reqwest::Client)> {
+    let cfg = Config::load(config.as_deref())?;
+    let key = api_key(&cfg, false)?;
+    Ok((
+        format!("http://{}", cfg.listen),
+        key,
+        reqwest::Client::new(),
+    ))
+}
+
+async fn check(resp: reqwest::Response) -> Result<serde_json::Value> {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            body.get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("request failed")
+        );
+    }
+    Ok(body)
+}
+
+async fn ps(config: Option<PathBuf>) -> Result<()> {
+    let (url, key, http) = client(config)?;
+    let body = check(
+        http.get(format!("{url}/v1/sessions"))
+            .bearer_auth(&key)
+            .send()
+            .await?,
+    )
+    .await?;
+    println!(
+        "{:<34} {:<10} {:<10} {:<22} WORKSPACE",
+        "ID", "IMAGE", "STATUS", "EXPIRES"
+    );
+    for s in body.as_array().into_iter().flatten() {
+        let f = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+        println!(
+            "{:<34} {:<10} {:<10} {:<22} {}",
+            f("id"),
+            f("image"),
+            f("status"),
+            f("expires_at"),
+            f("workspace_id")
+        );
+    }
+    Ok(())
+}
+
+async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
+    let (url, key, http) = client(config)?;
+    check(
+        http.delete(format!("{url}/v1/sessions/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await?,
+    )
+    .await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
+    let cfg = Config::load(config.as_deref())?;
+    let rt = native_runtime(&cfg)?;
+    match cmd {
+        ImageCommand::Ls => {
+            println!("{:<24} {:<20} SIZE", "NAME", "DIGEST");
+            for i in rt.list_images().await? {
+                println!("{:<24} {:<20} {}", i.name, i.digest, i.size_bytes);
+            }
+        }
+        ImageCommand::Import { name, file } => {
+            let info = rt.import_image(&name, file).await?;
+            println!("{} {}", info.name, info.digest);
+        }
+        ImageCommand::Rm { name } => {
+            rt.remove_image(&name).await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}

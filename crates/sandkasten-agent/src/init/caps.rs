@@ -6,12 +6,12 @@ use super::os_err;
 
 /// Capabilities the agent keeps (numbers from linux/capability.h).
 const KEEP: &[u32] = &[
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
+    0, // CAP_CHOWN
+    1, // CAP_DAC_OVERRIDE
+    3, // CAP_FOWNER
+    5, // CAP_KILL
+    6, // CAP_SETGID
+    7, // CAP_SETUID
 ];
 
 /// Drops every capability not in [`KEEP`] from the bounding set.
@@ -43,12 +43,23 @@ pub fn drop_bounding_set() -> Result<(), String> {
         permitted: u32,
         inheritable: u32,
     }
-    let hdr = Header { version: 0x2008_0522, pid: 0 };
+    let hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
     let lo = mask as u32;
     let hi = (mask >> 32) as u32;
     let data = [
-        Data { effective: lo, permitted: lo, inheritable: 0 },
-        Data { effective: hi, permitted: hi, inheritable: 0 },
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: 0,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: 0,
+        },
     ];
     // SAFETY: capset with a v3 header and two data structs.
     if unsafe { libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) } != 0 {

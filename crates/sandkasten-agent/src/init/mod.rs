@@ -67,8 +67,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 
 fn launch() -> Result<LaunchReport, String> {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).map_err(|e| format!("reading spec: {e}"))?;
-    let spec: LaunchSpec = serde_json::from_str(&input).map_err(|e| format!("invalid spec: {e}"))?;
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("reading spec: {e}"))?;
+    let spec: LaunchSpec =
+        serde_json::from_str(&input).map_err(|e| format!("invalid spec: {e}"))?;
 
     let _ = std::fs::remove_file(&spec.socket_path);
     let listener = UnixListener::bind(&spec.socket_path)
@@ -92,7 +95,16 @@ fn launch() -> Result<LaunchReport, String> {
         | libc::CLONE_NEWNET;
     // SAFETY: a raw clone without a new stack behaves like fork(); this
     // process is single-threaded, so the child may run arbitrary code.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     if pid < 0 {
         return Err(os_err("clone of the sandbox init"));
     }
@@ -121,7 +133,8 @@ fn launch() -> Result<LaunchReport, String> {
         return Err(e);
     }
     let mut go = std::fs::File::from(go_wr);
-    go.write_all(b"g").map_err(|e| format!("releasing sandbox init: {e}"))?;
+    go.write_all(b"g")
+        .map_err(|e| format!("releasing sandbox init: {e}"))?;
     drop(go);
 
     // The child reports "ok" or an error message once it is serving.
@@ -133,22 +146,33 @@ fn launch() -> Result<LaunchReport, String> {
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(if msg.is_empty() { "sandbox init died during setup".into() } else { msg });
+        return Err(if msg.is_empty() {
+            "sandbox init died during setup".into()
+        } else {
+            msg
+        });
     }
     let start_time = proc_start_time(pid)?;
     Ok(LaunchReport { pid, start_time })
 }
 
 fn write_id_map(pid: i32, file: &str, maps: &[sandkasten_protocol::IdMap]) -> Result<(), String> {
-    let text: String = maps.iter().map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count)).collect();
+    let text: String = maps
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
+        .collect();
     std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|e| format!("writing {file}: {e}"))
 }
 
 /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
 pub fn proc_start_time(pid: i32) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| format!("reading stat of {pid}: {e}"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading stat of {pid}: {e}"))?;
     // The command name may contain spaces and parentheses: split after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("malformed stat")?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("malformed stat")?;
     rest.split_whitespace()
         .nth(19)
         .and_then(|v| v.parse().ok())
@@ -159,7 +183,10 @@ pub fn proc_start_time(pid: i32) -> Result<u64, String> {
 fn child(spec: LaunchSpec, listener: UnixListener, go: OwnedFd, ready: OwnedFd) -> ! {
     let mut ready = std::fs::File::from(ready);
     let mut byte = [0u8; 1];
-    let released = std::fs::File::from(go).read(&mut byte).map(|n| n == 1).unwrap_or(false);
+    let released = std::fs::File::from(go)
+        .read(&mut byte)
+        .map(|n| n == 1)
+        .unwrap_or(false);
     if !released {
         std::process::exit(1);
     }
@@ -200,7 +227,11 @@ fn setup_child(spec: &LaunchSpec) -> Result<(), String> {
     net::loopback_up()?;
     mounts::finish_in_namespace(spec)?;
     // stdio must not keep the daemon's pipes open.
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
     for fd in 0..3 {
         // SAFETY: dup2 onto the standard fds.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };

@@ -10,11 +10,19 @@ fn cstr(p: &Path) -> Result<CString, String> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path with NUL: {}", p.display()))
 }
 
-fn mount(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> Result<(), String> {
+fn mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
     let src_c = src.map(cstr).transpose()?;
     let target_c = cstr(target)?;
     let fstype_c = fstype.map(|s| CString::new(s).unwrap());
-    let data_c = data.map(|s| CString::new(s).map_err(|_| "mount data with NUL".to_string())).transpose()?;
+    let data_c = data
+        .map(|s| CString::new(s).map_err(|_| "mount data with NUL".to_string()))
+        .transpose()?;
     // SAFETY: all pointers are valid NUL-terminated strings or null.
     let rc = unsafe {
         libc::mount(
@@ -22,13 +30,17 @@ fn mount(src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: libc::c
             target_c.as_ptr(),
             fstype_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
             flags,
-            data_c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr() as *const libc::c_void),
+            data_c
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr() as *const libc::c_void),
         )
     };
     if rc != 0 {
         return Err(os_err(format!(
             "mounting {} on {}",
-            src.map(|s| s.display().to_string()).or(fstype.map(str::to_string)).unwrap_or_default(),
+            src.map(|s| s.display().to_string())
+                .or(fstype.map(str::to_string))
+                .unwrap_or_default(),
             target.display()
         )));
     }
@@ -55,13 +67,20 @@ fn ensure_file(p: &Path) -> Result<(), String> {
 }
 
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
-    let meta = std::fs::metadata(source).map_err(|e| format!("bind source {}: {e}", source.display()))?;
+    let meta =
+        std::fs::metadata(source).map_err(|e| format!("bind source {}: {e}", source.display()))?;
     if meta.is_dir() {
         ensure_dir(target)?;
     } else {
         ensure_file(target)?;
     }
-    mount(Some(source), target, None, libc::MS_BIND | libc::MS_REC, None)?;
+    mount(
+        Some(source),
+        target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )?;
     let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
     if readonly {
         flags |= libc::MS_RDONLY;
@@ -72,22 +91,42 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
 /// Step 2 of the launch, as real root in the launcher's private mount
 /// namespace: overlay rootfs, binds, `/tmp`, `/dev`.
 pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
-    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
     let rootfs = &spec.rootfs_dir;
-    for p in spec.lower_dirs.iter().chain([&spec.upper_dir, &spec.work_dir]) {
+    for p in spec
+        .lower_dirs
+        .iter()
+        .chain([&spec.upper_dir, &spec.work_dir])
+    {
         let s = p.to_string_lossy();
         if s.contains(':') || s.contains(',') {
             return Err(format!("overlay path contains ':' or ',': {s}"));
         }
     }
-    let lower: Vec<String> = spec.lower_dirs.iter().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = spec
+        .lower_dirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         spec.upper_dir.display(),
         spec.work_dir.display()
     );
-    mount(Some(Path::new("overlay")), rootfs, Some("overlay"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts))?;
+    mount(
+        Some(Path::new("overlay")),
+        rootfs,
+        Some("overlay"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&opts),
+    )?;
 
     for b in &spec.binds {
         bind(&b.source, &inside(rootfs, &b.target), b.readonly)?;
@@ -105,11 +144,23 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
 
     let dev = inside(rootfs, "/dev");
     ensure_dir(&dev)?;
-    mount(Some(Path::new("tmpfs")), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("size=64k,mode=755"))?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,mode=755"),
+    )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(name);
         ensure_file(&target)?;
-        mount(Some(&Path::new("/dev").join(name)), &target, None, libc::MS_BIND, None)?;
+        mount(
+            Some(&Path::new("/dev").join(name)),
+            &target,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
     }
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
@@ -118,7 +169,8 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| format!("creating /dev/{link}: {e}"))?;
+        std::os::unix::fs::symlink(to, dev.join(link))
+            .map_err(|e| format!("creating /dev/{link}: {e}"))?;
     }
     ensure_dir(&dev.join("pts"))?;
     let shm = dev.join("shm");
@@ -133,7 +185,13 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     ensure_dir(&inside(rootfs, "/proc"))?;
 
     if spec.readonly_rootfs {
-        mount(None, rootfs, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)?;
+        mount(
+            None,
+            rootfs,
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )?;
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ pub fn loopback_up() -> Result<(), String> {
         for (i, b) in b"lo".iter().enumerate() {
             req.ifr_name[i] = *b as libc::c_char;
         }
-        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
         let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
         libc::close(fd);
         rc

@@ -4,8 +4,8 @@
 //! `docs/architecture.md` ("Seccomp").
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -93,8 +93,13 @@ fn flag_rules() -> Result<Vec<SeccompRule>, String> {
     NAMESPACE_FLAGS
         .iter()
         .map(|(flag, _)| {
-            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(*flag), *flag)
-                .map_err(|e| e.to_string())?;
+            let cond = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(*flag),
+                *flag,
+            )
+            .map_err(|e| e.to_string())?;
             SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
         })
         .collect()
@@ -104,14 +109,26 @@ fn flag_rules() -> Result<Vec<SeccompRule>, String> {
 /// ENOSYS for `clone3` (its flags live in memory seccomp cannot inspect;
 /// libc falls back to `clone`, whose flags the first filter checks).
 pub fn filters() -> Result<Vec<BpfProgram>, String> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|(nr, _)| (*nr, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|(nr, _)| (*nr, vec![])).collect();
     rules.insert(libc::SYS_clone, flag_rules()?);
     rules.insert(libc::SYS_unshare, flag_rules()?);
-    let eperm = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch())
-        .map_err(|e| e.to_string())?;
-    let clone3: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_clone3, vec![])].into_iter().collect();
-    let enosys = SeccompFilter::new(clone3, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch())
-        .map_err(|e| e.to_string())?;
+    let eperm = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .map_err(|e| e.to_string())?;
+    let clone3: BTreeMap<i64, Vec<SeccompRule>> =
+        [(libc::SYS_clone3, vec![])].into_iter().collect();
+    let enosys = SeccompFilter::new(
+        clone3,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(vec![
         BpfProgram::try_from(eperm).map_err(|e| e.to_string())?,
         BpfProgram::try_from(enosys).map_err(|e| e.to_string())?,

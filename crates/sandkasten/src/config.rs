@@ -1,0 +1,286 @@
+//! The daemon's configuration: YAML file (the seed's keys plus `data_dir`,
+//! `runtime`, `max_sessions`), then environment overrides, then validation.
+//! Unknown keys and invalid values stop the daemon with a message naming
+//! the key; defaults live here and nowhere else.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub api_key: Option<String>,
+    pub data_dir: PathBuf,
+    pub db_path: Option<PathBuf>,
+    pub runtime: String,
+    pub default_image: String,
+    pub allowed_images: Vec<String>,
+    pub session_ttl_seconds: u64,
+    pub max_sessions: usize,
+    /// Largest accepted request body (uploads and writes).
+    pub max_body_mb: u64,
+    pub defaults: Defaults,
+    pub workspace: Workspace,
+    pub pool: Pool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub cpu_limit: f64,
+    pub mem_limit_mb: u64,
+    pub pids_limit: u64,
+    pub max_exec_timeout_ms: u64,
+    pub network_mode: String,
+    pub readonly_rootfs: bool,
+    /// Size of each sandbox's /tmp (tmpfs, counted against its memory).
+    pub tmp_size_mb: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workspace {
+    pub enabled: bool,
+    pub persist_by_default: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    pub enabled: bool,
+    pub images: BTreeMap<String, usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            api_key: None,
+            data_dir: PathBuf::from("/var/lib/sandkasten"),
+            db_path: None,
+            runtime: "native".into(),
+            default_image: "base".into(),
+            allowed_images: Vec::new(),
+            session_ttl_seconds: 1800,
+            max_sessions: 64,
+            max_body_mb: 64,
+            defaults: Defaults::default(),
+            workspace: Workspace::default(),
+            pool: Pool::default(),
+        }
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            cpu_limit: 1.0,
+            mem_limit_mb: 512,
+            pids_limit: 256,
+            max_exec_timeout_ms: 120_000,
+            network_mode: "none".into(),
+            readonly_rootfs: false,
+            tmp_size_mb: 256,
+        }
+    }
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace {
+            enabled: true,
+            persist_by_default: false,
+        }
+    }
+}
+
+/// Reads the environment variable `name` if set and non-empty.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// File (if any), then environment, then validation.
+    pub fn load(file: Option<&Path>) -> Result<Config> {
+        let mut cfg = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                Self::parse(&text).with_context(|| format!("invalid config {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        // serde_yaml's messages name the offending key and its line.
+        Ok(serde_yaml::from_str(text)?)
+    }
+
+    fn apply_env(&mut self) -> Result<()> {
+        if let Some(v) = env("SANDKASTEN_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = env("SANDKASTEN_API_KEY") {
+            self.api_key = Some(v);
+        }
+        if let Some(v) = env("SANDKASTEN_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("SANDKASTEN_RUNTIME") {
+            self.runtime = v;
+        }
+        if let Some(v) = env("SANDKASTEN_DEFAULT_IMAGE") {
+            self.default_image = v;
+        }
+        if let Some(v) = env("SANDKASTEN_SESSION_TTL_SECONDS") {
+            self.session_ttl_seconds = v
+                .parse()
+                .with_context(|| format!("SANDKASTEN_SESSION_TTL_SECONDS: not a number: {v:?}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "listen: {:?} is not an address like 127.0.0.1:8080",
+                self.listen
+            );
+        }
+        if let Some(k) = &self.api_key {
+            if k.len() < 8 {
+                bail!("api_key: must be at least 8 characters");
+            }
+        }
+        if !self.data_dir.is_absolute() {
+            bail!(
+                "data_dir: must be an absolute path, got {}",
+                self.data_dir.display()
+            );
+        }
+        match self.runtime.as_str() {
+            "native" => {}
+            "docker" => bail!("runtime: docker is not available in this build yet; use native"),
+            other => bail!("runtime: unknown runtime {other:?} (native or docker)"),
+        }
+        if self.default_image.is_empty() {
+            bail!("default_image: must not be empty");
+        }
+        if !self.allowed_images.is_empty() && !self.allowed_images.contains(&self.default_image) {
+            bail!(
+                "allowed_images: does not contain default_image {:?}",
+                self.default_image
+            );
+        }
+        if self.session_ttl_seconds == 0 {
+            bail!("session_ttl_seconds: must be at least 1");
+        }
+        if self.max_sessions == 0 {
+            bail!("max_sessions: must be at least 1");
+        }
+        if self.max_body_mb == 0 {
+            bail!("max_body_mb: must be at least 1");
+        }
+        let d = &self.defaults;
+        if !(d.cpu_limit > 0.0 && d.cpu_limit <= 1024.0) {
+            bail!(
+                "defaults.cpu_limit: must be a number of cores > 0, got {}",
+                d.cpu_limit
+            );
+        }
+        if d.mem_limit_mb < 16 {
+            bail!(
+                "defaults.mem_limit_mb: must be at least 16, got {}",
+                d.mem_limit_mb
+            );
+        }
+        if d.pids_limit < 8 {
+            bail!(
+                "defaults.pids_limit: must be at least 8, got {}",
+                d.pids_limit
+            );
+        }
+        if d.max_exec_timeout_ms < 100 {
+            bail!("defaults.max_exec_timeout_ms: must be at least 100");
+        }
+        if d.tmp_size_mb == 0 {
+            bail!("defaults.tmp_size_mb: must be at least 1");
+        }
+        match d.network_mode.as_str() {
+            "none" => {}
+            "full" => bail!(
+                "defaults.network_mode: full is not available on the native runtime yet; use none"
+            ),
+            other => bail!("defaults.network_mode: unknown mode {other:?} (none or full)"),
+        }
+        if self.pool.enabled && !self.pool.images.is_empty() {
+            // Accepted for compatibility with the seed's config; the pool
+            // itself is not built yet (sessions are created cold).
+            tracing::warn!(
+                "pool: configured but not implemented yet; every session is created cold"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.db_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sandkasten.db"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_config_is_accepted() {
+        let cfg = Config::parse(
+            "listen: \"127.0.0.1:8080\"\napi_key: \"sk-sandbox-quickstart\"\ndefault_image: base\n\
+             allowed_images: [base]\nsession_ttl_seconds: 1800\ndefaults:\n  cpu_limit: 1.0\n  mem_limit_mb: 512\n\
+             \x20 pids_limit: 256\n  max_exec_timeout_ms: 120000\n  network_mode: none\n  readonly_rootfs: true\n\
+             workspace:\n  enabled: true\n  persist_by_default: false\npool:\n  enabled: true\n  images:\n    base: 2\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pool.images.get("base"), Some(&2));
+        assert!(cfg.defaults.readonly_rootfs);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("defaults:\n  mem_limit: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mem_limit"), "{err}");
+        let err = Config::parse("bogus: 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let err = Config::parse("defaults:\n  mem_limit_mb: -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mem_limit_mb"), "{err}");
+        let cfg = Config::parse("defaults:\n  network_mode: bogus\n").unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("defaults.network_mode"));
+        let cfg = Config::parse("listen: nope\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("listen"));
+    }
+}
