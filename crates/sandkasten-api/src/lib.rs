@@ -1,1 +1,138 @@
-//! sandkasten-api
+//! The HTTP layer of Sandkasten: the axum router, authentication, the
+//! extractors, the one error-to-status table, SSE for streamed exec, and
+//! the OpenAPI document generated from the handlers.
+//!
+//! Handlers only extract, validate, call one engine method and convert the
+//! result; there is no business logic, file system access or SQL here. The
+//! wire format lives in `wire`; the engine speaks plain Rust types.
+//!
+//! Layers, outermost first: access log, body limit, then either the public
+//! `/healthz` or the bearer-key check in front of every other route and of
+//! the 404 fallback (an unauthenticated client learns nothing about which
+//! routes exist).
+
+mod access_log;
+mod auth;
+mod backend;
+mod error;
+mod extract;
+mod openapi;
+mod routes;
+mod wire;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::Router;
+use backend::Backend;
+use sandkasten_engine::Engine;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Settings of the HTTP layer.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// The bearer key every route but `/healthz` requires. An empty key
+    /// authorizes no request.
+    pub api_key: String,
+    /// Largest request body accepted (JSON and multipart alike); larger
+    /// ones are answered with 413 `PAYLOAD_TOO_LARGE`.
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("api_key", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) max_body_bytes: usize,
+}
+
+/// The API's router, ready for [`serve`].
+pub fn router(engine: Engine, config: ApiConfig) -> Router {
+    build_router(Arc::new(engine), config)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled; then stops
+/// accepting connections and returns once in-flight requests (streams
+/// included) have finished.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
+        .await
+}
+
+/// The OpenAPI 3.1 document of this API, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .merge(public_routes())
+        .merge(protected_routes())
+        .into_openapi();
+    openapi::add_shared_responses(&mut doc);
+    doc
+}
+
+/// Routes that need no key.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(routes::system::healthz))
+}
+
+/// Routes behind the bearer key. Each `routes!` groups the handlers of one
+/// path; the same declaration yields the axum route and its OpenAPI entry,
+/// so the two cannot drift apart.
+fn protected_routes() -> OpenApiRouter<AppState> {
+    use routes::{exec, files, sessions, system};
+    OpenApiRouter::new()
+        .routes(routes!(system::openapi_json))
+        .routes(routes!(sessions::create_session, sessions::list_sessions))
+        .routes(routes!(sessions::get_session, sessions::destroy_session))
+        .routes(routes!(sessions::session_stats))
+        .routes(routes!(exec::exec))
+        .routes(routes!(exec::exec_stream))
+        .routes(routes!(files::write_file))
+        .routes(routes!(files::read_file))
+        .routes(routes!(files::upload))
+        .routes(routes!(files::list_dir))
+        .routes(routes!(files::stat))
+        .routes(routes!(files::mkdir))
+        .routes(routes!(files::remove))
+}
+
+/// The router over any backend (the engine, or a fake in tests).
+pub(crate) fn build_router(backend: Arc<dyn Backend>, config: ApiConfig) -> Router {
+    let key = Arc::new(auth::ApiKey::new(&config.api_key));
+    let state = AppState {
+        backend,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let (public, _) = public_routes().split_for_parts();
+    let (protected, _) = protected_routes().split_for_parts();
+    let protected = protected
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .fallback(routes::route_not_found)
+        .layer(middleware::from_fn_with_state(key, auth::require_api_key));
+    public
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn(access_log::access_log))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! The seam between the handlers and the engine: the engine methods the API
+//! calls, as an object-safe trait. The router holds an `Arc<dyn Backend>`,
+//! which is the real [`Engine`] in production and a scripted fake in this
+//! crate's tests, so the HTTP behaviour is testable without sandboxes.
+
+use async_trait::async_trait;
+use sandkasten_engine::{
+    CreateSession, DirEntry, Engine, EngineError, ExecRequest, ExecResult, ExecStream, FileContent,
+    FileStat, SessionInfo, SessionStats,
+};
+
+/// What the HTTP layer needs from the engine; each method is one engine
+/// method with the same signature.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError>;
+    async fn list_sessions(&self) -> Vec<SessionInfo>;
+    async fn get_session(&self, id: &str) -> Result<SessionInfo, EngineError>;
+    async fn destroy_session(&self, id: &str) -> Result<(), EngineError>;
+    async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError>;
+    async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError>;
+    async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError>;
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError>;
+    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<String, EngineError>;
+    async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError>;
+    async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError>;
+    async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError>;
+    async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError>;
+}
+
+#[async_trait]
+impl Backend for Engine {
+    async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError> {
+        Engine::create_session(self, req).await
+    }
+    async fn list_sessions(&self) -> Vec<SessionInfo> {
+        Engine::list_sessions(self).await
+    }
+    async fn get_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        Engine::get_session(self, id).await
+    }
+    async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
+        Engine::destroy_session(self, id).await
+    }
+    async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
+        Engine::session_stats(self, id).await
+    }
+    async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError> {
+        Engine::exec(self, id, req).await
+    }
+    async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
+        Engine::exec_stream(self, id, req).await
+    }
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError> {
+        Engine::read_file(self, id, path, max_bytes).await
+    }
+    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<String, EngineError> {
+        Engine::write_file(self, id, path, data).await
+    }
+    async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
+        Engine::list_dir(self, id, path).await
+    }
+    async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError> {
+        Engine::stat(self, id, path).await
+    }
+    async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError> {
+        Engine::mkdir(self, id, path, parents).await
+    }
+    async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
+        Engine::remove(self, id, path, recursive).await
+    }
+}

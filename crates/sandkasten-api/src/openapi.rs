@@ -1,0 +1,95 @@
+//! The frame of the OpenAPI document: info, the bearer security scheme, the
+//! responses every authenticated route shares, and the SSE event schemas.
+//! The paths themselves come from the handlers' `#[utoipa::path]` through
+//! the router (see `crate::public_routes` and `crate::protected_routes`).
+
+use crate::wire::{ErrorBody, ExecChunkEvent, ExecDoneEvent, ExecErrorEvent};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sandkasten API",
+        description = "Sandboxes for AI agents: sessions, a persistent shell, files. \
+                       Every route except `/healthz` requires `Authorization: Bearer <key>`. \
+                       Every error is `ErrorBody` JSON."
+    ),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody, ExecChunkEvent, ExecDoneEvent, ExecErrorEvent)),
+    tags(
+        (name = "system", description = "Health and this document"),
+        (name = "sessions", description = "Session lifecycle"),
+        (name = "exec", description = "Commands in the session's persistent shell"),
+        (name = "files", description = "Files inside the sandbox"),
+    ),
+    modifiers(&SharedResponses)
+)]
+pub(crate) struct ApiDoc;
+
+/// Adds the bearer scheme and the `401`/`500` responses to every operation
+/// that requires the key (all but `/healthz`).
+struct SharedResponses;
+
+impl Modify for SharedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let error_json = || {
+            ContentBuilder::new()
+                .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+                .build()
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.responses.insert(
+            "Unauthorized".into(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description("UNAUTHORIZED: missing or wrong API key")
+                    .content("application/json", error_json())
+                    .build(),
+            ),
+        );
+        components.responses.insert(
+            "InternalError".into(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description("INTERNAL_ERROR: details are logged, not returned")
+                    .content("application/json", error_json())
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Adds the shared responses to the operations of a finished document; run
+/// after the paths are merged in, which `Modify` on the frame cannot see.
+pub(crate) fn add_shared_responses(openapi: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if path == "/healthz" {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for op in operations.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            responses
+                .entry("401".into())
+                .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Unauthorized")));
+            responses
+                .entry("500".into())
+                .or_insert_with(|| RefOr::Ref(Ref::from_response_name("InternalError")));
+        }
+    }
+}

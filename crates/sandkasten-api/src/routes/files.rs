@@ -1,0 +1,370 @@
+//! `/v1/sessions/{id}/fs/*`: write, read, upload, and the extensions list,
+//! stat, mkdir and remove. Paths are paths inside the sandbox; the engine
+//! resolves relative ones against `/workspace`.
+
+use super::ApiResult;
+use crate::error::ApiError;
+use crate::extract::{body_error, ApiJson, ApiMultipart, ApiPath, ApiQuery};
+use crate::wire::{
+    DirEntry, DirListing, ErrorBody, FileContent, FileStat, ListQuery, MkdirRequest, MkdirResult,
+    OkResponse, PathQuery, ReadFileQuery, RemoveRequest, UploadForm, UploadResult,
+    WriteFileRequest,
+};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::multipart::MultipartError;
+use axum::extract::State;
+use axum::Json;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+
+/// Where uploads go when the form names no directory.
+const DEFAULT_UPLOAD_DIR: &str = "/workspace";
+
+/// Standard base64 that accepts input with or without padding.
+const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Rejects paths that can never be valid; everything else is the engine's
+/// to judge.
+fn check_path(path: &str) -> ApiResult<()> {
+    if path.is_empty() {
+        return Err(ApiError::InvalidPath("path must not be empty".into()));
+    }
+    if path.contains('\0') {
+        return Err(ApiError::InvalidPath("path must not contain NUL".into()));
+    }
+    Ok(())
+}
+
+/// Decodes `content_base64`; line breaks and spaces (as `base64` wraps its
+/// output) are ignored.
+fn decode_base64(text: &str) -> ApiResult<Vec<u8>> {
+    let decoded = if text.bytes().any(|b| b.is_ascii_whitespace()) {
+        let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        BASE64_LENIENT.decode(compact)
+    } else {
+        BASE64_LENIENT.decode(text)
+    };
+    decoded.map_err(|e| ApiError::InvalidRequest(format!("content_base64 is not base64: {e}")))
+}
+
+/// Writes a whole file, creating missing parents.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/fs/write",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id")),
+    request_body(content = WriteFileRequest, description = "`path` and exactly one of `text` and `content_base64`; empty content is allowed"),
+    responses(
+        (status = 200, description = "Written", body = OkResponse),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+    )
+)]
+pub(crate) async fn write_file(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<WriteFileRequest>,
+) -> ApiResult<Json<OkResponse>> {
+    check_path(&req.path)?;
+    let data = match (req.text, req.content_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => decode_base64(&encoded)?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "give either text or content_base64, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::InvalidRequest(
+                "give the content as text or content_base64".into(),
+            ))
+        }
+    };
+    state.backend.write_file(&id, &req.path, data).await?;
+    Ok(Json(OkResponse::TRUE))
+}
+
+/// Reads a file.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/fs/read",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id"), ReadFileQuery),
+    responses(
+        (status = 200, description = "The content", body = FileContent),
+        (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a directory", body = ErrorBody),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+    )
+)]
+pub(crate) async fn read_file(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReadFileQuery>,
+) -> ApiResult<Json<FileContent>> {
+    check_path(&q.path)?;
+    // v1 clients send `max_bytes=0` to mean "no limit of my own".
+    let max_bytes = q.max_bytes.filter(|&n| n > 0);
+    let content = state.backend.read_file(&id, &q.path, max_bytes).await?;
+    Ok(Json(FileContent {
+        path: content.path,
+        content_base64: STANDARD.encode(&content.data),
+        truncated: content.truncated,
+    }))
+}
+
+/// Rejects an upload filename that is not a plain name: a file goes exactly
+/// into the target directory, never elsewhere.
+pub(crate) fn check_upload_filename(name: &str) -> ApiResult<()> {
+    let problem = if name.is_empty() {
+        "is empty"
+    } else if name == "." || name == ".." {
+        "is not a file name"
+    } else if name.contains('/') {
+        "contains '/'"
+    } else if name.contains('\0') {
+        "contains NUL"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::InvalidPath(format!(
+        "upload filename {name:?} {problem}"
+    )))
+}
+
+/// `dir/name`, without doubling a trailing slash of `dir`.
+fn upload_target(dir: &str, name: &str) -> String {
+    format!("{}/{}", dir.trim_end_matches('/'), name)
+}
+
+fn multipart_error(e: MultipartError, limit: usize) -> ApiError {
+    body_error(e.status(), e.body_text(), limit)
+}
+
+/// Uploads files as `multipart/form-data`: parts `file` or `files`, each
+/// with a filename, and an optional text part `path` naming the target
+/// directory (before or after the files).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/fs/upload",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Every file written", body = UploadResult),
+        (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a bad filename or directory", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+    )
+)]
+pub(crate) async fn upload(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiMultipart(mut form): ApiMultipart,
+) -> ApiResult<Json<UploadResult>> {
+    let limit = state.max_body_bytes;
+    let mut dir: Option<String> = None;
+    let mut files: Vec<(String, Bytes)> = Vec::new();
+    // The directory may come after the files, so the files are held until
+    // the form is read; the body limit bounds what that holds.
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        match field.name() {
+            Some("file" | "files") => {
+                let Some(name) = field.file_name().map(str::to_owned) else {
+                    return Err(ApiError::InvalidRequest(
+                        "a file part has no filename".into(),
+                    ));
+                };
+                check_upload_filename(&name)?;
+                let data = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+                files.push((name, data));
+            }
+            Some("path") => {
+                if dir.is_some() {
+                    return Err(ApiError::InvalidRequest(
+                        "the form has more than one path part".into(),
+                    ));
+                }
+                dir = Some(field.text().await.map_err(|e| multipart_error(e, limit))?);
+            }
+            // Unknown parts are skipped, as unknown JSON fields are.
+            _ => {}
+        }
+    }
+    if files.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "no file: send one or more parts named file or files".into(),
+        ));
+    }
+    let dir = dir
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| DEFAULT_UPLOAD_DIR.to_owned());
+    check_path(&dir)?;
+    let mut paths = Vec::with_capacity(files.len());
+    for (name, data) in files {
+        let target = upload_target(&dir, &name);
+        paths.push(state.backend.write_file(&id, &target, data.into()).await?);
+    }
+    Ok(Json(UploadResult { ok: true, paths }))
+}
+
+/// Lists a directory (extension).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/fs/list",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id"), ListQuery),
+    responses(
+        (status = 200, description = "The entries", body = DirListing),
+        (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a non-directory", body = ErrorBody),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_dir(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<DirListing>> {
+    let path = q.path.unwrap_or_else(|| DEFAULT_UPLOAD_DIR.to_owned());
+    check_path(&path)?;
+    let entries = state.backend.list_dir(&id, &path).await?;
+    Ok(Json(DirListing {
+        path,
+        entries: entries.into_iter().map(DirEntry::from).collect(),
+    }))
+}
+
+/// Metadata of a path, not following a final symlink (extension).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/fs/stat",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id"), PathQuery),
+    responses(
+        (status = 200, description = "The metadata", body = FileStat),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+    )
+)]
+pub(crate) async fn stat(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PathQuery>,
+) -> ApiResult<Json<FileStat>> {
+    check_path(&q.path)?;
+    Ok(Json(state.backend.stat(&id, &q.path).await?.into()))
+}
+
+/// Creates a directory (extension).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/fs/mkdir",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id")),
+    request_body = MkdirRequest,
+    responses(
+        (status = 200, description = "The directory exists", body = MkdirResult),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND, or FILE_NOT_FOUND for a missing parent without `parents`", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING, or ALREADY_EXISTS without `parents`", body = ErrorBody),
+    )
+)]
+pub(crate) async fn mkdir(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<MkdirRequest>,
+) -> ApiResult<Json<MkdirResult>> {
+    check_path(&req.path)?;
+    let parents = req.parents.unwrap_or(true);
+    let path = state.backend.mkdir(&id, &req.path, parents).await?;
+    Ok(Json(MkdirResult { ok: true, path }))
+}
+
+/// Removes a file, symlink or directory (extension).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/fs/remove",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id")),
+    request_body = RemoveRequest,
+    responses(
+        (status = 200, description = "Removed", body = OkResponse),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PATH (a non-empty directory without `recursive`)", body = ErrorBody),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+    )
+)]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RemoveRequest>,
+) -> ApiResult<Json<OkResponse>> {
+    check_path(&req.path)?;
+    let recursive = req.recursive.unwrap_or(false);
+    state.backend.remove(&id, &req.path, recursive).await?;
+    Ok(Json(OkResponse::TRUE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_filenames_are_plain_names() {
+        for ok in [
+            "a.txt",
+            ".hidden",
+            "..x",
+            "x..",
+            "with space",
+            "ü.bin",
+            "a\\b",
+        ] {
+            assert!(check_upload_filename(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "/abs", "../x", "x/", "a\0b"] {
+            let err = check_upload_filename(bad).unwrap_err();
+            assert_eq!(err.status_and_code().1, "INVALID_PATH", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upload_targets_join_cleanly() {
+        assert_eq!(upload_target("/workspace", "a"), "/workspace/a");
+        assert_eq!(upload_target("/workspace/", "a"), "/workspace/a");
+        assert_eq!(upload_target("/", "a"), "/a");
+        assert_eq!(upload_target("sub", "a"), "sub/a");
+    }
+
+    #[test]
+    fn base64_is_lenient_about_padding_and_wrapping() {
+        assert_eq!(decode_base64("aGk=").unwrap(), b"hi");
+        assert_eq!(decode_base64("aGk").unwrap(), b"hi");
+        assert_eq!(decode_base64("aG\nk=\n").unwrap(), b"hi");
+        assert_eq!(decode_base64("").unwrap(), b"");
+        assert_eq!(
+            decode_base64("!!").unwrap_err().status_and_code().1,
+            "INVALID_REQUEST"
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! The wire format: every JSON body the API reads or writes, with its
+//! OpenAPI schema, and the conversions from the engine's plain types.
+//!
+//! Request types ignore unknown fields (clients may send more than we know)
+//! but reject wrong types. Response types serialize every field, `null`
+//! included, so clients can rely on the keys being present.
+
+use sandkasten_engine as engine;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+use utoipa::{IntoParams, ToSchema};
+
+/// `{"status": "ok"}` of `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `{"ok": true}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OkResponse {
+    pub ok: bool,
+}
+
+impl OkResponse {
+    pub(crate) const TRUE: OkResponse = OkResponse { ok: true };
+}
+
+/// Body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// Stable, machine-readable code, e.g. `SESSION_NOT_FOUND`.
+    #[schema(example = "SESSION_NOT_FOUND")]
+    pub error_code: &'static str,
+    /// Human-readable description.
+    #[schema(example = "session abc not found")]
+    pub message: String,
+    /// Structured context; an empty object when there is none.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// `POST /v1/sessions`; every field is optional and an empty body is `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct CreateSessionRequest {
+    /// Image to start; the daemon's `default_image` when absent.
+    #[schema(example = "base")]
+    pub image: Option<String>,
+    /// This session's own TTL; activity extends `expires_at` by it.
+    #[schema(example = 600)]
+    pub ttl_seconds: Option<u64>,
+    /// Persistent workspace to mount at `/workspace`; ephemeral when absent.
+    #[schema(example = "user123-project456")]
+    pub workspace_id: Option<String>,
+}
+
+impl From<CreateSessionRequest> for engine::CreateSession {
+    fn from(r: CreateSessionRequest) -> Self {
+        engine::CreateSession {
+            image: r.image,
+            ttl_seconds: r.ttl_seconds,
+            workspace_id: r.workspace_id,
+        }
+    }
+}
+
+/// A session as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SessionInfo {
+    pub id: String,
+    #[schema(example = "base")]
+    pub image: String,
+    /// `creating`, `running`, `destroying`, `destroyed`, `expired`, `lost`
+    /// or `failed`.
+    #[schema(example = "running")]
+    pub status: &'static str,
+    /// The shell's working directory after the last exec.
+    #[schema(example = "/workspace")]
+    pub cwd: String,
+    /// `null` for an ephemeral session.
+    pub workspace_id: Option<String>,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime, example = "2026-02-08T10:00:00.123Z")]
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime, example = "2026-02-08T10:30:00.123Z")]
+    pub expires_at: String,
+    /// `pool` when a pre-warmed sandbox served the create, else `cold`.
+    #[schema(example = "pool")]
+    pub acquire_source: &'static str,
+}
+
+impl From<engine::SessionInfo> for SessionInfo {
+    fn from(s: engine::SessionInfo) -> Self {
+        SessionInfo {
+            id: s.id,
+            image: s.image,
+            status: s.status.as_str(),
+            cwd: s.cwd,
+            workspace_id: s.workspace_id,
+            created_at: rfc3339(s.created_at),
+            expires_at: rfc3339(s.expires_at),
+            acquire_source: s.acquire_source.as_str(),
+        }
+    }
+}
+
+/// Formats a timestamp as RFC 3339 in UTC with millisecond precision, the
+/// form every client's date parser accepts.
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    let t = t.replace_millisecond(t.millisecond()).unwrap_or(t);
+    // Formatting only fails for years beyond 9999, which no session reaches;
+    // fall back to the Display form rather than failing the whole response.
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Resource usage of a session.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SessionStats {
+    pub memory_bytes: u64,
+    pub memory_limit: u64,
+    pub cpu_usage_usec: u64,
+    pub pids: u64,
+}
+
+impl From<engine::SessionStats> for SessionStats {
+    fn from(s: engine::SessionStats) -> Self {
+        SessionStats {
+            memory_bytes: s.memory_bytes,
+            memory_limit: s.memory_limit,
+            cpu_usage_usec: s.cpu_usage_usec,
+            pids: s.pids,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- exec
+
+/// `POST /v1/sessions/{id}/exec` and `/exec/stream`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ExecRequest {
+    /// Shell command, run in the session's persistent shell. Not empty.
+    #[schema(example = "python3 -c 'print(42)'")]
+    pub cmd: String,
+    /// Defaults to 30000, capped by `defaults.max_exec_timeout_ms`.
+    #[schema(example = 30000)]
+    pub timeout_ms: Option<u64>,
+    /// Keep terminal noise (ANSI sequences, CRLF) in the output.
+    #[schema(example = false)]
+    pub raw_output: Option<bool>,
+}
+
+impl From<ExecRequest> for engine::ExecRequest {
+    fn from(r: ExecRequest) -> Self {
+        engine::ExecRequest {
+            cmd: r.cmd,
+            timeout_ms: r.timeout_ms,
+            raw_output: r.raw_output.unwrap_or(false),
+        }
+    }
+}
+
+/// The result of a buffered exec.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ExecResult {
+    pub exit_code: i32,
+    #[schema(example = "/workspace")]
+    pub cwd: String,
+    /// stdout and stderr interleaved in the order written.
+    #[schema(example = "42\n")]
+    pub output: String,
+    /// The output hit the cap; the command still ran to completion.
+    pub truncated: bool,
+    pub duration_ms: u64,
+    /// The command was interrupted at its timeout (`exit_code` is 124).
+    pub timed_out: bool,
+}
+
+impl From<engine::ExecResult> for ExecResult {
+    fn from(r: engine::ExecResult) -> Self {
+        ExecResult {
+            exit_code: r.exit_code,
+            cwd: r.cwd,
+            output: r.output,
+            truncated: r.truncated,
+            duration_ms: r.duration_ms,
+            timed_out: r.timed_out,
+        }
+    }
+}
+
+/// Data of an SSE `chunk` event.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ExecChunkEvent {
+    pub chunk: String,
+    /// When the chunk was read, Unix ms.
+    pub timestamp: i64,
+}
+
+/// Data of the SSE `done` event that ends a stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ExecDoneEvent {
+    pub exit_code: i32,
+    pub cwd: String,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    pub truncated: bool,
+}
+
+/// Data of the SSE `error` event that ends a stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ExecErrorEvent {
+    pub error: String,
+}
+
+// ---------------------------------------------------------------- files
+
+/// `POST /v1/sessions/{id}/fs/write`: `path` and exactly one of `text`
+/// and `content_base64`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct WriteFileRequest {
+    /// Relative paths resolve against `/workspace`.
+    #[schema(example = "hello.py")]
+    pub path: String,
+    /// Content as UTF-8 text.
+    #[schema(example = "print(1)")]
+    pub text: Option<String>,
+    /// Content as standard base64 (padding optional).
+    pub content_base64: Option<String>,
+}
+
+/// Query of `GET /v1/sessions/{id}/fs/read`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ReadFileQuery {
+    /// File to read; relative paths resolve against `/workspace`.
+    pub path: String,
+    /// Read at most this many bytes (`truncated` tells whether more
+    /// remain). Absent or 0: the daemon's read cap.
+    pub max_bytes: Option<u64>,
+}
+
+/// A file's content.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FileContent {
+    /// Absolute path inside the sandbox.
+    #[schema(example = "/workspace/hello.py")]
+    pub path: String,
+    /// Standard base64 with padding.
+    pub content_base64: String,
+    pub truncated: bool,
+}
+
+/// The multipart form of `POST /v1/sessions/{id}/fs/upload` (for the
+/// OpenAPI document only; the handler reads the parts as they stream in).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct UploadForm {
+    /// One or more files, each with a filename (no `/`, not `.` or `..`).
+    /// The part may also be named `files`.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    pub file: Vec<Vec<u8>>,
+    /// Target directory; `/workspace` when absent or empty.
+    pub path: Option<String>,
+}
+
+/// `{"ok": true, "paths": [...]}` of an upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UploadResult {
+    pub ok: bool,
+    /// Absolute paths of the written files, in the order uploaded.
+    pub paths: Vec<String>,
+}
+
+/// Query of `fs/stat`: a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PathQuery {
+    /// Relative paths resolve against `/workspace`.
+    pub path: String,
+}
+
+/// Query of `fs/list`: an optional directory.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Directory to list; `/workspace` when absent. Relative paths resolve
+    /// against `/workspace`.
+    pub path: Option<String>,
+}
+
+/// The type of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FileType {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+impl From<engine::FileType> for FileType {
+    fn from(t: engine::FileType) -> Self {
+        match t {
+            engine::FileType::File => FileType::File,
+            engine::FileType::Dir => FileType::Dir,
+            engine::FileType::Symlink => FileType::Symlink,
+            engine::FileType::Other => FileType::Other,
+        }
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DirEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    pub size: u64,
+    /// `st_mode`: type and permission bits.
+    pub mode: u32,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+}
+
+impl From<engine::DirEntry> for DirEntry {
+    fn from(e: engine::DirEntry) -> Self {
+        DirEntry {
+            name: e.name,
+            file_type: e.file_type.into(),
+            size: e.size,
+            mode: e.mode,
+            mtime: e.mtime,
+        }
+    }
+}
+
+/// A directory listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DirListing {
+    /// The directory as requested.
+    pub path: String,
+    pub entries: Vec<DirEntry>,
+}
+
+/// Metadata of one path (symlinks are not followed).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FileStat {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    pub size: u64,
+    /// `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+    /// Target of a symlink, else `null`.
+    pub link_target: Option<String>,
+}
+
+impl From<engine::FileStat> for FileStat {
+    fn from(s: engine::FileStat) -> Self {
+        FileStat {
+            path: s.path,
+            file_type: s.file_type.into(),
+            size: s.size,
+            mode: s.mode,
+            uid: s.uid,
+            gid: s.gid,
+            mtime: s.mtime,
+            link_target: s.link_target,
+        }
+    }
+}
+
+/// `POST /v1/sessions/{id}/fs/mkdir`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct MkdirRequest {
+    pub path: String,
+    /// Create missing parents and succeed when the directory exists
+    /// (`mkdir -p`). Default true.
+    pub parents: Option<bool>,
+}
+
+/// `{"ok": true, "path": "/workspace/a/b"}` of a mkdir.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MkdirResult {
+    pub ok: bool,
+    /// Absolute path of the directory.
+    pub path: String,
+}
+
+/// `POST /v1/sessions/{id}/fs/remove`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct RemoveRequest {
+    pub path: String,
+    /// Remove a directory with its contents. Default false: only files,
+    /// symlinks and empty directories.
+    pub recursive: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    fn session() -> engine::SessionInfo {
+        engine::SessionInfo {
+            id: "s1".into(),
+            image: "base".into(),
+            status: engine::SessionState::Running,
+            cwd: "/workspace".into(),
+            workspace_id: None,
+            created_at: datetime!(2026-02-08 10:00:00.123456 +01:00),
+            expires_at: datetime!(2026-02-08 10:30:00 UTC),
+            acquire_source: engine::AcquireSource::Pool,
+        }
+    }
+
+    #[test]
+    fn session_info_has_exactly_the_contract_fields() {
+        let v = serde_json::to_value(SessionInfo::from(session())).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "s1",
+                "image": "base",
+                "status": "running",
+                "cwd": "/workspace",
+                "workspace_id": null,
+                "created_at": "2026-02-08T09:00:00.123Z",
+                "expires_at": "2026-02-08T10:30:00Z",
+                "acquire_source": "pool",
+            })
+        );
+    }
+
+    #[test]
+    fn session_info_carries_workspace_id_and_every_state() {
+        let mut s = session();
+        s.workspace_id = Some("ws-1".into());
+        s.acquire_source = engine::AcquireSource::Cold;
+        for (state, name) in [
+            (engine::SessionState::Creating, "creating"),
+            (engine::SessionState::Running, "running"),
+            (engine::SessionState::Destroying, "destroying"),
+            (engine::SessionState::Destroyed, "destroyed"),
+            (engine::SessionState::Expired, "expired"),
+            (engine::SessionState::Lost, "lost"),
+            (engine::SessionState::Failed, "failed"),
+        ] {
+            s.status = state;
+            let v = serde_json::to_value(SessionInfo::from(s.clone())).unwrap();
+            assert_eq!(v["status"], name);
+            assert_eq!(v["workspace_id"], "ws-1");
+            assert_eq!(v["acquire_source"], "cold");
+        }
+    }
+
+    #[test]
+    fn timestamps_parse_back_as_rfc3339() {
+        let t = datetime!(2026-02-08 23:59:59.999999 -05:00);
+        let s = rfc3339(t);
+        assert_eq!(s, "2026-02-09T04:59:59.999Z");
+        let back = OffsetDateTime::parse(&s, &Rfc3339).unwrap();
+        assert_eq!(back.unix_timestamp(), t.unix_timestamp());
+    }
+
+    #[test]
+    fn exec_result_has_exactly_the_contract_fields() {
+        let r = engine::ExecResult {
+            exit_code: 0,
+            cwd: "/workspace".into(),
+            output: "42\n".into(),
+            truncated: false,
+            duration_ms: 3,
+            timed_out: false,
+        };
+        assert_eq!(
+            serde_json::to_value(ExecResult::from(r)).unwrap(),
+            json!({"exit_code": 0, "cwd": "/workspace", "output": "42\n",
+                   "truncated": false, "duration_ms": 3, "timed_out": false})
+        );
+    }
+
+    #[test]
+    fn stats_have_exactly_the_contract_fields() {
+        let s = engine::SessionStats {
+            memory_bytes: 1,
+            memory_limit: 2,
+            cpu_usage_usec: 3,
+            pids: 4,
+        };
+        assert_eq!(
+            serde_json::to_value(SessionStats::from(s)).unwrap(),
+            json!({"memory_bytes": 1, "memory_limit": 2, "cpu_usage_usec": 3, "pids": 4})
+        );
+    }
+
+    #[test]
+    fn exec_request_accepts_optional_fields_and_ignores_unknown_ones() {
+        let r: ExecRequest =
+            serde_json::from_value(json!({"cmd": "ls", "raw_output": null, "extra": 1})).unwrap();
+        let r = engine::ExecRequest::from(r);
+        assert_eq!(r.cmd, "ls");
+        assert_eq!(r.timeout_ms, None);
+        assert!(!r.raw_output);
+        assert!(serde_json::from_value::<ExecRequest>(json!({"cmd": 1})).is_err());
+        assert!(
+            serde_json::from_value::<ExecRequest>(json!({"cmd": "ls", "timeout_ms": -1})).is_err()
+        );
+    }
+
+    #[test]
+    fn file_types_are_lowercase() {
+        let e = engine::DirEntry {
+            name: "a".into(),
+            file_type: engine::FileType::Symlink,
+            size: 1,
+            mode: 0o120777,
+            mtime: 7,
+        };
+        assert_eq!(
+            serde_json::to_value(DirEntry::from(e)).unwrap(),
+            json!({"name": "a", "type": "symlink", "size": 1, "mode": 0o120777, "mtime": 7})
+        );
+        let s = engine::FileStat {
+            path: "/workspace/d".into(),
+            file_type: engine::FileType::Dir,
+            size: 4096,
+            mode: 0o40755,
+            uid: 1000,
+            gid: 1000,
+            mtime: 9,
+            link_target: None,
+        };
+        assert_eq!(
+            serde_json::to_value(FileStat::from(s)).unwrap(),
+            json!({"path": "/workspace/d", "type": "dir", "size": 4096, "mode": 0o40755,
+                   "uid": 1000, "gid": 1000, "mtime": 9, "link_target": null})
+        );
+    }
+}
