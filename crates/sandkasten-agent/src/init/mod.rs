@@ -84,6 +84,7 @@ fn launch() -> Result<LaunchReport, String> {
         return Err(os_err("unshare(CLONE_NEWNS)"));
     }
     mounts::assemble_rootfs(&spec)?;
+    std::env::set_current_dir(&spec.rootfs_dir).map_err(|e| format!("chdir to the rootfs: {e}"))?;
 
     let (go_rd, go_wr) = pipe()?;
     let (ready_rd, ready_wr) = pipe()?;

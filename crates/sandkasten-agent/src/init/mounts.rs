@@ -198,27 +198,63 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
 
 /// Step 4, in the sandbox's own user and mount namespace: fresh `/proc`
 /// and `/dev/pts`, then `pivot_root` and detach the host's tree.
+///
+/// The working directory is already the rootfs (set by the launcher), and
+/// every path here is relative to it: as root of its user namespace the
+/// child may not traverse the root-only host directories above it.
 pub fn finish_in_namespace(spec: &LaunchSpec) -> Result<(), String> {
-    let rootfs = &spec.rootfs_dir;
     mount(
         Some(Path::new("proc")),
-        &inside(rootfs, "/proc"),
+        Path::new("proc"),
         Some("proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
     )?;
     mount(
         Some(Path::new("devpts")),
-        &inside(rootfs, "/dev/pts"),
+        Path::new("dev/pts"),
         Some("devpts"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    std::env::set_current_dir(rootfs).map_err(|e| format!("chdir to rootfs: {e}"))?;
+    // The rootfs mount was copied into this user namespace's mount
+    // namespace and is therefore locked, and pivot_root refuses a locked
+    // new root. A recursive clone of it is not locked: attach that clone
+    // on top and step into it through its fd (paths above the rootfs are
+    // not searchable from here).
     let dot = CString::new(".").unwrap();
-    // SAFETY: pivot_root(".", ".") stacks the old root under the new one;
-    // the detach below removes it.
+    let empty = CString::new("").unwrap();
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    // SAFETY: open_tree/move_mount/fchdir/pivot_root/umount2 with valid
+    // NUL-terminated strings and an fd we own.
     unsafe {
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            dot.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        );
+        if tree < 0 {
+            return Err(os_err("open_tree of the rootfs"));
+        }
+        let tree = tree as libc::c_int;
+        if libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dot.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) != 0
+        {
+            return Err(os_err("move_mount of the rootfs clone"));
+        }
+        if libc::fchdir(tree) != 0 {
+            return Err(os_err("fchdir into the rootfs clone"));
+        }
+        libc::close(tree);
         if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
             return Err(os_err("pivot_root"));
         }
