@@ -1,0 +1,1583 @@
+//! Harness of the black-box end-to-end tests: starts the real `sandkasten`
+//! binary (`serve`, port 0, a temp data dir), talks HTTP to it with blocking
+//! reqwest, and inspects the host (cgroups, /proc, mountinfo) to prove what
+//! the sandboxes can and cannot do.
+//!
+//! Every test owns its daemon and its data dir, so tests run in parallel.
+//! Nothing here waits with a fixed sleep for the daemon: start-up waits for
+//! the `listening on` line and `/healthz`, shutdown waits for the process.
+//!
+//! Clean-up never guesses: a [`Daemon`] that is still alive destroys its
+//! sessions through the API and is stopped by its own pid; a [`DataDir`]
+//! then kills what is left only in cgroups named after a session of that
+//! data dir (each pid checked through a pidfd), and deletes its tree only
+//! when no mount lies below it.
+
+#![allow(dead_code)]
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The daemon binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sandkasten");
+
+/// How long the daemon may take to print its `listening on` line and to
+/// answer `/healthz`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a graceful stop (SIGTERM) may take before the harness kills.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Default timeout of one HTTP request made by the harness.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// The uid commands run as inside a sandbox.
+pub const SANDBOX_UID: u32 = 1000;
+
+// ---------------------------------------------------------------------------
+// Small utilities
+// ---------------------------------------------------------------------------
+
+pub fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("invalid base64 from the daemon ({e}): {s:.200}"))
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A fresh pseudo-random number (time, pid and a counter mixed); good
+/// enough for markers and keys that must not collide between tests.
+pub fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    splitmix(nanos ^ ((std::process::id() as u64) << 40) ^ splitmix(n))
+}
+
+/// `n` random lowercase hex characters.
+pub fn random_hex(n: usize) -> String {
+    let mut s = String::with_capacity(n + 16);
+    while s.len() < n {
+        s.push_str(&format!("{:016x}", random_u64()));
+    }
+    s.truncate(n);
+    s
+}
+
+/// `n` pseudo-random bytes (xorshift64*, seeded from [`random_u64`]).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut x = random_u64() | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Seconds since the Unix epoch, as a float.
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses an RFC 3339 timestamp into Unix seconds; panics (naming the
+/// value) when it is not one.
+pub fn rfc3339(s: &str) -> f64 {
+    let bad = || -> ! { panic!("not an RFC 3339 timestamp: {s:?}") };
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        bad();
+    }
+    let num = |r: std::ops::Range<usize>| -> i64 {
+        let part = s.get(r).unwrap_or_else(|| bad());
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            bad();
+        }
+        part.parse().unwrap_or_else(|_| bad())
+    };
+    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' {
+        bad();
+    }
+    if b[16] != b':' {
+        bad();
+    }
+    let (y, mo, d) = (num(0..4), num(5..7), num(8..10));
+    let (h, mi, sec) = (num(11..13), num(14..16), num(17..19));
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        bad();
+    }
+    let mut rest = &s[19..];
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits: String = r.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if digits.is_empty() {
+            bad();
+        }
+        frac = format!("0.{digits}").parse().unwrap_or_else(|_| bad());
+        rest = &r[digits.len()..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let oh: i64 = rest[1..3].parse().unwrap_or_else(|_| bad());
+            let om: i64 = rest[4..6].parse().unwrap_or_else(|_| bad());
+            let o = oh * 3600 + om * 60;
+            if rest.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => bad(),
+    };
+    (days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset) as f64 + frac
+}
+
+/// Polls `cond` (every 50 ms) until it holds or `timeout` passes; returns
+/// whether it held. For host-side conditions (a process gone, a cgroup
+/// removed), never as a stand-in for a daemon event the API offers.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// HTTP responses
+// ---------------------------------------------------------------------------
+
+/// One HTTP response, body kept as text and (when it parses) as JSON.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub text: String,
+    /// `Value::Null` when the body is not JSON.
+    pub json: Value,
+    pub content_type: String,
+}
+
+impl Resp {
+    fn from_reqwest(r: reqwest::blocking::Response) -> Resp {
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = r.text().unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            text,
+            json,
+            content_type,
+        }
+    }
+
+    /// Asserts the status and returns the JSON body.
+    #[track_caller]
+    pub fn expect(&self, status: u16, what: &str) -> Value {
+        assert_eq!(
+            self.status, status,
+            "{what}: expected HTTP {status}, got {} with body {:.2000}",
+            self.status, self.text
+        );
+        self.json.clone()
+    }
+
+    pub fn error_code(&self) -> &str {
+        self.json
+            .get("error_code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// Asserts an error response of the contract's shape:
+    /// `{"error_code": CODE, "message": "...", "details": {...}}`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, what: &str) {
+        assert_eq!(
+            self.status, status,
+            "{what}: expected HTTP {status} {code}, got {} with body {:.2000}",
+            self.status, self.text
+        );
+        assert_error_body(&self.json, &self.text, code, what);
+    }
+
+    /// Asserts a 4xx (not a 2xx, not a 5xx) with a JSON error body.
+    #[track_caller]
+    pub fn assert_client_error(&self, what: &str) {
+        assert!(
+            (400..500).contains(&self.status),
+            "{what}: expected a 4xx error, got {} with body {:.2000}",
+            self.status,
+            self.text
+        );
+        assert!(
+            self.json
+                .get("error_code")
+                .and_then(Value::as_str)
+                .is_some(),
+            "{what}: a {} without a JSON error_code: {:.2000}",
+            self.status,
+            self.text
+        );
+    }
+}
+
+/// Asserts that `json` is the contract's error object with `code`.
+#[track_caller]
+pub fn assert_error_body(json: &Value, text: &str, code: &str, what: &str) {
+    assert_eq!(
+        json.get("error_code").and_then(Value::as_str),
+        Some(code),
+        "{what}: error_code; body: {text:.2000}"
+    );
+    assert!(
+        json.get("message").and_then(Value::as_str).is_some(),
+        "{what}: error without a string `message`: {text:.2000}"
+    );
+    assert!(
+        json.get("details").is_some_and(Value::is_object),
+        "{what}: error without an object `details`: {text:.2000}"
+    );
+}
+
+/// Asserts the shape of a `SessionInfo` and returns its id.
+#[track_caller]
+pub fn check_session_info(v: &Value) -> String {
+    let s = |k: &str| -> String {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("SessionInfo.{k} is not a string: {v}"))
+            .to_string()
+    };
+    let id = s("id");
+    assert!(!id.is_empty(), "empty session id: {v}");
+    s("image");
+    s("status");
+    let cwd = s("cwd");
+    assert!(cwd.starts_with('/'), "cwd is not absolute: {v}");
+    let ws = v
+        .get("workspace_id")
+        .unwrap_or_else(|| panic!("SessionInfo has no workspace_id key: {v}"));
+    assert!(
+        ws.is_null() || ws.is_string(),
+        "workspace_id neither null nor string: {v}"
+    );
+    rfc3339(&s("created_at"));
+    rfc3339(&s("expires_at"));
+    let src = s("acquire_source");
+    assert!(
+        src == "pool" || src == "cold",
+        "acquire_source is {src:?}: {v}"
+    );
+    id
+}
+
+// ---------------------------------------------------------------------------
+// Server-sent events
+// ---------------------------------------------------------------------------
+
+/// One SSE event and when the client received it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    /// The `data:` lines joined by `\n`.
+    pub raw: String,
+    /// `raw` parsed as JSON, `Value::Null` when it is not JSON.
+    pub data: Value,
+    pub at: Instant,
+}
+
+/// An open `text/event-stream` response read incrementally.
+pub struct SseStream {
+    reader: BufReader<reqwest::blocking::Response>,
+    pub status: u16,
+    pub content_type: String,
+    /// Comment lines (`: keep-alive`) seen so far.
+    pub comments: usize,
+    pub opened_at: Instant,
+}
+
+impl SseStream {
+    /// The next event, or `None` at the end of the stream.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        let mut event = String::new();
+        let mut data: Vec<String> = Vec::new();
+        let mut any = false;
+        loop {
+            let mut line = String::new();
+            let n = match self.reader.read_line(&mut line) {
+                Ok(n) => n,
+                Err(e) => panic!("reading the event stream failed: {e}"),
+            };
+            if n == 0 {
+                return any.then(|| make_event(event, data));
+            }
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if any {
+                    return Some(make_event(event, data));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "event" => {
+                    event = value.to_string();
+                    any = true;
+                }
+                "data" => {
+                    data.push(value.to_string());
+                    any = true;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads every remaining event.
+    pub fn rest(mut self) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next_event() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+fn make_event(event: String, data: Vec<String>) -> SseEvent {
+    let raw = data.join("\n");
+    let parsed = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    SseEvent {
+        event: if event.is_empty() {
+            "message".into()
+        } else {
+            event
+        },
+        raw,
+        data: parsed,
+        at: Instant::now(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Data dir
+// ---------------------------------------------------------------------------
+
+/// A temp directory holding one test's daemon state (`data/`, given as
+/// `SANDKASTEN_DATA_DIR`), its config files and logs. Shared (`Arc`) by the
+/// daemons of a restart test. On drop it kills processes left in the cgroups
+/// of its sessions, removes those cgroups, and deletes the tree only when no
+/// mount lies below it.
+pub struct DataDir {
+    pub root: PathBuf,
+    /// `SANDKASTEN_DATA_DIR`.
+    pub data: PathBuf,
+    /// API key every daemon on this data dir gets (unless told otherwise).
+    pub key: String,
+    session_ids: Mutex<BTreeSet<String>>,
+    next_file: AtomicUsize,
+}
+
+impl DataDir {
+    pub fn new() -> Arc<DataDir> {
+        let tmp = tempfile::Builder::new()
+            .prefix("sandkasten-e2e-")
+            .tempdir()
+            .expect("creating a temp dir for the daemon");
+        let root = tmp.keep();
+        let data = root.join("data");
+        fs::create_dir(&data).expect("creating the data dir");
+        // Like /var/lib/sandkasten: traversable, the daemon decides the
+        // modes of what it creates below.
+        for p in [&root, &data] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod data dir");
+        }
+        Arc::new(DataDir {
+            root,
+            data,
+            key: format!("sk-e2e-{}", random_hex(32)),
+            session_ids: Mutex::new(BTreeSet::new()),
+            next_file: AtomicUsize::new(1),
+        })
+    }
+
+    fn next_n(&self) -> usize {
+        self.next_file.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records a session id so that clean-up also covers it.
+    pub fn remember(&self, id: &str) {
+        self.session_ids.lock().unwrap().insert(id.to_string());
+    }
+
+    /// `<data_dir>/sessions/<id>`.
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        self.data.join("sessions").join(id)
+    }
+
+    /// Writes a config file below the root and returns its path.
+    pub fn write_config(&self, yaml: &str) -> PathBuf {
+        let path = self.root.join(format!("config-{}.yaml", self.next_n()));
+        fs::write(&path, yaml).expect("writing config file");
+        path
+    }
+
+    fn known_session_ids(&self) -> BTreeSet<String> {
+        let mut ids = self.session_ids.lock().unwrap().clone();
+        if let Ok(rd) = fs::read_dir(self.data.join("sessions")) {
+            for e in rd.flatten() {
+                if let Some(name) = e.file_name().to_str() {
+                    ids.insert(name.to_string());
+                }
+            }
+        }
+        ids
+    }
+
+    fn mounts_below_root(&self) -> Vec<String> {
+        let prefix = self.root.to_string_lossy().to_string();
+        mount_points()
+            .into_iter()
+            .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
+            .collect()
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let ids = self.known_session_ids();
+        for id in &ids {
+            for pid in pids_in_session_cgroups(id) {
+                kill_if_in_session(pid, id, libc::SIGKILL);
+            }
+        }
+        for id in &ids {
+            if !wait_for(Duration::from_secs(10), || {
+                pids_in_session_cgroups(id).is_empty()
+            }) {
+                eprintln!(
+                    "e2e clean-up: processes of session {id} survive SIGKILL: {:?}",
+                    pids_in_session_cgroups(id)
+                );
+            }
+            for dir in existing_cgroup_dirs(id) {
+                remove_cgroup_tree(&dir);
+            }
+        }
+        // Mounts of a sandbox live in its own mount namespace and vanish
+        // with its last process; give the kernel a moment to tear them down.
+        if !wait_for(Duration::from_secs(5), || {
+            self.mounts_below_root().is_empty()
+        }) {
+            eprintln!(
+                "e2e clean-up: leaving {} in place, mounts below it: {:?}",
+                self.root.display(),
+                self.mounts_below_root()
+            );
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.root) {
+            eprintln!("e2e clean-up: removing {}: {e}", self.root.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Host inspection
+// ---------------------------------------------------------------------------
+
+/// Where the cgroups of a session may be: cgroup v1 (memory, pids, cpu
+/// hierarchies) and cgroup v2.
+pub fn cgroup_dir_candidates(id: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = ["memory", "pids", "cpu", "cpu,cpuacct"]
+        .iter()
+        .map(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("sandkasten")
+                .join(id)
+        })
+        .collect();
+    v.push(Path::new("/sys/fs/cgroup/sandkasten").join(id));
+    v.push(Path::new("/sys/fs/cgroup/unified/sandkasten").join(id));
+    v
+}
+
+/// The cgroup directories of a session that exist now.
+pub fn existing_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    cgroup_dir_candidates(id)
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// True when `cgroup_file_text` (a `/proc/PID/cgroup`) places the process
+/// in a cgroup whose path has `id` as a component.
+fn cgroup_text_names(cgroup_file_text: &str, id: &str) -> bool {
+    cgroup_file_text.lines().any(|line| {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        path.split('/').any(|c| c == id)
+    })
+}
+
+/// Host pids whose `/proc/PID/cgroup` names the session.
+pub fn pids_in_session_cgroups(id: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+            if cgroup_text_names(&text, id) {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Sends `sig` to `pid` only if, checked through a pidfd (so the pid cannot
+/// be recycled in between), that process is in a cgroup of session `id`.
+pub fn kill_if_in_session(pid: i32, id: &str, sig: i32) -> bool {
+    // SAFETY: plain syscalls on integers; the fd is closed below.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd < 0 {
+            return false;
+        }
+        let ours = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|t| cgroup_text_names(&t, id))
+            .unwrap_or(false);
+        let sent = ours
+            && libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0;
+        libc::close(fd);
+        sent
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Pids listed in a cgroup directory's `cgroup.procs`.
+pub fn cgroup_procs(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A field of `/proc/PID/status` (e.g. `Uid`, `NSpid`), without its name.
+pub fn proc_status_field(pid: i32, field: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
+/// The pid of `pid` in its innermost pid namespace.
+pub fn innermost_pid(pid: i32) -> Option<i32> {
+    proc_status_field(pid, "NSpid")?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// Mount points of the host mount namespace (`/proc/self/mountinfo`).
+pub fn mount_points() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| m.replace("\\040", " "))
+        .collect()
+}
+
+/// Lines of the host's `/proc/self/mountinfo` that contain `needle`.
+pub fn mountinfo_lines_containing(needle: &str) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Reads a cgroup limit of a session from the host: the v1 file
+/// `/sys/fs/cgroup/<v1_controller>/sandkasten/<id>/<v1_file>` or the v2
+/// file `/sys/fs/cgroup/sandkasten/<id>/<v2_file>`, whichever exists.
+pub fn cgroup_value(id: &str, v1_controller: &str, v1_file: &str, v2_file: &str) -> String {
+    let candidates = [
+        Path::new("/sys/fs/cgroup")
+            .join(v1_controller)
+            .join("sandkasten")
+            .join(id)
+            .join(v1_file),
+        Path::new("/sys/fs/cgroup/sandkasten")
+            .join(id)
+            .join(v2_file),
+    ];
+    for c in &candidates {
+        if let Ok(v) = fs::read_to_string(c) {
+            return v.trim().to_string();
+        }
+    }
+    panic!(
+        "no cgroup file of session {id} found; looked at {candidates:?} (the daemon must name \
+         its cgroups sandkasten/<session id>)"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------
+
+/// How to start a daemon; [`Options::default`] is what [`Daemon::start`]
+/// uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// YAML written to a file and passed as `--config FILE`; `None` starts
+    /// without `--config` (embedded defaults).
+    pub config: Option<String>,
+    /// Adds `pool: {enabled: false}` to the config unless it names `pool`,
+    /// so that no idle sandboxes compete for the test machine's two cores
+    /// and `acquire_source` is `cold`.
+    pub disable_pool: bool,
+    /// `SANDKASTEN_API_KEY`; `None` uses the data dir's key (see
+    /// [`Daemon::start_without_key`] for none at all).
+    pub api_key: Option<String>,
+    /// Extra environment (applied last).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config: Some(String::new()),
+            disable_pool: true,
+            api_key: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running `sandkasten serve` on a free port.
+pub struct Daemon {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub port: u16,
+    /// The API key requests are sent with.
+    pub key: String,
+    /// `SANDKASTEN_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// The shared temp dir (pass to [`Daemon::start_in`] to restart).
+    pub home: Arc<DataDir>,
+    pub client: reqwest::blocking::Client,
+    pid: i32,
+    child: Mutex<Option<Child>>,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+    created: Mutex<Vec<String>>,
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh data dir. `config` is YAML (merged with
+    /// the pool being disabled, see [`Options::disable_pool`]).
+    pub fn start(config: Option<&str>) -> Daemon {
+        Daemon::start_in(&DataDir::new(), config)
+    }
+
+    /// Starts a daemon on an existing data dir (restart tests).
+    pub fn start_in(home: &Arc<DataDir>, config: Option<&str>) -> Daemon {
+        Daemon::start_with(
+            home,
+            Options {
+                config: Some(config.unwrap_or("").to_string()),
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Starts a daemon with full control over its options.
+    pub fn start_with(home: &Arc<DataDir>, opts: Options) -> Daemon {
+        let n = home.next_n();
+        let stderr_path = home.root.join(format!("daemon-{n}.stderr.log"));
+        let stdout_path = home.root.join(format!("daemon-{n}.stdout.log"));
+        let key = opts.api_key.clone().unwrap_or_else(|| home.key.clone());
+        let mut cmd = base_command(home, &opts, &stderr_path);
+        cmd.env("SANDKASTEN_API_KEY", &key);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let (child, url) = spawn_and_wait_listening(cmd, &stderr_path, &stdout_path);
+        Daemon::finish_start(home, child, url, key, stderr_path, stdout_path)
+    }
+
+    /// Starts a daemon with no `SANDKASTEN_API_KEY` at all (the daemon must
+    /// generate one); the returned daemon's `key` is empty until the test
+    /// sets it with [`Daemon::with_key`].
+    pub fn start_without_key(home: &Arc<DataDir>) -> Daemon {
+        let n = home.next_n();
+        let stderr_path = home.root.join(format!("daemon-{n}.stderr.log"));
+        let stdout_path = home.root.join(format!("daemon-{n}.stdout.log"));
+        let cmd = base_command(home, &Options::default(), &stderr_path);
+        let (child, url) = spawn_and_wait_listening(cmd, &stderr_path, &stdout_path);
+        Daemon::finish_start(home, child, url, String::new(), stderr_path, stdout_path)
+    }
+
+    fn finish_start(
+        home: &Arc<DataDir>,
+        child: Child,
+        url: String,
+        key: String,
+        stderr_path: PathBuf,
+        stdout_path: PathBuf,
+    ) -> Daemon {
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in the listening address {url:?}"));
+        let client = reqwest::blocking::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .expect("building the HTTP client");
+        let d = Daemon {
+            url,
+            port,
+            key,
+            data_dir: home.data.clone(),
+            home: home.clone(),
+            client,
+            pid: child.id() as i32,
+            child: Mutex::new(Some(child)),
+            stderr_path,
+            stdout_path,
+            created: Mutex::new(Vec::new()),
+        };
+        d.wait_healthy();
+        d
+    }
+
+    /// Same daemon, requests sent with another key.
+    pub fn with_key(mut self, key: &str) -> Daemon {
+        self.key = key.to_string();
+        self
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last: String;
+        loop {
+            match self
+                .client
+                .get(format!("{}/healthz", self.url))
+                .timeout(Duration::from_secs(5))
+                .send()
+            {
+                Ok(r) if r.status().as_u16() == 200 => return,
+                Ok(r) => last = format!("HTTP {}", r.status()),
+                Err(e) => last = e.to_string(),
+            }
+            if !self.is_running() || Instant::now() >= deadline {
+                panic!(
+                    "daemon at {} never answered /healthz with 200 (last: {last})\n{}",
+                    self.url,
+                    self.logs_for_failure()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Host pid of the daemon.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// True while the daemon process has not exited.
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.child.lock().unwrap();
+        match guard.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The daemon's stderr (its logs) so far.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The daemon's stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    fn logs_for_failure(&self) -> String {
+        format!(
+            "--- daemon stdout ({}) ---\n{}\n--- daemon stderr, last 200 lines ({}) ---\n{}",
+            self.stdout_path.display(),
+            tail(&self.stdout(), 50),
+            self.stderr_path.display(),
+            tail(&self.logs(), 200)
+        )
+    }
+
+    /// SIGKILLs the daemon (its own pid only) and reaps it. Sandboxes are
+    /// left as they are.
+    pub fn kill_9(&self) {
+        let mut guard = self.child.lock().unwrap();
+        if let Some(mut c) = guard.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs the daemon and waits for it to exit (at most
+    /// [`STOP_TIMEOUT`], then SIGKILL and panic). Returns its exit status and
+    /// how long the stop took.
+    pub fn terminate(&self) -> (ExitStatus, Duration) {
+        let mut guard = self.child.lock().unwrap();
+        let Some(mut c) = guard.take() else {
+            panic!("terminate: the daemon was already stopped");
+        };
+        let started = Instant::now();
+        // SAFETY: signalling our own child by its pid; it is not reaped yet,
+        // so the pid cannot have been recycled.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > STOP_TIMEOUT {
+                let _ = c.kill();
+                let _ = c.wait();
+                drop(guard);
+                panic!(
+                    "daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                    self.logs_for_failure()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // --- raw requests -----------------------------------------------------
+
+    /// A request to `path` (starting with `/`) with the API key.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        let rb = self.client.request(method, format!("{}{path}", self.url));
+        if self.key.is_empty() {
+            rb
+        } else {
+            rb.bearer_auth(&self.key)
+        }
+    }
+
+    /// Sends a request; panics only when no HTTP response came at all.
+    #[track_caller]
+    pub fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Resp {
+        match rb.send() {
+            Ok(r) => Resp::from_reqwest(r),
+            Err(e) => panic!(
+                "HTTP request to the daemon failed: {e}\n{}",
+                self.logs_for_failure()
+            ),
+        }
+    }
+
+    #[track_caller]
+    pub fn get(&self, path: &str) -> Resp {
+        self.send(self.request(reqwest::Method::GET, path))
+    }
+
+    #[track_caller]
+    pub fn post(&self, path: &str, body: &Value) -> Resp {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+    }
+
+    #[track_caller]
+    pub fn del(&self, path: &str) -> Resp {
+        self.send(self.request(reqwest::Method::DELETE, path))
+    }
+
+    // --- sessions ---------------------------------------------------------
+
+    /// `POST /v1/sessions`, whatever the answer; remembers created ids.
+    #[track_caller]
+    pub fn try_create_session(&self, body: Value) -> Resp {
+        let r = self.post("/v1/sessions", &body);
+        if r.status == 201 {
+            if let Some(id) = r.json.get("id").and_then(Value::as_str) {
+                self.created.lock().unwrap().push(id.to_string());
+                self.home.remember(id);
+            }
+        }
+        r
+    }
+
+    /// Creates a session (asserting 201) and returns its `SessionInfo`.
+    #[track_caller]
+    pub fn create_session(&self, body: Value) -> Value {
+        let r = self.try_create_session(body);
+        let v = r.expect(201, "POST /v1/sessions");
+        check_session_info(&v);
+        v
+    }
+
+    /// Creates a default session and returns its id.
+    #[track_caller]
+    pub fn new_session(&self) -> String {
+        let v = self.create_session(json!({}));
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    #[track_caller]
+    pub fn get_session(&self, id: &str) -> Resp {
+        self.get(&format!("/v1/sessions/{id}"))
+    }
+
+    /// `GET /v1/sessions` (asserting 200 and an array).
+    #[track_caller]
+    pub fn list_sessions(&self) -> Vec<Value> {
+        let v = self.get("/v1/sessions").expect(200, "GET /v1/sessions");
+        v.as_array()
+            .unwrap_or_else(|| panic!("GET /v1/sessions is not an array: {v}"))
+            .clone()
+    }
+
+    /// Ids in `GET /v1/sessions`.
+    #[track_caller]
+    pub fn listed_ids(&self) -> Vec<String> {
+        self.list_sessions()
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    #[track_caller]
+    pub fn delete_session(&self, id: &str) -> Resp {
+        self.del(&format!("/v1/sessions/{id}"))
+    }
+
+    /// Destroys a session, asserting `200 {"ok": true}`.
+    #[track_caller]
+    pub fn delete(&self, id: &str) {
+        let v = self
+            .delete_session(id)
+            .expect(200, &format!("DELETE /v1/sessions/{id}"));
+        assert_eq!(v, json!({"ok": true}), "DELETE body");
+    }
+
+    /// `GET /v1/sessions/{id}/stats` (asserting 200).
+    #[track_caller]
+    pub fn stats(&self, id: &str) -> Value {
+        self.get(&format!("/v1/sessions/{id}/stats"))
+            .expect(200, "GET stats")
+    }
+
+    // --- exec -------------------------------------------------------------
+
+    /// `POST /v1/sessions/{id}/exec` with a full request body.
+    #[track_caller]
+    pub fn exec_with(&self, id: &str, body: Value) -> Resp {
+        self.post(&format!("/v1/sessions/{id}/exec"), &body)
+    }
+
+    /// Runs `cmd` (asserting HTTP 200) and returns the `ExecResult`.
+    #[track_caller]
+    pub fn exec(&self, id: &str, cmd: &str) -> Value {
+        let r = self.exec_with(id, json!({ "cmd": cmd }));
+        let v = r.expect(200, &format!("exec {cmd:?}"));
+        check_exec_result(&v);
+        v
+    }
+
+    /// Runs `cmd`, asserts exit code 0 and returns its output.
+    #[track_caller]
+    pub fn sh(&self, id: &str, cmd: &str) -> String {
+        let v = self.exec(id, cmd);
+        assert_eq!(v["exit_code"], 0, "command {cmd:?} failed: {v}");
+        v["output"].as_str().unwrap().to_string()
+    }
+
+    /// Opens `POST /v1/sessions/{id}/exec/stream` (asserting 200).
+    #[track_caller]
+    pub fn open_stream(&self, id: &str, body: Value) -> SseStream {
+        let opened_at = Instant::now();
+        let r = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{id}/exec/stream"),
+            )
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("exec/stream request failed: {e}"));
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if status != 200 {
+            let text = r.text().unwrap_or_default();
+            panic!("exec/stream: expected 200, got {status}: {text:.2000}");
+        }
+        SseStream {
+            reader: BufReader::new(r),
+            status,
+            content_type,
+            comments: 0,
+            opened_at,
+        }
+    }
+
+    // --- files ------------------------------------------------------------
+
+    /// `POST /v1/sessions/{id}/fs/write` with a full request body.
+    #[track_caller]
+    pub fn write_with(&self, id: &str, body: Value) -> Resp {
+        self.post(&format!("/v1/sessions/{id}/fs/write"), &body)
+    }
+
+    /// Writes bytes (base64), asserting `200 {"ok": true}`.
+    #[track_caller]
+    pub fn write(&self, id: &str, path: &str, data: &[u8]) {
+        let r = self.write_with(id, json!({"path": path, "content_base64": b64(data)}));
+        let v = r.expect(200, &format!("fs/write {path}"));
+        assert_eq!(v["ok"], true, "fs/write {path}: {v}");
+    }
+
+    /// Writes text, asserting `200 {"ok": true}`.
+    #[track_caller]
+    pub fn write_text(&self, id: &str, path: &str, text: &str) {
+        let r = self.write_with(id, json!({"path": path, "text": text}));
+        let v = r.expect(200, &format!("fs/write {path}"));
+        assert_eq!(v["ok"], true, "fs/write {path}: {v}");
+    }
+
+    /// `GET /v1/sessions/{id}/fs/read?path=...`, whatever the answer.
+    #[track_caller]
+    pub fn read_resp(&self, id: &str, path: &str) -> Resp {
+        self.send(
+            self.request(reqwest::Method::GET, &format!("/v1/sessions/{id}/fs/read"))
+                .query(&[("path", path)]),
+        )
+    }
+
+    /// Reads a whole file (asserting 200, `truncated: false`).
+    #[track_caller]
+    pub fn read(&self, id: &str, path: &str) -> Vec<u8> {
+        let v = self
+            .read_resp(id, path)
+            .expect(200, &format!("fs/read {path}"));
+        assert_eq!(v["truncated"], false, "fs/read {path}: {v:.300}");
+        unb64(
+            v["content_base64"]
+                .as_str()
+                .unwrap_or_else(|| panic!("fs/read {path}: no content_base64: {v:.300}")),
+        )
+    }
+
+    // --- host views of a session -------------------------------------------
+
+    /// `<data_dir>/sessions/<id>`.
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        self.home.session_dir(id)
+    }
+}
+
+/// Asserts the types of an `ExecResult`.
+#[track_caller]
+pub fn check_exec_result(v: &Value) {
+    assert!(
+        v["exit_code"].is_i64(),
+        "exit_code not an integer: {v:.500}"
+    );
+    assert!(v["cwd"].is_string(), "cwd not a string: {v:.500}");
+    assert!(v["output"].is_string(), "output not a string: {v:.500}");
+    assert!(
+        v["truncated"].is_boolean(),
+        "truncated not a bool: {v:.500}"
+    );
+    assert!(v["duration_ms"].is_u64(), "duration_ms not a u64: {v:.500}");
+    assert!(
+        v["timed_out"].is_boolean(),
+        "timed_out not a bool: {v:.500}"
+    );
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.is_running() {
+            // Destroy every session of this data dir through the API, so no
+            // sandbox outlives the test, then stop the daemon gracefully.
+            let mut ids: BTreeSet<String> = self.created.lock().unwrap().iter().cloned().collect();
+            if let Ok(r) = self
+                .request(reqwest::Method::GET, "/v1/sessions")
+                .timeout(Duration::from_secs(10))
+                .send()
+            {
+                if let Ok(Value::Array(list)) = r.json::<Value>() {
+                    ids.extend(
+                        list.iter()
+                            .filter_map(|s| s["id"].as_str().map(str::to_string)),
+                    );
+                }
+            }
+            for id in &ids {
+                let _ = self
+                    .request(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"))
+                    .timeout(Duration::from_secs(15))
+                    .send();
+            }
+            let mut guard = self.child.lock().unwrap();
+            if let Some(mut c) = guard.take() {
+                // SAFETY: our own, not yet reaped child.
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGTERM);
+                }
+                let started = Instant::now();
+                loop {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    if started.elapsed() > STOP_TIMEOUT {
+                        eprintln!("e2e clean-up: daemon ignored SIGTERM, killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs_for_failure());
+        }
+    }
+}
+
+fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve");
+    if let Some(yaml) = &opts.config {
+        let mut yaml = yaml.clone();
+        let names_pool = yaml.lines().any(|l| l.starts_with("pool:"));
+        if opts.disable_pool && !names_pool {
+            if !yaml.is_empty() && !yaml.ends_with('\n') {
+                yaml.push('\n');
+            }
+            yaml.push_str("pool:\n  enabled: false\n");
+        }
+        let file = home.write_config(&yaml);
+        cmd.arg("--config").arg(file);
+    }
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SANDKASTEN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SANDKASTEN_LISTEN", "127.0.0.1:0")
+        .env("SANDKASTEN_DATA_DIR", &home.data);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let log = File::create(stderr_path).expect("creating the daemon's log file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    cmd
+}
+
+/// Spawns the daemon and waits for its `listening on http://...` line.
+/// Every stdout line is copied to `stdout_path`.
+fn spawn_and_wait_listening(
+    mut cmd: Command,
+    stderr_path: &Path,
+    stdout_path: &Path,
+) -> (Child, String) {
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let out_path = stdout_path.to_path_buf();
+    std::thread::spawn(move || {
+        let mut out = File::create(out_path).ok();
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(f) = out.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            if !sent && line.starts_with("listening on ") {
+                let _ = tx.send(line);
+                sent = true;
+            }
+        }
+    });
+    let failure = |child: &mut Child, why: String| -> ! {
+        let _ = child.kill();
+        let status = child.wait().ok();
+        panic!(
+            "{why} (exit status: {status:?})\n--- stdout ---\n{}\n--- stderr, last 200 lines ---\n{}",
+            fs::read_to_string(stdout_path).unwrap_or_default(),
+            tail(&fs::read_to_string(stderr_path).unwrap_or_default(), 200)
+        );
+    };
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(line) => {
+            let url = line["listening on ".len()..].trim().to_string();
+            if !url.starts_with("http://127.0.0.1:") {
+                failure(&mut child, format!("unexpected listening line {line:?}"));
+            }
+            (child, url)
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => failure(
+            &mut child,
+            format!("the daemon printed no `listening on` line within {START_TIMEOUT:?}"),
+        ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => failure(
+            &mut child,
+            "the daemon closed stdout without printing `listening on`".to_string(),
+        ),
+    }
+}
+
+/// The outcome of a `serve` that was expected to refuse its config.
+#[derive(Debug)]
+pub struct RefusedStart {
+    pub status: ExitStatus,
+    /// stdout and stderr together.
+    pub output: String,
+}
+
+/// Runs `sandkasten serve --config FILE` with `yaml` and expects it to exit
+/// on its own (within [`START_TIMEOUT`]). Panics if it starts listening.
+pub fn serve_expecting_refusal(yaml: &str) -> RefusedStart {
+    let home = DataDir::new();
+    let n = home.next_n();
+    let stderr_path = home.root.join(format!("daemon-{n}.stderr.log"));
+    let opts = Options {
+        config: Some(yaml.to_string()),
+        disable_pool: false,
+        api_key: None,
+        env: Vec::new(),
+    };
+    let mut cmd = base_command(&home, &opts, &stderr_path);
+    cmd.env("SANDKASTEN_API_KEY", &home.key);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    let mut stdout = child.stdout.take().unwrap();
+    let collected = Arc::new(Mutex::new(String::new()));
+    let sink = collected.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        let out = collected.lock().unwrap().clone();
+        if out.contains("listening on ") || started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the daemon did not refuse this config:\n{yaml}\n--- stdout ---\n{out}\n--- stderr ---\n{}",
+                fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    let output = format!(
+        "{}{}",
+        collected.lock().unwrap(),
+        fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
+    RefusedStart { status, output }
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP (for a body the daemon must refuse before reading it all)
+// ---------------------------------------------------------------------------
+
+/// Sends `POST path` with `Content-Length: content_length` over a raw TCP
+/// connection, writing `chunk` repeatedly in a second thread while reading
+/// the response, so that a server that answers before reading the whole
+/// body (and then closes) is still heard. Returns `(status, body)`.
+pub fn raw_post_oversized(
+    port: u16,
+    path: &str,
+    key: &str,
+    prefix: &[u8],
+    chunk: &[u8],
+    content_length: u64,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("sending the head");
+    let mut writer = stream.try_clone().unwrap();
+    let prefix = prefix.to_vec();
+    let chunk = chunk.to_vec();
+    let write_thread = std::thread::spawn(move || {
+        let mut sent: u64 = 0;
+        let mut buf = prefix;
+        while sent < content_length {
+            let n = (buf.len() as u64).min(content_length - sent) as usize;
+            if writer.write_all(&buf[..n]).is_err() {
+                return sent;
+            }
+            sent += n as u64;
+            buf.clone_from(&chunk);
+        }
+        sent
+    });
+    let mut got: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 65536];
+    let complete = |got: &[u8]| -> bool {
+        let Some(end) = find(got, b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        let body = &got[end + 4..];
+        if let Some(cl) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            return body.len() >= cl;
+        }
+        if head.contains("transfer-encoding: chunked") {
+            return find(body, b"0\r\n\r\n").is_some();
+        }
+        false
+    };
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if complete(&got) {
+                    break;
+                }
+            }
+            Err(e) => {
+                if find(&got, b"\r\n\r\n").is_some() {
+                    break;
+                }
+                panic!("reading the response to an oversized body failed: {e}");
+            }
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = write_thread.join();
+    let end = find(&got, b"\r\n\r\n").unwrap_or_else(|| {
+        panic!(
+            "no HTTP response to an oversized body: {:?}",
+            String::from_utf8_lossy(&got)
+        )
+    });
+    let head = String::from_utf8_lossy(&got[..end]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let mut body = got[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = find(data, b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..eol]).to_string();
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        data = &data[eol + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Host files that a sandbox must never see
+// ---------------------------------------------------------------------------
+
+/// A file with random content on the host, removed on drop.
+pub struct HostMarker {
+    pub path: PathBuf,
+    pub content: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl HostMarker {
+    /// A marker in a fresh host temp dir.
+    pub fn in_temp_dir() -> HostMarker {
+        let dir = tempfile::Builder::new()
+            .prefix("sandkasten-e2e-host-")
+            .tempdir()
+            .expect("host temp dir");
+        let content = format!("host-secret-{}", random_hex(24));
+        let path = dir.path().join(format!("marker-{}", random_hex(8)));
+        fs::write(&path, &content).expect("writing host marker");
+        HostMarker {
+            path,
+            content,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A marker file directly in `dir` (e.g. `/root`).
+    pub fn in_dir(dir: &Path) -> HostMarker {
+        let content = format!("host-secret-{}", random_hex(24));
+        let path = dir.join(format!(".sandkasten-e2e-marker-{}", random_hex(8)));
+        fs::write(&path, &content)
+            .unwrap_or_else(|e| panic!("writing host marker {}: {e}", path.display()));
+        HostMarker {
+            path,
+            content,
+            _dir: None,
+        }
+    }
+
+    pub fn file_name(&self) -> String {
+        self.path.file_name().unwrap().to_string_lossy().to_string()
+    }
+
+    pub fn path_str(&self) -> String {
+        self.path.to_string_lossy().to_string()
+    }
+}
+
+impl Drop for HostMarker {
+    fn drop(&mut self) {
+        if self._dir.is_none() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
