@@ -1,8 +1,323 @@
 //! Serves the daemon over the agent socket.
-use sandkasten_protocol::AgentConfig;
-use std::os::unix::net::UnixListener;
-use std::process::ExitCode;
+//!
+//! Connections are accepted forever (the daemon reconnects after its own
+//! restart, and may hold several at once). Each connection has a reader
+//! thread; every request is handled on its own thread, so a file read never
+//! waits behind a long exec, and replies go back on the connection the
+//! request came from through that connection's writer lock. Exec requests
+//! take their place in the shell's queue on the reader thread, so execs run
+//! in arrival order. A malformed frame closes its connection only; the
+//! execs that connection started are then cancelled, since nobody can
+//! receive their results.
 
-pub fn serve(_listener: UnixListener, _cfg: AgentConfig) -> ExitCode {
-    ExitCode::from(1)
+use crate::files::{Files, FsError};
+use crate::reaper;
+use crate::shell::{CancelHandle, ExecError, ExecTicket, Shell};
+use sandkasten_protocol::{
+    read_frame, write_frame, AgentConfig, Body, CodecError, ErrorKind, Frame, Request, Response,
+    PROTOCOL_VERSION,
+};
+use std::collections::HashMap;
+use std::io::{self, BufReader};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Serves requests on `listener` forever.
+pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
+    harden_process();
+    reaper::start();
+    let agent = Arc::new(Agent {
+        files: Files::new(cfg.uid, cfg.gid),
+        shell: Shell::new(cfg),
+        execs: Mutex::new(HashMap::new()),
+    });
+    if let Err(e) = agent.shell.start() {
+        // Not fatal: every exec tries again and reports the error.
+        eprintln!("sandkasten-agent: starting the shell: {e}");
+    }
+    let mut next_conn: u64 = 0;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                next_conn += 1;
+                let (agent, conn) = (agent.clone(), next_conn);
+                run_detached("conn", move || serve_connection(&agent, stream, conn));
+            }
+            Err(e) => {
+                eprintln!("sandkasten-agent: accept: {e}");
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    // Out of a resource that frees up later; no event tells
+                    // when, so back off briefly instead of spinning.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+struct Agent {
+    shell: Shell,
+    files: Files,
+    /// Running and queued execs by (connection, request id), for CancelExec.
+    execs: Mutex<HashMap<(u64, u64), Arc<CancelHandle>>>,
+}
+
+type Writer = Arc<Mutex<UnixStream>>;
+
+fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
+    let writer: Writer = match stream.try_clone() {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(e) => {
+            eprintln!("sandkasten-agent: connection {conn}: {e}");
+            return;
+        }
+    };
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let frame = match read_frame(&mut reader) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("sandkasten-agent: connection {conn}: {e}; closing it");
+                break;
+            }
+        };
+        let Frame {
+            id,
+            body: Body::Request(req),
+        } = frame
+        else {
+            eprintln!(
+                "sandkasten-agent: connection {conn}: a response frame from the daemon; closing it"
+            );
+            break;
+        };
+        // Queue place and cancel registration happen here, before the next
+        // frame is read: arrival order, and a CancelExec right behind its
+        // Exec finds it.
+        let ticket = matches!(req, Request::Exec { .. }).then(|| {
+            let t = agent.shell.enqueue();
+            lock(&agent.execs).insert((conn, id), t.cancel_handle());
+            t
+        });
+        let (agent, writer) = (agent.clone(), writer.clone());
+        run_detached("request", move || {
+            handle(&agent, conn, id, req, ticket, &writer)
+        });
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    let orphaned: Vec<Arc<CancelHandle>> = lock(&agent.execs)
+        .iter()
+        .filter(|((c, _), _)| *c == conn)
+        .map(|(_, h)| h.clone())
+        .collect();
+    for h in orphaned {
+        agent.shell.cancel(&h);
+    }
+}
+
+fn handle(
+    agent: &Agent,
+    conn: u64,
+    id: u64,
+    req: Request,
+    ticket: Option<ExecTicket>,
+    writer: &Writer,
+) {
+    let reply = |body: Response| send(writer, id, body);
+    let response = match req {
+        Request::Ping => Response::Pong {
+            protocol_version: PROTOCOL_VERSION,
+            cwd: agent.shell.cwd(),
+        },
+        Request::Exec {
+            cmd,
+            timeout_ms,
+            max_output_bytes,
+        } => {
+            let ticket = ticket.expect("execs are enqueued by the reader");
+            let result = agent.shell.exec(
+                ticket,
+                &cmd,
+                Duration::from_millis(timeout_ms),
+                max_output_bytes,
+                &mut |data| reply(Response::ExecOutput { data }),
+            );
+            lock(&agent.execs).remove(&(conn, id));
+            match result {
+                Ok(o) => Response::ExecDone {
+                    exit_code: o.exit_code,
+                    cwd: o.cwd,
+                    timed_out: o.timed_out,
+                    truncated: o.truncated,
+                    duration_ms: o.duration_ms,
+                },
+                Err(ExecError::InvalidRequest(message)) => Response::Error {
+                    kind: ErrorKind::InvalidRequest,
+                    message,
+                },
+                Err(ExecError::Spawn(e)) => Response::Error {
+                    kind: ErrorKind::Io,
+                    message: format!("cannot start the shell: {e}"),
+                },
+            }
+        }
+        Request::CancelExec { target } => {
+            // The target's id is one this connection chose; an exec that
+            // has finished (or never was) is simply not there any more.
+            let handle = {
+                let execs = lock(&agent.execs);
+                execs.get(&(conn, target)).cloned().or_else(|| {
+                    execs
+                        .iter()
+                        .find(|((_, i), _)| *i == target)
+                        .map(|(_, h)| h.clone())
+                })
+            };
+            if let Some(h) = handle {
+                agent.shell.cancel(&h);
+            }
+            Response::Ok
+        }
+        Request::ReadFile { path, max_bytes } => match agent.files.read_file(&path, max_bytes) {
+            Ok((data, truncated)) => Response::FileData {
+                path,
+                data,
+                truncated,
+            },
+            Err(e) => error(e),
+        },
+        Request::WriteFile { path, data, mode } => {
+            ok_or_error(agent.files.write_file(&path, &data, mode))
+        }
+        Request::ListDir { path } => match agent.files.list_dir(&path) {
+            Ok(entries) => Response::Entries(entries),
+            Err(e) => error(e),
+        },
+        Request::Stat { path } => match agent.files.stat(&path) {
+            Ok(st) => Response::Stat(st),
+            Err(e) => error(e),
+        },
+        Request::Mkdir { path, parents } => ok_or_error(agent.files.mkdir(&path, parents)),
+        Request::Remove { path, recursive } => ok_or_error(agent.files.remove(&path, recursive)),
+    };
+    reply(response);
+}
+
+fn ok_or_error(r: Result<(), FsError>) -> Response {
+    match r {
+        Ok(()) => Response::Ok,
+        Err(e) => error(e),
+    }
+}
+
+fn error(e: FsError) -> Response {
+    Response::Error {
+        kind: e.kind,
+        message: e.message,
+    }
+}
+
+/// Writes one reply frame. A connection that is gone is not an error here:
+/// its reader notices and cleans up.
+fn send(writer: &Writer, id: u64, body: Response) {
+    let frame = Frame {
+        id,
+        body: Body::Response(body),
+    };
+    let mut w = lock(writer);
+    if let Err(CodecError::TooLarge(n)) = write_frame(&mut *w, &frame) {
+        let frame = Frame {
+            id,
+            body: Body::Response(Response::Error {
+                kind: ErrorKind::Io,
+                message: format!("the reply ({n} bytes) exceeds the frame limit"),
+            }),
+        };
+        let _ = write_frame(&mut *w, &frame);
+    }
+}
+
+/// Runs `job` on a new thread, or on this one if no thread can be created
+/// (a sandbox at its pids limit still gets answers).
+fn run_detached(name: &str, job: impl FnOnce() + Send + 'static) {
+    let slot = Arc::new(Mutex::new(Some(job)));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let job = lock(&theirs).take();
+            if let Some(job) = job {
+                job();
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("sandkasten-agent: cannot start a {name} thread ({e}); running inline");
+        let job = lock(&slot).take();
+        if let Some(job) = job {
+            job();
+        }
+    }
+}
+
+/// Process-wide settings of the agent before it serves.
+fn harden_process() {
+    // SAFETY: plain prctl/signal calls.
+    unsafe {
+        // Nobody in the sandbox may ptrace the agent or read its memory.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        // PID 1 reaps orphans anyway; outside a pid namespace (serve mode)
+        // this makes the agent reap its shell's orphans too.
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        // An ignored SIGCHLD (inherited through exec) would make the kernel
+        // auto-reap children and hide the shell's exit status.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+    if let Err(e) = cloexec_inherited_fds() {
+        eprintln!("sandkasten-agent: marking inherited fds close-on-exec: {e}");
+    }
+}
+
+/// Marks every fd above stderr close-on-exec, so nothing the agent was
+/// started with leaks into the shell. (Everything the agent opens itself is
+/// close-on-exec already.)
+fn cloexec_inherited_fds() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: walk /proc/self/fd.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on an fd number; a stale one (the read_dir's own)
+        // just fails.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

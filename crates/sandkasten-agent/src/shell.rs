@@ -1,1 +1,1139 @@
-//! TODO
+//! The persistent shell: one long-lived bash (or `sh`) per sandbox that
+//! runs every exec, so `cd`, `export`, functions, aliases and background
+//! jobs persist from one exec to the next.
+//!
+//! How a command reaches the shell and how its result comes back:
+//!
+//! - The shell reads its *script* from a pipe on its stdin. For every exec
+//!   the agent writes two lines. The first assigns the command (single-
+//!   quoted, so it is always one complete token) to a variable and `eval`s
+//!   it with stdin `/dev/null` and the status fd closed; the second writes
+//!   `$?` and the working directory, NUL-terminated, to the status pipe.
+//!   `eval` runs in the shell itself, at top level, so state persists and
+//!   `declare` stays global; `break`/`continue` cannot escape into a driver
+//!   loop because there is none.
+//! - Commands run with job control (`set -m`): every foreground job has its
+//!   own process group and owns the terminal, so an interrupt can target
+//!   exactly the running job. `trap : INT` keeps a non-interactive shell
+//!   alive when its foreground job dies of SIGINT; bash then abandons the
+//!   rest of the first line (like Ctrl-C at a prompt) and still runs the
+//!   second, which reports status 130.
+//! - stdout and stderr are a pty (the shell's controlling terminal, no echo,
+//!   no output processing), so they interleave in the order written and
+//!   arrive byte for byte. A pump thread reads the pty master all the time;
+//!   output that arrives while no exec runs (background jobs) is dropped,
+//!   so a chatty job never blocks on a full terminal.
+//! - Exit code and cwd come only from the status pipe, never from output.
+//!   When a status arrives the pump first drains what is already readable
+//!   on the master (a read on an empty master flushes the kernel's pending
+//!   pty buffer), so no output is lost or attributed to the next exec.
+//!
+//! Timeouts and cancellation escalate: SIGINT to the foreground process
+//! group, then SIGKILL to it, then SIGKILL to the whole session (a loop
+//! running in the shell itself), each after [`GRACE`]. A dead shell (`exit
+//! 3`, `kill -9 $$`, or killed by us) is replaced at once by a fresh one in
+//! the last known cwd.
+//!
+//! Execs run one at a time, in the order [`Shell::enqueue`] was called.
+
+use crate::reaper;
+use sandkasten_protocol::AgentConfig;
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Time between the steps of an interrupt (SIGINT, SIGKILL of the job,
+/// SIGKILL of the shell).
+pub const GRACE: Duration = Duration::from_millis(500);
+/// How long to wait for the reaper to report a shell we SIGKILLed before
+/// giving up on it and starting a new one regardless.
+const DEATH_WAIT: Duration = Duration::from_secs(5);
+/// Largest single read from the pty master (one `ExecOutput` at most).
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads of buffered output before a status is delivered; bounds the drain
+/// when a background job writes without pause.
+const DRAIN_MAX_BYTES: usize = 1024 * 1024;
+/// Output chunks queued between the pump and the exec; when full the pump
+/// stops reading, so the writing process blocks (backpressure).
+const EVENT_QUEUE: usize = 16;
+/// Terminal size reported to programs (rows, columns).
+const WINSIZE: (u16, u16) = (50, 200);
+/// Exit code of a timed-out or cancelled exec.
+pub const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// Why an exec could not run.
+#[derive(Debug)]
+pub enum ExecError {
+    /// The command can never run (it contains a NUL byte).
+    InvalidRequest(String),
+    /// No shell could be started.
+    Spawn(io::Error),
+}
+
+/// Result of one exec, as reported in `ExecDone`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub exit_code: i32,
+    pub cwd: String,
+    pub timed_out: bool,
+    pub truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// A place in the exec queue, taken in arrival order.
+pub struct ExecTicket {
+    seq: u64,
+    cancel: Arc<CancelHandle>,
+}
+
+impl ExecTicket {
+    /// The handle that [`Shell::cancel`] takes for this exec.
+    pub fn cancel_handle(&self) -> Arc<CancelHandle> {
+        self.cancel.clone()
+    }
+}
+
+/// Lets another thread interrupt a queued or running exec.
+#[derive(Default)]
+pub struct CancelHandle {
+    cancelled: AtomicBool,
+    /// The running exec's event queue, to wake it.
+    waker: Mutex<Option<SyncSender<Event>>>,
+}
+
+impl CancelHandle {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn attach(&self, tx: SyncSender<Event>) {
+        let mut w = lock(&self.waker);
+        if self.is_cancelled() {
+            let _ = tx.try_send(Event::Cancel);
+        }
+        *w = Some(tx);
+    }
+
+    fn detach(&self) {
+        *lock(&self.waker) = None;
+    }
+}
+
+/// What the pump (and cancellation) tell the running exec.
+enum Event {
+    Output(Vec<u8>),
+    Status {
+        code: i32,
+        cwd: String,
+    },
+    /// The shell was reaped with this raw wait status.
+    Died(i32),
+    Cancel,
+}
+
+struct Queue {
+    next: u64,
+    waiting: VecDeque<u64>,
+}
+
+/// The persistent shell of one agent.
+pub struct Shell {
+    cfg: AgentConfig,
+    queue: Mutex<Queue>,
+    turn: Condvar,
+    /// The running shell; `None` until started or after a failed restart.
+    /// Only the exec at the head of the queue locks it for long.
+    instance: Mutex<Option<Instance>>,
+    /// Last known working directory of the shell.
+    cwd: Mutex<String>,
+}
+
+impl Shell {
+    pub fn new(cfg: AgentConfig) -> Shell {
+        let cwd = cfg.workdir.clone();
+        Shell {
+            cfg,
+            queue: Mutex::new(Queue {
+                next: 0,
+                waiting: VecDeque::new(),
+            }),
+            turn: Condvar::new(),
+            instance: Mutex::new(None),
+            cwd: Mutex::new(cwd),
+        }
+    }
+
+    /// Starts the shell ahead of the first exec.
+    pub fn start(&self) -> io::Result<()> {
+        let mut slot = lock(&self.instance);
+        if slot.is_none() {
+            *slot = Some(self.spawn_instance()?);
+        }
+        Ok(())
+    }
+
+    /// The shell's last known working directory.
+    pub fn cwd(&self) -> String {
+        lock(&self.cwd).clone()
+    }
+
+    /// Takes a place in the exec queue. Call it in arrival order; then
+    /// pass the ticket to [`Shell::exec`] (on any thread).
+    pub fn enqueue(&self) -> ExecTicket {
+        let mut q = lock(&self.queue);
+        let seq = q.next;
+        q.next += 1;
+        q.waiting.push_back(seq);
+        ExecTicket {
+            seq,
+            cancel: Arc::new(CancelHandle::default()),
+        }
+    }
+
+    /// Interrupts an exec as if it timed out: a queued one returns at once
+    /// without running, a running one is interrupted.
+    pub fn cancel(&self, handle: &CancelHandle) {
+        handle.cancelled.store(true, Ordering::SeqCst);
+        if let Some(tx) = lock(&handle.waker).as_ref() {
+            // A full queue means the exec is busy reading it and will see
+            // the flag right after.
+            let _ = tx.try_send(Event::Cancel);
+        }
+        // Taking the queue lock orders this with a waiter's check of the
+        // flag, so the wake-up cannot be lost.
+        let _q = lock(&self.queue);
+        self.turn.notify_all();
+    }
+
+    /// Runs `cmd` in the shell when the ticket's turn comes, passing output
+    /// chunks to `out` as they are read.
+    pub fn exec(
+        &self,
+        ticket: ExecTicket,
+        cmd: &str,
+        timeout: Duration,
+        max_output: u64,
+        out: &mut dyn FnMut(Vec<u8>),
+    ) -> Result<ExecOutcome, ExecError> {
+        let _turn = TurnGuard {
+            shell: self,
+            seq: ticket.seq,
+        };
+        if cmd.contains('\0') {
+            return Err(ExecError::InvalidRequest(
+                "the command contains a NUL byte".into(),
+            ));
+        }
+        if !self.wait_turn(ticket.seq, &ticket.cancel) {
+            return Ok(ExecOutcome {
+                exit_code: TIMEOUT_EXIT_CODE,
+                cwd: self.cwd(),
+                timed_out: true,
+                truncated: false,
+                duration_ms: 0,
+            });
+        }
+        let started = Instant::now();
+        let mut slot = lock(&self.instance);
+        if slot.as_ref().is_none_or(Instance::exited) {
+            *slot = None;
+            *slot = Some(self.spawn_instance().map_err(ExecError::Spawn)?);
+        }
+        let inst = slot.as_mut().expect("instance was just ensured");
+        let run = inst.run(cmd, started + timeout, max_output, &ticket.cancel, out);
+
+        let cwd = match run.cwd {
+            Some(c) if !c.is_empty() => {
+                *lock(&self.cwd) = c.clone();
+                c
+            }
+            _ => self.cwd(),
+        };
+        let exit_code = if run.timed_out {
+            TIMEOUT_EXIT_CODE
+        } else {
+            run.exit_code
+        };
+        if run.shell_gone {
+            // Replace the shell at once so the next exec finds one.
+            *slot = None;
+            match self.spawn_instance() {
+                Ok(i) => *slot = Some(i),
+                Err(e) => eprintln!("sandkasten-agent: restarting the shell: {e}"),
+            }
+        }
+        Ok(ExecOutcome {
+            exit_code,
+            cwd,
+            timed_out: run.timed_out,
+            truncated: run.truncated,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Blocks until `seq` heads the queue (true) or it is cancelled first
+    /// (false).
+    fn wait_turn(&self, seq: u64, cancel: &CancelHandle) -> bool {
+        let mut q = lock(&self.queue);
+        loop {
+            if q.waiting.front() == Some(&seq) {
+                return true;
+            }
+            if cancel.is_cancelled() {
+                return false;
+            }
+            q = self.turn.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn spawn_instance(&self) -> io::Result<Instance> {
+        let cwd = self.cwd();
+        let mut dirs = vec![cwd];
+        for d in [self.cfg.workdir.as_str(), self.cfg.home.as_str(), "/"] {
+            if !d.is_empty() && !dirs.iter().any(|x| x == d) {
+                dirs.push(d.to_string());
+            }
+        }
+        Instance::spawn(&self.cfg, &dirs)
+    }
+}
+
+/// Leaves the queue when an exec ends, however it ends.
+struct TurnGuard<'a> {
+    shell: &'a Shell,
+    seq: u64,
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.shell.queue);
+        q.waiting.retain(|s| *s != self.seq);
+        self.shell.turn.notify_all();
+    }
+}
+
+/// What happened to one command in the shell.
+struct Run {
+    exit_code: i32,
+    cwd: Option<String>,
+    timed_out: bool,
+    truncated: bool,
+    /// The shell died or was killed: start a new one.
+    shell_gone: bool,
+}
+
+/// Which shell language the driver lines are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Bash,
+    /// POSIX sh (dash, busybox): no `builtin`, fds only up to 9.
+    Sh,
+}
+
+impl Flavor {
+    fn find() -> (&'static str, Flavor) {
+        for p in ["/bin/bash", "/usr/bin/bash"] {
+            if is_executable(Path::new(p)) {
+                return (p, Flavor::Bash);
+            }
+        }
+        ("/bin/sh", Flavor::Sh)
+    }
+
+    fn argv(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Bash => &["bash", "--noprofile", "--norc", "-s"],
+            Flavor::Sh => &["sh", "-s"],
+        }
+    }
+
+    /// The fd (in the shell) of the status pipe.
+    fn status_fd(self) -> RawFd {
+        match self {
+            Flavor::Bash => 98,
+            Flavor::Sh => 9,
+        }
+    }
+
+    /// The first line the shell runs.
+    fn setup(self) -> &'static str {
+        match self {
+            Flavor::Bash => "set -m; shopt -s expand_aliases; trap : INT\n",
+            Flavor::Sh => "set -m; trap : INT\n",
+        }
+    }
+
+    /// The two script lines that run one command and report its status.
+    /// The helper variables are assigned inside `{ } 2>/dev/null` so that a
+    /// user's `set -x` does not trace the driver's own steps.
+    fn command_lines(self, cmd: &str) -> String {
+        let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
+        let (b, fd) = match self {
+            Flavor::Bash => (r"\builtin ", 98),
+            Flavor::Sh => ("", 9),
+        };
+        format!(
+            "{{ __sk_c={quoted}; }} 2>/dev/null; {b}eval \"$__sk_c\" </dev/null {fd}>&-\n\
+             {{ __sk_rc=$?; {{ {b}printf '%s\\0' \"$__sk_rc\"; {b}pwd; {b}printf '\\0'; }} >&{fd}; \
+             {b}unset __sk_c __sk_rc; }} 2>/dev/null\n"
+        )
+    }
+}
+
+/// State shared between an instance, its pump thread and its reaper hook.
+struct Shared {
+    /// The running exec's event queue, if any.
+    sink: Mutex<Option<SyncSender<Event>>>,
+    /// Raw wait status once the shell has been reaped.
+    exit: Mutex<Option<i32>>,
+    stop: AtomicBool,
+    wake_w: OwnedFd,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let b = 1u8;
+        // SAFETY: writes one byte from a valid buffer to an owned fd. The
+        // pipe is non-blocking; a full pipe already guarantees a wake-up.
+        unsafe { libc::write(self.wake_w.as_raw_fd(), (&raw const b).cast(), 1) };
+    }
+
+    fn emit(&self, ev: Event) {
+        let tx = lock(&self.sink).clone();
+        if let Some(tx) = tx {
+            // Blocks while the exec is behind (backpressure); fails once
+            // the exec has finished and dropped its receiver.
+            let _ = tx.send(ev);
+        }
+    }
+}
+
+/// One running shell process and its pump thread.
+struct Instance {
+    pid: libc::pid_t,
+    master: Arc<OwnedFd>,
+    cmd_w: File,
+    flavor: Flavor,
+    shared: Arc<Shared>,
+    pump: Option<JoinHandle<()>>,
+}
+
+/// Everything the forked child needs, prepared before the fork because the
+/// child of a multi-threaded process may not allocate.
+struct ChildPlan {
+    path: CString,
+    argv: Vec<CString>,
+    /// Working directories to try in order, each with its environment
+    /// (which differs only in `PWD`).
+    dirs: Vec<(CString, Vec<CString>)>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    slave: RawFd,
+    cmd_r: RawFd,
+    status_w: RawFd,
+    status_fd: RawFd,
+    err_w: RawFd,
+}
+
+impl Instance {
+    fn spawn(cfg: &AgentConfig, dirs: &[String]) -> io::Result<Instance> {
+        let (path, flavor) = Flavor::find();
+        let (master, slave) = open_pty()?;
+        let (cmd_r, cmd_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let (wake_r, wake_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        for fd in [&master, &status_r, &wake_r, &wake_w] {
+            set_nonblocking(fd.as_raw_fd())?;
+        }
+        // The child's ends are moved above every fd the child dup2()s onto,
+        // so no dup2 clobbers a source it still needs.
+        let slave = dup_above(&slave, 100)?;
+        let cmd_r = dup_above(&cmd_r, 100)?;
+        let status_w = dup_above(&status_w, 100)?;
+        let err_w = dup_above(&err_w, 100)?;
+        if cfg.uid.is_some() || cfg.gid.is_some() {
+            // So that the sandbox user owns its terminal, like a login.
+            let uid = cfg.uid.unwrap_or(u32::MAX);
+            let gid = cfg.gid.unwrap_or(u32::MAX);
+            // SAFETY: plain syscall on an owned fd; failure is harmless.
+            unsafe { libc::fchown(slave.as_raw_fd(), uid, gid) };
+        }
+
+        let plan = ChildPlan {
+            path: cstring(path)?,
+            argv: flavor
+                .argv()
+                .iter()
+                .map(|a| cstring(a))
+                .collect::<io::Result<_>>()?,
+            dirs: dirs
+                .iter()
+                .map(|d| Ok((cstring(d)?, shell_env(cfg, d)?)))
+                .collect::<io::Result<_>>()?,
+            uid: cfg.uid,
+            gid: cfg.gid,
+            slave: slave.as_raw_fd(),
+            cmd_r: cmd_r.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+            status_fd: flavor.status_fd(),
+            err_w: err_w.as_raw_fd(),
+        };
+
+        let shared = Arc::new(Shared {
+            sink: Mutex::new(None),
+            exit: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            wake_w,
+        });
+        let hook = shared.clone();
+        let pid = reaper::spawn(
+            // SAFETY: the plan's fds are open and its strings outlive the
+            // call; the child only makes async-signal-safe calls.
+            || unsafe { fork_shell(&plan) },
+            move |status| {
+                *lock(&hook.exit) = Some(status);
+                hook.wake();
+            },
+        )?;
+        drop((slave, cmd_r, status_w, err_w));
+
+        // The error pipe is closed by a successful exec; before that the
+        // child writes its errno on failure.
+        let mut errno = [0u8; 4];
+        let mut err_r = File::from(err_r);
+        let mut got = 0;
+        while got < 4 {
+            match err_r.read(&mut errno[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 4 {
+            let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+            return Err(io::Error::new(e.kind(), format!("starting {path}: {e}")));
+        }
+
+        let master = Arc::new(master);
+        let pump = {
+            let (master, shared) = (master.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("shell-pump-{pid}"))
+                .spawn(move || pump(&master, &status_r, &wake_r, &shared))?
+        };
+        let mut inst = Instance {
+            pid,
+            master,
+            cmd_w: File::from(cmd_w),
+            flavor,
+            shared,
+            pump: Some(pump),
+        };
+        // The shell reads this before any command; a failure shows up as
+        // the shell's death.
+        let _ = inst.cmd_w.write_all(flavor.setup().as_bytes());
+        Ok(inst)
+    }
+
+    fn exited(&self) -> bool {
+        lock(&self.shared.exit).is_some()
+    }
+
+    /// Runs one command to completion (or interruption).
+    fn run(
+        &mut self,
+        cmd: &str,
+        deadline: Instant,
+        max_output: u64,
+        cancel: &CancelHandle,
+        out: &mut dyn FnMut(Vec<u8>),
+    ) -> Run {
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
+        *lock(&self.shared.sink) = Some(tx.clone());
+        cancel.attach(tx.clone());
+        // If the shell died before the sink was installed, the pump had
+        // nowhere to report it.
+        if let Some(status) = *lock(&self.shared.exit) {
+            let _ = tx.try_send(Event::Died(status));
+        }
+        drop(tx);
+        // EPIPE means the shell is gone; its death arrives as an event.
+        let _ = self
+            .cmd_w
+            .write_all(self.flavor.command_lines(cmd).as_bytes());
+
+        let mut run = Run {
+            exit_code: 0,
+            cwd: None,
+            timed_out: false,
+            truncated: false,
+            shell_gone: false,
+        };
+        let mut forwarded: u64 = 0;
+        // 0 while running; then the number of escalation steps taken.
+        let mut step = 0u8;
+        let mut next_step_at = deadline;
+        loop {
+            if step == 0 && cancel.is_cancelled() {
+                next_step_at = Instant::now();
+            }
+            // Checked before receiving, so a command that never stops
+            // writing still times out.
+            if Instant::now() >= next_step_at {
+                step += 1;
+                next_step_at = Instant::now() + GRACE;
+                match step {
+                    1 => {
+                        run.timed_out = true;
+                        self.signal_foreground(libc::SIGINT);
+                    }
+                    2 => self.signal_foreground(libc::SIGKILL),
+                    3 => {
+                        self.kill_session();
+                        next_step_at = Instant::now() + DEATH_WAIT;
+                    }
+                    _ => {
+                        eprintln!(
+                            "sandkasten-agent: shell {} did not die after SIGKILL; abandoning it",
+                            self.pid
+                        );
+                        run.shell_gone = true;
+                        break;
+                    }
+                }
+            }
+            let wait = next_step_at.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Event::Output(mut data)) => {
+                    let room = max_output.saturating_sub(forwarded);
+                    if data.len() as u64 > room {
+                        data.truncate(room as usize);
+                        run.truncated = true;
+                    }
+                    if !data.is_empty() {
+                        forwarded += data.len() as u64;
+                        out(data);
+                    }
+                }
+                Ok(Event::Status { code, cwd }) => {
+                    run.exit_code = code;
+                    run.cwd = Some(cwd);
+                    break;
+                }
+                Ok(Event::Died(status)) => {
+                    run.exit_code = reaper::exit_code(status);
+                    run.shell_gone = true;
+                    break;
+                }
+                // The flag is checked at the top of the loop.
+                Ok(Event::Cancel) | Err(RecvTimeoutError::Timeout) => {}
+                // Not while the cancel handle holds a sender; if it
+                // happens anyway, the pump is gone and so is the shell.
+                Err(RecvTimeoutError::Disconnected) => {
+                    run.shell_gone = true;
+                    break;
+                }
+            }
+        }
+        *lock(&self.shared.sink) = None;
+        cancel.detach();
+        drop(rx);
+        run
+    }
+
+    /// Signals the foreground process group of the terminal unless it is
+    /// the shell's own (a builtin loop must not take the shell down here).
+    fn signal_foreground(&self, sig: libc::c_int) {
+        // SAFETY: plain syscalls on an owned fd / a process group id.
+        unsafe {
+            let pgrp = libc::tcgetpgrp(self.master.as_raw_fd());
+            if pgrp > 0 && pgrp != self.pid {
+                libc::kill(-pgrp, sig);
+            }
+        }
+    }
+
+    /// SIGKILLs the shell and every process in its session.
+    fn kill_session(&self) {
+        if self.exited() {
+            return;
+        }
+        // SAFETY: plain syscalls. The shell is not reaped yet (its hook has
+        // not run), so its pid and session id cannot have been reused.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::kill(-self.pid, libc::SIGKILL);
+        }
+        // Processes may fork while we look; a few rounds catch stragglers.
+        for _ in 0..4 {
+            let members = session_members(self.pid);
+            if members.is_empty() {
+                break;
+            }
+            for pid in members {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if !self.exited() {
+            self.kill_session();
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake();
+        if let Some(p) = self.pump.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+/// The pump: reads the pty master and the status pipe until told to stop.
+fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut status = StatusParser::default();
+    let mut master_open = true;
+    let mut status_open = true;
+    let mut death_reported = false;
+    loop {
+        let fd_or_off = |open: bool, fd: &OwnedFd| if open { fd.as_raw_fd() } else { -1 };
+        let mut fds = [
+            pollfd(fd_or_off(master_open, master)),
+            pollfd(fd_or_off(status_open, status_r)),
+            pollfd(wake_r.as_raw_fd()),
+        ];
+        // SAFETY: valid array of pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            eprintln!("sandkasten-agent: shell pump: poll: {e}");
+            return;
+        }
+        if fds[2].revents != 0 {
+            drain_pipe(wake_r.as_raw_fd());
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if master_open && fds[0].revents != 0 {
+            master_open = read_master(master, &mut buf, shared) != MasterRead::Closed;
+        }
+        if status_open && fds[1].revents != 0 {
+            // Output written before the status must reach the exec first.
+            master_open = master_open && drain_master(master, &mut buf, shared);
+            // SAFETY: reads into a valid buffer from an owned fd.
+            let n = unsafe { libc::read(status_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                status.push(&buf[..n as usize]);
+                while let Some((code, cwd)) = status.next_record() {
+                    shared.emit(Event::Status { code, cwd });
+                }
+            } else if n == 0 {
+                status_open = false;
+            }
+        }
+        if !death_reported {
+            let exit = *lock(&shared.exit);
+            if let Some(st) = exit {
+                master_open = master_open && drain_master(master, &mut buf, shared);
+                death_reported = true;
+                shared.emit(Event::Died(st));
+            }
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum MasterRead {
+    Data,
+    Empty,
+    Closed,
+}
+
+fn read_master(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> MasterRead {
+    // SAFETY: reads into a valid buffer from an owned fd.
+    let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n > 0 {
+        shared.emit(Event::Output(buf[..n as usize].to_vec()));
+        return MasterRead::Data;
+    }
+    if n == 0 {
+        return MasterRead::Closed;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => MasterRead::Empty,
+        // EIO: no process has the terminal open any more.
+        _ => MasterRead::Closed,
+    }
+}
+
+/// Reads what is readable now (bounded); false if the master is closed.
+fn drain_master(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> bool {
+    for _ in 0..DRAIN_MAX_BYTES / 1024 {
+        match read_master(master, buf, shared) {
+            MasterRead::Data => {}
+            MasterRead::Empty => return true,
+            MasterRead::Closed => return false,
+        }
+    }
+    true
+}
+
+/// Splits the status stream into `(exit code, cwd)` records, each written
+/// as `CODE\0CWD\n\0` by the driver line.
+#[derive(Default)]
+struct StatusParser {
+    buf: Vec<u8>,
+}
+
+impl StatusParser {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn next_record(&mut self) -> Option<(i32, String)> {
+        let first = self.buf.iter().position(|b| *b == 0)?;
+        let second = first + 1 + self.buf[first + 1..].iter().position(|b| *b == 0)?;
+        let code = std::str::from_utf8(&self.buf[..first])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(-1);
+        let mut cwd = &self.buf[first + 1..second];
+        if let Some(stripped) = cwd.strip_suffix(b"\n") {
+            cwd = stripped;
+        }
+        let cwd = String::from_utf8_lossy(cwd).into_owned();
+        self.buf.drain(..=second);
+        Some((code, cwd))
+    }
+}
+
+/// The child side of the fork: becomes the shell or reports errno on
+/// `plan.err_w` and exits 127.
+///
+/// # Safety
+/// Must be called in a process that may fork; the plan's fds must be open.
+unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envps: Vec<Vec<*const libc::c_char>> = plan
+        .dirs
+        .iter()
+        .map(|(_, env)| {
+            env.iter()
+                .map(|e| e.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        })
+        .collect();
+
+    // SAFETY: fork is async-signal-safe; the child below only makes
+    // async-signal-safe calls on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid != 0 {
+        return if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        };
+    }
+    // SAFETY: we are the child; see above.
+    unsafe {
+        let fail = || -> ! {
+            let e = *libc::__errno_location();
+            libc::write(plan.err_w, (&raw const e).cast(), 4);
+            libc::_exit(127)
+        };
+        // The agent's signal state must not leak into the shell (Rust's
+        // runtime ignores SIGPIPE, for one).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        if libc::setsid() < 0 {
+            fail();
+        }
+        if libc::ioctl(plan.slave, libc::TIOCSCTTY as _, 0) < 0 {
+            fail();
+        }
+        if libc::dup2(plan.cmd_r, 0) < 0
+            || libc::dup2(plan.slave, 1) < 0
+            || libc::dup2(plan.slave, 2) < 0
+            || libc::dup2(plan.status_w, plan.status_fd) < 0
+        {
+            fail();
+        }
+        libc::umask(0o022);
+        if plan.uid.is_some() || plan.gid.is_some() {
+            // EPERM: a user namespace whose setgroups is denied; then the
+            // groups cannot be anything but what they are.
+            if libc::setgroups(0, std::ptr::null()) < 0 && *libc::__errno_location() != libc::EPERM
+            {
+                fail();
+            }
+        }
+        if let Some(gid) = plan.gid {
+            if libc::setgid(gid) < 0 {
+                fail();
+            }
+        }
+        if let Some(uid) = plan.uid {
+            if libc::setuid(uid) < 0 {
+                fail();
+            }
+        }
+        // The first directory the user may enter wins; its env has PWD set
+        // to it, so bash keeps a logical path (one through a symlink).
+        let mut chosen = None;
+        for (i, (dir, _)) in plan.dirs.iter().enumerate() {
+            if libc::chdir(dir.as_ptr()) == 0 {
+                chosen = Some(i);
+                break;
+            }
+        }
+        let Some(i) = chosen else { fail() };
+        libc::execve(plan.path.as_ptr(), argv.as_ptr(), envps[i].as_ptr());
+        fail()
+    }
+}
+
+/// The shell's environment: exactly `cfg.env`, plus `HOME` when missing,
+/// plus `PWD` (the directory the shell starts in).
+fn shell_env(cfg: &AgentConfig, dir: &str) -> io::Result<Vec<CString>> {
+    let mut env = Vec::with_capacity(cfg.env.len() + 2);
+    for (k, v) in &cfg.env {
+        if k.is_empty() || k.contains('=') || k == "PWD" {
+            continue;
+        }
+        env.push(cstring(&format!("{k}={v}"))?);
+    }
+    if !cfg.env.iter().any(|(k, _)| k == "HOME") {
+        env.push(cstring(&format!("HOME={}", cfg.home))?);
+    }
+    env.push(cstring(&format!("PWD={dir}"))?);
+    Ok(env)
+}
+
+/// Pids whose session id is `sid` (from `/proc`).
+fn session_members(sid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| proc_session(*pid) == Some(sid))
+        .collect()
+}
+
+/// Session id of a process: field 6 of `/proc/PID/stat`.
+fn proc_session(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the
+    // fields after it start behind the last ')'.
+    let end = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&stat[end + 1..]).ok()?;
+    // state, ppid, pgrp, session
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Opens a pty pair, both ends close-on-exec, configured for byte-exact
+/// output: no echo, no output processing (so no `\n` -> `\r\n`).
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: plain syscalls; every returned fd is wrapped at once.
+    unsafe {
+        let m = libc::open(c"/dev/ptmx".as_ptr(), flags);
+        if m < 0 {
+            return Err(with_context(
+                io::Error::last_os_error(),
+                "opening /dev/ptmx",
+            ));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(m, libc::TIOCSPTLCK as _, &unlock) < 0 {
+            return Err(with_context(
+                io::Error::last_os_error(),
+                "unlocking the pty",
+            ));
+        }
+        // TIOCGPTPEER (Linux 4.13) opens the slave without a path lookup,
+        // which also works where /dev/pts is not the pty's devpts.
+        let mut s = libc::ioctl(m, libc::TIOCGPTPEER as _, flags);
+        if s < 0 {
+            let mut n: libc::c_uint = 0;
+            if libc::ioctl(m, libc::TIOCGPTN as _, &mut n) < 0 {
+                return Err(with_context(io::Error::last_os_error(), "TIOCGPTN"));
+            }
+            let path = cstring(&format!("/dev/pts/{n}"))?;
+            s = libc::open(path.as_ptr(), flags);
+            if s < 0 {
+                return Err(with_context(
+                    io::Error::last_os_error(),
+                    "opening the pty slave",
+                ));
+            }
+        }
+        let slave = OwnedFd::from_raw_fd(s);
+
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(s, &mut t) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        t.c_lflag &= !(libc::ECHO
+            | libc::ECHOE
+            | libc::ECHOK
+            | libc::ECHONL
+            | libc::ECHOCTL
+            | libc::ECHOKE
+            | libc::ECHOPRT);
+        t.c_oflag &= !libc::OPOST;
+        t.c_iflag &= !(libc::IXON | libc::IXOFF);
+        if libc::tcsetattr(s, libc::TCSANOW, &t) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ws = libc::winsize {
+            ws_row: WINSIZE.0,
+            ws_col: WINSIZE.1,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(m, libc::TIOCSWINSZ as _, &ws);
+        Ok((master, slave))
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: valid out array; the fds are wrapped at once.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a valid fd.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or higher.
+fn dup_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain fcntl; the new fd is wrapped at once.
+    unsafe {
+        let n = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(n))
+    }
+}
+
+fn drain_pipe(fd: RawFd) {
+    let mut b = [0u8; 64];
+    // SAFETY: reads into a valid buffer from a non-blocking fd.
+    while unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) } > 0 {}
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("NUL byte in {s:?}")))
+}
+
+fn with_context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_records_parse_across_chunk_boundaries() {
+        let mut p = StatusParser::default();
+        p.push(b"0\0/work");
+        assert_eq!(p.next_record(), None);
+        p.push(b"space\n\0130\0/a\nb\n\0");
+        assert_eq!(p.next_record(), Some((0, "/workspace".into())));
+        assert_eq!(p.next_record(), Some((130, "/a\nb".into())));
+        assert_eq!(p.next_record(), None);
+    }
+
+    #[test]
+    fn command_lines_quote_single_quotes() {
+        let l = Flavor::Bash.command_lines("echo 'a'");
+        assert!(l.starts_with(r"{ __sk_c='echo '\''a'\'''; }"), "{l}");
+        assert_eq!(l.matches('\n').count(), 2);
+    }
+
+    #[test]
+    fn env_adds_home_and_pwd_only() {
+        let cfg = AgentConfig {
+            uid: None,
+            gid: None,
+            workdir: "/w".into(),
+            env: vec![("PATH".into(), "/bin".into()), ("PWD".into(), "/x".into())],
+            home: "/root".into(),
+        };
+        let env: Vec<String> = shell_env(&cfg, "/w")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect();
+        assert_eq!(env, ["PATH=/bin", "HOME=/root", "PWD=/w"]);
+    }
+}
