@@ -1,1 +1,1150 @@
+//! Router tests: the whole HTTP stack (auth, extractors, fallbacks, limits,
+//! handlers, SSE, OpenAPI) over a scripted fake backend, driven with
+//! `oneshot`. The real engine is exercised by the black-box tests in the
+//! workspace's `tests/`.
 
+use super::*;
+use async_trait::async_trait;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use sandkasten_engine::{
+    AcquireSource, CreateSession, DirEntry, EngineError, ExecEvent, ExecRequest, ExecResult,
+    ExecStream, FileContent, FileStat, FileType, SessionInfo, SessionState, SessionStats,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+use time::macros::datetime;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+const KEY: &str = "sk-test-key";
+const LIMIT: usize = 4096;
+
+/// A backend whose answers depend on the session id and command:
+/// session `missing` is not found, `broken` fails internally, anything else
+/// exists. It records what it was asked.
+#[derive(Default)]
+struct Fake {
+    created: Mutex<Vec<CreateSession>>,
+    execs: Mutex<Vec<ExecRequest>>,
+    writes: Mutex<Vec<(String, String, Vec<u8>)>>,
+    reads: Mutex<Vec<(String, Option<u64>)>>,
+    calls: Mutex<Vec<String>>,
+    /// The sender of a `hold` stream, kept so the test can watch it.
+    held: Mutex<Option<mpsc::Sender<ExecEvent>>>,
+}
+
+fn check(id: &str) -> Result<(), EngineError> {
+    match id {
+        "missing" => Err(EngineError::SessionNotFound(id.into())),
+        "broken" => Err(EngineError::Internal("disk on fire at /var/secret".into())),
+        "ended" => Err(EngineError::SessionNotRunning {
+            id: id.into(),
+            state: "expired",
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn info(id: &str) -> SessionInfo {
+    SessionInfo {
+        id: id.into(),
+        image: "base".into(),
+        status: SessionState::Running,
+        cwd: "/workspace".into(),
+        workspace_id: None,
+        created_at: datetime!(2026-02-08 10:00:00 UTC),
+        expires_at: datetime!(2026-02-08 10:30:00 UTC),
+        acquire_source: AcquireSource::Cold,
+    }
+}
+
+fn absolute(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/workspace/{path}")
+    }
+}
+
+#[async_trait]
+impl Backend for Fake {
+    async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError> {
+        if req.image.as_deref() == Some("nope") {
+            return Err(EngineError::InvalidImage("unknown image nope".into()));
+        }
+        let mut s = info("new");
+        s.workspace_id = req.workspace_id.clone();
+        self.created.lock().unwrap().push(req);
+        Ok(s)
+    }
+    async fn list_sessions(&self) -> Vec<SessionInfo> {
+        vec![info("a"), info("b")]
+    }
+    async fn get_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        check(id)?;
+        Ok(info(id))
+    }
+    async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
+        check(id)?;
+        self.calls.lock().unwrap().push(format!("destroy {id}"));
+        Ok(())
+    }
+    async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
+        check(id)?;
+        Ok(SessionStats {
+            memory_bytes: 1024,
+            memory_limit: 4096,
+            cpu_usage_usec: 77,
+            pids: 3,
+        })
+    }
+    async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError> {
+        check(id)?;
+        self.execs.lock().unwrap().push(req);
+        Ok(ExecResult {
+            exit_code: 0,
+            cwd: "/tmp".into(),
+            output: "42\n".into(),
+            truncated: false,
+            duration_ms: 3,
+            timed_out: false,
+        })
+    }
+    async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
+        check(id)?;
+        let (tx, rx) = mpsc::channel(8);
+        let chunk = |s: &str| ExecEvent::Chunk {
+            data: s.into(),
+            timestamp_ms: 1_707_390_000_000,
+        };
+        let done = ExecEvent::Done {
+            exit_code: 0,
+            cwd: "/workspace".into(),
+            duration_ms: 912,
+            timed_out: false,
+            truncated: false,
+        };
+        let script = match req.cmd.as_str() {
+            "hold" => {
+                *self.held.lock().unwrap() = Some(tx);
+                return Ok(rx);
+            }
+            "fail" => vec![
+                chunk("partial"),
+                ExecEvent::Error {
+                    message: "agent went away".into(),
+                },
+            ],
+            "vanish" => vec![chunk("1\n")],
+            _ => vec![chunk("1\n"), chunk("2\n\"quoted\"\r\n"), done],
+        };
+        for event in script {
+            tx.send(event).await.unwrap();
+        }
+        Ok(rx)
+    }
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError> {
+        check(id)?;
+        self.reads.lock().unwrap().push((path.into(), max_bytes));
+        if path == "gone" {
+            return Err(EngineError::FileNotFound(path.into()));
+        }
+        Ok(FileContent {
+            path: absolute(path),
+            data: vec![0, 1, 2, 255],
+            truncated: max_bytes.is_some(),
+        })
+    }
+    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<String, EngineError> {
+        check(id)?;
+        self.writes
+            .lock()
+            .unwrap()
+            .push((id.into(), path.into(), data));
+        Ok(absolute(path))
+    }
+    async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
+        check(id)?;
+        self.calls.lock().unwrap().push(format!("list {path}"));
+        Ok(vec![DirEntry {
+            name: "a.txt".into(),
+            file_type: FileType::File,
+            size: 5,
+            mode: 0o100644,
+            mtime: 1_700_000_000,
+        }])
+    }
+    async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError> {
+        check(id)?;
+        Ok(FileStat {
+            path: absolute(path),
+            file_type: FileType::Symlink,
+            size: 3,
+            mode: 0o120777,
+            uid: 1000,
+            gid: 1000,
+            mtime: 1_700_000_001,
+            link_target: Some("/etc".into()),
+        })
+    }
+    async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError> {
+        check(id)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("mkdir {path} {parents}"));
+        Ok(absolute(path))
+    }
+    async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
+        check(id)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("remove {path} {recursive}"));
+        Ok(())
+    }
+}
+
+fn app() -> (Router, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let router = build_router(
+        fake.clone(),
+        ApiConfig {
+            api_key: KEY.into(),
+            max_body_bytes: LIMIT,
+        },
+    );
+    (router, fake)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+
+    /// Asserts a contract error: status, code, JSON content type, and the
+    /// body's three keys.
+    fn assert_error(&self, status: u16, code: &str) -> Value {
+        let v = self.json();
+        assert_eq!(self.status.as_u16(), status, "{v}");
+        assert_eq!(v["error_code"], code, "{v}");
+        assert!(v["message"].is_string(), "{v}");
+        assert!(v["details"].is_object(), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
+        assert_eq!(self.headers[header::CONTENT_TYPE], "application/json");
+        v
+    }
+}
+
+async fn send(router: &Router, req: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn request(method: Method, uri: &str) -> axum::http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+}
+
+async fn get(router: &Router, uri: &str) -> Reply {
+    send(
+        router,
+        request(Method::GET, uri).body(Body::empty()).unwrap(),
+    )
+    .await
+}
+
+async fn post_json(router: &Router, uri: &str, body: Value) -> Reply {
+    let req = request(Method::POST, uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    send(router, req).await
+}
+
+// ------------------------------------------------------------ auth, routing
+
+#[tokio::test]
+async fn healthz_needs_no_key() {
+    let (router, _) = app();
+    let req = Request::get("/healthz").body(Body::empty()).unwrap();
+    let r = send(&router, req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn every_other_route_needs_the_key() {
+    let (router, fake) = app();
+    for (method, uri) in [
+        (Method::GET, "/v1/sessions"),
+        (Method::POST, "/v1/sessions"),
+        (Method::GET, "/v1/sessions/s1"),
+        (Method::DELETE, "/v1/sessions/s1"),
+        (Method::POST, "/v1/sessions/s1/exec"),
+        (Method::POST, "/v1/sessions/s1/fs/upload"),
+        (Method::GET, "/openapi.json"),
+        (Method::GET, "/no/such/route"),
+    ] {
+        let no_key = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let r = send(&router, no_key).await;
+        r.assert_error(401, "UNAUTHORIZED");
+        assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+
+        for auth in [
+            "Bearer wrong",
+            "Bearer sk-test-ke",
+            "Bearer sk-test-key2",
+            "Basic c2stdGVzdC1rZXk=",
+            KEY,
+        ] {
+            let wrong = Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header(header::AUTHORIZATION, auth)
+                .body(Body::empty())
+                .unwrap();
+            send(&router, wrong).await.assert_error(401, "UNAUTHORIZED");
+        }
+    }
+    assert!(fake.created.lock().unwrap().is_empty());
+    assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_key_is_not_accepted_in_the_url() {
+    let (router, _) = app();
+    for uri in [
+        format!("/v1/sessions?api_key={KEY}"),
+        format!("/v1/sessions?key={KEY}"),
+        format!("/v1/sessions?access_token={KEY}"),
+    ] {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        send(&router, req).await.assert_error(401, "UNAUTHORIZED");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_are_json_404() {
+    let (router, _) = app();
+    for uri in [
+        "/nope",
+        "/v1/session",
+        "/v1/sessions/s1/fs/nope",
+        "/healthz/x",
+    ] {
+        let v = get(&router, uri).await.assert_error(404, "NOT_FOUND");
+        assert!(v["message"].as_str().unwrap().contains(uri), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_methods_are_json_405() {
+    let (router, _) = app();
+    for (method, uri) in [
+        (Method::PUT, "/v1/sessions"),
+        (Method::POST, "/v1/sessions/s1"),
+        (Method::GET, "/v1/sessions/s1/exec"),
+        (Method::GET, "/v1/sessions/s1/fs/write"),
+        (Method::DELETE, "/openapi.json"),
+    ] {
+        let r = send(&router, request(method, uri).body(Body::empty()).unwrap()).await;
+        r.assert_error(405, "METHOD_NOT_ALLOWED");
+        assert!(r.headers.contains_key(header::ALLOW), "{uri}");
+    }
+    // /healthz is public, so its 405 needs no key either.
+    let req = Request::post("/healthz").body(Body::empty()).unwrap();
+    let r = send(&router, req).await;
+    r.assert_error(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.headers[header::ALLOW], "GET,HEAD");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_json_413() {
+    let (router, fake) = app();
+    let big = "x".repeat(LIMIT + 1);
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/fs/write",
+        json!({"path": "a", "text": big}),
+    )
+    .await;
+    let v = r.assert_error(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(v["details"]["max_bytes"], LIMIT);
+
+    // The same without a Content-Length (a chunked body).
+    let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(
+        json!({"cmd": big}).to_string(),
+    ))]);
+    let req = request(Method::POST, "/v1/sessions/s1/exec")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    send(&router, req)
+        .await
+        .assert_error(413, "PAYLOAD_TOO_LARGE");
+
+    // Multipart uploads are read with the same limit.
+    let form = multipart(&[Part::file("file", "big.bin", big.as_bytes())]);
+    upload(&router, "s1", form)
+        .await
+        .assert_error(413, "PAYLOAD_TOO_LARGE");
+    assert!(fake.writes.lock().unwrap().is_empty());
+    assert!(fake.execs.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bodies_up_to_the_limit_pass() {
+    let (router, fake) = app();
+    let overhead = json!({"path": "a", "text": ""}).to_string().len();
+    let text = "y".repeat(LIMIT - overhead);
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/fs/write",
+        json!({"path": "a", "text": text}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(fake.writes.lock().unwrap()[0].2.len(), text.len());
+}
+
+// ------------------------------------------------------------ sessions
+
+#[tokio::test]
+async fn create_returns_201_and_session_info() {
+    let (router, fake) = app();
+    let r = post_json(
+        &router,
+        "/v1/sessions",
+        json!({"image": "base", "ttl_seconds": 600, "workspace_id": "user123-project456",
+               "future_field": {"x": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        r.json(),
+        json!({"id": "new", "image": "base", "status": "running", "cwd": "/workspace",
+               "workspace_id": "user123-project456",
+               "created_at": "2026-02-08T10:00:00Z", "expires_at": "2026-02-08T10:30:00Z",
+               "acquire_source": "cold"})
+    );
+    let created = fake.created.lock().unwrap();
+    assert_eq!(created[0].image.as_deref(), Some("base"));
+    assert_eq!(created[0].ttl_seconds, Some(600));
+    assert_eq!(
+        created[0].workspace_id.as_deref(),
+        Some("user123-project456")
+    );
+}
+
+#[tokio::test]
+async fn create_accepts_curl_style_and_empty_bodies() {
+    let (router, fake) = app();
+    // `curl -d '{...}'` labels JSON as a form.
+    let req = request(Method::POST, "/v1/sessions")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(r#"{"image":"base"}"#))
+        .unwrap();
+    assert_eq!(send(&router, req).await.status, StatusCode::CREATED);
+    // `curl -X POST` with no body at all.
+    let req = request(Method::POST, "/v1/sessions")
+        .body(Body::empty())
+        .unwrap();
+    let r = send(&router, req).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["workspace_id"], Value::Null);
+    let created = fake.created.lock().unwrap();
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[1].image, None);
+    assert_eq!(created[1].ttl_seconds, None);
+}
+
+#[tokio::test]
+async fn malformed_requests_are_json_400() {
+    let (router, fake) = app();
+    for body in [
+        r#"{"image": 5}"#,
+        r#"{"ttl_seconds": -1}"#,
+        r#"{"ttl_seconds": "600"}"#,
+        r#"{"image": "base""#,
+        r#"["base"]"#,
+        "not json",
+    ] {
+        let req = request(Method::POST, "/v1/sessions")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        send(&router, req)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+    }
+    assert!(fake.created.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn engine_errors_reach_the_client_through_the_table() {
+    let (router, _) = app();
+    post_json(&router, "/v1/sessions", json!({"image": "nope"}))
+        .await
+        .assert_error(400, "INVALID_IMAGE");
+    let v = get(&router, "/v1/sessions/missing")
+        .await
+        .assert_error(404, "SESSION_NOT_FOUND");
+    assert_eq!(v["message"], "session missing not found");
+    post_json(&router, "/v1/sessions/ended/exec", json!({"cmd": "ls"}))
+        .await
+        .assert_error(409, "SESSION_NOT_RUNNING");
+    let r = get(&router, "/v1/sessions/broken").await;
+    let v = r.assert_error(500, "INTERNAL_ERROR");
+    assert_eq!(v["message"], "internal error");
+    assert!(!r.text().contains("secret"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn list_get_delete_and_stats() {
+    let (router, fake) = app();
+    let r = get(&router, "/v1/sessions").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let list = r.json();
+    assert_eq!(list.as_array().unwrap().len(), 2, "a bare array: {list}");
+    assert_eq!(list[1]["id"], "b");
+
+    let r = get(&router, "/v1/sessions/s1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["id"], "s1");
+
+    let r = send(
+        &router,
+        request(Method::DELETE, "/v1/sessions/s1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"ok": true}));
+    assert_eq!(fake.calls.lock().unwrap().as_slice(), ["destroy s1"]);
+    let r = send(
+        &router,
+        request(Method::DELETE, "/v1/sessions/missing")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    r.assert_error(404, "SESSION_NOT_FOUND");
+
+    let r = get(&router, "/v1/sessions/s1/stats").await;
+    assert_eq!(
+        r.json(),
+        json!({"memory_bytes": 1024, "memory_limit": 4096, "cpu_usage_usec": 77, "pids": 3})
+    );
+}
+
+// ------------------------------------------------------------ exec
+
+#[tokio::test]
+async fn exec_returns_the_result() {
+    let (router, fake) = app();
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/exec",
+        json!({"cmd": "python3 -c 'print(42)'", "timeout_ms": 30000, "raw_output": true}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"exit_code": 0, "cwd": "/tmp", "output": "42\n", "truncated": false,
+               "duration_ms": 3, "timed_out": false})
+    );
+    let execs = fake.execs.lock().unwrap();
+    assert_eq!(execs[0].cmd, "python3 -c 'print(42)'");
+    assert_eq!(execs[0].timeout_ms, Some(30000));
+    assert!(execs[0].raw_output);
+}
+
+#[tokio::test]
+async fn exec_defaults_and_rejects_bad_commands() {
+    let (router, fake) = app();
+    let r = post_json(&router, "/v1/sessions/s1/exec", json!({"cmd": "ls"})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    {
+        let execs = fake.execs.lock().unwrap();
+        assert_eq!(execs[0].timeout_ms, None);
+        assert!(!execs[0].raw_output);
+    }
+    for body in [
+        json!({"cmd": ""}),
+        json!({}),
+        json!({"cmd": null}),
+        json!({"cmd": ["ls"]}),
+        json!({"cmd": "ls", "timeout_ms": "fast"}),
+        json!({"cmd": "ls", "raw_output": "yes"}),
+    ] {
+        for uri in ["/v1/sessions/s1/exec", "/v1/sessions/s1/exec/stream"] {
+            post_json(&router, uri, body.clone())
+                .await
+                .assert_error(400, "INVALID_REQUEST");
+        }
+    }
+    assert_eq!(fake.execs.lock().unwrap().len(), 1);
+}
+
+/// Splits an SSE body into (event, data) pairs and comments.
+fn sse_events(body: &str) -> Vec<(String, String)> {
+    body.split("\n\n")
+        .filter(|block| !block.is_empty())
+        .map(|block| {
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.into();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v.into();
+                } else if let Some(v) = line.strip_prefix(": ") {
+                    event = format!(":{v}");
+                } else {
+                    panic!("unexpected SSE line {line:?} in {body:?}");
+                }
+            }
+            (event, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn exec_stream_sends_chunks_then_done() {
+    let (router, _) = app();
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/exec/stream",
+        json!({"cmd": "echo"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "text/event-stream");
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-cache");
+    let body = r.text();
+    assert!(
+        body.starts_with("event: chunk\ndata: {"),
+        "the SDK parses `event: ` and `data: ` lines: {body:?}"
+    );
+    let events = sse_events(&body);
+    assert_eq!(events.len(), 3, "{body:?}");
+    assert_eq!(events[0].0, "chunk");
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[0].1).unwrap(),
+        json!({"chunk": "1\n", "timestamp": 1_707_390_000_000_i64})
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[1].1).unwrap()["chunk"],
+        "2\n\"quoted\"\r\n"
+    );
+    assert_eq!(events[2].0, "done");
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[2].1).unwrap(),
+        json!({"exit_code": 0, "cwd": "/workspace", "duration_ms": 912,
+               "timed_out": false, "truncated": false})
+    );
+}
+
+#[tokio::test]
+async fn exec_stream_ends_with_an_error_event() {
+    let (router, _) = app();
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/exec/stream",
+        json!({"cmd": "fail"}),
+    )
+    .await;
+    let events = sse_events(&r.text());
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].0, "error");
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[1].1).unwrap(),
+        json!({"error": "agent went away"})
+    );
+
+    // An engine stream that closes without a result still ends cleanly.
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/exec/stream",
+        json!({"cmd": "vanish"}),
+    )
+    .await;
+    let events = sse_events(&r.text());
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].0, "error");
+}
+
+#[tokio::test]
+async fn exec_stream_errors_before_start_are_plain_json() {
+    let (router, _) = app();
+    post_json(
+        &router,
+        "/v1/sessions/missing/exec/stream",
+        json!({"cmd": "ls"}),
+    )
+    .await
+    .assert_error(404, "SESSION_NOT_FOUND");
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_stream_keeps_a_silent_stream_alive_and_cancels_on_disconnect() {
+    let (router, fake) = app();
+    let req = request(Method::POST, "/v1/sessions/s1/exec/stream")
+        .body(Body::from(r#"{"cmd": "hold"}"#))
+        .unwrap();
+    let response = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let sender = fake.held.lock().unwrap().take().unwrap();
+
+    // Silence: a keep-alive comment arrives within 15 s (time is paused and
+    // advances only while everything waits).
+    let started = tokio::time::Instant::now();
+    let frame = body.frame().await.unwrap().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(frame.data_ref().unwrap().as_ref(), b": keep-alive\n\n");
+    assert!(waited <= Duration::from_secs(15), "{waited:?}");
+
+    // Output is sent as produced.
+    sender
+        .send(ExecEvent::Chunk {
+            data: "tick".into(),
+            timestamp_ms: 1,
+        })
+        .await
+        .unwrap();
+    let frame = body.frame().await.unwrap().unwrap();
+    let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+    assert!(text.starts_with("event: chunk\n"), "{text:?}");
+
+    // The client goes away: the engine's receiver is dropped.
+    assert!(!sender.is_closed());
+    drop(body);
+    tokio::time::timeout(Duration::from_secs(1), sender.closed())
+        .await
+        .expect("dropping the response drops the exec stream");
+}
+
+// ------------------------------------------------------------ files
+
+#[tokio::test]
+async fn write_takes_text_or_base64() {
+    let (router, fake) = app();
+    for (body, path, data) in [
+        (
+            json!({"path": "hello.py", "text": "print(1)"}),
+            "hello.py",
+            b"print(1)".to_vec(),
+        ),
+        (
+            json!({"path": "/tmp/data.bin", "content_base64": "AAEC/w=="}),
+            "/tmp/data.bin",
+            vec![0, 1, 2, 255],
+        ),
+        (json!({"path": "empty", "text": ""}), "empty", vec![]),
+        (
+            json!({"path": "empty64", "content_base64": ""}),
+            "empty64",
+            vec![],
+        ),
+        (
+            json!({"path": "n", "text": "x", "content_base64": null}),
+            "n",
+            b"x".to_vec(),
+        ),
+    ] {
+        let r = post_json(&router, "/v1/sessions/s1/fs/write", body.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{body}: {}", r.text());
+        assert_eq!(r.json(), json!({"ok": true}));
+        let writes = fake.writes.lock().unwrap();
+        let last = writes.last().unwrap();
+        assert_eq!((last.1.as_str(), &last.2), (path, &data), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn write_rejects_bad_requests() {
+    let (router, fake) = app();
+    for (body, code) in [
+        (json!({"path": "a"}), "INVALID_REQUEST"),
+        (
+            json!({"path": "a", "text": "x", "content_base64": "eA=="}),
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"path": "a", "content_base64": "not base64!"}),
+            "INVALID_REQUEST",
+        ),
+        (json!({"path": "a", "text": 5}), "INVALID_REQUEST"),
+        (json!({"text": "x"}), "INVALID_REQUEST"),
+        (json!({"path": "", "text": "x"}), "INVALID_PATH"),
+    ] {
+        post_json(&router, "/v1/sessions/s1/fs/write", body)
+            .await
+            .assert_error(400, code);
+    }
+    assert!(fake.writes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn read_returns_base64() {
+    let (router, fake) = app();
+    let r = get(&router, "/v1/sessions/s1/fs/read?path=hello.py").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"path": "/workspace/hello.py", "content_base64": "AAEC/w==", "truncated": false})
+    );
+    get(
+        &router,
+        "/v1/sessions/s1/fs/read?path=%2Ftmp%2Fa%20b&max_bytes=2",
+    )
+    .await;
+    get(&router, "/v1/sessions/s1/fs/read?path=c&max_bytes=0").await;
+    assert_eq!(
+        fake.reads.lock().unwrap().as_slice(),
+        [
+            ("hello.py".to_owned(), None),
+            ("/tmp/a b".to_owned(), Some(2)),
+            ("c".to_owned(), None),
+        ]
+    );
+    get(&router, "/v1/sessions/s1/fs/read?path=gone")
+        .await
+        .assert_error(404, "FILE_NOT_FOUND");
+    for uri in [
+        "/v1/sessions/s1/fs/read",
+        "/v1/sessions/s1/fs/read?path=a&max_bytes=-1",
+        "/v1/sessions/s1/fs/read?path=a&max_bytes=lots",
+    ] {
+        get(&router, uri).await.assert_error(400, "INVALID_REQUEST");
+    }
+    get(&router, "/v1/sessions/s1/fs/read?path=")
+        .await
+        .assert_error(400, "INVALID_PATH");
+}
+
+/// One part of a multipart form.
+struct Part<'a> {
+    name: &'a str,
+    filename: Option<&'a str>,
+    data: &'a [u8],
+}
+
+impl<'a> Part<'a> {
+    fn file(name: &'a str, filename: &'a str, data: &'a [u8]) -> Self {
+        Part {
+            name,
+            filename: Some(filename),
+            data,
+        }
+    }
+    fn text(name: &'a str, data: &'a str) -> Self {
+        Part {
+            name,
+            filename: None,
+            data: data.as_bytes(),
+        }
+    }
+}
+
+const BOUNDARY: &str = "----sandkasten-test-boundary";
+
+fn multipart(parts: &[Part<'_>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        let disposition = match p.filename {
+            Some(f) => format!(
+                "Content-Disposition: form-data; name=\"{}\"; filename=\"{f}\"\r\n\
+                 Content-Type: application/octet-stream\r\n",
+                p.name
+            ),
+            None => format!("Content-Disposition: form-data; name=\"{}\"\r\n", p.name),
+        };
+        body.extend_from_slice(disposition.as_bytes());
+        body.extend_from_slice(b"\r\n");
+        body.extend_from_slice(p.data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+async fn upload(router: &Router, id: &str, form: Vec<u8>) -> Reply {
+    let req = request(Method::POST, &format!("/v1/sessions/{id}/fs/upload"))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Body::from(form))
+        .unwrap();
+    send(router, req).await
+}
+
+#[tokio::test]
+async fn upload_writes_each_file_into_the_directory() {
+    let (router, fake) = app();
+    let binary = [0u8, 13, 10, 255, 0];
+    // Files first, directory after them.
+    let form = multipart(&[
+        Part::file("file", "a.txt", b"alpha"),
+        Part::file("files", "b.bin", &binary),
+        Part::text("other", "ignored"),
+        Part::text("path", "/workspace/data/"),
+    ]);
+    let r = upload(&router, "s1", form).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "paths": ["/workspace/data/a.txt", "/workspace/data/b.bin"]})
+    );
+    {
+        let writes = fake.writes.lock().unwrap();
+        assert_eq!(writes[0].1, "/workspace/data/a.txt");
+        assert_eq!(writes[0].2, b"alpha");
+        assert_eq!(writes[1].2, binary);
+    }
+
+    // No directory: /workspace. An empty file is fine.
+    let r = upload(&router, "s1", multipart(&[Part::file("file", "e", b"")])).await;
+    assert_eq!(r.json(), json!({"ok": true, "paths": ["/workspace/e"]}));
+    // An empty directory part also means /workspace.
+    let form = multipart(&[Part::text("path", ""), Part::file("file", "f", b"1")]);
+    let r = upload(&router, "s1", form).await;
+    assert_eq!(r.json()["paths"], json!(["/workspace/f"]));
+}
+
+#[tokio::test]
+async fn upload_rejects_bad_filenames_and_forms() {
+    let (router, fake) = app();
+    for name in ["../evil", "a/b", "..", ".", "/etc/passwd"] {
+        let form = multipart(&[
+            Part::file("file", "ok.txt", b"1"),
+            Part::file("file", name, b"x"),
+        ]);
+        upload(&router, "s1", form)
+            .await
+            .assert_error(400, "INVALID_PATH");
+    }
+    // Nothing is written when any filename is bad.
+    assert!(fake.writes.lock().unwrap().is_empty());
+
+    let no_file = multipart(&[Part::text("path", "/workspace")]);
+    upload(&router, "s1", no_file)
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    let no_filename = multipart(&[Part::text("file", "content")]);
+    upload(&router, "s1", no_filename)
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    let two_dirs = multipart(&[
+        Part::text("path", "/a"),
+        Part::text("path", "/b"),
+        Part::file("file", "x", b"1"),
+    ]);
+    upload(&router, "s1", two_dirs)
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    // Not multipart at all.
+    post_json(&router, "/v1/sessions/s1/fs/upload", json!({"file": "x"}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    // A missing session.
+    upload(
+        &router,
+        "missing",
+        multipart(&[Part::file("file", "x", b"1")]),
+    )
+    .await
+    .assert_error(404, "SESSION_NOT_FOUND");
+    assert!(fake.writes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn list_stat_mkdir_remove() {
+    let (router, fake) = app();
+    let r = get(&router, "/v1/sessions/s1/fs/list?path=src").await;
+    assert_eq!(
+        r.json(),
+        json!({"path": "src", "entries": [
+            {"name": "a.txt", "type": "file", "size": 5, "mode": 0o100644, "mtime": 1_700_000_000}
+        ]})
+    );
+    let r = get(&router, "/v1/sessions/s1/fs/list").await;
+    assert_eq!(r.json()["path"], "/workspace");
+
+    let r = get(&router, "/v1/sessions/s1/fs/stat?path=link").await;
+    assert_eq!(
+        r.json(),
+        json!({"path": "/workspace/link", "type": "symlink", "size": 3, "mode": 0o120777,
+               "uid": 1000, "gid": 1000, "mtime": 1_700_000_001, "link_target": "/etc"})
+    );
+    get(&router, "/v1/sessions/s1/fs/stat")
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+
+    let r = post_json(&router, "/v1/sessions/s1/fs/mkdir", json!({"path": "a/b"})).await;
+    assert_eq!(r.json(), json!({"ok": true, "path": "/workspace/a/b"}));
+    post_json(
+        &router,
+        "/v1/sessions/s1/fs/mkdir",
+        json!({"path": "c", "parents": false}),
+    )
+    .await;
+
+    let r = post_json(&router, "/v1/sessions/s1/fs/remove", json!({"path": "a"})).await;
+    assert_eq!(r.json(), json!({"ok": true}));
+    post_json(
+        &router,
+        "/v1/sessions/s1/fs/remove",
+        json!({"path": "c", "recursive": true}),
+    )
+    .await;
+    post_json(
+        &router,
+        "/v1/sessions/s1/fs/remove",
+        json!({"path": "c", "recursive": 1}),
+    )
+    .await
+    .assert_error(400, "INVALID_REQUEST");
+
+    assert_eq!(
+        fake.calls.lock().unwrap().as_slice(),
+        [
+            "list src",
+            "list /workspace",
+            "mkdir a/b true",
+            "mkdir c false",
+            "remove a false",
+            "remove c true",
+        ]
+    );
+}
+
+// ------------------------------------------------------------ OpenAPI
+
+/// Every route of the contract and of the documented extensions.
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/sessions"),
+    ("get", "/v1/sessions"),
+    ("get", "/v1/sessions/{id}"),
+    ("delete", "/v1/sessions/{id}"),
+    ("get", "/v1/sessions/{id}/stats"),
+    ("post", "/v1/sessions/{id}/exec"),
+    ("post", "/v1/sessions/{id}/exec/stream"),
+    ("post", "/v1/sessions/{id}/fs/write"),
+    ("get", "/v1/sessions/{id}/fs/read"),
+    ("post", "/v1/sessions/{id}/fs/upload"),
+    ("get", "/v1/sessions/{id}/fs/list"),
+    ("get", "/v1/sessions/{id}/fs/stat"),
+    ("post", "/v1/sessions/{id}/fs/mkdir"),
+    ("post", "/v1/sessions/{id}/fs/remove"),
+];
+
+fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            found.insert((method.clone(), path.clone()));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let (router, _) = app();
+    let r = get(&router, "/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented_routes(&doc), expected);
+
+    // Authentication is documented: required globally, waived for /healthz.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([{}]));
+    assert!(doc["paths"]["/v1/sessions"]["post"]["responses"]["401"].is_object());
+    for schema in [
+        "SessionInfo",
+        "ExecResult",
+        "ErrorBody",
+        "ExecDoneEvent",
+        "FileStat",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let (router, _) = app();
+    let doc = serde_json::to_value(openapi()).unwrap();
+    for (method, path) in documented_routes(&doc) {
+        let uri = path.replace("{id}", "missing");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let r = send(
+            &router,
+            request(method.clone(), &uri).body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert!(
+            r.status != StatusCode::NOT_FOUND || r.json()["error_code"] != "NOT_FOUND",
+            "{method} {uri} is documented but not routed"
+        );
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+    }
+}
