@@ -1,0 +1,583 @@
+//! Isolation end to end: who commands run as, what of the host a sandbox
+//! can see or touch (files, symlinks through the files API, /proc, mounts,
+//! namespaces, hostname, network), and that destroy leaves nothing behind.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+/// Asserts that the tools a negative test relies on exist inside the
+/// sandbox, so that "command failed" cannot mean "command not found".
+#[track_caller]
+fn require_tools(d: &Daemon, id: &str, tools: &[&str]) {
+    for t in tools {
+        let v = d.exec(id, &format!("command -v {t}"));
+        assert_eq!(
+            v["exit_code"], 0,
+            "`{t}` is not available inside the sandbox (the base image is the host's /usr; \
+             install it on the host): {v}"
+        );
+    }
+}
+
+fn host_users() -> Vec<String> {
+    fs::read_to_string("/etc/passwd")
+        .expect("reading the host's /etc/passwd")
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|u| !u.is_empty() && !["root", "nobody", "sandbox"].contains(u))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn commands_run_as_the_sandbox_user() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    assert_eq!(d.sh(&id, "id -u"), "1000\n");
+    assert_eq!(d.sh(&id, "id -un"), "sandbox\n");
+    assert_eq!(d.sh(&id, "id -g"), "1000\n");
+    assert_eq!(d.sh(&id, "pwd"), "/workspace\n");
+    assert_eq!(d.sh(&id, "stat -c %u /workspace"), "1000\n");
+}
+
+#[test]
+fn root_inside_is_not_root_on_the_host() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let map = d.sh(&id, "cat /proc/self/uid_map");
+    let mut lines = 0;
+    for line in map.lines() {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| {
+                x.parse()
+                    .unwrap_or_else(|_| panic!("bad uid_map line {line:?}"))
+            })
+            .collect();
+        assert_eq!(f.len(), 3, "bad uid_map line {line:?}");
+        let (inside, outside, count) = (f[0], f[1], f[2]);
+        assert!(
+            outside != 0 && count > 0,
+            "uid_map maps host root into the sandbox: {line:?} (inside {inside})"
+        );
+        lines += 1;
+    }
+    assert!(lines > 0, "empty uid_map: not in a user namespace");
+
+    // From the host: every process of the sandbox (those in a child pid
+    // namespace) runs under a non-root host uid.
+    let own_depth = proc_status_field(std::process::id() as i32, "NSpid")
+        .map(|s| s.split_whitespace().count())
+        .unwrap_or(1);
+    let pids = pids_in_session_cgroups(&id);
+    let inside: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| {
+            proc_status_field(p, "NSpid")
+                .map(|s| s.split_whitespace().count() > own_depth)
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        inside.len() >= 2,
+        "expected the agent and the shell in session {id}'s cgroup in a child pid namespace; \
+         cgroup pids {pids:?}, in a child pid namespace {inside:?}"
+    );
+    for p in inside {
+        let uids = proc_status_field(p, "Uid").unwrap_or_default();
+        assert!(
+            uids.split_whitespace().all(|u| u != "0"),
+            "sandbox process {p} runs as host root: Uid {uids}"
+        );
+    }
+}
+
+#[test]
+fn sandbox_user_has_no_capabilities_and_a_seccomp_filter() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let status = d.sh(&id, "cat /proc/self/status");
+    let field = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in /proc/self/status"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(field("CapPrm"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "no seccomp filter");
+}
+
+#[test]
+fn pid_1_is_the_agent_and_proc_is_private() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let inside = d.sh(&id, "tr '\\0' ' ' < /proc/1/cmdline");
+    let host = fs::read_to_string("/proc/1/cmdline")
+        .unwrap_or_default()
+        .replace('\0', " ");
+    assert_ne!(inside, host, "/proc/1 inside is the host's init");
+    assert!(
+        inside.to_lowercase().contains("agent"),
+        "PID 1 inside is not our agent: {inside:?}"
+    );
+    let n: usize = d
+        .sh(&id, "ls /proc | grep -c '^[0-9][0-9]*$'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        n < 20,
+        "{n} processes visible: /proc is not the sandbox's own"
+    );
+    let cmdlines = d.sh(
+        &id,
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; true",
+    );
+    assert!(
+        !cmdlines.contains(BIN) && !cmdlines.contains(" serve"),
+        "the daemon is visible inside: {cmdlines:?}"
+    );
+}
+
+#[test]
+fn host_files_are_invisible() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let in_tmp = HostMarker::in_temp_dir();
+    let in_root = HostMarker::in_dir(Path::new("/root"));
+
+    // Control: find does search the sandbox's root file system.
+    let found = d.sh(
+        &id,
+        "find / -xdev -name passwd -path '/etc/*' 2>/dev/null; true",
+    );
+    assert!(
+        found.contains("/etc/passwd"),
+        "find found nothing: {found:?}"
+    );
+
+    for m in [&in_tmp, &in_root] {
+        let name = m.file_name();
+        let out = d
+            .exec(
+                &id,
+                &format!(
+                    "find / -xdev -name '{name}' 2>/dev/null; \
+                     find /tmp /workspace /root /home /var /opt /mnt /srv /run -name '{name}' 2>/dev/null; true"
+                ),
+            )["output"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            !out.contains(&name),
+            "host file {} found inside: {out}",
+            m.path_str()
+        );
+        let out = d.exec(&id, &format!("cat '{}' 2>&1", m.path_str()));
+        assert_ne!(out["exit_code"], 0, "host file readable inside: {out}");
+        assert!(
+            !out["output"].as_str().unwrap().contains(&m.content),
+            "host content read inside: {out}"
+        );
+        let grep = d.exec(
+            &id,
+            &format!(
+                "grep -rsl -- '{}' /root /tmp /home /workspace /etc /var /opt /srv 2>/dev/null; true",
+                m.content
+            ),
+        );
+        assert_eq!(grep["output"], "", "host content found inside: {grep}");
+        let r = d.read_resp(&id, &m.path_str());
+        r.assert_client_error("fs/read of a host path");
+        assert!(!r.text.contains(&b64(m.content.as_bytes())));
+    }
+}
+
+#[test]
+fn etc_is_generated_not_the_hosts() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let passwd = d.sh(&id, "cat /etc/passwd");
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("sandbox:") && l.split(':').nth(2) == Some("1000")),
+        "no sandbox user with uid 1000 in /etc/passwd: {passwd}"
+    );
+    for u in host_users() {
+        assert!(
+            !passwd.lines().any(|l| l.starts_with(&format!("{u}:"))),
+            "host user {u} appears in the sandbox's /etc/passwd: {passwd}"
+        );
+    }
+    let shadow = d.exec(&id, "cat /etc/shadow 2>&1");
+    let text = shadow["output"].as_str().unwrap();
+    for u in host_users() {
+        assert!(
+            !text.lines().any(|l| l.starts_with(&format!("{u}:"))),
+            "the host's /etc/shadow ({u}) is readable inside: {text}"
+        );
+    }
+    if let Ok(host_shadow) = fs::read_to_string("/etc/shadow") {
+        for line in host_shadow.lines() {
+            let hash = line.split(':').nth(1).unwrap_or("");
+            if hash.starts_with('$') {
+                assert!(
+                    !text.contains(hash),
+                    "a host password hash is readable inside"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn symlink_to_root_through_the_files_api_stays_inside() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let in_tmp = HostMarker::in_temp_dir();
+    let in_root = HostMarker::in_dir(Path::new("/root"));
+    d.sh(&id, "ln -s / /workspace/root");
+
+    let inside = d.exec(&id, "cat /etc/hostname");
+    let r = d.read_resp(&id, "/workspace/root/etc/hostname");
+    assert!(
+        r.status < 500,
+        "5xx on a symlinked read: {} {}",
+        r.status,
+        r.text
+    );
+    if r.status == 200 {
+        let got = unb64(r.json["content_base64"].as_str().unwrap());
+        assert_eq!(inside["exit_code"], 0, "API read what cat cannot: {inside}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            inside["output"].as_str().unwrap(),
+            "read through / symlink differs from the sandbox's own /etc/hostname"
+        );
+    }
+    for m in [&in_tmp, &in_root] {
+        let r = d.read_resp(&id, &format!("/workspace/root{}", m.path_str()));
+        r.assert_client_error("read of a host file through a / symlink");
+        assert!(!r.text.contains(&b64(m.content.as_bytes())));
+    }
+
+    // A write through the symlink lands in the sandbox's /tmp, not the host's.
+    let name = format!("sandkasten-e2e-{}", random_hex(12));
+    let r = d.write_with(
+        &id,
+        json!({"path": format!("/workspace/root/tmp/{name}"), "text": "inside"}),
+    );
+    assert!(r.status < 500, "{} {}", r.status, r.text);
+    assert!(
+        !Path::new("/tmp").join(&name).exists(),
+        "a write through a symlink created /tmp/{name} on the host"
+    );
+    if r.status == 200 {
+        assert_eq!(d.sh(&id, &format!("cat /tmp/{name}")), "inside");
+    }
+}
+
+#[test]
+fn symlink_to_proc_1_root_stays_inside() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let in_tmp = HostMarker::in_temp_dir();
+    let in_root = HostMarker::in_dir(Path::new("/root"));
+    d.sh(
+        &id,
+        "ln -s /proc/1/root /workspace/p1; ln -s /proc/self/root /workspace/pself",
+    );
+
+    for link in ["p1", "pself"] {
+        for m in [&in_tmp, &in_root] {
+            let r = d.read_resp(&id, &format!("/workspace/{link}{}", m.path_str()));
+            r.assert_client_error(&format!("read of a host file through {link}"));
+            assert!(!r.text.contains(&b64(m.content.as_bytes())));
+        }
+        let r = d.read_resp(&id, &format!("/workspace/{link}/etc/passwd"));
+        assert!(r.status < 500, "{} {}", r.status, r.text);
+        if r.status == 200 {
+            let got = unb64(r.json["content_base64"].as_str().unwrap());
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                d.sh(&id, "cat /etc/passwd"),
+                "/etc/passwd through {link} is not the sandbox's"
+            );
+        }
+        let name = format!("sandkasten-e2e-{}", random_hex(12));
+        let r = d.write_with(
+            &id,
+            json!({"path": format!("/workspace/{link}/tmp/{name}"), "text": "x"}),
+        );
+        assert!(r.status < 500, "{} {}", r.status, r.text);
+        assert!(
+            !Path::new("/tmp").join(&name).exists(),
+            "a write through {link} reached the host's /tmp"
+        );
+    }
+}
+
+#[test]
+fn writes_through_symlinks_never_reach_the_host() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let name = format!("sandkasten-e2e-{}", random_hex(12));
+    let host_targets = [
+        format!("/usr/bin/{name}"),
+        format!("/root/{name}"),
+        format!("/etc/{name}"),
+    ];
+    d.sh(
+        &id,
+        &format!(
+            "ln -s /usr/bin/{name} /workspace/l-usr; ln -s /root/{name} /workspace/l-root; \
+             ln -s /proc/1/root/etc/{name} /workspace/l-etc; ln -s /root /workspace/d-root"
+        ),
+    );
+    for path in [
+        "/workspace/l-usr".to_string(),
+        "/workspace/l-root".to_string(),
+        "/workspace/l-etc".to_string(),
+        format!("/workspace/d-root/{name}"),
+    ] {
+        let r = d.write_with(&id, json!({"path": path, "text": "pwned"}));
+        assert!(r.status < 500, "write to {path}: {} {}", r.status, r.text);
+        for t in &host_targets {
+            assert!(
+                !Path::new(t).exists(),
+                "a write to {path} created {t} on the host"
+            );
+        }
+    }
+}
+
+#[test]
+fn system_dirs_are_read_only() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let name = format!("sandkasten-e2e-{}", random_hex(12));
+    d.write_with(
+        &id,
+        json!({"path": format!("/usr/bin/{name}"), "text": "x"}),
+    )
+    .assert_client_error("fs/write to /usr/bin");
+    let v = d.exec(&id, &format!("touch /usr/bin/{name}"));
+    assert_ne!(v["exit_code"], 0, "touch in /usr/bin worked: {v}");
+    let v = d.exec(&id, "echo x >> /usr/bin/bash");
+    assert_ne!(v["exit_code"], 0, "appending to /usr/bin/bash worked: {v}");
+    assert!(
+        !Path::new(&format!("/usr/bin/{name}")).exists(),
+        "/usr/bin/{name} appeared on the host"
+    );
+}
+
+#[test]
+fn mounts_and_new_namespaces_are_refused() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    require_tools(&d, &id, &["mount", "unshare"]);
+    for cmd in [
+        "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m",
+        "unshare -U true",
+        "unshare -r true",
+        "unshare -m true",
+        "unshare -rm sh -c 'mount -t tmpfs none /tmp/m'",
+    ] {
+        let v = d.exec(&id, cmd);
+        assert_ne!(v["exit_code"], 0, "`{cmd}` succeeded inside: {v}");
+    }
+    assert_eq!(
+        d.sh(&id, "grep -c ' /tmp/m ' /proc/self/mountinfo; true"),
+        "0\n",
+        "a tmpfs got mounted inside"
+    );
+}
+
+#[test]
+fn hostname_is_the_sandboxs_own() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let inside = d.sh(&id, "hostname").trim().to_string();
+    assert!(!inside.is_empty(), "empty hostname inside");
+    assert_ne!(inside, host, "the sandbox has the host's hostname");
+    let v = d.exec(&id, "hostname evil-e2e");
+    assert_ne!(
+        v["exit_code"], 0,
+        "the sandbox user could set the hostname: {v}"
+    );
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim(),
+        host,
+        "the host's hostname changed"
+    );
+}
+
+#[test]
+fn network_is_loopback_only_and_the_daemon_is_unreachable() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    require_tools(&d, &id, &["bash", "python3", "ip"]);
+
+    // Control: loopback inside works, so failures below are about reach.
+    let out = d.sh(
+        &id,
+        "python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); \
+         c=socket.create_connection(s.getsockname(), timeout=5); print('loopback ok')\"",
+    );
+    assert_eq!(out, "loopback ok\n");
+
+    let r = d.exec_with(
+        &id,
+        json!({"cmd": format!("bash -c 'echo > /dev/tcp/127.0.0.1/{}'", d.port), "timeout_ms": 15000}),
+    );
+    let v = r.expect(200, "connect to the daemon's port");
+    assert_eq!(v["timed_out"], false, "{v}");
+    assert_ne!(
+        v["exit_code"], 0,
+        "the sandbox reached the daemon on 127.0.0.1:{}: {v}",
+        d.port
+    );
+
+    let dev = d.sh(&id, "cat /proc/net/dev");
+    let ifaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, ["lo"], "/proc/net/dev: {dev}");
+    let links = d.sh(&id, "ip -o link");
+    let names: Vec<&str> = links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap())
+        .collect();
+    assert_eq!(names, ["lo"], "ip link: {links}");
+}
+
+#[test]
+fn sessions_cannot_see_each_other() {
+    let d = Daemon::start(None);
+    let a = d.new_session();
+    let b = d.new_session();
+    d.sh(
+        &a,
+        "echo secret-a > /tmp/a.txt; echo ws-a > /workspace/a.txt; sleep 100 &",
+    );
+    let v = d.exec(&b, "cat /tmp/a.txt /workspace/a.txt 2>&1");
+    assert_ne!(v["exit_code"], 0, "{v}");
+    assert!(!v["output"].as_str().unwrap().contains("secret-a"), "{v}");
+    assert_eq!(d.sh(&b, "ls -A /workspace"), "");
+    assert_eq!(
+        d.sh(
+            &b,
+            "cat /proc/[0-9]*/comm 2>/dev/null | grep -cx sleep; true"
+        ),
+        "0\n",
+        "session b sees session a's processes"
+    );
+    d.read_resp(&b, "/tmp/a.txt")
+        .assert_error(404, "FILE_NOT_FOUND", "a's /tmp from b");
+}
+
+#[test]
+fn path_traversal_in_the_files_api_stays_inside() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let in_root = HostMarker::in_dir(Path::new("/root"));
+    let in_tmp = HostMarker::in_temp_dir();
+    for p in [
+        format!("../../../..{}", in_root.path_str()),
+        format!("/workspace/../../..{}", in_root.path_str()),
+        format!("../../../..{}", in_tmp.path_str()),
+    ] {
+        let r = d.read_resp(&id, &p);
+        r.assert_client_error(&format!("read of {p}"));
+    }
+    let name = format!("sandkasten-e2e-{}", random_hex(12));
+    let r = d.write_with(
+        &id,
+        json!({"path": format!("../../../../tmp/{name}"), "text": "t"}),
+    );
+    assert!(r.status < 500, "{} {}", r.status, r.text);
+    assert!(
+        !Path::new("/tmp").join(&name).exists(),
+        "a ../ write reached the host's /tmp"
+    );
+}
+
+#[test]
+fn destroy_leaves_no_process_cgroup_mount_or_files() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(
+        &id,
+        "sleep 1000 & sleep 1000 & (setsid sleep 1000 > /dev/null 2>&1 &); \
+         nohup sleep 1000 > /dev/null 2>&1 & echo started",
+    );
+    d.write_text(&id, "some-file.txt", "data");
+
+    let dirs = existing_cgroup_dirs(&id);
+    assert!(
+        !dirs.is_empty(),
+        "no cgroup of session {id} under {:?}: the daemon must name its cgroups \
+         sandkasten/<session id>",
+        cgroup_dir_candidates(&id)
+    );
+    let pids = pids_in_session_cgroups(&id);
+    assert!(
+        pids.len() >= 6,
+        "expected agent, shell and 4 sleeps in session {id}'s cgroups, found {pids:?}"
+    );
+    let sdir = d.session_dir(&id);
+    assert!(sdir.is_dir(), "no session dir at {}", sdir.display());
+
+    d.delete(&id);
+
+    assert!(
+        wait_for(Duration::from_secs(5), || pids_in_session_cgroups(&id)
+            .is_empty()),
+        "processes of destroyed session {id} remain: {:?}",
+        pids_in_session_cgroups(&id)
+    );
+    for p in &pids {
+        let alive_in_session = fs::read_to_string(format!("/proc/{p}/cgroup"))
+            .map(|t| t.contains(&id))
+            .unwrap_or(false);
+        assert!(
+            !alive_in_session,
+            "pid {p} of session {id} survived destroy"
+        );
+    }
+    let left: Vec<_> = dirs.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "cgroups left after destroy: {left:?}");
+    assert!(
+        !sdir.exists(),
+        "session dir {} left after destroy",
+        sdir.display()
+    );
+    let mounts = mountinfo_lines_containing(&id);
+    assert!(
+        mounts.is_empty(),
+        "host mounts left after destroy: {mounts:#?}"
+    );
+    assert!(!d.listed_ids().contains(&id));
+}
