@@ -1,6 +1,7 @@
 //! `sandkasten`: the daemon and its command line. Wiring only: parse the
 //! CLI and config, build the runtime, store, engine and API, and run.
 
+mod bench;
 mod config;
 
 use anyhow::{bail, Context, Result};
@@ -57,6 +58,22 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Measure latency (p50/p95) over HTTP; compares with Docker when an
+    /// engine answers. Starts its own daemon unless --url is given.
+    Bench {
+        /// Samples per operation (exec uses five times as many).
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench.json")]
+        json: PathBuf,
+        /// Benchmark this running daemon instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// API key for --url.
+        #[arg(long, env = "SANDKASTEN_API_KEY")]
+        key: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -78,6 +95,17 @@ fn main() -> std::process::ExitCode {
             println!("sandkasten {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Bench {
+            iterations,
+            json,
+            url,
+            key,
+        } => bench::run(bench::BenchOptions {
+            iterations,
+            json,
+            url,
+            key,
+        }),
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
         Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),
         Command::Rm { id, config } => runtime().and_then(|rt| rt.block_on(rm(config, id))),

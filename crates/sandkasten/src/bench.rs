@@ -1,0 +1,436 @@
+//! `sandkasten bench`: latency of the daemon's hot paths over HTTP on
+//! loopback, as p50/p95, with `docker run`/`docker exec` measured in the
+//! same run when a Docker engine answers (for the ratio). Prints a table and
+//! writes JSON.
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Options of one benchmark run.
+pub struct BenchOptions {
+    pub iterations: usize,
+    pub json: PathBuf,
+    /// Benchmark an already running daemon instead of starting one.
+    pub url: Option<String>,
+    pub key: Option<String>,
+}
+
+/// Latency samples of one operation, in milliseconds.
+struct Series {
+    name: &'static str,
+    samples: Vec<f64>,
+}
+
+impl Series {
+    fn percentile(&self, p: f64) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        if s.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+        s[idx.min(s.len() - 1)]
+    }
+}
+
+fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let start = Instant::now();
+    let v = f()?;
+    Ok((start.elapsed().as_secs_f64() * 1000.0, v))
+}
+
+/// A daemon started for the benchmark; stopped (SIGTERM) on drop.
+struct OwnDaemon {
+    child: Child,
+    data_dir: tempfile::TempDir,
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling the daemon we started, by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // Sessions were destroyed through the API; nothing may be mounted
+        // below the data dir, and remove_tree refuses if something is.
+        let _ = sandkasten_native::remove_tree(self.data_dir.path());
+    }
+}
+
+fn start_daemon(key: &str) -> Result<(OwnDaemon, String)> {
+    let data_dir = tempfile::Builder::new()
+        .prefix("sandkasten-bench-")
+        .tempdir()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("SANDKASTEN_LISTEN", "127.0.0.1:0")
+        .env("SANDKASTEN_DATA_DIR", data_dir.path())
+        .env("SANDKASTEN_API_KEY", key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the daemon")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string);
+    let daemon = OwnDaemon { child, data_dir };
+    match url {
+        Some(u) => Ok((daemon, u)),
+        None => bail!("the daemon did not start (printed {line:?})"),
+    }
+}
+
+struct Api {
+    http: reqwest::blocking::Client,
+    url: String,
+    key: String,
+}
+
+impl Api {
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send()?;
+        let status = resp.status();
+        let v: Value = resp.json().unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+    fn create(&self) -> Result<String> {
+        let v = self.call(reqwest::Method::POST, "/v1/sessions", Some(json!({})))?;
+        Ok(v["id"].as_str().unwrap_or_default().to_string())
+    }
+    fn exec(&self, id: &str, cmd: &str) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/sessions/{id}/exec"),
+            Some(json!({ "cmd": cmd })),
+        )
+    }
+    fn destroy(&self, id: &str) -> Result<()> {
+        self.call(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"), None)
+            .map(|_| ())
+    }
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+/// Proportional set size of every process in a session's memory cgroup.
+fn session_pss_kb(id: &str) -> Option<u64> {
+    let cg = sandkasten_native::Cgroups::detect().ok()?;
+    let root = match &cg.memory {
+        sandkasten_native::Hierarchy::V1(p) | sandkasten_native::Hierarchy::V2(p) => p.clone(),
+    };
+    let procs =
+        std::fs::read_to_string(root.join("sandkasten").join(id).join("cgroup.procs")).ok()?;
+    let mut total = 0;
+    for pid in procs.lines() {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+        total += rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
+fn docker_ok() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// An image with `true` and `sleep`: $SANDKASTEN_BENCH_DOCKER_IMAGE, or one
+/// imported once from the host's static busybox.
+fn docker_image() -> Result<String> {
+    if let Ok(img) = std::env::var("SANDKASTEN_BENCH_DOCKER_IMAGE") {
+        return Ok(img);
+    }
+    let name = "sandkasten-bench:busybox";
+    let have = Command::new("docker")
+        .args(["image", "inspect", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if have.success() {
+        return Ok(name.into());
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("no image: set SANDKASTEN_BENCH_DOCKER_IMAGE or install busybox-static");
+    }
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("bin"))?;
+    std::fs::copy(busybox, dir.path().join("bin/busybox"))?;
+    for applet in ["true", "sleep", "sh"] {
+        std::os::unix::fs::symlink("busybox", dir.path().join("bin").join(applet))?;
+    }
+    let tar = dir.path().join("img.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("bin")
+        .status()?;
+    if !ok.success() {
+        bail!("tar failed");
+    }
+    let ok = Command::new("docker")
+        .arg("import")
+        .arg(&tar)
+        .arg(name)
+        .stdout(Stdio::null())
+        .status()?;
+    if !ok.success() {
+        bail!("docker import failed");
+    }
+    Ok(name.into())
+}
+
+fn run_cmd(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stderr(Stdio::piped())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn docker_series(n: usize) -> Result<Vec<Series>> {
+    let image = docker_image()?;
+    let mut run = Series {
+        name: "docker run (true)",
+        samples: vec![],
+    };
+    for _ in 0..n.min(20) {
+        let (ms, _) =
+            time(|| run_cmd(&["docker", "run", "--rm", "--network", "none", &image, "true"]))?;
+        run.samples.push(ms);
+    }
+    let ctr = run_cmd(&[
+        "docker",
+        "run",
+        "-d",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "sleep",
+        "3600",
+    ])?;
+    let mut exec = Series {
+        name: "docker exec (true)",
+        samples: vec![],
+    };
+    let result = (|| -> Result<()> {
+        for _ in 0..n {
+            let (ms, _) = time(|| run_cmd(&["docker", "exec", &ctr, "true"]))?;
+            exec.samples.push(ms);
+        }
+        Ok(())
+    })();
+    let _ = run_cmd(&["docker", "rm", "-f", &ctr]);
+    result?;
+    Ok(vec![run, exec])
+}
+
+pub fn run(opts: BenchOptions) -> Result<()> {
+    let n = opts.iterations.max(5);
+    let generated_key = format!("bench-{}", uuid_like());
+    let (own, url, key) = match &opts.url {
+        Some(u) => (
+            None,
+            u.clone(),
+            opts.key.clone().context("--url needs --key")?,
+        ),
+        None => {
+            let (d, u) = start_daemon(&generated_key)?;
+            (Some(d), u, generated_key.clone())
+        }
+    };
+    let api = Api {
+        http: reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?,
+        url,
+        key,
+    };
+    let idle_rss_kb = own.as_ref().and_then(|d| rss_kb(d.child.id()));
+
+    // Warm-up: the first create builds the base image.
+    let warm = api.create()?;
+    api.exec(&warm, "true")?;
+    api.destroy(&warm)?;
+
+    let mut create = Series {
+        name: "cold create",
+        samples: vec![],
+    };
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (ms, id) = time(|| api.create())?;
+        create.samples.push(ms);
+        ids.push(id);
+    }
+    let first = ids[0].clone();
+    let mut exec = Series {
+        name: "exec round trip (true)",
+        samples: vec![],
+    };
+    for _ in 0..(n * 5) {
+        let (ms, _) = time(|| api.exec(&first, "true"))?;
+        exec.samples.push(ms);
+    }
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&payload);
+    let mut write = Series {
+        name: "write 1 MiB",
+        samples: vec![],
+    };
+    let mut read = Series {
+        name: "read 1 MiB",
+        samples: vec![],
+    };
+    for i in 0..n {
+        let path = format!("bench/{i}.bin");
+        let (ms, _) = time(|| {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{first}/fs/write"),
+                Some(json!({ "path": path, "content_base64": b64 })),
+            )
+        })?;
+        write.samples.push(ms);
+        let (ms, v) = time(|| {
+            api.call(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{first}/fs/read?path={path}"),
+                None,
+            )
+        })?;
+        read.samples.push(ms);
+        if v["content_base64"].as_str() != Some(b64.as_str()) {
+            bail!("read back differs from what was written");
+        }
+    }
+    // Idle sessions' memory: settle briefly, then measure a few.
+    let sample: Vec<&String> = ids.iter().take(5).collect();
+    let pss: Vec<u64> = sample.iter().filter_map(|id| session_pss_kb(id)).collect();
+    let per_session_kb = (!pss.is_empty()).then(|| pss.iter().sum::<u64>() / pss.len() as u64);
+    let mut destroy = Series {
+        name: "destroy",
+        samples: vec![],
+    };
+    for id in &ids {
+        let (ms, _) = time(|| api.destroy(id))?;
+        destroy.samples.push(ms);
+    }
+    let mut series = vec![create, exec, write, read, destroy];
+    let docker = if docker_ok() {
+        match docker_series(n) {
+            Ok(s) => {
+                series.extend(s);
+                Value::String("measured".into())
+            }
+            Err(e) => Value::String(format!("not measured: {e:#}")),
+        }
+    } else {
+        Value::String("not measured: no Docker engine answers".into())
+    };
+
+    let p50 = |name: &str| {
+        series
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.percentile(50.0))
+    };
+    let ratio = |a: &str, b: &str| match (p50(a), p50(b)) {
+        (Some(x), Some(y)) if x > 0.0 => Some(y / x),
+        _ => None,
+    };
+    println!(
+        "{:<26} {:>6} {:>10} {:>10}",
+        "operation", "n", "p50 ms", "p95 ms"
+    );
+    for s in &series {
+        println!(
+            "{:<26} {:>6} {:>10.2} {:>10.2}",
+            s.name,
+            s.samples.len(),
+            s.percentile(50.0),
+            s.percentile(95.0)
+        );
+    }
+    let exec_ratio = ratio("exec round trip (true)", "docker exec (true)");
+    let create_ratio = ratio("cold create", "docker run (true)");
+    if let Some(r) = exec_ratio {
+        println!("docker exec / sandkasten exec (p50): {r:.1}x");
+    }
+    if let Some(r) = create_ratio {
+        println!("docker run / sandkasten cold create (p50): {r:.1}x");
+    }
+    if let Some(kb) = idle_rss_kb {
+        println!("daemon idle RSS: {:.1} MB", kb as f64 / 1024.0);
+    }
+    if let Some(kb) = per_session_kb {
+        println!(
+            "memory per idle session (PSS of agent + shell): {:.2} MB",
+            kb as f64 / 1024.0
+        );
+    }
+    println!("docker: {}", docker.as_str().unwrap_or_default());
+    let report = json!({
+        "iterations": n,
+        "series": series.iter().map(|s| json!({
+            "name": s.name, "n": s.samples.len(),
+            "p50_ms": s.percentile(50.0), "p95_ms": s.percentile(95.0),
+        })).collect::<Vec<_>>(),
+        "ratios": { "docker_exec_over_exec": exec_ratio, "docker_run_over_cold_create": create_ratio },
+        "daemon_idle_rss_kb": idle_rss_kb,
+        "idle_session_pss_kb": per_session_kb,
+        "docker": docker,
+    });
+    std::fs::write(&opts.json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", opts.json.display()))?;
+    println!("wrote {}", opts.json.display());
+    drop(own);
+    Ok(())
+}
+
+fn uuid_like() -> String {
+    let b: [u8; 12] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
