@@ -865,9 +865,8 @@ impl Daemon {
             }
             if !self.is_running() || Instant::now() >= deadline {
                 panic!(
-                    "daemon at {} never answered /healthz with 200 (last: {last})\n{}",
-                    self.url,
-                    self.logs_for_failure()
+                    "daemon at {} never answered /healthz with 200 (last: {last})",
+                    self.url
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -940,10 +939,7 @@ impl Daemon {
                 let _ = c.kill();
                 let _ = c.wait();
                 drop(guard);
-                panic!(
-                    "daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
-                    self.logs_for_failure()
-                );
+                panic!("daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -970,10 +966,8 @@ impl Daemon {
     pub fn send(&self, rb: reqwest::blocking::RequestBuilder) -> Resp {
         match rb.send() {
             Ok(r) => Resp::from_reqwest(r),
-            Err(e) => panic!(
-                "HTTP request to the daemon failed: {e}\n{}",
-                self.logs_for_failure()
-            ),
+            // The daemon's logs are printed when the panic drops it.
+            Err(e) => panic!("HTTP request to the daemon failed: {e}"),
         }
     }
 
@@ -1275,6 +1269,8 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
+    // Logs go to a file: plain text reads better there than colour codes.
+    cmd.env("NO_COLOR", "1");
     let log = File::create(stderr_path).expect("creating the daemon's log file");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
