@@ -457,10 +457,12 @@ impl Instance {
         }
         // The child's ends are moved above every fd the child dup2()s onto,
         // so no dup2 clobbers a source it still needs.
-        let slave = dup_above(&slave, 100)?;
-        let cmd_r = dup_above(&cmd_r, 100)?;
-        let status_w = dup_above(&status_w, 100)?;
-        let err_w = dup_above(&err_w, 100)?;
+        // The originals are closed right away: a lingering write end of the
+        // error pipe would keep the read below from ever seeing EOF.
+        let slave = move_above(slave, 100)?;
+        let cmd_r = move_above(cmd_r, 100)?;
+        let status_w = move_above(status_w, 100)?;
+        let err_w = move_above(err_w, 100)?;
         if cfg.uid.is_some() || cfg.gid.is_some() {
             // So that the sandbox user owns its terminal, like a login.
             let uid = cfg.uid.unwrap_or(u32::MAX);
@@ -1052,6 +1054,11 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// A close-on-exec duplicate of `fd` numbered `min` or higher.
+/// Moves `fd` to a number >= `min`, closing the original.
+fn move_above(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    dup_above(&fd, min)
+}
+
 fn dup_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain fcntl; the new fd is wrapped at once.
     unsafe {

@@ -61,6 +61,9 @@ struct Live {
     cwd: String,
 }
 
+/// How long a reattached agent may take to answer its first ping.
+const ATTACH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -150,16 +153,20 @@ impl Engine {
                 start_time: rec.pid_start_time,
             };
             let alive = if rec.state == SessionState::Running.as_str() {
-                self.inner.runtime.attach(&handle).await.ok()
+                match self.inner.runtime.attach(&handle).await {
+                    // The agent must answer, not merely accept: a sandbox
+                    // whose agent is stuck is cleaned up like a dead one.
+                    Ok(sandbox) => match tokio::time::timeout(ATTACH_PING_TIMEOUT, sandbox.agent.call(Request::Ping)).await {
+                        Ok(Ok(Response::Pong { cwd, .. })) => Some((sandbox, cwd)),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                }
             } else {
                 None
             };
             match alive {
-                Some(sandbox) => {
-                    let cwd = match sandbox.agent.call(Request::Ping).await {
-                        Ok(Response::Pong { cwd, .. }) => cwd,
-                        _ => rec.cwd.clone(),
-                    };
+                Some((sandbox, cwd)) => {
                     tracing::info!(session = %rec.id, "reattached to running sandbox");
                     let session = Arc::new(Session {
                         id: rec.id.clone(),
