@@ -1053,13 +1053,9 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A close-on-exec duplicate of `fd` numbered `min` or higher.
-/// Moves `fd` to a number >= `min`, closing the original.
+/// Moves `fd` to a close-on-exec fd numbered `min` or higher, closing the
+/// original.
 fn move_above(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
-    dup_above(&fd, min)
-}
-
-fn dup_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain fcntl; the new fd is wrapped at once.
     unsafe {
         let n = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min);

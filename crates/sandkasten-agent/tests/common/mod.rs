@@ -1,0 +1,288 @@
+//! Test harness: runs the real agent binary in `serve` mode and talks the
+//! real protocol to it over its Unix socket.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use sandkasten_protocol::{read_frame, write_frame, AgentConfig, Body, Frame, Request, Response};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single reply may take before the test fails instead of
+/// hanging.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running agent with its own temp dir (socket + workdir).
+pub struct Agent {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub sock: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Agent {
+    /// An agent as the current user, workdir `<tmp>/work`.
+    pub fn start() -> Agent {
+        Agent::start_as(None, None, |_| {})
+    }
+
+    /// An agent whose shell and file operations run as `uid`/`gid`;
+    /// `prepare` runs on the temp dir before the agent starts.
+    pub fn start_as(uid: Option<u32>, gid: Option<u32>, prepare: impl FnOnce(&Path)) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        prepare(dir.path());
+        let sock = dir.path().join("a.sock");
+        let cfg = AgentConfig {
+            uid,
+            gid,
+            workdir: work.to_str().unwrap().to_string(),
+            env: vec![
+                (
+                    "PATH".into(),
+                    "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into(),
+                ),
+                ("HOME".into(), work.to_str().unwrap().to_string()),
+                ("TERM".into(), "dumb".into()),
+            ],
+            home: work.to_str().unwrap().to_string(),
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sandkasten-agent"))
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&cfg).unwrap().as_bytes())
+            .unwrap();
+        drop(stdin);
+        let agent = Agent {
+            child,
+            dir,
+            sock,
+            work,
+        };
+        agent.wait_listening();
+        agent
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Serve mode reports no readiness, so wait until the socket accepts a
+    /// connection (bounded; fails if the agent exits).
+    fn wait_listening(&self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the agent never listened on {:?}",
+                self.sock
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        let stream = UnixStream::connect(&self.sock).expect("connect to the agent");
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        Client { stream, next_id: 1 }
+    }
+
+    pub fn work_str(&self) -> String {
+        self.work.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One connection to the agent.
+pub struct Client {
+    pub stream: UnixStream,
+    next_id: u64,
+}
+
+/// Everything an exec sent back.
+#[derive(Debug)]
+pub struct ExecResult {
+    pub output: Vec<u8>,
+    pub chunks: usize,
+    pub exit_code: i32,
+    pub cwd: String,
+    pub timed_out: bool,
+    pub truncated: bool,
+    pub duration_ms: u64,
+    /// Wall time from sending the request to receiving ExecDone.
+    pub elapsed: Duration,
+}
+
+impl ExecResult {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output).into_owned()
+    }
+}
+
+impl Client {
+    pub fn send(&mut self, req: Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = Frame {
+            id,
+            body: Body::Request(req),
+        };
+        write_frame(&mut self.stream, &frame).expect("send a request");
+        id
+    }
+
+    /// The next frame from the agent, as (request id, response).
+    pub fn recv(&mut self) -> (u64, Response) {
+        let frame = read_frame(&mut self.stream)
+            .expect("read a reply (timed out or broken)")
+            .expect("the agent closed the connection");
+        match frame.body {
+            Body::Response(r) => (frame.id, r),
+            Body::Request(r) => panic!("the agent sent a request: {r:?}"),
+        }
+    }
+
+    /// Sends a request and returns its single reply.
+    pub fn call(&mut self, req: Request) -> Response {
+        let id = self.send(req);
+        let (got, resp) = self.recv();
+        assert_eq!(got, id, "reply to another request: {resp:?}");
+        resp
+    }
+
+    pub fn exec(&mut self, cmd: &str) -> ExecResult {
+        self.exec_with(cmd, 30_000, 1 << 20)
+    }
+
+    pub fn exec_with(&mut self, cmd: &str, timeout_ms: u64, max_output_bytes: u64) -> ExecResult {
+        let start = Instant::now();
+        let id = self.send(Request::Exec {
+            cmd: cmd.to_string(),
+            timeout_ms,
+            max_output_bytes,
+        });
+        self.collect_exec(id, start)
+    }
+
+    /// Reads the frames of exec `id` until its ExecDone.
+    pub fn collect_exec(&mut self, id: u64, start: Instant) -> ExecResult {
+        let mut output = Vec::new();
+        let mut chunks = 0;
+        loop {
+            let (got, resp) = self.recv();
+            assert_eq!(got, id, "frame for another request: {resp:?}");
+            match resp {
+                Response::ExecOutput { data } => {
+                    chunks += 1;
+                    output.extend_from_slice(&data);
+                }
+                Response::ExecDone {
+                    exit_code,
+                    cwd,
+                    timed_out,
+                    truncated,
+                    duration_ms,
+                } => {
+                    return ExecResult {
+                        output,
+                        chunks,
+                        exit_code,
+                        cwd,
+                        timed_out,
+                        truncated,
+                        duration_ms,
+                        elapsed: start.elapsed(),
+                    }
+                }
+                other => panic!("unexpected reply to an exec: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Waits (on inotify, not by polling) until `path` exists.
+pub fn wait_for_file(path: &Path, timeout: Duration) -> bool {
+    let dir = std::ffi::CString::new(path.parent().unwrap().as_os_str().as_bytes()).unwrap();
+    // SAFETY: plain syscalls; the fd is wrapped at once.
+    let fd = unsafe {
+        let fd = libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK);
+        assert!(fd >= 0, "inotify_init1");
+        OwnedFd::from_raw_fd(fd)
+    };
+    let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+    // SAFETY: valid fd and C string.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) };
+    assert!(wd >= 0, "inotify_add_watch");
+    let until = Instant::now() + timeout;
+    loop {
+        if path.exists() {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; then drain the non-blocking fd.
+        unsafe {
+            libc::poll(&mut p, 1, left.as_millis() as i32);
+            let mut buf = [0u8; 4096];
+            while libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+        }
+    }
+}
+
+/// (pid, state) of every child of `parent`, from /proc.
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(end) = stat.rfind(')') else { continue };
+        let mut f = stat[end + 1..].split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == parent {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+/// The agent runs as root in these tests where uid switching is involved;
+/// fail loudly (never skip) when that precondition is missing.
+pub fn require_root() {
+    // SAFETY: plain syscall.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test switches to uid 65534 and must run as root (e.g. sudo cargo test -p sandkasten-agent)"
+    );
+}
