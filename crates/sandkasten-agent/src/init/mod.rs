@@ -226,7 +226,7 @@ fn setup_child(spec: &LaunchSpec) -> Result<(), String> {
     }
     nix::unistd::sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
     net::loopback_up()?;
-    mounts::finish_in_namespace(spec)?;
+    mounts::finish_in_namespace()?;
     // stdio must not keep the daemon's pipes open.
     let null = std::fs::OpenOptions::new()
         .read(true)

@@ -202,7 +202,7 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
 /// The working directory is already the rootfs (set by the launcher), and
 /// every path here is relative to it: as root of its user namespace the
 /// child may not traverse the root-only host directories above it.
-pub fn finish_in_namespace(spec: &LaunchSpec) -> Result<(), String> {
+pub fn finish_in_namespace() -> Result<(), String> {
     mount(
         Some(Path::new("proc")),
         Path::new("proc"),
