@@ -1110,7 +1110,8 @@ mod tests {
         let mut p = StatusParser::default();
         p.push(b"0\0/work");
         assert_eq!(p.next_record(), None);
-        p.push(b"space\n\0130\0/a\nb\n\0");
+        p.push(b"space\n\0");
+        p.push(b"130\0/a\nb\n\0");
         assert_eq!(p.next_record(), Some((0, "/workspace".into())));
         assert_eq!(p.next_record(), Some((130, "/a\nb".into())));
         assert_eq!(p.next_record(), None);
