@@ -249,7 +249,11 @@ impl Shell {
             *slot = Some(self.spawn_instance().map_err(ExecError::Spawn)?);
         }
         let inst = slot.as_mut().expect("instance was just ensured");
-        let run = inst.run(cmd, started + timeout, max_output, &ticket.cancel, out);
+        // A timeout beyond what Instant can represent means "never".
+        let deadline = started
+            .checked_add(timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 86_400));
+        let run = inst.run(cmd, deadline, max_output, &ticket.cancel, out);
 
         let cwd = match run.cwd {
             Some(c) if !c.is_empty() => {

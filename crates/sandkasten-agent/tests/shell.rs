@@ -262,13 +262,47 @@ fn cancel_interrupts_a_running_exec() {
         max_output_bytes: 1 << 20,
     });
     let cancel = c.send(Request::CancelExec { target: id });
-    let (got, resp) = c.recv();
-    assert_eq!((got, resp), (cancel, Response::Ok));
+    assert_eq!(c.recv_for(cancel), Response::Ok);
     let r = c.collect_exec(id, start);
     assert!(r.timed_out);
     assert_eq!(r.exit_code, 124);
     assert!(r.elapsed < Duration::from_secs(2), "took {:?}", r.elapsed);
     assert_eq!(c.exec("echo $KEEP").text(), "2\n");
+}
+
+#[test]
+fn cancelling_a_queued_exec_returns_at_once_without_running_it() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let start = Instant::now();
+    let running = c.send(Request::Exec {
+        cmd: "sleep 100".into(),
+        timeout_ms: u64::MAX,
+        max_output_bytes: 1 << 20,
+    });
+    let queued = c.send(Request::Exec {
+        cmd: "touch ran".into(),
+        timeout_ms: 30_000,
+        max_output_bytes: 1 << 20,
+    });
+    let cancel = c.send(Request::CancelExec { target: queued });
+    assert_eq!(c.recv_for(cancel), Response::Ok);
+    // Answered while the first exec still runs.
+    let done = match c.recv_for(queued) {
+        Response::ExecDone {
+            exit_code,
+            timed_out,
+            ..
+        } => Some((exit_code, timed_out)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(done, Some((124, true)));
+    let cancel = c.send(Request::CancelExec { target: running });
+    assert_eq!(c.recv_for(cancel), Response::Ok);
+    let r = c.collect_exec(running, start);
+    assert!(r.timed_out);
+    assert!(r.elapsed < Duration::from_secs(3), "took {:?}", r.elapsed);
+    assert!(!agent.work.join("ran").exists(), "the cancelled exec ran");
 }
 
 #[test]

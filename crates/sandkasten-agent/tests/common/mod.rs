@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use sandkasten_protocol::{read_frame, write_frame, AgentConfig, Body, Frame, Request, Response};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -97,7 +98,11 @@ impl Agent {
     pub fn connect(&self) -> Client {
         let stream = UnixStream::connect(&self.sock).expect("connect to the agent");
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        Client { stream, next_id: 1 }
+        Client {
+            stream,
+            next_id: 1,
+            stash: VecDeque::new(),
+        }
     }
 
     pub fn work_str(&self) -> String {
@@ -116,6 +121,8 @@ impl Drop for Agent {
 pub struct Client {
     pub stream: UnixStream,
     next_id: u64,
+    /// Frames read while waiting for another request's reply.
+    stash: VecDeque<(u64, Response)>,
 }
 
 /// Everything an exec sent back.
@@ -152,6 +159,28 @@ impl Client {
 
     /// The next frame from the agent, as (request id, response).
     pub fn recv(&mut self) -> (u64, Response) {
+        if let Some(f) = self.stash.pop_front() {
+            return f;
+        }
+        self.read()
+    }
+
+    /// The next frame for request `id`; frames for other requests are
+    /// kept for later.
+    pub fn recv_for(&mut self, id: u64) -> Response {
+        if let Some(i) = self.stash.iter().position(|(got, _)| *got == id) {
+            return self.stash.remove(i).unwrap().1;
+        }
+        loop {
+            let (got, resp) = self.read();
+            if got == id {
+                return resp;
+            }
+            self.stash.push_back((got, resp));
+        }
+    }
+
+    fn read(&mut self) -> (u64, Response) {
         let frame = read_frame(&mut self.stream)
             .expect("read a reply (timed out or broken)")
             .expect("the agent closed the connection");
@@ -164,9 +193,7 @@ impl Client {
     /// Sends a request and returns its single reply.
     pub fn call(&mut self, req: Request) -> Response {
         let id = self.send(req);
-        let (got, resp) = self.recv();
-        assert_eq!(got, id, "reply to another request: {resp:?}");
-        resp
+        self.recv_for(id)
     }
 
     pub fn exec(&mut self, cmd: &str) -> ExecResult {
@@ -188,9 +215,7 @@ impl Client {
         let mut output = Vec::new();
         let mut chunks = 0;
         loop {
-            let (got, resp) = self.recv();
-            assert_eq!(got, id, "frame for another request: {resp:?}");
-            match resp {
+            match self.recv_for(id) {
                 Response::ExecOutput { data } => {
                     chunks += 1;
                     output.extend_from_slice(&data);
