@@ -10,6 +10,8 @@
 //! Layout under the data dir:
 //! ```text
 //! images/base/rootfs          generated minimal root (owned by sandbox root)
+//! images/<name>/              imported images (manifest + generated top layer)
+//! layers/<sha256>/            content-addressed layers shared by all images
 //! sessions/<id>/              0700, root: never reachable from a sandbox
 //!   upper/ work/              overlay upper and work dirs
 //!   rootfs/                   mount point (mounts exist only in the sandbox)
@@ -20,6 +22,7 @@
 mod cgroups;
 mod fsutil;
 mod image;
+mod layers;
 mod process;
 
 pub use cgroups::{Cgroups, Hierarchy};
@@ -126,10 +129,24 @@ impl NativeRuntime {
         self.cfg.data_dir.join("sessions").join(id)
     }
 
+    fn image_store(&self) -> layers::ImageStore {
+        layers::ImageStore {
+            images: self.images_dir(),
+            layers: self.cfg.data_dir.join("layers"),
+            ids: self.ids.clone(),
+        }
+    }
+
     fn resolve_image(&self, name: &str) -> Result<image::ResolvedImage, RuntimeError> {
-        match name {
-            "base" => image::ensure_base(&self.images_dir(), &self.ids),
-            other => Err(RuntimeError::ImageNotFound(other.to_string())),
+        if name == "base" {
+            return image::ensure_base(&self.images_dir(), &self.ids);
+        }
+        match self.image_store().lower_dirs(name) {
+            Some(layers) => Ok(image::ResolvedImage {
+                layers,
+                binds: Vec::new(),
+            }),
+            None => Err(RuntimeError::ImageNotFound(name.to_string())),
         }
     }
 
@@ -335,27 +352,34 @@ impl Runtime for NativeRuntime {
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
-        Ok(vec![ImageInfo {
+        let mut out = vec![ImageInfo {
             name: "base".into(),
             digest: "builtin".into(),
             size_bytes: 0,
             builtin: true,
-        }])
+        }];
+        out.extend(self.image_store().list().into_iter().map(|m| ImageInfo {
+            name: m.name,
+            digest: m.digest,
+            size_bytes: m.size_bytes,
+            builtin: false,
+        }));
+        Ok(out)
     }
 
-    async fn import_image(
-        &self,
-        _name: &str,
-        _archive: PathBuf,
-    ) -> Result<ImageInfo, RuntimeError> {
-        Err(RuntimeError::Unsupported("image import".into(), "native"))
+    async fn import_image(&self, name: &str, archive: PathBuf) -> Result<ImageInfo, RuntimeError> {
+        let store = self.image_store();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || store.import(&name, &archive))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("import task failed: {e}")))?
     }
 
     async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
         if name == "base" {
             return Err(RuntimeError::ImageBuiltin(name.into()));
         }
-        Err(RuntimeError::ImageNotFound(name.into()))
+        self.image_store().remove(name)
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

@@ -353,6 +353,13 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
             println!("{} {}", info.name, info.digest);
         }
         ImageCommand::Rm { name } => {
+            // Refused while a live session uses it (the store is shared
+            // with a running daemon; SQLite's WAL allows this reader).
+            let store = Store::open(&cfg.db_path())?;
+            let live = store.list_sessions_except(&sandkasten_engine::SessionState::FINAL)?;
+            if let Some(s) = live.iter().find(|s| s.image == name) {
+                bail!("image {name} is used by session {}; destroy it first", s.id);
+            }
             rt.remove_image(&name).await?;
             println!("{name}");
         }

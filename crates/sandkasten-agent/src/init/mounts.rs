@@ -99,6 +99,13 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         None,
     )?;
     let rootfs = &spec.rootfs_dir;
+    // tmpfs mounts made here belong to the sandbox's root, not the host's.
+    let owner = spec
+        .uid_map
+        .iter()
+        .find(|m| m.inside == 0)
+        .map(|m| format!(",uid={0},gid={0}", m.outside))
+        .unwrap_or_default();
     for p in spec
         .lower_dirs
         .iter()
@@ -139,7 +146,7 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         &tmp,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
-        Some(&format!("size={}m,mode=1777", spec.tmp_size_mb)),
+        Some(&format!("size={}m,mode=1777{owner}", spec.tmp_size_mb)),
     )?;
 
     let dev = inside(rootfs, "/dev");
@@ -149,7 +156,7 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         &dev,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("size=64k,mode=755"),
+        Some(&format!("size=64k,mode=755{owner}")),
     )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(name);
@@ -180,7 +187,7 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         &shm,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
-        Some(&format!("size={}m,mode=1777", spec.tmp_size_mb)),
+        Some(&format!("size={}m,mode=1777{owner}", spec.tmp_size_mb)),
     )?;
     ensure_dir(&inside(rootfs, "/proc"))?;
 
