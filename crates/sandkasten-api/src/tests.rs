@@ -179,7 +179,7 @@ impl Backend for Fake {
             name: "a.txt".into(),
             file_type: FileType::File,
             size: 5,
-            mode: 0o100644,
+            mode: 0o644,
             mtime: 1_700_000_000,
         }])
     }
@@ -189,7 +189,7 @@ impl Backend for Fake {
             path: absolute(path),
             file_type: FileType::Symlink,
             size: 3,
-            mode: 0o120777,
+            mode: 0o777,
             uid: 1000,
             gid: 1000,
             mtime: 1_700_000_001,
@@ -1007,7 +1007,7 @@ async fn list_stat_mkdir_remove() {
     assert_eq!(
         r.json(),
         json!({"path": "src", "entries": [
-            {"name": "a.txt", "type": "file", "size": 5, "mode": 0o100644, "mtime": 1_700_000_000}
+            {"name": "a.txt", "type": "file", "size": 5, "mode": 0o644, "mtime": 1_700_000_000}
         ]})
     );
     let r = get(&router, "/v1/sessions/s1/fs/list").await;
@@ -1016,7 +1016,7 @@ async fn list_stat_mkdir_remove() {
     let r = get(&router, "/v1/sessions/s1/fs/stat?path=link").await;
     assert_eq!(
         r.json(),
-        json!({"path": "/workspace/link", "type": "symlink", "size": 3, "mode": 0o120777,
+        json!({"path": "/workspace/link", "type": "symlink", "size": 3, "mode": 0o777,
                "uid": 1000, "gid": 1000, "mtime": 1_700_000_001, "link_target": "/etc"})
     );
     get(&router, "/v1/sessions/s1/fs/stat")

@@ -82,6 +82,7 @@ pub(crate) struct SessionInfo {
     #[schema(example = "/workspace")]
     pub cwd: String,
     /// `null` for an ephemeral session.
+    #[schema(required = true)]
     pub workspace_id: Option<String>,
     /// RFC 3339, UTC.
     #[schema(format = DateTime, example = "2026-02-08T10:00:00.123Z")]
@@ -322,7 +323,7 @@ pub(crate) struct DirEntry {
     #[serde(rename = "type")]
     pub file_type: FileType,
     pub size: u64,
-    /// `st_mode`: type and permission bits.
+    /// Permission bits (`st_mode & 0o7777`), e.g. 420 for `0o644`.
     pub mode: u32,
     /// Modification time, Unix seconds.
     pub mtime: i64,
@@ -356,13 +357,14 @@ pub(crate) struct FileStat {
     #[serde(rename = "type")]
     pub file_type: FileType,
     pub size: u64,
-    /// `st_mode`: type and permission bits.
+    /// Permission bits (`st_mode & 0o7777`), e.g. 420 for `0o644`.
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     /// Modification time, Unix seconds.
     pub mtime: i64,
     /// Target of a symlink, else `null`.
+    #[schema(required = true)]
     pub link_target: Option<String>,
 }
 
@@ -526,18 +528,18 @@ mod tests {
             name: "a".into(),
             file_type: engine::FileType::Symlink,
             size: 1,
-            mode: 0o120777,
+            mode: 0o777,
             mtime: 7,
         };
         assert_eq!(
             serde_json::to_value(DirEntry::from(e)).unwrap(),
-            json!({"name": "a", "type": "symlink", "size": 1, "mode": 0o120777, "mtime": 7})
+            json!({"name": "a", "type": "symlink", "size": 1, "mode": 0o777, "mtime": 7})
         );
         let s = engine::FileStat {
             path: "/workspace/d".into(),
             file_type: engine::FileType::Dir,
             size: 4096,
-            mode: 0o40755,
+            mode: 0o755,
             uid: 1000,
             gid: 1000,
             mtime: 9,
@@ -545,7 +547,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(FileStat::from(s)).unwrap(),
-            json!({"path": "/workspace/d", "type": "dir", "size": 4096, "mode": 0o40755,
+            json!({"path": "/workspace/d", "type": "dir", "size": 4096, "mode": 0o755,
                    "uid": 1000, "gid": 1000, "mtime": 9, "link_target": null})
         );
     }

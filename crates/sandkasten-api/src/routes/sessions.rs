@@ -13,7 +13,7 @@ use axum::Json;
     post,
     path = "/v1/sessions",
     tag = "sessions",
-    request_body(content = CreateSessionRequest, description = "All fields optional; an empty body is `{}`"),
+    request_body(content = Option<CreateSessionRequest>, description = "All fields optional; an empty body is `{}`"),
     responses(
         (status = 201, description = "Session created", body = SessionInfo),
         (status = 400, description = "INVALID_REQUEST, INVALID_IMAGE or INVALID_WORKSPACE", body = ErrorBody),
