@@ -252,7 +252,9 @@ impl NativeRuntime {
             },
         };
         let json = serde_json::to_vec(&launch).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        // argv[0] without the host path: the sandbox sees /proc/1/cmdline.
         let mut child = tokio::process::Command::new(&self.cfg.agent_binary)
+            .arg0("sandkasten-agent")
             .arg("init")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
