@@ -17,7 +17,7 @@ pub enum EngineError {
     SessionNotFound(String),
     #[error("session {id} is {state}, not running")]
     SessionNotRunning { id: String, state: &'static str },
-    #[error("file {0} not found")]
+    #[error("{0}")]
     FileNotFound(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
