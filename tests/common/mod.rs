@@ -525,8 +525,19 @@ impl Drop for DataDir {
                     pids_in_session_cgroups(id)
                 );
             }
-            for dir in existing_cgroup_dirs(id) {
-                remove_cgroup_tree(&dir);
+            // A killed task can keep its cgroup busy for a moment after it
+            // left /proc/*/cgroup (until its parent reaps it): retry.
+            let removed = wait_for(Duration::from_secs(10), || {
+                for dir in existing_cgroup_dirs(id) {
+                    remove_cgroup_tree(&dir);
+                }
+                existing_cgroup_dirs(id).is_empty()
+            });
+            if !removed {
+                eprintln!(
+                    "e2e clean-up: cannot remove the cgroups of session {id}: {:?}",
+                    existing_cgroup_dirs(id)
+                );
             }
         }
         // Mounts of a sandbox live in its own mount namespace and vanish
@@ -551,10 +562,10 @@ impl Drop for DataDir {
 // Host inspection
 // ---------------------------------------------------------------------------
 
-/// Where the cgroups of a session may be: cgroup v1 (memory, pids, cpu
-/// hierarchies) and cgroup v2.
+/// Where the cgroups of a session may be: cgroup v1 (memory, pids, cpu,
+/// cpuacct hierarchies) and cgroup v2.
 pub fn cgroup_dir_candidates(id: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = ["memory", "pids", "cpu", "cpu,cpuacct"]
+    let mut v: Vec<PathBuf> = ["memory", "pids", "cpu", "cpuacct", "cpu,cpuacct"]
         .iter()
         .map(|c| {
             Path::new("/sys/fs/cgroup")
