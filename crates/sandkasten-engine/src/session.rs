@@ -156,7 +156,12 @@ impl Engine {
                 match self.inner.runtime.attach(&handle).await {
                     // The agent must answer, not merely accept: a sandbox
                     // whose agent is stuck is cleaned up like a dead one.
-                    Ok(sandbox) => match tokio::time::timeout(ATTACH_PING_TIMEOUT, sandbox.agent.call(Request::Ping)).await {
+                    Ok(sandbox) => match tokio::time::timeout(
+                        ATTACH_PING_TIMEOUT,
+                        sandbox.agent.call(Request::Ping),
+                    )
+                    .await
+                    {
                         Ok(Ok(Response::Pong { cwd, .. })) => Some((sandbox, cwd)),
                         _ => None,
                     },
