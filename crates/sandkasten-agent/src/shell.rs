@@ -652,6 +652,11 @@ impl Instance {
                 }
             }
         }
+        if step >= 3 {
+            // We killed the shell; a status that slipped in before its
+            // death does not make it usable.
+            run.shell_gone = true;
+        }
         *lock(&self.shared.sink) = None;
         cancel.detach();
         drop(rx);

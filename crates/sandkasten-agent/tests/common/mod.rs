@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,12 +54,20 @@ impl Agent {
             ],
             home: work.to_str().unwrap().to_string(),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandkasten-agent"))
-            .args(["serve", "--socket"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandkasten-agent"));
+        cmd.args(["serve", "--socket"])
             .arg(&sock)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
+            .stdin(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe. The agent dies with the test
+        // thread that started it, even if the test process is killed
+        // before Drop runs (its shell follows: its script pipe closes).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start the agent");
         let mut stdin = child.stdin.take().unwrap();
         stdin
             .write_all(serde_json::to_string(&cfg).unwrap().as_bytes())
