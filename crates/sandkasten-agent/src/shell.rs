@@ -381,12 +381,14 @@ impl Flavor {
     /// user's `set -x` does not trace the driver's own steps.
     fn command_lines(self, cmd: &str) -> String {
         let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
-        let (b, fd) = match self {
-            Flavor::Bash => (r"\builtin ", 98),
-            Flavor::Sh => ("", 9),
+        // bash's eval takes options (so needs `--` before a command that
+        // starts with `-`); dash's would run `--` as a command.
+        let (b, eval, fd) = match self {
+            Flavor::Bash => (r"\builtin ", r"\builtin eval --", 98),
+            Flavor::Sh => ("", "eval", 9),
         };
         format!(
-            "{{ __sk_c={quoted}; }} 2>/dev/null; {b}eval \"$__sk_c\" </dev/null {fd}>&-\n\
+            "{{ __sk_c={quoted}; }} 2>/dev/null; {eval} \"$__sk_c\" </dev/null {fd}>&-\n\
              {{ __sk_rc=$?; {{ {b}printf '%s\\0' \"$__sk_rc\"; {b}pwd; {b}printf '\\0'; }} >&{fd}; \
              {b}unset __sk_c __sk_rc; }} 2>/dev/null\n"
         )

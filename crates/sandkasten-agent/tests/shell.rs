@@ -48,6 +48,8 @@ fn exit_code_and_quoting_are_exact() {
     assert_eq!(c.exec("(exit 42)").exit_code, 42);
     let r = c.exec(r#"echo 'single '\'' quote' "double \" quote" $'tab\there'"#);
     assert_eq!(r.text(), "single ' quote double \" quote tab\there\n");
+    // A command starting with '-' is a command, not an option of eval.
+    assert_eq!(c.exec("--no-such-cmd 2>/dev/null; echo $?").text(), "127\n");
     // A syntax error is the command's failure, not the shell's.
     let r = c.exec("echo (");
     assert_eq!(r.exit_code, 2, "{}", r.text());
