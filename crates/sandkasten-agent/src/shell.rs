@@ -902,6 +902,19 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
             fail();
         }
         libc::umask(0o022);
+        // The shell and everything it starts are the OOM killer's first
+        // choice (+500), so a memory hog dies rather than the agent (PID 1,
+        // at -1000 where the host allows it, else 0). Raising a score needs
+        // no privilege.
+        // The agent is not dumpable, so neither is this child until exec,
+        // and its /proc files are out of reach; exec resets this anyway.
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        let oom = c"/proc/self/oom_score_adj";
+        let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, b"500".as_ptr().cast(), 3);
+            libc::close(fd);
+        }
         if plan.uid.is_some() || plan.gid.is_some() {
             // EPERM: a user namespace whose setgroups is denied; then the
             // groups cannot be anything but what they are.

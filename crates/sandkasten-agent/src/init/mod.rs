@@ -122,6 +122,10 @@ fn launch() -> Result<LaunchReport, String> {
     let setup = (|| -> Result<(), String> {
         write_id_map(pid, "uid_map", &spec.uid_map)?;
         write_id_map(pid, "gid_map", &spec.gid_map)?;
+        // The agent should survive an OOM in its sandbox. Lowering the
+        // score needs CAP_SYS_RESOURCE, which some hosts withhold even from
+        // root; the shell raises its own score either way (see shell.rs).
+        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
         for procs in &spec.cgroup_procs {
             std::fs::write(procs, pid.to_string())
                 .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
