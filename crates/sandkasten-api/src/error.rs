@@ -61,6 +61,8 @@ impl ApiError {
                 E::ImageNotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
                 E::SessionNotRunning { .. } => (StatusCode::CONFLICT, "SESSION_NOT_RUNNING"),
                 E::WorkspaceDisabled => (StatusCode::CONFLICT, "WORKSPACE_DISABLED"),
+                E::WorkspaceNotFound(_) => (StatusCode::NOT_FOUND, "WORKSPACE_NOT_FOUND"),
+                E::WorkspaceInUse { .. } => (StatusCode::CONFLICT, "WORKSPACE_IN_USE"),
                 E::ImageInUse { .. } => (StatusCode::CONFLICT, "IMAGE_IN_USE"),
                 E::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
                 E::CapacityExhausted(_) => (StatusCode::SERVICE_UNAVAILABLE, "CAPACITY_EXHAUSTED"),
@@ -102,6 +104,10 @@ impl ApiError {
                 json!({ "image": image, "session_id": session })
             }
             ApiError::Engine(E::CapacityExhausted(max)) => json!({ "max_sessions": max }),
+            ApiError::Engine(E::WorkspaceNotFound(id)) => json!({ "workspace_id": id }),
+            ApiError::Engine(E::WorkspaceInUse { id, session }) => {
+                json!({ "workspace_id": id, "session_id": session })
+            }
             _ => return Map::new(),
         };
         match v {

@@ -29,6 +29,10 @@ pub enum EngineError {
     ImageInUse { image: String, session: String },
     #[error("workspaces are disabled in this daemon's configuration")]
     WorkspaceDisabled,
+    #[error("workspace {0} not found")]
+    WorkspaceNotFound(String),
+    #[error("workspace {id} is mounted by session {session}")]
+    WorkspaceInUse { id: String, session: String },
     #[error("session limit of {0} reached")]
     CapacityExhausted(usize),
     #[error("the daemon is shutting down")]

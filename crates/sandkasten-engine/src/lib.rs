@@ -7,6 +7,7 @@ mod error;
 mod session;
 mod text;
 mod types;
+mod workspace;
 
 pub use config::EngineConfig;
 pub use error::EngineError;

@@ -91,3 +91,27 @@ pub struct FileContent {
     pub data: Vec<u8>,
     pub truncated: bool,
 }
+
+/// A persistent workspace as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceInfo {
+    pub id: String,
+    pub created_at: OffsetDateTime,
+    /// When a session last mounted it (None: never).
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Bytes of files in it.
+    pub size_bytes: u64,
+    /// Size limit (None: no limit of its own).
+    pub quota_bytes: Option<u64>,
+    /// True while a live session has it mounted.
+    pub in_use: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/workspaces`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateWorkspace {
+    pub id: String,
+    pub quota_bytes: Option<u64>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
