@@ -28,18 +28,28 @@ use tokio_util::sync::CancellationToken;
 /// The engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: EngineConfig,
-    runtime: Arc<dyn Runtime>,
-    store: Arc<Store>,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) store: Arc<Store>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Creates in progress (they count against `max_sessions`).
     creating: AtomicUsize,
     /// Wakes the reaper when an expiry moves earlier.
     reaper_wake: Notify,
+    /// Workspaces being mounted by creates in flight, and being deleted:
+    /// a delete never races a mount.
+    pub(crate) ws_guard: Mutex<WorkspaceGuard>,
+}
+
+/// See [`Inner::ws_guard`].
+#[derive(Default)]
+pub(crate) struct WorkspaceGuard {
+    pub(crate) mounting: HashMap<String, usize>,
+    pub(crate) deleting: std::collections::HashSet<String>,
 }
 
 struct Session {
@@ -130,6 +140,7 @@ impl Engine {
                 sessions: Mutex::new(HashMap::new()),
                 creating: AtomicUsize::new(0),
                 reaper_wake: Notify::new(),
+                ws_guard: Mutex::new(WorkspaceGuard::default()),
             }),
         };
         engine.recover().await?;
@@ -276,6 +287,18 @@ impl Engine {
         }
     }
 
+    /// Live sessions that mount workspace `ws`.
+    pub(crate) fn session_ids_with_workspace(&self, ws: &str) -> Vec<String> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.workspace_id.as_deref() == Some(ws))
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
     fn live_count(&self) -> usize {
         self.inner.sessions.lock().unwrap().len()
     }
@@ -369,6 +392,11 @@ impl Engine {
         let workspace_id = req.workspace_id.clone().or_else(|| {
             (cfg.workspace_enabled && cfg.workspace_persist_by_default).then(|| id.clone())
         });
+        // Hold the workspace against deletion until the session is listed.
+        let _mount = match &workspace_id {
+            Some(ws) => Some(self.begin_mount(ws).await?),
+            None => None,
+        };
         let created_at = now();
         let expires_at = created_at + time::Duration::seconds(ttl as i64);
         let mut record = SessionRecord {

@@ -52,6 +52,26 @@ fn remove_on_device(dir: &Path, dev: u64) -> std::io::Result<()> {
     std::fs::remove_dir(dir)
 }
 
+/// Bytes of all regular files below `p` (symlinks not followed; a file
+/// vanishing during the walk counts as 0).
+pub fn tree_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| tree_size(&e.path()))
+            .sum()
+    } else if meta.is_file() {
+        meta.len()
+    } else {
+        0
+    }
+}
+
 /// `lchown` that does not follow symlinks.
 pub fn lchown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))

@@ -145,7 +145,7 @@ impl ImageStore {
         };
         let size_bytes = layer_digests
             .iter()
-            .map(|d| dir_size(&self.layers.join(d)))
+            .map(|d| crate::fsutil::tree_size(&self.layers.join(d)))
             .sum();
         let mut h = Sha256::new();
         for d in &layer_digests {
@@ -418,22 +418,6 @@ pub fn extract_layer(reader: impl Read, dest: &Path, ids: &IdRange) -> Result<()
         }
     }
     Ok(())
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if meta.is_dir() {
-        std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| dir_size(&e.path()))
-            .sum()
-    } else {
-        meta.len()
-    }
 }
 
 #[cfg(test)]

@@ -33,8 +33,8 @@ use sandkasten_protocol::{
     AgentConfig, BindMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
 };
 use sandkasten_runtime::{
-    AgentClient, ImageInfo, NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle,
-    SandboxSpec, SandboxStats, WorkspaceMount,
+    AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
+    SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -204,15 +204,7 @@ impl NativeRuntime {
                 mkdir(&w, 0o755, Some(self.ids.host_user))?;
                 w
             }
-            WorkspaceMount::Persistent(ws) => {
-                let root = self.cfg.data_dir.join("workspaces");
-                mkdir(&root, 0o700, None)?;
-                let w = root.join(ws);
-                if !w.exists() {
-                    mkdir(&w, 0o755, Some(self.ids.host_user))?;
-                }
-                w
-            }
+            WorkspaceMount::Persistent(ws) => self.ensure_workspace_dir(ws)?,
         };
         let mut binds = image.binds;
         binds.push(BindMount {
@@ -280,6 +272,32 @@ impl NativeRuntime {
         }
         serde_json::from_slice(&out.stdout)
             .map_err(|e| RuntimeError::Other(format!("unreadable launch report: {e}")))
+    }
+
+    fn workspace_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("workspaces").join(id)
+    }
+
+    /// `<data_dir>/workspaces/<id>`, owned by the sandbox user.
+    fn ensure_workspace_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let root = self.cfg.data_dir.join("workspaces");
+        if !root.exists() {
+            std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod"))?;
+        }
+        let w = self.workspace_dir(id);
+        match std::fs::create_dir(&w) {
+            Ok(()) => {
+                std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("chmod"))?;
+                std::os::unix::fs::chown(&w, Some(self.ids.host_user), Some(self.ids.host_user))
+                    .map_err(io(format!("chown {}", w.display())))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(RuntimeError::io(format!("creating {}", w.display()), e)),
+        }
+        Ok(w)
     }
 
     async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
@@ -382,6 +400,36 @@ impl Runtime for NativeRuntime {
             return Err(RuntimeError::ImageBuiltin(name.into()));
         }
         self.image_store().remove(name)
+    }
+
+    async fn ensure_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        self.ensure_workspace_dir(id).map(|_| ())
+    }
+
+    async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.workspace_dir(id);
+        tokio::task::spawn_blocking(move || remove_tree(&dir))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("delete task failed: {e}")))?
+            .map_err(io("deleting workspace"))
+    }
+
+    async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
+        let dir = self.workspace_dir(id);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        tokio::task::spawn_blocking(move || Some(fsutil::tree_size(&dir)))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))
+    }
+
+    async fn workspace_file(&self, _id: &str, _req: Request) -> Result<Response, RuntimeError> {
+        // FSOPS-PENDING: rooted file ops land with the sandkasten-fsops crate.
+        Err(RuntimeError::Unsupported(
+            "session-less workspace files".into(),
+            "native",
+        ))
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

@@ -5,7 +5,9 @@
 mod agent_client;
 
 pub use agent_client::{AgentClient, ExecHandle};
-pub use sandkasten_protocol::{DirEntry, ErrorKind as AgentErrorKind, FileStat, FileType};
+pub use sandkasten_protocol::{
+    DirEntry, ErrorKind as AgentErrorKind, FileStat, FileType, Request, Response,
+};
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -156,4 +158,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Session ids of sandboxes this backend finds on the host (to clean up
     /// orphans the store does not know).
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// Creates the persistent workspace `id` unless it exists.
+    async fn ensure_workspace(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Deletes workspace `id` and its files (the engine checks that no
+    /// session mounts it). Deleting a missing workspace succeeds.
+    async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Bytes used by workspace `id`; `None` when it does not exist.
+    async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError>;
+
+    /// A file request (`ReadFile`, `WriteFile`, `ListDir`, `Stat`, `Mkdir`,
+    /// `Remove`) on workspace `id` without a session: paths resolve strictly
+    /// inside the workspace, with the sandbox user's rights, and new files
+    /// belong to the sandbox user.
+    async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError>;
 }

@@ -6,8 +6,10 @@
 
 mod migrations;
 mod sessions;
+mod workspaces;
 
 pub use sessions::{SessionRecord, SessionRow};
+pub use workspaces::WorkspaceRecord;
 
 use rusqlite::Connection;
 use std::path::Path;

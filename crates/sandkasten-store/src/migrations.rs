@@ -23,6 +23,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_by_state ON sessions(state);
     CREATE INDEX sessions_by_workspace ON sessions(workspace_id);",
+    // 2: workspaces. Labels are a JSON object of strings.
+    "CREATE TABLE workspaces (
+        id              TEXT PRIMARY KEY,
+        created_at_ms   INTEGER NOT NULL,
+        last_used_at_ms INTEGER,
+        quota_bytes     INTEGER,
+        labels          TEXT NOT NULL DEFAULT '{}'
+    );",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

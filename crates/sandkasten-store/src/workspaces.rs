@@ -1,0 +1,131 @@
+//! The `workspaces` table: one row per persistent workspace.
+
+use crate::{q, Store, StoreError};
+use rusqlite::{params, OptionalExtension, Row};
+use std::collections::BTreeMap;
+
+/// A workspace as stored. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceRecord {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub last_used_at_ms: Option<i64>,
+    pub quota_bytes: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+}
+
+const COLUMNS: &str = "id, created_at_ms, last_used_at_ms, quota_bytes, labels";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
+    let labels: String = r.get(4)?;
+    Ok(WorkspaceRecord {
+        id: r.get(0)?,
+        created_at_ms: r.get(1)?,
+        last_used_at_ms: r.get(2)?,
+        quota_bytes: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+    })
+}
+
+impl Store {
+    /// Inserts a workspace; `Ok(false)` when the id already exists.
+    pub fn insert_workspace(&self, w: &WorkspaceRecord) -> Result<bool, StoreError> {
+        let labels = serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into());
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT OR IGNORE INTO workspaces ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ),
+                params![
+                    w.id,
+                    w.created_at_ms,
+                    w.last_used_at_ms,
+                    w.quota_bytes.map(|v| v as i64),
+                    labels
+                ],
+            )
+            .map(|n| n == 1)
+            .map_err(q("inserting workspace"))
+    }
+
+    pub fn get_workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM workspaces WHERE id = ?1"),
+                [id],
+                from_row,
+            )
+            .optional()
+            .map_err(q("reading workspace"))
+    }
+
+    /// All workspaces, by id.
+    pub fn list_workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {COLUMNS} FROM workspaces ORDER BY id"))
+            .map_err(q("listing workspaces"))?;
+        let rows = stmt
+            .query_map([], from_row)
+            .map_err(q("listing workspaces"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(q("listing workspaces"))
+    }
+
+    /// Records that a session mounted the workspace.
+    pub fn touch_workspace(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE workspaces SET last_used_at_ms = ?2 WHERE id = ?1",
+                params![id, at_ms],
+            )
+            .map(|_| ())
+            .map_err(q("recording workspace use"))
+    }
+
+    /// Deletes a workspace row; `Ok(false)` when there was none.
+    pub fn delete_workspace(&self, id: &str) -> Result<bool, StoreError> {
+        self.conn()
+            .execute("DELETE FROM workspaces WHERE id = ?1", [id])
+            .map(|n| n == 1)
+            .map_err(q("deleting workspace"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_rows_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let w = WorkspaceRecord {
+            id: "ws1".into(),
+            created_at_ms: 5,
+            last_used_at_ms: None,
+            quota_bytes: Some(1 << 30),
+            labels: [("team".to_string(), "a".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        assert!(s.insert_workspace(&w).unwrap());
+        assert!(
+            !s.insert_workspace(&w).unwrap(),
+            "duplicate ids are reported"
+        );
+        s.touch_workspace("ws1", 9).unwrap();
+        let got = s.get_workspace("ws1").unwrap().unwrap();
+        assert_eq!(
+            got,
+            WorkspaceRecord {
+                last_used_at_ms: Some(9),
+                ..w
+            }
+        );
+        assert_eq!(s.list_workspaces().unwrap().len(), 1);
+        assert!(s.delete_workspace("ws1").unwrap());
+        assert!(!s.delete_workspace("ws1").unwrap());
+        assert!(s.get_workspace("ws1").unwrap().is_none());
+    }
+}
