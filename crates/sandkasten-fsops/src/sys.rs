@@ -1,0 +1,207 @@
+//! Thin, safe wrappers of the `*at` syscalls the operations are made of.
+//! Every path handed to them is either a whole client path resolved by
+//! `openat2` inside the root, or a single directory entry name (no `/`).
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `RESOLVE_*` flags of `openat2` (linux/openat2.h).
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_BENEATH: u64 = 0x08;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// How often `openat2` is retried when the kernel could not rule out a
+/// `..` race (EAGAIN) before the error is returned.
+const EAGAIN_RETRIES: usize = 64;
+
+/// `struct open_how` (linux/openat2.h).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Converts a NUL-free string (checked by the caller) to a C string.
+pub fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `openat2(dir, path, {flags | O_CLOEXEC, mode, resolve})`, retried on
+/// EINTR and (a bounded number of times) on EAGAIN.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
+        mode: u64::from(mode),
+        resolve,
+    };
+    let mut again = 0;
+    loop {
+        // SAFETY: valid C string and a properly sized open_how.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this fd to us.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) if again < EAGAIN_RETRIES => again += 1,
+            _ => return Err(e),
+        }
+    }
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the buffer on success.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: initialised by a successful fstat.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`: lstat of one entry.
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid C string; fstatat fills the buffer on success.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: initialised by a successful fstatat.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: valid C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
+}
+
+/// `unlinkat(dir, name, flags)` (`flags` 0 or `AT_REMOVEDIR`).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: valid C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })
+}
+
+/// The target of the symlink `fd` was opened on (`O_PATH|O_NOFOLLOW`).
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: the buffer is valid for buf.len() bytes; an empty path
+        // means the symlink `fd` itself.
+        let n = unsafe {
+            libc::readlinkat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        // Possibly cut short: try again with more room.
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// One entry of a directory: its name and `d_type` (`DT_UNKNOWN` when the
+/// filesystem does not say).
+pub struct RawEntry {
+    pub name: CString,
+    pub d_type: u8,
+}
+
+/// Reads all entries of the directory `fd` (opened `O_RDONLY|O_DIRECTORY`)
+/// except `.` and `..`, with `getdents64` (the fd stays usable for `*at`
+/// calls, unlike one handed to `fdopendir`).
+pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<RawEntry>> {
+    // u64 elements: linux_dirent64 records are 8-byte aligned.
+    let mut buf = vec![0u64; 4096];
+    let mut entries = Vec::new();
+    loop {
+        // SAFETY: the buffer is valid for its size in bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len() * 8,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(entries);
+        }
+        // SAFETY: viewing the initialised u64 buffer as bytes.
+        let bytes: &[u8] =
+            unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+        let mut off = 0;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen;
+        // u8 d_type; char d_name[]; }
+        while off + 19 <= bytes.len() {
+            let reclen = u16::from_ne_bytes([bytes[off + 16], bytes[off + 17]]) as usize;
+            if reclen == 0 || off + reclen > bytes.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed directory record",
+                ));
+            }
+            let d_type = bytes[off + 18];
+            let name = CStr::from_bytes_until_nul(&bytes[off + 19..off + reclen])
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unterminated name"))?;
+            if name != c"." && name != c".." {
+                entries.push(RawEntry {
+                    name: name.to_owned(),
+                    d_type,
+                });
+            }
+            off += reclen;
+        }
+    }
+}
