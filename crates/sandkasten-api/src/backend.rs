@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use sandkasten_engine::{
-    CreateSession, DirEntry, Engine, EngineError, ExecRequest, ExecResult, ExecStream, FileContent,
-    FileStat, SessionInfo, SessionStats,
+    CreateSession, CreateWorkspace, DirEntry, Engine, EngineError, ExecRequest, ExecResult,
+    ExecStream, FileContent, FileStat, SessionInfo, SessionStats, WorkspaceInfo,
 };
 
 /// What the HTTP layer needs from the engine; each method is one engine
@@ -31,6 +31,24 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError>;
     async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError>;
     async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError>;
+
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError>;
+    async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError>;
+    async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError>;
+    async fn delete_workspace(&self, id: &str) -> Result<(), EngineError>;
+    async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError>;
+    async fn workspace_read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError>;
+    async fn workspace_write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<String, EngineError>;
 }
 
 #[async_trait]
@@ -78,5 +96,37 @@ impl Backend for Engine {
     }
     async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
         Engine::remove(self, id, path, recursive).await
+    }
+
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
+        Engine::list_workspaces(self).await
+    }
+    async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError> {
+        Engine::create_workspace(self, req).await
+    }
+    async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
+        Engine::get_workspace(self, id).await
+    }
+    async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
+        Engine::delete_workspace(self, id).await
+    }
+    async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
+        Engine::workspace_list_dir(self, id, path).await
+    }
+    async fn workspace_read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError> {
+        Engine::workspace_read_file(self, id, path, max_bytes).await
+    }
+    async fn workspace_write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<String, EngineError> {
+        Engine::workspace_write_file(self, id, path, data).await
     }
 }

@@ -19,6 +19,8 @@ pub(crate) enum ApiError {
     InvalidRequest(String),
     /// A path or upload filename that can never be valid.
     InvalidPath(String),
+    /// A workspace id outside the contract's rule.
+    InvalidWorkspace(String),
     /// Missing or wrong API key.
     Unauthorized,
     /// No route has this path.
@@ -42,6 +44,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
             ApiError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "INVALID_PATH"),
+            ApiError::InvalidWorkspace(_) => (StatusCode::BAD_REQUEST, "INVALID_WORKSPACE"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ApiError::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed { .. } => {
@@ -77,7 +80,9 @@ impl ApiError {
     /// The message for the client. Never the detail of a 500.
     fn message(&self) -> String {
         match self {
-            ApiError::InvalidRequest(m) | ApiError::InvalidPath(m) => m.clone(),
+            ApiError::InvalidRequest(m)
+            | ApiError::InvalidPath(m)
+            | ApiError::InvalidWorkspace(m) => m.clone(),
             ApiError::Unauthorized => "missing or invalid API key".into(),
             ApiError::RouteNotFound { method, path } => format!("no route for {method} {path}"),
             ApiError::MethodNotAllowed { method, path } => {
@@ -212,6 +217,19 @@ mod tests {
             ),
             (EngineError::WorkspaceDisabled, 409, "WORKSPACE_DISABLED"),
             (
+                EngineError::WorkspaceNotFound("w".into()),
+                404,
+                "WORKSPACE_NOT_FOUND",
+            ),
+            (
+                EngineError::WorkspaceInUse {
+                    id: "w".into(),
+                    session: "s".into(),
+                },
+                409,
+                "WORKSPACE_IN_USE",
+            ),
+            (
                 EngineError::ImageInUse {
                     image: "i".into(),
                     session: "s".into(),
@@ -291,6 +309,11 @@ mod tests {
         assert_eq!(
             (s.as_u16(), &body["error_code"]),
             (400, &json!("INVALID_PATH"))
+        );
+        let (s, body) = render(ApiError::InvalidWorkspace("bad id".into())).await;
+        assert_eq!(
+            (s.as_u16(), &body["error_code"], &body["message"]),
+            (400, &json!("INVALID_WORKSPACE"), &json!("bad id"))
         );
     }
 

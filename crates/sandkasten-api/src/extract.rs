@@ -94,6 +94,41 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// The `{id}` of a workspace route, checked against the contract's id rule
+/// before the engine sees it: percent-decoding could otherwise smuggle a
+/// `/` or `..` into a name the engine turns into a directory.
+#[derive(Debug)]
+pub(crate) struct WorkspaceId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for WorkspaceId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiPath(id) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        check_workspace_id(&id)?;
+        Ok(WorkspaceId(id))
+    }
+}
+
+/// The contract's workspace id rule: 1–64 of `[A-Za-z0-9._-]`, not starting
+/// with `.` or `-`. The engine checks the same rule (it does not export its
+/// check); this one answers before a request reaches it.
+pub(crate) fn check_workspace_id(id: &str) -> Result<(), ApiError> {
+    let valid = (1..=64).contains(&id.len())
+        && !id.starts_with(['.', '-'])
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidWorkspace(format!(
+            "invalid workspace id {id:?}: use 1-64 characters of [A-Za-z0-9._-], \
+             not starting with '.' or '-'"
+        )))
+    }
+}
+
 /// A `multipart/form-data` body, read with the same size limit as JSON.
 pub(crate) struct ApiMultipart(pub Multipart);
 
@@ -139,6 +174,21 @@ mod tests {
         assert_eq!(code(parse_json_object(br#"{"a": 1"#)), "INVALID_REQUEST");
         assert_eq!(code(parse_json_object(b"[1]")), "INVALID_REQUEST");
         assert_eq!(code(parse_json_object(b"null")), "INVALID_REQUEST");
+    }
+
+    #[test]
+    fn workspace_ids_follow_the_contract() {
+        let longest = "a".repeat(64);
+        for ok in ["a", "user123-project456", "A.b_c-d", "0", "a..b", &longest] {
+            assert!(check_workspace_id(ok).is_ok(), "{ok}");
+        }
+        let too_long = "a".repeat(65);
+        for bad in [
+            "", ".a", "-a", "..", "a/b", "../etc", "a b", "a\0", "ü", "a:b", &too_long,
+        ] {
+            let e = check_workspace_id(bad).unwrap_err();
+            assert_eq!(e.status_and_code().1, "INVALID_WORKSPACE", "{bad:?}");
+        }
     }
 
     #[test]

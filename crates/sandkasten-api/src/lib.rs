@@ -96,7 +96,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{exec, files, sessions, system};
+    use routes::{exec, files, sessions, system, workspaces};
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
         .routes(routes!(sessions::create_session, sessions::list_sessions))
@@ -111,6 +111,18 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(files::stat))
         .routes(routes!(files::mkdir))
         .routes(routes!(files::remove))
+        .routes(routes!(
+            workspaces::list_workspaces,
+            workspaces::create_workspace
+        ))
+        .routes(routes!(
+            workspaces::get_workspace,
+            workspaces::delete_workspace
+        ))
+        .routes(routes!(workspaces::workspace_list_dir))
+        .routes(routes!(workspaces::workspace_read_file))
+        .routes(routes!(workspaces::workspace_write_file))
+        .routes(routes!(workspaces::workspace_upload))
 }
 
 /// The router over any backend (the engine, or a fake in tests).

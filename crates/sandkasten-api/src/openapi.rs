@@ -12,7 +12,8 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "Sandkasten API",
-        description = "Sandboxes for AI agents: sessions, a persistent shell, files. \
+        description = "Sandboxes for AI agents: sessions, a persistent shell, files, \
+                       persistent workspaces. \
                        Every route except `/healthz` requires `Authorization: Bearer <key>`. \
                        Every error is `ErrorBody` JSON."
     ),
@@ -23,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         (name = "sessions", description = "Session lifecycle"),
         (name = "exec", description = "Commands in the session's persistent shell"),
         (name = "files", description = "Files inside the sandbox"),
+        (name = "workspaces", description = "Persistent workspaces and their files without a session"),
     ),
     modifiers(&SharedResponses)
 )]

@@ -9,11 +9,13 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use sandkasten_engine::{
-    AcquireSource, CreateSession, DirEntry, EngineError, ExecEvent, ExecRequest, ExecResult,
-    ExecStream, FileContent, FileStat, FileType, SessionInfo, SessionState, SessionStats,
+    AcquireSource, CreateSession, CreateWorkspace, DirEntry, EngineError, ExecEvent, ExecRequest,
+    ExecResult, ExecStream, FileContent, FileStat, FileType, SessionInfo, SessionState,
+    SessionStats, WorkspaceInfo,
 };
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use time::macros::datetime;
@@ -25,10 +27,16 @@ const LIMIT: usize = 4096;
 
 /// A backend whose answers depend on the session id and command:
 /// session `missing` is not found, `broken` fails internally, anything else
-/// exists. It records what it was asked.
+/// exists. Workspace `missing` is not found, `busy` is mounted, `taken`
+/// exists already; with `workspaces_disabled` every workspace method
+/// refuses. It records what it was asked.
 #[derive(Default)]
 struct Fake {
     created: Mutex<Vec<CreateSession>>,
+    workspaces_created: Mutex<Vec<CreateWorkspace>>,
+    /// Session-less writes: (workspace id, path, data).
+    workspace_writes: Mutex<Vec<(String, String, Vec<u8>)>>,
+    workspaces_disabled: AtomicBool,
     execs: Mutex<Vec<ExecRequest>>,
     writes: Mutex<Vec<(String, String, Vec<u8>)>>,
     reads: Mutex<Vec<(String, Option<u64>)>>,
@@ -60,6 +68,40 @@ fn info(id: &str) -> SessionInfo {
         expires_at: datetime!(2026-02-08 10:30:00 UTC),
         acquire_source: AcquireSource::Cold,
     }
+}
+
+fn workspace_info(id: &str) -> WorkspaceInfo {
+    WorkspaceInfo {
+        id: id.into(),
+        created_at: datetime!(2026-02-08 10:00:00.5 UTC),
+        last_used_at: Some(datetime!(2026-02-08 11:00:00 +01:00)),
+        size_bytes: 1234,
+        quota_bytes: None,
+        in_use: id == "busy",
+        labels: BTreeMap::new(),
+    }
+}
+
+impl Fake {
+    fn check_workspace(&self, id: &str) -> Result<(), EngineError> {
+        if self.workspaces_disabled.load(Ordering::Relaxed) {
+            return Err(EngineError::WorkspaceDisabled);
+        }
+        match id {
+            "missing" => Err(EngineError::WorkspaceNotFound(id.into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A workspace path as the engine names it: `a`, `/a` and `/workspace/a`
+/// are all `/workspace/a`.
+fn in_workspace(path: &str) -> String {
+    let inside = path
+        .strip_prefix("/workspace")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        .unwrap_or(path);
+    format!("/workspace/{}", inside.trim_start_matches('/'))
 }
 
 fn absolute(path: &str) -> String {
@@ -212,6 +254,90 @@ impl Backend for Fake {
             .push(format!("remove {path} {recursive}"));
         Ok(())
     }
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
+        self.check_workspace("")?;
+        Ok(vec![workspace_info("a"), workspace_info("busy")])
+    }
+    async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError> {
+        self.check_workspace(&req.id)?;
+        if req.id == "taken" {
+            return Err(EngineError::AlreadyExists(format!("workspace {}", req.id)));
+        }
+        let info = WorkspaceInfo {
+            last_used_at: None,
+            size_bytes: 0,
+            quota_bytes: req.quota_bytes,
+            labels: req.labels.clone(),
+            ..workspace_info(&req.id)
+        };
+        self.workspaces_created.lock().unwrap().push(req);
+        Ok(info)
+    }
+    async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
+        self.check_workspace(id)?;
+        Ok(workspace_info(id))
+    }
+    async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
+        self.check_workspace(id)?;
+        if id == "busy" {
+            return Err(EngineError::WorkspaceInUse {
+                id: id.into(),
+                session: "s1".into(),
+            });
+        }
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("delete workspace {id}"));
+        Ok(())
+    }
+    async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
+        self.check_workspace(id)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("list workspace {id} {path}"));
+        Ok(vec![DirEntry {
+            name: "notes".into(),
+            file_type: FileType::Dir,
+            size: 4096,
+            mode: 0o755,
+            mtime: 1_700_000_002,
+        }])
+    }
+    async fn workspace_read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError> {
+        self.check_workspace(id)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("read workspace {id} {path} {max_bytes:?}"));
+        if path == "gone" {
+            return Err(EngineError::FileNotFound(path.into()));
+        }
+        Ok(FileContent {
+            path: in_workspace(path),
+            data: b"ws\xff".to_vec(),
+            truncated: max_bytes.is_some(),
+        })
+    }
+    async fn workspace_write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<String, EngineError> {
+        self.check_workspace(id)?;
+        self.workspace_writes
+            .lock()
+            .unwrap()
+            .push((id.into(), path.into(), data));
+        Ok(in_workspace(path))
+    }
 }
 
 fn app() -> (Router, Arc<Fake>) {
@@ -316,6 +442,14 @@ async fn every_other_route_needs_the_key() {
         (Method::DELETE, "/v1/sessions/s1"),
         (Method::POST, "/v1/sessions/s1/exec"),
         (Method::POST, "/v1/sessions/s1/fs/upload"),
+        (Method::GET, "/v1/workspaces"),
+        (Method::POST, "/v1/workspaces"),
+        (Method::GET, "/v1/workspaces/w1"),
+        (Method::DELETE, "/v1/workspaces/w1"),
+        (Method::GET, "/v1/workspaces/w1/fs"),
+        (Method::GET, "/v1/workspaces/w1/fs/read?path=a"),
+        (Method::POST, "/v1/workspaces/w1/fs/write"),
+        (Method::POST, "/v1/workspaces/w1/fs/upload"),
         (Method::GET, "/openapi.json"),
         (Method::GET, "/no/such/route"),
     ] {
@@ -345,6 +479,8 @@ async fn every_other_route_needs_the_key() {
         }
     }
     assert!(fake.created.lock().unwrap().is_empty());
+    assert!(fake.workspaces_created.lock().unwrap().is_empty());
+    assert!(fake.workspace_writes.lock().unwrap().is_empty());
     assert!(fake.calls.lock().unwrap().is_empty());
 }
 
@@ -368,6 +504,8 @@ async fn unknown_routes_are_json_404() {
         "/nope",
         "/v1/session",
         "/v1/sessions/s1/fs/nope",
+        "/v1/workspaces/w1/fs/list",
+        "/v1/workspaces/w1/nope",
         "/healthz/x",
     ] {
         let v = get(&router, uri).await.assert_error(404, "NOT_FOUND");
@@ -384,6 +522,12 @@ async fn wrong_methods_are_json_405() {
         (Method::GET, "/v1/sessions/s1/exec"),
         (Method::GET, "/v1/sessions/s1/fs/write"),
         (Method::DELETE, "/openapi.json"),
+        (Method::PUT, "/v1/workspaces"),
+        (Method::POST, "/v1/workspaces/w1"),
+        (Method::POST, "/v1/workspaces/w1/fs"),
+        (Method::POST, "/v1/workspaces/w1/fs/read"),
+        (Method::GET, "/v1/workspaces/w1/fs/write"),
+        (Method::GET, "/v1/workspaces/w1/fs/upload"),
     ] {
         let r = send(&router, request(method, uri).body(Body::empty()).unwrap()).await;
         r.assert_error(405, "METHOD_NOT_ALLOWED");
@@ -422,10 +566,22 @@ async fn bodies_over_the_limit_are_json_413() {
 
     // Multipart uploads are read with the same limit.
     let form = multipart(&[Part::file("file", "big.bin", big.as_bytes())]);
-    upload(&router, "s1", form)
+    upload(&router, "s1", form.clone())
         .await
         .assert_error(413, "PAYLOAD_TOO_LARGE");
+    // So are the session-less workspace writes.
+    upload_to(&router, "/v1/workspaces/w1/fs/upload", form)
+        .await
+        .assert_error(413, "PAYLOAD_TOO_LARGE");
+    post_json(
+        &router,
+        "/v1/workspaces/w1/fs/write",
+        json!({"path": "a", "text": big}),
+    )
+    .await
+    .assert_error(413, "PAYLOAD_TOO_LARGE");
     assert!(fake.writes.lock().unwrap().is_empty());
+    assert!(fake.workspace_writes.lock().unwrap().is_empty());
     assert!(fake.execs.lock().unwrap().is_empty());
 }
 
@@ -817,12 +973,17 @@ async fn write_rejects_bad_requests() {
         (json!({"path": "a", "text": 5}), "INVALID_REQUEST"),
         (json!({"text": "x"}), "INVALID_REQUEST"),
         (json!({"path": "", "text": "x"}), "INVALID_PATH"),
+        (json!({"path": "a\u{0}b", "text": "x"}), "INVALID_PATH"),
     ] {
-        post_json(&router, "/v1/sessions/s1/fs/write", body)
-            .await
-            .assert_error(400, code);
+        // The session-less workspace write shares the validation.
+        for uri in ["/v1/sessions/s1/fs/write", "/v1/workspaces/w1/fs/write"] {
+            post_json(&router, uri, body.clone())
+                .await
+                .assert_error(400, code);
+        }
     }
     assert!(fake.writes.lock().unwrap().is_empty());
+    assert!(fake.workspace_writes.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -911,7 +1072,11 @@ fn multipart(parts: &[Part<'_>]) -> Vec<u8> {
 }
 
 async fn upload(router: &Router, id: &str, form: Vec<u8>) -> Reply {
-    let req = request(Method::POST, &format!("/v1/sessions/{id}/fs/upload"))
+    upload_to(router, &format!("/v1/sessions/{id}/fs/upload"), form).await
+}
+
+async fn upload_to(router: &Router, uri: &str, form: Vec<u8>) -> Reply {
+    let req = request(Method::POST, uri)
         .header(
             header::CONTENT_TYPE,
             format!("multipart/form-data; boundary={BOUNDARY}"),
@@ -957,38 +1122,42 @@ async fn upload_writes_each_file_into_the_directory() {
 #[tokio::test]
 async fn upload_rejects_bad_filenames_and_forms() {
     let (router, fake) = app();
-    for name in ["../evil", "a/b", "..", ".", "/etc/passwd"] {
-        let form = multipart(&[
-            Part::file("file", "ok.txt", b"1"),
-            Part::file("file", name, b"x"),
-        ]);
-        upload(&router, "s1", form)
-            .await
-            .assert_error(400, "INVALID_PATH");
-    }
-    // Nothing is written when any filename is bad.
-    assert!(fake.writes.lock().unwrap().is_empty());
+    // The session-less workspace upload shares the validation.
+    for uri in ["/v1/sessions/s1/fs/upload", "/v1/workspaces/w1/fs/upload"] {
+        for name in ["../evil", "a/b", "..", ".", "/etc/passwd"] {
+            let form = multipart(&[
+                Part::file("file", "ok.txt", b"1"),
+                Part::file("file", name, b"x"),
+            ]);
+            upload_to(&router, uri, form)
+                .await
+                .assert_error(400, "INVALID_PATH");
+        }
+        // Nothing is written when any filename is bad.
+        assert!(fake.writes.lock().unwrap().is_empty());
+        assert!(fake.workspace_writes.lock().unwrap().is_empty());
 
-    let no_file = multipart(&[Part::text("path", "/workspace")]);
-    upload(&router, "s1", no_file)
-        .await
-        .assert_error(400, "INVALID_REQUEST");
-    let no_filename = multipart(&[Part::text("file", "content")]);
-    upload(&router, "s1", no_filename)
-        .await
-        .assert_error(400, "INVALID_REQUEST");
-    let two_dirs = multipart(&[
-        Part::text("path", "/a"),
-        Part::text("path", "/b"),
-        Part::file("file", "x", b"1"),
-    ]);
-    upload(&router, "s1", two_dirs)
-        .await
-        .assert_error(400, "INVALID_REQUEST");
-    // Not multipart at all.
-    post_json(&router, "/v1/sessions/s1/fs/upload", json!({"file": "x"}))
-        .await
-        .assert_error(400, "INVALID_REQUEST");
+        let no_file = multipart(&[Part::text("path", "/workspace")]);
+        upload_to(&router, uri, no_file)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+        let no_filename = multipart(&[Part::text("file", "content")]);
+        upload_to(&router, uri, no_filename)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+        let two_dirs = multipart(&[
+            Part::text("path", "/a"),
+            Part::text("path", "/b"),
+            Part::file("file", "x", b"1"),
+        ]);
+        upload_to(&router, uri, two_dirs)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+        // Not multipart at all.
+        post_json(&router, uri, json!({"file": "x"}))
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+    }
     // A missing session.
     upload(
         &router,
@@ -998,6 +1167,7 @@ async fn upload_rejects_bad_filenames_and_forms() {
     .await
     .assert_error(404, "SESSION_NOT_FOUND");
     assert!(fake.writes.lock().unwrap().is_empty());
+    assert!(fake.workspace_writes.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -1061,6 +1231,418 @@ async fn list_stat_mkdir_remove() {
     );
 }
 
+// ------------------------------------------------------------ workspaces
+
+async fn delete(router: &Router, uri: &str) -> Reply {
+    send(
+        router,
+        request(Method::DELETE, uri).body(Body::empty()).unwrap(),
+    )
+    .await
+}
+
+/// `{"id": "w", "labels": labels}`.
+fn with_labels<const N: usize>(labels: [(String, String); N]) -> Value {
+    json!({"id": "w", "labels": BTreeMap::from(labels)})
+}
+
+#[tokio::test]
+async fn list_workspaces_wraps_them_in_an_object() {
+    let (router, _) = app();
+    let r = get(&router, "/v1/workspaces").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"workspaces": [
+            {"id": "a", "created_at": "2026-02-08T10:00:00.5Z",
+             "last_used_at": "2026-02-08T10:00:00Z", "size_bytes": 1234,
+             "quota_bytes": null, "in_use": false, "labels": {}},
+            {"id": "busy", "created_at": "2026-02-08T10:00:00.5Z",
+             "last_used_at": "2026-02-08T10:00:00Z", "size_bytes": 1234,
+             "quota_bytes": null, "in_use": true, "labels": {}},
+        ]})
+    );
+}
+
+#[tokio::test]
+async fn create_workspace_returns_201_and_the_workspace() {
+    let (router, fake) = app();
+    let r = post_json(
+        &router,
+        "/v1/workspaces",
+        json!({"id": "ws-1", "quota_mb": 2, "labels": {"team": "ml", "app.io/tier": "dev"},
+               "future_field": 1}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"id": "ws-1", "created_at": "2026-02-08T10:00:00.5Z", "last_used_at": null,
+               "size_bytes": 0, "quota_bytes": 2 * 1024 * 1024, "in_use": false,
+               "labels": {"app.io/tier": "dev", "team": "ml"}})
+    );
+    // `curl -d` labels JSON as a form; quota in bytes, no labels.
+    let req = request(Method::POST, "/v1/workspaces")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(r#"{"id":"ws-2","quota_bytes":1000}"#))
+        .unwrap();
+    let r = send(&router, req).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.json()["quota_bytes"], 1000);
+    assert_eq!(r.json()["labels"], json!({}));
+    // Neither quota, labels null.
+    let r = post_json(
+        &router,
+        "/v1/workspaces",
+        json!({"id": "ws-3", "quota_bytes": null, "labels": null}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    let created = fake.workspaces_created.lock().unwrap();
+    let seen: Vec<_> = created
+        .iter()
+        .map(|c| (c.id.as_str(), c.quota_bytes, c.labels.len()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ws-1", Some(2 * 1024 * 1024), 2),
+            ("ws-2", Some(1000), 0),
+            ("ws-3", None, 0),
+        ]
+    );
+    assert_eq!(created[0].labels["app.io/tier"], "dev");
+}
+
+#[tokio::test]
+async fn create_workspace_rejects_bad_ids_quotas_and_labels() {
+    let (router, fake) = app();
+    let too_many: [(String, String); 65] =
+        std::array::from_fn(|i| (format!("k{i}"), String::new()));
+    for (body, code) in [
+        (json!({}), "INVALID_REQUEST"),
+        (json!({"id": null}), "INVALID_REQUEST"),
+        (json!({"id": 5}), "INVALID_REQUEST"),
+        (json!({"id": ""}), "INVALID_WORKSPACE"),
+        (json!({"id": ".hidden"}), "INVALID_WORKSPACE"),
+        (json!({"id": "-x"}), "INVALID_WORKSPACE"),
+        (json!({"id": "a/b"}), "INVALID_WORKSPACE"),
+        (json!({"id": "../etc"}), "INVALID_WORKSPACE"),
+        (json!({"id": "a b"}), "INVALID_WORKSPACE"),
+        (json!({"id": "x".repeat(65)}), "INVALID_WORKSPACE"),
+        (
+            json!({"id": "w", "quota_bytes": 1, "quota_mb": 1}),
+            "INVALID_REQUEST",
+        ),
+        (json!({"id": "w", "quota_bytes": 0}), "INVALID_REQUEST"),
+        (json!({"id": "w", "quota_mb": 0}), "INVALID_REQUEST"),
+        (json!({"id": "w", "quota_bytes": -1}), "INVALID_REQUEST"),
+        (json!({"id": "w", "quota_mb": 1.5}), "INVALID_REQUEST"),
+        (json!({"id": "w", "quota_mb": "1"}), "INVALID_REQUEST"),
+        // 2^44 MiB is 2^64 bytes: one more than u64 holds.
+        (
+            json!({"id": "w", "quota_mb": 1_u64 << 44}),
+            "INVALID_REQUEST",
+        ),
+        (json!({"id": "w", "labels": ["a"]}), "INVALID_REQUEST"),
+        (json!({"id": "w", "labels": {"a": 1}}), "INVALID_REQUEST"),
+        (with_labels(too_many), "INVALID_REQUEST"),
+        (
+            with_labels([(String::new(), "v".into())]),
+            "INVALID_REQUEST",
+        ),
+        (
+            with_labels([("k".repeat(64), "v".into())]),
+            "INVALID_REQUEST",
+        ),
+        (with_labels([("a b".into(), "v".into())]), "INVALID_REQUEST"),
+        (
+            with_labels([("k".into(), "v".repeat(257))]),
+            "INVALID_REQUEST",
+        ),
+    ] {
+        post_json(&router, "/v1/workspaces", body.clone())
+            .await
+            .assert_error(400, code);
+    }
+    assert!(fake.workspaces_created.lock().unwrap().is_empty());
+
+    // The limits themselves pass; values count characters, not bytes.
+    let most: [(String, String); 64] = std::array::from_fn(|i| (format!("k{i}"), "v".into()));
+    let r = post_json(&router, "/v1/workspaces", with_labels(most)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = post_json(
+        &router,
+        "/v1/workspaces",
+        json!({"id": "x".repeat(64), "labels": {"k".repeat(63): "ü".repeat(256)}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(fake.workspaces_created.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn get_and_delete_a_workspace() {
+    let (router, fake) = app();
+    let r = get(&router, "/v1/workspaces/ws-1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"id": "ws-1", "created_at": "2026-02-08T10:00:00.5Z",
+               "last_used_at": "2026-02-08T10:00:00Z", "size_bytes": 1234,
+               "quota_bytes": null, "in_use": false, "labels": {}})
+    );
+    let r = delete(&router, "/v1/workspaces/ws-1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"ok": true}));
+    assert_eq!(
+        fake.calls.lock().unwrap().as_slice(),
+        ["delete workspace ws-1"]
+    );
+}
+
+#[tokio::test]
+async fn workspace_errors_reach_the_client_through_the_table() {
+    let (router, fake) = app();
+    let v = get(&router, "/v1/workspaces/missing")
+        .await
+        .assert_error(404, "WORKSPACE_NOT_FOUND");
+    assert_eq!(v["message"], "workspace missing not found");
+    assert_eq!(v["details"], json!({"workspace_id": "missing"}));
+    delete(&router, "/v1/workspaces/missing")
+        .await
+        .assert_error(404, "WORKSPACE_NOT_FOUND");
+    let v = delete(&router, "/v1/workspaces/busy")
+        .await
+        .assert_error(409, "WORKSPACE_IN_USE");
+    assert_eq!(
+        v["details"],
+        json!({"workspace_id": "busy", "session_id": "s1"})
+    );
+    post_json(&router, "/v1/workspaces", json!({"id": "taken"}))
+        .await
+        .assert_error(409, "ALREADY_EXISTS");
+
+    // The session-less file routes name the workspace, not a session.
+    get(&router, "/v1/workspaces/missing/fs")
+        .await
+        .assert_error(404, "WORKSPACE_NOT_FOUND");
+    get(&router, "/v1/workspaces/missing/fs/read?path=a")
+        .await
+        .assert_error(404, "WORKSPACE_NOT_FOUND");
+    post_json(
+        &router,
+        "/v1/workspaces/missing/fs/write",
+        json!({"path": "a", "text": "x"}),
+    )
+    .await
+    .assert_error(404, "WORKSPACE_NOT_FOUND");
+    let form = multipart(&[Part::file("file", "a", b"1")]);
+    upload_to(&router, "/v1/workspaces/missing/fs/upload", form)
+        .await
+        .assert_error(404, "WORKSPACE_NOT_FOUND");
+    get(&router, "/v1/workspaces/w1/fs/read?path=gone")
+        .await
+        .assert_error(404, "FILE_NOT_FOUND");
+    assert!(fake
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| !c.contains("missing")));
+}
+
+#[tokio::test]
+async fn every_workspace_route_passes_workspace_disabled_through() {
+    let (router, fake) = app();
+    fake.workspaces_disabled.store(true, Ordering::Relaxed);
+    let form = || multipart(&[Part::file("file", "a", b"1")]);
+    let replies = [
+        get(&router, "/v1/workspaces").await,
+        post_json(&router, "/v1/workspaces", json!({"id": "w1"})).await,
+        get(&router, "/v1/workspaces/w1").await,
+        delete(&router, "/v1/workspaces/w1").await,
+        get(&router, "/v1/workspaces/w1/fs").await,
+        get(&router, "/v1/workspaces/w1/fs/read?path=a").await,
+        post_json(
+            &router,
+            "/v1/workspaces/w1/fs/write",
+            json!({"path": "a", "text": "x"}),
+        )
+        .await,
+        upload_to(&router, "/v1/workspaces/w1/fs/upload", form()).await,
+    ];
+    for r in replies {
+        r.assert_error(409, "WORKSPACE_DISABLED");
+    }
+    assert!(fake.workspaces_created.lock().unwrap().is_empty());
+    assert!(fake.workspace_writes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_workspace_ids_in_the_path_are_400() {
+    let (router, fake) = app();
+    let too_long = "x".repeat(65);
+    // Percent-decoding must not smuggle a `/` into the id.
+    for id in [
+        ".hidden",
+        "..",
+        "-x",
+        "a%2Fb",
+        "..%2F..%2Fetc",
+        "a%20b",
+        "%C3%BC",
+        "a%00",
+        &too_long,
+    ] {
+        let base = format!("/v1/workspaces/{id}");
+        let replies = [
+            get(&router, &base).await,
+            delete(&router, &base).await,
+            get(&router, &format!("{base}/fs")).await,
+            get(&router, &format!("{base}/fs/read?path=a")).await,
+            post_json(
+                &router,
+                &format!("{base}/fs/write"),
+                json!({"path": "a", "text": "x"}),
+            )
+            .await,
+            upload_to(
+                &router,
+                &format!("{base}/fs/upload"),
+                multipart(&[Part::file("file", "a", b"1")]),
+            )
+            .await,
+        ];
+        for r in replies {
+            let v = r.assert_error(400, "INVALID_WORKSPACE");
+            assert!(
+                v["message"].as_str().unwrap().contains("workspace id"),
+                "{v}"
+            );
+        }
+    }
+    assert!(fake.calls.lock().unwrap().is_empty());
+    assert!(fake.workspace_writes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn workspace_files_without_a_session() {
+    let (router, fake) = app();
+    // Write: text and base64, into the workspace, not a session.
+    for (body, path, data) in [
+        (
+            json!({"path": "notes/a.md", "text": "hi"}),
+            "notes/a.md",
+            b"hi".to_vec(),
+        ),
+        (
+            json!({"path": "/workspace/b.bin", "content_base64": "AAEC/w"}),
+            "/workspace/b.bin",
+            vec![0, 1, 2, 255],
+        ),
+        (json!({"path": "empty", "text": ""}), "empty", vec![]),
+    ] {
+        let r = post_json(&router, "/v1/workspaces/w1/fs/write", body.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{body}: {}", r.text());
+        assert_eq!(r.json(), json!({"ok": true}));
+        let writes = fake.workspace_writes.lock().unwrap();
+        let last = writes.last().unwrap();
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str(), &last.2),
+            ("w1", path, &data),
+            "{body}"
+        );
+    }
+
+    // Read: the session route's shape.
+    let r = get(
+        &router,
+        "/v1/workspaces/w1/fs/read?path=notes%2Fa.md&max_bytes=2",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"path": "/workspace/notes/a.md", "content_base64": "d3P/", "truncated": true})
+    );
+    let r = get(&router, "/v1/workspaces/w1/fs/read?path=x&max_bytes=0").await;
+    assert_eq!(r.json()["truncated"], false);
+    get(&router, "/v1/workspaces/w1/fs/read")
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    get(&router, "/v1/workspaces/w1/fs/read?path=a&max_bytes=-1")
+        .await
+        .assert_error(400, "INVALID_REQUEST");
+    get(&router, "/v1/workspaces/w1/fs/read?path=")
+        .await
+        .assert_error(400, "INVALID_PATH");
+
+    // List: the workspace root by default, else the directory as asked.
+    let r = get(&router, "/v1/workspaces/w1/fs").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"path": "/workspace", "entries": [
+            {"name": "notes", "type": "dir", "size": 4096, "mode": 0o755, "mtime": 1_700_000_002}
+        ]})
+    );
+    let r = get(&router, "/v1/workspaces/w1/fs?path=notes").await;
+    assert_eq!(r.json()["path"], "notes");
+    get(&router, "/v1/workspaces/w1/fs?path=")
+        .await
+        .assert_error(400, "INVALID_PATH");
+
+    assert_eq!(
+        fake.calls.lock().unwrap().as_slice(),
+        [
+            "read workspace w1 notes/a.md Some(2)",
+            "read workspace w1 x None",
+            "list workspace w1 /workspace",
+            "list workspace w1 notes",
+        ]
+    );
+    assert!(fake.writes.lock().unwrap().is_empty());
+    assert!(fake.reads.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn workspace_upload_writes_each_file_into_the_directory() {
+    let (router, fake) = app();
+    let binary = [0u8, 13, 10, 255, 0];
+    let form = multipart(&[
+        Part::file("file", "a.txt", b"alpha"),
+        Part::file("files", "b.bin", &binary),
+        Part::text("path", "data/"),
+    ]);
+    let r = upload_to(&router, "/v1/workspaces/w1/fs/upload", form).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"ok": true, "paths": ["/workspace/data/a.txt", "/workspace/data/b.bin"]})
+    );
+    // No directory: the workspace root.
+    let form = multipart(&[Part::file("file", "e", b"")]);
+    let r = upload_to(&router, "/v1/workspaces/w1/fs/upload", form).await;
+    assert_eq!(r.json(), json!({"ok": true, "paths": ["/workspace/e"]}));
+
+    let writes = fake.workspace_writes.lock().unwrap();
+    let seen: Vec<_> = writes
+        .iter()
+        .map(|(id, path, data)| (id.as_str(), path.as_str(), data.as_slice()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("w1", "data/a.txt", b"alpha".as_slice()),
+            ("w1", "data/b.bin", binary.as_slice()),
+            ("w1", "/workspace/e", b"".as_slice()),
+        ]
+    );
+    assert!(fake.writes.lock().unwrap().is_empty());
+}
+
 // ------------------------------------------------------------ OpenAPI
 
 /// Every route of the contract and of the documented extensions.
@@ -1081,6 +1663,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/fs/stat"),
     ("post", "/v1/sessions/{id}/fs/mkdir"),
     ("post", "/v1/sessions/{id}/fs/remove"),
+    ("get", "/v1/workspaces"),
+    ("post", "/v1/workspaces"),
+    ("get", "/v1/workspaces/{id}"),
+    ("delete", "/v1/workspaces/{id}"),
+    ("get", "/v1/workspaces/{id}/fs"),
+    ("get", "/v1/workspaces/{id}/fs/read"),
+    ("post", "/v1/workspaces/{id}/fs/write"),
+    ("post", "/v1/workspaces/{id}/fs/upload"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
@@ -1121,6 +1711,9 @@ async fn openapi_lists_every_route() {
         "ErrorBody",
         "ExecDoneEvent",
         "FileStat",
+        "WorkspaceInfo",
+        "WorkspaceList",
+        "CreateWorkspaceRequest",
     ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),

@@ -7,6 +7,7 @@
 
 use sandkasten_engine as engine;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 use utoipa::{IntoParams, ToSchema};
@@ -409,6 +410,68 @@ pub(crate) struct RemoveRequest {
     pub recursive: Option<bool>,
 }
 
+// ---------------------------------------------------------------- workspaces
+
+/// `POST /v1/workspaces`: an `id`, optionally a quota (in bytes or in MiB,
+/// not both) and labels.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct CreateWorkspaceRequest {
+    /// 1–64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+    #[schema(example = "user123-project456")]
+    pub id: String,
+    /// Size limit in bytes, at least 1; none of its own when absent.
+    #[schema(example = 1_073_741_824_u64)]
+    pub quota_bytes: Option<u64>,
+    /// Size limit in MiB (1048576 bytes), instead of `quota_bytes`.
+    #[schema(example = 1024)]
+    pub quota_mb: Option<u64>,
+    /// At most 64; keys 1–63 characters of `[A-Za-z0-9._/-]`, values at
+    /// most 256 characters.
+    #[schema(example = json!({"team": "ml", "project": "demo"}))]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A persistent workspace.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkspaceInfo {
+    #[schema(example = "user123-project456")]
+    pub id: String,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime, example = "2026-02-08T10:00:00.123Z")]
+    pub created_at: String,
+    /// When a session last mounted it (RFC 3339, UTC); `null` if none has.
+    #[schema(required = true, format = DateTime, example = "2026-02-08T10:30:00.123Z")]
+    pub last_used_at: Option<String>,
+    /// Bytes of the files in it.
+    pub size_bytes: u64,
+    /// Its size limit; `null` when it has none of its own.
+    #[schema(required = true)]
+    pub quota_bytes: Option<u64>,
+    /// True while a running session has it mounted.
+    pub in_use: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<engine::WorkspaceInfo> for WorkspaceInfo {
+    fn from(w: engine::WorkspaceInfo) -> Self {
+        WorkspaceInfo {
+            id: w.id,
+            created_at: rfc3339(w.created_at),
+            last_used_at: w.last_used_at.map(rfc3339),
+            size_bytes: w.size_bytes,
+            quota_bytes: w.quota_bytes,
+            in_use: w.in_use,
+            labels: w.labels,
+        }
+    }
+}
+
+/// `{"workspaces": [...]}` of `GET /v1/workspaces`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WorkspaceList {
+    pub workspaces: Vec<WorkspaceInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +529,37 @@ mod tests {
             assert_eq!(v["workspace_id"], "ws-1");
             assert_eq!(v["acquire_source"], "cold");
         }
+    }
+
+    #[test]
+    fn workspace_info_has_exactly_the_contract_fields() {
+        let w = engine::WorkspaceInfo {
+            id: "ws-1".into(),
+            created_at: datetime!(2026-02-08 10:00:00.123456 +01:00),
+            last_used_at: None,
+            size_bytes: 42,
+            quota_bytes: None,
+            in_use: false,
+            labels: BTreeMap::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(WorkspaceInfo::from(w.clone())).unwrap(),
+            json!({"id": "ws-1", "created_at": "2026-02-08T09:00:00.123Z",
+                   "last_used_at": null, "size_bytes": 42, "quota_bytes": null,
+                   "in_use": false, "labels": {}})
+        );
+        let w = engine::WorkspaceInfo {
+            last_used_at: Some(datetime!(2026-02-08 10:30:00 UTC)),
+            quota_bytes: Some(1 << 20),
+            in_use: true,
+            labels: [("team".to_owned(), "ml".to_owned())].into(),
+            ..w
+        };
+        let v = serde_json::to_value(WorkspaceInfo::from(w)).unwrap();
+        assert_eq!(v["last_used_at"], "2026-02-08T10:30:00Z");
+        assert_eq!(v["quota_bytes"], 1 << 20);
+        assert_eq!(v["in_use"], true);
+        assert_eq!(v["labels"], json!({"team": "ml"}));
     }
 
     #[test]

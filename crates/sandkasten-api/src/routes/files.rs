@@ -1,8 +1,14 @@
 //! `/v1/sessions/{id}/fs/*`: write, read, upload, and the extensions list,
 //! stat, mkdir and remove. Paths are paths inside the sandbox; the engine
 //! resolves relative ones against `/workspace`.
+//!
+//! Write, read, upload and list also exist without a session, on a
+//! workspace (`routes::workspaces`). Both sets of handlers share the
+//! validation and conversion here and differ only in the [`FileScope`]
+//! they pass, which picks the engine method.
 
 use super::ApiResult;
+use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::extract::{body_error, ApiJson, ApiMultipart, ApiPath, ApiQuery};
 use crate::wire::{
@@ -13,15 +19,65 @@ use crate::wire::{
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartError;
-use axum::extract::State;
+use axum::extract::{Multipart, State};
 use axum::Json;
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use sandkasten_engine::{self as engine, EngineError};
 
-/// Where uploads go when the form names no directory.
-const DEFAULT_UPLOAD_DIR: &str = "/workspace";
+/// The directory an upload goes to and a listing shows when the request
+/// names none. In a session it is the sandbox's `/workspace`; the engine
+/// reads it as the workspace's root in a workspace scope too.
+const DEFAULT_DIR: &str = "/workspace";
+
+/// Whose files a request touches: a session's sandbox, or a persistent
+/// workspace without any session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FileScope<'a> {
+    /// Paths inside the session's sandbox.
+    Session(&'a str),
+    /// Paths inside the workspace (`a`, `/a` and `/workspace/a` alike).
+    Workspace(&'a str),
+}
+
+impl FileScope<'_> {
+    async fn write(
+        self,
+        backend: &dyn Backend,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<String, EngineError> {
+        match self {
+            FileScope::Session(id) => backend.write_file(id, path, data).await,
+            FileScope::Workspace(id) => backend.workspace_write_file(id, path, data).await,
+        }
+    }
+
+    async fn read(
+        self,
+        backend: &dyn Backend,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<engine::FileContent, EngineError> {
+        match self {
+            FileScope::Session(id) => backend.read_file(id, path, max_bytes).await,
+            FileScope::Workspace(id) => backend.workspace_read_file(id, path, max_bytes).await,
+        }
+    }
+
+    async fn list(
+        self,
+        backend: &dyn Backend,
+        path: &str,
+    ) -> Result<Vec<engine::DirEntry>, EngineError> {
+        match self {
+            FileScope::Session(id) => backend.list_dir(id, path).await,
+            FileScope::Workspace(id) => backend.workspace_list_dir(id, path).await,
+        }
+    }
+}
 
 /// Standard base64 that accepts input with or without padding.
 const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -73,6 +129,15 @@ pub(crate) async fn write_file(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<WriteFileRequest>,
 ) -> ApiResult<Json<OkResponse>> {
+    write_in(&state, FileScope::Session(&id), req).await
+}
+
+/// Validates a write and writes the whole file in `scope`.
+pub(crate) async fn write_in(
+    state: &AppState,
+    scope: FileScope<'_>,
+    req: WriteFileRequest,
+) -> ApiResult<Json<OkResponse>> {
     check_path(&req.path)?;
     let data = match (req.text, req.content_base64) {
         (Some(text), None) => text.into_bytes(),
@@ -88,7 +153,7 @@ pub(crate) async fn write_file(
             ))
         }
     };
-    state.backend.write_file(&id, &req.path, data).await?;
+    scope.write(&*state.backend, &req.path, data).await?;
     Ok(Json(OkResponse::TRUE))
 }
 
@@ -111,10 +176,19 @@ pub(crate) async fn read_file(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReadFileQuery>,
 ) -> ApiResult<Json<FileContent>> {
+    read_in(&state, FileScope::Session(&id), q).await
+}
+
+/// Validates a read and reads the file in `scope`.
+pub(crate) async fn read_in(
+    state: &AppState,
+    scope: FileScope<'_>,
+    q: ReadFileQuery,
+) -> ApiResult<Json<FileContent>> {
     check_path(&q.path)?;
     // v1 clients send `max_bytes=0` to mean "no limit of my own".
     let max_bytes = q.max_bytes.filter(|&n| n > 0);
-    let content = state.backend.read_file(&id, &q.path, max_bytes).await?;
+    let content = scope.read(&*state.backend, &q.path, max_bytes).await?;
     Ok(Json(FileContent {
         path: content.path,
         content_base64: STANDARD.encode(&content.data),
@@ -170,7 +244,16 @@ fn multipart_error(e: MultipartError, limit: usize) -> ApiError {
 pub(crate) async fn upload(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    ApiMultipart(mut form): ApiMultipart,
+    ApiMultipart(form): ApiMultipart,
+) -> ApiResult<Json<UploadResult>> {
+    upload_in(&state, FileScope::Session(&id), form).await
+}
+
+/// Reads an upload form and writes its files in `scope`.
+pub(crate) async fn upload_in(
+    state: &AppState,
+    scope: FileScope<'_>,
+    mut form: Multipart,
 ) -> ApiResult<Json<UploadResult>> {
     let limit = state.max_body_bytes;
     let mut dir: Option<String> = None;
@@ -212,12 +295,12 @@ pub(crate) async fn upload(
     }
     let dir = dir
         .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| DEFAULT_UPLOAD_DIR.to_owned());
+        .unwrap_or_else(|| DEFAULT_DIR.to_owned());
     check_path(&dir)?;
     let mut paths = Vec::with_capacity(files.len());
     for (name, data) in files {
         let target = upload_target(&dir, &name);
-        paths.push(state.backend.write_file(&id, &target, data.into()).await?);
+        paths.push(scope.write(&*state.backend, &target, data.into()).await?);
     }
     Ok(Json(UploadResult { ok: true, paths }))
 }
@@ -241,9 +324,18 @@ pub(crate) async fn list_dir(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<DirListing>> {
-    let path = q.path.unwrap_or_else(|| DEFAULT_UPLOAD_DIR.to_owned());
+    list_in(&state, FileScope::Session(&id), q).await
+}
+
+/// Lists a directory in `scope`; the default directory when none is named.
+pub(crate) async fn list_in(
+    state: &AppState,
+    scope: FileScope<'_>,
+    q: ListQuery,
+) -> ApiResult<Json<DirListing>> {
+    let path = q.path.unwrap_or_else(|| DEFAULT_DIR.to_owned());
     check_path(&path)?;
-    let entries = state.backend.list_dir(&id, &path).await?;
+    let entries = scope.list(&*state.backend, &path).await?;
     Ok(Json(DirListing {
         path,
         entries: entries.into_iter().map(DirEntry::from).collect(),

@@ -5,6 +5,7 @@ pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod sessions;
 pub(crate) mod system;
+pub(crate) mod workspaces;
 
 use crate::error::ApiError;
 use axum::http::{Method, Uri};

@@ -1,0 +1,350 @@
+//! `/v1/workspaces`: list, create, get and delete persistent workspaces, and
+//! read and write their files without a session (`fs`, `fs/read`,
+//! `fs/write`, `fs/upload`). The file routes share their validation with
+//! the session routes through [`FileScope`]; their paths are inside the
+//! workspace (`a`, `/a` and `/workspace/a` name the same file).
+//!
+//! The `{id}` of every route is checked by [`WorkspaceId`] before the engine
+//! sees it. With workspaces disabled the engine answers every route with
+//! `WORKSPACE_DISABLED`.
+
+use super::files::{self, FileScope};
+use super::ApiResult;
+use crate::error::ApiError;
+use crate::extract::{check_workspace_id, ApiJson, ApiMultipart, ApiQuery, WorkspaceId};
+use crate::wire::{
+    CreateWorkspaceRequest, DirListing, ErrorBody, FileContent, ListQuery, OkResponse,
+    ReadFileQuery, UploadForm, UploadResult, WorkspaceInfo, WorkspaceList, WriteFileRequest,
+};
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use sandkasten_engine as engine;
+use std::collections::BTreeMap;
+
+/// Most labels one workspace may carry.
+const MAX_LABELS: usize = 64;
+/// Longest label key, in characters.
+const MAX_LABEL_KEY_CHARS: usize = 63;
+/// Longest label value, in characters.
+const MAX_LABEL_VALUE_CHARS: usize = 256;
+/// Bytes in the unit of `quota_mb` (MiB, as `mem_limit_mb` counts).
+const BYTES_PER_MB: u64 = 1024 * 1024;
+
+/// Turns a create request into the engine's: the id rule, one quota in
+/// bytes, bounded labels.
+fn validate_create(req: CreateWorkspaceRequest) -> ApiResult<engine::CreateWorkspace> {
+    check_workspace_id(&req.id)?;
+    let quota_bytes = match (req.quota_bytes, req.quota_mb) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "give either quota_bytes or quota_mb, not both".into(),
+            ))
+        }
+        (Some(bytes), None) => Some(bytes),
+        (None, Some(mb)) => Some(
+            mb.checked_mul(BYTES_PER_MB)
+                .ok_or_else(|| ApiError::InvalidRequest(format!("quota_mb {mb} is too large")))?,
+        ),
+        (None, None) => None,
+    };
+    if quota_bytes == Some(0) {
+        return Err(ApiError::InvalidRequest(
+            "the quota must be at least 1 byte; omit it for no quota of its own".into(),
+        ));
+    }
+    let labels = req.labels.unwrap_or_default();
+    check_labels(&labels)?;
+    Ok(engine::CreateWorkspace {
+        id: req.id,
+        quota_bytes,
+        labels,
+    })
+}
+
+/// At most [`MAX_LABELS`] labels; keys 1–63 characters of `[A-Za-z0-9._/-]`,
+/// values at most 256 characters.
+fn check_labels(labels: &BTreeMap<String, String>) -> ApiResult<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::InvalidRequest(format!(
+            "{} labels given; at most {MAX_LABELS} are allowed",
+            labels.len()
+        )));
+    }
+    for (key, value) in labels {
+        let key_ok = (1..=MAX_LABEL_KEY_CHARS).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
+        if !key_ok {
+            return Err(ApiError::InvalidRequest(format!(
+                "invalid label key {key:?}: use 1-{MAX_LABEL_KEY_CHARS} characters of \
+                 [A-Za-z0-9._/-]"
+            )));
+        }
+        if value.chars().count() > MAX_LABEL_VALUE_CHARS {
+            return Err(ApiError::InvalidRequest(format!(
+                "the value of label {key:?} is longer than {MAX_LABEL_VALUE_CHARS} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Lists every workspace, mounted or not.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces",
+    tag = "workspaces",
+    responses(
+        (status = 200, description = "Every workspace", body = WorkspaceList),
+        (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_workspaces(
+    State(state): State<AppState>,
+) -> ApiResult<Json<WorkspaceList>> {
+    let workspaces = state.backend.list_workspaces().await?;
+    Ok(Json(WorkspaceList {
+        workspaces: workspaces.into_iter().map(WorkspaceInfo::from).collect(),
+    }))
+}
+
+/// Creates an empty workspace ahead of its first session, optionally with a
+/// quota and labels (extension; a session's `workspace_id` also creates one).
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces",
+    tag = "workspaces",
+    request_body(content = CreateWorkspaceRequest, description = "`id`, and optionally `quota_bytes` or `quota_mb` (not both) and `labels`"),
+    responses(
+        (status = 201, description = "Workspace created", body = WorkspaceInfo),
+        (status = 400, description = "INVALID_WORKSPACE for a bad id, INVALID_REQUEST for a bad quota or labels", body = ErrorBody),
+        (status = 409, description = "ALREADY_EXISTS or WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_workspace(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateWorkspaceRequest>,
+) -> ApiResult<(StatusCode, Json<WorkspaceInfo>)> {
+    let info = state
+        .backend
+        .create_workspace(validate_create(req)?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(info.into())))
+}
+
+/// One workspace (extension).
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{id}",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "The workspace", body = WorkspaceInfo),
+        (status = 400, description = "INVALID_WORKSPACE", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_workspace(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+) -> ApiResult<Json<WorkspaceInfo>> {
+    Ok(Json(state.backend.get_workspace(&id).await?.into()))
+}
+
+/// Deletes a workspace and its files; refused while a running session has
+/// it mounted.
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{id}",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "Deleted", body = OkResponse),
+        (status = 400, description = "INVALID_WORKSPACE", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_IN_USE or WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_workspace(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+) -> ApiResult<Json<OkResponse>> {
+    state.backend.delete_workspace(&id).await?;
+    Ok(Json(OkResponse::TRUE))
+}
+
+/// Lists a directory of a workspace without a session.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{id}/fs",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id"), ListQuery),
+    responses(
+        (status = 200, description = "The entries", body = DirListing),
+        (status = 400, description = "INVALID_WORKSPACE, INVALID_REQUEST, or INVALID_PATH for a non-directory", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn workspace_list_dir(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<DirListing>> {
+    files::list_in(&state, FileScope::Workspace(&id), q).await
+}
+
+/// Reads a file of a workspace without a session.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{id}/fs/read",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id"), ReadFileQuery),
+    responses(
+        (status = 200, description = "The content; `path` is `/workspace/…`", body = FileContent),
+        (status = 400, description = "INVALID_WORKSPACE, INVALID_REQUEST, or INVALID_PATH for a directory", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn workspace_read_file(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+    ApiQuery(q): ApiQuery<ReadFileQuery>,
+) -> ApiResult<Json<FileContent>> {
+    files::read_in(&state, FileScope::Workspace(&id), q).await
+}
+
+/// Writes a whole file into a workspace without a session, creating
+/// missing parents.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{id}/fs/write",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body(content = WriteFileRequest, description = "`path` and exactly one of `text` and `content_base64`; empty content is allowed"),
+    responses(
+        (status = 200, description = "Written", body = OkResponse),
+        (status = 400, description = "INVALID_WORKSPACE, INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+    )
+)]
+pub(crate) async fn workspace_write_file(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+    ApiJson(req): ApiJson<WriteFileRequest>,
+) -> ApiResult<Json<OkResponse>> {
+    files::write_in(&state, FileScope::Workspace(&id), req).await
+}
+
+/// Uploads files into a workspace without a session, as
+/// `multipart/form-data` exactly like the session upload.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{id}/fs/upload",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Every file written; `paths` are `/workspace/…`", body = UploadResult),
+        (status = 400, description = "INVALID_WORKSPACE, INVALID_REQUEST, or INVALID_PATH for a bad filename or directory", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+    )
+)]
+pub(crate) async fn workspace_upload(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+    ApiMultipart(form): ApiMultipart,
+) -> ApiResult<Json<UploadResult>> {
+    files::upload_in(&state, FileScope::Workspace(&id), form).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(v: serde_json::Value) -> CreateWorkspaceRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn code(v: serde_json::Value) -> &'static str {
+        validate_create(request(v)).unwrap_err().status_and_code().1
+    }
+
+    #[test]
+    fn quotas_come_in_bytes_or_mib() {
+        let r = validate_create(request(serde_json::json!({"id": "w"}))).unwrap();
+        assert_eq!((r.id.as_str(), r.quota_bytes), ("w", None));
+        assert!(r.labels.is_empty());
+        let r = validate_create(request(serde_json::json!({"id": "w", "quota_bytes": 5}))).unwrap();
+        assert_eq!(r.quota_bytes, Some(5));
+        let r = validate_create(request(serde_json::json!({"id": "w", "quota_mb": 3}))).unwrap();
+        assert_eq!(r.quota_bytes, Some(3 * 1024 * 1024));
+        let r = validate_create(request(
+            serde_json::json!({"id": "w", "quota_bytes": null, "quota_mb": null, "labels": null}),
+        ))
+        .unwrap();
+        assert_eq!(r.quota_bytes, None);
+
+        let both = serde_json::json!({"id": "w", "quota_bytes": 1, "quota_mb": 1});
+        assert_eq!(code(both), "INVALID_REQUEST");
+        assert_eq!(
+            code(serde_json::json!({"id": "w", "quota_bytes": 0})),
+            "INVALID_REQUEST"
+        );
+        assert_eq!(
+            code(serde_json::json!({"id": "w", "quota_mb": 0})),
+            "INVALID_REQUEST"
+        );
+        assert_eq!(
+            code(serde_json::json!({"id": "w", "quota_mb": u64::MAX / 1024})),
+            "INVALID_REQUEST"
+        );
+    }
+
+    #[test]
+    fn ids_are_checked_first() {
+        assert_eq!(code(serde_json::json!({"id": ".x"})), "INVALID_WORKSPACE");
+        assert_eq!(code(serde_json::json!({"id": ""})), "INVALID_WORKSPACE");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        let key63 = "k".repeat(63);
+        let value256 = "ü".repeat(256);
+        let mut ok: BTreeMap<String, String> = (0..64)
+            .map(|i| (format!("key-{i}"), String::new()))
+            .collect();
+        assert!(check_labels(&ok).is_ok());
+        ok.clear();
+        ok.insert("app.kubernetes.io/name_x-1".into(), "v".into());
+        ok.insert(key63.clone(), value256.clone());
+        assert!(check_labels(&ok).is_ok());
+
+        let too_many: BTreeMap<String, String> = (0..65)
+            .map(|i| (format!("key-{i}"), String::new()))
+            .collect();
+        let key64 = "k".repeat(64);
+        let value257 = "v".repeat(257);
+        for labels in [
+            too_many,
+            [(String::new(), "v".to_owned())].into(),
+            [(key64, "v".to_owned())].into(),
+            [("a b".to_owned(), "v".to_owned())].into(),
+            [("ä".to_owned(), "v".to_owned())].into(),
+            [("a:b".to_owned(), "v".to_owned())].into(),
+            [("k".to_owned(), value257)].into(),
+        ] {
+            let e = check_labels(&labels).unwrap_err();
+            assert_eq!(e.status_and_code().1, "INVALID_REQUEST", "{labels:?}");
+        }
+    }
+}
