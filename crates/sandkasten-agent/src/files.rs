@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(st.path, "/proc/self");
         // Magic links are not followed.
         let e = f.read_file("/proc/self/root/proc/self/status", None);
-        assert_eq!(e.unwrap_err().kind, ErrorKind::Io);
+        assert_eq!(e.unwrap_err().kind, ErrorKind::InvalidPath);
     }
 
     #[test]
@@ -127,6 +127,8 @@ mod tests {
         let e = FsError::from_io(std::io::Error::from_raw_os_error(libc::EROFS), "/y");
         assert_eq!(e.kind, ErrorKind::PermissionDenied);
         let e = FsError::from_io(std::io::Error::from_raw_os_error(libc::ELOOP), "/z");
+        assert_eq!(e.kind, ErrorKind::InvalidPath);
+        let e = FsError::from_io(std::io::Error::from_raw_os_error(libc::EIO), "/z");
         assert_eq!(e.kind, ErrorKind::Io);
     }
 }

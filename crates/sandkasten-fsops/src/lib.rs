@@ -78,6 +78,7 @@ impl FsError {
     }
 
     /// Maps an OS error on `path` to its typed kind, naming the path.
+    /// ELOOP (a symlink loop, or a refused magic link) is `InvalidPath`.
     pub fn from_io(e: io::Error, path: &str) -> FsError {
         let kind = match e.raw_os_error() {
             Some(libc::ENOENT) => ErrorKind::NotFound,
@@ -86,6 +87,8 @@ impl FsError {
             Some(libc::EACCES | libc::EPERM | libc::EROFS) => ErrorKind::PermissionDenied,
             Some(libc::EEXIST) => ErrorKind::AlreadyExists,
             Some(libc::ENOTEMPTY) => ErrorKind::DirectoryNotEmpty,
+            // A property of the path the client gave, like a missing file.
+            Some(libc::ELOOP) => ErrorKind::InvalidPath,
             _ => ErrorKind::Io,
         };
         let note = if e.raw_os_error() == Some(libc::ELOOP) {

@@ -151,6 +151,8 @@ fn read_errors() {
     // SAFETY: valid C string.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
     assert_eq!(kind(f.fs.read_file("/fifo", None)), ErrorKind::InvalidPath);
+    symlink("loop", f.root.join("loop")).unwrap();
+    assert_eq!(kind(f.fs.read_file("/loop", None)), ErrorKind::InvalidPath);
     let e = f.fs.read_file("/missing", None).unwrap_err();
     assert!(e.message.starts_with("/missing: "), "{}", e.message);
     let e = f.fs.read_file("rel/missing", None).unwrap_err();
@@ -530,7 +532,7 @@ fn errors_map_to_kinds_and_name_the_path() {
         (libc::EROFS, ErrorKind::PermissionDenied),
         (libc::EEXIST, ErrorKind::AlreadyExists),
         (libc::ENOTEMPTY, ErrorKind::DirectoryNotEmpty),
-        (libc::ELOOP, ErrorKind::Io),
+        (libc::ELOOP, ErrorKind::InvalidPath),
         (libc::EIO, ErrorKind::Io),
     ];
     for (errno, want) in cases {
@@ -669,7 +671,7 @@ fn magic_links_are_refused() {
     symlink("/proc/self/root", f.root.join("magic")).unwrap();
     let via_link = format!("{}/magic/etc/hostname", s(&f.root));
     let e = fs.read_file(&via_link, None).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Io, "{}", e.message);
+    assert_eq!(e.kind, ErrorKind::InvalidPath, "{}", e.message);
     assert!(e.message.contains("magic link"), "{}", e.message);
     for p in [
         "/proc/self/root/etc/hostname",
@@ -677,13 +679,13 @@ fn magic_links_are_refused() {
         "/proc/thread-self/root/proc/self/status",
         "/proc/self/fd/0",
     ] {
-        assert_eq!(kind(fs.read_file(p, None)), ErrorKind::Io, "{p}");
+        assert_eq!(kind(fs.read_file(p, None)), ErrorKind::InvalidPath, "{p}");
     }
     assert_eq!(
         kind(fs.write_file(&format!("{via_link}.new"), b"x", None)),
-        ErrorKind::Io
+        ErrorKind::InvalidPath
     );
-    assert_eq!(kind(fs.list_dir("/proc/self/root")), ErrorKind::Io);
+    assert_eq!(kind(fs.list_dir("/proc/self/root")), ErrorKind::InvalidPath);
     // stat shows a final magic link as the link it is.
     let st = fs.stat("/proc/self/root").unwrap();
     assert_eq!(st.file_type, FileType::Symlink);
@@ -692,7 +694,7 @@ fn magic_links_are_refused() {
     // A root with magic links right in it.
     let fs = RootedFs::open(Path::new("/proc/self"), None).unwrap();
     for p in ["/root/etc/hostname", "/cwd", "/exe", "root"] {
-        assert_eq!(kind(fs.read_file(p, None)), ErrorKind::Io, "{p}");
+        assert_eq!(kind(fs.read_file(p, None)), ErrorKind::InvalidPath, "{p}");
     }
     assert!(fs
         .read_file("/status", None)
