@@ -32,23 +32,118 @@ pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
     remove_on_device(dir, meta.dev())
 }
 
+/// Iterative, fd-relative deletion: constant stack and file descriptors
+/// however deep the tree (a sandbox can build one 100000 levels deep), no
+/// path ever longer than one name, symlinks never followed, and no descent
+/// into a directory on another filesystem.
 fn remove_on_device(dir: &Path, dev: u64) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            if meta.dev() != dev {
-                return Err(std::io::Error::other(format!(
-                    "refusing to cross into another filesystem at {}",
-                    path.display()
-                )));
-            }
-            remove_on_device(&path, dev)?;
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let cerr = |r: libc::c_int| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
         } else {
-            std::fs::remove_file(&path)?;
+            Ok(r)
+        }
+    };
+    let open_dir = |at: libc::c_int, name: &std::ffi::CStr| -> std::io::Result<OwnedFd> {
+        // SAFETY: openat with a valid fd and NUL-terminated name.
+        let fd = cerr(unsafe {
+            libc::openat(
+                at,
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: a fresh fd we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    // Unlinks every non-directory in `fd`; returns the first subdirectory.
+    let scan = |fd: &OwnedFd| -> std::io::Result<Option<CString>> {
+        // SAFETY: dup of an fd we own; fdopendir takes the duplicate.
+        let dup = cerr(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        // SAFETY: dup is a directory fd we own.
+        let dirp = unsafe { libc::fdopendir(dup) };
+        if dirp.is_null() {
+            // SAFETY: closing the fd fdopendir did not take.
+            unsafe { libc::close(dup) };
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sub = None;
+        let mut result = Ok(());
+        loop {
+            // SAFETY: dirp is a valid DIR*.
+            let ent = unsafe { libc::readdir(dirp) };
+            if ent.is_null() {
+                break;
+            }
+            // SAFETY: readdir returned a valid dirent.
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_owned();
+            if name.as_bytes() == b"." || name.as_bytes() == b".." {
+                continue;
+            }
+            // SAFETY: fstatat into a zeroed stat.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe {
+                libc::fstatat(
+                    fd.as_raw_fd(),
+                    name.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            } < 0
+            {
+                result = Err(std::io::Error::last_os_error());
+                break;
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                if st.st_dev != dev {
+                    result = Err(std::io::Error::other(
+                        "refusing to cross into another filesystem",
+                    ));
+                    break;
+                }
+                if sub.is_none() {
+                    sub = Some(name);
+                }
+            // SAFETY: unlinkat of a non-directory entry of fd.
+            } else if unsafe { libc::unlinkat(fd.as_raw_fd(), name.as_ptr(), 0) } < 0 {
+                result = Err(std::io::Error::last_os_error());
+                break;
+            }
+        }
+        // SAFETY: closing the DIR* we opened.
+        unsafe { libc::closedir(dirp) };
+        result.map(|()| sub)
+    };
+
+    let root = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut cur = open_dir(libc::AT_FDCWD, &root)?;
+    let mut names: Vec<CString> = Vec::new();
+    let dotdot = CString::new("..").unwrap();
+    loop {
+        match scan(&cur)? {
+            Some(name) => {
+                let next = open_dir(cur.as_raw_fd(), &name)?;
+                names.push(name);
+                cur = next;
+            }
+            None => match names.pop() {
+                None => break,
+                Some(name) => {
+                    let parent = open_dir(cur.as_raw_fd(), &dotdot)?;
+                    // SAFETY: removing the now empty directory `name` of parent.
+                    cerr(unsafe {
+                        libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR)
+                    })?;
+                    cur = parent;
+                }
+            },
         }
     }
+    drop(cur);
     std::fs::remove_dir(dir)
 }
 
@@ -106,6 +201,40 @@ mod tests {
         assert!(!t.exists());
         assert!(outside.path().join("keep").exists());
         remove_tree(&t).unwrap();
+    }
+
+    #[test]
+    fn removes_trees_deeper_than_path_max_with_a_small_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("deep");
+        std::fs::create_dir(&t).unwrap();
+        // 3000 levels of a 10-byte name: 33 KB of path, far past PATH_MAX.
+        let root = std::fs::File::open(&t).unwrap();
+        let mut fd = std::os::fd::OwnedFd::from(root);
+        for _ in 0..3000 {
+            let name = std::ffi::CString::new("abcdefghij").unwrap();
+            use std::os::fd::{AsRawFd, FromRawFd};
+            // SAFETY: mkdirat/openat on fds we own.
+            unsafe {
+                assert_eq!(libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o755), 0);
+                let n = libc::openat(
+                    fd.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                );
+                assert!(n >= 0);
+                fd = std::os::fd::OwnedFd::from_raw_fd(n);
+            }
+        }
+        drop(fd);
+        // A small stack proves the deletion does not recurse.
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || remove_tree(&t).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

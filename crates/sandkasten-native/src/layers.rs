@@ -247,11 +247,20 @@ impl ImageStore {
         let etc = top.join("etc");
         std::fs::create_dir_all(&etc).map_err(io("creating top layer"))?;
         // The image's own passwd/group (topmost layer that has them).
+        // Read only regular files reached without any symlink: a layer's
+        // `etc/passwd` may be a symlink to a host file.
         let find = |rel: &str| -> String {
             m.layers
                 .iter()
                 .rev()
-                .find_map(|d| std::fs::read_to_string(self.layers.join(d).join(rel)).ok())
+                .find_map(|d| {
+                    let layer = self.layers.join(d);
+                    let meta = std::fs::symlink_metadata(layer.join(rel)).ok()?;
+                    if !meta.is_file() || !free_of_symlinks(&layer, Path::new(rel)) {
+                        return None;
+                    }
+                    std::fs::read_to_string(layer.join(rel)).ok()
+                })
                 .unwrap_or_default()
         };
         let mut passwd = find("etc/passwd");
@@ -303,6 +312,21 @@ impl ImageStore {
         }
         Ok(())
     }
+}
+
+/// True when no component of `rel` below `base` is a symlink (missing
+/// components are fine: they are created as directories).
+fn free_of_symlinks(base: &Path, rel: &Path) -> bool {
+    let mut p = base.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return false,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// Reads one regular file out of a tar archive.
@@ -385,7 +409,17 @@ pub fn extract_layer(reader: impl Read, dest: &Path, ids: &IdRange) -> Result<()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if let Some(hidden) = file_name.strip_prefix(".wh.") {
-            let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
+            // A whiteout is created by path, so no directory on the way may
+            // be a symlink an earlier entry planted (it could point at the
+            // host).
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
+            if !free_of_symlinks(dest, parent_rel) {
+                return Err(invalid(format!(
+                    "whiteout below a symlink: {}",
+                    rel.display()
+                )));
+            }
+            let parent = dest.join(parent_rel);
             std::fs::create_dir_all(&parent).map_err(io("creating whiteout parent"))?;
             if hidden == ".wh..opq" {
                 set_opaque(&parent).map_err(io(format!("marking {} opaque", parent.display())))?;
@@ -464,6 +498,32 @@ mod tests {
         let w = std::fs::symlink_metadata(dir.path().join("usr/gone")).unwrap();
         assert!(w.file_type().is_char_device());
         assert_eq!(w.rdev(), 0);
+    }
+
+    #[test]
+    fn whiteouts_below_a_planted_symlink_are_refused() {
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::write(victim.path().join("target"), "keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_link_name(victim.path()).unwrap();
+        h.set_cksum();
+        b.append_data(&mut h, "x", &[][..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "x/.wh.target", &[][..]).unwrap();
+        let data = b.into_inner().unwrap();
+        assert!(extract_layer(&data[..], dir.path(), &IdRange::default()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(victim.path().join("target")).unwrap(),
+            "keep"
+        );
     }
 
     #[test]

@@ -248,6 +248,9 @@ impl NativeRuntime {
         let mut child = tokio::process::Command::new(&self.cfg.agent_binary)
             .arg0("sandkasten-agent")
             .arg("init")
+            // The daemon's environment (its API key among it) stays out of
+            // the sandbox's PID 1; the shell's environment is in the spec.
+            .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -363,7 +366,11 @@ impl Runtime for NativeRuntime {
         }
         self.cgroups.remove(&handle.id).await?;
         let dir = self.session_dir(&handle.id);
-        remove_tree(&dir).map_err(io(format!("removing {}", dir.display())))?;
+        let what = format!("removing {}", dir.display());
+        tokio::task::spawn_blocking(move || remove_tree(&dir))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("delete task failed: {e}")))?
+            .map_err(io(what))?;
         Ok(())
     }
 
@@ -424,12 +431,19 @@ impl Runtime for NativeRuntime {
             .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))
     }
 
-    async fn workspace_file(&self, _id: &str, _req: Request) -> Result<Response, RuntimeError> {
-        // FSOPS-PENDING: rooted file ops land with the sandkasten-fsops crate.
-        Err(RuntimeError::Unsupported(
-            "session-less workspace files".into(),
-            "native",
-        ))
+    async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
+        let dir = self.workspace_dir(id);
+        let user = self.ids.host_user;
+        tokio::task::spawn_blocking(move || {
+            // Every path resolves strictly inside the workspace (openat2
+            // RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
+            let fs = sandkasten_fsops::RootedFs::open(&dir, Some((user, user)))
+                .map_err(io(format!("opening workspace {}", dir.display())))?;
+            fs.handle(&req)
+                .ok_or_else(|| RuntimeError::Other("not a file request".into()))
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(format!("file task failed: {e}")))?
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

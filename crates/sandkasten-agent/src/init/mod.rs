@@ -66,6 +66,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 fn launch() -> Result<LaunchReport, String> {
+    // Nothing the daemon's own parent left open may reach the sandbox: the
+    // sandbox init is a fork of this process and never execs.
+    // SAFETY: close_range on fds this process does not use.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
@@ -94,6 +98,20 @@ fn launch() -> Result<LaunchReport, String> {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET;
+    // The user namespace is created with the sandbox root's host uid as
+    // effective uid, so the kernel's per-user budgets (inotify instances,
+    // message queues, pipe buffers...) that the sandbox uses are charged to
+    // that uid, not to host root: a sandbox cannot exhaust host root's.
+    let sandbox_root = spec
+        .uid_map
+        .iter()
+        .find(|m| m.inside == 0)
+        .map(|m| m.outside)
+        .unwrap_or(0);
+    // SAFETY: plain set*id syscalls; the saved uid stays 0 to switch back.
+    if unsafe { libc::setresuid(u32::MAX, sandbox_root, 0) } != 0 {
+        return Err(os_err("switching to the sandbox root's uid"));
+    }
     // SAFETY: a raw clone without a new stack behaves like fork(); this
     // process is single-threaded, so the child may run arbitrary code.
     let pid = unsafe {
@@ -113,6 +131,11 @@ fn launch() -> Result<LaunchReport, String> {
         drop(go_wr);
         drop(ready_rd);
         child(spec, listener, go_rd, ready_wr);
+    }
+    // Back to root (the saved uid) to write the maps and join cgroups.
+    // SAFETY: plain set*id syscall.
+    if unsafe { libc::setresuid(u32::MAX, 0, 0) } != 0 {
+        return Err(os_err("switching back to root"));
     }
     let pid = pid as i32;
     drop(go_rd);

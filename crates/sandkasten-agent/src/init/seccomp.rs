@@ -66,6 +66,14 @@ pub const DENIED: &[(i64, &str)] = &[
     (libc::SYS_fanotify_init, "fanotify_init"),
 ];
 
+/// Socket families a sandbox may open; any other gets EAFNOSUPPORT.
+pub const ALLOWED_SOCKET_FAMILIES: &[(i32, &str)] = &[
+    (libc::AF_UNIX, "AF_UNIX"),
+    (libc::AF_INET, "AF_INET"),
+    (libc::AF_INET6, "AF_INET6"),
+    (libc::AF_NETLINK, "AF_NETLINK"),
+];
+
 /// Namespace-creating flags refused in `clone` and `unshare`.
 pub const NAMESPACE_FLAGS: &[(u64, &str)] = &[
     (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
@@ -105,8 +113,9 @@ fn flag_rules() -> Result<Vec<SeccompRule>, String> {
         .collect()
 }
 
-/// Builds the two filters: EPERM for the deny list and namespace flags,
-/// ENOSYS for `clone3` (its flags live in memory seccomp cannot inspect;
+/// Builds the filters: EPERM for the deny list and namespace flags,
+/// EAFNOSUPPORT for socket families outside the allowed set, ENOSYS for
+/// `clone3` (its flags live in memory seccomp cannot inspect;
 /// libc falls back to `clone`, whose flags the first filter checks).
 pub fn filters() -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -117,6 +126,31 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .map_err(|e| e.to_string())?;
+    // Only the socket families a sandbox needs: AF_VSOCK, for one, would
+    // reach past the network namespace to the hypervisor's port space.
+    let other_family = || -> Result<SeccompRule, String> {
+        let conds = ALLOWED_SOCKET_FAMILIES
+            .iter()
+            .map(|(af, _)| {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *af as u64)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        SeccompRule::new(conds).map_err(|e| e.to_string())
+    };
+    let sockets: BTreeMap<i64, Vec<SeccompRule>> = [
+        (libc::SYS_socket, vec![other_family()?]),
+        (libc::SYS_socketpair, vec![other_family()?]),
+    ]
+    .into_iter()
+    .collect();
+    let eafnosupport = SeccompFilter::new(
+        sockets,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
         arch(),
     )
     .map_err(|e| e.to_string())?;
@@ -131,6 +165,7 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
     .map_err(|e| e.to_string())?;
     Ok(vec![
         BpfProgram::try_from(eperm).map_err(|e| e.to_string())?,
+        BpfProgram::try_from(eafnosupport).map_err(|e| e.to_string())?,
         BpfProgram::try_from(enosys).map_err(|e| e.to_string())?,
     ])
 }
@@ -150,7 +185,7 @@ mod tests {
     #[test]
     fn filters_compile() {
         let f = filters().unwrap();
-        assert_eq!(f.len(), 2);
+        assert_eq!(f.len(), 3);
         assert!(f.iter().all(|p| !p.is_empty()));
     }
 }

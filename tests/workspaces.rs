@@ -1,0 +1,316 @@
+//! Persistent workspaces through HTTP: the seed's agent pattern, the
+//! workspace API, session-less file access and its confinement, restarts.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::os::unix::fs::MetadataExt;
+
+fn ws_get(d: &Daemon, id: &str) -> Resp {
+    d.get(&format!("/v1/workspaces/{id}"))
+}
+
+fn ws_read(d: &Daemon, ws: &str, path: &str) -> Resp {
+    d.send(
+        d.request(
+            reqwest::Method::GET,
+            &format!("/v1/workspaces/{ws}/fs/read"),
+        )
+        .query(&[("path", path)]),
+    )
+}
+
+fn ws_write(d: &Daemon, ws: &str, path: &str, text: &str) -> Resp {
+    d.post(
+        &format!("/v1/workspaces/{ws}/fs/write"),
+        &json!({"path": path, "text": text}),
+    )
+}
+
+fn listed(d: &Daemon) -> Vec<Value> {
+    let v = d.get("/v1/workspaces").expect(200, "list workspaces");
+    v["workspaces"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn the_seeds_agent_pattern_works_verbatim() {
+    let d = Daemon::start(None);
+    let workspace_id = "user123-coding";
+    // First session
+    let s1 = d.create_session(json!({"workspace_id": workspace_id}));
+    assert_eq!(s1["workspace_id"], workspace_id);
+    let id1 = s1["id"].as_str().unwrap().to_string();
+    d.write_text(&id1, "project.py", "print('hello')");
+    d.delete(&id1);
+    // Later session - files still there!
+    let s2 = d.create_session(json!({"workspace_id": workspace_id}));
+    let id2 = s2["id"].as_str().unwrap().to_string();
+    assert_eq!(d.read(&id2, "project.py"), b"print('hello')");
+    assert_eq!(d.sh(&id2, "python3 project.py"), "hello\n");
+    d.delete(&id2);
+    // An ephemeral session does not see it and leaves nothing behind.
+    let e = d.new_session();
+    assert_eq!(d.sh(&e, "ls -A /workspace | wc -l"), "0\n");
+    d.delete(&e);
+}
+
+#[test]
+fn list_get_and_delete_follow_the_contract() {
+    let d = Daemon::start(None);
+    let id = d.create_session(json!({"workspace_id": "ws-a"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.write(&id, "data.bin", &[7u8; 1000]);
+    let all = listed(&d);
+    let w = all
+        .iter()
+        .find(|w| w["id"] == "ws-a")
+        .unwrap_or_else(|| panic!("ws-a not listed: {all:?}"));
+    assert_eq!(w["in_use"], true, "{w}");
+    assert!(w["size_bytes"].as_u64().unwrap() >= 1000, "{w}");
+    assert!(w["created_at"].as_str().is_some(), "{w}");
+    assert!(w["last_used_at"].as_str().is_some(), "{w}");
+    assert!(w["labels"].is_object(), "{w}");
+
+    d.del("/v1/workspaces/ws-a")
+        .assert_error(409, "WORKSPACE_IN_USE", "delete while mounted");
+    assert_eq!(
+        d.read(&id, "data.bin"),
+        vec![7u8; 1000],
+        "a refused delete must not touch the files"
+    );
+    d.delete(&id);
+    let w = ws_get(&d, "ws-a").expect(200, "get workspace");
+    assert_eq!(w["in_use"], false, "{w}");
+    let v = d
+        .del("/v1/workspaces/ws-a")
+        .expect(200, "delete unused workspace");
+    assert_eq!(v["ok"], true);
+    ws_get(&d, "ws-a").assert_error(404, "WORKSPACE_NOT_FOUND", "deleted workspace");
+    d.del("/v1/workspaces/ws-a")
+        .assert_error(404, "WORKSPACE_NOT_FOUND", "delete twice");
+    assert!(
+        !d.home.data.join("workspaces/ws-a").exists(),
+        "files of a deleted workspace remain"
+    );
+    // A new session with the same id starts empty.
+    let id = d.create_session(json!({"workspace_id": "ws-a"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(d.sh(&id, "ls -A /workspace | wc -l"), "0\n");
+    d.delete(&id);
+}
+
+#[test]
+fn explicit_create_with_labels_and_conflicts() {
+    let d = Daemon::start(None);
+    let r = d.post(
+        "/v1/workspaces",
+        &json!({"id": "made", "labels": {"team": "x"}}),
+    );
+    let w = r.expect(201, "create workspace");
+    assert_eq!(w["id"], "made");
+    assert_eq!(w["labels"]["team"], "x");
+    assert_eq!(w["in_use"], false);
+    d.post("/v1/workspaces", &json!({"id": "made"}))
+        .assert_error(409, "ALREADY_EXISTS", "duplicate create");
+    d.post("/v1/workspaces", &json!({"id": ".bad"}))
+        .assert_error(400, "INVALID_WORKSPACE", "bad id");
+    ws_get(&d, "nope").assert_error(404, "WORKSPACE_NOT_FOUND", "unknown workspace");
+    // A session mounts the explicitly created workspace.
+    let id = d.create_session(json!({"workspace_id": "made"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(d.sh(&id, "stat -c %u /workspace"), "1000\n");
+    d.delete(&id);
+}
+
+#[test]
+fn two_sessions_share_one_workspace_live() {
+    let d = Daemon::start(None);
+    let a = d.create_session(json!({"workspace_id": "shared"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = d.create_session(json!({"workspace_id": "shared"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(&a, "echo from-a > note.txt");
+    assert_eq!(d.sh(&b, "cat note.txt"), "from-a\n");
+    d.delete(&a);
+    d.del("/v1/workspaces/shared")
+        .assert_error(409, "WORKSPACE_IN_USE", "still mounted by b");
+    d.delete(&b);
+}
+
+#[test]
+fn session_less_files_round_trip_and_belong_to_the_sandbox_user() {
+    let d = Daemon::start(None);
+    d.post("/v1/workspaces", &json!({"id": "files"}))
+        .expect(201, "create");
+    ws_write(&d, "files", "dir/sub/a.txt", "hello").expect(200, "session-less write");
+    let v = ws_read(&d, "files", "dir/sub/a.txt").expect(200, "session-less read");
+    assert_eq!(unb64(v["content_base64"].as_str().unwrap()), b"hello");
+    // The same file through both spellings of its path.
+    let v = ws_read(&d, "files", "/workspace/dir/sub/a.txt").expect(200, "read /workspace path");
+    assert_eq!(unb64(v["content_base64"].as_str().unwrap()), b"hello");
+    let listing = d
+        .send(
+            d.request(reqwest::Method::GET, "/v1/workspaces/files/fs")
+                .query(&[("path", "dir/sub")]),
+        )
+        .expect(200, "list");
+    let names: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a.txt"]);
+    ws_read(&d, "files", "missing.txt").assert_error(404, "FILE_NOT_FOUND", "missing file");
+    // Written by the daemon, owned by the sandbox user (host uid 101000).
+    let host = d.home.data.join("workspaces/files/dir/sub/a.txt");
+    let meta = std::fs::metadata(&host).expect("file on the host side");
+    assert_eq!(meta.uid(), 101_000, "owner of a session-less write");
+    // A session sees it, owned by uid 1000 inside.
+    let id = d.create_session(json!({"workspace_id": "files"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.sh(&id, "cat dir/sub/a.txt; stat -c %u dir/sub/a.txt"),
+        "hello1000\n"
+    );
+    d.delete(&id);
+}
+
+#[test]
+fn session_less_access_never_leaves_the_workspace() {
+    let d = Daemon::start(None);
+    let marker = HostMarker::in_temp_dir();
+    let outside_dir = marker.path.parent().unwrap().to_path_buf();
+    let id = d.create_session(json!({"workspace_id": "jail"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Plant symlinks from inside the sandbox pointing at host paths.
+    d.sh(
+        &id,
+        &format!(
+            "ln -s / root; ln -s {m} direct; ln -s ../../../../../../../../.. up; ln -s {o} outdir; ln -s /proc/self/root magic",
+            m = marker.path.display(),
+            o = outside_dir.display()
+        ),
+    );
+    d.delete(&id);
+    let marker_rel = marker.path.strip_prefix("/").unwrap().display().to_string();
+    for path in [
+        "direct".to_string(),
+        format!("root/{marker_rel}"),
+        format!("up/{marker_rel}"),
+        format!("../../../../{marker_rel}"),
+        format!("/{marker_rel}"),
+        format!(
+            "outdir/{}",
+            marker.path.file_name().unwrap().to_string_lossy()
+        ),
+        format!("magic/{marker_rel}"),
+        "root/etc/shadow".to_string(),
+    ] {
+        let r = ws_read(&d, "jail", &path);
+        assert!(
+            !r.text.contains(&marker.content) && !r.text.contains("root:"),
+            "session-less read of {path} leaked host content: {} {}",
+            r.status,
+            r.text
+        );
+        assert!(
+            r.status >= 400 && r.status < 500,
+            "read of {path}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    // Writes through the symlinks land inside the workspace or fail.
+    for path in [
+        "outdir/planted.txt",
+        "up/tmp/planted.txt",
+        "root/tmp/planted-root.txt",
+    ] {
+        let r = ws_write(&d, "jail", path, "x");
+        assert!(r.status < 500, "write of {path}: {} {}", r.status, r.text);
+    }
+    assert!(
+        !outside_dir.join("planted.txt").exists(),
+        "a session-less write escaped the workspace"
+    );
+    assert!(
+        !std::path::Path::new("/tmp/planted.txt").exists(),
+        "a session-less write escaped to /tmp"
+    );
+    assert!(
+        !std::path::Path::new("/tmp/planted-root.txt").exists(),
+        "a session-less write escaped to /tmp"
+    );
+}
+
+#[test]
+fn workspaces_survive_a_daemon_sigkill() {
+    let home = DataDir::new();
+    let d = Daemon::start_in(&home, None);
+    let id = d.create_session(json!({"workspace_id": "durable"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(&id, "echo kept > k.txt");
+    d.kill_9();
+    drop(d);
+    let d = Daemon::start_in(&home, None);
+    let w = ws_get(&d, "durable").expect(200, "workspace after restart");
+    assert_eq!(
+        w["in_use"], true,
+        "the reattached session still mounts it: {w}"
+    );
+    assert_eq!(d.sh(&id, "cat k.txt"), "kept\n");
+    d.delete(&id);
+    let id = d.create_session(json!({"workspace_id": "durable"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(d.sh(&id, "cat k.txt"), "kept\n");
+    d.delete(&id);
+}
+
+#[test]
+fn disabled_workspaces_answer_409() {
+    let d = Daemon::start(Some("workspace:\n  enabled: false\n"));
+    d.try_create_session(json!({"workspace_id": "x"}))
+        .assert_error(409, "WORKSPACE_DISABLED", "create with id");
+    d.get("/v1/workspaces")
+        .assert_error(409, "WORKSPACE_DISABLED", "list");
+    d.del("/v1/workspaces/x")
+        .assert_error(409, "WORKSPACE_DISABLED", "delete");
+    // Ephemeral sessions still work.
+    let id = d.new_session();
+    assert_eq!(d.sh(&id, "pwd"), "/workspace\n");
+    d.delete(&id);
+}
+
+#[test]
+fn persist_by_default_keeps_a_workspace_named_after_the_session() {
+    let d = Daemon::start(Some(
+        "workspace:\n  enabled: true\n  persist_by_default: true\n",
+    ));
+    let s = d.create_session(json!({}));
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(s["workspace_id"], id.as_str());
+    d.sh(&id, "echo x > f");
+    d.delete(&id);
+    let w = ws_get(&d, &id).expect(200, "the session's workspace is kept");
+    assert_eq!(w["in_use"], false);
+}
