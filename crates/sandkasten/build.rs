@@ -17,6 +17,8 @@ fn main() {
         "crates/sandkasten-agent/src",
         "crates/sandkasten-agent/Cargo.toml",
         "crates/sandkasten-protocol/src",
+        "crates/sandkasten-fsops/src",
+        "crates/sandkasten-fsops/Cargo.toml",
         "crates/sandkasten-protocol/Cargo.toml",
         "Cargo.lock",
     ] {
