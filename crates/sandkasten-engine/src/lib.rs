@@ -36,7 +36,7 @@ pub enum SessionState {
 /// A stream of exec events; dropping it interrupts the command.
 pub type ExecStream = mpsc::Receiver<ExecEvent>;
 
-pub use session::Engine;
+pub use session::{valid_workspace_id, Engine};
 impl SessionState {
     /// Every state, for parsing stored names.
     pub const ALL: [SessionState; 7] = [

@@ -97,7 +97,7 @@ pub fn valid_workspace_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-fn runtime_err(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
+pub(crate) fn runtime_err(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
     move |source| match source {
         RuntimeError::ImageNotFound(i) => EngineError::InvalidImage(format!("unknown image {i}")),
         RuntimeError::Unsupported(what, rt) => {

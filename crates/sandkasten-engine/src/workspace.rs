@@ -23,8 +23,9 @@ fn from_ms(v: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Runtime failures map as for sessions (unsupported -> 400, not 500).
 fn rt(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
-    move |source| EngineError::Runtime { context, source }
+    crate::session::runtime_err(context)
 }
 
 /// Keeps a workspace from being deleted while a session mounts it.
