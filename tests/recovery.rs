@@ -202,3 +202,38 @@ fn sigterm_lets_an_inflight_exec_finish() {
     });
     assert!(stopper.0.success(), "exit status {:?}", stopper.0);
 }
+
+#[test]
+fn a_sandbox_that_dies_while_the_daemon_runs_is_marked_lost_at_once() {
+    let d = Daemon::start(None);
+    let dead = d.new_session();
+    let other = d.new_session();
+    kill_sandbox(&dead);
+    // Event-driven: the agent connection closes, the daemon cleans up.
+    assert!(
+        wait_for(Duration::from_secs(10), || d.get_session(&dead).status
+            == 404),
+        "a session whose sandbox died is still listed: {}",
+        d.get_session(&dead).text
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || existing_cgroup_dirs(&dead)
+            .is_empty()),
+        "cgroups of the dead sandbox remain: {:?}",
+        existing_cgroup_dirs(&dead)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || !d.session_dir(&dead).exists()),
+        "session dir of the dead sandbox remains"
+    );
+    d.exec_with(&dead, json!({"cmd": "true"})).assert_error(
+        404,
+        "SESSION_NOT_FOUND",
+        "exec on a lost session",
+    );
+    assert_eq!(
+        d.sh(&other, "echo fine"),
+        "fine\n",
+        "other sessions are unaffected"
+    );
+}

@@ -208,7 +208,8 @@ impl Engine {
                         .sessions
                         .lock()
                         .unwrap()
-                        .insert(rec.id.clone(), session);
+                        .insert(rec.id.clone(), session.clone());
+                    self.watch(&session);
                 }
                 None => {
                     tracing::info!(session = %rec.id, state = %rec.state, "sandbox is gone; cleaning up");
@@ -285,6 +286,33 @@ impl Engine {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Watches the agent connection of a running session: if it closes
+    /// while the session is running (the sandbox died: its PID 1 was killed
+    /// or crashed), the session is cleaned up and marked `lost` at once
+    /// instead of answering errors until its TTL.
+    fn watch(&self, s: &Arc<Session>) {
+        let engine = self.clone();
+        let agent = s.agent.clone();
+        let id = s.id.clone();
+        tokio::spawn(async move {
+            agent.closed().await;
+            let running = engine
+                .inner
+                .sessions
+                .lock()
+                .unwrap()
+                .get(&id)
+                .map(|s| s.live.lock().unwrap().state == SessionState::Running)
+                .unwrap_or(false);
+            if running {
+                tracing::warn!(session = %id, "sandbox agent connection closed; the sandbox is gone");
+                if let Err(e) = engine.end_session(&id, SessionState::Lost).await {
+                    tracing::warn!(session = %id, "cleaning up a lost sandbox: {e}");
+                }
+            }
+        });
     }
 
     /// Live sessions that mount workspace `ws`.
@@ -464,7 +492,9 @@ impl Engine {
             .sessions
             .lock()
             .unwrap()
-            .insert(id.clone(), session);
+            .insert(id.clone(), session.clone());
+        // Watch only once listed, so an instant death is not missed.
+        self.watch(&session);
         self.inner.reaper_wake.notify_one();
         tracing::debug!(session = %id, "session created");
         Ok(info)

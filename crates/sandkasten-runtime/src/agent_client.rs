@@ -26,6 +26,8 @@ struct Inner {
     /// `None` once the connection is closed: no new request can register.
     pending: Pending,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// Becomes true when the connection closes (the agent died or hung up).
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Drop for Inner {
@@ -66,6 +68,7 @@ impl AgentClient {
             }
         });
         let reader_pending = pending.clone();
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
         let reader = tokio::spawn(async move {
             let result: Result<(), proto::CodecError> = async {
                 loop {
@@ -96,6 +99,7 @@ impl AgentClient {
             }
             // Dropping every sender wakes every waiter with "closed".
             reader_pending.lock().unwrap().take();
+            let _ = closed_tx.send(true);
         });
         AgentClient {
             inner: Arc::new(Inner {
@@ -103,8 +107,16 @@ impl AgentClient {
                 tx,
                 pending,
                 tasks: vec![writer.abort_handle(), reader.abort_handle()],
+                closed,
             }),
         }
+    }
+
+    /// Resolves once the connection has closed: the agent (the sandbox's
+    /// PID 1) died or closed it. An event, not a poll.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed.clone();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// True while the connection is open.
