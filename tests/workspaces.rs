@@ -314,3 +314,76 @@ fn persist_by_default_keeps_a_workspace_named_after_the_session() {
     let w = ws_get(&d, &id).expect(200, "the session's workspace is kept");
     assert_eq!(w["in_use"], false);
 }
+
+#[test]
+fn idle_workspaces_are_deleted_by_the_cleanup_policy_but_never_mounted_ones() {
+    // 0.00003 days = 2.6 s.
+    let d = Daemon::start(Some(
+        "workspace:\n  enabled: true\n  max_idle_days: 0.00003\n",
+    ));
+    let a = d.create_session(json!({"workspace_id": "idle-a"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = d.create_session(json!({"workspace_id": "busy-b"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(&a, "echo x > f");
+    d.delete(&a);
+    assert!(
+        wait_for(std::time::Duration::from_secs(15), || ws_get(&d, "idle-a")
+            .status
+            == 404),
+        "an idle workspace was not deleted: {}",
+        ws_get(&d, "idle-a").text
+    );
+    assert!(
+        !d.home.data.join("workspaces/idle-a").exists(),
+        "its files remain"
+    );
+    assert!(
+        d.logs().contains("deleted by the cleanup policy"),
+        "the deletion is not logged"
+    );
+    // Mounted for longer than the idle limit: kept.
+    assert_eq!(
+        ws_get(&d, "busy-b").expect(200, "mounted workspace")["in_use"],
+        true
+    );
+    assert_eq!(d.sh(&b, "echo still here"), "still here\n");
+    d.delete(&b);
+}
+
+#[test]
+fn the_total_size_limit_deletes_least_recently_used_workspaces() {
+    // 0.000005 GB = 5000 bytes.
+    let d = Daemon::start(Some(
+        "workspace:\n  enabled: true\n  max_total_gb: 0.000005\n",
+    ));
+    let mounted = d.create_session(json!({"workspace_id": "lru-0-mounted"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(&mounted, "head -c 3000 /dev/zero > f");
+    for name in ["lru-1", "lru-2"] {
+        let id = d.create_session(json!({"workspace_id": name}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        d.sh(&id, "head -c 1500 /dev/zero > f");
+        d.delete(&id);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // 6000 bytes > 5000: the least recently used unmounted one goes.
+    assert!(
+        wait_for(std::time::Duration::from_secs(15), || ws_get(&d, "lru-1")
+            .status
+            == 404),
+        "the least recently used workspace was kept: {:?}",
+        listed(&d)
+    );
+    ws_get(&d, "lru-2").expect(200, "the most recent one stays");
+    ws_get(&d, "lru-0-mounted").expect(200, "a mounted one is never deleted");
+    d.delete(&mounted);
+}

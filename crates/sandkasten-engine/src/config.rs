@@ -23,6 +23,10 @@ pub struct EngineConfig {
     pub max_read_bytes: u64,
     pub workspace_enabled: bool,
     pub workspace_persist_by_default: bool,
+    /// Delete workspaces unused for longer than this.
+    pub workspace_max_idle: Option<std::time::Duration>,
+    /// Delete least recently used workspaces while all together exceed this.
+    pub workspace_max_total_bytes: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +49,8 @@ impl Default for EngineConfig {
             max_read_bytes: 64 * 1024 * 1024,
             workspace_enabled: true,
             workspace_persist_by_default: false,
+            workspace_max_idle: None,
+            workspace_max_total_bytes: None,
         }
     }
 }

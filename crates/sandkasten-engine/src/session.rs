@@ -32,7 +32,7 @@ pub struct Engine {
 }
 
 pub(crate) struct Inner {
-    cfg: EngineConfig,
+    pub(crate) cfg: EngineConfig,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) store: Arc<Store>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     /// Workspaces being mounted by creates in flight, and being deleted:
     /// a delete never races a mount.
     pub(crate) ws_guard: Mutex<WorkspaceGuard>,
+    /// Wakes the workspace cleanup (a session ended).
+    pub(crate) cleanup_wake: Notify,
 }
 
 /// See [`Inner::ws_guard`].
@@ -141,11 +143,15 @@ impl Engine {
                 creating: AtomicUsize::new(0),
                 reaper_wake: Notify::new(),
                 ws_guard: Mutex::new(WorkspaceGuard::default()),
+                cleanup_wake: Notify::new(),
             }),
         };
         engine.recover().await?;
         let reaper = engine.clone();
+        let cleaner = engine.clone();
+        let cleaner_stop = shutdown.clone();
         tokio::spawn(async move { reaper.reap(shutdown).await });
+        tokio::spawn(async move { cleaner.cleanup_loop(cleaner_stop).await });
         Ok(engine)
     }
 
@@ -539,6 +545,13 @@ impl Engine {
             .set_session_state(id, SessionState::Destroying.as_str(), None)?;
         let result = self.inner.runtime.destroy(&s.handle).await;
         self.inner.sessions.lock().unwrap().remove(id);
+        if let Some(ws) = &s.workspace_id {
+            // Idle time counts from the end of the last use.
+            if let Err(e) = self.inner.store.touch_workspace(ws, ms(now())) {
+                tracing::warn!(workspace = %ws, "recording workspace use: {e}");
+            }
+            self.inner.cleanup_wake.notify_one();
+        }
         s.live.lock().unwrap().state = final_state;
         self.inner
             .store

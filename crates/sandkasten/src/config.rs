@@ -45,6 +45,12 @@ pub struct Defaults {
 pub struct Workspace {
     pub enabled: bool,
     pub persist_by_default: bool,
+    /// Cleanup policy: delete workspaces unused for more days than this
+    /// (fractions allowed).
+    pub max_idle_days: Option<f64>,
+    /// Cleanup policy: delete least recently used workspaces while all
+    /// together take more than this many GB (10^9 bytes).
+    pub max_total_gb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -93,6 +99,8 @@ impl Default for Workspace {
         Workspace {
             enabled: true,
             persist_by_default: false,
+            max_idle_days: None,
+            max_total_gb: None,
         }
     }
 }
@@ -215,6 +223,16 @@ impl Config {
         }
         if d.tmp_size_mb == 0 {
             bail!("defaults.tmp_size_mb: must be at least 1");
+        }
+        if let Some(v) = self.workspace.max_idle_days {
+            if !(v > 0.0 && v <= 36_500.0) {
+                bail!("workspace.max_idle_days: must be a number of days > 0, got {v}");
+            }
+        }
+        if let Some(v) = self.workspace.max_total_gb {
+            if !(v > 0.0 && v <= 1e9) {
+                bail!("workspace.max_total_gb: must be a number of GB > 0, got {v}");
+            }
         }
         match d.network_mode.as_str() {
             "none" => {}

@@ -218,6 +218,11 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         max_exec_timeout_ms: cfg.defaults.max_exec_timeout_ms,
         workspace_enabled: cfg.workspace.enabled,
         workspace_persist_by_default: cfg.workspace.persist_by_default,
+        workspace_max_idle: cfg
+            .workspace
+            .max_idle_days
+            .map(|d| std::time::Duration::from_secs_f64(d * 86_400.0)),
+        workspace_max_total_bytes: cfg.workspace.max_total_gb.map(|g| (g * 1e9) as u64),
         ..EngineConfig::default()
     }
 }
