@@ -305,6 +305,28 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         create.samples.push(ms);
         ids.push(id);
     }
+    // Creates that mount an existing workspace (the ratio against cold
+    // creates is the cost of the mount).
+    api.call(
+        reqwest::Method::POST,
+        "/v1/workspaces",
+        Some(json!({ "id": "bench-ws" })),
+    )?;
+    let mut create_ws = Series {
+        name: "create with workspace",
+        samples: vec![],
+    };
+    for _ in 0..n {
+        let (ms, v) = time(|| {
+            api.call(
+                reqwest::Method::POST,
+                "/v1/sessions",
+                Some(json!({ "workspace_id": "bench-ws" })),
+            )
+        })?;
+        create_ws.samples.push(ms);
+        api.destroy(v["id"].as_str().unwrap_or_default())?;
+    }
     let first = ids[0].clone();
     let mut exec = Series {
         name: "exec round trip (true)",
@@ -358,7 +380,8 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         let (ms, _) = time(|| api.destroy(id))?;
         destroy.samples.push(ms);
     }
-    let mut series = vec![create, exec, write, read, destroy];
+    let _ = api.call(reqwest::Method::DELETE, "/v1/workspaces/bench-ws", None);
+    let mut series = vec![create, create_ws, exec, write, read, destroy];
     let docker = if docker_ok() {
         match docker_series(n) {
             Ok(s) => {
@@ -396,6 +419,13 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     let exec_ratio = ratio("exec round trip (true)", "docker exec (true)");
     let create_ratio = ratio("cold create", "docker run (true)");
+    let ws_added = match (p50("cold create"), p50("create with workspace")) {
+        (Some(c), Some(w)) => Some(w - c),
+        _ => None,
+    };
+    if let Some(ms) = ws_added {
+        println!("mounting an existing workspace adds (p50): {ms:.2} ms");
+    }
     if let Some(r) = exec_ratio {
         println!("docker exec / sandkasten exec (p50): {r:.1}x");
     }
@@ -419,6 +449,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "p50_ms": s.percentile(50.0), "p95_ms": s.percentile(95.0),
         })).collect::<Vec<_>>(),
         "ratios": { "docker_exec_over_exec": exec_ratio, "docker_run_over_cold_create": create_ratio },
+        "workspace_mount_added_ms": ws_added,
         "daemon_idle_rss_kb": idle_rss_kb,
         "idle_session_pss_kb": per_session_kb,
         "docker": docker,
