@@ -723,20 +723,7 @@ impl Engine {
             .await
             .map_err(runtime_err("talking to the sandbox agent"))?;
         self.persist_activity(&s);
-        match resp {
-            Response::Error { kind, message } => Err(match kind {
-                ErrorKind::NotFound => EngineError::FileNotFound(message),
-                ErrorKind::PermissionDenied => EngineError::PermissionDenied(message),
-                ErrorKind::AlreadyExists => EngineError::AlreadyExists(message),
-                ErrorKind::IsADirectory
-                | ErrorKind::NotADirectory
-                | ErrorKind::InvalidPath
-                | ErrorKind::DirectoryNotEmpty => EngineError::InvalidPath(message),
-                ErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
-                ErrorKind::Io => EngineError::Internal(message),
-            }),
-            ok => Ok(ok),
-        }
+        file_reply(resp)
     }
 
     /// Relative paths resolve against `/workspace`.
@@ -888,7 +875,26 @@ impl Engine {
     }
 }
 
-fn unexpected(resp: Response) -> EngineError {
+/// A file operation's reply: its typed error mapped onto the engine's (the
+/// one table for the agent and for session-less workspace access).
+pub(crate) fn file_reply(resp: Response) -> Result<Response, EngineError> {
+    match resp {
+        Response::Error { kind, message } => Err(match kind {
+            ErrorKind::NotFound => EngineError::FileNotFound(message),
+            ErrorKind::PermissionDenied => EngineError::PermissionDenied(message),
+            ErrorKind::AlreadyExists => EngineError::AlreadyExists(message),
+            ErrorKind::IsADirectory
+            | ErrorKind::NotADirectory
+            | ErrorKind::InvalidPath
+            | ErrorKind::DirectoryNotEmpty => EngineError::InvalidPath(message),
+            ErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
+            ErrorKind::Io => EngineError::Internal(message),
+        }),
+        ok => Ok(ok),
+    }
+}
+
+pub(crate) fn unexpected(resp: Response) -> EngineError {
     EngineError::Internal(format!("unexpected agent reply: {resp:?}"))
 }
 

@@ -9,7 +9,7 @@
 
 use crate::session::valid_workspace_id;
 use crate::{CreateWorkspace, DirEntry, Engine, EngineError, FileContent, WorkspaceInfo};
-use sandkasten_protocol::{ErrorKind, Request, Response};
+use sandkasten_protocol::{Request, Response};
 use sandkasten_runtime::RuntimeError;
 use sandkasten_store::WorkspaceRecord;
 use time::OffsetDateTime;
@@ -258,17 +258,7 @@ impl Engine {
             .workspace_file(id, req)
             .await
             .map_err(rt("accessing workspace files"))?;
-        match resp {
-            Response::Error { kind, message } => Err(match kind {
-                ErrorKind::NotFound => EngineError::FileNotFound(message),
-                ErrorKind::PermissionDenied => EngineError::PermissionDenied(message),
-                ErrorKind::AlreadyExists => EngineError::AlreadyExists(message),
-                ErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
-                ErrorKind::Io => EngineError::Internal(message),
-                _ => EngineError::InvalidPath(message),
-            }),
-            ok => Ok(ok),
-        }
+        crate::session::file_reply(resp)
     }
 
     /// Session-less file access. Paths are inside the workspace: `a/b`,
@@ -288,9 +278,7 @@ impl Engine {
             .await?
         {
             Response::Entries(e) => Ok(e),
-            other => Err(EngineError::Internal(format!(
-                "unexpected reply: {other:?}"
-            ))),
+            other => Err(crate::session::unexpected(other)),
         }
     }
 
@@ -321,9 +309,7 @@ impl Engine {
                 data,
                 truncated,
             }),
-            other => Err(EngineError::Internal(format!(
-                "unexpected reply: {other:?}"
-            ))),
+            other => Err(crate::session::unexpected(other)),
         }
     }
 
@@ -352,9 +338,7 @@ impl Engine {
             .await?
         {
             Response::Ok => Ok(as_session_path(&p)),
-            other => Err(EngineError::Internal(format!(
-                "unexpected reply: {other:?}"
-            ))),
+            other => Err(crate::session::unexpected(other)),
         }
     }
 }
