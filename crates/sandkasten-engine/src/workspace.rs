@@ -537,8 +537,6 @@ mod tests {
         assert_eq!(ids, vec!["b", "c"]);
     }
 
-    use super::*;
-
     #[test]
     fn client_paths_map_inside_the_workspace() {
         assert_eq!(inside("a/b").unwrap(), "/a/b");
