@@ -1,0 +1,442 @@
+"""What the async and the sync client share: every route as a :class:`Call`
+(method, path, body, and how to parse the answer), error mapping, retry
+policy and timeouts. The clients only add I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar, Union
+from urllib.parse import quote
+
+import httpx
+
+from ._version import __version__
+from .exceptions import (
+    SandkastenConnectionError,
+    SandkastenError,
+    SandkastenTimeoutError,
+    api_error_from_response,
+)
+from .types import (
+    ExecResult,
+    FileEntry,
+    FileStat,
+    ReadResult,
+    SessionInfo,
+    SessionStats,
+    WorkspaceInfo,
+)
+
+T = TypeVar("T")
+
+FileInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+"""What ``upload`` accepts: a local path, the bytes themselves, or a binary file object."""
+
+TimeoutInput = float | httpx.Timeout | None
+"""A timeout in seconds for every phase, an :class:`httpx.Timeout`, or None for none."""
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BACKOFF = 0.5
+MAX_RETRY_DELAY = 8.0
+DEFAULT_EXEC_TIMEOUT_MS = 30_000
+EXEC_TIMEOUT_MARGIN = 15.0
+"""Seconds the HTTP read timeout of an exec exceeds the command's own timeout:
+the daemon answers up to ~1 s after ``timeout_ms`` (SIGINT, SIGKILL, new shell)."""
+STREAM_MIN_READ_TIMEOUT = 30.0
+"""The daemon sends a keep-alive after 10 s of silence; a stream's read timeout
+is never below this, so a silent command does not look like a dead daemon."""
+USER_AGENT = f"sandkasten-python/{__version__}"
+
+
+@dataclass
+class Call(Generic[T]):
+    """One HTTP request and the parser of its JSON answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    files: list[tuple[str, tuple[str, Any]]] | None = None
+    data: dict[str, str] | None = None
+    timeout: httpx.Timeout | None = None
+    missing_ok_after_retry: bool = False
+    """A DELETE whose retry finds the thing gone: the first attempt did it."""
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether a connection error may be retried."""
+        return self.method in ("GET", "HEAD", "DELETE")
+
+    def request_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.request`` / ``.stream``."""
+        kwargs: dict[str, Any] = {}
+        if self.params is not None:
+            kwargs["params"] = self.params
+        if self.json is not None:
+            kwargs["json"] = self.json
+        if self.files is not None:
+            kwargs["files"] = self.files
+        if self.data is not None:
+            kwargs["data"] = self.data
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        return kwargs
+
+
+# ---------------------------------------------------------------- settings
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """The key given, else ``$SANDKASTEN_API_KEY``."""
+    key = api_key if api_key is not None else os.environ.get("SANDKASTEN_API_KEY")
+    if not key:
+        raise ValueError("api_key is required (or set SANDKASTEN_API_KEY)")
+    return key
+
+
+def make_timeout(timeout: TimeoutInput) -> httpx.Timeout:
+    """Normalise the ``timeout`` argument of the clients."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if timeout is None:
+        return httpx.Timeout(None)
+    return httpx.Timeout(float(timeout))
+
+
+def default_headers(api_key: str) -> dict[str, str]:
+    """Headers every request carries."""
+    return {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+
+
+def _with_read(base: httpx.Timeout, read: float | None) -> httpx.Timeout:
+    return httpx.Timeout(connect=base.connect, read=read, write=base.write, pool=base.pool)
+
+
+def exec_timeout(base: httpx.Timeout, timeout_ms: int | None) -> httpx.Timeout:
+    """An exec's HTTP timeout: long enough for the command's own timeout."""
+    if base.read is None:
+        return base
+    needed = (timeout_ms if timeout_ms is not None else DEFAULT_EXEC_TIMEOUT_MS) / 1000.0
+    return _with_read(base, max(base.read, needed + EXEC_TIMEOUT_MARGIN))
+
+
+def stream_timeout(base: httpx.Timeout) -> httpx.Timeout:
+    """A stream's HTTP timeout: the longest silence between two events."""
+    if base.read is None:
+        return base
+    return _with_read(base, max(base.read, STREAM_MIN_READ_TIMEOUT))
+
+
+# ---------------------------------------------------------------- errors and retries
+
+
+def is_retryable(exc: Exception) -> bool:
+    """Connection failures where the request may be repeated if it is idempotent.
+
+    Read timeouts are not retried: the caller's timeout already elapsed.
+    """
+    return isinstance(
+        exc,
+        (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ConnectTimeout, httpx.PoolTimeout),
+    )
+
+
+def retry_delay(attempt: int, backoff: float) -> float:
+    """Seconds to wait before retry number ``attempt + 1`` (exponential, capped)."""
+    return float(min(backoff * (2.0**attempt), MAX_RETRY_DELAY))
+
+
+def wrap_http_error(exc: Exception, method: str, path: str) -> SandkastenError:
+    """Turn an ``httpx`` exception into the SDK's own."""
+    where = f"{method} {path}"
+    if isinstance(exc, httpx.TimeoutException):
+        return SandkastenTimeoutError(f"{where}: timed out ({type(exc).__name__}: {exc})")
+    if isinstance(exc, httpx.TransportError):
+        return SandkastenConnectionError(f"{where}: {type(exc).__name__}: {exc}")
+    return SandkastenError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def check_response(status_code: int, body: bytes) -> None:
+    """Raise the matching :class:`SandkastenAPIError` for a non-2xx answer."""
+    if status_code >= 400 or status_code < 200:
+        raise api_error_from_response(status_code, body)
+
+
+def parse_response(call: Call[T], status_code: int, body: bytes) -> T:
+    """Check the status, decode the JSON body and parse it with the call's parser."""
+    check_response(status_code, body)
+    try:
+        data = json.loads(body) if body else None
+        return call.parse(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        snippet = body[:200].decode("utf-8", errors="replace")
+        raise SandkastenError(
+            f"{call.method} {call.path}: unexpected response "
+            f"({type(exc).__name__}: {exc}): {snippet!r}"
+        ) from exc
+
+
+def is_missing_after_retry(call: Call[Any], status_code: int, attempts: int) -> bool:
+    """A retried DELETE found nothing: the earlier attempt already deleted it."""
+    return call.missing_ok_after_retry and attempts > 0 and status_code == 404
+
+
+# ---------------------------------------------------------------- paths
+
+
+def seg(value: str, what: str) -> str:
+    """One URL path segment from an id, escaped so that it cannot change the route."""
+    if not isinstance(value, str) or value == "":
+        raise ValueError(f"{what} must be a non-empty string")
+    quoted = quote(value, safe="")
+    if quoted in (".", ".."):
+        quoted = quoted.replace(".", "%2E")
+    return quoted
+
+
+def session_path(session_id: str) -> str:
+    """``/v1/sessions/{id}``."""
+    return f"/v1/sessions/{seg(session_id, 'session id')}"
+
+
+def workspace_path(workspace_id: str) -> str:
+    """``/v1/workspaces/{id}``."""
+    return f"/v1/workspaces/{seg(workspace_id, 'workspace id')}"
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _obj(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _ignore(_data: Any) -> None:
+    return None
+
+
+def _session_list(data: Any) -> list[SessionInfo]:
+    items = data if isinstance(data, list) else _obj(data).get("sessions", [])
+    return [SessionInfo.from_json(_obj(s)) for s in items]
+
+
+def _workspace_list(data: Any) -> list[WorkspaceInfo]:
+    items = data if isinstance(data, list) else _obj(data).get("workspaces", [])
+    return [WorkspaceInfo.from_json(_obj(w)) for w in items]
+
+
+def _entries(data: Any) -> list[FileEntry]:
+    return [FileEntry.from_json(_obj(e)) for e in _obj(data).get("entries", [])]
+
+
+def _paths(data: Any) -> list[str]:
+    return [str(p) for p in _obj(data).get("paths", [])]
+
+
+# ---------------------------------------------------------------- calls: sessions
+
+
+def health() -> Call[bool]:
+    """``GET /healthz``."""
+    return Call("GET", "/healthz", lambda d: _obj(d).get("status") == "ok")
+
+
+def create_session(
+    image: str | None, ttl_seconds: int | None, workspace_id: str | None
+) -> Call[SessionInfo]:
+    """``POST /v1/sessions``."""
+    body: dict[str, Any] = {}
+    if image is not None:
+        body["image"] = image
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    if workspace_id is not None:
+        body["workspace_id"] = workspace_id
+    return Call("POST", "/v1/sessions", lambda d: SessionInfo.from_json(_obj(d)), json=body)
+
+
+def get_session(session_id: str) -> Call[SessionInfo]:
+    """``GET /v1/sessions/{id}``."""
+    return Call("GET", session_path(session_id), lambda d: SessionInfo.from_json(_obj(d)))
+
+
+def list_sessions() -> Call[list[SessionInfo]]:
+    """``GET /v1/sessions``."""
+    return Call("GET", "/v1/sessions", _session_list)
+
+
+def destroy_session(session_id: str) -> Call[None]:
+    """``DELETE /v1/sessions/{id}``."""
+    return Call("DELETE", session_path(session_id), _ignore, missing_ok_after_retry=True)
+
+
+def session_stats(session_id: str) -> Call[SessionStats]:
+    """``GET /v1/sessions/{id}/stats``."""
+    return Call(
+        "GET", session_path(session_id) + "/stats", lambda d: SessionStats.from_json(_obj(d))
+    )
+
+
+def _exec_body(cmd: str, timeout_ms: int | None, raw_output: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"cmd": cmd, "raw_output": raw_output}
+    if timeout_ms is not None:
+        body["timeout_ms"] = timeout_ms
+    return body
+
+
+def exec_command(
+    session_id: str, cmd: str, timeout_ms: int | None, raw_output: bool, base: httpx.Timeout
+) -> Call[ExecResult]:
+    """``POST /v1/sessions/{id}/exec``."""
+    return Call(
+        "POST",
+        session_path(session_id) + "/exec",
+        lambda d: ExecResult.from_json(_obj(d)),
+        json=_exec_body(cmd, timeout_ms, raw_output),
+        timeout=exec_timeout(base, timeout_ms),
+    )
+
+
+def exec_stream(
+    session_id: str, cmd: str, timeout_ms: int | None, raw_output: bool, base: httpx.Timeout
+) -> Call[None]:
+    """``POST /v1/sessions/{id}/exec/stream`` (the answer is read as events, not parsed)."""
+    return Call(
+        "POST",
+        session_path(session_id) + "/exec/stream",
+        _ignore,
+        json=_exec_body(cmd, timeout_ms, raw_output),
+        timeout=stream_timeout(base),
+    )
+
+
+# ---------------------------------------------------------------- calls: files
+#
+# ``fs`` is the files prefix: ``/v1/sessions/{id}/fs`` or ``/v1/workspaces/{id}/fs``.
+
+
+def write_file(fs: str, path: str, content: str | bytes | bytearray | memoryview) -> Call[None]:
+    """``POST {fs}/write``: text as ``text``, bytes as ``content_base64``."""
+    body: dict[str, Any] = {"path": path}
+    if isinstance(content, str):
+        body["text"] = content
+    elif isinstance(content, (bytes, bytearray, memoryview)):
+        body["content_base64"] = base64.b64encode(bytes(content)).decode("ascii")
+    else:
+        raise TypeError(f"content must be str or bytes, not {type(content).__name__}")
+    return Call("POST", fs + "/write", _ignore, json=body)
+
+
+def read_file(fs: str, path: str, max_bytes: int | None) -> Call[ReadResult]:
+    """``GET {fs}/read``."""
+    params: dict[str, Any] = {"path": path}
+    if max_bytes is not None:
+        params["max_bytes"] = max_bytes
+    return Call(
+        "GET", fs + "/read", lambda d: ReadResult.from_json(_obj(d), path=path), params=params
+    )
+
+
+def list_files(url: str, path: str | None) -> Call[list[FileEntry]]:
+    """``GET {url}?path=P`` (``{fs}/list`` for a session, ``{fs}`` for a workspace)."""
+    params = {"path": path} if path is not None else None
+    return Call("GET", url, _entries, params=params)
+
+
+def stat_file(fs: str, path: str) -> Call[FileStat]:
+    """``GET {fs}/stat``."""
+    return Call("GET", fs + "/stat", lambda d: FileStat.from_json(_obj(d)), params={"path": path})
+
+
+def mkdir(fs: str, path: str, parents: bool) -> Call[str]:
+    """``POST {fs}/mkdir``; parses the created directory's absolute path."""
+    return Call(
+        "POST",
+        fs + "/mkdir",
+        lambda d: str(_obj(d).get("path", path)),
+        json={"path": path, "parents": parents},
+    )
+
+
+def remove(fs: str, path: str, recursive: bool) -> Call[None]:
+    """``POST {fs}/remove``."""
+    return Call("POST", fs + "/remove", _ignore, json={"path": path, "recursive": recursive})
+
+
+@contextmanager
+def upload(
+    fs: str, file: FileInput, dest_path: str | None, filename: str | None
+) -> Iterator[Call[list[str]]]:
+    """``POST {fs}/upload`` (multipart). Opens a path given and closes it afterwards."""
+    opened: IO[bytes] | None = None
+    payload: bytes | IO[bytes]
+    try:
+        if isinstance(file, (bytes, bytearray, memoryview)):
+            if not filename:
+                raise ValueError("filename is required when uploading bytes")
+            name, payload = filename, bytes(file)
+        elif isinstance(file, (str, os.PathLike)):
+            local = Path(file)
+            if not local.is_file():
+                raise FileNotFoundError(f"not a file: {local}")
+            opened = local.open("rb")
+            name, payload = filename or local.name, opened
+        elif hasattr(file, "read"):
+            raw_name = getattr(file, "name", None)
+            name = filename or (Path(raw_name).name if isinstance(raw_name, str) else "")
+            if not name:
+                raise ValueError("filename is required for a file object without a name")
+            payload = file
+        else:
+            raise TypeError(
+                f"file must be a path, bytes or a binary file object, not {type(file).__name__}"
+            )
+        data = {"path": dest_path} if dest_path is not None else None
+        yield Call(
+            "POST",
+            fs + "/upload",
+            _paths,
+            files=[("file", (name, payload))],
+            data=data,
+        )
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+# ---------------------------------------------------------------- calls: workspaces
+
+
+def list_workspaces() -> Call[list[WorkspaceInfo]]:
+    """``GET /v1/workspaces``."""
+    return Call("GET", "/v1/workspaces", _workspace_list)
+
+
+def create_workspace(workspace_id: str, labels: Mapping[str, str] | None) -> Call[WorkspaceInfo]:
+    """``POST /v1/workspaces``."""
+    body: dict[str, Any] = {"id": workspace_id}
+    if labels is not None:
+        body["labels"] = dict(labels)
+    return Call("POST", "/v1/workspaces", lambda d: WorkspaceInfo.from_json(_obj(d)), json=body)
+
+
+def get_workspace(workspace_id: str) -> Call[WorkspaceInfo]:
+    """``GET /v1/workspaces/{id}``."""
+    return Call("GET", workspace_path(workspace_id), lambda d: WorkspaceInfo.from_json(_obj(d)))
+
+
+def delete_workspace(workspace_id: str) -> Call[None]:
+    """``DELETE /v1/workspaces/{id}``."""
+    return Call("DELETE", workspace_path(workspace_id), _ignore, missing_ok_after_retry=True)

@@ -1,0 +1,87 @@
+"""Server-sent events, as the daemon's ``exec/stream`` sends them.
+
+A small line-oriented decoder (sans I/O): the HTTP layer splits the body
+into lines (LF, CRLF or CR, also across network chunks), this
+module turns lines into events and events into :class:`ExecChunk` objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .exceptions import SandkastenStreamError
+from .types import ExecChunk
+
+
+@dataclass
+class SSEEvent:
+    """One dispatched event: its type (``message`` when not named) and data."""
+
+    event: str
+    data: str
+
+
+class SSEDecoder:
+    """Turns SSE lines into events, following the WHATWG rules.
+
+    Comment lines (``: keep-alive``) are ignored; ``data`` lines of one event
+    are joined with a newline; a blank line dispatches the event; ``id`` and
+    ``retry`` are ignored (the SDK never reconnects a stream).
+    """
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SSEEvent | None:
+        """Consume one line (without its terminator); return an event when one is complete."""
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        """At end of stream: an event whose blank line never came, if any."""
+        return self._dispatch()
+
+    def _dispatch(self) -> SSEEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = SSEEvent(self._event or "message", "\n".join(self._data))
+        self._event = ""
+        self._data = []
+        return event
+
+
+def event_to_chunk(event: SSEEvent) -> ExecChunk | None:
+    """Map an ``exec/stream`` event to a chunk.
+
+    ``chunk`` and ``done`` give an :class:`ExecChunk`; ``error`` raises
+    :class:`SandkastenStreamError`; any other event type is ignored (None).
+    """
+    if event.event not in ("chunk", "done", "error"):
+        return None
+    try:
+        data = json.loads(event.data)
+    except ValueError as exc:
+        raise SandkastenStreamError(f"malformed {event.event} event: {event.data!r}") from exc
+    if not isinstance(data, dict):
+        raise SandkastenStreamError(f"malformed {event.event} event: {event.data!r}")
+    if event.event == "error":
+        raise SandkastenStreamError(str(data.get("error") or "exec stream failed"))
+    try:
+        if event.event == "chunk":
+            return ExecChunk.from_chunk_event(data)
+        return ExecChunk.from_done_event(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SandkastenStreamError(f"malformed {event.event} event: {event.data!r}") from exc

@@ -1,0 +1,268 @@
+"""The async client: :class:`SandboxClient`."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from . import _core
+from ._core import FileInput, TimeoutInput
+from ._sse import SSEDecoder, event_to_chunk
+from .exceptions import SandkastenStreamError, api_error_from_response
+from .session import Session
+from .types import ExecChunk, FileEntry, ReadResult, SessionInfo, WorkspaceInfo
+
+T = TypeVar("T")
+
+__all__ = ["SandboxClient"]
+
+
+class SandboxClient:
+    """Async client of a Sandkasten daemon.
+
+    Example::
+
+        async with SandboxClient(base_url="http://127.0.0.1:8080", api_key="sk-...") as client:
+            async with await client.create_session() as session:
+                result = await session.exec("echo hello")
+                print(result.output)
+
+    Args:
+        base_url: The daemon's URL.
+        api_key: The API key; defaults to ``$SANDKASTEN_API_KEY``.
+        timeout: Seconds for every phase of a request, or an ``httpx.Timeout``
+            (default: 120 s, connect 10 s). ``exec`` waits at least the
+            command's ``timeout_ms`` plus a margin; streams tolerate at least
+            30 s of silence.
+        max_retries: How often a GET or DELETE is retried after a connection
+            error (refused, reset, connect timeout), with exponential backoff.
+        retry_backoff: Seconds before the first retry; doubles each time (capped at 8 s).
+        transport: A custom ``httpx`` transport (e.g. ``httpx.MockTransport`` in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = _core.DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        timeout: TimeoutInput = _core.DEFAULT_TIMEOUT,
+        max_retries: int = _core.DEFAULT_MAX_RETRIES,
+        retry_backoff: float = _core.DEFAULT_RETRY_BACKOFF,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._timeout = _core.make_timeout(timeout)
+        self._max_retries = max_retries
+        self._retry_backoff = retry_backoff
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=_core.default_headers(_core.resolve_api_key(api_key)),
+            timeout=self._timeout,
+            transport=transport,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The daemon's URL."""
+        return str(self._http.base_url)
+
+    def __repr__(self) -> str:
+        return f"SandboxClient(base_url={self.base_url!r})"
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _call(self, call: _core.Call[T]) -> T:
+        """Send ``call``, retrying idempotent ones on connection errors; parse the answer."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(call.method, call.path, **call.request_kwargs())
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+                if call.idempotent and attempt < self._max_retries and _core.is_retryable(exc):
+                    await asyncio.sleep(_core.retry_delay(attempt, self._retry_backoff))
+                    attempt += 1
+                    continue
+                raise _core.wrap_http_error(exc, call.method, call.path) from exc
+            if _core.is_missing_after_retry(call, response.status_code, attempt):
+                return call.parse(None)
+            return _core.parse_response(call, response.status_code, response.content)
+
+    async def _stream(self, call: _core.Call[Any]) -> AsyncIterator[ExecChunk]:
+        """Send an ``exec/stream`` call and yield its chunks until ``done``."""
+        try:
+            async with self._http.stream(
+                call.method,
+                call.path,
+                headers={"Accept": "text/event-stream"},
+                **call.request_kwargs(),
+            ) as response:
+                if response.status_code >= 400:
+                    raise api_error_from_response(response.status_code, await response.aread())
+                decoder = SSEDecoder()
+                async for line in response.aiter_lines():
+                    event = decoder.feed(line)
+                    chunk = event_to_chunk(event) if event is not None else None
+                    if chunk is None:
+                        continue
+                    yield chunk
+                    if chunk.done:
+                        return
+                event = decoder.flush()
+                chunk = event_to_chunk(event) if event is not None else None
+                if chunk is not None:
+                    yield chunk
+                    if chunk.done:
+                        return
+                raise SandkastenStreamError("exec stream ended before its done event")
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            raise _core.wrap_http_error(exc, call.method, call.path) from exc
+
+    def _session(self, info: SessionInfo) -> Session:
+        return Session(self, info.id, info=info)
+
+    # ------------------------------------------------------------ sessions
+
+    async def health(self) -> bool:
+        """``GET /healthz``: True once the daemon can create sessions."""
+        return await self._call(_core.health())
+
+    async def create_session(
+        self,
+        image: str | None = None,
+        ttl_seconds: int | None = None,
+        workspace_id: str | None = None,
+    ) -> Session:
+        """Create a session (``POST /v1/sessions``).
+
+        Args:
+            image: Image name; None for the daemon's ``default_image`` (``base``).
+            ttl_seconds: The session's own TTL; every exec or file call moves
+                its expiry to now + this. None for the daemon's default.
+            workspace_id: Mount this persistent workspace at ``/workspace``
+                (created on first use). None for an ephemeral ``/workspace``.
+
+        Raises:
+            InvalidImage, InvalidWorkspace, CapacityExhausted, WorkspaceDisabled.
+        """
+        info = await self._call(_core.create_session(image, ttl_seconds, workspace_id))
+        return self._session(info)
+
+    async def get_session(self, session_id: str) -> Session:
+        """A live session by id (``GET /v1/sessions/{id}``).
+
+        Raises:
+            SessionNotFound: No live session has this id.
+        """
+        return self._session(await self._call(_core.get_session(session_id)))
+
+    async def list_sessions(self) -> builtins.list[SessionInfo]:
+        """Every live session, oldest first (``GET /v1/sessions``)."""
+        return await self._call(_core.list_sessions())
+
+    # ------------------------------------------------------------ workspaces
+
+    async def list_workspaces(self) -> builtins.list[WorkspaceInfo]:
+        """Every workspace, by id (``GET /v1/workspaces``)."""
+        return await self._call(_core.list_workspaces())
+
+    async def create_workspace(
+        self, workspace_id: str, labels: Mapping[str, str] | None = None
+    ) -> WorkspaceInfo:
+        """Create an empty workspace (``POST /v1/workspaces``).
+
+        Raises:
+            AlreadyExists: A workspace with this id exists.
+            InvalidWorkspace: The id or a label is not valid.
+        """
+        return await self._call(_core.create_workspace(workspace_id, labels))
+
+    async def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
+        """One workspace (``GET /v1/workspaces/{id}``).
+
+        Raises:
+            WorkspaceNotFound: No workspace has this id.
+        """
+        return await self._call(_core.get_workspace(workspace_id))
+
+    async def delete_workspace(self, workspace_id: str) -> None:
+        """Delete a workspace and its files (``DELETE /v1/workspaces/{id}``).
+
+        Raises:
+            WorkspaceInUse: A live session mounts it.
+            WorkspaceNotFound: No workspace has this id.
+        """
+        await self._call(_core.delete_workspace(workspace_id))
+
+    async def read_workspace_file(
+        self, workspace_id: str, path: str, max_bytes: int | None = None
+    ) -> ReadResult:
+        """Read a workspace file without a session (``GET /v1/workspaces/{id}/fs/read``).
+
+        ``a/b``, ``/a/b`` and ``/workspace/a/b`` name the same file.
+        """
+        fs = _core.workspace_path(workspace_id) + "/fs"
+        return await self._call(_core.read_file(fs, path, max_bytes))
+
+    async def write_workspace_file(
+        self, workspace_id: str, path: str, content: str | bytes
+    ) -> None:
+        """Write a workspace file without a session (``POST /v1/workspaces/{id}/fs/write``).
+
+        Missing parent directories are created; the file belongs to the sandbox user.
+        """
+        fs = _core.workspace_path(workspace_id) + "/fs"
+        await self._call(_core.write_file(fs, path, content))
+
+    async def list_workspace_files(
+        self, workspace_id: str, path: str | None = None
+    ) -> builtins.list[FileEntry]:
+        """List a workspace directory without a session (``GET /v1/workspaces/{id}/fs``).
+
+        Args:
+            path: Directory inside the workspace; None for its root.
+        """
+        return await self._call(_core.list_files(_core.workspace_path(workspace_id) + "/fs", path))
+
+    async def upload_workspace_file(
+        self,
+        workspace_id: str,
+        file: FileInput,
+        dest_path: str | None = None,
+        filename: str | None = None,
+    ) -> builtins.list[str]:
+        """Upload one file into a workspace (``POST /v1/workspaces/{id}/fs/upload``).
+
+        Args:
+            file: A local path, the bytes, or a binary file object.
+            dest_path: Target directory; None for the workspace root.
+            filename: Name in the workspace; required for bytes, else the local name.
+
+        Returns:
+            The stored paths, as a session sees them (``/workspace/...``).
+        """
+        fs = _core.workspace_path(workspace_id) + "/fs"
+        with _core.upload(fs, file, dest_path, filename) as call:
+            return await self._call(call)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def close(self) -> None:
+        """Close the HTTP connections. Sessions keep running."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> SandboxClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,217 @@
+"""The async session: :class:`Session`."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from . import _core
+from ._core import FileInput
+from .exceptions import SessionNotFound
+from .types import (
+    ExecChunk,
+    ExecResult,
+    FileEntry,
+    FileStat,
+    ReadResult,
+    SessionInfo,
+    SessionStats,
+)
+
+if TYPE_CHECKING:
+    from .client import SandboxClient
+
+__all__ = ["Session"]
+
+
+class Session:
+    """A sandbox session: one persistent shell and its filesystem.
+
+    Get one from :meth:`SandboxClient.create_session` or
+    :meth:`SandboxClient.get_session`. Used as an async context manager it
+    is destroyed on exit::
+
+        async with await client.create_session() as session:
+            await session.exec("cd /tmp && export X=1")
+            print((await session.exec("echo $X in $(pwd)")).output)  # 1 in /tmp
+
+    Relative paths of the file methods are relative to ``/workspace``.
+    """
+
+    def __init__(
+        self, client: SandboxClient, session_id: str, *, info: SessionInfo | None = None
+    ) -> None:
+        self._client = client
+        self._id = session_id
+        self._info = info
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._id
+
+    @property
+    def last_info(self) -> SessionInfo | None:
+        """The :class:`SessionInfo` this object was made from (not refreshed; see :meth:`info`)."""
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"Session(id={self._id!r})"
+
+    def _fs(self) -> str:
+        return _core.session_path(self._id) + "/fs"
+
+    # ------------------------------------------------------------ exec
+
+    async def exec(
+        self, cmd: str, timeout_ms: int | None = None, raw_output: bool = False
+    ) -> ExecResult:
+        """Run ``cmd`` in the session's shell and wait for it
+        (``POST /v1/sessions/{id}/exec``).
+
+        The shell persists: ``cd``, ``export``, functions and background jobs
+        carry over to the next exec. A timeout is not an exception: the result
+        has ``timed_out=True`` and ``exit_code=124``.
+
+        Args:
+            cmd: Shell command (non-empty).
+            timeout_ms: Command timeout; None for the daemon's default (30 s),
+                capped by its ``max_exec_timeout_ms``.
+            raw_output: Keep terminal escape sequences in the output.
+        """
+        return await self._client._call(
+            _core.exec_command(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
+        )
+
+    def exec_stream(
+        self, cmd: str, timeout_ms: int | None = None, raw_output: bool = False
+    ) -> AsyncIterator[ExecChunk]:
+        """Run ``cmd`` and yield its output as it is produced
+        (``POST /v1/sessions/{id}/exec/stream``).
+
+        The last chunk has ``done=True`` with ``exit_code`` and ``cwd``::
+
+            async for chunk in session.exec_stream("for i in 1 2 3; do echo $i; sleep 1; done"):
+                print(chunk.output, end="")
+                if chunk.done:
+                    print("exit", chunk.exit_code)
+
+        Leaving the loop early closes the connection, which interrupts the
+        command (wrap in ``contextlib.aclosing`` to do that deterministically).
+
+        Raises:
+            SandkastenStreamError: The daemon sent an ``error`` event, or the
+                stream ended without ``done``.
+        """
+        call = _core.exec_stream(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
+        return self._client._stream(call)
+
+    # ------------------------------------------------------------ files
+
+    async def write(self, path: str, content: str | bytes) -> None:
+        """Write a file; parents are created, an existing file replaced
+        (``POST /v1/sessions/{id}/fs/write``). ``str`` is stored as UTF-8.
+        """
+        await self._client._call(_core.write_file(self._fs(), path, content))
+
+    async def read(self, path: str, max_bytes: int | None = None) -> ReadResult:
+        """Read a file (``GET /v1/sessions/{id}/fs/read``).
+
+        Args:
+            path: File path.
+            max_bytes: Read at most this many bytes (``truncated`` tells if
+                there was more); None or 0 for the daemon's limit (64 MiB).
+
+        Raises:
+            FileNotFound: No such file.
+            InvalidPath: The path is a directory.
+        """
+        return await self._client._call(_core.read_file(self._fs(), path, max_bytes))
+
+    async def upload(
+        self, file: FileInput, dest_path: str | None = None, filename: str | None = None
+    ) -> builtins.list[str]:
+        """Upload one file (``POST /v1/sessions/{id}/fs/upload``, multipart).
+
+        Args:
+            file: A local path (``str`` or ``Path``), the bytes, or a binary file object.
+            dest_path: Target directory; None for ``/workspace``.
+            filename: Name in the sandbox; required for bytes, else the local name.
+
+        Returns:
+            The absolute paths stored.
+        """
+        with _core.upload(self._fs(), file, dest_path, filename) as call:
+            return await self._client._call(call)
+
+    async def list(self, path: str | None = None) -> builtins.list[FileEntry]:
+        """List a directory, sorted by name (``GET /v1/sessions/{id}/fs/list``).
+
+        Args:
+            path: Directory; None for ``/workspace``.
+        """
+        return await self._client._call(_core.list_files(self._fs() + "/list", path))
+
+    async def stat(self, path: str) -> FileStat:
+        """Metadata of a path, not following a final symlink
+        (``GET /v1/sessions/{id}/fs/stat``).
+        """
+        return await self._client._call(_core.stat_file(self._fs(), path))
+
+    async def mkdir(self, path: str, parents: bool = True) -> str:
+        """Create a directory (``POST /v1/sessions/{id}/fs/mkdir``).
+
+        With ``parents`` (the default) missing parents are created and an
+        existing directory is fine; without, it raises :class:`AlreadyExists`.
+
+        Returns:
+            The directory's absolute path.
+        """
+        return await self._client._call(_core.mkdir(self._fs(), path, parents))
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file, symlink or directory (``POST /v1/sessions/{id}/fs/remove``).
+
+        Raises:
+            InvalidPath: A non-empty directory without ``recursive``.
+            FileNotFound: No such path.
+        """
+        await self._client._call(_core.remove(self._fs(), path, recursive))
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def stats(self) -> SessionStats:
+        """Memory, CPU and process counts (``GET /v1/sessions/{id}/stats``)."""
+        return await self._client._call(_core.session_stats(self._id))
+
+    async def info(self) -> SessionInfo:
+        """Current metadata: status, cwd, expiry, ``acquire_source``
+        (``GET /v1/sessions/{id}``).
+        """
+        self._info = await self._client._call(_core.get_session(self._id))
+        return self._info
+
+    async def destroy(self) -> None:
+        """Destroy the sandbox: its processes end and its ephemeral files are
+        deleted; a persistent workspace stays (``DELETE /v1/sessions/{id}``).
+
+        Raises:
+            SessionNotFound: It was already destroyed (or expired). Leaving
+                an ``async with`` block ignores this.
+        """
+        await self._client._call(_core.destroy_session(self._id))
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(SessionNotFound):  # already destroyed or expired
+            await self.destroy()

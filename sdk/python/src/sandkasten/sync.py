@@ -1,0 +1,324 @@
+"""The blocking client for scripts and notebooks: :class:`SyncSandboxClient`
+and :class:`SyncSession`.
+
+Same surface as :class:`~sandkasten.SandboxClient` and
+:class:`~sandkasten.Session`, without ``await``; built on ``httpx.Client``
+(no event loop involved).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from . import _core
+from ._core import FileInput, TimeoutInput
+from ._sse import SSEDecoder, event_to_chunk
+from .exceptions import SandkastenStreamError, SessionNotFound, api_error_from_response
+from .types import (
+    ExecChunk,
+    ExecResult,
+    FileEntry,
+    FileStat,
+    ReadResult,
+    SessionInfo,
+    SessionStats,
+    WorkspaceInfo,
+)
+
+T = TypeVar("T")
+
+__all__ = ["SyncSandboxClient", "SyncSession"]
+
+
+class SyncSandboxClient:
+    """Blocking client of a Sandkasten daemon.
+
+    Example::
+
+        with SyncSandboxClient(base_url="http://127.0.0.1:8080", api_key="sk-...") as client:
+            with client.create_session() as session:
+                print(session.exec("echo hello").output)
+
+    Arguments as for :class:`~sandkasten.SandboxClient`; ``transport`` is an
+    ``httpx.BaseTransport``.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = _core.DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        timeout: TimeoutInput = _core.DEFAULT_TIMEOUT,
+        max_retries: int = _core.DEFAULT_MAX_RETRIES,
+        retry_backoff: float = _core.DEFAULT_RETRY_BACKOFF,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._timeout = _core.make_timeout(timeout)
+        self._max_retries = max_retries
+        self._retry_backoff = retry_backoff
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=_core.default_headers(_core.resolve_api_key(api_key)),
+            timeout=self._timeout,
+            transport=transport,
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The daemon's URL."""
+        return str(self._http.base_url)
+
+    def __repr__(self) -> str:
+        return f"SyncSandboxClient(base_url={self.base_url!r})"
+
+    # ------------------------------------------------------------ plumbing
+
+    def _call(self, call: _core.Call[T]) -> T:
+        """Send ``call``, retrying idempotent ones on connection errors; parse the answer."""
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, **call.request_kwargs())
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+                if call.idempotent and attempt < self._max_retries and _core.is_retryable(exc):
+                    time.sleep(_core.retry_delay(attempt, self._retry_backoff))
+                    attempt += 1
+                    continue
+                raise _core.wrap_http_error(exc, call.method, call.path) from exc
+            if _core.is_missing_after_retry(call, response.status_code, attempt):
+                return call.parse(None)
+            return _core.parse_response(call, response.status_code, response.content)
+
+    def _stream(self, call: _core.Call[Any]) -> Iterator[ExecChunk]:
+        """Send an ``exec/stream`` call and yield its chunks until ``done``."""
+        try:
+            with self._http.stream(
+                call.method,
+                call.path,
+                headers={"Accept": "text/event-stream"},
+                **call.request_kwargs(),
+            ) as response:
+                if response.status_code >= 400:
+                    raise api_error_from_response(response.status_code, response.read())
+                decoder = SSEDecoder()
+                for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    chunk = event_to_chunk(event) if event is not None else None
+                    if chunk is None:
+                        continue
+                    yield chunk
+                    if chunk.done:
+                        return
+                event = decoder.flush()
+                chunk = event_to_chunk(event) if event is not None else None
+                if chunk is not None:
+                    yield chunk
+                    if chunk.done:
+                        return
+                raise SandkastenStreamError("exec stream ended before its done event")
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            raise _core.wrap_http_error(exc, call.method, call.path) from exc
+
+    def _session(self, info: SessionInfo) -> SyncSession:
+        return SyncSession(self, info.id, info=info)
+
+    # ------------------------------------------------------------ sessions
+
+    def health(self) -> bool:
+        """``GET /healthz``: True once the daemon can create sessions."""
+        return self._call(_core.health())
+
+    def create_session(
+        self,
+        image: str | None = None,
+        ttl_seconds: int | None = None,
+        workspace_id: str | None = None,
+    ) -> SyncSession:
+        """Create a session; see :meth:`sandkasten.SandboxClient.create_session`."""
+        return self._session(self._call(_core.create_session(image, ttl_seconds, workspace_id)))
+
+    def get_session(self, session_id: str) -> SyncSession:
+        """A live session by id; raises :class:`SessionNotFound`."""
+        return self._session(self._call(_core.get_session(session_id)))
+
+    def list_sessions(self) -> builtins.list[SessionInfo]:
+        """Every live session, oldest first."""
+        return self._call(_core.list_sessions())
+
+    # ------------------------------------------------------------ workspaces
+
+    def list_workspaces(self) -> builtins.list[WorkspaceInfo]:
+        """Every workspace, by id."""
+        return self._call(_core.list_workspaces())
+
+    def create_workspace(
+        self, workspace_id: str, labels: Mapping[str, str] | None = None
+    ) -> WorkspaceInfo:
+        """Create an empty workspace; raises :class:`AlreadyExists` if it exists."""
+        return self._call(_core.create_workspace(workspace_id, labels))
+
+    def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
+        """One workspace; raises :class:`WorkspaceNotFound`."""
+        return self._call(_core.get_workspace(workspace_id))
+
+    def delete_workspace(self, workspace_id: str) -> None:
+        """Delete a workspace; raises :class:`WorkspaceInUse` while a session mounts it."""
+        self._call(_core.delete_workspace(workspace_id))
+
+    def read_workspace_file(
+        self, workspace_id: str, path: str, max_bytes: int | None = None
+    ) -> ReadResult:
+        """Read a workspace file without a session."""
+        fs = _core.workspace_path(workspace_id) + "/fs"
+        return self._call(_core.read_file(fs, path, max_bytes))
+
+    def write_workspace_file(self, workspace_id: str, path: str, content: str | bytes) -> None:
+        """Write a workspace file without a session."""
+        fs = _core.workspace_path(workspace_id) + "/fs"
+        self._call(_core.write_file(fs, path, content))
+
+    def list_workspace_files(
+        self, workspace_id: str, path: str | None = None
+    ) -> builtins.list[FileEntry]:
+        """List a workspace directory without a session (None: its root)."""
+        return self._call(_core.list_files(_core.workspace_path(workspace_id) + "/fs", path))
+
+    def upload_workspace_file(
+        self,
+        workspace_id: str,
+        file: FileInput,
+        dest_path: str | None = None,
+        filename: str | None = None,
+    ) -> builtins.list[str]:
+        """Upload one file into a workspace; returns the stored paths."""
+        fs = _core.workspace_path(workspace_id) + "/fs"
+        with _core.upload(fs, file, dest_path, filename) as call:
+            return self._call(call)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the HTTP connections. Sessions keep running."""
+        self._http.close()
+
+    def __enter__(self) -> SyncSandboxClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SyncSession:
+    """A sandbox session of :class:`SyncSandboxClient`; see :class:`sandkasten.Session`.
+
+    Used as a context manager it is destroyed on exit.
+    """
+
+    def __init__(
+        self, client: SyncSandboxClient, session_id: str, *, info: SessionInfo | None = None
+    ) -> None:
+        self._client = client
+        self._id = session_id
+        self._info = info
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._id
+
+    @property
+    def last_info(self) -> SessionInfo | None:
+        """The :class:`SessionInfo` this object was made from (not refreshed; see :meth:`info`)."""
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"SyncSession(id={self._id!r})"
+
+    def _fs(self) -> str:
+        return _core.session_path(self._id) + "/fs"
+
+    def exec(self, cmd: str, timeout_ms: int | None = None, raw_output: bool = False) -> ExecResult:
+        """Run ``cmd`` in the session's persistent shell and wait for it."""
+        return self._client._call(
+            _core.exec_command(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
+        )
+
+    def exec_stream(
+        self, cmd: str, timeout_ms: int | None = None, raw_output: bool = False
+    ) -> Iterator[ExecChunk]:
+        """Run ``cmd`` and yield output chunks as produced; the last has ``done=True``.
+
+        Raises :class:`SandkastenStreamError` on an ``error`` event.
+        """
+        call = _core.exec_stream(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
+        return self._client._stream(call)
+
+    def write(self, path: str, content: str | bytes) -> None:
+        """Write a file (parents created, existing replaced)."""
+        self._client._call(_core.write_file(self._fs(), path, content))
+
+    def read(self, path: str, max_bytes: int | None = None) -> ReadResult:
+        """Read a file; raises :class:`FileNotFound` or :class:`InvalidPath`."""
+        return self._client._call(_core.read_file(self._fs(), path, max_bytes))
+
+    def upload(
+        self, file: FileInput, dest_path: str | None = None, filename: str | None = None
+    ) -> builtins.list[str]:
+        """Upload one file (path, bytes or binary file object); returns the stored paths."""
+        with _core.upload(self._fs(), file, dest_path, filename) as call:
+            return self._client._call(call)
+
+    def list(self, path: str | None = None) -> builtins.list[FileEntry]:
+        """List a directory (None: ``/workspace``), sorted by name."""
+        return self._client._call(_core.list_files(self._fs() + "/list", path))
+
+    def stat(self, path: str) -> FileStat:
+        """Metadata of a path, not following a final symlink."""
+        return self._client._call(_core.stat_file(self._fs(), path))
+
+    def mkdir(self, path: str, parents: bool = True) -> str:
+        """Create a directory; returns its absolute path."""
+        return self._client._call(_core.mkdir(self._fs(), path, parents))
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file, symlink or directory (non-empty only with ``recursive``)."""
+        self._client._call(_core.remove(self._fs(), path, recursive))
+
+    def stats(self) -> SessionStats:
+        """Memory, CPU and process counts."""
+        return self._client._call(_core.session_stats(self._id))
+
+    def info(self) -> SessionInfo:
+        """Current metadata: status, cwd, expiry, ``acquire_source``."""
+        self._info = self._client._call(_core.get_session(self._id))
+        return self._info
+
+    def destroy(self) -> None:
+        """Destroy the sandbox; a persistent workspace stays."""
+        self._client._call(_core.destroy_session(self._id))
+
+    def __enter__(self) -> SyncSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(SessionNotFound):  # already destroyed or expired
+            self.destroy()

@@ -1,0 +1,365 @@
+"""Result types of the Sandkasten SDK.
+
+Every type is a plain dataclass built from the daemon's JSON. Fields the
+daemon may add later are ignored; fields an older daemon does not send get
+their documented default.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ExecChunk",
+    "ExecResult",
+    "FileEntry",
+    "FileStat",
+    "ReadResult",
+    "SessionInfo",
+    "SessionStats",
+    "WorkspaceInfo",
+]
+
+
+@dataclass
+class ExecResult:
+    """The result of :meth:`Session.exec`."""
+
+    exit_code: int
+    """Exit code of the command (0 is success, 124 a timeout, 128+N a signal)."""
+
+    cwd: str
+    """The shell's working directory after the command."""
+
+    output: str
+    """stdout and stderr, interleaved in the order written."""
+
+    truncated: bool = False
+    """True when the output exceeded the daemon's cap (1 MiB)."""
+
+    duration_ms: int = 0
+    """How long the command ran, in milliseconds."""
+
+    timed_out: bool = False
+    """True when ``timeout_ms`` elapsed and the command was interrupted."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExecResult:
+        """Build from the body of ``POST /v1/sessions/{id}/exec``."""
+        return cls(
+            exit_code=int(data["exit_code"]),
+            cwd=str(data["cwd"]),
+            output=str(data.get("output", "")),
+            truncated=bool(data.get("truncated", False)),
+            duration_ms=int(data.get("duration_ms", 0)),
+            timed_out=bool(data.get("timed_out", False)),
+        )
+
+
+@dataclass
+class ExecChunk:
+    """One piece of :meth:`Session.exec_stream`.
+
+    Output chunks have ``done=False`` and carry ``output``. The last chunk of
+    a stream has ``done=True``, an empty ``output``, and the command's
+    ``exit_code``, ``cwd``, ``duration_ms``, ``timed_out`` and ``truncated``.
+    """
+
+    output: str
+    """Output text of this chunk (empty on the final chunk)."""
+
+    timestamp: int = 0
+    """When the daemon received the chunk, in Unix milliseconds (0 on the final chunk)."""
+
+    done: bool = False
+    """True on the final chunk only."""
+
+    exit_code: int | None = None
+    """Exit code of the command (final chunk only)."""
+
+    cwd: str | None = None
+    """The shell's working directory after the command (final chunk only)."""
+
+    duration_ms: int = 0
+    """How long the command ran (final chunk only)."""
+
+    timed_out: bool = False
+    """True when the command was interrupted by its timeout (final chunk only)."""
+
+    truncated: bool = False
+    """True when the daemon stopped sending output at its cap (final chunk only)."""
+
+    @classmethod
+    def from_chunk_event(cls, data: dict[str, Any]) -> ExecChunk:
+        """Build from the data of an ``event: chunk``."""
+        return cls(output=str(data.get("chunk", "")), timestamp=int(data.get("timestamp", 0)))
+
+    @classmethod
+    def from_done_event(cls, data: dict[str, Any]) -> ExecChunk:
+        """Build from the data of an ``event: done``."""
+        return cls(
+            output="",
+            timestamp=0,
+            done=True,
+            exit_code=int(data["exit_code"]),
+            cwd=str(data["cwd"]),
+            duration_ms=int(data.get("duration_ms", 0)),
+            timed_out=bool(data.get("timed_out", False)),
+            truncated=bool(data.get("truncated", False)),
+        )
+
+
+@dataclass
+class SessionInfo:
+    """What the daemon knows about a session (``GET /v1/sessions/{id}``)."""
+
+    id: str
+    """Session id."""
+
+    image: str
+    """Image the session runs (``base`` is built in)."""
+
+    status: str
+    """One of ``creating``, ``running``, ``destroying``, ``destroyed``, ``expired``,
+    ``lost``, ``failed``."""
+
+    cwd: str
+    """The shell's working directory after the last exec."""
+
+    created_at: str
+    """RFC 3339 time of creation."""
+
+    expires_at: str
+    """RFC 3339 time at which the daemon destroys the session unless it is used."""
+
+    workspace_id: str | None = None
+    """The persistent workspace mounted at ``/workspace``; None for an ephemeral one."""
+
+    acquire_source: str | None = None
+    """``"pool"`` when a pre-warmed sandbox served the create, ``"cold"`` otherwise."""
+
+    container_id: str | None = None
+    """Kept for compatibility with sandkasten 0.3; this daemon does not send it."""
+
+    last_activity: str | None = None
+    """Kept for compatibility with sandkasten 0.3; this daemon does not send it."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionInfo:
+        """Build from a ``SessionInfo`` JSON object."""
+        return cls(
+            id=str(data["id"]),
+            image=str(data.get("image", "")),
+            status=str(data.get("status", "")),
+            cwd=str(data.get("cwd", "")),
+            created_at=str(data.get("created_at", "")),
+            expires_at=str(data.get("expires_at", "")),
+            workspace_id=data.get("workspace_id") or None,
+            acquire_source=data.get("acquire_source"),
+            container_id=data.get("container_id"),
+            last_activity=data.get("last_activity"),
+        )
+
+
+@dataclass
+class SessionStats:
+    """Resource usage of a session, read from its cgroups."""
+
+    memory_bytes: int
+    """Memory in use, in bytes."""
+
+    memory_limit: int
+    """Memory limit in bytes (0 when none is set)."""
+
+    cpu_usage_usec: int
+    """CPU time used, in microseconds."""
+
+    pids: int = 0
+    """Number of processes and threads."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionStats:
+        """Build from the body of ``GET /v1/sessions/{id}/stats``."""
+        return cls(
+            memory_bytes=int(data.get("memory_bytes") or 0),
+            memory_limit=int(data.get("memory_limit") or 0),
+            cpu_usage_usec=int(data.get("cpu_usage_usec") or 0),
+            pids=int(data.get("pids") or 0),
+        )
+
+
+@dataclass
+class ReadResult:
+    """The result of reading a file.
+
+    ``str(result)`` is the content decoded as UTF-8 (invalid bytes replaced),
+    so ``print(await session.read("a.py"))`` prints the file; ``bytes(result)``
+    is the raw content.
+    """
+
+    content: bytes
+    """The file's bytes (up to ``max_bytes``)."""
+
+    path: str
+    """The absolute path inside the sandbox, e.g. ``/workspace/a.py``."""
+
+    truncated: bool = False
+    """True when the file is longer than what was returned."""
+
+    @property
+    def text(self) -> str:
+        """The content decoded as UTF-8, invalid bytes replaced by U+FFFD."""
+        return self.content.decode("utf-8", errors="replace")
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __bytes__(self) -> bytes:
+        return self.content
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, path: str = "") -> ReadResult:
+        """Build from the body of ``GET …/fs/read``."""
+        raw = str(data.get("content_base64", ""))
+        raw += "=" * (-len(raw) % 4)
+        return cls(
+            content=base64.b64decode(raw),
+            path=str(data.get("path", path)),
+            truncated=bool(data.get("truncated", False)),
+        )
+
+
+@dataclass
+class WorkspaceInfo:
+    """A named persistent workspace."""
+
+    id: str
+    """Workspace id (1-64 of ``[A-Za-z0-9._-]``)."""
+
+    created_at: str | None = None
+    """RFC 3339 time of creation."""
+
+    last_used_at: str | None = None
+    """RFC 3339 time a session last mounted it; None if never."""
+
+    size_bytes: int = 0
+    """Bytes of its regular files."""
+
+    quota_bytes: int | None = None
+    """Size limit in bytes; None when unlimited."""
+
+    in_use: bool = False
+    """Whether a live session mounts it."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    """Free-form labels given at creation."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkspaceInfo:
+        """Build from a ``WorkspaceInfo`` JSON object."""
+        quota = data.get("quota_bytes")
+        return cls(
+            id=str(data["id"]),
+            created_at=data.get("created_at"),
+            last_used_at=data.get("last_used_at"),
+            size_bytes=int(data.get("size_bytes") or 0),
+            quota_bytes=int(quota) if quota is not None else None,
+            in_use=bool(data.get("in_use", False)),
+            labels=dict(data.get("labels") or {}),
+        )
+
+
+@dataclass
+class FileEntry:
+    """One entry of a directory listing."""
+
+    name: str
+    """File name (no directory part)."""
+
+    type: str
+    """``file``, ``dir``, ``symlink`` or ``other``."""
+
+    size: int = 0
+    """Size in bytes."""
+
+    mode: int = 0
+    """Permission bits (``st_mode & 0o7777``; 0o644 is 420)."""
+
+    mtime: int = 0
+    """Modification time, Unix seconds."""
+
+    @property
+    def is_dir(self) -> bool:
+        """True for a directory."""
+        return self.type == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        """True for a regular file."""
+        return self.type == "file"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileEntry:
+        """Build from one element of ``entries``."""
+        return cls(
+            name=str(data["name"]),
+            type=str(data.get("type", "other")),
+            size=int(data.get("size") or 0),
+            mode=int(data.get("mode") or 0),
+            mtime=int(data.get("mtime") or 0),
+        )
+
+
+@dataclass
+class FileStat:
+    """Metadata of one path (a final symlink is not followed)."""
+
+    path: str
+    """Absolute path inside the sandbox."""
+
+    type: str
+    """``file``, ``dir``, ``symlink`` or ``other``."""
+
+    size: int = 0
+    """Size in bytes."""
+
+    mode: int = 0
+    """Permission bits (``st_mode & 0o7777``)."""
+
+    uid: int = 0
+    """Owner uid as seen inside the sandbox."""
+
+    gid: int = 0
+    """Group gid as seen inside the sandbox."""
+
+    mtime: int = 0
+    """Modification time, Unix seconds."""
+
+    link_target: str | None = None
+    """Target of a symlink; None for other types."""
+
+    @property
+    def is_dir(self) -> bool:
+        """True for a directory."""
+        return self.type == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        """True for a regular file."""
+        return self.type == "file"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileStat:
+        """Build from the body of ``GET …/fs/stat``."""
+        return cls(
+            path=str(data["path"]),
+            type=str(data.get("type", "other")),
+            size=int(data.get("size") or 0),
+            mode=int(data.get("mode") or 0),
+            uid=int(data.get("uid") or 0),
+            gid=int(data.get("gid") or 0),
+            mtime=int(data.get("mtime") or 0),
+            link_target=data.get("link_target"),
+        )
