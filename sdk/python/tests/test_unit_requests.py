@@ -1,0 +1,464 @@
+"""Unit tests: what each method sends and how answers are parsed (mocked transport)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import sandkasten
+from sandkasten import (
+    ExecResult,
+    FileEntry,
+    FileStat,
+    ReadResult,
+    SessionInfo,
+    SessionStats,
+    WorkspaceInfo,
+)
+from sdkmock import SESSION_JSON, Daemon, aclose, body, error, maybe
+
+S = "/v1/sessions/2c0d6f"
+WS_JSON = {
+    "id": "user123-project456",
+    "created_at": "2026-11-28T16:30:00.000Z",
+    "last_used_at": None,
+    "size_bytes": 1000,
+    "quota_bytes": None,
+    "in_use": False,
+    "labels": {"team": "a"},
+}
+ENTRIES = {
+    "path": "/workspace",
+    "entries": [
+        {"name": "a", "type": "dir", "size": 4096, "mode": 493, "mtime": 1795883633},
+        {"name": "b.txt", "type": "file", "size": 3, "mode": 420, "mtime": 1795883634},
+    ],
+}
+
+
+@pytest.fixture(params=["async", "sync"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def d() -> Daemon:
+    daemon = Daemon()
+    daemon.on("POST", "/v1/sessions", httpx.Response(201, json=SESSION_JSON))
+    daemon.on("GET", S, SESSION_JSON)
+    return daemon
+
+
+async def open_session(d: Daemon, flavor: str, **kwargs: Any) -> tuple[Any, Any]:
+    client: Any = d.async_client(**kwargs) if flavor == "async" else d.sync_client(**kwargs)
+    return client, await maybe(client.create_session())
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_dataclass_parsing() -> None:
+    info = SessionInfo.from_json(SESSION_JSON | {"future_field": 1})
+    assert info == SessionInfo(
+        id="2c0d6f",
+        image="base",
+        status="running",
+        cwd="/workspace",
+        created_at="2026-11-28T15:34:36.889Z",
+        expires_at="2026-11-28T16:04:36.889Z",
+        workspace_id=None,
+        acquire_source="cold",
+    )
+    assert SessionInfo.from_json(SESSION_JSON | {"workspace_id": "w"}).workspace_id == "w"
+
+    assert ExecResult.from_json(
+        {
+            "exit_code": 124,
+            "cwd": "/w",
+            "output": "x",
+            "truncated": True,
+            "duration_ms": 5,
+            "timed_out": True,
+        }
+    ) == ExecResult(124, "/w", "x", truncated=True, duration_ms=5, timed_out=True)
+    # An older daemon without the optional fields.
+    assert ExecResult.from_json({"exit_code": 0, "cwd": "/", "output": ""}) == ExecResult(
+        0, "/", ""
+    )
+
+    assert SessionStats.from_json(
+        {"memory_bytes": 1, "memory_limit": 2, "cpu_usage_usec": 3, "pids": 4}
+    ) == SessionStats(1, 2, 3, 4)
+
+    ws = WorkspaceInfo.from_json(WS_JSON)
+    assert ws.id == "user123-project456" and ws.size_bytes == 1000 and ws.labels == {"team": "a"}
+    assert ws.quota_bytes is None and ws.last_used_at is None and not ws.in_use
+    assert WorkspaceInfo.from_json({"id": "x"}) == WorkspaceInfo(id="x")
+
+    entry = FileEntry.from_json(ENTRIES["entries"][0])
+    assert entry == FileEntry("a", "dir", 4096, 0o755, 1795883633)
+    assert entry.is_dir and not entry.is_file
+
+    st = FileStat.from_json(
+        {
+            "path": "/workspace/l",
+            "type": "symlink",
+            "size": 1,
+            "mode": 511,
+            "uid": 1000,
+            "gid": 1000,
+            "mtime": 2,
+            "link_target": "/etc",
+        }
+    )
+    assert st.link_target == "/etc" and st.uid == 1000 and not st.is_dir
+
+
+def test_read_result() -> None:
+    r = ReadResult.from_json(
+        {
+            "path": "/workspace/a",
+            "content_base64": base64.b64encode(b"h\xc3\xa9\xff").decode(),
+            "truncated": True,
+        }
+    )
+    assert r.content == b"h\xc3\xa9\xff" and r.truncated and r.path == "/workspace/a"
+    assert r.text == "hé\ufffd" and str(r) == "hé\ufffd" and bytes(r) == b"h\xc3\xa9\xff"
+    # Unpadded base64 is accepted, as by the daemon.
+    assert ReadResult.from_json({"content_base64": "aGk"}, path="x") == ReadResult(b"hi", "x")
+
+
+# ------------------------------------------------------------------ sessions
+
+
+async def test_create_session_sends_only_what_is_given(d: Daemon, flavor: str) -> None:
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    session = await maybe(client.create_session())
+    assert body(d.requests[-1]) == {}
+    assert session.id == "2c0d6f"
+    assert session.last_info.acquire_source == "cold"
+    await maybe(client.create_session(image="base", ttl_seconds=60, workspace_id="w1"))
+    assert body(d.requests[-1]) == {"image": "base", "ttl_seconds": 60, "workspace_id": "w1"}
+    await maybe(client.create_session("python"))
+    assert body(d.requests[-1]) == {"image": "python"}
+    await aclose(client)
+
+
+async def test_session_routes(d: Daemon, flavor: str) -> None:
+    d.on("GET", "/v1/sessions", [SESSION_JSON, SESSION_JSON | {"id": "x"}])
+    d.on(
+        "GET",
+        S + "/stats",
+        {"memory_bytes": 10, "memory_limit": 20, "cpu_usage_usec": 30, "pids": 2},
+    )
+    d.on("DELETE", S, {"ok": True})
+    d.on("GET", "/healthz", {"status": "ok"})
+    client, session = await open_session(d, flavor)
+    assert await maybe(client.health()) is True
+    assert [s.id for s in await maybe(client.list_sessions())] == ["2c0d6f", "x"]
+    again = await maybe(client.get_session("2c0d6f"))
+    assert again.id == "2c0d6f" and repr(again).endswith("(id='2c0d6f')")
+    assert (await maybe(session.info())).status == "running"
+    assert await maybe(session.stats()) == SessionStats(10, 20, 30, 2)
+    await maybe(session.destroy())
+    assert [r.method for r in d.calls("DELETE", S)] == ["DELETE"]
+    assert d.requests[0].headers["user-agent"].startswith("sandkasten-python/")
+    await aclose(client)
+
+
+async def test_exec_request_and_timeout(d: Daemon, flavor: str) -> None:
+    d.on(
+        "POST",
+        S + "/exec",
+        {
+            "exit_code": 0,
+            "cwd": "/workspace",
+            "output": "42\n",
+            "truncated": False,
+            "duration_ms": 3,
+            "timed_out": False,
+        },
+    )
+    client, session = await open_session(d, flavor, timeout=5)
+    result = await maybe(session.exec("python3 -c 'print(42)'"))
+    assert result == ExecResult(0, "/workspace", "42\n", duration_ms=3)
+    request = d.requests[-1]
+    assert body(request) == {"cmd": "python3 -c 'print(42)'", "raw_output": False}
+    # The daemon's default command timeout is 30 s: the HTTP read waits longer.
+    assert request.extensions["timeout"]["read"] >= 30 + 10
+    assert request.extensions["timeout"]["connect"] == 5
+
+    await maybe(session.exec("sleep 100", timeout_ms=100_000, raw_output=True))
+    request = d.requests[-1]
+    assert body(request) == {"cmd": "sleep 100", "timeout_ms": 100_000, "raw_output": True}
+    assert request.extensions["timeout"]["read"] >= 110
+
+    # Other calls use the client's timeout.
+    d.on("GET", S + "/stats", {"memory_bytes": 0, "memory_limit": 0, "cpu_usage_usec": 0})
+    await maybe(session.stats())
+    assert d.requests[-1].extensions["timeout"]["read"] == 5
+    await aclose(client)
+
+
+async def test_no_timeout_stays_no_timeout(d: Daemon, flavor: str) -> None:
+    d.on("POST", S + "/exec", {"exit_code": 0, "cwd": "/", "output": ""})
+    client, session = await open_session(d, flavor, timeout=None)
+    await maybe(session.exec("true", timeout_ms=1000))
+    assert d.requests[-1].extensions["timeout"]["read"] is None
+    await aclose(client)
+
+
+async def test_session_context_manager_destroys(d: Daemon, flavor: str) -> None:
+    d.on("DELETE", S, {"ok": True}, error(404, "SESSION_NOT_FOUND"))
+    client, session = await open_session(d, flavor)
+    if flavor == "async":
+        async with session as s:
+            assert s is session
+        async with session:  # already gone: leaving the block does not raise
+            pass
+        with pytest.raises(RuntimeError):  # the body's error is not masked
+            async with session:
+                raise RuntimeError("body failed")
+    else:
+        with session as s:
+            assert s is session
+        with session:
+            pass
+        with pytest.raises(RuntimeError), session:
+            raise RuntimeError("body failed")
+    assert len(d.calls("DELETE", S)) == 3
+    await aclose(client)
+
+
+async def test_client_context_manager_closes(flavor: str) -> None:
+    d = Daemon()
+    if flavor == "async":
+        async with d.async_client() as client:
+            assert repr(client) == "SandboxClient(base_url='http://sandkasten.test')"
+        assert client._http.is_closed
+    else:
+        with d.sync_client() as client:
+            assert repr(client) == "SyncSandboxClient(base_url='http://sandkasten.test')"
+        assert client._http.is_closed
+
+
+# ------------------------------------------------------------------ files
+
+
+async def test_file_routes(d: Daemon, flavor: str) -> None:
+    d.on("POST", S + "/fs/write", {"ok": True})
+    d.on(
+        "GET",
+        S + "/fs/read",
+        {"path": "/workspace/a.bin", "content_base64": "AAH/", "truncated": False},
+    )
+    d.on("GET", S + "/fs/list", ENTRIES)
+    d.on(
+        "GET",
+        S + "/fs/stat",
+        {
+            "path": "/workspace/a",
+            "type": "dir",
+            "size": 4096,
+            "mode": 493,
+            "uid": 1000,
+            "gid": 1000,
+            "mtime": 1,
+            "link_target": None,
+        },
+    )
+    d.on("POST", S + "/fs/mkdir", {"ok": True, "path": "/workspace/x/y"})
+    d.on("POST", S + "/fs/remove", {"ok": True})
+    client, session = await open_session(d, flavor)
+
+    await maybe(session.write("hello.py", "print('hé')"))
+    assert body(d.requests[-1]) == {"path": "hello.py", "text": "print('hé')"}
+    await maybe(session.write("a.bin", b"\x00\x01\xff"))
+    assert body(d.requests[-1]) == {"path": "a.bin", "content_base64": "AAH/"}
+    await maybe(session.write("empty", b""))
+    assert body(d.requests[-1]) == {"path": "empty", "content_base64": ""}
+    with pytest.raises(TypeError):
+        await maybe(session.write("x", 42))
+
+    r = await maybe(session.read("a.bin"))
+    assert r.content == b"\x00\x01\xff" and r.path == "/workspace/a.bin"
+    assert dict(d.requests[-1].url.params) == {"path": "a.bin"}
+    await maybe(session.read("a.bin", max_bytes=2))
+    assert dict(d.requests[-1].url.params) == {"path": "a.bin", "max_bytes": "2"}
+
+    entries = await maybe(session.list())
+    assert [e.name for e in entries] == ["a", "b.txt"]
+    assert "path" not in d.requests[-1].url.params
+    await maybe(session.list("sub dir/&x"))
+    assert d.requests[-1].url.params["path"] == "sub dir/&x"
+
+    st = await maybe(session.stat("a"))
+    assert st.is_dir and st.path == "/workspace/a"
+    assert await maybe(session.mkdir("x/y")) == "/workspace/x/y"
+    assert body(d.requests[-1]) == {"path": "x/y", "parents": True}
+    await maybe(session.mkdir("x/y", parents=False))
+    assert body(d.requests[-1]) == {"path": "x/y", "parents": False}
+    await maybe(session.remove("x"))
+    assert body(d.requests[-1]) == {"path": "x", "recursive": False}
+    await maybe(session.remove("x", recursive=True))
+    assert body(d.requests[-1]) == {"path": "x", "recursive": True}
+    await aclose(client)
+
+
+def multipart(request: httpx.Request) -> dict[str, tuple[str | None, bytes]]:
+    """Parse a multipart body: part name -> (filename, content)."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + request.content)
+    parts: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        parts[str(name)] = (part.get_filename(), part.get_payload(decode=True))
+    return parts
+
+
+async def test_upload(d: Daemon, flavor: str, tmp_path: Path) -> None:
+    d.on("POST", S + "/fs/upload", {"ok": True, "paths": ["/workspace/data.bin"]})
+    client, session = await open_session(d, flavor)
+    local = tmp_path / "data.bin"
+    local.write_bytes(bytes(range(256)))
+
+    assert await maybe(session.upload(local)) == ["/workspace/data.bin"]
+    assert multipart(d.requests[-1]) == {"file": ("data.bin", bytes(range(256)))}
+
+    await maybe(session.upload(str(local), dest_path="/workspace/in", filename="renamed"))
+    assert multipart(d.requests[-1]) == {
+        "path": (None, b"/workspace/in"),
+        "file": ("renamed", bytes(range(256))),
+    }
+
+    await maybe(session.upload(b"raw bytes", filename="r.txt"))
+    assert multipart(d.requests[-1]) == {"file": ("r.txt", b"raw bytes")}
+
+    with local.open("rb") as f:
+        await maybe(session.upload(f))
+    assert multipart(d.requests[-1])["file"] == ("data.bin", bytes(range(256)))
+
+    await maybe(session.upload(io.BytesIO(b"mem"), filename="m"))
+    assert multipart(d.requests[-1])["file"] == ("m", b"mem")
+
+    n = len(d.requests)
+    with pytest.raises(ValueError, match="filename"):
+        await maybe(session.upload(b"no name"))
+    with pytest.raises(ValueError, match="filename"):
+        await maybe(session.upload(io.BytesIO(b"no name")))
+    with pytest.raises(FileNotFoundError):
+        await maybe(session.upload(tmp_path / "missing"))
+    with pytest.raises(TypeError):
+        await maybe(session.upload(42))
+    assert len(d.requests) == n
+    await aclose(client)
+
+
+# ------------------------------------------------------------------ workspaces
+
+
+async def test_workspace_routes(d: Daemon, flavor: str) -> None:
+    W = "/v1/workspaces/user123-project456"
+    d.on("GET", "/v1/workspaces", {"workspaces": [WS_JSON]})
+    d.on("POST", "/v1/workspaces", httpx.Response(201, json=WS_JSON))
+    d.on("GET", W, WS_JSON)
+    d.on("DELETE", W, {"ok": True})
+    d.on("GET", W + "/fs", ENTRIES)
+    d.on(
+        "GET",
+        W + "/fs/read",
+        {"path": "/workspace/a", "content_base64": "aGk=", "truncated": False},
+    )
+    d.on("POST", W + "/fs/write", {"ok": True})
+    d.on("POST", W + "/fs/upload", {"ok": True, "paths": ["/workspace/in/u"]})
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    wid = "user123-project456"
+
+    assert [w.id for w in await maybe(client.list_workspaces())] == [wid]
+    assert (await maybe(client.create_workspace(wid, labels={"team": "a"}))).labels == {"team": "a"}
+    assert body(d.requests[-1]) == {"id": wid, "labels": {"team": "a"}}
+    await maybe(client.create_workspace(wid))
+    assert body(d.requests[-1]) == {"id": wid}
+    assert (await maybe(client.get_workspace(wid))).size_bytes == 1000
+    await maybe(client.delete_workspace(wid))
+
+    assert [e.name for e in await maybe(client.list_workspace_files(wid))] == ["a", "b.txt"]
+    assert "path" not in d.requests[-1].url.params
+    await maybe(client.list_workspace_files(wid, "a"))
+    assert d.requests[-1].url.params["path"] == "a"
+    r = await maybe(client.read_workspace_file(wid, "a", max_bytes=10))
+    assert r.content == b"hi" and dict(d.requests[-1].url.params) == {
+        "path": "a",
+        "max_bytes": "10",
+    }
+    await maybe(client.write_workspace_file(wid, "a", b"\x00"))
+    assert body(d.requests[-1]) == {"path": "a", "content_base64": "AA=="}
+    assert await maybe(client.upload_workspace_file(wid, b"u", dest_path="in", filename="u")) == [
+        "/workspace/in/u"
+    ]
+    assert multipart(d.requests[-1]) == {"path": (None, b"in"), "file": ("u", b"u")}
+    await aclose(client)
+
+
+async def test_ids_cannot_change_the_route(flavor: str) -> None:
+    d = Daemon()
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    for wid, raw in [
+        ("..", "/v1/workspaces/%2E%2E"),
+        ("a/b", "/v1/workspaces/a%2Fb"),
+        ("a?b#c", "/v1/workspaces/a%3Fb%23c"),
+        (".", "/v1/workspaces/%2E"),
+    ]:
+        with pytest.raises(sandkasten.NotFound):  # the mock has no routes
+            await maybe(client.get_workspace(wid))
+        assert d.requests[-1].url.raw_path.decode() == raw
+    with pytest.raises(ValueError):
+        await maybe(client.get_session(""))
+    with pytest.raises(ValueError):
+        await maybe(client.delete_workspace(""))
+    await aclose(client)
+
+
+# ------------------------------------------------------------------ construction
+
+
+def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDKASTEN_API_KEY", "sk-from-env")
+    client = sandkasten.SyncSandboxClient()
+    assert client._http.headers["authorization"] == "Bearer sk-from-env"
+    assert client.base_url == "http://127.0.0.1:8080"
+    client.close()
+    monkeypatch.delenv("SANDKASTEN_API_KEY")
+    with pytest.raises(ValueError, match="api_key"):
+        sandkasten.SyncSandboxClient()
+    with pytest.raises(ValueError, match="api_key"):
+        sandkasten.SandboxClient(api_key="")
+    with pytest.raises(ValueError, match="max_retries"):
+        sandkasten.SandboxClient(api_key="k", max_retries=-1)
+
+
+def test_timeout_argument() -> None:
+    c = sandkasten.SyncSandboxClient(api_key="k", timeout=7)
+    assert c._http.timeout == httpx.Timeout(7.0)
+    c.close()
+    c = sandkasten.SyncSandboxClient(api_key="k", timeout=httpx.Timeout(3, read=9))
+    assert c._http.timeout.read == 9 and c._http.timeout.connect == 3
+    c.close()
+    c = sandkasten.SyncSandboxClient(api_key="k")
+    assert c._http.timeout.read == 120 and c._http.timeout.connect == 10
+    c.close()
+
+
+def test_public_api_is_exported() -> None:
+    for name in sandkasten.__all__:
+        assert getattr(sandkasten, name) is not None
+    assert sandkasten.__version__.count(".") == 2
+    assert (Path(sandkasten.__file__).parent / "py.typed").exists()
