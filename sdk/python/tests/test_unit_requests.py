@@ -354,6 +354,9 @@ async def test_upload(d: Daemon, flavor: str, tmp_path: Path) -> None:
         await maybe(session.upload(b"no name"))
     with pytest.raises(ValueError, match="filename"):
         await maybe(session.upload(io.BytesIO(b"no name")))
+    for bad in ("..", ".", "a/b", "nul\0"):
+        with pytest.raises(ValueError, match="upload filename"):
+            await maybe(session.upload(b"x", filename=bad))
     with pytest.raises(FileNotFoundError):
         await maybe(session.upload(tmp_path / "missing"))
     with pytest.raises(TypeError):

@@ -375,6 +375,18 @@ def remove(fs: str, path: str, recursive: bool) -> Call[None]:
     return Call("POST", fs + "/remove", _ignore, json={"path": path, "recursive": recursive})
 
 
+def check_upload_filename(name: str) -> None:
+    """Refuse what the daemon refuses as an upload filename, before sending anything.
+
+    The file goes exactly into the target directory: a name must not be
+    empty, ``.`` or ``..``, and must not contain ``/`` or NUL. (Checking here
+    also avoids a daemon that answers such an upload before reading its body,
+    which can reset the connection.)
+    """
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"invalid upload filename {name!r}: must be a plain file name")
+
+
 @contextmanager
 def upload(
     fs: str, file: FileInput, dest_path: str | None, filename: str | None
@@ -403,6 +415,7 @@ def upload(
             raise TypeError(
                 f"file must be a path, bytes or a binary file object, not {type(file).__name__}"
             )
+        check_upload_filename(name)
         data = {"path": dest_path} if dest_path is not None else None
         yield Call(
             "POST",

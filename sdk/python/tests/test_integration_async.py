@@ -1,0 +1,316 @@
+"""Integration tests of the async client against the real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sandkasten
+from sandkasten import (
+    ExecChunk,
+    SandboxClient,
+    Session,
+)
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@pytest.fixture
+async def session(aclient: SandboxClient) -> Session:
+    s = await aclient.create_session()
+    yield s  # type: ignore[misc]
+    with contextlib.suppress(sandkasten.SessionNotFound):
+        await s.destroy()
+
+
+async def test_health(aclient: SandboxClient) -> None:
+    assert await aclient.health() is True
+
+
+async def test_session_lifecycle(aclient: SandboxClient) -> None:
+    session = await aclient.create_session(image="base", ttl_seconds=600)
+    info = session.last_info
+    assert info is not None
+    assert info.id == session.id and info.image == "base" and info.status == "running"
+    assert info.cwd == "/workspace" and info.workspace_id is None
+    assert info.acquire_source in ("cold", "pool")
+    assert 590 <= (ts(info.expires_at) - ts(info.created_at)).total_seconds() <= 610
+
+    assert session.id in [s.id for s in await aclient.list_sessions()]
+    again = await aclient.get_session(session.id)
+    assert again.id == session.id
+    fresh = await again.info()
+    assert fresh.id == session.id and fresh.acquire_source == info.acquire_source
+
+    stats = await session.stats()
+    assert stats.memory_limit > 0 and stats.pids >= 1 and stats.memory_bytes > 0
+
+    await session.destroy()
+    assert session.id not in [s.id for s in await aclient.list_sessions()]
+    with pytest.raises(sandkasten.SessionNotFound) as err:
+        await session.info()
+    assert err.value.status_code == 404 and err.value.details["session_id"] == session.id
+    with pytest.raises(sandkasten.SessionNotFound):
+        await session.destroy()
+    with pytest.raises(sandkasten.SessionNotFound):
+        await aclient.get_session(session.id)
+
+
+async def test_session_context_manager_destroys(aclient: SandboxClient) -> None:
+    async with await aclient.create_session() as session:
+        assert (await session.exec("echo in")).output == "in\n"
+    with pytest.raises(sandkasten.SessionNotFound):
+        await aclient.get_session(session.id)
+
+
+async def test_create_errors(aclient: SandboxClient) -> None:
+    with pytest.raises(sandkasten.InvalidImage):
+        await aclient.create_session(image="no-such-image")
+    for bad in ("..", "a/b", "-x", ".hidden", "x" * 65):
+        with pytest.raises(sandkasten.InvalidWorkspace):
+            await aclient.create_session(workspace_id=bad)
+    with pytest.raises(sandkasten.InvalidRequest):
+        await aclient.create_session(ttl_seconds=0)
+
+
+async def test_unauthorized(daemon: Any) -> None:
+    async with SandboxClient(base_url=daemon.url, api_key="sk-wrong-key") as bad:
+        with pytest.raises(sandkasten.Unauthorized) as err:
+            await bad.list_sessions()
+        assert err.value.status_code == 401 and err.value.error_code == "UNAUTHORIZED"
+
+
+async def test_exec_state_persists(session: Session) -> None:
+    r = await session.exec("cd /tmp && export GREETING=hi && f() { echo fn-$1; }")
+    assert r.exit_code == 0 and r.cwd == "/tmp" and not r.timed_out
+    r = await session.exec("echo $GREETING from $(pwd); f x")
+    assert r.output == "hi from /tmp\nfn-x\n" and r.cwd == "/tmp"
+    assert (await session.info()).cwd == "/tmp"
+
+    r = await session.exec("echo out; echo err >&2; exit 3")
+    assert r.exit_code == 3 and r.output == "out\nerr\n"
+    r = await session.exec("pwd")  # a fresh shell, in the last cwd
+    assert r.output == "/tmp\n" and r.exit_code == 0
+
+
+async def test_exec_timeout_and_raw_output(session: Session) -> None:
+    r = await session.exec("echo before; sleep 10", timeout_ms=500)
+    assert r.timed_out and r.exit_code == 124 and "before" in r.output
+    assert r.duration_ms >= 500
+    assert (await session.exec("echo still usable")).output == "still usable\n"
+
+    plain = await session.exec("printf '\\033[31mred\\033[0m\\n'")
+    raw = await session.exec("printf '\\033[31mred\\033[0m\\n'", raw_output=True)
+    assert plain.output == "red\n"
+    assert "\x1b[31m" in raw.output
+
+    with pytest.raises(sandkasten.InvalidRequest):
+        await session.exec("")
+
+
+async def test_exec_long_command_outlives_the_client_timeout(daemon: Any) -> None:
+    """An exec waits for its own timeout_ms, not the client's shorter HTTP timeout."""
+    async with (
+        SandboxClient(
+            base_url=daemon.url,
+            api_key=daemon.api_key,
+            timeout=1.0,
+        ) as client,
+        await client.create_session() as session,
+    ):
+        r = await session.exec("sleep 2; echo done", timeout_ms=10_000)
+        assert r.output == "done\n" and not r.timed_out
+
+
+async def test_exec_stream(session: Session) -> None:
+    started = time.monotonic()
+    chunks: list[ExecChunk] = []
+    first_at = None
+    async for chunk in session.exec_stream("cd /tmp; for i in 1 2 3; do echo $i; sleep 0.4; done"):
+        if first_at is None:
+            first_at = time.monotonic() - started
+        chunks.append(chunk)
+    total = time.monotonic() - started
+    assert "".join(c.output for c in chunks) == "1\n2\n3\n"
+    assert first_at is not None and first_at < total - 0.5  # output arrives as produced
+    done = chunks[-1]
+    assert done.done and done.exit_code == 0 and done.cwd == "/tmp"
+    assert done.duration_ms >= 1000 and not done.timed_out
+    assert all(not c.done for c in chunks[:-1])
+    assert all(c.timestamp > 0 for c in chunks[:-1])
+
+    chunks = [c async for c in session.exec_stream("sleep 5", timeout_ms=300)]
+    assert chunks[-1].done and chunks[-1].timed_out and chunks[-1].exit_code == 124
+
+    with pytest.raises(sandkasten.InvalidRequest):
+        async for _ in session.exec_stream(""):
+            pass
+
+
+async def test_exec_stream_keep_alive(session: Session) -> None:
+    """A command silent for more than the daemon's 10 s keep-alive interval."""
+    chunks = [c async for c in session.exec_stream("sleep 11; echo late", timeout_ms=20_000)]
+    assert "".join(c.output for c in chunks) == "late\n"
+    assert chunks[-1].done and chunks[-1].exit_code == 0
+
+
+async def test_exec_stream_break_interrupts(session: Session) -> None:
+    stream = session.exec_stream("echo start; sleep 30; echo never")
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for chunk in stream:
+            assert chunk.output == "start\n"
+            break
+    started = time.monotonic()
+    r = await session.exec("echo next")  # the shell is free again soon
+    assert r.output == "next\n"
+    assert time.monotonic() - started < 15
+
+
+async def test_write_read(session: Session) -> None:
+    await session.write("hello.py", "print(6*7)")
+    assert (await session.exec("python3 hello.py")).output == "42\n"
+    r = await session.read("hello.py")
+    assert r.content == b"print(6*7)" and r.path == "/workspace/hello.py" and not r.truncated
+    assert str(r) == "print(6*7)"
+
+    blob = bytes(range(256)) * 4
+    await session.write("/tmp/deep/dir/blob.bin", blob)
+    assert (await session.read("/tmp/deep/dir/blob.bin")).content == blob
+    part = await session.read("/tmp/deep/dir/blob.bin", max_bytes=10)
+    assert part.content == blob[:10] and part.truncated
+
+    await session.write("empty.txt", "")
+    assert (await session.read("empty.txt")).content == b""
+    await session.write("unicode.txt", "größe ✓")
+    assert (await session.read("unicode.txt")).text == "größe ✓"
+
+    with pytest.raises(sandkasten.FileNotFound):
+        await session.read("missing.txt")
+    with pytest.raises(sandkasten.InvalidPath):
+        await session.read("/tmp")
+    with pytest.raises(sandkasten.PermissionDenied):
+        await session.write("/usr/evil", "x")
+
+
+async def test_upload(session: Session, tmp_path: Path) -> None:
+    local = tmp_path / "data.bin"
+    local.write_bytes(bytes(range(256)))
+    assert await session.upload(local) == ["/workspace/data.bin"]
+    assert (await session.read("data.bin")).content == bytes(range(256))
+
+    assert await session.upload(str(local), dest_path="/workspace/in", filename="copy.bin") == [
+        "/workspace/in/copy.bin"
+    ]
+    assert await session.upload(b"raw", filename="raw.txt", dest_path="/tmp") == ["/tmp/raw.txt"]
+    assert await session.upload(io.BytesIO(b"mem"), filename="mem.txt") == ["/workspace/mem.txt"]
+    with local.open("rb") as f:
+        assert await session.upload(f, dest_path="/workspace/f") == ["/workspace/f/data.bin"]
+    assert (await session.read("/tmp/raw.txt")).content == b"raw"
+    assert (await session.read("mem.txt")).content == b"mem"
+    assert (await session.read("f/data.bin")).content == bytes(range(256))
+    for bad in ("..", ".", "a/b", ""):
+        with pytest.raises(ValueError, match="filename"):
+            await session.upload(b"x", filename=bad)
+
+
+async def test_list_stat_mkdir_remove(session: Session) -> None:
+    assert await session.mkdir("a/b/c") == "/workspace/a/b/c"
+    assert await session.mkdir("a/b/c") == "/workspace/a/b/c"  # parents: existing is fine
+    with pytest.raises(sandkasten.AlreadyExists):
+        await session.mkdir("a/b/c", parents=False)
+    await session.write("a/file.txt", "abc")
+    await session.exec("ln -s /etc /workspace/a/link")
+
+    entries = await session.list("a")
+    assert [(e.name, e.type) for e in entries] == [
+        ("b", "dir"),
+        ("file.txt", "file"),
+        ("link", "symlink"),
+    ]
+    f = entries[1]
+    assert f.size == 3 and f.mode == 0o644 and f.mtime > 0 and f.is_file
+    assert [e.name for e in await session.list()] == ["a"]
+
+    st = await session.stat("a/link")
+    assert st.type == "symlink" and st.link_target == "/etc" and st.path == "/workspace/a/link"
+    st = await session.stat("a/file.txt")
+    assert st.is_file and st.size == 3 and st.uid == 1000 and st.gid == 1000
+    assert (await session.stat("/workspace")).is_dir
+    with pytest.raises(sandkasten.FileNotFound):
+        await session.stat("nope")
+    with pytest.raises(sandkasten.FileNotFound):
+        await session.list("nope")
+
+    with pytest.raises(sandkasten.InvalidPath):
+        await session.remove("a")  # not empty
+    await session.remove("a/file.txt")
+    await session.remove("a/link")  # the link, not /etc
+    assert (await session.stat("/etc")).is_dir
+    await session.remove("a", recursive=True)
+    assert await session.list() == []
+    with pytest.raises(sandkasten.FileNotFound):
+        await session.remove("a")
+
+
+async def test_workspaces(aclient: SandboxClient, unique: str) -> None:
+    wid = f"sdk-async-{unique}"
+    info = await aclient.create_workspace(wid, labels={"team": "a"})
+    assert info.id == wid and info.labels == {"team": "a"} and not info.in_use
+    assert info.last_used_at is None
+    with pytest.raises(sandkasten.AlreadyExists):
+        await aclient.create_workspace(wid)
+    assert wid in [w.id for w in await aclient.list_workspaces()]
+
+    # Session-less file access.
+    await aclient.write_workspace_file(wid, "notes/a.txt", "from outside")
+    await aclient.write_workspace_file(wid, "bin.dat", b"\x00\xff")
+    assert (await aclient.read_workspace_file(wid, "/workspace/notes/a.txt")).content == (
+        b"from outside"
+    )
+    r = await aclient.read_workspace_file(wid, "/notes/a.txt", max_bytes=4)
+    assert r.content == b"from" and r.truncated and r.path == "/workspace/notes/a.txt"
+    assert [e.name for e in await aclient.list_workspace_files(wid)] == ["bin.dat", "notes"]
+    assert [e.name for e in await aclient.list_workspace_files(wid, "notes")] == ["a.txt"]
+    assert await aclient.upload_workspace_file(wid, b"up", filename="u.txt", dest_path="notes") == [
+        "/workspace/notes/u.txt"
+    ]
+    with pytest.raises(sandkasten.FileNotFound):
+        await aclient.read_workspace_file(wid, "missing")
+
+    async with await aclient.create_session(workspace_id=wid) as session:
+        assert session.last_info is not None and session.last_info.workspace_id == wid
+        r2 = await session.exec("cat notes/a.txt notes/u.txt; stat -c %u notes/a.txt")
+        assert r2.output == "from outsideup1000\n"
+        ws = await aclient.get_workspace(wid)
+        assert ws.in_use and ws.last_used_at is not None and ws.size_bytes >= 16
+        with pytest.raises(sandkasten.WorkspaceInUse) as err:
+            await aclient.delete_workspace(wid)
+        assert err.value.details["session_id"] == session.id
+
+    await aclient.delete_workspace(wid)
+    with pytest.raises(sandkasten.WorkspaceNotFound):
+        await aclient.get_workspace(wid)
+    with pytest.raises(sandkasten.WorkspaceNotFound):
+        await aclient.delete_workspace(wid)
+    with pytest.raises(sandkasten.InvalidWorkspace):
+        await aclient.get_workspace("..")
+
+
+async def test_parallel_sessions(aclient: SandboxClient) -> None:
+    sessions = await asyncio.gather(*(aclient.create_session() for _ in range(3)))
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(s.exec("sleep 1; hostname") for s in sessions))
+        assert time.monotonic() - started < 2.8  # sessions run in parallel
+        assert all(r.exit_code == 0 for r in results)
+    finally:
+        await asyncio.gather(*(s.destroy() for s in sessions))

@@ -1,0 +1,138 @@
+"""Integration tests of the sync client against the real daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sandkasten
+from sandkasten import SyncSandboxClient, SyncSession
+
+
+@pytest.fixture
+def session(client: SyncSandboxClient) -> Iterator[SyncSession]:
+    s = client.create_session()
+    yield s
+    with contextlib.suppress(sandkasten.SessionNotFound):
+        s.destroy()
+
+
+def test_health_and_session_lifecycle(client: SyncSandboxClient) -> None:
+    assert client.health() is True
+    with client.create_session(image="base", ttl_seconds=300) as session:
+        info = session.info()
+        assert info.id == session.id and info.status == "running" and info.image == "base"
+        assert info.acquire_source in ("cold", "pool") and info.workspace_id is None
+        assert session.id in [s.id for s in client.list_sessions()]
+        assert client.get_session(session.id).id == session.id
+        stats = session.stats()
+        assert stats.memory_limit > 0 and stats.pids >= 1
+    with pytest.raises(sandkasten.SessionNotFound):
+        client.get_session(session.id)
+    with pytest.raises(sandkasten.SessionNotFound):
+        session.destroy()
+
+
+def test_errors(client: SyncSandboxClient, daemon: Any) -> None:
+    with pytest.raises(sandkasten.InvalidImage):
+        client.create_session(image="no-such-image")
+    with pytest.raises(sandkasten.InvalidWorkspace):
+        client.create_session(workspace_id="../etc")
+    with (
+        SyncSandboxClient(base_url=daemon.url, api_key="sk-wrong-key") as bad,
+        pytest.raises(sandkasten.Unauthorized),
+    ):
+        bad.list_workspaces()
+
+
+def test_exec(session: SyncSession) -> None:
+    assert session.exec("cd /tmp && export X=1").cwd == "/tmp"
+    r = session.exec("echo $X $(pwd); echo err >&2; false")
+    assert r.output == "1 /tmp\nerr\n" and r.exit_code == 1
+    r = session.exec("sleep 10", timeout_ms=300)
+    assert r.timed_out and r.exit_code == 124
+    assert "\x1b[1m" in session.exec("printf '\\033[1mb\\n'", raw_output=True).output
+
+
+def test_exec_stream(session: SyncSession) -> None:
+    started = time.monotonic()
+    arrivals = []
+    chunks = []
+    for chunk in session.exec_stream("for i in 1 2; do echo $i; sleep 0.5; done; cd /"):
+        arrivals.append(time.monotonic() - started)
+        chunks.append(chunk)
+    assert "".join(c.output for c in chunks) == "1\n2\n"
+    assert chunks[-1].done and chunks[-1].exit_code == 0 and chunks[-1].cwd == "/"
+    assert arrivals[0] < arrivals[-1] - 0.5
+
+    with pytest.raises(sandkasten.SessionNotFound):
+        list(SyncSession(session._client, "no-such-session").exec_stream("true"))
+
+    stream = session.exec_stream("echo go; sleep 30")
+    assert next(stream).output == "go\n"
+    stream.close()  # interrupts the command
+    assert session.exec("echo free").output == "free\n"
+
+
+def test_files(session: SyncSession, tmp_path: Path) -> None:
+    session.write("a.txt", "text")
+    session.write("b.bin", bytes(range(256)))
+    assert session.read("a.txt").content == b"text"
+    assert session.read("b.bin").content == bytes(range(256))
+    part = session.read("b.bin", max_bytes=3)
+    assert part.content == b"\x00\x01\x02" and part.truncated
+    with pytest.raises(sandkasten.FileNotFound):
+        session.read("nope")
+
+    local = tmp_path / "up.txt"
+    local.write_text("uploaded")
+    assert session.upload(local) == ["/workspace/up.txt"]
+    assert session.upload(b"b", filename="b.txt", dest_path="d") == ["/workspace/d/b.txt"]
+    assert session.upload(io.BytesIO(b"io"), filename="io.txt") == ["/workspace/io.txt"]
+    assert session.read("d/b.txt").content == b"b"
+
+    assert session.mkdir("x/y") == "/workspace/x/y"
+    with pytest.raises(sandkasten.AlreadyExists):
+        session.mkdir("x", parents=False)
+    names = [e.name for e in session.list()]
+    assert names == ["a.txt", "b.bin", "d", "io.txt", "up.txt", "x"]
+    assert [e.name for e in session.list("/workspace/x")] == ["y"]
+    st = session.stat("b.bin")
+    assert st.size == 256 and st.is_file and st.path == "/workspace/b.bin"
+    with pytest.raises(sandkasten.InvalidPath):
+        session.remove("x")
+    session.remove("x", recursive=True)
+    session.remove("a.txt")
+    with pytest.raises(sandkasten.FileNotFound):
+        session.stat("a.txt")
+
+
+def test_workspaces(client: SyncSandboxClient, unique: str) -> None:
+    wid = f"sdk-sync-{unique}"
+    assert client.create_workspace(wid).id == wid
+    with pytest.raises(sandkasten.AlreadyExists):
+        client.create_workspace(wid)
+    client.write_workspace_file(wid, "w.txt", "written without a session")
+    assert client.upload_workspace_file(wid, b"u", filename="u.bin") == ["/workspace/u.bin"]
+    assert [e.name for e in client.list_workspace_files(wid)] == ["u.bin", "w.txt"]
+    assert client.read_workspace_file(wid, "w.txt").text == "written without a session"
+
+    with client.create_session(workspace_id=wid) as session:
+        assert session.read("w.txt").text == "written without a session"
+        session.write("from-session.txt", "hi")
+        assert client.get_workspace(wid).in_use
+        with pytest.raises(sandkasten.WorkspaceInUse):
+            client.delete_workspace(wid)
+    assert client.read_workspace_file(wid, "from-session.txt").text == "hi"
+    assert wid in [w.id for w in client.list_workspaces()]
+    client.delete_workspace(wid)
+    with pytest.raises(sandkasten.WorkspaceNotFound):
+        client.get_workspace(wid)
+    with pytest.raises(sandkasten.WorkspaceNotFound):
+        client.read_workspace_file(wid, "w.txt")
