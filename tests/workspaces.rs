@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::os::unix::fs::MetadataExt;
 
 fn ws_get(d: &Daemon, id: &str) -> Resp {
     d.get(&format!("/v1/workspaces/{id}"))
@@ -173,10 +172,6 @@ fn session_less_files_round_trip_and_belong_to_the_sandbox_user() {
         .collect();
     assert_eq!(names, vec!["a.txt"]);
     ws_read(&d, "files", "missing.txt").assert_error(404, "FILE_NOT_FOUND", "missing file");
-    // Written by the daemon, owned by the sandbox user (host uid 101000).
-    let host = d.home.data.join("workspaces/files/dir/sub/a.txt");
-    let meta = std::fs::metadata(&host).expect("file on the host side");
-    assert_eq!(meta.uid(), 101_000, "owner of a session-less write");
     // A session sees it, owned by uid 1000 inside.
     let id = d.create_session(json!({"workspace_id": "files"}))["id"]
         .as_str()
@@ -386,4 +381,85 @@ fn the_total_size_limit_deletes_least_recently_used_workspaces() {
     ws_get(&d, "lru-2").expect(200, "the most recent one stays");
     ws_get(&d, "lru-0-mounted").expect(200, "a mounted one is never deleted");
     d.delete(&mounted);
+}
+
+#[test]
+fn quotas_are_enforced_by_the_kernel_and_harm_nothing_else() {
+    let d = Daemon::start(None);
+    // The default quota comes from workspace.quota_mb (10240 MiB).
+    let id = d.create_session(json!({"workspace_id": "dflt"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        ws_get(&d, "dflt").expect(200, "get")["quota_bytes"],
+        10240u64 * 1024 * 1024
+    );
+    d.delete(&id);
+    // A per-workspace quota at creation.
+    let w = d
+        .post("/v1/workspaces", &json!({"id": "small", "quota_mb": 128}))
+        .expect(201, "create with quota");
+    assert_eq!(w["quota_bytes"], 128u64 * 1024 * 1024);
+    d.post("/v1/workspaces", &json!({"id": "tiny", "quota_mb": 1}))
+        .assert_error(400, "INVALID_REQUEST", "a quota below 128 MiB");
+    let s = d.create_session(json!({"workspace_id": "small"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = d.create_session(json!({"workspace_id": "dflt"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = d.exec(&s, "head -c 200M /dev/zero > big; echo rc=$?");
+    let out = v["output"].as_str().unwrap();
+    assert!(
+        out.contains("No space left on device") && out.contains("rc=1"),
+        "writing past the quota: {v}"
+    );
+    // The filesystem stays usable once space is freed, and nothing else is harmed.
+    assert_eq!(
+        d.sh(
+            &s,
+            "rm big; sync -f .; head -c 10M /dev/zero > ok && echo fine"
+        ),
+        "fine\n"
+    );
+    assert_eq!(
+        d.sh(&other, "head -c 50M /dev/zero > f && echo fine"),
+        "fine\n"
+    );
+    let size: u64 = d
+        .sh(&s, "df -B1 --output=size /workspace | tail -1 | tr -d ' '")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        size <= 128 * 1024 * 1024,
+        "the filesystem is bigger than the quota: {size}"
+    );
+    d.delete(&s);
+    d.delete(&other);
+    // Session-less access sees the same filesystem.
+    let v = ws_read(&d, "small", "ok").expect(200, "read a file of an image workspace");
+    assert_eq!(
+        unb64(v["content_base64"].as_str().unwrap()).len(),
+        10 * 1024 * 1024
+    );
+}
+
+#[test]
+fn a_subvolume_cannot_be_made_inside_a_workspace() {
+    let d = Daemon::start(None);
+    let id = d.create_session(json!({"workspace_id": "nosub"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // BTRFS_IOC_SUBVOL_CREATE_V2 = 0x50009418 on /workspace.
+    let v = d.exec(
+        &id,
+        "python3 -c \"import fcntl,os,struct\nfd=os.open('/workspace',os.O_RDONLY)\nbuf=bytearray(4096); buf[56:59]=b'sub'\ntry:\n  fcntl.ioctl(fd,0x50009418,buf); print('created')\nexcept OSError as e: print('refused', e.errno)\"",
+    );
+    assert_eq!(v["output"], "refused 1\n", "{v}");
+    d.delete(&id);
 }

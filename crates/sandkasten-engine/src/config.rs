@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub max_read_bytes: u64,
     pub workspace_enabled: bool,
     pub workspace_persist_by_default: bool,
+    /// Size limit of a workspace created without one of its own (None:
+    /// workspaces without a quota, plain directories).
+    pub workspace_default_quota_bytes: Option<u64>,
     /// Delete workspaces unused for longer than this.
     pub workspace_max_idle: Option<std::time::Duration>,
     /// Delete least recently used workspaces while all together exceed this.
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
             max_read_bytes: 64 * 1024 * 1024,
             workspace_enabled: true,
             workspace_persist_by_default: false,
+            workspace_default_quota_bytes: None,
             workspace_max_idle: None,
             workspace_max_total_bytes: None,
         }

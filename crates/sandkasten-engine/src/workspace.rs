@@ -28,6 +28,9 @@ fn rt(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
     crate::session::runtime_err(context)
 }
 
+/// Smallest workspace quota (a btrfs image needs room for its metadata).
+pub const MIN_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
+
 /// Keeps a workspace from being deleted while a session mounts it.
 pub(crate) struct MountGuard {
     engine: Engine,
@@ -114,12 +117,17 @@ impl Engine {
             id: id.to_string(),
             created_at_ms: now,
             last_used_at_ms: Some(now),
-            quota_bytes: None,
+            quota_bytes: self.config().workspace_default_quota_bytes,
             labels: Default::default(),
         })?;
+        let quota = self
+            .inner
+            .store
+            .get_workspace(id)?
+            .and_then(|r| r.quota_bytes);
         self.inner
             .runtime
-            .ensure_workspace(id)
+            .ensure_workspace(id, quota)
             .await
             .map_err(rt("creating the workspace"))?;
         self.inner.store.touch_workspace(id, now)?;
@@ -174,11 +182,16 @@ impl Engine {
     ) -> Result<WorkspaceInfo, EngineError> {
         self.check_enabled()?;
         Self::check_id(&req.id)?;
-        if req.quota_bytes.is_some() {
-            return Err(EngineError::InvalidRequest(
-                "workspace quotas are not supported by this daemon yet; omit quota_bytes".into(),
-            ));
+        if let Some(q) = req.quota_bytes {
+            if q < MIN_QUOTA_BYTES {
+                return Err(EngineError::InvalidRequest(format!(
+                    "quota must be at least {MIN_QUOTA_BYTES} bytes (128 MiB)"
+                )));
+            }
         }
+        let quota = req
+            .quota_bytes
+            .or(self.config().workspace_default_quota_bytes);
         if self
             .inner
             .ws_guard
@@ -196,13 +209,13 @@ impl Engine {
             id: req.id.clone(),
             created_at_ms: now_ms(),
             last_used_at_ms: None,
-            quota_bytes: req.quota_bytes,
+            quota_bytes: quota,
             labels: req.labels,
         };
         if !self.inner.store.insert_workspace(&rec)? {
             return Err(EngineError::AlreadyExists(format!("workspace {}", req.id)));
         }
-        if let Err(e) = self.inner.runtime.ensure_workspace(&req.id).await {
+        if let Err(e) = self.inner.runtime.ensure_workspace(&req.id, quota).await {
             let _ = self.inner.store.delete_workspace(&req.id);
             return Err(rt("creating the workspace")(e));
         }

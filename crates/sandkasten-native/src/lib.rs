@@ -24,13 +24,15 @@ mod fsutil;
 mod image;
 mod layers;
 mod process;
+mod wsimage;
 
 pub use cgroups::{Cgroups, Hierarchy};
 pub use fsutil::{has_mounts_below, remove_tree};
+pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
 
 use async_trait::async_trait;
 use sandkasten_protocol::{
-    AgentConfig, BindMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
+    AgentConfig, BindMount, BlockMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
 };
 use sandkasten_runtime::{
     AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
@@ -198,20 +200,42 @@ impl NativeRuntime {
         mkdir(&dir.join("upper"), 0o755, Some(self.ids.host_root))?;
         mkdir(&dir.join("work"), 0o700, None)?;
         mkdir(&dir.join("rootfs"), 0o755, None)?;
-        let workspace = match &spec.workspace {
+        let mut binds = image.binds;
+        let mut block_mounts = Vec::new();
+        // Held until the launch report: the sandbox's own mount then keeps
+        // the loop device bound.
+        let mut _attached = None;
+        match &spec.workspace {
             WorkspaceMount::Ephemeral => {
                 let w = dir.join("workspace");
                 mkdir(&w, 0o755, Some(self.ids.host_user))?;
-                w
+                binds.push(BindMount {
+                    source: w,
+                    target: "/workspace".into(),
+                    readonly: false,
+                });
             }
-            WorkspaceMount::Persistent(ws) => self.ensure_workspace_dir(ws)?,
-        };
-        let mut binds = image.binds;
-        binds.push(BindMount {
-            source: workspace,
-            target: "/workspace".into(),
-            readonly: false,
-        });
+            WorkspaceMount::Persistent(ws) => {
+                let img = self.workspace_image(ws);
+                if img.exists() {
+                    let attached = self.attach_workspace(ws)?;
+                    block_mounts.push(BlockMount {
+                        device: attached.device.clone(),
+                        target: "/workspace".into(),
+                        fstype: "btrfs".into(),
+                        options: "subvol=data".into(),
+                    });
+                    _attached = Some(attached);
+                } else {
+                    let w = self.ensure_workspace_dir(ws)?;
+                    binds.push(BindMount {
+                        source: w,
+                        target: "/workspace".into(),
+                        readonly: false,
+                    });
+                }
+            }
+        }
         let cgroup_procs = self.cgroups.create(&spec.id, &spec.limits)?;
         let map = |size| {
             vec![IdMap {
@@ -228,6 +252,7 @@ impl NativeRuntime {
             work_dir: dir.join("work"),
             rootfs_dir: dir.join("rootfs"),
             binds,
+            block_mounts,
             tmp_size_mb: self.cfg.tmp_size_mb,
             readonly_rootfs: spec.readonly_rootfs,
             uid_map: map(self.ids.size),
@@ -277,11 +302,63 @@ impl NativeRuntime {
             .map_err(|e| RuntimeError::Other(format!("unreadable launch report: {e}")))
     }
 
+    fn workspace_image(&self, id: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("workspaces")
+            .join(format!("{id}.img"))
+    }
+
+    fn workspace_lock(&self, id: &str) -> Result<wsimage::Lock, RuntimeError> {
+        let p = self
+            .cfg
+            .data_dir
+            .join("workspaces")
+            .join(format!("{id}.lock"));
+        wsimage::Lock::take(&p).map_err(io(format!("locking workspace {id}")))
+    }
+
+    /// The image's loop device, attached unless it already is (under the
+    /// workspace's lock, so an image is never attached twice).
+    fn attach_workspace(&self, id: &str) -> Result<wsimage::Attached, RuntimeError> {
+        let _lock = self.workspace_lock(id)?;
+        wsimage::attach(&self.workspace_image(id)).map_err(io(format!("attaching workspace {id}")))
+    }
+
+    /// Runs `f` on the workspace's content as the daemon sees it: the
+    /// directory, or a detached mount of the image's `data` subvolume.
+    fn with_workspace_root<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Path) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let img = self.workspace_image(id);
+        if img.exists() {
+            let attached = self.attach_workspace(id)?;
+            let mnt = wsimage::mount_detached(&attached.device, Some("data"))
+                .map_err(io(format!("mounting workspace {id}")))?;
+            drop(attached);
+            f(&wsimage::fd_path(&mnt))
+        } else {
+            f(&self.workspace_dir(id))
+        }
+    }
+
     fn workspace_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("workspaces").join(id)
     }
 
     /// `<data_dir>/workspaces/<id>`, owned by the sandbox user.
+    fn ensure_workspace_root(&self) -> Result<(), RuntimeError> {
+        let root = self.cfg.data_dir.join("workspaces");
+        if !root.exists() {
+            std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod"))?;
+        }
+        Ok(())
+    }
+
     fn ensure_workspace_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
         let root = self.cfg.data_dir.join("workspaces");
         if !root.exists() {
@@ -409,41 +486,75 @@ impl Runtime for NativeRuntime {
         self.image_store().remove(name)
     }
 
-    async fn ensure_workspace(&self, id: &str) -> Result<(), RuntimeError> {
-        self.ensure_workspace_dir(id).map(|_| ())
+    async fn ensure_workspace(
+        &self,
+        id: &str,
+        quota_bytes: Option<u64>,
+    ) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        if img.exists() || self.workspace_dir(id).is_dir() {
+            return Ok(());
+        }
+        let Some(quota) = quota_bytes else {
+            return self.ensure_workspace_dir(id).map(|_| ());
+        };
+        wsimage::host_support()
+            .map_err(|e| RuntimeError::HostNotReady(format!("workspace quotas: {e}")))?;
+        self.ensure_workspace_root()?;
+        // mkfs and attach take tens of milliseconds of blocking work.
+        tokio::task::block_in_place(|| {
+            let _lock = self.workspace_lock(id)?;
+            if img.exists() {
+                return Ok(());
+            }
+            wsimage::create(&img, quota, self.ids.host_user)
+                .map_err(io(format!("creating workspace image {id}")))
+        })
     }
 
     async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
         let dir = self.workspace_dir(id);
-        tokio::task::spawn_blocking(move || remove_tree(&dir))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("delete task failed: {e}")))?
-            .map_err(io("deleting workspace"))
+        tokio::task::block_in_place(|| {
+            if img.exists() {
+                let _lock = self.workspace_lock(id)?;
+                let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
+                    .map_err(io("looking for the workspace's loop device"))?;
+                if !detached {
+                    return Err(RuntimeError::Other(format!(
+                        "workspace {id} is still mounted"
+                    )));
+                }
+                std::fs::remove_file(&img).map_err(io(format!("deleting {}", img.display())))?;
+                let _ = std::fs::remove_file(img.with_extension("lock"));
+                Ok(())
+            } else {
+                remove_tree(&dir).map_err(io("deleting workspace"))
+            }
+        })
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
-        let dir = self.workspace_dir(id);
-        if !dir.is_dir() {
+        if !self.workspace_image(id).exists() && !self.workspace_dir(id).is_dir() {
             return Ok(None);
         }
-        tokio::task::spawn_blocking(move || Some(fsutil::tree_size(&dir)))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))
+        tokio::task::block_in_place(|| {
+            self.with_workspace_root(id, |root| Ok(Some(fsutil::tree_size(root))))
+        })
     }
 
     async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
-        let dir = self.workspace_dir(id);
         let user = self.ids.host_user;
-        tokio::task::spawn_blocking(move || {
-            // Every path resolves strictly inside the workspace (openat2
-            // RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
-            let fs = sandkasten_fsops::RootedFs::open(&dir, Some((user, user)))
-                .map_err(io(format!("opening workspace {}", dir.display())))?;
-            fs.handle(&req)
-                .ok_or_else(|| RuntimeError::Other("not a file request".into()))
+        tokio::task::block_in_place(|| {
+            self.with_workspace_root(id, |root| {
+                // Every path resolves strictly inside the workspace (openat2
+                // RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
+                let fs = sandkasten_fsops::RootedFs::open(root, Some((user, user)))
+                    .map_err(io(format!("opening workspace {id}")))?;
+                fs.handle(&req)
+                    .ok_or_else(|| RuntimeError::Other("not a file request".into()))
+            })
         })
-        .await
-        .map_err(|e| RuntimeError::Other(format!("file task failed: {e}")))?
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

@@ -23,6 +23,18 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// A block device (e.g. a workspace's loop device) mounted into the
+/// sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockMount {
+    pub device: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    pub fstype: String,
+    /// Filesystem options (e.g. `subvol=data`).
+    pub options: String,
+}
+
 /// Network of the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +57,9 @@ pub struct LaunchSpec {
     pub rootfs_dir: PathBuf,
     /// Bind mounts applied on top of the rootfs, in order.
     pub binds: Vec<BindMount>,
+    /// Block devices mounted after the binds (nosuid, nodev).
+    #[serde(default)]
+    pub block_mounts: Vec<BlockMount>,
     /// Size of the tmpfs mounted at /tmp.
     pub tmp_size_mb: u64,
     /// Remount the assembled rootfs read-only (binds keep their own flag).

@@ -159,8 +159,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// orphans the store does not know).
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
 
-    /// Creates the persistent workspace `id` unless it exists.
-    async fn ensure_workspace(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Creates the persistent workspace `id` unless it exists, limited to
+    /// `quota_bytes` by the kernel when given (a backend without quota
+    /// support answers `Unsupported`).
+    async fn ensure_workspace(
+        &self,
+        id: &str,
+        quota_bytes: Option<u64>,
+    ) -> Result<(), RuntimeError>;
 
     /// Deletes workspace `id` and its files (the engine checks that no
     /// session mounts it). Deleting a missing workspace succeeds.

@@ -45,6 +45,11 @@ pub struct Defaults {
 pub struct Workspace {
     pub enabled: bool,
     pub persist_by_default: bool,
+    /// Size limit (MiB) of each persistent workspace without one of its
+    /// own, enforced by the kernel (a btrfs image per workspace); 0: no
+    /// limit (plain directories). Unset: 10240 where the host supports
+    /// quotas (btrfs, btrfs-progs, loop devices), else 0 with a warning.
+    pub quota_mb: Option<u64>,
     /// Cleanup policy: delete workspaces unused for more days than this
     /// (fractions allowed).
     pub max_idle_days: Option<f64>,
@@ -99,6 +104,7 @@ impl Default for Workspace {
         Workspace {
             enabled: true,
             persist_by_default: false,
+            quota_mb: None,
             max_idle_days: None,
             max_total_gb: None,
         }
@@ -224,6 +230,19 @@ impl Config {
         if d.tmp_size_mb == 0 {
             bail!("defaults.tmp_size_mb: must be at least 1");
         }
+        if let (true, Some(q)) = (self.workspace.enabled, self.workspace.quota_mb) {
+            if q > 0 && q < 128 {
+                bail!("workspace.quota_mb: must be 0 (no quota) or at least 128, got {q}");
+            }
+            if q > 0 {
+                if let Err(e) = sandkasten_native::workspace_quota_support() {
+                    bail!(
+                        "workspace.quota_mb: workspace quotas need btrfs and loop devices, but {e}; \
+                         install btrfs-progs, or set workspace.quota_mb: 0 for workspaces without a size limit"
+                    );
+                }
+            }
+        }
         if let Some(v) = self.workspace.max_idle_days {
             if !(v > 0.0 && v <= 36_500.0) {
                 bail!("workspace.max_idle_days: must be a number of days > 0, got {v}");
@@ -249,6 +268,24 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The default workspace quota in bytes (None: no quota).
+    pub fn workspace_quota_bytes(&self) -> Option<u64> {
+        let mb = match self.workspace.quota_mb {
+            Some(mb) => mb,
+            None => match sandkasten_native::workspace_quota_support() {
+                Ok(()) => 10240,
+                Err(e) => {
+                    tracing::warn!(
+                        "workspaces have no size limit: quotas need btrfs and loop devices, but {e} \
+                         (install btrfs-progs to enable them)"
+                    );
+                    0
+                }
+            },
+        };
+        (mb > 0).then(|| mb * 1024 * 1024)
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -218,6 +218,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         max_exec_timeout_ms: cfg.defaults.max_exec_timeout_ms,
         workspace_enabled: cfg.workspace.enabled,
         workspace_persist_by_default: cfg.workspace.persist_by_default,
+        workspace_default_quota_bytes: cfg.workspace_quota_bytes(),
         workspace_max_idle: cfg
             .workspace
             .max_idle_days

@@ -138,6 +138,17 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     for b in &spec.binds {
         bind(&b.source, &inside(rootfs, &b.target), b.readonly)?;
     }
+    for m in &spec.block_mounts {
+        let target = inside(rootfs, &m.target);
+        ensure_dir(&target)?;
+        mount(
+            Some(&m.device),
+            &target,
+            Some(&m.fstype),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&m.options),
+        )?;
+    }
 
     let tmp = inside(rootfs, "/tmp");
     ensure_dir(&tmp)?;

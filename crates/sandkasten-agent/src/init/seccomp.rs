@@ -66,6 +66,22 @@ pub const DENIED: &[(i64, &str)] = &[
     (libc::SYS_fanotify_init, "fanotify_init"),
 ];
 
+/// btrfs subvolume and snapshot ioctls (`_IOW(0x94, nr, 4096)`): a
+/// workspace is a btrfs subvolume, and subvolumes made inside it would
+/// escape snapshots and block deleting it.
+pub const BTRFS_SUBVOLUME_IOCTLS: &[(u64, &str)] = &[
+    (btrfs_iow(1), "BTRFS_IOC_SNAP_CREATE"),
+    (btrfs_iow(14), "BTRFS_IOC_SUBVOL_CREATE"),
+    (btrfs_iow(15), "BTRFS_IOC_SNAP_DESTROY"),
+    (btrfs_iow(23), "BTRFS_IOC_SNAP_CREATE_V2"),
+    (btrfs_iow(24), "BTRFS_IOC_SUBVOL_CREATE_V2"),
+    (btrfs_iow(63), "BTRFS_IOC_SNAP_DESTROY_V2"),
+];
+
+const fn btrfs_iow(nr: u64) -> u64 {
+    (1u64 << 30) | (4096u64 << 16) | (0x94u64 << 8) | nr
+}
+
 /// Socket families a sandbox may open; any other gets EAFNOSUPPORT.
 pub const ALLOWED_SOCKET_FAMILIES: &[(i32, &str)] = &[
     (libc::AF_UNIX, "AF_UNIX"),
@@ -120,6 +136,18 @@ fn flag_rules() -> Result<Vec<SeccompRule>, String> {
 pub fn filters() -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(nr, _)| (*nr, vec![])).collect();
+    rules.insert(
+        libc::SYS_ioctl,
+        BTRFS_SUBVOLUME_IOCTLS
+            .iter()
+            .map(|(cmd, _)| {
+                let cond =
+                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *cmd)
+                        .map_err(|e| e.to_string())?;
+                SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+    );
     rules.insert(libc::SYS_clone, flag_rules()?);
     rules.insert(libc::SYS_unshare, flag_rules()?);
     let eperm = SeccompFilter::new(
