@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ def ts(value: str) -> datetime:
 
 
 @pytest.fixture
-async def session(aclient: SandboxClient) -> Session:
+async def session(aclient: SandboxClient) -> AsyncIterator[Session]:
     s = await aclient.create_session()
-    yield s  # type: ignore[misc]
+    yield s
     with contextlib.suppress(sandkasten.SessionNotFound):
         await s.destroy()
 
