@@ -63,6 +63,13 @@ def test_copies_match_the_seed() -> None:
     assert AGENT_PATTERN in blocks
 
 
+def test_readme_shows_the_seed_examples_verbatim() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert USAGE in blocks
+    assert AGENT_PATTERN in blocks
+
+
 async def run_snippet(code: str, namespace: dict[str, Any]) -> dict[str, Any]:
     """Run top-level-await code as the body of an async function; return its locals."""
     source = "async def __snippet():\n" + textwrap.indent(code, "    ") + "\n    return locals()\n"
