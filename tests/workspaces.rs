@@ -463,3 +463,86 @@ fn a_subvolume_cannot_be_made_inside_a_workspace() {
     assert_eq!(v["output"], "refused 1\n", "{v}");
     d.delete(&id);
 }
+
+#[test]
+fn snapshot_modify_restore_round_trip() {
+    let d = Daemon::start(None);
+    let id = d.create_session(json!({"workspace_id": "snappy"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(&id, "echo v1 > doc.txt; mkdir -p sub; echo keep > sub/a");
+    // Taken while the session is running (and writing in the background).
+    d.sh(&id, "(for i in $(seq 200); do echo $i >> bg.log; done) &");
+    let snap = d
+        .post(
+            "/v1/workspaces/snappy/snapshots",
+            &json!({"label": "before"}),
+        )
+        .expect(201, "snapshot while mounted");
+    let snap_id = snap["id"].as_str().unwrap().to_string();
+    assert_eq!(snap["workspace_id"], "snappy");
+    assert_eq!(snap["label"], "before");
+    d.sh(&id, "echo v2 > doc.txt; rm -r sub; echo new > extra");
+    d.post(
+        &format!("/v1/workspaces/snappy/snapshots/{snap_id}/restore"),
+        &json!({}),
+    )
+    .assert_error(409, "WORKSPACE_IN_USE", "restore while mounted");
+    d.delete(&id);
+    let list = d
+        .get("/v1/workspaces/snappy/snapshots")
+        .expect(200, "list snapshots");
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+    d.post(
+        &format!("/v1/workspaces/snappy/snapshots/{snap_id}/restore"),
+        &json!({}),
+    )
+    .expect(200, "restore when unmounted");
+    let id = d.create_session(json!({"workspace_id": "snappy"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.sh(&id, "cat doc.txt sub/a; ls extra 2>/dev/null | wc -l"),
+        "v1\nkeep\n0\n"
+    );
+    // The restored content is writable again and owned by the sandbox user.
+    assert_eq!(
+        d.sh(&id, "echo v3 > doc.txt && stat -c %u doc.txt"),
+        "1000\n"
+    );
+    d.delete(&id);
+    d.del(&format!("/v1/workspaces/snappy/snapshots/{snap_id}"))
+        .expect(200, "delete snapshot");
+    d.del(&format!("/v1/workspaces/snappy/snapshots/{snap_id}"))
+        .assert_error(404, "SNAPSHOT_NOT_FOUND", "deleted snapshot");
+    d.post(
+        "/v1/workspaces/snappy/snapshots/snap-00000000/restore",
+        &json!({}),
+    )
+    .assert_error(404, "SNAPSHOT_NOT_FOUND", "unknown snapshot");
+    // Deleting the workspace takes its snapshots along.
+    d.post("/v1/workspaces/snappy/snapshots", &json!({}))
+        .expect(201, "another snapshot");
+    d.del("/v1/workspaces/snappy")
+        .expect(200, "delete workspace with snapshots");
+    d.get("/v1/workspaces/snappy/snapshots")
+        .assert_error(404, "WORKSPACE_NOT_FOUND", "gone");
+}
+
+#[test]
+fn snapshots_need_a_workspace_with_a_quota() {
+    let d = Daemon::start(Some("workspace:\n  enabled: true\n  quota_mb: 0\n"));
+    let id = d.create_session(json!({"workspace_id": "plain"}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        d.get("/v1/workspaces/plain").expect(200, "get")["quota_bytes"],
+        Value::Null
+    );
+    d.post("/v1/workspaces/plain/snapshots", &json!({}))
+        .assert_error(400, "INVALID_REQUEST", "snapshot of a directory workspace");
+    d.delete(&id);
+}

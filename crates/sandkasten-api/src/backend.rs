@@ -36,6 +36,35 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError>;
     async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError>;
     async fn delete_workspace(&self, id: &str) -> Result<(), EngineError>;
+    // Snapshots: the test fake does not script them (they are proven end
+    // to end in tests/workspaces.rs), hence the defaults.
+    async fn create_snapshot(
+        &self,
+        _id: &str,
+        _label: Option<String>,
+    ) -> Result<sandkasten_engine::SnapshotInfo, EngineError> {
+        Err(EngineError::Internal(
+            "snapshots are not supported by this backend".into(),
+        ))
+    }
+    async fn list_snapshots(
+        &self,
+        _id: &str,
+    ) -> Result<Vec<sandkasten_engine::SnapshotInfo>, EngineError> {
+        Err(EngineError::Internal(
+            "snapshots are not supported by this backend".into(),
+        ))
+    }
+    async fn delete_snapshot(&self, _id: &str, _snap: &str) -> Result<(), EngineError> {
+        Err(EngineError::Internal(
+            "snapshots are not supported by this backend".into(),
+        ))
+    }
+    async fn restore_snapshot(&self, _id: &str, _snap: &str) -> Result<(), EngineError> {
+        Err(EngineError::Internal(
+            "snapshots are not supported by this backend".into(),
+        ))
+    }
     async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError>;
     async fn workspace_read_file(
         &self,
@@ -109,6 +138,25 @@ impl Backend for Engine {
     }
     async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
         Engine::delete_workspace(self, id).await
+    }
+    async fn create_snapshot(
+        &self,
+        id: &str,
+        label: Option<String>,
+    ) -> Result<sandkasten_engine::SnapshotInfo, EngineError> {
+        Engine::create_snapshot(self, id, label).await
+    }
+    async fn list_snapshots(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::SnapshotInfo>, EngineError> {
+        Engine::list_snapshots(self, id).await
+    }
+    async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+        Engine::delete_snapshot(self, id, snap).await
+    }
+    async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+        Engine::restore_snapshot(self, id, snap).await
     }
     async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
         Engine::workspace_list_dir(self, id, path).await

@@ -65,6 +65,7 @@ impl ApiError {
                 E::SessionNotRunning { .. } => (StatusCode::CONFLICT, "SESSION_NOT_RUNNING"),
                 E::WorkspaceDisabled => (StatusCode::CONFLICT, "WORKSPACE_DISABLED"),
                 E::WorkspaceNotFound(_) => (StatusCode::NOT_FOUND, "WORKSPACE_NOT_FOUND"),
+                E::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "SNAPSHOT_NOT_FOUND"),
                 E::WorkspaceInUse { .. } => (StatusCode::CONFLICT, "WORKSPACE_IN_USE"),
                 E::ImageInUse { .. } => (StatusCode::CONFLICT, "IMAGE_IN_USE"),
                 E::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),

@@ -123,6 +123,12 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workspaces::workspace_read_file))
         .routes(routes!(workspaces::workspace_write_file))
         .routes(routes!(workspaces::workspace_upload))
+        .routes(routes!(
+            workspaces::create_snapshot,
+            workspaces::list_snapshots
+        ))
+        .routes(routes!(workspaces::delete_snapshot))
+        .routes(routes!(workspaces::restore_snapshot))
 }
 
 /// The router over any backend (the engine, or a fake in tests).

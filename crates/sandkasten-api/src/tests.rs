@@ -1671,6 +1671,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/workspaces/{id}/fs/read"),
     ("post", "/v1/workspaces/{id}/fs/write"),
     ("post", "/v1/workspaces/{id}/fs/upload"),
+    ("post", "/v1/workspaces/{id}/snapshots"),
+    ("get", "/v1/workspaces/{id}/snapshots"),
+    ("delete", "/v1/workspaces/{id}/snapshots/{snap}"),
+    ("post", "/v1/workspaces/{id}/snapshots/{snap}/restore"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {

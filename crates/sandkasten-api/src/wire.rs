@@ -472,6 +472,43 @@ pub(crate) struct WorkspaceList {
     pub workspaces: Vec<WorkspaceInfo>,
 }
 
+/// `POST /v1/workspaces/{id}/snapshots` (the body may be empty).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct CreateSnapshotRequest {
+    /// Free text, at most 256 characters.
+    pub label: Option<String>,
+}
+
+/// A point-in-time copy of a workspace.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SnapshotInfo {
+    #[schema(example = "snap-0c1d2e3f4a5b6c7d")]
+    pub id: String,
+    pub workspace_id: String,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(required = true)]
+    pub label: Option<String>,
+}
+
+impl From<engine::SnapshotInfo> for SnapshotInfo {
+    fn from(s: engine::SnapshotInfo) -> Self {
+        SnapshotInfo {
+            id: s.id,
+            workspace_id: s.workspace_id,
+            created_at: rfc3339(s.created_at),
+            label: s.label,
+        }
+    }
+}
+
+/// `{"snapshots": [...]}`, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,8 @@ pub enum EngineError {
     WorkspaceDisabled,
     #[error("workspace {0} not found")]
     WorkspaceNotFound(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
     #[error("workspace {id} is mounted by session {session}")]
     WorkspaceInUse { id: String, session: String },
     #[error("session limit of {0} reached")]

@@ -115,3 +115,12 @@ pub struct CreateWorkspace {
     pub quota_bytes: Option<u64>,
     pub labels: std::collections::BTreeMap<String, String>,
 }
+
+/// A point-in-time copy of a workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub workspace_id: String,
+    pub created_at: OffsetDateTime,
+    pub label: Option<String>,
+}

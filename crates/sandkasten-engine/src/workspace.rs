@@ -8,10 +8,12 @@
 //! the id `deleting` in the same critical section.
 
 use crate::session::valid_workspace_id;
-use crate::{CreateWorkspace, DirEntry, Engine, EngineError, FileContent, WorkspaceInfo};
+use crate::{
+    CreateWorkspace, DirEntry, Engine, EngineError, FileContent, SnapshotInfo, WorkspaceInfo,
+};
 use sandkasten_protocol::{Request, Response};
 use sandkasten_runtime::RuntimeError;
-use sandkasten_store::WorkspaceRecord;
+use sandkasten_store::{SnapshotRecord, WorkspaceRecord};
 use time::OffsetDateTime;
 
 fn now_ms() -> i64 {
@@ -252,6 +254,7 @@ impl Engine {
                 .delete_workspace(id)
                 .await
                 .map_err(rt("deleting the workspace"))?;
+            self.inner.store.delete_snapshots_of(id)?;
             self.inner.store.delete_workspace(id)?;
             Ok(())
         }
@@ -353,6 +356,110 @@ impl Engine {
             Response::Ok => Ok(as_session_path(&p)),
             other => Err(crate::session::unexpected(other)),
         }
+    }
+}
+
+fn snapshot_info(r: SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo {
+        id: r.id,
+        workspace_id: r.workspace_id,
+        created_at: from_ms(r.created_at_ms),
+        label: r.label,
+    }
+}
+
+impl Engine {
+    /// A consistent point-in-time snapshot, also while sessions write.
+    pub async fn create_snapshot(
+        &self,
+        id: &str,
+        label: Option<String>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.record(id)?;
+        if let Some(l) = &label {
+            if l.chars().count() > 256 {
+                return Err(EngineError::InvalidRequest(
+                    "label must be at most 256 characters".into(),
+                ));
+            }
+        }
+        let snap = format!("snap-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        self.inner
+            .runtime
+            .snapshot_workspace(id, &snap)
+            .await
+            .map_err(rt("snapshotting the workspace"))?;
+        let rec = SnapshotRecord {
+            id: snap,
+            workspace_id: id.to_string(),
+            created_at_ms: now_ms(),
+            label,
+        };
+        self.inner.store.insert_snapshot(&rec)?;
+        tracing::info!(workspace = %id, snapshot = %rec.id, "snapshot created");
+        Ok(snapshot_info(rec))
+    }
+
+    pub async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
+        self.record(id)?;
+        Ok(self
+            .inner
+            .store
+            .list_snapshots(id)?
+            .into_iter()
+            .map(snapshot_info)
+            .collect())
+    }
+
+    fn snapshot_record(&self, id: &str, snap: &str) -> Result<SnapshotRecord, EngineError> {
+        self.record(id)?;
+        self.inner
+            .store
+            .get_snapshot(snap)?
+            .filter(|r| r.workspace_id == id)
+            .ok_or_else(|| EngineError::SnapshotNotFound(snap.to_string()))
+    }
+
+    pub async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+        self.snapshot_record(id, snap)?;
+        self.inner
+            .runtime
+            .delete_snapshot(id, snap)
+            .await
+            .map_err(rt("deleting the snapshot"))?;
+        self.inner.store.delete_snapshot(snap)?;
+        Ok(())
+    }
+
+    /// Restores a snapshot in place; `WorkspaceInUse` while mounted.
+    pub async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+        self.snapshot_record(id, snap)?;
+        {
+            let mut g = self.inner.ws_guard.lock().unwrap();
+            if let Some(session) = self.user_of(id) {
+                return Err(EngineError::WorkspaceInUse {
+                    id: id.into(),
+                    session,
+                });
+            }
+            if g.mounting.contains_key(id) || !g.deleting.insert(id.to_string()) {
+                return Err(EngineError::WorkspaceInUse {
+                    id: id.into(),
+                    session: "(being created)".into(),
+                });
+            }
+        }
+        let result = self
+            .inner
+            .runtime
+            .restore_snapshot(id, snap)
+            .await
+            .map_err(rt("restoring the snapshot"));
+        self.inner.ws_guard.lock().unwrap().deleting.remove(id);
+        if result.is_ok() {
+            tracing::info!(workspace = %id, snapshot = %snap, "snapshot restored");
+        }
+        result
     }
 }
 

@@ -325,6 +325,18 @@ impl NativeRuntime {
         wsimage::attach(&self.workspace_image(id)).map_err(io(format!("attaching workspace {id}")))
     }
 
+    /// The attached device of an image workspace; `Unsupported` for a
+    /// directory workspace.
+    fn image_device(&self, id: &str) -> Result<wsimage::Attached, RuntimeError> {
+        if !self.workspace_image(id).exists() {
+            return Err(RuntimeError::Unsupported(
+                "snapshots of a workspace without a quota".into(),
+                "native",
+            ));
+        }
+        self.attach_workspace(id)
+    }
+
     /// Runs `f` on the workspace's content as the daemon sees it: the
     /// directory, or a detached mount of the image's `data` subvolume.
     fn with_workspace_root<T>(
@@ -531,6 +543,33 @@ impl Runtime for NativeRuntime {
             } else {
                 remove_tree(&dir).map_err(io("deleting workspace"))
             }
+        })
+    }
+
+    async fn snapshot_workspace(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
+        let device = self.image_device(id)?;
+        tokio::task::block_in_place(|| wsimage::snapshot(&device.device, snap))
+            .map_err(io(format!("snapshotting workspace {id}")))
+    }
+
+    async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
+        let device = self.image_device(id)?;
+        tokio::task::block_in_place(|| wsimage::delete_snapshot(&device.device, snap))
+            .map_err(io(format!("deleting snapshot {snap}")))
+    }
+
+    async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        tokio::task::block_in_place(|| {
+            let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
+                .map_err(io("looking for the workspace's loop device"))?;
+            if !detached {
+                return Err(RuntimeError::Other(format!(
+                    "workspace {id} is still mounted"
+                )));
+            }
+            let device = self.image_device(id)?;
+            wsimage::restore(&device.device, snap).map_err(io(format!("restoring snapshot {snap}")))
         })
     }
 

@@ -400,3 +400,121 @@ pub fn create(img: &Path, quota: u64, owner: u32) -> io::Result<()> {
         }
     }
 }
+
+const BTRFS_IOC_SNAP_CREATE_V2: libc::c_ulong = iow(23);
+const BTRFS_IOC_SNAP_DESTROY_V2: libc::c_ulong = iow(63);
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+
+/// The image's top level as a real directory fd (for subvolume ioctls),
+/// through a detached mount.
+pub fn open_top(device: &Path) -> io::Result<OwnedFd> {
+    let mnt = mount_detached(device, None)?;
+    open_dir_at(&mnt, ".")
+}
+
+fn open_dir_at(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    let c = cstring(name);
+    // SAFETY: openat below a directory fd we own.
+    let fd = check(
+        unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        },
+        &format!("opening {name}"),
+    )?;
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vol_args(name: &str) -> io::Result<Box<BtrfsVolArgsV2>> {
+    if name.is_empty() || name.len() >= 4040 || name.contains('/') {
+        return Err(io::Error::other(format!("invalid subvolume name {name:?}")));
+    }
+    // SAFETY: the struct is plain data; zero is a valid value.
+    let mut a: Box<BtrfsVolArgsV2> = Box::new(unsafe { std::mem::zeroed() });
+    a.name[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(a)
+}
+
+/// Snapshots `src` (a subvolume below `top`) as `dst_dir/name`.
+fn snap(top: &OwnedFd, src: &str, dst_dir: &str, name: &str, readonly: bool) -> io::Result<()> {
+    let src_fd = open_dir_at(top, src)?;
+    let dst_fd = open_dir_at(top, dst_dir)?;
+    let mut a = vol_args(name)?;
+    a.fd = src_fd.as_raw_fd() as i64;
+    a.flags = if readonly { BTRFS_SUBVOL_RDONLY } else { 0 };
+    // SAFETY: BTRFS_IOC_SNAP_CREATE_V2 with valid args.
+    check(
+        unsafe { libc::ioctl(dst_fd.as_raw_fd(), BTRFS_IOC_SNAP_CREATE_V2, &*a) },
+        "creating a snapshot",
+    )?;
+    Ok(())
+}
+
+fn destroy(top: &OwnedFd, dir: &str, name: &str) -> io::Result<()> {
+    let dir_fd = open_dir_at(top, dir)?;
+    let a = vol_args(name)?;
+    // SAFETY: BTRFS_IOC_SNAP_DESTROY_V2 with valid args.
+    check(
+        unsafe { libc::ioctl(dir_fd.as_raw_fd(), BTRFS_IOC_SNAP_DESTROY_V2, &*a) },
+        "deleting a subvolume",
+    )?;
+    Ok(())
+}
+
+fn ensure_snaps_dir(top: &OwnedFd) -> io::Result<()> {
+    let c = cstring("snaps");
+    // SAFETY: mkdirat below our fd.
+    if unsafe { libc::mkdirat(top.as_raw_fd(), c.as_ptr(), 0o700) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A consistent, read-only, point-in-time copy of `data` as
+/// `snaps/<name>` (also while sessions write to it).
+pub fn snapshot(device: &Path, name: &str) -> io::Result<()> {
+    let top = open_top(device)?;
+    ensure_snaps_dir(&top)?;
+    snap(&top, "data", "snaps", name, true)
+}
+
+/// Deletes snapshot `name`.
+pub fn delete_snapshot(device: &Path, name: &str) -> io::Result<()> {
+    let top = open_top(device)?;
+    destroy(&top, "snaps", name)
+}
+
+/// Replaces `data` with a writable copy of snapshot `name`. The caller
+/// guarantees nothing mounts the workspace (btrfs would delete a subvolume
+/// another namespace still has mounted).
+pub fn restore(device: &Path, name: &str) -> io::Result<()> {
+    let top = open_top(device)?;
+    let snaps = open_dir_at(&top, "snaps")?;
+    // Fails (ENOENT) before anything changes when the snapshot is gone.
+    let src = open_dir_at(&snaps, name)?;
+    let old = format!(".old-{}", std::process::id());
+    let (d, o) = (cstring("data"), cstring(&old));
+    // SAFETY: renameat below our fd.
+    check(
+        unsafe { libc::renameat(top.as_raw_fd(), d.as_ptr(), top.as_raw_fd(), o.as_ptr()) },
+        "moving data aside",
+    )?;
+    let mut a = vol_args("data")?;
+    a.fd = src.as_raw_fd() as i64;
+    // SAFETY: BTRFS_IOC_SNAP_CREATE_V2 into the top level, writable.
+    if unsafe { libc::ioctl(top.as_raw_fd(), BTRFS_IOC_SNAP_CREATE_V2, &*a) } < 0 {
+        let e = os("restoring the snapshot");
+        // Put the old content back.
+        // SAFETY: renameat below our fd.
+        unsafe { libc::renameat(top.as_raw_fd(), o.as_ptr(), top.as_raw_fd(), d.as_ptr()) };
+        return Err(e);
+    }
+    destroy(&top, ".", &old)
+}

@@ -175,6 +175,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// Bytes used by workspace `id`; `None` when it does not exist.
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError>;
 
+    /// Takes a consistent, read-only, point-in-time snapshot `snap` of
+    /// workspace `id` (also while mounted). `Unsupported` for workspaces
+    /// without snapshot support (no quota).
+    async fn snapshot_workspace(&self, id: &str, snap: &str) -> Result<(), RuntimeError>;
+
+    /// Deletes snapshot `snap` of workspace `id`.
+    async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError>;
+
+    /// Replaces workspace `id`'s content with snapshot `snap` (the engine
+    /// checks that nothing mounts it).
+    async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError>;
+
     /// A file request (`ReadFile`, `WriteFile`, `ListDir`, `Stat`, `Mkdir`,
     /// `Remove`) on workspace `id` without a session: paths resolve strictly
     /// inside the workspace, with the sandbox user's rights, and new files

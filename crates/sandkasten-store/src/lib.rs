@@ -9,7 +9,7 @@ mod sessions;
 mod workspaces;
 
 pub use sessions::{SessionRecord, SessionRow};
-pub use workspaces::WorkspaceRecord;
+pub use workspaces::{SnapshotRecord, WorkspaceRecord};
 
 use rusqlite::Connection;
 use std::path::Path;

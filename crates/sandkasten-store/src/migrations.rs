@@ -31,6 +31,14 @@ const MIGRATIONS: &[&str] = &[
         quota_bytes     INTEGER,
         labels          TEXT NOT NULL DEFAULT '{}'
     );",
+    // 3: snapshots of workspaces.
+    "CREATE TABLE snapshots (
+        id              TEXT PRIMARY KEY,
+        workspace_id    TEXT NOT NULL,
+        created_at_ms   INTEGER NOT NULL,
+        label           TEXT
+    );
+    CREATE INDEX snapshots_by_workspace ON snapshots(workspace_id, created_at_ms);",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

@@ -92,6 +92,81 @@ impl Store {
     }
 }
 
+/// A snapshot of a workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub workspace_id: String,
+    pub created_at_ms: i64,
+    pub label: Option<String>,
+}
+
+fn snap_row(r: &Row<'_>) -> rusqlite::Result<SnapshotRecord> {
+    Ok(SnapshotRecord {
+        id: r.get(0)?,
+        workspace_id: r.get(1)?,
+        created_at_ms: r.get(2)?,
+        label: r.get(3)?,
+    })
+}
+
+impl Store {
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO snapshots (id, workspace_id, created_at_ms, label) VALUES (?1, ?2, ?3, ?4)",
+                params![s.id, s.workspace_id, s.created_at_ms, s.label],
+            )
+            .map(|_| ())
+            .map_err(q("inserting snapshot"))
+    }
+
+    /// Snapshots of a workspace, oldest first.
+    pub fn list_snapshots(&self, workspace_id: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, workspace_id, created_at_ms, label FROM snapshots \
+                 WHERE workspace_id = ?1 ORDER BY created_at_ms, id",
+            )
+            .map_err(q("listing snapshots"))?;
+        let rows = stmt
+            .query_map([workspace_id], snap_row)
+            .map_err(q("listing snapshots"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(q("listing snapshots"))
+    }
+
+    pub fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, workspace_id, created_at_ms, label FROM snapshots WHERE id = ?1",
+                [id],
+                snap_row,
+            )
+            .optional()
+            .map_err(q("reading snapshot"))
+    }
+
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])
+            .map(|_| ())
+            .map_err(q("deleting snapshot"))
+    }
+
+    /// Forgets every snapshot of a workspace (it was deleted).
+    pub fn delete_snapshots_of(&self, workspace_id: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "DELETE FROM snapshots WHERE workspace_id = ?1",
+                [workspace_id],
+            )
+            .map(|_| ())
+            .map_err(q("deleting snapshots"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +202,26 @@ mod tests {
         assert!(s.delete_workspace("ws1").unwrap());
         assert!(!s.delete_workspace("ws1").unwrap());
         assert!(s.get_workspace("ws1").unwrap().is_none());
+    }
+
+    #[test]
+    fn snapshot_rows_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        for (i, id) in ["s1", "s2"].iter().enumerate() {
+            s.insert_snapshot(&SnapshotRecord {
+                id: id.to_string(),
+                workspace_id: "w".into(),
+                created_at_ms: i as i64,
+                label: Some("l".into()),
+            })
+            .unwrap();
+        }
+        assert_eq!(s.list_snapshots("w").unwrap().len(), 2);
+        assert_eq!(s.get_snapshot("s2").unwrap().unwrap().created_at_ms, 1);
+        s.delete_snapshot("s1").unwrap();
+        assert_eq!(s.list_snapshots("w").unwrap().len(), 1);
+        s.delete_snapshots_of("w").unwrap();
+        assert!(s.list_snapshots("w").unwrap().is_empty());
     }
 }

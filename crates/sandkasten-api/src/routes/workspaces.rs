@@ -13,8 +13,9 @@ use super::ApiResult;
 use crate::error::ApiError;
 use crate::extract::{check_workspace_id, ApiJson, ApiMultipart, ApiQuery, WorkspaceId};
 use crate::wire::{
-    CreateWorkspaceRequest, DirListing, ErrorBody, FileContent, ListQuery, OkResponse,
-    ReadFileQuery, UploadForm, UploadResult, WorkspaceInfo, WorkspaceList, WriteFileRequest,
+    CreateSnapshotRequest, CreateWorkspaceRequest, DirListing, ErrorBody, FileContent, ListQuery,
+    OkResponse, ReadFileQuery, SnapshotInfo, SnapshotList, UploadForm, UploadResult, WorkspaceInfo,
+    WorkspaceList, WriteFileRequest,
 };
 use crate::AppState;
 use axum::extract::State;
@@ -347,4 +348,117 @@ mod tests {
             assert_eq!(e.status_and_code().1, "INVALID_REQUEST", "{labels:?}");
         }
     }
+}
+
+/// Checks a snapshot id from the path: `snap-` and hex, as the engine makes.
+fn check_snapshot_id(snap: &str) -> ApiResult<()> {
+    let ok = snap.len() <= 64
+        && snap.starts_with("snap-")
+        && snap.len() > 5
+        && snap[5..].bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest(format!(
+            "invalid snapshot id {snap:?}"
+        )))
+    }
+}
+
+/// Takes a consistent point-in-time snapshot, also while sessions write to
+/// the workspace.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{id}/snapshots",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body = CreateSnapshotRequest,
+    responses(
+        (status = 201, description = "Created", body = SnapshotInfo),
+        (status = 400, description = "INVALID_WORKSPACE, or a workspace without a quota", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_snapshot(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+    ApiJson(req): ApiJson<CreateSnapshotRequest>,
+) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
+    let snap = state.backend.create_snapshot(&id, req.label).await?;
+    Ok((StatusCode::CREATED, Json(snap.into())))
+}
+
+/// Lists a workspace's snapshots, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{id}/snapshots",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "Snapshots", body = SnapshotList),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_snapshots(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+) -> ApiResult<Json<SnapshotList>> {
+    let snapshots = state
+        .backend
+        .list_snapshots(&id)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(SnapshotList { snapshots }))
+}
+
+/// Deletes a snapshot.
+#[utoipa::path(
+    delete,
+    path = "/v1/workspaces/{id}/snapshots/{snap}",
+    tag = "workspaces",
+    params(
+        ("id" = String, Path, description = "Workspace id"),
+        ("snap" = String, Path, description = "Snapshot id"),
+    ),
+    responses(
+        (status = 200, description = "Deleted", body = OkResponse),
+        (status = 404, description = "WORKSPACE_NOT_FOUND or SNAPSHOT_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_snapshot(
+    State(state): State<AppState>,
+    axum::extract::Path((id, snap)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Json<OkResponse>> {
+    check_workspace_id(&id)?;
+    check_snapshot_id(&snap)?;
+    state.backend.delete_snapshot(&id, &snap).await?;
+    Ok(Json(OkResponse::TRUE))
+}
+
+/// Replaces the workspace's content with a snapshot; refused while a
+/// session has the workspace mounted.
+#[utoipa::path(
+    post,
+    path = "/v1/workspaces/{id}/snapshots/{snap}/restore",
+    tag = "workspaces",
+    params(
+        ("id" = String, Path, description = "Workspace id"),
+        ("snap" = String, Path, description = "Snapshot id"),
+    ),
+    responses(
+        (status = 200, description = "Restored", body = OkResponse),
+        (status = 404, description = "WORKSPACE_NOT_FOUND or SNAPSHOT_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_IN_USE", body = ErrorBody),
+    )
+)]
+pub(crate) async fn restore_snapshot(
+    State(state): State<AppState>,
+    axum::extract::Path((id, snap)): axum::extract::Path<(String, String)>,
+) -> ApiResult<Json<OkResponse>> {
+    check_workspace_id(&id)?;
+    check_snapshot_id(&snap)?;
+    state.backend.restore_snapshot(&id, &snap).await?;
+    Ok(Json(OkResponse::TRUE))
 }
