@@ -315,3 +315,46 @@ async def test_parallel_sessions(aclient: SandboxClient) -> None:
         assert all(r.exit_code == 0 for r in results)
     finally:
         await asyncio.gather(*(s.destroy() for s in sessions))
+
+
+async def test_quota_and_snapshots(aclient: SandboxClient, unique: str) -> None:
+    wid = f"sdk-snap-{unique}"
+    ws = await aclient.create_workspace(wid, quota_mb=128)
+    assert ws.quota_bytes == 128 * 2**20
+    with pytest.raises(sandkasten.InvalidRequest):
+        await aclient.create_workspace(f"{wid}-tiny", quota_bytes=2**20)
+    try:
+        await aclient.write_workspace_file(wid, "state.txt", "v1")
+        snap = await aclient.create_snapshot(wid, label="v1")
+        assert snap.id.startswith("snap-") and snap.workspace_id == wid and snap.label == "v1"
+        assert snap.created_at
+
+        async with await aclient.create_session(workspace_id=wid) as session:
+            await session.write("state.txt", "v2")
+            # A snapshot while a session writes; the quota is enforced inside the sandbox.
+            during = await aclient.create_snapshot(wid)
+            assert during.label is None
+            full = await session.exec("head -c 200M /dev/zero > big.bin; echo rc=$?")
+            assert "No space left on device" in full.output and "rc=1" in full.output
+            await session.remove("big.bin")
+            with pytest.raises(sandkasten.WorkspaceInUse):
+                await aclient.restore_snapshot(wid, snap.id)
+
+        assert [s.id for s in await aclient.list_snapshots(wid)] == [snap.id, during.id]
+        await aclient.restore_snapshot(wid, snap.id)
+        assert (await aclient.read_workspace_file(wid, "state.txt")).text == "v1"
+        await aclient.restore_snapshot(wid, during.id)
+        assert (await aclient.read_workspace_file(wid, "state.txt")).text == "v2"
+
+        await aclient.delete_snapshot(wid, during.id)
+        with pytest.raises(sandkasten.SnapshotNotFound):
+            await aclient.delete_snapshot(wid, during.id)
+        with pytest.raises(sandkasten.SnapshotNotFound):
+            await aclient.restore_snapshot(wid, "snap-0123456789abcdef")
+        with pytest.raises(sandkasten.InvalidRequest):  # not the daemon's id format
+            await aclient.restore_snapshot(wid, "snap-nope")
+        assert [s.id for s in await aclient.list_snapshots(wid)] == [snap.id]
+    finally:
+        await aclient.delete_workspace(wid)
+    with pytest.raises(sandkasten.WorkspaceNotFound):
+        await aclient.list_snapshots(wid)

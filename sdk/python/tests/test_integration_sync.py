@@ -136,3 +136,21 @@ def test_workspaces(client: SyncSandboxClient, unique: str) -> None:
         client.get_workspace(wid)
     with pytest.raises(sandkasten.WorkspaceNotFound):
         client.read_workspace_file(wid, "w.txt")
+
+
+def test_snapshots(client: SyncSandboxClient, unique: str) -> None:
+    wid = f"sdk-sync-snap-{unique}"
+    assert client.create_workspace(wid, quota_bytes=128 * 2**20).quota_bytes == 128 * 2**20
+    try:
+        client.write_workspace_file(wid, "f.txt", "before")
+        snap = client.create_snapshot(wid, "checkpoint")
+        client.write_workspace_file(wid, "f.txt", "after")
+        assert [s.label for s in client.list_snapshots(wid)] == ["checkpoint"]
+        client.restore_snapshot(wid, snap.id)
+        assert client.read_workspace_file(wid, "f.txt").text == "before"
+        client.delete_snapshot(wid, snap.id)
+        assert client.list_snapshots(wid) == []
+        with pytest.raises(sandkasten.SnapshotNotFound):
+            client.delete_snapshot(wid, snap.id)
+    finally:
+        client.delete_workspace(wid)

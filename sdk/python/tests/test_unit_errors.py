@@ -30,6 +30,7 @@ CODES = {
     "SESSION_NOT_FOUND": (404, "SessionNotFound"),
     "WORKSPACE_NOT_FOUND": (404, "WorkspaceNotFound"),
     "FILE_NOT_FOUND": (404, "FileNotFound"),
+    "SNAPSHOT_NOT_FOUND": (404, "SnapshotNotFound"),
     "NOT_FOUND": (404, "NotFound"),
     "METHOD_NOT_ALLOWED": (405, "MethodNotAllowed"),
     "SESSION_NOT_RUNNING": (409, "SessionNotRunning"),

@@ -411,6 +411,43 @@ async def test_workspace_routes(d: Daemon, flavor: str) -> None:
     await aclose(client)
 
 
+async def test_snapshot_routes_and_quota(flavor: str) -> None:
+    W = "/v1/workspaces/w1"
+    snap = {
+        "id": "snap-1",
+        "workspace_id": "w1",
+        "created_at": "2026-11-28T16:30:00.000Z",
+        "label": "before",
+    }
+    d = Daemon()
+    d.on("POST", "/v1/workspaces", httpx.Response(201, json=WS_JSON | {"quota_bytes": 2**28}))
+    d.on("POST", W + "/snapshots", httpx.Response(201, json=snap))
+    d.on("GET", W + "/snapshots", {"snapshots": [snap, snap | {"id": "snap-2", "label": None}]})
+    d.on("DELETE", W + "/snapshots/snap-1", {"ok": True})
+    d.on("POST", W + "/snapshots/snap-1/restore", {"ok": True})
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+
+    ws = await maybe(client.create_workspace("w1", quota_mb=256))
+    assert ws.quota_bytes == 2**28 and body(d.requests[-1]) == {"id": "w1", "quota_mb": 256}
+    await maybe(client.create_workspace("w1", quota_bytes=2**28))
+    assert body(d.requests[-1]) == {"id": "w1", "quota_bytes": 2**28}
+
+    created = await maybe(client.create_snapshot("w1", label="before"))
+    assert created == sandkasten.SnapshotInfo("snap-1", "w1", "2026-11-28T16:30:00.000Z", "before")
+    assert body(d.requests[-1]) == {"label": "before"}
+    await maybe(client.create_snapshot("w1"))
+    assert body(d.requests[-1]) == {}
+    snaps = await maybe(client.list_snapshots("w1"))
+    assert [(s.id, s.label) for s in snaps] == [("snap-1", "before"), ("snap-2", None)]
+    await maybe(client.restore_snapshot("w1", "snap-1"))
+    await maybe(client.delete_snapshot("w1", "snap-1"))
+    assert [r.method for r in d.requests[-2:]] == ["POST", "DELETE"]
+    with pytest.raises(sandkasten.NotFound):
+        await maybe(client.delete_snapshot("w1", "../../sessions"))
+    assert d.requests[-1].url.raw_path == b"/v1/workspaces/w1/snapshots/..%2F..%2Fsessions"
+    await aclose(client)
+
+
 async def test_ids_cannot_change_the_route(flavor: str) -> None:
     d = Daemon()
     client: Any = d.async_client() if flavor == "async" else d.sync_client()

@@ -39,6 +39,7 @@ from .exceptions import (
     SessionNotFound,
     SessionNotRunning,
     ShuttingDown,
+    SnapshotNotFound,
     Unauthorized,
     WorkspaceDisabled,
     WorkspaceInUse,
@@ -54,6 +55,7 @@ from .types import (
     ReadResult,
     SessionInfo,
     SessionStats,
+    SnapshotInfo,
     WorkspaceInfo,
 )
 
@@ -88,6 +90,8 @@ __all__ = [
     "SessionNotRunning",
     "SessionStats",
     "ShuttingDown",
+    "SnapshotInfo",
+    "SnapshotNotFound",
     "SyncSandboxClient",
     "SyncSession",
     "Unauthorized",

@@ -31,6 +31,7 @@ from .types import (
     ReadResult,
     SessionInfo,
     SessionStats,
+    SnapshotInfo,
     WorkspaceInfo,
 )
 
@@ -437,11 +438,20 @@ def list_workspaces() -> Call[list[WorkspaceInfo]]:
     return Call("GET", "/v1/workspaces", _workspace_list)
 
 
-def create_workspace(workspace_id: str, labels: Mapping[str, str] | None) -> Call[WorkspaceInfo]:
+def create_workspace(
+    workspace_id: str,
+    labels: Mapping[str, str] | None,
+    quota_bytes: int | None = None,
+    quota_mb: int | None = None,
+) -> Call[WorkspaceInfo]:
     """``POST /v1/workspaces``."""
     body: dict[str, Any] = {"id": workspace_id}
     if labels is not None:
         body["labels"] = dict(labels)
+    if quota_bytes is not None:
+        body["quota_bytes"] = quota_bytes
+    if quota_mb is not None:
+        body["quota_mb"] = quota_mb
     return Call("POST", "/v1/workspaces", lambda d: WorkspaceInfo.from_json(_obj(d)), json=body)
 
 
@@ -453,3 +463,41 @@ def get_workspace(workspace_id: str) -> Call[WorkspaceInfo]:
 def delete_workspace(workspace_id: str) -> Call[None]:
     """``DELETE /v1/workspaces/{id}``."""
     return Call("DELETE", workspace_path(workspace_id), _ignore, missing_ok_after_retry=True)
+
+
+def _snapshot_list(data: Any) -> list[SnapshotInfo]:
+    items = data if isinstance(data, list) else _obj(data).get("snapshots", [])
+    return [SnapshotInfo.from_json(_obj(x)) for x in items]
+
+
+def snapshot_path(workspace_id: str, snapshot_id: str) -> str:
+    """``/v1/workspaces/{id}/snapshots/{snap}``."""
+    return f"{workspace_path(workspace_id)}/snapshots/{seg(snapshot_id, 'snapshot id')}"
+
+
+def create_snapshot(workspace_id: str, label: str | None) -> Call[SnapshotInfo]:
+    """``POST /v1/workspaces/{id}/snapshots``."""
+    body: dict[str, Any] = {} if label is None else {"label": label}
+    return Call(
+        "POST",
+        workspace_path(workspace_id) + "/snapshots",
+        lambda d: SnapshotInfo.from_json(_obj(d)),
+        json=body,
+    )
+
+
+def list_snapshots(workspace_id: str) -> Call[list[SnapshotInfo]]:
+    """``GET /v1/workspaces/{id}/snapshots``."""
+    return Call("GET", workspace_path(workspace_id) + "/snapshots", _snapshot_list)
+
+
+def delete_snapshot(workspace_id: str, snapshot_id: str) -> Call[None]:
+    """``DELETE /v1/workspaces/{id}/snapshots/{snap}``."""
+    return Call(
+        "DELETE", snapshot_path(workspace_id, snapshot_id), _ignore, missing_ok_after_retry=True
+    )
+
+
+def restore_snapshot(workspace_id: str, snapshot_id: str) -> Call[None]:
+    """``POST /v1/workspaces/{id}/snapshots/{snap}/restore``."""
+    return Call("POST", snapshot_path(workspace_id, snapshot_id) + "/restore", _ignore)

@@ -15,7 +15,7 @@ from ._core import FileInput, TimeoutInput
 from ._sse import SSEDecoder, event_to_chunk
 from .exceptions import SandkastenStreamError, api_error_from_response
 from .session import Session
-from .types import ExecChunk, FileEntry, ReadResult, SessionInfo, WorkspaceInfo
+from .types import ExecChunk, FileEntry, ReadResult, SessionInfo, SnapshotInfo, WorkspaceInfo
 
 T = TypeVar("T")
 
@@ -172,15 +172,29 @@ class SandboxClient:
         return await self._call(_core.list_workspaces())
 
     async def create_workspace(
-        self, workspace_id: str, labels: Mapping[str, str] | None = None
+        self,
+        workspace_id: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        quota_bytes: int | None = None,
+        quota_mb: int | None = None,
     ) -> WorkspaceInfo:
         """Create an empty workspace (``POST /v1/workspaces``).
+
+        Args:
+            workspace_id: 1-64 of ``[A-Za-z0-9._-]``, not starting with ``.`` or ``-``.
+            labels: Free-form string labels.
+            quota_bytes: Size limit in bytes (at least 128 MiB), enforced by the
+                kernel; give this or ``quota_mb``. None for the daemon's
+                ``workspace.quota_mb``.
+            quota_mb: Size limit in MiB.
 
         Raises:
             AlreadyExists: A workspace with this id exists.
             InvalidWorkspace: The id or a label is not valid.
+            InvalidRequest: The quota is below 128 MiB.
         """
-        return await self._call(_core.create_workspace(workspace_id, labels))
+        return await self._call(_core.create_workspace(workspace_id, labels, quota_bytes, quota_mb))
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
         """One workspace (``GET /v1/workspaces/{id}``).
@@ -249,6 +263,37 @@ class SandboxClient:
         fs = _core.workspace_path(workspace_id) + "/fs"
         with _core.upload(fs, file, dest_path, filename) as call:
             return await self._call(call)
+
+    async def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
+        """Snapshot a workspace, also while sessions write to it
+        (``POST /v1/workspaces/{id}/snapshots``).
+
+        Only workspaces with a quota (btrfs images) have snapshots; others
+        raise :class:`InvalidRequest`.
+        """
+        return await self._call(_core.create_snapshot(workspace_id, label))
+
+    async def list_snapshots(self, workspace_id: str) -> builtins.list[SnapshotInfo]:
+        """A workspace's snapshots, oldest first (``GET /v1/workspaces/{id}/snapshots``)."""
+        return await self._call(_core.list_snapshots(workspace_id))
+
+    async def delete_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
+        """Delete a snapshot (``DELETE /v1/workspaces/{id}/snapshots/{snap}``).
+
+        Raises:
+            SnapshotNotFound: The workspace has no such snapshot.
+        """
+        await self._call(_core.delete_snapshot(workspace_id, snapshot_id))
+
+    async def restore_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
+        """Replace the workspace's content with the snapshot's
+        (``POST /v1/workspaces/{id}/snapshots/{snap}/restore``).
+
+        Raises:
+            WorkspaceInUse: A live session mounts the workspace.
+            SnapshotNotFound: The workspace has no such snapshot.
+        """
+        await self._call(_core.restore_snapshot(workspace_id, snapshot_id))
 
     # ------------------------------------------------------------ lifecycle
 

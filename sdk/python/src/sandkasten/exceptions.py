@@ -41,6 +41,7 @@ __all__ = [
     "SessionNotFound",
     "SessionNotRunning",
     "ShuttingDown",
+    "SnapshotNotFound",
     "Unauthorized",
     "WorkspaceDisabled",
     "WorkspaceInUse",
@@ -171,6 +172,11 @@ class SessionNotFound(SandkastenAPIError):
 @_code("WORKSPACE_NOT_FOUND")
 class WorkspaceNotFound(SandkastenAPIError):
     """404: no workspace has this id."""
+
+
+@_code("SNAPSHOT_NOT_FOUND")
+class SnapshotNotFound(SandkastenAPIError):
+    """404: the workspace has no snapshot with this id."""
 
 
 @_code("FILE_NOT_FOUND")

@@ -29,6 +29,7 @@ from .types import (
     ReadResult,
     SessionInfo,
     SessionStats,
+    SnapshotInfo,
     WorkspaceInfo,
 )
 
@@ -161,10 +162,15 @@ class SyncSandboxClient:
         return self._call(_core.list_workspaces())
 
     def create_workspace(
-        self, workspace_id: str, labels: Mapping[str, str] | None = None
+        self,
+        workspace_id: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        quota_bytes: int | None = None,
+        quota_mb: int | None = None,
     ) -> WorkspaceInfo:
-        """Create an empty workspace; raises :class:`AlreadyExists` if it exists."""
-        return self._call(_core.create_workspace(workspace_id, labels))
+        """Create an empty workspace; see :meth:`sandkasten.SandboxClient.create_workspace`."""
+        return self._call(_core.create_workspace(workspace_id, labels, quota_bytes, quota_mb))
 
     def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
         """One workspace; raises :class:`WorkspaceNotFound`."""
@@ -203,6 +209,24 @@ class SyncSandboxClient:
         fs = _core.workspace_path(workspace_id) + "/fs"
         with _core.upload(fs, file, dest_path, filename) as call:
             return self._call(call)
+
+    def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
+        """Snapshot a workspace (only workspaces with a quota have snapshots)."""
+        return self._call(_core.create_snapshot(workspace_id, label))
+
+    def list_snapshots(self, workspace_id: str) -> builtins.list[SnapshotInfo]:
+        """A workspace's snapshots, oldest first."""
+        return self._call(_core.list_snapshots(workspace_id))
+
+    def delete_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
+        """Delete a snapshot; raises :class:`SnapshotNotFound`."""
+        self._call(_core.delete_snapshot(workspace_id, snapshot_id))
+
+    def restore_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
+        """Replace the workspace's content with the snapshot's; raises
+        :class:`WorkspaceInUse` while a session mounts it.
+        """
+        self._call(_core.restore_snapshot(workspace_id, snapshot_id))
 
     # ------------------------------------------------------------ lifecycle
 

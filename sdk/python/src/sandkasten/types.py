@@ -19,6 +19,7 @@ __all__ = [
     "ReadResult",
     "SessionInfo",
     "SessionStats",
+    "SnapshotInfo",
     "WorkspaceInfo",
 ]
 
@@ -268,6 +269,33 @@ class WorkspaceInfo:
             quota_bytes=int(quota) if quota is not None else None,
             in_use=bool(data.get("in_use", False)),
             labels=dict(data.get("labels") or {}),
+        )
+
+
+@dataclass
+class SnapshotInfo:
+    """A read-only, point-in-time snapshot of a workspace."""
+
+    id: str
+    """Snapshot id (``snap-…``)."""
+
+    workspace_id: str
+    """The workspace it belongs to."""
+
+    created_at: str | None = None
+    """RFC 3339 time of creation."""
+
+    label: str | None = None
+    """The label given at creation, if any."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SnapshotInfo:
+        """Build from a ``SnapshotInfo`` JSON object."""
+        return cls(
+            id=str(data["id"]),
+            workspace_id=str(data.get("workspace_id", "")),
+            created_at=data.get("created_at"),
+            label=data.get("label"),
         )
 
 
