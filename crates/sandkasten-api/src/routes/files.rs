@@ -259,34 +259,55 @@ pub(crate) async fn upload_in(
     let mut dir: Option<String> = None;
     let mut files: Vec<(String, Bytes)> = Vec::new();
     // The directory may come after the files, so the files are held until
-    // the form is read; the body limit bounds what that holds.
+    // the form is read; the body limit bounds what that holds. A bad part
+    // is remembered, not answered at once: the rest of the body is read
+    // first, so the client sees the 400 instead of a reset connection.
+    let mut problem: Option<ApiError> = None;
     while let Some(field) = form
         .next_field()
         .await
         .map_err(|e| multipart_error(e, limit))?
     {
-        match field.name() {
-            Some("file" | "files") => {
-                let Some(name) = field.file_name().map(str::to_owned) else {
-                    return Err(ApiError::InvalidRequest(
+        let name = field.name().map(str::to_owned);
+        let file_name = field.file_name().map(str::to_owned);
+        let data = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+        if problem.is_some() {
+            continue;
+        }
+        match name.as_deref() {
+            Some("file" | "files") => match file_name {
+                None => {
+                    problem = Some(ApiError::InvalidRequest(
                         "a file part has no filename".into(),
-                    ));
-                };
-                check_upload_filename(&name)?;
-                let data = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
-                files.push((name, data));
-            }
+                    ))
+                }
+                Some(n) => match check_upload_filename(&n) {
+                    Ok(()) => files.push((n, data)),
+                    Err(e) => problem = Some(e),
+                },
+            },
             Some("path") => {
                 if dir.is_some() {
-                    return Err(ApiError::InvalidRequest(
+                    problem = Some(ApiError::InvalidRequest(
                         "the form has more than one path part".into(),
                     ));
+                } else {
+                    match String::from_utf8(data.to_vec()) {
+                        Ok(t) => dir = Some(t),
+                        Err(_) => {
+                            problem = Some(ApiError::InvalidRequest(
+                                "the path part is not UTF-8".into(),
+                            ))
+                        }
+                    }
                 }
-                dir = Some(field.text().await.map_err(|e| multipart_error(e, limit))?);
             }
             // Unknown parts are skipped, as unknown JSON fields are.
             _ => {}
         }
+    }
+    if let Some(p) = problem {
+        return Err(p);
     }
     if files.is_empty() {
         return Err(ApiError::InvalidRequest(
