@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::path::Path;
 
 fn ws_get(d: &Daemon, id: &str) -> Resp {
     d.get(&format!("/v1/workspaces/{id}"))
@@ -545,4 +546,372 @@ fn snapshots_need_a_workspace_with_a_quota() {
     d.post("/v1/workspaces/plain/snapshots", &json!({}))
         .assert_error(400, "INVALID_REQUEST", "snapshot of a directory workspace");
     d.delete(&id);
+}
+
+// --- export, import, from_snapshot -----------------------------------------
+
+/// Every entry below /workspace (not the root): path, type, mode, owner,
+/// mtime, and the symlink target or the content's sha256.
+const LISTING: &str = r#"cd /workspace && python3 -c "
+import os, hashlib
+out = []
+for root, dirs, files in os.walk('.'):
+    for n in dirs + files:
+        p = os.path.join(root, n)
+        st = os.lstat(p)
+        if os.path.islink(p):
+            what = 'l ' + os.readlink(p)
+        elif os.path.isdir(p):
+            what = 'd'
+        else:
+            what = 'f ' + hashlib.sha256(open(p, 'rb').read()).hexdigest()
+        out.append('%s %o %d:%d %d %s' % (p, st.st_mode & 0o7777, st.st_uid, st.st_gid, int(st.st_mtime), what))
+print('\n'.join(sorted(out)))
+""#;
+
+/// A tree with a binary file, modes, a subdir and a symlink.
+const TREE: &str = "python3 -c \"open('bin.dat','wb').write(bytes(range(256))*64)\"; \
+    mkdir -p sub/deep; printf '#!/bin/sh\\necho hi\\n' > sub/deep/run.sh; chmod 750 sub/deep/run.sh; \
+    echo secret > sub/private; chmod 600 sub/private; chmod 700 sub/deep; \
+    ln -s sub/deep/run.sh link; touch -d '2020-01-02 03:04:05' sub/private";
+
+fn export_bytes(d: &Daemon, ws: &str) -> Vec<u8> {
+    let r = d
+        .request(reqwest::Method::GET, &format!("/v1/workspaces/{ws}/export"))
+        .send()
+        .expect("export request");
+    assert_eq!(r.status().as_u16(), 200, "export {ws}");
+    assert_eq!(
+        r.headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some("application/x-tar")
+    );
+    r.bytes().expect("export body").to_vec()
+}
+
+fn import(d: &Daemon, ws: &str, tar: Vec<u8>) -> Resp {
+    d.send(
+        d.request(reqwest::Method::PUT, &format!("/v1/workspaces/{ws}/import"))
+            .header("content-type", "application/x-tar")
+            .body(tar),
+    )
+}
+
+fn session_on(d: &Daemon, ws: &str) -> String {
+    d.create_session(json!({"workspace_id": ws}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A tar whose entries carry exactly these (possibly hostile) names.
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn export_then_import_into_another_workspace_is_exact() {
+    let d = Daemon::start(None);
+    let s = session_on(&d, "exp-src");
+    d.sh(&s, TREE);
+    let before = d.sh(&s, LISTING);
+    assert!(before.contains("./link 777 1000:1000"), "{before}");
+    // Exported while mounted.
+    let tar_bytes = export_bytes(&d, "exp-src");
+    d.delete(&s);
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    let mut names = Vec::new();
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        assert_eq!(h.uid().unwrap(), 1000, "owner in the sandbox's view");
+        if h.entry_type() == tar::EntryType::Symlink {
+            assert_eq!(
+                e.link_name().unwrap().unwrap().to_str(),
+                Some("sub/deep/run.sh")
+            );
+        }
+        names.push(e.path().unwrap().to_string_lossy().to_string());
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bin.dat",
+            "link",
+            "sub",
+            "sub/deep",
+            "sub/deep/run.sh",
+            "sub/private"
+        ]
+    );
+
+    d.post("/v1/workspaces", &json!({"id": "exp-dst"}))
+        .expect(201, "create target");
+    ws_write(&d, "exp-dst", "old.txt", "replaced").expect(200, "old content");
+    import(&d, "exp-dst", tar_bytes.clone()).expect(200, "import");
+    let t = session_on(&d, "exp-dst");
+    assert_eq!(d.sh(&t, LISTING), before, "imported tree differs");
+    // Import while mounted is refused and changes nothing.
+    import(
+        &d,
+        "exp-dst",
+        raw_tar(&[("x", tar::EntryType::Regular, b"x", "")]),
+    )
+    .assert_error(409, "WORKSPACE_IN_USE", "import while mounted");
+    assert_eq!(d.sh(&t, LISTING), before);
+    d.delete(&t);
+    import(&d, "no-such-ws", tar_bytes).assert_error(
+        404,
+        "WORKSPACE_NOT_FOUND",
+        "import does not create",
+    );
+    d.get("/v1/workspaces/no-such-ws/export").assert_error(
+        404,
+        "WORKSPACE_NOT_FOUND",
+        "export of an unknown workspace",
+    );
+}
+
+#[test]
+fn export_is_point_in_time_while_a_session_writes() {
+    let d = Daemon::start(None);
+    let s = session_on(&d, "exp-live");
+    d.sh(
+        &s,
+        "(for i in $(seq 1 3000); do echo $i > f_$i; done; touch done) >/dev/null 2>&1 &",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let tar_bytes = export_bytes(&d, "exp-live");
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    let mut seen = std::collections::BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut data = String::new();
+        std::io::Read::read_to_string(&mut e, &mut data).unwrap();
+        if let Some(n) = name.strip_prefix("f_") {
+            seen.insert(n.parse::<u32>().unwrap(), data);
+        }
+    }
+    // The snapshot moment: files 1..=k exist, nothing after k; files
+    // 1..e complete, and the few written while the snapshot was being
+    // taken (e..=k, after btrfs flushed the data) without their data yet.
+    let k = seen.keys().max().copied().unwrap_or(0);
+    assert_eq!(
+        seen.len() as u32,
+        k,
+        "gaps in the export: {:?}",
+        seen.keys()
+    );
+    let empty: Vec<u32> = seen
+        .iter()
+        .filter(|(_, d)| d.is_empty())
+        .map(|(n, _)| *n)
+        .collect();
+    let e = empty.first().copied().unwrap_or(k + 1);
+    assert_eq!(
+        empty,
+        (e..=k).collect::<Vec<_>>(),
+        "empty files inside the export"
+    );
+    assert!(e > 1 || k == 0, "no complete file at all (k={k})");
+    for (n, data) in seen.range(..e) {
+        assert_eq!(data, &format!("{n}\n"), "file f_{n}");
+    }
+    d.delete(&s);
+}
+
+#[test]
+fn import_never_writes_outside_the_workspace() {
+    let d = Daemon::start(None);
+    d.post("/v1/workspaces", &json!({"id": "imp-evil"}))
+        .expect(201, "create");
+    ws_write(&d, "imp-evil", "keep.txt", "kept").expect(200, "old content");
+    let outside = HostMarker::in_temp_dir();
+    let dir = outside.path.parent().unwrap().to_string_lossy().to_string();
+    let abs = format!("{dir}/abs-{}", random_hex(6));
+    for (what, tar_bytes) in [
+        (
+            "..",
+            raw_tar(&[("../evil", tar::EntryType::Regular, b"x", "")]),
+        ),
+        (
+            "nested ..",
+            raw_tar(&[("a/../../evil", tar::EntryType::Regular, b"x", "")]),
+        ),
+        (
+            "absolute",
+            raw_tar(&[(&abs, tar::EntryType::Regular, b"x", "")]),
+        ),
+        (
+            "below a symlink",
+            raw_tar(&[
+                ("l", tar::EntryType::Symlink, b"", &dir),
+                ("l/evil", tar::EntryType::Regular, b"x", ""),
+            ]),
+        ),
+        (
+            "directory below a symlink",
+            raw_tar(&[
+                ("l", tar::EntryType::Symlink, b"", &dir),
+                ("l/sub/", tar::EntryType::Directory, b"", ""),
+            ]),
+        ),
+    ] {
+        import(&d, "imp-evil", tar_bytes).assert_error(400, "INVALID_REQUEST", what);
+    }
+    assert!(!Path::new(&abs).exists());
+    assert!(!Path::new(&dir).join("evil").exists());
+    assert!(!Path::new(&dir).join("sub").exists());
+    assert_eq!(
+        std::fs::read_to_string(&outside.path).unwrap(),
+        outside.content
+    );
+    // The old content is intact after every refusal.
+    let v = ws_read(&d, "imp-evil", "keep.txt").expect(200, "old file");
+    assert_eq!(unb64(v["content_base64"].as_str().unwrap()), b"kept");
+    import(&d, "imp-evil", b"not a tar at all, just text".repeat(40)).assert_error(
+        400,
+        "INVALID_REQUEST",
+        "garbage",
+    );
+    // A symlink pointing outside is stored as it is (it resolves inside
+    // the sandbox), and files belong to the sandbox user.
+    import(
+        &d,
+        "imp-evil",
+        raw_tar(&[
+            ("l", tar::EntryType::Symlink, b"", "/etc/passwd"),
+            ("f", tar::EntryType::Regular, b"data", ""),
+        ]),
+    )
+    .expect(200, "harmless archive");
+    let s = session_on(&d, "imp-evil");
+    assert_eq!(
+        d.sh(
+            &s,
+            "readlink l; stat -c %u f; ls keep.txt 2>&1 | wc -l; cat f"
+        ),
+        "/etc/passwd\n1000\n1\ndata"
+    );
+    d.delete(&s);
+}
+
+#[test]
+fn a_workspace_from_a_snapshot_equals_the_snapshot() {
+    let d = Daemon::start(None);
+    let s = session_on(&d, "fs-src");
+    d.sh(&s, TREE);
+    let at_snapshot = d.sh(&s, LISTING);
+    let snap = d
+        .post("/v1/workspaces/fs-src/snapshots", &json!({}))
+        .expect(201, "snapshot")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(&s, "echo changed > bin.dat; rm -r sub");
+    let w = d
+        .post(
+            "/v1/workspaces",
+            &json!({"id": "fs-dst", "from_snapshot": {"workspace_id": "fs-src", "snapshot_id": snap}}),
+        )
+        .expect(201, "create from snapshot (source mounted)");
+    let src = d.get("/v1/workspaces/fs-src").expect(200, "source");
+    assert_eq!(w["quota_bytes"], src["quota_bytes"], "the source's quota");
+    d.delete(&s);
+    let t = session_on(&d, "fs-dst");
+    assert_eq!(d.sh(&t, LISTING), at_snapshot);
+    d.delete(&t);
+    d.post(
+        "/v1/workspaces",
+        &json!({"id": "fs-x", "from_snapshot": {"workspace_id": "fs-src", "snapshot_id": "snap-0000000000000000"}}),
+    )
+    .assert_error(404, "SNAPSHOT_NOT_FOUND", "unknown snapshot");
+    d.get("/v1/workspaces/fs-x")
+        .assert_error(404, "WORKSPACE_NOT_FOUND", "nothing created");
+}
+
+#[test]
+fn directory_workspaces_export_and_import_too() {
+    let d = Daemon::start(Some("workspace:\n  enabled: true\n  quota_mb: 0\n"));
+    let s = session_on(&d, "plain-src");
+    d.sh(&s, TREE);
+    let before = d.sh(&s, LISTING);
+    d.delete(&s);
+    let tar_bytes = export_bytes(&d, "plain-src");
+    d.post("/v1/workspaces", &json!({"id": "plain-dst"}))
+        .expect(201, "create target");
+    import(&d, "plain-dst", tar_bytes).expect(200, "import");
+    let t = session_on(&d, "plain-dst");
+    assert_eq!(d.sh(&t, LISTING), before);
+    d.delete(&t);
+}
+
+#[test]
+fn an_import_over_the_quota_is_refused_and_keeps_the_old_content() {
+    let d = Daemon::start(None);
+    d.post(
+        "/v1/workspaces",
+        &json!({"id": "imp-full", "quota_mb": 128}),
+    )
+    .expect(201, "create with quota");
+    let s = session_on(&d, "imp-full");
+    d.sh(&s, "head -c 80M /dev/urandom > old.bin; sync -f .");
+    let sum = d.sh(&s, "md5sum old.bin");
+    d.delete(&s);
+    // 60 MiB more does not fit next to the 80 MiB kept until the swap.
+    let mut b = tar::Builder::new(Vec::new());
+    let data = random_bytes(60 * 1024 * 1024);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, "new.bin", &data[..]).unwrap();
+    let r = import(&d, "imp-full", b.into_inner().unwrap());
+    r.assert_error(400, "INVALID_REQUEST", "import over the quota");
+    assert!(r.text.contains("quota"), "{}", r.text);
+    let s = session_on(&d, "imp-full");
+    assert_eq!(d.sh(&s, "md5sum old.bin; ls"), format!("{sum}old.bin\n"));
+    d.delete(&s);
+}
+
+#[test]
+fn an_abandoned_export_releases_the_workspace() {
+    let d = Daemon::start(None);
+    let s = session_on(&d, "exp-gone");
+    d.sh(&s, "head -c 50M /dev/urandom > big.bin");
+    d.delete(&s);
+    let mut r = d
+        .request(reqwest::Method::GET, "/v1/workspaces/exp-gone/export")
+        .send()
+        .expect("export request");
+    let mut first = [0u8; 1024];
+    std::io::Read::read_exact(&mut r, &mut first).unwrap();
+    drop(r);
+    // The export stops, its temporary snapshot goes, and the workspace
+    // can be deleted.
+    assert!(
+        wait_for(std::time::Duration::from_secs(10), || {
+            d.del("/v1/workspaces/exp-gone").status == 200
+        }),
+        "workspace still held after the client went away"
+    );
+    assert!(
+        !d.logs().contains("temporary snapshot"),
+        "the temporary snapshot was not deleted: {}",
+        d.logs()
+    );
 }

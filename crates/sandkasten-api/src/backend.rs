@@ -65,6 +65,27 @@ pub(crate) trait Backend: Send + Sync + 'static {
             "snapshots are not supported by this backend".into(),
         ))
     }
+    // Export and import: like snapshots, proven end to end.
+    async fn export_workspace(
+        &self,
+        _id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, EngineError> {
+        Err(EngineError::Internal(
+            "export is not supported by this backend".into(),
+        ))
+    }
+    async fn import_workspace(
+        &self,
+        _id: &str,
+        _archive: std::path::PathBuf,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Internal(
+            "import is not supported by this backend".into(),
+        ))
+    }
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+    }
     async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError>;
     async fn workspace_read_file(
         &self,
@@ -157,6 +178,22 @@ impl Backend for Engine {
     }
     async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
         Engine::restore_snapshot(self, id, snap).await
+    }
+    async fn export_workspace(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, EngineError> {
+        Engine::export_workspace(self, id).await
+    }
+    async fn import_workspace(
+        &self,
+        id: &str,
+        archive: std::path::PathBuf,
+    ) -> Result<(), EngineError> {
+        Engine::import_workspace(self, id, archive).await
+    }
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        Engine::scratch_dir(self)
     }
     async fn workspace_list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
         Engine::workspace_list_dir(self, id, path).await

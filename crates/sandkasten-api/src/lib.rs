@@ -129,6 +129,8 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(workspaces::delete_snapshot))
         .routes(routes!(workspaces::restore_snapshot))
+        .routes(routes!(workspaces::export_workspace))
+        .routes(routes!(workspaces::import_workspace))
 }
 
 /// The router over any backend (the engine, or a fake in tests).

@@ -1675,6 +1675,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/workspaces/{id}/snapshots"),
     ("delete", "/v1/workspaces/{id}/snapshots/{snap}"),
     ("post", "/v1/workspaces/{id}/snapshots/{snap}/restore"),
+    ("get", "/v1/workspaces/{id}/export"),
+    ("put", "/v1/workspaces/{id}/import"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
@@ -1743,5 +1745,67 @@ async fn every_documented_route_is_served() {
             "{method} {uri} is documented but not routed"
         );
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+    }
+}
+
+// ------------------------------------------------------------ export, import
+
+#[tokio::test]
+async fn import_bodies_over_the_limit_are_413_and_ids_are_checked() {
+    let (router, _) = app();
+    // A chunked body: the limit is counted while spooling.
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..3)
+        .map(|_| Ok(Bytes::from(vec![0u8; LIMIT / 2])))
+        .collect();
+    let req = request(Method::PUT, "/v1/workspaces/w1/import")
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap();
+    let v = send(&router, req)
+        .await
+        .assert_error(413, "PAYLOAD_TOO_LARGE");
+    assert_eq!(v["details"]["max_bytes"], LIMIT);
+    let req = request(Method::PUT, "/v1/workspaces/.bad/import")
+        .body(Body::from("x"))
+        .unwrap();
+    send(&router, req)
+        .await
+        .assert_error(400, "INVALID_WORKSPACE");
+    get(&router, "/v1/workspaces/.bad/export")
+        .await
+        .assert_error(400, "INVALID_WORKSPACE");
+    // No spooled upload is left behind.
+    let left = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("import-w1-{}-", std::process::id()))
+        })
+        .count();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn from_snapshot_is_validated() {
+    let (router, _) = app();
+    for (body, code) in [
+        (
+            json!({"id": "w", "from_snapshot": {"workspace_id": ".x", "snapshot_id": "snap-00"}}),
+            "INVALID_WORKSPACE",
+        ),
+        (
+            json!({"id": "w", "from_snapshot": {"workspace_id": "src", "snapshot_id": "../x"}}),
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"id": "w", "from_snapshot": "snap-00"}),
+            "INVALID_REQUEST",
+        ),
+    ] {
+        post_json(&router, "/v1/workspaces", body.clone())
+            .await
+            .assert_error(400, code);
     }
 }

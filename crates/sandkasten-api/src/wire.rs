@@ -429,6 +429,19 @@ pub(crate) struct CreateWorkspaceRequest {
     /// most 256 characters.
     #[schema(example = json!({"team": "ml", "project": "demo"}))]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Start with a copy of this snapshot (its files, modes, owners and
+    /// symlinks). The quota defaults to the source workspace's.
+    pub from_snapshot: Option<FromSnapshot>,
+}
+
+/// A snapshot to create a workspace from.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct FromSnapshot {
+    /// The workspace the snapshot belongs to.
+    #[schema(example = "user123-project456")]
+    pub workspace_id: String,
+    #[schema(example = "snap-0123456789abcdef")]
+    pub snapshot_id: String,
 }
 
 /// A persistent workspace.

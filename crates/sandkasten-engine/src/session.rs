@@ -102,6 +102,7 @@ pub fn valid_workspace_id(id: &str) -> bool {
 pub(crate) fn runtime_err(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
     move |source| match source {
         RuntimeError::ImageNotFound(i) => EngineError::InvalidImage(format!("unknown image {i}")),
+        RuntimeError::InvalidArchive(m) => EngineError::InvalidRequest(m),
         RuntimeError::Unsupported(what, rt) => {
             EngineError::InvalidRequest(format!("{what} is not supported by the {rt} runtime"))
         }

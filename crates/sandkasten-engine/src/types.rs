@@ -114,6 +114,8 @@ pub struct CreateWorkspace {
     pub id: String,
     pub quota_bytes: Option<u64>,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `(workspace_id, snapshot_id)`: start with a copy of that snapshot.
+    pub from_snapshot: Option<(String, String)>,
 }
 
 /// A point-in-time copy of a workspace.

@@ -191,8 +191,17 @@ impl Engine {
                 )));
             }
         }
+        let source = match &req.from_snapshot {
+            Some((src, snap)) => Some(self.snapshot_record(src, snap)?),
+            None => None,
+        };
+        let source_quota = match &source {
+            Some(s) => self.record(&s.workspace_id)?.quota_bytes,
+            None => None,
+        };
         let quota = req
             .quota_bytes
+            .or(source_quota)
             .or(self.config().workspace_default_quota_bytes);
         if self
             .inner
@@ -214,15 +223,41 @@ impl Engine {
             quota_bytes: quota,
             labels: req.labels,
         };
-        if !self.inner.store.insert_workspace(&rec)? {
+        let Some(snap) = source else {
+            self.insert_and_create(&rec).await?;
+            tracing::info!(workspace = %req.id, "workspace created");
+            return self.info(rec).await;
+        };
+        if self.inner.store.get_workspace(&req.id)?.is_some() {
             return Err(EngineError::AlreadyExists(format!("workspace {}", req.id)));
         }
-        if let Err(e) = self.inner.runtime.ensure_workspace(&req.id, quota).await {
-            let _ = self.inner.store.delete_workspace(&req.id);
+        // No session may mount the new workspace before its copy is done.
+        self.begin_exclusive(&req.id)?;
+        let result = async {
+            self.insert_and_create(&rec).await?;
+            self.fill_from_snapshot(&req.id, &snap).await
+        }
+        .await;
+        self.end_exclusive(&req.id);
+        result?;
+        tracing::info!(workspace = %req.id, snapshot = %snap.id, "workspace created from a snapshot");
+        self.info(rec).await
+    }
+
+    async fn insert_and_create(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
+        if !self.inner.store.insert_workspace(rec)? {
+            return Err(EngineError::AlreadyExists(format!("workspace {}", rec.id)));
+        }
+        if let Err(e) = self
+            .inner
+            .runtime
+            .ensure_workspace(&rec.id, rec.quota_bytes)
+            .await
+        {
+            let _ = self.inner.store.delete_workspace(&rec.id);
             return Err(rt("creating the workspace")(e));
         }
-        tracing::info!(workspace = %req.id, "workspace created");
-        self.info(rec).await
+        Ok(())
     }
 
     pub async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
@@ -356,6 +391,157 @@ impl Engine {
             Response::Ok => Ok(as_session_path(&p)),
             other => Err(crate::session::unexpected(other)),
         }
+    }
+}
+
+/// Writes the tar chunks an export produces into a channel (blocking).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+/// Size of the chunks an export streams.
+const EXPORT_CHUNK: usize = 256 * 1024;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client stopped reading the export",
+            )
+        })
+    }
+}
+
+impl Engine {
+    /// Holds `id` like a mount (delete, restore and import answer
+    /// `WorkspaceInUse`) until the guard is dropped.
+    fn hold(&self, id: &str) -> Result<MountGuard, EngineError> {
+        let mut g = self.inner.ws_guard.lock().unwrap();
+        if g.deleting.contains(id) {
+            return Err(EngineError::WorkspaceInUse {
+                id: id.into(),
+                session: "(being deleted, restored or imported)".into(),
+            });
+        }
+        *g.mounting.entry(id.to_string()).or_default() += 1;
+        Ok(MountGuard {
+            engine: self.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Marks `id` busy for an operation that replaces its content:
+    /// `WorkspaceInUse` while a session mounts it or anything holds it.
+    fn begin_exclusive(&self, id: &str) -> Result<(), EngineError> {
+        let mut g = self.inner.ws_guard.lock().unwrap();
+        if let Some(session) = self.user_of(id) {
+            return Err(EngineError::WorkspaceInUse {
+                id: id.into(),
+                session,
+            });
+        }
+        if g.mounting.contains_key(id) || !g.deleting.insert(id.to_string()) {
+            return Err(EngineError::WorkspaceInUse {
+                id: id.into(),
+                session: "(being created, exported or changed)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn end_exclusive(&self, id: &str) {
+        self.inner.ws_guard.lock().unwrap().deleting.remove(id);
+    }
+
+    /// Copies snapshot `snap` into the freshly created workspace `id`
+    /// (marked busy by the caller); deletes `id` again when that fails.
+    async fn fill_from_snapshot(&self, id: &str, snap: &SnapshotRecord) -> Result<(), EngineError> {
+        let source = self.hold(&snap.workspace_id)?;
+        let result = self
+            .inner
+            .runtime
+            .copy_snapshot(&snap.workspace_id, &snap.id, id)
+            .await
+            .map_err(rt("copying the snapshot"));
+        drop(source);
+        if result.is_err() {
+            let _ = self.inner.runtime.delete_workspace(id).await;
+            let _ = self.inner.store.delete_workspace(id);
+        }
+        result
+    }
+
+    /// Streams workspace `id` as a tar, in chunks; an error mid-way ends
+    /// the stream with it. Consistent (a temporary snapshot) where the
+    /// runtime can snapshot.
+    pub async fn export_workspace(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, EngineError> {
+        self.record(id)?;
+        let guard = self.hold(id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let runtime = self.inner.runtime.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut w = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(EXPORT_CHUNK),
+            };
+            let r = runtime
+                .export_workspace(&id, &mut w)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|_| std::io::Write::flush(&mut w));
+            drop(guard);
+            if let Err(e) = r {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    tracing::warn!(workspace = %id, "export failed: {e}");
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Where an upload to import may be spooled.
+    pub fn scratch_dir(&self) -> std::path::PathBuf {
+        self.inner.runtime.scratch_dir()
+    }
+
+    /// Replaces workspace `id`'s content with the tar at `archive`;
+    /// `WorkspaceInUse` while mounted. The workspace must exist.
+    pub async fn import_workspace(
+        &self,
+        id: &str,
+        archive: std::path::PathBuf,
+    ) -> Result<(), EngineError> {
+        self.record(id)?;
+        self.begin_exclusive(id)?;
+        let result = self
+            .inner
+            .runtime
+            .import_workspace(id, archive)
+            .await
+            .map_err(rt("importing into the workspace"));
+        self.end_exclusive(id);
+        if result.is_ok() {
+            tracing::info!(workspace = %id, "workspace content imported");
+        }
+        result
     }
 }
 

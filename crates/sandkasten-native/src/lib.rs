@@ -25,6 +25,7 @@ mod image;
 mod layers;
 mod process;
 mod wsimage;
+mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
 pub use fsutil::{has_mounts_below, remove_tree};
@@ -38,6 +39,7 @@ use sandkasten_runtime::{
     AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
     SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
 };
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -392,6 +394,76 @@ impl NativeRuntime {
         Ok(w)
     }
 
+    /// Replaces workspace `id`'s content with the tar read from `archive`
+    /// (extracted into a new subvolume or directory, then swapped in).
+    fn import_from(
+        &self,
+        id: &str,
+        archive: impl std::io::Read,
+        keep_owners: bool,
+    ) -> Result<(), RuntimeError> {
+        let user = self.ids.host_user;
+        let keep = keep_owners.then_some((self.ids.host_root, self.ids.size));
+        let img = self.workspace_image(id);
+        let fill = |root: &Path| wstar::extract(archive, root, user, keep);
+        let result = if img.exists() {
+            let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
+                .map_err(io("looking for the workspace's loop device"))?;
+            if !detached {
+                return Err(RuntimeError::Other(format!(
+                    "workspace {id} is still mounted"
+                )));
+            }
+            let device = self.attach_workspace(id)?;
+            wsimage::replace_data(&device.device, user, fill)
+        } else {
+            let dir = self.workspace_dir(id);
+            if !dir.is_dir() {
+                return Err(RuntimeError::Other(format!(
+                    "workspace {id} has no storage"
+                )));
+            }
+            let root = self.cfg.data_dir.join("workspaces");
+            let tmp = root.join(format!(".import-{id}-{}", std::process::id()));
+            let _ = remove_tree(&tmp);
+            let made = std::fs::create_dir(&tmp)
+                .and_then(|_| {
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+                })
+                .and_then(|_| std::os::unix::fs::chown(&tmp, Some(user), Some(user)));
+            let r = match made {
+                Err(e) => Err(wstar::ImportError::Io(e)),
+                Ok(()) => fill(&tmp),
+            };
+            match r {
+                Err(e) => {
+                    let _ = remove_tree(&tmp);
+                    Err(e)
+                }
+                Ok(()) => {
+                    let old = root.join(format!(".old-{id}-{}", std::process::id()));
+                    std::fs::rename(&dir, &old)
+                        .and_then(|_| std::fs::rename(&tmp, &dir))
+                        .map_err(io("swapping in the imported content"))?;
+                    let _ = remove_tree(&old);
+                    Ok(())
+                }
+            }
+        };
+        result.map_err(|e| match e {
+            wstar::ImportError::Invalid(m) => RuntimeError::InvalidArchive(m),
+            wstar::ImportError::Io(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+            {
+                RuntimeError::InvalidArchive(format!(
+                    "the content does not fit in workspace {id}'s quota ({e}); \
+                     the old content is unchanged"
+                ))
+            }
+            wstar::ImportError::Io(e) => RuntimeError::io(format!("importing into {id}"), e),
+        })
+    }
+
     async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
         AgentClient::connect(&sandkasten_protocol::socket_path(&self.session_dir(id))).await
     }
@@ -594,6 +666,77 @@ impl Runtime for NativeRuntime {
                     .ok_or_else(|| RuntimeError::Other("not a file request".into()))
             })
         })
+    }
+
+    fn export_workspace(
+        &self,
+        id: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), RuntimeError> {
+        let (host_root, size) = (self.ids.host_root, self.ids.size);
+        let img = self.workspace_image(id);
+        if img.exists() {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("export-{}-{n}", std::process::id());
+            let device = self.attach_workspace(id)?;
+            // Declared before the mount, so it is deleted after the mount
+            // is gone (also when the client stops reading half-way).
+            let _snap = wsimage::TempSnapshot::take(&device.device, &name)
+                .map_err(io(format!("snapshotting workspace {id}")))?;
+            let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{name}")))
+                .map_err(io(format!("mounting the export snapshot of {id}")))?;
+            wstar::export(&wsimage::fd_path(&mnt), host_root, size, out)
+                .map_err(io(format!("exporting workspace {id}")))
+        } else {
+            wstar::export(&self.workspace_dir(id), host_root, size, out)
+                .map_err(io(format!("exporting workspace {id}")))
+        }
+    }
+
+    async fn import_workspace(&self, id: &str, archive: PathBuf) -> Result<(), RuntimeError> {
+        tokio::task::block_in_place(|| {
+            let f = std::fs::File::open(&archive).map_err(io("opening the uploaded archive"))?;
+            self.import_from(id, std::io::BufReader::new(f), false)
+        })
+    }
+
+    async fn copy_snapshot(&self, src: &str, snap: &str, dst: &str) -> Result<(), RuntimeError> {
+        let (host_root, size) = (self.ids.host_root, self.ids.size);
+        tokio::task::block_in_place(|| {
+            let device = self.image_device(src)?;
+            let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{snap}")))
+                .map_err(io(format!("mounting snapshot {snap}")))?;
+            let root = wsimage::fd_path(&mnt);
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 into our array.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+                return Err(RuntimeError::io("pipe", std::io::Error::last_os_error()));
+            }
+            // SAFETY: fresh fds we own.
+            let (r, w) = unsafe {
+                (
+                    std::fs::File::from_raw_fd(fds[0]),
+                    std::fs::File::from_raw_fd(fds[1]),
+                )
+            };
+            std::thread::scope(|s| {
+                let writer = s.spawn(move || {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
+                    wstar::export(&root, host_root, size, &mut w)
+                });
+                let imported = self.import_from(dst, std::io::BufReader::new(r), true);
+                let exported = writer
+                    .join()
+                    .map_err(|_| RuntimeError::Other("export thread panicked".into()))?;
+                imported?;
+                exported.map_err(io(format!("reading snapshot {snap}")))
+            })
+        })
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("tmp")
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

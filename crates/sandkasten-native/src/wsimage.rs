@@ -518,3 +518,91 @@ pub fn restore(device: &Path, name: &str) -> io::Result<()> {
     }
     destroy(&top, ".", &old)
 }
+
+/// Deletes `snaps/<name>` when dropped (a temporary export snapshot; also
+/// when the export stops half-way).
+pub struct TempSnapshot {
+    device: PathBuf,
+    name: String,
+}
+
+impl TempSnapshot {
+    pub fn take(device: &Path, name: &str) -> io::Result<TempSnapshot> {
+        snapshot(device, name)?;
+        Ok(TempSnapshot {
+            device: device.to_path_buf(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for TempSnapshot {
+    fn drop(&mut self) {
+        if let Err(e) = delete_snapshot(&self.device, &self.name) {
+            tracing::warn!("deleting temporary snapshot {}: {e}", self.name);
+        }
+    }
+}
+
+/// Creates a new empty subvolume `name` in the top level, owned by
+/// `owner`, and runs `fill` on its path; on success it replaces `data`
+/// (as [`restore`] does), on failure it is deleted and `data` is intact.
+/// The caller guarantees nothing mounts the workspace.
+pub fn replace_data<E: From<io::Error>>(
+    device: &Path,
+    owner: u32,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let top = open_top(device)?;
+    let name = format!(".import-{}", std::process::id());
+    // Leftover of a crashed import.
+    let _ = destroy(&top, ".", &name);
+    let a = vol_args(&name)?;
+    // SAFETY: BTRFS_IOC_SUBVOL_CREATE_V2 on the top level's fd.
+    check(
+        unsafe { libc::ioctl(top.as_raw_fd(), BTRFS_IOC_SUBVOL_CREATE_V2, &*a) },
+        "creating the import subvolume",
+    )?;
+    let c = cstring(&name);
+    // SAFETY: fchownat/fchmodat of the new subvolume below our fd.
+    let prepared = check(
+        unsafe { libc::fchownat(top.as_raw_fd(), c.as_ptr(), owner, owner, 0) },
+        "chown import",
+    )
+    .and_then(|_| {
+        check(
+            unsafe { libc::fchmodat(top.as_raw_fd(), c.as_ptr(), 0o755, 0) },
+            "chmod import",
+        )
+    });
+    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", top.as_raw_fd()));
+    let filled = prepared.map_err(E::from).and_then(|_| fill(&path));
+    if let Err(e) = filled {
+        let _ = destroy(&top, ".", &name);
+        return Err(e);
+    }
+    // SAFETY: syncfs on the image, so the new content is on disk first.
+    unsafe { libc::syncfs(top.as_raw_fd()) };
+    let old = format!(".old-{}", std::process::id());
+    let (d, o) = (cstring("data"), cstring(&old));
+    // SAFETY: renameat below our fd.
+    if let Err(e) = check(
+        unsafe { libc::renameat(top.as_raw_fd(), d.as_ptr(), top.as_raw_fd(), o.as_ptr()) },
+        "moving data aside",
+    ) {
+        let _ = destroy(&top, ".", &name);
+        return Err(e.into());
+    }
+    // SAFETY: renameat below our fd.
+    if let Err(e) = check(
+        unsafe { libc::renameat(top.as_raw_fd(), c.as_ptr(), top.as_raw_fd(), d.as_ptr()) },
+        "moving the import into place",
+    ) {
+        // SAFETY: renameat below our fd (put the old content back).
+        unsafe { libc::renameat(top.as_raw_fd(), o.as_ptr(), top.as_raw_fd(), d.as_ptr()) };
+        let _ = destroy(&top, ".", &name);
+        return Err(e.into());
+    }
+    destroy(&top, ".", &old)?;
+    Ok(())
+}

@@ -111,6 +111,10 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A workspace import archive that is malformed, tries to leave the
+    /// workspace, or does not fit in its quota.
+    #[error("invalid archive: {0}")]
+    InvalidArchive(String),
     #[error("{0}")]
     Other(String),
 }
@@ -192,4 +196,43 @@ pub trait Runtime: Send + Sync + 'static {
     /// inside the workspace, with the sandbox user's rights, and new files
     /// belong to the sandbox user.
     async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError>;
+
+    /// Writes workspace `id`'s content to `out` as a tar (paths relative to
+    /// the workspace root, owners as the sandbox sees them, symlinks as
+    /// symlinks). Point-in-time where the backend can snapshot. Blocks the
+    /// calling thread while it writes (call it from a blocking context).
+    fn export_workspace(
+        &self,
+        _id: &str,
+        _out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "workspace export".into(),
+            self.name(),
+        ))
+    }
+
+    /// Replaces workspace `id`'s content with the tar at `archive` (the
+    /// engine checks that nothing mounts it). A failed import leaves the
+    /// old content intact.
+    async fn import_workspace(&self, _id: &str, _archive: PathBuf) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "workspace import".into(),
+            self.name(),
+        ))
+    }
+
+    /// Fills the (new, unmounted) workspace `dst` with a copy of snapshot
+    /// `snap` of workspace `src`.
+    async fn copy_snapshot(&self, _src: &str, _snap: &str, _dst: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "creating a workspace from a snapshot".into(),
+            self.name(),
+        ))
+    }
+
+    /// Where uploads may be spooled before an import (on the data disk).
+    fn scratch_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+    }
 }

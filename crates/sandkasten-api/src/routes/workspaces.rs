@@ -57,10 +57,19 @@ fn validate_create(req: CreateWorkspaceRequest) -> ApiResult<engine::CreateWorks
     }
     let labels = req.labels.unwrap_or_default();
     check_labels(&labels)?;
+    let from_snapshot = match req.from_snapshot {
+        Some(f) => {
+            check_workspace_id(&f.workspace_id)?;
+            check_snapshot_id(&f.snapshot_id)?;
+            Some((f.workspace_id, f.snapshot_id))
+        }
+        None => None,
+    };
     Ok(engine::CreateWorkspace {
         id: req.id,
         quota_bytes,
         labels,
+        from_snapshot,
     })
 }
 
@@ -460,5 +469,113 @@ pub(crate) async fn restore_snapshot(
     check_workspace_id(&id)?;
     check_snapshot_id(&snap)?;
     state.backend.restore_snapshot(&id, &snap).await?;
+    Ok(Json(OkResponse::TRUE))
+}
+
+/// Streams the workspace's content as a tar (`application/x-tar`): paths
+/// relative to the workspace root, owners as the sandbox sees them,
+/// symlinks as symlinks. Point-in-time for workspaces with a quota.
+#[utoipa::path(
+    get,
+    path = "/v1/workspaces/{id}/export",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "The tar", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 400, description = "INVALID_WORKSPACE", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_IN_USE while it is being deleted, restored or imported; WORKSPACE_DISABLED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn export_workspace(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+) -> ApiResult<axum::response::Response> {
+    let rx = state.backend.export_workspace(&id).await?;
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (chunk.map(axum::body::Bytes::from), rx))
+    });
+    let body = axum::body::Body::from_stream(stream);
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-tar")
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{id}.tar\""),
+        )
+        .body(body)
+        .map_err(|e| ApiError::Engine(engine::EngineError::Internal(e.to_string())))
+}
+
+/// Removes the spooled upload when dropped.
+struct Spool(std::path::PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes the request body to `path`, at most `limit` bytes.
+async fn spool(body: axum::body::Body, path: &std::path::Path, limit: usize) -> ApiResult<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let internal = |e: std::io::Error| {
+        ApiError::Engine(engine::EngineError::Internal(format!(
+            "spooling the upload: {e}"
+        )))
+    };
+    let mut f = tokio::fs::File::create(path).await.map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::InvalidRequest(format!("reading the request body failed: {e}"))
+        })?;
+        total += chunk.len();
+        if total > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        f.write_all(&chunk).await.map_err(internal)?;
+    }
+    f.flush().await.map_err(internal)?;
+    Ok(())
+}
+
+/// Replaces the workspace's content with a tar (the request body). The
+/// workspace must exist; refused while a session has it mounted. A failed
+/// import leaves the old content intact.
+#[utoipa::path(
+    put,
+    path = "/v1/workspaces/{id}/import",
+    tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses(
+        (status = 200, description = "Imported", body = OkResponse),
+        (status = 400, description = "INVALID_WORKSPACE; INVALID_REQUEST for a bad archive, an entry leaving the workspace, or content over the quota", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WORKSPACE_IN_USE or WORKSPACE_DISABLED", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+    )
+)]
+pub(crate) async fn import_workspace(
+    State(state): State<AppState>,
+    WorkspaceId(id): WorkspaceId,
+    body: axum::body::Body,
+) -> ApiResult<Json<OkResponse>> {
+    let dir = state.backend.scratch_dir();
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+        ApiError::Engine(engine::EngineError::Internal(format!(
+            "creating {}: {e}",
+            dir.display()
+        )))
+    })?;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = Spool(dir.join(format!("import-{id}-{}-{n}.tar", std::process::id())));
+    spool(body, &file.0, state.max_body_bytes).await?;
+    state.backend.import_workspace(&id, file.0.clone()).await?;
     Ok(Json(OkResponse::TRUE))
 }
