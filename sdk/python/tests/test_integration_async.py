@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -358,3 +359,118 @@ async def test_quota_and_snapshots(aclient: SandboxClient, unique: str) -> None:
         await aclient.delete_workspace(wid)
     with pytest.raises(sandkasten.WorkspaceNotFound):
         await aclient.list_snapshots(wid)
+
+
+def tar_contents(data: bytes) -> dict[str, Any]:
+    """name -> file content (bytes), ``"dir"``, or ``("symlink", target)``."""
+    out: dict[str, Any] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            if m.isdir():
+                out[m.name] = "dir"
+            elif m.issym():
+                out[m.name] = ("symlink", m.linkname)
+            else:
+                f = tar.extractfile(m)
+                assert f is not None
+                out[m.name] = f.read()
+    return out
+
+
+async def test_export_import_round_trip(
+    aclient: SandboxClient, unique: str, tmp_path: Path
+) -> None:
+    src, dst = f"sdk-exp-{unique}", f"sdk-imp-{unique}"
+    await aclient.create_workspace(src)
+    await aclient.create_workspace(dst)
+    try:
+        await aclient.write_workspace_file(src, "notes/a.txt", "hello")
+        await aclient.write_workspace_file(src, "bin.dat", bytes(range(256)) * 1000)
+        async with await aclient.create_session(workspace_id=src) as session:
+            assert (await session.exec("ln -s notes/a.txt link && chmod 700 notes")).exit_code == 0
+            # Export works while a session uses the workspace.
+            tar = await aclient.export_workspace(src)
+        assert isinstance(tar, bytes)
+        assert tar_contents(tar) == {
+            "bin.dat": bytes(range(256)) * 1000,
+            "link": ("symlink", "notes/a.txt"),
+            "notes": "dir",
+            "notes/a.txt": b"hello",
+        }
+
+        await aclient.write_workspace_file(dst, "old.txt", "replaced by the import")
+        assert await aclient.import_workspace(dst, tar) is None
+        assert sorted(e.name for e in await aclient.list_workspace_files(dst)) == [
+            "bin.dat",
+            "link",
+            "notes",
+        ]
+        assert (await aclient.read_workspace_file(dst, "notes/a.txt")).text == "hello"
+        async with await aclient.create_session(workspace_id=dst) as session:
+            r = await session.exec("cat link; stat -c '%a %u' notes")
+            assert r.output == "hello700 1000\n"
+            # Import while a session mounts the workspace: refused, content intact.
+            with pytest.raises(sandkasten.WorkspaceInUse):
+                await aclient.import_workspace(dst, tar)
+
+        # Export to a file, chunk by chunk, and import from that path and a file object.
+        path = tmp_path / "src.tar"
+        written = await aclient.export_workspace(src, path)
+        assert written == path.stat().st_size and tar_contents(path.read_bytes()) == tar_contents(
+            tar
+        )
+        await aclient.write_workspace_file(dst, "extra.txt", "x")
+        await aclient.import_workspace(dst, path)
+        assert tar_contents(await aclient.export_workspace(dst)) == tar_contents(tar)
+        with path.open("rb") as f:
+            await aclient.import_workspace(dst, f)
+        buf = io.BytesIO()
+        assert await aclient.export_workspace(dst, buf) == len(buf.getvalue())
+        assert tar_contents(buf.getvalue()) == tar_contents(tar)
+
+        # Errors map to the SDK's exceptions.
+        with pytest.raises(sandkasten.InvalidRequest):
+            await aclient.import_workspace(dst, b"this is not a tar archive" * 100)
+        assert (await aclient.read_workspace_file(dst, "notes/a.txt")).text == "hello"
+        with pytest.raises(sandkasten.WorkspaceNotFound):
+            await aclient.import_workspace(f"sdk-none-{unique}", tar)
+        with pytest.raises(sandkasten.WorkspaceNotFound):
+            await aclient.export_workspace(f"sdk-none-{unique}", tmp_path / "none.tar")
+        assert not (tmp_path / "none.tar").exists()
+    finally:
+        await aclient.delete_workspace(src)
+        await aclient.delete_workspace(dst)
+
+
+async def test_create_workspace_from_snapshot(aclient: SandboxClient, unique: str) -> None:
+    src, copy = f"sdk-fs-src-{unique}", f"sdk-fs-copy-{unique}"
+    await aclient.create_workspace(src, quota_mb=128)
+    try:
+        await aclient.write_workspace_file(src, "state.txt", "v1")
+        await aclient.write_workspace_file(src, "dir/deep.txt", "deep")
+        snap = await aclient.create_snapshot(src, label="v1")
+        await aclient.write_workspace_file(src, "state.txt", "v2")
+        await aclient.write_workspace_file(src, "later.txt", "after the snapshot")
+
+        info = await aclient.create_workspace(copy, from_snapshot=(src, snap.id))
+        assert info.id == copy and info.quota_bytes == 128 * 2**20  # the source's quota
+        try:
+            # The copy holds exactly the snapshot's content.
+            await aclient.restore_snapshot(src, snap.id)
+            assert tar_contents(await aclient.export_workspace(copy)) == tar_contents(
+                await aclient.export_workspace(src)
+            )
+            assert (await aclient.read_workspace_file(copy, "state.txt")).text == "v1"
+            with pytest.raises(sandkasten.FileNotFound):
+                await aclient.read_workspace_file(copy, "later.txt")
+        finally:
+            await aclient.delete_workspace(copy)
+
+        with pytest.raises(sandkasten.SnapshotNotFound):
+            await aclient.create_workspace(copy, from_snapshot=(src, "snap-0123456789abcdef"))
+        with pytest.raises(sandkasten.WorkspaceNotFound):
+            await aclient.create_workspace(copy, from_snapshot=(f"sdk-none-{unique}", snap.id))
+        with pytest.raises(sandkasten.WorkspaceNotFound):
+            await aclient.get_workspace(copy)  # nothing created on failure
+    finally:
+        await aclient.delete_workspace(src)

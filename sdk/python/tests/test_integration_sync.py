@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,44 @@ def test_snapshots(client: SyncSandboxClient, unique: str) -> None:
             client.delete_snapshot(wid, snap.id)
     finally:
         client.delete_workspace(wid)
+
+
+def test_export_import(client: SyncSandboxClient, unique: str, tmp_path: Path) -> None:
+    src, dst = f"sdk-sync-exp-{unique}", f"sdk-sync-imp-{unique}"
+    client.create_workspace(src, quota_mb=128)
+    client.create_workspace(dst)
+    try:
+        client.write_workspace_file(src, "a/b.txt", "round trip")
+        client.write_workspace_file(src, "big.bin", b"\x01" * 3_000_000)
+        tar = client.export_workspace(src)
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            assert sorted(t.getnames()) == ["a", "a/b.txt", "big.bin"]
+
+        client.import_workspace(dst, tar)
+        assert client.read_workspace_file(dst, "a/b.txt").text == "round trip"
+        assert client.get_workspace(dst).size_bytes >= 3_000_000
+
+        path = tmp_path / "out.tar"
+        assert client.export_workspace(src, path) == path.stat().st_size
+        client.write_workspace_file(dst, "a/b.txt", "changed")
+        client.import_workspace(dst, path)
+        assert client.read_workspace_file(dst, "a/b.txt").text == "round trip"
+
+        snap = client.create_snapshot(src)
+        client.write_workspace_file(src, "a/b.txt", "after")
+        copy = f"sdk-sync-copy-{unique}"
+        client.create_workspace(copy, from_snapshot=(src, snap.id))
+        try:
+            assert client.read_workspace_file(copy, "a/b.txt").text == "round trip"
+        finally:
+            client.delete_workspace(copy)
+
+        with client.create_session(workspace_id=dst), pytest.raises(sandkasten.WorkspaceInUse):
+            client.import_workspace(dst, path)
+        with pytest.raises(sandkasten.InvalidRequest):
+            client.import_workspace(dst, b"\x00garbage" * 1000)
+        with pytest.raises(sandkasten.WorkspaceNotFound):
+            client.export_workspace(f"sdk-sync-none-{unique}")
+    finally:
+        client.delete_workspace(src)
+        client.delete_workspace(dst)

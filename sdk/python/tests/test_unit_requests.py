@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sandkasten import (
     SessionStats,
     WorkspaceInfo,
 )
-from sdkmock import SESSION_JSON, Daemon, aclose, body, error, maybe
+from sdkmock import SESSION_JSON, ChunkedStream, Daemon, aclose, body, error, maybe
 
 S = "/v1/sessions/2c0d6f"
 WS_JSON = {
@@ -502,3 +503,163 @@ def test_public_api_is_exported() -> None:
         assert getattr(sandkasten, name) is not None
     assert sandkasten.__version__.count(".") == 2
     assert (Path(sandkasten.__file__).parent / "py.typed").exists()
+
+
+# ------------------------------------------------------------------ export, import, from_snapshot
+
+TAR = b"tar-bytes-" * 10_000  # not a real tar: the SDK never parses it
+
+
+async def test_create_workspace_from_snapshot(flavor: str) -> None:
+    d = Daemon()
+    d.on("POST", "/v1/workspaces", httpx.Response(201, json=WS_JSON))
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    await maybe(client.create_workspace("copy", from_snapshot=("src", "snap-1"), quota_mb=256))
+    assert body(d.requests[-1]) == {
+        "id": "copy",
+        "quota_mb": 256,
+        "from_snapshot": {"workspace_id": "src", "snapshot_id": "snap-1"},
+    }
+    for bad in (("src",), ("src", ""), "src/snap-1", ("a", 1)):
+        with pytest.raises(ValueError):
+            await maybe(client.create_workspace("copy", from_snapshot=bad))
+    assert len(d.requests) == 1
+    d.on("POST", "/v1/workspaces", error(404, "SNAPSHOT_NOT_FOUND"))
+    with pytest.raises(sandkasten.SnapshotNotFound):
+        await maybe(client.create_workspace("copy", from_snapshot=("src", "snap-2")))
+    await aclose(client)
+
+
+async def test_export_workspace(flavor: str, tmp_path: Path) -> None:
+    W = "/v1/workspaces/w1/export"
+    stream = ChunkedStream([TAR[i : i + 7000] for i in range(0, len(TAR), 7000)])
+    d = Daemon()
+    d.on(
+        "GET",
+        W,
+        lambda r: httpx.Response(200, headers={"content-type": "application/x-tar"}, stream=stream),
+    )
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+
+    assert await maybe(client.export_workspace("w1")) == TAR
+    assert d.requests[-1].method == "GET" and d.requests[-1].url.path == W
+    assert "application/x-tar" in d.requests[-1].headers["accept"]
+
+    dest = tmp_path / "w1.tar"
+    assert await maybe(client.export_workspace("w1", dest)) == len(TAR)
+    assert dest.read_bytes() == TAR
+    assert await maybe(client.export_workspace("w1", str(dest))) == len(TAR)  # replaced
+    assert dest.read_bytes() == TAR
+
+    buf = io.BytesIO(b"head:")
+    buf.seek(0, io.SEEK_END)
+    assert await maybe(client.export_workspace("w1", buf)) == len(TAR)
+    assert buf.getvalue() == b"head:" + TAR and not buf.closed
+
+    with pytest.raises(TypeError):
+        await maybe(client.export_workspace("w1", 42))
+    await aclose(client)
+
+
+async def test_export_errors(flavor: str, tmp_path: Path) -> None:
+    W = "/v1/workspaces/w1/export"
+    d = Daemon()
+    d.on("GET", W, error(404, "WORKSPACE_NOT_FOUND", workspace_id="w1"))
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    dest = tmp_path / "missing.tar"
+    with pytest.raises(sandkasten.WorkspaceNotFound) as err:
+        await maybe(client.export_workspace("w1", dest))
+    assert err.value.status_code == 404 and err.value.details == {"workspace_id": "w1"}
+    assert not dest.exists()  # nothing created for a refused export
+    with pytest.raises(sandkasten.WorkspaceNotFound):
+        await maybe(client.export_workspace("w1"))
+
+    # Connection errors before the answer are retried (GET); the retry succeeds.
+    d.on("GET", W, httpx.ConnectError("refused"), httpx.Response(200, content=b"tar"))
+    assert await maybe(client.export_workspace("w1")) == b"tar"
+
+    # A stream broken off half-way: a connection error, and the partial file is removed.
+    class Broken(ChunkedStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"x" * 100
+            raise httpx.ReadError("connection reset")
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"x" * 100
+            raise httpx.ReadError("connection reset")
+
+    d.on("GET", W, lambda r: httpx.Response(200, stream=Broken([])))
+    before = len(d.requests)
+    with pytest.raises(sandkasten.SandkastenConnectionError):
+        await maybe(client.export_workspace("w1", dest))
+    assert len(d.requests) == before + 1  # not retried after data arrived
+    assert not dest.exists()
+    with pytest.raises(ValueError):
+        await maybe(client.export_workspace(""))
+    await aclose(client)
+
+
+async def test_import_workspace(flavor: str, tmp_path: Path) -> None:
+    W = "/v1/workspaces/w1/import"
+    d = Daemon()
+    d.on("PUT", W, {"ok": True})
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+
+    async def sent(request: httpx.Request) -> bytes:
+        return request.read() if flavor == "sync" else await request.aread()
+
+    assert await maybe(client.import_workspace("w1", TAR)) is None
+    r = d.requests[-1]
+    assert r.method == "PUT" and r.url.path == W
+    assert r.headers["content-type"] == "application/x-tar"
+    assert r.headers["content-length"] == str(len(TAR)) and await sent(r) == TAR
+
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(TAR)
+    await maybe(client.import_workspace("w1", archive))
+    r = d.requests[-1]
+    assert r.headers["content-length"] == str(len(TAR)) and await sent(r) == TAR
+    assert "transfer-encoding" not in r.headers
+    await maybe(client.import_workspace("w1", str(archive)))
+    assert await sent(d.requests[-1]) == TAR
+
+    with archive.open("rb") as f:
+        f.seek(5)
+        await maybe(client.import_workspace("w1", f))
+        assert not f.closed
+    r = d.requests[-1]
+    assert r.headers["transfer-encoding"] == "chunked" and await sent(r) == TAR[5:]
+
+    with pytest.raises(FileNotFoundError):
+        await maybe(client.import_workspace("w1", tmp_path / "nope.tar"))
+    with pytest.raises(TypeError):
+        await maybe(client.import_workspace("w1", 42))
+    with pytest.raises(ValueError):
+        await maybe(client.import_workspace("", TAR))
+    with pytest.raises(sandkasten.NotFound):
+        await maybe(client.import_workspace("../sessions", TAR))
+    assert d.requests[-1].url.raw_path == b"/v1/workspaces/..%2Fsessions/import"
+    await aclose(client)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc"),
+    [
+        (404, "WORKSPACE_NOT_FOUND", sandkasten.WorkspaceNotFound),
+        (409, "WORKSPACE_IN_USE", sandkasten.WorkspaceInUse),
+        (400, "INVALID_REQUEST", sandkasten.InvalidRequest),
+        (413, "PAYLOAD_TOO_LARGE", sandkasten.PayloadTooLarge),
+    ],
+)
+async def test_import_errors(
+    flavor: str, status: int, code: str, exc: type[sandkasten.SandkastenAPIError]
+) -> None:
+    d = Daemon()
+    d.on("PUT", "/v1/workspaces/w1/import", error(status, code, "refused", session_id="s1"))
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    with pytest.raises(exc) as err:
+        await maybe(client.import_workspace("w1", io.BytesIO(TAR)))
+    assert err.value.status_code == status and err.value.error_code == code
+    assert err.value.message == "refused" and err.value.details == {"session_id": "s1"}
+    assert len(d.requests) == 1  # a PUT with a streamed body is never retried
+    await aclose(client)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,14 @@ T = TypeVar("T")
 FileInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 """What ``upload`` accepts: a local path, the bytes themselves, or a binary file object."""
 
+ArchiveInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
+"""What ``import_workspace`` accepts: a local tar file's path, the tar's bytes, or a
+binary file object positioned at its start."""
+
+ExportDest = Union[str, "os.PathLike[str]", IO[bytes], None]
+"""Where ``export_workspace`` writes: a local path, a binary file object, or None
+for the bytes returned."""
+
 TimeoutInput = float | httpx.Timeout | None
 """A timeout in seconds for every phase, an :class:`httpx.Timeout`, or None for none."""
 
@@ -56,6 +64,9 @@ STREAM_MIN_READ_TIMEOUT = 30.0
 """The daemon sends a keep-alive after 10 s of silence; a stream's read timeout
 is never below this, so a silent command does not look like a dead daemon."""
 USER_AGENT = f"sandkasten-python/{__version__}"
+CHUNK_SIZE = 64 * 1024
+"""Bytes read from a local file per piece of a streamed request body."""
+TAR_CONTENT_TYPE = "application/x-tar"
 
 
 @dataclass
@@ -70,6 +81,9 @@ class Call(Generic[T]):
     files: list[tuple[str, tuple[str, Any]]] | None = None
     data: dict[str, str] | None = None
     timeout: httpx.Timeout | None = None
+    content: bytes | IO[bytes] | None = None
+    """A raw request body: bytes, or a binary file object sent in chunks."""
+    headers: dict[str, str] | None = None
     missing_ok_after_retry: bool = False
     """A DELETE whose retry finds the thing gone: the first attempt did it."""
 
@@ -78,9 +92,18 @@ class Call(Generic[T]):
         """Whether a connection error may be retried."""
         return self.method in ("GET", "HEAD", "DELETE")
 
-    def request_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``httpx.Client.request`` / ``.stream``."""
+    def request_kwargs(self, *, asynchronous: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.request`` / ``.stream``
+        (``asynchronous``: for ``httpx.AsyncClient``, which needs an async body stream).
+        """
         kwargs: dict[str, Any] = {}
+        if isinstance(self.content, bytes):
+            kwargs["content"] = self.content
+        elif self.content is not None:
+            f = self.content
+            kwargs["content"] = afile_chunks(f) if asynchronous else file_chunks(f)
+        if self.headers is not None:
+            kwargs["headers"] = self.headers
         if self.params is not None:
             kwargs["params"] = self.params
         if self.json is not None:
@@ -92,6 +115,23 @@ class Call(Generic[T]):
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
         return kwargs
+
+
+def file_chunks(f: IO[bytes]) -> Iterator[bytes]:
+    """A binary file's content in pieces of :data:`CHUNK_SIZE` bytes."""
+    while True:
+        chunk = f.read(CHUNK_SIZE)
+        if not chunk:
+            return
+        if not isinstance(chunk, bytes):
+            raise TypeError(f"the file object must be binary; read() gave {type(chunk).__name__}")
+        yield chunk
+
+
+async def afile_chunks(f: IO[bytes]) -> AsyncIterator[bytes]:
+    """:func:`file_chunks` as an async iterator (local reads, each of one piece)."""
+    for chunk in file_chunks(f):
+        yield chunk
 
 
 # ---------------------------------------------------------------- settings
@@ -443,8 +483,9 @@ def create_workspace(
     labels: Mapping[str, str] | None,
     quota_bytes: int | None = None,
     quota_mb: int | None = None,
+    from_snapshot: tuple[str, str] | None = None,
 ) -> Call[WorkspaceInfo]:
-    """``POST /v1/workspaces``."""
+    """``POST /v1/workspaces``; ``from_snapshot`` is (source workspace id, snapshot id)."""
     body: dict[str, Any] = {"id": workspace_id}
     if labels is not None:
         body["labels"] = dict(labels)
@@ -452,6 +493,19 @@ def create_workspace(
         body["quota_bytes"] = quota_bytes
     if quota_mb is not None:
         body["quota_mb"] = quota_mb
+    if from_snapshot is not None:
+        if (
+            not isinstance(from_snapshot, (tuple, list))
+            or len(from_snapshot) != 2
+            or not all(isinstance(x, str) and x for x in from_snapshot)
+        ):
+            raise ValueError(
+                "from_snapshot must be a (workspace_id, snapshot_id) pair of non-empty strings"
+            )
+        body["from_snapshot"] = {
+            "workspace_id": from_snapshot[0],
+            "snapshot_id": from_snapshot[1],
+        }
     return Call("POST", "/v1/workspaces", lambda d: WorkspaceInfo.from_json(_obj(d)), json=body)
 
 
@@ -501,3 +555,111 @@ def delete_snapshot(workspace_id: str, snapshot_id: str) -> Call[None]:
 def restore_snapshot(workspace_id: str, snapshot_id: str) -> Call[None]:
     """``POST /v1/workspaces/{id}/snapshots/{snap}/restore``."""
     return Call("POST", snapshot_path(workspace_id, snapshot_id) + "/restore", _ignore)
+
+
+# ---------------------------------------------------------------- calls: export and import
+
+
+def export_workspace(workspace_id: str) -> Call[None]:
+    """``GET /v1/workspaces/{id}/export`` (the answer is a tar, streamed, not parsed)."""
+    return Call(
+        "GET",
+        workspace_path(workspace_id) + "/export",
+        _ignore,
+        headers={"Accept": f"{TAR_CONTENT_TYPE}, application/json"},
+    )
+
+
+class ExportSink:
+    """Where the chunks of an export go: memory, a local file (opened at the
+    first chunk, removed again if the export fails), or a caller's file object.
+    """
+
+    def __init__(self, dest: ExportDest) -> None:
+        self.written = 0
+        self._buffer: bytearray | None = None
+        self._path: Path | None = None
+        self._file: IO[bytes] | None = None
+        self._owned = False
+        if dest is None:
+            self._buffer = bytearray()
+        elif isinstance(dest, (str, os.PathLike)):
+            self._path = Path(dest)
+        elif hasattr(dest, "write"):
+            self._file = dest
+        else:
+            raise TypeError(
+                f"dest must be None, a path or a binary file object, not {type(dest).__name__}"
+            )
+
+    def write(self, chunk: bytes) -> None:
+        """Store one chunk."""
+        if not chunk:
+            return
+        if self._buffer is not None:
+            self._buffer += chunk
+        else:
+            self._target().write(chunk)
+        self.written += len(chunk)
+
+    def _target(self) -> IO[bytes]:
+        if self._file is None:
+            assert self._path is not None
+            self._file = self._path.open("wb")
+            self._owned = True
+        return self._file
+
+    def finish(self) -> bytes | int:
+        """The export's bytes (no ``dest``) or the number of bytes written."""
+        if self._buffer is not None:
+            return bytes(self._buffer)
+        target = self._target()
+        if self._owned:
+            target.close()
+        else:
+            target.flush()
+        return self.written
+
+    def abort(self) -> None:
+        """The export failed: close and remove a file this sink created."""
+        if self._owned and self._file is not None:
+            self._file.close()
+            assert self._path is not None
+            self._path.unlink(missing_ok=True)
+
+
+@contextmanager
+def import_workspace(workspace_id: str, data: ArchiveInput) -> Iterator[Call[None]]:
+    """``PUT /v1/workspaces/{id}/import`` with a tar body. Opens a path given
+    (sent with its length, in chunks) and closes it afterwards; a file object
+    is sent in chunks from its current position.
+    """
+    opened: IO[bytes] | None = None
+    headers = {"Content-Type": TAR_CONTENT_TYPE}
+    content: bytes | IO[bytes]
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            content = bytes(data)
+        elif isinstance(data, (str, os.PathLike)):
+            local = Path(data)
+            if not local.is_file():
+                raise FileNotFoundError(f"not a file: {local}")
+            opened = local.open("rb")
+            headers["Content-Length"] = str(os.fstat(opened.fileno()).st_size)
+            content = opened
+        elif hasattr(data, "read"):
+            content = data
+        else:
+            raise TypeError(
+                f"data must be bytes, a path or a binary file object, not {type(data).__name__}"
+            )
+        yield Call(
+            "PUT",
+            workspace_path(workspace_id) + "/import",
+            _ignore,
+            content=content,
+            headers=headers,
+        )
+    finally:
+        if opened is not None:
+            opened.close()

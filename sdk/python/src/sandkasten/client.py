@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import os
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, overload
 
 import httpx
 
 from . import _core
-from ._core import FileInput, TimeoutInput
+from ._core import ArchiveInput, ExportDest, FileInput, TimeoutInput
 from ._sse import SSEDecoder, event_to_chunk
 from .exceptions import SandkastenStreamError, api_error_from_response
 from .session import Session
@@ -82,7 +83,9 @@ class SandboxClient:
         attempt = 0
         while True:
             try:
-                response = await self._http.request(call.method, call.path, **call.request_kwargs())
+                response = await self._http.request(
+                    call.method, call.path, **call.request_kwargs(asynchronous=True)
+                )
             except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
                 if call.idempotent and attempt < self._max_retries and _core.is_retryable(exc):
                     await asyncio.sleep(_core.retry_delay(attempt, self._retry_backoff))
@@ -93,6 +96,34 @@ class SandboxClient:
                 return call.parse(None)
             return _core.parse_response(call, response.status_code, response.content)
 
+    async def _download(self, call: _core.Call[Any], sink: _core.ExportSink) -> None:
+        """Send ``call`` and pass its raw body to ``sink`` chunk by chunk.
+
+        A connection error before the answer is retried like in :meth:`_call`;
+        one after the first byte is not (the sink has data). A non-2xx answer
+        raises the :class:`SandkastenAPIError` its JSON body names.
+        """
+        attempt = 0
+        while True:
+            answered = False
+            try:
+                async with self._http.stream(
+                    call.method, call.path, **call.request_kwargs(asynchronous=True)
+                ) as response:
+                    answered = True
+                    if not 200 <= response.status_code < 300:
+                        _core.check_response(response.status_code, await response.aread())
+                    async for chunk in response.aiter_bytes():
+                        sink.write(chunk)
+                    return
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+                retry = not answered and call.idempotent and attempt < self._max_retries
+                if retry and _core.is_retryable(exc):
+                    await asyncio.sleep(_core.retry_delay(attempt, self._retry_backoff))
+                    attempt += 1
+                    continue
+                raise _core.wrap_http_error(exc, call.method, call.path) from exc
+
     async def _stream(self, call: _core.Call[Any]) -> AsyncIterator[ExecChunk]:
         """Send an ``exec/stream`` call and yield its chunks until ``done``."""
         try:
@@ -100,7 +131,7 @@ class SandboxClient:
                 call.method,
                 call.path,
                 headers={"Accept": "text/event-stream"},
-                **call.request_kwargs(),
+                **call.request_kwargs(asynchronous=True),
             ) as response:
                 if response.status_code >= 400:
                     raise api_error_from_response(response.status_code, await response.aread())
@@ -178,8 +209,9 @@ class SandboxClient:
         *,
         quota_bytes: int | None = None,
         quota_mb: int | None = None,
+        from_snapshot: tuple[str, str] | None = None,
     ) -> WorkspaceInfo:
-        """Create an empty workspace (``POST /v1/workspaces``).
+        """Create a workspace, empty or from a snapshot (``POST /v1/workspaces``).
 
         Args:
             workspace_id: 1-64 of ``[A-Za-z0-9._-]``, not starting with ``.`` or ``-``.
@@ -188,13 +220,20 @@ class SandboxClient:
                 kernel; give this or ``quota_mb``. None for the daemon's
                 ``workspace.quota_mb``.
             quota_mb: Size limit in MiB.
+            from_snapshot: ``(source_workspace_id, snapshot_id)``: start with a
+                copy of that snapshot's content (the quota defaults to the
+                source workspace's).
 
         Raises:
             AlreadyExists: A workspace with this id exists.
             InvalidWorkspace: The id or a label is not valid.
-            InvalidRequest: The quota is below 128 MiB.
+            InvalidRequest: The quota is below 128 MiB, or the snapshot's
+                content does not fit it.
+            SnapshotNotFound, WorkspaceNotFound: The source does not exist.
         """
-        return await self._call(_core.create_workspace(workspace_id, labels, quota_bytes, quota_mb))
+        return await self._call(
+            _core.create_workspace(workspace_id, labels, quota_bytes, quota_mb, from_snapshot)
+        )
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
         """One workspace (``GET /v1/workspaces/{id}``).
@@ -263,6 +302,61 @@ class SandboxClient:
         fs = _core.workspace_path(workspace_id) + "/fs"
         with _core.upload(fs, file, dest_path, filename) as call:
             return await self._call(call)
+
+    @overload
+    async def export_workspace(self, workspace_id: str, dest: None = None) -> bytes: ...
+
+    @overload
+    async def export_workspace(
+        self, workspace_id: str, dest: str | os.PathLike[str] | IO[bytes]
+    ) -> int: ...
+
+    async def export_workspace(self, workspace_id: str, dest: ExportDest = None) -> bytes | int:
+        """Download a workspace's content as a tar (``GET /v1/workspaces/{id}/export``).
+
+        Point-in-time for a workspace with a quota; works while sessions use it.
+
+        Args:
+            dest: None to return the tar's bytes; a local path (created or
+                replaced; removed again if the export fails) or a binary file
+                object to write it to, chunk by chunk, without holding it in memory.
+
+        Returns:
+            The tar's bytes, or the number of bytes written to ``dest``.
+
+        Raises:
+            WorkspaceNotFound: No workspace has this id.
+            SandkastenConnectionError: The connection broke off mid-way (the
+                daemon ends the stream early on an I/O error).
+        """
+        sink = _core.ExportSink(dest)
+        try:
+            await self._download(_core.export_workspace(workspace_id), sink)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+    async def import_workspace(self, workspace_id: str, data: ArchiveInput) -> None:
+        """Replace a workspace's whole content with a tar's
+        (``PUT /v1/workspaces/{id}/import``).
+
+        The workspace must exist and no session may mount it. A refused or
+        failed import leaves the old content intact.
+
+        Args:
+            data: The tar's bytes, a local path, or a binary file object
+                (paths and file objects are streamed, not read into memory).
+
+        Raises:
+            WorkspaceNotFound: No workspace has this id.
+            WorkspaceInUse: A live session mounts it (or an export is running).
+            InvalidRequest: A bad archive (``..``, absolute paths, entries below
+                a symlink, ...), or content over the quota.
+            PayloadTooLarge: Over the daemon's ``max_body_mb``.
+        """
+        with _core.import_workspace(workspace_id, data) as call:
+            await self._call(call)
 
     async def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
         """Snapshot a workspace, also while sessions write to it

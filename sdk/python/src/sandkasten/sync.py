@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, overload
 
 import httpx
 
 from . import _core
-from ._core import FileInput, TimeoutInput
+from ._core import ArchiveInput, ExportDest, FileInput, TimeoutInput
 from ._sse import SSEDecoder, event_to_chunk
 from .exceptions import SandkastenStreamError, SessionNotFound, api_error_from_response
 from .types import (
@@ -99,6 +100,29 @@ class SyncSandboxClient:
                 return call.parse(None)
             return _core.parse_response(call, response.status_code, response.content)
 
+    def _download(self, call: _core.Call[Any], sink: _core.ExportSink) -> None:
+        """Send ``call`` and pass its raw body to ``sink`` chunk by chunk;
+        see :meth:`sandkasten.SandboxClient._download`.
+        """
+        attempt = 0
+        while True:
+            answered = False
+            try:
+                with self._http.stream(call.method, call.path, **call.request_kwargs()) as response:
+                    answered = True
+                    if not 200 <= response.status_code < 300:
+                        _core.check_response(response.status_code, response.read())
+                    for chunk in response.iter_bytes():
+                        sink.write(chunk)
+                    return
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+                retry = not answered and call.idempotent and attempt < self._max_retries
+                if retry and _core.is_retryable(exc):
+                    time.sleep(_core.retry_delay(attempt, self._retry_backoff))
+                    attempt += 1
+                    continue
+                raise _core.wrap_http_error(exc, call.method, call.path) from exc
+
     def _stream(self, call: _core.Call[Any]) -> Iterator[ExecChunk]:
         """Send an ``exec/stream`` call and yield its chunks until ``done``."""
         try:
@@ -168,9 +192,14 @@ class SyncSandboxClient:
         *,
         quota_bytes: int | None = None,
         quota_mb: int | None = None,
+        from_snapshot: tuple[str, str] | None = None,
     ) -> WorkspaceInfo:
-        """Create an empty workspace; see :meth:`sandkasten.SandboxClient.create_workspace`."""
-        return self._call(_core.create_workspace(workspace_id, labels, quota_bytes, quota_mb))
+        """Create a workspace, empty or from ``from_snapshot`` = (source workspace id,
+        snapshot id); see :meth:`sandkasten.SandboxClient.create_workspace`.
+        """
+        return self._call(
+            _core.create_workspace(workspace_id, labels, quota_bytes, quota_mb, from_snapshot)
+        )
 
     def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
         """One workspace; raises :class:`WorkspaceNotFound`."""
@@ -209,6 +238,35 @@ class SyncSandboxClient:
         fs = _core.workspace_path(workspace_id) + "/fs"
         with _core.upload(fs, file, dest_path, filename) as call:
             return self._call(call)
+
+    @overload
+    def export_workspace(self, workspace_id: str, dest: None = None) -> bytes: ...
+
+    @overload
+    def export_workspace(
+        self, workspace_id: str, dest: str | os.PathLike[str] | IO[bytes]
+    ) -> int: ...
+
+    def export_workspace(self, workspace_id: str, dest: ExportDest = None) -> bytes | int:
+        """Download a workspace as a tar: its bytes (``dest`` None), or written to
+        ``dest`` (a path or binary file object) chunk by chunk, returning the
+        number of bytes written; see :meth:`sandkasten.SandboxClient.export_workspace`.
+        """
+        sink = _core.ExportSink(dest)
+        try:
+            self._download(_core.export_workspace(workspace_id), sink)
+        except BaseException:
+            sink.abort()
+            raise
+        return sink.finish()
+
+    def import_workspace(self, workspace_id: str, data: ArchiveInput) -> None:
+        """Replace a workspace's content with a tar (bytes, a path or a binary file
+        object; streamed); raises :class:`WorkspaceInUse` while a session mounts
+        it; see :meth:`sandkasten.SandboxClient.import_workspace`.
+        """
+        with _core.import_workspace(workspace_id, data) as call:
+            self._call(call)
 
     def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
         """Snapshot a workspace (only workspaces with a quota have snapshots)."""
