@@ -148,17 +148,30 @@ fn remove_on_device(dir: &Path, dev: u64) -> std::io::Result<()> {
 }
 
 /// Bytes of all regular files below `p` (symlinks not followed; a file
-/// vanishing during the walk counts as 0).
+/// vanishing during the walk counts as 0). The walk recurses, so it stops
+/// descending below [`MAX_SIZE_DEPTH`] levels: a sandbox can nest
+/// directories far deeper than any stack, and a size is worth less than the
+/// daemon. Deeper files are not counted.
 pub fn tree_size(p: &Path) -> u64 {
+    tree_size_at(p, 0)
+}
+
+/// See [`tree_size`].
+pub const MAX_SIZE_DEPTH: usize = 256;
+
+fn tree_size_at(p: &Path, depth: usize) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(p) else {
         return 0;
     };
     if meta.is_dir() {
+        if depth >= MAX_SIZE_DEPTH {
+            return 0;
+        }
         std::fs::read_dir(p)
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| tree_size(&e.path()))
+            .map(|e| tree_size_at(&e.path(), depth + 1))
             .sum()
     } else if meta.is_file() {
         meta.len()
@@ -201,6 +214,26 @@ mod tests {
         assert!(!t.exists());
         assert!(outside.path().join("keep").exists());
         remove_tree(&t).unwrap();
+    }
+
+    #[test]
+    fn sizes_stop_at_the_depth_limit_instead_of_overflowing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("top"), [0u8; 10]).unwrap();
+        let mut p = dir.path().to_path_buf();
+        for _ in 0..(MAX_SIZE_DEPTH + 5) {
+            p.push("d");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("deep"), [0u8; 99]).unwrap();
+        let root = dir.path().to_path_buf();
+        let size = std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || tree_size(&root))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(size, 10, "files below the depth limit are not counted");
     }
 
     #[test]

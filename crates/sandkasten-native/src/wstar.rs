@@ -123,7 +123,7 @@ pub fn export(root: &Path, host_root: u32, size: u32, out: impl Write) -> io::Re
     let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
-    walk(&mut b, &root_fd, PathBuf::new(), host_root, size)?;
+    walk(&mut b, &root_fd, PathBuf::new(), host_root, size, 0)?;
     b.into_inner()?.flush()
 }
 
@@ -138,13 +138,24 @@ fn header_for(st: &libc::stat, kind: tar::EntryType, host_root: u32, size: u32) 
     h
 }
 
+/// Deepest directory nesting an export follows. The walk recurses (one fd
+/// and one stack frame per level), and a sandbox can build trees far deeper
+/// than any tool can unpack; past this the export fails cleanly.
+const MAX_EXPORT_DEPTH: usize = 512;
+
 fn walk<W: Write>(
     b: &mut tar::Builder<W>,
     dir: &OwnedFd,
     rel: PathBuf,
     host_root: u32,
     size: u32,
+    depth: usize,
 ) -> io::Result<()> {
+    if depth > MAX_EXPORT_DEPTH {
+        return Err(io::Error::other(format!(
+            "directories nested deeper than {MAX_EXPORT_DEPTH} levels cannot be exported"
+        )));
+    }
     let mut names: Vec<Vec<u8>> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().as_bytes().to_vec())
@@ -163,7 +174,7 @@ fn walk<W: Write>(
                 };
                 let mut h = header_for(&st, tar::EntryType::Directory, host_root, size);
                 b.append_data(&mut h, &path, io::empty())?;
-                walk(b, &sub, path, host_root, size)?;
+                walk(b, &sub, path, host_root, size, depth + 1)?;
             }
             libc::S_IFREG => {
                 let Ok(f) = openat(dir, &c, libc::O_RDONLY | libc::O_NONBLOCK) else {
@@ -476,6 +487,24 @@ mod tests {
             assert!(matches!(r, Err(ImportError::Invalid(_))), "{r:?}");
         }
         assert!(!outside.path().join("x").exists());
+    }
+
+    #[test]
+    fn too_deep_trees_fail_cleanly_within_a_normal_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = dir.path().to_path_buf();
+        for _ in 0..(MAX_EXPORT_DEPTH + 10) {
+            p.push("d");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        let root = dir.path().to_path_buf();
+        let result = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || export(&root, 100_000, 65_536, std::io::sink()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(result.unwrap_err().to_string().contains("nested deeper"));
     }
 
     #[test]
