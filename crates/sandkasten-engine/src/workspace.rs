@@ -268,21 +268,7 @@ impl Engine {
     /// `WorkspaceInUse` while a live session has it mounted.
     pub async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
         self.record(id)?;
-        {
-            let mut g = self.inner.ws_guard.lock().unwrap();
-            if let Some(session) = self.user_of(id) {
-                return Err(EngineError::WorkspaceInUse {
-                    id: id.into(),
-                    session,
-                });
-            }
-            if g.mounting.contains_key(id) || !g.deleting.insert(id.to_string()) {
-                return Err(EngineError::WorkspaceInUse {
-                    id: id.into(),
-                    session: "(being created)".into(),
-                });
-            }
-        }
+        self.begin_exclusive(id)?;
         let result = async {
             self.inner
                 .runtime
@@ -294,7 +280,7 @@ impl Engine {
             Ok(())
         }
         .await;
-        self.inner.ws_guard.lock().unwrap().deleting.remove(id);
+        self.end_exclusive(id);
         if result.is_ok() {
             tracing::info!(workspace = %id, "workspace deleted");
         }
@@ -620,28 +606,14 @@ impl Engine {
     /// Restores a snapshot in place; `WorkspaceInUse` while mounted.
     pub async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
         self.snapshot_record(id, snap)?;
-        {
-            let mut g = self.inner.ws_guard.lock().unwrap();
-            if let Some(session) = self.user_of(id) {
-                return Err(EngineError::WorkspaceInUse {
-                    id: id.into(),
-                    session,
-                });
-            }
-            if g.mounting.contains_key(id) || !g.deleting.insert(id.to_string()) {
-                return Err(EngineError::WorkspaceInUse {
-                    id: id.into(),
-                    session: "(being created)".into(),
-                });
-            }
-        }
+        self.begin_exclusive(id)?;
         let result = self
             .inner
             .runtime
             .restore_snapshot(id, snap)
             .await
             .map_err(rt("restoring the snapshot"));
-        self.inner.ws_guard.lock().unwrap().deleting.remove(id);
+        self.end_exclusive(id);
         if result.is_ok() {
             tracing::info!(workspace = %id, snapshot = %snap, "snapshot restored");
         }
