@@ -359,6 +359,13 @@ mod tests {
     }
 }
 
+/// The `{id}` and `{snap}` of a snapshot route, both checked.
+fn snapshot_ids((id, snap): (String, String)) -> ApiResult<(String, String)> {
+    check_workspace_id(&id)?;
+    check_snapshot_id(&snap)?;
+    Ok((id, snap))
+}
+
 /// Checks a snapshot id from the path: `snap-` and hex, as the engine makes.
 fn check_snapshot_id(snap: &str) -> ApiResult<()> {
     let ok = snap.len() <= 64
@@ -438,10 +445,9 @@ pub(crate) async fn list_snapshots(
 )]
 pub(crate) async fn delete_snapshot(
     State(state): State<AppState>,
-    axum::extract::Path((id, snap)): axum::extract::Path<(String, String)>,
+    axum::extract::Path(ids): axum::extract::Path<(String, String)>,
 ) -> ApiResult<Json<OkResponse>> {
-    check_workspace_id(&id)?;
-    check_snapshot_id(&snap)?;
+    let (id, snap) = snapshot_ids(ids)?;
     state.backend.delete_snapshot(&id, &snap).await?;
     Ok(Json(OkResponse::TRUE))
 }
@@ -464,10 +470,9 @@ pub(crate) async fn delete_snapshot(
 )]
 pub(crate) async fn restore_snapshot(
     State(state): State<AppState>,
-    axum::extract::Path((id, snap)): axum::extract::Path<(String, String)>,
+    axum::extract::Path(ids): axum::extract::Path<(String, String)>,
 ) -> ApiResult<Json<OkResponse>> {
-    check_workspace_id(&id)?;
-    check_snapshot_id(&snap)?;
+    let (id, snap) = snapshot_ids(ids)?;
     state.backend.restore_snapshot(&id, &snap).await?;
     Ok(Json(OkResponse::TRUE))
 }
