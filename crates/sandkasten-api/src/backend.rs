@@ -6,7 +6,8 @@
 use async_trait::async_trait;
 use sandkasten_engine::{
     CreateSession, CreateWorkspace, DirEntry, Engine, EngineError, ExecRequest, ExecResult,
-    ExecStream, FileContent, FileStat, SessionInfo, SessionStats, WorkspaceInfo,
+    ExecStream, FileContent, FileStat, MetricsSnapshot, PoolStats, SessionInfo, SessionStats,
+    WorkspaceInfo,
 };
 
 /// What the HTTP layer needs from the engine; each method is one engine
@@ -99,6 +100,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
         path: &str,
         data: Vec<u8>,
     ) -> Result<String, EngineError>;
+
+    fn pool_stats(&self) -> PoolStats;
+    fn metrics(&self) -> MetricsSnapshot;
 }
 
 #[async_trait]
@@ -213,5 +217,11 @@ impl Backend for Engine {
         data: Vec<u8>,
     ) -> Result<String, EngineError> {
         Engine::workspace_write_file(self, id, path, data).await
+    }
+    fn pool_stats(&self) -> PoolStats {
+        Engine::pool_stats(self)
+    }
+    fn metrics(&self) -> MetricsSnapshot {
+        Engine::metrics(self)
     }
 }

@@ -96,9 +96,11 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{exec, files, sessions, system, workspaces};
+    use routes::{exec, files, pool, sessions, system, workspaces};
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
+        .routes(routes!(pool::pool))
+        .routes(routes!(pool::metrics))
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::destroy_session))
         .routes(routes!(sessions::session_stats))

@@ -20,7 +20,8 @@ use utoipa::{Modify, OpenApi};
     security(("bearer" = [])),
     components(schemas(ErrorBody, ExecChunkEvent, ExecDoneEvent, ExecErrorEvent)),
     tags(
-        (name = "system", description = "Health and this document"),
+        (name = "system", description = "Health, metrics and this document"),
+        (name = "pool", description = "The pre-warmed pool"),
         (name = "sessions", description = "Session lifecycle"),
         (name = "exec", description = "Commands in the session's persistent shell"),
         (name = "files", description = "Files inside the sandbox"),

@@ -338,6 +338,42 @@ impl Backend for Fake {
             .push((id.into(), path.into(), data));
         Ok(in_workspace(path))
     }
+
+    fn pool_stats(&self) -> sandkasten_engine::PoolStats {
+        self.metrics().pool
+    }
+
+    fn metrics(&self) -> sandkasten_engine::MetricsSnapshot {
+        let mut images = std::collections::BTreeMap::new();
+        images.insert(
+            "base".to_string(),
+            sandkasten_engine::ImagePoolStats {
+                target: 3,
+                idle: 2,
+                in_flight: 1,
+                hits: 7,
+                misses: 1,
+                discarded: 1,
+                recycled: 0,
+                refill_failures: 2,
+                last_error: Some("image \"x\" broke".into()),
+                acquire_wait_p50_ms: Some(1.5),
+                acquire_wait_p95_ms: Some(2.5),
+            },
+        );
+        sandkasten_engine::MetricsSnapshot {
+            pool: sandkasten_engine::PoolStats { images },
+            sessions: vec![("creating", 0), ("running", 4), ("destroying", 0)],
+            sessions_ended: vec![("destroyed", 3), ("expired", 1), ("lost", 0), ("failed", 0)],
+            creates: vec![("pool", 7), ("cold", 1)],
+            exec_duration: sandkasten_engine::HistogramSnapshot {
+                buckets: vec![(0.001, 5), (0.01, 9)],
+                count: 10,
+                sum_seconds: 0.25,
+            },
+            pool_acquire: sandkasten_engine::HistogramSnapshot::default(),
+        }
+    }
 }
 
 fn app() -> (Router, Arc<Fake>) {
@@ -627,6 +663,78 @@ async fn create_returns_201_and_session_info() {
         created[0].workspace_id.as_deref(),
         Some("user123-project456")
     );
+}
+
+#[tokio::test]
+async fn create_passes_env_and_refuses_a_malformed_one() {
+    let (router, fake) = app();
+    let r = post_json(
+        &router,
+        "/v1/sessions",
+        json!({"env": {"B": "2", "A": "it's"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        fake.created.lock().unwrap()[0].env,
+        vec![("A".into(), "it's".into()), ("B".into(), "2".into())]
+    );
+    for bad in [json!({"env": ["A=1"]}), json!({"env": {"A": 1}})] {
+        post_json(&router, "/v1/sessions", bad)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+    }
+}
+
+#[tokio::test]
+async fn pool_reports_every_figure_per_image() {
+    let (router, _) = app();
+    let r = get(&router, "/v1/pool").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"images": {"base": {
+            "target": 3, "idle": 2, "in_flight": 1, "hits": 7, "misses": 1,
+            "discarded": 1, "recycled": 0, "refill_failures": 2,
+            "last_error": "image \"x\" broke",
+            "acquire_wait_p50_ms": 1.5, "acquire_wait_p95_ms": 2.5}}})
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let (router, _) = app();
+    let r = get(&router, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text();
+    for line in [
+        "# TYPE sandkasten_pool_idle gauge",
+        "sandkasten_pool_idle{image=\"base\"} 2",
+        "sandkasten_pool_hits_total{image=\"base\"} 7",
+        "sandkasten_pool_refill_failures_total{image=\"base\"} 2",
+        "sandkasten_sessions{state=\"running\"} 4",
+        "sandkasten_sessions_ended_total{state=\"expired\"} 1",
+        "sandkasten_session_creates_total{source=\"pool\"} 7",
+        "# TYPE sandkasten_exec_duration_seconds histogram",
+        "sandkasten_exec_duration_seconds_bucket{le=\"0.01\"} 9",
+        "sandkasten_exec_duration_seconds_bucket{le=\"+Inf\"} 10",
+        "sandkasten_exec_duration_seconds_count 10",
+        "sandkasten_pool_acquire_seconds_count 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    // Every sample line is `name{labels} value` or `name value`.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = l.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{l}");
+    }
 }
 
 #[tokio::test]
@@ -1649,6 +1757,8 @@ async fn workspace_upload_writes_each_file_into_the_directory() {
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/openapi.json"),
+    ("get", "/v1/pool"),
+    ("get", "/metrics"),
     ("post", "/v1/sessions"),
     ("get", "/v1/sessions"),
     ("get", "/v1/sessions/{id}"),

@@ -57,6 +57,11 @@ pub(crate) struct CreateSessionRequest {
     /// Persistent workspace to mount at `/workspace`; ephemeral when absent.
     #[schema(example = "user123-project456")]
     pub workspace_id: Option<String>,
+    /// Extra environment variables of the session's shell (an extension of
+    /// the v1 contract). Names: `[A-Za-z_][A-Za-z0-9_]*`; at most 128
+    /// variables, 64 KiB in all.
+    #[schema(example = json!({"PROJECT": "demo"}))]
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 impl From<CreateSessionRequest> for engine::CreateSession {
@@ -65,6 +70,7 @@ impl From<CreateSessionRequest> for engine::CreateSession {
             image: r.image,
             ttl_seconds: r.ttl_seconds,
             workspace_id: r.workspace_id,
+            env: r.env.unwrap_or_default().into_iter().collect(),
         }
     }
 }
@@ -694,5 +700,72 @@ mod tests {
             json!({"path": "/workspace/d", "type": "dir", "size": 4096, "mode": 0o755,
                    "uid": 1000, "gid": 1000, "mtime": 9, "link_target": null})
         );
+    }
+}
+
+// -------------------------------------------------------------------- pool
+
+/// `GET /v1/pool`: the pre-warmed pool per image (empty without a pool).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PoolInfo {
+    pub images: BTreeMap<String, ImagePoolInfo>,
+}
+
+/// One image's pool. Counters count since the daemon started.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ImagePoolInfo {
+    /// Configured size.
+    #[schema(example = 3)]
+    pub target: usize,
+    /// Ready sandboxes waiting to be handed out.
+    #[schema(example = 3)]
+    pub idle: usize,
+    /// Sandboxes being started to refill the pool.
+    pub in_flight: usize,
+    /// Creates served from the pool.
+    pub hits: u64,
+    /// Creates of this image served cold because the pool was empty.
+    pub misses: u64,
+    /// Pooled sandboxes found dead or unresponsive and thrown away.
+    pub discarded: u64,
+    /// Pooled sandboxes replaced after `pool.max_idle_seconds` unused.
+    pub recycled: u64,
+    /// Failed attempts to start a pooled sandbox.
+    pub refill_failures: u64,
+    /// The last refill failure, if any.
+    pub last_error: Option<String>,
+    /// Median time a create spent taking and preparing a pooled sandbox,
+    /// over the last 1024 hits; `null` before the first hit.
+    pub acquire_wait_p50_ms: Option<f64>,
+    /// 95th percentile of the same.
+    pub acquire_wait_p95_ms: Option<f64>,
+}
+
+impl From<engine::PoolStats> for PoolInfo {
+    fn from(p: engine::PoolStats) -> Self {
+        PoolInfo {
+            images: p
+                .images
+                .into_iter()
+                .map(|(k, s)| {
+                    (
+                        k,
+                        ImagePoolInfo {
+                            target: s.target,
+                            idle: s.idle,
+                            in_flight: s.in_flight,
+                            hits: s.hits,
+                            misses: s.misses,
+                            discarded: s.discarded,
+                            recycled: s.recycled,
+                            refill_failures: s.refill_failures,
+                            last_error: s.last_error,
+                            acquire_wait_p50_ms: s.acquire_wait_p50_ms,
+                            acquire_wait_p95_ms: s.acquire_wait_p95_ms,
+                        },
+                    )
+                })
+                .collect(),
+        }
     }
 }

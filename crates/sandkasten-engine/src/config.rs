@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub workspace_max_idle: Option<std::time::Duration>,
     /// Delete least recently used workspaces while all together exceed this.
     pub workspace_max_total_bytes: Option<u64>,
+    /// The pre-warmed pool (no images: no pool).
+    pub pool: crate::PoolConfig,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +57,7 @@ impl Default for EngineConfig {
             workspace_default_quota_bytes: None,
             workspace_max_idle: None,
             workspace_max_total_bytes: None,
+            pool: crate::PoolConfig::default(),
         }
     }
 }

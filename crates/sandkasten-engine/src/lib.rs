@@ -4,6 +4,8 @@
 
 mod config;
 mod error;
+mod metrics;
+mod pool;
 mod session;
 mod text;
 mod types;
@@ -11,6 +13,7 @@ mod workspace;
 
 pub use config::EngineConfig;
 pub use error::EngineError;
+pub use pool::PoolConfig;
 pub use types::*;
 
 use tokio::sync::mpsc;

@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) ws_guard: Mutex<WorkspaceGuard>,
     /// Wakes the workspace cleanup (a session ended).
     pub(crate) cleanup_wake: Notify,
+    pub(crate) pool: crate::pool::Pool,
+    pub(crate) counters: crate::metrics::Counters,
 }
 
 /// See [`Inner::ws_guard`].
@@ -76,7 +78,7 @@ struct Live {
 /// How long a reattached agent may take to answer its first ping.
 const ATTACH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
@@ -135,6 +137,7 @@ impl Engine {
         store: Arc<Store>,
         shutdown: CancellationToken,
     ) -> Result<Engine, EngineError> {
+        let cfg_pool = cfg.pool.clone();
         let engine = Engine {
             inner: Arc::new(Inner {
                 cfg,
@@ -145,9 +148,13 @@ impl Engine {
                 reaper_wake: Notify::new(),
                 ws_guard: Mutex::new(WorkspaceGuard::default()),
                 cleanup_wake: Notify::new(),
+                pool: crate::pool::Pool::new(cfg_pool),
+                counters: crate::metrics::Counters::new(),
             }),
         };
+        engine.recover_pool().await?;
         engine.recover().await?;
+        engine.start_pool(shutdown.clone());
         let reaper = engine.clone();
         let cleaner = engine.clone();
         let cleaner_stop = shutdown.clone();
@@ -223,6 +230,7 @@ impl Engine {
                     if let Err(e) = self.inner.runtime.destroy(&handle).await {
                         tracing::warn!(session = %rec.id, "cleanup of lost sandbox failed: {e}");
                     }
+                    self.inner.counters.ended(SessionState::Lost);
                     store.set_session_state(
                         &rec.id,
                         SessionState::Lost.as_str(),
@@ -396,6 +404,7 @@ impl Engine {
                 )));
             }
         }
+        validate_env(&req.env)?;
         let ttl = match req.ttl_seconds {
             Some(0) => {
                 return Err(EngineError::InvalidRequest(
@@ -423,13 +432,36 @@ impl Engine {
             return Err(EngineError::CapacityExhausted(cfg.max_sessions));
         }
 
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        // A pooled sandbox when one is idle; never a wait.
+        let started = std::time::Instant::now();
+        let wants_workspace = req.workspace_id.is_some()
+            || (cfg.workspace_enabled && cfg.workspace_persist_by_default);
+        let mut warm = if wants_workspace && !self.inner.runtime.can_bind_workspace() {
+            if let Some(p) = self.inner.pool.image(&image) {
+                p.record_miss();
+            }
+            None
+        } else {
+            self.take_warm(&image).await
+        };
+        let id = match &warm {
+            Some((_, w)) => w.id.clone(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
         let workspace_id = req.workspace_id.clone().or_else(|| {
             (cfg.workspace_enabled && cfg.workspace_persist_by_default).then(|| id.clone())
         });
         // Hold the workspace against deletion until the session is listed.
         let _mount = match &workspace_id {
-            Some(ws) => Some(self.begin_mount(ws).await?),
+            Some(ws) => match self.begin_mount(ws).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    if let Some((p, w)) = warm.take() {
+                        p.put_back(w);
+                    }
+                    return Err(e);
+                }
+            },
             None => None,
         };
         let created_at = now();
@@ -448,45 +480,64 @@ impl Engine {
             pid_start_time: 0,
             ended_at_ms: None,
         };
-        self.inner.store.insert_session(&record)?;
-        let spec = SandboxSpec {
-            id: id.clone(),
-            image: image.clone(),
-            limits: cfg.limits.clone(),
-            network: cfg.network,
-            readonly_rootfs: cfg.readonly_rootfs,
-            workspace: match &workspace_id {
-                Some(ws) => WorkspaceMount::Persistent(ws.clone()),
-                None => WorkspaceMount::Ephemeral,
-            },
-            env: Vec::new(),
-        };
-        let sandbox = match self.inner.runtime.create(spec).await {
-            Ok(s) => s,
-            Err(e) => {
-                record.state = SessionState::Failed.as_str().into();
-                let _ = self
-                    .inner
-                    .store
-                    .set_session_state(&id, &record.state, Some(ms(now())));
-                return Err(runtime_err("creating the sandbox")(e));
+
+        // Late binding: the pooled sandbox takes on this request's identity.
+        let mut served = None;
+        let took_warm = warm.is_some();
+        if let Some((p, w)) = warm.take() {
+            match self.bind_warm(&w, workspace_id.as_deref(), &req.env).await {
+                Ok(()) => {
+                    record.state = SessionState::Running.as_str().into();
+                    record.acquire_source = AcquireSource::Pool.as_str().into();
+                    record.pid = w.handle.pid;
+                    record.pid_start_time = w.handle.start_time;
+                    match self.inner.store.promote_pool_entry(&record) {
+                        Ok(()) => {
+                            p.record_hit(started.elapsed());
+                            self.inner.pool.acquire_hist.observe(started.elapsed());
+                            served = Some((w.handle, w.agent, AcquireSource::Pool));
+                        }
+                        Err(e) => {
+                            self.discard_taken(&p, w).await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(session = %id, "preparing a pooled sandbox failed ({why}); creating cold");
+                    self.discard_taken(&p, w).await;
+                    p.record_miss();
+                }
+            }
+        }
+        let (handle, agent, source) = match served {
+            Some(s) => s,
+            None => {
+                if took_warm {
+                    // The pooled sandbox's id stays with it (back in the
+                    // pool or being destroyed). A workspace named after the
+                    // session by persist_by_default keeps the first name.
+                    record.id = uuid::Uuid::new_v4().simple().to_string();
+                }
+                let sandbox = self.create_cold(&mut record, &req.env).await?;
+                (sandbox.handle, sandbox.agent, AcquireSource::Cold)
             }
         };
-        self.inner.store.set_session_sandbox(
-            &id,
-            SessionState::Running.as_str(),
-            sandbox.handle.pid,
-            sandbox.handle.start_time,
-        )?;
+        match source {
+            AcquireSource::Pool => &self.inner.counters.creates_pool,
+            AcquireSource::Cold => &self.inner.counters.creates_cold,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let id = record.id.clone();
         let session = Arc::new(Session {
             id: id.clone(),
             image,
             workspace_id,
             created_at,
             ttl_seconds: ttl,
-            acquire_source: AcquireSource::Cold,
-            handle: sandbox.handle,
-            agent: sandbox.agent,
+            acquire_source: source,
+            handle,
+            agent,
             live: Mutex::new(Live {
                 state: SessionState::Running,
                 expires_at,
@@ -503,8 +554,126 @@ impl Engine {
         // Watch only once listed, so an instant death is not missed.
         self.watch(&session);
         self.inner.reaper_wake.notify_one();
-        tracing::debug!(session = %id, "session created");
+        tracing::debug!(session = %id, source = source.as_str(), "session created");
         Ok(info)
+    }
+
+    /// Creates a sandbox from scratch for `record` (inserted here).
+    async fn create_cold(
+        &self,
+        record: &mut SessionRecord,
+        env: &[(String, String)],
+    ) -> Result<sandkasten_runtime::Sandbox, EngineError> {
+        let cfg = &self.inner.cfg;
+        self.inner.store.insert_session(record)?;
+        let spec = SandboxSpec {
+            id: record.id.clone(),
+            image: record.image.clone(),
+            limits: cfg.limits.clone(),
+            network: cfg.network,
+            readonly_rootfs: cfg.readonly_rootfs,
+            workspace: match &record.workspace_id {
+                Some(ws) => WorkspaceMount::Persistent(ws.clone()),
+                None => WorkspaceMount::Ephemeral,
+            },
+            env: env.to_vec(),
+        };
+        let sandbox = match self.inner.runtime.create(spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                record.state = SessionState::Failed.as_str().into();
+                self.inner.counters.ended(SessionState::Failed);
+                let _ =
+                    self.inner
+                        .store
+                        .set_session_state(&record.id, &record.state, Some(ms(now())));
+                return Err(runtime_err("creating the sandbox")(e));
+            }
+        };
+        self.inner.store.set_session_sandbox(
+            &record.id,
+            SessionState::Running.as_str(),
+            sandbox.handle.pid,
+            sandbox.handle.start_time,
+        )?;
+        Ok(sandbox)
+    }
+
+    /// Gives a pooled sandbox the request's workspace and environment: the
+    /// workspace is mounted into its running mount namespace, then one
+    /// command in its shell exports the variables and re-enters
+    /// `/workspace`. Nothing is deferred to the first exec.
+    async fn bind_warm(
+        &self,
+        w: &crate::pool::Warm,
+        workspace: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<(), String> {
+        if let Some(ws) = workspace {
+            self.inner
+                .runtime
+                .bind_workspace(&w.handle, ws)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut cmd = String::new();
+        for (k, v) in env {
+            cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+        if workspace.is_some() {
+            cmd.push_str("cd /workspace && unset OLDPWD\n");
+        }
+        if cmd.is_empty() {
+            return Ok(());
+        }
+        let mut h = w
+            .agent
+            .exec(cmd, 10_000, 64 * 1024)
+            .map_err(|e| e.to_string())?;
+        while let Some(reply) = h.replies.recv().await {
+            match reply {
+                Response::ExecOutput { .. } => continue,
+                Response::ExecDone { exit_code: 0, .. } => return Ok(()),
+                Response::ExecDone { exit_code, .. } => {
+                    return Err(format!("shell setup exited with {exit_code}"))
+                }
+                other => return Err(format!("shell setup: unexpected reply {other:?}")),
+            }
+        }
+        Err("shell setup: the agent connection closed".into())
+    }
+
+    /// Counters and histograms for `GET /metrics`.
+    pub fn metrics(&self) -> crate::MetricsSnapshot {
+        let mut live = [0u64; 3];
+        for sess in self.inner.sessions.lock().unwrap().values() {
+            match sess.live.lock().unwrap().state {
+                SessionState::Running => live[1] += 1,
+                SessionState::Destroying => live[2] += 1,
+                _ => {}
+            }
+        }
+        live[0] = self.inner.creating.load(Ordering::SeqCst) as u64;
+        let c = &self.inner.counters;
+        crate::MetricsSnapshot {
+            pool: self.pool_stats(),
+            sessions: vec![
+                ("creating", live[0]),
+                ("running", live[1]),
+                ("destroying", live[2]),
+            ],
+            sessions_ended: crate::metrics::ENDED
+                .iter()
+                .zip(&c.ended)
+                .map(|(st, n)| (st.as_str(), n.load(Ordering::Relaxed)))
+                .collect(),
+            creates: vec![
+                ("pool", c.creates_pool.load(Ordering::Relaxed)),
+                ("cold", c.creates_cold.load(Ordering::Relaxed)),
+            ],
+            exec_duration: c.exec.snapshot(),
+            pool_acquire: self.inner.pool.acquire_hist.snapshot(),
+        }
     }
 
     pub async fn list_sessions(&self) -> Vec<SessionInfo> {
@@ -554,6 +723,7 @@ impl Engine {
             self.inner.cleanup_wake.notify_one();
         }
         s.live.lock().unwrap().state = final_state;
+        self.inner.counters.ended(final_state);
         self.inner
             .store
             .set_session_state(id, final_state.as_str(), Some(ms(now())))?;
@@ -636,6 +806,7 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             let _turn = s.exec_lock.lock().await;
+            let started = std::time::Instant::now();
             let mut handle = match s.agent.exec(req.cmd, timeout_ms, max_output) {
                 Ok(h) => h,
                 Err(e) => {
@@ -667,6 +838,7 @@ impl Engine {
                                 if !rest.is_empty() {
                                     let _ = tx.send(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
                                 }
+                                engine.inner.counters.exec.observe(started.elapsed());
                                 s.live.lock().unwrap().cwd = cwd.clone();
                                 engine.persist_activity(&s);
                                 let _ = tx.send(ExecEvent::Done { exit_code, cwd, duration_ms, timed_out, truncated }).await;
@@ -893,6 +1065,45 @@ pub(crate) fn file_reply(resp: Response) -> Result<Response, EngineError> {
         }),
         ok => Ok(ok),
     }
+}
+
+/// Environment variables of a create request: names of `[A-Za-z_][A-Za-z0-9_]*`
+/// (at most 128 of them, 64 KiB in all), values without NUL bytes.
+fn validate_env(env: &[(String, String)]) -> Result<(), EngineError> {
+    if env.len() > 128 {
+        return Err(EngineError::InvalidRequest(
+            "env: at most 128 variables".into(),
+        ));
+    }
+    let mut total = 0;
+    for (k, v) in env {
+        let valid = !k.is_empty()
+            && k.len() <= 256
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(EngineError::InvalidRequest(format!(
+                "env: invalid variable name {k:?} (use letters, digits and _, not starting with a digit)"
+            )));
+        }
+        if v.contains('\0') {
+            return Err(EngineError::InvalidRequest(format!(
+                "env: the value of {k} contains a NUL byte"
+            )));
+        }
+        total += k.len() + v.len();
+    }
+    if total > 64 * 1024 {
+        return Err(EngineError::InvalidRequest(
+            "env: at most 64 KiB of names and values".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `v` as one single-quoted shell word.
+fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
 }
 
 pub(crate) fn unexpected(resp: Response) -> EngineError {

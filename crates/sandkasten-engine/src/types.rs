@@ -42,6 +42,62 @@ pub struct CreateSession {
     pub image: Option<String>,
     pub ttl_seconds: Option<u64>,
     pub workspace_id: Option<String>,
+    /// Extra environment variables of the session's shell.
+    pub env: Vec<(String, String)>,
+}
+
+/// The pool, per image (`GET /v1/pool`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolStats {
+    pub images: std::collections::BTreeMap<String, ImagePoolStats>,
+}
+
+/// One image's pool. Counters count since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImagePoolStats {
+    /// Configured size.
+    pub target: usize,
+    /// Ready sandboxes waiting to be handed out.
+    pub idle: usize,
+    /// Sandboxes being started to refill the pool.
+    pub in_flight: usize,
+    /// Creates served from the pool.
+    pub hits: u64,
+    /// Creates of this image served cold (the pool was empty).
+    pub misses: u64,
+    /// Pooled sandboxes found dead (or unresponsive) and thrown away.
+    pub discarded: u64,
+    /// Pooled sandboxes replaced after `max_idle_seconds` unused.
+    pub recycled: u64,
+    pub refill_failures: u64,
+    pub last_error: Option<String>,
+    /// Time a create spent taking and preparing a pooled sandbox (hits
+    /// only), over the last 1024 hits; `None` before the first hit.
+    pub acquire_wait_p50_ms: Option<f64>,
+    pub acquire_wait_p95_ms: Option<f64>,
+}
+
+/// Counters and histograms for `GET /metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub pool: PoolStats,
+    /// Live sessions by state (`creating`, `running`, `destroying`).
+    pub sessions: Vec<(&'static str, u64)>,
+    /// Sessions that ended since start, by final state.
+    pub sessions_ended: Vec<(&'static str, u64)>,
+    /// Creates since start by source (`pool`, `cold`).
+    pub creates: Vec<(&'static str, u64)>,
+    pub exec_duration: HistogramSnapshot,
+    pub pool_acquire: HistogramSnapshot,
+}
+
+/// A cumulative histogram: `buckets` are (upper bound in seconds, count of
+/// observations ≤ it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
 }
 
 /// One exec request.

@@ -22,6 +22,7 @@
 mod cgroups;
 mod fsutil;
 mod image;
+mod latebind;
 mod layers;
 mod process;
 mod wsimage;
@@ -733,6 +734,35 @@ impl Runtime for NativeRuntime {
                 exported.map_err(io(format!("reading snapshot {snap}")))
             })
         })
+    }
+
+    fn can_bind_workspace(&self) -> bool {
+        true
+    }
+
+    async fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        // The attached device (if any) stays pinned until the mount is in
+        // the sandbox, which then keeps it bound.
+        let (mount, _attached) = if img.exists() {
+            let attached = self.attach_workspace(id)?;
+            let m = wsimage::mount_detached(&attached.device, Some("data"))
+                .map_err(io(format!("mounting workspace {id}")))?;
+            (m, Some(attached))
+        } else {
+            let dir = self.ensure_workspace_dir(id)?;
+            let m = latebind::clone_dir(&dir).map_err(io(format!("binding workspace {id}")))?;
+            (m, None)
+        };
+        let pidfd = process::open_verified(handle.pid, handle.start_time)
+            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
+        tokio::task::spawn_blocking(move || latebind::move_into(pidfd, mount, "/workspace"))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("late-bind task failed: {e}")))?
+            .map_err(io(format!(
+                "mounting workspace {id} into sandbox {}",
+                handle.id
+            )))
     }
 
     fn scratch_dir(&self) -> PathBuf {

@@ -231,6 +231,25 @@ pub trait Runtime: Send + Sync + 'static {
         ))
     }
 
+    /// Whether [`Runtime::bind_workspace`] works here (the engine takes a
+    /// pooled sandbox for a create with a workspace only then).
+    fn can_bind_workspace(&self) -> bool {
+        false
+    }
+
+    /// Late binding: mounts persistent workspace `id` (created already) at
+    /// `/workspace` of a running sandbox that was started with an ephemeral
+    /// one (a pre-warmed sandbox from the pool), over it. Processes whose
+    /// cwd is `/workspace` keep the old directory until they re-enter it
+    /// (the engine re-enters it in the shell). `Unsupported` where the
+    /// backend cannot; the engine then creates the sandbox cold.
+    async fn bind_workspace(&self, _handle: &SandboxHandle, _id: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "mounting a workspace into a running sandbox".into(),
+            self.name(),
+        ))
+    }
+
     /// Where uploads may be spooled before an import (on the data disk).
     fn scratch_dir(&self) -> PathBuf {
         std::env::temp_dir()

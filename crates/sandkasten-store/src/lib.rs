@@ -5,9 +5,11 @@
 //! table has its own module; callers see plain structs, never SQL.
 
 mod migrations;
+mod pool;
 mod sessions;
 mod workspaces;
 
+pub use pool::PoolEntryRecord;
 pub use sessions::{SessionRecord, SessionRow};
 pub use workspaces::{SnapshotRecord, WorkspaceRecord};
 

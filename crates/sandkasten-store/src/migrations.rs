@@ -39,6 +39,15 @@ const MIGRATIONS: &[&str] = &[
         label           TEXT
     );
     CREATE INDEX snapshots_by_workspace ON snapshots(workspace_id, created_at_ms);",
+    // 4: pre-warmed sandboxes of the pool (not sessions yet), so that a
+    // restart after a crash finds and destroys them.
+    "CREATE TABLE pool_entries (
+        id              TEXT PRIMARY KEY,
+        image           TEXT NOT NULL,
+        pid             INTEGER NOT NULL,
+        pid_start_time  INTEGER NOT NULL,
+        created_at_ms   INTEGER NOT NULL
+    );",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

@@ -45,29 +45,35 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     })
 }
 
+/// Inserts `s` through `conn` (also inside a transaction).
+pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
+        ),
+        params![
+            s.id,
+            s.image,
+            s.state,
+            s.workspace_id,
+            s.cwd,
+            s.ttl_seconds as i64,
+            s.created_at_ms,
+            s.expires_at_ms,
+            s.acquire_source,
+            s.pid,
+            s.pid_start_time as i64,
+            s.ended_at_ms
+        ],
+    )
+    .map(|_| ())
+    .map_err(q("inserting session"))
+}
+
 impl Store {
     /// Inserts a new session row.
     pub fn insert_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                &format!("INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
-                params![
-                    s.id,
-                    s.image,
-                    s.state,
-                    s.workspace_id,
-                    s.cwd,
-                    s.ttl_seconds as i64,
-                    s.created_at_ms,
-                    s.expires_at_ms,
-                    s.acquire_source,
-                    s.pid,
-                    s.pid_start_time as i64,
-                    s.ended_at_ms
-                ],
-            )
-            .map(|_| ())
-            .map_err(q("inserting session"))
+        insert(&self.conn(), s)
     }
 
     /// Records the sandbox identity once it runs.

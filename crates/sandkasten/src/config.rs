@@ -58,11 +58,28 @@ pub struct Workspace {
     pub max_total_gb: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pool {
     pub enabled: bool,
+    /// Image → number of ready sandboxes to keep.
     pub images: BTreeMap<String, usize>,
+    /// Replace a pooled sandbox unused for this long.
+    pub max_idle_seconds: u64,
+    /// Sandboxes started at the same time to refill the pool (all images
+    /// together), so refills never take every core from live requests.
+    pub max_concurrent_fills: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            enabled: false,
+            images: BTreeMap::new(),
+            max_idle_seconds: 1800,
+            max_concurrent_fills: 2,
+        }
+    }
 }
 
 impl Default for Config {
@@ -260,12 +277,35 @@ impl Config {
             ),
             other => bail!("defaults.network_mode: unknown mode {other:?} (none or full)"),
         }
-        if self.pool.enabled && !self.pool.images.is_empty() {
-            // Accepted for compatibility with the seed's config; the pool
-            // itself is not built yet (sessions are created cold).
-            tracing::warn!(
-                "pool: configured but not implemented yet; every session is created cold"
-            );
+        if self.pool.enabled {
+            let mut total = 0;
+            for (image, n) in &self.pool.images {
+                if image.is_empty() {
+                    bail!("pool.images: an image name must not be empty");
+                }
+                if *n > 64 {
+                    bail!("pool.images.{image}: at most 64 sandboxes per image, got {n}");
+                }
+                if !self.allowed_images.is_empty() && !self.allowed_images.contains(image) {
+                    bail!("pool.images.{image}: not in allowed_images");
+                }
+                total += n;
+            }
+            if total > self.max_sessions {
+                bail!(
+                    "pool.images: {total} pooled sandboxes in all, more than max_sessions ({})",
+                    self.max_sessions
+                );
+            }
+            if self.pool.max_idle_seconds == 0 {
+                bail!("pool.max_idle_seconds: must be at least 1");
+            }
+            if !(1..=16).contains(&self.pool.max_concurrent_fills) {
+                bail!(
+                    "pool.max_concurrent_fills: must be 1 to 16, got {}",
+                    self.pool.max_concurrent_fills
+                );
+            }
         }
         Ok(())
     }
@@ -310,6 +350,27 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.pool.images.get("base"), Some(&2));
         assert!(cfg.defaults.readonly_rootfs);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn pool_settings_are_validated() {
+        let cfg = Config::parse("pool:\n  enabled: true\n  images:\n    base: 65\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("pool.images.base"), "{err}");
+        let cfg = Config::parse(
+            "allowed_images: [base]\npool:\n  enabled: true\n  images:\n    python: 1\n",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("pool.images.python"), "{err}");
+        let cfg = Config::parse("pool:\n  enabled: true\n  max_idle_seconds: 0\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("pool.max_idle_seconds"), "{err}");
+        let err = Config::parse("pool:\n  size: 3\n").unwrap_err().to_string();
+        assert!(err.contains("size"), "{err}");
+        // Disabled: the images are not used, so not checked.
+        let cfg = Config::parse("pool:\n  enabled: false\n  images:\n    base: 99\n").unwrap();
         cfg.validate().unwrap();
     }
 

@@ -224,6 +224,15 @@ fn engine_config(cfg: &Config) -> EngineConfig {
             .max_idle_days
             .map(|d| std::time::Duration::from_secs_f64(d * 86_400.0)),
         workspace_max_total_bytes: cfg.workspace.max_total_gb.map(|g| (g * 1e9) as u64),
+        pool: sandkasten_engine::PoolConfig {
+            images: if cfg.pool.enabled {
+                cfg.pool.images.clone()
+            } else {
+                Default::default()
+            },
+            max_idle: std::time::Duration::from_secs(cfg.pool.max_idle_seconds),
+            max_concurrent_fills: cfg.pool.max_concurrent_fills,
+        },
         ..EngineConfig::default()
     }
 }
@@ -249,7 +258,7 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let engine = Engine::start(engine_config(&cfg), runtime, store, shutdown.clone()).await?;
     let router = sandkasten_api::router(
-        engine,
+        engine.clone(),
         sandkasten_api::ApiConfig {
             api_key: key,
             max_body_bytes: (cfg.max_body_mb * 1024 * 1024) as usize,
@@ -276,6 +285,9 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
         signal_token.cancel();
     });
     sandkasten_api::serve(listener, router, shutdown).await?;
+    // In-flight requests are done: destroy the idle pool (sessions stay).
+    engine.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 

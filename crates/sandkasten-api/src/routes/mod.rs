@@ -3,6 +3,7 @@
 
 pub(crate) mod exec;
 pub(crate) mod files;
+pub(crate) mod pool;
 pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod workspaces;

@@ -1,0 +1,473 @@
+//! The pre-warmed pool: per configured image, a few running sandboxes
+//! (ephemeral `/workspace`, default limits) ready to become sessions.
+//!
+//! - **Fill.** One loop per image keeps `idle + in_flight` at the target.
+//!   It wakes on events only: a sandbox taken, discarded or filled, or the
+//!   next idle deadline. Fills across all images share a small semaphore,
+//!   so refills never take every core from live requests; a failing image
+//!   backs off exponentially (the error is kept for `GET /v1/pool`).
+//! - **Acquire** never waits: it pops the oldest idle sandbox, proves it
+//!   alive (its agent answers a ping), and otherwise reports a miss so the
+//!   create goes cold at once. The create then binds the request to it
+//!   (workspace mount, env, TTL: see `Engine::create_session`).
+//! - **Health.** A watcher per pooled sandbox throws it away the moment its
+//!   agent connection closes; sandboxes idle longer than `max_idle` are
+//!   replaced.
+//! - **Records.** Every pooled sandbox has a `pool_entries` row from the
+//!   moment it runs; handing it out turns the row into a session row in one
+//!   transaction. At start, rows left by a crash are destroyed (the pool is
+//!   rebuilt from the current config, which is how a changed config resizes
+//!   it); SIGTERM drains the pool (`Engine::shutdown`).
+
+use crate::metrics::{Histogram, Recent};
+use crate::session::ms;
+use crate::{Engine, ImagePoolStats, PoolStats};
+use sandkasten_protocol::{Request, Response};
+use sandkasten_runtime::{AgentClient, SandboxHandle, SandboxSpec, WorkspaceMount};
+use sandkasten_store::PoolEntryRecord;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How long a pooled sandbox's agent may take to answer the health ping.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Pool settings (from the daemon's `pool:` config).
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Image → number of idle sandboxes to keep; empty: no pool.
+    pub images: BTreeMap<String, usize>,
+    /// Replace a pooled sandbox unused for this long.
+    pub max_idle: Duration,
+    /// Sandboxes started at the same time to fill the pool (all images).
+    pub max_concurrent_fills: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            images: BTreeMap::new(),
+            max_idle: Duration::from_secs(1800),
+            max_concurrent_fills: 2,
+        }
+    }
+}
+
+/// A ready sandbox in the pool.
+pub(crate) struct Warm {
+    pub(crate) id: String,
+    pub(crate) handle: SandboxHandle,
+    pub(crate) agent: AgentClient,
+    born: Instant,
+}
+
+/// One image's pool.
+pub(crate) struct ImagePool {
+    image: String,
+    target: usize,
+    idle: Mutex<VecDeque<Warm>>,
+    in_flight: AtomicUsize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    discarded: AtomicU64,
+    recycled: AtomicU64,
+    refill_failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    /// Consecutive failures (drives the backoff).
+    failing: AtomicU64,
+    waits: Recent,
+    /// Wakes the fill loop.
+    wake: Notify,
+}
+
+/// The pool of all images.
+pub(crate) struct Pool {
+    cfg: PoolConfig,
+    images: BTreeMap<String, Arc<ImagePool>>,
+    fill_slots: Arc<Semaphore>,
+    /// Set by the drain: fills destroy what they started, acquires miss.
+    closing: AtomicBool,
+    /// Signalled whenever a fill ends (the drain waits for in-flight ones).
+    fill_ended: Notify,
+    pub(crate) acquire_hist: Histogram,
+}
+
+impl Pool {
+    pub(crate) fn new(cfg: PoolConfig) -> Pool {
+        let images = cfg
+            .images
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(image, n)| {
+                (
+                    image.clone(),
+                    Arc::new(ImagePool {
+                        image: image.clone(),
+                        target: *n,
+                        idle: Mutex::new(VecDeque::new()),
+                        in_flight: AtomicUsize::new(0),
+                        hits: AtomicU64::new(0),
+                        misses: AtomicU64::new(0),
+                        discarded: AtomicU64::new(0),
+                        recycled: AtomicU64::new(0),
+                        refill_failures: AtomicU64::new(0),
+                        last_error: Mutex::new(None),
+                        failing: AtomicU64::new(0),
+                        waits: Recent::new(),
+                        wake: Notify::new(),
+                    }),
+                )
+            })
+            .collect();
+        Pool {
+            fill_slots: Arc::new(Semaphore::new(cfg.max_concurrent_fills.max(1))),
+            cfg,
+            images,
+            closing: AtomicBool::new(false),
+            fill_ended: Notify::new(),
+            acquire_hist: Histogram::new(),
+        }
+    }
+
+    pub(crate) fn image(&self, image: &str) -> Option<&Arc<ImagePool>> {
+        self.images.get(image)
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        PoolStats {
+            images: self
+                .images
+                .iter()
+                .map(|(name, p)| {
+                    (
+                        name.clone(),
+                        ImagePoolStats {
+                            target: p.target,
+                            idle: p.idle.lock().unwrap().len(),
+                            in_flight: p.in_flight.load(Ordering::SeqCst),
+                            hits: p.hits.load(Ordering::Relaxed),
+                            misses: p.misses.load(Ordering::Relaxed),
+                            discarded: p.discarded.load(Ordering::Relaxed),
+                            recycled: p.recycled.load(Ordering::Relaxed),
+                            refill_failures: p.refill_failures.load(Ordering::Relaxed),
+                            last_error: p.last_error.lock().unwrap().clone(),
+                            acquire_wait_p50_ms: p.waits.percentile(50.0),
+                            acquire_wait_p95_ms: p.waits.percentile(95.0),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ImagePool {
+    pub(crate) fn record_hit(&self, wait: Duration) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.waits.push(wait.as_secs_f64() * 1000.0);
+    }
+
+    pub(crate) fn record_miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Puts back a sandbox that was taken but not used (unchanged).
+    pub(crate) fn put_back(&self, w: Warm) {
+        self.idle.lock().unwrap().push_front(w);
+    }
+
+    fn remove(&self, id: &str) -> Option<Warm> {
+        let mut idle = self.idle.lock().unwrap();
+        let pos = idle.iter().position(|w| w.id == id)?;
+        idle.remove(pos)
+    }
+}
+
+impl Engine {
+    /// Destroys pooled sandboxes a previous run left (after a crash); the
+    /// pool is rebuilt from the current config.
+    pub(crate) async fn recover_pool(&self) -> Result<(), crate::EngineError> {
+        let left = self.inner.store.list_pool_entries()?;
+        if !left.is_empty() {
+            tracing::info!(
+                count = left.len(),
+                "destroying pooled sandboxes left by the previous run"
+            );
+        }
+        for e in left {
+            let handle = SandboxHandle {
+                id: e.id.clone(),
+                pid: e.pid,
+                start_time: e.pid_start_time,
+            };
+            if let Err(err) = self.inner.runtime.destroy(&handle).await {
+                tracing::warn!(sandbox = %e.id, "destroying a leftover pooled sandbox: {err}");
+            }
+            self.inner.store.delete_pool_entry(&e.id)?;
+        }
+        Ok(())
+    }
+
+    /// Starts one fill loop per pooled image.
+    pub(crate) fn start_pool(&self, shutdown: CancellationToken) {
+        for p in self.inner.pool.images.values() {
+            tracing::info!(image = %p.image, target = p.target, "filling the pool");
+            let engine = self.clone();
+            let p = p.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { engine.fill_loop(p, stop).await });
+        }
+    }
+
+    async fn fill_loop(&self, p: Arc<ImagePool>, shutdown: CancellationToken) {
+        let pool = &self.inner.pool;
+        loop {
+            if shutdown.is_cancelled() || pool.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            self.recycle_idle(&p);
+            let have = p.idle.lock().unwrap().len() + p.in_flight.load(Ordering::SeqCst);
+            for _ in have..p.target {
+                p.in_flight.fetch_add(1, Ordering::SeqCst);
+                let engine = self.clone();
+                let p = p.clone();
+                let stop = shutdown.clone();
+                tokio::spawn(async move { engine.fill_one(p, stop).await });
+            }
+            let next_recycle = p
+                .idle
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|w| w.born + pool.cfg.max_idle)
+                .min();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = p.wake.notified() => {}
+                _ = sleep_until(next_recycle) => {}
+            }
+        }
+    }
+
+    /// Replaces sandboxes that sat unused longer than `max_idle`.
+    fn recycle_idle(&self, p: &Arc<ImagePool>) {
+        let max_idle = self.inner.pool.cfg.max_idle;
+        let old: Vec<Warm> = {
+            let mut idle = p.idle.lock().unwrap();
+            let (old, keep): (Vec<Warm>, Vec<Warm>) =
+                idle.drain(..).partition(|w| w.born.elapsed() >= max_idle);
+            idle.extend(keep);
+            old
+        };
+        for w in old {
+            tracing::debug!(image = %p.image, sandbox = %w.id, "recycling an idle pooled sandbox");
+            p.recycled.fetch_add(1, Ordering::Relaxed);
+            self.destroy_warm(w);
+        }
+    }
+
+    /// Starts one sandbox for the pool (counted in `in_flight` by the
+    /// caller).
+    async fn fill_one(&self, p: Arc<ImagePool>, shutdown: CancellationToken) {
+        let pool = &self.inner.pool;
+        let result = async {
+            let _slot = pool
+                .fill_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "pool closed".to_string())?;
+            if pool.closing.load(Ordering::SeqCst) || shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            self.start_warm(&p).await.map(Some)
+        }
+        .await;
+        let mut filled = false;
+        match result {
+            Ok(Some(w)) => {
+                p.failing.store(0, Ordering::SeqCst);
+                if pool.closing.load(Ordering::SeqCst) {
+                    self.destroy_warm(w);
+                } else {
+                    self.watch_warm(&p, &w);
+                    let idle = {
+                        let mut idle = p.idle.lock().unwrap();
+                        idle.push_back(w);
+                        idle.len()
+                    };
+                    filled = idle >= p.target;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let n = p.failing.fetch_add(1, Ordering::SeqCst);
+                p.refill_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(image = %p.image, "pool refill failed: {e}");
+                *p.last_error.lock().unwrap() = Some(e);
+                let backoff =
+                    (BACKOFF_MIN * 2u32.saturating_pow(n.min(16) as u32)).min(BACKOFF_MAX);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+        p.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if filled && p.in_flight.load(Ordering::SeqCst) == 0 {
+            tracing::info!(image = %p.image, target = p.target, "pool at target");
+        }
+        pool.fill_ended.notify_waiters();
+        p.wake.notify_one();
+    }
+
+    /// Creates one pooled sandbox and records it.
+    async fn start_warm(&self, p: &ImagePool) -> Result<Warm, String> {
+        let cfg = &self.inner.cfg;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let spec = SandboxSpec {
+            id: id.clone(),
+            image: p.image.clone(),
+            limits: cfg.limits.clone(),
+            network: cfg.network,
+            readonly_rootfs: cfg.readonly_rootfs,
+            workspace: WorkspaceMount::Ephemeral,
+            env: Vec::new(),
+        };
+        let sandbox = self
+            .inner
+            .runtime
+            .create(spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let w = Warm {
+            id: id.clone(),
+            handle: sandbox.handle,
+            agent: sandbox.agent,
+            born: Instant::now(),
+        };
+        let rec = PoolEntryRecord {
+            id,
+            image: p.image.clone(),
+            pid: w.handle.pid,
+            pid_start_time: w.handle.start_time,
+            created_at_ms: ms(time::OffsetDateTime::now_utc()),
+        };
+        if let Err(e) = self.inner.store.insert_pool_entry(&rec) {
+            self.destroy_warm(w);
+            return Err(format!("recording the pooled sandbox: {e}"));
+        }
+        Ok(w)
+    }
+
+    /// Throws a pooled sandbox away the moment its agent connection closes
+    /// (it died while idle); once handed out, the session's own watcher
+    /// takes over and this one finds nothing to do.
+    fn watch_warm(&self, p: &Arc<ImagePool>, w: &Warm) {
+        let engine = self.clone();
+        let p = p.clone();
+        let agent = w.agent.clone();
+        let id = w.id.clone();
+        tokio::spawn(async move {
+            agent.closed().await;
+            if let Some(w) = p.remove(&id) {
+                tracing::warn!(image = %p.image, sandbox = %id, "a pooled sandbox died; replacing it");
+                p.discarded.fetch_add(1, Ordering::Relaxed);
+                engine.destroy_warm(w);
+                p.wake.notify_one();
+            }
+        });
+    }
+
+    /// Destroys a pooled sandbox and its record in the background.
+    fn destroy_warm(&self, w: Warm) {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.destroy_warm_now(w).await });
+    }
+
+    async fn destroy_warm_now(&self, w: Warm) {
+        if let Err(e) = self.inner.runtime.destroy(&w.handle).await {
+            tracing::warn!(sandbox = %w.id, "destroying a pooled sandbox: {e}");
+        }
+        if let Err(e) = self.inner.store.delete_pool_entry(&w.id) {
+            tracing::warn!(sandbox = %w.id, "deleting a pool record: {e}");
+        }
+    }
+
+    /// Takes a live pooled sandbox of `image`, or `None` at once (the
+    /// create goes cold). Dead ones met on the way are discarded.
+    pub(crate) async fn take_warm(&self, image: &str) -> Option<(Arc<ImagePool>, Warm)> {
+        let pool = &self.inner.pool;
+        let p = pool.image(image)?.clone();
+        if pool.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        loop {
+            let w = p.idle.lock().unwrap().pop_front();
+            let Some(w) = w else {
+                p.record_miss();
+                return None;
+            };
+            p.wake.notify_one();
+            let alive = w.agent.is_connected()
+                && matches!(
+                    tokio::time::timeout(HEALTH_TIMEOUT, w.agent.call(Request::Ping)).await,
+                    Ok(Ok(Response::Pong { .. }))
+                );
+            if alive {
+                return Some((p, w));
+            }
+            tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
+            p.discarded.fetch_add(1, Ordering::Relaxed);
+            self.destroy_warm(w);
+        }
+    }
+
+    /// Destroys a taken sandbox that could not be prepared.
+    pub(crate) async fn discard_taken(&self, p: &ImagePool, w: Warm) {
+        p.discarded.fetch_add(1, Ordering::Relaxed);
+        self.destroy_warm_now(w).await;
+    }
+
+    /// The pool per image (`GET /v1/pool`).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Graceful shutdown: stops filling, waits for fills in flight, and
+    /// destroys every idle pooled sandbox. Sessions stay running.
+    pub async fn shutdown(&self) {
+        let pool = &self.inner.pool;
+        pool.closing.store(true, Ordering::SeqCst);
+        for p in pool.images.values() {
+            loop {
+                let ended = pool.fill_ended.notified();
+                if p.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                ended.await;
+            }
+        }
+        let all: Vec<Warm> = pool
+            .images
+            .values()
+            .flat_map(|p| p.idle.lock().unwrap().drain(..).collect::<Vec<_>>())
+            .collect();
+        if !all.is_empty() {
+            tracing::info!(count = all.len(), "draining the pool");
+        }
+        futures::future::join_all(all.into_iter().map(|w| self.destroy_warm_now(w))).await;
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
