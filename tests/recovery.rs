@@ -74,34 +74,6 @@ fn sigkill_twice_in_a_row_still_recovers() {
     assert_intact(&d3, &id);
 }
 
-/// Kills the sandbox of `id` from the host: the pid-namespace init found in
-/// the session's cgroup (checked through a pidfd before signalling).
-fn kill_sandbox(id: &str) {
-    let pids = pids_in_session_cgroups(id);
-    let init: Vec<i32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| innermost_pid(p) == Some(1))
-        .collect();
-    assert_eq!(
-        init.len(),
-        1,
-        "expected one sandbox init (pid 1 in its namespace) in session {id}'s cgroup; \
-         pids {pids:?}, inits {init:?}"
-    );
-    assert!(
-        kill_if_in_session(init[0], id, libc::SIGKILL),
-        "could not SIGKILL sandbox init {} of session {id}",
-        init[0]
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || pids_in_session_cgroups(id)
-            .is_empty()),
-        "processes of session {id} survive the death of its init: {:?}",
-        pids_in_session_cgroups(id)
-    );
-}
-
 #[test]
 fn a_sandbox_that_died_while_the_daemon_was_down_is_cleaned_up() {
     let d1 = Daemon::start(None);

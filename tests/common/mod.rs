@@ -562,6 +562,34 @@ impl Drop for DataDir {
 // Host inspection
 // ---------------------------------------------------------------------------
 
+/// Kills the sandbox of `id` from the host: the pid-namespace init found in
+/// the session's cgroup (checked through a pidfd before signalling).
+pub fn kill_sandbox(id: &str) {
+    let pids = pids_in_session_cgroups(id);
+    let init: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| innermost_pid(p) == Some(1))
+        .collect();
+    assert_eq!(
+        init.len(),
+        1,
+        "expected one sandbox init (pid 1 in its namespace) in session {id}'s cgroup; \
+         pids {pids:?}, inits {init:?}"
+    );
+    assert!(
+        kill_if_in_session(init[0], id, libc::SIGKILL),
+        "could not SIGKILL sandbox init {} of session {id}",
+        init[0]
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || pids_in_session_cgroups(id)
+            .is_empty()),
+        "processes of session {id} survive the death of its init: {:?}",
+        pids_in_session_cgroups(id)
+    );
+}
+
 /// Where the cgroups of a session may be: cgroup v1 (memory, pids, cpu,
 /// cpuacct hierarchies) and cgroup v2.
 pub fn cgroup_dir_candidates(id: &str) -> Vec<PathBuf> {
