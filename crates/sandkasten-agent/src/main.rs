@@ -6,6 +6,9 @@
 //!   the sandbox (namespaces, mounts, cgroups, seccomp), print a
 //!   [`LaunchReport`] on stdout and serve the daemon as the sandbox's PID 1.
 //!   See `init/`.
+//! - `sandkasten-agent container --socket PATH --config PATH`: PID 1 of a
+//!   container of the docker runtime; the engine built the sandbox, this
+//!   mode adds seccomp and serves. See `container.rs`.
 //! - `sandkasten-agent serve --socket PATH`: serve on a Unix socket without
 //!   any sandboxing, with an [`AgentConfig`] (JSON) on stdin. Only for tests
 //!   of the shell and file logic.
@@ -14,6 +17,7 @@
 //! [`LaunchReport`]: sandkasten_protocol::LaunchReport
 //! [`AgentConfig`]: sandkasten_protocol::AgentConfig
 
+mod container;
 mod files;
 mod init;
 mod reaper;
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("init") => init::run(),
+        Some("container") => container::run(&args),
         Some("serve") => {
             let Some(path) = args
                 .iter()
@@ -64,7 +69,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: sandkasten-agent init | serve --socket PATH | version");
+            eprintln!("usage: sandkasten-agent init | container --socket PATH --config PATH | serve --socket PATH | version");
             ExitCode::from(2)
         }
     }
