@@ -1,0 +1,847 @@
+//! The docker runtime: each sandbox is one container of a local Docker
+//! engine (Engine API through bollard), with our agent as its PID 1, so
+//! exec, streaming and files go over the same agent protocol as on the
+//! native runtime and never cost a `docker exec`.
+//!
+//! Per session `<id>`:
+//! ```text
+//! container sandkasten-<id>        labels sandkasten.session_id, .image, .workspace_id,
+//!                                  .data_dir (which daemon owns it)
+//!   /.sandkasten/agent             <data_dir>/bin/sandkasten-agent-<hash>, bound read-only,
+//!                                  the entrypoint: `sandkasten-agent container`
+//!   /.sandkasten/run               <data_dir>/docker/<id>/ (host, 0700 root): config.json
+//!                                  and agent.sock; the sandbox user cannot enter it
+//!   /workspace                     volume sandkasten-ws-<workspace_id>, or the ephemeral
+//!                                  sandkasten-ws-<id> removed with the container
+//!   /tmp                           tmpfs (tmp_size_mb)
+//! ```
+//!
+//! The container runs as root for PID 1 only: every capability is dropped
+//! except CHOWN, DAC_OVERRIDE, FOWNER, KILL, SETGID and SETUID (what the
+//! agent needs to start the shell as the sandbox user, uid 1000, and to do
+//! file operations with its identity), no-new-privileges is set, and the
+//! agent stacks the native runtime's seccomp filter on the engine's
+//! profile. The shell runs as uid 1000 with no capabilities.
+//!
+//! The engine must be local (a unix socket) and see the same filesystem as
+//! the daemon: the agent binary, the run directories and the volumes'
+//! mount points are host paths. A remote engine (`tcp://`, `ssh://`) is
+//! refused at start. An engine with user namespace remapping is refused
+//! too (root in the container would not own the run directory).
+//!
+//! Differences from the native runtime: no workspace quotas (the local
+//! volume driver has no size limit), no snapshots, no workspace
+//! export/import yet; `network: full` is the engine's default bridge.
+
+mod hostfs;
+mod images;
+mod watch;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, MountVolumeOptions,
+    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StatsOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use sandkasten_protocol::AgentConfig;
+use sandkasten_runtime::{
+    AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
+    SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The uid (and gid) of the sandbox user inside every container.
+pub const SANDBOX_UID: u32 = 1000;
+
+/// Where the agent binary appears in a container.
+const AGENT_PATH: &str = "/.sandkasten/agent";
+/// Where the session's run directory appears in a container.
+const RUN_DIR: &str = "/.sandkasten/run";
+
+/// Label keys.
+pub const LABEL_SESSION: &str = "sandkasten.session_id";
+pub const LABEL_IMAGE: &str = "sandkasten.image";
+pub const LABEL_WORKSPACE_ID: &str = "sandkasten.workspace_id";
+pub const LABEL_WORKSPACE: &str = "sandkasten.workspace";
+pub const LABEL_DATA_DIR: &str = "sandkasten.data_dir";
+
+/// The longest a new container's agent may take to listen. Both outcomes
+/// are events (the socket appears, or the container exits); this bound only
+/// catches an agent that hangs.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Settings of the docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub data_dir: PathBuf,
+    /// The static `sandkasten-agent` binary (bind-mounted into containers).
+    pub agent_binary: PathBuf,
+    /// Engine address, `unix:///path`; `None`: `DOCKER_HOST` if set, else
+    /// `unix:///var/run/docker.sock`.
+    pub host: Option<String>,
+    /// OCI runtime of the engine for sandboxes (e.g. `runsc`); `None`: the
+    /// engine's default.
+    pub oci_runtime: Option<String>,
+    /// Size of each sandbox's `/tmp` tmpfs.
+    pub tmp_size_mb: u64,
+}
+
+pub struct DockerRuntime {
+    cfg: DockerConfig,
+    docker: Docker,
+}
+
+/// Maps an engine error to a runtime error with what was being done.
+pub(crate) fn api_err(
+    ctx: impl Into<String>,
+) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
+    let ctx = ctx.into();
+    move |e| RuntimeError::Other(format!("{ctx}: {e}"))
+}
+
+/// The HTTP status of an engine error, if it is one.
+pub(crate) fn status_of(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let ctx = ctx.into();
+    move |e| RuntimeError::io(ctx, e)
+}
+
+/// The engine address to use, refusing anything but a unix socket.
+fn engine_socket(host: Option<&str>) -> Result<String, RuntimeError> {
+    let env = std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty());
+    let host = host
+        .map(str::to_string)
+        .or(env)
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    match host.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') => Ok(path.to_string()),
+        _ => Err(RuntimeError::HostNotReady(format!(
+            "docker engine {host:?}: only a local engine on a unix socket (unix:///path) is \
+             supported; the agent binary, session sockets and workspace volumes are shared \
+             with the engine through the host's filesystem"
+        ))),
+    }
+}
+
+/// The name of a workspace's volume (also an ephemeral session's, by its
+/// session id).
+pub fn volume_name(id: &str) -> String {
+    format!("sandkasten-ws-{id}")
+}
+
+/// The name of a session's container.
+pub fn container_name(id: &str) -> String {
+    format!("sandkasten-{id}")
+}
+
+impl DockerRuntime {
+    /// Connects to the engine (negotiating the API version down to the
+    /// engine's) and prepares the data dir.
+    pub async fn new(cfg: DockerConfig) -> Result<DockerRuntime, RuntimeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(RuntimeError::HostNotReady(
+                "the docker runtime needs root (it owns the session sockets and gives \
+                 workspace volumes to the sandbox user)"
+                    .into(),
+            ));
+        }
+        let socket = engine_socket(cfg.host.as_deref())?;
+        if !Path::new(&socket).exists() {
+            return Err(RuntimeError::HostNotReady(format!(
+                "no Docker engine at {socket}: start dockerd (apt-get install docker.io), \
+                 or set docker.host"
+            )));
+        }
+        let docker = Docker::connect_with_unix(&socket, 600, bollard::API_DEFAULT_VERSION)
+            .map_err(api_err(format!(
+                "connecting to the Docker engine at {socket}"
+            )))?
+            .negotiate_version()
+            .await
+            .map_err(|e| {
+                RuntimeError::HostNotReady(format!(
+                    "the Docker engine at {socket} does not answer ({e}); is dockerd running?"
+                ))
+            })?;
+        let info = docker
+            .info()
+            .await
+            .map_err(api_err("reading the engine's info"))?;
+        if info
+            .security_options
+            .iter()
+            .flatten()
+            .any(|o| o.contains("name=userns"))
+        {
+            return Err(RuntimeError::HostNotReady(
+                "the Docker engine remaps user namespaces (userns-remap); the docker runtime \
+                 needs root in a container to be root on the host for its run directory"
+                    .into(),
+            ));
+        }
+        if let Some(rt) = &cfg.oci_runtime {
+            let known = info
+                .runtimes
+                .as_ref()
+                .is_some_and(|m| m.contains_key(rt.as_str()));
+            if !known {
+                return Err(RuntimeError::HostNotReady(format!(
+                    "docker.runtime: the engine has no OCI runtime {rt:?} (configure it in \
+                     /etc/docker/daemon.json \"runtimes\")"
+                )));
+            }
+        }
+        let runs = cfg.data_dir.join("docker");
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+        hostfs::private_dir(&runs).map_err(io(format!("creating {}", runs.display())))?;
+        tracing::info!(
+            engine = %socket,
+            api = %docker.client_version(),
+            oci_runtime = ?cfg.oci_runtime,
+            "docker runtime ready"
+        );
+        Ok(DockerRuntime { cfg, docker })
+    }
+
+    /// The engine client (for tests and tools).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The host directory bound at `/.sandkasten/run` of session `id`.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("docker").join(id)
+    }
+
+    fn data_dir_label(&self) -> String {
+        self.cfg.data_dir.display().to_string()
+    }
+
+    /// The shell's environment: our defaults, then the image's own (its
+    /// PATH, LANG, tool variables), then the session's; the sandbox user's
+    /// identity (HOME, USER, LOGNAME) is never taken from the image.
+    fn shell_env(&self, image_env: &[String], extra: &[(String, String)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            (
+                "PATH",
+                "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+            ),
+            ("SHELL", "/bin/bash"),
+            ("TERM", "dumb"),
+            ("LANG", "C.UTF-8"),
+            ("PYTHONUNBUFFERED", "1"),
+            ("PAGER", "cat"),
+            ("GIT_PAGER", "cat"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let set = |k: &str, v: &str, env: &mut Vec<(String, String)>| {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        };
+        for kv in image_env {
+            if let Some((k, v)) = kv.split_once('=') {
+                if !matches!(k, "HOME" | "USER" | "LOGNAME" | "HOSTNAME") {
+                    set(k, v, &mut env);
+                }
+            }
+        }
+        for (k, v) in [
+            ("HOME", "/home/sandbox"),
+            ("USER", "sandbox"),
+            ("LOGNAME", "sandbox"),
+        ] {
+            set(k, v, &mut env);
+        }
+        for (k, v) in extra {
+            set(k, v, &mut env);
+        }
+        env
+    }
+
+    /// Creates (or finds) a volume and gives its root to the sandbox user.
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<PathBuf, RuntimeError> {
+        let v = self
+            .docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_string()),
+                driver: Some("local".into()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(api_err(format!("creating volume {name}")))?;
+        let root = PathBuf::from(&v.mountpoint);
+        if v.mountpoint.is_empty() {
+            return Err(RuntimeError::HostNotReady(format!(
+                "volume {name} has no mount point on this host (driver {})",
+                v.driver
+            )));
+        }
+        hostfs::own_volume_root(&root, SANDBOX_UID)
+            .map_err(io(format!("giving volume {name} to the sandbox user")))?;
+        Ok(root)
+    }
+
+    /// The host mount point of workspace `id`'s volume; `None` when the
+    /// volume does not exist.
+    async fn workspace_root(&self, id: &str) -> Result<Option<PathBuf>, RuntimeError> {
+        match self.docker.inspect_volume(&volume_name(id)).await {
+            Ok(v) if v.mountpoint.is_empty() => Err(RuntimeError::Unsupported(
+                format!("host access to volume driver {}", v.driver),
+                "docker",
+            )),
+            Ok(v) => Ok(Some(PathBuf::from(v.mountpoint))),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(api_err(format!("inspecting volume {}", volume_name(id)))(e)),
+        }
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let image =
+            self.docker
+                .inspect_image(&spec.image)
+                .await
+                .map_err(|e| match status_of(&e) {
+                    Some(404) => RuntimeError::ImageNotFound(spec.image.clone()),
+                    // An invalid reference ("Base", "a b") is no image either.
+                    Some(400) => RuntimeError::ImageNotFound(spec.image.clone()),
+                    _ => api_err(format!("inspecting image {}", spec.image))(e),
+                })?;
+        let image_env = image.config.and_then(|c| c.env).unwrap_or_default();
+
+        // The run dir first: it marks the session on disk, so a crash from
+        // here on leaves an orphan that recovery lists and destroys.
+        let run = self.run_dir(&spec.id);
+        hostfs::private_dir(&run).map_err(io(format!("creating {}", run.display())))?;
+        let (volume, workspace_label) = match &spec.workspace {
+            WorkspaceMount::Persistent(ws) => {
+                self.ensure_workspace(ws, None).await?;
+                (volume_name(ws), ws.clone())
+            }
+            WorkspaceMount::Ephemeral => {
+                let name = volume_name(&spec.id);
+                let labels = HashMap::from([
+                    (LABEL_SESSION.to_string(), spec.id.clone()),
+                    (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
+                ]);
+                self.ensure_volume(&name, labels).await?;
+                (name, String::new())
+            }
+        };
+
+        let agent_cfg = AgentConfig {
+            uid: Some(SANDBOX_UID),
+            gid: Some(SANDBOX_UID),
+            workdir: "/workspace".into(),
+            env: self.shell_env(&image_env, &spec.env),
+            home: "/home/sandbox".into(),
+        };
+        let json =
+            serde_json::to_vec(&agent_cfg).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        std::fs::write(run.join("config.json"), json).map_err(io("writing the agent config"))?;
+        // Set up before the container starts, so the socket's arrival is
+        // never missed.
+        let watch = watch::DirWatch::new(&run).map_err(io("watching the run directory"))?;
+
+        let name = container_name(&spec.id);
+        let labels = HashMap::from([
+            (LABEL_SESSION.to_string(), spec.id.clone()),
+            (LABEL_IMAGE.to_string(), spec.image.clone()),
+            (LABEL_WORKSPACE_ID.to_string(), workspace_label),
+            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
+        ]);
+        let mem = (spec.limits.memory_mb * 1024 * 1024) as i64;
+        let host_config = HostConfig {
+            nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
+            memory: Some(mem),
+            memory_swap: Some(mem),
+            pids_limit: Some(spec.limits.pids as i64),
+            readonly_rootfs: Some(spec.readonly_rootfs),
+            network_mode: Some(
+                match spec.network {
+                    NetworkMode::None => "none",
+                    NetworkMode::Full => "bridge",
+                }
+                .into(),
+            ),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(
+                [
+                    "CHOWN",
+                    "DAC_OVERRIDE",
+                    "FOWNER",
+                    "KILL",
+                    "SETGID",
+                    "SETUID",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            runtime: self.cfg.oci_runtime.clone(),
+            init: Some(false),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                format!(
+                    "rw,exec,nosuid,nodev,size={}m,mode=1777",
+                    self.cfg.tmp_size_mb
+                ),
+            )])),
+            mounts: Some(vec![
+                Mount {
+                    target: Some(AGENT_PATH.into()),
+                    source: Some(self.cfg.agent_binary.display().to_string()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    bind_options: Some(MountBindOptions {
+                        non_recursive: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Mount {
+                    target: Some(RUN_DIR.into()),
+                    source: Some(run.display().to_string()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(false),
+                    bind_options: Some(MountBindOptions {
+                        non_recursive: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Mount {
+                    target: Some("/workspace".into()),
+                    source: Some(volume),
+                    typ: Some(MountType::VOLUME),
+                    read_only: Some(false),
+                    // Never copy the image's /workspace into the volume
+                    // (that would also copy its owner onto the root).
+                    volume_options: Some(MountVolumeOptions {
+                        no_copy: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            hostname: Some(format!("sk-{}", &spec.id[..spec.id.len().min(12)])),
+            user: Some("0:0".into()),
+            entrypoint: Some(
+                [
+                    AGENT_PATH,
+                    "container",
+                    "--socket",
+                    &format!("{RUN_DIR}/agent.sock"),
+                    "--config",
+                    &format!("{RUN_DIR}/config.json"),
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            cmd: None,
+            working_dir: Some("/".into()),
+            labels: Some(labels),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            tty: Some(false),
+            open_stdin: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(api_err(format!("creating container {name}")))?;
+        self.docker
+            .start_container(
+                &name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(api_err(format!("starting container {name}")))?;
+
+        // Wait for the agent's socket, or the container's end: both are
+        // events (inotify; the engine's wait endpoint).
+        let mut exited = self.docker.wait_container(
+            &name,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
+        tokio::select! {
+            r = watch.appeared("agent.sock") => r.map_err(io("waiting for the agent socket"))?,
+            r = exited.next() => {
+                let how = match r {
+                    Some(Ok(w)) => format!("exit code {}", w.status_code),
+                    Some(Err(e)) => e.to_string(),
+                    None => "ended".into(),
+                };
+                let logs = self.logs(&name).await;
+                return Err(RuntimeError::Other(format!(
+                    "container {name} stopped before its agent listened ({how}): {logs}"
+                )));
+            }
+            _ = tokio::time::sleep(AGENT_START_TIMEOUT) => {
+                return Err(RuntimeError::Other(format!(
+                    "the agent of container {name} did not listen within {}s: {}",
+                    AGENT_START_TIMEOUT.as_secs(),
+                    self.logs(&name).await
+                )));
+            }
+        }
+        self.handle_of(&spec.id).await
+    }
+
+    /// The last lines the container's agent wrote (for error messages).
+    async fn logs(&self, name: &str) -> String {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let mut s = self.docker.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = s.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        let out = out.trim().to_string();
+        if out.is_empty() {
+            "(no output)".into()
+        } else {
+            out
+        }
+    }
+
+    /// The handle of a running container: its PID 1's host pid and start
+    /// time. `Gone` when it is not running.
+    async fn handle_of(&self, id: &str) -> Result<SandboxHandle, RuntimeError> {
+        let c = match self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status_of(&e) == Some(404) => return Err(RuntimeError::Gone(id.into())),
+            Err(e) => return Err(api_err(format!("inspecting container of {id}"))(e)),
+        };
+        let state = c.state.unwrap_or_default();
+        let pid = state.pid.unwrap_or(0) as i32;
+        if state.running != Some(true) || pid <= 0 {
+            return Err(RuntimeError::Gone(id.into()));
+        }
+        Ok(SandboxHandle {
+            id: id.to_string(),
+            pid,
+            // 0 when the engine's pids are not ours to read (another pid
+            // namespace); identity then rests on the container alone.
+            start_time: hostfs::start_time(pid).unwrap_or(0),
+        })
+    }
+
+    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
+        AgentClient::connect(&self.run_dir(id).join("agent.sock")).await
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        let id = spec.id.clone();
+        let cleanup = |e: RuntimeError| async move {
+            let handle = SandboxHandle {
+                id,
+                pid: 0,
+                start_time: 0,
+            };
+            if let Err(ce) = self.destroy(&handle).await {
+                tracing::warn!(session = %handle.id, "cleanup after failed create: {ce}");
+            }
+            e
+        };
+        let handle = match self.start(&spec).await {
+            Ok(h) => h,
+            Err(e) => return Err(cleanup(e).await),
+        };
+        match self.connect(&spec.id).await {
+            Ok(agent) => Ok(Sandbox { handle, agent }),
+            Err(e) => Err(cleanup(e).await),
+        }
+    }
+
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Sandbox, RuntimeError> {
+        let now = self.handle_of(&handle.id).await?;
+        // A container restarted since (another PID 1) lost its shell: it is
+        // not the sandbox the handle describes.
+        let same_pid = handle.pid == 0 || handle.pid == now.pid;
+        let same_start =
+            handle.start_time == 0 || now.start_time == 0 || handle.start_time == now.start_time;
+        if !(same_pid && same_start) {
+            return Err(RuntimeError::Gone(handle.id.clone()));
+        }
+        let agent = self
+            .connect(&handle.id)
+            .await
+            .map_err(|_| RuntimeError::Gone(handle.id.clone()))?;
+        Ok(Sandbox { handle: now, agent })
+    }
+
+    async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let id = &handle.id;
+        let name = container_name(id);
+        // Force: SIGKILL to PID 1 (the pid namespace ends with it), then
+        // removal. Anonymous volumes (an image's VOLUME lines) go with it.
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(&name, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(api_err(format!("removing container {name}"))(e)),
+        }
+        // The ephemeral volume carries its session's id; a persistent
+        // workspace's volume never does, so it is never removed here.
+        let vol = volume_name(id);
+        match self.docker.inspect_volume(&vol).await {
+            Ok(v) if v.labels.get(LABEL_SESSION) == Some(id) => {
+                match self
+                    .docker
+                    .remove_volume(&vol, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) => return Err(api_err(format!("removing volume {vol}"))(e)),
+                }
+            }
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(api_err(format!("inspecting volume {vol}"))(e)),
+        }
+        let run = self.run_dir(id);
+        let what = format!("removing {}", run.display());
+        tokio::task::spawn_blocking(move || hostfs::remove_run_dir(&run))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("delete task failed: {e}")))?
+            .map_err(io(what))
+    }
+
+    async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let name = container_name(&handle.id);
+        let s = match self.docker.stats(&name, Some(opts)).next().await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) if status_of(&e) == Some(404) => {
+                return Err(RuntimeError::Gone(handle.id.clone()))
+            }
+            Some(Err(e)) => return Err(api_err(format!("reading stats of {name}"))(e)),
+            None => return Err(RuntimeError::Gone(handle.id.clone())),
+        };
+        let mem = s.memory_stats.unwrap_or_default();
+        Ok(SandboxStats {
+            memory_bytes: mem.usage.unwrap_or(0),
+            memory_limit: mem.limit.unwrap_or(0),
+            cpu_usage_usec: s
+                .cpu_stats
+                .and_then(|c| c.cpu_usage)
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0)
+                / 1000,
+            pids: s.pids_stats.and_then(|p| p.current).unwrap_or(0),
+        })
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        images::list(&self.docker).await
+    }
+
+    async fn import_image(&self, name: &str, archive: PathBuf) -> Result<ImageInfo, RuntimeError> {
+        images::import(&self.docker, name, &archive).await
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        images::remove(&self.docker, name).await
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_DATA_DIR}={}", self.data_dir_label())],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(api_err("listing containers"))?;
+        let mut out: Vec<String> = containers
+            .into_iter()
+            .filter_map(|c| c.labels?.get(LABEL_SESSION).cloned())
+            .collect();
+        // Run directories without a container are leftovers too.
+        let runs = self.cfg.data_dir.join("docker");
+        for e in std::fs::read_dir(&runs).map_err(io(format!("listing {}", runs.display())))? {
+            let e = e.map_err(io("listing run directories"))?;
+            if let Some(name) = e.file_name().to_str() {
+                if !out.iter().any(|o| o == name) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ensure_workspace(
+        &self,
+        id: &str,
+        quota_bytes: Option<u64>,
+    ) -> Result<(), RuntimeError> {
+        if quota_bytes.is_some() {
+            return Err(RuntimeError::Unsupported(
+                "workspace quotas (the local volume driver has no size limit)".into(),
+                "docker",
+            ));
+        }
+        let labels = HashMap::from([
+            (LABEL_WORKSPACE.to_string(), "true".to_string()),
+            (LABEL_WORKSPACE_ID.to_string(), id.to_string()),
+            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
+        ]);
+        self.ensure_volume(&volume_name(id), labels)
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        let name = volume_name(id);
+        match self
+            .docker
+            .remove_volume(&name, Some(RemoveVolumeOptionsBuilder::default().build()))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => Err(RuntimeError::Other(format!(
+                "workspace {id} is still mounted by a container"
+            ))),
+            Err(e) => Err(api_err(format!("removing volume {name}"))(e)),
+        }
+    }
+
+    async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
+        let Some(root) = self.workspace_root(id).await? else {
+            return Ok(None);
+        };
+        let what = format!("measuring workspace {id}");
+        tokio::task::spawn_blocking(move || hostfs::tree_size(&root))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))?
+            .map(Some)
+            .map_err(io(what))
+    }
+
+    async fn snapshot_workspace(&self, _id: &str, _snap: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "workspace snapshots".into(),
+            "docker",
+        ))
+    }
+
+    async fn delete_snapshot(&self, _id: &str, _snap: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "workspace snapshots".into(),
+            "docker",
+        ))
+    }
+
+    async fn restore_snapshot(&self, _id: &str, _snap: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "workspace snapshots".into(),
+            "docker",
+        ))
+    }
+
+    async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
+        let root = self
+            .workspace_root(id)
+            .await?
+            .ok_or_else(|| RuntimeError::Other(format!("workspace {id} has no volume")))?;
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            // Every path resolves strictly inside the volume (openat2
+            // RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
+            let fs = sandkasten_fsops::RootedFs::open(&root, Some((SANDBOX_UID, SANDBOX_UID)))
+                .map_err(io(format!("opening workspace {id}")))?;
+            fs.handle(&req)
+                .ok_or_else(|| RuntimeError::Other("not a file request".into()))
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(format!("file task failed: {e}")))?
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("tmp")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unix_engines_are_accepted() {
+        assert_eq!(
+            engine_socket(Some("unix:///run/docker.sock")).unwrap(),
+            "/run/docker.sock"
+        );
+        for bad in ["tcp://10.0.0.1:2375", "ssh://host", "unix://relative", "/x"] {
+            let e = engine_socket(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("unix socket"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_seed() {
+        assert_eq!(volume_name("user1-proj"), "sandkasten-ws-user1-proj");
+        assert_eq!(container_name("abc"), "sandkasten-abc");
+    }
+}
