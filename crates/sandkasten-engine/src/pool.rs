@@ -351,6 +351,13 @@ impl Engine {
             agent: sandbox.agent,
             born: Instant::now(),
         };
+        // One command through the shell now, so that whatever its first
+        // command costs (page faults, lazy init) is paid here and not by
+        // the session's first exec.
+        if let Err(e) = warm_up(&w.agent).await {
+            self.destroy_warm(w);
+            return Err(format!("warming up the shell: {e}"));
+        }
         let rec = PoolEntryRecord {
             id,
             image: p.image.clone(),
@@ -463,6 +470,20 @@ impl Engine {
         }
         futures::future::join_all(all.into_iter().map(|w| self.destroy_warm_now(w))).await;
     }
+}
+
+async fn warm_up(agent: &AgentClient) -> Result<(), String> {
+    let mut h = agent
+        .exec("true".into(), 10_000, 1024)
+        .map_err(|e| e.to_string())?;
+    while let Some(reply) = h.replies.recv().await {
+        match reply {
+            Response::ExecOutput { .. } => continue,
+            Response::ExecDone { exit_code: 0, .. } => return Ok(()),
+            other => return Err(format!("unexpected reply {other:?}")),
+        }
+    }
+    Err("the agent connection closed".into())
 }
 
 async fn sleep_until(t: Option<Instant>) {

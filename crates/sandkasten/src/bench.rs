@@ -61,12 +61,20 @@ impl Drop for OwnDaemon {
     }
 }
 
-fn start_daemon(key: &str) -> Result<(OwnDaemon, String)> {
+/// Starts a daemon on a fresh data dir; `config` is YAML (None: embedded
+/// defaults).
+fn start_daemon(key: &str, config: Option<&str>) -> Result<(OwnDaemon, String)> {
     let data_dir = tempfile::Builder::new()
         .prefix("sandkasten-bench-")
         .tempdir()?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("serve")
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("serve");
+    if let Some(yaml) = config {
+        let path = data_dir.path().join("bench.yaml");
+        std::fs::write(&path, yaml)?;
+        cmd.arg("--config").arg(path);
+    }
+    let mut child = cmd
         .env("SANDKASTEN_LISTEN", "127.0.0.1:0")
         .env("SANDKASTEN_DATA_DIR", data_dir.path())
         .env("SANDKASTEN_API_KEY", key)
@@ -277,7 +285,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             opts.key.clone().context("--url needs --key")?,
         ),
         None => {
-            let (d, u) = start_daemon(&generated_key)?;
+            let (d, u) = start_daemon(&generated_key, None)?;
             (Some(d), u, generated_key.clone())
         }
     };
@@ -382,6 +390,30 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     let _ = api.call(reqwest::Method::DELETE, "/v1/workspaces/bench-ws", None);
     let mut series = vec![create, create_ws, exec, write, read, destroy];
+    // The pool: a daemon of its own with a pool of the default image (or
+    // the --url daemon's pool, if it has one).
+    let pooled = match &opts.url {
+        Some(_) => pooled_series(&api, n),
+        None => {
+            let (d, u) = start_daemon(
+                &generated_key,
+                Some("pool:\n  enabled: true\n  images:\n    base: 3\n"),
+            )?;
+            let pool_api = Api {
+                http: api.http.clone(),
+                url: u,
+                key: generated_key.clone(),
+            };
+            let r = pooled_series(&pool_api, n);
+            drop(d);
+            r
+        }
+    };
+    match pooled {
+        Ok(Some(s)) => series.extend(s),
+        Ok(None) => println!("pool: not measured (the daemon has no pool for its default image)"),
+        Err(e) => bail!("pool benchmark: {e:#}"),
+    }
     let docker = if docker_ok() {
         match docker_series(n) {
             Ok(s) => {
@@ -418,6 +450,14 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         );
     }
     let exec_ratio = ratio("exec round trip (true)", "docker exec (true)");
+    let pool_ratio = ratio("pooled create", "cold create");
+    if let Some(r) = pool_ratio {
+        println!("cold create / pooled create (p50): {r:.1}x");
+    }
+    let first_exec_ratio = ratio("exec round trip (true)", "first exec after pooled create");
+    if let Some(r) = first_exec_ratio {
+        println!("first exec after a pooled create / any exec (p50): {r:.2}x");
+    }
     let create_ratio = ratio("cold create", "docker run (true)");
     let ws_added = match (p50("cold create"), p50("create with workspace")) {
         (Some(c), Some(w)) => Some(w - c),
@@ -448,7 +488,12 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "name": s.name, "n": s.samples.len(),
             "p50_ms": s.percentile(50.0), "p95_ms": s.percentile(95.0),
         })).collect::<Vec<_>>(),
-        "ratios": { "docker_exec_over_exec": exec_ratio, "docker_run_over_cold_create": create_ratio },
+        "ratios": {
+            "docker_exec_over_exec": exec_ratio,
+            "docker_run_over_cold_create": create_ratio,
+            "cold_create_over_pooled_create": pool_ratio,
+            "first_exec_after_pooled_create_over_exec": first_exec_ratio,
+        },
         "workspace_mount_added_ms": ws_added,
         "daemon_idle_rss_kb": idle_rss_kb,
         "idle_session_pss_kb": per_session_kb,
@@ -459,6 +504,82 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     println!("wrote {}", opts.json.display());
     drop(own);
     Ok(())
+}
+
+/// Pooled creates (without and with a workspace) and the first exec after
+/// each, against a daemon whose default image has a pool. Each sample waits
+/// (untimed) until the pool is back at target, so every sample is a hit.
+fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
+    let pool = api.call(reqwest::Method::GET, "/v1/pool", None)?;
+    let Some((image, target)) = pool["images"].as_object().and_then(|m| {
+        m.iter().find_map(|(k, v)| {
+            v["target"]
+                .as_u64()
+                .filter(|t| *t > 0)
+                .map(|t| (k.clone(), t))
+        })
+    }) else {
+        return Ok(None);
+    };
+    let wait_full = || -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = api.call(reqwest::Method::GET, "/v1/pool", None)?;
+            if p["images"][&image]["idle"].as_u64() == Some(target) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the pool did not refill within 60 s: {p}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    api.call(
+        reqwest::Method::POST,
+        "/v1/workspaces",
+        Some(json!({ "id": "bench-pool-ws" })),
+    )?;
+    let mut create = Series {
+        name: "pooled create",
+        samples: vec![],
+    };
+    let mut create_ws = Series {
+        name: "pooled create with workspace",
+        samples: vec![],
+    };
+    let mut first_exec = Series {
+        name: "first exec after pooled create",
+        samples: vec![],
+    };
+    for i in 0..(2 * n) {
+        wait_full()?;
+        let body = if i % 2 == 0 {
+            json!({ "image": image })
+        } else {
+            json!({ "image": image, "workspace_id": "bench-pool-ws" })
+        };
+        let (ms, v) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))?;
+        if v["acquire_source"] != "pool" {
+            bail!("a create with a full pool was not served from it: {v}");
+        }
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        if i % 2 == 0 {
+            &mut create
+        } else {
+            &mut create_ws
+        }
+        .samples
+        .push(ms);
+        let (ms, _) = time(|| api.exec(&id, "true"))?;
+        first_exec.samples.push(ms);
+        api.destroy(&id)?;
+    }
+    let _ = api.call(
+        reqwest::Method::DELETE,
+        "/v1/workspaces/bench-pool-ws",
+        None,
+    );
+    Ok(Some(vec![create, create_ws, first_exec]))
 }
 
 fn uuid_like() -> String {
