@@ -7,6 +7,7 @@ use common::*;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// A static busybox (Debian's busybox-static) is the smallest real rootfs.
 fn busybox() -> &'static Path {
@@ -212,4 +213,50 @@ fn bad_archives_and_names_are_refused() {
     }
     let out = cli(&home, &["image", "rm", "base"]);
     assert!(!out.status.success(), "the built-in image was removed");
+}
+
+#[test]
+fn an_imported_image_can_be_pooled_and_is_not_removed_under_its_pool() {
+    let home = DataDir::new();
+    let tar = home.root.join("rootfs.tar");
+    std::fs::write(&tar, rootfs_tar(&[("etc/motd", b"pooled image\n")])).unwrap();
+    ok(cli(
+        &home,
+        &["image", "import", "bb", tar.to_str().unwrap()],
+    ));
+    let d = Daemon::start_in(
+        &home,
+        Some("pool:\n  enabled: true\n  images:\n    bb: 1\n"),
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            d.get("/v1/pool").json["images"]["bb"]["idle"] == 1
+        }),
+        "the pool of bb did not fill: {}",
+        d.get("/v1/pool").text
+    );
+    let s = d.create_session(json!({ "image": "bb", "workspace_id": "bb-ws" }));
+    assert_eq!(s["acquire_source"], "pool", "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.sh(&id, "cat /etc/motd; pwd"),
+        "pooled image\n/workspace\n"
+    );
+    d.delete(&id);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            d.get("/v1/pool").json["images"]["bb"]["idle"] == 1
+        }),
+        "the pool of bb did not refill"
+    );
+    let refused = cli(&home, &["image", "rm", "bb"]);
+    assert!(!refused.status.success(), "rm of a pooled image must fail");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("pool"),
+        "{refused:?}"
+    );
+    // SIGTERM drains the pool; then the image can go.
+    let (status, _) = d.terminate();
+    assert!(status.success());
+    ok(cli(&home, &["image", "rm", "bb"]));
 }

@@ -378,6 +378,12 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
             if let Some(s) = live.iter().find(|s| s.image == name) {
                 bail!("image {name} is used by session {}; destroy it first", s.id);
             }
+            if store.list_pool_entries()?.iter().any(|e| e.image == name) {
+                bail!(
+                    "image {name} has pre-warmed sandboxes in the daemon's pool; \
+                     remove it from pool.images and restart the daemon first"
+                );
+            }
             rt.remove_image(&name).await?;
             println!("{name}");
         }
