@@ -32,8 +32,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// How long a pooled sandbox's agent may take to answer the health ping.
-const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a pooled sandbox's agent may take to answer the health ping
+/// (a live one answers in well under a millisecond; a create must never be
+/// much slower than a cold one because of a stuck pooled sandbox).
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
