@@ -1,10 +1,14 @@
-"""Fixtures: one real Sandkasten daemon for the integration tests.
+"""Fixtures: real Sandkasten daemons for the integration tests.
 
 The daemon binary comes from ``$SANDKASTEN_BIN`` (build it with
-``cargo build -p sandkasten``; it runs as root). It is started on a free port
-with a fresh data dir and a random API key, and stopped with SIGTERM after
-every session it has is destroyed. The data dir is removed only when no
-mount is left below it.
+``cargo build -p sandkasten``; it runs as root). Each daemon is started on a
+free port with a fresh data dir and a random API key, and stopped with
+SIGTERM after every session it has is destroyed. The data dir is removed
+only when no mount is left below it.
+
+``daemon`` runs with the embedded defaults (no pool); ``pooled_daemon`` with
+a config file that keeps a pre-warmed pool of :data:`POOL_SIZE` ``base``
+sandboxes. Each is started once per test run, when a test first needs it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,16 @@ import sandkasten
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
+POOL_SIZE = 2
+"""Pre-warmed ``base`` sandboxes of :func:`pooled_daemon`."""
+POOL_CONFIG = f"""\
+pool:
+  enabled: true
+  images:
+    base: {POOL_SIZE}
+"""
+POOL_FILL_TIMEOUT = 60.0
+"""Seconds a test waits for the pooled daemon's pool to be full again."""
 
 
 @dataclass
@@ -45,6 +60,14 @@ class RunningDaemon:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def metric_value(text: str, sample: str) -> float:
+    """The value of one sample line (``name{labels}``) of a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line[len(sample) + 1 :])
+    raise AssertionError(f"no sample {sample!r} in the metrics:\n{text}")
 
 
 def _daemon_binary() -> str:
@@ -128,12 +151,22 @@ def _stop(daemon: RunningDaemon) -> None:
         shutil.rmtree(daemon.data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def daemon() -> Iterator[RunningDaemon]:
-    """Start the real daemon once for the whole test run."""
+@contextmanager
+def _run_daemon(config: str | None = None) -> Iterator[RunningDaemon]:
+    """Start the real daemon (with ``config`` as its YAML config file, if given),
+    wait until it is healthy, and stop it on exit.
+    """
     binary = _daemon_binary()
     data_dir = Path(tempfile.mkdtemp(prefix="sandkasten-sdk-test-"))
     log = Path(tempfile.mkstemp(prefix="sandkasten-sdk-test-", suffix=".log")[1])
+    args = [binary, "serve"]
+    config_file: Path | None = None
+    if config is not None:
+        fd, name = tempfile.mkstemp(prefix="sandkasten-sdk-test-", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            f.write(config)
+        config_file = Path(name)
+        args += ["--config", name]
     api_key = "sk-test-" + secrets.token_hex(16)
     env = dict(os.environ)
     env.update(
@@ -145,7 +178,7 @@ def daemon() -> Iterator[RunningDaemon]:
         env.pop(var, None)
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [binary, "serve"],
+            args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log_file,
@@ -176,6 +209,25 @@ def daemon() -> Iterator[RunningDaemon]:
     finally:
         _stop(running)
         log.unlink(missing_ok=True)
+        if config_file is not None:
+            config_file.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[RunningDaemon]:
+    """The real daemon with its embedded defaults (no pool), once for the whole run."""
+    with _run_daemon() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pooled_daemon() -> Iterator[RunningDaemon]:
+    """The real daemon with a pool of :data:`POOL_SIZE` ``base`` sandboxes
+    (:data:`POOL_CONFIG`), once for the whole run. Its pool fills in the
+    background after start: wait for it before expecting a pooled create.
+    """
+    with _run_daemon(POOL_CONFIG) as running:
+        yield running
 
 
 @pytest.fixture
@@ -189,6 +241,24 @@ async def aclient(daemon: RunningDaemon) -> AsyncIterator[sandkasten.SandboxClie
 def client(daemon: RunningDaemon) -> Iterator[sandkasten.SyncSandboxClient]:
     """A sync client of the test daemon."""
     with sandkasten.SyncSandboxClient(base_url=daemon.url, api_key=daemon.api_key) as c:
+        yield c
+
+
+@pytest.fixture
+async def pooled_aclient(pooled_daemon: RunningDaemon) -> AsyncIterator[sandkasten.SandboxClient]:
+    """An async client of the pooled test daemon."""
+    async with sandkasten.SandboxClient(
+        base_url=pooled_daemon.url, api_key=pooled_daemon.api_key
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def pooled_client(pooled_daemon: RunningDaemon) -> Iterator[sandkasten.SyncSandboxClient]:
+    """A sync client of the pooled test daemon."""
+    with sandkasten.SyncSandboxClient(
+        base_url=pooled_daemon.url, api_key=pooled_daemon.api_key
+    ) as c:
         yield c
 
 

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 import sandkasten
+from conftest import POOL_FILL_TIMEOUT, POOL_SIZE, metric_value
 from sandkasten import (
     ExecChunk,
+    ImagePoolInfo,
     SandboxClient,
     Session,
 )
@@ -474,3 +476,100 @@ async def test_create_workspace_from_snapshot(aclient: SandboxClient, unique: st
             await aclient.get_workspace(copy)  # nothing created on failure
     finally:
         await aclient.delete_workspace(src)
+
+
+# ------------------------------------------------------------------ env, pool and metrics
+
+
+async def wait_for_full_pool(client: SandboxClient, image: str = "base") -> ImagePoolInfo:
+    """Poll ``get_pool`` until ``image`` has :data:`POOL_SIZE` idle sandboxes (bounded)."""
+    deadline = time.monotonic() + POOL_FILL_TIMEOUT
+    while True:
+        info = (await client.get_pool()).images[image]
+        if info.idle == POOL_SIZE:
+            return info
+        if time.monotonic() > deadline:
+            pytest.fail(f"the pool of {image!r} is not full after {POOL_FILL_TIMEOUT} s: {info}")
+        await asyncio.sleep(0.05)
+
+
+async def test_env_on_a_cold_create(aclient: SandboxClient) -> None:
+    env = {
+        "GREETING": "hi there",
+        "EMPTY": "",
+        "TRICKY": "a'b\"c $HOME `x`\nline 2",
+        "HOME": "/tmp",
+    }
+    async with await aclient.create_session(env=env) as session:
+        assert session.last_info is not None and session.last_info.acquire_source == "cold"
+        r = await session.exec('echo "$GREETING"; pwd; printf "[%s]\\n" "$EMPTY"; echo "$TRICKY"')
+        assert r.output == "hi there\n/workspace\n[]\na'b\"c $HOME `x`\nline 2\n"
+        assert (await session.exec("echo $HOME")).output == "/tmp\n"  # overrides the default
+        # A fresh shell (after exit or a timeout) has the env too.
+        assert (await session.exec("exit 3")).exit_code == 3
+        assert (await session.exec('echo "$GREETING"')).output == "hi there\n"
+    async with await aclient.create_session() as plain:
+        assert (await plain.exec('echo "[$GREETING]"; echo $HOME')).output == "[]\n/home/sandbox\n"
+    for bad in ({"1BAD": "x"}, {"A=B": "x"}, {"A": "x\0y"}, {"BIG": "x" * 70_000}):
+        with pytest.raises(sandkasten.InvalidRequest, match="env"):
+            await aclient.create_session(env=bad)
+
+
+async def test_no_pool_and_metrics_of_a_daemon_without_pool(aclient: SandboxClient) -> None:
+    assert (await aclient.get_pool()).images == {}
+    async with await aclient.create_session():
+        text = await aclient.metrics()
+    assert "# TYPE sandkasten_pool_hits_total counter" in text
+    assert "sandkasten_pool_hits_total{" not in text  # no pooled image
+    assert metric_value(text, 'sandkasten_session_creates_total{source="cold"}') >= 1
+    assert metric_value(text, 'sandkasten_session_creates_total{source="pool"}') == 0
+    assert metric_value(text, 'sandkasten_sessions{state="running"}') >= 1
+
+
+async def test_pooled_create_with_workspace_and_env(
+    pooled_aclient: SandboxClient, unique: str
+) -> None:
+    client = pooled_aclient
+    before = await wait_for_full_pool(client)
+    assert before.target == POOL_SIZE and before.refill_failures == 0 and before.last_error is None
+
+    async with await client.create_session() as plain:
+        assert plain.last_info is not None and plain.last_info.acquire_source == "pool"
+        assert (await plain.info()).acquire_source == "pool"
+        r = await plain.exec("echo ok; pwd")
+        assert r.output == "ok\n/workspace\n" and r.exit_code == 0
+
+    await wait_for_full_pool(client)
+    wid = f"sdk-pool-{unique}"
+    session = await client.create_session(workspace_id=wid, env={"GREETING": "hi there"})
+    try:
+        info = session.last_info
+        assert info is not None and info.acquire_source == "pool" and info.workspace_id == wid
+        r = await session.exec("echo $GREETING; pwd")
+        assert r.output == "hi there\n/workspace\n" and r.exit_code == 0 and r.cwd == "/workspace"
+        await session.exec("echo written in the pooled session > from-session.txt")
+        # The session-less workspace API sees the file at once, and the session sees its files.
+        seen = await client.read_workspace_file(wid, "from-session.txt")
+        assert seen.text == "written in the pooled session\n"
+        await client.write_workspace_file(wid, "from-api.txt", "written without a session")
+        assert (await session.exec("cat /workspace/from-api.txt")).output == (
+            "written without a session"
+        )
+        assert (await client.get_workspace(wid)).in_use
+    finally:
+        await session.destroy()
+    names = [e.name for e in await client.list_workspace_files(wid)]
+    assert names == ["from-api.txt", "from-session.txt"]
+    await client.delete_workspace(wid)
+
+    after = (await client.get_pool()).images["base"]
+    assert after.hits == before.hits + 2 and after.misses == before.misses
+    assert after.acquire_wait_p50_ms is not None and after.acquire_wait_p50_ms >= 0
+    assert after.acquire_wait_p95_ms is not None
+    assert after.acquire_wait_p95_ms >= after.acquire_wait_p50_ms
+
+    text = await client.metrics()
+    assert 'sandkasten_pool_hits_total{image="base"}' in text
+    assert metric_value(text, 'sandkasten_pool_hits_total{image="base"}') == after.hits
+    assert metric_value(text, 'sandkasten_pool_target{image="base"}') == POOL_SIZE
+    assert metric_value(text, 'sandkasten_session_creates_total{source="pool"}') >= 2

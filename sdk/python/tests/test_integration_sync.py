@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import sandkasten
-from sandkasten import SyncSandboxClient, SyncSession
+from conftest import POOL_FILL_TIMEOUT, POOL_SIZE, metric_value
+from sandkasten import ImagePoolInfo, SyncSandboxClient, SyncSession
 
 
 @pytest.fixture
@@ -196,3 +197,56 @@ def test_export_import(client: SyncSandboxClient, unique: str, tmp_path: Path) -
     finally:
         client.delete_workspace(src)
         client.delete_workspace(dst)
+
+
+def wait_for_full_pool(client: SyncSandboxClient, image: str = "base") -> ImagePoolInfo:
+    """Poll ``get_pool`` until ``image`` has :data:`POOL_SIZE` idle sandboxes (bounded)."""
+    deadline = time.monotonic() + POOL_FILL_TIMEOUT
+    while True:
+        info = client.get_pool().images[image]
+        if info.idle == POOL_SIZE:
+            return info
+        if time.monotonic() > deadline:
+            pytest.fail(f"the pool of {image!r} is not full after {POOL_FILL_TIMEOUT} s: {info}")
+        time.sleep(0.05)
+
+
+def test_env_on_a_cold_create(client: SyncSandboxClient) -> None:
+    with client.create_session(env={"GREETING": "hi there", "LANG": "C.UTF-8"}) as session:
+        assert session.last_info is not None and session.last_info.acquire_source == "cold"
+        assert session.exec('echo "$GREETING"; pwd; echo $LANG').output == (
+            "hi there\n/workspace\nC.UTF-8\n"
+        )
+    with pytest.raises(sandkasten.InvalidRequest, match="env"):
+        client.create_session(env={"NOT-A-NAME": "x"})
+    assert client.get_pool().images == {}
+    assert 'sandkasten_session_creates_total{source="cold"}' in client.metrics()
+
+
+def test_pooled_create_with_workspace_and_env(
+    pooled_client: SyncSandboxClient, unique: str
+) -> None:
+    client = pooled_client
+    before = wait_for_full_pool(client)
+    assert before.target == POOL_SIZE
+
+    with client.create_session() as plain:
+        assert plain.info().acquire_source == "pool"
+
+    wait_for_full_pool(client)
+    wid = f"sdk-sync-pool-{unique}"
+    with client.create_session(workspace_id=wid, env={"GREETING": "hi there"}) as session:
+        info = session.info()
+        assert info.acquire_source == "pool" and info.workspace_id == wid
+        assert session.exec("echo $GREETING; pwd").output == "hi there\n/workspace\n"
+        session.write("note.txt", "from the pooled session")
+        assert client.read_workspace_file(wid, "note.txt").text == "from the pooled session"
+    assert [e.name for e in client.list_workspace_files(wid)] == ["note.txt"]
+    client.delete_workspace(wid)
+
+    after = client.get_pool().images["base"]
+    assert after.hits == before.hits + 2 and after.misses == before.misses
+    assert after.acquire_wait_p50_ms is not None
+
+    text = client.metrics()
+    assert metric_value(text, 'sandkasten_pool_hits_total{image="base"}') == after.hits

@@ -280,3 +280,81 @@ async def test_real_refused_connection(flavor: str) -> None:
     with pytest.raises(SandkastenConnectionError):
         await maybe(client.create_session())
     await aclose(client)
+
+
+# ------------------------------------------------------------------ pool and metrics
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc"),
+    [
+        (401, "UNAUTHORIZED", sandkasten.Unauthorized),
+        (404, "NOT_FOUND", sandkasten.NotFound),  # a daemon without these routes
+        (503, "SHUTTING_DOWN", sandkasten.ShuttingDown),
+        (500, "INTERNAL_ERROR", sandkasten.InternalError),
+    ],
+)
+async def test_pool_and_metrics_errors_are_mapped(
+    flavor: str, status: int, code: str, exc: type[SandkastenAPIError]
+) -> None:
+    d = Daemon()
+    d.on("GET", "/v1/pool", error(status, code, "pool refused"))
+    d.on("GET", "/metrics", error(status, code, "metrics refused"))
+    client = make(d, flavor)
+    with pytest.raises(exc) as info:
+        await maybe(client.get_pool())
+    assert (info.value.status_code, info.value.error_code) == (status, code)
+    assert info.value.message == "pool refused"
+    with pytest.raises(exc) as info:
+        await maybe(client.metrics())
+    assert (info.value.status_code, info.value.error_code) == (status, code)
+    assert info.value.message == "metrics refused"
+    assert len(d.requests) == 2  # API errors are never retried
+    await aclose(client)
+
+
+async def test_metrics_error_that_is_not_json(flavor: str) -> None:
+    d = Daemon()
+    d.on("GET", "/metrics", httpx.Response(502, text="<html>Bad Gateway</html>"))
+    client = make(d, flavor)
+    with pytest.raises(SandkastenAPIError) as info:
+        await maybe(client.metrics())
+    assert type(info.value) is SandkastenAPIError
+    assert (info.value.status_code, info.value.error_code) == (502, "HTTP_502")
+    await aclose(client)
+
+
+async def test_malformed_pool_body_is_a_sandkasten_error(flavor: str) -> None:
+    d = Daemon()
+    d.on(
+        "GET",
+        "/v1/pool",
+        httpx.Response(200, text="not json"),
+        httpx.Response(200, json=[]),
+        httpx.Response(200, json={"images": []}),
+        httpx.Response(200, json={"images": {"base": 3}}),
+        httpx.Response(200, json={"images": {"base": {"idle": "many"}}}),
+    )
+    client = make(d, flavor)
+    for _ in range(5):
+        with pytest.raises(SandkastenError, match="unexpected response"):
+            await maybe(client.get_pool())
+    await aclose(client)
+
+
+async def test_pool_and_metrics_are_retried_on_connection_errors(
+    flavor: str, sleeps: list[float]
+) -> None:
+    d = Daemon()
+    d.on("GET", "/v1/pool", connect_error, remote_closed, {"images": {}})
+    d.on("GET", "/metrics", connect_error, httpx.Response(200, text="m 1\n"))
+    client = make(d, flavor, retry_backoff=0.5)
+    assert (await maybe(client.get_pool())).images == {}
+    assert await maybe(client.metrics()) == "m 1\n"
+    assert len(d.calls("GET", "/v1/pool")) == 3 and len(d.calls("GET", "/metrics")) == 2
+    assert sleeps == [0.5, 1.0, 0.5]
+    d.on("GET", "/metrics", read_timeout)
+    with pytest.raises(SandkastenTimeoutError):
+        await maybe(client.metrics())
+    assert len(d.calls("GET", "/metrics")) == 3  # a read timeout is not retried
+    await aclose(client)

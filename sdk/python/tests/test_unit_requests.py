@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from sandkasten import (
     ExecResult,
     FileEntry,
     FileStat,
+    ImagePoolInfo,
+    PoolInfo,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -150,6 +153,40 @@ async def test_create_session_sends_only_what_is_given(d: Daemon, flavor: str) -
     await aclose(client)
 
 
+async def test_create_session_env(d: Daemon, flavor: str) -> None:
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    await maybe(client.create_session(env={"GREETING": "hi there", "PATH": "/opt/bin:/usr/bin"}))
+    assert body(d.requests[-1]) == {"env": {"GREETING": "hi there", "PATH": "/opt/bin:/usr/bin"}}
+    await maybe(client.create_session("base", 60, "w1", {"A": ""}))  # positional, as declared
+    assert body(d.requests[-1]) == {
+        "image": "base",
+        "ttl_seconds": 60,
+        "workspace_id": "w1",
+        "env": {"A": ""},
+    }
+    # Any mapping is sent as a JSON object; an empty one is sent, None is omitted.
+    await maybe(client.create_session(env=types.MappingProxyType({"X": "=;$(x)\n"})))
+    assert body(d.requests[-1]) == {"env": {"X": "=;$(x)\n"}}
+    await maybe(client.create_session(env={}))
+    assert body(d.requests[-1]) == {"env": {}}
+    await maybe(client.create_session(env=None))
+    assert body(d.requests[-1]) == {}
+
+    # Not a mapping of str to str: refused before anything is sent.
+    n = len(d.requests)
+    for bad in ([("A", "b")], "A=b", {"A": 1}, {1: "a"}, {"A": None}):
+        with pytest.raises(TypeError, match="env"):
+            await maybe(client.create_session(env=bad))
+    assert len(d.requests) == n
+
+    # What the daemon refuses (names, sizes, NUL) comes back as InvalidRequest.
+    d.on("POST", "/v1/sessions", error(400, "INVALID_REQUEST", "env: invalid variable name"))
+    with pytest.raises(sandkasten.InvalidRequest, match="env"):
+        await maybe(client.create_session(env={"1BAD": "x"}))
+    assert len(d.requests) == n + 1  # a POST is never retried
+    await aclose(client)
+
+
 async def test_session_routes(d: Daemon, flavor: str) -> None:
     d.on("GET", "/v1/sessions", [SESSION_JSON, SESSION_JSON | {"id": "x"}])
     d.on(
@@ -246,6 +283,112 @@ async def test_client_context_manager_closes(flavor: str) -> None:
         with d.sync_client() as client:
             assert repr(client) == "SyncSandboxClient(base_url='http://sandkasten.test')"
         assert client._http.is_closed
+
+
+# ------------------------------------------------------------------ pool and metrics
+
+POOL_JSON = {
+    "images": {
+        "base": {
+            "target": 3,
+            "idle": 2,
+            "in_flight": 1,
+            "hits": 12,
+            "misses": 2,
+            "discarded": 1,
+            "recycled": 4,
+            "refill_failures": 5,
+            "last_error": "starting sandbox: no space left on device",
+            "acquire_wait_p50_ms": 0.9,
+            "acquire_wait_p95_ms": 3,
+        },
+        "python": {
+            "target": 1,
+            "idle": 0,
+            "in_flight": 0,
+            "hits": 0,
+            "misses": 0,
+            "discarded": 0,
+            "recycled": 0,
+            "refill_failures": 0,
+            "last_error": None,
+            "acquire_wait_p50_ms": None,
+            "acquire_wait_p95_ms": None,
+            "future_field": [1, 2],
+        },
+    }
+}
+
+METRICS_TEXT = (
+    "# HELP sandkasten_pool_hits_total Creates served from the pool per image.\n"
+    "# TYPE sandkasten_pool_hits_total counter\n"
+    'sandkasten_pool_hits_total{image="base"} 12\n'
+    'sandkasten_pool_hits_total{image="we\\"ird\\\\ näme"} 0\n'
+    'sandkasten_exec_duration_seconds_bucket{le="+Inf"} 7\n'
+    "sandkasten_exec_duration_seconds_sum 0.25\r\n"
+)
+
+
+def test_pool_parsing() -> None:
+    pool = PoolInfo.from_json(POOL_JSON)
+    assert list(pool.images) == ["base", "python"]
+    assert pool.images["base"] == ImagePoolInfo(
+        target=3,
+        idle=2,
+        in_flight=1,
+        hits=12,
+        misses=2,
+        discarded=1,
+        recycled=4,
+        refill_failures=5,
+        last_error="starting sandbox: no space left on device",
+        acquire_wait_p50_ms=0.9,
+        acquire_wait_p95_ms=3.0,
+    )
+    assert isinstance(pool.images["base"].acquire_wait_p95_ms, float)
+    assert pool.images["python"] == ImagePoolInfo(target=1)
+    assert pool.images["python"].acquire_wait_p50_ms is None
+    assert pool.images["python"].last_error is None
+    # A daemon without a pool.
+    assert PoolInfo.from_json({"images": {}}) == PoolInfo()
+    assert PoolInfo.from_json({}) == PoolInfo(images={})
+
+
+async def test_get_pool(flavor: str) -> None:
+    d = Daemon()
+    d.on("GET", "/v1/pool", POOL_JSON, {"images": {}})
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    pool = await maybe(client.get_pool())
+    assert isinstance(pool, sandkasten.PoolInfo)
+    assert pool == PoolInfo.from_json(POOL_JSON)
+    request = d.requests[-1]
+    assert (request.method, request.url.path, request.content) == ("GET", "/v1/pool", b"")
+    assert request.headers["authorization"] == "Bearer sk-unit-test-key"
+    assert (await maybe(client.get_pool())).images == {}
+    await aclose(client)
+
+
+async def test_metrics_text_is_returned_verbatim(flavor: str) -> None:
+    d = Daemon()
+    d.on(
+        "GET",
+        "/metrics",
+        httpx.Response(
+            200,
+            content=METRICS_TEXT.encode(),
+            headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"},
+        ),
+        httpx.Response(200, content=b""),
+    )
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    text = await maybe(client.metrics())
+    assert isinstance(text, str) and text == METRICS_TEXT
+    request = d.requests[-1]
+    assert (request.method, request.url.path) == ("GET", "/metrics")
+    assert request.headers["authorization"] == "Bearer sk-unit-test-key"
+    assert "text/plain" in request.headers["accept"]
+    assert await maybe(client.metrics()) == ""
+    await aclose(client)
 
 
 # ------------------------------------------------------------------ files

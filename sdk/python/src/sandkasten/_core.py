@@ -28,6 +28,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    PoolInfo,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -67,11 +68,14 @@ USER_AGENT = f"sandkasten-python/{__version__}"
 CHUNK_SIZE = 64 * 1024
 """Bytes read from a local file per piece of a streamed request body."""
 TAR_CONTENT_TYPE = "application/x-tar"
+METRICS_ACCEPT = "text/plain; version=0.0.4, text/plain;q=0.9, */*;q=0.1"
 
 
 @dataclass
 class Call(Generic[T]):
-    """One HTTP request and the parser of its JSON answer."""
+    """One HTTP request and the parser of its JSON answer (or, with ``text``,
+    of its body as text).
+    """
 
     method: str
     path: str
@@ -86,6 +90,9 @@ class Call(Generic[T]):
     headers: dict[str, str] | None = None
     missing_ok_after_retry: bool = False
     """A DELETE whose retry finds the thing gone: the first attempt did it."""
+    text: bool = False
+    """The successful answer is text, not JSON: ``parse`` gets the body decoded
+    as UTF-8 (invalid bytes replaced). Error answers are JSON all the same."""
 
     @property
     def idempotent(self) -> bool:
@@ -217,6 +224,8 @@ def parse_response(call: Call[T], status_code: int, body: bytes) -> T:
     """Check the status, decode the JSON body and parse it with the call's parser."""
     check_response(status_code, body)
     try:
+        if call.text:
+            return call.parse(body.decode("utf-8", errors="replace"))
         data = json.loads(body) if body else None
         return call.parse(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -295,9 +304,14 @@ def health() -> Call[bool]:
 
 
 def create_session(
-    image: str | None, ttl_seconds: int | None, workspace_id: str | None
+    image: str | None,
+    ttl_seconds: int | None,
+    workspace_id: str | None,
+    env: Mapping[str, str] | None = None,
 ) -> Call[SessionInfo]:
-    """``POST /v1/sessions``."""
+    """``POST /v1/sessions``; ``env`` is sent as the JSON object ``env``
+    (omitted when None; the daemon validates names and sizes).
+    """
     body: dict[str, Any] = {}
     if image is not None:
         body["image"] = image
@@ -305,6 +319,15 @@ def create_session(
         body["ttl_seconds"] = ttl_seconds
     if workspace_id is not None:
         body["workspace_id"] = workspace_id
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+        for name, value in env.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise TypeError(
+                    f"env must map str to str; got {type(name).__name__} -> {type(value).__name__}"
+                )
+        body["env"] = dict(env)
     return Call("POST", "/v1/sessions", lambda d: SessionInfo.from_json(_obj(d)), json=body)
 
 
@@ -361,6 +384,19 @@ def exec_stream(
         json=_exec_body(cmd, timeout_ms, raw_output),
         timeout=stream_timeout(base),
     )
+
+
+# ---------------------------------------------------------------- calls: pool and metrics
+
+
+def get_pool() -> Call[PoolInfo]:
+    """``GET /v1/pool``."""
+    return Call("GET", "/v1/pool", lambda d: PoolInfo.from_json(_obj(d)))
+
+
+def metrics() -> Call[str]:
+    """``GET /metrics``: the Prometheus text exposition, returned as it is."""
+    return Call("GET", "/metrics", str, headers={"Accept": METRICS_ACCEPT}, text=True)
 
 
 # ---------------------------------------------------------------- calls: files

@@ -1,3 +1,3 @@
 """The SDK's version (read by the build backend too)."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -16,7 +16,15 @@ from ._core import ArchiveInput, ExportDest, FileInput, TimeoutInput
 from ._sse import SSEDecoder, event_to_chunk
 from .exceptions import SandkastenStreamError, api_error_from_response
 from .session import Session
-from .types import ExecChunk, FileEntry, ReadResult, SessionInfo, SnapshotInfo, WorkspaceInfo
+from .types import (
+    ExecChunk,
+    FileEntry,
+    PoolInfo,
+    ReadResult,
+    SessionInfo,
+    SnapshotInfo,
+    WorkspaceInfo,
+)
 
 T = TypeVar("T")
 
@@ -168,8 +176,14 @@ class SandboxClient:
         image: str | None = None,
         ttl_seconds: int | None = None,
         workspace_id: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Session:
         """Create a session (``POST /v1/sessions``).
+
+        When the daemon has a pre-warmed pool for the image, a ready sandbox
+        is taken from it and given the workspace, env and TTL of this request
+        (``session.last_info.acquire_source == "pool"``); otherwise one is
+        started cold.
 
         Args:
             image: Image name; None for the daemon's ``default_image`` (``base``).
@@ -177,11 +191,18 @@ class SandboxClient:
                 its expiry to now + this. None for the daemon's default.
             workspace_id: Mount this persistent workspace at ``/workspace``
                 (created on first use). None for an ephemeral ``/workspace``.
+            env: Extra environment variables of the session's shell, sent as
+                the JSON object ``env``; they override the defaults (``PATH``,
+                ``HOME``, ...). Names are ``[A-Za-z_][A-Za-z0-9_]*``; at most
+                128 variables and 64 KiB of names and values; values must not
+                contain NUL. None sends no ``env``.
 
         Raises:
             InvalidImage, InvalidWorkspace, CapacityExhausted, WorkspaceDisabled.
+            InvalidRequest: A bad ``env`` name or value, or too many or too large.
+            TypeError: ``env`` is not a mapping of ``str`` to ``str`` (nothing is sent).
         """
-        info = await self._call(_core.create_session(image, ttl_seconds, workspace_id))
+        info = await self._call(_core.create_session(image, ttl_seconds, workspace_id, env))
         return self._session(info)
 
     async def get_session(self, session_id: str) -> Session:
@@ -195,6 +216,22 @@ class SandboxClient:
     async def list_sessions(self) -> builtins.list[SessionInfo]:
         """Every live session, oldest first (``GET /v1/sessions``)."""
         return await self._call(_core.list_sessions())
+
+    # ------------------------------------------------------------ pool and metrics
+
+    async def get_pool(self) -> PoolInfo:
+        """The pre-warmed pool per image (``GET /v1/pool``).
+
+        ``images`` is empty when the daemon runs without a pool. Counters
+        count since the daemon started.
+        """
+        return await self._call(_core.get_pool())
+
+    async def metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format (``GET /metrics``),
+        as the daemon sent them.
+        """
+        return await self._call(_core.metrics())
 
     # ------------------------------------------------------------ workspaces
 

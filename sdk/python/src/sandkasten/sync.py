@@ -27,6 +27,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    PoolInfo,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -167,9 +168,20 @@ class SyncSandboxClient:
         image: str | None = None,
         ttl_seconds: int | None = None,
         workspace_id: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> SyncSession:
-        """Create a session; see :meth:`sandkasten.SandboxClient.create_session`."""
-        return self._session(self._call(_core.create_session(image, ttl_seconds, workspace_id)))
+        """Create a session (``POST /v1/sessions``), from the pre-warmed pool
+        when one is ready; see :meth:`sandkasten.SandboxClient.create_session`.
+
+        Args:
+            image: Image name; None for the daemon's ``default_image``.
+            ttl_seconds: The session's own TTL; None for the daemon's default.
+            workspace_id: Persistent workspace mounted at ``/workspace``.
+            env: Extra environment variables of the session's shell (the JSON
+                object ``env``); None sends none.
+        """
+        call = _core.create_session(image, ttl_seconds, workspace_id, env)
+        return self._session(self._call(call))
 
     def get_session(self, session_id: str) -> SyncSession:
         """A live session by id; raises :class:`SessionNotFound`."""
@@ -178,6 +190,18 @@ class SyncSandboxClient:
     def list_sessions(self) -> builtins.list[SessionInfo]:
         """Every live session, oldest first."""
         return self._call(_core.list_sessions())
+
+    # ------------------------------------------------------------ pool and metrics
+
+    def get_pool(self) -> PoolInfo:
+        """The pre-warmed pool per image (``GET /v1/pool``); see
+        :meth:`sandkasten.SandboxClient.get_pool`.
+        """
+        return self._call(_core.get_pool())
+
+    def metrics(self) -> str:
+        """The Prometheus text of ``GET /metrics``, as the daemon sent it."""
+        return self._call(_core.metrics())
 
     # ------------------------------------------------------------ workspaces
 

@@ -16,6 +16,8 @@ __all__ = [
     "ExecResult",
     "FileEntry",
     "FileStat",
+    "ImagePoolInfo",
+    "PoolInfo",
     "ReadResult",
     "SessionInfo",
     "SessionStats",
@@ -297,6 +299,92 @@ class SnapshotInfo:
             created_at=data.get("created_at"),
             label=data.get("label"),
         )
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if value is not None else None
+
+
+@dataclass
+class ImagePoolInfo:
+    """One image's pre-warmed pool (an entry of :attr:`PoolInfo.images`).
+
+    Counters count since the daemon started.
+    """
+
+    target: int = 0
+    """Configured number of ready sandboxes (``pool.images.<image>``)."""
+
+    idle: int = 0
+    """Ready sandboxes waiting to be handed out."""
+
+    in_flight: int = 0
+    """Sandboxes being started to refill the pool."""
+
+    hits: int = 0
+    """Creates served from the pool."""
+
+    misses: int = 0
+    """Creates of this image served cold because no pooled sandbox was idle."""
+
+    discarded: int = 0
+    """Pooled sandboxes found dead or unresponsive and thrown away."""
+
+    recycled: int = 0
+    """Pooled sandboxes replaced after ``pool.max_idle_seconds`` unused."""
+
+    refill_failures: int = 0
+    """Failed attempts to start a pooled sandbox."""
+
+    last_error: str | None = None
+    """The last refill failure, if any."""
+
+    acquire_wait_p50_ms: float | None = None
+    """Median time a create spent taking and preparing a pooled sandbox, in
+    milliseconds, over the last 1024 hits; None before the first hit."""
+
+    acquire_wait_p95_ms: float | None = None
+    """95th percentile of the same; None before the first hit."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImagePoolInfo:
+        """Build from one value of ``images`` in ``GET /v1/pool``."""
+        return cls(
+            target=int(data.get("target") or 0),
+            idle=int(data.get("idle") or 0),
+            in_flight=int(data.get("in_flight") or 0),
+            hits=int(data.get("hits") or 0),
+            misses=int(data.get("misses") or 0),
+            discarded=int(data.get("discarded") or 0),
+            recycled=int(data.get("recycled") or 0),
+            refill_failures=int(data.get("refill_failures") or 0),
+            last_error=data.get("last_error"),
+            acquire_wait_p50_ms=_opt_float(data.get("acquire_wait_p50_ms")),
+            acquire_wait_p95_ms=_opt_float(data.get("acquire_wait_p95_ms")),
+        )
+
+
+@dataclass
+class PoolInfo:
+    """The daemon's pre-warmed pool (``GET /v1/pool``)."""
+
+    images: dict[str, ImagePoolInfo] = field(default_factory=dict)
+    """The pool of each pooled image, by image name; empty when the daemon has
+    no pool."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PoolInfo:
+        """Build from the body of ``GET /v1/pool``."""
+        images = data.get("images")
+        if images is None:
+            images = {}
+        if not isinstance(images, dict):
+            raise TypeError(f"images: expected a JSON object, got {type(images).__name__}")
+        for name, value in images.items():
+            if not isinstance(value, dict):
+                kind = type(value).__name__
+                raise TypeError(f"images.{name}: expected a JSON object, got {kind}")
+        return cls(images={str(k): ImagePoolInfo.from_json(v) for k, v in images.items()})
 
 
 @dataclass
