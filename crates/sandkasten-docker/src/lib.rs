@@ -30,9 +30,11 @@
 //! too (root in the container would not own the run directory).
 //!
 //! Differences from the native runtime: no workspace quotas (the local
-//! volume driver has no size limit), no snapshots, no workspace
-//! export/import yet; `network: full` is the engine's default bridge.
+//! volume driver has no size limit), no snapshots, workspace export is a
+//! live walk (not point-in-time), no workspace import yet; `network: full`
+//! is the engine's default bridge.
 
+mod export;
 mod hostfs;
 mod images;
 mod watch;
@@ -736,8 +738,9 @@ impl Runtime for DockerRuntime {
         quota_bytes: Option<u64>,
     ) -> Result<(), RuntimeError> {
         if quota_bytes.is_some() {
+            // The local volume driver has no size limit.
             return Err(RuntimeError::Unsupported(
-                "workspace quotas (the local volume driver has no size limit)".into(),
+                "workspace quotas".into(),
                 "docker",
             ));
         }
@@ -816,6 +819,21 @@ impl Runtime for DockerRuntime {
         })
         .await
         .map_err(|e| RuntimeError::Other(format!("file task failed: {e}")))?
+    }
+
+    fn export_workspace(
+        &self,
+        id: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<(), RuntimeError> {
+        // Called on a blocking thread of the runtime: wait for the engine
+        // here, then walk the volume on this thread.
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|e| RuntimeError::Other(format!("workspace export outside tokio: {e}")))?;
+        let root = rt
+            .block_on(self.workspace_root(id))?
+            .ok_or_else(|| RuntimeError::Other(format!("workspace {id} has no volume")))?;
+        export::export_tar(&root, out).map_err(io(format!("exporting workspace {id}")))
     }
 
     fn scratch_dir(&self) -> PathBuf {

@@ -283,6 +283,31 @@ async fn workspace_volumes_outlive_sessions() {
         other => panic!("{other:?}"),
     }
 
+    // Export: the content as a tar with relative paths and the user's
+    // ownership.
+    let mut tar_bytes = Vec::new();
+    tokio::task::block_in_place(|| h.rt.export_workspace(&ws, &mut tar_bytes)).unwrap();
+    let mut entries: Vec<(String, u64)> = tar::Archive::new(&tar_bytes[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().uid().unwrap(),
+            )
+        })
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            ("d".to_string(), 1000),
+            ("d/kept.txt".to_string(), 1000),
+            ("from-host.txt".to_string(), 1000)
+        ]
+    );
+
     // A new session sees both files, with the user's ownership.
     let spec = h.spec(WorkspaceMount::Persistent(ws.clone()));
     let sb = h.rt.create(spec).await.unwrap();

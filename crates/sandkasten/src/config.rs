@@ -25,6 +25,8 @@ pub struct Config {
     pub defaults: Defaults,
     pub workspace: Workspace,
     pub pool: Pool,
+    /// Settings of `runtime: docker`.
+    pub docker: Docker,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,8 +100,22 @@ impl Default for Config {
             defaults: Defaults::default(),
             workspace: Workspace::default(),
             pool: Pool::default(),
+            docker: Docker::default(),
         }
     }
+}
+
+/// The `docker:` section (used with `runtime: docker`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Docker {
+    /// Engine address, `unix:///path`; unset: `DOCKER_HOST`, else
+    /// `unix:///var/run/docker.sock`. Remote engines are not supported
+    /// (the agent binary, session sockets and volumes are host paths).
+    pub host: Option<String>,
+    /// OCI runtime the engine starts sandboxes with (e.g. `runsc`);
+    /// unset: the engine's default.
+    pub runtime: Option<String>,
 }
 
 impl Default for Defaults {
@@ -201,7 +217,7 @@ impl Config {
         }
         match self.runtime.as_str() {
             "native" => {}
-            "docker" => bail!("runtime: docker is not available in this build yet; use native"),
+            "docker" => {}
             other => bail!("runtime: unknown runtime {other:?} (native or docker)"),
         }
         if self.default_image.is_empty() {
@@ -247,7 +263,35 @@ impl Config {
         if d.tmp_size_mb == 0 {
             bail!("defaults.tmp_size_mb: must be at least 1");
         }
-        if let (true, Some(q)) = (self.workspace.enabled, self.workspace.quota_mb) {
+        if let Some(h) = &self.docker.host {
+            if !h
+                .strip_prefix("unix://")
+                .is_some_and(|p| p.starts_with('/'))
+            {
+                bail!(
+                    "docker.host: {h:?} is not a local engine socket (unix:///path); remote \
+                     engines (tcp://, ssh://) are not supported yet"
+                );
+            }
+        }
+        if let Some(r) = &self.docker.runtime {
+            let ok = !r.is_empty()
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                bail!("docker.runtime: {r:?} is not an OCI runtime name (like runsc)");
+            }
+        }
+        let docker = self.runtime == "docker";
+        if let (true, true, Some(q)) = (docker, self.workspace.enabled, self.workspace.quota_mb) {
+            if q > 0 {
+                bail!(
+                    "workspace.quota_mb: the docker runtime has no workspace quotas (its \
+                     volumes have no size limit); set 0 or leave it unset"
+                );
+            }
+        }
+        if let (false, true, Some(q)) = (docker, self.workspace.enabled, self.workspace.quota_mb) {
             if q > 0 && q < 128 {
                 bail!("workspace.quota_mb: must be 0 (no quota) or at least 128, got {q}");
             }
@@ -272,6 +316,7 @@ impl Config {
         }
         match d.network_mode.as_str() {
             "none" => {}
+            "full" if docker => {}
             "full" => bail!(
                 "defaults.network_mode: full is not available on the native runtime yet; use none"
             ),
@@ -312,6 +357,10 @@ impl Config {
 
     /// The default workspace quota in bytes (None: no quota).
     pub fn workspace_quota_bytes(&self) -> Option<u64> {
+        if self.runtime == "docker" {
+            // Volumes have no size limit (validated: no quota_mb > 0).
+            return None;
+        }
         let mb = match self.workspace.quota_mb {
             Some(mb) => mb,
             None => match sandkasten_native::workspace_quota_support() {
@@ -372,6 +421,44 @@ mod tests {
         // Disabled: the images are not used, so not checked.
         let cfg = Config::parse("pool:\n  enabled: false\n  images:\n    base: 99\n").unwrap();
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn docker_section_is_validated() {
+        let cfg = Config::parse(
+            "runtime: docker\ndocker:\n  host: unix:///run/docker.sock\n  runtime: runsc\n\
+             defaults:\n  network_mode: full\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.docker.runtime.as_deref(), Some("runsc"));
+        assert_eq!(cfg.workspace_quota_bytes(), None);
+        let err = Config::parse("docker:\n  bogus: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        for (yaml, key) in [
+            (
+                "runtime: docker\ndocker:\n  host: tcp://10.0.0.1:2375\n",
+                "docker.host",
+            ),
+            (
+                "runtime: docker\ndocker:\n  runtime: \"a b\"\n",
+                "docker.runtime",
+            ),
+            (
+                "runtime: docker\nworkspace:\n  quota_mb: 1024\n",
+                "workspace.quota_mb",
+            ),
+            ("defaults:\n  network_mode: full\n", "defaults.network_mode"),
+        ] {
+            let err = Config::parse(yaml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
     }
 
     #[test]

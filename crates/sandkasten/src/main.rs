@@ -249,10 +249,31 @@ fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
     })?)
 }
 
+/// The docker runtime on the configured (local) engine.
+async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let agent = install_agent(&cfg.data_dir)?;
+    Ok(
+        sandkasten_docker::DockerRuntime::new(sandkasten_docker::DockerConfig {
+            data_dir: cfg.data_dir.clone(),
+            agent_binary: agent,
+            host: cfg.docker.host.clone(),
+            oci_runtime: cfg.docker.runtime.clone(),
+            tmp_size_mb: cfg.defaults.tmp_size_mb,
+        })
+        .await?,
+    )
+}
+
 async fn serve(config: Option<PathBuf>) -> Result<()> {
     init_logging();
     let cfg = Config::load(config.as_deref())?;
-    let runtime: Arc<dyn Runtime> = Arc::new(native_runtime(&cfg)?);
+    let runtime: Arc<dyn Runtime> = match cfg.runtime.as_str() {
+        "docker" => Arc::new(docker_runtime(&cfg).await?),
+        _ => Arc::new(native_runtime(&cfg)?),
+    };
     let key = api_key(&cfg, true)?;
     let store = Arc::new(Store::open(&cfg.db_path())?);
     let shutdown = CancellationToken::new();
