@@ -116,6 +116,13 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
         v["output"], "/workspace\nit's \"quoted\" $HOME||\n",
         "env or cwd not bound: {v}"
     );
+    // The env outlives the shell: after `exit`, the next shell has it too
+    // (as a cold session's does).
+    d.exec(&ws_session, "exit 3");
+    assert_eq!(
+        d.sh(&ws_session, "echo \"$GREETING\"; pwd"),
+        "it's \"quoted\" $HOME\n/workspace\n"
+    );
     // The file is in the workspace itself, visible without a session.
     let r = d.get("/v1/workspaces/pooled-ws/fs/read?path=note.txt");
     assert_eq!(

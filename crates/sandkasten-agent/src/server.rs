@@ -206,6 +206,10 @@ fn handle(
         },
         Request::Mkdir { path, parents } => ok_or_error(agent.files.mkdir(&path, parents)),
         Request::Remove { path, recursive } => ok_or_error(agent.files.remove(&path, recursive)),
+        Request::SetEnv { env } => {
+            agent.shell.set_env(env);
+            Response::Ok
+        }
     };
     reply(response);
 }

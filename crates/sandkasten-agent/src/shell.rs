@@ -155,6 +155,9 @@ pub struct Shell {
     instance: Mutex<Option<Instance>>,
     /// Last known working directory of the shell.
     cwd: Mutex<String>,
+    /// Variables set after start (`SetEnv`), over `cfg.env`, for shells
+    /// started later.
+    extra_env: Mutex<Vec<(String, String)>>,
 }
 
 impl Shell {
@@ -168,6 +171,7 @@ impl Shell {
             }),
             turn: Condvar::new(),
             instance: Mutex::new(None),
+            extra_env: Mutex::new(Vec::new()),
             cwd: Mutex::new(cwd),
         }
     }
@@ -307,7 +311,25 @@ impl Shell {
                 dirs.push(d.to_string());
             }
         }
-        Instance::spawn(&self.cfg, &dirs)
+        let extra = lock(&self.extra_env);
+        if extra.is_empty() {
+            return Instance::spawn(&self.cfg, &dirs);
+        }
+        let mut cfg = self.cfg.clone();
+        for (k, v) in extra.iter() {
+            cfg.env.retain(|(ek, _)| ek != k);
+            cfg.env.push((k.clone(), v.clone()));
+        }
+        Instance::spawn(&cfg, &dirs)
+    }
+
+    /// Adds `env` to the environment of shells started from now on.
+    pub fn set_env(&self, env: Vec<(String, String)>) {
+        let mut extra = lock(&self.extra_env);
+        for (k, v) in env {
+            extra.retain(|(ek, _)| *ek != k);
+            extra.push((k, v));
+        }
     }
 }
 

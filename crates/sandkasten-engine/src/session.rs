@@ -616,6 +616,14 @@ impl Engine {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        if !env.is_empty() {
+            // For shells the agent starts later (after `exit`, a timeout).
+            match w.agent.call(Request::SetEnv { env: env.to_vec() }).await {
+                Ok(Response::Ok) => {}
+                Ok(other) => return Err(format!("setting env: unexpected reply {other:?}")),
+                Err(e) => return Err(format!("setting env: {e}")),
+            }
+        }
         let mut cmd = String::new();
         for (k, v) in env {
             cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));

@@ -170,7 +170,10 @@ impl RootedFs {
             Request::Stat { path } => self.stat(path).map_or_else(Response::from, Response::Stat),
             Request::Mkdir { path, parents } => done(self.mkdir(path, *parents)),
             Request::Remove { path, recursive } => done(self.remove(path, *recursive)),
-            Request::Ping | Request::Exec { .. } | Request::CancelExec { .. } => return None,
+            Request::Ping
+            | Request::Exec { .. }
+            | Request::CancelExec { .. }
+            | Request::SetEnv { .. } => return None,
         })
     }
 

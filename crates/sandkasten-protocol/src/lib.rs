@@ -77,6 +77,10 @@ pub enum Request {
     /// Remove a file, symlink or (when `recursive`) a directory tree.
     /// Answered with `Ok`.
     Remove { path: String, recursive: bool },
+    /// Adds (or replaces) variables of the shell's environment for every
+    /// shell started from now on (after `exit` or a timeout). The running
+    /// shell is not changed: export them in it too. Answered with `Ok`.
+    SetEnv { env: Vec<(String, String)> },
 }
 
 /// Agent -> daemon.
