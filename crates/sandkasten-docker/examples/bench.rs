@@ -3,7 +3,12 @@
 //!
 //! - exec round trip through our agent vs `docker exec <container> true`;
 //! - cold create (container + volume + agent listening) vs a bare
-//!   `docker run -d` (CLI) and a bare create+start (Engine API).
+//!   `docker run -d` (CLI) and a bare create+start (Engine API);
+//! - what a pooled create costs the runtime once a container is ready
+//!   (the engine's part: health ping, then with a workspace the late bind
+//!   and the shell re-entering `/workspace`), against the cold creates of
+//!   the same run. End to end over HTTP: `sandkasten bench --url` against
+//!   a docker daemon with a pool.
 //!
 //! `cargo run --release -p sandkasten-docker --example bench [-- N]`
 
@@ -12,7 +17,7 @@ mod common;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
-use sandkasten_runtime::{Runtime, WorkspaceMount};
+use sandkasten_runtime::{Request, Response, Runtime, WorkspaceMount};
 use std::process::Command;
 use std::time::Instant;
 
@@ -133,14 +138,51 @@ async fn main() {
         let rm = RemoveContainerOptionsBuilder::default().force(true).build();
         docker.remove_container(&name, Some(rm)).await.unwrap();
     }
+    // Pooled creates: containers started (untimed) like the pool's, then
+    // what taking one costs: the health ping, and with a workspace the
+    // late bind and `cd /workspace` in the shell.
+    let ws = common::unique("benchws");
+    h.rt.ensure_workspace(&ws, None).await.unwrap();
+    let mut pooled = Vec::new();
+    let mut pooled_ws = Vec::new();
+    for i in 0..2 * n {
+        let sb =
+            h.rt.create(h.spec(WorkspaceMount::Ephemeral))
+                .await
+                .unwrap();
+        common::ok(&sb.agent, "true").await;
+        let t = Instant::now();
+        match sb.agent.call(Request::Ping).await.unwrap() {
+            Response::Pong { .. } => {}
+            other => panic!("ping: {other:?}"),
+        }
+        if i % 2 == 1 {
+            h.rt.bind_workspace(&sb.handle, &ws).await.unwrap();
+            common::ok(&sb.agent, "cd /workspace && unset OLDPWD").await;
+            pooled_ws.push(t.elapsed().as_secs_f64() * 1e3);
+        } else {
+            pooled.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        h.rt.destroy(&sb.handle).await.unwrap();
+    }
+    h.rt.delete_workspace(&ws).await.unwrap();
+
     let c_ours = report("cold create (container+volume+agent)", &create);
     let c_cli = report("docker run -d (CLI, same image)", &run_cli);
     let c_api = report("create+start (Engine API, same image)", &run_api);
+    let p = report("pooled create, runtime part (ping)", &pooled);
+    let p_ws = report("pooled create with workspace (late bind)", &pooled_ws);
     println!(
         "docker exec / agent exec (p50): {:.1}x; cold create / docker run -d: {:.2}; \
          cold create / API create+start: {:.2}",
         e_theirs / e_ours,
         c_ours / c_cli,
         c_ours / c_api
+    );
+    println!(
+        "cold create / pooled create (p50): {:.0}x; cold create / pooled create with \
+         workspace (p50): {:.0}x",
+        c_ours / p,
+        c_ours / p_ws
     );
 }

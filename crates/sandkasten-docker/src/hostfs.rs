@@ -1,7 +1,6 @@
 //! What the daemon does on the host side of a local engine's files: the
-//! per-session run directories, a volume's root ownership, a volume's size
-//! (an fd-relative walk that never follows a symlink), and a process's
-//! start time.
+//! per-session run directories, a volume's root ownership, and a volume's
+//! size (an fd-relative walk that never follows a symlink).
 
 use std::ffi::CStr;
 use std::io;
@@ -137,13 +136,6 @@ pub fn remove_run_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,11 +177,5 @@ mod tests {
         assert!(!run.exists());
         assert!(Path::new("/etc").is_dir());
         remove_run_dir(&run).unwrap();
-    }
-
-    #[test]
-    fn start_time_of_self() {
-        assert!(start_time(std::process::id() as i32).unwrap() > 0);
-        assert!(start_time(-1).is_none());
     }
 }

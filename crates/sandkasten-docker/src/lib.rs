@@ -6,7 +6,8 @@
 //! Per session `<id>`:
 //! ```text
 //! container sandkasten-<id>        labels sandkasten.session_id, .image, .workspace_id,
-//!                                  .data_dir (which daemon owns it)
+//!                                  .data_dir (which daemon owns it); .workspace_id is
+//!                                  empty for a pooled container (see late binding)
 //!   /.sandkasten/agent             <data_dir>/bin/sandkasten-agent-<hash>, bound read-only,
 //!                                  the entrypoint: `sandkasten-agent container`
 //!   /.sandkasten/run               <data_dir>/docker/<id>/ (host, 0700 root): config.json
@@ -28,6 +29,35 @@
 //! mount points are host paths. A remote engine (`tcp://`, `ssh://`) is
 //! refused at start. An engine with user namespace remapping is refused
 //! too (root in the container would not own the run directory).
+//!
+//! Late binding (a pooled container taking a persistent workspace): the
+//! daemon clones a detached bind mount of the workspace volume's host mount
+//! point (`open_tree`, nosuid, nodev) and moves it onto `/workspace` inside
+//! the container's mount namespace, entered through a pidfd of its PID 1
+//! proven by pid and start time (`sandkasten_runtime::latebind`, shared
+//! with the native runtime). Docker does not know about that mount:
+//!
+//! - labels are fixed at create, so a pooled container's
+//!   `sandkasten.workspace_id` label stays empty. Nothing reads that label
+//!   back: the daemon's store records each session's workspace, and
+//!   recovery, "in use" and workspace deletion go by the store (the
+//!   daemon's engine answers 409 `WORKSPACE_IN_USE` itself);
+//! - the container does not reference the volume, so Docker's own refusal
+//!   to remove a volume in use (409) covers only containers created with
+//!   it: never call [`Runtime::delete_workspace`] for a workspace a
+//!   session uses (the engine does not).
+//!
+//! Late binding needs the `runc` OCI runtime (gVisor or a VM runtime keeps
+//! its own mount table) and the engine's processes in this daemon's pid
+//! namespace; otherwise [`Runtime::can_bind_workspace`] is false and the
+//! engine starts creates with a workspace cold.
+//!
+//! A workspace named like a session (`workspace.persist_by_default` names
+//! it after the session; a pooled session's id is its container's) is that
+//! session's ephemeral volume `sandkasten-ws-<id>`, labelled as ephemeral
+//! and immutable: `ensure_workspace` then records it under
+//! `<data_dir>/docker-kept/<id>`, and destroy never removes a volume
+//! recorded there (workspace deletion removes the record).
 //!
 //! Differences from the native runtime: no workspace quotas (the local
 //! volume driver has no size limit), no snapshots, workspace export is a
@@ -52,8 +82,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
-    SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
+    latebind, AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError,
+    Sandbox, SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +128,9 @@ pub struct DockerConfig {
 pub struct DockerRuntime {
     cfg: DockerConfig,
     docker: Docker,
+    /// Whether a workspace can be mounted into a running container (see
+    /// the module docs).
+    late_bind: bool,
 }
 
 /// Maps an engine error to a runtime error with what was being done.
@@ -136,6 +169,31 @@ fn engine_socket(host: Option<&str>) -> Result<String, RuntimeError> {
              with the engine through the host's filesystem"
         ))),
     }
+}
+
+/// Whether the processes of the engine behind `socket` are visible in this
+/// process's pid namespace (the peer's pid as the kernel reports it to us:
+/// 0 when it lives in a pid namespace we cannot see). Container PID 1s are
+/// then ours to open by pid.
+fn engine_pids_visible(socket: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(conn) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    // SAFETY: a zeroed ucred is a valid out buffer.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt on our connected socket with a buffer of `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    r == 0 && cred.pid > 0 && Path::new(&format!("/proc/{}", cred.pid)).exists()
 }
 
 /// The name of a workspace's volume (also an ephemeral session's, by its
@@ -211,13 +269,29 @@ impl DockerRuntime {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
         hostfs::private_dir(&runs).map_err(io(format!("creating {}", runs.display())))?;
+        let kept = cfg.data_dir.join("docker-kept");
+        hostfs::private_dir(&kept).map_err(io(format!("creating {}", kept.display())))?;
+        // Late binding enters a container's mount namespace through its
+        // PID 1: that needs runc (gVisor or a VM keeps its own mounts) and
+        // the engine's pids in our pid namespace.
+        let oci = cfg
+            .oci_runtime
+            .clone()
+            .or(info.default_runtime.clone())
+            .unwrap_or_else(|| "runc".into());
+        let late_bind = oci == "runc" && engine_pids_visible(&socket);
         tracing::info!(
             engine = %socket,
             api = %docker.client_version(),
-            oci_runtime = ?cfg.oci_runtime,
+            oci_runtime = %oci,
+            late_bind,
             "docker runtime ready"
         );
-        Ok(DockerRuntime { cfg, docker })
+        Ok(DockerRuntime {
+            cfg,
+            docker,
+            late_bind,
+        })
     }
 
     /// The engine client (for tests and tools).
@@ -232,6 +306,12 @@ impl DockerRuntime {
 
     fn data_dir_label(&self) -> String {
         self.cfg.data_dir.display().to_string()
+    }
+
+    /// The record that the ephemeral volume of session `id` became the
+    /// persistent workspace `id` (see the module docs).
+    fn kept_marker(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("docker-kept").join(id)
     }
 
     /// The shell's environment: our defaults, then the image's own (its
@@ -277,12 +357,14 @@ impl DockerRuntime {
         env
     }
 
-    /// Creates (or finds) a volume and gives its root to the sandbox user.
+    /// Creates (or finds) a volume and gives its root to the sandbox user;
+    /// returns its host mount point and its labels (an existing volume's
+    /// own, which may differ from `labels`).
     async fn ensure_volume(
         &self,
         name: &str,
         labels: HashMap<String, String>,
-    ) -> Result<PathBuf, RuntimeError> {
+    ) -> Result<(PathBuf, HashMap<String, String>), RuntimeError> {
         let v = self
             .docker
             .create_volume(VolumeCreateRequest {
@@ -302,6 +384,28 @@ impl DockerRuntime {
         }
         hostfs::own_volume_root(&root, SANDBOX_UID)
             .map_err(io(format!("giving volume {name} to the sandbox user")))?;
+        Ok((root, v.labels))
+    }
+
+    /// Creates workspace `id`'s volume unless it exists; returns its host
+    /// mount point. A volume that is the ephemeral volume of session `id`
+    /// is recorded as kept (its labels cannot change).
+    async fn ensure_workspace_volume(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let labels = HashMap::from([
+            (LABEL_WORKSPACE.to_string(), "true".to_string()),
+            (LABEL_WORKSPACE_ID.to_string(), id.to_string()),
+            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
+        ]);
+        let (root, found) = self.ensure_volume(&volume_name(id), labels).await?;
+        if found.get(LABEL_SESSION).map(String::as_str) == Some(id) {
+            let marker = self.kept_marker(id);
+            if !marker.exists() {
+                std::fs::write(&marker, b"").map_err(io(format!(
+                    "recording that volume {} is workspace {id}",
+                    volume_name(id)
+                )))?;
+            }
+        }
         Ok(root)
     }
 
@@ -338,7 +442,7 @@ impl DockerRuntime {
         hostfs::private_dir(&run).map_err(io(format!("creating {}", run.display())))?;
         let (volume, workspace_label) = match &spec.workspace {
             WorkspaceMount::Persistent(ws) => {
-                self.ensure_workspace(ws, None).await?;
+                self.ensure_workspace_volume(ws).await?;
                 (volume_name(ws), ws.clone())
             }
             WorkspaceMount::Ephemeral => {
@@ -565,7 +669,7 @@ impl DockerRuntime {
             pid,
             // 0 when the engine's pids are not ours to read (another pid
             // namespace); identity then rests on the container alone.
-            start_time: hostfs::start_time(pid).unwrap_or(0),
+            start_time: latebind::start_time(pid).unwrap_or(0),
         })
     }
 
@@ -635,10 +739,11 @@ impl Runtime for DockerRuntime {
             Err(e) => return Err(api_err(format!("removing container {name}"))(e)),
         }
         // The ephemeral volume carries its session's id; a persistent
-        // workspace's volume never does, so it is never removed here.
+        // workspace's volume never does, so it is never removed here, nor
+        // is an ephemeral one that became a workspace of the same name.
         let vol = volume_name(id);
         match self.docker.inspect_volume(&vol).await {
-            Ok(v) if v.labels.get(LABEL_SESSION) == Some(id) => {
+            Ok(v) if v.labels.get(LABEL_SESSION) == Some(id) && !self.kept_marker(id).exists() => {
                 match self
                     .docker
                     .remove_volume(&vol, None::<bollard::query_parameters::RemoveVolumeOptions>)
@@ -744,16 +849,12 @@ impl Runtime for DockerRuntime {
                 "docker",
             ));
         }
-        let labels = HashMap::from([
-            (LABEL_WORKSPACE.to_string(), "true".to_string()),
-            (LABEL_WORKSPACE_ID.to_string(), id.to_string()),
-            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
-        ]);
-        self.ensure_volume(&volume_name(id), labels)
-            .await
-            .map(|_| ())
+        self.ensure_workspace_volume(id).await.map(|_| ())
     }
 
+    /// The engine refuses this while a session uses the workspace: a
+    /// late-bound volume is not referenced by its container, so the
+    /// engine's own 409 covers only containers created with it.
     async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
         let name = volume_name(id);
         match self
@@ -761,12 +862,20 @@ impl Runtime for DockerRuntime {
             .remove_volume(&name, Some(RemoveVolumeOptionsBuilder::default().build()))
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) if status_of(&e) == Some(409) => Err(RuntimeError::Other(format!(
-                "workspace {id} is still mounted by a container"
-            ))),
-            Err(e) => Err(api_err(format!("removing volume {name}"))(e)),
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) if status_of(&e) == Some(409) => {
+                return Err(RuntimeError::Other(format!(
+                    "workspace {id} is still mounted by a container"
+                )))
+            }
+            Err(e) => return Err(api_err(format!("removing volume {name}"))(e)),
+        }
+        match std::fs::remove_file(self.kept_marker(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RuntimeError::io(format!("forgetting workspace {id}"), e))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -834,6 +943,32 @@ impl Runtime for DockerRuntime {
             .block_on(self.workspace_root(id))?
             .ok_or_else(|| RuntimeError::Other(format!("workspace {id} has no volume")))?;
         export::export_tar(&root, out).map_err(io(format!("exporting workspace {id}")))
+    }
+
+    fn can_bind_workspace(&self) -> bool {
+        self.late_bind
+    }
+
+    async fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
+        if !self.late_bind {
+            return Err(RuntimeError::Unsupported(
+                "mounting a workspace into a running container (needs runc and the \
+                 engine's processes in the daemon's pid namespace)"
+                    .into(),
+                "docker",
+            ));
+        }
+        let root = self.ensure_workspace_volume(id).await?;
+        let pidfd = latebind::open_verified(handle.pid, handle.start_time)
+            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
+        let what = format!("mounting workspace {id} into container {}", handle.id);
+        tokio::task::spawn_blocking(move || {
+            let mount = latebind::clone_dir(&root)?;
+            latebind::move_into(pidfd, mount, "/workspace")
+        })
+        .await
+        .map_err(|e| RuntimeError::Other(format!("late-bind task failed: {e}")))?
+        .map_err(io(what))
     }
 
     fn scratch_dir(&self) -> PathBuf {

@@ -458,3 +458,170 @@ async fn images_and_failed_creates() {
     assert!(!after.iter().any(|i| i.name == copy));
     assert!(after.iter().any(|i| i.name == h.image));
 }
+
+/// Host mount points below the volumes' directories (none must appear:
+/// a late-bound mount lives in the container's namespace only).
+fn host_mounts_of(vol: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(vol))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_binding_mounts_a_workspace_into_a_running_container() {
+    let h = Harness::new().await;
+    assert!(
+        h.rt.can_bind_workspace(),
+        "late binding is off on a local runc engine"
+    );
+    // A pooled container: started with an ephemeral workspace.
+    let spec = h.spec(WorkspaceMount::Ephemeral);
+    let id = spec.id.clone();
+    let sb = h.rt.create(spec).await.unwrap();
+    ok(&sb.agent, "echo ephemeral > /workspace/eph").await;
+
+    // The workspace volume does not exist yet: binding creates it.
+    let ws = unique("late");
+    let vol = volume_name(&ws);
+    assert!(!volume_exists(&h.rt, &vol).await);
+    // A handle that is not this container's PID 1 is refused.
+    let wrong = SandboxHandle {
+        start_time: sb.handle.start_time + 1,
+        ..sb.handle.clone()
+    };
+    assert!(matches!(
+        h.rt.bind_workspace(&wrong, &ws).await,
+        Err(RuntimeError::Gone(_))
+    ));
+    h.rt.bind_workspace(&sb.handle, &ws).await.unwrap();
+    let v = h.rt.docker().inspect_volume(&vol).await.unwrap();
+    assert_eq!(
+        v.labels.get("sandkasten.workspace").map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        host_mounts_of(&vol).is_empty(),
+        "the late-bound mount reached the host: {:?}",
+        host_mounts_of(&vol)
+    );
+
+    // The shell re-enters /workspace (as the engine does) and sees the
+    // workspace, not the ephemeral volume below it.
+    let r = run(&sb.agent, "cd /workspace && pwd; echo x > f; ls").await;
+    assert_eq!((r.exit_code, r.output.as_str()), (0, "/workspace\nf\n"));
+    assert_eq!(ok(&sb.agent, "stat -c %u f").await, "1000\n");
+    let opts = ok(
+        &sb.agent,
+        "grep ' /workspace ' /proc/self/mountinfo | tail -1 | cut -d' ' -f6",
+    )
+    .await;
+    assert!(
+        opts.contains("nosuid") && opts.contains("nodev"),
+        "mount options of the late-bound /workspace: {opts}"
+    );
+    // The agent's file operations see it too.
+    match sb
+        .agent
+        .call(Request::ReadFile {
+            path: "/workspace/f".into(),
+            max_bytes: None,
+        })
+        .await
+        .unwrap()
+    {
+        Response::FileData { data, .. } => assert_eq!(data, b"x\n"),
+        other => panic!("{other:?}"),
+    }
+    // Session-less access reads the same file.
+    let read = |path: &str| Request::ReadFile {
+        path: path.into(),
+        max_bytes: None,
+    };
+    match h.rt.workspace_file(&ws, read("/f")).await.unwrap() {
+        Response::FileData { data, .. } => assert_eq!(data, b"x\n"),
+        other => panic!("{other:?}"),
+    }
+    // Labels are fixed at create: the pooled container's stays empty.
+    let c =
+        h.rt.docker()
+            .inspect_container(&container_name(&id), None)
+            .await
+            .unwrap();
+    let labels = c.config.unwrap().labels.unwrap();
+    assert_eq!(
+        labels.get("sandkasten.workspace_id").map(String::as_str),
+        Some("")
+    );
+
+    // Two pooled containers can share one workspace.
+    let other =
+        h.rt.create(h.spec(WorkspaceMount::Ephemeral))
+            .await
+            .unwrap();
+    h.rt.bind_workspace(&other.handle, &ws).await.unwrap();
+    assert_eq!(ok(&other.agent, "cd /workspace && cat f").await, "x\n");
+    h.rt.destroy(&other.handle).await.unwrap();
+    assert_gone(&h, &other.handle.id).await;
+
+    // Destroy removes the container and its ephemeral volume; the
+    // workspace keeps f.
+    h.rt.destroy(&sb.handle).await.unwrap();
+    assert_gone(&h, &id).await;
+    assert!(volume_exists(&h.rt, &vol).await);
+    match h.rt.workspace_file(&ws, read("/f")).await.unwrap() {
+        Response::FileData { data, .. } => assert_eq!(data, b"x\n"),
+        other => panic!("{other:?}"),
+    }
+    // ... and a cold session with it sees f.
+    let sb =
+        h.rt.create(h.spec(WorkspaceMount::Persistent(ws.clone())))
+            .await
+            .unwrap();
+    assert_eq!(ok(&sb.agent, "cat f").await, "x\n");
+    h.rt.destroy(&sb.handle).await.unwrap();
+    h.rt.delete_workspace(&ws).await.unwrap();
+    assert!(!volume_exists(&h.rt, &vol).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_named_after_its_pooled_container_survives_it() {
+    // workspace.persist_by_default names the workspace after the session,
+    // and a pooled session's id is its container's: the workspace is the
+    // container's own ephemeral volume.
+    let h = Harness::new().await;
+    let spec = h.spec(WorkspaceMount::Ephemeral);
+    let id = spec.id.clone();
+    let sb = h.rt.create(spec).await.unwrap();
+    h.rt.ensure_workspace(&id, None).await.unwrap();
+    h.rt.bind_workspace(&sb.handle, &id).await.unwrap();
+    ok(&sb.agent, "cd /workspace && echo kept > k").await;
+    h.rt.destroy(&sb.handle).await.unwrap();
+    assert!(!container_exists(&h.rt, &container_name(&id)).await);
+    assert!(
+        volume_exists(&h.rt, &volume_name(&id)).await,
+        "the workspace went with its session"
+    );
+    // A second destroy (recovery after a crash) keeps it too.
+    h.rt.destroy(&sb.handle).await.unwrap();
+    match h
+        .rt
+        .workspace_file(
+            &id,
+            Request::ReadFile {
+                path: "/k".into(),
+                max_bytes: None,
+            },
+        )
+        .await
+        .unwrap()
+    {
+        Response::FileData { data, .. } => assert_eq!(data, b"kept\n"),
+        other => panic!("{other:?}"),
+    }
+    h.rt.delete_workspace(&id).await.unwrap();
+    assert!(!volume_exists(&h.rt, &volume_name(&id)).await);
+    assert!(!h.data_dir().join("docker-kept").join(&id).exists());
+}

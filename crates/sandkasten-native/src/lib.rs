@@ -22,7 +22,6 @@
 mod cgroups;
 mod fsutil;
 mod image;
-mod latebind;
 mod layers;
 mod process;
 mod wsimage;
@@ -36,6 +35,7 @@ use async_trait::async_trait;
 use sandkasten_protocol::{
     AgentConfig, BindMount, BlockMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
 };
+use sandkasten_runtime::latebind;
 use sandkasten_runtime::{
     AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
     SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,

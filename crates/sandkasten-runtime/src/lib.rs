@@ -3,6 +3,8 @@
 //! every backend uses to talk to our in-sandbox agent.
 
 mod agent_client;
+#[cfg(target_os = "linux")]
+pub mod latebind;
 
 pub use agent_client::{AgentClient, ExecHandle};
 pub use sandkasten_protocol::{
