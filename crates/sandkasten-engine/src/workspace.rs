@@ -384,6 +384,9 @@ impl Engine {
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
     buf: Vec<u8>,
+    /// Told when the first chunk is on its way, so that the export's
+    /// caller answers only then (see [`Engine::export_workspace`]).
+    started: Option<tokio::sync::oneshot::Sender<Result<(), RuntimeError>>>,
 }
 
 /// Size of the chunks an export streams.
@@ -403,12 +406,16 @@ impl std::io::Write for ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+        let sent = self.tx.blocking_send(Ok(chunk)).map_err(|_| {
             std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
                 "the client stopped reading the export",
             )
-        })
+        });
+        if let Some(started) = self.started.take() {
+            let _ = started.send(Ok(()));
+        }
+        sent
     }
 }
 
@@ -471,9 +478,12 @@ impl Engine {
         result
     }
 
-    /// Streams workspace `id` as a tar, in chunks; an error mid-way ends
-    /// the stream with it. Consistent (a temporary snapshot) where the
-    /// runtime can snapshot.
+    /// Streams workspace `id` as a tar, in chunks. Returns once the first
+    /// chunk is ready, so a failure before it (a runtime without export,
+    /// a snapshot that cannot be taken, a missing volume) is an error
+    /// response, never a 200 with an empty body; an error later ends the
+    /// stream with it. Consistent (a temporary snapshot) where the runtime
+    /// can snapshot.
     pub async fn export_workspace(
         &self,
         id: &str,
@@ -481,17 +491,35 @@ impl Engine {
         self.record(id)?;
         let guard = self.hold(id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
         let runtime = self.inner.runtime.clone();
         let id = id.to_string();
+        let task_id = id.clone();
         tokio::task::spawn_blocking(move || {
+            let id = task_id;
             let mut w = ChannelWriter {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(EXPORT_CHUNK),
+                started: Some(started_tx),
             };
-            let r = runtime
-                .export_workspace(&id, &mut w)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|_| std::io::Write::flush(&mut w));
+            let r = runtime.export_workspace(&id, &mut w);
+            let r = match r {
+                Err(e) => match w.started.take() {
+                    // Nothing sent yet: the caller answers with the error.
+                    Some(started) => {
+                        drop(guard);
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                    None => Err(std::io::Error::other(e.to_string())),
+                },
+                Ok(()) => std::io::Write::flush(&mut w).map(|()| {
+                    // An export of nothing at all is an empty body.
+                    if let Some(started) = w.started.take() {
+                        let _ = started.send(Ok(()));
+                    }
+                }),
+            };
             drop(guard);
             if let Err(e) = r {
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -500,7 +528,16 @@ impl Engine {
                 }
             }
         });
-        Ok(rx)
+        match started.await {
+            Ok(Ok(())) => Ok(rx),
+            Ok(Err(e)) => {
+                tracing::debug!(workspace = %id, "export refused: {e}");
+                Err(rt("exporting the workspace")(e))
+            }
+            Err(_) => Err(EngineError::Internal(format!(
+                "the export of workspace {id} ended without a result"
+            ))),
+        }
     }
 
     /// Where an upload to import may be spooled.
@@ -813,6 +850,199 @@ mod tests {
         let ids: Vec<&str> = plan.delete.iter().map(|(i, _)| i.as_str()).collect();
         // "a" is oldest but mounted; "b" then "c" go, leaving 200 bytes.
         assert_eq!(ids, vec!["b", "c"]);
+    }
+
+    /// What the fake runtime's export does.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Export {
+        /// The trait's default: unsupported.
+        Default,
+        /// Fails before writing anything.
+        FailFirst,
+        /// Writes `n` bytes, then fails.
+        FailAfter(usize),
+        /// Writes `n` bytes.
+        Bytes(usize),
+    }
+
+    /// A runtime with workspaces only (no sandboxes), for the engine's
+    /// export path.
+    struct FakeRuntime(Export);
+
+    fn nope<T>() -> Result<T, RuntimeError> {
+        Err(RuntimeError::Unsupported("sandboxes".into(), "fake"))
+    }
+
+    #[async_trait::async_trait]
+    impl sandkasten_runtime::Runtime for FakeRuntime {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn create(
+            &self,
+            _: sandkasten_runtime::SandboxSpec,
+        ) -> Result<sandkasten_runtime::Sandbox, RuntimeError> {
+            nope()
+        }
+        async fn attach(
+            &self,
+            h: &sandkasten_runtime::SandboxHandle,
+        ) -> Result<sandkasten_runtime::Sandbox, RuntimeError> {
+            Err(RuntimeError::Gone(h.id.clone()))
+        }
+        async fn destroy(&self, _: &sandkasten_runtime::SandboxHandle) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn stats(
+            &self,
+            _: &sandkasten_runtime::SandboxHandle,
+        ) -> Result<sandkasten_runtime::SandboxStats, RuntimeError> {
+            nope()
+        }
+        async fn list_images(&self) -> Result<Vec<sandkasten_runtime::ImageInfo>, RuntimeError> {
+            Ok(Vec::new())
+        }
+        async fn import_image(
+            &self,
+            _: &str,
+            _: std::path::PathBuf,
+        ) -> Result<sandkasten_runtime::ImageInfo, RuntimeError> {
+            nope()
+        }
+        async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
+            nope()
+        }
+        async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+            Ok(Vec::new())
+        }
+        async fn ensure_workspace(&self, _: &str, _: Option<u64>) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn delete_workspace(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn workspace_size(&self, _: &str) -> Result<Option<u64>, RuntimeError> {
+            Ok(Some(0))
+        }
+        async fn snapshot_workspace(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
+            nope()
+        }
+        async fn delete_snapshot(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
+            nope()
+        }
+        async fn restore_snapshot(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
+            nope()
+        }
+        async fn workspace_file(&self, _: &str, _: Request) -> Result<Response, RuntimeError> {
+            nope()
+        }
+        fn export_workspace(
+            &self,
+            id: &str,
+            out: &mut (dyn std::io::Write + Send),
+        ) -> Result<(), RuntimeError> {
+            let write = |out: &mut (dyn std::io::Write + Send), n: usize| {
+                out.write_all(&vec![7u8; n])
+                    .map_err(|e| RuntimeError::io("writing", e))
+            };
+            match self.0 {
+                Export::Default => Err(RuntimeError::Unsupported(
+                    "workspace export".into(),
+                    self.name(),
+                )),
+                Export::FailFirst => Err(RuntimeError::Other(format!("no volume for {id}"))),
+                Export::FailAfter(n) => {
+                    write(out, n)?;
+                    Err(RuntimeError::Other("disk on fire".into()))
+                }
+                Export::Bytes(n) => write(out, n),
+            }
+        }
+    }
+
+    async fn engine_with(export: Export) -> (Engine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            sandkasten_store::Store::open(&dir.path().join("db.sqlite")).unwrap(),
+        );
+        let engine = Engine::start(
+            crate::EngineConfig::default(),
+            std::sync::Arc::new(FakeRuntime(export)),
+            store,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        engine
+            .create_workspace(CreateWorkspace {
+                id: "w".into(),
+                quota_bytes: None,
+                labels: Default::default(),
+                from_snapshot: None,
+            })
+            .await
+            .unwrap();
+        (engine, dir)
+    }
+
+    /// Everything the stream yields: the bytes, and whether it ended with
+    /// an error.
+    async fn drain(mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> (usize, bool) {
+        let (mut n, mut failed) = (0, false);
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok(chunk) => n += chunk.len(),
+                Err(_) => failed = true,
+            }
+        }
+        (n, failed)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_export_that_fails_before_its_first_byte_is_an_error_not_a_stream() {
+        let (engine, _dir) = engine_with(Export::Default).await;
+        match engine.export_workspace("w").await {
+            Err(EngineError::InvalidRequest(m)) => {
+                assert!(m.contains("not supported by the fake runtime"), "{m}")
+            }
+            Err(other) => panic!("unsupported export: {other:?}"),
+            Ok(_) => panic!("an unsupported export answered with a stream"),
+        }
+        // The workspace is not left held: it can be deleted.
+        engine.delete_workspace("w").await.unwrap();
+
+        let (engine, _dir) = engine_with(Export::FailFirst).await;
+        match engine.export_workspace("w").await {
+            Err(EngineError::Runtime { source, .. }) => {
+                assert!(source.to_string().contains("no volume for w"), "{source}")
+            }
+            Err(other) => panic!("failed export: {other:?}"),
+            Ok(_) => panic!("a failed export answered with a stream"),
+        }
+        engine.delete_workspace("w").await.unwrap();
+        assert!(matches!(
+            engine.export_workspace("nope").await,
+            Err(EngineError::WorkspaceNotFound(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_export_streams_and_a_late_failure_ends_the_stream() {
+        // Smaller than a chunk, larger than several, and nothing at all.
+        for n in [10, 3 * EXPORT_CHUNK + 5, 0] {
+            let (engine, _dir) = engine_with(Export::Bytes(n)).await;
+            let rx = engine.export_workspace("w").await.unwrap();
+            assert_eq!(drain(rx).await, (n, false), "export of {n} bytes");
+            engine.delete_workspace("w").await.unwrap();
+        }
+        // An error after the first chunk went out: the stream carries it
+        // (the client sees a truncated body).
+        let n = 2 * EXPORT_CHUNK;
+        let (engine, _dir) = engine_with(Export::FailAfter(n)).await;
+        let rx = engine.export_workspace("w").await.unwrap();
+        let (got, failed) = drain(rx).await;
+        assert!(failed, "the late failure was not reported");
+        assert!(got >= EXPORT_CHUNK && got <= n, "{got}");
     }
 
     #[test]
