@@ -291,7 +291,7 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
-    tracing::info!(%addr, runtime = "native", data_dir = %cfg.data_dir.display(), "sandkasten ready");
+    tracing::info!(%addr, runtime = %cfg.runtime, data_dir = %cfg.data_dir.display(), "sandkasten ready");
 
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
@@ -379,7 +379,11 @@ async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
 
 async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
     let cfg = Config::load(config.as_deref())?;
-    let rt = native_runtime(&cfg)?;
+    // The configured runtime's images: the native store, or the engine's.
+    let rt: Arc<dyn Runtime> = match cfg.runtime.as_str() {
+        "docker" => Arc::new(docker_runtime(&cfg).await?),
+        _ => Arc::new(native_runtime(&cfg)?),
+    };
     match cmd {
         ImageCommand::Ls => {
             println!("{:<24} {:<20} SIZE", "NAME", "DIGEST");
