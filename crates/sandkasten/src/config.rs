@@ -70,7 +70,8 @@ pub struct Pool {
     pub max_idle_seconds: u64,
     /// Sandboxes started at the same time to refill the pool (all images
     /// together), so refills never take every core from live requests.
-    pub max_concurrent_fills: usize,
+    /// Unset: half the CPUs (at least 1, at most 4).
+    pub max_concurrent_fills: Option<usize>,
 }
 
 impl Default for Pool {
@@ -79,7 +80,7 @@ impl Default for Pool {
             enabled: false,
             images: BTreeMap::new(),
             max_idle_seconds: 1800,
-            max_concurrent_fills: 2,
+            max_concurrent_fills: None,
         }
     }
 }
@@ -345,14 +346,21 @@ impl Config {
             if self.pool.max_idle_seconds == 0 {
                 bail!("pool.max_idle_seconds: must be at least 1");
             }
-            if !(1..=16).contains(&self.pool.max_concurrent_fills) {
-                bail!(
-                    "pool.max_concurrent_fills: must be 1 to 16, got {}",
-                    self.pool.max_concurrent_fills
-                );
+            if let Some(n) = self.pool.max_concurrent_fills {
+                if !(1..=16).contains(&n) {
+                    bail!("pool.max_concurrent_fills: must be 1 to 16, got {n}");
+                }
             }
         }
         Ok(())
+    }
+
+    /// Fills of the pool at once: as configured, else half the CPUs (1–4).
+    pub fn pool_fill_slots(&self) -> usize {
+        self.pool.max_concurrent_fills.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cpus / 2).clamp(1, 4)
+        })
     }
 
     /// The default workspace quota in bytes (None: no quota).

@@ -231,7 +231,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
                 Default::default()
             },
             max_idle: std::time::Duration::from_secs(cfg.pool.max_idle_seconds),
-            max_concurrent_fills: cfg.pool.max_concurrent_fills,
+            max_concurrent_fills: cfg.pool_fill_slots(),
         },
         ..EngineConfig::default()
     }
