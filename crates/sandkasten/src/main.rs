@@ -3,6 +3,7 @@
 
 mod bench;
 mod config;
+mod imagebuild;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -86,6 +87,9 @@ enum ImageCommand {
     Import { name: String, file: PathBuf },
     /// Remove an image.
     Rm { name: String },
+    /// Build sandbox-runtime:NAME (base, python, node) from the recipes in
+    /// images/ with debootstrap, cached, into the native store or Docker.
+    Build(imagebuild::BuildArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -412,6 +416,7 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
             rt.remove_image(&name).await?;
             println!("{name}");
         }
+        ImageCommand::Build(args) => imagebuild::run(args, &cfg, rt).await?,
     }
     Ok(())
 }
