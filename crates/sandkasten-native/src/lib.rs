@@ -592,8 +592,13 @@ impl Runtime for NativeRuntime {
             if img.exists() {
                 return Ok(());
             }
-            wsimage::create(&img, quota, self.ids.host_user)
-                .map_err(io(format!("creating workspace image {id}")))
+            let created = wsimage::create(&img, quota, self.ids.host_user)
+                .map_err(io(format!("creating workspace image {id}")));
+            if created.is_err() {
+                // Nothing of the failed workspace stays behind.
+                let _ = std::fs::remove_file(img.with_extension("lock"));
+            }
+            created
         })
     }
 
@@ -614,6 +619,8 @@ impl Runtime for NativeRuntime {
                 let _ = std::fs::remove_file(img.with_extension("lock"));
                 Ok(())
             } else {
+                // A lock left by a create that failed before its image existed.
+                let _ = std::fs::remove_file(img.with_extension("lock"));
                 remove_tree(&dir).map_err(io("deleting workspace"))
             }
         })
@@ -633,6 +640,12 @@ impl Runtime for NativeRuntime {
 
     async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
         let img = self.workspace_image(id);
+        if !img.exists() {
+            return Err(RuntimeError::Unsupported(
+                "snapshots of a workspace without a quota".into(),
+                "native",
+            ));
+        }
         tokio::task::block_in_place(|| {
             let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
                 .map_err(io("looking for the workspace's loop device"))?;
