@@ -458,6 +458,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     if let Some(r) = first_exec_ratio {
         println!("first exec after a pooled create / any exec (p50): {r:.2}x");
     }
+    let quiet_ratio = ratio("exec round trip (true)", "first exec, pool refilled");
+    if let Some(r) = quiet_ratio {
+        println!("first exec once the pool refilled / any exec (p50): {r:.2}x");
+    }
     let create_ratio = ratio("cold create", "docker run (true)");
     let ws_added = match (p50("cold create"), p50("create with workspace")) {
         (Some(c), Some(w)) => Some(w - c),
@@ -493,6 +497,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "docker_run_over_cold_create": create_ratio,
             "cold_create_over_pooled_create": pool_ratio,
             "first_exec_after_pooled_create_over_exec": first_exec_ratio,
+            "first_exec_after_refill_over_exec": quiet_ratio,
         },
         "workspace_mount_added_ms": ws_added,
         "daemon_idle_rss_kb": idle_rss_kb,
@@ -579,7 +584,27 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
         "/v1/workspaces/bench-pool-ws",
         None,
     );
-    Ok(Some(vec![create, create_ws, first_exec]))
+    // The same first exec once the refill the create started is done: the
+    // difference to the series above is the refill competing for the CPU,
+    // not setup deferred to the first exec.
+    let mut first_exec_quiet = Series {
+        name: "first exec, pool refilled",
+        samples: vec![],
+    };
+    for _ in 0..n {
+        wait_full()?;
+        let v = api.call(
+            reqwest::Method::POST,
+            "/v1/sessions",
+            Some(json!({ "image": image })),
+        )?;
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        wait_full()?;
+        let (ms, _) = time(|| api.exec(&id, "true"))?;
+        first_exec_quiet.samples.push(ms);
+        api.destroy(&id)?;
+    }
+    Ok(Some(vec![create, create_ws, first_exec, first_exec_quiet]))
 }
 
 fn uuid_like() -> String {
