@@ -29,10 +29,13 @@
 //! Every command that runs in the root being built runs in a private mount
 //! namespace of its own (`unshare(CLONE_NEWNS)` and `MS_PRIVATE` before
 //! exec): the `/proc` and `/sys` that debootstrap mounts in the target and
-//! the `/proc` and `/dev` the chroot gets exist only there and vanish with its last
-//! process, so the host never holds a mount below the build directory, not
-//! even when a build is killed; deleting a root still refuses when a mount
-//! lies below it (`remove_tree`).
+//! the `/proc` and `/dev` the chroot gets exist only there and vanish with
+//! its last process, so the host never holds a mount below the build
+//! directory, not even when a build is killed; deleting a root still
+//! refuses when a mount lies below it (`remove_tree`). The build's lock is
+//! inherited by its processes and debootstrap dies with the builder
+//! (`PR_SET_PDEATHSIG`), so a killed build's leftovers finish before the
+//! next build of that recipe starts.
 
 use crate::config::Config;
 use anyhow::{anyhow, bail, Context, Result};
