@@ -318,21 +318,7 @@ impl DockerRuntime {
     /// PATH, LANG, tool variables), then the session's; the sandbox user's
     /// identity (HOME, USER, LOGNAME) is never taken from the image.
     fn shell_env(&self, image_env: &[String], extra: &[(String, String)]) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = [
-            (
-                "PATH",
-                "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
-            ),
-            ("SHELL", "/bin/bash"),
-            ("TERM", "dumb"),
-            ("LANG", "C.UTF-8"),
-            ("PYTHONUNBUFFERED", "1"),
-            ("PAGER", "cat"),
-            ("GIT_PAGER", "cat"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut env = sandkasten_runtime::default_shell_env();
         let set = |k: &str, v: &str, env: &mut Vec<(String, String)>| {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));

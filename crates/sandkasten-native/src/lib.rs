@@ -156,24 +156,14 @@ impl NativeRuntime {
     }
 
     fn agent_env(&self, extra: &[(String, String)]) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = [
-            (
-                "PATH",
-                "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
-            ),
+        let mut env = sandkasten_runtime::default_shell_env();
+        for (k, v) in [
             ("HOME", "/home/sandbox"),
             ("USER", "sandbox"),
             ("LOGNAME", "sandbox"),
-            ("SHELL", "/bin/bash"),
-            ("TERM", "dumb"),
-            ("LANG", "C.UTF-8"),
-            ("PYTHONUNBUFFERED", "1"),
-            ("PAGER", "cat"),
-            ("GIT_PAGER", "cat"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        ] {
+            env.push((k.to_string(), v.to_string()));
+        }
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));

@@ -14,6 +14,27 @@ pub use sandkasten_protocol::{
 use async_trait::async_trait;
 use std::path::PathBuf;
 
+/// The environment every sandbox shell starts with (before the image's own
+/// and the session's variables): a sane PATH, bash, no pager, unbuffered
+/// Python, UTF-8.
+pub fn default_shell_env() -> Vec<(String, String)> {
+    [
+        (
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        ),
+        ("SHELL", "/bin/bash"),
+        ("TERM", "dumb"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PAGER", "cat"),
+        ("GIT_PAGER", "cat"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Resource limits of one sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
