@@ -23,7 +23,7 @@ use crate::metrics::{Histogram, Recent};
 use crate::session::ms;
 use crate::{Engine, ImagePoolStats, PoolStats};
 use sandkasten_protocol::{Request, Response};
-use sandkasten_runtime::{AgentClient, SandboxHandle, SandboxSpec, WorkspaceMount};
+use sandkasten_runtime::{AgentClient, RuntimeError, SandboxHandle, SandboxSpec, WorkspaceMount};
 use sandkasten_store::PoolEntryRecord;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -416,24 +416,38 @@ impl Engine {
         if pool.closing.load(Ordering::SeqCst) {
             return None;
         }
+        // Slow ones go back at the end, after this acquire.
+        let mut skipped = Vec::new();
         loop {
             let w = p.idle.lock().unwrap().pop_front();
             let Some(w) = w else {
+                p.idle.lock().unwrap().extend(skipped);
                 p.record_miss();
                 return None;
             };
             p.wake.notify_one();
-            let alive = w.agent.is_connected()
-                && matches!(
-                    tokio::time::timeout(HEALTH_TIMEOUT, w.agent.call(Request::Ping)).await,
-                    Ok(Ok(Response::Pong { .. }))
-                );
-            if alive {
-                return Some((p, w));
+            let ping = if w.agent.is_connected() {
+                tokio::time::timeout(HEALTH_TIMEOUT, w.agent.call(Request::Ping)).await
+            } else {
+                Ok(Err(RuntimeError::Agent("agent connection closed".into())))
+            };
+            match ping {
+                Ok(Ok(Response::Pong { .. })) => {
+                    p.idle.lock().unwrap().extend(skipped);
+                    return Some((p, w));
+                }
+                Err(_) => {
+                    // Alive but slow (a busy host): not handed out now, not
+                    // thrown away either; the create goes on without it.
+                    tracing::debug!(image = %image, sandbox = %w.id, "pooled sandbox slow to answer; skipped");
+                    skipped.push(w);
+                }
+                Ok(_) => {
+                    tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
+                    p.discarded.fetch_add(1, Ordering::Relaxed);
+                    self.destroy_warm(w);
+                }
             }
-            tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
-            p.discarded.fetch_add(1, Ordering::Relaxed);
-            self.destroy_warm(w);
         }
     }
 

@@ -55,10 +55,25 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// A pidfd for `pid` if, after pinning it, the process still has the
-/// recorded start time (so the fd refers to the process recorded, whatever
-/// happens to the pid later). `None` when it is gone, is not ours, or no
-/// start time was recorded (0).
+/// True when `pid` is the init (pid 1) of its own pid namespace, as every
+/// sandbox's PID 1 is (the last `NSpid` of `/proc/PID/status`).
+pub fn is_pidns_init(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last().map(|x| x == "1"))
+        })
+        .unwrap_or(false)
+}
+
+/// A pidfd for the sandbox init `pid` if, after pinning it, the process
+/// still has the recorded start time and is the init of a pid namespace
+/// (so the fd refers to the process recorded, whatever happens to the pid
+/// later: start times have a resolution of one clock tick, and a sandbox's
+/// first children can share its tick, but not its namespace role). `None`
+/// when it is gone, is not ours, or no start time was recorded (0).
 pub fn open_verified(pid: i32, expected_start: u64) -> Option<OwnedFd> {
     if pid <= 0 || expected_start == 0 {
         return None;
@@ -70,7 +85,7 @@ pub fn open_verified(pid: i32, expected_start: u64) -> Option<OwnedFd> {
     }
     // SAFETY: the syscall returned a fresh fd we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    (start_time(pid) == Some(expected_start)).then_some(fd)
+    (start_time(pid) == Some(expected_start) && is_pidns_init(pid)).then_some(fd)
 }
 
 /// A detached bind mount of the host directory `dir` (nosuid, nodev). A
