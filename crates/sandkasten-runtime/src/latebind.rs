@@ -190,14 +190,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pid_is_proven_by_its_start_time() {
+    fn a_pid_is_proven_by_its_start_time_and_its_namespace_role() {
+        // A pid-namespace init like a sandbox's (the tests run as root).
+        let mut child = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "sleep", "60"])
+            .spawn()
+            .expect("unshare --pid (run the tests as root)");
+        let unshare = child.id() as i32;
+        let children = format!("/proc/{unshare}/task/{unshare}/children");
+        let mut init = None;
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(p) = text.split_whitespace().next() {
+                init = p.parse::<i32>().ok();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let init = init.expect("the namespace's init started");
+        let t = start_time(init).expect("its start time");
+        assert!(is_pidns_init(init));
+        assert!(open_verified(init, t).is_some());
+        assert!(open_verified(init, t + 1).is_none());
+        assert!(open_verified(init, 0).is_none(), "no recorded start time");
+        // The right start time on a process that is no namespace init (as a
+        // sandbox's first child in the same clock tick would be): refused.
         let me = std::process::id() as i32;
-        let t = start_time(me).expect("own start time");
-        assert!(open_verified(me, t).is_some());
-        assert!(open_verified(me, t + 1).is_none());
-        assert!(open_verified(me, 0).is_none(), "no recorded start time");
+        assert!(!is_pidns_init(me));
+        assert!(open_verified(me, start_time(me).unwrap()).is_none());
         assert!(open_verified(0, t).is_none());
         assert!(open_verified(-1, t).is_none());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
