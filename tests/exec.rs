@@ -58,7 +58,7 @@ fn heredocs_run_in_the_shell() {
 
     let v = d.exec(
         &id,
-        "python3 - <<'EOF'\nimport sys\nfor i in range(4):\n    print(i * i)\nprint('err', file=sys.stderr)\nEOF",
+        "sh -s <<'EOF'\nfor i in 0 1 2 3; do\n    echo $((i * i))\ndone\necho err >&2\nEOF",
     );
     assert_eq!(v["output"], "0\n1\n4\n9\nerr\n", "{v}");
     assert_eq!(v["exit_code"], 0, "{v}");

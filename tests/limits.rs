@@ -1,6 +1,6 @@
 //! Resource limits end to end: memory, pids and cpu from `defaults` are set
-//! in the session's cgroup, enforced inside, reported by stats, and a
-//! sandbox that hits them keeps answering.
+//! in the session's cgroup (the container's on docker), enforced inside,
+//! reported by stats, and a sandbox that hits them keeps answering.
 
 mod common;
 
@@ -17,7 +17,7 @@ fn memory_limit_kills_the_hog_and_the_session_survives() {
     let r = d.exec_with(
         &id,
         json!({
-            "cmd": "python3 -c \"x = b'a' * (200 * 1024 * 1024); print('allocated-' + str(len(x)))\"",
+            "cmd": "bash -c 'x=$(head -c 209715200 /dev/zero | tr \"\\0\" a); echo allocated-${#x}'",
             "timeout_ms": 30000
         }),
     );
@@ -36,7 +36,7 @@ fn memory_limit_kills_the_hog_and_the_session_survives() {
         "the allocation succeeded: {v}"
     );
 
-    let v = d.exec(&id, "head -c 200M /dev/zero | tail > /dev/null");
+    let v = d.exec(&id, "head -c 209715200 /dev/zero | tail > /dev/null");
     assert_ne!(
         v["exit_code"], 0,
         "tail buffered 200 MB under a 64 MB limit: {v}"
@@ -56,13 +56,13 @@ fn memory_limit_is_set_in_the_cgroup_and_reported() {
     let id = d.new_session();
     let stats = d.stats(&id);
     assert_eq!(stats["memory_limit"], 64 * MIB, "{stats}");
-    let limit = cgroup_value(&id, "memory", "memory.limit_in_bytes", "memory.max");
+    let limit = sandbox_cgroup_value(&id, "memory", "memory.limit_in_bytes", "memory.max");
     assert_eq!(limit, (64 * MIB).to_string(), "memory cgroup limit");
     // A modest allocation well below the limit works.
     assert_eq!(
         d.sh(
             &id,
-            "python3 -c \"x = b'a' * (16 * 1024 * 1024); print(len(x))\""
+            "bash -c 'x=$(head -c 16777216 /dev/zero | tr \"\\0\" a); echo ${#x}'"
         ),
         "16777216\n"
     );
@@ -72,45 +72,29 @@ fn memory_limit_is_set_in_the_cgroup_and_reported() {
 fn pids_limit_refuses_forks_and_the_session_recovers() {
     let d = Daemon::start(Some(PIDS_CONFIG));
     let id = d.new_session();
-    let script = r#"python3 - <<'EOF'
-import subprocess
-procs, errors = [], []
-for i in range(100):
-    try:
-        procs.append(subprocess.Popen(["sleep", "5"]))
-    except OSError as e:
-        errors.append(e)
-print("started", len(procs))
-print("failed", len(errors))
-if errors:
-    print("error", errors[0].strerror)
-for p in procs:
-    p.kill()
-for p in procs:
-    p.wait()
-EOF"#;
+    // Forks in a loop of `sh` (bash would retry a refused fork for 15 s):
+    // the shell gives up at the first refusal; the pids of the sleeps that
+    // did start are in /tmp/pids, and bash's builtins (no fork needed)
+    // count and kill them.
+    let script = "rm -f /tmp/pids; \
+        sh -c 'for i in $(seq 100); do sleep 30 & echo $! >> /tmp/pids; done'; \
+        mapfile -t p < /tmp/pids; echo \"started ${#p[@]}\"; kill \"${p[@]}\"";
     let r = d.exec_with(&id, json!({"cmd": script, "timeout_ms": 30000}));
     let v = r.expect(200, "exec of 100 forks");
+    assert_eq!(v["timed_out"], false, "{v}");
     let out = v["output"].as_str().unwrap().to_string();
-    let num = |key: &str| -> usize {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no `{key}` line in {out:?}"))
-    };
-    let (started, failed) = (num("started"), num("failed"));
-    assert_eq!(started + failed, 100, "{out}");
-    assert!(
-        failed > 0,
-        "100 processes started under pids_limit 32: {out}"
-    );
+    let started: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("started "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `started` line in {out:?}"));
     assert!(
         started > 0 && started < 32,
-        "{started} started under pids_limit 32: {out}"
+        "{started} of 100 started under pids_limit 32: {out}"
     );
     assert!(
-        out.contains("Resource temporarily unavailable"),
-        "forks did not fail with EAGAIN: {out}"
+        out.to_lowercase().contains("fork"),
+        "the shell did not report a refused fork: {out}"
     );
 
     // The session works again once they are gone.
@@ -123,26 +107,28 @@ EOF"#;
 fn pids_limit_is_set_in_the_cgroup() {
     let d = Daemon::start(Some(PIDS_CONFIG));
     let id = d.new_session();
-    assert_eq!(cgroup_value(&id, "pids", "pids.max", "pids.max"), "32");
+    assert_eq!(
+        sandbox_cgroup_value(&id, "pids", "pids.max", "pids.max"),
+        "32"
+    );
 }
 
 #[test]
 fn cpu_limit_sets_the_cgroup_quota() {
     let d = Daemon::start(Some("defaults:\n  cpu_limit: 0.5\n"));
     let id = d.new_session();
-    let v1 = |file: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sandkasten/{id}/{file}"))
-            .ok()
-            .map(|v| v.trim().parse::<f64>().unwrap())
-    };
-    let ratio = match (v1("cpu.cfs_quota_us"), v1("cpu.cfs_period_us")) {
-        (Some(quota), Some(period)) => quota / period,
-        _ => {
-            // cgroup v2: "QUOTA PERIOD".
-            let max = cgroup_value(&id, "cpu", "cpu.cfs_quota_us", "cpu.max");
-            let f: Vec<f64> = max
+    // cgroup v1: cpu.cfs_quota_us / cpu.cfs_period_us; v2: cpu.max is
+    // "QUOTA PERIOD".
+    let quota = sandbox_cgroup_value(&id, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    let ratio = match quota.parse::<f64>() {
+        Ok(quota) => {
+            let period = sandbox_cgroup_value(&id, "cpu", "cpu.cfs_period_us", "cpu.max");
+            quota / period.parse::<f64>().unwrap()
+        }
+        Err(_) => {
+            let f: Vec<f64> = quota
                 .split_whitespace()
-                .map(|x| x.parse().unwrap_or_else(|_| panic!("cpu.max is {max:?}")))
+                .map(|x| x.parse().unwrap_or_else(|_| panic!("cpu.max is {quota:?}")))
                 .collect();
             f[0] / f[1]
         }

@@ -10,15 +10,20 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// A pool of `size` sandboxes of the default image (`base` on native, the
+/// suite's image on docker).
 fn pool_config(size: usize, extra: &str) -> String {
-    format!("pool:\n  enabled: true\n  images:\n    base: {size}\n{extra}")
+    format!(
+        "pool:\n  enabled: true\n  images:\n    \"{}\": {size}\n{extra}",
+        default_image()
+    )
 }
 
 fn pool_of(d: &Daemon) -> Value {
-    d.get("/v1/pool").expect(200, "GET /v1/pool")["images"]["base"].clone()
+    d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()].clone()
 }
 
-/// Waits until the base pool has `n` idle sandboxes and no fill in flight.
+/// Waits until the pool has `n` idle sandboxes and no fill in flight.
 #[track_caller]
 fn wait_idle(d: &Daemon, n: u64, within: Duration) {
     let ok = wait_for(within, || {
@@ -28,51 +33,18 @@ fn wait_idle(d: &Daemon, n: u64, within: Duration) {
     assert!(ok, "pool not at {n} idle within {within:?}: {}", pool_of(d));
 }
 
-/// Ids of the pooled sandboxes: sandboxes on disk that are not sessions.
+/// Ids of the pooled sandboxes: sandboxes on the host (native: session
+/// dirs; docker: containers of the data dir) that are not sessions.
 fn pooled_ids(d: &Daemon) -> BTreeSet<String> {
     let listed: BTreeSet<String> = d.listed_ids().into_iter().collect();
     let mut out = BTreeSet::new();
-    for e in std::fs::read_dir(d.data_dir.join("sessions"))
-        .unwrap()
-        .flatten()
-    {
-        let id = e.file_name().to_string_lossy().into_owned();
+    for id in host_sandbox_ids(&d.home) {
         if !listed.contains(&id) {
             d.home.remember(&id);
             out.insert(id);
         }
     }
     out
-}
-
-/// Asserts that sandbox `id` is destroyed completely (waiting up to 10 s:
-/// the pool destroys in the background).
-#[track_caller]
-fn assert_gone(home: &DataDir, id: &str, what: &str) {
-    wait_for(Duration::from_secs(10), || {
-        pids_in_session_cgroups(id).is_empty()
-            && existing_cgroup_dirs(id).is_empty()
-            && !home.session_dir(id).exists()
-            && mountinfo_lines_containing(id).is_empty()
-    });
-    assert!(
-        pids_in_session_cgroups(id).is_empty(),
-        "{what}: processes of sandbox {id} remain: {:?}",
-        pids_in_session_cgroups(id)
-    );
-    assert!(
-        existing_cgroup_dirs(id).is_empty(),
-        "{what}: cgroups of sandbox {id} remain: {:?}",
-        existing_cgroup_dirs(id)
-    );
-    assert!(
-        !home.session_dir(id).exists(),
-        "{what}: the dir of sandbox {id} remains"
-    );
-    assert!(
-        mountinfo_lines_containing(id).is_empty(),
-        "{what}: host mounts of sandbox {id} remain"
-    );
 }
 
 #[test]
@@ -101,12 +73,13 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
     assert!(!d.listed_ids().is_empty());
 
     // With a workspace and env: mounted into the running sandbox.
+    let ws = ws_id("pooled-ws");
     let s = d.create_session(json!({
-        "workspace_id": "pooled-ws",
+        "workspace_id": ws,
         "env": {"GREETING": "it's \"quoted\" $HOME", "EMPTY": ""}
     }));
     assert_eq!(s["acquire_source"], "pool", "{s}");
-    assert_eq!(s["workspace_id"], "pooled-ws", "{s}");
+    assert_eq!(s["workspace_id"], ws.as_str(), "{s}");
     let ws_session = s["id"].as_str().unwrap().to_string();
     let v = d.exec(
         &ws_session,
@@ -124,7 +97,7 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
         "it's \"quoted\" $HOME\n/workspace\n"
     );
     // The file is in the workspace itself, visible without a session.
-    let r = d.get("/v1/workspaces/pooled-ws/fs/read?path=note.txt");
+    let r = d.get(&format!("/v1/workspaces/{ws}/fs/read?path=note.txt"));
     assert_eq!(
         unb64(
             r.expect(200, "session-less read")["content_base64"]
@@ -133,14 +106,23 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
         ),
         b"kept\n"
     );
-    // The workspace has its quota (a btrfs mount), not the ephemeral dir.
-    let v = d.exec(&ws_session, "df --output=fstype /workspace | tail -1");
-    assert_eq!(v["output"], "btrfs\n", "{v}");
+    if on_docker() {
+        // The volume, without a quota (documented: docker has none).
+        let w = d
+            .get(&format!("/v1/workspaces/{ws}"))
+            .expect(200, "workspace");
+        assert_eq!(w["quota_bytes"], Value::Null, "{w}");
+        assert_eq!(w["in_use"], true, "{w}");
+    } else {
+        // The workspace has its quota (a btrfs mount), not the ephemeral dir.
+        let v = d.exec(&ws_session, "df --output=fstype /workspace | tail -1");
+        assert_eq!(v["output"], "btrfs\n", "{v}");
+    }
     d.delete(&ws_session);
 
     // The workspace comes back in the next pooled session.
     wait_idle(&d, 2, Duration::from_secs(10));
-    let s = d.create_session(json!({"workspace_id": "pooled-ws"}));
+    let s = d.create_session(json!({"workspace_id": ws}));
     assert_eq!(s["acquire_source"], "pool", "{s}");
     let id2 = s["id"].as_str().unwrap().to_string();
     assert_eq!(
@@ -155,10 +137,11 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
 
     // The metrics agree and need the key.
     let text = d.get("/metrics").text;
-    assert!(
-        text.contains("sandkasten_pool_hits_total{image=\"base\"} 3"),
-        "{text}"
+    let hits = format!(
+        "sandkasten_pool_hits_total{{image=\"{}\"}} 3",
+        default_image()
     );
+    assert!(text.contains(&hits), "{text}");
     assert!(
         text.contains("sandkasten_session_creates_total{source=\"pool\"} 3"),
         "{text}"
@@ -249,7 +232,7 @@ fn a_killed_idle_sandbox_is_never_handed_out() {
         "the dead sandbox was not counted as discarded: {}",
         pool_of(&d)
     );
-    assert_gone(&d.home, &victim, "discarded pooled sandbox");
+    assert_sandbox_gone(&d.home, &victim, "discarded pooled sandbox");
     wait_idle(&d, 1, Duration::from_secs(10));
 }
 
@@ -266,7 +249,7 @@ fn idle_pooled_sandboxes_are_recycled_after_max_idle_seconds() {
         "not recycled: {}",
         pool_of(&d)
     );
-    assert_gone(&d.home, &first, "recycled pooled sandbox");
+    assert_sandbox_gone(&d.home, &first, "recycled pooled sandbox");
     wait_idle(&d, 1, Duration::from_secs(10));
     assert!(!pooled_ids(&d).contains(&first));
 }
@@ -287,10 +270,10 @@ fn sigterm_drains_the_pool_and_leaves_sessions_running() {
     assert!(status.success(), "SIGTERM exit status {status:?}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     for id in &pooled {
-        assert_gone(&home, id, "pooled sandbox after SIGTERM");
+        assert_sandbox_gone(&home, id, "pooled sandbox after SIGTERM");
     }
     assert!(
-        !pids_in_session_cgroups(&session).is_empty(),
+        sandbox_running(&session),
         "SIGTERM destroyed the running session"
     );
     let d2 = Daemon::start_in(&home, Some(&pool_config(2, "")));
@@ -301,7 +284,7 @@ fn sigterm_drains_the_pool_and_leaves_sessions_running() {
 fn sigkill_and_restart_leave_no_orphan_and_resize_the_pool() {
     let d1 = Daemon::start(Some(&pool_config(2, "")));
     wait_idle(&d1, 2, Duration::from_secs(20));
-    let session = d1.create_session(json!({"workspace_id": "kept"}))["id"]
+    let session = d1.create_session(json!({"workspace_id": ws_id("kept")}))["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -314,7 +297,7 @@ fn sigkill_and_restart_leave_no_orphan_and_resize_the_pool() {
     // A new config: a pool of 1.
     let d2 = Daemon::start_in(&home, Some(&pool_config(1, "")));
     for id in &old_pool {
-        assert_gone(&home, id, "pooled sandbox of the killed daemon");
+        assert_sandbox_gone(&home, id, "pooled sandbox of the killed daemon");
     }
     wait_idle(&d2, 1, Duration::from_secs(20));
     assert_eq!(pool_of(&d2)["target"], 1);

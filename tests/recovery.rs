@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Sets up shell state and a file that must survive a daemon restart.
@@ -43,7 +42,7 @@ fn sigkill_and_restart_keep_shell_state_and_files() {
     let home = d1.home.clone();
     d1.kill_9();
     assert!(
-        !pids_in_session_cgroups(&id).is_empty(),
+        sandbox_running(&id),
         "the sandbox of session {id} died with the daemon (SIGKILL)"
     );
 
@@ -54,11 +53,7 @@ fn sigkill_and_restart_keep_shell_state_and_files() {
     d2.write_text(&id, "after.txt", "after restart");
     assert_eq!(d2.sh(&id, "cat after.txt"), "after restart");
     d2.delete(&id);
-    assert!(
-        wait_for(Duration::from_secs(5), || pids_in_session_cgroups(&id)
-            .is_empty()),
-        "destroy after a restart left processes"
-    );
+    assert_sandbox_gone(&home, &id, "destroy after a restart");
 }
 
 #[test]
@@ -80,12 +75,7 @@ fn a_sandbox_that_died_while_the_daemon_was_down_is_cleaned_up() {
     let dead = d1.new_session();
     let alive = prepare(&d1);
     let home = d1.home.clone();
-    let dead_cgroups: Vec<PathBuf> = existing_cgroup_dirs(&dead);
-    assert!(
-        !dead_cgroups.is_empty(),
-        "no cgroup of session {dead} under {:?}",
-        cgroup_dir_candidates(&dead)
-    );
+    assert!(sandbox_running(&dead), "no sandbox of session {dead}");
     d1.kill_9();
     kill_sandbox(&dead);
 
@@ -111,21 +101,7 @@ fn a_sandbox_that_died_while_the_daemon_was_down_is_cleaned_up() {
         r.status,
         r.text
     );
-    assert!(
-        wait_for(Duration::from_secs(10), || existing_cgroup_dirs(&dead)
-            .is_empty()),
-        "cgroups of the dead session remain after restart: {:?}",
-        existing_cgroup_dirs(&dead)
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || !d2.session_dir(&dead).exists()),
-        "session dir of the dead session remains: {}",
-        d2.session_dir(&dead).display()
-    );
-    assert!(
-        mountinfo_lines_containing(&dead).is_empty(),
-        "host mounts of the dead session remain"
-    );
+    assert_sandbox_gone(&home, &dead, "the dead session after the restart");
 
     // The other session came through untouched.
     assert_intact(&d2, &alive);
@@ -140,7 +116,7 @@ fn sigterm_exits_0_and_sessions_survive_into_the_next_start() {
     assert!(status.success(), "SIGTERM exit status {status:?}");
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
     assert!(
-        !pids_in_session_cgroups(&id).is_empty(),
+        sandbox_running(&id),
         "SIGTERM destroyed running session {id}; it must be left for the next start"
     );
     let d2 = Daemon::start_in(&home, None);
@@ -188,16 +164,7 @@ fn a_sandbox_that_dies_while_the_daemon_runs_is_marked_lost_at_once() {
         "a session whose sandbox died is still listed: {}",
         d.get_session(&dead).text
     );
-    assert!(
-        wait_for(Duration::from_secs(10), || existing_cgroup_dirs(&dead)
-            .is_empty()),
-        "cgroups of the dead sandbox remain: {:?}",
-        existing_cgroup_dirs(&dead)
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || !d.session_dir(&dead).exists()),
-        "session dir of the dead sandbox remains"
-    );
+    assert_sandbox_gone(&d.home, &dead, "the sandbox that died");
     d.exec_with(&dead, json!({"cmd": "true"})).assert_error(
         404,
         "SESSION_NOT_FOUND",

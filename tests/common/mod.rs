@@ -12,6 +12,55 @@
 //! then kills what is left only in cgroups named after a session of that
 //! data dir (each pid checked through a pidfd), and deletes its tree only
 //! when no mount lies below it.
+//!
+//! # Runtimes
+//!
+//! `SANDKASTEN_E2E_RUNTIME` picks the backend of every daemon the harness
+//! starts: `native` (the default) or `docker`. With `docker` each config
+//! gets `runtime: docker` and `default_image: <the suite's image>` (see
+//! [`docker_image`]: bash and busybox from the host, no python3) unless
+//! the test names `runtime` itself, a daemon without a config file gets
+//! both through `SANDKASTEN_RUNTIME`/`SANDKASTEN_DEFAULT_IMAGE`, and a
+//! [`DataDir`] removes the containers and volumes labelled with it. The
+//! host views ([`sandbox_pids`], [`sandbox_running`], [`kill_sandbox`],
+//! [`assert_sandbox_gone`], [`host_sandbox_ids`], [`workspace_on_host`],
+//! [`sandbox_cgroup_value`], ...) look at cgroups and session dirs on
+//! native and at containers, run dirs and volumes on docker, so the same
+//! assertions run on both. No engine: the docker pass fails, loudly.
+//! `scripts/test` runs the suite on native, then the portable binaries
+//! (sessions, exec, files, isolation, limits, recovery, api_errors,
+//! workspaces, pool) again on docker.
+//!
+//! Where the backends differ by design (docs/api.md, "Choosing a backend")
+//! a test asserts each one's documented behaviour: the `base` image is
+//! native's (sessions::create_accepts_an_explicit_image); no user
+//! namespace on docker, PID 1 is root with six capabilities
+//! (isolation::sandbox_processes_hold_no_host_root_power); no workspace
+//! quotas, snapshots, `from_snapshot` or import on docker, export a live
+//! walk (the workspaces tests of those, pool's late-bound workspace).
+//!
+//! Native-only tests are about the native runtime's internals. Each lives
+//! in a `mod native_only` (the docker pass filters out `native_only::`),
+//! calls [`require_native`] (so it fails, never passes, on docker), and is
+//! listed here with where the docker side of its concern is covered:
+//!
+//! - `workspaces::native_only::a_subvolume_cannot_be_made_inside_a_workspace`:
+//!   a btrfs ioctl against the btrfs image behind a native quota
+//!   workspace (python3 in the host's /usr). Docker volumes are plain
+//!   directories without a quota to escape; the docker side (no mounts,
+//!   namespaces or capabilities inside, the seccomp filter) is
+//!   isolation::mounts_and_new_namespaces_are_refused and
+//!   isolation::sandbox_user_has_no_capabilities_and_a_seccomp_filter on
+//!   docker, and crates/sandkasten-docker/tests/docker.rs.
+//!
+//! Whole binaries the docker pass leaves out: `images` (the native image
+//! store: rootfs tarballs and `docker save` archives imported as layers
+//! with whiteouts; docker's images are the engine's, covered by
+//! docker_pool::image_commands_use_the_configured_runtime and
+//! crates/sandkasten-docker/tests/docker.rs images_and_failed_creates),
+//! `image_build` (`sandkasten image build` and its cache) and
+//! `docker_pool` (configures `runtime: docker` itself); all three run in
+//! the native pass.
 
 #![allow(dead_code)]
 
@@ -25,7 +74,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The daemon binary under test.
@@ -194,6 +243,554 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
     all[start..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// The runtime under test
+// ---------------------------------------------------------------------------
+
+/// The backend every daemon of this test process runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Native,
+    Docker,
+}
+
+/// `SANDKASTEN_E2E_RUNTIME`: `native` (also when unset) or `docker`; any
+/// other value fails the test.
+pub fn backend() -> Backend {
+    static B: OnceLock<Backend> = OnceLock::new();
+    *B.get_or_init(|| match std::env::var("SANDKASTEN_E2E_RUNTIME") {
+        Err(std::env::VarError::NotPresent) => Backend::Native,
+        Ok(v) if v.is_empty() || v == "native" => Backend::Native,
+        Ok(v) if v == "docker" => Backend::Docker,
+        Ok(v) => panic!("SANDKASTEN_E2E_RUNTIME={v:?}: expected native or docker"),
+        Err(e) => panic!("SANDKASTEN_E2E_RUNTIME: {e}"),
+    })
+}
+
+pub fn on_docker() -> bool {
+    backend() == Backend::Docker
+}
+
+/// Fails a test that is about the native runtime's internals when the
+/// suite runs on docker (such tests live in `mod native_only`, which the
+/// docker pass leaves out; see the list at the top of this file).
+#[track_caller]
+pub fn require_native(why: &str) {
+    assert!(
+        !on_docker(),
+        "native-only test ({why}); the docker pass filters out `native_only::` tests"
+    );
+}
+
+/// The image a session gets without naming one: the native runtime's
+/// built-in `base`, or the suite's docker image.
+pub fn default_image() -> &'static str {
+    match backend() {
+        Backend::Native => "base",
+        Backend::Docker => docker_image(),
+    }
+}
+
+/// A workspace id unique to this call (`<base>-<8 hex>`). Docker volume
+/// names are the engine's, shared by every daemon on the host (other test
+/// processes, other runs, leftovers of a killed run), so a test that
+/// creates a workspace takes its id from here, on either runtime.
+pub fn ws_id(base: &str) -> String {
+    format!("{base}-{}", random_hex(8))
+}
+
+/// Runs the docker CLI; `(success, stdout trimmed)`. Panics (saying what
+/// to install) when there is no docker CLI.
+pub fn docker_cli(args: &[&str]) -> (bool, String) {
+    try_docker_cli(args).unwrap_or_else(|e| {
+        panic!(
+            "the docker tests need the docker CLI and a running engine \
+             (apt-get install docker.io; dockerd &): {e}"
+        )
+    })
+}
+
+/// [`docker_cli`] for clean-up paths, which must not panic.
+fn try_docker_cli(args: &[&str]) -> std::io::Result<(bool, String)> {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// Busybox applets the suite's image links besides bash (coreutils and
+/// the few other tools the tests use; `busybox --list` minus what the
+/// image has for real).
+fn busybox_applets(busybox: &Path) -> Vec<String> {
+    let out = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .unwrap_or_else(|e| panic!("{} --list: {e}", busybox.display()));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/') && *a != "bash" && *a != "busybox")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where a host library goes in the image's merged /usr (`/lib/x` and
+/// `/lib64/x` live under `usr/`, reached through the `lib`, `lib64`
+/// symlinks).
+fn usr_path(host: &str) -> String {
+    let rel = host.trim_start_matches('/');
+    if rel.starts_with("usr/") {
+        rel.to_string()
+    } else {
+        format!("usr/{rel}")
+    }
+}
+
+/// Bumped when the recipe below changes what the image contains.
+const DOCKER_IMAGE_RECIPE: &str = "sandkasten-e2e-suite-1";
+
+/// `sandkasten-e2e:suite-<hash>`, the image of the docker pass: the host's
+/// bash (with its libraries) as `/usr/bin/bash`, the host's static busybox
+/// with every applet linked in `/usr/bin` (coreutils, grep, find, od,
+/// sha256sum, ip, mount, unshare, nc, ...), a merged /usr (`bin`, `sbin`,
+/// `lib`, `lib64` are symlinks), `/etc/passwd` with the sandbox user
+/// (uid 1000, home `/home/sandbox`) and nothing else: no python3, so the
+/// tests' commands stick to bash and those tools. Built with `docker
+/// import` once per content hash of its inputs (under a lock, so parallel
+/// test processes import it once) and reused by later runs.
+pub fn docker_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let (up, version) = docker_cli(&["version", "--format", "{{.Server.Version}}"]);
+        assert!(
+            up && !version.is_empty(),
+            "SANDKASTEN_E2E_RUNTIME=docker: no Docker engine answers (apt-get install docker.io; \
+             dockerd &); the docker pass fails without one, it never skips"
+        );
+        let (busybox, bash) = (Path::new("/bin/busybox"), Path::new("/bin/bash"));
+        assert!(
+            busybox.exists() && bash.exists(),
+            "the docker pass's image is built from the host's /bin/busybox and /bin/bash: \
+             apt-get install busybox-static bash"
+        );
+        let mut files: Vec<(String, PathBuf)> = vec![
+            ("usr/bin/busybox".into(), busybox.into()),
+            ("usr/bin/bash".into(), bash.into()),
+        ];
+        let ldd = Command::new("ldd")
+            .arg(bash)
+            .output()
+            .expect("ldd /bin/bash");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = line
+                .split("=>")
+                .last()
+                .and_then(|r| r.split_whitespace().next())
+                .filter(|p| p.starts_with('/'));
+            if let Some(p) = path {
+                files.push((usr_path(p), PathBuf::from(p)));
+            }
+        }
+        let applets = busybox_applets(busybox);
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        feed(DOCKER_IMAGE_RECIPE.as_bytes());
+        for (name, p) in &files {
+            feed(name.as_bytes());
+            feed(&fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())));
+        }
+        feed(applets.join(" ").as_bytes());
+        let name = format!("sandkasten-e2e:suite-{:012x}", hash & 0xffff_ffff_ffff);
+        if docker_cli(&["image", "inspect", &name]).0 {
+            return name;
+        }
+        // One importer at a time across the test processes; the others
+        // find the image once they get the lock.
+        let lock = File::create("/tmp/sandkasten-e2e-docker-image.lock").expect("image lock file");
+        // SAFETY: flock on an fd we own; released when `lock` is dropped.
+        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        if docker_cli(&["image", "inspect", &name]).0 {
+            return name;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("rootfs.tar");
+        suite_rootfs_tar(&tarball, &files, &applets);
+        let (ok, out) = docker_cli(&["import", tarball.to_str().unwrap(), &name]);
+        assert!(ok, "docker import of the suite's image failed: {out}");
+        name
+    })
+}
+
+fn suite_rootfs_tar(out: &Path, files: &[(String, PathBuf)], applets: &[String]) {
+    let mut b = tar::Builder::new(File::create(out).unwrap());
+    let header = |kind: tar::EntryType, mode: u32, uid: u64, size: usize| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_size(size as u64);
+        h.set_mtime(0);
+        h
+    };
+    let mut dirs: BTreeSet<String> = [
+        "etc",
+        "home",
+        "workspace",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "var",
+        "opt",
+        "srv",
+        "mnt",
+        "usr/bin",
+        "usr/lib",
+        "usr/lib64",
+        "usr/sbin",
+    ]
+    .map(String::from)
+    .into();
+    for (name, _) in files {
+        let mut p = Path::new(name).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.display().to_string());
+            p = d.parent();
+        }
+    }
+    // Parents first: "usr" sorts before "usr/bin".
+    for d in &dirs {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0, 0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    for (d, mode, uid) in [
+        ("tmp", 0o1777, 0),
+        ("var/tmp", 0o1777, 0),
+        ("root", 0o700, 0),
+        ("home/sandbox", 0o755, SANDBOX_UID as u64),
+    ] {
+        let mut h = header(tar::EntryType::Directory, mode, uid, 0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+        b.append_link(&mut h, link, target).unwrap();
+    }
+    let mut file = |path: &str, mode: u32, data: &[u8]| {
+        let mut h = header(tar::EntryType::Regular, mode, 0, data.len());
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    for (name, p) in files {
+        file(name, 0o755, &fs::read(p).unwrap());
+    }
+    file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000:sandbox:/home/sandbox:/bin/bash\n",
+    );
+    file("etc/group", 0o644, b"root:x:0:\nsandbox:x:1000:\n");
+    for a in applets {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+        b.append_link(&mut h, format!("usr/bin/{a}"), "busybox")
+            .unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// The YAML a daemon gets on the runtime under test: on docker, `runtime:
+/// docker` and `default_image: <the suite's image>` ahead of the test's
+/// own keys, unless the test names `runtime` itself (then it is left as
+/// it is).
+fn yaml_for_backend(yaml: &str) -> String {
+    let names_runtime = yaml.lines().any(|l| l.starts_with("runtime:"));
+    if !on_docker() || names_runtime {
+        return yaml.to_string();
+    }
+    let mut out = String::from("runtime: docker\n");
+    if !yaml.lines().any(|l| l.starts_with("default_image:")) {
+        out.push_str(&format!("default_image: \"{}\"\n", docker_image()));
+    }
+    out.push_str(yaml);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Host views of a sandbox, on either runtime
+// ---------------------------------------------------------------------------
+
+/// `sandkasten-<id>`, the docker runtime's container of session `id`.
+pub fn container_name(id: &str) -> String {
+    format!("sandkasten-{id}")
+}
+
+/// Full ids of containers seen so far, by session id: a removed container
+/// can no longer be inspected, but its processes must still be looked for.
+fn container_ids() -> &'static Mutex<std::collections::HashMap<String, String>> {
+    static IDS: OnceLock<Mutex<std::collections::HashMap<String, String>>> = OnceLock::new();
+    IDS.get_or_init(Default::default)
+}
+
+/// A field of `docker inspect` of session `id`'s container (`None` when
+/// there is no such container).
+pub fn container_field(id: &str, template: &str) -> Option<String> {
+    let (ok, out) = docker_cli(&["inspect", "--format", template, &container_name(id)]);
+    ok.then_some(out)
+}
+
+/// The full id of session `id`'s container (remembered once seen).
+fn container_full_id(id: &str) -> Option<String> {
+    if let Some(c) = container_ids().lock().unwrap().get(id) {
+        return Some(c.clone());
+    }
+    let full = container_field(id, "{{.Id}}").filter(|s| s.len() >= 32)?;
+    container_ids()
+        .lock()
+        .unwrap()
+        .insert(id.to_string(), full.clone());
+    Some(full)
+}
+
+/// Host pids of session `id`'s sandbox: on native those in its cgroups,
+/// on docker those in its container's cgroups.
+pub fn sandbox_pids(id: &str) -> Vec<i32> {
+    match backend() {
+        Backend::Native => pids_in_session_cgroups(id),
+        Backend::Docker => {
+            let Some(full) = container_full_id(id) else {
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            let Ok(rd) = fs::read_dir("/proc") else {
+                return out;
+            };
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+                    if text.contains(&full) {
+                        out.push(pid);
+                    }
+                }
+            }
+            out.sort_unstable();
+            out
+        }
+    }
+}
+
+/// The host pid of the sandbox's PID 1 (docker: the container's, from
+/// the engine; native: the pid-namespace init in its cgroup).
+pub fn sandbox_init_pid(id: &str) -> Option<i32> {
+    match backend() {
+        Backend::Native => pids_in_session_cgroups(id)
+            .into_iter()
+            .find(|&p| innermost_pid(p) == Some(1)),
+        Backend::Docker => container_field(id, "{{.State.Pid}}")
+            .and_then(|p| p.parse().ok())
+            .filter(|&p| p > 0),
+    }
+}
+
+/// True while session `id`'s sandbox runs (native: processes in its
+/// cgroups; docker: its container is running).
+pub fn sandbox_running(id: &str) -> bool {
+    match backend() {
+        Backend::Native => !pids_in_session_cgroups(id).is_empty(),
+        Backend::Docker => container_field(id, "{{.State.Running}}").as_deref() == Some("true"),
+    }
+}
+
+/// The sandbox's directory on the host: `<data_dir>/sessions/<id>`
+/// (native) or the run directory `<data_dir>/docker/<id>` (docker).
+pub fn sandbox_dir(home: &DataDir, id: &str) -> PathBuf {
+    match backend() {
+        Backend::Native => home.session_dir(id),
+        Backend::Docker => home.data.join("docker").join(id),
+    }
+}
+
+/// Session ids of the sandboxes on the host (sessions and pooled ones):
+/// native: `<data_dir>/sessions/*`; docker: containers labelled with the
+/// data dir.
+pub fn host_sandbox_ids(home: &DataDir) -> BTreeSet<String> {
+    match backend() {
+        Backend::Native => match fs::read_dir(home.data.join("sessions")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => BTreeSet::new(),
+        },
+        Backend::Docker => {
+            let (ok, out) = docker_cli(&[
+                "ps",
+                "-a",
+                "--filter",
+                &home.docker_label(),
+                "--format",
+                "{{.Label \"sandkasten.session_id\"}}",
+            ]);
+            assert!(ok, "docker ps failed");
+            out.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        }
+    }
+}
+
+/// True when a docker volume of this name exists.
+pub fn docker_volume_exists(name: &str) -> bool {
+    docker_cli(&["volume", "inspect", name]).0
+}
+
+/// True while workspace `ws` has storage on the host: its directory (or
+/// image) under `<data_dir>/workspaces` on native, its volume
+/// `sandkasten-ws-<ws>` on docker.
+pub fn workspace_on_host(home: &DataDir, ws: &str) -> bool {
+    match backend() {
+        Backend::Native => fs::read_dir(home.data.join("workspaces"))
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n == ws || n.strip_prefix(ws).is_some_and(|r| r.starts_with('.'))
+                })
+            })
+            .unwrap_or(false),
+        Backend::Docker => docker_volume_exists(&format!("sandkasten-ws-{ws}")),
+    }
+}
+
+/// What of session `id`'s sandbox is still on the host; empty when it is
+/// destroyed completely. Native: processes, cgroups, the session dir,
+/// host mounts naming it. Docker: processes, the container, the run dir,
+/// the ephemeral volume (unless it became a workspace, see
+/// `workspace.persist_by_default`), host mounts naming it.
+pub fn sandbox_leftovers(home: &DataDir, id: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let pids = sandbox_pids(id);
+    if !pids.is_empty() {
+        left.push(format!("processes {pids:?}"));
+    }
+    match backend() {
+        Backend::Native => {
+            let cg = existing_cgroup_dirs(id);
+            if !cg.is_empty() {
+                left.push(format!("cgroups {cg:?}"));
+            }
+        }
+        Backend::Docker => {
+            if let Some(state) = container_field(id, "{{.State.Status}}") {
+                left.push(format!("container {} ({state})", container_name(id)));
+            }
+            let vol = format!("sandkasten-ws-{id}");
+            if !home.data.join("docker-kept").join(id).exists() && docker_volume_exists(&vol) {
+                left.push(format!("volume {vol}"));
+            }
+        }
+    }
+    let dir = sandbox_dir(home, id);
+    if dir.exists() {
+        left.push(format!("directory {}", dir.display()));
+    }
+    let mounts = mountinfo_lines_containing(id);
+    if !mounts.is_empty() {
+        left.push(format!("host mounts {mounts:?}"));
+    }
+    left
+}
+
+/// Asserts that session `id`'s sandbox is destroyed completely, waiting up
+/// to 10 s (destroys may run in the background).
+#[track_caller]
+pub fn assert_sandbox_gone(home: &DataDir, id: &str, what: &str) {
+    wait_for(Duration::from_secs(10), || {
+        sandbox_leftovers(home, id).is_empty()
+    });
+    let left = sandbox_leftovers(home, id);
+    assert!(
+        left.is_empty(),
+        "{what}: sandbox {id} left behind: {left:?}"
+    );
+}
+
+/// The cgroup directories of session `id`'s sandbox that exist now:
+/// native as [`existing_cgroup_dirs`]; docker those of its container,
+/// from its PID 1's `/proc/PID/cgroup` (empty once the container is gone).
+pub fn sandbox_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    if !on_docker() {
+        return existing_cgroup_dirs(id);
+    }
+    let Some(pid) = sandbox_init_pid(id) else {
+        return Vec::new();
+    };
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let root = Path::new("/sys/fs/cgroup").join(ctrls.trim_start_matches("name="));
+        let dir = root.join(path.trim_start_matches('/'));
+        if path.len() > 1 && dir.is_dir() {
+            out.push(dir);
+        }
+    }
+    out
+}
+
+/// Reads a cgroup limit of session `id`'s sandbox from the host: native
+/// as [`cgroup_value`]; docker from the container's cgroup, found through
+/// its PID 1 (`/proc/PID/cgroup`): the v1 file in `v1_controller`'s
+/// hierarchy, else the v2 file.
+pub fn sandbox_cgroup_value(id: &str, v1_controller: &str, v1_file: &str, v2_file: &str) -> String {
+    if !on_docker() {
+        return cgroup_value(id, v1_controller, v1_file, v2_file);
+    }
+    let pid = sandbox_init_pid(id).unwrap_or_else(|| panic!("no running container of {id}"));
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mut tried = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let file = if ctrls.split(',').any(|c| c == v1_controller) {
+            Path::new("/sys/fs/cgroup")
+                .join(ctrls)
+                .join(path.trim_start_matches('/'))
+                .join(v1_file)
+        } else if ctrls.is_empty() {
+            Path::new("/sys/fs/cgroup")
+                .join(path.trim_start_matches('/'))
+                .join(v2_file)
+        } else {
+            continue;
+        };
+        if let Ok(v) = fs::read_to_string(&file) {
+            return v.trim().to_string();
+        }
+        tried.push(file);
+    }
+    panic!(
+        "no cgroup file of container {} found; tried {tried:?}",
+        container_name(id)
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -499,6 +1096,35 @@ impl DataDir {
         ids
     }
 
+    /// `label=sandkasten.data_dir=<data dir>`: a docker filter for the
+    /// containers and volumes of this data dir's daemons.
+    pub fn docker_label(&self) -> String {
+        format!("label=sandkasten.data_dir={}", self.data.display())
+    }
+
+    /// Removes the containers and volumes of this data dir's daemons (the
+    /// docker runtime labels all of them with the data dir).
+    fn remove_docker_objects(&self) {
+        let label = self.docker_label();
+        let run = |args: &[&str]| match try_docker_cli(args) {
+            Ok((true, out)) => out,
+            Ok((false, out)) => {
+                eprintln!("e2e clean-up: docker {args:?} failed: {out}");
+                String::new()
+            }
+            Err(e) => {
+                eprintln!("e2e clean-up: docker {args:?}: {e}");
+                String::new()
+            }
+        };
+        for c in run(&["ps", "-aq", "--filter", &label]).lines() {
+            run(&["rm", "-f", "-v", c]);
+        }
+        for v in run(&["volume", "ls", "-q", "--filter", &label]).lines() {
+            run(&["volume", "rm", "-f", v]);
+        }
+    }
+
     fn mounts_below_root(&self) -> Vec<String> {
         let prefix = self.root.to_string_lossy().to_string();
         mount_points()
@@ -510,6 +1136,11 @@ impl DataDir {
 
 impl Drop for DataDir {
     fn drop(&mut self) {
+        // Not `on_docker()`: that panics on a bad SANDKASTEN_E2E_RUNTIME,
+        // and a panic while unwinding aborts.
+        if std::env::var("SANDKASTEN_E2E_RUNTIME").as_deref() == Ok("docker") {
+            self.remove_docker_objects();
+        }
         let ids = self.known_session_ids();
         for id in &ids {
             for pid in pids_in_session_cgroups(id) {
@@ -562,9 +1193,23 @@ impl Drop for DataDir {
 // Host inspection
 // ---------------------------------------------------------------------------
 
-/// Kills the sandbox of `id` from the host: the pid-namespace init found in
-/// the session's cgroup (checked through a pidfd before signalling).
+/// Kills the sandbox of `id` from the host and waits until it is dead.
+/// Native: SIGKILL to the pid-namespace init found in the session's cgroup
+/// (checked through a pidfd before signalling). Docker: `docker kill` of
+/// its container (SIGKILL to its PID 1).
 pub fn kill_sandbox(id: &str) {
+    if on_docker() {
+        container_full_id(id);
+        let (ok, out) = docker_cli(&["kill", "--signal", "KILL", &container_name(id)]);
+        assert!(ok, "docker kill of session {id}'s container failed: {out}");
+        assert!(
+            wait_for(Duration::from_secs(10), || !sandbox_running(id)
+                && sandbox_pids(id).is_empty()),
+            "the container of session {id} survives docker kill: pids {:?}",
+            sandbox_pids(id)
+        );
+        return;
+    }
     let pids = pids_in_session_cgroups(id);
     let init: Vec<i32> = pids
         .iter()
@@ -1287,7 +1932,7 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve");
     if let Some(yaml) = &opts.config {
-        let mut yaml = yaml.clone();
+        let mut yaml = yaml_for_backend(yaml);
         let names_pool = yaml.lines().any(|l| l.starts_with("pool:"));
         if opts.disable_pool && !names_pool {
             if !yaml.is_empty() && !yaml.ends_with('\n') {
@@ -1305,6 +1950,11 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
     }
     cmd.env("SANDKASTEN_LISTEN", "127.0.0.1:0")
         .env("SANDKASTEN_DATA_DIR", &home.data);
+    if opts.config.is_none() && on_docker() {
+        // No config file: the runtime under test comes from the environment.
+        cmd.env("SANDKASTEN_RUNTIME", "docker")
+            .env("SANDKASTEN_DEFAULT_IMAGE", docker_image());
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
