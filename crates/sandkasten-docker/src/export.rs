@@ -15,24 +15,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::hostfs::MAX_DEPTH;
+use crate::hostfs::{open_dir_nofollow, MAX_DEPTH};
 
 /// Writes the tree below `root` to `out` as a tar with relative paths.
 pub fn export_tar(root: &Path, out: &mut dyn Write) -> io::Result<()> {
-    let c = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // SAFETY: NUL-terminated path, plain flags.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = open_dir_nofollow(root)?;
     let mut b = tar::Builder::new(out);
     walk(&mut b, &fd, Path::new(""), 0)?;
     b.finish()

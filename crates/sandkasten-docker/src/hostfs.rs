@@ -17,6 +17,11 @@ pub const MAX_DEPTH: usize = 256;
 /// leaving through one: every step is `openat(O_NOFOLLOW)` relative to the
 /// directory above it.
 pub fn tree_size(root: &Path) -> io::Result<u64> {
+    Ok(dir_size(open_dir_nofollow(root)?, 0))
+}
+
+/// `root` opened as a directory, refusing a symlink as its last component.
+pub fn open_dir_nofollow(root: &Path) -> io::Result<OwnedFd> {
     let c = std::ffi::CString::new(root.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
     // SAFETY: NUL-terminated path, plain flags.
@@ -30,7 +35,7 @@ pub fn tree_size(root: &Path) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd we own.
-    Ok(dir_size(unsafe { OwnedFd::from_raw_fd(fd) }, 0))
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn dir_size(fd: OwnedFd, depth: usize) -> u64 {

@@ -434,8 +434,9 @@ impl Engine {
 
         // A pooled sandbox when one is idle; never a wait.
         let started = std::time::Instant::now();
-        let wants_workspace = req.workspace_id.is_some()
-            || (cfg.workspace_enabled && cfg.workspace_persist_by_default);
+        // A session without workspace_id keeps one named after it.
+        let persist_by_default = cfg.workspace_enabled && cfg.workspace_persist_by_default;
+        let wants_workspace = req.workspace_id.is_some() || persist_by_default;
         let mut warm = if wants_workspace && !self.inner.runtime.can_bind_workspace() {
             if let Some(p) = self.inner.pool.image(&image) {
                 p.record_miss();
@@ -448,9 +449,10 @@ impl Engine {
             Some((_, w)) => w.id.clone(),
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
-        let workspace_id = req.workspace_id.clone().or_else(|| {
-            (cfg.workspace_enabled && cfg.workspace_persist_by_default).then(|| id.clone())
-        });
+        let workspace_id = req
+            .workspace_id
+            .clone()
+            .or_else(|| persist_by_default.then(|| id.clone()));
         // Hold the workspace against deletion until the session is listed.
         let _mount = match &workspace_id {
             Some(ws) => match self.begin_mount(ws).await {
