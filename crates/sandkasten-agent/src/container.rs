@@ -29,7 +29,20 @@ use std::process::ExitCode;
 /// Arguments of the container mode.
 struct Args {
     socket: PathBuf,
-    config: PathBuf,
+    config: ConfigSource,
+    /// Give the workdir's root to the sandbox user when root owns it (a
+    /// fresh volume on a remote engine, which the daemon cannot reach).
+    own_workdir: bool,
+}
+
+/// Where the config comes from.
+#[derive(Debug, PartialEq)]
+enum ConfigSource {
+    /// A file in the run directory (a local engine).
+    File(PathBuf),
+    /// An environment variable of PID 1 (a remote engine: no file can be
+    /// placed before start). Only root in the container can read it.
+    Env(String),
 }
 
 fn parse(args: &[String]) -> Option<Args> {
@@ -37,18 +50,26 @@ fn parse(args: &[String]) -> Option<Args> {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
-            .map(PathBuf::from)
+    };
+    let config = match (value("--config"), value("--config-env")) {
+        (Some(p), None) => ConfigSource::File(PathBuf::from(p)),
+        (None, Some(v)) => ConfigSource::Env(v.clone()),
+        _ => return None,
     };
     Some(Args {
-        socket: value("--socket")?,
-        config: value("--config")?,
+        socket: PathBuf::from(value("--socket")?),
+        config,
+        own_workdir: args.iter().any(|a| a == "--own-workdir"),
     })
 }
 
 /// Runs the container mode; returns only on a setup error.
 pub fn run(args: &[String]) -> ExitCode {
     let Some(args) = parse(args) else {
-        eprintln!("usage: sandkasten-agent container --socket PATH --config PATH");
+        eprintln!(
+            "usage: sandkasten-agent container --socket PATH (--config PATH | --config-env NAME) \
+             [--own-workdir]"
+        );
         return ExitCode::from(2);
     };
     match setup(&args) {
@@ -61,12 +82,24 @@ pub fn run(args: &[String]) -> ExitCode {
 }
 
 fn setup(args: &Args) -> Result<(UnixListener, AgentConfig), String> {
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| format!("reading config {}: {e}", args.config.display()))?;
+    let text = match &args.config {
+        ConfigSource::File(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("reading config {}: {e}", p.display()))?,
+        ConfigSource::Env(name) => {
+            let v = std::env::var(name).map_err(|e| format!("config variable {name}: {e}"))?;
+            // Nothing started from here on inherits it.
+            std::env::remove_var(name);
+            v
+        }
+    };
     let cfg: AgentConfig =
         serde_json::from_str(&text).map_err(|e| format!("invalid config: {e}"))?;
     if let (Some(uid), Some(gid)) = (cfg.uid, cfg.gid) {
         ensure_home(Path::new(&cfg.home), uid, gid);
+        if args.own_workdir {
+            own_root_owned_dir(Path::new(&cfg.workdir), uid, gid)
+                .map_err(|e| format!("giving {} to the sandbox user: {e}", cfg.workdir))?;
+        }
     }
     crate::init::seccomp::install()?;
     let listener = bind_atomically(&args.socket)?;
@@ -84,6 +117,22 @@ fn ensure_home(home: &Path, uid: u32, gid: u32) {
         let _ = std::os::unix::fs::chown(home, Some(uid), Some(gid));
         let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o755));
     }
+}
+
+/// Gives `dir` (not what is in it) to `uid:gid` with mode 0755 when root
+/// owns it, so this runs once per volume: later the user owns it and may
+/// have changed its mode. A symlink is never followed.
+fn own_root_owned_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    if meta.uid() == 0 {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// Binds `path.tmp`, makes it 0600, and renames it to `path` once it
@@ -119,8 +168,45 @@ mod tests {
         .collect();
         let p = parse(&a).unwrap();
         assert_eq!(p.socket, PathBuf::from("/r/a.sock"));
-        assert_eq!(p.config, PathBuf::from("/r/c.json"));
+        assert_eq!(p.config, ConfigSource::File(PathBuf::from("/r/c.json")));
+        assert!(!p.own_workdir);
         assert!(parse(&a[..3]).is_none());
+        let b: Vec<String> = [
+            "container",
+            "--socket",
+            "/r/a.sock",
+            "--config-env",
+            "CFG",
+            "--own-workdir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let p = parse(&b).unwrap();
+        assert_eq!(p.config, ConfigSource::Env("CFG".into()));
+        assert!(p.own_workdir);
+        let both = [&a[..], &b[3..5]].concat();
+        assert!(parse(&both).is_none(), "one config source only");
+    }
+
+    #[test]
+    fn only_a_root_owned_workdir_is_given_away() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o700)).unwrap();
+        own_root_owned_dir(&ws, 4242, 4243).unwrap();
+        let m = std::fs::metadata(&ws).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4243, 0o755));
+        // Once the user owns it, its mode is theirs.
+        std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o700)).unwrap();
+        own_root_owned_dir(&ws, 1, 1).unwrap();
+        let m = std::fs::metadata(&ws).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (4242, 0o700));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&ws, &link).unwrap();
+        assert!(own_root_owned_dir(&link, 1, 1).is_err());
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub struct Files {
 }
 
 impl Files {
-    pub fn new(uid: Option<u32>, gid: Option<u32>) -> Files {
+    /// Operations rooted at `root` (the sandbox's `/`, or the workspace of
+    /// a helper serving it without a session).
+    pub fn new(uid: Option<u32>, gid: Option<u32>, root: &Path) -> Files {
         // Only one of them given: the other stays the agent's own.
         let identity = match (uid, gid) {
             (None, None) => None,
@@ -37,10 +39,10 @@ impl Files {
                 gid.unwrap_or_else(|| nix::unistd::getegid().as_raw()),
             )),
         };
-        let fs = RootedFs::open(Path::new("/"), identity).map_err(|e| {
+        let fs = RootedFs::open(root, identity).map_err(|e| {
             FsError::new(
                 ErrorKind::Io,
-                format!("cannot open / for file operations: {e}"),
+                format!("cannot open {} for file operations: {e}", root.display()),
             )
         });
         Files { fs }
@@ -98,7 +100,7 @@ mod tests {
 
     #[test]
     fn relative_paths_are_refused() {
-        let f = Files::new(None, None);
+        let f = Files::new(None, None, Path::new("/"));
         let e = f.read_file("etc/passwd", None).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidPath);
         let e = f.write_file("", b"", None).unwrap_err();
@@ -109,7 +111,7 @@ mod tests {
 
     #[test]
     fn paths_are_the_agents_own() {
-        let f = Files::new(None, None);
+        let f = Files::new(None, None, Path::new("/"));
         let (data, _) = f.read_file("/proc/self/status", None).unwrap();
         assert!(data.starts_with(b"Name:"));
         let st = f.stat("/proc/self").unwrap();

@@ -8,7 +8,11 @@
 //!   See `init/`.
 //! - `sandkasten-agent container --socket PATH --config PATH`: PID 1 of a
 //!   container of the docker runtime; the engine built the sandbox, this
-//!   mode adds seccomp and serves. See `container.rs`.
+//!   mode adds seccomp and serves. See `container.rs`. On a remote engine
+//!   `--config-env NAME --own-workdir` instead (no host file can be shared).
+//! - `sandkasten-agent relay --socket PATH`: started by the daemon through
+//!   the engine's exec API on a remote engine; copies stdin and stdout to
+//!   and from the agent's socket. See `relay.rs`.
 //! - `sandkasten-agent serve --socket PATH`: serve on a Unix socket without
 //!   any sandboxing, with an [`AgentConfig`] (JSON) on stdin. Only for tests
 //!   of the shell and file logic.
@@ -21,6 +25,7 @@ mod container;
 mod files;
 mod init;
 mod reaper;
+mod relay;
 mod server;
 mod shell;
 
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("init") => init::run(),
         Some("container") => container::run(&args),
+        Some("relay") => relay::run(&args),
         Some("serve") => {
             let Some(path) = args
                 .iter()
@@ -69,7 +75,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: sandkasten-agent init | container --socket PATH --config PATH | serve --socket PATH | version");
+            eprintln!("usage: sandkasten-agent init | container --socket PATH --config PATH | relay --socket PATH | serve --socket PATH | version");
             ExitCode::from(2)
         }
     }

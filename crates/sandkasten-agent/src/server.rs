@@ -30,7 +30,11 @@ pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
     harden_process();
     reaper::start();
     let agent = Arc::new(Agent {
-        files: Files::new(cfg.uid, cfg.gid),
+        files: Files::new(
+            cfg.uid,
+            cfg.gid,
+            std::path::Path::new(cfg.files_root.as_deref().unwrap_or("/")),
+        ),
         shell: Shell::new(cfg),
         execs: Mutex::new(HashMap::new()),
     });

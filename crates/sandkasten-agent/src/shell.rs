@@ -1178,6 +1178,7 @@ mod tests {
             workdir: "/w".into(),
             env: vec![("PATH".into(), "/bin".into()), ("PWD".into(), "/x".into())],
             home: "/root".into(),
+            files_root: None,
         };
         let env: Vec<String> = shell_env(&cfg, "/w")
             .unwrap()

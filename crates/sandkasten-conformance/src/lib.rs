@@ -47,7 +47,53 @@ pub const PIDS: u64 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Native,
+    /// A local engine (unix socket, shared filesystem).
     Docker,
+    /// The same engine reached as a remote one: over TCP on loopback
+    /// ([`engine_over_tcp`]), so the runtime shares nothing with it
+    /// through the filesystem (the agent is copied in, connections go
+    /// through the exec API, workspace access through helper containers).
+    DockerRemote,
+}
+
+impl Kind {
+    /// Either docker kind.
+    pub fn is_docker(self) -> bool {
+        matches!(self, Kind::Docker | Kind::DockerRemote)
+    }
+}
+
+/// A loopback TCP port forwarding every connection to the local engine's
+/// socket (`/var/run/docker.sock`), started once per test process: the
+/// engine as a remote daemon would see it. Byte for byte, no delay
+/// (TCP_NODELAY), a thread pair per connection.
+pub fn engine_over_tcp() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(tcp) = conn else { continue };
+                let _ = tcp.set_nodelay(true);
+                let Ok(unix) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock")
+                else {
+                    continue;
+                };
+                let (mut t2, mut u2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+                let (mut t1, mut u1) = (tcp, unix);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut t1, &mut u1);
+                    let _ = u1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut t2);
+                    let _ = t2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        port
+    })
 }
 
 enum Backend {
@@ -191,6 +237,22 @@ impl Env {
             .unwrap_or_else(|e| panic!("{:?}: create {id}: {e}", self.kind));
         assert_eq!(sb.handle.id, id);
         self.handles.lock().unwrap().push(sb.handle.clone());
+        if let Backend::Docker { rt } = &self.backend {
+            assert_eq!(rt.is_remote(), self.kind == Kind::DockerRemote);
+            if rt.is_remote() {
+                // Nothing on this host serves it: the run dir only marks
+                // the session, the agent is reached through the engine.
+                let run = rt.run_dir(&id);
+                let entries: Vec<_> = std::fs::read_dir(&run)
+                    .unwrap_or_else(|e| panic!("{}: {e}", run.display()))
+                    .collect();
+                assert!(
+                    entries.is_empty(),
+                    "remote: {entries:?} in {}",
+                    run.display()
+                );
+            }
+        }
         sb
     }
 
@@ -341,11 +403,12 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
             let cgroups = Cgroups::detect().unwrap();
             Backend::Native { rt, cgroups }
         }
-        Kind::Docker => {
+        Kind::Docker | Kind::DockerRemote => {
             let cfg = DockerConfig {
                 data_dir: data_dir.to_path_buf(),
                 agent_binary: agent,
-                host: None,
+                host: (kind == Kind::DockerRemote)
+                    .then(|| format!("tcp://127.0.0.1:{}", engine_over_tcp())),
                 oci_runtime: None,
                 tmp_size_mb: 64,
             };

@@ -17,10 +17,11 @@ use sandkasten_runtime::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `suite_x: native_x, docker_x;` → two `#[tokio::test]`s running
-/// `suite_x` on a fresh [`Env`] of each backend.
+/// `suite_x: native_x, docker_x, remote_x;` → three `#[tokio::test]`s
+/// running `suite_x` on a fresh [`Env`] of each backend (`remote_x`: the
+/// docker runtime on an engine reached over TCP).
 macro_rules! conformance {
-    ($($suite:ident: $native:ident, $docker:ident;)*) => {$(
+    ($($suite:ident: $native:ident, $docker:ident, $remote:ident;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $native() {
             run(Kind::Native, |env| async move { $suite(&*env.rt.clone(), &env).await }).await;
@@ -29,29 +30,33 @@ macro_rules! conformance {
         async fn $docker() {
             run(Kind::Docker, |env| async move { $suite(&*env.rt.clone(), &env).await }).await;
         }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $remote() {
+            run(Kind::DockerRemote, |env| async move { $suite(&*env.rt.clone(), &env).await }).await;
+        }
     )*};
 }
 
 conformance! {
-    suite_lifecycle: native_lifecycle, docker_lifecycle;
-    suite_shell_state_and_exit_codes: native_shell_state_and_exit_codes, docker_shell_state_and_exit_codes;
-    suite_exec_timeout_cancel_and_truncation: native_exec_timeout_cancel_and_truncation, docker_exec_timeout_cancel_and_truncation;
-    suite_isolation: native_isolation, docker_isolation;
-    suite_agent_files: native_agent_files, docker_agent_files;
-    suite_stats: native_stats, docker_stats;
-    suite_destroy_with_a_stale_handle: native_destroy_with_a_stale_handle, docker_destroy_with_a_stale_handle;
-    suite_persistent_workspace: native_persistent_workspace, docker_persistent_workspace;
-    suite_sessionless_workspace_files: native_sessionless_workspace_files, docker_sessionless_workspace_files;
-    suite_late_binding: native_late_binding, docker_late_binding;
-    suite_attach: native_attach, docker_attach;
-    suite_images: native_images, docker_images;
-    suite_image_import_and_remove: native_image_import_and_remove, docker_image_import_and_remove;
-    suite_memory_limit: native_memory_limit, docker_memory_limit;
-    suite_pids_limit: native_pids_limit, docker_pids_limit;
-    suite_readonly_rootfs: native_readonly_rootfs, docker_readonly_rootfs;
-    suite_network: native_network, docker_network;
-    suite_quotas_and_snapshots: native_quotas_and_snapshots, docker_quotas_and_snapshots;
-    suite_export_and_import: native_export_and_import, docker_export_and_import;
+    suite_lifecycle: native_lifecycle, docker_lifecycle, remote_lifecycle;
+    suite_shell_state_and_exit_codes: native_shell_state_and_exit_codes, docker_shell_state_and_exit_codes, remote_shell_state_and_exit_codes;
+    suite_exec_timeout_cancel_and_truncation: native_exec_timeout_cancel_and_truncation, docker_exec_timeout_cancel_and_truncation, remote_exec_timeout_cancel_and_truncation;
+    suite_isolation: native_isolation, docker_isolation, remote_isolation;
+    suite_agent_files: native_agent_files, docker_agent_files, remote_agent_files;
+    suite_stats: native_stats, docker_stats, remote_stats;
+    suite_destroy_with_a_stale_handle: native_destroy_with_a_stale_handle, docker_destroy_with_a_stale_handle, remote_destroy_with_a_stale_handle;
+    suite_persistent_workspace: native_persistent_workspace, docker_persistent_workspace, remote_persistent_workspace;
+    suite_sessionless_workspace_files: native_sessionless_workspace_files, docker_sessionless_workspace_files, remote_sessionless_workspace_files;
+    suite_late_binding: native_late_binding, docker_late_binding, remote_late_binding;
+    suite_attach: native_attach, docker_attach, remote_attach;
+    suite_images: native_images, docker_images, remote_images;
+    suite_image_import_and_remove: native_image_import_and_remove, docker_image_import_and_remove, remote_image_import_and_remove;
+    suite_memory_limit: native_memory_limit, docker_memory_limit, remote_memory_limit;
+    suite_pids_limit: native_pids_limit, docker_pids_limit, remote_pids_limit;
+    suite_readonly_rootfs: native_readonly_rootfs, docker_readonly_rootfs, remote_readonly_rootfs;
+    suite_network: native_network, docker_network, remote_network;
+    suite_quotas_and_snapshots: native_quotas_and_snapshots, docker_quotas_and_snapshots, remote_quotas_and_snapshots;
+    suite_export_and_import: native_export_and_import, docker_export_and_import, remote_export_and_import;
 }
 
 fn stale(id: &str) -> SandboxHandle {
@@ -553,6 +558,18 @@ async fn suite_sessionless_workspace_files(rt: &dyn Runtime, env: &Env) {
 /// ephemeral `/workspace` of a running sandbox; the shell sees it once it
 /// re-enters `/workspace`.
 async fn suite_late_binding(rt: &dyn Runtime, env: &Env) {
+    if env.kind == Kind::DockerRemote {
+        // Documented: a remote engine's containers cannot take a mount
+        // from the daemon's host, so pooled creates with a workspace start
+        // cold there.
+        assert!(!rt.can_bind_workspace());
+        let ws = env.workspace_id();
+        let sb = env.create(env.spec()).await;
+        assert_unsupported(rt.bind_workspace(&sb.handle, &ws).await);
+        rt.destroy(&sb.handle).await.unwrap();
+        env.assert_clean(&sb.handle).await;
+        return;
+    }
     assert!(
         rt.can_bind_workspace(),
         "{:?}: late binding is off (docker needs runc and the engine's pids visible)",
@@ -664,7 +681,7 @@ async fn suite_images(rt: &dyn Runtime, env: &Env) {
         .unwrap_or_else(|| panic!("{} not in {list:?}", env.image));
     match env.kind {
         Kind::Native => assert!(me.builtin && me.digest == "builtin", "{me:?}"),
-        Kind::Docker => assert!(
+        Kind::Docker | Kind::DockerRemote => assert!(
             !me.builtin && me.digest.starts_with("sha256:") && me.size_bytes > 0,
             "{me:?}"
         ),
@@ -819,7 +836,7 @@ async fn suite_network(rt: &dyn Runtime, env: &Env) {
             assert_unsupported(rt.create(spec).await.map(|sb| sb.handle));
             env.assert_clean(&stale(&id)).await;
         }
-        Kind::Docker => {
+        Kind::Docker | Kind::DockerRemote => {
             let sb = env.create(spec).await;
             let out = ok(&sb.agent, ifaces).await;
             assert!(out.contains("eth0") && out.contains("lo"), "{out}");
@@ -845,7 +862,7 @@ async fn suite_quotas_and_snapshots(rt: &dyn Runtime, env: &Env) {
     let ws = env.workspace_id();
     let quota = sandkasten_native::MIN_QUOTA_BYTES;
     match env.kind {
-        Kind::Docker => {
+        Kind::Docker | Kind::DockerRemote => {
             assert_unsupported(rt.ensure_workspace(&ws, Some(quota)).await);
             assert_eq!(rt.workspace_size(&ws).await.unwrap(), None);
             rt.ensure_workspace(&ws, None).await.unwrap();
@@ -985,7 +1002,7 @@ async fn suite_export_and_import(rt: &dyn Runtime, env: &Env) {
                 ["imported.txt"]
             );
         }
-        Kind::Docker => {
+        Kind::Docker | Kind::DockerRemote => {
             assert_unsupported(rt.import_workspace(&ws, archive).await);
             assert_eq!(
                 names(

@@ -1,9 +1,9 @@
-//! The docker runtime: each sandbox is one container of a local Docker
-//! engine (Engine API through bollard), with our agent as its PID 1, so
-//! exec, streaming and files go over the same agent protocol as on the
-//! native runtime and never cost a `docker exec`.
+//! The docker runtime: each sandbox is one container of a Docker engine
+//! (Engine API through bollard), with our agent as its PID 1, so exec,
+//! streaming and files go over the same agent protocol as on the native
+//! runtime and never cost a `docker exec` per call.
 //!
-//! Per session `<id>`:
+//! Per session `<id>` on a local engine (a remote one: see `remote.rs`):
 //! ```text
 //! container sandkasten-<id>        labels sandkasten.session_id, .image, .workspace_id,
 //!                                  .data_dir (which daemon owns it); .workspace_id is
@@ -24,11 +24,13 @@
 //! agent stacks the native runtime's seccomp filter on the engine's
 //! profile. The shell runs as uid 1000 with no capabilities.
 //!
-//! The engine must be local (a unix socket) and see the same filesystem as
-//! the daemon: the agent binary, the run directories and the volumes'
-//! mount points are host paths. A remote engine (`tcp://`, `ssh://`) is
-//! refused at start. An engine with user namespace remapping is refused
-//! too (root in the container would not own the run directory).
+//! A local engine (a unix socket) sees the same filesystem as the daemon:
+//! the agent binary, the run directories and the volumes' mount points are
+//! host paths. An engine with user namespace remapping is refused there
+//! (root in the container would not own the run directory). A `tcp://`
+//! engine shares nothing with us (`remote.rs`): the agent is copied onto
+//! it and reached through the exec API, and workspaces through helper
+//! containers.
 //!
 //! Late binding (a pooled container taking a persistent workspace): the
 //! daemon clones a detached bind mount of the workspace volume's host mount
@@ -67,12 +69,13 @@
 mod export;
 mod hostfs;
 mod images;
+mod remote;
 mod watch;
 
 use async_trait::async_trait;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, MountVolumeOptions,
-    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -92,10 +95,14 @@ use std::time::Duration;
 /// The uid (and gid) of the sandbox user inside every container.
 pub const SANDBOX_UID: u32 = 1000;
 
-/// Where the agent binary appears in a container.
+/// Where the agent binary appears in a container of a local engine.
 const AGENT_PATH: &str = "/.sandkasten/agent";
 /// Where the session's run directory appears in a container.
 const RUN_DIR: &str = "/.sandkasten/run";
+/// The agent's socket in a container.
+const AGENT_SOCKET: &str = "/.sandkasten/run/agent.sock";
+/// The variable that carries the agent's config on a remote engine.
+const CONFIG_ENV: &str = "SANDKASTEN_AGENT_CONFIG";
 
 /// Label keys.
 pub const LABEL_SESSION: &str = "sandkasten.session_id";
@@ -115,7 +122,8 @@ pub struct DockerConfig {
     pub data_dir: PathBuf,
     /// The static `sandkasten-agent` binary (bind-mounted into containers).
     pub agent_binary: PathBuf,
-    /// Engine address, `unix:///path`; `None`: `DOCKER_HOST` if set, else
+    /// Engine address, `unix:///path` (local) or `tcp://host:port`
+    /// (remote, see `remote.rs`); `None`: `DOCKER_HOST` if set, else
     /// `unix:///var/run/docker.sock`.
     pub host: Option<String>,
     /// OCI runtime of the engine for sandboxes (e.g. `runsc`); `None`: the
@@ -131,6 +139,9 @@ pub struct DockerRuntime {
     /// Whether a workspace can be mounted into a running container (see
     /// the module docs).
     late_bind: bool,
+    /// `Some` on a remote engine: the agent is copied onto it and reached
+    /// through the exec API (see `remote.rs`).
+    remote: Option<std::sync::Arc<remote::RemoteAgent>>,
 }
 
 /// Maps an engine error to a runtime error with what was being done.
@@ -154,21 +165,49 @@ fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     move |e| RuntimeError::io(ctx, e)
 }
 
-/// The engine address to use, refusing anything but a unix socket.
-fn engine_socket(host: Option<&str>) -> Result<String, RuntimeError> {
+/// Where the engine is.
+#[derive(Debug, PartialEq)]
+enum Engine {
+    /// A local engine's unix socket: it shares this host's filesystem.
+    Unix(String),
+    /// A remote engine over plain HTTP (`tcp://host:port`): nothing of
+    /// this host's filesystem is shared.
+    Tcp(String),
+}
+
+/// Checks an engine address (`docker.host`) without connecting.
+pub fn check_engine_address(host: &str) -> Result<(), String> {
+    engine_address(Some(host)).map(|_| ()).map_err(|e| match e {
+        RuntimeError::HostNotReady(m) => m,
+        other => other.to_string(),
+    })
+}
+
+/// The engine address to use.
+fn engine_address(host: Option<&str>) -> Result<Engine, RuntimeError> {
     let env = std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty());
     let host = host
         .map(str::to_string)
         .or(env)
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-    match host.strip_prefix("unix://") {
-        Some(path) if path.starts_with('/') => Ok(path.to_string()),
-        _ => Err(RuntimeError::HostNotReady(format!(
-            "docker engine {host:?}: only a local engine on a unix socket (unix:///path) is \
-             supported; the agent binary, session sockets and workspace volumes are shared \
-             with the engine through the host's filesystem"
-        ))),
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(Engine::Unix(path.to_string()));
+        }
     }
+    for scheme in ["tcp://", "http://"] {
+        if let Some(addr) = host.strip_prefix(scheme) {
+            let addr = addr.trim_end_matches('/');
+            if !addr.is_empty() && !addr.contains('/') {
+                return Ok(Engine::Tcp(addr.to_string()));
+            }
+        }
+    }
+    Err(RuntimeError::HostNotReady(format!(
+        "docker engine {host:?}: use unix:///path for a local engine or tcp://host:port for a \
+         remote one (TLS and ssh engines are not supported yet: reach them through an ssh \
+         tunnel to a local port)"
+    )))
 }
 
 /// Whether the processes of the engine behind `socket` are visible in this
@@ -196,6 +235,32 @@ fn engine_pids_visible(socket: &str) -> bool {
     r == 0 && cred.pid > 0 && Path::new(&format!("/proc/{}", cred.pid)).exists()
 }
 
+/// A container's `StartedAt` (RFC 3339 with nanoseconds) as a non-zero
+/// number: what identifies one start of a container on a remote engine.
+fn started_at_token(started_at: &str) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(started_at.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    // Stored as a signed SQLite integer by the engine: keep it positive.
+    (u64::from_le_bytes(b) >> 1).max(1)
+}
+
+/// A bind mount of a host path (not recursive).
+fn bind_mount(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.into()),
+        source: Some(source.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        bind_options: Some(MountBindOptions {
+            non_recursive: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The name of a workspace's volume (also an ephemeral session's, by its
 /// session id).
 pub fn volume_name(id: &str) -> String {
@@ -211,22 +276,39 @@ impl DockerRuntime {
     /// Connects to the engine (negotiating the API version down to the
     /// engine's) and prepares the data dir.
     pub async fn new(cfg: DockerConfig) -> Result<DockerRuntime, RuntimeError> {
+        let engine = engine_address(cfg.host.as_deref())?;
+        let local = matches!(engine, Engine::Unix(_));
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if local && unsafe { libc::geteuid() } != 0 {
             return Err(RuntimeError::HostNotReady(
-                "the docker runtime needs root (it owns the session sockets and gives \
-                 workspace volumes to the sandbox user)"
+                "the docker runtime on a local engine needs root (it owns the session \
+                 sockets and gives workspace volumes to the sandbox user)"
                     .into(),
             ));
         }
-        let socket = engine_socket(cfg.host.as_deref())?;
-        if !Path::new(&socket).exists() {
-            return Err(RuntimeError::HostNotReady(format!(
-                "no Docker engine at {socket}: start dockerd (apt-get install docker.io), \
-                 or set docker.host"
-            )));
-        }
-        let docker = Docker::connect_with_unix(&socket, 600, bollard::API_DEFAULT_VERSION)
+        let (docker, socket) = match &engine {
+            Engine::Unix(socket) => {
+                if !Path::new(socket).exists() {
+                    return Err(RuntimeError::HostNotReady(format!(
+                        "no Docker engine at {socket}: start dockerd (apt-get install \
+                         docker.io), or set docker.host"
+                    )));
+                }
+                (
+                    Docker::connect_with_unix(socket, 600, bollard::API_DEFAULT_VERSION),
+                    socket.clone(),
+                )
+            }
+            Engine::Tcp(addr) => (
+                Docker::connect_with_http(
+                    &format!("http://{addr}"),
+                    600,
+                    bollard::API_DEFAULT_VERSION,
+                ),
+                format!("tcp://{addr}"),
+            ),
+        };
+        let docker = docker
             .map_err(api_err(format!(
                 "connecting to the Docker engine at {socket}"
             )))?
@@ -241,11 +323,12 @@ impl DockerRuntime {
             .info()
             .await
             .map_err(api_err("reading the engine's info"))?;
-        if info
-            .security_options
-            .iter()
-            .flatten()
-            .any(|o| o.contains("name=userns"))
+        if local
+            && info
+                .security_options
+                .iter()
+                .flatten()
+                .any(|o| o.contains("name=userns"))
         {
             return Err(RuntimeError::HostNotReady(
                 "the Docker engine remaps user namespaces (userns-remap); the docker runtime \
@@ -279,19 +362,67 @@ impl DockerRuntime {
             .clone()
             .or(info.default_runtime.clone())
             .unwrap_or_else(|| "runc".into());
-        let late_bind = oci == "runc" && engine_pids_visible(&socket);
+        let late_bind = local && oci == "runc" && engine_pids_visible(&socket);
+        let remote = if local {
+            None
+        } else {
+            Some(std::sync::Arc::new(remote::RemoteAgent::load(
+                &cfg.agent_binary,
+            )?))
+        };
         tracing::info!(
             engine = %socket,
             api = %docker.client_version(),
             oci_runtime = %oci,
             late_bind,
+            remote = remote.is_some(),
             "docker runtime ready"
         );
-        Ok(DockerRuntime {
+        let rt = DockerRuntime {
             cfg,
             docker,
             late_bind,
-        })
+            remote,
+        };
+        rt.remove_leftover_helpers().await?;
+        Ok(rt)
+    }
+
+    /// Removes helper containers a crash left behind (ours by data dir).
+    async fn remove_leftover_helpers(&self) -> Result<(), RuntimeError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{}=true", remote::LABEL_HELPER),
+                format!("{LABEL_DATA_DIR}={}", self.data_dir_label()),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(api_err("listing helper containers"))?;
+        for c in found {
+            if let Some(id) = c.id {
+                let opts = RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build();
+                if let Err(e) = self.docker.remove_container(&id, Some(opts)).await {
+                    tracing::warn!(container = %id, "removing a leftover helper: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the engine is remote (shares no filesystem with us).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// The engine client (for tests and tools).
@@ -362,6 +493,11 @@ impl DockerRuntime {
             .await
             .map_err(api_err(format!("creating volume {name}")))?;
         let root = PathBuf::from(&v.mountpoint);
+        if self.remote.is_some() {
+            // Its mount point is the engine's; the agent gives the root to
+            // the sandbox user when a container starts (`--own-workdir`).
+            return Ok((root, v.labels));
+        }
         if v.mountpoint.is_empty() {
             return Err(RuntimeError::HostNotReady(format!(
                 "volume {name} has no mount point on this host (driver {})",
@@ -395,6 +531,15 @@ impl DockerRuntime {
         Ok(root)
     }
 
+    /// Whether workspace `id`'s volume exists.
+    async fn volume_exists(&self, id: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_volume(&volume_name(id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(api_err(format!("inspecting volume {}", volume_name(id)))(e)),
+        }
+    }
+
     /// The host mount point of workspace `id`'s volume; `None` when the
     /// volume does not exist.
     async fn workspace_root(&self, id: &str) -> Result<Option<PathBuf>, RuntimeError> {
@@ -409,7 +554,15 @@ impl DockerRuntime {
         }
     }
 
-    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+    /// Creates and starts the container; returns its handle, and on a
+    /// remote engine the agent connection made to see it listen.
+    async fn start(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<(SandboxHandle, Option<AgentClient>), RuntimeError> {
+        if let Some(r) = &self.remote {
+            r.ensure(&self.docker, &self.data_dir_label()).await?;
+        }
         let image =
             self.docker
                 .inspect_image(&spec.image)
@@ -423,7 +576,8 @@ impl DockerRuntime {
         let image_env = image.config.and_then(|c| c.env).unwrap_or_default();
 
         // The run dir first: it marks the session on disk, so a crash from
-        // here on leaves an orphan that recovery lists and destroys.
+        // here on leaves an orphan that recovery lists and destroys. (On a
+        // remote engine it is only that mark.)
         let run = self.run_dir(&spec.id);
         hostfs::private_dir(&run).map_err(io(format!("creating {}", run.display())))?;
         let (volume, workspace_label) = match &spec.workspace {
@@ -448,13 +602,19 @@ impl DockerRuntime {
             workdir: "/workspace".into(),
             env: self.shell_env(&image_env, &spec.env),
             home: "/home/sandbox".into(),
+            files_root: None,
         };
         let json =
-            serde_json::to_vec(&agent_cfg).map_err(|e| RuntimeError::Other(e.to_string()))?;
-        std::fs::write(run.join("config.json"), json).map_err(io("writing the agent config"))?;
-        // Set up before the container starts, so the socket's arrival is
-        // never missed.
-        let watch = watch::DirWatch::new(&run).map_err(io("watching the run directory"))?;
+            serde_json::to_string(&agent_cfg).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        let watch = if self.remote.is_none() {
+            std::fs::write(run.join("config.json"), &json)
+                .map_err(io("writing the agent config"))?;
+            // Set up before the container starts, so the socket's arrival
+            // is never missed.
+            Some(watch::DirWatch::new(&run).map_err(io("watching the run directory"))?)
+        } else {
+            None
+        };
 
         let name = container_name(&spec.id);
         let labels = HashMap::from([
@@ -463,6 +623,55 @@ impl DockerRuntime {
             (LABEL_WORKSPACE_ID.to_string(), workspace_label),
             (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
         ]);
+        let mut tmpfs = HashMap::from([(
+            "/tmp".to_string(),
+            format!(
+                "rw,exec,nosuid,nodev,size={}m,mode=1777",
+                self.cfg.tmp_size_mb
+            ),
+        )]);
+        let workspace_mount = remote::volume_mount(&volume, "/workspace", false);
+        let (mounts, entrypoint, env) = match &self.remote {
+            None => (
+                vec![
+                    bind_mount(&self.cfg.agent_binary, AGENT_PATH, true),
+                    bind_mount(&run, RUN_DIR, false),
+                    workspace_mount,
+                ],
+                vec![
+                    AGENT_PATH.to_string(),
+                    "container".into(),
+                    "--socket".into(),
+                    AGENT_SOCKET.into(),
+                    "--config".into(),
+                    format!("{RUN_DIR}/config.json"),
+                ],
+                None,
+            ),
+            Some(r) => {
+                // Root-only, in memory: the socket the relay reaches.
+                tmpfs.insert(
+                    RUN_DIR.to_string(),
+                    "rw,noexec,nosuid,nodev,size=1m,mode=0700".into(),
+                );
+                (
+                    vec![
+                        remote::volume_mount(&r.volume(), remote::AGENT_DIR, true),
+                        workspace_mount,
+                    ],
+                    vec![
+                        remote::AGENT_IN_VOLUME.to_string(),
+                        "container".into(),
+                        "--socket".into(),
+                        AGENT_SOCKET.into(),
+                        "--config-env".into(),
+                        CONFIG_ENV.into(),
+                        "--own-workdir".into(),
+                    ],
+                    Some(vec![format!("{CONFIG_ENV}={json}")]),
+                )
+            }
+        };
         let mem = (spec.limits.memory_mb * 1024 * 1024) as i64;
         let host_config = HostConfig {
             nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
@@ -497,68 +706,16 @@ impl DockerRuntime {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
             }),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                format!(
-                    "rw,exec,nosuid,nodev,size={}m,mode=1777",
-                    self.cfg.tmp_size_mb
-                ),
-            )])),
-            mounts: Some(vec![
-                Mount {
-                    target: Some(AGENT_PATH.into()),
-                    source: Some(self.cfg.agent_binary.display().to_string()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(true),
-                    bind_options: Some(MountBindOptions {
-                        non_recursive: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                Mount {
-                    target: Some(RUN_DIR.into()),
-                    source: Some(run.display().to_string()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(false),
-                    bind_options: Some(MountBindOptions {
-                        non_recursive: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                Mount {
-                    target: Some("/workspace".into()),
-                    source: Some(volume),
-                    typ: Some(MountType::VOLUME),
-                    read_only: Some(false),
-                    // Never copy the image's /workspace into the volume
-                    // (that would also copy its owner onto the root).
-                    volume_options: Some(MountVolumeOptions {
-                        no_copy: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ]),
+            tmpfs: Some(tmpfs),
+            mounts: Some(mounts),
             ..Default::default()
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             hostname: Some(format!("sk-{}", &spec.id[..spec.id.len().min(12)])),
             user: Some("0:0".into()),
-            entrypoint: Some(
-                [
-                    AGENT_PATH,
-                    "container",
-                    "--socket",
-                    &format!("{RUN_DIR}/agent.sock"),
-                    "--config",
-                    &format!("{RUN_DIR}/config.json"),
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
+            entrypoint: Some(entrypoint),
+            env,
             cmd: None,
             working_dir: Some("/".into()),
             labels: Some(labels),
@@ -589,8 +746,24 @@ impl DockerRuntime {
             &name,
             None::<bollard::query_parameters::WaitContainerOptions>,
         );
-        tokio::select! {
-            r = watch.appeared("agent.sock") => r.map_err(io("waiting for the agent socket"))?,
+        let listening = async {
+            match &watch {
+                Some(w) => w
+                    .appeared("agent.sock")
+                    .await
+                    .map(|_| None)
+                    .map_err(io("waiting for the agent socket")),
+                // The relay waits for the socket itself; a ping proves the
+                // agent serves.
+                None => {
+                    let agent = self.connect(&spec.id).await?;
+                    agent.call(Request::Ping).await?;
+                    Ok(Some(agent))
+                }
+            }
+        };
+        let agent = tokio::select! {
+            r = listening => r?,
             r = exited.next() => {
                 let how = match r {
                     Some(Ok(w)) => format!("exit code {}", w.status_code),
@@ -609,8 +782,8 @@ impl DockerRuntime {
                     self.logs(&name).await
                 )));
             }
-        }
-        self.handle_of(&spec.id).await
+        };
+        Ok((self.handle_of(&spec.id).await?, agent))
     }
 
     /// The last lines the container's agent wrote (for error messages).
@@ -653,14 +826,31 @@ impl DockerRuntime {
         Ok(SandboxHandle {
             id: id.to_string(),
             pid,
-            // 0 when the engine's pids are not ours to read (another pid
-            // namespace); identity then rests on the container alone.
-            start_time: latebind::start_time(pid).unwrap_or(0),
+            // On a remote engine its pids are not ours to read: the
+            // container's start timestamp stands in (a restarted container
+            // has another). 0 when a local engine's pids are in another pid
+            // namespace; identity then rests on the container and its pid.
+            start_time: if self.remote.is_some() {
+                started_at_token(state.started_at.as_deref().unwrap_or(""))
+            } else {
+                latebind::start_time(pid).unwrap_or(0)
+            },
         })
     }
 
     async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
-        AgentClient::connect(&self.run_dir(id).join("agent.sock")).await
+        match &self.remote {
+            None => AgentClient::connect(&self.run_dir(id).join("agent.sock")).await,
+            Some(_) => {
+                remote::connect_relay(
+                    &self.docker,
+                    &container_name(id),
+                    remote::AGENT_IN_VOLUME,
+                    AGENT_SOCKET,
+                )
+                .await
+            }
+        }
     }
 }
 
@@ -683,10 +873,13 @@ impl Runtime for DockerRuntime {
             }
             e
         };
-        let handle = match self.start(&spec).await {
-            Ok(h) => h,
+        let (handle, agent) = match self.start(&spec).await {
+            Ok(started) => started,
             Err(e) => return Err(cleanup(e).await),
         };
+        if let Some(agent) = agent {
+            return Ok(Sandbox { handle, agent });
+        }
         match self.connect(&spec.id).await {
             Ok(agent) => Ok(Sandbox { handle, agent }),
             Err(e) => Err(cleanup(e).await),
@@ -703,10 +896,13 @@ impl Runtime for DockerRuntime {
         if !(same_pid && same_start) {
             return Err(RuntimeError::Gone(handle.id.clone()));
         }
-        let agent = self
-            .connect(&handle.id)
-            .await
-            .map_err(|_| RuntimeError::Gone(handle.id.clone()))?;
+        // A local socket that does not answer means the agent is gone; a
+        // remote engine may only be out of reach (the caller can retry).
+        let agent = self.connect(&handle.id).await.map_err(|e| match e {
+            RuntimeError::Gone(_) => e,
+            _ if self.remote.is_some() => e,
+            _ => RuntimeError::Gone(handle.id.clone()),
+        })?;
         Ok(Sandbox { handle: now, agent })
     }
 
@@ -866,6 +1062,26 @@ impl Runtime for DockerRuntime {
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
+        if let Some(r) = &self.remote {
+            if !self.volume_exists(id).await? {
+                return Ok(None);
+            }
+            let (r, rt, docker, label) = (
+                r.clone(),
+                tokio::runtime::Handle::current(),
+                self.docker.clone(),
+                self.data_dir_label(),
+            );
+            let volume = volume_name(id);
+            // The same walk as an export, into nothing: the engine has no
+            // endpoint for a volume's size but a slow `system df`.
+            return tokio::task::spawn_blocking(move || {
+                r.workspace_tar(&rt, &docker, &label, &volume, &mut std::io::sink())
+            })
+            .await
+            .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))?
+            .map(Some);
+        }
         let Some(root) = self.workspace_root(id).await? else {
             return Ok(None);
         };
@@ -899,6 +1115,14 @@ impl Runtime for DockerRuntime {
     }
 
     async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
+        if let Some(r) = &self.remote {
+            if !self.volume_exists(id).await? {
+                return Err(RuntimeError::Other(format!("workspace {id} has no volume")));
+            }
+            return r
+                .workspace_file(&self.docker, &self.data_dir_label(), &volume_name(id), req)
+                .await;
+        }
         let root = self
             .workspace_root(id)
             .await?
@@ -925,6 +1149,15 @@ impl Runtime for DockerRuntime {
         // here, then walk the volume on this thread.
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|e| RuntimeError::Other(format!("workspace export outside tokio: {e}")))?;
+        if let Some(r) = &self.remote {
+            if !rt.block_on(self.volume_exists(id))? {
+                return Err(RuntimeError::Other(format!("workspace {id} has no volume")));
+            }
+            let label = self.data_dir_label();
+            return r
+                .workspace_tar(&rt, &self.docker, &label, &volume_name(id), out)
+                .map(|_| ());
+        }
         let root = rt
             .block_on(self.workspace_root(id))?
             .ok_or_else(|| RuntimeError::Other(format!("workspace {id} has no volume")))?;
@@ -967,14 +1200,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unix_engines_are_accepted() {
+    fn engines_are_local_sockets_or_plain_tcp() {
         assert_eq!(
-            engine_socket(Some("unix:///run/docker.sock")).unwrap(),
-            "/run/docker.sock"
+            engine_address(Some("unix:///run/docker.sock")).unwrap(),
+            Engine::Unix("/run/docker.sock".into())
         );
-        for bad in ["tcp://10.0.0.1:2375", "ssh://host", "unix://relative", "/x"] {
-            let e = engine_socket(Some(bad)).unwrap_err().to_string();
-            assert!(e.contains("unix socket"), "{bad}: {e}");
+        assert_eq!(
+            engine_address(Some("tcp://10.0.0.1:2375")).unwrap(),
+            Engine::Tcp("10.0.0.1:2375".into())
+        );
+        assert_eq!(
+            engine_address(Some("http://host:2375/")).unwrap(),
+            Engine::Tcp("host:2375".into())
+        );
+        for bad in [
+            "ssh://host",
+            "https://h:2376",
+            "unix://relative",
+            "/x",
+            "tcp://",
+        ] {
+            let e = engine_address(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("unix:///path") && e.contains("tcp://"),
+                "{bad}: {e}"
+            );
         }
     }
 

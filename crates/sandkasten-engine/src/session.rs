@@ -64,9 +64,18 @@ struct Session {
     ttl_seconds: u64,
     acquire_source: AcquireSource,
     handle: SandboxHandle,
-    agent: AgentClient,
+    /// The connection to the sandbox's agent; replaced when a connection
+    /// through a remote engine breaks while the sandbox lives (see
+    /// [`Engine::watch`]).
+    agent: Mutex<AgentClient>,
     live: Mutex<Live>,
     exec_lock: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    fn agent(&self) -> AgentClient {
+        self.agent.lock().unwrap().clone()
+    }
 }
 
 struct Live {
@@ -74,6 +83,10 @@ struct Live {
     expires_at: OffsetDateTime,
     cwd: String,
 }
+
+/// How long a session whose agent connection broke waits for its backend
+/// to be reachable again before it is given up as `lost`.
+const RECONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a reattached agent may take to answer its first ping.
 const ATTACH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -178,20 +191,7 @@ impl Engine {
                 start_time: rec.pid_start_time,
             };
             let alive = if rec.state == SessionState::Running.as_str() {
-                match self.inner.runtime.attach(&handle).await {
-                    // The agent must answer, not merely accept: a sandbox
-                    // whose agent is stuck is cleaned up like a dead one.
-                    Ok(sandbox) => match tokio::time::timeout(
-                        ATTACH_PING_TIMEOUT,
-                        sandbox.agent.call(Request::Ping),
-                    )
-                    .await
-                    {
-                        Ok(Ok(Response::Pong { cwd, .. })) => Some((sandbox, cwd)),
-                        _ => None,
-                    },
-                    Err(_) => None,
-                }
+                self.reconnect(&handle).await.ok()
             } else {
                 None
             };
@@ -210,7 +210,7 @@ impl Engine {
                             AcquireSource::Cold
                         },
                         handle: sandbox.handle,
-                        agent: sandbox.agent,
+                        agent: Mutex::new(sandbox.agent),
                         live: Mutex::new(Live {
                             state: SessionState::Running,
                             expires_at: from_ms(rec.expires_at_ms),
@@ -303,31 +303,91 @@ impl Engine {
         }
     }
 
-    /// Watches the agent connection of a running session: if it closes
-    /// while the session is running (the sandbox died: its PID 1 was killed
-    /// or crashed), the session is cleaned up and marked `lost` at once
+    /// Watches the agent connection of a running session. When it closes
+    /// while the session runs, the sandbox is asked for again
+    /// ([`Runtime::attach`]: the same PID 1, proven, and an agent that
+    /// answers): a connection through a remote engine can break while the
+    /// sandbox lives, and is then replaced. A sandbox that is gone (its
+    /// PID 1 was killed or crashed) is cleaned up and marked `lost` at once
     /// instead of answering errors until its TTL.
     fn watch(&self, s: &Arc<Session>) {
         let engine = self.clone();
-        let agent = s.agent.clone();
+        let mut agent = s.agent();
+        let handle = s.handle.clone();
         let id = s.id.clone();
         tokio::spawn(async move {
-            agent.closed().await;
-            let running = engine
-                .inner
-                .sessions
-                .lock()
-                .unwrap()
-                .get(&id)
-                .map(|s| s.live.lock().unwrap().state == SessionState::Running)
-                .unwrap_or(false);
-            if running {
-                tracing::warn!(session = %id, "sandbox agent connection closed; the sandbox is gone");
-                if let Err(e) = engine.end_session(&id, SessionState::Lost).await {
-                    tracing::warn!(session = %id, "cleaning up a lost sandbox: {e}");
+            loop {
+                agent.closed().await;
+                let session = engine.inner.sessions.lock().unwrap().get(&id).cloned();
+                let Some(session) =
+                    session.filter(|s| s.live.lock().unwrap().state == SessionState::Running)
+                else {
+                    return;
+                };
+                match engine.reconnect_patiently(&handle).await {
+                    Some((fresh, _)) => {
+                        tracing::info!(session = %id, "agent connection closed; reconnected to the running sandbox");
+                        *session.agent.lock().unwrap() = fresh.agent.clone();
+                        agent = fresh.agent;
+                    }
+                    None => {
+                        tracing::warn!(session = %id, "sandbox agent connection closed; the sandbox is gone");
+                        if let Err(e) = engine.end_session(&id, SessionState::Lost).await {
+                            tracing::warn!(session = %id, "cleaning up a lost sandbox: {e}");
+                        }
+                        return;
+                    }
                 }
             }
         });
+    }
+
+    /// The sandbox `handle` names with a new agent connection, and its
+    /// shell's cwd, if that sandbox still runs and its agent answers (not
+    /// merely accepts: a sandbox whose agent is stuck is treated like a
+    /// dead one, `Gone`).
+    async fn reconnect(
+        &self,
+        handle: &SandboxHandle,
+    ) -> Result<(sandkasten_runtime::Sandbox, String), RuntimeError> {
+        let gone = || RuntimeError::Gone(handle.id.clone());
+        let attach = async {
+            let sandbox = self.inner.runtime.attach(handle).await?;
+            match sandbox.agent.call(Request::Ping).await {
+                Ok(Response::Pong { cwd, .. }) => Ok((sandbox, cwd)),
+                _ => Err(gone()),
+            }
+        };
+        tokio::time::timeout(ATTACH_PING_TIMEOUT, attach)
+            .await
+            .unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// [`Engine::reconnect`], retried while the backend cannot tell (a
+    /// remote engine out of reach), with backoff, for up to
+    /// [`RECONNECT_PATIENCE`]; `None` once the sandbox is gone or that time
+    /// is up.
+    async fn reconnect_patiently(
+        &self,
+        handle: &SandboxHandle,
+    ) -> Option<(sandkasten_runtime::Sandbox, String)> {
+        let deadline = tokio::time::Instant::now() + RECONNECT_PATIENCE;
+        let mut wait = std::time::Duration::from_millis(250);
+        loop {
+            match self.reconnect(handle).await {
+                Ok(found) => return Some(found),
+                Err(RuntimeError::Gone(_)) => return None,
+                Err(e) => {
+                    if tokio::time::Instant::now() + wait > deadline {
+                        tracing::warn!(session = %handle.id, "giving up reconnecting: {e}");
+                        return None;
+                    }
+                    tracing::warn!(session = %handle.id, "reconnecting to the sandbox: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Live sessions that mount workspace `ws`.
@@ -539,7 +599,7 @@ impl Engine {
             ttl_seconds: ttl,
             acquire_source: source,
             handle,
-            agent,
+            agent: Mutex::new(agent),
             live: Mutex::new(Live {
                 state: SessionState::Running,
                 expires_at,
@@ -817,7 +877,8 @@ impl Engine {
         tokio::spawn(async move {
             let _turn = s.exec_lock.lock().await;
             let started = std::time::Instant::now();
-            let mut handle = match s.agent.exec(req.cmd, timeout_ms, max_output) {
+            let agent = s.agent();
+            let mut handle = match agent.exec(req.cmd, timeout_ms, max_output) {
                 Ok(h) => h,
                 Err(e) => {
                     let _ = tx
@@ -863,13 +924,13 @@ impl Engine {
                         let last = matches!(event, ExecEvent::Error { .. });
                         if tx.send(event).await.is_err() && !cancelled {
                             cancelled = true;
-                            let _ = s.agent.cancel(handle.id).await;
+                            let _ = agent.cancel(handle.id).await;
                         }
                         if last { return; }
                     }
                     _ = tx.closed(), if !cancelled => {
                         cancelled = true;
-                        let _ = s.agent.cancel(handle.id).await;
+                        let _ = agent.cancel(handle.id).await;
                     }
                     _ = &mut guard => {
                         let _ = tx.send(ExecEvent::Error { message: "the sandbox agent stopped answering".into() }).await;
@@ -901,7 +962,7 @@ impl Engine {
     async fn file_call(&self, id: &str, req: Request) -> Result<Response, EngineError> {
         let s = self.active(id)?;
         let resp = s
-            .agent
+            .agent()
             .call(req)
             .await
             .map_err(runtime_err("talking to the sandbox agent"))?;

@@ -259,6 +259,7 @@ impl NativeRuntime {
                 workdir: "/workspace".into(),
                 env: self.agent_env(&spec.env),
                 home: "/home/sandbox".into(),
+                files_root: None,
             },
         };
         let json = serde_json::to_vec(&launch).map_err(|e| RuntimeError::Other(e.to_string()))?;

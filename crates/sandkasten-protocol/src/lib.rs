@@ -179,6 +179,12 @@ pub struct AgentConfig {
     pub env: Vec<(String, String)>,
     /// Home directory (also exported as HOME).
     pub home: String,
+    /// The directory file operations are rooted at (absolute request
+    /// paths resolve inside it and never leave it); `None`: `/`. A helper
+    /// that serves a workspace without a session roots them at the
+    /// workspace.
+    #[serde(default)]
+    pub files_root: Option<String>,
 }
 
 /// Errors of the frame codec.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -56,13 +56,35 @@ impl AgentClient {
 
     /// Wraps an already connected stream.
     pub fn from_stream(stream: UnixStream) -> Self {
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        Self::from_halves(rd, wr)
+    }
+
+    /// Wraps the two directions of any byte stream to an agent (a relay
+    /// through a container engine's exec stream, for one).
+    pub fn from_halves<R, W>(mut rd: R, mut wr: W) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
 
         let writer = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if wr.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                // Whatever queued meanwhile goes in the same flush (a
+                // buffered transport sends nothing until flushed).
+                let mut ok = true;
+                while let Ok(more) = rx.try_recv() {
+                    if wr.write_all(&more).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+                if !ok || wr.flush().await.is_err() {
                     break;
                 }
             }

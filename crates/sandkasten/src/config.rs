@@ -110,9 +110,10 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Docker {
-    /// Engine address, `unix:///path`; unset: `DOCKER_HOST`, else
-    /// `unix:///var/run/docker.sock`. Remote engines are not supported
-    /// (the agent binary, session sockets and volumes are host paths).
+    /// Engine address: `unix:///path` (a local engine) or
+    /// `tcp://host:port` (a remote one: the agent is copied onto it and
+    /// reached through the exec API); unset: `DOCKER_HOST`, else
+    /// `unix:///var/run/docker.sock`.
     pub host: Option<String>,
     /// OCI runtime the engine starts sandboxes with (e.g. `runsc`);
     /// unset: the engine's default.
@@ -265,14 +266,8 @@ impl Config {
             bail!("defaults.tmp_size_mb: must be at least 1");
         }
         if let Some(h) = &self.docker.host {
-            if !h
-                .strip_prefix("unix://")
-                .is_some_and(|p| p.starts_with('/'))
-            {
-                bail!(
-                    "docker.host: {h:?} is not a local engine socket (unix:///path); remote \
-                     engines (tcp://, ssh://) are not supported yet"
-                );
+            if let Err(e) = sandkasten_docker::check_engine_address(h) {
+                bail!("docker.host: {e}");
             }
         }
         if let Some(r) = &self.docker.runtime {
@@ -440,6 +435,10 @@ mod tests {
         .unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.docker.runtime.as_deref(), Some("runsc"));
+        Config::parse("runtime: docker\ndocker:\n  host: tcp://10.0.0.1:2375\n")
+            .unwrap()
+            .validate()
+            .unwrap();
         assert_eq!(cfg.workspace_quota_bytes(), None);
         let err = Config::parse("docker:\n  bogus: 1\n")
             .unwrap_err()
@@ -447,7 +446,7 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
         for (yaml, key) in [
             (
-                "runtime: docker\ndocker:\n  host: tcp://10.0.0.1:2375\n",
+                "runtime: docker\ndocker:\n  host: ssh://me@10.0.0.1\n",
                 "docker.host",
             ),
             (

@@ -253,7 +253,7 @@ fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
     })?)
 }
 
-/// The docker runtime on the configured (local) engine.
+/// The docker runtime on the configured engine.
 async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;

@@ -53,6 +53,7 @@ impl Agent {
                 ("TERM".into(), "dumb".into()),
             ],
             home: work.to_str().unwrap().to_string(),
+            files_root: None,
         };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandkasten-agent"));
         cmd.args(["serve", "--socket"])
