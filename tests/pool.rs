@@ -72,13 +72,16 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
     assert_eq!(v["output"], "/workspace\nok\n", "{v}");
     assert!(!d.listed_ids().is_empty());
 
-    // With a workspace and env: mounted into the running sandbox.
+    // With a workspace and env: mounted into the running sandbox. On a
+    // remote engine (documented) nothing can be mounted into a running
+    // container from here: such creates are served cold, as misses.
+    let with_ws = if on_remote_engine() { "cold" } else { "pool" };
     let ws = ws_id("pooled-ws");
     let s = d.create_session(json!({
         "workspace_id": ws,
         "env": {"GREETING": "it's \"quoted\" $HOME", "EMPTY": ""}
     }));
-    assert_eq!(s["acquire_source"], "pool", "{s}");
+    assert_eq!(s["acquire_source"], with_ws, "{s}");
     assert_eq!(s["workspace_id"], ws.as_str(), "{s}");
     let ws_session = s["id"].as_str().unwrap().to_string();
     let v = d.exec(
@@ -123,7 +126,7 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
     // The workspace comes back in the next pooled session.
     wait_idle(&d, 2, Duration::from_secs(10));
     let s = d.create_session(json!({"workspace_id": ws}));
-    assert_eq!(s["acquire_source"], "pool", "{s}");
+    assert_eq!(s["acquire_source"], with_ws, "{s}");
     let id2 = s["id"].as_str().unwrap().to_string();
     assert_eq!(
         d.sh(&id2, "cat note.txt; echo ${GREETING-unset}"),
@@ -131,21 +134,23 @@ fn pooled_creates_serve_sessions_with_and_without_a_workspace() {
     );
 
     let p = pool_of(&d);
-    assert_eq!(p["hits"], 3, "{p}");
-    assert_eq!(p["misses"], 0, "{p}");
+    let (hits, misses) = if on_remote_engine() { (1, 2) } else { (3, 0) };
+    assert_eq!(
+        (&p["hits"], &p["misses"]),
+        (&json!(hits), &json!(misses)),
+        "{p}"
+    );
     assert!(p["acquire_wait_p50_ms"].as_f64().unwrap() > 0.0, "{p}");
 
     // The metrics agree and need the key.
     let text = d.get("/metrics").text;
-    let hits = format!(
-        "sandkasten_pool_hits_total{{image=\"{}\"}} 3",
+    let line = format!(
+        "sandkasten_pool_hits_total{{image=\"{}\"}} {hits}",
         default_image()
     );
-    assert!(text.contains(&hits), "{text}");
-    assert!(
-        text.contains("sandkasten_session_creates_total{source=\"pool\"} 3"),
-        "{text}"
-    );
+    assert!(text.contains(&line), "{text}");
+    let line = format!("sandkasten_session_creates_total{{source=\"pool\"}} {hits}");
+    assert!(text.contains(&line), "{text}");
     assert!(
         text.contains("sandkasten_sessions{state=\"running\"} 2"),
         "{text}"

@@ -29,7 +29,8 @@
 //! assertions run on both. No engine: the docker pass fails, loudly.
 //! `scripts/test` runs the suite on native, then the portable binaries
 //! (sessions, exec, files, isolation, limits, recovery, api_errors,
-//! workspaces, pool) again on docker.
+//! workspaces, pool) again on docker, and again with `docker-remote` (the
+//! same engine reached over TCP, as a remote engine: [`on_remote_engine`]).
 //!
 //! Where the backends differ by design (docs/api.md, "Choosing a backend")
 //! a test asserts each one's documented behaviour: the `base` image is
@@ -58,9 +59,10 @@
 //! with whiteouts; docker's images are the engine's, covered by
 //! docker_pool::image_commands_use_the_configured_runtime and
 //! crates/sandkasten-docker/tests/docker.rs images_and_failed_creates),
-//! `image_build` (`sandkasten image build` and its cache) and
-//! `docker_pool` (configures `runtime: docker` itself); all three run in
-//! the native pass.
+//! `image_build` (`sandkasten image build` and its cache),
+//! `docker_pool` (configures `runtime: docker` itself) and `docker_remote`
+//! (configures a `tcp://` engine itself, through a forwarder it can
+//! break); all four run in the native pass.
 
 #![allow(dead_code)]
 
@@ -256,17 +258,28 @@ pub enum Backend {
     Docker,
 }
 
-/// `SANDKASTEN_E2E_RUNTIME`: `native` (also when unset) or `docker`; any
-/// other value fails the test.
+/// `SANDKASTEN_E2E_RUNTIME`: `native` (also when unset), `docker`, or
+/// `docker-remote` (the docker runtime on the same engine reached as a
+/// remote one, see [`on_remote_engine`]); any other value fails the test.
 pub fn backend() -> Backend {
     static B: OnceLock<Backend> = OnceLock::new();
     *B.get_or_init(|| match std::env::var("SANDKASTEN_E2E_RUNTIME") {
         Err(std::env::VarError::NotPresent) => Backend::Native,
         Ok(v) if v.is_empty() || v == "native" => Backend::Native,
-        Ok(v) if v == "docker" => Backend::Docker,
-        Ok(v) => panic!("SANDKASTEN_E2E_RUNTIME={v:?}: expected native or docker"),
+        Ok(v) if v == "docker" || v == "docker-remote" => Backend::Docker,
+        Ok(v) => panic!("SANDKASTEN_E2E_RUNTIME={v:?}: expected native, docker or docker-remote"),
         Err(e) => panic!("SANDKASTEN_E2E_RUNTIME: {e}"),
     })
+}
+
+/// With `SANDKASTEN_E2E_RUNTIME=docker-remote` every daemon gets
+/// `DOCKER_HOST=tcp://127.0.0.1:<port>`, a loopback forwarder to the local
+/// engine in this test process (`sandkasten_conformance::engine_over_tcp`):
+/// the daemon then shares nothing with the engine through the filesystem
+/// (agent copied in, connections through the exec API, workspace access
+/// through helper containers), while the host views still see the engine.
+pub fn on_remote_engine() -> bool {
+    on_docker() && std::env::var("SANDKASTEN_E2E_RUNTIME").as_deref() == Ok("docker-remote")
 }
 
 pub fn on_docker() -> bool {
@@ -1038,6 +1051,9 @@ pub struct DataDir {
     pub key: String,
     session_ids: Mutex<BTreeSet<String>>,
     next_file: AtomicUsize,
+    /// Set by a test that runs docker daemons itself (whatever the pass):
+    /// its containers and volumes are removed with the data dir.
+    docker_objects: std::sync::atomic::AtomicBool,
 }
 
 impl DataDir {
@@ -1060,6 +1076,7 @@ impl DataDir {
             key: format!("sk-e2e-{}", random_hex(32)),
             session_ids: Mutex::new(BTreeSet::new()),
             next_file: AtomicUsize::new(1),
+            docker_objects: Default::default(),
         })
     }
 
@@ -1104,6 +1121,13 @@ impl DataDir {
 
     /// Removes the containers and volumes of this data dir's daemons (the
     /// docker runtime labels all of them with the data dir).
+    /// Marks this data dir as used by docker daemons: its labelled
+    /// containers and volumes are removed when it is dropped.
+    pub fn holds_docker_objects(&self) {
+        self.docker_objects
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn remove_docker_objects(&self) {
         let label = self.docker_label();
         let run = |args: &[&str]| match try_docker_cli(args) {
@@ -1138,7 +1162,12 @@ impl Drop for DataDir {
     fn drop(&mut self) {
         // Not `on_docker()`: that panics on a bad SANDKASTEN_E2E_RUNTIME,
         // and a panic while unwinding aborts.
-        if std::env::var("SANDKASTEN_E2E_RUNTIME").as_deref() == Ok("docker") {
+        let runtime = std::env::var("SANDKASTEN_E2E_RUNTIME");
+        if matches!(runtime.as_deref(), Ok("docker") | Ok("docker-remote"))
+            || self
+                .docker_objects
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
             self.remove_docker_objects();
         }
         let ids = self.known_session_ids();
@@ -1954,6 +1983,16 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
         // No config file: the runtime under test comes from the environment.
         cmd.env("SANDKASTEN_RUNTIME", "docker")
             .env("SANDKASTEN_DEFAULT_IMAGE", docker_image());
+    }
+    cmd.env_remove("DOCKER_HOST");
+    if on_remote_engine() {
+        cmd.env(
+            "DOCKER_HOST",
+            format!(
+                "tcp://127.0.0.1:{}",
+                sandkasten_conformance::engine_over_tcp()
+            ),
+        );
     }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");

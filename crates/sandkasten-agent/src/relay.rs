@@ -60,6 +60,13 @@ pub fn run(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Root was needed to reach the socket, nothing more: from here on the
+    // relay keeps uid 0 (so the sandbox user cannot signal it) without a
+    // capability, undumpable, under the sandbox's seccomp filter.
+    if let Err(e) = confine() {
+        eprintln!("sandkasten-agent relay: {e}");
+        return ExitCode::from(1);
+    }
     match pump(stream, io::stdin(), io::stdout()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,6 +74,14 @@ pub fn run(args: &[String]) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Drops every capability and installs the sandbox's seccomp filter.
+fn confine() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    crate::init::caps::set_capabilities(0)?;
+    crate::init::seccomp::install()
 }
 
 /// Connects to `path`, waiting for it to appear (an inotify event, never a

@@ -63,25 +63,58 @@ impl Kind {
     }
 }
 
+/// The local engine's socket.
+pub const ENGINE_SOCKET: &str = "/var/run/docker.sock";
+
 /// A loopback TCP port forwarding every connection to the local engine's
-/// socket (`/var/run/docker.sock`), started once per test process: the
-/// engine as a remote daemon would see it. Byte for byte, no delay
-/// (TCP_NODELAY), a thread pair per connection.
+/// socket, started once per test process: the engine as a remote daemon
+/// would see it.
 pub fn engine_over_tcp() -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
+    static F: std::sync::OnceLock<TcpForwarder> = std::sync::OnceLock::new();
+    F.get_or_init(|| TcpForwarder::start(ENGINE_SOCKET)).port()
+}
+
+/// Forwards connections to a loopback TCP port to a unix socket, byte for
+/// byte, without delay (TCP_NODELAY), a thread pair per connection; it
+/// can fail like a network: [`TcpForwarder::cut`] breaks every open
+/// connection, [`TcpForwarder::set_down`] refuses new ones.
+pub struct TcpForwarder {
+    port: u16,
+    state: Arc<Mutex<ForwarderState>>,
+}
+
+#[derive(Default)]
+struct ForwarderState {
+    down: bool,
+    open: Vec<(std::net::TcpStream, std::os::unix::net::UnixStream)>,
+}
+
+impl TcpForwarder {
+    pub fn start(target: &str) -> TcpForwarder {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(ForwarderState::default()));
+        let (theirs, target) = (state.clone(), target.to_string());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(tcp) = conn else { continue };
+                if theirs.lock().unwrap().down {
+                    continue; // dropped: the peer sees the connection closed
+                }
                 let _ = tcp.set_nodelay(true);
-                let Ok(unix) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock")
-                else {
+                let Ok(unix) = std::os::unix::net::UnixStream::connect(&target) else {
                     continue;
                 };
-                let (mut t2, mut u2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
-                let (mut t1, mut u1) = (tcp, unix);
+                let (Ok(t2), Ok(u2), Ok(t3), Ok(u3)) = (
+                    tcp.try_clone(),
+                    unix.try_clone(),
+                    tcp.try_clone(),
+                    unix.try_clone(),
+                ) else {
+                    continue;
+                };
+                theirs.lock().unwrap().open.push((t3, u3));
+                let (mut t1, mut u1, mut t2, mut u2) = (tcp, unix, t2, u2);
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut t1, &mut u1);
                     let _ = u1.shutdown(std::net::Shutdown::Write);
@@ -92,8 +125,25 @@ pub fn engine_over_tcp() -> u16 {
                 });
             }
         });
-        port
-    })
+        TcpForwarder { port, state }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Breaks every open connection, both ways, on both sides.
+    pub fn cut(&self) {
+        for (t, u) in self.state.lock().unwrap().open.drain(..) {
+            let _ = t.shutdown(std::net::Shutdown::Both);
+            let _ = u.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// While down, new connections are closed at once (open ones stay).
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
 }
 
 enum Backend {

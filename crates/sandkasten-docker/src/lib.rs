@@ -142,6 +142,23 @@ pub struct DockerRuntime {
     /// `Some` on a remote engine: the agent is copied onto it and reached
     /// through the exec API (see `remote.rs`).
     remote: Option<std::sync::Arc<remote::RemoteAgent>>,
+    /// Per workspace volume: helper containers hold it shared, deletion
+    /// exclusively. A helper mounting a volume that was just removed would
+    /// make the engine create it again, empty; and the engine refuses to
+    /// remove a volume a helper mounts.
+    volume_locks: VolumeLocks,
+}
+
+#[derive(Default)]
+struct VolumeLocks(std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::RwLock<()>>>>);
+
+impl VolumeLocks {
+    fn of(&self, id: &str) -> std::sync::Arc<tokio::sync::RwLock<()>> {
+        let mut map = self.0.lock().unwrap();
+        // Forget locks nobody holds or waits for.
+        map.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+        map.entry(id.to_string()).or_default().clone()
+    }
 }
 
 /// Maps an engine error to a runtime error with what was being done.
@@ -383,6 +400,7 @@ impl DockerRuntime {
             docker,
             late_bind,
             remote,
+            volume_locks: VolumeLocks::default(),
         };
         rt.remove_leftover_helpers().await?;
         Ok(rt)
@@ -1038,6 +1056,8 @@ impl Runtime for DockerRuntime {
     /// late-bound volume is not referenced by its container, so the
     /// engine's own 409 covers only containers created with it.
     async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        let lock = self.volume_locks.of(id);
+        let _no_helper = lock.write().await;
         let name = volume_name(id);
         match self
             .docker
@@ -1063,6 +1083,7 @@ impl Runtime for DockerRuntime {
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
         if let Some(r) = &self.remote {
+            let guard = self.volume_locks.of(id).read_owned().await;
             if !self.volume_exists(id).await? {
                 return Ok(None);
             }
@@ -1076,6 +1097,7 @@ impl Runtime for DockerRuntime {
             // The same walk as an export, into nothing: the engine has no
             // endpoint for a volume's size but a slow `system df`.
             return tokio::task::spawn_blocking(move || {
+                let _guard = guard;
                 r.workspace_tar(&rt, &docker, &label, &volume, &mut std::io::sink())
             })
             .await
@@ -1116,6 +1138,7 @@ impl Runtime for DockerRuntime {
 
     async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
         if let Some(r) = &self.remote {
+            let _guard = self.volume_locks.of(id).read_owned().await;
             if !self.volume_exists(id).await? {
                 return Err(RuntimeError::Other(format!("workspace {id} has no volume")));
             }
@@ -1150,6 +1173,7 @@ impl Runtime for DockerRuntime {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|e| RuntimeError::Other(format!("workspace export outside tokio: {e}")))?;
         if let Some(r) = &self.remote {
+            let _guard = rt.block_on(self.volume_locks.of(id).read_owned());
             if !rt.block_on(self.volume_exists(id))? {
                 return Err(RuntimeError::Other(format!("workspace {id} has no volume")));
             }

@@ -67,14 +67,47 @@ struct Session {
     /// The connection to the sandbox's agent; replaced when a connection
     /// through a remote engine breaks while the sandbox lives (see
     /// [`Engine::watch`]).
-    agent: Mutex<AgentClient>,
+    agent: tokio::sync::watch::Sender<AgentClient>,
+    /// Set (then `agent` notified) when the watcher gave the sandbox up:
+    /// callers waiting for a reconnection stop waiting.
+    agent_lost: std::sync::atomic::AtomicBool,
     live: Mutex<Live>,
     exec_lock: tokio::sync::Mutex<()>,
 }
 
 impl Session {
+    /// The current agent connection, as it is.
     fn agent(&self) -> AgentClient {
-        self.agent.lock().unwrap().clone()
+        self.agent.borrow().clone()
+    }
+
+    /// Stops callers waiting for a reconnection (the sandbox is gone or
+    /// the session ends).
+    fn give_up_agent(&self) {
+        self.agent_lost
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.agent.send_modify(|_| {});
+    }
+
+    /// A connected agent: while the watcher reconnects a broken one
+    /// (remote engines), the call waits for it, at most as long as the
+    /// watcher tries; then the closed one (whose calls fail).
+    async fn connected_agent(&self) -> AgentClient {
+        let current = self.agent();
+        if current.is_connected() {
+            return current;
+        }
+        let mut rx = self.agent.subscribe();
+        let lost = &self.agent_lost;
+        let wait = async move {
+            rx.wait_for(|a| a.is_connected() || lost.load(std::sync::atomic::Ordering::SeqCst))
+                .await
+                .map(|a| a.clone())
+        };
+        match tokio::time::timeout(RECONNECT_PATIENCE + ATTACH_PING_TIMEOUT, wait).await {
+            Ok(Ok(a)) => a,
+            _ => current,
+        }
     }
 }
 
@@ -210,7 +243,8 @@ impl Engine {
                             AcquireSource::Cold
                         },
                         handle: sandbox.handle,
-                        agent: Mutex::new(sandbox.agent),
+                        agent: tokio::sync::watch::Sender::new(sandbox.agent),
+                        agent_lost: Default::default(),
                         live: Mutex::new(Live {
                             state: SessionState::Running,
                             expires_at: from_ms(rec.expires_at_ms),
@@ -315,22 +349,25 @@ impl Engine {
         let mut agent = s.agent();
         let handle = s.handle.clone();
         let id = s.id.clone();
+        let weak = Arc::downgrade(s);
         tokio::spawn(async move {
             loop {
                 agent.closed().await;
-                let session = engine.inner.sessions.lock().unwrap().get(&id).cloned();
-                let Some(session) =
-                    session.filter(|s| s.live.lock().unwrap().state == SessionState::Running)
-                else {
+                let Some(session) = weak.upgrade() else {
                     return;
                 };
+                if session.live.lock().unwrap().state != SessionState::Running {
+                    session.give_up_agent();
+                    return;
+                }
                 match engine.reconnect_patiently(&handle).await {
                     Some((fresh, _)) => {
                         tracing::info!(session = %id, "agent connection closed; reconnected to the running sandbox");
-                        *session.agent.lock().unwrap() = fresh.agent.clone();
+                        session.agent.send_replace(fresh.agent.clone());
                         agent = fresh.agent;
                     }
                     None => {
+                        session.give_up_agent();
                         tracing::warn!(session = %id, "sandbox agent connection closed; the sandbox is gone");
                         if let Err(e) = engine.end_session(&id, SessionState::Lost).await {
                             tracing::warn!(session = %id, "cleaning up a lost sandbox: {e}");
@@ -599,7 +636,8 @@ impl Engine {
             ttl_seconds: ttl,
             acquire_source: source,
             handle,
-            agent: Mutex::new(agent),
+            agent: tokio::sync::watch::Sender::new(agent),
+            agent_lost: Default::default(),
             live: Mutex::new(Live {
                 state: SessionState::Running,
                 expires_at,
@@ -877,7 +915,7 @@ impl Engine {
         tokio::spawn(async move {
             let _turn = s.exec_lock.lock().await;
             let started = std::time::Instant::now();
-            let agent = s.agent();
+            let agent = s.connected_agent().await;
             let mut handle = match agent.exec(req.cmd, timeout_ms, max_output) {
                 Ok(h) => h,
                 Err(e) => {
@@ -962,7 +1000,8 @@ impl Engine {
     async fn file_call(&self, id: &str, req: Request) -> Result<Response, EngineError> {
         let s = self.active(id)?;
         let resp = s
-            .agent()
+            .connected_agent()
+            .await
             .call(req)
             .await
             .map_err(runtime_err("talking to the sandbox agent"))?;

@@ -30,7 +30,12 @@ pub fn drop_bounding_set() -> Result<(), String> {
         }
     }
     // Drop them from the permitted/effective/inheritable sets too.
-    let mask: u64 = KEEP.iter().fold(0, |m, c| m | (1u64 << c));
+    set_capabilities(KEEP.iter().fold(0, |m, c| m | (1u64 << c)))
+}
+
+/// Sets the effective and permitted capabilities of the calling thread to
+/// `mask` (bit n = capability n) and the inheritable ones to none.
+pub fn set_capabilities(mask: u64) -> Result<(), String> {
     #[repr(C)]
     struct Header {
         version: u32,

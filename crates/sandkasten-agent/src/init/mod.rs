@@ -25,7 +25,7 @@
 //! [`LaunchSpec`]: sandkasten_protocol::LaunchSpec
 //! [`LaunchReport`]: sandkasten_protocol::LaunchReport
 
-mod caps;
+pub mod caps;
 mod mounts;
 mod net;
 pub mod seccomp;

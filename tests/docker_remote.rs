@@ -1,0 +1,195 @@
+//! `runtime: docker` on a remote engine (`docker.host: tcp://…`), end to
+//! end through the daemon. The engine is this host's, reached through a
+//! loopback TCP forwarder that can fail like a network
+//! (`sandkasten_conformance::TcpForwarder`): the daemon shares nothing with
+//! it through the filesystem, which these tests check, and a broken
+//! connection must not lose a session.
+//!
+//! The rest of the API on a remote engine is the black-box suite's
+//! `docker-remote` pass (`scripts/test`). Needs a running Docker engine (as
+//! root); without one every test fails with what to do, none is skipped.
+
+mod common;
+
+use common::*;
+use sandkasten_conformance::{TcpForwarder, ENGINE_SOCKET};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn remote_daemon(fwd: &TcpForwarder, extra: &str) -> Daemon {
+    let home = DataDir::new();
+    home.holds_docker_objects();
+    Daemon::start_in(
+        &home,
+        Some(&format!(
+            "runtime: docker\ndefault_image: \"{}\"\ndocker:\n  host: tcp://127.0.0.1:{}\n{extra}",
+            docker_image(),
+            fwd.port()
+        )),
+    )
+}
+
+/// The daemon's view of a container: (bind mount sources, env names).
+fn container_mounts(id: &str) -> Vec<(String, String)> {
+    let (ok, out) = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{.Type}} {{.Source}} {{.Name}}\n{{end}}",
+        &container_name(id),
+    ]);
+    assert!(ok, "inspecting the container of {id}: {out}");
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+#[test]
+fn a_remote_engine_serves_sessions_without_sharing_the_hosts_files() {
+    let fwd = TcpForwarder::start(ENGINE_SOCKET);
+    let d = remote_daemon(&fwd, "");
+    assert!(
+        d.logs().contains("remote=true"),
+        "not started as a remote engine"
+    );
+    let ws = ws_id("remote-ws");
+    let s = d.create_session(json!({"workspace_id": ws, "env": {"WHO": "remote"}}));
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.sh(
+            &id,
+            "id -u; pwd; echo $WHO; stat -c %u /workspace; echo hi > f; cat f"
+        ),
+        "1000\n/workspace\nremote\n1000\nhi\n"
+    );
+    // No host path in the container: only volumes (the workspace, the
+    // agent's) and tmpfs.
+    let mounts = container_mounts(&id);
+    assert!(
+        mounts
+            .iter()
+            .all(|(kind, _)| kind == "volume" || kind == "tmpfs"),
+        "a host path is mounted: {mounts:?}"
+    );
+    assert!(
+        mounts.iter().any(|(_, m)| m.contains("sandkasten-agent-")),
+        "the agent volume is not mounted: {mounts:?}"
+    );
+    // Nothing on this host serves it: the run dir only marks the session.
+    let run = d.home.data.join("docker").join(&id);
+    let entries: Vec<_> = std::fs::read_dir(&run).unwrap().collect();
+    assert!(entries.is_empty(), "{entries:?} in {}", run.display());
+    // The agent's socket is root's only.
+    assert_eq!(
+        d.exec(&id, "ls /.sandkasten/run")["exit_code"],
+        1,
+        "the sandbox user can list the agent's run directory"
+    );
+
+    // Workspace access without a session, through a helper container.
+    let r = d.post(
+        &format!("/v1/workspaces/{ws}/fs/write"),
+        &json!({"path": "sub/from-api.txt", "text": "written outside"}),
+    );
+    r.expect(200, "session-less write");
+    assert_eq!(d.sh(&id, "cat sub/from-api.txt"), "written outside");
+    let r = d.get(&format!("/v1/workspaces/{ws}/fs/read?path=f"));
+    assert_eq!(
+        unb64(
+            r.expect(200, "session-less read")["content_base64"]
+                .as_str()
+                .unwrap()
+        ),
+        b"hi\n"
+    );
+    let w = d
+        .get(&format!("/v1/workspaces/{ws}"))
+        .expect(200, "workspace");
+    assert_eq!(w["size_bytes"], 3 + 15, "{w}");
+    let r = d
+        .request(reqwest::Method::GET, &format!("/v1/workspaces/{ws}/export"))
+        .send()
+        .expect("export request");
+    assert_eq!(r.status().as_u16(), 200, "export {ws}");
+    let tar = r.bytes().expect("export body").to_vec();
+    let mut names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["f", "sub", "sub/from-api.txt"]);
+    let (_, helpers) = docker_cli(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=sandkasten.data_dir={}", d.home.data.display()),
+        "--filter",
+        "label=sandkasten.helper=true",
+    ]);
+    assert_eq!(helpers, "", "helper containers left");
+    d.delete(&id);
+    d.del(&format!("/v1/workspaces/{ws}"))
+        .expect(200, "workspace delete");
+}
+
+#[test]
+fn a_broken_engine_connection_is_reconnected_and_the_shell_keeps_its_state() {
+    let fwd = TcpForwarder::start(ENGINE_SOCKET);
+    let d = remote_daemon(&fwd, "");
+    let id = d.new_session();
+    d.sh(&id, "cd /tmp; export KEPT=yes; sleep 300 &");
+
+    // The network fails for a while: every connection breaks, new ones
+    // are refused.
+    fwd.set_down(true);
+    fwd.cut();
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .logs()
+            .contains("reconnecting to the sandbox")),
+        "the daemon did not notice the broken connection"
+    );
+    // An exec during the outage waits for the reconnection.
+    let exec = std::thread::scope(|scope| {
+        let h = scope.spawn(|| {
+            let started = Instant::now();
+            (
+                d.sh(&id, "pwd; echo $KEPT; jobs | wc -l"),
+                started.elapsed(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        fwd.set_down(false);
+        h.join().unwrap()
+    });
+    assert_eq!(exec.0, "/tmp\nyes\n1\n");
+    assert!(
+        exec.1 >= Duration::from_millis(900),
+        "the exec did not wait for the outage to end: {:?}",
+        exec.1
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || d
+            .logs()
+            .contains("reconnected to the running sandbox")),
+        "no reconnection logged"
+    );
+    let s = d.get(&format!("/v1/sessions/{id}")).expect(200, "session");
+    assert_eq!(s["status"], "running", "{s}");
+
+    // A container that is really gone is still noticed: the session is
+    // lost, not kept waiting.
+    let (ok, out) = docker_cli(&["kill", &container_name(&id)]);
+    assert!(ok, "{out}");
+    assert!(
+        wait_for(Duration::from_secs(15), || d
+            .get(&format!("/v1/sessions/{id}"))
+            .status
+            == 404),
+        "the session of a killed container is still listed"
+    );
+    assert!(d.logs().contains("the sandbox is gone"));
+}
