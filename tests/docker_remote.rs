@@ -3,7 +3,8 @@
 //! loopback TCP forwarder that can fail like a network
 //! (`sandkasten_conformance::TcpForwarder`): the daemon shares nothing with
 //! it through the filesystem, which these tests check, and a broken
-//! connection must not lose a session.
+//! connection must not lose a session. Also `docker.runtime: runsc`
+//! (gVisor), whose sandboxes are served the same way.
 //!
 //! The rest of the API on a remote engine is the black-box suite's
 //! `docker-remote` pass (`scripts/test`). Needs a running Docker engine (as
@@ -192,4 +193,91 @@ fn a_broken_engine_connection_is_reconnected_and_the_shell_keeps_its_state() {
         "the session of a killed container is still listed"
     );
     assert!(d.logs().contains("the sandbox is gone"));
+}
+
+/// `docker.runtime: runsc` (gVisor, registered by `scripts/test`): its
+/// sandboxes keep their own file view, so they are served like a remote
+/// engine's; the agent's file operations walk paths in user space there
+/// (no `openat2`), with the same confinement.
+#[test]
+fn gvisor_sandboxes_serve_exec_files_and_workspaces() {
+    let (ok, runtimes) = docker_cli(&["info", "--format", "{{json .Runtimes}}"]);
+    assert!(
+        ok && runtimes.contains("\"runsc\""),
+        "the engine has no runsc runtime: apt-get install runsc and register it in \
+         /etc/docker/daemon.json (scripts/test does both): {runtimes}"
+    );
+    let home = DataDir::new();
+    home.holds_docker_objects();
+    let d = Daemon::start_in(
+        &home,
+        Some(&format!(
+            "runtime: docker\ndefault_image: \"{}\"\ndocker:\n  runtime: runsc\n",
+            docker_image()
+        )),
+    );
+    assert!(
+        d.logs().contains("remote=true"),
+        "not served as a remote engine"
+    );
+    let ws = ws_id("gvisor-ws");
+    let s = d.create_session(json!({"workspace_id": ws}));
+    let id = s["id"].as_str().unwrap().to_string();
+    let (ok, rt) = docker_cli(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Runtime}}",
+        &container_name(&id),
+    ]);
+    assert!(ok && rt == "runsc", "the container's runtime is {rt:?}");
+    // gVisor's own kernel answers, not the host's.
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let inside = d.sh(&id, "cat /proc/version");
+    assert_ne!(inside.trim(), host.trim(), "the host kernel answers inside");
+    assert_eq!(
+        d.sh(&id, "id -u; pwd; echo hi > f; cat f"),
+        "1000\n/workspace\nhi\n"
+    );
+
+    // File operations through the agent, with the user's identity.
+    let r = d.post(
+        &format!("/v1/sessions/{id}/fs/write"),
+        &json!({"path": "/workspace/sub/g.txt", "text": "via the agent"}),
+    );
+    r.expect(200, "fs/write under gVisor");
+    assert_eq!(
+        d.sh(&id, "stat -c '%u %s' sub/g.txt; cat sub/g.txt"),
+        "1000 13\nvia the agent"
+    );
+    let r = d.get(&format!("/v1/sessions/{id}/fs/read?path=/workspace/f"));
+    assert_eq!(
+        unb64(
+            r.expect(200, "fs/read under gVisor")["content_base64"]
+                .as_str()
+                .unwrap()
+        ),
+        b"hi\n"
+    );
+    // Still confined: a magic link is refused, a root-only file unreadable.
+    let r = d.get(&format!(
+        "/v1/sessions/{id}/fs/read?path=/proc/self/root/etc/passwd"
+    ));
+    assert_eq!(r.status, 400, "{}", r.text);
+    d.sh(&id, "ln -s /proc/1/root/.sandkasten/run escape");
+    let r = d.get(&format!("/v1/sessions/{id}/fs?path=/workspace/escape"));
+    assert!(r.status >= 400, "listed the agent's run dir: {}", r.text);
+
+    // The workspace without a session.
+    let r = d.get(&format!("/v1/workspaces/{ws}/fs/read?path=sub/g.txt"));
+    assert_eq!(
+        unb64(
+            r.expect(200, "session-less read")["content_base64"]
+                .as_str()
+                .unwrap()
+        ),
+        b"via the agent"
+    );
+    d.delete(&id);
+    d.del(&format!("/v1/workspaces/{ws}"))
+        .expect(200, "workspace delete");
 }

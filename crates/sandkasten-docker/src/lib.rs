@@ -380,7 +380,10 @@ impl DockerRuntime {
             .or(info.default_runtime.clone())
             .unwrap_or_else(|| "runc".into());
         let late_bind = local && oci == "runc" && engine_pids_visible(&socket);
-        let remote = if local {
+        // gVisor (or a VM runtime) keeps its own view of files: a socket the
+        // agent binds on a bind mount is not one the host can connect to.
+        // Such sandboxes are reached as on a remote engine.
+        let remote = if local && oci == "runc" {
             None
         } else {
             Some(std::sync::Arc::new(remote::RemoteAgent::load(

@@ -16,9 +16,22 @@ use std::io;
 /// Restores the thread's previous fsuid, fsgid and supplementary groups
 /// when dropped (also while unwinding from a panic).
 pub(crate) struct FsIdentity {
-    prev_uid: Option<u32>,
-    prev_gid: Option<u32>,
+    prev_uid: Option<Prev>,
+    prev_gid: Option<Prev>,
     prev_groups: Option<Vec<libc::gid_t>>,
+}
+
+/// An id as it was before the switch, and which call switched it.
+#[derive(Clone, Copy)]
+enum Prev {
+    /// `setfsuid`/`setfsgid`.
+    Fs(u32),
+    /// `setresuid`/`setresgid` of the effective id only (the real and
+    /// saved ids stay, so the switch back is allowed): where the fs-id
+    /// calls do not exist (gVisor). The effective uid leaving 0 drops the
+    /// effective capabilities and coming back restores them, as with the
+    /// fsuid.
+    Effective(u32),
 }
 
 impl FsIdentity {
@@ -57,8 +70,8 @@ impl FsIdentity {
         }
         // The gid before the uid: with fsuid 0 the capability to change
         // the fsgid is still there.
-        id.prev_gid = Some(set_fs_id(libc::SYS_setfsgid, gid).ok_or_else(|| denied("gid"))?);
-        id.prev_uid = Some(set_fs_id(libc::SYS_setfsuid, uid).ok_or_else(|| denied("uid"))?);
+        id.prev_gid = Some(switch(Kind::Gid, gid).ok_or_else(|| denied("gid"))?);
+        id.prev_uid = Some(switch(Kind::Uid, uid).ok_or_else(|| denied("uid"))?);
         Ok(id)
     }
 }
@@ -68,16 +81,74 @@ impl Drop for FsIdentity {
         // The uid first: returning to fsuid 0 restores the capabilities
         // that the rest needs.
         if let Some(uid) = self.prev_uid {
-            set_fs_id(libc::SYS_setfsuid, uid);
+            restore(Kind::Uid, uid);
         }
         if let Some(gid) = self.prev_gid {
-            set_fs_id(libc::SYS_setfsgid, gid);
+            restore(Kind::Gid, gid);
         }
         if let Some(groups) = &self.prev_groups {
             // SAFETY: raw per-thread syscall with a valid list.
             unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Uid,
+    Gid,
+}
+
+/// Switches the thread's filesystem uid or gid to `id`: through the fs-id
+/// call, or where that does not take, the effective id.
+fn switch(kind: Kind, id: u32) -> Option<Prev> {
+    let fs = match kind {
+        Kind::Uid => libc::SYS_setfsuid,
+        Kind::Gid => libc::SYS_setfsgid,
+    };
+    if let Some(prev) = set_fs_id(fs, id) {
+        return Some(Prev::Fs(prev));
+    }
+    let prev = effective(kind);
+    set_effective(kind, id).then_some(Prev::Effective(prev))
+}
+
+fn restore(kind: Kind, prev: Prev) {
+    match (kind, prev) {
+        (Kind::Uid, Prev::Fs(id)) => {
+            set_fs_id(libc::SYS_setfsuid, id);
+        }
+        (Kind::Gid, Prev::Fs(id)) => {
+            set_fs_id(libc::SYS_setfsgid, id);
+        }
+        (kind, Prev::Effective(id)) => {
+            set_effective(kind, id);
+        }
+    }
+}
+
+/// The calling thread's effective uid or gid.
+fn effective(kind: Kind) -> u32 {
+    // SAFETY: raw syscalls without arguments.
+    unsafe {
+        match kind {
+            Kind::Uid => libc::syscall(libc::SYS_geteuid) as u32,
+            Kind::Gid => libc::syscall(libc::SYS_getegid) as u32,
+        }
+    }
+}
+
+/// Sets only the calling thread's effective uid or gid (raw syscall: not
+/// broadcast to other threads); true when it took.
+fn set_effective(kind: Kind, id: u32) -> bool {
+    let nr = match kind {
+        Kind::Uid => libc::SYS_setresuid,
+        Kind::Gid => libc::SYS_setresgid,
+    };
+    let keep = u32::MAX as libc::c_long;
+    // SAFETY: raw per-thread syscall without pointers; -1 keeps an id.
+    let r = unsafe { libc::syscall(nr, keep, id as libc::c_long, keep) };
+    r == 0 && effective(kind) == id
 }
 
 /// Sets the thread's fsuid or fsgid (`nr` is `SYS_setfsuid`/`SYS_setfsgid`)
@@ -109,5 +180,44 @@ fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
         }
         groups.truncate(n as usize);
         Ok(groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// The fallback for runtimes without fs-id calls: the effective ids of
+    /// this thread only, with the user's permissions and ownership, and
+    /// back (needs root, as the tests run).
+    #[test]
+    fn the_effective_id_fallback_switches_this_thread_only_and_back() {
+        let before = (effective(Kind::Uid), effective(Kind::Gid));
+        assert_eq!(before, (0, 0), "run the tests as root");
+        let private = tempfile::tempdir().unwrap(); // 0700, root's
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (denied, mine) = (private.path().join("x"), open.path().join("mine"));
+        let (d, m) = (denied.clone(), mine.clone());
+        std::thread::spawn(move || {
+            let gid = Prev::Effective(effective(Kind::Gid));
+            assert!(set_effective(Kind::Gid, 4243));
+            let uid = Prev::Effective(effective(Kind::Uid));
+            assert!(set_effective(Kind::Uid, 4242));
+            // The user's permission checks (no DAC override) and owner.
+            assert!(std::fs::create_dir(&d).is_err());
+            std::fs::create_dir(&m).unwrap();
+            restore(Kind::Uid, uid);
+            restore(Kind::Gid, gid);
+            assert_eq!((effective(Kind::Uid), effective(Kind::Gid)), (0, 0));
+            std::fs::create_dir(&d).unwrap();
+        })
+        .join()
+        .unwrap();
+        assert_eq!((effective(Kind::Uid), effective(Kind::Gid)), before);
+        let meta = std::fs::metadata(&mine).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4243));
+        assert_eq!(std::fs::metadata(&denied).unwrap().uid(), 0);
     }
 }

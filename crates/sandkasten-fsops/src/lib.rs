@@ -33,6 +33,7 @@
 //! syscalls), restored afterwards by a drop guard; see `identity.rs`. A
 //! [`RootedFs`] can therefore be shared by a pool of threads.
 
+mod emulate;
 mod identity;
 mod sys;
 #[cfg(test)]

@@ -30,6 +30,20 @@ pub fn cstr(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
+/// Set once the kernel answered ENOSYS to `openat2` (gVisor, kernels
+/// before 5.6): from then on the user-space walk of `emulate.rs` is used.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether to call the kernel's `openat2`. `SANDKASTEN_FSOPS_EMULATE_OPENAT2=1`
+/// forces the user-space walk (the test suite runs once that way too).
+fn has_openat2() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var_os("SANDKASTEN_FSOPS_EMULATE_OPENAT2").is_some_and(|v| v == "1")
+    });
+    !forced && !NO_OPENAT2.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `openat2(dir, path, {flags | O_CLOEXEC, mode, resolve})`, retried on
 /// EINTR and (a bounded number of times) on EAGAIN.
 pub fn openat2(
@@ -39,6 +53,9 @@ pub fn openat2(
     mode: u32,
     resolve: u64,
 ) -> io::Result<OwnedFd> {
+    if !has_openat2() {
+        return crate::emulate::openat2(dir, path, flags, mode, resolve);
+    }
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u32 as u64,
         mode: u64::from(mode),
@@ -62,6 +79,10 @@ pub fn openat2(
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
+            Some(libc::ENOSYS) => {
+                NO_OPENAT2.store(true, std::sync::atomic::Ordering::Relaxed);
+                return crate::emulate::openat2(dir, path, flags, mode, resolve);
+            }
             Some(libc::EINTR) => {}
             Some(libc::EAGAIN) if again < EAGAIN_RETRIES => again += 1,
             _ => return Err(e),
