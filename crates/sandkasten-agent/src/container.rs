@@ -87,7 +87,10 @@ fn setup(args: &Args) -> Result<(UnixListener, AgentConfig), String> {
             .map_err(|e| format!("reading config {}: {e}", p.display()))?,
         ConfigSource::Env(name) => {
             let v = std::env::var(name).map_err(|e| format!("config variable {name}: {e}"))?;
-            // Nothing started from here on inherits it.
+            // Nothing started from here on inherits it, and /proc/1/environ
+            // (the original bytes, readable where the runtime does not guard
+            // it, as gVisor) no longer shows it.
+            scrub_environ(name);
             std::env::remove_var(name);
             v
         }
@@ -116,6 +119,29 @@ fn ensure_home(home: &Path, uid: u32, gid: u32) {
     if std::fs::create_dir_all(home).is_ok() {
         let _ = std::os::unix::fs::chown(home, Some(uid), Some(gid));
         let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+/// Overwrites the value of `name` in the process's original environment
+/// block with spaces (what /proc/<pid>/environ reads).
+fn scrub_environ(name: &str) {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    let prefix = format!("{name}=");
+    // SAFETY: single-threaded at this point; walks the NULL-terminated
+    // environ array and writes only within each entry's own bytes.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            let entry = *p;
+            let bytes = std::ffi::CStr::from_ptr(entry).to_bytes();
+            if bytes.starts_with(prefix.as_bytes()) {
+                let value = entry.add(prefix.len());
+                std::ptr::write_bytes(value, b' ', bytes.len() - prefix.len());
+            }
+            p = p.add(1);
+        }
     }
 }
 

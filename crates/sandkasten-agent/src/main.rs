@@ -13,6 +13,8 @@
 //! - `sandkasten-agent relay --socket PATH`: started by the daemon through
 //!   the engine's exec API on a remote engine; copies stdin and stdout to
 //!   and from the agent's socket. See `relay.rs`.
+//! - `sandkasten-agent publish TMP NAME`: renames TMP to NAME (how the
+//!   agent is put into a remote engine's agent volume, atomically).
 //! - `sandkasten-agent serve --socket PATH`: serve on a Unix socket without
 //!   any sandboxing, with an [`AgentConfig`] (JSON) on stdin. Only for tests
 //!   of the shell and file logic.
@@ -39,6 +41,22 @@ fn main() -> ExitCode {
         Some("init") => init::run(),
         Some("container") => container::run(&args),
         Some("relay") => relay::run(&args),
+        // `publish TMP NAME`: rename(2), atomic. A helper container of a
+        // remote engine puts the agent into the shared agent volume this
+        // way, so a half-written binary is never under its final name.
+        Some("publish") => match (args.get(2), args.get(3)) {
+            (Some(from), Some(to)) => match std::fs::rename(from, to) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sandkasten-agent publish: {from} -> {to}: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            _ => {
+                eprintln!("usage: sandkasten-agent publish TMP NAME");
+                ExitCode::from(2)
+            }
+        },
         Some("serve") => {
             let Some(path) = args
                 .iter()

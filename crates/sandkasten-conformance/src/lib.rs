@@ -42,6 +42,8 @@ pub const AGENT_BINARY: &str = env!("SANDKASTEN_AGENT_BIN");
 pub const MEMORY_MB: u64 = 256;
 /// Pids limit of the sandboxes [`Env::spec`] describes.
 pub const PIDS: u64 = 64;
+/// Pids limit of those sandboxes under gVisor.
+pub const PIDS_GVISOR: u64 = 256;
 
 /// Which backend an [`Env`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +56,20 @@ pub enum Kind {
     /// through the filesystem (the agent is copied in, connections go
     /// through the exec API, workspace access through helper containers).
     DockerRemote,
+    /// A local engine with `docker.runtime: runsc` (gVisor): served like a
+    /// remote engine, under gVisor's own kernel.
+    Gvisor,
 }
 
 impl Kind {
-    /// Either docker kind.
+    /// Any docker kind.
     pub fn is_docker(self) -> bool {
-        matches!(self, Kind::Docker | Kind::DockerRemote)
+        matches!(self, Kind::Docker | Kind::DockerRemote | Kind::Gvisor)
+    }
+
+    /// Served through the relay and helpers (no shared files).
+    pub fn is_relayed(self) -> bool {
+        matches!(self, Kind::DockerRemote | Kind::Gvisor)
     }
 }
 
@@ -244,6 +254,17 @@ impl Env {
         &self.data_dir
     }
 
+    /// The pids limit of [`Env::spec`]: [`PIDS`], or under gVisor
+    /// [`PIDS_GVISOR`] (the limit also counts the host threads of gVisor's
+    /// kernel, about 60 at start; documented in docs/api.md).
+    pub fn pids(&self) -> u64 {
+        if self.kind == Kind::Gvisor {
+            PIDS_GVISOR
+        } else {
+            PIDS
+        }
+    }
+
     /// A spec for a fresh sandbox id: this env's image, [`MEMORY_MB`],
     /// one core, [`PIDS`], loopback only, writable root, ephemeral
     /// workspace, `SANDKASTEN_CONFORMANCE=yes` in the shell's environment.
@@ -254,7 +275,7 @@ impl Env {
             limits: Limits {
                 memory_mb: MEMORY_MB,
                 cpu: 1.0,
-                pids: PIDS,
+                pids: self.pids(),
             },
             network: NetworkMode::None,
             readonly_rootfs: false,
@@ -288,7 +309,7 @@ impl Env {
         assert_eq!(sb.handle.id, id);
         self.handles.lock().unwrap().push(sb.handle.clone());
         if let Backend::Docker { rt } = &self.backend {
-            assert_eq!(rt.is_remote(), self.kind == Kind::DockerRemote);
+            assert_eq!(rt.is_remote(), self.kind.is_relayed());
             if rt.is_remote() {
                 // Nothing on this host serves it: the run dir only marks
                 // the session, the agent is reached through the engine.
@@ -453,13 +474,13 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
             let cgroups = Cgroups::detect().unwrap();
             Backend::Native { rt, cgroups }
         }
-        Kind::Docker | Kind::DockerRemote => {
+        Kind::Docker | Kind::DockerRemote | Kind::Gvisor => {
             let cfg = DockerConfig {
                 data_dir: data_dir.to_path_buf(),
                 agent_binary: agent,
                 host: (kind == Kind::DockerRemote)
                     .then(|| format!("tcp://127.0.0.1:{}", engine_over_tcp())),
-                oci_runtime: None,
+                oci_runtime: (kind == Kind::Gvisor).then(|| "runsc".to_string()),
                 tmp_size_mb: 64,
             };
             match DockerRuntime::new(cfg).await {

@@ -147,6 +147,8 @@ pub struct DockerRuntime {
     /// make the engine create it again, empty; and the engine refuses to
     /// remove a volume a helper mounts.
     volume_locks: VolumeLocks,
+    /// Relay connections by container (remote engines, gVisor).
+    relays: remote::Relays,
 }
 
 #[derive(Default)]
@@ -404,6 +406,7 @@ impl DockerRuntime {
             late_bind,
             remote,
             volume_locks: VolumeLocks::default(),
+            relays: remote::Relays::default(),
         };
         rt.remove_leftover_helpers().await?;
         Ok(rt)
@@ -865,6 +868,7 @@ impl DockerRuntime {
             Some(_) => {
                 remote::connect_relay(
                     &self.docker,
+                    &self.relays,
                     &container_name(id),
                     remote::AGENT_IN_VOLUME,
                     AGENT_SOCKET,
@@ -941,6 +945,7 @@ impl Runtime for DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(api_err(format!("removing container {name}"))(e)),
         }
+        self.relays.end(&name);
         // The ephemeral volume carries its session's id; a persistent
         // workspace's volume never does, so it is never removed here, nor
         // is an ephemeral one that became a workspace of the same name.

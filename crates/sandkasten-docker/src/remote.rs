@@ -7,18 +7,19 @@
 //! image  sandkasten-agent:<hash>     a root filesystem of only our static agent
 //!                                    (/.sandkasten/agent) and empty /workspace, /tmp,
 //!                                    /.sandkasten/run: helper containers run it
-//! volume sandkasten-agent-<hash>     the agent binary (and a `ready` marker written
-//!                                    after it), mounted read-only at /.sandkasten/bin
-//!                                    of every session container
+//! volume sandkasten-agent-<hash>     the agent binary, mounted read-only at
+//!                                    /.sandkasten/bin of every session container
 //! ```
 //!
 //! Both are named after the agent binary's hash, so a daemon upgrade gets a
 //! fresh copy and a running container's binary is never rewritten. The
-//! copy is made once per daemon process and engine: a helper container of
-//! the agent image, created and never started, with the volume mounted,
-//! receives the binary through the archive endpoint. The marker is written
-//! after the binary in the same archive, so a volume whose marker exists
-//! holds a whole binary.
+//! copy is made once per daemon process and engine, unless the volume has
+//! the binary already: a helper container of the agent image, with the
+//! volume mounted, receives the binary under a unique temporary name
+//! through the archive endpoint, then runs `sandkasten-agent publish`,
+//! which renames it into place. Daemons copying at the same time each
+//! rename a whole file (the last one wins, with the same bytes), and a
+//! container already running the binary keeps its inode.
 //!
 //! The relay: the daemon starts `sandkasten-agent relay` in the container
 //! (root, attached stdin and stdout, no tty) once per connection, not per
@@ -122,26 +123,51 @@ impl RemoteAgent {
             })
             .await
             .map_err(api_err(format!("creating volume {volume}")))?;
+        let tmp = format!("sandkasten-agent.tmp-{}", random_suffix());
+        let publish = [
+            AGENT_IN_IMAGE.to_string(),
+            "publish".into(),
+            format!("{AGENT_DIR}/{tmp}"),
+            AGENT_IN_VOLUME.into(),
+        ]
+        .to_vec();
         let helper = Helper::create(
             docker,
             &image,
             vec![volume_mount(&volume, AGENT_DIR, false)],
             data_dir_label,
-            None,
+            Some((publish, vec![])),
         )
         .await?;
         let result = async {
-            if helper.exists(&format!("{AGENT_DIR}/ready")).await? {
+            if helper.exists(AGENT_IN_VOLUME).await? {
                 return Ok(());
             }
             let opts = UploadToContainerOptionsBuilder::default()
                 .path(AGENT_DIR)
                 .build();
-            let tar = self.volume_tar()?;
+            let tar = self.volume_tar(&tmp)?;
             docker
                 .upload_to_container(&helper.name, Some(opts), bollard::body_full(tar.into()))
                 .await
-                .map_err(api_err(format!("copying the agent into volume {volume}")))
+                .map_err(api_err(format!("copying the agent into volume {volume}")))?;
+            docker
+                .start_container(
+                    &helper.name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .map_err(api_err(format!("starting helper {}", helper.name)))?;
+            let mut waited = docker.wait_container(
+                &helper.name,
+                None::<bollard::query_parameters::WaitContainerOptions>,
+            );
+            match waited.next().await {
+                Some(Ok(w)) if w.status_code == 0 => Ok(()),
+                other => Err(RuntimeError::Other(format!(
+                    "publishing the agent in volume {volume} failed: {other:?}"
+                ))),
+            }
         }
         .await;
         helper.remove().await;
@@ -166,11 +192,10 @@ impl RemoteAgent {
             .map_err(|e| RuntimeError::io("building the agent image", e))
     }
 
-    /// The agent volume's content: the binary, then the marker.
-    fn volume_tar(&self) -> Result<Vec<u8>, RuntimeError> {
+    /// The agent binary as `name`, for the agent volume.
+    fn volume_tar(&self, name: &str) -> Result<Vec<u8>, RuntimeError> {
         let mut b = tar::Builder::new(Vec::new());
-        append_file(&mut b, "sandkasten-agent", &self.binary, 0o755)?;
-        append_file(&mut b, "ready", b"", 0o644)?;
+        append_file(&mut b, name, &self.binary, 0o755)?;
         b.into_inner()
             .map_err(|e| RuntimeError::io("building the agent archive", e))
     }
@@ -223,8 +248,33 @@ pub fn volume_mount(volume: &str, target: &str, read_only: bool) -> Mount {
 
 /// Connects to the agent of running container `container` through a relay
 /// started with the engine's exec API.
+/// The relay tasks of each container's connections, so that destroying a
+/// container ends its connections even when the engine keeps an exec
+/// stream of a removed container open (seen with gVisor).
+#[derive(Default)]
+pub struct Relays(std::sync::Mutex<HashMap<String, Vec<tokio::task::AbortHandle>>>);
+
+impl Relays {
+    fn register(&self, container: &str, tasks: [tokio::task::AbortHandle; 2]) {
+        let mut map = self.0.lock().unwrap();
+        let list = map.entry(container.to_string()).or_default();
+        list.retain(|t| !t.is_finished());
+        list.extend(tasks);
+    }
+
+    /// Ends every connection to `container`: its clients see them close.
+    pub fn end(&self, container: &str) {
+        if let Some(tasks) = self.0.lock().unwrap().remove(container) {
+            for t in tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
 pub async fn connect_relay(
     docker: &Docker,
+    relays: &Relays,
     container: &str,
     agent: &str,
     socket: &str,
@@ -265,7 +315,7 @@ pub async fn connect_relay(
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
     let (mut from_client, mut to_client) = tokio::io::split(theirs);
     let name = container.to_string();
-    tokio::spawn(async move {
+    let out = tokio::spawn(async move {
         while let Some(item) = output.next().await {
             match item {
                 Ok(LogOutput::StdOut { message }) => {
@@ -289,11 +339,12 @@ pub async fn connect_relay(
         }
         let _ = to_client.shutdown().await;
     });
-    tokio::spawn(async move {
+    let inp = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut from_client, &mut input).await;
         // The client hung up: closing the relay's stdin ends the relay.
         let _ = input.shutdown().await;
     });
+    relays.register(container, [out.abort_handle(), inp.abort_handle()]);
     let (rd, wr) = tokio::io::split(ours);
     Ok(AgentClient::from_halves(rd, wr))
 }
@@ -371,11 +422,17 @@ impl Helper {
             .path(path)
             .build();
         let mut s = self.docker.download_from_container(&self.name, Some(opts));
-        match s.next().await {
-            None | Some(Ok(_)) => Ok(true),
-            Some(Err(e)) if status_of(&e) == Some(404) => Ok(false),
-            Some(Err(e)) => Err(api_err(format!("looking for {path}"))(e)),
+        // Read to the end: an archive left half read can keep the engine
+        // holding the container (its removal then waits for it).
+        let mut found = false;
+        while let Some(chunk) = s.next().await {
+            match chunk {
+                Ok(_) => found = true,
+                Err(e) if status_of(&e) == Some(404) => return Ok(false),
+                Err(e) => return Err(api_err(format!("looking for {path}"))(e)),
+            }
         }
+        Ok(found)
     }
 
     /// Removes the helper (and its anonymous volumes); errors are logged.
@@ -441,8 +498,15 @@ impl RemoteAgent {
                 )
                 .await
                 .map_err(api_err(format!("starting helper {}", helper.name)))?;
-            let agent =
-                connect_relay(docker, &helper.name, AGENT_IN_IMAGE, crate::AGENT_SOCKET).await?;
+            let relays = Relays::default();
+            let agent = connect_relay(
+                docker,
+                &relays,
+                &helper.name,
+                AGENT_IN_IMAGE,
+                crate::AGENT_SOCKET,
+            )
+            .await?;
             agent.call(req).await
         }
         .await;
