@@ -148,20 +148,10 @@ fn walk(
                 b.append_data(&mut h, &path, data)?;
             }
             libc::S_IFLNK => {
-                let mut buf = vec![0u8; libc::PATH_MAX as usize];
-                // SAFETY: valid dirfd, name and buffer.
-                let n = unsafe {
-                    libc::readlinkat(
-                        dir.as_raw_fd(),
-                        name.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                if n < 0 {
+                let Ok(buf) = sandkasten_fsops::readlink_at(std::os::fd::AsFd::as_fd(dir), &name)
+                else {
                     continue;
-                }
-                buf.truncate(n as usize);
+                };
                 let mut h = header(&st, tar::EntryType::Symlink);
                 b.append_link(&mut h, &path, OsStr::from_bytes(&buf))?;
             }

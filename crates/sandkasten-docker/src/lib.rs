@@ -414,22 +414,9 @@ impl DockerRuntime {
 
     /// Removes helper containers a crash left behind (ours by data dir).
     async fn remove_leftover_helpers(&self) -> Result<(), RuntimeError> {
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{}=true", remote::LABEL_HELPER),
-                format!("{LABEL_DATA_DIR}={}", self.data_dir_label()),
-            ],
-        )]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
         let found = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(api_err("listing helper containers"))?;
+            .ours(vec![format!("{}=true", remote::LABEL_HELPER)])
+            .await?;
         for c in found {
             if let Some(id) = c.id {
                 let opts = RemoveContainerOptionsBuilder::default()
@@ -442,6 +429,24 @@ impl DockerRuntime {
             }
         }
         Ok(())
+    }
+
+    /// This daemon's containers (labelled with its data dir), running or
+    /// not, that also carry `labels` (`key=value`).
+    async fn ours(
+        &self,
+        mut labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        labels.push(format!("{LABEL_DATA_DIR}={}", self.data_dir_label()));
+        let filters = HashMap::from([("label", labels)]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(api_err("listing containers"))
     }
 
     /// Whether the engine is remote (shares no filesystem with us).
@@ -1015,19 +1020,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label",
-            vec![format!("{LABEL_DATA_DIR}={}", self.data_dir_label())],
-        )]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(api_err("listing containers"))?;
+        let containers = self.ours(vec![]).await?;
         let mut out: Vec<String> = containers
             .into_iter()
             .filter_map(|c| c.labels?.get(LABEL_SESSION).cloned())

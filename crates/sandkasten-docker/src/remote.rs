@@ -151,13 +151,7 @@ impl RemoteAgent {
                 .upload_to_container(&helper.name, Some(opts), bollard::body_full(tar.into()))
                 .await
                 .map_err(api_err(format!("copying the agent into volume {volume}")))?;
-            docker
-                .start_container(
-                    &helper.name,
-                    None::<bollard::query_parameters::StartContainerOptions>,
-                )
-                .await
-                .map_err(api_err(format!("starting helper {}", helper.name)))?;
+            helper.start().await?;
             let mut waited = docker.wait_container(
                 &helper.name,
                 None::<bollard::query_parameters::WaitContainerOptions>,
@@ -416,6 +410,16 @@ impl Helper {
         })
     }
 
+    pub async fn start(&self) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(
+                &self.name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(api_err(format!("starting helper {}", self.name)))
+    }
+
     /// Whether `path` exists in the helper's filesystem (its volumes too).
     pub async fn exists(&self, path: &str) -> Result<bool, RuntimeError> {
         let opts = DownloadFromContainerOptionsBuilder::default()
@@ -491,13 +495,7 @@ impl RemoteAgent {
         )
         .await?;
         let result = async {
-            docker
-                .start_container(
-                    &helper.name,
-                    None::<bollard::query_parameters::StartContainerOptions>,
-                )
-                .await
-                .map_err(api_err(format!("starting helper {}", helper.name)))?;
+            helper.start().await?;
             let relays = Relays::default();
             let agent = connect_relay(
                 docker,

@@ -84,25 +84,6 @@ fn is_symlink(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(crate::sys::fstat(fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK)
 }
 
-/// The target of symlink `name` in `dir`.
-fn read_link(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize];
-    // SAFETY: reading into our buffer of its length.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
 /// Whether symlinks in directory `dir` are /proc magic links (which
 /// `RESOLVE_NO_MAGICLINKS` refuses): any procfs directory but the procfs
 /// root, whose `self`, `thread-self`, `mounts` and `net` are plain
@@ -200,7 +181,7 @@ fn in_root(
         if links > MAX_SYMLINKS || is_magic_dir(cur)? {
             return Err(err(libc::ELOOP));
         }
-        let target = read_link(cur, &name)?;
+        let target = crate::sys::readlink_at(cur, &name)?;
         if target.first() == Some(&b'/') {
             stack.truncate(1);
         }

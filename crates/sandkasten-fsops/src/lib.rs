@@ -36,6 +36,8 @@
 mod emulate;
 mod identity;
 mod sys;
+
+pub use sys::readlink_at;
 #[cfg(test)]
 mod tests;
 

@@ -140,14 +140,19 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 
 /// The target of the symlink `fd` was opened on (`O_PATH|O_NOFOLLOW`).
 pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    // An empty path means the symlink `fd` itself.
+    readlink_at(fd, c"")
+}
+
+/// The target of symlink `name` in directory `dir`, whatever its length.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: the buffer is valid for buf.len() bytes; an empty path
-        // means the symlink `fd` itself.
+        // SAFETY: the buffer is valid for buf.len() bytes.
         let n = unsafe {
             libc::readlinkat(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
             )

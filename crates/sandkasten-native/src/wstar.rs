@@ -64,24 +64,6 @@ fn fstatat(dir: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-fn readlinkat(dir: &OwnedFd, name: &CString) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: readlinkat into our buffer.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
-}
-
 /// Exactly `size` bytes: the file's, zero-padded when it shrank meanwhile.
 struct Exact<R> {
     inner: R,
@@ -202,7 +184,8 @@ fn walk<W: Write>(
                 )?;
             }
             libc::S_IFLNK => {
-                let Ok(target) = readlinkat(dir, &c) else {
+                let Ok(target) = sandkasten_fsops::readlink_at(std::os::fd::AsFd::as_fd(dir), &c)
+                else {
                     continue;
                 };
                 let mut h = header_for(&st, tar::EntryType::Symlink, host_root, size);
