@@ -23,6 +23,7 @@ use sandkasten_runtime::{
     latebind, AgentClient, Limits, NetworkMode, Request, Response, Runtime, Sandbox, SandboxHandle,
     SandboxSpec, WorkspaceMount,
 };
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,7 +97,10 @@ pub struct TcpForwarder {
 #[derive(Default)]
 struct ForwarderState {
     down: bool,
-    open: Vec<(std::net::TcpStream, std::os::unix::net::UnixStream)>,
+    next: u64,
+    /// Open connections (handles to cut them), until their response side
+    /// ends.
+    open: HashMap<u64, (std::net::TcpStream, std::os::unix::net::UnixStream)>,
 }
 
 impl TcpForwarder {
@@ -123,15 +127,35 @@ impl TcpForwarder {
                 ) else {
                     continue;
                 };
-                theirs.lock().unwrap().open.push((t3, u3));
+                let id = {
+                    let mut st = theirs.lock().unwrap();
+                    st.next += 1;
+                    let id = st.next;
+                    st.open.insert(id, (t3, u3));
+                    id
+                };
                 let (mut t1, mut u1, mut t2, mut u2) = (tcp, unix, t2, u2);
+                let state = theirs.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut t1, &mut u1);
-                    let _ = u1.shutdown(std::net::Shutdown::Write);
+                    // The client's end of its requests (or of an exec's
+                    // stdin) is passed on as such.
+                    match std::io::copy(&mut t1, &mut u1) {
+                        Ok(_) => {
+                            let _ = u1.shutdown(std::net::Shutdown::Write);
+                        }
+                        Err(_) => {
+                            let _ = u1.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
                 });
                 std::thread::spawn(move || {
+                    // The responses ended, or the client is gone: the
+                    // connection is over on both sides, so the engine stops
+                    // writing (a held fd would keep it blocked).
                     let _ = std::io::copy(&mut u2, &mut t2);
-                    let _ = t2.shutdown(std::net::Shutdown::Write);
+                    let _ = t2.shutdown(std::net::Shutdown::Both);
+                    let _ = u2.shutdown(std::net::Shutdown::Both);
+                    state.lock().unwrap().open.remove(&id);
                 });
             }
         });
@@ -144,7 +168,7 @@ impl TcpForwarder {
 
     /// Breaks every open connection, both ways, on both sides.
     pub fn cut(&self) {
-        for (t, u) in self.state.lock().unwrap().open.drain(..) {
+        for (_, (t, u)) in self.state.lock().unwrap().open.drain() {
             let _ = t.shutdown(std::net::Shutdown::Both);
             let _ = u.shutdown(std::net::Shutdown::Both);
         }
