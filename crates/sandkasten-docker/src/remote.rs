@@ -426,8 +426,8 @@ impl Helper {
             .path(path)
             .build();
         let mut s = self.docker.download_from_container(&self.name, Some(opts));
-        // Read to the end: an archive left half read can keep the engine
-        // holding the container (its removal then waits for it).
+        // Read to the end, so that the engine's archive operation finishes
+        // before the helper is removed.
         let mut found = false;
         while let Some(chunk) = s.next().await {
             match chunk {
