@@ -30,7 +30,9 @@
 //!
 //! Timeouts and cancellation escalate: SIGINT to the foreground process
 //! group, then SIGKILL to it, then SIGKILL to the whole session (a loop
-//! running in the shell itself), each after [`GRACE`]. A dead shell (`exit
+//! running in the shell itself), each after [`GRACE`]. Where the pty does
+//! not report its foreground group (gVisor: ENOTTY), the groups of the
+//! shell's children started since the exec began stand in for it. A dead shell (`exit
 //! 3`, `kill -9 $$`, or killed by us) is replaced at once by a fresh one in
 //! the last known cwd.
 //!
@@ -598,6 +600,9 @@ impl Instance {
             let _ = tx.try_send(Event::Died(status));
         }
         drop(tx);
+        // For the fallback of `signal_foreground` (kernels without a pty
+        // foreground group): jobs started from here on are this exec's.
+        let exec_start = boot_ticks();
         // EPIPE means the shell is gone; its death arrives as an event.
         let _ = self
             .cmd_w
@@ -626,9 +631,9 @@ impl Instance {
                 match step {
                     1 => {
                         run.timed_out = true;
-                        self.signal_foreground(libc::SIGINT);
+                        self.signal_foreground(libc::SIGINT, exec_start);
                     }
-                    2 => self.signal_foreground(libc::SIGKILL),
+                    2 => self.signal_foreground(libc::SIGKILL, exec_start),
                     3 => {
                         self.kill_session();
                         next_step_at = Instant::now() + DEATH_WAIT;
@@ -689,13 +694,28 @@ impl Instance {
 
     /// Signals the foreground process group of the terminal unless it is
     /// the shell's own (a builtin loop must not take the shell down here).
-    fn signal_foreground(&self, sig: libc::c_int) {
+    ///
+    /// Where the terminal cannot tell its foreground group (gVisor answers
+    /// ENOTTY), the process groups of the shell's children started since
+    /// `exec_start` (clock ticks since boot) are signalled instead: the
+    /// exec's own jobs (a job it sent to the background included), never
+    /// the shell's group nor jobs of earlier execs.
+    fn signal_foreground(&self, sig: libc::c_int, exec_start: Option<u64>) {
         // SAFETY: plain syscalls on an owned fd / a process group id.
-        unsafe {
-            let pgrp = libc::tcgetpgrp(self.master.as_raw_fd());
-            if pgrp > 0 && pgrp != self.pid {
-                libc::kill(-pgrp, sig);
-            }
+        let pgrp = unsafe { libc::tcgetpgrp(self.master.as_raw_fd()) };
+        let groups = if pgrp > 0 {
+            vec![pgrp]
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTTY) {
+            exec_start
+                // The shell leads its own session and process group.
+                .map(|t| job_groups_since(self.pid, self.pid, t))
+                .unwrap_or_default()
+        } else {
+            vec![]
+        };
+        for g in groups.into_iter().filter(|g| *g != self.pid) {
+            // SAFETY: signalling a process group id.
+            unsafe { libc::kill(-g, sig) };
         }
     }
 
@@ -970,6 +990,57 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
     }
 }
 
+/// Clock ticks since boot (the unit of a process's start time in
+/// `/proc/<pid>/stat`).
+fn boot_ticks() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer; sysconf without pointers.
+    let (r, hz) = unsafe {
+        (
+            libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts),
+            libc::sysconf(libc::_SC_CLK_TCK),
+        )
+    };
+    (r == 0 && hz > 0)
+        .then(|| ts.tv_sec as u64 * hz as u64 + ts.tv_nsec as u64 * hz as u64 / 1_000_000_000)
+}
+
+/// Process groups (other than `own`, the shell's) of `shell`'s children
+/// that started at or after `since` (clock ticks since boot), from `/proc`.
+fn job_groups_since(shell: i32, own: i32, since: u64) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name: state ppid pgrp ... starttime (field 22).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+        if let (Some(ppid), Some(pgrp), Some(start)) = (num(1), num(2), num(19)) {
+            if ppid == shell as i64
+                && pgrp != own as i64
+                && start >= since as i64
+                && !out.contains(&(pgrp as i32))
+            {
+                out.push(pgrp as i32);
+            }
+        }
+    }
+    out
+}
+
 /// The shell's environment: exactly `cfg.env`, plus `HOME` when missing,
 /// plus `PWD` (the directory the shell starts in).
 fn shell_env(cfg: &AgentConfig, dir: &str) -> io::Result<Vec<CString>> {
@@ -1150,6 +1221,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fallback that finds an exec's jobs without the terminal: only
+    /// children in their own process group started since the given tick.
+    #[test]
+    fn job_groups_are_the_childrens_own_groups_started_since() {
+        use std::os::unix::process::CommandExt;
+        let me = std::process::id() as i32;
+        let spawn_in_own_group = || {
+            std::process::Command::new("sleep")
+                .arg("5")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let mut old = spawn_in_own_group();
+        // Start times are in clock ticks (10 ms at 100 Hz).
+        std::thread::sleep(Duration::from_millis(50));
+        let since = boot_ticks().unwrap();
+        let mut new = spawn_in_own_group();
+        let mut same_group = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        // SAFETY: getpgrp has no preconditions.
+        let own = unsafe { libc::getpgrp() };
+        let groups = job_groups_since(me, own, since);
+        for c in [&mut old, &mut new, &mut same_group] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // (Other tests of this process start children of their own too.)
+        assert!(groups.contains(&(new.id() as i32)), "{groups:?}");
+        assert!(!groups.contains(&(old.id() as i32)), "{groups:?}");
+        assert!(!groups.contains(&own), "{groups:?}");
+    }
 
     #[test]
     fn status_records_parse_across_chunk_boundaries() {

@@ -49,6 +49,7 @@ macro_rules! conformance {
 conformance! {
     suite_lifecycle: native_lifecycle, docker_lifecycle, remote_lifecycle, gvisor_lifecycle;
     suite_shell_state_and_exit_codes: native_shell_state_and_exit_codes, docker_shell_state_and_exit_codes, remote_shell_state_and_exit_codes, gvisor_shell_state_and_exit_codes;
+    suite_exec_timeout_cancel_and_truncation: native_exec_timeout_cancel_and_truncation, docker_exec_timeout_cancel_and_truncation, remote_exec_timeout_cancel_and_truncation, gvisor_exec_timeout_cancel_and_truncation;
     suite_isolation: native_isolation, docker_isolation, remote_isolation, gvisor_isolation;
     suite_agent_files: native_agent_files, docker_agent_files, remote_agent_files, gvisor_agent_files;
     suite_stats: native_stats, docker_stats, remote_stats, gvisor_stats;
@@ -66,15 +67,12 @@ conformance! {
 }
 
 // Not under gVisor, as measured (docs/api.md, "Choosing a backend"):
-// - exec timeout: after a timed-out exec the shell's variables are gone
-//   (its cwd kept): the shell was restarted, not only the command stopped;
 // - memory limit: a 200 MiB allocation under a 64 MiB limit did not end
 //   within the suite's 60 s;
 // - pids limit: the limit is the host cgroup's, which counts gVisor's own
 //   threads (about 60 at start): a sandbox with a limit of 16 does not
 //   start.
 conformance! {
-    suite_exec_timeout_cancel_and_truncation: native_exec_timeout_cancel_and_truncation, docker_exec_timeout_cancel_and_truncation, remote_exec_timeout_cancel_and_truncation;
     suite_memory_limit: native_memory_limit, docker_memory_limit, remote_memory_limit;
     suite_pids_limit: native_pids_limit, docker_pids_limit, remote_pids_limit;
 }
