@@ -13,143 +13,9 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// Runs the docker CLI; `(success, stdout)`.
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("these tests need the docker CLI and a running engine (apt-get install docker.io; dockerd &): {e}")
-        });
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
-
-/// Busybox applets the image links.
-const APPLETS: &[&str] = &[
-    "cat", "ls", "mkdir", "rm", "sleep", "echo", "true", "false", "id", "env", "printf", "touch",
-    "stat", "grep", "sed", "cut", "tr", "sort", "wc", "head", "tail", "sh",
-];
-
-/// `sandkasten-e2e:bash-<hash>`: the host's static busybox and bash (with
-/// its libraries) and a passwd with the sandbox user, imported once with
-/// `docker import` and reused while its inputs are unchanged.
-fn image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let (up, _) = docker(&["version", "--format", "{{.Server.Version}}"]);
-        assert!(
-            up,
-            "no Docker engine answers: these tests need one (apt-get install docker.io; dockerd &)"
-        );
-        let (busybox, bash) = (Path::new("/bin/busybox"), Path::new("/bin/bash"));
-        assert!(
-            busybox.exists() && bash.exists(),
-            "the image is built from the host's /bin/busybox and /bin/bash: apt-get install busybox-static bash"
-        );
-        let mut files: Vec<(String, PathBuf)> = vec![
-            ("bin/busybox".into(), busybox.into()),
-            ("bin/bash".into(), bash.into()),
-        ];
-        let ldd = Command::new("ldd").arg(bash).output().expect("ldd");
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            let path = line
-                .split("=>")
-                .last()
-                .and_then(|r| r.split_whitespace().next())
-                .filter(|p| p.starts_with('/'));
-            if let Some(p) = path {
-                files.push((p.trim_start_matches('/').to_string(), PathBuf::from(p)));
-            }
-        }
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for (name, p) in &files {
-            for b in name.bytes().chain(std::fs::read(p).unwrap()) {
-                hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
-            }
-        }
-        for b in APPLETS.concat().bytes() {
-            hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        let name = format!("sandkasten-e2e:bash-{:012x}", hash & 0xffff_ffff_ffff);
-        if docker(&["image", "inspect", &name]).0 {
-            return name;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let tarball = dir.path().join("rootfs.tar");
-        rootfs_tar(&tarball, &files);
-        let (ok, out) = docker(&["import", tarball.to_str().unwrap(), &name]);
-        assert!(ok, "docker import of the test image failed: {out}");
-        name
-    })
-}
-
-fn rootfs_tar(out: &Path, files: &[(String, PathBuf)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    let entry = |kind: tar::EntryType, mode: u32, uid: u64, size: usize| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_size(size as u64);
-        h
-    };
-    let mut dirs: BTreeSet<String> = [
-        "bin",
-        "etc",
-        "root",
-        "home",
-        "workspace",
-        "proc",
-        "sys",
-        "dev",
-    ]
-    .map(String::from)
-    .into();
-    for (name, _) in files {
-        let mut p = Path::new(name).parent();
-        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            dirs.insert(d.display().to_string());
-            p = d.parent();
-        }
-    }
-    for d in &dirs {
-        let mut h = entry(tar::EntryType::Directory, 0o755, 0, 0);
-        b.append_data(&mut h, d, std::io::empty()).unwrap();
-    }
-    let mut h = entry(tar::EntryType::Directory, 0o1777, 0, 0);
-    b.append_data(&mut h, "tmp", std::io::empty()).unwrap();
-    let mut h = entry(tar::EntryType::Directory, 0o755, 1000, 0);
-    b.append_data(&mut h, "home/sandbox", std::io::empty())
-        .unwrap();
-    let mut file = |path: &str, mode: u32, data: &[u8]| {
-        let mut h = entry(tar::EntryType::Regular, mode, 0, data.len());
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    for (name, p) in files {
-        file(name, 0o755, &std::fs::read(p).unwrap());
-    }
-    file(
-        "etc/passwd",
-        0o644,
-        b"root:x:0:0:root:/root:/bin/sh\nsandbox:x:1000:1000:sandbox:/home/sandbox:/bin/bash\n",
-    );
-    file("etc/group", 0o644, b"root:x:0:\nsandbox:x:1000:\n");
-    for a in APPLETS {
-        let mut h = entry(tar::EntryType::Symlink, 0o777, 0, 0);
-        b.append_link(&mut h, format!("bin/{a}"), "busybox")
-            .unwrap();
-    }
-    b.finish().unwrap();
-}
 
 /// A data dir whose docker objects (containers, volumes: all labelled
 /// with the data dir) are removed when the test ends, even after a
@@ -158,8 +24,10 @@ struct DockerHome(Arc<DataDir>);
 
 impl DockerHome {
     fn new() -> DockerHome {
-        image();
-        DockerHome(DataDir::new())
+        docker_image();
+        let home = DataDir::new();
+        home.holds_docker_objects();
+        DockerHome(home)
     }
 
     fn label(&self) -> String {
@@ -168,7 +36,7 @@ impl DockerHome {
 
     /// Session ids of this data dir's containers (running or not).
     fn containers(&self) -> BTreeSet<String> {
-        let (ok, out) = docker(&[
+        let (ok, out) = docker_cli(&[
             "ps",
             "-a",
             "--filter",
@@ -182,7 +50,7 @@ impl DockerHome {
 
     /// Names of this data dir's volumes.
     fn volumes(&self) -> BTreeSet<String> {
-        let (ok, out) = docker(&[
+        let (ok, out) = docker_cli(&[
             "volume",
             "ls",
             "--filter",
@@ -195,30 +63,16 @@ impl DockerHome {
     }
 }
 
-impl Drop for DockerHome {
-    fn drop(&mut self) {
-        let label = self.label();
-        let (_, ids) = docker(&["ps", "-aq", "--filter", &label]);
-        for id in ids.lines() {
-            docker(&["rm", "-f", "-v", id]);
-        }
-        let (_, vols) = docker(&["volume", "ls", "-q", "--filter", &label]);
-        for v in vols.lines() {
-            docker(&["volume", "rm", v]);
-        }
-    }
-}
-
 fn config(pool: usize, extra: &str) -> String {
     format!(
         "runtime: docker\ndefault_image: \"{img}\"\ndefaults:\n  tmp_size_mb: 64\n\
          pool:\n  enabled: true\n  images:\n    \"{img}\": {pool}\n{extra}",
-        img = image()
+        img = docker_image()
     )
 }
 
 fn pool_of(d: &Daemon) -> Value {
-    d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][image()].clone()
+    d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][docker_image()].clone()
 }
 
 /// Waits until the pool has `n` idle containers and no fill in flight.
@@ -289,7 +143,7 @@ fn pooled_creates_with_and_without_a_workspace_on_docker() {
     assert_eq!(unb64(r["content_base64"].as_str().unwrap()), b"x\n");
     // The container's workspace label stays empty (fixed at create); the
     // daemon knows the workspace is in use all the same.
-    let (_, label) = docker(&[
+    let (_, label) = docker_cli(&[
         "inspect",
         "--format",
         "{{index .Config.Labels \"sandkasten.workspace_id\"}}",
@@ -494,21 +348,28 @@ fn image_commands_use_the_configured_runtime() {
     // The docker engine's images, not the native store's (`base`).
     let (ok, out, err) = cli(&["ls"]);
     assert!(ok, "image ls: {err}");
-    assert!(out.contains(image()), "{out}");
+    assert!(out.contains(docker_image()), "{out}");
     assert!(!out.lines().any(|l| l.starts_with("base ")), "{out}");
     // Import into and removal from the engine.
     let dir = tempfile::tempdir().unwrap();
     let tarball = dir.path().join("rootfs.tar");
-    rootfs_tar(&tarball, &[("bin/busybox".into(), "/bin/busybox".into())]);
+    suite_rootfs_tar(
+        &tarball,
+        &[("usr/bin/busybox".into(), "/bin/busybox".into())],
+        &[],
+    );
     let name = format!("sandkasten-e2e:cli-{}", random_hex(8));
     let (ok, out, err) = cli(&["import", &name, tarball.to_str().unwrap()]);
     assert!(ok, "image import: {err}");
     assert!(out.starts_with(&name), "{out}");
-    assert!(docker(&["image", "inspect", &name]).0, "not in the engine");
+    assert!(
+        docker_cli(&["image", "inspect", &name]).0,
+        "not in the engine"
+    );
     let (ok, _, err) = cli(&["rm", &name]);
     assert!(ok, "image rm: {err}");
     assert!(
-        !docker(&["image", "inspect", &name]).0,
+        !docker_cli(&["image", "inspect", &name]).0,
         "still in the engine"
     );
 }

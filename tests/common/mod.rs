@@ -445,7 +445,10 @@ pub fn docker_image() -> &'static str {
     })
 }
 
-fn suite_rootfs_tar(out: &Path, files: &[(String, PathBuf)], applets: &[String]) {
+/// Writes the root filesystem of the suite's image to `out`: `files`
+/// (path in the image, host file), `applets` linked to busybox in
+/// `/usr/bin`, the merged-/usr links, `/etc/passwd` with the sandbox user.
+pub fn suite_rootfs_tar(out: &Path, files: &[(String, PathBuf)], applets: &[String]) {
     let mut b = tar::Builder::new(File::create(out).unwrap());
     let header = |kind: tar::EntryType, mode: u32, uid: u64, size: usize| {
         let mut h = tar::Header::new_gnu();
@@ -589,22 +592,7 @@ pub fn sandbox_pids(id: &str) -> Vec<i32> {
             let Some(full) = container_full_id(id) else {
                 return Vec::new();
             };
-            let mut out = Vec::new();
-            let Ok(rd) = fs::read_dir("/proc") else {
-                return out;
-            };
-            for e in rd.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-                    if text.contains(&full) {
-                        out.push(pid);
-                    }
-                }
-            }
-            out.sort_unstable();
-            out
+            pids_whose_cgroups(|text| text.contains(&full))
         }
     }
 }
@@ -1300,6 +1288,11 @@ fn cgroup_text_names(cgroup_file_text: &str, id: &str) -> bool {
 
 /// Host pids whose `/proc/PID/cgroup` names the session.
 pub fn pids_in_session_cgroups(id: &str) -> Vec<i32> {
+    pids_whose_cgroups(|text| cgroup_text_names(text, id))
+}
+
+/// Host pids whose `/proc/PID/cgroup` text satisfies `matches`, sorted.
+fn pids_whose_cgroups(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return out;
@@ -1309,7 +1302,7 @@ pub fn pids_in_session_cgroups(id: &str) -> Vec<i32> {
             continue;
         };
         if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-            if cgroup_text_names(&text, id) {
+            if matches(&text) {
                 out.push(pid);
             }
         }

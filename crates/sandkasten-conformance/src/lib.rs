@@ -63,11 +63,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Any docker kind.
-    pub fn is_docker(self) -> bool {
-        matches!(self, Kind::Docker | Kind::DockerRemote | Kind::Gvisor)
-    }
-
     /// Served through the relay and helpers (no shared files).
     pub fn is_relayed(self) -> bool {
         matches!(self, Kind::DockerRemote | Kind::Gvisor)
