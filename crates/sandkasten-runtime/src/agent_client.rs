@@ -1,7 +1,9 @@
 //! Async client of the in-sandbox agent: one Unix stream, many requests in
-//! flight, replies routed by request id.
+//! flight, replies routed by request id. Its methods are typed (ping, exec,
+//! file operations, environment): the agent's wire messages stay inside
+//! this module and [`crate::files`].
 
-use crate::RuntimeError;
+use crate::{FileData, FileOp, FileReply, FileStat, DirEntry, RuntimeError};
 use sandkasten_protocol::{self as proto, Body, Frame, Request, Response};
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,11 +40,70 @@ impl Drop for Inner {
     }
 }
 
-/// A running exec: its request id and the stream of its replies
-/// (`ExecOutput`… then `ExecDone`, or `Error`).
+/// A running exec: its request id and the stream of its replies.
 pub struct ExecHandle {
     pub id: u64,
-    pub replies: mpsc::UnboundedReceiver<Response>,
+    replies: mpsc::UnboundedReceiver<Response>,
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecDone {
+    pub exit_code: i32,
+    /// The shell's working directory afterwards.
+    pub cwd: String,
+    pub timed_out: bool,
+    pub truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// One reply of a running exec: output chunks, then exactly one `Done` or
+/// `Refused`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecReply {
+    /// Interleaved stdout and stderr, in order.
+    Output(Vec<u8>),
+    Done(ExecDone),
+    /// The agent refused the command (a NUL byte in it, for one).
+    Refused(String),
+}
+
+impl ExecHandle {
+    /// The next reply; `None` once the connection closed before the exec
+    /// ended. A reply the protocol does not allow here ends the exec as
+    /// `Refused` with a description.
+    pub async fn next(&mut self) -> Option<ExecReply> {
+        Some(match self.replies.recv().await? {
+            Response::ExecOutput { data } => ExecReply::Output(data),
+            Response::ExecDone {
+                exit_code,
+                cwd,
+                timed_out,
+                truncated,
+                duration_ms,
+            } => ExecReply::Done(ExecDone {
+                exit_code,
+                cwd,
+                timed_out,
+                truncated,
+                duration_ms,
+            }),
+            Response::Error { message, .. } => ExecReply::Refused(message),
+            other => ExecReply::Refused(format!("unexpected agent reply to an exec: {other:?}")),
+        })
+    }
+
+    /// Waits for the end, dropping the output.
+    pub async fn finish(mut self) -> Result<ExecDone, RuntimeError> {
+        loop {
+            match self.next().await {
+                Some(ExecReply::Output(_)) => continue,
+                Some(ExecReply::Done(d)) => return Ok(d),
+                Some(ExecReply::Refused(m)) => return Err(RuntimeError::Agent(m)),
+                None => return Err(RuntimeError::Agent("agent connection closed".into())),
+            }
+        }
+    }
 }
 
 impl AgentClient {
@@ -168,7 +229,8 @@ impl AgentClient {
         Ok((id, rx))
     }
 
-    /// Sends a request with exactly one reply and waits for it.
+    /// Sends a wire request with exactly one reply and waits for it (for
+    /// protocol-level tests; everything else uses the typed methods).
     pub async fn call(&self, req: Request) -> Result<Response, RuntimeError> {
         let (_, mut rx) = self.send(req)?;
         rx.recv()
@@ -194,5 +256,71 @@ impl AgentClient {
     /// Interrupts the exec started with request id `target`.
     pub async fn cancel(&self, target: u64) -> Result<(), RuntimeError> {
         self.call(Request::CancelExec { target }).await.map(|_| ())
+    }
+
+    /// Liveness: the agent answers with its shell's cwd.
+    pub async fn ping(&self) -> Result<String, RuntimeError> {
+        match self.call(Request::Ping).await? {
+            Response::Pong { cwd, .. } => Ok(cwd),
+            other => Err(RuntimeError::Agent(format!(
+                "unexpected reply to a ping: {other:?}"
+            ))),
+        }
+    }
+
+    /// Adds variables to the environment of every shell the agent starts
+    /// from now on (the running shell is not changed).
+    pub async fn set_env(&self, env: Vec<(String, String)>) -> Result<(), RuntimeError> {
+        match self.call(Request::SetEnv { env }).await? {
+            Response::Ok => Ok(()),
+            Response::Error { message, .. } => Err(RuntimeError::Agent(message)),
+            other => Err(RuntimeError::Agent(format!(
+                "unexpected reply to set-env: {other:?}"
+            ))),
+        }
+    }
+
+    /// One file operation in the sandbox.
+    pub async fn file(&self, op: FileOp) -> Result<FileReply, RuntimeError> {
+        FileReply::from_response(self.call(op.into_request()).await?)
+    }
+
+    pub async fn read_file(
+        &self,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileData, RuntimeError> {
+        self.file(FileOp::Read { path, max_bytes }).await?.into_data()
+    }
+
+    pub async fn write_file(
+        &self,
+        path: String,
+        data: Vec<u8>,
+        mode: Option<u32>,
+    ) -> Result<(), RuntimeError> {
+        self.file(FileOp::Write { path, data, mode })
+            .await?
+            .into_done()
+    }
+
+    pub async fn list_dir(&self, path: String) -> Result<Vec<DirEntry>, RuntimeError> {
+        self.file(FileOp::ListDir { path }).await?.into_entries()
+    }
+
+    pub async fn stat(&self, path: String) -> Result<FileStat, RuntimeError> {
+        self.file(FileOp::Stat { path }).await?.into_stat()
+    }
+
+    pub async fn mkdir(&self, path: String, parents: bool) -> Result<(), RuntimeError> {
+        self.file(FileOp::Mkdir { path, parents })
+            .await?
+            .into_done()
+    }
+
+    pub async fn remove(&self, path: String, recursive: bool) -> Result<(), RuntimeError> {
+        self.file(FileOp::Remove { path, recursive })
+            .await?
+            .into_done()
     }
 }

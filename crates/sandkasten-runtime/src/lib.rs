@@ -3,16 +3,23 @@
 //! every backend uses to talk to our in-sandbox agent.
 
 mod agent_client;
+mod export;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+mod files;
 #[cfg(target_os = "linux")]
 pub mod latebind;
 
-pub use agent_client::{AgentClient, ExecHandle};
-pub use sandkasten_protocol::{
-    DirEntry, ErrorKind as AgentErrorKind, FileStat, FileType, Request, Response,
-};
+pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply};
+pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
+pub use files::{DirEntry, FileData, FileErrorKind, FileOp, FileReply, FileStat, FileType};
 
 use async_trait::async_trait;
 use std::path::PathBuf;
+
+/// uid and gid of the `sandbox` user inside every sandbox (commands and
+/// file operations run as it).
+pub const SANDBOX_UID: u32 = 1000;
 
 /// The environment every sandbox shell starts with (before the image's own
 /// and the session's variables): a sane PATH, bash, no pager, unbuffered
@@ -33,6 +40,37 @@ pub fn default_shell_env() -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
+}
+
+/// The one rule for a sandbox shell's environment, on every backend: our
+/// defaults, then the image's own variables (`KEY=value` strings: its
+/// PATH, LANG, tool variables), then the sandbox user's identity (HOME,
+/// USER, LOGNAME: never taken from the image), then the session's own
+/// variables. A later variable replaces an earlier one of the same name.
+pub fn shell_env(image_env: &[String], session_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = default_shell_env();
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    };
+    for kv in image_env {
+        if let Some((k, v)) = kv.split_once('=') {
+            if !matches!(k, "HOME" | "USER" | "LOGNAME" | "HOSTNAME") {
+                set(k, v);
+            }
+        }
+    }
+    for (k, v) in [
+        ("HOME", "/home/sandbox"),
+        ("USER", "sandbox"),
+        ("LOGNAME", "sandbox"),
+    ] {
+        set(k, v);
+    }
+    for (k, v) in session_env {
+        set(k, v);
+    }
+    env
 }
 
 /// Resource limits of one sandbox.
@@ -111,7 +149,10 @@ pub struct ImageInfo {
     pub builtin: bool,
 }
 
-/// Errors of a backend.
+/// Errors of a backend. Each variant says how a caller should read it: a
+/// property of the request (`ImageNotFound`, `NotFound`, `Unsupported`,
+/// `InvalidArchive`, `File`), a state that may pass (`Busy`), a sandbox
+/// that is gone, or a failure of the host or backend (the rest).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("image {0} not found")]
@@ -122,12 +163,41 @@ pub enum RuntimeError {
     ImageBuiltin(String),
     #[error("sandbox {0} is gone")]
     Gone(String),
+    /// Something the request names does not exist (a workspace's volume, a
+    /// snapshot).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The object is in use right now (a workspace still mounted); the
+    /// same request may succeed later.
+    #[error("{0}")]
+    Busy(String),
+    /// `what` is not supported by the runtime named second.
     #[error("{0} is not supported by the {1} runtime")]
     Unsupported(String, &'static str),
     #[error("host is not ready for sandboxes: {0}")]
     HostNotReady(String),
+    /// A sandbox could not be started (its launcher or first process
+    /// failed).
+    #[error("starting the sandbox: {0}")]
+    StartFailed(String),
+    /// The container engine refused or failed a call.
+    #[error("{context}: {message}")]
+    Backend { context: String, message: String },
+    /// A blocking task of the backend panicked or was cancelled.
+    #[error("{context}: {message}")]
+    Task {
+        context: &'static str,
+        message: String,
+    },
     #[error("agent: {0}")]
     Agent(String),
+    /// A file operation failed (a missing file, a path that leaves the
+    /// root, no permission): a property of the files, not of the sandbox.
+    #[error("{message}")]
+    File {
+        kind: FileErrorKind,
+        message: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -150,9 +220,70 @@ impl RuntimeError {
             source,
         }
     }
+
+    /// `RuntimeError::io` with its context first, for `map_err`:
+    /// `.map_err(RuntimeError::io_ctx("reading x"))`.
+    pub fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| RuntimeError::Io { context, source }
+    }
+
+    /// A blocking task that did not complete (`spawn_blocking`'s join
+    /// error), with what it was doing.
+    pub fn task(context: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |e| RuntimeError::Task {
+            context,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Runs blocking work (file walks, loop devices, mkfs, ioctls) on tokio's
+/// blocking pool, never on an async worker; a panic or cancellation becomes
+/// [`RuntimeError::Task`] naming `context`.
+pub async fn blocking<T, F>(context: &'static str, f: F) -> Result<T, RuntimeError>
+where
+    F: FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(RuntimeError::task(context))?
 }
 
 /// A sandbox backend. Object safe: the engine holds an `Arc<dyn Runtime>`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shell_environment_layers_defaults_image_identity_and_session() {
+        let env = shell_env(
+            &[
+                "PATH=/opt/bin:/usr/bin".into(),
+                "HOME=/root".into(),
+                "TOOL=1".into(),
+                "junk".into(),
+            ],
+            &[("TOOL".into(), "2".into()), ("X".into(), "y".into())],
+        );
+        let get = |k: &str| {
+            let hits: Vec<&str> = env
+                .iter()
+                .filter(|(ek, _)| ek == k)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert!(hits.len() <= 1, "{k} set twice: {env:?}");
+            hits.first().map(|v| v.to_string())
+        };
+        assert_eq!(get("PATH").as_deref(), Some("/opt/bin:/usr/bin"));
+        assert_eq!(get("HOME").as_deref(), Some("/home/sandbox"));
+        assert_eq!(get("TOOL").as_deref(), Some("2"));
+        assert_eq!(get("X").as_deref(), Some("y"));
+        assert_eq!(get("LANG").as_deref(), Some("C.UTF-8"));
+    }
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Short name ("native", "docker").
@@ -214,21 +345,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// checks that nothing mounts it).
     async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError>;
 
-    /// A file request (`ReadFile`, `WriteFile`, `ListDir`, `Stat`, `Mkdir`,
-    /// `Remove`) on workspace `id` without a session: paths resolve strictly
-    /// inside the workspace, with the sandbox user's rights, and new files
-    /// belong to the sandbox user.
-    async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError>;
+    /// A file operation on workspace `id` without a session: paths resolve
+    /// strictly inside the workspace, with the sandbox user's rights, and
+    /// new files belong to the sandbox user. A failed operation is
+    /// [`RuntimeError::File`]; a missing workspace [`RuntimeError::NotFound`].
+    async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError>;
 
-    /// Writes workspace `id`'s content to `out` as a tar (paths relative to
-    /// the workspace root, owners as the sandbox sees them, symlinks as
-    /// symlinks). Point-in-time where the backend can snapshot. Blocks the
-    /// calling thread while it writes (call it from a blocking context).
-    fn export_workspace(
-        &self,
-        _id: &str,
-        _out: &mut (dyn std::io::Write + Send),
-    ) -> Result<(), RuntimeError> {
+    /// Workspace `id`'s content as a tar stream (paths relative to the
+    /// workspace root, owners as the sandbox sees them, symlinks as
+    /// symlinks). Point-in-time where the backend can snapshot. Answers once
+    /// the first chunk is ready (see [`export_blocking`]): a failure before
+    /// it is an error, a later one ends the stream.
+    async fn export_workspace(&self, _id: &str) -> Result<ExportStream, RuntimeError> {
         Err(RuntimeError::Unsupported(
             "workspace export".into(),
             self.name(),

@@ -1,0 +1,1 @@
+//! In-memory fake runtime for tests (filled in below).
