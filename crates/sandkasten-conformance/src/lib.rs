@@ -19,8 +19,9 @@
 
 use sandkasten_docker::{DockerConfig, DockerRuntime};
 use sandkasten_native::{Cgroups, Hierarchy, NativeConfig, NativeRuntime};
+use sandkasten_protocol::{Request, Response};
 use sandkasten_runtime::{
-    latebind, AgentClient, Limits, NetworkMode, Request, Response, Runtime, Sandbox, SandboxHandle,
+    latebind, AgentClient, ExecReply, Limits, NetworkMode, Runtime, Sandbox, SandboxHandle,
     SandboxSpec, WorkspaceMount,
 };
 use std::collections::HashMap;
@@ -640,10 +641,10 @@ pub async fn run_cmd(agent: &AgentClient, cmd: &str) -> Ran {
     let mut h = agent.exec(cmd.to_string(), 30_000, 1 << 20).unwrap();
     let mut out = Vec::new();
     let done = tokio::time::timeout(EXEC_TIMEOUT, async {
-        while let Some(r) = h.replies.recv().await {
+        while let Some(r) = h.next().await {
             match r {
-                Response::ExecOutput { data } => out.extend_from_slice(&data),
-                Response::ExecDone { exit_code, cwd, .. } => return Some((exit_code, cwd)),
+                ExecReply::Output(data) => out.extend_from_slice(&data),
+                ExecReply::Done(d) => return Some((d.exit_code, d.cwd)),
                 other => panic!("unexpected reply to {cmd:?}: {other:?}"),
             }
         }

@@ -11,8 +11,9 @@
 //! ones a running Docker engine (without one they fail, never skip).
 
 use sandkasten_conformance::{call, ok, run, run_cmd, Env, Kind, MEMORY_MB};
+use sandkasten_protocol::{ErrorKind as AgentErrorKind, Request, Response};
 use sandkasten_runtime::{
-    AgentErrorKind, ExecHandle, FileType, NetworkMode, Request, Response, Runtime, RuntimeError,
+    ExecHandle, ExecReply, FileOp, FileReply, FileType, NetworkMode, Runtime, RuntimeError,
     SandboxHandle, WorkspaceMount,
 };
 use std::sync::Arc;
@@ -98,6 +99,44 @@ fn write(path: &str, data: &[u8]) -> Request {
         data: data.to_vec(),
         mode: None,
     }
+}
+
+fn read_op(path: &str) -> FileOp {
+    FileOp::Read {
+        path: path.into(),
+        max_bytes: None,
+    }
+}
+
+fn write_op(path: &str, data: &[u8]) -> FileOp {
+    FileOp::Write {
+        path: path.into(),
+        data: data.to_vec(),
+        mode: None,
+    }
+}
+
+/// The data of a session-less read.
+fn ws_data(r: Result<FileReply, RuntimeError>) -> Vec<u8> {
+    r.unwrap().into_data().unwrap().data
+}
+
+/// Whether a session-less operation failed as a file error.
+fn is_file_error(r: Result<FileReply, RuntimeError>) -> bool {
+    matches!(r, Err(RuntimeError::File { .. }))
+}
+
+/// Sorted names of a session-less listing.
+fn ws_names(r: Result<FileReply, RuntimeError>) -> Vec<String> {
+    let mut n: Vec<String> = r
+        .unwrap()
+        .into_entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    n.sort();
+    n
 }
 
 /// The data of a `FileData` reply.
@@ -231,15 +270,10 @@ async fn suite_shell_state_and_exit_codes(rt: &dyn Runtime, env: &Env) {
 async fn finish(mut h: ExecHandle) -> (i32, bool, bool, String) {
     let mut out = Vec::new();
     let done = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(r) = h.replies.recv().await {
+        while let Some(r) = h.next().await {
             match r {
-                Response::ExecOutput { data } => out.extend_from_slice(&data),
-                Response::ExecDone {
-                    exit_code,
-                    timed_out,
-                    truncated,
-                    ..
-                } => return (exit_code, timed_out, truncated),
+                ExecReply::Output(data) => out.extend_from_slice(&data),
+                ExecReply::Done(d) => return (d.exit_code, d.timed_out, d.truncated),
                 other => panic!("unexpected exec reply {other:?}"),
             }
         }
@@ -538,30 +572,32 @@ async fn suite_sessionless_workspace_files(rt: &dyn Runtime, env: &Env) {
     rt.ensure_workspace(&ws, None).await.unwrap();
     rt.ensure_workspace(&ws, None).await.unwrap();
     assert_eq!(rt.workspace_size(&ws).await.unwrap(), Some(0));
-    let f = |r| rt.workspace_file(&ws, r);
+    let f = |op| rt.workspace_file(&ws, op);
     assert_eq!(
-        f(write("/notes/a.txt", b"outside")).await.unwrap(),
-        Response::Ok
+        f(write_op("/notes/a.txt", b"outside")).await.unwrap(),
+        FileReply::Done
     );
-    assert_eq!(data(f(read("/notes/a.txt")).await.unwrap()), b"outside");
-    assert_eq!(
-        names(f(Request::ListDir { path: "/".into() }).await.unwrap()),
-        ["notes"]
-    );
-    match f(Request::Stat {
+    assert_eq!(ws_data(f(read_op("/notes/a.txt")).await), b"outside");
+    let mut listed: Vec<String> = f(FileOp::ListDir { path: "/".into() })
+        .await
+        .unwrap()
+        .into_entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["notes"]);
+    let st = f(FileOp::Stat {
         path: "/notes/a.txt".into(),
     })
     .await
     .unwrap()
-    {
-        Response::Stat(st) => assert_eq!((st.size, st.file_type), (7, FileType::File)),
-        other => panic!("{other:?}"),
-    }
+    .into_stat()
+    .unwrap();
+    assert_eq!((st.size, st.file_type), (7, FileType::File));
     // RESOLVE_IN_ROOT: `..` stops at the workspace root.
-    assert!(matches!(
-        f(read("/../../../../etc/passwd")).await.unwrap(),
-        Response::Error { .. }
-    ));
+    assert!(is_file_error(f(read_op("/../../../../etc/passwd")).await));
 
     let mut spec = env.spec();
     spec.workspace = WorkspaceMount::Persistent(ws.clone());
@@ -576,13 +612,13 @@ async fn suite_sessionless_workspace_files(rt: &dyn Runtime, env: &Env) {
     );
     ok(&sb.agent, "echo inside > notes/b.txt").await;
     // Also while the session runs.
-    assert_eq!(data(f(read("/notes/b.txt")).await.unwrap()), b"inside\n");
+    assert_eq!(ws_data(f(read_op("/notes/b.txt")).await), b"inside\n");
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
-    assert_eq!(data(f(read("/notes/b.txt")).await.unwrap()), b"inside\n");
+    assert_eq!(ws_data(f(read_op("/notes/b.txt")).await), b"inside\n");
     rt.delete_workspace(&ws).await.unwrap();
     // A workspace that does not exist has no files.
-    assert!(f(read("/notes/a.txt")).await.is_err());
+    assert!(f(read_op("/notes/a.txt")).await.is_err());
 }
 
 /// Late binding (the pool): a persistent workspace mounted over the
@@ -609,10 +645,10 @@ async fn suite_late_binding(rt: &dyn Runtime, env: &Env) {
     let ws = env.workspace_id();
     rt.ensure_workspace(&ws, None).await.unwrap();
     assert_eq!(
-        rt.workspace_file(&ws, write("/seed.txt", b"seeded"))
+        rt.workspace_file(&ws, write_op("/seed.txt", b"seeded"))
             .await
             .unwrap(),
-        Response::Ok
+        FileReply::Done
     );
     let sb = env.create(env.spec()).await;
     ok(&sb.agent, "echo ephemeral > /workspace/eph").await;
@@ -643,12 +679,11 @@ async fn suite_late_binding(rt: &dyn Runtime, env: &Env) {
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
     assert_eq!(
-        data(rt.workspace_file(&ws, read("/late.txt")).await.unwrap()),
+        ws_data(rt.workspace_file(&ws, read_op("/late.txt")).await),
         b"late\n"
     );
-    assert!(matches!(
-        rt.workspace_file(&ws, read("/eph")).await.unwrap(),
-        Response::Error { .. }
+    assert!(is_file_error(
+        rt.workspace_file(&ws, read_op("/eph")).await
     ));
     rt.delete_workspace(&ws).await.unwrap();
 }
@@ -924,17 +959,16 @@ async fn suite_quotas_and_snapshots(rt: &dyn Runtime, env: &Env) {
                 return;
             }
             rt.ensure_workspace(&ws, Some(quota)).await.unwrap();
-            let f = |r| rt.workspace_file(&ws, r);
-            assert_eq!(f(write("/v.txt", b"one")).await.unwrap(), Response::Ok);
+            let f = |op| rt.workspace_file(&ws, op);
+            assert_eq!(f(write_op("/v.txt", b"one")).await.unwrap(), FileReply::Done);
             rt.snapshot_workspace(&ws, "s1").await.unwrap();
-            assert_eq!(f(write("/v.txt", b"two")).await.unwrap(), Response::Ok);
+            assert_eq!(f(write_op("/v.txt", b"two")).await.unwrap(), FileReply::Done);
             // The quota holds: a file larger than it does not fit.
             let big = vec![7u8; quota as usize + (16 << 20)];
-            match f(write("/big", &big)).await {
-                Ok(Response::Error { .. }) | Err(_) => {}
-                Ok(other) => panic!("a file beyond the quota was written: {other:?}"),
+            if let Ok(other) = f(write_op("/big", &big)).await {
+                panic!("a file beyond the quota was written: {other:?}");
             }
-            let _ = f(Request::Remove {
+            let _ = f(FileOp::Remove {
                 path: "/big".into(),
                 recursive: false,
             })
@@ -944,11 +978,11 @@ async fn suite_quotas_and_snapshots(rt: &dyn Runtime, env: &Env) {
             rt.ensure_workspace(&copy, Some(quota)).await.unwrap();
             rt.copy_snapshot(&ws, "s1", &copy).await.unwrap();
             assert_eq!(
-                data(rt.workspace_file(&copy, read("/v.txt")).await.unwrap()),
+                ws_data(rt.workspace_file(&copy, read_op("/v.txt")).await),
                 b"one"
             );
             rt.restore_snapshot(&ws, "s1").await.unwrap();
-            assert_eq!(data(f(read("/v.txt")).await.unwrap()), b"one");
+            assert_eq!(ws_data(f(read_op("/v.txt")).await), b"one");
             // A session sees the restored content.
             let mut spec = env.spec();
             spec.workspace = WorkspaceMount::Persistent(ws.clone());
@@ -983,12 +1017,12 @@ async fn suite_export_and_import(rt: &dyn Runtime, env: &Env) {
     let export = |id: String| {
         let rt: Arc<dyn Runtime> = env.rt.clone();
         async move {
-            tokio::task::spawn_blocking(move || {
-                let mut out = Vec::new();
-                rt.export_workspace(&id, &mut out).map(|_| out)
-            })
-            .await
-            .unwrap()
+            let mut rx = rt.export_workspace(&id).await?;
+            let mut out = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                out.extend_from_slice(&chunk.map_err(|e| RuntimeError::io("export", e))?);
+            }
+            Ok::<_, RuntimeError>(out)
         }
     };
     let tar_bytes = export(ws.clone()).await.unwrap();
@@ -1034,22 +1068,14 @@ async fn suite_export_and_import(rt: &dyn Runtime, env: &Env) {
         Kind::Native => {
             rt.import_workspace(&ws, archive).await.unwrap();
             assert_eq!(
-                names(
-                    rt.workspace_file(&ws, Request::ListDir { path: "/".into() })
-                        .await
-                        .unwrap()
-                ),
+                ws_names(rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() }).await),
                 ["imported.txt"]
             );
         }
         Kind::Docker | Kind::DockerRemote | Kind::Gvisor => {
             assert_unsupported(rt.import_workspace(&ws, archive).await);
             assert_eq!(
-                names(
-                    rt.workspace_file(&ws, Request::ListDir { path: "/".into() })
-                        .await
-                        .unwrap()
-                ),
+                ws_names(rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() }).await),
                 ["d", "link"]
             );
         }
