@@ -7,10 +7,12 @@
 mod migrations;
 mod pool;
 mod sessions;
+mod states;
 mod workspaces;
 
 pub use pool::PoolEntryRecord;
 pub use sessions::{SessionRecord, SessionRow};
+pub use states::{AcquireSource, SessionState};
 pub use workspaces::{SnapshotRecord, WorkspaceRecord};
 
 use rusqlite::Connection;

@@ -105,13 +105,13 @@ mod tests {
             let s = SessionRecord {
                 id: "a".into(),
                 image: "base".into(),
-                state: "running".into(),
+                state: crate::SessionState::Running,
                 workspace_id: Some("ws".into()),
                 cwd: "/workspace".into(),
                 ttl_seconds: 60,
                 created_at_ms: 5,
                 expires_at_ms: 60_005,
-                acquire_source: "pool".into(),
+                acquire_source: crate::AcquireSource::Pool,
                 pid: 42,
                 pid_start_time: 7,
                 ended_at_ms: None,
@@ -124,7 +124,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.list_pool_entries().unwrap(), vec![entry("c")]);
         let s = store.get_session("a").unwrap().unwrap();
-        assert_eq!(s.acquire_source, "pool");
+        assert_eq!(s.acquire_source, crate::AcquireSource::Pool);
         assert_eq!(s.workspace_id.as_deref(), Some("ws"));
     }
 }

@@ -1,6 +1,6 @@
 //! The `sessions` table: one row per session, kept after it ends.
 
-use crate::{q, Store, StoreError};
+use crate::{q, AcquireSource, SessionState, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Row};
 
 /// A session as stored. Times are Unix milliseconds.
@@ -9,13 +9,13 @@ pub struct SessionRecord {
     pub id: String,
     pub image: String,
     /// Lifecycle state name (owned by the engine).
-    pub state: String,
+    pub state: SessionState,
     pub workspace_id: Option<String>,
     pub cwd: String,
     pub ttl_seconds: u64,
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
-    pub acquire_source: String,
+    pub acquire_source: AcquireSource,
     /// Host pid of the sandbox init and its start time (identity proof).
     pub pid: i32,
     pub pid_start_time: u64,
@@ -80,7 +80,7 @@ impl Store {
     pub fn set_session_sandbox(
         &self,
         id: &str,
-        state: &str,
+        state: SessionState,
         pid: i32,
         start_time: u64,
     ) -> Result<(), StoreError> {
@@ -108,7 +108,7 @@ impl Store {
     pub fn set_session_state(
         &self,
         id: &str,
-        state: &str,
+        state: SessionState,
         ended_at_ms: Option<i64>,
     ) -> Result<(), StoreError> {
         self.conn()
@@ -133,10 +133,9 @@ impl Store {
     }
 
     /// Sessions whose state is not one of `final_states`, oldest first.
-    pub fn list_sessions_except(
-        &self,
-        final_states: &[&str],
-    ) -> Result<Vec<SessionRecord>, StoreError> {
+    /// Sessions in a state that is not final (they may still run), oldest
+    /// first.
+    pub fn list_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
@@ -149,7 +148,7 @@ impl Store {
         let mut out = Vec::new();
         for r in rows {
             let r = r.map_err(q("listing sessions"))?;
-            if !final_states.contains(&r.state.as_str()) {
+            if !r.state.is_final() {
                 out.push(r);
             }
         }
@@ -165,13 +164,13 @@ mod tests {
         SessionRecord {
             id: id.into(),
             image: "base".into(),
-            state: "creating".into(),
+            state: SessionState::Creating,
             workspace_id: None,
             cwd: "/workspace".into(),
             ttl_seconds: 60,
             created_at_ms: 1,
             expires_at_ms: 60_001,
-            acquire_source: "cold".into(),
+            acquire_source: AcquireSource::Cold,
             pid: 0,
             pid_start_time: 0,
             ended_at_ms: None,
@@ -190,18 +189,20 @@ mod tests {
                 ..rec("b")
             })
             .unwrap();
-            s.set_session_sandbox("a", "running", 42, 4242).unwrap();
+            s.set_session_sandbox("a", SessionState::Running, 42, 4242)
+                .unwrap();
             s.touch_session("a", 99_000, "/tmp").unwrap();
-            s.set_session_state("b", "destroyed", Some(5)).unwrap();
+            s.set_session_state("b", SessionState::Destroyed, Some(5))
+                .unwrap();
         }
         let s = Store::open(&path).unwrap();
         let a = s.get_session("a").unwrap().unwrap();
         assert_eq!(
-            (a.pid, a.pid_start_time, a.state.as_str()),
-            (42, 4242, "running")
+            (a.pid, a.pid_start_time, a.state),
+            (42, 4242, SessionState::Running)
         );
         assert_eq!((a.expires_at_ms, a.cwd.as_str()), (99_000, "/tmp"));
-        let live = s.list_sessions_except(&["destroyed"]).unwrap();
+        let live = s.list_live_sessions().unwrap();
         assert_eq!(
             live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             vec!["a"]
