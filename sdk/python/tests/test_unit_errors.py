@@ -25,6 +25,7 @@ CODES = {
     "INVALID_IMAGE": (400, "InvalidImage"),
     "INVALID_WORKSPACE": (400, "InvalidWorkspace"),
     "INVALID_PATH": (400, "InvalidPath"),
+    "UNSUPPORTED": (400, "UnsupportedError"),
     "UNAUTHORIZED": (401, "Unauthorized"),
     "PERMISSION_DENIED": (403, "PermissionDenied"),
     "SESSION_NOT_FOUND": (404, "SessionNotFound"),
@@ -106,6 +107,36 @@ def test_unknown_code_and_non_json_bodies() -> None:
     err = api_error_from_response(400, b'{"error_code": "INVALID_PATH", "details": []}')
     assert isinstance(err, sandkasten.InvalidPath)
     assert err.message == "INVALID_PATH" and err.details == {}
+
+
+async def test_unsupported_is_an_invalid_request(flavor: str) -> None:
+    # 400 UNSUPPORTED replaced 400 INVALID_REQUEST for what the runtime cannot do:
+    # its class is a subclass, so code written against older daemons still catches it.
+    assert issubclass(sandkasten.UnsupportedError, sandkasten.InvalidRequest)
+    assert error_class_for("UNSUPPORTED") is sandkasten.UnsupportedError
+    assert sandkasten.InvalidRequest.error_code_value == "INVALID_REQUEST"
+    d = Daemon()
+    what = {"what": "snapshots", "runtime": "docker"}
+    d.on(
+        "POST",
+        "/v1/workspaces/w1/snapshots",
+        error(400, "UNSUPPORTED", "snapshots is not supported by the docker runtime", **what),
+        error(400, "INVALID_REQUEST", "snapshots is not supported by the docker runtime"),
+    )
+    client = make(d, flavor)
+    with pytest.raises(sandkasten.InvalidRequest) as info:  # an existing except clause
+        await maybe(client.create_snapshot("w1"))
+    err = info.value
+    assert type(err) is sandkasten.UnsupportedError
+    assert (err.status_code, err.error_code) == (400, "UNSUPPORTED")
+    assert err.details == what and "docker" in err.message
+    # An older daemon's answer is still a plain InvalidRequest, not the subclass.
+    with pytest.raises(sandkasten.InvalidRequest) as info:
+        await maybe(client.create_snapshot("w1"))
+    assert type(info.value) is sandkasten.InvalidRequest
+    assert not isinstance(info.value, sandkasten.UnsupportedError)
+    assert len(d.requests) == 2  # a POST is never retried
+    await aclose(client)
 
 
 async def test_unauthorized(flavor: str) -> None:

@@ -1,6 +1,21 @@
-"""What the async and the sync client share: every route as a :class:`Call`
-(method, path, body, and how to parse the answer), error mapping, retry
-policy and timeouts. The clients only add I/O.
+"""What the async and the sync client share, so that they only add I/O.
+
+Every operation is defined here once:
+
+- a simple one as a :class:`Call`: method, path, body, and how to parse the
+  answer;
+- one with more to it (uploads, export, import) as a *plan*: a generator
+  that yields :data:`Step` objects (:class:`Exchange` an HTTP request,
+  :class:`Sleep` before a retry, :class:`Disk` a blocking local file
+  operation) and receives their results. The retry policy, error mapping,
+  request bodies and local file handling are plans too.
+
+A client runs a plan with a :class:`Runner` and performs each step with its
+own I/O: ``httpx.AsyncClient``, ``asyncio.sleep`` and ``asyncio.to_thread``
+for :class:`~sandkasten.SandboxClient`; ``httpx.Client``, ``time.sleep`` and a
+plain call for :class:`~sandkasten.SyncSandboxClient`. So both send the same
+requests and raise the same errors, and the async client never touches a
+local file on the event loop.
 """
 
 from __future__ import annotations
@@ -8,11 +23,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar, Union
+from typing import IO, Any, Generic, TypeVar, Union, cast
 from urllib.parse import quote
 
 import httpx
@@ -66,9 +80,14 @@ STREAM_MIN_READ_TIMEOUT = 30.0
 is never below this, so a silent command does not look like a dead daemon."""
 USER_AGENT = f"sandkasten-python/{__version__}"
 CHUNK_SIZE = 64 * 1024
-"""Bytes read from a local file per piece of a streamed request body."""
+"""Bytes read from or written to a local file at a time (one thread hop each
+in the async client)."""
 TAR_CONTENT_TYPE = "application/x-tar"
 METRICS_ACCEPT = "text/plain; version=0.0.4, text/plain;q=0.9, */*;q=0.1"
+SSE_ACCEPT = "text/event-stream"
+
+HTTP_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
+"""What ``httpx`` raises; the SDK turns it into its own errors (:func:`wrap_http_error`)."""
 
 
 @dataclass
@@ -82,11 +101,10 @@ class Call(Generic[T]):
     parse: Callable[[Any], T]
     params: dict[str, Any] | None = None
     json: Any = None
-    files: list[tuple[str, tuple[str, Any]]] | None = None
-    data: dict[str, str] | None = None
     timeout: httpx.Timeout | None = None
-    content: bytes | IO[bytes] | None = None
-    """A raw request body: bytes, or a binary file object sent in chunks."""
+    content: bytes | Iterable[bytes] | None = None
+    """A raw request body: bytes, or an iterable of pieces read from a local
+    file (the async client reads each piece in a worker thread)."""
     headers: dict[str, str] | None = None
     missing_ok_after_retry: bool = False
     """A DELETE whose retry finds the thing gone: the first attempt did it."""
@@ -99,29 +117,196 @@ class Call(Generic[T]):
         """Whether a connection error may be retried."""
         return self.method in ("GET", "HEAD", "DELETE")
 
-    def request_kwargs(self, *, asynchronous: bool = False) -> dict[str, Any]:
-        """Keyword arguments for ``httpx.Client.request`` / ``.stream``
-        (``asynchronous``: for ``httpx.AsyncClient``, which needs an async body stream).
+    def request_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``httpx.Client.stream`` / ``httpx.AsyncClient.stream``
+        (the async client replaces an iterable ``content`` by an async one).
         """
         kwargs: dict[str, Any] = {}
-        if isinstance(self.content, bytes):
-            kwargs["content"] = self.content
-        elif self.content is not None:
-            f = self.content
-            kwargs["content"] = afile_chunks(f) if asynchronous else file_chunks(f)
-        if self.headers is not None:
-            kwargs["headers"] = self.headers
-        if self.params is not None:
-            kwargs["params"] = self.params
-        if self.json is not None:
-            kwargs["json"] = self.json
-        if self.files is not None:
-            kwargs["files"] = self.files
-        if self.data is not None:
-            kwargs["data"] = self.data
-        if self.timeout is not None:
-            kwargs["timeout"] = self.timeout
+        for name in ("content", "headers", "params", "json", "timeout"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
         return kwargs
+
+
+# ---------------------------------------------------------------- plans and their steps
+
+
+@dataclass
+class Exchange:
+    """Step: send ``call`` once. The result is ``(status_code, body)``; with a
+    ``sink`` a 2xx body goes to the sink chunk by chunk instead (``body`` is
+    then empty). An ``httpx`` exception is thrown back into the plan.
+    """
+
+    call: Call[Any]
+    sink: ExportSink | None = None
+    answered: bool = False
+    """Set by the client once the response's status line arrived."""
+
+
+@dataclass
+class Sleep:
+    """Step: wait ``seconds`` (before a retry)."""
+
+    seconds: float
+
+
+@dataclass
+class Disk:
+    """Step: call ``fn(*args)``, a blocking local file operation, and give its
+    result (the async client runs it in a worker thread).
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+Step = Exchange | Sleep | Disk
+Plan = Generator[Step, Any, T]
+"""An operation: yields steps, receives their results, returns the method's result."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The retry policy of a client."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff: float = DEFAULT_RETRY_BACKOFF
+
+
+class Runner(Generic[T]):
+    """Steps through a plan (or a plain :class:`Call`, sent with retries) for a
+    client: perform :attr:`step`, then :meth:`reply` with its result or
+    :meth:`fail` with its exception, until :attr:`done`; then :attr:`result`.
+    """
+
+    def __init__(self, plan: Call[T] | Plan[T], retry: Retry) -> None:
+        self._plan = send(plan, retry) if isinstance(plan, Call) else plan
+        self.done = False
+        self.step: Step
+        self.result: T
+        self._advance(None, None)
+
+    def reply(self, value: Any) -> None:
+        """The current step gave ``value``."""
+        self._advance(value, None)
+
+    def fail(self, exc: BaseException) -> None:
+        """The current step raised ``exc`` (re-raised unless the plan handles it)."""
+        self._advance(None, exc)
+
+    def _advance(self, value: Any, exc: BaseException | None) -> None:
+        try:
+            self.step = self._plan.send(value) if exc is None else self._plan.throw(exc)
+        except StopIteration as stop:
+            self.done = True
+            self.result = stop.value
+
+
+def blocking(needed: bool, fn: Callable[..., T], *args: Any) -> Generator[Step, Any, T]:
+    """Call ``fn(*args)`` as a :class:`Disk` step when it touches a local file
+    (``needed``), else right away.
+    """
+    if needed:
+        result: T = yield Disk(fn, args)
+        return result
+    return fn(*args)
+
+
+def _exchange(
+    call: Call[Any], retry: Retry, sink: ExportSink | None = None
+) -> Generator[Step, Any, tuple[int, bytes, int]]:
+    """Send ``call``, retrying idempotent ones on connection errors (not after
+    a sink got data); gives ``(status_code, body, retries made)``.
+    """
+    attempt = 0
+    while True:
+        step = Exchange(call, sink)
+        try:
+            status, body = yield step
+            return status, body, attempt
+        except HTTP_ERRORS as exc:
+            may_retry = call.idempotent and attempt < retry.max_retries and is_retryable(exc)
+            if may_retry and not (sink is not None and step.answered):
+                yield Sleep(retry_delay(attempt, retry.backoff))
+                attempt += 1
+                continue
+            raise wrap_http_error(exc, call.method, call.path) from exc
+
+
+def send(call: Call[T], retry: Retry) -> Plan[T]:
+    """Send ``call`` (with retries) and parse the answer."""
+    status, body, attempts = yield from _exchange(call, retry)
+    if is_missing_after_retry(call, status, attempts):
+        return call.parse(None)
+    return parse_response(call, status, body)
+
+
+# ---------------------------------------------------------------- what both clients have
+
+
+class ClientBase:
+    """Settings and properties of both clients."""
+
+    _NAME = "ClientBase"
+    _http: httpx.AsyncClient | httpx.Client
+    _timeout: httpx.Timeout
+    _retry: Retry
+
+    def _configure(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: TimeoutInput,
+        max_retries: int,
+        retry_backoff: float,
+    ) -> dict[str, Any]:
+        """Check and keep the settings; gives the ``httpx`` client's arguments."""
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._timeout = make_timeout(timeout)
+        self._retry = Retry(max_retries, retry_backoff)
+        return {
+            "base_url": base_url,
+            "headers": default_headers(resolve_api_key(api_key)),
+            "timeout": self._timeout,
+        }
+
+    @property
+    def base_url(self) -> str:
+        """The daemon's URL."""
+        return str(self._http.base_url)
+
+    def __repr__(self) -> str:
+        return f"{self._NAME}(base_url={self.base_url!r})"
+
+
+class SessionBase:
+    """State and properties of both session classes."""
+
+    _NAME = "SessionBase"
+    _id: str
+    _info: SessionInfo | None
+
+    @property
+    def id(self) -> str:
+        """The session id."""
+        return self._id
+
+    @property
+    def last_info(self) -> SessionInfo | None:
+        """The :class:`SessionInfo` this object was made from (not refreshed; see :meth:`info`)."""
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"{self._NAME}(id={self._id!r})"
+
+    def _fs(self) -> str:
+        return session_path(self._id) + "/fs"
+
+
+# ---------------------------------------------------------------- local files
 
 
 def file_chunks(f: IO[bytes]) -> Iterator[bytes]:
@@ -135,10 +320,167 @@ def file_chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-async def afile_chunks(f: IO[bytes]) -> AsyncIterator[bytes]:
-    """:func:`file_chunks` as an async iterator (local reads, each of one piece)."""
-    for chunk in file_chunks(f):
-        yield chunk
+def is_local(value: Any) -> bool:
+    """Whether an upload or import input is a path or a file object (not bytes)."""
+    return not isinstance(value, (bytes, bytearray, memoryview))
+
+
+@dataclass
+class Body:
+    """A request body and its headers; ``opened`` is a local file to close afterwards."""
+
+    content: bytes | Iterable[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+    opened: IO[bytes] | None = None
+
+    def close(self) -> None:
+        """Close the file opened for the body, if any."""
+        if self.opened is not None:
+            self.opened.close()
+
+
+def _open_file(path: str | os.PathLike[str]) -> IO[bytes]:
+    local = Path(path)
+    if not local.is_file():
+        raise FileNotFoundError(f"not a file: {local}")
+    return local.open("rb")
+
+
+def check_upload_filename(name: str) -> None:
+    """Refuse what the daemon refuses as an upload filename, before sending anything.
+
+    The file goes exactly into the target directory: a name must not be
+    empty, ``.`` or ``..``, and must not contain ``/`` or NUL. (Checking here
+    also avoids a daemon that answers such an upload before reading its body,
+    which can reset the connection.)
+    """
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"invalid upload filename {name!r}: must be a plain file name")
+
+
+def upload_body(file: FileInput, dest_path: str | None, filename: str | None) -> Body:
+    """The multipart body of an upload (``file`` part, optional ``path`` field).
+    Opens a path given (a blocking step); a file is streamed, bytes are encoded.
+    """
+    opened: IO[bytes] | None = None
+    payload: bytes | IO[bytes]
+    try:
+        if isinstance(file, (bytes, bytearray, memoryview)):
+            if not filename:
+                raise ValueError("filename is required when uploading bytes")
+            name, payload = filename, bytes(file)
+        elif isinstance(file, (str, os.PathLike)):
+            opened = _open_file(file)
+            name, payload = filename or Path(file).name, opened
+        elif hasattr(file, "read"):
+            raw_name = getattr(file, "name", None)
+            name = filename or (Path(raw_name).name if isinstance(raw_name, str) else "")
+            if not name:
+                raise ValueError("filename is required for a file object without a name")
+            payload = file
+        else:
+            raise TypeError(
+                f"file must be a path, bytes or a binary file object, not {type(file).__name__}"
+            )
+        check_upload_filename(name)
+        data = {"path": dest_path} if dest_path is not None else None
+        # httpx encodes the multipart body (boundary, part headers, length).
+        request = httpx.Request(
+            "POST", "http://upload.invalid/", files=[("file", (name, payload))], data=data
+        )
+        headers = {
+            k: v for k, v in request.headers.items() if k in ("content-type", "content-length")
+        }
+        stream = cast(Iterable[bytes], request.stream)
+        content = request.read() if isinstance(payload, bytes) else stream
+        return Body(content, headers, opened)
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
+
+
+def import_body(data: ArchiveInput) -> Body:
+    """The tar body of an import. Opens a path given (a blocking step) and sends
+    it with its length, in chunks; a file object is sent in chunks from its
+    current position.
+    """
+    headers = {"Content-Type": TAR_CONTENT_TYPE}
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return Body(bytes(data), headers)
+    if isinstance(data, (str, os.PathLike)):
+        opened = _open_file(data)
+        headers["Content-Length"] = str(os.fstat(opened.fileno()).st_size)
+        return Body(file_chunks(opened), headers, opened)
+    if hasattr(data, "read"):
+        return Body(file_chunks(data), headers)
+    raise TypeError(
+        f"data must be bytes, a path or a binary file object, not {type(data).__name__}"
+    )
+
+
+class ExportSink:
+    """Where the chunks of an export go: memory, a local file (opened at the
+    first chunk, removed again if the export fails), or a caller's file object.
+    Except in memory, :meth:`write`, :meth:`finish` and :meth:`abort` block.
+    """
+
+    def __init__(self, dest: ExportDest) -> None:
+        self.written = 0
+        self._buffer: bytearray | None = None
+        self._path: Path | None = None
+        self._file: IO[bytes] | None = None
+        self._owned = False
+        if dest is None:
+            self._buffer = bytearray()
+        elif isinstance(dest, (str, os.PathLike)):
+            self._path = Path(dest)
+        elif hasattr(dest, "write"):
+            self._file = dest
+        else:
+            raise TypeError(
+                f"dest must be None, a path or a binary file object, not {type(dest).__name__}"
+            )
+
+    @property
+    def in_memory(self) -> bool:
+        """True when the export is returned as bytes (nothing blocks)."""
+        return self._buffer is not None
+
+    def write(self, chunk: bytes) -> None:
+        """Store one chunk."""
+        if not chunk:
+            return
+        if self._buffer is not None:
+            self._buffer += chunk
+        else:
+            self._target().write(chunk)
+        self.written += len(chunk)
+
+    def _target(self) -> IO[bytes]:
+        if self._file is None:
+            assert self._path is not None
+            self._file = self._path.open("wb")
+            self._owned = True
+        return self._file
+
+    def finish(self) -> bytes | int:
+        """The export's bytes (no ``dest``) or the number of bytes written."""
+        if self._buffer is not None:
+            return bytes(self._buffer)
+        target = self._target()
+        if self._owned:
+            target.close()
+        else:
+            target.flush()
+        return self.written
+
+    def abort(self) -> None:
+        """The export failed: close and remove a file this sink created."""
+        if self._owned and self._file is not None:
+            self._file.close()
+            assert self._path is not None
+            self._path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- settings
@@ -383,6 +725,7 @@ def exec_stream(
         _ignore,
         json=_exec_body(cmd, timeout_ms, raw_output),
         timeout=stream_timeout(base),
+        headers={"Accept": SSE_ACCEPT},
     )
 
 
@@ -452,58 +795,16 @@ def remove(fs: str, path: str, recursive: bool) -> Call[None]:
     return Call("POST", fs + "/remove", _ignore, json={"path": path, "recursive": recursive})
 
 
-def check_upload_filename(name: str) -> None:
-    """Refuse what the daemon refuses as an upload filename, before sending anything.
-
-    The file goes exactly into the target directory: a name must not be
-    empty, ``.`` or ``..``, and must not contain ``/`` or NUL. (Checking here
-    also avoids a daemon that answers such an upload before reading its body,
-    which can reset the connection.)
-    """
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"invalid upload filename {name!r}: must be a plain file name")
-
-
-@contextmanager
 def upload(
-    fs: str, file: FileInput, dest_path: str | None, filename: str | None
-) -> Iterator[Call[list[str]]]:
-    """``POST {fs}/upload`` (multipart). Opens a path given and closes it afterwards."""
-    opened: IO[bytes] | None = None
-    payload: bytes | IO[bytes]
+    fs: str, file: FileInput, dest_path: str | None, filename: str | None, retry: Retry
+) -> Plan[list[str]]:
+    """``POST {fs}/upload`` (multipart); a local file is opened and read in blocking steps."""
+    body: Body = yield from blocking(is_local(file), upload_body, file, dest_path, filename)
     try:
-        if isinstance(file, (bytes, bytearray, memoryview)):
-            if not filename:
-                raise ValueError("filename is required when uploading bytes")
-            name, payload = filename, bytes(file)
-        elif isinstance(file, (str, os.PathLike)):
-            local = Path(file)
-            if not local.is_file():
-                raise FileNotFoundError(f"not a file: {local}")
-            opened = local.open("rb")
-            name, payload = filename or local.name, opened
-        elif hasattr(file, "read"):
-            raw_name = getattr(file, "name", None)
-            name = filename or (Path(raw_name).name if isinstance(raw_name, str) else "")
-            if not name:
-                raise ValueError("filename is required for a file object without a name")
-            payload = file
-        else:
-            raise TypeError(
-                f"file must be a path, bytes or a binary file object, not {type(file).__name__}"
-            )
-        check_upload_filename(name)
-        data = {"path": dest_path} if dest_path is not None else None
-        yield Call(
-            "POST",
-            fs + "/upload",
-            _paths,
-            files=[("file", (name, payload))],
-            data=data,
-        )
+        call = Call("POST", fs + "/upload", _paths, content=body.content, headers=body.headers)
+        return (yield from send(call, retry))
     finally:
-        if opened is not None:
-            opened.close()
+        body.close()
 
 
 # ---------------------------------------------------------------- calls: workspaces
@@ -596,106 +897,37 @@ def restore_snapshot(workspace_id: str, snapshot_id: str) -> Call[None]:
 # ---------------------------------------------------------------- calls: export and import
 
 
-def export_workspace(workspace_id: str) -> Call[None]:
-    """``GET /v1/workspaces/{id}/export`` (the answer is a tar, streamed, not parsed)."""
-    return Call(
-        "GET",
-        workspace_path(workspace_id) + "/export",
-        _ignore,
-        headers={"Accept": f"{TAR_CONTENT_TYPE}, application/json"},
-    )
-
-
-class ExportSink:
-    """Where the chunks of an export go: memory, a local file (opened at the
-    first chunk, removed again if the export fails), or a caller's file object.
+def export_workspace(workspace_id: str, dest: ExportDest, retry: Retry) -> Plan[bytes | int]:
+    """``GET /v1/workspaces/{id}/export``: the tar streamed into an :class:`ExportSink`;
+    gives its bytes or the number of bytes written.
     """
-
-    def __init__(self, dest: ExportDest) -> None:
-        self.written = 0
-        self._buffer: bytearray | None = None
-        self._path: Path | None = None
-        self._file: IO[bytes] | None = None
-        self._owned = False
-        if dest is None:
-            self._buffer = bytearray()
-        elif isinstance(dest, (str, os.PathLike)):
-            self._path = Path(dest)
-        elif hasattr(dest, "write"):
-            self._file = dest
-        else:
-            raise TypeError(
-                f"dest must be None, a path or a binary file object, not {type(dest).__name__}"
-            )
-
-    def write(self, chunk: bytes) -> None:
-        """Store one chunk."""
-        if not chunk:
-            return
-        if self._buffer is not None:
-            self._buffer += chunk
-        else:
-            self._target().write(chunk)
-        self.written += len(chunk)
-
-    def _target(self) -> IO[bytes]:
-        if self._file is None:
-            assert self._path is not None
-            self._file = self._path.open("wb")
-            self._owned = True
-        return self._file
-
-    def finish(self) -> bytes | int:
-        """The export's bytes (no ``dest``) or the number of bytes written."""
-        if self._buffer is not None:
-            return bytes(self._buffer)
-        target = self._target()
-        if self._owned:
-            target.close()
-        else:
-            target.flush()
-        return self.written
-
-    def abort(self) -> None:
-        """The export failed: close and remove a file this sink created."""
-        if self._owned and self._file is not None:
-            self._file.close()
-            assert self._path is not None
-            self._path.unlink(missing_ok=True)
-
-
-@contextmanager
-def import_workspace(workspace_id: str, data: ArchiveInput) -> Iterator[Call[None]]:
-    """``PUT /v1/workspaces/{id}/import`` with a tar body. Opens a path given
-    (sent with its length, in chunks) and closes it afterwards; a file object
-    is sent in chunks from its current position.
-    """
-    opened: IO[bytes] | None = None
-    headers = {"Content-Type": TAR_CONTENT_TYPE}
-    content: bytes | IO[bytes]
+    sink = ExportSink(dest)
     try:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            content = bytes(data)
-        elif isinstance(data, (str, os.PathLike)):
-            local = Path(data)
-            if not local.is_file():
-                raise FileNotFoundError(f"not a file: {local}")
-            opened = local.open("rb")
-            headers["Content-Length"] = str(os.fstat(opened.fileno()).st_size)
-            content = opened
-        elif hasattr(data, "read"):
-            content = data
-        else:
-            raise TypeError(
-                f"data must be bytes, a path or a binary file object, not {type(data).__name__}"
-            )
-        yield Call(
-            "PUT",
-            workspace_path(workspace_id) + "/import",
+        call = Call(
+            "GET",
+            workspace_path(workspace_id) + "/export",
             _ignore,
-            content=content,
-            headers=headers,
+            headers={"Accept": f"{TAR_CONTENT_TYPE}, application/json"},
+        )
+        status, body, _ = yield from _exchange(call, retry, sink)
+        check_response(status, body)
+    except GeneratorExit:
+        sink.abort()
+        raise
+    except BaseException:
+        yield from blocking(not sink.in_memory, sink.abort)
+        raise
+    result: bytes | int = yield from blocking(not sink.in_memory, sink.finish)
+    return result
+
+
+def import_workspace(workspace_id: str, data: ArchiveInput, retry: Retry) -> Plan[None]:
+    """``PUT /v1/workspaces/{id}/import`` with a tar body (see :func:`import_body`)."""
+    path = workspace_path(workspace_id) + "/import"
+    body: Body = yield from blocking(is_local(data), import_body, data)
+    try:
+        yield from send(
+            Call("PUT", path, _ignore, content=body.content, headers=body.headers), retry
         )
     finally:
-        if opened is not None:
-            opened.close()
+        body.close()

@@ -2,12 +2,14 @@
 
 A small line-oriented decoder (sans I/O): the HTTP layer splits the body
 into lines (LF, CRLF or CR, also across network chunks), this
-module turns lines into events and events into :class:`ExecChunk` objects.
+module turns lines into events and events into :class:`ExecChunk` objects,
+and :class:`ExecStream` ends an ``exec/stream`` at its ``done`` event.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .exceptions import SandkastenStreamError
@@ -85,3 +87,36 @@ def event_to_chunk(event: SSEEvent) -> ExecChunk | None:
         return ExecChunk.from_done_event(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise SandkastenStreamError(f"malformed {event.event} event: {event.data!r}") from exc
+
+
+class ExecStream:
+    """The lines of an ``exec/stream`` answer to chunks, up to the ``done`` one.
+
+    The client feeds each line and yields the chunk it gives; after a chunk
+    with ``done`` it stops reading. At the end of the body it yields what
+    :meth:`finish` gives, which raises if no ``done`` event came.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self.done = False
+
+    def feed(self, line: str) -> ExecChunk | None:
+        """Consume one line; return a chunk when an event completes one."""
+        return self._chunk(self._decoder.feed(line))
+
+    def finish(self) -> Iterator[ExecChunk]:
+        """At end of body: an event whose blank line never came, then
+        :class:`SandkastenStreamError` unless the ``done`` event was seen.
+        """
+        chunk = self._chunk(self._decoder.flush())
+        if chunk is not None:
+            yield chunk
+        if not self.done:
+            raise SandkastenStreamError("exec stream ended before its done event")
+
+    def _chunk(self, event: SSEEvent | None) -> ExecChunk | None:
+        chunk = event_to_chunk(event) if event is not None else None
+        if chunk is not None and chunk.done:
+            self.done = True
+        return chunk

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import IO, Any, TypeVar, overload
 
@@ -13,8 +13,8 @@ import httpx
 
 from . import _core
 from ._core import ArchiveInput, ExportDest, FileInput, TimeoutInput
-from ._sse import SSEDecoder, event_to_chunk
-from .exceptions import SandkastenStreamError, api_error_from_response
+from ._sse import ExecStream
+from .exceptions import api_error_from_response
 from .session import Session
 from .types import (
     ExecChunk,
@@ -31,7 +31,7 @@ T = TypeVar("T")
 __all__ = ["SandboxClient"]
 
 
-class SandboxClient:
+class SandboxClient(_core.ClientBase):
     """Async client of a Sandkasten daemon.
 
     Example::
@@ -54,6 +54,9 @@ class SandboxClient:
         transport: A custom ``httpx`` transport (e.g. ``httpx.MockTransport`` in tests).
     """
 
+    _NAME = "SandboxClient"
+    _http: httpx.AsyncClient
+
     def __init__(
         self,
         *,
@@ -64,102 +67,56 @@ class SandboxClient:
         retry_backoff: float = _core.DEFAULT_RETRY_BACKOFF,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self._timeout = _core.make_timeout(timeout)
-        self._max_retries = max_retries
-        self._retry_backoff = retry_backoff
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=_core.default_headers(_core.resolve_api_key(api_key)),
-            timeout=self._timeout,
-            transport=transport,
-        )
+        settings = self._configure(base_url, api_key, timeout, max_retries, retry_backoff)
+        self._http = httpx.AsyncClient(transport=transport, **settings)
 
-    @property
-    def base_url(self) -> str:
-        """The daemon's URL."""
-        return str(self._http.base_url)
+    # ------------------------------------------------------------ I/O (the rest is in _core)
 
-    def __repr__(self) -> str:
-        return f"SandboxClient(base_url={self.base_url!r})"
-
-    # ------------------------------------------------------------ plumbing
-
-    async def _call(self, call: _core.Call[T]) -> T:
-        """Send ``call``, retrying idempotent ones on connection errors; parse the answer."""
-        attempt = 0
-        while True:
+    async def _run(self, plan: _core.Call[T] | _core.Plan[T]) -> T:
+        """Run a call or a plan of :mod:`sandkasten._core`, performing its steps."""
+        run = _core.Runner(plan, self._retry)
+        while not run.done:
             try:
-                response = await self._http.request(
-                    call.method, call.path, **call.request_kwargs(asynchronous=True)
-                )
-            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-                if call.idempotent and attempt < self._max_retries and _core.is_retryable(exc):
-                    await asyncio.sleep(_core.retry_delay(attempt, self._retry_backoff))
-                    attempt += 1
-                    continue
-                raise _core.wrap_http_error(exc, call.method, call.path) from exc
-            if _core.is_missing_after_retry(call, response.status_code, attempt):
-                return call.parse(None)
-            return _core.parse_response(call, response.status_code, response.content)
+                result = await self._perform(run.step)
+            except BaseException as exc:
+                run.fail(exc)
+            else:
+                run.reply(result)
+        return run.result
 
-    async def _download(self, call: _core.Call[Any], sink: _core.ExportSink) -> None:
-        """Send ``call`` and pass its raw body to ``sink`` chunk by chunk.
-
-        A connection error before the answer is retried like in :meth:`_call`;
-        one after the first byte is not (the sink has data). A non-2xx answer
-        raises the :class:`SandkastenAPIError` its JSON body names.
-        """
-        attempt = 0
-        while True:
-            answered = False
-            try:
-                async with self._http.stream(
-                    call.method, call.path, **call.request_kwargs(asynchronous=True)
-                ) as response:
-                    answered = True
-                    if not 200 <= response.status_code < 300:
-                        _core.check_response(response.status_code, await response.aread())
-                    async for chunk in response.aiter_bytes():
-                        sink.write(chunk)
-                    return
-            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-                retry = not answered and call.idempotent and attempt < self._max_retries
-                if retry and _core.is_retryable(exc):
-                    await asyncio.sleep(_core.retry_delay(attempt, self._retry_backoff))
-                    attempt += 1
-                    continue
-                raise _core.wrap_http_error(exc, call.method, call.path) from exc
+    async def _perform(self, step: _core.Step) -> Any:
+        if isinstance(step, _core.Sleep):
+            return await asyncio.sleep(step.seconds)
+        if isinstance(step, _core.Disk):
+            return await asyncio.to_thread(step.fn, *step.args)
+        call, sink = step.call, step.sink
+        async with self._http.stream(call.method, call.path, **_kwargs(call)) as response:
+            step.answered = True
+            if sink is None or not 200 <= response.status_code < 300:
+                return response.status_code, await response.aread()
+            async for chunk in response.aiter_bytes(_core.CHUNK_SIZE):
+                if sink.in_memory:
+                    sink.write(chunk)
+                else:
+                    await asyncio.to_thread(sink.write, chunk)
+            return response.status_code, b""
 
     async def _stream(self, call: _core.Call[Any]) -> AsyncIterator[ExecChunk]:
         """Send an ``exec/stream`` call and yield its chunks until ``done``."""
         try:
-            async with self._http.stream(
-                call.method,
-                call.path,
-                headers={"Accept": "text/event-stream"},
-                **call.request_kwargs(asynchronous=True),
-            ) as response:
+            async with self._http.stream(call.method, call.path, **_kwargs(call)) as response:
                 if response.status_code >= 400:
                     raise api_error_from_response(response.status_code, await response.aread())
-                decoder = SSEDecoder()
+                events = ExecStream()
                 async for line in response.aiter_lines():
-                    event = decoder.feed(line)
-                    chunk = event_to_chunk(event) if event is not None else None
-                    if chunk is None:
-                        continue
+                    chunk = events.feed(line)
+                    if chunk is not None:
+                        yield chunk
+                        if chunk.done:
+                            return
+                for chunk in events.finish():
                     yield chunk
-                    if chunk.done:
-                        return
-                event = decoder.flush()
-                chunk = event_to_chunk(event) if event is not None else None
-                if chunk is not None:
-                    yield chunk
-                    if chunk.done:
-                        return
-                raise SandkastenStreamError("exec stream ended before its done event")
-        except (httpx.HTTPError, httpx.StreamError) as exc:
+        except _core.HTTP_ERRORS as exc:
             raise _core.wrap_http_error(exc, call.method, call.path) from exc
 
     def _session(self, info: SessionInfo) -> Session:
@@ -169,7 +126,7 @@ class SandboxClient:
 
     async def health(self) -> bool:
         """``GET /healthz``: True once the daemon can create sessions."""
-        return await self._call(_core.health())
+        return await self._run(_core.health())
 
     async def create_session(
         self,
@@ -202,7 +159,7 @@ class SandboxClient:
             InvalidRequest: A bad ``env`` name or value, or too many or too large.
             TypeError: ``env`` is not a mapping of ``str`` to ``str`` (nothing is sent).
         """
-        info = await self._call(_core.create_session(image, ttl_seconds, workspace_id, env))
+        info = await self._run(_core.create_session(image, ttl_seconds, workspace_id, env))
         return self._session(info)
 
     async def get_session(self, session_id: str) -> Session:
@@ -211,11 +168,11 @@ class SandboxClient:
         Raises:
             SessionNotFound: No live session has this id.
         """
-        return self._session(await self._call(_core.get_session(session_id)))
+        return self._session(await self._run(_core.get_session(session_id)))
 
     async def list_sessions(self) -> builtins.list[SessionInfo]:
         """Every live session, oldest first (``GET /v1/sessions``)."""
-        return await self._call(_core.list_sessions())
+        return await self._run(_core.list_sessions())
 
     # ------------------------------------------------------------ pool and metrics
 
@@ -225,19 +182,19 @@ class SandboxClient:
         ``images`` is empty when the daemon runs without a pool. Counters
         count since the daemon started.
         """
-        return await self._call(_core.get_pool())
+        return await self._run(_core.get_pool())
 
     async def metrics(self) -> str:
         """The daemon's metrics in the Prometheus text format (``GET /metrics``),
         as the daemon sent them.
         """
-        return await self._call(_core.metrics())
+        return await self._run(_core.metrics())
 
     # ------------------------------------------------------------ workspaces
 
     async def list_workspaces(self) -> builtins.list[WorkspaceInfo]:
         """Every workspace, by id (``GET /v1/workspaces``)."""
-        return await self._call(_core.list_workspaces())
+        return await self._run(_core.list_workspaces())
 
     async def create_workspace(
         self,
@@ -268,7 +225,7 @@ class SandboxClient:
                 content does not fit it.
             SnapshotNotFound, WorkspaceNotFound: The source does not exist.
         """
-        return await self._call(
+        return await self._run(
             _core.create_workspace(workspace_id, labels, quota_bytes, quota_mb, from_snapshot)
         )
 
@@ -278,7 +235,7 @@ class SandboxClient:
         Raises:
             WorkspaceNotFound: No workspace has this id.
         """
-        return await self._call(_core.get_workspace(workspace_id))
+        return await self._run(_core.get_workspace(workspace_id))
 
     async def delete_workspace(self, workspace_id: str) -> None:
         """Delete a workspace and its files (``DELETE /v1/workspaces/{id}``).
@@ -287,7 +244,7 @@ class SandboxClient:
             WorkspaceInUse: A live session mounts it.
             WorkspaceNotFound: No workspace has this id.
         """
-        await self._call(_core.delete_workspace(workspace_id))
+        await self._run(_core.delete_workspace(workspace_id))
 
     async def read_workspace_file(
         self, workspace_id: str, path: str, max_bytes: int | None = None
@@ -297,7 +254,7 @@ class SandboxClient:
         ``a/b``, ``/a/b`` and ``/workspace/a/b`` name the same file.
         """
         fs = _core.workspace_path(workspace_id) + "/fs"
-        return await self._call(_core.read_file(fs, path, max_bytes))
+        return await self._run(_core.read_file(fs, path, max_bytes))
 
     async def write_workspace_file(
         self, workspace_id: str, path: str, content: str | bytes
@@ -307,7 +264,7 @@ class SandboxClient:
         Missing parent directories are created; the file belongs to the sandbox user.
         """
         fs = _core.workspace_path(workspace_id) + "/fs"
-        await self._call(_core.write_file(fs, path, content))
+        await self._run(_core.write_file(fs, path, content))
 
     async def list_workspace_files(
         self, workspace_id: str, path: str | None = None
@@ -317,7 +274,7 @@ class SandboxClient:
         Args:
             path: Directory inside the workspace; None for its root.
         """
-        return await self._call(_core.list_files(_core.workspace_path(workspace_id) + "/fs", path))
+        return await self._run(_core.list_files(_core.workspace_path(workspace_id) + "/fs", path))
 
     async def upload_workspace_file(
         self,
@@ -337,8 +294,7 @@ class SandboxClient:
             The stored paths, as a session sees them (``/workspace/...``).
         """
         fs = _core.workspace_path(workspace_id) + "/fs"
-        with _core.upload(fs, file, dest_path, filename) as call:
-            return await self._call(call)
+        return await self._run(_core.upload(fs, file, dest_path, filename, self._retry))
 
     @overload
     async def export_workspace(self, workspace_id: str, dest: None = None) -> bytes: ...
@@ -366,13 +322,7 @@ class SandboxClient:
             SandkastenConnectionError: The connection broke off mid-way (the
                 daemon ends the stream early on an I/O error).
         """
-        sink = _core.ExportSink(dest)
-        try:
-            await self._download(_core.export_workspace(workspace_id), sink)
-        except BaseException:
-            sink.abort()
-            raise
-        return sink.finish()
+        return await self._run(_core.export_workspace(workspace_id, dest, self._retry))
 
     async def import_workspace(self, workspace_id: str, data: ArchiveInput) -> None:
         """Replace a workspace's whole content with a tar's
@@ -392,8 +342,7 @@ class SandboxClient:
                 a symlink, ...), or content over the quota.
             PayloadTooLarge: Over the daemon's ``max_body_mb``.
         """
-        with _core.import_workspace(workspace_id, data) as call:
-            await self._call(call)
+        await self._run(_core.import_workspace(workspace_id, data, self._retry))
 
     async def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
         """Snapshot a workspace, also while sessions write to it
@@ -402,11 +351,11 @@ class SandboxClient:
         Only workspaces with a quota (btrfs images) have snapshots; others
         raise :class:`InvalidRequest`.
         """
-        return await self._call(_core.create_snapshot(workspace_id, label))
+        return await self._run(_core.create_snapshot(workspace_id, label))
 
     async def list_snapshots(self, workspace_id: str) -> builtins.list[SnapshotInfo]:
         """A workspace's snapshots, oldest first (``GET /v1/workspaces/{id}/snapshots``)."""
-        return await self._call(_core.list_snapshots(workspace_id))
+        return await self._run(_core.list_snapshots(workspace_id))
 
     async def delete_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
         """Delete a snapshot (``DELETE /v1/workspaces/{id}/snapshots/{snap}``).
@@ -414,7 +363,7 @@ class SandboxClient:
         Raises:
             SnapshotNotFound: The workspace has no such snapshot.
         """
-        await self._call(_core.delete_snapshot(workspace_id, snapshot_id))
+        await self._run(_core.delete_snapshot(workspace_id, snapshot_id))
 
     async def restore_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
         """Replace the workspace's content with the snapshot's
@@ -424,7 +373,7 @@ class SandboxClient:
             WorkspaceInUse: A live session mounts the workspace.
             SnapshotNotFound: The workspace has no such snapshot.
         """
-        await self._call(_core.restore_snapshot(workspace_id, snapshot_id))
+        await self._run(_core.restore_snapshot(workspace_id, snapshot_id))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -442,3 +391,19 @@ class SandboxClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _kwargs(call: _core.Call[Any]) -> dict[str, Any]:
+    """``call``'s request arguments, a streamed body read in a worker thread."""
+    kwargs = call.request_kwargs()
+    content = kwargs.get("content")
+    if content is not None and not isinstance(content, bytes):
+        kwargs["content"] = _read_in_thread(content)
+    return kwargs
+
+
+async def _read_in_thread(pieces: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """The pieces of a body read from a local file, each read in a worker thread."""
+    it = iter(pieces)
+    while (piece := await asyncio.to_thread(next, it, None)) is not None:
+        yield piece

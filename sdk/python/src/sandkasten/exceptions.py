@@ -43,6 +43,7 @@ __all__ = [
     "ShuttingDown",
     "SnapshotNotFound",
     "Unauthorized",
+    "UnsupportedError",
     "WorkspaceDisabled",
     "WorkspaceInUse",
     "WorkspaceNotFound",
@@ -130,6 +131,16 @@ _BY_CODE: dict[str, type[SandkastenAPIError]] = {}
 @_code("INVALID_REQUEST")
 class InvalidRequest(SandkastenAPIError):
     """400: malformed request (bad JSON or query, empty ``cmd``, bad ``timeout_ms``, ...)."""
+
+
+@_code("UNSUPPORTED")
+class UnsupportedError(InvalidRequest):
+    """400: the daemon's runtime backend cannot do this (``details["what"]``,
+    ``details["runtime"]``), e.g. snapshots of a workspace without a quota.
+
+    A subclass of :class:`InvalidRequest`, which daemons before this code
+    answered instead, so ``except InvalidRequest`` catches both.
+    """
 
 
 @_code("INVALID_IMAGE")

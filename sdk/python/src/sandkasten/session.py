@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 
-class Session:
+class Session(_core.SessionBase):
     """A sandbox session: one persistent shell and its filesystem.
 
     Get one from :meth:`SandboxClient.create_session` or
@@ -41,28 +41,14 @@ class Session:
     Relative paths of the file methods are relative to ``/workspace``.
     """
 
+    _NAME = "Session"
+
     def __init__(
         self, client: SandboxClient, session_id: str, *, info: SessionInfo | None = None
     ) -> None:
         self._client = client
         self._id = session_id
         self._info = info
-
-    @property
-    def id(self) -> str:
-        """The session id."""
-        return self._id
-
-    @property
-    def last_info(self) -> SessionInfo | None:
-        """The :class:`SessionInfo` this object was made from (not refreshed; see :meth:`info`)."""
-        return self._info
-
-    def __repr__(self) -> str:
-        return f"Session(id={self._id!r})"
-
-    def _fs(self) -> str:
-        return _core.session_path(self._id) + "/fs"
 
     # ------------------------------------------------------------ exec
 
@@ -82,7 +68,7 @@ class Session:
                 capped by its ``max_exec_timeout_ms``.
             raw_output: Keep terminal escape sequences in the output.
         """
-        return await self._client._call(
+        return await self._client._run(
             _core.exec_command(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
         )
 
@@ -115,7 +101,7 @@ class Session:
         """Write a file; parents are created, an existing file replaced
         (``POST /v1/sessions/{id}/fs/write``). ``str`` is stored as UTF-8.
         """
-        await self._client._call(_core.write_file(self._fs(), path, content))
+        await self._client._run(_core.write_file(self._fs(), path, content))
 
     async def read(self, path: str, max_bytes: int | None = None) -> ReadResult:
         """Read a file (``GET /v1/sessions/{id}/fs/read``).
@@ -129,7 +115,7 @@ class Session:
             FileNotFound: No such file.
             InvalidPath: The path is a directory.
         """
-        return await self._client._call(_core.read_file(self._fs(), path, max_bytes))
+        return await self._client._run(_core.read_file(self._fs(), path, max_bytes))
 
     async def upload(
         self, file: FileInput, dest_path: str | None = None, filename: str | None = None
@@ -144,8 +130,8 @@ class Session:
         Returns:
             The absolute paths stored.
         """
-        with _core.upload(self._fs(), file, dest_path, filename) as call:
-            return await self._client._call(call)
+        plan = _core.upload(self._fs(), file, dest_path, filename, self._client._retry)
+        return await self._client._run(plan)
 
     async def list(self, path: str | None = None) -> builtins.list[FileEntry]:
         """List a directory, sorted by name (``GET /v1/sessions/{id}/fs/list``).
@@ -153,13 +139,13 @@ class Session:
         Args:
             path: Directory; None for ``/workspace``.
         """
-        return await self._client._call(_core.list_files(self._fs() + "/list", path))
+        return await self._client._run(_core.list_files(self._fs() + "/list", path))
 
     async def stat(self, path: str) -> FileStat:
         """Metadata of a path, not following a final symlink
         (``GET /v1/sessions/{id}/fs/stat``).
         """
-        return await self._client._call(_core.stat_file(self._fs(), path))
+        return await self._client._run(_core.stat_file(self._fs(), path))
 
     async def mkdir(self, path: str, parents: bool = True) -> str:
         """Create a directory (``POST /v1/sessions/{id}/fs/mkdir``).
@@ -170,7 +156,7 @@ class Session:
         Returns:
             The directory's absolute path.
         """
-        return await self._client._call(_core.mkdir(self._fs(), path, parents))
+        return await self._client._run(_core.mkdir(self._fs(), path, parents))
 
     async def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file, symlink or directory (``POST /v1/sessions/{id}/fs/remove``).
@@ -179,19 +165,19 @@ class Session:
             InvalidPath: A non-empty directory without ``recursive``.
             FileNotFound: No such path.
         """
-        await self._client._call(_core.remove(self._fs(), path, recursive))
+        await self._client._run(_core.remove(self._fs(), path, recursive))
 
     # ------------------------------------------------------------ lifecycle
 
     async def stats(self) -> SessionStats:
         """Memory, CPU and process counts (``GET /v1/sessions/{id}/stats``)."""
-        return await self._client._call(_core.session_stats(self._id))
+        return await self._client._run(_core.session_stats(self._id))
 
     async def info(self) -> SessionInfo:
         """Current metadata: status, cwd, expiry, ``acquire_source``
         (``GET /v1/sessions/{id}``).
         """
-        self._info = await self._client._call(_core.get_session(self._id))
+        self._info = await self._client._run(_core.get_session(self._id))
         return self._info
 
     async def destroy(self) -> None:
@@ -202,7 +188,7 @@ class Session:
             SessionNotFound: It was already destroyed (or expired). Leaving
                 an ``async with`` block ignores this.
         """
-        await self._client._call(_core.destroy_session(self._id))
+        await self._client._run(_core.destroy_session(self._id))
 
     async def __aenter__(self) -> Session:
         return self

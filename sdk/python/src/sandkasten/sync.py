@@ -20,8 +20,8 @@ import httpx
 
 from . import _core
 from ._core import ArchiveInput, ExportDest, FileInput, TimeoutInput
-from ._sse import SSEDecoder, event_to_chunk
-from .exceptions import SandkastenStreamError, SessionNotFound, api_error_from_response
+from ._sse import ExecStream
+from .exceptions import SessionNotFound, api_error_from_response
 from .types import (
     ExecChunk,
     ExecResult,
@@ -40,7 +40,7 @@ T = TypeVar("T")
 __all__ = ["SyncSandboxClient", "SyncSession"]
 
 
-class SyncSandboxClient:
+class SyncSandboxClient(_core.ClientBase):
     """Blocking client of a Sandkasten daemon.
 
     Example::
@@ -53,6 +53,9 @@ class SyncSandboxClient:
     ``httpx.BaseTransport``.
     """
 
+    _NAME = "SyncSandboxClient"
+    _http: httpx.Client
+
     def __init__(
         self,
         *,
@@ -63,95 +66,52 @@ class SyncSandboxClient:
         retry_backoff: float = _core.DEFAULT_RETRY_BACKOFF,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
-        self._timeout = _core.make_timeout(timeout)
-        self._max_retries = max_retries
-        self._retry_backoff = retry_backoff
-        self._http = httpx.Client(
-            base_url=base_url,
-            headers=_core.default_headers(_core.resolve_api_key(api_key)),
-            timeout=self._timeout,
-            transport=transport,
-        )
+        settings = self._configure(base_url, api_key, timeout, max_retries, retry_backoff)
+        self._http = httpx.Client(transport=transport, **settings)
 
-    @property
-    def base_url(self) -> str:
-        """The daemon's URL."""
-        return str(self._http.base_url)
+    # ------------------------------------------------------------ I/O (the rest is in _core)
 
-    def __repr__(self) -> str:
-        return f"SyncSandboxClient(base_url={self.base_url!r})"
-
-    # ------------------------------------------------------------ plumbing
-
-    def _call(self, call: _core.Call[T]) -> T:
-        """Send ``call``, retrying idempotent ones on connection errors; parse the answer."""
-        attempt = 0
-        while True:
+    def _run(self, plan: _core.Call[T] | _core.Plan[T]) -> T:
+        """Run a call or a plan of :mod:`sandkasten._core`, performing its steps."""
+        run = _core.Runner(plan, self._retry)
+        while not run.done:
             try:
-                response = self._http.request(call.method, call.path, **call.request_kwargs())
-            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-                if call.idempotent and attempt < self._max_retries and _core.is_retryable(exc):
-                    time.sleep(_core.retry_delay(attempt, self._retry_backoff))
-                    attempt += 1
-                    continue
-                raise _core.wrap_http_error(exc, call.method, call.path) from exc
-            if _core.is_missing_after_retry(call, response.status_code, attempt):
-                return call.parse(None)
-            return _core.parse_response(call, response.status_code, response.content)
+                result = self._perform(run.step)
+            except BaseException as exc:
+                run.fail(exc)
+            else:
+                run.reply(result)
+        return run.result
 
-    def _download(self, call: _core.Call[Any], sink: _core.ExportSink) -> None:
-        """Send ``call`` and pass its raw body to ``sink`` chunk by chunk;
-        see :meth:`sandkasten.SandboxClient._download`.
-        """
-        attempt = 0
-        while True:
-            answered = False
-            try:
-                with self._http.stream(call.method, call.path, **call.request_kwargs()) as response:
-                    answered = True
-                    if not 200 <= response.status_code < 300:
-                        _core.check_response(response.status_code, response.read())
-                    for chunk in response.iter_bytes():
-                        sink.write(chunk)
-                    return
-            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
-                retry = not answered and call.idempotent and attempt < self._max_retries
-                if retry and _core.is_retryable(exc):
-                    time.sleep(_core.retry_delay(attempt, self._retry_backoff))
-                    attempt += 1
-                    continue
-                raise _core.wrap_http_error(exc, call.method, call.path) from exc
+    def _perform(self, step: _core.Step) -> Any:
+        if isinstance(step, _core.Sleep):
+            return time.sleep(step.seconds)
+        if isinstance(step, _core.Disk):
+            return step.fn(*step.args)
+        call, sink = step.call, step.sink
+        with self._http.stream(call.method, call.path, **call.request_kwargs()) as response:
+            step.answered = True
+            if sink is None or not 200 <= response.status_code < 300:
+                return response.status_code, response.read()
+            for chunk in response.iter_bytes(_core.CHUNK_SIZE):
+                sink.write(chunk)
+            return response.status_code, b""
 
     def _stream(self, call: _core.Call[Any]) -> Iterator[ExecChunk]:
         """Send an ``exec/stream`` call and yield its chunks until ``done``."""
         try:
-            with self._http.stream(
-                call.method,
-                call.path,
-                headers={"Accept": "text/event-stream"},
-                **call.request_kwargs(),
-            ) as response:
+            with self._http.stream(call.method, call.path, **call.request_kwargs()) as response:
                 if response.status_code >= 400:
                     raise api_error_from_response(response.status_code, response.read())
-                decoder = SSEDecoder()
+                events = ExecStream()
                 for line in response.iter_lines():
-                    event = decoder.feed(line)
-                    chunk = event_to_chunk(event) if event is not None else None
-                    if chunk is None:
-                        continue
-                    yield chunk
-                    if chunk.done:
-                        return
-                event = decoder.flush()
-                chunk = event_to_chunk(event) if event is not None else None
-                if chunk is not None:
-                    yield chunk
-                    if chunk.done:
-                        return
-                raise SandkastenStreamError("exec stream ended before its done event")
-        except (httpx.HTTPError, httpx.StreamError) as exc:
+                    chunk = events.feed(line)
+                    if chunk is not None:
+                        yield chunk
+                        if chunk.done:
+                            return
+                yield from events.finish()
+        except _core.HTTP_ERRORS as exc:
             raise _core.wrap_http_error(exc, call.method, call.path) from exc
 
     def _session(self, info: SessionInfo) -> SyncSession:
@@ -161,7 +121,7 @@ class SyncSandboxClient:
 
     def health(self) -> bool:
         """``GET /healthz``: True once the daemon can create sessions."""
-        return self._call(_core.health())
+        return self._run(_core.health())
 
     def create_session(
         self,
@@ -181,15 +141,15 @@ class SyncSandboxClient:
                 object ``env``); None sends none.
         """
         call = _core.create_session(image, ttl_seconds, workspace_id, env)
-        return self._session(self._call(call))
+        return self._session(self._run(call))
 
     def get_session(self, session_id: str) -> SyncSession:
         """A live session by id; raises :class:`SessionNotFound`."""
-        return self._session(self._call(_core.get_session(session_id)))
+        return self._session(self._run(_core.get_session(session_id)))
 
     def list_sessions(self) -> builtins.list[SessionInfo]:
         """Every live session, oldest first."""
-        return self._call(_core.list_sessions())
+        return self._run(_core.list_sessions())
 
     # ------------------------------------------------------------ pool and metrics
 
@@ -197,17 +157,17 @@ class SyncSandboxClient:
         """The pre-warmed pool per image (``GET /v1/pool``); see
         :meth:`sandkasten.SandboxClient.get_pool`.
         """
-        return self._call(_core.get_pool())
+        return self._run(_core.get_pool())
 
     def metrics(self) -> str:
         """The Prometheus text of ``GET /metrics``, as the daemon sent it."""
-        return self._call(_core.metrics())
+        return self._run(_core.metrics())
 
     # ------------------------------------------------------------ workspaces
 
     def list_workspaces(self) -> builtins.list[WorkspaceInfo]:
         """Every workspace, by id."""
-        return self._call(_core.list_workspaces())
+        return self._run(_core.list_workspaces())
 
     def create_workspace(
         self,
@@ -221,35 +181,35 @@ class SyncSandboxClient:
         """Create a workspace, empty or from ``from_snapshot`` = (source workspace id,
         snapshot id); see :meth:`sandkasten.SandboxClient.create_workspace`.
         """
-        return self._call(
+        return self._run(
             _core.create_workspace(workspace_id, labels, quota_bytes, quota_mb, from_snapshot)
         )
 
     def get_workspace(self, workspace_id: str) -> WorkspaceInfo:
         """One workspace; raises :class:`WorkspaceNotFound`."""
-        return self._call(_core.get_workspace(workspace_id))
+        return self._run(_core.get_workspace(workspace_id))
 
     def delete_workspace(self, workspace_id: str) -> None:
         """Delete a workspace; raises :class:`WorkspaceInUse` while a session mounts it."""
-        self._call(_core.delete_workspace(workspace_id))
+        self._run(_core.delete_workspace(workspace_id))
 
     def read_workspace_file(
         self, workspace_id: str, path: str, max_bytes: int | None = None
     ) -> ReadResult:
         """Read a workspace file without a session."""
         fs = _core.workspace_path(workspace_id) + "/fs"
-        return self._call(_core.read_file(fs, path, max_bytes))
+        return self._run(_core.read_file(fs, path, max_bytes))
 
     def write_workspace_file(self, workspace_id: str, path: str, content: str | bytes) -> None:
         """Write a workspace file without a session."""
         fs = _core.workspace_path(workspace_id) + "/fs"
-        self._call(_core.write_file(fs, path, content))
+        self._run(_core.write_file(fs, path, content))
 
     def list_workspace_files(
         self, workspace_id: str, path: str | None = None
     ) -> builtins.list[FileEntry]:
         """List a workspace directory without a session (None: its root)."""
-        return self._call(_core.list_files(_core.workspace_path(workspace_id) + "/fs", path))
+        return self._run(_core.list_files(_core.workspace_path(workspace_id) + "/fs", path))
 
     def upload_workspace_file(
         self,
@@ -260,8 +220,7 @@ class SyncSandboxClient:
     ) -> builtins.list[str]:
         """Upload one file into a workspace; returns the stored paths."""
         fs = _core.workspace_path(workspace_id) + "/fs"
-        with _core.upload(fs, file, dest_path, filename) as call:
-            return self._call(call)
+        return self._run(_core.upload(fs, file, dest_path, filename, self._retry))
 
     @overload
     def export_workspace(self, workspace_id: str, dest: None = None) -> bytes: ...
@@ -276,39 +235,32 @@ class SyncSandboxClient:
         ``dest`` (a path or binary file object) chunk by chunk, returning the
         number of bytes written; see :meth:`sandkasten.SandboxClient.export_workspace`.
         """
-        sink = _core.ExportSink(dest)
-        try:
-            self._download(_core.export_workspace(workspace_id), sink)
-        except BaseException:
-            sink.abort()
-            raise
-        return sink.finish()
+        return self._run(_core.export_workspace(workspace_id, dest, self._retry))
 
     def import_workspace(self, workspace_id: str, data: ArchiveInput) -> None:
         """Replace a workspace's content with a tar (bytes, a path or a binary file
         object; streamed); raises :class:`WorkspaceInUse` while a session mounts
         it; see :meth:`sandkasten.SandboxClient.import_workspace`.
         """
-        with _core.import_workspace(workspace_id, data) as call:
-            self._call(call)
+        self._run(_core.import_workspace(workspace_id, data, self._retry))
 
     def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
         """Snapshot a workspace (only workspaces with a quota have snapshots)."""
-        return self._call(_core.create_snapshot(workspace_id, label))
+        return self._run(_core.create_snapshot(workspace_id, label))
 
     def list_snapshots(self, workspace_id: str) -> builtins.list[SnapshotInfo]:
         """A workspace's snapshots, oldest first."""
-        return self._call(_core.list_snapshots(workspace_id))
+        return self._run(_core.list_snapshots(workspace_id))
 
     def delete_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
         """Delete a snapshot; raises :class:`SnapshotNotFound`."""
-        self._call(_core.delete_snapshot(workspace_id, snapshot_id))
+        self._run(_core.delete_snapshot(workspace_id, snapshot_id))
 
     def restore_snapshot(self, workspace_id: str, snapshot_id: str) -> None:
         """Replace the workspace's content with the snapshot's; raises
         :class:`WorkspaceInUse` while a session mounts it.
         """
-        self._call(_core.restore_snapshot(workspace_id, snapshot_id))
+        self._run(_core.restore_snapshot(workspace_id, snapshot_id))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -328,11 +280,13 @@ class SyncSandboxClient:
         self.close()
 
 
-class SyncSession:
+class SyncSession(_core.SessionBase):
     """A sandbox session of :class:`SyncSandboxClient`; see :class:`sandkasten.Session`.
 
     Used as a context manager it is destroyed on exit.
     """
+
+    _NAME = "SyncSession"
 
     def __init__(
         self, client: SyncSandboxClient, session_id: str, *, info: SessionInfo | None = None
@@ -341,25 +295,9 @@ class SyncSession:
         self._id = session_id
         self._info = info
 
-    @property
-    def id(self) -> str:
-        """The session id."""
-        return self._id
-
-    @property
-    def last_info(self) -> SessionInfo | None:
-        """The :class:`SessionInfo` this object was made from (not refreshed; see :meth:`info`)."""
-        return self._info
-
-    def __repr__(self) -> str:
-        return f"SyncSession(id={self._id!r})"
-
-    def _fs(self) -> str:
-        return _core.session_path(self._id) + "/fs"
-
     def exec(self, cmd: str, timeout_ms: int | None = None, raw_output: bool = False) -> ExecResult:
         """Run ``cmd`` in the session's persistent shell and wait for it."""
-        return self._client._call(
+        return self._client._run(
             _core.exec_command(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
         )
 
@@ -375,47 +313,47 @@ class SyncSession:
 
     def write(self, path: str, content: str | bytes) -> None:
         """Write a file (parents created, existing replaced)."""
-        self._client._call(_core.write_file(self._fs(), path, content))
+        self._client._run(_core.write_file(self._fs(), path, content))
 
     def read(self, path: str, max_bytes: int | None = None) -> ReadResult:
         """Read a file; raises :class:`FileNotFound` or :class:`InvalidPath`."""
-        return self._client._call(_core.read_file(self._fs(), path, max_bytes))
+        return self._client._run(_core.read_file(self._fs(), path, max_bytes))
 
     def upload(
         self, file: FileInput, dest_path: str | None = None, filename: str | None = None
     ) -> builtins.list[str]:
         """Upload one file (path, bytes or binary file object); returns the stored paths."""
-        with _core.upload(self._fs(), file, dest_path, filename) as call:
-            return self._client._call(call)
+        plan = _core.upload(self._fs(), file, dest_path, filename, self._client._retry)
+        return self._client._run(plan)
 
     def list(self, path: str | None = None) -> builtins.list[FileEntry]:
         """List a directory (None: ``/workspace``), sorted by name."""
-        return self._client._call(_core.list_files(self._fs() + "/list", path))
+        return self._client._run(_core.list_files(self._fs() + "/list", path))
 
     def stat(self, path: str) -> FileStat:
         """Metadata of a path, not following a final symlink."""
-        return self._client._call(_core.stat_file(self._fs(), path))
+        return self._client._run(_core.stat_file(self._fs(), path))
 
     def mkdir(self, path: str, parents: bool = True) -> str:
         """Create a directory; returns its absolute path."""
-        return self._client._call(_core.mkdir(self._fs(), path, parents))
+        return self._client._run(_core.mkdir(self._fs(), path, parents))
 
     def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file, symlink or directory (non-empty only with ``recursive``)."""
-        self._client._call(_core.remove(self._fs(), path, recursive))
+        self._client._run(_core.remove(self._fs(), path, recursive))
 
     def stats(self) -> SessionStats:
         """Memory, CPU and process counts."""
-        return self._client._call(_core.session_stats(self._id))
+        return self._client._run(_core.session_stats(self._id))
 
     def info(self) -> SessionInfo:
         """Current metadata: status, cwd, expiry, ``acquire_source``."""
-        self._info = self._client._call(_core.get_session(self._id))
+        self._info = self._client._run(_core.get_session(self._id))
         return self._info
 
     def destroy(self) -> None:
         """Destroy the sandbox; a persistent workspace stays."""
-        self._client._call(_core.destroy_session(self._id))
+        self._client._run(_core.destroy_session(self._id))
 
     def __enter__(self) -> SyncSession:
         return self
