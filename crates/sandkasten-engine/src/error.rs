@@ -1,44 +1,113 @@
-//! The engine's error type; the API maps each variant to a status code.
+//! The engine's errors, one enum per domain (sessions, workspaces, files,
+//! images, the pool), joined in [`EngineError`] with `#[from]`. Each
+//! variant says what a client should make of it; the API maps them to
+//! status codes in one table.
 
-use sandkasten_runtime::RuntimeError;
+use crate::SessionState;
+use sandkasten_runtime::{FileErrorKind, RuntimeError};
 use sandkasten_store::StoreError;
 
+/// Failures of session operations.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    InvalidRequest(String),
-    #[error("{0}")]
-    InvalidImage(String),
-    #[error("{0}")]
-    InvalidWorkspace(String),
-    #[error("{0}")]
-    InvalidPath(String),
+pub enum SessionError {
     #[error("session {0} not found")]
-    SessionNotFound(String),
-    #[error("session {id} is {state}, not running")]
-    SessionNotRunning { id: String, state: &'static str },
-    #[error("{0}")]
-    FileNotFound(String),
-    #[error("permission denied: {0}")]
-    PermissionDenied(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("image {0} not found")]
-    ImageNotFound(String),
-    #[error("image {image} is used by session {session}")]
-    ImageInUse { image: String, session: String },
-    #[error("workspaces are disabled in this daemon's configuration")]
-    WorkspaceDisabled,
-    #[error("workspace {0} not found")]
-    WorkspaceNotFound(String),
-    #[error("snapshot {0} not found")]
-    SnapshotNotFound(String),
-    #[error("workspace {id} is mounted by session {session}")]
-    WorkspaceInUse { id: String, session: String },
+    NotFound(String),
+    #[error("session {id} is {}, not running", state.as_str())]
+    NotRunning { id: String, state: SessionState },
     #[error("session limit of {0} reached")]
     CapacityExhausted(usize),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// The sandbox's agent stopped answering or its connection closed
+    /// during an operation.
+    #[error("the sandbox agent: {0}")]
+    AgentLost(String),
+}
+
+/// What holds a workspace that an operation needs free.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A live session mounts it.
+    Session(String),
+    /// It is being deleted, restored or imported.
+    Changing,
+    /// It is being created, exported or mounted by a create in flight.
+    Busy,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Session(s) => write!(f, "mounted by session {s}"),
+            Holder::Changing => f.write_str("being deleted, restored or imported"),
+            Holder::Busy => f.write_str("being created, exported or mounted"),
+        }
+    }
+}
+
+/// Failures of workspace operations.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("workspaces are disabled in this daemon's configuration")]
+    Disabled,
+    #[error("invalid workspace id {0:?}: use 1-64 characters of [A-Za-z0-9._-], not starting with '.' or '-'")]
+    InvalidId(String),
+    #[error("workspace {0} not found")]
+    NotFound(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    #[error("workspace {id} is {holder}")]
+    InUse { id: String, holder: Holder },
+    #[error("workspace {0} already exists")]
+    AlreadyExists(String),
+}
+
+/// Failures of file operations (in a session or a workspace): properties
+/// of the files or of the path, never of the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A path that names the wrong kind of thing, leaves its root, or can
+    /// never be valid.
+    #[error("{0}")]
+    InvalidPath(String),
+}
+
+/// Failures of image operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The image cannot be used for a session (unknown, or not allowed).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("image {0} not found")]
+    NotFound(String),
+    #[error("image {image} is used by session {session}")]
+    InUse { image: String, session: String },
+}
+
+/// Every failure of an engine call.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A request that can never succeed as written (bad argument).
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The backend cannot do this (or not for this object).
+    #[error("{what} is not supported by the {runtime} runtime")]
+    Unsupported { what: String, runtime: &'static str },
+    /// The backend failed: a fault of the host, not of the request.
     #[error("while {context}: {source}")]
     Runtime {
         context: &'static str,
@@ -47,6 +116,96 @@ pub enum EngineError {
     },
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Internal(String),
+}
+
+impl EngineError {
+    /// A backend failure while doing `context`: the runtime's typed
+    /// variants that are properties of the request become the matching
+    /// client errors; the rest stay backend faults.
+    pub(crate) fn runtime(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
+        move |source| match source {
+            RuntimeError::ImageNotFound(i) => {
+                ImageError::Invalid(format!("unknown image {i}")).into()
+            }
+            RuntimeError::InvalidArchive(m) => EngineError::InvalidRequest(m),
+            RuntimeError::Unsupported(what, runtime) => EngineError::Unsupported { what, runtime },
+            RuntimeError::File { kind, message } => file_error(kind, message),
+            source => EngineError::Runtime { context, source },
+        }
+    }
+}
+
+/// A typed file failure as the engine reports it (the one table for the
+/// agent and for session-less workspace access).
+fn file_error(kind: FileErrorKind, message: String) -> EngineError {
+    match kind {
+        FileErrorKind::NotFound => FileError::NotFound(message).into(),
+        FileErrorKind::PermissionDenied => FileError::PermissionDenied(message).into(),
+        FileErrorKind::AlreadyExists => FileError::AlreadyExists(message).into(),
+        FileErrorKind::IsADirectory
+        | FileErrorKind::NotADirectory
+        | FileErrorKind::InvalidPath
+        | FileErrorKind::DirectoryNotEmpty => FileError::InvalidPath(message).into(),
+        FileErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
+        FileErrorKind::Io => EngineError::Runtime {
+            context: "a file operation",
+            source: RuntimeError::File { kind, message },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_failures_that_are_the_requests_fault_become_client_errors() {
+        let map = |e| EngineError::runtime("testing")(e);
+        assert!(matches!(
+            map(RuntimeError::Unsupported("x".into(), "fake")),
+            EngineError::Unsupported {
+                runtime: "fake",
+                ..
+            }
+        ));
+        assert!(matches!(
+            map(RuntimeError::ImageNotFound("i".into())),
+            EngineError::Image(ImageError::Invalid(_))
+        ));
+        assert!(matches!(
+            map(RuntimeError::File {
+                kind: FileErrorKind::NotADirectory,
+                message: "m".into()
+            }),
+            EngineError::File(FileError::InvalidPath(_))
+        ));
+        assert!(matches!(
+            map(RuntimeError::File {
+                kind: FileErrorKind::Io,
+                message: "m".into()
+            }),
+            EngineError::Runtime { .. }
+        ));
+        assert!(matches!(
+            map(RuntimeError::Busy("still mounted".into())),
+            EngineError::Runtime { .. }
+        ));
+    }
+
+    #[test]
+    fn a_workspace_held_by_no_session_says_why_without_a_fake_session_id() {
+        let e = WorkspaceError::InUse {
+            id: "w".into(),
+            holder: Holder::Changing,
+        };
+        assert_eq!(
+            e.to_string(),
+            "workspace w is being deleted, restored or imported"
+        );
+        let e = WorkspaceError::InUse {
+            id: "w".into(),
+            holder: Holder::Session("s1".into()),
+        };
+        assert_eq!(e.to_string(), "workspace w is mounted by session s1");
+    }
 }

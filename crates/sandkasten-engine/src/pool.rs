@@ -9,7 +9,8 @@
 //! - **Acquire** never waits: it pops the oldest idle sandbox, proves it
 //!   alive (its agent answers a ping), and otherwise reports a miss so the
 //!   create goes cold at once. The create then binds the request to it
-//!   (workspace mount, env, TTL: see `Engine::create_session`).
+//!   (workspace mount, env, TTL: see `Engine::create_session`) and either
+//!   promotes it ([`Taken::promote`]) or gives it back.
 //! - **Health.** A watcher per pooled sandbox throws it away the moment its
 //!   agent connection closes; sandboxes idle longer than `max_idle` are
 //!   replaced.
@@ -19,12 +20,15 @@
 //!   rebuilt from the current config, which is how a changed config resizes
 //!   it); SIGTERM drains the pool (`Engine::shutdown`).
 
+use crate::db::Db;
 use crate::metrics::{Histogram, Recent};
 use crate::session::ms;
-use crate::{Engine, ImagePoolStats, PoolStats};
-use sandkasten_protocol::{Request, Response};
-use sandkasten_runtime::{AgentClient, RuntimeError, SandboxHandle, SandboxSpec, WorkspaceMount};
-use sandkasten_store::PoolEntryRecord;
+use crate::{EngineError, ImagePoolStats, PoolStats};
+use sandkasten_runtime::{
+    AgentClient, Limits, NetworkMode, Runtime, RuntimeError, SandboxHandle, SandboxSpec,
+    WorkspaceMount,
+};
+use sandkasten_store::{PoolEntryRecord, SessionRecord, StoreError};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,12 +64,81 @@ impl Default for PoolConfig {
     }
 }
 
+/// Why a pooled sandbox could not be started or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("starting a pooled sandbox: {0}")]
+    Start(#[source] RuntimeError),
+    #[error("warming up the shell: {0}")]
+    WarmUp(#[source] RuntimeError),
+    #[error("recording the pooled sandbox: {0}")]
+    Record(#[source] StoreError),
+    #[error("the pool is closing")]
+    Closing,
+}
+
+/// What every pooled sandbox is started with (a session's defaults).
+#[derive(Debug, Clone)]
+pub(crate) struct WarmTemplate {
+    pub(crate) limits: Limits,
+    pub(crate) network: NetworkMode,
+    pub(crate) readonly_rootfs: bool,
+}
+
 /// A ready sandbox in the pool.
 pub(crate) struct Warm {
     pub(crate) id: String,
     pub(crate) handle: SandboxHandle,
     pub(crate) agent: AgentClient,
     born: Instant,
+}
+
+/// A pooled sandbox taken for a create: it becomes a session
+/// ([`Taken::promote`]), goes back unchanged ([`Taken::put_back`]), or is
+/// thrown away ([`Taken::discard`]).
+pub(crate) struct Taken {
+    pool: Arc<Pool>,
+    image: Arc<ImagePool>,
+    pub(crate) warm: Warm,
+}
+
+impl Taken {
+    /// Turns its pool record into the session `record` (one transaction)
+    /// and counts the hit; on failure the sandbox is destroyed.
+    pub(crate) async fn promote(
+        self,
+        record: SessionRecord,
+        started: Instant,
+    ) -> Result<(SandboxHandle, AgentClient), EngineError> {
+        match self
+            .pool
+            .db
+            .run(move |s| s.promote_pool_entry(&record))
+            .await
+        {
+            Ok(()) => {
+                self.image.record_hit(started.elapsed());
+                self.pool.acquire_hist.observe(started.elapsed());
+                Ok((self.warm.handle, self.warm.agent))
+            }
+            Err(e) => {
+                self.discard().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Puts it back unused, first in line.
+    pub(crate) fn put_back(self) {
+        self.image.idle.lock().unwrap().push_front(self.warm);
+    }
+
+    /// Destroys it (it could not be prepared) and counts a miss.
+    pub(crate) async fn discard(self) {
+        self.image.discarded.fetch_add(1, Ordering::Relaxed);
+        self.image.record_miss();
+        self.pool.destroy_warm_now(self.warm).await;
+    }
 }
 
 /// One image's pool.
@@ -87,9 +160,13 @@ pub(crate) struct ImagePool {
     wake: Notify,
 }
 
-/// The pool of all images.
+/// The pool of all images: owns its sandboxes, their records and its fill
+/// loops.
 pub(crate) struct Pool {
     cfg: PoolConfig,
+    runtime: Arc<dyn Runtime>,
+    db: Db,
+    template: WarmTemplate,
     images: BTreeMap<String, Arc<ImagePool>>,
     fill_slots: Arc<Semaphore>,
     /// Set by the drain: fills destroy what they started, acquires miss.
@@ -100,7 +177,12 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(cfg: PoolConfig) -> Pool {
+    pub(crate) fn new(
+        cfg: PoolConfig,
+        runtime: Arc<dyn Runtime>,
+        db: Db,
+        template: WarmTemplate,
+    ) -> Pool {
         let images = cfg
             .images
             .iter()
@@ -129,6 +211,9 @@ impl Pool {
         Pool {
             fill_slots: Arc::new(Semaphore::new(cfg.max_concurrent_fills.max(1))),
             cfg,
+            runtime,
+            db,
+            template,
             images,
             closing: AtomicBool::new(false),
             fill_ended: Notify::new(),
@@ -136,8 +221,11 @@ impl Pool {
         }
     }
 
-    pub(crate) fn image(&self, image: &str) -> Option<&Arc<ImagePool>> {
-        self.images.get(image)
+    /// Counts a create of `image` that did not use the pool.
+    pub(crate) fn record_miss(&self, image: &str) {
+        if let Some(p) = self.images.get(image) {
+            p.record_miss();
+        }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
@@ -178,11 +266,6 @@ impl ImagePool {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Puts back a sandbox that was taken but not used (unchanged).
-    pub(crate) fn put_back(&self, w: Warm) {
-        self.idle.lock().unwrap().push_front(w);
-    }
-
     fn remove(&self, id: &str) -> Option<Warm> {
         let mut idle = self.idle.lock().unwrap();
         let pos = idle.iter().position(|w| w.id == id)?;
@@ -190,11 +273,11 @@ impl ImagePool {
     }
 }
 
-impl Engine {
+impl Pool {
     /// Destroys pooled sandboxes a previous run left (after a crash); the
     /// pool is rebuilt from the current config.
-    pub(crate) async fn recover_pool(&self) -> Result<(), crate::EngineError> {
-        let left = self.inner.store.list_pool_entries()?;
+    pub(crate) async fn recover(&self) -> Result<(), EngineError> {
+        let left = self.db.run(|s| s.list_pool_entries()).await?;
         if !left.is_empty() {
             tracing::info!(
                 count = left.len(),
@@ -207,27 +290,28 @@ impl Engine {
                 pid: e.pid,
                 start_time: e.pid_start_time,
             };
-            if let Err(err) = self.inner.runtime.destroy(&handle).await {
+            if let Err(err) = self.runtime.destroy(&handle).await {
                 tracing::warn!(sandbox = %e.id, "destroying a leftover pooled sandbox: {err}");
             }
-            self.inner.store.delete_pool_entry(&e.id)?;
+            let id = e.id.clone();
+            self.db.run(move |s| s.delete_pool_entry(&id)).await?;
         }
         Ok(())
     }
 
     /// Starts one fill loop per pooled image.
-    pub(crate) fn start_pool(&self, shutdown: CancellationToken) {
-        for p in self.inner.pool.images.values() {
+    pub(crate) fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        for p in self.images.values() {
             tracing::info!(image = %p.image, target = p.target, "filling the pool");
-            let engine = self.clone();
+            let pool = self.clone();
             let p = p.clone();
             let stop = shutdown.clone();
-            tokio::spawn(async move { engine.fill_loop(p, stop).await });
+            tokio::spawn(async move { pool.fill_loop(p, stop).await });
         }
     }
 
-    async fn fill_loop(&self, p: Arc<ImagePool>, shutdown: CancellationToken) {
-        let pool = &self.inner.pool;
+    async fn fill_loop(self: Arc<Self>, p: Arc<ImagePool>, shutdown: CancellationToken) {
+        let pool = &self;
         loop {
             if shutdown.is_cancelled() || pool.closing.load(Ordering::SeqCst) {
                 return;
@@ -236,10 +320,10 @@ impl Engine {
             let have = p.idle.lock().unwrap().len() + p.in_flight.load(Ordering::SeqCst);
             for _ in have..p.target {
                 p.in_flight.fetch_add(1, Ordering::SeqCst);
-                let engine = self.clone();
+                let pool = self.clone();
                 let p = p.clone();
                 let stop = shutdown.clone();
-                tokio::spawn(async move { engine.fill_one(p, stop).await });
+                tokio::spawn(async move { pool.fill_one(p, stop).await });
             }
             let next_recycle = p
                 .idle
@@ -257,8 +341,8 @@ impl Engine {
     }
 
     /// Replaces sandboxes that sat unused longer than `max_idle`.
-    fn recycle_idle(&self, p: &Arc<ImagePool>) {
-        let max_idle = self.inner.pool.cfg.max_idle;
+    fn recycle_idle(self: &Arc<Self>, p: &Arc<ImagePool>) {
+        let max_idle = self.cfg.max_idle;
         let old: Vec<Warm> = {
             let mut idle = p.idle.lock().unwrap();
             let (old, keep): (Vec<Warm>, Vec<Warm>) =
@@ -275,15 +359,15 @@ impl Engine {
 
     /// Starts one sandbox for the pool (counted in `in_flight` by the
     /// caller).
-    async fn fill_one(&self, p: Arc<ImagePool>, shutdown: CancellationToken) {
-        let pool = &self.inner.pool;
+    async fn fill_one(self: Arc<Self>, p: Arc<ImagePool>, shutdown: CancellationToken) {
+        let pool = &self;
         let result = async {
             let _slot = pool
                 .fill_slots
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| "pool closed".to_string())?;
+                .map_err(|_| PoolError::Closing)?;
             if pool.closing.load(Ordering::SeqCst) || shutdown.is_cancelled() {
                 return Ok(None);
             }
@@ -311,7 +395,7 @@ impl Engine {
                 let n = p.failing.fetch_add(1, Ordering::SeqCst);
                 p.refill_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(image = %p.image, "pool refill failed: {e}");
-                *p.last_error.lock().unwrap() = Some(e);
+                *p.last_error.lock().unwrap() = Some(e.to_string());
                 let backoff =
                     (BACKOFF_MIN * 2u32.saturating_pow(n.min(16) as u32)).min(BACKOFF_MAX);
                 tokio::select! {
@@ -329,24 +413,18 @@ impl Engine {
     }
 
     /// Creates one pooled sandbox and records it.
-    async fn start_warm(&self, p: &ImagePool) -> Result<Warm, String> {
-        let cfg = &self.inner.cfg;
+    async fn start_warm(self: &Arc<Self>, p: &ImagePool) -> Result<Warm, PoolError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let spec = SandboxSpec {
             id: id.clone(),
             image: p.image.clone(),
-            limits: cfg.limits.clone(),
-            network: cfg.network,
-            readonly_rootfs: cfg.readonly_rootfs,
+            limits: self.template.limits.clone(),
+            network: self.template.network,
+            readonly_rootfs: self.template.readonly_rootfs,
             workspace: WorkspaceMount::Ephemeral,
             env: Vec::new(),
         };
-        let sandbox = self
-            .inner
-            .runtime
-            .create(spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        let sandbox = self.runtime.create(spec).await.map_err(PoolError::Start)?;
         let w = Warm {
             id: id.clone(),
             handle: sandbox.handle,
@@ -358,7 +436,7 @@ impl Engine {
         // the session's first exec.
         if let Err(e) = warm_up(&w.agent).await {
             self.destroy_warm(w);
-            return Err(format!("warming up the shell: {e}"));
+            return Err(PoolError::WarmUp(e));
         }
         let rec = PoolEntryRecord {
             id,
@@ -367,9 +445,9 @@ impl Engine {
             pid_start_time: w.handle.start_time,
             created_at_ms: ms(time::OffsetDateTime::now_utc()),
         };
-        if let Err(e) = self.inner.store.insert_pool_entry(&rec) {
+        if let Err(e) = self.db.run(move |s| s.insert_pool_entry(&rec)).await {
             self.destroy_warm(w);
-            return Err(format!("recording the pooled sandbox: {e}"));
+            return Err(PoolError::Record(e));
         }
         Ok(w)
     }
@@ -377,7 +455,7 @@ impl Engine {
     /// Throws a pooled sandbox away the moment its agent connection closes
     /// (it died while idle); once handed out, the session's own watcher
     /// takes over and this one finds nothing to do.
-    fn watch_warm(&self, p: &Arc<ImagePool>, w: &Warm) {
+    fn watch_warm(self: &Arc<Self>, p: &Arc<ImagePool>, w: &Warm) {
         let engine = self.clone();
         let p = p.clone();
         let agent = w.agent.clone();
@@ -394,26 +472,27 @@ impl Engine {
     }
 
     /// Destroys a pooled sandbox and its record in the background.
-    fn destroy_warm(&self, w: Warm) {
-        let engine = self.clone();
-        tokio::spawn(async move { engine.destroy_warm_now(w).await });
+    fn destroy_warm(self: &Arc<Self>, w: Warm) {
+        let pool = self.clone();
+        tokio::spawn(async move { pool.destroy_warm_now(w).await });
     }
 
     async fn destroy_warm_now(&self, w: Warm) {
-        if let Err(e) = self.inner.runtime.destroy(&w.handle).await {
+        if let Err(e) = self.runtime.destroy(&w.handle).await {
             tracing::warn!(sandbox = %w.id, "destroying a pooled sandbox: {e}");
         }
-        if let Err(e) = self.inner.store.delete_pool_entry(&w.id) {
+        let id = w.id.clone();
+        if let Err(e) = self.db.run(move |s| s.delete_pool_entry(&id)).await {
             tracing::warn!(sandbox = %w.id, "deleting a pool record: {e}");
         }
     }
 
     /// Takes a live pooled sandbox of `image`, or `None` at once (the
-    /// create goes cold). Dead ones met on the way are discarded.
-    pub(crate) async fn take_warm(&self, image: &str) -> Option<(Arc<ImagePool>, Warm)> {
-        let pool = &self.inner.pool;
-        let p = pool.image(image)?.clone();
-        if pool.closing.load(Ordering::SeqCst) {
+    /// create goes cold; a miss is counted). Dead ones met on the way are
+    /// discarded.
+    pub(crate) async fn take(self: &Arc<Self>, image: &str) -> Option<Taken> {
+        let p = self.images.get(image)?.clone();
+        if self.closing.load(Ordering::SeqCst) {
             return None;
         }
         // Slow ones go back at the end, after this acquire.
@@ -427,14 +506,18 @@ impl Engine {
             };
             p.wake.notify_one();
             let ping = if w.agent.is_connected() {
-                tokio::time::timeout(HEALTH_TIMEOUT, w.agent.call(Request::Ping)).await
+                tokio::time::timeout(HEALTH_TIMEOUT, w.agent.ping()).await
             } else {
                 Ok(Err(RuntimeError::Agent("agent connection closed".into())))
             };
             match ping {
-                Ok(Ok(Response::Pong { .. })) => {
+                Ok(Ok(_)) => {
                     p.idle.lock().unwrap().extend(skipped);
-                    return Some((p, w));
+                    return Some(Taken {
+                        pool: self.clone(),
+                        image: p,
+                        warm: w,
+                    });
                 }
                 Err(_) => {
                     // Alive but slow (a busy host): not handed out now, not
@@ -442,7 +525,7 @@ impl Engine {
                     tracing::debug!(image = %image, sandbox = %w.id, "pooled sandbox slow to answer; skipped");
                     skipped.push(w);
                 }
-                Ok(_) => {
+                Ok(Err(_)) => {
                     tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
                     p.discarded.fetch_add(1, Ordering::Relaxed);
                     self.destroy_warm(w);
@@ -451,21 +534,10 @@ impl Engine {
         }
     }
 
-    /// Destroys a taken sandbox that could not be prepared.
-    pub(crate) async fn discard_taken(&self, p: &ImagePool, w: Warm) {
-        p.discarded.fetch_add(1, Ordering::Relaxed);
-        self.destroy_warm_now(w).await;
-    }
-
-    /// The pool per image (`GET /v1/pool`).
-    pub fn pool_stats(&self) -> PoolStats {
-        self.inner.pool.stats()
-    }
-
     /// Graceful shutdown: stops filling, waits for fills in flight, and
-    /// destroys every idle pooled sandbox. Sessions stay running.
-    pub async fn shutdown(&self) {
-        let pool = &self.inner.pool;
+    /// destroys every idle pooled sandbox.
+    pub(crate) async fn drain(&self) {
+        let pool = self;
         pool.closing.store(true, Ordering::SeqCst);
         for p in pool.images.values() {
             loop {
@@ -488,18 +560,15 @@ impl Engine {
     }
 }
 
-async fn warm_up(agent: &AgentClient) -> Result<(), String> {
-    let mut h = agent
-        .exec("true".into(), 10_000, 1024)
-        .map_err(|e| e.to_string())?;
-    while let Some(reply) = h.replies.recv().await {
-        match reply {
-            Response::ExecOutput { .. } => continue,
-            Response::ExecDone { exit_code: 0, .. } => return Ok(()),
-            other => return Err(format!("unexpected reply {other:?}")),
-        }
+async fn warm_up(agent: &AgentClient) -> Result<(), RuntimeError> {
+    let done = agent.exec("true".into(), 10_000, 1024)?.finish().await?;
+    if done.exit_code != 0 {
+        return Err(RuntimeError::Agent(format!(
+            "`true` exited with {}",
+            done.exit_code
+        )));
     }
-    Err("the agent connection closed".into())
+    Ok(())
 }
 
 async fn sleep_until(t: Option<Instant>) {

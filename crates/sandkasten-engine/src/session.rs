@@ -1,26 +1,34 @@
-//! Sessions: creation, lookup, exec, files, destruction, the TTL reaper and
-//! recovery at start.
+//! The engine: sessions from create to destroy, exec, files, the TTL
+//! reaper, the watchers that notice a dead sandbox, and recovery at start.
+//! It composes the parts that own their state: the [`SessionTable`], the
+//! [`Pool`], the [`WorkspaceLocks`] and the store behind [`Db`].
 //!
-//! Concurrency: the session table is a std mutex held only for map
-//! operations (never across `.await`); each session serialises its execs
-//! with its own async mutex, so execs in different sessions run in
-//! parallel and execs in one session run in arrival order.
+//! A create is three steps: [`Engine::validate`] (the request against the
+//! config; nothing is reserved yet), [`Engine::acquire`] (a pooled sandbox
+//! bound to the request, or a cold one), [`Engine::register`] (listed,
+//! watched, its exec queue running).
 
+use crate::db::Db;
+use crate::error::{FileError, ImageError, SessionError, WorkspaceError};
+use crate::pool::{Pool, WarmTemplate};
+use crate::sessions::{
+    ExecJob, Session, SessionParams, SessionTable, ATTACH_PING_TIMEOUT, RECONNECT_PATIENCE,
+};
 use crate::text::OutputCleaner;
+use crate::workspace::{MountGuard, WorkspaceLocks};
 use crate::{
     AcquireSource, CreateSession, DirEntry, EngineConfig, EngineError, ExecEvent, ExecRequest,
     ExecResult, ExecStream, FileContent, FileStat, ImageInfo, SessionInfo, SessionState,
     SessionStats,
 };
-use sandkasten_protocol::{ErrorKind, Request, Response};
 use sandkasten_runtime::{
-    AgentClient, Runtime, RuntimeError, SandboxHandle, SandboxSpec, WorkspaceMount,
+    AgentClient, ExecReply, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
+    WorkspaceMount,
 };
 use sandkasten_store::{SessionRecord, Store};
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -34,173 +42,85 @@ pub struct Engine {
 pub(crate) struct Inner {
     pub(crate) cfg: EngineConfig,
     pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) store: Arc<Store>,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
-    /// Creates in progress (they count against `max_sessions`).
-    creating: AtomicUsize,
+    pub(crate) db: Db,
+    pub(crate) sessions: Arc<SessionTable>,
     /// Wakes the reaper when an expiry moves earlier.
     reaper_wake: Notify,
-    /// Workspaces being mounted by creates in flight, and being deleted:
-    /// a delete never races a mount.
-    pub(crate) ws_guard: Mutex<WorkspaceGuard>,
+    pub(crate) workspaces: WorkspaceLocks,
     /// Wakes the workspace cleanup (a session ended).
     pub(crate) cleanup_wake: Notify,
-    pub(crate) pool: crate::pool::Pool,
-    pub(crate) counters: crate::metrics::Counters,
+    pool: Arc<Pool>,
+    counters: crate::metrics::Counters,
 }
-
-/// See [`Inner::ws_guard`].
-#[derive(Default)]
-pub(crate) struct WorkspaceGuard {
-    pub(crate) mounting: HashMap<String, usize>,
-    pub(crate) deleting: std::collections::HashSet<String>,
-}
-
-struct Session {
-    id: String,
-    image: String,
-    workspace_id: Option<String>,
-    created_at: OffsetDateTime,
-    ttl_seconds: u64,
-    acquire_source: AcquireSource,
-    handle: SandboxHandle,
-    /// The connection to the sandbox's agent; replaced when a connection
-    /// through a remote engine breaks while the sandbox lives (see
-    /// [`Engine::watch`]).
-    agent: tokio::sync::watch::Sender<AgentClient>,
-    /// Set (then `agent` notified) when the watcher gave the sandbox up:
-    /// callers waiting for a reconnection stop waiting.
-    agent_lost: std::sync::atomic::AtomicBool,
-    live: Mutex<Live>,
-    exec_lock: tokio::sync::Mutex<()>,
-}
-
-impl Session {
-    /// The current agent connection, as it is.
-    fn agent(&self) -> AgentClient {
-        self.agent.borrow().clone()
-    }
-
-    /// Stops callers waiting for a reconnection (the sandbox is gone or
-    /// the session ends).
-    fn give_up_agent(&self) {
-        self.agent_lost
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.agent.send_modify(|_| {});
-    }
-
-    /// A connected agent: while the watcher reconnects a broken one
-    /// (remote engines), the call waits for it, at most as long as the
-    /// watcher tries; then the closed one (whose calls fail).
-    async fn connected_agent(&self) -> AgentClient {
-        let current = self.agent();
-        if current.is_connected() {
-            return current;
-        }
-        let mut rx = self.agent.subscribe();
-        let lost = &self.agent_lost;
-        let wait = async move {
-            rx.wait_for(|a| a.is_connected() || lost.load(std::sync::atomic::Ordering::SeqCst))
-                .await
-                .map(|a| a.clone())
-        };
-        match tokio::time::timeout(RECONNECT_PATIENCE + ATTACH_PING_TIMEOUT, wait).await {
-            Ok(Ok(a)) => a,
-            _ => current,
-        }
-    }
-}
-
-struct Live {
-    state: SessionState,
-    expires_at: OffsetDateTime,
-    cwd: String,
-}
-
-/// How long a session whose agent connection broke waits for its backend
-/// to be reachable again before it is given up as `lost`.
-const RECONNECT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// How long a reattached agent may take to answer its first ping.
-const ATTACH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(crate) fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_ms(v: i64) -> OffsetDateTime {
+pub(crate) fn from_ms(v: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(v as i128 * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
-/// Valid workspace ids: 1–64 of `[A-Za-z0-9._-]`, not starting with `.`/`-`.
-pub fn valid_workspace_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with(['.', '-'])
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+/// A create request checked against the config.
+struct ValidCreate {
+    image: String,
+    ttl: u64,
+    workspace_id: Option<String>,
+    /// A session without `workspace_id` keeps one named after it.
+    persist_by_default: bool,
+    env: Vec<(String, String)>,
 }
 
-pub(crate) fn runtime_err(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
-    move |source| match source {
-        RuntimeError::ImageNotFound(i) => EngineError::InvalidImage(format!("unknown image {i}")),
-        RuntimeError::InvalidArchive(m) => EngineError::InvalidRequest(m),
-        RuntimeError::Unsupported(what, rt) => {
-            EngineError::InvalidRequest(format!("{what} is not supported by the {rt} runtime"))
-        }
-        source => EngineError::Runtime { context, source },
-    }
-}
-
-impl Session {
-    fn info(&self) -> SessionInfo {
-        let live = self.live.lock().unwrap();
-        SessionInfo {
-            id: self.id.clone(),
-            image: self.image.clone(),
-            status: live.state,
-            cwd: live.cwd.clone(),
-            workspace_id: self.workspace_id.clone(),
-            created_at: self.created_at,
-            expires_at: live.expires_at,
-            acquire_source: self.acquire_source,
-        }
-    }
+/// A sandbox acquired for a create, with the identity it got.
+struct Acquired {
+    record: SessionRecord,
+    sandbox: Sandbox,
+    source: AcquireSource,
 }
 
 impl Engine {
     /// Builds the engine, recovers sessions from the store and starts the
-    /// reaper. Background work stops when `shutdown` is cancelled.
+    /// reaper, the pool and the workspace cleanup. Background work stops
+    /// when `shutdown` is cancelled.
     pub async fn start(
         cfg: EngineConfig,
         runtime: Arc<dyn Runtime>,
         store: Arc<Store>,
         shutdown: CancellationToken,
     ) -> Result<Engine, EngineError> {
-        let cfg_pool = cfg.pool.clone();
+        let db = Db::new(store);
+        let sessions = Arc::new(SessionTable::new(cfg.max_sessions));
+        let pool = Arc::new(Pool::new(
+            cfg.pool.clone(),
+            runtime.clone(),
+            db.clone(),
+            WarmTemplate {
+                limits: cfg.limits.clone(),
+                network: cfg.network,
+                readonly_rootfs: cfg.readonly_rootfs,
+            },
+        ));
         let engine = Engine {
             inner: Arc::new(Inner {
+                workspaces: WorkspaceLocks::new(sessions.clone()),
                 cfg,
                 runtime,
-                store,
-                sessions: Mutex::new(HashMap::new()),
-                creating: AtomicUsize::new(0),
+                db,
+                sessions,
                 reaper_wake: Notify::new(),
-                ws_guard: Mutex::new(WorkspaceGuard::default()),
                 cleanup_wake: Notify::new(),
-                pool: crate::pool::Pool::new(cfg_pool),
+                pool: pool.clone(),
                 counters: crate::metrics::Counters::new(),
             }),
         };
-        engine.recover_pool().await?;
+        pool.recover().await?;
         engine.recover().await?;
-        engine.start_pool(shutdown.clone());
+        pool.start(shutdown.clone());
         let reaper = engine.clone();
         let cleaner = engine.clone();
         let cleaner_stop = shutdown.clone();
@@ -213,17 +133,25 @@ impl Engine {
         &self.inner.cfg
     }
 
+    /// Lists a session and starts its exec queue and its watcher.
+    fn register(&self, session: Arc<Session>, queue: mpsc::UnboundedReceiver<ExecJob>) {
+        self.inner.sessions.insert(session.clone());
+        tokio::spawn(self.clone().run_execs(Arc::downgrade(&session), queue));
+        // Watch only once listed, so an instant death is not missed.
+        self.watch(&session);
+        self.inner.reaper_wake.notify_one();
+    }
+
     /// Reattaches to sandboxes that survived a restart; cleans up the rest.
     async fn recover(&self) -> Result<(), EngineError> {
-        let store = &self.inner.store;
-        let records = store.list_sessions_except(&SessionState::FINAL)?;
+        let records = self.inner.db.run(|s| s.list_live_sessions()).await?;
         for rec in records {
             let handle = SandboxHandle {
                 id: rec.id.clone(),
                 pid: rec.pid,
                 start_time: rec.pid_start_time,
             };
-            let alive = if rec.state == SessionState::Running.as_str() {
+            let alive = if rec.state == SessionState::Running {
                 self.reconnect(&handle).await.ok()
             } else {
                 None
@@ -231,64 +159,44 @@ impl Engine {
             match alive {
                 Some((sandbox, cwd)) => {
                     tracing::info!(session = %rec.id, "reattached to running sandbox");
-                    let session = Arc::new(Session {
-                        id: rec.id.clone(),
-                        image: rec.image.clone(),
-                        workspace_id: rec.workspace_id.clone(),
-                        created_at: from_ms(rec.created_at_ms),
-                        ttl_seconds: rec.ttl_seconds,
-                        acquire_source: if rec.acquire_source == "pool" {
-                            AcquireSource::Pool
-                        } else {
-                            AcquireSource::Cold
-                        },
-                        handle: sandbox.handle,
-                        agent: tokio::sync::watch::Sender::new(sandbox.agent),
-                        agent_lost: Default::default(),
-                        live: Mutex::new(Live {
-                            state: SessionState::Running,
+                    let (session, queue) = Session::new(
+                        SessionParams {
+                            id: rec.id.clone(),
+                            image: rec.image.clone(),
+                            workspace_id: rec.workspace_id.clone(),
+                            created_at: from_ms(rec.created_at_ms),
                             expires_at: from_ms(rec.expires_at_ms),
+                            ttl_seconds: rec.ttl_seconds,
+                            acquire_source: rec.acquire_source,
                             cwd,
-                        }),
-                        exec_lock: tokio::sync::Mutex::new(()),
-                    });
-                    self.inner
-                        .sessions
-                        .lock()
-                        .unwrap()
-                        .insert(rec.id.clone(), session.clone());
-                    self.watch(&session);
+                        },
+                        sandbox,
+                    );
+                    self.register(session, queue);
                 }
                 None => {
-                    tracing::info!(session = %rec.id, state = %rec.state, "sandbox is gone; cleaning up");
+                    tracing::info!(session = %rec.id, state = %rec.state.as_str(), "sandbox is gone; cleaning up");
                     if let Err(e) = self.inner.runtime.destroy(&handle).await {
                         tracing::warn!(session = %rec.id, "cleanup of lost sandbox failed: {e}");
                     }
                     self.inner.counters.ended(SessionState::Lost);
-                    store.set_session_state(
-                        &rec.id,
-                        SessionState::Lost.as_str(),
-                        Some(ms(now())),
-                    )?;
+                    let (id, at) = (rec.id.clone(), ms(now()));
+                    self.inner
+                        .db
+                        .run(move |s| s.set_session_state(&id, SessionState::Lost, Some(at)))
+                        .await?;
                 }
             }
         }
-        // Sandboxes on disk the store does not list as live are orphans.
-        let known: Vec<String> = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        let on_disk = self
+        // Sandboxes on the host the store does not list as live are orphans.
+        let known = self.inner.sessions.ids();
+        let on_host = self
             .inner
             .runtime
             .list_sandboxes()
             .await
-            .map_err(runtime_err("listing sandboxes"))?;
-        for id in on_disk.into_iter().filter(|id| !known.contains(id)) {
+            .map_err(EngineError::runtime("listing sandboxes"))?;
+        for id in on_host.into_iter().filter(|id| !known.contains(id)) {
             tracing::info!(session = %id, "removing orphaned sandbox");
             let handle = SandboxHandle {
                 id: id.clone(),
@@ -308,15 +216,14 @@ impl Engine {
             let t = now();
             let mut next: Option<OffsetDateTime> = None;
             let mut expired = Vec::new();
-            for s in self.inner.sessions.lock().unwrap().values() {
-                let live = s.live.lock().unwrap();
-                if live.state != SessionState::Running {
+            for s in self.inner.sessions.all() {
+                let Some(expires_at) = s.running_expiry() else {
                     continue;
-                }
-                if live.expires_at <= t {
+                };
+                if expires_at <= t {
                     expired.push(s.id.clone());
                 } else {
-                    next = Some(next.map_or(live.expires_at, |n| n.min(live.expires_at)));
+                    next = Some(next.map_or(expires_at, |n| n.min(expires_at)));
                 }
             }
             for id in expired {
@@ -356,14 +263,14 @@ impl Engine {
                 let Some(session) = weak.upgrade() else {
                     return;
                 };
-                if session.live.lock().unwrap().state != SessionState::Running {
+                if session.state() != SessionState::Running {
                     session.give_up_agent();
                     return;
                 }
                 match engine.reconnect_patiently(&handle).await {
                     Some((fresh, _)) => {
                         tracing::info!(session = %id, "agent connection closed; reconnected to the running sandbox");
-                        session.agent.send_replace(fresh.agent.clone());
+                        session.replace_agent(fresh.agent.clone());
                         agent = fresh.agent;
                     }
                     None => {
@@ -383,16 +290,13 @@ impl Engine {
     /// shell's cwd, if that sandbox still runs and its agent answers (not
     /// merely accepts: a sandbox whose agent is stuck is treated like a
     /// dead one, `Gone`).
-    async fn reconnect(
-        &self,
-        handle: &SandboxHandle,
-    ) -> Result<(sandkasten_runtime::Sandbox, String), RuntimeError> {
+    async fn reconnect(&self, handle: &SandboxHandle) -> Result<(Sandbox, String), RuntimeError> {
         let gone = || RuntimeError::Gone(handle.id.clone());
         let attach = async {
             let sandbox = self.inner.runtime.attach(handle).await?;
-            match sandbox.agent.call(Request::Ping).await {
-                Ok(Response::Pong { cwd, .. }) => Ok((sandbox, cwd)),
-                _ => Err(gone()),
+            match sandbox.agent.ping().await {
+                Ok(cwd) => Ok((sandbox, cwd)),
+                Err(_) => Err(gone()),
             }
         };
         tokio::time::timeout(ATTACH_PING_TIMEOUT, attach)
@@ -403,11 +307,9 @@ impl Engine {
     /// [`Engine::reconnect`], retried while the backend cannot tell (a
     /// remote engine out of reach), with backoff, for up to
     /// [`RECONNECT_PATIENCE`]; `None` once the sandbox is gone or that time
-    /// is up.
-    async fn reconnect_patiently(
-        &self,
-        handle: &SandboxHandle,
-    ) -> Option<(sandkasten_runtime::Sandbox, String)> {
+    /// is up. (A bounded retry: there is no event for a remote engine
+    /// coming back.)
+    async fn reconnect_patiently(&self, handle: &SandboxHandle) -> Option<(Sandbox, String)> {
         let deadline = tokio::time::Instant::now() + RECONNECT_PATIENCE;
         let mut wait = std::time::Duration::from_millis(250);
         loop {
@@ -427,79 +329,67 @@ impl Engine {
         }
     }
 
-    /// Live sessions that mount workspace `ws`.
-    pub(crate) fn session_ids_with_workspace(&self, ws: &str) -> Vec<String> {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|s| s.workspace_id.as_deref() == Some(ws))
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
-    fn live_count(&self) -> usize {
-        self.inner.sessions.lock().unwrap().len()
-    }
-
-    fn session(&self, id: &str) -> Result<Arc<Session>, EngineError> {
-        self.inner
-            .sessions
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::SessionNotFound(id.to_string()))
-    }
-
     /// A running session, its TTL extended by this activity.
     fn active(&self, id: &str) -> Result<Arc<Session>, EngineError> {
-        let s = self.session(id)?;
-        {
-            let mut live = s.live.lock().unwrap();
-            if live.state != SessionState::Running {
-                return Err(EngineError::SessionNotRunning {
-                    id: id.to_string(),
-                    state: live.state.as_str(),
-                });
-            }
-            live.expires_at = now() + time::Duration::seconds(s.ttl_seconds as i64);
-        }
+        let s = self.inner.sessions.get(id)?;
+        s.touch(now())?;
         Ok(s)
     }
 
-    /// Persists the activity (expiry and cwd) of a session.
+    /// Persists the activity (expiry and cwd) of a session, without
+    /// waiting for the database.
     fn persist_activity(&self, s: &Session) {
-        let (exp, cwd) = {
-            let live = s.live.lock().unwrap();
-            (live.expires_at, live.cwd.clone())
-        };
-        if let Err(e) = self.inner.store.touch_session(&s.id, ms(exp), &cwd) {
-            tracing::warn!(session = %s.id, "recording activity: {e}");
-        }
+        let (exp, cwd) = s.activity();
+        self.inner.db.record_activity(&s.id, ms(exp), &cwd);
     }
 
     pub async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError> {
+        let v = self.validate(req)?;
+        let _reservation = self.inner.sessions.reserve()?;
+        let acquired = self.acquire(v).await?;
+        let source = acquired.source;
+        match source {
+            AcquireSource::Pool => &self.inner.counters.creates_pool,
+            AcquireSource::Cold => &self.inner.counters.creates_cold,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let rec = acquired.record;
+        let (session, queue) = Session::new(
+            SessionParams {
+                id: rec.id.clone(),
+                image: rec.image,
+                workspace_id: rec.workspace_id,
+                created_at: from_ms(rec.created_at_ms),
+                expires_at: from_ms(rec.expires_at_ms),
+                ttl_seconds: rec.ttl_seconds,
+                acquire_source: source,
+                cwd: rec.cwd,
+            },
+            acquired.sandbox,
+        );
+        let info = session.info();
+        self.register(session, queue);
+        tracing::debug!(session = %info.id, source = source.as_str(), "session created");
+        Ok(info)
+    }
+
+    /// Checks a create request against the config.
+    fn validate(&self, req: CreateSession) -> Result<ValidCreate, EngineError> {
         let cfg = &self.inner.cfg;
         let image = req
             .image
             .filter(|i| !i.is_empty())
             .unwrap_or_else(|| cfg.default_image.clone());
         if !cfg.allowed_images.is_empty() && !cfg.allowed_images.contains(&image) {
-            return Err(EngineError::InvalidImage(format!(
-                "image {image} is not in allowed_images"
-            )));
+            return Err(
+                ImageError::Invalid(format!("image {image} is not in allowed_images")).into(),
+            );
         }
         if let Some(ws) = &req.workspace_id {
             if !cfg.workspace_enabled {
-                return Err(EngineError::WorkspaceDisabled);
+                return Err(WorkspaceError::Disabled.into());
             }
-            if !valid_workspace_id(ws) {
-                return Err(EngineError::InvalidWorkspace(format!(
-                    "invalid workspace_id {ws:?}: use 1-64 characters of [A-Za-z0-9._-], not starting with '.' or '-'"
-                )));
-            }
+            crate::check_workspace_id(ws)?;
         }
         validate_env(&req.env)?;
         let ttl = match req.ttl_seconds {
@@ -516,47 +406,42 @@ impl Engine {
             Some(t) => t,
             None => cfg.session_ttl_seconds,
         };
-        // Reserve capacity before the slow part.
-        let reserved = self.inner.creating.fetch_add(1, Ordering::SeqCst) + 1;
-        struct Reservation<'a>(&'a AtomicUsize);
-        impl Drop for Reservation<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _reservation = Reservation(&self.inner.creating);
-        if self.live_count() + reserved > cfg.max_sessions {
-            return Err(EngineError::CapacityExhausted(cfg.max_sessions));
-        }
+        Ok(ValidCreate {
+            image,
+            ttl,
+            workspace_id: req.workspace_id,
+            persist_by_default: cfg.workspace_enabled && cfg.workspace_persist_by_default,
+            env: req.env,
+        })
+    }
 
-        // A pooled sandbox when one is idle; never a wait.
+    /// A sandbox for the request: a pooled one when one is idle and can
+    /// take the request (never a wait), else a cold one. The workspace is
+    /// held against deletion until the session is listed.
+    async fn acquire(&self, v: ValidCreate) -> Result<Acquired, EngineError> {
         let started = std::time::Instant::now();
-        // A session without workspace_id keeps one named after it.
-        let persist_by_default = cfg.workspace_enabled && cfg.workspace_persist_by_default;
-        let wants_workspace = req.workspace_id.is_some() || persist_by_default;
-        let mut warm = if wants_workspace && !self.inner.runtime.can_bind_workspace() {
-            if let Some(p) = self.inner.pool.image(&image) {
-                p.record_miss();
-            }
+        let pool = &self.inner.pool;
+        let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
+        let mut taken = if wants_workspace && !self.inner.runtime.can_bind_workspace() {
+            pool.record_miss(&v.image);
             None
         } else {
-            self.take_warm(&image).await
+            pool.take(&v.image).await
         };
-        let id = match &warm {
-            Some((_, w)) => w.id.clone(),
-            None => uuid::Uuid::new_v4().simple().to_string(),
+        let id = match &taken {
+            Some(t) => t.warm.id.clone(),
+            None => new_id(),
         };
-        let workspace_id = req
+        let workspace_id = v
             .workspace_id
             .clone()
-            .or_else(|| persist_by_default.then(|| id.clone()));
-        // Hold the workspace against deletion until the session is listed.
-        let _mount = match &workspace_id {
+            .or_else(|| v.persist_by_default.then(|| id.clone()));
+        let _mount: Option<MountGuard> = match &workspace_id {
             Some(ws) => match self.begin_mount(ws).await {
                 Ok(g) => Some(g),
                 Err(e) => {
-                    if let Some((p, w)) = warm.take() {
-                        p.put_back(w);
+                    if let Some(t) = taken.take() {
+                        t.put_back();
                     }
                     return Err(e);
                 }
@@ -564,98 +449,60 @@ impl Engine {
             None => None,
         };
         let created_at = now();
-        let expires_at = created_at + time::Duration::seconds(ttl as i64);
         let mut record = SessionRecord {
-            id: id.clone(),
-            image: image.clone(),
-            state: SessionState::Creating.as_str().into(),
-            workspace_id: workspace_id.clone(),
+            id,
+            image: v.image.clone(),
+            state: SessionState::Creating,
+            workspace_id,
             cwd: "/workspace".into(),
-            ttl_seconds: ttl,
+            ttl_seconds: v.ttl,
             created_at_ms: ms(created_at),
-            expires_at_ms: ms(expires_at),
-            acquire_source: AcquireSource::Cold.as_str().into(),
+            expires_at_ms: ms(created_at + time::Duration::seconds(v.ttl as i64)),
+            acquire_source: AcquireSource::Cold,
             pid: 0,
             pid_start_time: 0,
             ended_at_ms: None,
         };
 
         // Late binding: the pooled sandbox takes on this request's identity.
-        let mut served = None;
-        let took_warm = warm.is_some();
-        if let Some((p, w)) = warm.take() {
-            match self.bind_warm(&w, workspace_id.as_deref(), &req.env).await {
+        if let Some(t) = taken {
+            match self
+                .bind_warm(
+                    &t.warm.handle,
+                    &t.warm.agent,
+                    record.workspace_id.as_deref(),
+                    &v.env,
+                )
+                .await
+            {
                 Ok(()) => {
-                    record.state = SessionState::Running.as_str().into();
-                    record.acquire_source = AcquireSource::Pool.as_str().into();
-                    record.pid = w.handle.pid;
-                    record.pid_start_time = w.handle.start_time;
-                    match self.inner.store.promote_pool_entry(&record) {
-                        Ok(()) => {
-                            p.record_hit(started.elapsed());
-                            self.inner.pool.acquire_hist.observe(started.elapsed());
-                            served = Some((w.handle, w.agent, AcquireSource::Pool));
-                        }
-                        Err(e) => {
-                            self.discard_taken(&p, w).await;
-                            return Err(e.into());
-                        }
-                    }
+                    record.state = SessionState::Running;
+                    record.acquire_source = AcquireSource::Pool;
+                    record.pid = t.warm.handle.pid;
+                    record.pid_start_time = t.warm.handle.start_time;
+                    let (handle, agent) = t.promote(record.clone(), started).await?;
+                    return Ok(Acquired {
+                        record,
+                        sandbox: Sandbox { handle, agent },
+                        source: AcquireSource::Pool,
+                    });
                 }
-                Err(why) => {
-                    tracing::warn!(session = %id, "preparing a pooled sandbox failed ({why}); creating cold");
-                    self.discard_taken(&p, w).await;
-                    p.record_miss();
+                Err(e) => {
+                    tracing::warn!(session = %record.id, "preparing a pooled sandbox failed ({e}); creating cold");
+                    t.discard().await;
+                    // The pooled sandbox's id stays with it. A workspace
+                    // named after the session by persist_by_default keeps
+                    // the first name.
+                    record.id = new_id();
                 }
             }
         }
-        let (handle, agent, source) = match served {
-            Some(s) => s,
-            None => {
-                if took_warm {
-                    // The pooled sandbox's id stays with it (back in the
-                    // pool or being destroyed). A workspace named after the
-                    // session by persist_by_default keeps the first name.
-                    record.id = uuid::Uuid::new_v4().simple().to_string();
-                }
-                let sandbox = self.create_cold(&mut record, &req.env).await?;
-                (sandbox.handle, sandbox.agent, AcquireSource::Cold)
-            }
-        };
-        match source {
-            AcquireSource::Pool => &self.inner.counters.creates_pool,
-            AcquireSource::Cold => &self.inner.counters.creates_cold,
-        }
-        .fetch_add(1, Ordering::Relaxed);
-        let id = record.id.clone();
-        let session = Arc::new(Session {
-            id: id.clone(),
-            image,
-            workspace_id,
-            created_at,
-            ttl_seconds: ttl,
-            acquire_source: source,
-            handle,
-            agent: tokio::sync::watch::Sender::new(agent),
-            agent_lost: Default::default(),
-            live: Mutex::new(Live {
-                state: SessionState::Running,
-                expires_at,
-                cwd: "/workspace".into(),
-            }),
-            exec_lock: tokio::sync::Mutex::new(()),
-        });
-        let info = session.info();
-        self.inner
-            .sessions
-            .lock()
-            .unwrap()
-            .insert(id.clone(), session.clone());
-        // Watch only once listed, so an instant death is not missed.
-        self.watch(&session);
-        self.inner.reaper_wake.notify_one();
-        tracing::debug!(session = %id, source = source.as_str(), "session created");
-        Ok(info)
+        let sandbox = self.create_cold(&mut record, &v.env).await?;
+        Ok(Acquired {
+            record,
+            sandbox,
+            source: AcquireSource::Cold,
+        })
     }
 
     /// Creates a sandbox from scratch for `record` (inserted here).
@@ -663,9 +510,10 @@ impl Engine {
         &self,
         record: &mut SessionRecord,
         env: &[(String, String)],
-    ) -> Result<sandkasten_runtime::Sandbox, EngineError> {
+    ) -> Result<Sandbox, EngineError> {
         let cfg = &self.inner.cfg;
-        self.inner.store.insert_session(record)?;
+        let rec = record.clone();
+        self.inner.db.run(move |s| s.insert_session(&rec)).await?;
         let spec = SandboxSpec {
             id: record.id.clone(),
             image: record.image.clone(),
@@ -681,21 +529,25 @@ impl Engine {
         let sandbox = match self.inner.runtime.create(spec).await {
             Ok(s) => s,
             Err(e) => {
-                record.state = SessionState::Failed.as_str().into();
+                record.state = SessionState::Failed;
                 self.inner.counters.ended(SessionState::Failed);
-                let _ =
-                    self.inner
-                        .store
-                        .set_session_state(&record.id, &record.state, Some(ms(now())));
-                return Err(runtime_err("creating the sandbox")(e));
+                let (id, at) = (record.id.clone(), ms(now()));
+                let _ = self
+                    .inner
+                    .db
+                    .run(move |s| s.set_session_state(&id, SessionState::Failed, Some(at)))
+                    .await;
+                return Err(EngineError::runtime("creating the sandbox")(e));
             }
         };
-        self.inner.store.set_session_sandbox(
-            &record.id,
-            SessionState::Running.as_str(),
-            sandbox.handle.pid,
-            sandbox.handle.start_time,
-        )?;
+        record.state = SessionState::Running;
+        record.pid = sandbox.handle.pid;
+        record.pid_start_time = sandbox.handle.start_time;
+        let (id, pid, st) = (record.id.clone(), record.pid, record.pid_start_time);
+        self.inner
+            .db
+            .run(move |s| s.set_session_sandbox(&id, SessionState::Running, pid, st))
+            .await?;
         Ok(sandbox)
     }
 
@@ -705,24 +557,17 @@ impl Engine {
     /// `/workspace`. Nothing is deferred to the first exec.
     async fn bind_warm(
         &self,
-        w: &crate::pool::Warm,
+        handle: &SandboxHandle,
+        agent: &AgentClient,
         workspace: Option<&str>,
         env: &[(String, String)],
-    ) -> Result<(), String> {
+    ) -> Result<(), RuntimeError> {
         if let Some(ws) = workspace {
-            self.inner
-                .runtime
-                .bind_workspace(&w.handle, ws)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.inner.runtime.bind_workspace(handle, ws).await?;
         }
         if !env.is_empty() {
             // For shells the agent starts later (after `exit`, a timeout).
-            match w.agent.call(Request::SetEnv { env: env.to_vec() }).await {
-                Ok(Response::Ok) => {}
-                Ok(other) => return Err(format!("setting env: unexpected reply {other:?}")),
-                Err(e) => return Err(format!("setting env: {e}")),
-            }
+            agent.set_env(env.to_vec()).await?;
         }
         let mut cmd = String::new();
         for (k, v) in env {
@@ -734,41 +579,33 @@ impl Engine {
         if cmd.is_empty() {
             return Ok(());
         }
-        let mut h = w
-            .agent
-            .exec(cmd, 10_000, 64 * 1024)
-            .map_err(|e| e.to_string())?;
-        while let Some(reply) = h.replies.recv().await {
-            match reply {
-                Response::ExecOutput { .. } => continue,
-                Response::ExecDone { exit_code: 0, .. } => return Ok(()),
-                Response::ExecDone { exit_code, .. } => {
-                    return Err(format!("shell setup exited with {exit_code}"))
-                }
-                other => return Err(format!("shell setup: unexpected reply {other:?}")),
-            }
+        let done = agent.exec(cmd, 10_000, 64 * 1024)?.finish().await?;
+        if done.exit_code != 0 {
+            return Err(RuntimeError::Agent(format!(
+                "shell setup exited with {}",
+                done.exit_code
+            )));
         }
-        Err("shell setup: the agent connection closed".into())
+        Ok(())
     }
 
     /// Counters and histograms for `GET /metrics`.
     pub fn metrics(&self) -> crate::MetricsSnapshot {
-        let mut live = [0u64; 3];
-        for sess in self.inner.sessions.lock().unwrap().values() {
-            match sess.live.lock().unwrap().state {
-                SessionState::Running => live[1] += 1,
-                SessionState::Destroying => live[2] += 1,
+        let (mut running, mut destroying) = (0u64, 0u64);
+        for s in self.inner.sessions.all() {
+            match s.state() {
+                SessionState::Running => running += 1,
+                SessionState::Destroying => destroying += 1,
                 _ => {}
             }
         }
-        live[0] = self.inner.creating.load(Ordering::SeqCst) as u64;
         let c = &self.inner.counters;
         crate::MetricsSnapshot {
             pool: self.pool_stats(),
             sessions: vec![
-                ("creating", live[0]),
-                ("running", live[1]),
-                ("destroying", live[2]),
+                ("creating", self.inner.sessions.creating() as u64),
+                ("running", running),
+                ("destroying", destroying),
             ],
             sessions_ended: crate::metrics::ENDED
                 .iter()
@@ -784,21 +621,27 @@ impl Engine {
         }
     }
 
+    /// The pool per image (`GET /v1/pool`).
+    pub fn pool_stats(&self) -> crate::PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Graceful shutdown: stops filling the pool, waits for fills in
+    /// flight, and destroys every idle pooled sandbox. Sessions stay
+    /// running.
+    pub async fn shutdown(&self) {
+        self.inner.pool.drain().await;
+    }
+
     pub async fn list_sessions(&self) -> Vec<SessionInfo> {
-        let mut out: Vec<SessionInfo> = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap()
-            .values()
-            .map(|s| s.info())
-            .collect();
+        let mut out: Vec<SessionInfo> =
+            self.inner.sessions.all().iter().map(|s| s.info()).collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
     }
 
     pub async fn get_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
-        Ok(self.session(id)?.info())
+        Ok(self.inner.sessions.get(id)?.info())
     }
 
     pub async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
@@ -807,35 +650,36 @@ impl Engine {
 
     /// Moves a session through Destroying to `final_state`.
     async fn end_session(&self, id: &str, final_state: SessionState) -> Result<(), EngineError> {
-        let s = self.session(id)?;
-        {
-            let mut live = s.live.lock().unwrap();
-            if live.state != SessionState::Running {
-                return Err(EngineError::SessionNotRunning {
-                    id: id.to_string(),
-                    state: live.state.as_str(),
-                });
-            }
-            live.state = SessionState::Destroying;
-        }
+        let s = self.inner.sessions.get(id)?;
+        s.begin_destroy()?;
+        let sid = id.to_string();
         self.inner
-            .store
-            .set_session_state(id, SessionState::Destroying.as_str(), None)?;
+            .db
+            .run(move |st| st.set_session_state(&sid, SessionState::Destroying, None))
+            .await?;
         let result = self.inner.runtime.destroy(&s.handle).await;
-        self.inner.sessions.lock().unwrap().remove(id);
+        self.inner.sessions.remove(id);
         if let Some(ws) = &s.workspace_id {
             // Idle time counts from the end of the last use.
-            if let Err(e) = self.inner.store.touch_workspace(ws, ms(now())) {
+            let (w, at) = (ws.clone(), ms(now()));
+            if let Err(e) = self
+                .inner
+                .db
+                .run(move |st| st.touch_workspace(&w, at))
+                .await
+            {
                 tracing::warn!(workspace = %ws, "recording workspace use: {e}");
             }
             self.inner.cleanup_wake.notify_one();
         }
-        s.live.lock().unwrap().state = final_state;
+        s.finish(final_state);
         self.inner.counters.ended(final_state);
+        let (sid, at) = (id.to_string(), ms(now()));
         self.inner
-            .store
-            .set_session_state(id, final_state.as_str(), Some(ms(now())))?;
-        result.map_err(runtime_err("destroying the sandbox"))
+            .db
+            .run(move |st| st.set_session_state(&sid, final_state, Some(at)))
+            .await?;
+        result.map_err(EngineError::runtime("destroying the sandbox"))
     }
 
     pub async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
@@ -844,7 +688,7 @@ impl Engine {
             .runtime
             .stats(&s.handle)
             .await
-            .map_err(runtime_err("reading sandbox stats"))
+            .map_err(EngineError::runtime("reading sandbox stats"))
     }
 
     fn exec_params(&self, req: &ExecRequest) -> Result<(u64, u64), EngineError> {
@@ -870,7 +714,7 @@ impl Engine {
     }
 
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError> {
-        let mut rx = self.exec_stream_inner(id, req).await?;
+        let mut rx = self.exec_stream(id, req).await?;
         let mut output = String::new();
         while let Some(ev) = rx.recv().await {
             match ev {
@@ -891,104 +735,127 @@ impl Engine {
                         timed_out,
                     })
                 }
-                ExecEvent::Error { message } => return Err(EngineError::Internal(message)),
+                ExecEvent::Error { message } => return Err(SessionError::AgentLost(message).into()),
             }
         }
-        Err(EngineError::Internal("exec ended without a result".into()))
+        Err(SessionError::AgentLost("the exec ended without a result".into()).into())
     }
 
-    /// Starts a streamed exec. Errors before the command starts are
-    /// returned here; later ones arrive as `ExecEvent::Error`.
+    /// Starts a streamed exec: it joins the session's queue now (execs of
+    /// one session run in arrival order). Errors before the command starts
+    /// are returned here; later ones arrive as `ExecEvent::Error`.
     pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
-        self.exec_stream_inner(id, req).await
-    }
-
-    async fn exec_stream_inner(
-        &self,
-        id: &str,
-        req: ExecRequest,
-    ) -> Result<ExecStream, EngineError> {
         let (timeout_ms, max_output) = self.exec_params(&req)?;
         let s = self.active(id)?;
         let (tx, rx) = mpsc::channel::<ExecEvent>(64);
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let _turn = s.exec_lock.lock().await;
-            let started = std::time::Instant::now();
-            let agent = s.connected_agent().await;
-            let mut handle = match agent.exec(req.cmd, timeout_ms, max_output) {
-                Ok(h) => h,
-                Err(e) => {
-                    let _ = tx
-                        .send(ExecEvent::Error {
-                            message: format!("sandbox agent unavailable: {e}"),
-                        })
-                        .await;
-                    return;
-                }
+        let queued = s.enqueue(ExecJob {
+            cmd: req.cmd,
+            timeout_ms,
+            max_output,
+            raw_output: req.raw_output,
+            events: tx,
+        });
+        if !queued {
+            return Err(SessionError::NotRunning {
+                id: id.to_string(),
+                state: s.state(),
+            }
+            .into());
+        }
+        Ok(rx)
+    }
+
+    /// Runs a session's exec queue, one exec at a time, until the session
+    /// is gone.
+    async fn run_execs(self, session: Weak<Session>, mut queue: mpsc::UnboundedReceiver<ExecJob>) {
+        while let Some(job) = queue.recv().await {
+            let Some(s) = session.upgrade() else {
+                return;
             };
-            let mut cleaner = OutputCleaner::new(req.raw_output);
-            // The agent enforces the timeout; this guard only catches an
-            // agent that stopped answering altogether.
-            let guard = tokio::time::sleep(std::time::Duration::from_millis(timeout_ms + 15_000));
-            tokio::pin!(guard);
-            let mut cancelled = false;
-            loop {
-                tokio::select! {
-                    reply = handle.replies.recv() => {
-                        let event = match reply {
-                            Some(Response::ExecOutput { data }) => {
-                                let text = cleaner.push(&data);
-                                if text.is_empty() { continue; }
-                                ExecEvent::Chunk { data: text, timestamp_ms: ms(now()) }
-                            }
-                            Some(Response::ExecDone { exit_code, cwd, timed_out, truncated, duration_ms }) => {
-                                let rest = cleaner.finish();
-                                if !rest.is_empty() {
-                                    let _ = tx.send(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
-                                }
-                                engine.inner.counters.exec.observe(started.elapsed());
-                                s.live.lock().unwrap().cwd = cwd.clone();
-                                engine.persist_activity(&s);
-                                let _ = tx.send(ExecEvent::Done { exit_code, cwd, duration_ms, timed_out, truncated }).await;
-                                return;
-                            }
-                            Some(Response::Error { kind: ErrorKind::InvalidRequest, message }) => {
-                                ExecEvent::Error { message }
-                            }
-                            Some(other) => ExecEvent::Error { message: format!("unexpected agent reply: {other:?}") },
-                            None => ExecEvent::Error { message: "the sandbox agent connection closed".into() },
-                        };
-                        let last = matches!(event, ExecEvent::Error { .. });
-                        if tx.send(event).await.is_err() && !cancelled {
-                            cancelled = true;
-                            let _ = agent.cancel(handle.id).await;
+            if job.events.is_closed() {
+                // The client went away before its turn.
+                continue;
+            }
+            self.run_exec(&s, job).await;
+        }
+    }
+
+    async fn run_exec(&self, s: &Session, job: ExecJob) {
+        let tx = job.events;
+        let started = std::time::Instant::now();
+        let agent = s.connected_agent().await;
+        let mut handle = match agent.exec(job.cmd, job.timeout_ms, job.max_output) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = tx
+                    .send(ExecEvent::Error {
+                        message: format!("sandbox agent unavailable: {e}"),
+                    })
+                    .await;
+                return;
+            }
+        };
+        let mut cleaner = OutputCleaner::new(job.raw_output);
+        // The agent enforces the timeout; this guard only catches an agent
+        // that stopped answering altogether.
+        let guard = tokio::time::sleep(std::time::Duration::from_millis(job.timeout_ms + 15_000));
+        tokio::pin!(guard);
+        let mut cancelled = false;
+        loop {
+            tokio::select! {
+                reply = handle.next() => {
+                    let event = match reply {
+                        Some(ExecReply::Output(data)) => {
+                            let text = cleaner.push(&data);
+                            if text.is_empty() { continue; }
+                            ExecEvent::Chunk { data: text, timestamp_ms: ms(now()) }
                         }
-                        if last { return; }
-                    }
-                    _ = tx.closed(), if !cancelled => {
+                        Some(ExecReply::Done(d)) => {
+                            let rest = cleaner.finish();
+                            if !rest.is_empty() {
+                                let _ = tx.send(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
+                            }
+                            self.inner.counters.exec.observe(started.elapsed());
+                            let (exp, cwd) = s.set_cwd(&d.cwd);
+                            self.inner.db.record_activity(&s.id, ms(exp), &cwd);
+                            let _ = tx.send(ExecEvent::Done {
+                                exit_code: d.exit_code,
+                                cwd: d.cwd,
+                                duration_ms: d.duration_ms,
+                                timed_out: d.timed_out,
+                                truncated: d.truncated,
+                            }).await;
+                            return;
+                        }
+                        Some(ExecReply::Refused(message)) => ExecEvent::Error { message },
+                        None => ExecEvent::Error { message: "the sandbox agent connection closed".into() },
+                    };
+                    let last = matches!(event, ExecEvent::Error { .. });
+                    if tx.send(event).await.is_err() && !cancelled {
                         cancelled = true;
                         let _ = agent.cancel(handle.id).await;
                     }
-                    _ = &mut guard => {
-                        let _ = tx.send(ExecEvent::Error { message: "the sandbox agent stopped answering".into() }).await;
-                        return;
-                    }
+                    if last { return; }
+                }
+                _ = tx.closed(), if !cancelled => {
+                    cancelled = true;
+                    let _ = agent.cancel(handle.id).await;
+                }
+                _ = &mut guard => {
+                    let _ = tx.send(ExecEvent::Error { message: "the sandbox agent stopped answering".into() }).await;
+                    return;
                 }
             }
-        });
-        Ok(rx)
+        }
     }
 
     /// Resolves a client path to an absolute in-sandbox path.
     fn resolve(path: &str) -> Result<String, EngineError> {
         if path.is_empty() {
-            return Err(EngineError::InvalidPath("path must not be empty".into()));
+            return Err(FileError::InvalidPath("path must not be empty".into()).into());
         }
         if path.contains('\0') {
-            return Err(EngineError::InvalidPath(
-                "path must not contain NUL bytes".into(),
-            ));
+            return Err(FileError::InvalidPath("path must not contain NUL bytes".into()).into());
         }
         Ok(if path.starts_with('/') {
             path.to_string()
@@ -997,16 +864,19 @@ impl Engine {
         })
     }
 
-    async fn file_call(&self, id: &str, req: Request) -> Result<Response, EngineError> {
+    /// The agent of a running session (TTL extended) for a file call.
+    async fn file_agent(&self, id: &str) -> Result<(Arc<Session>, AgentClient), EngineError> {
         let s = self.active(id)?;
-        let resp = s
-            .connected_agent()
-            .await
-            .call(req)
-            .await
-            .map_err(runtime_err("talking to the sandbox agent"))?;
-        self.persist_activity(&s);
-        file_reply(resp)
+        let agent = s.connected_agent().await;
+        Ok((s, agent))
+    }
+
+    /// Ends a file call: its activity recorded, its error typed.
+    fn file_done<T>(&self, s: &Session, r: Result<T, RuntimeError>) -> Result<T, EngineError> {
+        if !matches!(r, Err(RuntimeError::Agent(_))) {
+            self.persist_activity(s);
+        }
+        r.map_err(EngineError::runtime("talking to the sandbox agent"))
     }
 
     /// Relative paths resolve against `/workspace`.
@@ -1019,27 +889,13 @@ impl Engine {
         let path = Self::resolve(path)?;
         let cap = self.inner.cfg.max_read_bytes;
         let max = Some(max_bytes.map_or(cap, |m| m.min(cap)));
-        match self
-            .file_call(
-                id,
-                Request::ReadFile {
-                    path,
-                    max_bytes: max,
-                },
-            )
-            .await?
-        {
-            Response::FileData {
-                path,
-                data,
-                truncated,
-            } => Ok(FileContent {
-                path,
-                data,
-                truncated,
-            }),
-            other => Err(unexpected(other)),
-        }
+        let (s, agent) = self.file_agent(id).await?;
+        let d = self.file_done(&s, agent.read_file(path, max).await)?;
+        Ok(FileContent {
+            path: d.path,
+            data: d.data,
+            truncated: d.truncated,
+        })
     }
 
     /// Writes a whole file, creating parents; returns the absolute path.
@@ -1050,64 +906,34 @@ impl Engine {
         data: Vec<u8>,
     ) -> Result<String, EngineError> {
         let path = Self::resolve(path)?;
-        match self
-            .file_call(
-                id,
-                Request::WriteFile {
-                    path: path.clone(),
-                    data,
-                    mode: None,
-                },
-            )
-            .await?
-        {
-            Response::Ok => Ok(path),
-            other => Err(unexpected(other)),
-        }
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.write_file(path.clone(), data, None).await)?;
+        Ok(path)
     }
 
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
         let path = Self::resolve(path)?;
-        match self.file_call(id, Request::ListDir { path }).await? {
-            Response::Entries(e) => Ok(e),
-            other => Err(unexpected(other)),
-        }
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.list_dir(path).await)
     }
 
     pub async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError> {
         let path = Self::resolve(path)?;
-        match self.file_call(id, Request::Stat { path }).await? {
-            Response::Stat(s) => Ok(s),
-            other => Err(unexpected(other)),
-        }
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.stat(path).await)
     }
 
     pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError> {
         let path = Self::resolve(path)?;
-        match self
-            .file_call(
-                id,
-                Request::Mkdir {
-                    path: path.clone(),
-                    parents,
-                },
-            )
-            .await?
-        {
-            Response::Ok => Ok(path),
-            other => Err(unexpected(other)),
-        }
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.mkdir(path.clone(), parents).await)?;
+        Ok(path)
     }
 
     pub async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
         let path = Self::resolve(path)?;
-        match self
-            .file_call(id, Request::Remove { path, recursive })
-            .await?
-        {
-            Response::Ok => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.remove(path, recursive).await)
     }
 
     pub async fn list_images(&self) -> Result<Vec<ImageInfo>, EngineError> {
@@ -1115,7 +941,7 @@ impl Engine {
             .runtime
             .list_images()
             .await
-            .map_err(runtime_err("listing images"))
+            .map_err(EngineError::runtime("listing images"))
     }
 
     /// Imports an archive (already on local disk) as image `name`.
@@ -1128,53 +954,31 @@ impl Engine {
             .runtime
             .import_image(name, archive)
             .await
-            .map_err(runtime_err("importing an image"))
+            .map_err(EngineError::runtime("importing an image"))
     }
 
-    /// Refused with `ImageInUse` while a live session uses it.
+    /// Refused with `ImageError::InUse` while a live session uses it.
     pub async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
-        let user = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap()
-            .values()
-            .find(|s| s.image == name)
-            .map(|s| s.id.clone());
-        if let Some(session) = user {
-            return Err(EngineError::ImageInUse {
+        if let Some(session) = self.inner.sessions.user_of_image(name) {
+            return Err(ImageError::InUse {
                 image: name.to_string(),
                 session,
-            });
+            }
+            .into());
         }
         self.inner
             .runtime
             .remove_image(name)
             .await
             .map_err(|e| match e {
-                RuntimeError::ImageNotFound(n) => EngineError::ImageNotFound(n),
-                e => runtime_err("removing an image")(e),
+                RuntimeError::ImageNotFound(n) => ImageError::NotFound(n).into(),
+                e => EngineError::runtime("removing an image")(e),
             })
     }
 }
 
-/// A file operation's reply: its typed error mapped onto the engine's (the
-/// one table for the agent and for session-less workspace access).
-pub(crate) fn file_reply(resp: Response) -> Result<Response, EngineError> {
-    match resp {
-        Response::Error { kind, message } => Err(match kind {
-            ErrorKind::NotFound => EngineError::FileNotFound(message),
-            ErrorKind::PermissionDenied => EngineError::PermissionDenied(message),
-            ErrorKind::AlreadyExists => EngineError::AlreadyExists(message),
-            ErrorKind::IsADirectory
-            | ErrorKind::NotADirectory
-            | ErrorKind::InvalidPath
-            | ErrorKind::DirectoryNotEmpty => EngineError::InvalidPath(message),
-            ErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
-            ErrorKind::Io => EngineError::Internal(message),
-        }),
-        ok => Ok(ok),
-    }
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Environment variables of a create request: names of `[A-Za-z_][A-Za-z0-9_]*`
@@ -1216,23 +1020,9 @@ fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
 }
 
-pub(crate) fn unexpected(resp: Response) -> EngineError {
-    EngineError::Internal(format!("unexpected agent reply: {resp:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workspace_ids_follow_the_contract() {
-        for ok in ["a", "user123-project456", "A.b_c-d", &"x".repeat(64)] {
-            assert!(valid_workspace_id(ok), "{ok}");
-        }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", &"x".repeat(65), "ü"] {
-            assert!(!valid_workspace_id(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn relative_paths_resolve_under_workspace() {
@@ -1240,5 +1030,23 @@ mod tests {
         assert_eq!(Engine::resolve("/etc/hosts").unwrap(), "/etc/hosts");
         assert!(Engine::resolve("").is_err());
         assert!(Engine::resolve("a\0b").is_err());
+    }
+
+    #[test]
+    fn env_names_and_sizes_are_checked() {
+        assert!(validate_env(&[("A_1".into(), "x".into())]).is_ok());
+        for bad in ["", "1A", "A-B", "Ä"] {
+            assert!(validate_env(&[(bad.into(), "x".into())]).is_err(), "{bad}");
+        }
+        assert!(validate_env(&[("A".into(), "a\0b".into())]).is_err());
+        let many: Vec<_> = (0..129).map(|i| (format!("V{i}"), String::new())).collect();
+        assert!(validate_env(&many).is_err());
+        assert!(validate_env(&[("BIG".into(), "x".repeat(65 * 1024))]).is_err());
+    }
+
+    #[test]
+    fn shell_quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

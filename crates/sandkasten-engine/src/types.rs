@@ -7,22 +7,6 @@ pub use sandkasten_runtime::{
     DirEntry, FileStat, FileType, ImageInfo, SandboxStats as SessionStats,
 };
 
-/// Where a session's sandbox came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcquireSource {
-    Pool,
-    Cold,
-}
-
-impl AcquireSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AcquireSource::Pool => "pool",
-            AcquireSource::Cold => "cold",
-        }
-    }
-}
-
 /// A session as clients see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionInfo {
@@ -33,7 +17,7 @@ pub struct SessionInfo {
     pub workspace_id: Option<String>,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
-    pub acquire_source: AcquireSource,
+    pub acquire_source: crate::AcquireSource,
 }
 
 /// `POST /v1/sessions`.

@@ -2,46 +2,85 @@
 //! created on first use or explicitly, kept after their sessions, listed,
 //! deleted (never while mounted) and reachable without a session.
 //!
-//! A delete never races a mount: a create registers the workspace in
-//! `ws_guard.mounting` (refused while it is being deleted) until its session
-//! is listed, and a delete checks the live sessions and `mounting` and marks
-//! the id `deleting` in the same critical section.
+//! A delete never races a mount: [`WorkspaceLocks`] owns which workspaces
+//! are being mounted (by creates in flight, exports) and which are being
+//! changed (deleted, restored, imported); a create registers its workspace
+//! as mounting until its session is listed (refused while it is being
+//! changed), and a change checks the live sessions and the mounts and
+//! marks the id in the same critical section.
 
-use crate::session::valid_workspace_id;
+use crate::error::{Holder, WorkspaceError};
+use crate::session::{from_ms, ms, now};
+use crate::sessions::SessionTable;
 use crate::{
     CreateWorkspace, DirEntry, Engine, EngineError, FileContent, SnapshotInfo, WorkspaceInfo,
 };
-use sandkasten_protocol::{Request, Response};
-use sandkasten_runtime::RuntimeError;
+use sandkasten_runtime::{ExportStream, FileOp, RuntimeError};
 use sandkasten_store::{SnapshotRecord, WorkspaceRecord};
-use time::OffsetDateTime;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    ms(now())
 }
 
-fn from_ms(v: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(v as i128 * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+/// Valid workspace ids, the one rule: 1–64 of `[A-Za-z0-9._-]`, not
+/// starting with `.` or `-`.
+pub fn check_workspace_id(id: &str) -> Result<(), WorkspaceError> {
+    let valid = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with(['.', '-'])
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(WorkspaceError::InvalidId(id.to_string()))
+    }
 }
 
-/// Runtime failures map as for sessions (unsupported -> 400, not 500).
-fn rt(context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
-    crate::session::runtime_err(context)
+/// A runtime failure on workspace `id`: a missing volume is a missing
+/// workspace, a busy one is in use; the rest as for every runtime call.
+fn rt(id: &str, context: &'static str) -> impl FnOnce(RuntimeError) -> EngineError {
+    let id = id.to_string();
+    move |e| match e {
+        RuntimeError::NotFound(_) => WorkspaceError::NotFound(id).into(),
+        RuntimeError::Busy(_) => WorkspaceError::InUse {
+            id,
+            holder: Holder::Busy,
+        }
+        .into(),
+        e => EngineError::runtime(context)(e),
+    }
 }
 
 /// Smallest workspace quota (a btrfs image needs room for its metadata).
 pub const MIN_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
 
-/// Keeps a workspace from being deleted while a session mounts it.
+/// Which workspaces are mounted or held, and which are being changed.
+pub(crate) struct WorkspaceLocks {
+    sessions: Arc<SessionTable>,
+    state: Arc<Mutex<LockState>>,
+}
+
+#[derive(Default)]
+struct LockState {
+    /// Holds by creates in flight and exports (count per id).
+    mounting: HashMap<String, usize>,
+    /// Ids being deleted, restored or imported.
+    changing: HashSet<String>,
+}
+
+/// Keeps a workspace from being changed until dropped.
 pub(crate) struct MountGuard {
-    engine: Engine,
+    state: Arc<Mutex<LockState>>,
     id: String,
 }
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        let mut g = self.engine.inner.ws_guard.lock().unwrap();
+        let mut g = self.state.lock().unwrap();
         if let Some(n) = g.mounting.get_mut(&self.id) {
             *n -= 1;
             if *n == 0 {
@@ -51,14 +90,101 @@ impl Drop for MountGuard {
     }
 }
 
+/// An exclusive hold for a change of content; released when dropped.
+pub(crate) struct ChangeGuard {
+    state: Arc<Mutex<LockState>>,
+    id: String,
+}
+
+impl Drop for ChangeGuard {
+    fn drop(&mut self) {
+        self.state.lock().unwrap().changing.remove(&self.id);
+    }
+}
+
+impl WorkspaceLocks {
+    pub(crate) fn new(sessions: Arc<SessionTable>) -> WorkspaceLocks {
+        WorkspaceLocks {
+            sessions,
+            state: Arc::default(),
+        }
+    }
+
+    /// Holds `id` like a mount (a change answers `InUse`) until the guard
+    /// is dropped; refused while it is being changed.
+    pub(crate) fn hold(&self, id: &str) -> Result<MountGuard, WorkspaceError> {
+        let mut g = self.state.lock().unwrap();
+        if g.changing.contains(id) {
+            return Err(WorkspaceError::InUse {
+                id: id.into(),
+                holder: Holder::Changing,
+            });
+        }
+        *g.mounting.entry(id.to_string()).or_default() += 1;
+        Ok(MountGuard {
+            state: self.state.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Marks `id` busy for an operation that replaces or deletes its
+    /// content: `InUse` while a session mounts it or anything holds it.
+    pub(crate) fn begin_change(&self, id: &str) -> Result<ChangeGuard, WorkspaceError> {
+        let mut g = self.state.lock().unwrap();
+        if let Some(session) = self.sessions.user_of_workspace(id) {
+            return Err(WorkspaceError::InUse {
+                id: id.into(),
+                holder: Holder::Session(session),
+            });
+        }
+        if g.mounting.contains_key(id) {
+            return Err(WorkspaceError::InUse {
+                id: id.into(),
+                holder: Holder::Busy,
+            });
+        }
+        if !g.changing.insert(id.to_string()) {
+            return Err(WorkspaceError::InUse {
+                id: id.into(),
+                holder: Holder::Changing,
+            });
+        }
+        Ok(ChangeGuard {
+            state: self.state.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Refused with `InUse` while `id` is being changed.
+    pub(crate) fn check_not_changing(&self, id: &str) -> Result<(), WorkspaceError> {
+        if self.state.lock().unwrap().changing.contains(id) {
+            return Err(WorkspaceError::InUse {
+                id: id.into(),
+                holder: Holder::Changing,
+            });
+        }
+        Ok(())
+    }
+
+    /// A live session that mounts `id`.
+    pub(crate) fn user_of(&self, id: &str) -> Option<String> {
+        self.sessions.user_of_workspace(id)
+    }
+
+    /// Mounted by a session or held by an operation.
+    pub(crate) fn in_use(&self, id: &str) -> bool {
+        self.user_of(id).is_some() || self.state.lock().unwrap().mounting.contains_key(id)
+    }
+}
+
 /// Maps a client path onto the workspace root: `a/b`, `/a/b` and
 /// `/workspace/a/b` all name `<workspace>/a/b` (given to the runtime as
 /// `/a/b`, resolved strictly inside the workspace).
 fn inside(path: &str) -> Result<String, EngineError> {
     if path.contains('\0') {
-        return Err(EngineError::InvalidPath(
-            "path must not contain NUL bytes".into(),
-        ));
+        return Err(
+            crate::error::FileError::InvalidPath("path must not contain NUL bytes".into()).into(),
+        );
     }
     let rest = path
         .strip_prefix("/workspace")
@@ -83,62 +209,41 @@ impl Engine {
         if self.config().workspace_enabled {
             Ok(())
         } else {
-            Err(EngineError::WorkspaceDisabled)
-        }
-    }
-
-    fn check_id(id: &str) -> Result<(), EngineError> {
-        if valid_workspace_id(id) {
-            Ok(())
-        } else {
-            Err(EngineError::InvalidWorkspace(format!(
-                "invalid workspace id {id:?}: use 1-64 characters of [A-Za-z0-9._-], not starting with '.' or '-'"
-            )))
+            Err(WorkspaceError::Disabled.into())
         }
     }
 
     /// Ensures workspace `id` exists (row and storage) and holds it against
     /// deletion until the returned guard is dropped.
     pub(crate) async fn begin_mount(&self, id: &str) -> Result<MountGuard, EngineError> {
-        {
-            let mut g = self.inner.ws_guard.lock().unwrap();
-            if g.deleting.contains(id) {
-                return Err(EngineError::WorkspaceInUse {
-                    id: id.into(),
-                    session: "(being deleted)".into(),
-                });
-            }
-            *g.mounting.entry(id.to_string()).or_default() += 1;
-        }
-        let guard = MountGuard {
-            engine: self.clone(),
-            id: id.to_string(),
-        };
+        let guard = self.inner.workspaces.hold(id)?;
         let now = now_ms();
-        self.inner.store.insert_workspace(&WorkspaceRecord {
+        let rec = WorkspaceRecord {
             id: id.to_string(),
             created_at_ms: now,
             last_used_at_ms: Some(now),
             quota_bytes: self.config().workspace_default_quota_bytes,
             labels: Default::default(),
-        })?;
+        };
         let quota = self
             .inner
-            .store
-            .get_workspace(id)?
-            .and_then(|r| r.quota_bytes);
+            .db
+            .run(move |s| {
+                s.insert_workspace(&rec)?;
+                Ok(s.get_workspace(&rec.id)?.and_then(|r| r.quota_bytes))
+            })
+            .await?;
         self.inner
             .runtime
             .ensure_workspace(id, quota)
             .await
-            .map_err(rt("creating the workspace"))?;
-        self.inner.store.touch_workspace(id, now)?;
+            .map_err(rt(id, "creating the workspace"))?;
+        let wid = id.to_string();
+        self.inner
+            .db
+            .run(move |s| s.touch_workspace(&wid, now))
+            .await?;
         Ok(guard)
-    }
-
-    /// The session mounting `id`, if any.
-    fn user_of(&self, id: &str) -> Option<String> {
-        self.session_ids_with_workspace(id).into_iter().next()
     }
 
     async fn info(&self, rec: WorkspaceRecord) -> Result<WorkspaceInfo, EngineError> {
@@ -147,9 +252,9 @@ impl Engine {
             .runtime
             .workspace_size(&rec.id)
             .await
-            .map_err(rt("measuring the workspace"))?;
+            .map_err(rt(&rec.id, "measuring the workspace"))?;
         Ok(WorkspaceInfo {
-            in_use: self.user_of(&rec.id).is_some(),
+            in_use: self.inner.workspaces.user_of(&rec.id).is_some(),
             size_bytes: size.unwrap_or(0),
             created_at: from_ms(rec.created_at_ms),
             last_used_at: rec.last_used_at_ms.map(from_ms),
@@ -159,19 +264,21 @@ impl Engine {
         })
     }
 
-    fn record(&self, id: &str) -> Result<WorkspaceRecord, EngineError> {
+    async fn record(&self, id: &str) -> Result<WorkspaceRecord, EngineError> {
         self.check_enabled()?;
-        Self::check_id(id)?;
+        check_workspace_id(id)?;
+        let wid = id.to_string();
         self.inner
-            .store
-            .get_workspace(id)?
-            .ok_or_else(|| EngineError::WorkspaceNotFound(id.to_string()))
+            .db
+            .run(move |s| s.get_workspace(&wid))
+            .await?
+            .ok_or_else(|| WorkspaceError::NotFound(id.to_string()).into())
     }
 
     pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
         self.check_enabled()?;
         let mut out = Vec::new();
-        for rec in self.inner.store.list_workspaces()? {
+        for rec in self.inner.db.run(|s| s.list_workspaces()).await? {
             out.push(self.info(rec).await?);
         }
         Ok(out)
@@ -183,7 +290,7 @@ impl Engine {
         req: CreateWorkspace,
     ) -> Result<WorkspaceInfo, EngineError> {
         self.check_enabled()?;
-        Self::check_id(&req.id)?;
+        check_workspace_id(&req.id)?;
         if let Some(q) = req.quota_bytes {
             if q < MIN_QUOTA_BYTES {
                 return Err(EngineError::InvalidRequest(format!(
@@ -192,30 +299,18 @@ impl Engine {
             }
         }
         let source = match &req.from_snapshot {
-            Some((src, snap)) => Some(self.snapshot_record(src, snap)?),
+            Some((src, snap)) => Some(self.snapshot_record(src, snap).await?),
             None => None,
         };
         let source_quota = match &source {
-            Some(s) => self.record(&s.workspace_id)?.quota_bytes,
+            Some(s) => self.record(&s.workspace_id).await?.quota_bytes,
             None => None,
         };
         let quota = req
             .quota_bytes
             .or(source_quota)
             .or(self.config().workspace_default_quota_bytes);
-        if self
-            .inner
-            .ws_guard
-            .lock()
-            .unwrap()
-            .deleting
-            .contains(&req.id)
-        {
-            return Err(EngineError::WorkspaceInUse {
-                id: req.id,
-                session: "(being deleted)".into(),
-            });
-        }
+        self.inner.workspaces.check_not_changing(&req.id)?;
         let rec = WorkspaceRecord {
             id: req.id.clone(),
             created_at_ms: now_ms(),
@@ -228,25 +323,33 @@ impl Engine {
             tracing::info!(workspace = %req.id, "workspace created");
             return self.info(rec).await;
         };
-        if self.inner.store.get_workspace(&req.id)?.is_some() {
-            return Err(EngineError::AlreadyExists(format!("workspace {}", req.id)));
+        let wid = req.id.clone();
+        if self
+            .inner
+            .db
+            .run(move |s| s.get_workspace(&wid))
+            .await?
+            .is_some()
+        {
+            return Err(WorkspaceError::AlreadyExists(req.id).into());
         }
         // No session may mount the new workspace before its copy is done.
-        self.begin_exclusive(&req.id)?;
+        let change = self.inner.workspaces.begin_change(&req.id)?;
         let result = async {
             self.insert_and_create(&rec).await?;
             self.fill_from_snapshot(&req.id, &snap).await
         }
         .await;
-        self.end_exclusive(&req.id);
+        drop(change);
         result?;
         tracing::info!(workspace = %req.id, snapshot = %snap.id, "workspace created from a snapshot");
         self.info(rec).await
     }
 
     async fn insert_and_create(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
-        if !self.inner.store.insert_workspace(rec)? {
-            return Err(EngineError::AlreadyExists(format!("workspace {}", rec.id)));
+        let r = rec.clone();
+        if !self.inner.db.run(move |s| s.insert_workspace(&r)).await? {
+            return Err(WorkspaceError::AlreadyExists(rec.id.clone()).into());
         }
         if let Err(e) = self
             .inner
@@ -254,48 +357,51 @@ impl Engine {
             .ensure_workspace(&rec.id, rec.quota_bytes)
             .await
         {
-            let _ = self.inner.store.delete_workspace(&rec.id);
-            return Err(rt("creating the workspace")(e));
+            let id = rec.id.clone();
+            let _ = self.inner.db.run(move |s| s.delete_workspace(&id)).await;
+            return Err(rt(&rec.id, "creating the workspace")(e));
         }
         Ok(())
     }
 
     pub async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
-        let rec = self.record(id)?;
+        let rec = self.record(id).await?;
         self.info(rec).await
     }
 
-    /// `WorkspaceInUse` while a live session has it mounted.
+    /// `InUse` while a live session has it mounted.
     pub async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
-        self.record(id)?;
-        self.begin_exclusive(id)?;
-        let result = async {
-            self.inner
-                .runtime
-                .delete_workspace(id)
-                .await
-                .map_err(rt("deleting the workspace"))?;
-            self.inner.store.delete_snapshots_of(id)?;
-            self.inner.store.delete_workspace(id)?;
-            Ok(())
-        }
-        .await;
-        self.end_exclusive(id);
-        if result.is_ok() {
-            tracing::info!(workspace = %id, "workspace deleted");
-        }
-        result
+        self.record(id).await?;
+        let _change = self.inner.workspaces.begin_change(id)?;
+        self.inner
+            .runtime
+            .delete_workspace(id)
+            .await
+            .map_err(rt(id, "deleting the workspace"))?;
+        let wid = id.to_string();
+        self.inner
+            .db
+            .run(move |s| {
+                s.delete_snapshots_of(&wid)?;
+                s.delete_workspace(&wid)
+            })
+            .await?;
+        tracing::info!(workspace = %id, "workspace deleted");
+        Ok(())
     }
 
-    async fn ws_file(&self, id: &str, req: Request) -> Result<Response, EngineError> {
-        self.record(id)?;
-        let resp = self
-            .inner
+    /// A session-less file operation on workspace `id`.
+    async fn ws_file(
+        &self,
+        id: &str,
+        op: FileOp,
+    ) -> Result<sandkasten_runtime::FileReply, EngineError> {
+        self.record(id).await?;
+        self.inner
             .runtime
-            .workspace_file(id, req)
+            .workspace_file(id, op)
             .await
-            .map_err(rt("accessing workspace files"))?;
-        crate::session::file_reply(resp)
+            .map_err(rt(id, "accessing workspace files"))
     }
 
     /// Session-less file access. Paths are inside the workspace: `a/b`,
@@ -305,18 +411,13 @@ impl Engine {
         id: &str,
         path: &str,
     ) -> Result<Vec<DirEntry>, EngineError> {
-        match self
-            .ws_file(
-                id,
-                Request::ListDir {
-                    path: inside(path)?,
-                },
-            )
+        let op = FileOp::ListDir {
+            path: inside(path)?,
+        };
+        self.ws_file(id, op)
             .await?
-        {
-            Response::Entries(e) => Ok(e),
-            other => Err(crate::session::unexpected(other)),
-        }
+            .into_entries()
+            .map_err(EngineError::runtime("listing workspace files"))
     }
 
     pub async fn workspace_read_file(
@@ -326,28 +427,20 @@ impl Engine {
         max_bytes: Option<u64>,
     ) -> Result<FileContent, EngineError> {
         let cap = self.config().max_read_bytes;
-        let max_bytes = Some(max_bytes.map_or(cap, |m| m.min(cap)));
-        match self
-            .ws_file(
-                id,
-                Request::ReadFile {
-                    path: inside(path)?,
-                    max_bytes,
-                },
-            )
+        let op = FileOp::Read {
+            path: inside(path)?,
+            max_bytes: Some(max_bytes.map_or(cap, |m| m.min(cap))),
+        };
+        let d = self
+            .ws_file(id, op)
             .await?
-        {
-            Response::FileData {
-                path,
-                data,
-                truncated,
-            } => Ok(FileContent {
-                path: as_session_path(&path),
-                data,
-                truncated,
-            }),
-            other => Err(crate::session::unexpected(other)),
-        }
+            .into_data()
+            .map_err(EngineError::runtime("reading a workspace file"))?;
+        Ok(FileContent {
+            path: as_session_path(&d.path),
+            data: d.data,
+            truncated: d.truncated,
+        })
     }
 
     /// Returns the path written, as `/workspace/...`.
@@ -359,121 +452,38 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let p = inside(path)?;
         if p == "/" {
-            return Err(EngineError::InvalidPath(
+            return Err(crate::error::FileError::InvalidPath(
                 "path names the workspace root, not a file".into(),
-            ));
-        }
-        match self
-            .ws_file(
-                id,
-                Request::WriteFile {
-                    path: p.clone(),
-                    data,
-                    mode: None,
-                },
             )
+            .into());
+        }
+        let op = FileOp::Write {
+            path: p.clone(),
+            data,
+            mode: None,
+        };
+        self.ws_file(id, op)
             .await?
-        {
-            Response::Ok => Ok(as_session_path(&p)),
-            other => Err(crate::session::unexpected(other)),
-        }
-    }
-}
-
-/// Writes the tar chunks an export produces into a channel (blocking).
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-    /// Told when the first chunk is on its way, so that the export's
-    /// caller answers only then (see [`Engine::export_workspace`]).
-    started: Option<tokio::sync::oneshot::Sender<Result<(), RuntimeError>>>,
-}
-
-/// Size of the chunks an export streams.
-const EXPORT_CHUNK: usize = 256 * 1024;
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= EXPORT_CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
-        let sent = self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the client stopped reading the export",
-            )
-        });
-        if let Some(started) = self.started.take() {
-            let _ = started.send(Ok(()));
-        }
-        sent
-    }
-}
-
-impl Engine {
-    /// Holds `id` like a mount (delete, restore and import answer
-    /// `WorkspaceInUse`) until the guard is dropped.
-    fn hold(&self, id: &str) -> Result<MountGuard, EngineError> {
-        let mut g = self.inner.ws_guard.lock().unwrap();
-        if g.deleting.contains(id) {
-            return Err(EngineError::WorkspaceInUse {
-                id: id.into(),
-                session: "(being deleted, restored or imported)".into(),
-            });
-        }
-        *g.mounting.entry(id.to_string()).or_default() += 1;
-        Ok(MountGuard {
-            engine: self.clone(),
-            id: id.to_string(),
-        })
-    }
-
-    /// Marks `id` busy for an operation that replaces its content:
-    /// `WorkspaceInUse` while a session mounts it or anything holds it.
-    fn begin_exclusive(&self, id: &str) -> Result<(), EngineError> {
-        let mut g = self.inner.ws_guard.lock().unwrap();
-        if let Some(session) = self.user_of(id) {
-            return Err(EngineError::WorkspaceInUse {
-                id: id.into(),
-                session,
-            });
-        }
-        if g.mounting.contains_key(id) || !g.deleting.insert(id.to_string()) {
-            return Err(EngineError::WorkspaceInUse {
-                id: id.into(),
-                session: "(being created, exported or changed)".into(),
-            });
-        }
-        Ok(())
-    }
-
-    fn end_exclusive(&self, id: &str) {
-        self.inner.ws_guard.lock().unwrap().deleting.remove(id);
+            .into_done()
+            .map_err(EngineError::runtime("writing a workspace file"))?;
+        Ok(as_session_path(&p))
     }
 
     /// Copies snapshot `snap` into the freshly created workspace `id`
     /// (marked busy by the caller); deletes `id` again when that fails.
     async fn fill_from_snapshot(&self, id: &str, snap: &SnapshotRecord) -> Result<(), EngineError> {
-        let source = self.hold(&snap.workspace_id)?;
+        let source = self.inner.workspaces.hold(&snap.workspace_id)?;
         let result = self
             .inner
             .runtime
             .copy_snapshot(&snap.workspace_id, &snap.id, id)
             .await
-            .map_err(rt("copying the snapshot"));
+            .map_err(rt(id, "copying the snapshot"));
         drop(source);
         if result.is_err() {
             let _ = self.inner.runtime.delete_workspace(id).await;
-            let _ = self.inner.store.delete_workspace(id);
+            let wid = id.to_string();
+            let _ = self.inner.db.run(move |s| s.delete_workspace(&wid)).await;
         }
         result
     }
@@ -483,61 +493,31 @@ impl Engine {
     /// a snapshot that cannot be taken, a missing volume) is an error
     /// response, never a 200 with an empty body; an error later ends the
     /// stream with it. Consistent (a temporary snapshot) where the runtime
-    /// can snapshot.
-    pub async fn export_workspace(
-        &self,
-        id: &str,
-    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, EngineError> {
-        self.record(id)?;
-        let guard = self.hold(id)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let runtime = self.inner.runtime.clone();
-        let id = id.to_string();
-        let task_id = id.clone();
-        tokio::task::spawn_blocking(move || {
-            let id = task_id;
-            let mut w = ChannelWriter {
-                tx: tx.clone(),
-                buf: Vec::with_capacity(EXPORT_CHUNK),
-                started: Some(started_tx),
-            };
-            let r = runtime.export_workspace(&id, &mut w);
-            let r = match r {
-                Err(e) => match w.started.take() {
-                    // Nothing sent yet: the caller answers with the error.
-                    Some(started) => {
-                        drop(guard);
-                        let _ = started.send(Err(e));
-                        return;
-                    }
-                    None => Err(std::io::Error::other(e.to_string())),
-                },
-                Ok(()) => std::io::Write::flush(&mut w).map(|()| {
-                    // An export of nothing at all is an empty body.
-                    if let Some(started) = w.started.take() {
-                        let _ = started.send(Ok(()));
-                    }
-                }),
-            };
-            drop(guard);
-            if let Err(e) = r {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    tracing::warn!(workspace = %id, "export failed: {e}");
-                    let _ = tx.blocking_send(Err(e));
+    /// can snapshot. The workspace is held (delete, restore and import
+    /// answer `InUse`) until the stream ends or is dropped.
+    pub async fn export_workspace(&self, id: &str) -> Result<ExportStream, EngineError> {
+        self.record(id).await?;
+        let guard = self.inner.workspaces.hold(id)?;
+        let mut from = self
+            .inner
+            .runtime
+            .export_workspace(id)
+            .await
+            .map_err(rt(id, "exporting the workspace"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                tokio::select! {
+                    chunk = from.recv() => match chunk {
+                        Some(c) => if tx.send(c).await.is_err() { return },
+                        None => return,
+                    },
+                    _ = tx.closed() => return,
                 }
             }
         });
-        match started.await {
-            Ok(Ok(())) => Ok(rx),
-            Ok(Err(e)) => {
-                tracing::debug!(workspace = %id, "export refused: {e}");
-                Err(rt("exporting the workspace")(e))
-            }
-            Err(_) => Err(EngineError::Internal(format!(
-                "the export of workspace {id} ended without a result"
-            ))),
-        }
+        Ok(rx)
     }
 
     /// Where an upload to import may be spooled.
@@ -546,25 +526,21 @@ impl Engine {
     }
 
     /// Replaces workspace `id`'s content with the tar at `archive`;
-    /// `WorkspaceInUse` while mounted. The workspace must exist.
+    /// `InUse` while mounted. The workspace must exist.
     pub async fn import_workspace(
         &self,
         id: &str,
         archive: std::path::PathBuf,
     ) -> Result<(), EngineError> {
-        self.record(id)?;
-        self.begin_exclusive(id)?;
-        let result = self
-            .inner
+        self.record(id).await?;
+        let _change = self.inner.workspaces.begin_change(id)?;
+        self.inner
             .runtime
             .import_workspace(id, archive)
             .await
-            .map_err(rt("importing into the workspace"));
-        self.end_exclusive(id);
-        if result.is_ok() {
-            tracing::info!(workspace = %id, "workspace content imported");
-        }
-        result
+            .map_err(rt(id, "importing into the workspace"))?;
+        tracing::info!(workspace = %id, "workspace content imported");
+        Ok(())
     }
 }
 
@@ -584,7 +560,7 @@ impl Engine {
         id: &str,
         label: Option<String>,
     ) -> Result<SnapshotInfo, EngineError> {
-        self.record(id)?;
+        self.record(id).await?;
         if let Some(l) = &label {
             if l.chars().count() > 256 {
                 return Err(EngineError::InvalidRequest(
@@ -597,64 +573,66 @@ impl Engine {
             .runtime
             .snapshot_workspace(id, &snap)
             .await
-            .map_err(rt("snapshotting the workspace"))?;
+            .map_err(rt(id, "snapshotting the workspace"))?;
         let rec = SnapshotRecord {
             id: snap,
             workspace_id: id.to_string(),
             created_at_ms: now_ms(),
             label,
         };
-        self.inner.store.insert_snapshot(&rec)?;
+        let r = rec.clone();
+        self.inner.db.run(move |s| s.insert_snapshot(&r)).await?;
         tracing::info!(workspace = %id, snapshot = %rec.id, "snapshot created");
         Ok(snapshot_info(rec))
     }
 
     pub async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
-        self.record(id)?;
+        self.record(id).await?;
+        let wid = id.to_string();
         Ok(self
             .inner
-            .store
-            .list_snapshots(id)?
+            .db
+            .run(move |s| s.list_snapshots(&wid))
+            .await?
             .into_iter()
             .map(snapshot_info)
             .collect())
     }
 
-    fn snapshot_record(&self, id: &str, snap: &str) -> Result<SnapshotRecord, EngineError> {
-        self.record(id)?;
+    async fn snapshot_record(&self, id: &str, snap: &str) -> Result<SnapshotRecord, EngineError> {
+        self.record(id).await?;
+        let sid = snap.to_string();
         self.inner
-            .store
-            .get_snapshot(snap)?
+            .db
+            .run(move |s| s.get_snapshot(&sid))
+            .await?
             .filter(|r| r.workspace_id == id)
-            .ok_or_else(|| EngineError::SnapshotNotFound(snap.to_string()))
+            .ok_or_else(|| WorkspaceError::SnapshotNotFound(snap.to_string()).into())
     }
 
     pub async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
-        self.snapshot_record(id, snap)?;
+        self.snapshot_record(id, snap).await?;
         self.inner
             .runtime
             .delete_snapshot(id, snap)
             .await
-            .map_err(rt("deleting the snapshot"))?;
-        self.inner.store.delete_snapshot(snap)?;
+            .map_err(rt(id, "deleting the snapshot"))?;
+        let sid = snap.to_string();
+        self.inner.db.run(move |s| s.delete_snapshot(&sid)).await?;
         Ok(())
     }
 
-    /// Restores a snapshot in place; `WorkspaceInUse` while mounted.
+    /// Restores a snapshot in place; `InUse` while mounted.
     pub async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
-        self.snapshot_record(id, snap)?;
-        self.begin_exclusive(id)?;
-        let result = self
-            .inner
+        self.snapshot_record(id, snap).await?;
+        let _change = self.inner.workspaces.begin_change(id)?;
+        self.inner
             .runtime
             .restore_snapshot(id, snap)
             .await
-            .map_err(rt("restoring the snapshot"));
-        self.end_exclusive(id);
-        if result.is_ok() {
-            tracing::info!(workspace = %id, snapshot = %snap, "snapshot restored");
-        }
-        result
+            .map_err(rt(id, "restoring the snapshot"))?;
+        tracing::info!(workspace = %id, snapshot = %snap, "snapshot restored");
+        Ok(())
     }
 }
 
@@ -758,21 +736,14 @@ impl Engine {
     async fn cleanup_once(&self) -> Result<Option<i64>, EngineError> {
         let cfg = self.config();
         let mut candidates = Vec::new();
-        for rec in self.inner.store.list_workspaces()? {
-            let mounted = self.user_of(&rec.id).is_some()
-                || self
-                    .inner
-                    .ws_guard
-                    .lock()
-                    .unwrap()
-                    .mounting
-                    .contains_key(&rec.id);
+        for rec in self.inner.db.run(|s| s.list_workspaces()).await? {
+            let mounted = self.inner.workspaces.in_use(&rec.id);
             let size = if cfg.workspace_max_total_bytes.is_some() {
                 self.inner
                     .runtime
                     .workspace_size(&rec.id)
                     .await
-                    .map_err(rt("measuring a workspace"))?
+                    .map_err(rt(&rec.id, "measuring a workspace"))?
                     .unwrap_or(0)
             } else {
                 0
@@ -796,7 +767,7 @@ impl Engine {
                     tracing::info!(workspace = %id, %reason, "workspace deleted by the cleanup policy")
                 }
                 // Mounted meanwhile: it stays.
-                Err(EngineError::WorkspaceInUse { .. }) => {}
+                Err(EngineError::Workspace(WorkspaceError::InUse { .. })) => {}
                 Err(e) => tracing::warn!(workspace = %id, "cleanup could not delete: {e}"),
             }
         }
@@ -852,199 +823,6 @@ mod tests {
         assert_eq!(ids, vec!["b", "c"]);
     }
 
-    /// What the fake runtime's export does.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Export {
-        /// The trait's default: unsupported.
-        Default,
-        /// Fails before writing anything.
-        FailFirst,
-        /// Writes `n` bytes, then fails.
-        FailAfter(usize),
-        /// Writes `n` bytes.
-        Bytes(usize),
-    }
-
-    /// A runtime with workspaces only (no sandboxes), for the engine's
-    /// export path.
-    struct FakeRuntime(Export);
-
-    fn nope<T>() -> Result<T, RuntimeError> {
-        Err(RuntimeError::Unsupported("sandboxes".into(), "fake"))
-    }
-
-    #[async_trait::async_trait]
-    impl sandkasten_runtime::Runtime for FakeRuntime {
-        fn name(&self) -> &'static str {
-            "fake"
-        }
-        async fn create(
-            &self,
-            _: sandkasten_runtime::SandboxSpec,
-        ) -> Result<sandkasten_runtime::Sandbox, RuntimeError> {
-            nope()
-        }
-        async fn attach(
-            &self,
-            h: &sandkasten_runtime::SandboxHandle,
-        ) -> Result<sandkasten_runtime::Sandbox, RuntimeError> {
-            Err(RuntimeError::Gone(h.id.clone()))
-        }
-        async fn destroy(&self, _: &sandkasten_runtime::SandboxHandle) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn stats(
-            &self,
-            _: &sandkasten_runtime::SandboxHandle,
-        ) -> Result<sandkasten_runtime::SandboxStats, RuntimeError> {
-            nope()
-        }
-        async fn list_images(&self) -> Result<Vec<sandkasten_runtime::ImageInfo>, RuntimeError> {
-            Ok(Vec::new())
-        }
-        async fn import_image(
-            &self,
-            _: &str,
-            _: std::path::PathBuf,
-        ) -> Result<sandkasten_runtime::ImageInfo, RuntimeError> {
-            nope()
-        }
-        async fn remove_image(&self, _: &str) -> Result<(), RuntimeError> {
-            nope()
-        }
-        async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
-            Ok(Vec::new())
-        }
-        async fn ensure_workspace(&self, _: &str, _: Option<u64>) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn delete_workspace(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        async fn workspace_size(&self, _: &str) -> Result<Option<u64>, RuntimeError> {
-            Ok(Some(0))
-        }
-        async fn snapshot_workspace(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
-            nope()
-        }
-        async fn delete_snapshot(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
-            nope()
-        }
-        async fn restore_snapshot(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
-            nope()
-        }
-        async fn workspace_file(&self, _: &str, _: Request) -> Result<Response, RuntimeError> {
-            nope()
-        }
-        fn export_workspace(
-            &self,
-            id: &str,
-            out: &mut (dyn std::io::Write + Send),
-        ) -> Result<(), RuntimeError> {
-            let write = |out: &mut (dyn std::io::Write + Send), n: usize| {
-                out.write_all(&vec![7u8; n])
-                    .map_err(|e| RuntimeError::io("writing", e))
-            };
-            match self.0 {
-                Export::Default => Err(RuntimeError::Unsupported(
-                    "workspace export".into(),
-                    self.name(),
-                )),
-                Export::FailFirst => Err(RuntimeError::Other(format!("no volume for {id}"))),
-                Export::FailAfter(n) => {
-                    write(out, n)?;
-                    Err(RuntimeError::Other("disk on fire".into()))
-                }
-                Export::Bytes(n) => write(out, n),
-            }
-        }
-    }
-
-    async fn engine_with(export: Export) -> (Engine, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(
-            sandkasten_store::Store::open(&dir.path().join("db.sqlite")).unwrap(),
-        );
-        let engine = Engine::start(
-            crate::EngineConfig::default(),
-            std::sync::Arc::new(FakeRuntime(export)),
-            store,
-            tokio_util::sync::CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-        engine
-            .create_workspace(CreateWorkspace {
-                id: "w".into(),
-                quota_bytes: None,
-                labels: Default::default(),
-                from_snapshot: None,
-            })
-            .await
-            .unwrap();
-        (engine, dir)
-    }
-
-    /// Everything the stream yields: the bytes, and whether it ended with
-    /// an error.
-    async fn drain(mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> (usize, bool) {
-        let (mut n, mut failed) = (0, false);
-        while let Some(item) = rx.recv().await {
-            match item {
-                Ok(chunk) => n += chunk.len(),
-                Err(_) => failed = true,
-            }
-        }
-        (n, failed)
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_export_that_fails_before_its_first_byte_is_an_error_not_a_stream() {
-        let (engine, _dir) = engine_with(Export::Default).await;
-        match engine.export_workspace("w").await {
-            Err(EngineError::InvalidRequest(m)) => {
-                assert!(m.contains("not supported by the fake runtime"), "{m}")
-            }
-            Err(other) => panic!("unsupported export: {other:?}"),
-            Ok(_) => panic!("an unsupported export answered with a stream"),
-        }
-        // The workspace is not left held: it can be deleted.
-        engine.delete_workspace("w").await.unwrap();
-
-        let (engine, _dir) = engine_with(Export::FailFirst).await;
-        match engine.export_workspace("w").await {
-            Err(EngineError::Runtime { source, .. }) => {
-                assert!(source.to_string().contains("no volume for w"), "{source}")
-            }
-            Err(other) => panic!("failed export: {other:?}"),
-            Ok(_) => panic!("a failed export answered with a stream"),
-        }
-        engine.delete_workspace("w").await.unwrap();
-        assert!(matches!(
-            engine.export_workspace("nope").await,
-            Err(EngineError::WorkspaceNotFound(_))
-        ));
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_export_streams_and_a_late_failure_ends_the_stream() {
-        // Smaller than a chunk, larger than several, and nothing at all.
-        for n in [10, 3 * EXPORT_CHUNK + 5, 0] {
-            let (engine, _dir) = engine_with(Export::Bytes(n)).await;
-            let rx = engine.export_workspace("w").await.unwrap();
-            assert_eq!(drain(rx).await, (n, false), "export of {n} bytes");
-            engine.delete_workspace("w").await.unwrap();
-        }
-        // An error after the first chunk went out: the stream carries it
-        // (the client sees a truncated body).
-        let n = 2 * EXPORT_CHUNK;
-        let (engine, _dir) = engine_with(Export::FailAfter(n)).await;
-        let rx = engine.export_workspace("w").await.unwrap();
-        let (got, failed) = drain(rx).await;
-        assert!(failed, "the late failure was not reported");
-        assert!(got >= EXPORT_CHUNK && got <= n, "{got}");
-    }
-
     #[test]
     fn client_paths_map_inside_the_workspace() {
         assert_eq!(inside("a/b").unwrap(), "/a/b");
@@ -1054,6 +832,10 @@ mod tests {
         assert_eq!(inside("/workspaces/x").unwrap(), "/workspaces/x");
         assert_eq!(inside("").unwrap(), "/");
         assert!(inside("a\0b").is_err());
+        assert!(check_workspace_id("user123-project456").is_ok());
+        for bad in ["", ".hidden", "-x", "a/b", "a b", &"x".repeat(65), "ü"] {
+            assert!(check_workspace_id(bad).is_err(), "{bad}");
+        }
         assert_eq!(as_session_path("/a/b"), "/workspace/a/b");
         assert_eq!(as_session_path("/"), "/workspace");
     }

@@ -42,6 +42,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The blocking task running a query did not complete.
+    #[error("database task: {0}")]
+    Task(String),
 }
 
 pub(crate) fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {

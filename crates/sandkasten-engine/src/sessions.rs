@@ -1,0 +1,310 @@
+//! The live sessions: one [`Session`] per running sandbox (built in one
+//! place, [`Session::new`]) and the [`SessionTable`] that owns them, with
+//! the capacity reservation of creates in flight.
+//!
+//! Concurrency: the table is a std mutex held only for map operations
+//! (never across `.await`). Each session has one exec queue: a request
+//! enters it synchronously when it arrives, and one task per session runs
+//! the queue in order, so execs of one session run in arrival order and
+//! sessions run in parallel.
+
+use crate::error::SessionError;
+use crate::{AcquireSource, ExecEvent, SessionInfo, SessionState};
+use sandkasten_runtime::{AgentClient, Sandbox, SandboxHandle};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+
+/// How long a session whose agent connection broke waits for its backend
+/// to be reachable again before it is given up as `lost`.
+pub(crate) const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a reattached agent may take to answer its first ping.
+pub(crate) const ATTACH_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One exec waiting in a session's queue.
+pub(crate) struct ExecJob {
+    pub(crate) cmd: String,
+    pub(crate) timeout_ms: u64,
+    pub(crate) max_output: u64,
+    pub(crate) raw_output: bool,
+    /// Where its events go; closed when the client went away.
+    pub(crate) events: mpsc::Sender<ExecEvent>,
+}
+
+/// What a session is, fixed at creation.
+pub(crate) struct SessionParams {
+    pub(crate) id: String,
+    pub(crate) image: String,
+    pub(crate) workspace_id: Option<String>,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) ttl_seconds: u64,
+    pub(crate) acquire_source: AcquireSource,
+    pub(crate) cwd: String,
+}
+
+/// A live session.
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) image: String,
+    pub(crate) workspace_id: Option<String>,
+    created_at: OffsetDateTime,
+    ttl_seconds: u64,
+    acquire_source: AcquireSource,
+    pub(crate) handle: SandboxHandle,
+    /// The connection to the sandbox's agent; replaced when a connection
+    /// through a remote engine breaks while the sandbox lives.
+    agent: watch::Sender<AgentClient>,
+    /// Set (then `agent` notified) when the watcher gave the sandbox up:
+    /// callers waiting for a reconnection stop waiting.
+    agent_lost: AtomicBool,
+    live: Mutex<Live>,
+    /// The exec queue (see the module doc).
+    execs: mpsc::UnboundedSender<ExecJob>,
+}
+
+struct Live {
+    state: SessionState,
+    expires_at: OffsetDateTime,
+    cwd: String,
+}
+
+impl Session {
+    /// The one constructor (cold create, pooled create and recovery).
+    /// Returns the session and the receiving end of its exec queue, for
+    /// the task that runs it.
+    pub(crate) fn new(
+        p: SessionParams,
+        sandbox: Sandbox,
+    ) -> (Arc<Session>, mpsc::UnboundedReceiver<ExecJob>) {
+        let (execs, queue) = mpsc::unbounded_channel();
+        let s = Arc::new(Session {
+            id: p.id,
+            image: p.image,
+            workspace_id: p.workspace_id,
+            created_at: p.created_at,
+            ttl_seconds: p.ttl_seconds,
+            acquire_source: p.acquire_source,
+            handle: sandbox.handle,
+            agent: watch::Sender::new(sandbox.agent),
+            agent_lost: AtomicBool::new(false),
+            live: Mutex::new(Live {
+                state: SessionState::Running,
+                expires_at: p.expires_at,
+                cwd: p.cwd,
+            }),
+            execs,
+        });
+        (s, queue)
+    }
+
+    pub(crate) fn info(&self) -> SessionInfo {
+        let live = self.live.lock().unwrap();
+        SessionInfo {
+            id: self.id.clone(),
+            image: self.image.clone(),
+            status: live.state,
+            cwd: live.cwd.clone(),
+            workspace_id: self.workspace_id.clone(),
+            created_at: self.created_at,
+            expires_at: live.expires_at,
+            acquire_source: self.acquire_source,
+        }
+    }
+
+    pub(crate) fn state(&self) -> SessionState {
+        self.live.lock().unwrap().state
+    }
+
+    /// Expiry of a running session (`None` once it is not running).
+    pub(crate) fn running_expiry(&self) -> Option<OffsetDateTime> {
+        let live = self.live.lock().unwrap();
+        (live.state == SessionState::Running).then_some(live.expires_at)
+    }
+
+    /// Checks that the session runs and extends its TTL by this activity.
+    pub(crate) fn touch(&self, now: OffsetDateTime) -> Result<(), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.expires_at = now + time::Duration::seconds(self.ttl_seconds as i64);
+        Ok(())
+    }
+
+    /// Running → Destroying; `NotRunning` from any other state.
+    pub(crate) fn begin_destroy(&self) -> Result<(), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.state = SessionState::Destroying;
+        Ok(())
+    }
+
+    /// Destroying → a final state.
+    pub(crate) fn finish(&self, state: SessionState) {
+        debug_assert!(state.is_final());
+        self.live.lock().unwrap().state = state;
+        self.give_up_agent();
+    }
+
+    /// Records the shell's cwd after an exec; returns (expiry, cwd) to
+    /// persist.
+    pub(crate) fn set_cwd(&self, cwd: &str) -> (OffsetDateTime, String) {
+        let mut live = self.live.lock().unwrap();
+        live.cwd = cwd.to_string();
+        (live.expires_at, live.cwd.clone())
+    }
+
+    /// (expiry, cwd) as they are, to persist.
+    pub(crate) fn activity(&self) -> (OffsetDateTime, String) {
+        let live = self.live.lock().unwrap();
+        (live.expires_at, live.cwd.clone())
+    }
+
+    /// Queues an exec (arrival order); false when the queue's task ended.
+    pub(crate) fn enqueue(&self, job: ExecJob) -> bool {
+        self.execs.send(job).is_ok()
+    }
+
+    /// The current agent connection, as it is.
+    pub(crate) fn agent(&self) -> AgentClient {
+        self.agent.borrow().clone()
+    }
+
+    /// Swaps in a new connection to the same sandbox.
+    pub(crate) fn replace_agent(&self, agent: AgentClient) {
+        self.agent.send_replace(agent);
+    }
+
+    /// Stops callers waiting for a reconnection (the sandbox is gone or
+    /// the session ends).
+    pub(crate) fn give_up_agent(&self) {
+        self.agent_lost.store(true, Ordering::SeqCst);
+        self.agent.send_modify(|_| {});
+    }
+
+    /// A connected agent: while the watcher reconnects a broken one
+    /// (remote engines), the call waits for it, at most as long as the
+    /// watcher tries; then the closed one (whose calls fail).
+    pub(crate) async fn connected_agent(&self) -> AgentClient {
+        let current = self.agent();
+        if current.is_connected() {
+            return current;
+        }
+        let mut rx = self.agent.subscribe();
+        let lost = &self.agent_lost;
+        let wait = async move {
+            rx.wait_for(|a| a.is_connected() || lost.load(Ordering::SeqCst))
+                .await
+                .map(|a| a.clone())
+        };
+        match tokio::time::timeout(RECONNECT_PATIENCE + ATTACH_PING_TIMEOUT, wait).await {
+            Ok(Ok(a)) => a,
+            _ => current,
+        }
+    }
+}
+
+/// The live sessions, and the creates in flight that count against the
+/// session limit.
+pub(crate) struct SessionTable {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    creating: AtomicUsize,
+    max: usize,
+}
+
+/// A create's place under the session limit; released when dropped.
+pub(crate) struct Reservation<'a>(&'a AtomicUsize);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl SessionTable {
+    pub(crate) fn new(max: usize) -> SessionTable {
+        SessionTable {
+            map: Mutex::new(HashMap::new()),
+            creating: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Reserves room for one more session; `CapacityExhausted` at the
+    /// limit (live sessions plus creates in flight).
+    pub(crate) fn reserve(&self) -> Result<Reservation<'_>, SessionError> {
+        let reserved = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        let r = Reservation(&self.creating);
+        if self.len() + reserved > self.max {
+            return Err(SessionError::CapacityExhausted(self.max));
+        }
+        Ok(r)
+    }
+
+    /// Creates in flight.
+    pub(crate) fn creating(&self) -> usize {
+        self.creating.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Session>, SessionError> {
+        self.map
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))
+    }
+
+    pub(crate) fn insert(&self, s: Arc<Session>) {
+        self.map.lock().unwrap().insert(s.id.clone(), s);
+    }
+
+    pub(crate) fn remove(&self, id: &str) {
+        self.map.lock().unwrap().remove(id);
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Session>> {
+        self.map.lock().unwrap().values().cloned().collect()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.map.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// A live session that mounts workspace `ws`, if any.
+    pub(crate) fn user_of_workspace(&self, ws: &str) -> Option<String> {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .find(|s| s.workspace_id.as_deref() == Some(ws))
+            .map(|s| s.id.clone())
+    }
+
+    /// A live session of image `image`, if any.
+    pub(crate) fn user_of_image(&self, image: &str) -> Option<String> {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .find(|s| s.image == image)
+            .map(|s| s.id.clone())
+    }
+}
