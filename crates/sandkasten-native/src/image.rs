@@ -4,8 +4,9 @@
 //! sandbox, and a generated minimal `/etc` replaces the host's, so no host
 //! secret (shadow, keys, configs) is visible. Nothing is downloaded.
 
-use crate::fsutil::{chown_tree, lchown, remove_tree};
+use crate::fsutil::{chown_tree, lchown};
 use crate::IdRange;
+use sandkasten_hostfs::remove_tree;
 use sandkasten_protocol::BindMount;
 use sandkasten_runtime::RuntimeError;
 use std::os::unix::fs::PermissionsExt;
@@ -42,11 +43,6 @@ pub struct ResolvedImage {
     pub binds: Vec<BindMount>,
 }
 
-fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let ctx = ctx.into();
-    move |e| RuntimeError::io(ctx, e)
-}
-
 /// Ensures `<images>/base` exists and is current; returns how to start it.
 pub fn ensure_base(images_dir: &Path, ids: &IdRange) -> Result<ResolvedImage, RuntimeError> {
     let dir = images_dir.join("base");
@@ -55,12 +51,12 @@ pub fn ensure_base(images_dir: &Path, ids: &IdRange) -> Result<ResolvedImage, Ru
     let current = std::fs::read_to_string(&version_file).ok();
     if current.as_deref() != Some(BASE_VERSION) {
         let staging = images_dir.join(".base-staging");
-        remove_tree(&staging).map_err(io("clearing base image staging"))?;
+        remove_tree(&staging).map_err(RuntimeError::io_ctx("clearing base image staging"))?;
         generate_base(&staging.join("rootfs"), ids)?;
         std::fs::write(staging.join("version"), BASE_VERSION)
-            .map_err(io("writing base image version"))?;
-        remove_tree(&dir).map_err(io("removing outdated base image"))?;
-        std::fs::rename(&staging, &dir).map_err(io("installing base image"))?;
+            .map_err(RuntimeError::io_ctx("writing base image version"))?;
+        remove_tree(&dir).map_err(RuntimeError::io_ctx("removing outdated base image"))?;
+        std::fs::rename(&staging, &dir).map_err(RuntimeError::io_ctx("installing base image"))?;
     }
     let binds = SYSTEM_DIRS
         .iter()
@@ -83,18 +79,22 @@ pub fn ensure_base(images_dir: &Path, ids: &IdRange) -> Result<ResolvedImage, Ru
 fn generate_base(rootfs: &Path, ids: &IdRange) -> Result<(), RuntimeError> {
     let mk = |p: &str, mode: u32| -> Result<(), RuntimeError> {
         let path = rootfs.join(p);
-        std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io("chmod"))
+        std::fs::create_dir_all(&path)
+            .map_err(RuntimeError::io_ctx(format!("creating {}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(RuntimeError::io_ctx("chmod"))
     };
     mk("", 0o755)?;
     for d in SYSTEM_DIRS {
         let host = Path::new("/").join(d);
         match std::fs::symlink_metadata(&host) {
             Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&host)
-                    .map_err(io(format!("reading link {}", host.display())))?;
+                let target = std::fs::read_link(&host).map_err(RuntimeError::io_ctx(format!(
+                    "reading link {}",
+                    host.display()
+                )))?;
                 std::os::unix::fs::symlink(target, rootfs.join(d))
-                    .map_err(io("creating system dir link"))?;
+                    .map_err(RuntimeError::io_ctx("creating system dir link"))?;
             }
             Ok(m) if m.is_dir() => mk(d, 0o755)?,
             _ => {}
@@ -140,17 +140,20 @@ fn generate_base(rootfs: &Path, ids: &IdRange) -> Result<(), RuntimeError> {
         ("profile", "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin\n"),
     ];
     for (name, content) in files {
-        std::fs::write(etc.join(name), content).map_err(io(format!("writing /etc/{name}")))?;
+        std::fs::write(etc.join(name), content)
+            .map_err(RuntimeError::io_ctx(format!("writing /etc/{name}")))?;
     }
     std::fs::set_permissions(etc.join("shadow"), std::fs::Permissions::from_mode(0o640))
-        .map_err(io("chmod shadow"))?;
+        .map_err(RuntimeError::io_ctx("chmod shadow"))?;
     // Everything belongs to root inside the sandbox...
-    chown_tree(rootfs, ids.host_root, ids.host_root).map_err(io("chown base image"))?;
+    chown_tree(rootfs, ids.host_root, ids.host_root)
+        .map_err(RuntimeError::io_ctx("chown base image"))?;
     // ...except the sandbox user's home and the workspace mount point.
     mk("home/sandbox", 0o755)?;
-    lchown(&rootfs.join("home/sandbox"), ids.host_user, ids.host_user).map_err(io("chown home"))?;
+    lchown(&rootfs.join("home/sandbox"), ids.host_user, ids.host_user)
+        .map_err(RuntimeError::io_ctx("chown home"))?;
     lchown(&rootfs.join("workspace"), ids.host_user, ids.host_user)
-        .map_err(io("chown workspace"))?;
+        .map_err(RuntimeError::io_ctx("chown workspace"))?;
     Ok(())
 }
 
@@ -160,21 +163,30 @@ fn copy_public(src: &Path, dst: &Path) -> Result<(), RuntimeError> {
         return Ok(());
     };
     if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(RuntimeError::io_ctx(format!(
+            "creating {}",
+            parent.display()
+        )))?;
     }
     if meta.file_type().is_symlink() {
-        let target =
-            std::fs::read_link(src).map_err(io(format!("reading link {}", src.display())))?;
+        let target = std::fs::read_link(src).map_err(RuntimeError::io_ctx(format!(
+            "reading link {}",
+            src.display()
+        )))?;
         std::os::unix::fs::symlink(target, dst)
-            .map_err(io(format!("linking {}", dst.display())))?;
+            .map_err(RuntimeError::io_ctx(format!("linking {}", dst.display())))?;
     } else if meta.is_dir() {
-        std::fs::create_dir_all(dst).map_err(io(format!("creating {}", dst.display())))?;
-        for entry in std::fs::read_dir(src).map_err(io(format!("reading {}", src.display())))? {
-            let entry = entry.map_err(io("reading dir entry"))?;
+        std::fs::create_dir_all(dst)
+            .map_err(RuntimeError::io_ctx(format!("creating {}", dst.display())))?;
+        for entry in std::fs::read_dir(src)
+            .map_err(RuntimeError::io_ctx(format!("reading {}", src.display())))?
+        {
+            let entry = entry.map_err(RuntimeError::io_ctx("reading dir entry"))?;
             copy_public(&entry.path(), &dst.join(entry.file_name()))?;
         }
     } else if meta.is_file() {
-        std::fs::copy(src, dst).map_err(io(format!("copying {}", src.display())))?;
+        std::fs::copy(src, dst)
+            .map_err(RuntimeError::io_ctx(format!("copying {}", src.display())))?;
     }
     Ok(())
 }

@@ -14,8 +14,9 @@
 //! into overlayfs whiteouts). Layers and images appear atomically (extracted
 //! beside, then renamed), so a running daemon never sees half of one.
 
-use crate::fsutil::{lchown, remove_tree};
+use crate::fsutil::lchown;
 use crate::IdRange;
+use sandkasten_hostfs::remove_tree;
 use sandkasten_runtime::{ImageInfo, RuntimeError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -45,11 +46,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".:_-".contains(&b))
-}
-
-fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let ctx = ctx.into();
-    move |e| RuntimeError::io(ctx, e)
 }
 
 fn invalid(msg: impl Into<String>) -> RuntimeError {
@@ -104,10 +100,11 @@ impl ImageStore {
                 "invalid image name {name:?}: use 1-128 of [a-z0-9._:-], starting with a letter or digit (not base)"
             )));
         }
-        std::fs::create_dir_all(&self.layers).map_err(io("creating the layer store"))?;
+        std::fs::create_dir_all(&self.layers)
+            .map_err(RuntimeError::io_ctx("creating the layer store"))?;
         let work = self.images.join(format!(".import-{}", std::process::id()));
-        remove_tree(&work).map_err(io("clearing import dir"))?;
-        std::fs::create_dir_all(&work).map_err(io("creating import dir"))?;
+        remove_tree(&work).map_err(RuntimeError::io_ctx("clearing import dir"))?;
+        std::fs::create_dir_all(&work).map_err(RuntimeError::io_ctx("creating import dir"))?;
         let result = self.import_in(name, archive, &work);
         let _ = remove_tree(&work);
         result
@@ -122,12 +119,18 @@ impl ImageStore {
         // Decompress once to a plain tar we can read twice.
         let plain = work.join("archive.tar");
         {
-            let mut f = std::fs::File::open(archive)
-                .map_err(io(format!("opening {}", archive.display())))?;
+            let mut f = std::fs::File::open(archive).map_err(RuntimeError::io_ctx(format!(
+                "opening {}",
+                archive.display()
+            )))?;
             let mut magic = [0u8; 2];
-            let n = f.read(&mut magic).map_err(io("reading archive"))?;
-            f.seek(SeekFrom::Start(0)).map_err(io("reading archive"))?;
-            let mut out = std::fs::File::create(&plain).map_err(io("writing archive copy"))?;
+            let n = f
+                .read(&mut magic)
+                .map_err(RuntimeError::io_ctx("reading archive"))?;
+            f.seek(SeekFrom::Start(0))
+                .map_err(RuntimeError::io_ctx("reading archive"))?;
+            let mut out = std::fs::File::create(&plain)
+                .map_err(RuntimeError::io_ctx("writing archive copy"))?;
             if n == 2 && magic == [0x1f, 0x8b] {
                 std::io::copy(
                     &mut flate2::read::GzDecoder::new(BufReader::new(f)),
@@ -135,7 +138,7 @@ impl ImageStore {
                 )
                 .map_err(|e| invalid(format!("bad gzip data: {e}")))?;
             } else {
-                std::io::copy(&mut f, &mut out).map_err(io("copying archive"))?;
+                std::io::copy(&mut f, &mut out).map_err(RuntimeError::io_ctx("copying archive"))?;
             }
         }
         let docker_manifest = read_member(&plain, "manifest.json")?;
@@ -145,7 +148,7 @@ impl ImageStore {
         };
         let size_bytes = layer_digests
             .iter()
-            .map(|d| crate::fsutil::tree_size(&self.layers.join(d)))
+            .map(|d| sandkasten_hostfs::tree_size(&self.layers.join(d)).unwrap_or(0))
             .sum();
         let mut h = Sha256::new();
         for d in &layer_digests {
@@ -158,19 +161,19 @@ impl ImageStore {
             size_bytes,
         };
         let staging = work.join("image");
-        std::fs::create_dir_all(&staging).map_err(io("creating image dir"))?;
+        std::fs::create_dir_all(&staging).map_err(RuntimeError::io_ctx("creating image dir"))?;
         self.generate_top(&manifest, &staging.join("top"))?;
         std::fs::write(
             staging.join("manifest.json"),
             serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
         )
-        .map_err(io("writing manifest"))?;
+        .map_err(RuntimeError::io_ctx("writing manifest"))?;
         let dest = self.image_dir(name);
         let old = work.join("old");
         if dest.exists() {
-            std::fs::rename(&dest, &old).map_err(io("replacing image"))?;
+            std::fs::rename(&dest, &old).map_err(RuntimeError::io_ctx("replacing image"))?;
         }
-        std::fs::rename(&staging, &dest).map_err(io("installing image"))?;
+        std::fs::rename(&staging, &dest).map_err(RuntimeError::io_ctx("installing image"))?;
         let _ = remove_tree(&old);
         Ok(ImageInfo {
             name: name.into(),
@@ -202,7 +205,7 @@ impl ImageStore {
             let data = read_member(plain, layer)?
                 .ok_or_else(|| invalid(format!("layer {layer} missing from archive")))?;
             let path = work.join(format!("layer-{i}.tar"));
-            std::fs::write(&path, data).map_err(io("writing layer"))?;
+            std::fs::write(&path, data).map_err(RuntimeError::io_ctx("writing layer"))?;
             digests.push(self.add_layer(&path, work)?);
             let _ = std::fs::remove_file(&path);
         }
@@ -215,9 +218,10 @@ impl ImageStore {
     /// Extracts one layer tar into the store (once per content digest).
     fn add_layer(&self, tar_path: &Path, work: &Path) -> Result<String, RuntimeError> {
         let digest = {
-            let mut f = std::fs::File::open(tar_path).map_err(io("reading layer"))?;
+            let mut f =
+                std::fs::File::open(tar_path).map_err(RuntimeError::io_ctx("reading layer"))?;
             let mut h = Sha256::new();
-            std::io::copy(&mut f, &mut h).map_err(io("hashing layer"))?;
+            std::io::copy(&mut f, &mut h).map_err(RuntimeError::io_ctx("hashing layer"))?;
             format!("{:x}", h.finalize())
         };
         let dest = self.layers.join(&digest);
@@ -225,11 +229,12 @@ impl ImageStore {
             return Ok(digest);
         }
         let tmp = work.join(format!("extract-{digest}"));
-        std::fs::create_dir_all(&tmp).map_err(io("creating layer dir"))?;
+        std::fs::create_dir_all(&tmp).map_err(RuntimeError::io_ctx("creating layer dir"))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod"))?;
-        lchown(&tmp, self.ids.host_root, self.ids.host_root).map_err(io("chown layer root"))?;
-        let f = std::fs::File::open(tar_path).map_err(io("reading layer"))?;
+            .map_err(RuntimeError::io_ctx("chmod"))?;
+        lchown(&tmp, self.ids.host_root, self.ids.host_root)
+            .map_err(RuntimeError::io_ctx("chown layer root"))?;
+        let f = std::fs::File::open(tar_path).map_err(RuntimeError::io_ctx("reading layer"))?;
         extract_layer(f, &tmp, &self.ids)?;
         match std::fs::rename(&tmp, &dest) {
             Ok(()) => {}
@@ -245,7 +250,7 @@ impl ImageStore {
     /// The generated top layer: the sandbox user and its directories.
     fn generate_top(&self, m: &Manifest, top: &Path) -> Result<(), RuntimeError> {
         let etc = top.join("etc");
-        std::fs::create_dir_all(&etc).map_err(io("creating top layer"))?;
+        std::fs::create_dir_all(&etc).map_err(RuntimeError::io_ctx("creating top layer"))?;
         // The image's own passwd/group (topmost layer that has them).
         // Read only regular files reached without any symlink: a layer's
         // `etc/passwd` may be a symlink to a host file.
@@ -284,18 +289,20 @@ impl ImageStore {
         if !group.lines().any(|l| l.split(':').nth(2) == Some("1000")) {
             group.push_str("sandbox:x:1000:\n");
         }
-        std::fs::write(etc.join("passwd"), passwd).map_err(io("writing passwd"))?;
-        std::fs::write(etc.join("group"), group).map_err(io("writing group"))?;
+        std::fs::write(etc.join("passwd"), passwd)
+            .map_err(RuntimeError::io_ctx("writing passwd"))?;
+        std::fs::write(etc.join("group"), group).map_err(RuntimeError::io_ctx("writing group"))?;
         for d in ["home", "tmp", "proc", "dev", "workspace", "home/sandbox"] {
-            std::fs::create_dir_all(top.join(d)).map_err(io("creating top layer dirs"))?;
+            std::fs::create_dir_all(top.join(d))
+                .map_err(RuntimeError::io_ctx("creating top layer dirs"))?;
         }
         std::fs::set_permissions(top.join("tmp"), std::fs::Permissions::from_mode(0o1777))
-            .map_err(io("chmod"))?;
+            .map_err(RuntimeError::io_ctx("chmod"))?;
         crate::fsutil::chown_tree(top, self.ids.host_root, self.ids.host_root)
-            .map_err(io("chown top layer"))?;
+            .map_err(RuntimeError::io_ctx("chown top layer"))?;
         for d in ["home/sandbox", "workspace"] {
             lchown(&top.join(d), self.ids.host_user, self.ids.host_user)
-                .map_err(io("chown home"))?;
+                .map_err(RuntimeError::io_ctx("chown home"))?;
         }
         Ok(())
     }
@@ -305,10 +312,10 @@ impl ImageStore {
         let Some(m) = self.manifest(name) else {
             return Err(RuntimeError::ImageNotFound(name.into()));
         };
-        remove_tree(&self.image_dir(name)).map_err(io("removing image"))?;
+        remove_tree(&self.image_dir(name)).map_err(RuntimeError::io_ctx("removing image"))?;
         let still_used: Vec<String> = self.list().into_iter().flat_map(|o| o.layers).collect();
         for d in m.layers.iter().filter(|d| !still_used.contains(d)) {
-            remove_tree(&self.layers.join(d)).map_err(io("removing layer"))?;
+            remove_tree(&self.layers.join(d)).map_err(RuntimeError::io_ctx("removing layer"))?;
         }
         Ok(())
     }
@@ -331,7 +338,7 @@ fn free_of_symlinks(base: &Path, rel: &Path) -> bool {
 
 /// Reads one regular file out of a tar archive.
 fn read_member(tar_path: &Path, member: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
-    let f = std::fs::File::open(tar_path).map_err(io("reading archive"))?;
+    let f = std::fs::File::open(tar_path).map_err(RuntimeError::io_ctx("reading archive"))?;
     let mut ar = tar::Archive::new(BufReader::new(f));
     let want = Path::new(member.trim_start_matches("./"));
     for entry in ar
@@ -420,14 +427,22 @@ pub fn extract_layer(reader: impl Read, dest: &Path, ids: &IdRange) -> Result<()
                 )));
             }
             let parent = dest.join(parent_rel);
-            std::fs::create_dir_all(&parent).map_err(io("creating whiteout parent"))?;
+            std::fs::create_dir_all(&parent)
+                .map_err(RuntimeError::io_ctx("creating whiteout parent"))?;
             if hidden == ".wh..opq" {
-                set_opaque(&parent).map_err(io(format!("marking {} opaque", parent.display())))?;
+                set_opaque(&parent).map_err(RuntimeError::io_ctx(format!(
+                    "marking {} opaque",
+                    parent.display()
+                )))?;
             } else {
                 let target = parent.join(hidden);
                 let _ = std::fs::remove_file(&target);
-                mknod_whiteout(&target).map_err(io(format!("whiteout {}", target.display())))?;
-                lchown(&target, ids.host_root, ids.host_root).map_err(io("chown whiteout"))?;
+                mknod_whiteout(&target).map_err(RuntimeError::io_ctx(format!(
+                    "whiteout {}",
+                    target.display()
+                )))?;
+                lchown(&target, ids.host_root, ids.host_root)
+                    .map_err(RuntimeError::io_ctx("chown whiteout"))?;
             }
             continue;
         }
@@ -448,7 +463,7 @@ pub fn extract_layer(reader: impl Read, dest: &Path, ids: &IdRange) -> Result<()
                 }
             };
             lchown(&dest.join(&rel), shift(uid), shift(gid))
-                .map_err(io(format!("chown {}", rel.display())))?;
+                .map_err(RuntimeError::io_ctx(format!("chown {}", rel.display())))?;
         }
     }
     Ok(())

@@ -7,6 +7,11 @@
 //! capabilities, seccomp) is `sandkasten-agent init`, which this module
 //! starts with a [`LaunchSpec`].
 //!
+//! Host work (directories, loop devices, mkfs, btrfs ioctls, tree walks)
+//! never runs on an async worker: each operation hands a clone of the
+//! runtime's shared state (`Shared`, behind an `Arc`) to `sandkasten_runtime::blocking`, or to
+//! `export_blocking` for an export.
+//!
 //! Layout under the data dir:
 //! ```text
 //! images/base/rootfs          generated minimal root (owned by sandbox root)
@@ -28,22 +33,23 @@ mod wsimage;
 mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
-pub use fsutil::{has_mounts_below, remove_tree};
+pub use sandkasten_hostfs::{has_mounts_below, remove_tree};
 pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
 
 use async_trait::async_trait;
 use sandkasten_protocol::{
     AgentConfig, BindMount, BlockMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
 };
-use sandkasten_runtime::latebind;
 use sandkasten_runtime::{
-    AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError, Sandbox,
-    SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
+    export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, ImageInfo,
+    NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
+    WorkspaceMount, SANDBOX_UID,
 };
-use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// The host uid/gid range sandboxes map to: uid 0 inside is `host_root`,
@@ -65,9 +71,6 @@ impl Default for IdRange {
     }
 }
 
-/// The uid of the sandbox user inside every sandbox.
-pub const SANDBOX_UID: u32 = 1000;
-
 /// Settings of the native runtime.
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
@@ -78,16 +81,23 @@ pub struct NativeConfig {
     pub tmp_size_mb: u64,
 }
 
+/// The native [`Runtime`]. Cheap to clone into a blocking task: its state
+/// is one `Arc`.
 pub struct NativeRuntime {
+    shared: Arc<Shared>,
+}
+
+/// Everything an operation needs, shared by the runtime and the blocking
+/// tasks that do its host work. All of it is fixed at construction.
+struct Shared {
     cfg: NativeConfig,
     cgroups: Cgroups,
     ids: IdRange,
 }
 
-fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let ctx = ctx.into();
-    move |e| RuntimeError::io(ctx, e)
-}
+/// How long deleting, restoring or importing an image workspace waits for
+/// the loop device of a sandbox that just ended to detach.
+const DETACH_WAIT: Duration = Duration::from_secs(3);
 
 impl NativeRuntime {
     /// Checks the host, prepares the data dir and the built-in image.
@@ -111,26 +121,107 @@ impl NativeRuntime {
         let cgroups = Cgroups::detect()?;
         for d in ["sessions", "images"] {
             let p = cfg.data_dir.join(d);
-            std::fs::create_dir_all(&p).map_err(io(format!("creating {}", p.display())))?;
+            std::fs::create_dir_all(&p)
+                .map_err(RuntimeError::io_ctx(format!("creating {}", p.display())))?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
-                .map_err(io("chmod"))?;
+                .map_err(RuntimeError::io_ctx("chmod"))?;
         }
-        let rt = NativeRuntime {
+        let shared = Shared {
             cfg,
             cgroups,
             ids: IdRange::default(),
         };
-        image::ensure_base(&rt.images_dir(), &rt.ids)?;
-        tracing::info!(cgroups = ?rt.cgroups, "native runtime ready");
-        Ok(rt)
-    }
-
-    fn images_dir(&self) -> PathBuf {
-        self.cfg.data_dir.join("images")
+        image::ensure_base(&shared.images_dir(), &shared.ids)?;
+        tracing::info!(cgroups = ?shared.cgroups, "native runtime ready");
+        Ok(NativeRuntime {
+            shared: Arc::new(shared),
+        })
     }
 
     /// Directory of one session's state.
     pub fn session_dir(&self, id: &str) -> PathBuf {
+        self.shared.session_dir(id)
+    }
+
+    /// Runs `f` with the shared state on the blocking pool (see
+    /// [`sandkasten_runtime::blocking`]).
+    async fn run<T, F>(&self, context: &'static str, f: F) -> Result<T, RuntimeError>
+    where
+        F: FnOnce(&Shared) -> Result<T, RuntimeError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        sandkasten_runtime::blocking(context, move || f(&shared)).await
+    }
+
+    /// Prepares the sandbox's directories, workspace and cgroups (blocking
+    /// pool), then runs the launcher and reads its report.
+    async fn launch(&self, spec: &SandboxSpec) -> Result<LaunchReport, RuntimeError> {
+        let spec = spec.clone();
+        // The attached workspace device (if any) stays pinned until the
+        // launch report: the sandbox's own mount then keeps it bound.
+        let (launch, _attached) = self
+            .run("preparing a sandbox", move |s| s.prepare_launch(&spec))
+            .await?;
+        let json = serde_json::to_vec(&launch)
+            .map_err(|e| RuntimeError::StartFailed(format!("encoding the launch spec: {e}")))?;
+        let agent = &self.shared.cfg.agent_binary;
+        // argv[0] without the host path: the sandbox sees /proc/1/cmdline.
+        let mut child = tokio::process::Command::new(agent)
+            .arg0("sandkasten-agent")
+            .arg("init")
+            // The daemon's environment (its API key among it) stays out of
+            // the sandbox's PID 1; the shell's environment is in the spec.
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(RuntimeError::io_ctx(format!(
+                "starting {}",
+                agent.display()
+            )))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(&json)
+            .await
+            .map_err(RuntimeError::io_ctx("sending launch spec"))?;
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(RuntimeError::io_ctx("waiting for sandbox init"))?;
+        if !out.status.success() {
+            return Err(RuntimeError::StartFailed(format!(
+                "sandbox init failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| RuntimeError::StartFailed(format!("unreadable launch report: {e}")))
+    }
+
+    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
+        AgentClient::connect(&sandkasten_protocol::socket_path(&self.session_dir(id))).await
+    }
+}
+
+/// Where a workspace's content lives.
+enum Storage {
+    /// A btrfs image with a quota (`<id>.img`).
+    Image,
+    /// A plain directory.
+    Dir(PathBuf),
+}
+
+/// The blocking host work of each operation (called on the blocking pool).
+impl Shared {
+    fn images_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("images")
+    }
+
+    fn session_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sessions").join(id)
     }
 
@@ -155,23 +246,13 @@ impl NativeRuntime {
         }
     }
 
-    fn agent_env(&self, extra: &[(String, String)]) -> Vec<(String, String)> {
-        let mut env = sandkasten_runtime::default_shell_env();
-        for (k, v) in [
-            ("HOME", "/home/sandbox"),
-            ("USER", "sandbox"),
-            ("LOGNAME", "sandbox"),
-        ] {
-            env.push((k.to_string(), v.to_string()));
-        }
-        for (k, v) in extra {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
-        env
-    }
-
-    async fn launch(&self, spec: &SandboxSpec, dir: &Path) -> Result<LaunchReport, RuntimeError> {
+    /// The session's directories, its workspace (attached when it is an
+    /// image), its cgroups, and the launch spec that names them all.
+    fn prepare_launch(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<(LaunchSpec, Option<wsimage::Attached>), RuntimeError> {
+        let dir = self.session_dir(&spec.id);
         let image = self.resolve_image(&spec.image)?;
         if spec.network == NetworkMode::Full {
             return Err(RuntimeError::Unsupported(
@@ -180,24 +261,23 @@ impl NativeRuntime {
             ));
         }
         let mkdir = |p: &Path, mode: u32, owner: Option<u32>| -> Result<(), RuntimeError> {
-            std::fs::create_dir_all(p).map_err(io(format!("creating {}", p.display())))?;
+            std::fs::create_dir_all(p)
+                .map_err(RuntimeError::io_ctx(format!("creating {}", p.display())))?;
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-                .map_err(io("chmod"))?;
+                .map_err(RuntimeError::io_ctx("chmod"))?;
             if let Some(uid) = owner {
                 std::os::unix::fs::chown(p, Some(uid), Some(uid))
-                    .map_err(io(format!("chown {}", p.display())))?;
+                    .map_err(RuntimeError::io_ctx(format!("chown {}", p.display())))?;
             }
             Ok(())
         };
-        mkdir(dir, 0o700, None)?;
+        mkdir(&dir, 0o700, None)?;
         mkdir(&dir.join("upper"), 0o755, Some(self.ids.host_root))?;
         mkdir(&dir.join("work"), 0o700, None)?;
         mkdir(&dir.join("rootfs"), 0o755, None)?;
         let mut binds = image.binds;
         let mut block_mounts = Vec::new();
-        // Held until the launch report: the sandbox's own mount then keeps
-        // the loop device bound.
-        let mut _attached = None;
+        let mut attached = None;
         match &spec.workspace {
             WorkspaceMount::Ephemeral => {
                 let w = dir.join("workspace");
@@ -211,14 +291,14 @@ impl NativeRuntime {
             WorkspaceMount::Persistent(ws) => {
                 let img = self.workspace_image(ws);
                 if img.exists() {
-                    let attached = self.attach_workspace(ws)?;
+                    let a = self.attach_workspace(ws)?;
                     block_mounts.push(BlockMount {
-                        device: attached.device.clone(),
+                        device: a.device.clone(),
                         target: "/workspace".into(),
                         fstype: "btrfs".into(),
                         options: "subvol=data".into(),
                     });
-                    _attached = Some(attached);
+                    attached = Some(a);
                 } else {
                     let w = self.ensure_workspace_dir(ws)?;
                     binds.push(BindMount {
@@ -251,72 +331,57 @@ impl NativeRuntime {
             uid_map: map(self.ids.size),
             gid_map: map(self.ids.size),
             cgroup_procs,
-            socket_path: sandkasten_protocol::socket_path(dir),
+            socket_path: sandkasten_protocol::socket_path(&dir),
             network: WireNetwork::None,
             agent: AgentConfig {
                 uid: Some(SANDBOX_UID),
                 gid: Some(SANDBOX_UID),
                 workdir: "/workspace".into(),
-                env: self.agent_env(&spec.env),
+                // Native images carry no environment of their own.
+                env: sandkasten_runtime::shell_env(&[], &spec.env),
                 home: "/home/sandbox".into(),
                 files_root: None,
             },
         };
-        let json = serde_json::to_vec(&launch).map_err(|e| RuntimeError::Other(e.to_string()))?;
-        // argv[0] without the host path: the sandbox sees /proc/1/cmdline.
-        let mut child = tokio::process::Command::new(&self.cfg.agent_binary)
-            .arg0("sandkasten-agent")
-            .arg("init")
-            // The daemon's environment (its API key among it) stays out of
-            // the sandbox's PID 1; the shell's environment is in the spec.
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io(format!("starting {}", self.cfg.agent_binary.display())))?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(&json)
-            .await
-            .map_err(io("sending launch spec"))?;
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(io("waiting for sandbox init"))?;
-        if !out.status.success() {
-            return Err(RuntimeError::Other(format!(
-                "sandbox init failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| RuntimeError::Other(format!("unreadable launch report: {e}")))
+        Ok((launch, attached))
+    }
+
+    fn workspaces_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("workspaces")
     }
 
     fn workspace_image(&self, id: &str) -> PathBuf {
-        self.cfg
-            .data_dir
-            .join("workspaces")
-            .join(format!("{id}.img"))
+        self.workspaces_dir().join(format!("{id}.img"))
+    }
+
+    fn workspace_dir(&self, id: &str) -> PathBuf {
+        self.workspaces_dir().join(id)
+    }
+
+    /// Where workspace `id` lives; `NotFound` when it has no storage yet.
+    fn storage(&self, id: &str) -> Result<Storage, RuntimeError> {
+        let img = self.workspace_image(id);
+        if img.exists() {
+            return Ok(Storage::Image);
+        }
+        let dir = self.workspace_dir(id);
+        if dir.is_dir() {
+            return Ok(Storage::Dir(dir));
+        }
+        Err(RuntimeError::NotFound(format!("workspace {id}")))
     }
 
     fn workspace_lock(&self, id: &str) -> Result<wsimage::Lock, RuntimeError> {
-        let p = self
-            .cfg
-            .data_dir
-            .join("workspaces")
-            .join(format!("{id}.lock"));
-        wsimage::Lock::take(&p).map_err(io(format!("locking workspace {id}")))
+        let p = self.workspaces_dir().join(format!("{id}.lock"));
+        wsimage::Lock::take(&p).map_err(RuntimeError::io_ctx(format!("locking workspace {id}")))
     }
 
     /// The image's loop device, attached unless it already is (under the
     /// workspace's lock, so an image is never attached twice).
     fn attach_workspace(&self, id: &str) -> Result<wsimage::Attached, RuntimeError> {
         let _lock = self.workspace_lock(id)?;
-        wsimage::attach(&self.workspace_image(id)).map_err(io(format!("attaching workspace {id}")))
+        wsimage::attach(&self.workspace_image(id))
+            .map_err(RuntimeError::io_ctx(format!("attaching workspace {id}")))
     }
 
     /// The attached device of an image workspace; `Unsupported` for a
@@ -331,6 +396,21 @@ impl NativeRuntime {
         self.attach_workspace(id)
     }
 
+    /// Waits (bounded, [`DETACH_WAIT`]) until no sandbox mounts image
+    /// workspace `id`; `Busy` when one still does.
+    fn wait_unmounted(&self, id: &str, img: &Path) -> Result<(), RuntimeError> {
+        let detached = wsimage::wait_detached(img, DETACH_WAIT).map_err(RuntimeError::io_ctx(
+            "looking for the workspace's loop device",
+        ))?;
+        if detached {
+            Ok(())
+        } else {
+            Err(RuntimeError::Busy(format!(
+                "workspace {id} is still mounted"
+            )))
+        }
+    }
+
     /// Runs `f` on the workspace's content as the daemon sees it: the
     /// directory, or a detached mount of the image's `data` subvolume.
     fn with_workspace_root<T>(
@@ -338,52 +418,126 @@ impl NativeRuntime {
         id: &str,
         f: impl FnOnce(&Path) -> Result<T, RuntimeError>,
     ) -> Result<T, RuntimeError> {
-        let img = self.workspace_image(id);
-        if img.exists() {
-            let attached = self.attach_workspace(id)?;
-            let mnt = wsimage::mount_detached(&attached.device, Some("data"))
-                .map_err(io(format!("mounting workspace {id}")))?;
-            drop(attached);
-            f(&wsimage::fd_path(&mnt))
-        } else {
-            f(&self.workspace_dir(id))
+        match self.storage(id)? {
+            Storage::Image => {
+                let attached = self.attach_workspace(id)?;
+                let mnt = wsimage::mount_detached(&attached.device, Some("data"))
+                    .map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?;
+                drop(attached);
+                f(&wsimage::fd_path(&mnt))
+            }
+            Storage::Dir(dir) => f(&dir),
         }
     }
 
-    fn workspace_dir(&self, id: &str) -> PathBuf {
-        self.cfg.data_dir.join("workspaces").join(id)
-    }
-
-    /// `<data_dir>/workspaces/<id>`, owned by the sandbox user.
-    fn ensure_workspace_root(&self) -> Result<(), RuntimeError> {
-        let root = self.cfg.data_dir.join("workspaces");
+    /// `<data_dir>/workspaces`, private to root.
+    fn ensure_workspaces_dir(&self) -> Result<(), RuntimeError> {
+        let root = self.workspaces_dir();
         if !root.exists() {
-            std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+            std::fs::create_dir_all(&root)
+                .map_err(RuntimeError::io_ctx(format!("creating {}", root.display())))?;
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-                .map_err(io("chmod"))?;
+                .map_err(RuntimeError::io_ctx("chmod"))?;
         }
         Ok(())
     }
 
+    /// `<data_dir>/workspaces/<id>`, owned by the sandbox user.
     fn ensure_workspace_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
-        let root = self.cfg.data_dir.join("workspaces");
-        if !root.exists() {
-            std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
-                .map_err(io("chmod"))?;
-        }
+        self.ensure_workspaces_dir()?;
         let w = self.workspace_dir(id);
         match std::fs::create_dir(&w) {
             Ok(()) => {
                 std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755))
-                    .map_err(io("chmod"))?;
+                    .map_err(RuntimeError::io_ctx("chmod"))?;
                 std::os::unix::fs::chown(&w, Some(self.ids.host_user), Some(self.ids.host_user))
-                    .map_err(io(format!("chown {}", w.display())))?;
+                    .map_err(RuntimeError::io_ctx(format!("chown {}", w.display())))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(RuntimeError::io(format!("creating {}", w.display()), e)),
         }
         Ok(w)
+    }
+
+    fn ensure_workspace(&self, id: &str, quota_bytes: Option<u64>) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        if img.exists() || self.workspace_dir(id).is_dir() {
+            return Ok(());
+        }
+        let Some(quota) = quota_bytes else {
+            return self.ensure_workspace_dir(id).map(|_| ());
+        };
+        wsimage::host_support()
+            .map_err(|e| RuntimeError::HostNotReady(format!("workspace quotas: {e}")))?;
+        self.ensure_workspaces_dir()?;
+        let _lock = self.workspace_lock(id)?;
+        if img.exists() {
+            return Ok(());
+        }
+        let created = wsimage::create(&img, quota, self.ids.host_user).map_err(
+            RuntimeError::io_ctx(format!("creating workspace image {id}")),
+        );
+        if created.is_err() {
+            // Nothing of the failed workspace stays behind.
+            let _ = std::fs::remove_file(img.with_extension("lock"));
+        }
+        created
+    }
+
+    fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        if img.exists() {
+            let _lock = self.workspace_lock(id)?;
+            self.wait_unmounted(id, &img)?;
+            std::fs::remove_file(&img)
+                .map_err(RuntimeError::io_ctx(format!("deleting {}", img.display())))?;
+            let _ = std::fs::remove_file(img.with_extension("lock"));
+            Ok(())
+        } else {
+            // A lock left by a create that failed before its image existed.
+            let _ = std::fs::remove_file(img.with_extension("lock"));
+            remove_tree(&self.workspace_dir(id)).map_err(RuntimeError::io_ctx("deleting workspace"))
+        }
+    }
+
+    fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        if !img.exists() {
+            return Err(RuntimeError::Unsupported(
+                "snapshots of a workspace without a quota".into(),
+                "native",
+            ));
+        }
+        self.wait_unmounted(id, &img)?;
+        let device = self.image_device(id)?;
+        wsimage::restore(&device.device, snap)
+            .map_err(RuntimeError::io_ctx(format!("restoring snapshot {snap}")))
+    }
+
+    /// Writes workspace `id` as a tar: an image workspace from a temporary
+    /// read-only snapshot (point-in-time), a directory walked live.
+    fn export(&self, id: &str, out: &mut (dyn std::io::Write + Send)) -> Result<(), RuntimeError> {
+        let opts = wstar::export_options(&self.ids);
+        let exported = RuntimeError::io_ctx(format!("exporting workspace {id}"));
+        match self.storage(id)? {
+            Storage::Image => {
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("export-{}-{n}", std::process::id());
+                let device = self.attach_workspace(id)?;
+                // Declared before the mount, so it is deleted after the
+                // mount is gone (also when the client stops reading
+                // half-way).
+                let _snap = wsimage::TempSnapshot::take(&device.device, &name)
+                    .map_err(RuntimeError::io_ctx(format!("snapshotting workspace {id}")))?;
+                let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{name}")))
+                    .map_err(RuntimeError::io_ctx(format!(
+                    "mounting the export snapshot of {id}"
+                )))?;
+                sandkasten_hostfs::export_tar(&wsimage::fd_path(&mnt), &opts, out).map_err(exported)
+            }
+            Storage::Dir(dir) => sandkasten_hostfs::export_tar(&dir, &opts, out).map_err(exported),
+        }
     }
 
     /// Replaces workspace `id`'s content with the tar read from `archive`
@@ -399,24 +553,17 @@ impl NativeRuntime {
         let img = self.workspace_image(id);
         let fill = |root: &Path| wstar::extract(archive, root, user, keep);
         let result = if img.exists() {
-            let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
-                .map_err(io("looking for the workspace's loop device"))?;
-            if !detached {
-                return Err(RuntimeError::Other(format!(
-                    "workspace {id} is still mounted"
-                )));
-            }
+            self.wait_unmounted(id, &img)?;
             let device = self.attach_workspace(id)?;
             wsimage::replace_data(&device.device, user, fill)
         } else {
             let dir = self.workspace_dir(id);
             if !dir.is_dir() {
-                return Err(RuntimeError::Other(format!(
-                    "workspace {id} has no storage"
-                )));
+                return Err(RuntimeError::NotFound(format!("workspace {id}")));
             }
-            let root = self.cfg.data_dir.join("workspaces");
-            let tmp = root.join(format!(".import-{id}-{}", std::process::id()));
+            let tmp = self
+                .workspaces_dir()
+                .join(format!(".import-{id}-{}", std::process::id()));
             let _ = remove_tree(&tmp);
             let made = std::fs::create_dir(&tmp)
                 .and_then(|_| {
@@ -433,10 +580,12 @@ impl NativeRuntime {
                     Err(e)
                 }
                 Ok(()) => {
-                    let old = root.join(format!(".old-{id}-{}", std::process::id()));
+                    let old = self
+                        .workspaces_dir()
+                        .join(format!(".old-{id}-{}", std::process::id()));
                     std::fs::rename(&dir, &old)
                         .and_then(|_| std::fs::rename(&tmp, &dir))
-                        .map_err(io("swapping in the imported content"))?;
+                        .map_err(RuntimeError::io_ctx("swapping in the imported content"))?;
                     let _ = remove_tree(&old);
                     Ok(())
                 }
@@ -456,8 +605,69 @@ impl NativeRuntime {
         })
     }
 
-    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
-        AgentClient::connect(&sandkasten_protocol::socket_path(&self.session_dir(id))).await
+    /// Fills workspace `dst` with snapshot `snap` of `src`: an export of a
+    /// detached mount of the snapshot, piped into the import on a second
+    /// thread (nothing is spooled).
+    fn copy_snapshot(&self, src: &str, snap: &str, dst: &str) -> Result<(), RuntimeError> {
+        let opts = wstar::export_options(&self.ids);
+        let device = self.image_device(src)?;
+        let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{snap}")))
+            .map_err(RuntimeError::io_ctx(format!("mounting snapshot {snap}")))?;
+        let root = wsimage::fd_path(&mnt);
+        let (r, w) = std::io::pipe().map_err(RuntimeError::io_ctx("pipe"))?;
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
+                sandkasten_hostfs::export_tar(&root, &opts, &mut w)
+            });
+            let imported = self.import_from(dst, std::io::BufReader::new(r), true);
+            let exported = writer.join().map_err(|_| RuntimeError::Task {
+                context: "copying a snapshot",
+                message: "the export thread panicked".into(),
+            })?;
+            imported?;
+            exported.map_err(RuntimeError::io_ctx(format!("reading snapshot {snap}")))
+        })
+    }
+
+    /// Late binding: a detached mount of the workspace (attaching its image,
+    /// or a clone of its directory) moved onto `/workspace` in the
+    /// sandbox's mount namespace by a thread of its own.
+    fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
+        let img = self.workspace_image(id);
+        // The attached device (if any) stays pinned until the mount is in
+        // the sandbox, which then keeps it bound.
+        let (mount, _attached) = if img.exists() {
+            let attached = self.attach_workspace(id)?;
+            let m = wsimage::mount_detached(&attached.device, Some("data"))
+                .map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?;
+            (m, Some(attached))
+        } else {
+            let dir = self.ensure_workspace_dir(id)?;
+            let m = latebind::clone_dir(&dir)
+                .map_err(RuntimeError::io_ctx(format!("binding workspace {id}")))?;
+            (m, None)
+        };
+        let pidfd = process::open_verified(handle.pid, handle.start_time)
+            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
+        latebind::move_into(pidfd, mount, "/workspace").map_err(RuntimeError::io_ctx(format!(
+            "mounting workspace {id} into sandbox {}",
+            handle.id
+        )))
+    }
+
+    fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let dir = self.cfg.data_dir.join("sessions");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir)
+            .map_err(RuntimeError::io_ctx(format!("listing {}", dir.display())))?
+        {
+            let e = e.map_err(RuntimeError::io_ctx("listing sessions"))?;
+            if let Some(name) = e.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -468,8 +678,7 @@ impl Runtime for NativeRuntime {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
-        let dir = self.session_dir(&spec.id);
-        let report = match self.launch(&spec, &dir).await {
+        let report = match self.launch(&spec).await {
             Ok(r) => r,
             Err(e) => {
                 let handle = SandboxHandle {
@@ -515,30 +724,36 @@ impl Runtime for NativeRuntime {
         if let Some(pidfd) = process::open_verified(handle.pid, handle.start_time) {
             process::kill_and_wait(pidfd)
                 .await
-                .map_err(io("killing sandbox init"))?;
+                .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
         }
-        self.cgroups.remove(&handle.id).await?;
-        let dir = self.session_dir(&handle.id);
-        let what = format!("removing {}", dir.display());
-        tokio::task::spawn_blocking(move || remove_tree(&dir))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("delete task failed: {e}")))?
-            .map_err(io(what))?;
-        Ok(())
+        self.shared.cgroups.remove(&handle.id).await?;
+        let id = handle.id.clone();
+        self.run("deleting a sandbox's files", move |s| {
+            let dir = s.session_dir(&id);
+            remove_tree(&dir).map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))
+        })
+        .await
     }
 
     async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {
-        Ok(self.cgroups.stats(&handle.id))
+        let id = handle.id.clone();
+        self.run("reading a sandbox's usage", move |s| {
+            Ok(s.cgroups.stats(&id))
+        })
+        .await
     }
 
     async fn list_images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        let imported = self
+            .run("listing images", |s| Ok(s.image_store().list()))
+            .await?;
         let mut out = vec![ImageInfo {
             name: "base".into(),
             digest: "builtin".into(),
             size_bytes: 0,
             builtin: true,
         }];
-        out.extend(self.image_store().list().into_iter().map(|m| ImageInfo {
+        out.extend(imported.into_iter().map(|m| ImageInfo {
             name: m.name,
             digest: m.digest,
             size_bytes: m.size_bytes,
@@ -548,18 +763,20 @@ impl Runtime for NativeRuntime {
     }
 
     async fn import_image(&self, name: &str, archive: PathBuf) -> Result<ImageInfo, RuntimeError> {
-        let store = self.image_store();
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || store.import(&name, &archive))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("import task failed: {e}")))?
+        self.run("importing an image", move |s| {
+            s.image_store().import(&name, &archive)
+        })
+        .await
     }
 
     async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
         if name == "base" {
             return Err(RuntimeError::ImageBuiltin(name.into()));
         }
-        self.image_store().remove(name)
+        let name = name.to_string();
+        self.run("removing an image", move |s| s.image_store().remove(&name))
+            .await
     }
 
     async fn ensure_workspace(
@@ -567,177 +784,98 @@ impl Runtime for NativeRuntime {
         id: &str,
         quota_bytes: Option<u64>,
     ) -> Result<(), RuntimeError> {
-        let img = self.workspace_image(id);
-        if img.exists() || self.workspace_dir(id).is_dir() {
-            return Ok(());
-        }
-        let Some(quota) = quota_bytes else {
-            return self.ensure_workspace_dir(id).map(|_| ());
-        };
-        wsimage::host_support()
-            .map_err(|e| RuntimeError::HostNotReady(format!("workspace quotas: {e}")))?;
-        self.ensure_workspace_root()?;
+        let id = id.to_string();
         // mkfs and attach take tens of milliseconds of blocking work.
-        tokio::task::block_in_place(|| {
-            let _lock = self.workspace_lock(id)?;
-            if img.exists() {
-                return Ok(());
-            }
-            let created = wsimage::create(&img, quota, self.ids.host_user)
-                .map_err(io(format!("creating workspace image {id}")));
-            if created.is_err() {
-                // Nothing of the failed workspace stays behind.
-                let _ = std::fs::remove_file(img.with_extension("lock"));
-            }
-            created
+        self.run("creating a workspace", move |s| {
+            s.ensure_workspace(&id, quota_bytes)
         })
+        .await
     }
 
     async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
-        let img = self.workspace_image(id);
-        let dir = self.workspace_dir(id);
-        tokio::task::block_in_place(|| {
-            if img.exists() {
-                let _lock = self.workspace_lock(id)?;
-                let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
-                    .map_err(io("looking for the workspace's loop device"))?;
-                if !detached {
-                    return Err(RuntimeError::Other(format!(
-                        "workspace {id} is still mounted"
-                    )));
-                }
-                std::fs::remove_file(&img).map_err(io(format!("deleting {}", img.display())))?;
-                let _ = std::fs::remove_file(img.with_extension("lock"));
-                Ok(())
-            } else {
-                // A lock left by a create that failed before its image existed.
-                let _ = std::fs::remove_file(img.with_extension("lock"));
-                remove_tree(&dir).map_err(io("deleting workspace"))
-            }
-        })
+        let id = id.to_string();
+        self.run("deleting a workspace", move |s| s.delete_workspace(&id))
+            .await
     }
 
     async fn snapshot_workspace(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
-        let device = self.image_device(id)?;
-        tokio::task::block_in_place(|| wsimage::snapshot(&device.device, snap))
-            .map_err(io(format!("snapshotting workspace {id}")))
+        let (id, snap) = (id.to_string(), snap.to_string());
+        self.run("snapshotting a workspace", move |s| {
+            let device = s.image_device(&id)?;
+            wsimage::snapshot(&device.device, &snap)
+                .map_err(RuntimeError::io_ctx(format!("snapshotting workspace {id}")))
+        })
+        .await
     }
 
     async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
-        let device = self.image_device(id)?;
-        tokio::task::block_in_place(|| wsimage::delete_snapshot(&device.device, snap))
-            .map_err(io(format!("deleting snapshot {snap}")))
+        let (id, snap) = (id.to_string(), snap.to_string());
+        self.run("deleting a snapshot", move |s| {
+            let device = s.image_device(&id)?;
+            wsimage::delete_snapshot(&device.device, &snap)
+                .map_err(RuntimeError::io_ctx(format!("deleting snapshot {snap}")))
+        })
+        .await
     }
 
     async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), RuntimeError> {
-        let img = self.workspace_image(id);
-        if !img.exists() {
-            return Err(RuntimeError::Unsupported(
-                "snapshots of a workspace without a quota".into(),
-                "native",
-            ));
-        }
-        tokio::task::block_in_place(|| {
-            let detached = wsimage::wait_detached(&img, std::time::Duration::from_secs(3))
-                .map_err(io("looking for the workspace's loop device"))?;
-            if !detached {
-                return Err(RuntimeError::Other(format!(
-                    "workspace {id} is still mounted"
-                )));
-            }
-            let device = self.image_device(id)?;
-            wsimage::restore(&device.device, snap).map_err(io(format!("restoring snapshot {snap}")))
+        let (id, snap) = (id.to_string(), snap.to_string());
+        self.run("restoring a snapshot", move |s| {
+            s.restore_snapshot(&id, &snap)
         })
+        .await
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
-        if !self.workspace_image(id).exists() && !self.workspace_dir(id).is_dir() {
-            return Ok(None);
-        }
-        tokio::task::block_in_place(|| {
-            self.with_workspace_root(id, |root| Ok(Some(fsutil::tree_size(root))))
-        })
-    }
-
-    async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
-        let user = self.ids.host_user;
-        tokio::task::block_in_place(|| {
-            self.with_workspace_root(id, |root| {
-                // Every path resolves strictly inside the workspace (openat2
-                // RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
-                let fs = sandkasten_fsops::RootedFs::open(root, Some((user, user)))
-                    .map_err(io(format!("opening workspace {id}")))?;
-                fs.handle(&req)
-                    .ok_or_else(|| RuntimeError::Other("not a file request".into()))
+        let id = id.to_string();
+        self.run("measuring a workspace", move |s| {
+            if matches!(s.storage(&id), Err(RuntimeError::NotFound(_))) {
+                return Ok(None);
+            }
+            s.with_workspace_root(&id, |root| {
+                sandkasten_hostfs::tree_size(root)
+                    .map(Some)
+                    .map_err(RuntimeError::io_ctx(format!("measuring workspace {id}")))
             })
         })
+        .await
     }
 
-    fn export_workspace(
-        &self,
-        id: &str,
-        out: &mut (dyn std::io::Write + Send),
-    ) -> Result<(), RuntimeError> {
-        let (host_root, size) = (self.ids.host_root, self.ids.size);
-        let img = self.workspace_image(id);
-        if img.exists() {
-            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = format!("export-{}-{n}", std::process::id());
-            let device = self.attach_workspace(id)?;
-            // Declared before the mount, so it is deleted after the mount
-            // is gone (also when the client stops reading half-way).
-            let _snap = wsimage::TempSnapshot::take(&device.device, &name)
-                .map_err(io(format!("snapshotting workspace {id}")))?;
-            let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{name}")))
-                .map_err(io(format!("mounting the export snapshot of {id}")))?;
-            wstar::export(&wsimage::fd_path(&mnt), host_root, size, out)
-                .map_err(io(format!("exporting workspace {id}")))
-        } else {
-            wstar::export(&self.workspace_dir(id), host_root, size, out)
-                .map_err(io(format!("exporting workspace {id}")))
-        }
+    async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
+        let id = id.to_string();
+        self.run("a workspace file operation", move |s| {
+            // Every path resolves strictly inside the workspace, with the
+            // sandbox user's filesystem identity (its uid on the host).
+            let user = s.ids.host_user;
+            s.with_workspace_root(&id, |root| {
+                sandkasten_hostfs::workspace_file_blocking(root, user, op)
+            })
+        })
+        .await
+    }
+
+    async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {
+        let shared = Arc::clone(&self.shared);
+        let id = id.to_string();
+        export_blocking(move |out| shared.export(&id, out)).await
     }
 
     async fn import_workspace(&self, id: &str, archive: PathBuf) -> Result<(), RuntimeError> {
-        tokio::task::block_in_place(|| {
-            let f = std::fs::File::open(&archive).map_err(io("opening the uploaded archive"))?;
-            self.import_from(id, std::io::BufReader::new(f), false)
+        let id = id.to_string();
+        self.run("importing into a workspace", move |s| {
+            let f = std::fs::File::open(&archive)
+                .map_err(RuntimeError::io_ctx("opening the uploaded archive"))?;
+            s.import_from(&id, std::io::BufReader::new(f), false)
         })
+        .await
     }
 
     async fn copy_snapshot(&self, src: &str, snap: &str, dst: &str) -> Result<(), RuntimeError> {
-        let (host_root, size) = (self.ids.host_root, self.ids.size);
-        tokio::task::block_in_place(|| {
-            let device = self.image_device(src)?;
-            let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{snap}")))
-                .map_err(io(format!("mounting snapshot {snap}")))?;
-            let root = wsimage::fd_path(&mnt);
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 into our array.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-                return Err(RuntimeError::io("pipe", std::io::Error::last_os_error()));
-            }
-            // SAFETY: fresh fds we own.
-            let (r, w) = unsafe {
-                (
-                    std::fs::File::from_raw_fd(fds[0]),
-                    std::fs::File::from_raw_fd(fds[1]),
-                )
-            };
-            std::thread::scope(|s| {
-                let writer = s.spawn(move || {
-                    let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
-                    wstar::export(&root, host_root, size, &mut w)
-                });
-                let imported = self.import_from(dst, std::io::BufReader::new(r), true);
-                let exported = writer
-                    .join()
-                    .map_err(|_| RuntimeError::Other("export thread panicked".into()))?;
-                imported?;
-                exported.map_err(io(format!("reading snapshot {snap}")))
-            })
+        let (src, snap, dst) = (src.to_string(), snap.to_string(), dst.to_string());
+        self.run("copying a snapshot", move |s| {
+            s.copy_snapshot(&src, &snap, &dst)
         })
+        .await
     }
 
     fn can_bind_workspace(&self) -> bool {
@@ -745,43 +883,18 @@ impl Runtime for NativeRuntime {
     }
 
     async fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
-        let img = self.workspace_image(id);
-        // The attached device (if any) stays pinned until the mount is in
-        // the sandbox, which then keeps it bound.
-        let (mount, _attached) = if img.exists() {
-            let attached = self.attach_workspace(id)?;
-            let m = wsimage::mount_detached(&attached.device, Some("data"))
-                .map_err(io(format!("mounting workspace {id}")))?;
-            (m, Some(attached))
-        } else {
-            let dir = self.ensure_workspace_dir(id)?;
-            let m = latebind::clone_dir(&dir).map_err(io(format!("binding workspace {id}")))?;
-            (m, None)
-        };
-        let pidfd = process::open_verified(handle.pid, handle.start_time)
-            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
-        tokio::task::spawn_blocking(move || latebind::move_into(pidfd, mount, "/workspace"))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("late-bind task failed: {e}")))?
-            .map_err(io(format!(
-                "mounting workspace {id} into sandbox {}",
-                handle.id
-            )))
+        let (handle, id) = (handle.clone(), id.to_string());
+        self.run("mounting a workspace into a sandbox", move |s| {
+            s.bind_workspace(&handle, &id)
+        })
+        .await
     }
 
     fn scratch_dir(&self) -> PathBuf {
-        self.cfg.data_dir.join("tmp")
+        self.shared.cfg.data_dir.join("tmp")
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
-        let dir = self.cfg.data_dir.join("sessions");
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(io(format!("listing {}", dir.display())))? {
-            let e = e.map_err(io("listing sessions"))?;
-            if let Some(name) = e.file_name().to_str() {
-                out.push(name.to_string());
-            }
-        }
-        Ok(out)
+        self.run("listing sandboxes", |s| s.list_sandboxes()).await
     }
 }

@@ -1,200 +1,39 @@
-//! Workspace export and import as tar.
-//!
-//! Export walks a tree with directory fds (`openat` + `O_NOFOLLOW`), so a
-//! sandbox that swaps a directory for a symlink mid-walk can never make the
-//! daemon read outside the tree; symlinks are stored as symlinks, owners
-//! mapped back to the sandbox's view.
+//! Workspaces as tar: how this runtime exports one (the walk is
+//! `sandkasten_hostfs::export_tar`; owners mapped back to the sandbox's
+//! view) and the import.
 //!
 //! Import extracts into a fresh, empty directory that nothing else writes
 //! to: every entry's path must be relative without `..`, and every parent
 //! must be a real directory (checked with `lstat`, never followed), so an
 //! archive cannot write through a symlink it created earlier.
 
+use crate::IdRange;
+use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
 use std::ffi::CString;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Maps a host uid/gid back to the sandbox's view.
-fn sandbox_id(host: u32, host_root: u32, size: u32) -> u64 {
-    if host >= host_root && host - host_root < size {
-        (host - host_root) as u64
-    } else {
-        65534
+/// Deepest directory nesting an export follows; past it the export fails
+/// cleanly (a sandbox can build trees far deeper than any tool unpacks).
+pub const MAX_EXPORT_DEPTH: usize = 512;
+
+/// How this runtime exports a workspace: owners as the sandbox sees them
+/// through its user namespace, failing on trees nested too deep.
+pub fn export_options(ids: &IdRange) -> ExportOptions {
+    ExportOptions {
+        owners: Owners::Mapped {
+            host_root: ids.host_root,
+            count: ids.size,
+        },
+        max_depth: MAX_EXPORT_DEPTH,
+        too_deep: TooDeep::Fail,
     }
 }
 
 fn cstr(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
-}
-
-fn openat(dir: &OwnedFd, name: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: openat below a directory fd we own.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn fstatat(dir: &OwnedFd, name: &CString) -> io::Result<libc::stat> {
-    // SAFETY: fstatat into a zeroed struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
-}
-
-/// Exactly `size` bytes: the file's, zero-padded when it shrank meanwhile.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(self.left as usize);
-        let n = match self.inner.read(&mut buf[..want])? {
-            0 => {
-                buf[..want].fill(0);
-                want
-            }
-            n => n,
-        };
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Writes the tree at `root` as a tar to `out`.
-pub fn export(root: &Path, host_root: u32, size: u32, out: impl Write) -> io::Result<()> {
-    let root_path = cstr(root.as_os_str().as_bytes())?;
-    // SAFETY: open of the root directory.
-    let fd = unsafe {
-        libc::open(
-            root_path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let root_fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut b = tar::Builder::new(out);
-    b.mode(tar::HeaderMode::Complete);
-    walk(&mut b, &root_fd, PathBuf::new(), host_root, size, 0)?;
-    b.into_inner()?.flush()
-}
-
-fn header_for(st: &libc::stat, kind: tar::EntryType, host_root: u32, size: u32) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(st.st_mode & 0o7777);
-    h.set_uid(sandbox_id(st.st_uid, host_root, size));
-    h.set_gid(sandbox_id(st.st_gid, host_root, size));
-    h.set_mtime(st.st_mtime.max(0) as u64);
-    h.set_size(0);
-    h
-}
-
-/// Deepest directory nesting an export follows. The walk recurses (one fd
-/// and one stack frame per level), and a sandbox can build trees far deeper
-/// than any tool can unpack; past this the export fails cleanly.
-const MAX_EXPORT_DEPTH: usize = 512;
-
-fn walk<W: Write>(
-    b: &mut tar::Builder<W>,
-    dir: &OwnedFd,
-    rel: PathBuf,
-    host_root: u32,
-    size: u32,
-    depth: usize,
-) -> io::Result<()> {
-    if depth > MAX_EXPORT_DEPTH {
-        return Err(io::Error::other(format!(
-            "directories nested deeper than {MAX_EXPORT_DEPTH} levels cannot be exported"
-        )));
-    }
-    let mut names: Vec<Vec<u8>> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().as_bytes().to_vec())
-        .collect();
-    names.sort();
-    for name in names {
-        let c = cstr(&name)?;
-        let path = rel.join(std::ffi::OsStr::from_bytes(&name));
-        let Ok(st) = fstatat(dir, &c) else {
-            continue; // gone meanwhile
-        };
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => {
-                let Ok(sub) = openat(dir, &c, libc::O_RDONLY | libc::O_DIRECTORY) else {
-                    continue; // replaced meanwhile
-                };
-                let mut h = header_for(&st, tar::EntryType::Directory, host_root, size);
-                b.append_data(&mut h, &path, io::empty())?;
-                walk(b, &sub, path, host_root, size, depth + 1)?;
-            }
-            libc::S_IFREG => {
-                let Ok(f) = openat(dir, &c, libc::O_RDONLY | libc::O_NONBLOCK) else {
-                    continue;
-                };
-                let f = File::from(f);
-                let m = f.metadata()?;
-                if !m.is_file() {
-                    continue;
-                }
-                let mut st2 = st;
-                st2.st_mode = m.mode();
-                st2.st_uid = m.uid();
-                st2.st_gid = m.gid();
-                st2.st_mtime = m.mtime();
-                let mut h = header_for(&st2, tar::EntryType::Regular, host_root, size);
-                h.set_size(m.len());
-                b.append_data(
-                    &mut h,
-                    &path,
-                    Exact {
-                        inner: f,
-                        left: m.len(),
-                    },
-                )?;
-            }
-            libc::S_IFLNK => {
-                let Ok(target) = sandkasten_fsops::readlink_at(std::os::fd::AsFd::as_fd(dir), &c)
-                else {
-                    continue;
-                };
-                let mut h = header_for(&st, tar::EntryType::Symlink, host_root, size);
-                b.append_link(&mut h, &path, std::ffi::OsStr::from_bytes(&target))?;
-            }
-            _ => {} // sockets, fifos, devices
-        }
-    }
-    Ok(())
 }
 
 /// Why an import failed.
@@ -422,6 +261,7 @@ pub fn extract(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -473,24 +313,6 @@ mod tests {
     }
 
     #[test]
-    fn too_deep_trees_fail_cleanly_within_a_normal_stack() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut p = dir.path().to_path_buf();
-        for _ in 0..(MAX_EXPORT_DEPTH + 10) {
-            p.push("d");
-        }
-        std::fs::create_dir_all(&p).unwrap();
-        let root = dir.path().to_path_buf();
-        let result = std::thread::Builder::new()
-            .stack_size(2 * 1024 * 1024)
-            .spawn(move || export(&root, 100_000, 65_536, std::io::sink()))
-            .unwrap()
-            .join()
-            .unwrap();
-        assert!(result.unwrap_err().to_string().contains("nested deeper"));
-    }
-
-    #[test]
     fn round_trip() {
         let src = tempfile::tempdir().unwrap();
         std::fs::create_dir(src.path().join("d")).unwrap();
@@ -502,7 +324,8 @@ mod tests {
         .unwrap();
         std::os::unix::fs::symlink("d/f", src.path().join("l")).unwrap();
         let mut out = Vec::new();
-        export(src.path(), 100_000, 65_536, &mut out).unwrap();
+        sandkasten_hostfs::export_tar(src.path(), &export_options(&IdRange::default()), &mut out)
+            .unwrap();
         let dst = tempfile::tempdir().unwrap();
         extract(&out[..], dst.path(), owner(), None).unwrap();
         assert_eq!(

@@ -1,0 +1,109 @@
+//! Measuring a tree a sandbox may have shaped: the bytes of its regular
+//! files, walked by directory fds without following a symlink, with a
+//! bounded depth and an explicit stack (no recursion).
+
+use crate::{is_dot, open_dir_at, open_dir_nofollow};
+use rustix::fs::{AtFlags, Dir, FileType};
+use std::io;
+use std::path::Path;
+
+/// Directory levels [`tree_size`] lists: the root is level 0, and files in
+/// directories at this level or deeper are not counted. A sandbox can nest
+/// directories far deeper than anyone needs measured; a size is worth
+/// less than the daemon's fds.
+pub const MAX_SIZE_DEPTH: usize = 256;
+
+/// Bytes of all regular files below `root` (opened with
+/// [`open_dir_nofollow`]). Symlinks are not followed and count nothing; an
+/// entry that vanishes during the walk counts 0, a directory that cannot
+/// be read counts what was read of it. Errors only when `root` cannot be
+/// opened.
+pub fn tree_size(root: &Path) -> io::Result<u64> {
+    let mut stack = vec![Dir::new(open_dir_nofollow(root)?)?];
+    let mut total = 0u64;
+    loop {
+        // The level of the subdirectories of the directory on top.
+        let level = stack.len();
+        let Some(dir) = stack.last_mut() else {
+            break;
+        };
+        let entry = match dir.next() {
+            Some(Ok(entry)) => entry,
+            // Done, or unreadable from here on: go back up.
+            Some(Err(_)) | None => {
+                stack.pop();
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        if is_dot(name) {
+            continue;
+        }
+        let fd = dir.fd()?;
+        let Ok(st) = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue; // gone meanwhile
+        };
+        let child = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {
+                total += u64::try_from(st.st_size).unwrap_or(0);
+                None
+            }
+            FileType::Directory if level < MAX_SIZE_DEPTH => open_dir_at(fd, name).ok(),
+            _ => None,
+        };
+        if let Some(Ok(child)) = child.map(Dir::new) {
+            stack.push(child);
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_regular_files_and_never_follows_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("big"), vec![0u8; 10_000]).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/b/f"), b"12345").unwrap();
+        std::fs::write(d.path().join("g"), b"123").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("a/out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("big"), d.path().join("big")).unwrap();
+        assert_eq!(tree_size(d.path()).unwrap(), 8);
+        assert!(
+            tree_size(&d.path().join("big")).is_err(),
+            "a symlinked root"
+        );
+        assert!(tree_size(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn stops_at_the_depth_limit_with_a_small_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("top"), [0u8; 10]).unwrap();
+        let mut p = dir.path().to_path_buf();
+        for level in 1..=(MAX_SIZE_DEPTH + 5) {
+            p.push("d");
+            std::fs::create_dir(&p).unwrap();
+            if level == MAX_SIZE_DEPTH - 1 {
+                std::fs::write(p.join("last"), [0u8; 7]).unwrap();
+            }
+        }
+        std::fs::write(p.join("deep"), [0u8; 99]).unwrap();
+        let root = dir.path().to_path_buf();
+        let size = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || tree_size(&root))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            size, 17,
+            "files at level {MAX_SIZE_DEPTH} and below are not counted"
+        );
+    }
+}
