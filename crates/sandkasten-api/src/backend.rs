@@ -44,45 +44,51 @@ pub(crate) trait Backend: Send + Sync + 'static {
         _id: &str,
         _label: Option<String>,
     ) -> Result<sandkasten_engine::SnapshotInfo, EngineError> {
-        Err(EngineError::Internal(
-            "snapshots are not supported by this backend".into(),
-        ))
+        Err(EngineError::Unsupported {
+            what: "snapshots".into(),
+            runtime: "test",
+        })
     }
     async fn list_snapshots(
         &self,
         _id: &str,
     ) -> Result<Vec<sandkasten_engine::SnapshotInfo>, EngineError> {
-        Err(EngineError::Internal(
-            "snapshots are not supported by this backend".into(),
-        ))
+        Err(EngineError::Unsupported {
+            what: "snapshots".into(),
+            runtime: "test",
+        })
     }
     async fn delete_snapshot(&self, _id: &str, _snap: &str) -> Result<(), EngineError> {
-        Err(EngineError::Internal(
-            "snapshots are not supported by this backend".into(),
-        ))
+        Err(EngineError::Unsupported {
+            what: "snapshots".into(),
+            runtime: "test",
+        })
     }
     async fn restore_snapshot(&self, _id: &str, _snap: &str) -> Result<(), EngineError> {
-        Err(EngineError::Internal(
-            "snapshots are not supported by this backend".into(),
-        ))
+        Err(EngineError::Unsupported {
+            what: "snapshots".into(),
+            runtime: "test",
+        })
     }
     // Export and import: like snapshots, proven end to end.
     async fn export_workspace(
         &self,
         _id: &str,
     ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, EngineError> {
-        Err(EngineError::Internal(
-            "export is not supported by this backend".into(),
-        ))
+        Err(EngineError::Unsupported {
+            what: "export".into(),
+            runtime: "test",
+        })
     }
     async fn import_workspace(
         &self,
         _id: &str,
         _archive: std::path::PathBuf,
     ) -> Result<(), EngineError> {
-        Err(EngineError::Internal(
-            "import is not supported by this backend".into(),
-        ))
+        Err(EngineError::Unsupported {
+            what: "import".into(),
+            runtime: "test",
+        })
     }
     fn scratch_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir()

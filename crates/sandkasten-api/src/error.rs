@@ -19,8 +19,6 @@ pub(crate) enum ApiError {
     InvalidRequest(String),
     /// A path or upload filename that can never be valid.
     InvalidPath(String),
-    /// A workspace id outside the contract's rule.
-    InvalidWorkspace(String),
     /// Missing or wrong API key.
     Unauthorized,
     /// No route has this path.
@@ -29,6 +27,9 @@ pub(crate) enum ApiError {
     MethodNotAllowed { method: String, path: String },
     /// The body is larger than the configured limit.
     PayloadTooLarge { limit: usize },
+    /// The HTTP layer itself failed (spooling an upload, building a
+    /// response): a 500 whose detail is logged, never shown.
+    Internal(String),
 }
 
 impl From<EngineError> for ApiError {
@@ -37,14 +38,56 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// The engine's half of the contract's error table, by domain.
+fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
+    use sandkasten_engine::{
+        FileError as F, ImageError as I, SessionError as S, WorkspaceError as W,
+    };
+    use EngineError as E;
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    const GONE: StatusCode = StatusCode::NOT_FOUND;
+    const CONFLICT: StatusCode = StatusCode::CONFLICT;
+    const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+    const INTERNAL: (StatusCode, &str) = (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR");
+    match e {
+        E::InvalidRequest(_) => (BAD, "INVALID_REQUEST"),
+        E::Unsupported { .. } => (BAD, "UNSUPPORTED"),
+        E::Session(s) => match s {
+            S::NotFound(_) => (GONE, "SESSION_NOT_FOUND"),
+            S::NotRunning { .. } => (CONFLICT, "SESSION_NOT_RUNNING"),
+            S::CapacityExhausted(_) => (UNAVAILABLE, "CAPACITY_EXHAUSTED"),
+            S::ShuttingDown => (UNAVAILABLE, "SHUTTING_DOWN"),
+            S::AgentLost(_) => INTERNAL,
+        },
+        E::Workspace(w) => match w {
+            W::Disabled => (CONFLICT, "WORKSPACE_DISABLED"),
+            W::InvalidId(_) => (BAD, "INVALID_WORKSPACE"),
+            W::NotFound(_) => (GONE, "WORKSPACE_NOT_FOUND"),
+            W::SnapshotNotFound(_) => (GONE, "SNAPSHOT_NOT_FOUND"),
+            W::InUse { .. } => (CONFLICT, "WORKSPACE_IN_USE"),
+            W::AlreadyExists(_) => (CONFLICT, "ALREADY_EXISTS"),
+        },
+        E::File(f) => match f {
+            F::NotFound(_) => (GONE, "FILE_NOT_FOUND"),
+            F::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            F::AlreadyExists(_) => (CONFLICT, "ALREADY_EXISTS"),
+            F::InvalidPath(_) => (BAD, "INVALID_PATH"),
+        },
+        E::Image(i) => match i {
+            I::Invalid(_) => (BAD, "INVALID_IMAGE"),
+            I::NotFound(_) => (GONE, "NOT_FOUND"),
+            I::InUse { .. } => (CONFLICT, "IMAGE_IN_USE"),
+        },
+        E::Runtime { .. } | E::Store(_) => INTERNAL,
+    }
+}
+
 impl ApiError {
     /// Status and `error_code`: the contract's error table.
     pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use EngineError as E;
         match self {
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
             ApiError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "INVALID_PATH"),
-            ApiError::InvalidWorkspace(_) => (StatusCode::BAD_REQUEST, "INVALID_WORKSPACE"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ApiError::RouteNotFound { .. } => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed { .. } => {
@@ -53,37 +96,15 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
-            ApiError::Engine(e) => match e {
-                E::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
-                E::InvalidImage(_) => (StatusCode::BAD_REQUEST, "INVALID_IMAGE"),
-                E::InvalidWorkspace(_) => (StatusCode::BAD_REQUEST, "INVALID_WORKSPACE"),
-                E::InvalidPath(_) => (StatusCode::BAD_REQUEST, "INVALID_PATH"),
-                E::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
-                E::SessionNotFound(_) => (StatusCode::NOT_FOUND, "SESSION_NOT_FOUND"),
-                E::FileNotFound(_) => (StatusCode::NOT_FOUND, "FILE_NOT_FOUND"),
-                E::ImageNotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-                E::SessionNotRunning { .. } => (StatusCode::CONFLICT, "SESSION_NOT_RUNNING"),
-                E::WorkspaceDisabled => (StatusCode::CONFLICT, "WORKSPACE_DISABLED"),
-                E::WorkspaceNotFound(_) => (StatusCode::NOT_FOUND, "WORKSPACE_NOT_FOUND"),
-                E::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, "SNAPSHOT_NOT_FOUND"),
-                E::WorkspaceInUse { .. } => (StatusCode::CONFLICT, "WORKSPACE_IN_USE"),
-                E::ImageInUse { .. } => (StatusCode::CONFLICT, "IMAGE_IN_USE"),
-                E::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
-                E::CapacityExhausted(_) => (StatusCode::SERVICE_UNAVAILABLE, "CAPACITY_EXHAUSTED"),
-                E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "SHUTTING_DOWN"),
-                E::Runtime { .. } | E::Store(_) | E::Internal(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")
-                }
-            },
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+            ApiError::Engine(e) => engine_status(e),
         }
     }
 
     /// The message for the client. Never the detail of a 500.
     fn message(&self) -> String {
         match self {
-            ApiError::InvalidRequest(m)
-            | ApiError::InvalidPath(m)
-            | ApiError::InvalidWorkspace(m) => m.clone(),
+            ApiError::InvalidRequest(m) | ApiError::InvalidPath(m) => m.clone(),
             ApiError::Unauthorized => "missing or invalid API key".into(),
             ApiError::RouteNotFound { method, path } => format!("no route for {method} {path}"),
             ApiError::MethodNotAllowed { method, path } => {
@@ -92,6 +113,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
+            ApiError::Internal(_) => "internal error".into(),
             ApiError::Engine(_) if self.is_internal() => "internal error".into(),
             ApiError::Engine(e) => e.to_string(),
         }
@@ -99,20 +121,27 @@ impl ApiError {
 
     /// Structured context that is safe to show.
     fn details(&self) -> Map<String, Value> {
+        use sandkasten_engine::{Holder, ImageError as I, SessionError as S, WorkspaceError as W};
         use EngineError as E;
         let v = match self {
             ApiError::PayloadTooLarge { limit } => json!({ "max_bytes": limit }),
-            ApiError::Engine(E::SessionNotFound(id)) => json!({ "session_id": id }),
-            ApiError::Engine(E::SessionNotRunning { id, state }) => {
-                json!({ "session_id": id, "state": state })
+            ApiError::Engine(E::Session(S::NotFound(id))) => json!({ "session_id": id }),
+            ApiError::Engine(E::Session(S::NotRunning { id, state })) => {
+                json!({ "session_id": id, "state": state.as_str() })
             }
-            ApiError::Engine(E::ImageInUse { image, session }) => {
+            ApiError::Engine(E::Image(I::InUse { image, session })) => {
                 json!({ "image": image, "session_id": session })
             }
-            ApiError::Engine(E::CapacityExhausted(max)) => json!({ "max_sessions": max }),
-            ApiError::Engine(E::WorkspaceNotFound(id)) => json!({ "workspace_id": id }),
-            ApiError::Engine(E::WorkspaceInUse { id, session }) => {
-                json!({ "workspace_id": id, "session_id": session })
+            ApiError::Engine(E::Session(S::CapacityExhausted(max))) => {
+                json!({ "max_sessions": max })
+            }
+            ApiError::Engine(E::Workspace(W::NotFound(id))) => json!({ "workspace_id": id }),
+            ApiError::Engine(E::Workspace(W::InUse { id, holder })) => match holder {
+                Holder::Session(session) => json!({ "workspace_id": id, "session_id": session }),
+                other => json!({ "workspace_id": id, "reason": other.to_string() }),
+            },
+            ApiError::Engine(E::Unsupported { what, runtime }) => {
+                json!({ "what": what, "runtime": runtime })
             }
             _ => return Map::new(),
         };
@@ -130,10 +159,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error_code) = self.status_and_code();
-        if let ApiError::Engine(e) = &self {
-            if self.is_internal() {
+        match &self {
+            ApiError::Engine(e) if self.is_internal() => {
                 tracing::error!(error = %error_chain(e), "request failed with an internal error");
             }
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed with an internal error");
+            }
+            _ => {}
         }
         let body = ErrorBody {
             error_code,
@@ -188,83 +221,94 @@ mod tests {
 
     #[tokio::test]
     async fn every_engine_error_maps_to_the_contract_table() {
+        use sandkasten_engine::{
+            FileError as F, Holder, ImageError as I, SessionError as S, SessionState,
+            WorkspaceError as W,
+        };
+        use EngineError as E;
         let cases: Vec<(EngineError, u16, &str)> = vec![
+            (E::InvalidRequest("x".into()), 400, "INVALID_REQUEST"),
             (
-                EngineError::InvalidRequest("x".into()),
-                400,
-                "INVALID_REQUEST",
-            ),
-            (EngineError::InvalidImage("x".into()), 400, "INVALID_IMAGE"),
-            (
-                EngineError::InvalidWorkspace("x".into()),
-                400,
-                "INVALID_WORKSPACE",
-            ),
-            (EngineError::InvalidPath("x".into()), 400, "INVALID_PATH"),
-            (
-                EngineError::SessionNotFound("abc".into()),
-                404,
-                "SESSION_NOT_FOUND",
-            ),
-            (EngineError::FileNotFound("f".into()), 404, "FILE_NOT_FOUND"),
-            (EngineError::ImageNotFound("i".into()), 404, "NOT_FOUND"),
-            (
-                EngineError::SessionNotRunning {
-                    id: "s".into(),
-                    state: "expired",
+                E::Unsupported {
+                    what: "workspace import".into(),
+                    runtime: "docker",
                 },
+                400,
+                "UNSUPPORTED",
+            ),
+            (I::Invalid("x".into()).into(), 400, "INVALID_IMAGE"),
+            (W::InvalidId("x y".into()).into(), 400, "INVALID_WORKSPACE"),
+            (F::InvalidPath("x".into()).into(), 400, "INVALID_PATH"),
+            (S::NotFound("abc".into()).into(), 404, "SESSION_NOT_FOUND"),
+            (F::NotFound("f".into()).into(), 404, "FILE_NOT_FOUND"),
+            (I::NotFound("i".into()).into(), 404, "NOT_FOUND"),
+            (
+                S::NotRunning {
+                    id: "s".into(),
+                    state: SessionState::Expired,
+                }
+                .into(),
                 409,
                 "SESSION_NOT_RUNNING",
             ),
-            (EngineError::WorkspaceDisabled, 409, "WORKSPACE_DISABLED"),
+            (W::Disabled.into(), 409, "WORKSPACE_DISABLED"),
+            (W::NotFound("w".into()).into(), 404, "WORKSPACE_NOT_FOUND"),
             (
-                EngineError::WorkspaceNotFound("w".into()),
+                W::SnapshotNotFound("s".into()).into(),
                 404,
-                "WORKSPACE_NOT_FOUND",
+                "SNAPSHOT_NOT_FOUND",
             ),
             (
-                EngineError::WorkspaceInUse {
+                W::InUse {
                     id: "w".into(),
-                    session: "s".into(),
-                },
+                    holder: Holder::Session("s".into()),
+                }
+                .into(),
                 409,
                 "WORKSPACE_IN_USE",
             ),
             (
-                EngineError::ImageInUse {
+                W::InUse {
+                    id: "w".into(),
+                    holder: Holder::Changing,
+                }
+                .into(),
+                409,
+                "WORKSPACE_IN_USE",
+            ),
+            (
+                I::InUse {
                     image: "i".into(),
                     session: "s".into(),
-                },
+                }
+                .into(),
                 409,
                 "IMAGE_IN_USE",
             ),
+            (W::AlreadyExists("w".into()).into(), 409, "ALREADY_EXISTS"),
+            (F::AlreadyExists("f".into()).into(), 409, "ALREADY_EXISTS"),
             (
-                EngineError::AlreadyExists("f".into()),
-                409,
-                "ALREADY_EXISTS",
-            ),
-            (
-                EngineError::PermissionDenied("f".into()),
+                F::PermissionDenied("f".into()).into(),
                 403,
                 "PERMISSION_DENIED",
             ),
-            (EngineError::CapacityExhausted(4), 503, "CAPACITY_EXHAUSTED"),
-            (EngineError::ShuttingDown, 503, "SHUTTING_DOWN"),
+            (S::CapacityExhausted(4).into(), 503, "CAPACITY_EXHAUSTED"),
+            (S::ShuttingDown.into(), 503, "SHUTTING_DOWN"),
             (
-                EngineError::Runtime {
+                E::Runtime {
                     context: "while mounting the workspace",
-                    source: RuntimeError::Other("secret detail".into()),
+                    source: RuntimeError::Busy("secret detail".into()),
                 },
                 500,
                 "INTERNAL_ERROR",
             ),
             (
-                EngineError::Store(StoreError::TooNew { found: 9, known: 1 }),
+                E::Store(StoreError::TooNew { found: 9, known: 1 }),
                 500,
                 "INTERNAL_ERROR",
             ),
             (
-                EngineError::Internal("secret detail".into()),
+                S::AgentLost("secret detail".into()).into(),
                 500,
                 "INTERNAL_ERROR",
             ),
@@ -287,7 +331,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_message_of_a_client_error_is_the_engine_message() {
-        let (_, body) = render(ApiError::Engine(EngineError::SessionNotFound("abc".into()))).await;
+        let (_, body) = render(ApiError::Engine(
+            sandkasten_engine::SessionError::NotFound("abc".into()).into(),
+        ))
+        .await;
         assert_eq!(
             body,
             json!({"error_code": "SESSION_NOT_FOUND", "message": "session abc not found",
@@ -311,10 +358,32 @@ mod tests {
             (s.as_u16(), &body["error_code"]),
             (400, &json!("INVALID_PATH"))
         );
-        let (s, body) = render(ApiError::InvalidWorkspace("bad id".into())).await;
+        let (s, body) = render(ApiError::Internal("secret spool path".into())).await;
         assert_eq!(
             (s.as_u16(), &body["error_code"], &body["message"]),
-            (400, &json!("INVALID_WORKSPACE"), &json!("bad id"))
+            (500, &json!("INTERNAL_ERROR"), &json!("internal error"))
+        );
+        let (_, body) = render(ApiError::Engine(EngineError::Unsupported {
+            what: "workspace import".into(),
+            runtime: "docker",
+        }))
+        .await;
+        assert_eq!(
+            body["details"],
+            json!({"what": "workspace import", "runtime": "docker"})
+        );
+        let (_, body) = render(ApiError::Engine(
+            sandkasten_engine::WorkspaceError::InUse {
+                id: "w".into(),
+                holder: sandkasten_engine::Holder::Changing,
+            }
+            .into(),
+        ))
+        .await;
+        assert_eq!(
+            body["details"],
+            json!({"workspace_id": "w", "reason": "being deleted, restored or imported"}),
+            "no made-up session id"
         );
     }
 

@@ -110,23 +110,10 @@ impl<S: Send + Sync> FromRequestParts<S> for WorkspaceId {
     }
 }
 
-/// The contract's workspace id rule: 1–64 of `[A-Za-z0-9._-]`, not starting
-/// with `.` or `-`. The engine checks the same rule (it does not export its
-/// check); this one answers before a request reaches it.
+/// The contract's workspace id rule (the engine's one check), answered
+/// before a request reaches the engine.
 pub(crate) fn check_workspace_id(id: &str) -> Result<(), ApiError> {
-    let valid = (1..=64).contains(&id.len())
-        && !id.starts_with(['.', '-'])
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidWorkspace(format!(
-            "invalid workspace id {id:?}: use 1-64 characters of [A-Za-z0-9._-], \
-             not starting with '.' or '-'"
-        )))
-    }
+    sandkasten_engine::check_workspace_id(id).map_err(|e| ApiError::Engine(e.into()))
 }
 
 /// A `multipart/form-data` body, read with the same size limit as JSON.

@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use sandkasten_engine::{
     AcquireSource, CreateSession, CreateWorkspace, DirEntry, EngineError, ExecEvent, ExecRequest,
-    ExecResult, ExecStream, FileContent, FileStat, FileType, SessionInfo, SessionState,
-    SessionStats, WorkspaceInfo,
+    ExecResult, ExecStream, FileContent, FileError, FileStat, FileType, Holder, ImageError,
+    SessionError, SessionInfo, SessionState, SessionStats, WorkspaceError, WorkspaceInfo,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,12 +47,13 @@ struct Fake {
 
 fn check(id: &str) -> Result<(), EngineError> {
     match id {
-        "missing" => Err(EngineError::SessionNotFound(id.into())),
-        "broken" => Err(EngineError::Internal("disk on fire at /var/secret".into())),
-        "ended" => Err(EngineError::SessionNotRunning {
+        "missing" => Err(SessionError::NotFound(id.into()).into()),
+        "broken" => Err(SessionError::AgentLost("disk on fire at /var/secret".into()).into()),
+        "ended" => Err(SessionError::NotRunning {
             id: id.into(),
-            state: "expired",
-        }),
+            state: SessionState::Expired,
+        }
+        .into()),
         _ => Ok(()),
     }
 }
@@ -85,10 +86,10 @@ fn workspace_info(id: &str) -> WorkspaceInfo {
 impl Fake {
     fn check_workspace(&self, id: &str) -> Result<(), EngineError> {
         if self.workspaces_disabled.load(Ordering::Relaxed) {
-            return Err(EngineError::WorkspaceDisabled);
+            return Err(WorkspaceError::Disabled.into());
         }
         match id {
-            "missing" => Err(EngineError::WorkspaceNotFound(id.into())),
+            "missing" => Err(WorkspaceError::NotFound(id.into()).into()),
             _ => Ok(()),
         }
     }
@@ -116,7 +117,7 @@ fn absolute(path: &str) -> String {
 impl Backend for Fake {
     async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError> {
         if req.image.as_deref() == Some("nope") {
-            return Err(EngineError::InvalidImage("unknown image nope".into()));
+            return Err(ImageError::Invalid("unknown image nope".into()).into());
         }
         let mut s = info("new");
         s.workspace_id = req.workspace_id.clone();
@@ -198,7 +199,7 @@ impl Backend for Fake {
         check(id)?;
         self.reads.lock().unwrap().push((path.into(), max_bytes));
         if path == "gone" {
-            return Err(EngineError::FileNotFound(path.into()));
+            return Err(FileError::NotFound(path.into()).into());
         }
         Ok(FileContent {
             path: absolute(path),
@@ -261,7 +262,7 @@ impl Backend for Fake {
     async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError> {
         self.check_workspace(&req.id)?;
         if req.id == "taken" {
-            return Err(EngineError::AlreadyExists(format!("workspace {}", req.id)));
+            return Err(WorkspaceError::AlreadyExists(req.id.clone()).into());
         }
         let info = WorkspaceInfo {
             last_used_at: None,
@@ -280,10 +281,11 @@ impl Backend for Fake {
     async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
         self.check_workspace(id)?;
         if id == "busy" {
-            return Err(EngineError::WorkspaceInUse {
+            return Err(WorkspaceError::InUse {
                 id: id.into(),
-                session: "s1".into(),
-            });
+                holder: Holder::Session("s1".into()),
+            }
+            .into());
         }
         self.calls
             .lock()
@@ -317,7 +319,7 @@ impl Backend for Fake {
             .unwrap()
             .push(format!("read workspace {id} {path} {max_bytes:?}"));
         if path == "gone" {
-            return Err(EngineError::FileNotFound(path.into()));
+            return Err(FileError::NotFound(path.into()).into());
         }
         Ok(FileContent {
             path: in_workspace(path),

@@ -510,7 +510,7 @@ pub(crate) async fn export_workspace(
             format!("attachment; filename=\"{id}.tar\""),
         )
         .body(body)
-        .map_err(|e| ApiError::Engine(engine::EngineError::Internal(e.to_string())))
+        .map_err(|e| ApiError::Internal(format!("building the export response: {e}")))
 }
 
 /// Removes the spooled upload when dropped.
@@ -526,11 +526,7 @@ impl Drop for Spool {
 async fn spool(body: axum::body::Body, path: &std::path::Path, limit: usize) -> ApiResult<()> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let internal = |e: std::io::Error| {
-        ApiError::Engine(engine::EngineError::Internal(format!(
-            "spooling the upload: {e}"
-        )))
-    };
+    let internal = |e: std::io::Error| ApiError::Internal(format!("spooling the upload: {e}"));
     let mut f = tokio::fs::File::create(path).await.map_err(internal)?;
     let mut stream = body.into_data_stream();
     let mut total = 0usize;
@@ -571,12 +567,9 @@ pub(crate) async fn import_workspace(
     body: axum::body::Body,
 ) -> ApiResult<Json<OkResponse>> {
     let dir = state.backend.scratch_dir();
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-        ApiError::Engine(engine::EngineError::Internal(format!(
-            "creating {}: {e}",
-            dir.display()
-        )))
-    })?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = Spool(dir.join(format!("import-{id}-{}-{n}.tar", std::process::id())));
