@@ -49,10 +49,11 @@ fn session_on(d: &Daemon, ws: &str) -> String {
 }
 
 /// Asserts the docker runtime's answer to a feature it does not have:
-/// 400 `INVALID_REQUEST` saying so.
+/// 400 `UNSUPPORTED` saying so.
 #[track_caller]
 fn assert_unsupported_on_docker(r: &Resp, what: &str) {
-    r.assert_error(400, "INVALID_REQUEST", what);
+    r.assert_error(400, "UNSUPPORTED", what);
+    assert_eq!(r.json["details"]["runtime"], "docker", "{what}");
     let msg = r.json["message"].as_str().unwrap_or("");
     assert!(
         msg.contains("not supported by the docker runtime"),
@@ -609,7 +610,7 @@ fn snapshots_need_a_workspace_with_a_quota() {
         Value::Null
     );
     d.post(&format!("/v1/workspaces/{ws}/snapshots"), &json!({}))
-        .assert_error(400, "INVALID_REQUEST", "snapshot of a directory workspace");
+        .assert_error(400, "UNSUPPORTED", "snapshot of a directory workspace");
     d.delete(&id);
 }
 
