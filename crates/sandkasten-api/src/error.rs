@@ -73,11 +73,7 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
             F::AlreadyExists(_) => (CONFLICT, "ALREADY_EXISTS"),
             F::InvalidPath(_) => (BAD, "INVALID_PATH"),
         },
-        E::Image(i) => match i {
-            I::Invalid(_) => (BAD, "INVALID_IMAGE"),
-            I::NotFound(_) => (GONE, "NOT_FOUND"),
-            I::InUse { .. } => (CONFLICT, "IMAGE_IN_USE"),
-        },
+        E::Image(I::Invalid(_)) => (BAD, "INVALID_IMAGE"),
         E::Runtime { .. } | E::Store(_) => INTERNAL,
     }
 }
@@ -121,16 +117,13 @@ impl ApiError {
 
     /// Structured context that is safe to show.
     fn details(&self) -> Map<String, Value> {
-        use sandkasten_engine::{Holder, ImageError as I, SessionError as S, WorkspaceError as W};
+        use sandkasten_engine::{Holder, SessionError as S, WorkspaceError as W};
         use EngineError as E;
         let v = match self {
             ApiError::PayloadTooLarge { limit } => json!({ "max_bytes": limit }),
             ApiError::Engine(E::Session(S::NotFound(id))) => json!({ "session_id": id }),
             ApiError::Engine(E::Session(S::NotRunning { id, state })) => {
                 json!({ "session_id": id, "state": state.as_str() })
-            }
-            ApiError::Engine(E::Image(I::InUse { image, session })) => {
-                json!({ "image": image, "session_id": session })
             }
             ApiError::Engine(E::Session(S::CapacityExhausted(max))) => {
                 json!({ "max_sessions": max })
@@ -241,7 +234,6 @@ mod tests {
             (F::InvalidPath("x".into()).into(), 400, "INVALID_PATH"),
             (S::NotFound("abc".into()).into(), 404, "SESSION_NOT_FOUND"),
             (F::NotFound("f".into()).into(), 404, "FILE_NOT_FOUND"),
-            (I::NotFound("i".into()).into(), 404, "NOT_FOUND"),
             (
                 S::NotRunning {
                     id: "s".into(),
@@ -275,15 +267,6 @@ mod tests {
                 .into(),
                 409,
                 "WORKSPACE_IN_USE",
-            ),
-            (
-                I::InUse {
-                    image: "i".into(),
-                    session: "s".into(),
-                }
-                .into(),
-                409,
-                "IMAGE_IN_USE",
             ),
             (W::AlreadyExists("w".into()).into(), 409, "ALREADY_EXISTS"),
             (F::AlreadyExists("f".into()).into(), 409, "ALREADY_EXISTS"),

@@ -78,16 +78,12 @@ pub enum FileError {
     InvalidPath(String),
 }
 
-/// Failures of image operations.
+/// Failures about the image of a session.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The image cannot be used for a session (unknown, or not allowed).
     #[error("{0}")]
     Invalid(String),
-    #[error("image {0} not found")]
-    NotFound(String),
-    #[error("image {image} is used by session {session}")]
-    InUse { image: String, session: String },
 }
 
 /// Every failure of an engine call.

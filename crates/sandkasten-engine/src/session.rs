@@ -18,15 +18,13 @@ use crate::text::OutputCleaner;
 use crate::workspace::{MountGuard, WorkspaceLocks};
 use crate::{
     AcquireSource, CreateSession, DirEntry, EngineConfig, EngineError, ExecEvent, ExecRequest,
-    ExecResult, ExecStream, FileContent, FileStat, ImageInfo, SessionInfo, SessionState,
-    SessionStats,
+    ExecResult, ExecStream, FileContent, FileStat, SessionInfo, SessionState, SessionStats,
 };
 use sandkasten_runtime::{
     AgentClient, ExecReply, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
     WorkspaceMount,
 };
 use sandkasten_store::{SessionRecord, Store};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use time::OffsetDateTime;
@@ -934,46 +932,6 @@ impl Engine {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.remove(path, recursive).await)
-    }
-
-    pub async fn list_images(&self) -> Result<Vec<ImageInfo>, EngineError> {
-        self.inner
-            .runtime
-            .list_images()
-            .await
-            .map_err(EngineError::runtime("listing images"))
-    }
-
-    /// Imports an archive (already on local disk) as image `name`.
-    pub async fn import_image(
-        &self,
-        name: &str,
-        archive: PathBuf,
-    ) -> Result<ImageInfo, EngineError> {
-        self.inner
-            .runtime
-            .import_image(name, archive)
-            .await
-            .map_err(EngineError::runtime("importing an image"))
-    }
-
-    /// Refused with `ImageError::InUse` while a live session uses it.
-    pub async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
-        if let Some(session) = self.inner.sessions.user_of_image(name) {
-            return Err(ImageError::InUse {
-                image: name.to_string(),
-                session,
-            }
-            .into());
-        }
-        self.inner
-            .runtime
-            .remove_image(name)
-            .await
-            .map_err(|e| match e {
-                RuntimeError::ImageNotFound(n) => ImageError::NotFound(n).into(),
-                e => EngineError::runtime("removing an image")(e),
-            })
     }
 }
 

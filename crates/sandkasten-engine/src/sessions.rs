@@ -297,14 +297,4 @@ impl SessionTable {
             .find(|s| s.workspace_id.as_deref() == Some(ws))
             .map(|s| s.id.clone())
     }
-
-    /// A live session of image `image`, if any.
-    pub(crate) fn user_of_image(&self, image: &str) -> Option<String> {
-        self.map
-            .lock()
-            .unwrap()
-            .values()
-            .find(|s| s.image == image)
-            .map(|s| s.id.clone())
-    }
 }
