@@ -7,7 +7,7 @@ mod imagebuild;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use config::Config;
+use config::{Config, RuntimeKind};
 use sandkasten_engine::{Engine, EngineConfig};
 use sandkasten_native::{NativeConfig, NativeRuntime};
 use sandkasten_runtime::{Limits, NetworkMode, Runtime};
@@ -202,6 +202,8 @@ fn install_agent(data_dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The engine's config from the daemon's: every field set here (no
+/// `EngineConfig::default()`), so the defaults are config.rs's alone.
 fn engine_config(cfg: &Config) -> EngineConfig {
     EngineConfig {
         default_image: cfg.default_image.clone(),
@@ -213,13 +215,15 @@ fn engine_config(cfg: &Config) -> EngineConfig {
             cpu: cfg.defaults.cpu_limit,
             pids: cfg.defaults.pids_limit,
         },
-        network: if cfg.defaults.network_mode == "full" {
-            NetworkMode::Full
-        } else {
-            NetworkMode::None
+        network: match cfg.defaults.network_mode {
+            config::NetworkMode::None => NetworkMode::None,
+            config::NetworkMode::Full => NetworkMode::Full,
         },
         readonly_rootfs: cfg.defaults.readonly_rootfs,
+        default_exec_timeout_ms: cfg.defaults.default_exec_timeout_ms(),
         max_exec_timeout_ms: cfg.defaults.max_exec_timeout_ms,
+        max_output_bytes: cfg.defaults.max_output_bytes,
+        max_read_bytes: cfg.defaults.max_read_bytes,
         workspace_enabled: cfg.workspace.enabled,
         workspace_persist_by_default: cfg.workspace.persist_by_default,
         workspace_default_quota_bytes: cfg.workspace_quota_bytes(),
@@ -237,7 +241,6 @@ fn engine_config(cfg: &Config) -> EngineConfig {
             max_idle: std::time::Duration::from_secs(cfg.pool.max_idle_seconds),
             max_concurrent_fills: cfg.pool_fill_slots(),
         },
-        ..EngineConfig::default()
     }
 }
 
@@ -274,9 +277,9 @@ async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime
 async fn serve(config: Option<PathBuf>) -> Result<()> {
     init_logging();
     let cfg = Config::load(config.as_deref())?;
-    let runtime: Arc<dyn Runtime> = match cfg.runtime.as_str() {
-        "docker" => Arc::new(docker_runtime(&cfg).await?),
-        _ => Arc::new(native_runtime(&cfg)?),
+    let runtime: Arc<dyn Runtime> = match cfg.runtime {
+        RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
+        RuntimeKind::Native => Arc::new(native_runtime(&cfg)?),
     };
     let key = api_key(&cfg, true)?;
     let store = Arc::new(Store::open(&cfg.db_path())?);
@@ -384,9 +387,9 @@ async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
 async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
     let cfg = Config::load(config.as_deref())?;
     // The configured runtime's images: the native store, or the engine's.
-    let rt: Arc<dyn Runtime> = match cfg.runtime.as_str() {
-        "docker" => Arc::new(docker_runtime(&cfg).await?),
-        _ => Arc::new(native_runtime(&cfg)?),
+    let rt: Arc<dyn Runtime> = match cfg.runtime {
+        RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
+        RuntimeKind::Native => Arc::new(native_runtime(&cfg)?),
     };
     match cmd {
         ImageCommand::Ls => {
@@ -403,7 +406,7 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
             // Refused while a live session uses it (the store is shared
             // with a running daemon; SQLite's WAL allows this reader).
             let store = Store::open(&cfg.db_path())?;
-            let live = store.list_sessions_except(&sandkasten_engine::SessionState::FINAL)?;
+            let live = store.list_live_sessions()?;
             if let Some(s) = live.iter().find(|s| s.image == name) {
                 bail!("image {name} is used by session {}; destroy it first", s.id);
             }
