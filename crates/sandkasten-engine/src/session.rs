@@ -15,7 +15,7 @@ use crate::sessions::{
     ExecJob, Session, SessionParams, SessionTable, ATTACH_PING_TIMEOUT, RECONNECT_PATIENCE,
 };
 use crate::text::OutputCleaner;
-use crate::workspace::{MountGuard, WorkspaceLocks};
+use crate::workspace::{MountGuard, WorkspaceConfig, Workspaces};
 use crate::{
     AcquireSource, CreateSession, DirEntry, EngineConfig, EngineError, ExecEvent, ExecRequest,
     ExecResult, ExecStream, FileContent, FileStat, SessionInfo, SessionState, SessionStats,
@@ -38,15 +38,13 @@ pub struct Engine {
 }
 
 pub(crate) struct Inner {
-    pub(crate) cfg: EngineConfig,
-    pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) db: Db,
-    pub(crate) sessions: Arc<SessionTable>,
+    cfg: EngineConfig,
+    runtime: Arc<dyn Runtime>,
+    db: Db,
+    sessions: Arc<SessionTable>,
     /// Wakes the reaper when an expiry moves earlier.
     reaper_wake: Notify,
-    pub(crate) workspaces: WorkspaceLocks,
-    /// Wakes the workspace cleanup (a session ended).
-    pub(crate) cleanup_wake: Notify,
+    pub(crate) workspaces: Arc<Workspaces>,
     pool: Arc<Pool>,
     counters: crate::metrics::Counters,
 }
@@ -103,15 +101,20 @@ impl Engine {
                 readonly_rootfs: cfg.readonly_rootfs,
             },
         ));
+        let workspaces = Arc::new(Workspaces::new(
+            WorkspaceConfig::from_engine(&cfg),
+            runtime.clone(),
+            db.clone(),
+            sessions.clone(),
+        ));
         let engine = Engine {
             inner: Arc::new(Inner {
-                workspaces: WorkspaceLocks::new(sessions.clone()),
+                workspaces: workspaces.clone(),
                 cfg,
                 runtime,
                 db,
                 sessions,
                 reaper_wake: Notify::new(),
-                cleanup_wake: Notify::new(),
                 pool: pool.clone(),
                 counters: crate::metrics::Counters::new(),
             }),
@@ -119,11 +122,9 @@ impl Engine {
         pool.recover().await?;
         engine.recover().await?;
         pool.start(shutdown.clone());
+        tokio::spawn(workspaces.cleanup_loop(shutdown.clone()));
         let reaper = engine.clone();
-        let cleaner = engine.clone();
-        let cleaner_stop = shutdown.clone();
         tokio::spawn(async move { reaper.reap(shutdown).await });
-        tokio::spawn(async move { cleaner.cleanup_loop(cleaner_stop).await });
         Ok(engine)
     }
 
@@ -383,8 +384,9 @@ impl Engine {
                 ImageError::Invalid(format!("image {image} is not in allowed_images")).into(),
             );
         }
+        let ws_cfg = self.inner.workspaces.config();
         if let Some(ws) = &req.workspace_id {
-            if !cfg.workspace_enabled {
+            if !ws_cfg.enabled {
                 return Err(WorkspaceError::Disabled.into());
             }
             crate::check_workspace_id(ws)?;
@@ -408,7 +410,7 @@ impl Engine {
             image,
             ttl,
             workspace_id: req.workspace_id,
-            persist_by_default: cfg.workspace_enabled && cfg.workspace_persist_by_default,
+            persist_by_default: ws_cfg.enabled && ws_cfg.persist_by_default,
             env: req.env,
         })
     }
@@ -435,7 +437,7 @@ impl Engine {
             .clone()
             .or_else(|| v.persist_by_default.then(|| id.clone()));
         let _mount: Option<MountGuard> = match &workspace_id {
-            Some(ws) => match self.begin_mount(ws).await {
+            Some(ws) => match self.inner.workspaces.begin_mount(ws).await {
                 Ok(g) => Some(g),
                 Err(e) => {
                     if let Some(t) = taken.take() {
@@ -659,16 +661,7 @@ impl Engine {
         self.inner.sessions.remove(id);
         if let Some(ws) = &s.workspace_id {
             // Idle time counts from the end of the last use.
-            let (w, at) = (ws.clone(), ms(now()));
-            if let Err(e) = self
-                .inner
-                .db
-                .run(move |st| st.touch_workspace(&w, at))
-                .await
-            {
-                tracing::warn!(workspace = %ws, "recording workspace use: {e}");
-            }
-            self.inner.cleanup_wake.notify_one();
+            self.inner.workspaces.session_ended(ws).await;
         }
         s.finish(final_state);
         self.inner.counters.ended(final_state);

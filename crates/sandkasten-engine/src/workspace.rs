@@ -9,16 +9,18 @@
 //! changed), and a change checks the live sessions and the mounts and
 //! marks the id in the same critical section.
 
+use crate::db::Db;
 use crate::error::{Holder, WorkspaceError};
 use crate::session::{from_ms, ms, now};
 use crate::sessions::SessionTable;
 use crate::{
     CreateWorkspace, DirEntry, Engine, EngineError, FileContent, SnapshotInfo, WorkspaceInfo,
 };
-use sandkasten_runtime::{ExportStream, FileOp, RuntimeError};
+use sandkasten_runtime::{ExportStream, FileOp, Runtime, RuntimeError};
 use sandkasten_store::{SnapshotRecord, WorkspaceRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 fn now_ms() -> i64 {
     ms(now())
@@ -177,6 +179,42 @@ impl WorkspaceLocks {
     }
 }
 
+/// Workspace settings (the engine config's `workspace_*` keys).
+#[derive(Debug, Clone)]
+pub(crate) struct WorkspaceConfig {
+    pub(crate) enabled: bool,
+    pub(crate) persist_by_default: bool,
+    /// Size limit of a workspace created without one of its own.
+    pub(crate) default_quota_bytes: Option<u64>,
+    pub(crate) max_idle: Option<std::time::Duration>,
+    pub(crate) max_total_bytes: Option<u64>,
+    /// Cap of one session-less file read.
+    pub(crate) max_read_bytes: u64,
+}
+
+impl WorkspaceConfig {
+    pub(crate) fn from_engine(cfg: &crate::EngineConfig) -> WorkspaceConfig {
+        WorkspaceConfig {
+            enabled: cfg.workspace_enabled,
+            persist_by_default: cfg.workspace_persist_by_default,
+            default_quota_bytes: cfg.workspace_default_quota_bytes,
+            max_idle: cfg.workspace_max_idle,
+            max_total_bytes: cfg.workspace_max_total_bytes,
+            max_read_bytes: cfg.max_read_bytes,
+        }
+    }
+}
+
+/// The workspaces: their records, storage, locks and cleanup policy.
+pub(crate) struct Workspaces {
+    cfg: WorkspaceConfig,
+    runtime: Arc<dyn Runtime>,
+    db: Db,
+    locks: WorkspaceLocks,
+    /// Wakes the cleanup (a session with a workspace ended).
+    cleanup_wake: Notify,
+}
+
 /// Maps a client path onto the workspace root: `a/b`, `/a/b` and
 /// `/workspace/a/b` all name `<workspace>/a/b` (given to the runtime as
 /// `/a/b`, resolved strictly inside the workspace).
@@ -204,9 +242,38 @@ fn as_session_path(p: &str) -> String {
     }
 }
 
-impl Engine {
+impl Workspaces {
+    pub(crate) fn new(
+        cfg: WorkspaceConfig,
+        runtime: Arc<dyn Runtime>,
+        db: Db,
+        sessions: Arc<SessionTable>,
+    ) -> Workspaces {
+        Workspaces {
+            cfg,
+            runtime,
+            db,
+            locks: WorkspaceLocks::new(sessions),
+            cleanup_wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &WorkspaceConfig {
+        &self.cfg
+    }
+
+    /// A session that mounted `id` ended: its idle time counts from now,
+    /// and the cleanup policy looks again.
+    pub(crate) async fn session_ended(&self, id: &str) {
+        let (w, at) = (id.to_string(), now_ms());
+        if let Err(e) = self.db.run(move |st| st.touch_workspace(&w, at)).await {
+            tracing::warn!(workspace = %id, "recording workspace use: {e}");
+        }
+        self.cleanup_wake.notify_one();
+    }
+
     fn check_enabled(&self) -> Result<(), EngineError> {
-        if self.config().workspace_enabled {
+        if self.cfg.enabled {
             Ok(())
         } else {
             Err(WorkspaceError::Disabled.into())
@@ -216,45 +283,39 @@ impl Engine {
     /// Ensures workspace `id` exists (row and storage) and holds it against
     /// deletion until the returned guard is dropped.
     pub(crate) async fn begin_mount(&self, id: &str) -> Result<MountGuard, EngineError> {
-        let guard = self.inner.workspaces.hold(id)?;
+        let guard = self.locks.hold(id)?;
         let now = now_ms();
         let rec = WorkspaceRecord {
             id: id.to_string(),
             created_at_ms: now,
             last_used_at_ms: Some(now),
-            quota_bytes: self.config().workspace_default_quota_bytes,
+            quota_bytes: self.cfg.default_quota_bytes,
             labels: Default::default(),
         };
         let quota = self
-            .inner
             .db
             .run(move |s| {
                 s.insert_workspace(&rec)?;
                 Ok(s.get_workspace(&rec.id)?.and_then(|r| r.quota_bytes))
             })
             .await?;
-        self.inner
-            .runtime
+        self.runtime
             .ensure_workspace(id, quota)
             .await
             .map_err(rt(id, "creating the workspace"))?;
         let wid = id.to_string();
-        self.inner
-            .db
-            .run(move |s| s.touch_workspace(&wid, now))
-            .await?;
+        self.db.run(move |s| s.touch_workspace(&wid, now)).await?;
         Ok(guard)
     }
 
     async fn info(&self, rec: WorkspaceRecord) -> Result<WorkspaceInfo, EngineError> {
         let size = self
-            .inner
             .runtime
             .workspace_size(&rec.id)
             .await
             .map_err(rt(&rec.id, "measuring the workspace"))?;
         Ok(WorkspaceInfo {
-            in_use: self.inner.workspaces.user_of(&rec.id).is_some(),
+            in_use: self.locks.user_of(&rec.id).is_some(),
             size_bytes: size.unwrap_or(0),
             created_at: from_ms(rec.created_at_ms),
             last_used_at: rec.last_used_at_ms.map(from_ms),
@@ -268,24 +329,23 @@ impl Engine {
         self.check_enabled()?;
         check_workspace_id(id)?;
         let wid = id.to_string();
-        self.inner
-            .db
+        self.db
             .run(move |s| s.get_workspace(&wid))
             .await?
             .ok_or_else(|| WorkspaceError::NotFound(id.to_string()).into())
     }
 
-    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
+    pub(crate) async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
         self.check_enabled()?;
         let mut out = Vec::new();
-        for rec in self.inner.db.run(|s| s.list_workspaces()).await? {
+        for rec in self.db.run(|s| s.list_workspaces()).await? {
             out.push(self.info(rec).await?);
         }
         Ok(out)
     }
 
     /// Explicit create; `AlreadyExists` when the id is taken.
-    pub async fn create_workspace(
+    pub(crate) async fn create_workspace(
         &self,
         req: CreateWorkspace,
     ) -> Result<WorkspaceInfo, EngineError> {
@@ -309,8 +369,8 @@ impl Engine {
         let quota = req
             .quota_bytes
             .or(source_quota)
-            .or(self.config().workspace_default_quota_bytes);
-        self.inner.workspaces.check_not_changing(&req.id)?;
+            .or(self.cfg.default_quota_bytes);
+        self.locks.check_not_changing(&req.id)?;
         let rec = WorkspaceRecord {
             id: req.id.clone(),
             created_at_ms: now_ms(),
@@ -324,17 +384,11 @@ impl Engine {
             return self.info(rec).await;
         };
         let wid = req.id.clone();
-        if self
-            .inner
-            .db
-            .run(move |s| s.get_workspace(&wid))
-            .await?
-            .is_some()
-        {
+        if self.db.run(move |s| s.get_workspace(&wid)).await?.is_some() {
             return Err(WorkspaceError::AlreadyExists(req.id).into());
         }
         // No session may mount the new workspace before its copy is done.
-        let change = self.inner.workspaces.begin_change(&req.id)?;
+        let change = self.locks.begin_change(&req.id)?;
         let result = async {
             self.insert_and_create(&rec).await?;
             self.fill_from_snapshot(&req.id, &snap).await
@@ -348,39 +402,36 @@ impl Engine {
 
     async fn insert_and_create(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
         let r = rec.clone();
-        if !self.inner.db.run(move |s| s.insert_workspace(&r)).await? {
+        if !self.db.run(move |s| s.insert_workspace(&r)).await? {
             return Err(WorkspaceError::AlreadyExists(rec.id.clone()).into());
         }
         if let Err(e) = self
-            .inner
             .runtime
             .ensure_workspace(&rec.id, rec.quota_bytes)
             .await
         {
             let id = rec.id.clone();
-            let _ = self.inner.db.run(move |s| s.delete_workspace(&id)).await;
+            let _ = self.db.run(move |s| s.delete_workspace(&id)).await;
             return Err(rt(&rec.id, "creating the workspace")(e));
         }
         Ok(())
     }
 
-    pub async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
+    pub(crate) async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
         let rec = self.record(id).await?;
         self.info(rec).await
     }
 
     /// `InUse` while a live session has it mounted.
-    pub async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
+    pub(crate) async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
         self.record(id).await?;
-        let _change = self.inner.workspaces.begin_change(id)?;
-        self.inner
-            .runtime
+        let _change = self.locks.begin_change(id)?;
+        self.runtime
             .delete_workspace(id)
             .await
             .map_err(rt(id, "deleting the workspace"))?;
         let wid = id.to_string();
-        self.inner
-            .db
+        self.db
             .run(move |s| {
                 s.delete_snapshots_of(&wid)?;
                 s.delete_workspace(&wid)
@@ -397,8 +448,7 @@ impl Engine {
         op: FileOp,
     ) -> Result<sandkasten_runtime::FileReply, EngineError> {
         self.record(id).await?;
-        self.inner
-            .runtime
+        self.runtime
             .workspace_file(id, op)
             .await
             .map_err(rt(id, "accessing workspace files"))
@@ -406,7 +456,7 @@ impl Engine {
 
     /// Session-less file access. Paths are inside the workspace: `a/b`,
     /// `/a/b` and `/workspace/a/b` all name `<workspace>/a/b`.
-    pub async fn workspace_list_dir(
+    pub(crate) async fn workspace_list_dir(
         &self,
         id: &str,
         path: &str,
@@ -420,13 +470,13 @@ impl Engine {
             .map_err(EngineError::runtime("listing workspace files"))
     }
 
-    pub async fn workspace_read_file(
+    pub(crate) async fn workspace_read_file(
         &self,
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
     ) -> Result<FileContent, EngineError> {
-        let cap = self.config().max_read_bytes;
+        let cap = self.cfg.max_read_bytes;
         let op = FileOp::Read {
             path: inside(path)?,
             max_bytes: Some(max_bytes.map_or(cap, |m| m.min(cap))),
@@ -444,7 +494,7 @@ impl Engine {
     }
 
     /// Returns the path written, as `/workspace/...`.
-    pub async fn workspace_write_file(
+    pub(crate) async fn workspace_write_file(
         &self,
         id: &str,
         path: &str,
@@ -472,18 +522,17 @@ impl Engine {
     /// Copies snapshot `snap` into the freshly created workspace `id`
     /// (marked busy by the caller); deletes `id` again when that fails.
     async fn fill_from_snapshot(&self, id: &str, snap: &SnapshotRecord) -> Result<(), EngineError> {
-        let source = self.inner.workspaces.hold(&snap.workspace_id)?;
+        let source = self.locks.hold(&snap.workspace_id)?;
         let result = self
-            .inner
             .runtime
             .copy_snapshot(&snap.workspace_id, &snap.id, id)
             .await
             .map_err(rt(id, "copying the snapshot"));
         drop(source);
         if result.is_err() {
-            let _ = self.inner.runtime.delete_workspace(id).await;
+            let _ = self.runtime.delete_workspace(id).await;
             let wid = id.to_string();
-            let _ = self.inner.db.run(move |s| s.delete_workspace(&wid)).await;
+            let _ = self.db.run(move |s| s.delete_workspace(&wid)).await;
         }
         result
     }
@@ -495,11 +544,10 @@ impl Engine {
     /// stream with it. Consistent (a temporary snapshot) where the runtime
     /// can snapshot. The workspace is held (delete, restore and import
     /// answer `InUse`) until the stream ends or is dropped.
-    pub async fn export_workspace(&self, id: &str) -> Result<ExportStream, EngineError> {
+    pub(crate) async fn export_workspace(&self, id: &str) -> Result<ExportStream, EngineError> {
         self.record(id).await?;
-        let guard = self.inner.workspaces.hold(id)?;
+        let guard = self.locks.hold(id)?;
         let mut from = self
-            .inner
             .runtime
             .export_workspace(id)
             .await
@@ -521,21 +569,20 @@ impl Engine {
     }
 
     /// Where an upload to import may be spooled.
-    pub fn scratch_dir(&self) -> std::path::PathBuf {
-        self.inner.runtime.scratch_dir()
+    pub(crate) fn scratch_dir(&self) -> std::path::PathBuf {
+        self.runtime.scratch_dir()
     }
 
     /// Replaces workspace `id`'s content with the tar at `archive`;
     /// `InUse` while mounted. The workspace must exist.
-    pub async fn import_workspace(
+    pub(crate) async fn import_workspace(
         &self,
         id: &str,
         archive: std::path::PathBuf,
     ) -> Result<(), EngineError> {
         self.record(id).await?;
-        let _change = self.inner.workspaces.begin_change(id)?;
-        self.inner
-            .runtime
+        let _change = self.locks.begin_change(id)?;
+        self.runtime
             .import_workspace(id, archive)
             .await
             .map_err(rt(id, "importing into the workspace"))?;
@@ -553,9 +600,9 @@ fn snapshot_info(r: SnapshotRecord) -> SnapshotInfo {
     }
 }
 
-impl Engine {
+impl Workspaces {
     /// A consistent point-in-time snapshot, also while sessions write.
-    pub async fn create_snapshot(
+    pub(crate) async fn create_snapshot(
         &self,
         id: &str,
         label: Option<String>,
@@ -569,8 +616,7 @@ impl Engine {
             }
         }
         let snap = format!("snap-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        self.inner
-            .runtime
+        self.runtime
             .snapshot_workspace(id, &snap)
             .await
             .map_err(rt(id, "snapshotting the workspace"))?;
@@ -581,16 +627,15 @@ impl Engine {
             label,
         };
         let r = rec.clone();
-        self.inner.db.run(move |s| s.insert_snapshot(&r)).await?;
+        self.db.run(move |s| s.insert_snapshot(&r)).await?;
         tracing::info!(workspace = %id, snapshot = %rec.id, "snapshot created");
         Ok(snapshot_info(rec))
     }
 
-    pub async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
+    pub(crate) async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
         self.record(id).await?;
         let wid = id.to_string();
         Ok(self
-            .inner
             .db
             .run(move |s| s.list_snapshots(&wid))
             .await?
@@ -602,37 +647,136 @@ impl Engine {
     async fn snapshot_record(&self, id: &str, snap: &str) -> Result<SnapshotRecord, EngineError> {
         self.record(id).await?;
         let sid = snap.to_string();
-        self.inner
-            .db
+        self.db
             .run(move |s| s.get_snapshot(&sid))
             .await?
             .filter(|r| r.workspace_id == id)
             .ok_or_else(|| WorkspaceError::SnapshotNotFound(snap.to_string()).into())
     }
 
-    pub async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+    pub(crate) async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
         self.snapshot_record(id, snap).await?;
-        self.inner
-            .runtime
+        self.runtime
             .delete_snapshot(id, snap)
             .await
             .map_err(rt(id, "deleting the snapshot"))?;
         let sid = snap.to_string();
-        self.inner.db.run(move |s| s.delete_snapshot(&sid)).await?;
+        self.db.run(move |s| s.delete_snapshot(&sid)).await?;
         Ok(())
     }
 
     /// Restores a snapshot in place; `InUse` while mounted.
-    pub async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+    pub(crate) async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
         self.snapshot_record(id, snap).await?;
-        let _change = self.inner.workspaces.begin_change(id)?;
-        self.inner
-            .runtime
+        let _change = self.locks.begin_change(id)?;
+        self.runtime
             .restore_snapshot(id, snap)
             .await
             .map_err(rt(id, "restoring the snapshot"))?;
         tracing::info!(workspace = %id, snapshot = %snap, "snapshot restored");
         Ok(())
+    }
+}
+
+/// The engine's workspace calls (the API's entry points), each one call of
+/// the [`Workspaces`] part.
+impl Engine {
+    pub async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
+        self.inner.workspaces.list_workspaces().await
+    }
+
+    /// Explicit create; `AlreadyExists` when the id is taken.
+    pub async fn create_workspace(
+        &self,
+        req: CreateWorkspace,
+    ) -> Result<WorkspaceInfo, EngineError> {
+        self.inner.workspaces.create_workspace(req).await
+    }
+
+    pub async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
+        self.inner.workspaces.get_workspace(id).await
+    }
+
+    /// `InUse` while a live session has it mounted.
+    pub async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
+        self.inner.workspaces.delete_workspace(id).await
+    }
+
+    /// Session-less file access. Paths are inside the workspace: `a/b`,
+    /// `/a/b` and `/workspace/a/b` all name `<workspace>/a/b`.
+    pub async fn workspace_list_dir(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<DirEntry>, EngineError> {
+        self.inner.workspaces.workspace_list_dir(id, path).await
+    }
+
+    pub async fn workspace_read_file(
+        &self,
+        id: &str,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<FileContent, EngineError> {
+        self.inner
+            .workspaces
+            .workspace_read_file(id, path, max_bytes)
+            .await
+    }
+
+    /// Returns the path written, as `/workspace/...`.
+    pub async fn workspace_write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+    ) -> Result<String, EngineError> {
+        self.inner
+            .workspaces
+            .workspace_write_file(id, path, data)
+            .await
+    }
+
+    /// Streams workspace `id` as a tar (see [`Workspaces::export_workspace`]).
+    pub async fn export_workspace(&self, id: &str) -> Result<ExportStream, EngineError> {
+        self.inner.workspaces.export_workspace(id).await
+    }
+
+    /// Where an upload to import may be spooled.
+    pub fn scratch_dir(&self) -> std::path::PathBuf {
+        self.inner.workspaces.scratch_dir()
+    }
+
+    /// Replaces workspace `id`'s content with the tar at `archive`;
+    /// `InUse` while mounted.
+    pub async fn import_workspace(
+        &self,
+        id: &str,
+        archive: std::path::PathBuf,
+    ) -> Result<(), EngineError> {
+        self.inner.workspaces.import_workspace(id, archive).await
+    }
+
+    /// A consistent point-in-time snapshot, also while sessions write.
+    pub async fn create_snapshot(
+        &self,
+        id: &str,
+        label: Option<String>,
+    ) -> Result<SnapshotInfo, EngineError> {
+        self.inner.workspaces.create_snapshot(id, label).await
+    }
+
+    pub async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
+        self.inner.workspaces.list_snapshots(id).await
+    }
+
+    pub async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+        self.inner.workspaces.delete_snapshot(id, snap).await
+    }
+
+    /// Restores a snapshot in place; `InUse` while mounted.
+    pub async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
+        self.inner.workspaces.restore_snapshot(id, snap).await
     }
 }
 
@@ -701,16 +845,17 @@ fn plan_cleanup(
     }
 }
 
-impl Engine {
+impl Workspaces {
     /// Applies `workspace.max_idle_days` and `workspace.max_total_gb`: at
     /// start, whenever a session with a workspace ends, and when the next
     /// workspace becomes idle-expired (a timer, not a poll); at least hourly
     /// for the size limit.
-    pub(crate) async fn cleanup_loop(self, shutdown: tokio_util::sync::CancellationToken) {
-        let cfg = self.config();
-        if !cfg.workspace_enabled
-            || (cfg.workspace_max_idle.is_none() && cfg.workspace_max_total_bytes.is_none())
-        {
+    pub(crate) async fn cleanup_loop(
+        self: Arc<Self>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let cfg = &self.cfg;
+        if !cfg.enabled || (cfg.max_idle.is_none() && cfg.max_total_bytes.is_none()) {
             return;
         }
         loop {
@@ -727,20 +872,19 @@ impl Engine {
             });
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.inner.cleanup_wake.notified() => {}
+                _ = self.cleanup_wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 
     async fn cleanup_once(&self) -> Result<Option<i64>, EngineError> {
-        let cfg = self.config();
+        let cfg = &self.cfg;
         let mut candidates = Vec::new();
-        for rec in self.inner.db.run(|s| s.list_workspaces()).await? {
-            let mounted = self.inner.workspaces.in_use(&rec.id);
-            let size = if cfg.workspace_max_total_bytes.is_some() {
-                self.inner
-                    .runtime
+        for rec in self.db.run(|s| s.list_workspaces()).await? {
+            let mounted = self.locks.in_use(&rec.id);
+            let size = if cfg.max_total_bytes.is_some() {
+                self.runtime
                     .workspace_size(&rec.id)
                     .await
                     .map_err(rt(&rec.id, "measuring a workspace"))?
@@ -758,8 +902,8 @@ impl Engine {
         let plan = plan_cleanup(
             candidates,
             now_ms(),
-            cfg.workspace_max_idle.map(|d| d.as_millis() as i64),
-            cfg.workspace_max_total_bytes,
+            cfg.max_idle.map(|d| d.as_millis() as i64),
+            cfg.max_total_bytes,
         );
         for (id, reason) in plan.delete {
             match self.delete_workspace(&id).await {
