@@ -55,10 +55,11 @@ pub async fn import(
 ) -> Result<ImageInfo, RuntimeError> {
     let (repo, tag) = split_reference(name);
     let path = archive.to_path_buf();
-    let is_save = tokio::task::spawn_blocking(move || is_docker_save(&path))
-        .await
-        .map_err(|e| RuntimeError::Other(format!("inspecting the archive: {e}")))?
-        .map_err(|e| RuntimeError::InvalidImage(format!("unreadable archive: {e}")))?;
+    let is_save = sandkasten_runtime::blocking("inspecting an image archive", move || {
+        is_docker_save(&path)
+            .map_err(|e| RuntimeError::InvalidImage(format!("unreadable archive: {e}")))
+    })
+    .await?;
     let body = || async {
         let f = tokio::fs::File::open(archive)
             .await

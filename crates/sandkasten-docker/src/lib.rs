@@ -24,13 +24,18 @@
 //! agent stacks the native runtime's seccomp filter on the engine's
 //! profile. The shell runs as uid 1000 with no capabilities.
 //!
-//! A local engine (a unix socket) sees the same filesystem as the daemon:
-//! the agent binary, the run directories and the volumes' mount points are
-//! host paths. An engine with user namespace remapping is refused there
-//! (root in the container would not own the run directory). A `tcp://`
-//! engine shares nothing with us (`remote.rs`): the agent is copied onto
-//! it and reached through the exec API, and workspaces through helper
-//! containers.
+//! How the agent gets into a container, how the daemon reaches it and how
+//! volumes are read without a session is the transport's (`transport.rs`),
+//! picked once at start; the rest of the runtime never asks which one it
+//! has. A local engine with runc (a unix socket) sees the same filesystem
+//! as the daemon (`local.rs`): the agent binary, the run directories and
+//! the volumes' mount points are host paths. An engine with user namespace
+//! remapping is refused there (root in the container would not own the run
+//! directory). A `tcp://` engine, or any OCI runtime but runc, shares
+//! nothing usable with us (`remote.rs`): the agent is copied onto it and
+//! reached through the exec API, and workspaces through helper containers.
+//!
+//! Starting a container is a sequence of named steps (`start.rs`).
 //!
 //! Late binding (a pooled container taking a persistent workspace): the
 //! daemon clones a detached bind mount of the workspace volume's host mount
@@ -69,34 +74,29 @@
 mod export;
 mod hostfs;
 mod images;
+mod local;
 mod remote;
+mod start;
+mod transport;
 mod watch;
 
 use async_trait::async_trait;
-use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
-};
+use bollard::models::{Mount, MountType, MountVolumeOptions, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StatsOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StatsOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    latebind, AgentClient, ImageInfo, NetworkMode, Request, Response, Runtime, RuntimeError,
-    Sandbox, SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount,
+    blocking, ExportStream, FileOp, FileReply, ImageInfo, Runtime, RuntimeError, Sandbox,
+    SandboxHandle, SandboxSpec, SandboxStats,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use transport::Transport;
 
-/// The uid (and gid) of the sandbox user inside every container.
-pub const SANDBOX_UID: u32 = 1000;
-
-/// Where the agent binary appears in a container of a local engine.
-const AGENT_PATH: &str = "/.sandkasten/agent";
 /// Where the session's run directory appears in a container.
 const RUN_DIR: &str = "/.sandkasten/run";
 /// The agent's socket in a container.
@@ -110,11 +110,6 @@ pub const LABEL_IMAGE: &str = "sandkasten.image";
 pub const LABEL_WORKSPACE_ID: &str = "sandkasten.workspace_id";
 pub const LABEL_WORKSPACE: &str = "sandkasten.workspace";
 pub const LABEL_DATA_DIR: &str = "sandkasten.data_dir";
-
-/// The longest a new container's agent may take to listen. Both outcomes
-/// are events (the socket appears, or the container exits); this bound only
-/// catches an agent that hangs.
-const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Settings of the docker runtime.
 #[derive(Debug, Clone)]
@@ -136,39 +131,21 @@ pub struct DockerConfig {
 pub struct DockerRuntime {
     cfg: DockerConfig,
     docker: Docker,
-    /// Whether a workspace can be mounted into a running container (see
-    /// the module docs).
-    late_bind: bool,
-    /// `Some` on a remote engine: the agent is copied onto it and reached
-    /// through the exec API (see `remote.rs`).
-    remote: Option<std::sync::Arc<remote::RemoteAgent>>,
-    /// Per workspace volume: helper containers hold it shared, deletion
-    /// exclusively. A helper mounting a volume that was just removed would
-    /// make the engine create it again, empty; and the engine refuses to
-    /// remove a volume a helper mounts.
-    volume_locks: VolumeLocks,
-    /// Relay connections by container (remote engines, gVisor).
-    relays: remote::Relays,
-}
-
-#[derive(Default)]
-struct VolumeLocks(std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::RwLock<()>>>>);
-
-impl VolumeLocks {
-    fn of(&self, id: &str) -> std::sync::Arc<tokio::sync::RwLock<()>> {
-        let mut map = self.0.lock().unwrap();
-        // Forget locks nobody holds or waits for.
-        map.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
-        map.entry(id.to_string()).or_default().clone()
-    }
+    /// How the agent gets into containers and is reached, and how volumes
+    /// are read without a session: shared files with a local runc engine,
+    /// copies, relays and helpers otherwise (see `transport.rs`).
+    transport: Box<dyn Transport>,
 }
 
 /// Maps an engine error to a runtime error with what was being done.
 pub(crate) fn api_err(
     ctx: impl Into<String>,
 ) -> impl FnOnce(bollard::errors::Error) -> RuntimeError {
-    let ctx = ctx.into();
-    move |e| RuntimeError::Other(format!("{ctx}: {e}"))
+    let context = ctx.into();
+    move |e| RuntimeError::Backend {
+        context,
+        message: e.to_string(),
+    }
 }
 
 /// The HTTP status of an engine error, if it is one.
@@ -179,9 +156,9 @@ pub(crate) fn status_of(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
-fn io(ctx: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
-    let ctx = ctx.into();
-    move |e| RuntimeError::io(ctx, e)
+/// The agent's config as the JSON it reads.
+pub(crate) fn agent_config_json(cfg: &AgentConfig) -> Result<String, RuntimeError> {
+    serde_json::to_string(cfg).map_err(|e| RuntimeError::Agent(format!("encoding its config: {e}")))
 }
 
 /// Where the engine is.
@@ -265,21 +242,6 @@ fn started_at_token(started_at: &str) -> u64 {
     (u64::from_le_bytes(b) >> 1).max(1)
 }
 
-/// A bind mount of a host path (not recursive).
-fn bind_mount(source: &Path, target: &str, read_only: bool) -> Mount {
-    Mount {
-        target: Some(target.into()),
-        source: Some(source.display().to_string()),
-        typ: Some(MountType::BIND),
-        read_only: Some(read_only),
-        bind_options: Some(MountBindOptions {
-            non_recursive: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// The name of a workspace's volume (also an ephemeral session's, by its
 /// session id).
 pub fn volume_name(id: &str) -> String {
@@ -291,9 +253,50 @@ pub fn container_name(id: &str) -> String {
     format!("sandkasten-{id}")
 }
 
+/// A named volume mounted at `target` (never copying image content in).
+pub(crate) fn volume_mount(volume: &str, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.into()),
+        source: Some(volume.into()),
+        typ: Some(MountType::VOLUME),
+        read_only: Some(read_only),
+        volume_options: Some(MountVolumeOptions {
+            no_copy: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether workspace `id`'s volume exists.
+pub(crate) async fn volume_exists(docker: &Docker, id: &str) -> Result<bool, RuntimeError> {
+    match docker.inspect_volume(&volume_name(id)).await {
+        Ok(_) => Ok(true),
+        Err(e) if status_of(&e) == Some(404) => Ok(false),
+        Err(e) => Err(api_err(format!("inspecting volume {}", volume_name(id)))(e)),
+    }
+}
+
+/// The host mount point of workspace `id`'s volume (a local engine's);
+/// `None` when the volume does not exist.
+pub(crate) async fn volume_root(
+    docker: &Docker,
+    id: &str,
+) -> Result<Option<PathBuf>, RuntimeError> {
+    match docker.inspect_volume(&volume_name(id)).await {
+        Ok(v) if v.mountpoint.is_empty() => Err(RuntimeError::Unsupported(
+            format!("host access to volume driver {}", v.driver),
+            "docker",
+        )),
+        Ok(v) => Ok(Some(PathBuf::from(v.mountpoint))),
+        Err(e) if status_of(&e) == Some(404) => Ok(None),
+        Err(e) => Err(api_err(format!("inspecting volume {}", volume_name(id)))(e)),
+    }
+}
+
 impl DockerRuntime {
     /// Connects to the engine (negotiating the API version down to the
-    /// engine's) and prepares the data dir.
+    /// engine's), prepares the data dir and picks the transport.
     pub async fn new(cfg: DockerConfig) -> Result<DockerRuntime, RuntimeError> {
         let engine = engine_address(cfg.host.as_deref())?;
         let local = matches!(engine, Engine::Unix(_));
@@ -368,45 +371,68 @@ impl DockerRuntime {
             }
         }
         let runs = cfg.data_dir.join("docker");
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
-        hostfs::private_dir(&runs).map_err(io(format!("creating {}", runs.display())))?;
         let kept = cfg.data_dir.join("docker-kept");
-        hostfs::private_dir(&kept).map_err(io(format!("creating {}", kept.display())))?;
-        // Late binding enters a container's mount namespace through its
-        // PID 1: that needs runc (gVisor or a VM keeps its own mounts) and
-        // the engine's pids in our pid namespace.
+        let data_dir = cfg.data_dir.clone();
+        let dirs = (runs.clone(), kept);
+        blocking("preparing the data dir", move || {
+            let (runs, kept) = dirs;
+            std::fs::create_dir_all(&data_dir).map_err(RuntimeError::io_ctx(format!(
+                "creating {}",
+                data_dir.display()
+            )))?;
+            hostfs::private_dir(&runs)
+                .map_err(RuntimeError::io_ctx(format!("creating {}", runs.display())))?;
+            hostfs::private_dir(&kept)
+                .map_err(RuntimeError::io_ctx(format!("creating {}", kept.display())))
+        })
+        .await?;
         let oci = cfg
             .oci_runtime
             .clone()
             .or(info.default_runtime.clone())
             .unwrap_or_else(|| "runc".into());
-        let late_bind = local && oci == "runc" && engine_pids_visible(&socket);
         // gVisor (or a VM runtime) keeps its own view of files: a socket the
         // agent binds on a bind mount is not one the host can connect to.
         // Such sandboxes are reached as on a remote engine.
-        let remote = if local && oci == "runc" {
-            None
+        let transport: Box<dyn Transport> = if local && oci == "runc" {
+            // Late binding enters a container's mount namespace through its
+            // PID 1: that needs runc (gVisor or a VM keeps its own mounts)
+            // and the engine's pids in our pid namespace.
+            let probe = socket.clone();
+            let late_bind = blocking("probing the engine's pids", move || {
+                Ok(engine_pids_visible(&probe))
+            })
+            .await?;
+            Box::new(local::LocalTransport::new(
+                docker.clone(),
+                cfg.agent_binary.clone(),
+                runs,
+                late_bind,
+            ))
         } else {
-            Some(std::sync::Arc::new(remote::RemoteAgent::load(
-                &cfg.agent_binary,
-            )?))
+            let binary = cfg.agent_binary.clone();
+            let agent = blocking("reading the agent binary", move || {
+                remote::RemoteAgent::load(&binary)
+            })
+            .await?;
+            Box::new(remote::RemoteTransport::new(
+                docker.clone(),
+                cfg.data_dir.display().to_string(),
+                agent,
+            ))
         };
         tracing::info!(
             engine = %socket,
             api = %docker.client_version(),
             oci_runtime = %oci,
-            late_bind,
-            remote = remote.is_some(),
+            late_bind = transport.can_bind_workspace(),
+            remote = transport.is_remote(),
             "docker runtime ready"
         );
         let rt = DockerRuntime {
             cfg,
             docker,
-            late_bind,
-            remote,
-            volume_locks: VolumeLocks::default(),
-            relays: remote::Relays::default(),
+            transport,
         };
         rt.remove_leftover_helpers().await?;
         Ok(rt)
@@ -449,9 +475,10 @@ impl DockerRuntime {
             .map_err(api_err("listing containers"))
     }
 
-    /// Whether the engine is remote (shares no filesystem with us).
+    /// Whether the engine's files are not the daemon's (a remote engine, or
+    /// an OCI runtime served like one).
     pub fn is_remote(&self) -> bool {
-        self.remote.is_some()
+        self.transport.is_remote()
     }
 
     /// The engine client (for tests and tools).
@@ -474,38 +501,9 @@ impl DockerRuntime {
         self.cfg.data_dir.join("docker-kept").join(id)
     }
 
-    /// The shell's environment: our defaults, then the image's own (its
-    /// PATH, LANG, tool variables), then the session's; the sandbox user's
-    /// identity (HOME, USER, LOGNAME) is never taken from the image.
-    fn shell_env(&self, image_env: &[String], extra: &[(String, String)]) -> Vec<(String, String)> {
-        let mut env = sandkasten_runtime::default_shell_env();
-        let set = |k: &str, v: &str, env: &mut Vec<(String, String)>| {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.to_string(), v.to_string()));
-        };
-        for kv in image_env {
-            if let Some((k, v)) = kv.split_once('=') {
-                if !matches!(k, "HOME" | "USER" | "LOGNAME" | "HOSTNAME") {
-                    set(k, v, &mut env);
-                }
-            }
-        }
-        for (k, v) in [
-            ("HOME", "/home/sandbox"),
-            ("USER", "sandbox"),
-            ("LOGNAME", "sandbox"),
-        ] {
-            set(k, v, &mut env);
-        }
-        for (k, v) in extra {
-            set(k, v, &mut env);
-        }
-        env
-    }
-
-    /// Creates (or finds) a volume and gives its root to the sandbox user;
-    /// returns its host mount point and its labels (an existing volume's
-    /// own, which may differ from `labels`).
+    /// Creates (or finds) a volume and lets the transport give its root to
+    /// the sandbox user; returns its mount point and its labels (an
+    /// existing volume's own, which may differ from `labels`).
     async fn ensure_volume(
         &self,
         name: &str,
@@ -521,26 +519,16 @@ impl DockerRuntime {
             })
             .await
             .map_err(api_err(format!("creating volume {name}")))?;
-        let root = PathBuf::from(&v.mountpoint);
-        if self.remote.is_some() {
-            // Its mount point is the engine's; the agent gives the root to
-            // the sandbox user when a container starts (`--own-workdir`).
-            return Ok((root, v.labels));
-        }
-        if v.mountpoint.is_empty() {
-            return Err(RuntimeError::HostNotReady(format!(
-                "volume {name} has no mount point on this host (driver {})",
-                v.driver
-            )));
-        }
-        hostfs::own_volume_root(&root, SANDBOX_UID)
-            .map_err(io(format!("giving volume {name} to the sandbox user")))?;
+        let root = self
+            .transport
+            .adopt_volume(name, &v.mountpoint, &v.driver)
+            .await?;
         Ok((root, v.labels))
     }
 
-    /// Creates workspace `id`'s volume unless it exists; returns its host
-    /// mount point. A volume that is the ephemeral volume of session `id`
-    /// is recorded as kept (its labels cannot change).
+    /// Creates workspace `id`'s volume unless it exists; returns its mount
+    /// point. A volume that is the ephemeral volume of session `id` is
+    /// recorded as kept (its labels cannot change).
     async fn ensure_workspace_volume(&self, id: &str) -> Result<PathBuf, RuntimeError> {
         let labels = HashMap::from([
             (LABEL_WORKSPACE.to_string(), "true".to_string()),
@@ -550,337 +538,19 @@ impl DockerRuntime {
         let (root, found) = self.ensure_volume(&volume_name(id), labels).await?;
         if found.get(LABEL_SESSION).map(String::as_str) == Some(id) {
             let marker = self.kept_marker(id);
-            if !marker.exists() {
-                std::fs::write(&marker, b"").map_err(io(format!(
-                    "recording that volume {} is workspace {id}",
-                    volume_name(id)
-                )))?;
-            }
+            let what = format!(
+                "recording that volume {} is workspace {id}",
+                volume_name(id)
+            );
+            blocking("recording a kept volume", move || {
+                if !marker.exists() {
+                    std::fs::write(&marker, b"").map_err(RuntimeError::io_ctx(what))?;
+                }
+                Ok(())
+            })
+            .await?;
         }
         Ok(root)
-    }
-
-    /// Whether workspace `id`'s volume exists.
-    async fn volume_exists(&self, id: &str) -> Result<bool, RuntimeError> {
-        match self.docker.inspect_volume(&volume_name(id)).await {
-            Ok(_) => Ok(true),
-            Err(e) if status_of(&e) == Some(404) => Ok(false),
-            Err(e) => Err(api_err(format!("inspecting volume {}", volume_name(id)))(e)),
-        }
-    }
-
-    /// The host mount point of workspace `id`'s volume; `None` when the
-    /// volume does not exist.
-    async fn workspace_root(&self, id: &str) -> Result<Option<PathBuf>, RuntimeError> {
-        match self.docker.inspect_volume(&volume_name(id)).await {
-            Ok(v) if v.mountpoint.is_empty() => Err(RuntimeError::Unsupported(
-                format!("host access to volume driver {}", v.driver),
-                "docker",
-            )),
-            Ok(v) => Ok(Some(PathBuf::from(v.mountpoint))),
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(api_err(format!("inspecting volume {}", volume_name(id)))(e)),
-        }
-    }
-
-    /// Creates and starts the container; returns its handle, and on a
-    /// remote engine the agent connection made to see it listen.
-    async fn start(
-        &self,
-        spec: &SandboxSpec,
-    ) -> Result<(SandboxHandle, Option<AgentClient>), RuntimeError> {
-        if let Some(r) = &self.remote {
-            r.ensure(&self.docker, &self.data_dir_label()).await?;
-        }
-        let image =
-            self.docker
-                .inspect_image(&spec.image)
-                .await
-                .map_err(|e| match status_of(&e) {
-                    Some(404) => RuntimeError::ImageNotFound(spec.image.clone()),
-                    // An invalid reference ("Base", "a b") is no image either.
-                    Some(400) => RuntimeError::ImageNotFound(spec.image.clone()),
-                    _ => api_err(format!("inspecting image {}", spec.image))(e),
-                })?;
-        let image_env = image.config.and_then(|c| c.env).unwrap_or_default();
-
-        // The run dir first: it marks the session on disk, so a crash from
-        // here on leaves an orphan that recovery lists and destroys. (On a
-        // remote engine it is only that mark.)
-        let run = self.run_dir(&spec.id);
-        hostfs::private_dir(&run).map_err(io(format!("creating {}", run.display())))?;
-        let (volume, workspace_label) = match &spec.workspace {
-            WorkspaceMount::Persistent(ws) => {
-                self.ensure_workspace_volume(ws).await?;
-                (volume_name(ws), ws.clone())
-            }
-            WorkspaceMount::Ephemeral => {
-                let name = volume_name(&spec.id);
-                let labels = HashMap::from([
-                    (LABEL_SESSION.to_string(), spec.id.clone()),
-                    (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
-                ]);
-                self.ensure_volume(&name, labels).await?;
-                (name, String::new())
-            }
-        };
-
-        let agent_cfg = AgentConfig {
-            uid: Some(SANDBOX_UID),
-            gid: Some(SANDBOX_UID),
-            workdir: "/workspace".into(),
-            env: self.shell_env(&image_env, &spec.env),
-            home: "/home/sandbox".into(),
-            files_root: None,
-        };
-        let json =
-            serde_json::to_string(&agent_cfg).map_err(|e| RuntimeError::Other(e.to_string()))?;
-        let watch = if self.remote.is_none() {
-            std::fs::write(run.join("config.json"), &json)
-                .map_err(io("writing the agent config"))?;
-            // Set up before the container starts, so the socket's arrival
-            // is never missed.
-            Some(watch::DirWatch::new(&run).map_err(io("watching the run directory"))?)
-        } else {
-            None
-        };
-
-        let name = container_name(&spec.id);
-        let labels = HashMap::from([
-            (LABEL_SESSION.to_string(), spec.id.clone()),
-            (LABEL_IMAGE.to_string(), spec.image.clone()),
-            (LABEL_WORKSPACE_ID.to_string(), workspace_label),
-            (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
-        ]);
-        let mut tmpfs = HashMap::from([(
-            "/tmp".to_string(),
-            format!(
-                "rw,exec,nosuid,nodev,size={}m,mode=1777",
-                self.cfg.tmp_size_mb
-            ),
-        )]);
-        let workspace_mount = remote::volume_mount(&volume, "/workspace", false);
-        let (mounts, entrypoint, env) = match &self.remote {
-            None => (
-                vec![
-                    bind_mount(&self.cfg.agent_binary, AGENT_PATH, true),
-                    bind_mount(&run, RUN_DIR, false),
-                    workspace_mount,
-                ],
-                vec![
-                    AGENT_PATH.to_string(),
-                    "container".into(),
-                    "--socket".into(),
-                    AGENT_SOCKET.into(),
-                    "--config".into(),
-                    format!("{RUN_DIR}/config.json"),
-                ],
-                None,
-            ),
-            Some(r) => {
-                // Root-only, in memory: the socket the relay reaches.
-                tmpfs.insert(
-                    RUN_DIR.to_string(),
-                    "rw,noexec,nosuid,nodev,size=1m,mode=0700".into(),
-                );
-                (
-                    vec![
-                        remote::volume_mount(&r.volume(), remote::AGENT_DIR, true),
-                        workspace_mount,
-                    ],
-                    vec![
-                        remote::AGENT_IN_VOLUME.to_string(),
-                        "container".into(),
-                        "--socket".into(),
-                        AGENT_SOCKET.into(),
-                        "--config-env".into(),
-                        CONFIG_ENV.into(),
-                        "--own-workdir".into(),
-                    ],
-                    Some(vec![format!("{CONFIG_ENV}={json}")]),
-                )
-            }
-        };
-        let mem = (spec.limits.memory_mb * 1024 * 1024) as i64;
-        let host_config = HostConfig {
-            nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
-            memory: Some(mem),
-            memory_swap: Some(mem),
-            pids_limit: Some(spec.limits.pids as i64),
-            readonly_rootfs: Some(spec.readonly_rootfs),
-            network_mode: Some(
-                match spec.network {
-                    NetworkMode::None => "none",
-                    NetworkMode::Full => "bridge",
-                }
-                .into(),
-            ),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            cap_add: Some(
-                [
-                    "CHOWN",
-                    "DAC_OVERRIDE",
-                    "FOWNER",
-                    "KILL",
-                    "SETGID",
-                    "SETUID",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            runtime: self.cfg.oci_runtime.clone(),
-            init: Some(false),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
-                maximum_retry_count: None,
-            }),
-            tmpfs: Some(tmpfs),
-            mounts: Some(mounts),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            hostname: Some(format!("sk-{}", &spec.id[..spec.id.len().min(12)])),
-            user: Some("0:0".into()),
-            entrypoint: Some(entrypoint),
-            env,
-            cmd: None,
-            working_dir: Some("/".into()),
-            labels: Some(labels),
-            attach_stdin: Some(false),
-            attach_stdout: Some(false),
-            attach_stderr: Some(false),
-            tty: Some(false),
-            open_stdin: Some(false),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        self.docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(api_err(format!("creating container {name}")))?;
-        self.docker
-            .start_container(
-                &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(api_err(format!("starting container {name}")))?;
-
-        // Wait for the agent's socket, or the container's end: both are
-        // events (inotify; the engine's wait endpoint).
-        let mut exited = self.docker.wait_container(
-            &name,
-            None::<bollard::query_parameters::WaitContainerOptions>,
-        );
-        let listening = async {
-            match &watch {
-                Some(w) => w
-                    .appeared("agent.sock")
-                    .await
-                    .map(|_| None)
-                    .map_err(io("waiting for the agent socket")),
-                // The relay waits for the socket itself; a ping proves the
-                // agent serves.
-                None => {
-                    let agent = self.connect(&spec.id).await?;
-                    agent.call(Request::Ping).await?;
-                    Ok(Some(agent))
-                }
-            }
-        };
-        let agent = tokio::select! {
-            r = listening => r?,
-            r = exited.next() => {
-                let how = match r {
-                    Some(Ok(w)) => format!("exit code {}", w.status_code),
-                    Some(Err(e)) => e.to_string(),
-                    None => "ended".into(),
-                };
-                let logs = self.logs(&name).await;
-                return Err(RuntimeError::Other(format!(
-                    "container {name} stopped before its agent listened ({how}): {logs}"
-                )));
-            }
-            _ = tokio::time::sleep(AGENT_START_TIMEOUT) => {
-                return Err(RuntimeError::Other(format!(
-                    "the agent of container {name} did not listen within {}s: {}",
-                    AGENT_START_TIMEOUT.as_secs(),
-                    self.logs(&name).await
-                )));
-            }
-        };
-        Ok((self.handle_of(&spec.id).await?, agent))
-    }
-
-    /// The last lines the container's agent wrote (for error messages).
-    async fn logs(&self, name: &str) -> String {
-        let opts = LogsOptionsBuilder::default()
-            .stdout(true)
-            .stderr(true)
-            .tail("20")
-            .build();
-        let mut s = self.docker.logs(name, Some(opts));
-        let mut out = String::new();
-        while let Some(Ok(chunk)) = s.next().await {
-            out.push_str(&chunk.to_string());
-        }
-        let out = out.trim().to_string();
-        if out.is_empty() {
-            "(no output)".into()
-        } else {
-            out
-        }
-    }
-
-    /// The handle of a running container: its PID 1's host pid and start
-    /// time. `Gone` when it is not running.
-    async fn handle_of(&self, id: &str) -> Result<SandboxHandle, RuntimeError> {
-        let c = match self
-            .docker
-            .inspect_container(&container_name(id), None)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) if status_of(&e) == Some(404) => return Err(RuntimeError::Gone(id.into())),
-            Err(e) => return Err(api_err(format!("inspecting container of {id}"))(e)),
-        };
-        let state = c.state.unwrap_or_default();
-        let pid = state.pid.unwrap_or(0) as i32;
-        if state.running != Some(true) || pid <= 0 {
-            return Err(RuntimeError::Gone(id.into()));
-        }
-        Ok(SandboxHandle {
-            id: id.to_string(),
-            pid,
-            // On a remote engine its pids are not ours to read: the
-            // container's start timestamp stands in (a restarted container
-            // has another). 0 when a local engine's pids are in another pid
-            // namespace; identity then rests on the container and its pid.
-            start_time: if self.remote.is_some() {
-                started_at_token(state.started_at.as_deref().unwrap_or(""))
-            } else {
-                latebind::start_time(pid).unwrap_or(0)
-            },
-        })
-    }
-
-    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
-        match &self.remote {
-            None => AgentClient::connect(&self.run_dir(id).join("agent.sock")).await,
-            Some(_) => {
-                remote::connect_relay(
-                    &self.docker,
-                    &self.relays,
-                    &container_name(id),
-                    remote::AGENT_IN_VOLUME,
-                    AGENT_SOCKET,
-                )
-                .await
-            }
-        }
     }
 }
 
@@ -891,28 +561,19 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, RuntimeError> {
-        let id = spec.id.clone();
-        let cleanup = |e: RuntimeError| async move {
-            let handle = SandboxHandle {
-                id,
-                pid: 0,
-                start_time: 0,
-            };
-            if let Err(ce) = self.destroy(&handle).await {
-                tracing::warn!(session = %handle.id, "cleanup after failed create: {ce}");
+        match self.start(&spec).await {
+            Ok(sandbox) => Ok(sandbox),
+            Err(e) => {
+                let handle = SandboxHandle {
+                    id: spec.id.clone(),
+                    pid: 0,
+                    start_time: 0,
+                };
+                if let Err(ce) = self.destroy(&handle).await {
+                    tracing::warn!(session = %handle.id, "cleanup after failed create: {ce}");
+                }
+                Err(e)
             }
-            e
-        };
-        let (handle, agent) = match self.start(&spec).await {
-            Ok(started) => started,
-            Err(e) => return Err(cleanup(e).await),
-        };
-        if let Some(agent) = agent {
-            return Ok(Sandbox { handle, agent });
-        }
-        match self.connect(&spec.id).await {
-            Ok(agent) => Ok(Sandbox { handle, agent }),
-            Err(e) => Err(cleanup(e).await),
         }
     }
 
@@ -928,11 +589,15 @@ impl Runtime for DockerRuntime {
         }
         // A local socket that does not answer means the agent is gone; a
         // remote engine may only be out of reach (the caller can retry).
-        let agent = self.connect(&handle.id).await.map_err(|e| match e {
-            RuntimeError::Gone(_) => e,
-            _ if self.remote.is_some() => e,
-            _ => RuntimeError::Gone(handle.id.clone()),
-        })?;
+        let agent = self
+            .transport
+            .connect(&handle.id)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Gone(_) => e,
+                _ if !self.transport.unreachable_agent_is_gone() => e,
+                _ => RuntimeError::Gone(handle.id.clone()),
+            })?;
         Ok(Sandbox { handle: now, agent })
     }
 
@@ -950,7 +615,7 @@ impl Runtime for DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(api_err(format!("removing container {name}"))(e)),
         }
-        self.relays.end(&name);
+        self.transport.disconnect(id);
         // The ephemeral volume carries its session's id; a persistent
         // workspace's volume never does, so it is never removed here, nor
         // is an ephemeral one that became a workspace of the same name.
@@ -973,10 +638,10 @@ impl Runtime for DockerRuntime {
         }
         let run = self.run_dir(id);
         let what = format!("removing {}", run.display());
-        tokio::task::spawn_blocking(move || hostfs::remove_run_dir(&run))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("delete task failed: {e}")))?
-            .map_err(io(what))
+        blocking("removing a run directory", move || {
+            hostfs::remove_run_dir(&run).map_err(RuntimeError::io_ctx(what))
+        })
+        .await
     }
 
     async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {
@@ -1027,12 +692,22 @@ impl Runtime for DockerRuntime {
             .collect();
         // Run directories without a container are leftovers too.
         let runs = self.cfg.data_dir.join("docker");
-        for e in std::fs::read_dir(&runs).map_err(io(format!("listing {}", runs.display())))? {
-            let e = e.map_err(io("listing run directories"))?;
-            if let Some(name) = e.file_name().to_str() {
-                if !out.iter().any(|o| o == name) {
-                    out.push(name.to_string());
+        let found = blocking("listing run directories", move || {
+            let mut names = Vec::new();
+            let entries = std::fs::read_dir(&runs)
+                .map_err(RuntimeError::io_ctx(format!("listing {}", runs.display())))?;
+            for e in entries {
+                let e = e.map_err(RuntimeError::io_ctx("listing run directories"))?;
+                if let Some(name) = e.file_name().to_str() {
+                    names.push(name.to_string());
                 }
+            }
+            Ok(names)
+        })
+        .await?;
+        for name in found {
+            if !out.contains(&name) {
+                out.push(name);
             }
         }
         Ok(out)
@@ -1057,8 +732,7 @@ impl Runtime for DockerRuntime {
     /// late-bound volume is not referenced by its container, so the
     /// engine's own 409 covers only containers created with it.
     async fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
-        let lock = self.volume_locks.of(id);
-        let _no_helper = lock.write().await;
+        let _no_helper = self.transport.hold_for_removal(id).await;
         let name = volume_name(id);
         match self
             .docker
@@ -1068,13 +742,13 @@ impl Runtime for DockerRuntime {
             Ok(()) => {}
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) if status_of(&e) == Some(409) => {
-                return Err(RuntimeError::Other(format!(
+                return Err(RuntimeError::Busy(format!(
                     "workspace {id} is still mounted by a container"
                 )))
             }
             Err(e) => return Err(api_err(format!("removing volume {name}"))(e)),
         }
-        match std::fs::remove_file(self.kept_marker(id)) {
+        match tokio::fs::remove_file(self.kept_marker(id)).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(RuntimeError::io(format!("forgetting workspace {id}"), e))
             }
@@ -1083,37 +757,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
-        if let Some(r) = &self.remote {
-            let guard = self.volume_locks.of(id).read_owned().await;
-            if !self.volume_exists(id).await? {
-                return Ok(None);
-            }
-            let (r, rt, docker, label) = (
-                r.clone(),
-                tokio::runtime::Handle::current(),
-                self.docker.clone(),
-                self.data_dir_label(),
-            );
-            let volume = volume_name(id);
-            // The same walk as an export, into nothing: the engine has no
-            // endpoint for a volume's size but a slow `system df`.
-            return tokio::task::spawn_blocking(move || {
-                let _guard = guard;
-                r.workspace_tar(&rt, &docker, &label, &volume, &mut std::io::sink())
-            })
-            .await
-            .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))?
-            .map(Some);
-        }
-        let Some(root) = self.workspace_root(id).await? else {
-            return Ok(None);
-        };
-        let what = format!("measuring workspace {id}");
-        tokio::task::spawn_blocking(move || hostfs::tree_size(&root))
-            .await
-            .map_err(|e| RuntimeError::Other(format!("size task failed: {e}")))?
-            .map(Some)
-            .map_err(io(what))
+        self.transport.workspace_size(id).await
     }
 
     async fn snapshot_workspace(&self, _id: &str, _snap: &str) -> Result<(), RuntimeError> {
@@ -1137,64 +781,20 @@ impl Runtime for DockerRuntime {
         ))
     }
 
-    async fn workspace_file(&self, id: &str, req: Request) -> Result<Response, RuntimeError> {
-        if let Some(r) = &self.remote {
-            let _guard = self.volume_locks.of(id).read_owned().await;
-            if !self.volume_exists(id).await? {
-                return Err(RuntimeError::Other(format!("workspace {id} has no volume")));
-            }
-            return r
-                .workspace_file(&self.docker, &self.data_dir_label(), &volume_name(id), req)
-                .await;
-        }
-        let root = self
-            .workspace_root(id)
-            .await?
-            .ok_or_else(|| RuntimeError::Other(format!("workspace {id} has no volume")))?;
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
-            // Every path resolves strictly inside the volume (openat2
-            // RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
-            let fs = sandkasten_fsops::RootedFs::open(&root, Some((SANDBOX_UID, SANDBOX_UID)))
-                .map_err(io(format!("opening workspace {id}")))?;
-            fs.handle(&req)
-                .ok_or_else(|| RuntimeError::Other("not a file request".into()))
-        })
-        .await
-        .map_err(|e| RuntimeError::Other(format!("file task failed: {e}")))?
+    async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
+        self.transport.workspace_file(id, op).await
     }
 
-    fn export_workspace(
-        &self,
-        id: &str,
-        out: &mut (dyn std::io::Write + Send),
-    ) -> Result<(), RuntimeError> {
-        // Called on a blocking thread of the runtime: wait for the engine
-        // here, then walk the volume on this thread.
-        let rt = tokio::runtime::Handle::try_current()
-            .map_err(|e| RuntimeError::Other(format!("workspace export outside tokio: {e}")))?;
-        if let Some(r) = &self.remote {
-            let _guard = rt.block_on(self.volume_locks.of(id).read_owned());
-            if !rt.block_on(self.volume_exists(id))? {
-                return Err(RuntimeError::Other(format!("workspace {id} has no volume")));
-            }
-            let label = self.data_dir_label();
-            return r
-                .workspace_tar(&rt, &self.docker, &label, &volume_name(id), out)
-                .map(|_| ());
-        }
-        let root = rt
-            .block_on(self.workspace_root(id))?
-            .ok_or_else(|| RuntimeError::Other(format!("workspace {id} has no volume")))?;
-        export::export_tar(&root, out).map_err(io(format!("exporting workspace {id}")))
+    async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {
+        self.transport.export_workspace(id).await
     }
 
     fn can_bind_workspace(&self) -> bool {
-        self.late_bind
+        self.transport.can_bind_workspace()
     }
 
     async fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
-        if !self.late_bind {
+        if !self.transport.can_bind_workspace() {
             return Err(RuntimeError::Unsupported(
                 "mounting a workspace into a running container (needs runc and the \
                  engine's processes in the daemon's pid namespace)"
@@ -1203,16 +803,7 @@ impl Runtime for DockerRuntime {
             ));
         }
         let root = self.ensure_workspace_volume(id).await?;
-        let pidfd = latebind::open_verified(handle.pid, handle.start_time)
-            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
-        let what = format!("mounting workspace {id} into container {}", handle.id);
-        tokio::task::spawn_blocking(move || {
-            let mount = latebind::clone_dir(&root)?;
-            latebind::move_into(pidfd, mount, "/workspace")
-        })
-        .await
-        .map_err(|e| RuntimeError::Other(format!("late-bind task failed: {e}")))?
-        .map_err(io(what))
+        self.transport.bind_workspace(handle, id, &root).await
     }
 
     fn scratch_dir(&self) -> PathBuf {

@@ -1,7 +1,8 @@
-//! What the docker runtime needs on an engine it shares no filesystem with
-//! (`tcp://`): the agent copied onto the engine, a connection to each
-//! container's agent through the engine's exec API, and helper containers
-//! for workspace access without a session.
+//! The transport of an engine the docker runtime shares no filesystem with
+//! (`tcp://`, or a local engine whose OCI runtime keeps its own view of
+//! files, such as gVisor): [`RemoteTransport`]. The agent is copied onto the
+//! engine, each container's agent is reached through the engine's exec
+//! API, and workspaces without a session through helper containers.
 //!
 //! ```text
 //! image  sandkasten-agent:<hash>     a root filesystem of only our static agent
@@ -26,11 +27,20 @@
 //! call, and speaks the agent protocol through it (`relay.rs` of the
 //! agent). The engine frames stdout; the frames' payloads are the agent's
 //! bytes, in order.
+//!
+//! Workspaces without a session: a file operation runs in a short-lived
+//! helper of the agent image (its agent's file operations rooted at
+//! `/workspace`); size and export read `/workspace/.` through the archive
+//! endpoint of a never-started helper and rebase the entries on a blocking
+//! thread (the engine's stream bridged to it, never a `block_on` of ours).
+//! Helpers hold their volume shared, deletion exclusively.
 
-use crate::{api_err, status_of};
+use crate::transport::{AgentLaunch, AgentReady, RemovalGuard, Transport};
+use crate::{api_err, status_of, volume_exists, volume_mount};
+use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
     RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
@@ -38,9 +48,13 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
-use sandkasten_runtime::{AgentClient, Request, Response, RuntimeError};
+use sandkasten_runtime::{
+    blocking, export_blocking, AgentClient, ExportStream, FileOp, FileReply, RuntimeError,
+    SANDBOX_UID,
+};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// Where the agent volume appears in a session container.
@@ -158,9 +172,14 @@ impl RemoteAgent {
             );
             match waited.next().await {
                 Some(Ok(w)) if w.status_code == 0 => Ok(()),
-                other => Err(RuntimeError::Other(format!(
-                    "publishing the agent in volume {volume} failed: {other:?}"
-                ))),
+                other => Err(RuntimeError::Backend {
+                    context: format!("publishing the agent in volume {volume}"),
+                    message: match other {
+                        Some(Ok(w)) => format!("the helper exited with {}", w.status_code),
+                        Some(Err(e)) => e.to_string(),
+                        None => "the engine ended the wait without a status".into(),
+                    },
+                }),
             }
         }
         .await;
@@ -225,23 +244,6 @@ fn append_file(
         .map_err(|e| RuntimeError::io(format!("archiving {path}"), e))
 }
 
-/// A named volume mounted at `target` (never copying image content in).
-pub fn volume_mount(volume: &str, target: &str, read_only: bool) -> Mount {
-    Mount {
-        target: Some(target.into()),
-        source: Some(volume.into()),
-        typ: Some(MountType::VOLUME),
-        read_only: Some(read_only),
-        volume_options: Some(MountVolumeOptions {
-            no_copy: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Connects to the agent of running container `container` through a relay
-/// started with the engine's exec API.
 /// The relay tasks of each container's connections, so that destroying a
 /// container ends its connections even when the engine keeps an exec
 /// stream of a removed container open (seen with gVisor).
@@ -266,6 +268,8 @@ impl Relays {
     }
 }
 
+/// Connects to the agent of running container `container` through a relay
+/// started with the engine's exec API.
 pub async fn connect_relay(
     docker: &Docker,
     relays: &Relays,
@@ -300,9 +304,10 @@ pub async fn connect_relay(
         mut input,
     } = started
     else {
-        return Err(RuntimeError::Other(
-            "the engine detached the agent relay".into(),
-        ));
+        return Err(RuntimeError::Backend {
+            context: format!("attaching the agent relay in {container}"),
+            message: "the engine detached it".into(),
+        });
     };
     // The client talks to one end of an in-process pipe; two tasks carry
     // the other end to and from the exec stream.
@@ -453,28 +458,210 @@ impl Helper {
     }
 }
 
-impl RemoteAgent {
-    /// Runs one file request on workspace volume `volume` without a
-    /// session: a helper container of the agent image mounts it at
-    /// `/workspace`, runs our agent as PID 1 with the sandbox user's
-    /// identity for file operations, and is removed after the answer.
-    pub async fn workspace_file(
+/// Per workspace volume: helper containers hold it shared, deletion
+/// exclusively. A helper mounting a volume that was just removed would make
+/// the engine create it again, empty; and the engine refuses to remove a
+/// volume a helper mounts.
+#[derive(Default)]
+struct VolumeLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>);
+
+impl VolumeLocks {
+    fn of(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        let mut map = self.0.lock().unwrap();
+        // Forget locks nobody holds or waits for.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(id.to_string()).or_default().clone()
+    }
+}
+
+/// The engine's archive of a helper's `/workspace/.`, read on a blocking
+/// thread.
+type ArchiveReader = tokio_util::io::SyncIoBridge<
+    tokio_util::io::StreamReader<
+        std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>,
+        bytes::Bytes,
+    >,
+>;
+
+/// The transport of an engine whose files are not the daemon's: a `tcp://`
+/// engine, or a local one whose OCI runtime keeps its own view of files
+/// (gVisor). See the module docs.
+pub(crate) struct RemoteTransport {
+    docker: Docker,
+    /// The daemon's data dir label (helpers carry it).
+    label: String,
+    agent: RemoteAgent,
+    /// Relay connections by container.
+    relays: Arc<Relays>,
+    volume_locks: VolumeLocks,
+}
+
+impl RemoteTransport {
+    pub fn new(docker: Docker, label: String, agent: RemoteAgent) -> Self {
+        RemoteTransport {
+            docker,
+            label,
+            agent,
+            relays: Arc::default(),
+            volume_locks: VolumeLocks::default(),
+        }
+    }
+
+    /// Holds workspace `id`'s volume for a helper, which then exists.
+    async fn hold_existing(
         &self,
-        docker: &Docker,
-        data_dir_label: &str,
+        id: &str,
+    ) -> Result<Option<tokio::sync::OwnedRwLockReadGuard<()>>, RuntimeError> {
+        let guard = self.volume_locks.of(id).read_owned().await;
+        Ok(volume_exists(&self.docker, id).await?.then_some(guard))
+    }
+
+    /// A never-started helper with workspace volume `volume` mounted
+    /// read-only, and a blocking reader of the engine's archive of its
+    /// `/workspace/.` (for a blocking thread; the engine has no other way
+    /// to read a volume without running something in it).
+    async fn workspace_archive(
+        &self,
         volume: &str,
-        req: Request,
-    ) -> Result<Response, RuntimeError> {
-        self.ensure(docker, data_dir_label).await?;
+    ) -> Result<(Helper, ArchiveReader), RuntimeError> {
+        self.prepare().await?;
+        let helper = Helper::create(
+            &self.docker,
+            &self.agent.image(),
+            vec![volume_mount(volume, "/workspace", true)],
+            &self.label,
+            None,
+        )
+        .await?;
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path("/workspace/.")
+            .build();
+        let stream = self
+            .docker
+            .download_from_container(&helper.name, Some(opts))
+            .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
+        let stream: std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>> = Box::pin(stream);
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        Ok((helper, reader))
+    }
+}
+
+#[async_trait]
+impl Transport for RemoteTransport {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        self.agent.ensure(&self.docker, &self.label).await
+    }
+
+    /// The mount point is the engine's; the agent gives the root to the
+    /// sandbox user when a container starts (`--own-workdir`).
+    async fn adopt_volume(
+        &self,
+        _name: &str,
+        mountpoint: &str,
+        _driver: &str,
+    ) -> Result<PathBuf, RuntimeError> {
+        Ok(PathBuf::from(mountpoint))
+    }
+
+    /// The agent from the agent volume, its config in PID 1's environment
+    /// (removed before anything starts), its socket in a root-only tmpfs;
+    /// the agent is awaited through a relay (which waits for the socket
+    /// itself) and a ping that proves it serves.
+    async fn launch(
+        &self,
+        id: &str,
+        _run: &Path,
+        cfg: &AgentConfig,
+    ) -> Result<(AgentLaunch, AgentReady), RuntimeError> {
+        let json = crate::agent_config_json(cfg)?;
+        let launch = AgentLaunch {
+            mounts: vec![volume_mount(&self.agent.volume(), AGENT_DIR, true)],
+            tmpfs: vec![(
+                crate::RUN_DIR.to_string(),
+                "rw,noexec,nosuid,nodev,size=1m,mode=0700".into(),
+            )],
+            entrypoint: vec![
+                AGENT_IN_VOLUME.to_string(),
+                "container".into(),
+                "--socket".into(),
+                crate::AGENT_SOCKET.into(),
+                "--config-env".into(),
+                crate::CONFIG_ENV.into(),
+                "--own-workdir".into(),
+            ],
+            env: Some(vec![format!("{}={json}", crate::CONFIG_ENV)]),
+        };
+        let (docker, relays, name) = (
+            self.docker.clone(),
+            self.relays.clone(),
+            crate::container_name(id),
+        );
+        let ready: AgentReady = Box::pin(async move {
+            let agent = connect_relay(
+                &docker,
+                &relays,
+                &name,
+                AGENT_IN_VOLUME,
+                crate::AGENT_SOCKET,
+            )
+            .await?;
+            agent.ping().await?;
+            Ok(agent)
+        });
+        Ok((launch, ready))
+    }
+
+    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
+        connect_relay(
+            &self.docker,
+            &self.relays,
+            &crate::container_name(id),
+            AGENT_IN_VOLUME,
+            crate::AGENT_SOCKET,
+        )
+        .await
+    }
+
+    /// An engine may keep a removed container's exec stream open: the
+    /// relay tasks are ended here.
+    fn disconnect(&self, id: &str) {
+        self.relays.end(&crate::container_name(id));
+    }
+
+    fn unreachable_agent_is_gone(&self) -> bool {
+        false
+    }
+
+    /// The engine's pids are not ours to read: the container's start
+    /// timestamp stands in (a restarted container has another).
+    fn start_token(&self, _pid: i32, started_at: &str) -> u64 {
+        crate::started_at_token(started_at)
+    }
+
+    /// A helper container of the agent image mounts the volume at
+    /// `/workspace`, runs our agent as PID 1 with the sandbox user's
+    /// identity for file operations (rooted at `/workspace`), and is
+    /// removed after the answer.
+    async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
+        let Some(_guard) = self.hold_existing(id).await? else {
+            return Err(RuntimeError::NotFound(format!(
+                "the volume of workspace {id}"
+            )));
+        };
+        self.prepare().await?;
         let cfg = AgentConfig {
-            uid: Some(crate::SANDBOX_UID),
-            gid: Some(crate::SANDBOX_UID),
+            uid: Some(SANDBOX_UID),
+            gid: Some(SANDBOX_UID),
             workdir: "/workspace".into(),
             env: sandkasten_runtime::default_shell_env(),
             home: "/tmp".into(),
             files_root: Some("/workspace".into()),
         };
-        let json = serde_json::to_string(&cfg).map_err(|e| RuntimeError::Other(e.to_string()))?;
+        let json = crate::agent_config_json(&cfg)?;
         let entry = [
             AGENT_IN_IMAGE,
             "container",
@@ -487,10 +674,10 @@ impl RemoteAgent {
         .map(String::from)
         .to_vec();
         let helper = Helper::create(
-            docker,
-            &self.image(),
-            vec![volume_mount(volume, "/workspace", false)],
-            data_dir_label,
+            &self.docker,
+            &self.agent.image(),
+            vec![volume_mount(&crate::volume_name(id), "/workspace", false)],
+            &self.label,
             Some((entry, vec![format!("{}={json}", crate::CONFIG_ENV)])),
         )
         .await?;
@@ -498,79 +685,72 @@ impl RemoteAgent {
             helper.start().await?;
             let relays = Relays::default();
             let agent = connect_relay(
-                docker,
+                &self.docker,
                 &relays,
                 &helper.name,
                 AGENT_IN_IMAGE,
                 crate::AGENT_SOCKET,
             )
             .await?;
-            agent.call(req).await
+            agent.file(op).await
         }
         .await;
         helper.remove().await;
         result
     }
 
-    /// Streams workspace volume `volume` as a tar with relative paths to
-    /// `out` (on a blocking thread of runtime `rt`), through the engine's
-    /// archive endpoint on a helper container that is never started;
-    /// returns the bytes in its regular files.
-    pub fn workspace_tar(
-        &self,
-        rt: &tokio::runtime::Handle,
-        docker: &Docker,
-        data_dir_label: &str,
-        volume: &str,
-        out: &mut dyn std::io::Write,
-    ) -> Result<u64, RuntimeError> {
-        rt.block_on(self.ensure(docker, data_dir_label))?;
-        let helper = rt.block_on(Helper::create(
-            docker,
-            &self.image(),
-            vec![volume_mount(volume, "/workspace", true)],
-            data_dir_label,
-            None,
-        ))?;
-        let opts = DownloadFromContainerOptionsBuilder::default()
-            .path("/workspace/.")
-            .build();
-        let stream = docker.download_from_container(&helper.name, Some(opts));
-        let reader = StreamReader {
-            rt: rt.clone(),
-            stream: Box::pin(stream),
-            buf: bytes::Bytes::new(),
+    /// The same walk as an export, into nothing: the engine has no
+    /// endpoint for a volume's size but a slow `system df`.
+    async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
+        let Some(_guard) = self.hold_existing(id).await? else {
+            return Ok(None);
         };
-        let result = rebase_tar(reader, out)
-            .map_err(|e| RuntimeError::io(format!("reading volume {volume}"), e));
-        rt.block_on(helper.remove());
-        result
+        let volume = crate::volume_name(id);
+        let (helper, reader) = self.workspace_archive(&volume).await?;
+        let what = format!("reading volume {volume}");
+        let size = blocking("measuring a workspace", move || {
+            rebase_tar(reader, &mut std::io::sink()).map_err(RuntimeError::io_ctx(what))
+        })
+        .await;
+        helper.remove().await;
+        size.map(Some)
     }
-}
 
-/// A blocking reader over the engine's byte stream (used on a blocking
-/// thread only).
-struct StreamReader {
-    rt: tokio::runtime::Handle,
-    stream: std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<bytes::Bytes, bollard::errors::Error>> + Send>,
-    >,
-    buf: bytes::Bytes,
-}
-
-impl std::io::Read for StreamReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.buf.is_empty() {
-            match self.rt.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(b)) => self.buf = b,
-                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
-            }
+    /// The engine's archive of the volume, read through a never-started
+    /// helper and rebased onto the workspace root. The helper (and the
+    /// hold on the volume) go once the stream has ended.
+    async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {
+        let Some(guard) = self.hold_existing(id).await? else {
+            return Err(RuntimeError::NotFound(format!(
+                "the volume of workspace {id}"
+            )));
+        };
+        let volume = crate::volume_name(id);
+        let (helper, reader) = self.workspace_archive(&volume).await?;
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let cleanup = tokio::spawn(async move {
+            // Resolves when the producer drops its end (also on a panic).
+            let _ = ended.await;
+            helper.remove().await;
+            drop(guard);
+        });
+        let what = format!("reading volume {volume}");
+        let stream = export_blocking(move |out| {
+            let _ended = ended_tx;
+            rebase_tar(reader, out)
+                .map(drop)
+                .map_err(RuntimeError::io_ctx(what))
+        })
+        .await;
+        if stream.is_err() {
+            // The producer has ended: answer once its helper is gone.
+            let _ = cleanup.await;
         }
-        let n = out.len().min(self.buf.len());
-        out[..n].copy_from_slice(&self.buf[..n]);
-        self.buf = self.buf.slice(n..);
-        Ok(n)
+        stream
+    }
+
+    async fn hold_for_removal(&self, id: &str) -> RemovalGuard {
+        Some(self.volume_locks.of(id).write_owned().await)
     }
 }
 

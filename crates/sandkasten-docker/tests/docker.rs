@@ -7,7 +7,8 @@ mod common;
 use common::{ok, run, unique, Harness};
 use sandkasten_docker::{container_name, volume_name, DockerRuntime};
 use sandkasten_runtime::{
-    NetworkMode, Request, Response, Runtime, RuntimeError, SandboxHandle, WorkspaceMount,
+    FileErrorKind, FileOp, FileReply, NetworkMode, Runtime, RuntimeError, SandboxHandle,
+    WorkspaceMount,
 };
 
 /// True while the engine knows container `name`.
@@ -78,13 +79,9 @@ async fn exec_state_files_limits_and_isolation() {
         0
     );
     let r = a
-        .call(Request::ReadFile {
-            path: "/.sandkasten/run/config.json".into(),
-            max_bytes: None,
-        })
-        .await
-        .unwrap();
-    assert!(matches!(r, Response::Error { .. }), "{r:?}");
+        .read_file("/.sandkasten/run/config.json".into(), None)
+        .await;
+    assert!(matches!(r, Err(RuntimeError::File { .. })), "{r:?}");
     // PID 1 is the agent.
     assert_eq!(ok(a, "cat /proc/1/comm").await, "agent\n");
     // No network but loopback.
@@ -95,15 +92,9 @@ async fn exec_state_files_limits_and_isolation() {
 
     // Files through the agent, both ways, owned by the sandbox user.
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    let r = a
-        .call(Request::WriteFile {
-            path: "/workspace/sub/blob.bin".into(),
-            data: data.clone(),
-            mode: None,
-        })
+    a.write_file("/workspace/sub/blob.bin".into(), data.clone(), None)
         .await
         .unwrap();
-    assert_eq!(r, Response::Ok);
     assert_eq!(
         ok(
             a,
@@ -113,28 +104,16 @@ async fn exec_state_files_limits_and_isolation() {
         "100000\n1000\n"
     );
     ok(a, "printf 'from shell' > /workspace/note.txt").await;
-    match a
-        .call(Request::ReadFile {
-            path: "/workspace/note.txt".into(),
-            max_bytes: None,
-        })
+    let note = a
+        .read_file("/workspace/note.txt".into(), None)
         .await
-        .unwrap()
-    {
-        Response::FileData { data, .. } => assert_eq!(data, b"from shell"),
-        other => panic!("{other:?}"),
-    }
-    match a
-        .call(Request::ReadFile {
-            path: "/workspace/sub/blob.bin".into(),
-            max_bytes: None,
-        })
+        .unwrap();
+    assert_eq!(note.data, b"from shell");
+    let back = a
+        .read_file("/workspace/sub/blob.bin".into(), None)
         .await
-        .unwrap()
-    {
-        Response::FileData { data: back, .. } => assert_eq!(back, data),
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    assert_eq!(back.data, data);
 
     // Limits are the container's cgroup's (v1 or v2 paths).
     let mem = ok(
@@ -245,48 +224,60 @@ async fn workspace_volumes_outlive_sessions() {
     assert_eq!(h.rt.workspace_size(&ws).await.unwrap(), Some(5));
 
     // Session-less file access, confined and as the sandbox user.
-    let read = |path: &str| Request::ReadFile {
+    let read = |path: &str| FileOp::Read {
         path: path.into(),
         max_bytes: None,
     };
-    match h.rt.workspace_file(&ws, read("/d/kept.txt")).await.unwrap() {
-        Response::FileData { data, .. } => assert_eq!(data, b"12345"),
-        other => panic!("{other:?}"),
-    }
-    let w = Request::WriteFile {
+    let kept = h.rt.workspace_file(&ws, read("/d/kept.txt")).await.unwrap();
+    assert_eq!(kept.into_data().unwrap().data, b"12345");
+    let w = FileOp::Write {
         path: "/from-host.txt".into(),
         data: b"outside".to_vec(),
         mode: None,
     };
-    assert_eq!(h.rt.workspace_file(&ws, w).await.unwrap(), Response::Ok);
+    assert_eq!(h.rt.workspace_file(&ws, w).await.unwrap(), FileReply::Done);
     match h
         .rt
         .workspace_file(&ws, read("/../../../../etc/passwd"))
         .await
-        .unwrap()
     {
         // RESOLVE_IN_ROOT: `..` stops at the workspace root.
-        Response::Error { .. } => {}
+        Err(RuntimeError::File { .. }) => {}
         other => panic!("escaped the workspace: {other:?}"),
     }
-    match h
-        .rt
-        .workspace_file(&ws, Request::ListDir { path: "/".into() })
-        .await
+    let listed =
+        h.rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() })
+            .await
+            .unwrap();
+    let mut names: Vec<_> = listed
+        .into_entries()
         .unwrap()
-    {
-        Response::Entries(e) => {
-            let mut names: Vec<_> = e.into_iter().map(|e| e.name).collect();
-            names.sort();
-            assert_eq!(names, ["d", "from-host.txt"]);
-        }
-        other => panic!("{other:?}"),
-    }
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d", "from-host.txt"]);
+    // A workspace without a volume is not found; a missing file is a
+    // file error.
+    assert!(matches!(
+        h.rt.workspace_file(&unique("nows"), read("/x")).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(matches!(
+        h.rt.workspace_file(&ws, read("/missing")).await,
+        Err(RuntimeError::File {
+            kind: FileErrorKind::NotFound,
+            ..
+        })
+    ));
 
     // Export: the content as a tar with relative paths and the user's
     // ownership.
     let mut tar_bytes = Vec::new();
-    tokio::task::block_in_place(|| h.rt.export_workspace(&ws, &mut tar_bytes)).unwrap();
+    let mut stream = h.rt.export_workspace(&ws).await.unwrap();
+    while let Some(chunk) = stream.recv().await {
+        tar_bytes.extend_from_slice(&chunk.unwrap());
+    }
     let mut entries: Vec<(String, u64)> = tar::Archive::new(&tar_bytes[..])
         .entries()
         .unwrap()
@@ -523,27 +514,19 @@ async fn late_binding_mounts_a_workspace_into_a_running_container() {
         "mount options of the late-bound /workspace: {opts}"
     );
     // The agent's file operations see it too.
-    match sb
+    let f = sb
         .agent
-        .call(Request::ReadFile {
-            path: "/workspace/f".into(),
-            max_bytes: None,
-        })
+        .read_file("/workspace/f".into(), None)
         .await
-        .unwrap()
-    {
-        Response::FileData { data, .. } => assert_eq!(data, b"x\n"),
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    assert_eq!(f.data, b"x\n");
     // Session-less access reads the same file.
-    let read = |path: &str| Request::ReadFile {
+    let read = |path: &str| FileOp::Read {
         path: path.into(),
         max_bytes: None,
     };
-    match h.rt.workspace_file(&ws, read("/f")).await.unwrap() {
-        Response::FileData { data, .. } => assert_eq!(data, b"x\n"),
-        other => panic!("{other:?}"),
-    }
+    let f = h.rt.workspace_file(&ws, read("/f")).await.unwrap();
+    assert_eq!(f.into_data().unwrap().data, b"x\n");
     // Labels are fixed at create: the pooled container's stays empty.
     let c =
         h.rt.docker()
@@ -571,10 +554,8 @@ async fn late_binding_mounts_a_workspace_into_a_running_container() {
     h.rt.destroy(&sb.handle).await.unwrap();
     assert_gone(&h, &id).await;
     assert!(volume_exists(&h.rt, &vol).await);
-    match h.rt.workspace_file(&ws, read("/f")).await.unwrap() {
-        Response::FileData { data, .. } => assert_eq!(data, b"x\n"),
-        other => panic!("{other:?}"),
-    }
+    let f = h.rt.workspace_file(&ws, read("/f")).await.unwrap();
+    assert_eq!(f.into_data().unwrap().data, b"x\n");
     // ... and a cold session with it sees f.
     let sb =
         h.rt.create(h.spec(WorkspaceMount::Persistent(ws.clone())))
@@ -606,21 +587,17 @@ async fn a_workspace_named_after_its_pooled_container_survives_it() {
     );
     // A second destroy (recovery after a crash) keeps it too.
     h.rt.destroy(&sb.handle).await.unwrap();
-    match h
-        .rt
-        .workspace_file(
+    let k =
+        h.rt.workspace_file(
             &id,
-            Request::ReadFile {
+            FileOp::Read {
                 path: "/k".into(),
                 max_bytes: None,
             },
         )
         .await
-        .unwrap()
-    {
-        Response::FileData { data, .. } => assert_eq!(data, b"kept\n"),
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    assert_eq!(k.into_data().unwrap().data, b"kept\n");
     h.rt.delete_workspace(&id).await.unwrap();
     assert!(!volume_exists(&h.rt, &volume_name(&id)).await);
     assert!(!h.data_dir().join("docker-kept").join(&id).exists());

@@ -7,7 +7,7 @@
 
 use sandkasten_docker::{DockerConfig, DockerRuntime};
 use sandkasten_runtime::{
-    AgentClient, Limits, NetworkMode, Response, Runtime, SandboxSpec, WorkspaceMount,
+    AgentClient, ExecReply, Limits, NetworkMode, Runtime, SandboxSpec, WorkspaceMount,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -176,11 +176,11 @@ pub async fn run(agent: &AgentClient, cmd: &str) -> Ran {
     let mut h = agent.exec(cmd.to_string(), 30_000, 1 << 20).unwrap();
     let mut out = Vec::new();
     let done = tokio::time::timeout(EXEC_TIMEOUT, async {
-        while let Some(r) = h.replies.recv().await {
+        while let Some(r) = h.next().await {
             match r {
-                Response::ExecOutput { data } => out.extend_from_slice(&data),
-                Response::ExecDone { exit_code, cwd, .. } => return Some((exit_code, cwd)),
-                other => panic!("unexpected reply to {cmd:?}: {other:?}"),
+                ExecReply::Output(data) => out.extend_from_slice(&data),
+                ExecReply::Done(d) => return Some((d.exit_code, d.cwd)),
+                ExecReply::Refused(m) => panic!("{cmd:?} refused: {m}"),
             }
         }
         None

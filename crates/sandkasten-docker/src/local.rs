@@ -1,0 +1,233 @@
+//! The transport of a local engine with runc, which shares the daemon's
+//! filesystem: the agent binary is bind-mounted read-only from the data
+//! dir, its config and socket are in the session's run directory (a host
+//! directory only root can enter, bound at `/.sandkasten/run`), the daemon
+//! waits for the socket with inotify and connects to it as a host path, and
+//! workspace volumes are reached at their host mount points (session-less
+//! files, size, export, late binding).
+
+use crate::transport::{AgentLaunch, AgentReady, RemovalGuard, Transport};
+use crate::{export, hostfs, volume_root, watch, AGENT_SOCKET, RUN_DIR};
+use async_trait::async_trait;
+use bollard::models::{Mount, MountBindOptions, MountType};
+use bollard::Docker;
+use sandkasten_protocol::AgentConfig;
+use sandkasten_runtime::{
+    blocking, export_blocking, latebind, AgentClient, ExportStream, FileErrorKind, FileOp,
+    FileReply, RuntimeError, SandboxHandle, SANDBOX_UID,
+};
+use std::path::{Path, PathBuf};
+
+/// Where the agent binary appears in a container of a local engine.
+const AGENT_PATH: &str = "/.sandkasten/agent";
+
+/// A local engine that shares this host's filesystem (see the module docs).
+pub(crate) struct LocalTransport {
+    docker: Docker,
+    /// The static agent binary on the host.
+    agent_binary: PathBuf,
+    /// `<data_dir>/docker`: the run directories.
+    runs: PathBuf,
+    /// Whether a workspace can be mounted into a running container (runc
+    /// and the engine's pids visible to the daemon).
+    late_bind: bool,
+}
+
+impl LocalTransport {
+    pub fn new(docker: Docker, agent_binary: PathBuf, runs: PathBuf, late_bind: bool) -> Self {
+        LocalTransport {
+            docker,
+            agent_binary,
+            runs,
+            late_bind,
+        }
+    }
+
+    /// The host mount point of workspace `id`'s volume, or `NotFound`.
+    async fn existing_root(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        volume_root(&self.docker, id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(format!("the volume of workspace {id}")))
+    }
+}
+
+/// A bind mount of a host path (not recursive).
+fn bind_mount(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.into()),
+        source: Some(source.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        bind_options: Some(MountBindOptions {
+            non_recursive: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn adopt_volume(
+        &self,
+        name: &str,
+        mountpoint: &str,
+        driver: &str,
+    ) -> Result<PathBuf, RuntimeError> {
+        if mountpoint.is_empty() {
+            return Err(RuntimeError::HostNotReady(format!(
+                "volume {name} has no mount point on this host (driver {driver})"
+            )));
+        }
+        let root = PathBuf::from(mountpoint);
+        let what = format!("giving volume {name} to the sandbox user");
+        let at = root.clone();
+        blocking("giving a volume to the sandbox user", move || {
+            hostfs::own_volume_root(&at, SANDBOX_UID).map_err(RuntimeError::io_ctx(what))
+        })
+        .await?;
+        Ok(root)
+    }
+
+    /// Writes the config into the run directory and watches it for the
+    /// socket (before the container starts, so its arrival is never
+    /// missed); the agent binds the socket under a temporary name and
+    /// renames it into place once it listens.
+    async fn launch(
+        &self,
+        _id: &str,
+        run: &Path,
+        cfg: &AgentConfig,
+    ) -> Result<(AgentLaunch, AgentReady), RuntimeError> {
+        let json = crate::agent_config_json(cfg)?;
+        tokio::fs::write(run.join("config.json"), &json)
+            .await
+            .map_err(RuntimeError::io_ctx("writing the agent config"))?;
+        let watch = watch::DirWatch::new(run)
+            .map_err(RuntimeError::io_ctx("watching the run directory"))?;
+        let socket = run.join("agent.sock");
+        let ready: AgentReady = Box::pin(async move {
+            watch
+                .appeared("agent.sock")
+                .await
+                .map_err(RuntimeError::io_ctx("waiting for the agent socket"))?;
+            AgentClient::connect(&socket).await
+        });
+        let launch = AgentLaunch {
+            mounts: vec![
+                bind_mount(&self.agent_binary, AGENT_PATH, true),
+                bind_mount(run, RUN_DIR, false),
+            ],
+            tmpfs: vec![],
+            entrypoint: vec![
+                AGENT_PATH.to_string(),
+                "container".into(),
+                "--socket".into(),
+                AGENT_SOCKET.into(),
+                "--config".into(),
+                format!("{RUN_DIR}/config.json"),
+            ],
+            env: None,
+        };
+        Ok((launch, ready))
+    }
+
+    async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
+        AgentClient::connect(&self.runs.join(id).join("agent.sock")).await
+    }
+
+    /// Nothing to end: a local connection closes with the container's
+    /// agent.
+    fn disconnect(&self, _id: &str) {}
+
+    fn unreachable_agent_is_gone(&self) -> bool {
+        true
+    }
+
+    /// The PID 1's start time from `/proc`; 0 when the engine's pids are
+    /// in another pid namespace (identity then rests on the container and
+    /// its pid).
+    fn start_token(&self, pid: i32, _started_at: &str) -> u64 {
+        latebind::start_time(pid).unwrap_or(0)
+    }
+
+    /// Every path resolves strictly inside the volume (openat2
+    /// RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
+    async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
+        let root = self.existing_root(id).await?;
+        let id = id.to_string();
+        let resp = blocking("a workspace file operation", move || {
+            let fs = sandkasten_fsops::RootedFs::open(&root, Some((SANDBOX_UID, SANDBOX_UID)))
+                .map_err(RuntimeError::io_ctx(format!("opening workspace {id}")))?;
+            fs.handle(&op.into_request())
+                .ok_or_else(|| RuntimeError::File {
+                    kind: FileErrorKind::InvalidRequest,
+                    message: "not a file operation".into(),
+                })
+        })
+        .await?;
+        FileReply::from_response(resp)
+    }
+
+    async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
+        let Some(root) = volume_root(&self.docker, id).await? else {
+            return Ok(None);
+        };
+        let what = format!("measuring workspace {id}");
+        blocking("measuring a workspace", move || {
+            hostfs::tree_size(&root)
+                .map(Some)
+                .map_err(RuntimeError::io_ctx(what))
+        })
+        .await
+    }
+
+    /// A live walk of the volume's host mount point (not point-in-time).
+    async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {
+        let root = self.existing_root(id).await?;
+        let what = format!("exporting workspace {id}");
+        export_blocking(move |out| {
+            export::export_tar(&root, out).map_err(RuntimeError::io_ctx(what))
+        })
+        .await
+    }
+
+    /// Nothing to hold: no helper containers mount a local engine's
+    /// volumes.
+    async fn hold_for_removal(&self, _id: &str) -> RemovalGuard {
+        None
+    }
+
+    fn can_bind_workspace(&self) -> bool {
+        self.late_bind
+    }
+
+    /// An `open_tree` clone of the volume's host mount point, moved onto
+    /// `/workspace` from a thread inside the container's mount namespace,
+    /// entered through a pidfd of its proven PID 1.
+    async fn bind_workspace(
+        &self,
+        handle: &SandboxHandle,
+        id: &str,
+        root: &Path,
+    ) -> Result<(), RuntimeError> {
+        let pidfd = latebind::open_verified(handle.pid, handle.start_time)
+            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
+        let what = format!("mounting workspace {id} into container {}", handle.id);
+        let root = root.to_path_buf();
+        blocking("mounting a workspace into a container", move || {
+            latebind::clone_dir(&root)
+                .and_then(|mount| latebind::move_into(pidfd, mount, "/workspace"))
+                .map_err(RuntimeError::io_ctx(what))
+        })
+        .await
+    }
+}
