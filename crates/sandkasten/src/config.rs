@@ -3,10 +3,67 @@
 //! Unknown keys and invalid values stop the daemon with a message naming
 //! the key; defaults live here and nowhere else.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// Timeout of an exec whose request names none, when
+/// `defaults.exec_timeout_ms` is unset (capped by `max_exec_timeout_ms`).
+const DEFAULT_EXEC_TIMEOUT_MS: u64 = 30_000;
+/// Smallest `defaults.max_output_bytes`.
+const MIN_OUTPUT_BYTES: u64 = 1024;
+/// Largest frame of the agent protocol (`sandkasten_protocol::MAX_FRAME_BYTES`,
+/// mirrored here: this crate does not depend on the protocol crate). Bounds
+/// `defaults.max_output_bytes`.
+const AGENT_FRAME_BYTES: u64 = 128 * 1024 * 1024;
+/// Largest file content one read can return: a frame less 64 KiB for the
+/// rest of the reply (`sandkasten_fsops::MAX_READ_BYTES`, mirrored). Bounds
+/// `defaults.max_read_bytes`.
+const AGENT_READ_BYTES: u64 = AGENT_FRAME_BYTES - 64 * 1024;
+
+/// The backend that runs sandboxes (`runtime:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Native,
+    Docker,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Native => "native",
+            RuntimeKind::Docker => "docker",
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Keeps `cfg.runtime == "docker"` in imagebuild.rs compiling until it
+/// compares with [`RuntimeKind::Docker`]; new code matches on the enum.
+impl PartialEq<&str> for RuntimeKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// The network of a sandbox (`defaults.network_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only.
+    None,
+    /// Outbound access (docker runtime only).
+    Full,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -15,7 +72,7 @@ pub struct Config {
     pub api_key: Option<String>,
     pub data_dir: PathBuf,
     pub db_path: Option<PathBuf>,
-    pub runtime: String,
+    pub runtime: RuntimeKind,
     pub default_image: String,
     pub allowed_images: Vec<String>,
     pub session_ttl_seconds: u64,
@@ -35,8 +92,17 @@ pub struct Defaults {
     pub cpu_limit: f64,
     pub mem_limit_mb: u64,
     pub pids_limit: u64,
+    /// Upper bound of every exec's timeout.
     pub max_exec_timeout_ms: u64,
-    pub network_mode: String,
+    /// Timeout of an exec whose request names none; unset: 30000, or
+    /// `max_exec_timeout_ms` if that is smaller (see
+    /// [`Defaults::default_exec_timeout_ms`]).
+    pub exec_timeout_ms: Option<u64>,
+    /// Output cap of one exec (bytes; beyond it the output is truncated).
+    pub max_output_bytes: u64,
+    /// Cap of one file read (bytes).
+    pub max_read_bytes: u64,
+    pub network_mode: NetworkMode,
     pub readonly_rootfs: bool,
     /// Size of each sandbox's /tmp (tmpfs, counted against its memory).
     pub tmp_size_mb: u64,
@@ -92,7 +158,7 @@ impl Default for Config {
             api_key: None,
             data_dir: PathBuf::from("/var/lib/sandkasten"),
             db_path: None,
-            runtime: "native".into(),
+            runtime: RuntimeKind::Native,
             default_image: "base".into(),
             allowed_images: Vec::new(),
             session_ttl_seconds: 1800,
@@ -127,10 +193,21 @@ impl Default for Defaults {
             mem_limit_mb: 512,
             pids_limit: 256,
             max_exec_timeout_ms: 120_000,
-            network_mode: "none".into(),
+            exec_timeout_ms: None,
+            max_output_bytes: 1024 * 1024,
+            max_read_bytes: 64 * 1024 * 1024,
+            network_mode: NetworkMode::None,
             readonly_rootfs: false,
             tmp_size_mb: 256,
         }
+    }
+}
+
+impl Defaults {
+    /// The timeout of an exec whose request names none.
+    pub fn default_exec_timeout_ms(&self) -> u64 {
+        self.exec_timeout_ms
+            .unwrap_or(DEFAULT_EXEC_TIMEOUT_MS.min(self.max_exec_timeout_ms))
     }
 }
 
@@ -151,6 +228,14 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Parses the override `var` of the enum key `key` as the file's value is
+/// parsed, with the same message (naming the allowed values).
+fn env_enum<T: DeserializeOwned>(var: &str, key: &str, value: &str) -> Result<T> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(value))
+        .map_err(|e| anyhow!("{var}: {key}: {e}"))
+}
+
 impl Config {
     /// File (if any), then environment, then validation.
     pub fn load(file: Option<&Path>) -> Result<Config> {
@@ -162,7 +247,7 @@ impl Config {
             }
             None => Config::default(),
         };
-        cfg.apply_env()?;
+        cfg.apply_env(env)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -175,7 +260,9 @@ impl Config {
         Ok(serde_yaml::from_str(text)?)
     }
 
-    fn apply_env(&mut self) -> Result<()> {
+    /// Applies the `SANDKASTEN_*` overrides; `env` looks a variable up
+    /// (set and non-empty).
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = env("SANDKASTEN_LISTEN") {
             self.listen = v;
         }
@@ -186,7 +273,7 @@ impl Config {
             self.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env("SANDKASTEN_RUNTIME") {
-            self.runtime = v;
+            self.runtime = env_enum("SANDKASTEN_RUNTIME", "runtime", &v)?;
         }
         if let Some(v) = env("SANDKASTEN_DEFAULT_IMAGE") {
             self.default_image = v;
@@ -216,11 +303,6 @@ impl Config {
                 "data_dir: must be an absolute path, got {}",
                 self.data_dir.display()
             );
-        }
-        match self.runtime.as_str() {
-            "native" => {}
-            "docker" => {}
-            other => bail!("runtime: unknown runtime {other:?} (native or docker)"),
         }
         if self.default_image.is_empty() {
             bail!("default_image: must not be empty");
@@ -262,6 +344,40 @@ impl Config {
         if d.max_exec_timeout_ms < 100 {
             bail!("defaults.max_exec_timeout_ms: must be at least 100");
         }
+        if let Some(t) = d.exec_timeout_ms {
+            if t == 0 {
+                bail!("defaults.exec_timeout_ms: must be at least 1");
+            }
+            if t > d.max_exec_timeout_ms {
+                bail!(
+                    "defaults.exec_timeout_ms: must be at most defaults.max_exec_timeout_ms ({}), got {t}",
+                    d.max_exec_timeout_ms
+                );
+            }
+        }
+        if d.max_output_bytes < MIN_OUTPUT_BYTES {
+            bail!(
+                "defaults.max_output_bytes: must be at least {MIN_OUTPUT_BYTES} (1 KiB), got {}",
+                d.max_output_bytes
+            );
+        }
+        if d.max_output_bytes > AGENT_FRAME_BYTES {
+            bail!(
+                "defaults.max_output_bytes: must be at most {AGENT_FRAME_BYTES} (the agent \
+                 protocol's frame limit, 128 MiB), got {}",
+                d.max_output_bytes
+            );
+        }
+        if d.max_read_bytes == 0 {
+            bail!("defaults.max_read_bytes: must be at least 1");
+        }
+        if d.max_read_bytes > AGENT_READ_BYTES {
+            bail!(
+                "defaults.max_read_bytes: must be at most {AGENT_READ_BYTES} (what one agent \
+                 frame carries, 128 MiB less 64 KiB), got {}",
+                d.max_read_bytes
+            );
+        }
         if d.tmp_size_mb == 0 {
             bail!("defaults.tmp_size_mb: must be at least 1");
         }
@@ -278,7 +394,7 @@ impl Config {
                 bail!("docker.runtime: {r:?} is not an OCI runtime name (like runsc)");
             }
         }
-        let docker = self.runtime == "docker";
+        let docker = self.runtime == RuntimeKind::Docker;
         if let (true, true, Some(q)) = (docker, self.workspace.enabled, self.workspace.quota_mb) {
             if q > 0 {
                 bail!(
@@ -310,13 +426,10 @@ impl Config {
                 bail!("workspace.max_total_gb: must be a number of GB > 0, got {v}");
             }
         }
-        match d.network_mode.as_str() {
-            "none" => {}
-            "full" if docker => {}
-            "full" => bail!(
+        if d.network_mode == NetworkMode::Full && !docker {
+            bail!(
                 "defaults.network_mode: full is not available on the native runtime yet; use none"
-            ),
-            other => bail!("defaults.network_mode: unknown mode {other:?} (none or full)"),
+            );
         }
         if self.pool.enabled {
             let mut total = 0;
@@ -360,7 +473,7 @@ impl Config {
 
     /// The default workspace quota in bytes (None: no quota).
     pub fn workspace_quota_bytes(&self) -> Option<u64> {
-        if self.runtime == "docker" {
+        if self.runtime == RuntimeKind::Docker {
             // Volumes have no size limit (validated: no quota_mb > 0).
             return None;
         }
@@ -484,13 +597,205 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mem_limit_mb"), "{err}");
-        let cfg = Config::parse("defaults:\n  network_mode: bogus\n").unwrap();
-        assert!(cfg
+        let cfg = Config::parse("listen: nope\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("listen"));
+    }
+
+    /// Validation error of `yaml` (which parses).
+    fn invalid(yaml: &str) -> String {
+        Config::parse(yaml)
+            .unwrap()
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("defaults.network_mode"));
-        let cfg = Config::parse("listen: nope\n").unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("listen"));
+    }
+
+    /// Applies the overrides in `vars` to the defaults.
+    fn with_env(vars: &[(&str, &str)]) -> Result<Config> {
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut cfg = Config::default();
+        cfg.apply_env(|name| vars.get(name).filter(|v| !v.is_empty()).cloned())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn enums_are_parsed_once() {
+        let cfg = Config::parse("runtime: docker\ndefaults:\n  network_mode: full\n").unwrap();
+        assert_eq!(cfg.runtime, RuntimeKind::Docker);
+        assert_eq!(cfg.defaults.network_mode, NetworkMode::Full);
+        cfg.validate().unwrap();
+        let cfg = Config::parse("runtime: native\ndefaults:\n  network_mode: none\n").unwrap();
+        assert_eq!(cfg.runtime, RuntimeKind::Native);
+        assert_eq!(cfg.defaults.network_mode, NetworkMode::None);
+        assert_eq!(cfg.runtime.to_string(), "native");
+        assert!(RuntimeKind::Docker == "docker" && RuntimeKind::Native != "docker");
+    }
+
+    #[test]
+    fn unknown_enum_values_name_the_key_and_the_choices() {
+        let err = Config::parse("runtime: podman\n").unwrap_err().to_string();
+        assert!(err.starts_with("runtime: "), "{err}");
+        assert!(
+            err.contains("podman") && err.contains("`native` or `docker`"),
+            "{err}"
+        );
+        let err = Config::parse("defaults:\n  network_mode: bogus\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("defaults.network_mode: "), "{err}");
+        assert!(
+            err.contains("bogus") && err.contains("`none` or `full`"),
+            "{err}"
+        );
+        // Values are exact, as before: no case folding.
+        let err = Config::parse("runtime: Docker\n").unwrap_err().to_string();
+        assert!(err.contains("runtime"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cfg = Config::default();
+        assert_eq!(cfg.runtime, RuntimeKind::Native);
+        assert_eq!(cfg.session_ttl_seconds, 1800);
+        assert_eq!(cfg.max_sessions, 64);
+        assert_eq!(cfg.max_body_mb, 64);
+        let d = &cfg.defaults;
+        assert_eq!(d.network_mode, NetworkMode::None);
+        assert_eq!(d.max_exec_timeout_ms, 120_000);
+        assert_eq!(d.exec_timeout_ms, None);
+        assert_eq!(d.default_exec_timeout_ms(), 30_000);
+        assert_eq!(d.max_output_bytes, 1_048_576);
+        assert_eq!(d.max_read_bytes, 67_108_864);
+        cfg.validate().unwrap();
+        // An empty file and an empty section are the defaults too.
+        for yaml in ["", "defaults: {}\n"] {
+            let c = Config::parse(yaml).unwrap();
+            assert_eq!(c.runtime, cfg.runtime);
+            assert_eq!(c.defaults.exec_timeout_ms, None);
+            assert_eq!(c.defaults.max_output_bytes, d.max_output_bytes);
+            assert_eq!(c.defaults.max_read_bytes, d.max_read_bytes);
+        }
+        // Unset, the exec timeout follows a smaller max_exec_timeout_ms
+        // (such configs keep starting).
+        let cfg = Config::parse("defaults:\n  max_exec_timeout_ms: 1000\n").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.defaults.default_exec_timeout_ms(), 1000);
+        // The mirrored protocol limits.
+        assert_eq!(AGENT_FRAME_BYTES, 134_217_728);
+        assert_eq!(AGENT_READ_BYTES, 134_152_192);
+    }
+
+    #[test]
+    fn exec_and_read_limits_are_configurable() {
+        let cfg = Config::parse(
+            "defaults:\n  exec_timeout_ms: 5000\n  max_output_bytes: 4096\n  max_read_bytes: 1000\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.defaults.exec_timeout_ms, Some(5000));
+        assert_eq!(cfg.defaults.default_exec_timeout_ms(), 5000);
+        assert_eq!(cfg.defaults.max_output_bytes, 4096);
+        assert_eq!(cfg.defaults.max_read_bytes, 1000);
+        // The bounds themselves are accepted.
+        Config::parse(
+            "defaults:\n  exec_timeout_ms: 120000\n  max_output_bytes: 1024\n  max_read_bytes: 1\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        Config::parse(&format!(
+            "defaults:\n  exec_timeout_ms: 1\n  max_output_bytes: {AGENT_FRAME_BYTES}\n  \
+             max_read_bytes: {AGENT_READ_BYTES}\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let err = Config::parse("defaults:\n  max_output_bytes: -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("defaults.max_output_bytes"), "{err}");
+    }
+
+    #[test]
+    fn exec_and_read_limits_are_validated() {
+        for (yaml, message) in [
+            (
+                "defaults:\n  exec_timeout_ms: 0\n".to_string(),
+                "defaults.exec_timeout_ms: must be at least 1",
+            ),
+            (
+                "defaults:\n  exec_timeout_ms: 120001\n".to_string(),
+                "defaults.exec_timeout_ms: must be at most defaults.max_exec_timeout_ms (120000), got 120001",
+            ),
+            (
+                "defaults:\n  max_exec_timeout_ms: 1000\n  exec_timeout_ms: 2000\n".to_string(),
+                "defaults.exec_timeout_ms: must be at most defaults.max_exec_timeout_ms (1000), got 2000",
+            ),
+            (
+                "defaults:\n  max_output_bytes: 1023\n".to_string(),
+                "defaults.max_output_bytes: must be at least 1024 (1 KiB), got 1023",
+            ),
+            (
+                format!("defaults:\n  max_output_bytes: {}\n", AGENT_FRAME_BYTES + 1),
+                "defaults.max_output_bytes: must be at most 134217728 (the agent protocol's \
+                 frame limit, 128 MiB), got 134217729",
+            ),
+            (
+                "defaults:\n  max_read_bytes: 0\n".to_string(),
+                "defaults.max_read_bytes: must be at least 1",
+            ),
+            (
+                format!("defaults:\n  max_read_bytes: {}\n", AGENT_READ_BYTES + 1),
+                "defaults.max_read_bytes: must be at most 134152192 (what one agent frame \
+                 carries, 128 MiB less 64 KiB), got 134152193",
+            ),
+        ] {
+            assert_eq!(invalid(&yaml), message, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_parse_like_the_file() {
+        let cfg = with_env(&[
+            ("SANDKASTEN_LISTEN", "0.0.0.0:9000"),
+            ("SANDKASTEN_API_KEY", "sk-from-env"),
+            ("SANDKASTEN_DATA_DIR", "/srv/sk"),
+            ("SANDKASTEN_RUNTIME", "docker"),
+            ("SANDKASTEN_DEFAULT_IMAGE", "python"),
+            ("SANDKASTEN_SESSION_TTL_SECONDS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:9000");
+        assert_eq!(cfg.api_key.as_deref(), Some("sk-from-env"));
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/sk"));
+        assert_eq!(cfg.runtime, RuntimeKind::Docker);
+        assert_eq!(cfg.default_image, "python");
+        assert_eq!(cfg.session_ttl_seconds, 60);
+        cfg.validate().unwrap();
+        assert_eq!(
+            with_env(&[("SANDKASTEN_RUNTIME", "native")])
+                .unwrap()
+                .runtime,
+            RuntimeKind::Native
+        );
+        // Empty: not set.
+        assert_eq!(
+            with_env(&[("SANDKASTEN_RUNTIME", "")]).unwrap().runtime,
+            RuntimeKind::Native
+        );
+        let err = with_env(&[("SANDKASTEN_RUNTIME", "podman")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "SANDKASTEN_RUNTIME: runtime: unknown variant `podman`, expected `native` or `docker`"
+        );
+        let err = with_env(&[("SANDKASTEN_SESSION_TTL_SECONDS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SANDKASTEN_SESSION_TTL_SECONDS"), "{err}");
     }
 }
