@@ -155,7 +155,8 @@ pub(crate) struct ExecRequest {
     /// Shell command, run in the session's persistent shell. Not empty.
     #[schema(example = "python3 -c 'print(42)'")]
     pub cmd: String,
-    /// Defaults to 30000, capped by `defaults.max_exec_timeout_ms`.
+    /// Defaults to `defaults.exec_timeout_ms` (30000 unless configured),
+    /// capped by `defaults.max_exec_timeout_ms`.
     #[schema(example = 30000)]
     pub timeout_ms: Option<u64>,
     /// Keep terminal noise (ANSI sequences, CRLF) in the output.

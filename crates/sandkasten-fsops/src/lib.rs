@@ -42,9 +42,7 @@ pub use sys::readlink_at;
 mod tests;
 
 use identity::FsIdentity;
-use sandkasten_protocol::{
-    DirEntry, ErrorKind, FileStat, FileType, Request, Response, MAX_FRAME_BYTES,
-};
+use sandkasten_protocol::{DirEntry, ErrorKind, FileStat, FileType, Request, Response};
 use std::borrow::Cow;
 use std::ffi::CStr;
 use std::fs::File;
@@ -54,10 +52,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use sys::{RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 
-/// Room left in a frame for everything but the file data.
-const FRAME_OVERHEAD: u64 = 64 * 1024;
 /// Largest file content one read returns (what fits in a `FileData` frame).
-pub const MAX_READ_BYTES: u64 = MAX_FRAME_BYTES as u64 - FRAME_OVERHEAD;
+pub const MAX_READ_BYTES: u64 = sandkasten_protocol::MAX_FILE_DATA_BYTES;
 
 /// Mode of directories created by `mkdir` and for missing parents (the
 /// process umask applies, as with `mkdir(1)`).

@@ -24,6 +24,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts (bytes of encoded payload).
 pub const MAX_FRAME_BYTES: usize = 128 * 1024 * 1024;
 
+/// Largest file content one `FileData` reply carries: a frame less room for
+/// everything but the data.
+pub const MAX_FILE_DATA_BYTES: u64 = MAX_FRAME_BYTES as u64 - 64 * 1024;
+
 /// One message on the channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Frame {

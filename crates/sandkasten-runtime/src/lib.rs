@@ -17,6 +17,13 @@ pub use files::{DirEntry, FileData, FileErrorKind, FileOp, FileReply, FileStat, 
 use async_trait::async_trait;
 use std::path::PathBuf;
 
+/// Largest output one exec can return (the agent's frame limit): the upper
+/// bound of an exec output cap.
+pub const MAX_EXEC_OUTPUT_BYTES: u64 = sandkasten_protocol::MAX_FRAME_BYTES as u64;
+
+/// Largest file content one read can return: the upper bound of a read cap.
+pub const MAX_READ_BYTES: u64 = sandkasten_protocol::MAX_FILE_DATA_BYTES;
+
 /// uid and gid of the `sandbox` user inside every sandbox (commands and
 /// file operations run as it).
 pub const SANDBOX_UID: u32 = 1000;

@@ -15,14 +15,12 @@ use std::path::{Path, PathBuf};
 const DEFAULT_EXEC_TIMEOUT_MS: u64 = 30_000;
 /// Smallest `defaults.max_output_bytes`.
 const MIN_OUTPUT_BYTES: u64 = 1024;
-/// Largest frame of the agent protocol (`sandkasten_protocol::MAX_FRAME_BYTES`,
-/// mirrored here: this crate does not depend on the protocol crate). Bounds
+/// Largest output one exec can return (the agent's frame limit). Bounds
 /// `defaults.max_output_bytes`.
-const AGENT_FRAME_BYTES: u64 = 128 * 1024 * 1024;
-/// Largest file content one read can return: a frame less 64 KiB for the
-/// rest of the reply (`sandkasten_fsops::MAX_READ_BYTES`, mirrored). Bounds
+const AGENT_FRAME_BYTES: u64 = sandkasten_runtime::MAX_EXEC_OUTPUT_BYTES;
+/// Largest file content one read can return. Bounds
 /// `defaults.max_read_bytes`.
-const AGENT_READ_BYTES: u64 = AGENT_FRAME_BYTES - 64 * 1024;
+const AGENT_READ_BYTES: u64 = sandkasten_runtime::MAX_READ_BYTES;
 
 /// The backend that runs sandboxes (`runtime:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -49,12 +47,6 @@ impl fmt::Display for RuntimeKind {
 
 /// Keeps `cfg.runtime == "docker"` in imagebuild.rs compiling until it
 /// compares with [`RuntimeKind::Docker`]; new code matches on the enum.
-impl PartialEq<&str> for RuntimeKind {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// The network of a sandbox (`defaults.network_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -631,7 +623,6 @@ mod tests {
         assert_eq!(cfg.runtime, RuntimeKind::Native);
         assert_eq!(cfg.defaults.network_mode, NetworkMode::None);
         assert_eq!(cfg.runtime.to_string(), "native");
-        assert!(RuntimeKind::Docker == "docker" && RuntimeKind::Native != "docker");
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub async fn run(args: BuildArgs, cfg: &Config, configured: Arc<dyn Runtime>) ->
         .tag
         .clone()
         .unwrap_or_else(|| format!("sandbox-runtime:{}", args.name));
-    let configured_docker = cfg.runtime == "docker";
+    let configured_docker = cfg.runtime == crate::config::RuntimeKind::Docker;
     let target = args.runtime.unwrap_or(if configured_docker {
         Target::Docker
     } else {
