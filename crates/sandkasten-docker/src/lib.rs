@@ -620,8 +620,11 @@ impl Runtime for DockerRuntime {
         // workspace's volume never does, so it is never removed here, nor
         // is an ephemeral one that became a workspace of the same name.
         let vol = volume_name(id);
+        let kept = tokio::fs::try_exists(self.kept_marker(id))
+            .await
+            .unwrap_or(false);
         match self.docker.inspect_volume(&vol).await {
-            Ok(v) if v.labels.get(LABEL_SESSION) == Some(id) && !self.kept_marker(id).exists() => {
+            Ok(v) if v.labels.get(LABEL_SESSION) == Some(id) && !kept => {
                 match self
                     .docker
                     .remove_volume(&vol, None::<bollard::query_parameters::RemoveVolumeOptions>)

@@ -507,7 +507,8 @@ impl RemoteTransport {
         }
     }
 
-    /// Holds workspace `id`'s volume for a helper, which then exists.
+    /// A shared hold on workspace `id`'s volume for a helper; `None` when
+    /// the volume does not exist.
     async fn hold_existing(
         &self,
         id: &str,
