@@ -259,38 +259,6 @@ where
 }
 
 /// A sandbox backend. Object safe: the engine holds an `Arc<dyn Runtime>`.
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shell_environment_layers_defaults_image_identity_and_session() {
-        let env = shell_env(
-            &[
-                "PATH=/opt/bin:/usr/bin".into(),
-                "HOME=/root".into(),
-                "TOOL=1".into(),
-                "junk".into(),
-            ],
-            &[("TOOL".into(), "2".into()), ("X".into(), "y".into())],
-        );
-        let get = |k: &str| {
-            let hits: Vec<&str> = env
-                .iter()
-                .filter(|(ek, _)| ek == k)
-                .map(|(_, v)| v.as_str())
-                .collect();
-            assert!(hits.len() <= 1, "{k} set twice: {env:?}");
-            hits.first().map(|v| v.to_string())
-        };
-        assert_eq!(get("PATH").as_deref(), Some("/opt/bin:/usr/bin"));
-        assert_eq!(get("HOME").as_deref(), Some("/home/sandbox"));
-        assert_eq!(get("TOOL").as_deref(), Some("2"));
-        assert_eq!(get("X").as_deref(), Some("y"));
-        assert_eq!(get("LANG").as_deref(), Some("C.UTF-8"));
-    }
-}
-
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Short name ("native", "docker").
@@ -411,5 +379,37 @@ pub trait Runtime: Send + Sync + 'static {
     /// Where uploads may be spooled before an import (on the data disk).
     fn scratch_dir(&self) -> PathBuf {
         std::env::temp_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shell_environment_layers_defaults_image_identity_and_session() {
+        let env = shell_env(
+            &[
+                "PATH=/opt/bin:/usr/bin".into(),
+                "HOME=/root".into(),
+                "TOOL=1".into(),
+                "junk".into(),
+            ],
+            &[("TOOL".into(), "2".into()), ("X".into(), "y".into())],
+        );
+        let get = |k: &str| {
+            let hits: Vec<&str> = env
+                .iter()
+                .filter(|(ek, _)| ek == k)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert!(hits.len() <= 1, "{k} set twice: {env:?}");
+            hits.first().map(|v| v.to_string())
+        };
+        assert_eq!(get("PATH").as_deref(), Some("/opt/bin:/usr/bin"));
+        assert_eq!(get("HOME").as_deref(), Some("/home/sandbox"));
+        assert_eq!(get("TOOL").as_deref(), Some("2"));
+        assert_eq!(get("X").as_deref(), Some("y"));
+        assert_eq!(get("LANG").as_deref(), Some("C.UTF-8"));
     }
 }
