@@ -682,9 +682,7 @@ async fn suite_late_binding(rt: &dyn Runtime, env: &Env) {
         ws_data(rt.workspace_file(&ws, read_op("/late.txt")).await),
         b"late\n"
     );
-    assert!(is_file_error(
-        rt.workspace_file(&ws, read_op("/eph")).await
-    ));
+    assert!(is_file_error(rt.workspace_file(&ws, read_op("/eph")).await));
     rt.delete_workspace(&ws).await.unwrap();
 }
 
@@ -960,9 +958,15 @@ async fn suite_quotas_and_snapshots(rt: &dyn Runtime, env: &Env) {
             }
             rt.ensure_workspace(&ws, Some(quota)).await.unwrap();
             let f = |op| rt.workspace_file(&ws, op);
-            assert_eq!(f(write_op("/v.txt", b"one")).await.unwrap(), FileReply::Done);
+            assert_eq!(
+                f(write_op("/v.txt", b"one")).await.unwrap(),
+                FileReply::Done
+            );
             rt.snapshot_workspace(&ws, "s1").await.unwrap();
-            assert_eq!(f(write_op("/v.txt", b"two")).await.unwrap(), FileReply::Done);
+            assert_eq!(
+                f(write_op("/v.txt", b"two")).await.unwrap(),
+                FileReply::Done
+            );
             // The quota holds: a file larger than it does not fit.
             let big = vec![7u8; quota as usize + (16 << 20)];
             if let Ok(other) = f(write_op("/big", &big)).await {
@@ -1068,14 +1072,20 @@ async fn suite_export_and_import(rt: &dyn Runtime, env: &Env) {
         Kind::Native => {
             rt.import_workspace(&ws, archive).await.unwrap();
             assert_eq!(
-                ws_names(rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() }).await),
+                ws_names(
+                    rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() })
+                        .await
+                ),
                 ["imported.txt"]
             );
         }
         Kind::Docker | Kind::DockerRemote | Kind::Gvisor => {
             assert_unsupported(rt.import_workspace(&ws, archive).await);
             assert_eq!(
-                ws_names(rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() }).await),
+                ws_names(
+                    rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() })
+                        .await
+                ),
                 ["d", "link"]
             );
         }

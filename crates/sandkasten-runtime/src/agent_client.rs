@@ -3,7 +3,7 @@
 //! file operations, environment): the agent's wire messages stay inside
 //! this module and [`crate::files`].
 
-use crate::{FileData, FileOp, FileReply, FileStat, DirEntry, RuntimeError};
+use crate::{DirEntry, FileData, FileOp, FileReply, FileStat, RuntimeError};
 use sandkasten_protocol::{self as proto, Body, Frame, Request, Response};
 use std::collections::HashMap;
 use std::path::Path;
@@ -290,7 +290,9 @@ impl AgentClient {
         path: String,
         max_bytes: Option<u64>,
     ) -> Result<FileData, RuntimeError> {
-        self.file(FileOp::Read { path, max_bytes }).await?.into_data()
+        self.file(FileOp::Read { path, max_bytes })
+            .await?
+            .into_data()
     }
 
     pub async fn write_file(
