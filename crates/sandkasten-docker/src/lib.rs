@@ -71,7 +71,6 @@
 //! live walk (not point-in-time), no workspace import yet; `network: full`
 //! is the engine's default bridge.
 
-mod export;
 mod hostfs;
 mod images;
 mod local;

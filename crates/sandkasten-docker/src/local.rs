@@ -7,19 +7,30 @@
 //! files, size, export, late binding).
 
 use crate::transport::{AgentLaunch, AgentReady, RemovalGuard, Transport};
-use crate::{export, hostfs, volume_root, watch, AGENT_SOCKET, RUN_DIR};
+use crate::{hostfs, volume_root, watch, AGENT_SOCKET, RUN_DIR};
 use async_trait::async_trait;
 use bollard::models::{Mount, MountBindOptions, MountType};
 use bollard::Docker;
+use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, export_blocking, latebind, AgentClient, ExportStream, FileErrorKind, FileOp,
-    FileReply, RuntimeError, SandboxHandle, SANDBOX_UID,
+    blocking, export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply,
+    RuntimeError, SandboxHandle, SANDBOX_UID,
 };
 use std::path::{Path, PathBuf};
 
 /// Where the agent binary appears in a container of a local engine.
 const AGENT_PATH: &str = "/.sandkasten/agent";
+
+/// How a local volume is exported: owners as they are (without a user
+/// namespace the host's ids are the ids inside), and a directory nested
+/// deeper than 256 levels written without its content rather than failing
+/// the whole export.
+const EXPORT: ExportOptions = ExportOptions {
+    owners: Owners::AsIs,
+    max_depth: 256,
+    too_deep: TooDeep::Skip,
+};
 
 /// A local engine that shares this host's filesystem (see the module docs).
 pub(crate) struct LocalTransport {
@@ -160,21 +171,11 @@ impl Transport for LocalTransport {
     }
 
     /// Every path resolves strictly inside the volume (openat2
-    /// RESOLVE_IN_ROOT), with the sandbox user's filesystem identity.
+    /// RESOLVE_IN_ROOT), with the sandbox user's filesystem identity:
+    /// without a user namespace that is `SANDBOX_UID` on the host too.
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
         let root = self.existing_root(id).await?;
-        let id = id.to_string();
-        let resp = blocking("a workspace file operation", move || {
-            let fs = sandkasten_fsops::RootedFs::open(&root, Some((SANDBOX_UID, SANDBOX_UID)))
-                .map_err(RuntimeError::io_ctx(format!("opening workspace {id}")))?;
-            fs.handle(&op.into_request())
-                .ok_or_else(|| RuntimeError::File {
-                    kind: FileErrorKind::InvalidRequest,
-                    message: "not a file operation".into(),
-                })
-        })
-        .await?;
-        FileReply::from_response(resp)
+        sandkasten_hostfs::workspace_file(root, SANDBOX_UID, op).await
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {
@@ -183,19 +184,20 @@ impl Transport for LocalTransport {
         };
         let what = format!("measuring workspace {id}");
         blocking("measuring a workspace", move || {
-            hostfs::tree_size(&root)
+            sandkasten_hostfs::tree_size(&root)
                 .map(Some)
                 .map_err(RuntimeError::io_ctx(what))
         })
         .await
     }
 
-    /// A live walk of the volume's host mount point (not point-in-time).
+    /// A live walk of the volume's host mount point (not point-in-time),
+    /// as [`EXPORT`] says.
     async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {
         let root = self.existing_root(id).await?;
         let what = format!("exporting workspace {id}");
         export_blocking(move |out| {
-            export::export_tar(&root, out).map_err(RuntimeError::io_ctx(what))
+            sandkasten_hostfs::export_tar(&root, &EXPORT, out).map_err(RuntimeError::io_ctx(what))
         })
         .await
     }
