@@ -34,6 +34,10 @@ pub struct EngineConfig {
     pub pool: crate::PoolConfig,
 }
 
+/// Values for the engine's own tests only: the daemon's defaults live in one
+/// place, the binary's config (`crates/sandkasten/src/config.rs`), which sets
+/// every field.
+#[cfg(test)]
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {

@@ -54,6 +54,8 @@ pub struct PoolConfig {
     pub max_concurrent_fills: usize,
 }
 
+/// For the engine's own tests only (see `EngineConfig`'s `Default`).
+#[cfg(test)]
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
