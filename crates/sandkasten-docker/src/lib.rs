@@ -563,11 +563,7 @@ impl Runtime for DockerRuntime {
         match self.start(&spec).await {
             Ok(sandbox) => Ok(sandbox),
             Err(e) => {
-                let handle = SandboxHandle {
-                    id: spec.id.clone(),
-                    pid: 0,
-                    start_time: 0,
-                };
+                let handle = SandboxHandle::unproven(spec.id.clone());
                 if let Err(ce) = self.destroy(&handle).await {
                     tracing::warn!(session = %handle.id, "cleanup after failed create: {ce}");
                 }

@@ -197,11 +197,7 @@ impl Engine {
             .map_err(EngineError::runtime("listing sandboxes"))?;
         for id in on_host.into_iter().filter(|id| !known.contains(id)) {
             tracing::info!(session = %id, "removing orphaned sandbox");
-            let handle = SandboxHandle {
-                id: id.clone(),
-                pid: 0,
-                start_time: 0,
-            };
+            let handle = SandboxHandle::unproven(id.clone());
             if let Err(e) = self.inner.runtime.destroy(&handle).await {
                 tracing::warn!(session = %id, "removing orphan failed: {e}");
             }

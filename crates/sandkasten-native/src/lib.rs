@@ -681,11 +681,7 @@ impl Runtime for NativeRuntime {
         let report = match self.launch(&spec).await {
             Ok(r) => r,
             Err(e) => {
-                let handle = SandboxHandle {
-                    id: spec.id.clone(),
-                    pid: 0,
-                    start_time: 0,
-                };
+                let handle = SandboxHandle::unproven(spec.id.clone());
                 if let Err(ce) = self.destroy(&handle).await {
                     tracing::warn!(session = %spec.id, "cleanup after failed create: {ce}");
                 }

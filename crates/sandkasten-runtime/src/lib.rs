@@ -131,6 +131,19 @@ pub struct SandboxHandle {
     pub start_time: u64,
 }
 
+impl SandboxHandle {
+    /// A handle that names sandbox `id` without proving any process: what
+    /// [`Runtime::destroy`] takes to clean up the leftovers of a sandbox
+    /// whose process is gone or was never started (it signals nothing).
+    pub fn unproven(id: impl Into<String>) -> SandboxHandle {
+        SandboxHandle {
+            id: id.into(),
+            pid: 0,
+            start_time: 0,
+        }
+    }
+}
+
 /// A live sandbox: its handle and a connected agent.
 pub struct Sandbox {
     pub handle: SandboxHandle,
