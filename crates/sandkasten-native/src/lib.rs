@@ -217,6 +217,18 @@ enum Storage {
 
 /// The blocking host work of each operation (called on the blocking pool).
 impl Shared {
+    /// A pidfd of the sandbox's init if `handle` proves it: the pid has the
+    /// recorded start time, is the init of a pid namespace, and sits in
+    /// this session's own cgroup (two sandboxes started in the same clock
+    /// tick share a start time; only one of them is in this group).
+    fn prove(&self, handle: &SandboxHandle) -> Option<std::os::fd::OwnedFd> {
+        let pidfd = process::open_verified(handle.pid, handle.start_time)?;
+        self.cgroups
+            .procs(&handle.id)
+            .contains(&handle.pid)
+            .then_some(pidfd)
+    }
+
     fn images_dir(&self) -> PathBuf {
         self.cfg.data_dir.join("images")
     }
@@ -648,7 +660,8 @@ impl Shared {
                 .map_err(RuntimeError::io_ctx(format!("binding workspace {id}")))?;
             (m, None)
         };
-        let pidfd = process::open_verified(handle.pid, handle.start_time)
+        let pidfd = self
+            .prove(handle)
             .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
         latebind::move_into(pidfd, mount, "/workspace").map_err(RuntimeError::io_ctx(format!(
             "mounting workspace {id} into sandbox {}",
@@ -703,7 +716,11 @@ impl Runtime for NativeRuntime {
     }
 
     async fn attach(&self, handle: &SandboxHandle) -> Result<Sandbox, RuntimeError> {
-        if process::open_verified(handle.pid, handle.start_time).is_none() {
+        let h = handle.clone();
+        let proven = self
+            .run("proving a sandbox's init", move |s| Ok(s.prove(&h).is_some()))
+            .await?;
+        if !proven {
             return Err(RuntimeError::Gone(handle.id.clone()));
         }
         let agent = self
@@ -717,7 +734,11 @@ impl Runtime for NativeRuntime {
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
-        if let Some(pidfd) = process::open_verified(handle.pid, handle.start_time) {
+        let h = handle.clone();
+        let proven = self
+            .run("proving a sandbox's init", move |s| Ok(s.prove(&h)))
+            .await?;
+        if let Some(pidfd) = proven {
             process::kill_and_wait(pidfd)
                 .await
                 .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
