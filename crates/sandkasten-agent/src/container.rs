@@ -100,7 +100,7 @@ fn setup(args: &Args) -> Result<(UnixListener, AgentConfig), String> {
     if let (Some(uid), Some(gid)) = (cfg.uid, cfg.gid) {
         ensure_home(Path::new(&cfg.home), uid, gid);
         if args.own_workdir {
-            own_root_owned_dir(Path::new(&cfg.workdir), uid, gid)
+            sandkasten_fsops::own_root_owned_dir(Path::new(&cfg.workdir), uid, gid)
                 .map_err(|e| format!("giving {} to the sandbox user: {e}", cfg.workdir))?;
         }
     }
@@ -143,22 +143,6 @@ fn scrub_environ(name: &str) {
             p = p.add(1);
         }
     }
-}
-
-/// Gives `dir` (not what is in it) to `uid:gid` with mode 0755 when root
-/// owns it, so this runs once per volume: later the user owns it and may
-/// have changed its mode. A symlink is never followed.
-fn own_root_owned_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::other("not a directory"));
-    }
-    if meta.uid() == 0 {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(())
 }
 
 /// Binds `path.tmp`, makes it 0600, and renames it to `path` once it
@@ -213,26 +197,6 @@ mod tests {
         assert!(p.own_workdir);
         let both = [&a[..], &b[3..5]].concat();
         assert!(parse(&both).is_none(), "one config source only");
-    }
-
-    #[test]
-    fn only_a_root_owned_workdir_is_given_away() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let ws = dir.path().join("ws");
-        std::fs::create_dir(&ws).unwrap();
-        std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o700)).unwrap();
-        own_root_owned_dir(&ws, 4242, 4243).unwrap();
-        let m = std::fs::metadata(&ws).unwrap();
-        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4243, 0o755));
-        // Once the user owns it, its mode is theirs.
-        std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o700)).unwrap();
-        own_root_owned_dir(&ws, 1, 1).unwrap();
-        let m = std::fs::metadata(&ws).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o777), (4242, 0o700));
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&ws, &link).unwrap();
-        assert!(own_root_owned_dir(&link, 1, 1).is_err());
     }
 
     #[test]

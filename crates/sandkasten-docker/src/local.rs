@@ -7,7 +7,7 @@
 //! files, size, export, late binding).
 
 use crate::transport::{AgentLaunch, AgentReady, RemovalGuard, Transport};
-use crate::{hostfs, volume_root, watch, AGENT_SOCKET, RUN_DIR};
+use crate::{volume_root, watch, AGENT_SOCKET, RUN_DIR};
 use async_trait::async_trait;
 use bollard::models::{Mount, MountBindOptions, MountType};
 use bollard::Docker;
@@ -102,7 +102,8 @@ impl Transport for LocalTransport {
         let what = format!("giving volume {name} to the sandbox user");
         let at = root.clone();
         blocking("giving a volume to the sandbox user", move || {
-            hostfs::own_volume_root(&at, SANDBOX_UID).map_err(RuntimeError::io_ctx(what))
+            sandkasten_hostfs::own_root_owned_dir(&at, SANDBOX_UID, SANDBOX_UID)
+                .map_err(RuntimeError::io_ctx(what))
         })
         .await?;
         Ok(root)

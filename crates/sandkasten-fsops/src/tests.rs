@@ -881,3 +881,24 @@ fn identity_is_restored_after_a_panic() {
     assert!(r.is_err());
     assert_eq!(thread_ids(), before);
 }
+
+#[test]
+fn a_root_owned_dir_is_given_to_the_user_once_and_never_through_a_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("_data");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink(&root, &link).unwrap();
+    assert!(own_root_owned_dir(&link, 1000, 1000).is_err());
+    assert_eq!(std::fs::metadata(&root).unwrap().uid(), 0);
+
+    own_root_owned_dir(&root, 1000, 1000).unwrap();
+    let m = std::fs::metadata(&root).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o755));
+    // The user's own choice of mode stays.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
+    own_root_owned_dir(&root, 1000, 1000).unwrap();
+    assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o750);
+    assert!(own_root_owned_dir(&d.path().join("missing"), 1000, 1000).is_err());
+}

@@ -16,6 +16,8 @@
 //! (`sandkasten_runtime::blocking`, `export_blocking`), except
 //! [`workspace_file`], which does that itself.
 
+pub use sandkasten_fsops::own_root_owned_dir;
+
 mod export;
 mod files;
 mod remove;
