@@ -7,13 +7,18 @@
 use sandkasten_store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// A session's latest activity, as persisted for recovery.
-struct Activity {
-    id: String,
-    expires_at_ms: i64,
-    cwd: String,
+/// What the activity writer is told.
+enum Activity {
+    /// A session's latest activity, as persisted for recovery.
+    Touch {
+        id: String,
+        expires_at_ms: i64,
+        cwd: String,
+    },
+    /// Answer once everything sent before is written.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Handle to the store; cheap to clone.
@@ -51,11 +56,20 @@ impl Db {
     /// Records a session's activity without waiting: the writer persists
     /// the latest value per session in batches.
     pub(crate) fn record_activity(&self, id: &str, expires_at_ms: i64, cwd: &str) {
-        let _ = self.activity.send(Activity {
+        let _ = self.activity.send(Activity::Touch {
             id: id.to_string(),
             expires_at_ms,
             cwd: cwd.to_string(),
         });
+    }
+
+    /// Waits until all activity recorded so far is in the store (at
+    /// shutdown).
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.activity.send(Activity::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -64,9 +78,20 @@ impl Db {
 async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Activity>) {
     while let Some(first) = rx.recv().await {
         let mut batch: HashMap<String, (i64, String)> = HashMap::new();
-        batch.insert(first.id, (first.expires_at_ms, first.cwd));
-        while let Ok(a) = rx.try_recv() {
-            batch.insert(a.id, (a.expires_at_ms, a.cwd));
+        let mut flushed = Vec::new();
+        let mut next = Some(first);
+        while let Some(a) = next {
+            match a {
+                Activity::Touch {
+                    id,
+                    expires_at_ms,
+                    cwd,
+                } => {
+                    batch.insert(id, (expires_at_ms, cwd));
+                }
+                Activity::Flush(done) => flushed.push(done),
+            }
+            next = rx.try_recv().ok();
         }
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {
@@ -79,6 +104,9 @@ async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Activ
         .await;
         if let Err(e) = written {
             tracing::warn!("recording activity: {e}");
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }

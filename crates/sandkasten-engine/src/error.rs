@@ -1,5 +1,7 @@
 //! The engine's errors, one enum per domain (sessions, workspaces, files,
-//! images, the pool), joined in [`EngineError`] with `#[from]`. Each
+//! images), joined in [`EngineError`] with `#[from]` (the pool's own
+//! `PoolError` never reaches a client: a create the pool cannot serve goes
+//! cold). Each
 //! variant says what a client should make of it; the API maps them to
 //! status codes in one table.
 
@@ -33,6 +35,9 @@ pub enum Holder {
     Changing,
     /// It is being created, exported or mounted by a create in flight.
     Busy,
+    /// The backend still sees it mounted (a sandbox that just ended has not
+    /// released it yet).
+    StillMounted,
 }
 
 impl std::fmt::Display for Holder {
@@ -41,6 +46,7 @@ impl std::fmt::Display for Holder {
             Holder::Session(s) => write!(f, "mounted by session {s}"),
             Holder::Changing => f.write_str("being deleted, restored or imported"),
             Holder::Busy => f.write_str("being created, exported or mounted"),
+            Holder::StillMounted => f.write_str("still mounted"),
         }
     }
 }

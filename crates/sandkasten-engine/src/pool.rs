@@ -97,18 +97,29 @@ pub(crate) struct Warm {
 
 /// A pooled sandbox taken for a create: it becomes a session
 /// ([`Taken::promote`]), goes back unchanged ([`Taken::put_back`]), or is
-/// thrown away ([`Taken::discard`]).
+/// thrown away ([`Taken::discard`]). Dropped otherwise (the create was
+/// cancelled half-way), it is destroyed: a pooled sandbox is a pool entry
+/// or a session, never neither.
 pub(crate) struct Taken {
     pool: Arc<Pool>,
     image: Arc<ImagePool>,
-    pub(crate) warm: Warm,
+    warm: Option<Warm>,
 }
 
 impl Taken {
+    /// The sandbox (present until promoted, put back or discarded).
+    pub(crate) fn warm(&self) -> &Warm {
+        self.warm.as_ref().expect("a taken sandbox is used once")
+    }
+
+    fn take_warm(&mut self) -> Warm {
+        self.warm.take().expect("a taken sandbox is used once")
+    }
+
     /// Turns its pool record into the session `record` (one transaction)
     /// and counts the hit; on failure the sandbox is destroyed.
     pub(crate) async fn promote(
-        self,
+        mut self,
         record: SessionRecord,
         started: Instant,
     ) -> Result<(SandboxHandle, AgentClient), EngineError> {
@@ -121,7 +132,8 @@ impl Taken {
             Ok(()) => {
                 self.image.record_hit(started.elapsed());
                 self.pool.acquire_hist.observe(started.elapsed());
-                Ok((self.warm.handle, self.warm.agent))
+                let w = self.take_warm();
+                Ok((w.handle, w.agent))
             }
             Err(e) => {
                 self.discard().await;
@@ -131,15 +143,27 @@ impl Taken {
     }
 
     /// Puts it back unused, first in line.
-    pub(crate) fn put_back(self) {
-        self.image.idle.lock().unwrap().push_front(self.warm);
+    pub(crate) fn put_back(mut self) {
+        let w = self.take_warm();
+        self.image.idle.lock().unwrap().push_front(w);
     }
 
     /// Destroys it (it could not be prepared) and counts a miss.
-    pub(crate) async fn discard(self) {
+    pub(crate) async fn discard(mut self) {
+        let w = self.take_warm();
         self.image.discarded.fetch_add(1, Ordering::Relaxed);
         self.image.record_miss();
-        self.pool.destroy_warm_now(self.warm).await;
+        self.pool.destroy_warm_now(w).await;
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if let Some(w) = self.warm.take() {
+            tracing::warn!(sandbox = %w.id, "a create was cancelled while preparing a pooled sandbox; destroying it");
+            self.image.discarded.fetch_add(1, Ordering::Relaxed);
+            self.pool.destroy_warm(w);
+        }
     }
 }
 
@@ -518,7 +542,7 @@ impl Pool {
                     return Some(Taken {
                         pool: self.clone(),
                         image: p,
-                        warm: w,
+                        warm: Some(w),
                     });
                 }
                 Err(_) => {

@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     sessions: Arc<SessionTable>,
     /// Wakes the reaper when an expiry moves earlier.
     reaper_wake: Notify,
+    /// Set by [`Engine::shutdown`]: creates answer `ShuttingDown`.
+    closing: std::sync::atomic::AtomicBool,
     pub(crate) workspaces: Arc<Workspaces>,
     pool: Arc<Pool>,
     counters: crate::metrics::Counters,
@@ -77,6 +79,9 @@ struct Acquired {
     record: SessionRecord,
     sandbox: Sandbox,
     source: AcquireSource,
+    /// Holds the workspace against deletion until the session is listed
+    /// (then the listed session holds it).
+    mount: Option<MountGuard>,
 }
 
 impl Engine {
@@ -115,6 +120,7 @@ impl Engine {
                 db,
                 sessions,
                 reaper_wake: Notify::new(),
+                closing: Default::default(),
                 pool: pool.clone(),
                 counters: crate::metrics::Counters::new(),
             }),
@@ -339,6 +345,9 @@ impl Engine {
     }
 
     pub async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(SessionError::ShuttingDown.into());
+        }
         let v = self.validate(req)?;
         let _reservation = self.inner.sessions.reserve()?;
         let acquired = self.acquire(v).await?;
@@ -364,6 +373,8 @@ impl Engine {
         );
         let info = session.info();
         self.register(session, queue);
+        // Listed now: the session holds its workspace from here on.
+        drop(acquired.mount);
         tracing::debug!(session = %info.id, source = source.as_str(), "session created");
         Ok(info)
     }
@@ -425,14 +436,14 @@ impl Engine {
             pool.take(&v.image).await
         };
         let id = match &taken {
-            Some(t) => t.warm.id.clone(),
+            Some(t) => t.warm().id.clone(),
             None => new_id(),
         };
         let workspace_id = v
             .workspace_id
             .clone()
             .or_else(|| v.persist_by_default.then(|| id.clone()));
-        let _mount: Option<MountGuard> = match &workspace_id {
+        let mount: Option<MountGuard> = match &workspace_id {
             Some(ws) => match self.inner.workspaces.begin_mount(ws).await {
                 Ok(g) => Some(g),
                 Err(e) => {
@@ -464,8 +475,8 @@ impl Engine {
         if let Some(t) = taken {
             match self
                 .bind_warm(
-                    &t.warm.handle,
-                    &t.warm.agent,
+                    &t.warm().handle,
+                    &t.warm().agent,
                     record.workspace_id.as_deref(),
                     &v.env,
                 )
@@ -474,13 +485,14 @@ impl Engine {
                 Ok(()) => {
                     record.state = SessionState::Running;
                     record.acquire_source = AcquireSource::Pool;
-                    record.pid = t.warm.handle.pid;
-                    record.pid_start_time = t.warm.handle.start_time;
+                    record.pid = t.warm().handle.pid;
+                    record.pid_start_time = t.warm().handle.start_time;
                     let (handle, agent) = t.promote(record.clone(), started).await?;
                     return Ok(Acquired {
                         record,
                         sandbox: Sandbox { handle, agent },
                         source: AcquireSource::Pool,
+                        mount,
                     });
                 }
                 Err(e) => {
@@ -498,6 +510,7 @@ impl Engine {
             record,
             sandbox,
             source: AcquireSource::Cold,
+            mount,
         })
     }
 
@@ -622,11 +635,14 @@ impl Engine {
         self.inner.pool.stats()
     }
 
-    /// Graceful shutdown: stops filling the pool, waits for fills in
-    /// flight, and destroys every idle pooled sandbox. Sessions stay
-    /// running.
+    /// Graceful shutdown: new creates answer `ShuttingDown`; the pool
+    /// stops filling, waits for fills in flight and destroys every idle
+    /// pooled sandbox; recorded activity is flushed to the store. Sessions
+    /// stay running.
     pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
         self.inner.pool.drain().await;
+        self.inner.db.flush().await;
     }
 
     pub async fn list_sessions(&self) -> Vec<SessionInfo> {
@@ -644,10 +660,30 @@ impl Engine {
         self.end_session(id, SessionState::Destroyed).await
     }
 
-    /// Moves a session through Destroying to `final_state`.
+    /// Moves a session through Destroying to `final_state`. Runs to its
+    /// end in its own task once started, so a caller that goes away (a
+    /// client disconnecting during a DELETE) never leaves a session half
+    /// destroyed.
     async fn end_session(&self, id: &str, final_state: SessionState) -> Result<(), EngineError> {
         let s = self.inner.sessions.get(id)?;
         s.begin_destroy()?;
+        let engine = self.clone();
+        match tokio::spawn(async move { engine.finish_session(s, final_state).await }).await {
+            Ok(r) => r,
+            Err(e) => Err(EngineError::Runtime {
+                context: "destroying the sandbox",
+                source: RuntimeError::task("destroying a session")(e),
+            }),
+        }
+    }
+
+    /// The rest of [`Engine::end_session`], after Running → Destroying.
+    async fn finish_session(
+        &self,
+        s: Arc<Session>,
+        final_state: SessionState,
+    ) -> Result<(), EngineError> {
+        let id = s.id.as_str();
         let sid = id.to_string();
         self.inner
             .db

@@ -1267,8 +1267,11 @@ async fn shutdown_drains_the_pool_and_keeps_sessions() {
     assert_eq!(e.fake.live_ids(), vec![sid.clone()]);
     assert!(e.store.list_pool_entries().unwrap().is_empty());
     assert_eq!(run(&e, &sid, "echo still").await.output, "still\n");
-    let info = e.create_session(CreateSession::default()).await.unwrap();
-    assert_eq!(info.acquire_source, AcquireSource::Cold);
+    // A create after shutdown is refused as such, not served cold.
+    assert!(matches!(
+        e.create_session(CreateSession::default()).await,
+        Err(EngineError::Session(SessionError::ShuttingDown))
+    ));
 }
 
 #[tokio::test]
@@ -1445,4 +1448,19 @@ async fn metrics_count_creates_execs_and_ended_sessions() {
     assert_eq!(m.exec_duration.count, 3);
     assert_eq!(m.exec_duration.buckets.last().unwrap().1, 3);
     assert!(m.pool.images.is_empty());
+}
+
+#[tokio::test]
+/// The activity of an exec reaches the store without the exec waiting for
+/// it; at the latest, shutdown's flush has written it.
+async fn the_activity_of_execs_is_in_the_store_after_shutdown() {
+    let e = engine_with(|_| {}).await;
+    let sid = session(&e).await;
+    assert_eq!(run(&e, &sid, "cd /tmp").await.cwd, "/tmp");
+    within(e.shutdown()).await;
+    let rec = e.store.get_session(&sid).unwrap().unwrap();
+    assert_eq!(
+        rec.cwd, "/tmp",
+        "the exec's cwd is in the store after shutdown"
+    );
 }

@@ -50,7 +50,7 @@ fn rt(id: &str, context: &'static str) -> impl FnOnce(RuntimeError) -> EngineErr
         RuntimeError::NotFound(_) => WorkspaceError::NotFound(id).into(),
         RuntimeError::Busy(_) => WorkspaceError::InUse {
             id,
-            holder: Holder::Busy,
+            holder: Holder::StillMounted,
         }
         .into(),
         e => EngineError::runtime(context)(e),
@@ -58,7 +58,7 @@ fn rt(id: &str, context: &'static str) -> impl FnOnce(RuntimeError) -> EngineErr
 }
 
 /// Smallest workspace quota (a btrfs image needs room for its metadata).
-pub const MIN_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
+pub const MIN_QUOTA_BYTES: u64 = sandkasten_runtime::MIN_QUOTA_BYTES;
 
 /// Which workspaces are mounted or held, and which are being changed.
 pub(crate) struct WorkspaceLocks {
@@ -527,7 +527,7 @@ impl Workspaces {
             .runtime
             .copy_snapshot(&snap.workspace_id, &snap.id, id)
             .await
-            .map_err(rt(id, "copying the snapshot"));
+            .map_err(rt(&snap.workspace_id, "copying the snapshot"));
         drop(source);
         if result.is_err() {
             let _ = self.runtime.delete_workspace(id).await;

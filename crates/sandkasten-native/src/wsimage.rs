@@ -71,8 +71,7 @@ const fn iow(nr: u64) -> libc::c_ulong {
 /// `BTRFS_IOC_SUBVOL_CREATE_V2`.
 const BTRFS_IOC_SUBVOL_CREATE_V2: libc::c_ulong = iow(24);
 
-/// Smallest image `mkfs.btrfs` accepts with room to spare.
-pub const MIN_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
+pub use sandkasten_runtime::MIN_QUOTA_BYTES;
 
 fn os(what: &str) -> io::Error {
     let e = io::Error::last_os_error();

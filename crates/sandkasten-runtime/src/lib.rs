@@ -24,6 +24,10 @@ pub const MAX_EXEC_OUTPUT_BYTES: u64 = sandkasten_protocol::MAX_FRAME_BYTES as u
 /// Largest file content one read can return: the upper bound of a read cap.
 pub const MAX_READ_BYTES: u64 = sandkasten_protocol::MAX_FILE_DATA_BYTES;
 
+/// Smallest workspace quota a backend accepts (a btrfs image needs room for
+/// its metadata).
+pub const MIN_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
+
 /// uid and gid of the `sandbox` user inside every sandbox (commands and
 /// file operations run as it).
 pub const SANDBOX_UID: u32 = 1000;
@@ -228,8 +232,6 @@ pub enum RuntimeError {
     /// workspace, or does not fit in its quota.
     #[error("invalid archive: {0}")]
     InvalidArchive(String),
-    #[error("{0}")]
-    Other(String),
 }
 
 impl RuntimeError {
