@@ -192,8 +192,9 @@ impl Cgroups {
     }
 
     /// Removes the session's groups. They must be empty; the kernel may
-    /// take a moment to release exited tasks, so EBUSY is retried briefly.
-    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+    /// take a moment to release exited tasks, so EBUSY is retried briefly
+    /// (v1 has no event for it). Blocking: call it on the blocking pool.
+    pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         for h in self.hierarchies() {
             let g = h.group(id);
             let mut delay = std::time::Duration::from_millis(1);
@@ -211,7 +212,7 @@ impl Cgroups {
                             // SAFETY: signalling a pid read from our own session's cgroup.
                             unsafe { libc::kill(pid, libc::SIGKILL) };
                         }
-                        tokio::time::sleep(delay).await;
+                        std::thread::sleep(delay);
                         waited += delay;
                         delay = (delay * 2).min(std::time::Duration::from_millis(50));
                     }

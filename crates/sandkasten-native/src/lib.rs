@@ -743,9 +743,9 @@ impl Runtime for NativeRuntime {
                 .await
                 .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
         }
-        self.shared.cgroups.remove(&handle.id).await?;
         let id = handle.id.clone();
-        self.run("deleting a sandbox's files", move |s| {
+        self.run("removing a sandbox's cgroups and files", move |s| {
+            s.cgroups.remove(&id)?;
             let dir = s.session_dir(&id);
             remove_tree(&dir).map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))
         })
