@@ -45,8 +45,6 @@ impl fmt::Display for RuntimeKind {
     }
 }
 
-/// Keeps `cfg.runtime == "docker"` in imagebuild.rs compiling until it
-/// compares with [`RuntimeKind::Docker`]; new code matches on the enum.
 /// The network of a sandbox (`defaults.network_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
