@@ -718,7 +718,9 @@ impl Runtime for NativeRuntime {
     async fn attach(&self, handle: &SandboxHandle) -> Result<Sandbox, RuntimeError> {
         let h = handle.clone();
         let proven = self
-            .run("proving a sandbox's init", move |s| Ok(s.prove(&h).is_some()))
+            .run("proving a sandbox's init", move |s| {
+                Ok(s.prove(&h).is_some())
+            })
             .await?;
         if !proven {
             return Err(RuntimeError::Gone(handle.id.clone()));
