@@ -52,10 +52,33 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
 struct OwnDaemon {
     child: Child,
     data_dir: tempfile::TempDir,
+    /// Its URL and key, to destroy what a failed run left.
+    url: String,
+    key: String,
 }
 
 impl Drop for OwnDaemon {
     fn drop(&mut self) {
+        // Sessions outlive their daemon by design: a run that failed half
+        // way destroys what it left before stopping the daemon.
+        let api = Api {
+            http: reqwest::blocking::Client::new(),
+            url: self.url.clone(),
+            key: self.key.clone(),
+        };
+        let left = (!self.url.is_empty())
+            .then(|| api.call(reqwest::Method::GET, "/v1/sessions", None).ok())
+            .flatten();
+        for s in left
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = s["id"].as_str() {
+                let _ = api.destroy(id);
+            }
+        }
         // SAFETY: signalling the daemon we started, by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
@@ -94,11 +117,23 @@ fn start_daemon(key: &str, config: Option<&str>) -> Result<(OwnDaemon, String)> 
         .trim()
         .strip_prefix("listening on ")
         .map(str::to_string);
-    let daemon = OwnDaemon { child, data_dir };
-    match url {
-        Some(u) => Ok((daemon, u)),
-        None => bail!("the daemon did not start (printed {line:?})"),
-    }
+    let Some(url) = url else {
+        // Dropped here: stopped, nothing to clean up through its API.
+        let _daemon = OwnDaemon {
+            child,
+            data_dir,
+            url: String::new(),
+            key: key.to_string(),
+        };
+        bail!("the daemon did not start (printed {line:?})");
+    };
+    let daemon = OwnDaemon {
+        child,
+        data_dir,
+        url: url.clone(),
+        key: key.to_string(),
+    };
+    Ok((daemon, url))
 }
 
 struct Api {
@@ -289,7 +324,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             opts.key.clone().context("--url needs --key")?,
         ),
         None => {
-            let (d, u) = start_daemon(&generated_key, None)?;
+            // Room for every session of the largest series at once.
+            let (d, u) =
+                start_daemon(&generated_key, Some(&format!("max_sessions: {}\n", n + 16)))?;
             (Some(d), u, generated_key.clone())
         }
     };
@@ -414,7 +451,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         None => {
             let (d, u) = start_daemon(
                 &generated_key,
-                Some("pool:\n  enabled: true\n  images:\n    base: 3\n"),
+                Some(&format!(
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n",
+                    n + 16
+                )),
             )?;
             let pool_api = Api {
                 http: api.http.clone(),
