@@ -2,10 +2,9 @@
 //! awaited through tokio, so the daemon learns the moment the agent's
 //! socket is in place instead of polling for it.
 
-use std::ffi::CString;
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 
@@ -19,26 +18,12 @@ pub struct DirWatch {
 
 impl DirWatch {
     pub fn new(dir: &Path) -> io::Result<DirWatch> {
-        // SAFETY: inotify_init1 takes flags only.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let path = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        // SAFETY: valid fd and NUL-terminated path.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                fd.as_raw_fd(),
-                path.as_ptr(),
-                libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ONLYDIR,
-            )
-        };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?;
+        inotify::add_watch(
+            &fd,
+            dir,
+            WatchFlags::CREATE | WatchFlags::MOVED_TO | WatchFlags::ONLYDIR,
+        )?;
         // SAFETY: the AsyncFd owns the inotify fd and nothing else closes
         // or replaces it while registered.
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
@@ -61,30 +46,19 @@ impl DirWatch {
             // the existence check above decides.
             let mut buf = [0u8; 4096];
             loop {
-                // SAFETY: reading into our own buffer.
-                let n = unsafe {
-                    libc::read(
-                        self.fd.get_ref().as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                if n > 0 {
-                    continue;
+                match rustix::io::read(self.fd.get_ref(), &mut buf) {
+                    Ok(0) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(rustix::io::Errno::AGAIN) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                if n == 0 {
-                    guard.clear_ready();
-                    break;
-                }
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    guard.clear_ready();
-                    break;
-                }
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
             }
         }
     }
