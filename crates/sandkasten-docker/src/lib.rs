@@ -214,6 +214,9 @@ fn engine_pids_visible(socket: &str) -> bool {
     let Ok(conn) = std::os::unix::net::UnixStream::connect(socket) else {
         return false;
     };
+    // libc, not rustix: the kernel reports pid 0 for a peer in a pid
+    // namespace we cannot see, which rustix's `UCred` (a non-zero `Pid`)
+    // cannot hold.
     // SAFETY: a zeroed ucred is a valid out buffer.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -299,8 +302,7 @@ impl DockerRuntime {
     pub async fn new(cfg: DockerConfig) -> Result<DockerRuntime, RuntimeError> {
         let engine = engine_address(cfg.host.as_deref())?;
         let local = matches!(engine, Engine::Unix(_));
-        // SAFETY: geteuid has no preconditions.
-        if local && unsafe { libc::geteuid() } != 0 {
+        if local && !rustix::process::geteuid().is_root() {
             return Err(RuntimeError::HostNotReady(
                 "the docker runtime on a local engine needs root (it owns the session \
                  sockets and gives workspace volumes to the sandbox user)"

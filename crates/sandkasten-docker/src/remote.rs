@@ -800,9 +800,8 @@ fn rebase_tar(input: impl std::io::Read, out: &mut dyn std::io::Write) -> std::i
 
 fn random_suffix() -> String {
     let mut b = [0u8; 8];
-    // SAFETY: getrandom into our buffer.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    let n = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).unwrap_or(0);
+    if n != b.len() {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
