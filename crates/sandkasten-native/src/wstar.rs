@@ -9,9 +9,7 @@
 
 use crate::IdRange;
 use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
-use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -30,10 +28,6 @@ pub fn export_options(ids: &IdRange) -> ExportOptions {
         max_depth: MAX_EXPORT_DEPTH,
         too_deep: TooDeep::Fail,
     }
-}
-
-fn cstr(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
 }
 
 /// Why an import failed.
@@ -105,23 +99,18 @@ fn parents(root: &Path, rel: &Path, owner: u32) -> Result<(), ImportError> {
 }
 
 fn set_mtime(path: &Path, mtime: u64) {
-    let Ok(c) = cstr(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    let t = libc::timespec {
-        tv_sec: mtime as libc::time_t,
+    use rustix::fs::{utimensat, AtFlags, Timestamps, CWD};
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime as i64,
         tv_nsec: 0,
     };
-    let times = [t, t];
-    // SAFETY: utimensat with a valid path and times.
-    unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    let times = Timestamps {
+        last_access: t,
+        last_modification: t,
     };
+    // Best effort, as tar's own mtime restore: a failure leaves the time
+    // of extraction.
+    let _ = utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW);
 }
 
 /// Removes whatever is at `p` unless it is a directory.
