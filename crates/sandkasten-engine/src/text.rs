@@ -3,11 +3,20 @@
 //! boundaries.
 
 /// Removes ANSI/VT escape sequences (CSI, OSC, two-byte escapes) and BEL.
-/// Stateful, so a sequence split across chunks is still removed.
+/// Stateful, so a sequence split across chunks is still removed. A sequence
+/// never hides more than itself: a line feed ends an unterminated CSI or
+/// OSC (and is kept), CAN and SUB cancel any sequence (as on a VT100), and
+/// an OSC longer than [`MAX_OSC_BYTES`] is given up, so the output after it
+/// shows.
 #[derive(Debug, Default)]
 pub struct AnsiStripper {
     state: State,
+    /// Bytes of the OSC in progress.
+    osc_len: usize,
 }
+
+/// Longest OSC payload removed (titles and hyperlinks are far shorter).
+pub const MAX_OSC_BYTES: usize = 4096;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 enum State {
@@ -23,7 +32,24 @@ enum State {
 impl AnsiStripper {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
         for &b in input {
+            if self.state == State::Osc || self.state == State::OscEsc {
+                self.osc_len += 1;
+                if self.osc_len > MAX_OSC_BYTES {
+                    self.state = State::Normal;
+                }
+            } else {
+                self.osc_len = 0;
+            }
             self.state = match (self.state, b) {
+                (State::Csi | State::Osc | State::OscEsc, b'\n') => {
+                    out.push(b'\n');
+                    State::Normal
+                }
+                (State::Normal, _) if b != 0x1b && b != 0x07 => {
+                    out.push(b);
+                    State::Normal
+                }
+                (_, 0x18 | 0x1a) => State::Normal,
                 (State::Normal, 0x1b) => State::Esc,
                 (State::Normal, 0x07) => State::Normal,
                 (State::Normal, _) => {
@@ -149,6 +175,34 @@ mod tests {
     fn raw_keeps_escapes() {
         let mut c = OutputCleaner::new(true);
         assert_eq!(c.push(b"\x1b[31mx"), "\x1b[31mx");
+    }
+
+    #[test]
+    fn an_unterminated_sequence_never_hides_the_lines_after_it() {
+        // An OSC that never ends: the next line shows.
+        assert_eq!(strip(&[b"a\x1b]0;title\nline 2\n"]), "a\nline 2\n");
+        assert_eq!(strip(&[b"x\x1b[12\nnext"]), "x\nnext");
+        // CAN and SUB cancel a sequence.
+        assert_eq!(strip(&[b"\x1b]8;;u\x18seen"]), "seen");
+        assert_eq!(strip(&[b"\x1b[1\x1aseen"]), "seen");
+        // An OSC without a line feed is given up after its limit.
+        let mut long = b"\x1b]0;".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_OSC_BYTES + 10));
+        long.extend_from_slice(b"\x07after");
+        let out = strip(&[&long]);
+        assert!(
+            out.ends_with("after"),
+            "{}",
+            &out[out.len().saturating_sub(20)..]
+        );
+        assert!(
+            out.len() < 100,
+            "only the tail past the limit shows: {}",
+            out.len()
+        );
+        // Split across chunks, the limit still counts.
+        let (a, b) = long.split_at(MAX_OSC_BYTES / 2);
+        assert!(strip(&[a, b]).ends_with("after"));
     }
 
     #[test]

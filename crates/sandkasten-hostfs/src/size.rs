@@ -106,4 +106,44 @@ mod tests {
             "files at level {MAX_SIZE_DEPTH} and below are not counted"
         );
     }
+
+    /// The attack that broke the old path walk: a sandbox swaps a directory
+    /// with a symlink to a host directory (`RENAME_EXCHANGE`, in a loop)
+    /// while the daemon measures. No answer may include the host's file.
+    #[test]
+    fn a_directory_swapped_with_a_symlink_mid_walk_never_counts_the_host() {
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), vec![0u8; 1 << 20]).unwrap();
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join("d")).unwrap();
+        std::fs::write(ws.path().join("d/f"), b"1234").unwrap();
+        std::os::unix::fs::symlink(host.path(), ws.path().join("l")).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (d, l, stop) = (ws.path().join("d"), ws.path().join("l"), stop.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    renameat_with(CWD, &d, CWD, &l, RenameFlags::EXCHANGE).unwrap();
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        for _ in 0..500 {
+            // The directory may be met under both names (it moved during
+            // the listing), so its 4 bytes can count twice; the host's
+            // 1 MiB file never.
+            let n = tree_size(ws.path()).unwrap();
+            assert!(
+                n <= 8,
+                "the walk counted {n} bytes: it followed the swapped symlink"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(swapper.join().unwrap() > 0, "the swap never ran");
+    }
 }
