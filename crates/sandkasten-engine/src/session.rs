@@ -690,18 +690,22 @@ impl Engine {
             .run(move |st| st.set_session_state(&sid, SessionState::Destroying, None))
             .await?;
         let result = self.inner.runtime.destroy(&s.handle).await;
+        s.finish(final_state);
+        self.inner.counters.ended(final_state);
+        let (sid, at) = (id.to_string(), ms(now()));
+        let stored = self
+            .inner
+            .db
+            .run(move |st| st.set_session_state(&sid, final_state, Some(at)))
+            .await;
+        // Unlisted only once its end is stored: a client that no longer
+        // finds the session finds its final state after a restart too.
         self.inner.sessions.remove(id);
         if let Some(ws) = &s.workspace_id {
             // Idle time counts from the end of the last use.
             self.inner.workspaces.session_ended(ws).await;
         }
-        s.finish(final_state);
-        self.inner.counters.ended(final_state);
-        let (sid, at) = (id.to_string(), ms(now()));
-        self.inner
-            .db
-            .run(move |st| st.set_session_state(&sid, final_state, Some(at)))
-            .await?;
+        stored?;
         result.map_err(EngineError::runtime("destroying the sandbox"))
     }
 
