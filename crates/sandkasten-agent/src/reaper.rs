@@ -83,7 +83,7 @@ pub fn exit_code(status: i32) -> i32 {
     } else if libc::WIFSIGNALED(status) {
         128 + libc::WTERMSIG(status)
     } else {
-        // Not reachable for statuses from a plain (non-WUNTRACED) wait.
+        // Stopped: not an end (the reaper continues a stopped shell).
         255
     }
 }
@@ -94,7 +94,24 @@ fn run() {
         let seen = r.state.lock().unwrap_or_else(|e| e.into_inner()).spawned;
         let mut status = 0;
         // SAFETY: plain syscall with a valid out pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WUNTRACED) };
+        if pid > 0 && libc::WIFSTOPPED(status) {
+            // A watched child (the shell) that stops (`kill -STOP $$`)
+            // would hang every exec after it: it is continued at once.
+            // Stopped orphans are left alone.
+            let watched = r
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .hooks
+                .contains_key(&pid);
+            if watched {
+                // SAFETY: plain syscall; the child is not reaped, so the pid
+                // is still ours.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+            continue;
+        }
         if pid > 0 {
             let hook = r
                 .state

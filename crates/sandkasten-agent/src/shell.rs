@@ -5,28 +5,42 @@
 //! How a command reaches the shell and how its result comes back:
 //!
 //! - The shell reads its *script* from a pipe on its stdin. For every exec
-//!   the agent writes two lines. The first assigns the command (single-
-//!   quoted, so it is always one complete token) to a variable and `eval`s
-//!   it with stdin `/dev/null` and the status fd closed; the second writes
-//!   `$?` and the working directory, NUL-terminated, to the status pipe.
-//!   `eval` runs in the shell itself, at top level, so state persists and
-//!   `declare` stays global; `break`/`continue` cannot escape into a driver
-//!   loop because there is none.
+//!   the agent writes one line ([`Flavor::command_line`]): it assigns the
+//!   command (single-quoted, so it is always one complete token) to a
+//!   variable and `eval`s it with stdin `/dev/null`, stdout and stderr on
+//!   the exec's own terminal and the status fd closed; then it writes `$?`
+//!   and the working directory to the status pipe behind a random nonce of
+//!   that exec. `eval` runs in the shell itself, at top level, so state
+//!   persists and `declare` stays global; `break`/`continue` cannot escape
+//!   into a driver loop because there is none.
+//! - An exec's result is its own whatever the command does to the shell:
+//!   its redirections wrap the eval, so `exec >/dev/null` or closing fds
+//!   0-2 lasts until the eval returns; a status record counts only with the
+//!   exec's nonce, which sits in the line the shell has read whole before
+//!   the command starts (never in a variable or still in the pipe), so
+//!   writing look-alike records to the status fd does nothing; each exec
+//!   has a fresh terminal, so a background job that writes after its exec
+//!   ended writes to that exec's retired terminal, which the pump drains
+//!   and drops until the job closes it, never into a later exec; the
+//!   shell's own stdout and stderr (where a DEBUG trap, `set -x` or job
+//!   notifications of the driver's steps land) are a terminal whose output
+//!   is dropped; a shell that stops itself (`kill -STOP $$`) is continued
+//!   by the reaper.
 //! - Commands run with job control (`set -m`): every foreground job has its
-//!   own process group and owns the terminal, so an interrupt can target
-//!   exactly the running job. `trap : INT` keeps a non-interactive shell
-//!   alive when its foreground job dies of SIGINT; bash then abandons the
-//!   rest of the first line (like Ctrl-C at a prompt) and still runs the
-//!   second, which reports status 130.
-//! - stdout and stderr are a pty (the shell's controlling terminal, no echo,
-//!   no output processing), so they interleave in the order written and
-//!   arrive byte for byte. A pump thread reads the pty master all the time;
-//!   output that arrives while no exec runs (background jobs) is dropped,
-//!   so a chatty job never blocks on a full terminal.
+//!   own process group and owns the shell's controlling terminal, so an
+//!   interrupt can target exactly the running job. `trap : INT` keeps a
+//!   non-interactive shell alive when its foreground job dies of SIGINT;
+//!   bash then abandons the eval (like Ctrl-C at a prompt) and the status
+//!   step reports 130.
+//! - Terminals have no echo and no output processing, so stdout and stderr
+//!   interleave in the order written and arrive byte for byte. A pump
+//!   thread reads them all the time: the running exec's terminal goes to
+//!   that exec, everything else is dropped, so a chatty job never blocks.
 //! - Exit code and cwd come only from the status pipe, never from output.
-//!   When a status arrives the pump first drains what is already readable
-//!   on the master (a read on an empty master flushes the kernel's pending
-//!   pty buffer), so no output is lost or attributed to the next exec.
+//!   When status data arrives the pump first drains what is already
+//!   readable on the exec's terminal (a read on an empty master flushes the
+//!   kernel's pending pty buffer), so no output is lost or attributed to
+//!   the next exec.
 //!
 //! Timeouts and cancellation escalate: SIGINT to the foreground process
 //! group, then SIGKILL to it, then SIGKILL to the whole session (a loop
@@ -133,10 +147,9 @@ impl CancelHandle {
 /// What the pump (and cancellation) tell the running exec.
 enum Event {
     Output(Vec<u8>),
-    Status {
-        code: i32,
-        cwd: String,
-    },
+    /// Bytes from the status pipe; only a record behind the running exec's
+    /// nonce ends it.
+    Status(Vec<u8>),
     /// The shell was reaped with this raw wait status.
     Died(i32),
     Cancel,
@@ -379,7 +392,7 @@ impl Flavor {
 
     fn argv(self) -> &'static [&'static str] {
         match self {
-            Flavor::Bash => &["bash", "--noprofile", "--norc", "-s"],
+            Flavor::Bash => &["bash", "--noprofile", "--norc", "-m", "-s"],
             Flavor::Sh => &["sh", "-s"],
         }
     }
@@ -400,10 +413,27 @@ impl Flavor {
         }
     }
 
-    /// The two script lines that run one command and report its status.
-    /// The helper variables are assigned inside `{ } 2>/dev/null` so that a
-    /// user's `set -x` does not trace the driver's own steps.
-    fn command_lines(self, cmd: &str) -> String {
+    /// The first script line of an exec: it runs the command.
+    ///
+    /// The command (single-quoted, so always one complete token) is
+    /// assigned to a variable and `eval`ed at top level with stdin
+    /// `/dev/null`, stdout and stderr on this exec's own terminal (`tty`)
+    /// and the status fd closed (so no program inherits it): whatever the
+    /// command does to these fds (`exec >/dev/null`, closing them) is undone
+    /// when the eval returns. Then the line keeps `$?` and writes `ended`
+    /// (a random token of this exec) to the status fd.
+    ///
+    /// Only then does the agent send the [`Flavor::status_line`], behind a
+    /// second token: while the command runs, the shell's input holds
+    /// nothing but what it has already read, so the command cannot learn
+    /// the token that ends its exec, and records without it are ignored.
+    /// (bash reads this whole line before running any of it, so `ended`
+    /// is not in its input either.) If the status fd is gone (the command
+    /// closed it), the shell exits with the command's status instead, which
+    /// reports it as well.
+    /// The driver's own steps are inside `{ } 2>/dev/null`, so that a
+    /// user's `set -x` does not trace them.
+    fn run_line(self, cmd: &str, ended: &str, tty: &str) -> String {
         let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
         // bash's eval takes options (so needs `--` before a command that
         // starts with `-`); dash's would run `--` as a command.
@@ -412,9 +442,24 @@ impl Flavor {
             Flavor::Sh => ("", "eval", 9),
         };
         format!(
-            "{{ __sk_c={quoted}; }} 2>/dev/null; {eval} \"$__sk_c\" </dev/null {fd}>&-\n\
-             {{ __sk_rc=$?; {{ {b}printf '%s\\0' \"$__sk_rc\"; {b}pwd; {b}printf '\\0'; }} >&{fd}; \
-             {b}unset __sk_c __sk_rc; }} 2>/dev/null\n"
+            "{{ __sk_c={quoted}; {b}unset __sk_rc; }} 2>/dev/null; \
+             {eval} \"$__sk_c\" </dev/null >{tty} 2>&1 {fd}>&-; \
+             {{ __sk_rc=$?; {b}printf '{ended}\\0' >&{fd} || {b}exit \"$__sk_rc\"; }} 2>/dev/null\n"
+        )
+    }
+
+    /// The second script line of an exec: writes the exit code and the
+    /// working directory behind the token `report`. The code is the one the
+    /// run line kept, or `$?` when bash abandoned the run line (its
+    /// foreground job died of SIGINT: 130).
+    fn status_line(self, report: &str) -> String {
+        let (b, fd) = match self {
+            Flavor::Bash => (r"\builtin ", 98),
+            Flavor::Sh => ("", 9),
+        };
+        format!(
+            "{{ __sk_rc=${{__sk_rc-$?}}; {b}printf '{report}\\0%s\\0%s\\0' \"$__sk_rc\" \"${{PWD-}}\" >&{fd} \
+             || {b}exit \"$__sk_rc\"; {b}unset __sk_c __sk_rc; }} 2>/dev/null\n"
         )
     }
 }
@@ -425,8 +470,20 @@ struct Shared {
     sink: Mutex<Option<SyncSender<Event>>>,
     /// Raw wait status once the shell has been reaped.
     exit: Mutex<Option<i32>>,
+    /// The terminals whose output the pump reads besides the shell's own.
+    ttys: Mutex<Ttys>,
     stop: AtomicBool,
     wake_w: OwnedFd,
+}
+
+/// Terminal masters the pump reads.
+#[derive(Default)]
+struct Ttys {
+    /// The running exec's terminal: its output goes to the exec.
+    current: Option<Arc<OwnedFd>>,
+    /// Terminals of finished execs that processes (background jobs) still
+    /// hold: read and dropped until the last holder closes its end.
+    retired: Vec<Arc<OwnedFd>>,
 }
 
 impl Shared {
@@ -445,12 +502,35 @@ impl Shared {
             let _ = tx.send(ev);
         }
     }
+
+    fn set_current(&self, tty: Option<Arc<OwnedFd>>) {
+        lock(&self.ttys).current = tty;
+        self.wake();
+    }
+
+    fn retire(&self, tty: Arc<OwnedFd>) {
+        lock(&self.ttys).retired.push(tty);
+        self.wake();
+    }
+}
+
+/// The terminal of one exec: its stdout and stderr. The agent holds the
+/// slave side while the exec runs, so the master never reports a hang-up
+/// before the shell has opened it by `path`.
+struct ExecTty {
+    master: Arc<OwnedFd>,
+    slave: OwnedFd,
+    path: String,
 }
 
 /// One running shell process and its pump thread.
 struct Instance {
     pid: libc::pid_t,
+    /// The shell's controlling terminal (its own stdout and stderr, and the
+    /// terminal job control runs on); what reaches it is dropped.
     master: Arc<OwnedFd>,
+    /// Owner given to each exec's terminal (the sandbox user).
+    owner: (Option<u32>, Option<u32>),
     cmd_w: File,
     flavor: Flavor,
     shared: Arc<Shared>,
@@ -524,6 +604,7 @@ impl Instance {
         let shared = Arc::new(Shared {
             sink: Mutex::new(None),
             exit: Mutex::new(None),
+            ttys: Mutex::new(Ttys::default()),
             stop: AtomicBool::new(false),
             wake_w,
         });
@@ -567,6 +648,7 @@ impl Instance {
         let mut inst = Instance {
             pid,
             master,
+            owner: (cfg.uid, cfg.gid),
             cmd_w: File::from(cmd_w),
             flavor,
             shared,
@@ -591,8 +673,26 @@ impl Instance {
         cancel: &CancelHandle,
         out: &mut dyn FnMut(Vec<u8>),
     ) -> Run {
+        let tty = match self.exec_tty() {
+            Ok(t) => t,
+            Err(e) => {
+                // Without a terminal of its own the exec cannot be told
+                // apart from what others write: refuse to run it.
+                let msg = format!("sandkasten-agent: cannot open a terminal for the exec: {e}\n");
+                out(msg.into_bytes());
+                return Run {
+                    exit_code: 126,
+                    cwd: None,
+                    timed_out: false,
+                    truncated: false,
+                    shell_gone: false,
+                };
+            }
+        };
+        let (ended, report) = (nonce(), nonce());
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         *lock(&self.shared.sink) = Some(tx.clone());
+        self.shared.set_current(Some(tty.master.clone()));
         cancel.attach(tx.clone());
         // If the shell died before the sink was installed, the pump had
         // nowhere to report it.
@@ -606,7 +706,17 @@ impl Instance {
         // EPIPE means the shell is gone; its death arrives as an event.
         let _ = self
             .cmd_w
-            .write_all(self.flavor.command_lines(cmd).as_bytes());
+            .write_all(self.flavor.run_line(cmd, &ended, &tty.path).as_bytes());
+        let mut status = StatusParser::new(&ended, &report);
+        // The status line goes out once the command has ended (or been
+        // interrupted), never while it runs: see `Flavor::run_line`.
+        let mut report_sent = false;
+        let mut send_report = |w: &mut File| {
+            if !report_sent {
+                report_sent = true;
+                let _ = w.write_all(self.flavor.status_line(&report).as_bytes());
+            }
+        };
 
         let mut run = Run {
             exit_code: 0,
@@ -632,6 +742,10 @@ impl Instance {
                     1 => {
                         run.timed_out = true;
                         self.signal_foreground(libc::SIGINT, exec_start);
+                        // bash abandons the rest of the run line when its
+                        // foreground job dies of SIGINT, so the status line
+                        // must be there to report 130.
+                        send_report(&mut self.cmd_w);
                     }
                     2 => self.signal_foreground(libc::SIGKILL, exec_start),
                     3 => {
@@ -661,10 +775,16 @@ impl Instance {
                         out(data);
                     }
                 }
-                Ok(Event::Status { code, cwd }) => {
-                    run.exit_code = code;
-                    run.cwd = Some(cwd);
-                    break;
+                Ok(Event::Status(data)) => {
+                    status.push(&data);
+                    if status.take_ended() {
+                        send_report(&mut self.cmd_w);
+                    }
+                    if let Some((code, cwd)) = status.record() {
+                        run.exit_code = code;
+                        run.cwd = Some(cwd);
+                        break;
+                    }
                 }
                 Ok(Event::Died(status)) => {
                     run.exit_code = reaper::exit_code(status);
@@ -687,9 +807,47 @@ impl Instance {
             run.shell_gone = true;
         }
         *lock(&self.shared.sink) = None;
+        self.shared.set_current(None);
         cancel.detach();
         drop(rx);
+        self.release_tty(tty);
         run
+    }
+
+    /// A fresh terminal for one exec, owned by the sandbox user and set up
+    /// like the shell's own (no echo, no output processing).
+    fn exec_tty(&self) -> io::Result<ExecTty> {
+        let (master, slave) = open_pty()?;
+        set_nonblocking(master.as_raw_fd())?;
+        let path = pty_path(&master)?;
+        if self.owner.0.is_some() || self.owner.1.is_some() {
+            let uid = self.owner.0.unwrap_or(u32::MAX);
+            let gid = self.owner.1.unwrap_or(u32::MAX);
+            // SAFETY: plain syscall on an owned fd.
+            if unsafe { libc::fchown(slave.as_raw_fd(), uid, gid) } < 0 {
+                return Err(with_context(io::Error::last_os_error(), "chown of the exec's terminal"));
+            }
+        }
+        Ok(ExecTty {
+            master: Arc::new(master),
+            slave,
+            path,
+        })
+    }
+
+    /// Ends an exec's hold on its terminal: closed if nobody else has it
+    /// open, else read and dropped by the pump until the last holder (a
+    /// background job) closes it, so late output never reaches a later
+    /// exec and a chatty job never blocks.
+    fn release_tty(&self, tty: ExecTty) {
+        drop(tty.slave);
+        let mut p = pollfd(tty.master.as_raw_fd());
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n == 1 && p.revents & libc::POLLHUP != 0 {
+            return;
+        }
+        self.shared.retire(tty.master);
     }
 
     /// Signals the foreground process group of the terminal unless it is
@@ -757,20 +915,38 @@ impl Drop for Instance {
     }
 }
 
-/// The pump: reads the pty master and the status pipe until told to stop.
+/// The pump: reads the terminals and the status pipe until told to stop.
+///
+/// The running exec's terminal is forwarded to it; the shell's own terminal
+/// (where the driver's steps and job notifications land) and the retired
+/// terminals of earlier execs are read and dropped.
 fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared) {
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut status = StatusParser::default();
     let mut master_open = true;
     let mut status_open = true;
     let mut death_reported = false;
+    // A current terminal that reported EOF/EIO is not polled again (it
+    // would report it in a loop). A weak reference identifies it (and keeps
+    // its address from being reused).
+    let mut dead_current: Option<std::sync::Weak<OwnedFd>> = None;
+    let is_dead = |c: &Arc<OwnedFd>, dead: &Option<std::sync::Weak<OwnedFd>>| {
+        dead.as_ref()
+            .is_some_and(|d| std::ptr::eq(d.as_ptr(), Arc::as_ptr(c)))
+    };
     loop {
+        let (current, retired) = {
+            let t = lock(&shared.ttys);
+            (t.current.clone(), t.retired.clone())
+        };
+        let current = current.filter(|c| !is_dead(c, &dead_current));
         let fd_or_off = |open: bool, fd: &OwnedFd| if open { fd.as_raw_fd() } else { -1 };
-        let mut fds = [
-            pollfd(fd_or_off(master_open, master)),
-            pollfd(fd_or_off(status_open, status_r)),
+        let mut fds = vec![
             pollfd(wake_r.as_raw_fd()),
+            pollfd(fd_or_off(status_open, status_r)),
+            pollfd(fd_or_off(master_open, master)),
+            pollfd(current.as_ref().map_or(-1, |c| c.as_raw_fd())),
         ];
+        fds.extend(retired.iter().map(|r| pollfd(r.as_raw_fd())));
         // SAFETY: valid array of pollfds.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -781,25 +957,47 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
             eprintln!("sandkasten-agent: shell pump: poll: {e}");
             return;
         }
-        if fds[2].revents != 0 {
+        if fds[0].revents != 0 {
             drain_pipe(wake_r.as_raw_fd());
         }
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if master_open && fds[0].revents != 0 {
-            master_open = read_master(master, &mut buf, shared) != MasterRead::Closed;
+        if master_open && fds[2].revents != 0 {
+            master_open = read_tty(master, &mut buf, None) != TtyRead::Closed;
+        }
+        let mut current_open = true;
+        if let Some(c) = &current {
+            if fds[3].revents != 0 {
+                current_open = read_tty(c, &mut buf, Some(shared)) != TtyRead::Closed;
+            }
+        }
+        // An exec may have installed its terminal while we polled (its
+        // wake-up and its status can arrive in the same poll): the status
+        // must be preceded by that terminal's output, not the old one's.
+        let fresh = lock(&shared.ttys).current.clone();
+        if !match (&fresh, &current) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        } {
+            current_open = true;
+        }
+        let current = fresh.filter(|c| !is_dead(c, &dead_current));
+        for (r, p) in retired.iter().zip(&fds[4..]) {
+            if p.revents != 0 && read_tty(r, &mut buf, None) == TtyRead::Closed {
+                lock(&shared.ttys).retired.retain(|x| !Arc::ptr_eq(x, r));
+            }
         }
         if status_open && fds[1].revents != 0 {
             // Output written before the status must reach the exec first.
-            master_open = master_open && drain_master(master, &mut buf, shared);
+            if let Some(c) = &current {
+                current_open = current_open && drain_tty(c, &mut buf, shared);
+            }
             // SAFETY: reads into a valid buffer from an owned fd.
             let n = unsafe { libc::read(status_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n > 0 {
-                status.push(&buf[..n as usize]);
-                while let Some((code, cwd)) = status.next_record() {
-                    shared.emit(Event::Status { code, cwd });
-                }
+                shared.emit(Event::Status(buf[..n as usize].to_vec()));
             } else if n == 0 {
                 status_open = false;
             }
@@ -807,77 +1005,156 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
         if !death_reported {
             let exit = *lock(&shared.exit);
             if let Some(st) = exit {
-                master_open = master_open && drain_master(master, &mut buf, shared);
+                if let Some(c) = &current {
+                    current_open = current_open && drain_tty(c, &mut buf, shared);
+                }
                 death_reported = true;
                 shared.emit(Event::Died(st));
             }
+        }
+        if !current_open {
+            dead_current = current.as_ref().map(Arc::downgrade);
         }
     }
 }
 
 #[derive(PartialEq, Eq)]
-enum MasterRead {
+enum TtyRead {
     Data,
     Empty,
     Closed,
 }
 
-fn read_master(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> MasterRead {
+/// One read from a terminal master; the data goes to the running exec when
+/// `to` is given, else it is dropped.
+fn read_tty(master: &OwnedFd, buf: &mut [u8], to: Option<&Shared>) -> TtyRead {
     // SAFETY: reads into a valid buffer from an owned fd.
     let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n > 0 {
-        shared.emit(Event::Output(buf[..n as usize].to_vec()));
-        return MasterRead::Data;
+        if let Some(shared) = to {
+            shared.emit(Event::Output(buf[..n as usize].to_vec()));
+        }
+        return TtyRead::Data;
     }
     if n == 0 {
-        return MasterRead::Closed;
+        return TtyRead::Closed;
     }
     match io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => MasterRead::Empty,
+        Some(libc::EAGAIN) | Some(libc::EINTR) => TtyRead::Empty,
         // EIO: no process has the terminal open any more.
-        _ => MasterRead::Closed,
+        _ => TtyRead::Closed,
     }
 }
 
-/// Reads what is readable now (bounded); false if the master is closed.
-fn drain_master(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> bool {
+/// Forwards what is readable now (bounded); false if the master is closed.
+fn drain_tty(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> bool {
     for _ in 0..DRAIN_MAX_BYTES / 1024 {
-        match read_master(master, buf, shared) {
-            MasterRead::Data => {}
-            MasterRead::Empty => return true,
-            MasterRead::Closed => return false,
+        match read_tty(master, buf, Some(shared)) {
+            TtyRead::Data => {}
+            TtyRead::Empty => return true,
+            TtyRead::Closed => return false,
         }
     }
     true
 }
 
-/// Splits the status stream into `(exit code, cwd)` records, each written
-/// as `CODE\0CWD\n\0` by the driver line.
-#[derive(Default)]
+/// Reads the running exec's two records from the status stream: `ended`
+/// and a NUL (the command has ended), then `report`, a NUL, the exit code,
+/// a NUL, the working directory, a NUL. Anything else on the stream (a
+/// command writing to the status fd) is ignored.
 struct StatusParser {
+    ended: Vec<u8>,
+    report: Vec<u8>,
+    seen_ended: bool,
     buf: Vec<u8>,
 }
 
+/// Most bytes of unrelated status data kept while looking for a record.
+const STATUS_BUF_MAX: usize = 64 * 1024;
+
 impl StatusParser {
+    fn new(ended: &str, report: &str) -> StatusParser {
+        let key = |s: &str| {
+            let mut k = s.as_bytes().to_vec();
+            k.push(0);
+            k
+        };
+        StatusParser {
+            ended: key(ended),
+            report: key(report),
+            seen_ended: false,
+            buf: Vec::new(),
+        }
+    }
+
     fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
-    fn next_record(&mut self) -> Option<(i32, String)> {
-        let first = self.buf.iter().position(|b| *b == 0)?;
-        let second = first + 1 + self.buf[first + 1..].iter().position(|b| *b == 0)?;
-        let code = std::str::from_utf8(&self.buf[..first])
+    /// True once, when the `ended` record has arrived.
+    fn take_ended(&mut self) -> bool {
+        if self.seen_ended {
+            return false;
+        }
+        let Some(at) = find(&self.buf, &self.ended) else {
+            return false;
+        };
+        self.buf.drain(..at + self.ended.len());
+        self.seen_ended = true;
+        true
+    }
+
+    fn record(&mut self) -> Option<(i32, String)> {
+        let Some(at) = find(&self.buf, &self.report) else {
+            // Keep only what could be the start of a record.
+            if self.buf.len() > STATUS_BUF_MAX {
+                let keep = self.report.len().max(self.ended.len());
+                self.buf.drain(..self.buf.len() - keep);
+            }
+            return None;
+        };
+        let rest = &self.buf[at + self.report.len()..];
+        let first = rest.iter().position(|b| *b == 0)?;
+        let second = first + 1 + rest[first + 1..].iter().position(|b| *b == 0)?;
+        let code = std::str::from_utf8(&rest[..first])
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(-1);
-        let mut cwd = &self.buf[first + 1..second];
-        if let Some(stripped) = cwd.strip_suffix(b"\n") {
-            cwd = stripped;
-        }
-        let cwd = String::from_utf8_lossy(cwd).into_owned();
-        self.buf.drain(..=second);
+        let cwd = String::from_utf8_lossy(&rest[first + 1..second]).into_owned();
+        self.buf.clear();
         Some((code, cwd))
     }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A fresh random token (hex) for one exec's status record.
+fn nonce() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: fills a valid buffer; getrandom(2) without flags blocks only
+    // before the pool is initialised, long past at this point.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never expected; a weaker token still beats none.
+        let t = Instant::now();
+        let x = format!("{t:?}{:?}", std::thread::current().id());
+        for (i, c) in x.bytes().enumerate() {
+            b[i % 16] ^= c;
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The path of a pty's slave side, `/dev/pts/N`.
+fn pty_path(master: &OwnedFd) -> io::Result<String> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: valid out pointer for TIOCGPTN on an owned master.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN as _, &mut n) } < 0 {
+        return Err(with_context(io::Error::last_os_error(), "TIOCGPTN"));
+    }
+    Ok(format!("/dev/pts/{n}"))
 }
 
 /// The child side of the fork: becomes the shell or reports errno on
@@ -1259,21 +1536,53 @@ mod tests {
 
     #[test]
     fn status_records_parse_across_chunk_boundaries() {
-        let mut p = StatusParser::default();
-        p.push(b"0\0/work");
-        assert_eq!(p.next_record(), None);
-        p.push(b"space\n\0");
-        p.push(b"130\0/a\nb\n\0");
-        assert_eq!(p.next_record(), Some((0, "/workspace".into())));
-        assert_eq!(p.next_record(), Some((130, "/a\nb".into())));
-        assert_eq!(p.next_record(), None);
+        let mut p = StatusParser::new("e1", "n1");
+        p.push(b"e");
+        assert!(!p.take_ended());
+        p.push(b"1\0n1\x000\0/work");
+        assert!(p.take_ended());
+        assert!(!p.take_ended());
+        assert_eq!(p.record(), None);
+        p.push(b"space\0");
+        assert_eq!(p.record(), Some((0, "/workspace".into())));
+        // The report alone (the run line was abandoned).
+        let mut p = StatusParser::new("e2", "n2");
+        p.push(b"130\0/a\nb\0n");
+        assert_eq!(p.record(), None);
+        p.push(b"2\x00130\0/a\nb\0");
+        assert_eq!(p.record(), Some((130, "/a\nb".into())));
+    }
+
+    /// A record without the exec's tokens (a command writing to the status
+    /// fd, an earlier exec's token) is not a status.
+    #[test]
+    fn records_without_the_token_are_ignored() {
+        let mut p = StatusParser::new("xyz", "abc");
+        p.push(b"0\0/fake\0");
+        p.push(b"abd\x000\0/fake\0xy\0");
+        p.push(b"ab");
+        assert!(!p.take_ended());
+        assert_eq!(p.record(), None);
+        p.push(b"c\x007\0/real\0");
+        assert_eq!(p.record(), Some((7, "/real".into())));
+        // Junk without end is bounded.
+        let mut p = StatusParser::new("xyz", "abc");
+        for _ in 0..100 {
+            p.push(&[b'x'; 4096]);
+            assert_eq!(p.record(), None);
+        }
+        assert!(p.buf.len() <= STATUS_BUF_MAX + 4096);
     }
 
     #[test]
-    fn command_lines_quote_single_quotes() {
-        let l = Flavor::Bash.command_lines("echo 'a'");
-        assert!(l.starts_with(r"{ __sk_c='echo '\''a'\'''; }"), "{l}");
-        assert_eq!(l.matches('\n').count(), 2);
+    fn driver_lines_quote_single_quotes_and_are_one_line_each() {
+        let l = Flavor::Bash.run_line("echo 'a'", "e", "/dev/pts/3");
+        assert!(l.starts_with(r"{ __sk_c='echo '\''a'\'''; "), "{l}");
+        assert_eq!(l.matches('\n').count(), 1);
+        assert!(l.ends_with('\n'));
+        let l = Flavor::Sh.status_line("r");
+        assert_eq!(l.matches('\n').count(), 1);
+        assert!(l.contains("'r\\0%s\\0%s\\0'"), "{l}");
     }
 
     #[test]
