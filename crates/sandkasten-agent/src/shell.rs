@@ -825,7 +825,10 @@ impl Instance {
             let gid = self.owner.1.unwrap_or(u32::MAX);
             // SAFETY: plain syscall on an owned fd.
             if unsafe { libc::fchown(slave.as_raw_fd(), uid, gid) } < 0 {
-                return Err(with_context(io::Error::last_os_error(), "chown of the exec's terminal"));
+                return Err(with_context(
+                    io::Error::last_os_error(),
+                    "chown of the exec's terminal",
+                ));
             }
         }
         Ok(ExecTty {

@@ -50,6 +50,7 @@ macro_rules! conformance {
 conformance! {
     suite_lifecycle: native_lifecycle, docker_lifecycle, remote_lifecycle, gvisor_lifecycle;
     suite_shell_state_and_exit_codes: native_shell_state_and_exit_codes, docker_shell_state_and_exit_codes, remote_shell_state_and_exit_codes, gvisor_shell_state_and_exit_codes;
+    suite_shell_cannot_be_confused: native_shell_cannot_be_confused, docker_shell_cannot_be_confused, remote_shell_cannot_be_confused, gvisor_shell_cannot_be_confused;
     suite_exec_timeout_cancel_and_truncation: native_exec_timeout_cancel_and_truncation, docker_exec_timeout_cancel_and_truncation, remote_exec_timeout_cancel_and_truncation, gvisor_exec_timeout_cancel_and_truncation;
     suite_isolation: native_isolation, docker_isolation, remote_isolation, gvisor_isolation;
     suite_agent_files: native_agent_files, docker_agent_files, remote_agent_files, gvisor_agent_files;
@@ -287,6 +288,115 @@ async fn finish(mut h: ExecHandle) -> (i32, bool, bool, String) {
         done.2,
         String::from_utf8_lossy(&out).into_owned(),
     )
+}
+
+/// Commands that try to confuse the persistent shell (issue 15, point 2):
+/// each is run as one exec; what it returns is not checked beyond ending,
+/// but the exec after it must return exactly its own output and code.
+const CONFUSERS: &[&str] = &[
+    "exec >/dev/null",
+    "exec 2>/dev/null",
+    "exec 0<&- 1>&- 2>&-",
+    "exec 98>&-",
+    "kill -STOP $$",
+    "stty -F /dev/stdout onlcr opost raw 2>/dev/null; stty -F /dev/tty tostop onlcr 2>/dev/null; true",
+    // Traps that stay set and write look-alike status records into every
+    // pipe the shell holds (silently, and never failing: their own output
+    // and a failure under `set -e` would rightly be the exec's own).
+    "trap '{ for f in /proc/$$/fd/*; do [[ -p $f ]] && { printf \"0\\0/fake\\0\" >&${f##*/} || :; }; done; } 2>/dev/null' DEBUG",
+    "trap - DEBUG",
+    "trap '{ for f in /proc/$$/fd/*; do [[ -p $f ]] && { printf \"0\\0/fake\\0\" >&${f##*/} || :; }; done; } 2>/dev/null' EXIT",
+    "trap '{ for f in /proc/$$/fd/*; do [[ -p $f ]] && { printf \"0\\0/fake\\0\" >&${f##*/} || :; }; done; } 2>/dev/null' ERR",
+    "trap - ERR EXIT",
+    "set -e",
+    "set -u",
+    "set -o errexit",
+    "set +eu",
+    "set -x; echo traced; set +x",
+    "(exit 5)",
+    "(exit)",
+    "exit 7",
+    "kill -9 $$",
+    "printf '0\\0/fake\\0'; printf '\\n0\\0/fake\\n\\0'",
+    "for fd in 3 9 10 11 12 13 14 98 99 255; do printf '0\\0/fake\\0' >&$fd; done 2>/dev/null; true",
+    "(for i in 1 2 3 4 5 6 7 8; do echo bg-noise; sleep 0.05; done) &",
+    "(sleep 0.2; printf '0\\0/fake\\0' >&11; echo late-bg) 2>/dev/null &",
+    "head -c 4096 /dev/urandom",
+    "head -c 3000000 /dev/zero | tr '\\0' x",
+    // (Through a pipe: line by line into a terminal, gVisor needs more than
+    // the step's 10 s for it.)
+    "seq 100000 | cat",
+    "printf '\\033]0;unterminated title'",
+    "printf '\\033[31mred'",
+    "cd /; cd /tmp",
+];
+
+/// A generated sequence of shell-confusing commands, each followed by a
+/// probe whose output and exit code must be exactly its own. The seed is
+/// printed; `SANDKASTEN_CONFUSION_SEED` replays one.
+async fn suite_shell_cannot_be_confused(rt: &dyn Runtime, env: &Env) {
+    let sb = env.create(env.spec()).await;
+    let a = &sb.agent;
+    let seed: u64 = std::env::var("SANDKASTEN_CONFUSION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("shell confusion seed: {seed} (SANDKASTEN_CONFUSION_SEED replays it)");
+    // xorshift64*: deterministic for a seed, no dependency.
+    let mut state = seed;
+    let mut next = move |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    };
+    // Every confuser once, then random ones.
+    let mut steps: Vec<&str> = CONFUSERS.to_vec();
+    for _ in 0..30 {
+        steps.push(CONFUSERS[next(CONFUSERS.len())]);
+    }
+    for i in (1..steps.len()).rev() {
+        steps.swap(i, next(i + 1));
+    }
+    let mut history = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        history.push(*step);
+        let started = Instant::now();
+        // A small output cap, so the big outputs are over it.
+        let h = a.exec(step.to_string(), 10_000, 64 * 1024).unwrap();
+        let (_, timed_out, _, _) = finish(h).await;
+        assert!(
+            !timed_out,
+            "seed {seed}: step {i} {step:?} timed out; steps so far: {history:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "seed {seed}: step {i} {step:?} took {:?}",
+            started.elapsed()
+        );
+        let code = next(100) as i32;
+        let probe = format!("echo probe-{i}; (exit {code})");
+        let started = Instant::now();
+        let r = run_cmd(a, &probe).await;
+        assert_eq!(
+            (r.output.as_str(), r.exit_code),
+            (format!("probe-{i}\n").as_str(), code),
+            "seed {seed}: the exec after step {i} {step:?} was not its own; steps so far: {history:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "seed {seed}: the probe after step {i} {step:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    rt.destroy(&sb.handle).await.unwrap();
+    env.assert_clean(&sb.handle).await;
 }
 
 /// An exec's timeout and cancellation interrupt the command, not the
