@@ -1226,8 +1226,8 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
         libc::umask(0o022);
         // The shell and everything it starts are the OOM killer's first
         // choice (+500), so a memory hog dies rather than the agent (PID 1,
-        // at -1000 where the host allows it, else 0). Raising a score needs
-        // no privilege.
+        // at 0, whose floor of 0 they inherit: they may lower their score
+        // back to 0, never below). Raising a score needs no privilege.
         // The agent is not dumpable, so neither is this child until exec,
         // and its /proc files are out of reach; exec resets this anyway.
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);

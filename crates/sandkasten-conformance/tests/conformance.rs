@@ -940,6 +940,21 @@ async fn suite_memory_limit(rt: &dyn Runtime, env: &Env) {
         "200 MiB under a 64 MiB limit: {r:?}"
     );
     assert_eq!(ok(&sb.agent, "echo alive").await, "alive\n");
+    // OOM scores: the agent 0, the shell's tree +500 with a floor of 0.
+    assert_eq!(
+        ok(
+            &sb.agent,
+            "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"
+        )
+        .await,
+        "0\n500\n"
+    );
+    let r = run_cmd(
+        &sb.agent,
+        "echo 0 > /proc/self/oom_score_adj && echo -1 > /proc/self/oom_score_adj",
+    )
+    .await;
+    assert_ne!(r.exit_code, 0, "a sandbox process went below 0: {r:?}");
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
 }

@@ -145,10 +145,10 @@ fn launch() -> Result<LaunchReport, String> {
     let setup = (|| -> Result<(), String> {
         write_id_map(pid, "uid_map", &spec.uid_map)?;
         write_id_map(pid, "gid_map", &spec.gid_map)?;
-        // The agent should survive an OOM in its sandbox. Lowering the
-        // score needs CAP_SYS_RESOURCE, which some hosts withhold even from
-        // root; the shell raises its own score either way (see shell.rs).
-        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000");
+        // The init's OOM score stays 0: a privileged -1000 here would also
+        // become the floor of every process it starts, so the sandbox could
+        // make its own hogs unkillable. The shell raises its score to +500
+        // instead (see shell.rs) and the agent keeps its memory bounded.
         for procs in &spec.cgroup_procs {
             std::fs::write(procs, pid.to_string())
                 .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
