@@ -925,6 +925,13 @@ pub fn check_session_info(v: &Value) -> String {
         src == "pool" || src == "cold",
         "acquire_source is {src:?}: {v}"
     );
+    let disk = v
+        .get("disk_limit_mb")
+        .unwrap_or_else(|| panic!("SessionInfo has no disk_limit_mb key: {v}"));
+    assert!(
+        disk.is_null() || disk.as_u64().is_some_and(|mb| mb >= 1),
+        "disk_limit_mb neither null nor a positive integer: {v}"
+    );
     id
 }
 
@@ -1950,6 +1957,10 @@ impl Drop for Daemon {
     }
 }
 
+/// Size (MiB) of each test daemon's scratch filesystem (`disk:
+/// scratch_size_mb`, unless the test's config names `disk:`).
+pub const TEST_SCRATCH_MB: u64 = 1024;
+
 fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve");
@@ -1961,6 +1972,15 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
                 yaml.push('\n');
             }
             yaml.push_str("pool:\n  enabled: false\n");
+        }
+        // A small scratch filesystem (sandboxes' own writes) per daemon:
+        // the default takes a quarter of the disk, too much for a suite
+        // that runs daemons side by side.
+        if !yaml.lines().any(|l| l.starts_with("disk:")) {
+            if !yaml.is_empty() && !yaml.ends_with('\n') {
+                yaml.push('\n');
+            }
+            yaml.push_str(&format!("disk:\n  scratch_size_mb: {TEST_SCRATCH_MB}\n"));
         }
         let file = home.write_config(&yaml);
         cmd.arg("--config").arg(file);

@@ -74,6 +74,7 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
             F::InvalidPath(_) => (BAD, "INVALID_PATH"),
         },
         E::Image(I::Invalid(_)) => (BAD, "INVALID_IMAGE"),
+        E::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
         E::Runtime { .. } | E::Store(_) => INTERNAL,
     }
 }
@@ -277,6 +278,11 @@ mod tests {
             ),
             (S::CapacityExhausted(4).into(), 503, "CAPACITY_EXHAUSTED"),
             (S::ShuttingDown.into(), 503, "SHUTTING_DOWN"),
+            (
+                E::StorageFull("the data dir has 3 MiB free".into()),
+                507,
+                "STORAGE_FULL",
+            ),
             (
                 E::Runtime {
                     context: "while mounting the workspace",

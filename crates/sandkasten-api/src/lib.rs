@@ -9,11 +9,13 @@
 //! Layers, outermost first: access log, body limit, then either the public
 //! `/healthz` or the bearer-key check in front of every other route and of
 //! the 404 fallback (an unauthenticated client learns nothing about which
-//! routes exist).
+//! routes exist). `serve` is the connection loop of `conn`: connection
+//! limits, slow-client timeouts, graceful shutdown.
 
 mod access_log;
 mod auth;
 mod backend;
+mod conn;
 mod error;
 mod extract;
 mod openapi;
@@ -64,17 +66,29 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
     build_router(Arc::new(engine), config)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; then stops
-/// accepting connections and returns once in-flight requests (streams
-/// included) have finished.
+/// Serves `router` on `listener` (HTTP/1.1) until `shutdown` is cancelled;
+/// then stops accepting connections, closes idle ones and returns once
+/// in-flight requests (streams included) have finished.
+///
+/// Raises the soft open-file limit to the hard one first and bounds the
+/// connections by it (see `conn`: half the descriptors for connections,
+/// half of those before a connection has sent an authenticated request),
+/// with timeouts for slow heads and bodies, idle keep-alives and clients
+/// that stop reading.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled_owned().await })
-        .await
+    let nofile = conn::raise_fd_limit();
+    let limits = conn::ConnLimits::for_fd_limit(nofile);
+    tracing::info!(
+        fd_limit = nofile,
+        max_connections = limits.max_connections,
+        max_unauthenticated = limits.max_unauthenticated,
+        "HTTP connection limits"
+    );
+    conn::serve(listener, router, shutdown, limits).await
 }
 
 /// The OpenAPI 3.1 document of this API, as served at `/openapi.json`.
@@ -147,6 +161,9 @@ pub(crate) fn build_router(backend: Arc<dyn Backend>, config: ApiConfig) -> Rout
     let protected = protected
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::route_not_found)
+        // Behind the key check: the connection has sent an authenticated
+        // request (it leaves the serve loop's unauthenticated budget).
+        .layer(middleware::from_fn(conn::note_authenticated))
         .layer(middleware::from_fn_with_state(key, auth::require_api_key));
     public
         .method_not_allowed_fallback(routes::method_not_allowed)

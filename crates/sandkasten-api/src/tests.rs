@@ -68,6 +68,7 @@ fn info(id: &str) -> SessionInfo {
         created_at: datetime!(2026-02-08 10:00:00 UTC),
         expires_at: datetime!(2026-02-08 10:30:00 UTC),
         acquire_source: AcquireSource::Cold,
+        disk_limit_mb: None,
     }
 }
 
@@ -647,7 +648,7 @@ async fn create_returns_201_and_session_info() {
         &router,
         "/v1/sessions",
         json!({"image": "base", "ttl_seconds": 600, "workspace_id": "user123-project456",
-               "future_field": {"x": 1}}),
+               "disk_limit_mb": 300, "future_field": {"x": 1}}),
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
@@ -656,9 +657,10 @@ async fn create_returns_201_and_session_info() {
         json!({"id": "new", "image": "base", "status": "running", "cwd": "/workspace",
                "workspace_id": "user123-project456",
                "created_at": "2026-02-08T10:00:00Z", "expires_at": "2026-02-08T10:30:00Z",
-               "acquire_source": "cold"})
+               "acquire_source": "cold", "disk_limit_mb": null})
     );
     let created = fake.created.lock().unwrap();
+    assert_eq!(created[0].disk_limit_mb, Some(300));
     assert_eq!(created[0].image.as_deref(), Some("base"));
     assert_eq!(created[0].ttl_seconds, Some(600));
     assert_eq!(

@@ -62,6 +62,12 @@ pub(crate) struct CreateSessionRequest {
     /// variables, 64 KiB in all.
     #[schema(example = json!({"PROJECT": "demo"}))]
     pub env: Option<BTreeMap<String, String>>,
+    /// Disk limit (MiB) of the sandbox's own writes outside `/workspace`
+    /// (root filesystem changes, home, `/tmp`, `/var/tmp`), instead of the
+    /// daemon's `defaults.disk_limit_mb`; at least 1, at most
+    /// `defaults.max_disk_limit_mb`.
+    #[schema(example = 2048)]
+    pub disk_limit_mb: Option<i64>,
 }
 
 impl From<CreateSessionRequest> for engine::CreateSession {
@@ -71,6 +77,7 @@ impl From<CreateSessionRequest> for engine::CreateSession {
             ttl_seconds: r.ttl_seconds,
             workspace_id: r.workspace_id,
             env: r.env.unwrap_or_default().into_iter().collect(),
+            disk_limit_mb: r.disk_limit_mb,
         }
     }
 }
@@ -100,6 +107,10 @@ pub(crate) struct SessionInfo {
     /// `pool` when a pre-warmed sandbox served the create, else `cold`.
     #[schema(example = "pool")]
     pub acquire_source: &'static str,
+    /// The disk limit (MiB) in force for the sandbox's own writes outside
+    /// `/workspace`; `null` where the backend does not enforce one.
+    #[schema(required = true, example = 4096)]
+    pub disk_limit_mb: Option<u64>,
 }
 
 impl From<engine::SessionInfo> for SessionInfo {
@@ -113,6 +124,7 @@ impl From<engine::SessionInfo> for SessionInfo {
             created_at: rfc3339(s.created_at),
             expires_at: rfc3339(s.expires_at),
             acquire_source: s.acquire_source.as_str(),
+            disk_limit_mb: s.disk_limit_mb,
         }
     }
 }
@@ -545,6 +557,7 @@ mod tests {
             created_at: datetime!(2026-02-08 10:00:00.123456 +01:00),
             expires_at: datetime!(2026-02-08 10:30:00 UTC),
             acquire_source: engine::AcquireSource::Pool,
+            disk_limit_mb: Some(4096),
         }
     }
 
@@ -562,6 +575,7 @@ mod tests {
                 "created_at": "2026-02-08T09:00:00.123Z",
                 "expires_at": "2026-02-08T10:30:00Z",
                 "acquire_source": "pool",
+                "disk_limit_mb": 4096,
             })
         );
     }

@@ -44,6 +44,8 @@ pub const AGENT_BINARY: &str = env!("SANDKASTEN_AGENT_BIN");
 pub const MEMORY_MB: u64 = 256;
 /// Pids limit of the sandboxes [`Env::spec`] describes.
 pub const PIDS: u64 = 64;
+/// Disk limit (MiB) of the sandboxes [`Env::spec`] describes.
+pub const DISK_MB: u64 = 512;
 /// Pids limit of those sandboxes under gVisor.
 pub const PIDS_GVISOR: u64 = 256;
 
@@ -296,6 +298,7 @@ impl Env {
                 memory_mb: MEMORY_MB,
                 cpu: 1.0,
                 pids: self.pids(),
+                disk_mb: Some(DISK_MB),
             },
             network: NetworkMode::None,
             readonly_rootfs: false,
@@ -487,6 +490,10 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 data_dir: data_dir.to_path_buf(),
                 agent_binary: agent,
                 tmp_size_mb: 64,
+                // A small scratch filesystem: sandboxes' writes under a
+                // disk limit, as a daemon runs them by default.
+                scratch_size_mb: Some(1024),
+                min_free_mb: 16,
             };
             let rt = Arc::new(NativeRuntime::new(cfg).unwrap_or_else(|e| {
                 panic!("the native conformance tests need root on a Linux host: {e}")
@@ -502,6 +509,7 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                     .then(|| format!("tcp://127.0.0.1:{}", engine_over_tcp())),
                 oci_runtime: (kind == Kind::Gvisor).then(|| "runsc".to_string()),
                 tmp_size_mb: 64,
+                min_free_mb: 16,
             };
             match DockerRuntime::new(cfg).await {
                 Ok(rt) => Backend::Docker { rt: Arc::new(rt) },

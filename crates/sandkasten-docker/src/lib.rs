@@ -123,8 +123,11 @@ pub struct DockerConfig {
     /// OCI runtime of the engine for sandboxes (e.g. `runsc`); `None`: the
     /// engine's default.
     pub oci_runtime: Option<String>,
-    /// Size of each sandbox's `/tmp` tmpfs.
+    /// Size of each sandbox's `/tmp` tmpfs (at most its disk limit).
     pub tmp_size_mb: u64,
+    /// Creates are refused (`StorageFull`) while the data dir's filesystem
+    /// has less free space than this.
+    pub min_free_mb: u64,
 }
 
 pub struct DockerRuntime {
@@ -134,6 +137,50 @@ pub struct DockerRuntime {
     /// are read without a session: shared files with a local runc engine,
     /// copies, relays and helpers otherwise (see `transport.rs`).
     transport: Box<dyn Transport>,
+    /// Whether the engine's storage driver takes a size for a container's
+    /// writable layer (`--storage-opt size=`), decided once at start.
+    storage_size: bool,
+}
+
+/// Whether an engine with this storage driver limits a container's
+/// writable layer with `--storage-opt size=`: btrfs and zfs do; overlay2
+/// only on xfs mounted with project quotas (`pquota`), which only a local
+/// engine's mount table shows (`xfs_pquota`: the options of the
+/// filesystem holding the engine's root dir, where known).
+pub(crate) fn driver_limits_size(
+    driver: &str,
+    backing_fs: Option<&str>,
+    xfs_pquota: Option<bool>,
+) -> bool {
+    match driver {
+        "btrfs" | "zfs" => true,
+        "overlay2" => backing_fs == Some("xfs") && xfs_pquota == Some(true),
+        _ => false,
+    }
+}
+
+/// Whether the filesystem at `dir` is mounted with project quotas (from
+/// /proc/self/mountinfo: the longest mount point that contains `dir`).
+fn mounted_with_pquota(dir: &Path) -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut best: Option<(usize, bool)> = None;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (Some(point), Some(sep)) = (f.get(4), f.iter().position(|x| *x == "-")) else {
+            continue;
+        };
+        if !dir.starts_with(point) {
+            continue;
+        }
+        let super_opts = f.get(sep + 3).copied().unwrap_or("");
+        let quota = super_opts
+            .split(',')
+            .any(|o| matches!(o, "prjquota" | "pquota"));
+        if best.is_none_or(|(len, _)| point.len() >= len) {
+            best = Some((point.len(), quota));
+        }
+    }
+    best.map(|(_, q)| q)
 }
 
 /// Maps an engine error to a runtime error with what was being done.
@@ -430,10 +477,31 @@ impl DockerRuntime {
             remote = transport.is_remote(),
             "docker runtime ready"
         );
+        let driver = info.driver.clone().unwrap_or_default();
+        let backing = info.driver_status.iter().flatten().find_map(|kv| {
+            (kv.first().map(String::as_str) == Some("Backing Filesystem"))
+                .then(|| kv.get(1).cloned())
+                .flatten()
+        });
+        let pquota = match (local, &info.docker_root_dir) {
+            (true, Some(root)) => mounted_with_pquota(Path::new(root)),
+            _ => None,
+        };
+        let storage_size = driver_limits_size(&driver, backing.as_deref(), pquota);
+        if !storage_size {
+            tracing::warn!(
+                driver = %driver,
+                backing_fs = backing.as_deref().unwrap_or("unknown"),
+                "sandbox disk limits are not enforced on the root filesystem: the engine's \
+                 storage driver takes no size (btrfs, zfs, or overlay2 on xfs with pquota do); \
+                 /tmp is a tmpfs of at most the limit"
+            );
+        }
         let rt = DockerRuntime {
             cfg,
             docker,
             transport,
+            storage_size,
         };
         rt.remove_leftover_helpers().await?;
         Ok(rt)
@@ -809,11 +877,49 @@ impl Runtime for DockerRuntime {
     fn scratch_dir(&self) -> PathBuf {
         self.cfg.data_dir.join("tmp")
     }
+
+    fn disk_limit_enforced(&self) -> bool {
+        self.storage_size
+    }
+
+    async fn check_room(&self) -> Result<(), RuntimeError> {
+        let dir = self.cfg.data_dir.clone();
+        let min = self.cfg.min_free_mb << 20;
+        blocking("checking free space", move || {
+            let st = rustix::fs::statvfs(&dir)
+                .map_err(|e| RuntimeError::io("statvfs of the data dir", e.into()))?;
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            if free < min {
+                return Err(RuntimeError::StorageFull(format!(
+                    "the data dir's filesystem ({}) has {} MiB free, less than the {} MiB a new \
+                     sandbox needs (disk.min_free_mb); existing sessions keep working",
+                    dir.display(),
+                    free >> 20,
+                    min >> 20
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_drivers_with_size_options_enforce_disk_limits() {
+        assert!(driver_limits_size("btrfs", Some("btrfs"), None));
+        assert!(driver_limits_size("zfs", None, None));
+        assert!(driver_limits_size("overlay2", Some("xfs"), Some(true)));
+        assert!(!driver_limits_size("overlay2", Some("xfs"), Some(false)));
+        assert!(!driver_limits_size("overlay2", Some("xfs"), None));
+        assert!(!driver_limits_size("overlay2", Some("extfs"), None));
+        assert!(!driver_limits_size("vfs", None, None));
+        // The root filesystem here is a real mount with some options.
+        assert!(mounted_with_pquota(Path::new("/")).is_some());
+    }
 
     #[test]
     fn engines_are_local_sockets_or_plain_tcp() {

@@ -144,12 +144,14 @@ impl DockerRuntime {
             (LABEL_WORKSPACE_ID.to_string(), volume.label.clone()),
             (LABEL_DATA_DIR.to_string(), self.data_dir_label()),
         ]);
+        // /tmp is memory, not disk, but never more than the disk limit.
+        let tmp_mb = spec
+            .limits
+            .disk_mb
+            .map_or(self.cfg.tmp_size_mb, |d| d.min(self.cfg.tmp_size_mb));
         let mut tmpfs = HashMap::from([(
             "/tmp".to_string(),
-            format!(
-                "rw,exec,nosuid,nodev,size={}m,mode=1777",
-                self.cfg.tmp_size_mb
-            ),
+            format!("rw,exec,nosuid,nodev,size={tmp_mb}m,mode=1777"),
         )]);
         tmpfs.extend(launch.tmpfs);
         let mut mounts = launch.mounts;
@@ -179,6 +181,12 @@ impl DockerRuntime {
             }),
             tmpfs: Some(tmpfs),
             mounts: Some(mounts),
+            // The writable layer's size, where the storage driver takes one.
+            storage_opt: spec
+                .limits
+                .disk_mb
+                .filter(|_| self.storage_size)
+                .map(|mb| HashMap::from([("size".to_string(), format!("{mb}M"))])),
             ..Default::default()
         };
         ContainerCreateBody {

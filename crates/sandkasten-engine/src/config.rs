@@ -10,7 +10,11 @@ pub struct EngineConfig {
     pub allowed_images: Vec<String>,
     pub session_ttl_seconds: u64,
     pub max_sessions: usize,
+    /// Limits of every sandbox; `limits.disk_mb` is the disk limit of a
+    /// session whose request names none.
     pub limits: Limits,
+    /// Upper bound of a create request's `disk_limit_mb`.
+    pub max_disk_limit_mb: u64,
     pub network: NetworkMode,
     pub readonly_rootfs: bool,
     /// Default exec timeout when a request names none.
@@ -49,7 +53,9 @@ impl Default for EngineConfig {
                 memory_mb: 512,
                 cpu: 1.0,
                 pids: 256,
+                disk_mb: Some(4096),
             },
+            max_disk_limit_mb: 16384,
             network: NetworkMode::None,
             readonly_rootfs: false,
             default_exec_timeout_ms: 30_000,

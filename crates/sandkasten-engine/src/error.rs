@@ -116,8 +116,26 @@ pub enum EngineError {
         #[source]
         source: RuntimeError,
     },
+    /// The host lacks room (the data dir's filesystem or the sandboxes'
+    /// scratch filesystem is below its threshold, or SQLite found the disk
+    /// full): nothing was created or changed, and the same request succeeds
+    /// once space returns.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for EngineError {
+    /// A full disk is [`EngineError::StorageFull`] (a client sees 507, not
+    /// a 500); every other store failure stays a fault of the daemon.
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            EngineError::StorageFull(format!("the daemon's database: {e}"))
+        } else {
+            EngineError::Store(e)
+        }
+    }
 }
 
 impl EngineError {
@@ -132,6 +150,7 @@ impl EngineError {
             RuntimeError::InvalidArchive(m) => EngineError::InvalidRequest(m),
             RuntimeError::Unsupported(what, runtime) => EngineError::Unsupported { what, runtime },
             RuntimeError::File { kind, message } => file_error(kind, message),
+            RuntimeError::StorageFull(m) => EngineError::StorageFull(m),
             source => EngineError::Runtime { context, source },
         }
     }
@@ -192,6 +211,33 @@ mod tests {
             map(RuntimeError::Busy("still mounted".into())),
             EngineError::Runtime { .. }
         ));
+        assert!(matches!(
+            map(RuntimeError::StorageFull("data dir".into())),
+            EngineError::StorageFull(_)
+        ));
+    }
+
+    #[test]
+    fn a_full_disk_in_sqlite_is_storage_full_and_other_store_errors_are_not() {
+        let full = StoreError::Query {
+            op: "inserting session",
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ),
+        };
+        assert!(matches!(
+            EngineError::from(full),
+            EngineError::StorageFull(_)
+        ));
+        let locked = StoreError::Query {
+            op: "inserting session",
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            ),
+        };
+        assert!(matches!(EngineError::from(locked), EngineError::Store(_)));
     }
 
     #[test]

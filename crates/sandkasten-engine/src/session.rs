@@ -72,6 +72,8 @@ struct ValidCreate {
     /// A session without `workspace_id` keeps one named after it.
     persist_by_default: bool,
     env: Vec<(String, String)>,
+    /// The disk limit to enforce (None: the backend enforces none).
+    disk_limit_mb: Option<u64>,
 }
 
 /// A sandbox acquired for a create, with the identity it got.
@@ -174,6 +176,7 @@ impl Engine {
                             ttl_seconds: rec.ttl_seconds,
                             acquire_source: rec.acquire_source,
                             cwd,
+                            disk_limit_mb: rec.disk_limit_mb,
                         },
                         sandbox,
                     );
@@ -350,6 +353,13 @@ impl Engine {
         }
         let v = self.validate(req)?;
         let _reservation = self.inner.sessions.reserve()?;
+        // A host whose disk is (nearly) full refuses new sandboxes until
+        // space returns; running sessions are not touched.
+        self.inner
+            .runtime
+            .check_room()
+            .await
+            .map_err(EngineError::runtime("checking free space"))?;
         let acquired = self.acquire(v).await?;
         let source = acquired.source;
         match source {
@@ -368,6 +378,7 @@ impl Engine {
                 ttl_seconds: rec.ttl_seconds,
                 acquire_source: source,
                 cwd: rec.cwd,
+                disk_limit_mb: rec.disk_limit_mb,
             },
             acquired.sandbox,
         );
@@ -413,12 +424,28 @@ impl Engine {
             Some(t) => t,
             None => cfg.session_ttl_seconds,
         };
+        let disk_limit_mb = match req.disk_limit_mb {
+            Some(mb) if mb < 1 => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "disk_limit_mb must be at least 1, got {mb}"
+                )))
+            }
+            Some(mb) if mb as u64 > cfg.max_disk_limit_mb => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "disk_limit_mb must be at most {} (this daemon's defaults.max_disk_limit_mb), got {mb}",
+                    cfg.max_disk_limit_mb
+                )))
+            }
+            Some(mb) => Some(mb as u64),
+            None => cfg.limits.disk_mb,
+        };
         Ok(ValidCreate {
             image,
             ttl,
             workspace_id: req.workspace_id,
             persist_by_default: ws_cfg.enabled && ws_cfg.persist_by_default,
             env: req.env,
+            disk_limit_mb: disk_limit_mb.filter(|_| self.inner.runtime.disk_limit_enforced()),
         })
     }
 
@@ -469,6 +496,7 @@ impl Engine {
             pid: 0,
             pid_start_time: 0,
             ended_at_ms: None,
+            disk_limit_mb: v.disk_limit_mb,
         };
 
         // Late binding: the pooled sandbox takes on this request's identity.
@@ -479,6 +507,7 @@ impl Engine {
                     &t.warm().agent,
                     record.workspace_id.as_deref(),
                     &v.env,
+                    v.disk_limit_mb,
                 )
                 .await
             {
@@ -526,7 +555,10 @@ impl Engine {
         let spec = SandboxSpec {
             id: record.id.clone(),
             image: record.image.clone(),
-            limits: cfg.limits.clone(),
+            limits: sandkasten_runtime::Limits {
+                disk_mb: record.disk_limit_mb,
+                ..cfg.limits.clone()
+            },
             network: cfg.network,
             readonly_rootfs: cfg.readonly_rootfs,
             workspace: match &record.workspace_id {
@@ -560,17 +592,22 @@ impl Engine {
         Ok(sandbox)
     }
 
-    /// Gives a pooled sandbox the request's workspace and environment: the
-    /// workspace is mounted into its running mount namespace, then one
-    /// command in its shell exports the variables and re-enters
-    /// `/workspace`. Nothing is deferred to the first exec.
+    /// Gives a pooled sandbox the request's disk limit, workspace and
+    /// environment: the limit is set (pooled sandboxes run with the
+    /// default one), the workspace is mounted into its running mount
+    /// namespace, then one command in its shell exports the variables and
+    /// re-enters `/workspace`. Nothing is deferred to the first exec.
     async fn bind_warm(
         &self,
         handle: &SandboxHandle,
         agent: &AgentClient,
         workspace: Option<&str>,
         env: &[(String, String)],
+        disk_limit_mb: Option<u64>,
     ) -> Result<(), RuntimeError> {
+        if let Some(mb) = disk_limit_mb.filter(|mb| Some(*mb) != self.inner.cfg.limits.disk_mb) {
+            self.inner.runtime.set_disk_limit(handle, mb).await?;
+        }
         if let Some(ws) = workspace {
             self.inner.runtime.bind_workspace(handle, ws).await?;
         }

@@ -45,6 +45,7 @@ pub(crate) struct SessionParams {
     pub(crate) ttl_seconds: u64,
     pub(crate) acquire_source: AcquireSource,
     pub(crate) cwd: String,
+    pub(crate) disk_limit_mb: Option<u64>,
 }
 
 /// A live session.
@@ -55,6 +56,7 @@ pub(crate) struct Session {
     created_at: OffsetDateTime,
     ttl_seconds: u64,
     acquire_source: AcquireSource,
+    disk_limit_mb: Option<u64>,
     pub(crate) handle: SandboxHandle,
     /// The connection to the sandbox's agent; replaced when a connection
     /// through a remote engine breaks while the sandbox lives.
@@ -89,6 +91,7 @@ impl Session {
             created_at: p.created_at,
             ttl_seconds: p.ttl_seconds,
             acquire_source: p.acquire_source,
+            disk_limit_mb: p.disk_limit_mb,
             handle: sandbox.handle,
             agent: watch::Sender::new(sandbox.agent),
             agent_lost: AtomicBool::new(false),
@@ -113,6 +116,7 @@ impl Session {
             created_at: self.created_at,
             expires_at: live.expires_at,
             acquire_source: self.acquire_source,
+            disk_limit_mb: self.disk_limit_mb,
         }
     }
 

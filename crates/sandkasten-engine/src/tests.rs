@@ -519,6 +519,7 @@ async fn session_stats_come_from_the_runtime() {
             memory_mb: 256,
             cpu: 0.5,
             pids: 64,
+            disk_mb: Some(1024),
         }
     })
     .await;
@@ -1463,4 +1464,120 @@ async fn the_activity_of_execs_is_in_the_store_after_shutdown() {
         rec.cwd, "/tmp",
         "the exec's cwd is in the store after shutdown"
     );
+}
+
+// Disk limits
+
+/// A create with `disk_limit_mb`.
+fn with_disk_limit(mb: i64) -> CreateSession {
+    CreateSession {
+        disk_limit_mb: Some(mb),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_session_gets_the_default_disk_limit_or_its_own_within_the_cap() {
+    let e = engine_with(|c| {
+        c.limits.disk_mb = Some(2048);
+        c.max_disk_limit_mb = 8192;
+    })
+    .await;
+    let info = e.create_session(CreateSession::default()).await.unwrap();
+    assert_eq!(info.disk_limit_mb, Some(2048));
+    assert_eq!(
+        e.fake.disk_limit(&info.id),
+        Some(2048),
+        "given to the sandbox"
+    );
+
+    let info = e.create_session(with_disk_limit(300)).await.unwrap();
+    assert_eq!(info.disk_limit_mb, Some(300));
+    assert_eq!(e.fake.disk_limit(&info.id), Some(300));
+    assert_eq!(
+        e.get_session(&info.id).await.unwrap().disk_limit_mb,
+        Some(300)
+    );
+    let rec = e.store.get_session(&info.id).unwrap().unwrap();
+    assert_eq!(rec.disk_limit_mb, Some(300), "kept for a restarted daemon");
+
+    // The cap itself is allowed.
+    let info = e.create_session(with_disk_limit(8192)).await.unwrap();
+    assert_eq!(info.disk_limit_mb, Some(8192));
+
+    let created = e.fake.created().len();
+    for (mb, says) in [
+        (0, "disk_limit_mb must be at least 1, got 0"),
+        (-5, "disk_limit_mb must be at least 1, got -5"),
+        (
+            8193,
+            "disk_limit_mb must be at most 8192 (this daemon's defaults.max_disk_limit_mb), got 8193",
+        ),
+    ] {
+        match e.create_session(with_disk_limit(mb)).await {
+            Err(EngineError::InvalidRequest(m)) => assert_eq!(m, says),
+            other => panic!("disk_limit_mb {mb}: {other:?}"),
+        }
+    }
+    assert_eq!(e.fake.created().len(), created, "nothing was started");
+}
+
+#[tokio::test]
+async fn where_the_backend_enforces_no_disk_limit_a_session_shows_none() {
+    let e = engine().await;
+    e.fake.set_disk_limits_enforced(false);
+    let info = e.create_session(with_disk_limit(300)).await.unwrap();
+    assert_eq!(info.disk_limit_mb, None);
+    assert_eq!(e.fake.disk_limit(&info.id), None);
+    assert_eq!(session_info_limit(&e, &info.id).await, None);
+    // The cap is checked all the same (the request is wrong everywhere).
+    assert_err!(
+        e.create_session(with_disk_limit(1 << 40)).await,
+        EngineError::InvalidRequest(_)
+    );
+}
+
+async fn session_info_limit(e: &Engine, id: &str) -> Option<u64> {
+    e.get_session(id).await.unwrap().disk_limit_mb
+}
+
+#[tokio::test]
+async fn a_pooled_sandbox_takes_the_requests_disk_limit_when_claimed() {
+    let e = engine_with(|c| {
+        c.limits.disk_mb = Some(4096);
+        c.pool = pool_of(&[("base", 2)]);
+    })
+    .await;
+    wait_for_idle(&e, "base", 2).await;
+    let pooled = e.fake.live_ids();
+    for id in &pooled {
+        assert_eq!(e.fake.disk_limit(id), Some(4096), "pooled with the default");
+    }
+    let info = e.create_session(with_disk_limit(256)).await.unwrap();
+    assert_eq!(info.acquire_source, AcquireSource::Pool);
+    assert!(pooled.contains(&info.id));
+    assert_eq!(info.disk_limit_mb, Some(256));
+    assert_eq!(e.fake.disk_limit(&info.id), Some(256), "set at claim time");
+
+    let info = e.create_session(CreateSession::default()).await.unwrap();
+    assert_eq!(info.acquire_source, AcquireSource::Pool);
+    assert_eq!(info.disk_limit_mb, Some(4096));
+    assert_eq!(e.fake.disk_limit(&info.id), Some(4096));
+}
+
+#[tokio::test]
+async fn a_full_host_refuses_creates_until_space_returns_and_sessions_keep_working() {
+    let e = engine().await;
+    let id = session(&e).await;
+    e.fake.set_storage_full(Some("the data dir has 3 MiB free"));
+    let created = e.fake.created().len();
+    match e.create_session(CreateSession::default()).await {
+        Err(EngineError::StorageFull(m)) => assert_eq!(m, "the data dir has 3 MiB free"),
+        other => panic!("expected StorageFull, got {other:?}"),
+    }
+    assert_eq!(e.fake.created().len(), created, "nothing was started");
+    assert_eq!(run(&e, &id, "echo still").await.output, "still\n");
+    // No latch: the next create after space returns succeeds.
+    e.fake.set_storage_full(None);
+    session(&e).await;
 }

@@ -18,6 +18,9 @@ pub struct SessionInfo {
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub acquire_source: crate::AcquireSource,
+    /// The disk limit (MiB) of the sandbox's own writes outside
+    /// `/workspace`; `None` where the backend enforces none.
+    pub disk_limit_mb: Option<u64>,
 }
 
 /// `POST /v1/sessions`.
@@ -28,6 +31,9 @@ pub struct CreateSession {
     pub workspace_id: Option<String>,
     /// Extra environment variables of the session's shell.
     pub env: Vec<(String, String)>,
+    /// Disk limit (MiB) of this session instead of the default; validated
+    /// by the engine (at least 1, at most the configured cap).
+    pub disk_limit_mb: Option<i64>,
 }
 
 /// The pool, per image (`GET /v1/pool`).

@@ -18,10 +18,16 @@
 //! images/<name>/              imported images (manifest + generated top layer)
 //! layers/<sha256>/            content-addressed layers shared by all images
 //! sessions/<id>/              0700, root: never reachable from a sandbox
-//!   upper/ work/              overlay upper and work dirs
+//!   scratch/                  mount point of the sandbox's scratch subvolume
+//!                             (mounted only in the sandbox's namespace)
 //!   rootfs/                   mount point (mounts exist only in the sandbox)
-//!   workspace/                ephemeral /workspace
 //!   agent.sock                the agent's socket
+//!   upper/ work/ workspace/   without a scratch filesystem only: overlay
+//!                             upper and work dirs, ephemeral /workspace
+//! scratch.img                 the scratch filesystem (btrfs, preallocated):
+//!   <id>/                     one subvolume per sandbox, limited by a quota
+//!     upper/ work/ tmp/       group: overlay upper and work, /tmp,
+//!     workspace/              the ephemeral /workspace (see scratch.rs)
 //! ```
 
 mod cgroups;
@@ -29,16 +35,19 @@ mod fsutil;
 mod image;
 mod layers;
 mod process;
+mod scratch;
 mod wsimage;
 mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
 pub use sandkasten_hostfs::{has_mounts_below, remove_tree};
+pub use scratch::{QuotaMode, MIN_SCRATCH_MB};
 pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
 
 use async_trait::async_trait;
 use sandkasten_protocol::{
-    AgentConfig, BindMount, BlockMount, IdMap, LaunchReport, LaunchSpec, NetworkMode as WireNetwork,
+    AgentConfig, BindMount, BlockMount, IdMap, LaunchReport, LaunchSpec,
+    NetworkMode as WireNetwork, ScratchMount,
 };
 use sandkasten_runtime::{
     export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, ImageInfo,
@@ -77,8 +86,21 @@ pub struct NativeConfig {
     pub data_dir: PathBuf,
     /// The static `sandkasten-agent` binary.
     pub agent_binary: PathBuf,
-    /// Size of each sandbox's `/tmp` and `/dev/shm` tmpfs.
+    /// Size of each sandbox's `/dev/shm` tmpfs, and of its `/tmp` tmpfs
+    /// where there is no scratch filesystem (with one, `/tmp` is on it).
     pub tmp_size_mb: u64,
+    /// Size (MiB) of a new scratch filesystem (`<data_dir>/scratch.img`,
+    /// where sandboxes' own writes live under their disk limits): `None`
+    /// for the default (a quarter of the data dir's filesystem, at most
+    /// half its free space and 64 GiB; left out with a warning where the
+    /// host has no btrfs, loop devices or room), `Some(0)` for none (disk
+    /// limits not enforced). An explicit size the host cannot provide stops
+    /// the start.
+    pub scratch_size_mb: Option<u64>,
+    /// Creates are refused (`StorageFull`) while the data dir's filesystem
+    /// has less free space than this, or the scratch filesystem less than
+    /// this (at most a tenth of its size).
+    pub min_free_mb: u64,
 }
 
 /// The native [`Runtime`]. Cheap to clone into a blocking task: its state
@@ -93,6 +115,8 @@ struct Shared {
     cfg: NativeConfig,
     cgroups: Cgroups,
     ids: IdRange,
+    /// The scratch filesystem; `None`: disk limits are not enforced.
+    scratch: Option<scratch::Scratch>,
 }
 
 /// How long deleting, restoring or importing an image workspace waits for
@@ -126,13 +150,15 @@ impl NativeRuntime {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
                 .map_err(RuntimeError::io_ctx("chmod"))?;
         }
+        let scratch = open_scratch(&cfg)?;
         let shared = Shared {
             cfg,
             cgroups,
             ids: IdRange::default(),
+            scratch,
         };
         image::ensure_base(&shared.images_dir(), &shared.ids)?;
-        tracing::info!(cgroups = ?shared.cgroups, "native runtime ready");
+        tracing::info!(cgroups = ?shared.cgroups, scratch = ?shared.scratch, "native runtime ready");
         Ok(NativeRuntime {
             shared: Arc::new(shared),
         })
@@ -141,6 +167,12 @@ impl NativeRuntime {
     /// Directory of one session's state.
     pub fn session_dir(&self, id: &str) -> PathBuf {
         self.shared.session_dir(id)
+    }
+
+    /// The quota kind of the scratch filesystem; `None` without one (disk
+    /// limits not enforced).
+    pub fn scratch_quotas(&self) -> Option<QuotaMode> {
+        self.shared.scratch.as_ref().map(|s| s.mode())
     }
 
     /// Runs `f` with the shared state on the blocking pool (see
@@ -204,6 +236,53 @@ impl NativeRuntime {
 
     async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
         AgentClient::connect(&sandkasten_protocol::socket_path(&self.session_dir(id))).await
+    }
+}
+
+/// Opens (or makes) the scratch filesystem as `cfg` asks (see
+/// [`NativeConfig::scratch_size_mb`]).
+fn open_scratch(cfg: &NativeConfig) -> Result<Option<scratch::Scratch>, RuntimeError> {
+    let not_enforced = |why: String| {
+        tracing::warn!(
+            "sandbox disk limits are not enforced: {why} (set disk.scratch_size_mb, or install              btrfs-progs and free some space)"
+        );
+        Ok(None)
+    };
+    let exists = scratch::image_path(&cfg.data_dir).exists();
+    let size = match cfg.scratch_size_mb {
+        Some(0) => return Ok(None),
+        Some(mb) => mb << 20,
+        // An existing image keeps its size.
+        None if exists => 0,
+        None => match scratch::default_size(&cfg.data_dir) {
+            Ok(Some(size)) => size,
+            Ok(None) => {
+                return not_enforced(format!(
+                    "the filesystem of {} has no room for a scratch filesystem of 1 GiB",
+                    cfg.data_dir.display()
+                ))
+            }
+            Err(e) => return not_enforced(format!("statvfs {}: {e}", cfg.data_dir.display())),
+        },
+    };
+    match scratch::Scratch::open(&cfg.data_dir, size) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if cfg.scratch_size_mb.is_none() => {
+            not_enforced(format!("the scratch filesystem: {e}"))
+        }
+        Err(e) => Err(RuntimeError::HostNotReady(format!(
+            "disk.scratch_size_mb: the scratch filesystem ({}): {e}",
+            scratch::image_path(&cfg.data_dir).display()
+        ))),
+    }
+}
+
+/// `StorageFull` for a create that failed because a filesystem is full.
+fn full_or(e: std::io::Error, context: &str) -> RuntimeError {
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        RuntimeError::StorageFull(format!("{context}: {e}"))
+    } else {
+        RuntimeError::io(context, e)
     }
 }
 
@@ -284,16 +363,44 @@ impl Shared {
             Ok(())
         };
         mkdir(&dir, 0o700, None)?;
-        mkdir(&dir.join("upper"), 0o755, Some(self.ids.host_root))?;
-        mkdir(&dir.join("work"), 0o700, None)?;
         mkdir(&dir.join("rootfs"), 0o755, None)?;
+        let ephemeral = spec.workspace == WorkspaceMount::Ephemeral;
+        // The sandbox's writable state: its subvolume of the scratch
+        // filesystem (mounted by the launcher at `scratch/`), else plain
+        // directories of the data dir.
+        let (state_dir, scratch_mount) = match &self.scratch {
+            Some(scratch) => {
+                let mnt = dir.join("scratch");
+                mkdir(&mnt, 0o700, None)?;
+                let owners = scratch::Owners {
+                    root: self.ids.host_root,
+                    user: self.ids.host_user,
+                };
+                scratch
+                    .create(&spec.id, owners, spec.limits.disk_mb, ephemeral)
+                    .map_err(|e| full_or(e, "creating the sandbox's scratch subvolume"))?;
+                let m = ScratchMount {
+                    device: scratch.device().to_path_buf(),
+                    options: scratch::Scratch::mount_options(&spec.id),
+                    target: mnt.clone(),
+                };
+                (mnt, Some(m))
+            }
+            None => {
+                mkdir(&dir.join("upper"), 0o755, Some(self.ids.host_root))?;
+                mkdir(&dir.join("work"), 0o700, None)?;
+                if ephemeral {
+                    mkdir(&dir.join("workspace"), 0o755, Some(self.ids.host_user))?;
+                }
+                (dir.clone(), None)
+            }
+        };
         let mut binds = image.binds;
         let mut block_mounts = Vec::new();
         let mut attached = None;
         match &spec.workspace {
             WorkspaceMount::Ephemeral => {
-                let w = dir.join("workspace");
-                mkdir(&w, 0o755, Some(self.ids.host_user))?;
+                let w = state_dir.join("workspace");
                 binds.push(BindMount {
                     source: w,
                     target: "/workspace".into(),
@@ -333,8 +440,10 @@ impl Shared {
             session_id: spec.id.clone(),
             hostname: format!("sk-{}", &spec.id[..spec.id.len().min(12)]),
             lower_dirs: image.layers,
-            upper_dir: dir.join("upper"),
-            work_dir: dir.join("work"),
+            upper_dir: state_dir.join("upper"),
+            work_dir: state_dir.join("work"),
+            tmp_dir: scratch_mount.as_ref().map(|_| state_dir.join("tmp")),
+            scratch: scratch_mount,
             rootfs_dir: dir.join("rootfs"),
             binds,
             block_mounts,
@@ -671,16 +780,59 @@ impl Shared {
 
     fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
         let dir = self.cfg.data_dir.join("sessions");
-        let mut out = Vec::new();
+        let mut out = match &self.scratch {
+            // A subvolume whose session directory is gone is a sandbox's
+            // leftover too (a crash between the two deletions).
+            Some(s) => s
+                .list()
+                .map_err(RuntimeError::io_ctx("listing scratch subvolumes"))?,
+            None => Vec::new(),
+        };
         for e in std::fs::read_dir(&dir)
             .map_err(RuntimeError::io_ctx(format!("listing {}", dir.display())))?
         {
             let e = e.map_err(RuntimeError::io_ctx("listing sessions"))?;
             if let Some(name) = e.file_name().to_str() {
-                out.push(name.to_string());
+                if !out.iter().any(|o| o == name) {
+                    out.push(name.to_string());
+                }
             }
         }
         Ok(out)
+    }
+
+    /// `StorageFull` while the data dir's filesystem, or the scratch
+    /// filesystem, has less free space than a create needs.
+    fn check_room(&self) -> Result<(), RuntimeError> {
+        let min = self.cfg.min_free_mb << 20;
+        let mib = |b: u64| b >> 20;
+        let st = rustix::fs::statvfs(&self.cfg.data_dir)
+            .map_err(|e| RuntimeError::io("statvfs of the data dir", e.into()))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < min {
+            return Err(RuntimeError::StorageFull(format!(
+                "the data dir's filesystem ({}) has {} MiB free, less than the {} MiB a new \
+                 sandbox needs (disk.min_free_mb); existing sessions keep working",
+                self.cfg.data_dir.display(),
+                mib(free),
+                mib(min)
+            )));
+        }
+        if let Some(scratch) = &self.scratch {
+            let min = min.min(scratch.size_bytes() / 10);
+            let free = scratch
+                .free_bytes()
+                .map_err(RuntimeError::io_ctx("statvfs of the scratch filesystem"))?;
+            if free < min {
+                return Err(RuntimeError::StorageFull(format!(
+                    "the sandboxes' scratch filesystem has {} MiB free, less than the {} MiB a \
+                     new sandbox needs; existing sessions keep working",
+                    mib(free),
+                    mib(min)
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -749,7 +901,16 @@ impl Runtime for NativeRuntime {
         self.run("removing a sandbox's cgroups and files", move |s| {
             s.cgroups.remove(&id)?;
             let dir = s.session_dir(&id);
-            remove_tree(&dir).map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))
+            remove_tree(&dir)
+                .map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))?;
+            // The sandbox's processes are gone: its subvolume goes (the
+            // kernel frees the space in the background).
+            match &s.scratch {
+                Some(scratch) => scratch.destroy(&id).map_err(RuntimeError::io_ctx(format!(
+                    "deleting the scratch subvolume of {id}"
+                ))),
+                None => Ok(()),
+            }
         })
         .await
     }
@@ -911,6 +1072,32 @@ impl Runtime for NativeRuntime {
 
     fn scratch_dir(&self) -> PathBuf {
         self.shared.cfg.data_dir.join("tmp")
+    }
+
+    fn disk_limit_enforced(&self) -> bool {
+        self.shared.scratch.is_some()
+    }
+
+    async fn set_disk_limit(&self, handle: &SandboxHandle, mb: u64) -> Result<(), RuntimeError> {
+        let id = handle.id.clone();
+        self.run("setting a sandbox's disk limit", move |s| {
+            match &s.scratch {
+                Some(scratch) => scratch
+                    .set_limit(&id, mb)
+                    .map_err(RuntimeError::io_ctx(format!(
+                        "setting the disk limit of {id}"
+                    ))),
+                None => Err(RuntimeError::Unsupported(
+                    "disk limits (no scratch filesystem)".into(),
+                    "native",
+                )),
+            }
+        })
+        .await
+    }
+
+    async fn check_room(&self) -> Result<(), RuntimeError> {
+        self.run("checking free space", |s| s.check_room()).await
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

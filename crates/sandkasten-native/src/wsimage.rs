@@ -57,8 +57,8 @@ struct LoopConfig {
 }
 
 #[repr(C)]
-struct BtrfsVolArgsV2 {
-    fd: i64,
+pub(crate) struct BtrfsVolArgsV2 {
+    pub(crate) fd: i64,
     transid: u64,
     flags: u64,
     unused: [u64; 4],
@@ -69,16 +69,16 @@ const fn iow(nr: u64) -> libc::c_ulong {
     ((1u64 << 30) | (4096u64 << 16) | (0x94u64 << 8) | nr) as libc::c_ulong
 }
 /// `BTRFS_IOC_SUBVOL_CREATE_V2`.
-const BTRFS_IOC_SUBVOL_CREATE_V2: libc::c_ulong = iow(24);
+pub(crate) const BTRFS_IOC_SUBVOL_CREATE_V2: libc::c_ulong = iow(24);
 
 pub use sandkasten_runtime::MIN_QUOTA_BYTES;
 
-fn os(what: &str) -> io::Error {
+pub(crate) fn os(what: &str) -> io::Error {
     let e = io::Error::last_os_error();
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn check(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
+pub(crate) fn check(r: libc::c_int, what: &str) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(os(what))
     } else {
@@ -104,7 +104,7 @@ pub fn host_support() -> Result<(), String> {
     Ok(())
 }
 
-fn mkfs_path() -> Option<PathBuf> {
+pub(crate) fn mkfs_path() -> Option<PathBuf> {
     [
         "/usr/sbin/mkfs.btrfs",
         "/sbin/mkfs.btrfs",
@@ -227,13 +227,22 @@ pub fn attach(img: &Path) -> io::Result<Attached> {
     Err(io::Error::other("no free loop device after 16 tries"))
 }
 
-fn cstring(s: &str) -> CString {
+pub(crate) fn cstring(s: &str) -> CString {
     CString::new(s).expect("no NUL")
 }
 
 /// A detached mount of the device (no namespace sees it): `subvol` = None
 /// for the top level, `Some("data")` for the content.
 pub fn mount_detached(device: &Path, subvol: Option<&str>) -> io::Result<OwnedFd> {
+    mount_detached_with(device, subvol, &[])
+}
+
+/// [`mount_detached`] with btrfs flag options (e.g. `nodiscard`).
+pub fn mount_detached_with(
+    device: &Path,
+    subvol: Option<&str>,
+    flags: &[&str],
+) -> io::Result<OwnedFd> {
     let fsopen = |name: &CStr| -> io::Result<OwnedFd> {
         // SAFETY: fsopen with a valid name.
         let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), 1 as libc::c_uint) };
@@ -265,6 +274,23 @@ pub fn mount_detached(device: &Path, subvol: Option<&str>) -> io::Result<OwnedFd
     set("source", &device.to_string_lossy())?;
     if let Some(s) = subvol {
         set("subvol", s)?;
+    }
+    for flag in flags {
+        let k = cstring(flag);
+        // SAFETY: FSCONFIG_SET_FLAG (0) with a valid key.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                0,
+                k.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(os(&format!("fsconfig {flag}")));
+        }
     }
     // SAFETY: FSCONFIG_CMD_CREATE (6).
     if unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), 6, 0usize, 0usize, 0) } < 0 {
@@ -411,7 +437,7 @@ pub fn open_top(device: &Path) -> io::Result<OwnedFd> {
     open_dir_at(&mnt, ".")
 }
 
-fn open_dir_at(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir_at(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
     let c = cstring(name);
     // SAFETY: openat below a directory fd we own.
     let fd = check(
@@ -428,7 +454,7 @@ fn open_dir_at(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn vol_args(name: &str) -> io::Result<Box<BtrfsVolArgsV2>> {
+pub(crate) fn vol_args(name: &str) -> io::Result<Box<BtrfsVolArgsV2>> {
     if name.is_empty() || name.len() >= 4040 || name.contains('/') {
         return Err(io::Error::other(format!("invalid subvolume name {name:?}")));
     }
@@ -453,7 +479,7 @@ fn snap(top: &OwnedFd, src: &str, dst_dir: &str, name: &str, readonly: bool) -> 
     Ok(())
 }
 
-fn destroy(top: &OwnedFd, dir: &str, name: &str) -> io::Result<()> {
+pub(crate) fn destroy(top: &OwnedFd, dir: &str, name: &str) -> io::Result<()> {
     let dir_fd = open_dir_at(top, dir)?;
     let a = vol_args(name)?;
     // SAFETY: BTRFS_IOC_SNAP_DESTROY_V2 with valid args.

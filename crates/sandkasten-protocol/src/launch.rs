@@ -35,6 +35,21 @@ pub struct BlockMount {
     pub options: String,
 }
 
+/// The sandbox's own subvolume of the scratch filesystem (btrfs, with the
+/// sandbox's disk limit), mounted first, at a host path in the launcher's
+/// private mount namespace: the overlay upper and work dirs and `/tmp` lie
+/// below it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScratchMount {
+    /// The scratch filesystem's loop device.
+    pub device: PathBuf,
+    /// btrfs options (`subvol=<id>,nodiscard`).
+    pub options: String,
+    /// Host directory (in the session's root-only directory) it is mounted
+    /// on; only the sandbox's mount namespace ever has the mount.
+    pub target: PathBuf,
+}
+
 /// Network of the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,9 +65,19 @@ pub struct LaunchSpec {
     pub hostname: String,
     /// Read-only image layers, topmost first (overlayfs `lowerdir` order).
     pub lower_dirs: Vec<PathBuf>,
-    /// Per-session overlay upper and work dirs (same filesystem).
+    /// The scratch subvolume, mounted before anything else (None: upper,
+    /// work and the ephemeral workspace are plain host directories and
+    /// `/tmp` is a tmpfs).
+    #[serde(default)]
+    pub scratch: Option<ScratchMount>,
+    /// Per-session overlay upper and work dirs (same filesystem; below
+    /// `scratch.target` when there is a scratch mount).
     pub upper_dir: PathBuf,
     pub work_dir: PathBuf,
+    /// Directory bound at `/tmp` (on the scratch mount, so `/tmp` counts in
+    /// the disk limit); None: a tmpfs of `tmp_size_mb`.
+    #[serde(default)]
+    pub tmp_dir: Option<PathBuf>,
     /// Empty directory where the root filesystem is assembled.
     pub rootfs_dir: PathBuf,
     /// Bind mounts applied on top of the rootfs, in order.
@@ -60,7 +85,7 @@ pub struct LaunchSpec {
     /// Block devices mounted after the binds (nosuid, nodev).
     #[serde(default)]
     pub block_mounts: Vec<BlockMount>,
-    /// Size of the tmpfs mounted at /tmp.
+    /// Size of the tmpfs at /dev/shm, and at /tmp when `tmp_dir` is None.
     pub tmp_size_mb: u64,
     /// Remount the assembled rootfs read-only (binds keep their own flag).
     pub readonly_rootfs: bool,

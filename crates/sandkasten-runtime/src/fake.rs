@@ -1204,6 +1204,12 @@ struct State {
     destroyed: Vec<String>,
     attached: usize,
     next_pid: i32,
+    /// Whether disk limits are enforced (default: yes).
+    disk_limits: bool,
+    /// Each sandbox's current disk limit (MiB).
+    disk_limit: HashMap<String, Option<u64>>,
+    /// While set, [`Runtime::check_room`] answers `StorageFull`.
+    storage_full: Option<String>,
 }
 
 /// The in-memory runtime (see the module doc).
@@ -1255,6 +1261,9 @@ impl FakeRuntime {
                 destroyed: Vec::new(),
                 attached: 0,
                 next_pid: 1000,
+                disk_limits: true,
+                disk_limit: HashMap::new(),
+                storage_full: None,
             }),
             tally: Arc::default(),
         }
@@ -1314,6 +1323,22 @@ impl FakeRuntime {
     /// proven ours).
     pub fn set_attach_gone(&self, gone: bool) {
         self.state().attach_gone = gone;
+    }
+
+    /// Whether the fake enforces disk limits (it only records them).
+    pub fn set_disk_limits_enforced(&self, enforced: bool) {
+        self.state().disk_limits = enforced;
+    }
+
+    /// Sandbox `id`'s disk limit (MiB): as created, or as last set.
+    pub fn disk_limit(&self, id: &str) -> Option<u64> {
+        self.state().disk_limit.get(id).copied().flatten()
+    }
+
+    /// While `Some`, every create's room check answers `StorageFull` with
+    /// this message (the host's disk is full); `None`: room again.
+    pub fn set_storage_full(&self, message: Option<&str>) {
+        self.state().storage_full = message.map(str::to_string);
     }
 
     /// Successful attaches so far.
@@ -1569,6 +1594,8 @@ impl Runtime for FakeRuntime {
                 tally: self.tally.clone(),
             });
             st.sandboxes.insert(spec.id.clone(), sb.clone());
+            let limit = spec.limits.disk_mb.filter(|_| st.disk_limits);
+            st.disk_limit.insert(spec.id.clone(), limit);
             st.created.push(CreatedSandbox {
                 id: spec.id.clone(),
                 image: spec.image.clone(),
@@ -1799,6 +1826,32 @@ impl Runtime for FakeRuntime {
         true
     }
 
+    fn disk_limit_enforced(&self) -> bool {
+        self.state().disk_limits
+    }
+
+    async fn set_disk_limit(&self, handle: &SandboxHandle, mb: u64) -> Result<(), RuntimeError> {
+        let mut st = self.state();
+        if !st.disk_limits {
+            return Err(RuntimeError::Unsupported(
+                "changing a sandbox's disk limit".into(),
+                "fake",
+            ));
+        }
+        if !st.sandboxes.get(&handle.id).is_some_and(|s| s.alive()) {
+            return Err(RuntimeError::Gone(handle.id.clone()));
+        }
+        st.disk_limit.insert(handle.id.clone(), Some(mb));
+        Ok(())
+    }
+
+    async fn check_room(&self) -> Result<(), RuntimeError> {
+        match &self.state().storage_full {
+            Some(m) => Err(RuntimeError::StorageFull(m.clone())),
+            None => Ok(()),
+        }
+    }
+
     async fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
         let mut st = self.state();
         if st.fail_binds > 0 {
@@ -1839,6 +1892,7 @@ mod tests {
                 memory_mb: 64,
                 cpu: 1.0,
                 pids: 16,
+                disk_mb: None,
             },
             network: NetworkMode::None,
             readonly_rootfs: false,

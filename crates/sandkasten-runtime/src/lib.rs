@@ -91,6 +91,11 @@ pub struct Limits {
     /// CPU quota in cores (1.0 = one full core).
     pub cpu: f64,
     pub pids: u64,
+    /// Disk limit (MiB) of the sandbox's own writes outside `/workspace`
+    /// (root filesystem changes, home, `/tmp`, `/var/tmp`); `None`: no
+    /// limit. A backend that cannot enforce one ignores it and says so in
+    /// [`Runtime::disk_limit_enforced`].
+    pub disk_mb: Option<u64>,
 }
 
 /// Network of a sandbox.
@@ -232,6 +237,11 @@ pub enum RuntimeError {
     /// workspace, or does not fit in its quota.
     #[error("invalid archive: {0}")]
     InvalidArchive(String),
+    /// The host's storage for sandboxes (the data dir's filesystem, or the
+    /// filesystem that holds sandboxes' writable state) lacks room for
+    /// another sandbox; it passes when space returns.
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 impl RuntimeError {
@@ -394,6 +404,31 @@ pub trait Runtime: Send + Sync + 'static {
     /// Where uploads may be spooled before an import (on the data disk).
     fn scratch_dir(&self) -> PathBuf {
         std::env::temp_dir()
+    }
+
+    /// Whether this backend enforces [`Limits::disk_mb`] (decided once at
+    /// start: the native runtime needs its btrfs scratch filesystem, docker
+    /// a storage driver with size options).
+    fn disk_limit_enforced(&self) -> bool {
+        false
+    }
+
+    /// Changes the disk limit of a running sandbox (a pooled sandbox takes
+    /// the request's limit when it is handed out). `Unsupported` where
+    /// [`Runtime::disk_limit_enforced`] is false.
+    async fn set_disk_limit(&self, _handle: &SandboxHandle, _mb: u64) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "changing a sandbox's disk limit".into(),
+            self.name(),
+        ))
+    }
+
+    /// Whether the host has room for another sandbox: `StorageFull` when
+    /// the data dir's filesystem (or the sandboxes' scratch filesystem)
+    /// is below its free-space threshold. Cheap (statvfs), called by every
+    /// create; never latched: it answers from the current free space.
+    async fn check_room(&self) -> Result<(), RuntimeError> {
+        Ok(())
     }
 }
 

@@ -47,6 +47,23 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// True when SQLite failed because the disk is full (`SQLITE_FULL`):
+    /// the request may succeed once space returns, nothing was written.
+    pub fn is_disk_full(&self) -> bool {
+        let source = match self {
+            StoreError::Open { source, .. }
+            | StoreError::Migrate { source, .. }
+            | StoreError::Query { source, .. } => source,
+            StoreError::TooNew { .. } | StoreError::Task(_) => return false,
+        };
+        matches!(
+            source,
+            rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 pub(crate) fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Query { op, source }
 }
@@ -85,5 +102,21 @@ impl Store {
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sqlite_full_is_a_full_disk() {
+        let err = |code| StoreError::Query {
+            op: "writing",
+            source: rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None),
+        };
+        assert!(err(rusqlite::ffi::SQLITE_FULL).is_disk_full());
+        assert!(!err(rusqlite::ffi::SQLITE_BUSY).is_disk_full());
+        assert!(!StoreError::Task("cancelled".into()).is_disk_full());
     }
 }

@@ -48,6 +48,9 @@ const MIGRATIONS: &[&str] = &[
         pid_start_time  INTEGER NOT NULL,
         created_at_ms   INTEGER NOT NULL
     );",
+    // 5: each session's disk limit (MiB; NULL where none is enforced), so
+    // that a restarted daemon still reports it.
+    "ALTER TABLE sessions ADD COLUMN disk_limit_mb INTEGER;",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

@@ -115,6 +115,7 @@ mod tests {
                 pid: 42,
                 pid_start_time: 7,
                 ended_at_ms: None,
+                disk_limit_mb: Some(512),
             };
             store.insert_pool_entry(&entry("c")).unwrap();
             store.promote_pool_entry(&s).unwrap();
@@ -126,5 +127,6 @@ mod tests {
         let s = store.get_session("a").unwrap().unwrap();
         assert_eq!(s.acquire_source, crate::AcquireSource::Pool);
         assert_eq!(s.workspace_id.as_deref(), Some("ws"));
+        assert_eq!(s.disk_limit_mb, Some(512));
     }
 }

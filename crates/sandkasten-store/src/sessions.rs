@@ -20,13 +20,16 @@ pub struct SessionRecord {
     pub pid: i32,
     pub pid_start_time: u64,
     pub ended_at_ms: Option<i64>,
+    /// The disk limit (MiB) the sandbox was given; `None` where the
+    /// backend enforces none.
+    pub disk_limit_mb: Option<u64>,
 }
 
 /// Alias kept for readability at call sites that list rows.
 pub type SessionRow = SessionRecord;
 
 const COLUMNS: &str = "id, image, state, workspace_id, cwd, ttl_seconds, created_at_ms, \
-     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms";
+     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -42,6 +45,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         pid: r.get(9)?,
         pid_start_time: r.get::<_, i64>(10)? as u64,
         ended_at_ms: r.get(11)?,
+        disk_limit_mb: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
     })
 }
 
@@ -49,7 +53,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
 pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
         ),
         params![
             s.id,
@@ -63,7 +67,8 @@ pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(
             s.acquire_source,
             s.pid,
             s.pid_start_time as i64,
-            s.ended_at_ms
+            s.ended_at_ms,
+            s.disk_limit_mb.map(|v| v as i64)
         ],
     )
     .map(|_| ())
@@ -174,6 +179,7 @@ mod tests {
             pid: 0,
             pid_start_time: 0,
             ended_at_ms: None,
+            disk_limit_mb: None,
         }
     }
 
@@ -186,6 +192,7 @@ mod tests {
             s.insert_session(&rec("a")).unwrap();
             s.insert_session(&SessionRecord {
                 workspace_id: Some("ws".into()),
+                disk_limit_mb: Some(300),
                 ..rec("b")
             })
             .unwrap();
@@ -212,6 +219,7 @@ mod tests {
             (b.ended_at_ms, b.workspace_id.as_deref()),
             (Some(5), Some("ws"))
         );
+        assert_eq!((a.disk_limit_mb, b.disk_limit_mb), (None, Some(300)));
         assert!(s.get_session("nope").unwrap().is_none());
     }
 

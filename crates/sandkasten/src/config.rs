@@ -74,6 +74,8 @@ pub struct Config {
     pub pool: Pool,
     /// Settings of `runtime: docker`.
     pub docker: Docker,
+    /// Host storage for sandboxes' own writes.
+    pub disk: Disk,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,8 +96,44 @@ pub struct Defaults {
     pub max_read_bytes: u64,
     pub network_mode: NetworkMode,
     pub readonly_rootfs: bool,
-    /// Size of each sandbox's /tmp (tmpfs, counted against its memory).
+    /// Size of each sandbox's /dev/shm (tmpfs, counted against its
+    /// memory), and of /tmp where /tmp is a tmpfs (docker, or native
+    /// without a scratch filesystem; docker's is at most
+    /// `disk_limit_mb`).
     pub tmp_size_mb: u64,
+    /// Disk limit (MiB) of each sandbox's own writes outside /workspace
+    /// (root filesystem changes, home, /tmp, /var/tmp), where the backend
+    /// enforces one; a create may ask for its own `disk_limit_mb`.
+    pub disk_limit_mb: u64,
+    /// Upper bound of a create request's `disk_limit_mb`.
+    pub max_disk_limit_mb: u64,
+}
+
+/// The `disk:` section: where sandboxes' own writes live on the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disk {
+    /// Native runtime: size (MiB) of the scratch filesystem
+    /// (`<data_dir>/scratch.img`, preallocated, btrfs with one quota group
+    /// per sandbox) that holds every sandbox's own writes. Unset: a quarter
+    /// of the data dir's filesystem, at most half of its free space and 64
+    /// GiB (left out with a warning, disk limits then not enforced, where
+    /// that is under 1 GiB or the host lacks btrfs or loop devices); 0: no
+    /// scratch filesystem (not enforced). An existing image keeps its size.
+    pub scratch_size_mb: Option<u64>,
+    /// Creates fail with 507 STORAGE_FULL while the data dir's filesystem
+    /// has less free space than this (or the scratch filesystem less than
+    /// this, at most a tenth of its size).
+    pub min_free_mb: u64,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            scratch_size_mb: None,
+            min_free_mb: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +196,7 @@ impl Default for Config {
             workspace: Workspace::default(),
             pool: Pool::default(),
             docker: Docker::default(),
+            disk: Disk::default(),
         }
     }
 }
@@ -189,6 +228,8 @@ impl Default for Defaults {
             network_mode: NetworkMode::None,
             readonly_rootfs: false,
             tmp_size_mb: 256,
+            disk_limit_mb: 4096,
+            max_disk_limit_mb: 16384,
         }
     }
 }
@@ -370,6 +411,24 @@ impl Config {
         }
         if d.tmp_size_mb == 0 {
             bail!("defaults.tmp_size_mb: must be at least 1");
+        }
+        if d.disk_limit_mb == 0 {
+            bail!("defaults.disk_limit_mb: must be at least 1");
+        }
+        if d.disk_limit_mb > d.max_disk_limit_mb {
+            bail!(
+                "defaults.disk_limit_mb: must be at most defaults.max_disk_limit_mb ({}), got {}",
+                d.max_disk_limit_mb,
+                d.disk_limit_mb
+            );
+        }
+        if let Some(mb) = self.disk.scratch_size_mb {
+            if mb > 0 && mb < sandkasten_native::MIN_SCRATCH_MB {
+                bail!(
+                    "disk.scratch_size_mb: must be 0 (no scratch filesystem) or at least {}, got {mb}",
+                    sandkasten_native::MIN_SCRATCH_MB
+                );
+            }
         }
         if let Some(h) = &self.docker.host {
             if let Err(e) = sandkasten_docker::check_engine_address(h) {
@@ -658,6 +717,9 @@ mod tests {
         assert_eq!(d.default_exec_timeout_ms(), 30_000);
         assert_eq!(d.max_output_bytes, 1_048_576);
         assert_eq!(d.max_read_bytes, 67_108_864);
+        assert_eq!((d.disk_limit_mb, d.max_disk_limit_mb), (4096, 16384));
+        assert_eq!(cfg.disk.scratch_size_mb, None);
+        assert_eq!(cfg.disk.min_free_mb, 256);
         cfg.validate().unwrap();
         // An empty file and an empty section are the defaults too.
         for yaml in ["", "defaults: {}\n"] {
@@ -744,6 +806,41 @@ mod tests {
         ] {
             assert_eq!(invalid(&yaml), message, "{yaml}");
         }
+    }
+
+    #[test]
+    fn disk_settings_are_validated() {
+        let cfg = Config::parse(
+            "defaults:\n  disk_limit_mb: 256\n  max_disk_limit_mb: 1024\n\
+             disk:\n  scratch_size_mb: 2048\n  min_free_mb: 64\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.defaults.disk_limit_mb, 256);
+        assert_eq!(cfg.disk.scratch_size_mb, Some(2048));
+        assert_eq!(cfg.disk.min_free_mb, 64);
+        Config::parse("disk:\n  scratch_size_mb: 0\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        for (yaml, message) in [
+            (
+                "defaults:\n  disk_limit_mb: 0\n",
+                "defaults.disk_limit_mb: must be at least 1",
+            ),
+            (
+                "defaults:\n  disk_limit_mb: 2048\n  max_disk_limit_mb: 1024\n",
+                "defaults.disk_limit_mb: must be at most defaults.max_disk_limit_mb (1024), got 2048",
+            ),
+            (
+                "disk:\n  scratch_size_mb: 100\n",
+                "disk.scratch_size_mb: must be 0 (no scratch filesystem) or at least 256, got 100",
+            ),
+        ] {
+            assert_eq!(invalid(yaml), message, "{yaml}");
+        }
+        let err = Config::parse("disk:\n  size: 1\n").unwrap_err().to_string();
+        assert!(err.contains("size"), "{err}");
     }
 
     #[test]

@@ -214,7 +214,9 @@ fn engine_config(cfg: &Config) -> EngineConfig {
             memory_mb: cfg.defaults.mem_limit_mb,
             cpu: cfg.defaults.cpu_limit,
             pids: cfg.defaults.pids_limit,
+            disk_mb: Some(cfg.defaults.disk_limit_mb),
         },
+        max_disk_limit_mb: cfg.defaults.max_disk_limit_mb,
         network: match cfg.defaults.network_mode {
             config::NetworkMode::None => NetworkMode::None,
             config::NetworkMode::Full => NetworkMode::Full,
@@ -253,6 +255,8 @@ fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
         data_dir: cfg.data_dir.clone(),
         agent_binary: agent,
         tmp_size_mb: cfg.defaults.tmp_size_mb,
+        scratch_size_mb: cfg.disk.scratch_size_mb,
+        min_free_mb: cfg.disk.min_free_mb,
     })?)
 }
 
@@ -269,6 +273,7 @@ async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime
             host: cfg.docker.host.clone(),
             oci_runtime: cfg.docker.runtime.clone(),
             tmp_size_mb: cfg.defaults.tmp_size_mb,
+            min_free_mb: cfg.disk.min_free_mb,
         })
         .await?,
     )

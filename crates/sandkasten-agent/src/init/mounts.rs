@@ -89,7 +89,8 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
 }
 
 /// Step 2 of the launch, as real root in the launcher's private mount
-/// namespace: overlay rootfs, binds, `/tmp`, `/dev`.
+/// namespace: the scratch subvolume (if any), overlay rootfs, binds,
+/// `/tmp`, `/dev`.
 pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     mount(
         None,
@@ -99,6 +100,17 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         None,
     )?;
     let rootfs = &spec.rootfs_dir;
+    // The sandbox's own writable state, under its disk limit: upper, work,
+    // /tmp and the ephemeral workspace lie below this mount.
+    if let Some(s) = &spec.scratch {
+        mount(
+            Some(&s.device),
+            &s.target,
+            Some("btrfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&s.options),
+        )?;
+    }
     // tmpfs mounts made here belong to the sandbox's root, not the host's.
     let owner = spec
         .uid_map
@@ -151,14 +163,19 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     }
 
     let tmp = inside(rootfs, "/tmp");
-    ensure_dir(&tmp)?;
-    mount(
-        Some(Path::new("tmpfs")),
-        &tmp,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some(&format!("size={}m,mode=1777{owner}", spec.tmp_size_mb)),
-    )?;
+    match &spec.tmp_dir {
+        Some(dir) => bind(dir, &tmp, false)?,
+        None => {
+            ensure_dir(&tmp)?;
+            mount(
+                Some(Path::new("tmpfs")),
+                &tmp,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(&format!("size={}m,mode=1777{owner}", spec.tmp_size_mb)),
+            )?;
+        }
+    }
 
     let dev = inside(rootfs, "/dev");
     ensure_dir(&dev)?;

@@ -19,6 +19,7 @@ use axum::Json;
         (status = 400, description = "INVALID_REQUEST, INVALID_IMAGE or INVALID_WORKSPACE", body = ErrorBody),
         (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
         (status = 503, description = "CAPACITY_EXHAUSTED or SHUTTING_DOWN", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the host's disk lacks room for another sandbox (existing sessions keep working; retry once space returns)", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_session(

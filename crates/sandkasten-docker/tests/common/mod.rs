@@ -59,6 +59,7 @@ impl Harness {
             host: None,
             oci_runtime: None,
             tmp_size_mb: 64,
+            min_free_mb: 16,
         };
         match DockerRuntime::new(cfg).await {
             Ok(rt) => rt,
@@ -82,6 +83,7 @@ impl Harness {
                 memory_mb: 256,
                 cpu: 1.0,
                 pids: 64,
+                disk_mb: Some(1024),
             },
             network: NetworkMode::None,
             readonly_rootfs: false,
