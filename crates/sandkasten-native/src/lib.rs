@@ -91,8 +91,8 @@ pub struct NativeConfig {
     pub tmp_size_mb: u64,
     /// Size (MiB) of a new scratch filesystem (`<data_dir>/scratch.img`,
     /// where sandboxes' own writes live under their disk limits): `None`
-    /// for the default (a quarter of the data dir's filesystem, at most
-    /// half its free space and 64 GiB; left out with a warning where the
+    /// for the default (a tenth of the data dir's filesystem, at most a
+    /// quarter of its free space and 16 GiB; left out with a warning where the
     /// host has no btrfs, loop devices or room), `Some(0)` for none (disk
     /// limits not enforced). An explicit size the host cannot provide stops
     /// the start.
