@@ -425,6 +425,17 @@ async fn suite_agent_files(rt: &dyn Runtime, env: &Env) {
         .unwrap();
     s.next().await.unwrap().unwrap();
     drop(s);
+    assert_eq!(
+        call(
+            a,
+            Request::Remove {
+                path: "/workspace/big.bin".into(),
+                recursive: false,
+            }
+        )
+        .await,
+        Response::Ok
+    );
     ok(a, "printf 'from shell' > /workspace/note.txt").await;
     assert_eq!(data(a, "/workspace/note.txt").await, b"from shell");
     let w = Request::WriteFile {
