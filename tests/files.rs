@@ -382,3 +382,151 @@ fn a_file_read_does_not_wait_behind_a_long_exec() {
     let rest = st.rest();
     assert_eq!(rest.last().map(|e| e.event.as_str()), Some("done"));
 }
+
+/// The exact JSON of `fs/read` for a file of `size` zero bytes at
+/// `/workspace/{path}` (zero bytes are 'A's, then the last group's padding).
+fn zeros_answer(path: &str, size: u64) -> Vec<u8> {
+    let pad = [0, 2, 1][(size % 3) as usize];
+    let chars = size.div_ceil(3) * 4;
+    let mut body = format!(r#"{{"path":"/workspace/{path}","content_base64":""#).into_bytes();
+    body.resize(body.len() + (chars - pad) as usize, b'A');
+    body.resize(body.len() + pad as usize, b'=');
+    body.extend_from_slice(br#"","truncated":false}"#);
+    body
+}
+
+/// Reads `path` through `route` (a session's or a workspace's `fs/read`)
+/// as a stream and compares it, piece by piece, with `want`, without
+/// holding the answer.
+fn read_streamed(d: &Daemon, route: &str, path: &str, want: &[u8]) -> Result<(), String> {
+    use std::io::Read;
+    let mut resp = d
+        .request(reqwest::Method::GET, route)
+        .query(&[("path", path)])
+        .timeout(Duration::from_secs(300))
+        .send()
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let mut text = String::new();
+        let _ = resp.read_to_string(&mut text);
+        return Err(format!("{status}: {text:.300}"));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    loop {
+        let n = resp
+            .read(&mut buf)
+            .map_err(|e| format!("the body broke off after {at} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let end = (at + n).min(want.len());
+        if buf[..n] != want[at..end] {
+            return Err(format!(
+                "the body differs within bytes {at}..{}: {:?}",
+                at + n,
+                String::from_utf8_lossy(&buf[..n.min(80)])
+            ));
+        }
+        at += n;
+    }
+    if at != want.len() {
+        return Err(format!("{at} bytes of body, wanted {}", want.len()));
+    }
+    Ok(())
+}
+
+/// The daemon's peak resident memory (VmHWM) in MiB.
+fn daemon_peak_mib(d: &Daemon) -> u64 {
+    let v = proc_status_field(d.pid(), "VmHWM").expect("VmHWM of the daemon");
+    v.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+/// 16 concurrent reads of `path` through `route`; every failure.
+fn sixteen_reads(d: &Daemon, route: &str, path: &str, want: &[u8]) -> Vec<String> {
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| read_streamed(d, route, path, want)))
+            .collect();
+        readers
+            .into_iter()
+            .filter_map(|t| t.join().unwrap().err())
+            .collect()
+    })
+}
+
+/// A whole 64 MiB file and its base64 in the daemon would be 150 MiB; a
+/// streamed read holds a few chunks of each.
+const DAEMON_GROWTH_BOUND_MIB: u64 = 100;
+
+/// Issue 15 (an attack on a live daemon): 16 concurrent reads of a 64 MiB
+/// sparse file in `/workspace` OOM-killed the sandbox's agent (PID 1) under
+/// the default 512 MiB limit, and the session was lost. Reads stream in
+/// bounded memory: every read gets the whole file and the session lives on.
+#[test]
+fn concurrent_huge_reads_neither_kill_the_agent_nor_lose_the_session() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let size = 64 * MIB;
+    d.sh(&id, &format!("truncate -s {size} /workspace/big"));
+    let route = format!("/v1/sessions/{id}/fs/read");
+    let want = zeros_answer("big", size);
+    let before = daemon_peak_mib(&d);
+    let failed = sixteen_reads(&d, &route, "big", &want);
+    let grown = daemon_peak_mib(&d) - before;
+    eprintln!("daemon peak memory: {before} MiB before the reads, grown by {grown} MiB");
+    let session = d
+        .get_session(&id)
+        .expect(200, "the session after the reads");
+    assert!(
+        failed.is_empty(),
+        "{} of 16 reads failed (session now {}): {failed:?}",
+        failed.len(),
+        session["status"]
+    );
+    assert_eq!(session["status"], "running", "{session}");
+    assert_eq!(d.sh(&id, "echo alive"), "alive\n");
+    assert!(
+        grown < DAEMON_GROWTH_BOUND_MIB,
+        "the daemon's peak memory grew by {grown} MiB during the reads"
+    );
+}
+
+/// The session-less path: reads of a workspace's file stream through the
+/// daemon (native: from the host; docker: from the volume, or a helper
+/// container's agent on a remote engine) in bounded memory too.
+#[test]
+fn concurrent_huge_workspace_reads_stream_through_the_daemon_in_bounded_memory() {
+    let d = Daemon::start(None);
+    let ws = ws_id("huge-reads");
+    let id = d.create_session(json!({"workspace_id": ws}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let size = 64 * MIB;
+    d.sh(&id, &format!("truncate -s {size} /workspace/big"));
+    d.delete(&id);
+    let want = zeros_answer("big", size);
+    let before = daemon_peak_mib(&d);
+    let failed = sixteen_reads(&d, &format!("/v1/workspaces/{ws}/fs/read"), "big", &want);
+    let grown = daemon_peak_mib(&d) - before;
+    eprintln!("daemon peak memory: {before} MiB before the reads, grown by {grown} MiB");
+    assert!(
+        failed.is_empty(),
+        "{} of 16 reads failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        grown < DAEMON_GROWTH_BOUND_MIB,
+        "the daemon's peak memory grew by {grown} MiB during the reads"
+    );
+    // The reads held the workspace only while they ran.
+    d.del(&format!("/v1/workspaces/{ws}"))
+        .expect(200, "delete the workspace");
+}

@@ -1974,7 +1974,7 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
             yaml.push_str("pool:\n  enabled: false\n");
         }
         // A small scratch filesystem (sandboxes' own writes) per daemon:
-        // the default takes a quarter of the disk, too much for a suite
+        // the default takes up to 16 GiB, too much for a suite
         // that runs daemons side by side.
         if !yaml.lines().any(|l| l.starts_with("disk:")) {
             if !yaml.is_empty() && !yaml.ends_with('\n') {

@@ -48,10 +48,10 @@ impl Files {
         Files { fs }
     }
 
-    /// Reads a regular file, at most `max_bytes` (and never more than fits
-    /// in a frame). Returns the data and whether it was cut short.
-    pub fn read_file(&self, path: &str, max_bytes: Option<u64>) -> FsResult<(Vec<u8>, bool)> {
-        self.fs(path)?.read_file(path, max_bytes)
+    /// Opens a regular file for a streamed read (see `reads.rs`); reading
+    /// the open file needs no identity.
+    pub fn open_read(&self, path: &str) -> FsResult<std::fs::File> {
+        Ok(self.fs(path)?.open_read(path)?.0)
     }
 
     /// Writes a whole file byte for byte: creates missing parents (0755)
@@ -97,11 +97,12 @@ impl Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn relative_paths_are_refused() {
         let f = Files::new(None, None, Path::new("/"));
-        let e = f.read_file("etc/passwd", None).unwrap_err();
+        let e = f.open_read("etc/passwd").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidPath);
         let e = f.write_file("", b"", None).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidPath);
@@ -112,12 +113,16 @@ mod tests {
     #[test]
     fn paths_are_the_agents_own() {
         let f = Files::new(None, None, Path::new("/"));
-        let (data, _) = f.read_file("/proc/self/status", None).unwrap();
-        assert!(data.starts_with(b"Name:"));
+        let mut data = String::new();
+        f.open_read("/proc/self/status")
+            .unwrap()
+            .read_to_string(&mut data)
+            .unwrap();
+        assert!(data.starts_with("Name:"));
         let st = f.stat("/proc/self").unwrap();
         assert_eq!(st.path, "/proc/self");
         // Magic links are not followed.
-        let e = f.read_file("/proc/self/root/proc/self/status", None);
+        let e = f.open_read("/proc/self/root/proc/self/status");
         assert_eq!(e.unwrap_err().kind, ErrorKind::InvalidPath);
     }
 

@@ -7,10 +7,17 @@
 //! request came from through that connection's writer lock. Exec requests
 //! take their place in the shell's queue on the reader thread, so execs run
 //! in arrival order. A malformed frame closes its connection only; the
-//! execs that connection started are then cancelled, since nobody can
-//! receive their results.
+//! execs and reads that connection started are then cancelled, since nobody
+//! can receive their results.
+//!
+//! Streamed reads (`ReadStream`) register their flow on the reader thread
+//! too, so the `ReadAck` and `CancelRead` frames behind them (answered by
+//! nobody: they are handled right there) always find it; a read's chunks
+//! are bounded per read by its window and across reads by one [`Budget`]
+//! (see `reads.rs`).
 
 use crate::files::{Files, FsError};
+use crate::reads::{self, Budget, Ended, Flow, READ_BUFFERS};
 use crate::reaper;
 use crate::shell::{CancelHandle, ExecError, ExecTicket, Shell};
 use sandkasten_protocol::{
@@ -37,6 +44,8 @@ pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
         ),
         shell: Shell::new(cfg),
         execs: Mutex::new(HashMap::new()),
+        reads: Mutex::new(HashMap::new()),
+        budget: Budget::new(READ_BUFFERS),
     });
     if let Err(e) = agent.shell.start() {
         // Not fatal: every exec tries again and reports the error.
@@ -70,6 +79,20 @@ struct Agent {
     files: Files,
     /// Running and queued execs by (connection, request id), for CancelExec.
     execs: Mutex<HashMap<(u64, u64), Arc<CancelHandle>>>,
+    /// Streamed reads in progress by (connection, request id), for ReadAck
+    /// and CancelRead.
+    reads: Mutex<HashMap<(u64, u64), Arc<Flow>>>,
+    /// Chunk buffers of all streamed reads together.
+    budget: Budget,
+}
+
+/// What the reader thread set up for a request before handing it on.
+enum Prepared {
+    None,
+    /// An exec's place in the shell's queue.
+    Exec(ExecTicket),
+    /// A streamed read's flow control.
+    Read(Arc<Flow>),
 }
 
 type Writer = Arc<Mutex<UnixStream>>;
@@ -104,15 +127,35 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
         };
         // Queue place and cancel registration happen here, before the next
         // frame is read: arrival order, and a CancelExec right behind its
-        // Exec finds it.
-        let ticket = matches!(req, Request::Exec { .. }).then(|| {
-            let t = agent.shell.enqueue();
-            lock(&agent.execs).insert((conn, id), t.cancel_handle());
-            t
-        });
+        // Exec finds it; the same for a read's flow and its ReadAck.
+        let prepared = match &req {
+            Request::Exec { .. } => {
+                let t = agent.shell.enqueue();
+                lock(&agent.execs).insert((conn, id), t.cancel_handle());
+                Prepared::Exec(t)
+            }
+            Request::ReadStream { window, .. } => {
+                let flow = Arc::new(Flow::new(*window));
+                lock(&agent.reads).insert((conn, id), flow.clone());
+                Prepared::Read(flow)
+            }
+            Request::ReadAck { target, chunks } => {
+                if let Some(flow) = lock(&agent.reads).get(&(conn, *target)) {
+                    flow.grant(*chunks);
+                }
+                continue;
+            }
+            Request::CancelRead { target } => {
+                if let Some(flow) = lock(&agent.reads).get(&(conn, *target)) {
+                    flow.cancel();
+                }
+                continue;
+            }
+            _ => Prepared::None,
+        };
         let (agent, writer) = (agent.clone(), writer.clone());
         run_detached("request", move || {
-            handle(&agent, conn, id, req, ticket, &writer)
+            handle(&agent, conn, id, req, prepared, &writer)
         });
     }
     let _ = stream.shutdown(Shutdown::Both);
@@ -124,16 +167,14 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
     for h in orphaned {
         agent.shell.cancel(&h);
     }
+    for ((c, _), flow) in lock(&agent.reads).iter() {
+        if *c == conn {
+            flow.cancel();
+        }
+    }
 }
 
-fn handle(
-    agent: &Agent,
-    conn: u64,
-    id: u64,
-    req: Request,
-    ticket: Option<ExecTicket>,
-    writer: &Writer,
-) {
+fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, writer: &Writer) {
     let reply = |body: Response| send(writer, id, body);
     let response = match req {
         Request::Ping => Response::Pong {
@@ -145,7 +186,9 @@ fn handle(
             timeout_ms,
             max_output_bytes,
         } => {
-            let ticket = ticket.expect("execs are enqueued by the reader");
+            let Prepared::Exec(ticket) = prepared else {
+                unreachable!("execs are enqueued by the reader")
+            };
             let result = agent.shell.exec(
                 ticket,
                 &cmd,
@@ -189,13 +232,31 @@ fn handle(
             }
             Response::Ok
         }
-        Request::ReadFile { path, max_bytes } => match agent.files.read_file(&path, max_bytes) {
-            Ok((data, truncated)) => Response::FileData {
-                path,
-                data,
-                truncated,
-            },
-            Err(e) => error(e),
+        Request::ReadStream {
+            path, max_bytes, ..
+        } => {
+            let Prepared::Read(flow) = prepared else {
+                unreachable!("reads are registered by the reader")
+            };
+            let ended = read_stream(agent, &path, max_bytes, &flow, &mut |data| {
+                reply(Response::FileChunk { data })
+            });
+            lock(&agent.reads).remove(&(conn, id));
+            match ended {
+                Ok(Ended::Done { truncated }) => Response::FileEnd { path, truncated },
+                // The consumer is gone: nothing more for this read.
+                Ok(Ended::Cancelled) => return,
+                Err(e) => error(e),
+            }
+        }
+        // Handled by the reader thread; never handed on.
+        Request::ReadAck { .. } | Request::CancelRead { .. } => return,
+        // One frame would hold the whole file: refused since protocol 2.
+        Request::ReadFile { .. } => Response::Error {
+            kind: ErrorKind::InvalidRequest,
+            message: format!(
+                "ReadFile is not served by protocol {PROTOCOL_VERSION}: files are read with ReadStream"
+            ),
         },
         Request::WriteFile { path, data, mode } => {
             ok_or_error(agent.files.write_file(&path, &data, mode))
@@ -216,6 +277,19 @@ fn handle(
         }
     };
     reply(response);
+}
+
+/// Streams one file under its flow and the agent's budget.
+fn read_stream(
+    agent: &Agent,
+    path: &str,
+    max_bytes: Option<u64>,
+    flow: &Flow,
+    send: &mut dyn FnMut(Vec<u8>),
+) -> Result<Ended, FsError> {
+    let mut file = agent.files.open_read(path)?;
+    reads::stream(&mut file, max_bytes, flow, &agent.budget, send)
+        .map_err(|e| FsError::from_io(e, path))
 }
 
 fn ok_or_error(r: Result<(), FsError>) -> Response {

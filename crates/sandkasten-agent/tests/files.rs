@@ -39,21 +39,8 @@ fn binary_write_read_round_trip_creates_parents() {
     let parent = std::fs::metadata(agent.work.join("a/b")).unwrap();
     assert_eq!(parent.permissions().mode() & 0o7777, 0o755);
 
-    match c.call(Request::ReadFile {
-        path: p.clone(),
-        max_bytes: None,
-    }) {
-        Response::FileData {
-            path: got,
-            data: back,
-            truncated,
-        } => {
-            assert_eq!(got, p);
-            assert_eq!(back, data);
-            assert!(!truncated);
-        }
-        other => panic!("{other:?}"),
-    }
+    let r = c.read_file(&p, None).unwrap();
+    assert_eq!((r.path, r.data, r.truncated), (p, data, false));
 }
 
 #[test]
@@ -96,12 +83,7 @@ fn write_truncates_and_honours_mode_exactly() {
 fn read_errors_and_truncation() {
     let agent = Agent::start();
     let mut c = agent.connect();
-    let read = |c: &mut common::Client, p: String, max| {
-        c.call(Request::ReadFile {
-            path: p,
-            max_bytes: max,
-        })
-    };
+    let read = |c: &mut common::Client, p: String, max| c.read_file(&p, max).unwrap_err();
 
     assert_eq!(
         error_kind(read(&mut c, path(&agent, "missing"), None)),
@@ -122,29 +104,13 @@ fn read_errors_and_truncation() {
     );
 
     std::fs::write(agent.work.join("ten"), "0123456789").unwrap();
-    match read(&mut c, path(&agent, "ten"), Some(4)) {
-        Response::FileData {
-            data, truncated, ..
-        } => {
-            assert_eq!(data, b"0123");
-            assert!(truncated);
-        }
-        other => panic!("{other:?}"),
-    }
-    match read(&mut c, path(&agent, "ten"), Some(10)) {
-        Response::FileData {
-            data, truncated, ..
-        } => {
-            assert_eq!(data, b"0123456789");
-            assert!(!truncated);
-        }
-        other => panic!("{other:?}"),
-    }
+    let r = c.read_file(&path(&agent, "ten"), Some(4)).unwrap();
+    assert_eq!((&r.data[..], r.truncated), (&b"0123"[..], true));
+    let r = c.read_file(&path(&agent, "ten"), Some(10)).unwrap();
+    assert_eq!((&r.data[..], r.truncated), (&b"0123456789"[..], false));
     // Files whose st_size lies (procfs) are read to EOF.
-    match read(&mut c, "/proc/self/status".into(), None) {
-        Response::FileData { data, .. } => assert!(data.starts_with(b"Name:")),
-        other => panic!("{other:?}"),
-    }
+    let r = c.read_file("/proc/self/status", None).unwrap();
+    assert!(r.data.starts_with(b"Name:"));
     // A FIFO is refused rather than blocking the agent.
     let fifo = agent.work.join("fifo");
     let cpath = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -314,13 +280,17 @@ fn a_file_read_is_answered_while_a_long_exec_runs() {
         timeout_ms: 30_000,
         max_output_bytes: 1 << 20,
     });
-    let read = c.send(Request::ReadFile {
+    let read = c.send(Request::ReadStream {
         path: path(&agent, "f"),
         max_bytes: None,
+        window: 1,
     });
     let (id, resp) = c.recv();
     assert_eq!(id, read, "the exec answered first: {resp:?}");
-    assert!(matches!(resp, Response::FileData { ref data, .. } if data == b"content"));
+    assert!(matches!(resp, Response::FileChunk { ref data } if data == b"content"));
+    let (id, resp) = c.recv();
+    assert_eq!(id, read, "the exec answered first: {resp:?}");
+    assert!(matches!(resp, Response::FileEnd { .. }), "{resp:?}");
     let r = c.collect_exec(exec, start);
     assert_eq!(r.text(), "finished\n");
 }
@@ -356,10 +326,7 @@ fn file_operations_run_with_the_sandbox_users_rights() {
         .to_str()
         .unwrap()
         .to_string();
-    let resp = c.call(Request::ReadFile {
-        path: secret,
-        max_bytes: None,
-    });
+    let resp = c.read_file(&secret, None).unwrap_err();
     assert_eq!(error_kind(resp), ErrorKind::PermissionDenied);
 
     let mine = agent.dir.path().join("mine");
@@ -384,4 +351,114 @@ fn file_operations_run_with_the_sandbox_users_rights() {
         recursive: true,
     });
     assert_eq!(resp, Response::Ok);
+}
+
+/// The agent's peak resident memory (VmHWM) in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_streamed_read_comes_in_bounded_chunks() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let chunk = sandkasten_protocol::READ_CHUNK_BYTES;
+    let data: Vec<u8> = (0..=250u8).cycle().take(3 * chunk + 17).collect();
+    let p = path(&agent, "three.bin");
+    std::fs::write(&p, &data).unwrap();
+    let r = c.read_file(&p, None).unwrap();
+    assert_eq!(r.chunks, [chunk, chunk, chunk, 17]);
+    assert!(r.data == data && !r.truncated);
+    let r = c.read_file(&p, Some(chunk as u64 + 1)).unwrap();
+    assert_eq!((r.chunks, r.truncated), (vec![chunk, 1], true));
+    // Empty: no chunk, just the end.
+    std::fs::write(agent.work.join("empty"), b"").unwrap();
+    let r = c.read_file(&path(&agent, "empty"), None).unwrap();
+    assert_eq!((r.chunks.len(), r.truncated), (0, false));
+}
+
+#[test]
+fn a_read_sends_its_window_then_waits_and_a_cancel_ends_it_silently() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    let p = path(&agent, "big");
+    std::fs::File::create(&p)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let stalled = c.send(Request::ReadStream {
+        path: p.clone(),
+        max_bytes: None,
+        window: 2,
+    });
+    for _ in 0..2 {
+        assert!(matches!(c.recv_for(stalled), Response::FileChunk { .. }));
+    }
+    c.send(Request::CancelRead { target: stalled });
+    // The connection goes on serving: a whole read and a ping behind it.
+    let r = c.read_file(&p, Some(1 << 20)).unwrap();
+    assert_eq!((r.data.len(), r.truncated), (1 << 20, true));
+    assert!(matches!(c.call(Request::Ping), Response::Pong { .. }));
+    // Never acknowledged, the stalled read sent nothing beyond its window,
+    // and after the cancel not even its end.
+    let mut extra = Vec::new();
+    while let Some(i) = c.stash_position(stalled) {
+        extra.push(c.take_stashed(i));
+    }
+    assert!(extra.is_empty(), "frames of the cancelled read: {extra:?}");
+}
+
+#[test]
+fn protocol_1_whole_file_reads_are_refused() {
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    std::fs::write(agent.work.join("f"), "x").unwrap();
+    let resp = c.call(Request::ReadFile {
+        path: path(&agent, "f"),
+        max_bytes: None,
+    });
+    assert_eq!(error_kind(resp), ErrorKind::InvalidRequest);
+}
+
+/// Issue 15: 16 concurrent reads of a 64 MiB file made the agent hold over
+/// 1 GiB (a whole file per read, plus its frame). Streamed, the agent's
+/// peak memory grows by its chunk budget at most, whatever the number of
+/// reads: measured here with 16 connections reading at once.
+#[test]
+fn concurrent_reads_of_a_huge_file_cost_the_agent_a_bounded_amount_of_memory() {
+    let agent = Agent::start();
+    let size: u64 = 64 << 20;
+    let p = path(&agent, "sparse");
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    // Warm up (threads, allocator arenas), then take the baseline.
+    agent.connect().read_file(&p, Some(1 << 20)).unwrap();
+    let before = peak_rss_kib(agent.pid());
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let r = agent.connect().read_file(&p, None).unwrap();
+                    assert_eq!(r.data.len() as u64, size);
+                    assert!(r.data.iter().all(|&b| b == 0) && !r.truncated);
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+    let grown_mib = (peak_rss_kib(agent.pid()) - before) / 1024;
+    eprintln!("agent peak RSS: {before} KiB before, grown by {grown_mib} MiB");
+    // Chunk buffers and frames: 2 * 8 * 256 KiB = 4 MiB; the rest is
+    // room for 16 request threads and allocator slack. One whole file
+    // (the old behaviour) would be 64 MiB.
+    assert!(
+        grown_mib < 24,
+        "the agent's peak memory grew by {grown_mib} MiB during 16 reads of 64 MiB"
+    );
 }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use sandkasten_engine::{
     CreateSession, CreateWorkspace, DirEntry, Engine, EngineError, ExecRequest, ExecResult,
-    ExecStream, FileContent, FileStat, MetricsSnapshot, PoolStats, SessionInfo, SessionStats,
+    ExecStream, FileReader, FileStat, MetricsSnapshot, PoolStats, SessionInfo, SessionStats,
     WorkspaceInfo,
 };
 
@@ -26,7 +26,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError>;
+    ) -> Result<FileReader, EngineError>;
     async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<String, EngineError>;
     async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError>;
     async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError>;
@@ -99,7 +99,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError>;
+    ) -> Result<FileReader, EngineError>;
     async fn workspace_write_file(
         &self,
         id: &str,
@@ -139,7 +139,7 @@ impl Backend for Engine {
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         Engine::read_file(self, id, path, max_bytes).await
     }
     async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<String, EngineError> {
@@ -213,7 +213,7 @@ impl Backend for Engine {
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         Engine::workspace_read_file(self, id, path, max_bytes).await
     }
     async fn workspace_write_file(

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use sandkasten_engine::{
     AcquireSource, CreateSession, CreateWorkspace, DirEntry, EngineError, ExecEvent, ExecRequest,
-    ExecResult, ExecStream, FileContent, FileError, FileStat, FileType, Holder, ImageError,
+    ExecResult, ExecStream, FileError, FileReader, FileStat, FileType, Holder, ImageError,
     SessionError, SessionInfo, SessionState, SessionStats, WorkspaceError, WorkspaceInfo,
 };
 use serde_json::{json, Value};
@@ -196,17 +196,17 @@ impl Backend for Fake {
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         check(id)?;
         self.reads.lock().unwrap().push((path.into(), max_bytes));
         if path == "gone" {
             return Err(FileError::NotFound(path.into()).into());
         }
-        Ok(FileContent {
-            path: absolute(path),
-            data: vec![0, 1, 2, 255],
-            truncated: max_bytes.is_some(),
-        })
+        Ok(FileReader::from_bytes(
+            absolute(path),
+            vec![0, 1, 2, 255],
+            max_bytes.is_some(),
+        ))
     }
     async fn write_file(&self, id: &str, path: &str, data: Vec<u8>) -> Result<String, EngineError> {
         check(id)?;
@@ -313,7 +313,7 @@ impl Backend for Fake {
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         self.check_workspace(id)?;
         self.calls
             .lock()
@@ -322,11 +322,11 @@ impl Backend for Fake {
         if path == "gone" {
             return Err(FileError::NotFound(path.into()).into());
         }
-        Ok(FileContent {
-            path: in_workspace(path),
-            data: b"ws\xff".to_vec(),
-            truncated: max_bytes.is_some(),
-        })
+        Ok(FileReader::from_bytes(
+            in_workspace(path),
+            b"ws\xff".to_vec(),
+            max_bytes.is_some(),
+        ))
     }
     async fn workspace_write_file(
         &self,

@@ -13,8 +13,8 @@
 use sandkasten_conformance::{call, ok, run, run_cmd, Env, Kind, MEMORY_MB};
 use sandkasten_protocol::{ErrorKind as AgentErrorKind, Request, Response};
 use sandkasten_runtime::{
-    ExecHandle, ExecReply, FileOp, FileReply, FileType, NetworkMode, Runtime, RuntimeError,
-    SandboxHandle, WorkspaceMount,
+    AgentClient, ExecHandle, ExecReply, FileData, FileErrorKind, FileOp, FileReply, FileType,
+    NetworkMode, Runtime, RuntimeError, SandboxHandle, WorkspaceMount,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,10 +87,21 @@ fn stale(id: &str) -> SandboxHandle {
     }
 }
 
-fn read(path: &str) -> Request {
-    Request::ReadFile {
-        path: path.into(),
-        max_bytes: None,
+/// A whole read through the agent (a streamed read, collected).
+async fn read(a: &AgentClient, path: &str, max: Option<u64>) -> Result<FileData, RuntimeError> {
+    a.read_file(path.into(), max).await?.read_all().await
+}
+
+/// The content of a file read through the agent.
+async fn data(a: &AgentClient, path: &str) -> Vec<u8> {
+    read(a, path, None).await.unwrap().data
+}
+
+/// The kind of a read's typed failure.
+async fn read_error(a: &AgentClient, path: &str) -> FileErrorKind {
+    match read(a, path, None).await {
+        Err(RuntimeError::File { kind, .. }) => kind,
+        other => panic!("expected a file error reading {path}, got {other:?}"),
     }
 }
 
@@ -102,13 +113,6 @@ fn write(path: &str, data: &[u8]) -> Request {
     }
 }
 
-fn read_op(path: &str) -> FileOp {
-    FileOp::Read {
-        path: path.into(),
-        max_bytes: None,
-    }
-}
-
 fn write_op(path: &str, data: &[u8]) -> FileOp {
     FileOp::Write {
         path: path.into(),
@@ -117,13 +121,21 @@ fn write_op(path: &str, data: &[u8]) -> FileOp {
     }
 }
 
-/// The data of a session-less read.
-fn ws_data(r: Result<FileReply, RuntimeError>) -> Vec<u8> {
-    r.unwrap().into_data().unwrap().data
+/// A session-less read of workspace `ws`, collected.
+async fn ws_read(rt: &dyn Runtime, ws: &str, path: &str) -> Result<FileData, RuntimeError> {
+    rt.workspace_read(ws, path.into(), None)
+        .await?
+        .read_all()
+        .await
+}
+
+/// The content of a session-less read.
+async fn ws_data(rt: &dyn Runtime, ws: &str, path: &str) -> Vec<u8> {
+    ws_read(rt, ws, path).await.unwrap().data
 }
 
 /// Whether a session-less operation failed as a file error.
-fn is_file_error(r: Result<FileReply, RuntimeError>) -> bool {
+fn is_file_error<T>(r: Result<T, RuntimeError>) -> bool {
     matches!(r, Err(RuntimeError::File { .. }))
 }
 
@@ -138,14 +150,6 @@ fn ws_names(r: Result<FileReply, RuntimeError>) -> Vec<String> {
         .collect();
     n.sort();
     n
-}
-
-/// The data of a `FileData` reply.
-fn data(r: Response) -> Vec<u8> {
-    match r {
-        Response::FileData { data, .. } => data,
-        other => panic!("expected file data, got {other:?}"),
-    }
 }
 
 /// The kind of an agent `Error` reply.
@@ -503,26 +507,47 @@ async fn suite_agent_files(rt: &dyn Runtime, env: &Env) {
         .await,
         "100000\n1000:1000\n"
     );
-    assert_eq!(data(call(a, read("/workspace/sub/blob.bin")).await), blob);
-    match call(
-        a,
-        Request::ReadFile {
-            path: "/workspace/sub/blob.bin".into(),
-            max_bytes: Some(10),
-        },
-    )
-    .await
-    {
-        Response::FileData {
-            data, truncated, ..
-        } => assert_eq!((data.as_slice(), truncated), (&blob[..10], true)),
-        other => panic!("{other:?}"),
-    }
-    ok(a, "printf 'from shell' > /workspace/note.txt").await;
+    assert_eq!(data(a, "/workspace/sub/blob.bin").await, blob);
+    let d = read(a, "/workspace/sub/blob.bin", Some(10)).await.unwrap();
+    assert_eq!((d.data.as_slice(), d.truncated), (&blob[..10], true));
+    // Streamed: in chunks of at most READ_CHUNK_BYTES, in order; a read
+    // dropped half-way ends in the agent and the connection serves on.
+    let chunk = sandkasten_protocol::READ_CHUNK_BYTES;
+    let big: Vec<u8> = (0..=250u8).cycle().take(3 * chunk + 5).collect();
     assert_eq!(
-        data(call(a, read("/workspace/note.txt")).await),
-        b"from shell"
+        call(a, write("/workspace/big.bin", &big)).await,
+        Response::Ok
     );
+    let mut s = a
+        .read_file("/workspace/big.bin".into(), None)
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        assert!(!c.is_empty() && c.len() <= chunk, "a chunk of {}", c.len());
+        back.extend_from_slice(&c);
+    }
+    assert!(back == big && !s.truncated(), "the streamed read differs");
+    let mut s = a
+        .read_file("/workspace/big.bin".into(), None)
+        .await
+        .unwrap();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    assert_eq!(
+        call(
+            a,
+            Request::Remove {
+                path: "/workspace/big.bin".into(),
+                recursive: false,
+            }
+        )
+        .await,
+        Response::Ok
+    );
+    ok(a, "printf 'from shell' > /workspace/note.txt").await;
+    assert_eq!(data(a, "/workspace/note.txt").await, b"from shell");
     let w = Request::WriteFile {
         path: "/workspace/private".into(),
         data: b"p".to_vec(),
@@ -585,12 +610,12 @@ async fn suite_agent_files(rt: &dyn Runtime, env: &Env) {
         Response::Ok
     );
     assert_eq!(
-        error_kind(call(a, read("/workspace/note.txt")).await),
-        AgentErrorKind::NotFound
+        read_error(a, "/workspace/note.txt").await,
+        FileErrorKind::NotFound
     );
     assert_eq!(
-        error_kind(call(a, read("/workspace/sub")).await),
-        AgentErrorKind::IsADirectory
+        read_error(a, "/workspace/sub").await,
+        FileErrorKind::IsADirectory
     );
     // With the sandbox user's rights.
     assert_eq!(
@@ -687,7 +712,35 @@ async fn suite_sessionless_workspace_files(rt: &dyn Runtime, env: &Env) {
         f(write_op("/notes/a.txt", b"outside")).await.unwrap(),
         FileReply::Done
     );
-    assert_eq!(ws_data(f(read_op("/notes/a.txt")).await), b"outside");
+    assert_eq!(ws_data(rt, &ws, "/notes/a.txt").await, b"outside");
+    // Streamed, also across chunks, and a read dropped half-way leaves
+    // nothing behind that holds the workspace (it is deleted below).
+    let big: Vec<u8> = (0..=250u8)
+        .cycle()
+        .take(2 * sandkasten_runtime::READ_CHUNK + 3)
+        .collect();
+    f(write_op("/big.bin", &big)).await.unwrap();
+    assert!(ws_data(rt, &ws, "/big.bin").await == big);
+    let d = rt
+        .workspace_read(&ws, "/big.bin".into(), Some(4))
+        .await
+        .unwrap()
+        .read_all()
+        .await
+        .unwrap();
+    assert_eq!((&d.data[..], d.truncated), (&big[..4], true));
+    let mut s = rt
+        .workspace_read(&ws, "/big.bin".into(), None)
+        .await
+        .unwrap();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    f(FileOp::Remove {
+        path: "/big.bin".into(),
+        recursive: false,
+    })
+    .await
+    .unwrap();
     let mut listed: Vec<String> = f(FileOp::ListDir { path: "/".into() })
         .await
         .unwrap()
@@ -707,7 +760,9 @@ async fn suite_sessionless_workspace_files(rt: &dyn Runtime, env: &Env) {
     .unwrap();
     assert_eq!((st.size, st.file_type), (7, FileType::File));
     // RESOLVE_IN_ROOT: `..` stops at the workspace root.
-    assert!(is_file_error(f(read_op("/../../../../etc/passwd")).await));
+    assert!(is_file_error(
+        ws_read(rt, &ws, "/../../../../etc/passwd").await
+    ));
 
     let mut spec = env.spec();
     spec.workspace = WorkspaceMount::Persistent(ws.clone());
@@ -722,13 +777,13 @@ async fn suite_sessionless_workspace_files(rt: &dyn Runtime, env: &Env) {
     );
     ok(&sb.agent, "echo inside > notes/b.txt").await;
     // Also while the session runs.
-    assert_eq!(ws_data(f(read_op("/notes/b.txt")).await), b"inside\n");
+    assert_eq!(ws_data(rt, &ws, "/notes/b.txt").await, b"inside\n");
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
-    assert_eq!(ws_data(f(read_op("/notes/b.txt")).await), b"inside\n");
+    assert_eq!(ws_data(rt, &ws, "/notes/b.txt").await, b"inside\n");
     rt.delete_workspace(&ws).await.unwrap();
     // A workspace that does not exist has no files.
-    assert!(f(read_op("/notes/a.txt")).await.is_err());
+    assert!(ws_read(rt, &ws, "/notes/a.txt").await.is_err());
 }
 
 /// Late binding (the pool): a persistent workspace mounted over the
@@ -782,17 +837,11 @@ async fn suite_late_binding(rt: &dyn Runtime, env: &Env) {
         "1000\n"
     );
     // The agent's file operations see the bound workspace too.
-    assert_eq!(
-        data(call(&sb.agent, read("/workspace/late.txt")).await),
-        b"late\n"
-    );
+    assert_eq!(data(&sb.agent, "/workspace/late.txt").await, b"late\n");
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
-    assert_eq!(
-        ws_data(rt.workspace_file(&ws, read_op("/late.txt")).await),
-        b"late\n"
-    );
-    assert!(is_file_error(rt.workspace_file(&ws, read_op("/eph")).await));
+    assert_eq!(ws_data(rt, &ws, "/late.txt").await, b"late\n");
+    assert!(is_file_error(ws_read(rt, &ws, "/eph").await));
     rt.delete_workspace(&ws).await.unwrap();
 }
 
@@ -1106,12 +1155,9 @@ async fn suite_quotas_and_snapshots(rt: &dyn Runtime, env: &Env) {
             let copy = env.workspace_id();
             rt.ensure_workspace(&copy, Some(quota)).await.unwrap();
             rt.copy_snapshot(&ws, "s1", &copy).await.unwrap();
-            assert_eq!(
-                ws_data(rt.workspace_file(&copy, read_op("/v.txt")).await),
-                b"one"
-            );
+            assert_eq!(ws_data(rt, &copy, "/v.txt").await, b"one");
             rt.restore_snapshot(&ws, "s1").await.unwrap();
-            assert_eq!(ws_data(f(read_op("/v.txt")).await), b"one");
+            assert_eq!(ws_data(rt, &ws, "/v.txt").await, b"one");
             // A session sees the restored content.
             let mut spec = env.spec();
             spec.workspace = WorkspaceMount::Persistent(ws.clone());

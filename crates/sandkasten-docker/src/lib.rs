@@ -89,8 +89,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, ExportStream, FileOp, FileReply, ImageInfo, Runtime, RuntimeError, Sandbox,
-    SandboxHandle, SandboxSpec, SandboxStats,
+    blocking, ExportStream, FileOp, FileReply, FileStream, ImageInfo, Runtime, RuntimeError,
+    Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -851,6 +851,15 @@ impl Runtime for DockerRuntime {
 
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
         self.transport.workspace_file(id, op).await
+    }
+
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError> {
+        self.transport.workspace_read(id, path, max_bytes).await
     }
 
     async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {

@@ -14,7 +14,7 @@ use bollard::Docker;
 use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply,
+    blocking, export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, FileStream,
     RuntimeError, SandboxHandle, SANDBOX_UID,
 };
 use std::path::{Path, PathBuf};
@@ -177,6 +177,18 @@ impl Transport for LocalTransport {
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
         let root = self.existing_root(id).await?;
         sandkasten_hostfs::workspace_file(root, SANDBOX_UID, op).await
+    }
+
+    /// Opened as [`Transport::workspace_file`]'s operations, then
+    /// streamed from the volume's mount point.
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError> {
+        let root = self.existing_root(id).await?;
+        sandkasten_hostfs::workspace_read(root, SANDBOX_UID, path, max_bytes).await
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {

@@ -49,8 +49,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, export_blocking, AgentClient, ExportStream, FileOp, FileReply, RuntimeError,
-    SANDBOX_UID,
+    blocking, export_blocking, AgentClient, ExportStream, FileOp, FileReply, FileStream,
+    RuntimeError, SANDBOX_UID,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -517,6 +517,71 @@ impl RemoteTransport {
         Ok(volume_exists(&self.docker, id).await?.then_some(guard))
     }
 
+    /// A started helper container of the agent image with workspace `id`'s
+    /// volume at `/workspace` and our agent as PID 1, serving file
+    /// operations rooted there with the sandbox user's identity, connected;
+    /// with the volume's hold (keep both while the helper is used, then
+    /// remove it).
+    async fn workspace_agent(
+        &self,
+        id: &str,
+    ) -> Result<(tokio::sync::OwnedRwLockReadGuard<()>, Helper, AgentClient), RuntimeError> {
+        let Some(guard) = self.hold_existing(id).await? else {
+            return Err(RuntimeError::NotFound(format!(
+                "the volume of workspace {id}"
+            )));
+        };
+        self.prepare().await?;
+        let cfg = AgentConfig {
+            uid: Some(SANDBOX_UID),
+            gid: Some(SANDBOX_UID),
+            workdir: "/workspace".into(),
+            env: sandkasten_runtime::default_shell_env(),
+            home: "/tmp".into(),
+            files_root: Some("/workspace".into()),
+        };
+        let json = crate::agent_config_json(&cfg)?;
+        let entry = [
+            AGENT_IN_IMAGE,
+            "container",
+            "--socket",
+            crate::AGENT_SOCKET,
+            "--config-env",
+            crate::CONFIG_ENV,
+            "--own-workdir",
+        ]
+        .map(String::from)
+        .to_vec();
+        let helper = Helper::create(
+            &self.docker,
+            &self.agent.image(),
+            vec![volume_mount(&crate::volume_name(id), "/workspace", false)],
+            &self.label,
+            Some((entry, vec![format!("{}={json}", crate::CONFIG_ENV)])),
+        )
+        .await?;
+        let connected = async {
+            helper.start().await?;
+            let relays = Relays::default();
+            connect_relay(
+                &self.docker,
+                &relays,
+                &helper.name,
+                AGENT_IN_IMAGE,
+                crate::AGENT_SOCKET,
+            )
+            .await
+        }
+        .await;
+        match connected {
+            Ok(agent) => Ok((guard, helper, agent)),
+            Err(e) => {
+                helper.remove().await;
+                Err(e)
+            }
+        }
+    }
+
     /// A never-started helper with workspace volume `volume` mounted
     /// read-only, and a blocking reader of the engine's archive of its
     /// `/workspace/.` (for a blocking thread; the engine has no other way
@@ -648,56 +713,56 @@ impl Transport for RemoteTransport {
     /// identity for file operations (rooted at `/workspace`), and is
     /// removed after the answer.
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
-        let Some(_guard) = self.hold_existing(id).await? else {
-            return Err(RuntimeError::NotFound(format!(
-                "the volume of workspace {id}"
-            )));
-        };
-        self.prepare().await?;
-        let cfg = AgentConfig {
-            uid: Some(SANDBOX_UID),
-            gid: Some(SANDBOX_UID),
-            workdir: "/workspace".into(),
-            env: sandkasten_runtime::default_shell_env(),
-            home: "/tmp".into(),
-            files_root: Some("/workspace".into()),
-        };
-        let json = crate::agent_config_json(&cfg)?;
-        let entry = [
-            AGENT_IN_IMAGE,
-            "container",
-            "--socket",
-            crate::AGENT_SOCKET,
-            "--config-env",
-            crate::CONFIG_ENV,
-            "--own-workdir",
-        ]
-        .map(String::from)
-        .to_vec();
-        let helper = Helper::create(
-            &self.docker,
-            &self.agent.image(),
-            vec![volume_mount(&crate::volume_name(id), "/workspace", false)],
-            &self.label,
-            Some((entry, vec![format!("{}={json}", crate::CONFIG_ENV)])),
-        )
-        .await?;
-        let result = async {
-            helper.start().await?;
-            let relays = Relays::default();
-            let agent = connect_relay(
-                &self.docker,
-                &relays,
-                &helper.name,
-                AGENT_IN_IMAGE,
-                crate::AGENT_SOCKET,
-            )
-            .await?;
-            agent.file(op).await
-        }
-        .await;
+        let (_guard, helper, agent) = self.workspace_agent(id).await?;
+        let result = agent.file(op).await;
         helper.remove().await;
         result
+    }
+
+    /// The same helper, kept (with the volume's hold) until the stream
+    /// ends or is dropped: its agent streams the file, and a task passes
+    /// the chunks on as they are taken.
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError> {
+        let (guard, helper, agent) = self.workspace_agent(id).await?;
+        let mut from = match agent.read_file(path.clone(), max_bytes).await {
+            Ok(s) => s,
+            Err(e) => {
+                helper.remove().await;
+                return Err(e);
+            }
+        };
+        let (tx, stream) = FileStream::channel(path);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let outcome = loop {
+                let item = tokio::select! {
+                    item = from.next() => item,
+                    _ = tx.closed() => break None,
+                };
+                match item {
+                    Some(Ok(chunk)) => {
+                        if !tx.send(chunk).await {
+                            break None;
+                        }
+                    }
+                    Some(Err(e)) => break Some(Err(e)),
+                    None => break Some(Ok(from.truncated())),
+                }
+            };
+            match outcome {
+                Some(Ok(truncated)) => tx.end(truncated).await,
+                Some(Err(e)) => tx.fail(e).await,
+                None => {}
+            }
+            drop((from, agent));
+            helper.remove().await;
+        });
+        Ok(stream)
     }
 
     /// The same walk as an export, into nothing: the engine has no

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bollard::models::Mount;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    AgentClient, ExportStream, FileOp, FileReply, RuntimeError, SandboxHandle,
+    AgentClient, ExportStream, FileOp, FileReply, FileStream, RuntimeError, SandboxHandle,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,14 @@ pub(crate) trait Transport: Send + Sync + 'static {
 
     /// A file operation on workspace `id` without a session.
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError>;
+
+    /// A file of workspace `id` without a session, streamed.
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError>;
 
     /// Bytes in workspace `id`'s regular files; `None` without a volume.
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError>;

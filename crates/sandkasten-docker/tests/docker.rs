@@ -16,6 +16,18 @@ async fn container_exists(rt: &DockerRuntime, name: &str) -> bool {
     rt.docker().inspect_container(name, None).await.is_ok()
 }
 
+/// A session-less read of workspace `ws`, collected.
+async fn ws_read(
+    rt: &DockerRuntime,
+    ws: &str,
+    path: &str,
+) -> Result<sandkasten_runtime::FileData, sandkasten_runtime::RuntimeError> {
+    rt.workspace_read(ws, path.into(), None)
+        .await?
+        .read_all()
+        .await
+}
+
 async fn volume_exists(rt: &DockerRuntime, name: &str) -> bool {
     rt.docker().inspect_volume(name).await.is_ok()
 }
@@ -107,10 +119,16 @@ async fn exec_state_files_limits_and_isolation() {
     let note = a
         .read_file("/workspace/note.txt".into(), None)
         .await
+        .unwrap()
+        .read_all()
+        .await
         .unwrap();
     assert_eq!(note.data, b"from shell");
     let back = a
         .read_file("/workspace/sub/blob.bin".into(), None)
+        .await
+        .unwrap()
+        .read_all()
         .await
         .unwrap();
     assert_eq!(back.data, data);
@@ -224,23 +242,15 @@ async fn workspace_volumes_outlive_sessions() {
     assert_eq!(h.rt.workspace_size(&ws).await.unwrap(), Some(5));
 
     // Session-less file access, confined and as the sandbox user.
-    let read = |path: &str| FileOp::Read {
-        path: path.into(),
-        max_bytes: None,
-    };
-    let kept = h.rt.workspace_file(&ws, read("/d/kept.txt")).await.unwrap();
-    assert_eq!(kept.into_data().unwrap().data, b"12345");
+    let kept = ws_read(&h.rt, &ws, "/d/kept.txt").await.unwrap();
+    assert_eq!(kept.data, b"12345");
     let w = FileOp::Write {
         path: "/from-host.txt".into(),
         data: b"outside".to_vec(),
         mode: None,
     };
     assert_eq!(h.rt.workspace_file(&ws, w).await.unwrap(), FileReply::Done);
-    match h
-        .rt
-        .workspace_file(&ws, read("/../../../../etc/passwd"))
-        .await
-    {
+    match ws_read(&h.rt, &ws, "/../../../../etc/passwd").await {
         // RESOLVE_IN_ROOT: `..` stops at the workspace root.
         Err(RuntimeError::File { .. }) => {}
         other => panic!("escaped the workspace: {other:?}"),
@@ -260,11 +270,11 @@ async fn workspace_volumes_outlive_sessions() {
     // A workspace without a volume is not found; a missing file is a
     // file error.
     assert!(matches!(
-        h.rt.workspace_file(&unique("nows"), read("/x")).await,
+        ws_read(&h.rt, &unique("nows"), "/x").await,
         Err(RuntimeError::NotFound(_))
     ));
     assert!(matches!(
-        h.rt.workspace_file(&ws, read("/missing")).await,
+        ws_read(&h.rt, &ws, "/missing").await,
         Err(RuntimeError::File {
             kind: FileErrorKind::NotFound,
             ..
@@ -518,15 +528,14 @@ async fn late_binding_mounts_a_workspace_into_a_running_container() {
         .agent
         .read_file("/workspace/f".into(), None)
         .await
+        .unwrap()
+        .read_all()
+        .await
         .unwrap();
     assert_eq!(f.data, b"x\n");
     // Session-less access reads the same file.
-    let read = |path: &str| FileOp::Read {
-        path: path.into(),
-        max_bytes: None,
-    };
-    let f = h.rt.workspace_file(&ws, read("/f")).await.unwrap();
-    assert_eq!(f.into_data().unwrap().data, b"x\n");
+    let f = ws_read(&h.rt, &ws, "/f").await.unwrap();
+    assert_eq!(f.data, b"x\n");
     // Labels are fixed at create: the pooled container's stays empty.
     let c =
         h.rt.docker()
@@ -554,8 +563,8 @@ async fn late_binding_mounts_a_workspace_into_a_running_container() {
     h.rt.destroy(&sb.handle).await.unwrap();
     assert_gone(&h, &id).await;
     assert!(volume_exists(&h.rt, &vol).await);
-    let f = h.rt.workspace_file(&ws, read("/f")).await.unwrap();
-    assert_eq!(f.into_data().unwrap().data, b"x\n");
+    let f = ws_read(&h.rt, &ws, "/f").await.unwrap();
+    assert_eq!(f.data, b"x\n");
     // ... and a cold session with it sees f.
     let sb =
         h.rt.create(h.spec(WorkspaceMount::Persistent(ws.clone())))
@@ -587,17 +596,8 @@ async fn a_workspace_named_after_its_pooled_container_survives_it() {
     );
     // A second destroy (recovery after a crash) keeps it too.
     h.rt.destroy(&sb.handle).await.unwrap();
-    let k =
-        h.rt.workspace_file(
-            &id,
-            FileOp::Read {
-                path: "/k".into(),
-                max_bytes: None,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(k.into_data().unwrap().data, b"kept\n");
+    let k = ws_read(&h.rt, &id, "/k").await.unwrap();
+    assert_eq!(k.data, b"kept\n");
     h.rt.delete_workspace(&id).await.unwrap();
     assert!(!volume_exists(&h.rt, &volume_name(&id)).await);
     assert!(!h.data_dir().join("docker-kept").join(&id).exists());

@@ -18,7 +18,7 @@ use crate::text::OutputCleaner;
 use crate::workspace::{MountGuard, WorkspaceConfig, Workspaces};
 use crate::{
     AcquireSource, CreateSession, DirEntry, EngineConfig, EngineError, ExecEvent, ExecRequest,
-    ExecResult, ExecStream, FileContent, FileStat, SessionInfo, SessionState, SessionStats,
+    ExecResult, ExecStream, FileReader, FileStat, SessionInfo, SessionState, SessionStats,
 };
 use sandkasten_runtime::{
     AgentClient, ExecReply, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
@@ -943,23 +943,22 @@ impl Engine {
         r.map_err(EngineError::runtime("talking to the sandbox agent"))
     }
 
-    /// Relative paths resolve against `/workspace`.
+    /// Reads a file as a stream (see [`FileReader`]), at most `max_bytes`
+    /// and never more than `max_read_bytes`. Relative paths resolve
+    /// against `/workspace`. Answers once the sandbox's first reply is in:
+    /// a file that cannot be read is an error here, before any content.
     pub async fn read_file(
         &self,
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         let path = Self::resolve(path)?;
         let cap = self.inner.cfg.max_read_bytes;
         let max = Some(max_bytes.map_or(cap, |m| m.min(cap)));
         let (s, agent) = self.file_agent(id).await?;
-        let d = self.file_done(&s, agent.read_file(path, max).await)?;
-        Ok(FileContent {
-            path: d.path,
-            data: d.data,
-            truncated: d.truncated,
-        })
+        let stream = self.file_done(&s, agent.read_file(path.clone(), max).await)?;
+        Ok(FileReader::new(path, stream, None))
     }
 
     /// Writes a whole file, creating parents; returns the absolute path.

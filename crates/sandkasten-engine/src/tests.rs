@@ -66,6 +66,32 @@ impl std::ops::Deref for TestEngine {
     }
 }
 
+impl TestEngine {
+    /// A session read, collected (the files of these tests are small).
+    async fn read(
+        &self,
+        id: &str,
+        path: &str,
+        max: Option<u64>,
+    ) -> Result<crate::FileContent, EngineError> {
+        self.engine.read_file(id, path, max).await?.read_all().await
+    }
+
+    /// A session-less workspace read, collected.
+    async fn ws_read(
+        &self,
+        id: &str,
+        path: &str,
+        max: Option<u64>,
+    ) -> Result<crate::FileContent, EngineError> {
+        self.engine
+            .workspace_read_file(id, path, max)
+            .await?
+            .read_all()
+            .await
+    }
+}
+
 fn config(tweak: impl FnOnce(&mut EngineConfig)) -> EngineConfig {
     let mut cfg = EngineConfig {
         default_exec_timeout_ms: 5_000,
@@ -491,7 +517,7 @@ async fn a_destroyed_session_is_gone_for_every_operation() {
         EngineError::Session(SessionError::NotFound(_))
     );
     assert_err!(
-        e.read_file(&id, "a", None).await,
+        e.read(&id, "a", None).await,
         EngineError::Session(SessionError::NotFound(_))
     );
     assert_err!(
@@ -625,10 +651,7 @@ async fn session_files_are_written_read_listed_and_removed() {
         .await
         .unwrap();
     assert_eq!(path, "/workspace/src/main.txt", "relative to /workspace");
-    let got = e
-        .read_file(&id, "/workspace/src/main.txt", None)
-        .await
-        .unwrap();
+    let got = e.read(&id, "/workspace/src/main.txt", None).await.unwrap();
     assert_eq!((got.data.as_slice(), got.truncated), (&b"hello"[..], false));
     assert_eq!(got.path, "/workspace/src/main.txt");
     assert_eq!(run(&e, &id, "cat src/main.txt").await.output, "hello");
@@ -650,7 +673,7 @@ async fn session_files_are_written_read_listed_and_removed() {
     assert_eq!(e.stat(&id, "a/b").await.unwrap().file_type, FileType::Dir);
     run(&e, &id, "echo from-shell > a/b/c.txt").await;
     assert_eq!(
-        e.read_file(&id, "a/b/c.txt", None).await.unwrap().data,
+        e.read(&id, "a/b/c.txt", None).await.unwrap().data,
         b"from-shell\n"
     );
     e.remove(&id, "a", true).await.unwrap();
@@ -667,7 +690,7 @@ async fn session_file_errors_are_typed() {
     let e = engine().await;
     let id = session(&e).await;
     assert_err!(
-        e.read_file(&id, "missing.txt", None).await,
+        e.read(&id, "missing.txt", None).await,
         EngineError::File(FileError::NotFound(_))
     );
     assert_err!(
@@ -685,7 +708,7 @@ async fn session_file_errors_are_typed() {
         EngineError::File(FileError::InvalidPath(_))
     );
     assert_err!(
-        e.read_file(&id, "d", None).await,
+        e.read(&id, "d", None).await,
         EngineError::File(FileError::InvalidPath(_))
     );
     assert_err!(
@@ -693,7 +716,7 @@ async fn session_file_errors_are_typed() {
         EngineError::File(FileError::InvalidPath(_))
     );
     assert_err!(
-        e.read_file(&id, "", None).await,
+        e.read(&id, "", None).await,
         EngineError::File(FileError::InvalidPath(_))
     );
     assert_err!(
@@ -709,12 +732,91 @@ async fn reads_are_capped_by_max_read_bytes_and_the_request() {
     e.write_file(&id, "f", b"0123456789".to_vec())
         .await
         .unwrap();
-    let got = e.read_file(&id, "f", None).await.unwrap();
+    let got = e.read(&id, "f", None).await.unwrap();
     assert_eq!((got.data.as_slice(), got.truncated), (&b"0123"[..], true));
-    let got = e.read_file(&id, "f", Some(2)).await.unwrap();
+    let got = e.read(&id, "f", Some(2)).await.unwrap();
     assert_eq!((got.data.as_slice(), got.truncated), (&b"01"[..], true));
-    let got = e.read_file(&id, "f", Some(100)).await.unwrap();
+    let got = e.read(&id, "f", Some(100)).await.unwrap();
     assert_eq!(got.data, b"0123", "the config caps a larger request");
+}
+
+#[tokio::test]
+async fn reads_stream_in_chunks_and_a_dropped_read_ends_in_the_sandbox() {
+    use sandkasten_runtime::fake::FAKE_READ_CHUNK;
+    let e = engine().await;
+    let id = session(&e).await;
+    let data: Vec<u8> = (0..=255u8).cycle().take(10 * FAKE_READ_CHUNK + 1).collect();
+    e.write_file(&id, "big", data.clone()).await.unwrap();
+    let mut r = e.read_file(&id, "big", None).await.unwrap();
+    assert_eq!(r.path, "/workspace/big");
+    let (mut chunks, mut back) = (0, Vec::new());
+    while let Some(c) = within(r.next()).await {
+        chunks += 1;
+        back.extend_from_slice(&c.unwrap());
+    }
+    assert!(back == data && !r.truncated());
+    assert_eq!(chunks, 11, "the read did not come in the agent's chunks");
+
+    // A reader dropped half-way (the HTTP client left) ends the read in
+    // the sandbox, and the session serves on.
+    let mut r = e.read_file(&id, "big", None).await.unwrap();
+    within(r.next()).await.unwrap().unwrap();
+    drop(r);
+    within(e.fake.cancelled_reads_reach(1)).await;
+    assert_eq!(run(&e, &id, "echo on").await.output, "on\n");
+}
+
+#[tokio::test]
+async fn a_session_whose_agent_predates_streamed_reads_is_still_readable() {
+    let e = engine().await;
+    e.fake.set_agent_protocol(1);
+    let id = session(&e).await;
+    e.write_file(&id, "f", b"from an old agent".to_vec())
+        .await
+        .unwrap();
+    let got = e.read(&id, "f", Some(4)).await.unwrap();
+    assert_eq!((got.data.as_slice(), got.truncated), (&b"from"[..], true));
+    assert_err!(
+        e.read(&id, "missing", None).await,
+        EngineError::File(FileError::NotFound(_))
+    );
+    // Never sent a request it cannot decode: its connection, and so the
+    // session, live on.
+    assert_eq!(
+        e.get_session(&id).await.unwrap().status,
+        SessionState::Running
+    );
+    assert_eq!(run(&e, &id, "echo on").await.output, "on\n");
+}
+
+#[tokio::test]
+async fn a_sessionless_read_holds_its_workspace_until_it_ends() {
+    use sandkasten_runtime::fake::FAKE_READ_CHUNK;
+    let e = engine().await;
+    e.create_workspace(CreateWorkspace {
+        id: "w".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let data = vec![7u8; 4 * FAKE_READ_CHUNK];
+    e.workspace_write_file("w", "f", data.clone())
+        .await
+        .unwrap();
+    let mut r = e.workspace_read_file("w", "f", None).await.unwrap();
+    assert_eq!(r.path, "/workspace/f");
+    within(r.next()).await.unwrap().unwrap();
+    assert_err!(
+        e.delete_workspace("w").await,
+        EngineError::Workspace(WorkspaceError::InUse { .. })
+    );
+    let mut rest = 0;
+    while let Some(c) = within(r.next()).await {
+        rest += c.unwrap().len();
+    }
+    assert_eq!(rest, data.len() - FAKE_READ_CHUNK);
+    drop(r);
+    e.delete_workspace("w").await.unwrap();
 }
 
 // ---------------------------------------------------------------------------
@@ -849,16 +951,13 @@ async fn sessionless_workspace_files_map_paths_inside_the_workspace() {
         .unwrap();
     assert_eq!(path, "/workspace/a/x.txt");
     for p in ["a/x.txt", "/a/x.txt", "/workspace/a/x.txt"] {
-        let got = e.workspace_read_file("w", p, None).await.unwrap();
+        let got = e.ws_read("w", p, None).await.unwrap();
         assert_eq!(
             (got.path.as_str(), got.data.as_slice()),
             ("/workspace/a/x.txt", &b"abc"[..])
         );
     }
-    let got = e
-        .workspace_read_file("w", "a/x.txt", Some(1))
-        .await
-        .unwrap();
+    let got = e.ws_read("w", "a/x.txt", Some(1)).await.unwrap();
     assert_eq!((got.data.as_slice(), got.truncated), (&b"a"[..], true));
     let names = |v: Vec<crate::DirEntry>| v.into_iter().map(|d| d.name).collect::<Vec<_>>();
     assert_eq!(
@@ -883,11 +982,11 @@ async fn sessionless_workspace_files_map_paths_inside_the_workspace() {
         EngineError::File(FileError::InvalidPath(_))
     );
     assert_err!(
-        e.workspace_read_file("w", "nope", None).await,
+        e.ws_read("w", "nope", None).await,
         EngineError::File(FileError::NotFound(_))
     );
     assert_err!(
-        e.workspace_read_file("missing", "a", None).await,
+        e.ws_read("missing", "a", None).await,
         EngineError::Workspace(WorkspaceError::NotFound(_))
     );
 
@@ -897,10 +996,7 @@ async fn sessionless_workspace_files_map_paths_inside_the_workspace() {
         .await
         .unwrap();
     assert_eq!(
-        e.workspace_read_file("w", "from-session", None)
-            .await
-            .unwrap()
-            .data,
+        e.ws_read("w", "from-session", None).await.unwrap().data,
         b"s"
     );
 }
@@ -921,7 +1017,7 @@ async fn with_workspaces_disabled_every_workspace_call_is_refused() {
         EngineError::Workspace(WorkspaceError::Disabled)
     );
     assert_err!(
-        e.workspace_read_file("w", "a", None).await,
+        e.ws_read("w", "a", None).await,
         EngineError::Workspace(WorkspaceError::Disabled)
     );
     assert_err!(
@@ -986,10 +1082,7 @@ async fn snapshots_are_taken_listed_restored_copied_and_deleted() {
     );
 
     e.restore_snapshot("q", &snap.id).await.unwrap();
-    assert_eq!(
-        e.workspace_read_file("q", "f", None).await.unwrap().data,
-        b"v1"
-    );
+    assert_eq!(e.ws_read("q", "f", None).await.unwrap().data, b"v1");
 
     let copy = e
         .create_workspace(CreateWorkspace {
@@ -1000,10 +1093,7 @@ async fn snapshots_are_taken_listed_restored_copied_and_deleted() {
         .await
         .unwrap();
     assert_eq!(copy.quota_bytes, q, "the copy inherits the quota");
-    assert_eq!(
-        e.workspace_read_file("copy", "f", None).await.unwrap().data,
-        b"v1"
-    );
+    assert_eq!(e.ws_read("copy", "f", None).await.unwrap().data, b"v1");
     assert_err!(
         e.create_workspace(CreateWorkspace {
             id: "copy2".into(),
@@ -1051,13 +1141,7 @@ async fn persist_by_default_gives_a_session_a_workspace_named_after_it() {
     e.destroy_session(&info.id).await.unwrap();
     let ws = e.get_workspace(&info.id).await.unwrap();
     assert!(!ws.in_use);
-    assert_eq!(
-        e.workspace_read_file(&info.id, "kept", None)
-            .await
-            .unwrap()
-            .data,
-        b"1"
-    );
+    assert_eq!(e.ws_read(&info.id, "kept", None).await.unwrap().data, b"1");
     let named = session_on(&e, "explicit").await;
     assert_eq!(
         e.get_session(&named).await.unwrap().workspace_id.as_deref(),
@@ -1106,10 +1190,7 @@ async fn a_workspace_is_exported_held_meanwhile_and_imported_elsewhere() {
     e.import_workspace("dst", archive.clone()).await.unwrap();
     assert_eq!(e.fake.workspace_files("dst"), e.fake.workspace_files("src"));
     assert_eq!(
-        e.workspace_read_file("dst", "dir/small.txt", None)
-            .await
-            .unwrap()
-            .data,
+        e.ws_read("dst", "dir/small.txt", None).await.unwrap().data,
         b"small"
     );
 

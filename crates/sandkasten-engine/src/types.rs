@@ -129,7 +129,77 @@ pub enum ExecEvent {
     },
 }
 
-/// A file read.
+/// A file being read, from a session or a workspace: its path as the
+/// client names it, then its content in chunks as the sandbox (or the
+/// workspace's reader) produces them, then whether the file went on beyond
+/// the cap. The producer waits for the consumer, so a read holds a few
+/// chunks, never the file. Dropping it ends the read (and releases the
+/// workspace a session-less read holds).
+pub struct FileReader {
+    /// Absolute path inside the sandbox (`/workspace/…` for a workspace).
+    pub path: String,
+    stream: sandkasten_runtime::FileStream,
+    /// Kept until the read ends: a session-less read's workspace hold.
+    _hold: Option<Box<dyn Send>>,
+}
+
+impl std::fmt::Debug for FileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileReader")
+            .field("path", &self.path)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileReader {
+    pub(crate) fn new(
+        path: String,
+        stream: sandkasten_runtime::FileStream,
+        hold: Option<Box<dyn Send>>,
+    ) -> FileReader {
+        FileReader {
+            path,
+            stream,
+            _hold: hold,
+        }
+    }
+
+    /// A read of content already in memory (for tests of the layers above).
+    pub fn from_bytes(path: impl Into<String>, data: Vec<u8>, truncated: bool) -> FileReader {
+        let path = path.into();
+        let stream = sandkasten_runtime::FileStream::from_bytes(path.clone(), data, truncated);
+        FileReader::new(path, stream, None)
+    }
+
+    /// The next chunk (never empty); `None` at the end. An error ends the
+    /// read (the content so far is incomplete).
+    pub async fn next(&mut self) -> Option<Result<Vec<u8>, crate::EngineError>> {
+        let item = self.stream.next().await?;
+        Some(item.map_err(crate::EngineError::runtime("reading a file")))
+    }
+
+    /// Whether the file goes on beyond the cap: known once
+    /// [`FileReader::next`] returned `None`.
+    pub fn truncated(&self) -> bool {
+        self.stream.truncated()
+    }
+
+    /// Collects the whole content: only for what is known to be small.
+    pub async fn read_all(mut self) -> Result<FileContent, crate::EngineError> {
+        let mut data = Vec::new();
+        while let Some(chunk) = self.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        Ok(FileContent {
+            truncated: self.truncated(),
+            path: self.path,
+            data,
+        })
+    }
+}
+
+/// A file read whole ([`FileReader::read_all`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileContent {
     /// Absolute path inside the sandbox.

@@ -14,7 +14,7 @@ use crate::error::{Holder, WorkspaceError};
 use crate::session::{from_ms, ms, now};
 use crate::sessions::SessionTable;
 use crate::{
-    CreateWorkspace, DirEntry, Engine, EngineError, FileContent, SnapshotInfo, WorkspaceInfo,
+    CreateWorkspace, DirEntry, Engine, EngineError, FileReader, SnapshotInfo, WorkspaceInfo,
 };
 use sandkasten_runtime::{ExportStream, FileOp, Runtime, RuntimeError};
 use sandkasten_store::{SnapshotRecord, WorkspaceRecord};
@@ -470,27 +470,33 @@ impl Workspaces {
             .map_err(EngineError::runtime("listing workspace files"))
     }
 
+    /// Reads a workspace file as a stream (see [`FileReader`]). The
+    /// workspace is held like an export's until the read ends or is
+    /// dropped: delete, restore and import answer `InUse` meanwhile.
     pub(crate) async fn workspace_read_file(
         &self,
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         let cap = self.cfg.max_read_bytes;
-        let op = FileOp::Read {
-            path: inside(path)?,
-            max_bytes: Some(max_bytes.map_or(cap, |m| m.min(cap))),
-        };
-        let d = self
-            .ws_file(id, op)
-            .await?
-            .into_data()
-            .map_err(EngineError::runtime("reading a workspace file"))?;
-        Ok(FileContent {
-            path: as_session_path(&d.path),
-            data: d.data,
-            truncated: d.truncated,
-        })
+        let inner = inside(path)?;
+        self.record(id).await?;
+        let hold = self.locks.hold(id)?;
+        let stream = self
+            .runtime
+            .workspace_read(
+                id,
+                inner.clone(),
+                Some(max_bytes.map_or(cap, |m| m.min(cap))),
+            )
+            .await
+            .map_err(rt(id, "reading a workspace file"))?;
+        Ok(FileReader::new(
+            as_session_path(&inner),
+            stream,
+            Some(Box::new(hold)),
+        ))
     }
 
     /// Returns the path written, as `/workspace/...`.
@@ -712,12 +718,14 @@ impl Engine {
         self.inner.workspaces.workspace_list_dir(id, path).await
     }
 
+    /// Reads a workspace file as a stream (see
+    /// [`Workspaces::workspace_read_file`]).
     pub async fn workspace_read_file(
         &self,
         id: &str,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<FileContent, EngineError> {
+    ) -> Result<FileReader, EngineError> {
         self.inner
             .workspaces
             .workspace_read_file(id, path, max_bytes)

@@ -187,10 +187,15 @@ impl RootedFs {
             Request::Stat { path } => self.stat(path).map_or_else(Response::from, Response::Stat),
             Request::Mkdir { path, parents } => done(self.mkdir(path, *parents)),
             Request::Remove { path, recursive } => done(self.remove(path, *recursive)),
+            // Streamed reads are served by their callers on top of
+            // `open_read`: they are more than one reply.
             Request::Ping
             | Request::Exec { .. }
             | Request::CancelExec { .. }
-            | Request::SetEnv { .. } => return None,
+            | Request::SetEnv { .. }
+            | Request::ReadStream { .. }
+            | Request::ReadAck { .. }
+            | Request::CancelRead { .. } => return None,
         })
     }
 
@@ -199,6 +204,28 @@ impl RootedFs {
     /// and whether the file goes on beyond it. Reads to EOF, so files whose
     /// size lies (procfs) work.
     pub fn read_file(&self, path: &str, max_bytes: Option<u64>) -> FsResult<(Vec<u8>, bool)> {
+        let abs = absolute(path)?;
+        let path = &*abs;
+        let (mut f, size) = self.open_read(path)?;
+        let limit = max_bytes.unwrap_or(u64::MAX).min(MAX_READ_BYTES);
+        let mut data = Vec::with_capacity(size.min(limit) as usize);
+        // Read to EOF rather than trusting st_size (/proc files say 0).
+        (&mut f)
+            .take(limit)
+            .read_to_end(&mut data)
+            .map_err(|e| FsError::from_io(e, path))?;
+        let truncated = data.len() as u64 == limit && {
+            let mut one = [0u8; 1];
+            f.read(&mut one).map_err(|e| FsError::from_io(e, path))? > 0
+        };
+        Ok((data, truncated))
+    }
+
+    /// Opens a regular file for reading (following symlinks inside the
+    /// root) with the identity, and returns it with its size as `fstat`
+    /// tells it (procfs files say 0: read to EOF). Reading the open file
+    /// needs no identity, so a caller can stream it in pieces.
+    pub fn open_read(&self, path: &str) -> FsResult<(File, u64)> {
         let abs = absolute(path)?;
         let path = &*abs;
         self.as_user(|| {
@@ -222,19 +249,7 @@ impl RootedFs {
                     ))
                 }
             }
-            let mut f = File::from(fd);
-            let limit = max_bytes.unwrap_or(u64::MAX).min(MAX_READ_BYTES);
-            let mut data = Vec::with_capacity((st.st_size.max(0) as u64).min(limit) as usize);
-            // Read to EOF rather than trusting st_size (/proc files say 0).
-            (&mut f)
-                .take(limit)
-                .read_to_end(&mut data)
-                .map_err(|e| FsError::from_io(e, path))?;
-            let truncated = data.len() as u64 == limit && {
-                let mut one = [0u8; 1];
-                f.read(&mut one).map_err(|e| FsError::from_io(e, path))? > 0
-            };
-            Ok((data, truncated))
+            Ok((File::from(fd), st.st_size.max(0) as u64))
         })
     }
 

@@ -160,6 +160,22 @@ fn read_errors() {
 }
 
 #[test]
+fn open_read_gives_the_file_and_its_size_or_the_errors_of_a_read() {
+    let f = fixture();
+    std::fs::write(f.root.join("ten"), "0123456789").unwrap();
+    std::fs::create_dir(f.root.join("dir")).unwrap();
+    let (mut file, size) = f.fs.open_read("ten").unwrap();
+    assert_eq!(size, 10);
+    let mut got = String::new();
+    file.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "0123456789");
+    assert_eq!(kind(f.fs.open_read("/dir")), ErrorKind::IsADirectory);
+    assert_eq!(kind(f.fs.open_read("/missing")), ErrorKind::NotFound);
+    symlink(&f.outside, f.root.join("out")).unwrap();
+    assert_eq!(kind(f.fs.open_read("/out/secret")), ErrorKind::NotFound);
+}
+
+#[test]
 fn read_follows_symlinks_inside_the_root() {
     let f = fixture();
     std::fs::create_dir(f.root.join("etc")).unwrap();

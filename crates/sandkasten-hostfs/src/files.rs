@@ -4,11 +4,21 @@
 //! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` below the root and
 //! acts with the sandbox user's filesystem identity (per-thread `setfsuid`),
 //! so symlinks, `..` and races cannot lead outside and new files belong to
-//! the sandbox user.
+//! the sandbox user. A read opens the file that way and then streams it
+//! ([`FileStream`]), never holding it whole.
 
 use sandkasten_fsops::RootedFs;
-use sandkasten_runtime::{FileErrorKind, FileOp, FileReply, RuntimeError};
+use sandkasten_runtime::{FileErrorKind, FileOp, FileReply, FileStream, RuntimeError};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+/// The fsops root of a workspace, as the host user `uid`.
+fn rooted(root: &Path, uid: u32) -> Result<RootedFs, RuntimeError> {
+    RootedFs::open(root, Some((uid, uid))).map_err(RuntimeError::io_ctx(format!(
+        "opening the workspace root {}",
+        root.display()
+    )))
+}
 
 /// Serves `op` inside `root` as the host user `uid` (uid and gid) on the
 /// calling thread, which it blocks. `uid` is the sandbox user as the host
@@ -21,10 +31,7 @@ pub fn workspace_file_blocking(
     uid: u32,
     op: FileOp,
 ) -> Result<FileReply, RuntimeError> {
-    let fs = RootedFs::open(root, Some((uid, uid))).map_err(RuntimeError::io_ctx(format!(
-        "opening the workspace root {}",
-        root.display()
-    )))?;
+    let fs = rooted(root, uid)?;
     match fs.handle(&op.into_request()) {
         Some(resp) => FileReply::from_response(resp),
         // Every FileOp is a file request; RootedFs answers each.
@@ -33,6 +40,34 @@ pub fn workspace_file_blocking(
             message: "not a file operation".into(),
         }),
     }
+}
+
+/// Opens the regular file `path` inside `root` for reading, as the host
+/// user `uid` (rules as [`workspace_file_blocking`]); blocks. The open file
+/// keeps what it lives on mounted (a detached workspace mount) until it is
+/// closed.
+pub fn open_workspace_file(root: &Path, uid: u32, path: &str) -> Result<File, RuntimeError> {
+    rooted(root, uid)?
+        .open_read(path)
+        .map(|(f, _)| f)
+        .map_err(|e| RuntimeError::File {
+            kind: e.kind.into(),
+            message: e.message,
+        })
+}
+
+/// Reads `path` inside `root` as a stream, at most `max_bytes`: opened on
+/// the blocking pool (an error before any content), then read there in
+/// chunks as the consumer takes them.
+pub async fn workspace_read(
+    root: PathBuf,
+    uid: u32,
+    path: String,
+    max_bytes: Option<u64>,
+) -> Result<FileStream, RuntimeError> {
+    let p = path.clone();
+    sandkasten_runtime::read_blocking(path, max_bytes, move || open_workspace_file(&root, uid, &p))
+        .await
 }
 
 /// [`workspace_file_blocking`] on the blocking pool.
@@ -73,23 +108,23 @@ mod tests {
             .into_done()
             .unwrap();
         assert_eq!(std::fs::metadata(ws.path().join("d/f")).unwrap().uid(), uid);
-        let read = FileOp::Read {
-            path: "d/f".into(),
-            max_bytes: None,
-        };
-        let data = workspace_file(root.clone(), uid, read)
+        let data = workspace_read(root.clone(), uid, "/d/f".into(), None)
             .await
             .unwrap()
-            .into_data()
+            .read_all()
+            .await
             .unwrap();
         assert_eq!((data.path.as_str(), &data.data[..]), ("/d/f", &b"hi"[..]));
+        let data = workspace_read(root.clone(), uid, "d/f".into(), Some(1))
+            .await
+            .unwrap()
+            .read_all()
+            .await
+            .unwrap();
+        assert_eq!((&data.data[..], data.truncated), (&b"h"[..], true));
 
         // The absolute symlink resolves inside the root, where nothing is.
-        let escape = FileOp::Read {
-            path: "/out/secret".into(),
-            max_bytes: None,
-        };
-        match workspace_file(root.clone(), uid, escape).await {
+        match workspace_read(root.clone(), uid, "/out/secret".into(), None).await {
             Err(RuntimeError::File { kind, .. }) => assert_eq!(kind, FileErrorKind::NotFound),
             other => panic!("{other:?}"),
         }

@@ -24,7 +24,7 @@ mod remove;
 mod size;
 
 pub use export::{export_tar, ExportOptions, Owners, TooDeep};
-pub use files::{workspace_file, workspace_file_blocking};
+pub use files::{open_workspace_file, workspace_file, workspace_file_blocking, workspace_read};
 pub use remove::{has_mounts_below, remove_tree};
 pub use size::{tree_size, MAX_SIZE_DEPTH};
 

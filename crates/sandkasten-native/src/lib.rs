@@ -50,7 +50,7 @@ use sandkasten_protocol::{
     NetworkMode as WireNetwork, ScratchMount,
 };
 use sandkasten_runtime::{
-    export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, ImageInfo,
+    export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, FileStream, ImageInfo,
     NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
     WorkspaceMount, SANDBOX_UID,
 };
@@ -91,8 +91,8 @@ pub struct NativeConfig {
     pub tmp_size_mb: u64,
     /// Size (MiB) of a new scratch filesystem (`<data_dir>/scratch.img`,
     /// where sandboxes' own writes live under their disk limits): `None`
-    /// for the default (a quarter of the data dir's filesystem, at most
-    /// half its free space and 64 GiB; left out with a warning where the
+    /// for the default (a tenth of the data dir's filesystem, at most a
+    /// quarter of its free space and 16 GiB; left out with a warning where the
     /// host has no btrfs, loop devices or room), `Some(0)` for none (disk
     /// limits not enforced). An explicit size the host cannot provide stops
     /// the start.
@@ -1032,6 +1032,27 @@ impl Runtime for NativeRuntime {
             })
         })
         .await
+    }
+
+    /// Opened like [`Runtime::workspace_file`]'s operations; a workspace
+    /// image's detached mount lives on with the open file until the stream
+    /// is dropped.
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError> {
+        let (id, p) = (id.to_string(), path.clone());
+        let file = self
+            .run("opening a workspace file", move |s| {
+                let user = s.ids.host_user;
+                s.with_workspace_root(&id, |root| {
+                    sandkasten_hostfs::open_workspace_file(root, user, &p)
+                })
+            })
+            .await?;
+        Ok(FileStream::from_reader(path, file, max_bytes))
     }
 
     async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {

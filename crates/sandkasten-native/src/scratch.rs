@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 /// Smallest scratch filesystem (btrfs needs about 120 MiB for itself).
 pub const MIN_SCRATCH_MB: u64 = 256;
 /// Largest default scratch filesystem.
-const DEFAULT_MAX_BYTES: u64 = 64 << 30;
+const DEFAULT_MAX_BYTES: u64 = 16 << 30;
 /// A default size below this means the data dir's filesystem has no room
 /// for one: the scratch filesystem is left out (limits not enforced).
 const DEFAULT_MIN_BYTES: u64 = 1 << 30;
@@ -116,13 +116,16 @@ pub fn image_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The default size of a new scratch filesystem on the filesystem of
-/// `data_dir`: a quarter of it, at most half of what is free and at most
-/// 64 GiB; `None` when that is less than 1 GiB.
+/// `data_dir`: a tenth of it, at most a quarter of what is free and at
+/// most 16 GiB; `None` when that is less than 1 GiB. Modest on purpose:
+/// the image is preallocated, and several daemons on one host (tests,
+/// measurements) each make one; an operator sizes it with
+/// `disk.scratch_size_mb`.
 pub fn default_size(data_dir: &Path) -> io::Result<Option<u64>> {
     let st = rustix::fs::statvfs(data_dir).map_err(io::Error::from)?;
     let total = st.f_blocks.saturating_mul(st.f_frsize);
     let avail = st.f_bavail.saturating_mul(st.f_frsize);
-    let size = (total / 4).min(avail / 2).min(DEFAULT_MAX_BYTES);
+    let size = (total / 10).min(avail / 4).min(DEFAULT_MAX_BYTES);
     // Whole MiB (loop devices and btrfs like aligned sizes).
     let size = size & !((1 << 20) - 1);
     Ok((size >= DEFAULT_MIN_BYTES).then_some(size))

@@ -8,6 +8,26 @@
 //! in flight at once (a file read never waits behind a long exec). Byte
 //! payloads are raw `Vec<u8>`, so the channel is binary-safe.
 //!
+//! # Versions
+//!
+//! The daemon and the agent ship together, but a sandbox started before an
+//! upgrade keeps its old agent, which closes the connection on a frame it
+//! cannot decode (and a closed connection is a lost sandbox). So variants
+//! are only ever appended, and the daemon sends a request of a newer
+//! protocol only to an agent whose [`Response::Pong`] reported that
+//! version. Protocol 2 added streamed reads ([`Request::ReadStream`]);
+//! a protocol 1 agent is read with [`Request::ReadFile`].
+//!
+//! # Streamed reads
+//!
+//! A file is read in chunks of at most [`READ_CHUNK_BYTES`], each its own
+//! frame, under credit-based flow control: the agent sends a read's next
+//! chunk only while fewer than its `window` chunks are unacknowledged
+//! ([`Request::ReadAck`]), so a slow consumer holds the read, not the
+//! connection, and neither side ever holds more than `window` chunks of
+//! one read. The agent also bounds the chunk buffers of all its reads
+//! together.
+//!
 //! This crate deliberately has no async runtime dependency: the agent is a
 //! small static binary that uses blocking I/O and threads.
 
@@ -19,13 +39,23 @@ mod launch;
 pub use launch::*;
 
 /// Protocol version; the agent reports it in [`Response::Pong`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol with [`Request::ReadStream`].
+pub const STREAMED_READS_SINCE: u32 = 2;
+
+/// Largest chunk of a streamed read ([`Response::FileChunk`]).
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Largest `window` of a [`Request::ReadStream`] the agent grants (a larger
+/// one is capped).
+pub const MAX_READ_WINDOW: u32 = 16;
 
 /// Largest frame either side accepts (bytes of encoded payload).
 pub const MAX_FRAME_BYTES: usize = 128 * 1024 * 1024;
 
-/// Largest file content one `FileData` reply carries: a frame less room for
-/// everything but the data.
+/// Largest file content one `FileData` reply (protocol 1) carries: a frame
+/// less room for everything but the data.
 pub const MAX_FILE_DATA_BYTES: u64 = MAX_FRAME_BYTES as u64 - 64 * 1024;
 
 /// One message on the channel.
@@ -59,7 +89,10 @@ pub enum Request {
     /// Interrupt the exec started by request `target` as if it timed out
     /// (used when the HTTP client disconnects). Answered with `Ok`.
     CancelExec { target: u64 },
-    /// Read a regular file (absolute path). Answered with `FileData`.
+    /// Read a regular file (absolute path) whole. Answered with `FileData`.
+    /// Protocol 1 only: the daemon sends it to agents that reported
+    /// protocol 1, and an agent of protocol 2 refuses it (`InvalidRequest`),
+    /// since one frame would hold the whole file.
     ReadFile {
         path: String,
         max_bytes: Option<u64>,
@@ -68,6 +101,7 @@ pub enum Request {
     /// Answered with `Ok`.
     WriteFile {
         path: String,
+        #[serde(with = "bytes")]
         data: Vec<u8>,
         /// Permission bits for a newly created file (default 0o644).
         mode: Option<u32>,
@@ -85,6 +119,23 @@ pub enum Request {
     /// shell started from now on (after `exit` or a timeout). The running
     /// shell is not changed: export them in it too. Answered with `Ok`.
     SetEnv { env: Vec<(String, String)> },
+    /// Streams a regular file (absolute path), at most `max_bytes`
+    /// (protocol 2). Answered with zero or more [`Response::FileChunk`],
+    /// then exactly one [`Response::FileEnd`] or `Error` (an error comes
+    /// before any chunk when the file cannot be opened). The agent sends
+    /// a chunk only while fewer than `window` (at most [`MAX_READ_WINDOW`],
+    /// at least 1) of this read's chunks are unacknowledged.
+    ReadStream {
+        path: String,
+        max_bytes: Option<u64>,
+        window: u32,
+    },
+    /// The daemon has consumed `chunks` more chunks of the read started by
+    /// request `target`. Not answered.
+    ReadAck { target: u64, chunks: u32 },
+    /// Ends the read started by request `target` early (its consumer went
+    /// away): nothing more is sent for it. Not answered.
+    CancelRead { target: u64 },
 }
 
 /// Agent -> daemon.
@@ -97,6 +148,7 @@ pub enum Response {
     },
     /// A chunk of interleaved stdout/stderr of a running exec, in order.
     ExecOutput {
+        #[serde(with = "bytes")]
         data: Vec<u8>,
     },
     /// The exec finished (or timed out / was cancelled).
@@ -110,6 +162,7 @@ pub enum Response {
     FileData {
         /// Absolute path that was read.
         path: String,
+        #[serde(with = "bytes")]
         data: Vec<u8>,
         truncated: bool,
     },
@@ -119,6 +172,18 @@ pub enum Response {
     Error {
         kind: ErrorKind,
         message: String,
+    },
+    /// The next piece of a streamed read (never empty).
+    FileChunk {
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// A streamed read ended.
+    FileEnd {
+        /// Absolute path that was read.
+        path: String,
+        /// The file goes on beyond what was sent (`max_bytes`).
+        truncated: bool,
     },
 }
 
@@ -191,6 +256,42 @@ pub struct AgentConfig {
     pub files_root: Option<String>,
 }
 
+/// Byte payloads as serde bytes, not as a sequence of `u8`: bincode
+/// writes both as a `u64` length and the raw bytes (so agents of every
+/// protocol version read them alike), but a sequence is encoded and
+/// decoded one element at a time, bytes with one copy.
+mod bytes {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
+}
+
 /// Errors of the frame codec.
 #[derive(Debug)]
 pub enum CodecError {
@@ -217,15 +318,17 @@ impl From<io::Error> for CodecError {
     }
 }
 
-/// Encodes a frame including its 4-byte length prefix.
+/// Encodes a frame including its 4-byte length prefix, in one buffer of
+/// exactly its size (a chunk of a read is copied once, not twice).
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
-    let body = bincode::serialize(frame).map_err(|e| CodecError::Decode(e.to_string()))?;
-    if body.len() > MAX_FRAME_BYTES {
-        return Err(CodecError::TooLarge(body.len()));
+    let n = bincode::serialized_size(frame).map_err(|e| CodecError::Decode(e.to_string()))?;
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(n));
     }
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    let mut out = Vec::with_capacity(n + 4);
+    out.extend_from_slice(&(n as u32).to_be_bytes());
+    bincode::serialize_into(&mut out, frame).map_err(|e| CodecError::Decode(e.to_string()))?;
     Ok(out)
 }
 
@@ -291,6 +394,78 @@ mod tests {
         let back = read_frame(&mut cur).unwrap().unwrap();
         assert_eq!(back, f);
         assert!(read_frame(&mut cur).unwrap().is_none());
+    }
+
+    #[test]
+    fn variants_of_protocol_1_keep_their_encoding() {
+        // An agent of protocol 1 decodes what a newer daemon sends it only
+        // if the variants it knows keep their indices: new ones are
+        // appended. bincode 1 writes a variant as its u32 index.
+        let ping = encode(&Frame {
+            id: 1,
+            body: Body::Request(Request::Ping),
+        })
+        .unwrap();
+        assert_eq!(
+            &ping[4..],
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let read = encode(&Frame {
+            id: 2,
+            body: Body::Request(Request::ReadFile {
+                path: "/a".into(),
+                max_bytes: None,
+            }),
+        })
+        .unwrap();
+        // id, Body::Request (0), ReadFile (3), then the path.
+        assert_eq!(
+            &read[4..20],
+            &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0]
+        );
+        let data = encode(&Frame {
+            id: 2,
+            body: Body::Response(Response::FileData {
+                path: "/a".into(),
+                data: vec![],
+                truncated: false,
+            }),
+        })
+        .unwrap();
+        // Body::Response (1), FileData (3).
+        assert_eq!(&data[12..20], &[1, 0, 0, 0, 3, 0, 0, 0]);
+    }
+
+    #[test]
+    fn byte_payloads_are_encoded_as_a_sequence_of_u8_was() {
+        // What protocol 1 agents encoded and decode: Vec<u8> as a seq.
+        #[derive(Serialize)]
+        struct Plain {
+            data: Vec<u8>,
+        }
+        let data: Vec<u8> = (0..=255u8).collect();
+        let ours = bincode::serialize(&Response::ExecOutput { data: data.clone() }).unwrap();
+        let plain = bincode::serialize(&Plain { data: data.clone() }).unwrap();
+        // ExecOutput is variant 1: its index, then the field.
+        assert_eq!(&ours[..4], &[1, 0, 0, 0]);
+        assert_eq!(&ours[4..], &plain[..]);
+        let back: Response = bincode::deserialize(&ours).unwrap();
+        assert_eq!(back, Response::ExecOutput { data });
+    }
+
+    #[test]
+    fn a_frame_is_encoded_in_one_buffer_of_its_size() {
+        let f = Frame {
+            id: 9,
+            body: Body::Response(Response::FileChunk {
+                data: vec![5; READ_CHUNK_BYTES],
+            }),
+        };
+        let bytes = encode(&f).unwrap();
+        assert_eq!(bytes.len(), bytes.capacity());
+        let n = frame_len(bytes[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n + 4, bytes.len());
+        assert_eq!(decode(&bytes[4..]).unwrap(), f);
     }
 
     #[test]

@@ -2,18 +2,32 @@
 //! flight, replies routed by request id. Its methods are typed (ping, exec,
 //! file operations, environment): the agent's wire messages stay inside
 //! this module and [`crate::files`].
+//!
+//! A file is read as a stream ([`AgentClient::read_file`]): the agent sends
+//! chunks under flow control, and the client acknowledges a chunk when its
+//! consumer takes it, so a read holds at most [`READ_WINDOW`] chunks here
+//! and a slow HTTP client slows its own read, nothing else on the
+//! connection. An agent of protocol 1 (a sandbox started before an
+//! upgrade) gets the old whole-file request instead: the client learns the
+//! version from a ping before its first read and never sends an old agent a
+//! request it cannot decode (it would close the connection, and the sandbox
+//! would be lost).
 
-use crate::{DirEntry, FileData, FileOp, FileReply, FileStat, RuntimeError};
+use crate::files::Piece;
+use crate::{DirEntry, FileOp, FileReply, FileStat, FileStream, RuntimeError};
 use sandkasten_protocol::{self as proto, Body, Frame, Request, Response};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Response>>>>>;
+
+/// Chunks of one read the agent may send ahead of its consumer.
+pub const READ_WINDOW: u32 = 4;
 
 /// A connected agent. Cheap to clone; the connection closes when the last
 /// clone is dropped.
@@ -30,6 +44,8 @@ struct Inner {
     tasks: Vec<tokio::task::AbortHandle>,
     /// Becomes true when the connection closes (the agent died or hung up).
     closed: tokio::sync::watch::Receiver<bool>,
+    /// The agent's protocol version from its last Pong; 0 until then.
+    protocol: AtomicU32,
 }
 
 impl Drop for Inner {
@@ -106,6 +122,57 @@ impl ExecHandle {
     }
 }
 
+/// The daemon's side of one streamed read: its replies, acknowledged as
+/// the consumer takes them; dropped before its end, it cancels the read.
+pub(crate) struct AgentRead {
+    client: AgentClient,
+    id: u64,
+    replies: mpsc::UnboundedReceiver<Response>,
+    /// The first reply, received before the stream was handed out.
+    first: Option<Response>,
+    /// The end (or an error) was received.
+    finished: bool,
+}
+
+impl AgentRead {
+    pub(crate) async fn next(&mut self) -> Piece {
+        let reply = match self.first.take() {
+            Some(r) => Some(r),
+            None => self.replies.recv().await,
+        };
+        let piece = match reply {
+            Some(Response::FileChunk { data }) => {
+                // Taken by the consumer: the agent may send one more.
+                self.client.notify(Request::ReadAck {
+                    target: self.id,
+                    chunks: 1,
+                });
+                return Piece::Data(data);
+            }
+            Some(Response::FileEnd { truncated, .. }) => Piece::End { truncated },
+            Some(Response::Error { kind, message }) => Piece::Failed(RuntimeError::File {
+                kind: kind.into(),
+                message,
+            }),
+            Some(other) => Piece::Failed(RuntimeError::Agent(format!(
+                "unexpected reply to a file read: {other:?}"
+            ))),
+            None => Piece::Failed(RuntimeError::Agent("agent connection closed".into())),
+        };
+        self.finished = true;
+        piece
+    }
+}
+
+impl Drop for AgentRead {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.client.forget(self.id);
+            self.client.notify(Request::CancelRead { target: self.id });
+        }
+    }
+}
+
 impl AgentClient {
     /// Connects to an agent listening on `path`.
     pub async fn connect(path: &Path) -> Result<Self, RuntimeError> {
@@ -164,7 +231,10 @@ impl AgentClient {
                     let Body::Response(resp) = frame.body else {
                         continue;
                     };
-                    let done = !matches!(resp, Response::ExecOutput { .. });
+                    let done = !matches!(
+                        resp,
+                        Response::ExecOutput { .. } | Response::FileChunk { .. }
+                    );
                     let mut guard = reader_pending.lock().unwrap();
                     if let Some(map) = guard.as_mut() {
                         if let Some(tx) = map.get(&frame.id) {
@@ -191,6 +261,7 @@ impl AgentClient {
                 pending,
                 tasks: vec![writer.abort_handle(), reader.abort_handle()],
                 closed,
+                protocol: AtomicU32::new(0),
             }),
         }
     }
@@ -229,6 +300,25 @@ impl AgentClient {
         Ok((id, rx))
     }
 
+    /// Sends a request that is not answered (a read's acknowledgement or
+    /// cancel). A closed connection is no error here: nothing waits.
+    fn notify(&self, req: Request) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(bytes) = proto::encode(&Frame {
+            id,
+            body: Body::Request(req),
+        }) {
+            let _ = self.inner.tx.send(bytes);
+        }
+    }
+
+    /// Stops routing replies of request `id` (late ones are dropped).
+    fn forget(&self, id: u64) {
+        if let Some(map) = self.inner.pending.lock().unwrap().as_mut() {
+            map.remove(&id);
+        }
+    }
+
     /// Sends a wire request with exactly one reply and waits for it (for
     /// protocol-level tests; everything else uses the typed methods).
     pub async fn call(&self, req: Request) -> Result<Response, RuntimeError> {
@@ -258,10 +348,19 @@ impl AgentClient {
         self.call(Request::CancelExec { target }).await.map(|_| ())
     }
 
-    /// Liveness: the agent answers with its shell's cwd.
+    /// Liveness: the agent answers with its shell's cwd (and its protocol
+    /// version, which the client keeps).
     pub async fn ping(&self) -> Result<String, RuntimeError> {
         match self.call(Request::Ping).await? {
-            Response::Pong { cwd, .. } => Ok(cwd),
+            Response::Pong {
+                cwd,
+                protocol_version,
+            } => {
+                self.inner
+                    .protocol
+                    .store(protocol_version, Ordering::Relaxed);
+                Ok(cwd)
+            }
             other => Err(RuntimeError::Agent(format!(
                 "unexpected reply to a ping: {other:?}"
             ))),
@@ -285,14 +384,69 @@ impl AgentClient {
         FileReply::from_response(self.call(op.into_request()).await?)
     }
 
+    /// The agent's protocol version, asked once per connection.
+    async fn protocol(&self) -> Result<u32, RuntimeError> {
+        match self.inner.protocol.load(Ordering::Relaxed) {
+            0 => {
+                self.ping().await?;
+                Ok(self.inner.protocol.load(Ordering::Relaxed))
+            }
+            v => Ok(v),
+        }
+    }
+
+    /// Reads a regular file, at most `max_bytes`, as a stream. Answers once
+    /// the agent's first reply is in, so a file that cannot be read (missing,
+    /// a directory, not permitted) is an error here, before any content.
     pub async fn read_file(
         &self,
         path: String,
         max_bytes: Option<u64>,
-    ) -> Result<FileData, RuntimeError> {
-        self.file(FileOp::Read { path, max_bytes })
-            .await?
-            .into_data()
+    ) -> Result<FileStream, RuntimeError> {
+        if self.protocol().await? < proto::STREAMED_READS_SINCE {
+            // An agent from before streamed reads answers with the whole
+            // file in one frame; it keeps doing so until its sandbox is
+            // replaced.
+            return match self.call(Request::ReadFile { path, max_bytes }).await? {
+                Response::FileData {
+                    path,
+                    data,
+                    truncated,
+                } => Ok(FileStream::from_bytes(path, data, truncated)),
+                other => Err(FileReply::from_response(other).err().unwrap_or_else(|| {
+                    RuntimeError::Agent("unexpected reply to a file read".into())
+                })),
+            };
+        }
+        let (id, replies) = self.send(Request::ReadStream {
+            path: path.clone(),
+            max_bytes,
+            window: READ_WINDOW,
+        })?;
+        let mut read = AgentRead {
+            client: self.clone(),
+            id,
+            replies,
+            first: None,
+            finished: false,
+        };
+        match read.replies.recv().await {
+            Some(Response::Error { kind, message }) => {
+                read.finished = true;
+                Err(RuntimeError::File {
+                    kind: kind.into(),
+                    message,
+                })
+            }
+            Some(first) => {
+                read.first = Some(first);
+                Ok(FileStream::from_agent(path, read))
+            }
+            None => {
+                read.finished = true;
+                Err(RuntimeError::Agent("agent connection closed".into()))
+            }
+        }
     }
 
     pub async fn write_file(
@@ -324,5 +478,202 @@ impl AgentClient {
         self.file(FileOp::Remove { path, recursive })
             .await?
             .into_done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FileErrorKind;
+    use proto::ErrorKind;
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    /// The agent's end of a connection, driven by the test.
+    struct Script {
+        rd: ReadHalf<DuplexStream>,
+        wr: WriteHalf<DuplexStream>,
+    }
+
+    impl Script {
+        async fn recv(&mut self) -> (u64, Request) {
+            let mut prefix = [0u8; 4];
+            self.rd.read_exact(&mut prefix).await.unwrap();
+            let mut payload = vec![0u8; proto::frame_len(prefix).unwrap()];
+            self.rd.read_exact(&mut payload).await.unwrap();
+            match proto::decode(&payload).unwrap() {
+                Frame {
+                    id,
+                    body: Body::Request(r),
+                } => (id, r),
+                other => panic!("the client sent a response: {other:?}"),
+            }
+        }
+
+        async fn send(&mut self, id: u64, resp: Response) {
+            let bytes = proto::encode(&Frame {
+                id,
+                body: Body::Response(resp),
+            })
+            .unwrap();
+            self.wr.write_all(&bytes).await.unwrap();
+        }
+
+        /// Answers the ping a first read sends with `version`.
+        async fn pong(&mut self, version: u32) {
+            let (id, req) = self.recv().await;
+            assert_eq!(req, Request::Ping);
+            self.send(
+                id,
+                Response::Pong {
+                    protocol_version: version,
+                    cwd: "/".into(),
+                },
+            )
+            .await;
+        }
+    }
+
+    fn pair() -> (AgentClient, Script) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (rd, wr) = tokio::io::split(ours);
+        let (srd, swr) = tokio::io::split(theirs);
+        (
+            AgentClient::from_halves(rd, wr),
+            Script { rd: srd, wr: swr },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_read_is_acknowledged_as_its_consumer_takes_chunks_and_cancelled_when_dropped() {
+        let (client, mut agent) = pair();
+        let c = client.clone();
+        let reader = tokio::spawn(async move { c.read_file("/f".into(), Some(100)).await });
+        agent.pong(proto::PROTOCOL_VERSION).await;
+        let (id, req) = agent.recv().await;
+        assert_eq!(
+            req,
+            Request::ReadStream {
+                path: "/f".into(),
+                max_bytes: Some(100),
+                window: READ_WINDOW,
+            }
+        );
+        for i in 0..READ_WINDOW {
+            agent
+                .send(
+                    id,
+                    Response::FileChunk {
+                        data: vec![i as u8; 10],
+                    },
+                )
+                .await;
+        }
+        let mut stream = reader.await.unwrap().unwrap();
+        assert_eq!(stream.path(), "/f");
+        assert_eq!(stream.next().await.unwrap().unwrap(), vec![0u8; 10]);
+        // One chunk taken, one acknowledged: received chunks are not
+        // acknowledged until their consumer takes them.
+        assert_eq!(
+            agent.recv().await.1,
+            Request::ReadAck {
+                target: id,
+                chunks: 1
+            }
+        );
+        drop(stream);
+        assert_eq!(agent.recv().await.1, Request::CancelRead { target: id });
+        // A late chunk of the cancelled read goes nowhere; the connection
+        // serves on.
+        agent
+            .send(id, Response::FileChunk { data: vec![9; 10] })
+            .await;
+        let c = client.clone();
+        let ping = tokio::spawn(async move { c.ping().await });
+        agent.pong(proto::PROTOCOL_VERSION).await;
+        ping.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_ends_with_its_end_and_an_error_before_any_chunk_is_an_error() {
+        let (client, mut agent) = pair();
+        let c = client.clone();
+        let reader = tokio::spawn(async move { c.read_file("/f".into(), None).await });
+        agent.pong(proto::PROTOCOL_VERSION).await;
+        let (id, _) = agent.recv().await;
+        agent
+            .send(
+                id,
+                Response::FileChunk {
+                    data: b"ab".to_vec(),
+                },
+            )
+            .await;
+        agent
+            .send(
+                id,
+                Response::FileEnd {
+                    path: "/f".into(),
+                    truncated: true,
+                },
+            )
+            .await;
+        let d = reader.await.unwrap().unwrap().read_all().await.unwrap();
+        assert_eq!((&d.data[..], d.truncated), (&b"ab"[..], true));
+        assert_eq!(
+            agent.recv().await.1,
+            Request::ReadAck {
+                target: id,
+                chunks: 1
+            }
+        );
+
+        // The version is asked once per connection.
+        let c = client.clone();
+        let reader = tokio::spawn(async move { c.read_file("/missing".into(), None).await });
+        let (id, req) = agent.recv().await;
+        assert!(matches!(req, Request::ReadStream { .. }), "{req:?}");
+        agent
+            .send(
+                id,
+                Response::Error {
+                    kind: ErrorKind::NotFound,
+                    message: "/missing: gone".into(),
+                },
+            )
+            .await;
+        match reader.await.unwrap() {
+            Err(RuntimeError::File { kind, .. }) => assert_eq!(kind, FileErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_protocol_1_is_read_with_its_whole_file_request() {
+        let (client, mut agent) = pair();
+        let c = client.clone();
+        let reader = tokio::spawn(async move { c.read_file("/f".into(), Some(7)).await });
+        agent.pong(1).await;
+        // Anything but ReadFile would make an old agent close the
+        // connection: the sandbox would be lost.
+        let (id, req) = agent.recv().await;
+        assert_eq!(
+            req,
+            Request::ReadFile {
+                path: "/f".into(),
+                max_bytes: Some(7),
+            }
+        );
+        agent
+            .send(
+                id,
+                Response::FileData {
+                    path: "/f".into(),
+                    data: b"1234567".to_vec(),
+                    truncated: true,
+                },
+            )
+            .await;
+        let d = reader.await.unwrap().unwrap().read_all().await.unwrap();
+        assert_eq!((&d.data[..], d.truncated), (&b"1234567"[..], true));
     }
 }

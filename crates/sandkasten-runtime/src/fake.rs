@@ -20,6 +20,14 @@
 //! goes back to the sandbox's (plus what `SetEnv` added), the cwd stays.
 //! Output beyond `max_output_bytes` is dropped and `truncated` set.
 //!
+//! Files are read as the real agent streams them (`ReadStream`): chunks of
+//! [`FAKE_READ_CHUNK`] bytes under the request's window, one more per
+//! `ReadAck`, ended early by `CancelRead` or the connection closing
+//! ([`FakeRuntime::cancelled_reads`] counts those). A fake agent can speak
+//! protocol 1 ([`FakeRuntime::set_agent_protocol`]): it then answers
+//! `ReadFile` whole and, like a real old agent, closes the connection on a
+//! request it cannot know.
+//!
 //! Files live in memory: a sandbox has its own root tree and a
 //! `/workspace` tree, either private or a persistent workspace shared with
 //! [`Runtime::workspace_file`] and with every sandbox that mounts it
@@ -35,8 +43,9 @@
 //! fake was built on, so a second engine can [`Runtime::attach`] to them.
 
 use crate::{
-    AgentClient, DirEntry, ExportStream, FileOp, FileReply, FileStat, FileType, ImageInfo, Runtime,
-    RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats, WorkspaceMount, SANDBOX_UID,
+    AgentClient, DirEntry, ExportStream, FileOp, FileReply, FileStat, FileStream, FileType,
+    ImageInfo, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
+    WorkspaceMount, SANDBOX_UID,
 };
 use async_trait::async_trait;
 use sandkasten_protocol::{self as proto, Body, ErrorKind, Frame, Request, Response};
@@ -53,6 +62,10 @@ use tokio::time::Instant;
 
 /// Exit code of a timed-out or cancelled exec (as the real agent's).
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
+
+/// Size of the chunks of the fake agent's streamed reads: small, so that
+/// the engine's tests read files of several chunks.
+pub const FAKE_READ_CHUNK: usize = 4096;
 
 /// First line of an export of this runtime.
 const EXPORT_MAGIC: &[u8] = b"sandkasten-fake-export 1\n";
@@ -434,11 +447,16 @@ struct Shell {
     base_env: BTreeMap<String, String>,
 }
 
+/// The credits of a sandbox's streamed reads by (connection, request id).
+type ReadCredits = HashMap<(u64, u64), Arc<tokio::sync::Semaphore>>;
+
 /// Counters that outlive a sandbox.
 #[derive(Default)]
 struct Tally {
     cancelled: AtomicU64,
     timed_out: AtomicU64,
+    /// Streamed reads that ended early, as a watch so tests can await it.
+    reads_cancelled: watch::Sender<u64>,
 }
 
 struct FakeSandbox {
@@ -454,6 +472,11 @@ struct FakeSandbox {
     execs: mpsc::UnboundedSender<ExecJob>,
     /// Cancel switches of queued and running execs, by (connection, id).
     cancels: Mutex<HashMap<(u64, u64), watch::Sender<bool>>>,
+    /// Credits of streamed reads in progress, by (connection, id); closed
+    /// to cancel.
+    reads: Arc<Mutex<ReadCredits>>,
+    /// The protocol version the agent speaks.
+    protocol: u32,
     next_conn: AtomicU64,
     /// Commands in the order the shell started them.
     commands: Mutex<Vec<String>>,
@@ -535,7 +558,7 @@ impl FakeSandbox {
                 out,
                 id,
                 Response::Pong {
-                    protocol_version: proto::PROTOCOL_VERSION,
+                    protocol_version: self.protocol,
                     cwd: lock(&self.shell).cwd.clone(),
                 },
             ),
@@ -587,18 +610,110 @@ impl FakeSandbox {
                 lock(&self.shell).base_env.extend(env);
                 reply(out, id, Response::Ok);
             }
+            Request::ReadStream {
+                path,
+                max_bytes,
+                window,
+            } => {
+                let content = self
+                    .resolve(&path)
+                    .and_then(|(t, k)| lock(&t).read(&k, &path, max_bytes));
+                let (data, truncated) = match content {
+                    Ok(c) => c,
+                    Err((kind, message)) => {
+                        return reply(out, id, Response::Error { kind, message })
+                    }
+                };
+                let credits = Arc::new(tokio::sync::Semaphore::new(
+                    window.clamp(1, proto::MAX_READ_WINDOW) as usize,
+                ));
+                lock(&self.reads).insert((conn, id), credits.clone());
+                let (out, dead, tally) = (out.clone(), self.dead.subscribe(), self.tally.clone());
+                let reads = self.reads.clone();
+                tokio::spawn(async move {
+                    let ended = stream_read(&data, &credits, &out, id, dead).await;
+                    lock(&reads).remove(&(conn, id));
+                    if ended {
+                        reply(&out, id, Response::FileEnd { path, truncated });
+                    } else {
+                        tally.reads_cancelled.send_modify(|n| *n += 1);
+                    }
+                });
+            }
+            Request::ReadAck { target, chunks } => {
+                if let Some(c) = lock(&self.reads).get(&(conn, target)) {
+                    c.add_permits(chunks as usize);
+                }
+            }
+            Request::CancelRead { target } => {
+                if let Some(c) = lock(&self.reads).remove(&(conn, target)) {
+                    c.close();
+                }
+            }
+            Request::ReadFile { .. } if self.protocol >= proto::STREAMED_READS_SINCE => reply(
+                out,
+                id,
+                Response::Error {
+                    kind: ErrorKind::InvalidRequest,
+                    message: "ReadFile is not served by protocol 2".into(),
+                },
+            ),
             file => reply(out, id, file_request(&|p| self.resolve(p), file)),
         }
     }
 
-    /// Interrupts every exec of connection `conn` (it closed).
+    /// Whether an agent of this sandbox's protocol could decode `req`.
+    fn knows(&self, req: &Request) -> bool {
+        self.protocol >= proto::STREAMED_READS_SINCE
+            || !matches!(
+                req,
+                Request::ReadStream { .. } | Request::ReadAck { .. } | Request::CancelRead { .. }
+            )
+    }
+
+    /// Interrupts every exec and read of connection `conn` (it closed).
     fn cancel_connection(&self, conn: u64) {
         for ((c, _), s) in lock(&self.cancels).iter() {
             if *c == conn {
                 s.send_replace(true);
             }
         }
+        lock(&self.reads).retain(|(c, _), credits| {
+            if *c == conn {
+                credits.close();
+            }
+            *c != conn
+        });
     }
+}
+
+/// Sends `data` in chunks, one per credit; `false` if the read was
+/// cancelled (its credits closed) or the sandbox died first.
+async fn stream_read(
+    data: &[u8],
+    credits: &tokio::sync::Semaphore,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    id: u64,
+    mut dead: watch::Receiver<bool>,
+) -> bool {
+    for chunk in data.chunks(FAKE_READ_CHUNK) {
+        let credit = tokio::select! {
+            c = credits.acquire() => c,
+            _ = until_true(&mut dead) => return false,
+        };
+        match credit {
+            Ok(c) => c.forget(),
+            Err(_) => return false,
+        }
+        reply(
+            out,
+            id,
+            Response::FileChunk {
+                data: chunk.to_vec(),
+            },
+        );
+    }
+    !credits.is_closed()
 }
 
 /// Serves one agent connection until the daemon hangs up or the sandbox
@@ -620,6 +735,10 @@ async fn serve_connection<R: AsyncRead + Unpin>(
         let Body::Request(req) = frame.body else {
             break;
         };
+        if !sb.knows(&req) {
+            // What an old agent does with a frame it cannot decode.
+            break;
+        }
         sb.request(conn, frame.id, req, &out);
     }
     sb.cancel_connection(conn);
@@ -1204,6 +1323,8 @@ struct State {
     destroyed: Vec<String>,
     attached: usize,
     next_pid: i32,
+    /// Protocol of the agents of new sandboxes.
+    agent_protocol: u32,
     /// Whether disk limits are enforced (default: yes).
     disk_limits: bool,
     /// Each sandbox's current disk limit (MiB).
@@ -1261,6 +1382,7 @@ impl FakeRuntime {
                 destroyed: Vec::new(),
                 attached: 0,
                 next_pid: 1000,
+                agent_protocol: proto::PROTOCOL_VERSION,
                 disk_limits: true,
                 disk_limit: HashMap::new(),
                 storage_full: None,
@@ -1382,6 +1504,25 @@ impl FakeRuntime {
     /// closing), across all sandboxes.
     pub fn cancelled_execs(&self) -> u64 {
         self.tally.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Streamed reads that ended before their end was sent (cancelled, or
+    /// their connection closed).
+    pub fn cancelled_reads(&self) -> u64 {
+        *self.tally.reads_cancelled.borrow()
+    }
+
+    /// Resolves once `n` streamed reads have been cancelled.
+    pub async fn cancelled_reads_reach(&self, n: u64) {
+        let mut rx = self.tally.reads_cancelled.subscribe();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
+    /// The protocol version the agents of sandboxes created from now on
+    /// speak (default: the current one); 1 is an agent from before
+    /// streamed reads.
+    pub fn set_agent_protocol(&self, version: u32) {
+        self.state().agent_protocol = version;
     }
 
     /// Execs that ran into their timeout, across all sandboxes.
@@ -1589,6 +1730,8 @@ impl Runtime for FakeRuntime {
                 dead: watch::Sender::new(false),
                 execs,
                 cancels: Mutex::new(HashMap::new()),
+                reads: Arc::default(),
+                protocol: st.agent_protocol,
                 next_conn: AtomicU64::new(1),
                 commands: Mutex::new(Vec::new()),
                 tally: self.tally.clone(),
@@ -1779,6 +1922,38 @@ impl Runtime for FakeRuntime {
         FileReply::from_response(file_request(&resolve, op.into_request()))
     }
 
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError> {
+        let tree = self.workspace_tree(id)?;
+        let key = components(&path)
+            .map(|c| c.join("/"))
+            .map_err(|(kind, message)| RuntimeError::File {
+                kind: kind.into(),
+                message,
+            })?;
+        let (data, truncated) =
+            lock(&tree)
+                .read(&key, &path, max_bytes)
+                .map_err(|(kind, message)| RuntimeError::File {
+                    kind: kind.into(),
+                    message,
+                })?;
+        let (tx, stream) = FileStream::channel(path);
+        tokio::spawn(async move {
+            for chunk in data.chunks(FAKE_READ_CHUNK) {
+                if !tx.send(chunk.to_vec()).await {
+                    return;
+                }
+            }
+            tx.end(truncated).await;
+        });
+        Ok(stream)
+    }
+
     async fn export_workspace(&self, id: &str) -> Result<ExportStream, RuntimeError> {
         let tree = self.workspace_tree(id)?;
         let nodes = lock(&tree).nodes.clone();
@@ -1956,6 +2131,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_stream_in_chunks_and_a_dropped_read_is_cancelled() {
+        let rt = FakeRuntime::new();
+        let sb = rt
+            .create(spec("s1", WorkspaceMount::Ephemeral))
+            .await
+            .unwrap();
+        let a = &sb.agent;
+        let data: Vec<u8> = (0..=255u8).cycle().take(10 * FAKE_READ_CHUNK + 1).collect();
+        a.write_file("/workspace/f".into(), data.clone(), None)
+            .await
+            .unwrap();
+        let mut s = a.read_file("/workspace/f".into(), None).await.unwrap();
+        let mut sizes = Vec::new();
+        let mut back = Vec::new();
+        while let Some(c) = s.next().await {
+            let c = c.unwrap();
+            sizes.push(c.len());
+            back.extend_from_slice(&c);
+        }
+        assert!(back == data && !s.truncated());
+        assert_eq!(sizes.len(), 11);
+        let d = a.read_file("/workspace/f".into(), Some(5)).await.unwrap();
+        let d = d.read_all().await.unwrap();
+        assert_eq!((d.data.len(), d.truncated), (5, true));
+
+        // Dropped after one chunk: the agent is told, and the connection
+        // serves on.
+        let mut s = a.read_file("/workspace/f".into(), None).await.unwrap();
+        s.next().await.unwrap().unwrap();
+        drop(s);
+        assert_eq!(a.ping().await.unwrap(), "/workspace");
+        tokio::time::timeout(Duration::from_secs(10), rt.cancelled_reads_reach(1))
+            .await
+            .expect("the dropped read was never cancelled");
+        assert_eq!(rt.cancelled_reads(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_protocol_1_is_read_whole_and_keeps_its_connection() {
+        let rt = FakeRuntime::new();
+        rt.set_agent_protocol(1);
+        let sb = rt
+            .create(spec("s1", WorkspaceMount::Ephemeral))
+            .await
+            .unwrap();
+        let a = &sb.agent;
+        a.write_file("/workspace/f".into(), b"old agent".to_vec(), None)
+            .await
+            .unwrap();
+        let d = a.read_file("/workspace/f".into(), None).await.unwrap();
+        let d = d.read_all().await.unwrap();
+        assert_eq!(
+            (d.path.as_str(), &d.data[..]),
+            ("/workspace/f", &b"old agent"[..])
+        );
+        let e = a
+            .read_file("/workspace/nope".into(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::File { .. }), "{e:?}");
+        // The agent was never sent what it cannot decode: still connected.
+        assert!(a.is_connected());
+        assert_eq!(a.ping().await.unwrap(), "/workspace");
+    }
+
+    #[tokio::test]
     async fn timeouts_cancels_and_death() {
         let rt = FakeRuntime::new();
         let sb = rt
@@ -2000,16 +2241,11 @@ mod tests {
         rt.bind_workspace(&sb.handle, "w").await.unwrap();
         run(&sb.agent, "echo x > /workspace/f", 1000).await;
         let data = rt
-            .workspace_file(
-                "w",
-                FileOp::Read {
-                    path: "/f".into(),
-                    max_bytes: None,
-                },
-            )
+            .workspace_read("w", "/f".into(), None)
             .await
             .unwrap()
-            .into_data()
+            .read_all()
+            .await
             .unwrap();
         assert_eq!(data.data, b"x\n");
         assert!(matches!(

@@ -10,9 +10,12 @@ mod files;
 #[cfg(target_os = "linux")]
 pub mod latebind;
 
-pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply};
+pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
 pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
-pub use files::{DirEntry, FileData, FileErrorKind, FileOp, FileReply, FileStat, FileType};
+pub use files::{
+    read_blocking, DirEntry, FileData, FileErrorKind, FileOp, FileReply, FileSender, FileStat,
+    FileStream, FileType, READ_CHUNK,
+};
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -21,7 +24,8 @@ use std::path::PathBuf;
 /// bound of an exec output cap.
 pub const MAX_EXEC_OUTPUT_BYTES: u64 = sandkasten_protocol::MAX_FRAME_BYTES as u64;
 
-/// Largest file content one read can return: the upper bound of a read cap.
+/// Largest file content one read can return: the upper bound of a read cap
+/// (reads stream, but an agent of protocol 1 answers in one frame).
 pub const MAX_READ_BYTES: u64 = sandkasten_protocol::MAX_FILE_DATA_BYTES;
 
 /// Smallest workspace quota a backend accepts (a btrfs image needs room for
@@ -350,6 +354,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// new files belong to the sandbox user. A failed operation is
     /// [`RuntimeError::File`]; a missing workspace [`RuntimeError::NotFound`].
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError>;
+
+    /// Reads a regular file of workspace `id` without a session, at most
+    /// `max_bytes`, as a stream (paths and rights as
+    /// [`Runtime::workspace_file`]). Answers once the file is open: a file
+    /// that cannot be read is an error here, before any content.
+    async fn workspace_read(
+        &self,
+        id: &str,
+        path: String,
+        max_bytes: Option<u64>,
+    ) -> Result<FileStream, RuntimeError>;
 
     /// Workspace `id`'s content as a tar stream (paths relative to the
     /// workspace root, owners as the sandbox sees them, symlinks as

@@ -115,9 +115,9 @@ pub struct Defaults {
 pub struct Disk {
     /// Native runtime: size (MiB) of the scratch filesystem
     /// (`<data_dir>/scratch.img`, preallocated, btrfs with one quota group
-    /// per sandbox) that holds every sandbox's own writes. Unset: a quarter
-    /// of the data dir's filesystem, at most half of its free space and 64
-    /// GiB (left out with a warning, disk limits then not enforced, where
+    /// per sandbox) that holds every sandbox's own writes. Unset: a tenth
+    /// of the data dir's filesystem, at most a quarter of its free space and
+    /// 16 GiB (left out with a warning, disk limits then not enforced, where
     /// that is under 1 GiB or the host lacks btrfs or loop devices); 0: no
     /// scratch filesystem (not enforced). An existing image keeps its size.
     pub scratch_size_mb: Option<u64>,

@@ -41,6 +41,15 @@ def test_health_and_session_lifecycle(client: SyncSandboxClient) -> None:
         session.destroy()
 
 
+def test_a_session_has_its_own_disk_limit(client: SyncSandboxClient) -> None:
+    with client.create_session(disk_limit_mb=32) as session:
+        assert session.info().disk_limit_mb == 32
+        r = session.exec("dd if=/dev/zero of=/tmp/big bs=1M count=64 2>&1; echo rc=$?")
+        assert "Disk quota exceeded" in r.output and "rc=0" not in r.output, r.output
+    with pytest.raises(sandkasten.InvalidRequest, match="disk_limit_mb"):
+        client.create_session(disk_limit_mb=0)
+
+
 def test_errors(client: SyncSandboxClient, daemon: Any) -> None:
     with pytest.raises(sandkasten.InvalidImage):
         client.create_session(image="no-such-image")

@@ -42,6 +42,7 @@ CODES = {
     "PAYLOAD_TOO_LARGE": (413, "PayloadTooLarge"),
     "CAPACITY_EXHAUSTED": (503, "CapacityExhausted"),
     "SHUTTING_DOWN": (503, "ShuttingDown"),
+    "STORAGE_FULL": (507, "StorageFull"),
     "INTERNAL_ERROR": (500, "InternalError"),
 }
 

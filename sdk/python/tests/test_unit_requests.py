@@ -153,6 +153,28 @@ async def test_create_session_sends_only_what_is_given(d: Daemon, flavor: str) -
     await aclose(client)
 
 
+async def test_create_session_disk_limit(d: Daemon, flavor: str) -> None:
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    await maybe(client.create_session(disk_limit_mb=2048))
+    assert body(d.requests[-1]) == {"disk_limit_mb": 2048}
+    # The daemon checks the range; the SDK only the type, before sending.
+    n = len(d.requests)
+    for bad in ("2048", 1.5, True):
+        with pytest.raises(TypeError, match="disk_limit_mb"):
+            await maybe(client.create_session(disk_limit_mb=bad))
+    assert len(d.requests) == n
+    await aclose(client)
+
+
+async def test_a_full_host_is_storage_full(flavor: str) -> None:
+    d = Daemon()
+    d.on("POST", "/v1/sessions", error(507, "STORAGE_FULL"))
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    with pytest.raises(sandkasten.StorageFull):
+        await maybe(client.create_session())
+    await aclose(client)
+
+
 async def test_create_session_env(d: Daemon, flavor: str) -> None:
     client: Any = d.async_client() if flavor == "async" else d.sync_client()
     await maybe(client.create_session(env={"GREETING": "hi there", "PATH": "/opt/bin:/usr/bin"}))

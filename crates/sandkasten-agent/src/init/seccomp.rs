@@ -1,6 +1,6 @@
 //! The sandbox's seccomp filter: checks the architecture (a foreign-arch
-//! syscall kills the process) and answers EPERM to what a sandbox never
-//! needs. The list and the reason for each entry are in
+//! syscall, and on x86-64 an x32 one, kills the process) and answers EPERM
+//! to what a sandbox never needs. The list and the reason for each entry are in
 //! `docs/architecture.md` ("Seccomp").
 
 use seccompiler::{
@@ -90,6 +90,16 @@ pub const ALLOWED_SOCKET_FAMILIES: &[(i32, &str)] = &[
     (libc::AF_NETLINK, "AF_NETLINK"),
 ];
 
+/// Netlink protocols a sandbox may open; any other gets EPROTONOSUPPORT
+/// (what the kernel answers for a protocol it does not have).
+pub const ALLOWED_NETLINK_PROTOCOLS: &[(i32, &str)] = &[
+    // Links, addresses, routes of the sandbox's own network namespace
+    // (`ip`, glibc's getifaddrs).
+    (libc::NETLINK_ROUTE, "NETLINK_ROUTE"),
+    // Socket listings of the own network namespace (`ss`).
+    (libc::NETLINK_SOCK_DIAG, "NETLINK_SOCK_DIAG"),
+];
+
 /// Namespace-creating flags refused in `clone` and `unshare`.
 pub const NAMESPACE_FLAGS: &[(u64, &str)] = &[
     (libc::CLONE_NEWUSER as u64, "CLONE_NEWUSER"),
@@ -129,10 +139,38 @@ fn flag_rules() -> Result<Vec<SeccompRule>, String> {
         .collect()
 }
 
+/// On x86-64 the x32 ABI shares the architecture value and marks its
+/// calls with bit 30 of the number: a deny rule for `keyctl` (250) does not
+/// match x32's `keyctl` (0x4000_00fa), and a kernel built with x32 would
+/// run it. This program kills the process on any x32 call (seccompiler's
+/// filters only check the architecture, which x32 passes).
+#[cfg(target_arch = "x86_64")]
+fn x32_kill() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    // BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JGE|BPF_K, BPF_RET|BPF_K.
+    const LD_W_ABS: u16 = 0x20;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const SECCOMP_RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        // seccomp_data.nr is at offset 0.
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        insn(RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        insn(RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ]
+}
+
 /// Builds the filters: EPERM for the deny list and namespace flags,
-/// EAFNOSUPPORT for socket families outside the allowed set, ENOSYS for
+/// EAFNOSUPPORT for socket families outside the allowed set,
+/// EPROTONOSUPPORT for netlink protocols outside theirs, ENOSYS for
 /// `clone3` (its flags live in memory seccomp cannot inspect;
-/// libc falls back to `clone`, whose flags the first filter checks).
+/// libc falls back to `clone`, whose flags the first filter checks), and
+/// on x86-64 death for x32 calls (after the architecture check of the
+/// others, which kills any other ABI).
 pub fn filters() -> Result<Vec<BpfProgram>, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(nr, _)| (*nr, vec![])).collect();
@@ -182,6 +220,37 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         arch(),
     )
     .map_err(|e| e.to_string())?;
+    // Netlink: only the protocols of the own network namespace's links and
+    // sockets. The others reach host-wide state or large parsers: device
+    // events (KOBJECT_UEVENT, delivered to a network namespace of the
+    // initial user namespace, i.e. docker's), audit, xfrm, netfilter,
+    // crypto, connector.
+    let other_netlink = {
+        let mut conds = vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_NETLINK as u64,
+        )
+        .map_err(|e| e.to_string())?];
+        for (proto, _) in ALLOWED_NETLINK_PROTOCOLS {
+            conds.push(
+                SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *proto as u64)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        SeccompRule::new(conds).map_err(|e| e.to_string())?
+    };
+    let netlink: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_socket, vec![other_netlink])]
+        .into_iter()
+        .collect();
+    let eprotonosupport = SeccompFilter::new(
+        netlink,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPROTONOSUPPORT as u32),
+        arch(),
+    )
+    .map_err(|e| e.to_string())?;
     let clone3: BTreeMap<i64, Vec<SeccompRule>> =
         [(libc::SYS_clone3, vec![])].into_iter().collect();
     let enosys = SeccompFilter::new(
@@ -191,11 +260,16 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         arch(),
     )
     .map_err(|e| e.to_string())?;
-    Ok(vec![
+    #[allow(unused_mut)]
+    let mut programs = vec![
         BpfProgram::try_from(eperm).map_err(|e| e.to_string())?,
         BpfProgram::try_from(eafnosupport).map_err(|e| e.to_string())?,
+        BpfProgram::try_from(eprotonosupport).map_err(|e| e.to_string())?,
         BpfProgram::try_from(enosys).map_err(|e| e.to_string())?,
-    ])
+    ];
+    #[cfg(target_arch = "x86_64")]
+    programs.push(x32_kill());
+    Ok(programs)
 }
 
 /// Sets no_new_privs and installs the filters on the calling process.
@@ -213,7 +287,8 @@ mod tests {
     #[test]
     fn filters_compile() {
         let f = filters().unwrap();
-        assert_eq!(f.len(), 3);
+        let expected = if cfg!(target_arch = "x86_64") { 5 } else { 4 };
+        assert_eq!(f.len(), expected);
         assert!(f.iter().all(|p| !p.is_empty()));
     }
 }

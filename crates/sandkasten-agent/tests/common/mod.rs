@@ -155,6 +155,16 @@ impl ExecResult {
     }
 }
 
+/// Everything a streamed read sent back.
+#[derive(Debug)]
+pub struct ReadResult {
+    pub path: String,
+    pub data: Vec<u8>,
+    /// The size of each chunk, in order.
+    pub chunks: Vec<usize>,
+    pub truncated: bool,
+}
+
 impl Client {
     pub fn send(&mut self, req: Request) -> u64 {
         let id = self.next_id;
@@ -190,6 +200,16 @@ impl Client {
         }
     }
 
+    /// Where a frame for request `id` waits in the stash, if any.
+    pub fn stash_position(&self, id: u64) -> Option<usize> {
+        self.stash.iter().position(|(got, _)| *got == id)
+    }
+
+    /// Takes the stashed frame at `i`.
+    pub fn take_stashed(&mut self, i: usize) -> Response {
+        self.stash.remove(i).unwrap().1
+    }
+
     fn read(&mut self) -> (u64, Response) {
         let frame = read_frame(&mut self.stream)
             .expect("read a reply (timed out or broken)")
@@ -218,6 +238,50 @@ impl Client {
             max_output_bytes,
         });
         self.collect_exec(id, start)
+    }
+
+    /// Reads `path` with `ReadStream` (window 4), acknowledging each chunk
+    /// as it arrives; an `Error` reply is `Err`.
+    pub fn read_file(
+        &mut self,
+        path: &str,
+        max_bytes: Option<u64>,
+    ) -> Result<ReadResult, Response> {
+        let id = self.send(Request::ReadStream {
+            path: path.into(),
+            max_bytes,
+            window: 4,
+        });
+        self.collect_read(id)
+    }
+
+    /// Reads the frames of streamed read `id` until its end, acknowledging
+    /// each chunk.
+    pub fn collect_read(&mut self, id: u64) -> Result<ReadResult, Response> {
+        let (mut data, mut chunks) = (Vec::new(), Vec::new());
+        loop {
+            match self.recv_for(id) {
+                Response::FileChunk { data: d } => {
+                    assert!(!d.is_empty(), "an empty chunk");
+                    chunks.push(d.len());
+                    data.extend_from_slice(&d);
+                    self.send(Request::ReadAck {
+                        target: id,
+                        chunks: 1,
+                    });
+                }
+                Response::FileEnd { path, truncated } => {
+                    return Ok(ReadResult {
+                        path,
+                        data,
+                        chunks,
+                        truncated,
+                    })
+                }
+                e @ Response::Error { .. } => return Err(e),
+                other => panic!("unexpected reply to a read: {other:?}"),
+            }
+        }
     }
 
     /// Reads the frames of exec `id` until its ExecDone.

@@ -355,8 +355,7 @@ fn limits() -> ConnLimits {
     }
 }
 
-#[allow(non_snake_case)]
-fn MS(ms: u64) -> Duration {
+fn ms(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
@@ -433,7 +432,7 @@ async fn closed(s: &mut TcpStream) {
 async fn is_open(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 1024];
     loop {
-        match tokio::time::timeout(MS(0), s.read(&mut buf)).await {
+        match tokio::time::timeout(ms(0), s.read(&mut buf)).await {
             Err(_) => return true,
             Ok(Ok(0)) | Ok(Err(_)) => return false,
             Ok(Ok(_)) => {}
@@ -443,7 +442,7 @@ async fn is_open(s: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_or_silent_head_is_closed_after_the_header_timeout() {
-    let timeout = MS(300);
+    let timeout = ms(300);
     let srv = start(ConnLimits {
         header_timeout: timeout,
         ..limits()
@@ -460,7 +459,7 @@ async fn a_slow_or_silent_head_is_closed_after_the_header_timeout() {
     let (mut r, mut w) = slow.into_split();
     let trickle = tokio::spawn(async move {
         while w.write_all(b"x-slow: 1\r\n").await.is_ok() {
-            tokio::time::sleep(MS(20)).await;
+            tokio::time::sleep(ms(20)).await;
         }
     });
     closed(&mut silent).await;
@@ -480,7 +479,7 @@ async fn a_slow_or_silent_head_is_closed_after_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_is_closed_after_the_idle_timeout() {
-    let idle = MS(400);
+    let idle = ms(400);
     let srv = start(ConnLimits {
         idle_timeout: idle,
         ..limits()
@@ -498,7 +497,7 @@ async fn an_idle_keep_alive_is_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_the_limit_idle_connections_are_closed_sooner() {
     // 6 of 8 open is three quarters: idle ones get 200 ms instead of 30 s.
-    let short = MS(200);
+    let short = ms(200);
     let srv = start(ConnLimits {
         max_connections: 8,
         max_unauthenticated: 8,
@@ -525,7 +524,7 @@ async fn near_the_limit_idle_connections_are_closed_sooner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_body_fails_with_400_and_the_connection_closes() {
-    let timeout = MS(300);
+    let timeout = ms(300);
     let srv = start(ConnLimits {
         body_timeout: timeout,
         ..limits()
@@ -584,7 +583,7 @@ async fn a_head_over_the_limit_is_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
-    let timeout = MS(300);
+    let timeout = ms(300);
     let srv = start(ConnLimits {
         write_timeout: timeout,
         ..limits()
@@ -864,7 +863,7 @@ fn accepting_out_of_descriptors_neither_spins_nor_starves_newcomers() {
             "the child never used all its descriptors ({} open)",
             open_fds(pid)
         );
-        std::thread::sleep(MS(10));
+        std::thread::sleep(ms(10));
     }
     // A measurement window, not a wait for an event: a spinning accept
     // loop would use about a second of CPU in it.

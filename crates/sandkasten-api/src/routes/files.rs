@@ -6,6 +6,11 @@
 //! workspace (`routes::workspaces`). Both sets of handlers share the
 //! validation and conversion here and differ only in the [`FileScope`]
 //! they pass, which picks the engine method.
+//!
+//! A read is answered as a stream ([`read_response`]): the JSON of a
+//! [`FileContent`], byte for byte, produced as the file's chunks come, so
+//! the daemon never holds a file (nor its base64) whole, and a slow client
+//! slows its own read down to the sandbox (backpressure) and nothing else.
 
 use super::ApiResult;
 use crate::backend::Backend;
@@ -20,11 +25,14 @@ use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{Multipart, State};
+use axum::http::header;
+use axum::response::Response;
 use axum::Json;
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use futures::StreamExt;
 use sandkasten_engine::{self as engine, EngineError};
 
 /// The directory an upload goes to and a listing shows when the request
@@ -60,7 +68,7 @@ impl FileScope<'_> {
         backend: &dyn Backend,
         path: &str,
         max_bytes: Option<u64>,
-    ) -> Result<engine::FileContent, EngineError> {
+    ) -> Result<engine::FileReader, EngineError> {
         match self {
             FileScope::Session(id) => backend.read_file(id, path, max_bytes).await,
             FileScope::Workspace(id) => backend.workspace_read_file(id, path, max_bytes).await,
@@ -164,7 +172,7 @@ pub(crate) async fn write_in(
     tag = "files",
     params(("id" = String, Path, description = "Session id"), ReadFileQuery),
     responses(
-        (status = 200, description = "The content", body = FileContent),
+        (status = 200, description = "The content (streamed as it is read)", body = FileContent),
         (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a directory", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
@@ -175,25 +183,104 @@ pub(crate) async fn read_file(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ReadFileQuery>,
-) -> ApiResult<Json<FileContent>> {
+) -> ApiResult<Response> {
     read_in(&state, FileScope::Session(&id), q).await
 }
 
-/// Validates a read and reads the file in `scope`.
+/// Validates a read and reads the file in `scope`. An error opening the
+/// file is an error answer; once the file is open the answer is 200 and
+/// streams (see [`read_response`]).
 pub(crate) async fn read_in(
     state: &AppState,
     scope: FileScope<'_>,
     q: ReadFileQuery,
-) -> ApiResult<Json<FileContent>> {
+) -> ApiResult<Response> {
     check_path(&q.path)?;
     // v1 clients send `max_bytes=0` to mean "no limit of my own".
     let max_bytes = q.max_bytes.filter(|&n| n > 0);
-    let content = scope.read(&*state.backend, &q.path, max_bytes).await?;
-    Ok(Json(FileContent {
-        path: content.path,
-        content_base64: STANDARD.encode(&content.data),
-        truncated: content.truncated,
-    }))
+    let reader = scope.read(&*state.backend, &q.path, max_bytes).await?;
+    read_response(reader)
+}
+
+/// The JSON of a [`FileContent`] for a file read as a stream, produced
+/// piece by piece: [`JsonBase64::head`], each chunk's base64 as it comes,
+/// [`JsonBase64::tail`]. The next chunk is asked for only when the client
+/// has taken the last one. A failure after the head ends the body early: a
+/// client sees a broken answer, never a wrong one.
+fn read_response(reader: engine::FileReader) -> ApiResult<Response> {
+    let head = JsonBase64::head(&reader.path);
+    let head = futures::stream::once(async move { Ok(Bytes::from(head)) });
+    let rest = futures::stream::unfold(Some((reader, JsonBase64::default())), |state| async move {
+        let (mut reader, mut json) = state?;
+        loop {
+            match reader.next().await {
+                Some(Ok(chunk)) => {
+                    let text = json.chunk(&chunk);
+                    if !text.is_empty() {
+                        return Some((Ok(Bytes::from(text)), Some((reader, json))));
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(path = %reader.path, "a file read failed midway: {e}");
+                    return Some((Err(std::io::Error::other(e.to_string())), None));
+                }
+                None => {
+                    let tail = json.tail(reader.truncated());
+                    return Some((Ok(Bytes::from(tail)), None));
+                }
+            }
+        }
+    });
+    let body = head.chain(rest);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(format!("building the read response: {e}")))
+}
+
+/// The JSON text of a [`FileContent`] (`{"path":…,"content_base64":"…",
+/// "truncated":…}`, exactly as serde_json writes it) for content that
+/// comes in chunks: base64 is written in whole 3-byte groups, and the 0–2
+/// bytes of a chunk that do not fill one wait for the next chunk or the
+/// end, so the text is the same however the content is cut.
+#[derive(Default)]
+struct JsonBase64 {
+    carry: Vec<u8>,
+}
+
+impl JsonBase64 {
+    /// Everything before the content.
+    fn head(path: &str) -> String {
+        let path = serde_json::to_string(path).unwrap_or_else(|_| "\"\"".into());
+        format!(r#"{{"path":{path},"content_base64":""#)
+    }
+
+    /// The base64 of `data` (with the bytes carried from before) in whole
+    /// groups; may be empty.
+    fn chunk(&mut self, mut data: &[u8]) -> String {
+        let mut out = String::with_capacity((self.carry.len() + data.len()) / 3 * 4 + 4);
+        if !self.carry.is_empty() {
+            let take = (3 - self.carry.len()).min(data.len());
+            self.carry.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.carry.len() < 3 {
+                return out;
+            }
+            STANDARD.encode_string(&self.carry, &mut out);
+            self.carry.clear();
+        }
+        let whole = data.len() / 3 * 3;
+        STANDARD.encode_string(&data[..whole], &mut out);
+        self.carry.extend_from_slice(&data[whole..]);
+        out
+    }
+
+    /// The last group (padded) and everything after the content.
+    fn tail(self, truncated: bool) -> String {
+        let mut out = STANDARD.encode(&self.carry);
+        out.push_str(&format!(r#"","truncated":{truncated}}}"#));
+        out
+    }
 }
 
 /// Rejects an upload filename that is not a plain name: a file goes exactly
@@ -467,6 +554,31 @@ mod tests {
         assert_eq!(upload_target("/workspace/", "a"), "/workspace/a");
         assert_eq!(upload_target("/", "a"), "/a");
         assert_eq!(upload_target("sub", "a"), "sub/a");
+    }
+
+    #[test]
+    fn a_streamed_read_is_the_json_of_its_file_content_however_it_is_cut() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        for len in [0, 1, 2, 3, 4, 5, 6, 7, 100, 1000] {
+            for cut in [1, 2, 3, 4, 5, 7, 64, 1000] {
+                for truncated in [false, true] {
+                    let path = "/workspace/a \"b\"\\ü\n";
+                    let want = serde_json::to_string(&FileContent {
+                        path: path.into(),
+                        content_base64: STANDARD.encode(&data[..len]),
+                        truncated,
+                    })
+                    .unwrap();
+                    let mut json = JsonBase64::default();
+                    let mut got = JsonBase64::head(path);
+                    for piece in data[..len].chunks(cut) {
+                        got.push_str(&json.chunk(piece));
+                    }
+                    got.push_str(&json.tail(truncated));
+                    assert_eq!(got, want, "{len} bytes in pieces of {cut}");
+                }
+            }
+        }
     }
 
     #[test]

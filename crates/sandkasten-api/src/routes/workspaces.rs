@@ -225,7 +225,7 @@ pub(crate) async fn workspace_read_file(
     State(state): State<AppState>,
     WorkspaceId(id): WorkspaceId,
     ApiQuery(q): ApiQuery<ReadFileQuery>,
-) -> ApiResult<Json<FileContent>> {
+) -> ApiResult<axum::response::Response> {
     files::read_in(&state, FileScope::Workspace(&id), q).await
 }
 

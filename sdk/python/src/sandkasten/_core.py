@@ -650,10 +650,16 @@ def create_session(
     ttl_seconds: int | None,
     workspace_id: str | None,
     env: Mapping[str, str] | None = None,
+    disk_limit_mb: int | None = None,
 ) -> Call[SessionInfo]:
     """``POST /v1/sessions``; ``env`` is sent as the JSON object ``env``
-    (omitted when None; the daemon validates names and sizes).
+    (omitted when None; the daemon validates names and sizes), and
+    ``disk_limit_mb`` when given (the daemon checks its range).
     """
+    if disk_limit_mb is not None and (
+        isinstance(disk_limit_mb, bool) or not isinstance(disk_limit_mb, int)
+    ):
+        raise TypeError(f"disk_limit_mb must be an int, not {type(disk_limit_mb).__name__}")
     body: dict[str, Any] = {}
     if image is not None:
         body["image"] = image
@@ -670,6 +676,8 @@ def create_session(
                     f"env must map str to str; got {type(name).__name__} -> {type(value).__name__}"
                 )
         body["env"] = dict(env)
+    if disk_limit_mb is not None:
+        body["disk_limit_mb"] = disk_limit_mb
     return Call("POST", "/v1/sessions", lambda d: SessionInfo.from_json(_obj(d)), json=body)
 
 

@@ -134,6 +134,7 @@ class SandboxClient(_core.ClientBase):
         ttl_seconds: int | None = None,
         workspace_id: str | None = None,
         env: Mapping[str, str] | None = None,
+        disk_limit_mb: int | None = None,
     ) -> Session:
         """Create a session (``POST /v1/sessions``).
 
@@ -153,13 +154,24 @@ class SandboxClient(_core.ClientBase):
                 ``HOME``, ...). Names are ``[A-Za-z_][A-Za-z0-9_]*``; at most
                 128 variables and 64 KiB of names and values; values must not
                 contain NUL. None sends no ``env``.
+            disk_limit_mb: The disk limit (MiB) of the sandbox's own writes
+                outside a persistent ``/workspace`` (root filesystem, home,
+                ``/tmp``, ``/var/tmp``); past it writes fail with "Disk quota
+                exceeded". None for the daemon's ``defaults.disk_limit_mb``.
+                ``session.last_info.disk_limit_mb`` is the limit in force
+                (None where the backend enforces none).
 
         Raises:
             InvalidImage, InvalidWorkspace, CapacityExhausted, WorkspaceDisabled.
-            InvalidRequest: A bad ``env`` name or value, or too many or too large.
-            TypeError: ``env`` is not a mapping of ``str`` to ``str`` (nothing is sent).
+            InvalidRequest: A bad ``env`` name or value, or too many or too large;
+                ``disk_limit_mb`` below 1 or above the daemon's cap.
+            StorageFull: The host's disk lacks room for another sandbox.
+            TypeError: ``env`` is not a mapping of ``str`` to ``str``, or
+                ``disk_limit_mb`` is not an int (nothing is sent).
         """
-        info = await self._run(_core.create_session(image, ttl_seconds, workspace_id, env))
+        info = await self._run(
+            _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb)
+        )
         return self._session(info)
 
     async def get_session(self, session_id: str) -> Session:

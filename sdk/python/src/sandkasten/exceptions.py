@@ -240,6 +240,13 @@ class ShuttingDown(SandkastenAPIError):
     """503: the daemon is shutting down."""
 
 
+@_code("STORAGE_FULL")
+class StorageFull(SandkastenAPIError):
+    """507: the host's disk lacks room for another sandbox; running sessions
+    keep working, and the same create succeeds once space returns.
+    """
+
+
 @_code("INTERNAL_ERROR")
 class InternalError(SandkastenAPIError):
     """500: a daemon bug or a host failure (details are in the daemon's log)."""

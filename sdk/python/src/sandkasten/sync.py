@@ -129,6 +129,7 @@ class SyncSandboxClient(_core.ClientBase):
         ttl_seconds: int | None = None,
         workspace_id: str | None = None,
         env: Mapping[str, str] | None = None,
+        disk_limit_mb: int | None = None,
     ) -> SyncSession:
         """Create a session (``POST /v1/sessions``), from the pre-warmed pool
         when one is ready; see :meth:`sandkasten.SandboxClient.create_session`.
@@ -139,8 +140,10 @@ class SyncSandboxClient(_core.ClientBase):
             workspace_id: Persistent workspace mounted at ``/workspace``.
             env: Extra environment variables of the session's shell (the JSON
                 object ``env``); None sends none.
+            disk_limit_mb: The disk limit (MiB) of the sandbox's own writes;
+                None for the daemon's default.
         """
-        call = _core.create_session(image, ttl_seconds, workspace_id, env)
+        call = _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb)
         return self._session(self._run(call))
 
     def get_session(self, session_id: str) -> SyncSession:

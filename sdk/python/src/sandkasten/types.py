@@ -143,6 +143,10 @@ class SessionInfo:
     acquire_source: str | None = None
     """``"pool"`` when a pre-warmed sandbox served the create, ``"cold"`` otherwise."""
 
+    disk_limit_mb: int | None = None
+    """The disk limit (MiB) of the sandbox's own writes outside a persistent
+    ``/workspace``; None where the daemon's backend enforces none."""
+
     container_id: str | None = None
     """Kept for compatibility with sandkasten 0.3; this daemon does not send it."""
 
@@ -161,6 +165,7 @@ class SessionInfo:
             expires_at=str(data.get("expires_at", "")),
             workspace_id=data.get("workspace_id") or None,
             acquire_source=data.get("acquire_source"),
+            disk_limit_mb=data.get("disk_limit_mb"),
             container_id=data.get("container_id"),
             last_activity=data.get("last_activity"),
         )
