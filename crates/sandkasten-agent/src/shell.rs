@@ -405,11 +405,24 @@ impl Flavor {
         }
     }
 
-    /// The first line the shell runs.
+    /// The first line the shell runs: job control, aliases, an INT trap
+    /// that keeps the shell alive, and `__sk_s`, the status step of every
+    /// exec (see [`Flavor::status_line`]; a function so that the line the
+    /// shell reads byte by byte after each command stays short).
     fn setup(self) -> &'static str {
         match self {
-            Flavor::Bash => "set -m; shopt -s expand_aliases; trap : INT\n",
-            Flavor::Sh => "set -m; trap : INT\n",
+            Flavor::Bash => concat!(
+                "set -m; shopt -s expand_aliases; trap : INT; ",
+                "__sk_s() { __sk_rc=${__sk_rc-$1}; ",
+                "\\builtin printf \"$2\"'\\0%s\\0%s\\0' \"$__sk_rc\" \"${PWD-}\" >&98 ",
+                "|| \\builtin exit \"$__sk_rc\"; \\builtin unset __sk_c __sk_rc; }\n"
+            ),
+            Flavor::Sh => concat!(
+                "set -m; trap : INT; ",
+                "__sk_s() { __sk_rc=${__sk_rc-$1}; ",
+                "printf \"$2\"'\\0%s\\0%s\\0' \"$__sk_rc\" \"${PWD-}\" >&9 ",
+                "|| exit \"$__sk_rc\"; unset __sk_c __sk_rc; }\n"
+            ),
         }
     }
 
@@ -449,18 +462,13 @@ impl Flavor {
     }
 
     /// The second script line of an exec: writes the exit code and the
-    /// working directory behind the token `report`. The code is the one the
-    /// run line kept, or `$?` when bash abandoned the run line (its
-    /// foreground job died of SIGINT: 130).
+    /// working directory behind the token `report` (through `__sk_s`,
+    /// defined by [`Flavor::setup`]). The code is the one the run line
+    /// kept, or `$?` when bash abandoned the run line (its foreground job
+    /// died of SIGINT: 130). A command that redefines `__sk_s` gets no
+    /// status: its exec times out and the shell is replaced.
     fn status_line(self, report: &str) -> String {
-        let (b, fd) = match self {
-            Flavor::Bash => (r"\builtin ", 98),
-            Flavor::Sh => ("", 9),
-        };
-        format!(
-            "{{ __sk_rc=${{__sk_rc-$?}}; {b}printf '{report}\\0%s\\0%s\\0' \"$__sk_rc\" \"${{PWD-}}\" >&{fd} \
-             || {b}exit \"$__sk_rc\"; {b}unset __sk_c __sk_rc; }} 2>/dev/null\n"
-        )
+        format!("__sk_s $? {report} 2>/dev/null\n")
     }
 }
 
@@ -484,6 +492,12 @@ struct Ttys {
     /// Terminals of finished execs that processes (background jobs) still
     /// hold: read and dropped until the last holder closes its end.
     retired: Vec<Arc<OwnedFd>>,
+    /// The last exec's terminal, which nobody else held when it ended: the
+    /// next exec reuses it (opening a pty costs more than the rest of an
+    /// exec's own work). Closed by the pump at `spare_until`, so an idle
+    /// sandbox holds one pty, not two.
+    spare: Option<ExecTty>,
+    spare_until: Option<Instant>,
 }
 
 impl Shared {
@@ -513,6 +527,9 @@ impl Shared {
         self.wake();
     }
 }
+
+/// How long a finished exec's free terminal is kept for the next exec.
+const SPARE_KEEP: Duration = Duration::from_secs(2);
 
 /// The terminal of one exec: its stdout and stderr. The agent holds the
 /// slave side while the exec runs, so the master never reports a hang-up
@@ -817,6 +834,13 @@ impl Instance {
     /// A fresh terminal for one exec, owned by the sandbox user and set up
     /// like the shell's own (no echo, no output processing).
     fn exec_tty(&self) -> io::Result<ExecTty> {
+        let spare = lock(&self.shared.ttys).spare.take();
+        if let Some(t) = spare {
+            // Whatever the last exec set (`stty`), this one starts clean.
+            if configure_tty(&t.slave).is_ok() {
+                return Ok(t);
+            }
+        }
         let (master, slave) = open_pty()?;
         set_nonblocking(master.as_raw_fd())?;
         let path = pty_path(&master)?;
@@ -843,14 +867,32 @@ impl Instance {
     /// background job) closes it, so late output never reaches a later
     /// exec and a chatty job never blocks.
     fn release_tty(&self, tty: ExecTty) {
-        drop(tty.slave);
-        let mut p = pollfd(tty.master.as_raw_fd());
+        let ExecTty {
+            master,
+            slave,
+            path,
+        } = tty;
+        drop(slave);
+        let mut p = pollfd(master.as_raw_fd());
         // SAFETY: one valid pollfd, no wait.
         let n = unsafe { libc::poll(&mut p, 1, 0) };
         if n == 1 && p.revents & libc::POLLHUP != 0 {
+            // Nobody holds it: keep it for the next exec (with our own
+            // slave end again, so it does not report a hang-up).
+            if let Ok(slave) = open_slave(&master) {
+                let mut t = lock(&self.shared.ttys);
+                t.spare = Some(ExecTty {
+                    master,
+                    slave,
+                    path,
+                });
+                t.spare_until = Some(Instant::now() + SPARE_KEEP);
+                drop(t);
+                self.shared.wake();
+            }
             return;
         }
-        self.shared.retire(tty.master);
+        self.shared.retire(master);
     }
 
     /// Signals the foreground process group of the terminal unless it is
@@ -950,8 +992,16 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
             pollfd(current.as_ref().map_or(-1, |c| c.as_raw_fd())),
         ];
         fds.extend(retired.iter().map(|r| pollfd(r.as_raw_fd())));
+        // The only deadline: closing a spare terminal nobody used.
+        let timeout = match lock(&shared.ttys).spare_until {
+            Some(t) => t
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            None => -1,
+        };
         // SAFETY: valid array of pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -959,6 +1009,13 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
             }
             eprintln!("sandkasten-agent: shell pump: poll: {e}");
             return;
+        }
+        {
+            let mut t = lock(&shared.ttys);
+            if t.spare_until.is_some_and(|u| Instant::now() >= u) {
+                t.spare = None;
+                t.spare_until = None;
+            }
         }
         if fds[0].revents != 0 {
             drain_pipe(wake_r.as_raw_fd());
@@ -1135,7 +1192,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A fresh random token (hex) for one exec's status record.
 fn nonce() -> String {
-    let mut b = [0u8; 16];
+    let mut b = [0u8; 8];
     // SAFETY: fills a valid buffer; getrandom(2) without flags blocks only
     // before the pool is initialised, long past at this point.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -1144,7 +1201,7 @@ fn nonce() -> String {
         let t = Instant::now();
         let x = format!("{t:?}{:?}", std::thread::current().id());
         for (i, c) in x.bytes().enumerate() {
-            b[i % 16] ^= c;
+            b[i % 8] ^= c;
         }
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -1399,20 +1456,52 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
             }
         }
         let slave = OwnedFd::from_raw_fd(s);
+        configure_tty(&slave)?;
+        Ok((master, slave))
+    }
+}
 
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(s, &mut t) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        t.c_lflag &= !(libc::ECHO
-            | libc::ECHOE
-            | libc::ECHOK
-            | libc::ECHONL
-            | libc::ECHOCTL
-            | libc::ECHOKE
-            | libc::ECHOPRT);
-        t.c_oflag &= !libc::OPOST;
-        t.c_iflag &= !(libc::IXON | libc::IXOFF);
+/// A new slave fd of a pty master (TIOCGPTPEER), close-on-exec.
+fn open_slave(master: &OwnedFd) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: plain ioctl on an owned master; the fd is wrapped at once.
+    let s = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER as _, flags) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(s) })
+}
+
+/// Sets a terminal up for byte-exact output: no echo, no output
+/// processing (so no `\n` -> `\r\n`), no flow control, our window size.
+/// The settings are computed once from a fresh terminal and then set
+/// whole, so whatever a reused terminal was changed to is undone.
+fn configure_tty(slave: &OwnedFd) -> io::Result<()> {
+    static SETTINGS: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+    let s = slave.as_raw_fd();
+    // SAFETY: plain tcgetattr/tcsetattr/ioctl on an owned fd with valid
+    // pointers; termios is plain data.
+    unsafe {
+        let t = match SETTINGS.get() {
+            Some(t) => *t,
+            None => {
+                let mut t: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(s, &mut t) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                t.c_lflag &= !(libc::ECHO
+                    | libc::ECHOE
+                    | libc::ECHOK
+                    | libc::ECHONL
+                    | libc::ECHOCTL
+                    | libc::ECHOKE
+                    | libc::ECHOPRT);
+                t.c_oflag &= !libc::OPOST;
+                t.c_iflag &= !(libc::IXON | libc::IXOFF);
+                *SETTINGS.get_or_init(|| t)
+            }
+        };
         if libc::tcsetattr(s, libc::TCSANOW, &t) < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -1422,9 +1511,9 @@ fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        libc::ioctl(m, libc::TIOCSWINSZ as _, &ws);
-        Ok((master, slave))
+        libc::ioctl(s, libc::TIOCSWINSZ as _, &ws);
     }
+    Ok(())
 }
 
 /// A close-on-exec pipe: (read end, write end).
@@ -1584,8 +1673,8 @@ mod tests {
         assert_eq!(l.matches('\n').count(), 1);
         assert!(l.ends_with('\n'));
         let l = Flavor::Sh.status_line("r");
-        assert_eq!(l.matches('\n').count(), 1);
-        assert!(l.contains("'r\\0%s\\0%s\\0'"), "{l}");
+        assert_eq!(l, "__sk_s $? r 2>/dev/null\n");
+        assert!(Flavor::Bash.setup().contains("__sk_s()"));
     }
 
     #[test]
