@@ -244,6 +244,7 @@ pub(crate) async fn workspace_read_file(
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn workspace_write_file(
@@ -268,6 +269,7 @@ pub(crate) async fn workspace_write_file(
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn workspace_upload(
@@ -409,6 +411,7 @@ fn check_snapshot_id(snap: &str) -> ApiResult<()> {
         (status = 201, description = "Created", body = SnapshotInfo),
         (status = 400, description = "INVALID_WORKSPACE, or a workspace without a quota", body = ErrorBody),
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the workspace's quota has no room for the snapshot", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_snapshot(
