@@ -425,6 +425,14 @@ fn quotas_are_enforced_by_the_kernel_and_harm_nothing_else() {
         out.contains("No space left on device") && out.contains("rc=1"),
         "writing past the quota: {v}"
     );
+    // Through the API too the full quota is the client's 507, not a 500.
+    d.post(
+        &format!("/v1/sessions/{s}/fs/write"),
+        &json!({"path": "more", "text": "x".repeat(8 << 20)}),
+    )
+    .assert_error(507, "STORAGE_FULL", "an API write past the quota");
+    d.post(&format!("/v1/workspaces/{small}/snapshots"), &json!({}))
+        .assert_error(507, "STORAGE_FULL", "a snapshot of a full workspace");
     // The filesystem stays usable once space is freed, and nothing else is harmed.
     assert_eq!(
         d.sh(

@@ -153,10 +153,24 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
             }
             _ => Prepared::None,
         };
-        let (agent, writer) = (agent.clone(), writer.clone());
-        run_detached("request", move || {
-            handle(&agent, conn, id, req, prepared, &writer)
-        });
+        let is_read = matches!(prepared, Prepared::Read(_));
+        let (a, w) = (agent.clone(), writer.clone());
+        let job = move || handle(&a, conn, id, req, prepared, &w);
+        if !is_read {
+            run_detached("request", job);
+        } else if let Err(e) = try_detached("read", job) {
+            // Inline, a read would wait on this thread for the ReadAck
+            // only this thread can read: the connection would hang.
+            lock(&agent.reads).remove(&(conn, id));
+            send(
+                &writer,
+                id,
+                Response::Error {
+                    kind: ErrorKind::Io,
+                    message: format!("cannot start a thread for the read ({e}); try again"),
+                },
+            );
+        }
     }
     let _ = stream.shutdown(Shutdown::Both);
     let orphaned: Vec<Arc<CancelHandle>> = lock(&agent.execs)
@@ -330,22 +344,36 @@ fn send(writer: &Writer, id: u64, body: Response) {
 /// (a sandbox at its pids limit still gets answers).
 fn run_detached(name: &str, job: impl FnOnce() + Send + 'static) {
     let slot = Arc::new(Mutex::new(Some(job)));
-    let theirs = slot.clone();
-    let spawned = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let job = lock(&theirs).take();
-            if let Some(job) = job {
-                job();
-            }
-        });
-    if let Err(e) = spawned {
+    if let Err(e) = spawn_slot(name, slot.clone()) {
         eprintln!("sandkasten-agent: cannot start a {name} thread ({e}); running inline");
         let job = lock(&slot).take();
         if let Some(job) = job {
             job();
         }
     }
+}
+
+/// Runs `job` on a new thread; if none can be created, `job` is dropped
+/// and the error returned.
+fn try_detached(name: &str, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    spawn_slot(name, Arc::new(Mutex::new(Some(job))))
+}
+
+/// Starts a thread that takes the job out of `slot` and runs it; on an
+/// error the job is still in the slot.
+fn spawn_slot<F: FnOnce() + Send + 'static>(
+    name: &str,
+    slot: Arc<Mutex<Option<F>>>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let job = lock(&slot).take();
+            if let Some(job) = job {
+                job();
+            }
+        })
+        .map(drop)
 }
 
 /// Process-wide settings of the agent before it serves.

@@ -462,3 +462,69 @@ fn concurrent_reads_of_a_huge_file_cost_the_agent_a_bounded_amount_of_memory() {
         "the agent's peak memory grew by {grown_mib} MiB during 16 reads of 64 MiB"
     );
 }
+
+/// A pids cgroup of the test's own (v1 `pids` hierarchy, else v2), removed
+/// when dropped (its processes must be gone by then).
+struct PidsCgroup(std::path::PathBuf);
+
+impl PidsCgroup {
+    fn new() -> PidsCgroup {
+        let v1 = std::path::Path::new("/sys/fs/cgroup/pids");
+        let root = if v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            std::path::PathBuf::from("/sys/fs/cgroup")
+        };
+        let dir = root.join(format!("sandkasten-agent-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        assert!(
+            dir.join("pids.max").exists(),
+            "no pids controller in {} (enable it in cgroup.subtree_control)",
+            root.display()
+        );
+        PidsCgroup(dir)
+    }
+
+    /// Moves `pid` in and lets it start no more threads.
+    fn freeze_threads(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+        let current = std::fs::read_to_string(self.0.join("pids.current")).unwrap();
+        std::fs::write(self.0.join("pids.max"), current.trim()).unwrap();
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A read cannot run inline on the connection's reader thread (it would
+/// wait there for acknowledgements only that thread can read): in a sandbox
+/// at its pids limit it is refused, and the connection serves on.
+#[test]
+fn a_read_without_a_thread_is_refused_and_the_connection_serves_on() {
+    require_root();
+    let cgroup = PidsCgroup::new();
+    let agent = Agent::start();
+    let mut c = agent.connect();
+    std::fs::write(agent.work.join("f"), "x").unwrap();
+    assert!(matches!(c.call(Request::Ping), Response::Pong { .. }));
+    cgroup.freeze_threads(agent.pid());
+    let resp = c.call(Request::ReadStream {
+        path: path(&agent, "f"),
+        max_bytes: None,
+        window: 1,
+    });
+    match resp {
+        Response::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Io);
+            assert!(message.contains("thread"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Other requests still run (inline).
+    assert!(matches!(c.call(Request::Ping), Response::Pong { .. }));
+    drop(c);
+    drop(agent);
+}

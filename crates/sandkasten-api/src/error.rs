@@ -72,6 +72,10 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
             F::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             F::AlreadyExists(_) => (CONFLICT, "ALREADY_EXISTS"),
             F::InvalidPath(_) => (BAD, "INVALID_PATH"),
+            // RFC 4918's status for a write over a quota; the code of a
+            // full host disk, as the client's remedy is the same kind
+            // (make room, or retry once there is room).
+            F::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
         },
         E::Image(I::Invalid(_)) => (BAD, "INVALID_IMAGE"),
         E::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
@@ -280,6 +284,11 @@ mod tests {
             (S::ShuttingDown.into(), 503, "SHUTTING_DOWN"),
             (
                 E::StorageFull("the data dir has 3 MiB free".into()),
+                507,
+                "STORAGE_FULL",
+            ),
+            (
+                F::NoSpace("/workspace/f: Disk quota exceeded".into()).into(),
                 507,
                 "STORAGE_FULL",
             ),

@@ -57,6 +57,27 @@ impl Modify for SharedResponses {
             ),
         );
         components.responses.insert(
+            "BadRequest".into(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(
+                        "INVALID_REQUEST: a path parameter, query string or body that cannot be \
+                         read (e.g. not UTF-8 after percent-decoding, a wrong type)",
+                    )
+                    .content("application/json", error_json())
+                    .build(),
+            ),
+        );
+        components.responses.insert(
+            "PayloadTooLarge".into(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description("PAYLOAD_TOO_LARGE: the body is over `max_body_mb`")
+                    .content("application/json", error_json())
+                    .build(),
+            ),
+        );
+        components.responses.insert(
             "InternalError".into(),
             RefOr::T(
                 ResponseBuilder::new()
@@ -70,11 +91,19 @@ impl Modify for SharedResponses {
 
 /// Adds the shared responses to the operations of a finished document; run
 /// after the paths are merged in, which `Modify` on the frame cannot see.
+///
+/// The extractors every handler shares answer for themselves, whatever the
+/// handler declares: an operation with parameters or a body can answer 400
+/// `INVALID_REQUEST` (a path segment that is not UTF-8 once decoded, a
+/// query or body of the wrong shape), and one with a body 413. Declared
+/// here once, so that no route can forget them (the fuzz step of
+/// scripts/test checks every answer against this document).
 pub(crate) fn add_shared_responses(openapi: &mut utoipa::openapi::OpenApi) {
     for (path, item) in openapi.paths.paths.iter_mut() {
         if path == "/healthz" {
             continue;
         }
+        let item_params = item.parameters.as_ref().is_some_and(|p| !p.is_empty());
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -86,7 +115,19 @@ pub(crate) fn add_shared_responses(openapi: &mut utoipa::openapi::OpenApi) {
             &mut item.trace,
         ];
         for op in operations.into_iter().flatten() {
+            let has_params = item_params || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let has_body = op.request_body.is_some();
             let responses = &mut op.responses.responses;
+            if has_params || has_body {
+                responses
+                    .entry("400".into())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("BadRequest")));
+            }
+            if has_body {
+                responses
+                    .entry("413".into())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("PayloadTooLarge")));
+            }
             responses
                 .entry("401".into())
                 .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Unauthorized")));

@@ -1862,6 +1862,130 @@ async fn every_documented_route_is_served() {
     }
 }
 
+/// What the extractors answer for themselves is declared on every route
+/// (scripts/fuzz-api checks every answer against the document): 400 where
+/// a route has parameters or a body, 413 where it has a body.
+#[test]
+fn openapi_declares_what_the_extractors_answer() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            let params = op["parameters"].as_array().is_some_and(|p| !p.is_empty());
+            let body = op.get("requestBody").is_some();
+            if params || body {
+                assert!(responses["400"].is_object(), "{method} {path}: no 400");
+            }
+            if body {
+                assert!(responses["413"].is_object(), "{method} {path}: no 413");
+            }
+            if path != "/healthz" {
+                assert!(responses["401"].is_object(), "{method} {path}: no 401");
+            }
+        }
+    }
+    let responses = &doc["components"]["responses"];
+    assert!(responses["BadRequest"]["content"]["application/json"].is_object());
+    assert!(responses["PayloadTooLarge"]["content"]["application/json"].is_object());
+}
+
+/// The document describes what the routes really send and take: one SSE
+/// event per item of the exec stream, tar archives as binary strings, and
+/// the id rules as patterns (so a fuzzer's ids reach the engine).
+#[test]
+fn openapi_schemas_match_the_wire() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let paths = &doc["paths"];
+    let sse = &paths["/v1/sessions/{id}/exec/stream"]["post"]["responses"]["200"]["content"]
+        ["text/event-stream"]["schema"];
+    let event = &doc["components"]["schemas"]["ExecStreamEvent"];
+    assert_eq!(sse["$ref"], "#/components/schemas/ExecStreamEvent", "{sse}");
+    let names: Vec<&Value> = event["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["properties"]["event"]["enum"][0])
+        .collect();
+    assert_eq!(names, [&json!("chunk"), &json!("done"), &json!("error")]);
+    for e in event["oneOf"].as_array().unwrap() {
+        assert_eq!(e["properties"]["data"]["type"], "string", "{e}");
+        assert_eq!(e["required"], json!(["event", "data"]), "{e}");
+    }
+
+    let tar = &doc["components"]["schemas"]["TarArchive"];
+    assert_eq!(
+        (&tar["type"], &tar["format"]),
+        (&json!("string"), &json!("binary"))
+    );
+    let import = &paths["/v1/workspaces/{id}/import"]["put"]["requestBody"]["content"];
+    for media_type in ["application/x-tar", "application/octet-stream"] {
+        assert_eq!(
+            import[media_type]["schema"]["$ref"], "#/components/schemas/TarArchive",
+            "{import}"
+        );
+    }
+    let export = &paths["/v1/workspaces/{id}/export"]["get"]["responses"]["200"]["content"];
+    assert_eq!(
+        export["application/x-tar"]["schema"]["$ref"],
+        "#/components/schemas/TarArchive"
+    );
+
+    // Every workspace and snapshot id in a path carries its pattern.
+    let mut seen = 0;
+    for (path, item) in paths.as_object().unwrap() {
+        for op in item.as_object().unwrap().values() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let pattern = &p["schema"]["pattern"];
+                match (path.starts_with("/v1/workspaces/"), p["name"].as_str()) {
+                    (true, Some("id")) => {
+                        assert_eq!(pattern, "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$", "{path}");
+                        seen += 1;
+                    }
+                    (true, Some("snap")) => {
+                        assert_eq!(pattern, "^snap-[0-9A-Fa-f]{1,59}$", "{path}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let workspace_ops: usize = paths
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| path.starts_with("/v1/workspaces/{id}"))
+        .map(|(_, item)| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(seen, workspace_ops);
+    assert!(seen >= 12, "{seen}");
+}
+
+/// A path segment that is not UTF-8 once percent-decoded is the contract's
+/// JSON 400, on every route (the snapshot routes answered axum's plain
+/// text until the fuzz step found them).
+#[tokio::test]
+async fn undecodable_path_segments_are_json_400() {
+    let (router, _) = app();
+    for (method, uri) in [
+        (Method::GET, "/v1/sessions/%FF"),
+        (Method::GET, "/v1/workspaces/%FF"),
+        (Method::DELETE, "/v1/workspaces/w1/snapshots/%FF"),
+        (Method::POST, "/v1/workspaces/w1/snapshots/%C3/restore"),
+    ] {
+        let r = send(
+            &router,
+            request(method.clone(), uri).body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(
+            r.headers[header::CONTENT_TYPE],
+            "application/json",
+            "{method} {uri}"
+        );
+        r.assert_error(400, "INVALID_REQUEST");
+    }
+}
+
 // ------------------------------------------------------------ export, import
 
 #[tokio::test]

@@ -55,7 +55,10 @@ pub(crate) struct CreateSessionRequest {
     #[schema(example = 600)]
     pub ttl_seconds: Option<u64>,
     /// Persistent workspace to mount at `/workspace`; ephemeral when absent.
-    #[schema(example = "user123-project456")]
+    #[schema(
+        example = "user123-project456",
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"
+    )]
     pub workspace_id: Option<String>,
     /// Extra environment variables of the session's shell (an extension of
     /// the v1 contract). Names: `[A-Za-z_][A-Za-z0-9_]*`; at most 128
@@ -239,6 +242,47 @@ pub(crate) struct ExecErrorEvent {
     pub error: String,
 }
 
+/// One server-sent event of `POST /v1/sessions/{id}/exec/stream` as a
+/// client parses it (for the OpenAPI document only): OpenAPI 3.1 reads the
+/// schema of a `text/event-stream` response as the schema of one event.
+/// `event` names it; `data` is the JSON of [`ExecChunkEvent`],
+/// [`ExecDoneEvent`] or [`ExecErrorEvent`].
+pub(crate) struct ExecStreamEvent;
+
+impl utoipa::PartialSchema for ExecStreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let event = |name: &str, data: &str| {
+            ObjectBuilder::new()
+                .property(
+                    "event",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([name])),
+                )
+                .property(
+                    "data",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .content_media_type("application/json")
+                        .description(Some(format!("`{data}` as JSON"))),
+                )
+                .required("event")
+                .required("data")
+        };
+        OneOfBuilder::new()
+            .item(event("chunk", "ExecChunkEvent"))
+            .item(event("done", "ExecDoneEvent"))
+            .item(event("error", "ExecErrorEvent"))
+            .description(Some(
+                "One event of the stream: `chunk`s, then one `done` or `error`",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ExecStreamEvent {}
+
 // ---------------------------------------------------------------- files
 
 /// `POST /v1/sessions/{id}/fs/write`: `path` and exactly one of `text`
@@ -246,7 +290,7 @@ pub(crate) struct ExecErrorEvent {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct WriteFileRequest {
     /// Relative paths resolve against `/workspace`.
-    #[schema(example = "hello.py")]
+    #[schema(example = "hello.py", min_length = 1)]
     pub path: String,
     /// Content as UTF-8 text.
     #[schema(example = "print(1)")]
@@ -260,6 +304,7 @@ pub(crate) struct WriteFileRequest {
 #[into_params(parameter_in = Query)]
 pub(crate) struct ReadFileQuery {
     /// File to read; relative paths resolve against `/workspace`.
+    #[param(min_length = 1)]
     pub path: String,
     /// Read at most this many bytes (`truncated` tells whether more
     /// remain). Absent or 0: the daemon's read cap.
@@ -290,6 +335,24 @@ pub(crate) struct UploadForm {
     pub path: Option<String>,
 }
 
+/// A tar archive: the body of a workspace import and an export (for the
+/// OpenAPI document only; both stream).
+pub(crate) struct TarArchive;
+
+impl utoipa::PartialSchema for TarArchive {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .content_media_type("application/x-tar")
+            .description(Some("A tar archive (ustar, GNU or PAX)"))
+            .into()
+    }
+}
+
+impl ToSchema for TarArchive {}
+
 /// `{"ok": true, "paths": [...]}` of an upload.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct UploadResult {
@@ -303,6 +366,7 @@ pub(crate) struct UploadResult {
 #[into_params(parameter_in = Query)]
 pub(crate) struct PathQuery {
     /// Relative paths resolve against `/workspace`.
+    #[param(min_length = 1)]
     pub path: String,
 }
 
@@ -406,6 +470,7 @@ impl From<engine::FileStat> for FileStat {
 /// `POST /v1/sessions/{id}/fs/mkdir`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct MkdirRequest {
+    #[schema(min_length = 1)]
     pub path: String,
     /// Create missing parents and succeed when the directory exists
     /// (`mkdir -p`). Default true.
@@ -423,6 +488,7 @@ pub(crate) struct MkdirResult {
 /// `POST /v1/sessions/{id}/fs/remove`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct RemoveRequest {
+    #[schema(min_length = 1)]
     pub path: String,
     /// Remove a directory with its contents. Default false: only files,
     /// symlinks and empty directories.
@@ -436,7 +502,10 @@ pub(crate) struct RemoveRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct CreateWorkspaceRequest {
     /// 1–64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
-    #[schema(example = "user123-project456")]
+    #[schema(
+        example = "user123-project456",
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"
+    )]
     pub id: String,
     /// Size limit in bytes, at least 1; none of its own when absent.
     #[schema(example = 1_073_741_824_u64)]
@@ -457,9 +526,15 @@ pub(crate) struct CreateWorkspaceRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct FromSnapshot {
     /// The workspace the snapshot belongs to.
-    #[schema(example = "user123-project456")]
+    #[schema(
+        example = "user123-project456",
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"
+    )]
     pub workspace_id: String,
-    #[schema(example = "snap-0123456789abcdef")]
+    #[schema(
+        example = "snap-0123456789abcdef",
+        pattern = r"^snap-[0-9A-Fa-f]{1,59}$"
+    )]
     pub snapshot_id: String,
 }
 
@@ -502,6 +577,31 @@ impl From<engine::WorkspaceInfo> for WorkspaceInfo {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct WorkspaceList {
     pub workspaces: Vec<WorkspaceInfo>,
+}
+
+/// The `{id}` of a workspace route (for the OpenAPI document;
+/// `extract::WorkspaceId` checks it with the engine's rule).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct WorkspacePath {
+    /// Workspace id: 1–64 characters of `[A-Za-z0-9._-]`, not starting
+    /// with `.` or `-`.
+    #[param(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
+    id: String,
+}
+
+/// The `{id}` and `{snap}` of a snapshot route (for the OpenAPI document).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct SnapshotPath {
+    /// Workspace id.
+    #[param(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
+    id: String,
+    /// Snapshot id: `snap-` and hex digits, as the daemon makes them.
+    #[param(pattern = r"^snap-[0-9A-Fa-f]{1,59}$")]
+    snap: String,
 }
 
 /// `POST /v1/workspaces/{id}/snapshots` (the body may be empty).

@@ -82,6 +82,10 @@ pub enum FileError {
     /// never be valid.
     #[error("{0}")]
     InvalidPath(String),
+    /// The write does not fit: the workspace's quota, the sandbox's disk
+    /// limit or the host's disk is full. Deleting files makes room.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// Failures about the image of a session.
@@ -168,6 +172,7 @@ fn file_error(kind: FileErrorKind, message: String) -> EngineError {
         | FileErrorKind::InvalidPath
         | FileErrorKind::DirectoryNotEmpty => FileError::InvalidPath(message).into(),
         FileErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
+        FileErrorKind::NoSpace => FileError::NoSpace(message).into(),
         FileErrorKind::Io => EngineError::Runtime {
             context: "a file operation",
             source: RuntimeError::File { kind, message },
@@ -199,6 +204,13 @@ mod tests {
                 message: "m".into()
             }),
             EngineError::File(FileError::InvalidPath(_))
+        ));
+        assert!(matches!(
+            map(RuntimeError::File {
+                kind: FileErrorKind::NoSpace,
+                message: "m".into()
+            }),
+            EngineError::File(FileError::NoSpace(_))
         ));
         assert!(matches!(
             map(RuntimeError::File {

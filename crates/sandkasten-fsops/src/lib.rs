@@ -104,6 +104,9 @@ impl FsError {
             Some(libc::EACCES | libc::EPERM | libc::EROFS) => ErrorKind::PermissionDenied,
             Some(libc::EEXIST) => ErrorKind::AlreadyExists,
             Some(libc::ENOTEMPTY) => ErrorKind::DirectoryNotEmpty,
+            // A full quota or disk limit: the writer's own doing, not a
+            // fault of the agent or the daemon.
+            Some(libc::ENOSPC | libc::EDQUOT) => ErrorKind::NoSpace,
             // A property of the path the client gave, like a missing file.
             Some(libc::ELOOP) => ErrorKind::InvalidPath,
             _ => ErrorKind::Io,

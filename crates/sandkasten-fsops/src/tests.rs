@@ -549,6 +549,8 @@ fn errors_map_to_kinds_and_name_the_path() {
         (libc::EEXIST, ErrorKind::AlreadyExists),
         (libc::ENOTEMPTY, ErrorKind::DirectoryNotEmpty),
         (libc::ELOOP, ErrorKind::InvalidPath),
+        (libc::ENOSPC, ErrorKind::NoSpace),
+        (libc::EDQUOT, ErrorKind::NoSpace),
         (libc::EIO, ErrorKind::Io),
     ];
     for (errno, want) in cases {

@@ -277,7 +277,8 @@ fn open_scratch(cfg: &NativeConfig) -> Result<Option<scratch::Scratch>, RuntimeE
     }
 }
 
-/// `StorageFull` for a create that failed because a filesystem is full.
+/// `StorageFull` for a create or a snapshot that failed because a
+/// filesystem (or its quota) is full.
 fn full_or(e: std::io::Error, context: &str) -> RuntimeError {
     if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
         RuntimeError::StorageFull(format!("{context}: {e}"))
@@ -982,8 +983,10 @@ impl Runtime for NativeRuntime {
         let (id, snap) = (id.to_string(), snap.to_string());
         self.run("snapshotting a workspace", move |s| {
             let device = s.image_device(&id)?;
+            // A full workspace has no room for a snapshot's metadata: the
+            // client's quota, not a fault of the daemon.
             wsimage::snapshot(&device.device, &snap)
-                .map_err(RuntimeError::io_ctx(format!("snapshotting workspace {id}")))
+                .map_err(|e| full_or(e, &format!("snapshotting workspace {id}")))
         })
         .await
     }

@@ -199,6 +199,10 @@ pub enum ErrorKind {
     DirectoryNotEmpty,
     /// The request is malformed (e.g. NUL in a command).
     InvalidRequest,
+    /// The filesystem written to, or its quota, is full (`ENOSPC`,
+    /// `EDQUOT`): a workspace's quota, a sandbox's disk limit, or the
+    /// host's disk.
+    NoSpace,
     Io,
 }
 

@@ -281,7 +281,10 @@ impl Tree {
         if let Some(quota) = self.quota {
             let after = self.used() - old.map_or(0, |o| o.0) + data.len() as u64;
             if after > quota {
-                return fail(ErrorKind::Io, format!("{shown}: No space left on device"));
+                return fail(
+                    ErrorKind::NoSpace,
+                    format!("{shown}: No space left on device"),
+                );
             }
         }
         self.make_parents(key, shown)?;

@@ -76,6 +76,8 @@ pub enum FileErrorKind {
     DirectoryNotEmpty,
     /// The request itself is malformed (a NUL in a path, for one).
     InvalidRequest,
+    /// The filesystem written to, or its quota, is full.
+    NoSpace,
     /// The operation failed for another reason (an I/O error).
     Io,
 }
@@ -91,6 +93,7 @@ impl From<ErrorKind> for FileErrorKind {
             ErrorKind::InvalidPath => FileErrorKind::InvalidPath,
             ErrorKind::DirectoryNotEmpty => FileErrorKind::DirectoryNotEmpty,
             ErrorKind::InvalidRequest => FileErrorKind::InvalidRequest,
+            ErrorKind::NoSpace => FileErrorKind::NoSpace,
             ErrorKind::Io => FileErrorKind::Io,
         }
     }

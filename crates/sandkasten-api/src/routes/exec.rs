@@ -5,6 +5,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::wire::{
     ErrorBody, ExecChunkEvent, ExecDoneEvent, ExecErrorEvent, ExecRequest, ExecResult,
+    ExecStreamEvent,
 };
 use crate::AppState;
 use axum::extract::State;
@@ -62,7 +63,7 @@ pub(crate) async fn exec(
     params(("id" = String, Path, description = "Session id")),
     request_body = ExecRequest,
     responses(
-        (status = 200, description = "`text/event-stream` of `chunk` events, then `done` or `error`; `: keep-alive` comments while silent", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream` of `chunk` events, then `done` or `error`; `: keep-alive` comments while silent", content_type = "text/event-stream", body = ExecStreamEvent),
         (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),

@@ -130,6 +130,7 @@ fn decode_base64(text: &str) -> ApiResult<Vec<u8>> {
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn write_file(
@@ -326,6 +327,7 @@ fn multipart_error(e: MultipartError, limit: usize) -> ApiError {
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn upload(
@@ -486,6 +488,7 @@ pub(crate) async fn stat(
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND, or FILE_NOT_FOUND for a missing parent without `parents`", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING, or ALREADY_EXISTS without `parents`", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn mkdir(

@@ -11,11 +11,11 @@
 use super::files::{self, FileScope};
 use super::ApiResult;
 use crate::error::ApiError;
-use crate::extract::{check_workspace_id, ApiJson, ApiMultipart, ApiQuery, WorkspaceId};
+use crate::extract::{check_workspace_id, ApiJson, ApiMultipart, ApiPath, ApiQuery, WorkspaceId};
 use crate::wire::{
     CreateSnapshotRequest, CreateWorkspaceRequest, DirListing, ErrorBody, FileContent, ListQuery,
-    OkResponse, ReadFileQuery, SnapshotInfo, SnapshotList, UploadForm, UploadResult, WorkspaceInfo,
-    WorkspaceList, WriteFileRequest,
+    OkResponse, ReadFileQuery, SnapshotInfo, SnapshotList, SnapshotPath, TarArchive, UploadForm,
+    UploadResult, WorkspaceInfo, WorkspaceList, WorkspacePath, WriteFileRequest,
 };
 use crate::AppState;
 use axum::extract::State;
@@ -130,7 +130,8 @@ pub(crate) async fn list_workspaces(
     request_body(content = CreateWorkspaceRequest, description = "`id`, and optionally `quota_bytes` or `quota_mb` (not both) and `labels`"),
     responses(
         (status = 201, description = "Workspace created", body = WorkspaceInfo),
-        (status = 400, description = "INVALID_WORKSPACE for a bad id, INVALID_REQUEST for a bad quota or labels", body = ErrorBody),
+        (status = 400, description = "INVALID_WORKSPACE for a bad id, INVALID_REQUEST for a bad quota or labels, or content of `from_snapshot` that does not fit the quota", body = ErrorBody),
+        (status = 404, description = "WORKSPACE_NOT_FOUND or SNAPSHOT_NOT_FOUND: the source of `from_snapshot` does not exist", body = ErrorBody),
         (status = 409, description = "ALREADY_EXISTS or WORKSPACE_DISABLED", body = ErrorBody),
     )
 )]
@@ -150,7 +151,7 @@ pub(crate) async fn create_workspace(
     get,
     path = "/v1/workspaces/{id}",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     responses(
         (status = 200, description = "The workspace", body = WorkspaceInfo),
         (status = 400, description = "INVALID_WORKSPACE", body = ErrorBody),
@@ -171,7 +172,7 @@ pub(crate) async fn get_workspace(
     delete,
     path = "/v1/workspaces/{id}",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     responses(
         (status = 200, description = "Deleted", body = OkResponse),
         (status = 400, description = "INVALID_WORKSPACE", body = ErrorBody),
@@ -192,7 +193,7 @@ pub(crate) async fn delete_workspace(
     get,
     path = "/v1/workspaces/{id}/fs",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id"), ListQuery),
+    params(WorkspacePath, ListQuery),
     responses(
         (status = 200, description = "The entries", body = DirListing),
         (status = 400, description = "INVALID_WORKSPACE, INVALID_REQUEST, or INVALID_PATH for a non-directory", body = ErrorBody),
@@ -213,7 +214,7 @@ pub(crate) async fn workspace_list_dir(
     get,
     path = "/v1/workspaces/{id}/fs/read",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id"), ReadFileQuery),
+    params(WorkspacePath, ReadFileQuery),
     responses(
         (status = 200, description = "The content; `path` is `/workspace/…`", body = FileContent),
         (status = 400, description = "INVALID_WORKSPACE, INVALID_REQUEST, or INVALID_PATH for a directory", body = ErrorBody),
@@ -235,7 +236,7 @@ pub(crate) async fn workspace_read_file(
     post,
     path = "/v1/workspaces/{id}/fs/write",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     request_body(content = WriteFileRequest, description = "`path` and exactly one of `text` and `content_base64`; empty content is allowed"),
     responses(
         (status = 200, description = "Written", body = OkResponse),
@@ -243,6 +244,7 @@ pub(crate) async fn workspace_read_file(
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn workspace_write_file(
@@ -259,7 +261,7 @@ pub(crate) async fn workspace_write_file(
     post,
     path = "/v1/workspaces/{id}/fs/upload",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Every file written; `paths` are `/workspace/…`", body = UploadResult),
@@ -267,6 +269,7 @@ pub(crate) async fn workspace_write_file(
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
 )]
 pub(crate) async fn workspace_upload(
@@ -318,6 +321,21 @@ mod tests {
             code(serde_json::json!({"id": "w", "quota_mb": u64::MAX / 1024})),
             "INVALID_REQUEST"
         );
+    }
+
+    #[test]
+    fn a_full_disk_while_spooling_an_import_is_507() {
+        use rustix::io::Errno;
+        for errno in [Errno::NOSPC, Errno::DQUOT] {
+            let e = spool_error(std::io::Error::from(errno));
+            assert_eq!(
+                e.status_and_code(),
+                (axum::http::StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
+                "{errno:?}"
+            );
+        }
+        let e = spool_error(std::io::Error::from(Errno::IO));
+        assert_eq!(e.status_and_code().1, "INTERNAL_ERROR");
     }
 
     #[test]
@@ -387,12 +405,13 @@ fn check_snapshot_id(snap: &str) -> ApiResult<()> {
     post,
     path = "/v1/workspaces/{id}/snapshots",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     request_body = CreateSnapshotRequest,
     responses(
         (status = 201, description = "Created", body = SnapshotInfo),
         (status = 400, description = "INVALID_WORKSPACE, or a workspace without a quota", body = ErrorBody),
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the workspace's quota has no room for the snapshot", body = ErrorBody),
     )
 )]
 pub(crate) async fn create_snapshot(
@@ -409,7 +428,7 @@ pub(crate) async fn create_snapshot(
     get,
     path = "/v1/workspaces/{id}/snapshots",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     responses(
         (status = 200, description = "Snapshots", body = SnapshotList),
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
@@ -434,10 +453,7 @@ pub(crate) async fn list_snapshots(
     delete,
     path = "/v1/workspaces/{id}/snapshots/{snap}",
     tag = "workspaces",
-    params(
-        ("id" = String, Path, description = "Workspace id"),
-        ("snap" = String, Path, description = "Snapshot id"),
-    ),
+    params(SnapshotPath),
     responses(
         (status = 200, description = "Deleted", body = OkResponse),
         (status = 404, description = "WORKSPACE_NOT_FOUND or SNAPSHOT_NOT_FOUND", body = ErrorBody),
@@ -445,7 +461,7 @@ pub(crate) async fn list_snapshots(
 )]
 pub(crate) async fn delete_snapshot(
     State(state): State<AppState>,
-    axum::extract::Path(ids): axum::extract::Path<(String, String)>,
+    ApiPath(ids): ApiPath<(String, String)>,
 ) -> ApiResult<Json<OkResponse>> {
     let (id, snap) = snapshot_ids(ids)?;
     state.backend.delete_snapshot(&id, &snap).await?;
@@ -458,10 +474,7 @@ pub(crate) async fn delete_snapshot(
     post,
     path = "/v1/workspaces/{id}/snapshots/{snap}/restore",
     tag = "workspaces",
-    params(
-        ("id" = String, Path, description = "Workspace id"),
-        ("snap" = String, Path, description = "Snapshot id"),
-    ),
+    params(SnapshotPath),
     responses(
         (status = 200, description = "Restored", body = OkResponse),
         (status = 404, description = "WORKSPACE_NOT_FOUND or SNAPSHOT_NOT_FOUND", body = ErrorBody),
@@ -470,7 +483,7 @@ pub(crate) async fn delete_snapshot(
 )]
 pub(crate) async fn restore_snapshot(
     State(state): State<AppState>,
-    axum::extract::Path(ids): axum::extract::Path<(String, String)>,
+    ApiPath(ids): ApiPath<(String, String)>,
 ) -> ApiResult<Json<OkResponse>> {
     let (id, snap) = snapshot_ids(ids)?;
     state.backend.restore_snapshot(&id, &snap).await?;
@@ -484,9 +497,9 @@ pub(crate) async fn restore_snapshot(
     get,
     path = "/v1/workspaces/{id}/export",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
+    params(WorkspacePath),
     responses(
-        (status = 200, description = "The tar", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 200, description = "The tar", content_type = "application/x-tar", body = TarArchive),
         (status = 400, description = "INVALID_WORKSPACE", body = ErrorBody),
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "WORKSPACE_IN_USE while it is being deleted, restored or imported; WORKSPACE_DISABLED", body = ErrorBody),
@@ -522,11 +535,23 @@ impl Drop for Spool {
     }
 }
 
+/// A failure to spool an import. A full disk is the host's state, not a
+/// fault of the daemon: 507 `STORAGE_FULL`, as for a create, so that a
+/// client knows to retry once space returns.
+fn spool_error(e: std::io::Error) -> ApiError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => ApiError::Engine(
+            sandkasten_engine::EngineError::StorageFull(format!("spooling the import: {e}")),
+        ),
+        _ => ApiError::Internal(format!("spooling the import: {e}")),
+    }
+}
+
 /// Writes the request body to `path`, at most `limit` bytes.
 async fn spool(body: axum::body::Body, path: &std::path::Path, limit: usize) -> ApiResult<()> {
     use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let internal = |e: std::io::Error| ApiError::Internal(format!("spooling the upload: {e}"));
+    let internal = spool_error;
     let mut f = tokio::fs::File::create(path).await.map_err(internal)?;
     let mut stream = body.into_data_stream();
     let mut total = 0usize;
@@ -551,14 +576,21 @@ async fn spool(body: axum::body::Body, path: &std::path::Path, limit: usize) -> 
     put,
     path = "/v1/workspaces/{id}/import",
     tag = "workspaces",
-    params(("id" = String, Path, description = "Workspace id")),
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    params(WorkspacePath),
+    request_body(
+        description = "A tar archive; the content type is not looked at",
+        content(
+            (TarArchive = "application/x-tar"),
+            (TarArchive = "application/octet-stream"),
+        )
+    ),
     responses(
         (status = 200, description = "Imported", body = OkResponse),
         (status = 400, description = "INVALID_WORKSPACE; INVALID_REQUEST for a bad archive, an entry leaving the workspace, or content over the quota", body = ErrorBody),
         (status = 404, description = "WORKSPACE_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "WORKSPACE_IN_USE or WORKSPACE_DISABLED", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: no room on the host's disk to receive the archive", body = ErrorBody),
     )
 )]
 pub(crate) async fn import_workspace(
