@@ -684,6 +684,35 @@ fn other_sessions_are_invisible(rt: Rt) {
     );
 }
 
+/// `/workspace` is mounted `nosuid,nodev` (a setuid file the sandbox
+/// leaves in a workspace, which lives on the host, gives nothing): on
+/// native by the launcher's bind, on docker by `mount_setattr` from a
+/// thread in the container's namespace (the engine's volume mounts have no
+/// such option); for an ephemeral workspace and a persistent one.
+fn workspace_is_nosuid_nodev(rt: Rt) {
+    let d = daemon(rt, "");
+    let ephemeral = d.new_session();
+    let r = d.post(
+        "/v1/sessions",
+        &serde_json::json!({"workspace_id": "suid-check"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let persistent = r.json["id"].as_str().unwrap().to_string();
+    for id in [&ephemeral, &persistent] {
+        let line = d.sh(id, "grep ' /workspace ' /proc/self/mountinfo");
+        let opts = line
+            .split_whitespace()
+            .nth(5)
+            .unwrap_or_default()
+            .to_string();
+        let opts: Vec<&str> = opts.split(',').collect();
+        assert!(
+            opts.contains(&"nosuid") && opts.contains(&"nodev"),
+            "{rt:?}: /workspace mount options {opts:?} in {line:?}"
+        );
+    }
+}
+
 macro_rules! on_both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod native {
@@ -704,4 +733,5 @@ on_both_runtimes!(
     setuid_binary_in_the_image_gives_no_privilege,
     host_loopback_and_sockets_are_unreachable,
     other_sessions_are_invisible,
+    workspace_is_nosuid_nodev,
 );

@@ -225,6 +225,22 @@ impl Transport for LocalTransport {
         self.late_bind
     }
 
+    /// `mount_setattr` on `/workspace` from a thread inside the container's
+    /// mount namespace, entered through a pidfd of its proven PID 1 (the
+    /// same preconditions as late binding).
+    async fn restrict_workspace(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        if !self.late_bind {
+            return Ok(());
+        }
+        let pidfd = latebind::open_verified(handle.pid, handle.start_time)
+            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
+        let what = format!("restricting /workspace of container {}", handle.id);
+        blocking("restricting a container's workspace mount", move || {
+            latebind::restrict_mount(pidfd, "/workspace").map_err(RuntimeError::io_ctx(what))
+        })
+        .await
+    }
+
     /// An `open_tree` clone of the volume's host mount point, moved onto
     /// `/workspace` from a thread inside the container's mount namespace,
     /// entered through a pidfd of its proven PID 1.

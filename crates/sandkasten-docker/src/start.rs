@@ -68,6 +68,8 @@ impl DockerRuntime {
         self.start_container(&name).await?;
         let agent = self.wait_for_agent(&name, ready).await?;
         let handle = self.handle_of(&spec.id).await?;
+        // Before anything runs in the sandbox but the agent.
+        self.transport.restrict_workspace(&handle).await?;
         Ok(Sandbox { handle, agent })
     }
 

@@ -120,6 +120,15 @@ pub(crate) trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// Sets `nosuid,nodev` on the `/workspace` mount of the container
+    /// behind `handle` (the engine's volume mounts have no such option).
+    /// Where the daemon cannot enter the container's namespace (a remote
+    /// engine, another OCI runtime, pids out of sight) this does nothing,
+    /// and docs/api.md's backend table says so.
+    async fn restrict_workspace(&self, _handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Mounts workspace `id` (host mount point `root`) at `/workspace` of
     /// the running container behind `handle`.
     async fn bind_workspace(

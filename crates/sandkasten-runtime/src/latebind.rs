@@ -146,6 +146,52 @@ pub fn clone_dir(dir: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Sets `nosuid` and `nodev` on the mount at `target` inside the mount
+/// namespace of the process behind `pidfd` (a container's workspace
+/// volume, which the engine mounts without them). Done from a fresh thread
+/// that enters the namespace and exits, as [`move_into`].
+pub fn restrict_mount(pidfd: OwnedFd, target: &str) -> io::Result<()> {
+    let target = CString::new(target).map_err(|_| io::Error::other("target contains NUL"))?;
+    let worker = std::thread::Builder::new()
+        .name("sk-restrict".into())
+        .spawn(move || -> io::Result<()> {
+            // SAFETY: unshare(CLONE_FS) affects only this thread.
+            if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
+                return Err(os("unshare(CLONE_FS)"));
+            }
+            // SAFETY: setns on a pidfd we own; only this thread (which exits
+            // when done) changes its mount namespace.
+            if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+                return Err(os("entering the sandbox's mount namespace"));
+            }
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            // SAFETY: mount_setattr on a path of the (now current) sandbox
+            // namespace with a valid struct; no symlink followed.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                )
+            };
+            if r < 0 {
+                return Err(os("setting nosuid,nodev on the workspace mount"));
+            }
+            Ok(())
+        })?;
+    worker
+        .join()
+        .map_err(|_| io::Error::other("restrict thread panicked"))?
+}
+
 /// Moves the detached mount `mount` onto `target` inside the mount
 /// namespace of the process behind `pidfd`.
 pub fn move_into(pidfd: OwnedFd, mount: OwnedFd, target: &str) -> io::Result<()> {
