@@ -475,16 +475,7 @@ fn suid_image_tar() -> Vec<u8> {
         "the setuid image is built from the host's static busybox: apt-get install busybox-static",
     );
     let mut b = tar::Builder::new(Vec::new());
-    let header = |kind: tar::EntryType, mode: u32, uid: u64, size: usize| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_size(size as u64);
-        h.set_mtime(0);
-        h
-    };
+    let header = tar_header;
     for (dir, mode, uid) in [
         ("bin", 0o755, 0),
         ("etc", 0o755, 0),

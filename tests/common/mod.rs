@@ -445,21 +445,25 @@ pub fn docker_image() -> &'static str {
     })
 }
 
+/// A GNU tar header of `kind` with `mode`, owner and group `uid`, `size`
+/// and mtime 0.
+pub fn tar_header(kind: tar::EntryType, mode: u32, uid: u64, size: usize) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(uid);
+    h.set_size(size as u64);
+    h.set_mtime(0);
+    h
+}
+
 /// Writes the root filesystem of the suite's image to `out`: `files`
 /// (path in the image, host file), `applets` linked to busybox in
 /// `/usr/bin`, the merged-/usr links, `/etc/passwd` with the sandbox user.
 pub fn suite_rootfs_tar(out: &Path, files: &[(String, PathBuf)], applets: &[String]) {
     let mut b = tar::Builder::new(File::create(out).unwrap());
-    let header = |kind: tar::EntryType, mode: u32, uid: u64, size: usize| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_size(size as u64);
-        h.set_mtime(0);
-        h
-    };
+    let header = tar_header;
     let mut dirs: BTreeSet<String> = [
         "etc",
         "home",

@@ -979,9 +979,10 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
             .is_some_and(|d| std::ptr::eq(d.as_ptr(), Arc::as_ptr(c)))
     };
     loop {
-        let (current, retired) = {
+        // The only deadline: closing a spare terminal nobody used.
+        let (current, retired, spare_until) = {
             let t = lock(&shared.ttys);
-            (t.current.clone(), t.retired.clone())
+            (t.current.clone(), t.retired.clone(), t.spare_until)
         };
         let current = current.filter(|c| !is_dead(c, &dead_current));
         let fd_or_off = |open: bool, fd: &OwnedFd| if open { fd.as_raw_fd() } else { -1 };
@@ -992,8 +993,7 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
             pollfd(current.as_ref().map_or(-1, |c| c.as_raw_fd())),
         ];
         fds.extend(retired.iter().map(|r| pollfd(r.as_raw_fd())));
-        // The only deadline: closing a spare terminal nobody used.
-        let timeout = match lock(&shared.ttys).spare_until {
+        let timeout = match spare_until {
             Some(t) => t
                 .saturating_duration_since(Instant::now())
                 .as_millis()

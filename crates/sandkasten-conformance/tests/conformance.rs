@@ -373,6 +373,7 @@ async fn suite_shell_cannot_be_confused(rt: &dyn Runtime, env: &Env) {
         history.push(*step);
         let started = Instant::now();
         // A small output cap, so the big outputs are over it.
+        eprintln!("step {i}: {step}");
         let h = a.exec(step.to_string(), 10_000, 64 * 1024).unwrap();
         let (_, timed_out, _, _) = finish(h).await;
         assert!(

@@ -122,20 +122,27 @@ pub fn clone_dir(dir: &Path) -> io::Result<OwnedFd> {
             dir.display()
         )));
     }
+    let empty = CString::default();
+    set_nosuid_nodev(fd.as_raw_fd(), &empty, libc::AT_EMPTY_PATH)?;
+    Ok(fd)
+}
+
+/// `nosuid,nodev` on the mount at `path` relative to `dirfd` (with
+/// `flags`: `AT_EMPTY_PATH` for the mount of the fd itself).
+fn set_nosuid_nodev(dirfd: i32, path: &CString, flags: libc::c_int) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
     };
-    let empty = CString::default();
-    // SAFETY: mount_setattr on our detached mount with a valid struct.
+    // SAFETY: mount_setattr with a valid C string and struct.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
+            dirfd,
+            path.as_ptr(),
+            flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -143,92 +150,69 @@ pub fn clone_dir(dir: &Path) -> io::Result<OwnedFd> {
     if r < 0 {
         return Err(os("mount_setattr"));
     }
-    Ok(fd)
+    Ok(())
+}
+
+/// Runs `work` on a fresh thread that has entered the mount namespace of
+/// the process behind `pidfd` and exits when done, so no shared thread
+/// ever runs daemon work inside a sandbox namespace.
+fn in_mount_ns<F>(pidfd: OwnedFd, name: &str, work: F) -> io::Result<()>
+where
+    F: FnOnce() -> io::Result<()> + Send + 'static,
+{
+    let worker =
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || -> io::Result<()> {
+                // SAFETY: unshare(CLONE_FS) affects only this thread.
+                if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
+                    return Err(os("unshare(CLONE_FS)"));
+                }
+                // SAFETY: setns on a pidfd we own; only this thread (which exits
+                // when done) changes its mount namespace.
+                if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+                    return Err(os("entering the sandbox's mount namespace"));
+                }
+                work()
+            })?;
+    worker
+        .join()
+        .map_err(|_| io::Error::other(format!("{name} thread panicked")))?
 }
 
 /// Sets `nosuid` and `nodev` on the mount at `target` inside the mount
 /// namespace of the process behind `pidfd` (a container's workspace
-/// volume, which the engine mounts without them). Done from a fresh thread
-/// that enters the namespace and exits, as [`move_into`].
+/// volume, which the engine mounts without them).
 pub fn restrict_mount(pidfd: OwnedFd, target: &str) -> io::Result<()> {
     let target = CString::new(target).map_err(|_| io::Error::other("target contains NUL"))?;
-    let worker = std::thread::Builder::new()
-        .name("sk-restrict".into())
-        .spawn(move || -> io::Result<()> {
-            // SAFETY: unshare(CLONE_FS) affects only this thread.
-            if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
-                return Err(os("unshare(CLONE_FS)"));
-            }
-            // SAFETY: setns on a pidfd we own; only this thread (which exits
-            // when done) changes its mount namespace.
-            if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
-                return Err(os("entering the sandbox's mount namespace"));
-            }
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: 0,
-            };
-            // SAFETY: mount_setattr on a path of the (now current) sandbox
-            // namespace with a valid struct; no symlink followed.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_mount_setattr,
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                    &attr as *const MountAttr,
-                    std::mem::size_of::<MountAttr>(),
-                )
-            };
-            if r < 0 {
-                return Err(os("setting nosuid,nodev on the workspace mount"));
-            }
-            Ok(())
-        })?;
-    worker
-        .join()
-        .map_err(|_| io::Error::other("restrict thread panicked"))?
+    in_mount_ns(pidfd, "sk-restrict", move || {
+        set_nosuid_nodev(libc::AT_FDCWD, &target, libc::AT_SYMLINK_NOFOLLOW)
+    })
 }
 
 /// Moves the detached mount `mount` onto `target` inside the mount
 /// namespace of the process behind `pidfd`.
 pub fn move_into(pidfd: OwnedFd, mount: OwnedFd, target: &str) -> io::Result<()> {
     let target = CString::new(target).map_err(|_| io::Error::other("target contains NUL"))?;
-    let worker = std::thread::Builder::new()
-        .name("sk-latebind".into())
-        .spawn(move || -> io::Result<()> {
-            // SAFETY: unshare(CLONE_FS) affects only this thread.
-            if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
-                return Err(os("unshare(CLONE_FS)"));
-            }
-            // SAFETY: setns on a pidfd we own; only this thread (which exits
-            // when done) changes its mount namespace.
-            if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
-                return Err(os("entering the sandbox's mount namespace"));
-            }
-            let empty = CString::default();
-            // SAFETY: move_mount from our detached mount fd to a path in
-            // the (now current) sandbox namespace.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_move_mount,
-                    mount.as_raw_fd(),
-                    empty.as_ptr(),
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
-                )
-            };
-            if r < 0 {
-                return Err(os("moving the workspace mount into the sandbox"));
-            }
-            Ok(())
-        })?;
-    worker
-        .join()
-        .map_err(|_| io::Error::other("late-bind thread panicked"))?
+    in_mount_ns(pidfd, "sk-latebind", move || {
+        let empty = CString::default();
+        // SAFETY: move_mount from our detached mount fd to a path in the
+        // (now current) sandbox namespace.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mount.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(os("moving the workspace mount into the sandbox"));
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
