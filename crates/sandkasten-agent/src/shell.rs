@@ -564,6 +564,7 @@ struct ChildPlan {
     dirs: Vec<(CString, Vec<CString>)>,
     uid: Option<u32>,
     gid: Option<u32>,
+    nproc: Option<u64>,
     slave: RawFd,
     cmd_r: RawFd,
     status_w: RawFd,
@@ -611,6 +612,7 @@ impl Instance {
                 .collect::<io::Result<_>>()?,
             uid: cfg.uid,
             gid: cfg.gid,
+            nproc: cfg.nproc_limit,
             slave: slave.as_raw_fd(),
             cmd_r: cmd_r.as_raw_fd(),
             status_w: status_w.as_raw_fd(),
@@ -1294,6 +1296,17 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
             libc::write(fd, b"500".as_ptr().cast(), 3);
             libc::close(fd);
         }
+        if let Some(n) = plan.nproc {
+            // Counted per user by the sandbox's kernel; set before the
+            // switch to the sandbox user, who cannot raise it.
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0 {
+                fail();
+            }
+        }
         if plan.uid.is_some() || plan.gid.is_some() {
             // EPERM: a user namespace whose setgroups is denied; then the
             // groups cannot be anything but what they are.
@@ -1686,6 +1699,7 @@ mod tests {
             env: vec![("PATH".into(), "/bin".into()), ("PWD".into(), "/x".into())],
             home: "/root".into(),
             files_root: None,
+            nproc_limit: None,
         };
         let env: Vec<String> = shell_env(&cfg, "/w")
             .unwrap()

@@ -277,8 +277,9 @@ impl Env {
     }
 
     /// The pids limit of [`Env::spec`]: [`PIDS`], or under gVisor
-    /// [`PIDS_GVISOR`] (the limit also counts the host threads of gVisor's
-    /// kernel, about 60 at start; documented in docs/api.md).
+    /// [`PIDS_GVISOR`] (the limit holds inside gVisor's kernel, but the
+    /// stats count the host tasks of gVisor itself, about 60 at start;
+    /// documented in docs/api.md).
     pub fn pids(&self) -> u64 {
         if self.kind == Kind::Gvisor {
             PIDS_GVISOR

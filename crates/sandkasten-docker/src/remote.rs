@@ -539,6 +539,7 @@ impl RemoteTransport {
             env: sandkasten_runtime::default_shell_env(),
             home: "/tmp".into(),
             files_root: Some("/workspace".into()),
+            nproc_limit: None,
         };
         let json = crate::agent_config_json(&cfg)?;
         let entry = [
@@ -754,13 +755,15 @@ impl Transport for RemoteTransport {
                     None => break Some(Ok(from.truncated())),
                 }
             };
+            // The helper goes before the end is told: once a read has
+            // ended, nothing of it is left on the engine.
+            drop((from, agent));
+            helper.remove().await;
             match outcome {
                 Some(Ok(truncated)) => tx.end(truncated).await,
                 Some(Err(e)) => tx.fail(e).await,
                 None => {}
             }
-            drop((from, agent));
-            helper.remove().await;
         });
         Ok(stream)
     }
@@ -794,18 +797,24 @@ impl Transport for RemoteTransport {
         let volume = crate::volume_name(id);
         let (helper, reader) = self.workspace_archive(&volume).await?;
         let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let (removed_tx, removed) = tokio::sync::oneshot::channel::<()>();
         let cleanup = tokio::spawn(async move {
             // Resolves when the producer drops its end (also on a panic).
             let _ = ended.await;
             helper.remove().await;
             drop(guard);
+            let _ = removed_tx.send(());
         });
         let what = format!("reading volume {volume}");
         let stream = export_blocking(move |out| {
-            let _ended = ended_tx;
-            rebase_tar(reader, out)
+            let r = rebase_tar(reader, out)
                 .map(drop)
-                .map_err(RuntimeError::io_ctx(what))
+                .map_err(RuntimeError::io_ctx(what));
+            // The stream ends after its helper is gone: once an export has
+            // ended, nothing of it is left on the engine.
+            drop(ended_tx);
+            let _ = removed.blocking_recv();
+            r
         })
         .await;
         if stream.is_err() {

@@ -60,6 +60,7 @@ impl DockerRuntime {
             env: sandkasten_runtime::shell_env(&image_env, &spec.env),
             home: "/home/sandbox".into(),
             files_root: None,
+            nproc_limit: self.gvisor.then_some(spec.limits.pids),
         };
         let (launch, ready) = self.transport.launch(&spec.id, &run, &agent_cfg).await?;
         let name = container_name(&spec.id);
@@ -163,7 +164,7 @@ impl DockerRuntime {
             nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
             memory: Some(mem),
             memory_swap: Some(mem),
-            pids_limit: Some(spec.limits.pids as i64),
+            pids_limit: Some(crate::host_pids_limit(spec.limits.pids, self.gvisor) as i64),
             readonly_rootfs: Some(spec.readonly_rootfs),
             network_mode: Some(
                 match spec.network {

@@ -463,6 +463,7 @@ impl Shared {
                 env: sandkasten_runtime::shell_env(&[], &spec.env),
                 home: "/home/sandbox".into(),
                 files_root: None,
+                nproc_limit: None,
             },
         };
         Ok((launch, attached))

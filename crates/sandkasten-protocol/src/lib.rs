@@ -258,6 +258,12 @@ pub struct AgentConfig {
     /// workspace.
     #[serde(default)]
     pub files_root: Option<String>,
+    /// RLIMIT_NPROC of the shell and everything it starts; `None`: left
+    /// as inherited. Set where the sandbox's pids limit cannot be a host
+    /// cgroup limit alone (gVisor: its kernel's own host threads count
+    /// there, and it fails as a whole when that limit is reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nproc_limit: Option<u64>,
 }
 
 /// Byte payloads as serde bytes, not as a sequence of `u8`: bincode

@@ -54,6 +54,7 @@ impl Agent {
             ],
             home: work.to_str().unwrap().to_string(),
             files_root: None,
+            nproc_limit: None,
         };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandkasten-agent"));
         cmd.args(["serve", "--socket"])
