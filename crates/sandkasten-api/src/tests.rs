@@ -386,6 +386,8 @@ fn app() -> (Router, Arc<Fake>) {
         ApiConfig {
             api_key: KEY.into(),
             max_body_bytes: LIMIT,
+            preview_domain: "localhost:8080".into(),
+            port_url_secret: vec![7; 32],
         },
     );
     (router, fake)
