@@ -373,6 +373,9 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The daemon speaks HTTP/1.1 to its client whatever the server inside
+    // spoke (an HTTP/1.0 server's answer would end the keep-alive).
+    parts.version = axum::http::Version::HTTP_11;
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
