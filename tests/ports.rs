@@ -16,35 +16,13 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The server, built once per test process.
 fn server_binary() -> &'static [u8] {
     static SERVER: OnceLock<Vec<u8>> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ports/server.c");
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("server");
-        let run = Command::new("gcc")
-            .args(["-static", "-Os", "-s", "-Wall", "-Werror", "-Wno-unused-parameter"])
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("the ports suite builds its server with gcc (apt-get install gcc libc6-dev): {e}")
-            });
-        assert!(
-            run.status.success(),
-            "gcc {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        std::fs::read(&out).unwrap()
-    })
+    SERVER.get_or_init(|| static_c_binary("tests/ports/server.c", "the ports suite"))
 }
 
 /// A session with the server listening on `port` at `addr` inside (the

@@ -225,17 +225,14 @@ pub(crate) async fn serve(ports: &Ports, req: Request) -> Response {
 }
 
 async fn serve_target(ports: &Ports, mut target: Target, mut req: Request) -> Response {
-    let port = target.port.parse::<u16>().ok().filter(|p| *p != 0);
-    let Some(access) = ports.authorize(&mut req, &mut target, port) else {
+    let port = crate::routes::ports::parse_port(&target.port);
+    let Some(access) = ports.authorize(&mut req, &mut target, port.as_ref().ok().copied()) else {
         return ApiError::Unauthorized.into_response();
     };
     crate::conn::mark_authenticated(&req);
-    let Some(port) = port else {
-        return ApiError::InvalidRequest(format!(
-            "invalid port {:?}: use a number from 1 to 65535",
-            target.port
-        ))
-        .into_response();
+    let port = match port {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     let mut resp = match forward(ports, &target, port, req).await {
         Ok(r) => r,

@@ -40,42 +40,36 @@ pub type PortStream = Box<dyn PortIo>;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An unconnected TCP socket of each family, made inside the network
-/// namespace of the process behind `pidfd` by a thread that exits right
+/// namespace of the process behind `pidfd`. Enters that namespace on the
+/// calling thread: call it only on a thread of its own that exits right
 /// after (no daemon thread stays in a sandbox's namespace). The IPv6 one
 /// is `None` where the namespace has no IPv6.
 fn sockets_in_netns(pidfd: OwnedFd) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
-    let worker = std::thread::Builder::new().name("sk-netns".into()).spawn(
-        move || -> io::Result<(OwnedFd, Option<OwnedFd>)> {
-            // SAFETY: setns on a pidfd we own; only this thread (which
-            // exits when done) changes its network namespace.
-            if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                let e = io::Error::last_os_error();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("entering the sandbox's network namespace: {e}"),
-                ));
-            }
-            let socket = |family| -> io::Result<OwnedFd> {
-                // SAFETY: socket(2) with constant arguments.
-                let fd = unsafe {
-                    libc::socket(
-                        family,
-                        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                        0,
-                    )
-                };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: a fresh fd we own.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            };
-            Ok((socket(libc::AF_INET)?, socket(libc::AF_INET6).ok()))
-        },
-    )?;
-    worker
-        .join()
-        .map_err(|_| io::Error::other("the network namespace thread panicked"))?
+    // SAFETY: setns on a pidfd we own; it changes only this thread's
+    // network namespace, and this thread exits when done.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("entering the sandbox's network namespace: {e}"),
+        ));
+    }
+    let socket = |family| -> io::Result<OwnedFd> {
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe {
+            libc::socket(
+                family,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    Ok((socket(libc::AF_INET)?, socket(libc::AF_INET6).ok()))
 }
 
 /// Connects `socket` (non-blocking, made anywhere) to `addr` within
@@ -99,9 +93,9 @@ pub async fn connect_in_netns<P>(prove: P, port: u16) -> Result<tokio::net::TcpS
 where
     P: FnOnce() -> Result<OwnedFd, RuntimeError> + Send + 'static,
 {
-    // The proof and the namespace's sockets on threads of their own (not
-    // the blocking pool): the one that enters the namespace must never run
-    // anything else afterwards.
+    // The proof and the namespace's sockets on a thread of its own (not
+    // the blocking pool): it enters the namespace, so it must never run
+    // anything else afterwards; it exits once the sockets are made.
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("sk-port".into())
