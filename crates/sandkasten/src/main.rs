@@ -52,6 +52,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a signed URL that opens TCP PORT inside session ID without
+    /// the API key until it expires (the preview host, then the daemon's
+    /// own address).
+    Url {
+        id: String,
+        port: u16,
+        /// Lifetime in seconds (1 to 604800); default one hour.
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -113,6 +125,12 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
         Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),
         Command::Rm { id, config } => runtime().and_then(|rt| rt.block_on(rm(config, id))),
+        Command::Url {
+            id,
+            port,
+            ttl,
+            config,
+        } => runtime().and_then(|rt| rt.block_on(url(config, id, port, ttl))),
         Command::Image { command, config } => {
             runtime().and_then(|rt| rt.block_on(image(config, command)))
         }
@@ -416,6 +434,27 @@ async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
     )
     .await?;
     println!("{id}");
+    Ok(())
+}
+
+async fn url(config: Option<PathBuf>, id: String, port: u16, ttl: Option<u64>) -> Result<()> {
+    let (url, key, http) = client(config)?;
+    let mut body = serde_json::Map::new();
+    if let Some(t) = ttl {
+        body.insert("ttl_seconds".into(), t.into());
+    }
+    let v = check(
+        http.post(format!("{url}/v1/sessions/{id}/ports/{port}/url"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    let f = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    println!("{}", f("url"));
+    println!("{url}{}", f("path"));
+    println!("expires {}", f("expires_at"));
     Ok(())
 }
 
