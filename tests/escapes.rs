@@ -38,27 +38,7 @@ enum Rt {
 /// The probe, built once per test process.
 fn probe_binary() -> &'static [u8] {
     static PROBE: OnceLock<Vec<u8>> = OnceLock::new();
-    PROBE.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/escapes/probe.c");
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("probe");
-        let run = Command::new("gcc")
-            .args(["-static", "-Os", "-s", "-Wall", "-Werror", "-Wno-unused-parameter"])
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("the escape suite builds its probe with gcc (apt-get install gcc libc6-dev): {e}")
-            });
-        assert!(
-            run.status.success(),
-            "gcc {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        std::fs::read(&out).unwrap()
-    })
+    PROBE.get_or_init(|| static_c_binary("tests/escapes/probe.c", "the escape suite"))
 }
 
 /// A daemon of runtime `rt` on a fresh data dir (its docker containers

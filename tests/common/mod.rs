@@ -29,7 +29,7 @@
 //! assertions run on both. No engine: the docker pass fails, loudly.
 //! `scripts/test` runs the suite on native, then the portable binaries
 //! (sessions, exec, files, isolation, limits, recovery, api_errors,
-//! workspaces, pool) again on docker, and again with `docker-remote` (the
+//! workspaces, pool, ports) again on docker, and again with `docker-remote` (the
 //! same engine reached over TCP, as a remote engine: [`on_remote_engine`]).
 //!
 //! Where the backends differ by design (docs/api.md, "Choosing a backend")
@@ -443,6 +443,44 @@ pub fn docker_image() -> &'static str {
         assert!(ok, "docker import of the suite's image failed: {out}");
         name
     })
+}
+
+/// A static binary built with gcc from the C file `src` (relative to the
+/// repository root), for a test to upload into sandboxes (static: it runs
+/// in every image). `what` names the suite in the message when gcc is
+/// missing.
+pub fn static_c_binary(src: &str, what: &str) -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(src);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bin");
+    let run = Command::new("gcc")
+        .args([
+            "-static",
+            "-Os",
+            "-s",
+            "-Wall",
+            "-Werror",
+            "-Wno-unused-parameter",
+        ])
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what} builds {} with gcc (apt-get install gcc libc6-dev): {e}",
+                src.display()
+            )
+        });
+    assert!(
+        run.status.success(),
+        "gcc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    fs::read(&out).unwrap()
 }
 
 /// A GNU tar header of `kind` with `mode`, owner and group `uid`, `size`

@@ -26,6 +26,7 @@
 mod container;
 mod files;
 mod init;
+mod ports;
 mod reads;
 mod reaper;
 mod relay;

@@ -15,6 +15,9 @@
 //! nobody: they are handled right there) always find it; a read's chunks
 //! are bounded per read by its window and across reads by one [`Budget`]
 //! (see `reads.rs`).
+//!
+//! A connection whose first frame is `OpenPort` becomes a byte pipe to a
+//! TCP port inside the sandbox (`ports.rs`) and serves no more frames.
 
 use crate::files::{Files, FsError};
 use crate::reads::{self, Budget, Ended, Flow, READ_BUFFERS};
@@ -95,7 +98,7 @@ enum Prepared {
     Read(Arc<Flow>),
 }
 
-type Writer = Arc<Mutex<UnixStream>>;
+pub(crate) type Writer = Arc<Mutex<UnixStream>>;
 
 fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
     let writer: Writer = match stream.try_clone() {
@@ -150,6 +153,15 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
                     flow.cancel();
                 }
                 continue;
+            }
+            Request::OpenPort { port } => {
+                // The connection is the pipe's from here on: no other
+                // request of it runs (a daemon sends OpenPort first).
+                let port = *port;
+                let buffered = reader.buffer().to_vec();
+                drop(reader);
+                crate::ports::serve_pipe(stream, &writer, id, port, buffered);
+                return;
             }
             _ => Prepared::None,
         };
@@ -264,7 +276,7 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
             }
         }
         // Handled by the reader thread; never handed on.
-        Request::ReadAck { .. } | Request::CancelRead { .. } => return,
+        Request::ReadAck { .. } | Request::CancelRead { .. } | Request::OpenPort { .. } => return,
         // One frame would hold the whole file: refused since protocol 2.
         Request::ReadFile { .. } => Response::Error {
             kind: ErrorKind::InvalidRequest,
@@ -322,7 +334,7 @@ fn error(e: FsError) -> Response {
 
 /// Writes one reply frame. A connection that is gone is not an error here:
 /// its reader notices and cleans up.
-fn send(writer: &Writer, id: u64, body: Response) {
+pub(crate) fn send(writer: &Writer, id: u64, body: Response) {
     let frame = Frame {
         id,
         body: Body::Response(body),

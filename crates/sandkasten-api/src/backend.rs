@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use sandkasten_engine::{
     CreateSession, CreateWorkspace, DirEntry, Engine, EngineError, ExecRequest, ExecResult,
-    ExecStream, FileReader, FileStat, MetricsSnapshot, PoolStats, SessionInfo, SessionStats,
-    WorkspaceInfo,
+    ExecStream, FileReader, FileStat, MetricsSnapshot, PoolStats, PortStream, SessionInfo,
+    SessionStats, WorkspaceInfo,
 };
 
 /// What the HTTP layer needs from the engine; each method is one engine
@@ -109,6 +109,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     fn pool_stats(&self) -> PoolStats;
     fn metrics(&self) -> MetricsSnapshot;
+
+    // Ports: proven end to end (tests/ports.rs), hence the default.
+    async fn connect_port(&self, _id: &str, _port: u16) -> Result<PortStream, EngineError> {
+        Err(EngineError::Unsupported {
+            what: "ports".into(),
+            runtime: "test",
+        })
+    }
 }
 
 #[async_trait]
@@ -229,5 +237,8 @@ impl Backend for Engine {
     }
     fn metrics(&self) -> MetricsSnapshot {
         Engine::metrics(self)
+    }
+    async fn connect_port(&self, id: &str, port: u16) -> Result<PortStream, EngineError> {
+        Engine::connect_port(self, id, port).await
     }
 }

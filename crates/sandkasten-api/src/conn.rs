@@ -224,10 +224,16 @@ pub(crate) struct ConnHandle(Arc<Conn>);
 /// authenticated budget from here on (before the handler runs, so a long
 /// stream counts too).
 pub(crate) async fn note_authenticated(req: Request, next: Next) -> Response {
+    mark_authenticated(&req);
+    next.run(req).await
+}
+
+/// The request's connection has sent an authenticated request (by the
+/// key, or a signed URL of the ports proxy).
+pub(crate) fn mark_authenticated(req: &Request) {
     if let Some(ConnHandle(conn)) = req.extensions().get::<ConnHandle>() {
         conn.mark_authenticated();
     }
-    next.run(req).await
 }
 
 // ---------------------------------------------------------------------------
@@ -955,7 +961,9 @@ async fn serve_conn(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.max_buf_size(limits.max_head_bytes.max(8192))
         .keep_alive(true);
-    let mut connection = pin!(http.serve_connection(io, service));
+    // Upgrades (WebSocket through the ports proxy) take the socket over
+    // once their 101 is written; the connection's task then ends.
+    let mut connection = pin!(http.serve_connection(io, service).with_upgrades());
 
     let mut clock = Clock::new(Instant::now());
     let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));

@@ -27,6 +27,10 @@ pub(crate) enum ApiError {
     MethodNotAllowed { method: String, path: String },
     /// The body is larger than the configured limit.
     PayloadTooLarge { limit: usize },
+    /// The server behind a sandbox port broke off the exchange (closed the
+    /// connection, or answered something that is not HTTP/1.1): 502
+    /// `PORT_UNREACHABLE`.
+    Upstream { port: u16, message: String },
     /// The HTTP layer itself failed (spooling an upload, building a
     /// response): a 500 whose detail is logged, never shown.
     Internal(String),
@@ -41,7 +45,7 @@ impl From<EngineError> for ApiError {
 /// The engine's half of the contract's error table, by domain.
 fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
     use sandkasten_engine::{
-        FileError as F, ImageError as I, SessionError as S, WorkspaceError as W,
+        FileError as F, ImageError as I, PortError as P, SessionError as S, WorkspaceError as W,
     };
     use EngineError as E;
     const BAD: StatusCode = StatusCode::BAD_REQUEST;
@@ -78,6 +82,8 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
             F::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
         },
         E::Image(I::Invalid(_)) => (BAD, "INVALID_IMAGE"),
+        E::Port(P::NotListening { .. }) => (StatusCode::BAD_GATEWAY, "PORT_NOT_LISTENING"),
+        E::Port(P::Unreachable { .. }) => (StatusCode::BAD_GATEWAY, "PORT_UNREACHABLE"),
         E::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
         E::Runtime { .. } | E::Store(_) => INTERNAL,
     }
@@ -98,6 +104,7 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+            ApiError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "PORT_UNREACHABLE"),
             ApiError::Engine(e) => engine_status(e),
         }
     }
@@ -115,6 +122,9 @@ impl ApiError {
                 format!("request body is larger than the limit of {limit} bytes")
             }
             ApiError::Internal(_) => "internal error".into(),
+            ApiError::Upstream { port, message } => {
+                format!("the server on port {port} inside the sandbox: {message}")
+            }
             ApiError::Engine(_) if self.is_internal() => "internal error".into(),
             ApiError::Engine(e) => e.to_string(),
         }
@@ -122,7 +132,7 @@ impl ApiError {
 
     /// Structured context that is safe to show.
     fn details(&self) -> Map<String, Value> {
-        use sandkasten_engine::{Holder, SessionError as S, WorkspaceError as W};
+        use sandkasten_engine::{Holder, PortError as P, SessionError as S, WorkspaceError as W};
         use EngineError as E;
         let v = match self {
             ApiError::PayloadTooLarge { limit } => json!({ "max_bytes": limit }),
@@ -141,6 +151,10 @@ impl ApiError {
             ApiError::Engine(E::Unsupported { what, runtime }) => {
                 json!({ "what": what, "runtime": runtime })
             }
+            ApiError::Engine(E::Port(
+                P::NotListening { session, port } | P::Unreachable { session, port, .. },
+            )) => json!({ "session_id": session, "port": port }),
+            ApiError::Upstream { port, .. } => json!({ "port": port }),
             _ => return Map::new(),
         };
         match v {

@@ -19,6 +19,7 @@ mod conn;
 mod error;
 mod extract;
 mod openapi;
+mod ports;
 mod routes;
 mod wire;
 
@@ -43,6 +44,12 @@ pub struct ApiConfig {
     /// Largest request body accepted (JSON and multipart alike); larger
     /// ones are answered with 413 `PAYLOAD_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// Domain of the ports proxy's preview hosts: `{port}-{id}.` + this
+    /// (e.g. `localhost:8080`, which browsers resolve to loopback).
+    pub preview_domain: String,
+    /// Key of the signed port URLs (32 random bytes kept in the data dir,
+    /// so URLs outlive a restart). Empty: no signed URL is accepted.
+    pub port_url_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -50,6 +57,8 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("api_key", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("preview_domain", &self.preview_domain)
+            .field("port_url_secret", &"<redacted>")
             .finish()
     }
 }
@@ -59,6 +68,7 @@ impl std::fmt::Debug for ApiConfig {
 pub(crate) struct AppState {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) ports: Arc<ports::Ports>,
 }
 
 /// The API's router, ready for [`serve`].
@@ -110,7 +120,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{exec, files, pool, sessions, system, workspaces};
+    use routes::{exec, files, pool, ports, sessions, system, workspaces};
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
         .routes(routes!(pool::pool))
@@ -147,14 +157,23 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workspaces::restore_snapshot))
         .routes(routes!(workspaces::export_workspace))
         .routes(routes!(workspaces::import_workspace))
+        .routes(routes!(ports::port_url))
+        .routes(routes!(ports::proxy))
 }
 
 /// The router over any backend (the engine, or a fake in tests).
 pub(crate) fn build_router(backend: Arc<dyn Backend>, config: ApiConfig) -> Router {
     let key = Arc::new(auth::ApiKey::new(&config.api_key));
+    let ports = Arc::new(ports::Ports {
+        backend: backend.clone(),
+        key: key.clone(),
+        signer: ports::signed::Signer::new(&config.port_url_secret),
+        preview_domain: config.preview_domain.clone(),
+    });
     let state = AppState {
         backend,
         max_body_bytes: config.max_body_bytes,
+        ports: ports.clone(),
     };
     let (public, _) = public_routes().split_for_parts();
     let (protected, _) = protected_routes().split_for_parts();
@@ -169,6 +188,9 @@ pub(crate) fn build_router(backend: Arc<dyn Backend>, config: ApiConfig) -> Rout
         .method_not_allowed_fallback(routes::method_not_allowed)
         .merge(protected)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // Sandbox ports (by path or preview host) are forwarded before the
+        // router, with their own access check (key or signed token).
+        .layer(middleware::from_fn_with_state(ports, ports::dispatch))
         .layer(middleware::from_fn(access_log::access_log))
         .with_state(state)
 }

@@ -26,6 +26,7 @@ use utoipa::{Modify, OpenApi};
         (name = "exec", description = "Commands in the session's persistent shell"),
         (name = "files", description = "Files inside the sandbox"),
         (name = "workspaces", description = "Persistent workspaces and their files without a session"),
+        (name = "ports", description = "TCP ports inside a session's sandbox, reached through the daemon"),
     ),
     modifiers(&SharedResponses)
 )]

@@ -386,6 +386,8 @@ fn app() -> (Router, Arc<Fake>) {
         ApiConfig {
             api_key: KEY.into(),
             max_body_bytes: LIMIT,
+            preview_domain: "localhost:8080".into(),
+            port_url_secret: vec![7; 32],
         },
     );
     (router, fake)
@@ -1791,6 +1793,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/workspaces/{id}/snapshots/{snap}/restore"),
     ("get", "/v1/workspaces/{id}/export"),
     ("put", "/v1/workspaces/{id}/import"),
+    ("post", "/v1/sessions/{id}/ports/{port}/url"),
+    ("get", "/v1/sessions/{id}/ports/{port}/{path}"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {

@@ -884,3 +884,32 @@ impl From<engine::PoolStats> for PoolInfo {
         }
     }
 }
+
+// ------------------------------------------------------------------- ports
+
+/// `POST /v1/sessions/{id}/ports/{port}/url`; an empty body is `{}`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct PortUrlRequest {
+    /// Lifetime of the URL in seconds (1 to 604800, 7 days); default 3600.
+    #[schema(example = 3600)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A signed URL of one port of one session.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PortUrl {
+    /// Opens the port on its preview host, without the API key.
+    #[schema(example = "http://8000-0f3c9a.localhost:8080/?sandkasten_token=1767225600.9b1c")]
+    pub url: String,
+    /// The same through the daemon's address: append it to the daemon's
+    /// base URL.
+    #[schema(example = "/v1/sessions/0f3c9a/ports/8000/?sandkasten_token=1767225600.9b1c")]
+    pub path: String,
+    /// The token alone (a `sandkasten_token` query parameter on any path
+    /// of the port).
+    pub token: String,
+    /// RFC 3339, UTC: the URL (and the cookie a browser keeps from it)
+    /// stops working then.
+    #[schema(format = DateTime, example = "2026-02-08T11:30:00.000Z")]
+    pub expires_at: String,
+}

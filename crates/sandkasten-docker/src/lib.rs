@@ -89,8 +89,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, ExportStream, FileOp, FileReply, FileStream, ImageInfo, Runtime, RuntimeError,
-    Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
+    blocking, ExportStream, FileOp, FileReply, FileStream, ImageInfo, PortStream, Runtime,
+    RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -911,6 +911,14 @@ impl Runtime for DockerRuntime {
 
     fn can_bind_workspace(&self) -> bool {
         self.transport.can_bind_workspace()
+    }
+
+    async fn connect_port(
+        &self,
+        handle: &SandboxHandle,
+        port: u16,
+    ) -> Result<PortStream, RuntimeError> {
+        self.transport.connect_port(handle, port).await
     }
 
     async fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {

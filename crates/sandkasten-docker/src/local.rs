@@ -14,8 +14,8 @@ use bollard::Docker;
 use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, FileStream,
-    RuntimeError, SandboxHandle, SANDBOX_UID,
+    blocking, export_blocking, latebind, ports, AgentClient, ExportStream, FileOp, FileReply,
+    FileStream, PortStream, RuntimeError, SandboxHandle, SANDBOX_UID,
 };
 use std::path::{Path, PathBuf};
 
@@ -154,6 +154,33 @@ impl Transport for LocalTransport {
 
     async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
         AgentClient::connect(&self.runs.join(id).join("agent.sock")).await
+    }
+
+    /// A socket made in the container's network namespace (entered
+    /// through a pidfd of its proven PID 1, as late binding) where the
+    /// engine's pids are visible and the OCI runtime is runc; else a pipe
+    /// through a connection of its own to the agent's socket.
+    async fn connect_port(
+        &self,
+        handle: &SandboxHandle,
+        port: u16,
+    ) -> Result<PortStream, RuntimeError> {
+        if self.late_bind {
+            let handle = handle.clone();
+            let prove = move || {
+                latebind::open_verified(handle.pid, handle.start_time)
+                    .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))
+            };
+            return Ok(Box::new(ports::connect_in_netns(prove, port).await?));
+        }
+        let path = self.runs.join(&handle.id).join("agent.sock");
+        let stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(RuntimeError::io_ctx(format!(
+                "connecting to the agent at {}",
+                path.display()
+            )))?;
+        Ok(Box::new(ports::open_via_agent(stream, port).await?))
     }
 
     /// Nothing to end: a local connection closes with the container's

@@ -49,8 +49,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    blocking, export_blocking, AgentClient, ExportStream, FileOp, FileReply, FileStream,
-    RuntimeError, SANDBOX_UID,
+    blocking, export_blocking, ports, AgentClient, ExportStream, FileOp, FileReply, FileStream,
+    PortStream, RuntimeError, SandboxHandle, SANDBOX_UID,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -277,6 +277,20 @@ pub async fn connect_relay(
     agent: &str,
     socket: &str,
 ) -> Result<AgentClient, RuntimeError> {
+    let (rd, wr) = tokio::io::split(open_relay(docker, relays, container, agent, socket).await?);
+    Ok(AgentClient::from_halves(rd, wr))
+}
+
+/// A byte stream to the agent of running container `container`: one end
+/// of an in-process pipe whose other end two tasks carry to and from an
+/// exec of `sandkasten-agent relay` (ended with the container's relays).
+pub async fn open_relay(
+    docker: &Docker,
+    relays: &Relays,
+    container: &str,
+    agent: &str,
+    socket: &str,
+) -> Result<tokio::io::DuplexStream, RuntimeError> {
     let exec = docker
         .create_exec(
             container,
@@ -344,8 +358,7 @@ pub async fn connect_relay(
         let _ = input.shutdown().await;
     });
     relays.register(container, [out.abort_handle(), inp.abort_handle()]);
-    let (rd, wr) = tokio::io::split(ours);
-    Ok(AgentClient::from_halves(rd, wr))
+    Ok(ours)
 }
 
 /// A short-lived container of the agent image (workspace access without a
@@ -691,6 +704,25 @@ impl Transport for RemoteTransport {
             crate::AGENT_SOCKET,
         )
         .await
+    }
+
+    /// A relay of its own, turned into a pipe to the port by the agent
+    /// (one exec per connection: the engine's exec API is the only way
+    /// in).
+    async fn connect_port(
+        &self,
+        handle: &SandboxHandle,
+        port: u16,
+    ) -> Result<PortStream, RuntimeError> {
+        let relay = open_relay(
+            &self.docker,
+            &self.relays,
+            &crate::container_name(&handle.id),
+            AGENT_IN_VOLUME,
+            crate::AGENT_SOCKET,
+        )
+        .await?;
+        Ok(Box::new(ports::open_via_agent(relay, port).await?))
     }
 
     /// An engine may keep a removed container's exec stream open: the

@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use bollard::models::Mount;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
-    AgentClient, ExportStream, FileOp, FileReply, FileStream, RuntimeError, SandboxHandle,
+    AgentClient, ExportStream, FileOp, FileReply, FileStream, PortStream, RuntimeError,
+    SandboxHandle,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,14 @@ pub(crate) trait Transport: Send + Sync + 'static {
 
     /// Holds workspace `id`'s volume while it is removed.
     async fn hold_for_removal(&self, id: &str) -> RemovalGuard;
+
+    /// A connection to TCP `port` on the loopback of the container behind
+    /// `handle` (see `sandkasten_runtime::ports`).
+    async fn connect_port(
+        &self,
+        handle: &SandboxHandle,
+        port: u16,
+    ) -> Result<PortStream, RuntimeError>;
 
     /// Whether [`Transport::bind_workspace`] works here.
     fn can_bind_workspace(&self) -> bool {

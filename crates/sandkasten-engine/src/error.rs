@@ -88,6 +88,22 @@ pub enum FileError {
     NoSpace(String),
 }
 
+/// Failures of reaching a TCP port inside a session's sandbox (the ports
+/// proxy): the port's, not the sandbox's.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Nothing listens on the port inside (the connect was refused).
+    #[error("nothing listens on port {port} inside session {session}")]
+    NotListening { session: String, port: u16 },
+    /// The connect got no answer in time or failed otherwise.
+    #[error("port {port} of session {session} cannot be reached: {message}")]
+    Unreachable {
+        session: String,
+        port: u16,
+        message: String,
+    },
+}
+
 /// Failures about the image of a session.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -110,6 +126,8 @@ pub enum EngineError {
     File(#[from] FileError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Port(#[from] PortError),
     /// The backend cannot do this (or not for this object).
     #[error("{what} is not supported by the {runtime} runtime")]
     Unsupported { what: String, runtime: &'static str },

@@ -23,8 +23,11 @@ mod workspace;
 mod tests;
 
 pub use config::EngineConfig;
-pub use error::{EngineError, FileError, Holder, ImageError, SessionError, WorkspaceError};
+pub use error::{
+    EngineError, FileError, Holder, ImageError, PortError, SessionError, WorkspaceError,
+};
 pub use pool::{PoolConfig, PoolError};
+pub use sandkasten_runtime::PortStream;
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use types::*;

@@ -9,7 +9,7 @@
 //! watched, its exec queue running).
 
 use crate::db::Db;
-use crate::error::{FileError, ImageError, SessionError, WorkspaceError};
+use crate::error::{FileError, ImageError, PortError, SessionError, WorkspaceError};
 use crate::pool::{Pool, WarmTemplate};
 use crate::sessions::{
     ExecJob, Session, SessionParams, SessionTable, ATTACH_PING_TIMEOUT, RECONNECT_PATIENCE,
@@ -21,7 +21,7 @@ use crate::{
     ExecResult, ExecStream, FileReader, FileStat, SessionInfo, SessionState, SessionStats,
 };
 use sandkasten_runtime::{
-    AgentClient, ExecReply, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
+    AgentClient, ExecReply, PortStream, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
     WorkspaceMount,
 };
 use sandkasten_store::{SessionRecord, Store};
@@ -753,6 +753,35 @@ impl Engine {
             .stats(&s.handle)
             .await
             .map_err(EngineError::runtime("reading sandbox stats"))
+    }
+
+    /// A connection to TCP `port` (1-65535) on the loopback of session
+    /// `id`'s sandbox, whatever its network mode (the ports proxy). Counts
+    /// as activity of the session (its TTL restarts).
+    pub async fn connect_port(&self, id: &str, port: u16) -> Result<PortStream, EngineError> {
+        if port == 0 {
+            return Err(EngineError::InvalidRequest(
+                "port must be from 1 to 65535".into(),
+            ));
+        }
+        let s = self.active(id)?;
+        match self.inner.runtime.connect_port(&s.handle, port).await {
+            Ok(stream) => Ok(stream),
+            Err(RuntimeError::PortClosed(port)) => Err(PortError::NotListening {
+                session: id.to_string(),
+                port,
+            }
+            .into()),
+            Err(RuntimeError::Io { context, source }) => Err(PortError::Unreachable {
+                session: id.to_string(),
+                port,
+                message: format!("{context}: {source}"),
+            }
+            .into()),
+            Err(e) => Err(EngineError::runtime("connecting to a port in the sandbox")(
+                e,
+            )),
+        }
     }
 
     fn exec_params(&self, req: &ExecRequest) -> Result<(u64, u64), EngineError> {

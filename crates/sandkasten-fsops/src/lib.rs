@@ -198,6 +198,7 @@ impl RootedFs {
             | Request::SetEnv { .. }
             | Request::ReadStream { .. }
             | Request::ReadAck { .. }
+            | Request::OpenPort { .. }
             | Request::CancelRead { .. } => return None,
         })
     }

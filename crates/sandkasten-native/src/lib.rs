@@ -50,9 +50,9 @@ use sandkasten_protocol::{
     NetworkMode as WireNetwork, ScratchMount,
 };
 use sandkasten_runtime::{
-    export_blocking, latebind, AgentClient, ExportStream, FileOp, FileReply, FileStream, ImageInfo,
-    NetworkMode, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, SandboxStats,
-    WorkspaceMount, SANDBOX_UID,
+    export_blocking, latebind, ports, AgentClient, ExportStream, FileOp, FileReply, FileStream,
+    ImageInfo, NetworkMode, PortStream, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
+    SandboxStats, WorkspaceMount, SANDBOX_UID,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -1123,6 +1123,21 @@ impl Runtime for NativeRuntime {
 
     async fn check_room(&self) -> Result<(), RuntimeError> {
         self.run("checking free space", |s| s.check_room()).await
+    }
+
+    async fn connect_port(
+        &self,
+        handle: &SandboxHandle,
+        port: u16,
+    ) -> Result<PortStream, RuntimeError> {
+        let shared = Arc::clone(&self.shared);
+        let handle = handle.clone();
+        let prove = move || {
+            shared
+                .prove(&handle)
+                .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))
+        };
+        Ok(Box::new(ports::connect_in_netns(prove, port).await?))
     }
 
     async fn list_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

@@ -16,7 +16,16 @@
 //! are only ever appended, and the daemon sends a request of a newer
 //! protocol only to an agent whose [`Response::Pong`] reported that
 //! version. Protocol 2 added streamed reads ([`Request::ReadStream`]);
-//! a protocol 1 agent is read with [`Request::ReadFile`].
+//! a protocol 1 agent is read with [`Request::ReadFile`]. Protocol 3 added
+//! [`Request::OpenPort`] (a connection to a TCP port inside the sandbox).
+//!
+//! # Port pipes
+//!
+//! [`Request::OpenPort`] is sent as the first frame of a connection of its
+//! own. The agent connects to the port inside the sandbox and answers one
+//! frame: `Ok`, or `Error` (`NotFound`: nothing listens there). After an
+//! `Ok` the connection carries no more frames: it is a byte pipe to that
+//! TCP connection, each direction closed when the other side closes it.
 //!
 //! # Streamed reads
 //!
@@ -39,10 +48,13 @@ mod launch;
 pub use launch::*;
 
 /// Protocol version; the agent reports it in [`Response::Pong`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first protocol with [`Request::ReadStream`].
 pub const STREAMED_READS_SINCE: u32 = 2;
+
+/// The first protocol with [`Request::OpenPort`].
+pub const PORTS_SINCE: u32 = 3;
 
 /// Largest chunk of a streamed read ([`Response::FileChunk`]).
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -136,6 +148,11 @@ pub enum Request {
     /// Ends the read started by request `target` early (its consumer went
     /// away): nothing more is sent for it. Not answered.
     CancelRead { target: u64 },
+    /// Connect to TCP `port` on the sandbox's loopback (127.0.0.1, else
+    /// ::1) and turn this connection into a byte pipe to it (protocol 3;
+    /// see "Port pipes"). Answered with `Ok` or `Error` (`NotFound` when
+    /// nothing listens).
+    OpenPort { port: u16 },
 }
 
 /// Agent -> daemon.

@@ -9,6 +9,7 @@ pub mod fake;
 mod files;
 #[cfg(target_os = "linux")]
 pub mod latebind;
+pub mod ports;
 
 pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
 pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
@@ -16,6 +17,7 @@ pub use files::{
     read_blocking, DirEntry, FileData, FileErrorKind, FileOp, FileReply, FileSender, FileStat,
     FileStream, FileType, READ_CHUNK,
 };
+pub use ports::{PortIo, PortStream};
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -246,6 +248,10 @@ pub enum RuntimeError {
     /// another sandbox; it passes when space returns.
     #[error("{0}")]
     StorageFull(String),
+    /// Nothing listens on this TCP port inside the sandbox (the connect
+    /// was refused on 127.0.0.1 and ::1).
+    #[error("nothing listens on port {0} inside the sandbox")]
+    PortClosed(u16),
 }
 
 impl RuntimeError {
@@ -434,6 +440,22 @@ pub trait Runtime: Send + Sync + 'static {
     async fn set_disk_limit(&self, _handle: &SandboxHandle, _mb: u64) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported(
             "changing a sandbox's disk limit".into(),
+            self.name(),
+        ))
+    }
+
+    /// A connection to TCP `port` on the sandbox's own loopback (127.0.0.1,
+    /// else ::1), whatever its network mode: the daemon's ports proxy. A
+    /// refusal is [`RuntimeError::PortClosed`], answered at once; a connect
+    /// that gets no answer fails after [`ports::CONNECT_TIMEOUT`]. See
+    /// [`ports`] for the two ways a backend makes one.
+    async fn connect_port(
+        &self,
+        _handle: &SandboxHandle,
+        _port: u16,
+    ) -> Result<PortStream, RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "reaching a sandbox's ports".into(),
             self.name(),
         ))
     }

@@ -398,6 +398,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         let (ms, _) = time(|| api.exec(&first, "true"))?;
         exec_idle.samples.push(ms);
     }
+    let ports = ports_series(&api, &first, n * 5);
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&payload);
     let mut write = Series {
@@ -444,6 +445,16 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     let _ = api.call(reqwest::Method::DELETE, "/v1/workspaces/bench-ws", None);
     let mut series = vec![create, create_ws, exec, exec_idle, write, read, destroy];
+    let ports_measured = match ports {
+        Ok(s) => {
+            series.extend(s);
+            Value::String("measured".into())
+        }
+        Err(e) => {
+            println!("ports: not measured: {e:#}");
+            Value::String(format!("not measured: {e:#}"))
+        }
+    };
     // The pool: a daemon of its own with a pool of the default image (or
     // the --url daemon's pool, if it has one).
     let pooled = match &opts.url {
@@ -535,6 +546,14 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     if let Some(r) = create_ratio {
         println!("docker run / sandkasten cold create (p50): {r:.1}x");
     }
+    let port_ratio = ratio(DIRECT, PROXIED);
+    let port_added = match (p50(DIRECT), p50(PROXIED)) {
+        (Some(d), Some(p)) => Some(p - d),
+        _ => None,
+    };
+    if let (Some(r), Some(ms)) = (port_ratio, port_added) {
+        println!("port request through the daemon / direct (p50): {r:.2}x, adds {ms:.2} ms");
+    }
     if let Some(kb) = idle_rss_kb {
         println!("daemon idle RSS: {:.1} MB", kb as f64 / 1024.0);
     }
@@ -557,7 +576,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "cold_create_over_pooled_create": pool_ratio,
             "first_exec_after_pooled_create_over_exec": first_exec_ratio,
             "first_exec_after_refill_over_exec": quiet_ratio,
+            "port_proxied_over_direct": port_ratio,
         },
+        "port_proxy_added_ms": port_added,
+        "ports": ports_measured,
         "workspace_mount_added_ms": ws_added,
         "daemon_idle_rss_kb": idle_rss_kb,
         "idle_session_pss_kb": per_session_kb,
@@ -568,6 +590,131 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     println!("wrote {}", opts.json.display());
     drop(own);
     Ok(())
+}
+
+/// A minimal HTTP server (python3): answers every request with `ok` and
+/// closes the connection. It forks once it listens and prints the
+/// server's pid, so the command that starts it returns then (the server
+/// lets go of the command's output).
+const PORT_SERVER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(128)
+pid = os.fork()
+if pid:
+    print(pid, flush=True)
+    os._exit(0)
+os.setsid()
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+while True:
+    c, _ = s.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(65536)
+        if not d:
+            break
+        buf += d
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"#;
+
+const DIRECT: &str = "port request, direct";
+const PROXIED: &str = "port request via daemon";
+
+/// A python3 server started on the host for the direct reference; killed
+/// (by its pid) on drop.
+struct HostServer(i32);
+
+impl Drop for HostServer {
+    fn drop(&mut self) {
+        // SAFETY: signalling the server this run started, by its pid.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// The ports proxy against a direct connection in the same run: one
+/// python3 server on the host's loopback and the same one inside session
+/// `id`, each GET on a new connection to the server (the proxy makes a
+/// new connection to the sandbox per request; the client keeps its
+/// connection to the daemon, as a browser does).
+fn ports_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
+    let port = 18080;
+    let out = Command::new("python3")
+        .args(["-c", PORT_SERVER, "0"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("python3 on the host (the direct reference)")?;
+    if !out.status.success() {
+        bail!("the host's python3 server did not start");
+    }
+    let _host = HostServer(String::from_utf8_lossy(&out.stdout).trim().parse()?);
+    // Port 0 on the host: find what it bound through its listening socket.
+    let host_port = host_listen_port(_host.0).context("the host server's port")?;
+    let quoted = PORT_SERVER.replace('\'', "'\\''");
+    let v = api.exec(
+        id,
+        &format!("python3 -c '{quoted}' {port} </dev/null >/dev/null 2>&1"),
+    )?;
+    if v["exit_code"] != 0 {
+        bail!("python3 in the sandbox: {}", v["output"]);
+    }
+    let direct_url = format!("http://127.0.0.1:{host_port}/");
+    let proxied_url = format!("{}/v1/sessions/{id}/ports/{port}/", api.url);
+    let get = |url: &str, key: bool| -> Result<()> {
+        let mut rb = api.http.get(url);
+        if key {
+            rb = rb.bearer_auth(&api.key);
+        }
+        let r = rb.send()?;
+        if !r.status().is_success() || r.text()? != "ok" {
+            bail!("GET {url} did not answer ok");
+        }
+        Ok(())
+    };
+    // Warm both paths, then interleave the samples (the same conditions
+    // for both).
+    for _ in 0..5 {
+        get(&direct_url, false)?;
+        get(&proxied_url, true)?;
+    }
+    let mut direct = Series {
+        name: DIRECT,
+        samples: vec![],
+    };
+    let mut proxied = Series {
+        name: PROXIED,
+        samples: vec![],
+    };
+    for _ in 0..n {
+        direct.samples.push(time(|| get(&direct_url, false))?.0);
+        proxied.samples.push(time(|| get(&proxied_url, true))?.0);
+    }
+    Ok(vec![direct, proxied])
+}
+
+/// The TCP port process `pid` listens on (its only listening socket).
+fn host_listen_port(pid: i32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // st 0A: LISTEN; field 9: the inode.
+        (f.get(3) == Some(&"0A") && inodes.iter().any(|i| Some(&i.as_str()) == f.get(9)))
+            .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+            .flatten()
+    })
 }
 
 /// Pooled creates (without and with a workspace) and the first exec after

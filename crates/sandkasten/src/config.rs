@@ -76,6 +76,27 @@ pub struct Config {
     pub docker: Docker,
     /// Host storage for sandboxes' own writes.
     pub disk: Disk,
+    /// Sandboxes' networking (the ports proxy's preview hosts).
+    pub network: Network,
+}
+
+/// The `network:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// Domain of the ports proxy's preview hosts: a sandbox port is
+    /// `http://{port}-{id}.{preview_domain}/`. Unset: `localhost:{the
+    /// listen port}` (browsers resolve `*.localhost` to loopback).
+    pub preview_domain: Option<String>,
+}
+
+impl Network {
+    /// The preview domain in force for a daemon listening on `port`.
+    pub fn preview_domain(&self, port: u16) -> String {
+        self.preview_domain
+            .clone()
+            .unwrap_or_else(|| format!("localhost:{port}"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +218,7 @@ impl Default for Config {
             pool: Pool::default(),
             docker: Docker::default(),
             disk: Disk::default(),
+            network: Network::default(),
         }
     }
 }
@@ -337,6 +359,18 @@ impl Config {
         }
         if self.default_image.is_empty() {
             bail!("default_image: must not be empty");
+        }
+        if let Some(d) = &self.network.preview_domain {
+            let valid = !d.is_empty()
+                && !d.starts_with('.')
+                && d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if !valid {
+                bail!(
+                    "network.preview_domain: {d:?} is not a host name (with an optional \
+                     :port), like localhost:8080 or preview.example.com"
+                );
+            }
         }
         if !self.allowed_images.is_empty() && !self.allowed_images.contains(&self.default_image) {
             bail!(

@@ -52,6 +52,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a signed URL that opens TCP PORT inside session ID without
+    /// the API key until it expires (the preview host, then the daemon's
+    /// own address).
+    Url {
+        id: String,
+        port: u16,
+        /// Lifetime in seconds (1 to 604800); default one hour.
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage images.
     Image {
         #[command(subcommand)]
@@ -113,6 +125,12 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
         Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),
         Command::Rm { id, config } => runtime().and_then(|rt| rt.block_on(rm(config, id))),
+        Command::Url {
+            id,
+            port,
+            ttl,
+            config,
+        } => runtime().and_then(|rt| rt.block_on(url(config, id, port, ttl))),
         Command::Image { command, config } => {
             runtime().and_then(|rt| rt.block_on(image(config, command)))
         }
@@ -174,6 +192,34 @@ fn api_key(cfg: &Config, create: bool) -> Result<String> {
         path.display()
     );
     Ok(key)
+}
+
+/// The key of signed port URLs: 32 random bytes in
+/// `<data_dir>/port_url_secret` (mode 0600), made at first start and kept,
+/// so URLs signed before a restart still open.
+fn port_url_secret(data_dir: &Path) -> Result<Vec<u8>> {
+    let path = data_dir.join("port_url_secret");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => return Ok(secret),
+        Ok(_) => bail!(
+            "{} is shorter than 32 bytes; remove it to make a new one (signed URLs then stop working)",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let secret: [u8; 32] = rand::random();
+    let tmp = data_dir.join(format!(".port_url_secret-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_0600()
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&secret)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(secret.to_vec())
 }
 
 trait Mode0600 {
@@ -290,17 +336,19 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     let store = Arc::new(Store::open(&cfg.db_path())?);
     let shutdown = CancellationToken::new();
     let engine = Engine::start(engine_config(&cfg), runtime, store, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
     let router = sandkasten_api::router(
         engine.clone(),
         sandkasten_api::ApiConfig {
             api_key: key,
             max_body_bytes: (cfg.max_body_mb * 1024 * 1024) as usize,
+            preview_domain: cfg.network.preview_domain(addr.port()),
+            port_url_secret: port_url_secret(&cfg.data_dir)?,
         },
     );
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, runtime = %cfg.runtime, data_dir = %cfg.data_dir.display(), "sandkasten ready");
@@ -386,6 +434,27 @@ async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
     )
     .await?;
     println!("{id}");
+    Ok(())
+}
+
+async fn url(config: Option<PathBuf>, id: String, port: u16, ttl: Option<u64>) -> Result<()> {
+    let (url, key, http) = client(config)?;
+    let mut body = serde_json::Map::new();
+    if let Some(t) = ttl {
+        body.insert("ttl_seconds".into(), t.into());
+    }
+    let v = check(
+        http.post(format!("{url}/v1/sessions/{id}/ports/{port}/url"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    let f = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    println!("{}", f("url"));
+    println!("{url}{}", f("path"));
+    println!("expires {}", f("expires_at"));
     Ok(())
 }
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import sandkasten
@@ -69,6 +70,37 @@ def test_exec(session: SyncSession) -> None:
     r = session.exec("sleep 10", timeout_ms=300)
     assert r.timed_out and r.exit_code == 124
     assert "\x1b[1m" in session.exec("printf '\\033[1mb\\n'", raw_output=True).output
+
+
+SERVE_TMP = """
+import http.server, os
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 8000), http.server.SimpleHTTPRequestHandler)
+if os.fork():
+    os._exit(0)
+os.setsid()
+srv.serve_forever()
+"""
+
+
+def test_get_url_opens_a_port_without_the_key(
+    client: SyncSandboxClient, session: SyncSession
+) -> None:
+    # The server forks once it listens, so the exec returns then.
+    session.exec("echo hi > /tmp/hi.txt")
+    r = session.exec(f"cd /tmp && python3 -c '{SERVE_TMP}' </dev/null >/dev/null 2>&1")
+    assert r.exit_code == 0, r.output
+    url = session.get_url(8000, ttl_seconds=60)
+    assert url.url.startswith(f"http://8000-{session.id}.localhost:")
+    # Without the key: the path form, then the preview host (as a Host
+    # header: no DNS needed) with the cookie the first answer set.
+    got = httpx.get(client.base_url + url.path.replace("/?", "/hi.txt?"))
+    assert (got.status_code, got.text) == (200, "hi\n")
+    preview = url.url.split("/?")[0].removeprefix("http://")
+    got = httpx.get(
+        client.base_url + "/hi.txt?sandkasten_token=" + url.token, headers={"Host": preview}
+    )
+    assert (got.status_code, got.text) == (200, "hi\n")
+    assert httpx.get(client.base_url + f"/v1/sessions/{session.id}/ports/8000/").status_code == 401
 
 
 def test_exec_stream(session: SyncSession) -> None:

@@ -19,6 +19,7 @@ from sandkasten import (
     FileStat,
     ImagePoolInfo,
     PoolInfo,
+    PortUrl,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -228,6 +229,26 @@ async def test_session_routes(d: Daemon, flavor: str) -> None:
     await maybe(session.destroy())
     assert [r.method for r in d.calls("DELETE", S)] == ["DELETE"]
     assert d.requests[0].headers["user-agent"].startswith("sandkasten-python/")
+    await aclose(client)
+
+
+async def test_get_url_signs_a_port(d: Daemon, flavor: str) -> None:
+    answer = {
+        "url": "http://8000-2c0d6f.localhost:8080/?sandkasten_token=9.ab",
+        "path": S + "/ports/8000/?sandkasten_token=9.ab",
+        "token": "9.ab",
+        "expires_at": "2026-12-06T08:00:00Z",
+    }
+    d.on("POST", S + "/ports/8000/url", answer)
+    client, session = await open_session(d, flavor)
+    got = await maybe(session.get_url(8000))
+    assert got == PortUrl(answer["url"], answer["path"], "9.ab", "2026-12-06T08:00:00Z")
+    assert body(d.calls("POST", S + "/ports/8000/url")[-1]) == {}
+    await maybe(session.get_url(8000, ttl_seconds=60))
+    assert body(d.calls("POST", S + "/ports/8000/url")[-1]) == {"ttl_seconds": 60}
+    for bad in (0, 65536, "80", True):
+        with pytest.raises(ValueError):
+            await maybe(session.get_url(bad))  # type: ignore[arg-type]
     await aclose(client)
 
 

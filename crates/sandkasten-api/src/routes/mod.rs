@@ -4,6 +4,7 @@
 pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod pool;
+pub(crate) mod ports;
 pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod workspaces;

@@ -43,6 +43,7 @@ from .types import (
     FileEntry,
     FileStat,
     PoolInfo,
+    PortUrl,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -700,6 +701,21 @@ def session_stats(session_id: str) -> Call[SessionStats]:
     """``GET /v1/sessions/{id}/stats``."""
     return Call(
         "GET", session_path(session_id) + "/stats", lambda d: SessionStats.from_json(_obj(d))
+    )
+
+
+def port_url(session_id: str, port: int, ttl_seconds: int | None) -> Call[PortUrl]:
+    """``POST /v1/sessions/{id}/ports/{port}/url``."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an int from 1 to 65535, got {port!r}")
+    body: dict[str, Any] = {}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
+    return Call(
+        "POST",
+        f"{session_path(session_id)}/ports/{port}/url",
+        lambda d: PortUrl.from_json(_obj(d)),
+        json=body,
     )
 
 

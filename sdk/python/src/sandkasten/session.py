@@ -16,6 +16,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    PortUrl,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -168,6 +169,22 @@ class Session(_core.SessionBase):
         await self._client._run(_core.remove(self._fs(), path, recursive))
 
     # ------------------------------------------------------------ lifecycle
+
+    async def get_url(self, port: int, ttl_seconds: int | None = None) -> PortUrl:
+        """A signed URL that opens TCP ``port`` inside the sandbox without the
+        API key, until it expires (``POST /v1/sessions/{id}/ports/{port}/url``).
+
+        Any server listening there (on 127.0.0.1, ``::1`` or all addresses,
+        whatever the session's network mode) is reached through the daemon:
+        ``url`` on its preview host (``http://{port}-{id}.localhost:8080/``,
+        for a browser), ``path`` on the daemon's own address. With the API
+        key the port is also at ``{base_url}/v1/sessions/{id}/ports/{port}/``.
+
+        Args:
+            port: 1 to 65535.
+            ttl_seconds: Lifetime, 1 to 604800 (7 days); None: one hour.
+        """
+        return await self._client._run(_core.port_url(self._id, port, ttl_seconds))
 
     async def stats(self) -> SessionStats:
         """Memory, CPU and process counts (``GET /v1/sessions/{id}/stats``)."""

@@ -28,6 +28,7 @@ from .types import (
     FileEntry,
     FileStat,
     PoolInfo,
+    PortUrl,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -344,6 +345,12 @@ class SyncSession(_core.SessionBase):
     def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file, symlink or directory (non-empty only with ``recursive``)."""
         self._client._run(_core.remove(self._fs(), path, recursive))
+
+    def get_url(self, port: int, ttl_seconds: int | None = None) -> PortUrl:
+        """A signed URL that opens TCP ``port`` inside the sandbox without the
+        API key, until it expires (see :meth:`Session.get_url`).
+        """
+        return self._client._run(_core.port_url(self._id, port, ttl_seconds))
 
     def stats(self) -> SessionStats:
         """Memory, CPU and process counts."""

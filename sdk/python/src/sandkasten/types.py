@@ -199,6 +199,38 @@ class SessionStats:
 
 
 @dataclass
+class PortUrl:
+    """A signed, expiring URL of one TCP port inside a session's sandbox
+    (``POST /v1/sessions/{id}/ports/{port}/url``): opens the port without
+    the API key until ``expires_at``.
+    """
+
+    url: str
+    """The port on its preview host, e.g.
+    ``http://8000-<id>.localhost:8080/?sandkasten_token=...``: open it in a
+    browser (which then keeps a cookie for that port until expiry)."""
+
+    path: str
+    """The same through the daemon's own address: append it to the base URL."""
+
+    token: str
+    """The token alone: ``?sandkasten_token=<token>`` on any path of the port."""
+
+    expires_at: str
+    """RFC 3339, UTC."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PortUrl:
+        """Build from the body of ``POST /v1/sessions/{id}/ports/{port}/url``."""
+        return cls(
+            url=str(data["url"]),
+            path=str(data["path"]),
+            token=str(data["token"]),
+            expires_at=str(data["expires_at"]),
+        )
+
+
+@dataclass
 class ReadResult:
     """The result of reading a file.
 

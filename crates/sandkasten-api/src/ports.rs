@@ -1,0 +1,452 @@
+//! The ports proxy: HTTP to a TCP port inside a session's sandbox, by path
+//! (`/v1/sessions/{id}/ports/{port}/{path…}`) or by host name
+//! (`{port}-{id}.{preview_domain}`, so a browser opens
+//! `http://8000-<id>.localhost:8080/` directly).
+//!
+//! A middleware in front of the router picks these requests out (the path
+//! form except `POST …/url`, which signs URLs; any request whose `Host` is
+//! a preview host), checks access, and forwards them over a fresh
+//! connection to the port (`Engine::connect_port`): any method, bodies
+//! streamed both ways frame by frame (never held: hyper's client writes
+//! the request body as it arrives and the response body is handed on as
+//! the sandbox sends it), server-sent events as they come, and `Upgrade`
+//! (WebSocket): after the server's 101 the two sockets are spliced.
+//!
+//! Access (see `signed.rs`): the API key (its `Authorization` header is
+//! removed before forwarding: a sandbox never sees the key), a signed
+//! token in the query (removed; the answer sets a cookie scoped to that
+//! port: host-only on a preview host, path `/v1/sessions/{id}/ports/{port}/`
+//! on the path form), or that cookie (removed from `Cookie`). Without
+//! access: 401 before anything else, so ids cannot be probed.
+
+pub(crate) mod signed;
+
+use crate::auth::ApiKey;
+use crate::backend::Backend;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use signed::Signer;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What the proxy needs: the engine, the key, the signer and the preview
+/// domain.
+pub(crate) struct Ports {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) key: Arc<ApiKey>,
+    pub(crate) signer: Signer,
+    /// `localhost:8080` by default: hosts `{port}-{id}.` + this.
+    pub(crate) preview_domain: String,
+}
+
+/// A request for a sandbox port, as parsed from its path or host.
+#[derive(Debug, PartialEq)]
+struct Target {
+    session: String,
+    /// As written; checked after access (a bad one is 400 for a client
+    /// with access, 401 for one without).
+    port: String,
+    /// Path and query to send to the server inside.
+    upstream: String,
+    /// Where the access cookie applies.
+    cookie_path: String,
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The preview host `host` names (`{port}-{id}.{domain}`), if it is one.
+fn parse_host(host: &str, domain: &str) -> Option<(String, String)> {
+    let host = host.to_ascii_lowercase();
+    let label = host
+        .strip_suffix(&domain.to_ascii_lowercase())?
+        .strip_suffix('.')?;
+    let (port, session) = label.split_once('-')?;
+    (!session.is_empty() && !session.contains('.')).then(|| (session.into(), port.into()))
+}
+
+/// `/v1/sessions/{id}/ports/{port}[/rest]` → (id, port, rest).
+fn parse_path(path: &str) -> Option<(&str, &str, &str)> {
+    let rest = path.strip_prefix("/v1/sessions/")?;
+    let (session, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("ports/")?;
+    let (port, rest) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    (!session.is_empty() && !port.is_empty()).then_some((session, port, rest))
+}
+
+impl Ports {
+    fn target(&self, req: &Request) -> Option<Target> {
+        let uri = req.uri();
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        if let Some(host) = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            if let Some((session, port)) = parse_host(host, &self.preview_domain) {
+                return Some(Target {
+                    session,
+                    port,
+                    upstream: format!("{}{query}", uri.path()),
+                    cookie_path: "/".into(),
+                });
+            }
+        }
+        let (session, port, rest) = parse_path(uri.path())?;
+        if rest == "/url" && req.method() == Method::POST {
+            return None; // the signing route
+        }
+        let rest = if rest.is_empty() { "/" } else { rest };
+        Some(Target {
+            session: session.into(),
+            port: port.into(),
+            upstream: format!("{rest}{query}"),
+            cookie_path: format!("/v1/sessions/{session}/ports/{port}/"),
+        })
+    }
+}
+
+/// How a request got in.
+enum Access {
+    Key,
+    /// A signed token in the query: the answer sets the cookie.
+    Token {
+        token: String,
+        expiry: u64,
+    },
+    Cookie,
+}
+
+/// Splits `sandkasten_token` out of `upstream`'s query.
+fn take_token(upstream: &mut String) -> Option<String> {
+    let (path, query) = upstream.split_once('?')?;
+    let mut token = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == signed::QUERY_PARAM => {
+                token = Some(v.to_string());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let token = token?;
+    *upstream = if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    Some(token)
+}
+
+/// Every value of cookie `name` in `headers`, and the `Cookie` header
+/// without them.
+fn split_cookies(headers: &HeaderMap, name: &str) -> (Vec<String>, Vec<String>) {
+    let (mut ours, mut rest) = (Vec::new(), Vec::new());
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((k, v)) if k == name => ours.push(v.to_string()),
+                _ => rest.push(pair.to_string()),
+            }
+        }
+    }
+    (ours, rest)
+}
+
+impl Ports {
+    /// Checks access and strips what the sandbox must not see.
+    fn authorize(&self, req: &mut Request, t: &mut Target, port: Option<u16>) -> Option<Access> {
+        if self.key.verify(req.headers()) {
+            req.headers_mut().remove(header::AUTHORIZATION);
+            return Some(Access::Key);
+        }
+        let port = port?;
+        let now = now_unix();
+        if let Some(token) = take_token(&mut t.upstream) {
+            let expiry = self.signer.check(&token, &t.session, port, now)?;
+            return Some(Access::Token { token, expiry });
+        }
+        let (ours, rest) = split_cookies(req.headers(), signed::COOKIE);
+        if ours
+            .iter()
+            .any(|c| self.signer.check(c, &t.session, port, now).is_some())
+        {
+            let headers = req.headers_mut();
+            headers.remove(header::COOKIE);
+            if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
+                if !rest.is_empty() {
+                    headers.insert(header::COOKIE, v);
+                }
+            }
+            return Some(Access::Cookie);
+        }
+        None
+    }
+}
+
+/// Middleware in front of the router: serves ports requests, passes the
+/// rest on.
+pub(crate) async fn dispatch(
+    State(ports): State<Arc<Ports>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match ports.target(&req) {
+        Some(target) => serve_target(&ports, target, req).await,
+        None => next.run(req).await,
+    }
+}
+
+/// Serves a ports request that reached the router (only in tests that
+/// call the router's route directly).
+pub(crate) async fn serve(ports: &Ports, req: Request) -> Response {
+    match ports.target(&req) {
+        Some(target) => serve_target(ports, target, req).await,
+        None => ApiError::RouteNotFound {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+        }
+        .into_response(),
+    }
+}
+
+async fn serve_target(ports: &Ports, mut target: Target, mut req: Request) -> Response {
+    let port = crate::routes::ports::parse_port(&target.port);
+    let Some(access) = ports.authorize(&mut req, &mut target, port.as_ref().ok().copied()) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    crate::conn::mark_authenticated(&req);
+    let port = match port {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let mut resp = match forward(ports, &target, port, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Access::Token { token, expiry } = access {
+        let max_age = expiry.saturating_sub(now_unix());
+        let cookie = format!(
+            "{}={token}; Max-Age={max_age}; Path={}; HttpOnly; SameSite=Lax",
+            signed::COOKIE,
+            target.cookie_path
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded; `Connection` and
+/// `Upgrade` are put back for an upgrade.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The `Upgrade` value of a request that asks for one.
+fn wanted_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Sends `req` to `port` of the target's session over a new connection and
+/// answers what the server answers.
+async fn forward(
+    ports: &Ports,
+    target: &Target,
+    port: u16,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let stream = ports.backend.connect_port(&target.session, port).await?;
+    let upstream_err = |e: hyper::Error| ApiError::Upstream {
+        port,
+        message: e.to_string(),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await
+        .map_err(upstream_err)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("sandbox port connection ended: {e}");
+        }
+    });
+
+    let upgrade = wanted_upgrade(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = target
+        .upstream
+        .parse::<Uri>()
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid path: {e}")))?;
+    parts.version = axum::http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, u.clone());
+    }
+    // Extensions of the daemon's own connection stay here.
+    parts.extensions = Default::default();
+    let mut resp = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(upstream_err)?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(ApiError::Upstream {
+                port,
+                message: "switched protocols without being asked to".into(),
+            });
+        };
+        let server_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, server_upgrade) {
+                Ok((client, server)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut server = TokioIo::new(server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+                Err(e) => tracing::debug!("upgrade through the ports proxy failed: {e}"),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        let (connection, upgrade) = (
+            parts.headers.remove(header::CONNECTION),
+            parts.headers.remove(header::UPGRADE),
+        );
+        strip_hop_by_hop(&mut parts.headers);
+        if let (Some(c), Some(u)) = (connection, upgrade) {
+            parts.headers.insert(header::CONNECTION, c);
+            parts.headers.insert(header::UPGRADE, u);
+        }
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The daemon speaks HTTP/1.1 to its client whatever the server inside
+    // spoke (an HTTP/1.0 server's answer would end the keep-alive).
+    parts.version = axum::http::Version::HTTP_11;
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_hosts_name_a_port_and_a_session() {
+        let d = "localhost:8080";
+        assert_eq!(
+            parse_host("8000-abc.localhost:8080", d),
+            Some(("abc".into(), "8000".into()))
+        );
+        assert_eq!(
+            parse_host("8000-ABC.LocalHost:8080", d),
+            Some(("abc".into(), "8000".into()))
+        );
+        assert_eq!(parse_host("localhost:8080", d), None);
+        assert_eq!(parse_host("8000-abc.localhost:8081", d), None);
+        assert_eq!(parse_host("8000-abc.evil.localhost:8080", d), None);
+        assert_eq!(parse_host("8000abc.localhost:8080", d), None);
+        assert_eq!(
+            parse_host("x-abc.localhost:8080", d),
+            Some(("abc".into(), "x".into())),
+            "a bad port is the proxy's 400, not another route"
+        );
+    }
+
+    #[test]
+    fn ports_paths_split_into_session_port_and_rest() {
+        assert_eq!(
+            parse_path("/v1/sessions/s1/ports/80/a/b"),
+            Some(("s1", "80", "/a/b"))
+        );
+        assert_eq!(
+            parse_path("/v1/sessions/s1/ports/80"),
+            Some(("s1", "80", ""))
+        );
+        assert_eq!(
+            parse_path("/v1/sessions/s1/ports/80/"),
+            Some(("s1", "80", "/"))
+        );
+        assert_eq!(parse_path("/v1/sessions/s1/ports/"), None);
+        assert_eq!(parse_path("/v1/sessions/s1/exec"), None);
+        assert_eq!(parse_path("/v1/sessions//ports/80"), None);
+    }
+
+    #[test]
+    fn the_token_is_taken_out_of_the_query() {
+        let mut u = "/a?x=1&sandkasten_token=t.1&y=2".to_string();
+        assert_eq!(take_token(&mut u).as_deref(), Some("t.1"));
+        assert_eq!(u, "/a?x=1&y=2");
+        let mut u = "/?sandkasten_token=t".to_string();
+        assert_eq!(take_token(&mut u).as_deref(), Some("t"));
+        assert_eq!(u, "/");
+        let mut u = "/?x=1".to_string();
+        assert_eq!(take_token(&mut u), None);
+        assert_eq!(u, "/?x=1");
+    }
+
+    #[test]
+    fn our_cookie_is_split_from_the_apps_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sandkasten_port_token=t1"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sandkasten_port_token=t2; b=2"),
+        );
+        let (ours, rest) = split_cookies(&h, signed::COOKIE);
+        assert_eq!(ours, ["t1", "t2"]);
+        assert_eq!(rest, ["a=1", "b=2"]);
+    }
+}
