@@ -12,6 +12,7 @@ mod config;
 mod db;
 mod error;
 mod metrics;
+mod network;
 mod pool;
 mod session;
 mod sessions;
@@ -24,7 +25,9 @@ mod tests;
 
 pub use config::EngineConfig;
 pub use error::{EngineError, FileError, Holder, ImageError, SessionError, WorkspaceError};
+pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
+pub use sandkasten_runtime::{IpNet, NetEntry, NetworkMode, NetworkPolicy};
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use types::*;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use config::{Config, RuntimeKind};
 use sandkasten_engine::{Engine, EngineConfig};
 use sandkasten_native::{NativeConfig, NativeRuntime};
-use sandkasten_runtime::{Limits, NetworkMode, Runtime};
+use sandkasten_runtime::{Limits, Runtime};
 use sandkasten_store::Store;
 use sha2::Digest;
 use std::io::Write;
@@ -217,10 +217,10 @@ fn engine_config(cfg: &Config) -> EngineConfig {
             disk_mb: Some(cfg.defaults.disk_limit_mb),
         },
         max_disk_limit_mb: cfg.defaults.max_disk_limit_mb,
-        network: match cfg.defaults.network_mode {
-            config::NetworkMode::None => NetworkMode::None,
-            config::NetworkMode::Full => NetworkMode::Full,
-        },
+        // Checked by Config::validate at start.
+        network: cfg
+            .network_config()
+            .expect("network settings were validated at start"),
         readonly_rootfs: cfg.defaults.readonly_rootfs,
         default_exec_timeout_ms: cfg.defaults.default_exec_timeout_ms(),
         max_exec_timeout_ms: cfg.defaults.max_exec_timeout_ms,
@@ -359,21 +359,46 @@ async fn ps(config: Option<PathBuf>) -> Result<()> {
     )
     .await?;
     println!(
-        "{:<34} {:<10} {:<10} {:<22} WORKSPACE",
-        "ID", "IMAGE", "STATUS", "EXPIRES"
+        "{:<34} {:<10} {:<10} {:<22} {:<14} WORKSPACE",
+        "ID", "IMAGE", "STATUS", "EXPIRES", "NETWORK"
     );
     for s in body.as_array().into_iter().flatten() {
         let f = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
         println!(
-            "{:<34} {:<10} {:<10} {:<22} {}",
+            "{:<34} {:<10} {:<10} {:<22} {:<14} {}",
             f("id"),
             f("image"),
             f("status"),
             f("expires_at"),
+            network_column(s.get("network")),
             f("workspace_id")
         );
     }
     Ok(())
+}
+
+/// `ps`'s NETWORK column: the mode, and for `full` whether lists narrow it
+/// (`full`, `full+allow`, `full+deny`, `full+allow+deny`).
+fn network_column(n: Option<&serde_json::Value>) -> String {
+    let Some(n) = n else {
+        return "-".into();
+    };
+    let mut out = n
+        .get("mode")
+        .and_then(|m| m.as_str())
+        .unwrap_or("-")
+        .to_string();
+    for list in ["allow", "deny"] {
+        let key = format!("{list}_out");
+        if n.get(&key)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty())
+        {
+            out.push('+');
+            out.push_str(list);
+        }
+    }
+    out
 }
 
 async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
