@@ -11,6 +11,7 @@
 
 use crate::events::{Denial, EventLog};
 use crate::policy::{addr_verdict, name_verdict};
+use crate::resolved::Resolved;
 use crate::Sandboxes;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
@@ -45,6 +46,7 @@ pub struct DnsConfig {
 pub struct DnsServer {
     cfg: DnsConfig,
     sandboxes: Arc<dyn Sandboxes>,
+    resolved: Arc<Resolved>,
     events: Arc<EventLog>,
 }
 
@@ -52,11 +54,13 @@ impl DnsServer {
     pub fn new(
         cfg: DnsConfig,
         sandboxes: Arc<dyn Sandboxes>,
+        resolved: Arc<Resolved>,
         events: Arc<EventLog>,
     ) -> Arc<DnsServer> {
         Arc::new(DnsServer {
             cfg,
             sandboxes,
+            resolved,
             events,
         })
     }
@@ -169,7 +173,10 @@ impl DnsServer {
             }
             let ttl = Duration::from_secs(rec.ttl().into()).max(MIN_ALLOW);
             match self.sandboxes.allow(id, addr, ttl) {
-                Ok(()) => true,
+                Ok(()) => {
+                    self.resolved.open(id, addr, ttl);
+                    true
+                }
                 Err(e) => {
                     tracing::warn!(session = id, %addr, "opening a resolved address: {e}");
                     false

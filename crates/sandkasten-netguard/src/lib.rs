@@ -1,7 +1,9 @@
 //! The daemon's guard of sandbox networks, above the kernel's datapath:
 //! the DNS server sandboxes ask (`dns.rs`), which resolves only the names
 //! a sandbox's policy allows and opens the addresses it answered for their
-//! TTL, and the record of what was denied (`events.rs`).
+//! TTL (`resolved.rs` remembers until when), the proxy that checks the
+//! TLS SNI / HTTP Host of connections to ports 80 and 443 (`proxy.rs`),
+//! and the record of what was denied (`events.rs`).
 //!
 //! The guard knows sandboxes only through [`Sandboxes`]: which sandbox a
 //! source address is, its policy right now, and how to let it reach an
@@ -11,10 +13,14 @@
 mod dns;
 mod events;
 mod policy;
+mod proxy;
+mod resolved;
 
 pub use dns::{DnsConfig, DnsServer};
 pub use events::{Denial, EventLog};
 pub use policy::{addr_verdict, name_verdict};
+pub use proxy::{Conntrack, OriginalDestination, Proxy};
+pub use resolved::Resolved;
 
 use sandkasten_runtime::NetworkPolicy;
 use std::net::IpAddr;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 /// Whether `entry` names `name` (lower case, no trailing dot): a domain
 /// itself, a wildcard every name below its domain (not the domain).
-fn names(entry: &NetEntry, name: &str) -> bool {
+pub(crate) fn names(entry: &NetEntry, name: &str) -> bool {
     match entry {
         NetEntry::Domain(d) => d == name,
         NetEntry::Wildcard(d) => name

@@ -140,6 +140,7 @@ async fn guard(p: NetworkPolicy, upstream_at: Option<SocketAddr>) -> Guard {
             deny_always: sandkasten_runtime::default_deny_always(),
         },
         table.clone(),
+        Arc::new(sandkasten_netguard::Resolved::default()),
         events.clone(),
     );
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
