@@ -398,3 +398,49 @@ fn nothing_is_left_after_destroy_and_after_sigkill_and_restart() {
     assert!(table(&table_name).is_none(), "the table after a stop");
     assert_eq!(docker_rules(&prefix), "", "DOCKER-USER rules after a stop");
 }
+
+#[test]
+fn a_pooled_sandbox_takes_its_policy_when_claimed() {
+    require_native("the native datapath");
+    let inet = Internet::new(4);
+    let d = Daemon::start_with(
+        &DataDir::new(),
+        Options {
+            config: Some(format!(
+                "{}pool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
+                config(),
+                default_image()
+            )),
+            disable_pool: false,
+            ..Options::default()
+        },
+    );
+    let (_, prefix) = names(&d);
+    let idle = |d: &Daemon| {
+        d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1
+    };
+    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no pool");
+    // Pooled sandboxes wait without a link.
+    assert!(
+        links_with(&prefix).is_empty(),
+        "an idle pooled sandbox has a veth"
+    );
+    let v = d.create_session(json!({"network": {"mode": "full", "allow_out": [inet.v4(2)]}}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["allow_out"], json!([inet.v4(2)]));
+    let id = v["id"].as_str().unwrap().to_string();
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    // The next one, claimed without a network, has none.
+    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no refill");
+    let v = d.create_session(json!({}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["mode"], "none");
+    let other = v["id"].as_str().unwrap();
+    assert_eq!(d.sh(other, "ip -o link show | wc -l").trim(), "1");
+    assert_eq!(
+        links_with(&prefix).len(),
+        1,
+        "one veth: the claimed sandbox's"
+    );
+}
