@@ -4,7 +4,7 @@
 //! `DOCKER-USER` chain. Layout and reasons: docs/architecture.md,
 //! "Sandbox networks".
 
-use super::netlink::{attrs, find, Msg, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
+use super::netlink::{find, Msg, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use sandkasten_runtime::IpNet;
 use std::io;
 use std::net::IpAddr;
@@ -62,7 +62,6 @@ const ELEM_LIST_ELEMENTS: u16 = 3;
 const ELEM_KEY: u16 = 1;
 const ELEM_KEY_END: u16 = 10;
 
-const HOOK_PREROUTING: u32 = 0;
 const HOOK_INPUT: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
 const HOOK_POSTROUTING: u32 = 4;
@@ -462,7 +461,8 @@ pub fn table(l: &Layout) -> Vec<Msg> {
                 .msg(INET, t, "postrouting", None),
         );
     }
-    let _ = HOOK_PREROUTING; // Point 3: a dstnat chain redirects 80/443 here.
+    // (Point 3 adds a prerouting dstnat chain redirecting 80/443 of
+    // sandboxes to the daemon's proxy: docs/architecture.md.)
     out
 }
 
@@ -598,7 +598,6 @@ pub fn docker_cleanup(sock: &mut Socket, tag: &str) -> io::Result<Vec<Msg>> {
             }
         }
     }
-    let _ = attrs;
     Ok(out)
 }
 
