@@ -177,9 +177,10 @@ impl Engine {
             let network = stored_policy(&rec);
             let alive = match alive {
                 // The sandbox's rules are rebuilt from the stored policy
-                // (the runtime started with none); one that cannot get them
-                // back is given up rather than left open or cut off.
-                Some(found) if network.is_full() && self.inner.runtime.network_policies() => {
+                // (the runtime started with none; for `none` a link left by
+                // a change the crash interrupted goes); one that cannot get
+                // them back is given up rather than left open or cut off.
+                Some(found) if self.inner.runtime.network_policies() => {
                     match self.inner.runtime.set_network(&handle, &network).await {
                         Ok(()) => Some(found),
                         Err(e) => {

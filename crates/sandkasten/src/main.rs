@@ -246,7 +246,9 @@ fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
-fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
+/// The native runtime; `serve` also builds the sandbox network (the image
+/// commands must not touch a running daemon's rules).
+fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -257,6 +259,28 @@ fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
         tmp_size_mb: cfg.defaults.tmp_size_mb,
         scratch_size_mb: cfg.disk.scratch_size_mb,
         min_free_mb: cfg.disk.min_free_mb,
+        network: if serve {
+            Some(sandkasten_native::NetConfig {
+                ipv4_subnet: cfg
+                    .network
+                    .ipv4_subnet
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("network.ipv4_subnet: {e}"))?,
+                ipv6_subnet: cfg
+                    .network
+                    .ipv6_subnet
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("network.ipv6_subnet: {e}"))?,
+                ipv6: cfg.network.ipv6,
+                deny_always: cfg.deny_always()?,
+            })
+        } else {
+            None
+        },
     })?)
 }
 
@@ -282,9 +306,14 @@ async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime
 async fn serve(config: Option<PathBuf>) -> Result<()> {
     init_logging();
     let cfg = Config::load(config.as_deref())?;
+    let mut native = None;
     let runtime: Arc<dyn Runtime> = match cfg.runtime {
         RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
-        RuntimeKind::Native => Arc::new(native_runtime(&cfg)?),
+        RuntimeKind::Native => {
+            let rt = Arc::new(native_runtime(&cfg, true)?);
+            native = Some(rt.clone());
+            rt
+        }
     };
     let key = api_key(&cfg, true)?;
     let store = Arc::new(Store::open(&cfg.db_path())?);
@@ -320,6 +349,13 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     sandkasten_api::serve(listener, router, shutdown).await?;
     // In-flight requests are done: destroy the idle pool (sessions stay).
     engine.shutdown().await;
+    if let Some(rt) = native {
+        match rt.release_network().await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("sandboxes with network keep running: their rules stay"),
+            Err(e) => tracing::warn!("removing the sandbox network: {e}"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -419,7 +455,7 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
     // The configured runtime's images: the native store, or the engine's.
     let rt: Arc<dyn Runtime> = match cfg.runtime {
         RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
-        RuntimeKind::Native => Arc::new(native_runtime(&cfg)?),
+        RuntimeKind::Native => Arc::new(native_runtime(&cfg, false)?),
     };
     match cmd {
         ImageCommand::Ls => {
