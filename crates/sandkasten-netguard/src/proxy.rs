@@ -25,17 +25,23 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the destination has to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a redirected connection was going.
+/// Where a redirected connection was going, and whether that is the host.
 pub trait OriginalDestination: Send + Sync + 'static {
     fn original_destination(&self, conn: &TcpStream) -> io::Result<SocketAddr>;
+    /// Whether `ip` is one of the host's own addresses.
+    fn is_host(&self, ip: IpAddr) -> bool;
 }
 
-/// The kernel's record of a redirected connection (`SO_ORIGINAL_DST`).
+/// The kernel's record of a redirected connection (`SO_ORIGINAL_DST`) and
+/// the host's addresses.
 pub struct Conntrack;
 
 impl OriginalDestination for Conntrack {
     fn original_destination(&self, conn: &TcpStream) -> io::Result<SocketAddr> {
         original_dst(conn)
+    }
+    fn is_host(&self, ip: IpAddr) -> bool {
+        is_local(ip)
     }
 }
 
@@ -138,6 +144,11 @@ impl Proxy {
             return Err("the sandbox has no network");
         }
         addr_verdict(policy, &self.deny_always, ip)?;
+        // The proxy connects from the host: a redirected connection skips
+        // the datapath's refusal of the host itself, so it is made here.
+        if self.dst.is_host(ip) {
+            return Err("the destination is the host itself");
+        }
         // An address in the Host header or SNI names nothing.
         let name = name.filter(|n| n.parse::<IpAddr>().is_err());
         if let Some(n) = name {
@@ -306,6 +317,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether `ip` is one of the host's own addresses: only those can be
+/// bound to (no IP_FREEBIND, no transparency).
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Ends a connection with a reset (linger 0), so the client sees a
 /// refusal at once.
 fn reset(conn: TcpStream) {
@@ -388,6 +405,13 @@ mod tests {
         rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
         rec.extend_from_slice(&hs);
         rec
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_known() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(is_local("::1".parse().unwrap()));
+        assert!(!is_local("203.0.113.77".parse().unwrap()));
     }
 
     #[test]

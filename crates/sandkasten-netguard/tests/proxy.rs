@@ -21,12 +21,17 @@ impl Sandboxes for Table {
     }
 }
 
-/// Every connection "was going" to the test's destination server.
-struct To(SocketAddr);
+/// Every connection "was going" to the test's destination server (on
+/// loopback, which stands in for a remote host here unless `host` says
+/// it is the host: `Conntrack` knows the real answer, unit-tested).
+struct To(SocketAddr, bool);
 
 impl OriginalDestination for To {
     fn original_destination(&self, _: &TcpStream) -> std::io::Result<SocketAddr> {
         Ok(self.0)
+    }
+    fn is_host(&self, _: IpAddr) -> bool {
+        self.1
     }
 }
 
@@ -69,6 +74,10 @@ struct Setup {
 }
 
 async fn setup(allow: &[&str], deny: &[&str]) -> Setup {
+    setup_to(allow, deny, false).await
+}
+
+async fn setup_to(allow: &[&str], deny: &[&str], host: bool) -> Setup {
     let parse = |v: &[&str]| v.iter().map(|e| NetEntry::parse(e).unwrap()).collect();
     let policy = NetworkPolicy {
         mode: NetworkMode::Full,
@@ -85,7 +94,7 @@ async fn setup(allow: &[&str], deny: &[&str]) -> Setup {
         Arc::new(Table(policy)),
         resolved.clone(),
         events.clone(),
-        Box::new(To(dest)),
+        Box::new(To(dest, host)),
     );
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = l.local_addr().unwrap();
@@ -258,5 +267,18 @@ async fn without_a_name_only_an_open_policy_or_an_address_entry_lets_through() {
     assert_eq!(
         http(by_ip.proxy, "bad.test").await,
         Err(std::io::ErrorKind::ConnectionReset)
+    );
+}
+
+#[tokio::test]
+async fn the_host_itself_is_refused_whatever_the_policy() {
+    let s = setup_to(&[], &[], true).await;
+    assert_eq!(
+        http(s.proxy, "ok.test").await,
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(
+        s.events.list("s1")[0].reason,
+        "the destination is the host itself"
     );
 }
