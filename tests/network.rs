@@ -444,3 +444,163 @@ fn a_pooled_sandbox_takes_its_policy_when_claimed() {
         "one veth: the claimed sandbox's"
     );
 }
+
+/// The test's upstream resolver on the host's loopback (the daemon
+/// forwards to it): A records of a fixed zone, NXDOMAIN for the rest,
+/// nothing for other types. Written out by hand: a question and its
+/// answers are all this needs.
+fn upstream_dns(zone: Vec<(&'static str, String)>) -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            let q = &buf[..n];
+            // The question: labels from byte 12, then type and class.
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && q[i] != 0 {
+                let l = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + l]).to_lowercase());
+                i += 1 + l;
+            }
+            let end = i + 5;
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let name = labels.join(".");
+            let found: Vec<&String> = zone
+                .iter()
+                .filter(|(z, _)| *z == name)
+                .map(|(_, a)| a)
+                .collect();
+            let answers: Vec<std::net::Ipv4Addr> = if qtype == 1 {
+                found.iter().map(|a| a.parse().unwrap()).collect()
+            } else {
+                Vec::new()
+            };
+            let mut r = q[..2].to_vec();
+            r.extend_from_slice(&[0x81, if found.is_empty() { 0x83 } else { 0x80 }]);
+            r.extend_from_slice(&[0, 1, 0, answers.len() as u8, 0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..end]);
+            for a in answers {
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&a.octets());
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    at
+}
+
+/// What an HTTP request to `addr:80` naming `host` got: the first line of
+/// the answer, or `reset`.
+fn http_host(d: &Daemon, id: &str, addr: &str, host: &str) -> String {
+    let cmd = format!(
+        "python3 -c \"
+import socket
+s = socket.create_connection(('{addr}', 80), timeout=5)
+s.sendall(b'GET / HTTP/1.1\\\\r\\\\nHost: {host}\\\\r\\\\n\\\\r\\\\n')
+try:
+    print(s.recv(100).decode().strip() or 'closed')
+except ConnectionResetError:
+    print('reset')
+\" 2>&1"
+    );
+    d.sh(id, &cmd).trim().to_string()
+}
+
+#[test]
+fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
+    require_native("the native datapath");
+    let inet = Internet::new(5);
+    inet.serve(&inet.v4(2), 80);
+    let dns = upstream_dns(vec![
+        ("app.test", inet.v4(2)),
+        ("api.pkg.test", inet.v4(2)),
+        ("other.test", inet.v4(3)),
+        ("evil.test", inet.v4(2)),
+    ]);
+    let d = Daemon::start(Some(&format!(
+        "network:\n  allow_full: true\n  dns_upstream: \"{dns}\"\n"
+    )));
+    let id = create(
+        &d,
+        json!({"mode": "full", "allow_out": ["app.test", "*.pkg.test"]}),
+    );
+    // Allowed names resolve through the daemon and are reachable by name.
+    assert_eq!(
+        d.sh(&id, "getent hosts app.test | cut -d' ' -f1").trim(),
+        inet.v4(2)
+    );
+    let (out, _) = connect(&d, &id, "app.test", 8080);
+    assert!(
+        out.contains(&format!("hello {}", inet.v4(2))),
+        "app.test: {out}"
+    );
+    assert_eq!(
+        d.sh(&id, "getent hosts api.pkg.test | cut -d' ' -f1")
+            .trim(),
+        inet.v4(2)
+    );
+    // Other names do not exist for the sandbox; their address is closed.
+    assert_eq!(
+        d.sh(&id, "getent hosts other.test; echo rc=$?").trim(),
+        "rc=2"
+    );
+    refused(&d, &id, &inet.v4(3), 8080);
+    // Ports 80 and 443 check the name a connection carries: the same
+    // address under a name the policy does not allow is reset at once.
+    assert_eq!(
+        http_host(&d, &id, &inet.v4(2), "app.test"),
+        format!("hello {}", inet.v4(2))
+    );
+    assert_eq!(http_host(&d, &id, &inet.v4(2), "evil.test"), "reset");
+    // Every refusal is recorded, and counted.
+    let ev = d
+        .get(&format!("/v1/sessions/{id}/network/events"))
+        .expect(200, "events");
+    let seen: Vec<(String, String)> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        seen.contains(&("other.test".into(), "not in allow_out".into())),
+        "{ev}"
+    );
+    assert!(
+        seen.contains(&("evil.test".into(), "not in allow_out".into())),
+        "{ev}"
+    );
+    let metrics = d.get("/metrics").text;
+    let denials: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sandkasten_network_denials_total "))
+        .expect("the denials counter")
+        .parse()
+        .unwrap();
+    assert!(denials >= 2, "{denials}");
+    // A new policy: what was resolved under the old one is closed.
+    d.send(
+        d.request(reqwest::Method::PUT, &format!("/v1/sessions/{id}/network"))
+            .json(&json!({"mode": "full", "allow_out": ["other.test"]})),
+    )
+    .expect(200, "PUT network");
+    refused(&d, &id, &inet.v4(2), 8080);
+    assert_eq!(
+        d.sh(&id, "getent hosts app.test; echo rc=$?").trim(),
+        "rc=2"
+    );
+    let (out, _) = connect(&d, &id, "other.test", 8080);
+    assert!(
+        out.contains(&format!("hello {}", inet.v4(3))),
+        "other.test: {out}"
+    );
+}

@@ -23,6 +23,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
         id: &str,
         req: sandkasten_engine::NetworkRequest,
     ) -> Result<SessionInfo, EngineError>;
+    async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::NetworkDenial>, EngineError>;
     async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError>;
     async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError>;
     async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError>;
@@ -136,6 +140,12 @@ impl Backend for Engine {
         req: sandkasten_engine::NetworkRequest,
     ) -> Result<SessionInfo, EngineError> {
         Engine::set_network(self, id, req).await
+    }
+    async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::NetworkDenial>, EngineError> {
+        Engine::network_events(self, id).await
     }
     async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
         Engine::session_stats(self, id).await

@@ -138,6 +138,18 @@ impl Backend for Fake {
         self.calls.lock().unwrap().push(format!("destroy {id}"));
         Ok(())
     }
+    async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::NetworkDenial>, EngineError> {
+        check(id)?;
+        Ok(vec![sandkasten_engine::NetworkDenial {
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            destination: "evil.example".into(),
+            name: Some("evil.example".into()),
+            reason: "not in allow_out".into(),
+        }])
+    }
     async fn set_network(
         &self,
         id: &str,
@@ -390,6 +402,7 @@ impl Backend for Fake {
                 sum_seconds: 0.25,
             },
             pool_acquire: sandkasten_engine::HistogramSnapshot::default(),
+            network_denials: 2,
         }
     }
 }
@@ -813,6 +826,24 @@ async fn pool_reports_every_figure_per_image() {
 }
 
 #[tokio::test]
+async fn network_events_list_the_refusals_with_their_time() {
+    let (router, _) = app();
+    let r = get(&router, "/v1/sessions/s1/network/events").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"events": [{
+            "time": "2023-11-14T22:13:20.123Z",
+            "destination": "evil.example",
+            "name": "evil.example",
+            "reason": "not in allow_out"
+        }]})
+    );
+    let r = get(&router, "/v1/sessions/missing/network/events").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn metrics_are_prometheus_text() {
     let (router, _) = app();
     let r = get(&router, "/metrics").await;
@@ -835,6 +866,8 @@ async fn metrics_are_prometheus_text() {
         "sandkasten_exec_duration_seconds_bucket{le=\"+Inf\"} 10",
         "sandkasten_exec_duration_seconds_count 10",
         "sandkasten_pool_acquire_seconds_count 0",
+        "# TYPE sandkasten_network_denials_total counter",
+        "sandkasten_network_denials_total 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -1899,6 +1932,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/workspaces/{id}/export"),
     ("put", "/v1/workspaces/{id}/import"),
     ("put", "/v1/sessions/{id}/network"),
+    ("get", "/v1/sessions/{id}/network/events"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {

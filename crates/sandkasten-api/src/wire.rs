@@ -223,6 +223,42 @@ impl From<engine::SessionInfo> for SessionInfo {
     }
 }
 
+/// What a session's network policy refused (`GET
+/// /v1/sessions/{id}/network/events`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NetworkEvents {
+    /// Oldest first; the latest 1000.
+    pub events: Vec<NetworkEvent>,
+}
+
+/// One refused name or connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NetworkEvent {
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime, example = "2026-02-08T10:00:00.123Z")]
+    pub time: String,
+    /// A host name (a DNS query), or `address:port` (a connection).
+    #[schema(example = "evil.example")]
+    pub destination: String,
+    /// The host name involved, where one is known.
+    #[schema(required = true, example = "evil.example")]
+    pub name: Option<String>,
+    /// Why: `not in allow_out`, `denied by deny_out`, ...
+    #[schema(example = "not in allow_out")]
+    pub reason: String,
+}
+
+impl From<engine::NetworkDenial> for NetworkEvent {
+    fn from(d: engine::NetworkDenial) -> Self {
+        NetworkEvent {
+            time: rfc3339(OffsetDateTime::from(d.at)),
+            destination: d.destination,
+            name: d.name,
+            reason: d.reason,
+        }
+    }
+}
+
 /// Formats a timestamp as RFC 3339 in UTC with millisecond precision, the
 /// form every client's date parser accepts.
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {

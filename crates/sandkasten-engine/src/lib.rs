@@ -27,7 +27,7 @@ pub use config::EngineConfig;
 pub use error::{EngineError, FileError, Holder, ImageError, SessionError, WorkspaceError};
 pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
-pub use sandkasten_runtime::{IpNet, NetEntry, NetworkMode, NetworkPolicy};
+pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use types::*;

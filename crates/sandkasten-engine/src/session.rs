@@ -746,6 +746,7 @@ impl Engine {
             ],
             exec_duration: c.exec.snapshot(),
             pool_acquire: self.inner.pool.acquire_hist.snapshot(),
+            network_denials: self.inner.runtime.network_denials_total(),
         }
     }
 
@@ -810,6 +811,17 @@ impl Engine {
                 .await?;
         }
         Ok(s.info())
+    }
+
+    /// `GET /v1/sessions/{id}/network/events`: what the session's policy
+    /// refused (names its DNS asked for, connections the proxy reset),
+    /// oldest first, the latest 1000.
+    pub async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_runtime::NetworkDenial>, EngineError> {
+        let s = self.inner.sessions.get(id)?;
+        Ok(self.inner.runtime.network_events(&s.id))
     }
 
     pub async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {

@@ -86,6 +86,8 @@ pub struct MetricsSnapshot {
     pub creates: Vec<(&'static str, u64)>,
     pub exec_duration: HistogramSnapshot,
     pub pool_acquire: HistogramSnapshot,
+    /// Names and connections sandboxes' policies refused since start.
+    pub network_denials: u64,
 }
 
 /// A cumulative histogram: `buckets` are (upper bound in seconds, count of

@@ -431,6 +431,14 @@ impl Shared {
             }
         };
         let mut binds = image.binds;
+        // The daemon answers the sandboxes' DNS (at their gateway).
+        if let Some(conf) = self.network.as_ref().and_then(|n| n.resolv_conf()) {
+            binds.push(BindMount {
+                source: conf.to_path_buf(),
+                target: "/etc/resolv.conf".into(),
+                readonly: true,
+            });
+        }
         let mut block_mounts = Vec::new();
         let mut attached = None;
         match &spec.workspace {
@@ -957,6 +965,21 @@ impl Runtime for NativeRuntime {
 
     fn network_policies(&self) -> bool {
         self.shared.network.is_some()
+    }
+
+    fn network_events(&self, id: &str) -> Vec<sandkasten_runtime::NetworkDenial> {
+        self.shared
+            .network
+            .as_ref()
+            .map(|n| n.events(id))
+            .unwrap_or_default()
+    }
+
+    fn network_denials_total(&self) -> u64 {
+        self.shared
+            .network
+            .as_ref()
+            .map_or(0, |n| n.denials_total())
     }
 
     async fn set_network(

@@ -4,21 +4,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 /// Denials kept per session (older ones are dropped first).
 const KEEP: usize = 1000;
 
-/// One denied name or connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    pub at: SystemTime,
-    /// What was asked for: a name, or `address:port`.
-    pub destination: String,
-    /// The host name involved, where one is known.
-    pub name: Option<String>,
-    pub reason: String,
-}
+pub use sandkasten_runtime::NetworkDenial as Denial;
 
 /// Denials by session.
 #[derive(Default)]
@@ -62,6 +52,7 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[test]
     fn keeps_the_latest_per_session_and_counts_all() {

@@ -35,10 +35,19 @@ impl Resolved {
     }
 
     /// Forgets a sandbox (destroyed, or its policy changed: what it
-    /// resolved under the old one is not open under the new).
-    pub fn forget(&self, id: &str) {
+    /// resolved under the old one is not open under the new); the
+    /// addresses that were still open.
+    pub fn take(&self, id: &str) -> Vec<IpAddr> {
         let mut m = self.by_session.lock().unwrap_or_else(|e| e.into_inner());
-        m.remove(id);
+        let now = Instant::now();
+        m.remove(id)
+            .map(|s| {
+                s.into_iter()
+                    .filter(|(_, t)| *t > now)
+                    .map(|(a, _)| a)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -55,7 +64,7 @@ mod tests {
         assert!(!r.is_open("s2", a));
         r.open("s1", "203.0.113.2".parse().unwrap(), Duration::ZERO);
         assert!(!r.is_open("s1", "203.0.113.2".parse().unwrap()));
-        r.forget("s1");
+        assert_eq!(r.take("s1"), vec![a]);
         assert!(!r.is_open("s1", a));
     }
 }

@@ -18,7 +18,9 @@ pub use files::{
     FileStream, FileType, READ_CHUNK,
 };
 
-pub use netpolicy::{default_deny_always, IpNet, NetEntry, NetworkPolicy, MAX_ENTRIES};
+pub use netpolicy::{
+    default_deny_always, IpNet, NetEntry, NetworkDenial, NetworkPolicy, MAX_ENTRIES,
+};
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -472,6 +474,17 @@ pub trait Runtime: Send + Sync + 'static {
             "network policies".into(),
             self.name(),
         ))
+    }
+
+    /// What sandbox `id`'s policy refused (names and connections), oldest
+    /// first; empty where the backend does not record it.
+    fn network_events(&self, _id: &str) -> Vec<NetworkDenial> {
+        Vec::new()
+    }
+
+    /// Refusals recorded since start, all sandboxes.
+    fn network_denials_total(&self) -> u64 {
+        0
     }
 }
 

@@ -312,6 +312,18 @@ impl NetworkPolicy {
     }
 }
 
+/// A name or connection a sandbox's policy refused (recorded by the
+/// daemon's DNS server and proxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDenial {
+    pub at: std::time::SystemTime,
+    /// What was asked for: a name, or `address:port`.
+    pub destination: String,
+    /// The host name involved, where one is known.
+    pub name: Option<String>,
+    pub reason: String,
+}
+
 /// The ranges no sandbox may reach unless an operator lifts them: the
 /// `network.deny_always` default. (The host's own addresses and the other
 /// sandboxes are refused by the datapath whatever this list says.)

@@ -102,6 +102,10 @@ pub struct Network {
     pub ipv6_subnet: Option<String>,
     /// Native runtime: whether sandboxes get IPv6 too.
     pub ipv6: bool,
+    /// Native runtime: the resolver the daemon's DNS server forwards the
+    /// names sandboxes may resolve to (`address` or `address:port`);
+    /// unset: the first `nameserver` of the host's /etc/resolv.conf.
+    pub dns_upstream: Option<String>,
 }
 
 impl Default for Network {
@@ -112,6 +116,29 @@ impl Default for Network {
             ipv4_subnet: None,
             ipv6_subnet: None,
             ipv6: true,
+            dns_upstream: None,
+        }
+    }
+}
+
+impl Network {
+    /// `dns_upstream` as an address (port 53 unless given); unset: the
+    /// host's first nameserver, `None` when it has none.
+    pub fn dns_upstream(&self) -> Result<Option<std::net::SocketAddr>> {
+        let parse = |s: &str| -> Option<std::net::SocketAddr> {
+            s.parse()
+                .ok()
+                .or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()))
+        };
+        match &self.dns_upstream {
+            Some(s) => parse(s.trim()).map(Some).ok_or_else(|| {
+                anyhow!("network.dns_upstream: {s:?} is not an address or address:port")
+            }),
+            None => Ok(std::fs::read_to_string("/etc/resolv.conf")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .find_map(|a| parse(a.trim()))),
         }
     }
 }
@@ -557,6 +584,7 @@ impl Config {
             }
         }
         self.network_config()?;
+        self.network.dns_upstream()?;
         for (key, v) in [
             ("network.ipv4_subnet", &self.network.ipv4_subnet),
             ("network.ipv6_subnet", &self.network.ipv6_subnet),

@@ -277,6 +277,7 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
                     .map_err(|e: String| anyhow::anyhow!("network.ipv6_subnet: {e}"))?,
                 ipv6: cfg.network.ipv6,
                 deny_always: cfg.deny_always()?,
+                dns_upstream: cfg.network.dns_upstream()?,
             })
         } else {
             None

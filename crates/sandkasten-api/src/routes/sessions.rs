@@ -3,7 +3,8 @@
 use super::ApiResult;
 use crate::extract::{ApiJson, ApiPath};
 use crate::wire::{
-    CreateSessionRequest, ErrorBody, NetworkPolicyRequest, OkResponse, SessionInfo, SessionStats,
+    CreateSessionRequest, ErrorBody, NetworkEvents, NetworkPolicyRequest, OkResponse, SessionInfo,
+    SessionStats,
 };
 use crate::AppState;
 use axum::extract::State;
@@ -85,6 +86,28 @@ pub(crate) async fn set_network(
     Ok(Json(
         state.backend.set_network(&id, req.into()).await?.into(),
     ))
+}
+
+/// What the session's network policy refused: names its DNS asked for
+/// and connections the daemon's proxy reset, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/network/events",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The refusals, oldest first (the latest 1000)", body = NetworkEvents),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub(crate) async fn network_events(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<NetworkEvents>> {
+    let events = state.backend.network_events(&id).await?;
+    Ok(Json(NetworkEvents {
+        events: events.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// Destroys a session's sandbox; a persistent workspace stays.

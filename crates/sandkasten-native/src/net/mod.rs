@@ -6,18 +6,19 @@
 //! per sandbox. Design, layout and invariants: docs/architecture.md,
 //! "Sandbox networks".
 
+mod guard;
 mod netlink;
 mod nft;
 mod rtnl;
 
 use netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
-use sandkasten_runtime::{IpNet, NetEntry, NetworkPolicy, RuntimeError};
+use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Prefix of every sandbox veth of any daemon ("sandkasten network").
 const ANY_PREFIX: &str = "skn";
@@ -41,6 +42,10 @@ pub struct NetConfig {
     pub ipv6: bool,
     /// `network.deny_always`: refused for every sandbox.
     pub deny_always: Vec<IpNet>,
+    /// `network.dns_upstream`: where the daemon's DNS server forwards
+    /// the names sandboxes may resolve; `None`: no DNS server (host names
+    /// in policies then resolve nowhere).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 /// The datapath of one daemon.
@@ -53,7 +58,11 @@ pub struct Network {
     v4: IpNet,
     v6: Option<IpNet>,
     sessions_dir: PathBuf,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    guard: Option<guard::Guard>,
+    /// `<data dir>/resolv.conf` naming the gateway, where the daemon
+    /// answers DNS; bound over every sandbox's `/etc/resolv.conf`.
+    resolv_conf: Option<PathBuf>,
 }
 
 struct State {
@@ -64,6 +73,8 @@ struct State {
     used: BTreeSet<u32>,
     /// Set elements in force per sandbox.
     elements: HashMap<String, nft::Elements>,
+    /// Sandboxes in the proxied set.
+    proxied: BTreeSet<String>,
 }
 
 fn err(context: &str) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
@@ -116,12 +127,33 @@ impl Network {
         }
         let table = format!("sandkasten_{tag}");
         let subnets: Vec<IpNet> = std::iter::once(v4).chain(v6).collect();
+        let state = Arc::new(Mutex::new(State {
+            rtnl,
+            nft: Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?,
+            slots,
+            used: BTreeSet::new(),
+            elements: HashMap::new(),
+            proxied: BTreeSet::new(),
+        }));
+        let guard = match cfg.dns_upstream {
+            Some(up) => {
+                // The servers also refuse the sandboxes' own networks.
+                let mut deny = cfg.deny_always.clone();
+                deny.extend(subnets.iter().copied());
+                Some(
+                    guard::start(up, deny, state.clone(), &table, &prefix)
+                        .map_err(err("starting the sandboxes' DNS server"))?,
+                )
+            }
+            None => None,
+        };
         let mut batch = nft::table(&nft::Layout {
             table: &table,
             prefix: &prefix,
             any_prefix: ANY_PREFIX,
             subnets: &subnets,
             deny_always: &cfg.deny_always,
+            guard: guard.as_ref().map(|g| g.ports),
         });
         batch.extend(nft::docker_cleanup(&mut nft_sock, &tag).map_err(err("reading DOCKER-USER"))?);
         batch.extend(
@@ -130,8 +162,25 @@ impl Network {
         nft_sock
             .batch(batch)
             .map_err(err("building the nftables table"))?;
-        let used = slots.values().copied().collect();
-        tracing::info!(%table, ipv4 = %v4, ipv6 = ?v6.map(|n| n.to_string()), "sandbox network ready");
+        {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.used = st.slots.values().copied().collect();
+            st.nft = nft_sock;
+        }
+        let resolv_conf = match &guard {
+            Some(_) => {
+                let p = data_dir.join("resolv.conf");
+                std::fs::write(
+                    &p,
+                    format!("nameserver {GATEWAY4}\noptions timeout:2 attempts:2\n"),
+                )
+                .map_err(RuntimeError::io_ctx(format!("writing {}", p.display())))?;
+                Some(p)
+            }
+            None => None,
+        };
+        tracing::info!(%table, ipv4 = %v4, ipv6 = ?v6.map(|n| n.to_string()),
+            dns = ?guard.as_ref().map(|g| g.ports.dns), "sandbox network ready");
         Ok(Network {
             tag,
             prefix,
@@ -139,13 +188,9 @@ impl Network {
             v4,
             v6,
             sessions_dir,
-            state: Mutex::new(State {
-                rtnl,
-                nft: nft_sock,
-                slots,
-                used,
-                elements: HashMap::new(),
-            }),
+            state,
+            guard,
+            resolv_conf,
         })
     }
 
@@ -205,11 +250,64 @@ impl Network {
             batch.extend(old.msgs(&self.table, false));
         }
         batch.extend(new.msgs(&self.table, true));
+        let proxied = self.guard.is_some() && guard::names_hosts(policy);
+        match (proxied, st.proxied.contains(id)) {
+            (true, false) => batch.push(nft::proxied_element(&self.table, &name, true)),
+            (false, true) => batch.push(nft::proxied_element(&self.table, &name, false)),
+            _ => {}
+        }
         st.nft
             .batch(batch)
             .map_err(err("setting the sandbox's rules"))?;
         st.elements.insert(id.to_string(), new);
+        if proxied {
+            st.proxied.insert(id.to_string());
+        } else {
+            st.proxied.remove(id);
+        }
+        // What the sandbox resolved under its old policy is not open
+        // under the new one.
+        self.forget_resolved(&mut st, id);
+        if let Some(g) = &self.guard {
+            let addrs: Vec<IpAddr> = self
+                .v4
+                .nth(slot as u128)
+                .into_iter()
+                .chain(self.v6.and_then(|n| n.nth(slot as u128)))
+                .collect();
+            g.view.set(id, &addrs, policy);
+        }
         Ok(())
+    }
+
+    /// Deletes the DNS-learned elements of sandbox `id` (each on its own:
+    /// one the kernel has just expired must not fail the others).
+    fn forget_resolved(&self, st: &mut State, id: &str) {
+        let Some(g) = &self.guard else { return };
+        let name = ifname(&self.prefix, id);
+        for addr in g.resolved.take(id) {
+            let _ = st
+                .nft
+                .batch(vec![nft::dns_element_delete(&self.table, &name, &addr)]);
+        }
+    }
+
+    /// The resolv.conf sandboxes get, where the daemon answers DNS.
+    pub fn resolv_conf(&self) -> Option<&std::path::Path> {
+        self.resolv_conf.as_deref()
+    }
+
+    /// What sandbox `id`'s policy refused, oldest first.
+    pub fn events(&self, id: &str) -> Vec<NetworkDenial> {
+        self.guard
+            .as_ref()
+            .map(|g| g.events.list(id))
+            .unwrap_or_default()
+    }
+
+    /// Refusals recorded since start.
+    pub fn denials_total(&self) -> u64 {
+        self.guard.as_ref().map_or(0, |g| g.events.total())
     }
 
     /// Creates the veth pair of a sandbox and configures both ends.
@@ -279,6 +377,16 @@ impl Network {
     }
 
     fn remove_locked(&self, st: &mut State, id: &str) -> Result<(), RuntimeError> {
+        if let Some(g) = &self.guard {
+            g.view.forget(id);
+        }
+        self.forget_resolved(st, id);
+        if st.proxied.remove(id) {
+            let name = ifname(&self.prefix, id);
+            st.nft
+                .batch(vec![nft::proxied_element(&self.table, &name, false)])
+                .map_err(err("taking the sandbox off the proxy"))?;
+        }
         delete_link(&mut st.rtnl, &ifname(&self.prefix, id))?;
         if let Some(old) = st.elements.remove(id) {
             st.nft

@@ -55,13 +55,16 @@ const SET_ID: u16 = 10;
 const SET_DESC_CONCAT: u16 = 2;
 const SET_FIELD_LEN: u16 = 1;
 const SET_F_INTERVAL: u32 = 0x4;
+const SET_F_TIMEOUT: u32 = 0x10;
 const SET_F_CONCAT: u32 = 0x80;
 const ELEM_LIST_TABLE: u16 = 1;
 const ELEM_LIST_SET: u16 = 2;
 const ELEM_LIST_ELEMENTS: u16 = 3;
 const ELEM_KEY: u16 = 1;
 const ELEM_KEY_END: u16 = 10;
+const ELEM_TIMEOUT: u16 = 4;
 
+const HOOK_PREROUTING: u32 = 0;
 const HOOK_INPUT: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
 const HOOK_POSTROUTING: u32 = 4;
@@ -99,6 +102,14 @@ pub const ALLOW4: &str = "allow4";
 pub const DENY4: &str = "deny4";
 pub const ALLOW6: &str = "allow6";
 pub const DENY6: &str = "deny6";
+/// Addresses the daemon's DNS server answered to a sandbox
+/// (`ifname . addr`, each with the record's TTL as its timeout: the
+/// kernel expires them).
+pub const DNS4: &str = "dns4";
+pub const DNS6: &str = "dns6";
+/// The host-side veths of sandboxes whose policy names hosts: their
+/// connections to ports 80 and 443 go to the daemon's proxy.
+pub const PROXIED: &str = "proxied";
 
 /// One rule's expressions.
 #[derive(Default)]
@@ -187,6 +198,23 @@ impl Rule {
         self.push("reject", |m| {
             m.u32_be(1, kind);
             m.attr(2, &[code]);
+        })
+    }
+
+    /// `th dport == port` (after an l4proto match).
+    fn dport(self, port: u16) -> Rule {
+        self.payload(PAYLOAD_TRANSPORT, 2, 2, REG)
+            .cmp(CMP_EQ, REG, &port.to_be_bytes())
+    }
+
+    /// `redirect to :port` (to the address of the incoming interface).
+    fn redirect(self, port: u16) -> Rule {
+        self.push("immediate", |m| {
+            m.u32_be(1, REG);
+            m.begin(2).attr(DATA_VALUE, &port.to_be_bytes()).end();
+        })
+        .push("redir", |m| {
+            m.u32_be(1, REG).u32_be(2, REG);
         })
     }
 
@@ -306,6 +334,43 @@ fn concat_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
     m
 }
 
+/// A hash set of `ifname . addr` keys with per-element timeouts.
+fn timeout_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
+    let addr_type = if addr_len == 4 {
+        TYPE_IPADDR
+    } else {
+        TYPE_IP6ADDR
+    };
+    let mut m = Msg::nft(NEWSET, NLM_F_CREATE, INET, "adding a set");
+    m.str(SET_TABLE, table)
+        .str(SET_NAME, name)
+        .u32_be(SET_FLAGS, SET_F_TIMEOUT)
+        .u32_be(SET_KEY_TYPE, (TYPE_IFNAME << 6) | addr_type)
+        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32 + addr_len)
+        .u32_be(SET_ID, id);
+    m
+}
+
+/// A hash set of interface names.
+fn ifname_set(table: &str, name: &str, id: u32) -> Msg {
+    let mut m = Msg::nft(NEWSET, NLM_F_CREATE, INET, "adding a set");
+    m.str(SET_TABLE, table)
+        .str(SET_NAME, name)
+        .u32_be(SET_FLAGS, 0)
+        .u32_be(SET_KEY_TYPE, TYPE_IFNAME)
+        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32)
+        .u32_be(SET_ID, id);
+    m
+}
+
+/// The ports of the daemon's DNS server and proxy (on the gateway
+/// address), where it has them.
+#[derive(Clone, Copy)]
+pub struct GuardPorts {
+    pub dns: u16,
+    pub proxy: u16,
+}
+
 /// What the table is built from.
 pub struct Layout<'a> {
     pub table: &'a str,
@@ -318,6 +383,8 @@ pub struct Layout<'a> {
     pub subnets: &'a [IpNet],
     /// `network.deny_always`.
     pub deny_always: &'a [IpNet],
+    /// The DNS server and proxy sandboxes are sent to.
+    pub guard: Option<GuardPorts>,
 }
 
 /// The whole table, replacing any previous one of the same name in the
@@ -339,6 +406,9 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out.push(concat_set(t, DENY4, 2, 4));
     out.push(concat_set(t, ALLOW6, 3, 16));
     out.push(concat_set(t, DENY6, 4, 16));
+    out.push(timeout_set(t, DNS4, 5, 4));
+    out.push(timeout_set(t, DNS6, 6, 16));
+    out.push(ifname_set(t, PROXIED, 7));
     out.push(chain(t, "refuse", None));
     out.push(chain(t, "from_sandbox", None));
     out.push(chain(t, "forward", Some((HOOK_FORWARD, 0, "filter"))));
@@ -348,6 +418,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
         "postrouting",
         Some((HOOK_POSTROUTING, 100, "nat")),
     ));
+    out.push(chain(t, "prerouting", Some((HOOK_PREROUTING, -100, "nat"))));
     // Refusals are immediate: a TCP reset, else ICMP administratively
     // prohibited (host unreachable for the client).
     out.push(
@@ -425,14 +496,39 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             None,
         ));
     }
-    // (Point 3 adds here: iifname . daddr in the DNS-learned sets.)
+    // What the daemon's DNS server answered the sandbox, until the TTL.
+    for (set, v4) in [(DNS4, true), (DNS6, false)] {
+        out.push(Rule::default().in_concat_set(set, v4).accept().msg(
+            INET,
+            t,
+            "from_sandbox",
+            None,
+        ));
+    }
     out.push(
         Rule::default()
             .goto("refuse")
             .msg(INET, t, "from_sandbox", None),
     );
     // input: a sandbox reaches nothing of the host but IPv6 neighbour
-    // discovery of its gateway (point 3 adds the daemon's DNS server).
+    // discovery of its gateway and the daemon's DNS server and proxy
+    // (reached through the redirects of prerouting).
+    if let Some(g) = l.guard {
+        for (proto, port) in [
+            (libc::IPPROTO_UDP, g.dns),
+            (libc::IPPROTO_TCP, g.dns),
+            (libc::IPPROTO_TCP, g.proxy),
+        ] {
+            out.push(
+                Rule::default()
+                    .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
+                    .l4proto(proto as u8)
+                    .dport(port)
+                    .accept()
+                    .msg(INET, t, "input", None),
+            );
+        }
+    }
     for icmp_type in [135u8, 136] {
         out.push(
             Rule::default()
@@ -461,8 +557,32 @@ pub fn table(l: &Layout) -> Vec<Msg> {
                 .msg(INET, t, "postrouting", None),
         );
     }
-    // (Point 3 adds a prerouting dstnat chain redirecting 80/443 of
-    // sandboxes to the daemon's proxy: docs/architecture.md.)
+    // prerouting: a sandbox's DNS goes to the daemon's server, whatever
+    // address it asks; ports 80 and 443 of sandboxes whose policy names
+    // hosts go to the daemon's proxy (which checks the SNI / Host).
+    if let Some(g) = l.guard {
+        for proto in [libc::IPPROTO_UDP, libc::IPPROTO_TCP] {
+            out.push(
+                Rule::default()
+                    .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
+                    .l4proto(proto as u8)
+                    .dport(53)
+                    .redirect(g.dns)
+                    .msg(INET, t, "prerouting", None),
+            );
+        }
+        for port in [80u16, 443] {
+            out.push(
+                Rule::default()
+                    .meta(META_IIFNAME, REG)
+                    .lookup(PROXIED, REG)
+                    .l4proto(libc::IPPROTO_TCP as u8)
+                    .dport(port)
+                    .redirect(g.proxy)
+                    .msg(INET, t, "prerouting", None),
+            );
+        }
+    }
     out
 }
 
@@ -544,6 +664,56 @@ impl Elements {
         }
         out
     }
+}
+
+/// Adds `ifname . addr` to the DNS-learned set of its family for `ttl`
+/// (an element already there keeps the set's own timeout update rules:
+/// refreshed where the kernel updates timeouts on re-add).
+pub fn dns_element(table: &str, ifname: &str, addr: &IpAddr, ttl_ms: u64) -> Msg {
+    let set = if addr.is_ipv4() { DNS4 } else { DNS6 };
+    let mut key = ifname_key(ifname).to_vec();
+    key.extend(octets(addr));
+    let mut m = Msg::nft(NEWSETELEM, NLM_F_CREATE, INET, "adding a resolved address");
+    m.str(ELEM_LIST_TABLE, table).str(ELEM_LIST_SET, set);
+    m.begin(ELEM_LIST_ELEMENTS).begin(LIST_ELEM);
+    m.begin(ELEM_KEY).attr(DATA_VALUE, &key).end();
+    m.attr(ELEM_TIMEOUT, &ttl_ms.to_be_bytes());
+    m.end().end();
+    m
+}
+
+/// Deletes `ifname . addr` from the DNS-learned set of its family.
+pub fn dns_element_delete(table: &str, ifname: &str, addr: &IpAddr) -> Msg {
+    let set = if addr.is_ipv4() { DNS4 } else { DNS6 };
+    let mut key = ifname_key(ifname).to_vec();
+    key.extend(octets(addr));
+    let mut m = Msg::nft(DELSETELEM, 0, INET, "deleting a resolved address");
+    m.str(ELEM_LIST_TABLE, table).str(ELEM_LIST_SET, set);
+    m.begin(ELEM_LIST_ELEMENTS).begin(LIST_ELEM);
+    m.begin(ELEM_KEY).attr(DATA_VALUE, &key).end();
+    m.end().end();
+    m
+}
+
+/// Adds (or deletes) a sandbox's veth in the proxied set.
+pub fn proxied_element(table: &str, ifname: &str, add: bool) -> Msg {
+    let mut m = if add {
+        Msg::nft(
+            NEWSETELEM,
+            NLM_F_CREATE,
+            INET,
+            "sending a sandbox to the proxy",
+        )
+    } else {
+        Msg::nft(DELSETELEM, 0, INET, "taking a sandbox off the proxy")
+    };
+    m.str(ELEM_LIST_TABLE, table).str(ELEM_LIST_SET, PROXIED);
+    m.begin(ELEM_LIST_ELEMENTS).begin(LIST_ELEM);
+    m.begin(ELEM_KEY)
+        .attr(DATA_VALUE, &ifname_key(ifname))
+        .end();
+    m.end().end();
+    m
 }
 
 /// Docker's chain where users add rules (`DOCKER-USER` of `ip filter` and
