@@ -18,6 +18,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn list_sessions(&self) -> Vec<SessionInfo>;
     async fn get_session(&self, id: &str) -> Result<SessionInfo, EngineError>;
     async fn destroy_session(&self, id: &str) -> Result<(), EngineError>;
+    async fn set_network(
+        &self,
+        id: &str,
+        req: sandkasten_engine::NetworkRequest,
+    ) -> Result<SessionInfo, EngineError>;
+    async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::NetworkDenial>, EngineError>;
     async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError>;
     async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError>;
     async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError>;
@@ -132,6 +141,19 @@ impl Backend for Engine {
     }
     async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
         Engine::destroy_session(self, id).await
+    }
+    async fn set_network(
+        &self,
+        id: &str,
+        req: sandkasten_engine::NetworkRequest,
+    ) -> Result<SessionInfo, EngineError> {
+        Engine::set_network(self, id, req).await
+    }
+    async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::NetworkDenial>, EngineError> {
+        Engine::network_events(self, id).await
     }
     async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
         Engine::session_stats(self, id).await

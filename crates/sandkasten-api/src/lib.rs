@@ -128,6 +128,8 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::create_session, sessions::list_sessions))
         .routes(routes!(sessions::get_session, sessions::destroy_session))
         .routes(routes!(sessions::session_stats))
+        .routes(routes!(sessions::set_network))
+        .routes(routes!(sessions::network_events))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))
         .routes(routes!(files::write_file))

@@ -69,6 +69,7 @@ fn info(id: &str) -> SessionInfo {
         expires_at: datetime!(2026-02-08 10:30:00 UTC),
         acquire_source: AcquireSource::Cold,
         disk_limit_mb: None,
+        network: sandkasten_engine::NetworkPolicy::none(),
     }
 }
 
@@ -136,6 +137,32 @@ impl Backend for Fake {
         check(id)?;
         self.calls.lock().unwrap().push(format!("destroy {id}"));
         Ok(())
+    }
+    async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_engine::NetworkDenial>, EngineError> {
+        check(id)?;
+        Ok(vec![sandkasten_engine::NetworkDenial {
+            at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+            destination: "evil.example".into(),
+            name: Some("evil.example".into()),
+            reason: "not in allow_out".into(),
+        }])
+    }
+    async fn set_network(
+        &self,
+        id: &str,
+        req: sandkasten_engine::NetworkRequest,
+    ) -> Result<SessionInfo, EngineError> {
+        check(id)?;
+        let cap = sandkasten_engine::NetworkConfig {
+            allow_full: true,
+            ..Default::default()
+        };
+        let mut s = info(id);
+        s.network = cap.resolve(req)?;
+        Ok(s)
     }
     async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
         check(id)?;
@@ -375,6 +402,7 @@ impl Backend for Fake {
                 sum_seconds: 0.25,
             },
             pool_acquire: sandkasten_engine::HistogramSnapshot::default(),
+            network_denials: 2,
         }
     }
 }
@@ -455,7 +483,15 @@ async fn get(router: &Router, uri: &str) -> Reply {
 }
 
 async fn post_json(router: &Router, uri: &str, body: Value) -> Reply {
-    let req = request(Method::POST, uri)
+    json_request(router, Method::POST, uri, body).await
+}
+
+async fn put_json(router: &Router, uri: &str, body: Value) -> Reply {
+    json_request(router, Method::PUT, uri, body).await
+}
+
+async fn json_request(router: &Router, method: Method, uri: &str, body: Value) -> Reply {
+    let req = request(method, uri)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_string()))
         .unwrap();
@@ -659,7 +695,8 @@ async fn create_returns_201_and_session_info() {
         json!({"id": "new", "image": "base", "status": "running", "cwd": "/workspace",
                "workspace_id": "user123-project456",
                "created_at": "2026-02-08T10:00:00Z", "expires_at": "2026-02-08T10:30:00Z",
-               "acquire_source": "cold", "disk_limit_mb": null})
+               "acquire_source": "cold", "disk_limit_mb": null,
+               "network": {"mode": "none", "allow_out": [], "deny_out": []}})
     );
     let created = fake.created.lock().unwrap();
     assert_eq!(created[0].disk_limit_mb, Some(300));
@@ -693,6 +730,89 @@ async fn create_passes_env_and_refuses_a_malformed_one() {
 }
 
 #[tokio::test]
+async fn create_passes_the_network_policy_and_the_v1_mode() {
+    let (router, fake) = app();
+    let r = post_json(
+        &router,
+        "/v1/sessions",
+        json!({"network": {"mode": "full", "allow_out": ["pypi.org", "203.0.113.0/24"]}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = post_json(&router, "/v1/sessions", json!({"network_mode": "full"})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    {
+        let created = fake.created.lock().unwrap();
+        let n = created[0].network.as_ref().unwrap();
+        assert_eq!(n.mode, Some(sandkasten_engine::NetworkMode::Full));
+        assert_eq!(n.allow_out, vec!["pypi.org", "203.0.113.0/24"]);
+        assert!(n.deny_out.is_empty());
+        assert_eq!(
+            created[1].network_mode,
+            Some(sandkasten_engine::NetworkMode::Full)
+        );
+    }
+    for bad in [
+        json!({"network": {"mode": "open"}}),
+        json!({"network": {"allow_out": "pypi.org"}}),
+        json!({"network_mode": "bridge"}),
+    ] {
+        post_json(&router, "/v1/sessions", bad)
+            .await
+            .assert_error(400, "INVALID_REQUEST");
+    }
+}
+
+#[tokio::test]
+async fn put_network_answers_the_policy_in_force_or_400_naming_the_entry() {
+    let (router, _) = app();
+    let r = put_json(
+        &router,
+        "/v1/sessions/s1/network",
+        json!({"mode": "full", "allow_out": ["*.GitHub.com", "2001:db8::/32"], "deny_out": ["203.0.113.9"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json()["network"],
+        json!({"mode": "full", "allow_out": ["*.github.com", "2001:db8::/32"], "deny_out": ["203.0.113.9"]})
+    );
+    for (body, names) in [
+        (
+            json!({"mode": "full", "allow_out": ["a.*.example.com"]}),
+            "a.*.example.com",
+        ),
+        (
+            json!({"mode": "full", "allow_out": ["10.0.0.0/8"]}),
+            "10.0.0.0/8",
+        ),
+        (
+            json!({"mode": "full", "allow_out": ["169.254.169.254"]}),
+            "169.254.169.254",
+        ),
+        (
+            json!({"mode": "full", "deny_out": ["203.0.113.1/24"]}),
+            "203.0.113.1/24",
+        ),
+    ] {
+        let r = put_json(&router, "/v1/sessions/s1/network", body).await;
+        r.assert_error(400, "INVALID_REQUEST");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains(names),
+            "{}",
+            r.json()
+        );
+    }
+    put_json(
+        &router,
+        "/v1/sessions/missing/network",
+        json!({"mode": "none"}),
+    )
+    .await
+    .assert_error(404, "SESSION_NOT_FOUND");
+}
+
+#[tokio::test]
 async fn pool_reports_every_figure_per_image() {
     let (router, _) = app();
     let r = get(&router, "/v1/pool").await;
@@ -705,6 +825,24 @@ async fn pool_reports_every_figure_per_image() {
             "last_error": "image \"x\" broke",
             "acquire_wait_p50_ms": 1.5, "acquire_wait_p95_ms": 2.5}}})
     );
+}
+
+#[tokio::test]
+async fn network_events_list_the_refusals_with_their_time() {
+    let (router, _) = app();
+    let r = get(&router, "/v1/sessions/s1/network/events").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json(),
+        json!({"events": [{
+            "time": "2023-11-14T22:13:20.123Z",
+            "destination": "evil.example",
+            "name": "evil.example",
+            "reason": "not in allow_out"
+        }]})
+    );
+    let r = get(&router, "/v1/sessions/missing/network/events").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -730,6 +868,8 @@ async fn metrics_are_prometheus_text() {
         "sandkasten_exec_duration_seconds_bucket{le=\"+Inf\"} 10",
         "sandkasten_exec_duration_seconds_count 10",
         "sandkasten_pool_acquire_seconds_count 0",
+        "# TYPE sandkasten_network_denials_total counter",
+        "sandkasten_network_denials_total 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -1795,6 +1935,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/workspaces/{id}/import"),
     ("post", "/v1/sessions/{id}/ports/{port}/url"),
     ("get", "/v1/sessions/{id}/ports/{port}/{path}"),
+    ("put", "/v1/sessions/{id}/network"),
+    ("get", "/v1/sessions/{id}/network/events"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {

@@ -71,6 +71,92 @@ pub(crate) struct CreateSessionRequest {
     /// `defaults.max_disk_limit_mb`.
     #[schema(example = 2048)]
     pub disk_limit_mb: Option<i64>,
+    /// The session's outbound network policy (see `NetworkPolicyRequest`);
+    /// the daemon's `defaults` when absent.
+    pub network: Option<NetworkPolicyRequest>,
+    /// The v1 clients' network field: `{"network_mode": "full"}` is
+    /// `{"network": {"mode": "full"}}`. Not together with `network`.
+    pub network_mode: Option<NetworkMode>,
+}
+
+/// A network mode: `none` (loopback only) or `full` (outbound, under the
+/// policy's lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum NetworkMode {
+    None,
+    Full,
+}
+
+impl From<NetworkMode> for engine::NetworkMode {
+    fn from(m: NetworkMode) -> Self {
+        match m {
+            NetworkMode::None => engine::NetworkMode::None,
+            NetworkMode::Full => engine::NetworkMode::Full,
+        }
+    }
+}
+
+impl From<engine::NetworkMode> for NetworkMode {
+    fn from(m: engine::NetworkMode) -> Self {
+        match m {
+            engine::NetworkMode::None => NetworkMode::None,
+            engine::NetworkMode::Full => NetworkMode::Full,
+        }
+    }
+}
+
+/// A network policy as a client asks for it (`network` of a create, the
+/// body of `PUT /v1/sessions/{id}/network`). Entries are host names
+/// (`pypi.org`), wildcards (`*.github.com`: names below it), IPv4/IPv6
+/// addresses and CIDRs; at most 256 per list. `deny_out` wins over
+/// `allow_out`; the daemon's `network.deny_always` ranges are never
+/// reachable and no `allow_out` CIDR may overlap them.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(crate) struct NetworkPolicyRequest {
+    /// `full` or `none`; the daemon's `defaults.network_mode` when absent.
+    #[schema(example = "full")]
+    pub mode: Option<NetworkMode>,
+    /// With `full`: only these destinations (empty or absent: everything
+    /// not denied).
+    #[schema(example = json!(["pypi.org", "*.github.com", "203.0.113.0/24"]))]
+    pub allow_out: Option<Vec<String>>,
+    /// Destinations refused even when `allow_out` covers them.
+    #[schema(example = json!(["203.0.113.9"]))]
+    pub deny_out: Option<Vec<String>>,
+}
+
+impl From<NetworkPolicyRequest> for engine::NetworkRequest {
+    fn from(r: NetworkPolicyRequest) -> Self {
+        engine::NetworkRequest {
+            mode: r.mode.map(Into::into),
+            allow_out: r.allow_out.unwrap_or_default(),
+            deny_out: r.deny_out.unwrap_or_default(),
+        }
+    }
+}
+
+/// The network policy in force (normalised: host names lower case,
+/// duplicates folded).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NetworkPolicy {
+    #[schema(example = "full")]
+    pub mode: NetworkMode,
+    #[schema(example = json!(["pypi.org", "*.github.com", "203.0.113.0/24"]))]
+    pub allow_out: Vec<String>,
+    #[schema(example = json!(["203.0.113.9"]))]
+    pub deny_out: Vec<String>,
+}
+
+impl From<engine::NetworkPolicy> for NetworkPolicy {
+    fn from(p: engine::NetworkPolicy) -> Self {
+        let list = |v: Vec<engine::NetEntry>| v.iter().map(ToString::to_string).collect();
+        NetworkPolicy {
+            mode: p.mode.into(),
+            allow_out: list(p.allow_out),
+            deny_out: list(p.deny_out),
+        }
+    }
 }
 
 impl From<CreateSessionRequest> for engine::CreateSession {
@@ -81,6 +167,8 @@ impl From<CreateSessionRequest> for engine::CreateSession {
             workspace_id: r.workspace_id,
             env: r.env.unwrap_or_default().into_iter().collect(),
             disk_limit_mb: r.disk_limit_mb,
+            network: r.network.map(Into::into),
+            network_mode: r.network_mode.map(Into::into),
         }
     }
 }
@@ -114,6 +202,8 @@ pub(crate) struct SessionInfo {
     /// `/workspace`; `null` where the backend does not enforce one.
     #[schema(required = true, example = 4096)]
     pub disk_limit_mb: Option<u64>,
+    /// The outbound network policy in force.
+    pub network: NetworkPolicy,
 }
 
 impl From<engine::SessionInfo> for SessionInfo {
@@ -128,6 +218,43 @@ impl From<engine::SessionInfo> for SessionInfo {
             expires_at: rfc3339(s.expires_at),
             acquire_source: s.acquire_source.as_str(),
             disk_limit_mb: s.disk_limit_mb,
+            network: s.network.into(),
+        }
+    }
+}
+
+/// What a session's network policy refused (`GET
+/// /v1/sessions/{id}/network/events`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NetworkEvents {
+    /// Oldest first; the latest 1000.
+    pub events: Vec<NetworkEvent>,
+}
+
+/// One refused name or connection.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NetworkEvent {
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime, example = "2026-02-08T10:00:00.123Z")]
+    pub time: String,
+    /// A host name (a DNS query), or `address:port` (a connection).
+    #[schema(example = "evil.example")]
+    pub destination: String,
+    /// The host name involved, where one is known.
+    #[schema(required = true, example = "evil.example")]
+    pub name: Option<String>,
+    /// Why: `not in allow_out`, `denied by deny_out`, ...
+    #[schema(example = "not in allow_out")]
+    pub reason: String,
+}
+
+impl From<engine::NetworkDenial> for NetworkEvent {
+    fn from(d: engine::NetworkDenial) -> Self {
+        NetworkEvent {
+            time: rfc3339(OffsetDateTime::from(d.at)),
+            destination: d.destination,
+            name: d.name,
+            reason: d.reason,
         }
     }
 }
@@ -658,6 +785,11 @@ mod tests {
             expires_at: datetime!(2026-02-08 10:30:00 UTC),
             acquire_source: engine::AcquireSource::Pool,
             disk_limit_mb: Some(4096),
+            network: engine::NetworkPolicy {
+                mode: engine::NetworkMode::Full,
+                allow_out: vec![engine::NetEntry::parse("*.github.com").unwrap()],
+                deny_out: vec![],
+            },
         }
     }
 
@@ -676,6 +808,7 @@ mod tests {
                 "expires_at": "2026-02-08T10:30:00Z",
                 "acquire_source": "pool",
                 "disk_limit_mb": 4096,
+                "network": {"mode": "full", "allow_out": ["*.github.com"], "deny_out": []},
             })
         );
     }

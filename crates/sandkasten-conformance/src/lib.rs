@@ -495,6 +495,7 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 // disk limit, as a daemon runs them by default.
                 scratch_size_mb: Some(1024),
                 min_free_mb: 16,
+                network: None,
             };
             let rt = Arc::new(NativeRuntime::new(cfg).unwrap_or_else(|e| {
                 panic!("the native conformance tests need root on a Linux host: {e}")

@@ -1,6 +1,6 @@
 //! The engine's own configuration (the daemon config assembles it).
 
-use sandkasten_runtime::{Limits, NetworkMode};
+use sandkasten_runtime::Limits;
 
 /// Settings of session management.
 #[derive(Debug, Clone)]
@@ -15,7 +15,8 @@ pub struct EngineConfig {
     pub limits: Limits,
     /// Upper bound of a create request's `disk_limit_mb`.
     pub max_disk_limit_mb: u64,
-    pub network: NetworkMode,
+    /// Network policies: the operator's cap and the default policy.
+    pub network: crate::NetworkConfig,
     pub readonly_rootfs: bool,
     /// Default exec timeout when a request names none.
     pub default_exec_timeout_ms: u64,
@@ -56,7 +57,7 @@ impl Default for EngineConfig {
                 disk_mb: Some(4096),
             },
             max_disk_limit_mb: 16384,
-            network: NetworkMode::None,
+            network: crate::NetworkConfig::default(),
             readonly_rootfs: false,
             default_exec_timeout_ms: 30_000,
             max_exec_timeout_ms: 120_000,

@@ -12,6 +12,7 @@ mod config;
 mod db;
 mod error;
 mod metrics;
+mod network;
 mod pool;
 mod session;
 mod sessions;
@@ -26,8 +27,10 @@ pub use config::EngineConfig;
 pub use error::{
     EngineError, FileError, Holder, ImageError, PortError, SessionError, WorkspaceError,
 };
+pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
 pub use sandkasten_runtime::PortStream;
+pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use types::*;

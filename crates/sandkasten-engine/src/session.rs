@@ -21,8 +21,8 @@ use crate::{
     ExecResult, ExecStream, FileReader, FileStat, SessionInfo, SessionState, SessionStats,
 };
 use sandkasten_runtime::{
-    AgentClient, ExecReply, PortStream, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
-    WorkspaceMount,
+    AgentClient, ExecReply, NetworkMode, NetworkPolicy, PortStream, Runtime, RuntimeError, Sandbox,
+    SandboxHandle, SandboxSpec, WorkspaceMount,
 };
 use sandkasten_store::{SessionRecord, Store};
 use std::sync::atomic::Ordering;
@@ -74,6 +74,8 @@ struct ValidCreate {
     env: Vec<(String, String)>,
     /// The disk limit to enforce (None: the backend enforces none).
     disk_limit_mb: Option<u64>,
+    /// The network policy, within the operator's cap.
+    network: NetworkPolicy,
 }
 
 /// A sandbox acquired for a create, with the identity it got.
@@ -84,6 +86,8 @@ struct Acquired {
     /// Holds the workspace against deletion until the session is listed
     /// (then the listed session holds it).
     mount: Option<MountGuard>,
+    /// The network policy in force.
+    network: NetworkPolicy,
 }
 
 impl Engine {
@@ -104,7 +108,14 @@ impl Engine {
             db.clone(),
             WarmTemplate {
                 limits: cfg.limits.clone(),
-                network: cfg.network,
+                // Where the runtime gives running sandboxes their policy, a
+                // pooled one starts without network and takes the request's
+                // when it is handed out; elsewhere the mode is the default's.
+                network: if runtime.network_policies() {
+                    NetworkMode::None
+                } else {
+                    cfg.network.default.mode
+                },
                 readonly_rootfs: cfg.readonly_rootfs,
             },
         ));
@@ -163,6 +174,23 @@ impl Engine {
             } else {
                 None
             };
+            let network = stored_policy(&rec);
+            let alive = match alive {
+                // The sandbox's rules are rebuilt from the stored policy
+                // (the runtime started with none; for `none` a link left by
+                // a change the crash interrupted goes); one that cannot get
+                // them back is given up rather than left open or cut off.
+                Some(found) if self.inner.runtime.network_policies() => {
+                    match self.inner.runtime.set_network(&handle, &network).await {
+                        Ok(()) => Some(found),
+                        Err(e) => {
+                            tracing::warn!(session = %rec.id, "restoring the network policy failed: {e}");
+                            None
+                        }
+                    }
+                }
+                other => other,
+            };
             match alive {
                 Some((sandbox, cwd)) => {
                     tracing::info!(session = %rec.id, "reattached to running sandbox");
@@ -177,6 +205,7 @@ impl Engine {
                             acquire_source: rec.acquire_source,
                             cwd,
                             disk_limit_mb: rec.disk_limit_mb,
+                            network,
                         },
                         sandbox,
                     );
@@ -379,6 +408,7 @@ impl Engine {
                 acquire_source: source,
                 cwd: rec.cwd,
                 disk_limit_mb: rec.disk_limit_mb,
+                network: acquired.network,
             },
             acquired.sandbox,
         );
@@ -439,6 +469,8 @@ impl Engine {
             Some(mb) => Some(mb as u64),
             None => cfg.limits.disk_mb,
         };
+        let network = cfg.network.for_create(req.network, req.network_mode)?;
+        self.runtime_takes(&network)?;
         Ok(ValidCreate {
             image,
             ttl,
@@ -446,6 +478,21 @@ impl Engine {
             persist_by_default: ws_cfg.enabled && ws_cfg.persist_by_default,
             env: req.env,
             disk_limit_mb: disk_limit_mb.filter(|_| self.inner.runtime.disk_limit_enforced()),
+            network,
+        })
+    }
+
+    /// `Unsupported` when the runtime cannot enforce `policy`: one that
+    /// takes no policies honours the mode alone, so entries are refused
+    /// rather than ignored.
+    fn runtime_takes(&self, policy: &NetworkPolicy) -> Result<(), EngineError> {
+        let rt = &self.inner.runtime;
+        if rt.network_policies() || (policy.allow_out.is_empty() && policy.deny_out.is_empty()) {
+            return Ok(());
+        }
+        Err(EngineError::Unsupported {
+            what: "network allow_out/deny_out entries".into(),
+            runtime: rt.name(),
         })
     }
 
@@ -456,12 +503,16 @@ impl Engine {
         let started = std::time::Instant::now();
         let pool = &self.inner.pool;
         let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
-        let mut taken = if wants_workspace && !self.inner.runtime.can_bind_workspace() {
-            pool.record_miss(&v.image);
-            None
-        } else {
-            pool.take(&v.image).await
-        };
+        // A runtime without policies cannot change a pooled sandbox's mode.
+        let other_mode = !self.inner.runtime.network_policies()
+            && v.network.mode != self.inner.cfg.network.default.mode;
+        let mut taken =
+            if (wants_workspace && !self.inner.runtime.can_bind_workspace()) || other_mode {
+                pool.record_miss(&v.image);
+                None
+            } else {
+                pool.take(&v.image).await
+            };
         let id = match &taken {
             Some(t) => t.warm().id.clone(),
             None => new_id(),
@@ -497,6 +548,7 @@ impl Engine {
             pid_start_time: 0,
             ended_at_ms: None,
             disk_limit_mb: v.disk_limit_mb,
+            network: Some(v.network.to_text()),
         };
 
         // Late binding: the pooled sandbox takes on this request's identity.
@@ -508,6 +560,7 @@ impl Engine {
                     record.workspace_id.as_deref(),
                     &v.env,
                     v.disk_limit_mb,
+                    &v.network,
                 )
                 .await
             {
@@ -522,6 +575,7 @@ impl Engine {
                         sandbox: Sandbox { handle, agent },
                         source: AcquireSource::Pool,
                         mount,
+                        network: v.network,
                     });
                 }
                 Err(e) => {
@@ -534,12 +588,13 @@ impl Engine {
                 }
             }
         }
-        let sandbox = self.create_cold(&mut record, &v.env).await?;
+        let sandbox = self.create_cold(&mut record, &v.env, &v.network).await?;
         Ok(Acquired {
             record,
             sandbox,
             source: AcquireSource::Cold,
             mount,
+            network: v.network,
         })
     }
 
@@ -548,7 +603,9 @@ impl Engine {
         &self,
         record: &mut SessionRecord,
         env: &[(String, String)],
+        network: &NetworkPolicy,
     ) -> Result<Sandbox, EngineError> {
+        let policies = self.inner.runtime.network_policies();
         let cfg = &self.inner.cfg;
         let rec = record.clone();
         self.inner.db.run(move |s| s.insert_session(&rec)).await?;
@@ -559,7 +616,13 @@ impl Engine {
                 disk_mb: record.disk_limit_mb,
                 ..cfg.limits.clone()
             },
-            network: cfg.network,
+            // A runtime with policies gives the sandbox its network once
+            // it runs (below), the same way as a pooled one.
+            network: if policies {
+                NetworkMode::None
+            } else {
+                network.mode
+            },
             readonly_rootfs: cfg.readonly_rootfs,
             workspace: match &record.workspace_id {
                 Some(ws) => WorkspaceMount::Persistent(ws.clone()),
@@ -567,9 +630,24 @@ impl Engine {
             },
             env: env.to_vec(),
         };
-        let sandbox = match self.inner.runtime.create(spec).await {
+        let created = match self.inner.runtime.create(spec).await {
+            Ok(s) if policies && network.is_full() => {
+                match self.inner.runtime.set_network(&s.handle, network).await {
+                    Ok(()) => Ok(s),
+                    Err(e) => {
+                        if let Err(d) = self.inner.runtime.destroy(&s.handle).await {
+                            tracing::warn!(session = %record.id, "destroying a sandbox whose network failed: {d}");
+                        }
+                        Err((e, "giving the sandbox its network"))
+                    }
+                }
+            }
+            Ok(s) => Ok(s),
+            Err(e) => Err((e, "creating the sandbox")),
+        };
+        let sandbox = match created {
             Ok(s) => s,
-            Err(e) => {
+            Err((e, context)) => {
                 record.state = SessionState::Failed;
                 self.inner.counters.ended(SessionState::Failed);
                 let (id, at) = (record.id.clone(), ms(now()));
@@ -578,7 +656,7 @@ impl Engine {
                     .db
                     .run(move |s| s.set_session_state(&id, SessionState::Failed, Some(at)))
                     .await;
-                return Err(EngineError::runtime("creating the sandbox")(e));
+                return Err(EngineError::runtime(context)(e));
             }
         };
         record.state = SessionState::Running;
@@ -604,7 +682,11 @@ impl Engine {
         workspace: Option<&str>,
         env: &[(String, String)],
         disk_limit_mb: Option<u64>,
+        network: &NetworkPolicy,
     ) -> Result<(), RuntimeError> {
+        if network.is_full() && self.inner.runtime.network_policies() {
+            self.inner.runtime.set_network(handle, network).await?;
+        }
         if let Some(mb) = disk_limit_mb.filter(|mb| Some(*mb) != self.inner.cfg.limits.disk_mb) {
             self.inner.runtime.set_disk_limit(handle, mb).await?;
         }
@@ -664,6 +746,7 @@ impl Engine {
             ],
             exec_duration: c.exec.snapshot(),
             pool_acquire: self.inner.pool.acquire_hist.snapshot(),
+            network_denials: self.inner.runtime.network_denials_total(),
         }
     }
 
@@ -691,6 +774,54 @@ impl Engine {
 
     pub async fn get_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         Ok(self.inner.sessions.get(id)?.info())
+    }
+
+    /// `PUT /v1/sessions/{id}/network`: replaces a running session's
+    /// policy. Checked like a create's (nothing changes when it is
+    /// refused); in force for new connections when this returns, stored so
+    /// that a restart keeps it. Changes of one session apply in order.
+    pub async fn set_network(
+        &self,
+        id: &str,
+        req: crate::NetworkRequest,
+    ) -> Result<SessionInfo, EngineError> {
+        let s = self.active(id)?;
+        let policy = self.inner.cfg.network.resolve(req)?;
+        self.runtime_takes(&policy)?;
+        let _order = s.network_change.lock().await;
+        if s.network() != policy {
+            if !self.inner.runtime.network_policies() {
+                return Err(EngineError::Unsupported {
+                    what: "changing the network of a running session".into(),
+                    runtime: self.inner.runtime.name(),
+                });
+            }
+            self.inner
+                .runtime
+                .set_network(&s.handle, &policy)
+                .await
+                .map_err(EngineError::runtime("changing the sandbox's network"))?;
+            let (sid, text) = (s.id.clone(), policy.to_text());
+            // In force already: record it even if the store fails, so
+            // the session reports what holds.
+            s.set_network(policy);
+            self.inner
+                .db
+                .run(move |st| st.set_session_network(&sid, &text))
+                .await?;
+        }
+        Ok(s.info())
+    }
+
+    /// `GET /v1/sessions/{id}/network/events`: what the session's policy
+    /// refused (names its DNS asked for, connections the proxy reset),
+    /// oldest first, the latest 1000.
+    pub async fn network_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<sandkasten_runtime::NetworkDenial>, EngineError> {
+        let s = self.inner.sessions.get(id)?;
+        Ok(self.inner.runtime.network_events(&s.id))
     }
 
     pub async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
@@ -1026,6 +1157,19 @@ impl Engine {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.remove(path, recursive).await)
+    }
+}
+
+/// The network policy a store row recorded: rows from before policies
+/// (and any the engine cannot read back) had no network.
+fn stored_policy(rec: &SessionRecord) -> NetworkPolicy {
+    match rec.network.as_deref().map(NetworkPolicy::from_text) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            tracing::warn!(session = %rec.id, "unreadable stored network policy ({e}); none");
+            NetworkPolicy::none()
+        }
+        None => NetworkPolicy::none(),
     }
 }
 

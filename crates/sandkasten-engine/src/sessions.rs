@@ -10,7 +10,7 @@
 
 use crate::error::SessionError;
 use crate::{AcquireSource, ExecEvent, SessionInfo, SessionState};
-use sandkasten_runtime::{AgentClient, Sandbox, SandboxHandle};
+use sandkasten_runtime::{AgentClient, NetworkPolicy, Sandbox, SandboxHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,7 @@ pub(crate) struct SessionParams {
     pub(crate) acquire_source: AcquireSource,
     pub(crate) cwd: String,
     pub(crate) disk_limit_mb: Option<u64>,
+    pub(crate) network: NetworkPolicy,
 }
 
 /// A live session.
@@ -57,6 +58,11 @@ pub(crate) struct Session {
     ttl_seconds: u64,
     acquire_source: AcquireSource,
     disk_limit_mb: Option<u64>,
+    /// The network policy in force.
+    network: Mutex<NetworkPolicy>,
+    /// Orders policy changes of this session (held across the runtime's
+    /// change, by that change only).
+    pub(crate) network_change: tokio::sync::Mutex<()>,
     pub(crate) handle: SandboxHandle,
     /// The connection to the sandbox's agent; replaced when a connection
     /// through a remote engine breaks while the sandbox lives.
@@ -92,6 +98,8 @@ impl Session {
             ttl_seconds: p.ttl_seconds,
             acquire_source: p.acquire_source,
             disk_limit_mb: p.disk_limit_mb,
+            network: Mutex::new(p.network),
+            network_change: tokio::sync::Mutex::new(()),
             handle: sandbox.handle,
             agent: watch::Sender::new(sandbox.agent),
             agent_lost: AtomicBool::new(false),
@@ -117,7 +125,18 @@ impl Session {
             expires_at: live.expires_at,
             acquire_source: self.acquire_source,
             disk_limit_mb: self.disk_limit_mb,
+            network: self.network.lock().unwrap().clone(),
         }
+    }
+
+    /// Records the policy a change put in force.
+    pub(crate) fn set_network(&self, policy: NetworkPolicy) {
+        *self.network.lock().unwrap() = policy;
+    }
+
+    /// The policy in force.
+    pub(crate) fn network(&self) -> NetworkPolicy {
+        self.network.lock().unwrap().clone()
     }
 
     pub(crate) fn state(&self) -> SessionState {

@@ -1662,3 +1662,54 @@ async fn a_full_host_refuses_creates_until_space_returns_and_sessions_keep_worki
     e.fake.set_storage_full(None);
     session(&e).await;
 }
+
+/// On a runtime without network policies (the fake, like docker) the mode
+/// is honoured, entries are refused rather than ignored, a live change is
+/// refused, and the policy in force is reported and stored.
+#[tokio::test]
+async fn network_policies_on_a_runtime_without_them() {
+    let e = engine_with(|c| c.network.allow_full = true).await;
+    let req = |mode, allow: &[&str]| crate::NetworkRequest {
+        mode: Some(mode),
+        allow_out: allow.iter().map(|s| s.to_string()).collect(),
+        deny_out: vec![],
+    };
+    let info = e
+        .create_session(CreateSession {
+            network: Some(req(NetworkMode::Full, &[])),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.network.mode, NetworkMode::Full);
+    let row = e.store.get_session(&info.id).unwrap().unwrap();
+    assert_eq!(row.network.as_deref(), Some("full allow= deny="));
+    let err = e
+        .create_session(CreateSession {
+            network: Some(req(NetworkMode::Full, &["203.0.113.0/24"])),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Unsupported { .. }), "{err:?}");
+    let err = e
+        .set_network(&info.id, req(NetworkMode::None, &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Unsupported { .. }), "{err:?}");
+    // The same policy again changes nothing and is fine.
+    e.set_network(&info.id, req(NetworkMode::Full, &[]))
+        .await
+        .unwrap();
+    // Beyond the cap: refused before anything is created.
+    let before = e.fake.created().len();
+    let err = e
+        .create_session(CreateSession {
+            network: Some(req(NetworkMode::Full, &["10.1.0.0/16"])),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidRequest(ref m) if m.contains("10.1.0.0/16")));
+    assert_eq!(e.fake.created().len(), before);
+}

@@ -21,6 +21,8 @@ pub struct SessionInfo {
     /// The disk limit (MiB) of the sandbox's own writes outside
     /// `/workspace`; `None` where the backend enforces none.
     pub disk_limit_mb: Option<u64>,
+    /// The outbound network policy in force.
+    pub network: sandkasten_runtime::NetworkPolicy,
 }
 
 /// `POST /v1/sessions`.
@@ -34,6 +36,11 @@ pub struct CreateSession {
     /// Disk limit (MiB) of this session instead of the default; validated
     /// by the engine (at least 1, at most the configured cap).
     pub disk_limit_mb: Option<i64>,
+    /// The session's network policy (`network`); `None`: the v1 field or
+    /// the daemon's default.
+    pub network: Option<crate::NetworkRequest>,
+    /// The v1 clients' `network_mode`.
+    pub network_mode: Option<sandkasten_runtime::NetworkMode>,
 }
 
 /// The pool, per image (`GET /v1/pool`).
@@ -79,6 +86,8 @@ pub struct MetricsSnapshot {
     pub creates: Vec<(&'static str, u64)>,
     pub exec_duration: HistogramSnapshot,
     pub pool_acquire: HistogramSnapshot,
+    /// Names and connections sandboxes' policies refused since start.
+    pub network_denials: u64,
 }
 
 /// A cumulative histogram: `buckets` are (upper bound in seconds, count of

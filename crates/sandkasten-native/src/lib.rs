@@ -34,12 +34,14 @@ mod cgroups;
 mod fsutil;
 mod image;
 mod layers;
+mod net;
 mod process;
 mod scratch;
 mod wsimage;
 mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
+pub use net::NetConfig;
 pub use sandkasten_hostfs::{has_mounts_below, remove_tree};
 pub use scratch::{QuotaMode, MIN_SCRATCH_MB};
 pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
@@ -101,6 +103,10 @@ pub struct NativeConfig {
     /// has less free space than this, or the scratch filesystem less than
     /// this (at most a tenth of its size).
     pub min_free_mb: u64,
+    /// The sandboxes' network datapath; `None`: no network policies (every
+    /// sandbox has loopback only; what the image commands use, so they
+    /// never touch a running daemon's rules).
+    pub network: Option<NetConfig>,
 }
 
 /// The native [`Runtime`]. Cheap to clone into a blocking task: its state
@@ -117,6 +123,8 @@ struct Shared {
     ids: IdRange,
     /// The scratch filesystem; `None`: disk limits are not enforced.
     scratch: Option<scratch::Scratch>,
+    /// The datapath; `None`: no network policies.
+    network: Option<net::Network>,
 }
 
 /// How long deleting, restoring or importing an image workspace waits for
@@ -151,17 +159,43 @@ impl NativeRuntime {
                 .map_err(RuntimeError::io_ctx("chmod"))?;
         }
         let scratch = open_scratch(&cfg)?;
+        let network = match &cfg.network {
+            Some(n) => Some(net::Network::start(n, &cfg.data_dir)?),
+            None => None,
+        };
         let shared = Shared {
             cfg,
             cgroups,
             ids: IdRange::default(),
             scratch,
+            network,
         };
         image::ensure_base(&shared.images_dir(), &shared.ids)?;
         tracing::info!(cgroups = ?shared.cgroups, scratch = ?shared.scratch, "native runtime ready");
         Ok(NativeRuntime {
             shared: Arc::new(shared),
         })
+    }
+
+    /// At a graceful stop: removes the network table and Docker rules
+    /// when no sandbox has a link (running ones keep theirs). True when
+    /// they were removed.
+    pub async fn release_network(&self) -> Result<bool, RuntimeError> {
+        self.run("releasing the sandbox network", |s| match &s.network {
+            Some(n) => n.release(),
+            None => Ok(true),
+        })
+        .await
+    }
+
+    /// The interface-name prefix and the nftables table (family inet) of
+    /// this daemon's sandbox network, when it has one (for tests that
+    /// check nothing is left).
+    pub fn network_names(&self) -> Option<(String, String)> {
+        self.shared
+            .network
+            .as_ref()
+            .map(|n| (n.prefix().to_string(), n.table().to_string()))
     }
 
     /// Directory of one session's state.
@@ -397,6 +431,14 @@ impl Shared {
             }
         };
         let mut binds = image.binds;
+        // The daemon answers the sandboxes' DNS (at their gateway).
+        if let Some(conf) = self.network.as_ref().and_then(|n| n.resolv_conf()) {
+            binds.push(BindMount {
+                source: conf.to_path_buf(),
+                target: "/etc/resolv.conf".into(),
+                readonly: true,
+            });
+        }
         let mut block_mounts = Vec::new();
         let mut attached = None;
         match &spec.workspace {
@@ -901,6 +943,11 @@ impl Runtime for NativeRuntime {
         }
         let id = handle.id.clone();
         self.run("removing a sandbox's cgroups and files", move |s| {
+            // Its veth (the pair goes at once, not when the kernel gets to
+            // the dead namespace), its rules, its address.
+            if let Some(n) = &s.network {
+                n.remove(&id)?;
+            }
             s.cgroups.remove(&id)?;
             let dir = s.session_dir(&id);
             remove_tree(&dir)
@@ -913,6 +960,46 @@ impl Runtime for NativeRuntime {
                 ))),
                 None => Ok(()),
             }
+        })
+        .await
+    }
+
+    fn network_policies(&self) -> bool {
+        self.shared.network.is_some()
+    }
+
+    fn network_events(&self, id: &str) -> Vec<sandkasten_runtime::NetworkDenial> {
+        self.shared
+            .network
+            .as_ref()
+            .map(|n| n.events(id))
+            .unwrap_or_default()
+    }
+
+    fn network_denials_total(&self) -> u64 {
+        self.shared
+            .network
+            .as_ref()
+            .map_or(0, |n| n.denials_total())
+    }
+
+    async fn set_network(
+        &self,
+        handle: &SandboxHandle,
+        policy: &sandkasten_runtime::NetworkPolicy,
+    ) -> Result<(), RuntimeError> {
+        let (h, policy) = (handle.clone(), policy.clone());
+        self.run("setting a sandbox's network", move |s| {
+            let Some(n) = &s.network else {
+                return Err(RuntimeError::Unsupported(
+                    "network policies (the daemon runs without a sandbox network)".into(),
+                    "native",
+                ));
+            };
+            let pidfd = s
+                .prove(&h)
+                .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
+            n.apply(&h.id, h.pid, &pidfd, &policy)
         })
         .await
     }

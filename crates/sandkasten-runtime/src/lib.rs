@@ -9,6 +9,7 @@ pub mod fake;
 mod files;
 #[cfg(target_os = "linux")]
 pub mod latebind;
+mod netpolicy;
 pub mod ports;
 
 pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
@@ -18,6 +19,10 @@ pub use files::{
     FileStream, FileType, READ_CHUNK,
 };
 pub use ports::{PortIo, PortStream};
+
+pub use netpolicy::{
+    default_deny_always, IpNet, NetEntry, NetworkDenial, NetworkPolicy, MAX_ENTRIES,
+};
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -466,6 +471,42 @@ pub trait Runtime: Send + Sync + 'static {
     /// create; never latched: it answers from the current free space.
     async fn check_room(&self) -> Result<(), RuntimeError> {
         Ok(())
+    }
+
+    /// Whether this backend enforces [`NetworkPolicy`]s on running
+    /// sandboxes ([`Runtime::set_network`]). Where it does, the engine
+    /// creates every sandbox without network and gives it its policy right
+    /// after (cold or pooled alike); where it does not, only the mode is
+    /// honoured, through [`SandboxSpec::network`] at create.
+    fn network_policies(&self) -> bool {
+        false
+    }
+
+    /// Gives a running sandbox `policy`: a link and its rules for mode
+    /// `full`, none for `none`. Takes effect for new connections before it
+    /// returns; idempotent (also what recovery calls to rebuild the rules
+    /// of a sandbox that survived a restart). `Unsupported` where
+    /// [`Runtime::network_policies`] is false.
+    async fn set_network(
+        &self,
+        _handle: &SandboxHandle,
+        _policy: &NetworkPolicy,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "network policies".into(),
+            self.name(),
+        ))
+    }
+
+    /// What sandbox `id`'s policy refused (names and connections), oldest
+    /// first; empty where the backend does not record it.
+    fn network_events(&self, _id: &str) -> Vec<NetworkDenial> {
+        Vec::new()
+    }
+
+    /// Refusals recorded since start, all sandboxes.
+    fn network_denials_total(&self) -> u64 {
+        0
     }
 }
 

@@ -51,6 +51,9 @@ const MIGRATIONS: &[&str] = &[
     // 5: each session's disk limit (MiB; NULL where none is enforced), so
     // that a restarted daemon still reports it.
     "ALTER TABLE sessions ADD COLUMN disk_limit_mb INTEGER;",
+    // 6: each session's network policy (text form), so that a restarted
+    // daemon rebuilds its rules and still reports it.
+    "ALTER TABLE sessions ADD COLUMN network TEXT;",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

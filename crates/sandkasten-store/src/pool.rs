@@ -116,6 +116,7 @@ mod tests {
                 pid_start_time: 7,
                 ended_at_ms: None,
                 disk_limit_mb: Some(512),
+                network: Some("full allow= deny=".into()),
             };
             store.insert_pool_entry(&entry("c")).unwrap();
             store.promote_pool_entry(&s).unwrap();
@@ -128,5 +129,6 @@ mod tests {
         assert_eq!(s.acquire_source, crate::AcquireSource::Pool);
         assert_eq!(s.workspace_id.as_deref(), Some("ws"));
         assert_eq!(s.disk_limit_mb, Some(512));
+        assert_eq!(s.network.as_deref(), Some("full allow= deny="));
     }
 }

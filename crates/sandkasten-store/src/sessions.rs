@@ -23,13 +23,17 @@ pub struct SessionRecord {
     /// The disk limit (MiB) the sandbox was given; `None` where the
     /// backend enforces none.
     pub disk_limit_mb: Option<u64>,
+    /// The session's network policy in the engine's text form
+    /// (`NetworkPolicy::to_text`); `None` in rows from before migration 6
+    /// (no network).
+    pub network: Option<String>,
 }
 
 /// Alias kept for readability at call sites that list rows.
 pub type SessionRow = SessionRecord;
 
 const COLUMNS: &str = "id, image, state, workspace_id, cwd, ttl_seconds, created_at_ms, \
-     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb";
+     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb, network";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -46,6 +50,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         pid_start_time: r.get::<_, i64>(10)? as u64,
         ended_at_ms: r.get(11)?,
         disk_limit_mb: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+        network: r.get(13)?,
     })
 }
 
@@ -53,7 +58,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
 pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
         ),
         params![
             s.id,
@@ -68,7 +73,8 @@ pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(
             s.pid,
             s.pid_start_time as i64,
             s.ended_at_ms,
-            s.disk_limit_mb.map(|v| v as i64)
+            s.disk_limit_mb.map(|v| v as i64),
+            s.network
         ],
     )
     .map(|_| ())
@@ -107,6 +113,17 @@ impl Store {
             )
             .map(|_| ())
             .map_err(q("recording session activity"))
+    }
+
+    /// Records the network policy (text form) a change put in force.
+    pub fn set_session_network(&self, id: &str, network: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET network = ?2 WHERE id = ?1",
+                params![id, network],
+            )
+            .map(|_| ())
+            .map_err(q("recording a session's network policy"))
     }
 
     /// Moves a session to `state`; `ended_at_ms` is set for final states.
@@ -180,6 +197,7 @@ mod tests {
             pid_start_time: 0,
             ended_at_ms: None,
             disk_limit_mb: None,
+            network: None,
         }
     }
 
@@ -220,6 +238,11 @@ mod tests {
             (Some(5), Some("ws"))
         );
         assert_eq!((a.disk_limit_mb, b.disk_limit_mb), (None, Some(300)));
+        assert_eq!(a.network, None);
+        s.set_session_network("a", "full allow=pypi.org deny=")
+            .unwrap();
+        let a = s.get_session("a").unwrap().unwrap();
+        assert_eq!(a.network.as_deref(), Some("full allow=pypi.org deny="));
         assert!(s.get_session("nope").unwrap().is_none());
     }
 

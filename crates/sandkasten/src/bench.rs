@@ -160,7 +160,10 @@ impl Api {
         Ok(v)
     }
     fn create(&self) -> Result<String> {
-        let v = self.call(reqwest::Method::POST, "/v1/sessions", Some(json!({})))?;
+        self.create_with(json!({}))
+    }
+    fn create_with(&self, body: Value) -> Result<String> {
+        let v = self.call(reqwest::Method::POST, "/v1/sessions", Some(body))?;
         Ok(v["id"].as_str().unwrap_or_default().to_string())
     }
     fn exec(&self, id: &str, cmd: &str) -> Result<Value> {
@@ -325,8 +328,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         ),
         None => {
             // Room for every session of the largest series at once.
-            let (d, u) =
-                start_daemon(&generated_key, Some(&format!("max_sessions: {}\n", n + 16)))?;
+            let (d, u) = start_daemon(
+                &generated_key,
+                Some(&format!("max_sessions: {}\n{NETWORK_CONFIG}", 2 * n + 16)),
+            )?;
             (Some(d), u, generated_key.clone())
         }
     };
@@ -348,11 +353,35 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         name: "cold create",
         samples: vec![],
     };
+    // Creates with a network (a link, its addresses and routes, the
+    // policy's rules), alternating with those without, so that both see
+    // the same machine.
+    let mut create_net = Series {
+        name: "cold create with network",
+        samples: vec![],
+    };
     let mut ids = Vec::new();
+    let mut net_ids = Vec::new();
+    let mut network_ok = true;
     for _ in 0..n {
         let (ms, id) = time(|| api.create())?;
         create.samples.push(ms);
         ids.push(id);
+        if network_ok {
+            match time(|| api.create_with(NETWORK_POLICY.clone())) {
+                Ok((ms, id)) => {
+                    create_net.samples.push(ms);
+                    net_ids.push(id);
+                }
+                Err(e) => {
+                    println!("network: not measured ({e:#})");
+                    network_ok = false;
+                }
+            }
+        }
+    }
+    for id in &net_ids {
+        api.destroy(id)?;
     }
     // Creates that mount an existing workspace (the ratio against cold
     // creates is the cost of the mount).
@@ -444,7 +473,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         destroy.samples.push(ms);
     }
     let _ = api.call(reqwest::Method::DELETE, "/v1/workspaces/bench-ws", None);
-    let mut series = vec![create, create_ws, exec, exec_idle, write, read, destroy];
+    let mut series = vec![
+        create, create_net, create_ws, exec, exec_idle, write, read, destroy,
+    ];
+    series.retain(|s| !s.samples.is_empty());
     let ports_measured = match ports {
         Ok(s) => {
             series.extend(s);
@@ -463,7 +495,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             let (d, u) = start_daemon(
                 &generated_key,
                 Some(&format!(
-                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n",
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n{NETWORK_CONFIG}",
                     n + 16
                 )),
             )?;
@@ -540,6 +572,17 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     if let Some(ms) = ws_added {
         println!("mounting an existing workspace adds (p50): {ms:.2} ms");
     }
+    let net_added = match (p50("cold create"), p50("cold create with network")) {
+        (Some(c), Some(w)) => Some(w - c),
+        _ => None,
+    };
+    let net_ratio = ratio("cold create", "cold create with network");
+    if let (Some(ms), Some(r)) = (net_added, net_ratio) {
+        println!("network setup adds to a cold create (p50): {ms:.2} ms ({r:.3}x)");
+    }
+    if let Some(ms) = p50("pooled create + first exec, with network") {
+        println!("pooled create with network + first exec (p50): {ms:.2} ms");
+    }
     if let Some(r) = exec_ratio {
         println!("docker exec / sandkasten exec (p50): {r:.1}x");
     }
@@ -581,6 +624,8 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         "port_proxy_added_ms": port_added,
         "ports": ports_measured,
         "workspace_mount_added_ms": ws_added,
+        "network_setup_added_ms": net_added,
+        "cold_create_with_network_over_without": net_ratio,
         "daemon_idle_rss_kb": idle_rss_kb,
         "idle_session_pss_kb": per_session_kb,
         "docker": docker,
@@ -716,6 +761,14 @@ fn host_listen_port(pid: i32) -> Option<u16> {
             .flatten()
     })
 }
+/// The bench daemons allow sandboxes a network.
+const NETWORK_CONFIG: &str = "network:\n  allow_full: true\n";
+
+/// The policy of the "with network" creates: a link, and an allow list
+/// (documentation range: nothing is sent there).
+static NETWORK_POLICY: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({"network": {"mode": "full", "allow_out": ["203.0.113.0/24", "2001:db8::/32"]}}),
+);
 
 /// Pooled creates (without and with a workspace) and the first exec after
 /// each, against a daemon whose default image has a pool. Each sample waits
@@ -768,6 +821,28 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
         name: "first exec after pooled create",
         samples: vec![],
     };
+    // A pooled create with a network (the link is made when the sandbox is
+    // claimed) and the first exec after it, together.
+    let mut create_net = Series {
+        name: "pooled create + first exec, with network",
+        samples: vec![],
+    };
+    for _ in 0..n {
+        wait_full()?;
+        let mut body = NETWORK_POLICY.clone();
+        body["image"] = json!(image);
+        let Ok((ms, v)) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))
+        else {
+            break;
+        };
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        if v["acquire_source"] != "pool" {
+            bail!("a create with network and a full pool was not served from it: {v}");
+        }
+        let (exec_ms, _) = time(|| api.exec(&id, "true"))?;
+        create_net.samples.push(ms + exec_ms);
+        api.destroy(&id)?;
+    }
     for i in 0..(2 * n) {
         wait_full()?;
         let body = if i % 2 == 0 {
@@ -815,6 +890,7 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
     }
     let all = [
         create,
+        create_net,
         create_ws,
         create_ws_cold,
         first_exec,

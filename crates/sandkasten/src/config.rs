@@ -51,7 +51,7 @@ impl fmt::Display for RuntimeKind {
 pub enum NetworkMode {
     /// Loopback only.
     None,
-    /// Outbound access (docker runtime only).
+    /// Outbound access, under the policy's lists.
     Full,
 }
 
@@ -76,18 +76,54 @@ pub struct Config {
     pub docker: Docker,
     /// Host storage for sandboxes' own writes.
     pub disk: Disk,
-    /// Sandboxes' networking (the ports proxy's preview hosts).
+    /// Sandboxes' network: what an operator allows, the native datapath.
     pub network: Network,
 }
 
-/// The `network:` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `network:` section: the cap on sessions' network policies and the
+/// native datapath's addresses.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Network {
+    /// Whether a session may have `mode: full`; unset: true exactly when
+    /// `defaults.network_mode` is `full`.
+    pub allow_full: Option<bool>,
+    /// Ranges (CIDRs or addresses) no sandbox reaches and no `allow_out`
+    /// entry may overlap. Replaces the built-in list when set (leave a
+    /// range out to lift it). The host's own addresses and other
+    /// sandboxes are unreachable whatever it says.
+    pub deny_always: Option<Vec<String>>,
+    /// Native runtime: the IPv4 network sandboxes get addresses from (at
+    /// least a /24); unset: a /20 in 10.128.0.0/10 derived from the data
+    /// dir, so daemons with separate data dirs do not collide.
+    pub ipv4_subnet: Option<String>,
+    /// Native runtime: the IPv6 network (at least a /64 ... /120); unset: a
+    /// /64 in fd5b::/16 derived from the data dir.
+    pub ipv6_subnet: Option<String>,
+    /// Native runtime: whether sandboxes get IPv6 too.
+    pub ipv6: bool,
+    /// Native runtime: the resolver the daemon's DNS server forwards the
+    /// names sandboxes may resolve to (`address` or `address:port`);
+    /// unset: the first `nameserver` of the host's /etc/resolv.conf.
+    pub dns_upstream: Option<String>,
     /// Domain of the ports proxy's preview hosts: a sandbox port is
     /// `http://{port}-{id}.{preview_domain}/`. Unset: `localhost:{the
     /// listen port}` (browsers resolve `*.localhost` to loopback).
     pub preview_domain: Option<String>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            allow_full: None,
+            deny_always: None,
+            ipv4_subnet: None,
+            ipv6_subnet: None,
+            ipv6: true,
+            dns_upstream: None,
+            preview_domain: None,
+        }
+    }
 }
 
 impl Network {
@@ -96,6 +132,62 @@ impl Network {
         self.preview_domain
             .clone()
             .unwrap_or_else(|| format!("localhost:{port}"))
+    }
+
+    /// `dns_upstream` as an address (port 53 unless given); unset: the
+    /// host's first nameserver, `None` when it has none.
+    pub fn dns_upstream(&self) -> Result<Option<std::net::SocketAddr>> {
+        let parse = |s: &str| -> Option<std::net::SocketAddr> {
+            s.parse()
+                .ok()
+                .or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()))
+        };
+        match &self.dns_upstream {
+            Some(s) => parse(s.trim()).map(Some).ok_or_else(|| {
+                anyhow!("network.dns_upstream: {s:?} is not an address or address:port")
+            }),
+            None => Ok(std::fs::read_to_string("/etc/resolv.conf")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("nameserver"))
+                .find_map(|a| parse(a.trim()))),
+        }
+    }
+}
+
+impl Config {
+    /// `network.deny_always`, parsed (the built-in list when unset).
+    pub fn deny_always(&self) -> Result<Vec<sandkasten_runtime::IpNet>> {
+        match &self.network.deny_always {
+            None => Ok(sandkasten_runtime::default_deny_always()),
+            Some(list) => list
+                .iter()
+                .map(|s| s.parse().map_err(|e| anyhow!("network.deny_always: {e}")))
+                .collect(),
+        }
+    }
+
+    /// The engine's network settings: the cap and the default policy
+    /// (`defaults.network_mode`, `allow_out`, `deny_out`), checked against
+    /// the cap.
+    pub fn network_config(&self) -> Result<sandkasten_engine::NetworkConfig> {
+        let d = &self.defaults;
+        let mode = match d.network_mode {
+            NetworkMode::None => sandkasten_runtime::NetworkMode::None,
+            NetworkMode::Full => sandkasten_runtime::NetworkMode::Full,
+        };
+        let cap = sandkasten_engine::NetworkConfig {
+            allow_full: self
+                .network
+                .allow_full
+                .unwrap_or(d.network_mode == NetworkMode::Full),
+            deny_always: self.deny_always()?,
+            default: sandkasten_runtime::NetworkPolicy::none(),
+        };
+        let default = cap
+            .resolve_config(mode, &d.allow_out, &d.deny_out)
+            .map_err(|e| anyhow!("defaults.network_mode/allow_out/deny_out: {e}"))?;
+        Ok(sandkasten_engine::NetworkConfig { default, ..cap })
     }
 }
 
@@ -116,6 +208,10 @@ pub struct Defaults {
     /// Cap of one file read (bytes).
     pub max_read_bytes: u64,
     pub network_mode: NetworkMode,
+    /// `allow_out` of a session whose request names no network.
+    pub allow_out: Vec<String>,
+    /// `deny_out` of a session whose request names no network.
+    pub deny_out: Vec<String>,
     pub readonly_rootfs: bool,
     /// Size of each sandbox's /dev/shm (tmpfs, counted against its
     /// memory), and of /tmp where /tmp is a tmpfs (docker, or native
@@ -248,6 +344,8 @@ impl Default for Defaults {
             max_output_bytes: 1024 * 1024,
             max_read_bytes: 64 * 1024 * 1024,
             network_mode: NetworkMode::None,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
             readonly_rootfs: false,
             tmp_size_mb: 256,
             disk_limit_mb: 4096,
@@ -509,10 +607,16 @@ impl Config {
                 bail!("workspace.max_total_gb: must be a number of GB > 0, got {v}");
             }
         }
-        if d.network_mode == NetworkMode::Full && !docker {
-            bail!(
-                "defaults.network_mode: full is not available on the native runtime yet; use none"
-            );
+        self.network_config()?;
+        self.network.dns_upstream()?;
+        for (key, v) in [
+            ("network.ipv4_subnet", &self.network.ipv4_subnet),
+            ("network.ipv6_subnet", &self.network.ipv6_subnet),
+        ] {
+            if let Some(s) = v {
+                s.parse::<sandkasten_runtime::IpNet>()
+                    .map_err(|e| anyhow!("{key}: {e}"))?;
+            }
         }
         if self.pool.enabled {
             let mut total = 0;
@@ -653,7 +757,26 @@ mod tests {
                 "runtime: docker\nworkspace:\n  quota_mb: 1024\n",
                 "workspace.quota_mb",
             ),
-            ("defaults:\n  network_mode: full\n", "defaults.network_mode"),
+            (
+                "network:\n  allow_full: false\ndefaults:\n  network_mode: full\n",
+                "defaults.network_mode",
+            ),
+            (
+                "defaults:\n  network_mode: full\n  allow_out: [\"a.*.example.com\"]\n",
+                "a.*.example.com",
+            ),
+            (
+                "defaults:\n  network_mode: full\n  allow_out: [\"192.168.0.0/16\"]\n",
+                "192.168.0.0/16",
+            ),
+            (
+                "network:\n  deny_always: [\"10.0.0.1/8\"]\n",
+                "network.deny_always",
+            ),
+            (
+                "network:\n  ipv4_subnet: \"10.0.0.0/33\"\n",
+                "network.ipv4_subnet",
+            ),
         ] {
             let err = Config::parse(yaml)
                 .unwrap()

@@ -124,7 +124,7 @@ pub async fn run(args: BuildArgs, cfg: &Config, configured: Arc<dyn Runtime>) ->
     // The runtime first, so that a missing engine fails before the build.
     let rt: Arc<dyn Runtime> = match target {
         Target::Docker if !configured_docker => Arc::new(crate::docker_runtime(cfg).await?),
-        Target::Native if configured_docker => Arc::new(crate::native_runtime(cfg)?),
+        Target::Native if configured_docker => Arc::new(crate::native_runtime(cfg, false)?),
         _ => configured,
     };
     let (host_main, host_security) = host_mirrors();

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use config::{Config, RuntimeKind};
 use sandkasten_engine::{Engine, EngineConfig};
 use sandkasten_native::{NativeConfig, NativeRuntime};
-use sandkasten_runtime::{Limits, NetworkMode, Runtime};
+use sandkasten_runtime::{Limits, Runtime};
 use sandkasten_store::Store;
 use sha2::Digest;
 use std::io::Write;
@@ -263,10 +263,10 @@ fn engine_config(cfg: &Config) -> EngineConfig {
             disk_mb: Some(cfg.defaults.disk_limit_mb),
         },
         max_disk_limit_mb: cfg.defaults.max_disk_limit_mb,
-        network: match cfg.defaults.network_mode {
-            config::NetworkMode::None => NetworkMode::None,
-            config::NetworkMode::Full => NetworkMode::Full,
-        },
+        // Checked by Config::validate at start.
+        network: cfg
+            .network_config()
+            .expect("network settings were validated at start"),
         readonly_rootfs: cfg.defaults.readonly_rootfs,
         default_exec_timeout_ms: cfg.defaults.default_exec_timeout_ms(),
         max_exec_timeout_ms: cfg.defaults.max_exec_timeout_ms,
@@ -292,7 +292,9 @@ fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
-fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
+/// The native runtime; `serve` also builds the sandbox network (the image
+/// commands must not touch a running daemon's rules).
+fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -303,6 +305,29 @@ fn native_runtime(cfg: &Config) -> Result<NativeRuntime> {
         tmp_size_mb: cfg.defaults.tmp_size_mb,
         scratch_size_mb: cfg.disk.scratch_size_mb,
         min_free_mb: cfg.disk.min_free_mb,
+        network: if serve {
+            Some(sandkasten_native::NetConfig {
+                ipv4_subnet: cfg
+                    .network
+                    .ipv4_subnet
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("network.ipv4_subnet: {e}"))?,
+                ipv6_subnet: cfg
+                    .network
+                    .ipv6_subnet
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!("network.ipv6_subnet: {e}"))?,
+                ipv6: cfg.network.ipv6,
+                deny_always: cfg.deny_always()?,
+                dns_upstream: cfg.network.dns_upstream()?,
+            })
+        } else {
+            None
+        },
     })?)
 }
 
@@ -328,9 +353,14 @@ async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime
 async fn serve(config: Option<PathBuf>) -> Result<()> {
     init_logging();
     let cfg = Config::load(config.as_deref())?;
+    let mut native = None;
     let runtime: Arc<dyn Runtime> = match cfg.runtime {
         RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
-        RuntimeKind::Native => Arc::new(native_runtime(&cfg)?),
+        RuntimeKind::Native => {
+            let rt = Arc::new(native_runtime(&cfg, true)?);
+            native = Some(rt.clone());
+            rt
+        }
     };
     let key = api_key(&cfg, true)?;
     let store = Arc::new(Store::open(&cfg.db_path())?);
@@ -368,6 +398,13 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     sandkasten_api::serve(listener, router, shutdown).await?;
     // In-flight requests are done: destroy the idle pool (sessions stay).
     engine.shutdown().await;
+    if let Some(rt) = native {
+        match rt.release_network().await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("sandboxes with network keep running: their rules stay"),
+            Err(e) => tracing::warn!("removing the sandbox network: {e}"),
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -407,21 +444,46 @@ async fn ps(config: Option<PathBuf>) -> Result<()> {
     )
     .await?;
     println!(
-        "{:<34} {:<10} {:<10} {:<22} WORKSPACE",
-        "ID", "IMAGE", "STATUS", "EXPIRES"
+        "{:<34} {:<10} {:<10} {:<22} {:<14} WORKSPACE",
+        "ID", "IMAGE", "STATUS", "EXPIRES", "NETWORK"
     );
     for s in body.as_array().into_iter().flatten() {
         let f = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
         println!(
-            "{:<34} {:<10} {:<10} {:<22} {}",
+            "{:<34} {:<10} {:<10} {:<22} {:<14} {}",
             f("id"),
             f("image"),
             f("status"),
             f("expires_at"),
+            network_column(s.get("network")),
             f("workspace_id")
         );
     }
     Ok(())
+}
+
+/// `ps`'s NETWORK column: the mode, and for `full` whether lists narrow it
+/// (`full`, `full+allow`, `full+deny`, `full+allow+deny`).
+fn network_column(n: Option<&serde_json::Value>) -> String {
+    let Some(n) = n else {
+        return "-".into();
+    };
+    let mut out = n
+        .get("mode")
+        .and_then(|m| m.as_str())
+        .unwrap_or("-")
+        .to_string();
+    for list in ["allow", "deny"] {
+        let key = format!("{list}_out");
+        if n.get(&key)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty())
+        {
+            out.push('+');
+            out.push_str(list);
+        }
+    }
+    out
 }
 
 async fn rm(config: Option<PathBuf>, id: String) -> Result<()> {
@@ -463,7 +525,7 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
     // The configured runtime's images: the native store, or the engine's.
     let rt: Arc<dyn Runtime> = match cfg.runtime {
         RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
-        RuntimeKind::Native => Arc::new(native_runtime(&cfg)?),
+        RuntimeKind::Native => Arc::new(native_runtime(&cfg, false)?),
     };
     match cmd {
         ImageCommand::Ls => {

@@ -167,6 +167,32 @@ async def test_create_session_disk_limit(d: Daemon, flavor: str) -> None:
     await aclose(client)
 
 
+async def test_create_session_network_and_set_network(d: Daemon, flavor: str) -> None:
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    pol = {"mode": "full", "allow_out": ["pypi.org", "203.0.113.0/24"], "deny_out": []}
+    d.on("PUT", "/v1/sessions/2c0d6f/network", {**SESSION_JSON, "network": pol})
+    session = await maybe(client.create_session(network=pol))
+    assert body(d.requests[-1]) == {"network": pol}
+    await maybe(client.create_session(network="full"))
+    assert body(d.requests[-1]) == {"network": {"mode": "full"}}
+    policy = sandkasten.NetworkPolicy(allow_out=("*.github.com",))
+    await maybe(client.create_session(network=policy))
+    assert body(d.requests[-1]) == {
+        "network": {"mode": "full", "allow_out": ["*.github.com"], "deny_out": []}
+    }
+    info = await maybe(session.set_network(pol))
+    assert d.requests[-1].method == "PUT"
+    assert body(d.requests[-1]) == pol
+    assert info.network == sandkasten.NetworkPolicy(**pol)
+    assert session.last_info.network.allow_out == ["pypi.org", "203.0.113.0/24"]
+    n = len(d.requests)
+    for bad in (3, {"allow_out": "pypi.org"}):
+        with pytest.raises(TypeError, match="network"):
+            await maybe(client.create_session(network=bad))
+    assert len(d.requests) == n
+    await aclose(client)
+
+
 async def test_a_full_host_is_storage_full(flavor: str) -> None:
     d = Daemon()
     d.on("POST", "/v1/sessions", error(507, "STORAGE_FULL"))

@@ -146,6 +146,17 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
     }
     header(
         &mut out,
+        "sandkasten_network_denials_total",
+        "counter",
+        "Names and connections sandboxes' network policies refused since start.",
+    );
+    let _ = writeln!(
+        out,
+        "sandkasten_network_denials_total {}",
+        m.network_denials
+    );
+    header(
+        &mut out,
         "sandkasten_session_creates_total",
         "counter",
         "Sessions created since start, by source (pool or cold).",

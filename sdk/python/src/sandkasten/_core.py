@@ -42,6 +42,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    NetworkPolicy,
     PoolInfo,
     PortUrl,
     ReadResult,
@@ -652,10 +653,12 @@ def create_session(
     workspace_id: str | None,
     env: Mapping[str, str] | None = None,
     disk_limit_mb: int | None = None,
+    network: NetworkPolicy | Mapping[str, Any] | str | None = None,
 ) -> Call[SessionInfo]:
     """``POST /v1/sessions``; ``env`` is sent as the JSON object ``env``
-    (omitted when None; the daemon validates names and sizes), and
-    ``disk_limit_mb`` when given (the daemon checks its range).
+    (omitted when None; the daemon validates names and sizes),
+    ``disk_limit_mb`` when given (the daemon checks its range), and
+    ``network`` as the JSON object ``network`` (see :func:`network_body`).
     """
     if disk_limit_mb is not None and (
         isinstance(disk_limit_mb, bool) or not isinstance(disk_limit_mb, int)
@@ -679,7 +682,44 @@ def create_session(
         body["env"] = dict(env)
     if disk_limit_mb is not None:
         body["disk_limit_mb"] = disk_limit_mb
+    if network is not None:
+        body["network"] = network_body(network)
     return Call("POST", "/v1/sessions", lambda d: SessionInfo.from_json(_obj(d)), json=body)
+
+
+def network_body(network: NetworkPolicy | Mapping[str, Any] | str) -> dict[str, Any]:
+    """The JSON object of a network policy: a :class:`NetworkPolicy`, a
+    mapping with ``mode``/``allow_out``/``deny_out``, or a bare mode
+    (``"none"``, ``"full"``). Entries are checked by the daemon.
+    """
+    if isinstance(network, NetworkPolicy):
+        return network.to_json()
+    if isinstance(network, str):
+        return {"mode": network}
+    if isinstance(network, Mapping):
+        body = dict(network)
+        for key in ("allow_out", "deny_out"):
+            v = body.get(key)
+            if v is not None and (isinstance(v, str) or not isinstance(v, Iterable)):
+                raise TypeError(f"network {key} must be a list of str, not {type(v).__name__}")
+            if v is not None:
+                body[key] = [str(e) for e in v]
+        return body
+    raise TypeError(
+        f"network must be a NetworkPolicy, a mapping or a mode, not {type(network).__name__}"
+    )
+
+
+def set_network(
+    session_id: str, network: NetworkPolicy | Mapping[str, Any] | str
+) -> Call[SessionInfo]:
+    """``PUT /v1/sessions/{id}/network``: the whole new policy."""
+    return Call(
+        "PUT",
+        session_path(session_id) + "/network",
+        lambda d: SessionInfo.from_json(_obj(d)),
+        json=network_body(network),
+    )
 
 
 def get_session(session_id: str) -> Call[SessionInfo]:

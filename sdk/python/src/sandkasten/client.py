@@ -19,6 +19,7 @@ from .session import Session
 from .types import (
     ExecChunk,
     FileEntry,
+    NetworkPolicy,
     PoolInfo,
     ReadResult,
     SessionInfo,
@@ -135,6 +136,7 @@ class SandboxClient(_core.ClientBase):
         workspace_id: str | None = None,
         env: Mapping[str, str] | None = None,
         disk_limit_mb: int | None = None,
+        network: NetworkPolicy | Mapping[str, Any] | str | None = None,
     ) -> Session:
         """Create a session (``POST /v1/sessions``).
 
@@ -160,17 +162,24 @@ class SandboxClient(_core.ClientBase):
                 exceeded". None for the daemon's ``defaults.disk_limit_mb``.
                 ``session.last_info.disk_limit_mb`` is the limit in force
                 (None where the backend enforces none).
+            network: The session's outbound network policy: a
+                :class:`NetworkPolicy`, a mapping (``{"mode": "full",
+                "allow_out": ["pypi.org", "203.0.113.0/24"]}``) or a bare
+                mode (``"full"``, ``"none"``). None for the daemon's
+                defaults. ``session.last_info.network`` is the policy in force.
 
         Raises:
             InvalidImage, InvalidWorkspace, CapacityExhausted, WorkspaceDisabled.
             InvalidRequest: A bad ``env`` name or value, or too many or too large;
-                ``disk_limit_mb`` below 1 or above the daemon's cap.
+                ``disk_limit_mb`` below 1 or above the daemon's cap; a
+                malformed network entry or one beyond the operator's cap
+                (the message names it).
             StorageFull: The host's disk lacks room for another sandbox.
             TypeError: ``env`` is not a mapping of ``str`` to ``str``, or
                 ``disk_limit_mb`` is not an int (nothing is sent).
         """
         info = await self._run(
-            _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb)
+            _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb, network)
         )
         return self._session(info)
 

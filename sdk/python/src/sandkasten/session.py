@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core import FileInput
@@ -16,6 +16,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    NetworkPolicy,
     PortUrl,
     ReadResult,
     SessionInfo,
@@ -195,6 +196,27 @@ class Session(_core.SessionBase):
         (``GET /v1/sessions/{id}``).
         """
         self._info = await self._client._run(_core.get_session(self._id))
+        return self._info
+
+    async def set_network(self, network: NetworkPolicy | Mapping[str, Any] | str) -> SessionInfo:
+        """Replace the session's outbound network policy, whole
+        (``PUT /v1/sessions/{id}/network``); in force for new connections
+        when it returns (open connections keep going).
+
+        Args:
+            network: A :class:`NetworkPolicy`, a mapping with ``mode``,
+                ``allow_out``, ``deny_out`` (absent lists are empty), or a
+                bare mode (``"full"``, ``"none"``).
+
+        Returns:
+            The session's info with the policy in force (``.network``).
+
+        Raises:
+            InvalidRequest: A malformed entry, or one beyond the operator's
+                cap (the message names it); nothing changed.
+            UnsupportedError: The daemon's backend has no network policies.
+        """
+        self._info = await self._client._run(_core.set_network(self._id, network))
         return self._info
 
     async def destroy(self) -> None:

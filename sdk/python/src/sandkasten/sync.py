@@ -27,6 +27,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    NetworkPolicy,
     PoolInfo,
     PortUrl,
     ReadResult,
@@ -131,6 +132,7 @@ class SyncSandboxClient(_core.ClientBase):
         workspace_id: str | None = None,
         env: Mapping[str, str] | None = None,
         disk_limit_mb: int | None = None,
+        network: NetworkPolicy | Mapping[str, Any] | str | None = None,
     ) -> SyncSession:
         """Create a session (``POST /v1/sessions``), from the pre-warmed pool
         when one is ready; see :meth:`sandkasten.SandboxClient.create_session`.
@@ -143,8 +145,10 @@ class SyncSandboxClient(_core.ClientBase):
                 object ``env``); None sends none.
             disk_limit_mb: The disk limit (MiB) of the sandbox's own writes;
                 None for the daemon's default.
+            network: The outbound network policy (a :class:`NetworkPolicy`,
+                a mapping or a bare mode); None for the daemon's defaults.
         """
-        call = _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb)
+        call = _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb, network)
         return self._session(self._run(call))
 
     def get_session(self, session_id: str) -> SyncSession:
@@ -359,6 +363,13 @@ class SyncSession(_core.SessionBase):
     def info(self) -> SessionInfo:
         """Current metadata: status, cwd, expiry, ``acquire_source``."""
         self._info = self._client._run(_core.get_session(self._id))
+        return self._info
+
+    def set_network(self, network: NetworkPolicy | Mapping[str, Any] | str) -> SessionInfo:
+        """Replace the session's network policy; in force for new
+        connections when it returns; see :meth:`sandkasten.Session.set_network`.
+        """
+        self._info = self._client._run(_core.set_network(self._id, network))
         return self._info
 
     def destroy(self) -> None:

@@ -115,6 +115,40 @@ class ExecChunk:
 
 
 @dataclass
+class NetworkPolicy:
+    """A session's outbound network policy (``network`` of a create,
+    ``Session.set_network``, ``SessionInfo.network``).
+
+    ``mode`` is ``"none"`` (loopback only) or ``"full"``. With ``full`` an
+    empty ``allow_out`` reaches everything not denied; with entries, only
+    those. Entries are host names (``pypi.org``), wildcards
+    (``*.github.com``), IP addresses and CIDRs; ``deny_out`` wins. The
+    daemon's ``network.deny_always`` ranges are never reachable.
+    """
+
+    mode: str = "full"
+    allow_out: list[str] = field(default_factory=list)
+    deny_out: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the daemon reads."""
+        return {
+            "mode": self.mode,
+            "allow_out": list(self.allow_out),
+            "deny_out": list(self.deny_out),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetworkPolicy:
+        """Build from a ``network`` JSON object."""
+        return cls(
+            mode=str(data.get("mode", "none")),
+            allow_out=[str(e) for e in data.get("allow_out") or []],
+            deny_out=[str(e) for e in data.get("deny_out") or []],
+        )
+
+
+@dataclass
 class SessionInfo:
     """What the daemon knows about a session (``GET /v1/sessions/{id}``)."""
 
@@ -147,6 +181,10 @@ class SessionInfo:
     """The disk limit (MiB) of the sandbox's own writes outside a persistent
     ``/workspace``; None where the daemon's backend enforces none."""
 
+    network: NetworkPolicy | None = None
+    """The outbound network policy in force; None from daemons without
+    network policies."""
+
     container_id: str | None = None
     """Kept for compatibility with sandkasten 0.3; this daemon does not send it."""
 
@@ -166,6 +204,9 @@ class SessionInfo:
             workspace_id=data.get("workspace_id") or None,
             acquire_source=data.get("acquire_source"),
             disk_limit_mb=data.get("disk_limit_mb"),
+            network=NetworkPolicy.from_json(data["network"])
+            if isinstance(data.get("network"), dict)
+            else None,
             container_id=data.get("container_id"),
             last_activity=data.get("last_activity"),
         )

@@ -1,0 +1,267 @@
+//! The daemon's DNS server and SNI/Host proxy (`sandkasten-netguard`)
+//! wired to this datapath: a sandbox is known by its address (its slot),
+//! an answered address becomes a `dns4`/`dns6` element with the record's
+//! TTL as its timeout, and a sandbox whose policy names hosts is in the
+//! `proxied` set (its ports 80 and 443 go to the proxy).
+
+use super::{ifname, nft, State, GATEWAY4};
+use sandkasten_netguard::{Conntrack, DnsConfig, DnsServer, EventLog, Proxy, Resolved, Sandboxes};
+use sandkasten_runtime::{IpNet, NetEntry, NetworkPolicy};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The guard of one daemon's sandbox network.
+pub(super) struct Guard {
+    pub ports: nft::GuardPorts,
+    pub view: Arc<View>,
+    pub events: Arc<EventLog>,
+    pub resolved: Arc<Resolved>,
+}
+
+/// Which sandbox an address is and what its policy is, for the servers.
+pub(super) struct View {
+    state: Arc<Mutex<State>>,
+    table: String,
+    prefix: String,
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    by_addr: HashMap<IpAddr, String>,
+    policies: HashMap<String, Arc<NetworkPolicy>>,
+}
+
+impl View {
+    /// Notes sandbox `id` at `addrs` with `policy`.
+    pub fn set(&self, id: &str, addrs: &[IpAddr], policy: &NetworkPolicy) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for a in addrs {
+            k.by_addr.insert(*a, id.to_string());
+        }
+        k.policies.insert(id.to_string(), Arc::new(policy.clone()));
+    }
+
+    /// Forgets sandbox `id`.
+    pub fn forget(&self, id: &str) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        k.by_addr.retain(|_, v| v != id);
+        k.policies.remove(id);
+    }
+}
+
+impl Sandboxes for View {
+    fn lookup(&self, src: IpAddr) -> Option<(String, Arc<NetworkPolicy>)> {
+        let src = match src {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(src),
+            v4 => v4,
+        };
+        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let id = k.by_addr.get(&src)?;
+        Some((id.clone(), k.policies.get(id)?.clone()))
+    }
+
+    fn allow(&self, id: &str, addr: IpAddr, ttl: Duration) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let name = ifname(&self.prefix, id);
+        st.nft
+            .batch(vec![nft::dns_element(
+                &self.table,
+                &name,
+                &addr,
+                ttl.as_millis() as u64,
+            )])
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Whether a policy names hosts (so its HTTP(S) goes through the proxy).
+pub(super) fn names_hosts(p: &NetworkPolicy) -> bool {
+    p.allow_out
+        .iter()
+        .chain(&p.deny_out)
+        .any(|e| !matches!(e, NetEntry::Net(_)))
+}
+
+/// Binds the DNS server (UDP and TCP) and the proxy on the gateway
+/// address (which exists once a sandbox has a link: IP_FREEBIND) and
+/// starts them on the current tokio runtime.
+pub(super) fn start(
+    upstream: SocketAddr,
+    deny_always: Vec<IpNet>,
+    state: Arc<Mutex<State>>,
+    table: &str,
+    prefix: &str,
+) -> io::Result<Guard> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| io::Error::other("no async runtime for the DNS server"))?;
+    let _enter = rt.enter();
+    let udp = bind(libc::SOCK_DGRAM, 0)?;
+    let dns_port = local_port(&udp)?;
+    let tcp = bind(libc::SOCK_STREAM, dns_port)?;
+    let proxy_sock = bind(libc::SOCK_STREAM, 0)?;
+    let proxy_port = local_port(&proxy_sock)?;
+    // IPv6 connections are redirected to the link's own address
+    // (fe80::1 on every veth): one socket on every IPv6 address, v6 only.
+    let proxy6 = bind6_stream(proxy_port);
+    let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp))?;
+    let tcp = listen(tcp)?;
+    let proxy_l = listen(proxy_sock)?;
+    let view = Arc::new(View {
+        state,
+        table: table.to_string(),
+        prefix: prefix.to_string(),
+        known: Mutex::new(Known::default()),
+    });
+    let events = Arc::new(EventLog::default());
+    let resolved = Arc::new(Resolved::default());
+    let dns = DnsServer::new(
+        DnsConfig {
+            upstream,
+            deny_always: deny_always.clone(),
+        },
+        view.clone(),
+        resolved.clone(),
+        events.clone(),
+    );
+    let proxy = Proxy::new(
+        deny_always,
+        view.clone(),
+        resolved.clone(),
+        events.clone(),
+        Box::new(Conntrack),
+    );
+    let log = |what: &'static str| {
+        move |r: io::Result<()>| {
+            if let Err(e) = r {
+                tracing::error!("the sandboxes' {what} stopped: {e}");
+            }
+        }
+    };
+    let dns_tcp = dns.clone();
+    rt.spawn(async move { log("DNS server (UDP)")(dns.serve_udp(udp).await) });
+    rt.spawn(async move { log("DNS server (TCP)")(dns_tcp.serve_tcp(tcp).await) });
+    match proxy6 {
+        Ok(l6) => {
+            let l6 = listen(l6)?;
+            let p6 = proxy.clone();
+            rt.spawn(async move { log("proxy (IPv6)")(p6.serve(l6).await) });
+        }
+        Err(e) => tracing::warn!(port = proxy_port, "no IPv6 proxy for sandboxes: {e}"),
+    }
+    rt.spawn(async move { log("proxy")(proxy.serve(proxy_l).await) });
+    Ok(Guard {
+        ports: nft::GuardPorts {
+            dns: dns_port,
+            proxy: proxy_port,
+        },
+        view,
+        events,
+        resolved,
+    })
+}
+
+/// A non-blocking socket of `kind` bound to the gateway address and
+/// `port` (0: any), with IP_FREEBIND (the address may not exist yet).
+fn bind(kind: libc::c_int, port: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket calls; the fd is owned at once.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET,
+            kind | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::IP_FREEBIND] {
+            if libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_IP,
+                opt,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(GATEWAY4).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// The port a bound socket got (read through a duplicate of its fd).
+/// A non-blocking IPv6-only stream socket bound to `[::]:port`.
+fn bind6_stream(port: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket calls; the fd is owned at once.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_port = port.to_be();
+        if libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&raw const sin6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+    Ok(std::net::UdpSocket::from(fd.try_clone()?)
+        .local_addr()?
+        .port())
+}
+
+fn listen(fd: OwnedFd) -> io::Result<tokio::net::TcpListener> {
+    // SAFETY: listen on an owned, bound stream socket.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&fd), 1024) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+}

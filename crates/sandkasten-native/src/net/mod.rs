@@ -1,0 +1,587 @@
+//! Sandboxes' network on the native runtime: a veth pair per sandbox with
+//! network (routed point to point, no bridge), the daemon's nftables table
+//! that enforces every sandbox's policy, NAT to the uplink, IPv4 and IPv6.
+//! Everything goes through netlink from this process (`netlink.rs`,
+//! `rtnl.rs`, `nft.rs`): no `ip`/`nft` subprocess, no userspace process
+//! per sandbox. Design, layout and invariants: docs/architecture.md,
+//! "Sandbox networks".
+
+mod guard;
+mod netlink;
+mod nft;
+mod rtnl;
+
+use netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
+use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError};
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Prefix of every sandbox veth of any daemon ("sandkasten network").
+const ANY_PREFIX: &str = "skn";
+/// The sandboxes' gateway: the host end of every veth carries it.
+const GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+const SANDBOX_LL6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+/// Name of the link inside every sandbox.
+const INNER: &str = "eth0";
+/// The file in a session dir that holds its address slot.
+const SLOT_FILE: &str = "net-slot";
+
+/// Settings of the datapath.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The sandboxes' IPv4 network; `None`: derived from the data dir.
+    pub ipv4_subnet: Option<IpNet>,
+    /// The sandboxes' IPv6 network; `None`: derived from the data dir.
+    pub ipv6_subnet: Option<IpNet>,
+    /// Whether sandboxes get IPv6.
+    pub ipv6: bool,
+    /// `network.deny_always`: refused for every sandbox.
+    pub deny_always: Vec<IpNet>,
+    /// `network.dns_upstream`: where the daemon's DNS server forwards
+    /// the names sandboxes may resolve; `None`: no DNS server (host names
+    /// in policies then resolve nowhere).
+    pub dns_upstream: Option<std::net::SocketAddr>,
+}
+
+/// The datapath of one daemon.
+pub struct Network {
+    /// Short tag of this daemon (from its data dir): names its table,
+    /// veths and Docker rules, so daemons on one host do not collide.
+    tag: String,
+    prefix: String,
+    table: String,
+    v4: IpNet,
+    v6: Option<IpNet>,
+    sessions_dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    guard: Option<guard::Guard>,
+    /// `<data dir>/resolv.conf` naming the gateway, where the daemon
+    /// answers DNS; bound over every sandbox's `/etc/resolv.conf`.
+    resolv_conf: Option<PathBuf>,
+}
+
+struct State {
+    rtnl: Socket,
+    nft: Socket,
+    /// Address slot of each sandbox with a link.
+    slots: HashMap<String, u32>,
+    used: BTreeSet<u32>,
+    /// Set elements in force per sandbox.
+    elements: HashMap<String, nft::Elements>,
+    /// Sandboxes in the proxied set.
+    proxied: BTreeSet<String>,
+}
+
+fn err(context: &str) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |e| RuntimeError::io(format!("network: {context}"), e)
+}
+
+impl Network {
+    /// Prepares the host (forwarding), finds the slots of sandboxes that
+    /// survived a restart, removes veths no sandbox owns, and builds the
+    /// table anew (elements come back as the engine restores each
+    /// session's policy).
+    pub fn start(cfg: &NetConfig, data_dir: &std::path::Path) -> Result<Network, RuntimeError> {
+        let tag = tag_of(data_dir);
+        let h = u32::from_str_radix(&tag, 16).unwrap_or(0);
+        let v4 = cfg.ipv4_subnet.unwrap_or_else(|| {
+            let i = h % 1024;
+            let a = Ipv4Addr::new(10, 128 + (i >> 4) as u8, ((i & 15) << 4) as u8, 0);
+            IpNet::new(IpAddr::V4(a), 20).expect("a /20 on its boundary")
+        });
+        let v6 = cfg.ipv6.then(|| {
+            cfg.ipv6_subnet.unwrap_or_else(|| {
+                let a = Ipv6Addr::new(0xfd5b, (h >> 16) as u16, h as u16, 0, 0, 0, 0, 0);
+                IpNet::new(IpAddr::V6(a), 64).expect("a /64 on its boundary")
+            })
+        });
+        if v4.is_ipv4() && v4.prefix() > 24 || !v4.is_ipv4() {
+            return Err(RuntimeError::HostNotReady(format!(
+                "network.ipv4_subnet: {v4} must be an IPv4 network of at least /24"
+            )));
+        }
+        if let Some(n) = v6 {
+            if n.is_ipv4() || n.prefix() > 120 {
+                return Err(RuntimeError::HostNotReady(format!(
+                    "network.ipv6_subnet: {n} must be an IPv6 network of at least /120"
+                )));
+            }
+        }
+        enable_forwarding(v6.is_some())?;
+        let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
+        let mut nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
+        let sessions_dir = data_dir.join("sessions");
+        let slots = read_slots(&sessions_dir);
+        let prefix = format!("{ANY_PREFIX}{tag}");
+        let owned: BTreeSet<String> = slots.keys().map(|id| ifname(&prefix, id)).collect();
+        for link in rtnl::links_with_prefix(&mut rtnl, &prefix).map_err(err("listing links"))? {
+            if !owned.contains(&link) {
+                tracing::info!(%link, "removing a veth no sandbox owns");
+                delete_link(&mut rtnl, &link)?;
+            }
+        }
+        let table = format!("sandkasten_{tag}");
+        let subnets: Vec<IpNet> = std::iter::once(v4).chain(v6).collect();
+        let state = Arc::new(Mutex::new(State {
+            rtnl,
+            nft: Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?,
+            slots,
+            used: BTreeSet::new(),
+            elements: HashMap::new(),
+            proxied: BTreeSet::new(),
+        }));
+        let guard = match cfg.dns_upstream {
+            Some(up) => {
+                // The servers also refuse the sandboxes' own networks.
+                let mut deny = cfg.deny_always.clone();
+                deny.extend(subnets.iter().copied());
+                Some(
+                    guard::start(up, deny, state.clone(), &table, &prefix)
+                        .map_err(err("starting the sandboxes' DNS server"))?,
+                )
+            }
+            None => None,
+        };
+        let mut batch = nft::table(&nft::Layout {
+            table: &table,
+            prefix: &prefix,
+            any_prefix: ANY_PREFIX,
+            subnets: &subnets,
+            deny_always: &cfg.deny_always,
+            guard: guard.as_ref().map(|g| g.ports),
+        });
+        batch.extend(nft::docker_cleanup(&mut nft_sock, &tag).map_err(err("reading DOCKER-USER"))?);
+        batch.extend(
+            nft::docker_accept(&mut nft_sock, &tag, &prefix).map_err(err("reading DOCKER-USER"))?,
+        );
+        nft_sock
+            .batch(batch)
+            .map_err(err("building the nftables table"))?;
+        {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.used = st.slots.values().copied().collect();
+            st.nft = nft_sock;
+        }
+        let resolv_conf = match &guard {
+            Some(_) => {
+                let p = data_dir.join("resolv.conf");
+                std::fs::write(
+                    &p,
+                    format!("nameserver {GATEWAY4}\noptions timeout:2 attempts:2\n"),
+                )
+                .map_err(RuntimeError::io_ctx(format!("writing {}", p.display())))?;
+                Some(p)
+            }
+            None => None,
+        };
+        tracing::info!(%table, ipv4 = %v4, ipv6 = ?v6.map(|n| n.to_string()),
+            dns = ?guard.as_ref().map(|g| g.ports.dns), "sandbox network ready");
+        Ok(Network {
+            tag,
+            prefix,
+            table,
+            v4,
+            v6,
+            sessions_dir,
+            state,
+            guard,
+            resolv_conf,
+        })
+    }
+
+    /// Gives sandbox `id` (whose init `pidfd` is proven, with host pid
+    /// `pid`) the policy: its link for `full` (created if missing), its
+    /// set elements replaced in one transaction; no link for `none`.
+    pub fn apply(
+        &self,
+        id: &str,
+        pid: i32,
+        pidfd: &OwnedFd,
+        policy: &NetworkPolicy,
+    ) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !policy.is_full() {
+            return self.remove_locked(&mut st, id);
+        }
+        let name = ifname(&self.prefix, id);
+        let slot = match st.slots.get(id) {
+            Some(s) => *s,
+            None => {
+                let s = (1u32..)
+                    .find(|s| !st.used.contains(s))
+                    .filter(|s| self.v4.nth(*s as u128 + 1).is_some())
+                    .ok_or_else(|| RuntimeError::Backend {
+                        context: "network".into(),
+                        message: format!("no free address in {} for another sandbox", self.v4),
+                    })?;
+                let path = self.sessions_dir.join(id).join(SLOT_FILE);
+                std::fs::write(&path, s.to_string())
+                    .map_err(RuntimeError::io_ctx(format!("writing {}", path.display())))?;
+                st.used.insert(s);
+                st.slots.insert(id.to_string(), s);
+                s
+            }
+        };
+        if rtnl::link_index(&mut st.rtnl, &name)
+            .map_err(err("finding a veth"))?
+            .is_none()
+        {
+            if let Err(e) = self.link_up(&mut st, &name, slot, pid, pidfd) {
+                let _ = delete_link(&mut st.rtnl, &name);
+                return Err(e);
+            }
+        }
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for (list, out) in [
+            (&policy.allow_out, &mut allow),
+            (&policy.deny_out, &mut deny),
+        ] {
+            out.extend(list.iter().filter_map(NetEntry::net).copied());
+            *out = disjoint(std::mem::take(out));
+        }
+        let new = nft::Elements::new(&name, policy.allow_out.is_empty(), &allow, &deny);
+        let mut batch = Vec::new();
+        if let Some(old) = st.elements.get(id) {
+            batch.extend(old.msgs(&self.table, false));
+        }
+        batch.extend(new.msgs(&self.table, true));
+        let proxied = self.guard.is_some() && guard::names_hosts(policy);
+        match (proxied, st.proxied.contains(id)) {
+            (true, false) => batch.push(nft::proxied_element(&self.table, &name, true)),
+            (false, true) => batch.push(nft::proxied_element(&self.table, &name, false)),
+            _ => {}
+        }
+        st.nft
+            .batch(batch)
+            .map_err(err("setting the sandbox's rules"))?;
+        st.elements.insert(id.to_string(), new);
+        if proxied {
+            st.proxied.insert(id.to_string());
+        } else {
+            st.proxied.remove(id);
+        }
+        // What the sandbox resolved under its old policy is not open
+        // under the new one.
+        self.forget_resolved(&mut st, id);
+        if let Some(g) = &self.guard {
+            let addrs: Vec<IpAddr> = self
+                .v4
+                .nth(slot as u128)
+                .into_iter()
+                .chain(self.v6.and_then(|n| n.nth(slot as u128)))
+                .collect();
+            g.view.set(id, &addrs, policy);
+        }
+        Ok(())
+    }
+
+    /// Deletes the DNS-learned elements of sandbox `id` (each on its own:
+    /// one the kernel has just expired must not fail the others).
+    fn forget_resolved(&self, st: &mut State, id: &str) {
+        let Some(g) = &self.guard else { return };
+        let name = ifname(&self.prefix, id);
+        for addr in g.resolved.take(id) {
+            let _ = st
+                .nft
+                .batch(vec![nft::dns_element_delete(&self.table, &name, &addr)]);
+        }
+    }
+
+    /// The resolv.conf sandboxes get, where the daemon answers DNS.
+    pub fn resolv_conf(&self) -> Option<&std::path::Path> {
+        self.resolv_conf.as_deref()
+    }
+
+    /// What sandbox `id`'s policy refused, oldest first.
+    pub fn events(&self, id: &str) -> Vec<NetworkDenial> {
+        self.guard
+            .as_ref()
+            .map(|g| g.events.list(id))
+            .unwrap_or_default()
+    }
+
+    /// Refusals recorded since start.
+    pub fn denials_total(&self) -> u64 {
+        self.guard.as_ref().map_or(0, |g| g.events.total())
+    }
+
+    /// Creates the veth pair of a sandbox and configures both ends.
+    fn link_up(
+        &self,
+        st: &mut State,
+        name: &str,
+        slot: u32,
+        pid: i32,
+        pidfd: &OwnedFd,
+    ) -> Result<(), RuntimeError> {
+        let addr4 = self.v4.nth(slot as u128).expect("slot within the subnet");
+        let addr6 = self.v6.and_then(|n| n.nth(slot as u128));
+        let netns = open_netns(pid, pidfd)?;
+        st.rtnl
+            .transact(vec![rtnl::create_veth(name, INNER, netns.as_raw_fd())])
+            .map_err(err("creating the veth pair"))?;
+        let index = rtnl::link_index(&mut st.rtnl, name)
+            .map_err(err("finding the new veth"))?
+            .ok_or_else(|| RuntimeError::Backend {
+                context: "network".into(),
+                message: format!("veth {name} vanished after its creation"),
+            })?;
+        let mut host = vec![
+            rtnl::add_addr(index, IpAddr::V4(GATEWAY4), 32),
+            rtnl::add_route(addr4, 32, index, None),
+        ];
+        if let Some(a6) = addr6 {
+            host.push(rtnl::add_addr(index, IpAddr::V6(GATEWAY6), 64));
+            host.push(rtnl::add_route(a6, 128, index, None));
+        }
+        st.rtnl
+            .transact(host)
+            .map_err(err("configuring the host end"))?;
+        in_netns(netns, move |sock| {
+            let inner = rtnl::link_index(sock, INNER)?
+                .ok_or_else(|| io::Error::other("no eth0 in the sandbox"))?;
+            let mut msgs = vec![
+                rtnl::set_up(inner),
+                rtnl::add_addr(inner, addr4, 32),
+                rtnl::add_route(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    0,
+                    inner,
+                    Some(IpAddr::V4(GATEWAY4)),
+                ),
+            ];
+            if let Some(a6) = addr6 {
+                msgs.push(rtnl::add_addr(inner, IpAddr::V6(SANDBOX_LL6), 64));
+                msgs.push(rtnl::add_addr(inner, a6, 128));
+                msgs.push(rtnl::add_route(
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    0,
+                    inner,
+                    Some(IpAddr::V6(GATEWAY6)),
+                ));
+            }
+            sock.transact(msgs)
+        })
+        .map_err(err("configuring the sandbox end"))
+    }
+
+    /// Removes what sandbox `id` has: its veth, its elements, its slot.
+    pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove_locked(&mut st, id)
+    }
+
+    fn remove_locked(&self, st: &mut State, id: &str) -> Result<(), RuntimeError> {
+        if let Some(g) = &self.guard {
+            g.view.forget(id);
+        }
+        self.forget_resolved(st, id);
+        if st.proxied.remove(id) {
+            let name = ifname(&self.prefix, id);
+            st.nft
+                .batch(vec![nft::proxied_element(&self.table, &name, false)])
+                .map_err(err("taking the sandbox off the proxy"))?;
+        }
+        delete_link(&mut st.rtnl, &ifname(&self.prefix, id))?;
+        if let Some(old) = st.elements.remove(id) {
+            st.nft
+                .batch(old.msgs(&self.table, false))
+                .map_err(err("deleting the sandbox's rules"))?;
+        }
+        if let Some(s) = st.slots.remove(id) {
+            st.used.remove(&s);
+            let _ = std::fs::remove_file(self.sessions_dir.join(id).join(SLOT_FILE));
+        }
+        Ok(())
+    }
+
+    /// At a graceful stop: when no sandbox has a link any more, the table
+    /// and the Docker rules go too (sandboxes that keep running keep
+    /// their rules for the next start).
+    pub fn release(&self) -> Result<bool, RuntimeError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !st.slots.is_empty() {
+            return Ok(false);
+        }
+        let mut batch =
+            nft::docker_cleanup(&mut st.nft, &self.tag).map_err(err("reading DOCKER-USER"))?;
+        batch.extend(nft::delete_table(&self.table));
+        st.nft.batch(batch).map_err(err("deleting the table"))?;
+        Ok(true)
+    }
+
+    /// The interface name prefix of this daemon's veths.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The name of this daemon's nftables table (family inet).
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// The host-side veth of sandbox `id`: prefix + the first characters of
+/// its id (15 characters at most: IFNAMSIZ).
+fn ifname(prefix: &str, id: &str) -> String {
+    let room = 15 - prefix.len();
+    format!("{prefix}{}", &id[..room.min(id.len())])
+}
+
+/// Four hex digits of a hash of the data dir.
+fn tag_of(data_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    format!("{:02x}{:02x}", d[0], d[1])
+}
+
+fn read_slots(sessions: &std::path::Path) -> HashMap<String, u32> {
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir(sessions).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if let Ok(s) = std::fs::read_to_string(e.path().join(SLOT_FILE)) {
+            if let Ok(n) = s.trim().parse() {
+                out.insert(id, n);
+            }
+        }
+    }
+    out
+}
+
+fn delete_link(sock: &mut Socket, name: &str) -> Result<(), RuntimeError> {
+    match sock.transact(vec![rtnl::delete_link(name)]) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err("deleting a veth")(e)),
+    }
+}
+
+/// Folds CIDRs contained in others, so that the ranges of one set never
+/// overlap (the kernel refuses overlapping intervals).
+fn disjoint(mut nets: Vec<IpNet>) -> Vec<IpNet> {
+    nets.sort_by_key(|n| n.prefix());
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in nets {
+        if !out.iter().any(|o| o.covers(&n)) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The network namespace of a proven sandbox init: opened by pid, then
+/// the pidfd is asked whether that process still lives, so the namespace
+/// is the proven one's (a pid reused in between would fail the check).
+fn open_netns(pid: i32, pidfd: &OwnedFd) -> Result<OwnedFd, RuntimeError> {
+    let path = format!("/proc/{pid}/ns/net");
+    let f = std::fs::File::open(&path).map_err(RuntimeError::io_ctx(format!("opening {path}")))?;
+    // SAFETY: signal 0 through a pidfd we own: only checks the process.
+    let alive = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    if !alive {
+        return Err(RuntimeError::Gone(format!("the sandbox of pid {pid}")));
+    }
+    Ok(f.into())
+}
+
+/// Runs `f` with a route socket inside the network namespace `netns`, on
+/// a thread made for it that exits afterwards (a thread's namespace never
+/// leaks into the daemon's other work).
+fn in_netns<F>(netns: OwnedFd, f: F) -> io::Result<()>
+where
+    F: FnOnce(&mut Socket) -> io::Result<()> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("sk-netns".into())
+        .spawn(move || {
+            // SAFETY: setns on this thread only; the fd is a netns fd.
+            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut sock = Socket::open(NETLINK_ROUTE)?;
+            f(&mut sock)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+fn sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn set_sysctl(path: &str, v: &str) -> Result<(), RuntimeError> {
+    std::fs::write(path, v).map_err(RuntimeError::io_ctx(format!("writing {path}")))
+}
+
+/// Turns on IPv4 (and IPv6) forwarding where it is off. IPv6 forwarding
+/// makes the kernel ignore router advertisements on interfaces with
+/// `accept_ra=1`, so those are set to 2 first (accept them while
+/// forwarding): the host keeps its RA-learned routes.
+fn enable_forwarding(ipv6: bool) -> Result<(), RuntimeError> {
+    if sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() != Some("1") {
+        tracing::info!("enabling net.ipv4.ip_forward for sandbox networks");
+        set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    }
+    if ipv6 && sysctl("/proc/sys/net/ipv6/conf/all/forwarding").as_deref() != Some("1") {
+        for e in std::fs::read_dir("/proc/sys/net/ipv6/conf")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path().join("accept_ra");
+            if sysctl(&p.to_string_lossy()).as_deref() == Some("1") {
+                let _ = std::fs::write(&p, "2");
+            }
+        }
+        tracing::info!(
+            "enabling net.ipv6.conf.all.forwarding for sandbox networks (accept_ra 1 → 2)"
+        );
+        set_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_ifnamsiz_and_tags_differ_by_data_dir() {
+        let a = tag_of(std::path::Path::new("/var/lib/sandkasten"));
+        let b = tag_of(std::path::Path::new("/tmp/other"));
+        assert_eq!(a.len(), 4);
+        assert_ne!(a, b);
+        let name = ifname(
+            &format!("{ANY_PREFIX}{a}"),
+            "0123456789abcdef0123456789abcdef",
+        );
+        assert_eq!(name.len(), 15);
+        assert!(name.starts_with("skn"));
+    }
+
+    #[test]
+    fn contained_ranges_fold_so_set_intervals_never_overlap() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let out = disjoint(vec![
+            n("203.0.113.7"),
+            n("203.0.113.0/24"),
+            n("198.51.100.1"),
+        ]);
+        assert_eq!(out, vec![n("203.0.113.0/24"), n("198.51.100.1")]);
+    }
+}

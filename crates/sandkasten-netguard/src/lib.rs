@@ -1,0 +1,40 @@
+//! The daemon's guard of sandbox networks, above the kernel's datapath:
+//! the DNS server sandboxes ask (`dns.rs`), which resolves only the names
+//! a sandbox's policy allows and opens the addresses it answered for their
+//! TTL (`resolved.rs` remembers until when), the proxy that checks the
+//! TLS SNI / HTTP Host of connections to ports 80 and 443 (`proxy.rs`),
+//! and the record of what was denied (`events.rs`).
+//!
+//! The guard knows sandboxes only through [`Sandboxes`]: which sandbox a
+//! source address is, its policy right now, and how to let it reach an
+//! address. The runtime's datapath implements it (native: nftables set
+//! elements with timeouts).
+
+mod dns;
+mod events;
+mod policy;
+mod proxy;
+mod resolved;
+
+pub use dns::{DnsConfig, DnsServer};
+pub use events::{Denial, EventLog};
+pub use policy::{addr_verdict, name_verdict};
+pub use proxy::{Conntrack, OriginalDestination, Proxy};
+pub use resolved::Resolved;
+
+use sandkasten_runtime::NetworkPolicy;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the guard asks of the daemon about the sandbox traffic came from.
+pub trait Sandboxes: Send + Sync + 'static {
+    /// The sandbox whose address is `src`: its session id and its policy
+    /// as it is now (a changed policy applies to the next query).
+    fn lookup(&self, src: IpAddr) -> Option<(String, Arc<NetworkPolicy>)>;
+
+    /// Lets sandbox `id` open new connections to `addr` for `ttl`. Returns
+    /// once that is in force: the answer that named the address goes out
+    /// only afterwards, so a connection right after it is let through.
+    fn allow(&self, id: &str, addr: IpAddr, ttl: Duration) -> Result<(), String>;
+}

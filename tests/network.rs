@@ -1,0 +1,606 @@
+//! Sandbox networks end to end on the native runtime, through the real
+//! kernel datapath: each test makes its own "internet" (a network
+//! namespace with a veth to the host, addresses from 203.0.113.0/24 and
+//! 2001:db8::/32, its own TCP servers there) and checks what a sandbox
+//! reaches under its policy: allowed addresses and CIDRs answer, the rest
+//! is refused at once (never a timeout), the host itself, the daemon's
+//! port and other sandboxes are unreachable, a live policy change holds
+//! for the next connection, and after destroy, and after SIGKILL and a
+//! restart, no veth, set element, table or Docker rule is left. Nothing
+//! here sends a packet to an address the test did not set up.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn run(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (the network tests need iproute2 and nftables)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace standing for the internet: a veth to the host
+/// (host end `.1`), servers on `.2` and `.3` of its /28 (and `::2`, `::3`
+/// of its /64), each answering `hello <addr>`. Removed when dropped.
+struct Internet {
+    ns: String,
+    host_if: String,
+    net: u8,
+}
+
+impl Internet {
+    /// `k` picks the /28 (203.0.113.16k/28) and the /64, so tests that run
+    /// at once do not share routes.
+    fn new(k: u8) -> Internet {
+        let tag = random_hex(6);
+        let inet = Internet {
+            ns: format!("skt-{tag}"),
+            host_if: format!("skt{tag}h"),
+            net: 16 * k,
+        };
+        let (ns, h) = (&inet.ns, &inet.host_if);
+        run(&["ip", "netns", "add", ns]);
+        run(&[
+            "ip", "link", "add", h, "type", "veth", "peer", "name", "inet0", "netns", ns,
+        ]);
+        run(&["ip", "addr", "add", &format!("{}/28", inet.v4(1)), "dev", h]);
+        run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", inet.v6(1)),
+            "dev",
+            h,
+            "nodad",
+        ]);
+        run(&["ip", "link", "set", h, "up"]);
+        let inside = format!(
+            "ip link set lo up && ip link set inet0 up && \
+             ip addr add {a2}/28 dev inet0 && ip addr add {a3}/28 dev inet0 && \
+             ip -6 addr add {b2}/64 dev inet0 nodad && ip -6 addr add {b3}/64 dev inet0 nodad && \
+             ip route add default via {a1} && ip -6 route add default via {b1}",
+            a1 = inet.v4(1),
+            a2 = inet.v4(2),
+            a3 = inet.v4(3),
+            b1 = inet.v6(1),
+            b2 = inet.v6(2),
+            b3 = inet.v6(3),
+        );
+        run(&["ip", "netns", "exec", ns, "sh", "-c", &inside]);
+        for host in [inet.v4(2), inet.v4(3), inet.v6(2), inet.v6(3)] {
+            inet.serve(&host, 8080);
+        }
+        inet
+    }
+
+    fn v4(&self, n: u8) -> String {
+        format!("203.0.113.{}", self.net + n)
+    }
+
+    fn v6(&self, n: u8) -> String {
+        format!("2001:db8:5a:{}::{n}", self.net)
+    }
+
+    /// A TCP server on `addr:port` inside the namespace: a thread that
+    /// enters it, binds, and answers every connection `hello <addr>`.
+    fn serve(&self, addr: &str, port: u16) {
+        let path = format!("/var/run/netns/{}", self.ns);
+        let bind = if addr.contains(':') {
+            format!("[{addr}]:{port}")
+        } else {
+            format!("{addr}:{port}")
+        };
+        let reply = format!("hello {addr}\n");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns of this thread only, to a netns fd.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let l = TcpListener::bind(&bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            tx.send(()).unwrap();
+            for c in l.incoming().flatten() {
+                let mut c = c;
+                let _ = c.write_all(reply.as_bytes());
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the test server did not start");
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// What `connect(host, port)` from inside a sandbox gives: the first line
+/// read (`hello …`), or the error bash prints (`Connection refused`,
+/// `No route to host`), and how long it took.
+fn connect(d: &Daemon, id: &str, host: &str, port: u16) -> (String, Duration) {
+    let cmd = format!(
+        "timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port} && head -n1 <&3' 2>&1; echo \"rc=$?\""
+    );
+    let t = Instant::now();
+    let out = d.exec(id, &cmd)["output"].as_str().unwrap().to_string();
+    (out, t.elapsed())
+}
+
+#[track_caller]
+fn reaches(d: &Daemon, id: &str, host: &str) {
+    let (out, _) = connect(d, id, host, 8080);
+    assert!(
+        out.contains(&format!("hello {host}")),
+        "{host} should answer: {out}"
+    );
+}
+
+/// Refused at once: a reset or an ICMP error well under the 5 s timeout,
+/// never a hang.
+#[track_caller]
+fn refused(d: &Daemon, id: &str, host: &str, port: u16) {
+    let (out, took) = connect(d, id, host, port);
+    assert!(
+        !out.contains("hello") && !out.contains("rc=0") && !out.contains("rc=124"),
+        "{host}:{port} should be refused: {out}"
+    );
+    assert!(
+        out.contains("refused") || out.contains("unreachable") || out.contains("No route"),
+        "{host}:{port}: not refused but {out}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "refusing {host}:{port} took {took:?}"
+    );
+}
+
+fn config() -> &'static str {
+    "network:\n  allow_full: true\n"
+}
+
+fn create(d: &Daemon, network: Value) -> String {
+    let v = d.create_session(json!({ "network": network }));
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// The daemon's table and veth prefix, from its log line.
+fn names(d: &Daemon) -> (String, String) {
+    let logs = d.logs();
+    let tag = logs
+        .match_indices("sandkasten_")
+        .map(|(i, _)| &logs[i + 11..(i + 16).min(logs.len())])
+        .find(|t| {
+            let b = t.as_bytes();
+            b.len() == 5
+                && b[..4].iter().all(u8::is_ascii_hexdigit)
+                && !b[4].is_ascii_alphanumeric()
+        })
+        .map(|t| t[..4].to_string())
+        .unwrap_or_else(|| panic!("no sandbox network in the log:\n{logs}"));
+    (format!("sandkasten_{tag}"), format!("skn{tag}"))
+}
+
+fn links_with(prefix: &str) -> Vec<String> {
+    run(&["ip", "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+fn table(name: &str) -> Option<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", name])
+        .output()
+        .expect("the network tests need the nft command (apt-get install nftables)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn docker_rules(prefix: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "chain", "ip", "filter", "DOCKER-USER"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(prefix))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sandbox_addr(d: &Daemon, id: &str, family: &str) -> String {
+    let out = d.sh(
+        id,
+        &format!("ip -{family} -o addr show dev eth0 scope global"),
+    );
+    let word = out
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_else(|| panic!("no address: {out}"));
+    word.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn a_policy_opens_its_addresses_and_refuses_the_rest_at_once() {
+    require_native("the native datapath");
+    let inet = Internet::new(1);
+    let d = Daemon::start(Some(config()));
+    let a = create(
+        &d,
+        json!({"mode": "full", "allow_out": [inet.v4(2), format!("{}/128", inet.v6(2))], "deny_out": []}),
+    );
+    reaches(&d, &a, &inet.v4(2));
+    reaches(&d, &a, &inet.v6(2));
+    refused(&d, &a, &inet.v4(3), 8080);
+    refused(&d, &a, &inet.v6(3), 8080);
+    // The host itself: its address on the test's veth, its gateway
+    // address, the daemon's own port on each.
+    let host_listener = TcpListener::bind(format!("{}:0", inet.v4(1))).unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    refused(&d, &a, &inet.v4(1), host_port);
+    refused(&d, &a, "169.254.1.1", d.port);
+    refused(&d, &a, &inet.v4(1), d.port);
+    // Cloud metadata and private ranges, whatever the policy.
+    refused(&d, &a, "169.254.169.254", 80);
+    // The sandbox's own loopback is its own, not the host's.
+    let (out, _) = connect(&d, &a, "127.0.0.1", d.port);
+    assert!(
+        out.contains("refused"),
+        "the daemon's port on loopback: {out}"
+    );
+
+    // A CIDR, and deny_out winning over it.
+    let b = create(
+        &d,
+        json!({"mode": "full", "allow_out": [format!("{}/28", inet.v4(0))], "deny_out": [inet.v4(3)]}),
+    );
+    reaches(&d, &b, &inet.v4(2));
+    refused(&d, &b, &inet.v4(3), 8080);
+    // Open (empty allow_out): everything not denied.
+    let c = create(&d, json!({"mode": "full"}));
+    reaches(&d, &c, &inet.v4(3));
+    reaches(&d, &c, &inet.v6(3));
+
+    // Another sandbox is unreachable, even with a listener there.
+    d.sh(
+        &c,
+        "(python3 -c \"import socket,time;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);\
+         s.bind(('0.0.0.0',8080));s.listen();c=s.accept()[0];c.send(b'hello sandbox\\n');time.sleep(30)\" \
+         >/dev/null 2>&1 &) ; sleep 0.5",
+    );
+    let c_addr = sandbox_addr(&d, &c, "4");
+    refused(&d, &b, &c_addr, 8080);
+    refused(&d, &a, &c_addr, 8080);
+
+    // Mode none: loopback only, no link at all.
+    let n = create(&d, json!({"mode": "none"}));
+    let links = d.sh(&n, "ip -o link show | wc -l");
+    assert_eq!(links.trim(), "1", "a sandbox without network has only lo");
+    let _keep = host_listener;
+}
+
+#[test]
+fn a_live_policy_change_holds_for_the_next_connection() {
+    require_native("the native datapath");
+    let inet = Internet::new(2);
+    let d = Daemon::start(Some(config()));
+    let id = create(&d, json!({"mode": "full", "allow_out": [inet.v4(2)]}));
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    let r = d.send(
+        d.request(reqwest::Method::PUT, &format!("/v1/sessions/{id}/network"))
+            .json(&json!({"mode": "full", "allow_out": [inet.v4(3)]})),
+    );
+    let v = r.expect(200, "PUT network");
+    assert_eq!(v["network"]["allow_out"], json!([inet.v4(3)]));
+    // In force when the answer came: the very next connection.
+    reaches(&d, &id, &inet.v4(3));
+    refused(&d, &id, &inet.v4(2), 8080);
+    assert_eq!(
+        d.get_session(&id).expect(200, "GET")["network"]["allow_out"],
+        json!([inet.v4(3)])
+    );
+    // Malformed or beyond the cap: 400 naming the entry, nothing changed.
+    for bad in ["10.0.0.0/8", "*.a.*.b", "203.0.113.1/24"] {
+        let r = d.send(
+            d.request(reqwest::Method::PUT, &format!("/v1/sessions/{id}/network"))
+                .json(&json!({"mode": "full", "allow_out": [bad]})),
+        );
+        r.assert_error(400, "INVALID_REQUEST", bad);
+        assert!(
+            r.json["message"].as_str().unwrap().contains(bad),
+            "{}",
+            r.json
+        );
+    }
+    reaches(&d, &id, &inet.v4(3));
+    // none removes the link; full gives it back.
+    let put = |body: Value| {
+        d.send(
+            d.request(reqwest::Method::PUT, &format!("/v1/sessions/{id}/network"))
+                .json(&body),
+        )
+        .expect(200, "PUT network");
+    };
+    put(json!({"mode": "none"}));
+    assert_eq!(d.sh(&id, "ip -o link show | wc -l").trim(), "1");
+    put(json!({"mode": "full", "allow_out": [inet.v4(2)]}));
+    reaches(&d, &id, &inet.v4(2));
+    // A create beyond the cap is refused and creates nothing.
+    let before = d.listed_ids().len();
+    d.try_create_session(json!({"network": {"mode": "full", "allow_out": ["169.254.169.254"]}}))
+        .assert_error(400, "INVALID_REQUEST", "metadata address");
+    assert_eq!(d.listed_ids().len(), before);
+}
+
+#[test]
+fn nothing_is_left_after_destroy_and_after_sigkill_and_restart() {
+    require_native("the native datapath");
+    let inet = Internet::new(3);
+    let home = DataDir::new();
+    let d = Daemon::start_in(&home, Some(config()));
+    let (table_name, prefix) = names(&d);
+    let a = create(&d, json!({"mode": "full", "allow_out": [inet.v4(2)]}));
+    let b = create(&d, json!({"mode": "full"}));
+    assert_eq!(links_with(&prefix).len(), 2);
+    let t = table(&table_name).expect("the daemon's table");
+    assert!(t.contains(&prefix[..7]), "elements of the sandboxes: {t}");
+    d.delete(&a);
+    assert_eq!(links_with(&prefix).len(), 1, "a destroyed sandbox's veth");
+    let t = table(&table_name).unwrap();
+    assert!(
+        !t.contains(&format!("{prefix}{}", &a[..8])),
+        "a destroyed sandbox's set elements: {t}"
+    );
+    // SIGKILL, restart: the survivor's network comes back as it was.
+    d.kill_9();
+    let d = Daemon::start_in(&home, Some(config()));
+    reaches(&d, &b, &inet.v4(2));
+    let t = table(&table_name).unwrap();
+    assert!(t.contains(&format!("{prefix}{}", &b[..8])), "{t}");
+    // A sandbox killed while the daemon is down leaves nothing either.
+    d.kill_9();
+    kill_sandbox(&b);
+    let d = Daemon::start_in(&home, Some(config()));
+    assert!(
+        links_with(&prefix).is_empty(),
+        "veths after restart: {:?}",
+        links_with(&prefix)
+    );
+    let t = table(&table_name).unwrap();
+    assert!(!t.contains("elements"), "set elements after restart: {t}");
+    // A graceful stop without sandboxes removes the table and Docker's
+    // rules too.
+    d.terminate();
+    assert!(table(&table_name).is_none(), "the table after a stop");
+    assert_eq!(docker_rules(&prefix), "", "DOCKER-USER rules after a stop");
+}
+
+#[test]
+fn a_pooled_sandbox_takes_its_policy_when_claimed() {
+    require_native("the native datapath");
+    let inet = Internet::new(4);
+    let d = Daemon::start_with(
+        &DataDir::new(),
+        Options {
+            config: Some(format!(
+                "{}pool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
+                config(),
+                default_image()
+            )),
+            disable_pool: false,
+            ..Options::default()
+        },
+    );
+    let (_, prefix) = names(&d);
+    let idle = |d: &Daemon| {
+        d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1
+    };
+    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no pool");
+    // Pooled sandboxes wait without a link.
+    assert!(
+        links_with(&prefix).is_empty(),
+        "an idle pooled sandbox has a veth"
+    );
+    let v = d.create_session(json!({"network": {"mode": "full", "allow_out": [inet.v4(2)]}}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["allow_out"], json!([inet.v4(2)]));
+    let id = v["id"].as_str().unwrap().to_string();
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    // The next one, claimed without a network, has none.
+    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no refill");
+    let v = d.create_session(json!({}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["mode"], "none");
+    let other = v["id"].as_str().unwrap();
+    assert_eq!(d.sh(other, "ip -o link show | wc -l").trim(), "1");
+    assert_eq!(
+        links_with(&prefix).len(),
+        1,
+        "one veth: the claimed sandbox's"
+    );
+}
+
+/// The test's upstream resolver on the host's loopback (the daemon
+/// forwards to it): A records of a fixed zone, NXDOMAIN for the rest,
+/// nothing for other types. Written out by hand: a question and its
+/// answers are all this needs.
+fn upstream_dns(zone: Vec<(&'static str, String)>) -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            let q = &buf[..n];
+            // The question: labels from byte 12, then type and class.
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && q[i] != 0 {
+                let l = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + l]).to_lowercase());
+                i += 1 + l;
+            }
+            let end = i + 5;
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let name = labels.join(".");
+            let found: Vec<&String> = zone
+                .iter()
+                .filter(|(z, _)| *z == name)
+                .map(|(_, a)| a)
+                .collect();
+            let answers: Vec<std::net::Ipv4Addr> = if qtype == 1 {
+                found.iter().map(|a| a.parse().unwrap()).collect()
+            } else {
+                Vec::new()
+            };
+            let mut r = q[..2].to_vec();
+            r.extend_from_slice(&[0x81, if found.is_empty() { 0x83 } else { 0x80 }]);
+            r.extend_from_slice(&[0, 1, 0, answers.len() as u8, 0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..end]);
+            for a in answers {
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&a.octets());
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    at
+}
+
+/// What an HTTP request to `addr:80` naming `host` got: the first line of
+/// the answer, or `reset`.
+fn http_host(d: &Daemon, id: &str, addr: &str, host: &str) -> String {
+    let cmd = format!(
+        "python3 -c \"
+import socket
+s = socket.create_connection(('{addr}', 80), timeout=5)
+s.sendall(b'GET / HTTP/1.1\\\\r\\\\nHost: {host}\\\\r\\\\n\\\\r\\\\n')
+try:
+    print(s.recv(100).decode().strip() or 'closed')
+except ConnectionResetError:
+    print('reset')
+\" 2>&1"
+    );
+    d.sh(id, &cmd).trim().to_string()
+}
+
+#[test]
+fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
+    require_native("the native datapath");
+    let inet = Internet::new(5);
+    inet.serve(&inet.v4(2), 80);
+    let dns = upstream_dns(vec![
+        ("app.test", inet.v4(2)),
+        ("api.pkg.test", inet.v4(2)),
+        ("other.test", inet.v4(3)),
+        ("evil.test", inet.v4(2)),
+    ]);
+    let d = Daemon::start(Some(&format!(
+        "network:\n  allow_full: true\n  dns_upstream: \"{dns}\"\n"
+    )));
+    let id = create(
+        &d,
+        json!({"mode": "full", "allow_out": ["app.test", "*.pkg.test"]}),
+    );
+    // Allowed names resolve through the daemon and are reachable by name.
+    assert_eq!(
+        d.sh(&id, "getent hosts app.test | cut -d' ' -f1").trim(),
+        inet.v4(2)
+    );
+    let (out, _) = connect(&d, &id, "app.test", 8080);
+    assert!(
+        out.contains(&format!("hello {}", inet.v4(2))),
+        "app.test: {out}"
+    );
+    assert_eq!(
+        d.sh(&id, "getent hosts api.pkg.test | cut -d' ' -f1")
+            .trim(),
+        inet.v4(2)
+    );
+    // Other names do not exist for the sandbox; their address is closed.
+    assert_eq!(
+        d.sh(&id, "getent hosts other.test; echo rc=$?").trim(),
+        "rc=2"
+    );
+    refused(&d, &id, &inet.v4(3), 8080);
+    // Ports 80 and 443 check the name a connection carries: the same
+    // address under a name the policy does not allow is reset at once.
+    assert_eq!(
+        http_host(&d, &id, &inet.v4(2), "app.test"),
+        format!("hello {}", inet.v4(2))
+    );
+    assert_eq!(http_host(&d, &id, &inet.v4(2), "evil.test"), "reset");
+    // Every refusal is recorded, and counted.
+    let ev = d
+        .get(&format!("/v1/sessions/{id}/network/events"))
+        .expect(200, "events");
+    let seen: Vec<(String, String)> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        seen.contains(&("other.test".into(), "not in allow_out".into())),
+        "{ev}"
+    );
+    assert!(
+        seen.contains(&("evil.test".into(), "not in allow_out".into())),
+        "{ev}"
+    );
+    let metrics = d.get("/metrics").text;
+    let denials: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sandkasten_network_denials_total "))
+        .expect("the denials counter")
+        .parse()
+        .unwrap();
+    assert!(denials >= 2, "{denials}");
+    // A new policy: what was resolved under the old one is closed.
+    d.send(
+        d.request(reqwest::Method::PUT, &format!("/v1/sessions/{id}/network"))
+            .json(&json!({"mode": "full", "allow_out": ["other.test"]})),
+    )
+    .expect(200, "PUT network");
+    refused(&d, &id, &inet.v4(2), 8080);
+    assert_eq!(
+        d.sh(&id, "getent hosts app.test; echo rc=$?").trim(),
+        "rc=2"
+    );
+    let (out, _) = connect(&d, &id, "other.test", 8080);
+    assert!(
+        out.contains(&format!("hello {}", inet.v4(3))),
+        "other.test: {out}"
+    );
+}
