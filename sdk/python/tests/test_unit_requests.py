@@ -193,6 +193,23 @@ async def test_create_session_network_and_set_network(d: Daemon, flavor: str) ->
     await aclose(client)
 
 
+async def test_network_events(d: Daemon, flavor: str) -> None:
+    client: Any = d.async_client() if flavor == "async" else d.sync_client()
+    ev = {
+        "time": "2026-02-08T10:00:00.123Z",
+        "destination": "203.0.113.9:443",
+        "name": None,
+        "reason": "no host name (TLS SNI or HTTP Host) to check against allow_out",
+    }
+    d.on("GET", "/v1/sessions/2c0d6f/network/events", {"events": [ev]})
+    session = await maybe(client.create_session())
+    events = await maybe(session.network_events())
+    assert d.requests[-1].method == "GET"
+    assert d.requests[-1].url.path == "/v1/sessions/2c0d6f/network/events"
+    assert events == [sandkasten.NetworkEvent(**ev)]
+    await aclose(client)
+
+
 async def test_a_full_host_is_storage_full(flavor: str) -> None:
     d = Daemon()
     d.on("POST", "/v1/sessions", error(507, "STORAGE_FULL"))

@@ -42,6 +42,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    NetworkEvent,
     NetworkPolicy,
     PoolInfo,
     PortUrl,
@@ -719,6 +720,15 @@ def set_network(
         session_path(session_id) + "/network",
         lambda d: SessionInfo.from_json(_obj(d)),
         json=network_body(network),
+    )
+
+
+def network_events(session_id: str) -> Call[list[NetworkEvent]]:
+    """``GET /v1/sessions/{id}/network/events``: refusals, oldest first."""
+    return Call(
+        "GET",
+        session_path(session_id) + "/network/events",
+        lambda d: [NetworkEvent.from_json(_obj(e)) for e in _obj(d).get("events") or []],
     )
 
 

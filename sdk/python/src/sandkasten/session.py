@@ -16,6 +16,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    NetworkEvent,
     NetworkPolicy,
     PortUrl,
     ReadResult,
@@ -218,6 +219,13 @@ class Session(_core.SessionBase):
         """
         self._info = await self._client._run(_core.set_network(self._id, network))
         return self._info
+
+    async def network_events(self) -> list[NetworkEvent]:
+        """What the session's network policy refused, oldest first (the
+        latest 1000): names its DNS asked for and connections the daemon's
+        proxy reset (``GET /v1/sessions/{id}/network/events``).
+        """
+        return await self._client._run(_core.network_events(self._id))
 
     async def destroy(self) -> None:
         """Destroy the sandbox: its processes end and its ephemeral files are

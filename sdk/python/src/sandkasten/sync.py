@@ -27,6 +27,7 @@ from .types import (
     ExecResult,
     FileEntry,
     FileStat,
+    NetworkEvent,
     NetworkPolicy,
     PoolInfo,
     PortUrl,
@@ -371,6 +372,12 @@ class SyncSession(_core.SessionBase):
         """
         self._info = self._client._run(_core.set_network(self._id, network))
         return self._info
+
+    def network_events(self) -> list[NetworkEvent]:
+        """What the session's network policy refused, oldest first; see
+        :meth:`sandkasten.Session.network_events`.
+        """
+        return self._client._run(_core.network_events(self._id))
 
     def destroy(self) -> None:
         """Destroy the sandbox; a persistent workspace stays."""

@@ -149,6 +149,33 @@ class NetworkPolicy:
 
 
 @dataclass
+class NetworkEvent:
+    """One name or connection a session's network policy refused
+    (``Session.network_events``).
+    """
+
+    time: str
+    """RFC 3339, UTC."""
+    destination: str
+    """The name asked for (DNS), or ``address:port`` (a connection)."""
+    name: str | None
+    """The host name involved, where one is known."""
+    reason: str
+    """Why, e.g. ``not in allow_out``."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NetworkEvent:
+        """Build from one entry of ``events``."""
+        name = data.get("name")
+        return cls(
+            time=str(data["time"]),
+            destination=str(data["destination"]),
+            name=None if name is None else str(name),
+            reason=str(data["reason"]),
+        )
+
+
+@dataclass
 class SessionInfo:
     """What the daemon knows about a session (``GET /v1/sessions/{id}``)."""
 
