@@ -15,6 +15,18 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+/// A UDP socket and a TCP listener on one loopback port (a port free for
+/// UDP may be taken for TCP by another test: the next one is tried).
+async fn udp_and_tcp() -> (UdpSocket, TcpListener) {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP");
+}
+
 /// The upstream's zone: name → (records, ttl).
 fn zone(name: &str) -> Option<(Vec<IpAddr>, u32)> {
     let ips = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect();
@@ -56,9 +68,8 @@ fn upstream_answer(query: &[u8]) -> Vec<u8> {
 /// The test's upstream resolver on loopback (UDP and TCP, one port);
 /// counts the queries it got.
 async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (udp, tcp) = udp_and_tcp().await;
     let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
     let n = asked.clone();
     tokio::spawn(async move {
@@ -143,9 +154,8 @@ async fn guard(p: NetworkPolicy, upstream_at: Option<SocketAddr>) -> Guard {
         Arc::new(sandkasten_netguard::Resolved::default()),
         events.clone(),
     );
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (udp, tcp) = udp_and_tcp().await;
     let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
     tokio::spawn(server.clone().serve_udp(udp));
     tokio::spawn(server.serve_tcp(tcp));
     Guard {
