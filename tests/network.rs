@@ -444,3 +444,46 @@ fn a_pooled_sandbox_takes_its_policy_when_claimed() {
         "one veth: the claimed sandbox's"
     );
 }
+
+#[test]
+fn pooled_sandboxes_wait_with_a_closed_link_when_the_default_is_full() {
+    require_native("the native datapath");
+    let inet = Internet::new(5);
+    let d = Daemon::start_with(
+        &DataDir::new(),
+        Options {
+            config: Some(format!(
+                "{}defaults:\n  network_mode: full\n  deny_out: [\"{}\"]\npool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
+                config(),
+                inet.v4(3),
+                default_image()
+            )),
+            disable_pool: false,
+            ..Options::default()
+        },
+    );
+    let (_, prefix) = names(&d);
+    let idle = |d: &Daemon| {
+        d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1
+    };
+    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no pool");
+    assert_eq!(
+        links_with(&prefix).len(),
+        1,
+        "the idle pooled sandbox's link"
+    );
+    // Claimed with the defaults: open but for the default deny_out.
+    let v = d.create_session(json!({}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["deny_out"], json!([inet.v4(3)]));
+    let id = v["id"].as_str().unwrap().to_string();
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    // A create without network is served cold (removing a pooled link
+    // would cost more than a cold create) and has no link.
+    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no refill");
+    let v = d.create_session(json!({"network": {"mode": "none"}}));
+    assert_eq!(v["acquire_source"], "cold", "{v}");
+    let none = v["id"].as_str().unwrap();
+    assert_eq!(d.sh(none, "ip -o link show | wc -l").trim(), "1");
+}

@@ -246,8 +246,10 @@ fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
-/// The native runtime; `serve` also builds the sandbox network (the image
-/// commands must not touch a running daemon's rules).
+/// The native runtime; `serve` also builds the sandbox network where the
+/// operator allows `mode: full` (without it no sandbox can have a link, so
+/// the host's forwarding, nftables and Docker's chain are left alone; the
+/// image commands must not touch a running daemon's rules either).
 fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
@@ -259,7 +261,7 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         tmp_size_mb: cfg.defaults.tmp_size_mb,
         scratch_size_mb: cfg.disk.scratch_size_mb,
         min_free_mb: cfg.disk.min_free_mb,
-        network: if serve {
+        network: if serve && cfg.network_config()?.allow_full {
             Some(sandkasten_native::NetConfig {
                 ipv4_subnet: cfg
                     .network

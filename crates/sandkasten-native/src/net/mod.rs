@@ -149,6 +149,13 @@ impl Network {
         })
     }
 
+    /// Gives sandbox `id` its link and address, with no rules: everything
+    /// it sends is refused until [`Network::apply`] sets its policy.
+    pub fn prepare(&self, id: &str, pid: i32, pidfd: &OwnedFd) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.ensure_link(&mut st, id, pid, pidfd).map(|_| ())
+    }
+
     /// Gives sandbox `id` (whose init `pidfd` is proven, with host pid
     /// `pid`) the policy: its link for `full` (created if missing), its
     /// set elements replaced in one transaction; no link for `none`.
@@ -159,10 +166,43 @@ impl Network {
         pidfd: &OwnedFd,
         policy: &NetworkPolicy,
     ) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !policy.is_full() {
             return self.remove_locked(&mut st, id);
         }
+        let name = self.ensure_link(&mut st, id, pid, pidfd)?;
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        for (list, out) in [
+            (&policy.allow_out, &mut allow),
+            (&policy.deny_out, &mut deny),
+        ] {
+            out.extend(list.iter().filter_map(NetEntry::net).copied());
+            *out = disjoint(std::mem::take(out));
+        }
+        let new = nft::Elements::new(&name, policy.allow_out.is_empty(), &allow, &deny);
+        let mut batch = Vec::new();
+        if let Some(old) = st.elements.get(id) {
+            batch.extend(old.msgs(&self.table, false));
+        }
+        batch.extend(new.msgs(&self.table, true));
+        st.nft
+            .batch(batch)
+            .map_err(err("setting the sandbox's rules"))?;
+        st.elements.insert(id.to_string(), new);
+        tracing::debug!(session = %id, elapsed_us = started.elapsed().as_micros() as u64, "network policy applied");
+        Ok(())
+    }
+
+    /// The sandbox's veth name, after giving it a slot and its link where
+    /// it has none yet.
+    fn ensure_link(
+        &self,
+        st: &mut State,
+        id: &str,
+        pid: i32,
+        pidfd: &OwnedFd,
+    ) -> Result<String, RuntimeError> {
         let name = ifname(&self.prefix, id);
         let slot = match st.slots.get(id) {
             Some(s) => *s,
@@ -186,30 +226,12 @@ impl Network {
             .map_err(err("finding a veth"))?
             .is_none()
         {
-            if let Err(e) = self.link_up(&mut st, &name, slot, pid, pidfd) {
+            if let Err(e) = self.link_up(st, &name, slot, pid, pidfd) {
                 let _ = delete_link(&mut st.rtnl, &name);
                 return Err(e);
             }
         }
-        let (mut allow, mut deny) = (Vec::new(), Vec::new());
-        for (list, out) in [
-            (&policy.allow_out, &mut allow),
-            (&policy.deny_out, &mut deny),
-        ] {
-            out.extend(list.iter().filter_map(NetEntry::net).copied());
-            *out = disjoint(std::mem::take(out));
-        }
-        let new = nft::Elements::new(&name, policy.allow_out.is_empty(), &allow, &deny);
-        let mut batch = Vec::new();
-        if let Some(old) = st.elements.get(id) {
-            batch.extend(old.msgs(&self.table, false));
-        }
-        batch.extend(new.msgs(&self.table, true));
-        st.nft
-            .batch(batch)
-            .map_err(err("setting the sandbox's rules"))?;
-        st.elements.insert(id.to_string(), new);
-        Ok(())
+        Ok(name)
     }
 
     /// Creates the veth pair of a sandbox and configures both ends.
@@ -223,6 +245,7 @@ impl Network {
     ) -> Result<(), RuntimeError> {
         let addr4 = self.v4.nth(slot as u128).expect("slot within the subnet");
         let addr6 = self.v6.and_then(|n| n.nth(slot as u128));
+        let t0 = std::time::Instant::now();
         let netns = open_netns(pid, pidfd)?;
         st.rtnl
             .transact(vec![rtnl::create_veth(name, INNER, netns.as_raw_fd())])
@@ -244,7 +267,8 @@ impl Network {
         st.rtnl
             .transact(host)
             .map_err(err("configuring the host end"))?;
-        in_netns(netns, move |sock| {
+        let t1 = t0.elapsed().as_micros() as u64;
+        let r = in_netns(netns, move |sock| {
             let inner = rtnl::link_index(sock, INNER)?
                 .ok_or_else(|| io::Error::other("no eth0 in the sandbox"))?;
             let mut msgs = vec![
@@ -269,7 +293,13 @@ impl Network {
             }
             sock.transact(msgs)
         })
-        .map_err(err("configuring the sandbox end"))
+        .map_err(err("configuring the sandbox end"));
+        tracing::debug!(
+            host_us = t1,
+            total_us = t0.elapsed().as_micros() as u64,
+            "veth pair configured"
+        );
+        r
     }
 
     /// Removes what sandbox `id` has: its veth, its elements, its slot.
