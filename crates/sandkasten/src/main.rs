@@ -491,3 +491,27 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::network_column;
+    use serde_json::json;
+
+    #[test]
+    fn ps_shows_the_network_mode_and_whether_lists_narrow_it() {
+        let col = |v: serde_json::Value| network_column(Some(&v));
+        assert_eq!(
+            col(json!({"mode": "none", "allow_out": [], "deny_out": []})),
+            "none"
+        );
+        assert_eq!(
+            col(json!({"mode": "full", "allow_out": [], "deny_out": []})),
+            "full"
+        );
+        assert_eq!(
+            col(json!({"mode": "full", "allow_out": ["pypi.org"], "deny_out": ["203.0.113.9"]})),
+            "full+allow+deny"
+        );
+        assert_eq!(network_column(None), "-", "a daemon without policies");
+    }
+}
