@@ -399,27 +399,41 @@ fn nothing_is_left_after_destroy_and_after_sigkill_and_restart() {
     assert_eq!(docker_rules(&prefix), "", "DOCKER-USER rules after a stop");
 }
 
-#[test]
-fn a_pooled_sandbox_takes_its_policy_when_claimed() {
-    require_native("the native datapath");
-    let inet = Internet::new(4);
-    let d = Daemon::start_with(
+/// A daemon with a pool of one sandbox of the default image; `defaults` is
+/// YAML of its `defaults:` section (empty: none).
+fn pool_daemon(defaults: &str) -> Daemon {
+    Daemon::start_with(
         &DataDir::new(),
         Options {
             config: Some(format!(
-                "{}pool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
+                "{}{defaults}pool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
                 config(),
                 default_image()
             )),
             disable_pool: false,
             ..Options::default()
         },
+    )
+}
+
+/// Waits until the pool holds its idle sandbox again.
+#[track_caller]
+fn pool_full(d: &Daemon) {
+    let idle =
+        || d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1;
+    assert!(
+        wait_for(Duration::from_secs(30), idle),
+        "the pool did not fill"
     );
+}
+
+#[test]
+fn a_pooled_sandbox_takes_its_policy_when_claimed() {
+    require_native("the native datapath");
+    let inet = Internet::new(4);
+    let d = pool_daemon("");
     let (_, prefix) = names(&d);
-    let idle = |d: &Daemon| {
-        d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1
-    };
-    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no pool");
+    pool_full(&d);
     // Pooled sandboxes wait without a link.
     assert!(
         links_with(&prefix).is_empty(),
@@ -432,7 +446,7 @@ fn a_pooled_sandbox_takes_its_policy_when_claimed() {
     reaches(&d, &id, &inet.v4(2));
     refused(&d, &id, &inet.v4(3), 8080);
     // The next one, claimed without a network, has none.
-    assert!(wait_for(Duration::from_secs(30), || idle(&d)), "no refill");
+    pool_full(&d);
     let v = d.create_session(json!({}));
     assert_eq!(v["acquire_source"], "pool", "{v}");
     assert_eq!(v["network"]["mode"], "none");
@@ -513,7 +527,7 @@ except ConnectionResetError:
 #[test]
 fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
     require_native("the native datapath");
-    let inet = Internet::new(5);
+    let inet = Internet::new(7);
     inet.serve(&inet.v4(2), 80);
     let dns = upstream_dns(vec![
         ("app.test", inet.v4(2)),
@@ -603,4 +617,35 @@ fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
         out.contains(&format!("hello {}", inet.v4(3))),
         "other.test: {out}"
     );
+}
+
+#[test]
+fn pooled_sandboxes_wait_with_a_closed_link_when_the_default_is_full() {
+    require_native("the native datapath");
+    let inet = Internet::new(5);
+    let d = pool_daemon(&format!(
+        "defaults:\n  network_mode: full\n  deny_out: [\"{}\"]\n",
+        inet.v4(3)
+    ));
+    let (_, prefix) = names(&d);
+    pool_full(&d);
+    assert_eq!(
+        links_with(&prefix).len(),
+        1,
+        "the idle pooled sandbox's link"
+    );
+    // Claimed with the defaults: open but for the default deny_out.
+    let v = d.create_session(json!({}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["deny_out"], json!([inet.v4(3)]));
+    let id = v["id"].as_str().unwrap().to_string();
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    // A create without network is served cold (removing a pooled link
+    // would cost more than a cold create) and has no link.
+    pool_full(&d);
+    let v = d.create_session(json!({"network": {"mode": "none"}}));
+    assert_eq!(v["acquire_source"], "cold", "{v}");
+    let none = v["id"].as_str().unwrap();
+    assert_eq!(d.sh(none, "ip -o link show | wc -l").trim(), "1");
 }

@@ -974,6 +974,13 @@ pub fn check_session_info(v: &Value) -> String {
         disk.is_null() || disk.as_u64().is_some_and(|mb| mb >= 1),
         "disk_limit_mb neither null nor a positive integer: {v}"
     );
+    let mode = v["network"]["mode"].as_str().unwrap_or_default();
+    assert!(
+        (mode == "none" || mode == "full")
+            && v["network"]["allow_out"].is_array()
+            && v["network"]["deny_out"].is_array(),
+        "SessionInfo.network is not a policy: {v}"
+    );
     id
 }
 

@@ -1063,7 +1063,9 @@ async fn suite_readonly_rootfs(rt: &dyn Runtime, env: &Env) {
 }
 
 /// Network none: loopback only, and it works. Full network: docker's
-/// default bridge; refused by native (documented) without leftovers.
+/// default bridge; refused without leftovers by a native runtime built
+/// without a sandbox network, as here (the native datapath, policies and
+/// all, is tested end to end in tests/network.rs).
 async fn suite_network(rt: &dyn Runtime, env: &Env) {
     let ifaces = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '";
     let sb = env.create(env.spec()).await;

@@ -108,14 +108,12 @@ impl Engine {
             db.clone(),
             WarmTemplate {
                 limits: cfg.limits.clone(),
-                // Where the runtime gives running sandboxes their policy, a
-                // pooled one starts without network and takes the request's
-                // when it is handed out; elsewhere the mode is the default's.
-                network: if runtime.network_policies() {
-                    NetworkMode::None
-                } else {
-                    cfg.network.default.mode
-                },
+                // The default's mode. Where the runtime gives running
+                // sandboxes their policy, `full` means a link that allows
+                // nothing yet: the request's policy is set when the sandbox
+                // is handed out (one rules transaction), and a create
+                // asking for `none` removes the link.
+                network: cfg.network.default.mode,
                 readonly_rootfs: cfg.readonly_rootfs,
             },
         ));
@@ -503,9 +501,13 @@ impl Engine {
         let started = std::time::Instant::now();
         let pool = &self.inner.pool;
         let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
-        // A runtime without policies cannot change a pooled sandbox's mode.
-        let other_mode = !self.inner.runtime.network_policies()
-            && v.network.mode != self.inner.cfg.network.default.mode;
+        // A runtime without policies cannot change a pooled sandbox's mode;
+        // one with policies could remove a pooled sandbox's link, but
+        // deleting a veth waits for the kernel's RCU grace periods (tens of
+        // ms, more than a cold create): a create without network is served
+        // cold where pooled sandboxes wait with a link (default mode full).
+        let other_mode = v.network.mode != self.inner.cfg.network.default.mode
+            && (!self.inner.runtime.network_policies() || !v.network.is_full());
         let mut taken =
             if (wants_workspace && !self.inner.runtime.can_bind_workspace()) || other_mode {
                 pool.record_miss(&v.image);

@@ -380,9 +380,9 @@ impl Shared {
     ) -> Result<(LaunchSpec, Option<wsimage::Attached>), RuntimeError> {
         let dir = self.session_dir(&spec.id);
         let image = self.resolve_image(&spec.image)?;
-        if spec.network == NetworkMode::Full {
+        if spec.network == NetworkMode::Full && self.network.is_none() {
             return Err(RuntimeError::Unsupported(
-                "network_mode full".into(),
+                "network_mode full (the daemon runs without a sandbox network)".into(),
                 "native",
             ));
         }
@@ -902,7 +902,26 @@ impl Runtime for NativeRuntime {
             pid: report.pid,
             start_time: report.start_time,
         };
-        match self.connect(&spec.id).await {
+        let ready = match self.connect(&spec.id).await {
+            Ok(agent) if spec.network == NetworkMode::Full => {
+                // A link that allows nothing yet (a pooled sandbox's: its
+                // policy comes when it is handed out).
+                let h = handle.clone();
+                self.run("preparing a sandbox's link", move |s| {
+                    let pidfd = s
+                        .prove(&h)
+                        .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
+                    match &s.network {
+                        Some(n) => n.prepare(&h.id, h.pid, &pidfd),
+                        None => Ok(()),
+                    }
+                })
+                .await
+                .map(|()| agent)
+            }
+            other => other,
+        };
+        match ready {
             Ok(agent) => Ok(Sandbox { handle, agent }),
             Err(e) => {
                 let _ = self.destroy(&handle).await;

@@ -475,9 +475,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Whether this backend enforces [`NetworkPolicy`]s on running
     /// sandboxes ([`Runtime::set_network`]). Where it does, the engine
-    /// creates every sandbox without network and gives it its policy right
-    /// after (cold or pooled alike); where it does not, only the mode is
-    /// honoured, through [`SandboxSpec::network`] at create.
+    /// gives every sandbox its policy right after the create (cold) or
+    /// when it is handed out (pooled); [`SandboxSpec::network`] `Full`
+    /// then means a link that allows nothing until then (what pooled
+    /// sandboxes get when the default mode is full). Where it does not,
+    /// only the mode is honoured, through the spec.
     fn network_policies(&self) -> bool {
         false
     }

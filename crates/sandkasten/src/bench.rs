@@ -506,7 +506,35 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             };
             let r = pooled_series(&pool_api, n);
             drop(d);
-            r
+            // Pooled creates with a network, on a daemon whose default is
+            // full (its pooled sandboxes wait with a link that allows
+            // nothing; the claim sets the request's rules).
+            let (d, u) = start_daemon(
+                &generated_key,
+                Some(&format!(
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n\
+                     {NETWORK_CONFIG}defaults:\n  network_mode: full\n",
+                    n + 16
+                )),
+            )?;
+            let net_api = Api {
+                http: api.http.clone(),
+                url: u,
+                key: generated_key.clone(),
+            };
+            let net = pooled_network_series(&net_api, n);
+            drop(d);
+            match (r, net) {
+                (Ok(Some(mut s)), Ok(Some(extra))) => {
+                    s.push(extra);
+                    Ok(Some(s))
+                }
+                (r, Err(e)) => {
+                    println!("pooled creates with network: not measured ({e:#})");
+                    r
+                }
+                (r, _) => r,
+            }
         }
     };
     match pooled {
@@ -770,6 +798,42 @@ static NETWORK_POLICY: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
     || json!({"network": {"mode": "full", "allow_out": ["203.0.113.0/24", "2001:db8::/32"]}}),
 );
 
+/// Pooled creates with a network and the first exec after each, timed
+/// together (each sample waits, untimed, for a full pool).
+fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
+    let wait_full = || -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = api.call(reqwest::Method::GET, "/v1/pool", None)?;
+            if p["images"]["base"]["idle"].as_u64() == Some(3) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the pool did not refill within 60 s: {p}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let mut create_net = Series {
+        name: "pooled create + first exec, with network",
+        samples: vec![],
+    };
+    for _ in 0..n {
+        wait_full()?;
+        let mut body = NETWORK_POLICY.clone();
+        body["image"] = json!("base");
+        let (ms, v) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))?;
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        if v["acquire_source"] != "pool" {
+            bail!("a create with network and a full pool was not served from it: {v}");
+        }
+        let (exec_ms, _) = time(|| api.exec(&id, "true"))?;
+        create_net.samples.push(ms + exec_ms);
+        api.destroy(&id)?;
+    }
+    Ok(Some(create_net))
+}
+
 /// Pooled creates (without and with a workspace) and the first exec after
 /// each, against a daemon whose default image has a pool. Each sample waits
 /// (untimed) until the pool is back at target, so every sample is a hit.
@@ -821,28 +885,6 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
         name: "first exec after pooled create",
         samples: vec![],
     };
-    // A pooled create with a network (the link is made when the sandbox is
-    // claimed) and the first exec after it, together.
-    let mut create_net = Series {
-        name: "pooled create + first exec, with network",
-        samples: vec![],
-    };
-    for _ in 0..n {
-        wait_full()?;
-        let mut body = NETWORK_POLICY.clone();
-        body["image"] = json!(image);
-        let Ok((ms, v)) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))
-        else {
-            break;
-        };
-        let id = v["id"].as_str().unwrap_or_default().to_string();
-        if v["acquire_source"] != "pool" {
-            bail!("a create with network and a full pool was not served from it: {v}");
-        }
-        let (exec_ms, _) = time(|| api.exec(&id, "true"))?;
-        create_net.samples.push(ms + exec_ms);
-        api.destroy(&id)?;
-    }
     for i in 0..(2 * n) {
         wait_full()?;
         let body = if i % 2 == 0 {
@@ -890,7 +932,6 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
     }
     let all = [
         create,
-        create_net,
         create_ws,
         create_ws_cold,
         first_exec,

@@ -292,8 +292,10 @@ fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
-/// The native runtime; `serve` also builds the sandbox network (the image
-/// commands must not touch a running daemon's rules).
+/// The native runtime; `serve` also builds the sandbox network where the
+/// operator allows `mode: full` (without it no sandbox can have a link, so
+/// the host's forwarding, nftables and Docker's chain are left alone; the
+/// image commands must not touch a running daemon's rules either).
 fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
@@ -305,7 +307,7 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         tmp_size_mb: cfg.defaults.tmp_size_mb,
         scratch_size_mb: cfg.disk.scratch_size_mb,
         min_free_mb: cfg.disk.min_free_mb,
-        network: if serve {
+        network: if serve && cfg.network_config()?.allow_full {
             Some(sandkasten_native::NetConfig {
                 ipv4_subnet: cfg
                     .network
@@ -558,4 +560,28 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
         ImageCommand::Build(args) => imagebuild::run(args, &cfg, rt).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_column;
+    use serde_json::json;
+
+    #[test]
+    fn ps_shows_the_network_mode_and_whether_lists_narrow_it() {
+        let col = |v: serde_json::Value| network_column(Some(&v));
+        assert_eq!(
+            col(json!({"mode": "none", "allow_out": [], "deny_out": []})),
+            "none"
+        );
+        assert_eq!(
+            col(json!({"mode": "full", "allow_out": [], "deny_out": []})),
+            "full"
+        );
+        assert_eq!(
+            col(json!({"mode": "full", "allow_out": ["pypi.org"], "deny_out": ["203.0.113.9"]})),
+            "full+allow+deny"
+        );
+        assert_eq!(network_column(None), "-", "a daemon without policies");
+    }
 }

@@ -291,3 +291,27 @@ def test_pooled_create_with_workspace_and_env(
 
     text = client.metrics()
     assert metric_value(text, 'sandkasten_pool_hits_total{image="base"}') == after.hits
+
+
+def test_network_policy_on_create_and_live(client: SyncSandboxClient) -> None:
+    # The default daemon does not allow mode full: refused, naming the key.
+    with pytest.raises(sandkasten.InvalidRequest, match="allow_full"):
+        client.create_session(network={"mode": "full"})
+    with client.create_session(network="none") as session:
+        assert session.info().network == sandkasten.NetworkPolicy(mode="none")
+    # A daemon that allows it: a link under the policy, changed live.
+    from conftest import _run_daemon
+
+    policy = sandkasten.NetworkPolicy(allow_out=["203.0.113.0/24"])
+    with (
+        _run_daemon("network:\n  allow_full: true\n") as d,
+        sandkasten.SyncSandboxClient(base_url=d.url, api_key=d.api_key) as c,
+        c.create_session(network=policy) as session,
+    ):
+        assert session.last_info.network == policy
+        assert session.exec("ip -o link show | wc -l").output.strip() == "2", "lo and eth0"
+        with pytest.raises(sandkasten.InvalidRequest, match=r"10\.0\.0\.0/8"):
+            session.set_network({"mode": "full", "allow_out": ["10.0.0.0/8"]})
+        info = session.set_network("none")
+        assert info.network.mode == "none"
+        assert session.exec("ip -o link show | wc -l").output.strip() == "1"

@@ -194,6 +194,13 @@ impl Network {
         })
     }
 
+    /// Gives sandbox `id` its link and address, with no rules: everything
+    /// it sends is refused until [`Network::apply`] sets its policy.
+    pub fn prepare(&self, id: &str, pid: i32, pidfd: &OwnedFd) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.ensure_link(&mut st, id, pid, pidfd).map(|_| ())
+    }
+
     /// Gives sandbox `id` (whose init `pidfd` is proven, with host pid
     /// `pid`) the policy: its link for `full` (created if missing), its
     /// set elements replaced in one transaction; no link for `none`.
@@ -204,38 +211,12 @@ impl Network {
         pidfd: &OwnedFd,
         policy: &NetworkPolicy,
     ) -> Result<(), RuntimeError> {
+        let started = std::time::Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !policy.is_full() {
             return self.remove_locked(&mut st, id);
         }
-        let name = ifname(&self.prefix, id);
-        let slot = match st.slots.get(id) {
-            Some(s) => *s,
-            None => {
-                let s = (1u32..)
-                    .find(|s| !st.used.contains(s))
-                    .filter(|s| self.v4.nth(*s as u128 + 1).is_some())
-                    .ok_or_else(|| RuntimeError::Backend {
-                        context: "network".into(),
-                        message: format!("no free address in {} for another sandbox", self.v4),
-                    })?;
-                let path = self.sessions_dir.join(id).join(SLOT_FILE);
-                std::fs::write(&path, s.to_string())
-                    .map_err(RuntimeError::io_ctx(format!("writing {}", path.display())))?;
-                st.used.insert(s);
-                st.slots.insert(id.to_string(), s);
-                s
-            }
-        };
-        if rtnl::link_index(&mut st.rtnl, &name)
-            .map_err(err("finding a veth"))?
-            .is_none()
-        {
-            if let Err(e) = self.link_up(&mut st, &name, slot, pid, pidfd) {
-                let _ = delete_link(&mut st.rtnl, &name);
-                return Err(e);
-            }
-        }
+        let name = self.ensure_link(&mut st, id, pid, pidfd)?;
         let (mut allow, mut deny) = (Vec::new(), Vec::new());
         for (list, out) in [
             (&policy.allow_out, &mut allow),
@@ -268,7 +249,7 @@ impl Network {
         // What the sandbox resolved under its old policy is not open
         // under the new one.
         self.forget_resolved(&mut st, id);
-        if let Some(g) = &self.guard {
+        if let (Some(g), Some(slot)) = (&self.guard, st.slots.get(id).copied()) {
             let addrs: Vec<IpAddr> = self
                 .v4
                 .nth(slot as u128)
@@ -277,7 +258,48 @@ impl Network {
                 .collect();
             g.view.set(id, &addrs, policy);
         }
+        tracing::debug!(session = %id, elapsed_us = started.elapsed().as_micros() as u64, "network policy applied");
         Ok(())
+    }
+
+    /// The sandbox's veth name, after giving it a slot and its link where
+    /// it has none yet.
+    fn ensure_link(
+        &self,
+        st: &mut State,
+        id: &str,
+        pid: i32,
+        pidfd: &OwnedFd,
+    ) -> Result<String, RuntimeError> {
+        let name = ifname(&self.prefix, id);
+        let slot = match st.slots.get(id) {
+            Some(s) => *s,
+            None => {
+                let s = (1u32..)
+                    .find(|s| !st.used.contains(s))
+                    .filter(|s| self.v4.nth(*s as u128 + 1).is_some())
+                    .ok_or_else(|| RuntimeError::Backend {
+                        context: "network".into(),
+                        message: format!("no free address in {} for another sandbox", self.v4),
+                    })?;
+                let path = self.sessions_dir.join(id).join(SLOT_FILE);
+                std::fs::write(&path, s.to_string())
+                    .map_err(RuntimeError::io_ctx(format!("writing {}", path.display())))?;
+                st.used.insert(s);
+                st.slots.insert(id.to_string(), s);
+                s
+            }
+        };
+        if rtnl::link_index(&mut st.rtnl, &name)
+            .map_err(err("finding a veth"))?
+            .is_none()
+        {
+            if let Err(e) = self.link_up(st, &name, slot, pid, pidfd) {
+                let _ = delete_link(&mut st.rtnl, &name);
+                return Err(e);
+            }
+        }
+        Ok(name)
     }
 
     /// Deletes the DNS-learned elements of sandbox `id` (each on its own:
@@ -321,6 +343,7 @@ impl Network {
     ) -> Result<(), RuntimeError> {
         let addr4 = self.v4.nth(slot as u128).expect("slot within the subnet");
         let addr6 = self.v6.and_then(|n| n.nth(slot as u128));
+        let t0 = std::time::Instant::now();
         let netns = open_netns(pid, pidfd)?;
         st.rtnl
             .transact(vec![rtnl::create_veth(name, INNER, netns.as_raw_fd())])
@@ -342,7 +365,8 @@ impl Network {
         st.rtnl
             .transact(host)
             .map_err(err("configuring the host end"))?;
-        in_netns(netns, move |sock| {
+        let t1 = t0.elapsed().as_micros() as u64;
+        let r = in_netns(netns, move |sock| {
             let inner = rtnl::link_index(sock, INNER)?
                 .ok_or_else(|| io::Error::other("no eth0 in the sandbox"))?;
             let mut msgs = vec![
@@ -367,7 +391,13 @@ impl Network {
             }
             sock.transact(msgs)
         })
-        .map_err(err("configuring the sandbox end"))
+        .map_err(err("configuring the sandbox end"));
+        tracing::debug!(
+            host_us = t1,
+            total_us = t0.elapsed().as_micros() as u64,
+            "veth pair configured"
+        );
+        r
     }
 
     /// Removes what sandbox `id` has: its veth, its elements, its slot.
