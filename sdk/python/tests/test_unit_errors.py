@@ -43,6 +43,8 @@ CODES = {
     "CAPACITY_EXHAUSTED": (503, "CapacityExhausted"),
     "SHUTTING_DOWN": (503, "ShuttingDown"),
     "STORAGE_FULL": (507, "StorageFull"),
+    "PORT_NOT_LISTENING": (502, "PortNotListening"),
+    "PORT_UNREACHABLE": (502, "PortUnreachable"),
     "INTERNAL_ERROR": (500, "InternalError"),
 }
 

@@ -33,6 +33,8 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "PortNotListening",
+    "PortUnreachable",
     "SandkastenAPIError",
     "SandkastenConnectionError",
     "SandkastenError",
@@ -244,6 +246,20 @@ class ShuttingDown(SandkastenAPIError):
 class StorageFull(SandkastenAPIError):
     """507: the host's disk lacks room for another sandbox; running sessions
     keep working, and the same create succeeds once space returns.
+    """
+
+
+@_code("PORT_NOT_LISTENING")
+class PortNotListening(SandkastenAPIError):
+    """502: through the ports proxy, nothing listens on that TCP port inside
+    the sandbox (answered at once; ``details["port"]``).
+    """
+
+
+@_code("PORT_UNREACHABLE")
+class PortUnreachable(SandkastenAPIError):
+    """502: through the ports proxy, the port accepted no connection within
+    5 s, or its server broke off the exchange (``details["port"]``).
     """
 
 
