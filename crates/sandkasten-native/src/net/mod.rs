@@ -114,7 +114,7 @@ impl Network {
         }
         enable_forwarding(v6.is_some())?;
         let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
-        let mut nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
+        let nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
         let sessions_dir = data_dir.join("sessions");
         let slots = read_slots(&sessions_dir);
         let prefix = format!("{ANY_PREFIX}{tag}");
@@ -127,11 +127,12 @@ impl Network {
         }
         let table = format!("sandkasten_{tag}");
         let subnets: Vec<IpNet> = std::iter::once(v4).chain(v6).collect();
+        let used = slots.values().copied().collect();
         let state = Arc::new(Mutex::new(State {
             rtnl,
-            nft: Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?,
+            nft: nft_sock,
             slots,
-            used: BTreeSet::new(),
+            used,
             elements: HashMap::new(),
             proxied: BTreeSet::new(),
         }));
@@ -155,17 +156,18 @@ impl Network {
             deny_always: &cfg.deny_always,
             guard: guard.as_ref().map(|g| g.ports),
         });
-        batch.extend(nft::docker_cleanup(&mut nft_sock, &tag).map_err(err("reading DOCKER-USER"))?);
-        batch.extend(
-            nft::docker_accept(&mut nft_sock, &tag, &prefix).map_err(err("reading DOCKER-USER"))?,
-        );
-        nft_sock
-            .batch(batch)
-            .map_err(err("building the nftables table"))?;
         {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            st.used = st.slots.values().copied().collect();
-            st.nft = nft_sock;
+            batch.extend(
+                nft::docker_cleanup(&mut st.nft, &tag).map_err(err("reading DOCKER-USER"))?,
+            );
+            batch.extend(
+                nft::docker_accept(&mut st.nft, &tag, &prefix)
+                    .map_err(err("reading DOCKER-USER"))?,
+            );
+            st.nft
+                .batch(batch)
+                .map_err(err("building the nftables table"))?;
         }
         let resolv_conf = match &guard {
             Some(_) => {
@@ -403,7 +405,13 @@ impl Network {
     /// Removes what sandbox `id` has: its veth, its elements, its slot.
     pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.remove_locked(&mut st, id)
+        self.remove_locked(&mut st, id)?;
+        // The sandbox is gone: so is its record of refusals (kept across a
+        // change to `none`, which also removes its link).
+        if let Some(g) = &self.guard {
+            g.events.forget(id);
+        }
+        Ok(())
     }
 
     fn remove_locked(&self, st: &mut State, id: &str) -> Result<(), RuntimeError> {

@@ -666,54 +666,48 @@ impl Elements {
     }
 }
 
-/// Adds `ifname . addr` to the DNS-learned set of its family for `ttl`
-/// (an element already there keeps the set's own timeout update rules:
-/// refreshed where the kernel updates timeouts on re-add).
-pub fn dns_element(table: &str, ifname: &str, addr: &IpAddr, ttl_ms: u64) -> Msg {
-    let set = if addr.is_ipv4() { DNS4 } else { DNS6 };
-    let mut key = ifname_key(ifname).to_vec();
-    key.extend(octets(addr));
-    let mut m = Msg::nft(NEWSETELEM, NLM_F_CREATE, INET, "adding a resolved address");
+/// One element of `set`: added (with `timeout_ms` where the set takes
+/// timeouts; no EXCL, so one already there is no error) or deleted.
+fn one_element(table: &str, set: &str, key: &[u8], add: bool, timeout_ms: Option<u64>) -> Msg {
+    let mut m = if add {
+        Msg::nft(NEWSETELEM, NLM_F_CREATE, INET, "adding a set element")
+    } else {
+        Msg::nft(DELSETELEM, 0, INET, "deleting a set element")
+    };
     m.str(ELEM_LIST_TABLE, table).str(ELEM_LIST_SET, set);
     m.begin(ELEM_LIST_ELEMENTS).begin(LIST_ELEM);
-    m.begin(ELEM_KEY).attr(DATA_VALUE, &key).end();
-    m.attr(ELEM_TIMEOUT, &ttl_ms.to_be_bytes());
+    m.begin(ELEM_KEY).attr(DATA_VALUE, key).end();
+    if let Some(t) = timeout_ms {
+        m.attr(ELEM_TIMEOUT, &t.to_be_bytes());
+    }
     m.end().end();
     m
+}
+
+/// The DNS-learned set of `addr`'s family and its key `ifname . addr`.
+fn dns_key(ifname: &str, addr: &IpAddr) -> (&'static str, Vec<u8>) {
+    let mut key = ifname_key(ifname).to_vec();
+    key.extend(octets(addr));
+    (if addr.is_ipv4() { DNS4 } else { DNS6 }, key)
+}
+
+/// Adds `ifname . addr` to the DNS-learned set of its family for `ttl`
+/// (an element already there is refreshed where the kernel updates
+/// timeouts on re-add).
+pub fn dns_element(table: &str, ifname: &str, addr: &IpAddr, ttl_ms: u64) -> Msg {
+    let (set, key) = dns_key(ifname, addr);
+    one_element(table, set, &key, true, Some(ttl_ms))
 }
 
 /// Deletes `ifname . addr` from the DNS-learned set of its family.
 pub fn dns_element_delete(table: &str, ifname: &str, addr: &IpAddr) -> Msg {
-    let set = if addr.is_ipv4() { DNS4 } else { DNS6 };
-    let mut key = ifname_key(ifname).to_vec();
-    key.extend(octets(addr));
-    let mut m = Msg::nft(DELSETELEM, 0, INET, "deleting a resolved address");
-    m.str(ELEM_LIST_TABLE, table).str(ELEM_LIST_SET, set);
-    m.begin(ELEM_LIST_ELEMENTS).begin(LIST_ELEM);
-    m.begin(ELEM_KEY).attr(DATA_VALUE, &key).end();
-    m.end().end();
-    m
+    let (set, key) = dns_key(ifname, addr);
+    one_element(table, set, &key, false, None)
 }
 
 /// Adds (or deletes) a sandbox's veth in the proxied set.
 pub fn proxied_element(table: &str, ifname: &str, add: bool) -> Msg {
-    let mut m = if add {
-        Msg::nft(
-            NEWSETELEM,
-            NLM_F_CREATE,
-            INET,
-            "sending a sandbox to the proxy",
-        )
-    } else {
-        Msg::nft(DELSETELEM, 0, INET, "taking a sandbox off the proxy")
-    };
-    m.str(ELEM_LIST_TABLE, table).str(ELEM_LIST_SET, PROXIED);
-    m.begin(ELEM_LIST_ELEMENTS).begin(LIST_ELEM);
-    m.begin(ELEM_KEY)
-        .attr(DATA_VALUE, &ifname_key(ifname))
-        .end();
-    m.end().end();
-    m
+    one_element(table, PROXIED, &ifname_key(ifname), add, None)
 }
 
 /// Docker's chain where users add rules (`DOCKER-USER` of `ip filter` and
