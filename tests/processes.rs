@@ -40,7 +40,11 @@ fn collect(s: SseStream) -> (String, String, String, Value) {
     let (mut out, mut err, mut pty) = (String::new(), String::new(), String::new());
     let mut end = Value::Null;
     let events = s.rest();
-    assert_eq!(events.first().map(|e| e.event.as_str()), Some("start"), "{events:?}");
+    assert_eq!(
+        events.first().map(|e| e.event.as_str()),
+        Some("start"),
+        "{events:?}"
+    );
     for e in &events[1..] {
         let data = e.data["data"].as_str().unwrap_or_default();
         match e.event.as_str() {
@@ -51,7 +55,10 @@ fn collect(s: SseStream) -> (String, String, String, Value) {
             other => panic!("unexpected event {other}: {:?}", e.raw),
         }
     }
-    assert!(end.is_object(), "the stream ended without an end event: {events:?}");
+    assert!(
+        end.is_object(),
+        "the stream ended without an end event: {events:?}"
+    );
     (out, err, pty, end)
 }
 
@@ -65,7 +72,10 @@ fn a_process_streams_stdout_and_stderr_apart_and_reports_its_exit() {
         json!({"argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]}),
     );
     let (out, err, pty, end) = collect(s);
-    assert_eq!((out.as_str(), err.as_str(), pty.as_str()), ("out\n", "err\n", ""));
+    assert_eq!(
+        (out.as_str(), err.as_str(), pty.as_str()),
+        ("out\n", "err\n", "")
+    );
     assert_eq!(end["exit_code"], 3, "{end}");
     assert!(end["signal"].is_null(), "{end}");
 
@@ -75,8 +85,13 @@ fn a_process_streams_stdout_and_stderr_apart_and_reports_its_exit() {
     assert_eq!(p["exit_code"], 3, "{p}");
     assert_eq!(p["user"], "sandbox", "{p}");
     let pid = p["pid"].as_u64().unwrap();
-    let one = d.get(&format!("{}/{pid}", procs(&id))).expect(200, "status");
-    assert_eq!(one["argv"], json!(["sh", "-c", "echo out; echo err >&2; exit 3"]));
+    let one = d
+        .get(&format!("{}/{pid}", procs(&id)))
+        .expect(200, "status");
+    assert_eq!(
+        one["argv"],
+        json!(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    );
 }
 
 #[test]
@@ -100,7 +115,10 @@ fn a_background_process_outlives_its_client_and_replays_its_output() {
     assert_eq!(first.event, "start");
     assert_eq!(first.data["pid"], pid);
     let one = s.next_event().unwrap();
-    assert_eq!((one.event.as_str(), one.data["data"].as_str()), ("stdout", Some("one\n")));
+    assert_eq!(
+        (one.event.as_str(), one.data["data"].as_str()),
+        ("stdout", Some("one\n"))
+    );
     drop(s);
     let st = d.get(&format!("{}/job", procs(&id))).expect(200, "status");
     assert_eq!(st["running"], true, "{st}");
@@ -118,8 +136,11 @@ fn a_background_process_outlives_its_client_and_replays_its_output() {
 fn stdin_takes_whole_bodies_and_streams_and_then_closes() {
     let d = Daemon::start(None);
     let id = d.new_session();
-    d.post(&procs(&id), &json!({"argv": ["cat"], "stdin": true, "tag": "cat"}))
-        .expect(201, "start cat");
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["cat"], "stdin": true, "tag": "cat"}),
+    )
+    .expect(201, "start cat");
     let stdin = format!("{}/cat/stdin", procs(&id));
     let r = d.send(d.request(reqwest::Method::POST, &stdin).body("hello\n"));
     r.expect(200, "stdin");
@@ -139,8 +160,11 @@ fn stdin_takes_whole_bodies_and_streams_and_then_closes() {
     late.assert_error(409, "PROCESS_ENDED", "stdin to an ended process");
 
     // A process started without stdin has none.
-    d.post(&procs(&id), &json!({"argv": ["sleep", "30"], "tag": "nostdin"}))
-        .expect(201, "start");
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["sleep", "30"], "tag": "nostdin"}),
+    )
+    .expect(201, "start");
     let r = d.send(
         d.request(
             reqwest::Method::POST,
@@ -165,17 +189,31 @@ fn signals_reach_the_process_group_and_its_end_says_which() {
         .expect(200, "signal");
     let (out, _, _, end) = collect(attach(&d, &id, &pid, ""));
     assert_eq!(out, "");
-    assert_eq!((end["exit_code"].as_i64(), end["signal"].as_i64()), (Some(143), Some(15)), "{end}");
+    assert_eq!(
+        (end["exit_code"].as_i64(), end["signal"].as_i64()),
+        (Some(143), Some(15)),
+        "{end}"
+    );
     assert!(
-        !d.sh(&id, "ps -eo comm 2>/dev/null || ls /proc").contains("sleep"),
+        !d.sh(&id, "ps -eo comm 2>/dev/null || ls /proc")
+            .contains("sleep"),
         "the group's sleep survived"
     );
-    d.post(&signal, &json!({"signal": 9}))
-        .assert_error(409, "PROCESS_ENDED", "a signal to an ended process");
-    d.post(&format!("{}/99999/signal", procs(&id)), &json!({"signal": "KILL"}))
-        .assert_error(404, "PROCESS_NOT_FOUND", "a signal to no process");
-    d.post(&signal, &json!({"signal": "NOPE"}))
-        .assert_error(400, "INVALID_REQUEST", "an unknown signal");
+    d.post(&signal, &json!({"signal": 9})).assert_error(
+        409,
+        "PROCESS_ENDED",
+        "a signal to an ended process",
+    );
+    d.post(
+        &format!("{}/99999/signal", procs(&id)),
+        &json!({"signal": "KILL"}),
+    )
+    .assert_error(404, "PROCESS_NOT_FOUND", "a signal to no process");
+    d.post(&signal, &json!({"signal": "NOPE"})).assert_error(
+        400,
+        "INVALID_REQUEST",
+        "an unknown signal",
+    );
 }
 
 #[test]
@@ -213,8 +251,11 @@ fn a_pty_process_is_a_terminal_that_can_be_resized() {
     assert_eq!(end["exit_code"], 0);
 
     // Resizing what has no PTY is refused.
-    d.post(&procs(&id), &json!({"argv": ["sleep", "30"], "tag": "plain"}))
-        .expect(201, "start");
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["sleep", "30"], "tag": "plain"}),
+    )
+    .expect(201, "start");
     d.post(
         &format!("{}/plain/resize", procs(&id)),
         &json!({"rows": 30, "cols": 100}),
@@ -224,7 +265,8 @@ fn a_pty_process_is_a_terminal_that_can_be_resized() {
 
 /// The rest of a stream whose `start` was read already.
 fn collect_rest(mut s: SseStream) -> (String, String, String, Value) {
-    let (mut out, mut err, mut pty, mut end) = (String::new(), String::new(), String::new(), Value::Null);
+    let (mut out, mut err, mut pty, mut end) =
+        (String::new(), String::new(), String::new(), Value::Null);
     while let Some(e) = s.next_event() {
         let data = e.data["data"].as_str().unwrap_or_default();
         match e.event.as_str() {
@@ -294,7 +336,8 @@ fn bad_process_requests_are_clear_errors() {
     let d = Daemon::start(None);
     let id = d.new_session();
     let p = procs(&id);
-    d.post(&p, &json!({})).assert_error(400, "INVALID_REQUEST", "neither cmd nor argv");
+    d.post(&p, &json!({}))
+        .assert_error(400, "INVALID_REQUEST", "neither cmd nor argv");
     d.post(&p, &json!({"cmd": "x", "argv": ["y"]}))
         .assert_error(400, "INVALID_REQUEST", "both");
     d.post(&p, &json!({"argv": ["no-such-program-here"]}))
@@ -303,21 +346,31 @@ fn bad_process_requests_are_clear_errors() {
         .assert_error(400, "PROCESS_START_FAILED", "a missing cwd");
     d.post(&p, &json!({"argv": ["true"], "tag": "12"}))
         .assert_error(400, "INVALID_REQUEST", "a numeric tag");
-    d.post(&p, &json!({"argv": ["true"], "pty": {"rows": 0, "cols": 1}}))
-        .assert_error(400, "INVALID_REQUEST", "a zero PTY");
+    d.post(
+        &p,
+        &json!({"argv": ["true"], "pty": {"rows": 0, "cols": 1}}),
+    )
+    .assert_error(400, "INVALID_REQUEST", "a zero PTY");
     d.post(&p, &json!({"argv": ["sleep", "30"], "tag": "dup"}))
         .expect(201, "first");
     d.post(&p, &json!({"argv": ["sleep", "30"], "tag": "dup"}))
         .assert_error(409, "TAG_IN_USE", "a second running process with the tag");
-    d.get(&format!("{p}/nosuch")).assert_error(404, "PROCESS_NOT_FOUND", "unknown tag");
-    d.get(&format!("{p}/a%2Fb")).assert_error(400, "INVALID_REQUEST", "a bad ref");
-    d.get("/v1/sessions/nosuchsession/processes")
-        .assert_error(404, "SESSION_NOT_FOUND", "unknown session");
+    d.get(&format!("{p}/nosuch"))
+        .assert_error(404, "PROCESS_NOT_FOUND", "unknown tag");
+    d.get(&format!("{p}/a%2Fb"))
+        .assert_error(400, "INVALID_REQUEST", "a bad ref");
+    d.get("/v1/sessions/nosuchsession/processes").assert_error(
+        404,
+        "SESSION_NOT_FOUND",
+        "unknown session",
+    );
     // The session still works.
     assert_eq!(d.sh(&id, "echo ok"), "ok\n");
     // Not a leak: the agent waits for the killed group.
     wait_for(Duration::from_secs(5), || {
-        d.post(&format!("{p}/dup/signal"), &json!({"signal": "KILL"})).status == 200
+        d.post(&format!("{p}/dup/signal"), &json!({"signal": "KILL"}))
+            .status
+            == 200
     });
 }
 

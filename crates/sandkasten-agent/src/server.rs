@@ -321,7 +321,8 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
             let started = agent.procs.start(spec, &agent.shell.config());
             match (started, prepared) {
                 (Ok(p), Prepared::Read(flow)) if attach => {
-                    let ended = p.attach(false, &flow, &mut |r| reply(r));
+                    // From its first byte: the pump may have read some already.
+                    let ended = p.attach(true, &flow, &mut |r| reply(r));
                     lock(&agent.reads).remove(&(conn, id));
                     return finish_stream(ended);
                 }
