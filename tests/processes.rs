@@ -519,3 +519,34 @@ fn a_pty_websocket_carries_bytes_both_ways_and_resizes() {
     d.get(&format!("/v1/sessions/{id}/pty"))
         .assert_error(400, "INVALID_REQUEST", "a plain GET");
 }
+
+#[test]
+fn only_the_newest_ended_processes_keep_their_output() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for i in 0..10 {
+        let (out, _, _, end) = collect(start_stream(
+            &d,
+            &id,
+            json!({"argv": ["echo", format!("n{i}")], "tag": format!("p{i}")}),
+        ));
+        assert_eq!(
+            (out, end["exit_code"].as_i64()),
+            (format!("n{i}\n"), Some(0))
+        );
+    }
+    // The oldest two are listed and reattach to their end alone; the
+    // newest eight still replay.
+    let (out, _, _, end) = collect(attach(&d, &id, "p1", ""));
+    assert_eq!((out.as_str(), end["exit_code"].as_i64()), ("", Some(0)));
+    let (out, ..) = collect(attach(&d, &id, "p2", ""));
+    assert_eq!(out, "n2\n");
+    assert_eq!(
+        d.get(&procs(&id))
+            .expect(200, "list")
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+}
