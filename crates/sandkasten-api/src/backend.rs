@@ -127,6 +127,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn pool_stats(&self) -> PoolStats;
     fn metrics(&self) -> MetricsSnapshot;
 
+    // Pause and resume: proven end to end (tests/lifecycle.rs), hence the
+    // defaults.
+    async fn pause_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
+        Err(unsupported_here("pause"))
+    }
+    async fn resume_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
+        Err(unsupported_here("resume"))
+    }
+
     // Processes: proven end to end (tests/processes.rs), hence the
     // defaults.
     async fn start_process(
@@ -322,6 +331,12 @@ impl Backend for Engine {
     }
     async fn connect_port(&self, id: &str, port: u16) -> Result<PortStream, EngineError> {
         Engine::connect_port(self, id, port).await
+    }
+    async fn pause_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        Engine::pause_session(self, id).await
+    }
+    async fn resume_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        Engine::resume_session(self, id).await
     }
     async fn start_process(
         &self,

@@ -120,7 +120,9 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{exec, files, pool, ports, processes, pty, sessions, system, workspaces};
+    use routes::{
+        exec, files, lifecycle, pool, ports, processes, pty, sessions, system, workspaces,
+    };
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
         .routes(routes!(pool::pool))
@@ -129,6 +131,8 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::get_session, sessions::destroy_session))
         .routes(routes!(sessions::session_stats))
         .routes(routes!(sessions::set_network))
+        .routes(routes!(lifecycle::pause_session))
+        .routes(routes!(lifecycle::resume_session))
         .routes(routes!(sessions::network_events))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))

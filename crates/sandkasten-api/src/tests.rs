@@ -1910,6 +1910,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}"),
     ("delete", "/v1/sessions/{id}"),
     ("get", "/v1/sessions/{id}/stats"),
+    ("post", "/v1/sessions/{id}/pause"),
+    ("post", "/v1/sessions/{id}/resume"),
     ("post", "/v1/sessions/{id}/exec"),
     ("post", "/v1/sessions/{id}/exec/stream"),
     ("post", "/v1/sessions/{id}/processes"),

@@ -829,6 +829,7 @@ mod tests {
             (engine::SessionState::Expired, "expired"),
             (engine::SessionState::Lost, "lost"),
             (engine::SessionState::Failed, "failed"),
+            (engine::SessionState::Paused, "paused"),
         ] {
             s.status = state;
             let v = serde_json::to_value(SessionInfo::from(s.clone())).unwrap();

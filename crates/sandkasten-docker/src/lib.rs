@@ -144,6 +144,9 @@ pub struct DockerRuntime {
     /// is `runsc`): their pids limit is then kept inside gVisor's kernel
     /// (see [`host_pids_limit`]).
     gvisor: bool,
+    /// Containers this daemon paused (unpaused before removal: a paused
+    /// container's processes do not die until thawed).
+    paused: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Host tasks gVisor may use for itself and for the processes inside.
@@ -545,6 +548,7 @@ impl DockerRuntime {
             transport,
             storage_size,
             gvisor,
+            paused: Default::default(),
         };
         rt.remove_leftover_helpers().await?;
         Ok(rt)
@@ -718,6 +722,10 @@ impl Runtime for DockerRuntime {
             .force(true)
             .v(true)
             .build();
+        if self.paused.lock().unwrap().remove(id) {
+            // A paused container's processes do not die until thawed.
+            let _ = self.docker.unpause_container(&name).await;
+        }
         match self.docker.remove_container(&name, Some(opts)).await {
             Ok(()) => {}
             Err(e) if status_of(&e) == Some(404) => {}
@@ -753,6 +761,34 @@ impl Runtime for DockerRuntime {
             hostfs::remove_run_dir(&run).map_err(RuntimeError::io_ctx(what))
         })
         .await
+    }
+
+    async fn pause(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let name = container_name(&handle.id);
+        match self.docker.pause_container(&name).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(RuntimeError::Gone(handle.id.clone()))
+            }
+            Err(e) => return Err(api_err(format!("pausing {name}"))(e)),
+        }
+        self.paused.lock().unwrap().insert(handle.id.clone());
+        Ok(())
+    }
+
+    async fn resume(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let name = container_name(&handle.id);
+        match self.docker.unpause_container(&name).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(RuntimeError::Gone(handle.id.clone()))
+            }
+            // Not paused (a pause the daemon's restart forgot): running.
+            Err(e) if status_of(&e) == Some(409) => {}
+            Err(e) => return Err(api_err(format!("resuming {name}"))(e)),
+        }
+        self.paused.lock().unwrap().remove(&handle.id);
+        Ok(())
     }
 
     async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {

@@ -38,12 +38,12 @@ pub struct Engine {
 }
 
 pub(crate) struct Inner {
-    cfg: EngineConfig,
-    runtime: Arc<dyn Runtime>,
-    db: Db,
-    sessions: Arc<SessionTable>,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) db: Db,
+    pub(crate) sessions: Arc<SessionTable>,
     /// Wakes the reaper when an expiry moves earlier.
-    reaper_wake: Notify,
+    pub(crate) reaper_wake: Notify,
     /// Set by [`Engine::shutdown`]: creates answer `ShuttingDown`.
     closing: std::sync::atomic::AtomicBool,
     pub(crate) workspaces: Arc<Workspaces>,
@@ -167,10 +167,19 @@ impl Engine {
                 pid: rec.pid,
                 start_time: rec.pid_start_time,
             };
-            let alive = if rec.state == SessionState::Running {
-                self.reconnect(&handle).await.ok()
-            } else {
-                None
+            let alive = match rec.state {
+                SessionState::Running => self.reconnect(&handle).await.ok(),
+                // A frozen agent does not answer: thawed for the reattach,
+                // frozen again right after (its processes run for that
+                // moment).
+                SessionState::Paused => match self.inner.runtime.resume(&handle).await {
+                    Ok(()) => self.reconnect(&handle).await.ok(),
+                    Err(e) => {
+                        tracing::warn!(session = %rec.id, "thawing a paused sandbox: {e}");
+                        None
+                    }
+                },
+                _ => None,
             };
             let network = stored_policy(&rec);
             let alive = match alive {
@@ -207,7 +216,11 @@ impl Engine {
                         },
                         sandbox,
                     );
-                    self.register(session, queue);
+                    let paused = rec.state == SessionState::Paused;
+                    self.register(session.clone(), queue);
+                    if paused {
+                        self.repause(&session, from_ms(rec.expires_at_ms)).await;
+                    }
                 }
                 None => {
                     tracing::info!(session = %rec.id, state = %rec.state.as_str(), "sandbox is gone; cleaning up");
@@ -248,7 +261,7 @@ impl Engine {
             let mut next: Option<OffsetDateTime> = None;
             let mut expired = Vec::new();
             for s in self.inner.sessions.all() {
-                let Some(expires_at) = s.running_expiry() else {
+                let Some(expires_at) = s.expiry() else {
                     continue;
                 };
                 if expires_at <= t {
@@ -360,9 +373,13 @@ impl Engine {
         }
     }
 
-    /// A running session, its TTL extended by this activity.
-    fn active(&self, id: &str) -> Result<Arc<Session>, EngineError> {
+    /// A running session, its TTL extended by this activity; a paused one
+    /// is resumed first (any call to it resumes it).
+    pub(crate) async fn live(&self, id: &str) -> Result<Arc<Session>, EngineError> {
         let s = self.inner.sessions.get(id)?;
+        if s.state() == SessionState::Paused {
+            self.resume(&s).await?;
+        }
         s.touch(now())?;
         Ok(s)
     }
@@ -787,7 +804,7 @@ impl Engine {
         id: &str,
         req: crate::NetworkRequest,
     ) -> Result<SessionInfo, EngineError> {
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         let policy = self.inner.cfg.network.resolve(req)?;
         self.runtime_takes(&policy)?;
         let _order = s.network_change.lock().await;
@@ -879,8 +896,13 @@ impl Engine {
         result.map_err(EngineError::runtime("destroying the sandbox"))
     }
 
+    /// Usage of a running session (activity: its TTL restarts) or of a
+    /// paused one (reading it does not resume it).
     pub async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
-        let s = self.active(id)?;
+        let s = self.inner.sessions.get(id)?;
+        if s.state() != SessionState::Paused {
+            s.touch(now())?;
+        }
         self.inner
             .runtime
             .stats(&s.handle)
@@ -897,7 +919,7 @@ impl Engine {
                 "port must be from 1 to 65535".into(),
             ));
         }
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         match self.inner.runtime.connect_port(&s.handle, port).await {
             Ok(stream) => Ok(stream),
             Err(RuntimeError::PortClosed(port)) => Err(PortError::NotListening {
@@ -972,7 +994,7 @@ impl Engine {
     /// are returned here; later ones arrive as `ExecEvent::Error`.
     pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
         let (timeout_ms, max_output) = self.exec_params(&req)?;
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         let (tx, rx) = mpsc::channel::<ExecEvent>(64);
         let queued = s.enqueue(ExecJob {
             cmd: req.cmd,
@@ -1095,7 +1117,7 @@ impl Engine {
         &self,
         id: &str,
     ) -> Result<(Arc<Session>, AgentClient), EngineError> {
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         let agent = s.connected_agent().await;
         Ok((s, agent))
     }

@@ -71,6 +71,9 @@ pub(crate) struct Session {
     /// callers waiting for a reconnection stop waiting.
     agent_lost: AtomicBool,
     live: Mutex<Live>,
+    /// Orders pauses and resumes of this session (held across the
+    /// runtime's freeze or thaw, by those only).
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
     /// The exec queue (see the module doc).
     execs: mpsc::UnboundedSender<ExecJob>,
 }
@@ -108,6 +111,7 @@ impl Session {
                 expires_at: p.expires_at,
                 cwd: p.cwd,
             }),
+            lifecycle: tokio::sync::Mutex::new(()),
             execs,
         });
         (s, queue)
@@ -143,10 +147,48 @@ impl Session {
         self.live.lock().unwrap().state
     }
 
-    /// Expiry of a running session (`None` once it is not running).
-    pub(crate) fn running_expiry(&self) -> Option<OffsetDateTime> {
+    /// Expiry of a running or paused session (`None` otherwise): the TTL
+    /// of a running one, the paused limit of a paused one.
+    pub(crate) fn expiry(&self) -> Option<OffsetDateTime> {
         let live = self.live.lock().unwrap();
-        (live.state == SessionState::Running).then_some(live.expires_at)
+        matches!(live.state, SessionState::Running | SessionState::Paused)
+            .then_some(live.expires_at)
+    }
+
+    /// Running → Paused, expiring at `expires_at` unless resumed; returns
+    /// (expiry, cwd) to persist.
+    pub(crate) fn set_paused(
+        &self,
+        expires_at: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.state = SessionState::Paused;
+        live.expires_at = expires_at;
+        Ok((live.expires_at, live.cwd.clone()))
+    }
+
+    /// Paused → Running, its TTL counting from `now` (a resume is
+    /// activity); returns (expiry, cwd) to persist.
+    pub(crate) fn set_resumed(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Paused {
+            return Err(SessionError::NotPaused {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.state = SessionState::Running;
+        live.expires_at = now + time::Duration::seconds(self.ttl_seconds as i64);
+        Ok((live.expires_at, live.cwd.clone()))
     }
 
     /// Checks that the session runs and extends its TTL by this activity.
@@ -162,10 +204,10 @@ impl Session {
         Ok(())
     }
 
-    /// Running → Destroying; `NotRunning` from any other state.
+    /// Running or Paused → Destroying; `NotRunning` from any other state.
     pub(crate) fn begin_destroy(&self) -> Result<(), SessionError> {
         let mut live = self.live.lock().unwrap();
-        if live.state != SessionState::Running {
+        if !matches!(live.state, SessionState::Running | SessionState::Paused) {
             return Err(SessionError::NotRunning {
                 id: self.id.clone(),
                 state: live.state,

@@ -324,6 +324,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         default_image: cfg.default_image.clone(),
         allowed_images: cfg.allowed_images.clone(),
         session_ttl_seconds: cfg.session_ttl_seconds,
+        paused_ttl_seconds: cfg.paused_ttl_seconds,
         max_sessions: cfg.max_sessions,
         limits: Limits {
             memory_mb: cfg.defaults.mem_limit_mb,
