@@ -18,6 +18,7 @@
 //! version. Protocol 2 added streamed reads ([`Request::ReadStream`]);
 //! a protocol 1 agent is read with [`Request::ReadFile`]. Protocol 3 added
 //! [`Request::OpenPort`] (a connection to a TCP port inside the sandbox).
+//! Protocol 4 added [`Request::Rename`].
 //!
 //! # Port pipes
 //!
@@ -48,13 +49,16 @@ mod launch;
 pub use launch::*;
 
 /// Protocol version; the agent reports it in [`Response::Pong`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first protocol with [`Request::ReadStream`].
 pub const STREAMED_READS_SINCE: u32 = 2;
 
 /// The first protocol with [`Request::OpenPort`].
 pub const PORTS_SINCE: u32 = 3;
+
+/// The first protocol with [`Request::Rename`].
+pub const RENAME_SINCE: u32 = 4;
 
 /// Largest chunk of a streamed read ([`Response::FileChunk`]).
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -153,6 +157,10 @@ pub enum Request {
     /// see "Port pipes"). Answered with `Ok` or `Error` (`NotFound` when
     /// nothing listens).
     OpenPort { port: u16 },
+    /// Rename `from` to `to` (absolute paths; protocol 4), replacing a
+    /// file or empty directory at `to` and creating `to`'s missing
+    /// parents. Answered with `Ok`.
+    Rename { from: String, to: String },
 }
 
 /// Agent -> daemon.
