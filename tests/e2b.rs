@@ -15,16 +15,18 @@ use sha2::{Digest, Sha256};
 
 /// A sandbox made through the E2B control plane: (id, envd access token).
 fn e2b_sandbox(d: &Daemon, body: Value) -> (String, String) {
-    let r = d.send(
-        d.client
-            .post(format!("{}/v2/sandboxes", d.url))
-            .header("X-API-KEY", &d.key)
-            .json(&body),
-    );
+    let r = d.send(ctl(d, reqwest::Method::POST, "/v2/sandboxes").json(&body));
     let v = r.expect(201, "POST /v2/sandboxes");
     let id = v["sandboxID"].as_str().unwrap().to_string();
     d.home.remember(&id);
     (id, v["envdAccessToken"].as_str().unwrap().to_string())
+}
+
+/// A control-plane request with the key in `X-API-KEY`.
+fn ctl(d: &Daemon, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+    d.client
+        .request(method, format!("{}{path}", d.url))
+        .header("X-API-KEY", &d.key)
 }
 
 /// An envd request for sandbox `id` with `token`.
@@ -91,12 +93,7 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
         json!({"templateID": "base", "network": {"allowOut": ["example.com"]}}),
         json!({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]}),
     ] {
-        let r = d.send(
-            d.client
-                .post(format!("{}/v2/sandboxes", d.url))
-                .header("X-API-KEY", &d.key)
-                .json(&body),
-        );
+        let r = d.send(ctl(&d, reqwest::Method::POST, "/v2/sandboxes").json(&body));
         assert_eq!(
             (r.status, &r.json["code"]),
             (400, &json!(400)),
@@ -105,9 +102,7 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
         );
     }
     let r = d.send(
-        d.client
-            .post(format!("{}/sandboxes", d.url))
-            .header("X-API-KEY", &d.key)
+        ctl(&d, reqwest::Method::POST, "/sandboxes")
             .header("Content-Type", "application/json")
             .body("{not json"),
     );
@@ -123,18 +118,18 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
     assert_eq!(own["metadata"], json!({"owner": "t1", "run": "7"}));
     assert_eq!(d.sh(&id, "echo $GREETING").trim(), "hallo");
     // Pause is refused clearly; unknown routes are E2B 404s.
-    let r = d.send(
-        d.client
-            .post(format!("{}/sandboxes/{id}/pause", d.url))
-            .header("X-API-KEY", &d.key),
-    );
+    let r = d.send(ctl(
+        &d,
+        reqwest::Method::POST,
+        &format!("/sandboxes/{id}/pause"),
+    ));
     assert_eq!(r.status, 501, "{}", r.text);
     assert!(r.json["message"].as_str().unwrap().contains("pausing"));
-    let r = d.send(
-        d.client
-            .get(format!("{}/sandboxes/{id}/nothing", d.url))
-            .header("X-API-KEY", &d.key),
-    );
+    let r = d.send(ctl(
+        &d,
+        reqwest::Method::GET,
+        &format!("/sandboxes/{id}/nothing"),
+    ));
     assert_eq!(
         (r.status, &r.json["code"]),
         (404, &json!(404)),
@@ -144,21 +139,19 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
 
     // A restart keeps the metadata, the token, and the timeout.
     let r = d.send(
-        d.client
-            .post(format!("{}/sandboxes/{id}/timeout", d.url))
-            .header("X-API-KEY", &d.key)
-            .json(&json!({"timeout": 1234})),
+        ctl(
+            &d,
+            reqwest::Method::POST,
+            &format!("/sandboxes/{id}/timeout"),
+        )
+        .json(&json!({"timeout": 1234})),
     );
     assert_eq!(r.status, 204, "{}", r.text);
     let home = d.home.clone();
     let (status, _) = d.terminate();
     assert!(status.success());
     let d = Daemon::start_in(&home, None);
-    let r = d.send(
-        d.client
-            .get(format!("{}/sandboxes/{id}", d.url))
-            .header("X-API-KEY", &d.key),
-    );
+    let r = d.send(ctl(&d, reqwest::Method::GET, &format!("/sandboxes/{id}")));
     let v = r.expect(200, "GET /sandboxes/{id} after a restart");
     assert_eq!(v["metadata"], json!({"owner": "t1", "run": "7"}));
     assert_eq!(v["envdAccessToken"], token);
@@ -174,13 +167,7 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
         &d,
         json!({"templateID": "base", "metadata": {"owner": "t2"}}),
     );
-    let list = |q: &str| {
-        d.send(
-            d.client
-                .get(format!("{}/v2/sandboxes?{q}", d.url))
-                .header("X-API-KEY", &d.key),
-        )
-    };
+    let list = |q: &str| d.send(ctl(&d, reqwest::Method::GET, &format!("/v2/sandboxes?{q}")));
     let r = list("metadata=owner%3Dt2");
     let v = r.expect(200, "list by metadata");
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
@@ -188,22 +175,22 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
     let r = list("limit=1");
     assert_eq!(r.json.as_array().unwrap().len(), 1, "{}", r.text);
     let first = r.json[0]["sandboxID"].as_str().unwrap().to_string();
-    let r2 = d.send(
-        d.client
-            .get(format!("{}/v2/sandboxes?limit=1&nextToken={first}", d.url))
-            .header("X-API-KEY", &d.key),
-    );
+    let r2 = d.send(ctl(
+        &d,
+        reqwest::Method::GET,
+        &format!("/v2/sandboxes?limit=1&nextToken={first}"),
+    ));
     let second = r2.json[0]["sandboxID"].as_str().unwrap().to_string();
     assert_ne!(first, second);
     assert_eq!(list("state=paused").json, json!([]));
     assert_eq!(list("limit=1000").status, 400);
     // Kill: 204, then 404.
     for status in [204, 404] {
-        let r = d.send(
-            d.client
-                .delete(format!("{}/sandboxes/{id2}", d.url))
-                .header("X-API-KEY", &d.key),
-        );
+        let r = d.send(ctl(
+            &d,
+            reqwest::Method::DELETE,
+            &format!("/sandboxes/{id2}"),
+        ));
         assert_eq!(r.status, status, "{}", r.text);
     }
 }

@@ -15,7 +15,7 @@
 //! Authentication: `X-API-KEY` with the daemon's key (or its bearer
 //! header). Errors are E2B's `{"code": <status>, "message": "…"}`.
 
-use crate::{E2bConfig, ENVD_VERSION};
+use crate::{query, E2bConfig, ENVD_VERSION};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -407,44 +407,6 @@ async fn pause() -> E2bError {
     )
 }
 
-/// Query of a list: repeated keys kept in order.
-fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
-    q.unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (form_decode(k), form_decode(v))
-        })
-        .collect()
-}
-
-/// `application/x-www-form-urlencoded` decoding of one component.
-fn form_decode(s: &str) -> String {
-    percent_decode(&s.replace('+', " "))
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A list's filters and page.
 #[derive(Debug, PartialEq)]
 struct ListQuery {
@@ -462,13 +424,13 @@ fn list_query(q: Option<&str>) -> Result<ListQuery> {
         limit: 100,
         next_token: None,
     };
-    for (k, v) in query_pairs(q) {
+    for (k, v) in query::pairs(q) {
         match k.as_str() {
             // `k=v&k2=v2`, its keys and values escaped once more.
             "metadata" => out.metadata.extend(
-                query_pairs(Some(&v))
+                query::pairs(Some(&v))
                     .into_iter()
-                    .map(|(k, v)| (percent_decode(&k), percent_decode(&v))),
+                    .map(|(k, v)| (query::percent_decode(&k), query::percent_decode(&v))),
             ),
             "state" => out
                 .states
