@@ -1880,6 +1880,32 @@ impl Daemon {
         }
     }
 
+    /// Any request answered with an event stream (`Err` with the response
+    /// when it answers otherwise).
+    pub fn sse(&self, rb: reqwest::blocking::RequestBuilder) -> Result<SseStream, Resp> {
+        let opened_at = Instant::now();
+        let r = rb
+            .send()
+            .unwrap_or_else(|e| panic!("event stream request failed: {e}"));
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if status != 200 || !content_type.starts_with("text/event-stream") {
+            return Err(Resp::from_reqwest(r));
+        }
+        Ok(SseStream {
+            reader: BufReader::new(r),
+            status,
+            content_type,
+            comments: 0,
+            opened_at,
+        })
+    }
+
     // --- files ------------------------------------------------------------
 
     /// `POST /v1/sessions/{id}/fs/write` with a full request body.

@@ -27,11 +27,13 @@ mod container;
 mod files;
 mod init;
 mod ports;
+mod procs;
 mod reads;
 mod reaper;
 mod relay;
 mod server;
 mod shell;
+mod sys;
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;

@@ -67,8 +67,13 @@ impl Flow {
         self.changed.notify_all();
     }
 
+    /// Whether the read (or attached stream) was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        lock(&self.state).cancelled
+    }
+
     /// Waits for a credit and takes it; `false` once cancelled.
-    fn take(&self) -> bool {
+    pub fn take(&self) -> bool {
         let mut s = lock(&self.state);
         loop {
             if s.cancelled {

@@ -29,7 +29,14 @@ struct State {
     /// Bumped on every spawn, so the reaper can tell whether a child may
     /// have appeared since it last saw `ECHILD`.
     spawned: u64,
-    hooks: HashMap<libc::pid_t, ExitHook>,
+    hooks: HashMap<libc::pid_t, Watched>,
+}
+
+struct Watched {
+    on_exit: ExitHook,
+    /// Continued at once when it stops (the shell); a background process
+    /// may be stopped on purpose and stays stopped.
+    keep_running: bool,
 }
 
 struct Reaper {
@@ -62,14 +69,39 @@ pub fn start() {
 
 /// Starts a child with `fork` (which must return the child's pid) and calls
 /// `on_exit` with its raw wait status once it has been reaped.
+/// A child that stops is continued at once (the shell: a stopped shell
+/// would hang every exec after it).
 pub fn spawn(
     fork: impl FnOnce() -> io::Result<libc::pid_t>,
     on_exit: impl FnOnce(i32) + Send + 'static,
 ) -> io::Result<libc::pid_t> {
+    watch(fork, Box::new(on_exit), true)
+}
+
+/// As [`spawn`], but a child that stops stays stopped (a background
+/// process, which `SIGSTOP` may stop on purpose).
+pub fn spawn_stoppable(
+    fork: impl FnOnce() -> io::Result<libc::pid_t>,
+    on_exit: impl FnOnce(i32) + Send + 'static,
+) -> io::Result<libc::pid_t> {
+    watch(fork, Box::new(on_exit), false)
+}
+
+fn watch(
+    fork: impl FnOnce() -> io::Result<libc::pid_t>,
+    on_exit: ExitHook,
+    keep_running: bool,
+) -> io::Result<libc::pid_t> {
     let r = reaper();
     let mut state = r.state.lock().unwrap_or_else(|e| e.into_inner());
     let pid = fork()?;
-    state.hooks.insert(pid, Box::new(on_exit));
+    state.hooks.insert(
+        pid,
+        Watched {
+            on_exit,
+            keep_running,
+        },
+    );
     state.spawned = state.spawned.wrapping_add(1);
     r.spawned.notify_all();
     Ok(pid)
@@ -99,13 +131,14 @@ fn run() {
             // A watched child (the shell) that stops (`kill -STOP $$`)
             // would hang every exec after it: it is continued at once.
             // Stopped orphans are left alone.
-            let watched = r
+            let keep_running = r
                 .state
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .hooks
-                .contains_key(&pid);
-            if watched {
+                .get(&pid)
+                .is_some_and(|w| w.keep_running);
+            if keep_running {
                 // SAFETY: plain syscall; the child is not reaped, so the pid
                 // is still ours.
                 unsafe { libc::kill(pid, libc::SIGCONT) };
@@ -119,8 +152,8 @@ fn run() {
                 .unwrap_or_else(|e| e.into_inner())
                 .hooks
                 .remove(&pid);
-            if let Some(hook) = hook {
-                hook(status);
+            if let Some(w) = hook {
+                (w.on_exit)(status);
             }
             continue;
         }

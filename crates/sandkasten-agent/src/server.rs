@@ -20,6 +20,7 @@
 //! TCP port inside the sandbox (`ports.rs`) and serves no more frames.
 
 use crate::files::{Files, FsError};
+use crate::procs::{Attached, Procs};
 use crate::reads::{self, Budget, Ended, Flow, READ_BUFFERS};
 use crate::reaper;
 use crate::shell::{CancelHandle, ExecError, ExecTicket, Shell};
@@ -46,6 +47,7 @@ pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
             std::path::Path::new(cfg.files_root.as_deref().unwrap_or("/")),
         ),
         shell: Shell::new(cfg),
+        procs: Procs::default(),
         execs: Mutex::new(HashMap::new()),
         reads: Mutex::new(HashMap::new()),
         budget: Budget::new(READ_BUFFERS),
@@ -80,6 +82,7 @@ pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
 struct Agent {
     shell: Shell,
     files: Files,
+    procs: Procs,
     /// Running and queued execs by (connection, request id), for CancelExec.
     execs: Mutex<HashMap<(u64, u64), Arc<CancelHandle>>>,
     /// Streamed reads in progress by (connection, request id), for ReadAck
@@ -137,7 +140,14 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
                 lock(&agent.execs).insert((conn, id), t.cancel_handle());
                 Prepared::Exec(t)
             }
-            Request::ReadStream { window, .. } => {
+            // Reads and attached process streams: flow control.
+            Request::ReadStream { window, .. }
+            | Request::ProcStart {
+                attach: true,
+                window,
+                ..
+            }
+            | Request::ProcAttach { window, .. } => {
                 let flow = Arc::new(Flow::new(*window));
                 lock(&agent.reads).insert((conn, id), flow.clone());
                 Prepared::Read(flow)
@@ -151,6 +161,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
             Request::CancelRead { target } => {
                 if let Some(flow) = lock(&agent.reads).get(&(conn, *target)) {
                     flow.cancel();
+                    agent.procs.wake_all();
                 }
                 continue;
             }
@@ -198,6 +209,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
             flow.cancel();
         }
     }
+    agent.procs.wake_all();
 }
 
 fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, writer: &Writer) {
@@ -302,6 +314,55 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
             agent.shell.set_env(env);
             Response::Ok
         }
+        Request::ProcStart {
+            spec,
+            attach,
+            window: _,
+        } => {
+            let started = agent.procs.start(spec, &agent.shell.config());
+            match (started, prepared) {
+                (Ok(p), Prepared::Read(flow)) if attach => {
+                    // From its first byte: the pump may have read some already.
+                    let ended = p.attach(true, &flow, &mut |r| reply(r));
+                    lock(&agent.reads).remove(&(conn, id));
+                    return finish_stream(ended);
+                }
+                (Ok(p), _) => Response::ProcStarted(p.info()),
+                (Err(e), _) => {
+                    lock(&agent.reads).remove(&(conn, id));
+                    e.into_response()
+                }
+            }
+        }
+        Request::ProcAttach { proc, replay, .. } => {
+            let Prepared::Read(flow) = prepared else {
+                unreachable!("attached streams are registered by the reader")
+            };
+            let found = agent.procs.find(&proc);
+            let response = match found {
+                Ok(p) => {
+                    let ended = p.attach(replay, &flow, &mut |r| reply(r));
+                    lock(&agent.reads).remove(&(conn, id));
+                    return finish_stream(ended);
+                }
+                Err(e) => e.into_response(),
+            };
+            lock(&agent.reads).remove(&(conn, id));
+            response
+        }
+        Request::ProcList => Response::Procs(agent.procs.list()),
+        Request::ProcInput { proc, data } => {
+            proc_ok(agent.procs.find(&proc).and_then(|p| p.input(&data)))
+        }
+        Request::ProcCloseStdin { proc } => {
+            proc_ok(agent.procs.find(&proc).and_then(|p| p.close_stdin()))
+        }
+        Request::ProcSignal { proc, signal } => {
+            proc_ok(agent.procs.find(&proc).and_then(|p| p.signal(signal)))
+        }
+        Request::ProcResize { proc, size } => {
+            proc_ok(agent.procs.find(&proc).and_then(|p| p.resize(size)))
+        }
     };
     reply(response);
 }
@@ -317,6 +378,16 @@ fn read_stream(
     let mut file = agent.files.open_read(path)?;
     reads::stream(&mut file, max_bytes, flow, &agent.budget, send)
         .map_err(|e| FsError::from_io(e, path))
+}
+
+/// An attached stream sent its end itself; a cancelled one sends nothing.
+fn finish_stream(_ended: Attached) {}
+
+fn proc_ok(r: Result<(), crate::procs::ProcError>) -> Response {
+    match r {
+        Ok(()) => Response::Ok,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn ok_or_error(r: Result<(), FsError>) -> Response {

@@ -53,13 +53,16 @@
 //! Execs run one at a time, in the order [`Shell::enqueue`] was called.
 
 use crate::reaper;
+use crate::sys::{
+    self, cstring, is_executable, move_above, open_pty_pair, pipe, pollfd, set_nonblocking,
+    with_context,
+};
 use sandkasten_protocol::AgentConfig;
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -326,16 +329,21 @@ impl Shell {
                 dirs.push(d.to_string());
             }
         }
-        let extra = lock(&self.extra_env);
-        if extra.is_empty() {
+        if lock(&self.extra_env).is_empty() {
             return Instance::spawn(&self.cfg, &dirs);
         }
+        Instance::spawn(&self.config(), &dirs)
+    }
+
+    /// The configuration a shell started now gets: `SetEnv`'s variables
+    /// over the agent's.
+    pub fn config(&self) -> AgentConfig {
         let mut cfg = self.cfg.clone();
-        for (k, v) in extra.iter() {
+        for (k, v) in lock(&self.extra_env).iter() {
             cfg.env.retain(|(ek, _)| ek != k);
             cfg.env.push((k.clone(), v.clone()));
         }
-        Instance::spawn(&cfg, &dirs)
+        cfg
     }
 
     /// Adds `env` to the environment of shells started from now on.
@@ -1259,16 +1267,7 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
             libc::write(plan.err_w, (&raw const e).cast(), 4);
             libc::_exit(127)
         };
-        // The agent's signal state must not leak into the shell (Rust's
-        // runtime ignores SIGPIPE, for one).
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
+        sys::reset_signals();
         if libc::setsid() < 0 {
             fail();
         }
@@ -1282,48 +1281,8 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
         {
             fail();
         }
-        libc::umask(0o022);
-        // The shell and everything it starts are the OOM killer's first
-        // choice (+500), so a memory hog dies rather than the agent (PID 1,
-        // at 0, whose floor of 0 they inherit: they may lower their score
-        // back to 0, never below). Raising a score needs no privilege.
-        // The agent is not dumpable, so neither is this child until exec,
-        // and its /proc files are out of reach; exec resets this anyway.
-        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-        let oom = c"/proc/self/oom_score_adj";
-        let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            libc::write(fd, b"500".as_ptr().cast(), 3);
-            libc::close(fd);
-        }
-        if let Some(n) = plan.nproc {
-            // Counted per user by the sandbox's kernel; set before the
-            // switch to the sandbox user, who cannot raise it.
-            let lim = libc::rlimit {
-                rlim_cur: n as libc::rlim_t,
-                rlim_max: n as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NPROC, &lim) < 0 {
-                fail();
-            }
-        }
-        if plan.uid.is_some() || plan.gid.is_some() {
-            // EPERM: a user namespace whose setgroups is denied; then the
-            // groups cannot be anything but what they are.
-            if libc::setgroups(0, std::ptr::null()) < 0 && *libc::__errno_location() != libc::EPERM
-            {
-                fail();
-            }
-        }
-        if let Some(gid) = plan.gid {
-            if libc::setgid(gid) < 0 {
-                fail();
-            }
-        }
-        if let Some(uid) = plan.uid {
-            if libc::setuid(uid) < 0 {
-                fail();
-            }
+        if !sys::become_user(plan.uid, plan.gid, plan.nproc) {
+            fail();
         }
         // The first directory the user may enter wins; its env has PWD set
         // to it, so bash keeps a logical path (one through a symlink).
@@ -1433,45 +1392,9 @@ fn proc_session(pid: libc::pid_t) -> Option<libc::pid_t> {
 /// Opens a pty pair, both ends close-on-exec, configured for byte-exact
 /// output: no echo, no output processing (so no `\n` -> `\r\n`).
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: plain syscalls; every returned fd is wrapped at once.
-    unsafe {
-        let m = libc::open(c"/dev/ptmx".as_ptr(), flags);
-        if m < 0 {
-            return Err(with_context(
-                io::Error::last_os_error(),
-                "opening /dev/ptmx",
-            ));
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        let unlock: libc::c_int = 0;
-        if libc::ioctl(m, libc::TIOCSPTLCK as _, &unlock) < 0 {
-            return Err(with_context(
-                io::Error::last_os_error(),
-                "unlocking the pty",
-            ));
-        }
-        // TIOCGPTPEER (Linux 4.13) opens the slave without a path lookup,
-        // which also works where /dev/pts is not the pty's devpts.
-        let mut s = libc::ioctl(m, libc::TIOCGPTPEER as _, flags);
-        if s < 0 {
-            let mut n: libc::c_uint = 0;
-            if libc::ioctl(m, libc::TIOCGPTN as _, &mut n) < 0 {
-                return Err(with_context(io::Error::last_os_error(), "TIOCGPTN"));
-            }
-            let path = cstring(&format!("/dev/pts/{n}"))?;
-            s = libc::open(path.as_ptr(), flags);
-            if s < 0 {
-                return Err(with_context(
-                    io::Error::last_os_error(),
-                    "opening the pty slave",
-                ));
-            }
-        }
-        let slave = OwnedFd::from_raw_fd(s);
-        configure_tty(&slave)?;
-        Ok((master, slave))
-    }
+    let (master, slave) = open_pty_pair()?;
+    configure_tty(&slave)?;
+    Ok((master, slave))
 }
 
 /// A new slave fd of a pty master (TIOCGPTPEER), close-on-exec.
@@ -1529,71 +1452,10 @@ fn configure_tty(slave: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: valid out array; the fds are wrapped at once.
-    unsafe {
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
-    }
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl calls on a valid fd.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Moves `fd` to a close-on-exec fd numbered `min` or higher, closing the
-/// original.
-fn move_above(fd: OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: plain fcntl; the new fd is wrapped at once.
-    unsafe {
-        let n = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(n))
-    }
-}
-
 fn drain_pipe(fd: RawFd) {
     let mut b = [0u8; 64];
     // SAFETY: reads into a valid buffer from a non-blocking fd.
     while unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) } > 0 {}
-}
-
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
-fn is_executable(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
-}
-
-fn cstring(s: &str) -> io::Result<CString> {
-    CString::new(s)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("NUL byte in {s:?}")))
-}
-
-fn with_context(e: io::Error, what: &str) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

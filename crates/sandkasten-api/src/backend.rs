@@ -6,9 +6,17 @@
 use async_trait::async_trait;
 use sandkasten_engine::{
     CreateSession, CreateWorkspace, DirEntry, Engine, EngineError, ExecRequest, ExecResult,
-    ExecStream, FileReader, FileStat, MetricsSnapshot, PoolStats, PortStream, SessionInfo,
-    SessionStats, WorkspaceInfo,
+    ExecStream, FileReader, FileStat, MetricsSnapshot, PoolStats, PortStream, ProcInfo, ProcOutput,
+    ProcRef, ProcSpec, PtySize, SessionInfo, SessionStats, StartedProcess, WorkspaceInfo,
 };
+
+/// What the test fake does not script.
+fn unsupported_here(what: &str) -> EngineError {
+    EngineError::Unsupported {
+        what: what.into(),
+        runtime: "test",
+    }
+}
 
 /// What the HTTP layer needs from the engine; each method is one engine
 /// method with the same signature.
@@ -119,6 +127,58 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     fn pool_stats(&self) -> PoolStats;
     fn metrics(&self) -> MetricsSnapshot;
+
+    // Processes: proven end to end (tests/processes.rs), hence the
+    // defaults.
+    async fn start_process(
+        &self,
+        _id: &str,
+        _spec: ProcSpec,
+        _attach: bool,
+    ) -> Result<StartedProcess, EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn attach_process(
+        &self,
+        _id: &str,
+        _proc: ProcRef,
+        _replay: bool,
+    ) -> Result<ProcOutput, EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn list_processes(&self, _id: &str) -> Result<Vec<ProcInfo>, EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn process(&self, _id: &str, _proc: ProcRef) -> Result<ProcInfo, EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn process_input(
+        &self,
+        _id: &str,
+        _proc: ProcRef,
+        _data: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn close_process_stdin(&self, _id: &str, _proc: ProcRef) -> Result<(), EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn signal_process(
+        &self,
+        _id: &str,
+        _proc: ProcRef,
+        _signal: i32,
+    ) -> Result<(), EngineError> {
+        Err(unsupported_here("processes"))
+    }
+    async fn resize_process(
+        &self,
+        _id: &str,
+        _proc: ProcRef,
+        _size: PtySize,
+    ) -> Result<(), EngineError> {
+        Err(unsupported_here("processes"))
+    }
 
     // Ports: proven end to end (tests/ports.rs), hence the default.
     async fn connect_port(&self, _id: &str, _port: u16) -> Result<PortStream, EngineError> {
@@ -266,5 +326,54 @@ impl Backend for Engine {
     }
     async fn connect_port(&self, id: &str, port: u16) -> Result<PortStream, EngineError> {
         Engine::connect_port(self, id, port).await
+    }
+    async fn start_process(
+        &self,
+        id: &str,
+        spec: ProcSpec,
+        attach: bool,
+    ) -> Result<StartedProcess, EngineError> {
+        Engine::start_process(self, id, spec, attach).await
+    }
+    async fn attach_process(
+        &self,
+        id: &str,
+        proc: ProcRef,
+        replay: bool,
+    ) -> Result<ProcOutput, EngineError> {
+        Engine::attach_process(self, id, proc, replay).await
+    }
+    async fn list_processes(&self, id: &str) -> Result<Vec<ProcInfo>, EngineError> {
+        Engine::list_processes(self, id).await
+    }
+    async fn process(&self, id: &str, proc: ProcRef) -> Result<ProcInfo, EngineError> {
+        Engine::process(self, id, proc).await
+    }
+    async fn process_input(
+        &self,
+        id: &str,
+        proc: ProcRef,
+        data: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        Engine::process_input(self, id, proc, data).await
+    }
+    async fn close_process_stdin(&self, id: &str, proc: ProcRef) -> Result<(), EngineError> {
+        Engine::close_process_stdin(self, id, proc).await
+    }
+    async fn signal_process(
+        &self,
+        id: &str,
+        proc: ProcRef,
+        signal: i32,
+    ) -> Result<(), EngineError> {
+        Engine::signal_process(self, id, proc, signal).await
+    }
+    async fn resize_process(
+        &self,
+        id: &str,
+        proc: ProcRef,
+        size: PtySize,
+    ) -> Result<(), EngineError> {
+        Engine::resize_process(self, id, proc, size).await
     }
 }

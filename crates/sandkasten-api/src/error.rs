@@ -45,7 +45,8 @@ impl From<EngineError> for ApiError {
 /// The engine's half of the contract's error table, by domain.
 fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
     use sandkasten_engine::{
-        FileError as F, ImageError as I, PortError as P, SessionError as S, WorkspaceError as W,
+        FileError as F, ImageError as I, PortError as P, ProcessError as X, SessionError as S,
+        WorkspaceError as W,
     };
     use EngineError as E;
     const BAD: StatusCode = StatusCode::BAD_REQUEST;
@@ -84,6 +85,13 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
         E::Image(I::Invalid(_)) => (BAD, "INVALID_IMAGE"),
         E::Port(P::NotListening { .. }) => (StatusCode::BAD_GATEWAY, "PORT_NOT_LISTENING"),
         E::Port(P::Unreachable { .. }) => (StatusCode::BAD_GATEWAY, "PORT_UNREACHABLE"),
+        E::Process(x) => match x {
+            X::NotFound(_) => (GONE, "PROCESS_NOT_FOUND"),
+            X::Ended(_) => (CONFLICT, "PROCESS_ENDED"),
+            X::StdinClosed(_) => (CONFLICT, "STDIN_CLOSED"),
+            X::TagInUse(_) => (CONFLICT, "TAG_IN_USE"),
+            X::StartFailed(_) => (BAD, "PROCESS_START_FAILED"),
+        },
         E::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "STORAGE_FULL"),
         E::Runtime { .. } | E::Store(_) => INTERNAL,
     }

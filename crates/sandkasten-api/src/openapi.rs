@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         (name = "pool", description = "The pre-warmed pool"),
         (name = "sessions", description = "Session lifecycle"),
         (name = "exec", description = "Commands in the session's persistent shell"),
+        (name = "processes", description = "Background processes: stdin, signals, PTYs, output kept and streamed"),
         (name = "files", description = "Files inside the sandbox"),
         (name = "workspaces", description = "Persistent workspaces and their files without a session"),
         (name = "ports", description = "TCP ports inside a session's sandbox, reached through the daemon"),

@@ -5,6 +5,9 @@
 //! but reject wrong types. Response types serialize every field, `null`
 //! included, so clients can rely on the keys being present.
 
+mod processes;
+pub(crate) use processes::*;
+
 use sandkasten_engine as engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 //! status codes in one table.
 
 use crate::SessionState;
-use sandkasten_runtime::{FileErrorKind, RuntimeError};
+use sandkasten_runtime::{FileErrorKind, ProcErrorKind, RuntimeError};
 use sandkasten_store::StoreError;
 
 /// Failures of session operations.
@@ -104,6 +104,25 @@ pub enum PortError {
     },
 }
 
+/// Failures of process requests: properties of the process or of the
+/// request, not of the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{0}")]
+    NotFound(String),
+    /// Stdin, a signal or a resize for a process that has ended.
+    #[error("{0}")]
+    Ended(String),
+    #[error("{0}")]
+    StdinClosed(String),
+    #[error("{0}")]
+    TagInUse(String),
+    /// The program could not start (not found, not executable, no such
+    /// working directory).
+    #[error("{0}")]
+    StartFailed(String),
+}
+
 /// Failures about the image of a session.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -128,6 +147,8 @@ pub enum EngineError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Port(#[from] PortError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
     /// The backend cannot do this (or not for this object).
     #[error("{what} is not supported by the {runtime} runtime")]
     Unsupported { what: String, runtime: &'static str },
@@ -172,6 +193,14 @@ impl EngineError {
             RuntimeError::InvalidArchive(m) => EngineError::InvalidRequest(m),
             RuntimeError::Unsupported(what, runtime) => EngineError::Unsupported { what, runtime },
             RuntimeError::File { kind, message } => file_error(kind, message),
+            RuntimeError::Process { kind, message } => match kind {
+                ProcErrorKind::NotFound => ProcessError::NotFound(message).into(),
+                ProcErrorKind::Ended => ProcessError::Ended(message).into(),
+                ProcErrorKind::StdinClosed => ProcessError::StdinClosed(message).into(),
+                ProcErrorKind::TagInUse => ProcessError::TagInUse(message).into(),
+                ProcErrorKind::StartFailed => ProcessError::StartFailed(message).into(),
+                ProcErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
+            },
             RuntimeError::StorageFull(m) => EngineError::StorageFull(m),
             source => EngineError::Runtime { context, source },
         }

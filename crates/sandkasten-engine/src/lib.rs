@@ -14,6 +14,7 @@ mod error;
 mod metrics;
 mod network;
 mod pool;
+mod procs;
 mod session;
 mod sessions;
 mod text;
@@ -25,12 +26,17 @@ mod tests;
 
 pub use config::EngineConfig;
 pub use error::{
-    EngineError, FileError, Holder, ImageError, PortError, SessionError, WorkspaceError,
+    EngineError, FileError, Holder, ImageError, PortError, ProcessError, SessionError,
+    WorkspaceError,
 };
 pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
+pub use procs::StartedProcess;
 pub use sandkasten_runtime::PortStream;
 pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
+pub use sandkasten_runtime::{
+    ProcEnd, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream, PtySize,
+};
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use types::*;

@@ -1134,14 +1134,21 @@ impl Engine {
     }
 
     /// The agent of a running session (TTL extended) for a file call.
-    async fn file_agent(&self, id: &str) -> Result<(Arc<Session>, AgentClient), EngineError> {
+    pub(crate) async fn file_agent(
+        &self,
+        id: &str,
+    ) -> Result<(Arc<Session>, AgentClient), EngineError> {
         let s = self.active(id)?;
         let agent = s.connected_agent().await;
         Ok((s, agent))
     }
 
     /// Ends a file call: its activity recorded, its error typed.
-    fn file_done<T>(&self, s: &Session, r: Result<T, RuntimeError>) -> Result<T, EngineError> {
+    pub(crate) fn file_done<T>(
+        &self,
+        s: &Session,
+        r: Result<T, RuntimeError>,
+    ) -> Result<T, EngineError> {
         if !matches!(r, Err(RuntimeError::Agent(_))) {
             self.persist_activity(s);
         }

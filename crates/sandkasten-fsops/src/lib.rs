@@ -199,6 +199,13 @@ impl RootedFs {
             | Request::SetEnv { .. }
             | Request::ReadStream { .. }
             | Request::ReadAck { .. }
+            | Request::ProcStart { .. }
+            | Request::ProcAttach { .. }
+            | Request::ProcList
+            | Request::ProcInput { .. }
+            | Request::ProcCloseStdin { .. }
+            | Request::ProcSignal { .. }
+            | Request::ProcResize { .. }
             | Request::OpenPort { .. }
             | Request::CancelRead { .. } => return None,
         })

@@ -18,7 +18,30 @@
 //! version. Protocol 2 added streamed reads ([`Request::ReadStream`]);
 //! a protocol 1 agent is read with [`Request::ReadFile`]. Protocol 3 added
 //! [`Request::OpenPort`] (a connection to a TCP port inside the sandbox).
-//! Protocol 4 added [`Request::Rename`].
+//! Protocol 4 added processes ([`Request::ProcStart`] and the `Proc*`
+//! requests after it; see "Processes") and
+//! [`Request::Rename`].
+//!
+//! # Processes
+//!
+//! Besides the persistent shell, the agent runs background processes
+//! ([`ProcSpec`]): argv, env, cwd, root or the sandbox user, an optional
+//! PTY, stdin open or `/dev/null`, an optional tag. Each is its own session
+//! and process group; it outlives the connection that started it. Its
+//! output (stdout and stderr apart, or the PTY's one stream) is kept in
+//! order up to [`PROC_OUTPUT_KEEP_BYTES`] (the oldest dropped beyond it)
+//! so a later attach replays it, then follows live. An attached stream
+//! ([`Request::ProcStart`] with `attach`, or [`Request::ProcAttach`]) is
+//! answered with [`Response::ProcAttached`], then [`Response::ProcOutput`]
+//! frames under the same credits as a streamed read (acknowledged with
+//! [`Request::ReadAck`], ended early with [`Request::CancelRead`]), then
+//! exactly one [`Response::ProcEnded`] once the process has exited and its
+//! output is drained. A process never waits for a slow stream beyond what
+//! is kept: while an attached stream is more than the kept bytes behind,
+//! the agent stops reading the process's output (it then blocks on its
+//! full pipe, as with any slow reader), so an attached client loses
+//! nothing. Ended processes are listed until [`PROC_ENDED_KEPT`] newer ones
+//! have ended.
 //!
 //! # Port pipes
 //!
@@ -56,6 +79,15 @@ pub const STREAMED_READS_SINCE: u32 = 2;
 
 /// The first protocol with [`Request::OpenPort`].
 pub const PORTS_SINCE: u32 = 3;
+
+/// The first protocol with processes ([`Request::ProcStart`]).
+pub const PROCESSES_SINCE: u32 = 4;
+
+/// Output of one process kept for a later attach (bytes).
+pub const PROC_OUTPUT_KEEP_BYTES: usize = 1024 * 1024;
+
+/// Ended processes the agent still lists (the oldest forgotten first).
+pub const PROC_ENDED_KEPT: usize = 64;
 
 /// The first protocol with [`Request::Rename`].
 pub const RENAME_SINCE: u32 = 4;
@@ -157,10 +189,112 @@ pub enum Request {
     /// see "Port pipes"). Answered with `Ok` or `Error` (`NotFound` when
     /// nothing listens).
     OpenPort { port: u16 },
+    /// Starts a background process (protocol 4). Answered with
+    /// [`Response::ProcStarted`]; with `attach`, the reply is an attached
+    /// stream instead (see "Processes"), `window` as for a read.
+    ProcStart {
+        spec: ProcSpec,
+        attach: bool,
+        window: u32,
+    },
+    /// Attaches to a process: its kept output first when `replay`, then
+    /// live, then its end (see "Processes"). `Error` `NotFound` when there
+    /// is no such process.
+    ProcAttach {
+        proc: ProcRef,
+        replay: bool,
+        window: u32,
+    },
+    /// Answered with [`Response::Procs`]: running and recently ended
+    /// processes, oldest first.
+    ProcList,
+    /// Writes to a process's stdin (or its PTY). Answered with `Ok` once
+    /// written (it waits while the process does not read).
+    ProcInput {
+        proc: ProcRef,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// Closes a process's stdin (on a PTY: sends EOF, Ctrl-D). `Ok`.
+    ProcCloseStdin { proc: ProcRef },
+    /// Sends `signal` to the process's group. `Ok`.
+    ProcSignal { proc: ProcRef, signal: i32 },
+    /// Sets a PTY process's window size (the kernel tells the foreground
+    /// job with SIGWINCH). `Ok`.
+    ProcResize { proc: ProcRef, size: PtySize },
     /// Rename `from` to `to` (absolute paths; protocol 4), replacing a
     /// file or empty directory at `to` and creating `to`'s missing
     /// parents. Answered with `Ok`.
     Rename { from: String, to: String },
+}
+
+/// How a background process starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcSpec {
+    /// Program and arguments; a program without `/` is looked up in the
+    /// environment's `PATH`.
+    pub argv: Vec<String>,
+    /// Over the shell's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory; `None`: the sandbox's workdir.
+    pub cwd: Option<String>,
+    /// Runs as root (of the sandbox) instead of the sandbox user.
+    pub root: bool,
+    /// A PTY of this size; `None`: pipes (stdout and stderr apart).
+    pub pty: Option<PtySize>,
+    /// Keeps stdin open for [`Request::ProcInput`]; else `/dev/null`.
+    pub stdin: bool,
+    /// A name to find it by; unique among running processes.
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A process, by its pid (in the sandbox) or its tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcRef {
+    Pid(u32),
+    Tag(String),
+}
+
+/// Which output of a process a chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProcStream {
+    Stdout,
+    Stderr,
+    /// A PTY's output: stdout and stderr as one stream.
+    Pty,
+}
+
+/// What a process is and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub tag: Option<String>,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub root: bool,
+    pub pty: Option<PtySize>,
+    /// Stdin is open for input.
+    pub stdin: bool,
+    /// Unix milliseconds.
+    pub started_ms: i64,
+    /// `None` while it runs.
+    pub end: Option<ProcEnd>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcEnd {
+    /// The exit status, or 128 + N for death by signal N (as a shell
+    /// reports it).
+    pub exit_code: i32,
+    /// The signal that ended it.
+    pub signal: Option<i32>,
 }
 
 /// Agent -> daemon.
@@ -210,6 +344,20 @@ pub enum Response {
         /// The file goes on beyond what was sent (`max_bytes`).
         truncated: bool,
     },
+    /// A process started (the answer to an unattached `ProcStart`).
+    ProcStarted(ProcInfo),
+    /// The first reply of an attached stream: the process as it is.
+    ProcAttached(ProcInfo),
+    /// A chunk of a process's output (never empty).
+    ProcOutput {
+        stream: ProcStream,
+        #[serde(with = "bytes")]
+        data: Vec<u8>,
+    },
+    /// The process ended and its output was all sent: the stream's last
+    /// reply.
+    ProcEnded(ProcEnd),
+    Procs(Vec<ProcInfo>),
 }
 
 /// Typed failure of an agent operation.
@@ -229,6 +377,10 @@ pub enum ErrorKind {
     /// host's disk.
     NoSpace,
     Io,
+    /// The process has ended (stdin, a signal or a resize came too late).
+    ProcessEnded,
+    /// The process's stdin is closed or was never open.
+    StdinClosed,
 }
 
 /// The type of a directory entry or stat result.

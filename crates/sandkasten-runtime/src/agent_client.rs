@@ -233,7 +233,10 @@ impl AgentClient {
                     };
                     let done = !matches!(
                         resp,
-                        Response::ExecOutput { .. } | Response::FileChunk { .. }
+                        Response::ExecOutput { .. }
+                            | Response::FileChunk { .. }
+                            | Response::ProcAttached(_)
+                            | Response::ProcOutput { .. }
                     );
                     let mut guard = reader_pending.lock().unwrap();
                     if let Some(map) = guard.as_mut() {
@@ -278,7 +281,10 @@ impl AgentClient {
         self.inner.pending.lock().unwrap().is_some()
     }
 
-    fn send(&self, req: Request) -> Result<(u64, mpsc::UnboundedReceiver<Response>), RuntimeError> {
+    pub(crate) fn send(
+        &self,
+        req: Request,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Response>), RuntimeError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = proto::encode(&Frame {
             id,
@@ -302,7 +308,7 @@ impl AgentClient {
 
     /// Sends a request that is not answered (a read's acknowledgement or
     /// cancel). A closed connection is no error here: nothing waits.
-    fn notify(&self, req: Request) {
+    pub(crate) fn notify(&self, req: Request) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(bytes) = proto::encode(&Frame {
             id,
@@ -313,7 +319,7 @@ impl AgentClient {
     }
 
     /// Stops routing replies of request `id` (late ones are dropped).
-    fn forget(&self, id: u64) {
+    pub(crate) fn forget(&self, id: u64) {
         if let Some(map) = self.inner.pending.lock().unwrap().as_mut() {
             map.remove(&id);
         }
@@ -385,7 +391,7 @@ impl AgentClient {
     }
 
     /// The agent's protocol version, asked once per connection.
-    async fn protocol(&self) -> Result<u32, RuntimeError> {
+    pub(crate) async fn protocol(&self) -> Result<u32, RuntimeError> {
         match self.inner.protocol.load(Ordering::Relaxed) {
             0 => {
                 self.ping().await?;

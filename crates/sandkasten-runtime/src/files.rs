@@ -101,6 +101,8 @@ impl From<ErrorKind> for FileErrorKind {
             ErrorKind::InvalidRequest => FileErrorKind::InvalidRequest,
             ErrorKind::NoSpace => FileErrorKind::NoSpace,
             ErrorKind::Io => FileErrorKind::Io,
+            // Process errors never answer a file operation.
+            ErrorKind::ProcessEnded | ErrorKind::StdinClosed => FileErrorKind::InvalidRequest,
         }
     }
 }

@@ -11,6 +11,7 @@ mod files;
 pub mod latebind;
 mod netpolicy;
 pub mod ports;
+mod procs;
 
 pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
 pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
@@ -19,6 +20,10 @@ pub use files::{
     FileStream, FileType, READ_CHUNK,
 };
 pub use ports::{PortIo, PortStream};
+pub use procs::{
+    ProcEnd, ProcErrorKind, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream,
+    PtySize, Started,
+};
 
 pub use netpolicy::{
     default_deny_always, IpNet, NetEntry, NetworkDenial, NetworkPolicy, MAX_ENTRIES,
@@ -253,6 +258,14 @@ pub enum RuntimeError {
     /// another sandbox; it passes when space returns.
     #[error("{0}")]
     StorageFull(String),
+    /// A process request failed for a reason of the request or of the
+    /// process (no such process, it ended, its stdin is closed, its
+    /// program cannot start).
+    #[error("{message}")]
+    Process {
+        kind: ProcErrorKind,
+        message: String,
+    },
     /// Nothing listens on this TCP port inside the sandbox (the connect
     /// was refused on 127.0.0.1 and ::1).
     #[error("nothing listens on port {0} inside the sandbox")]

@@ -45,6 +45,11 @@ CODES = {
     "STORAGE_FULL": (507, "StorageFull"),
     "PORT_NOT_LISTENING": (502, "PortNotListening"),
     "PORT_UNREACHABLE": (502, "PortUnreachable"),
+    "PROCESS_START_FAILED": (400, "ProcessStartFailed"),
+    "PROCESS_NOT_FOUND": (404, "ProcessNotFound"),
+    "PROCESS_ENDED": (409, "ProcessEnded"),
+    "STDIN_CLOSED": (409, "StdinClosed"),
+    "TAG_IN_USE": (409, "TagInUse"),
     "INTERNAL_ERROR": (500, "InternalError"),
 }
 

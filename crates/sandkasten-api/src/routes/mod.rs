@@ -5,6 +5,7 @@ pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod pool;
 pub(crate) mod ports;
+pub(crate) mod processes;
 pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod workspaces;

@@ -263,6 +263,33 @@ class PortUnreachable(SandkastenAPIError):
     """
 
 
+@_code("PROCESS_START_FAILED")
+class ProcessStartFailed(InvalidRequest):
+    """400: a process's program was not found or could not start, or its
+    ``cwd`` does not exist.
+    """
+
+
+@_code("PROCESS_NOT_FOUND")
+class ProcessNotFound(NotFound):
+    """404: no process of the session has that pid or tag."""
+
+
+@_code("PROCESS_ENDED")
+class ProcessEnded(SandkastenAPIError):
+    """409: stdin, a signal or a resize for a process that has ended."""
+
+
+@_code("STDIN_CLOSED")
+class StdinClosed(SandkastenAPIError):
+    """409: the process's stdin was never opened (``stdin=True``) or is closed."""
+
+
+@_code("TAG_IN_USE")
+class TagInUse(SandkastenAPIError):
+    """409: a running process already has that tag."""
+
+
 @_code("INTERNAL_ERROR")
 class InternalError(SandkastenAPIError):
     """500: a daemon bug or a host failure (details are in the daemon's log)."""

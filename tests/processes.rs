@@ -1,0 +1,405 @@
+//! Background processes end to end: start (JSON and SSE), list, status,
+//! reattach with the kept output, stdin (whole and streamed), signals,
+//! PTYs and resizes, users, env and cwd, large output, and bad input.
+//! Runs on native and, with `SANDKASTEN_E2E_RUNTIME=docker` or
+//! `docker-remote`, on docker.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn procs(id: &str) -> String {
+    format!("/v1/sessions/{id}/processes")
+}
+
+/// Starts a process with its output streamed.
+fn start_stream(d: &Daemon, id: &str, body: Value) -> SseStream {
+    d.sse(
+        d.request(
+            reqwest::Method::POST,
+            &format!("/v1/sessions/{id}/processes/stream"),
+        )
+        .json(&body),
+    )
+    .unwrap_or_else(|r| panic!("processes/stream: {} {}", r.status, r.text))
+}
+
+/// Attaches to a process.
+fn attach(d: &Daemon, id: &str, proc: &str, query: &str) -> SseStream {
+    d.sse(d.request(
+        reqwest::Method::GET,
+        &format!("/v1/sessions/{id}/processes/{proc}/stream{query}"),
+    ))
+    .unwrap_or_else(|r| panic!("attach {proc}: {} {}", r.status, r.text))
+}
+
+/// What a stream carried: (stdout, stderr, pty) text and the `end` event.
+fn collect(s: SseStream) -> (String, String, String, Value) {
+    let (mut out, mut err, mut pty) = (String::new(), String::new(), String::new());
+    let mut end = Value::Null;
+    let events = s.rest();
+    assert_eq!(
+        events.first().map(|e| e.event.as_str()),
+        Some("start"),
+        "{events:?}"
+    );
+    for e in &events[1..] {
+        let data = e.data["data"].as_str().unwrap_or_default();
+        match e.event.as_str() {
+            "stdout" => out.push_str(data),
+            "stderr" => err.push_str(data),
+            "pty" => pty.push_str(data),
+            "end" => end = e.data.clone(),
+            other => panic!("unexpected event {other}: {:?}", e.raw),
+        }
+    }
+    assert!(
+        end.is_object(),
+        "the stream ended without an end event: {events:?}"
+    );
+    (out, err, pty, end)
+}
+
+#[test]
+fn a_process_streams_stdout_and_stderr_apart_and_reports_its_exit() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let s = start_stream(
+        &d,
+        &id,
+        json!({"argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]}),
+    );
+    let (out, err, pty, end) = collect(s);
+    assert_eq!(
+        (out.as_str(), err.as_str(), pty.as_str()),
+        ("out\n", "err\n", "")
+    );
+    assert_eq!(end["exit_code"], 3, "{end}");
+    assert!(end["signal"].is_null(), "{end}");
+
+    let list = d.get(&procs(&id)).expect(200, "list");
+    let p = &list.as_array().unwrap()[0];
+    assert_eq!(p["running"], false, "{p}");
+    assert_eq!(p["exit_code"], 3, "{p}");
+    assert_eq!(p["user"], "sandbox", "{p}");
+    let pid = p["pid"].as_u64().unwrap();
+    let one = d
+        .get(&format!("{}/{pid}", procs(&id)))
+        .expect(200, "status");
+    assert_eq!(
+        one["argv"],
+        json!(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    );
+}
+
+#[test]
+fn a_background_process_outlives_its_client_and_replays_its_output() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    // It waits for a file, so it is surely running when we attach.
+    let v = d
+        .post(
+            &procs(&id),
+            &json!({"cmd": "echo one; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo two", "tag": "job"}),
+        )
+        .expect(201, "start");
+    assert_eq!(v["running"], true, "{v}");
+    assert_eq!(v["tag"], "job", "{v}");
+    let pid = v["pid"].as_u64().unwrap();
+
+    // A stream that goes away detaches; the process runs on.
+    let mut s = attach(&d, &id, "job", "");
+    let first = s.next_event().unwrap();
+    assert_eq!(first.event, "start");
+    assert_eq!(first.data["pid"], pid);
+    let one = s.next_event().unwrap();
+    assert_eq!(
+        (one.event.as_str(), one.data["data"].as_str()),
+        ("stdout", Some("one\n"))
+    );
+    drop(s);
+    let st = d.get(&format!("{}/job", procs(&id))).expect(200, "status");
+    assert_eq!(st["running"], true, "{st}");
+
+    d.sh(&id, "touch /tmp/go");
+    let (out, _, _, end) = collect(attach(&d, &id, &pid.to_string(), ""));
+    assert_eq!(out, "one\ntwo\n", "replayed from the start");
+    assert_eq!(end["exit_code"], 0);
+    // Without replay, an ended process sends only its end.
+    let (out, _, _, end) = collect(attach(&d, &id, "job", "?replay=false"));
+    assert_eq!((out.as_str(), end["exit_code"].as_i64()), ("", Some(0)));
+}
+
+#[test]
+fn stdin_takes_whole_bodies_and_streams_and_then_closes() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["cat"], "stdin": true, "tag": "cat"}),
+    )
+    .expect(201, "start cat");
+    let stdin = format!("{}/cat/stdin", procs(&id));
+    let r = d.send(d.request(reqwest::Method::POST, &stdin).body("hello\n"));
+    r.expect(200, "stdin");
+    // A streamed body: chunks as they come.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(b"wor".to_vec()), Ok(b"ld".to_vec())];
+    let body = reqwest::blocking::Body::new(ChunkReader::new(chunks));
+    let r = d.send(
+        d.request(reqwest::Method::POST, &format!("{stdin}?close=true"))
+            .body(body),
+    );
+    r.expect(200, "streamed stdin, then close");
+    let (out, _, _, end) = collect(attach(&d, &id, "cat", ""));
+    assert_eq!(out, "hello\nworld");
+    assert_eq!(end["exit_code"], 0);
+    let late = d.send(d.request(reqwest::Method::POST, &stdin).body("late"));
+    late.assert_error(409, "PROCESS_ENDED", "stdin to an ended process");
+
+    // A process started without stdin has none.
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["sleep", "30"], "tag": "nostdin"}),
+    )
+    .expect(201, "start");
+    let r = d.send(
+        d.request(
+            reqwest::Method::POST,
+            &format!("{}/nostdin/stdin", procs(&id)),
+        )
+        .body("x"),
+    );
+    r.assert_error(409, "STDIN_CLOSED", "stdin that was never open");
+}
+
+#[test]
+fn signals_reach_the_process_group_and_its_end_says_which() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    // `sh` waits for its child: the group's TERM ends both.
+    let v = d
+        .post(&procs(&id), &json!({"cmd": "sleep 100; echo never"}))
+        .expect(201, "start");
+    let pid = v["pid"].as_u64().unwrap().to_string();
+    let signal = format!("{}/{pid}/signal", procs(&id));
+    d.post(&signal, &json!({"signal": "TERM"}))
+        .expect(200, "signal");
+    let (out, _, _, end) = collect(attach(&d, &id, &pid, ""));
+    assert_eq!(out, "");
+    assert_eq!(
+        (end["exit_code"].as_i64(), end["signal"].as_i64()),
+        (Some(143), Some(15)),
+        "{end}"
+    );
+    assert!(
+        !d.sh(&id, "ps -eo comm 2>/dev/null || ls /proc")
+            .contains("sleep"),
+        "the group's sleep survived"
+    );
+    d.post(&signal, &json!({"signal": 9})).assert_error(
+        409,
+        "PROCESS_ENDED",
+        "a signal to an ended process",
+    );
+    d.post(
+        &format!("{}/99999/signal", procs(&id)),
+        &json!({"signal": "KILL"}),
+    )
+    .assert_error(404, "PROCESS_NOT_FOUND", "a signal to no process");
+    d.post(&signal, &json!({"signal": "NOPE"})).assert_error(
+        400,
+        "INVALID_REQUEST",
+        "an unknown signal",
+    );
+}
+
+#[test]
+fn a_pty_process_is_a_terminal_that_can_be_resized() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let mut s = start_stream(
+        &d,
+        &id,
+        json!({"argv": ["sh", "-c", "stty size; read x; stty size; echo got:$x; [ -t 1 ] && echo tty"],
+               "pty": {"rows": 24, "cols": 80}, "tag": "term"}),
+    );
+    let start = s.next_event().unwrap();
+    assert_eq!(start.data["pty"], json!({"rows": 24, "cols": 80}));
+    let mut seen = String::new();
+    while !seen.contains("24 80") {
+        let e = s.next_event().expect("the stream ended early");
+        assert_eq!(e.event, "pty", "{e:?}");
+        seen.push_str(e.data["data"].as_str().unwrap());
+    }
+    d.post(
+        &format!("{}/term/resize", procs(&id)),
+        &json!({"rows": 30, "cols": 100}),
+    )
+    .expect(200, "resize");
+    let stdin = format!("{}/term/stdin", procs(&id));
+    d.send(d.request(reqwest::Method::POST, &stdin).body("hi\n"))
+        .expect(200, "input");
+    let (_, _, rest, end) = collect_rest(s);
+    seen.push_str(&rest);
+    // The terminal echoes the input and writes \r\n.
+    assert!(seen.contains("hi\r\n"), "no echo: {seen:?}");
+    assert!(seen.contains("30 100\r\n"), "not resized: {seen:?}");
+    assert!(seen.contains("got:hi\r\ntty\r\n"), "{seen:?}");
+    assert_eq!(end["exit_code"], 0);
+
+    // Resizing what has no PTY is refused.
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["sleep", "30"], "tag": "plain"}),
+    )
+    .expect(201, "start");
+    d.post(
+        &format!("{}/plain/resize", procs(&id)),
+        &json!({"rows": 30, "cols": 100}),
+    )
+    .assert_error(400, "INVALID_REQUEST", "resize without a PTY");
+}
+
+/// The rest of a stream whose `start` was read already.
+fn collect_rest(mut s: SseStream) -> (String, String, String, Value) {
+    let (mut out, mut err, mut pty, mut end) =
+        (String::new(), String::new(), String::new(), Value::Null);
+    while let Some(e) = s.next_event() {
+        let data = e.data["data"].as_str().unwrap_or_default();
+        match e.event.as_str() {
+            "stdout" => out.push_str(data),
+            "stderr" => err.push_str(data),
+            "pty" => pty.push_str(data),
+            "end" => end = e.data.clone(),
+            other => panic!("unexpected event {other}: {:?}", e.raw),
+        }
+    }
+    (out, err, pty, end)
+}
+
+#[test]
+fn processes_run_as_the_sandbox_user_or_root_with_their_env_and_cwd() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(&id, "mkdir -p /tmp/here");
+    let (out, ..) = collect(start_stream(
+        &d,
+        &id,
+        json!({"cmd": "id -u; pwd; echo $FOO", "env": {"FOO": "bar"}, "cwd": "/tmp/here"}),
+    ));
+    assert_eq!(out, "1000\n/tmp/here\nbar\n");
+    let (out, ..) = collect(start_stream(
+        &d,
+        &id,
+        json!({"argv": ["id", "-u"], "user": "root"}),
+    ));
+    assert_eq!(out, "0\n");
+    // The default cwd is the workspace.
+    let (out, ..) = collect(start_stream(&d, &id, json!({"argv": ["pwd"]})));
+    assert_eq!(out, "/workspace\n");
+}
+
+#[test]
+fn large_output_arrives_whole_through_a_stream() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    // 6.9 MB: more than the kept output, so the stream must keep pace.
+    let s = d
+        .sse(
+            d.request(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{id}/processes/stream?encoding=base64"),
+            )
+            .json(&json!({"argv": ["seq", "1", "1000000"]})),
+        )
+        .unwrap_or_else(|r| panic!("{} {}", r.status, r.text));
+    let mut bytes = Vec::new();
+    let mut end = Value::Null;
+    for e in s.rest() {
+        match e.event.as_str() {
+            "stdout" => bytes.extend(unb64(e.data["data_base64"].as_str().unwrap())),
+            "end" => end = e.data,
+            _ => {}
+        }
+    }
+    assert_eq!(end["exit_code"], 0);
+    let expected: String = (1..=1_000_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(bytes.len(), expected.len());
+    assert!(bytes == expected.as_bytes(), "the output differs");
+}
+
+#[test]
+fn bad_process_requests_are_clear_errors() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let p = procs(&id);
+    d.post(&p, &json!({}))
+        .assert_error(400, "INVALID_REQUEST", "neither cmd nor argv");
+    d.post(&p, &json!({"cmd": "x", "argv": ["y"]}))
+        .assert_error(400, "INVALID_REQUEST", "both");
+    d.post(&p, &json!({"argv": ["no-such-program-here"]}))
+        .assert_error(400, "PROCESS_START_FAILED", "a missing program");
+    d.post(&p, &json!({"argv": ["true"], "cwd": "/no/such/dir"}))
+        .assert_error(400, "PROCESS_START_FAILED", "a missing cwd");
+    d.post(&p, &json!({"argv": ["true"], "tag": "12"}))
+        .assert_error(400, "INVALID_REQUEST", "a numeric tag");
+    d.post(
+        &p,
+        &json!({"argv": ["true"], "pty": {"rows": 0, "cols": 1}}),
+    )
+    .assert_error(400, "INVALID_REQUEST", "a zero PTY");
+    d.post(&p, &json!({"argv": ["sleep", "30"], "tag": "dup"}))
+        .expect(201, "first");
+    d.post(&p, &json!({"argv": ["sleep", "30"], "tag": "dup"}))
+        .assert_error(409, "TAG_IN_USE", "a second running process with the tag");
+    d.get(&format!("{p}/nosuch"))
+        .assert_error(404, "PROCESS_NOT_FOUND", "unknown tag");
+    d.get(&format!("{p}/a%2Fb"))
+        .assert_error(400, "INVALID_REQUEST", "a bad ref");
+    d.get("/v1/sessions/nosuchsession/processes").assert_error(
+        404,
+        "SESSION_NOT_FOUND",
+        "unknown session",
+    );
+    // The session still works.
+    assert_eq!(d.sh(&id, "echo ok"), "ok\n");
+    // Not a leak: the agent waits for the killed group.
+    wait_for(Duration::from_secs(5), || {
+        d.post(&format!("{p}/dup/signal"), &json!({"signal": "KILL"}))
+            .status
+            == 200
+    });
+}
+
+/// A reader that yields its chunks one read at a time (a streamed body).
+struct ChunkReader {
+    chunks: std::collections::VecDeque<Result<Vec<u8>, std::io::Error>>,
+}
+
+impl ChunkReader {
+    fn new(chunks: Vec<Result<Vec<u8>, std::io::Error>>) -> Self {
+        ChunkReader {
+            chunks: chunks.into(),
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.chunks.pop_front() {
+            None => Ok(0),
+            Some(Err(e)) => Err(e),
+            Some(Ok(c)) => {
+                let n = c.len().min(buf.len());
+                buf[..n].copy_from_slice(&c[..n]);
+                if n < c.len() {
+                    self.chunks.push_front(Ok(c[n..].to_vec()));
+                }
+                Ok(n)
+            }
+        }
+    }
+}
