@@ -11,8 +11,8 @@ import uuid
 
 import httpx
 import pytest
-from e2b import AsyncSandbox, Sandbox, SandboxQuery
-from e2b.exceptions import NotFoundException, SandboxException
+from e2b import AsyncSandbox, CommandExitException, PtySize, Sandbox, SandboxQuery
+from e2b.exceptions import NotFoundException, SandboxException, TimeoutException
 
 
 def test_create_with_metadata_and_envs(daemon):
@@ -184,9 +184,137 @@ async def test_async_sandbox(daemon):
         assert info.metadata == {"flavor": "async"}
         connected = await AsyncSandbox.connect(sb.sandbox_id)
         assert await connected.files.read("/workspace/a2.txt") == "async"
+        r = await sb.commands.run("echo $A; echo e >&2")
+        assert (r.stdout, r.stderr) == ("1\n", "e\n")
+        bg = await sb.commands.run("sleep 60", background=True)
+        assert await sb.commands.kill(bg.pid)
         listed = await AsyncSandbox.list(
             query=SandboxQuery(metadata={"flavor": "async"})
         ).next_items()
         assert [s.sandbox_id for s in listed] == [sb.sandbox_id]
     finally:
         assert await sb.kill()
+
+
+def test_commands_foreground(daemon):
+    sb = Sandbox.create(envs={"GREETING": "hallo"})
+    try:
+        r = sb.commands.run("echo out; echo err >&2")
+        assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 0)
+        assert sb.commands.run("echo $GREETING $EXTRA", envs={"EXTRA": "x"}).stdout == "hallo x\n"
+        assert sb.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+        assert sb.commands.run("id -u").stdout == "1000\n"
+        assert sb.commands.run("id -u", user="root").stdout == "0\n"
+        seen: list[str] = []
+        sb.commands.run("for i in 1 2 3; do echo $i; done", on_stdout=seen.append)
+        assert "".join(seen) == "1\n2\n3\n"
+        with pytest.raises(CommandExitException) as err:
+            sb.commands.run("echo partial; exit 3")
+        assert (err.value.exit_code, err.value.stdout) == (3, "partial\n")
+        # A command past its timeout fails and is killed.
+        with pytest.raises(TimeoutException):
+            sb.commands.run("sleep 30", timeout=1)
+        # Killed at the deadline: followed to its end (no waiting 30 s).
+        for p in [p for p in sb.commands.list() if "sleep 30" in " ".join(p.args)]:
+            with pytest.raises(CommandExitException) as err:
+                sb.commands.connect(p.pid).wait()
+            assert err.value.exit_code == -1
+    finally:
+        sb.kill()
+
+
+def test_commands_background_stdin_kill_list_connect(daemon):
+    sb = Sandbox.create()
+    try:
+        sleeper = sb.commands.run("sleep 60", background=True)
+        pids = {p.pid for p in sb.commands.list()}
+        assert sleeper.pid in pids
+        assert sb.commands.kill(sleeper.pid) is True
+        with pytest.raises(CommandExitException) as err:
+            sleeper.wait()
+        assert err.value.exit_code == -1
+        assert sb.commands.kill(sleeper.pid) is False
+        assert sleeper.pid not in {p.pid for p in sb.commands.list()}
+
+        cat = sb.commands.run("cat", background=True, stdin=True)
+        sb.commands.send_stdin(cat.pid, "hello ")
+        sb.commands.stream_input(cat.pid, ["stream", "ed\n"])
+        sb.commands.close_stdin(cat.pid)
+        assert cat.wait().stdout == "hello streamed\n"
+        # Stdin to a finished process: not found.
+        with pytest.raises(NotFoundException):
+            sb.commands.send_stdin(cat.pid, "late")
+
+        later = sb.commands.run("read line; echo got $line", background=True, stdin=True)
+        later.disconnect()
+        again = sb.commands.connect(later.pid)
+        sb.commands.send_stdin(later.pid, "it\n")
+        assert again.wait().stdout == "got it\n"
+    finally:
+        sb.kill()
+
+
+def test_pty(daemon):
+    sb = Sandbox.create()
+    try:
+        term = sb.pty.create(PtySize(rows=24, cols=80))
+
+        def read_until(text: str) -> str:
+            seen = b""
+            for _, _, chunk in term:
+                if chunk:
+                    seen += chunk
+                    if text.encode() in seen:
+                        return seen.decode(errors="replace")
+            raise AssertionError(f"the terminal ended before {text!r}: {seen!r}")
+
+        sb.pty.send_stdin(term.pid, b"echo $((6*7))\n")
+        read_until("42")
+        sb.pty.resize(term.pid, PtySize(rows=30, cols=100))
+        sb.pty.send_stdin(term.pid, b"stty size\n")
+        read_until("30 100")
+        assert sb.pty.kill(term.pid) is True
+    finally:
+        sb.kill()
+
+
+def test_timing_of_a_trivial_command(daemon):
+    """commands.run("true") through the E2B SDK against our own SDK's exec,
+    same daemon, same run: medians of 100 each, interleaved in two rounds.
+    The issue's target is 2x; the assertion guards against a regression
+    beyond 3x on a loaded machine, the figures are printed."""
+    import statistics
+    import time
+
+    from sandkasten import SyncSandboxClient
+
+    def median_ms(f, n=50):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
+
+    sb = Sandbox.create()
+    try:
+        with SyncSandboxClient(base_url=daemon.url, api_key=daemon.key) as client:
+            own = client.create_session()
+            try:
+                for _ in range(10):
+                    sb.commands.run("true")
+                    own.exec("true")
+                e2b_ms = own_ms = 0.0
+                for _ in range(2):
+                    e2b_ms += median_ms(lambda: sb.commands.run("true")) / 2
+                    own_ms += median_ms(lambda: own.exec("true")) / 2
+            finally:
+                own.destroy()
+        ratio = e2b_ms / own_ms
+        print(
+            f"\ncommands.run('true') via e2b: {e2b_ms:.2f} ms; "
+            f"exec via the sandkasten SDK: {own_ms:.2f} ms; ratio {ratio:.2f}"
+        )
+        assert ratio < 3, f"{ratio:.2f}"
+    finally:
+        sb.kill()

@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use sandkasten_engine::{EngineError, FileError, SessionError, SessionState};
+use sandkasten_engine::{EngineError, FileError, ProcessError, SessionError, SessionState};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -56,20 +56,86 @@ pub(crate) async fn serve(e2b: &Shared, id: Option<String>, req: Request) -> Res
         return RpcError::new(Code::Unimplemented, "Connect calls are POST requests")
             .unary_response();
     }
+    let root = match rpc_user(req.headers()) {
+        Ok(root) => root,
+        Err(e) => return e.unary_response(),
+    };
     if let Some(method) = path.strip_prefix("/filesystem.Filesystem/") {
         let method = method.to_string();
-        return crate::filesystem::call(e2b, &id, &method, req).await;
+        return crate::filesystem::call(e2b, &id, &method, root, req).await;
     }
-    if path.starts_with("/process.Process/") {
-        return RpcError::new(
-            Code::Unimplemented,
-            "process.Process is not served by this daemon yet",
-        )
-        .unary_response();
+    if let Some(method) = path.strip_prefix("/process.Process/") {
+        let method = method.to_string();
+        return crate::process::call(e2b, &id, &method, root, req).await;
     }
     let mut r = RpcError::new(Code::Unimplemented, format!("no procedure {path}")).unary_response();
     *r.status_mut() = StatusCode::NOT_FOUND;
     r
+}
+
+/// An engine failure as a Connect error.
+pub(crate) fn rpc_error(e: EngineError) -> RpcError {
+    let code = match &e {
+        EngineError::InvalidRequest(_) | EngineError::File(FileError::InvalidPath(_)) => {
+            Code::InvalidArgument
+        }
+        EngineError::File(FileError::NotFound(_)) => Code::NotFound,
+        EngineError::File(FileError::PermissionDenied(_)) => Code::PermissionDenied,
+        EngineError::File(FileError::AlreadyExists(_)) => Code::AlreadyExists,
+        EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
+            Code::ResourceExhausted
+        }
+        EngineError::Session(SessionError::NotFound(_) | SessionError::NotRunning { .. }) => {
+            Code::NotFound
+        }
+        EngineError::Process(ProcessError::NotFound(_) | ProcessError::Ended(_)) => Code::NotFound,
+        EngineError::Process(ProcessError::StdinClosed(_)) => Code::FailedPrecondition,
+        EngineError::Process(ProcessError::TagInUse(_)) => Code::AlreadyExists,
+        EngineError::Process(ProcessError::StartFailed(_)) => Code::InvalidArgument,
+        EngineError::Unsupported { .. } => Code::Unimplemented,
+        _ => {
+            tracing::error!("envd: {e}");
+            return RpcError::new(Code::Internal, "internal error");
+        }
+    };
+    RpcError::new(code, e.to_string())
+}
+
+/// Whether an RPC runs as root: the user of `Authorization: Basic
+/// base64(user:)`, as the SDKs send it (none: the sandbox user).
+fn rpc_user(headers: &HeaderMap) -> Result<bool, RpcError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(false);
+    };
+    let bad = || {
+        RpcError::new(
+            Code::InvalidArgument,
+            "Authorization: expected Basic base64(user:)",
+        )
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, cred)) = value.split_once(' ') else {
+        return Err(bad());
+    };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(false); // the daemon's key
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(cred.trim())
+        .map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let user = decoded.split(':').next().unwrap_or_default();
+    match user {
+        "root" => Ok(true),
+        "" | "user" | "sandbox" => Ok(false),
+        other => Err(RpcError::new(
+            Code::InvalidArgument,
+            format!("unknown user {other:?}: use \"user\" (the sandbox user) or \"root\""),
+        )),
+    }
 }
 
 /// A refusal in the form the path's client reads: Connect's for RPCs, the

@@ -8,6 +8,7 @@
 //! them: uid 0 `root`, the sandbox user `user`.
 
 use crate::connect::{self, Code, Framing, RpcError};
+use crate::envd::rpc_error;
 use crate::pb::{
     EntryInfo, EntryResponse, FileType, ListDirRequest, ListDirResponse, MakeDirRequest,
     MoveRequest, RemoveRequest, StatRequest, Timestamp,
@@ -16,7 +17,7 @@ use crate::Shared;
 use axum::extract::Request;
 use axum::response::Response;
 use futures::StreamExt;
-use sandkasten_engine::{DirEntry, EngineError, FileError, FileStat, FileType as Ft, SessionError};
+use sandkasten_engine::{DirEntry, EngineError, FileError, FileStat, FileType as Ft};
 
 /// Most entries one ListDir answers.
 pub const MAX_LIST_ENTRIES: usize = 10_000;
@@ -24,7 +25,13 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// Stats run at once for one listing.
 const STAT_CONCURRENCY: usize = 16;
 
-pub(crate) async fn call(e2b: &Shared, id: &str, method: &str, req: Request) -> Response {
+pub(crate) async fn call(
+    e2b: &Shared,
+    id: &str,
+    method: &str,
+    root: bool,
+    req: Request,
+) -> Response {
     let Some(f) = connect::framing(req.headers()) else {
         return connect::unsupported_media_type();
     };
@@ -52,6 +59,17 @@ pub(crate) async fn call(e2b: &Shared, id: &str, method: &str, req: Request) -> 
     }
     if f.streaming != streaming_method {
         return connect::unsupported_media_type();
+    }
+    if root {
+        let e = RpcError::new(
+            Code::PermissionDenied,
+            "file operations run as the sandbox user (\"user\") only, not as root",
+        );
+        return if f.streaming {
+            connect::stream_error(f, e)
+        } else {
+            e.unary_response()
+        };
     }
     let body = req.into_body();
     match method {
@@ -84,30 +102,6 @@ where
         Err(e) => Err(e),
     };
     connect::unary(f, result)
-}
-
-/// An engine failure as a Connect error.
-pub(crate) fn rpc_error(e: EngineError) -> RpcError {
-    let code = match &e {
-        EngineError::InvalidRequest(_) | EngineError::File(FileError::InvalidPath(_)) => {
-            Code::InvalidArgument
-        }
-        EngineError::File(FileError::NotFound(_)) => Code::NotFound,
-        EngineError::File(FileError::PermissionDenied(_)) => Code::PermissionDenied,
-        EngineError::File(FileError::AlreadyExists(_)) => Code::AlreadyExists,
-        EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
-            Code::ResourceExhausted
-        }
-        EngineError::Session(SessionError::NotFound(_) | SessionError::NotRunning { .. }) => {
-            Code::NotFound
-        }
-        EngineError::Unsupported { .. } => Code::Unimplemented,
-        _ => {
-            tracing::error!("envd: {e}");
-            return RpcError::new(Code::Internal, "internal error");
-        }
-    };
-    RpcError::new(code, e.to_string())
 }
 
 fn owner(uid: u32) -> String {

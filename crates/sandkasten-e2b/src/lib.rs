@@ -25,6 +25,7 @@ mod control;
 mod envd;
 mod filesystem;
 pub mod pb;
+mod process;
 mod query;
 
 use axum::extract::{Request, State};

@@ -106,7 +106,6 @@ pub(crate) mod json {
     }
 
     /// `bytes` fields (the process service's stdin and output).
-    #[allow(dead_code)]
     pub mod bytes {
         use super::*;
         use base64::Engine;
@@ -232,4 +231,269 @@ pub struct ListDirRequest {
 pub struct ListDirResponse {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<EntryInfo>,
+}
+
+// --------------------------------------------------------------- process
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Signal {
+    Unspecified = 0,
+    Sigterm = 15,
+    Sigkill = 9,
+}
+
+impl ProtoEnum for Signal {
+    const NAMES: &'static [(i32, &'static str)] = &[
+        (0, "SIGNAL_UNSPECIFIED"),
+        (15, "SIGNAL_SIGTERM"),
+        (9, "SIGNAL_SIGKILL"),
+    ];
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PtySize {
+    #[prost(uint32, tag = "1")]
+    pub cols: u32,
+    #[prost(uint32, tag = "2")]
+    pub rows: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pty {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<PtySize>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessConfig {
+    #[prost(string, tag = "1")]
+    pub cmd: String,
+    #[prost(string, repeated, tag = "2")]
+    pub args: Vec<String>,
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub envs: std::collections::BTreeMap<String, String>,
+    #[prost(string, optional, tag = "4")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessInfo {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<ProcessConfig>,
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+    #[prost(string, optional, tag = "3")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ListResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub processes: Vec<ProcessInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StartRequest {
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<ProcessConfig>,
+    #[prost(message, optional, tag = "2")]
+    pub pty: Option<Pty>,
+    #[prost(string, optional, tag = "3")]
+    pub tag: Option<String>,
+    /// Absent: true (older SDKs always had stdin).
+    #[prost(bool, optional, tag = "4")]
+    pub stdin: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Selector {
+    #[prost(uint32, tag = "1")]
+    Pid(u32),
+    #[prost(string, tag = "2")]
+    Tag(String),
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessSelector {
+    #[prost(oneof = "Selector", tags = "1, 2")]
+    #[serde(flatten)]
+    pub selector: Option<Selector>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateRequest {
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<ProcessSelector>,
+    #[prost(message, optional, tag = "2")]
+    pub pty: Option<Pty>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StartEvent {
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Output {
+    #[prost(bytes, tag = "1")]
+    #[serde(with = "json::bytes")]
+    Stdout(Vec<u8>),
+    #[prost(bytes, tag = "2")]
+    #[serde(with = "json::bytes")]
+    Stderr(Vec<u8>),
+    #[prost(bytes, tag = "3")]
+    #[serde(with = "json::bytes")]
+    Pty(Vec<u8>),
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataEvent {
+    #[prost(oneof = "Output", tags = "1, 2, 3")]
+    #[serde(flatten)]
+    pub output: Option<Output>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct EndEvent {
+    #[prost(sint32, tag = "1")]
+    #[serde(alias = "exit_code")]
+    pub exit_code: i32,
+    #[prost(bool, tag = "2")]
+    pub exited: bool,
+    #[prost(string, tag = "3")]
+    pub status: String,
+    #[prost(string, optional, tag = "4")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Event {
+    #[prost(message, tag = "1")]
+    Start(StartEvent),
+    #[prost(message, tag = "2")]
+    Data(DataEvent),
+    #[prost(message, tag = "3")]
+    End(EndEvent),
+    #[prost(message, tag = "4")]
+    Keepalive(Empty),
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessEvent {
+    #[prost(oneof = "Event", tags = "1, 2, 3, 4")]
+    #[serde(flatten)]
+    pub event: Option<Event>,
+}
+
+/// `StartResponse` and `ConnectResponse` (the same shape).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventResponse {
+    #[prost(message, optional, tag = "1")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<ProcessEvent>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Input {
+    #[prost(bytes, tag = "1")]
+    #[serde(with = "json::bytes")]
+    Stdin(Vec<u8>),
+    #[prost(bytes, tag = "2")]
+    #[serde(with = "json::bytes")]
+    Pty(Vec<u8>),
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessInput {
+    #[prost(oneof = "Input", tags = "1, 2")]
+    #[serde(flatten)]
+    pub input: Option<Input>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SendInputRequest {
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<ProcessSelector>,
+    #[prost(message, optional, tag = "2")]
+    pub input: Option<ProcessInput>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamInputStart {
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<ProcessSelector>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamInputData {
+    #[prost(message, optional, tag = "2")]
+    pub input: Option<ProcessInput>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StreamInputEvent {
+    #[prost(message, tag = "1")]
+    Start(StreamInputStart),
+    #[prost(message, tag = "2")]
+    Data(StreamInputData),
+    #[prost(message, tag = "3")]
+    Keepalive(Empty),
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamInputRequest {
+    #[prost(oneof = "StreamInputEvent", tags = "1, 2, 3")]
+    #[serde(flatten)]
+    pub event: Option<StreamInputEvent>,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SendSignalRequest {
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<ProcessSelector>,
+    #[prost(enumeration = "Signal", tag = "2")]
+    #[serde(
+        serialize_with = "enum_ser::<Signal, _>",
+        deserialize_with = "enum_de::<Signal, _>"
+    )]
+    pub signal: i32,
+}
+
+/// `ConnectRequest` and `CloseStdinRequest` (a selector only).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SelectorRequest {
+    #[prost(message, optional, tag = "1")]
+    pub process: Option<ProcessSelector>,
 }
