@@ -544,3 +544,331 @@ fn envd_files_checks_access_and_signatures() {
     );
     assert_eq!((r.status, r.text.as_str()), (200, "one"));
 }
+
+/// The envelopes of a streaming answer: (flags, payload).
+fn envelopes(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        out.push((rest[0], rest[5..5 + len].to_vec()));
+        rest = &rest[5 + len..];
+    }
+    assert!(rest.is_empty(), "trailing bytes after the envelopes");
+    out
+}
+
+fn envelope(flags: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![flags];
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// A streaming call's raw answer.
+fn stream_call(
+    d: &Daemon,
+    id: &str,
+    token: &str,
+    method: &str,
+    ct: &str,
+    body: Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    let r = d
+        .client
+        .post(format!("{}/process.Process/{method}", d.url))
+        .header("E2b-Sandbox-Id", id)
+        .header("X-Access-Token", token)
+        .header("Content-Type", ct)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, ct, r.bytes().unwrap().to_vec())
+}
+
+/// The end-of-stream message of a streaming answer.
+#[track_caller]
+fn end_of_stream(body: &[u8]) -> Value {
+    let envs = envelopes(body);
+    let (flags, last) = envs.last().expect("no envelope");
+    assert_eq!(*flags, 2, "the last envelope ends the stream");
+    serde_json::from_slice(last).unwrap()
+}
+
+fn proc_rpc(d: &Daemon, id: &str, token: &str, method: &str, body: Value) -> Resp {
+    envd(
+        d,
+        id,
+        token,
+        &format!("/process.Process/{method}"),
+        "application/json",
+        body.to_string().into_bytes(),
+    )
+}
+
+#[test]
+fn envd_process_bad_input_gets_connect_codes_and_nothing_leaks_between_sandboxes() {
+    let d = Daemon::start(None);
+    let (a, ta) = e2b_sandbox(&d, json!({"templateID": "base"}));
+    let (b, tb) = e2b_sandbox(&d, json!({"templateID": "base"}));
+
+    // A start over binary protobuf: StartRequest{process{cmd, args}}.
+    let mut config = proto_string_field("/bin/echo");
+    config.extend([0x12, 2, b'h', b'i']);
+    let mut start = vec![0x0a, config.len() as u8];
+    start.extend(config);
+    let (status, ct, body) = stream_call(
+        &d,
+        &a,
+        &ta,
+        "Start",
+        "application/connect+proto",
+        envelope(0, &start),
+    );
+    assert_eq!((status, ct.as_str()), (200, "application/connect+proto"));
+    assert!(body.windows(3).any(|w| w == b"hi\n"), "{body:?}");
+    assert_eq!(end_of_stream(&body), json!({}));
+
+    // A long process in b, its pid (the stream is left after its first
+    // event: the process runs on).
+    let mut r = d
+        .client
+        .post(format!("{}/process.Process/Start", d.url))
+        .header("E2b-Sandbox-Id", &b)
+        .header("X-Access-Token", &tb)
+        .header("Content-Type", "application/connect+json")
+        .body(envelope(
+            0,
+            br#"{"process": {"cmd": "sleep", "args": ["600"]}, "tag": "long"}"#,
+        ))
+        .send()
+        .unwrap();
+    let mut head = [0u8; 5];
+    std::io::Read::read_exact(&mut r, &mut head).unwrap();
+    let mut first = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+    std::io::Read::read_exact(&mut r, &mut first).unwrap();
+    drop(r);
+    let first: Value = serde_json::from_slice(&first).unwrap();
+    let pid = first["event"]["start"]["pid"]
+        .as_u64()
+        .expect("a start event");
+    // The deadline of a start ends its stream: Connect-Timeout-Ms.
+    let r = d
+        .client
+        .post(format!("{}/process.Process/Start", d.url))
+        .header("E2b-Sandbox-Id", &a)
+        .header("X-Access-Token", &ta)
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Timeout-Ms", "300")
+        .body(envelope(
+            0,
+            br#"{"process": {"cmd": "sleep", "args": ["600"]}}"#,
+        ))
+        .send()
+        .unwrap();
+    let end = end_of_stream(&r.bytes().unwrap());
+    assert_eq!(end["error"]["code"], "deadline_exceeded", "{end}");
+
+    // Signals and input to pids a does not have, or that ended: not_found;
+    // b's process is untouched.
+    for p in [pid, 1, 999_999] {
+        let r = proc_rpc(
+            &d,
+            &a,
+            &ta,
+            "SendSignal",
+            json!({"process": {"pid": p}, "signal": "SIGNAL_SIGKILL"}),
+        );
+        assert_connect_error(&r, 404, "not_found");
+        let r = proc_rpc(
+            &d,
+            &a,
+            &ta,
+            "SendInput",
+            json!({"process": {"pid": p}, "input": {"stdin": "eA=="}}),
+        );
+        assert_connect_error(&r, 404, "not_found");
+    }
+    let r = proc_rpc(
+        &d,
+        &a,
+        &ta,
+        "SendSignal",
+        json!({"process": {"tag": "long"}, "signal": "SIGNAL_SIGTERM"}),
+    );
+    assert_connect_error(&r, 404, "not_found");
+    let listed = proc_rpc(&d, &b, &tb, "List", json!({})).expect(200, "List in b");
+    assert!(
+        listed["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == pid),
+        "{listed}"
+    );
+    // Stdin to a finished process (the echo above): not_found.
+    let (_, _, body) = stream_call(
+        &d,
+        &a,
+        &ta,
+        "Start",
+        "application/connect+json",
+        envelope(0, br#"{"process": {"cmd": "true"}, "stdin": true}"#),
+    );
+    let first: Value = serde_json::from_slice(&envelopes(&body)[0].1).unwrap();
+    let done = first["event"]["start"]["pid"].as_u64().unwrap();
+    let r = proc_rpc(
+        &d,
+        &a,
+        &ta,
+        "SendInput",
+        json!({"process": {"pid": done}, "input": {"stdin": "eA=="}}),
+    );
+    assert_connect_error(&r, 404, "not_found");
+    // Bad arguments.
+    for (method, body) in [
+        ("SendSignal", json!({"process": {"pid": pid}})),
+        ("SendSignal", json!({"signal": "SIGNAL_SIGKILL"})),
+        ("SendInput", json!({"process": {"pid": pid}})),
+        (
+            "Update",
+            json!({"process": {"pid": pid}, "pty": {"size": {"cols": 0, "rows": 5}}}),
+        ),
+        ("CloseStdin", json!({"process": {"pid": "x"}})),
+    ] {
+        let r = proc_rpc(&d, &b, &tb, method, body.clone());
+        assert_connect_error(&r, 400, "invalid_argument");
+    }
+    let r = proc_rpc(&d, &a, &ta, "Kill", json!({}));
+    assert_connect_error(&r, 404, "unimplemented");
+    // Framings: a unary call with a streaming type and the reverse.
+    let r = envd(
+        &d,
+        &a,
+        &ta,
+        "/process.Process/List",
+        "application/connect+json",
+        vec![],
+    );
+    assert_eq!(r.status, 415);
+    let r = envd(
+        &d,
+        &a,
+        &ta,
+        "/process.Process/Start",
+        "application/json",
+        b"{}".to_vec(),
+    );
+    assert_eq!(r.status, 415);
+    // Streams with malformed frames end with the protocol's codes.
+    for (method, body, code) in [
+        ("Start", vec![0, 0, 0], "invalid_argument"),
+        ("Start", envelope(0, b"{"), "invalid_argument"),
+        (
+            "Start",
+            envelope(0, br#"{"process": {"cmd": ""}}"#),
+            "invalid_argument",
+        ),
+        ("Start", envelope(1, b"{}"), "unimplemented"),
+        (
+            "Start",
+            [envelope(0, b"{}"), envelope(0, b"{}")].concat(),
+            "invalid_argument",
+        ),
+        ("Connect", vec![], "invalid_argument"),
+        (
+            "Connect",
+            envelope(0, br#"{"process": {"pid": 999999}}"#),
+            "not_found",
+        ),
+        (
+            "StreamInput",
+            envelope(0, br#"{"data": {"input": {"stdin": "eA=="}}}"#),
+            "invalid_argument",
+        ),
+        (
+            "StreamInput",
+            [&[0u8, 0xff, 0xff, 0xff, 0xff][..]].concat(),
+            "resource_exhausted",
+        ),
+        ("StreamInput", envelope(0x40, b"{}"), "invalid_argument"),
+    ] {
+        let (status, _, out) = stream_call(&d, &a, &ta, method, "application/connect+json", body);
+        assert_eq!(status, 200, "{method}");
+        let end = end_of_stream(&out);
+        assert_eq!(end["error"]["code"], code, "{method}: {end}");
+    }
+    // Users: Basic auth names one; root runs as root, others are refused,
+    // file RPCs refuse root.
+    let basic = |user: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
+        )
+    };
+    let r = d.send(
+        d.client
+            .post(format!("{}/process.Process/List", d.url))
+            .header("E2b-Sandbox-Id", &a)
+            .header("X-Access-Token", &ta)
+            .header("Authorization", basic("mallory"))
+            .header("Content-Type", "application/json")
+            .body("{}"),
+    );
+    assert_connect_error(&r, 400, "invalid_argument");
+    let r = d.send(
+        d.client
+            .post(format!("{}/filesystem.Filesystem/Stat", d.url))
+            .header("E2b-Sandbox-Id", &a)
+            .header("X-Access-Token", &ta)
+            .header("Authorization", basic("root"))
+            .header("Content-Type", "application/json")
+            .body(r#"{"path": "/"}"#),
+    );
+    assert_connect_error(&r, 403, "permission_denied");
+    let r = d
+        .client
+        .post(format!("{}/process.Process/Start", d.url))
+        .header("E2b-Sandbox-Id", &a)
+        .header("X-Access-Token", &ta)
+        .header("Authorization", basic("root"))
+        .header("Content-Type", "application/connect+json")
+        .body(envelope(
+            0,
+            br#"{"process": {"cmd": "id", "args": ["-u"]}}"#,
+        ))
+        .send()
+        .unwrap();
+    let body = r.bytes().unwrap();
+    let out: Vec<Value> = envelopes(&body)
+        .iter()
+        .filter(|(f, _)| *f == 0)
+        .map(|(_, m)| serde_json::from_slice(m).unwrap())
+        .collect();
+    let stdout = out
+        .iter()
+        .find_map(|e| e["event"]["data"]["stdout"].as_str())
+        .expect("stdout");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(stdout)
+            .unwrap(),
+        b"0\n"
+    );
+    // b's process still runs; the daemon is well.
+    let r = proc_rpc(
+        &d,
+        &b,
+        &tb,
+        "SendSignal",
+        json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
+    );
+    r.expect(200, "b kills its own process");
+    assert_eq!(d.get("/healthz").status, 200);
+}

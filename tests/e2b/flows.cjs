@@ -4,7 +4,7 @@
 // package); prints one line per step and exits non-zero on the first
 // failure.
 const assert = require('node:assert/strict')
-const { Sandbox } = require('e2b')
+const { Sandbox, CommandExitError } = require('e2b')
 
 function step(name) {
   console.log(`step: ${name}`)
@@ -65,6 +65,43 @@ async function main() {
     assert.equal(res.status, 200)
     const down = await sbx.downloadUrl('/workspace/up.txt')
     assert.equal(await (await fetch(down)).text(), 'by url')
+
+    step('commands: foreground, callbacks, exit errors, envs, user')
+    const r = await sbx.commands.run('echo out; echo err >&2; echo $GREETING')
+    assert.equal(r.stdout, 'out\nhallo\n')
+    assert.equal(r.stderr, 'err\n')
+    const seen = []
+    await sbx.commands.run('echo a; echo b', { onStdout: (d) => seen.push(d) })
+    assert.equal(seen.join(''), 'a\nb\n')
+    await assert.rejects(sbx.commands.run('exit 4'), (e) => e instanceof CommandExitError && e.exitCode === 4)
+    assert.equal((await sbx.commands.run('id -u', { user: 'root' })).stdout, '0\n')
+    assert.equal((await sbx.commands.run('echo $X', { envs: { X: 'y' }, cwd: '/tmp' })).stdout, 'y\n')
+
+    step('commands: background, stdin, list, kill')
+    const cat = await sbx.commands.run('cat', { background: true, stdin: true })
+    await sbx.commands.sendStdin(cat.pid, 'piped\n')
+    await sbx.commands.closeStdin(cat.pid)
+    assert.equal((await cat.wait()).stdout, 'piped\n')
+    const sleeper = await sbx.commands.run('sleep 60', { background: true })
+    assert.ok((await sbx.commands.list()).some((p) => p.pid === sleeper.pid))
+    assert.equal(await sleeper.kill(), true)
+    await assert.rejects(sleeper.wait(), (e) => e instanceof CommandExitError)
+    assert.equal(await sbx.commands.kill(sleeper.pid), false)
+
+    step('pty: create, sendInput, resize, kill')
+    let out = ''
+    let notify = () => {}
+    const term = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => { out += Buffer.from(d).toString(); notify() } })
+    const until = (text) => new Promise((resolve) => {
+      notify = () => { if (out.includes(text)) resolve() }
+      notify()
+    })
+    await sbx.pty.sendInput(term.pid, new TextEncoder().encode('echo $((6*7))\n'))
+    await until('42')
+    await sbx.pty.resize(term.pid, { cols: 100, rows: 30 })
+    await sbx.pty.sendInput(term.pid, new TextEncoder().encode('stty size\n'))
+    await until('30 100')
+    assert.equal(await sbx.pty.kill(term.pid), true)
 
     step('setTimeout, list, connect, kill')
     const before = (await sbx.getInfo()).endAt
