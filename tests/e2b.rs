@@ -522,19 +522,22 @@ fn envd_files_checks_access_and_signatures() {
             .body("x"),
     );
     assert_eq!(r.status, 415, "{}", r.text);
-    // /health: 204 for a running sandbox, 502 for an unknown one.
-    let r = d.send(
-        d.client
+    // /health: 204 for a running sandbox, 502 for an unknown one (with
+    // the key), 401 without access.
+    let health = |sandbox: &str, token: Option<&str>| {
+        let mut rb = d
+            .client
             .get(format!("{}/health", d.url))
-            .header("E2b-Sandbox-Id", &id),
-    );
-    assert_eq!(r.status, 204);
-    let r = d.send(
-        d.client
-            .get(format!("{}/health", d.url))
-            .header("E2b-Sandbox-Id", "gone"),
-    );
-    assert_eq!(r.status, 502);
+            .header("E2b-Sandbox-Id", sandbox);
+        rb = match token {
+            Some(t) => rb.header("X-Access-Token", t),
+            None => rb.header("X-API-KEY", &d.key),
+        };
+        d.send(rb).status
+    };
+    assert_eq!(health(&id, Some(&token)), 204);
+    assert_eq!(health("gone", None), 502);
+    assert_eq!(health(&id, Some("wrong")), 401);
     // The host form reaches envd too.
     let r = d.send(
         d.client

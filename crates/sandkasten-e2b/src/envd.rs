@@ -26,14 +26,17 @@ use subtle::ConstantTimeEq;
 
 pub(crate) async fn serve(e2b: &Shared, id: Option<String>, req: Request) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/health" {
-        return health(e2b, id.as_deref()).await;
+    if path == "/health" && id.is_none() {
+        return StatusCode::NO_CONTENT.into_response();
     }
     let query = Query::parse(req.uri().query());
     let id = match authorize(e2b, id, &path, req.method(), req.headers(), &query).await {
         Ok(id) => id,
         Err(message) => return refuse(&path, Code::Unauthenticated, message),
     };
+    if path == "/health" {
+        return health(e2b, &id).await;
+    }
     match e2b.engine.get_session(&id).await {
         Ok(s) if s.status == SessionState::Running => {}
         Ok(s) => {
@@ -141,19 +144,18 @@ fn rpc_user(headers: &HeaderMap) -> Result<bool, RpcError> {
 /// A refusal in the form the path's client reads: Connect's for RPCs, the
 /// envd API's `{"code", "message"}` for `/files`.
 fn refuse(path: &str, code: Code, message: String) -> Response {
-    if path == "/files" {
+    if path == "/files" || path == "/health" {
         return file_error(code.http_status(), message);
     }
     RpcError::new(code, message).unary_response()
 }
 
-async fn health(e2b: &Shared, id: Option<&str>) -> Response {
-    match id {
-        Some(id) => match e2b.engine.get_session(id).await {
-            Ok(s) if s.status == SessionState::Running => StatusCode::NO_CONTENT.into_response(),
-            _ => file_error(StatusCode::BAD_GATEWAY, format!("sandbox {id} not found")),
-        },
-        None => StatusCode::NO_CONTENT.into_response(),
+/// envd's health: 204 while the sandbox runs, 502 (as E2B's proxy
+/// answers for a sandbox that is gone; the SDKs' `is_running` reads it).
+async fn health(e2b: &Shared, id: &str) -> Response {
+    match e2b.engine.get_session(id).await {
+        Ok(s) if s.status == SessionState::Running => StatusCode::NO_CONTENT.into_response(),
+        _ => file_error(StatusCode::BAD_GATEWAY, format!("sandbox {id} not found")),
     }
 }
 
