@@ -403,3 +403,150 @@ impl std::io::Read for ChunkReader {
         }
     }
 }
+
+/// The CLI against this daemon (`SANDKASTEN_LISTEN`, `SANDKASTEN_API_KEY`).
+fn cli(d: &Daemon, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("SANDKASTEN_LISTEN", format!("127.0.0.1:{}", d.port))
+        .env("SANDKASTEN_API_KEY", &d.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_runs_a_process_and_passes_its_exit_code_through() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let (code, out, err) = cli(
+        &d,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+        "",
+    );
+    assert_eq!((code, out.as_str(), err.as_str()), (7, "out\n", "err\n"));
+    let (code, out, _) = cli(&d, &["exec", &id, "--root", "--", "id", "-u"], "");
+    assert_eq!((code, out.as_str()), (0, "0\n"));
+    let (code, _, err) = cli(&d, &["exec", &id, "--", "no-such-program-here"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no-such-program-here"), "{err}");
+}
+
+#[test]
+fn the_cli_shell_is_a_terminal_over_a_websocket() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    // Not a terminal here: input is piped, output collected.
+    let (code, out, err) = cli(
+        &d,
+        &[
+            "shell",
+            &id,
+            "--cmd",
+            "read x; echo got-$x; [ -t 0 ] && echo tty; exit 5",
+        ],
+        "hello\n",
+    );
+    assert_eq!(code, 5, "stdout {out:?} stderr {err:?}");
+    assert!(out.contains("got-hello\r\ntty\r\n"), "{out:?}");
+}
+
+#[test]
+fn a_pty_websocket_carries_bytes_both_ways_and_resizes() {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/{id}/pty?rows=20&cols=70&cmd=read%20a%3B%20stty%20size%3B%20exit%203",
+        d.port
+    );
+    // Without the key: refused before any upgrade.
+    let refused = tungstenite::connect(url.as_str());
+    assert!(
+        matches!(&refused, Err(tungstenite::Error::Http(r)) if r.status() == 401),
+        "{refused:?}"
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", d.key).parse().unwrap(),
+    );
+    let (mut ws, _) = tungstenite::connect(req).unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"resize","rows":33,"cols":101}"#.into(),
+    ))
+    .unwrap();
+    ws.send(Message::Binary(b"go\n".to_vec().into())).unwrap();
+    let mut seen = Vec::new();
+    let exit = loop {
+        match ws.read().unwrap() {
+            Message::Binary(b) => seen.extend_from_slice(&b),
+            Message::Text(t) => break serde_json::from_str::<Value>(&t).unwrap(),
+            Message::Close(_) => panic!("closed without an exit message"),
+            _ => {}
+        }
+    };
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("33 101\r\n"), "{seen:?}");
+    assert_eq!(exit["type"], "exit");
+    assert_eq!(exit["exit_code"], 3);
+
+    // Not a WebSocket request: a clear error.
+    d.get(&format!("/v1/sessions/{id}/pty"))
+        .assert_error(400, "INVALID_REQUEST", "a plain GET");
+}
+
+#[test]
+fn only_the_newest_ended_processes_keep_their_output() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for i in 0..10 {
+        let (out, _, _, end) = collect(start_stream(
+            &d,
+            &id,
+            json!({"argv": ["echo", format!("n{i}")], "tag": format!("p{i}")}),
+        ));
+        assert_eq!(
+            (out, end["exit_code"].as_i64()),
+            (format!("n{i}\n"), Some(0))
+        );
+    }
+    // The oldest two are listed and reattach to their end alone; the
+    // newest eight still replay.
+    let (out, _, _, end) = collect(attach(&d, &id, "p1", ""));
+    assert_eq!((out.as_str(), end["exit_code"].as_i64()), ("", Some(0)));
+    let (out, ..) = collect(attach(&d, &id, "p2", ""));
+    assert_eq!(out, "n2\n");
+    assert_eq!(
+        d.get(&procs(&id))
+            .expect(200, "list")
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+}

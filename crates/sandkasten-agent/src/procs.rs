@@ -39,6 +39,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const LINGER: Duration = Duration::from_millis(50);
 /// Largest single read of a process's output.
 const READ_CHUNK: usize = 64 * 1024;
+/// Ended processes whose output is still kept for a reattach (the
+/// newest); older ones are listed without it.
+const ENDED_WITH_OUTPUT: usize = 8;
 /// `PATH` where the environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -185,7 +188,10 @@ impl Procs {
     }
 }
 
-/// Forgets the oldest ended processes beyond [`PROC_ENDED_KEPT`].
+/// Forgets the oldest ended processes beyond [`PROC_ENDED_KEPT`], and the
+/// output of all but the newest [`ENDED_WITH_OUTPUT`] ended ones that no
+/// stream reads, so the agent (PID 1, inside the sandbox's memory limit)
+/// holds at most that many ended processes' output.
 fn prune(table: &Table) {
     let mut table = lock(table);
     let ended = table.iter().filter(|p| lock(&p.out).end.is_some()).count();
@@ -198,6 +204,19 @@ fn prune(table: &Table) {
             true
         }
     });
+    let mut newer_ended = 0;
+    for p in table.iter().rev() {
+        let mut o = lock(&p.out);
+        if o.end.is_none() {
+            continue;
+        }
+        newer_ended += 1;
+        if newer_ended > ENDED_WITH_OUTPUT && o.subs.is_empty() && !o.log.is_empty() {
+            o.base += o.log.len() as u64;
+            o.log = VecDeque::new();
+            o.bytes = 0;
+        }
+    }
 }
 
 impl Proc {

@@ -133,7 +133,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{exec, files, pool, ports, processes, sessions, system, workspaces};
+    use routes::{exec, files, pool, ports, processes, pty, sessions, system, workspaces};
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
         .routes(routes!(pool::pool))
@@ -152,6 +152,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(processes::write_stdin, processes::close_stdin))
         .routes(routes!(processes::signal_process))
         .routes(routes!(processes::resize_process))
+        .routes(routes!(pty::pty))
         .routes(routes!(files::write_file))
         .routes(routes!(files::read_file))
         .routes(routes!(files::upload))

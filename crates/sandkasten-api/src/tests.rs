@@ -1944,6 +1944,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/sessions/{id}/processes/{proc}/stdin"),
     ("post", "/v1/sessions/{id}/processes/{proc}/signal"),
     ("post", "/v1/sessions/{id}/processes/{proc}/resize"),
+    ("get", "/v1/sessions/{id}/pty"),
     ("post", "/v1/sessions/{id}/fs/write"),
     ("get", "/v1/sessions/{id}/fs/read"),
     ("post", "/v1/sessions/{id}/fs/upload"),

@@ -14,7 +14,8 @@ use sandkasten_conformance::{call, ok, run, run_cmd, Env, Kind, MEMORY_MB};
 use sandkasten_protocol::{ErrorKind as AgentErrorKind, Request, Response};
 use sandkasten_runtime::{
     AgentClient, ExecHandle, ExecReply, FileData, FileErrorKind, FileOp, FileReply, FileType,
-    NetworkMode, Runtime, RuntimeError, SandboxHandle, WorkspaceMount,
+    NetworkMode, ProcErrorKind, ProcEvent, ProcOutput, ProcRef, ProcSpec, ProcStream, PtySize,
+    Runtime, RuntimeError, SandboxHandle, Started, WorkspaceMount,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +67,7 @@ conformance! {
     suite_network: native_network, docker_network, remote_network, gvisor_network;
     suite_quotas_and_snapshots: native_quotas_and_snapshots, docker_quotas_and_snapshots, remote_quotas_and_snapshots, gvisor_quotas_and_snapshots;
     suite_export_and_import: native_export_and_import, docker_export_and_import, remote_export_and_import, gvisor_export_and_import;
+    suite_processes: native_processes, docker_processes, remote_processes, gvisor_processes;
 }
 
 // Not under gVisor, as measured (docs/api.md, "Choosing a backend"):
@@ -267,6 +269,158 @@ async fn suite_shell_state_and_exit_codes(rt: &dyn Runtime, env: &Env) {
     .await;
     assert_eq!((r.output.as_str(), r.exit_code), ("[] yes\nno-f\n", 0));
     assert_eq!(r.cwd, "/tmp");
+    rt.destroy(&sb.handle).await.unwrap();
+    env.assert_clean(&sb.handle).await;
+}
+
+fn proc_spec(argv: &[&str]) -> ProcSpec {
+    ProcSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        cwd: None,
+        root: false,
+        pty: None,
+        stdin: false,
+        tag: None,
+    }
+}
+
+/// A process stream to its end: (stdout, stderr, pty, exit code, signal).
+async fn drain(mut out: ProcOutput) -> (String, String, String, i32, Option<i32>) {
+    let (mut o, mut e, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        match out.next().await.expect("the process stream broke off") {
+            ProcEvent::Output { stream, data } => match stream {
+                ProcStream::Stdout => o.extend(data),
+                ProcStream::Stderr => e.extend(data),
+                ProcStream::Pty => p.extend(data),
+            },
+            ProcEvent::End(end) => {
+                let s = |v: Vec<u8>| String::from_utf8_lossy(&v).into_owned();
+                return (s(o), s(e), s(p), end.exit_code, end.signal);
+            }
+        }
+    }
+}
+
+async fn attached(a: &AgentClient, spec: ProcSpec) -> ProcOutput {
+    match a.proc_start(spec, true).await.unwrap() {
+        Started::Attached(out) => out,
+        Started::Detached(_) => panic!("an attached start came back detached"),
+    }
+}
+
+/// Background processes through the agent: streams apart, users, stdin,
+/// signals to the group, a PTY and its size, reattach with replay, and
+/// the typed failures.
+async fn suite_processes(rt: &dyn Runtime, env: &Env) {
+    let sb = env.create(env.spec()).await;
+    let a = &sb.agent;
+    let out = attached(
+        a,
+        proc_spec(&["sh", "-c", "echo out; echo err >&2; id -u; exit 4"]),
+    )
+    .await;
+    assert_eq!(
+        drain(out).await,
+        ("out\n1000\n".into(), "err\n".into(), String::new(), 4, None)
+    );
+    let mut root = proc_spec(&["id", "-u"]);
+    root.root = true;
+    assert_eq!(drain(attached(a, root).await).await.0, "0\n");
+
+    // Stdin, then a reattach that replays everything.
+    let mut cat = proc_spec(&["cat"]);
+    cat.stdin = true;
+    cat.tag = Some("cat".into());
+    let Started::Detached(info) = a.proc_start(cat, false).await.unwrap() else {
+        panic!("a detached start came back attached")
+    };
+    let by_tag = ProcRef::Tag("cat".into());
+    a.proc_input(by_tag.clone(), b"one ".to_vec())
+        .await
+        .unwrap();
+    a.proc_input(ProcRef::Pid(info.pid), b"two".to_vec())
+        .await
+        .unwrap();
+    a.proc_close_stdin(by_tag.clone()).await.unwrap();
+    let (o, _, _, code, _) = drain(a.proc_attach(by_tag.clone(), true).await.unwrap()).await;
+    assert_eq!((o.as_str(), code), ("one two", 0));
+    let late = a.proc_input(by_tag, b"x".to_vec()).await;
+    assert!(
+        matches!(
+            late,
+            Err(RuntimeError::Process {
+                kind: ProcErrorKind::Ended,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+
+    // A signal reaches the group: sh and its sleep both end.
+    let mut sleeper = proc_spec(&["sh", "-c", "sleep 60; echo never"]);
+    sleeper.tag = Some("sleeper".into());
+    a.proc_start(sleeper, false).await.unwrap();
+    let r = ProcRef::Tag("sleeper".into());
+    a.proc_signal(r.clone(), 15).await.unwrap();
+    let (o, _, _, code, sig) = drain(a.proc_attach(r, true).await.unwrap()).await;
+    assert_eq!((o.as_str(), code, sig), ("", 143, Some(15)));
+    let sleeps = "for c in /proc/[0-9]*/comm; do read n < $c 2>/dev/null && [ \"$n\" = sleep ] && echo $c; done; echo none";
+    assert_eq!(ok(a, sleeps).await, "none\n");
+
+    // A PTY: one stream, a terminal of the asked size, resizable.
+    let mut term = proc_spec(&["sh", "-c", "stty size; read x; stty size"]);
+    term.pty = Some(PtySize { rows: 11, cols: 33 });
+    term.tag = Some("term".into());
+    let mut out = attached(a, term).await;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("11 33") {
+        match out.next().await.unwrap() {
+            ProcEvent::Output { stream, data } => {
+                assert_eq!(stream, ProcStream::Pty);
+                seen.extend(data);
+            }
+            ProcEvent::End(e) => panic!("ended early: {e:?}"),
+        }
+    }
+    let t = ProcRef::Tag("term".into());
+    a.proc_resize(t.clone(), PtySize { rows: 22, cols: 44 })
+        .await
+        .unwrap();
+    a.proc_input(t, b"\n".to_vec()).await.unwrap();
+    let (_, _, p, code, _) = drain(out).await;
+    assert!(p.contains("22 44"), "{p:?}");
+    assert_eq!(code, 0);
+
+    // Typed failures; the sandbox is unharmed.
+    let missing = a
+        .proc_start(proc_spec(&["no-such-program-here"]), false)
+        .await;
+    assert!(
+        matches!(
+            missing,
+            Err(RuntimeError::Process {
+                kind: ProcErrorKind::StartFailed,
+                ..
+            })
+        ),
+        "{missing:?}"
+    );
+    let nobody = a.proc_signal(ProcRef::Pid(999_999), 9).await;
+    assert!(
+        matches!(
+            nobody,
+            Err(RuntimeError::Process {
+                kind: ProcErrorKind::NotFound,
+                ..
+            })
+        ),
+        "{nobody:?}"
+    );
+    let list = a.proc_list().await.unwrap();
+    assert!(list.iter().all(|p| p.end.is_some()), "{list:?}");
+    assert_eq!(ok(a, "echo fine").await, "fine\n");
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
 }

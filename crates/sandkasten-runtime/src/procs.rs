@@ -78,6 +78,16 @@ impl ProcOutput {
     }
 }
 
+impl std::fmt::Debug for ProcOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcOutput")
+            .field("info", &self.info)
+            .field("request", &self.id)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
 impl Drop for ProcOutput {
     fn drop(&mut self) {
         if !self.finished {
@@ -88,6 +98,7 @@ impl Drop for ProcOutput {
 }
 
 /// What a start answered: the process, or its attached stream.
+#[derive(Debug)]
 pub enum Started {
     Detached(ProcInfo),
     Attached(ProcOutput),

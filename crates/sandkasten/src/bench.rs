@@ -179,6 +179,61 @@ impl Api {
     }
 }
 
+const PROC_FIRST_BYTE: &str = "process start to first byte";
+
+/// Background processes: a start answered with its pid (JSON), and a
+/// streamed start timed to its first output event (`echo`), each read to
+/// its end so the connection is reused.
+fn process_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
+    use std::io::BufRead;
+    let mut start = Series {
+        name: "process start (pid)",
+        samples: vec![],
+    };
+    let mut first = Series {
+        name: PROC_FIRST_BYTE,
+        samples: vec![],
+    };
+    let path = format!("/v1/sessions/{id}/processes");
+    for _ in 0..n {
+        let (ms, _) = time(|| {
+            api.call(
+                reqwest::Method::POST,
+                &path,
+                Some(json!({"argv": ["true"]})),
+            )
+        })?;
+        start.samples.push(ms);
+        let t = std::time::Instant::now();
+        let resp = api
+            .http
+            .post(format!("{}{path}/stream", api.url))
+            .bearer_auth(&api.key)
+            .json(&json!({"argv": ["echo", "x"]}))
+            .send()?;
+        if !resp.status().is_success() {
+            bail!("{path}/stream: {}", resp.status());
+        }
+        let mut lines = std::io::BufReader::new(resp);
+        let mut line = String::new();
+        let mut got = None;
+        loop {
+            line.clear();
+            if lines.read_line(&mut line)? == 0 {
+                break;
+            }
+            if got.is_none() && line.trim_end() == "event: stdout" {
+                got = Some(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        first
+            .samples
+            .push(got.ok_or_else(|| anyhow::anyhow!("a process stream without output"))?);
+    }
+    // The processes ended; they stay listed (64 at most), harmless.
+    Ok(vec![start, first])
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -428,6 +483,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         exec_idle.samples.push(ms);
     }
     let ports = ports_series(&api, &first, n * 5);
+    let procs = process_series(&api, &first, n * 5)?;
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&payload);
     let mut write = Series {
@@ -476,6 +532,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let mut series = vec![
         create, create_net, create_ws, exec, exec_idle, write, read, destroy,
     ];
+    series.extend(procs);
     series.retain(|s| !s.samples.is_empty());
     let ports_measured = match ports {
         Ok(s) => {
@@ -618,6 +675,12 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         println!("docker run / sandkasten cold create (p50): {r:.1}x");
     }
     let port_ratio = ratio(DIRECT, PROXIED);
+    if let (Some(first), Some(r)) = (
+        p50(PROC_FIRST_BYTE),
+        ratio(PROC_FIRST_BYTE, "exec round trip (true)"),
+    ) {
+        println!("process start to first output byte (p50): {first:.2} ms ({r:.2}x an exec)");
+    }
     let port_added = match (p50(DIRECT), p50(PROXIED)) {
         (Some(d), Some(p)) => Some(p - d),
         _ => None,

@@ -4,6 +4,7 @@
 mod bench;
 mod config;
 mod imagebuild;
+mod terminal;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -61,6 +62,35 @@ enum Command {
         /// Lifetime in seconds (1 to 604800); default one hour.
         #[arg(long)]
         ttl: Option<u64>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a program in session ID as a process and pass its exit code
+    /// through: `sandkasten exec ID -- python3 -c 'print(1)'`. Its stdout
+    /// and stderr stay apart.
+    Exec {
+        id: String,
+        /// Run as root of the sandbox instead of the sandbox user.
+        #[arg(long)]
+        root: bool,
+        /// Working directory (default /workspace).
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Program and arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// An interactive terminal in session ID (a login shell, or --cmd), in
+    /// raw mode, following this terminal's size.
+    Shell {
+        id: String,
+        /// A command line instead of the login shell.
+        #[arg(long)]
+        cmd: Option<String>,
+        #[arg(long)]
+        root: bool,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -131,12 +161,51 @@ fn main() -> std::process::ExitCode {
             ttl,
             config,
         } => runtime().and_then(|rt| rt.block_on(url(config, id, port, ttl))),
+        Command::Exec {
+            id,
+            root,
+            cwd,
+            argv,
+            config,
+        } => {
+            return exit_with(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let (url, key, _) = client(config)?;
+                    terminal::exec(&url, &key, &id, argv, root, cwd).await
+                })
+            }))
+        }
+        Command::Shell {
+            id,
+            cmd,
+            root,
+            config,
+        } => {
+            return exit_with(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let (url, key, _) = client(config)?;
+                    terminal::shell(&url, &key, &id, cmd, root).await
+                })
+            }))
+        }
         Command::Image { command, config } => {
             runtime().and_then(|rt| rt.block_on(image(config, command)))
         }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandkasten: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit code of a command that passes one through (a failure of our
+/// own is 1, like every other command's, with its message).
+fn exit_with(r: Result<u8>) -> std::process::ExitCode {
+    match r {
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("sandkasten: {e:#}");
             std::process::ExitCode::from(1)

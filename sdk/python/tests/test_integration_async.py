@@ -179,6 +179,45 @@ async def test_exec_stream_break_interrupts(session: Session) -> None:
     assert time.monotonic() - started < 15
 
 
+async def test_processes(session: Session) -> None:
+    events = [
+        e async for e in session.run_process(argv=["sh", "-c", "echo out; echo err >&2; exit 3"])
+    ]
+    assert events[0].kind == "start" and events[0].info is not None
+    out = b"".join(e.data for e in events if e.kind == "stdout")
+    err = b"".join(e.data for e in events if e.kind == "stderr")
+    assert (out, err) == (b"out\n", b"err\n")
+    assert events[-1].done and events[-1].exit_code == 3
+
+    info = await session.start_process(argv=["cat"], stdin=True, tag="cat")
+    assert info.running and info.tag == "cat" and info.stdin
+    await session.send_stdin("cat", "hello ")
+    await session.send_stdin(info.pid, b"world", close=True)
+    replay = [e async for e in session.attach_process("cat")]
+    assert b"".join(e.data for e in replay if e.kind == "stdout") == b"hello world"
+    assert replay[-1].exit_code == 0
+    with pytest.raises(sandkasten.ProcessEnded):
+        await session.send_stdin("cat", "late")
+
+    await session.start_process("sleep 100", tag="sleeper")
+    await session.signal_process("sleeper", "KILL")
+    ended = [e async for e in session.attach_process("sleeper", replay=False)]
+    assert ended[-1].signal == 9 and ended[-1].exit_code == 137
+    assert [p.tag for p in await session.processes()] == [None, "cat", "sleeper"]
+    assert (await session.process("sleeper")).running is False
+
+    term = [
+        e.data
+        async for e in session.run_process(argv=["sh", "-c", "stty size"], pty=(24, 80))
+        if e.kind == "pty"
+    ]
+    assert b"".join(term) == b"24 80\r\n"
+    with pytest.raises(sandkasten.ProcessNotFound):
+        await session.process("nosuch")
+    with pytest.raises(sandkasten.ProcessStartFailed):
+        await session.start_process(argv=["no-such-program-here"])
+
+
 async def test_write_read(session: Session) -> None:
     await session.write("hello.py", "print(6*7)")
     assert (await session.exec("python3 hello.py")).output == "42\n"

@@ -103,6 +103,22 @@ def test_get_url_opens_a_port_without_the_key(
     assert httpx.get(client.base_url + f"/v1/sessions/{session.id}/ports/8000/").status_code == 401
 
 
+def test_processes(session: SyncSession) -> None:
+    events = list(session.run_process("echo hi; echo oops >&2"))
+    assert events[0].kind == "start" and events[-1].done and events[-1].exit_code == 0
+    assert b"".join(e.data for e in events if e.kind == "stdout") == b"hi\n"
+    assert b"".join(e.data for e in events if e.kind == "stderr") == b"oops\n"
+    info = session.start_process(argv=["sh", "-c", "read x; echo got:$x"], stdin=True, tag="r")
+    session.send_stdin(info.pid, "yes\n")
+    replay = list(session.attach_process("r"))
+    assert b"".join(e.data for e in replay if e.kind == "stdout") == b"got:yes\n"
+    with pytest.raises(sandkasten.ProcessEnded):
+        session.signal_process("r")
+    with pytest.raises(sandkasten.TagInUse):
+        session.start_process("sleep 30", tag="t")
+        session.start_process("sleep 30", tag="t")
+
+
 def test_exec_stream(session: SyncSession) -> None:
     started = time.monotonic()
     arrivals = []

@@ -230,7 +230,8 @@ def test_the_two_surfaces_match(async_cls: type, sync_cls: type) -> None:
             return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
 
         assert params(a) == params(s), name
-        assert inspect.iscoroutinefunction(a) == (name != "exec_stream"), name
+        streams = ("exec_stream", "run_process", "attach_process")
+        assert inspect.iscoroutinefunction(a) == (name not in streams), name
         assert not inspect.iscoroutinefunction(s), name
 
 

@@ -6,6 +6,7 @@ pub(crate) mod files;
 pub(crate) mod pool;
 pub(crate) mod ports;
 pub(crate) mod processes;
+pub(crate) mod pty;
 pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod workspaces;

@@ -46,6 +46,7 @@ from .types import (
     NetworkPolicy,
     PoolInfo,
     PortUrl,
+    ProcessInfo,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -800,6 +801,131 @@ def exec_stream(
         json=_exec_body(cmd, timeout_ms, raw_output),
         timeout=stream_timeout(base),
         headers={"Accept": SSE_ACCEPT},
+    )
+
+
+# ---------------------------------------------------------------- calls: processes
+
+
+def process_body(
+    cmd: str | None,
+    argv: list[str] | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    user: str | None,
+    pty: tuple[int, int] | None,
+    stdin: bool,
+    tag: str | None,
+) -> dict[str, Any]:
+    """The body of a process start."""
+    body: dict[str, Any] = {}
+    if cmd is not None:
+        body["cmd"] = cmd
+    if argv is not None:
+        body["argv"] = list(argv)
+    if env:
+        body["env"] = dict(env)
+    if cwd is not None:
+        body["cwd"] = cwd
+    if user is not None:
+        body["user"] = user
+    if pty is not None:
+        body["pty"] = {"rows": pty[0], "cols": pty[1]}
+    if stdin:
+        body["stdin"] = True
+    if tag is not None:
+        body["tag"] = tag
+    return body
+
+
+def process_path(session_id: str, proc: int | str) -> str:
+    """``/v1/sessions/{id}/processes/{pid or tag}``."""
+    return session_path(session_id) + "/processes/" + seg(str(proc), "process")
+
+
+def start_process(session_id: str, body: dict[str, Any]) -> Call[ProcessInfo]:
+    """``POST /v1/sessions/{id}/processes``."""
+    return Call(
+        "POST",
+        session_path(session_id) + "/processes",
+        lambda d: ProcessInfo.from_json(_obj(d)),
+        json=body,
+    )
+
+
+def start_process_stream(session_id: str, body: dict[str, Any], base: httpx.Timeout) -> Call[None]:
+    """``POST /v1/sessions/{id}/processes/stream`` (read as events)."""
+    return Call(
+        "POST",
+        session_path(session_id) + "/processes/stream",
+        _ignore,
+        json=body,
+        params={"encoding": "base64"},
+        timeout=stream_timeout(base),
+        headers={"Accept": SSE_ACCEPT},
+    )
+
+
+def attach_process(
+    session_id: str, proc: int | str, replay: bool, base: httpx.Timeout
+) -> Call[None]:
+    """``GET /v1/sessions/{id}/processes/{proc}/stream`` (read as events)."""
+    return Call(
+        "GET",
+        process_path(session_id, proc) + "/stream",
+        _ignore,
+        params={"encoding": "base64", "replay": "true" if replay else "false"},
+        timeout=stream_timeout(base),
+        headers={"Accept": SSE_ACCEPT},
+    )
+
+
+def list_processes(session_id: str) -> Call[list[ProcessInfo]]:
+    """``GET /v1/sessions/{id}/processes``."""
+    return Call(
+        "GET",
+        session_path(session_id) + "/processes",
+        lambda d: [ProcessInfo.from_json(_obj(p)) for p in d],
+    )
+
+
+def get_process(session_id: str, proc: int | str) -> Call[ProcessInfo]:
+    """``GET /v1/sessions/{id}/processes/{proc}``."""
+    return Call("GET", process_path(session_id, proc), lambda d: ProcessInfo.from_json(_obj(d)))
+
+
+def process_stdin(session_id: str, proc: int | str, data: str | bytes, close: bool) -> Call[None]:
+    """``POST /v1/sessions/{id}/processes/{proc}/stdin`` (``str`` as UTF-8)."""
+    content = data.encode() if isinstance(data, str) else bytes(data)
+    return Call(
+        "POST",
+        process_path(session_id, proc) + "/stdin",
+        _ignore,
+        content=content,
+        params={"close": "true"} if close else None,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+
+
+def close_process_stdin(session_id: str, proc: int | str) -> Call[None]:
+    """``DELETE /v1/sessions/{id}/processes/{proc}/stdin``."""
+    return Call("DELETE", process_path(session_id, proc) + "/stdin", _ignore)
+
+
+def signal_process(session_id: str, proc: int | str, signal: str | int) -> Call[None]:
+    """``POST /v1/sessions/{id}/processes/{proc}/signal``."""
+    return Call(
+        "POST", process_path(session_id, proc) + "/signal", _ignore, json={"signal": signal}
+    )
+
+
+def resize_process(session_id: str, proc: int | str, rows: int, cols: int) -> Call[None]:
+    """``POST /v1/sessions/{id}/processes/{proc}/resize``."""
+    return Call(
+        "POST",
+        process_path(session_id, proc) + "/resize",
+        _ignore,
+        json={"rows": rows, "cols": cols},
     )
 
 

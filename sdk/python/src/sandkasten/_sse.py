@@ -1,4 +1,4 @@
-"""Server-sent events, as the daemon's ``exec/stream`` sends them.
+"""Server-sent events, as the daemon's ``exec/stream`` and process streams send them.
 
 A small line-oriented decoder (sans I/O): the HTTP layer splits the body
 into lines (LF, CRLF or CR, also across network chunks), this
@@ -8,12 +8,13 @@ and :class:`ExecStream` ends an ``exec/stream`` at its ``done`` event.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .exceptions import SandkastenStreamError
-from .types import ExecChunk
+from .types import ExecChunk, ProcessEvent, ProcessInfo
 
 
 @dataclass
@@ -120,3 +121,50 @@ class ExecStream:
         if chunk is not None and chunk.done:
             self.done = True
         return chunk
+
+
+def event_to_process_event(event: SSEEvent) -> ProcessEvent | None:
+    """Map a process stream's event (``encoding=base64``) to a :class:`ProcessEvent`;
+    ``error`` raises :class:`SandkastenStreamError`; unknown types are ignored.
+    """
+    if event.event not in ("start", "stdout", "stderr", "pty", "end", "error"):
+        return None
+    try:
+        data = json.loads(event.data)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        if event.event == "error":
+            raise SandkastenStreamError(str(data.get("error") or "process stream failed"))
+        if event.event == "start":
+            return ProcessEvent("start", info=ProcessInfo.from_json(data))
+        if event.event == "end":
+            return ProcessEvent("end", exit_code=int(data["exit_code"]), signal=data.get("signal"))
+        return ProcessEvent(event.event, data=base64.b64decode(data["data_base64"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SandkastenStreamError(f"malformed {event.event} event: {event.data!r}") from exc
+
+
+class ProcessStream:
+    """The lines of a process stream to :class:`ProcessEvent` objects, up to ``end``."""
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self.done = False
+
+    def feed(self, line: str) -> ProcessEvent | None:
+        """Consume one line; return an event when one completes."""
+        return self._event(self._decoder.feed(line))
+
+    def finish(self) -> Iterator[ProcessEvent]:
+        """At end of body: a pending event, then an error unless ``end`` came."""
+        ev = self._event(self._decoder.flush())
+        if ev is not None:
+            yield ev
+        if not self.done:
+            raise SandkastenStreamError("process stream ended before its end event")
+
+    def _event(self, event: SSEEvent | None) -> ProcessEvent | None:
+        ev = event_to_process_event(event) if event is not None else None
+        if ev is not None and ev.done:
+            self.done = True
+        return ev

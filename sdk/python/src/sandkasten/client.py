@@ -17,7 +17,6 @@ from ._sse import ExecStream
 from .exceptions import api_error_from_response
 from .session import Session
 from .types import (
-    ExecChunk,
     FileEntry,
     NetworkPolicy,
     PoolInfo,
@@ -102,13 +101,15 @@ class SandboxClient(_core.ClientBase):
                     await asyncio.to_thread(sink.write, chunk)
             return response.status_code, b""
 
-    async def _stream(self, call: _core.Call[Any]) -> AsyncIterator[ExecChunk]:
-        """Send an ``exec/stream`` call and yield its chunks until ``done``."""
+    async def _stream(self, call: _core.Call[Any], events: Any = None) -> AsyncIterator[Any]:
+        """Send a streaming call and yield what ``events`` (an :class:`ExecStream`
+        by default, or a :class:`ProcessStream`) makes of its lines until ``done``.
+        """
         try:
             async with self._http.stream(call.method, call.path, **_kwargs(call)) as response:
                 if response.status_code >= 400:
                     raise api_error_from_response(response.status_code, await response.aread())
-                events = ExecStream()
+                events = events if events is not None else ExecStream()
                 async for line in response.aiter_lines():
                     chunk = events.feed(line)
                     if chunk is not None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core import FileInput
+from ._sse import ProcessStream
 from .exceptions import SessionNotFound
 from .types import (
     ExecChunk,
@@ -19,6 +20,8 @@ from .types import (
     NetworkEvent,
     NetworkPolicy,
     PortUrl,
+    ProcessEvent,
+    ProcessInfo,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -97,6 +100,90 @@ class Session(_core.SessionBase):
         """
         call = _core.exec_stream(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
         return self._client._stream(call)
+
+    # ------------------------------------------------------------ processes
+
+    async def start_process(
+        self,
+        cmd: str | None = None,
+        *,
+        argv: builtins.list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        pty: tuple[int, int] | None = None,
+        stdin: bool = False,
+        tag: str | None = None,
+    ) -> ProcessInfo:
+        """Start a background process (``POST /v1/sessions/{id}/processes``):
+        ``cmd`` runs as ``/bin/sh -c cmd``, or ``argv`` without a shell.
+        ``pty=(rows, cols)`` runs it in a terminal; ``stdin=True`` keeps its
+        stdin open for :meth:`send_stdin`; ``user`` is ``sandbox`` or ``root``;
+        ``tag`` names it for the other process methods.
+
+        Raises:
+            ProcessStartFailed: The program was not found or could not start.
+            TagInUse: A running process has the tag.
+        """
+        body = _core.process_body(cmd, argv, env, cwd, user, pty, stdin, tag)
+        return await self._client._run(_core.start_process(self._id, body))
+
+    def run_process(
+        self,
+        cmd: str | None = None,
+        *,
+        argv: builtins.list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        pty: tuple[int, int] | None = None,
+        stdin: bool = False,
+        tag: str | None = None,
+    ) -> AsyncIterator[ProcessEvent]:
+        """Start a process and yield its events from its first byte: ``start``,
+        ``stdout``/``stderr``/``pty`` (``event.data`` bytes), then ``end``
+        (``event.exit_code``). Leaving early detaches; the process runs on.
+        """
+        body = _core.process_body(cmd, argv, env, cwd, user, pty, stdin, tag)
+        call = _core.start_process_stream(self._id, body, self._client._timeout)
+        return self._client._stream(call, ProcessStream())
+
+    def attach_process(self, proc: int | str, replay: bool = True) -> AsyncIterator[ProcessEvent]:
+        """Reattach to a process by pid or tag: ``start``, its kept output
+        (the last 1 MiB since it started, unless ``replay=False``), then live
+        output, then ``end``.
+        """
+        call = _core.attach_process(self._id, proc, replay, self._client._timeout)
+        return self._client._stream(call, ProcessStream())
+
+    async def processes(self) -> builtins.list[ProcessInfo]:
+        """Running and recently ended processes, oldest first."""
+        return await self._client._run(_core.list_processes(self._id))
+
+    async def process(self, proc: int | str) -> ProcessInfo:
+        """One process by pid or tag (:class:`ProcessNotFound` otherwise)."""
+        return await self._client._run(_core.get_process(self._id, proc))
+
+    async def send_stdin(self, proc: int | str, data: str | bytes, close: bool = False) -> None:
+        """Write to a process's stdin (``str`` as UTF-8); ``close`` closes it after.
+
+        Raises:
+            StdinClosed: The process has no open stdin.
+            ProcessEnded: The process has ended.
+        """
+        await self._client._run(_core.process_stdin(self._id, proc, data, close))
+
+    async def close_stdin(self, proc: int | str) -> None:
+        """Close a process's stdin (on a PTY: send end-of-file)."""
+        await self._client._run(_core.close_process_stdin(self._id, proc))
+
+    async def signal_process(self, proc: int | str, signal: str | int = "TERM") -> None:
+        """Send a signal (a name such as ``"TERM"`` or a number) to the process's group."""
+        await self._client._run(_core.signal_process(self._id, proc, signal))
+
+    async def resize_process(self, proc: int | str, rows: int, cols: int) -> None:
+        """Set a PTY process's window size."""
+        await self._client._run(_core.resize_process(self._id, proc, rows, cols))
 
     # ------------------------------------------------------------ files
 

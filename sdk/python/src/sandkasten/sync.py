@@ -20,7 +20,7 @@ import httpx
 
 from . import _core
 from ._core import ArchiveInput, ExportDest, FileInput, TimeoutInput
-from ._sse import ExecStream
+from ._sse import ExecStream, ProcessStream
 from .exceptions import SessionNotFound, api_error_from_response
 from .types import (
     ExecChunk,
@@ -31,6 +31,8 @@ from .types import (
     NetworkPolicy,
     PoolInfo,
     PortUrl,
+    ProcessEvent,
+    ProcessInfo,
     ReadResult,
     SessionInfo,
     SessionStats,
@@ -100,13 +102,15 @@ class SyncSandboxClient(_core.ClientBase):
                 sink.write(chunk)
             return response.status_code, b""
 
-    def _stream(self, call: _core.Call[Any]) -> Iterator[ExecChunk]:
-        """Send an ``exec/stream`` call and yield its chunks until ``done``."""
+    def _stream(self, call: _core.Call[Any], events: Any = None) -> Iterator[Any]:
+        """Send a streaming call and yield what ``events`` (an :class:`ExecStream`
+        by default, or a :class:`ProcessStream`) makes of its lines until ``done``.
+        """
         try:
             with self._http.stream(call.method, call.path, **call.request_kwargs()) as response:
                 if response.status_code >= 400:
                     raise api_error_from_response(response.status_code, response.read())
-                events = ExecStream()
+                events = events if events is not None else ExecStream()
                 for line in response.iter_lines():
                     chunk = events.feed(line)
                     if chunk is not None:
@@ -319,6 +323,90 @@ class SyncSession(_core.SessionBase):
         """
         call = _core.exec_stream(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
         return self._client._stream(call)
+
+    # ------------------------------------------------------------ processes
+
+    def start_process(
+        self,
+        cmd: str | None = None,
+        *,
+        argv: builtins.list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        pty: tuple[int, int] | None = None,
+        stdin: bool = False,
+        tag: str | None = None,
+    ) -> ProcessInfo:
+        """Start a background process (``POST /v1/sessions/{id}/processes``):
+        ``cmd`` runs as ``/bin/sh -c cmd``, or ``argv`` without a shell.
+        ``pty=(rows, cols)`` runs it in a terminal; ``stdin=True`` keeps its
+        stdin open for :meth:`send_stdin`; ``user`` is ``sandbox`` or ``root``;
+        ``tag`` names it for the other process methods.
+
+        Raises:
+            ProcessStartFailed: The program was not found or could not start.
+            TagInUse: A running process has the tag.
+        """
+        body = _core.process_body(cmd, argv, env, cwd, user, pty, stdin, tag)
+        return self._client._run(_core.start_process(self._id, body))
+
+    def run_process(
+        self,
+        cmd: str | None = None,
+        *,
+        argv: builtins.list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        pty: tuple[int, int] | None = None,
+        stdin: bool = False,
+        tag: str | None = None,
+    ) -> Iterator[ProcessEvent]:
+        """Start a process and yield its events from its first byte: ``start``,
+        ``stdout``/``stderr``/``pty`` (``event.data`` bytes), then ``end``
+        (``event.exit_code``). Leaving early detaches; the process runs on.
+        """
+        body = _core.process_body(cmd, argv, env, cwd, user, pty, stdin, tag)
+        call = _core.start_process_stream(self._id, body, self._client._timeout)
+        return self._client._stream(call, ProcessStream())
+
+    def attach_process(self, proc: int | str, replay: bool = True) -> Iterator[ProcessEvent]:
+        """Reattach to a process by pid or tag: ``start``, its kept output
+        (the last 1 MiB since it started, unless ``replay=False``), then live
+        output, then ``end``.
+        """
+        call = _core.attach_process(self._id, proc, replay, self._client._timeout)
+        return self._client._stream(call, ProcessStream())
+
+    def processes(self) -> builtins.list[ProcessInfo]:
+        """Running and recently ended processes, oldest first."""
+        return self._client._run(_core.list_processes(self._id))
+
+    def process(self, proc: int | str) -> ProcessInfo:
+        """One process by pid or tag (:class:`ProcessNotFound` otherwise)."""
+        return self._client._run(_core.get_process(self._id, proc))
+
+    def send_stdin(self, proc: int | str, data: str | bytes, close: bool = False) -> None:
+        """Write to a process's stdin (``str`` as UTF-8); ``close`` closes it after.
+
+        Raises:
+            StdinClosed: The process has no open stdin.
+            ProcessEnded: The process has ended.
+        """
+        self._client._run(_core.process_stdin(self._id, proc, data, close))
+
+    def close_stdin(self, proc: int | str) -> None:
+        """Close a process's stdin (on a PTY: send end-of-file)."""
+        self._client._run(_core.close_process_stdin(self._id, proc))
+
+    def signal_process(self, proc: int | str, signal: str | int = "TERM") -> None:
+        """Send a signal (a name such as ``"TERM"`` or a number) to the process's group."""
+        self._client._run(_core.signal_process(self._id, proc, signal))
+
+    def resize_process(self, proc: int | str, rows: int, cols: int) -> None:
+        """Set a PTY process's window size."""
+        self._client._run(_core.resize_process(self._id, proc, rows, cols))
 
     def write(self, path: str, content: str | bytes) -> None:
         """Write a file (parents created, existing replaced)."""

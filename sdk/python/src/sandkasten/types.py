@@ -584,3 +584,68 @@ class FileStat:
             mtime=int(data.get("mtime") or 0),
             link_target=data.get("link_target"),
         )
+
+
+@dataclass
+class ProcessInfo:
+    """A background process (``/v1/sessions/{id}/processes``)."""
+
+    pid: int
+    """Its pid inside the sandbox."""
+    tag: str | None
+    argv: list[str]
+    cwd: str
+    user: str
+    """``sandbox`` or ``root``."""
+    pty: dict[str, int] | None
+    """``{"rows": R, "cols": C}`` for a PTY process."""
+    stdin: bool
+    """Stdin is open for input."""
+    started_at: int
+    """Unix ms."""
+    running: bool
+    exit_code: int | None
+    """Once ended: the exit status, or 128 + N for death by signal N."""
+    signal: int | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProcessInfo:
+        """Build from a ``ProcessInfo`` body (or a stream's ``start`` event)."""
+        pty = data.get("pty")
+        return cls(
+            pid=int(data["pid"]),
+            tag=data.get("tag"),
+            argv=[str(a) for a in data.get("argv") or []],
+            cwd=str(data.get("cwd", "")),
+            user=str(data.get("user", "sandbox")),
+            pty={"rows": int(pty["rows"]), "cols": int(pty["cols"])} if pty else None,
+            stdin=bool(data.get("stdin", False)),
+            started_at=int(data.get("started_at", 0)),
+            running=bool(data.get("running", False)),
+            exit_code=data.get("exit_code"),
+            signal=data.get("signal"),
+        )
+
+
+@dataclass
+class ProcessEvent:
+    """One event of a process stream: ``start`` (with ``info``), ``stdout``,
+    ``stderr`` or ``pty`` (with ``data``), then ``end`` (``done``, with
+    ``exit_code`` and ``signal``).
+    """
+
+    kind: str
+    data: bytes = b""
+    info: ProcessInfo | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """The last event: the process ended."""
+        return self.kind == "end"
+
+    @property
+    def text(self) -> str:
+        """``data`` as text (UTF-8, invalid bytes replaced)."""
+        return self.data.decode("utf-8", "replace")

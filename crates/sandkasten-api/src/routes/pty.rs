@@ -1,0 +1,172 @@
+//! `GET /v1/sessions/{id}/pty`: an interactive terminal over WebSocket. A
+//! login shell (or `cmd`) starts in a PTY as a process of the session;
+//! binary messages carry the terminal's bytes both ways, text messages are
+//! JSON control messages. Closing the socket hangs the terminal up
+//! (SIGHUP); attaching to an existing PTY process (`proc`) only detaches.
+
+use super::ApiResult;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::wire::{proc_ref, ErrorBody, ProcessUser};
+use crate::AppState;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use sandkasten_engine::{self as engine, ProcEvent, ProcOutput, ProcRef, StartedProcess};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+/// The shell a terminal starts: bash as a login shell where it exists.
+const LOGIN_SHELL: &str =
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi";
+
+/// Query of `GET /v1/sessions/{id}/pty`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PtyQuery {
+    /// Rows (default 24).
+    pub rows: Option<u16>,
+    /// Columns (default 80).
+    pub cols: Option<u16>,
+    /// A command line instead of the login shell (`/bin/sh -c CMD`).
+    pub cmd: Option<String>,
+    /// `sandbox` (default) or `root`.
+    pub user: Option<ProcessUser>,
+    /// Working directory (default `/workspace`).
+    pub cwd: Option<String>,
+    /// Attach to this running PTY process (pid or tag) instead of starting
+    /// one; closing the socket then detaches without a hang-up.
+    pub proc: Option<String>,
+}
+
+/// A control message (a text message of the socket).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Control {
+    /// The terminal's new size.
+    Resize { rows: u16, cols: u16 },
+    /// Input as text (what a binary message carries as bytes).
+    Input { data: String },
+}
+
+/// Opens an interactive terminal: a WebSocket upgrade. Binary messages
+/// both ways are the terminal's bytes; the client's text messages are
+/// `{"type": "resize", "rows": R, "cols": C}` or `{"type": "input",
+/// "data": "…"}`; the server's last text message is `{"type": "exit",
+/// "exit_code": N, "signal": S}`, then it closes.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/pty",
+    tag = "processes",
+    params(("id" = String, Path, description = "Session id"), PtyQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "INVALID_REQUEST (not a WebSocket upgrade, a bad size), PROCESS_START_FAILED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+    )
+)]
+pub(crate) async fn pty(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PtyQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")))?;
+    let (rows, cols) = (q.rows.unwrap_or(24), q.cols.unwrap_or(80));
+    if rows == 0 || cols == 0 {
+        return Err(ApiError::InvalidRequest(
+            "rows and cols must be at least 1".into(),
+        ));
+    }
+    // The process starts (or is found) before the upgrade, so a failure is
+    // an HTTP error, not a socket that closes at once.
+    let (out, owned) = match &q.proc {
+        Some(p) => {
+            let r = proc_ref(p)?;
+            (state.backend.attach_process(&id, r, true).await?, false)
+        }
+        None => {
+            let spec = engine::ProcSpec {
+                argv: match q.cmd {
+                    Some(c) => vec!["/bin/sh".into(), "-c".into(), c],
+                    None => vec!["/bin/sh".into(), "-c".into(), LOGIN_SHELL.into()],
+                },
+                env: Vec::new(),
+                cwd: q.cwd,
+                root: q.user == Some(ProcessUser::Root),
+                pty: Some(engine::PtySize { rows, cols }),
+                stdin: true,
+                tag: None,
+            };
+            match state.backend.start_process(&id, spec, true).await? {
+                StartedProcess::Attached(out) => (out, true),
+                StartedProcess::Detached(_) => {
+                    return Err(ApiError::Internal("the terminal was not attached".into()))
+                }
+            }
+        }
+    };
+    Ok(ws.on_upgrade(move |socket| serve(state, id, out, owned, socket)))
+}
+
+/// Pumps the terminal both ways until the process ends or the client goes.
+async fn serve(
+    state: AppState,
+    id: String,
+    mut out: ProcOutput,
+    owned: bool,
+    mut socket: WebSocket,
+) {
+    let proc = ProcRef::Pid(out.info.pid);
+    loop {
+        tokio::select! {
+            ev = out.next() => match ev {
+                Ok(ProcEvent::Output { data, .. }) => {
+                    if socket.send(Message::Binary(data.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(ProcEvent::End(end)) => {
+                    let msg = serde_json::json!({
+                        "type": "exit", "exit_code": end.exit_code, "signal": end.signal,
+                    });
+                    let _ = socket.send(Message::Text(msg.to_string().into())).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "a terminal lost its sandbox");
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            },
+            msg = socket.recv() => {
+                let input = match msg {
+                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<Control>(&t) {
+                        Ok(Control::Input { data }) => data.into_bytes(),
+                        Ok(Control::Resize { rows, cols }) if rows > 0 && cols > 0 => {
+                            let size = engine::PtySize { rows, cols };
+                            if let Err(e) = state.backend.resize_process(&id, proc.clone(), size).await {
+                                tracing::debug!(session = %id, error = %e, "terminal resize");
+                            }
+                            continue;
+                        }
+                        // Unknown control messages are ignored.
+                        _ => continue,
+                    },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                };
+                if let Err(e) = state.backend.process_input(&id, proc.clone(), input).await {
+                    tracing::debug!(session = %id, error = %e, "terminal input");
+                }
+            }
+        }
+    }
+    // The client went away: a terminal we started hangs up, like a closed
+    // terminal window.
+    if owned {
+        let _ = state.backend.signal_process(&id, proc, 1).await;
+    }
+}
