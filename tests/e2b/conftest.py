@@ -8,7 +8,8 @@ it with the three variables a user sets, and nothing else:
 ``E2B_API_KEY`` (its key). Every other ``E2B_*`` variable is removed so that
 no SDK default (a domain, debug mode) leaks in. At the end every session is
 destroyed, the daemon stopped by its pid, and the data dir removed only when
-no mount is left below it.
+no mount is left below it. The daemon's log stays in
+``target/e2b-sdk-daemon.log``.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def _binary() -> str:
 @pytest.fixture(scope="session")
 def daemon():
     data_dir = Path(tempfile.mkdtemp(prefix="sandkasten-e2b-test-"))
-    log = Path(tempfile.mkstemp(prefix="sandkasten-e2b-test-", suffix=".log")[1])
+    # Kept after the run for diagnosis, overwritten by the next one.
+    log = Path(__file__).resolve().parents[2] / "target" / "e2b-sdk-daemon.log"
+    log.parent.mkdir(exist_ok=True)
     key = "sk-e2b-" + secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDKASTEN_")}
     env.update(
