@@ -183,6 +183,22 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
     let second = r2.json[0]["sandboxID"].as_str().unwrap().to_string();
     assert_ne!(first, second);
     assert_eq!(list("state=paused").json, json!([]));
+    let ids = |r: Resp| -> Vec<String> {
+        r.json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sandboxID"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let asc = ids(list(""));
+    let mut desc = ids(list("order=desc"));
+    desc.reverse();
+    assert_eq!((asc.len(), &asc), (2, &desc));
+    assert_eq!(ids(list("template=base")).len(), 2);
+    assert!(ids(list("template=python")).is_empty());
+    assert!(ids(list("startedAfter=2100-01-01T00%3A00%3A00Z")).is_empty());
+    assert_eq!(list("order=up").status, 400);
     assert_eq!(list("limit=1000").status, 400);
     // Kill: 204, then 404.
     for status in [204, 404] {

@@ -415,6 +415,12 @@ struct ListQuery {
     states: Option<Vec<String>>,
     limit: usize,
     next_token: Option<String>,
+    /// `order=desc`: newest first (default: oldest first).
+    newest_first: bool,
+    /// `template`: sessions of this image only.
+    template: Option<String>,
+    /// `startedAfter`: sessions created at or after this time only.
+    started_after: Option<time::OffsetDateTime>,
 }
 
 fn list_query(q: Option<&str>) -> Result<ListQuery> {
@@ -423,6 +429,9 @@ fn list_query(q: Option<&str>) -> Result<ListQuery> {
         states: None,
         limit: 100,
         next_token: None,
+        newest_first: false,
+        template: None,
+        started_after: None,
     };
     for (k, v) in query::pairs(q) {
         match k.as_str() {
@@ -444,6 +453,26 @@ fn list_query(q: Option<&str>) -> Result<ListQuery> {
                     .ok_or_else(|| E2bError::bad(format!("limit must be 1 to 100, got {v:?}")))?
             }
             "nextToken" => out.next_token = Some(v).filter(|t| !t.is_empty()),
+            "template" => out.template = Some(v).filter(|t| !t.is_empty()),
+            "startedAfter" => {
+                let t =
+                    time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            E2bError::bad(format!("startedAfter {v:?} is not RFC 3339: {e}"))
+                        })?;
+                out.started_after = Some(t);
+            }
+            "order" => {
+                out.newest_first = match v.as_str() {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => {
+                        return Err(E2bError::bad(format!(
+                            "order must be asc or desc, got {v:?}"
+                        )))
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -471,8 +500,19 @@ async fn list(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result<Response>
                 .is_none_or(|st| st.iter().any(|s| s == "running"))
         })
         .filter(|s| q.metadata.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
+        .filter(|s| {
+            // `base` is the SDKs' default template: the default image.
+            let default = &ctl.engine.config().default_image;
+            q.template
+                .as_ref()
+                .is_none_or(|t| &s.image == t || (t == "base" && &s.image == default))
+        })
+        .filter(|s| q.started_after.is_none_or(|t| s.created_at >= t))
         .collect();
     sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    if q.newest_first {
+        sessions.reverse();
+    }
     if let Some(token) = &q.next_token {
         // The token is the last id of the page before.
         match sessions.iter().position(|s| &s.id == token) {
@@ -566,6 +606,16 @@ mod tests {
         assert!(list_query(Some("limit=0")).is_err());
         assert!(list_query(Some("limit=x")).is_err());
         assert!(list_query(Some("state=gone")).is_err());
+        assert!(list_query(Some("order=desc")).unwrap().newest_first);
+        assert!(!list_query(Some("order=asc")).unwrap().newest_first);
+        assert!(list_query(Some("order=sideways")).is_err());
+        let q = list_query(Some(
+            "template=base&startedAfter=2026-12-06T10%3A00%3A00%2B00%3A00",
+        ))
+        .unwrap();
+        assert_eq!(q.template.as_deref(), Some("base"));
+        assert_eq!(q.started_after.unwrap().unix_timestamp(), 1796551200);
+        assert!(list_query(Some("startedAfter=yesterday")).is_err());
         assert_eq!(list_query(None).unwrap().limit, 100);
     }
 
