@@ -239,6 +239,21 @@ pub fn unary<T: Msg>(f: Framing, result: Result<T, RpcError>) -> Response {
     }
 }
 
+/// A unary call: its request decoded, `handler` run, its answer encoded.
+pub async fn serve_unary<Req, Resp, F, Fut>(f: Framing, body: Body, handler: F) -> Response
+where
+    Req: Msg,
+    Resp: Msg,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, RpcError>>,
+{
+    let result = match read_unary::<Req>(f.codec, body).await {
+        Ok(req) => handler(req).await,
+        Err(e) => Err(e),
+    };
+    unary(f, result)
+}
+
 /// Flags of an envelope.
 const FLAG_COMPRESSED: u8 = 0x01;
 const FLAG_END_STREAM: u8 = 0x02;

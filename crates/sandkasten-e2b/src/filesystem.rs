@@ -7,7 +7,7 @@
 //! resolves them against the user's home). Owners are named as E2B names
 //! them: uid 0 `root`, the sandbox user `user`.
 
-use crate::connect::{self, Code, Framing, RpcError};
+use crate::connect::{self, Code, RpcError};
 use crate::envd::rpc_error;
 use crate::pb::{
     EntryInfo, EntryResponse, FileType, ListDirRequest, ListDirResponse, MakeDirRequest,
@@ -73,11 +73,11 @@ pub(crate) async fn call(
     }
     let body = req.into_body();
     match method {
-        "Stat" => unary(f, body, |r: StatRequest| stat(e2b, id, r)).await,
-        "MakeDir" => unary(f, body, |r: MakeDirRequest| make_dir(e2b, id, r)).await,
-        "Move" => unary(f, body, |r: MoveRequest| move_entry(e2b, id, r)).await,
-        "ListDir" => unary(f, body, |r: ListDirRequest| list_dir(e2b, id, r)).await,
-        "Remove" => unary(f, body, |r: RemoveRequest| remove(e2b, id, r)).await,
+        "Stat" => connect::serve_unary(f, body, |r: StatRequest| stat(e2b, id, r)).await,
+        "MakeDir" => connect::serve_unary(f, body, |r: MakeDirRequest| make_dir(e2b, id, r)).await,
+        "Move" => connect::serve_unary(f, body, |r: MoveRequest| move_entry(e2b, id, r)).await,
+        "ListDir" => connect::serve_unary(f, body, |r: ListDirRequest| list_dir(e2b, id, r)).await,
+        "Remove" => connect::serve_unary(f, body, |r: RemoveRequest| remove(e2b, id, r)).await,
         "WatchDir" => connect::stream_error(f, no_watching()),
         _ => connect::unary::<crate::pb::Empty>(f, Err(no_watching())),
     }
@@ -88,20 +88,6 @@ fn no_watching() -> RpcError {
         Code::Unimplemented,
         "watching directories is not supported by Sandkasten yet",
     )
-}
-
-async fn unary<Req, Resp, F, Fut>(f: Framing, body: axum::body::Body, handler: F) -> Response
-where
-    Req: connect::Msg,
-    Resp: connect::Msg,
-    F: FnOnce(Req) -> Fut,
-    Fut: std::future::Future<Output = Result<Resp, RpcError>>,
-{
-    let result = match connect::read_unary::<Req>(f.codec, body).await {
-        Ok(req) => handler(req).await,
-        Err(e) => Err(e),
-    };
-    connect::unary(f, result)
 }
 
 fn owner(uid: u32) -> String {

@@ -81,26 +81,16 @@ pub(crate) async fn call(
             Err(e) => connect::stream_error(f, e),
         },
         "StreamInput" => stream_input(f, engine, id, body).await,
-        "List" => unary(f, body, |_: Empty| list(engine, id)).await,
-        "Update" => unary(f, body, |r: UpdateRequest| update(engine, id, r)).await,
-        "SendInput" => unary(f, body, |r: SendInputRequest| send_input(engine, id, r)).await,
-        "SendSignal" => unary(f, body, |r: SendSignalRequest| signal(engine, id, r)).await,
-        _ => unary(f, body, |r: SelectorRequest| close_stdin(engine, id, r)).await,
+        "List" => connect::serve_unary(f, body, |_: Empty| list(engine, id)).await,
+        "Update" => connect::serve_unary(f, body, |r: UpdateRequest| update(engine, id, r)).await,
+        "SendInput" => {
+            connect::serve_unary(f, body, |r: SendInputRequest| send_input(engine, id, r)).await
+        }
+        "SendSignal" => {
+            connect::serve_unary(f, body, |r: SendSignalRequest| signal(engine, id, r)).await
+        }
+        _ => connect::serve_unary(f, body, |r: SelectorRequest| close_stdin(engine, id, r)).await,
     }
-}
-
-async fn unary<Req, Resp, F, Fut>(f: Framing, body: Body, handler: F) -> Response
-where
-    Req: connect::Msg,
-    Resp: connect::Msg,
-    F: FnOnce(Req) -> Fut,
-    Fut: std::future::Future<Output = Result<Resp, RpcError>>,
-{
-    let result = match connect::read_unary::<Req>(f.codec, body).await {
-        Ok(req) => handler(req).await,
-        Err(e) => Err(e),
-    };
-    connect::unary(f, result)
 }
 
 /// The one message of a server-streaming call's request.
