@@ -60,6 +60,60 @@ fn assert_connect_error(r: &Resp, status: u16, code: &str) {
     assert!(r.json["message"].is_string(), "{}", r.text);
 }
 
+/// A POST whose body is written by a thread of its own while the answer
+/// is read: the daemon answers an oversized message before reading all of
+/// it (and may close the connection while the client still writes).
+fn post_while_reading(
+    d: &Daemon,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&body);
+    });
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let (status, body) = loop {
+        let n = s.read(&mut buf).expect("reading the answer");
+        assert!(n > 0, "closed without an answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("a content-length");
+        if got.len() >= end + 4 + len {
+            let status = text[9..12].parse().unwrap();
+            break (status, text[end + 4..end + 4 + len].to_string());
+        }
+    };
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    (status, body)
+}
+
 /// Protobuf of a message whose field 1 is the string `s`.
 fn proto_string_field(s: &str) -> Vec<u8> {
     let mut out = vec![0x0a, s.len() as u8];
@@ -310,15 +364,19 @@ fn envd_rpc_bad_input_gets_connect_codes() {
     );
     assert_connect_error(&r, 400, "invalid_argument");
     let huge = format!(r#"{{"path": "{}"}}"#, "a".repeat(5 * 1024 * 1024));
-    let r = envd(
+    let (status, body) = post_while_reading(
         &d,
-        &id,
-        &token,
         "/filesystem.Filesystem/Stat",
-        "application/json",
+        &[
+            ("E2b-Sandbox-Id", &id),
+            ("X-Access-Token", &token),
+            ("Content-Type", "application/json"),
+        ],
         huge.into_bytes(),
     );
-    assert_connect_error(&r, 429, "resource_exhausted");
+    assert_eq!(status, 429, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["code"], "resource_exhausted", "{v}");
 
     // File errors are the protocol's codes.
     let r = rpc(&d, &id, &token, "Stat", json!({"path": "/nope"}));
