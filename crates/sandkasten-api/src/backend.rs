@@ -49,6 +49,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError>;
     async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError>;
     async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError>;
+    async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError>;
 
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError>;
     async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError>;
@@ -255,6 +256,9 @@ impl Backend for Engine {
     }
     async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
         Engine::remove(self, id, path, recursive).await
+    }
+    async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError> {
+        Engine::rename(self, id, from, to).await
     }
 
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {

@@ -70,6 +70,8 @@ fn info(id: &str) -> SessionInfo {
         acquire_source: AcquireSource::Cold,
         disk_limit_mb: None,
         network: sandkasten_engine::NetworkPolicy::none(),
+        metadata: Default::default(),
+        ttl_seconds: 1800,
     }
 }
 
@@ -283,6 +285,14 @@ impl Backend for Fake {
             .push(format!("remove {path} {recursive}"));
         Ok(())
     }
+    async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError> {
+        check(id)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("rename {from} {to}"));
+        Ok(absolute(to))
+    }
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
         self.check_workspace("")?;
         Ok(vec![workspace_info("a"), workspace_info("busy")])
@@ -417,6 +427,7 @@ fn app() -> (Router, Arc<Fake>) {
             preview_domain: "localhost:8080".into(),
             port_url_secret: vec![7; 32],
         },
+        None,
     );
     (router, fake)
 }
@@ -696,7 +707,8 @@ async fn create_returns_201_and_session_info() {
                "workspace_id": "user123-project456",
                "created_at": "2026-02-08T10:00:00Z", "expires_at": "2026-02-08T10:30:00Z",
                "acquire_source": "cold", "disk_limit_mb": null,
-               "network": {"mode": "none", "allow_out": [], "deny_out": []}})
+               "network": {"mode": "none", "allow_out": [], "deny_out": []},
+               "metadata": {}})
     );
     let created = fake.created.lock().unwrap();
     assert_eq!(created[0].disk_limit_mb, Some(300));
@@ -1471,6 +1483,16 @@ async fn list_stat_mkdir_remove() {
     )
     .await
     .assert_error(400, "INVALID_REQUEST");
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/fs/move",
+        json!({"from": "x", "to": "d/y"}),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"ok": true, "path": "/workspace/d/y"}));
+    post_json(&router, "/v1/sessions/s1/fs/move", json!({"from": "x"}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
 
     assert_eq!(
         fake.calls.lock().unwrap().as_slice(),
@@ -1481,6 +1503,7 @@ async fn list_stat_mkdir_remove() {
             "mkdir c false",
             "remove a false",
             "remove c true",
+            "rename x d/y",
         ]
     );
 }
@@ -1931,6 +1954,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/fs/stat"),
     ("post", "/v1/sessions/{id}/fs/mkdir"),
     ("post", "/v1/sessions/{id}/fs/remove"),
+    ("post", "/v1/sessions/{id}/fs/move"),
     ("get", "/v1/workspaces"),
     ("post", "/v1/workspaces"),
     ("get", "/v1/workspaces/{id}"),

@@ -76,6 +76,7 @@ struct ValidCreate {
     disk_limit_mb: Option<u64>,
     /// The network policy, within the operator's cap.
     network: NetworkPolicy,
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A sandbox acquired for a create, with the identity it got.
@@ -213,6 +214,7 @@ impl Engine {
                             cwd,
                             disk_limit_mb: rec.disk_limit_mb,
                             network,
+                            metadata: rec.metadata.clone(),
                         },
                         sandbox,
                     );
@@ -424,6 +426,7 @@ impl Engine {
                 cwd: rec.cwd,
                 disk_limit_mb: rec.disk_limit_mb,
                 network: acquired.network,
+                metadata: rec.metadata,
             },
             acquired.sandbox,
         );
@@ -455,6 +458,7 @@ impl Engine {
             crate::check_workspace_id(ws)?;
         }
         validate_env(&req.env)?;
+        validate_metadata(&req.metadata)?;
         let ttl = match req.ttl_seconds {
             Some(0) => {
                 return Err(EngineError::InvalidRequest(
@@ -494,6 +498,7 @@ impl Engine {
             env: req.env,
             disk_limit_mb: disk_limit_mb.filter(|_| self.inner.runtime.disk_limit_enforced()),
             network,
+            metadata: req.metadata,
         })
     }
 
@@ -568,6 +573,7 @@ impl Engine {
             ended_at_ms: None,
             disk_limit_mb: v.disk_limit_mb,
             network: Some(v.network.to_text()),
+            metadata: v.metadata.clone(),
         };
 
         // Late binding: the pooled sandbox takes on this request's identity.
@@ -770,6 +776,22 @@ impl Engine {
     }
 
     /// The pool per image (`GET /v1/pool`).
+    /// The images sessions can start: the runtime's, within
+    /// `allowed_images` when that is set.
+    pub async fn list_images(&self) -> Result<Vec<crate::ImageInfo>, EngineError> {
+        let mut images = self
+            .inner
+            .runtime
+            .list_images()
+            .await
+            .map_err(EngineError::runtime("listing images"))?;
+        let allowed = &self.inner.cfg.allowed_images;
+        if !allowed.is_empty() {
+            images.retain(|i| allowed.contains(&i.name));
+        }
+        Ok(images)
+    }
+
     pub fn pool_stats(&self) -> crate::PoolStats {
         self.inner.pool.stats()
     }
@@ -841,6 +863,27 @@ impl Engine {
     ) -> Result<Vec<sandkasten_runtime::NetworkDenial>, EngineError> {
         let s = self.inner.sessions.get(id)?;
         Ok(self.inner.runtime.network_events(&s.id))
+    }
+
+    /// Sets a running session's TTL (1 s to 30 days) and expires it that
+    /// long from now (each later activity moves the expiry that far again,
+    /// as with the TTL given at create); persisted, so a restart keeps it.
+    pub async fn set_ttl(&self, id: &str, ttl_seconds: u64) -> Result<SessionInfo, EngineError> {
+        if ttl_seconds == 0 || ttl_seconds > 30 * 24 * 3600 {
+            return Err(EngineError::InvalidRequest(format!(
+                "ttl_seconds must be 1 to 2592000 (30 days), got {ttl_seconds}"
+            )));
+        }
+        let s = self.inner.sessions.get(id)?;
+        let expires_at = s.set_ttl(ttl_seconds, now())?;
+        let (sid, at) = (s.id.clone(), ms(expires_at));
+        self.inner
+            .db
+            .run(move |st| st.set_session_ttl(&sid, ttl_seconds, at))
+            .await?;
+        // The reaper may sleep until a later expiry than the new one.
+        self.inner.reaper_wake.notify_one();
+        Ok(s.info())
     }
 
     pub async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
@@ -1189,6 +1232,16 @@ impl Engine {
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.remove(path, recursive).await)
     }
+
+    /// Renames `from` to `to` inside the sandbox (replacing a file there,
+    /// creating `to`'s missing parents); returns the absolute new path.
+    pub async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError> {
+        let from = Self::resolve(from)?;
+        let to = Self::resolve(to)?;
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.rename(from, to.clone()).await)?;
+        Ok(to)
+    }
 }
 
 /// The network policy a store row recorded: rows from before policies
@@ -1206,6 +1259,30 @@ fn stored_policy(rec: &SessionRecord) -> NetworkPolicy {
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Metadata of a create request: at most 64 keys of 1 to 256 bytes,
+/// values of at most 4096 bytes.
+fn validate_metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), EngineError> {
+    if m.len() > 64 {
+        return Err(EngineError::InvalidRequest(
+            "metadata: at most 64 keys".into(),
+        ));
+    }
+    for (k, v) in m {
+        if k.is_empty() || k.len() > 256 {
+            return Err(EngineError::InvalidRequest(format!(
+                "metadata: keys must be 1 to 256 bytes, got {} bytes",
+                k.len()
+            )));
+        }
+        if v.len() > 4096 {
+            return Err(EngineError::InvalidRequest(format!(
+                "metadata: the value of {k:?} is over 4096 bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Environment variables of a create request: names of `[A-Za-z_][A-Za-z0-9_]*`

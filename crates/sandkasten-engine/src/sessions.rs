@@ -47,6 +47,7 @@ pub(crate) struct SessionParams {
     pub(crate) cwd: String,
     pub(crate) disk_limit_mb: Option<u64>,
     pub(crate) network: NetworkPolicy,
+    pub(crate) metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A live session.
@@ -55,8 +56,8 @@ pub(crate) struct Session {
     pub(crate) image: String,
     pub(crate) workspace_id: Option<String>,
     created_at: OffsetDateTime,
-    ttl_seconds: u64,
     acquire_source: AcquireSource,
+    metadata: std::collections::BTreeMap<String, String>,
     disk_limit_mb: Option<u64>,
     /// The network policy in force.
     network: Mutex<NetworkPolicy>,
@@ -81,6 +82,8 @@ pub(crate) struct Session {
 struct Live {
     state: SessionState,
     expires_at: OffsetDateTime,
+    /// How far each activity moves the expiry (changed by `set_ttl`).
+    ttl_seconds: u64,
     cwd: String,
 }
 
@@ -98,8 +101,8 @@ impl Session {
             image: p.image,
             workspace_id: p.workspace_id,
             created_at: p.created_at,
-            ttl_seconds: p.ttl_seconds,
             acquire_source: p.acquire_source,
+            metadata: p.metadata,
             disk_limit_mb: p.disk_limit_mb,
             network: Mutex::new(p.network),
             network_change: tokio::sync::Mutex::new(()),
@@ -109,6 +112,7 @@ impl Session {
             live: Mutex::new(Live {
                 state: SessionState::Running,
                 expires_at: p.expires_at,
+                ttl_seconds: p.ttl_seconds,
                 cwd: p.cwd,
             }),
             lifecycle: tokio::sync::Mutex::new(()),
@@ -130,6 +134,8 @@ impl Session {
             acquire_source: self.acquire_source,
             disk_limit_mb: self.disk_limit_mb,
             network: self.network.lock().unwrap().clone(),
+            metadata: self.metadata.clone(),
+            ttl_seconds: live.ttl_seconds,
         }
     }
 
@@ -187,7 +193,7 @@ impl Session {
             });
         }
         live.state = SessionState::Running;
-        live.expires_at = now + time::Duration::seconds(self.ttl_seconds as i64);
+        live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
         Ok((live.expires_at, live.cwd.clone()))
     }
 
@@ -200,8 +206,27 @@ impl Session {
                 state: live.state,
             });
         }
-        live.expires_at = now + time::Duration::seconds(self.ttl_seconds as i64);
+        live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
         Ok(())
+    }
+
+    /// Sets a new TTL and expires the session `ttl_seconds` from `now`;
+    /// returns the new expiry. `NotRunning` unless it runs.
+    pub(crate) fn set_ttl(
+        &self,
+        ttl_seconds: u64,
+        now: OffsetDateTime,
+    ) -> Result<OffsetDateTime, SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.ttl_seconds = ttl_seconds;
+        live.expires_at = now + time::Duration::seconds(ttl_seconds as i64);
+        Ok(live.expires_at)
     }
 
     /// Running or Paused → Destroying; `NotRunning` from any other state.
