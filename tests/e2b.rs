@@ -171,14 +171,42 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
     let own = d.get_session(&id).expect(200, "our GET");
     assert_eq!(own["metadata"], json!({"owner": "t1", "run": "7"}));
     assert_eq!(d.sh(&id, "echo $GREETING").trim(), "hallo");
-    // Pause is refused clearly; unknown routes are E2B 404s.
+    // Pause is ours: a second is a conflict, a filesystem-only one is
+    // refused clearly, resume answers the sandbox; unknown routes are E2B
+    // 404s.
+    let pause = |body: &str| {
+        d.send(
+            ctl(&d, reqwest::Method::POST, &format!("/sandboxes/{id}/pause"))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+    };
+    let r = pause(r#"{"memory": false}"#);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.json["message"].as_str().unwrap().contains("filesystem"));
+    assert_eq!(pause("{}").status, 204);
+    assert_eq!(
+        d.get_session(&id).expect(200, "our GET")["status"],
+        "paused"
+    );
+    assert_eq!(pause("{}").status, 409);
     let r = d.send(ctl(
         &d,
         reqwest::Method::POST,
-        &format!("/sandboxes/{id}/pause"),
+        &format!("/sandboxes/{id}/resume"),
     ));
-    assert_eq!(r.status, 501, "{}", r.text);
-    assert!(r.json["message"].as_str().unwrap().contains("pausing"));
+    assert_eq!(
+        (r.status, &r.json["sandboxID"]),
+        (201, &json!(id)),
+        "{}",
+        r.text
+    );
+    let r = d.send(ctl(
+        &d,
+        reqwest::Method::POST,
+        &format!("/sandboxes/{id}/resume"),
+    ));
+    assert_eq!(r.status, 409, "{}", r.text);
     let r = d.send(ctl(
         &d,
         reqwest::Method::GET,
