@@ -9,9 +9,10 @@
 //! and other sandboxes are unreachable, a live policy change holds for the
 //! next connection, and after destroy, and after SIGKILL and a restart,
 //! no veth, set element, table, engine network or Docker rule is left.
-//! IPv6 is checked on native only (docker sandboxes have none). Tests of
-//! native internals (pooled links) are in `mod native_only`. Nothing here
-//! sends a packet to an address the test did not set up.
+//! IPv6 is checked on native only (docker sandboxes have none); a
+//! sandbox's link is a veth on native and an endpoint on the daemon's
+//! engine network on docker. Nothing here sends a packet to an address
+//! the test did not set up.
 
 mod common;
 
@@ -609,101 +610,97 @@ fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
     );
 }
 
-/// The native runtime's pooled links (a pooled docker container takes its
-/// network when claimed through the same `set_network`, an engine
-/// `network connect`; docker_pool and pool cover claims).
-mod native_only {
-    use super::*;
-
-    /// A daemon with a pool of one sandbox of the default image; `defaults` is
-    /// YAML of its `defaults:` section (empty: none).
-    fn pool_daemon(defaults: &str) -> Daemon {
-        Daemon::start_with(
-            &DataDir::new(),
-            Options {
-                config: Some(format!(
-                    "{}{defaults}pool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
-                    config(),
-                    default_image()
-                )),
-                disable_pool: false,
-                ..Options::default()
-            },
-        )
+/// How many sandboxes of daemon `d` have a link: its veths (native), or
+/// the containers on its engine network (docker).
+fn linked(d: &Daemon) -> usize {
+    let (table, prefix) = names(d);
+    if on_docker() {
+        let (ok, out) = docker_cli(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{len .Containers}}",
+            &format!("sandkasten-{}", &table[11..]),
+        ]);
+        assert!(ok, "the engine network: {out}");
+        out.trim().parse().unwrap()
+    } else {
+        links_with(&prefix).len()
     }
+}
 
-    /// Waits until the pool holds its idle sandbox again.
-    #[track_caller]
-    fn pool_full(d: &Daemon) {
-        let idle = || {
-            d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1
-        };
-        assert!(
-            wait_for(Duration::from_secs(30), idle),
-            "the pool did not fill"
-        );
-    }
+/// A daemon with a pool of one sandbox of the default image; `defaults` is
+/// YAML of its `defaults:` section (empty: none).
+fn pool_daemon(defaults: &str) -> Daemon {
+    Daemon::start_with(
+        &DataDir::new(),
+        Options {
+            config: Some(format!(
+                "{}{defaults}pool:\n  enabled: true\n  images:\n    \"{}\": 1\n",
+                config(),
+                default_image()
+            )),
+            disable_pool: false,
+            ..Options::default()
+        },
+    )
+}
 
-    #[test]
-    fn a_pooled_sandbox_takes_its_policy_when_claimed() {
-        require_native("the native datapath");
-        let inet = Internet::new(4);
-        let d = pool_daemon("");
-        let (_, prefix) = names(&d);
-        pool_full(&d);
-        // Pooled sandboxes wait without a link.
-        assert!(
-            links_with(&prefix).is_empty(),
-            "an idle pooled sandbox has a veth"
-        );
-        let v = d.create_session(json!({"network": {"mode": "full", "allow_out": [inet.v4(2)]}}));
-        assert_eq!(v["acquire_source"], "pool", "{v}");
-        assert_eq!(v["network"]["allow_out"], json!([inet.v4(2)]));
-        let id = v["id"].as_str().unwrap().to_string();
-        reaches(&d, &id, &inet.v4(2));
-        refused(&d, &id, &inet.v4(3), 8080);
-        // The next one, claimed without a network, has none.
-        pool_full(&d);
-        let v = d.create_session(json!({}));
-        assert_eq!(v["acquire_source"], "pool", "{v}");
-        assert_eq!(v["network"]["mode"], "none");
-        let other = v["id"].as_str().unwrap();
-        assert_eq!(d.sh(other, "ip -o link show | wc -l").trim(), "1");
-        assert_eq!(
-            links_with(&prefix).len(),
-            1,
-            "one veth: the claimed sandbox's"
-        );
-    }
+/// Waits until the pool holds its idle sandbox again.
+#[track_caller]
+fn pool_full(d: &Daemon) {
+    let idle =
+        || d.get("/v1/pool").expect(200, "GET /v1/pool")["images"][default_image()]["idle"] == 1;
+    assert!(
+        wait_for(Duration::from_secs(30), idle),
+        "the pool did not fill"
+    );
+}
 
-    #[test]
-    fn pooled_sandboxes_wait_with_a_closed_link_when_the_default_is_full() {
-        require_native("the native datapath");
-        let inet = Internet::new(5);
-        let d = pool_daemon(&format!(
-            "defaults:\n  network_mode: full\n  deny_out: [\"{}\"]\n",
-            inet.v4(3)
-        ));
-        let (_, prefix) = names(&d);
-        pool_full(&d);
-        assert_eq!(
-            links_with(&prefix).len(),
-            1,
-            "the idle pooled sandbox's link"
-        );
-        // Claimed with the defaults: open but for the default deny_out.
-        let v = d.create_session(json!({}));
-        assert_eq!(v["acquire_source"], "pool", "{v}");
-        assert_eq!(v["network"]["deny_out"], json!([inet.v4(3)]));
-        let id = v["id"].as_str().unwrap().to_string();
-        reaches(&d, &id, &inet.v4(2));
-        refused(&d, &id, &inet.v4(3), 8080);
-        // A create without network is served cold (removing a pooled link
-        // would cost more than a cold create) and has no link.
-        pool_full(&d);
-        let v = d.create_session(json!({"network": {"mode": "none"}}));
-        assert_eq!(v["acquire_source"], "cold", "{v}");
-        let none = v["id"].as_str().unwrap();
-        assert_eq!(d.sh(none, "ip -o link show | wc -l").trim(), "1");
-    }
+#[test]
+fn a_pooled_sandbox_takes_its_policy_when_claimed() {
+    let inet = Internet::new(4);
+    let d = pool_daemon("");
+    pool_full(&d);
+    // Pooled sandboxes wait without a link.
+    assert_eq!(linked(&d), 0, "an idle pooled sandbox has a link");
+    let v = d.create_session(json!({"network": {"mode": "full", "allow_out": [inet.v4(2)]}}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["allow_out"], json!([inet.v4(2)]));
+    let id = v["id"].as_str().unwrap().to_string();
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    // The next one, claimed without a network, has none.
+    pool_full(&d);
+    let v = d.create_session(json!({}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["mode"], "none");
+    let other = v["id"].as_str().unwrap();
+    assert_eq!(d.sh(other, "ip -o link show | wc -l").trim(), "1");
+    assert_eq!(linked(&d), 1, "one link: the claimed sandbox's");
+}
+
+#[test]
+fn pooled_sandboxes_wait_with_a_closed_link_when_the_default_is_full() {
+    let inet = Internet::new(5);
+    let d = pool_daemon(&format!(
+        "defaults:\n  network_mode: full\n  deny_out: [\"{}\"]\n",
+        inet.v4(3)
+    ));
+    pool_full(&d);
+    assert_eq!(linked(&d), 1, "the idle pooled sandbox's link");
+    // Claimed with the defaults: open but for the default deny_out.
+    let v = d.create_session(json!({}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    assert_eq!(v["network"]["deny_out"], json!([inet.v4(3)]));
+    let id = v["id"].as_str().unwrap().to_string();
+    reaches(&d, &id, &inet.v4(2));
+    refused(&d, &id, &inet.v4(3), 8080);
+    // A create without network is served cold (removing a pooled link
+    // would cost more than a cold create) and has no link.
+    pool_full(&d);
+    let v = d.create_session(json!({"network": {"mode": "none"}}));
+    assert_eq!(v["acquire_source"], "cold", "{v}");
+    let none = v["id"].as_str().unwrap();
+    assert_eq!(d.sh(none, "ip -o link show | wc -l").trim(), "1");
 }
