@@ -555,6 +555,14 @@ fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
         out.contains("Name or service not known"),
         "other.test: {out}"
     );
+    if on_docker() {
+        // The engine's own resolver (127.0.0.11 inside the container)
+        // forwards to the daemon's server, as the container: judged alike.
+        let out = d.sh(&id, "busybox nslookup other.test 127.0.0.11 2>&1; true");
+        assert!(out.contains("NXDOMAIN"), "through 127.0.0.11: {out}");
+        let out = d.sh(&id, "busybox nslookup app.test 127.0.0.11 2>&1; true");
+        assert!(out.contains(&inet.v4(2)), "through 127.0.0.11: {out}");
+    }
     refused(&d, &id, &inet.v4(3), 8080);
     // Ports 80 and 443 check the name a connection carries: the same
     // address under a name the policy does not allow is reset at once.
