@@ -21,7 +21,7 @@ use crate::{
     ExecResult, ExecStream, FileReader, FileStat, SessionInfo, SessionState, SessionStats,
 };
 use sandkasten_runtime::{
-    AgentClient, ExecReply, NetworkMode, NetworkPolicy, PortStream, Runtime, RuntimeError, Sandbox,
+    AgentClient, ExecReply, NetworkPolicy, PortStream, Runtime, RuntimeError, Sandbox,
     SandboxHandle, SandboxSpec, WorkspaceMount,
 };
 use sandkasten_store::{SessionRecord, Store};
@@ -507,6 +507,12 @@ impl Engine {
     /// rather than ignored.
     fn runtime_takes(&self, policy: &NetworkPolicy) -> Result<(), EngineError> {
         let rt = &self.inner.runtime;
+        if let Some(why) = rt.network_unsupported().filter(|_| policy.is_full()) {
+            return Err(EngineError::Unsupported {
+                what: why,
+                runtime: rt.name(),
+            });
+        }
         if rt.network_policies() || (policy.allow_out.is_empty() && policy.deny_out.is_empty()) {
             return Ok(());
         }
@@ -641,13 +647,10 @@ impl Engine {
                 disk_mb: record.disk_limit_mb,
                 ..cfg.limits.clone()
             },
-            // A runtime with policies gives the sandbox its network once
-            // it runs (below), the same way as a pooled one.
-            network: if policies {
-                NetworkMode::None
-            } else {
-                network.mode
-            },
+            // A runtime with policies starts a `full` sandbox with a link
+            // that allows nothing and gives it its policy once it runs
+            // (below), the same way as a pooled one.
+            network: network.mode,
             readonly_rootfs: cfg.readonly_rootfs,
             workspace: match &record.workspace_id {
                 Some(ws) => WorkspaceMount::Persistent(ws.clone()),

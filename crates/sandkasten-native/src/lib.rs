@@ -994,6 +994,13 @@ impl Runtime for NativeRuntime {
         self.shared.network.is_some()
     }
 
+    fn network_unsupported(&self) -> Option<String> {
+        self.shared
+            .network
+            .is_none()
+            .then(|| "network_mode full (the daemon runs without a sandbox network)".into())
+    }
+
     fn network_events(&self, id: &str) -> Vec<sandkasten_runtime::NetworkDenial> {
         self.shared
             .network

@@ -508,6 +508,13 @@ pub trait Runtime: Send + Sync + 'static {
         false
     }
 
+    /// Why this backend cannot give any sandbox `mode: full` (what and
+    /// why, for a 400 `UNSUPPORTED`), where it cannot; `None` where it
+    /// can (with or without policies).
+    fn network_unsupported(&self) -> Option<String> {
+        None
+    }
+
     /// Gives a running sandbox `policy`: a link and its rules for mode
     /// `full`, none for `none`. Takes effect for new connections before it
     /// returns; idempotent (also what recovery calls to rebuild the rules

@@ -552,8 +552,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             let (d, u) = start_daemon(
                 &generated_key,
                 Some(&format!(
-                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n{NETWORK_CONFIG}",
-                    n + 16
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    \"{}\": 3\n{NETWORK_CONFIG}",
+                    n + 16,
+                    pool_image()
                 )),
             )?;
             let pool_api = Api {
@@ -569,9 +570,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             let (d, u) = start_daemon(
                 &generated_key,
                 Some(&format!(
-                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n\
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    \"{}\": 3\n\
                      {NETWORK_CONFIG}defaults:\n  network_mode: full\n",
-                    n + 16
+                    n + 16,
+                    pool_image()
                 )),
             )?;
             let net_api = Api {
@@ -861,6 +863,16 @@ static NETWORK_POLICY: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
     || json!({"network": {"mode": "full", "allow_out": ["203.0.113.0/24", "2001:db8::/32"]}}),
 );
 
+/// The image of the bench's pools: the daemon's default image where the
+/// environment names one (`SANDKASTEN_DEFAULT_IMAGE`, e.g. with
+/// `SANDKASTEN_RUNTIME=docker`), else the native `base`.
+fn pool_image() -> String {
+    std::env::var("SANDKASTEN_DEFAULT_IMAGE")
+        .ok()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| "base".into())
+}
+
 /// Pooled creates with a network and the first exec after each, timed
 /// together (each sample waits, untimed, for a full pool).
 fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
@@ -868,7 +880,7 @@ fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let p = api.call(reqwest::Method::GET, "/v1/pool", None)?;
-            if p["images"]["base"]["idle"].as_u64() == Some(3) {
+            if p["images"][pool_image()]["idle"].as_u64() == Some(3) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -884,7 +896,7 @@ fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
     for _ in 0..n {
         wait_full()?;
         let mut body = NETWORK_POLICY.clone();
-        body["image"] = json!("base");
+        body["image"] = json!(pool_image());
         let (ms, v) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
         if v["acquire_source"] != "pool" {
