@@ -416,6 +416,7 @@ fn app() -> (Router, Arc<Fake>) {
             max_body_bytes: LIMIT,
             preview_domain: "localhost:8080".into(),
             port_url_secret: vec![7; 32],
+            shutdown: tokio_util::sync::CancellationToken::new(),
         },
     );
     (router, fake)
