@@ -281,3 +281,79 @@ fn gvisor_sandboxes_serve_exec_files_and_workspaces() {
     d.del(&format!("/v1/workspaces/{ws}"))
         .expect(200, "workspace delete");
 }
+
+/// Sandbox networks are enforced in this host's kernel, on the bridge the
+/// containers' traffic passes: a remote engine's containers are not there,
+/// and gVisor's keep their own network stack (Debian's runsc runs with
+/// `--network=none` here). Where the operator allows `full`, a create or a
+/// change asking for it is 400 `UNSUPPORTED` saying what and why, and
+/// creates nothing; `none` works as before. A daemon whose default is
+/// `full` there does not start.
+#[test]
+fn full_network_is_unsupported_on_a_remote_engine_and_under_gvisor() {
+    let fwd = TcpForwarder::start(ENGINE_SOCKET);
+    let remote = remote_daemon(&fwd, "network:\n  allow_full: true\n");
+    let home = DataDir::new();
+    home.holds_docker_objects();
+    let gvisor = Daemon::start_in(
+        &home,
+        Some(&format!(
+            "runtime: docker\ndefault_image: \"{}\"\ndocker:\n  runtime: runsc\nnetwork:\n  allow_full: true\n",
+            docker_image()
+        )),
+    );
+    for (d, why) in [(&remote, "remote engine"), (&gvisor, "runsc")] {
+        for network in [
+            json!({"mode": "full"}),
+            json!({"mode": "full", "allow_out": ["203.0.113.7"]}),
+        ] {
+            let r = d.try_create_session(json!({ "network": network }));
+            r.assert_error(400, "UNSUPPORTED", why);
+            let msg = r.json["message"].as_str().unwrap();
+            assert!(msg.contains(why) && msg.contains("network"), "{msg}");
+        }
+        assert!(d.listed_ids().is_empty(), "a refused create left a session");
+        let id = d.create_session(json!({"network": {"mode": "none"}}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        d.send(
+            d.request(reqwest::Method::PUT, &format!("/v1/sessions/{id}/network"))
+                .json(&json!({"mode": "full"})),
+        )
+        .assert_error(400, "UNSUPPORTED", why);
+        assert_eq!(
+            d.get_session(&id).expect(200, "GET")["network"]["mode"],
+            "none"
+        );
+    }
+    // A default of `full` that the engine cannot give stops the start.
+    let out = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg({
+            let p = home.root.join("full-default.yaml");
+            std::fs::write(
+                &p,
+                format!(
+                    "runtime: docker\ndata_dir: {}\nlisten: 127.0.0.1:0\ndefault_image: \"{}\"\n\
+                     docker:\n  host: tcp://127.0.0.1:{}\ndefaults:\n  network_mode: full\n",
+                    home.root.join("full-default").display(),
+                    docker_image(),
+                    fwd.port()
+                ),
+            )
+            .unwrap();
+            p
+        })
+        .env("SANDKASTEN_API_KEY", "k-0123456789abcdef0123456789abcdef")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("defaults.network_mode")
+            && err.contains("remote engine"),
+        "{err}"
+    );
+}

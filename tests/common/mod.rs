@@ -1191,6 +1191,10 @@ impl DataDir {
         for v in run(&["volume", "ls", "-q", "--filter", &label]).lines() {
             run(&["volume", "rm", "-f", v]);
         }
+        // The sandbox network a daemon that did not stop gracefully left.
+        for n in run(&["network", "ls", "-q", "--filter", &label]).lines() {
+            run(&["network", "rm", n]);
+        }
     }
 
     fn mounts_below_root(&self) -> Vec<String> {

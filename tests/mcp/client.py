@@ -60,7 +60,7 @@ async def flow(s):
     for want in (
         "create_sandbox", "list_sandboxes", "destroy_sandbox", "run_command", "start_process",
         "process_output", "send_stdin", "kill_process", "list_processes", "read_file",
-        "write_file", "list_dir", "delete_path", "list_workspaces", "snapshot_workspace",
+        "write_file", "list_dir", "delete_path", "move_path", "list_workspaces", "snapshot_workspace",
         "restore_workspace", "get_port_url",
     ):
         assert want in tools, (want, sorted(tools))
@@ -141,10 +141,12 @@ async def flow(s):
 
     url = payload(await s.call_tool("get_port_url", {"session_id": sid, "port": 8000}))
     assert "sandkasten_token=" in url["url"], url
-    payload(await s.call_tool("delete_path", {"session_id": sid, "path": "result.txt"}))
-    missing = await s.call_tool("read_file", {"session_id": sid, "path": "result.txt"})
+    moved = payload(await s.call_tool("move_path", {"session_id": sid, "from": "result.txt", "to": "out/r.txt"}))
+    assert moved["path"] == "/workspace/out/r.txt", moved
+    payload(await s.call_tool("delete_path", {"session_id": sid, "path": "out", "recursive": True}))
+    missing = await s.call_tool("read_file", {"session_id": sid, "path": "out/r.txt"})
     assert missing.is_error and missing.structured_content["error_code"] == "FILE_NOT_FOUND", missing
-    ok("port URL; delete_path; a missing file is a FILE_NOT_FOUND tool error")
+    ok("port URL; move_path; delete_path; a missing file is a FILE_NOT_FOUND tool error")
 
     # Bad arguments: tool errors the model reads, never a broken session.
     for args, why in (

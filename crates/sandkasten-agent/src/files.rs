@@ -1,4 +1,4 @@
-//! File operations (read, write, list, stat, mkdir, remove) on absolute
+//! File operations (read, write, list, stat, mkdir, remove, rename) on absolute
 //! paths, done with the rights of the sandbox user.
 //!
 //! They are [`RootedFs`] operations rooted at the agent's `/` (the
@@ -80,6 +80,13 @@ impl Files {
     /// when `recursive` (symlinks inside are removed, never followed).
     pub fn remove(&self, path: &str, recursive: bool) -> FsResult<()> {
         self.fs(path)?.remove(path, recursive)
+    }
+
+    /// Renames `from` to `to` (replacing a file there), creating `to`'s
+    /// missing parents.
+    pub fn rename(&self, from: &str, to: &str) -> FsResult<()> {
+        self.fs(to)?;
+        self.fs(from)?.rename(from, to)
     }
 
     /// The operations for an absolute `path`.

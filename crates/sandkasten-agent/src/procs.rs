@@ -155,6 +155,9 @@ impl Procs {
 
     /// The process `r` names: by pid, or the newest with that tag.
     pub fn find(&self, r: &ProcRef) -> Result<Arc<Proc>, ProcError> {
+        // What a client saw end has been pruned by the time it asks again
+        // (the pump's own prune may still be on its way).
+        prune(&self.table);
         let table = lock(&self.table);
         let found = match r {
             ProcRef::Pid(pid) => table.iter().rev().find(|p| p.info.pid == *pid),
@@ -176,6 +179,7 @@ impl Procs {
 
     /// Every process, oldest first.
     pub fn list(&self) -> Vec<ProcInfo> {
+        prune(&self.table);
         lock(&self.table).iter().map(|p| p.info()).collect()
     }
 

@@ -309,6 +309,7 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
         },
         Request::Mkdir { path, parents } => ok_or_error(agent.files.mkdir(&path, parents)),
         Request::Remove { path, recursive } => ok_or_error(agent.files.remove(&path, recursive)),
+        Request::Rename { from, to } => ok_or_error(agent.files.rename(&from, &to)),
         Request::SetEnv { env } => {
             agent.shell.set_env(env);
             Response::Ok

@@ -46,6 +46,20 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// Whether header `name` (e.g. E2B's `X-API-KEY`) is this key.
+    pub(crate) fn verify_header(&self, headers: &HeaderMap, name: &str) -> bool {
+        let Some(expected) = &self.digest else {
+            return false;
+        };
+        let Some(token) = headers.get(name).map(|v| v.as_bytes().trim_ascii()) else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(token).into();
+        !token.is_empty() && bool::from(presented.ct_eq(expected))
+    }
+}
+
 /// The token of `Authorization: Bearer <token>`; the scheme is matched
 /// case-insensitively (RFC 9110 §11.1).
 fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {

@@ -49,6 +49,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError>;
     async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError>;
     async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError>;
+    async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError>;
 
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError>;
     async fn create_workspace(&self, req: CreateWorkspace) -> Result<WorkspaceInfo, EngineError>;
@@ -126,6 +127,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     fn pool_stats(&self) -> PoolStats;
     fn metrics(&self) -> MetricsSnapshot;
+
+    // Pause and resume: proven end to end (tests/lifecycle.rs), hence the
+    // defaults.
+    async fn pause_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
+        Err(unsupported_here("pause"))
+    }
+    async fn resume_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
+        Err(unsupported_here("resume"))
+    }
 
     // Processes: proven end to end (tests/processes.rs), hence the
     // defaults.
@@ -247,6 +257,9 @@ impl Backend for Engine {
     async fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), EngineError> {
         Engine::remove(self, id, path, recursive).await
     }
+    async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError> {
+        Engine::rename(self, id, from, to).await
+    }
 
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
         Engine::list_workspaces(self).await
@@ -322,6 +335,12 @@ impl Backend for Engine {
     }
     async fn connect_port(&self, id: &str, port: u16) -> Result<PortStream, EngineError> {
         Engine::connect_port(self, id, port).await
+    }
+    async fn pause_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        Engine::pause_session(self, id).await
+    }
+    async fn resume_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        Engine::resume_session(self, id).await
     }
     async fn start_process(
         &self,

@@ -60,6 +60,7 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
         E::Session(s) => match s {
             S::NotFound(_) => (GONE, "SESSION_NOT_FOUND"),
             S::NotRunning { .. } => (CONFLICT, "SESSION_NOT_RUNNING"),
+            S::NotPaused { .. } => (CONFLICT, "SESSION_NOT_PAUSED"),
             S::CapacityExhausted(_) => (UNAVAILABLE, "CAPACITY_EXHAUSTED"),
             S::ShuttingDown => (UNAVAILABLE, "SHUTTING_DOWN"),
             S::AgentLost(_) => INTERNAL,
@@ -145,7 +146,9 @@ impl ApiError {
         let v = match self {
             ApiError::PayloadTooLarge { limit } => json!({ "max_bytes": limit }),
             ApiError::Engine(E::Session(S::NotFound(id))) => json!({ "session_id": id }),
-            ApiError::Engine(E::Session(S::NotRunning { id, state })) => {
+            ApiError::Engine(E::Session(
+                S::NotRunning { id, state } | S::NotPaused { id, state },
+            )) => {
                 json!({ "session_id": id, "state": state.as_str() })
             }
             ApiError::Engine(E::Session(S::CapacityExhausted(max))) => {

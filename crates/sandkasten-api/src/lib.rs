@@ -76,9 +76,22 @@ pub(crate) struct AppState {
     pub(crate) ports: Arc<ports::Ports>,
 }
 
-/// The API's router, ready for [`serve`].
+/// The API's router, ready for [`serve`]: our routes, the ports proxy and
+/// the E2B API (`sandkasten_e2b`).
 pub fn router(engine: Engine, config: ApiConfig) -> Router {
-    build_router(Arc::new(engine), config)
+    let engine = Arc::new(engine);
+    let key = auth::ApiKey::new(&config.api_key);
+    let signer = ports::signed::Signer::new(&config.port_url_secret);
+    let e2b = sandkasten_e2b::E2b::new(
+        engine.clone(),
+        sandkasten_e2b::E2bConfig {
+            key_ok: Arc::new(move |h| key.verify(h) || key.verify_header(h, "x-api-key")),
+            envd_token: Arc::new(move |id| signer.envd_token(id)),
+            domain: config.preview_domain.clone(),
+            max_body_bytes: config.max_body_bytes,
+        },
+    );
+    build_router(engine, config, Some(e2b))
 }
 
 /// Serves `router` on `listener` (HTTP/1.1) until `shutdown` is cancelled;
@@ -125,7 +138,9 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{exec, files, pool, ports, processes, pty, sessions, system, workspaces};
+    use routes::{
+        exec, files, lifecycle, pool, ports, processes, pty, sessions, system, workspaces,
+    };
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
         .routes(routes!(pool::pool))
@@ -134,6 +149,8 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::get_session, sessions::destroy_session))
         .routes(routes!(sessions::session_stats))
         .routes(routes!(sessions::set_network))
+        .routes(routes!(lifecycle::pause_session))
+        .routes(routes!(lifecycle::resume_session))
         .routes(routes!(sessions::network_events))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))
@@ -152,6 +169,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(files::stat))
         .routes(routes!(files::mkdir))
         .routes(routes!(files::remove))
+        .routes(routes!(files::move_path))
         .routes(routes!(
             workspaces::list_workspaces,
             workspaces::create_workspace
@@ -177,7 +195,11 @@ fn protected_routes() -> OpenApiRouter<AppState> {
 }
 
 /// The router over any backend (the engine, or a fake in tests).
-pub(crate) fn build_router(backend: Arc<dyn Backend>, config: ApiConfig) -> Router {
+pub(crate) fn build_router(
+    backend: Arc<dyn Backend>,
+    config: ApiConfig,
+    e2b: Option<sandkasten_e2b::E2b>,
+) -> Router {
     let key = Arc::new(auth::ApiKey::new(&config.api_key));
     let ports = Arc::new(ports::Ports {
         backend: backend.clone(),
@@ -206,13 +228,23 @@ pub(crate) fn build_router(backend: Arc<dyn Backend>, config: ApiConfig) -> Rout
         // request (it leaves the serve loop's unauthenticated budget).
         .layer(middleware::from_fn(conn::note_authenticated))
         .layer(middleware::from_fn_with_state(key, auth::require_api_key));
-    public
+    let router = public
         .method_not_allowed_fallback(routes::method_not_allowed)
         .merge(protected)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         // Sandbox ports (by path or preview host) are forwarded before the
         // router, with their own access check (key or signed token).
-        .layer(middleware::from_fn_with_state(ports, ports::dispatch))
+        .layer(middleware::from_fn_with_state(ports, ports::dispatch));
+    // The E2B API (its control plane, and envd by header or by a host of
+    // port 49983) before the ports proxy, with its own access checks.
+    let router = match e2b {
+        Some(e2b) => router.layer(middleware::from_fn_with_state(
+            e2b,
+            sandkasten_e2b::dispatch,
+        )),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn(access_log::access_log))
         .with_state(state)
 }

@@ -70,6 +70,8 @@ fn info(id: &str) -> SessionInfo {
         acquire_source: AcquireSource::Cold,
         disk_limit_mb: None,
         network: sandkasten_engine::NetworkPolicy::none(),
+        metadata: Default::default(),
+        ttl_seconds: 1800,
     }
 }
 
@@ -283,6 +285,14 @@ impl Backend for Fake {
             .push(format!("remove {path} {recursive}"));
         Ok(())
     }
+    async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError> {
+        check(id)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("rename {from} {to}"));
+        Ok(absolute(to))
+    }
     async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>, EngineError> {
         self.check_workspace("")?;
         Ok(vec![workspace_info("a"), workspace_info("busy")])
@@ -418,6 +428,7 @@ fn app() -> (Router, Arc<Fake>) {
             port_url_secret: vec![7; 32],
             shutdown: tokio_util::sync::CancellationToken::new(),
         },
+        None,
     );
     (router, fake)
 }
@@ -697,7 +708,8 @@ async fn create_returns_201_and_session_info() {
                "workspace_id": "user123-project456",
                "created_at": "2026-02-08T10:00:00Z", "expires_at": "2026-02-08T10:30:00Z",
                "acquire_source": "cold", "disk_limit_mb": null,
-               "network": {"mode": "none", "allow_out": [], "deny_out": []}})
+               "network": {"mode": "none", "allow_out": [], "deny_out": []},
+               "metadata": {}})
     );
     let created = fake.created.lock().unwrap();
     assert_eq!(created[0].disk_limit_mb, Some(300));
@@ -1472,6 +1484,16 @@ async fn list_stat_mkdir_remove() {
     )
     .await
     .assert_error(400, "INVALID_REQUEST");
+    let r = post_json(
+        &router,
+        "/v1/sessions/s1/fs/move",
+        json!({"from": "x", "to": "d/y"}),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"ok": true, "path": "/workspace/d/y"}));
+    post_json(&router, "/v1/sessions/s1/fs/move", json!({"from": "x"}))
+        .await
+        .assert_error(400, "INVALID_REQUEST");
 
     assert_eq!(
         fake.calls.lock().unwrap().as_slice(),
@@ -1482,6 +1504,7 @@ async fn list_stat_mkdir_remove() {
             "mkdir c false",
             "remove a false",
             "remove c true",
+            "rename x d/y",
         ]
     );
 }
@@ -1911,6 +1934,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}"),
     ("delete", "/v1/sessions/{id}"),
     ("get", "/v1/sessions/{id}/stats"),
+    ("post", "/v1/sessions/{id}/pause"),
+    ("post", "/v1/sessions/{id}/resume"),
     ("post", "/v1/sessions/{id}/exec"),
     ("post", "/v1/sessions/{id}/exec/stream"),
     ("post", "/v1/sessions/{id}/processes"),
@@ -1930,6 +1955,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/fs/stat"),
     ("post", "/v1/sessions/{id}/fs/mkdir"),
     ("post", "/v1/sessions/{id}/fs/remove"),
+    ("post", "/v1/sessions/{id}/fs/move"),
     ("get", "/v1/workspaces"),
     ("post", "/v1/workspaces"),
     ("get", "/v1/workspaces/{id}"),
@@ -2247,7 +2273,7 @@ async fn mcp_lists_tools_with_object_schemas() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     let tools = v["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 18, "{v}");
+    assert_eq!(tools.len(), 19, "{v}");
     for t in tools {
         assert_eq!(t["inputSchema"]["type"], "object", "{t}");
     }

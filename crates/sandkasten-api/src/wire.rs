@@ -80,6 +80,10 @@ pub(crate) struct CreateSessionRequest {
     /// The v1 clients' network field: `{"network_mode": "full"}` is
     /// `{"network": {"mode": "full"}}`. Not together with `network`.
     pub network_mode: Option<NetworkMode>,
+    /// Strings kept with the session and shown with it (at most 64 keys of
+    /// 1 to 256 bytes, values up to 4096 bytes); the E2B API's `metadata`.
+    #[schema(example = json!({"owner": "agent-7"}))]
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 /// A network mode: `none` (loopback only) or `full` (outbound, under the
@@ -172,6 +176,7 @@ impl From<CreateSessionRequest> for engine::CreateSession {
             disk_limit_mb: r.disk_limit_mb,
             network: r.network.map(Into::into),
             network_mode: r.network_mode.map(Into::into),
+            metadata: r.metadata.unwrap_or_default(),
         }
     }
 }
@@ -207,6 +212,9 @@ pub(crate) struct SessionInfo {
     pub disk_limit_mb: Option<u64>,
     /// The outbound network policy in force.
     pub network: NetworkPolicy,
+    /// Metadata given at create (`{}` when none).
+    #[schema(example = json!({"owner": "agent-7"}))]
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl From<engine::SessionInfo> for SessionInfo {
@@ -222,6 +230,7 @@ impl From<engine::SessionInfo> for SessionInfo {
             acquire_source: s.acquire_source.as_str(),
             disk_limit_mb: s.disk_limit_mb,
             network: s.network.into(),
+            metadata: s.metadata,
         }
     }
 }
@@ -615,6 +624,25 @@ pub(crate) struct MkdirResult {
     pub path: String,
 }
 
+/// `POST /v1/sessions/{id}/fs/move`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct MoveRequest {
+    /// What to rename.
+    #[schema(min_length = 1, example = "/workspace/a.txt")]
+    pub from: String,
+    /// Its new path: a file there is replaced, missing parents are created.
+    #[schema(min_length = 1, example = "/workspace/dir/b.txt")]
+    pub to: String,
+}
+
+/// `{"ok": true, "path": "/workspace/dir/b.txt"}` of a move.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MoveResult {
+    pub ok: bool,
+    /// Absolute new path.
+    pub path: String,
+}
+
 /// `POST /v1/sessions/{id}/fs/remove`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct RemoveRequest {
@@ -793,6 +821,8 @@ mod tests {
                 allow_out: vec![engine::NetEntry::parse("*.github.com").unwrap()],
                 deny_out: vec![],
             },
+            metadata: [("owner".to_string(), "agent-7".to_string())].into(),
+            ttl_seconds: 1800,
         }
     }
 
@@ -812,6 +842,7 @@ mod tests {
                 "acquire_source": "pool",
                 "disk_limit_mb": 4096,
                 "network": {"mode": "full", "allow_out": ["*.github.com"], "deny_out": []},
+                "metadata": {"owner": "agent-7"},
             })
         );
     }
@@ -829,6 +860,7 @@ mod tests {
             (engine::SessionState::Expired, "expired"),
             (engine::SessionState::Lost, "lost"),
             (engine::SessionState::Failed, "failed"),
+            (engine::SessionState::Paused, "paused"),
         ] {
             s.status = state;
             let v = serde_json::to_value(SessionInfo::from(s.clone())).unwrap();

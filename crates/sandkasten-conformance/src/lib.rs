@@ -512,6 +512,7 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 oci_runtime: (kind == Kind::Gvisor).then(|| "runsc".to_string()),
                 tmp_size_mb: 64,
                 min_free_mb: 16,
+                network: None,
             };
             match DockerRuntime::new(cfg).await {
                 Ok(rt) => Backend::Docker { rt: Arc::new(rt) },

@@ -69,11 +69,13 @@
 //! Differences from the native runtime: no workspace quotas (the local
 //! volume driver has no size limit), no snapshots, workspace export is a
 //! live walk (not point-in-time), no workspace import yet; `network: full`
-//! is the engine's default bridge.
+//! is the daemon's own engine network under the same nftables table as
+//! native (`net.rs`), on a local engine with runc only.
 
 mod hostfs;
 mod images;
 mod local;
+mod net;
 mod remote;
 mod start;
 mod transport;
@@ -95,6 +97,8 @@ use sandkasten_runtime::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use transport::Transport;
+
+pub use net::{DockerNetConfig, LABEL_NETWORK};
 
 /// Where the session's run directory appears in a container.
 const RUN_DIR: &str = "/.sandkasten/run";
@@ -128,6 +132,9 @@ pub struct DockerConfig {
     /// Creates are refused (`StorageFull`) while the data dir's filesystem
     /// has less free space than this.
     pub min_free_mb: u64,
+    /// The sandboxes' network (`net.rs`); `None`: no sandbox has one
+    /// (`mode: full` is refused).
+    pub network: Option<DockerNetConfig>,
 }
 
 pub struct DockerRuntime {
@@ -144,6 +151,13 @@ pub struct DockerRuntime {
     /// is `runsc`): their pids limit is then kept inside gVisor's kernel
     /// (see [`host_pids_limit`]).
     gvisor: bool,
+    /// Containers this daemon paused (unpaused before removal: a paused
+    /// container's processes do not die until thawed).
+    paused: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The sandboxes' network, where this engine can have one.
+    net: Option<net::Datapath>,
+    /// Why sandboxes cannot have a network here, where they cannot.
+    no_net: Option<String>,
 }
 
 /// Host tasks gVisor may use for itself and for the processes inside.
@@ -539,12 +553,41 @@ impl DockerRuntime {
                  /tmp is a tmpfs of at most the limit"
             );
         }
+        // The policy is enforced in this host's kernel, on the bridge the
+        // containers' traffic passes: only a local engine's containers
+        // under runc have their network there.
+        let (net, no_net) = match &cfg.network {
+            None => (
+                None,
+                Some("network mode full (the daemon runs without a sandbox network)".to_string()),
+            ),
+            Some(_) if !local => (
+                None,
+                Some(
+                    "network mode full on a remote engine (its containers' traffic never                      passes this host's kernel, where network.deny_always and policies are                      enforced)"
+                        .to_string(),
+                ),
+            ),
+            Some(_) if oci != "runc" => (
+                None,
+                Some(format!(
+                    "network mode full under OCI runtime {oci} (its sandboxes keep their own                      network stack and files: the daemon's rules, resolver and DNS guard are                      not theirs; Debian's runsc runs here with --network=none)"
+                )),
+            ),
+            Some(n) => (
+                Some(net::Datapath::start(&docker, n, &cfg.data_dir).await?),
+                None,
+            ),
+        };
         let rt = DockerRuntime {
             cfg,
             docker,
             transport,
             storage_size,
             gvisor,
+            paused: Default::default(),
+            net,
+            no_net,
         };
         rt.remove_leftover_helpers().await?;
         Ok(rt)
@@ -585,6 +628,22 @@ impl DockerRuntime {
             .list_containers(Some(opts))
             .await
             .map_err(api_err("listing containers"))
+    }
+
+    /// At a graceful stop: removes the sandbox network's tables and the
+    /// engine network when no container is on it (`false`: kept).
+    pub async fn release_network(&self) -> Result<bool, RuntimeError> {
+        match &self.net {
+            Some(n) => n.release().await,
+            None => Ok(false),
+        }
+    }
+
+    /// The engine network of sandboxes and its bridge, where there is one.
+    pub fn network_names(&self) -> Option<(String, String)> {
+        self.net
+            .as_ref()
+            .map(|n| (n.name.clone(), n.bridge().to_string()))
     }
 
     /// Whether the engine's files are not the daemon's (a remote engine, or
@@ -712,12 +771,21 @@ impl Runtime for DockerRuntime {
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         let id = &handle.id;
         let name = container_name(id);
+        // Its elements first: the address goes back to the engine's pool
+        // with the container.
+        if let Some(n) = &self.net {
+            n.forget(id, true).await?;
+        }
         // Force: SIGKILL to PID 1 (the pid namespace ends with it), then
         // removal. Anonymous volumes (an image's VOLUME lines) go with it.
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
+        if self.paused.lock().unwrap().remove(id) {
+            // A paused container's processes do not die until thawed.
+            let _ = self.docker.unpause_container(&name).await;
+        }
         match self.docker.remove_container(&name, Some(opts)).await {
             Ok(()) => {}
             Err(e) if status_of(&e) == Some(404) => {}
@@ -753,6 +821,34 @@ impl Runtime for DockerRuntime {
             hostfs::remove_run_dir(&run).map_err(RuntimeError::io_ctx(what))
         })
         .await
+    }
+
+    async fn pause(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let name = container_name(&handle.id);
+        match self.docker.pause_container(&name).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(RuntimeError::Gone(handle.id.clone()))
+            }
+            Err(e) => return Err(api_err(format!("pausing {name}"))(e)),
+        }
+        self.paused.lock().unwrap().insert(handle.id.clone());
+        Ok(())
+    }
+
+    async fn resume(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let name = container_name(&handle.id);
+        match self.docker.unpause_container(&name).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(RuntimeError::Gone(handle.id.clone()))
+            }
+            // Not paused (a pause the daemon's restart forgot): running.
+            Err(e) if status_of(&e) == Some(409) => {}
+            Err(e) => return Err(api_err(format!("resuming {name}"))(e)),
+        }
+        self.paused.lock().unwrap().remove(&handle.id);
+        Ok(())
     }
 
     async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {
@@ -936,6 +1032,36 @@ impl Runtime for DockerRuntime {
 
     fn scratch_dir(&self) -> PathBuf {
         self.cfg.data_dir.join("tmp")
+    }
+
+    fn network_policies(&self) -> bool {
+        self.net.is_some()
+    }
+
+    fn network_unsupported(&self) -> Option<String> {
+        self.no_net.clone()
+    }
+
+    async fn set_network(
+        &self,
+        handle: &SandboxHandle,
+        policy: &sandkasten_runtime::NetworkPolicy,
+    ) -> Result<(), RuntimeError> {
+        match &self.net {
+            Some(n) => n.apply(&handle.id, policy).await,
+            None => Err(RuntimeError::Unsupported(
+                self.no_net.clone().unwrap_or_default(),
+                "docker",
+            )),
+        }
+    }
+
+    fn network_events(&self, id: &str) -> Vec<sandkasten_runtime::NetworkDenial> {
+        self.net.as_ref().map(|n| n.events(id)).unwrap_or_default()
+    }
+
+    fn network_denials_total(&self) -> u64 {
+        self.net.as_ref().map_or(0, |n| n.denials_total())
     }
 
     fn disk_limit_enforced(&self) -> bool {

@@ -49,6 +49,11 @@ impl DockerRuntime {
     /// Creates and starts session `spec`'s container and returns it with a
     /// connected agent.
     pub(crate) async fn start(&self, spec: &SandboxSpec) -> Result<Sandbox, RuntimeError> {
+        if spec.network == NetworkMode::Full {
+            if let Some(why) = &self.no_net {
+                return Err(RuntimeError::Unsupported(why.clone(), "docker"));
+            }
+        }
         self.transport.prepare().await?;
         let image_env = self.image_env(&spec.image).await?;
         let run = self.mark_session(&spec.id).await?;
@@ -159,6 +164,20 @@ impl DockerRuntime {
         tmpfs.extend(launch.tmpfs);
         let mut mounts = launch.mounts;
         mounts.push(volume_mount(&volume.name, "/workspace", false));
+        // Where the daemon has a sandbox network every container resolves
+        // through its DNS server (also one started without network, which
+        // a policy change may connect later); the engine's own resolver
+        // (127.0.0.11, kept by the engine on its networks) forwards to the
+        // same server.
+        if let Some(n) = &self.net {
+            mounts.push(bollard::models::Mount {
+                target: Some(crate::net::RESOLV_CONF.into()),
+                source: Some(n.resolv_conf.display().to_string()),
+                typ: Some(bollard::models::MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
         let mem = (spec.limits.memory_mb * 1024 * 1024) as i64;
         let host_config = HostConfig {
             nano_cpus: Some((spec.limits.cpu * 1e9) as i64),
@@ -166,13 +185,11 @@ impl DockerRuntime {
             memory_swap: Some(mem),
             pids_limit: Some(crate::host_pids_limit(spec.limits.pids, self.gvisor) as i64),
             readonly_rootfs: Some(spec.readonly_rootfs),
-            network_mode: Some(
-                match spec.network {
-                    NetworkMode::None => "none",
-                    NetworkMode::Full => "bridge",
-                }
-                .into(),
-            ),
+            network_mode: Some(match (spec.network, &self.net) {
+                (NetworkMode::Full, Some(n)) => n.name.clone(),
+                _ => "none".into(),
+            }),
+            dns: self.net.as_ref().map(|n| vec![n.gateway.to_string()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(CAPABILITIES.map(String::from).to_vec()),

@@ -182,16 +182,25 @@ async fn readonly_rootfs_and_full_network() {
     let h = Harness::new().await;
     let mut spec = h.spec(WorkspaceMount::Ephemeral);
     spec.readonly_rootfs = true;
-    spec.network = NetworkMode::Full;
     let id = spec.id.clone();
-    let sb = h.rt.create(spec).await.unwrap();
+    let sb = h.rt.create(spec.clone()).await.unwrap();
     let a = &sb.agent;
     assert_ne!(run(a, "touch /home/sandbox/x").await.exit_code, 0);
     ok(a, "touch /tmp/x /workspace/y").await;
-    // The default bridge: an interface besides loopback.
-    assert!(ok(a, "ls /sys/class/net").await.contains("eth0"));
+    assert_eq!(ok(a, "ls /sys/class/net").await.trim(), "lo");
     h.rt.destroy(&sb.handle).await.unwrap();
     assert_gone(&h, &id).await;
+    // Without a sandbox network (the daemon builds one where the operator
+    // allows `full`: tests/network.rs) `full` is refused, creating nothing.
+    spec.id = unique("nonet");
+    spec.network = NetworkMode::Full;
+    let why = h.rt.network_unsupported().expect("a reason");
+    assert!(why.contains("without a sandbox network"), "{why}");
+    assert!(matches!(
+        h.rt.create(spec.clone()).await,
+        Err(RuntimeError::Unsupported(..))
+    ));
+    assert_gone(&h, &spec.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

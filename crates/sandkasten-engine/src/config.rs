@@ -9,6 +9,9 @@ pub struct EngineConfig {
     /// Empty: any image the runtime knows.
     pub allowed_images: Vec<String>,
     pub session_ttl_seconds: u64,
+    /// How long a paused session is kept before it is destroyed (its TTL
+    /// does not run while paused).
+    pub paused_ttl_seconds: u64,
     pub max_sessions: usize,
     /// Limits of every sandbox; `limits.disk_mb` is the disk limit of a
     /// session whose request names none.
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
             default_image: "base".into(),
             allowed_images: Vec::new(),
             session_ttl_seconds: 1800,
+            paused_ttl_seconds: 86_400,
             max_sessions: 64,
             limits: Limits {
                 memory_mb: 512,

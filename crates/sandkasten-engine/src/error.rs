@@ -16,6 +16,8 @@ pub enum SessionError {
     NotFound(String),
     #[error("session {id} is {}, not running", state.as_str())]
     NotRunning { id: String, state: SessionState },
+    #[error("session {id} is {}, not paused", state.as_str())]
+    NotPaused { id: String, state: SessionState },
     #[error("session limit of {0} reached")]
     CapacityExhausted(usize),
     #[error("the daemon is shutting down")]

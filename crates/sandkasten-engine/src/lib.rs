@@ -11,6 +11,7 @@
 mod config;
 mod db;
 mod error;
+mod lifecycle;
 mod metrics;
 mod network;
 mod pool;

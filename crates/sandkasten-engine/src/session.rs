@@ -21,7 +21,7 @@ use crate::{
     ExecResult, ExecStream, FileReader, FileStat, SessionInfo, SessionState, SessionStats,
 };
 use sandkasten_runtime::{
-    AgentClient, ExecReply, NetworkMode, NetworkPolicy, PortStream, Runtime, RuntimeError, Sandbox,
+    AgentClient, ExecReply, NetworkPolicy, PortStream, Runtime, RuntimeError, Sandbox,
     SandboxHandle, SandboxSpec, WorkspaceMount,
 };
 use sandkasten_store::{SessionRecord, Store};
@@ -38,12 +38,12 @@ pub struct Engine {
 }
 
 pub(crate) struct Inner {
-    cfg: EngineConfig,
-    runtime: Arc<dyn Runtime>,
-    db: Db,
-    sessions: Arc<SessionTable>,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) db: Db,
+    pub(crate) sessions: Arc<SessionTable>,
     /// Wakes the reaper when an expiry moves earlier.
-    reaper_wake: Notify,
+    pub(crate) reaper_wake: Notify,
     /// Set by [`Engine::shutdown`]: creates answer `ShuttingDown`.
     closing: std::sync::atomic::AtomicBool,
     pub(crate) workspaces: Arc<Workspaces>,
@@ -76,6 +76,7 @@ struct ValidCreate {
     disk_limit_mb: Option<u64>,
     /// The network policy, within the operator's cap.
     network: NetworkPolicy,
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A sandbox acquired for a create, with the identity it got.
@@ -167,10 +168,19 @@ impl Engine {
                 pid: rec.pid,
                 start_time: rec.pid_start_time,
             };
-            let alive = if rec.state == SessionState::Running {
-                self.reconnect(&handle).await.ok()
-            } else {
-                None
+            let alive = match rec.state {
+                SessionState::Running => self.reconnect(&handle).await.ok(),
+                // A frozen agent does not answer: thawed for the reattach,
+                // frozen again right after (its processes run for that
+                // moment).
+                SessionState::Paused => match self.inner.runtime.resume(&handle).await {
+                    Ok(()) => self.reconnect(&handle).await.ok(),
+                    Err(e) => {
+                        tracing::warn!(session = %rec.id, "thawing a paused sandbox: {e}");
+                        None
+                    }
+                },
+                _ => None,
             };
             let network = stored_policy(&rec);
             let alive = match alive {
@@ -204,10 +214,15 @@ impl Engine {
                             cwd,
                             disk_limit_mb: rec.disk_limit_mb,
                             network,
+                            metadata: rec.metadata.clone(),
                         },
                         sandbox,
                     );
-                    self.register(session, queue);
+                    let paused = rec.state == SessionState::Paused;
+                    self.register(session.clone(), queue);
+                    if paused {
+                        self.repause(&session, from_ms(rec.expires_at_ms)).await;
+                    }
                 }
                 None => {
                     tracing::info!(session = %rec.id, state = %rec.state.as_str(), "sandbox is gone; cleaning up");
@@ -248,7 +263,7 @@ impl Engine {
             let mut next: Option<OffsetDateTime> = None;
             let mut expired = Vec::new();
             for s in self.inner.sessions.all() {
-                let Some(expires_at) = s.running_expiry() else {
+                let Some(expires_at) = s.expiry() else {
                     continue;
                 };
                 if expires_at <= t {
@@ -360,9 +375,13 @@ impl Engine {
         }
     }
 
-    /// A running session, its TTL extended by this activity.
-    fn active(&self, id: &str) -> Result<Arc<Session>, EngineError> {
+    /// A running session, its TTL extended by this activity; a paused one
+    /// is resumed first (any call to it resumes it).
+    pub(crate) async fn live(&self, id: &str) -> Result<Arc<Session>, EngineError> {
         let s = self.inner.sessions.get(id)?;
+        if s.state() == SessionState::Paused {
+            self.resume(&s).await?;
+        }
         s.touch(now())?;
         Ok(s)
     }
@@ -407,6 +426,7 @@ impl Engine {
                 cwd: rec.cwd,
                 disk_limit_mb: rec.disk_limit_mb,
                 network: acquired.network,
+                metadata: rec.metadata,
             },
             acquired.sandbox,
         );
@@ -438,6 +458,7 @@ impl Engine {
             crate::check_workspace_id(ws)?;
         }
         validate_env(&req.env)?;
+        validate_metadata(&req.metadata)?;
         let ttl = match req.ttl_seconds {
             Some(0) => {
                 return Err(EngineError::InvalidRequest(
@@ -477,6 +498,7 @@ impl Engine {
             env: req.env,
             disk_limit_mb: disk_limit_mb.filter(|_| self.inner.runtime.disk_limit_enforced()),
             network,
+            metadata: req.metadata,
         })
     }
 
@@ -485,6 +507,12 @@ impl Engine {
     /// rather than ignored.
     fn runtime_takes(&self, policy: &NetworkPolicy) -> Result<(), EngineError> {
         let rt = &self.inner.runtime;
+        if let Some(why) = rt.network_unsupported().filter(|_| policy.is_full()) {
+            return Err(EngineError::Unsupported {
+                what: why,
+                runtime: rt.name(),
+            });
+        }
         if rt.network_policies() || (policy.allow_out.is_empty() && policy.deny_out.is_empty()) {
             return Ok(());
         }
@@ -551,6 +579,7 @@ impl Engine {
             ended_at_ms: None,
             disk_limit_mb: v.disk_limit_mb,
             network: Some(v.network.to_text()),
+            metadata: v.metadata.clone(),
         };
 
         // Late binding: the pooled sandbox takes on this request's identity.
@@ -618,13 +647,10 @@ impl Engine {
                 disk_mb: record.disk_limit_mb,
                 ..cfg.limits.clone()
             },
-            // A runtime with policies gives the sandbox its network once
-            // it runs (below), the same way as a pooled one.
-            network: if policies {
-                NetworkMode::None
-            } else {
-                network.mode
-            },
+            // A runtime with policies starts a `full` sandbox with a link
+            // that allows nothing and gives it its policy once it runs
+            // (below), the same way as a pooled one.
+            network: network.mode,
             readonly_rootfs: cfg.readonly_rootfs,
             workspace: match &record.workspace_id {
                 Some(ws) => WorkspaceMount::Persistent(ws.clone()),
@@ -753,6 +779,22 @@ impl Engine {
     }
 
     /// The pool per image (`GET /v1/pool`).
+    /// The images sessions can start: the runtime's, within
+    /// `allowed_images` when that is set.
+    pub async fn list_images(&self) -> Result<Vec<crate::ImageInfo>, EngineError> {
+        let mut images = self
+            .inner
+            .runtime
+            .list_images()
+            .await
+            .map_err(EngineError::runtime("listing images"))?;
+        let allowed = &self.inner.cfg.allowed_images;
+        if !allowed.is_empty() {
+            images.retain(|i| allowed.contains(&i.name));
+        }
+        Ok(images)
+    }
+
     pub fn pool_stats(&self) -> crate::PoolStats {
         self.inner.pool.stats()
     }
@@ -787,7 +829,7 @@ impl Engine {
         id: &str,
         req: crate::NetworkRequest,
     ) -> Result<SessionInfo, EngineError> {
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         let policy = self.inner.cfg.network.resolve(req)?;
         self.runtime_takes(&policy)?;
         let _order = s.network_change.lock().await;
@@ -824,6 +866,27 @@ impl Engine {
     ) -> Result<Vec<sandkasten_runtime::NetworkDenial>, EngineError> {
         let s = self.inner.sessions.get(id)?;
         Ok(self.inner.runtime.network_events(&s.id))
+    }
+
+    /// Sets a running session's TTL (1 s to 30 days) and expires it that
+    /// long from now (each later activity moves the expiry that far again,
+    /// as with the TTL given at create); persisted, so a restart keeps it.
+    pub async fn set_ttl(&self, id: &str, ttl_seconds: u64) -> Result<SessionInfo, EngineError> {
+        if ttl_seconds == 0 || ttl_seconds > 30 * 24 * 3600 {
+            return Err(EngineError::InvalidRequest(format!(
+                "ttl_seconds must be 1 to 2592000 (30 days), got {ttl_seconds}"
+            )));
+        }
+        let s = self.inner.sessions.get(id)?;
+        let expires_at = s.set_ttl(ttl_seconds, now())?;
+        let (sid, at) = (s.id.clone(), ms(expires_at));
+        self.inner
+            .db
+            .run(move |st| st.set_session_ttl(&sid, ttl_seconds, at))
+            .await?;
+        // The reaper may sleep until a later expiry than the new one.
+        self.inner.reaper_wake.notify_one();
+        Ok(s.info())
     }
 
     pub async fn destroy_session(&self, id: &str) -> Result<(), EngineError> {
@@ -879,8 +942,13 @@ impl Engine {
         result.map_err(EngineError::runtime("destroying the sandbox"))
     }
 
+    /// Usage of a running session (activity: its TTL restarts) or of a
+    /// paused one (reading it does not resume it).
     pub async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
-        let s = self.active(id)?;
+        let s = self.inner.sessions.get(id)?;
+        if s.state() != SessionState::Paused {
+            s.touch(now())?;
+        }
         self.inner
             .runtime
             .stats(&s.handle)
@@ -897,7 +965,7 @@ impl Engine {
                 "port must be from 1 to 65535".into(),
             ));
         }
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         match self.inner.runtime.connect_port(&s.handle, port).await {
             Ok(stream) => Ok(stream),
             Err(RuntimeError::PortClosed(port)) => Err(PortError::NotListening {
@@ -972,7 +1040,7 @@ impl Engine {
     /// are returned here; later ones arrive as `ExecEvent::Error`.
     pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
         let (timeout_ms, max_output) = self.exec_params(&req)?;
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         let (tx, rx) = mpsc::channel::<ExecEvent>(64);
         let queued = s.enqueue(ExecJob {
             cmd: req.cmd,
@@ -1095,7 +1163,7 @@ impl Engine {
         &self,
         id: &str,
     ) -> Result<(Arc<Session>, AgentClient), EngineError> {
-        let s = self.active(id)?;
+        let s = self.live(id).await?;
         let agent = s.connected_agent().await;
         Ok((s, agent))
     }
@@ -1167,6 +1235,16 @@ impl Engine {
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.remove(path, recursive).await)
     }
+
+    /// Renames `from` to `to` inside the sandbox (replacing a file there,
+    /// creating `to`'s missing parents); returns the absolute new path.
+    pub async fn rename(&self, id: &str, from: &str, to: &str) -> Result<String, EngineError> {
+        let from = Self::resolve(from)?;
+        let to = Self::resolve(to)?;
+        let (s, agent) = self.file_agent(id).await?;
+        self.file_done(&s, agent.rename(from, to.clone()).await)?;
+        Ok(to)
+    }
 }
 
 /// The network policy a store row recorded: rows from before policies
@@ -1184,6 +1262,30 @@ fn stored_policy(rec: &SessionRecord) -> NetworkPolicy {
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Metadata of a create request: at most 64 keys of 1 to 256 bytes,
+/// values of at most 4096 bytes.
+fn validate_metadata(m: &std::collections::BTreeMap<String, String>) -> Result<(), EngineError> {
+    if m.len() > 64 {
+        return Err(EngineError::InvalidRequest(
+            "metadata: at most 64 keys".into(),
+        ));
+    }
+    for (k, v) in m {
+        if k.is_empty() || k.len() > 256 {
+            return Err(EngineError::InvalidRequest(format!(
+                "metadata: keys must be 1 to 256 bytes, got {} bytes",
+                k.len()
+            )));
+        }
+        if v.len() > 4096 {
+            return Err(EngineError::InvalidRequest(format!(
+                "metadata: the value of {k:?} is over 4096 bytes"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Environment variables of a create request: names of `[A-Za-z_][A-Za-z0-9_]*`

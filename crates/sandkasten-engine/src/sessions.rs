@@ -47,6 +47,7 @@ pub(crate) struct SessionParams {
     pub(crate) cwd: String,
     pub(crate) disk_limit_mb: Option<u64>,
     pub(crate) network: NetworkPolicy,
+    pub(crate) metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A live session.
@@ -55,8 +56,8 @@ pub(crate) struct Session {
     pub(crate) image: String,
     pub(crate) workspace_id: Option<String>,
     created_at: OffsetDateTime,
-    ttl_seconds: u64,
     acquire_source: AcquireSource,
+    metadata: std::collections::BTreeMap<String, String>,
     disk_limit_mb: Option<u64>,
     /// The network policy in force.
     network: Mutex<NetworkPolicy>,
@@ -71,6 +72,9 @@ pub(crate) struct Session {
     /// callers waiting for a reconnection stop waiting.
     agent_lost: AtomicBool,
     live: Mutex<Live>,
+    /// Orders pauses and resumes of this session (held across the
+    /// runtime's freeze or thaw, by those only).
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
     /// The exec queue (see the module doc).
     execs: mpsc::UnboundedSender<ExecJob>,
 }
@@ -78,6 +82,8 @@ pub(crate) struct Session {
 struct Live {
     state: SessionState,
     expires_at: OffsetDateTime,
+    /// How far each activity moves the expiry (changed by `set_ttl`).
+    ttl_seconds: u64,
     cwd: String,
 }
 
@@ -95,8 +101,8 @@ impl Session {
             image: p.image,
             workspace_id: p.workspace_id,
             created_at: p.created_at,
-            ttl_seconds: p.ttl_seconds,
             acquire_source: p.acquire_source,
+            metadata: p.metadata,
             disk_limit_mb: p.disk_limit_mb,
             network: Mutex::new(p.network),
             network_change: tokio::sync::Mutex::new(()),
@@ -106,8 +112,10 @@ impl Session {
             live: Mutex::new(Live {
                 state: SessionState::Running,
                 expires_at: p.expires_at,
+                ttl_seconds: p.ttl_seconds,
                 cwd: p.cwd,
             }),
+            lifecycle: tokio::sync::Mutex::new(()),
             execs,
         });
         (s, queue)
@@ -126,6 +134,8 @@ impl Session {
             acquire_source: self.acquire_source,
             disk_limit_mb: self.disk_limit_mb,
             network: self.network.lock().unwrap().clone(),
+            metadata: self.metadata.clone(),
+            ttl_seconds: live.ttl_seconds,
         }
     }
 
@@ -143,10 +153,48 @@ impl Session {
         self.live.lock().unwrap().state
     }
 
-    /// Expiry of a running session (`None` once it is not running).
-    pub(crate) fn running_expiry(&self) -> Option<OffsetDateTime> {
+    /// Expiry of a running or paused session (`None` otherwise): the TTL
+    /// of a running one, the paused limit of a paused one.
+    pub(crate) fn expiry(&self) -> Option<OffsetDateTime> {
         let live = self.live.lock().unwrap();
-        (live.state == SessionState::Running).then_some(live.expires_at)
+        matches!(live.state, SessionState::Running | SessionState::Paused)
+            .then_some(live.expires_at)
+    }
+
+    /// Running → Paused, expiring at `expires_at` unless resumed; returns
+    /// (expiry, cwd) to persist.
+    pub(crate) fn set_paused(
+        &self,
+        expires_at: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.state = SessionState::Paused;
+        live.expires_at = expires_at;
+        Ok((live.expires_at, live.cwd.clone()))
+    }
+
+    /// Paused → Running, its TTL counting from `now` (a resume is
+    /// activity); returns (expiry, cwd) to persist.
+    pub(crate) fn set_resumed(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Paused {
+            return Err(SessionError::NotPaused {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.state = SessionState::Running;
+        live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
+        Ok((live.expires_at, live.cwd.clone()))
     }
 
     /// Checks that the session runs and extends its TTL by this activity.
@@ -158,14 +206,33 @@ impl Session {
                 state: live.state,
             });
         }
-        live.expires_at = now + time::Duration::seconds(self.ttl_seconds as i64);
+        live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
         Ok(())
     }
 
-    /// Running → Destroying; `NotRunning` from any other state.
-    pub(crate) fn begin_destroy(&self) -> Result<(), SessionError> {
+    /// Sets a new TTL and expires the session `ttl_seconds` from `now`;
+    /// returns the new expiry. `NotRunning` unless it runs.
+    pub(crate) fn set_ttl(
+        &self,
+        ttl_seconds: u64,
+        now: OffsetDateTime,
+    ) -> Result<OffsetDateTime, SessionError> {
         let mut live = self.live.lock().unwrap();
         if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.ttl_seconds = ttl_seconds;
+        live.expires_at = now + time::Duration::seconds(ttl_seconds as i64);
+        Ok(live.expires_at)
+    }
+
+    /// Running or Paused → Destroying; `NotRunning` from any other state.
+    pub(crate) fn begin_destroy(&self) -> Result<(), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if !matches!(live.state, SessionState::Running | SessionState::Paused) {
             return Err(SessionError::NotRunning {
                 id: self.id.clone(),
                 state: live.state,

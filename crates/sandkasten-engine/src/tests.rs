@@ -1713,3 +1713,73 @@ async fn network_policies_on_a_runtime_without_them() {
     assert!(matches!(err, EngineError::InvalidRequest(ref m) if m.contains("10.1.0.0/16")));
     assert_eq!(e.fake.created().len(), before);
 }
+
+// ---------------------------------------------------------------------------
+// Metadata and TTL changes (the E2B API's metadata and timeout)
+
+#[tokio::test]
+async fn metadata_is_kept_shown_and_stored_and_checked() {
+    let e = engine().await;
+    let metadata: std::collections::BTreeMap<String, String> =
+        [("owner".to_string(), "agent-7".to_string())].into();
+    let info = e
+        .create_session(CreateSession {
+            metadata: metadata.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.metadata, metadata);
+    assert_eq!(e.get_session(&info.id).await.unwrap().metadata, metadata);
+    let rec = e.store.get_session(&info.id).unwrap().unwrap();
+    assert_eq!(rec.metadata, metadata, "kept for a restarted daemon");
+    for bad in [
+        [(String::new(), "v".to_string())].into(),
+        [("k".repeat(257), "v".to_string())].into(),
+        [("k".to_string(), "v".repeat(4097))].into(),
+        (0..65).map(|i| (format!("k{i}"), String::new())).collect(),
+    ] {
+        assert_err!(
+            e.create_session(CreateSession {
+                metadata: bad,
+                ..Default::default()
+            })
+            .await,
+            EngineError::InvalidRequest(_)
+        );
+    }
+}
+
+#[tokio::test]
+async fn set_ttl_moves_the_expiry_persists_it_and_wakes_the_reaper() {
+    let e = engine().await;
+    let id = e
+        .create_session(CreateSession {
+            ttl_seconds: Some(3600),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let info = e.set_ttl(&id, 7200).await.unwrap();
+    assert_eq!(info.ttl_seconds, 7200);
+    let left = (info.expires_at - time::OffsetDateTime::now_utc()).whole_seconds();
+    assert!((7190..=7200).contains(&left), "{left}");
+    let rec = e.store.get_session(&id).unwrap().unwrap();
+    assert_eq!(rec.ttl_seconds, 7200);
+    assert_eq!(
+        rec.expires_at_ms,
+        info.expires_at.unix_timestamp_nanos() as i64 / 1_000_000
+    );
+    for bad in [0, 30 * 24 * 3600 + 1] {
+        assert_err!(e.set_ttl(&id, bad).await, EngineError::InvalidRequest(_));
+    }
+    assert_err!(
+        e.set_ttl("nope", 60).await,
+        EngineError::Session(SessionError::NotFound(_))
+    );
+    // A shorter TTL takes effect without waiting for the old expiry.
+    e.set_ttl(&id, 1).await.unwrap();
+    wait_until!("the session expires", e.get_session(&id).await.is_err());
+    assert_eq!(stored_state(&e.store, &id), SessionState::Expired);
+}

@@ -23,6 +23,10 @@ pub struct SessionInfo {
     pub disk_limit_mb: Option<u64>,
     /// The outbound network policy in force.
     pub network: sandkasten_runtime::NetworkPolicy,
+    /// Metadata given at create.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// How far each activity moves `expires_at`.
+    pub ttl_seconds: u64,
 }
 
 /// `POST /v1/sessions`.
@@ -41,6 +45,9 @@ pub struct CreateSession {
     pub network: Option<crate::NetworkRequest>,
     /// The v1 clients' `network_mode`.
     pub network_mode: Option<sandkasten_runtime::NetworkMode>,
+    /// Metadata kept with the session (at most 64 keys; keys 1 to 256
+    /// bytes, values at most 4096), stored and shown as given.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The pool, per image (`GET /v1/pool`).

@@ -190,6 +190,7 @@ impl RootedFs {
             Request::Stat { path } => self.stat(path).map_or_else(Response::from, Response::Stat),
             Request::Mkdir { path, parents } => done(self.mkdir(path, *parents)),
             Request::Remove { path, recursive } => done(self.remove(path, *recursive)),
+            Request::Rename { from, to } => done(self.rename(from, to)),
             // Streamed reads are served by their callers on top of
             // `open_read`: they are more than one reply.
             Request::Ping
@@ -459,6 +460,40 @@ impl RootedFs {
                     err(e)
                 }
             })
+        })
+    }
+
+    /// Renames `from` to `to` (replacing a file or an empty directory at
+    /// `to`, as `rename(2)` does), creating `to`'s missing parents. Both
+    /// final components are named in an fd of their parent, so neither is
+    /// followed if it is a symlink; `/` and paths ending in `.` or `..` are
+    /// refused.
+    pub fn rename(&self, from: &str, to: &str) -> FsResult<()> {
+        let (from_abs, to_abs) = (absolute(from)?, absolute(to)?);
+        let entry = |path: &str| -> FsResult<(String, String)> {
+            match split(path) {
+                Split::Entry { parent, name, .. } if name != "." && name != ".." => {
+                    Ok((parent.to_string(), name.to_string()))
+                }
+                _ => Err(FsError::new(
+                    ErrorKind::InvalidPath,
+                    format!("cannot rename {path}: it is / or ends in . or .."),
+                )),
+            }
+        };
+        let (from_parent, from_name) = entry(&from_abs)?;
+        let (to_parent, to_name) = entry(&to_abs)?;
+        self.as_user(|| {
+            let src = self
+                .resolve(&from_parent, libc::O_PATH | libc::O_DIRECTORY)
+                .map_err(|e| FsError::from_io(e, &from_abs))?;
+            let dst = self.create_dirs(&to_parent, &to_abs)?;
+            let (a, b) = (
+                sys::cstr(&from_name).map_err(|e| FsError::from_io(e, &from_abs))?,
+                sys::cstr(&to_name).map_err(|e| FsError::from_io(e, &to_abs))?,
+            );
+            sys::rename_at(src.as_fd(), &a, dst.as_fd(), &b)
+                .map_err(|e| FsError::from_io(e, &from_abs))
         })
     }
 

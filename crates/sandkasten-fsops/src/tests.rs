@@ -920,3 +920,46 @@ fn a_root_owned_dir_is_given_to_the_user_once_and_never_through_a_symlink() {
     assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o750);
     assert!(own_root_owned_dir(&d.path().join("missing"), 1000, 1000).is_err());
 }
+
+#[test]
+fn rename_moves_inside_the_root_and_never_out_of_it() {
+    let f = fixture();
+    std::fs::write(f.root.join("a.txt"), "a").unwrap();
+    f.fs.rename("/a.txt", "/new/dir/b.txt").unwrap();
+    assert_eq!(std::fs::read(f.root.join("new/dir/b.txt")).unwrap(), b"a");
+    assert!(!f.root.join("a.txt").exists());
+    // A file at the destination is replaced; a directory moves whole.
+    std::fs::write(f.root.join("c.txt"), "c").unwrap();
+    f.fs.rename("/c.txt", "/new/dir/b.txt").unwrap();
+    assert_eq!(std::fs::read(f.root.join("new/dir/b.txt")).unwrap(), b"c");
+    f.fs.rename("/new", "/moved").unwrap();
+    assert!(f.root.join("moved/dir/b.txt").is_file());
+    assert_eq!(kind(f.fs.rename("/missing", "/x")), ErrorKind::NotFound);
+    for p in ["/", "/moved/..", "/moved/."] {
+        assert_eq!(kind(f.fs.rename(p, "/y")), ErrorKind::InvalidPath, "{p}");
+        assert_eq!(
+            kind(f.fs.rename("/moved", p)),
+            ErrorKind::InvalidPath,
+            "{p}"
+        );
+    }
+    // `..` and a symlink out of the root stay inside it: the file lands
+    // below the root, never in the directory outside.
+    symlink(&f.outside, f.root.join("out")).unwrap();
+    f.fs.rename("/moved/dir/b.txt", "/../../b.txt").unwrap();
+    assert!(f.root.join("b.txt").is_file());
+    // The link's target means a path below the root there (which does
+    // not exist): refused, and nothing lands outside.
+    assert_eq!(
+        kind(f.fs.rename("/b.txt", "/out/b.txt")),
+        ErrorKind::NotADirectory
+    );
+    assert!(!f.outside.join("b.txt").exists());
+    // A final symlink is renamed itself, not its target.
+    f.fs.rename("/out", "/out2").unwrap();
+    assert!(f.outside.is_dir());
+    assert!(std::fs::symlink_metadata(f.root.join("out2"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

@@ -953,7 +953,14 @@ impl Runtime for NativeRuntime {
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         let h = handle.clone();
         let proven = self
-            .run("proving a sandbox's init", move |s| Ok(s.prove(&h)))
+            .run("proving a sandbox's init", move |s| {
+                // Frozen tasks do not die until thawed (v1 freezer): a
+                // paused sandbox is thawed first.
+                if s.cgroups.is_frozen(&h.id) {
+                    s.cgroups.freeze(&h.id, false)?;
+                }
+                Ok(s.prove(&h))
+            })
             .await?;
         if let Some(pidfd) = proven {
             process::kill_and_wait(pidfd)
@@ -985,6 +992,13 @@ impl Runtime for NativeRuntime {
 
     fn network_policies(&self) -> bool {
         self.shared.network.is_some()
+    }
+
+    fn network_unsupported(&self) -> Option<String> {
+        self.shared
+            .network
+            .is_none()
+            .then(|| "network_mode full (the daemon runs without a sandbox network)".into())
     }
 
     fn network_events(&self, id: &str) -> Vec<sandkasten_runtime::NetworkDenial> {
@@ -1019,6 +1033,24 @@ impl Runtime for NativeRuntime {
                 .prove(&h)
                 .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
             n.apply(&h.id, h.pid, &pidfd, &policy)
+        })
+        .await
+    }
+
+    async fn pause(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let h = handle.clone();
+        self.run("pausing a sandbox", move |s| {
+            s.prove(&h)
+                .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
+            s.cgroups.freeze(&h.id, true)
+        })
+        .await
+    }
+
+    async fn resume(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let h = handle.clone();
+        self.run("resuming a sandbox", move |s| {
+            s.cgroups.freeze(&h.id, false)
         })
         .await
     }

@@ -7,14 +7,22 @@
 //!
 //! The guard knows sandboxes only through [`Sandboxes`]: which sandbox a
 //! source address is, its policy right now, and how to let it reach an
-//! address. The runtime's datapath implements it (native: nftables set
-//! elements with timeouts).
+//! address. `wiring.rs` implements it over a datapath's nftables table.
+//!
+//! The kernel side both backends share lives here too: `netlink.rs` (a
+//! netlink socket, messages, batches, acks, dumps) and `nft.rs` (the
+//! daemon's nftables table, per-sandbox set elements, the bridge table of
+//! sandboxes that share a bridge, the DOCKER-USER accept rules).
 
 mod dns;
 mod events;
+pub mod host;
+pub mod netlink;
+pub mod nft;
 mod policy;
 mod proxy;
 mod resolved;
+pub mod wiring;
 
 pub use dns::{DnsConfig, DnsServer};
 pub use events::{Denial, EventLog};

@@ -19,7 +19,8 @@
 //! a protocol 1 agent is read with [`Request::ReadFile`]. Protocol 3 added
 //! [`Request::OpenPort`] (a connection to a TCP port inside the sandbox).
 //! Protocol 4 added processes ([`Request::ProcStart`] and the `Proc*`
-//! requests after it; see "Processes").
+//! requests after it; see "Processes") and
+//! [`Request::Rename`].
 //!
 //! # Processes
 //!
@@ -87,6 +88,9 @@ pub const PROC_OUTPUT_KEEP_BYTES: usize = 1024 * 1024;
 
 /// Ended processes the agent still lists (the oldest forgotten first).
 pub const PROC_ENDED_KEPT: usize = 64;
+
+/// The first protocol with [`Request::Rename`].
+pub const RENAME_SINCE: u32 = 4;
 
 /// Largest chunk of a streamed read ([`Response::FileChunk`]).
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -218,6 +222,10 @@ pub enum Request {
     /// Sets a PTY process's window size (the kernel tells the foreground
     /// job with SIGWINCH). `Ok`.
     ProcResize { proc: ProcRef, size: PtySize },
+    /// Rename `from` to `to` (absolute paths; protocol 4), replacing a
+    /// file or empty directory at `to` and creating `to`'s missing
+    /// parents. Answered with `Ok`.
+    Rename { from: String, to: String },
 }
 
 /// How a background process starts.

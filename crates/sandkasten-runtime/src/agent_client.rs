@@ -485,6 +485,18 @@ impl AgentClient {
             .await?
             .into_done()
     }
+
+    /// Renames `from` to `to`. An agent from before protocol 4 would close
+    /// the connection on the unknown request: it is refused here instead.
+    pub async fn rename(&self, from: String, to: String) -> Result<(), RuntimeError> {
+        if self.protocol().await? < proto::RENAME_SINCE {
+            return Err(RuntimeError::Unsupported(
+                "renaming files in a sandbox started before this daemon version".into(),
+                "agent",
+            ));
+        }
+        self.file(FileOp::Rename { from, to }).await?.into_done()
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,12 @@ pub enum FileOp {
         path: String,
         recursive: bool,
     },
+    /// Rename `from` to `to`, creating `to`'s missing parents (agents of
+    /// protocol 4 on).
+    Rename {
+        from: String,
+        to: String,
+    },
 }
 
 /// A whole file read, collected from a [`FileStream`] (tests, small files).
@@ -110,6 +116,7 @@ impl FileOp {
             FileOp::Stat { path } => Request::Stat { path },
             FileOp::Mkdir { path, parents } => Request::Mkdir { path, parents },
             FileOp::Remove { path, recursive } => Request::Remove { path, recursive },
+            FileOp::Rename { from, to } => Request::Rename { from, to },
         }
     }
 }

@@ -486,6 +486,17 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Freezes every process of the sandbox: memory kept, no CPU used,
+    /// until [`Runtime::resume`]. A frozen sandbox's agent does not answer.
+    async fn pause(&self, _handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("pause".into(), self.name()))
+    }
+
+    /// Thaws a paused sandbox: its processes go on where they were.
+    async fn resume(&self, _handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("resume".into(), self.name()))
+    }
+
     /// Whether this backend enforces [`NetworkPolicy`]s on running
     /// sandboxes ([`Runtime::set_network`]). Where it does, the engine
     /// gives every sandbox its policy right after the create (cold) or
@@ -495,6 +506,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// only the mode is honoured, through the spec.
     fn network_policies(&self) -> bool {
         false
+    }
+
+    /// Why this backend cannot give any sandbox `mode: full` (what and
+    /// why, for a 400 `UNSUPPORTED`), where it cannot; `None` where it
+    /// can (with or without policies).
+    fn network_unsupported(&self) -> Option<String> {
+        None
     }
 
     /// Gives a running sandbox `policy`: a link and its rules for mode

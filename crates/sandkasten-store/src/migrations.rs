@@ -54,6 +54,9 @@ const MIGRATIONS: &[&str] = &[
     // 6: each session's network policy (text form), so that a restarted
     // daemon rebuilds its rules and still reports it.
     "ALTER TABLE sessions ADD COLUMN network TEXT;",
+    // 7: each session's metadata (a JSON object of strings; NULL: none),
+    // set at create (the E2B API's `metadata`) and shown with the session.
+    "ALTER TABLE sessions ADD COLUMN metadata TEXT;",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

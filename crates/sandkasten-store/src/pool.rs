@@ -117,6 +117,7 @@ mod tests {
                 ended_at_ms: None,
                 disk_limit_mb: Some(512),
                 network: Some("full allow= deny=".into()),
+                metadata: Default::default(),
             };
             store.insert_pool_entry(&entry("c")).unwrap();
             store.promote_pool_entry(&s).unwrap();

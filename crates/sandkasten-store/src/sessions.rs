@@ -2,6 +2,7 @@
 
 use crate::{q, AcquireSource, SessionState, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Row};
+use std::collections::BTreeMap;
 
 /// A session as stored. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,13 +28,16 @@ pub struct SessionRecord {
     /// (`NetworkPolicy::to_text`); `None` in rows from before migration 6
     /// (no network).
     pub network: Option<String>,
+    /// Metadata given at create (string keys and values); empty in rows
+    /// from before migration 7.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Alias kept for readability at call sites that list rows.
 pub type SessionRow = SessionRecord;
 
 const COLUMNS: &str = "id, image, state, workspace_id, cwd, ttl_seconds, created_at_ms, \
-     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb, network";
+     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb, network, metadata";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -51,6 +55,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         ended_at_ms: r.get(11)?,
         disk_limit_mb: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
         network: r.get(13)?,
+        metadata: r
+            .get::<_, Option<String>>(14)?
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -58,7 +66,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
 pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"
         ),
         params![
             s.id,
@@ -74,7 +82,9 @@ pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(
             s.pid_start_time as i64,
             s.ended_at_ms,
             s.disk_limit_mb.map(|v| v as i64),
-            s.network
+            s.network,
+            (!s.metadata.is_empty())
+                .then(|| serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into())),
         ],
     )
     .map(|_| ())
@@ -113,6 +123,22 @@ impl Store {
             )
             .map(|_| ())
             .map_err(q("recording session activity"))
+    }
+
+    /// Records a new TTL and the expiry it gives (the E2B API's timeout).
+    pub fn set_session_ttl(
+        &self,
+        id: &str,
+        ttl_seconds: u64,
+        expires_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET ttl_seconds = ?2, expires_at_ms = ?3 WHERE id = ?1",
+                params![id, ttl_seconds as i64, expires_at_ms],
+            )
+            .map(|_| ())
+            .map_err(q("recording a session's TTL"))
     }
 
     /// Records the network policy (text form) a change put in force.
@@ -198,6 +224,7 @@ mod tests {
             ended_at_ms: None,
             disk_limit_mb: None,
             network: None,
+            metadata: BTreeMap::new(),
         }
     }
 
@@ -211,12 +238,14 @@ mod tests {
             s.insert_session(&SessionRecord {
                 workspace_id: Some("ws".into()),
                 disk_limit_mb: Some(300),
+                metadata: [("owner".to_string(), "e2b".to_string())].into(),
                 ..rec("b")
             })
             .unwrap();
             s.set_session_sandbox("a", SessionState::Running, 42, 4242)
                 .unwrap();
             s.touch_session("a", 99_000, "/tmp").unwrap();
+            s.set_session_ttl("b", 300, 301_000).unwrap();
             s.set_session_state("b", SessionState::Destroyed, Some(5))
                 .unwrap();
         }
@@ -238,6 +267,9 @@ mod tests {
             (Some(5), Some("ws"))
         );
         assert_eq!((a.disk_limit_mb, b.disk_limit_mb), (None, Some(300)));
+        assert!(a.metadata.is_empty());
+        assert_eq!(b.metadata.get("owner").map(String::as_str), Some("e2b"));
+        assert_eq!((b.ttl_seconds, b.expires_at_ms), (300, 301_000));
         assert_eq!(a.network, None);
         s.set_session_network("a", "full allow=pypi.org deny=")
             .unwrap();

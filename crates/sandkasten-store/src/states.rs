@@ -8,8 +8,10 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 ///
 /// ```text
 /// Creating ──► Running ──► Destroying ──► Destroyed
-///    │            │  └──(ttl)──► Destroying ──► Expired
-///    └──(fail)──► Failed   └──(sandbox died)──► Lost
+///    │          │ ▲ │  └──(ttl)──► Destroying ──► Expired
+///    │   (pause)▼ │(resume)   └──(sandbox died)──► Lost
+///    │         Paused ──(paused ttl, destroy)──► Destroying
+///    └──(fail)──► Failed
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionState {
@@ -20,11 +22,14 @@ pub enum SessionState {
     Expired,
     Lost,
     Failed,
+    /// Every process frozen, memory kept; its TTL does not run (a paused
+    /// session has its own limit).
+    Paused,
 }
 
 impl SessionState {
     /// Every state.
-    pub const ALL: [SessionState; 7] = [
+    pub const ALL: [SessionState; 8] = [
         SessionState::Creating,
         SessionState::Running,
         SessionState::Destroying,
@@ -32,6 +37,7 @@ impl SessionState {
         SessionState::Expired,
         SessionState::Lost,
         SessionState::Failed,
+        SessionState::Paused,
     ];
 
     /// Its name (in the database and on the wire).
@@ -44,6 +50,7 @@ impl SessionState {
             SessionState::Expired => "expired",
             SessionState::Lost => "lost",
             SessionState::Failed => "failed",
+            SessionState::Paused => "paused",
         }
     }
 

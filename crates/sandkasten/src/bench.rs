@@ -181,16 +181,24 @@ impl Api {
 
 const PROC_FIRST_BYTE: &str = "process start to first byte";
 const MCP_RUN: &str = "mcp run_command (true)";
+const MCP_EXEC: &str = "exec (true), alternating with mcp";
 
 /// `run_command` of `true` over MCP at `/mcp`: stateless requests of the
 /// current revision (2026-07-28), one POST each on the kept connection,
-/// as an MCP client sends them.
-fn mcp_series(api: &Api, id: &str, n: usize) -> Result<Series> {
+/// as an MCP client sends them; alternating with HTTP execs of `true`, so
+/// that the ratio compares the two under the same load.
+fn mcp_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
     let mut series = Series {
         name: MCP_RUN,
         samples: vec![],
     };
+    let mut exec = Series {
+        name: MCP_EXEC,
+        samples: vec![],
+    };
     for i in 0..n {
+        let (ms, _) = time(|| api.exec(id, "true"))?;
+        exec.samples.push(ms);
         let body = json!({
             "jsonrpc": "2.0", "id": i, "method": "tools/call",
             "params": {
@@ -226,7 +234,7 @@ fn mcp_series(api: &Api, id: &str, n: usize) -> Result<Series> {
         }
         series.samples.push(ms);
     }
-    Ok(series)
+    Ok(vec![series, exec])
 }
 
 /// Background processes: a start answered with its pid (JSON), and a
@@ -582,7 +590,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         create, create_net, create_ws, exec, exec_idle, write, read, destroy,
     ];
     series.extend(procs);
-    series.push(mcp);
+    series.extend(mcp);
     series.retain(|s| !s.samples.is_empty());
     let ports_measured = match ports {
         Ok(s) => {
@@ -602,8 +610,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             let (d, u) = start_daemon(
                 &generated_key,
                 Some(&format!(
-                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n{NETWORK_CONFIG}",
-                    n + 16
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    \"{}\": 3\n{NETWORK_CONFIG}",
+                    n + 16,
+                    pool_image()
                 )),
             )?;
             let pool_api = Api {
@@ -619,9 +628,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             let (d, u) = start_daemon(
                 &generated_key,
                 Some(&format!(
-                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    base: 3\n\
+                    "max_sessions: {}\npool:\n  enabled: true\n  images:\n    \"{}\": 3\n\
                      {NETWORK_CONFIG}defaults:\n  network_mode: full\n",
-                    n + 16
+                    n + 16,
+                    pool_image()
                 )),
             )?;
             let net_api = Api {
@@ -731,9 +741,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     ) {
         println!("process start to first output byte (p50): {first:.2} ms ({r:.2}x an exec)");
     }
-    let mcp_ratio = ratio(MCP_RUN, "exec round trip (true)");
+    let mcp_ratio = ratio(MCP_EXEC, MCP_RUN);
     if let (Some(ms), Some(r)) = (p50(MCP_RUN), mcp_ratio) {
-        println!("MCP run_command of true (p50): {ms:.2} ms ({r:.2}x an HTTP exec)");
+        println!("MCP run_command of true (p50): {ms:.2} ms ({r:.2}x an HTTP exec, alternating)");
     }
     let port_added = match (p50(DIRECT), p50(PROXIED)) {
         (Some(d), Some(p)) => Some(p - d),
@@ -916,6 +926,16 @@ static NETWORK_POLICY: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
     || json!({"network": {"mode": "full", "allow_out": ["203.0.113.0/24", "2001:db8::/32"]}}),
 );
 
+/// The image of the bench's pools: the daemon's default image where the
+/// environment names one (`SANDKASTEN_DEFAULT_IMAGE`, e.g. with
+/// `SANDKASTEN_RUNTIME=docker`), else the native `base`.
+fn pool_image() -> String {
+    std::env::var("SANDKASTEN_DEFAULT_IMAGE")
+        .ok()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| "base".into())
+}
+
 /// Pooled creates with a network and the first exec after each, timed
 /// together (each sample waits, untimed, for a full pool).
 fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
@@ -923,7 +943,7 @@ fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let p = api.call(reqwest::Method::GET, "/v1/pool", None)?;
-            if p["images"]["base"]["idle"].as_u64() == Some(3) {
+            if p["images"][pool_image()]["idle"].as_u64() == Some(3) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -939,7 +959,7 @@ fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
     for _ in 0..n {
         wait_full()?;
         let mut body = NETWORK_POLICY.clone();
-        body["image"] = json!("base");
+        body["image"] = json!(pool_image());
         let (ms, v) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
         if v["acquire_source"] != "pool" {

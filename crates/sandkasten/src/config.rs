@@ -66,6 +66,9 @@ pub struct Config {
     pub default_image: String,
     pub allowed_images: Vec<String>,
     pub session_ttl_seconds: u64,
+    /// How long a paused session is kept (its TTL does not run while
+    /// paused); then it is destroyed.
+    pub paused_ttl_seconds: u64,
     pub max_sessions: usize,
     /// Largest accepted request body (uploads and writes).
     pub max_body_mb: u64,
@@ -307,6 +310,7 @@ impl Default for Config {
             default_image: "base".into(),
             allowed_images: Vec::new(),
             session_ttl_seconds: 1800,
+            paused_ttl_seconds: 86_400,
             max_sessions: 64,
             max_body_mb: 64,
             defaults: Defaults::default(),
@@ -478,6 +482,9 @@ impl Config {
         }
         if self.session_ttl_seconds == 0 {
             bail!("session_ttl_seconds: must be at least 1");
+        }
+        if self.paused_ttl_seconds == 0 {
+            bail!("paused_ttl_seconds: must be at least 1");
         }
         if self.max_sessions == 0 {
             bail!("max_sessions: must be at least 1");

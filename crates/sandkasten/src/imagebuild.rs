@@ -123,7 +123,7 @@ pub async fn run(args: BuildArgs, cfg: &Config, configured: Arc<dyn Runtime>) ->
     });
     // The runtime first, so that a missing engine fails before the build.
     let rt: Arc<dyn Runtime> = match target {
-        Target::Docker if !configured_docker => Arc::new(crate::docker_runtime(cfg).await?),
+        Target::Docker if !configured_docker => Arc::new(crate::docker_runtime(cfg, false).await?),
         Target::Native if configured_docker => Arc::new(crate::native_runtime(cfg, false)?),
         _ => configured,
     };

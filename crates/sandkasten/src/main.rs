@@ -336,6 +336,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         default_image: cfg.default_image.clone(),
         allowed_images: cfg.allowed_images.clone(),
         session_ttl_seconds: cfg.session_ttl_seconds,
+        paused_ttl_seconds: cfg.paused_ttl_seconds,
         max_sessions: cfg.max_sessions,
         limits: Limits {
             memory_mb: cfg.defaults.mem_limit_mb,
@@ -373,6 +374,15 @@ fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
+/// A configured subnet (`key` names it in the error), if set.
+fn subnet(value: &Option<String>, key: &str) -> Result<Option<sandkasten_runtime::IpNet>> {
+    value
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| anyhow::anyhow!("{key}: {e}"))
+}
+
 /// The native runtime; `serve` also builds the sandbox network where the
 /// operator allows `mode: full` (without it no sandbox can have a link, so
 /// the host's forwarding, nftables and Docker's chain are left alone; the
@@ -390,20 +400,8 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         min_free_mb: cfg.disk.min_free_mb,
         network: if serve && cfg.network_config()?.allow_full {
             Some(sandkasten_native::NetConfig {
-                ipv4_subnet: cfg
-                    .network
-                    .ipv4_subnet
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(|e: String| anyhow::anyhow!("network.ipv4_subnet: {e}"))?,
-                ipv6_subnet: cfg
-                    .network
-                    .ipv6_subnet
-                    .as_deref()
-                    .map(str::parse)
-                    .transpose()
-                    .map_err(|e: String| anyhow::anyhow!("network.ipv6_subnet: {e}"))?,
+                ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
+                ipv6_subnet: subnet(&cfg.network.ipv6_subnet, "network.ipv6_subnet")?,
                 ipv6: cfg.network.ipv6,
                 deny_always: cfg.deny_always()?,
                 dns_upstream: cfg.network.dns_upstream()?,
@@ -414,8 +412,14 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
     })?)
 }
 
-/// The docker runtime on the configured engine.
-async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime> {
+/// The docker runtime on the configured engine; `serve` also builds the
+/// sandbox network (the engine network, the nftables tables, the DNS
+/// guard) where the operator allows `mode: full` and the engine can have
+/// it (a local engine with runc).
+pub(crate) async fn docker_runtime(
+    cfg: &Config,
+    serve: bool,
+) -> Result<sandkasten_docker::DockerRuntime> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -428,6 +432,15 @@ async fn docker_runtime(cfg: &Config) -> Result<sandkasten_docker::DockerRuntime
             oci_runtime: cfg.docker.runtime.clone(),
             tmp_size_mb: cfg.defaults.tmp_size_mb,
             min_free_mb: cfg.disk.min_free_mb,
+            network: if serve && cfg.network_config()?.allow_full {
+                Some(sandkasten_docker::DockerNetConfig {
+                    ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
+                    deny_always: cfg.deny_always()?,
+                    dns_upstream: cfg.network.dns_upstream()?,
+                })
+            } else {
+                None
+            },
         })
         .await?,
     )
@@ -437,14 +450,26 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     init_logging();
     let cfg = Config::load(config.as_deref())?;
     let mut native = None;
+    let mut docker = None;
     let runtime: Arc<dyn Runtime> = match cfg.runtime {
-        RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
+        RuntimeKind::Docker => {
+            let rt = Arc::new(docker_runtime(&cfg, true).await?);
+            docker = Some(rt.clone());
+            rt
+        }
         RuntimeKind::Native => {
             let rt = Arc::new(native_runtime(&cfg, true)?);
             native = Some(rt.clone());
             rt
         }
     };
+    if let Some(why) = runtime.network_unsupported() {
+        if cfg.defaults.network_mode == config::NetworkMode::Full {
+            anyhow::bail!(
+                "defaults.network_mode: full, but this runtime cannot give sandboxes a network: {why}"
+            );
+        }
+    }
     let key = api_key(&cfg, true)?;
     let store = Arc::new(Store::open(&cfg.db_path())?);
     let shutdown = CancellationToken::new();
@@ -483,6 +508,13 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     // In-flight requests are done: destroy the idle pool (sessions stay).
     engine.shutdown().await;
     if let Some(rt) = native {
+        match rt.release_network().await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!("sandboxes with network keep running: their rules stay"),
+            Err(e) => tracing::warn!("removing the sandbox network: {e}"),
+        }
+    }
+    if let Some(rt) = docker {
         match rt.release_network().await {
             Ok(true) => {}
             Ok(false) => tracing::info!("sandboxes with network keep running: their rules stay"),
@@ -608,7 +640,7 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
     let cfg = Config::load(config.as_deref())?;
     // The configured runtime's images: the native store, or the engine's.
     let rt: Arc<dyn Runtime> = match cfg.runtime {
-        RuntimeKind::Docker => Arc::new(docker_runtime(&cfg).await?),
+        RuntimeKind::Docker => Arc::new(docker_runtime(&cfg, false).await?),
         RuntimeKind::Native => Arc::new(native_runtime(&cfg, false)?),
     };
     match cmd {

@@ -218,6 +218,22 @@ async def test_processes(session: Session) -> None:
         await session.start_process(argv=["no-such-program-here"])
 
 
+async def test_pause_resume(session: Session) -> None:
+    await session.exec("export KEPT=yes")
+    info = await session.pause()
+    assert info.status == "paused"
+    with pytest.raises(sandkasten.SessionNotRunning):
+        await session.pause()
+    info = await session.resume()
+    assert info.status == "running"
+    with pytest.raises(sandkasten.SessionNotPaused):
+        await session.resume()
+    await session.pause()
+    # Any call resumes.
+    assert (await session.exec("echo $KEPT")).output == "yes\n"
+    assert (await session.info()).status == "running"
+
+
 async def test_write_read(session: Session) -> None:
     await session.write("hello.py", "print(6*7)")
     assert (await session.exec("python3 hello.py")).output == "42\n"

@@ -35,6 +35,7 @@ CODES = {
     "NOT_FOUND": (404, "NotFound"),
     "METHOD_NOT_ALLOWED": (405, "MethodNotAllowed"),
     "SESSION_NOT_RUNNING": (409, "SessionNotRunning"),
+    "SESSION_NOT_PAUSED": (409, "SessionNotPaused"),
     "WORKSPACE_DISABLED": (409, "WorkspaceDisabled"),
     "WORKSPACE_IN_USE": (409, "WorkspaceInUse"),
     "IMAGE_IN_USE": (409, "ImageInUse"),

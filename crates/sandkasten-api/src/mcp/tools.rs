@@ -230,6 +230,18 @@ pub(super) struct DeletePath {
     pub recursive: Option<bool>,
 }
 
+/// `move_path`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MovePath {
+    /// The sandbox's id.
+    pub session_id: String,
+    /// The file or directory to move.
+    pub from: String,
+    /// Its new path (a file there is replaced; missing parents are created).
+    pub to: String,
+}
+
 /// A tool without arguments.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -325,6 +337,11 @@ pub(super) fn list() -> Vec<Tool> {
             "Write a whole file in the sandbox, creating missing directories."),
         tool::<ListDir>("list_dir", ReadOnly, "List a directory in the sandbox."),
         tool::<DeletePath>("delete_path", Destructive, "Delete a file or directory in the sandbox."),
+        tool::<MovePath>(
+            "move_path",
+            Destructive,
+            "Move or rename a file or directory in the sandbox.",
+        ),
         tool::<NoArgs>("list_workspaces", ReadOnly, "List the persistent workspaces."),
         tool::<SnapshotWorkspace>("snapshot_workspace", Additive,
             "Take a point-in-time snapshot of a workspace."),
@@ -442,6 +459,7 @@ async fn dispatch(
         "write_file" => run!(write_file),
         "list_dir" => run!(list_dir),
         "delete_path" => run!(delete_path),
+        "move_path" => run!(move_path),
         "list_workspaces" => run!(list_workspaces),
         "snapshot_workspace" => run!(snapshot_workspace),
         "list_snapshots" => run!(list_snapshots),
@@ -467,6 +485,7 @@ async fn create_sandbox(state: &AppState, a: CreateSandbox) -> Result<Answer, Ap
             deny_out: n.deny_out,
         }),
         network_mode: None,
+        metadata: None,
     };
     let info = state.backend.create_session(req.into()).await?;
     Answer::json(SessionInfo::from(info))
@@ -776,6 +795,13 @@ async fn delete_path(state: &AppState, a: DeletePath) -> Result<Answer, ApiError
         .remove(&a.session_id, &a.path, a.recursive.unwrap_or(false))
         .await?;
     Answer::ok()
+}
+
+async fn move_path(state: &AppState, a: MovePath) -> Result<Answer, ApiError> {
+    check_path(&a.from)?;
+    check_path(&a.to)?;
+    let path = state.backend.rename(&a.session_id, &a.from, &a.to).await?;
+    Answer::json(json!({ "ok": true, "path": path }))
 }
 
 async fn list_workspaces(state: &AppState, _: NoArgs) -> Result<Answer, ApiError> {

@@ -70,6 +70,16 @@ impl Signer {
         hmac_sha256(&self.secret, msg.as_bytes())
     }
 
+    /// The E2B access token of `session`'s envd (`envdAccessToken`):
+    /// HMAC of `sandkasten-envd\n<session>`, in hex. It opens that
+    /// sandbox's envd only, and stays the same across restarts.
+    pub(crate) fn envd_token(&self, session: &str) -> String {
+        hex(&hmac_sha256(
+            &self.secret,
+            format!("sandkasten-envd\n{session}").as_bytes(),
+        ))
+    }
+
     /// The token for `session`'s `port`, valid until `expiry` (Unix s).
     pub(crate) fn sign(&self, session: &str, port: u16, expiry: u64) -> String {
         format!("{expiry}.{}", hex(&self.mac(session, port, expiry)))

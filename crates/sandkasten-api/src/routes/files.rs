@@ -18,8 +18,8 @@ use crate::error::ApiError;
 use crate::extract::{body_error, ApiJson, ApiMultipart, ApiPath, ApiQuery};
 use crate::wire::{
     DirEntry, DirListing, ErrorBody, FileContent, FileStat, ListQuery, MkdirRequest, MkdirResult,
-    OkResponse, PathQuery, ReadFileQuery, RemoveRequest, UploadForm, UploadResult,
-    WriteFileRequest,
+    MoveRequest, MoveResult, OkResponse, PathQuery, ReadFileQuery, RemoveRequest, UploadForm,
+    UploadResult, WriteFileRequest,
 };
 use crate::AppState;
 use axum::body::Bytes;
@@ -500,6 +500,33 @@ pub(crate) async fn mkdir(
     let parents = req.parents.unwrap_or(true);
     let path = state.backend.mkdir(&id, &req.path, parents).await?;
     Ok(Json(MkdirResult { ok: true, path }))
+}
+
+/// Renames a file, symlink or directory (extension).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/fs/move",
+    tag = "files",
+    params(("id" = String, Path, description = "Session id")),
+    request_body = MoveRequest,
+    responses(
+        (status = 200, description = "Renamed", body = MoveResult),
+        (status = 400, description = "INVALID_REQUEST or INVALID_PATH (`/`, a path ending in `.` or `..`, a directory onto a non-empty one or into itself)", body = ErrorBody),
+        (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
+        (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
+    )
+)]
+pub(crate) async fn move_path(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> ApiResult<Json<MoveResult>> {
+    check_path(&req.from)?;
+    check_path(&req.to)?;
+    let path = state.backend.rename(&id, &req.from, &req.to).await?;
+    Ok(Json(MoveResult { ok: true, path }))
 }
 
 /// Removes a file, symlink or directory (extension).

@@ -3,6 +3,7 @@
 
 pub(crate) mod exec;
 pub(crate) mod files;
+pub(crate) mod lifecycle;
 pub(crate) mod pool;
 pub(crate) mod ports;
 pub(crate) mod processes;

@@ -60,6 +60,7 @@ impl Harness {
             oci_runtime: None,
             tmp_size_mb: 64,
             min_free_mb: 16,
+            network: None,
         };
         match DockerRuntime::new(cfg).await {
             Ok(rt) => rt,

@@ -1,17 +1,18 @@
 //! Sandboxes' network on the native runtime: a veth pair per sandbox with
 //! network (routed point to point, no bridge), the daemon's nftables table
 //! that enforces every sandbox's policy, NAT to the uplink, IPv4 and IPv6.
-//! Everything goes through netlink from this process (`netlink.rs`,
-//! `rtnl.rs`, `nft.rs`): no `ip`/`nft` subprocess, no userspace process
-//! per sandbox. Design, layout and invariants: docs/architecture.md,
-//! "Sandbox networks".
+//! Everything goes through netlink from this process (`rtnl.rs` here;
+//! the nftables table and the netlink socket are `sandkasten-netguard`'s,
+//! shared with the docker backend): no `ip`/`nft` subprocess, no
+//! userspace process per sandbox. Design, layout and invariants:
+//! docs/architecture.md, "Sandbox networks".
 
-mod guard;
-mod netlink;
-mod nft;
 mod rtnl;
 
-use netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
+use sandkasten_netguard::host;
+use sandkasten_netguard::netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
+use sandkasten_netguard::nft::{self, Key};
+use sandkasten_netguard::wiring::{self as guard, NftSink};
 use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -65,6 +66,16 @@ pub struct Network {
     resolv_conf: Option<PathBuf>,
 }
 
+/// The guard's messages go through the state's nfnetlink socket.
+struct Sink(Arc<Mutex<State>>);
+
+impl NftSink for Sink {
+    fn send(&self, msgs: Vec<sandkasten_netguard::netlink::Msg>) -> io::Result<()> {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.nft.batch(msgs)
+    }
+}
+
 struct State {
     rtnl: Socket,
     nft: Socket,
@@ -87,13 +98,11 @@ impl Network {
     /// table anew (elements come back as the engine restores each
     /// session's policy).
     pub fn start(cfg: &NetConfig, data_dir: &std::path::Path) -> Result<Network, RuntimeError> {
-        let tag = tag_of(data_dir);
+        let tag = host::tag_of(data_dir);
         let h = u32::from_str_radix(&tag, 16).unwrap_or(0);
-        let v4 = cfg.ipv4_subnet.unwrap_or_else(|| {
-            let i = h % 1024;
-            let a = Ipv4Addr::new(10, 128 + (i >> 4) as u8, ((i & 15) << 4) as u8, 0);
-            IpNet::new(IpAddr::V4(a), 20).expect("a /20 on its boundary")
-        });
+        let v4 = cfg
+            .ipv4_subnet
+            .unwrap_or_else(|| host::default_ipv4_subnet(&tag));
         let v6 = cfg.ipv6.then(|| {
             cfg.ipv6_subnet.unwrap_or_else(|| {
                 let a = Ipv6Addr::new(0xfd5b, (h >> 16) as u16, h as u16, 0, 0, 0, 0, 0);
@@ -112,7 +121,8 @@ impl Network {
                 )));
             }
         }
-        enable_forwarding(v6.is_some())?;
+        host::enable_forwarding(v6.is_some())
+            .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
         let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
         let nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
         let sessions_dir = data_dir.join("sessions");
@@ -142,8 +152,15 @@ impl Network {
                 let mut deny = cfg.deny_always.clone();
                 deny.extend(subnets.iter().copied());
                 Some(
-                    guard::start(up, deny, state.clone(), &table, &prefix)
-                        .map_err(err("starting the sandboxes' DNS server"))?,
+                    guard::start(
+                        up,
+                        deny,
+                        Arc::new(Sink(state.clone())),
+                        &table,
+                        GATEWAY4,
+                        v6.is_some(),
+                    )
+                    .map_err(err("starting the sandboxes' DNS server"))?,
                 )
             }
             None => None,
@@ -151,6 +168,7 @@ impl Network {
         let mut batch = nft::table(&nft::Layout {
             table: &table,
             prefix: &prefix,
+            key: Key::Ifname,
             any_prefix: ANY_PREFIX,
             subnets: &subnets,
             deny_always: &cfg.deny_always,
@@ -225,9 +243,10 @@ impl Network {
             (&policy.deny_out, &mut deny),
         ] {
             out.extend(list.iter().filter_map(NetEntry::net).copied());
-            *out = disjoint(std::mem::take(out));
+            *out = nft::disjoint(std::mem::take(out));
         }
-        let new = nft::Elements::new(&name, policy.allow_out.is_empty(), &allow, &deny);
+        let key = nft::ifname_key(&name);
+        let new = nft::Elements::new(&key, policy.allow_out.is_empty(), &allow, &deny, true);
         let mut batch = Vec::new();
         if let Some(old) = st.elements.get(id) {
             batch.extend(old.msgs(&self.table, false));
@@ -235,8 +254,8 @@ impl Network {
         batch.extend(new.msgs(&self.table, true));
         let proxied = self.guard.is_some() && guard::names_hosts(policy);
         match (proxied, st.proxied.contains(id)) {
-            (true, false) => batch.push(nft::proxied_element(&self.table, &name, true)),
-            (false, true) => batch.push(nft::proxied_element(&self.table, &name, false)),
+            (true, false) => batch.push(nft::proxied_element(&self.table, &key, true)),
+            (false, true) => batch.push(nft::proxied_element(&self.table, &key, false)),
             _ => {}
         }
         st.nft
@@ -258,7 +277,7 @@ impl Network {
                 .into_iter()
                 .chain(self.v6.and_then(|n| n.nth(slot as u128)))
                 .collect();
-            g.view.set(id, &addrs, policy);
+            g.view.set(id, &addrs, &key, policy);
         }
         tracing::debug!(session = %id, elapsed_us = started.elapsed().as_micros() as u64, "network policy applied");
         Ok(())
@@ -308,11 +327,11 @@ impl Network {
     /// one the kernel has just expired must not fail the others).
     fn forget_resolved(&self, st: &mut State, id: &str) {
         let Some(g) = &self.guard else { return };
-        let name = ifname(&self.prefix, id);
+        let key = nft::ifname_key(&ifname(&self.prefix, id));
         for addr in g.resolved.take(id) {
             let _ = st
                 .nft
-                .batch(vec![nft::dns_element_delete(&self.table, &name, &addr)]);
+                .batch(vec![nft::dns_element_delete(&self.table, &key, &addr)]);
         }
     }
 
@@ -323,15 +342,12 @@ impl Network {
 
     /// What sandbox `id`'s policy refused, oldest first.
     pub fn events(&self, id: &str) -> Vec<NetworkDenial> {
-        self.guard
-            .as_ref()
-            .map(|g| g.events.list(id))
-            .unwrap_or_default()
+        guard::Guard::events_of(self.guard.as_ref(), id)
     }
 
     /// Refusals recorded since start.
     pub fn denials_total(&self) -> u64 {
-        self.guard.as_ref().map_or(0, |g| g.events.total())
+        guard::Guard::denials_of(self.guard.as_ref())
     }
 
     /// Creates the veth pair of a sandbox and configures both ends.
@@ -420,9 +436,9 @@ impl Network {
         }
         self.forget_resolved(st, id);
         if st.proxied.remove(id) {
-            let name = ifname(&self.prefix, id);
+            let key = nft::ifname_key(&ifname(&self.prefix, id));
             st.nft
-                .batch(vec![nft::proxied_element(&self.table, &name, false)])
+                .batch(vec![nft::proxied_element(&self.table, &key, false)])
                 .map_err(err("taking the sandbox off the proxy"))?;
         }
         delete_link(&mut st.rtnl, &ifname(&self.prefix, id))?;
@@ -471,13 +487,6 @@ fn ifname(prefix: &str, id: &str) -> String {
     format!("{prefix}{}", &id[..room.min(id.len())])
 }
 
-/// Four hex digits of a hash of the data dir.
-fn tag_of(data_dir: &std::path::Path) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    format!("{:02x}{:02x}", d[0], d[1])
-}
-
 fn read_slots(sessions: &std::path::Path) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for e in std::fs::read_dir(sessions).into_iter().flatten().flatten() {
@@ -498,19 +507,6 @@ fn delete_link(sock: &mut Socket, name: &str) -> Result<(), RuntimeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(err("deleting a veth")(e)),
     }
-}
-
-/// Folds CIDRs contained in others, so that the ranges of one set never
-/// overlap (the kernel refuses overlapping intervals).
-fn disjoint(mut nets: Vec<IpNet>) -> Vec<IpNet> {
-    nets.sort_by_key(|n| n.prefix());
-    let mut out: Vec<IpNet> = Vec::new();
-    for n in nets {
-        if !out.iter().any(|o| o.covers(&n)) {
-            out.push(n);
-        }
-    }
-    out
 }
 
 /// The network namespace of a proven sandbox init: opened by pid, then
@@ -556,52 +552,14 @@ where
         .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
-fn sysctl(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn set_sysctl(path: &str, v: &str) -> Result<(), RuntimeError> {
-    std::fs::write(path, v).map_err(RuntimeError::io_ctx(format!("writing {path}")))
-}
-
-/// Turns on IPv4 (and IPv6) forwarding where it is off. IPv6 forwarding
-/// makes the kernel ignore router advertisements on interfaces with
-/// `accept_ra=1`, so those are set to 2 first (accept them while
-/// forwarding): the host keeps its RA-learned routes.
-fn enable_forwarding(ipv6: bool) -> Result<(), RuntimeError> {
-    if sysctl("/proc/sys/net/ipv4/ip_forward").as_deref() != Some("1") {
-        tracing::info!("enabling net.ipv4.ip_forward for sandbox networks");
-        set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-    }
-    if ipv6 && sysctl("/proc/sys/net/ipv6/conf/all/forwarding").as_deref() != Some("1") {
-        for e in std::fs::read_dir("/proc/sys/net/ipv6/conf")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let p = e.path().join("accept_ra");
-            if sysctl(&p.to_string_lossy()).as_deref() == Some("1") {
-                let _ = std::fs::write(&p, "2");
-            }
-        }
-        tracing::info!(
-            "enabling net.ipv6.conf.all.forwarding for sandbox networks (accept_ra 1 → 2)"
-        );
-        set_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn interface_names_fit_ifnamsiz_and_tags_differ_by_data_dir() {
-        let a = tag_of(std::path::Path::new("/var/lib/sandkasten"));
-        let b = tag_of(std::path::Path::new("/tmp/other"));
+        let a = host::tag_of(std::path::Path::new("/var/lib/sandkasten"));
+        let b = host::tag_of(std::path::Path::new("/tmp/other"));
         assert_eq!(a.len(), 4);
         assert_ne!(a, b);
         let name = ifname(
@@ -610,16 +568,5 @@ mod tests {
         );
         assert_eq!(name.len(), 15);
         assert!(name.starts_with("skn"));
-    }
-
-    #[test]
-    fn contained_ranges_fold_so_set_intervals_never_overlap() {
-        let n = |s: &str| s.parse::<IpNet>().unwrap();
-        let out = disjoint(vec![
-            n("203.0.113.7"),
-            n("203.0.113.0/24"),
-            n("198.51.100.1"),
-        ]);
-        assert_eq!(out, vec![n("203.0.113.0/24"), n("198.51.100.1")]);
     }
 }

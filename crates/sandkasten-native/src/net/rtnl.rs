@@ -1,7 +1,7 @@
 //! Links, addresses and routes over rtnetlink: the veth pair of a
 //! sandbox, the addresses and routes on either end.
 
-use super::netlink::{Msg, Socket, NLM_F_CREATE, NLM_F_EXCL};
+use sandkasten_netguard::netlink::{Msg, Socket, NLM_F_CREATE, NLM_F_EXCL};
 use std::io;
 use std::net::IpAddr;
 
@@ -96,7 +96,7 @@ pub fn links_with_prefix(sock: &mut Socket, prefix: &str) -> io::Result<Vec<Stri
     Ok(sock
         .dump(m, 16)?
         .iter()
-        .filter_map(|a| super::netlink::find_str(a, IFLA_IFNAME))
+        .filter_map(|a| sandkasten_netguard::netlink::find_str(a, IFLA_IFNAME))
         .filter(|n| n.starts_with(prefix))
         .collect())
 }

@@ -804,6 +804,20 @@ def exec_stream(
     )
 
 
+def pause_session(session_id: str) -> Call[SessionInfo]:
+    """``POST /v1/sessions/{id}/pause``."""
+    return Call(
+        "POST", session_path(session_id) + "/pause", lambda d: SessionInfo.from_json(_obj(d))
+    )
+
+
+def resume_session(session_id: str) -> Call[SessionInfo]:
+    """``POST /v1/sessions/{id}/resume``."""
+    return Call(
+        "POST", session_path(session_id) + "/resume", lambda d: SessionInfo.from_json(_obj(d))
+    )
+
+
 # ---------------------------------------------------------------- calls: processes
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "SandkastenStreamError",
     "SandkastenTimeoutError",
     "SessionNotFound",
+    "SessionNotPaused",
     "SessionNotRunning",
     "ShuttingDown",
     "SnapshotNotFound",
@@ -205,6 +206,11 @@ class MethodNotAllowed(SandkastenAPIError):
 @_code("SESSION_NOT_RUNNING")
 class SessionNotRunning(SandkastenAPIError):
     """409: the session is being destroyed (``details["state"]``)."""
+
+
+@_code("SESSION_NOT_PAUSED")
+class SessionNotPaused(SandkastenAPIError):
+    """409: a resume of a session that is not paused (``details["state"]``)."""
 
 
 @_code("WORKSPACE_DISABLED")

@@ -101,6 +101,23 @@ class Session(_core.SessionBase):
         call = _core.exec_stream(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
         return self._client._stream(call)
 
+    async def pause(self) -> SessionInfo:
+        """Freeze every process of the session (``POST /v1/sessions/{id}/pause``):
+        memory kept, no CPU used, the TTL stopped. Any later call resumes it.
+
+        Raises:
+            SessionNotRunning: It is paused already (or ending).
+        """
+        return await self._client._run(_core.pause_session(self._id))
+
+    async def resume(self) -> SessionInfo:
+        """Thaw a paused session (``POST /v1/sessions/{id}/resume``).
+
+        Raises:
+            SessionNotPaused: It is not paused.
+        """
+        return await self._client._run(_core.resume_session(self._id))
+
     # ------------------------------------------------------------ processes
 
     async def start_process(

@@ -324,6 +324,23 @@ class SyncSession(_core.SessionBase):
         call = _core.exec_stream(self._id, cmd, timeout_ms, raw_output, self._client._timeout)
         return self._client._stream(call)
 
+    def pause(self) -> SessionInfo:
+        """Freeze every process of the session (``POST /v1/sessions/{id}/pause``):
+        memory kept, no CPU used, the TTL stopped. Any later call resumes it.
+
+        Raises:
+            SessionNotRunning: It is paused already (or ending).
+        """
+        return self._client._run(_core.pause_session(self._id))
+
+    def resume(self) -> SessionInfo:
+        """Thaw a paused session (``POST /v1/sessions/{id}/resume``).
+
+        Raises:
+            SessionNotPaused: It is not paused.
+        """
+        return self._client._run(_core.resume_session(self._id))
+
     # ------------------------------------------------------------ processes
 
     def start_process(

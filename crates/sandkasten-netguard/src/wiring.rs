@@ -1,32 +1,52 @@
-//! The daemon's DNS server and SNI/Host proxy (`sandkasten-netguard`)
-//! wired to this datapath: a sandbox is known by its address (its slot),
-//! an answered address becomes a `dns4`/`dns6` element with the record's
-//! TTL as its timeout, and a sandbox whose policy names hosts is in the
-//! `proxied` set (its ports 80 and 443 go to the proxy).
+//! The DNS server and the SNI/Host proxy wired to a datapath's nftables
+//! table (both backends): a sandbox is known by its address, an answered
+//! address becomes a `dns4`/`dns6` element (`<sandbox key> . addr`) with
+//! the record's TTL as its timeout, and a sandbox whose policy names hosts
+//! is in the `proxied` set (its ports 80 and 443 go to the proxy). The
+//! datapath says how its sandboxes are keyed ([`crate::nft::Key`]) and
+//! sends the messages ([`NftSink`]).
 
-use super::{ifname, nft, State, GATEWAY4};
-use sandkasten_netguard::{Conntrack, DnsConfig, DnsServer, EventLog, Proxy, Resolved, Sandboxes};
+use crate::netlink::Msg;
+use crate::{nft, Conntrack, DnsConfig, DnsServer, EventLog, Proxy, Resolved, Sandboxes};
 use sandkasten_runtime::{IpNet, NetEntry, NetworkPolicy};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Where the guard's nftables messages go: the datapath's own nfnetlink
+/// socket (one batch, acknowledged before this returns).
+pub trait NftSink: Send + Sync + 'static {
+    fn send(&self, msgs: Vec<Msg>) -> io::Result<()>;
+}
+
 /// The guard of one daemon's sandbox network.
-pub(super) struct Guard {
+pub struct Guard {
     pub ports: nft::GuardPorts,
     pub view: Arc<View>,
     pub events: Arc<EventLog>,
     pub resolved: Arc<Resolved>,
 }
 
+impl Guard {
+    /// What sandbox `id`'s policy refused, oldest first (none without a
+    /// guard).
+    pub fn events_of(guard: Option<&Guard>, id: &str) -> Vec<sandkasten_runtime::NetworkDenial> {
+        guard.map(|g| g.events.list(id)).unwrap_or_default()
+    }
+
+    /// Refusals recorded since start (none without a guard).
+    pub fn denials_of(guard: Option<&Guard>) -> u64 {
+        guard.map_or(0, |g| g.events.total())
+    }
+}
+
 /// Which sandbox an address is and what its policy is, for the servers.
-pub(super) struct View {
-    state: Arc<Mutex<State>>,
+pub struct View {
+    sink: Arc<dyn NftSink>,
     table: String,
-    prefix: String,
     known: Mutex<Known>,
 }
 
@@ -34,16 +54,20 @@ pub(super) struct View {
 struct Known {
     by_addr: HashMap<IpAddr, String>,
     policies: HashMap<String, Arc<NetworkPolicy>>,
+    keys: HashMap<String, Vec<u8>>,
 }
 
 impl View {
-    /// Notes sandbox `id` at `addrs` with `policy`.
-    pub fn set(&self, id: &str, addrs: &[IpAddr], policy: &NetworkPolicy) {
+    /// Notes sandbox `id` at `addrs`, keyed `key` in the table's sets,
+    /// with `policy`.
+    pub fn set(&self, id: &str, addrs: &[IpAddr], key: &[u8], policy: &NetworkPolicy) {
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        k.by_addr.retain(|_, v| v != id);
         for a in addrs {
             k.by_addr.insert(*a, id.to_string());
         }
         k.policies.insert(id.to_string(), Arc::new(policy.clone()));
+        k.keys.insert(id.to_string(), key.to_vec());
     }
 
     /// Forgets sandbox `id`.
@@ -51,6 +75,7 @@ impl View {
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         k.by_addr.retain(|_, v| v != id);
         k.policies.remove(id);
+        k.keys.remove(id);
     }
 }
 
@@ -66,12 +91,15 @@ impl Sandboxes for View {
     }
 
     fn allow(&self, id: &str, addr: IpAddr, ttl: Duration) -> Result<(), String> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let name = ifname(&self.prefix, id);
-        st.nft
-            .batch(vec![nft::dns_element(
+        let key = {
+            let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            k.keys.get(id).cloned()
+        };
+        let key = key.ok_or_else(|| format!("sandbox {id} has no network"))?;
+        self.sink
+            .send(vec![nft::dns_element(
                 &self.table,
-                &name,
+                &key,
                 &addr,
                 ttl.as_millis() as u64,
             )])
@@ -80,41 +108,46 @@ impl Sandboxes for View {
 }
 
 /// Whether a policy names hosts (so its HTTP(S) goes through the proxy).
-pub(super) fn names_hosts(p: &NetworkPolicy) -> bool {
+pub fn names_hosts(p: &NetworkPolicy) -> bool {
     p.allow_out
         .iter()
         .chain(&p.deny_out)
         .any(|e| !matches!(e, NetEntry::Net(_)))
 }
 
-/// Binds the DNS server (UDP and TCP) and the proxy on the gateway
-/// address (which exists once a sandbox has a link: IP_FREEBIND) and
-/// starts them on the current tokio runtime.
-pub(super) fn start(
+/// Binds the DNS server (UDP and TCP) and the proxy on the sandboxes'
+/// gateway address `gateway` (where the table's redirects send them; it
+/// may exist only once a sandbox has a link: IP_FREEBIND), the proxy also
+/// on `[::]` where `ipv6`, and starts them on the current tokio runtime.
+pub fn start(
     upstream: SocketAddr,
     deny_always: Vec<IpNet>,
-    state: Arc<Mutex<State>>,
+    sink: Arc<dyn NftSink>,
     table: &str,
-    prefix: &str,
+    gateway: Ipv4Addr,
+    ipv6: bool,
 ) -> io::Result<Guard> {
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|_| io::Error::other("no async runtime for the DNS server"))?;
     let _enter = rt.enter();
-    let udp = bind(libc::SOCK_DGRAM, 0)?;
+    let udp = bind(gateway, libc::SOCK_DGRAM, 0)?;
     let dns_port = local_port(&udp)?;
-    let tcp = bind(libc::SOCK_STREAM, dns_port)?;
-    let proxy_sock = bind(libc::SOCK_STREAM, 0)?;
+    let tcp = bind(gateway, libc::SOCK_STREAM, dns_port)?;
+    let proxy_sock = bind(gateway, libc::SOCK_STREAM, 0)?;
     let proxy_port = local_port(&proxy_sock)?;
     // IPv6 connections are redirected to the link's own address
     // (fe80::1 on every veth): one socket on every IPv6 address, v6 only.
-    let proxy6 = bind6_stream(proxy_port);
+    let proxy6 = if ipv6 {
+        Some(bind6_stream(proxy_port))
+    } else {
+        None
+    };
     let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp))?;
     let tcp = listen(tcp)?;
     let proxy_l = listen(proxy_sock)?;
     let view = Arc::new(View {
-        state,
+        sink,
         table: table.to_string(),
-        prefix: prefix.to_string(),
         known: Mutex::new(Known::default()),
     });
     let events = Arc::new(EventLog::default());
@@ -146,12 +179,13 @@ pub(super) fn start(
     rt.spawn(async move { log("DNS server (UDP)")(dns.serve_udp(udp).await) });
     rt.spawn(async move { log("DNS server (TCP)")(dns_tcp.serve_tcp(tcp).await) });
     match proxy6 {
-        Ok(l6) => {
+        None => {}
+        Some(Ok(l6)) => {
             let l6 = listen(l6)?;
             let p6 = proxy.clone();
             rt.spawn(async move { log("proxy (IPv6)")(p6.serve(l6).await) });
         }
-        Err(e) => tracing::warn!(port = proxy_port, "no IPv6 proxy for sandboxes: {e}"),
+        Some(Err(e)) => tracing::warn!(port = proxy_port, "no IPv6 proxy for sandboxes: {e}"),
     }
     rt.spawn(async move { log("proxy")(proxy.serve(proxy_l).await) });
     Ok(Guard {
@@ -167,7 +201,7 @@ pub(super) fn start(
 
 /// A non-blocking socket of `kind` bound to the gateway address and
 /// `port` (0: any), with IP_FREEBIND (the address may not exist yet).
-fn bind(kind: libc::c_int, port: u16) -> io::Result<OwnedFd> {
+fn bind(gateway: Ipv4Addr, kind: libc::c_int, port: u16) -> io::Result<OwnedFd> {
     // SAFETY: plain socket calls; the fd is owned at once.
     unsafe {
         let fd = libc::socket(
@@ -196,7 +230,7 @@ fn bind(kind: libc::c_int, port: u16) -> io::Result<OwnedFd> {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: port.to_be(),
             sin_addr: libc::in_addr {
-                s_addr: u32::from(GATEWAY4).to_be(),
+                s_addr: u32::from(gateway).to_be(),
             },
             sin_zero: [0; 8],
         };

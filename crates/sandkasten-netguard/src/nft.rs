@@ -4,7 +4,7 @@
 //! `DOCKER-USER` chain. Layout and reasons: docs/architecture.md,
 //! "Sandbox networks".
 
-use super::netlink::{find, Msg, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
+use crate::netlink::{find, Msg, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use sandkasten_runtime::IpNet;
 use std::io;
 use std::net::IpAddr;
@@ -110,6 +110,44 @@ pub const DNS6: &str = "dns6";
 /// The host-side veths of sandboxes whose policy names hosts: their
 /// connections to ports 80 and 443 go to the daemon's proxy.
 pub const PROXIED: &str = "proxied";
+
+/// What identifies one sandbox's packets in the table's sets (the first
+/// field of every key).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Key {
+    /// Its own host-side interface: a veth per sandbox (native).
+    Ifname,
+    /// Its IPv4 source address: sandboxes that share a bridge (docker),
+    /// none of which may forge its source (no CAP_NET_RAW/NET_ADMIN).
+    Saddr4,
+}
+
+impl Key {
+    fn len(self) -> u32 {
+        match self {
+            Key::Ifname => IFNAME_LEN as u32,
+            Key::Saddr4 => 4,
+        }
+    }
+
+    fn data_type(self) -> u32 {
+        match self {
+            Key::Ifname => TYPE_IFNAME,
+            Key::Saddr4 => TYPE_IPADDR,
+        }
+    }
+
+    /// Loads the key into the first register; the register after it.
+    fn load(self, r: Rule) -> (Rule, u32) {
+        match self {
+            Key::Ifname => (r.meta(META_IIFNAME, REG), REG_AFTER_IFNAME),
+            Key::Saddr4 => (
+                r.nfproto(IPV4).payload(PAYLOAD_NETWORK, 12, 4, REG),
+                REG + 1,
+            ),
+        }
+    }
+}
 
 /// One rule's expressions.
 #[derive(Default)]
@@ -254,13 +292,11 @@ impl Rule {
             .cmp(CMP_EQ, REG, &octets(&net.addr()))
     }
 
-    /// `iifname . ip[6] daddr @set`.
-    fn in_concat_set(self, set: &str, v4: bool) -> Rule {
+    /// `<key> . ip[6] daddr @set`.
+    fn in_concat_set(self, key: Key, set: &str, v4: bool) -> Rule {
         let (family, off, len) = if v4 { (IPV4, 16, 4) } else { (IPV6, 24, 16) };
-        self.nfproto(family)
-            .meta(META_IIFNAME, REG)
-            .payload(PAYLOAD_NETWORK, off, len, REG_AFTER_IFNAME)
-            .lookup(set, REG)
+        let (r, next) = key.load(self.nfproto(family));
+        r.payload(PAYLOAD_NETWORK, off, len, next).lookup(set, REG)
     }
 
     fn msg(self, family: u8, table: &str, chain: &str, userdata: Option<&[u8]>) -> Msg {
@@ -293,7 +329,11 @@ fn octets(a: &IpAddr) -> Vec<u8> {
 }
 
 fn chain(table: &str, name: &str, hook: Option<(u32, i32, &str)>) -> Msg {
-    let mut m = Msg::nft(NEWCHAIN, NLM_F_CREATE, INET, "adding a chain");
+    chain_of(INET, table, name, hook)
+}
+
+fn chain_of(family: u8, table: &str, name: &str, hook: Option<(u32, i32, &str)>) -> Msg {
+    let mut m = Msg::nft(NEWCHAIN, NLM_F_CREATE, family, "adding a chain");
     m.str(CHAIN_TABLE, table).str(CHAIN_NAME, name);
     if let Some((num, prio, kind)) = hook {
         m.begin(CHAIN_HOOK)
@@ -313,7 +353,7 @@ const TYPE_IFNAME: u32 = 41;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 
-fn concat_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
+fn concat_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg {
     let addr_type = if addr_len == 4 {
         TYPE_IPADDR
     } else {
@@ -323,19 +363,19 @@ fn concat_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, SET_F_INTERVAL | SET_F_CONCAT)
-        .u32_be(SET_KEY_TYPE, (TYPE_IFNAME << 6) | addr_type)
-        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32 + addr_len)
+        .u32_be(SET_KEY_TYPE, (key.data_type() << 6) | addr_type)
+        .u32_be(SET_KEY_LEN, key.len() + addr_len)
         .u32_be(SET_ID, id);
     m.begin(SET_DESC).begin(SET_DESC_CONCAT);
-    for len in [IFNAME_LEN as u32, addr_len] {
+    for len in [key.len(), addr_len] {
         m.begin(LIST_ELEM).u32_be(SET_FIELD_LEN, len).end();
     }
     m.end().end();
     m
 }
 
-/// A hash set of `ifname . addr` keys with per-element timeouts.
-fn timeout_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
+/// A hash set of `<key> . addr` keys with per-element timeouts.
+fn timeout_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg {
     let addr_type = if addr_len == 4 {
         TYPE_IPADDR
     } else {
@@ -345,20 +385,20 @@ fn timeout_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, SET_F_TIMEOUT)
-        .u32_be(SET_KEY_TYPE, (TYPE_IFNAME << 6) | addr_type)
-        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32 + addr_len)
+        .u32_be(SET_KEY_TYPE, (key.data_type() << 6) | addr_type)
+        .u32_be(SET_KEY_LEN, key.len() + addr_len)
         .u32_be(SET_ID, id);
     m
 }
 
-/// A hash set of interface names.
-fn ifname_set(table: &str, name: &str, id: u32) -> Msg {
+/// A hash set of sandbox keys.
+fn key_set(table: &str, name: &str, id: u32, key: Key) -> Msg {
     let mut m = Msg::nft(NEWSET, NLM_F_CREATE, INET, "adding a set");
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, 0)
-        .u32_be(SET_KEY_TYPE, TYPE_IFNAME)
-        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32)
+        .u32_be(SET_KEY_TYPE, key.data_type())
+        .u32_be(SET_KEY_LEN, key.len())
         .u32_be(SET_ID, id);
     m
 }
@@ -374,8 +414,13 @@ pub struct GuardPorts {
 /// What the table is built from.
 pub struct Layout<'a> {
     pub table: &'a str,
-    /// Prefix of every host-side veth of this daemon.
+    /// Matches the interfaces this daemon's sandboxes come in by, as a
+    /// prefix of their names: every host-side veth of this daemon
+    /// (native), or the one bridge's name with its NUL (docker).
     pub prefix: &'a str,
+    /// What identifies one sandbox's packets; with [`Key::Saddr4`] IPv6
+    /// from sandboxes is refused whole (they have none).
+    pub key: Key,
     /// Prefix of every sandbox veth of any daemon (sandboxes of other
     /// daemons on the host are refused too).
     pub any_prefix: &'a str,
@@ -402,16 +447,21 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     del.str(TABLE_NAME, t);
     out.push(del);
     out.push(add_table());
-    out.push(concat_set(t, ALLOW4, 1, 4));
-    out.push(concat_set(t, DENY4, 2, 4));
-    out.push(concat_set(t, ALLOW6, 3, 16));
-    out.push(concat_set(t, DENY6, 4, 16));
-    out.push(timeout_set(t, DNS4, 5, 4));
-    out.push(timeout_set(t, DNS6, 6, 16));
-    out.push(ifname_set(t, PROXIED, 7));
+    let k = l.key;
+    let v6 = k == Key::Ifname;
+    out.push(concat_set(t, ALLOW4, 1, k, 4));
+    out.push(concat_set(t, DENY4, 2, k, 4));
+    out.push(concat_set(t, ALLOW6, 3, k, 16));
+    out.push(concat_set(t, DENY6, 4, k, 16));
+    out.push(timeout_set(t, DNS4, 5, k, 4));
+    out.push(timeout_set(t, DNS6, 6, k, 16));
+    out.push(key_set(t, PROXIED, 7, k));
     out.push(chain(t, "refuse", None));
     out.push(chain(t, "from_sandbox", None));
-    out.push(chain(t, "forward", Some((HOOK_FORWARD, 0, "filter"))));
+    // Before Docker's `ip filter` FORWARD (priority 0): a refusal here is
+    // a reset or an ICMP error, never Docker's silent drop (its policy, or
+    // its rule against traffic between containers of one bridge).
+    out.push(chain(t, "forward", Some((HOOK_FORWARD, -1, "filter"))));
     out.push(chain(t, "input", Some((HOOK_INPUT, 0, "filter"))));
     out.push(chain(
         t,
@@ -480,16 +530,22 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             None,
         ));
     }
-    for (set, v4) in [(DENY4, true), (DENY6, false)] {
-        out.push(Rule::default().in_concat_set(set, v4).goto("refuse").msg(
-            INET,
-            t,
-            "from_sandbox",
-            None,
-        ));
+    for (set, v4) in [(DENY4, true), (DENY6, false)]
+        .into_iter()
+        .filter(|(_, v4)| *v4 || v6)
+    {
+        out.push(
+            Rule::default()
+                .in_concat_set(k, set, v4)
+                .goto("refuse")
+                .msg(INET, t, "from_sandbox", None),
+        );
     }
-    for (set, v4) in [(ALLOW4, true), (ALLOW6, false)] {
-        out.push(Rule::default().in_concat_set(set, v4).accept().msg(
+    for (set, v4) in [(ALLOW4, true), (ALLOW6, false)]
+        .into_iter()
+        .filter(|(_, v4)| *v4 || v6)
+    {
+        out.push(Rule::default().in_concat_set(k, set, v4).accept().msg(
             INET,
             t,
             "from_sandbox",
@@ -497,8 +553,11 @@ pub fn table(l: &Layout) -> Vec<Msg> {
         ));
     }
     // What the daemon's DNS server answered the sandbox, until the TTL.
-    for (set, v4) in [(DNS4, true), (DNS6, false)] {
-        out.push(Rule::default().in_concat_set(set, v4).accept().msg(
+    for (set, v4) in [(DNS4, true), (DNS6, false)]
+        .into_iter()
+        .filter(|(_, v4)| *v4 || v6)
+    {
+        out.push(Rule::default().in_concat_set(k, set, v4).accept().msg(
             INET,
             t,
             "from_sandbox",
@@ -572,10 +631,9 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             );
         }
         for port in [80u16, 443] {
+            let (r, _) = k.load(Rule::default().ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix));
             out.push(
-                Rule::default()
-                    .meta(META_IIFNAME, REG)
-                    .lookup(PROXIED, REG)
+                r.lookup(PROXIED, REG)
                     .l4proto(libc::IPPROTO_TCP as u8)
                     .dport(port)
                     .redirect(g.proxy)
@@ -588,9 +646,13 @@ pub fn table(l: &Layout) -> Vec<Msg> {
 
 /// Deletes the table (nothing of this daemon's rules remains).
 pub fn delete_table(table: &str) -> Vec<Msg> {
-    let mut add = Msg::nft(NEWTABLE, NLM_F_CREATE, INET, "adding the table");
+    delete_table_of(INET, table)
+}
+
+fn delete_table_of(family: u8, table: &str) -> Vec<Msg> {
+    let mut add = Msg::nft(NEWTABLE, NLM_F_CREATE, family, "adding the table");
     add.str(TABLE_NAME, table);
-    let mut del = Msg::nft(DELTABLE, 0, INET, "deleting the table");
+    let mut del = Msg::nft(DELTABLE, 0, family, "deleting the table");
     del.str(TABLE_NAME, table);
     vec![add, del]
 }
@@ -611,9 +673,9 @@ pub struct Elements {
 
 impl Elements {
     /// A sandbox whose `allow_out` is empty (`open`: everything not
-    /// denied) allows the whole address space of both families.
-    pub fn new(ifname: &str, open: bool, allow: &[IpNet], deny: &[IpNet]) -> Elements {
-        let name = ifname_key(ifname);
+    /// denied) allows the whole address space of both families (of IPv4
+    /// alone where `v6` is false: sandboxes without IPv6).
+    pub fn new(name: &[u8], open: bool, allow: &[IpNet], deny: &[IpNet], v6: bool) -> Elements {
         let mut items = Vec::new();
         let everything: Vec<IpNet> = ["0.0.0.0/0", "::/0"]
             .iter()
@@ -621,7 +683,7 @@ impl Elements {
             .collect();
         let allow = if open { &everything[..] } else { allow };
         for (list, v4set, v6set) in [(allow, ALLOW4, ALLOW6), (deny, DENY4, DENY6)] {
-            for net in list {
+            for net in list.iter().filter(|n| v6 || n.is_ipv4()) {
                 let set = if net.is_ipv4() { v4set } else { v6set };
                 let mut start = name.to_vec();
                 start.extend(octets(&net.first()));
@@ -684,30 +746,30 @@ fn one_element(table: &str, set: &str, key: &[u8], add: bool, timeout_ms: Option
     m
 }
 
-/// The DNS-learned set of `addr`'s family and its key `ifname . addr`.
-fn dns_key(ifname: &str, addr: &IpAddr) -> (&'static str, Vec<u8>) {
-    let mut key = ifname_key(ifname).to_vec();
+/// The DNS-learned set of `addr`'s family and its key `<sandbox> . addr`.
+fn dns_key(sandbox: &[u8], addr: &IpAddr) -> (&'static str, Vec<u8>) {
+    let mut key = sandbox.to_vec();
     key.extend(octets(addr));
     (if addr.is_ipv4() { DNS4 } else { DNS6 }, key)
 }
 
-/// Adds `ifname . addr` to the DNS-learned set of its family for `ttl`
+/// Adds `<sandbox> . addr` to the DNS-learned set of its family for `ttl`
 /// (an element already there is refreshed where the kernel updates
 /// timeouts on re-add).
-pub fn dns_element(table: &str, ifname: &str, addr: &IpAddr, ttl_ms: u64) -> Msg {
-    let (set, key) = dns_key(ifname, addr);
+pub fn dns_element(table: &str, sandbox: &[u8], addr: &IpAddr, ttl_ms: u64) -> Msg {
+    let (set, key) = dns_key(sandbox, addr);
     one_element(table, set, &key, true, Some(ttl_ms))
 }
 
-/// Deletes `ifname . addr` from the DNS-learned set of its family.
-pub fn dns_element_delete(table: &str, ifname: &str, addr: &IpAddr) -> Msg {
-    let (set, key) = dns_key(ifname, addr);
+/// Deletes `<sandbox> . addr` from the DNS-learned set of its family.
+pub fn dns_element_delete(table: &str, sandbox: &[u8], addr: &IpAddr) -> Msg {
+    let (set, key) = dns_key(sandbox, addr);
     one_element(table, set, &key, false, None)
 }
 
-/// Adds (or deletes) a sandbox's veth in the proxied set.
-pub fn proxied_element(table: &str, ifname: &str, add: bool) -> Msg {
-    one_element(table, PROXIED, &ifname_key(ifname), add, None)
+/// Adds (or deletes) a sandbox's key in the proxied set.
+pub fn proxied_element(table: &str, sandbox: &[u8], add: bool) -> Msg {
+    one_element(table, PROXIED, sandbox, add, None)
 }
 
 /// Docker's chain where users add rules (`DOCKER-USER` of `ip filter` and
@@ -747,7 +809,7 @@ pub fn docker_cleanup(sock: &mut Socket, tag: &str) -> io::Result<Vec<Msg>> {
         q.str(RULE_TABLE, DOCKER_TABLE)
             .str(RULE_CHAIN, DOCKER_CHAIN);
         for rule in sock.dump(q, 4)? {
-            let chain = super::netlink::find_str(&rule, RULE_CHAIN);
+            let chain = crate::netlink::find_str(&rule, RULE_CHAIN);
             if chain.as_deref() != Some(DOCKER_CHAIN)
                 || find(&rule, RULE_USERDATA) != Some(&mark[..])
             {
@@ -788,4 +850,33 @@ pub fn docker_accept(sock: &mut Socket, tag: &str, prefix: &str) -> io::Result<V
         }
     }
     Ok(out)
+}
+
+/// Folds CIDRs contained in others, so that the ranges of one set never
+/// overlap (the kernel refuses overlapping intervals).
+pub fn disjoint(mut nets: Vec<IpNet>) -> Vec<IpNet> {
+    nets.sort_by_key(|n| n.prefix());
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in nets {
+        if !out.iter().any(|o| o.covers(&n)) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contained_ranges_fold_so_set_intervals_never_overlap() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let out = disjoint(vec![
+            n("203.0.113.7"),
+            n("203.0.113.0/24"),
+            n("198.51.100.1"),
+        ]);
+        assert_eq!(out, vec![n("203.0.113.0/24"), n("198.51.100.1")]);
+    }
 }

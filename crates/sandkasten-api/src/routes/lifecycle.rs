@@ -1,0 +1,50 @@
+//! `/v1/sessions/{id}/pause` and `/resume`.
+
+use super::ApiResult;
+use crate::extract::ApiPath;
+use crate::wire::{ErrorBody, SessionInfo};
+use crate::AppState;
+use axum::extract::State;
+use axum::Json;
+
+/// Freezes every process of a running session: memory kept, no CPU used,
+/// its TTL stopped (`paused_ttl_seconds` runs instead). Any later call to
+/// the session resumes it first.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/pause",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Paused (`status: paused`, `expires_at` the paused limit)", body = SessionInfo),
+        (status = 400, description = "UNSUPPORTED (no freezer on this host)", body = ErrorBody),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_RUNNING (already paused, or being destroyed)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn pause_session(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    Ok(Json(state.backend.pause_session(&id).await?.into()))
+}
+
+/// Thaws a paused session: every process goes on where it was; the TTL
+/// counts again from now.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/resume",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "Running again", body = SessionInfo),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "SESSION_NOT_PAUSED", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resume_session(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    Ok(Json(state.backend.resume_session(&id).await?.into()))
+}

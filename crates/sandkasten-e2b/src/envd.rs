@@ -1,0 +1,469 @@
+//! envd's HTTP surface, answered by the daemon for the sandbox a request
+//! names: access, `/health`, `/files` (download and upload, signed URLs),
+//! and the Connect services (`filesystem`; `process` is not served yet).
+//!
+//! Access: the sandbox's `X-Access-Token`, the daemon's key, or (for
+//! `/files` only) a signature of the URL made with the token as the SDKs
+//! make it: `v1_` + unpadded base64 of SHA-256 of
+//! `{path}:{read|write}:{username}:{token}[:{expiry}]`. A signed URL may
+//! not name its sandbox (with `E2B_SANDBOX_URL` the SDKs build
+//! `{url}/files?…`); the running sandbox whose token makes the signature
+//! is the one. Access is checked before the sandbox is looked up, so a
+//! client without it learns nothing about which sandboxes exist.
+
+use crate::connect::{Code, RpcError};
+use crate::Shared;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use sandkasten_engine::{EngineError, FileError, ProcessError, SessionError, SessionState};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub(crate) async fn serve(e2b: &Shared, id: Option<String>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    if path == "/health" && id.is_none() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let query = Query::parse(req.uri().query());
+    let id = match authorize(e2b, id, &path, req.method(), req.headers(), &query).await {
+        Ok(id) => id,
+        Err(message) => return refuse(&path, Code::Unauthenticated, message),
+    };
+    if path == "/health" {
+        return health(e2b, &id).await;
+    }
+    match e2b.engine.get_session(&id).await {
+        Ok(s) if s.status == SessionState::Running => {}
+        Ok(s) => {
+            return refuse(
+                &path,
+                Code::NotFound,
+                format!("sandbox {id} is {}", s.status.as_str()),
+            )
+        }
+        Err(_) => return refuse(&path, Code::NotFound, format!("sandbox {id} not found")),
+    }
+    if path == "/files" {
+        return match *req.method() {
+            Method::GET => download(e2b, &id, &query).await,
+            Method::POST => upload(e2b, &id, &query, req).await,
+            _ => file_error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST".into()),
+        };
+    }
+    if req.method() != Method::POST {
+        return RpcError::new(Code::Unimplemented, "Connect calls are POST requests")
+            .unary_response();
+    }
+    let root = match rpc_user(req.headers()) {
+        Ok(root) => root,
+        Err(e) => return e.unary_response(),
+    };
+    if let Some(method) = path.strip_prefix("/filesystem.Filesystem/") {
+        let method = method.to_string();
+        return crate::filesystem::call(e2b, &id, &method, root, req).await;
+    }
+    if let Some(method) = path.strip_prefix("/process.Process/") {
+        let method = method.to_string();
+        return crate::process::call(e2b, &id, &method, root, req).await;
+    }
+    let mut r = RpcError::new(Code::Unimplemented, format!("no procedure {path}")).unary_response();
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+/// An engine failure as a Connect error.
+pub(crate) fn rpc_error(e: EngineError) -> RpcError {
+    let code = match &e {
+        EngineError::InvalidRequest(_) | EngineError::File(FileError::InvalidPath(_)) => {
+            Code::InvalidArgument
+        }
+        EngineError::File(FileError::NotFound(_)) => Code::NotFound,
+        EngineError::File(FileError::PermissionDenied(_)) => Code::PermissionDenied,
+        EngineError::File(FileError::AlreadyExists(_)) => Code::AlreadyExists,
+        EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
+            Code::ResourceExhausted
+        }
+        EngineError::Session(SessionError::NotFound(_) | SessionError::NotRunning { .. }) => {
+            Code::NotFound
+        }
+        EngineError::Process(ProcessError::NotFound(_) | ProcessError::Ended(_)) => Code::NotFound,
+        EngineError::Process(ProcessError::StdinClosed(_)) => Code::FailedPrecondition,
+        EngineError::Process(ProcessError::TagInUse(_)) => Code::AlreadyExists,
+        EngineError::Process(ProcessError::StartFailed(_)) => Code::InvalidArgument,
+        EngineError::Unsupported { .. } => Code::Unimplemented,
+        _ => {
+            tracing::error!("envd: {e}");
+            return RpcError::new(Code::Internal, "internal error");
+        }
+    };
+    RpcError::new(code, e.to_string())
+}
+
+/// Whether an RPC runs as root: the user of `Authorization: Basic
+/// base64(user:)`, as the SDKs send it (none: the sandbox user).
+fn rpc_user(headers: &HeaderMap) -> Result<bool, RpcError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(false);
+    };
+    let bad = || {
+        RpcError::new(
+            Code::InvalidArgument,
+            "Authorization: expected Basic base64(user:)",
+        )
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let Some((scheme, cred)) = value.split_once(' ') else {
+        return Err(bad());
+    };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(false); // the daemon's key
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(cred.trim())
+        .map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let user = decoded.split(':').next().unwrap_or_default();
+    match user {
+        "root" => Ok(true),
+        "" | "user" | "sandbox" => Ok(false),
+        other => Err(RpcError::new(
+            Code::InvalidArgument,
+            format!("unknown user {other:?}: use \"user\" (the sandbox user) or \"root\""),
+        )),
+    }
+}
+
+/// A refusal in the form the path's client reads: Connect's for RPCs, the
+/// envd API's `{"code", "message"}` for `/files`.
+fn refuse(path: &str, code: Code, message: String) -> Response {
+    if path == "/files" || path == "/health" {
+        return file_error(code.http_status(), message);
+    }
+    RpcError::new(code, message).unary_response()
+}
+
+/// envd's health: 204 while the sandbox runs, 502 (as E2B's proxy
+/// answers for a sandbox that is gone; the SDKs' `is_running` reads it).
+async fn health(e2b: &Shared, id: &str) -> Response {
+    match e2b.engine.get_session(id).await {
+        Ok(s) if s.status == SessionState::Running => StatusCode::NO_CONTENT.into_response(),
+        _ => file_error(StatusCode::BAD_GATEWAY, format!("sandbox {id} not found")),
+    }
+}
+
+/// The decoded query of a `/files` request.
+#[derive(Debug, Default)]
+pub(crate) struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query {
+            pairs: crate::query::pairs(q),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The signature the SDKs put in a file URL.
+pub(crate) fn signature(
+    path: &str,
+    op: &str,
+    user: &str,
+    token: &str,
+    expiry: Option<&str>,
+) -> String {
+    let raw = match expiry {
+        Some(e) => format!("{path}:{op}:{user}:{token}:{e}"),
+        None => format!("{path}:{op}:{user}:{token}"),
+    };
+    let digest = Sha256::digest(raw.as_bytes());
+    format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The sandbox the request may act on, or why not.
+async fn authorize(
+    e2b: &Shared,
+    id: Option<String>,
+    path: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &Query,
+) -> Result<String, String> {
+    if let Some(id) = &id {
+        let token = (e2b.cfg.envd_token)(id);
+        let presented = headers.get("x-access-token").and_then(|v| v.to_str().ok());
+        if presented.is_some_and(|p| eq(p, &token)) || (e2b.cfg.key_ok)(headers) {
+            return Ok(id.clone());
+        }
+    }
+    let signed = path == "/files" && query.get("signature").is_some();
+    if !signed {
+        return Err(match id {
+            Some(_) => "missing or invalid X-Access-Token".into(),
+            None => "no sandbox named (E2b-Sandbox-Id)".into(),
+        });
+    }
+    let op = if method == Method::GET {
+        "read"
+    } else {
+        "write"
+    };
+    let sig = query.get("signature").unwrap_or_default();
+    let file = query.get("path").unwrap_or_default();
+    let user = query.get("username").unwrap_or_default();
+    let expiry = query.get("signature_expiration");
+    if let Some(e) = expiry {
+        let e: i64 = e
+            .parse()
+            .map_err(|_| format!("signature_expiration {e:?} is not a Unix time"))?;
+        if e < time::OffsetDateTime::now_utc().unix_timestamp() {
+            return Err("the signed URL has expired".into());
+        }
+    }
+    let candidates = match id {
+        Some(id) => vec![id],
+        None => e2b
+            .engine
+            .list_sessions()
+            .await
+            .into_iter()
+            .filter(|s| s.status == SessionState::Running)
+            .map(|s| s.id)
+            .collect(),
+    };
+    candidates
+        .into_iter()
+        .find(|id| {
+            let token = (e2b.cfg.envd_token)(id);
+            eq(sig, &signature(file, op, user, &token, expiry))
+        })
+        .ok_or_else(|| "invalid signature".to_string())
+}
+
+/// An envd API error (`/files`).
+fn file_error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(json!({"code": status.as_u16(), "message": message})),
+    )
+        .into_response()
+}
+
+/// An engine failure of a `/files` call.
+fn engine_file_error(e: EngineError) -> Response {
+    let status = match &e {
+        EngineError::File(FileError::NotFound(_)) => StatusCode::NOT_FOUND,
+        EngineError::File(FileError::PermissionDenied(_)) => StatusCode::FORBIDDEN,
+        EngineError::File(FileError::AlreadyExists(_)) => StatusCode::CONFLICT,
+        EngineError::File(FileError::InvalidPath(_)) | EngineError::InvalidRequest(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        EngineError::Session(SessionError::NotFound(_) | SessionError::NotRunning { .. }) => {
+            StatusCode::NOT_FOUND
+        }
+        _ => {
+            tracing::error!("envd /files: {e}");
+            return file_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());
+        }
+    };
+    file_error(status, e.to_string())
+}
+
+/// The user a file call names: `user` (E2B's default user) is our
+/// sandbox user; root is refused until the agent does file operations as
+/// root.
+pub(crate) fn check_user(user: Option<&str>) -> Result<(), String> {
+    match user {
+        None | Some("") | Some("user") | Some("sandbox") => Ok(()),
+        Some(u) => Err(format!(
+            "user {u:?}: file operations run as the sandbox user (\"user\") only"
+        )),
+    }
+}
+
+async fn download(e2b: &Shared, id: &str, q: &Query) -> Response {
+    if let Err(m) = check_user(q.get("username")) {
+        return file_error(StatusCode::BAD_REQUEST, m);
+    }
+    let Some(path) = q.get("path").filter(|p| !p.is_empty()) else {
+        return file_error(StatusCode::BAD_REQUEST, "path is required".into());
+    };
+    let reader = match e2b.engine.read_file(id, path, None).await {
+        Ok(r) => r,
+        Err(e) => return engine_file_error(e),
+    };
+    let name = reader
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .replace('"', "");
+    let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
+        let chunk = reader.next().await?;
+        Some((chunk.map_err(std::io::Error::other), reader))
+    }));
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// One written file, as envd answers it.
+fn written(path: &str) -> serde_json::Value {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    json!({"name": name, "type": "file", "path": path})
+}
+
+async fn upload(e2b: &Shared, id: &str, q: &Query, req: Request) -> Response {
+    if let Err(m) = check_user(q.get("username")) {
+        return file_error(StatusCode::BAD_REQUEST, m);
+    }
+    if req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity")
+    {
+        return file_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "compressed uploads (Content-Encoding) are not accepted: send the file as it is".into(),
+        );
+    }
+    let limit = e2b.cfg.max_body_bytes;
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let query_path = q.get("path").filter(|p| !p.is_empty()).map(str::to_string);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    if ct.starts_with("multipart/form-data") {
+        let mut mp = match Multipart::from_request(req, &()).await {
+            Ok(m) => m,
+            Err(e) => return file_error(StatusCode::BAD_REQUEST, e.body_text()),
+        };
+        loop {
+            let field = match mp.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return multipart_error(e),
+            };
+            let name = field.file_name().map(str::to_string);
+            let data = match field.bytes().await {
+                Ok(d) => d,
+                Err(e) => return multipart_error(e),
+            };
+            let path = match (&query_path, name) {
+                (Some(p), _) => p.clone(),
+                (None, Some(n)) if !n.is_empty() => n,
+                _ => {
+                    return file_error(
+                        StatusCode::BAD_REQUEST,
+                        "a file part needs a path (the path parameter or its filename)".into(),
+                    )
+                }
+            };
+            files.push((path, data.to_vec()));
+        }
+    } else {
+        let Some(path) = query_path else {
+            return file_error(StatusCode::BAD_REQUEST, "path is required".into());
+        };
+        let data = match axum::body::to_bytes(req.into_body(), limit).await {
+            Ok(d) => d,
+            Err(_) => {
+                return file_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the file is over the limit of {limit} bytes"),
+                )
+            }
+        };
+        files.push((path, data.to_vec()));
+    }
+    if files.is_empty() {
+        return file_error(StatusCode::BAD_REQUEST, "no file in the request".into());
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for (path, data) in files {
+        match e2b.engine.write_file(id, &path, data).await {
+            Ok(abs) => out.push(written(&abs)),
+            Err(e) => return engine_file_error(e),
+        }
+    }
+    Json(out).into_response()
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> Response {
+    let status = e.status();
+    let status = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    file_error(status, e.body_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_the_sdks() {
+        // As e2b.sandbox.signature.get_signature makes it.
+        let s = signature("/a.txt", "read", "", "tok", None);
+        let raw = Sha256::digest(b"/a.txt:read::tok");
+        assert_eq!(
+            s,
+            format!(
+                "v1_{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw)
+            )
+        );
+        assert_ne!(s, signature("/a.txt", "write", "", "tok", None));
+        assert_ne!(s, signature("/a.txt", "read", "", "tok", Some("1")));
+    }
+
+    #[test]
+    fn queries_are_decoded() {
+        let q = Query::parse(Some("path=%2Fa%20b+c&username=user&x"));
+        assert_eq!(q.get("path"), Some("/a b c"));
+        assert_eq!(q.get("username"), Some("user"));
+        assert_eq!(q.get("x"), Some(""));
+        assert_eq!(q.get("y"), None);
+        assert!(check_user(Some("root")).is_err());
+        assert!(check_user(Some("user")).is_ok());
+    }
+}
