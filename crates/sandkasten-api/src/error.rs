@@ -119,7 +119,7 @@ impl ApiError {
     }
 
     /// The message for the client. Never the detail of a 500.
-    fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             ApiError::InvalidRequest(m) | ApiError::InvalidPath(m) => m.clone(),
             ApiError::Unauthorized => "missing or invalid API key".into(),
@@ -140,7 +140,7 @@ impl ApiError {
     }
 
     /// Structured context that is safe to show.
-    fn details(&self) -> Map<String, Value> {
+    pub(crate) fn details(&self) -> Map<String, Value> {
         use sandkasten_engine::{Holder, PortError as P, SessionError as S, WorkspaceError as W};
         use EngineError as E;
         let v = match self {

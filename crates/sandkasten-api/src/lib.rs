@@ -18,6 +18,7 @@ mod backend;
 mod conn;
 mod error;
 mod extract;
+mod mcp;
 mod openapi;
 mod ports;
 mod routes;
@@ -50,6 +51,10 @@ pub struct ApiConfig {
     /// Key of the signed port URLs (32 random bytes kept in the data dir,
     /// so URLs outlive a restart). Empty: no signed URL is accepted.
     pub port_url_secret: Vec<u8>,
+    /// Cancelled when the daemon stops: ends the MCP sessions and their
+    /// open streams, so the graceful shutdown does not wait for MCP
+    /// clients to hang up.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -209,7 +214,14 @@ pub(crate) fn build_router(
     };
     let (public, _) = public_routes().split_for_parts();
     let (protected, _) = protected_routes().split_for_parts();
+    let mcp = Router::new()
+        .fallback_service(mcp::service(state.clone(), config.shutdown.child_token()))
+        .layer(middleware::from_fn_with_state(
+            config.max_body_bytes,
+            mcp::protocol_errors,
+        ));
     let protected = protected
+        .nest_service(mcp::PATH, mcp)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::route_not_found)
         // Behind the key check: the connection has sent an authenticated

@@ -426,6 +426,7 @@ fn app() -> (Router, Arc<Fake>) {
             max_body_bytes: LIMIT,
             preview_domain: "localhost:8080".into(),
             port_url_secret: vec![7; 32],
+            shutdown: tokio_util::sync::CancellationToken::new(),
         },
         None,
     );
@@ -2228,4 +2229,139 @@ async fn from_snapshot_is_validated() {
             .await
             .assert_error(400, code);
     }
+}
+
+// ------------------------------------------------------------------ MCP
+
+/// A stateless MCP request of the 2026-07-28 revision (no session).
+async fn mcp(router: &Router, method: &str, params: Value, key: bool) -> Reply {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri("/mcp")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::HOST, "127.0.0.1")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params.get("name").and_then(Value::as_str) {
+        req = req.header("mcp-name", name);
+    }
+    if key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {KEY}"));
+    }
+    send(router, req.body(Body::from(body.to_string())).unwrap()).await
+}
+
+#[tokio::test]
+async fn mcp_needs_the_key() {
+    let (router, _) = app();
+    let r = mcp(&router, "tools/list", json!({}), false).await;
+    r.assert_error(401, "UNAUTHORIZED");
+}
+
+#[tokio::test]
+async fn mcp_lists_tools_with_object_schemas() {
+    let (router, _) = app();
+    let r = mcp(&router, "tools/list", json!({}), true).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    let tools = v["result"]["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 19, "{v}");
+    for t in tools {
+        assert_eq!(t["inputSchema"]["type"], "object", "{t}");
+    }
+    let run = tools.iter().find(|t| t["name"] == "run_command").unwrap();
+    assert_eq!(run["inputSchema"]["required"], json!(["session_id", "cmd"]));
+}
+
+#[tokio::test]
+async fn mcp_tool_failures_are_tool_results_and_unknown_tools_protocol_errors() {
+    let (router, _) = app();
+    let call = |name: &str, args: Value| json!({"name": name, "arguments": args});
+    // A wrong argument type: a tool error naming the argument.
+    let r = mcp(
+        &router,
+        "tools/call",
+        call("run_command", json!({"session_id": "a", "cmd": 5})),
+        true,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["error_code"],
+        "INVALID_REQUEST"
+    );
+    // The engine's error, through the one table.
+    let r = mcp(
+        &router,
+        "tools/call",
+        call("destroy_sandbox", json!({"session_id": "missing"})),
+        true,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["error_code"],
+        "SESSION_NOT_FOUND"
+    );
+    // A result: the HTTP API's JSON as structured content.
+    let r = mcp(
+        &router,
+        "tools/call",
+        call("list_sandboxes", json!({})),
+        true,
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert_eq!(v["result"]["structuredContent"]["sandboxes"][1]["id"], "b");
+    // An unknown tool is not a tool result.
+    let r = mcp(&router, "tools/call", call("no_such_tool", json!({})), true).await;
+    assert_eq!(r.json()["error"]["code"], -32602, "{}", r.text());
+}
+
+#[tokio::test]
+async fn mcp_malformed_bodies_are_json_rpc_errors() {
+    let (router, _) = app();
+    for (body, code) in [
+        ("{not json", -32700),
+        ("", -32700),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"x"}"#,
+            -32600,
+        ),
+    ] {
+        let req = request(Method::POST, "/mcp")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::HOST, "127.0.0.1")
+            .body(Body::from(body))
+            .unwrap();
+        let r = send(&router, req).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], code, "{body}: {}", r.text());
+        assert_eq!(r.json()["id"], Value::Null);
+    }
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":"{}"}}}}"#,
+        "a".repeat(LIMIT)
+    );
+    let req = request(Method::POST, "/mcp")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json, text/event-stream")
+        .header(header::HOST, "127.0.0.1")
+        .body(Body::from(big))
+        .unwrap();
+    let r = send(&router, req).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], -32600);
 }

@@ -180,6 +180,62 @@ impl Api {
 }
 
 const PROC_FIRST_BYTE: &str = "process start to first byte";
+const MCP_RUN: &str = "mcp run_command (true)";
+const MCP_EXEC: &str = "exec (true), alternating with mcp";
+
+/// `run_command` of `true` over MCP at `/mcp`: stateless requests of the
+/// current revision (2026-07-28), one POST each on the kept connection,
+/// as an MCP client sends them; alternating with HTTP execs of `true`, so
+/// that the ratio compares the two under the same load.
+fn mcp_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
+    let mut series = Series {
+        name: MCP_RUN,
+        samples: vec![],
+    };
+    let mut exec = Series {
+        name: MCP_EXEC,
+        samples: vec![],
+    };
+    for i in 0..n {
+        let (ms, _) = time(|| api.exec(id, "true"))?;
+        exec.samples.push(ms);
+        let body = json!({
+            "jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {
+                "name": "run_command",
+                "arguments": {"session_id": id, "cmd": "true"},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                },
+            },
+        });
+        let (ms, v) = time(|| {
+            let resp = api
+                .http
+                .post(format!("{}/mcp", api.url))
+                .bearer_auth(&api.key)
+                .header("Accept", "application/json, text/event-stream")
+                .header("MCP-Protocol-Version", "2026-07-28")
+                .header("Mcp-Method", "tools/call")
+                .header("Mcp-Name", "run_command")
+                .json(&body)
+                .send()?;
+            let status = resp.status();
+            let text = resp.text()?;
+            if !status.is_success() {
+                bail!("/mcp: {status} {text}");
+            }
+            Ok(serde_json::from_str::<Value>(&text)?)
+        })?;
+        if v["result"]["isError"] != json!(false) {
+            bail!("/mcp run_command: {v}");
+        }
+        series.samples.push(ms);
+    }
+    Ok(vec![series, exec])
+}
 
 /// Background processes: a start answered with its pid (JSON), and a
 /// streamed start timed to its first output event (`echo`), each read to
@@ -484,6 +540,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     }
     let ports = ports_series(&api, &first, n * 5);
     let procs = process_series(&api, &first, n * 5)?;
+    let mcp = mcp_series(&api, &first, n * 5)?;
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&payload);
     let mut write = Series {
@@ -533,6 +590,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         create, create_net, create_ws, exec, exec_idle, write, read, destroy,
     ];
     series.extend(procs);
+    series.extend(mcp);
     series.retain(|s| !s.samples.is_empty());
     let ports_measured = match ports {
         Ok(s) => {
@@ -683,6 +741,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     ) {
         println!("process start to first output byte (p50): {first:.2} ms ({r:.2}x an exec)");
     }
+    let mcp_ratio = ratio(MCP_EXEC, MCP_RUN);
+    if let (Some(ms), Some(r)) = (p50(MCP_RUN), mcp_ratio) {
+        println!("MCP run_command of true (p50): {ms:.2} ms ({r:.2}x an HTTP exec, alternating)");
+    }
     let port_added = match (p50(DIRECT), p50(PROXIED)) {
         (Some(d), Some(p)) => Some(p - d),
         _ => None,
@@ -713,6 +775,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "first_exec_after_pooled_create_over_exec": first_exec_ratio,
             "first_exec_after_refill_over_exec": quiet_ratio,
             "port_proxied_over_direct": port_ratio,
+            "mcp_run_command_over_exec": mcp_ratio,
         },
         "port_proxy_added_ms": port_added,
         "ports": ports_measured,

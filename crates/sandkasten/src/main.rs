@@ -4,6 +4,7 @@
 mod bench;
 mod config;
 mod imagebuild;
+mod mcp_bridge;
 mod terminal;
 
 use anyhow::{bail, Context, Result};
@@ -44,6 +45,13 @@ enum Command {
     },
     /// List sessions of the running daemon.
     Ps {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// A stdio MCP server for clients that start local programs: a bridge
+    /// to the running daemon's /mcp (its listen address and API key from
+    /// the config, like `ps`).
+    Mcp {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -154,6 +162,10 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
         Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),
+        Command::Mcp { config } => runtime().and_then(|rt| {
+            let (url, key, http) = client(config)?;
+            rt.block_on(mcp_bridge::run(url, key, http))
+        }),
         Command::Rm { id, config } => runtime().and_then(|rt| rt.block_on(rm(config, id))),
         Command::Url {
             id,
@@ -473,6 +485,7 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
             max_body_bytes: (cfg.max_body_mb * 1024 * 1024) as usize,
             preview_domain: cfg.network.preview_domain(addr.port()),
             port_url_secret: port_url_secret(&cfg.data_dir)?,
+            shutdown: shutdown.clone(),
         },
     );
     println!("listening on http://{addr}");

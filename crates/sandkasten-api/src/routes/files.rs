@@ -95,7 +95,7 @@ const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
 
 /// Rejects paths that can never be valid; everything else is the engine's
 /// to judge.
-fn check_path(path: &str) -> ApiResult<()> {
+pub(crate) fn check_path(path: &str) -> ApiResult<()> {
     if path.is_empty() {
         return Err(ApiError::InvalidPath("path must not be empty".into()));
     }
@@ -107,7 +107,7 @@ fn check_path(path: &str) -> ApiResult<()> {
 
 /// Decodes `content_base64`; line breaks and spaces (as `base64` wraps its
 /// output) are ignored.
-fn decode_base64(text: &str) -> ApiResult<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> ApiResult<Vec<u8>> {
     let decoded = if text.bytes().any(|b| b.is_ascii_whitespace()) {
         let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
         BASE64_LENIENT.decode(compact)

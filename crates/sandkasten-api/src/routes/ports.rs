@@ -47,26 +47,38 @@ pub(crate) async fn port_url(
     ApiPath((id, port)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<PortUrlRequest>,
 ) -> ApiResult<Json<PortUrl>> {
-    let port = parse_port(&port)?;
-    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+    Ok(Json(
+        signed_url(&state, &id, parse_port(&port)?, req.ttl_seconds).await?,
+    ))
+}
+
+/// Signs a URL of `port` of session `id` for `ttl_seconds` (default one
+/// hour); shared by the route above and the MCP tool `get_port_url`.
+pub(crate) async fn signed_url(
+    state: &AppState,
+    id: &str,
+    port: u16,
+    ttl_seconds: Option<u64>,
+) -> ApiResult<PortUrl> {
+    let ttl = ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
     if ttl == 0 || ttl > signed::MAX_TTL_SECONDS {
         return Err(ApiError::InvalidRequest(format!(
             "ttl_seconds must be from 1 to {}",
             signed::MAX_TTL_SECONDS
         )));
     }
-    state.backend.get_session(&id).await?;
+    state.backend.get_session(id).await?;
     let expiry = now_unix() + ttl;
-    let token = state.ports.signer.sign(&id, port, expiry);
+    let token = state.ports.signer.sign(id, port, expiry);
     let query = format!("?{}={token}", signed::QUERY_PARAM);
     let expires_at = time::OffsetDateTime::from_unix_timestamp(expiry as i64)
         .map_err(|e| ApiError::Internal(format!("expiry {expiry}: {e}")))?;
-    Ok(Json(PortUrl {
+    Ok(PortUrl {
         url: format!("http://{port}-{id}.{}/{query}", state.ports.preview_domain),
         path: format!("/v1/sessions/{id}/ports/{port}/{query}"),
         token,
         expires_at: rfc3339(expires_at),
-    }))
+    })
 }
 
 /// Any method and path on a TCP port inside the sandbox, forwarded to the

@@ -359,7 +359,7 @@ fn json_event<T: serde::Serialize>(name: &str, data: &T) -> Event {
 /// Decodes `data` after the `partial` bytes a previous chunk left: text up
 /// to the last complete character (invalid bytes as U+FFFD); an
 /// incomplete sequence at the end waits for the next chunk.
-fn decode_utf8(partial: &mut Vec<u8>, data: &[u8]) -> String {
+pub(crate) fn decode_utf8(partial: &mut Vec<u8>, data: &[u8]) -> String {
     partial.extend_from_slice(data);
     let mut out = String::with_capacity(partial.len());
     let mut rest: &[u8] = partial;

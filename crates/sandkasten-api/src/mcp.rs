@@ -1,0 +1,332 @@
+//! MCP at `/mcp`: the Model Context Protocol's streamable HTTP transport on
+//! the daemon's own port, behind the same bearer key as every other route.
+//!
+//! The transport, the JSON-RPC framing, protocol-version negotiation,
+//! sessions (`Mcp-Session-Id`, for clients of the revisions with an
+//! `initialize` handshake) and stateless requests (the 2026-07-28 revision,
+//! whose requests carry their version in `_meta`) are the official Rust
+//! SDK's (`rmcp`: `StreamableHttpService` with its in-memory
+//! `LocalSessionManager`), nested into the router as a tower service. What
+//! is ours is [`Sandkasten`], the server handler: the tool list and its
+//! calls (`tools`), and a sandbox's files as resources
+//! (`sandkasten://sessions/{id}/files/{path}`).
+//!
+//! Like an HTTP handler, a tool only validates its arguments, calls engine
+//! methods through [`Backend`](crate::backend::Backend) and converts the
+//! result; the validation and conversions are the HTTP layer's own where
+//! they exist (`routes::files`, `wire`). A failure of the tool (bad
+//! arguments, an unknown session, a missing file, a non-zero exit) is a
+//! tool result with `isError` and the API's `error_code`, which the model
+//! reads; only what is not a tool call at all (an unknown tool, malformed
+//! JSON-RPC) is a protocol error.
+
+mod tools;
+
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use rmcp::model::{
+    ErrorData, Implementation, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::RoleServer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The path the service is nested at.
+pub(crate) const PATH: &str = "/mcp";
+
+/// How often an idle SSE stream carries a keep-alive comment (under the
+/// serve loop's idle timeout, and under proxies' usual 60 s).
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The URI template of a sandbox's files.
+const FILE_TEMPLATE: &str = "sandkasten://sessions/{id}/files/{+path}";
+const FILE_URI_PREFIX: &str = "sandkasten://sessions/";
+
+/// Largest file a resource read returns; the rest is cut (a resource has
+/// no truncation flag, so the text says so).
+const MAX_RESOURCE_BYTES: u64 = 1024 * 1024;
+
+/// The `/mcp` service over `state`'s backend. `shutdown` ends its sessions
+/// (and their open SSE streams) when the daemon stops, so a graceful
+/// shutdown does not wait for MCP clients to hang up.
+pub(crate) fn service(
+    state: AppState,
+    shutdown: CancellationToken,
+) -> StreamableHttpService<Sandkasten, LocalSessionManager> {
+    let tools = Arc::new(tools::list());
+    let config = StreamableHttpServerConfig::default()
+        // Sessions for clients that initialize (revisions before
+        // 2026-07-28); requests of 2026-07-28 are stateless either way.
+        .with_legacy_session_mode(true)
+        .with_json_response(true)
+        .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
+        .with_cancellation_token(shutdown)
+        .with_max_request_body_bytes(state.max_body_bytes)
+        // Every request carries the API key (checked before this service):
+        // a page that rebinds a name to the daemon cannot present it, so the
+        // Host check against DNS rebinding would only refuse remote clients.
+        .disable_allowed_hosts();
+    StreamableHttpService::new(
+        move || {
+            Ok(Sandkasten {
+                state: state.clone(),
+                tools: tools.clone(),
+            })
+        },
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}
+
+/// The MCP server handler: one per session (or per stateless request),
+/// each a handle on the same backend.
+#[derive(Clone)]
+pub(crate) struct Sandkasten {
+    state: AppState,
+    tools: Arc<Vec<rmcp::model::Tool>>,
+}
+
+impl rmcp::ServerHandler for Sandkasten {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("sandkasten", env!("CARGO_PKG_VERSION"))
+                .with_title("Sandkasten sandboxes"),
+        )
+        .with_instructions(
+            "Isolated Linux sandboxes. create_sandbox gives a session_id; run_command runs a \
+             shell command in its persistent shell (cd and exported variables persist); \
+             read_file, write_file, list_dir, delete_path work on its files (relative paths \
+             are under /workspace); start_process runs a server or long job in the background; \
+             destroy_sandbox when done.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items((*self.tools).clone()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        tools::call(&self.state, request, context)
+            .await
+            .map(Into::into)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        // Files are reached through the template; there is no fixed list.
+        Ok(ListResourcesResult::default())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![
+            ResourceTemplate::new(FILE_TEMPLATE, "sandbox-file")
+                .with_title("A file in a sandbox")
+                .with_description(
+                    "A file inside a running sandbox, by session id and absolute path \
+                     (sandkasten://sessions/ID/files/workspace/a.txt is /workspace/a.txt). \
+                     UTF-8 files come as text, others as base64 blobs; at most 1 MiB.",
+                ),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let Some((id, path)) = parse_file_uri(&uri) else {
+            return Err(ErrorData::invalid_params(
+                format!("not a sandbox file URI: {uri:?} (use {FILE_TEMPLATE})"),
+                None,
+            ));
+        };
+        let content = read_whole(&self.state, &id, &path, MAX_RESOURCE_BYTES)
+            .await
+            .map_err(|e| {
+                let (_, code) = e.status_and_code();
+                let data = Some(serde_json::json!({ "error_code": code, "uri": uri }));
+                match code {
+                    "FILE_NOT_FOUND" | "SESSION_NOT_FOUND" => {
+                        ErrorData::resource_not_found(e.message(), data)
+                    }
+                    "INTERNAL_ERROR" => ErrorData::internal_error(e.message(), data),
+                    _ => ErrorData::invalid_params(e.message(), data),
+                }
+            })?;
+        let contents = match String::from_utf8(content.data) {
+            Ok(text) => ResourceContents::text(text, uri),
+            Err(e) => ResourceContents::blob(
+                base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+                uri,
+            )
+            .with_mime_type("application/octet-stream"),
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+/// JSON-RPC error codes of the specification.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+
+/// Middleware on `/mcp`: the SDK answers a POST it cannot take (not JSON,
+/// not a JSON-RPC message, too large, an unknown session, the wrong media
+/// type) with a plain-text body; this gives such answers the protocol's
+/// shape, a JSON-RPC error without an id (a body that is not JSON at all is
+/// `-32700`, with status 400 like any other malformed message; the rest
+/// `-32600` with the SDK's status), so a client reads them like every
+/// other error.
+pub(crate) async fn protocol_errors(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    // The body is read here (within the daemon's limit, like every
+    // route's) and handed on; a copy is kept to tell a parse error from an
+    // invalid request.
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("the request body is larger than the limit of {limit} bytes");
+            return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, &message);
+        }
+    };
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes.clone())))
+        .await;
+    let status = response.status();
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !is_text {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE && text.starts_with("fail to deserialize") {
+        let code = if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() {
+            INVALID_REQUEST
+        } else {
+            PARSE_ERROR
+        };
+        return rpc_error(StatusCode::BAD_REQUEST, code, &text);
+    }
+    rpc_error(status, INVALID_REQUEST, &text)
+}
+
+fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": code, "message": message },
+    });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `(session id, absolute path)` of `sandkasten://sessions/{id}/files/{path}`;
+/// the path's `%XX` escapes decoded.
+fn parse_file_uri(uri: &str) -> Option<(String, String)> {
+    let rest = uri.strip_prefix(FILE_URI_PREFIX)?;
+    let (id, path) = rest.split_once("/files/")?;
+    if id.is_empty() || id.contains('/') || path.is_empty() {
+        return None;
+    }
+    let path = percent_decode(path)?;
+    Some((id.to_string(), format!("/{}", path.trim_start_matches('/'))))
+}
+
+/// RFC 3986 percent-decoding into UTF-8; `None` for a broken escape.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A file of a session read whole, up to `max_bytes`.
+pub(crate) async fn read_whole(
+    state: &AppState,
+    id: &str,
+    path: &str,
+    max_bytes: u64,
+) -> Result<sandkasten_engine::FileContent, crate::error::ApiError> {
+    crate::routes::files::check_path(path)?;
+    let reader = state.backend.read_file(id, path, Some(max_bytes)).await?;
+    Ok(reader.read_all().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_uris() {
+        assert_eq!(
+            parse_file_uri("sandkasten://sessions/abc/files/workspace/a%20b.txt"),
+            Some(("abc".into(), "/workspace/a b.txt".into()))
+        );
+        assert_eq!(
+            parse_file_uri("sandkasten://sessions/abc/files//etc/hostname"),
+            Some(("abc".into(), "/etc/hostname".into()))
+        );
+        assert_eq!(parse_file_uri("sandkasten://sessions/abc/files/"), None);
+        assert_eq!(parse_file_uri("sandkasten://sessions//files/x"), None);
+        assert_eq!(parse_file_uri("file:///etc/passwd"), None);
+        assert_eq!(parse_file_uri("sandkasten://sessions/a/files/%zz"), None);
+    }
+}
