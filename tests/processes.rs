@@ -36,30 +36,16 @@ fn attach(d: &Daemon, id: &str, proc: &str, query: &str) -> SseStream {
 }
 
 /// What a stream carried: (stdout, stderr, pty) text and the `end` event.
-fn collect(s: SseStream) -> (String, String, String, Value) {
-    let (mut out, mut err, mut pty) = (String::new(), String::new(), String::new());
-    let mut end = Value::Null;
-    let events = s.rest();
+fn collect(mut s: SseStream) -> (String, String, String, Value) {
+    let first = s.next_event();
     assert_eq!(
-        events.first().map(|e| e.event.as_str()),
+        first.as_ref().map(|e| e.event.as_str()),
         Some("start"),
-        "{events:?}"
+        "{first:?}"
     );
-    for e in &events[1..] {
-        let data = e.data["data"].as_str().unwrap_or_default();
-        match e.event.as_str() {
-            "stdout" => out.push_str(data),
-            "stderr" => err.push_str(data),
-            "pty" => pty.push_str(data),
-            "end" => end = e.data.clone(),
-            other => panic!("unexpected event {other}: {:?}", e.raw),
-        }
-    }
-    assert!(
-        end.is_object(),
-        "the stream ended without an end event: {events:?}"
-    );
-    (out, err, pty, end)
+    let all = collect_rest(s);
+    assert!(all.3.is_object(), "the stream ended without an end event");
+    all
 }
 
 #[test]

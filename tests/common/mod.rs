@@ -1855,33 +1855,18 @@ impl Daemon {
     /// Opens `POST /v1/sessions/{id}/exec/stream` (asserting 200).
     #[track_caller]
     pub fn open_stream(&self, id: &str, body: Value) -> SseStream {
-        let opened_at = Instant::now();
-        let r = self
+        let rb = self
             .request(
                 reqwest::Method::POST,
                 &format!("/v1/sessions/{id}/exec/stream"),
             )
-            .json(&body)
-            .send()
-            .unwrap_or_else(|e| panic!("exec/stream request failed: {e}"));
-        let status = r.status().as_u16();
-        let content_type = r
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        if status != 200 {
-            let text = r.text().unwrap_or_default();
-            panic!("exec/stream: expected 200, got {status}: {text:.2000}");
-        }
-        SseStream {
-            reader: BufReader::new(r),
-            status,
-            content_type,
-            comments: 0,
-            opened_at,
-        }
+            .json(&body);
+        self.sse(rb).unwrap_or_else(|r| {
+            panic!(
+                "exec/stream: expected 200, got {}: {:.2000}",
+                r.status, r.text
+            )
+        })
     }
 
     /// Any request answered with an event stream (`Err` with the response

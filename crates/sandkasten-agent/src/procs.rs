@@ -28,7 +28,7 @@ use sandkasten_protocol::{
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -554,19 +554,7 @@ fn spawn(
 
     // A successful exec closes the error pipe; before it the child writes
     // its errno.
-    let mut errno = [0u8; 4];
-    let mut got = 0;
-    let mut err_r = File::from(err_r);
-    while got < 4 {
-        match err_r.read(&mut errno[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if got == 4 {
-        let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+    if let Ok(Some(e)) = sys::child_exec_error(err_r) {
         let kind = match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ENOTDIR) => ErrorKind::NotFound,
             Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::PermissionDenied,
@@ -811,18 +799,8 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
 /// # Safety
 /// Must be called in a process that may fork; the plan's fds must be open.
 unsafe fn fork_process(plan: &ChildPlan) -> io::Result<libc::pid_t> {
-    let argv: Vec<*const libc::c_char> = plan
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = plan
-        .env
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = sys::c_ptrs(&plan.argv);
+    let envp = sys::c_ptrs(&plan.env);
     // SAFETY: fork is async-signal-safe; the child below only makes
     // async-signal-safe calls on memory prepared before the fork.
     let pid = unsafe { libc::fork() };

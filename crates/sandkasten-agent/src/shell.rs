@@ -61,7 +61,7 @@ use sandkasten_protocol::AgentConfig;
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -649,19 +649,7 @@ impl Instance {
 
         // The error pipe is closed by a successful exec; before that the
         // child writes its errno on failure.
-        let mut errno = [0u8; 4];
-        let mut err_r = File::from(err_r);
-        let mut got = 0;
-        while got < 4 {
-            match err_r.read(&mut errno[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if got == 4 {
-            let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+        if let Some(e) = sys::child_exec_error(err_r)? {
             return Err(io::Error::new(e.kind(), format!("starting {path}: {e}")));
         }
 
@@ -1233,22 +1221,9 @@ fn pty_path(master: &OwnedFd) -> io::Result<String> {
 /// # Safety
 /// Must be called in a process that may fork; the plan's fds must be open.
 unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
-    let argv: Vec<*const libc::c_char> = plan
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envps: Vec<Vec<*const libc::c_char>> = plan
-        .dirs
-        .iter()
-        .map(|(_, env)| {
-            env.iter()
-                .map(|e| e.as_ptr())
-                .chain(std::iter::once(std::ptr::null()))
-                .collect()
-        })
-        .collect();
+    let argv = sys::c_ptrs(&plan.argv);
+    let envps: Vec<Vec<*const libc::c_char>> =
+        plan.dirs.iter().map(|(_, env)| sys::c_ptrs(env)).collect();
 
     // SAFETY: fork is async-signal-safe; the child below only makes
     // async-signal-safe calls on memory prepared before the fork.

@@ -183,3 +183,31 @@ pub unsafe fn become_user(uid: Option<u32>, gid: Option<u32>, nproc: Option<u64>
     }
     true
 }
+
+/// A NULL-terminated array of pointers to `strings` (an argv or envp for
+/// `execve`), built before a fork: the child may not allocate.
+pub fn c_ptrs(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Reads the error pipe of a child forked to exec: a successful exec
+/// closes it (`None`), a failure writes its errno first (`Some`).
+pub fn child_exec_error(err_r: OwnedFd) -> io::Result<Option<io::Error>> {
+    use std::io::Read;
+    let mut errno = [0u8; 4];
+    let mut err_r = std::fs::File::from(err_r);
+    let mut got = 0;
+    while got < 4 {
+        match err_r.read(&mut errno[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((got == 4).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno))))
+}
