@@ -136,6 +136,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn resume_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
         Err(unsupported_here("resume"))
     }
+    async fn hibernate_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
+        Err(unsupported_here("hibernate"))
+    }
 
     // Processes: proven end to end (tests/processes.rs), hence the
     // defaults.
@@ -341,6 +344,9 @@ impl Backend for Engine {
     }
     async fn resume_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         Engine::resume_session(self, id).await
+    }
+    async fn hibernate_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        Engine::hibernate_session(self, id).await
     }
     async fn start_process(
         &self,

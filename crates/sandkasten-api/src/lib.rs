@@ -151,6 +151,7 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::set_network))
         .routes(routes!(lifecycle::pause_session))
         .routes(routes!(lifecycle::resume_session))
+        .routes(routes!(lifecycle::hibernate_session))
         .routes(routes!(sessions::network_events))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))

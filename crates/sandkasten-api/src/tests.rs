@@ -72,6 +72,8 @@ fn info(id: &str) -> SessionInfo {
         network: sandkasten_engine::NetworkPolicy::none(),
         metadata: Default::default(),
         ttl_seconds: 1800,
+        on_timeout: sandkasten_engine::OnTimeout::Destroy,
+        idle_timeout_seconds: None,
     }
 }
 

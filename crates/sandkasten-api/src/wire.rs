@@ -84,6 +84,44 @@ pub(crate) struct CreateSessionRequest {
     /// 1 to 256 bytes, values up to 4096 bytes); the E2B API's `metadata`.
     #[schema(example = json!({"owner": "agent-7"}))]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// What the end of the TTL (or of the idle limit) does: `destroy` (the
+    /// session ends, `expired`), `pause` or `hibernate`; the daemon's
+    /// `defaults.on_timeout` when absent.
+    pub on_timeout: Option<OnTimeout>,
+    /// Seconds without activity (no API call, and under 5 ms of CPU time
+    /// in the sandbox) after which `on_timeout` runs; 0: none; at most
+    /// 2592000. The daemon's `defaults.idle_timeout_seconds` when absent.
+    #[schema(example = 600)]
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// What a session's timeout does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OnTimeout {
+    Destroy,
+    Pause,
+    Hibernate,
+}
+
+impl From<OnTimeout> for engine::OnTimeout {
+    fn from(o: OnTimeout) -> Self {
+        match o {
+            OnTimeout::Destroy => engine::OnTimeout::Destroy,
+            OnTimeout::Pause => engine::OnTimeout::Pause,
+            OnTimeout::Hibernate => engine::OnTimeout::Hibernate,
+        }
+    }
+}
+
+impl From<engine::OnTimeout> for OnTimeout {
+    fn from(o: engine::OnTimeout) -> Self {
+        match o {
+            engine::OnTimeout::Destroy => OnTimeout::Destroy,
+            engine::OnTimeout::Pause => OnTimeout::Pause,
+            engine::OnTimeout::Hibernate => OnTimeout::Hibernate,
+        }
+    }
 }
 
 /// A network mode: `none` (loopback only) or `full` (outbound, under the
@@ -177,6 +215,8 @@ impl From<CreateSessionRequest> for engine::CreateSession {
             network: r.network.map(Into::into),
             network_mode: r.network_mode.map(Into::into),
             metadata: r.metadata.unwrap_or_default(),
+            on_timeout: r.on_timeout.map(Into::into),
+            idle_timeout_seconds: r.idle_timeout_seconds,
         }
     }
 }
@@ -187,8 +227,8 @@ pub(crate) struct SessionInfo {
     pub id: String,
     #[schema(example = "base")]
     pub image: String,
-    /// `creating`, `running`, `destroying`, `destroyed`, `expired`, `lost`
-    /// or `failed`.
+    /// `creating`, `running`, `paused`, `hibernated`, `destroying`,
+    /// `destroyed`, `expired`, `lost` or `failed`.
     #[schema(example = "running")]
     pub status: &'static str,
     /// The shell's working directory after the last exec.
@@ -215,6 +255,27 @@ pub(crate) struct SessionInfo {
     /// Metadata given at create (`{}` when none).
     #[schema(example = json!({"owner": "agent-7"}))]
     pub metadata: BTreeMap<String, String>,
+    /// What the end of its TTL (or idle limit) does.
+    pub on_timeout: OnTimeout,
+    /// Its idle limit in seconds; `null`: none.
+    #[schema(required = true, example = 600)]
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// `POST /v1/sessions/{id}/hibernate`: the session, and what hibernation
+/// keeps and loses.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HibernatedSession {
+    #[serde(flatten)]
+    pub session: SessionInfo,
+    /// `filesystem`: the root filesystem's changes, `/tmp`, `/workspace`,
+    /// the shell's cwd and exported variables are kept.
+    #[schema(example = "filesystem")]
+    pub mode: &'static str,
+    /// What is not kept: `processes` (every process ends; a wake starts a
+    /// new shell) and `memory`.
+    #[schema(example = json!(["processes", "memory"]))]
+    pub lost: Vec<&'static str>,
 }
 
 impl From<engine::SessionInfo> for SessionInfo {
@@ -231,6 +292,8 @@ impl From<engine::SessionInfo> for SessionInfo {
             disk_limit_mb: s.disk_limit_mb,
             network: s.network.into(),
             metadata: s.metadata,
+            on_timeout: s.on_timeout.into(),
+            idle_timeout_seconds: s.idle_timeout_seconds,
         }
     }
 }
@@ -823,6 +886,8 @@ mod tests {
             },
             metadata: [("owner".to_string(), "agent-7".to_string())].into(),
             ttl_seconds: 1800,
+            on_timeout: engine::OnTimeout::Hibernate,
+            idle_timeout_seconds: Some(600),
         }
     }
 
@@ -843,6 +908,8 @@ mod tests {
                 "disk_limit_mb": 4096,
                 "network": {"mode": "full", "allow_out": ["*.github.com"], "deny_out": []},
                 "metadata": {"owner": "agent-7"},
+                "on_timeout": "hibernate",
+                "idle_timeout_seconds": 600,
             })
         );
     }
@@ -861,6 +928,7 @@ mod tests {
             (engine::SessionState::Lost, "lost"),
             (engine::SessionState::Failed, "failed"),
             (engine::SessionState::Paused, "paused"),
+            (engine::SessionState::Hibernated, "hibernated"),
         ] {
             s.status = state;
             let v = serde_json::to_value(SessionInfo::from(s.clone())).unwrap();

@@ -305,6 +305,7 @@ impl Env {
             readonly_rootfs: false,
             workspace: WorkspaceMount::Ephemeral,
             env: vec![("SANDKASTEN_CONFORMANCE".into(), "yes".into())],
+            wake: false,
         }
     }
 

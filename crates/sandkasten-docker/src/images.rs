@@ -26,6 +26,8 @@ pub async fn list(docker: &Docker) -> Result<Vec<ImageInfo>, RuntimeError> {
             i.repo_tags
                 .into_iter()
                 .filter(|t| t != "<none>:<none>")
+                // Hibernated sandboxes' commits are no images to start.
+                .filter(|t| !t.starts_with(&format!("{}:", crate::HIBERNATED_REPO)))
                 .map(move |name| ImageInfo {
                     name,
                     digest: id.clone(),

@@ -350,6 +350,15 @@ pub fn container_name(id: &str) -> String {
     format!("sandkasten-{id}")
 }
 
+/// The image repository hibernated sandboxes are committed to (tag: the
+/// session id); never listed as an image.
+pub const HIBERNATED_REPO: &str = "sandkasten-hibernated";
+
+/// The image session `id`'s hibernated container was committed to.
+pub fn hibernated_image(id: &str) -> String {
+    format!("{HIBERNATED_REPO}:{id}")
+}
+
 /// A named volume mounted at `target` (never copying image content in).
 pub(crate) fn volume_mount(volume: &str, target: &str, read_only: bool) -> Mount {
     Mount {
@@ -666,6 +675,16 @@ impl DockerRuntime {
         self.cfg.data_dir.display().to_string()
     }
 
+    /// Removes session `id`'s run directory (a missing one is fine).
+    async fn remove_run_dir(&self, id: &str) -> Result<(), RuntimeError> {
+        let run = self.run_dir(id);
+        let what = format!("removing {}", run.display());
+        blocking("removing a run directory", move || {
+            hostfs::remove_run_dir(&run).map_err(RuntimeError::io_ctx(what))
+        })
+        .await
+    }
+
     /// The record that the ephemeral volume of session `id` became the
     /// persistent workspace `id` (see the module docs).
     fn kept_marker(&self, id: &str) -> PathBuf {
@@ -815,12 +834,72 @@ impl Runtime for DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(api_err(format!("inspecting volume {vol}"))(e)),
         }
-        let run = self.run_dir(id);
-        let what = format!("removing {}", run.display());
-        blocking("removing a run directory", move || {
-            hostfs::remove_run_dir(&run).map_err(RuntimeError::io_ctx(what))
-        })
-        .await
+        // A session hibernated at least once: the image its container was
+        // committed to.
+        let img = hibernated_image(id);
+        match self
+            .docker
+            .remove_image(
+                &img,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(api_err(format!("removing image {img}"))(e)),
+        }
+        self.remove_run_dir(id).await
+    }
+
+    /// Commits the container (its root filesystem changes; `/tmp`, a
+    /// tmpfs, was saved into it by the engine) to
+    /// [`hibernated_image`], then removes it; its workspace volume stays.
+    /// A wake creates a container from that image. Anonymous volumes (an
+    /// image's `VOLUME` lines) are not kept.
+    async fn hibernate(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let id = &handle.id;
+        let name = container_name(id);
+        if self.paused.lock().unwrap().remove(id) {
+            let _ = self.docker.unpause_container(&name).await;
+        }
+        let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+            .container(&name)
+            .repo(HIBERNATED_REPO)
+            .tag(id)
+            .pause(true)
+            .build();
+        match self
+            .docker
+            .commit_container(opts, bollard::models::ContainerConfig::default())
+            .await
+        {
+            Ok(_) => {}
+            // Gone already (a retry after a crash): its image stays.
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(api_err(format!("committing container {name}"))(e)),
+        }
+        if let Some(n) = &self.net {
+            n.forget(id, false).await?;
+        }
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(&name, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(api_err(format!("removing container {name}"))(e)),
+        }
+        self.transport.disconnect(id);
+        self.remove_run_dir(id).await
+    }
+
+    fn can_hibernate(&self) -> bool {
+        // gVisor keeps a container's root filesystem changes in its own
+        // overlay (memory-backed), which a commit does not see.
+        !self.gvisor
     }
 
     async fn pause(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {

@@ -55,7 +55,12 @@ impl DockerRuntime {
             }
         }
         self.transport.prepare().await?;
-        let image_env = self.image_env(&spec.image).await?;
+        // A wake starts from the image its hibernation committed.
+        let image = match spec.wake {
+            true => crate::hibernated_image(&spec.id),
+            false => spec.image.clone(),
+        };
+        let image_env = self.image_env(&image).await?;
         let run = self.mark_session(&spec.id).await?;
         let volume = self.workspace_volume(spec).await?;
         let agent_cfg = AgentConfig {
@@ -69,7 +74,7 @@ impl DockerRuntime {
         };
         let (launch, ready) = self.transport.launch(&spec.id, &run, &agent_cfg).await?;
         let name = container_name(&spec.id);
-        let body = self.container_config(spec, &volume, launch);
+        let body = self.container_config(spec, &image, &volume, launch);
         self.create_container(&name, body).await?;
         self.start_container(&name).await?;
         let agent = self.wait_for_agent(&name, ready).await?;
@@ -143,6 +148,7 @@ impl DockerRuntime {
     fn container_config(
         &self,
         spec: &SandboxSpec,
+        image: &str,
         volume: &WorkspaceVolume,
         launch: AgentLaunch,
     ) -> ContainerCreateBody {
@@ -210,7 +216,7 @@ impl DockerRuntime {
             ..Default::default()
         };
         ContainerCreateBody {
-            image: Some(spec.image.clone()),
+            image: Some(image.to_string()),
             hostname: Some(format!("sk-{}", &spec.id[..spec.id.len().min(12)])),
             user: Some("0:0".into()),
             entrypoint: Some(launch.entrypoint),

@@ -12,6 +12,12 @@ pub struct EngineConfig {
     /// How long a paused session is kept before it is destroyed (its TTL
     /// does not run while paused).
     pub paused_ttl_seconds: u64,
+    /// How long a hibernated session is kept before it is destroyed.
+    pub hibernated_ttl_seconds: u64,
+    /// What a session's timeout does when its request names nothing.
+    pub on_timeout: crate::OnTimeout,
+    /// Idle limit of a session whose request names none (None: none).
+    pub idle_timeout_seconds: Option<u64>,
     pub max_sessions: usize,
     /// Limits of every sandbox; `limits.disk_mb` is the disk limit of a
     /// session whose request names none.
@@ -53,6 +59,9 @@ impl Default for EngineConfig {
             allowed_images: Vec::new(),
             session_ttl_seconds: 1800,
             paused_ttl_seconds: 86_400,
+            hibernated_ttl_seconds: 604_800,
+            on_timeout: crate::OnTimeout::Destroy,
+            idle_timeout_seconds: None,
             max_sessions: 64,
             limits: Limits {
                 memory_mb: 512,

@@ -4,13 +4,54 @@
 //! (`paused_ttl_seconds`) runs instead. Any call to a paused session
 //! resumes it first ([`Engine::live`]). Pauses and resumes of one session
 //! are ordered by its lifecycle lock.
+//!
+//! Hibernate and wake: the sandbox's processes end and its memory goes;
+//! its filesystem state stays on disk ([`Runtime::hibernate`]: root
+//! filesystem changes, `/tmp`, an ephemeral `/workspace`; a persistent
+//! workspace is the workspace) with the shell's cwd and exported
+//! variables (kept in the store). A wake starts a sandbox again on that
+//! state under the same id ([`SandboxSpec::wake`]). Any call to a
+//! hibernated session wakes it first.
+//!
+//! Timeouts: the end of a running session's TTL, or of its idle limit
+//! (no API call and under [`IDLE_CPU_USEC`] of CPU time for
+//! `idle_timeout_seconds`), runs its `on_timeout`: destroy, pause or
+//! hibernate ([`Engine::timed_out`]).
 
 use crate::error::SessionError;
-use crate::session::{ms, now};
-use crate::sessions::Session;
-use crate::{Engine, EngineError, SessionInfo, SessionState};
+use crate::session::{from_ms, ms, now, shell_quote};
+use crate::sessions::{Session, SessionParams};
+use crate::{Engine, EngineError, ExecRequest, OnTimeout, SessionInfo, SessionState};
+use sandkasten_runtime::{
+    AgentClient, ProcEvent, ProcSpec, ProcStream, RuntimeError, Sandbox, SandboxHandle,
+    SandboxSpec, Started, WorkspaceMount,
+};
+use sandkasten_store::SessionRecord;
 use std::sync::Arc;
 use time::OffsetDateTime;
+
+/// CPU time a sandbox must use in one idle window to count as active
+/// (a background job's output, a server's answers): an idle shell and
+/// agent use none.
+pub(crate) const IDLE_CPU_USEC: u64 = 5_000;
+
+/// Where a hibernating sandbox whose `/tmp` is a tmpfs keeps its content
+/// (in its root filesystem) until the wake puts it back.
+const SAVED_TMP: &str = "/.sandkasten-hibernated-tmp.tar";
+
+/// What a hibernated session keeps besides its filesystem (the store's
+/// `hibernation` column, JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Hibernation {
+    /// The shell's exported variables when it hibernated.
+    env: Vec<(String, String)>,
+    /// Whether `/tmp` was saved into [`SAVED_TMP`].
+    saved_tmp: bool,
+}
+
+/// Variables of the shell's environment a wake does not set again (the
+/// shell sets them itself).
+const SHELL_OWN: [&str; 4] = ["PWD", "OLDPWD", "SHLVL", "_"];
 
 impl Engine {
     /// Freezes a running session. `SESSION_NOT_RUNNING` for any other
@@ -27,7 +68,7 @@ impl Engine {
         }
         self.inner
             .runtime
-            .pause(&s.handle)
+            .pause(&s.handle())
             .await
             .map_err(EngineError::runtime("pausing the sandbox"))?;
         let until = now() + time::Duration::seconds(self.inner.cfg.paused_ttl_seconds as i64);
@@ -45,18 +86,21 @@ impl Engine {
         Ok(s.info())
     }
 
-    /// Thaws a paused session; its TTL counts again from now.
-    /// `SESSION_NOT_PAUSED` for a session that is not paused.
+    /// Thaws a paused session or wakes a hibernated one; its TTL counts
+    /// again from now. `SESSION_NOT_PAUSED` for a session that is neither.
     pub async fn resume_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let s = self.inner.sessions.get(id)?;
-        if s.state() != SessionState::Paused {
-            return Err(SessionError::NotPaused {
-                id: id.to_string(),
-                state: s.state(),
+        match s.state() {
+            SessionState::Paused => self.resume(&s).await?,
+            SessionState::Hibernated => self.wake(&s).await?,
+            state => {
+                return Err(SessionError::NotPaused {
+                    id: id.to_string(),
+                    state,
+                }
+                .into())
             }
-            .into());
         }
-        self.resume(&s).await?;
         Ok(s.info())
     }
 
@@ -68,7 +112,7 @@ impl Engine {
         }
         self.inner
             .runtime
-            .resume(&s.handle)
+            .resume(&s.handle())
             .await
             .map_err(EngineError::runtime("resuming the sandbox"))?;
         let (expires, cwd) = s.set_resumed(now())?;
@@ -83,7 +127,7 @@ impl Engine {
     /// be frozen again stays running (and says so in the log).
     pub(crate) async fn repause(&self, s: &Arc<Session>, until: OffsetDateTime) {
         let _order = s.lifecycle.lock().await;
-        if let Err(e) = self.inner.runtime.pause(&s.handle).await {
+        if let Err(e) = self.inner.runtime.pause(&s.handle()).await {
             tracing::warn!(session = %s.id, "pausing a recovered session again: {e}; it runs");
             return;
         }
@@ -114,5 +158,370 @@ impl Engine {
             })
             .await?;
         Ok(())
+    }
+
+    /// Hibernates a running (or paused: thawed first) session: its
+    /// processes end, its memory is freed, its filesystem state and the
+    /// shell's cwd and exported variables are kept; it expires after
+    /// `hibernated_ttl_seconds` unless woken. `SESSION_NOT_RUNNING` for any
+    /// other state; `UNSUPPORTED` where the backend cannot.
+    pub async fn hibernate_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        let rt = &self.inner.runtime;
+        if !rt.can_hibernate() {
+            return Err(EngineError::Unsupported {
+                what: "hibernate".into(),
+                runtime: rt.name(),
+            });
+        }
+        let s = self.inner.sessions.get(id)?;
+        if s.state() == SessionState::Paused {
+            self.resume(&s).await?;
+        }
+        if s.state() != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: id.to_string(),
+                state: s.state(),
+            }
+            .into());
+        }
+        // The shell's exported variables, through the exec queue (after
+        // any exec before this call), written to a file and read back
+        // exactly (the terminal would change the bytes).
+        let env_file = format!("/tmp/.sandkasten-env-{}", std::process::id());
+        let done = self
+            .exec(
+                id,
+                ExecRequest {
+                    cmd: format!("env -0 > {env_file}"),
+                    timeout_ms: Some(10_000),
+                    raw_output: true,
+                },
+            )
+            .await?;
+        if done.exit_code != 0 {
+            return Err(hibernate_failed(format!(
+                "reading the shell's environment exited with {}: {}",
+                done.exit_code, done.output
+            )));
+        }
+        let _order = s.lifecycle.lock().await;
+        let agent = s.agent();
+        let env = root_run(&agent, &format!("cat {env_file}; rm -f {env_file}")).await?;
+        let env = parse_env0(&env);
+        let saved_tmp = !rt.hibernate_keeps_tmp();
+        if saved_tmp {
+            root_run(
+                &agent,
+                &format!("rm -f {SAVED_TMP} && tar -C /tmp -cpf {SAVED_TMP} ."),
+            )
+            .await
+            .map_err(|e| hibernate_failed(format!("saving /tmp: {e}")))?;
+        }
+        let kept = serde_json::to_string(&Hibernation { env, saved_tmp })
+            .map_err(|e| hibernate_failed(e.to_string()))?;
+        let until = now() + time::Duration::seconds(self.inner.cfg.hibernated_ttl_seconds as i64);
+        let (expires, cwd) = s.set_hibernated(until)?;
+        let (sid, at) = (id.to_string(), ms(expires));
+        self.inner
+            .db
+            .run(move |st| {
+                st.set_session_hibernation(&sid, SessionState::Hibernated, Some(&kept))?;
+                st.touch_session(&sid, at, &cwd)
+            })
+            .await?;
+        if let Err(e) = rt.hibernate(&s.handle()).await {
+            // Whatever is left of it is woken again on its next call;
+            // a sandbox still running keeps running until then.
+            tracing::warn!(session = %id, "hibernating: {e}");
+            return Err(EngineError::runtime("hibernating the sandbox")(e));
+        }
+        self.inner.reaper_wake.notify_one();
+        tracing::info!(session = %id, "session hibernated");
+        Ok(s.info())
+    }
+
+    /// Wakes a hibernated session (any call to it does): a sandbox started
+    /// again on its kept filesystem, the shell in its cwd with its
+    /// variables, `/tmp` as it was; its TTL counts from now.
+    pub(crate) async fn wake(&self, s: &Arc<Session>) -> Result<(), EngineError> {
+        let _order = s.lifecycle.lock().await;
+        if s.state() != SessionState::Hibernated {
+            return Ok(());
+        }
+        let sid = s.id.clone();
+        let rec = self
+            .inner
+            .db
+            .run(move |st| st.get_session(&sid))
+            .await?
+            .ok_or_else(|| SessionError::NotFound(s.id.clone()))?;
+        let kept: Hibernation = rec
+            .hibernation
+            .as_deref()
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or(Hibernation {
+                env: Vec::new(),
+                saved_tmp: false,
+            });
+        let info = s.info();
+        let network = s.network();
+        let rt = &self.inner.runtime;
+        let spec = SandboxSpec {
+            id: s.id.clone(),
+            image: s.image.clone(),
+            limits: sandkasten_runtime::Limits {
+                disk_mb: info.disk_limit_mb,
+                ..self.inner.cfg.limits.clone()
+            },
+            network: network.mode,
+            readonly_rootfs: self.inner.cfg.readonly_rootfs,
+            workspace: match &s.workspace_id {
+                Some(ws) => WorkspaceMount::Persistent(ws.clone()),
+                None => WorkspaceMount::Ephemeral,
+            },
+            env: kept.env.clone(),
+            wake: true,
+        };
+        let sandbox = rt
+            .create(spec)
+            .await
+            .map_err(EngineError::runtime("waking the sandbox"))?;
+        // Its pid first: a crash from here on finds it and stops it again.
+        let (sid, pid, st) = (s.id.clone(), sandbox.handle.pid, sandbox.handle.start_time);
+        self.inner
+            .db
+            .run(move |db| db.set_session_sandbox(&sid, SessionState::Hibernated, pid, st))
+            .await?;
+        if let Err(e) = self.restore_shell(&sandbox, &network, &kept, &info.cwd).await {
+            if let Err(h) = rt.hibernate(&sandbox.handle).await {
+                tracing::warn!(session = %s.id, "stopping a sandbox whose wake failed: {h}");
+            }
+            return Err(EngineError::runtime("restoring the woken sandbox")(e));
+        }
+        let (expires, cwd) = s.set_woken(sandbox, now())?;
+        let (sid, at) = (s.id.clone(), ms(expires));
+        self.inner
+            .db
+            .run(move |st| {
+                st.set_session_hibernation(&sid, SessionState::Running, None)?;
+                st.touch_session(&sid, at, &cwd)
+            })
+            .await?;
+        self.watch(s);
+        self.inner.reaper_wake.notify_one();
+        tracing::info!(session = %s.id, "session woken");
+        Ok(())
+    }
+
+    /// A woken sandbox's network policy, `/tmp` and shell state.
+    async fn restore_shell(
+        &self,
+        sandbox: &Sandbox,
+        network: &sandkasten_runtime::NetworkPolicy,
+        kept: &Hibernation,
+        cwd: &str,
+    ) -> Result<(), RuntimeError> {
+        let rt = &self.inner.runtime;
+        if rt.network_policies() && network.is_full() {
+            rt.set_network(&sandbox.handle, network).await?;
+        }
+        if kept.saved_tmp {
+            root_run(
+                &sandbox.agent,
+                &format!("tar -C /tmp -xpf {SAVED_TMP} && rm -f {SAVED_TMP}"),
+            )
+            .await
+            .map_err(|e| RuntimeError::Agent(format!("restoring /tmp: {e}")))?;
+        }
+        // For shells the agent starts later (after `exit`), and for
+        // backends whose new shell did not start with them (docker).
+        if !kept.env.is_empty() {
+            sandbox.agent.set_env(kept.env.clone()).await?;
+        }
+        let mut cmd = String::new();
+        for (k, v) in &kept.env {
+            cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+        cmd.push_str(&format!("cd {} 2>/dev/null; unset OLDPWD\n", shell_quote(cwd)));
+        let done = sandbox.agent.exec(cmd, 10_000, 64 * 1024)?.finish().await?;
+        if done.exit_code != 0 {
+            return Err(RuntimeError::Agent(format!(
+                "restoring the shell exited with {}",
+                done.exit_code
+            )));
+        }
+        Ok(())
+    }
+
+    /// After a restart: a session stored as hibernated is listed again
+    /// without a sandbox (one a crash left running is stopped).
+    pub(crate) async fn recover_hibernated(&self, rec: &SessionRecord) {
+        let handle = SandboxHandle {
+            id: rec.id.clone(),
+            pid: rec.pid,
+            start_time: rec.pid_start_time,
+        };
+        if let Err(e) = self.inner.runtime.hibernate(&handle).await {
+            tracing::warn!(session = %rec.id, "stopping a hibernated sandbox's leftovers: {e}");
+        }
+        let agent = match tokio::net::UnixStream::pair() {
+            Ok((ours, _theirs)) => AgentClient::from_stream(ours),
+            Err(e) => {
+                tracing::warn!(session = %rec.id, "listing a hibernated session: {e}");
+                return;
+            }
+        };
+        let (session, queue) = Session::new(
+            SessionParams {
+                id: rec.id.clone(),
+                image: rec.image.clone(),
+                workspace_id: rec.workspace_id.clone(),
+                created_at: from_ms(rec.created_at_ms),
+                expires_at: from_ms(rec.expires_at_ms),
+                ttl_seconds: rec.ttl_seconds,
+                acquire_source: rec.acquire_source,
+                cwd: rec.cwd.clone(),
+                disk_limit_mb: rec.disk_limit_mb,
+                network: crate::session::stored_policy(rec),
+                metadata: rec.metadata.clone(),
+                on_timeout: on_timeout_of(rec),
+                idle_timeout_seconds: rec.idle_timeout_seconds,
+            },
+            Sandbox { handle, agent },
+        );
+        let _ = session.set_hibernated(from_ms(rec.expires_at_ms));
+        self.register(session, queue);
+        tracing::info!(session = %rec.id, "hibernated session listed again");
+    }
+
+    /// A running session's TTL or idle limit ran out: its `on_timeout`.
+    /// A pause or hibernate that fails at the TTL's end destroys it (the
+    /// TTL is a promise); at the idle limit's end it only logs.
+    pub(crate) async fn timed_out(&self, s: &Arc<Session>, ttl: bool) {
+        let id = s.id.clone();
+        let done = match s.on_timeout {
+            OnTimeout::Destroy if ttl => {
+                tracing::info!(session = %id, "session expired");
+                self.end_session(&id, SessionState::Expired).await.map(|_| ())
+            }
+            OnTimeout::Destroy => {
+                tracing::info!(session = %id, "session idle; destroying it");
+                self.end_session(&id, SessionState::Expired).await.map(|_| ())
+            }
+            OnTimeout::Pause => {
+                tracing::info!(session = %id, ttl, "session timed out; pausing it");
+                self.pause_session(&id).await.map(|_| ())
+            }
+            OnTimeout::Hibernate => {
+                tracing::info!(session = %id, ttl, "session timed out; hibernating it");
+                self.hibernate_session(&id).await.map(|_| ())
+            }
+        };
+        match done {
+            Ok(()) => {}
+            Err(e) if ttl && s.state() == SessionState::Running => {
+                tracing::warn!(session = %id, "timeout action failed ({e}); destroying");
+                if let Err(e) = self.end_session(&id, SessionState::Expired).await {
+                    tracing::warn!(session = %id, "destroying expired session: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(session = %id, "timeout action failed: {e}"),
+        }
+    }
+
+    /// The idle limit of `s` ran out by the clock: whether its sandbox
+    /// was active anyway (CPU time), which then counts as activity.
+    pub(crate) async fn busy_anyway(&self, s: &Arc<Session>) -> bool {
+        match self.inner.runtime.stats(&s.handle()).await {
+            Ok(st) => s.cpu_active(st.cpu_usage_usec, IDLE_CPU_USEC, now()),
+            // Not measurable: judged by the API alone.
+            Err(_) => false,
+        }
+    }
+}
+
+pub(crate) fn on_timeout_of(rec: &SessionRecord) -> OnTimeout {
+    rec.on_timeout
+        .as_deref()
+        .and_then(OnTimeout::parse)
+        .unwrap_or_default()
+}
+
+fn hibernate_failed(why: String) -> EngineError {
+    EngineError::runtime("hibernating the sandbox")(RuntimeError::Agent(why))
+}
+
+/// Runs `script` with `sh -c` as the sandbox's root, outside the shell;
+/// its stdout, or an error with its stderr when it fails.
+async fn root_run(agent: &AgentClient, script: &str) -> Result<Vec<u8>, EngineError> {
+    let spec = ProcSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: Vec::new(),
+        cwd: Some("/".into()),
+        root: true,
+        pty: None,
+        stdin: false,
+        tag: None,
+    };
+    let mut out = match agent
+        .proc_start(spec, true)
+        .await
+        .map_err(EngineError::runtime("running a lifecycle step"))?
+    {
+        Started::Attached(out) => out,
+        Started::Detached(_) => return Err(hibernate_failed("the process did not attach".into())),
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    loop {
+        match out
+            .next()
+            .await
+            .map_err(EngineError::runtime("running a lifecycle step"))?
+        {
+            ProcEvent::Output { stream, data } => match stream {
+                ProcStream::Stderr => stderr.extend_from_slice(&data),
+                _ => stdout.extend_from_slice(&data),
+            },
+            ProcEvent::End(end) => {
+                if end.exit_code == 0 {
+                    return Ok(stdout);
+                }
+                return Err(hibernate_failed(format!(
+                    "`{script}` failed ({end:?}): {}",
+                    String::from_utf8_lossy(&stderr).trim()
+                )));
+            }
+        }
+    }
+}
+
+/// `env -0` output as (name, value) pairs, without the shell's own.
+fn parse_env0(raw: &[u8]) -> Vec<(String, String)> {
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            let valid = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            (valid && !SHELL_OWN.contains(&k)).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env0_parses_values_with_newlines_and_equals_and_drops_the_shells_own() {
+        let raw = b"A=1\0B=x=y\nz\0PWD=/w\0BASH_FUNC_f%%=() { :; }\0_=/usr/bin/env\0";
+        assert_eq!(
+            parse_env0(raw),
+            vec![
+                ("A".to_string(), "1".to_string()),
+                ("B".to_string(), "x=y\nz".to_string())
+            ]
+        );
     }
 }

@@ -449,6 +449,7 @@ impl Pool {
             readonly_rootfs: self.template.readonly_rootfs,
             workspace: WorkspaceMount::Ephemeral,
             env: Vec::new(),
+            wake: false,
         };
         let sandbox = self.runtime.create(spec).await.map_err(PoolError::Start)?;
         let w = Warm {

@@ -77,6 +77,8 @@ struct ValidCreate {
     /// The network policy, within the operator's cap.
     network: NetworkPolicy,
     metadata: std::collections::BTreeMap<String, String>,
+    on_timeout: crate::OnTimeout,
+    idle_timeout_seconds: Option<u64>,
 }
 
 /// A sandbox acquired for a create, with the identity it got.
@@ -151,7 +153,7 @@ impl Engine {
     }
 
     /// Lists a session and starts its exec queue and its watcher.
-    fn register(&self, session: Arc<Session>, queue: mpsc::UnboundedReceiver<ExecJob>) {
+    pub(crate) fn register(&self, session: Arc<Session>, queue: mpsc::UnboundedReceiver<ExecJob>) {
         self.inner.sessions.insert(session.clone());
         tokio::spawn(self.clone().run_execs(Arc::downgrade(&session), queue));
         // Watch only once listed, so an instant death is not missed.
@@ -163,6 +165,10 @@ impl Engine {
     async fn recover(&self) -> Result<(), EngineError> {
         let records = self.inner.db.run(|s| s.list_live_sessions()).await?;
         for rec in records {
+            if rec.state == SessionState::Hibernated {
+                self.recover_hibernated(&rec).await;
+                continue;
+            }
             let handle = SandboxHandle {
                 id: rec.id.clone(),
                 pid: rec.pid,
@@ -215,6 +221,8 @@ impl Engine {
                             disk_limit_mb: rec.disk_limit_mb,
                             network,
                             metadata: rec.metadata.clone(),
+                            on_timeout: crate::lifecycle::on_timeout_of(&rec),
+                            idle_timeout_seconds: rec.idle_timeout_seconds,
                         },
                         sandbox,
                     );
@@ -256,27 +264,50 @@ impl Engine {
         Ok(())
     }
 
-    /// Destroys sessions whose TTL ran out; sleeps until the next expiry.
+    /// Ends sessions whose TTL ran out (a running one by its
+    /// `on_timeout`, a paused or hibernated one for good) and runs the
+    /// `on_timeout` of running ones idle past their limit; sleeps until
+    /// the next deadline.
     async fn reap(&self, shutdown: CancellationToken) {
         loop {
             let t = now();
             let mut next: Option<OffsetDateTime> = None;
-            let mut expired = Vec::new();
+            let mut soonest = |at: OffsetDateTime| next = Some(next.map_or(at, |n| n.min(at)));
+            let (mut expired, mut idle) = (Vec::new(), Vec::new());
             for s in self.inner.sessions.all() {
-                let Some(expires_at) = s.expiry() else {
-                    continue;
-                };
-                if expires_at <= t {
-                    expired.push(s.id.clone());
-                } else {
-                    next = Some(next.map_or(expires_at, |n| n.min(expires_at)));
+                if let Some(expires_at) = s.expiry() {
+                    if expires_at <= t {
+                        expired.push(s);
+                        continue;
+                    }
+                    soonest(expires_at);
+                }
+                if let Some(idle_at) = s.idle_deadline() {
+                    if idle_at <= t {
+                        idle.push(s);
+                    } else {
+                        soonest(idle_at);
+                    }
                 }
             }
-            for id in expired {
-                tracing::info!(session = %id, "session expired");
-                if let Err(e) = self.end_session(&id, SessionState::Expired).await {
-                    tracing::warn!(session = %id, "destroying expired session: {e}");
+            for s in expired {
+                if s.state() == SessionState::Running {
+                    self.timed_out(&s, true).await;
+                    continue;
                 }
+                tracing::info!(session = %s.id, state = s.state().as_str(), "session expired");
+                if let Err(e) = self.end_session(&s.id, SessionState::Expired).await {
+                    tracing::warn!(session = %s.id, "destroying expired session: {e}");
+                }
+            }
+            for s in idle {
+                if self.busy_anyway(&s).await {
+                    if let Some(at) = s.idle_deadline() {
+                        soonest(at);
+                    }
+                    continue;
+                }
+                self.timed_out(&s, false).await;
             }
             let wait = next
                 .map(|n| (n - now()).max(time::Duration::ZERO))
@@ -297,10 +328,10 @@ impl Engine {
     /// sandbox lives, and is then replaced. A sandbox that is gone (its
     /// PID 1 was killed or crashed) is cleaned up and marked `lost` at once
     /// instead of answering errors until its TTL.
-    fn watch(&self, s: &Arc<Session>) {
+    pub(crate) fn watch(&self, s: &Arc<Session>) {
         let engine = self.clone();
         let mut agent = s.agent();
-        let handle = s.handle.clone();
+        let handle = s.handle();
         let id = s.id.clone();
         let weak = Arc::downgrade(s);
         tokio::spawn(async move {
@@ -379,8 +410,10 @@ impl Engine {
     /// is resumed first (any call to it resumes it).
     pub(crate) async fn live(&self, id: &str) -> Result<Arc<Session>, EngineError> {
         let s = self.inner.sessions.get(id)?;
-        if s.state() == SessionState::Paused {
-            self.resume(&s).await?;
+        match s.state() {
+            SessionState::Paused => self.resume(&s).await?,
+            SessionState::Hibernated => self.wake(&s).await?,
+            _ => {}
         }
         s.touch(now())?;
         Ok(s)
@@ -427,6 +460,12 @@ impl Engine {
                 disk_limit_mb: rec.disk_limit_mb,
                 network: acquired.network,
                 metadata: rec.metadata,
+                on_timeout: rec
+                    .on_timeout
+                    .as_deref()
+                    .and_then(crate::OnTimeout::parse)
+                    .unwrap_or_default(),
+                idle_timeout_seconds: rec.idle_timeout_seconds,
             },
             acquired.sandbox,
         );
@@ -490,6 +529,23 @@ impl Engine {
         };
         let network = cfg.network.for_create(req.network, req.network_mode)?;
         self.runtime_takes(&network)?;
+        let on_timeout = req.on_timeout.unwrap_or(cfg.on_timeout);
+        if on_timeout == crate::OnTimeout::Hibernate && !self.inner.runtime.can_hibernate() {
+            return Err(EngineError::Unsupported {
+                what: "on_timeout: hibernate".into(),
+                runtime: self.inner.runtime.name(),
+            });
+        }
+        let idle_timeout_seconds = match req.idle_timeout_seconds {
+            Some(0) => None,
+            Some(t) if t > 30 * 24 * 3600 => {
+                return Err(EngineError::InvalidRequest(
+                    "idle_timeout_seconds must be at most 2592000 (30 days)".into(),
+                ))
+            }
+            Some(t) => Some(t),
+            None => cfg.idle_timeout_seconds,
+        };
         Ok(ValidCreate {
             image,
             ttl,
@@ -499,6 +555,8 @@ impl Engine {
             disk_limit_mb: disk_limit_mb.filter(|_| self.inner.runtime.disk_limit_enforced()),
             network,
             metadata: req.metadata,
+            on_timeout,
+            idle_timeout_seconds,
         })
     }
 
@@ -580,6 +638,9 @@ impl Engine {
             disk_limit_mb: v.disk_limit_mb,
             network: Some(v.network.to_text()),
             metadata: v.metadata.clone(),
+            on_timeout: Some(v.on_timeout.as_str().to_string()),
+            idle_timeout_seconds: v.idle_timeout_seconds,
+            hibernation: None,
         };
 
         // Late binding: the pooled sandbox takes on this request's identity.
@@ -657,6 +718,7 @@ impl Engine {
                 None => WorkspaceMount::Ephemeral,
             },
             env: env.to_vec(),
+            wake: false,
         };
         let created = match self.inner.runtime.create(spec).await {
             Ok(s) if policies && network.is_full() => {
@@ -842,7 +904,7 @@ impl Engine {
             }
             self.inner
                 .runtime
-                .set_network(&s.handle, &policy)
+                .set_network(&s.handle(), &policy)
                 .await
                 .map_err(EngineError::runtime("changing the sandbox's network"))?;
             let (sid, text) = (s.id.clone(), policy.to_text());
@@ -897,7 +959,7 @@ impl Engine {
     /// end in its own task once started, so a caller that goes away (a
     /// client disconnecting during a DELETE) never leaves a session half
     /// destroyed.
-    async fn end_session(&self, id: &str, final_state: SessionState) -> Result<(), EngineError> {
+    pub(crate) async fn end_session(&self, id: &str, final_state: SessionState) -> Result<(), EngineError> {
         let s = self.inner.sessions.get(id)?;
         s.begin_destroy()?;
         let engine = self.clone();
@@ -922,7 +984,7 @@ impl Engine {
             .db
             .run(move |st| st.set_session_state(&sid, SessionState::Destroying, None))
             .await?;
-        let result = self.inner.runtime.destroy(&s.handle).await;
+        let result = self.inner.runtime.destroy(&s.handle()).await;
         s.finish(final_state);
         self.inner.counters.ended(final_state);
         let (sid, at) = (id.to_string(), ms(now()));
@@ -946,12 +1008,15 @@ impl Engine {
     /// paused one (reading it does not resume it).
     pub async fn session_stats(&self, id: &str) -> Result<SessionStats, EngineError> {
         let s = self.inner.sessions.get(id)?;
-        if s.state() != SessionState::Paused {
-            s.touch(now())?;
+        match s.state() {
+            SessionState::Paused => {}
+            // Nothing runs and no memory is held: nothing to read.
+            SessionState::Hibernated => return Ok(SessionStats::default()),
+            _ => s.touch(now())?,
         }
         self.inner
             .runtime
-            .stats(&s.handle)
+            .stats(&s.handle())
             .await
             .map_err(EngineError::runtime("reading sandbox stats"))
     }
@@ -966,7 +1031,7 @@ impl Engine {
             ));
         }
         let s = self.live(id).await?;
-        match self.inner.runtime.connect_port(&s.handle, port).await {
+        match self.inner.runtime.connect_port(&s.handle(), port).await {
             Ok(stream) => Ok(stream),
             Err(RuntimeError::PortClosed(port)) => Err(PortError::NotListening {
                 session: id.to_string(),
@@ -1249,7 +1314,7 @@ impl Engine {
 
 /// The network policy a store row recorded: rows from before policies
 /// (and any the engine cannot read back) had no network.
-fn stored_policy(rec: &SessionRecord) -> NetworkPolicy {
+pub(crate) fn stored_policy(rec: &SessionRecord) -> NetworkPolicy {
     match rec.network.as_deref().map(NetworkPolicy::from_text) {
         Some(Ok(p)) => p,
         Some(Err(e)) => {
@@ -1323,7 +1388,7 @@ fn validate_env(env: &[(String, String)]) -> Result<(), EngineError> {
 }
 
 /// `v` as one single-quoted shell word.
-fn shell_quote(v: &str) -> String {
+pub(crate) fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
 }
 

@@ -9,7 +9,7 @@
 //! sessions run in parallel.
 
 use crate::error::SessionError;
-use crate::{AcquireSource, ExecEvent, SessionInfo, SessionState};
+use crate::{AcquireSource, ExecEvent, OnTimeout, SessionInfo, SessionState};
 use sandkasten_runtime::{AgentClient, NetworkPolicy, Sandbox, SandboxHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,6 +48,8 @@ pub(crate) struct SessionParams {
     pub(crate) disk_limit_mb: Option<u64>,
     pub(crate) network: NetworkPolicy,
     pub(crate) metadata: std::collections::BTreeMap<String, String>,
+    pub(crate) on_timeout: OnTimeout,
+    pub(crate) idle_timeout_seconds: Option<u64>,
 }
 
 /// A live session.
@@ -59,12 +61,17 @@ pub(crate) struct Session {
     acquire_source: AcquireSource,
     metadata: std::collections::BTreeMap<String, String>,
     disk_limit_mb: Option<u64>,
+    /// What its TTL's end (and its idle limit) does.
+    pub(crate) on_timeout: OnTimeout,
+    /// Seconds without activity after which `on_timeout` runs.
+    pub(crate) idle_timeout_seconds: Option<u64>,
     /// The network policy in force.
     network: Mutex<NetworkPolicy>,
     /// Orders policy changes of this session (held across the runtime's
     /// change, by that change only).
     pub(crate) network_change: tokio::sync::Mutex<()>,
-    pub(crate) handle: SandboxHandle,
+    /// The sandbox; a wake from hibernation replaces it.
+    handle: Mutex<SandboxHandle>,
     /// The connection to the sandbox's agent; replaced when a connection
     /// through a remote engine breaks while the sandbox lives.
     agent: watch::Sender<AgentClient>,
@@ -85,6 +92,10 @@ struct Live {
     /// How far each activity moves the expiry (changed by `set_ttl`).
     ttl_seconds: u64,
     cwd: String,
+    /// The last activity the idle limit counts from.
+    last_active: OffsetDateTime,
+    /// The sandbox's CPU time (µs) at the last idle check.
+    cpu_seen: Option<u64>,
 }
 
 impl Session {
@@ -104,9 +115,11 @@ impl Session {
             acquire_source: p.acquire_source,
             metadata: p.metadata,
             disk_limit_mb: p.disk_limit_mb,
+            on_timeout: p.on_timeout,
+            idle_timeout_seconds: p.idle_timeout_seconds,
             network: Mutex::new(p.network),
             network_change: tokio::sync::Mutex::new(()),
-            handle: sandbox.handle,
+            handle: Mutex::new(sandbox.handle),
             agent: watch::Sender::new(sandbox.agent),
             agent_lost: AtomicBool::new(false),
             live: Mutex::new(Live {
@@ -114,6 +127,8 @@ impl Session {
                 expires_at: p.expires_at,
                 ttl_seconds: p.ttl_seconds,
                 cwd: p.cwd,
+                last_active: crate::session::now(),
+                cpu_seen: None,
             }),
             lifecycle: tokio::sync::Mutex::new(()),
             execs,
@@ -136,7 +151,81 @@ impl Session {
             network: self.network.lock().unwrap().clone(),
             metadata: self.metadata.clone(),
             ttl_seconds: live.ttl_seconds,
+            on_timeout: self.on_timeout,
+            idle_timeout_seconds: self.idle_timeout_seconds,
         }
+    }
+
+    /// Its sandbox as it is now.
+    pub(crate) fn handle(&self) -> SandboxHandle {
+        self.handle.lock().unwrap().clone()
+    }
+
+    /// When the idle limit runs out for a running session (`None`: no
+    /// limit, or not running).
+    pub(crate) fn idle_deadline(&self) -> Option<OffsetDateTime> {
+        let secs = self.idle_timeout_seconds?;
+        let live = self.live.lock().unwrap();
+        (live.state == SessionState::Running)
+            .then(|| live.last_active + time::Duration::seconds(secs as i64))
+    }
+
+    /// An idle check found `cpu_usec` of CPU time: whether the sandbox used
+    /// at least `min_usec` since the last check (which then counts as
+    /// activity from `now`). The first check only records.
+    pub(crate) fn cpu_active(&self, cpu_usec: u64, min_usec: u64, now: OffsetDateTime) -> bool {
+        let mut live = self.live.lock().unwrap();
+        let active = match live.cpu_seen {
+            Some(seen) => cpu_usec.saturating_sub(seen) >= min_usec,
+            None => true,
+        };
+        live.cpu_seen = Some(cpu_usec);
+        if active {
+            live.last_active = now;
+        }
+        active
+    }
+
+    /// Running → Hibernated, expiring at `expires_at` unless woken;
+    /// returns (expiry, cwd) to persist. `NotRunning` unless it runs.
+    pub(crate) fn set_hibernated(
+        &self,
+        expires_at: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Running {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        live.state = SessionState::Hibernated;
+        live.expires_at = expires_at;
+        Ok((live.expires_at, live.cwd.clone()))
+    }
+
+    /// Hibernated → Running on a new sandbox, its TTL counting from `now`;
+    /// returns (expiry, cwd) to persist.
+    pub(crate) fn set_woken(
+        &self,
+        sandbox: Sandbox,
+        now: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
+        let mut live = self.live.lock().unwrap();
+        if live.state != SessionState::Hibernated {
+            return Err(SessionError::NotRunning {
+                id: self.id.clone(),
+                state: live.state,
+            });
+        }
+        *self.handle.lock().unwrap() = sandbox.handle;
+        self.agent_lost.store(false, Ordering::SeqCst);
+        self.agent.send_replace(sandbox.agent);
+        live.state = SessionState::Running;
+        live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
+        live.last_active = now;
+        live.cpu_seen = None;
+        Ok((live.expires_at, live.cwd.clone()))
     }
 
     /// Records the policy a change put in force.
@@ -153,12 +242,16 @@ impl Session {
         self.live.lock().unwrap().state
     }
 
-    /// Expiry of a running or paused session (`None` otherwise): the TTL
-    /// of a running one, the paused limit of a paused one.
+    /// Expiry of a running, paused or hibernated session (`None`
+    /// otherwise): the TTL of a running one, the paused or hibernated
+    /// limit of the others.
     pub(crate) fn expiry(&self) -> Option<OffsetDateTime> {
         let live = self.live.lock().unwrap();
-        matches!(live.state, SessionState::Running | SessionState::Paused)
-            .then_some(live.expires_at)
+        matches!(
+            live.state,
+            SessionState::Running | SessionState::Paused | SessionState::Hibernated
+        )
+        .then_some(live.expires_at)
     }
 
     /// Running → Paused, expiring at `expires_at` unless resumed; returns
@@ -207,6 +300,7 @@ impl Session {
             });
         }
         live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
+        live.last_active = now;
         Ok(())
     }
 
@@ -229,10 +323,14 @@ impl Session {
         Ok(live.expires_at)
     }
 
-    /// Running or Paused → Destroying; `NotRunning` from any other state.
+    /// Running, Paused or Hibernated → Destroying; `NotRunning` from any
+    /// other state.
     pub(crate) fn begin_destroy(&self) -> Result<(), SessionError> {
         let mut live = self.live.lock().unwrap();
-        if !matches!(live.state, SessionState::Running | SessionState::Paused) {
+        if !matches!(
+            live.state,
+            SessionState::Running | SessionState::Paused | SessionState::Hibernated
+        ) {
             return Err(SessionError::NotRunning {
                 id: self.id.clone(),
                 state: live.state,

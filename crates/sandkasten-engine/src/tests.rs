@@ -1385,6 +1385,7 @@ fn spec(id: &str) -> SandboxSpec {
         readonly_rootfs: false,
         workspace: WorkspaceMount::Ephemeral,
         env: Vec::new(),
+        wake: false,
     }
 }
 

@@ -27,6 +27,39 @@ pub struct SessionInfo {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// How far each activity moves `expires_at`.
     pub ttl_seconds: u64,
+    /// What the end of its TTL (or idle limit) does.
+    pub on_timeout: OnTimeout,
+    /// Seconds without activity after which `on_timeout` runs.
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// What a session's timeout does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnTimeout {
+    /// The seed's behaviour: the session ends (`expired`).
+    #[default]
+    Destroy,
+    /// Frozen (`paused`), then destroyed after `paused_ttl_seconds`.
+    Pause,
+    /// Hibernated (`hibernated`), then destroyed after
+    /// `hibernated_ttl_seconds`.
+    Hibernate,
+}
+
+impl OnTimeout {
+    pub const ALL: [OnTimeout; 3] = [OnTimeout::Destroy, OnTimeout::Pause, OnTimeout::Hibernate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Destroy => "destroy",
+            OnTimeout::Pause => "pause",
+            OnTimeout::Hibernate => "hibernate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OnTimeout> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
 }
 
 /// `POST /v1/sessions`.
@@ -48,6 +81,10 @@ pub struct CreateSession {
     /// Metadata kept with the session (at most 64 keys; keys 1 to 256
     /// bytes, values at most 4096), stored and shown as given.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// What its timeout does (`None`: the configured default).
+    pub on_timeout: Option<OnTimeout>,
+    /// Its idle limit in seconds (`None`: the configured default; 0: none).
+    pub idle_timeout_seconds: Option<u64>,
 }
 
 /// The pool, per image (`GET /v1/pool`).

@@ -411,9 +411,18 @@ impl Shared {
                     root: self.ids.host_root,
                     user: self.ids.host_user,
                 };
-                scratch
-                    .create(&spec.id, owners, spec.limits.disk_mb, ephemeral)
-                    .map_err(|e| full_or(e, "creating the sandbox's scratch subvolume"))?;
+                if spec.wake {
+                    // The subvolume hibernate kept, with its quota group.
+                    if let Some(mb) = spec.limits.disk_mb {
+                        scratch.set_limit(&spec.id, mb).map_err(RuntimeError::io_ctx(
+                            "opening the hibernated sandbox's scratch subvolume",
+                        ))?;
+                    }
+                } else {
+                    scratch
+                        .create(&spec.id, owners, spec.limits.disk_mb, ephemeral)
+                        .map_err(|e| full_or(e, "creating the sandbox's scratch subvolume"))?;
+                }
                 let m = ScratchMount {
                     device: scratch.device().to_path_buf(),
                     options: scratch::Scratch::mount_options(&spec.id),
@@ -1053,6 +1062,45 @@ impl Runtime for NativeRuntime {
             s.cgroups.freeze(&h.id, false)
         })
         .await
+    }
+
+    /// Kills the sandbox (thawed first if paused) and removes its link and
+    /// cgroups; its session directory and scratch subvolume (root
+    /// filesystem changes, `/tmp`, an ephemeral `/workspace`) stay for a
+    /// create with `wake`. A sandbox already gone only loses those.
+    async fn hibernate(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let h = handle.clone();
+        let proven = self
+            .run("proving a sandbox's init", move |s| {
+                if s.cgroups.is_frozen(&h.id) {
+                    s.cgroups.freeze(&h.id, false)?;
+                }
+                Ok(s.prove(&h))
+            })
+            .await?;
+        if let Some(pidfd) = proven {
+            process::kill_and_wait(pidfd)
+                .await
+                .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
+        }
+        let id = handle.id.clone();
+        self.run("removing a sandbox's link and cgroups", move |s| {
+            if let Some(n) = &s.network {
+                n.remove(&id)?;
+            }
+            s.cgroups.remove(&id)
+        })
+        .await
+    }
+
+    fn can_hibernate(&self) -> bool {
+        true
+    }
+
+    fn hibernate_keeps_tmp(&self) -> bool {
+        // `/tmp` is a directory of the scratch subvolume; without one it
+        // is a tmpfs.
+        self.shared.scratch.is_some()
     }
 
     async fn stats(&self, handle: &SandboxHandle) -> Result<SandboxStats, RuntimeError> {

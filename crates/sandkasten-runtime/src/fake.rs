@@ -2076,6 +2076,7 @@ mod tests {
             readonly_rootfs: false,
             workspace,
             env: vec![("GREETING".into(), "it's me".into())],
+            wake: false,
         }
     }
 

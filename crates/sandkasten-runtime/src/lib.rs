@@ -144,6 +144,10 @@ pub struct SandboxSpec {
     pub workspace: WorkspaceMount,
     /// Extra environment for the shell.
     pub env: Vec<(String, String)>,
+    /// Start it again on the filesystem state [`Runtime::hibernate`] kept
+    /// under this id (its root filesystem changes, its ephemeral
+    /// `/workspace`), instead of on a fresh one.
+    pub wake: bool,
 }
 
 /// How to find a sandbox again (persisted by the engine).
@@ -495,6 +499,26 @@ pub trait Runtime: Send + Sync + 'static {
     /// Thaws a paused sandbox: its processes go on where they were.
     async fn resume(&self, _handle: &SandboxHandle) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported("resume".into(), self.name()))
+    }
+
+    /// Ends the sandbox's processes and frees its memory, its link and its
+    /// cgroups, but keeps its filesystem state (root filesystem changes,
+    /// an ephemeral `/workspace`) for a [`Runtime::create`] with
+    /// [`SandboxSpec::wake`]; [`Runtime::destroy`] removes that state.
+    async fn hibernate(&self, _handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("hibernate".into(), self.name()))
+    }
+
+    /// Whether [`Runtime::hibernate`] is supported.
+    fn can_hibernate(&self) -> bool {
+        false
+    }
+
+    /// Whether a sandbox's `/tmp` is kept by [`Runtime::hibernate`] (on
+    /// disk); where it is not (a tmpfs), the engine saves it into the root
+    /// filesystem first.
+    fn hibernate_keeps_tmp(&self) -> bool {
+        false
     }
 
     /// Whether this backend enforces [`NetworkPolicy`]s on running

@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
     // 7: each session's metadata (a JSON object of strings; NULL: none),
     // set at create (the E2B API's `metadata`) and shown with the session.
     "ALTER TABLE sessions ADD COLUMN metadata TEXT;",
+    // 8: what a session's timeout does (`destroy`, `pause`, `hibernate`;
+    // NULL: destroy), its idle limit (seconds without activity; NULL:
+    // none), and a hibernated session's kept shell state (a JSON object;
+    // NULL while it is not hibernated).
+    "ALTER TABLE sessions ADD COLUMN on_timeout TEXT;
+     ALTER TABLE sessions ADD COLUMN idle_timeout_seconds INTEGER;
+     ALTER TABLE sessions ADD COLUMN hibernation TEXT;",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

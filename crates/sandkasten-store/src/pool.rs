@@ -117,7 +117,10 @@ mod tests {
                 ended_at_ms: None,
                 disk_limit_mb: Some(512),
                 network: Some("full allow= deny=".into()),
-                metadata: Default::default(),
+                on_timeout: None,
+            idle_timeout_seconds: None,
+            hibernation: None,
+            metadata: Default::default(),
             };
             store.insert_pool_entry(&entry("c")).unwrap();
             store.promote_pool_entry(&s).unwrap();

@@ -31,13 +31,23 @@ pub struct SessionRecord {
     /// Metadata given at create (string keys and values); empty in rows
     /// from before migration 7.
     pub metadata: BTreeMap<String, String>,
+    /// What the session's timeout does (the engine's name for it); `None`:
+    /// destroy (rows from before migration 8 too).
+    pub on_timeout: Option<String>,
+    /// Seconds without activity after which the timeout action runs;
+    /// `None`: no idle limit.
+    pub idle_timeout_seconds: Option<u64>,
+    /// A hibernated session's kept shell state (the engine's JSON);
+    /// `None` unless hibernated.
+    pub hibernation: Option<String>,
 }
 
 /// Alias kept for readability at call sites that list rows.
 pub type SessionRow = SessionRecord;
 
 const COLUMNS: &str = "id, image, state, workspace_id, cwd, ttl_seconds, created_at_ms, \
-     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb, network, metadata";
+     expires_at_ms, acquire_source, pid, pid_start_time, ended_at_ms, disk_limit_mb, network, metadata, \
+     on_timeout, idle_timeout_seconds, hibernation";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -59,6 +69,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
             .get::<_, Option<String>>(14)?
             .and_then(|m| serde_json::from_str(&m).ok())
             .unwrap_or_default(),
+        on_timeout: r.get(15)?,
+        idle_timeout_seconds: r.get::<_, Option<i64>>(16)?.map(|v| v as u64),
+        hibernation: r.get(17)?,
     })
 }
 
@@ -66,7 +79,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
 pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(), StoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)"
+            "INSERT INTO sessions ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
         ),
         params![
             s.id,
@@ -85,6 +98,9 @@ pub(crate) fn insert(conn: &rusqlite::Connection, s: &SessionRecord) -> Result<(
             s.network,
             (!s.metadata.is_empty())
                 .then(|| serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into())),
+            s.on_timeout,
+            s.idle_timeout_seconds.map(|v| v as i64),
+            s.hibernation,
         ],
     )
     .map(|_| ())
@@ -139,6 +155,23 @@ impl Store {
             )
             .map(|_| ())
             .map_err(q("recording a session's TTL"))
+    }
+
+    /// Records a session hibernated (`Some`: its kept shell state) or
+    /// woken (`None`), with its state.
+    pub fn set_session_hibernation(
+        &self,
+        id: &str,
+        state: SessionState,
+        hibernation: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE sessions SET state = ?2, hibernation = ?3 WHERE id = ?1",
+                params![id, state, hibernation],
+            )
+            .map(|_| ())
+            .map_err(q("recording a session's hibernation"))
     }
 
     /// Records the network policy (text form) a change put in force.
@@ -224,6 +257,9 @@ mod tests {
             ended_at_ms: None,
             disk_limit_mb: None,
             network: None,
+            on_timeout: None,
+            idle_timeout_seconds: None,
+            hibernation: None,
             metadata: BTreeMap::new(),
         }
     }

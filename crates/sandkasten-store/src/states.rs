@@ -11,6 +11,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 ///    │          │ ▲ │  └──(ttl)──► Destroying ──► Expired
 ///    │   (pause)▼ │(resume)   └──(sandbox died)──► Lost
 ///    │         Paused ──(paused ttl, destroy)──► Destroying
+///    │   Running ⇄ Hibernated (hibernate; wake) ──(hibernated ttl, destroy)──► Destroying
 ///    └──(fail)──► Failed
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,11 +26,14 @@ pub enum SessionState {
     /// Every process frozen, memory kept; its TTL does not run (a paused
     /// session has its own limit).
     Paused,
+    /// No process runs and no memory is held; the sandbox's filesystem
+    /// state is kept on disk and a wake starts it again on it.
+    Hibernated,
 }
 
 impl SessionState {
     /// Every state.
-    pub const ALL: [SessionState; 8] = [
+    pub const ALL: [SessionState; 9] = [
         SessionState::Creating,
         SessionState::Running,
         SessionState::Destroying,
@@ -38,6 +42,7 @@ impl SessionState {
         SessionState::Lost,
         SessionState::Failed,
         SessionState::Paused,
+        SessionState::Hibernated,
     ];
 
     /// Its name (in the database and on the wire).
@@ -51,6 +56,7 @@ impl SessionState {
             SessionState::Lost => "lost",
             SessionState::Failed => "failed",
             SessionState::Paused => "paused",
+            SessionState::Hibernated => "hibernated",
         }
     }
 

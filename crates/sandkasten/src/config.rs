@@ -69,6 +69,9 @@ pub struct Config {
     /// How long a paused session is kept (its TTL does not run while
     /// paused); then it is destroyed.
     pub paused_ttl_seconds: u64,
+    /// How long a hibernated session is kept (its TTL does not run while
+    /// hibernated); then it is destroyed.
+    pub hibernated_ttl_seconds: u64,
     pub max_sessions: usize,
     /// Largest accepted request body (uploads and writes).
     pub max_body_mb: u64,
@@ -227,6 +230,12 @@ pub struct Defaults {
     pub disk_limit_mb: u64,
     /// Upper bound of a create request's `disk_limit_mb`.
     pub max_disk_limit_mb: u64,
+    /// What a session's timeout does when its request names nothing:
+    /// `destroy`, `pause` or `hibernate`.
+    pub on_timeout: String,
+    /// Seconds without activity after which a session's timeout action
+    /// runs, when its request names none; 0: no idle limit.
+    pub idle_timeout_seconds: u64,
 }
 
 /// The `disk:` section: where sandboxes' own writes live on the host.
@@ -311,6 +320,7 @@ impl Default for Config {
             allowed_images: Vec::new(),
             session_ttl_seconds: 1800,
             paused_ttl_seconds: 86_400,
+            hibernated_ttl_seconds: 604_800,
             max_sessions: 64,
             max_body_mb: 64,
             defaults: Defaults::default(),
@@ -354,6 +364,8 @@ impl Default for Defaults {
             tmp_size_mb: 256,
             disk_limit_mb: 4096,
             max_disk_limit_mb: 16384,
+            on_timeout: "destroy".into(),
+            idle_timeout_seconds: 0,
         }
     }
 }
@@ -485,6 +497,15 @@ impl Config {
         }
         if self.paused_ttl_seconds == 0 {
             bail!("paused_ttl_seconds: must be at least 1");
+        }
+        if self.hibernated_ttl_seconds == 0 {
+            bail!("hibernated_ttl_seconds: must be at least 1");
+        }
+        if sandkasten_engine::OnTimeout::parse(&self.defaults.on_timeout).is_none() {
+            bail!(
+                "defaults.on_timeout: must be destroy, pause or hibernate, got {:?}",
+                self.defaults.on_timeout
+            );
         }
         if self.max_sessions == 0 {
             bail!("max_sessions: must be at least 1");

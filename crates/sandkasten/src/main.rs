@@ -337,6 +337,12 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         allowed_images: cfg.allowed_images.clone(),
         session_ttl_seconds: cfg.session_ttl_seconds,
         paused_ttl_seconds: cfg.paused_ttl_seconds,
+        hibernated_ttl_seconds: cfg.hibernated_ttl_seconds,
+        // Checked by Config::validate at start.
+        on_timeout: sandkasten_engine::OnTimeout::parse(&cfg.defaults.on_timeout)
+            .unwrap_or_default(),
+        idle_timeout_seconds: (cfg.defaults.idle_timeout_seconds > 0)
+            .then_some(cfg.defaults.idle_timeout_seconds),
         max_sessions: cfg.max_sessions,
         limits: Limits {
             memory_mb: cfg.defaults.mem_limit_mb,

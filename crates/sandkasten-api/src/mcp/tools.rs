@@ -486,6 +486,7 @@ async fn create_sandbox(state: &AppState, a: CreateSandbox) -> Result<Answer, Ap
         }),
         network_mode: None,
         metadata: None,
+        ..Default::default()
     };
     let info = state.backend.create_session(req.into()).await?;
     Answer::json(SessionInfo::from(info))

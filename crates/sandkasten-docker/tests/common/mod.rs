@@ -90,6 +90,7 @@ impl Harness {
             readonly_rootfs: false,
             workspace,
             env: vec![("SANDKASTEN_TEST".into(), "yes".into())],
+            wake: false,
         }
     }
 }
