@@ -142,3 +142,162 @@ fn a_pause_survives_a_daemon_sigkill_and_restart() {
     d2.delete(&id);
     assert_sandbox_gone(&home, &id, "destroy after a paused restart");
 }
+
+// ---------------------------------------------------------------- hibernate
+
+/// Writes a line into a file in the root filesystem, in /tmp and in
+/// /workspace, and leaves the shell in a directory of /tmp with a
+/// variable whose value needs quoting.
+fn leave_state(d: &Daemon, id: &str, n: u32) {
+    d.sh(
+        id,
+        &format!(
+            "mkdir -p /tmp/d && echo {n} >> /home/sandbox/log && echo {n} >> /tmp/d/log \
+             && echo {n} >> /workspace/log && export KEPT=\"it's $((1+{n})) o'clock\" && cd /tmp/d"
+        ),
+    );
+}
+
+#[test]
+fn a_hibernated_session_keeps_its_files_and_shell_state_and_no_process() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    leave_state(&d, &id, 1);
+    d.sh(&id, "sleep 600 >/dev/null 2>&1 & echo started");
+    let v = post(&d, &id, "hibernate").expect(200, "hibernate");
+    assert_eq!(v["status"], "hibernated", "{v}");
+    assert_eq!(v["mode"], "filesystem", "{v}");
+    assert_eq!(v["lost"], serde_json::json!(["processes", "memory"]), "{v}");
+    // Nothing runs and no memory is held.
+    assert!(
+        wait_for(Duration::from_secs(10), || !sandbox_running(&id)),
+        "the hibernated sandbox still runs: {:?}",
+        sandbox_pids(&id)
+    );
+    assert_eq!(status(&d, &id), "hibernated", "a GET woke the session");
+    let stats = d.get(&format!("/v1/sessions/{id}/stats")).expect(200, "stats");
+    assert_eq!(stats["pids"], 0, "{stats}");
+    // Any call wakes it on its kept state.
+    let v = d.exec(&id, "cat /home/sandbox/log /tmp/d/log /workspace/log; echo \"$KEPT\"; pgrep -x sleep || echo no-sleep");
+    assert_eq!(v["output"], "1\n1\n1\nit's 2 o'clock\nno-sleep\n", "{v}");
+    assert_eq!(v["cwd"], "/tmp/d", "{v}");
+    assert_eq!(status(&d, &id), "running");
+    // A persistent workspace comes back too.
+    let ws = ws_id("hib");
+    let v = d.create_session(serde_json::json!({"workspace_id": ws}));
+    let id2 = v["id"].as_str().unwrap().to_string();
+    d.sh(&id2, "echo kept > /workspace/w");
+    post(&d, &id2, "hibernate").expect(200, "hibernate with a workspace");
+    let v = post(&d, &id2, "resume").expect(200, "resume wakes a hibernated session");
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(d.sh(&id2, "cat /workspace/w"), "kept\n");
+    d.delete(&id2);
+    d.delete(&id);
+    assert_sandbox_gone(&d.home, &id, "destroy after a wake");
+}
+
+#[test]
+fn fifty_hibernate_cycles_lose_nothing() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let cycles = 50;
+    for n in 1..=cycles {
+        leave_state(&d, &id, n);
+        post(&d, &id, "hibernate").expect(200, "hibernate");
+    }
+    let want: String = (1..=cycles).map(|n| format!("{n}\n")).collect();
+    for f in ["/home/sandbox/log", "/tmp/d/log", "/workspace/log"] {
+        assert_eq!(d.sh(&id, &format!("cat {f}")), want, "{f} after {cycles} cycles");
+    }
+    let v = d.exec(&id, "echo \"$KEPT\"");
+    assert_eq!(v["output"], format!("it's {} o'clock\n", cycles + 1), "{v}");
+    assert_eq!(v["cwd"], "/tmp/d", "{v}");
+    d.delete(&id);
+    assert_sandbox_gone(&d.home, &id, "destroy after 50 cycles");
+}
+
+#[test]
+fn a_hibernated_session_survives_a_daemon_sigkill_and_destroy_leaves_nothing() {
+    let d1 = Daemon::start(None);
+    let id = d1.new_session();
+    leave_state(&d1, &id, 7);
+    post(&d1, &id, "hibernate").expect(200, "hibernate");
+    let home = d1.home.clone();
+    d1.kill_9();
+    let d2 = Daemon::start_in(&home, None);
+    assert_eq!(status(&d2, &id), "hibernated", "the restart lost the hibernation");
+    assert!(!sandbox_running(&id), "the restart started the sandbox");
+    assert_eq!(d2.sh(&id, "cat /tmp/d/log; echo \"$KEPT\""), "7\nit's 8 o'clock\n");
+    // Destroy while hibernated leaves nothing either.
+    post(&d2, &id, "hibernate").expect(200, "hibernate again");
+    d2.delete(&id);
+    assert_sandbox_gone(&home, &id, "destroy while hibernated");
+}
+
+#[test]
+fn the_timeout_pauses_or_hibernates_as_the_session_asks() {
+    let d = Daemon::start(Some("session_ttl_seconds: 2\n"));
+    let paused = d.create_session(serde_json::json!({"on_timeout": "pause"}));
+    let hib = d.create_session(serde_json::json!({"on_timeout": "hibernate"}));
+    let destroyed = d.new_session();
+    assert_eq!(paused["on_timeout"], "pause", "{paused}");
+    let (p, h) = (paused["id"].as_str().unwrap(), hib["id"].as_str().unwrap());
+    d.sh(h, "echo kept > /tmp/f");
+    assert!(
+        wait_for(Duration::from_secs(15), || status(&d, p) == "paused"
+            && status(&d, h) == "hibernated"
+            && d.get_session(&destroyed).status == 404),
+        "after the TTL: {} {} {}",
+        status(&d, p),
+        status(&d, h),
+        d.get_session(&destroyed).status
+    );
+    assert_eq!(d.sh(h, "cat /tmp/f"), "kept\n", "the wake after a timeout");
+    assert_eq!(d.sh(p, "echo back"), "back\n");
+}
+
+#[test]
+fn the_idle_limit_counts_work_in_the_sandbox_not_only_calls() {
+    let d = Daemon::start(None);
+    let body = serde_json::json!({"idle_timeout_seconds": 2, "on_timeout": "pause"});
+    let idle = d.create_session(body.clone())["id"].as_str().unwrap().to_string();
+    let busy = d.create_session(body)["id"].as_str().unwrap().to_string();
+    // A job that works without any API call.
+    d.sh(
+        &busy,
+        "(while true; do date >> /tmp/t; i=0; while [ $i -lt 300 ]; do i=$((i+1)); done; sleep 0.1; done) >/dev/null 2>&1 &",
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || status(&d, &idle) == "paused"),
+        "the idle session was not paused"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&d, &busy), "running", "a session at work was taken for idle");
+    let v = d.get_session(&busy).expect(200, "get");
+    assert_eq!(v["idle_timeout_seconds"], 2, "{v}");
+}
+
+#[test]
+fn hibernate_and_the_timeout_fields_refuse_bad_input() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    post(&d, "nosuchsession", "hibernate").assert_error(404, "SESSION_NOT_FOUND", "unknown");
+    post(&d, &id, "hibernate").expect(200, "hibernate");
+    post(&d, &id, "hibernate").assert_error(409, "SESSION_NOT_RUNNING", "hibernate twice");
+    assert_eq!(status(&d, &id), "hibernated", "a refused hibernate changed the state");
+    post(&d, &id, "pause").assert_error(409, "SESSION_NOT_RUNNING", "pause of a hibernated one");
+    for body in [
+        serde_json::json!({"on_timeout": "explode"}),
+        serde_json::json!({"on_timeout": 3}),
+        serde_json::json!({"idle_timeout_seconds": -1}),
+        serde_json::json!({"idle_timeout_seconds": 99999999}),
+    ] {
+        let r = d.post("/v1/sessions", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+    }
+    // A paused session hibernates (thawed first).
+    let p = d.new_session();
+    post(&d, &p, "pause").expect(200, "pause");
+    post(&d, &p, "hibernate").expect(200, "hibernate a paused session");
+    assert_eq!(d.sh(&p, "echo ok"), "ok\n");
+}

@@ -748,6 +748,10 @@ pub fn sandbox_leftovers(home: &DataDir, id: &str) -> Vec<String> {
             if !home.data.join("docker-kept").join(id).exists() && docker_volume_exists(&vol) {
                 left.push(format!("volume {vol}"));
             }
+            let img = format!("sandkasten-hibernated:{id}");
+            if docker_cli(&["image", "inspect", &img]).0 {
+                left.push(format!("image {img}"));
+            }
         }
     }
     let dir = sandbox_dir(home, id);
