@@ -178,7 +178,8 @@ fn a_hibernated_session_keeps_its_files_and_shell_state_and_no_process() {
     let stats = d.get(&format!("/v1/sessions/{id}/stats")).expect(200, "stats");
     assert_eq!(stats["pids"], 0, "{stats}");
     // Any call wakes it on its kept state.
-    let v = d.exec(&id, "cat /home/sandbox/log /tmp/d/log /workspace/log; echo \"$KEPT\"; pgrep -x sleep || echo no-sleep");
+    let v = d.exec(&id, "cat /home/sandbox/log /tmp/d/log /workspace/log; echo \"$KEPT\"; \
+         (cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -q 'sleep 60[0]') && echo sleeping || echo no-sleep");
     assert_eq!(v["output"], "1\n1\n1\nit's 2 o'clock\nno-sleep\n", "{v}");
     assert_eq!(v["cwd"], "/tmp/d", "{v}");
     assert_eq!(status(&d, &id), "running");
