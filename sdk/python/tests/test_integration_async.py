@@ -628,3 +628,24 @@ async def test_pooled_create_with_workspace_and_env(
     assert metric_value(text, 'sandkasten_pool_hits_total{image="base"}') == after.hits
     assert metric_value(text, 'sandkasten_pool_target{image="base"}') == POOL_SIZE
     assert metric_value(text, 'sandkasten_session_creates_total{source="pool"}') >= 2
+
+
+async def test_hibernate_and_the_timeout_fields(aclient: SandboxClient) -> None:
+    s = await aclient.create_session(
+        on_timeout="hibernate", idle_timeout_seconds=600, metadata={"owner": "sdk"}
+    )
+    try:
+        assert s.last_info.on_timeout == "hibernate"
+        assert s.last_info.idle_timeout_seconds == 600
+        assert s.last_info.metadata == {"owner": "sdk"}
+        await s.exec("export KEPT=yes; echo f > /tmp/f")
+        info = await s.hibernate()
+        assert info.status == "hibernated"
+        with pytest.raises(sandkasten.SessionNotRunning):
+            await s.hibernate()
+        # Any call wakes it on its kept state.
+        assert (await s.exec("cat /tmp/f; echo $KEPT")).output == "f\nyes\n"
+        await s.hibernate()
+        assert (await s.resume()).status == "running"
+    finally:
+        await s.destroy()

@@ -331,3 +331,24 @@ def test_network_policy_on_create_and_live(client: SyncSandboxClient) -> None:
         info = session.set_network("none")
         assert info.network.mode == "none"
         assert session.exec("ip -o link show | wc -l").output.strip() == "1"
+
+
+def test_hibernate_and_the_timeout_fields(client: SyncSandboxClient) -> None:
+    s = client.create_session(
+        on_timeout="hibernate", idle_timeout_seconds=600, metadata={"owner": "sdk"}
+    )
+    try:
+        assert s.last_info.on_timeout == "hibernate"
+        assert s.last_info.idle_timeout_seconds == 600
+        assert s.last_info.metadata == {"owner": "sdk"}
+        s.exec("export KEPT=yes; echo f > /tmp/f")
+        info = s.hibernate()
+        assert info.status == "hibernated"
+        with pytest.raises(sandkasten.SessionNotRunning):
+            s.hibernate()
+        # Any call wakes it on its kept state.
+        assert (s.exec("cat /tmp/f; echo $KEPT")).output == "f\nyes\n"
+        s.hibernate()
+        assert (s.resume()).status == "running"
+    finally:
+        s.destroy()

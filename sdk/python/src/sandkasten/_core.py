@@ -656,6 +656,9 @@ def create_session(
     env: Mapping[str, str] | None = None,
     disk_limit_mb: int | None = None,
     network: NetworkPolicy | Mapping[str, Any] | str | None = None,
+    on_timeout: str | None = None,
+    idle_timeout_seconds: int | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Call[SessionInfo]:
     """``POST /v1/sessions``; ``env`` is sent as the JSON object ``env``
     (omitted when None; the daemon validates names and sizes),
@@ -686,6 +689,12 @@ def create_session(
         body["disk_limit_mb"] = disk_limit_mb
     if network is not None:
         body["network"] = network_body(network)
+    if on_timeout is not None:
+        body["on_timeout"] = on_timeout
+    if idle_timeout_seconds is not None:
+        body["idle_timeout_seconds"] = idle_timeout_seconds
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
     return Call("POST", "/v1/sessions", lambda d: SessionInfo.from_json(_obj(d)), json=body)
 
 
@@ -815,6 +824,13 @@ def resume_session(session_id: str) -> Call[SessionInfo]:
     """``POST /v1/sessions/{id}/resume``."""
     return Call(
         "POST", session_path(session_id) + "/resume", lambda d: SessionInfo.from_json(_obj(d))
+    )
+
+
+def hibernate_session(session_id: str) -> Call[SessionInfo]:
+    """``POST /v1/sessions/{id}/hibernate``."""
+    return Call(
+        "POST", session_path(session_id) + "/hibernate", lambda d: SessionInfo.from_json(_obj(d))
     )
 
 

@@ -138,6 +138,9 @@ class SandboxClient(_core.ClientBase):
         env: Mapping[str, str] | None = None,
         disk_limit_mb: int | None = None,
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
+        on_timeout: str | None = None,
+        idle_timeout_seconds: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Session:
         """Create a session (``POST /v1/sessions``).
 
@@ -168,6 +171,13 @@ class SandboxClient(_core.ClientBase):
                 "allow_out": ["pypi.org", "203.0.113.0/24"]}``) or a bare
                 mode (``"full"``, ``"none"``). None for the daemon's
                 defaults. ``session.last_info.network`` is the policy in force.
+            on_timeout: What the end of the TTL (or of the idle limit) does:
+                ``"destroy"``, ``"pause"`` or ``"hibernate"``; None for the
+                daemon's ``defaults.on_timeout``.
+            idle_timeout_seconds: Seconds without activity (no API call and
+                no CPU work in the sandbox) after which ``on_timeout`` runs;
+                0 for none, None for the daemon's default.
+            metadata: Strings kept with the session and shown with it.
 
         Raises:
             InvalidImage, InvalidWorkspace, CapacityExhausted, WorkspaceDisabled.
@@ -180,7 +190,17 @@ class SandboxClient(_core.ClientBase):
                 ``disk_limit_mb`` is not an int (nothing is sent).
         """
         info = await self._run(
-            _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb, network)
+            _core.create_session(
+                image,
+                ttl_seconds,
+                workspace_id,
+                env,
+                disk_limit_mb,
+                network,
+                on_timeout,
+                idle_timeout_seconds,
+                metadata,
+            )
         )
         return self._session(info)
 

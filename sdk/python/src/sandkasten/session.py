@@ -110,11 +110,24 @@ class Session(_core.SessionBase):
         """
         return await self._client._run(_core.pause_session(self._id))
 
-    async def resume(self) -> SessionInfo:
-        """Thaw a paused session (``POST /v1/sessions/{id}/resume``).
+    async def hibernate(self) -> SessionInfo:
+        """Hibernate the session (``POST /v1/sessions/{id}/hibernate``): every
+        process ends and its memory is freed; files (``/``, ``/tmp``,
+        ``/workspace``) and the shell's cwd and exported variables are kept.
+        Any later call (or :meth:`resume`) wakes it on that state.
 
         Raises:
-            SessionNotPaused: It is not paused.
+            SessionNotRunning: It is hibernated already (or ending).
+            Unsupported: The daemon's backend cannot hibernate.
+        """
+        return await self._client._run(_core.hibernate_session(self._id))
+
+    async def resume(self) -> SessionInfo:
+        """Thaw a paused session or wake a hibernated one
+        (``POST /v1/sessions/{id}/resume``).
+
+        Raises:
+            SessionNotPaused: It is neither paused nor hibernated.
         """
         return await self._client._run(_core.resume_session(self._id))
 

@@ -138,6 +138,9 @@ class SyncSandboxClient(_core.ClientBase):
         env: Mapping[str, str] | None = None,
         disk_limit_mb: int | None = None,
         network: NetworkPolicy | Mapping[str, Any] | str | None = None,
+        on_timeout: str | None = None,
+        idle_timeout_seconds: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> SyncSession:
         """Create a session (``POST /v1/sessions``), from the pre-warmed pool
         when one is ready; see :meth:`sandkasten.SandboxClient.create_session`.
@@ -152,8 +155,25 @@ class SyncSandboxClient(_core.ClientBase):
                 None for the daemon's default.
             network: The outbound network policy (a :class:`NetworkPolicy`,
                 a mapping or a bare mode); None for the daemon's defaults.
+            on_timeout: What the end of the TTL (or of the idle limit) does:
+                ``"destroy"``, ``"pause"`` or ``"hibernate"``; None for the
+                daemon's ``defaults.on_timeout``.
+            idle_timeout_seconds: Seconds without activity (no API call and
+                no CPU work in the sandbox) after which ``on_timeout`` runs;
+                0 for none, None for the daemon's default.
+            metadata: Strings kept with the session and shown with it.
         """
-        call = _core.create_session(image, ttl_seconds, workspace_id, env, disk_limit_mb, network)
+        call = _core.create_session(
+            image,
+            ttl_seconds,
+            workspace_id,
+            env,
+            disk_limit_mb,
+            network,
+            on_timeout,
+            idle_timeout_seconds,
+            metadata,
+        )
         return self._session(self._run(call))
 
     def get_session(self, session_id: str) -> SyncSession:
@@ -333,11 +353,24 @@ class SyncSession(_core.SessionBase):
         """
         return self._client._run(_core.pause_session(self._id))
 
-    def resume(self) -> SessionInfo:
-        """Thaw a paused session (``POST /v1/sessions/{id}/resume``).
+    def hibernate(self) -> SessionInfo:
+        """Hibernate the session (``POST /v1/sessions/{id}/hibernate``): every
+        process ends and its memory is freed; files (``/``, ``/tmp``,
+        ``/workspace``) and the shell's cwd and exported variables are kept.
+        Any later call (or :meth:`resume`) wakes it on that state.
 
         Raises:
-            SessionNotPaused: It is not paused.
+            SessionNotRunning: It is hibernated already (or ending).
+            Unsupported: The daemon's backend cannot hibernate.
+        """
+        return self._client._run(_core.hibernate_session(self._id))
+
+    def resume(self) -> SessionInfo:
+        """Thaw a paused session or wake a hibernated one
+        (``POST /v1/sessions/{id}/resume``).
+
+        Raises:
+            SessionNotPaused: It is neither paused nor hibernated.
         """
         return self._client._run(_core.resume_session(self._id))
 

@@ -186,8 +186,8 @@ class SessionInfo:
     """Image the session runs (``base`` is built in)."""
 
     status: str
-    """One of ``creating``, ``running``, ``destroying``, ``destroyed``, ``expired``,
-    ``lost``, ``failed``."""
+    """One of ``creating``, ``running``, ``paused``, ``hibernated``, ``destroying``,
+    ``destroyed``, ``expired``, ``lost``, ``failed``."""
 
     cwd: str
     """The shell's working directory after the last exec."""
@@ -212,6 +212,16 @@ class SessionInfo:
     """The outbound network policy in force; None from daemons without
     network policies."""
 
+    metadata: dict[str, str] | None = None
+    """Strings given at create; None from daemons that do not send them."""
+
+    on_timeout: str | None = None
+    """What the end of the TTL (or idle limit) does: ``destroy``, ``pause`` or
+    ``hibernate``."""
+
+    idle_timeout_seconds: int | None = None
+    """The idle limit in seconds; None: none."""
+
     container_id: str | None = None
     """Kept for compatibility with sandkasten 0.3; this daemon does not send it."""
 
@@ -234,6 +244,9 @@ class SessionInfo:
             network=NetworkPolicy.from_json(data["network"])
             if isinstance(data.get("network"), dict)
             else None,
+            metadata=dict(data["metadata"]) if isinstance(data.get("metadata"), dict) else None,
+            on_timeout=data.get("on_timeout"),
+            idle_timeout_seconds=data.get("idle_timeout_seconds"),
             container_id=data.get("container_id"),
             last_activity=data.get("last_activity"),
         )
