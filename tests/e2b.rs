@@ -142,7 +142,7 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
     for body in [
         json!({"templateID": "no-such-image"}),
         json!({"templateID": "base", "timeout": 0}),
-        json!({"templateID": "base", "autoPause": true}),
+        json!({"templateID": "base", "autoResume": {"enabled": false}}),
         json!({"templateID": "base", "envVars": {"1BAD": "x"}}),
         json!({"templateID": "base", "network": {"allowOut": ["example.com"]}}),
         json!({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]}),
@@ -161,6 +161,14 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
             .body("{not json"),
     );
     assert_eq!(r.status, 400, "{}", r.text);
+
+    // autoPause: the timeout pauses instead of killing.
+    let (ap, _) = e2b_sandbox(
+        &d,
+        json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}, "secure": true}),
+    );
+    assert_eq!(d.get_session(&ap).expect(200, "our GET")["on_timeout"], "pause");
+    d.delete(&ap);
 
     let (id, token) = e2b_sandbox(
         &d,
@@ -181,9 +189,21 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
                 .body(body.to_string()),
         )
     };
+    // A filesystem-only pause is our hibernate; connect wakes it.
+    d.sh(&id, "echo kept > /tmp/kept");
     let r = pause(r#"{"memory": false}"#);
-    assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.json["message"].as_str().unwrap().contains("filesystem"));
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        d.get_session(&id).expect(200, "our GET")["status"],
+        "hibernated"
+    );
+    assert_eq!(pause("{}").status, 409, "pause of a hibernated sandbox");
+    let r = d.send(
+        ctl(&d, reqwest::Method::POST, &format!("/sandboxes/{id}/connect"))
+            .json(&json!({"timeout": 600})),
+    );
+    assert_eq!(r.status / 100, 2, "{}", r.text);
+    assert_eq!(d.sh(&id, "cat /tmp/kept"), "kept\n");
     assert_eq!(pause("{}").status, 204);
     assert_eq!(
         d.get_session(&id).expect(200, "our GET")["status"],

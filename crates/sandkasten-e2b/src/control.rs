@@ -24,7 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sandkasten_engine::{
-    CreateSession, Engine, EngineError, NetworkMode, NetworkRequest, SessionError, SessionInfo,
+    CreateSession, Engine, EngineError, NetworkMode, NetworkRequest, OnTimeout, SessionError,
+    SessionInfo,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -265,11 +266,20 @@ fn timeout_seconds(t: i64) -> Result<u64> {
 
 async fn create(State(ctl): State<Ctl>, body: Bytes) -> Result<Response> {
     let req: NewSandbox = parse(&body)?;
-    if req.auto_pause == Some(true) || req.auto_resume.as_ref().is_some_and(|v| !v.is_null()) {
+    // A paused Sandkasten session resumes on any call: autoResume may be
+    // asked for, not turned off.
+    let resume_off = match &req.auto_resume {
+        Some(Value::Bool(b)) => !b,
+        Some(Value::Object(o)) => o.get("enabled") == Some(&Value::Bool(false)),
+        _ => false,
+    };
+    if resume_off {
         return Err(E2bError::bad(
-            "autoPause and autoResume are not supported yet: a sandbox ends at its timeout (pause it explicitly with pause)",
+            "autoResume cannot be turned off: a paused Sandkasten sandbox resumes on any call",
         ));
     }
+    // autoPause: the timeout pauses instead of killing.
+    let on_timeout = (req.auto_pause == Some(true)).then_some(OnTimeout::Pause);
     for (name, v) in [("mcp", &req.mcp), ("iam", &req.iam)] {
         if v.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(E2bError::bad(format!(
@@ -294,6 +304,7 @@ async fn create(State(ctl): State<Ctl>, body: Bytes) -> Result<Response> {
         env: req.env_vars.unwrap_or_default().into_iter().collect(),
         network: network_request(req.allow_internet_access, req.network)?,
         metadata: req.metadata.unwrap_or_default(),
+        on_timeout,
         ..Default::default()
     };
     let info = ctl.engine.create_session(create).await?;
@@ -331,7 +342,7 @@ fn listed(ctl: &Ctl, s: &SessionInfo, detail: bool) -> Value {
         "cpuCount": limits.cpu.ceil().max(1.0) as u64,
         "memoryMB": limits.memory_mb,
         "diskSizeMB": s.disk_limit_mb.unwrap_or(0),
-        "state": if s.status == sandkasten_engine::SessionState::Paused { "paused" } else { "running" },
+        "state": if paused(s) { "paused" } else { "running" },
         "envdVersion": ENVD_VERSION,
         "metadata": s.metadata,
     });
@@ -343,13 +354,19 @@ fn listed(ctl: &Ctl, s: &SessionInfo, detail: bool) -> Value {
     v
 }
 
-/// A running or paused session or 404 (an ended one is gone for E2B).
+/// Paused for E2B: paused (memory kept) or hibernated (filesystem only).
+fn paused(s: &SessionInfo) -> bool {
+    matches!(
+        s.status,
+        sandkasten_engine::SessionState::Paused | sandkasten_engine::SessionState::Hibernated
+    )
+}
+
+/// A running, paused or hibernated session or 404 (an ended one is gone
+/// for E2B).
 async fn running(ctl: &Ctl, id: &str) -> Result<SessionInfo> {
     let s = ctl.engine.get_session(id).await?;
-    if !matches!(
-        s.status,
-        sandkasten_engine::SessionState::Running | sandkasten_engine::SessionState::Paused
-    ) {
+    if s.status != sandkasten_engine::SessionState::Running && !paused(&s) {
         return Err(E2bError::new(
             StatusCode::NOT_FOUND,
             format!("sandbox {id} not found (it is {})", s.status.as_str()),
@@ -396,7 +413,7 @@ async fn connect(
 ) -> Result<Json<Value>> {
     let t: Timeout = parse(&body)?;
     let mut s = running(&ctl, &id).await?;
-    if s.status == sandkasten_engine::SessionState::Paused {
+    if paused(&s) {
         // E2B's connect resumes a paused sandbox.
         s = ctl.engine.resume_session(&id).await?;
     }
@@ -416,23 +433,23 @@ struct PauseRequest {
     memory: Option<bool>,
 }
 
-/// Pauses a running sandbox (its memory kept: E2B's pause); 409 when it
-/// is paused already.
+/// Pauses a running sandbox: its memory kept (E2B's pause: ours), or with
+/// `memory: false` its filesystem only (our hibernate); 409 when it is
+/// paused already.
 async fn pause(State(ctl): State<Ctl>, Path(id): Path<String>, body: Bytes) -> Result<StatusCode> {
     let req: PauseRequest = parse(&body)?;
-    if req.memory == Some(false) {
-        return Err(E2bError::bad(
-            "a filesystem-only pause (memory: false) is not supported yet: pause keeps the memory",
-        ));
-    }
     let s = running(&ctl, &id).await?;
-    if s.status == sandkasten_engine::SessionState::Paused {
+    if paused(&s) {
         return Err(E2bError::new(
             StatusCode::CONFLICT,
             format!("sandbox {id} is already paused"),
         ));
     }
-    ctl.engine.pause_session(&id).await?;
+    if req.memory == Some(false) {
+        ctl.engine.hibernate_session(&id).await?;
+    } else {
+        ctl.engine.pause_session(&id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -445,7 +462,7 @@ async fn resume(
 ) -> Result<(StatusCode, Json<Value>)> {
     let t: Timeout = parse(&body)?;
     let s = running(&ctl, &id).await?;
-    if s.status != sandkasten_engine::SessionState::Paused {
+    if !paused(&s) {
         return Err(E2bError::new(
             StatusCode::CONFLICT,
             format!("sandbox {id} is not paused"),
@@ -548,7 +565,7 @@ async fn list(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result<Response>
         .filter(|s| {
             let state = match s.status {
                 sandkasten_engine::SessionState::Running => "running",
-                sandkasten_engine::SessionState::Paused => "paused",
+                _ if paused(s) => "paused",
                 _ => return false,
             };
             q.states
