@@ -167,7 +167,10 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
         &d,
         json!({"templateID": "base", "autoPause": true, "autoResume": {"enabled": true}, "secure": true}),
     );
-    assert_eq!(d.get_session(&ap).expect(200, "our GET")["on_timeout"], "pause");
+    assert_eq!(
+        d.get_session(&ap).expect(200, "our GET")["on_timeout"],
+        "pause"
+    );
     d.delete(&ap);
 
     let (id, token) = e2b_sandbox(
@@ -199,8 +202,12 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
     );
     assert_eq!(pause("{}").status, 409, "pause of a hibernated sandbox");
     let r = d.send(
-        ctl(&d, reqwest::Method::POST, &format!("/sandboxes/{id}/connect"))
-            .json(&json!({"timeout": 600})),
+        ctl(
+            &d,
+            reqwest::Method::POST,
+            &format!("/sandboxes/{id}/connect"),
+        )
+        .json(&json!({"timeout": 600})),
     );
     assert_eq!(r.status / 100, 2, "{}", r.text);
     assert_eq!(d.sh(&id, "cat /tmp/kept"), "kept\n");

@@ -175,7 +175,9 @@ fn a_hibernated_session_keeps_its_files_and_shell_state_and_no_process() {
         sandbox_pids(&id)
     );
     assert_eq!(status(&d, &id), "hibernated", "a GET woke the session");
-    let stats = d.get(&format!("/v1/sessions/{id}/stats")).expect(200, "stats");
+    let stats = d
+        .get(&format!("/v1/sessions/{id}/stats"))
+        .expect(200, "stats");
     assert_eq!(stats["pids"], 0, "{stats}");
     // Any call wakes it on its kept state.
     let v = d.exec(&id, "cat /home/sandbox/log /tmp/d/log /workspace/log; echo \"$KEPT\"; \
@@ -208,7 +210,11 @@ fn fifty_hibernate_cycles_lose_nothing() {
     }
     let want: String = (1..=cycles).map(|n| format!("{n}\n")).collect();
     for f in ["/home/sandbox/log", "/tmp/d/log", "/workspace/log"] {
-        assert_eq!(d.sh(&id, &format!("cat {f}")), want, "{f} after {cycles} cycles");
+        assert_eq!(
+            d.sh(&id, &format!("cat {f}")),
+            want,
+            "{f} after {cycles} cycles"
+        );
     }
     let v = d.exec(&id, "echo \"$KEPT\"");
     assert_eq!(v["output"], format!("it's {} o'clock\n", cycles + 1), "{v}");
@@ -226,9 +232,16 @@ fn a_hibernated_session_survives_a_daemon_sigkill_and_destroy_leaves_nothing() {
     let home = d1.home.clone();
     d1.kill_9();
     let d2 = Daemon::start_in(&home, None);
-    assert_eq!(status(&d2, &id), "hibernated", "the restart lost the hibernation");
+    assert_eq!(
+        status(&d2, &id),
+        "hibernated",
+        "the restart lost the hibernation"
+    );
     assert!(!sandbox_running(&id), "the restart started the sandbox");
-    assert_eq!(d2.sh(&id, "cat /tmp/d/log; echo \"$KEPT\""), "7\nit's 8 o'clock\n");
+    assert_eq!(
+        d2.sh(&id, "cat /tmp/d/log; echo \"$KEPT\""),
+        "7\nit's 8 o'clock\n"
+    );
     // Destroy while hibernated leaves nothing either.
     post(&d2, &id, "hibernate").expect(200, "hibernate again");
     d2.delete(&id);
@@ -261,7 +274,10 @@ fn the_timeout_pauses_or_hibernates_as_the_session_asks() {
 fn the_idle_limit_counts_work_in_the_sandbox_not_only_calls() {
     let d = Daemon::start(None);
     let body = serde_json::json!({"idle_timeout_seconds": 2, "on_timeout": "pause"});
-    let idle = d.create_session(body.clone())["id"].as_str().unwrap().to_string();
+    let idle = d.create_session(body.clone())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let busy = d.create_session(body)["id"].as_str().unwrap().to_string();
     // A job that works without any API call.
     d.sh(
@@ -273,7 +289,11 @@ fn the_idle_limit_counts_work_in_the_sandbox_not_only_calls() {
         "the idle session was not paused"
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(status(&d, &busy), "running", "a session at work was taken for idle");
+    assert_eq!(
+        status(&d, &busy),
+        "running",
+        "a session at work was taken for idle"
+    );
     let v = d.get_session(&busy).expect(200, "get");
     assert_eq!(v["idle_timeout_seconds"], 2, "{v}");
 }
@@ -285,7 +305,11 @@ fn hibernate_and_the_timeout_fields_refuse_bad_input() {
     post(&d, "nosuchsession", "hibernate").assert_error(404, "SESSION_NOT_FOUND", "unknown");
     post(&d, &id, "hibernate").expect(200, "hibernate");
     post(&d, &id, "hibernate").assert_error(409, "SESSION_NOT_RUNNING", "hibernate twice");
-    assert_eq!(status(&d, &id), "hibernated", "a refused hibernate changed the state");
+    assert_eq!(
+        status(&d, &id),
+        "hibernated",
+        "a refused hibernate changed the state"
+    );
     post(&d, &id, "pause").assert_error(409, "SESSION_NOT_RUNNING", "pause of a hibernated one");
     for body in [
         serde_json::json!({"on_timeout": "explode"}),
@@ -301,4 +325,270 @@ fn hibernate_and_the_timeout_fields_refuse_bad_input() {
     post(&d, &p, "pause").expect(200, "pause");
     post(&d, &p, "hibernate").expect(200, "hibernate a paused session");
     assert_eq!(d.sh(&p, "echo ok"), "ok\n");
+}
+
+// ---------------------------------------------------------------- snapshots and fork
+
+/// The answer of a create with `body`, its id.
+fn create_id(d: &Daemon, body: Value) -> String {
+    d.create_session(body)["id"].as_str().unwrap().to_string()
+}
+
+fn snapshot(d: &Daemon, id: &str) -> Resp {
+    d.post(
+        &format!("/v1/sessions/{id}/snapshots"),
+        &serde_json::json!({"label": "t"}),
+    )
+}
+
+#[test]
+fn a_sandbox_snapshot_starts_new_sessions_on_its_files() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    if on_docker() {
+        // The backend table's answer (see Choosing a backend).
+        snapshot(&d, &id).assert_error(400, "UNSUPPORTED", "snapshot on docker");
+        d.post(
+            &format!("/v1/sessions/{id}/fork"),
+            &serde_json::json!({"count": 1}),
+        )
+        .assert_error(400, "UNSUPPORTED", "fork on docker");
+        return;
+    }
+    d.sh(&id, "echo one > /home/sandbox/f && mkdir -p /tmp/d && echo two > /tmp/d/t && echo three > /workspace/w && cd /tmp/d");
+    // A background job keeps writing while the snapshot is taken (frozen).
+    d.sh(
+        &id,
+        "(while true; do echo x >> /tmp/busy; sleep 0.01; done) >/dev/null 2>&1 &",
+    );
+    let snap = snapshot(&d, &id).expect(201, "snapshot");
+    let sid = snap["id"].as_str().unwrap().to_string();
+    assert!(sid.starts_with("ssnap-"), "{snap}");
+    assert_eq!(snap["session_id"], id.as_str(), "{snap}");
+    assert_eq!(snap["image"], default_image(), "{snap}");
+    assert_eq!(snap["workspace_id"], Value::Null, "{snap}");
+    assert_eq!(
+        status(&d, &id),
+        "running",
+        "the snapshot left the session frozen"
+    );
+    // Later changes do not reach it.
+    d.sh(&id, "echo later >> /home/sandbox/f; rm /workspace/w");
+    for body in [
+        serde_json::json!({"from_snapshot": sid}),
+        serde_json::json!({"image": sid}),
+    ] {
+        let v = d.create_session(body.clone());
+        let child = v["id"].as_str().unwrap();
+        assert_eq!(v["image"], default_image(), "{body}: {v}");
+        assert_eq!(
+            d.sh(child, "cat /home/sandbox/f /tmp/d/t /workspace/w"),
+            "one\ntwo\nthree\n",
+            "{body}"
+        );
+        // Copy-on-write copies: writes stay in their session.
+        d.sh(child, "echo mine > /workspace/w");
+        assert_eq!(
+            d.sh(&id, "cat /workspace/w 2>/dev/null || echo gone"),
+            "gone\n"
+        );
+    }
+    // Listed as a snapshot and as an image.
+    let all = d.get("/v1/snapshots").expect(200, "list");
+    assert!(
+        all["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == sid.as_str()),
+        "{all}"
+    );
+    d.get(&format!("/v1/snapshots/{sid}")).expect(200, "get");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandkasten"))
+        .args(["image", "ls"])
+        .env("SANDKASTEN_DATA_DIR", &d.home.data)
+        .env("SANDKASTEN_API_KEY", &d.home.key)
+        .env(
+            "SANDKASTEN_RUNTIME",
+            if on_docker() { "docker" } else { "native" },
+        )
+        .output()
+        .expect("sandkasten image ls");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.lines().any(|l| l.starts_with(&format!("{sid} "))),
+        "image ls lacks the snapshot: {listed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Bad input: clear errors, nothing made.
+    let before = d
+        .get("/v1/sessions")
+        .expect(200, "sessions")
+        .as_array()
+        .unwrap()
+        .len();
+    d.post(
+        "/v1/sessions",
+        &serde_json::json!({"from_snapshot": "ssnap-000000000000000000000000"}),
+    )
+    .assert_error(404, "SNAPSHOT_NOT_FOUND", "unknown snapshot");
+    d.post(
+        "/v1/sessions",
+        &serde_json::json!({"from_snapshot": sid, "workspace_id": "w1"}),
+    )
+    .assert_error(400, "INVALID_REQUEST", "from_snapshot with workspace_id");
+    d.post(
+        "/v1/sessions",
+        &serde_json::json!({"from_snapshot": sid, "image": "base"}),
+    )
+    .assert_error(400, "INVALID_REQUEST", "from_snapshot with image");
+    snapshot(&d, "nosuchsession").assert_error(404, "SESSION_NOT_FOUND", "snapshot of unknown");
+    let after = d
+        .get("/v1/sessions")
+        .expect(200, "sessions")
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "a refused create made a session");
+    // Deleted: gone, and sessions started from it keep their files.
+    let r = d.send(
+        d.client
+            .delete(format!("{}/v1/snapshots/{sid}", d.url))
+            .bearer_auth(&d.key),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    d.get(&format!("/v1/snapshots/{sid}"))
+        .assert_error(404, "SNAPSHOT_NOT_FOUND", "deleted");
+    d.post("/v1/sessions", &serde_json::json!({"from_snapshot": sid}))
+        .assert_error(404, "SNAPSHOT_NOT_FOUND", "deleted snapshot");
+}
+
+/// Snapshots and fork on native (docker answers 400, tested above).
+mod native_only {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_with_a_workspace_gives_new_sessions_a_copy_of_it() {
+        require_native("sandbox snapshots are native only (docker: 400, tested above)");
+        let d = Daemon::start(None);
+        let ws = ws_id("snapws");
+        let id = create_id(&d, serde_json::json!({"workspace_id": ws}));
+        d.sh(
+            &id,
+            "echo data > /workspace/w && echo root > /home/sandbox/r",
+        );
+        let snap = snapshot(&d, &id).expect(201, "snapshot");
+        assert_eq!(snap["workspace_id"], ws.as_str(), "{snap}");
+        d.sh(&id, "echo changed > /workspace/w");
+        let v = d.create_session(serde_json::json!({"from_snapshot": snap["id"]}));
+        let child = v["id"].as_str().unwrap();
+        let child_ws = v["workspace_id"].as_str().expect("a workspace of its own");
+        assert_ne!(child_ws, ws, "{v}");
+        assert_eq!(
+            d.sh(child, "cat /workspace/w /home/sandbox/r"),
+            "data\nroot\n"
+        );
+        d.sh(child, "echo child > /workspace/w");
+        assert_eq!(d.sh(&id, "cat /workspace/w"), "changed\n");
+    }
+
+    #[test]
+    fn forks_diverge_independently() {
+        require_native("fork is native only (docker: 400, tested above)");
+        let d = Daemon::start(None);
+        let id = d.new_session();
+        d.sh(
+            &id,
+            "echo base > /workspace/f && echo etc > /home/sandbox/e",
+        );
+        let v = d
+            .post(
+                &format!("/v1/sessions/{id}/fork"),
+                &serde_json::json!({"count": 3}),
+            )
+            .expect(201, "fork");
+        let kids: Vec<String> = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kids.len(), 3, "{v}");
+        for (n, k) in kids.iter().enumerate() {
+            assert_ne!(k, &id);
+            assert_eq!(d.sh(k, "cat /workspace/f /home/sandbox/e"), "base\netc\n");
+            d.sh(
+                k,
+                &format!("echo {n} > /workspace/f; echo {n} > /home/sandbox/mine"),
+            );
+        }
+        for (n, k) in kids.iter().enumerate() {
+            assert_eq!(
+                d.sh(k, "cat /workspace/f; ls -1 /home/sandbox"),
+                format!("{n}\ne\nmine\n")
+            );
+        }
+        assert_eq!(
+            d.sh(&id, "cat /workspace/f; ls -1 /home/sandbox"),
+            "base\ne\n"
+        );
+        // The fork's snapshot is gone again.
+        let all = d.get("/v1/snapshots").expect(200, "list");
+        assert_eq!(all["snapshots"], serde_json::json!([]), "{all}");
+        // Bad input.
+        for count in [0, 10_000] {
+            d.post(
+                &format!("/v1/sessions/{id}/fork"),
+                &serde_json::json!({"count": count}),
+            )
+            .assert_error(400, "INVALID_REQUEST", "count out of range");
+        }
+        d.post("/v1/sessions/nosuch/fork", &serde_json::json!({"count": 1}))
+            .assert_error(404, "SESSION_NOT_FOUND", "fork of unknown");
+        // A hibernated session is woken for its fork.
+        post(&d, &id, "hibernate").expect(200, "hibernate");
+        let v = d
+            .post(
+                &format!("/v1/sessions/{id}/fork"),
+                &serde_json::json!({"count": 1}),
+            )
+            .expect(201, "fork of a hibernated session");
+        let k = v["sessions"][0]["id"].as_str().unwrap();
+        assert_eq!(d.sh(k, "cat /workspace/f"), "base\n");
+    }
+
+    #[test]
+    fn the_pool_holds_sandboxes_of_a_snapshot_and_snapshots_survive_a_restart() {
+        require_native("sandbox snapshots are native only (docker: 400, tested above)");
+        let d1 = Daemon::start(None);
+        let id = d1.new_session();
+        d1.sh(&id, "echo pooled > /home/sandbox/p");
+        let sid = snapshot(&d1, &id).expect(201, "snapshot")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let home = d1.home.clone();
+        d1.kill_9();
+        let d2 = Daemon::start_in(
+            &home,
+            Some(&format!(
+                "pool:\n  enabled: true\n  images:\n    {sid}: 1\n"
+            )),
+        );
+        d2.get(&format!("/v1/snapshots/{sid}"))
+            .expect(200, "the snapshot after a restart");
+        assert!(
+            wait_for(Duration::from_secs(20), || {
+                d2.get("/v1/pool").expect(200, "pool")["images"][&sid]["idle"] == 1
+            }),
+            "the pool did not fill with the snapshot: {}",
+            d2.get("/v1/pool").text
+        );
+        let v = d2.create_session(serde_json::json!({"image": sid}));
+        assert_eq!(v["acquire_source"], "pool", "{v}");
+        assert_eq!(
+            d2.sh(v["id"].as_str().unwrap(), "cat /home/sandbox/p"),
+            "pooled\n"
+        );
+    }
 }

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use sandkasten_engine::{
     CreateSession, CreateWorkspace, DirEntry, Engine, EngineError, ExecRequest, ExecResult,
     ExecStream, FileReader, FileStat, MetricsSnapshot, PoolStats, PortStream, ProcInfo, ProcOutput,
-    ProcRef, ProcSpec, PtySize, SessionInfo, SessionStats, StartedProcess, WorkspaceInfo,
+    ProcRef, ProcSpec, PtySize, SandboxSnapshotInfo, SessionInfo, SessionStats, StartedProcess,
+    WorkspaceInfo,
 };
 
 /// What the test fake does not script.
@@ -138,6 +139,25 @@ pub(crate) trait Backend: Send + Sync + 'static {
     }
     async fn hibernate_session(&self, _id: &str) -> Result<SessionInfo, EngineError> {
         Err(unsupported_here("hibernate"))
+    }
+    async fn snapshot_session(
+        &self,
+        _id: &str,
+        _label: Option<String>,
+    ) -> Result<SandboxSnapshotInfo, EngineError> {
+        Err(unsupported_here("sandbox snapshots"))
+    }
+    async fn list_sandbox_snapshots(&self) -> Result<Vec<SandboxSnapshotInfo>, EngineError> {
+        Err(unsupported_here("sandbox snapshots"))
+    }
+    async fn sandbox_snapshot(&self, _snap: &str) -> Result<SandboxSnapshotInfo, EngineError> {
+        Err(unsupported_here("sandbox snapshots"))
+    }
+    async fn delete_sandbox_snapshot(&self, _snap: &str) -> Result<(), EngineError> {
+        Err(unsupported_here("sandbox snapshots"))
+    }
+    async fn fork_session(&self, _id: &str, _count: u64) -> Result<Vec<SessionInfo>, EngineError> {
+        Err(unsupported_here("fork"))
     }
 
     // Processes: proven end to end (tests/processes.rs), hence the
@@ -347,6 +367,25 @@ impl Backend for Engine {
     }
     async fn hibernate_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         Engine::hibernate_session(self, id).await
+    }
+    async fn snapshot_session(
+        &self,
+        id: &str,
+        label: Option<String>,
+    ) -> Result<SandboxSnapshotInfo, EngineError> {
+        Engine::snapshot_session(self, id, label).await
+    }
+    async fn list_sandbox_snapshots(&self) -> Result<Vec<SandboxSnapshotInfo>, EngineError> {
+        Engine::list_sandbox_snapshots(self).await
+    }
+    async fn sandbox_snapshot(&self, snap: &str) -> Result<SandboxSnapshotInfo, EngineError> {
+        Engine::sandbox_snapshot(self, snap).await
+    }
+    async fn delete_sandbox_snapshot(&self, snap: &str) -> Result<(), EngineError> {
+        Engine::delete_sandbox_snapshot(self, snap).await
+    }
+    async fn fork_session(&self, id: &str, count: u64) -> Result<Vec<SessionInfo>, EngineError> {
+        Engine::fork_session(self, id, count).await
     }
     async fn start_process(
         &self,

@@ -152,6 +152,13 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(lifecycle::pause_session))
         .routes(routes!(lifecycle::resume_session))
         .routes(routes!(lifecycle::hibernate_session))
+        .routes(routes!(lifecycle::snapshot_session))
+        .routes(routes!(lifecycle::list_sandbox_snapshots))
+        .routes(routes!(
+            lifecycle::get_sandbox_snapshot,
+            lifecycle::delete_sandbox_snapshot
+        ))
+        .routes(routes!(lifecycle::fork_session))
         .routes(routes!(sessions::network_events))
         .routes(routes!(exec::exec))
         .routes(routes!(exec::exec_stream))

@@ -93,6 +93,12 @@ pub(crate) struct CreateSessionRequest {
     /// 2592000. The daemon's `defaults.idle_timeout_seconds` when absent.
     #[schema(example = 600)]
     pub idle_timeout_seconds: Option<u64>,
+    /// Start on a copy of this sandbox snapshot (`ssnap-…`): its image,
+    /// its filesystem state and a copy of its workspace (a new persistent
+    /// workspace when it had one). Not with `image` or `workspace_id`; an
+    /// `image` naming a snapshot is the same.
+    #[schema(example = "ssnap-0c1d2e3f4a5b6c7d8e9f0a1b")]
+    pub from_snapshot: Option<String>,
 }
 
 /// What a session's timeout does.
@@ -217,6 +223,7 @@ impl From<CreateSessionRequest> for engine::CreateSession {
             metadata: r.metadata.unwrap_or_default(),
             on_timeout: r.on_timeout.map(Into::into),
             idle_timeout_seconds: r.idle_timeout_seconds,
+            from_snapshot: r.from_snapshot,
         }
     }
 }
@@ -860,6 +867,64 @@ impl From<engine::SnapshotInfo> for SnapshotInfo {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SnapshotList {
     pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// A snapshot of a whole sandbox: its filesystem state (root filesystem
+/// changes, `/tmp`) and its `/workspace`, usable as an image.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SandboxSnapshot {
+    /// Also its name as an image (`POST /v1/sessions {"image": id}`).
+    #[schema(example = "ssnap-0c1d2e3f4a5b6c7d8e9f0a1b")]
+    pub id: String,
+    /// The session it was taken of (it may have ended since).
+    pub session_id: String,
+    /// The image that session started from.
+    #[schema(example = "base")]
+    pub image: String,
+    /// The persistent workspace that session had (`null`: ephemeral); a
+    /// session started from the snapshot gets a copy of its content then.
+    #[schema(required = true)]
+    pub workspace_id: Option<String>,
+    #[schema(required = true)]
+    pub label: Option<String>,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl From<engine::SandboxSnapshotInfo> for SandboxSnapshot {
+    fn from(s: engine::SandboxSnapshotInfo) -> Self {
+        SandboxSnapshot {
+            id: s.id,
+            session_id: s.session_id,
+            image: s.image,
+            workspace_id: s.workspace_id,
+            label: s.label,
+            created_at: rfc3339(s.created_at),
+        }
+    }
+}
+
+/// `GET /v1/snapshots`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SandboxSnapshotList {
+    /// Oldest first.
+    pub snapshots: Vec<SandboxSnapshot>,
+}
+
+/// `POST /v1/sessions/{id}/fork`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ForkRequest {
+    /// How many copies: 1 to the daemon's `max_fork_count`.
+    #[schema(example = 3)]
+    pub count: u64,
+}
+
+/// What a fork made.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ForkResponse {
+    /// The new sessions, in order.
+    pub sessions: Vec<SessionInfo>,
 }
 
 #[cfg(test)]

@@ -306,6 +306,7 @@ impl Env {
             workspace: WorkspaceMount::Ephemeral,
             env: vec![("SANDKASTEN_CONFORMANCE".into(), "yes".into())],
             wake: false,
+            from_snapshot: None,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct EngineConfig {
     pub on_timeout: crate::OnTimeout,
     /// Idle limit of a session whose request names none (None: none).
     pub idle_timeout_seconds: Option<u64>,
+    /// Upper bound of a fork's `count`.
+    pub max_fork_count: u64,
     pub max_sessions: usize,
     /// Limits of every sandbox; `limits.disk_mb` is the disk limit of a
     /// session whose request names none.
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             hibernated_ttl_seconds: 604_800,
             on_timeout: crate::OnTimeout::Destroy,
             idle_timeout_seconds: None,
+            max_fork_count: 16,
             max_sessions: 64,
             limits: Limits {
                 memory_mb: 512,

@@ -18,6 +18,7 @@ mod pool;
 mod procs;
 mod session;
 mod sessions;
+mod snapshots;
 mod text;
 mod types;
 mod workspace;
@@ -40,6 +41,7 @@ pub use sandkasten_runtime::{
 };
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
+pub use snapshots::{is_sandbox_snapshot, SandboxSnapshotInfo, SANDBOX_SNAPSHOT_PREFIX};
 pub use types::*;
 pub use workspace::{check_workspace_id, MIN_QUOTA_BYTES};
 

@@ -281,6 +281,7 @@ impl Engine {
             },
             env: kept.env.clone(),
             wake: true,
+            from_snapshot: None,
         };
         let sandbox = rt
             .create(spec)
@@ -292,7 +293,10 @@ impl Engine {
             .db
             .run(move |db| db.set_session_sandbox(&sid, SessionState::Hibernated, pid, st))
             .await?;
-        if let Err(e) = self.restore_shell(&sandbox, &network, &kept, &info.cwd).await {
+        if let Err(e) = self
+            .restore_shell(&sandbox, &network, &kept, &info.cwd)
+            .await
+        {
             if let Err(h) = rt.hibernate(&sandbox.handle).await {
                 tracing::warn!(session = %s.id, "stopping a sandbox whose wake failed: {h}");
             }
@@ -342,7 +346,10 @@ impl Engine {
         for (k, v) in &kept.env {
             cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
-        cmd.push_str(&format!("cd {} 2>/dev/null; unset OLDPWD\n", shell_quote(cwd)));
+        cmd.push_str(&format!(
+            "cd {} 2>/dev/null; unset OLDPWD\n",
+            shell_quote(cwd)
+        ));
         let done = sandbox.agent.exec(cmd, 10_000, 64 * 1024)?.finish().await?;
         if done.exit_code != 0 {
             return Err(RuntimeError::Agent(format!(
@@ -402,11 +409,15 @@ impl Engine {
         let done = match s.on_timeout {
             OnTimeout::Destroy if ttl => {
                 tracing::info!(session = %id, "session expired");
-                self.end_session(&id, SessionState::Expired).await.map(|_| ())
+                self.end_session(&id, SessionState::Expired)
+                    .await
+                    .map(|_| ())
             }
             OnTimeout::Destroy => {
                 tracing::info!(session = %id, "session idle; destroying it");
-                self.end_session(&id, SessionState::Expired).await.map(|_| ())
+                self.end_session(&id, SessionState::Expired)
+                    .await
+                    .map(|_| ())
             }
             OnTimeout::Pause => {
                 tracing::info!(session = %id, ttl, "session timed out; pausing it");

@@ -38,6 +38,17 @@ pub struct NetworkRequest {
     pub deny_out: Vec<String>,
 }
 
+impl NetworkRequest {
+    /// The request that asks for `policy` again (a fork's children).
+    pub fn from_policy(policy: &NetworkPolicy) -> NetworkRequest {
+        NetworkRequest {
+            mode: Some(policy.mode),
+            allow_out: policy.allow_out.iter().map(ToString::to_string).collect(),
+            deny_out: policy.deny_out.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 impl NetworkConfig {
     /// The policy of a create: the request's (`network`, or the v1
     /// `network_mode`), else the configured default; checked against the

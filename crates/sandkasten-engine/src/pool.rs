@@ -441,15 +441,30 @@ impl Pool {
     /// Creates one pooled sandbox and records it.
     async fn start_warm(self: &Arc<Self>, p: &ImagePool) -> Result<Warm, PoolError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        // A sandbox snapshot held by the pool: its image, on its state.
+        let (image, from_snapshot) = if crate::is_sandbox_snapshot(&p.image) {
+            let key = p.image.clone();
+            let found = self
+                .db
+                .run(move |st| st.get_sandbox_snapshot(&key))
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| PoolError::Start(RuntimeError::ImageNotFound(p.image.clone())))?;
+            (found.image, Some(p.image.clone()))
+        } else {
+            (p.image.clone(), None)
+        };
         let spec = SandboxSpec {
             id: id.clone(),
-            image: p.image.clone(),
+            image,
             limits: self.template.limits.clone(),
             network: self.template.network,
             readonly_rootfs: self.template.readonly_rootfs,
             workspace: WorkspaceMount::Ephemeral,
             env: Vec::new(),
             wake: false,
+            from_snapshot,
         };
         let sandbox = self.runtime.create(spec).await.map_err(PoolError::Start)?;
         let w = Warm {

@@ -79,6 +79,10 @@ struct ValidCreate {
     metadata: std::collections::BTreeMap<String, String>,
     on_timeout: crate::OnTimeout,
     idle_timeout_seconds: Option<u64>,
+    /// Start on a copy of this sandbox snapshot.
+    from_snapshot: Option<String>,
+    /// The pool to take from: the image's, or the snapshot's.
+    pool_key: String,
 }
 
 /// A sandbox acquired for a create, with the identity it got.
@@ -430,16 +434,34 @@ impl Engine {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(SessionError::ShuttingDown.into());
         }
-        let v = self.validate(req)?;
-        let _reservation = self.inner.sessions.reserve()?;
+        let (v, made_ws) = self.validate_with_snapshot(req).await?;
+        let reserved = self.inner.sessions.reserve();
+        let _reservation = match reserved {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_made_workspace(made_ws).await;
+                return Err(e.into());
+            }
+        };
         // A host whose disk is (nearly) full refuses new sandboxes until
         // space returns; running sessions are not touched.
-        self.inner
+        let room = self
+            .inner
             .runtime
             .check_room()
             .await
-            .map_err(EngineError::runtime("checking free space"))?;
-        let acquired = self.acquire(v).await?;
+            .map_err(EngineError::runtime("checking free space"));
+        let acquired = match room {
+            Ok(()) => self.acquire(v).await,
+            Err(e) => Err(e),
+        };
+        let acquired = match acquired {
+            Ok(a) => a,
+            Err(e) => {
+                self.drop_made_workspace(made_ws).await;
+                return Err(e);
+            }
+        };
         let source = acquired.source;
         match source {
             AcquireSource::Pool => &self.inner.counters.creates_pool,
@@ -557,7 +579,72 @@ impl Engine {
             metadata: req.metadata,
             on_timeout,
             idle_timeout_seconds,
+            from_snapshot: None,
+            pool_key: String::new(),
         })
+    }
+
+    /// [`Engine::validate`], and for a create from a sandbox snapshot
+    /// (`from_snapshot`, or an `image` naming one) its image and a new
+    /// workspace copied from its workspace (returned, to be deleted if the
+    /// create fails before it is listed).
+    async fn validate_with_snapshot(
+        &self,
+        mut req: CreateSession,
+    ) -> Result<(ValidCreate, Option<String>), EngineError> {
+        let named = req
+            .image
+            .as_deref()
+            .filter(|i| crate::is_sandbox_snapshot(i))
+            .map(str::to_string);
+        let snap = match (req.from_snapshot.take(), named) {
+            (None, None) => {
+                let mut v = self.validate(req)?;
+                v.pool_key = v.image.clone();
+                return Ok((v, None));
+            }
+            (Some(s), None) if req.image.is_some() => {
+                return Err(EngineError::InvalidRequest(format!(
+                    "from_snapshot {s} starts on that snapshot's image: leave image out"
+                )))
+            }
+            (Some(s), _) | (None, Some(s)) => s,
+        };
+        if req.workspace_id.is_some() {
+            return Err(EngineError::InvalidRequest(format!(
+                "a create from snapshot {snap} gets a copy of its workspace: leave workspace_id out"
+            )));
+        }
+        let new_ws = new_id();
+        let (image, ws) = self.prepare_from_snapshot(&snap, &new_ws).await?;
+        req.image = Some(image);
+        req.workspace_id = ws.clone();
+        match self.validate(req) {
+            Ok(mut v) => {
+                // The pool holds sandboxes of a snapshot without a
+                // persistent workspace only.
+                v.pool_key = if ws.is_none() {
+                    snap.clone()
+                } else {
+                    String::new()
+                };
+                v.from_snapshot = Some(snap);
+                Ok((v, ws))
+            }
+            Err(e) => {
+                self.drop_made_workspace(ws).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes a workspace a failed create from a snapshot made.
+    async fn drop_made_workspace(&self, ws: Option<String>) {
+        if let Some(ws) = ws {
+            if let Err(e) = self.delete_workspace(&ws).await {
+                tracing::warn!(workspace = %ws, "deleting the copy of a failed create: {e}");
+            }
+        }
     }
 
     /// `Unsupported` when the runtime cannot enforce `policy`: one that
@@ -594,13 +681,15 @@ impl Engine {
         // cold where pooled sandboxes wait with a link (default mode full).
         let other_mode = v.network.mode != self.inner.cfg.network.default.mode
             && (!self.inner.runtime.network_policies() || !v.network.is_full());
-        let mut taken =
-            if (wants_workspace && !self.inner.runtime.can_bind_workspace()) || other_mode {
-                pool.record_miss(&v.image);
-                None
-            } else {
-                pool.take(&v.image).await
-            };
+        let mut taken = if (wants_workspace && !self.inner.runtime.can_bind_workspace())
+            || other_mode
+            || v.pool_key.is_empty()
+        {
+            pool.record_miss(&v.pool_key);
+            None
+        } else {
+            pool.take(&v.pool_key).await
+        };
         let id = match &taken {
             Some(t) => t.warm().id.clone(),
             None => new_id(),
@@ -680,7 +769,9 @@ impl Engine {
                 }
             }
         }
-        let sandbox = self.create_cold(&mut record, &v.env, &v.network).await?;
+        let sandbox = self
+            .create_cold(&mut record, &v.env, &v.network, v.from_snapshot.clone())
+            .await?;
         Ok(Acquired {
             record,
             sandbox,
@@ -696,6 +787,7 @@ impl Engine {
         record: &mut SessionRecord,
         env: &[(String, String)],
         network: &NetworkPolicy,
+        from_snapshot: Option<String>,
     ) -> Result<Sandbox, EngineError> {
         let policies = self.inner.runtime.network_policies();
         let cfg = &self.inner.cfg;
@@ -719,6 +811,7 @@ impl Engine {
             },
             env: env.to_vec(),
             wake: false,
+            from_snapshot,
         };
         let created = match self.inner.runtime.create(spec).await {
             Ok(s) if policies && network.is_full() => {
@@ -854,6 +947,19 @@ impl Engine {
         if !allowed.is_empty() {
             images.retain(|i| allowed.contains(&i.name));
         }
+        // Sandbox snapshots are images too (of their own image's family).
+        let snaps = self.inner.db.run(|st| st.list_sandbox_snapshots()).await?;
+        images.extend(
+            snaps
+                .into_iter()
+                .filter(|s| allowed.is_empty() || allowed.contains(&s.image))
+                .map(|s| crate::ImageInfo {
+                    name: s.id,
+                    digest: format!("snapshot of {}", s.session_id),
+                    size_bytes: 0,
+                    builtin: false,
+                }),
+        );
         Ok(images)
     }
 
@@ -959,7 +1065,11 @@ impl Engine {
     /// end in its own task once started, so a caller that goes away (a
     /// client disconnecting during a DELETE) never leaves a session half
     /// destroyed.
-    pub(crate) async fn end_session(&self, id: &str, final_state: SessionState) -> Result<(), EngineError> {
+    pub(crate) async fn end_session(
+        &self,
+        id: &str,
+        final_state: SessionState,
+    ) -> Result<(), EngineError> {
         let s = self.inner.sessions.get(id)?;
         s.begin_destroy()?;
         let engine = self.clone();

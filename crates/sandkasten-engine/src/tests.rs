@@ -1386,6 +1386,7 @@ fn spec(id: &str) -> SandboxSpec {
         workspace: WorkspaceMount::Ephemeral,
         env: Vec::new(),
         wake: false,
+        from_snapshot: None,
     }
 }
 

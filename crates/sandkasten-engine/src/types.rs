@@ -85,6 +85,10 @@ pub struct CreateSession {
     pub on_timeout: Option<OnTimeout>,
     /// Its idle limit in seconds (`None`: the configured default; 0: none).
     pub idle_timeout_seconds: Option<u64>,
+    /// Start on a copy of this sandbox snapshot (its image, its
+    /// filesystem state, a copy of its workspace); not with `image` or
+    /// `workspace_id`. An `image` naming a snapshot is the same.
+    pub from_snapshot: Option<String>,
 }
 
 /// The pool, per image (`GET /v1/pool`).

@@ -411,12 +411,27 @@ impl Shared {
                     root: self.ids.host_root,
                     user: self.ids.host_user,
                 };
-                if spec.wake {
+                if let Some(snap) = &spec.from_snapshot {
+                    scratch
+                        .create_from_snapshot(
+                            snap,
+                            &spec.id,
+                            owners,
+                            spec.limits.disk_mb,
+                            ephemeral,
+                        )
+                        .map_err(|e| match e.raw_os_error() {
+                            Some(libc::ENOENT) => RuntimeError::ImageNotFound(snap.clone()),
+                            _ => full_or(e, "copying the sandbox snapshot"),
+                        })?;
+                } else if spec.wake {
                     // The subvolume hibernate kept, with its quota group.
                     if let Some(mb) = spec.limits.disk_mb {
-                        scratch.set_limit(&spec.id, mb).map_err(RuntimeError::io_ctx(
-                            "opening the hibernated sandbox's scratch subvolume",
-                        ))?;
+                        scratch
+                            .set_limit(&spec.id, mb)
+                            .map_err(RuntimeError::io_ctx(
+                                "opening the hibernated sandbox's scratch subvolume",
+                            ))?;
                     }
                 } else {
                     scratch
@@ -429,6 +444,12 @@ impl Shared {
                     target: mnt.clone(),
                 };
                 (mnt, Some(m))
+            }
+            None if spec.from_snapshot.is_some() => {
+                return Err(RuntimeError::Unsupported(
+                    "sandbox snapshots without a scratch filesystem".into(),
+                    "native",
+                ));
             }
             None => {
                 mkdir(&dir.join("upper"), 0o755, Some(self.ids.host_root))?;
@@ -1095,6 +1116,41 @@ impl Runtime for NativeRuntime {
 
     fn can_hibernate(&self) -> bool {
         true
+    }
+
+    /// A read-only btrfs snapshot of the sandbox's scratch subvolume in
+    /// the scratch filesystem's `.snapshots/` (atomic, copy-on-write).
+    async fn snapshot_sandbox(
+        &self,
+        handle: &SandboxHandle,
+        snap: &str,
+    ) -> Result<(), RuntimeError> {
+        let (id, snap) = (handle.id.clone(), snap.to_string());
+        self.run("snapshotting a sandbox", move |s| match &s.scratch {
+            Some(scratch) => scratch
+                .snapshot(&id, &snap)
+                .map_err(|e| full_or(e, "snapshotting the sandbox's subvolume")),
+            None => Err(RuntimeError::Unsupported(
+                "sandbox snapshots without a scratch filesystem".into(),
+                "native",
+            )),
+        })
+        .await
+    }
+
+    async fn delete_sandbox_snapshot(&self, snap: &str) -> Result<(), RuntimeError> {
+        let snap = snap.to_string();
+        self.run("deleting a sandbox snapshot", move |s| match &s.scratch {
+            Some(scratch) => scratch
+                .delete_snapshot(&snap)
+                .map_err(RuntimeError::io_ctx("deleting a sandbox snapshot")),
+            None => Ok(()),
+        })
+        .await
+    }
+
+    fn can_snapshot_sandbox(&self) -> bool {
+        self.shared.scratch.is_some()
     }
 
     fn hibernate_keeps_tmp(&self) -> bool {

@@ -35,6 +35,9 @@ use std::path::{Path, PathBuf};
 pub const MIN_SCRATCH_MB: u64 = 256;
 /// Largest default scratch filesystem.
 const DEFAULT_MAX_BYTES: u64 = 16 << 30;
+
+/// The directory of the top level that holds sandbox snapshots.
+const SNAPSHOTS: &str = ".snapshots";
 /// A default size below this means the data dir's filesystem has no room
 /// for one: the scratch filesystem is left out (limits not enforced).
 const DEFAULT_MIN_BYTES: u64 = 1 << 30;
@@ -260,6 +263,88 @@ impl Scratch {
         Ok(())
     }
 
+    /// A read-only, point-in-time copy of sandbox `id`'s subvolume as
+    /// snapshot `snap` (in `.snapshots/`, which no sandbox is named).
+    pub fn snapshot(&self, id: &str, snap: &str) -> io::Result<()> {
+        let snaps = self.snapshots_dir()?;
+        let src = wsimage::open_dir_at(&self.top, id)?;
+        wsimage::snap_fds(&src, &snaps, snap, true)
+    }
+
+    /// Sandbox `id`'s subvolume as a writable copy of snapshot `snap`
+    /// (copy-on-write), with its limit.
+    /// An ephemeral `/workspace` is made when the snapshot has none (it
+    /// was of a session with a persistent one).
+    pub fn create_from_snapshot(
+        &self,
+        snap: &str,
+        id: &str,
+        owners: Owners,
+        limit_mb: Option<u64>,
+        ephemeral_workspace: bool,
+    ) -> io::Result<()> {
+        let snaps = self.snapshots_dir()?;
+        let src = wsimage::open_dir_at(&snaps, snap)?;
+        wsimage::snap_fds(&src, &self.top, id, false)?;
+        let made = (|| {
+            if let Some(mb) = limit_mb {
+                self.set_limit(id, mb)?;
+            }
+            if ephemeral_workspace {
+                use rustix::fs::{AtFlags, Mode};
+                let sub = wsimage::open_dir_at(&self.top, id)?;
+                match rustix::fs::mkdirat(&sub, "workspace", Mode::from_raw_mode(0o755)) {
+                    Ok(()) => {
+                        let user = Some(rustix::fs::Uid::from_raw(owners.user));
+                        let group = Some(rustix::fs::Gid::from_raw(owners.user));
+                        rustix::fs::chownat(
+                            &sub,
+                            "workspace",
+                            user,
+                            group,
+                            AtFlags::SYMLINK_NOFOLLOW,
+                        )?;
+                    }
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok::<(), io::Error>(())
+        })();
+        if let Err(e) = made {
+            let _ = self.destroy(id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes snapshot `snap`; a missing one is no error.
+    pub fn delete_snapshot(&self, snap: &str) -> io::Result<()> {
+        let snaps = self.snapshots_dir()?;
+        let a = wsimage::vol_args(snap)?;
+        // SAFETY: BTRFS_IOC_SNAP_DESTROY_V2 with valid args on our fd.
+        let r = unsafe { libc::ioctl(snaps.as_raw_fd(), BTRFS_IOC_SNAP_DESTROY_V2, &*a) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("deleting snapshot {snap}: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshots_dir(&self) -> io::Result<OwnedFd> {
+        match rustix::fs::mkdirat(&self.top, SNAPSHOTS, rustix::fs::Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        wsimage::open_dir_at(&self.top, SNAPSHOTS)
+    }
+
     /// Names of the subvolumes (one per sandbox the filesystem knows).
     pub fn list(&self) -> io::Result<Vec<String>> {
         let fd = rustix::fs::openat(
@@ -274,7 +359,8 @@ impl Scratch {
         for e in rustix::fs::Dir::read_from(&fd)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." && e.file_type() == rustix::fs::FileType::Directory {
+            // `.snapshots` holds snapshots, no sandbox.
+            if !name.starts_with('.') && e.file_type() == rustix::fs::FileType::Directory {
                 out.push(name);
             }
         }

@@ -468,6 +468,17 @@ pub(crate) fn vol_args(name: &str) -> io::Result<Box<BtrfsVolArgsV2>> {
 fn snap(top: &OwnedFd, src: &str, dst_dir: &str, name: &str, readonly: bool) -> io::Result<()> {
     let src_fd = open_dir_at(top, src)?;
     let dst_fd = open_dir_at(top, dst_dir)?;
+    snap_fds(&src_fd, &dst_fd, name, readonly)
+}
+
+/// Snapshots the subvolume `src_fd` as `name` in directory `dst_fd`
+/// (copy-on-write: instant whatever its size).
+pub(crate) fn snap_fds(
+    src_fd: &OwnedFd,
+    dst_fd: &OwnedFd,
+    name: &str,
+    readonly: bool,
+) -> io::Result<()> {
     let mut a = vol_args(name)?;
     a.fd = src_fd.as_raw_fd() as i64;
     a.flags = if readonly { BTRFS_SUBVOL_RDONLY } else { 0 };

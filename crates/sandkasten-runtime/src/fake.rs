@@ -2077,6 +2077,7 @@ mod tests {
             workspace,
             env: vec![("GREETING".into(), "it's me".into())],
             wake: false,
+            from_snapshot: None,
         }
     }
 

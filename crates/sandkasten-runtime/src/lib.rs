@@ -148,6 +148,9 @@ pub struct SandboxSpec {
     /// under this id (its root filesystem changes, its ephemeral
     /// `/workspace`), instead of on a fresh one.
     pub wake: bool,
+    /// Start it on a copy of this sandbox snapshot
+    /// ([`Runtime::snapshot_sandbox`]) instead of a fresh state.
+    pub from_snapshot: Option<String>,
 }
 
 /// How to find a sandbox again (persisted by the engine).
@@ -507,6 +510,32 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`SandboxSpec::wake`]; [`Runtime::destroy`] removes that state.
     async fn hibernate(&self, _handle: &SandboxHandle) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported("hibernate".into(), self.name()))
+    }
+
+    /// Takes a read-only, point-in-time copy of the sandbox's own
+    /// filesystem state (root filesystem changes, `/tmp`, an ephemeral
+    /// `/workspace`) as sandbox snapshot `snap`; the caller freezes the
+    /// sandbox while it is taken. A create with
+    /// [`SandboxSpec::from_snapshot`] starts on a copy of it.
+    async fn snapshot_sandbox(
+        &self,
+        _handle: &SandboxHandle,
+        _snap: &str,
+    ) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported(
+            "snapshots of a whole sandbox".into(),
+            self.name(),
+        ))
+    }
+
+    /// Deletes sandbox snapshot `snap`; a missing one is no error.
+    async fn delete_sandbox_snapshot(&self, _snap: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// Whether [`Runtime::snapshot_sandbox`] is supported.
+    fn can_snapshot_sandbox(&self) -> bool {
+        false
     }
 
     /// Whether [`Runtime::hibernate`] is supported.

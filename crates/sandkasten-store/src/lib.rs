@@ -6,11 +6,13 @@
 
 mod migrations;
 mod pool;
+mod sandbox_snapshots;
 mod sessions;
 mod states;
 mod workspaces;
 
 pub use pool::PoolEntryRecord;
+pub use sandbox_snapshots::SandboxSnapshotRecord;
 pub use sessions::{SessionRecord, SessionRow};
 pub use states::{AcquireSource, SessionState};
 pub use workspaces::{SnapshotRecord, WorkspaceRecord};

@@ -64,6 +64,18 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN on_timeout TEXT;
      ALTER TABLE sessions ADD COLUMN idle_timeout_seconds INTEGER;
      ALTER TABLE sessions ADD COLUMN hibernation TEXT;",
+    // 9: snapshots of whole sandboxes: the image they started from, and
+    // the persistent workspace and its snapshot that hold their
+    // /workspace (NULL: it is in the sandbox's own state).
+    "CREATE TABLE sandbox_snapshots (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        image TEXT NOT NULL,
+        workspace_id TEXT,
+        workspace_snapshot TEXT,
+        label TEXT,
+        created_at_ms INTEGER NOT NULL
+    );",
 ];
 
 pub(crate) fn version(conn: &Connection) -> Result<usize, StoreError> {

@@ -118,9 +118,9 @@ mod tests {
                 disk_limit_mb: Some(512),
                 network: Some("full allow= deny=".into()),
                 on_timeout: None,
-            idle_timeout_seconds: None,
-            hibernation: None,
-            metadata: Default::default(),
+                idle_timeout_seconds: None,
+                hibernation: None,
+                metadata: Default::default(),
             };
             store.insert_pool_entry(&entry("c")).unwrap();
             store.promote_pool_entry(&s).unwrap();

@@ -72,6 +72,8 @@ pub struct Config {
     /// How long a hibernated session is kept (its TTL does not run while
     /// hibernated); then it is destroyed.
     pub hibernated_ttl_seconds: u64,
+    /// Upper bound of a fork's `count`.
+    pub max_fork_count: u64,
     pub max_sessions: usize,
     /// Largest accepted request body (uploads and writes).
     pub max_body_mb: u64,
@@ -321,6 +323,7 @@ impl Default for Config {
             session_ttl_seconds: 1800,
             paused_ttl_seconds: 86_400,
             hibernated_ttl_seconds: 604_800,
+            max_fork_count: 16,
             max_sessions: 64,
             max_body_mb: 64,
             defaults: Defaults::default(),
@@ -497,6 +500,9 @@ impl Config {
         }
         if self.paused_ttl_seconds == 0 {
             bail!("paused_ttl_seconds: must be at least 1");
+        }
+        if self.max_fork_count == 0 {
+            bail!("max_fork_count: must be at least 1");
         }
         if self.hibernated_ttl_seconds == 0 {
             bail!("hibernated_ttl_seconds: must be at least 1");

@@ -338,6 +338,7 @@ fn engine_config(cfg: &Config) -> EngineConfig {
         session_ttl_seconds: cfg.session_ttl_seconds,
         paused_ttl_seconds: cfg.paused_ttl_seconds,
         hibernated_ttl_seconds: cfg.hibernated_ttl_seconds,
+        max_fork_count: cfg.max_fork_count,
         // Checked by Config::validate at start.
         on_timeout: sandkasten_engine::OnTimeout::parse(&cfg.defaults.on_timeout)
             .unwrap_or_default(),
@@ -655,10 +656,18 @@ async fn image(config: Option<PathBuf>, cmd: ImageCommand) -> Result<()> {
             for i in rt.list_images().await? {
                 println!("{:<24} {:<20} {}", i.name, i.digest, i.size_bytes);
             }
+            // Snapshots of whole sandboxes start sessions like images.
+            let store = Store::open(&cfg.db_path())?;
+            for s in store.list_sandbox_snapshots()? {
+                println!("{:<24} {:<20} -", s.id, format!("snapshot of {}", s.image));
+            }
         }
         ImageCommand::Import { name, file } => {
             let info = rt.import_image(&name, file).await?;
             println!("{} {}", info.name, info.digest);
+        }
+        ImageCommand::Rm { name } if sandkasten_engine::is_sandbox_snapshot(&name) => {
+            bail!("{name} is a sandbox snapshot: delete it with DELETE /v1/snapshots/{name}");
         }
         ImageCommand::Rm { name } => {
             // Refused while a live session uses it (the store is shared

@@ -91,6 +91,7 @@ impl Harness {
             workspace,
             env: vec![("SANDKASTEN_TEST".into(), "yes".into())],
             wake: false,
+            from_snapshot: None,
         }
     }
 }
