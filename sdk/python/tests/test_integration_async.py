@@ -649,3 +649,29 @@ async def test_hibernate_and_the_timeout_fields(aclient: SandboxClient) -> None:
         assert (await s.resume()).status == "running"
     finally:
         await s.destroy()
+
+
+async def test_snapshot_and_fork(aclient: SandboxClient) -> None:
+    s = await aclient.create_session()
+    made = [s]
+    try:
+        await s.exec("echo kept > /home/sandbox/k && echo w > /workspace/w")
+        snap = await s.snapshot("t")
+        assert snap.id.startswith("ssnap-") and snap.session_id == s.id
+        assert any(x.id == snap.id for x in await aclient.sandbox_snapshots())
+        child = await aclient.create_session(from_snapshot=snap.id)
+        made.append(child)
+        assert (await child.exec("cat /home/sandbox/k /workspace/w")).output == "kept\nw\n"
+        kids = await s.fork(2)
+        made.extend(kids)
+        assert len(kids) == 2 and len({k.id for k in kids}) == 2
+        for k in kids:
+            assert (await k.exec("cat /home/sandbox/k")).output == "kept\n"
+        with pytest.raises(sandkasten.InvalidRequest):
+            await s.fork(0)
+        await aclient.delete_sandbox_snapshot(snap.id)
+        with pytest.raises(sandkasten.SnapshotNotFound):
+            await aclient.delete_sandbox_snapshot(snap.id)
+    finally:
+        for x in made:
+            await x.destroy()

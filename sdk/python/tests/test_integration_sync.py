@@ -352,3 +352,29 @@ def test_hibernate_and_the_timeout_fields(client: SyncSandboxClient) -> None:
         assert (s.resume()).status == "running"
     finally:
         s.destroy()
+
+
+def test_snapshot_and_fork(client: SyncSandboxClient) -> None:
+    s = client.create_session()
+    made = [s]
+    try:
+        s.exec("echo kept > /home/sandbox/k && echo w > /workspace/w")
+        snap = s.snapshot("t")
+        assert snap.id.startswith("ssnap-") and snap.session_id == s.id
+        assert any(x.id == snap.id for x in client.sandbox_snapshots())
+        child = client.create_session(from_snapshot=snap.id)
+        made.append(child)
+        assert (child.exec("cat /home/sandbox/k /workspace/w")).output == "kept\nw\n"
+        kids = s.fork(2)
+        made.extend(kids)
+        assert len(kids) == 2 and len({k.id for k in kids}) == 2
+        for k in kids:
+            assert (k.exec("cat /home/sandbox/k")).output == "kept\n"
+        with pytest.raises(sandkasten.InvalidRequest):
+            s.fork(0)
+        client.delete_sandbox_snapshot(snap.id)
+        with pytest.raises(sandkasten.SnapshotNotFound):
+            client.delete_sandbox_snapshot(snap.id)
+    finally:
+        for x in made:
+            x.destroy()

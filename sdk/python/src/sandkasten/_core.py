@@ -48,6 +48,7 @@ from .types import (
     PortUrl,
     ProcessInfo,
     ReadResult,
+    SandboxSnapshot,
     SessionInfo,
     SessionStats,
     SnapshotInfo,
@@ -659,6 +660,7 @@ def create_session(
     on_timeout: str | None = None,
     idle_timeout_seconds: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    from_snapshot: str | None = None,
 ) -> Call[SessionInfo]:
     """``POST /v1/sessions``; ``env`` is sent as the JSON object ``env``
     (omitted when None; the daemon validates names and sizes),
@@ -695,6 +697,8 @@ def create_session(
         body["idle_timeout_seconds"] = idle_timeout_seconds
     if metadata is not None:
         body["metadata"] = dict(metadata)
+    if from_snapshot is not None:
+        body["from_snapshot"] = from_snapshot
     return Call("POST", "/v1/sessions", lambda d: SessionInfo.from_json(_obj(d)), json=body)
 
 
@@ -824,6 +828,48 @@ def resume_session(session_id: str) -> Call[SessionInfo]:
     """``POST /v1/sessions/{id}/resume``."""
     return Call(
         "POST", session_path(session_id) + "/resume", lambda d: SessionInfo.from_json(_obj(d))
+    )
+
+
+def snapshot_session(session_id: str, label: str | None) -> Call[SandboxSnapshot]:
+    """``POST /v1/sessions/{id}/snapshots``."""
+    body: dict[str, Any] = {} if label is None else {"label": label}
+    return Call(
+        "POST",
+        session_path(session_id) + "/snapshots",
+        lambda d: SandboxSnapshot.from_json(_obj(d)),
+        json=body,
+    )
+
+
+def fork_session(session_id: str, count: int) -> Call[list[SessionInfo]]:
+    """``POST /v1/sessions/{id}/fork``."""
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"count must be an int, not {type(count).__name__}")
+    return Call(
+        "POST",
+        session_path(session_id) + "/fork",
+        lambda d: [SessionInfo.from_json(_obj(x)) for x in _obj(d).get("sessions", [])],
+        json={"count": count},
+    )
+
+
+def list_sandbox_snapshots() -> Call[list[SandboxSnapshot]]:
+    """``GET /v1/snapshots``."""
+    return Call(
+        "GET",
+        "/v1/snapshots",
+        lambda d: [SandboxSnapshot.from_json(_obj(x)) for x in _obj(d).get("snapshots", [])],
+    )
+
+
+def delete_sandbox_snapshot(snapshot_id: str) -> Call[None]:
+    """``DELETE /v1/snapshots/{snap}``."""
+    return Call(
+        "DELETE",
+        f"/v1/snapshots/{seg(snapshot_id, 'snapshot id')}",
+        _ignore,
+        missing_ok_after_retry=True,
     )
 
 

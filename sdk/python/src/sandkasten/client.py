@@ -21,6 +21,7 @@ from .types import (
     NetworkPolicy,
     PoolInfo,
     ReadResult,
+    SandboxSnapshot,
     SessionInfo,
     SnapshotInfo,
     WorkspaceInfo,
@@ -141,6 +142,7 @@ class SandboxClient(_core.ClientBase):
         on_timeout: str | None = None,
         idle_timeout_seconds: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        from_snapshot: str | None = None,
     ) -> Session:
         """Create a session (``POST /v1/sessions``).
 
@@ -178,6 +180,9 @@ class SandboxClient(_core.ClientBase):
                 no CPU work in the sandbox) after which ``on_timeout`` runs;
                 0 for none, None for the daemon's default.
             metadata: Strings kept with the session and shown with it.
+            from_snapshot: Start on a copy of this sandbox snapshot
+                (:meth:`Session.snapshot`): its image, files and a copy of
+                its workspace; not with ``image`` or ``workspace_id``.
 
         Raises:
             InvalidImage, InvalidWorkspace, CapacityExhausted, WorkspaceDisabled.
@@ -200,6 +205,7 @@ class SandboxClient(_core.ClientBase):
                 on_timeout,
                 idle_timeout_seconds,
                 metadata,
+                from_snapshot,
             )
         )
         return self._session(info)
@@ -385,6 +391,19 @@ class SandboxClient(_core.ClientBase):
             PayloadTooLarge: Over the daemon's ``max_body_mb``.
         """
         await self._run(_core.import_workspace(workspace_id, data, self._retry))
+
+    async def sandbox_snapshots(self) -> builtins.list[SandboxSnapshot]:
+        """Every snapshot of a whole sandbox, oldest first (``GET /v1/snapshots``)."""
+        return await self._run(_core.list_sandbox_snapshots())
+
+    async def delete_sandbox_snapshot(self, snapshot_id: str) -> None:
+        """Delete a sandbox snapshot (``DELETE /v1/snapshots/{snap}``); sessions
+        started from it keep their files.
+
+        Raises:
+            SnapshotNotFound: No such snapshot.
+        """
+        await self._run(_core.delete_sandbox_snapshot(snapshot_id))
 
     async def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
         """Snapshot a workspace, also while sessions write to it

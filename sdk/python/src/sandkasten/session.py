@@ -23,6 +23,7 @@ from .types import (
     ProcessEvent,
     ProcessInfo,
     ReadResult,
+    SandboxSnapshot,
     SessionInfo,
     SessionStats,
 )
@@ -109,6 +110,30 @@ class Session(_core.SessionBase):
             SessionNotRunning: It is paused already (or ending).
         """
         return await self._client._run(_core.pause_session(self._id))
+
+    async def snapshot(self, label: str | None = None) -> SandboxSnapshot:
+        """Snapshot the whole sandbox at a consistent point (frozen while
+        taken): its files outside and inside ``/workspace``
+        (``POST /v1/sessions/{id}/snapshots``). Start sessions from it with
+        ``create_session(from_snapshot=snap.id)``.
+
+        Raises:
+            Unsupported: The daemon's backend has no sandbox snapshots.
+        """
+        return await self._client._run(_core.snapshot_session(self._id, label))
+
+    async def fork(self, count: int = 1) -> list[Session]:
+        """``count`` new sessions, each on a copy-on-write copy of this one's
+        files, image, TTL, network policy and metadata
+        (``POST /v1/sessions/{id}/fork``); processes are not copied.
+
+        Raises:
+            InvalidRequest: ``count`` out of range (1 to the daemon's
+                ``max_fork_count``).
+            Unsupported: The daemon's backend cannot fork.
+        """
+        infos = await self._client._run(_core.fork_session(self._id, count))
+        return [self._client._session(i) for i in infos]
 
     async def hibernate(self) -> SessionInfo:
         """Hibernate the session (``POST /v1/sessions/{id}/hibernate``): every

@@ -34,6 +34,7 @@ from .types import (
     ProcessEvent,
     ProcessInfo,
     ReadResult,
+    SandboxSnapshot,
     SessionInfo,
     SessionStats,
     SnapshotInfo,
@@ -141,6 +142,7 @@ class SyncSandboxClient(_core.ClientBase):
         on_timeout: str | None = None,
         idle_timeout_seconds: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        from_snapshot: str | None = None,
     ) -> SyncSession:
         """Create a session (``POST /v1/sessions``), from the pre-warmed pool
         when one is ready; see :meth:`sandkasten.SandboxClient.create_session`.
@@ -162,6 +164,9 @@ class SyncSandboxClient(_core.ClientBase):
                 no CPU work in the sandbox) after which ``on_timeout`` runs;
                 0 for none, None for the daemon's default.
             metadata: Strings kept with the session and shown with it.
+            from_snapshot: Start on a copy of this sandbox snapshot
+                (:meth:`Session.snapshot`): its image, files and a copy of
+                its workspace; not with ``image`` or ``workspace_id``.
         """
         call = _core.create_session(
             image,
@@ -173,6 +178,7 @@ class SyncSandboxClient(_core.ClientBase):
             on_timeout,
             idle_timeout_seconds,
             metadata,
+            from_snapshot,
         )
         return self._session(self._run(call))
 
@@ -277,6 +283,19 @@ class SyncSandboxClient(_core.ClientBase):
         """
         self._run(_core.import_workspace(workspace_id, data, self._retry))
 
+    def sandbox_snapshots(self) -> builtins.list[SandboxSnapshot]:
+        """Every snapshot of a whole sandbox, oldest first (``GET /v1/snapshots``)."""
+        return self._run(_core.list_sandbox_snapshots())
+
+    def delete_sandbox_snapshot(self, snapshot_id: str) -> None:
+        """Delete a sandbox snapshot (``DELETE /v1/snapshots/{snap}``); sessions
+        started from it keep their files.
+
+        Raises:
+            SnapshotNotFound: No such snapshot.
+        """
+        self._run(_core.delete_sandbox_snapshot(snapshot_id))
+
     def create_snapshot(self, workspace_id: str, label: str | None = None) -> SnapshotInfo:
         """Snapshot a workspace (only workspaces with a quota have snapshots)."""
         return self._run(_core.create_snapshot(workspace_id, label))
@@ -352,6 +371,30 @@ class SyncSession(_core.SessionBase):
             SessionNotRunning: It is paused already (or ending).
         """
         return self._client._run(_core.pause_session(self._id))
+
+    def snapshot(self, label: str | None = None) -> SandboxSnapshot:
+        """Snapshot the whole sandbox at a consistent point (frozen while
+        taken): its files outside and inside ``/workspace``
+        (``POST /v1/sessions/{id}/snapshots``). Start sessions from it with
+        ``create_session(from_snapshot=snap.id)``.
+
+        Raises:
+            Unsupported: The daemon's backend has no sandbox snapshots.
+        """
+        return self._client._run(_core.snapshot_session(self._id, label))
+
+    def fork(self, count: int = 1) -> list[SyncSession]:
+        """``count`` new sessions, each on a copy-on-write copy of this one's
+        files, image, TTL, network policy and metadata
+        (``POST /v1/sessions/{id}/fork``); processes are not copied.
+
+        Raises:
+            InvalidRequest: ``count`` out of range (1 to the daemon's
+                ``max_fork_count``).
+            Unsupported: The daemon's backend cannot fork.
+        """
+        infos = self._client._run(_core.fork_session(self._id, count))
+        return [self._client._session(i) for i in infos]
 
     def hibernate(self) -> SessionInfo:
         """Hibernate the session (``POST /v1/sessions/{id}/hibernate``): every

@@ -419,6 +419,43 @@ class SnapshotInfo:
         )
 
 
+@dataclass
+class SandboxSnapshot:
+    """A snapshot of a whole sandbox (its files outside and inside
+    ``/workspace``), usable as an image.
+    """
+
+    id: str
+    """Snapshot id (``ssnap-…``), also its name as an image."""
+
+    session_id: str
+    """The session it was taken of."""
+
+    image: str
+    """The image that session started from."""
+
+    workspace_id: str | None = None
+    """The persistent workspace that session had; None for an ephemeral one."""
+
+    label: str | None = None
+    """The label given at creation, if any."""
+
+    created_at: str | None = None
+    """RFC 3339 time of creation."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxSnapshot:
+        """Build from a ``SandboxSnapshot`` JSON object."""
+        return cls(
+            id=str(data["id"]),
+            session_id=str(data.get("session_id", "")),
+            image=str(data.get("image", "")),
+            workspace_id=data.get("workspace_id"),
+            label=data.get("label"),
+            created_at=data.get("created_at"),
+        )
+
+
 def _opt_float(value: Any) -> float | None:
     return float(value) if value is not None else None
 
