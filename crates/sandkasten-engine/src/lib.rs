@@ -20,6 +20,7 @@ mod session;
 mod sessions;
 mod text;
 mod types;
+mod watch;
 mod workspace;
 
 #[cfg(test)]
@@ -34,6 +35,9 @@ pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
 pub use procs::StartedProcess;
 pub use sandkasten_runtime::PortStream;
+pub use sandkasten_runtime::{
+    FileOp, FileReply, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES,
+};
 pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
 pub use sandkasten_runtime::{
     ProcEnd, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream, PtySize,
@@ -41,6 +45,7 @@ pub use sandkasten_runtime::{
 pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use types::*;
+pub use watch::Watch;
 pub use workspace::{check_workspace_id, MIN_QUOTA_BYTES};
 
 use tokio::sync::mpsc;

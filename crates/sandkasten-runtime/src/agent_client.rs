@@ -237,6 +237,8 @@ impl AgentClient {
                             | Response::FileChunk { .. }
                             | Response::ProcAttached(_)
                             | Response::ProcOutput { .. }
+                            | Response::Watching
+                            | Response::WatchEvents(_)
                     );
                     let mut guard = reader_pending.lock().unwrap();
                     if let Some(map) = guard.as_mut() {
@@ -424,11 +426,27 @@ impl AgentClient {
                 })),
             };
         }
-        let (id, replies) = self.send(Request::ReadStream {
+        self.read_stream(path, max_bytes, false).await
+    }
+
+    /// A streamed read (protocol 2 on), as root when `root` (protocol 5).
+    pub(crate) async fn read_stream(
+        &self,
+        path: String,
+        max_bytes: Option<u64>,
+        root: bool,
+    ) -> Result<FileStream, RuntimeError> {
+        let req = Request::ReadStream {
             path: path.clone(),
             max_bytes,
             window: READ_WINDOW,
-        })?;
+        };
+        let req = if root {
+            Request::AsRoot(Box::new(req))
+        } else {
+            req
+        };
+        let (id, replies) = self.send(req)?;
         let mut read = AgentRead {
             client: self.clone(),
             id,
