@@ -447,8 +447,12 @@ mod tests {
     );
 
     fn start(dir: &std::path::Path, recursive: bool) -> Running {
+        start_with(dir, recursive, 16)
+    }
+
+    fn start_with(dir: &std::path::Path, recursive: bool, window: u32) -> Running {
         let watches = Arc::new(Watches::default());
-        let flow = Arc::new(Flow::new(16));
+        let flow = Arc::new(Flow::new(window));
         let (tx, rx) = mpsc::channel();
         let (w, f, path) = (watches.clone(), flow.clone(), dir.display().to_string());
         let t = std::thread::spawn(move || {
@@ -523,6 +527,34 @@ mod tests {
             }
         }
         assert_eq!(t.join().unwrap().unwrap(), Ended::Gone);
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_gets_an_overflow_not_a_silent_loss() {
+        let tmp = tempfile::tempdir().unwrap();
+        // One credit, not granted again while the files are made: the
+        // watch sends one batch (one read of its buffer), then the kernel's
+        // queue (at most fs.inotify.max_queued_events) takes the rest, and
+        // overflows.
+        let (_w, flow, rx, t) = start_with(tmp.path(), false, 1);
+        let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        for i in 0..queue + 8192 {
+            std::fs::File::create(tmp.path().join(i.to_string())).unwrap();
+        }
+        // The client reads again: the batches that were queued, then the
+        // overflow ends the watch (its thread ends, and with it the
+        // channel).
+        while let Ok(r) = rx.recv() {
+            assert!(matches!(r, Response::WatchEvents(_)), "{r:?}");
+            flow.grant(1);
+        }
+        let e = t.join().unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSpace, "{}", e.message);
+        assert!(e.message.contains("overflowed"), "{}", e.message);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! envd's HTTP surface, answered by the daemon for the sandbox a request
 //! names: access, `/health`, `/files` (download and upload, signed URLs),
-//! and the Connect services (`filesystem`; `process` is not served yet).
+//! and the Connect services (`filesystem`, `process`), each call as the
+//! user it names (`user`, the sandbox user, or `root`).
 //!
 //! Access: the sandbox's `X-Access-Token`, the daemon's key, or (for
 //! `/files` only) a signature of the URL made with the token as the SDKs
