@@ -442,8 +442,6 @@ fn envd_rpc_bad_input_gets_connect_codes() {
     assert_connect_error(&r, 400, "invalid_argument");
     let r = rpc(&d, &id, &token, "Stat", json!({"path": ""}));
     assert_connect_error(&r, 400, "invalid_argument");
-    let r = rpc(&d, &id, &token, "CreateWatcher", json!({"path": "/"}));
-    assert_connect_error(&r, 501, "unimplemented");
     // A streaming method answers 200 and an end-of-stream error.
     let r = envd(
         &d,
@@ -451,12 +449,12 @@ fn envd_rpc_bad_input_gets_connect_codes() {
         &token,
         "/filesystem.Filesystem/WatchDir",
         "application/connect+json",
-        [&[0u8, 0, 0, 0, 12][..], br#"{"path":"/"}"#].concat(),
+        [&[0u8, 0, 0, 0, 16][..], br#"{"path":"/nope"}"#].concat(),
     );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.text.as_bytes()[0], 2, "end-of-stream flag: {:?}", r.text);
     let end: Value = serde_json::from_str(&r.text[5..]).unwrap();
-    assert_eq!(end["error"]["code"], "unimplemented", "{end}");
+    assert_eq!(end["error"]["code"], "not_found", "{end}");
 
     // Paths that climb out stay inside the sandbox.
     let marker = format!("e2b-escape-{}", random_hex(8));
@@ -631,7 +629,7 @@ fn envd_files_checks_access_and_signatures() {
         ("", 400),
         ("path=/nope", 404),
         ("path=/workspace", 400),
-        ("path=/etc/hostname&username=root", 400),
+        ("path=/etc/hostname&username=mallory", 400),
     ] {
         let r = d.send(
             d.client
@@ -642,6 +640,22 @@ fn envd_files_checks_access_and_signatures() {
         assert_eq!(r.status, status, "{q}: {}", r.text);
         assert_eq!(r.json["code"], status, "{q}: {}", r.text);
     }
+    // `username=root` writes where only root may; the user may not.
+    for (user, status) in [("user", 403), ("root", 200)] {
+        let r = d.send(
+            d.client
+                .post(files(&format!("path=/by-root.txt&username={user}")))
+                .header("E2b-Sandbox-Id", &id)
+                .header("X-Access-Token", &token)
+                .header("Content-Type", "application/octet-stream")
+                .body("root's"),
+        );
+        assert_eq!(r.status, status, "{user}: {}", r.text);
+    }
+    assert_eq!(
+        d.sh(&id, "stat -c %u /by-root.txt; cat /by-root.txt"),
+        "0\nroot's"
+    );
     let r = d.send(
         d.client
             .post(files("path=/workspace/z"))
@@ -963,7 +977,28 @@ fn envd_process_bad_input_gets_connect_codes_and_nothing_leaks_between_sandboxes
             .header("Content-Type", "application/json")
             .body(r#"{"path": "/"}"#),
     );
+    assert_eq!(r.status, 200, "{}", r.text);
+    // File operations as root do what only root may: make a directory in
+    // the root-owned `/`, which the sandbox user may not.
+    let as_user = |u: &str, method: &str, body: &str| {
+        d.send(
+            d.client
+                .post(format!("{}/filesystem.Filesystem/{method}", d.url))
+                .header("E2b-Sandbox-Id", &a)
+                .header("X-Access-Token", &ta)
+                .header("Authorization", basic(u))
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+        )
+    };
+    let r = as_user("user", "MakeDir", r#"{"path": "/made-by-root"}"#);
     assert_connect_error(&r, 403, "permission_denied");
+    let r = as_user("root", "MakeDir", r#"{"path": "/made-by-root"}"#);
+    assert_eq!(r.json["entry"]["owner"], "root", "{}", r.text);
+    let r = as_user("user", "Remove", r#"{"path": "/made-by-root"}"#);
+    assert_connect_error(&r, 403, "permission_denied");
+    let r = as_user("root", "Remove", r#"{"path": "/made-by-root"}"#);
+    assert_eq!(r.status, 200, "{}", r.text);
     let r = d
         .client
         .post(format!("{}/process.Process/Start", d.url))
@@ -1002,5 +1037,201 @@ fn envd_process_bad_input_gets_connect_codes_and_nothing_leaks_between_sandboxes
         json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
     );
     r.expect(200, "b kills its own process");
+    assert_eq!(d.get("/healthz").status, 200);
+}
+
+/// Reads one envelope of a streaming answer as it comes: (flags, payload).
+fn next_envelope(r: &mut reqwest::blocking::Response) -> (u8, Value) {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).unwrap();
+    let mut data = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+    r.read_exact(&mut data).unwrap();
+    (head[0], serde_json::from_slice(&data).unwrap())
+}
+
+/// The end-of-stream message of a streaming answer, read on to its end.
+fn stream_end(r: &mut reqwest::blocking::Response) -> Value {
+    loop {
+        let (flags, v) = next_envelope(r);
+        if flags == 2 {
+            return v;
+        }
+    }
+}
+
+/// A WatchDir call (JSON), its answer left open to read as it streams.
+fn watch_stream(
+    d: &Daemon,
+    id: &str,
+    token: &str,
+    req: Value,
+    headers: &[(&str, &str)],
+) -> reqwest::blocking::Response {
+    let mut rb = d
+        .client
+        .post(format!("{}/filesystem.Filesystem/WatchDir", d.url))
+        .header("E2b-Sandbox-Id", id)
+        .header("X-Access-Token", token)
+        .header("Content-Type", "application/connect+json");
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb
+        .body(envelope(0, req.to_string().as_bytes()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r
+}
+
+#[test]
+fn envd_watchers_bad_input_limits_and_sandbox_end() {
+    let d = Daemon::start(None);
+    let (a, ta) = e2b_sandbox(&d, json!({"templateID": "base"}));
+    let (b, tb) = e2b_sandbox(&d, json!({"templateID": "base"}));
+    d.sh(&a, "mkdir -p /workspace/w && echo f > /workspace/file");
+
+    // Bad paths: missing, a file, empty, not a string; the protocol's codes.
+    for (path, status, code) in [
+        (json!("/workspace/nope"), 404, "not_found"),
+        (json!("/workspace/file"), 400, "invalid_argument"),
+        (json!(""), 400, "invalid_argument"),
+        (json!(5), 400, "invalid_argument"),
+    ] {
+        let r = rpc(&d, &a, &ta, "CreateWatcher", json!({ "path": path }));
+        assert_connect_error(&r, status, code);
+    }
+    // Unknown watcher ids, and one of another sandbox: not_found.
+    for m in ["GetWatcherEvents", "RemoveWatcher"] {
+        let r = rpc(&d, &a, &ta, m, json!({"watcherId": "no-such-watcher"}));
+        assert_connect_error(&r, 404, "not_found");
+    }
+    let r = rpc(
+        &d,
+        &a,
+        &ta,
+        "CreateWatcher",
+        json!({"path": "/workspace/w", "recursive": true}),
+    );
+    let wid = r.expect(200, "CreateWatcher")["watcherId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = rpc(&d, &b, &tb, "GetWatcherEvents", json!({"watcherId": wid}));
+    assert_connect_error(&r, 404, "not_found");
+    let r = rpc(&d, &b, &tb, "RemoveWatcher", json!({"watcherId": wid}));
+    assert_connect_error(&r, 404, "not_found");
+    // The watcher sees what the shell does, names relative to the top.
+    d.sh(
+        &a,
+        "mkdir /workspace/w/s && echo x > /workspace/w/s/f && rm /workspace/w/s/f",
+    );
+    let mut names = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !names.contains(&"s/f EVENT_TYPE_REMOVE".to_string()) {
+        assert!(std::time::Instant::now() < deadline, "{names:?}");
+        let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
+        let v = r.expect(200, "GetWatcherEvents");
+        for e in v["events"].as_array().cloned().unwrap_or_default() {
+            names.push(format!(
+                "{} {}",
+                e["name"].as_str().unwrap(),
+                e["type"].as_str().unwrap()
+            ));
+        }
+        // The sync SDKs poll a watcher, as envd defines it.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        names.contains(&"s EVENT_TYPE_CREATE".to_string()),
+        "{names:?}"
+    );
+    let r = rpc(&d, &a, &ta, "RemoveWatcher", json!({"watcherId": wid}));
+    r.expect(200, "RemoveWatcher");
+    let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
+    assert_connect_error(&r, 404, "not_found");
+
+    // A path that climbs out watches the sandbox's own directory.
+    let marker = format!("e2b-watch-{}", random_hex(8));
+    d.sh(&a, &format!("mkdir /tmp/{marker}"));
+    let mut s = watch_stream(
+        &d,
+        &a,
+        &ta,
+        json!({"path": format!("/../../../tmp/{marker}")}),
+        &[],
+    );
+    assert_eq!(next_envelope(&mut s), (0, json!({"start": {}})));
+    d.sh(&a, &format!("touch /tmp/{marker}/inside"));
+    assert_eq!(
+        next_envelope(&mut s),
+        (
+            0,
+            json!({"filesystem": {"name": "inside", "type": "EVENT_TYPE_CREATE"}})
+        )
+    );
+    assert!(!std::path::Path::new(&format!("/tmp/{marker}")).exists());
+    // The directory removed: the stream ends cleanly.
+    d.sh(&a, &format!("rm -r /tmp/{marker}"));
+    let rest = stream_end(&mut s);
+    assert_eq!(rest, json!({}));
+
+    // The deadline ends a stream; keepalives come when asked for.
+    let mut s = watch_stream(
+        &d,
+        &a,
+        &ta,
+        json!({"path": "/workspace/w"}),
+        &[
+            ("Connect-Timeout-Ms", "2500"),
+            ("Keepalive-Ping-Interval", "1"),
+        ],
+    );
+    assert_eq!(next_envelope(&mut s), (0, json!({"start": {}})));
+    assert_eq!(next_envelope(&mut s), (0, json!({"keepalive": {}})));
+    let end = stream_end(&mut s);
+    assert_eq!(end["error"]["code"], "deadline_exceeded", "{end}");
+
+    // At most 16 watchers per sandbox; the other sandbox is not affected.
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        let r = rpc(&d, &a, &ta, "CreateWatcher", json!({"path": "/workspace"}));
+        ids.push(
+            r.expect(200, "CreateWatcher")["watcherId"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let r = rpc(&d, &a, &ta, "CreateWatcher", json!({"path": "/workspace"}));
+    assert_connect_error(&r, 429, "resource_exhausted");
+    // Watch streams share the agent's limit of 16 watches.
+    let mut s = watch_stream(&d, &a, &ta, json!({"path": "/workspace"}), &[]);
+    let (flags, end) = next_envelope(&mut s);
+    assert_eq!(flags, 2);
+    assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+    let r = rpc(&d, &b, &tb, "CreateWatcher", json!({"path": "/workspace"}));
+    r.expect(200, "CreateWatcher in the other sandbox");
+    rpc(&d, &a, &ta, "RemoveWatcher", json!({"watcherId": ids[0]})).expect(200, "RemoveWatcher");
+    let r = rpc(&d, &a, &ta, "CreateWatcher", json!({"path": "/workspace"}));
+    r.expect(200, "CreateWatcher after a removal");
+
+    // Watches end with their sandbox: the stream with an error, the
+    // watchers' ids are not_found.
+    let mut s = watch_stream(&d, &b, &tb, json!({"path": "/workspace"}), &[]);
+    assert_eq!(next_envelope(&mut s), (0, json!({"start": {}})));
+    d.delete(&a);
+    let r = rpc(
+        &d,
+        &a,
+        &ta,
+        "GetWatcherEvents",
+        json!({"watcherId": ids[1]}),
+    );
+    assert_connect_error(&r, 404, "not_found");
+    d.delete(&b);
+    let end = stream_end(&mut s);
+    assert_eq!(end["error"]["code"], "not_found", "{end}");
     assert_eq!(d.get("/healthz").status, 200);
 }

@@ -4,7 +4,7 @@
 // package); prints one line per step and exits non-zero on the first
 // failure.
 const assert = require('node:assert/strict')
-const { Sandbox, CommandExitError } = require('e2b')
+const { Sandbox, CommandExitError, FilesystemEventType, NotFoundError } = require('e2b')
 
 function step(name) {
   console.log(`step: ${name}`)
@@ -56,6 +56,33 @@ async function main() {
     await sbx.files.remove('/workspace/d')
     assert.equal(await sbx.files.exists('/workspace/d'), false)
     await assert.rejects(sbx.files.read('/workspace/missing'))
+
+    step('files: watchDir (recursive), user root vs user')
+    const events = []
+    let wake = () => {}
+    const seenAll = (wanted) => new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`watch: ${JSON.stringify(events)}`)), 30_000)
+      wake = () => {
+        if (wanted.every(([n, t]) => events.some((e) => e.name === n && e.type === t))) {
+          clearTimeout(timer)
+          resolve()
+        }
+      }
+      wake()
+    })
+    await sbx.files.makeDir('/workspace/watched')
+    const watcher = await sbx.files.watchDir('/workspace/watched', (e) => { events.push(e); wake() }, { recursive: true })
+    await sbx.commands.run('mkdir /workspace/watched/sub && echo w > /workspace/watched/sub/by-cmd.txt')
+    await seenAll([['sub', FilesystemEventType.CREATE], ['sub/by-cmd.txt', FilesystemEventType.CREATE]])
+    await sbx.commands.run('rm /workspace/watched/sub/by-cmd.txt')
+    await seenAll([['sub/by-cmd.txt', FilesystemEventType.REMOVE]])
+    await watcher.stop()
+    await assert.rejects(sbx.files.watchDir('/workspace/no-such-dir', () => {}), (e) => e instanceof NotFoundError)
+    await sbx.commands.run('echo r > /workspace/root-only.txt && chmod 644 /workspace/root-only.txt', { user: 'root' })
+    await sbx.files.write('/workspace/root-only.txt', 'by root', { user: 'root' })
+    assert.equal(await sbx.files.read('/workspace/root-only.txt'), 'by root')
+    await assert.rejects(sbx.files.write('/workspace/root-only.txt', 'by user', { user: 'user' }))
+    assert.equal((await sbx.files.getInfo('/workspace/root-only.txt', { user: 'root' })).owner, 'root')
 
     step('upload and download URLs')
     const up = await sbx.uploadUrl('/workspace/up.txt')

@@ -1,5 +1,7 @@
 //! File operations (read, write, list, stat, mkdir, remove, rename) on absolute
-//! paths, done with the rights of the sandbox user.
+//! paths, done with the rights of the sandbox user (or, for a request
+//! wrapped in `AsRoot`, of the sandbox's root: a second [`Files`] without
+//! an identity).
 //!
 //! They are [`RootedFs`] operations rooted at the agent's `/` (the
 //! sandbox's root): paths are resolved with `openat2(RESOLVE_IN_ROOT |
@@ -52,6 +54,11 @@ impl Files {
     /// the open file needs no identity.
     pub fn open_read(&self, path: &str) -> FsResult<std::fs::File> {
         Ok(self.fs(path)?.open_read(path)?.0)
+    }
+
+    /// Opens a directory the identity may read (a watch's top).
+    pub fn open_dir(&self, path: &str) -> FsResult<std::os::fd::OwnedFd> {
+        self.fs(path)?.open_dir(path)
     }
 
     /// Writes a whole file byte for byte: creates missing parents (0755)

@@ -34,6 +34,7 @@ mod relay;
 mod server;
 mod shell;
 mod sys;
+mod watch;
 
 use std::io::Read;
 use std::os::unix::net::UnixListener;

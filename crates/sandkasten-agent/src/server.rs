@@ -16,6 +16,10 @@
 //! are bounded per read by its window and across reads by one [`Budget`]
 //! (see `reads.rs`).
 //!
+//! A request wrapped in `AsRoot` is unwrapped here too and handled with
+//! the file operations of the sandbox's root; only file operations may be
+//! wrapped. Watches (`WatchDir`) take a flow like reads (`watch.rs`).
+//!
 //! A connection whose first frame is `OpenPort` becomes a byte pipe to a
 //! TCP port inside the sandbox (`ports.rs`) and serves no more frames.
 
@@ -24,6 +28,7 @@ use crate::procs::{Attached, Procs};
 use crate::reads::{self, Budget, Ended, Flow, READ_BUFFERS};
 use crate::reaper;
 use crate::shell::{CancelHandle, ExecError, ExecTicket, Shell};
+use crate::watch::{self, Watches};
 use sandkasten_protocol::{
     read_frame, write_frame, AgentConfig, Body, CodecError, ErrorKind, Frame, Request, Response,
     PROTOCOL_VERSION,
@@ -46,6 +51,12 @@ pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
             cfg.gid,
             std::path::Path::new(cfg.files_root.as_deref().unwrap_or("/")),
         ),
+        root_files: Files::new(
+            None,
+            None,
+            std::path::Path::new(cfg.files_root.as_deref().unwrap_or("/")),
+        ),
+        watches: Watches::default(),
         shell: Shell::new(cfg),
         procs: Procs::default(),
         execs: Mutex::new(HashMap::new()),
@@ -81,8 +92,12 @@ pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
 
 struct Agent {
     shell: Shell,
+    /// File operations as the sandbox user.
     files: Files,
+    /// File operations as the agent (the sandbox's root): `AsRoot`.
+    root_files: Files,
     procs: Procs,
+    watches: Watches,
     /// Running and queued execs by (connection, request id), for CancelExec.
     execs: Mutex<HashMap<(u64, u64), Arc<CancelHandle>>>,
     /// Streamed reads in progress by (connection, request id), for ReadAck
@@ -131,10 +146,15 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
             );
             break;
         };
+        let (req, root) = match req {
+            Request::AsRoot(inner) => (*inner, true),
+            req => (req, false),
+        };
         // Queue place and cancel registration happen here, before the next
         // frame is read: arrival order, and a CancelExec right behind its
         // Exec finds it; the same for a read's flow and its ReadAck.
         let prepared = match &req {
+            _ if root && !is_file_op(&req) => Prepared::None,
             Request::Exec { .. } => {
                 let t = agent.shell.enqueue();
                 lock(&agent.execs).insert((conn, id), t.cancel_handle());
@@ -147,7 +167,8 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
                 window,
                 ..
             }
-            | Request::ProcAttach { window, .. } => {
+            | Request::ProcAttach { window, .. }
+            | Request::WatchDir { window, .. } => {
                 let flow = Arc::new(Flow::new(*window));
                 lock(&agent.reads).insert((conn, id), flow.clone());
                 Prepared::Read(flow)
@@ -162,6 +183,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
                 if let Some(flow) = lock(&agent.reads).get(&(conn, *target)) {
                     flow.cancel();
                     agent.procs.wake_all();
+                    agent.watches.wake_all();
                 }
                 continue;
             }
@@ -178,7 +200,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
         };
         let is_read = matches!(prepared, Prepared::Read(_));
         let (a, w) = (agent.clone(), writer.clone());
-        let job = move || handle(&a, conn, id, req, prepared, &w);
+        let job = move || handle(&a, conn, id, req, root, prepared, &w);
         if !is_read {
             run_detached("request", job);
         } else if let Err(e) = try_detached("read", job) {
@@ -210,10 +232,44 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
         }
     }
     agent.procs.wake_all();
+    agent.watches.wake_all();
 }
 
-fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, writer: &Writer) {
+/// The requests `AsRoot` may wrap.
+fn is_file_op(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::WriteFile { .. }
+            | Request::ListDir { .. }
+            | Request::Stat { .. }
+            | Request::Mkdir { .. }
+            | Request::Remove { .. }
+            | Request::Rename { .. }
+            | Request::ReadStream { .. }
+    )
+}
+
+fn handle(
+    agent: &Agent,
+    conn: u64,
+    id: u64,
+    req: Request,
+    root: bool,
+    prepared: Prepared,
+    writer: &Writer,
+) {
     let reply = |body: Response| send(writer, id, body);
+    if root && !is_file_op(&req) {
+        return reply(Response::Error {
+            kind: ErrorKind::InvalidRequest,
+            message: "only file operations run as root (AsRoot)".into(),
+        });
+    }
+    let files = if root {
+        &agent.root_files
+    } else {
+        &agent.files
+    };
     let response = match req {
         Request::Ping => Response::Pong {
             protocol_version: PROTOCOL_VERSION,
@@ -276,7 +332,7 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
             let Prepared::Read(flow) = prepared else {
                 unreachable!("reads are registered by the reader")
             };
-            let ended = read_stream(agent, &path, max_bytes, &flow, &mut |data| {
+            let ended = read_stream(agent, files, &path, max_bytes, &flow, &mut |data| {
                 reply(Response::FileChunk { data })
             });
             lock(&agent.reads).remove(&(conn, id));
@@ -296,20 +352,45 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
                 "ReadFile is not served by protocol {PROTOCOL_VERSION}: files are read with ReadStream"
             ),
         },
-        Request::WriteFile { path, data, mode } => {
-            ok_or_error(agent.files.write_file(&path, &data, mode))
-        }
-        Request::ListDir { path } => match agent.files.list_dir(&path) {
+        Request::WriteFile { path, data, mode } => ok_or_error(files.write_file(&path, &data, mode)),
+        Request::ListDir { path } => match files.list_dir(&path) {
             Ok(entries) => Response::Entries(entries),
             Err(e) => error(e),
         },
-        Request::Stat { path } => match agent.files.stat(&path) {
+        Request::Stat { path } => match files.stat(&path) {
             Ok(st) => Response::Stat(st),
             Err(e) => error(e),
         },
-        Request::Mkdir { path, parents } => ok_or_error(agent.files.mkdir(&path, parents)),
-        Request::Remove { path, recursive } => ok_or_error(agent.files.remove(&path, recursive)),
-        Request::Rename { from, to } => ok_or_error(agent.files.rename(&from, &to)),
+        Request::Mkdir { path, parents } => ok_or_error(files.mkdir(&path, parents)),
+        Request::Remove { path, recursive } => ok_or_error(files.remove(&path, recursive)),
+        Request::Rename { from, to } => ok_or_error(files.rename(&from, &to)),
+        Request::WatchDir {
+            path,
+            recursive,
+            root,
+            window: _,
+        } => {
+            let Prepared::Read(flow) = prepared else {
+                unreachable!("watches are registered by the reader")
+            };
+            let files = if root { &agent.root_files } else { &agent.files };
+            let ended = agent
+                .watches
+                .run(files, &path, recursive, &flow, &mut |r| reply(r));
+            lock(&agent.reads).remove(&(conn, id));
+            match ended {
+                Ok(watch::Ended::Gone) => return,
+                // Stopped by the daemon (its place is free again): told
+                // so, in case it waits for that.
+                Ok(watch::Ended::Cancelled) => Response::WatchEnded,
+                Err(e) => error(e),
+            }
+        }
+        // Unwrapped by the reader; a nested one is refused above.
+        Request::AsRoot(_) => Response::Error {
+            kind: ErrorKind::InvalidRequest,
+            message: "AsRoot inside AsRoot".into(),
+        },
         Request::SetEnv { env } => {
             agent.shell.set_env(env);
             Response::Ok
@@ -370,12 +451,13 @@ fn handle(agent: &Agent, conn: u64, id: u64, req: Request, prepared: Prepared, w
 /// Streams one file under its flow and the agent's budget.
 fn read_stream(
     agent: &Agent,
+    files: &Files,
     path: &str,
     max_bytes: Option<u64>,
     flow: &Flow,
     send: &mut dyn FnMut(Vec<u8>),
 ) -> Result<Ended, FsError> {
-    let mut file = agent.files.open_read(path)?;
+    let mut file = files.open_read(path)?;
     reads::stream(&mut file, max_bytes, flow, &agent.budget, send)
         .map_err(|e| FsError::from_io(e, path))
 }

@@ -1,6 +1,7 @@
 //! envd's HTTP surface, answered by the daemon for the sandbox a request
 //! names: access, `/health`, `/files` (download and upload, signed URLs),
-//! and the Connect services (`filesystem`; `process` is not served yet).
+//! and the Connect services (`filesystem`, `process`), each call as the
+//! user it names (`user`, the sandbox user, or `root`).
 //!
 //! Access: the sandbox's `X-Access-Token`, the daemon's key, or (for
 //! `/files` only) a signature of the URL made with the token as the SDKs
@@ -20,11 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use sandkasten_engine::{EngineError, FileError, ProcessError, SessionError, SessionState};
+use sandkasten_engine::{FileOp, FileUser};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-pub(crate) async fn serve(e2b: &Shared, id: Option<String>, req: Request) -> Response {
+pub(crate) async fn serve(e2b: &Arc<Shared>, id: Option<String>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     if path == "/health" && id.is_none() {
         return StatusCode::NO_CONTENT.into_response();
@@ -49,9 +52,13 @@ pub(crate) async fn serve(e2b: &Shared, id: Option<String>, req: Request) -> Res
         Err(_) => return refuse(&path, Code::NotFound, format!("sandbox {id} not found")),
     }
     if path == "/files" {
+        let user = match file_user(query.get("username"), req.headers()) {
+            Ok(u) => u,
+            Err(m) => return file_error(StatusCode::BAD_REQUEST, m),
+        };
         return match *req.method() {
-            Method::GET => download(e2b, &id, &query).await,
-            Method::POST => upload(e2b, &id, &query, req).await,
+            Method::GET => download(e2b, &id, user, &query).await,
+            Method::POST => upload(e2b, &id, user, &query, req).await,
             _ => file_error(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST".into()),
         };
     }
@@ -65,7 +72,12 @@ pub(crate) async fn serve(e2b: &Shared, id: Option<String>, req: Request) -> Res
     };
     if let Some(method) = path.strip_prefix("/filesystem.Filesystem/") {
         let method = method.to_string();
-        return crate::filesystem::call(e2b, &id, &method, root, req).await;
+        let user = if root {
+            FileUser::Root
+        } else {
+            FileUser::Sandbox
+        };
+        return crate::filesystem::call(e2b, &id, &method, user, req).await;
     }
     if let Some(method) = path.strip_prefix("/process.Process/") {
         let method = method.to_string();
@@ -107,8 +119,13 @@ pub(crate) fn rpc_error(e: EngineError) -> RpcError {
 /// Whether an RPC runs as root: the user of `Authorization: Basic
 /// base64(user:)`, as the SDKs send it (none: the sandbox user).
 fn rpc_user(headers: &HeaderMap) -> Result<bool, RpcError> {
+    headers_user(headers).map(|u| u == FileUser::Root)
+}
+
+/// The user of a request's `Authorization: Basic base64(user:)`.
+fn headers_user(headers: &HeaderMap) -> Result<FileUser, RpcError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(false);
+        return Ok(FileUser::Sandbox);
     };
     let bad = || {
         RpcError::new(
@@ -121,7 +138,7 @@ fn rpc_user(headers: &HeaderMap) -> Result<bool, RpcError> {
         return Err(bad());
     };
     if scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(false); // the daemon's key
+        return Ok(FileUser::Sandbox); // the daemon's key
     }
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(bad());
@@ -131,14 +148,7 @@ fn rpc_user(headers: &HeaderMap) -> Result<bool, RpcError> {
         .map_err(|_| bad())?;
     let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
     let user = decoded.split(':').next().unwrap_or_default();
-    match user {
-        "root" => Ok(true),
-        "" | "user" | "sandbox" => Ok(false),
-        other => Err(RpcError::new(
-            Code::InvalidArgument,
-            format!("unknown user {other:?}: use \"user\" (the sandbox user) or \"root\""),
-        )),
-    }
+    check_user(Some(user)).map_err(|m| RpcError::new(Code::InvalidArgument, m))
 }
 
 /// A refusal in the form the path's client reads: Connect's for RPCs, the
@@ -295,26 +305,32 @@ fn engine_file_error(e: EngineError) -> Response {
     file_error(status, e.to_string())
 }
 
-/// The user a file call names: `user` (E2B's default user) is our
-/// sandbox user; root is refused until the agent does file operations as
-/// root.
-pub(crate) fn check_user(user: Option<&str>) -> Result<(), String> {
+/// The user a call names: `user` (E2B's default user) is our sandbox
+/// user, `root` the sandbox's root; none is the sandbox user.
+pub(crate) fn check_user(user: Option<&str>) -> Result<FileUser, String> {
     match user {
-        None | Some("") | Some("user") | Some("sandbox") => Ok(()),
+        None | Some("") | Some("user") | Some("sandbox") => Ok(FileUser::Sandbox),
+        Some("root") => Ok(FileUser::Root),
         Some(u) => Err(format!(
-            "user {u:?}: file operations run as the sandbox user (\"user\") only"
+            "unknown user {u:?}: use \"user\" (the sandbox user) or \"root\""
         )),
     }
 }
 
-async fn download(e2b: &Shared, id: &str, q: &Query) -> Response {
-    if let Err(m) = check_user(q.get("username")) {
-        return file_error(StatusCode::BAD_REQUEST, m);
+/// The user of a `/files` call: its `username`, else the one of its
+/// `Authorization` header.
+fn file_user(username: Option<&str>, headers: &HeaderMap) -> Result<FileUser, String> {
+    match username {
+        Some(u) if !u.is_empty() => check_user(Some(u)),
+        _ => headers_user(headers).map_err(|e| e.message),
     }
+}
+
+async fn download(e2b: &Shared, id: &str, user: FileUser, q: &Query) -> Response {
     let Some(path) = q.get("path").filter(|p| !p.is_empty()) else {
         return file_error(StatusCode::BAD_REQUEST, "path is required".into());
     };
-    let reader = match e2b.engine.read_file(id, path, None).await {
+    let reader = match e2b.engine.read_file_as(id, user, path, None).await {
         Ok(r) => r,
         Err(e) => return engine_file_error(e),
     };
@@ -347,10 +363,7 @@ fn written(path: &str) -> serde_json::Value {
     json!({"name": name, "type": "file", "path": path})
 }
 
-async fn upload(e2b: &Shared, id: &str, q: &Query, req: Request) -> Response {
-    if let Err(m) = check_user(q.get("username")) {
-        return file_error(StatusCode::BAD_REQUEST, m);
-    }
+async fn upload(e2b: &Shared, id: &str, user: FileUser, q: &Query, req: Request) -> Response {
     if req
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -418,8 +431,13 @@ async fn upload(e2b: &Shared, id: &str, q: &Query, req: Request) -> Response {
     }
     let mut out = Vec::with_capacity(files.len());
     for (path, data) in files {
-        match e2b.engine.write_file(id, &path, data).await {
-            Ok(abs) => out.push(written(&abs)),
+        let op = FileOp::Write {
+            path: path.clone(),
+            data,
+            mode: None,
+        };
+        match e2b.engine.file_as(id, user, op).await {
+            Ok(_) => out.push(written(&crate::filesystem::absolute(&path))),
             Err(e) => return engine_file_error(e),
         }
     }
@@ -463,7 +481,9 @@ mod tests {
         assert_eq!(q.get("username"), Some("user"));
         assert_eq!(q.get("x"), Some(""));
         assert_eq!(q.get("y"), None);
-        assert!(check_user(Some("root")).is_err());
-        assert!(check_user(Some("user")).is_ok());
+        assert_eq!(check_user(Some("root")), Ok(FileUser::Root));
+        assert_eq!(check_user(Some("user")), Ok(FileUser::Sandbox));
+        assert_eq!(check_user(None), Ok(FileUser::Sandbox));
+        assert!(check_user(Some("alice")).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! `filesystem.Filesystem`: Stat, MakeDir, Move, ListDir (with depth) and
-//! Remove through the engine's file calls (the agent does them as the
-//! sandbox user, confined to the sandbox). WatchDir and the watcher calls
-//! answer `unimplemented` (no file watching yet).
+//! Remove through the engine's file calls (the agent does them confined
+//! to the sandbox, as the sandbox user, or as root for a call whose user
+//! is `root`); WatchDir and the watcher calls on the agent's inotify
+//! watches (`watch.rs`).
 //!
 //! Relative paths resolve against `/workspace` (as in our own API; E2B
 //! resolves them against the user's home). Owners are named as E2B names
@@ -11,13 +12,14 @@ use crate::connect::{self, Code, RpcError};
 use crate::envd::rpc_error;
 use crate::pb::{
     EntryInfo, EntryResponse, FileType, ListDirRequest, ListDirResponse, MakeDirRequest,
-    MoveRequest, RemoveRequest, StatRequest, Timestamp,
+    MoveRequest, RemoveRequest, StatRequest, Timestamp, WatchRequest, WatcherId,
 };
 use crate::Shared;
 use axum::extract::Request;
 use axum::response::Response;
 use futures::StreamExt;
-use sandkasten_engine::{DirEntry, EngineError, FileError, FileStat, FileType as Ft};
+use sandkasten_engine::{DirEntry, EngineError, FileOp, FileStat, FileType as Ft, FileUser};
+use std::sync::Arc;
 
 /// Most entries one ListDir answers.
 pub const MAX_LIST_ENTRIES: usize = 10_000;
@@ -26,10 +28,10 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 const STAT_CONCURRENCY: usize = 16;
 
 pub(crate) async fn call(
-    e2b: &Shared,
+    e2b: &Arc<Shared>,
     id: &str,
     method: &str,
-    root: bool,
+    user: FileUser,
     req: Request,
 ) -> Response {
     let Some(f) = connect::framing(req.headers()) else {
@@ -60,34 +62,34 @@ pub(crate) async fn call(
     if f.streaming != streaming_method {
         return connect::unsupported_media_type();
     }
-    if root {
-        let e = RpcError::new(
-            Code::PermissionDenied,
-            "file operations run as the sandbox user (\"user\") only, not as root",
-        );
-        return if f.streaming {
-            connect::stream_error(f, e)
-        } else {
-            e.unary_response()
-        };
-    }
+    let timing = crate::process::Timing::from_headers(req.headers());
     let body = req.into_body();
+    let u = user;
     match method {
-        "Stat" => connect::serve_unary(f, body, |r: StatRequest| stat(e2b, id, r)).await,
-        "MakeDir" => connect::serve_unary(f, body, |r: MakeDirRequest| make_dir(e2b, id, r)).await,
-        "Move" => connect::serve_unary(f, body, |r: MoveRequest| move_entry(e2b, id, r)).await,
-        "ListDir" => connect::serve_unary(f, body, |r: ListDirRequest| list_dir(e2b, id, r)).await,
-        "Remove" => connect::serve_unary(f, body, |r: RemoveRequest| remove(e2b, id, r)).await,
-        "WatchDir" => connect::stream_error(f, no_watching()),
-        _ => connect::unary::<crate::pb::Empty>(f, Err(no_watching())),
+        "Stat" => connect::serve_unary(f, body, |r: StatRequest| stat(e2b, id, u, r)).await,
+        "MakeDir" => {
+            connect::serve_unary(f, body, |r: MakeDirRequest| make_dir(e2b, id, u, r)).await
+        }
+        "Move" => connect::serve_unary(f, body, |r: MoveRequest| move_entry(e2b, id, u, r)).await,
+        "ListDir" => {
+            connect::serve_unary(f, body, |r: ListDirRequest| list_dir(e2b, id, u, r)).await
+        }
+        "Remove" => connect::serve_unary(f, body, |r: RemoveRequest| remove(e2b, id, u, r)).await,
+        "WatchDir" => crate::watch::watch_dir(f, e2b, id, user, timing, body).await,
+        "CreateWatcher" => {
+            connect::serve_unary(f, body, |r: WatchRequest| {
+                crate::watch::create(e2b, id, user, r)
+            })
+            .await
+        }
+        "GetWatcherEvents" => {
+            connect::serve_unary(f, body, |r: WatcherId| async move {
+                crate::watch::events(e2b, id, r)
+            })
+            .await
+        }
+        _ => connect::serve_unary(f, body, |r: WatcherId| crate::watch::remove(e2b, id, r)).await,
     }
-}
-
-fn no_watching() -> RpcError {
-    RpcError::new(
-        Code::Unimplemented,
-        "watching directories is not supported by Sandkasten yet",
-    )
 }
 
 fn owner(uid: u32) -> String {
@@ -157,7 +159,7 @@ fn entry(st: &FileStat) -> EntryInfo {
 }
 
 /// The absolute form of a client path, as the engine resolves it.
-fn absolute(path: &str) -> String {
+pub(crate) fn absolute(path: &str) -> String {
     if path.starts_with('/') {
         path.to_string()
     } else {
@@ -165,62 +167,129 @@ fn absolute(path: &str) -> String {
     }
 }
 
-async fn stat_entry(e2b: &Shared, id: &str, path: &str) -> Result<EntryInfo, RpcError> {
-    let mut st = e2b.engine.stat(id, path).await.map_err(rpc_error)?;
+/// One file operation with `user`'s rights.
+async fn file(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    op: FileOp,
+) -> Result<sandkasten_engine::FileReply, EngineError> {
+    e2b.engine.file_as(id, user, op).await
+}
+
+async fn stat_file(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    path: &str,
+) -> Result<FileStat, RpcError> {
+    let op = FileOp::Stat { path: path.into() };
+    match file(e2b, id, user, op).await {
+        Ok(sandkasten_engine::FileReply::Stat(st)) => Ok(st),
+        Ok(other) => {
+            tracing::error!("envd: a stat answered {other:?}");
+            Err(RpcError::new(Code::Internal, "internal error"))
+        }
+        Err(e) => Err(rpc_error(e)),
+    }
+}
+
+pub(crate) async fn stat_entry(
+    e2b: &Shared,
+    id: &str,
+    path: &str,
+    user: FileUser,
+) -> Result<EntryInfo, RpcError> {
+    let mut st = stat_file(e2b, id, user, path).await?;
     st.path = absolute(path);
     Ok(entry(&st))
 }
 
-async fn stat(e2b: &Shared, id: &str, r: StatRequest) -> Result<EntryResponse, RpcError> {
+async fn stat(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    r: StatRequest,
+) -> Result<EntryResponse, RpcError> {
     Ok(EntryResponse {
-        entry: Some(stat_entry(e2b, id, &r.path).await?),
+        entry: Some(stat_entry(e2b, id, &r.path, user).await?),
     })
 }
 
-async fn make_dir(e2b: &Shared, id: &str, r: MakeDirRequest) -> Result<EntryResponse, RpcError> {
+async fn make_dir(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    r: MakeDirRequest,
+) -> Result<EntryResponse, RpcError> {
     // envd creates parents, and says `already_exists` for a directory
     // that exists (the SDKs' make_dir then answers false).
-    match e2b.engine.stat(id, &r.path).await {
+    match stat_file(e2b, id, user, &r.path).await {
         Ok(_) => {
             return Err(RpcError::new(
                 Code::AlreadyExists,
                 format!("{} already exists", absolute(&r.path)),
             ))
         }
-        Err(EngineError::File(FileError::NotFound(_))) => {}
-        Err(e) => return Err(rpc_error(e)),
+        Err(e) if e.code == Code::NotFound => {}
+        Err(e) => return Err(e),
     }
-    e2b.engine
-        .mkdir(id, &r.path, true)
-        .await
-        .map_err(rpc_error)?;
-    stat(e2b, id, StatRequest { path: r.path }).await
+    let op = FileOp::Mkdir {
+        path: r.path.clone(),
+        parents: true,
+    };
+    file(e2b, id, user, op).await.map_err(rpc_error)?;
+    stat(e2b, id, user, StatRequest { path: r.path }).await
 }
 
-async fn move_entry(e2b: &Shared, id: &str, r: MoveRequest) -> Result<EntryResponse, RpcError> {
-    let to = e2b
-        .engine
-        .rename(id, &r.source, &r.destination)
-        .await
-        .map_err(rpc_error)?;
-    stat(e2b, id, StatRequest { path: to }).await
+async fn move_entry(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    r: MoveRequest,
+) -> Result<EntryResponse, RpcError> {
+    let op = FileOp::Rename {
+        from: r.source,
+        to: r.destination.clone(),
+    };
+    file(e2b, id, user, op).await.map_err(rpc_error)?;
+    stat(
+        e2b,
+        id,
+        user,
+        StatRequest {
+            path: r.destination,
+        },
+    )
+    .await
 }
 
-async fn remove(e2b: &Shared, id: &str, r: RemoveRequest) -> Result<crate::pb::Empty, RpcError> {
-    e2b.engine
-        .remove(id, &r.path, true)
-        .await
-        .map_err(rpc_error)?;
+async fn remove(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    r: RemoveRequest,
+) -> Result<crate::pb::Empty, RpcError> {
+    let op = FileOp::Remove {
+        path: r.path,
+        recursive: true,
+    };
+    file(e2b, id, user, op).await.map_err(rpc_error)?;
     Ok(crate::pb::Empty {})
 }
 
 /// The entries below `path`, `depth` levels down (0 means 1, as in
 /// envd), each with its owner and link target; directories reached
 /// through symlinks are not entered.
-async fn list_dir(e2b: &Shared, id: &str, r: ListDirRequest) -> Result<ListDirResponse, RpcError> {
+async fn list_dir(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    r: ListDirRequest,
+) -> Result<ListDirResponse, RpcError> {
     let depth = r.depth.max(1);
     let root = absolute(&r.path);
-    let top = e2b.engine.stat(id, &root).await.map_err(rpc_error)?;
+    let top = stat_file(e2b, id, user, &root).await?;
     if top.file_type != Ft::Dir && top.file_type != Ft::Symlink {
         return Err(RpcError::new(
             Code::InvalidArgument,
@@ -232,7 +301,15 @@ async fn list_dir(e2b: &Shared, id: &str, r: ListDirRequest) -> Result<ListDirRe
     for d in 1..=depth {
         let mut next = Vec::new();
         for dir in level {
-            let entries: Vec<DirEntry> = e2b.engine.list_dir(id, &dir).await.map_err(rpc_error)?;
+            let op = FileOp::ListDir { path: dir.clone() };
+            let entries: Vec<DirEntry> = match file(e2b, id, user, op).await {
+                Ok(sandkasten_engine::FileReply::Entries(e)) => e,
+                Ok(other) => {
+                    tracing::error!("envd: a listing answered {other:?}");
+                    return Err(RpcError::new(Code::Internal, "internal error"));
+                }
+                Err(e) => return Err(rpc_error(e)),
+            };
             if out.len() + entries.len() > MAX_LIST_ENTRIES {
                 return Err(RpcError::new(
                     Code::ResourceExhausted,
@@ -244,7 +321,7 @@ async fn list_dir(e2b: &Shared, id: &str, r: ListDirRequest) -> Result<ListDirRe
                 .map(|e| format!("{dir}/{}", e.name))
                 .collect();
             let infos: Vec<Result<EntryInfo, RpcError>> = futures::stream::iter(paths)
-                .map(|p| async move { stat_entry(e2b, id, &p).await })
+                .map(|p| async move { stat_entry(e2b, id, &p, user).await })
                 .buffered(STAT_CONCURRENCY)
                 .collect()
                 .await;

@@ -27,6 +27,7 @@ mod filesystem;
 pub mod pb;
 mod process;
 mod query;
+mod watch;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
@@ -74,6 +75,8 @@ impl std::fmt::Debug for E2bConfig {
 pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
     pub(crate) cfg: Arc<E2bConfig>,
+    /// The watchers of `CreateWatcher`.
+    pub(crate) watchers: watch::Watchers,
 }
 
 /// The E2B front: the control plane's and envd's routers; cheap to clone.
@@ -96,6 +99,7 @@ impl E2b {
         let shared = Arc::new(Shared {
             engine,
             cfg: cfg.clone(),
+            watchers: watch::Watchers::default(),
         });
         // A router of its own for the body limit (multipart reads it).
         let envd = axum::Router::new()

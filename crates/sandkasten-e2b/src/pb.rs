@@ -233,6 +233,98 @@ pub struct ListDirResponse {
     pub entries: Vec<EntryInfo>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum EventType {
+    Unspecified = 0,
+    Create = 1,
+    Write = 2,
+    Remove = 3,
+    Rename = 4,
+    Chmod = 5,
+}
+
+impl ProtoEnum for EventType {
+    const NAMES: &'static [(i32, &'static str)] = &[
+        (0, "EVENT_TYPE_UNSPECIFIED"),
+        (1, "EVENT_TYPE_CREATE"),
+        (2, "EVENT_TYPE_WRITE"),
+        (3, "EVENT_TYPE_REMOVE"),
+        (4, "EVENT_TYPE_RENAME"),
+        (5, "EVENT_TYPE_CHMOD"),
+    ];
+}
+
+/// `WatchDirRequest` and `CreateWatcherRequest` (the same fields).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WatchRequest {
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(bool, tag = "2")]
+    pub recursive: bool,
+    #[prost(bool, tag = "3")]
+    #[serde(alias = "include_entry")]
+    pub include_entry: bool,
+    #[prost(bool, tag = "4")]
+    #[serde(alias = "allow_network_mounts")]
+    pub allow_network_mounts: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FilesystemEvent {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(enumeration = "EventType", tag = "2")]
+    #[serde(
+        serialize_with = "enum_ser::<EventType, _>",
+        deserialize_with = "enum_de::<EventType, _>"
+    )]
+    pub r#type: i32,
+    #[prost(message, optional, tag = "3")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<EntryInfo>,
+}
+
+// A wire message, built and encoded at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, prost::Oneof, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WatchEvent {
+    #[prost(message, tag = "1")]
+    Start(Empty),
+    #[prost(message, tag = "2")]
+    Filesystem(FilesystemEvent),
+    #[prost(message, tag = "3")]
+    Keepalive(Empty),
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WatchDirResponse {
+    #[prost(oneof = "WatchEvent", tags = "1, 2, 3")]
+    #[serde(flatten)]
+    pub event: Option<WatchEvent>,
+}
+
+/// `CreateWatcherResponse`, `GetWatcherEventsRequest` and
+/// `RemoveWatcherRequest` (a watcher id only).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WatcherId {
+    #[prost(string, tag = "1")]
+    #[serde(alias = "watcher_id")]
+    pub watcher_id: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GetWatcherEventsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<FilesystemEvent>,
+}
+
 // --------------------------------------------------------------- process
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]

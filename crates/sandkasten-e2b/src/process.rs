@@ -94,7 +94,7 @@ pub(crate) async fn call(
 }
 
 /// The one message of a server-streaming call's request.
-async fn read_one<T: connect::Msg>(f: Framing, body: Body) -> Result<T, RpcError> {
+pub(crate) async fn read_one<T: connect::Msg>(f: Framing, body: Body) -> Result<T, RpcError> {
     let mut env = connect::Envelopes::new(f.codec, body);
     let first = env.next::<T>().await.unwrap_or_else(|| {
         Err(RpcError::new(
@@ -143,13 +143,27 @@ fn pty_size(p: Option<crate::pb::Pty>) -> Result<Option<PtySize>, RpcError> {
 
 /// The deadline and keepalive period a streaming call asked for.
 #[derive(Clone, Copy, Default)]
-struct Timing {
-    deadline: Option<Duration>,
-    keepalive: Option<Duration>,
+pub(crate) struct Timing {
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl Timing {
-    fn from_headers(h: &HeaderMap) -> Timing {
+    /// The keepalive ticks (the first one period from now).
+    pub(crate) fn keepalive_interval(&self) -> Option<tokio::time::Interval> {
+        self.keepalive.map(|p| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        })
+    }
+
+    /// The call's deadline from now.
+    pub(crate) fn deadline_sleep(&self) -> Option<Pin<Box<tokio::time::Sleep>>> {
+        self.deadline.map(|d| Box::pin(tokio::time::sleep(d)))
+    }
+
+    pub(crate) fn from_headers(h: &HeaderMap) -> Timing {
         let num = |name: &str| {
             h.get(name)
                 .and_then(|v| v.to_str().ok())
@@ -282,7 +296,7 @@ struct Follow {
     ended: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-async fn tick(i: &mut Option<tokio::time::Interval>) {
+pub(crate) async fn tick(i: &mut Option<tokio::time::Interval>) {
     match i {
         Some(i) => {
             i.tick().await;
@@ -291,7 +305,7 @@ async fn tick(i: &mut Option<tokio::time::Interval>) {
     }
 }
 
-async fn expire(d: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+pub(crate) async fn expire(d: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match d {
         Some(d) => d.as_mut().await,
         None => std::future::pending().await,
@@ -380,12 +394,8 @@ fn events(
         out,
         started: false,
         done: false,
-        keepalive: timing.keepalive.map(|p| {
-            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        }),
-        deadline: timing.deadline.map(|d| Box::pin(tokio::time::sleep(d))),
+        keepalive: timing.keepalive_interval(),
+        deadline: timing.deadline_sleep(),
         ended,
     };
     connect::stream(

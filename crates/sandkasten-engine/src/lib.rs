@@ -21,6 +21,7 @@ mod sessions;
 mod snapshots;
 mod text;
 mod types;
+mod watch;
 mod workspace;
 
 #[cfg(test)]
@@ -35,6 +36,9 @@ pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
 pub use procs::StartedProcess;
 pub use sandkasten_runtime::PortStream;
+pub use sandkasten_runtime::{
+    FileOp, FileReply, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES,
+};
 pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
 pub use sandkasten_runtime::{
     ProcEnd, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream, PtySize,
@@ -43,6 +47,7 @@ pub use sandkasten_store::{AcquireSource, SessionState};
 pub use session::Engine;
 pub use snapshots::{is_sandbox_snapshot, SandboxSnapshotInfo, SANDBOX_SNAPSHOT_PREFIX};
 pub use types::*;
+pub use watch::Watch;
 pub use workspace::{check_workspace_id, MIN_QUOTA_BYTES};
 
 use tokio::sync::mpsc;

@@ -1319,7 +1319,7 @@ impl Engine {
     }
 
     /// Resolves a client path to an absolute in-sandbox path.
-    fn resolve(path: &str) -> Result<String, EngineError> {
+    pub(crate) fn resolve(path: &str) -> Result<String, EngineError> {
         if path.is_empty() {
             return Err(FileError::InvalidPath("path must not be empty".into()).into());
         }

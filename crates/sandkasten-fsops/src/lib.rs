@@ -207,6 +207,8 @@ impl RootedFs {
             | Request::ProcSignal { .. }
             | Request::ProcResize { .. }
             | Request::OpenPort { .. }
+            | Request::WatchDir { .. }
+            | Request::AsRoot(_)
             | Request::CancelRead { .. } => return None,
         })
     }
@@ -262,6 +264,18 @@ impl RootedFs {
                 }
             }
             Ok((File::from(fd), st.st_size.max(0) as u64))
+        })
+    }
+
+    /// Opens a directory (following symlinks inside the root) with the
+    /// identity, so only a directory its user may read is opened (a
+    /// watch's root).
+    pub fn open_dir(&self, path: &str) -> FsResult<OwnedFd> {
+        let abs = absolute(path)?;
+        let path = &*abs;
+        self.as_user(|| {
+            self.resolve(path, libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| FsError::from_io(e, path))
         })
     }
 

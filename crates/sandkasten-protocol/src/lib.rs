@@ -20,7 +20,9 @@
 //! [`Request::OpenPort`] (a connection to a TCP port inside the sandbox).
 //! Protocol 4 added processes ([`Request::ProcStart`] and the `Proc*`
 //! requests after it; see "Processes") and
-//! [`Request::Rename`].
+//! [`Request::Rename`]. Protocol 5 added directory watches
+//! ([`Request::WatchDir`]; see "Watches") and file operations as root
+//! ([`Request::AsRoot`]).
 //!
 //! # Processes
 //!
@@ -42,6 +44,25 @@
 //! full pipe, as with any slow reader), so an attached client loses
 //! nothing. Ended processes are listed until [`PROC_ENDED_KEPT`] newer ones
 //! have ended.
+//!
+//! # Watches
+//!
+//! [`Request::WatchDir`] watches a directory (and, when `recursive`, every
+//! directory below it, including ones made later) with inotify: an event,
+//! never a poll. The agent answers [`Response::Watching`], then
+//! [`Response::WatchEvents`] batches (names relative to the watched
+//! directory) under the credits of a streamed read ([`Request::ReadAck`]
+//! per batch, [`Request::CancelRead`] to stop), and ends the stream with
+//! [`Response::WatchEnded`] when the directory itself is removed or
+//! moved or the daemon cancelled it (its place among the agent's watches
+//! is free by then), or with `Error` (`NoSpace`) when the kernel's event queue
+//! overflowed or a limit was reached. While the daemon holds its credits
+//! the events wait in the kernel's queue (bounded by the kernel), so the
+//! agent holds at most one batch per watch. An agent runs at most
+//! [`MAX_WATCHES`] watches at once, each its own inotify instance (made by
+//! the agent inside the sandbox, so charged to the sandbox's user), with
+//! at most [`MAX_WATCHED_DIRS`] directories; more is `NoSpace`, as
+//! inotify's own limits are.
 //!
 //! # Port pipes
 //!
@@ -72,7 +93,7 @@ mod launch;
 pub use launch::*;
 
 /// Protocol version; the agent reports it in [`Response::Pong`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The first protocol with [`Request::ReadStream`].
 pub const STREAMED_READS_SINCE: u32 = 2;
@@ -91,6 +112,15 @@ pub const PROC_ENDED_KEPT: usize = 64;
 
 /// The first protocol with [`Request::Rename`].
 pub const RENAME_SINCE: u32 = 4;
+
+/// The first protocol with [`Request::WatchDir`] and [`Request::AsRoot`].
+pub const WATCH_SINCE: u32 = 5;
+
+/// Watches one agent (one sandbox) runs at once.
+pub const MAX_WATCHES: usize = 16;
+
+/// Directories one recursive watch covers at most.
+pub const MAX_WATCHED_DIRS: usize = 4096;
 
 /// Largest chunk of a streamed read ([`Response::FileChunk`]).
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
@@ -226,6 +256,46 @@ pub enum Request {
     /// file or empty directory at `to` and creating `to`'s missing
     /// parents. Answered with `Ok`.
     Rename { from: String, to: String },
+    /// Watches directory `path` (absolute; protocol 5; see "Watches"),
+    /// the directories below it too when `recursive`, with the rights of
+    /// root when `root` (else the sandbox user's: the directory must be
+    /// readable by them). `window` as for a read.
+    WatchDir {
+        path: String,
+        recursive: bool,
+        root: bool,
+        window: u32,
+    },
+    /// A file operation (`WriteFile`, `ListDir`, `Stat`, `Mkdir`,
+    /// `Remove`, `Rename`, `ReadStream`) with the rights of the sandbox's
+    /// root instead of the sandbox user's (protocol 5); answered as the
+    /// operation is. Any other request inside is `InvalidRequest`.
+    AsRoot(Box<Request>),
+}
+
+/// What happened to an entry of a watched directory (E2B's event types,
+/// as fsnotify names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatchEventKind {
+    /// Created, or moved in.
+    Create,
+    /// Its content changed.
+    Write,
+    /// Deleted.
+    Remove,
+    /// Moved away (its new name, if still below, comes as `Create`).
+    Rename,
+    /// Its metadata changed (mode, owner, times).
+    Chmod,
+}
+
+/// One event of a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The entry's path relative to the watched directory (`a/b` below
+    /// it in a recursive watch).
+    pub name: String,
+    pub kind: WatchEventKind,
 }
 
 /// How a background process starts.
@@ -358,6 +428,13 @@ pub enum Response {
     /// reply.
     ProcEnded(ProcEnd),
     Procs(Vec<ProcInfo>),
+    /// The first reply of a watch: it is in place.
+    Watching,
+    /// Events of a watch, in order (never empty).
+    WatchEvents(Vec<WatchEvent>),
+    /// The watched directory was removed or moved, or the watch was
+    /// cancelled: the watch's last reply.
+    WatchEnded,
 }
 
 /// Typed failure of an agent operation.
@@ -374,7 +451,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The filesystem written to, or its quota, is full (`ENOSPC`,
     /// `EDQUOT`): a workspace's quota, a sandbox's disk limit, or the
-    /// host's disk.
+    /// host's disk; for a watch (as for inotify, whose limits are
+    /// `ENOSPC` too): a watch limit reached or the event queue overflowed.
     NoSpace,
     Io,
     /// The process has ended (stdin, a signal or a resize came too late).

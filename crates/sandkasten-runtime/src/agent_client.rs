@@ -237,6 +237,8 @@ impl AgentClient {
                             | Response::FileChunk { .. }
                             | Response::ProcAttached(_)
                             | Response::ProcOutput { .. }
+                            | Response::Watching
+                            | Response::WatchEvents(_)
                     );
                     let mut guard = reader_pending.lock().unwrap();
                     if let Some(map) = guard.as_mut() {
@@ -424,11 +426,27 @@ impl AgentClient {
                 })),
             };
         }
-        let (id, replies) = self.send(Request::ReadStream {
+        self.read_stream(path, max_bytes, false).await
+    }
+
+    /// A streamed read (protocol 2 on), as root when `root` (protocol 5).
+    pub(crate) async fn read_stream(
+        &self,
+        path: String,
+        max_bytes: Option<u64>,
+        root: bool,
+    ) -> Result<FileStream, RuntimeError> {
+        let req = Request::ReadStream {
             path: path.clone(),
             max_bytes,
             window: READ_WINDOW,
-        })?;
+        };
+        let req = if root {
+            Request::AsRoot(Box::new(req))
+        } else {
+            req
+        };
+        let (id, replies) = self.send(req)?;
         let mut read = AgentRead {
             client: self.clone(),
             id,
@@ -609,6 +627,128 @@ mod tests {
         let ping = tokio::spawn(async move { c.ping().await });
         agent.pong(proto::PROTOCOL_VERSION).await;
         ping.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agent_before_protocol_5_is_never_sent_a_watch_or_an_as_root() {
+        let (client, mut agent) = pair();
+        let c = client.clone();
+        let watch =
+            tokio::spawn(
+                async move { c.watch_dir("/w".into(), true, crate::FileUser::Root).await },
+            );
+        agent.pong(proto::WATCH_SINCE - 1).await;
+        let e = watch.await.unwrap().unwrap_err();
+        assert!(matches!(e, RuntimeError::Unsupported(..)), "{e:?}");
+        let op = FileOp::Stat { path: "/".into() };
+        let e = client.file_as(crate::FileUser::Root, op).await.unwrap_err();
+        assert!(matches!(e, RuntimeError::Unsupported(..)), "{e:?}");
+        // Nothing was sent for either: the next frame is this ping.
+        let c = client.clone();
+        let ping = tokio::spawn(async move { c.ping().await });
+        agent.pong(proto::WATCH_SINCE - 1).await;
+        ping.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_watch_is_acknowledged_per_batch_and_stopped_when_its_agent_says_so() {
+        let (client, mut agent) = pair();
+        let c = client.clone();
+        let watch =
+            tokio::spawn(
+                async move { c.watch_dir("/w".into(), true, crate::FileUser::Root).await },
+            );
+        agent.pong(proto::PROTOCOL_VERSION).await;
+        let (id, req) = agent.recv().await;
+        assert_eq!(
+            req,
+            Request::WatchDir {
+                path: "/w".into(),
+                recursive: true,
+                root: true,
+                window: READ_WINDOW
+            }
+        );
+        agent.send(id, Response::Watching).await;
+        let mut w = watch.await.unwrap().unwrap();
+        let ev = proto::WatchEvent {
+            name: "a/b".into(),
+            kind: proto::WatchEventKind::Create,
+        };
+        agent
+            .send(id, Response::WatchEvents(vec![ev.clone()]))
+            .await;
+        assert_eq!(w.next().await.unwrap(), Some(vec![ev]));
+        assert_eq!(
+            agent.recv().await.1,
+            Request::ReadAck {
+                target: id,
+                chunks: 1
+            }
+        );
+        let stop = tokio::spawn(w.stop());
+        assert_eq!(agent.recv().await.1, Request::CancelRead { target: id });
+        assert!(!stop.is_finished());
+        agent.send(id, Response::WatchEnded).await;
+        stop.await.unwrap();
+
+        // A watch that cannot start, and one that overflows: typed errors.
+        let c = client.clone();
+        let watch = tokio::spawn(async move {
+            c.watch_dir("/x".into(), false, crate::FileUser::Sandbox)
+                .await
+        });
+        let (id, _) = agent.recv().await;
+        let message = "/x: not found".to_string();
+        agent
+            .send(
+                id,
+                Response::Error {
+                    kind: ErrorKind::NotFound,
+                    message,
+                },
+            )
+            .await;
+        let e = watch.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RuntimeError::File {
+                    kind: FileErrorKind::NotFound,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let c = client.clone();
+        let watch = tokio::spawn(async move {
+            c.watch_dir("/y".into(), false, crate::FileUser::Sandbox)
+                .await
+        });
+        let (id, _) = agent.recv().await;
+        agent.send(id, Response::Watching).await;
+        let mut w = watch.await.unwrap().unwrap();
+        let message = "overflowed".to_string();
+        agent
+            .send(
+                id,
+                Response::Error {
+                    kind: ErrorKind::NoSpace,
+                    message,
+                },
+            )
+            .await;
+        let e = w.next().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RuntimeError::File {
+                    kind: FileErrorKind::NoSpace,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod latebind;
 mod netpolicy;
 pub mod ports;
 mod procs;
+mod watch;
 
 pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
 pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
@@ -24,6 +25,7 @@ pub use procs::{
     ProcEnd, ProcErrorKind, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream,
     PtySize, Started,
 };
+pub use watch::{DirWatch, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES};
 
 pub use netpolicy::{
     default_deny_always, IpNet, NetEntry, NetworkDenial, NetworkPolicy, MAX_ENTRIES,
