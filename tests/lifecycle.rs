@@ -58,8 +58,10 @@ fn a_paused_session_stops_and_goes_on_where_it_was() {
     let v = post(&d, &id, "resume").expect(200, "resume");
     assert_eq!(v["status"], "running", "{v}");
     let after = count(&d, &id);
+    // The steps between the read and the freeze (an engine's pause takes
+    // a while under load) count; a second of running would be 20.
     assert!(
-        after <= before + 3,
+        after <= before + 10,
         "the counter ran while paused: {before} then {after}"
     );
     // Everything goes on: the job counts, the shell kept its state.
