@@ -290,6 +290,69 @@ fn process_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
     Ok(vec![start, first])
 }
 
+const FORK_CHILD: &str = "fork, per child (1 GB /workspace)";
+
+/// Pause, resume, hibernate and wake of one session, and forks of a
+/// session with 1 GB in its ephemeral `/workspace` (one child each: the
+/// time per child).
+fn lifecycle_series(api: &Api, n: usize) -> Result<Vec<Series>> {
+    let mut series: Vec<Series> = [
+        "pause",
+        "resume",
+        "hibernate",
+        "wake + exec",
+        FORK_CHILD,
+    ]
+    .into_iter()
+    .map(|name| Series {
+        name,
+        samples: vec![],
+    })
+    .collect();
+    let id = api.create()?;
+    api.exec(&id, "sleep 600 >/dev/null 2>&1 &")?;
+    let post = |what: &str| {
+        api.call(
+            reqwest::Method::POST,
+            &format!("/v1/sessions/{id}/{what}"),
+            Some(json!({})),
+        )
+    };
+    for _ in 0..n {
+        series[0].samples.push(time(|| post("pause"))?.0);
+        series[1].samples.push(time(|| post("resume"))?.0);
+    }
+    for _ in 0..n {
+        series[2].samples.push(time(|| post("hibernate"))?.0);
+        series[3].samples.push(time(|| api.exec(&id, "true"))?.0);
+    }
+    let big = api.exec(
+        &id,
+        "head -c 1073741824 /dev/zero > /workspace/big && sync && stat -c %s /workspace/big",
+    )?;
+    if big["output"].as_str().map(str::trim) != Some("1073741824") {
+        api.destroy(&id)?;
+        bail!("could not write 1 GB into /workspace: {big}");
+    }
+    for _ in 0..n {
+        let (ms, v) = time(|| {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{id}/fork"),
+                Some(json!({"count": 1})),
+            )
+        })?;
+        series[4].samples.push(ms);
+        for c in v["sessions"].as_array().into_iter().flatten() {
+            if let Some(cid) = c["id"].as_str() {
+                api.destroy(cid)?;
+            }
+        }
+    }
+    api.destroy(&id)?;
+    Ok(series)
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -541,6 +604,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let ports = ports_series(&api, &first, n * 5);
     let procs = process_series(&api, &first, n * 5)?;
     let mcp = mcp_series(&api, &first, n * 5)?;
+    let lifecycle = lifecycle_series(&api, n);
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&payload);
     let mut write = Series {
@@ -591,6 +655,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     ];
     series.extend(procs);
     series.extend(mcp);
+    match lifecycle {
+        Ok(l) => series.extend(l),
+        Err(e) => println!("pause, hibernate and fork: not measured ({e:#})"),
+    }
     series.retain(|s| !s.samples.is_empty());
     let ports_measured = match ports {
         Ok(s) => {
@@ -740,6 +808,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         ratio(PROC_FIRST_BYTE, "exec round trip (true)"),
     ) {
         println!("process start to first output byte (p50): {first:.2} ms ({r:.2}x an exec)");
+    }
+    if let (Some(ms), Some(r)) = (p50(FORK_CHILD), ratio("cold create", FORK_CHILD)) {
+        println!("fork per child with 1 GB in /workspace (p50): {ms:.2} ms ({r:.2}x a cold create)");
     }
     let mcp_ratio = ratio(MCP_EXEC, MCP_RUN);
     if let (Some(ms), Some(r)) = (p50(MCP_RUN), mcp_ratio) {
