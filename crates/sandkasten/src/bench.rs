@@ -805,7 +805,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let port_ratio = ratio(DIRECT, PROXIED);
     if let (Some(first), Some(r)) = (
         p50(PROC_FIRST_BYTE),
-        ratio(PROC_FIRST_BYTE, "exec round trip (true)"),
+        ratio("exec round trip (true)", PROC_FIRST_BYTE),
     ) {
         println!("process start to first output byte (p50): {first:.2} ms ({r:.2}x an exec)");
     }
