@@ -615,8 +615,7 @@ impl Engine {
                 "a create from snapshot {snap} gets a copy of its workspace: leave workspace_id out"
             )));
         }
-        let new_ws = new_id();
-        let (image, ws) = self.prepare_from_snapshot(&snap, &new_ws).await?;
+        let (image, ws) = self.prepare_from_snapshot(&snap).await?;
         req.image = Some(image);
         req.workspace_id = ws.clone();
         match self.validate(req) {

@@ -47,6 +47,14 @@ impl From<SandboxSnapshotRecord> for SandboxSnapshotInfo {
     }
 }
 
+/// The name of a copy of workspace `ws`: `<ws>-copy-<12 hex digits>`
+/// (`ws` cut to 40 characters), a valid workspace id.
+fn copy_name(ws: &str) -> String {
+    let cut: String = ws.chars().take(40).collect();
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("{cut}-copy-{}", &hex[..12])
+}
+
 /// Whether `name` names a sandbox snapshot (as an image).
 pub fn is_sandbox_snapshot(name: &str) -> bool {
     name.starts_with(SANDBOX_SNAPSHOT_PREFIX)
@@ -192,16 +200,18 @@ impl Engine {
     }
 
     /// What a create from snapshot `snap` starts on: its image, and the
-    /// persistent workspace to give the new session (`new_ws`, made from
-    /// the snapshot's workspace snapshot), if it had one.
+    /// persistent workspace to give the new session (made from the
+    /// snapshot's workspace snapshot, named `<workspace>-copy-<hex>`), if
+    /// it had one.
     pub(crate) async fn prepare_from_snapshot(
         &self,
         snap: &str,
-        new_ws: &str,
     ) -> Result<(String, Option<String>), EngineError> {
         let rec = self.snapshot_record(snap).await?;
         let ws = match (&rec.workspace_id, &rec.workspace_snapshot) {
             (Some(ws), Some(ws_snap)) => {
+                let new_ws = copy_name(ws);
+                let new_ws = new_ws.as_str();
                 self.create_workspace(CreateWorkspace {
                     id: new_ws.to_string(),
                     from_snapshot: Some((ws.clone(), ws_snap.clone())),
@@ -267,5 +277,20 @@ impl Engine {
             return Err(e);
         }
         Ok(children)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_of_workspaces_have_valid_telling_names() {
+        for ws in ["w", "project-7", &"x".repeat(64)] {
+            let c = copy_name(ws);
+            crate::check_workspace_id(&c).unwrap();
+            assert!(c.starts_with(&ws[..ws.len().min(40)]), "{c}");
+            assert!(c.contains("-copy-"), "{c}");
+        }
     }
 }

@@ -296,19 +296,13 @@ const FORK_CHILD: &str = "fork, per child (1 GB /workspace)";
 /// session with 1 GB in its ephemeral `/workspace` (one child each: the
 /// time per child).
 fn lifecycle_series(api: &Api, n: usize) -> Result<Vec<Series>> {
-    let mut series: Vec<Series> = [
-        "pause",
-        "resume",
-        "hibernate",
-        "wake + exec",
-        FORK_CHILD,
-    ]
-    .into_iter()
-    .map(|name| Series {
-        name,
-        samples: vec![],
-    })
-    .collect();
+    let mut series: Vec<Series> = ["pause", "resume", "hibernate", "wake + exec", FORK_CHILD]
+        .into_iter()
+        .map(|name| Series {
+            name,
+            samples: vec![],
+        })
+        .collect();
     let id = api.create()?;
     api.exec(&id, "sleep 600 >/dev/null 2>&1 &")?;
     let post = |what: &str| {
@@ -810,7 +804,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         println!("process start to first output byte (p50): {first:.2} ms ({r:.2}x an exec)");
     }
     if let (Some(ms), Some(r)) = (p50(FORK_CHILD), ratio("cold create", FORK_CHILD)) {
-        println!("fork per child with 1 GB in /workspace (p50): {ms:.2} ms ({r:.2}x a cold create)");
+        println!(
+            "fork per child with 1 GB in /workspace (p50): {ms:.2} ms ({r:.2}x a cold create)"
+        );
     }
     let mcp_ratio = ratio(MCP_EXEC, MCP_RUN);
     if let (Some(ms), Some(r)) = (p50(MCP_RUN), mcp_ratio) {
