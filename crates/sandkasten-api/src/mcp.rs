@@ -114,7 +114,7 @@ impl rmcp::ServerHandler for Sandkasten {
              shell command in its persistent shell (cd and exported variables persist); \
              read_file, write_file, list_dir, delete_path work on its files (relative paths \
              are under /workspace); start_process runs a server or long job in the background; \
-             destroy_sandbox when done.",
+             pause_sandbox keeps an idle sandbox without CPU; destroy_sandbox when done.",
         )
     }
 
