@@ -1974,6 +1974,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/ports/{port}/{path}"),
     ("put", "/v1/sessions/{id}/network"),
     ("get", "/v1/sessions/{id}/network/events"),
+    ("post", "/mcp"),
+    ("get", "/mcp"),
+    ("delete", "/mcp"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
