@@ -79,6 +79,12 @@ impl Socket {
         Ok(Socket { fd, seq: 1 })
     }
 
+    /// The socket's descriptor, for a reader of messages the kernel sends
+    /// by itself (a multicast or NFLOG group).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -247,12 +253,14 @@ impl Socket {
     }
 }
 
-struct Header {
-    kind: u16,
+/// A message's header: its type and sequence number.
+pub(crate) struct Header {
+    pub(crate) kind: u16,
     seq: u32,
 }
 
-fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
+/// The messages of a datagram: header and payload of each.
+pub(crate) fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {
