@@ -112,19 +112,8 @@ impl Socket {
 
     fn recv(&self, buf: &mut Vec<u8>) -> io::Result<()> {
         buf.resize(256 * 1024, 0);
-        // SAFETY: buf is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
+        let n = recv(&self.fd, buf)?;
+        buf.truncate(n);
         Ok(())
     }
 
@@ -251,6 +240,23 @@ impl Socket {
             }
         }
     }
+}
+
+/// One datagram of netlink messages from `fd` into `buf`; its length.
+pub(crate) fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is writable for its length.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// A message's header: its type and sequence number.

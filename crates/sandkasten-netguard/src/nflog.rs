@@ -86,7 +86,7 @@ impl Group {
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let mut ready = fd.readable().await?;
-            let n = match ready.try_io(|fd| recv(fd.get_ref(), &mut buf)) {
+            let n = match ready.try_io(|fd| netlink::recv(fd.get_ref(), &mut buf)) {
                 Ok(Ok(n)) => n,
                 // The queue overflowed (a flood beyond the socket's
                 // buffer): those records are lost, the next ones come.
@@ -212,15 +212,6 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 #[cfg(test)]
