@@ -62,10 +62,13 @@ assert.equal(r.structuredContent.output, "a\nb\n");
 assert.equal(seen.join(""), "a\nb\n");
 ok(`progress: ${seen.length} notifications`);
 
-// Cancellation through an AbortSignal: notifications/cancelled; the command stops.
+// Cancellation through an AbortSignal: notifications/cancelled; the command
+// stops. Aborted once the command's first output arrives.
 const abort = new AbortController();
-const long = call("run_command", { session_id: sid, cmd: "sleep 300; touch /tmp/survived" }, { signal: abort.signal });
-setTimeout(() => abort.abort(), 500);
+const long = call("run_command", { session_id: sid, cmd: "echo started; sleep 300; touch /tmp/survived" }, {
+  signal: abort.signal,
+  onprogress: (p) => { if ((p.message ?? "").includes("started")) abort.abort(); },
+});
 await assert.rejects(long);
 out = await data("run_command", { session_id: sid, cmd: "pgrep -f 'sleep 300' || echo none; test -e /tmp/survived && echo survived || true" });
 assert.equal(out.output, "none\n");

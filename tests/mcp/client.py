@@ -143,17 +143,22 @@ async def flow(s):
     assert "".join(m or "" for m in seen) == out["output"] and len(seen) >= 2, seen
     ok(f"output streamed as {len(seen)} progress notifications")
 
-    # Cancellation: the command really stops inside the sandbox.
+    # Cancellation: the command really stops inside the sandbox. It is
+    # cancelled once its first output arrives (a progress notification).
+    started = anyio.Event()
+
+    async def on_output(p, total, message):
+        if "started" in (message or ""):
+            started.set()
+
     async with anyio.create_task_group() as tg:
         async def long():
             await s.call_tool("run_command", {"session_id": sid,
-                                              "cmd": "echo $$ > /tmp/long.pid; sleep 300; touch /tmp/survived"})
+                                              "cmd": "echo started; sleep 300; touch /tmp/survived"},
+                              progress_callback=on_output)
         tg.start_soon(long)
-        for _ in range(100):
-            r = await s.call_tool("read_file", {"session_id": sid, "path": "/tmp/long.pid"})
-            if not r.is_error:
-                break
-            await anyio.sleep(0.05)
+        with anyio.fail_after(20):
+            await started.wait()
         tg.cancel_scope.cancel()
     t = time.monotonic()
     # The next command waits for the shell, which the interrupt frees.
