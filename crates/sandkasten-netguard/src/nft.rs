@@ -429,12 +429,12 @@ fn key_set(table: &str, name: &str, id: u32, key: Key) -> Msg {
 
 /// The ports of the daemon's DNS server and proxy (on the gateway
 /// address), where it has them, and the NFLOG group its record of the
-/// datapath's refusals reads.
+/// datapath's refusals reads (none where the kernel lacks NFLOG).
 #[derive(Clone, Copy)]
 pub struct GuardPorts {
     pub dns: u16,
     pub proxy: u16,
-    pub log_group: u16,
+    pub log_group: Option<u16>,
 }
 
 /// Why the datapath refused a sandbox's packet: each has its chain, which
@@ -552,12 +552,13 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out.push(key_set(t, PROXIED, 7, k));
     out.push(chain(t, "refuse", None));
     // Where a sandbox's packet is refused for a reason: logged there when
-    // the guard records (its NFLOG group), then refused.
-    let refuse = |why: Refusal| match l.guard {
+    // the guard records (to its NFLOG group), then refused.
+    let log_group = l.guard.and_then(|g| g.log_group);
+    let refuse = |why: Refusal| match log_group {
         Some(_) => why.chain(),
         None => "refuse",
     };
-    if let Some(g) = l.guard {
+    if let Some(group) = log_group {
         for why in Refusal::ALL {
             out.push(chain(t, why.chain(), None));
             if why == Refusal::Host {
@@ -573,7 +574,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             out.push(
                 Rule::default()
                     .limit_per_second(LOG_RATE)
-                    .log(g.log_group, why.prefix())
+                    .log(group, why.prefix())
                     .msg(INET, t, why.chain(), None),
             );
             out.push(

@@ -169,9 +169,16 @@ pub fn start(
         events.clone(),
         Box::new(Conntrack),
     );
-    // The datapath's refusals: the table logs them to this group.
-    let nflog = crate::nflog::Group::bind(first_log_group(table))?;
-    let log_group = nflog.number();
+    // The datapath's refusals: the table logs them to this group. A
+    // kernel without NFLOG still refuses them, unrecorded.
+    let nflog = match crate::nflog::Group::bind(first_log_group(table)) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!("the datapath's refusals are not recorded: no NFLOG group ({e})");
+            None
+        }
+    };
+    let log_group = nflog.as_ref().map(crate::nflog::Group::number);
     let log = |what: &'static str| {
         move |r: io::Result<()>| {
             if let Err(e) = r {
@@ -192,8 +199,10 @@ pub fn start(
         Some(Err(e)) => tracing::warn!(port = proxy_port, "no IPv6 proxy for sandboxes: {e}"),
     }
     rt.spawn(async move { log("proxy")(proxy.serve(proxy_l).await) });
-    let (sandboxes, record) = (view.clone() as Arc<dyn Sandboxes>, events.clone());
-    rt.spawn(async move { log("record of refusals")(nflog.record(sandboxes, record).await) });
+    if let Some(nflog) = nflog {
+        let (sandboxes, record) = (view.clone() as Arc<dyn Sandboxes>, events.clone());
+        rt.spawn(async move { log("record of refusals")(nflog.record(sandboxes, record).await) });
+    }
     Ok(Guard {
         ports: nft::GuardPorts {
             dns: dns_port,
