@@ -834,6 +834,21 @@ fn connections_the_datapath_refuses_are_recorded_with_destination_and_reason() {
     // Another sandbox's refusals are its own.
     let other = create(&d, json!({"mode": "full", "allow_out": [inet.v4(2)]}));
     assert!(denials(&d, &other).is_empty());
+    if !on_docker() {
+        // Another sandbox, routed (docker's share a bridge, whose own
+        // table refuses them unrecorded: docs/architecture.md).
+        listen_inside(&d, &other);
+        let other_addr = sandbox_addr(&d, &other, "4");
+        refused(&d, &id, &other_addr, 8080);
+        recorded(
+            &d,
+            &id,
+            (
+                format!("{other_addr}:8080"),
+                "the destination is another sandbox",
+            ),
+        );
+    }
 
     // A flood is refused whole but recorded at a bounded rate: 5000
     // attempts from one shell (no fork each) in well under a second.
