@@ -33,7 +33,10 @@ const names = tools.map((t) => t.name);
 for (const want of ["create_sandbox", "run_command", "read_file", "write_file", "destroy_sandbox"]) {
   assert.ok(names.includes(want), want);
 }
-ok(`${tools.length} tools`);
+for (const t of tools) {
+  assert.equal(t.outputSchema?.type, "object", `${t.name} has no output schema`);
+}
+ok(`${tools.length} tools, each with an output schema (the SDK validates every result, errors too)`);
 
 const call = (name, args, opts) => client.callTool({ name, arguments: args }, CallToolResultSchema, opts);
 const data = async (name, args) => {
@@ -59,10 +62,13 @@ assert.equal(r.structuredContent.output, "a\nb\n");
 assert.equal(seen.join(""), "a\nb\n");
 ok(`progress: ${seen.length} notifications`);
 
-// Cancellation through an AbortSignal: notifications/cancelled; the command stops.
+// Cancellation through an AbortSignal: notifications/cancelled; the command
+// stops. Aborted once the command's first output arrives.
 const abort = new AbortController();
-const long = call("run_command", { session_id: sid, cmd: "sleep 300; touch /tmp/survived" }, { signal: abort.signal });
-setTimeout(() => abort.abort(), 500);
+const long = call("run_command", { session_id: sid, cmd: "echo started; sleep 300; touch /tmp/survived" }, {
+  signal: abort.signal,
+  onprogress: (p) => { if ((p.message ?? "").includes("started")) abort.abort(); },
+});
 await assert.rejects(long);
 out = await data("run_command", { session_id: sid, cmd: "pgrep -f 'sleep 300' || echo none; test -e /tmp/survived && echo survived || true" });
 assert.equal(out.output, "none\n");
@@ -76,6 +82,12 @@ assert.ok(fail.isError);
 assert.equal(fail.structuredContent.exit_code, 3);
 await assert.rejects(call("no_such_tool", {}));
 ok("wrong argument type and non-zero exit: tool errors; unknown tool: protocol error");
+
+assert.equal((await data("pause_sandbox", { session_id: sid })).status, "paused");
+assert.equal((await data("resume_sandbox", { session_id: sid })).status, "running");
+const listed = await data("list_sandboxes", {});
+assert.ok(listed.sandboxes.some((x) => x.id === sid));
+ok("pause_sandbox, resume_sandbox, list_sandboxes");
 
 await data("destroy_sandbox", { session_id: sid });
 await transport.terminateSession();

@@ -14,6 +14,7 @@ import time
 from contextlib import asynccontextmanager
 
 import anyio
+import jsonschema
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -54,19 +55,56 @@ async def connect(argv):
                 yield s
 
 
+class Checked:
+    """The session, each tool result checked against the tool's output schema.
+
+    The client validates successful results itself; failures (isError) it
+    does not, but the TypeScript SDK does, so they are checked here too.
+    Records which tools were called."""
+
+    def __init__(self, session, tools):
+        self.s = session
+        self.schemas = {name: t.output_schema for name, t in tools.items()}
+        self.called = set()
+
+    async def call_tool(self, name, args, **kw):
+        res = await self.s.call_tool(name, args, **kw)
+        schema = self.schemas.get(name)
+        if schema is not None:
+            assert res.structured_content is not None, (name, res)
+            jsonschema.validate(res.structured_content, schema)
+            self.called.add(name)
+        return res
+
+    def __getattr__(self, attr):
+        return getattr(self.s, attr)
+
+
 async def flow(s):
     await s.initialize()
     tools = {t.name: t for t in (await s.list_tools()).tools}
     for want in (
-        "create_sandbox", "list_sandboxes", "destroy_sandbox", "run_command", "start_process",
-        "process_output", "send_stdin", "kill_process", "list_processes", "read_file",
-        "write_file", "list_dir", "delete_path", "move_path", "list_workspaces", "snapshot_workspace",
-        "restore_workspace", "get_port_url",
+        "create_sandbox", "list_sandboxes", "destroy_sandbox", "pause_sandbox", "resume_sandbox",
+        "run_command", "start_process", "process_output", "send_stdin", "kill_process",
+        "list_processes", "read_file", "write_file", "list_dir", "delete_path", "move_path",
+        "list_workspaces", "snapshot_workspace", "list_snapshots", "restore_workspace", "get_port_url",
     ):
         assert want in tools, (want, sorted(tools))
         assert tools[want].input_schema.get("type") == "object", (want, tools[want].input_schema)
+    for t in tools.values():
+        assert t.output_schema and t.output_schema.get("type") == "object", (t.name, t.output_schema)
+        jsonschema.validators.validator_for(t.output_schema).check_schema(t.output_schema)
     assert "cmd" in tools["run_command"].input_schema["properties"]
-    ok(f"initialize and {len(tools)} tools with input schemas")
+    # The schemas have teeth: a result without its fields is refused.
+    for wrong in ({}, {"exit_code": "0", "output": "", "cwd": "/", "duration_ms": 1,
+                       "timed_out": False, "truncated": False}):
+        try:
+            jsonschema.validate(wrong, tools["run_command"].output_schema)
+            raise AssertionError(("accepted", wrong))
+        except jsonschema.ValidationError:
+            pass
+    ok(f"initialize and {len(tools)} tools with input and output schemas")
+    s = Checked(s, tools)
 
     sid = payload(await s.call_tool("create_sandbox", {"env": {"GREETING": "hi"}}))["id"]
     await s.call_tool("write_file", {"session_id": sid, "path": "calc.py",
@@ -105,17 +143,22 @@ async def flow(s):
     assert "".join(m or "" for m in seen) == out["output"] and len(seen) >= 2, seen
     ok(f"output streamed as {len(seen)} progress notifications")
 
-    # Cancellation: the command really stops inside the sandbox.
+    # Cancellation: the command really stops inside the sandbox. It is
+    # cancelled once its first output arrives (a progress notification).
+    started = anyio.Event()
+
+    async def on_output(p, total, message):
+        if "started" in (message or ""):
+            started.set()
+
     async with anyio.create_task_group() as tg:
         async def long():
             await s.call_tool("run_command", {"session_id": sid,
-                                              "cmd": "echo $$ > /tmp/long.pid; sleep 300; touch /tmp/survived"})
+                                              "cmd": "echo started; sleep 300; touch /tmp/survived"},
+                              progress_callback=on_output)
         tg.start_soon(long)
-        for _ in range(100):
-            r = await s.call_tool("read_file", {"session_id": sid, "path": "/tmp/long.pid"})
-            if not r.is_error:
-                break
-            await anyio.sleep(0.05)
+        with anyio.fail_after(20):
+            await started.wait()
         tg.cancel_scope.cancel()
     t = time.monotonic()
     # The next command waits for the shell, which the interrupt frees.
@@ -169,12 +212,48 @@ async def flow(s):
         assert "no_such_tool" in str(e) or "nknown" in str(e), e
     ok("an unknown tool is a protocol error")
 
+    # Pause and resume: the state shows, the shell goes on afterwards.
+    paused = payload(await s.call_tool("pause_sandbox", {"session_id": sid}))
+    assert paused["status"] == "paused", paused
+    again = await s.call_tool("pause_sandbox", {"session_id": sid})
+    assert again.is_error and again.structured_content["error_code"] == "SESSION_NOT_RUNNING", again
+    resumed = payload(await s.call_tool("resume_sandbox", {"session_id": sid}))
+    assert resumed["status"] == "running", resumed
+    out = payload(await s.call_tool("run_command", {"session_id": sid, "cmd": "echo awake"}))
+    assert out["output"] == "awake\n", out
+    ok("pause_sandbox, resume_sandbox (a second pause: SESSION_NOT_RUNNING)")
+
     listed = payload(await s.call_tool("list_sandboxes", {}))
     assert sid in [x["id"] for x in listed["sandboxes"]], listed
     payload(await s.call_tool("destroy_sandbox", {"session_id": sid}))
     gone = await s.call_tool("run_command", {"session_id": sid, "cmd": "true"})
     assert gone.is_error, gone
     ok("destroy; the destroyed sandbox's calls are tool errors")
+
+    # Workspaces: a file kept across sandboxes, a snapshot, a restore.
+    ws = f"mcp-{int(time.time() * 1000)}"
+    wsid = payload(await s.call_tool("create_sandbox", {"workspace_id": ws}))["id"]
+    await s.call_tool("write_file", {"session_id": wsid, "path": "keep.txt", "content": "v1"})
+    payload(await s.call_tool("destroy_sandbox", {"session_id": wsid}))
+    assert ws in [w["id"] for w in payload(await s.call_tool("list_workspaces", {}))["workspaces"]]
+    snap = payload(await s.call_tool("snapshot_workspace", {"workspace_id": ws, "label": "v1"}))
+    snaps = payload(await s.call_tool("list_snapshots", {"workspace_id": ws}))["snapshots"]
+    assert snap["id"] in [x["id"] for x in snaps], snaps
+    wsid = payload(await s.call_tool("create_sandbox", {"workspace_id": ws}))["id"]
+    await s.call_tool("write_file", {"session_id": wsid, "path": "keep.txt", "content": "v2"})
+    busy = await s.call_tool("restore_workspace", {"workspace_id": ws, "snapshot_id": snap["id"]})
+    assert busy.is_error, busy
+    payload(await s.call_tool("destroy_sandbox", {"session_id": wsid}))
+    payload(await s.call_tool("restore_workspace", {"workspace_id": ws, "snapshot_id": snap["id"]}))
+    wsid = payload(await s.call_tool("create_sandbox", {"workspace_id": ws}))["id"]
+    got = payload(await s.call_tool("read_file", {"session_id": wsid, "path": "keep.txt"}))
+    assert got["content"] == "v1", got
+    payload(await s.call_tool("destroy_sandbox", {"session_id": wsid}))
+    ok("workspaces: listed, snapshot, restore refused while mounted, restored")
+
+    missing = set(tools) - s.called
+    assert not missing, f"tools never called: {sorted(missing)}"
+    ok(f"all {len(s.called)} tools called; every result valid under its output schema")
 
 
 async def main():

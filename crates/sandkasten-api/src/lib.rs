@@ -125,6 +125,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(public_routes())
         .merge(protected_routes())
         .into_openapi();
+    mcp::document(&mut doc);
     openapi::add_shared_responses(&mut doc);
     doc
 }

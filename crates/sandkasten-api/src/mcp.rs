@@ -114,7 +114,7 @@ impl rmcp::ServerHandler for Sandkasten {
              shell command in its persistent shell (cd and exported variables persist); \
              read_file, write_file, list_dir, delete_path work on its files (relative paths \
              are under /workspace); start_process runs a server or long job in the background; \
-             destroy_sandbox when done.",
+             pause_sandbox keeps an idle sandbox without CPU; destroy_sandbox when done.",
         )
     }
 
@@ -198,24 +198,164 @@ impl rmcp::ServerHandler for Sandkasten {
     }
 }
 
+/// `/mcp` in the OpenAPI document, as far as OpenAPI can say it: a POST of
+/// one JSON-RPC message (answered by a JSON-RPC message, an SSE stream of
+/// them, or 202 for a notification), a GET that opens a session's
+/// notification stream, a DELETE that ends a session, and the JSON-RPC
+/// error every refusal of the transport carries (`protocol_errors`). The
+/// methods and tools themselves are MCP's to describe (`tools/list`).
+pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
+    let session = serde_json::json!({
+        "name": "Mcp-Session-Id", "in": "header", "required": false,
+        "description": "The session `initialize` answered with (revisions before 2026-07-28).",
+        "schema": { "type": "string" },
+    });
+    let version = serde_json::json!({
+        "name": "MCP-Protocol-Version", "in": "header", "required": false,
+        "description": "The negotiated protocol revision, e.g. `2025-11-25` or `2026-07-28`.",
+        "schema": { "type": "string" },
+    });
+    let rpc_error = |what: &str| {
+        serde_json::json!({
+            "description": what,
+            "content": { "application/json": {
+                "schema": { "$ref": "#/components/schemas/JsonRpcError" } } },
+        })
+    };
+    let errors = serde_json::json!({
+        "400": rpc_error("A message that is not JSON (`-32700`) or not a JSON-RPC request (`-32600`), no `Mcp-Session-Id` where the revision needs one, an unsupported `MCP-Protocol-Version`"),
+        "404": rpc_error("An unknown or ended `Mcp-Session-Id`"),
+        "406": rpc_error("`Accept` lacks `application/json` and `text/event-stream` (POST) or `text/event-stream` (GET)"),
+    });
+    let mut post_responses = serde_json::json!({
+        "200": {
+            "description": "The JSON-RPC answer: a result, or an error (an unknown method `-32601`, an unknown tool `-32602`). A tool's failure is a result with `isError`. As an SSE stream when progress notifications precede it.",
+            "content": {
+                "application/json": { "schema": { "$ref": "#/components/schemas/JsonRpcMessage" } },
+                "text/event-stream": { "schema": { "type": "string" } },
+            },
+        },
+        "202": { "description": "A notification or a response, accepted" },
+        "413": rpc_error("The body is over `max_body_mb`"),
+        "415": rpc_error("`Content-Type` is not `application/json`"),
+    });
+    let mut get_responses = serde_json::json!({
+        "200": {
+            "description": "The session's stream of server messages (SSE)",
+            "content": { "text/event-stream": { "schema": { "type": "string" } } },
+        },
+    });
+    let mut delete_responses = serde_json::json!({
+        "202": { "description": "The session is ended (or was not there)" },
+    });
+    for r in [
+        &mut post_responses,
+        &mut get_responses,
+        &mut delete_responses,
+    ] {
+        let r = r.as_object_mut().expect("an object");
+        for (status, body) in errors.as_object().expect("an object") {
+            r.entry(status.clone()).or_insert_with(|| body.clone());
+        }
+    }
+    let item = serde_json::json!({
+        "post": {
+            "tags": ["mcp"],
+            "summary": "Send an MCP message (streamable HTTP transport)",
+            "description": "One JSON-RPC 2.0 message of the Model Context Protocol; `Accept: application/json, text/event-stream`. See docs/api.md, MCP.",
+            "operationId": "mcp_post",
+            "parameters": [session.clone(), version.clone()],
+            "requestBody": { "required": true, "content": { "application/json": {
+                "schema": { "$ref": "#/components/schemas/JsonRpcMessage" } } } },
+            "responses": post_responses,
+        },
+        "get": {
+            "tags": ["mcp"],
+            "summary": "Open a session's notification stream",
+            "description": "`Accept: text/event-stream`.",
+            "operationId": "mcp_get",
+            "parameters": [session.clone(), version.clone()],
+            "responses": get_responses,
+        },
+        "delete": {
+            "tags": ["mcp"],
+            "summary": "End an MCP session",
+            "operationId": "mcp_delete",
+            "parameters": [session, version],
+            "responses": delete_responses,
+        },
+    });
+    let message = serde_json::json!({
+        "type": "object",
+        "description": "A JSON-RPC 2.0 message: a request (`method`, `id`), a notification (`method`, no `id`) or a response (`id`, `result` or `error`).",
+        "required": ["jsonrpc"],
+        "properties": {
+            "jsonrpc": { "type": "string", "enum": ["2.0"] },
+            "id": { "type": ["string", "integer", "null"] },
+            "method": { "type": "string", "example": "tools/list" },
+            "params": { "type": "object" },
+            "result": { "type": "object" },
+            "error": { "$ref": "#/components/schemas/JsonRpcErrorObject" },
+        },
+    });
+    let error_object = serde_json::json!({
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": { "type": "integer", "example": -32600 },
+            "message": { "type": "string" },
+            "data": {
+                "type": ["object", "array", "string", "number", "boolean", "null"],
+                "description": "Details, any JSON",
+            },
+        },
+    });
+    let error = serde_json::json!({
+        "type": "object",
+        "description": "A JSON-RPC 2.0 error answer (`id` null when the request's could not be read).",
+        "required": ["jsonrpc", "error"],
+        "properties": {
+            "jsonrpc": { "type": "string", "enum": ["2.0"] },
+            "id": { "type": ["string", "integer", "null"] },
+            "error": { "$ref": "#/components/schemas/JsonRpcErrorObject" },
+        },
+    });
+    let item = serde_json::from_value(item).expect("a valid path item");
+    doc.paths.paths.insert(PATH.to_string(), item);
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (name, schema) in [
+        ("JsonRpcMessage", message),
+        ("JsonRpcError", error),
+        ("JsonRpcErrorObject", error_object),
+    ] {
+        let schema = serde_json::from_value(schema).expect("a valid schema");
+        components.schemas.insert(name.to_string(), schema);
+    }
+}
+
 /// JSON-RPC error codes of the specification.
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 
-/// Middleware on `/mcp`: the SDK answers a POST it cannot take (not JSON,
-/// not a JSON-RPC message, too large, an unknown session, the wrong media
-/// type) with a plain-text body; this gives such answers the protocol's
-/// shape, a JSON-RPC error without an id (a body that is not JSON at all is
-/// `-32700`, with status 400 like any other malformed message; the rest
-/// `-32600` with the SDK's status), so a client reads them like every
-/// other error.
+/// Middleware on `/mcp`: the SDK answers a request it cannot take (not
+/// JSON, not a JSON-RPC message, too large, an unknown session, the wrong
+/// media type or `Accept`) with a plain-text body; this gives such answers
+/// the protocol's shape, a JSON-RPC error without an id (a POST body that
+/// is not JSON at all is `-32700`, with status 400 like any other malformed
+/// message; the rest `-32600` with the SDK's status), so a client reads
+/// them like every other error, and the OpenAPI document can say what
+/// every refusal is.
 pub(crate) async fn protocol_errors(
     State(limit): State<usize>,
     req: Request,
     next: Next,
 ) -> Response {
     if req.method() != Method::POST {
-        return next.run(req).await;
+        let response = next.run(req).await;
+        return match plain_client_error(response).await {
+            Ok((status, text)) => rpc_error(status, INVALID_REQUEST, &text),
+            Err(response) => response,
+        };
     }
     let (parts, body) = req.into_parts();
     // The body is read here (within the daemon's limit, like every
@@ -231,17 +371,9 @@ pub(crate) async fn protocol_errors(
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes.clone())))
         .await;
-    let status = response.status();
-    let is_text = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_none_or(|t| t.as_bytes().starts_with(b"text/plain"));
-    if !status.is_client_error() || !is_text {
-        return response;
-    }
-    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(_) => String::new(),
+    let (status, text) = match plain_client_error(response).await {
+        Ok(error) => error,
+        Err(response) => return response,
     };
     if status == StatusCode::UNSUPPORTED_MEDIA_TYPE && text.starts_with("fail to deserialize") {
         let code = if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() {
@@ -252,6 +384,24 @@ pub(crate) async fn protocol_errors(
         return rpc_error(StatusCode::BAD_REQUEST, code, &text);
     }
     rpc_error(status, INVALID_REQUEST, &text)
+}
+
+/// The status and text of a 4xx answered as plain text (or without a
+/// type), else the response untouched.
+async fn plain_client_error(response: Response) -> Result<(StatusCode, String), Response> {
+    let status = response.status();
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !status.is_client_error() || !is_text {
+        return Err(response);
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    Ok((status, text))
 }
 
 fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {

@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         (name = "files", description = "Files inside the sandbox"),
         (name = "workspaces", description = "Persistent workspaces and their files without a session"),
         (name = "ports", description = "TCP ports inside a session's sandbox, reached through the daemon"),
+        (name = "mcp", description = "The Model Context Protocol (streamable HTTP transport): JSON-RPC messages whose methods and tools MCP describes"),
     ),
     modifiers(&SharedResponses)
 )]

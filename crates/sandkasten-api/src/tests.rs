@@ -1976,6 +1976,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/ports/{port}/{path}"),
     ("put", "/v1/sessions/{id}/network"),
     ("get", "/v1/sessions/{id}/network/events"),
+    ("post", "/mcp"),
+    ("get", "/mcp"),
+    ("delete", "/mcp"),
 ];
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
@@ -2269,15 +2272,16 @@ async fn mcp_needs_the_key() {
 }
 
 #[tokio::test]
-async fn mcp_lists_tools_with_object_schemas() {
+async fn mcp_lists_tools_with_object_input_and_output_schemas() {
     let (router, _) = app();
     let r = mcp(&router, "tools/list", json!({}), true).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     let tools = v["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 19, "{v}");
+    assert_eq!(tools.len(), 21, "{v}");
     for t in tools {
         assert_eq!(t["inputSchema"]["type"], "object", "{t}");
+        assert_eq!(t["outputSchema"]["type"], "object", "{t}");
     }
     let run = tools.iter().find(|t| t["name"] == "run_command").unwrap();
     assert_eq!(run["inputSchema"]["required"], json!(["session_id", "cmd"]));

@@ -3,7 +3,8 @@
 //! a sandbox's policy allows and opens the addresses it answered for their
 //! TTL (`resolved.rs` remembers until when), the proxy that checks the
 //! TLS SNI / HTTP Host of connections to ports 80 and 443 (`proxy.rs`),
-//! and the record of what was denied (`events.rs`).
+//! and the record of what was denied (`events.rs`): by those two, and by
+//! the kernel datapath, whose refusals come back over NFLOG (`nflog.rs`).
 //!
 //! The guard knows sandboxes only through [`Sandboxes`]: which sandbox a
 //! source address is, its policy right now, and how to let it reach an
@@ -18,6 +19,7 @@ mod dns;
 mod events;
 pub mod host;
 pub mod netlink;
+pub mod nflog;
 pub mod nft;
 mod policy;
 mod proxy;

@@ -79,6 +79,12 @@ impl Socket {
         Ok(Socket { fd, seq: 1 })
     }
 
+    /// The socket's descriptor, for a reader of messages the kernel sends
+    /// by itself (a multicast or NFLOG group).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -106,19 +112,8 @@ impl Socket {
 
     fn recv(&self, buf: &mut Vec<u8>) -> io::Result<()> {
         buf.resize(256 * 1024, 0);
-        // SAFETY: buf is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
+        let n = recv(&self.fd, buf)?;
+        buf.truncate(n);
         Ok(())
     }
 
@@ -247,12 +242,31 @@ impl Socket {
     }
 }
 
-struct Header {
-    kind: u16,
+/// One datagram of netlink messages from `fd` into `buf`; its length.
+pub(crate) fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is writable for its length.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A message's header: its type and sequence number.
+pub(crate) struct Header {
+    pub(crate) kind: u16,
     seq: u32,
 }
 
-fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
+/// The messages of a datagram: header and payload of each.
+pub(crate) fn messages(buf: &[u8]) -> Vec<(Header, &[u8])> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + 16 <= buf.len() {

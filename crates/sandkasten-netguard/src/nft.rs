@@ -256,6 +256,30 @@ impl Rule {
         })
     }
 
+    /// `limit rate N/second burst N packets`: the rule goes on only while
+    /// under the rate (so it is only ever put in front of a `log`, never a
+    /// verdict: over the rate the rule breaks and the next one runs).
+    fn limit_per_second(self, rate: u64) -> Rule {
+        self.push("limit", |m| {
+            m.attr(1, &rate.to_be_bytes())
+                .attr(2, &1u64.to_be_bytes())
+                .u32_be(3, rate as u32)
+                .u32_be(4, 0)
+                .u32_be(5, 0);
+        })
+    }
+
+    /// `log prefix PREFIX group G snaplen N queue-threshold 1`: the
+    /// packet's first bytes to NFLOG group `group` at once.
+    fn log(self, group: u16, prefix: &str) -> Rule {
+        self.push("log", |m| {
+            m.attr(1, &group.to_be_bytes())
+                .str(2, prefix)
+                .u32_be(3, crate::nflog::SNAPLEN)
+                .attr(4, &1u16.to_be_bytes());
+        })
+    }
+
     fn masquerade(self) -> Rule {
         self.push("masq", |_| {})
     }
@@ -404,12 +428,82 @@ fn key_set(table: &str, name: &str, id: u32, key: Key) -> Msg {
 }
 
 /// The ports of the daemon's DNS server and proxy (on the gateway
-/// address), where it has them.
+/// address), where it has them, and the NFLOG group its record of the
+/// datapath's refusals reads (none where the kernel lacks NFLOG).
 #[derive(Clone, Copy)]
 pub struct GuardPorts {
     pub dns: u16,
     pub proxy: u16,
+    pub log_group: Option<u16>,
 }
+
+/// Why the datapath refused a sandbox's packet: each has its chain, which
+/// logs the packet (with the reason's prefix, rate-limited) and refuses it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Refusal {
+    /// Another sandbox, or the sandboxes' own networks.
+    Sandbox,
+    /// `network.deny_always`.
+    Always,
+    /// The sandbox's `deny_out`.
+    DenyOut,
+    /// Neither in `allow_out` nor answered by the DNS server.
+    NotAllowed,
+    /// The host itself (not its DNS server or proxy).
+    Host,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Sandbox,
+        Refusal::Always,
+        Refusal::DenyOut,
+        Refusal::NotAllowed,
+        Refusal::Host,
+    ];
+
+    /// The NFLOG prefix of its log rule, which names it.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Refusal::Sandbox => "sk:sandbox",
+            Refusal::Always => "sk:always",
+            Refusal::DenyOut => "sk:deny_out",
+            Refusal::NotAllowed => "sk:not_allowed",
+            Refusal::Host => "sk:host",
+        }
+    }
+
+    pub fn from_prefix(prefix: &str) -> Option<Refusal> {
+        Refusal::ALL.into_iter().find(|r| r.prefix() == prefix)
+    }
+
+    /// The reason a denial of it is recorded with (the DNS server's and
+    /// the proxy's words where they mean the same).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Sandbox => "the destination is another sandbox",
+            Refusal::Always => "the destination is always denied (network.deny_always)",
+            Refusal::DenyOut => "denied by deny_out",
+            Refusal::NotAllowed => "not in allow_out and not resolved for the sandbox",
+            Refusal::Host => "the destination is the host itself",
+        }
+    }
+
+    fn chain(self) -> &'static str {
+        match self {
+            Refusal::Sandbox => "refuse_sandbox",
+            Refusal::Always => "refuse_always",
+            Refusal::DenyOut => "refuse_deny_out",
+            Refusal::NotAllowed => "refuse_not_allowed",
+            Refusal::Host => "refuse_host",
+        }
+    }
+}
+
+/// Logged refusals per second, per reason, for all sandboxes together (a
+/// flood is refused whole but recorded at this rate: the record costs the
+/// daemon bounded work).
+pub const LOG_RATE: u64 = 200;
 
 /// What the table is built from.
 pub struct Layout<'a> {
@@ -457,6 +551,39 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out.push(timeout_set(t, DNS6, 6, k, 16));
     out.push(key_set(t, PROXIED, 7, k));
     out.push(chain(t, "refuse", None));
+    // Where a sandbox's packet is refused for a reason: logged there when
+    // the guard records (to its NFLOG group), then refused.
+    let log_group = l.guard.and_then(|g| g.log_group);
+    let refuse = |why: Refusal| match log_group {
+        Some(_) => why.chain(),
+        None => "refuse",
+    };
+    if let Some(group) = log_group {
+        for why in Refusal::ALL {
+            out.push(chain(t, why.chain(), None));
+            if why == Refusal::Host {
+                // Neighbour and router solicitations, multicast listener
+                // reports: a link's chatter, not an agent's attempt.
+                out.push(
+                    Rule::default()
+                        .l4proto(libc::IPPROTO_ICMPV6 as u8)
+                        .goto("refuse")
+                        .msg(INET, t, why.chain(), None),
+                );
+            }
+            out.push(
+                Rule::default()
+                    .limit_per_second(LOG_RATE)
+                    .log(group, why.prefix())
+                    .msg(INET, t, why.chain(), None),
+            );
+            out.push(
+                Rule::default()
+                    .goto("refuse")
+                    .msg(INET, t, why.chain(), None),
+            );
+        }
+    }
     out.push(chain(t, "from_sandbox", None));
     // Before Docker's `ip filter` FORWARD (priority 0): a refusal here is
     // a reset or an ICMP error, never Docker's silent drop (its policy, or
@@ -519,11 +646,13 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out.push(
         Rule::default()
             .ifname_prefix(META_OIFNAME, CMP_EQ, l.any_prefix)
-            .goto("refuse")
+            .goto(refuse(Refusal::Sandbox))
             .msg(INET, t, "from_sandbox", None),
     );
-    for net in l.subnets.iter().chain(l.deny_always) {
-        out.push(Rule::default().addr_in(net, true).goto("refuse").msg(
+    let ranges = (l.subnets.iter().map(|n| (n, Refusal::Sandbox)))
+        .chain(l.deny_always.iter().map(|n| (n, Refusal::Always)));
+    for (net, why) in ranges {
+        out.push(Rule::default().addr_in(net, true).goto(refuse(why)).msg(
             INET,
             t,
             "from_sandbox",
@@ -537,7 +666,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
         out.push(
             Rule::default()
                 .in_concat_set(k, set, v4)
-                .goto("refuse")
+                .goto(refuse(Refusal::DenyOut))
                 .msg(INET, t, "from_sandbox", None),
         );
     }
@@ -566,7 +695,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     }
     out.push(
         Rule::default()
-            .goto("refuse")
+            .goto(refuse(Refusal::NotAllowed))
             .msg(INET, t, "from_sandbox", None),
     );
     // input: a sandbox reaches nothing of the host but IPv6 neighbour
@@ -602,7 +731,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out.push(
         Rule::default()
             .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
-            .goto("refuse")
+            .goto(refuse(Refusal::Host))
             .msg(INET, t, "input", None),
     );
     // postrouting: the sandboxes' addresses leave through the uplink

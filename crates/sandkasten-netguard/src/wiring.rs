@@ -1,5 +1,6 @@
-//! The DNS server and the SNI/Host proxy wired to a datapath's nftables
-//! table (both backends): a sandbox is known by its address, an answered
+//! The DNS server, the SNI/Host proxy and the record of the datapath's
+//! refusals (NFLOG) wired to a datapath's nftables table (both backends):
+//! a sandbox is known by its address, an answered
 //! address becomes a `dns4`/`dns6` element (`<sandbox key> . addr`) with
 //! the record's TTL as its timeout, and a sandbox whose policy names hosts
 //! is in the `proxied` set (its ports 80 and 443 go to the proxy). The
@@ -168,6 +169,16 @@ pub fn start(
         events.clone(),
         Box::new(Conntrack),
     );
+    // The datapath's refusals: the table logs them to this group. A
+    // kernel without NFLOG still refuses them, unrecorded.
+    let nflog = match crate::nflog::Group::bind(first_log_group(table)) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!("the datapath's refusals are not recorded: no NFLOG group ({e})");
+            None
+        }
+    };
+    let log_group = nflog.as_ref().map(crate::nflog::Group::number);
     let log = |what: &'static str| {
         move |r: io::Result<()>| {
             if let Err(e) = r {
@@ -188,15 +199,29 @@ pub fn start(
         Some(Err(e)) => tracing::warn!(port = proxy_port, "no IPv6 proxy for sandboxes: {e}"),
     }
     rt.spawn(async move { log("proxy")(proxy.serve(proxy_l).await) });
+    if let Some(nflog) = nflog {
+        let (sandboxes, record) = (view.clone() as Arc<dyn Sandboxes>, events.clone());
+        rt.spawn(async move { log("record of refusals")(nflog.record(sandboxes, record).await) });
+    }
     Ok(Guard {
         ports: nft::GuardPorts {
             dns: dns_port,
             proxy: proxy_port,
+            log_group,
         },
         view,
         events,
         resolved,
     })
+}
+
+/// The NFLOG group a daemon tries first: from its table's name (FNV-1a),
+/// so that daemons on one host mostly start apart.
+fn first_log_group(table: &str) -> u16 {
+    let h = table.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    0x4000 + (h % 0x8000) as u16
 }
 
 /// A non-blocking socket of `kind` bound to the gateway address and

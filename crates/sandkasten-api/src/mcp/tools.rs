@@ -1,34 +1,46 @@
 //! The MCP tools: their argument types (whose JSON Schemas are the tools'
-//! input schemas), the tool list, and each call: validate, call the
-//! engine through the backend, convert. Results carry the answer as
-//! structured content (the HTTP API's JSON for the same thing) and as text
-//! for clients that read only text; failures are tool results with
-//! `isError` and `{error_code, message, details}` from the API's one error
-//! table.
+//! input schemas), their result types (whose schemas are the tools' output
+//! schemas), the tool list, and each call: validate, call the engine
+//! through the backend, convert. Results carry the answer as structured
+//! content (the HTTP API's JSON for the same thing) and as text for
+//! clients that read only text; failures are tool results with `isError`
+//! and the API's `ErrorBody` (`{error_code, message, details}`, from its
+//! one error table).
+//!
+//! A tool's output schema is its result type's OpenAPI schema, the very
+//! one `/openapi.json` publishes for the HTTP route of the same thing, as
+//! a self-contained JSON Schema (the referenced schemas under `$defs`),
+//! any of that or `ErrorBody`: clients validate the structured content
+//! against it, failures included (the TypeScript SDK does). The list ties
+//! each tool's name to its result type, and each call returns that type
+//! ([`Reply`]), so the schema and the content cannot drift apart.
 
 use crate::error::ApiError;
 use crate::routes::files::{check_path, list_in, write_in, FileScope};
 use crate::routes::processes::decode_utf8;
 use crate::wire::{
-    self, CreateSessionRequest, ListQuery, NetworkPolicyRequest, ProcessInfo, SessionInfo,
-    SignalRequest, SnapshotInfo, StartProcessRequest, WorkspaceInfo, WriteFileRequest,
+    self, CreateSessionRequest, DirListing, ErrorBody, ListQuery, NetworkPolicyRequest, OkResponse,
+    PortUrl, ProcessInfo, SessionInfo, SignalRequest, SnapshotInfo, SnapshotList,
+    StartProcessRequest, WorkspaceInfo, WorkspaceList, WriteFileRequest,
 };
 use crate::AppState;
 use base64::Engine as _;
 use rmcp::handler::server::common::schema_for_type;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, ProgressNotificationParam,
-    Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject,
+    ProgressNotificationParam, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::RoleServer;
 use sandkasten_engine::{self as engine, ExecEvent, ProcEvent, ProcStream, StartedProcess};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+use utoipa::{PartialSchema, ToSchema};
 
 /// Largest file `read_file` returns unless asked for less: what a model
 /// can use, not the API's 64 MiB.
@@ -287,6 +299,147 @@ pub(super) struct GetPortUrl {
     pub ttl_seconds: Option<u64>,
 }
 
+// ------------------------------------------------------------- results
+
+/// `run_command`: the command's end and its output.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CommandResult {
+    /// The command's exit status (124 when it timed out).
+    pub exit_code: i32,
+    /// stdout and stderr interleaved (the last 1 MiB when there was more).
+    pub output: String,
+    /// The shell's working directory afterwards.
+    pub cwd: String,
+    pub duration_ms: u64,
+    pub timed_out: bool,
+    /// Output was dropped (the start of it).
+    pub truncated: bool,
+}
+
+/// `read_file`: the content as text, or base64 when it is not UTF-8.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct FileText {
+    /// The absolute path read.
+    pub path: String,
+    /// `text` or `base64`.
+    pub encoding: &'static str,
+    pub content: String,
+    /// The file is longer than `max_bytes`; the start was read.
+    pub truncated: bool,
+}
+
+/// `process_output`: the process and its output so far, by stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ProcessOutputResult {
+    pub process: ProcessInfo,
+    pub stdout: String,
+    pub stderr: String,
+    /// A terminal's output (processes started with a PTY).
+    pub pty: String,
+}
+
+/// `write_file`, `move_path`: done, and the absolute path written.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PathResult {
+    pub ok: bool,
+    pub path: String,
+}
+
+/// `list_sandboxes`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SandboxList {
+    pub sandboxes: Vec<SessionInfo>,
+}
+
+/// `list_processes`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// Where `$ref`s of the OpenAPI document point, and where they point in a
+/// tool's self-contained schema.
+const OPENAPI_REFS: &str = "#/components/schemas/";
+const DEFS_REFS: &str = "#/$defs/";
+
+/// The formats of OpenAPI that JSON Schema validators know (ajv-formats
+/// knows these; others make a strict validator refuse the schema).
+const KNOWN_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "uri",
+    "uri-reference",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "uuid",
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "binary",
+];
+
+/// The output schema of a tool whose result is `T`: `{"type": "object",
+/// "anyOf": [T, ErrorBody], "$defs": {...}}` with `T`'s and `ErrorBody`'s
+/// OpenAPI schemas and every schema they reference.
+fn output_schema<T: ToSchema>() -> Arc<JsonObject> {
+    let mut schemas = Vec::new();
+    schemas.push((T::name().into_owned(), T::schema()));
+    T::schemas(&mut schemas);
+    schemas.push((ErrorBody::name().into_owned(), ErrorBody::schema()));
+    ErrorBody::schemas(&mut schemas);
+    let defs: serde_json::Map<String, Value> = schemas
+        .into_iter()
+        .map(|(name, schema)| {
+            let value = serde_json::to_value(schema).expect("a schema serializes");
+            (name, value)
+        })
+        .collect();
+    let mut root = json!({
+        "type": "object",
+        "anyOf": [
+            { "$ref": format!("{DEFS_REFS}{}", T::name()) },
+            { "$ref": format!("{DEFS_REFS}{}", ErrorBody::name()) },
+        ],
+        "$defs": defs,
+    });
+    self_contained(&mut root);
+    match root {
+        Value::Object(o) => Arc::new(o),
+        _ => unreachable!("built as an object"),
+    }
+}
+
+/// Points the OpenAPI `$ref`s at `$defs` and drops formats validators do
+/// not know (examples are left alone: they are data, not schema).
+fn self_contained(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix(OPENAPI_REFS) {
+                    *r = format!("{DEFS_REFS}{name}");
+                }
+            }
+            if matches!(o.get("format"), Some(Value::String(f)) if !KNOWN_FORMATS.contains(&f.as_str()))
+            {
+                o.remove("format");
+            }
+            for (k, child) in o.iter_mut() {
+                if k != "example" && k != "examples" {
+                    self_contained(child);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(self_contained),
+        _ => {}
+    }
+}
+
 // ------------------------------------------------------------- the list
 
 /// What a tool does to the world, for the clients' hints.
@@ -297,7 +450,8 @@ enum Kind {
     Destructive,
 }
 
-fn tool<T: JsonSchema + 'static>(
+/// A tool taking `A` and answering `R`.
+fn tool<A: JsonSchema + 'static, R: ToSchema>(
     name: &'static str,
     kind: Kind,
     description: &'static str,
@@ -307,86 +461,94 @@ fn tool<T: JsonSchema + 'static>(
         Kind::Additive => ToolAnnotations::new().read_only(false).destructive(false),
         Kind::Destructive => ToolAnnotations::new().read_only(false).destructive(true),
     };
-    Tool::new(name, description, schema_for_type::<T>())
+    Tool::new(name, description, schema_for_type::<A>())
+        .with_raw_output_schema(output_schema::<R>())
         .with_annotations(annotations.open_world(false))
 }
 
-/// Every tool, in the order clients show them.
+/// Every tool, in the order clients show them: its arguments, its result.
 pub(super) fn list() -> Vec<Tool> {
     use Kind::*;
     vec![
-        tool::<CreateSandbox>("create_sandbox", Additive,
+        tool::<CreateSandbox, SessionInfo>("create_sandbox", Additive,
             "Create an isolated Linux sandbox; returns its session_id. Optionally with a persistent workspace at /workspace, environment, TTL and network policy."),
-        tool::<NoArgs>("list_sandboxes", ReadOnly, "List the live sandboxes."),
-        tool::<SessionArg>("destroy_sandbox", Destructive,
+        tool::<NoArgs, SandboxList>("list_sandboxes", ReadOnly, "List the live sandboxes."),
+        tool::<SessionArg, OkResponse>("destroy_sandbox", Destructive,
             "Destroy a sandbox and everything in it but its persistent workspace."),
-        tool::<RunCommand>("run_command", Destructive,
+        tool::<SessionArg, SessionInfo>("pause_sandbox", Destructive,
+            "Freeze every process of a sandbox: its memory is kept, it uses no CPU and its TTL stops (a shorter paused limit runs instead). Any later call on the sandbox resumes it first."),
+        tool::<SessionArg, SessionInfo>("resume_sandbox", Additive,
+            "Thaw a paused sandbox: every process goes on where it was."),
+        tool::<RunCommand, CommandResult>("run_command", Destructive,
             "Run a bash command in the sandbox's persistent shell and return its output and exit code (a non-zero exit is reported as an error). Output is streamed as progress notifications when the request has a progress token; cancelling the request interrupts the command."),
-        tool::<StartProcess>("start_process", Destructive,
+        tool::<StartProcess, ProcessInfo>("start_process", Destructive,
             "Start a background process (a server, a long job); returns its pid at once. Read its output with process_output."),
-        tool::<ProcessOutput>("process_output", ReadOnly,
+        tool::<ProcessOutput, ProcessOutputResult>("process_output", ReadOnly,
             "The output of a background process so far (the last 1 MiB) and whether it ended, waiting up to wait_seconds for its end."),
-        tool::<SendStdin>("send_stdin", Destructive, "Write text to a background process's stdin."),
-        tool::<KillProcess>("kill_process", Destructive,
+        tool::<SendStdin, OkResponse>("send_stdin", Destructive, "Write text to a background process's stdin."),
+        tool::<KillProcess, OkResponse>("kill_process", Destructive,
             "Send a signal (default TERM) to a background process and its process group."),
-        tool::<SessionArg>("list_processes", ReadOnly,
+        tool::<SessionArg, ProcessList>("list_processes", ReadOnly,
             "List the sandbox's background processes, running and recently ended."),
-        tool::<ReadFile>("read_file", ReadOnly,
+        tool::<ReadFile, FileText>("read_file", ReadOnly,
             "Read a file in the sandbox: UTF-8 text as text, other content as base64."),
-        tool::<WriteFile>("write_file", Destructive,
+        tool::<WriteFile, PathResult>("write_file", Destructive,
             "Write a whole file in the sandbox, creating missing directories."),
-        tool::<ListDir>("list_dir", ReadOnly, "List a directory in the sandbox."),
-        tool::<DeletePath>("delete_path", Destructive, "Delete a file or directory in the sandbox."),
-        tool::<MovePath>(
+        tool::<ListDir, DirListing>("list_dir", ReadOnly, "List a directory in the sandbox."),
+        tool::<DeletePath, OkResponse>("delete_path", Destructive, "Delete a file or directory in the sandbox."),
+        tool::<MovePath, PathResult>(
             "move_path",
             Destructive,
             "Move or rename a file or directory in the sandbox.",
         ),
-        tool::<NoArgs>("list_workspaces", ReadOnly, "List the persistent workspaces."),
-        tool::<SnapshotWorkspace>("snapshot_workspace", Additive,
+        tool::<NoArgs, WorkspaceList>("list_workspaces", ReadOnly, "List the persistent workspaces."),
+        tool::<SnapshotWorkspace, SnapshotInfo>("snapshot_workspace", Additive,
             "Take a point-in-time snapshot of a workspace."),
-        tool::<WorkspaceArg>("list_snapshots", ReadOnly, "List a workspace's snapshots."),
-        tool::<RestoreWorkspace>("restore_workspace", Destructive,
+        tool::<WorkspaceArg, SnapshotList>("list_snapshots", ReadOnly, "List a workspace's snapshots."),
+        tool::<RestoreWorkspace, OkResponse>("restore_workspace", Destructive,
             "Replace a workspace's content with a snapshot of it (no sandbox may have it mounted)."),
-        tool::<GetPortUrl>("get_port_url", Additive,
+        tool::<GetPortUrl, PortUrl>("get_port_url", Additive,
             "A signed, expiring URL that opens a TCP port of the sandbox (a web server inside) from a browser, without the API key."),
     ]
 }
 
 // ------------------------------------------------------------- the calls
 
-/// A tool's answer: structured content, the text for text-only clients
-/// (the JSON when `None`), and whether it is a failure the model reads.
-struct Answer {
-    value: Value,
+/// A tool's answer of type `T` (the tool's result type in [`list`]): the
+/// structured content, the text for text-only clients (the JSON when
+/// `None`), and whether it is a failure the model reads (a non-zero exit).
+struct Reply<T> {
+    value: T,
     text: Option<String>,
     is_error: bool,
 }
 
-impl Answer {
-    fn json(value: impl serde::Serialize) -> Result<Answer, ApiError> {
-        let value = serde_json::to_value(value)
-            .map_err(|e| ApiError::Internal(format!("serializing a tool result: {e}")))?;
-        Ok(Answer {
+impl<T: Serialize> Reply<T> {
+    fn json(value: T) -> Result<Reply<T>, ApiError> {
+        Ok(Reply {
             value,
             text: None,
             is_error: false,
         })
     }
 
-    fn ok() -> Result<Answer, ApiError> {
-        Answer::json(json!({ "ok": true }))
-    }
-
-    fn into_result(self) -> CallToolResult {
-        let text = self.text.unwrap_or_else(|| self.value.to_string());
+    fn into_result(self) -> Result<CallToolResult, ApiError> {
+        let value = serde_json::to_value(self.value)
+            .map_err(|e| ApiError::Internal(format!("serializing a tool result: {e}")))?;
+        let text = self.text.unwrap_or_else(|| value.to_string());
         let mut result = if self.is_error {
-            CallToolResult::structured_error(self.value)
+            CallToolResult::structured_error(value)
         } else {
-            CallToolResult::structured(self.value)
+            CallToolResult::structured(value)
         };
         result.content = vec![ContentBlock::text(text)];
-        result
+        Ok(result)
+    }
+}
+
+impl Reply<OkResponse> {
+    fn ok() -> Result<Reply<OkResponse>, ApiError> {
+        Reply::json(OkResponse::TRUE)
     }
 }
 
@@ -397,10 +559,15 @@ fn failure(tool: &str, e: ApiError) -> CallToolResult {
     if status.is_server_error() {
         tracing::error!(tool, error = ?e, "MCP tool failed");
     }
-    let message = e.message();
-    let value = json!({ "error_code": code, "message": message, "details": e.details() });
+    let body = ErrorBody {
+        error_code: code,
+        message: e.message(),
+        details: e.details(),
+    };
+    let text = format!("{code}: {}", body.message);
+    let value = serde_json::to_value(body).unwrap_or_else(|_| json!({ "error_code": code }));
     let mut result = CallToolResult::structured_error(value);
-    result.content = vec![ContentBlock::text(format!("{code}: {message}"))];
+    result.content = vec![ContentBlock::text(text)];
     result
 }
 
@@ -421,7 +588,7 @@ pub(super) async fn call(
 ) -> Result<CallToolResult, ErrorData> {
     let name = request.name.to_string();
     match dispatch(state, &name, &request, &context).await {
-        Some(Ok(answer)) => Ok(answer.into_result()),
+        Some(Ok(result)) => Ok(result),
         Some(Err(e)) => Ok(failure(&name, e)),
         None => Err(ErrorData::invalid_params(
             format!("unknown tool: {name}"),
@@ -430,17 +597,18 @@ pub(super) async fn call(
     }
 }
 
-/// The tool's answer; `None` for a name that is no tool.
+/// The tool's answer; `None` for a name that is no tool. Each function
+/// returns the result type its tool declares in [`list`].
 async fn dispatch(
     state: &AppState,
     name: &str,
     request: &CallToolRequestParams,
     context: &RequestContext<RoleServer>,
-) -> Option<Result<Answer, ApiError>> {
+) -> Option<Result<CallToolResult, ApiError>> {
     macro_rules! run {
         ($f:ident $(, $extra:expr)?) => {
             match args(name, request) {
-                Ok(a) => $f(state, a $(, $extra)?).await,
+                Ok(a) => $f(state, a $(, $extra)?).await.and_then(Reply::into_result),
                 Err(e) => Err(e),
             }
         };
@@ -449,6 +617,8 @@ async fn dispatch(
         "create_sandbox" => run!(create_sandbox),
         "list_sandboxes" => run!(list_sandboxes),
         "destroy_sandbox" => run!(destroy_sandbox),
+        "pause_sandbox" => run!(pause_sandbox),
+        "resume_sandbox" => run!(resume_sandbox),
         "run_command" => run!(run_command, context),
         "start_process" => run!(start_process),
         "process_output" => run!(process_output, context),
@@ -469,7 +639,10 @@ async fn dispatch(
     })
 }
 
-async fn create_sandbox(state: &AppState, a: CreateSandbox) -> Result<Answer, ApiError> {
+async fn create_sandbox(
+    state: &AppState,
+    a: CreateSandbox,
+) -> Result<Reply<SessionInfo>, ApiError> {
     let req = CreateSessionRequest {
         image: a.image,
         ttl_seconds: a.ttl_seconds,
@@ -489,18 +662,28 @@ async fn create_sandbox(state: &AppState, a: CreateSandbox) -> Result<Answer, Ap
         ..Default::default()
     };
     let info = state.backend.create_session(req.into()).await?;
-    Answer::json(SessionInfo::from(info))
+    Reply::json(SessionInfo::from(info))
 }
 
-async fn list_sandboxes(state: &AppState, _: NoArgs) -> Result<Answer, ApiError> {
+async fn list_sandboxes(state: &AppState, _: NoArgs) -> Result<Reply<SandboxList>, ApiError> {
     let sessions = state.backend.list_sessions().await;
-    let list: Vec<SessionInfo> = sessions.into_iter().map(SessionInfo::from).collect();
-    Answer::json(json!({ "sandboxes": list }))
+    let sandboxes = sessions.into_iter().map(SessionInfo::from).collect();
+    Reply::json(SandboxList { sandboxes })
 }
 
-async fn destroy_sandbox(state: &AppState, a: SessionArg) -> Result<Answer, ApiError> {
+async fn destroy_sandbox(state: &AppState, a: SessionArg) -> Result<Reply<OkResponse>, ApiError> {
     state.backend.destroy_session(&a.session_id).await?;
-    Answer::ok()
+    Reply::ok()
+}
+
+async fn pause_sandbox(state: &AppState, a: SessionArg) -> Result<Reply<SessionInfo>, ApiError> {
+    let info = state.backend.pause_session(&a.session_id).await?;
+    Reply::json(SessionInfo::from(info))
+}
+
+async fn resume_sandbox(state: &AppState, a: SessionArg) -> Result<Reply<SessionInfo>, ApiError> {
+    let info = state.backend.resume_session(&a.session_id).await?;
+    Reply::json(SessionInfo::from(info))
 }
 
 /// Runs a command through the engine's exec stream: chunks become progress
@@ -511,7 +694,7 @@ async fn run_command(
     state: &AppState,
     a: RunCommand,
     context: &RequestContext<RoleServer>,
-) -> Result<Answer, ApiError> {
+) -> Result<Reply<CommandResult>, ApiError> {
     if a.cmd.is_empty() {
         return Err(ApiError::InvalidRequest("cmd must not be empty".into()));
     }
@@ -570,15 +753,15 @@ async fn run_command(
                         format!("[exit code {exit_code}]")
                     });
                 }
-                return Ok(Answer {
-                    value: json!({
-                        "exit_code": exit_code,
-                        "output": output,
-                        "cwd": cwd,
-                        "duration_ms": duration_ms,
-                        "timed_out": timed_out,
-                        "truncated": truncated || dropped,
-                    }),
+                return Ok(Reply {
+                    value: CommandResult {
+                        exit_code,
+                        output,
+                        cwd,
+                        duration_ms,
+                        timed_out,
+                        truncated: truncated || dropped,
+                    },
                     text: Some(text),
                     is_error: exit_code != 0,
                 });
@@ -597,7 +780,7 @@ fn proc_ref(process: &str) -> Result<engine::ProcRef, ApiError> {
     wire::proc_ref(process)
 }
 
-async fn start_process(state: &AppState, a: StartProcess) -> Result<Answer, ApiError> {
+async fn start_process(state: &AppState, a: StartProcess) -> Result<Reply<ProcessInfo>, ApiError> {
     let spec = StartProcessRequest {
         cmd: a.cmd,
         argv: a.argv,
@@ -620,7 +803,7 @@ async fn start_process(state: &AppState, a: StartProcess) -> Result<Answer, ApiE
         StartedProcess::Detached(info) => info,
         StartedProcess::Attached(out) => out.info.clone(),
     };
-    Answer::json(ProcessInfo::from(info))
+    Reply::json(ProcessInfo::from(info))
 }
 
 /// Attaches with replay and takes what comes until the process ends or
@@ -629,7 +812,7 @@ async fn process_output(
     state: &AppState,
     a: ProcessOutput,
     context: &RequestContext<RoleServer>,
-) -> Result<Answer, ApiError> {
+) -> Result<Reply<ProcessOutputResult>, ApiError> {
     let wait = a.wait_seconds.unwrap_or(1.0);
     if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
         return Err(ApiError::InvalidRequest(format!(
@@ -688,14 +871,19 @@ async fn process_output(
         (false, Some(code)) => format!("[pid {} ended: exit code {code}]", info.pid),
         (false, None) => format!("[pid {} ended]", info.pid),
     });
-    Ok(Answer {
-        value: json!({ "process": info, "stdout": stdout, "stderr": stderr, "pty": pty }),
+    Ok(Reply {
+        value: ProcessOutputResult {
+            process: info,
+            stdout,
+            stderr,
+            pty,
+        },
         text: Some(text),
         is_error: false,
     })
 }
 
-async fn send_stdin(state: &AppState, a: SendStdin) -> Result<Answer, ApiError> {
+async fn send_stdin(state: &AppState, a: SendStdin) -> Result<Reply<OkResponse>, ApiError> {
     let proc = proc_ref(&a.process)?;
     state
         .backend
@@ -707,10 +895,10 @@ async fn send_stdin(state: &AppState, a: SendStdin) -> Result<Answer, ApiError> 
             .close_process_stdin(&a.session_id, proc)
             .await?;
     }
-    Answer::ok()
+    Reply::ok()
 }
 
-async fn kill_process(state: &AppState, a: KillProcess) -> Result<Answer, ApiError> {
+async fn kill_process(state: &AppState, a: KillProcess) -> Result<Reply<OkResponse>, ApiError> {
     let proc = proc_ref(&a.process)?;
     let name = a.signal.unwrap_or_else(|| "TERM".into());
     let signal = match name.parse::<i64>() {
@@ -722,48 +910,47 @@ async fn kill_process(state: &AppState, a: KillProcess) -> Result<Answer, ApiErr
         .backend
         .signal_process(&a.session_id, proc, number)
         .await?;
-    Answer::ok()
+    Reply::ok()
 }
 
-async fn list_processes(state: &AppState, a: SessionArg) -> Result<Answer, ApiError> {
+async fn list_processes(state: &AppState, a: SessionArg) -> Result<Reply<ProcessList>, ApiError> {
     let list = state.backend.list_processes(&a.session_id).await?;
-    let list: Vec<ProcessInfo> = list.into_iter().map(ProcessInfo::from).collect();
-    Answer::json(json!({ "processes": list }))
+    let processes = list.into_iter().map(ProcessInfo::from).collect();
+    Reply::json(ProcessList { processes })
 }
 
-async fn read_file(state: &AppState, a: ReadFile) -> Result<Answer, ApiError> {
+async fn read_file(state: &AppState, a: ReadFile) -> Result<Reply<FileText>, ApiError> {
     let max = match a.max_bytes {
         Some(0) | None => DEFAULT_READ_BYTES,
         Some(n) => n,
     };
     let content = super::read_whole(state, &a.session_id, &a.path, max).await?;
-    let (value, text) = match String::from_utf8(content.data) {
-        Ok(text) => (
-            json!({ "path": content.path, "encoding": "text", "content": text,
-                    "truncated": content.truncated }),
-            text,
-        ),
+    let (encoding, body, text) = match String::from_utf8(content.data) {
+        Ok(text) => ("text", text.clone(), text),
         Err(e) => {
             let bytes = e.into_bytes();
             let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            (
-                json!({ "path": content.path, "encoding": "base64", "content": encoded,
-                        "truncated": content.truncated }),
-                format!(
-                    "[{} bytes of binary content, base64]\n{encoded}",
-                    bytes.len()
-                ),
-            )
+            let text = format!(
+                "[{} bytes of binary content, base64]\n{encoded}",
+                bytes.len()
+            );
+            ("base64", encoded, text)
         }
     };
-    Ok(Answer {
+    let value = FileText {
+        path: content.path,
+        encoding,
+        content: body,
+        truncated: content.truncated,
+    };
+    Ok(Reply {
         value,
         text: Some(text),
         is_error: false,
     })
 }
 
-async fn write_file(state: &AppState, a: WriteFile) -> Result<Answer, ApiError> {
+async fn write_file(state: &AppState, a: WriteFile) -> Result<Reply<PathResult>, ApiError> {
     let (text, content_base64) = match a.encoding.unwrap_or(Encoding::Text) {
         Encoding::Text => (Some(a.content), None),
         Encoding::Base64 => (None, Some(a.content)),
@@ -775,10 +962,10 @@ async fn write_file(state: &AppState, a: WriteFile) -> Result<Answer, ApiError> 
         content_base64,
     };
     let _written = write_in(state, FileScope::Session(&a.session_id), req).await?;
-    Answer::json(json!({ "ok": true, "path": path }))
+    Reply::json(PathResult { ok: true, path })
 }
 
-async fn list_dir(state: &AppState, a: ListDir) -> Result<Answer, ApiError> {
+async fn list_dir(state: &AppState, a: ListDir) -> Result<Reply<DirListing>, ApiError> {
     let listing = list_in(
         state,
         FileScope::Session(&a.session_id),
@@ -786,59 +973,119 @@ async fn list_dir(state: &AppState, a: ListDir) -> Result<Answer, ApiError> {
     )
     .await?
     .0;
-    Answer::json(listing)
+    Reply::json(listing)
 }
 
-async fn delete_path(state: &AppState, a: DeletePath) -> Result<Answer, ApiError> {
+async fn delete_path(state: &AppState, a: DeletePath) -> Result<Reply<OkResponse>, ApiError> {
     check_path(&a.path)?;
     state
         .backend
         .remove(&a.session_id, &a.path, a.recursive.unwrap_or(false))
         .await?;
-    Answer::ok()
+    Reply::ok()
 }
 
-async fn move_path(state: &AppState, a: MovePath) -> Result<Answer, ApiError> {
+async fn move_path(state: &AppState, a: MovePath) -> Result<Reply<PathResult>, ApiError> {
     check_path(&a.from)?;
     check_path(&a.to)?;
     let path = state.backend.rename(&a.session_id, &a.from, &a.to).await?;
-    Answer::json(json!({ "ok": true, "path": path }))
+    Reply::json(PathResult { ok: true, path })
 }
 
-async fn list_workspaces(state: &AppState, _: NoArgs) -> Result<Answer, ApiError> {
+async fn list_workspaces(state: &AppState, _: NoArgs) -> Result<Reply<WorkspaceList>, ApiError> {
     let list = state.backend.list_workspaces().await?;
-    let list: Vec<WorkspaceInfo> = list.into_iter().map(WorkspaceInfo::from).collect();
-    Answer::json(json!({ "workspaces": list }))
+    let workspaces = list.into_iter().map(WorkspaceInfo::from).collect();
+    Reply::json(WorkspaceList { workspaces })
 }
 
-async fn snapshot_workspace(state: &AppState, a: SnapshotWorkspace) -> Result<Answer, ApiError> {
+async fn snapshot_workspace(
+    state: &AppState,
+    a: SnapshotWorkspace,
+) -> Result<Reply<SnapshotInfo>, ApiError> {
     let snap = state
         .backend
         .create_snapshot(&a.workspace_id, a.label)
         .await?;
-    Answer::json(SnapshotInfo::from(snap))
+    Reply::json(SnapshotInfo::from(snap))
 }
 
-async fn list_snapshots(state: &AppState, a: WorkspaceArg) -> Result<Answer, ApiError> {
+async fn list_snapshots(
+    state: &AppState,
+    a: WorkspaceArg,
+) -> Result<Reply<SnapshotList>, ApiError> {
     let list = state.backend.list_snapshots(&a.workspace_id).await?;
-    let list: Vec<SnapshotInfo> = list.into_iter().map(SnapshotInfo::from).collect();
-    Answer::json(json!({ "snapshots": list }))
+    let snapshots = list.into_iter().map(SnapshotInfo::from).collect();
+    Reply::json(SnapshotList { snapshots })
 }
 
-async fn restore_workspace(state: &AppState, a: RestoreWorkspace) -> Result<Answer, ApiError> {
+async fn restore_workspace(
+    state: &AppState,
+    a: RestoreWorkspace,
+) -> Result<Reply<OkResponse>, ApiError> {
     state
         .backend
         .restore_snapshot(&a.workspace_id, &a.snapshot_id)
         .await?;
-    Answer::ok()
+    Reply::ok()
 }
 
-async fn get_port_url(state: &AppState, a: GetPortUrl) -> Result<Answer, ApiError> {
+async fn get_port_url(state: &AppState, a: GetPortUrl) -> Result<Reply<PortUrl>, ApiError> {
     if a.port == 0 {
         return Err(ApiError::InvalidRequest(
             "port must be from 1 to 65535".into(),
         ));
     }
     let url = crate::routes::ports::signed_url(state, &a.session_id, a.port, a.ttl_seconds).await?;
-    Answer::json(url)
+    Reply::json(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` under `v`.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get("$ref") {
+                    out.push(r);
+                }
+                o.values().for_each(|c| refs(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_output_schema_is_an_object_schema_whose_refs_resolve_inside_it() {
+        let tools = list();
+        assert_eq!(tools.len(), 21);
+        for t in &tools {
+            let schema = t.output_schema.as_ref().expect("an output schema");
+            assert_eq!(schema["type"], "object", "{}", t.name);
+            let defs = schema["$defs"].as_object().expect("$defs");
+            let root = Value::Object((**schema).clone());
+            let mut found = Vec::new();
+            refs(&root, &mut found);
+            assert!(found.len() >= 2, "{}", t.name);
+            for r in found {
+                let name = r
+                    .strip_prefix(DEFS_REFS)
+                    .unwrap_or_else(|| panic!("{}: {r}", t.name));
+                assert!(defs.contains_key(name), "{}: {r} unresolved", t.name);
+            }
+            assert!(
+                !root.to_string().contains("\"format\":\"uint"),
+                "{}",
+                t.name
+            );
+        }
+        let run = tools.iter().find(|t| t.name == "run_command").unwrap();
+        let props = &run.output_schema.as_ref().unwrap()["$defs"]["CommandResult"]["properties"];
+        assert!(
+            props["exit_code"].is_object() && props["output"].is_object(),
+            "{props}"
+        );
+    }
 }
