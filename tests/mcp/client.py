@@ -85,6 +85,7 @@ async def flow(s):
     tools = {t.name: t for t in (await s.list_tools()).tools}
     for want in (
         "create_sandbox", "list_sandboxes", "destroy_sandbox", "pause_sandbox", "resume_sandbox",
+        "hibernate_sandbox", "fork_sandbox",
         "run_command", "start_process", "process_output", "send_stdin", "kill_process",
         "list_processes", "read_file", "write_file", "list_dir", "delete_path", "move_path",
         "list_workspaces", "snapshot_workspace", "list_snapshots", "restore_workspace", "get_port_url",
@@ -222,6 +223,23 @@ async def flow(s):
     out = payload(await s.call_tool("run_command", {"session_id": sid, "cmd": "echo awake"}))
     assert out["output"] == "awake\n", out
     ok("pause_sandbox, resume_sandbox (a second pause: SESSION_NOT_RUNNING)")
+
+    # Hibernate: the files and the shell's variables come back on the next call.
+    payload(await s.call_tool("run_command", {"session_id": sid, "cmd": "export KEPT=yes; echo f > /tmp/h"}))
+    hib = payload(await s.call_tool("hibernate_sandbox", {"session_id": sid}))
+    assert hib["status"] == "hibernated", hib
+    out = payload(await s.call_tool("run_command", {"session_id": sid, "cmd": "cat /tmp/h; echo $KEPT"}))
+    assert out["output"] == "f\nyes\n", out
+    # Fork: independent copies.
+    forked = payload(await s.call_tool("fork_sandbox", {"session_id": sid, "count": 1}))
+    kid = forked["sessions"][0]["id"]
+    assert kid != sid, forked
+    out = payload(await s.call_tool("run_command", {"session_id": kid, "cmd": "cat /tmp/h"}))
+    assert out["output"] == "f\n", out
+    bad = await s.call_tool("fork_sandbox", {"session_id": sid, "count": 0})
+    assert bad.is_error and bad.structured_content["error_code"] == "INVALID_REQUEST", bad
+    payload(await s.call_tool("destroy_sandbox", {"session_id": kid}))
+    ok("hibernate_sandbox (files and variables kept), fork_sandbox (a copy; count 0 refused)")
 
     listed = payload(await s.call_tool("list_sandboxes", {}))
     assert sid in [x["id"] for x in listed["sandboxes"]], listed

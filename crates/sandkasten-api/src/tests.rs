@@ -2278,7 +2278,7 @@ async fn mcp_lists_tools_with_object_input_and_output_schemas() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     let tools = v["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 21, "{v}");
+    assert_eq!(tools.len(), 23, "{v}");
     for t in tools {
         assert_eq!(t["inputSchema"]["type"], "object", "{t}");
         assert_eq!(t["outputSchema"]["type"], "object", "{t}");

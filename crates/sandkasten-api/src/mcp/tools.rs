@@ -19,7 +19,8 @@ use crate::error::ApiError;
 use crate::routes::files::{check_path, list_in, write_in, FileScope};
 use crate::routes::processes::decode_utf8;
 use crate::wire::{
-    self, CreateSessionRequest, DirListing, ErrorBody, ListQuery, NetworkPolicyRequest, OkResponse,
+    self, CreateSessionRequest, DirListing, ErrorBody, ForkResponse, ListQuery,
+    NetworkPolicyRequest, OkResponse,
     PortUrl, ProcessInfo, SessionInfo, SignalRequest, SnapshotInfo, SnapshotList,
     StartProcessRequest, WorkspaceInfo, WorkspaceList, WriteFileRequest,
 };
@@ -99,6 +100,16 @@ pub(super) enum NetMode {
 pub(super) struct SessionArg {
     /// The sandbox's id (from create_sandbox or list_sandboxes).
     pub session_id: String,
+}
+
+/// `fork_sandbox`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ForkSandbox {
+    /// The sandbox to copy.
+    pub session_id: String,
+    /// How many copies (1 to the daemon's max_fork_count).
+    pub count: u64,
 }
 
 /// `run_command`.
@@ -478,7 +489,11 @@ pub(super) fn list() -> Vec<Tool> {
         tool::<SessionArg, SessionInfo>("pause_sandbox", Destructive,
             "Freeze every process of a sandbox: its memory is kept, it uses no CPU and its TTL stops (a shorter paused limit runs instead). Any later call on the sandbox resumes it first."),
         tool::<SessionArg, SessionInfo>("resume_sandbox", Additive,
-            "Thaw a paused sandbox: every process goes on where it was."),
+            "Thaw a paused sandbox (every process goes on where it was), or wake a hibernated one."),
+        tool::<SessionArg, SessionInfo>("hibernate_sandbox", Destructive,
+            "Hibernate a sandbox: every process ends and its memory is freed; its files (/, /tmp, /workspace) and the shell's directory and exported variables are kept on disk. Any later call on the sandbox starts it again on them."),
+        tool::<ForkSandbox, ForkResponse>("fork_sandbox", Additive,
+            "Copy a sandbox into `count` new ones (copy-on-write copies of its files, a copy of its workspace, its image, TTL and network policy) to try alternatives in parallel; processes are not copied. Returns the new sandboxes."),
         tool::<RunCommand, CommandResult>("run_command", Destructive,
             "Run a bash command in the sandbox's persistent shell and return its output and exit code (a non-zero exit is reported as an error). Output is streamed as progress notifications when the request has a progress token; cancelling the request interrupts the command."),
         tool::<StartProcess, ProcessInfo>("start_process", Destructive,
@@ -619,6 +634,8 @@ async fn dispatch(
         "destroy_sandbox" => run!(destroy_sandbox),
         "pause_sandbox" => run!(pause_sandbox),
         "resume_sandbox" => run!(resume_sandbox),
+        "hibernate_sandbox" => run!(hibernate_sandbox),
+        "fork_sandbox" => run!(fork_sandbox),
         "run_command" => run!(run_command, context),
         "start_process" => run!(start_process),
         "process_output" => run!(process_output, context),
@@ -684,6 +701,21 @@ async fn pause_sandbox(state: &AppState, a: SessionArg) -> Result<Reply<SessionI
 async fn resume_sandbox(state: &AppState, a: SessionArg) -> Result<Reply<SessionInfo>, ApiError> {
     let info = state.backend.resume_session(&a.session_id).await?;
     Reply::json(SessionInfo::from(info))
+}
+
+async fn hibernate_sandbox(
+    state: &AppState,
+    a: SessionArg,
+) -> Result<Reply<SessionInfo>, ApiError> {
+    let info = state.backend.hibernate_session(&a.session_id).await?;
+    Reply::json(SessionInfo::from(info))
+}
+
+async fn fork_sandbox(state: &AppState, a: ForkSandbox) -> Result<Reply<ForkResponse>, ApiError> {
+    let kids = state.backend.fork_session(&a.session_id, a.count).await?;
+    Reply::json(ForkResponse {
+        sessions: kids.into_iter().map(SessionInfo::from).collect(),
+    })
 }
 
 /// Runs a command through the engine's exec stream: chunks become progress
