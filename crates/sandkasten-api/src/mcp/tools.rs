@@ -20,9 +20,9 @@ use crate::routes::files::{check_path, list_in, write_in, FileScope};
 use crate::routes::processes::decode_utf8;
 use crate::wire::{
     self, CreateSessionRequest, DirListing, ErrorBody, ForkResponse, ListQuery,
-    NetworkPolicyRequest, OkResponse,
-    PortUrl, ProcessInfo, SessionInfo, SignalRequest, SnapshotInfo, SnapshotList,
-    StartProcessRequest, WorkspaceInfo, WorkspaceList, WriteFileRequest,
+    NetworkPolicyRequest, OkResponse, PortUrl, ProcessInfo, SessionInfo, SignalRequest,
+    SnapshotInfo, SnapshotList, StartProcessRequest, WorkspaceInfo, WorkspaceList,
+    WriteFileRequest,
 };
 use crate::AppState;
 use base64::Engine as _;
