@@ -492,6 +492,33 @@ mod native_only {
         );
         d.sh(child, "echo child > /workspace/w");
         assert_eq!(d.sh(&id, "cat /workspace/w"), "changed\n");
+        // The copy is a workspace of its own: it outlives its origin.
+        let del = |w: &str| {
+            d.send(
+                d.client
+                    .delete(format!("{}/v1/workspaces/{w}", d.url))
+                    .bearer_auth(&d.key),
+            )
+        };
+        d.delete(&id);
+        let r = del(&ws);
+        assert_eq!(r.status, 200, "deleting the origin: {}", r.text);
+        assert_eq!(d.sh(child, "cat /workspace/w"), "child\n");
+        let info = d
+            .get(&format!("/v1/workspaces/{child_ws}"))
+            .expect(200, "the copy");
+        assert!(info["size_bytes"].as_u64().unwrap() > 0, "{info}");
+        d.delete(child);
+        let r = del(child_ws);
+        assert_eq!(r.status, 200, "deleting the copy: {}", r.text);
+        assert!(!workspace_on_host(&d.home, &ws) && !workspace_on_host(&d.home, child_ws));
+        let left: Vec<_> = std::fs::read_dir(d.home.data.join("workspaces"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".img") || n.ends_with(".subvol"))
+            .collect();
+        assert!(left.is_empty(), "workspace storage left: {left:?}");
     }
 
     #[test]

@@ -390,6 +390,12 @@ impl Workspaces {
         // No session may mount the new workspace before its copy is done.
         let change = self.locks.begin_change(&req.id)?;
         let result = async {
+            // A copy-on-write clone where the backend can make one (it
+            // shares the source's storage, so only with the source's
+            // quota); else a new workspace filled with a copy.
+            if rec.quota_bytes == source_quota && self.clone_snapshot(&rec, &snap).await? {
+                return Ok(());
+            }
             self.insert_and_create(&rec).await?;
             self.fill_from_snapshot(&req.id, &snap).await
         }
@@ -523,6 +529,33 @@ impl Workspaces {
             .into_done()
             .map_err(EngineError::runtime("writing a workspace file"))?;
         Ok(as_session_path(&p))
+    }
+
+    /// Records workspace `rec` as a copy-on-write clone of `snap`; `false`
+    /// (nothing recorded) where the runtime cannot clone.
+    async fn clone_snapshot(
+        &self,
+        rec: &WorkspaceRecord,
+        snap: &SnapshotRecord,
+    ) -> Result<bool, EngineError> {
+        let r = rec.clone();
+        if !self.db.run(move |s| s.insert_workspace(&r)).await? {
+            return Err(WorkspaceError::AlreadyExists(rec.id.clone()).into());
+        }
+        let source = self.locks.hold(&snap.workspace_id)?;
+        let cloned = self
+            .runtime
+            .clone_snapshot(&snap.workspace_id, &snap.id, &rec.id)
+            .await;
+        drop(source);
+        match cloned {
+            Ok(true) => Ok(true),
+            other => {
+                let id = rec.id.clone();
+                let _ = self.db.run(move |s| s.delete_workspace(&id)).await;
+                other.map_err(rt(&snap.workspace_id, "cloning the snapshot"))
+            }
+        }
     }
 
     /// Copies snapshot `snap` into the freshly created workspace `id`

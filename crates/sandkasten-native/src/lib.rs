@@ -488,7 +488,7 @@ impl Shared {
                         device: a.device.clone(),
                         target: "/workspace".into(),
                         fstype: "btrfs".into(),
-                        options: "subvol=data".into(),
+                        options: format!("subvol={}", self.data_subvol(ws)),
                     });
                     attached = Some(a);
                 } else {
@@ -566,9 +566,70 @@ impl Shared {
         Err(RuntimeError::NotFound(format!("workspace {id}")))
     }
 
+    /// The lock of workspace `id`'s storage: of its image's inode when it
+    /// has one (a workspace and its copy-on-write clones share one image,
+    /// hard-linked, which must never be attached twice), else of its id.
     fn workspace_lock(&self, id: &str) -> Result<wsimage::Lock, RuntimeError> {
-        let p = self.workspaces_dir().join(format!("{id}.lock"));
+        use std::os::unix::fs::MetadataExt;
+        let p = match std::fs::metadata(self.workspace_image(id)) {
+            Ok(m) => self.workspaces_dir().join(format!(".ino-{}.lock", m.ino())),
+            Err(_) => self.workspaces_dir().join(format!("{id}.lock")),
+        };
         wsimage::Lock::take(&p).map_err(RuntimeError::io_ctx(format!("locking workspace {id}")))
+    }
+
+    /// Where workspace `id`'s clone-of marker lives: the name of its
+    /// content subvolume in its (shared) image.
+    fn subvol_marker(&self, id: &str) -> PathBuf {
+        self.workspaces_dir().join(format!("{id}.subvol"))
+    }
+
+    /// The content subvolume of image workspace `id`: `data`, or a
+    /// clone's own (`data-<id>`, named by its marker).
+    fn data_subvol(&self, id: &str) -> String {
+        std::fs::read_to_string(self.subvol_marker(id))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && !s.contains('/'))
+            .unwrap_or_else(|| "data".into())
+    }
+
+    /// Workspace `dst` as a copy-on-write clone of snapshot `snap` of image
+    /// workspace `src`: a writable snapshot `data-<dst>` in `src`'s image,
+    /// which `dst`'s image name hard-links (the image is shared: so is its
+    /// size limit). `false` when `src` has no image (nothing made).
+    fn clone_snapshot(&self, src: &str, snap: &str, dst: &str) -> Result<bool, RuntimeError> {
+        let src_img = self.workspace_image(src);
+        if !src_img.exists() {
+            return Ok(false);
+        }
+        let dst_img = self.workspace_image(dst);
+        if dst_img.exists() || self.workspace_dir(dst).exists() {
+            return Err(RuntimeError::Busy(format!("workspace {dst} exists")));
+        }
+        let _lock = self.workspace_lock(src)?;
+        let device = wsimage::attach(&src_img)
+            .map_err(RuntimeError::io_ctx(format!("attaching workspace {src}")))?;
+        let data = format!("data-{dst}");
+        wsimage::clone_snapshot(&device.device, snap, &data).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT) => RuntimeError::NotFound(format!("snapshot {snap}")),
+                _ => full_or(e, &format!("cloning snapshot {snap} of {src}")),
+            }
+        })?;
+        let made = (|| {
+            let marker = self.subvol_marker(dst);
+            let tmp = marker.with_extension("subvol.tmp");
+            std::fs::write(&tmp, &data)?;
+            std::fs::rename(&tmp, &marker)?;
+            std::fs::hard_link(&src_img, &dst_img)
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(self.subvol_marker(dst));
+            let _ = wsimage::delete_data(&device.device, &data);
+            return Err(RuntimeError::io(format!("making workspace {dst}"), e));
+        }
+        Ok(true)
     }
 
     /// The image's loop device, attached unless it already is (under the
@@ -616,7 +677,7 @@ impl Shared {
         match self.storage(id)? {
             Storage::Image => {
                 let attached = self.attach_workspace(id)?;
-                let mnt = wsimage::mount_detached(&attached.device, Some("data"))
+                let mnt = wsimage::mount_detached(&attached.device, Some(&self.data_subvol(id)))
                     .map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?;
                 drop(attached);
                 f(&wsimage::fd_path(&mnt))
@@ -680,13 +741,29 @@ impl Shared {
     }
 
     fn delete_workspace(&self, id: &str) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::MetadataExt;
         let img = self.workspace_image(id);
-        if img.exists() {
+        if let Ok(meta) = std::fs::metadata(&img) {
             let _lock = self.workspace_lock(id)?;
-            self.wait_unmounted(id, &img)?;
+            if meta.nlink() > 1 {
+                // Its image holds clones (or their origin) too: only its
+                // own content subvolume goes. The engine guarantees no
+                // session mounts this workspace; its family's may run.
+                let device = wsimage::attach(&img)
+                    .map_err(RuntimeError::io_ctx(format!("attaching workspace {id}")))?;
+                wsimage::delete_data(&device.device, &self.data_subvol(id))
+                    .map_err(RuntimeError::io_ctx(format!("deleting workspace {id}")))?;
+            } else {
+                self.wait_unmounted(id, &img)?;
+            }
             std::fs::remove_file(&img)
                 .map_err(RuntimeError::io_ctx(format!("deleting {}", img.display())))?;
+            let _ = std::fs::remove_file(self.subvol_marker(id));
             let _ = std::fs::remove_file(img.with_extension("lock"));
+            if meta.nlink() == 1 {
+                let ino_lock = format!(".ino-{}.lock", meta.ino());
+                let _ = std::fs::remove_file(self.workspaces_dir().join(ino_lock));
+            }
             Ok(())
         } else {
             // A lock left by a create that failed before its image existed.
@@ -705,7 +782,7 @@ impl Shared {
         }
         self.wait_unmounted(id, &img)?;
         let device = self.image_device(id)?;
-        wsimage::restore(&device.device, snap)
+        wsimage::restore(&device.device, &self.data_subvol(id), snap)
             .map_err(RuntimeError::io_ctx(format!("restoring snapshot {snap}")))
     }
 
@@ -723,8 +800,9 @@ impl Shared {
                 // Declared before the mount, so it is deleted after the
                 // mount is gone (also when the client stops reading
                 // half-way).
-                let _snap = wsimage::TempSnapshot::take(&device.device, &name)
-                    .map_err(RuntimeError::io_ctx(format!("snapshotting workspace {id}")))?;
+                let _snap =
+                    wsimage::TempSnapshot::take(&device.device, &self.data_subvol(id), &name)
+                        .map_err(RuntimeError::io_ctx(format!("snapshotting workspace {id}")))?;
                 let mnt = wsimage::mount_detached(&device.device, Some(&format!("snaps/{name}")))
                     .map_err(RuntimeError::io_ctx(format!(
                     "mounting the export snapshot of {id}"
@@ -750,7 +828,7 @@ impl Shared {
         let result = if img.exists() {
             self.wait_unmounted(id, &img)?;
             let device = self.attach_workspace(id)?;
-            wsimage::replace_data(&device.device, user, fill)
+            wsimage::replace_data(&device.device, &self.data_subvol(id), user, fill)
         } else {
             let dir = self.workspace_dir(id);
             if !dir.is_dir() {
@@ -834,7 +912,7 @@ impl Shared {
         // the sandbox, which then keeps it bound.
         let (mount, _attached) = if img.exists() {
             let attached = self.attach_workspace(id)?;
-            let m = wsimage::mount_detached(&attached.device, Some("data"))
+            let m = wsimage::mount_detached(&attached.device, Some(&self.data_subvol(id)))
                 .map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?;
             (m, Some(attached))
         } else {
@@ -1228,7 +1306,7 @@ impl Runtime for NativeRuntime {
             let device = s.image_device(&id)?;
             // A full workspace has no room for a snapshot's metadata: the
             // client's quota, not a fault of the daemon.
-            wsimage::snapshot(&device.device, &snap)
+            wsimage::snapshot(&device.device, &s.data_subvol(&id), &snap)
                 .map_err(|e| full_or(e, &format!("snapshotting workspace {id}")))
         })
         .await
@@ -1313,6 +1391,14 @@ impl Runtime for NativeRuntime {
             let f = std::fs::File::open(&archive)
                 .map_err(RuntimeError::io_ctx("opening the uploaded archive"))?;
             s.import_from(&id, std::io::BufReader::new(f), false)
+        })
+        .await
+    }
+
+    async fn clone_snapshot(&self, src: &str, snap: &str, dst: &str) -> Result<bool, RuntimeError> {
+        let (src, snap, dst) = (src.to_string(), snap.to_string(), dst.to_string());
+        self.run("cloning a snapshot", move |s| {
+            s.clone_snapshot(&src, &snap, &dst)
         })
         .await
     }

@@ -513,12 +513,29 @@ fn ensure_snaps_dir(top: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A consistent, read-only, point-in-time copy of `data` as
-/// `snaps/<name>` (also while sessions write to it).
-pub fn snapshot(device: &Path, name: &str) -> io::Result<()> {
+/// A consistent, read-only, point-in-time copy of the content subvolume
+/// `data` (a workspace's: `data`, or a clone's own) as `snaps/<name>`
+/// (also while sessions write to it).
+pub fn snapshot(device: &Path, data: &str, name: &str) -> io::Result<()> {
     let top = open_top(device)?;
     ensure_snaps_dir(&top)?;
-    snap(&top, "data", "snaps", name, true)
+    snap(&top, data, "snaps", name, true)
+}
+
+/// A writable copy of snapshot `snaps/<snap>` as the new content
+/// subvolume `data` (copy-on-write: instant whatever its size).
+pub fn clone_snapshot(device: &Path, snap: &str, data: &str) -> io::Result<()> {
+    let top = open_top(device)?;
+    let snaps = open_dir_at(&top, "snaps")?;
+    let src = open_dir_at(&snaps, snap)?;
+    snap_fds(&src, &top, data, false)
+}
+
+/// Deletes content subvolume `data` (a clone that is deleted while its
+/// family's image lives on).
+pub fn delete_data(device: &Path, data: &str) -> io::Result<()> {
+    let top = open_top(device)?;
+    destroy(&top, ".", data)
 }
 
 /// Deletes snapshot `name`.
@@ -527,22 +544,22 @@ pub fn delete_snapshot(device: &Path, name: &str) -> io::Result<()> {
     destroy(&top, "snaps", name)
 }
 
-/// Replaces `data` with a writable copy of snapshot `name`. The caller
-/// guarantees nothing mounts the workspace (btrfs would delete a subvolume
-/// another namespace still has mounted).
-pub fn restore(device: &Path, name: &str) -> io::Result<()> {
+/// Replaces content subvolume `data` with a writable copy of snapshot
+/// `name`. The caller guarantees nothing mounts the workspace (btrfs would
+/// delete a subvolume another namespace still has mounted).
+pub fn restore(device: &Path, data: &str, name: &str) -> io::Result<()> {
     let top = open_top(device)?;
     let snaps = open_dir_at(&top, "snaps")?;
     // Fails (ENOENT) before anything changes when the snapshot is gone.
     let src = open_dir_at(&snaps, name)?;
     let old = format!(".old-{}", std::process::id());
-    let (d, o) = (cstring("data"), cstring(&old));
+    let (d, o) = (cstring(data), cstring(&old));
     // SAFETY: renameat below our fd.
     check(
         unsafe { libc::renameat(top.as_raw_fd(), d.as_ptr(), top.as_raw_fd(), o.as_ptr()) },
         "moving data aside",
     )?;
-    let mut a = vol_args("data")?;
+    let mut a = vol_args(data)?;
     a.fd = src.as_raw_fd() as i64;
     // SAFETY: BTRFS_IOC_SNAP_CREATE_V2 into the top level, writable.
     if unsafe { libc::ioctl(top.as_raw_fd(), BTRFS_IOC_SNAP_CREATE_V2, &*a) } < 0 {
@@ -563,8 +580,8 @@ pub struct TempSnapshot {
 }
 
 impl TempSnapshot {
-    pub fn take(device: &Path, name: &str) -> io::Result<TempSnapshot> {
-        snapshot(device, name)?;
+    pub fn take(device: &Path, data: &str, name: &str) -> io::Result<TempSnapshot> {
+        snapshot(device, data, name)?;
         Ok(TempSnapshot {
             device: device.to_path_buf(),
             name: name.to_string(),
@@ -586,6 +603,7 @@ impl Drop for TempSnapshot {
 /// The caller guarantees nothing mounts the workspace.
 pub fn replace_data<E: From<io::Error>>(
     device: &Path,
+    data: &str,
     owner: u32,
     fill: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<(), E> {
@@ -620,7 +638,7 @@ pub fn replace_data<E: From<io::Error>>(
     // SAFETY: syncfs on the image, so the new content is on disk first.
     unsafe { libc::syncfs(top.as_raw_fd()) };
     let old = format!(".old-{}", std::process::id());
-    let (d, o) = (cstring("data"), cstring(&old));
+    let (d, o) = (cstring(data), cstring(&old));
     // SAFETY: renameat below our fd.
     if let Err(e) = check(
         unsafe { libc::renameat(top.as_raw_fd(), d.as_ptr(), top.as_raw_fd(), o.as_ptr()) },

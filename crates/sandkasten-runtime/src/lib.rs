@@ -423,6 +423,19 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Fills the (new, unmounted) workspace `dst` with a copy of snapshot
     /// `snap` of workspace `src`.
+    /// Makes workspace `dst` (which does not exist yet) a copy-on-write
+    /// clone of snapshot `snap` of workspace `src`, sharing `src`'s
+    /// storage (and its size limit); `false` where the backend cannot
+    /// (nothing made: the caller creates and copies instead).
+    async fn clone_snapshot(
+        &self,
+        _src: &str,
+        _snap: &str,
+        _dst: &str,
+    ) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
+
     async fn copy_snapshot(&self, _src: &str, _snap: &str, _dst: &str) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported(
             "creating a workspace from a snapshot".into(),
