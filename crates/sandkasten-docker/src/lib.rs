@@ -77,6 +77,7 @@ mod images;
 mod local;
 mod net;
 mod remote;
+mod snapshot;
 mod start;
 mod transport;
 mod watch;
@@ -99,6 +100,7 @@ use std::path::{Path, PathBuf};
 use transport::Transport;
 
 pub use net::{DockerNetConfig, LABEL_NETWORK};
+pub use snapshot::{snapshot_image, SNAPSHOT_REPO};
 
 /// Where the session's run directory appears in a container.
 const RUN_DIR: &str = "/.sandkasten/run";
@@ -894,6 +896,24 @@ impl Runtime for DockerRuntime {
         }
         self.transport.disconnect(id);
         self.remove_run_dir(id).await
+    }
+
+    /// See `snapshot.rs`: a commit of the frozen container plus copies of
+    /// its `/workspace` and `/tmp`.
+    async fn snapshot_sandbox(
+        &self,
+        handle: &SandboxHandle,
+        snap: &str,
+    ) -> Result<(), RuntimeError> {
+        self.take_snapshot(handle, snap).await
+    }
+
+    async fn delete_sandbox_snapshot(&self, snap: &str) -> Result<(), RuntimeError> {
+        self.remove_snapshot(snap).await
+    }
+
+    fn can_snapshot_sandbox(&self) -> bool {
+        self.snapshots_supported()
     }
 
     fn can_hibernate(&self) -> bool {
