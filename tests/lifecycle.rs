@@ -525,7 +525,12 @@ fn a_docker_session_with_a_workspace_refuses_snapshots() {
     let ws = ws_id("snapws");
     let id = create_id(&d, serde_json::json!({"workspace_id": ws}));
     d.sh(&id, "echo data > /workspace/w");
-    snapshot(&d, &id).assert_error(400, "UNSUPPORTED", "snapshot with a workspace");
+    let r = snapshot(&d, &id);
+    if !on_remote_engine() {
+        // Refused by the runtime before it copied anything.
+        assert!(r.text.contains("persistent workspace"), "{}", r.text);
+    }
+    r.assert_error(400, "UNSUPPORTED", "snapshot with a workspace");
     d.post(
         &format!("/v1/sessions/{id}/fork"),
         &serde_json::json!({"count": 1}),
@@ -671,6 +676,37 @@ fn the_pool_holds_sandboxes_of_a_snapshot_and_snapshots_survive_a_restart() {
         "pooled\n"
     );
 }
+/// A pooled docker sandbox that took a persistent workspace (bound late
+/// over its own volume) refuses snapshots as a cold one does, before
+/// copying anything.
+#[test]
+fn a_pooled_docker_session_with_a_workspace_refuses_snapshots() {
+    if !on_docker() || on_remote_engine() {
+        return; // a remote engine serves such creates cold (tested above)
+    }
+    let d = Daemon::start(Some(&format!(
+        "pool:\n  enabled: true\n  images:\n    {}: 1\n",
+        default_image()
+    )));
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            d.get("/v1/pool").expect(200, "pool")["images"][default_image()]["idle"] == 1
+        }),
+        "the pool did not fill: {}",
+        d.get("/v1/pool").text
+    );
+    let ws = ws_id("snapws");
+    let v = d.create_session(serde_json::json!({"workspace_id": ws}));
+    assert_eq!(v["acquire_source"], "pool", "{v}");
+    let id = v["id"].as_str().unwrap();
+    let r = snapshot(&d, id);
+    assert!(r.text.contains("persistent workspace"), "{}", r.text);
+    r.assert_error(400, "UNSUPPORTED", "snapshot of a late-bound workspace");
+    assert_eq!(status(&d, id), "running", "the refusal left it frozen");
+    let all = d.get("/v1/snapshots").expect(200, "list");
+    assert_eq!(all["snapshots"], serde_json::json!([]), "{all}");
+}
+
 /// Snapshots of a session with a persistent workspace (docker workspaces
 /// have no snapshots: 400, tested above).
 mod native_only {

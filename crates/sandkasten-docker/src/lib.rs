@@ -67,7 +67,9 @@
 //! recorded there (workspace deletion removes the record).
 //!
 //! Differences from the native runtime: no workspace quotas (the local
-//! volume driver has no size limit), no snapshots, workspace export is a
+//! volume driver has no size limit), no workspace snapshots (sandbox
+//! snapshots, `snapshot.rs`, are full copies and refuse a persistent
+//! workspace), workspace export is a
 //! live walk (not point-in-time), no workspace import yet; `network: full`
 //! is the daemon's own engine network under the same nftables table as
 //! native (`net.rs`), on a local engine with runc only.
@@ -359,6 +361,23 @@ pub const HIBERNATED_REPO: &str = "sandkasten-hibernated";
 /// The image session `id`'s hibernated container was committed to.
 pub fn hibernated_image(id: &str) -> String {
     format!("{HIBERNATED_REPO}:{id}")
+}
+
+/// Removes image reference `img` (only the tag while another one holds
+/// the image); a missing one is fine.
+pub(crate) async fn remove_image(docker: &Docker, img: &str) -> Result<(), RuntimeError> {
+    match docker
+        .remove_image(
+            img,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(api_err(format!("removing image {img}"))(e)),
+    }
 }
 
 /// A named volume mounted at `target` (never copying image content in).
@@ -838,20 +857,7 @@ impl Runtime for DockerRuntime {
         }
         // A session hibernated at least once: the image its container was
         // committed to.
-        let img = hibernated_image(id);
-        match self
-            .docker
-            .remove_image(
-                &img,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(api_err(format!("removing image {img}"))(e)),
-        }
+        remove_image(&self.docker, &hibernated_image(id)).await?;
         self.remove_run_dir(id).await
     }
 

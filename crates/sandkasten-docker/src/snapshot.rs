@@ -21,8 +21,8 @@
 //! started from it run on it, and the last one's destroy removes it.
 //!
 //! Not here: a session with a persistent workspace (docker workspaces have
-//! no snapshots: the engine's workspace snapshot refuses, and the engine
-//! deletes this half again), a remote engine or another OCI runtime such
+//! no snapshots; refused before anything is copied, from the container's
+//! `mountinfo`: the `/workspace` mount is not its own volume), a remote engine or another OCI runtime such
 //! as gVisor (no host path to the container's files; gVisor's root
 //! filesystem changes are also invisible to a commit).
 
@@ -77,6 +77,22 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Whether the `/workspace` a container sees (the topmost mount there in
+/// its `mountinfo`) is its own ephemeral volume, not a persistent
+/// workspace's (mounted at create or bound late over it).
+fn ephemeral_workspace(mountinfo: &str, id: &str) -> bool {
+    let own = format!("/{}/_data", crate::volume_name(id));
+    let top = mountinfo
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&"/workspace")).then(|| f.get(3).copied())
+        })
+        .flatten();
+    top.is_some_and(|root| root.ends_with(&own))
+}
+
 /// Removes a snapshot directory (our own copy: it holds no mounts).
 fn remove_dir(p: &Path) -> Result<(), RuntimeError> {
     match std::fs::remove_dir_all(p) {
@@ -126,6 +142,18 @@ impl DockerRuntime {
         }
         check_snap(snap)?;
         let root = self.container_root(handle)?;
+        let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", handle.pid))
+            .map_err(|_| RuntimeError::Gone(handle.id.clone()))?;
+        if !ephemeral_workspace(&mountinfo, &handle.id) {
+            // Before copying it in vain: the engine's snapshot of the
+            // workspace would refuse anyway.
+            return Err(RuntimeError::Unsupported(
+                "snapshots of a sandbox with a persistent workspace (docker workspaces have \
+                 no snapshots)"
+                    .into(),
+                "docker",
+            ));
+        }
         let dir = self.snapshot_dir(snap);
         let partial = dir.with_file_name(format!("{snap}.partial"));
         let (d, p) = (dir.clone(), partial.clone());
@@ -185,20 +213,7 @@ impl DockerRuntime {
         if check_snap(snap).is_err() {
             return Ok(());
         }
-        let img = snapshot_image(snap);
-        match self
-            .docker
-            .remove_image(
-                &img,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(api_err(format!("removing image {img}"))(e)),
-        }
+        crate::remove_image(&self.docker, &snapshot_image(snap)).await?;
         let dir = self.snapshot_dir(snap);
         let partial = dir.with_file_name(format!("{snap}.partial"));
         blocking("removing a sandbox snapshot", move || {
@@ -248,17 +263,7 @@ impl DockerRuntime {
         let root = volume_root(&self.docker, &spec.id)
             .await?
             .ok_or_else(|| RuntimeError::Gone(spec.id.clone()))?;
-        let src = self.snapshot_dir(snap).join("workspace");
-        blocking("filling a workspace from a sandbox snapshot", move || {
-            if !src.is_dir() {
-                return Err(RuntimeError::NotFound(format!(
-                    "sandbox snapshot {}",
-                    src.display()
-                )));
-            }
-            copy_tree(&src, &root)
-        })
-        .await
+        self.fill_from(snap, "workspace", root).await
     }
 
     /// Fills the `/tmp` of the container behind `handle` (just started:
@@ -269,8 +274,13 @@ impl DockerRuntime {
         snap: &str,
     ) -> Result<(), RuntimeError> {
         let dst = self.container_root(handle)?.join("tmp");
-        let src = self.snapshot_dir(snap).join("tmp");
-        blocking("filling /tmp from a sandbox snapshot", move || {
+        self.fill_from(snap, "tmp", dst).await
+    }
+
+    /// Copies snapshot `snap`'s copy `part` onto `dst`.
+    async fn fill_from(&self, snap: &str, part: &str, dst: PathBuf) -> Result<(), RuntimeError> {
+        let src = self.snapshot_dir(snap).join(part);
+        blocking("filling a sandbox from a sandbox snapshot", move || {
             if !src.is_dir() {
                 return Err(RuntimeError::NotFound(format!(
                     "sandbox snapshot {}",
@@ -293,6 +303,20 @@ mod tests {
         for bad in ["", "../x", "a/b", "-rf", "A", "a b", "a:b"] {
             assert!(check_snap(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_the_sessions_own_volume_is_an_ephemeral_workspace() {
+        let eph = "600 590 8:1 /var/lib/docker/volumes/sandkasten-ws-abc/_data /workspace rw,relatime - ext4 /dev/sda1 rw\n";
+        assert!(ephemeral_workspace(eph, "abc"));
+        assert!(!ephemeral_workspace(eph, "ab"));
+        let cold =
+            "600 590 8:1 /volumes/sandkasten-ws-proj/_data /workspace rw - ext4 /dev/sda1 rw\n";
+        assert!(!ephemeral_workspace(cold, "abc"));
+        // Bound late over the ephemeral one: the topmost counts.
+        let late = format!("{eph}700 600 8:1 /var/lib/docker/volumes/sandkasten-ws-proj/_data /workspace rw,nosuid - ext4 /dev/sda1 rw\n");
+        assert!(!ephemeral_workspace(&late, "abc"));
+        assert!(!ephemeral_workspace("", "abc"));
     }
 
     #[test]
