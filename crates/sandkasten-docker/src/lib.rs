@@ -509,7 +509,8 @@ impl DockerRuntime {
             hostfs::private_dir(&runs)
                 .map_err(RuntimeError::io_ctx(format!("creating {}", runs.display())))?;
             hostfs::private_dir(&kept)
-                .map_err(RuntimeError::io_ctx(format!("creating {}", kept.display())))
+                .map_err(RuntimeError::io_ctx(format!("creating {}", kept.display())))?;
+            snapshot::remove_partial(&data_dir)
         })
         .await?;
         let oci = cfg

@@ -11,6 +11,10 @@
 //! ```
 //! Both copies are read through `/proc/<pid>/root` of its PID 1 (proven by
 //! pid and start time), so they are what the sandbox saw at that point.
+//! They are made in `<snap>.partial` and renamed into place after the
+//! commit; the runtime's start removes what a crash left half-made. (A
+//! crash after the commit but before the engine recorded the snapshot
+//! leaves a snapshot no one lists; nothing removes that yet.)
 //!
 //! A create from it tags the snapshot's image as the new session's own
 //! image ([`crate::hibernated_image`], removed with the session, which a
@@ -91,6 +95,27 @@ fn ephemeral_workspace(mountinfo: &str, id: &str) -> bool {
         })
         .flatten();
     top.is_some_and(|root| root.ends_with(&own))
+}
+
+/// Removes what snapshots a daemon ended during left half-made in data
+/// dir `data` (`<snap>.partial`; called at start, when none is taken).
+pub(crate) fn remove_partial(data: &Path) -> Result<(), RuntimeError> {
+    let dir = data.join("docker-snapshots");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(RuntimeError::io_ctx(format!("reading {}", dir.display()))(
+                e,
+            ))
+        }
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().ends_with(".partial") {
+            remove_dir(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a snapshot directory (our own copy: it holds no mounts).
@@ -317,6 +342,18 @@ mod tests {
         let late = format!("{eph}700 600 8:1 /var/lib/docker/volumes/sandkasten-ws-proj/_data /workspace rw,nosuid - ext4 /dev/sda1 rw\n");
         assert!(!ephemeral_workspace(&late, "abc"));
         assert!(!ephemeral_workspace("", "abc"));
+    }
+
+    #[test]
+    fn half_made_snapshots_are_removed_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        remove_partial(d.path()).unwrap();
+        let snaps = d.path().join("docker-snapshots");
+        std::fs::create_dir_all(snaps.join("ssnap-a/tmp")).unwrap();
+        std::fs::create_dir_all(snaps.join("ssnap-b.partial/workspace")).unwrap();
+        remove_partial(d.path()).unwrap();
+        assert!(snaps.join("ssnap-a/tmp").is_dir());
+        assert!(!snaps.join("ssnap-b.partial").exists());
     }
 
     #[test]
