@@ -1195,6 +1195,20 @@ impl DataDir {
         for v in run(&["volume", "ls", "-q", "--filter", &label]).lines() {
             run(&["volume", "rm", "-f", v]);
         }
+        // What sessions and snapshots this daemon left committed: its
+        // hibernated sessions' and its sandbox snapshots' image tags
+        // (commits carry their container's labels; a tag removal leaves
+        // an image another tag still holds).
+        for repo in ["sandkasten-hibernated", "sandkasten-snapshot"] {
+            let filter = format!("reference={repo}:*");
+            let fmt = "{{.Repository}}:{{.Tag}}";
+            let args = [
+                "images", "--filter", &label, "--filter", &filter, "--format", fmt,
+            ];
+            for img in run(&args).lines() {
+                run(&["rmi", img]);
+            }
+        }
         // The sandbox network a daemon that did not stop gracefully left.
         for n in run(&["network", "ls", "-q", "--filter", &label]).lines() {
             run(&["network", "rm", n]);

@@ -26,8 +26,11 @@ pub async fn list(docker: &Docker) -> Result<Vec<ImageInfo>, RuntimeError> {
             i.repo_tags
                 .into_iter()
                 .filter(|t| t != "<none>:<none>")
-                // Hibernated sandboxes' commits are no images to start.
+                // Hibernated sandboxes' commits (and the copies of snapshots
+                // sessions run on) are no images to start.
                 .filter(|t| !t.starts_with(&format!("{}:", crate::HIBERNATED_REPO)))
+                // Sandbox snapshots are listed by the engine, by their ids.
+                .filter(|t| !t.starts_with(&format!("{}:", crate::SNAPSHOT_REPO)))
                 .map(move |name| ImageInfo {
                     name,
                     digest: id.clone(),

@@ -67,7 +67,9 @@
 //! recorded there (workspace deletion removes the record).
 //!
 //! Differences from the native runtime: no workspace quotas (the local
-//! volume driver has no size limit), no snapshots, workspace export is a
+//! volume driver has no size limit), no workspace snapshots (sandbox
+//! snapshots, `snapshot.rs`, are full copies and refuse a persistent
+//! workspace), workspace export is a
 //! live walk (not point-in-time), no workspace import yet; `network: full`
 //! is the daemon's own engine network under the same nftables table as
 //! native (`net.rs`), on a local engine with runc only.
@@ -77,6 +79,7 @@ mod images;
 mod local;
 mod net;
 mod remote;
+mod snapshot;
 mod start;
 mod transport;
 mod watch;
@@ -99,6 +102,7 @@ use std::path::{Path, PathBuf};
 use transport::Transport;
 
 pub use net::{DockerNetConfig, LABEL_NETWORK};
+pub use snapshot::{snapshot_image, SNAPSHOT_REPO};
 
 /// Where the session's run directory appears in a container.
 const RUN_DIR: &str = "/.sandkasten/run";
@@ -359,6 +363,23 @@ pub fn hibernated_image(id: &str) -> String {
     format!("{HIBERNATED_REPO}:{id}")
 }
 
+/// Removes image reference `img` (only the tag while another one holds
+/// the image); a missing one is fine.
+pub(crate) async fn remove_image(docker: &Docker, img: &str) -> Result<(), RuntimeError> {
+    match docker
+        .remove_image(
+            img,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(api_err(format!("removing image {img}"))(e)),
+    }
+}
+
 /// A named volume mounted at `target` (never copying image content in).
 pub(crate) fn volume_mount(volume: &str, target: &str, read_only: bool) -> Mount {
     Mount {
@@ -488,7 +509,8 @@ impl DockerRuntime {
             hostfs::private_dir(&runs)
                 .map_err(RuntimeError::io_ctx(format!("creating {}", runs.display())))?;
             hostfs::private_dir(&kept)
-                .map_err(RuntimeError::io_ctx(format!("creating {}", kept.display())))
+                .map_err(RuntimeError::io_ctx(format!("creating {}", kept.display())))?;
+            snapshot::remove_partial(&data_dir)
         })
         .await?;
         let oci = cfg
@@ -836,20 +858,7 @@ impl Runtime for DockerRuntime {
         }
         // A session hibernated at least once: the image its container was
         // committed to.
-        let img = hibernated_image(id);
-        match self
-            .docker
-            .remove_image(
-                &img,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(api_err(format!("removing image {img}"))(e)),
-        }
+        remove_image(&self.docker, &hibernated_image(id)).await?;
         self.remove_run_dir(id).await
     }
 
@@ -894,6 +903,24 @@ impl Runtime for DockerRuntime {
         }
         self.transport.disconnect(id);
         self.remove_run_dir(id).await
+    }
+
+    /// See `snapshot.rs`: a commit of the frozen container plus copies of
+    /// its `/workspace` and `/tmp`.
+    async fn snapshot_sandbox(
+        &self,
+        handle: &SandboxHandle,
+        snap: &str,
+    ) -> Result<(), RuntimeError> {
+        self.take_snapshot(handle, snap).await
+    }
+
+    async fn delete_sandbox_snapshot(&self, snap: &str) -> Result<(), RuntimeError> {
+        self.remove_snapshot(snap).await
+    }
+
+    fn can_snapshot_sandbox(&self) -> bool {
+        self.snapshots_supported()
     }
 
     fn can_hibernate(&self) -> bool {

@@ -55,14 +55,20 @@ impl DockerRuntime {
             }
         }
         self.transport.prepare().await?;
-        // A wake starts from the image its hibernation committed.
-        let image = match spec.wake {
-            true => crate::hibernated_image(&spec.id),
-            false => spec.image.clone(),
+        // A wake starts from the image its hibernation committed, a create
+        // from a sandbox snapshot from that snapshot's (`snapshot.rs`).
+        let snap = spec.from_snapshot.as_deref().filter(|_| !spec.wake);
+        let image = match (spec.wake, snap) {
+            (true, _) => crate::hibernated_image(&spec.id),
+            (false, Some(snap)) => self.image_from_snapshot(&spec.id, snap).await?,
+            (false, None) => spec.image.clone(),
         };
         let image_env = self.image_env(&image).await?;
         let run = self.mark_session(&spec.id).await?;
         let volume = self.workspace_volume(spec).await?;
+        if let (Some(snap), WorkspaceMount::Ephemeral) = (snap, &spec.workspace) {
+            self.fill_workspace(spec, snap).await?;
+        }
         let agent_cfg = AgentConfig {
             uid: Some(SANDBOX_UID),
             gid: Some(SANDBOX_UID),
@@ -81,6 +87,9 @@ impl DockerRuntime {
         let handle = self.handle_of(&spec.id).await?;
         // Before anything runs in the sandbox but the agent.
         self.transport.restrict_workspace(&handle).await?;
+        if let Some(snap) = snap {
+            self.fill_tmp(&handle, snap).await?;
+        }
         Ok(Sandbox { handle, agent })
     }
 
