@@ -69,6 +69,14 @@ impl Engine {
         id: &str,
         label: Option<String>,
     ) -> Result<SandboxSnapshotInfo, EngineError> {
+        Ok(self.take_snapshot(id, label).await?.into())
+    }
+
+    async fn take_snapshot(
+        &self,
+        id: &str,
+        label: Option<String>,
+    ) -> Result<SandboxSnapshotRecord, EngineError> {
         let rt = &self.inner.runtime;
         if !rt.can_snapshot_sandbox() {
             return Err(EngineError::Unsupported {
@@ -149,7 +157,7 @@ impl Engine {
             .db
             .run(move |st| st.insert_sandbox_snapshot(&stored))
             .await?;
-        Ok(rec.into())
+        Ok(rec)
     }
 
     /// Every sandbox snapshot, oldest first.
@@ -176,12 +184,24 @@ impl Engine {
     /// copies); `SNAPSHOT_NOT_FOUND` for an unknown id.
     pub async fn delete_sandbox_snapshot(&self, snap: &str) -> Result<(), EngineError> {
         let rec = self.snapshot_record(snap).await?;
+        self.free_sandbox_snapshot(&rec).await?;
+        let key = snap.to_string();
+        self.inner
+            .db
+            .run(move |st| st.delete_sandbox_snapshot(&key))
+            .await?;
+        Ok(())
+    }
+
+    /// Frees a sandbox snapshot's storage: its copy of the sandbox's state
+    /// and its workspace snapshot.
+    async fn free_sandbox_snapshot(&self, snap: &SandboxSnapshotRecord) -> Result<(), EngineError> {
         self.inner
             .runtime
-            .delete_sandbox_snapshot(snap)
+            .delete_sandbox_snapshot(&snap.id)
             .await
             .map_err(EngineError::runtime("deleting the sandbox snapshot"))?;
-        if let (Some(ws), Some(ws_snap)) = (&rec.workspace_id, &rec.workspace_snapshot) {
+        if let (Some(ws), Some(ws_snap)) = (&snap.workspace_id, &snap.workspace_snapshot) {
             match self.delete_snapshot(ws, ws_snap).await {
                 Ok(()) => {}
                 // The workspace (or that snapshot of it) was deleted since.
@@ -191,11 +211,6 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        let key = snap.to_string();
-        self.inner
-            .db
-            .run(move |st| st.delete_sandbox_snapshot(&key))
-            .await?;
         Ok(())
     }
 
@@ -245,7 +260,7 @@ impl Engine {
         }
         let parent = self.inner.sessions.get(id)?.info();
         let snap = self
-            .snapshot_session(id, Some(format!("fork of {id}")))
+            .take_snapshot(id, Some(format!("fork of {id}")))
             .await?;
         let mut children = Vec::new();
         let mut failed = None;
@@ -267,9 +282,24 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = self.delete_sandbox_snapshot(&snap.id).await {
-            tracing::warn!(session = %id, "deleting a fork's snapshot: {e}");
+        // The children do not depend on it: it is unlisted now and its
+        // storage freed after the answer.
+        let key = snap.id.clone();
+        if let Err(e) = self
+            .inner
+            .db
+            .run(move |st| st.delete_sandbox_snapshot(&key))
+            .await
+        {
+            tracing::warn!(session = %id, "forgetting a fork's snapshot: {e}");
         }
+        let engine = self.clone();
+        let (sid, rec) = (id.to_string(), snap);
+        tokio::spawn(async move {
+            if let Err(e) = engine.free_sandbox_snapshot(&rec).await {
+                tracing::warn!(session = %sid, "deleting a fork's snapshot: {e}");
+            }
+        });
         if let Some(e) = failed {
             for c in &children {
                 let _ = self.destroy_session(&c.id).await;
