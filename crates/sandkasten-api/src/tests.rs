@@ -711,7 +711,7 @@ async fn create_returns_201_and_session_info() {
                "created_at": "2026-02-08T10:00:00Z", "expires_at": "2026-02-08T10:30:00Z",
                "acquire_source": "cold", "disk_limit_mb": null,
                "network": {"mode": "none", "allow_out": [], "deny_out": []},
-               "metadata": {}})
+               "metadata": {}, "on_timeout": "destroy", "idle_timeout_seconds": null})
     );
     let created = fake.created.lock().unwrap();
     assert_eq!(created[0].disk_limit_mb, Some(300));
@@ -1938,6 +1938,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sessions/{id}/stats"),
     ("post", "/v1/sessions/{id}/pause"),
     ("post", "/v1/sessions/{id}/resume"),
+    ("post", "/v1/sessions/{id}/hibernate"),
+    ("post", "/v1/sessions/{id}/snapshots"),
+    ("post", "/v1/sessions/{id}/fork"),
+    ("get", "/v1/snapshots"),
+    ("get", "/v1/snapshots/{snap}"),
+    ("delete", "/v1/snapshots/{snap}"),
     ("post", "/v1/sessions/{id}/exec"),
     ("post", "/v1/sessions/{id}/exec/stream"),
     ("post", "/v1/sessions/{id}/processes"),

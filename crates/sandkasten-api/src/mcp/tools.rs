@@ -1092,7 +1092,7 @@ mod tests {
     #[test]
     fn every_output_schema_is_an_object_schema_whose_refs_resolve_inside_it() {
         let tools = list();
-        assert_eq!(tools.len(), 21);
+        assert_eq!(tools.len(), 23);
         for t in &tools {
             let schema = t.output_schema.as_ref().expect("an output schema");
             assert_eq!(schema["type"], "object", "{}", t.name);
