@@ -20,6 +20,7 @@ use axum::Json;
     responses(
         (status = 201, description = "Session created", body = SessionInfo),
         (status = 400, description = "INVALID_REQUEST (also a network entry that is malformed or beyond the operator's cap, named in the message), INVALID_IMAGE, INVALID_WORKSPACE or UNSUPPORTED (network entries on a backend without policies)", body = ErrorBody),
+        (status = 404, description = "SNAPSHOT_NOT_FOUND: `from_snapshot` (or `image`) names no sandbox snapshot", body = ErrorBody),
         (status = 409, description = "WORKSPACE_DISABLED", body = ErrorBody),
         (status = 503, description = "CAPACITY_EXHAUSTED or SHUTTING_DOWN", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL: the host's disk lacks room for another sandbox (existing sessions keep working; retry once space returns)", body = ErrorBody),
