@@ -51,7 +51,7 @@ pub(crate) async fn pause_session(
         (status = 400, description = "UNSUPPORTED (a backend that cannot hibernate)", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING (already hibernated, or being destroyed)", body = ErrorBody),
-        (status = 500, description = "INTERNAL: the backend failed to hibernate it (it stays listed as hibernated and is woken by its next call)", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR: the backend failed to hibernate it (it stays listed as hibernated and is woken by its next call)", body = ErrorBody),
     )
 )]
 pub(crate) async fn hibernate_session(
@@ -78,7 +78,7 @@ pub(crate) async fn hibernate_session(
         (status = 200, description = "Running again", body = SessionInfo),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_PAUSED (neither paused nor hibernated)", body = ErrorBody),
-        (status = 500, description = "INTERNAL: the backend failed to thaw or wake it", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR: the backend failed to thaw or wake it", body = ErrorBody),
     )
 )]
 pub(crate) async fn resume_session(
@@ -104,7 +104,7 @@ pub(crate) async fn resume_session(
         (status = 400, description = "UNSUPPORTED (a backend or host without sandbox snapshots), INVALID_REQUEST", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
-        (status = 500, description = "INTERNAL: the backend failed to take it", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR: the backend failed to take it", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL", body = ErrorBody),
     )
 )]
@@ -188,7 +188,7 @@ pub(crate) async fn delete_sandbox_snapshot(
         (status = 400, description = "INVALID_REQUEST (count out of range), UNSUPPORTED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
-        (status = 500, description = "INTERNAL: a child's sandbox could not be started (the children started are destroyed again)", body = ErrorBody),
+        (status = 500, description = "INTERNAL_ERROR: a child's sandbox could not be started (the children started are destroyed again)", body = ErrorBody),
         (status = 503, description = "CAPACITY_EXHAUSTED or SHUTTING_DOWN (the children started are destroyed again)", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL (the children started are destroyed again)", body = ErrorBody),
     )
