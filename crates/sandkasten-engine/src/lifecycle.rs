@@ -20,7 +20,7 @@
 
 use crate::error::SessionError;
 use crate::session::{from_ms, ms, now, shell_quote};
-use crate::sessions::{Session, SessionParams};
+use crate::sessions::Session;
 use crate::{Engine, EngineError, ExecRequest, OnTimeout, SessionInfo, SessionState};
 use sandkasten_runtime::{
     AgentClient, ProcEvent, ProcSpec, ProcStream, RuntimeError, Sandbox, SandboxHandle,
@@ -337,27 +337,10 @@ impl Engine {
             .await
             .map_err(|e| RuntimeError::Agent(format!("restoring /tmp: {e}")))?;
         }
-        // For shells the agent starts later (after `exit`), and for
-        // backends whose new shell did not start with them (docker).
-        if !kept.env.is_empty() {
-            sandbox.agent.set_env(kept.env.clone()).await?;
-        }
-        let mut cmd = String::new();
-        for (k, v) in &kept.env {
-            cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
-        }
-        cmd.push_str(&format!(
-            "cd {} 2>/dev/null; unset OLDPWD\n",
-            shell_quote(cwd)
-        ));
-        let done = sandbox.agent.exec(cmd, 10_000, 64 * 1024)?.finish().await?;
-        if done.exit_code != 0 {
-            return Err(RuntimeError::Agent(format!(
-                "restoring the shell exited with {}",
-                done.exit_code
-            )));
-        }
-        Ok(())
+        // Also for backends whose new shell did not start with them
+        // (docker).
+        let cd = format!("cd {} 2>/dev/null; unset OLDPWD", shell_quote(cwd));
+        crate::session::prime_shell(&sandbox.agent, &kept.env, Some(cd)).await
     }
 
     /// After a restart: a session stored as hibernated is listed again
@@ -379,21 +362,7 @@ impl Engine {
             }
         };
         let (session, queue) = Session::new(
-            SessionParams {
-                id: rec.id.clone(),
-                image: rec.image.clone(),
-                workspace_id: rec.workspace_id.clone(),
-                created_at: from_ms(rec.created_at_ms),
-                expires_at: from_ms(rec.expires_at_ms),
-                ttl_seconds: rec.ttl_seconds,
-                acquire_source: rec.acquire_source,
-                cwd: rec.cwd.clone(),
-                disk_limit_mb: rec.disk_limit_mb,
-                network: crate::session::stored_policy(rec),
-                metadata: rec.metadata.clone(),
-                on_timeout: on_timeout_of(rec),
-                idle_timeout_seconds: rec.idle_timeout_seconds,
-            },
+            crate::session::recovered_params(rec, rec.cwd.clone()),
             Sandbox { handle, agent },
         );
         let _ = session.set_hibernated(from_ms(rec.expires_at_ms));

@@ -212,24 +212,7 @@ impl Engine {
             match alive {
                 Some((sandbox, cwd)) => {
                     tracing::info!(session = %rec.id, "reattached to running sandbox");
-                    let (session, queue) = Session::new(
-                        SessionParams {
-                            id: rec.id.clone(),
-                            image: rec.image.clone(),
-                            workspace_id: rec.workspace_id.clone(),
-                            created_at: from_ms(rec.created_at_ms),
-                            expires_at: from_ms(rec.expires_at_ms),
-                            ttl_seconds: rec.ttl_seconds,
-                            acquire_source: rec.acquire_source,
-                            cwd,
-                            disk_limit_mb: rec.disk_limit_mb,
-                            network,
-                            metadata: rec.metadata.clone(),
-                            on_timeout: crate::lifecycle::on_timeout_of(&rec),
-                            idle_timeout_seconds: rec.idle_timeout_seconds,
-                        },
-                        sandbox,
-                    );
+                    let (session, queue) = Session::new(recovered_params(&rec, cwd), sandbox);
                     let paused = rec.state == SessionState::Paused;
                     self.register(session.clone(), queue);
                     if paused {
@@ -875,28 +858,8 @@ impl Engine {
         if let Some(ws) = workspace {
             self.inner.runtime.bind_workspace(handle, ws).await?;
         }
-        if !env.is_empty() {
-            // For shells the agent starts later (after `exit`, a timeout).
-            agent.set_env(env.to_vec()).await?;
-        }
-        let mut cmd = String::new();
-        for (k, v) in env {
-            cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
-        }
-        if workspace.is_some() {
-            cmd.push_str("cd /workspace && unset OLDPWD\n");
-        }
-        if cmd.is_empty() {
-            return Ok(());
-        }
-        let done = agent.exec(cmd, 10_000, 64 * 1024)?.finish().await?;
-        if done.exit_code != 0 {
-            return Err(RuntimeError::Agent(format!(
-                "shell setup exited with {}",
-                done.exit_code
-            )));
-        }
-        Ok(())
+        let cd = workspace.map(|_| "cd /workspace && unset OLDPWD".to_string());
+        prime_shell(agent, env, cd).await
     }
 
     /// Counters and histograms for `GET /metrics`.
@@ -1423,6 +1386,26 @@ impl Engine {
 
 /// The network policy a store row recorded: rows from before policies
 /// (and any the engine cannot read back) had no network.
+/// A stored session's parameters, as recovery lists it again (the shell's
+/// cwd as its sandbox reports it, or as stored).
+pub(crate) fn recovered_params(rec: &SessionRecord, cwd: String) -> SessionParams {
+    SessionParams {
+        id: rec.id.clone(),
+        image: rec.image.clone(),
+        workspace_id: rec.workspace_id.clone(),
+        created_at: from_ms(rec.created_at_ms),
+        expires_at: from_ms(rec.expires_at_ms),
+        ttl_seconds: rec.ttl_seconds,
+        acquire_source: rec.acquire_source,
+        cwd,
+        disk_limit_mb: rec.disk_limit_mb,
+        network: stored_policy(rec),
+        metadata: rec.metadata.clone(),
+        on_timeout: crate::lifecycle::on_timeout_of(rec),
+        idle_timeout_seconds: rec.idle_timeout_seconds,
+    }
+}
+
 pub(crate) fn stored_policy(rec: &SessionRecord) -> NetworkPolicy {
     match rec.network.as_deref().map(NetworkPolicy::from_text) {
         Some(Ok(p)) => p,
@@ -1497,6 +1480,38 @@ fn validate_env(env: &[(String, String)]) -> Result<(), EngineError> {
 }
 
 /// `v` as one single-quoted shell word.
+/// Gives a running sandbox's shell `env` (exported, and kept by the agent
+/// for shells it starts later: after `exit`, a timeout) and runs `cd` in
+/// it: one command, nothing when there is nothing to do.
+pub(crate) async fn prime_shell(
+    agent: &AgentClient,
+    env: &[(String, String)],
+    cd: Option<String>,
+) -> Result<(), RuntimeError> {
+    if !env.is_empty() {
+        agent.set_env(env.to_vec()).await?;
+    }
+    let mut cmd = String::new();
+    for (k, v) in env {
+        cmd.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    if let Some(cd) = cd {
+        cmd.push_str(&cd);
+        cmd.push('\n');
+    }
+    if cmd.is_empty() {
+        return Ok(());
+    }
+    let done = agent.exec(cmd, 10_000, 64 * 1024)?.finish().await?;
+    if done.exit_code != 0 {
+        return Err(RuntimeError::Agent(format!(
+            "shell setup exited with {}",
+            done.exit_code
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
 }

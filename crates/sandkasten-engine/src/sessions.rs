@@ -192,16 +192,7 @@ impl Session {
         &self,
         expires_at: OffsetDateTime,
     ) -> Result<(OffsetDateTime, String), SessionError> {
-        let mut live = self.live.lock().unwrap();
-        if live.state != SessionState::Running {
-            return Err(SessionError::NotRunning {
-                id: self.id.clone(),
-                state: live.state,
-            });
-        }
-        live.state = SessionState::Hibernated;
-        live.expires_at = expires_at;
-        Ok((live.expires_at, live.cwd.clone()))
+        self.suspend(SessionState::Hibernated, expires_at)
     }
 
     /// Hibernated → Running on a new sandbox, its TTL counting from `now`;
@@ -260,6 +251,16 @@ impl Session {
         &self,
         expires_at: OffsetDateTime,
     ) -> Result<(OffsetDateTime, String), SessionError> {
+        self.suspend(SessionState::Paused, expires_at)
+    }
+
+    /// Running → `to` (paused or hibernated), expiring at `expires_at`
+    /// unless resumed; `NotRunning` unless it runs.
+    fn suspend(
+        &self,
+        to: SessionState,
+        expires_at: OffsetDateTime,
+    ) -> Result<(OffsetDateTime, String), SessionError> {
         let mut live = self.live.lock().unwrap();
         if live.state != SessionState::Running {
             return Err(SessionError::NotRunning {
@@ -267,7 +268,7 @@ impl Session {
                 state: live.state,
             });
         }
-        live.state = SessionState::Paused;
+        live.state = to;
         live.expires_at = expires_at;
         Ok((live.expires_at, live.cwd.clone()))
     }

@@ -268,6 +268,35 @@ impl NativeRuntime {
             .map_err(|e| RuntimeError::StartFailed(format!("unreadable launch report: {e}")))
     }
 
+    /// Kills the sandbox (thawed first: frozen tasks do not die until
+    /// thawed) and removes its link (the veth pair goes at once, not when
+    /// the kernel gets to the dead namespace; its rules, its address) and
+    /// its cgroups. A sandbox already gone only loses those.
+    async fn stop(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let h = handle.clone();
+        let proven = self
+            .run("proving a sandbox's init", move |s| {
+                if s.cgroups.is_frozen(&h.id) {
+                    s.cgroups.freeze(&h.id, false)?;
+                }
+                Ok(s.prove(&h))
+            })
+            .await?;
+        if let Some(pidfd) = proven {
+            process::kill_and_wait(pidfd)
+                .await
+                .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
+        }
+        let id = handle.id.clone();
+        self.run("removing a sandbox's link and cgroups", move |s| {
+            if let Some(n) = &s.network {
+                n.remove(&id)?;
+            }
+            s.cgroups.remove(&id)
+        })
+        .await
+    }
+
     async fn connect(&self, id: &str) -> Result<AgentClient, RuntimeError> {
         AgentClient::connect(&sandkasten_protocol::socket_path(&self.session_dir(id))).await
     }
@@ -1059,30 +1088,9 @@ impl Runtime for NativeRuntime {
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
-        let h = handle.clone();
-        let proven = self
-            .run("proving a sandbox's init", move |s| {
-                // Frozen tasks do not die until thawed (v1 freezer): a
-                // paused sandbox is thawed first.
-                if s.cgroups.is_frozen(&h.id) {
-                    s.cgroups.freeze(&h.id, false)?;
-                }
-                Ok(s.prove(&h))
-            })
-            .await?;
-        if let Some(pidfd) = proven {
-            process::kill_and_wait(pidfd)
-                .await
-                .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
-        }
+        self.stop(handle).await?;
         let id = handle.id.clone();
-        self.run("removing a sandbox's cgroups and files", move |s| {
-            // Its veth (the pair goes at once, not when the kernel gets to
-            // the dead namespace), its rules, its address.
-            if let Some(n) = &s.network {
-                n.remove(&id)?;
-            }
-            s.cgroups.remove(&id)?;
+        self.run("removing a sandbox's files", move |s| {
             let dir = s.session_dir(&id);
             remove_tree(&dir)
                 .map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))?;
@@ -1163,33 +1171,11 @@ impl Runtime for NativeRuntime {
         .await
     }
 
-    /// Kills the sandbox (thawed first if paused) and removes its link and
-    /// cgroups; its session directory and scratch subvolume (root
-    /// filesystem changes, `/tmp`, an ephemeral `/workspace`) stay for a
-    /// create with `wake`. A sandbox already gone only loses those.
+    /// Stops the sandbox ([`NativeRuntime::stop`]); its session directory
+    /// and scratch subvolume (root filesystem changes, `/tmp`, an
+    /// ephemeral `/workspace`) stay for a create with `wake`.
     async fn hibernate(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
-        let h = handle.clone();
-        let proven = self
-            .run("proving a sandbox's init", move |s| {
-                if s.cgroups.is_frozen(&h.id) {
-                    s.cgroups.freeze(&h.id, false)?;
-                }
-                Ok(s.prove(&h))
-            })
-            .await?;
-        if let Some(pidfd) = proven {
-            process::kill_and_wait(pidfd)
-                .await
-                .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
-        }
-        let id = handle.id.clone();
-        self.run("removing a sandbox's link and cgroups", move |s| {
-            if let Some(n) = &s.network {
-                n.remove(&id)?;
-            }
-            s.cgroups.remove(&id)
-        })
-        .await
+        self.stop(handle).await
     }
 
     fn can_hibernate(&self) -> bool {
