@@ -1235,3 +1235,126 @@ fn envd_watchers_bad_input_limits_and_sandbox_end() {
     assert_eq!(end["error"]["code"], "not_found", "{end}");
     assert_eq!(d.get("/healthz").status, 200);
 }
+
+#[test]
+fn fork_and_snapshots_bad_input_and_paging() {
+    let d = Daemon::start(None);
+    let (id, _) = e2b_sandbox(&d, json!({"templateID": "base"}));
+    let post = |path: &str, body: Value| d.send(ctl(&d, reqwest::Method::POST, path).json(&body));
+    // Bad counts, a bad timeout, a memory snapshot: 400, the source as it was.
+    for (path, body) in [
+        (format!("/sandboxes/{id}/fork"), json!({"count": 0})),
+        (format!("/sandboxes/{id}/fork"), json!({"count": -1})),
+        (format!("/sandboxes/{id}/fork"), json!({"count": 1000})),
+        (format!("/sandboxes/{id}/fork"), json!({"timeout": 0})),
+        (format!("/sandboxes/{id}/fork"), json!({"count": "two"})),
+        (
+            format!("/sandboxes/{id}/snapshots"),
+            json!({"memory": true}),
+        ),
+        (format!("/sandboxes/{id}/snapshots"), json!({"name": 7})),
+    ] {
+        let r = post(&path, body.clone());
+        assert_eq!(
+            (r.status, &r.json["code"]),
+            (400, &json!(400)),
+            "{path} {body}: {}",
+            r.text
+        );
+    }
+    assert_eq!(d.get_session(&id).expect(200, "GET")["status"], "running");
+    // Unknown sandboxes: 404.
+    for path in ["/sandboxes/nope/fork", "/sandboxes/nope/snapshots"] {
+        let r = post(path, json!({}));
+        assert_eq!(r.status, 404, "{path}: {}", r.text);
+    }
+    // Deleting an image through E2B is refused; an unknown snapshot is 404.
+    let r = d.send(ctl(&d, reqwest::Method::DELETE, "/templates/base"));
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = d.send(ctl(&d, reqwest::Method::DELETE, "/templates/ssnap-nope"));
+    assert_eq!(r.status, 404, "{}", r.text);
+    for q in ["limit=0", "limit=101", "limit=x", "nextToken=ssnap-nope"] {
+        let r = d.send(ctl(&d, reqwest::Method::GET, &format!("/snapshots?{q}")));
+        assert_eq!(r.status, 400, "{q}: {}", r.text);
+    }
+    if on_remote_engine() {
+        // A remote engine cannot copy a sandbox's state: a clear 400.
+        let r = post(&format!("/sandboxes/{id}/snapshots"), json!({}));
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.text.contains("not supported"), "{}", r.text);
+        d.delete(&id);
+        return;
+    }
+    // Three snapshots, listed by source and name, two to a page.
+    let mut snaps = vec![];
+    for name in ["one", "two", "three"] {
+        let r = post(&format!("/sandboxes/{id}/snapshots"), json!({"name": name}));
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(r.json["names"], json!([name]));
+        snaps.push(r.json["snapshotID"].as_str().unwrap().to_string());
+    }
+    // A page and its next page's token.
+    let list = |q: &str| {
+        let r = ctl(&d, reqwest::Method::GET, &format!("/snapshots?{q}"))
+            .send()
+            .expect("GET /snapshots");
+        assert_eq!(r.status(), 200, "{q}");
+        let token = r
+            .headers()
+            .get("x-next-token")
+            .map(|t| t.to_str().unwrap().to_string());
+        (r.json::<Value>().expect("JSON"), token)
+    };
+    let (first, token) = list(&format!("sandboxID={id}&limit=2"));
+    let ids: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["snapshotID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [snaps[0].as_str(), snaps[1].as_str()]);
+    let token = token.expect("x-next-token");
+    let (second, more) = list(&format!("sandboxID={id}&limit=2&nextToken={token}"));
+    assert_eq!(
+        second,
+        json!([{"snapshotID": snaps[2], "names": ["three"]}])
+    );
+    assert_eq!(more, None);
+    assert_eq!(
+        list("name=two").0,
+        json!([{"snapshotID": snaps[1], "names": ["two"]}])
+    );
+    assert_eq!(
+        list(&format!("name={}", snaps[0]))
+            .0
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(list("sandboxID=other").0, json!([]));
+    // Each is an image for our API too, until deleted.
+    for s in &snaps {
+        let r = d.send(ctl(&d, reqwest::Method::DELETE, &format!("/templates/{s}")));
+        assert_eq!(r.status, 204, "{}", r.text);
+        d.get(&format!("/v1/snapshots/{s}"))
+            .expect(404, "deleted snapshot");
+    }
+    assert_eq!(list(&format!("sandboxID={id}")).0, json!([]));
+    // A fork with a timeout: the child's TTL is it.
+    let r = post(
+        &format!("/sandboxes/{id}/fork"),
+        json!({"count": 1, "timeout": 77}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let child = r.json[0]["sandbox"]["sandboxID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(child, id);
+    let expires = d.get_session(&child).expect(200, "child")["expires_at"].clone();
+    let left = rfc3339(expires.as_str().unwrap()) - now_unix();
+    assert!((60.0..=78.0).contains(&left), "{expires}: {left} s left");
+    d.delete(&child);
+    d.delete(&id);
+}

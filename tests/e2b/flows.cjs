@@ -130,6 +130,32 @@ async function main() {
     await until('30 100')
     assert.equal(await sbx.pty.kill(term.pid), true)
 
+    step('fork, createSnapshot, listSnapshots, create from a snapshot, deleteSnapshot')
+    await sbx.files.write('/workspace/forked.txt', 'base')
+    const [child] = await sbx.fork({ count: 1, timeoutMs: 600_000 })
+    assert.ok(child instanceof Sandbox, String(child))
+    try {
+      assert.notEqual(child.sandboxId, sbx.sandboxId)
+      assert.equal(await child.files.read('/workspace/forked.txt'), 'base')
+      await child.files.write('/workspace/forked.txt', 'child')
+      assert.equal(await sbx.files.read('/workspace/forked.txt'), 'base')
+    } finally {
+      await child.kill()
+    }
+    const snap = await sbx.createSnapshot({ name: `snap-${tag}` })
+    assert.ok(snap.snapshotId.startsWith('ssnap-'))
+    assert.deepEqual(snap.names, [`snap-${tag}`])
+    const snaps = await sbx.listSnapshots().nextItems()
+    assert.deepEqual(snaps.map((s) => s.snapshotId), [snap.snapshotId])
+    const fromSnap = await Sandbox.create(snap.snapshotId)
+    try {
+      assert.equal(await fromSnap.files.read('/workspace/forked.txt'), 'base')
+    } finally {
+      await fromSnap.kill()
+    }
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true)
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false)
+
     step('setTimeout, list, connect, kill')
     const before = (await sbx.getInfo()).endAt
     await sbx.setTimeout(3_000_000)

@@ -180,6 +180,53 @@ def test_pause_and_resume_through_connect(daemon):
         sbx.kill()
 
 
+def test_fork_and_snapshots(daemon):
+    src = Sandbox.create(metadata={"case": "fork"})
+    made: list[Sandbox] = []
+    snap_id = None
+    try:
+        src.commands.run("echo base > /workspace/f; echo root > /tmp/t")
+        # Fork: each child has the source's files and diverges on its own.
+        forks = src.fork(count=2, timeout=600)
+        assert all(isinstance(f, Sandbox) for f in forks), forks
+        made.extend(forks)
+        assert len({f.sandbox_id for f in forks} | {src.sandbox_id}) == 3
+        for i, f in enumerate(forks):
+            assert f.files.read("/workspace/f") == "base\n"
+            assert f.commands.run("cat /tmp/t").stdout == "root\n"
+            f.files.write("/workspace/f", f"child {i}\n")
+            assert f.get_info().end_at > f.get_info().started_at
+        assert src.files.read("/workspace/f") == "base\n"
+        assert [f.files.read("/workspace/f") for f in forks] == ["child 0\n", "child 1\n"]
+        # The source keeps its id and keeps running.
+        assert src.is_running()
+
+        # A snapshot is a template: new sandboxes start on its state.
+        snap = src.create_snapshot(name="py-snap")
+        snap_id = snap.snapshot_id
+        assert snap_id.startswith("ssnap-") and snap.names == ["py-snap"]
+        listed = Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items()
+        assert [x.snapshot_id for x in listed] == [snap_id]
+        from_snap = Sandbox.create(snap_id)
+        made.append(from_snap)
+        assert from_snap.files.read("/workspace/f") == "base\n"
+        # Memory snapshots are refused, clearly.
+        with pytest.raises(Exception, match="filesystem"):
+            src.create_snapshot(mode="full")
+        assert Sandbox.delete_snapshot(snap_id) is True
+        assert Sandbox.delete_snapshot(snap_id) is False
+        snap_id = None
+        assert Sandbox.list_snapshots(sandbox_id=src.sandbox_id).next_items() == []
+        with pytest.raises(NotFoundException):
+            Sandbox.fork("no-such-sandbox", count=1)
+    finally:
+        if snap_id:
+            Sandbox.delete_snapshot(snap_id)
+        for sb in made:
+            sb.kill()
+        src.kill()
+
+
 def test_metrics(daemon):
     sb = Sandbox.create()
     try:

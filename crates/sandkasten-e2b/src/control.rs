@@ -10,6 +10,10 @@
 //! | `POST /sandboxes/{id}/connect`, `/v2/…/connect` | a running session's details (and its TTL) |
 //! | `GET /sandboxes/{id}/metrics` | its stats now |
 //! | `POST /sandboxes/{id}/pause`, `/resume` | pause and resume the session (every process frozen, memory kept); `connect` resumes a paused one too |
+//! | `POST /sandboxes/{id}/fork` | fork the session (`count`; `timeout` → each child's TTL): one result per child |
+//! | `POST /sandboxes/{id}/snapshots` | a sandbox snapshot (`name` → its label; filesystem only: `memory: true` is refused) |
+//! | `GET /snapshots` | the sandbox snapshots (`sandboxID`, `name` filters; `limit`, `nextToken` and `x-next-token` paging) |
+//! | `DELETE /templates/{id}` | delete a sandbox snapshot (a snapshot id is a template for `POST /sandboxes`) |
 //! | `GET /templates`, `/v2/templates` | the images |
 //!
 //! Authentication: `X-API-KEY` with the daemon's key (or its bearer
@@ -24,8 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sandkasten_engine::{
-    CreateSession, Engine, EngineError, NetworkMode, NetworkRequest, OnTimeout, SessionError,
-    SessionInfo,
+    CreateSession, Engine, EngineError, NetworkMode, NetworkRequest, OnTimeout,
+    SandboxSnapshotInfo, SessionError, SessionInfo,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -50,8 +54,12 @@ pub(crate) fn router(engine: Arc<Engine>, cfg: Arc<E2bConfig>) -> Router {
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/fork", post(fork))
+        .route("/sandboxes/{id}/snapshots", post(create_snapshot))
+        .route("/snapshots", get(list_snapshots))
         .route("/templates", get(templates))
         .route("/v2/templates", get(templates))
+        .route("/templates/{id}", axum::routing::delete(delete_template))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             ctl.clone(),
@@ -474,6 +482,145 @@ async fn resume(
     }
     let template = s.image.clone();
     Ok((StatusCode::CREATED, Json(sandbox(&ctl, &s, &template))))
+}
+
+/// `POST /sandboxes/{id}/fork`'s body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ForkRequest {
+    timeout: Option<i64>,
+    count: Option<i64>,
+}
+
+/// Forks a sandbox: `count` (default 1) new sandboxes on copies of its
+/// filesystem state, each with `timeout` as its TTL (default: the
+/// source's). Ours is all or nothing, so every result is a sandbox; the
+/// source keeps running (a paused one stays paused).
+async fn fork(
+    State(ctl): State<Ctl>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let req: ForkRequest = parse(&body)?;
+    let count = req.count.unwrap_or(1);
+    let count = u64::try_from(count)
+        .map_err(|_| E2bError::bad(format!("count must be at least 1, got {count}")))?;
+    let ttl = req.timeout.map(timeout_seconds).transpose()?;
+    running(&ctl, &id).await?;
+    let children = ctl.engine.fork_session(&id, count).await?;
+    let mut out = Vec::with_capacity(children.len());
+    for mut child in children {
+        if let Some(ttl) = ttl {
+            child = ctl.engine.set_ttl(&child.id, ttl).await?;
+        }
+        let template = child.image.clone();
+        out.push(json!({"sandbox": sandbox(&ctl, &child, &template)}));
+    }
+    Ok((StatusCode::CREATED, Json(Value::Array(out))))
+}
+
+/// `POST /sandboxes/{id}/snapshots`'s body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SnapshotRequest {
+    name: Option<String>,
+    /// `false` or absent: filesystem only, what ours keep.
+    memory: Option<bool>,
+}
+
+/// `SnapshotInfo`: the id (a template for `POST /sandboxes`) and its name.
+fn snapshot_info(s: &SandboxSnapshotInfo) -> Value {
+    json!({"snapshotID": s.id, "names": s.label.iter().collect::<Vec<_>>()})
+}
+
+/// Snapshots a sandbox's filesystem state (frozen while taken; it keeps
+/// running). A memory snapshot is refused: sandboxes started from ours
+/// boot fresh on that state.
+async fn create_snapshot(
+    State(ctl): State<Ctl>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let req: SnapshotRequest = parse(&body)?;
+    if req.memory == Some(true) {
+        return Err(E2bError::bad(
+            "Sandkasten's snapshots keep the filesystem, not the memory: use mode \"filesystem\"",
+        ));
+    }
+    running(&ctl, &id).await?;
+    let snap = ctl
+        .engine
+        .snapshot_session(&id, req.name.filter(|n| !n.is_empty()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(snapshot_info(&snap))))
+}
+
+/// The sandbox snapshots, oldest first, filtered by `sandboxID` and
+/// `name` (a name or an id), a page of `limit` (1 to 100) after `nextToken`.
+async fn list_snapshots(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result<Response> {
+    let (mut session, mut name, mut limit, mut token) = (None, None, 100usize, None);
+    for (k, v) in query::pairs(q.as_deref()) {
+        match k.as_str() {
+            "sandboxID" => session = Some(v),
+            "name" => name = Some(v),
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| E2bError::bad(format!("limit must be 1 to 100, got {v:?}")))?
+            }
+            "nextToken" => token = Some(v).filter(|t| !t.is_empty()),
+            _ => {}
+        }
+    }
+    let mut snaps: Vec<SandboxSnapshotInfo> = ctl
+        .engine
+        .list_sandbox_snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| session.as_ref().is_none_or(|id| &s.session_id == id))
+        // `name` matches a snapshot's name or its id.
+        .filter(|s| {
+            name.as_ref()
+                .is_none_or(|n| s.label.as_ref() == Some(n) || &s.id == n)
+        })
+        .collect();
+    if let Some(token) = &token {
+        // The token is the last id of the page before.
+        match snaps.iter().position(|s| &s.id == token) {
+            Some(i) => {
+                snaps.drain(..=i);
+            }
+            None => return Err(E2bError::bad(format!("unknown nextToken {token:?}"))),
+        }
+    }
+    let more = snaps.len() > limit;
+    snaps.truncate(limit);
+    let mut resp = Json(snaps.iter().map(snapshot_info).collect::<Vec<_>>()).into_response();
+    if let Some(last) = snaps.last().filter(|_| more) {
+        if let Ok(v) = HeaderValue::from_str(&last.id) {
+            resp.headers_mut().insert("x-next-token", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Deletes a sandbox snapshot (E2B deletes snapshots as templates); the
+/// images themselves are managed with `sandkasten image`.
+async fn delete_template(State(ctl): State<Ctl>, Path(id): Path<String>) -> Result<StatusCode> {
+    if !sandkasten_engine::is_sandbox_snapshot(&id) {
+        return Err(E2bError::bad(format!(
+            "{id} is an image, not a snapshot: images are managed with `sandkasten image`"
+        )));
+    }
+    match ctl.engine.delete_sandbox_snapshot(&id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(EngineError::Workspace(sandkasten_engine::WorkspaceError::SnapshotNotFound(_))) => Err(
+            E2bError::new(StatusCode::NOT_FOUND, format!("snapshot {id} not found")),
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A list's filters and page.

@@ -6,7 +6,7 @@
 //! daemon's own routes):
 //!
 //! - the **control plane** (`control`): `/sandboxes`, `/v2/sandboxes`,
-//!   `/templates`, authenticated by `X-API-KEY` (or the daemon's bearer
+//!   `/templates`, `/snapshots`, authenticated by `X-API-KEY` (or the daemon's bearer
 //!   key); each handler calls one engine method;
 //! - **envd** (`envd`), the API E2B serves inside each sandbox: requests
 //!   that name a sandbox by the `E2b-Sandbox-Id` header or by a host
@@ -130,7 +130,13 @@ enum Route {
 }
 
 /// The control plane's path prefixes.
-const CONTROL_PREFIXES: &[&str] = &["/sandboxes", "/v2/sandboxes", "/templates", "/v2/templates"];
+const CONTROL_PREFIXES: &[&str] = &[
+    "/sandboxes",
+    "/v2/sandboxes",
+    "/templates",
+    "/v2/templates",
+    "/snapshots",
+];
 
 fn route(req: &Request, domain: &str) -> Route {
     let headers = req.headers();
@@ -230,6 +236,8 @@ mod tests {
         assert_eq!(route(&req("/v2/sandboxes", &[]), d), Route::Control);
         assert_eq!(route(&req("/sandboxes/x/timeout", &[]), d), Route::Control);
         assert_eq!(route(&req("/templates", &[]), d), Route::Control);
+        assert_eq!(route(&req("/snapshots", &[]), d), Route::Control);
+        assert_eq!(route(&req("/v1/snapshots", &[]), d), Route::Pass);
         assert_eq!(route(&req("/sandboxesx", &[]), d), Route::Pass);
         assert_eq!(route(&req("/v1/sessions", &[]), d), Route::Pass);
     }
