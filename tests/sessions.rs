@@ -362,3 +362,50 @@ fn serve_without_a_config_file_uses_embedded_defaults() {
     let id = v["id"].as_str().unwrap();
     assert_eq!(d.sh(id, "echo ok"), "ok\n");
 }
+
+mod native_only {
+    use super::*;
+
+    /// The daemon makes the cgroup attach fast (`cgroup_favordynmods`,
+    /// default true) and says so at start; a sandbox is then in its
+    /// cgroups from its first instruction (the launcher's thread joined
+    /// them before the clone), with its limits.
+    #[test]
+    fn the_cgroup_attach_is_fast_and_a_sandbox_is_born_in_its_cgroups() {
+        require_native("the docker engine attaches containers itself");
+        let d = Daemon::start(None);
+        let logs = d.logs();
+        assert!(
+            logs.contains("cgroup attach: fast path (favordynmods"),
+            "{logs}"
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mountinfo
+                .lines()
+                .any(|l| l.contains(" cgroup") && l.contains("favordynmods")),
+            "no cgroup mount with favordynmods:\n{mountinfo}"
+        );
+        let id = d.create_session(json!({}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // PID 1 and the shell's processes: in the session's groups only.
+        let init = sandbox_init_pid(&id).expect("the sandbox's init");
+        let cgroup = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+        let ours: Vec<&str> = cgroup
+            .lines()
+            .filter(|l| {
+                ["memory", "pids", "cpu,", "freezer"]
+                    .iter()
+                    .any(|c| l.contains(&format!(":{c}")))
+            })
+            .collect();
+        assert!(!ours.is_empty(), "{cgroup}");
+        for line in ours {
+            assert!(line.ends_with(&format!("/sandkasten/{id}")), "{cgroup}");
+        }
+        assert_eq!(d.sh(&id, "echo born"), "born\n");
+        d.delete(&id);
+    }
+}

@@ -42,7 +42,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Serves requests on `listener` forever.
+/// The descriptor table's size at start (the shell's move above 100, and
+/// room for processes and connections before it has to grow again).
+const FD_TABLE_MIN: i32 = 255;
+
 pub fn serve(listener: UnixListener, cfg: AgentConfig) -> ExitCode {
+    // Before the first thread: the shell's descriptors sit above 100.
+    crate::sys::grow_fd_table(FD_TABLE_MIN);
     harden_process();
     reaper::start();
     let agent = Arc::new(Agent {

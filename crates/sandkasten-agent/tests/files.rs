@@ -485,11 +485,12 @@ impl PidsCgroup {
         PidsCgroup(dir)
     }
 
-    /// Moves `pid` in and lets it start no more threads.
+    /// Moves `pid` in and lets it start no more threads. The limit is 0,
+    /// not the current count: a thread that ends later (the agent has
+    /// short-lived ones) must not leave room for a new one.
     fn freeze_threads(&self, pid: i32) {
+        std::fs::write(self.0.join("pids.max"), "0").unwrap();
         std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
-        let current = std::fs::read_to_string(self.0.join("pids.current")).unwrap();
-        std::fs::write(self.0.join("pids.max"), current.trim()).unwrap();
     }
 }
 

@@ -497,6 +497,8 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 // disk limit, as a daemon runs them by default.
                 scratch_size_mb: Some(1024),
                 min_free_mb: 16,
+                // The host as the daemon finds it: both paths must hold.
+                favordynmods: false,
                 network: None,
             };
             let rt = Arc::new(NativeRuntime::new(cfg).unwrap_or_else(|e| {

@@ -65,6 +65,65 @@ fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
         .collect()
 }
 
+/// Where the named, controller-less v1 hierarchy that turns on
+/// `favordynmods` is mounted (see [`favor_dynmods`]).
+pub const FAVOR_DYNMODS_MOUNT: &str = "/run/sandkasten/cgroup-favordynmods";
+
+/// How moving a process into a cgroup goes on this host: `Ok(how)` when
+/// it does not wait for an RCU grace period, `Err(why)` when it does.
+///
+/// Writing `cgroup.procs` takes the kernel's global cgroup threadgroup
+/// lock for writing, which waits for a grace period (12-25 ms here) unless
+/// some hierarchy is mounted with `favordynmods` (cgroup v1 and v2 share
+/// that lock). With `enable`, where no hierarchy has it yet, a named v1
+/// hierarchy without controllers is mounted with it at
+/// [`FAVOR_DYNMODS_MOUNT`] and left there (other daemons reuse it). Its
+/// effect is host-wide while it is mounted: forks and exits take the
+/// lock's slower path. Kernels without the option, or hosts that cannot
+/// mount a v1 hierarchy, stay on the slow path.
+pub fn favor_dynmods(enable: bool) -> Result<String, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(m) = cgroup_mounts(&mountinfo)
+        .into_iter()
+        .find(|m| m.super_options.split(',').any(|o| o == "favordynmods"))
+    {
+        return Ok(format!(
+            "favordynmods on the {} mount at {}",
+            m.fstype,
+            m.mount_point.display()
+        ));
+    }
+    if !enable {
+        return Err("no cgroup mount has favordynmods (cgroup_favordynmods: false)".into());
+    }
+    std::fs::create_dir_all(FAVOR_DYNMODS_MOUNT)
+        .map_err(|e| format!("creating {FAVOR_DYNMODS_MOUNT}: {e}"))?;
+    let target = std::ffi::CString::new(FAVOR_DYNMODS_MOUNT).expect("no NUL");
+    // SAFETY: mount(2) with valid C strings; the data string is a plain
+    // option list.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup".as_ptr(),
+            target.as_ptr(),
+            c"cgroup".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"none,name=sandkasten-favordynmods,favordynmods"
+                .as_ptr()
+                .cast(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_dir(FAVOR_DYNMODS_MOUNT);
+        return Err(format!(
+            "mounting a cgroup v1 hierarchy with favordynmods at {FAVOR_DYNMODS_MOUNT}: {e}"
+        ));
+    }
+    Ok(format!(
+        "favordynmods on a named cgroup v1 hierarchy mounted at {FAVOR_DYNMODS_MOUNT}"
+    ))
+}
+
 impl Cgroups {
     /// Detects the layout from `/proc/self/mountinfo`.
     pub fn detect() -> Result<Cgroups, RuntimeError> {

@@ -103,6 +103,10 @@ pub struct NativeConfig {
     /// has less free space than this, or the scratch filesystem less than
     /// this (at most a tenth of its size).
     pub min_free_mb: u64,
+    /// Make moving a process into a cgroup fast (no RCU grace period) with
+    /// `favordynmods` where no cgroup mount has it yet: see
+    /// [`cgroups::favor_dynmods`]. Host-wide while mounted.
+    pub favordynmods: bool,
     /// The sandboxes' network datapath; `None`: no network policies (every
     /// sandbox has loopback only; what the image commands use, so they
     /// never touch a running daemon's rules).
@@ -151,6 +155,13 @@ impl NativeRuntime {
             ));
         }
         let cgroups = Cgroups::detect()?;
+        match cgroups::favor_dynmods(cfg.favordynmods) {
+            Ok(how) => tracing::info!("cgroup attach: fast path ({how})"),
+            Err(why) => tracing::warn!(
+                "cgroup attach: slow path, each create waits for an RCU grace period \
+                 (12-25 ms): {why}"
+            ),
+        }
         for d in ["sessions", "images"] {
             let p = cfg.data_dir.join(d);
             std::fs::create_dir_all(&p)
@@ -220,17 +231,19 @@ impl NativeRuntime {
         sandkasten_runtime::blocking(context, move || f(&shared)).await
     }
 
-    /// Prepares the sandbox's directories, workspace and cgroups (blocking
-    /// pool), then runs the launcher and reads its report.
+    /// Makes the sandbox's cgroups and starts the launcher with them (it
+    /// joins them while the rest is prepared: see the agent's `init`),
+    /// prepares its directories and workspace (blocking pool), then sends
+    /// the launch spec and reads the report.
     async fn launch(&self, spec: &SandboxSpec) -> Result<LaunchReport, RuntimeError> {
-        let spec = spec.clone();
-        // The attached workspace device (if any) stays pinned until the
-        // launch report: the sandbox's own mount then keeps it bound.
-        let (launch, _attached) = self
-            .run("preparing a sandbox", move |s| s.prepare_launch(&spec))
+        let started = std::time::Instant::now();
+        let (id, limits) = (spec.id.clone(), spec.limits.clone());
+        let procs = self
+            .run("creating a sandbox's cgroups", move |s| {
+                s.cgroups.create(&id, &limits)
+            })
             .await?;
-        let json = serde_json::to_vec(&launch)
-            .map_err(|e| RuntimeError::StartFailed(format!("encoding the launch spec: {e}")))?;
+        let cgroups_us = started.elapsed().as_micros() as u64;
         let agent = &self.shared.cfg.agent_binary;
         // argv[0] without the host path: the sandbox sees /proc/1/cmdline.
         let mut child = tokio::process::Command::new(agent)
@@ -249,6 +262,35 @@ impl NativeRuntime {
                 agent.display()
             )))?;
         let mut stdin = child.stdin.take().expect("piped stdin");
+        let mut line = serde_json::to_vec(&procs)
+            .map_err(|e| RuntimeError::StartFailed(format!("encoding the cgroups: {e}")))?;
+        line.push(b'\n');
+        let sent = stdin
+            .write_all(&line)
+            .await
+            .map_err(RuntimeError::io_ctx("sending the cgroups"));
+        let spawned_us = started.elapsed().as_micros() as u64;
+        let spec = spec.clone();
+        // The attached workspace device (if any) stays pinned until the
+        // launch report: the sandbox's own mount then keeps it bound.
+        let prepared = match sent {
+            Ok(()) => {
+                self.run("preparing a sandbox", move |s| s.prepare_launch(&spec))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (launch, _attached) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // Out of the cgroups before they are removed.
+                let _ = child.kill().await;
+                return Err(e);
+            }
+        };
+        let prepared_us = started.elapsed().as_micros() as u64;
+        let json = serde_json::to_vec(&launch)
+            .map_err(|e| RuntimeError::StartFailed(format!("encoding the launch spec: {e}")))?;
         stdin
             .write_all(&json)
             .await
@@ -264,8 +306,23 @@ impl NativeRuntime {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| RuntimeError::StartFailed(format!("unreadable launch report: {e}")))
+        let mut report: LaunchReport = serde_json::from_slice(&out.stdout)
+            .map_err(|e| RuntimeError::StartFailed(format!("unreadable launch report: {e}")))?;
+        let mut phases = vec![
+            ("cgroups".to_string(), cgroups_us),
+            ("spawn".to_string(), spawned_us - cgroups_us),
+            ("prepare".to_string(), prepared_us - spawned_us),
+        ];
+        phases.extend(
+            report
+                .phases_us
+                .iter()
+                .map(|(n, us)| (format!("launcher: {n}"), *us)),
+        );
+        phases.push(("launch".to_string(), started.elapsed().as_micros() as u64));
+        tracing::debug!(target: "sandkasten::create", session = %launch.session_id, ?phases, "sandbox launched");
+        report.phases_us = phases;
+        Ok(report)
     }
 
     /// Kills the sandbox (thawed first: frozen tasks do not die until
@@ -402,7 +459,8 @@ impl Shared {
     }
 
     /// The session's directories, its workspace (attached when it is an
-    /// image), its cgroups, and the launch spec that names them all.
+    /// image), and the launch spec that names them all (the cgroups are
+    /// made before: see `launch`).
     fn prepare_launch(
         &self,
         spec: &SandboxSpec,
@@ -530,7 +588,6 @@ impl Shared {
                 }
             }
         }
-        let cgroup_procs = self.cgroups.create(&spec.id, &spec.limits)?;
         let map = |size| {
             vec![IdMap {
                 inside: 0,
@@ -553,7 +610,6 @@ impl Shared {
             readonly_rootfs: spec.readonly_rootfs,
             uid_map: map(self.ids.size),
             gid_map: map(self.ids.size),
-            cgroup_procs,
             socket_path: sandkasten_protocol::socket_path(&dir),
             network: WireNetwork::None,
             agent: AgentConfig {

@@ -91,9 +91,6 @@ pub struct LaunchSpec {
     pub readonly_rootfs: bool,
     pub uid_map: Vec<IdMap>,
     pub gid_map: Vec<IdMap>,
-    /// `cgroup.procs` (v2) or `cgroup.procs`/`tasks` (v1) files the sandbox
-    /// init is written into before it starts.
-    pub cgroup_procs: Vec<PathBuf>,
     /// Unix socket path (in a root-only host directory) the agent serves on.
     pub socket_path: PathBuf,
     pub network: NetworkMode,
@@ -109,4 +106,7 @@ pub struct LaunchReport {
     /// Its start time in clock ticks since boot (field 22 of
     /// `/proc/PID/stat`), to prove identity later.
     pub start_time: u64,
+    /// How long the launcher's steps took, in order, in microseconds.
+    #[serde(default)]
+    pub phases_us: Vec<(String, u64)>,
 }

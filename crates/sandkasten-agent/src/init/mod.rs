@@ -1,7 +1,8 @@
 //! `sandkasten-agent init`: builds one sandbox and becomes its PID 1.
 //!
-//! The daemon starts this binary as host root with a [`LaunchSpec`] on
-//! stdin. Steps, in this process (the *launcher*, still single-threaded):
+//! The daemon starts this binary as host root with a JSON array of the
+//! session's `cgroup.procs` files as stdin's first line, then a
+//! [`LaunchSpec`]. Steps, in this process (the *launcher*):
 //!
 //! 1. Bind the agent socket (in a root-only host directory) before any
 //!    namespace exists; the sandbox's PID 1 inherits the listening fd, and
@@ -11,10 +12,13 @@
 //!    per-session upper dir, bind mounts, tmpfs `/tmp`, a minimal `/dev`.
 //!    These mounts exist only in this mount namespace and its copies; the
 //!    host never sees them, and they vanish with the last process inside.
-//! 3. `clone` the child into new user, mount, pid, uts, ipc and net
-//!    namespaces. The launcher writes its uid/gid maps (root inside maps to
-//!    an unprivileged host uid) and puts it into the session's cgroups, then
-//!    releases it.
+//!    Meanwhile a thread moves the launcher into the session's cgroups
+//!    (stdin's first line names them, before the spec; that write waits
+//!    for an RCU grace period, so it overlaps the rest), joined before the
+//!    clone.
+//! 3. `clone` the child, born in those cgroups, into new user, mount, pid,
+//!    uts, ipc and net namespaces. The launcher writes its uid/gid maps
+//!    (root inside maps to an unprivileged host uid), then releases it.
 //! 4. The child (PID 1 of the sandbox): new cgroup namespace, hostname,
 //!    loopback up, fresh `/proc` and `/dev/pts`, `pivot_root`, drop the
 //!    capability bounding set, no_new_privs, seccomp; then it serves the
@@ -65,17 +69,71 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The launcher's steps and how long each took.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(String, u64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` now.
+    fn end(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        self.done.push((name.to_string(), us));
+        self.last = now;
+    }
+}
+
+/// Moves this process into the session's cgroups (the `cgroup.procs`
+/// files named by stdin's first line, a JSON array) on a thread of its
+/// own. Writing `cgroup.procs` waits for an RCU grace period (12-15 ms on
+/// a quiet host, cgroup v1 and v2 alike); started first, it runs while the
+/// daemon prepares the rest, the spec is read and the root filesystem
+/// assembled. The sandbox init, cloned after the join, is born in them.
+/// What the cgroup thread reports: each write's time, by file.
+type Joined = Result<Vec<(String, u64)>, String>;
+
+fn join_cgroups_in_background() -> Result<std::thread::JoinHandle<Joined>, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the cgroups: {e}"))?;
+    let procs: Vec<String> =
+        serde_json::from_str(&line).map_err(|e| format!("invalid cgroups line: {e}"))?;
+    Ok(std::thread::spawn(move || {
+        let me = std::process::id().to_string();
+        let mut took = Vec::new();
+        for p in &procs {
+            let t = std::time::Instant::now();
+            std::fs::write(p, &me).map_err(|e| format!("joining cgroup {p}: {e}"))?;
+            took.push((format!("cgroup {p}"), t.elapsed().as_micros() as u64));
+        }
+        Ok(took)
+    }))
+}
+
 fn launch() -> Result<LaunchReport, String> {
     // Nothing the daemon's own parent left open may reach the sandbox: the
     // sandbox init is a fork of this process and never execs.
     // SAFETY: close_range on fds this process does not use.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let mut phases = Phases::new();
+    let cgroups = join_cgroups_in_background()?;
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| format!("reading spec: {e}"))?;
     let spec: LaunchSpec =
         serde_json::from_str(&input).map_err(|e| format!("invalid spec: {e}"))?;
+    phases.end("spec");
 
     let _ = std::fs::remove_file(&spec.socket_path);
     let listener = UnixListener::bind(&spec.socket_path)
@@ -89,6 +147,13 @@ fn launch() -> Result<LaunchReport, String> {
     }
     mounts::assemble_rootfs(&spec)?;
     std::env::set_current_dir(&spec.rootfs_dir).map_err(|e| format!("chdir to the rootfs: {e}"))?;
+    phases.end("rootfs");
+    // Single-threaded again from here: the clone below must be.
+    let joined = cgroups
+        .join()
+        .map_err(|_| "the cgroup thread panicked".to_string())??;
+    phases.end("cgroups (rest)");
+    phases.done.extend(joined);
 
     let (go_rd, go_wr) = pipe()?;
     let (ready_rd, ready_wr) = pipe()?;
@@ -143,17 +208,12 @@ fn launch() -> Result<LaunchReport, String> {
     drop(listener);
 
     let setup = (|| -> Result<(), String> {
-        write_id_map(pid, "uid_map", &spec.uid_map)?;
-        write_id_map(pid, "gid_map", &spec.gid_map)?;
         // The init's OOM score stays 0: a privileged -1000 here would also
         // become the floor of every process it starts, so the sandbox could
         // make its own hogs unkillable. The shell raises its score to +500
         // instead (see shell.rs) and the agent keeps its memory bounded.
-        for procs in &spec.cgroup_procs {
-            std::fs::write(procs, pid.to_string())
-                .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
-        }
-        Ok(())
+        write_id_map(pid, "uid_map", &spec.uid_map)?;
+        write_id_map(pid, "gid_map", &spec.gid_map)
     })();
     if let Err(e) = setup {
         // SAFETY: pid is our own child, not yet released.
@@ -164,6 +224,7 @@ fn launch() -> Result<LaunchReport, String> {
     go.write_all(b"g")
         .map_err(|e| format!("releasing sandbox init: {e}"))?;
     drop(go);
+    phases.end("clone");
 
     // The child reports "ok" or an error message once it is serving.
     let mut msg = String::new();
@@ -180,8 +241,13 @@ fn launch() -> Result<LaunchReport, String> {
             msg
         });
     }
+    phases.end("init setup");
     let start_time = proc_start_time(pid)?;
-    Ok(LaunchReport { pid, start_time })
+    Ok(LaunchReport {
+        pid,
+        start_time,
+        phases_us: phases.done,
+    })
 }
 
 fn write_id_map(pid: i32, file: &str, maps: &[sandkasten_protocol::IdMap]) -> Result<(), String> {
