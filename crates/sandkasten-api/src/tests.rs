@@ -415,6 +415,7 @@ impl Backend for Fake {
             },
             pool_acquire: sandkasten_engine::HistogramSnapshot::default(),
             network_denials: 2,
+            cold_create_phases: vec![("runtime: launcher: \"x\"".into(), 0.5, 2)],
         }
     }
 }
@@ -885,6 +886,9 @@ async fn metrics_are_prometheus_text() {
         "sandkasten_pool_acquire_seconds_count 0",
         "# TYPE sandkasten_network_denials_total counter",
         "sandkasten_network_denials_total 2",
+        "# TYPE sandkasten_cold_create_phase_seconds summary",
+        "sandkasten_cold_create_phase_seconds_sum{phase=\"runtime: launcher: \\\"x\\\"\"} 0.5",
+        "sandkasten_cold_create_phase_seconds_count{phase=\"runtime: launcher: \\\"x\\\"\"} 2",
     ] {
         assert!(
             text.lines().any(|l| l == line),

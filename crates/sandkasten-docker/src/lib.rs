@@ -806,7 +806,11 @@ impl Runtime for DockerRuntime {
                 _ if !self.transport.unreachable_agent_is_gone() => e,
                 _ => RuntimeError::Gone(handle.id.clone()),
             })?;
-        Ok(Sandbox { handle: now, agent })
+        Ok(Sandbox {
+            handle: now,
+            agent,
+            phases_us: Vec::new(),
+        })
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {

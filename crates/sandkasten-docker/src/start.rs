@@ -90,7 +90,11 @@ impl DockerRuntime {
         if let Some(snap) = snap {
             self.fill_tmp(&handle, snap).await?;
         }
-        Ok(Sandbox { handle, agent })
+        Ok(Sandbox {
+            handle,
+            agent,
+            phases_us: Vec::new(),
+        })
     }
 
     /// The environment of `image` (`KEY=value`); `ImageNotFound` for an

@@ -363,7 +363,11 @@ impl Engine {
         };
         let (session, queue) = Session::new(
             crate::session::recovered_params(rec, rec.cwd.clone()),
-            Sandbox { handle, agent },
+            Sandbox {
+                handle,
+                agent,
+                phases_us: Vec::new(),
+            },
         );
         let _ = session.set_hibernated(from_ms(rec.expires_at_ms));
         self.register(session, queue);

@@ -103,6 +103,9 @@ pub(crate) struct Counters {
     /// By final state, in the order of [`ENDED`].
     pub(crate) ended: [AtomicU64; 4],
     pub(crate) exec: Histogram,
+    /// Cold creates' steps: (name, total microseconds, count), in the
+    /// order first seen.
+    pub(crate) cold_phases: std::sync::Mutex<Vec<(String, u64, u64)>>,
 }
 
 pub(crate) const ENDED: [crate::SessionState; 4] = [
@@ -119,6 +122,21 @@ impl Counters {
             creates_cold: AtomicU64::new(0),
             ended: Default::default(),
             exec: Histogram::new(),
+            cold_phases: Default::default(),
+        }
+    }
+
+    /// Adds one cold create's steps.
+    pub(crate) fn cold_create(&self, phases: &[(String, u64)]) {
+        let mut all = self.cold_phases.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, us) in phases {
+            match all.iter_mut().find(|(n, _, _)| n == name) {
+                Some(p) => {
+                    p.1 += us;
+                    p.2 += 1;
+                }
+                None => all.push((name.clone(), *us, 1)),
+            }
         }
     }
 

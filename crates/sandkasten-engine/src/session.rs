@@ -735,7 +735,11 @@ impl Engine {
                     let (handle, agent) = t.promote(record.clone(), started).await?;
                     return Ok(Acquired {
                         record,
-                        sandbox: Sandbox { handle, agent },
+                        sandbox: Sandbox {
+                            handle,
+                            agent,
+                            phases_us: Vec::new(),
+                        },
                         source: AcquireSource::Pool,
                         mount,
                         network: v.network,
@@ -774,7 +778,15 @@ impl Engine {
         let policies = self.inner.runtime.network_policies();
         let cfg = &self.inner.cfg;
         let rec = record.clone();
+        let mut step = std::time::Instant::now();
+        let mut phases: Vec<(String, u64)> = Vec::new();
+        let mut end = |name: &str, phases: &mut Vec<(String, u64)>| {
+            let now = std::time::Instant::now();
+            phases.push((name.to_string(), (now - step).as_micros() as u64));
+            step = now;
+        };
         self.inner.db.run(move |s| s.insert_session(&rec)).await?;
+        end("store: insert", &mut phases);
         let spec = SandboxSpec {
             id: record.id.clone(),
             image: record.image.clone(),
@@ -810,8 +822,17 @@ impl Engine {
             Ok(s) => Ok(s),
             Err(e) => Err((e, "creating the sandbox")),
         };
+        end("runtime", &mut phases);
         let sandbox = match created {
-            Ok(s) => s,
+            Ok(mut s) => {
+                // The runtime's own steps, inside "runtime".
+                let inner = std::mem::take(&mut s.phases_us);
+                let at = phases.len() - 1;
+                for (i, (n, us)) in inner.into_iter().enumerate() {
+                    phases.insert(at + 1 + i, (format!("runtime: {n}"), us));
+                }
+                s
+            }
             Err((e, context)) => {
                 record.state = SessionState::Failed;
                 self.inner.counters.ended(SessionState::Failed);
@@ -832,6 +853,9 @@ impl Engine {
             .db
             .run(move |s| s.set_session_sandbox(&id, SessionState::Running, pid, st))
             .await?;
+        end("store: running", &mut phases);
+        tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "cold create");
+        self.inner.counters.cold_create(&phases);
         Ok(sandbox)
     }
 
@@ -892,6 +916,13 @@ impl Engine {
             exec_duration: c.exec.snapshot(),
             pool_acquire: self.inner.pool.acquire_hist.snapshot(),
             network_denials: self.inner.runtime.network_denials_total(),
+            cold_create_phases: c
+                .cold_phases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(n, us, count)| (n.clone(), *us as f64 / 1e6, *count))
+                .collect(),
         }
     }
 

@@ -1095,6 +1095,7 @@ impl Runtime for NativeRuntime {
             pid: report.pid,
             start_time: report.start_time,
         };
+        let connecting = std::time::Instant::now();
         let ready = match self.connect(&spec.id).await {
             Ok(agent) if spec.network == NetworkMode::Full => {
                 // A link that allows nothing yet (a pooled sandbox's: its
@@ -1115,7 +1116,18 @@ impl Runtime for NativeRuntime {
             other => other,
         };
         match ready {
-            Ok(agent) => Ok(Sandbox { handle, agent }),
+            Ok(agent) => {
+                let mut phases_us = report.phases_us;
+                phases_us.push((
+                    "connect".to_string(),
+                    connecting.elapsed().as_micros() as u64,
+                ));
+                Ok(Sandbox {
+                    handle,
+                    agent,
+                    phases_us,
+                })
+            }
             Err(e) => {
                 let _ = self.destroy(&handle).await;
                 Err(e)
@@ -1140,6 +1152,7 @@ impl Runtime for NativeRuntime {
         Ok(Sandbox {
             handle: handle.clone(),
             agent,
+            phases_us: Vec::new(),
         })
     }
 

@@ -1754,6 +1754,7 @@ impl Runtime for FakeRuntime {
         Ok(Sandbox {
             handle: sb.handle.clone(),
             agent: self.connect(&sb),
+            phases_us: Vec::new(),
         })
     }
 
@@ -1773,6 +1774,7 @@ impl Runtime for FakeRuntime {
         Ok(Sandbox {
             handle: sb.handle.clone(),
             agent: self.connect(&sb),
+            phases_us: Vec::new(),
         })
     }
 

@@ -182,6 +182,9 @@ impl SandboxHandle {
 pub struct Sandbox {
     pub handle: SandboxHandle,
     pub agent: AgentClient,
+    /// How long the steps of its start took, in order, in microseconds
+    /// (empty where the runtime does not report them).
+    pub phases_us: Vec<(String, u64)>,
 }
 
 /// Resource usage read back from the kernel.

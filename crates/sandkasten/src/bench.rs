@@ -18,6 +18,8 @@ pub struct BenchOptions {
     /// Benchmark an already running daemon instead of starting one.
     pub url: Option<String>,
     pub key: Option<String>,
+    /// The pause before each create of the time-to-first-command series.
+    pub gap: Duration,
 }
 
 /// Latency samples of one operation, in milliseconds.
@@ -177,6 +179,63 @@ impl Api {
         self.call(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"), None)
             .map(|_| ())
     }
+    /// The daemon's cold-create steps so far (`GET /metrics`): name,
+    /// total seconds, count.
+    fn cold_phases(&self) -> Result<Vec<(String, f64, u64)>> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(&self.key)
+            .send()?
+            .error_for_status()?
+            .text()?;
+        Ok(parse_phases(&text))
+    }
+}
+
+/// `sandkasten_cold_create_phase_seconds_{sum,count}{phase="…"}` lines.
+fn parse_phases(text: &str) -> Vec<(String, f64, u64)> {
+    let mut out: Vec<(String, f64, u64)> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("sandkasten_cold_create_phase_seconds_") else {
+            continue;
+        };
+        let Some((kind, rest)) = rest.split_once("{phase=\"") else {
+            continue;
+        };
+        let Some((name, value)) = rest.rsplit_once("\"} ") else {
+            continue;
+        };
+        let name = name.replace("\\\"", "\"").replace("\\\\", "\\");
+        let i = match out.iter().position(|(n, _, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                out.push((name, 0.0, 0));
+                out.len() - 1
+            }
+        };
+        match kind {
+            "sum" => out[i].1 = value.parse().unwrap_or(0.0),
+            "count" => out[i].2 = value.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Mean milliseconds per step between two readings of the daemon's
+/// cold-create steps.
+fn phase_means(before: &[(String, f64, u64)], after: &[(String, f64, u64)]) -> Vec<(String, f64)> {
+    after
+        .iter()
+        .filter_map(|(name, sum, count)| {
+            let (s0, c0) = before
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map_or((0.0, 0), |(_, s, c)| (*s, *c));
+            (count > &c0).then(|| (name.clone(), (sum - s0) * 1000.0 / (count - c0) as f64))
+        })
+        .collect()
 }
 
 const PROC_FIRST_BYTE: &str = "process start to first byte";
@@ -516,6 +575,11 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let warm = api.create()?;
     api.exec(&warm, "true")?;
     api.destroy(&warm)?;
+    // The headline first, on a daemon with no other sessions, with the
+    // daemon's own account of where a cold create's time goes.
+    let phases_before = api.cold_phases().unwrap_or_default();
+    let first_command = first_command_series(&api, n, opts.gap)?;
+    let phases = phase_means(&phases_before, &api.cold_phases().unwrap_or_default());
 
     let mut create = Series {
         name: "cold create",
@@ -644,9 +708,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
         destroy.samples.push(ms);
     }
     let _ = api.call(reqwest::Method::DELETE, "/v1/workspaces/bench-ws", None);
-    let mut series = vec![
+    let mut series = first_command;
+    series.extend([
         create, create_net, create_ws, exec, exec_idle, write, read, destroy,
-    ];
+    ]);
     series.extend(procs);
     series.extend(mcp);
     match lifecycle {
@@ -667,7 +732,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     // The pool: a daemon of its own with a pool of the default image (or
     // the --url daemon's pool, if it has one).
     let pooled = match &opts.url {
-        Some(_) => pooled_series(&api, n),
+        Some(_) => pooled_series(&api, n, opts.gap),
         None => {
             let (d, u) = start_daemon(
                 &generated_key,
@@ -682,7 +747,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
                 url: u,
                 key: generated_key.clone(),
             };
-            let r = pooled_series(&pool_api, n);
+            let r = pooled_series(&pool_api, n, opts.gap);
             drop(d);
             // Pooled creates with a network, on a daemon whose default is
             // full (its pooled sandboxes wait with a link that allows
@@ -755,6 +820,20 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             s.percentile(50.0),
             s.percentile(95.0)
         );
+    }
+    println!(
+        "time to first command (p50, create + first exec, {} ms between creates): \
+         cold {}, pooled {}, pooled with a workspace {}",
+        opts.gap.as_millis(),
+        ms_or_dash(p50(FIRST_COLD)),
+        ms_or_dash(p50(FIRST_POOLED)),
+        ms_or_dash(p50(FIRST_POOLED_WS)),
+    );
+    if !phases.is_empty() {
+        println!("cold create, where the time goes (mean ms over the paced creates):");
+        for (name, ms) in &phases {
+            println!("  {name:<32} {ms:>8.2}");
+        }
     }
     let exec_ratio = ratio("exec round trip (true)", "docker exec (true)");
     let pool_ratio = ratio("pooled create", "cold create");
@@ -831,6 +910,16 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     println!("docker: {}", docker.as_str().unwrap_or_default());
     let report = json!({
         "iterations": n,
+        "gap_ms": opts.gap.as_millis() as u64,
+        "first_command_ms": {
+            "cold": p50(FIRST_COLD),
+            "pooled": p50(FIRST_POOLED),
+            "pooled_with_workspace": p50(FIRST_POOLED_WS),
+        },
+        "cold_create_phases_mean_ms": phases
+            .iter()
+            .map(|(n, ms)| json!({"phase": n, "ms": ms}))
+            .collect::<Vec<_>>(),
         "series": series.iter().map(|s| json!({
             "name": s.name, "n": s.samples.len(),
             "p50_ms": s.percentile(50.0), "p95_ms": s.percentile(95.0),
@@ -1039,10 +1128,43 @@ fn pooled_network_series(api: &Api, n: usize) -> Result<Option<Series>> {
     Ok(Some(create_net))
 }
 
+/// Time to first command on the cold path, as a user meets it: a pause of
+/// `gap`, then a create and at once its first exec (`true`); the sum is
+/// the headline, its two parts are series of their own.
+fn first_command_series(api: &Api, n: usize, gap: Duration) -> Result<Vec<Series>> {
+    let mut total = Series {
+        name: FIRST_COLD,
+        samples: vec![],
+    };
+    let mut create = Series {
+        name: "cold create (paced)",
+        samples: vec![],
+    };
+    let mut exec = Series {
+        name: "first exec after cold create",
+        samples: vec![],
+    };
+    for _ in 0..n {
+        std::thread::sleep(gap);
+        let (c, id) = time(|| api.create())?;
+        let (e, _) = time(|| api.exec(&id, "true"))?;
+        create.samples.push(c);
+        exec.samples.push(e);
+        total.samples.push(c + e);
+        api.destroy(&id)?;
+    }
+    Ok(vec![total, create, exec])
+}
+
+/// The headline series' names.
+const FIRST_COLD: &str = "first command, cold";
+const FIRST_POOLED: &str = "first command, pooled";
+const FIRST_POOLED_WS: &str = "first command, pooled + workspace";
+
 /// Pooled creates (without and with a workspace) and the first exec after
 /// each, against a daemon whose default image has a pool. Each sample waits
 /// (untimed) until the pool is back at target, so every sample is a hit.
-fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
+fn pooled_series(api: &Api, n: usize, gap: Duration) -> Result<Option<Vec<Series>>> {
     let pool = api.call(reqwest::Method::GET, "/v1/pool", None)?;
     let Some((image, target)) = pool["images"].as_object().and_then(|m| {
         m.iter().find_map(|(k, v)| {
@@ -1090,8 +1212,17 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
         name: "first exec after pooled create",
         samples: vec![],
     };
+    let mut first = Series {
+        name: FIRST_POOLED,
+        samples: vec![],
+    };
+    let mut first_ws = Series {
+        name: FIRST_POOLED_WS,
+        samples: vec![],
+    };
     for i in 0..(2 * n) {
         wait_full()?;
+        std::thread::sleep(gap);
         let body = if i % 2 == 0 {
             json!({ "image": image })
         } else {
@@ -1099,14 +1230,20 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
         };
         let (ms, v) = time(|| api.call(reqwest::Method::POST, "/v1/sessions", Some(body)))?;
         let id = v["id"].as_str().unwrap_or_default().to_string();
+        let (exec_ms, _) = time(|| api.exec(&id, "true"))?;
         match (i % 2 == 0, v["acquire_source"] == "pool") {
-            (true, true) => create.samples.push(ms),
-            (false, true) => create_ws.samples.push(ms),
+            (true, true) => {
+                create.samples.push(ms);
+                first.samples.push(ms + exec_ms);
+            }
+            (false, true) => {
+                create_ws.samples.push(ms);
+                first_ws.samples.push(ms + exec_ms);
+            }
             (false, false) => create_ws_cold.samples.push(ms),
             (true, false) => bail!("a create with a full pool was not served from it: {v}"),
         }
-        let (ms, _) = time(|| api.exec(&id, "true"))?;
-        first_exec.samples.push(ms);
+        first_exec.samples.push(exec_ms);
         api.destroy(&id)?;
     }
     let _ = api.call(
@@ -1136,6 +1273,8 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
         api.destroy(&id)?;
     }
     let all = [
+        first,
+        first_ws,
         create,
         create_ws,
         create_ws_cold,
@@ -1145,6 +1284,38 @@ fn pooled_series(api: &Api, n: usize) -> Result<Option<Vec<Series>>> {
     Ok(Some(
         all.into_iter().filter(|s| !s.samples.is_empty()).collect(),
     ))
+}
+
+fn ms_or_dash(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2} ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_read_from_the_metrics_and_averaged() {
+        let text = "# TYPE sandkasten_cold_create_phase_seconds summary\n\
+            sandkasten_cold_create_phase_seconds_sum{phase=\"runtime\"} 0.03\n\
+            sandkasten_cold_create_phase_seconds_count{phase=\"runtime\"} 3\n\
+            sandkasten_cold_create_phase_seconds_sum{phase=\"a \\\"q\\\"\"} 0.5\n\
+            sandkasten_cold_create_phase_seconds_count{phase=\"a \\\"q\\\"\"} 1\n\
+            sandkasten_sessions{state=\"running\"} 1\n";
+        let after = parse_phases(text);
+        assert_eq!(
+            after,
+            vec![
+                ("runtime".to_string(), 0.03, 3),
+                ("a \"q\"".to_string(), 0.5, 1)
+            ]
+        );
+        let before = vec![("runtime".to_string(), 0.01, 1)];
+        let means = phase_means(&before, &after);
+        assert_eq!(means.len(), 2);
+        assert!((means[0].1 - 10.0).abs() < 1e-9, "{means:?}");
+        assert!((means[1].1 - 500.0).abs() < 1e-9, "{means:?}");
+    }
 }
 
 fn uuid_like() -> String {

@@ -124,6 +124,11 @@ enum Command {
         /// API key for --url.
         #[arg(long, env = "SANDKASTEN_API_KEY")]
         key: Option<String>,
+        /// The pause before each create of the time-to-first-command
+        /// series, as a user's pace (a quiet machine ends RCU grace periods
+        /// later than a busy one: 0 measures back-to-back creates).
+        #[arg(long, default_value_t = 300)]
+        gap_ms: u64,
     },
     /// Print the version.
     Version,
@@ -154,11 +159,13 @@ fn main() -> std::process::ExitCode {
             json,
             url,
             key,
+            gap_ms,
         } => bench::run(bench::BenchOptions {
             iterations,
             json,
             url,
             key,
+            gap: std::time::Duration::from_millis(gap_ms),
         }),
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
         Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),

@@ -125,6 +125,23 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
     }
     header(
         &mut out,
+        "sandkasten_cold_create_phase_seconds",
+        "summary",
+        "Time spent in each step of cold creates since start (runtime: the runtime's own steps, inside runtime).",
+    );
+    for (phase, sum, count) in &m.cold_create_phases {
+        let p = label(phase);
+        let _ = writeln!(
+            out,
+            "sandkasten_cold_create_phase_seconds_sum{{phase=\"{p}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "sandkasten_cold_create_phase_seconds_count{{phase=\"{p}\"}} {count}"
+        );
+    }
+    header(
+        &mut out,
         "sandkasten_sessions",
         "gauge",
         "Live sessions by state.",
