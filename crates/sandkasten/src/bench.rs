@@ -1290,6 +1290,11 @@ fn ms_or_dash(ms: Option<f64>) -> String {
     ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2} ms"))
 }
 
+fn uuid_like() -> String {
+    let b: [u8; 12] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1316,9 +1321,4 @@ mod tests {
         assert!((means[0].1 - 10.0).abs() < 1e-9, "{means:?}");
         assert!((means[1].1 - 500.0).abs() < 1e-9, "{means:?}");
     }
-}
-
-fn uuid_like() -> String {
-    let b: [u8; 12] = rand::random();
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
