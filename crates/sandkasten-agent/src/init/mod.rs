@@ -114,7 +114,13 @@ fn join_cgroups_in_background() -> Result<std::thread::JoinHandle<Joined>, Strin
         for p in &procs {
             let t = std::time::Instant::now();
             std::fs::write(p, &me).map_err(|e| format!("joining cgroup {p}: {e}"))?;
-            took.push((format!("cgroup {p}"), t.elapsed().as_micros() as u64));
+            // `<hierarchy>/sandkasten/<id>/cgroup.procs`: named by its
+            // hierarchy (`memory`, … on v1; the cgroup2 mount's name).
+            let hierarchy = p.rsplit('/').nth(3).unwrap_or("?");
+            took.push((
+                format!("cgroup {hierarchy}"),
+                t.elapsed().as_micros() as u64,
+            ));
         }
         Ok(took)
     }))
