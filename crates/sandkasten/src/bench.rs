@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod scale;
+
 /// Options of one benchmark run.
 pub struct BenchOptions {
     pub iterations: usize,
@@ -20,6 +22,10 @@ pub struct BenchOptions {
     pub key: Option<String>,
     /// The pause before each create of the time-to-first-command series.
     pub gap: Duration,
+    /// Scale mode: the headline with this many idle sessions alive.
+    pub sessions: Option<usize>,
+    /// Scale mode: this many concurrent exec clients.
+    pub clients: Option<usize>,
 }
 
 /// Latency samples of one operation, in milliseconds.
@@ -554,10 +560,12 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             opts.key.clone().context("--url needs --key")?,
         ),
         None => {
-            // Room for every session of the largest series at once.
+            // Room for every session of the largest series at once (and
+            // the scale modes' own).
+            let room = 2 * n + 16 + opts.sessions.unwrap_or(0) + opts.clients.unwrap_or(0);
             let (d, u) = start_daemon(
                 &generated_key,
-                Some(&format!("max_sessions: {}\n{NETWORK_CONFIG}", 2 * n + 16)),
+                Some(&format!("max_sessions: {room}\n{NETWORK_CONFIG}")),
             )?;
             (Some(d), u, generated_key.clone())
         }
@@ -575,6 +583,18 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let warm = api.create()?;
     api.exec(&warm, "true")?;
     api.destroy(&warm)?;
+    if opts.sessions.is_some() || opts.clients.is_some() {
+        let mut report = json!({"iterations": n, "gap_ms": opts.gap.as_millis() as u64});
+        if let Some(s) = opts.sessions {
+            report["sessions"] = scale::sessions(&api, s, n, opts.gap)?;
+        }
+        if let Some(c) = opts.clients {
+            report["clients"] = scale::clients(&api, c.max(1))?;
+        }
+        std::fs::write(&opts.json, serde_json::to_vec_pretty(&report)?)?;
+        println!("wrote {}", opts.json.display());
+        return Ok(());
+    }
     // The headline first, on a daemon with no other sessions, with the
     // daemon's own account of where a cold create's time goes.
     let phases_before = api.cold_phases().unwrap_or_default();

@@ -129,6 +129,14 @@ enum Command {
         /// later than a busy one: 0 measures back-to-back creates).
         #[arg(long, default_value_t = 300)]
         gap_ms: u64,
+        /// Scale mode: measure the time to first command with this many
+        /// idle sessions alive (and with none), and their host memory.
+        #[arg(long)]
+        sessions: Option<usize>,
+        /// Scale mode: exec throughput and p99 of this many concurrent
+        /// clients, each with a session of its own.
+        #[arg(long)]
+        clients: Option<usize>,
     },
     /// Print the version.
     Version,
@@ -160,12 +168,16 @@ fn main() -> std::process::ExitCode {
             url,
             key,
             gap_ms,
+            sessions,
+            clients,
         } => bench::run(bench::BenchOptions {
             iterations,
             json,
             url,
             key,
             gap: std::time::Duration::from_millis(gap_ms),
+            sessions,
+            clients,
         }),
         Command::Serve { config } => runtime().and_then(|rt| rt.block_on(serve(config))),
         Command::Ps { config } => runtime().and_then(|rt| rt.block_on(ps(config))),
