@@ -914,8 +914,13 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
             "the victim's exec took {:?} to end",
             killed_at.elapsed()
         );
-        let q = queued.join().unwrap();
-        eprintln!("the victim's queued exec: {} {}", q.status, q.text);
+        // The queued one answers that the session is lost (it was a 500
+        // INTERNAL_ERROR before the chaos test).
+        queued.join().unwrap().assert_error(
+            410,
+            "SESSION_LOST",
+            "an exec queued in a session whose PID 1 died",
+        );
         // Reported lost: gone from the API (docs/api.md, Recovery), its
         // row `lost`, counted.
         assert!(

@@ -639,6 +639,32 @@ async fn an_exec_running_when_its_sandbox_dies_fails_at_once() {
     wait_until!("the session is given up", e.get_session(&id).await.is_err());
 }
 
+#[tokio::test]
+async fn calls_cut_by_the_death_of_their_sandbox_answer_lost() {
+    let e = engine().await;
+    let id = session(&e).await;
+    let mut rx = e
+        .exec_stream(&id, req("echo up && sleep 60"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        within(rx.recv()).await,
+        Some(ExecEvent::Chunk { .. })
+    ));
+    // An exec queued behind the running one.
+    let queued = {
+        let engine = e.engine.clone();
+        let id = id.clone();
+        tokio::spawn(async move { engine.exec(&id, req("echo queued")).await })
+    };
+    assert!(e.fake.kill(&id));
+    assert_err!(
+        within(queued).await.unwrap(),
+        EngineError::Session(SessionError::Lost(_))
+    );
+    wait_until!("the session is given up", e.get_session(&id).await.is_err());
+}
+
 // ---------------------------------------------------------------------------
 // Files in a session
 
