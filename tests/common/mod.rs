@@ -29,7 +29,7 @@
 //! assertions run on both. No engine: the docker pass fails, loudly.
 //! `scripts/test` runs the suite on native, then the portable binaries
 //! (sessions, exec, files, isolation, limits, recovery, api_errors,
-//! workspaces, pool, ports) again on docker, and again with `docker-remote` (the
+//! workspaces, pool, ports, chaos, ...) again on docker, and again with `docker-remote` (the
 //! same engine reached over TCP, as a remote engine: [`on_remote_engine`]).
 //!
 //! Where the backends differ by design (docs/api.md, "Choosing a backend")
