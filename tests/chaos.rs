@@ -2,7 +2,8 @@
 //! traffic from several clients (creates with and without a workspace or
 //! a network, execs that change shell state, uploads, workspace
 //! snapshots, pool refills, destroys), round after round on one data dir;
-//! and a session's PID 1 killed from the host while its neighbours work.
+//! a session's PID 1 killed from the host while its neighbours work; and
+//! a docker engine of the test's own SIGKILLed and restarted mid-exec.
 //!
 //! After every restart: each session the API lists answers an exec and
 //! keeps the shell state and files whose requests were answered; no
@@ -996,5 +997,317 @@ mod native_only {
                 "no snapshot was taken while the create ran: {answers:?}"
             );
         }
+    }
+}
+
+/// A docker engine of the test's own (its data root, exec root, pid file
+/// and socket below the data dir, no bridge, no iptables rules), which
+/// the test can SIGKILL and start again without touching the engine the
+/// rest of the suite shares. Runs once, in the native pass (the docker
+/// passes leave out `own_engine::`).
+mod own_engine {
+    use super::*;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    struct OwnEngine {
+        dir: PathBuf,
+        child: Option<Child>,
+    }
+
+    impl OwnEngine {
+        fn start(home: &DataDir, live_restore: bool) -> OwnEngine {
+            let dir = home.root.join("engine");
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut e = OwnEngine { dir, child: None };
+            e.spawn(live_restore);
+            e
+        }
+
+        fn sock(&self) -> String {
+            format!("unix://{}", self.dir.join("docker.sock").display())
+        }
+
+        fn spawn(&mut self, live_restore: bool) {
+            let d = &self.dir;
+            std::fs::write(
+                d.join("daemon.json"),
+                format!("{{\"live-restore\": {live_restore}}}"),
+            )
+            .unwrap();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(d.join("dockerd.log"))
+                .unwrap();
+            let child = Command::new("dockerd")
+                .arg("--config-file")
+                .arg(d.join("daemon.json"))
+                .arg("--data-root")
+                .arg(d.join("root"))
+                .arg("--exec-root")
+                .arg(d.join("exec"))
+                .arg("--pidfile")
+                .arg(d.join("dockerd.pid"))
+                .args(["-H", &self.sock()])
+                .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("the engine test starts dockerd (apt-get install docker.io)");
+            self.child = Some(child);
+            // No event tells when an engine answers: ask it.
+            let up = wait_for(Duration::from_secs(30), || self.cli(&["version"]).0);
+            assert!(up, "our dockerd did not come up: {}", self.log());
+        }
+
+        fn log(&self) -> String {
+            let text = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        }
+
+        fn cli(&self, args: &[&str]) -> (bool, String) {
+            let out = Command::new("docker")
+                .args(["-H", &self.sock()])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("the docker CLI (apt-get install docker.io)");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            )
+        }
+
+        /// SIGKILL (its containers' shims live on), then a fresh start.
+        fn kill_and_restart(&mut self, live_restore: bool) {
+            let mut c = self.child.take().expect("our dockerd runs");
+            c.kill().unwrap();
+            c.wait().unwrap();
+            // Its containerd dies with it but may stay a zombie for a
+            // while (its new parent reaps it), and a new dockerd takes a
+            // containerd whose pid file names a live pid for running and
+            // waits for it: the pid files go once it is dead.
+            let containerd = self.dir.join("exec/containerd/containerd.pid");
+            if let Some(pid) = std::fs::read_to_string(&containerd)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let dead = wait_for(Duration::from_secs(10), || {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .map(|st| {
+                            st.rsplit(')')
+                                .next()
+                                .unwrap_or("")
+                                .trim_start()
+                                .starts_with('Z')
+                        })
+                        .unwrap_or(true)
+                });
+                assert!(dead, "our engine's containerd ({pid}) outlives its dockerd");
+            }
+            let _ = std::fs::remove_file(containerd);
+            let _ = std::fs::remove_file(self.dir.join("dockerd.pid"));
+            self.spawn(live_restore);
+        }
+
+        /// Kills what an engine that no longer answers left: its shims
+        /// (their command line names our engine's socket) and the
+        /// processes of their containers (cgroups named after the
+        /// container ids the shims serve).
+        fn kill_strays(&self) {
+            let dir = self.dir.display().to_string();
+            let mut shims = Vec::new();
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let args: Vec<String> = cmd
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                if args
+                    .first()
+                    .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
+                    && args.iter().any(|a| a.contains(&dir))
+                {
+                    let id = args.iter().skip_while(|a| *a != "-id").nth(1).cloned();
+                    shims.push((pid, id));
+                }
+            }
+            for (pid, id) in shims {
+                if let Some(id) = id.filter(|i| i.len() == 64) {
+                    for p in pids_whose_cgroups_name(&id) {
+                        // SAFETY: a process of one of our engine's containers.
+                        unsafe {
+                            libc::kill(p, libc::SIGKILL);
+                        }
+                    }
+                }
+                // SAFETY: a shim of our engine (its socket is ours).
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+
+        /// Labelled objects of `data` still in this engine.
+        fn objects_of(&self, data: &std::path::Path) -> Vec<String> {
+            let label = format!("label=sandkasten.data_dir={}", data.display());
+            let mut out = Vec::new();
+            for (what, args) in [
+                ("container", vec!["ps", "-aq", "--filter", &label]),
+                ("volume", vec!["volume", "ls", "-q", "--filter", &label]),
+            ] {
+                let (ok, text) = self.cli(&args);
+                assert!(ok, "docker {args:?} on our engine failed");
+                out.extend(text.lines().map(|l| format!("{what} {l}")));
+            }
+            out
+        }
+
+        fn stop(&mut self) {
+            let Some(mut c) = self.child.take() else {
+                return;
+            };
+            // With live restore its containers would outlive it.
+            let (_, ids) = self.cli(&["ps", "-aq", "--no-trunc"]);
+            for id in ids.lines() {
+                self.cli(&["rm", "-f", "-v", id]);
+            }
+            self.kill_strays();
+            // SAFETY: our own child, not yet reaped.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+            // dockerd leaves its data root bound onto itself.
+            let prefix = format!("{}/", self.dir.display());
+            let mut mounts: Vec<String> = mount_points()
+                .into_iter()
+                .filter(|m| m.starts_with(&prefix))
+                .collect();
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let c = std::ffi::CString::new(m.clone()).unwrap();
+                // SAFETY: umount2 of a path below our own engine's dir.
+                if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+                    eprintln!("unmounting {m}: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+
+    impl Drop for OwnEngine {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    /// Pids whose `/proc/PID/cgroup` names `id`.
+    fn pids_whose_cgroups_name(id: &str) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| t.contains(id))
+            {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    fn stream_text(events: &[SseEvent]) -> String {
+        events
+            .iter()
+            .filter(|e| e.event == "chunk")
+            .filter_map(|e| e.data["chunk"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_engine_killed_and_restarted_mid_exec_loses_no_answer() {
+        let home = DataDir::new();
+        let mut engine = OwnEngine::start(&home, true);
+        let image = docker_image();
+        let mut save = Command::new("docker")
+            .args(["save", image])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let load = Command::new("docker")
+            .args(["-H", &engine.sock(), "load"])
+            .stdin(save.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(save.wait().unwrap().success(), "docker save {image}");
+        assert!(load.status.success(), "loading {image} into our engine");
+        let d = Daemon::start_in(
+            &home,
+            Some(&format!(
+                "runtime: docker\ndefault_image: \"{image}\"\ndocker:\n  host: {}\n",
+                engine.sock()
+            )),
+        );
+        let ids: Vec<String> = (0..2).map(|_| d.new_session()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            d.sh(id, &format!("export WHO=s{i}; cd /tmp"));
+        }
+
+        // With live restore: the exec in flight finishes, the sessions
+        // keep their shells, creates work again.
+        let mut st = d.open_stream(&ids[0], json!({"cmd": "echo started; sleep 2; echo end"}));
+        assert_eq!(st.next_event().unwrap().data["chunk"], "started\n");
+        engine.kill_and_restart(true);
+        let rest = st.rest();
+        assert_eq!(stream_text(&rest), "end\n", "{rest:?}");
+        assert_eq!(rest.last().unwrap().event, "done", "{rest:?}");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(d.sh(id, "echo $WHO $(pwd)"), format!("s{i} /tmp\n"));
+        }
+        let fresh = d.new_session();
+        assert_eq!(d.sh(&fresh, "echo fresh"), "fresh\n");
+
+        // Without: the engine stops the containers it finds (after its
+        // stop timeout); the exec in flight still answers, the sessions
+        // are reported lost and nothing of them stays in the engine.
+        let mut st = d.open_stream(&ids[1], json!({"cmd": "echo started; sleep 2; echo end"}));
+        assert_eq!(st.next_event().unwrap().data["chunk"], "started\n");
+        engine.kill_and_restart(false);
+        let rest = st.rest();
+        let last = rest.last().expect("the stream ended without an event");
+        assert!(
+            (last.event == "done" && stream_text(&rest) == "end\n") || last.event == "error",
+            "the exec in flight: {rest:?}"
+        );
+        let all: Vec<String> = ids.iter().cloned().chain([fresh]).collect();
+        let gone = wait_for(Duration::from_secs(60), || {
+            all.iter().all(|id| d.get_session(id).status == 404)
+        });
+        assert!(gone, "sessions not reported lost: {:?}", d.list_sessions());
+        for id in &all {
+            assert_eq!(stored_state(&home, id).as_deref(), Some("lost"), "{id}");
+        }
+        let left = wait_for(Duration::from_secs(10), || {
+            engine.objects_of(&home.data).is_empty()
+        });
+        assert!(
+            left,
+            "left in the engine: {:?}",
+            engine.objects_of(&home.data)
+        );
+        // And the daemon serves on the restarted engine.
+        let again = d.new_session();
+        assert_eq!(d.sh(&again, "echo again"), "again\n");
+        d.delete(&again);
+        assert!(engine.objects_of(&home.data).is_empty());
+        let (status, _) = d.terminate();
+        assert!(status.success());
+        engine.stop();
     }
 }
