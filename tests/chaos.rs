@@ -614,31 +614,9 @@ fn loop_devices_of(home: &DataDir) -> Vec<String> {
     out
 }
 
-/// This daemon's link prefix (`skn<tag>`), from its log's table name.
+/// This daemon's link prefix (`skn<tag>`).
 fn link_prefix(d: &Daemon) -> Option<String> {
-    let logs = d.logs();
-    logs.match_indices("sandkasten_")
-        .map(|(i, _)| &logs[i + 11..(i + 16).min(logs.len())])
-        .find(|t| {
-            let b = t.as_bytes();
-            b.len() == 5
-                && b[..4].iter().all(u8::is_ascii_hexdigit)
-                && !b[4].is_ascii_alphanumeric()
-        })
-        .map(|t| format!("skn{}", &t[..4]))
-}
-
-fn links_with(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("the chaos test needs the ip command (apt-get install iproute2)");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
+    net_tag(d).map(|t| format!("skn{t}"))
 }
 
 /// Everything of the data dir still on the host.
@@ -1140,7 +1118,7 @@ mod own_engine {
             }
             for (pid, id) in shims {
                 if let Some(id) = id.filter(|i| i.len() == 64) {
-                    for p in pids_whose_cgroups_name(&id) {
+                    for p in pids_whose_cgroups(|text| text.contains(&id)) {
                         // SAFETY: a process of one of our engine's containers.
                         unsafe {
                             libc::kill(p, libc::SIGKILL);
@@ -1205,21 +1183,6 @@ mod own_engine {
         fn drop(&mut self) {
             self.stop();
         }
-    }
-
-    /// Pids whose `/proc/PID/cgroup` names `id`.
-    fn pids_whose_cgroups_name(id: &str) -> Vec<i32> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| t.contains(id))
-            {
-                out.push(pid);
-            }
-        }
-        out
     }
 
     fn stream_text(events: &[SseEvent]) -> String {

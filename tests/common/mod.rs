@@ -1370,7 +1370,7 @@ pub fn pids_in_session_cgroups(id: &str) -> Vec<i32> {
 }
 
 /// Host pids whose `/proc/PID/cgroup` text satisfies `matches`, sorted.
-fn pids_whose_cgroups(matches: impl Fn(&str) -> bool) -> Vec<i32> {
+pub fn pids_whose_cgroups(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return out;
@@ -1449,6 +1449,37 @@ pub fn innermost_pid(pid: i32) -> Option<i32> {
         .last()?
         .parse()
         .ok()
+}
+
+/// The tag of a daemon's sandbox network (its nftables table is
+/// `sandkasten_<tag>`, its links `skn<tag>…`), from its log; `None` when
+/// it runs without one.
+pub fn net_tag(d: &Daemon) -> Option<String> {
+    let logs = d.logs();
+    logs.match_indices("sandkasten_")
+        .map(|(i, _)| &logs[i + 11..(i + 16).min(logs.len())])
+        .find(|t| {
+            let b = t.as_bytes();
+            b.len() == 5
+                && b[..4].iter().all(u8::is_ascii_hexdigit)
+                && !b[4].is_ascii_alphanumeric()
+        })
+        .map(|t| t[..4].to_string())
+}
+
+/// Host network links whose names start with `prefix`.
+pub fn links_with(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("listing links needs the ip command (apt-get install iproute2)");
+    assert!(out.status.success(), "ip -o link show failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// Mount points of the host mount namespace (`/proc/self/mountinfo`).
