@@ -201,6 +201,8 @@ impl Round<'_> {
                 self.upload(owner, n, &mut rng)
             } else if roll < 85 {
                 self.snapshot(owner, &mut rng)
+            } else if roll < 90 {
+                self.pause(owner, &mut rng)
             } else {
                 self.destroy(owner, &mut rng)
             };
@@ -361,6 +363,27 @@ impl Round<'_> {
         true
     }
 
+    /// Pauses a session (the next call that needs its sandbox resumes
+    /// it).
+    fn pause(&self, owner: usize, rng: &mut Rng) -> bool {
+        let Some((id, _)) = self.pick(owner, rng) else {
+            return true;
+        };
+        self.model.lock().unwrap().count("pause");
+        let rb = self
+            .d
+            .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/pause"));
+        let Outcome::Answer(r) = send(rb) else {
+            return false;
+        };
+        let paused = r.status == 200 && r.json["status"] == "paused";
+        let again = r.status == 409 && r.error_code() == "SESSION_NOT_RUNNING";
+        if !paused && !again {
+            self.finding(format!("pause {id}: {} {}", r.status, r.text));
+        }
+        true
+    }
+
     fn destroy(&self, owner: usize, rng: &mut Rng) -> bool {
         let Some((id, _)) = self.pick(owner, rng) else {
             return true;
@@ -466,7 +489,7 @@ fn check_after_restart(d: &Daemon, model: &Mutex<Model>, round: usize) {
 
     for (id, k) in &live {
         let Some(info) = listed.get(id) else { continue };
-        if info["status"] != "running" {
+        if info["status"] != "running" && info["status"] != "paused" {
             problems.push(format!("session {id} listed as {}", info["status"]));
             continue;
         }
@@ -669,15 +692,16 @@ fn chaos_config() -> String {
     yaml
 }
 
+fn chaos_options() -> Options {
+    Options {
+        config: Some(chaos_config()),
+        disable_pool: false,
+        ..Options::default()
+    }
+}
+
 fn start(home: &Arc<DataDir>) -> Daemon {
-    Daemon::start_with(
-        home,
-        Options {
-            config: Some(chaos_config()),
-            disable_pool: false,
-            ..Options::default()
-        },
-    )
+    Daemon::start_with(home, chaos_options())
 }
 
 #[test]
@@ -734,6 +758,22 @@ fn sigkill_at_random_points_under_mixed_traffic_loses_nothing_and_leaks_nothing(
             );
         }
         eprintln!("round {round}: killed after {kill_after:?}");
+        // Every third round, on average, the next start is killed too, in
+        // its recovery or its first pool fills.
+        if rng.below(3) == 0 {
+            let during_start = Duration::from_millis(rng.below(600));
+            let mut starting = Daemon::spawn_unwaited(&home, &chaos_options());
+            std::thread::sleep(during_start);
+            starting.kill().unwrap();
+            starting.wait().unwrap();
+            let mut m = model.lock().unwrap();
+            m.count("kill during a start");
+            for id in host_sandbox_ids(&home) {
+                home.remember(&id);
+                m.seen.insert(id);
+            }
+            eprintln!("round {round}: the next start killed after {during_start:?}");
+        }
         d = start(&home);
         check_after_restart(&d, &model, round);
     }
@@ -934,6 +974,48 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
         assert_eq!(d.read(id, "/workspace/keep.bin"), [i as u8, 0, 255]);
         assert_eq!(stored_state(&d.home, id).as_deref(), Some("running"));
     }
+}
+
+/// Freezes session `id`'s sandbox from the host, behind the daemon's
+/// back (native: its freezer cgroup; docker: `docker pause`).
+fn freeze_behind_the_daemon(id: &str) {
+    if on_docker() {
+        let (ok, out) = docker_cli(&["pause", &container_name(id)]);
+        assert!(ok, "docker pause of {id}: {out}");
+        return;
+    }
+    let v2 = std::path::Path::new("/sys/fs/cgroup/sandkasten")
+        .join(id)
+        .join("cgroup.freeze");
+    let v1 = std::path::Path::new("/sys/fs/cgroup/freezer/sandkasten")
+        .join(id)
+        .join("freezer.state");
+    let done = if v2.exists() {
+        std::fs::write(&v2, "1")
+    } else {
+        std::fs::write(&v1, "FROZEN")
+    };
+    done.unwrap_or_else(|e| panic!("freezing {id} through {v2:?} or {v1:?}: {e}"));
+}
+
+/// Found by the chaos test (docker, seed 4588511285446682872): a pause
+/// freezes the sandbox, then stores `paused`; a SIGKILL in between left a
+/// frozen sandbox under a `running` row, whose agent could not answer the
+/// restart's ping, so the session was destroyed as lost. Recovery now
+/// thaws a running row's sandbox before it reattaches.
+#[test]
+fn a_sandbox_frozen_by_a_pause_the_kill_cut_is_reattached_not_lost() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(&id, "export KEPT=yes; cd /tmp");
+    let home = d.home.clone();
+    freeze_behind_the_daemon(&id);
+    d.kill_9();
+    let d = Daemon::start_in(&home, None);
+    let listed = d.get_session(&id);
+    assert_eq!(listed.status, 200, "the session was lost: {}", listed.text);
+    assert_eq!(listed.json["status"], "running", "{}", listed.text);
+    assert_eq!(d.sh(&id, "echo $KEPT $(pwd)"), "yes /tmp\n");
 }
 
 mod native_only {

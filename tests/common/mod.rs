@@ -1612,6 +1612,25 @@ impl Daemon {
         Daemon::finish_start(home, child, url, key, stderr_path, stdout_path)
     }
 
+    /// Spawns `serve` on `home` as [`Daemon::start_with`] does, without
+    /// waiting for it to listen (its stdout is dropped): for a test that
+    /// kills a daemon in the middle of its start.
+    pub fn spawn_unwaited(home: &Arc<DataDir>, opts: &Options) -> Child {
+        let n = home.next_n();
+        let stderr_path = home.root.join(format!("daemon-{n}.stderr.log"));
+        let mut cmd = base_command(home, opts, &stderr_path);
+        cmd.env(
+            "SANDKASTEN_API_KEY",
+            opts.api_key.as_deref().unwrap_or(&home.key),
+        );
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null());
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"))
+    }
+
     /// Starts a daemon with no `SANDKASTEN_API_KEY` at all (the daemon must
     /// generate one); the returned daemon's `key` is empty until the test
     /// sets it with [`Daemon::with_key`].

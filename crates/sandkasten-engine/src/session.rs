@@ -179,7 +179,14 @@ impl Engine {
                 start_time: rec.pid_start_time,
             };
             let alive = match rec.state {
-                SessionState::Running => self.reconnect(&handle).await.ok(),
+                // A pause that a crash cut after the freeze, before its
+                // state was stored, left a frozen sandbox whose agent
+                // cannot answer: thawed first (a no-op for one that is not
+                // frozen), or the session would be taken for lost.
+                SessionState::Running => {
+                    let _ = self.inner.runtime.resume(&handle).await;
+                    self.reconnect(&handle).await.ok()
+                }
                 // A frozen agent does not answer: thawed for the reattach,
                 // frozen again right after (its processes run for that
                 // moment).
