@@ -876,10 +876,34 @@ fn stored_state(home: &DataDir, id: &str) -> Option<String> {
     .ok()
 }
 
+/// Sets its flag when dropped: the main thread's panic inside a
+/// `thread::scope` then stops the workers instead of waiting for them
+/// forever.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// True while one of session `id`'s processes runs exactly `argv`.
+fn runs_in(id: &str, argv: &[&str]) -> bool {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    sandbox_pids(id)
+        .iter()
+        .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == want))
+}
+
 #[test]
 fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
     let d = Daemon::start(None);
-    let victim = d.new_session();
+    // Two victims: one with a streamed exec running, one with a plain one.
+    let victims: Vec<String> = (0..2).map(|_| d.new_session()).collect();
+    let (streamed, plain) = (&victims[0], &victims[1]);
     let neighbours: Vec<String> = (0..2).map(|_| d.new_session()).collect();
     for (i, id) in neighbours.iter().enumerate() {
         d.sh(
@@ -888,11 +912,15 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
         );
         d.write(id, "/workspace/keep.bin", &[i as u8, 0, 255]);
     }
-    let pid = sandbox_init_pid(&victim).expect("no PID 1 of the victim's sandbox");
+    let pids: Vec<i32> = victims
+        .iter()
+        .map(|v| sandbox_init_pid(v).expect("no PID 1 of a victim's sandbox"))
+        .collect();
     let lost = "sandkasten_sessions_ended_total{state=\"lost\"}";
     let lost_before = metric(&d, lost);
     let stop = AtomicBool::new(false);
     let neighbour_execs = std::thread::scope(|s| {
+        let _stop = SetOnDrop(&stop);
         // The neighbours exec all along, before, during and after the
         // kill; each answer is its own shell's.
         let workers: Vec<_> = neighbours
@@ -911,15 +939,20 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
                 })
             })
             .collect();
-        // An exec is running in the victim when its PID 1 dies.
-        let mut st = d.open_stream(&victim, json!({"cmd": "echo started; sleep 60"}));
+        // An exec is running in each victim when its PID 1 dies.
+        let mut st = d.open_stream(streamed, json!({"cmd": "echo started; sleep 60"}));
         let first = st.next_event().expect("the victim's exec sent nothing");
         assert_eq!(first.data["chunk"], "started\n", "{}", first.raw);
-        // And a plain exec queued behind it.
-        let queued = s.spawn(|| d.exec_with(&victim, json!({"cmd": "echo queued"})));
+        let running = s.spawn(|| d.exec_with(plain, json!({"cmd": "sleep 61"})));
+        assert!(
+            wait_for(Duration::from_secs(10), || runs_in(plain, &["sleep", "61"])),
+            "the plain exec never started in {plain}"
+        );
         let killed_at = Instant::now();
-        kill_pid_1(&victim, pid);
-        // Its stream ends at once with an error event, never a `done`.
+        for (v, pid) in victims.iter().zip(&pids) {
+            kill_pid_1(v, *pid);
+        }
+        // The stream ends at once with an error event, never a `done`.
         let rest = st.rest();
         let last = rest
             .last()
@@ -928,25 +961,26 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
             last.event, "error",
             "the victim's exec after its PID 1 died: {rest:?}"
         );
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(10),
-            "the victim's exec took {:?} to end",
-            killed_at.elapsed()
-        );
-        // The queued one answers that the session is lost (it was a 500
+        // The plain one answers that the session is lost (it was a 500
         // INTERNAL_ERROR before the chaos test).
-        queued.join().unwrap().assert_error(
+        running.join().unwrap().assert_error(
             410,
             "SESSION_LOST",
-            "an exec queued in a session whose PID 1 died",
+            "an exec running in a session whose PID 1 died",
         );
-        // Reported lost: gone from the API (docs/api.md, Recovery), its
-        // row `lost`, counted.
         assert!(
-            wait_for(Duration::from_secs(10), || d.get_session(&victim).status
-                == 404),
-            "the victim is still listed: {}",
-            d.get_session(&victim).text
+            killed_at.elapsed() < Duration::from_secs(10),
+            "the victims' execs took {:?} to end",
+            killed_at.elapsed()
+        );
+        // Reported lost: gone from the API (docs/api.md, Recovery), their
+        // rows `lost`, counted.
+        assert!(
+            wait_for(Duration::from_secs(10), || victims
+                .iter()
+                .all(|v| d.get_session(v).status == 404)),
+            "a victim is still listed: {:?}",
+            d.listed_ids()
         );
         stop.store(true, Ordering::SeqCst);
         workers
@@ -954,14 +988,16 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
             .map(|w| w.join().unwrap())
             .sum::<usize>()
     });
-    d.exec_with(&victim, json!({"cmd": "true"})).assert_error(
-        404,
-        "SESSION_NOT_FOUND",
-        "exec in the lost session",
-    );
-    assert_eq!(stored_state(&d.home, &victim).as_deref(), Some("lost"));
-    assert_eq!(metric(&d, lost), lost_before + 1.0, "{lost}");
-    assert_sandbox_gone(&d.home, &victim, "the session whose PID 1 was killed");
+    for v in &victims {
+        d.exec_with(v, json!({"cmd": "true"})).assert_error(
+            404,
+            "SESSION_NOT_FOUND",
+            "exec in a lost session",
+        );
+        assert_eq!(stored_state(&d.home, v).as_deref(), Some("lost"));
+        assert_sandbox_gone(&d.home, v, "a session whose PID 1 was killed");
+    }
+    assert_eq!(metric(&d, lost), lost_before + 2.0, "{lost}");
     // The neighbours kept everything.
     assert!(neighbour_execs >= 10, "{neighbour_execs} neighbour execs");
     let listed: BTreeSet<String> = d.listed_ids().into_iter().collect();
