@@ -1012,12 +1012,13 @@ fn a_session_whose_pid_1_is_killed_is_lost_and_its_neighbours_do_not_notice() {
     }
 }
 
-/// Freezes session `id`'s sandbox from the host, behind the daemon's
-/// back (native: its freezer cgroup; docker: `docker pause`).
-fn freeze_behind_the_daemon(id: &str) {
+/// Freezes (or thaws) session `id`'s sandbox from the host, behind the
+/// daemon's back (native: its freezer cgroup; docker: `docker pause`).
+fn freeze_behind_the_daemon(id: &str, frozen: bool) {
     if on_docker() {
-        let (ok, out) = docker_cli(&["pause", &container_name(id)]);
-        assert!(ok, "docker pause of {id}: {out}");
+        let verb = if frozen { "pause" } else { "unpause" };
+        let (ok, out) = docker_cli(&[verb, &container_name(id)]);
+        assert!(ok, "docker {verb} of {id}: {out}");
         return;
     }
     let v2 = std::path::Path::new("/sys/fs/cgroup/sandkasten")
@@ -1026,10 +1027,11 @@ fn freeze_behind_the_daemon(id: &str) {
     let v1 = std::path::Path::new("/sys/fs/cgroup/freezer/sandkasten")
         .join(id)
         .join("freezer.state");
-    let done = if v2.exists() {
-        std::fs::write(&v2, "1")
-    } else {
-        std::fs::write(&v1, "FROZEN")
+    let done = match (v2.exists(), frozen) {
+        (true, true) => std::fs::write(&v2, "1"),
+        (true, false) => std::fs::write(&v2, "0"),
+        (false, true) => std::fs::write(&v1, "FROZEN"),
+        (false, false) => std::fs::write(&v1, "THAWED"),
     };
     done.unwrap_or_else(|e| panic!("freezing {id} through {v2:?} or {v1:?}: {e}"));
 }
@@ -1045,12 +1047,33 @@ fn a_sandbox_frozen_by_a_pause_the_kill_cut_is_reattached_not_lost() {
     let id = d.new_session();
     d.sh(&id, "export KEPT=yes; cd /tmp");
     let home = d.home.clone();
-    freeze_behind_the_daemon(&id);
+    freeze_behind_the_daemon(&id, true);
     d.kill_9();
     let d = Daemon::start_in(&home, None);
     let listed = d.get_session(&id);
     assert_eq!(listed.status, 200, "the session was lost: {}", listed.text);
     assert_eq!(listed.json["status"], "running", "{}", listed.text);
+    assert_eq!(d.sh(&id, "echo $KEPT $(pwd)"), "yes /tmp\n");
+}
+
+/// Found by the chaos test (docker-remote, seed 4189396790986402462): a
+/// resume (an exec resumes a paused session) thaws the sandbox, then
+/// stores `running`; a SIGKILL in between left a running sandbox under a
+/// `paused` row, the restart's thaw failed ("is not paused") and the
+/// session was destroyed as lost. The agent's answer now decides.
+#[test]
+fn a_sandbox_thawed_by_a_resume_the_kill_cut_is_reattached_not_lost() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(&id, "export KEPT=yes; cd /tmp");
+    d.post(&format!("/v1/sessions/{id}/pause"), &json!({}))
+        .expect(200, "pause");
+    freeze_behind_the_daemon(&id, false);
+    let home = d.home.clone();
+    d.kill_9();
+    let d = Daemon::start_in(&home, None);
+    let listed = d.get_session(&id);
+    assert_eq!(listed.status, 200, "the session was lost: {}", listed.text);
     assert_eq!(d.sh(&id, "echo $KEPT $(pwd)"), "yes /tmp\n");
 }
 

@@ -190,13 +190,15 @@ impl Engine {
                 // A frozen agent does not answer: thawed for the reattach,
                 // frozen again right after (its processes run for that
                 // moment).
-                SessionState::Paused => match self.inner.runtime.resume(&handle).await {
-                    Ok(()) => self.reconnect(&handle).await.ok(),
-                    Err(e) => {
+                // A thaw that fails may find a sandbox a cut resume had
+                // already thawed (docker answers 500 "is not paused"): the
+                // agent's answer decides, not the thaw's.
+                SessionState::Paused => {
+                    if let Err(e) = self.inner.runtime.resume(&handle).await {
                         tracing::warn!(session = %rec.id, "thawing a paused sandbox: {e}");
-                        None
                     }
-                },
+                    self.reconnect(&handle).await.ok()
+                }
                 _ => None,
             };
             let network = stored_policy(&rec);
