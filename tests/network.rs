@@ -190,28 +190,8 @@ fn create(d: &Daemon, network: Value) -> String {
 
 /// The daemon's table and veth prefix, from its log line.
 fn names(d: &Daemon) -> (String, String) {
-    let logs = d.logs();
-    let tag = logs
-        .match_indices("sandkasten_")
-        .map(|(i, _)| &logs[i + 11..(i + 16).min(logs.len())])
-        .find(|t| {
-            let b = t.as_bytes();
-            b.len() == 5
-                && b[..4].iter().all(u8::is_ascii_hexdigit)
-                && !b[4].is_ascii_alphanumeric()
-        })
-        .map(|t| t[..4].to_string())
-        .unwrap_or_else(|| panic!("no sandbox network in the log:\n{logs}"));
+    let tag = net_tag(d).unwrap_or_else(|| panic!("no sandbox network in the log:\n{}", d.logs()));
     (format!("sandkasten_{tag}"), format!("skn{tag}"))
-}
-
-fn links_with(prefix: &str) -> Vec<String> {
-    run(&["ip", "-o", "link", "show"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_string())
-        .filter(|n| n.starts_with(prefix))
-        .collect()
 }
 
 fn table(name: &str) -> Option<String> {

@@ -29,7 +29,7 @@
 //! assertions run on both. No engine: the docker pass fails, loudly.
 //! `scripts/test` runs the suite on native, then the portable binaries
 //! (sessions, exec, files, isolation, limits, recovery, api_errors,
-//! workspaces, pool, ports) again on docker, and again with `docker-remote` (the
+//! workspaces, pool, ports, chaos, ...) again on docker, and again with `docker-remote` (the
 //! same engine reached over TCP, as a remote engine: [`on_remote_engine`]).
 //!
 //! Where the backends differ by design (docs/api.md, "Choosing a backend")
@@ -1370,7 +1370,7 @@ pub fn pids_in_session_cgroups(id: &str) -> Vec<i32> {
 }
 
 /// Host pids whose `/proc/PID/cgroup` text satisfies `matches`, sorted.
-fn pids_whose_cgroups(matches: impl Fn(&str) -> bool) -> Vec<i32> {
+pub fn pids_whose_cgroups(matches: impl Fn(&str) -> bool) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return out;
@@ -1449,6 +1449,37 @@ pub fn innermost_pid(pid: i32) -> Option<i32> {
         .last()?
         .parse()
         .ok()
+}
+
+/// The tag of a daemon's sandbox network (its nftables table is
+/// `sandkasten_<tag>`, its links `skn<tag>…`), from its log; `None` when
+/// it runs without one.
+pub fn net_tag(d: &Daemon) -> Option<String> {
+    let logs = d.logs();
+    logs.match_indices("sandkasten_")
+        .map(|(i, _)| &logs[i + 11..(i + 16).min(logs.len())])
+        .find(|t| {
+            let b = t.as_bytes();
+            b.len() == 5
+                && b[..4].iter().all(u8::is_ascii_hexdigit)
+                && !b[4].is_ascii_alphanumeric()
+        })
+        .map(|t| t[..4].to_string())
+}
+
+/// Host network links whose names start with `prefix`.
+pub fn links_with(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("listing links needs the ip command (apt-get install iproute2)");
+    assert!(out.status.success(), "ip -o link show failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// Mount points of the host mount namespace (`/proc/self/mountinfo`).
@@ -1579,6 +1610,25 @@ impl Daemon {
         }
         let (child, url) = spawn_and_wait_listening(cmd, &stderr_path, &stdout_path);
         Daemon::finish_start(home, child, url, key, stderr_path, stdout_path)
+    }
+
+    /// Spawns `serve` on `home` as [`Daemon::start_with`] does, without
+    /// waiting for it to listen (its stdout is dropped): for a test that
+    /// kills a daemon in the middle of its start.
+    pub fn spawn_unwaited(home: &Arc<DataDir>, opts: &Options) -> Child {
+        let n = home.next_n();
+        let stderr_path = home.root.join(format!("daemon-{n}.stderr.log"));
+        let mut cmd = base_command(home, opts, &stderr_path);
+        cmd.env(
+            "SANDKASTEN_API_KEY",
+            opts.api_key.as_deref().unwrap_or(&home.key),
+        );
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null());
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"))
     }
 
     /// Starts a daemon with no `SANDKASTEN_API_KEY` at all (the daemon must

@@ -64,6 +64,7 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
             S::CapacityExhausted(_) => (UNAVAILABLE, "CAPACITY_EXHAUSTED"),
             S::ShuttingDown => (UNAVAILABLE, "SHUTTING_DOWN"),
             S::AgentLost(_) => INTERNAL,
+            S::Lost(_) => (StatusCode::GONE, "SESSION_LOST"),
         },
         E::Workspace(w) => match w {
             W::Disabled => (CONFLICT, "WORKSPACE_DISABLED"),
@@ -145,7 +146,9 @@ impl ApiError {
         use EngineError as E;
         let v = match self {
             ApiError::PayloadTooLarge { limit } => json!({ "max_bytes": limit }),
-            ApiError::Engine(E::Session(S::NotFound(id))) => json!({ "session_id": id }),
+            ApiError::Engine(E::Session(S::NotFound(id) | S::Lost(id))) => {
+                json!({ "session_id": id })
+            }
             ApiError::Engine(E::Session(
                 S::NotRunning { id, state } | S::NotPaused { id, state },
             )) => {
@@ -305,6 +308,7 @@ mod tests {
                 403,
                 "PERMISSION_DENIED",
             ),
+            (S::Lost("s".into()).into(), 410, "SESSION_LOST"),
             (S::CapacityExhausted(4).into(), 503, "CAPACITY_EXHAUSTED"),
             (S::ShuttingDown.into(), 503, "SHUTTING_DOWN"),
             (

@@ -108,7 +108,8 @@ impl From<EngineError> for E2bError {
             | EngineError::Unsupported { .. } => StatusCode::BAD_REQUEST,
             // An ended sandbox is gone, as E2B reports it.
             EngineError::Session(SessionError::NotFound(_))
-            | EngineError::Session(SessionError::NotRunning { .. }) => StatusCode::NOT_FOUND,
+            | EngineError::Session(SessionError::NotRunning { .. })
+            | EngineError::Session(SessionError::Lost(_)) => StatusCode::NOT_FOUND,
             EngineError::Session(SessionError::CapacityExhausted(_))
             | EngineError::Session(SessionError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,

@@ -100,9 +100,9 @@ pub(crate) fn rpc_error(e: EngineError) -> RpcError {
         EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
             Code::ResourceExhausted
         }
-        EngineError::Session(SessionError::NotFound(_) | SessionError::NotRunning { .. }) => {
-            Code::NotFound
-        }
+        EngineError::Session(
+            SessionError::NotFound(_) | SessionError::NotRunning { .. } | SessionError::Lost(_),
+        ) => Code::NotFound,
         EngineError::Process(ProcessError::NotFound(_) | ProcessError::Ended(_)) => Code::NotFound,
         EngineError::Process(ProcessError::StdinClosed(_)) => Code::FailedPrecondition,
         EngineError::Process(ProcessError::TagInUse(_)) => Code::AlreadyExists,
@@ -294,9 +294,9 @@ fn engine_file_error(e: EngineError) -> Response {
         EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
             StatusCode::INSUFFICIENT_STORAGE
         }
-        EngineError::Session(SessionError::NotFound(_) | SessionError::NotRunning { .. }) => {
-            StatusCode::NOT_FOUND
-        }
+        EngineError::Session(
+            SessionError::NotFound(_) | SessionError::NotRunning { .. } | SessionError::Lost(_),
+        ) => StatusCode::NOT_FOUND,
         _ => {
             tracing::error!("envd /files: {e}");
             return file_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into());

@@ -26,6 +26,10 @@ pub enum SessionError {
     /// during an operation.
     #[error("the sandbox agent: {0}")]
     AgentLost(String),
+    /// The session's sandbox died (its PID 1 ended) during the call: the
+    /// session is gone, marked `lost`.
+    #[error("session {0} is lost: its sandbox ended during the request")]
+    Lost(String),
 }
 
 /// What holds a workspace that an operation needs free.

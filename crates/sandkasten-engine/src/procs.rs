@@ -24,7 +24,9 @@ impl Engine {
         attach: bool,
     ) -> Result<StartedProcess, EngineError> {
         let (s, agent) = self.file_agent(id).await?;
-        let started = self.file_done(&s, agent.proc_start(spec, attach).await)?;
+        let started = self
+            .file_done(&s, agent.proc_start(spec, attach).await)
+            .await?;
         Ok(match started {
             Started::Detached(info) => StartedProcess::Detached(info),
             Started::Attached(out) => StartedProcess::Attached(out),
@@ -41,12 +43,13 @@ impl Engine {
     ) -> Result<ProcOutput, EngineError> {
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.proc_attach(proc, replay).await)
+            .await
     }
 
     /// Running and recently ended processes, oldest first.
     pub async fn list_processes(&self, id: &str) -> Result<Vec<ProcInfo>, EngineError> {
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.proc_list().await)
+        self.file_done(&s, agent.proc_list().await).await
     }
 
     /// One process, by pid or tag.
@@ -76,12 +79,12 @@ impl Engine {
         data: Vec<u8>,
     ) -> Result<(), EngineError> {
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.proc_input(proc, data).await)
+        self.file_done(&s, agent.proc_input(proc, data).await).await
     }
 
     pub async fn close_process_stdin(&self, id: &str, proc: ProcRef) -> Result<(), EngineError> {
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.proc_close_stdin(proc).await)
+        self.file_done(&s, agent.proc_close_stdin(proc).await).await
     }
 
     /// Sends `signal` to the process's group.
@@ -93,6 +96,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.proc_signal(proc, signal).await)
+            .await
     }
 
     pub async fn resize_process(
@@ -103,5 +107,6 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.proc_resize(proc, size).await)
+            .await
     }
 }

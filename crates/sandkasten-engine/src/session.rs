@@ -179,17 +179,26 @@ impl Engine {
                 start_time: rec.pid_start_time,
             };
             let alive = match rec.state {
-                SessionState::Running => self.reconnect(&handle).await.ok(),
+                // A pause that a crash cut after the freeze, before its
+                // state was stored, left a frozen sandbox whose agent
+                // cannot answer: thawed first (a no-op for one that is not
+                // frozen), or the session would be taken for lost.
+                SessionState::Running => {
+                    let _ = self.inner.runtime.resume(&handle).await;
+                    self.reconnect(&handle).await.ok()
+                }
                 // A frozen agent does not answer: thawed for the reattach,
                 // frozen again right after (its processes run for that
                 // moment).
-                SessionState::Paused => match self.inner.runtime.resume(&handle).await {
-                    Ok(()) => self.reconnect(&handle).await.ok(),
-                    Err(e) => {
+                // A thaw that fails may find a sandbox a cut resume had
+                // already thawed (docker answers 500 "is not paused"): the
+                // agent's answer decides, not the thaw's.
+                SessionState::Paused => {
+                    if let Err(e) = self.inner.runtime.resume(&handle).await {
                         tracing::warn!(session = %rec.id, "thawing a paused sandbox: {e}");
-                        None
                     }
-                },
+                    self.reconnect(&handle).await.ok()
+                }
                 _ => None,
             };
             let network = stored_policy(&rec);
@@ -338,7 +347,7 @@ impl Engine {
                         agent = fresh.agent;
                     }
                     None => {
-                        session.give_up_agent();
+                        session.lose_sandbox();
                         tracing::warn!(session = %id, "sandbox agent connection closed; the sandbox is gone");
                         if let Err(e) = engine.end_session(&id, SessionState::Lost).await {
                             tracing::warn!(session = %id, "cleaning up a lost sandbox: {e}");
@@ -1176,7 +1185,9 @@ impl Engine {
     }
 
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError> {
-        let mut rx = self.exec_stream(id, req).await?;
+        let (timeout_ms, max_output) = self.exec_params(&req)?;
+        let s = self.live(id).await?;
+        let mut rx = Self::enqueue_exec(&s, req, timeout_ms, max_output)?;
         let mut output = String::new();
         while let Some(ev) = rx.recv().await {
             match ev {
@@ -1197,10 +1208,15 @@ impl Engine {
                         timed_out,
                     })
                 }
-                ExecEvent::Error { message } => return Err(SessionError::AgentLost(message).into()),
+                ExecEvent::Error { message } => {
+                    return Err(self
+                        .lost_or(&s, SessionError::AgentLost(message).into())
+                        .await)
+                }
             }
         }
-        Err(SessionError::AgentLost("the exec ended without a result".into()).into())
+        let e = SessionError::AgentLost("the exec ended without a result".into());
+        Err(self.lost_or(&s, e.into()).await)
     }
 
     /// Starts a streamed exec: it joins the session's queue now (execs of
@@ -1209,6 +1225,16 @@ impl Engine {
     pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
         let (timeout_ms, max_output) = self.exec_params(&req)?;
         let s = self.live(id).await?;
+        Self::enqueue_exec(&s, req, timeout_ms, max_output)
+    }
+
+    /// Puts an exec into the session's queue.
+    fn enqueue_exec(
+        s: &Session,
+        req: ExecRequest,
+        timeout_ms: u64,
+        max_output: u64,
+    ) -> Result<ExecStream, EngineError> {
         let (tx, rx) = mpsc::channel::<ExecEvent>(64);
         let queued = s.enqueue(ExecJob {
             cmd: req.cmd,
@@ -1219,7 +1245,7 @@ impl Engine {
         });
         if !queued {
             return Err(SessionError::NotRunning {
-                id: id.to_string(),
+                id: s.id.clone(),
                 state: s.state(),
             }
             .into());
@@ -1336,16 +1362,36 @@ impl Engine {
         Ok((s, agent))
     }
 
-    /// Ends a file call: its activity recorded, its error typed.
-    pub(crate) fn file_done<T>(
+    /// Ends a file call: its activity recorded, its error typed (a call
+    /// cut by the death of the sandbox is [`SessionError::Lost`]).
+    pub(crate) async fn file_done<T>(
         &self,
         s: &Session,
         r: Result<T, RuntimeError>,
     ) -> Result<T, EngineError> {
-        if !matches!(r, Err(RuntimeError::Agent(_))) {
-            self.persist_activity(s);
+        match r {
+            Err(RuntimeError::Agent(m)) => {
+                let e =
+                    EngineError::runtime("talking to the sandbox agent")(RuntimeError::Agent(m));
+                Err(self.lost_or(s, e).await)
+            }
+            r => {
+                self.persist_activity(s);
+                r.map_err(EngineError::runtime("talking to the sandbox agent"))
+            }
         }
-        r.map_err(EngineError::runtime("talking to the sandbox agent"))
+    }
+
+    /// What a call whose agent connection failed answers: once the
+    /// session's watcher has decided (it reconnects to a sandbox that
+    /// lives, or gives a dead one up), [`SessionError::Lost`] if the
+    /// sandbox is gone, else `err`.
+    pub(crate) async fn lost_or(&self, s: &Session, err: EngineError) -> EngineError {
+        if s.sandbox_gone_verdict().await {
+            SessionError::Lost(s.id.clone()).into()
+        } else {
+            err
+        }
     }
 
     /// Reads a file as a stream (see [`FileReader`]), at most `max_bytes`
@@ -1362,7 +1408,9 @@ impl Engine {
         let cap = self.inner.cfg.max_read_bytes;
         let max = Some(max_bytes.map_or(cap, |m| m.min(cap)));
         let (s, agent) = self.file_agent(id).await?;
-        let stream = self.file_done(&s, agent.read_file(path.clone(), max).await)?;
+        let stream = self
+            .file_done(&s, agent.read_file(path.clone(), max).await)
+            .await?;
         Ok(FileReader::new(path, stream, None))
     }
 
@@ -1375,26 +1423,28 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.write_file(path.clone(), data, None).await)?;
+        self.file_done(&s, agent.write_file(path.clone(), data, None).await)
+            .await?;
         Ok(path)
     }
 
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<Vec<DirEntry>, EngineError> {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.list_dir(path).await)
+        self.file_done(&s, agent.list_dir(path).await).await
     }
 
     pub async fn stat(&self, id: &str, path: &str) -> Result<FileStat, EngineError> {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.stat(path).await)
+        self.file_done(&s, agent.stat(path).await).await
     }
 
     pub async fn mkdir(&self, id: &str, path: &str, parents: bool) -> Result<String, EngineError> {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.mkdir(path.clone(), parents).await)?;
+        self.file_done(&s, agent.mkdir(path.clone(), parents).await)
+            .await?;
         Ok(path)
     }
 
@@ -1402,6 +1452,7 @@ impl Engine {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.remove(path, recursive).await)
+            .await
     }
 
     /// Renames `from` to `to` inside the sandbox (replacing a file there,
@@ -1410,7 +1461,8 @@ impl Engine {
         let from = Self::resolve(from)?;
         let to = Self::resolve(to)?;
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.rename(from, to.clone()).await)?;
+        self.file_done(&s, agent.rename(from, to.clone()).await)
+            .await?;
         Ok(to)
     }
 }

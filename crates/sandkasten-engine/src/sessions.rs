@@ -78,6 +78,9 @@ pub(crate) struct Session {
     /// Set (then `agent` notified) when the watcher gave the sandbox up:
     /// callers waiting for a reconnection stop waiting.
     agent_lost: AtomicBool,
+    /// Set (before `agent_lost`) when the watcher found the sandbox gone:
+    /// calls its death cut answer [`SessionError::Lost`].
+    sandbox_gone: AtomicBool,
     live: Mutex<Live>,
     /// Orders pauses and resumes of this session (held across the
     /// runtime's freeze or thaw, by those only).
@@ -122,6 +125,7 @@ impl Session {
             handle: Mutex::new(sandbox.handle),
             agent: watch::Sender::new(sandbox.agent),
             agent_lost: AtomicBool::new(false),
+            sandbox_gone: AtomicBool::new(false),
             live: Mutex::new(Live {
                 state: SessionState::Running,
                 expires_at: p.expires_at,
@@ -211,6 +215,7 @@ impl Session {
         }
         *self.handle.lock().unwrap() = sandbox.handle;
         self.agent_lost.store(false, Ordering::SeqCst);
+        self.sandbox_gone.store(false, Ordering::SeqCst);
         self.agent.send_replace(sandbox.agent);
         live.state = SessionState::Running;
         live.expires_at = now + time::Duration::seconds(live.ttl_seconds as i64);
@@ -382,6 +387,20 @@ impl Session {
     pub(crate) fn give_up_agent(&self) {
         self.agent_lost.store(true, Ordering::SeqCst);
         self.agent.send_modify(|_| {});
+    }
+
+    /// The watcher found the sandbox gone (its PID 1 died): gives the
+    /// agent up, and calls cut by the death answer `Lost`.
+    pub(crate) fn lose_sandbox(&self) {
+        self.sandbox_gone.store(true, Ordering::SeqCst);
+        self.give_up_agent();
+    }
+
+    /// Whether the sandbox is gone, once the watcher has decided about a
+    /// closed agent connection (waits as [`Session::connected_agent`]).
+    pub(crate) async fn sandbox_gone_verdict(&self) -> bool {
+        self.connected_agent().await;
+        self.sandbox_gone.load(Ordering::SeqCst)
     }
 
     /// A connected agent: while the watcher reconnects a broken one

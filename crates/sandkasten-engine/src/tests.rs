@@ -618,7 +618,7 @@ async fn a_sandbox_that_dies_behind_the_engines_back_becomes_lost() {
 }
 
 #[tokio::test]
-async fn an_exec_running_when_its_sandbox_dies_fails_at_once() {
+async fn an_exec_running_when_its_sandbox_dies_fails_at_once_and_a_queued_one_answers_lost() {
     let e = engine().await;
     let id = session(&e).await;
     let mut rx = e
@@ -629,6 +629,10 @@ async fn an_exec_running_when_its_sandbox_dies_fails_at_once() {
         within(rx.recv()).await,
         Some(ExecEvent::Chunk { .. })
     ));
+    let queued = {
+        let (engine, id) = (e.engine.clone(), id.clone());
+        tokio::spawn(async move { engine.exec(&id, req("echo queued")).await })
+    };
     let started = Instant::now();
     assert!(e.fake.kill(&id));
     match within(rx.recv()).await {
@@ -636,6 +640,10 @@ async fn an_exec_running_when_its_sandbox_dies_fails_at_once() {
         other => panic!("expected an error event, got {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(5));
+    assert_err!(
+        within(queued).await.unwrap(),
+        EngineError::Session(SessionError::Lost(_))
+    );
     wait_until!("the session is given up", e.get_session(&id).await.is_err());
 }
 

@@ -68,7 +68,7 @@ impl Engine {
             },
         };
         let (s, agent) = self.file_agent(id).await?;
-        self.file_done(&s, agent.file_as(user, op).await)
+        self.file_done(&s, agent.file_as(user, op).await).await
     }
 
     /// Reads a file with `user`'s rights (see [`Engine::read_file`]).
@@ -86,7 +86,9 @@ impl Engine {
         let cap = self.inner.cfg.max_read_bytes;
         let max = Some(max_bytes.map_or(cap, |m| m.min(cap)));
         let (s, agent) = self.file_agent(id).await?;
-        let stream = self.file_done(&s, agent.read_file_as(user, path.clone(), max).await)?;
+        let stream = self
+            .file_done(&s, agent.read_file_as(user, path.clone(), max).await)
+            .await?;
         Ok(FileReader::new(path, stream, None))
     }
 
@@ -103,7 +105,9 @@ impl Engine {
     ) -> Result<Watch, EngineError> {
         let path = Self::resolve(path)?;
         let (s, agent) = self.file_agent(id).await?;
-        let inner = self.file_done(&s, agent.watch_dir(path.clone(), recursive, user).await)?;
+        let inner = self
+            .file_done(&s, agent.watch_dir(path.clone(), recursive, user).await)
+            .await?;
         Ok(Watch { path, inner })
     }
 }

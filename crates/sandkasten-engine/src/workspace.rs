@@ -646,7 +646,17 @@ impl Workspaces {
         id: &str,
         label: Option<String>,
     ) -> Result<SnapshotInfo, EngineError> {
-        self.record(id).await?;
+        let rec = self.record(id).await?;
+        if rec.quota_bytes.is_some() {
+            // The record comes before the storage (a crash in between
+            // leaves a record the next use completes): a snapshot that
+            // finds a create's record first waits for, or makes, the image
+            // rather than taking the workspace for one without a quota.
+            self.runtime
+                .ensure_workspace(id, rec.quota_bytes)
+                .await
+                .map_err(rt(id, "creating the workspace"))?;
+        }
         if let Some(l) = &label {
             if l.chars().count() > 256 {
                 return Err(EngineError::InvalidRequest(

@@ -29,6 +29,7 @@ CODES = {
     "UNAUTHORIZED": (401, "Unauthorized"),
     "PERMISSION_DENIED": (403, "PermissionDenied"),
     "SESSION_NOT_FOUND": (404, "SessionNotFound"),
+    "SESSION_LOST": (410, "SessionLost"),
     "WORKSPACE_NOT_FOUND": (404, "WorkspaceNotFound"),
     "FILE_NOT_FOUND": (404, "FileNotFound"),
     "SNAPSHOT_NOT_FOUND": (404, "SnapshotNotFound"),

@@ -40,6 +40,7 @@ fn validate(req: ExecRequest) -> ApiResult<engine::ExecRequest> {
         (status = 200, description = "The command ended (or timed out: `timed_out`, exit code 124)", body = ExecResult),
         (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
     )
 )]

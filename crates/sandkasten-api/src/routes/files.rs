@@ -128,6 +128,7 @@ pub(crate) fn decode_base64(text: &str) -> ApiResult<Vec<u8>> {
         (status = 200, description = "Written", body = OkResponse),
         (status = 400, description = "INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
@@ -177,6 +178,7 @@ pub(crate) async fn write_in(
         (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a directory", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
     )
 )]
@@ -325,6 +327,7 @@ fn multipart_error(e: MultipartError, limit: usize) -> ApiError {
         (status = 200, description = "Every file written", body = UploadResult),
         (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a bad filename or directory", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
@@ -426,6 +429,7 @@ pub(crate) async fn upload_in(
         (status = 400, description = "INVALID_REQUEST, or INVALID_PATH for a non-directory", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
     )
 )]
@@ -463,6 +467,7 @@ pub(crate) async fn list_in(
         (status = 400, description = "INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
     )
 )]
@@ -487,6 +492,7 @@ pub(crate) async fn stat(
         (status = 400, description = "INVALID_REQUEST or INVALID_PATH", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND, or FILE_NOT_FOUND for a missing parent without `parents`", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING, or ALREADY_EXISTS without `parents`", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
@@ -514,6 +520,7 @@ pub(crate) async fn mkdir(
         (status = 400, description = "INVALID_REQUEST or INVALID_PATH (`/`, a path ending in `.` or `..`, a directory onto a non-empty one or into itself)", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
         (status = 507, description = "STORAGE_FULL: the quota or disk limit written to (or the host's disk) is full", body = ErrorBody),
     )
@@ -541,6 +548,7 @@ pub(crate) async fn move_path(
         (status = 400, description = "INVALID_REQUEST or INVALID_PATH (a non-empty directory without `recursive`)", body = ErrorBody),
         (status = 403, description = "PERMISSION_DENIED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND or FILE_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING", body = ErrorBody),
     )
 )]

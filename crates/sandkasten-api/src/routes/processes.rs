@@ -33,6 +33,7 @@ use std::convert::Infallible;
         (status = 201, description = "The process runs", body = ProcessInfo),
         (status = 400, description = "INVALID_REQUEST, PROCESS_START_FAILED (the program was not found or could not start)", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING, TAG_IN_USE", body = ErrorBody),
     )
 )]
@@ -63,6 +64,7 @@ pub(crate) async fn start_process(
         (status = 200, description = "`text/event-stream`: `start`, output events, then `end` or `error`", content_type = "text/event-stream", body = ProcessOutputEvent),
         (status = 400, description = "INVALID_REQUEST, PROCESS_START_FAILED", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "SESSION_NOT_RUNNING, TAG_IN_USE", body = ErrorBody),
     )
 )]
@@ -90,6 +92,7 @@ pub(crate) async fn start_process_stream(
     responses(
         (status = 200, description = "The processes", body = [ProcessInfo]),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_processes(
@@ -110,6 +113,7 @@ pub(crate) async fn list_processes(
         (status = 200, description = "The process", body = ProcessInfo),
         (status = 400, description = "INVALID_REQUEST (not a pid or a tag)", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
     )
 )]
 pub(crate) async fn get_process(
@@ -131,6 +135,7 @@ pub(crate) async fn get_process(
     responses(
         (status = 200, description = "`text/event-stream`: `start`, output events, then `end` or `error`", content_type = "text/event-stream", body = ProcessOutputEvent),
         (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
     )
 )]
 pub(crate) async fn process_stream(
@@ -157,6 +162,7 @@ pub(crate) async fn process_stream(
     responses(
         (status = 200, description = "Written", body = OkResponse),
         (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "PROCESS_ENDED, STDIN_CLOSED", body = ErrorBody),
     )
 )]
@@ -199,6 +205,7 @@ pub(crate) async fn write_stdin(
     responses(
         (status = 200, description = "Closed", body = OkResponse),
         (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "PROCESS_ENDED", body = ErrorBody),
     )
 )]
@@ -225,6 +232,7 @@ pub(crate) async fn close_stdin(
         (status = 200, description = "Sent", body = OkResponse),
         (status = 400, description = "INVALID_REQUEST (unknown signal)", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "PROCESS_ENDED", body = ErrorBody),
     )
 )]
@@ -250,6 +258,7 @@ pub(crate) async fn signal_process(
         (status = 200, description = "Resized", body = OkResponse),
         (status = 400, description = "INVALID_REQUEST (no PTY, a zero size)", body = ErrorBody),
         (status = 404, description = "SESSION_NOT_FOUND, PROCESS_NOT_FOUND", body = ErrorBody),
+        (status = 410, description = "SESSION_LOST: the sandbox ended during the request", body = ErrorBody),
         (status = 409, description = "PROCESS_ENDED", body = ErrorBody),
     )
 )]

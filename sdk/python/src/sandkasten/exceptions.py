@@ -40,6 +40,7 @@ __all__ = [
     "SandkastenError",
     "SandkastenStreamError",
     "SandkastenTimeoutError",
+    "SessionLost",
     "SessionNotFound",
     "SessionNotPaused",
     "SessionNotRunning",
@@ -181,6 +182,13 @@ class NotFound(SandkastenAPIError):
 @_code("SESSION_NOT_FOUND")
 class SessionNotFound(SandkastenAPIError):
     """404: no live session has this id."""
+
+
+@_code("SESSION_LOST")
+class SessionLost(SessionNotFound):
+    """410: the session's sandbox ended (its PID 1 died) during the request;
+    the session is gone (marked ``lost``) and the request's effect unknown.
+    """
 
 
 @_code("WORKSPACE_NOT_FOUND")
