@@ -1,9 +1,8 @@
 //! The store as the engine uses it: every SQLite call runs on the blocking
 //! pool (never on an async worker, since a write may wait up to the busy
 //! timeout), and the activity of execs and file calls (expiry, cwd) goes
-//! to one writer task that coalesces it over a window of a second, so the
-//! hot path never waits for the database and a busy session costs one
-//! write per second, not one per call.
+//! to one writer task that coalesces it, so the hot path never waits for
+//! the database at all.
 
 use sandkasten_store::{Store, StoreError};
 use std::collections::HashMap;
@@ -74,21 +73,12 @@ impl Db {
     }
 }
 
-/// How long activity gathers before it is written: one write per busy
-/// session per window instead of one per exec (an SQLite transaction and a
-/// hand-off to the blocking pool each). A SIGKILL loses at most this much:
-/// after a crash a TTL may end up to this much earlier; the shell's cwd is
-/// read back from the live shell at recovery. A flush writes at once.
-const ACTIVITY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Writes activity in batches: from the first touch of a batch, whatever
-/// arrives within [`ACTIVITY_WINDOW`] (or until a flush) goes in it, one
-/// row per session.
+/// Writes activity as it arrives; whatever queued while a batch was being
+/// written goes in the next one, one row per session.
 async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Activity>) {
     while let Some(first) = rx.recv().await {
         let mut batch: HashMap<String, (i64, String)> = HashMap::new();
         let mut flushed = Vec::new();
-        let deadline = tokio::time::Instant::now() + ACTIVITY_WINDOW;
         let mut next = Some(first);
         while let Some(a) = next {
             match a {
@@ -101,16 +91,7 @@ async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Activ
                 }
                 Activity::Flush(done) => flushed.push(done),
             }
-            next = if flushed.is_empty() {
-                // The window's end or the next message, whichever first
-                // (a closed channel ends the batch too).
-                tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                rx.try_recv().ok()
-            };
+            next = rx.try_recv().ok();
         }
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {
