@@ -587,24 +587,9 @@ async fn list_snapshots(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result
                 .is_none_or(|n| s.label.as_ref() == Some(n) || &s.id == n)
         })
         .collect();
-    if let Some(token) = &token {
-        // The token is the last id of the page before.
-        match snaps.iter().position(|s| &s.id == token) {
-            Some(i) => {
-                snaps.drain(..=i);
-            }
-            None => return Err(E2bError::bad(format!("unknown nextToken {token:?}"))),
-        }
-    }
-    let more = snaps.len() > limit;
-    snaps.truncate(limit);
-    let mut resp = Json(snaps.iter().map(snapshot_info).collect::<Vec<_>>()).into_response();
-    if let Some(last) = snaps.last().filter(|_| more) {
-        if let Ok(v) = HeaderValue::from_str(&last.id) {
-            resp.headers_mut().insert("x-next-token", v);
-        }
-    }
-    Ok(resp)
+    let next = page(&mut snaps, token.as_deref(), limit, |s| &s.id)?;
+    let body = snaps.iter().map(snapshot_info).collect::<Vec<_>>();
+    Ok(with_next_token(Json(body).into_response(), next))
 }
 
 /// Deletes a sandbox snapshot (E2B deletes snapshots as templates); the
@@ -734,27 +719,39 @@ async fn list(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result<Response>
     if q.newest_first {
         sessions.reverse();
     }
-    if let Some(token) = &q.next_token {
-        // The token is the last id of the page before.
-        match sessions.iter().position(|s| &s.id == token) {
+    let next = page(&mut sessions, q.next_token.as_deref(), q.limit, |s| &s.id)?;
+    let body: Vec<Value> = sessions.iter().map(|s| listed(&ctl, s, false)).collect();
+    Ok(with_next_token(Json(body).into_response(), next))
+}
+
+/// Cuts `items` to the page after `token` (the last id of the page
+/// before; an unknown one is 400) of at most `limit`; the next page's
+/// token when there is more.
+fn page<T>(
+    items: &mut Vec<T>,
+    token: Option<&str>,
+    limit: usize,
+    id: impl Fn(&T) -> &String,
+) -> Result<Option<String>> {
+    if let Some(token) = token {
+        match items.iter().position(|s| id(s) == token) {
             Some(i) => {
-                sessions.drain(..=i);
+                items.drain(..=i);
             }
             None => return Err(E2bError::bad(format!("unknown nextToken {token:?}"))),
         }
     }
-    let more = sessions.len() > q.limit;
-    sessions.truncate(q.limit);
-    let body: Vec<Value> = sessions.iter().map(|s| listed(&ctl, s, false)).collect();
-    let mut resp = Json(body).into_response();
-    if more {
-        if let Some(last) = sessions.last() {
-            if let Ok(v) = HeaderValue::from_str(&last.id) {
-                resp.headers_mut().insert("x-next-token", v);
-            }
-        }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok(items.last().filter(|_| more).map(|s| id(s).clone()))
+}
+
+/// `resp` with the next page's token in `x-next-token`, if any.
+fn with_next_token(mut resp: Response, next: Option<String>) -> Response {
+    if let Some(v) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert("x-next-token", v);
     }
-    Ok(resp)
+    resp
 }
 
 async fn metrics(State(ctl): State<Ctl>, Path(id): Path<String>) -> Result<Json<Value>> {

@@ -7,7 +7,7 @@
 //! exec `true` back to back for a fixed time: execs per second and the
 //! p50/p99 latency.
 
-use super::{time, Api, Series};
+use super::{first_command_series, time, Api, Series};
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -23,35 +23,8 @@ fn mem_available_kb() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
-/// Paced create + first exec, `n` times: (create + exec, create, exec).
-fn first_commands(api: &Api, n: usize, gap: Duration) -> Result<[Series; 3]> {
-    let mut all = [
-        Series {
-            name: "first command",
-            samples: vec![],
-        },
-        Series {
-            name: "create",
-            samples: vec![],
-        },
-        Series {
-            name: "first exec",
-            samples: vec![],
-        },
-    ];
-    for _ in 0..n {
-        std::thread::sleep(gap);
-        let (c, id) = time(|| api.create())?;
-        let (e, _) = time(|| api.exec(&id, "true"))?;
-        all[0].samples.push(c + e);
-        all[1].samples.push(c);
-        all[2].samples.push(e);
-        api.destroy(&id)?;
-    }
-    Ok(all)
-}
-
-fn p50s(s: &[Series; 3]) -> Value {
+/// The headline and its parts, as `first_command_series` gives them.
+fn p50s(s: &[Series]) -> Value {
     json!({
         "first_command_ms": s[0].percentile(50.0),
         "create_ms": s[1].percentile(50.0),
@@ -61,7 +34,7 @@ fn p50s(s: &[Series; 3]) -> Value {
 
 /// `--sessions N`: the headline with none and with `sessions` idle ones.
 pub(super) fn sessions(api: &Api, sessions: usize, n: usize, gap: Duration) -> Result<Value> {
-    let empty = first_commands(api, n, gap)?;
+    let empty = first_command_series(api, n, gap)?;
     let before = mem_available_kb();
     let started = Instant::now();
     let mut ids = Vec::with_capacity(sessions);
@@ -81,7 +54,7 @@ pub(super) fn sessions(api: &Api, sessions: usize, n: usize, gap: Duration) -> R
             api.exec(id, "true")?;
         }
         let after = mem_available_kb();
-        let full = first_commands(api, n, gap)?;
+        let full = first_command_series(api, n, gap)?;
         let per_session_kb = match (before, after) {
             (Some(b), Some(a)) if sessions > 0 => Some(b.saturating_sub(a) / sessions as u64),
             _ => None,
