@@ -138,3 +138,42 @@ fn cpu_limit_sets_the_cgroup_quota() {
         "cpu quota/period = {ratio}, want 0.5"
     );
 }
+
+mod native_only {
+    use super::*;
+
+    /// A sandbox holds at most 64 pseudo-terminals (its devpts instance's
+    /// `max=`), so it cannot take the terminals its neighbours' shells and
+    /// execs need; the daemon raises the host's `kernel.pty.max` to what
+    /// `max_sessions` sandboxes can hold (never lowers it).
+    #[test]
+    fn a_sandbox_cannot_take_the_hosts_terminals() {
+        require_native("the docker engine mounts the containers' devpts");
+        let d = Daemon::start(Some("max_sessions: 100\n"));
+        let max: u64 = std::fs::read_to_string("/proc/sys/kernel/pty/max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let reserve: u64 = std::fs::read_to_string("/proc/sys/kernel/pty/reserve")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            max >= reserve + 100 * 64,
+            "kernel.pty.max {max} leaves 100 sandboxes less than 64 terminals each"
+        );
+        let hog = d.new_session();
+        let neighbour = d.new_session();
+        let v = d.exec(
+            &hog,
+            "python3 -c 'import os\nn = 0\ntry:\n    while True:\n        os.openpty()\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)\n'",
+        );
+        // The shell's terminal and this exec's are two of the 64.
+        assert_eq!(v["output"], "62 28\n", "{v}");
+        assert_eq!(d.sh(&neighbour, "echo fine"), "fine\n");
+        // The hog's terminals closed with its process: the session goes on.
+        assert_eq!(d.sh(&hog, "echo again"), "again\n");
+    }
+}

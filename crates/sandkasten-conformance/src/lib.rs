@@ -499,6 +499,7 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 min_free_mb: 16,
                 // The host as the daemon finds it: both paths must hold.
                 favordynmods: false,
+                pty_max_for_sessions: None,
                 network: None,
             };
             let rt = Arc::new(NativeRuntime::new(cfg).unwrap_or_else(|e| {

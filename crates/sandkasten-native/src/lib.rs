@@ -36,6 +36,7 @@ mod image;
 mod layers;
 mod net;
 mod process;
+mod ptys;
 mod scratch;
 mod wsimage;
 mod wstar;
@@ -107,6 +108,9 @@ pub struct NativeConfig {
     /// `favordynmods` where no cgroup mount has it yet: see
     /// [`cgroups::favor_dynmods`]. Host-wide while mounted.
     pub favordynmods: bool,
+    /// Raise the host's `kernel.pty.max` where it is too low for this many
+    /// live sandboxes (see [`ptys::ensure_pty_max`]); `None`: leave it.
+    pub pty_max_for_sessions: Option<u64>,
     /// The sandboxes' network datapath; `None`: no network policies (every
     /// sandbox has loopback only; what the image commands use, so they
     /// never touch a running daemon's rules).
@@ -161,6 +165,15 @@ impl NativeRuntime {
                 "cgroup attach: slow path, each create waits for an RCU grace period \
                  (12-25 ms): {why}"
             ),
+        }
+        if let Some(n) = cfg.pty_max_for_sessions {
+            match ptys::ensure_pty_max(n) {
+                Ok(Some((old, new))) => {
+                    tracing::info!("raised kernel.pty.max from {old} to {new} for {n} sessions")
+                }
+                Ok(None) => {}
+                Err(why) => tracing::warn!("pseudo-terminals may run out: {why}"),
+            }
         }
         for d in ["sessions", "images"] {
             let p = cfg.data_dir.join(d);

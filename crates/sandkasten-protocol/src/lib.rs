@@ -122,6 +122,11 @@ pub const MAX_WATCHES: usize = 16;
 /// Directories one recursive watch covers at most.
 pub const MAX_WATCHED_DIRS: usize = 4096;
 
+/// Pseudo-terminals one native sandbox may hold at once (its devpts
+/// instance's `max=`): the shell's, the running exec's, and those of
+/// processes started with a terminal.
+pub const PTYS_PER_SANDBOX: u64 = 64;
+
 /// Largest chunk of a streamed read ([`Response::FileChunk`]).
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 

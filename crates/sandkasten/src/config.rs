@@ -93,6 +93,10 @@ pub struct Config {
     /// period (12-25 ms of every cold create). Host-wide: forks and exits
     /// take the cgroup lock's slower path. `false`: leave the host as it is.
     pub cgroup_favordynmods: bool,
+    /// Native runtime: raise the host's `kernel.pty.max` at start where it
+    /// is lower than `max_sessions` sandboxes can hold (each sandbox's own
+    /// terminals are capped at 64); never lowers it. `false`: leave it.
+    pub raise_pty_max: bool,
 }
 
 /// The `network:` section: the cap on sessions' network policies and the
@@ -340,6 +344,7 @@ impl Default for Config {
             disk: Disk::default(),
             network: Network::default(),
             cgroup_favordynmods: true,
+            raise_pty_max: true,
         }
     }
 }

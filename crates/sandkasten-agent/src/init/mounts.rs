@@ -250,7 +250,10 @@ pub fn finish_in_namespace() -> Result<(), String> {
         Path::new("dev/pts"),
         Some("devpts"),
         libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid=5,max={}",
+            sandkasten_protocol::PTYS_PER_SANDBOX
+        )),
     )?;
     // The rootfs mount was copied into this user namespace's mount
     // namespace and is therefore locked, and pivot_root refuses a locked
