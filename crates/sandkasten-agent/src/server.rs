@@ -512,40 +512,113 @@ pub(crate) fn send(writer: &Writer, id: u64, body: Response) {
     }
 }
 
-/// Runs `job` on a new thread, or on this one if no thread can be created
-/// (a sandbox at its pids limit still gets answers).
-fn run_detached(name: &str, job: impl FnOnce() + Send + 'static) {
-    let slot = Arc::new(Mutex::new(Some(job)));
-    if let Err(e) = spawn_slot(name, slot.clone()) {
+/// Runs `job` on a worker thread, or on this one if no thread can be
+/// created (a sandbox at its pids limit still gets answers).
+fn run_detached(name: &'static str, job: impl FnOnce() + Send + 'static) {
+    if let Err((job, e)) = WORKERS.submit(name, Box::new(job)) {
         eprintln!("sandkasten-agent: cannot start a {name} thread ({e}); running inline");
-        let job = lock(&slot).take();
-        if let Some(job) = job {
-            job();
-        }
+        job();
     }
 }
 
-/// Runs `job` on a new thread; if none can be created, `job` is dropped
-/// and the error returned.
-fn try_detached(name: &str, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    spawn_slot(name, Arc::new(Mutex::new(Some(job))))
+/// Runs `job` on a worker thread; if there is none and none can be
+/// created, `job` is dropped and the error returned.
+fn try_detached(name: &'static str, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    WORKERS.submit(name, Box::new(job)).map_err(|(_, e)| e)
 }
 
-/// Starts a thread that takes the job out of `slot` and runs it; on an
-/// error the job is still in the slot.
-fn spawn_slot<F: FnOnce() + Send + 'static>(
-    name: &str,
-    slot: Arc<Mutex<Option<F>>>,
-) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let job = lock(&slot).take();
-            if let Some(job) = job {
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Threads that run requests (each may block for as long as its exec or
+/// read lasts, so there is no upper bound on how many run at once). A
+/// thread that has finished waits [`WORKER_IDLE`] for the next job before
+/// it exits, and at most [`WORKERS_IDLE_MAX`] wait: a steady stream of
+/// requests does not pay for creating a thread each (a clone, a stack
+/// mapping and its teardown: tens of microseconds), and an idle sandbox
+/// keeps no extra threads.
+static WORKERS: Workers = Workers {
+    state: Mutex::new(WorkerState {
+        jobs: std::collections::VecDeque::new(),
+        idle: 0,
+    }),
+    ready: std::sync::Condvar::new(),
+};
+
+const WORKER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+const WORKERS_IDLE_MAX: usize = 4;
+
+struct Workers {
+    state: Mutex<WorkerState>,
+    ready: std::sync::Condvar,
+}
+
+struct WorkerState {
+    jobs: std::collections::VecDeque<Job>,
+    /// Threads waiting for a job (not counting jobs queued for them).
+    idle: usize,
+}
+
+impl Workers {
+    /// Hands `job` to a waiting thread, else starts one for it. On an
+    /// error the job comes back with it.
+    fn submit(&'static self, name: &'static str, job: Job) -> Result<(), (Job, io::Error)> {
+        let mut st = lock(&self.state);
+        if st.idle > 0 {
+            st.idle -= 1;
+            st.jobs.push_back(job);
+            drop(st);
+            self.ready.notify_one();
+            return Ok(());
+        }
+        drop(st);
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let taken = slot.clone();
+        let started = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            let first = lock(&taken).take();
+            if let Some(job) = first {
                 job();
             }
-        })
-        .map(drop)
+            self.serve();
+        });
+        match started {
+            Ok(_) => Ok(()),
+            Err(e) => match lock(&slot).take() {
+                Some(job) => Err((job, e)),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// A worker's life after its first job: wait for more, run them, exit
+    /// when enough others wait or none came for a while.
+    fn serve(&self) {
+        loop {
+            let mut st = lock(&self.state);
+            if st.idle >= WORKERS_IDLE_MAX {
+                return;
+            }
+            st.idle += 1;
+            let deadline = std::time::Instant::now() + WORKER_IDLE;
+            let job = loop {
+                if let Some(job) = st.jobs.pop_front() {
+                    // `submit` counted this thread out of `idle` already.
+                    break job;
+                }
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    st.idle -= 1;
+                    return;
+                }
+                st = self
+                    .ready
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            };
+            drop(st);
+            job();
+        }
+    }
 }
 
 /// Process-wide settings of the agent before it serves.

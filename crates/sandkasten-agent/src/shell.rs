@@ -63,6 +63,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -413,70 +414,92 @@ impl Flavor {
         }
     }
 
+    /// The fd (in the shell) of the command text: a read-only memfd the
+    /// agent writes each exec's command into and rewinds (the shell's fd
+    /// shares the agent's read-only file description), which bash reads
+    /// with one buffered `mapfile` (its script input is a pipe, which it
+    /// reads byte by byte, a syscall each). `sh` has no `mapfile`: its
+    /// command comes quoted in the run line.
+    fn text_fd(self) -> Option<RawFd> {
+        match self {
+            Flavor::Bash => Some(97),
+            Flavor::Sh => None,
+        }
+    }
+
     /// The first line the shell runs: job control, aliases, an INT trap
-    /// that keeps the shell alive, and `__sk_s`, the status step of every
-    /// exec (see [`Flavor::status_line`]; a function so that the line the
-    /// shell reads byte by byte after each command stays short).
+    /// that keeps the shell alive, `__sk_s CODE TOKEN`, the status step of
+    /// every exec (it writes the token, the code and the working directory
+    /// to the status fd; if that fd is gone it exits with the code, which
+    /// reports it as well), and in bash `__sk_r`, which reads the command
+    /// text into `__sk_a` (`mapfile -d ''` reads a regular file buffered;
+    /// bash before 4.4 has no `-d` and falls back to `read -d ''`).
+    /// Functions, so that the line the shell reads byte by byte for each
+    /// exec stays short. They run outside the eval's redirections, where
+    /// stderr is the shell's own terminal: a user's `set -x` traces them
+    /// there, never into an exec's output.
     fn setup(self) -> &'static str {
         match self {
             Flavor::Bash => concat!(
-                "set -m; shopt -s expand_aliases; trap : INT; ",
-                "__sk_s() { __sk_rc=${__sk_rc-$1}; ",
-                "\\builtin printf \"$2\"'\\0%s\\0%s\\0' \"$__sk_rc\" \"${PWD-}\" >&98 ",
-                "|| \\builtin exit \"$__sk_rc\"; \\builtin unset __sk_c __sk_rc; }\n"
+                r#"set -m; shopt -s expand_aliases; trap : INT; "#,
+                r#"__sk_s() { \builtin printf "$2"'\0%s\0%s\0' "$1" "${PWD-}" >&98 "#,
+                r#"|| \builtin exit "$1"; \builtin unset __sk_a; }; "#,
+                r#"if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 404)); then "#,
+                r#"__sk_r() { \builtin mapfile -d '' -u 97 __sk_a; }; "#,
+                r#"else __sk_r() { __sk_a=; IFS= \builtin read -r -d '' -u 97 __sk_a; }; fi"#,
+                "\n"
             ),
             Flavor::Sh => concat!(
-                "set -m; trap : INT; ",
-                "__sk_s() { __sk_rc=${__sk_rc-$1}; ",
-                "printf \"$2\"'\\0%s\\0%s\\0' \"$__sk_rc\" \"${PWD-}\" >&9 ",
-                "|| exit \"$__sk_rc\"; unset __sk_c __sk_rc; }\n"
+                r#"set -m; trap : INT; "#,
+                r#"__sk_s() { printf "$2"'\0%s\0%s\0' "$1" "${PWD-}" >&9 "#,
+                r#"|| exit "$1"; unset __sk_c; }"#,
+                "\n"
             ),
         }
     }
 
-    /// The first script line of an exec: it runs the command.
+    /// The script line of an exec: it runs the command and reports.
     ///
-    /// The command (single-quoted, so always one complete token) is
-    /// assigned to a variable and `eval`ed at top level with stdin
-    /// `/dev/null`, stdout and stderr on this exec's own terminal (`tty`)
-    /// and the status fd closed (so no program inherits it): whatever the
-    /// command does to these fds (`exec >/dev/null`, closing them) is undone
-    /// when the eval returns. Then the line keeps `$?` and writes `ended`
-    /// (a random token of this exec) to the status fd.
+    /// bash reads the command from the text fd (`__sk_r`: the agent wrote
+    /// it there), `sh` takes it single-quoted (always one complete token)
+    /// from this line; it is `eval`ed at top level with stdin `/dev/null`,
+    /// stdout and stderr on this exec's own terminal (`tty`) and the status
+    /// and text fds closed (so no program inherits them): whatever the
+    /// command does to these fds (`exec >/dev/null`, closing them) is
+    /// undone when the eval returns. Then `__sk_s` writes `token` (random,
+    /// this exec's), `$?` and the cwd to the status fd.
     ///
-    /// Only then does the agent send the [`Flavor::status_line`], behind a
-    /// second token: while the command runs, the shell's input holds
-    /// nothing but what it has already read, so the command cannot learn
-    /// the token that ends its exec, and records without it are ignored.
-    /// (bash reads this whole line before running any of it, so `ended`
-    /// is not in its input either.) If the status fd is gone (the command
-    /// closed it), the shell exits with the command's status instead, which
-    /// reports it as well.
-    /// The driver's own steps are inside `{ } 2>/dev/null`, so that a
-    /// user's `set -x` does not trace them.
-    fn run_line(self, cmd: &str, ended: &str, tty: &str) -> String {
-        let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
-        // bash's eval takes options (so needs `--` before a command that
-        // starts with `-`); dash's would run `--` as a command.
-        let (b, eval, fd) = match self {
-            Flavor::Bash => (r"\builtin ", r"\builtin eval --", 98),
-            Flavor::Sh => ("", "eval", 9),
-        };
-        format!(
-            "{{ __sk_c={quoted}; {b}unset __sk_rc; }} 2>/dev/null; \
-             {eval} \"$__sk_c\" </dev/null >{tty} 2>&1 {fd}>&-; \
-             {{ __sk_rc=$?; {b}printf '{ended}\\0' >&{fd} || {b}exit \"$__sk_rc\"; }} 2>/dev/null\n"
-        )
+    /// bash reads this whole line before running any of it, and the agent
+    /// writes nothing more while the command runs, so the command cannot
+    /// learn the token from the shell's input, and records without it are
+    /// ignored. If bash abandons the line (its foreground job died of
+    /// SIGINT), the agent sends a [`Flavor::status_line`] with a second
+    /// token. A command that redefines `__sk_s` or `__sk_r` gets no status:
+    /// its exec times out and the shell is replaced.
+    fn run_line(self, cmd: &str, token: &str, tty: &str) -> String {
+        match self {
+            // bash's eval takes options: `--` before a command that starts
+            // with `-`.
+            Flavor::Bash => {
+                format!(
+                    r#"__sk_r;\builtin eval -- "${{__sk_a[0]}}" </dev/null >{tty} 2>&1 98>&- 97<&-;__sk_s $? {token}"#
+                ) + "\n"
+            }
+            // dash's eval would run `--` as a command.
+            Flavor::Sh => {
+                let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
+                format!(
+                    r#"{{ __sk_c={quoted}; }} 2>/dev/null; eval "$__sk_c" </dev/null >{tty} 2>&1 9>&-; __sk_s $? {token}"#
+                ) + "\n"
+            }
+        }
     }
 
-    /// The second script line of an exec: writes the exit code and the
-    /// working directory behind the token `report` (through `__sk_s`,
-    /// defined by [`Flavor::setup`]). The code is the one the run line
-    /// kept, or `$?` when bash abandoned the run line (its foreground job
-    /// died of SIGINT: 130). A command that redefines `__sk_s` gets no
-    /// status: its exec times out and the shell is replaced.
-    fn status_line(self, report: &str) -> String {
-        format!("__sk_s $? {report} 2>/dev/null\n")
+    /// The status line sent after an interrupt, for the case that bash
+    /// abandoned the run line (its foreground job died of SIGINT: `$?` is
+    /// 130).
+    fn status_line(self, token: &str) -> String {
+        format!("__sk_s $? {token}\n")
     }
 }
 
@@ -557,6 +580,10 @@ struct Instance {
     /// Owner given to each exec's terminal (the sandbox user).
     owner: (Option<u32>, Option<u32>),
     cmd_w: File,
+    /// The command text (bash: [`Flavor::text_fd`]): written at offset 0
+    /// for each exec through the first, and rewound through the second,
+    /// whose file description the shell's fd shares.
+    text: Option<(File, OwnedFd)>,
     flavor: Flavor,
     shared: Arc<Shared>,
     pump: Option<JoinHandle<()>>,
@@ -577,6 +604,8 @@ struct ChildPlan {
     cmd_r: RawFd,
     status_w: RawFd,
     status_fd: RawFd,
+    /// The read-only command text and the fd the shell has it as.
+    text: Option<(RawFd, RawFd)>,
     err_w: RawFd,
 }
 
@@ -599,6 +628,13 @@ impl Instance {
         let cmd_r = move_above(cmd_r, 100)?;
         let status_w = move_above(status_w, 100)?;
         let err_w = move_above(err_w, 100)?;
+        let text = match flavor.text_fd() {
+            Some(fd) => {
+                let (rw, ro) = command_text()?;
+                Some((rw, move_above(ro, 100)?, fd))
+            }
+            None => None,
+        };
         if cfg.uid.is_some() || cfg.gid.is_some() {
             // So that the sandbox user owns its terminal, like a login.
             let uid = cfg.uid.unwrap_or(u32::MAX);
@@ -625,6 +661,7 @@ impl Instance {
             cmd_r: cmd_r.as_raw_fd(),
             status_w: status_w.as_raw_fd(),
             status_fd: flavor.status_fd(),
+            text: text.as_ref().map(|(_, ro, fd)| (ro.as_raw_fd(), *fd)),
             err_w: err_w.as_raw_fd(),
         };
 
@@ -646,6 +683,7 @@ impl Instance {
             },
         )?;
         drop((slave, cmd_r, status_w, err_w));
+        let text = text.map(|(rw, ro, _)| (File::from(rw), ro));
 
         // The error pipe is closed by a successful exec; before that the
         // child writes its errno on failure.
@@ -665,6 +703,7 @@ impl Instance {
             master,
             owner: (cfg.uid, cfg.gid),
             cmd_w: File::from(cmd_w),
+            text,
             flavor,
             shared,
             pump: Some(pump),
@@ -704,7 +743,7 @@ impl Instance {
                 };
             }
         };
-        let (ended, report) = (nonce(), nonce());
+        let (token, report) = (nonce(), nonce());
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         *lock(&self.shared.sink) = Some(tx.clone());
         self.shared.set_current(Some(tty.master.clone()));
@@ -718,13 +757,38 @@ impl Instance {
         // For the fallback of `signal_foreground` (kernels without a pty
         // foreground group): jobs started from here on are this exec's.
         let exec_start = boot_ticks();
+        if let Some((text, shared)) = &self.text {
+            // The shell is between commands: nothing reads the text now
+            // (and no program of it has the fd: the eval closes it).
+            if let Err(e) = text
+                .write_all_at(cmd.as_bytes(), 0)
+                .and_then(|()| text.set_len(cmd.len() as u64))
+                .and_then(|()| rewind(shared))
+            {
+                self.release_tty(tty);
+                *lock(&self.shared.sink) = None;
+                self.shared.set_current(None);
+                cancel.detach();
+                out(
+                    format!("sandkasten-agent: cannot pass the command to the shell: {e}\n")
+                        .into_bytes(),
+                );
+                return Run {
+                    exit_code: 126,
+                    cwd: None,
+                    timed_out: false,
+                    truncated: false,
+                    shell_gone: false,
+                };
+            }
+        }
         // EPIPE means the shell is gone; its death arrives as an event.
         let _ = self
             .cmd_w
-            .write_all(self.flavor.run_line(cmd, &ended, &tty.path).as_bytes());
-        let mut status = StatusParser::new(&ended, &report);
-        // The status line goes out once the command has ended (or been
-        // interrupted), never while it runs: see `Flavor::run_line`.
+            .write_all(self.flavor.run_line(cmd, &token, &tty.path).as_bytes());
+        let mut status = StatusParser::new(&token, &report);
+        // The status line goes out only after an interrupt, never while
+        // the command runs: see `Flavor::run_line`.
         let mut report_sent = false;
         let mut send_report = |w: &mut File| {
             if !report_sent {
@@ -792,9 +856,6 @@ impl Instance {
                 }
                 Ok(Event::Status(data)) => {
                     status.push(&data);
-                    if status.take_ended() {
-                        send_report(&mut self.cmd_w);
-                    }
                     if let Some((code, cwd)) = status.record() {
                         run.exit_code = code;
                         run.cwd = Some(cwd);
@@ -1116,14 +1177,13 @@ fn drain_tty(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> bool {
     true
 }
 
-/// Reads the running exec's two records from the status stream: `ended`
-/// and a NUL (the command has ended), then `report`, a NUL, the exit code,
-/// a NUL, the working directory, a NUL. Anything else on the stream (a
-/// command writing to the status fd) is ignored.
+/// Finds the running exec's record in the status stream: one of its two
+/// tokens (the run line's, or the status line's after an interrupt), a
+/// NUL, the exit code, a NUL, the working directory, a NUL. Anything else
+/// on the stream (a command writing to the status fd, a late record of an
+/// earlier exec) is ignored.
 struct StatusParser {
-    ended: Vec<u8>,
-    report: Vec<u8>,
-    seen_ended: bool,
+    keys: [Vec<u8>; 2],
     buf: Vec<u8>,
 }
 
@@ -1131,16 +1191,14 @@ struct StatusParser {
 const STATUS_BUF_MAX: usize = 64 * 1024;
 
 impl StatusParser {
-    fn new(ended: &str, report: &str) -> StatusParser {
+    fn new(token: &str, report: &str) -> StatusParser {
         let key = |s: &str| {
             let mut k = s.as_bytes().to_vec();
             k.push(0);
             k
         };
         StatusParser {
-            ended: key(ended),
-            report: key(report),
-            seen_ended: false,
+            keys: [key(token), key(report)],
             buf: Vec::new(),
         }
     }
@@ -1149,29 +1207,21 @@ impl StatusParser {
         self.buf.extend_from_slice(data);
     }
 
-    /// True once, when the `ended` record has arrived.
-    fn take_ended(&mut self) -> bool {
-        if self.seen_ended {
-            return false;
-        }
-        let Some(at) = find(&self.buf, &self.ended) else {
-            return false;
-        };
-        self.buf.drain(..at + self.ended.len());
-        self.seen_ended = true;
-        true
-    }
-
     fn record(&mut self) -> Option<(i32, String)> {
-        let Some(at) = find(&self.buf, &self.report) else {
+        let found = self
+            .keys
+            .iter()
+            .filter_map(|k| find(&self.buf, k).map(|at| (at, k.len())))
+            .min();
+        let Some((at, len)) = found else {
             // Keep only what could be the start of a record.
             if self.buf.len() > STATUS_BUF_MAX {
-                let keep = self.report.len().max(self.ended.len());
+                let keep = self.keys[0].len().max(self.keys[1].len());
                 self.buf.drain(..self.buf.len() - keep);
             }
             return None;
         };
-        let rest = &self.buf[at + self.report.len()..];
+        let rest = &self.buf[at + len..];
         let first = rest.iter().position(|b| *b == 0)?;
         let second = first + 1 + rest[first + 1..].iter().position(|b| *b == 0)?;
         let code = std::str::from_utf8(&rest[..first])
@@ -1255,6 +1305,11 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
             || libc::dup2(plan.status_w, plan.status_fd) < 0
         {
             fail();
+        }
+        if let Some((text, fd)) = plan.text {
+            if libc::dup2(text, fd) < 0 {
+                fail();
+            }
         }
         if !sys::become_user(plan.uid, plan.gid, plan.nproc) {
             fail();
@@ -1366,6 +1421,39 @@ fn proc_session(pid: libc::pid_t) -> Option<libc::pid_t> {
 
 /// Opens a pty pair, both ends close-on-exec, configured for byte-exact
 /// output: no echo, no output processing (so no `\n` -> `\r\n`).
+/// The command text file: a memfd only the agent may write (mode 0444,
+/// owned by the agent's user), and a read-only fd of it for the shell
+/// (whose offset the agent rewinds before each exec).
+fn command_text() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: memfd_create with a valid name; the fd is wrapped at once.
+    let rw = unsafe {
+        let fd = libc::memfd_create(c"sandkasten-command".as_ptr(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            return Err(with_context(io::Error::last_os_error(), "memfd_create"));
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: plain syscall on an owned fd.
+    if unsafe { libc::fchmod(rw.as_raw_fd(), 0o444) } < 0 {
+        return Err(with_context(
+            io::Error::last_os_error(),
+            "fchmod of the command text",
+        ));
+    }
+    let ro = File::open(format!("/proc/self/fd/{}", rw.as_raw_fd()))
+        .map_err(|e| with_context(e, "reopening the command text read-only"))?;
+    Ok((rw, OwnedFd::from(ro)))
+}
+
+/// Sets an fd's offset back to 0.
+fn rewind(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned fd.
+    if unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     let (master, slave) = open_pty_pair()?;
     configure_tty(&slave)?;
@@ -1480,14 +1568,12 @@ mod tests {
     fn status_records_parse_across_chunk_boundaries() {
         let mut p = StatusParser::new("e1", "n1");
         p.push(b"e");
-        assert!(!p.take_ended());
-        p.push(b"1\0n1\x000\0/work");
-        assert!(p.take_ended());
-        assert!(!p.take_ended());
+        assert_eq!(p.record(), None);
+        p.push(b"1\x000\0/work");
         assert_eq!(p.record(), None);
         p.push(b"space\0");
         assert_eq!(p.record(), Some((0, "/workspace".into())));
-        // The report alone (the run line was abandoned).
+        // The status line's record (the run line was abandoned).
         let mut p = StatusParser::new("e2", "n2");
         p.push(b"130\0/a\nb\0n");
         assert_eq!(p.record(), None);
@@ -1503,7 +1589,6 @@ mod tests {
         p.push(b"0\0/fake\0");
         p.push(b"abd\x000\0/fake\0xy\0");
         p.push(b"ab");
-        assert!(!p.take_ended());
         assert_eq!(p.record(), None);
         p.push(b"c\x007\0/real\0");
         assert_eq!(p.record(), Some((7, "/real".into())));
@@ -1517,14 +1602,20 @@ mod tests {
     }
 
     #[test]
-    fn driver_lines_quote_single_quotes_and_are_one_line_each() {
-        let l = Flavor::Bash.run_line("echo 'a'", "e", "/dev/pts/3");
+    fn driver_lines_are_one_line_each_and_sh_quotes_single_quotes() {
+        // bash: the command is not in the line at all (it is in the text).
+        let l = Flavor::Bash.run_line("echo 'a'\necho b", "e", "/dev/pts/3");
+        assert!(!l.contains("echo"), "{l}");
+        assert!(l.ends_with(" 97<&-;__sk_s $? e\n"), "{l}");
+        assert_eq!(l.matches('\n').count(), 1);
+        let l = Flavor::Sh.run_line("echo 'a'", "e", "/dev/pts/3");
         assert!(l.starts_with(r"{ __sk_c='echo '\''a'\'''; "), "{l}");
         assert_eq!(l.matches('\n').count(), 1);
-        assert!(l.ends_with('\n'));
-        let l = Flavor::Sh.status_line("r");
-        assert_eq!(l, "__sk_s $? r 2>/dev/null\n");
-        assert!(Flavor::Bash.setup().contains("__sk_s()"));
+        assert_eq!(Flavor::Sh.status_line("r"), "__sk_s $? r\n");
+        for f in [Flavor::Bash, Flavor::Sh] {
+            assert!(f.setup().contains("__sk_s()"));
+            assert_eq!(f.setup().matches('\n').count(), 1);
+        }
     }
 
     #[test]

@@ -502,7 +502,8 @@ impl Drop for PidsCgroup {
 
 /// A read cannot run inline on the connection's reader thread (it would
 /// wait there for acknowledgements only that thread can read): in a sandbox
-/// at its pids limit it is refused, and the connection serves on.
+/// at its pids limit, once the waiting worker threads are busy, it is
+/// refused, and the connection serves on.
 #[test]
 fn a_read_without_a_thread_is_refused_and_the_connection_serves_on() {
     require_root();
@@ -510,8 +511,18 @@ fn a_read_without_a_thread_is_refused_and_the_connection_serves_on() {
     let agent = Agent::start();
     let mut c = agent.connect();
     std::fs::write(agent.work.join("f"), "x").unwrap();
+    std::fs::write(agent.work.join("big"), vec![b'y'; 4 << 20]).unwrap();
+    // Its worker thread waits for the next request after answering.
     assert!(matches!(c.call(Request::Ping), Response::Pong { .. }));
     cgroup.freeze_threads(agent.pid());
+    // That waiting worker takes this read, which then waits for an
+    // acknowledgement that never comes.
+    let resp = c.call(Request::ReadStream {
+        path: path(&agent, "big"),
+        max_bytes: None,
+        window: 1,
+    });
+    assert!(matches!(resp, Response::FileChunk { .. }), "{resp:?}");
     let resp = c.call(Request::ReadStream {
         path: path(&agent, "f"),
         max_bytes: None,
