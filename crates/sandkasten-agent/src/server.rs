@@ -573,13 +573,15 @@ impl Workers {
         drop(st);
         let slot = Arc::new(Mutex::new(Some(job)));
         let taken = slot.clone();
-        let started = std::thread::Builder::new().name(name.to_string()).spawn(move || {
-            let first = lock(&taken).take();
-            if let Some(job) = first {
-                job();
-            }
-            self.serve();
-        });
+        let started = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let first = lock(&taken).take();
+                if let Some(job) = first {
+                    job();
+                }
+                self.serve();
+            });
         match started {
             Ok(_) => Ok(()),
             Err(e) => match lock(&slot).take() {

@@ -122,7 +122,7 @@ pub(crate) async fn watch_dir(
         id: id.to_string(),
         user,
         include_entry: r.include_entry,
-        watch,
+        watch: Some(watch),
         pending: VecDeque::from([WatchEvent::Start(Empty {})]),
         keepalive: timing.keepalive_interval(),
         deadline: timing.deadline_sleep(),
@@ -154,7 +154,8 @@ struct Stream {
     id: String,
     user: FileUser,
     include_entry: bool,
-    watch: Watch,
+    /// Taken when the deadline stops it.
+    watch: Option<Watch>,
     pending: VecDeque<WatchEvent>,
     keepalive: Option<tokio::time::Interval>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -170,14 +171,15 @@ impl Stream {
             if self.done {
                 return None;
             }
+            let watch = self.watch.as_mut()?;
             tokio::select! {
-                batch = self.watch.next() => match batch {
+                batch = watch.next() => match batch {
                     Ok(Some(events)) => {
                         if let Some(k) = &mut self.keepalive {
                             k.reset();
                         }
                         let events = convert(
-                            &self.e2b, &self.id, &self.watch, events, self.include_entry, self.user,
+                            &self.e2b, &self.id, watch, events, self.include_entry, self.user,
                         )
                         .await;
                         self.pending.extend(events.into_iter().map(WatchEvent::Filesystem));
@@ -196,6 +198,11 @@ impl Stream {
                 }
                 _ = expire(&mut self.deadline) => {
                     self.done = true;
+                    // Its place among the sandbox's watches is free when
+                    // the client learns that it ended.
+                    if let Some(w) = self.watch.take() {
+                        w.stop().await;
+                    }
                     return Some(Err(RpcError::new(
                         Code::DeadlineExceeded,
                         "the call's deadline passed (the watch's timeout)",

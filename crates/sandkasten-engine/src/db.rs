@@ -4,28 +4,34 @@
 //! to one writer task that coalesces it, so the hot path never waits for
 //! the database at all.
 
+use crate::sessions::Activity;
 use sandkasten_store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// What the activity writer is told.
-enum Activity {
+enum Message {
     /// A session's latest activity, as persisted for recovery.
-    Touch {
-        id: String,
-        expires_at_ms: i64,
-        cwd: String,
-    },
+    Touch { id: String, activity: Activity },
     /// Answer once everything sent before is written.
     Flush(oneshot::Sender<()>),
 }
+
+/// How long the activity writer gathers before it writes: a session's
+/// activity in this window is one row write, and a steady stream of execs
+/// costs one transaction per window instead of one each. A daemon killed
+/// without a shutdown loses at most this much activity: its sessions'
+/// expiries are that much early after the restart (and the cwd the API
+/// shows is the one before; the shell keeps its own).
+const ACTIVITY_WINDOW: Duration = Duration::from_millis(500);
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Db {
     store: Arc<Store>,
-    activity: mpsc::UnboundedSender<Activity>,
+    activity: mpsc::UnboundedSender<Message>,
 }
 
 impl Db {
@@ -55,11 +61,10 @@ impl Db {
 
     /// Records a session's activity without waiting: the writer persists
     /// the latest value per session in batches.
-    pub(crate) fn record_activity(&self, id: &str, expires_at_ms: i64, cwd: &str) {
-        let _ = self.activity.send(Activity::Touch {
+    pub(crate) fn record_activity(&self, id: &str, activity: Activity) {
+        let _ = self.activity.send(Message::Touch {
             id: id.to_string(),
-            expires_at_ms,
-            cwd: cwd.to_string(),
+            activity,
         });
     }
 
@@ -67,38 +72,51 @@ impl Db {
     /// shutdown).
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.activity.send(Activity::Flush(tx)).is_ok() {
+        if self.activity.send(Message::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
 }
 
-/// Writes activity as it arrives; whatever queued while a batch was being
-/// written goes in the next one, one row per session.
-async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Activity>) {
+/// Writes activity in batches: from the first message, whatever arrives
+/// within [`ACTIVITY_WINDOW`] (or until a flush is asked for) is one
+/// transaction with one row per session, its latest activity. The writes
+/// are conditional (`Store::record_session_activity`), so an activity that
+/// waited here never overwrites an expiry that a TTL change or a pause
+/// wrote directly in the meantime.
+async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Message>) {
     while let Some(first) = rx.recv().await {
-        let mut batch: HashMap<String, (i64, String)> = HashMap::new();
+        let mut batch: HashMap<String, Activity> = HashMap::new();
         let mut flushed = Vec::new();
+        let until = tokio::time::Instant::now() + ACTIVITY_WINDOW;
         let mut next = Some(first);
-        while let Some(a) = next {
-            match a {
-                Activity::Touch {
-                    id,
-                    expires_at_ms,
-                    cwd,
-                } => {
-                    batch.insert(id, (expires_at_ms, cwd));
+        while let Some(m) = next {
+            match m {
+                Message::Touch { id, activity } => {
+                    batch.insert(id, activity);
                 }
-                Activity::Flush(done) => flushed.push(done),
+                Message::Flush(done) => flushed.push(done),
             }
-            next = rx.try_recv().ok();
+            next = if flushed.is_empty() {
+                tokio::time::timeout_at(until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                rx.try_recv().ok()
+            };
         }
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {
-            for (id, (exp, cwd)) in batch {
-                if let Err(e) = store.touch_session(&id, exp, &cwd) {
-                    tracing::warn!(session = %id, "recording activity: {e}");
-                }
+            let rows: Vec<(&str, i64, &str, u64)> = batch
+                .iter()
+                .map(|(id, a)| {
+                    let exp = (a.expires_at.unix_timestamp_nanos() / 1_000_000) as i64;
+                    (id.as_str(), exp, a.cwd.as_str(), a.ttl_seconds)
+                })
+                .collect();
+            if let Err(e) = store.record_sessions_activity(&rows) {
+                tracing::warn!("recording activity: {e}");
             }
         })
         .await;

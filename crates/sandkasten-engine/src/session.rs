@@ -418,8 +418,7 @@ impl Engine {
     /// Persists the activity (expiry and cwd) of a session, without
     /// waiting for the database.
     fn persist_activity(&self, s: &Session) {
-        let (exp, cwd) = s.activity();
-        self.inner.db.record_activity(&s.id, ms(exp), &cwd);
+        self.inner.db.record_activity(&s.id, s.activity());
     }
 
     pub async fn create_session(&self, req: CreateSession) -> Result<SessionInfo, EngineError> {
@@ -1304,8 +1303,7 @@ impl Engine {
                                 let _ = tx.send(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
                             }
                             self.inner.counters.exec.observe(started.elapsed());
-                            let (exp, cwd) = s.set_cwd(&d.cwd);
-                            self.inner.db.record_activity(&s.id, ms(exp), &cwd);
+                            self.inner.db.record_activity(&s.id, s.set_cwd(&d.cwd));
                             let _ = tx.send(ExecEvent::Done {
                                 exit_code: d.exit_code,
                                 cwd: d.cwd,

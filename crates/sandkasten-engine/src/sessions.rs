@@ -89,6 +89,25 @@ pub(crate) struct Session {
     execs: mpsc::UnboundedSender<ExecJob>,
 }
 
+/// A session's activity as persisted: its expiry and cwd, with the TTL
+/// the expiry was computed with (see `Store::record_session_activity`).
+#[derive(Debug, Clone)]
+pub(crate) struct Activity {
+    pub(crate) expires_at: OffsetDateTime,
+    pub(crate) cwd: String,
+    pub(crate) ttl_seconds: u64,
+}
+
+impl Activity {
+    fn of(live: &Live) -> Activity {
+        Activity {
+            expires_at: live.expires_at,
+            cwd: live.cwd.clone(),
+            ttl_seconds: live.ttl_seconds,
+        }
+    }
+}
+
 struct Live {
     state: SessionState,
     expires_at: OffsetDateTime,
@@ -353,18 +372,17 @@ impl Session {
         self.give_up_agent();
     }
 
-    /// Records the shell's cwd after an exec; returns (expiry, cwd) to
+    /// Records the shell's cwd after an exec; returns the activity to
     /// persist.
-    pub(crate) fn set_cwd(&self, cwd: &str) -> (OffsetDateTime, String) {
+    pub(crate) fn set_cwd(&self, cwd: &str) -> Activity {
         let mut live = self.live.lock().unwrap();
         live.cwd = cwd.to_string();
-        (live.expires_at, live.cwd.clone())
+        Activity::of(&live)
     }
 
-    /// (expiry, cwd) as they are, to persist.
-    pub(crate) fn activity(&self) -> (OffsetDateTime, String) {
-        let live = self.live.lock().unwrap();
-        (live.expires_at, live.cwd.clone())
+    /// Expiry, cwd and TTL as they are, to persist.
+    pub(crate) fn activity(&self) -> Activity {
+        Activity::of(&self.live.lock().unwrap())
     }
 
     /// Queues an exec (arrival order); false when the queue's task ended.

@@ -141,6 +141,45 @@ impl Store {
             .map_err(q("recording session activity"))
     }
 
+    /// Records the activity of a running session as the engine batches
+    /// it: the new expiry and the shell's cwd, unless since then the
+    /// session stopped running or its TTL was changed (each of which wrote
+    /// its own expiry, which an older activity must not overwrite).
+    pub fn record_session_activity(
+        &self,
+        id: &str,
+        expires_at_ms: i64,
+        cwd: &str,
+        ttl_seconds: u64,
+    ) -> Result<(), StoreError> {
+        self.record_sessions_activity(&[(id, expires_at_ms, cwd, ttl_seconds)])
+    }
+
+    /// [`Store::record_session_activity`] for many sessions, in one
+    /// transaction: (id, expiry, cwd, TTL).
+    pub fn record_sessions_activity(
+        &self,
+        rows: &[(&str, i64, &str, u64)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(q("recording session activity"))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE sessions SET expires_at_ms = ?2, cwd = ?3 \
+                     WHERE id = ?1 AND ttl_seconds = ?4 AND state = 'running'",
+                )
+                .map_err(q("recording session activity"))?;
+            for (id, exp, cwd, ttl) in rows {
+                st.execute(params![id, exp, cwd, *ttl as i64])
+                    .map_err(q("recording session activity"))?;
+            }
+        }
+        tx.commit().map_err(q("recording session activity"))
+    }
+
     /// Records a new TTL and the expiry it gives (the E2B API's timeout).
     pub fn set_session_ttl(
         &self,
@@ -292,6 +331,22 @@ mod tests {
             (42, 4242, SessionState::Running)
         );
         assert_eq!((a.expires_at_ms, a.cwd.as_str()), (99_000, "/tmp"));
+        // Batched activity lands only on a running session whose TTL is
+        // the one it was computed with.
+        s.record_session_activity("a", 120_000, "/w", a.ttl_seconds)
+            .unwrap();
+        s.record_session_activity("a", 130_000, "/x", a.ttl_seconds + 1)
+            .unwrap();
+        let a = s.get_session("a").unwrap().unwrap();
+        assert_eq!((a.expires_at_ms, a.cwd.as_str()), (120_000, "/w"));
+        s.set_session_state("a", SessionState::Paused, None)
+            .unwrap();
+        s.record_session_activity("a", 140_000, "/y", a.ttl_seconds)
+            .unwrap();
+        let p = s.get_session("a").unwrap().unwrap();
+        assert_eq!((p.expires_at_ms, p.cwd.as_str()), (120_000, "/w"));
+        s.set_session_state("a", SessionState::Running, None)
+            .unwrap();
         let live = s.list_live_sessions().unwrap();
         assert_eq!(
             live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
