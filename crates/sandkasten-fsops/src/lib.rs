@@ -33,10 +33,12 @@
 //! syscalls), restored afterwards by a drop guard; see `identity.rs`. A
 //! [`RootedFs`] can therefore be shared by a pool of threads.
 
+mod claim;
 mod emulate;
 mod identity;
 mod sys;
 
+pub use claim::{claim_tree, take_over_below, Claim, MAX_CLAIM_DEPTH};
 pub use sys::readlink_at;
 #[cfg(test)]
 mod tests;
