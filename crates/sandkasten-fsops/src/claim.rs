@@ -371,32 +371,7 @@ mod tests {
         std::fs::write(ws.join("d/f"), "f").unwrap();
         std::os::unix::fs::symlink(&host, ws.join("l")).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let swapper = {
-            let (a, b, stop) = (
-                std::ffi::CString::new(ws.join("d").to_str().unwrap()).unwrap(),
-                std::ffi::CString::new(ws.join("l").to_str().unwrap()).unwrap(),
-                stop.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut swaps = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: valid C strings.
-                    let r = unsafe {
-                        libc::syscall(
-                            libc::SYS_renameat2,
-                            libc::AT_FDCWD,
-                            a.as_ptr(),
-                            libc::AT_FDCWD,
-                            b.as_ptr(),
-                            libc::RENAME_EXCHANGE,
-                        )
-                    };
-                    assert_eq!(r, 0);
-                    swaps += 1;
-                }
-                swaps
-            })
-        };
+        let swapper = crate::tests::spawn_swapper(vec![(ws.join("d"), ws.join("l"))], stop.clone());
         for round in 0..300u32 {
             let old = 1000 + round % 2;
             for p in [&host, &host.join("secret")] {

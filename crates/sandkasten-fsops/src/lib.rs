@@ -63,24 +63,6 @@ const DIR_MODE: u32 = 0o755;
 /// Mode of a file created by `write_file` without an explicit one.
 const FILE_MODE: u32 = 0o644;
 
-/// Gives a fresh root-owned directory (a new volume's root, a container's
-/// workdir) to `uid`:`gid` with mode 0755. Only a root-owned directory is
-/// changed, so this acts once: later its user owns it and may have changed
-/// its mode. The directory is opened once, refusing a symlink, and checked
-/// and changed through that descriptor (no race with a swapped path).
-pub fn own_root_owned_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let d = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)?;
-    if d.metadata()?.uid() == 0 {
-        std::os::unix::fs::fchown(&d, Some(uid), Some(gid))?;
-        d.set_permissions(std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(())
-}
-
 /// A failed file operation, as sent in `Response::Error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsError {
