@@ -117,7 +117,7 @@ async fn exec_state_files_limits_and_isolation() {
             "wc -c < /workspace/sub/blob.bin; stat -c %u /workspace/sub/blob.bin"
         )
         .await,
-        "100000\n1000\n"
+        format!("100000\n{U}\n")
     );
     ok(a, "printf 'from shell' > /workspace/note.txt").await;
     let note = a
