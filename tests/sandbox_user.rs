@@ -236,11 +236,30 @@ fn owner(p: &Path) -> (u32, u32) {
 }
 
 /// A workspace of the old uid 1000 is taken over on its first use, by a
-/// session-less call and by a session's mount alike; a symlink in it to a
-/// host directory of uid 1000 is changed itself, never its target.
+/// session-less call and by a session's mount alike (the daemon on a local
+/// engine); a symlink in it to a host directory of uid 1000 is changed
+/// itself, never its target.
 #[test]
 fn a_workspace_of_the_old_uid_is_taken_over_on_first_use() {
     let (_home, d) = daemon("");
+    takes_over_an_old_workspace(&d);
+}
+
+/// The same through a remote engine (this host's, over a loopback TCP
+/// forwarder): the agent of a helper (session-less) or of the session's
+/// container (`--own-workdir`) takes the volume over inside the container.
+#[test]
+fn a_workspace_of_the_old_uid_is_taken_over_on_a_remote_engine_too() {
+    let fwd = sandkasten_conformance::TcpForwarder::start(sandkasten_conformance::ENGINE_SOCKET);
+    let (_home, d) = daemon(&format!(
+        "docker:\n  host: tcp://127.0.0.1:{}\n",
+        fwd.port()
+    ));
+    assert!(d.logs().contains("remote=true"), "not a remote engine");
+    takes_over_an_old_workspace(&d);
+}
+
+fn takes_over_an_old_workspace(d: &Daemon) {
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("host-file"), "host\n").unwrap();
     let ws = ws_id("olduid");
