@@ -307,3 +307,52 @@ fn takes_over_an_old_workspace(d: &Daemon) {
     );
     assert_eq!(owner(&outside.path().join("host-file")), (OLD_UID, OLD_UID));
 }
+
+/// A sandbox snapshot taken under the old uid (its copies of `/workspace`
+/// and `/tmp` are uid 1000's): a session from it gets both as the sandbox
+/// user's, `/tmp` itself staying root's.
+#[test]
+fn a_sandbox_snapshot_of_the_old_uid_is_taken_over_when_a_session_starts_from_it() {
+    let (home, d) = daemon("");
+    let id = d.new_session();
+    d.sh(
+        &id,
+        "mkdir -p /workspace/w && echo ws > /workspace/w/f; echo t > /tmp/t",
+    );
+    let snap = d
+        .post(&format!("/v1/sessions/{id}/snapshots"), &json!({}))
+        .expect(201, "a sandbox snapshot")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // As the daemon before docker.sandbox_uid left it.
+    let dir = home.data.join("docker-snapshots").join(&snap);
+    for part in ["workspace", "tmp"] {
+        let st = Command::new("chown")
+            .args(["-hR", "1000:1000"])
+            .arg(dir.join(part))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    // The copy of /tmp keeps root as its root's owner, as a live /tmp is.
+    let st = Command::new("chown")
+        .args(["0:0"])
+        .arg(dir.join("tmp"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = d.create_session(json!({"from_snapshot": snap}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uid = sandbox_uid(&d, &s);
+    assert_eq!(
+        d.sh(
+            &s,
+            "stat -c %u /workspace /workspace/w /workspace/w/f /tmp/t /tmp; \
+             echo more >> /workspace/w/f && echo more >> /tmp/t && cat /workspace/w/f /tmp/t"
+        ),
+        format!("{uid}\n{uid}\n{uid}\n{uid}\n0\nws\nmore\nt\nmore\n")
+    );
+}
