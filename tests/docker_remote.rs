@@ -17,6 +17,9 @@ use sandkasten_conformance::{TcpForwarder, ENGINE_SOCKET};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// The sandbox user's uid (the docker runtime's default `docker.sandbox_uid`).
+const U: u32 = sandkasten_docker::DEFAULT_SANDBOX_ID;
+
 fn remote_daemon(fwd: &TcpForwarder, extra: &str) -> Daemon {
     let home = DataDir::new();
     home.holds_docker_objects();
@@ -63,7 +66,7 @@ fn a_remote_engine_serves_sessions_without_sharing_the_hosts_files() {
             &id,
             "id -u; pwd; echo $WHO; stat -c %u /workspace; echo hi > f; cat f"
         ),
-        "1000\n/workspace\nremote\n1000\nhi\n"
+        format!("{U}\n/workspace\nremote\n{U}\nhi\n")
     );
     // No host path in the container: only volumes (the workspace, the
     // agent's) and tmpfs.
@@ -236,7 +239,7 @@ fn gvisor_sandboxes_serve_exec_files_and_workspaces() {
     assert_ne!(inside.trim(), host.trim(), "the host kernel answers inside");
     assert_eq!(
         d.sh(&id, "id -u; pwd; echo hi > f; cat f"),
-        "1000\n/workspace\nhi\n"
+        format!("{U}\n/workspace\nhi\n")
     );
 
     // File operations through the agent, with the user's identity.
@@ -247,7 +250,7 @@ fn gvisor_sandboxes_serve_exec_files_and_workspaces() {
     r.expect(200, "fs/write under gVisor");
     assert_eq!(
         d.sh(&id, "stat -c '%u %s' sub/g.txt; cat sub/g.txt"),
-        "1000 13\nvia the agent"
+        format!("{U} 13\nvia the agent")
     );
     let r = d.get(&format!("/v1/sessions/{id}/fs/read?path=/workspace/f"));
     assert_eq!(

@@ -401,9 +401,15 @@ fn setuid_binary_in_the_image_gives_no_privilege(rt: Rt) {
         "-rwsr-xr-x\n0\n",
         "{rt:?}: the image's setuid-root probe"
     );
+    // The sandbox user: 1000 inside native's user namespace, docker's own
+    // uid (the image's user was made for 1000).
+    let u = match rt {
+        Rt::Native => 1000,
+        Rt::Docker => sandkasten_docker::DEFAULT_SANDBOX_ID,
+    };
     assert_eq!(
         d.sh(&id, "/probe-suid euid"),
-        "uid 1000 1000 1000\n",
+        format!("uid {u} {u} {u}\n"),
         "{rt:?}: a setuid-root binary raised the sandbox user's ids"
     );
     assert_eq!(

@@ -64,7 +64,10 @@ fn heredocs_run_in_the_shell() {
     assert_eq!(v["exit_code"], 0, "{v}");
 
     d.sh(&id, "cat > notes.txt <<EOF\nuser=$(id -u)\nEOF");
-    assert_eq!(d.read(&id, "notes.txt"), b"user=1000\n");
+    assert_eq!(
+        d.read(&id, "notes.txt"),
+        format!("user={}\n", sandbox_uid()).into_bytes()
+    );
 
     // A multi-line compound command and what follows it in the same exec.
     let v = d.exec(

@@ -74,7 +74,10 @@ fn missing_parents_are_created() {
     let id = d.new_session();
     d.write_text(&id, "a/b/c/d.txt", "deep");
     assert_eq!(d.sh(&id, "cat /workspace/a/b/c/d.txt"), "deep");
-    assert_eq!(d.sh(&id, "stat -c %u /workspace/a/b/c"), "1000\n");
+    assert_eq!(
+        d.sh(&id, "stat -c %u /workspace/a/b/c"),
+        format!("{}\n", sandbox_uid())
+    );
     d.write_text(&id, "/tmp/x/y/z.txt", "tmp");
     assert_eq!(d.read(&id, "/tmp/x/y/z.txt"), b"tmp");
 }
@@ -220,7 +223,8 @@ fn upload_stores_several_files_byte_for_byte() {
     );
     assert_eq!(d.read(&id, "a.bin"), binary);
     assert_eq!(d.read(&id, "b.txt"), b"text part\n");
-    assert_eq!(d.sh(&id, "stat -c %u a.bin b.txt"), "1000\n1000\n");
+    let u = sandbox_uid();
+    assert_eq!(d.sh(&id, "stat -c %u a.bin b.txt"), format!("{u}\n{u}\n"));
 }
 
 #[test]
@@ -248,10 +252,14 @@ fn api_files_are_visible_to_exec_and_owned_by_the_sandbox_user() {
     let id = d.new_session();
     d.write_text(&id, "from-api.txt", "from the api\n");
     assert_eq!(d.sh(&id, "cat from-api.txt"), "from the api\n");
-    assert_eq!(d.sh(&id, "stat -c '%u %g' from-api.txt"), "1000 1000\n");
+    let u = sandbox_uid();
+    assert_eq!(
+        d.sh(&id, "stat -c '%u %g' from-api.txt"),
+        format!("{u} {u}\n")
+    );
     d.write_text(&id, "/tmp/from-api-tmp.txt", "t");
     assert_eq!(d.sh(&id, "cat /tmp/from-api-tmp.txt"), "t");
-    // The shell (as uid 1000) can modify what the API wrote.
+    // The shell (as the sandbox user) can modify what the API wrote.
     d.sh(&id, "echo appended >> from-api.txt");
     assert_eq!(d.read(&id, "from-api.txt"), b"from the api\nappended\n");
 }
@@ -314,7 +322,7 @@ fn list_stat_mkdir_and_remove_extensions() {
     assert_eq!(v["path"], "/workspace/ext/a/b", "{v}");
     assert_eq!(
         d.sh(&id, "stat -c '%F %u' /workspace/ext/a/b"),
-        "directory 1000\n"
+        format!("directory {}\n", sandbox_uid())
     );
 
     d.write_text(&id, "ext/a/f.txt", "hello");
@@ -340,7 +348,7 @@ fn list_stat_mkdir_and_remove_extensions() {
     assert_eq!(st["path"], "/workspace/ext/a/f.txt", "{st}");
     assert_eq!(st["type"], "file", "{st}");
     assert_eq!(st["size"], 5, "{st}");
-    assert_eq!(st["uid"], SANDBOX_UID, "{st}");
+    assert_eq!(st["uid"], sandbox_uid(), "{st}");
     let st = get_with_path(&d, &id, "stat", "ext/a/link").expect(200, "fs/stat link");
     assert_eq!(st["type"], "symlink", "{st}");
     assert_eq!(st["link_target"], "f.txt", "{st}");

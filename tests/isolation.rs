@@ -38,17 +38,21 @@ fn host_users() -> Vec<String> {
 fn commands_run_as_the_sandbox_user() {
     let d = Daemon::start(None);
     let id = d.new_session();
-    assert_eq!(d.sh(&id, "id -u"), "1000\n");
+    assert_eq!(d.sh(&id, "id -u"), format!("{}\n", sandbox_uid()));
     assert_eq!(d.sh(&id, "id -un"), "sandbox\n");
-    assert_eq!(d.sh(&id, "id -g"), "1000\n");
+    assert_eq!(d.sh(&id, "id -g"), format!("{}\n", sandbox_uid()));
     assert_eq!(d.sh(&id, "pwd"), "/workspace\n");
-    assert_eq!(d.sh(&id, "stat -c %u /workspace"), "1000\n");
+    assert_eq!(
+        d.sh(&id, "stat -c %u /workspace"),
+        format!("{}\n", sandbox_uid())
+    );
 }
 
 /// Native: root inside is not root on the host (a user namespace maps it
 /// to an unprivileged uid). Docker has no user namespace (documented):
 /// PID 1 is host root with six capabilities and no-new-privileges, every
-/// other process runs as uid 1000 without capabilities.
+/// other process runs as the sandbox user (`docker.sandbox_uid`, no host
+/// account's) without capabilities.
 #[test]
 fn sandbox_processes_hold_no_host_root_power() {
     let d = Daemon::start(None);
@@ -147,7 +151,8 @@ fn docker_root_is_pid_1_only_with_six_capabilities(d: &Daemon, id: &str) {
             assert_eq!(field(p, "NoNewPrivs"), "1", "relay {p} NoNewPrivs");
         } else {
             assert!(
-                uids.split_whitespace().all(|u| u == "1000"),
+                uids.split_whitespace()
+                    .all(|u| u == sandbox_uid().to_string()),
                 "container process {p} runs as Uid {uids}, not the sandbox user"
             );
         }
@@ -268,10 +273,10 @@ fn etc_is_generated_not_the_hosts() {
     let id = d.new_session();
     let passwd = d.sh(&id, "cat /etc/passwd");
     assert!(
-        passwd
-            .lines()
-            .any(|l| l.starts_with("sandbox:") && l.split(':').nth(2) == Some("1000")),
-        "no sandbox user with uid 1000 in /etc/passwd: {passwd}"
+        passwd.lines().any(|l| l.starts_with("sandbox:")
+            && l.split(':').nth(2) == Some(sandbox_uid().to_string().as_str())),
+        "no sandbox user with uid {} in /etc/passwd: {passwd}",
+        sandbox_uid()
     );
     for u in host_users() {
         assert!(

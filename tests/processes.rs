@@ -276,7 +276,7 @@ fn processes_run_as_the_sandbox_user_or_root_with_their_env_and_cwd() {
         &id,
         json!({"cmd": "id -u; pwd; echo $FOO", "env": {"FOO": "bar"}, "cwd": "/tmp/here"}),
     ));
-    assert_eq!(out, "1000\n/tmp/here\nbar\n");
+    assert_eq!(out, format!("{}\n/tmp/here\nbar\n", sandbox_uid()));
     let (out, ..) = collect(start_stream(
         &d,
         &id,

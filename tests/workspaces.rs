@@ -153,7 +153,10 @@ fn explicit_create_with_labels_and_conflicts() {
     ws_get(&d, &ws_id("nope")).assert_error(404, "WORKSPACE_NOT_FOUND", "unknown workspace");
     // A session mounts the explicitly created workspace.
     let id = session_on(&d, &made);
-    assert_eq!(d.sh(&id, "stat -c %u /workspace"), "1000\n");
+    assert_eq!(
+        d.sh(&id, "stat -c %u /workspace"),
+        format!("{}\n", sandbox_uid())
+    );
     d.delete(&id);
 }
 
@@ -200,11 +203,11 @@ fn session_less_files_round_trip_and_belong_to_the_sandbox_user() {
         .collect();
     assert_eq!(names, vec!["a.txt"]);
     ws_read(&d, &ws, "missing.txt").assert_error(404, "FILE_NOT_FOUND", "missing file");
-    // A session sees it, owned by uid 1000 inside.
+    // A session sees it, owned by the sandbox user.
     let id = session_on(&d, &ws);
     assert_eq!(
         d.sh(&id, "cat dir/sub/a.txt; stat -c %u dir/sub/a.txt"),
-        "hello1000\n"
+        format!("hello{}\n", sandbox_uid())
     );
     d.delete(&id);
 }
@@ -587,7 +590,7 @@ fn snapshot_modify_restore_round_trip() {
     // The restored content is writable again and owned by the sandbox user.
     assert_eq!(
         d.sh(&id, "echo v3 > doc.txt && stat -c %u doc.txt"),
-        "1000\n"
+        format!("{}\n", sandbox_uid())
     );
     d.delete(&id);
     d.del(&format!("/v1/workspaces/{ws}/snapshots/{snap_id}"))
@@ -732,7 +735,8 @@ fn export_then_import_into_another_workspace_is_exact() {
     let s = session_on(&d, &src);
     d.sh(&s, TREE);
     let before = d.sh(&s, LISTING);
-    assert!(before.contains("./link 777 1000:1000"), "{before}");
+    let u = sandbox_uid();
+    assert!(before.contains(&format!("./link 777 {u}:{u}")), "{before}");
     // Exported while mounted.
     let tar_bytes = export_bytes(&d, &src);
     d.delete(&s);
@@ -746,7 +750,11 @@ fn export_then_import_into_another_workspace_is_exact() {
     for e in ar.entries().unwrap() {
         let e = e.unwrap();
         let h = e.header();
-        assert_eq!(h.uid().unwrap(), 1000, "owner in the sandbox's view");
+        assert_eq!(
+            h.uid().unwrap(),
+            u64::from(sandbox_uid()),
+            "owner in the sandbox's view"
+        );
         if h.entry_type() == tar::EntryType::Symlink {
             assert_eq!(
                 e.link_name().unwrap().unwrap().to_str(),
@@ -938,7 +946,7 @@ fn import_never_writes_outside_the_workspace() {
             &s,
             "readlink l; stat -c %u f; ls keep.txt 2>&1 | wc -l; cat f"
         ),
-        "/etc/passwd\n1000\n1\ndata"
+        format!("/etc/passwd\n{}\n1\ndata", sandbox_uid())
     );
     d.delete(&s);
 }

@@ -94,8 +94,21 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const MIB: u64 = 1024 * 1024;
 
-/// The uid commands run as inside a sandbox.
+/// The uid the suite's images are made for (their `sandbox` user and its
+/// home): 1000, as images always were; the docker runtime takes them over
+/// for its own sandbox uid.
 pub const SANDBOX_UID: u32 = 1000;
+
+/// The uid (and gid) commands run as on the runtime under test: 1000
+/// inside the native runtime's user namespace; on docker the daemon's
+/// default `docker.sandbox_uid` (a host uid too, never a host account's).
+pub fn sandbox_uid() -> u32 {
+    if on_docker() {
+        sandkasten_docker::DEFAULT_SANDBOX_ID
+    } else {
+        SANDBOX_UID
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Small utilities

@@ -518,6 +518,7 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 tmp_size_mb: 64,
                 min_free_mb: 16,
                 network: None,
+                sandbox_user: Default::default(),
             };
             match DockerRuntime::new(cfg).await {
                 Ok(rt) => Backend::Docker { rt: Arc::new(rt) },

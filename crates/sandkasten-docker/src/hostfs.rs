@@ -1,6 +1,6 @@
 //! What the daemon does on the host side of a local engine's files that is
 //! not a walk of a tree a sandbox shaped: the per-session run directories.
-//! A volume's root ownership is `sandkasten_hostfs::own_root_owned_dir`. The walks (size, export) and
+//! A volume's ownership is `sandkasten_hostfs::claim_tree` (`local.rs`). The walks (size, export) and
 //! session-less file operations are `sandkasten_hostfs`'s, shared with the
 //! native runtime.
 

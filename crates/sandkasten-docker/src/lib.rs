@@ -19,10 +19,13 @@
 //!
 //! The container runs as root for PID 1 only: every capability is dropped
 //! except CHOWN, DAC_OVERRIDE, FOWNER, KILL, SETGID and SETUID (what the
-//! agent needs to start the shell as the sandbox user, uid 1000, and to do
-//! file operations with its identity), no-new-privileges is set, and the
-//! agent stacks the native runtime's seccomp filter on the engine's
-//! profile. The shell runs as uid 1000 with no capabilities.
+//! agent needs to start the shell as the sandbox user and to do file
+//! operations with its identity), no-new-privileges is set, and the agent
+//! stacks the native runtime's seccomp filter on the engine's profile. The
+//! shell runs as the sandbox user with no capabilities: [`SandboxUser`],
+//! a host uid too (no user namespace) and never a host account's
+//! (`user.rs`); volumes and homes of an earlier sandbox uid (1000) are
+//! taken over on first use (`sandkasten_hostfs::claim_tree`).
 //!
 //! How the agent gets into a container, how the daemon reaches it and how
 //! volumes are read without a session is the transport's (`transport.rs`),
@@ -82,6 +85,7 @@ mod remote;
 mod snapshot;
 mod start;
 mod transport;
+mod user;
 mod watch;
 
 use async_trait::async_trait;
@@ -103,6 +107,7 @@ use transport::Transport;
 
 pub use net::{DockerNetConfig, LABEL_NETWORK};
 pub use snapshot::{snapshot_image, SNAPSHOT_REPO};
+pub use user::{check_sandbox_user, group_name, passwd_name};
 
 /// Where the session's run directory appears in a container.
 const RUN_DIR: &str = "/.sandkasten/run";
@@ -139,6 +144,47 @@ pub struct DockerConfig {
     /// The sandboxes' network (`net.rs`); `None`: no sandbox has one
     /// (`mode: full` is refused).
     pub network: Option<DockerNetConfig>,
+    /// The ids commands run as (see [`SandboxUser`]).
+    pub sandbox_user: SandboxUser,
+}
+
+/// The uid and gid of the sandbox user in every container: what commands
+/// run as and what owns `/workspace` and the home. Without a user
+/// namespace they are the same ids on the engine's host, where the kernel
+/// keeps per-user budgets (inotify instances and watches, pipe buffers,
+/// message queues, RLIMIT_NPROC) by uid: so they must never be a host
+/// account's, and [`DockerRuntime::new`] refuses ids that are
+/// ([`check_sandbox_user`]). The default lies in 65536..100000: above
+/// every regular account (`UID_MAX` 60000) and systemd's dynamic users
+/// (61184..65519), below the subordinate ranges `useradd` hands out
+/// (from 100000) and the native runtime's sandboxes (100000 and up).
+///
+/// One number is both the uid and the gid (`docker.sandbox_uid`), as 1000
+/// was: session-less file operations act with it as both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SandboxUser {
+    /// The user whose uid and gid are both `id`.
+    pub fn new(id: u32) -> SandboxUser {
+        SandboxUser { uid: id, gid: id }
+    }
+}
+
+/// The default sandbox uid and gid of the docker runtime.
+pub const DEFAULT_SANDBOX_ID: u32 = 90_000;
+
+/// The sandbox user of containers made before `docker.sandbox_uid` existed
+/// (the uid of the first regular account on most hosts).
+pub const LEGACY_SANDBOX_ID: u32 = 1000;
+
+impl Default for SandboxUser {
+    fn default() -> Self {
+        SandboxUser::new(DEFAULT_SANDBOX_ID)
+    }
 }
 
 pub struct DockerRuntime {
@@ -427,6 +473,13 @@ impl DockerRuntime {
     pub async fn new(cfg: DockerConfig) -> Result<DockerRuntime, RuntimeError> {
         let engine = engine_address(cfg.host.as_deref())?;
         let local = matches!(engine, Engine::Unix(_));
+        // This host's accounts; a remote engine's host is out of sight
+        // (said at start below), its operator picks ids free there too.
+        let user = cfg.sandbox_user;
+        blocking("checking the sandbox user's ids", move || {
+            check_sandbox_user(user).map_err(RuntimeError::HostNotReady)
+        })
+        .await?;
         if local && !rustix::process::geteuid().is_root() {
             return Err(RuntimeError::HostNotReady(
                 "the docker runtime on a local engine needs root (it owns the session \
@@ -542,6 +595,7 @@ impl DockerRuntime {
                 cfg.agent_binary.clone(),
                 runs,
                 late_bind,
+                cfg.sandbox_user,
             ))
         } else {
             let binary = cfg.agent_binary.clone();
@@ -553,6 +607,7 @@ impl DockerRuntime {
                 docker.clone(),
                 cfg.data_dir.display().to_string(),
                 agent,
+                cfg.sandbox_user,
             ))
         };
         tracing::info!(
@@ -562,8 +617,17 @@ impl DockerRuntime {
             gvisor,
             late_bind = transport.can_bind_workspace(),
             remote = transport.is_remote(),
+            sandbox_uid = cfg.sandbox_user.uid,
+            sandbox_gid = cfg.sandbox_user.gid,
             "docker runtime ready"
         );
+        if !local {
+            tracing::warn!(
+                sandbox_uid = cfg.sandbox_user.uid,
+                "the remote engine's host accounts cannot be checked from here: make sure no \
+                 account there has docker.sandbox_uid/sandbox_gid"
+            );
+        }
         let driver = info.driver.clone().unwrap_or_default();
         let backing = info.driver_status.iter().flatten().find_map(|kv| {
             (kv.first().map(String::as_str) == Some("Backing Filesystem"))
@@ -1176,6 +1240,10 @@ impl Runtime for DockerRuntime {
 
     fn disk_limit_enforced(&self) -> bool {
         self.storage_size
+    }
+
+    fn sandbox_ids(&self) -> (u32, u32) {
+        (self.cfg.sandbox_user.uid, self.cfg.sandbox_user.gid)
     }
 
     async fn check_room(&self) -> Result<(), RuntimeError> {

@@ -7,7 +7,7 @@
 //! files, size, export, late binding).
 
 use crate::transport::{AgentLaunch, AgentReady, RemovalGuard, Transport};
-use crate::{volume_root, watch, AGENT_SOCKET, RUN_DIR};
+use crate::{volume_root, watch, SandboxUser, AGENT_SOCKET, RUN_DIR};
 use async_trait::async_trait;
 use bollard::models::{Mount, MountBindOptions, MountType};
 use bollard::Docker;
@@ -15,7 +15,7 @@ use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
     blocking, export_blocking, latebind, ports, AgentClient, ExportStream, FileOp, FileReply,
-    FileStream, PortStream, RuntimeError, SandboxHandle, SANDBOX_UID,
+    FileStream, PortStream, RuntimeError, SandboxHandle,
 };
 use std::path::{Path, PathBuf};
 
@@ -42,15 +42,24 @@ pub(crate) struct LocalTransport {
     /// Whether a workspace can be mounted into a running container (runc
     /// and the engine's pids visible to the daemon).
     late_bind: bool,
+    /// The sandbox user, whose the volumes are.
+    user: SandboxUser,
 }
 
 impl LocalTransport {
-    pub fn new(docker: Docker, agent_binary: PathBuf, runs: PathBuf, late_bind: bool) -> Self {
+    pub fn new(
+        docker: Docker,
+        agent_binary: PathBuf,
+        runs: PathBuf,
+        late_bind: bool,
+        user: SandboxUser,
+    ) -> Self {
         LocalTransport {
             docker,
             agent_binary,
             runs,
             late_bind,
+            user,
         }
     }
 
@@ -60,6 +69,43 @@ impl LocalTransport {
             .await?
             .ok_or_else(|| RuntimeError::NotFound(format!("the volume of workspace {id}")))
     }
+
+    /// The host mount point of workspace `id`'s volume, claimed for the
+    /// sandbox user first (a volume of an earlier sandbox uid is taken
+    /// over before the user's identity touches it).
+    async fn claimed_root(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let root = self.existing_root(id).await?;
+        claim_volume(&root, &format!("volume of workspace {id}"), self.user).await?;
+        Ok(root)
+    }
+}
+
+/// Gives the volume at `root` to `user`: a fresh root, or a tree of an
+/// earlier sandbox uid (`sandkasten_hostfs::claim_tree`: fd-relative, no
+/// symlink followed, the root last). Runs on a blocking thread: a takeover
+/// walks the whole tree once.
+pub(crate) async fn claim_volume(
+    root: &Path,
+    what: &str,
+    user: SandboxUser,
+) -> Result<(), RuntimeError> {
+    let (at, what) = (root.to_path_buf(), what.to_string());
+    blocking("giving a volume to the sandbox user", move || {
+        let claim = sandkasten_hostfs::claim_tree(&at, user.uid, user.gid).map_err(
+            RuntimeError::io_ctx(format!("giving {what} to the sandbox user")),
+        )?;
+        if let sandkasten_hostfs::Claim::TookOver { from, entries } = claim {
+            tracing::info!(
+                volume = %what,
+                from_uid = from.0,
+                from_gid = from.1,
+                entries,
+                "took over a volume of an earlier sandbox user"
+            );
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A bind mount of a host path (not recursive).
@@ -99,13 +145,7 @@ impl Transport for LocalTransport {
             )));
         }
         let root = PathBuf::from(mountpoint);
-        let what = format!("giving volume {name} to the sandbox user");
-        let at = root.clone();
-        blocking("giving a volume to the sandbox user", move || {
-            sandkasten_hostfs::own_root_owned_dir(&at, SANDBOX_UID, SANDBOX_UID)
-                .map_err(RuntimeError::io_ctx(what))
-        })
-        .await?;
+        claim_volume(&root, &format!("volume {name}"), self.user).await?;
         Ok(root)
     }
 
@@ -200,10 +240,11 @@ impl Transport for LocalTransport {
 
     /// Every path resolves strictly inside the volume (openat2
     /// RESOLVE_IN_ROOT), with the sandbox user's filesystem identity:
-    /// without a user namespace that is `SANDBOX_UID` on the host too.
+    /// without a user namespace the same uid on the host. A volume of an
+    /// earlier sandbox uid is taken over first.
     async fn workspace_file(&self, id: &str, op: FileOp) -> Result<FileReply, RuntimeError> {
-        let root = self.existing_root(id).await?;
-        sandkasten_hostfs::workspace_file(root, SANDBOX_UID, op).await
+        let root = self.claimed_root(id).await?;
+        sandkasten_hostfs::workspace_file(root, self.user.uid, op).await
     }
 
     /// Opened as [`Transport::workspace_file`]'s operations, then
@@ -214,8 +255,8 @@ impl Transport for LocalTransport {
         path: String,
         max_bytes: Option<u64>,
     ) -> Result<FileStream, RuntimeError> {
-        let root = self.existing_root(id).await?;
-        sandkasten_hostfs::workspace_read(root, SANDBOX_UID, path, max_bytes).await
+        let root = self.claimed_root(id).await?;
+        sandkasten_hostfs::workspace_read(root, self.user.uid, path, max_bytes).await
     }
 
     async fn workspace_size(&self, id: &str) -> Result<Option<u64>, RuntimeError> {

@@ -50,7 +50,7 @@ use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
     blocking, export_blocking, ports, AgentClient, ExportStream, FileOp, FileReply, FileStream,
-    PortStream, RuntimeError, SandboxHandle, SANDBOX_UID,
+    PortStream, RuntimeError, SandboxHandle,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -507,14 +507,22 @@ pub(crate) struct RemoteTransport {
     /// Relay connections by container.
     relays: Arc<Relays>,
     volume_locks: VolumeLocks,
+    /// The sandbox user, whose the volumes are (helpers act as it).
+    user: crate::SandboxUser,
 }
 
 impl RemoteTransport {
-    pub fn new(docker: Docker, label: String, agent: RemoteAgent) -> Self {
+    pub fn new(
+        docker: Docker,
+        label: String,
+        agent: RemoteAgent,
+        user: crate::SandboxUser,
+    ) -> Self {
         RemoteTransport {
             docker,
             label,
             agent,
+            user,
             relays: Arc::default(),
             volume_locks: VolumeLocks::default(),
         }
@@ -546,8 +554,8 @@ impl RemoteTransport {
         };
         self.prepare().await?;
         let cfg = AgentConfig {
-            uid: Some(SANDBOX_UID),
-            gid: Some(SANDBOX_UID),
+            uid: Some(self.user.uid),
+            gid: Some(self.user.gid),
             workdir: "/workspace".into(),
             env: sandkasten_runtime::default_shell_env(),
             home: "/tmp".into(),
@@ -637,7 +645,8 @@ impl Transport for RemoteTransport {
     }
 
     /// The mount point is the engine's; the agent gives the root to the
-    /// sandbox user when a container starts (`--own-workdir`).
+    /// sandbox user when a container starts, or takes over a volume of an
+    /// earlier sandbox uid (`--own-workdir`).
     async fn adopt_volume(
         &self,
         _name: &str,

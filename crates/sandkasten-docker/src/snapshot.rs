@@ -33,6 +33,8 @@
 use crate::{api_err, hibernated_image, status_of, volume_root, DockerRuntime};
 use bollard::query_parameters::{CommitContainerOptionsBuilder, TagImageOptionsBuilder};
 use sandkasten_runtime::{blocking, latebind, RuntimeError, SandboxHandle, SandboxSpec};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -288,7 +290,11 @@ impl DockerRuntime {
         let root = volume_root(&self.docker, &spec.id)
             .await?
             .ok_or_else(|| RuntimeError::Gone(spec.id.clone()))?;
-        self.fill_from(snap, "workspace", root).await
+        self.fill_from(snap, "workspace", root.clone()).await?;
+        // The copy keeps owners: a snapshot taken under an earlier sandbox
+        // uid is taken over as an old volume would be.
+        let what = format!("volume of session {}", spec.id);
+        crate::local::claim_volume(&root, &what, self.cfg.sandbox_user).await
     }
 
     /// Fills the `/tmp` of the container behind `handle` (just started:
@@ -299,7 +305,25 @@ impl DockerRuntime {
         snap: &str,
     ) -> Result<(), RuntimeError> {
         let dst = self.container_root(handle)?.join("tmp");
-        self.fill_from(snap, "tmp", dst).await
+        self.fill_from(snap, "tmp", dst.clone()).await?;
+        // Files of an earlier sandbox uid (the owner of the snapshot's
+        // workspace root names it) become the user's; /tmp stays root's.
+        let user = self.cfg.sandbox_user;
+        let ws = self.snapshot_dir(snap).join("workspace");
+        blocking("taking over a restored /tmp", move || {
+            let io = |e| RuntimeError::io("taking over a restored /tmp", e);
+            let old = std::fs::symlink_metadata(&ws).map_err(io)?;
+            let from = (old.uid(), old.gid());
+            if from.0 == 0 || from == (user.uid, user.gid) {
+                return Ok(());
+            }
+            let tmp = sandkasten_hostfs::open_dir_nofollow(&dst).map_err(io)?;
+            let dev = std::fs::symlink_metadata(&dst).map_err(io)?.dev();
+            sandkasten_hostfs::take_over_below(tmp.as_fd(), dev, from, (user.uid, user.gid))
+                .map(drop)
+                .map_err(io)
+        })
+        .await
     }
 
     /// Copies snapshot `snap`'s copy `part` onto `dst`.

@@ -16,7 +16,6 @@ use futures::StreamExt;
 use sandkasten_protocol::AgentConfig;
 use sandkasten_runtime::{
     blocking, NetworkMode, RuntimeError, Sandbox, SandboxHandle, SandboxSpec, WorkspaceMount,
-    SANDBOX_UID,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -70,8 +69,8 @@ impl DockerRuntime {
             self.fill_workspace(spec, snap).await?;
         }
         let agent_cfg = AgentConfig {
-            uid: Some(SANDBOX_UID),
-            gid: Some(SANDBOX_UID),
+            uid: Some(self.cfg.sandbox_user.uid),
+            gid: Some(self.cfg.sandbox_user.gid),
             workdir: "/workspace".into(),
             env: sandkasten_runtime::shell_env(&image_env, &spec.env),
             home: "/home/sandbox".into(),

@@ -6,6 +6,10 @@ mod common;
 
 use common::{ok, run, unique, Harness};
 use sandkasten_docker::{container_name, volume_name, DockerRuntime};
+
+/// The sandbox user (the default `docker.sandbox_uid`); the test image is
+/// made for uid 1000, which the agent takes over.
+const U: u32 = sandkasten_docker::DEFAULT_SANDBOX_ID;
 use sandkasten_runtime::{
     FileErrorKind, FileOp, FileReply, NetworkMode, Runtime, RuntimeError, SandboxHandle,
     WorkspaceMount,
@@ -75,7 +79,7 @@ async fn exec_state_files_limits_and_isolation() {
     );
 
     // The sandbox user, without capabilities, without new privileges.
-    assert_eq!(ok(a, "id -u; id -g").await, "1000\n1000\n");
+    assert_eq!(ok(a, "id -u; id -g").await, format!("{U}\n{U}\n"));
     assert_eq!(
         ok(
             a,
@@ -113,7 +117,7 @@ async fn exec_state_files_limits_and_isolation() {
             "wc -c < /workspace/sub/blob.bin; stat -c %u /workspace/sub/blob.bin"
         )
         .await,
-        "100000\n1000\n"
+        format!("100000\n{U}\n")
     );
     ok(a, "printf 'from shell' > /workspace/note.txt").await;
     let note = a
@@ -237,7 +241,7 @@ async fn workspace_volumes_outlive_sessions() {
     assert_eq!(labels.get("sandkasten.image"), Some(&h.image));
     assert_eq!(
         ok(&sb.agent, "stat -c '%u %a' /workspace").await,
-        "1000 755\n"
+        format!("{U} 755\n")
     );
     ok(&sb.agent, "mkdir -p d && printf 12345 > d/kept.txt").await;
     // In use: not deletable.
@@ -312,9 +316,9 @@ async fn workspace_volumes_outlive_sessions() {
     assert_eq!(
         entries,
         [
-            ("d".to_string(), 1000),
-            ("d/kept.txt".to_string(), 1000),
-            ("from-host.txt".to_string(), 1000)
+            ("d".to_string(), u64::from(U)),
+            ("d/kept.txt".to_string(), u64::from(U)),
+            ("from-host.txt".to_string(), u64::from(U))
         ]
     );
 
@@ -327,7 +331,7 @@ async fn workspace_volumes_outlive_sessions() {
             "cat d/kept.txt; echo; cat from-host.txt; echo; stat -c %u from-host.txt"
         )
         .await,
-        "12345\noutside\n1000\n"
+        format!("12345\noutside\n{U}\n")
     );
     h.rt.destroy(&sb.handle).await.unwrap();
 
@@ -522,7 +526,7 @@ async fn late_binding_mounts_a_workspace_into_a_running_container() {
     // workspace, not the ephemeral volume below it.
     let r = run(&sb.agent, "cd /workspace && pwd; echo x > f; ls").await;
     assert_eq!((r.exit_code, r.output.as_str()), (0, "/workspace\nf\n"));
-    assert_eq!(ok(&sb.agent, "stat -c %u f").await, "1000\n");
+    assert_eq!(ok(&sb.agent, "stat -c %u f").await, format!("{U}\n"));
     let opts = ok(
         &sb.agent,
         "grep ' /workspace ' /proc/self/mountinfo | tail -1 | cut -d' ' -f6",

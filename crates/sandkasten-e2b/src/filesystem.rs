@@ -92,10 +92,12 @@ pub(crate) async fn call(
     }
 }
 
-fn owner(uid: u32) -> String {
-    match uid {
+/// The name envd gives id `id`: `root`, `user` for the sandbox user
+/// (`user_id`: the runtime's, 1000 on native), else the number.
+fn owner(id: u32, user_id: u32) -> String {
+    match id {
         0 => "root".into(),
-        1000 => "user".into(),
+        n if n == user_id => "user".into(),
         n => n.to_string(),
     }
 }
@@ -134,7 +136,7 @@ fn file_type(t: Ft) -> FileType {
     }
 }
 
-fn entry(st: &FileStat) -> EntryInfo {
+fn entry(st: &FileStat, user: (u32, u32)) -> EntryInfo {
     EntryInfo {
         name: st
             .path
@@ -148,8 +150,8 @@ fn entry(st: &FileStat) -> EntryInfo {
         size: st.size as i64,
         mode: st.mode & 0o777,
         permissions: permissions(st.file_type, st.mode),
-        owner: owner(st.uid),
-        group: owner(st.gid),
+        owner: owner(st.uid, user.0),
+        group: owner(st.gid, user.1),
         modified_time: Some(Timestamp {
             seconds: st.mtime,
             nanos: 0,
@@ -202,7 +204,7 @@ pub(crate) async fn stat_entry(
 ) -> Result<EntryInfo, RpcError> {
     let mut st = stat_file(e2b, id, user, path).await?;
     st.path = absolute(path);
-    Ok(entry(&st))
+    Ok(entry(&st, e2b.engine.sandbox_ids()))
 }
 
 async fn stat(
@@ -351,8 +353,10 @@ mod tests {
         assert_eq!(permissions(Ft::Dir, 0o755), "drwxr-xr-x");
         assert_eq!(permissions(Ft::File, 0o640), "-rw-r-----");
         assert_eq!(permissions(Ft::Symlink, 0o777), "Lrwxrwxrwx");
-        assert_eq!(owner(0), "root");
-        assert_eq!(owner(1000), "user");
-        assert_eq!(owner(7), "7");
+        assert_eq!(owner(0, 1000), "root");
+        assert_eq!(owner(1000, 1000), "user");
+        assert_eq!(owner(90000, 90000), "user");
+        assert_eq!(owner(1000, 90000), "1000");
+        assert_eq!(owner(7, 1000), "7");
     }
 }

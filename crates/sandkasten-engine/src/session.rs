@@ -152,6 +152,12 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The uid and gid commands run as inside this daemon's sandboxes
+    /// (the runtime's: 1000 on native, `docker.sandbox_uid` on docker).
+    pub fn sandbox_ids(&self) -> (u32, u32) {
+        self.inner.runtime.sandbox_ids()
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
     }

@@ -33,10 +33,12 @@
 //! syscalls), restored afterwards by a drop guard; see `identity.rs`. A
 //! [`RootedFs`] can therefore be shared by a pool of threads.
 
+mod claim;
 mod emulate;
 mod identity;
 mod sys;
 
+pub use claim::{claim_tree, take_over_below, Claim, MAX_CLAIM_DEPTH};
 pub use sys::readlink_at;
 #[cfg(test)]
 mod tests;
@@ -60,24 +62,6 @@ pub const MAX_READ_BYTES: u64 = sandkasten_protocol::MAX_FILE_DATA_BYTES;
 const DIR_MODE: u32 = 0o755;
 /// Mode of a file created by `write_file` without an explicit one.
 const FILE_MODE: u32 = 0o644;
-
-/// Gives a fresh root-owned directory (a new volume's root, a container's
-/// workdir) to `uid`:`gid` with mode 0755. Only a root-owned directory is
-/// changed, so this acts once: later its user owns it and may have changed
-/// its mode. The directory is opened once, refusing a symlink, and checked
-/// and changed through that descriptor (no race with a swapped path).
-pub fn own_root_owned_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let d = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)?;
-    if d.metadata()?.uid() == 0 {
-        std::os::unix::fs::fchown(&d, Some(uid), Some(gid))?;
-        d.set_permissions(std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(())
-}
 
 /// A failed file operation, as sent in `Response::Error`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -741,39 +741,7 @@ fn swapping_a_directory_for_a_symlink_never_leads_outside() {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let swapper = {
-        let stop = stop.clone();
-        let pairs: Vec<(std::ffi::CString, std::ffi::CString)> = pairs
-            .iter()
-            .map(|(a, b)| {
-                (
-                    std::ffi::CString::new(s(a)).unwrap(),
-                    std::ffi::CString::new(s(b)).unwrap(),
-                )
-            })
-            .collect();
-        std::thread::spawn(move || {
-            let mut swaps = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                for (a, b) in &pairs {
-                    // SAFETY: valid C strings.
-                    let r = unsafe {
-                        libc::syscall(
-                            libc::SYS_renameat2,
-                            libc::AT_FDCWD,
-                            a.as_ptr(),
-                            libc::AT_FDCWD,
-                            b.as_ptr(),
-                            libc::RENAME_EXCHANGE,
-                        )
-                    };
-                    assert_eq!(r, 0, "{}", io::Error::last_os_error());
-                    swaps += 1;
-                }
-            }
-            swaps
-        })
-    };
+    let swapper = spawn_swapper(pairs, stop.clone());
     let mut ok = 0;
     for n in 0..3000 {
         let i = n % targets.len();
@@ -908,17 +876,17 @@ fn a_root_owned_dir_is_given_to_the_user_once_and_never_through_a_symlink() {
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
     let link = d.path().join("link");
     std::os::unix::fs::symlink(&root, &link).unwrap();
-    assert!(own_root_owned_dir(&link, 1000, 1000).is_err());
+    assert!(claim_tree(&link, 1000, 1000).is_err());
     assert_eq!(std::fs::metadata(&root).unwrap().uid(), 0);
 
-    own_root_owned_dir(&root, 1000, 1000).unwrap();
+    assert_eq!(claim_tree(&root, 1000, 1000).unwrap(), Claim::Fresh);
     let m = std::fs::metadata(&root).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o755));
     // The user's own choice of mode stays.
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
-    own_root_owned_dir(&root, 1000, 1000).unwrap();
+    assert_eq!(claim_tree(&root, 1000, 1000).unwrap(), Claim::Owned);
     assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o750);
-    assert!(own_root_owned_dir(&d.path().join("missing"), 1000, 1000).is_err());
+    assert!(claim_tree(&d.path().join("missing"), 1000, 1000).is_err());
 }
 
 #[test]
@@ -962,4 +930,36 @@ fn rename_moves_inside_the_root_and_never_out_of_it() {
         .unwrap()
         .file_type()
         .is_symlink());
+}
+
+/// A thread that swaps each pair of paths (`RENAME_EXCHANGE`) in a loop, as
+/// a sandbox racing the daemon would, until `stop`; it returns how many
+/// swaps it made.
+pub(crate) fn spawn_swapper(
+    pairs: Vec<(PathBuf, PathBuf)>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let c = |p: &PathBuf| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let pairs: Vec<_> = pairs.iter().map(|(a, b)| (c(a), c(b))).collect();
+    std::thread::spawn(move || {
+        let mut swaps = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            for (a, b) in &pairs {
+                // SAFETY: valid C strings.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(r, 0, "{}", io::Error::last_os_error());
+                swaps += 1;
+            }
+        }
+        swaps
+    })
 }

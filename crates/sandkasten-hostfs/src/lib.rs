@@ -16,7 +16,7 @@
 //! (`sandkasten_runtime::blocking`, `export_blocking`), except
 //! [`workspace_file`], which does that itself.
 
-pub use sandkasten_fsops::own_root_owned_dir;
+pub use sandkasten_fsops::{claim_tree, take_over_below, Claim};
 
 mod export;
 mod files;

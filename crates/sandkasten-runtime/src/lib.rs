@@ -46,8 +46,9 @@ pub const MAX_READ_BYTES: u64 = sandkasten_protocol::MAX_FILE_DATA_BYTES;
 /// its metadata).
 pub const MIN_QUOTA_BYTES: u64 = 128 * 1024 * 1024;
 
-/// uid and gid of the `sandbox` user inside every sandbox (commands and
-/// file operations run as it).
+/// uid and gid of the `sandbox` user inside a sandbox with a user
+/// namespace (commands and file operations run as it); the docker
+/// runtime's is its own ([`Runtime::sandbox_ids`]).
 pub const SANDBOX_UID: u32 = 1000;
 
 /// The environment every sandbox shell starts with (before the image's own
@@ -468,6 +469,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// Where uploads may be spooled before an import (on the data disk).
     fn scratch_dir(&self) -> PathBuf {
         std::env::temp_dir()
+    }
+
+    /// The uid and gid commands run as inside this backend's sandboxes
+    /// (what `id -u` prints there, what owns the files they make):
+    /// [`SANDBOX_UID`], which the native runtime's user namespace maps to
+    /// a host id of its own; the docker runtime's own ids, which are host
+    /// ids too (no user namespace), and never a host account's.
+    fn sandbox_ids(&self) -> (u32, u32) {
+        (SANDBOX_UID, SANDBOX_UID)
     }
 
     /// Whether this backend enforces [`Limits::disk_mb`] (decided once at

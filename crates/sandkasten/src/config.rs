@@ -350,7 +350,7 @@ impl Default for Config {
 }
 
 /// The `docker:` section (used with `runtime: docker`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Docker {
     /// Engine address: `unix:///path` (a local engine) or
@@ -361,6 +361,20 @@ pub struct Docker {
     /// OCI runtime the engine starts sandboxes with (e.g. `runsc`);
     /// unset: the engine's default.
     pub runtime: Option<String>,
+    /// The uid (and gid) commands run as in containers, which is that id
+    /// on the engine's host too (no user namespace): never a host
+    /// account's, checked at start.
+    pub sandbox_uid: u32,
+}
+
+impl Default for Docker {
+    fn default() -> Self {
+        Docker {
+            host: None,
+            runtime: None,
+            sandbox_uid: sandkasten_docker::DEFAULT_SANDBOX_ID,
+        }
+    }
 }
 
 impl Default for Defaults {
@@ -622,6 +636,14 @@ impl Config {
                 bail!("docker.runtime: {r:?} is not an OCI runtime name (like runsc)");
             }
         }
+        if matches!(self.docker.sandbox_uid, 0 | 65534 | u32::MAX) {
+            bail!(
+                "docker.sandbox_uid: {} is root, nobody or -1; choose an id no host account \
+                 has (default {})",
+                self.docker.sandbox_uid,
+                sandkasten_docker::DEFAULT_SANDBOX_ID
+            );
+        }
         let docker = self.runtime == RuntimeKind::Docker;
         if let (true, true, Some(q)) = (docker, self.workspace.enabled, self.workspace.quota_mb) {
             if q > 0 {
@@ -782,6 +804,13 @@ mod tests {
         .unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.docker.runtime.as_deref(), Some("runsc"));
+        assert_eq!(
+            cfg.docker.sandbox_uid,
+            sandkasten_docker::DEFAULT_SANDBOX_ID
+        );
+        let own = Config::parse("docker:\n  sandbox_uid: 70000\n").unwrap();
+        own.validate().unwrap();
+        assert_eq!(own.docker.sandbox_uid, 70000);
         Config::parse("runtime: docker\ndocker:\n  host: tcp://10.0.0.1:2375\n")
             .unwrap()
             .validate()
@@ -804,6 +833,8 @@ mod tests {
                 "runtime: docker\nworkspace:\n  quota_mb: 1024\n",
                 "workspace.quota_mb",
             ),
+            ("docker:\n  sandbox_uid: 0\n", "docker.sandbox_uid"),
+            ("docker:\n  sandbox_uid: 65534\n", "docker.sandbox_uid"),
             (
                 "network:\n  allow_full: false\ndefaults:\n  network_mode: full\n",
                 "defaults.network_mode",

@@ -469,6 +469,7 @@ pub(crate) async fn docker_runtime(
             } else {
                 None
             },
+            sandbox_user: sandkasten_docker::SandboxUser::new(cfg.docker.sandbox_uid),
         })
         .await?,
     )

@@ -61,6 +61,7 @@ impl Harness {
             tmp_size_mb: 64,
             min_free_mb: 16,
             network: None,
+            sandbox_user: Default::default(),
         };
         match DockerRuntime::new(cfg).await {
             Ok(rt) => rt,
