@@ -663,6 +663,7 @@ impl Engine {
     /// held against deletion until the session is listed.
     async fn acquire(&self, v: ValidCreate) -> Result<Acquired, EngineError> {
         let started = std::time::Instant::now();
+        let mut phases = crate::metrics::Phases::start();
         let pool = &self.inner.pool;
         let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
         // A runtime without policies cannot change a pooled sandbox's mode;
@@ -681,6 +682,7 @@ impl Engine {
         } else {
             pool.take(&v.pool_key).await
         };
+        phases.end("pool: take");
         let id = match &taken {
             Some(t) => t.warm().id.clone(),
             None => new_id(),
@@ -701,6 +703,9 @@ impl Engine {
             },
             None => None,
         };
+        if taken.is_some() && mount.is_some() {
+            phases.end("workspace: hold");
+        }
         let created_at = now();
         let mut record = SessionRecord {
             id,
@@ -733,6 +738,7 @@ impl Engine {
                     &v.env,
                     v.disk_limit_mb,
                     &v.network,
+                    &mut phases,
                 )
                 .await
             {
@@ -742,6 +748,10 @@ impl Engine {
                     record.pid = t.warm().handle.pid;
                     record.pid_start_time = t.warm().handle.start_time;
                     let (handle, agent) = t.promote(record.clone(), started).await?;
+                    phases.end("store: promote");
+                    let phases = phases.list;
+                    tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
+                    self.inner.counters.pool_phases.add(&phases);
                     return Ok(Acquired {
                         record,
                         sandbox: Sandbox {
@@ -787,15 +797,9 @@ impl Engine {
         let policies = self.inner.runtime.network_policies();
         let cfg = &self.inner.cfg;
         let rec = record.clone();
-        let mut step = std::time::Instant::now();
-        let mut phases: Vec<(String, u64)> = Vec::new();
-        let mut end = |name: &str, phases: &mut Vec<(String, u64)>| {
-            let now = std::time::Instant::now();
-            phases.push((name.to_string(), (now - step).as_micros() as u64));
-            step = now;
-        };
+        let mut phases = crate::metrics::Phases::start();
         self.inner.db.run(move |s| s.insert_session(&rec)).await?;
-        end("store: insert", &mut phases);
+        phases.end("store: insert");
         let spec = SandboxSpec {
             id: record.id.clone(),
             image: record.image.clone(),
@@ -831,14 +835,16 @@ impl Engine {
             Ok(s) => Ok(s),
             Err(e) => Err((e, "creating the sandbox")),
         };
-        end("runtime", &mut phases);
+        phases.end("runtime");
         let sandbox = match created {
             Ok(mut s) => {
                 // The runtime's own steps, inside "runtime".
                 let inner = std::mem::take(&mut s.phases_us);
-                let at = phases.len() - 1;
+                let at = phases.list.len() - 1;
                 for (i, (n, us)) in inner.into_iter().enumerate() {
-                    phases.insert(at + 1 + i, (format!("runtime: {n}"), us));
+                    phases
+                        .list
+                        .insert(at + 1 + i, (format!("runtime: {n}"), us));
                 }
                 s
             }
@@ -862,9 +868,10 @@ impl Engine {
             .db
             .run(move |s| s.set_session_sandbox(&id, SessionState::Running, pid, st))
             .await?;
-        end("store: running", &mut phases);
+        phases.end("store: running");
+        let phases = phases.list;
         tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "cold create");
-        self.inner.counters.cold_create(&phases);
+        self.inner.counters.cold_phases.add(&phases);
         Ok(sandbox)
     }
 
@@ -881,18 +888,26 @@ impl Engine {
         env: &[(String, String)],
         disk_limit_mb: Option<u64>,
         network: &NetworkPolicy,
+        phases: &mut crate::metrics::Phases,
     ) -> Result<(), RuntimeError> {
         if network.is_full() && self.inner.runtime.network_policies() {
             self.inner.runtime.set_network(handle, network).await?;
+            phases.end("network");
         }
         if let Some(mb) = disk_limit_mb.filter(|mb| Some(*mb) != self.inner.cfg.limits.disk_mb) {
             self.inner.runtime.set_disk_limit(handle, mb).await?;
+            phases.end("disk limit");
         }
         if let Some(ws) = workspace {
             self.inner.runtime.bind_workspace(handle, ws).await?;
+            phases.end("workspace: bind");
         }
         let cd = workspace.map(|_| "cd /workspace && unset OLDPWD".to_string());
-        prime_shell(agent, env, cd).await
+        if !env.is_empty() || cd.is_some() {
+            prime_shell(agent, env, cd).await?;
+            phases.end("shell: env and cd");
+        }
+        Ok(())
     }
 
     /// Counters and histograms for `GET /metrics`.
@@ -925,13 +940,8 @@ impl Engine {
             exec_duration: c.exec.snapshot(),
             pool_acquire: self.inner.pool.acquire_hist.snapshot(),
             network_denials: self.inner.runtime.network_denials_total(),
-            cold_create_phases: c
-                .cold_phases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(n, us, count)| (n.clone(), *us as f64 / 1e6, *count))
-                .collect(),
+            cold_create_phases: c.cold_phases.snapshot(),
+            pool_create_phases: c.pool_phases.snapshot(),
         }
     }
 
