@@ -435,6 +435,7 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        let mut phases = crate::metrics::Phases::start();
         // A host whose disk is (nearly) full refuses new sandboxes until
         // space returns; running sessions are not touched.
         let room = self
@@ -443,8 +444,9 @@ impl Engine {
             .check_room()
             .await
             .map_err(EngineError::runtime("checking free space"));
+        phases.end("room");
         let acquired = match room {
-            Ok(()) => self.acquire(v).await,
+            Ok(()) => self.acquire(v, phases).await,
             Err(e) => Err(e),
         };
         let acquired = match acquired {
@@ -661,9 +663,12 @@ impl Engine {
     /// A sandbox for the request: a pooled one when one is idle and can
     /// take the request (never a wait), else a cold one. The workspace is
     /// held against deletion until the session is listed.
-    async fn acquire(&self, v: ValidCreate) -> Result<Acquired, EngineError> {
+    async fn acquire(
+        &self,
+        v: ValidCreate,
+        mut phases: crate::metrics::Phases,
+    ) -> Result<Acquired, EngineError> {
         let started = std::time::Instant::now();
-        let mut phases = crate::metrics::Phases::start();
         let pool = &self.inner.pool;
         let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
         // A runtime without policies cannot change a pooled sandbox's mode;
