@@ -737,8 +737,7 @@ impl Engine {
         if let Some(t) = taken {
             match self
                 .bind_warm(
-                    &t.warm().handle,
-                    &t.warm().agent,
+                    t.warm(),
                     record.workspace_id.as_deref(),
                     &v.env,
                     v.disk_limit_mb,
@@ -887,14 +886,14 @@ impl Engine {
     /// re-enters `/workspace`. Nothing is deferred to the first exec.
     async fn bind_warm(
         &self,
-        handle: &SandboxHandle,
-        agent: &AgentClient,
+        warm: &crate::pool::Warm,
         workspace: Option<&str>,
         env: &[(String, String)],
         disk_limit_mb: Option<u64>,
         network: &NetworkPolicy,
         phases: &mut crate::metrics::Phases,
     ) -> Result<(), RuntimeError> {
+        let (handle, agent) = (&warm.handle, &warm.agent);
         if network.is_full() && self.inner.runtime.network_policies() {
             self.inner.runtime.set_network(handle, network).await?;
             phases.end("network");

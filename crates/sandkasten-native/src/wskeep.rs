@@ -117,13 +117,6 @@ impl Kept {
         };
         drop(dropped);
     }
-
-    /// The ids kept, least recently bound first.
-    #[cfg(test)]
-    pub(crate) fn ids(&self) -> Vec<String> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.iter().map(|e| e.id.clone()).collect()
-    }
 }
 
 /// A detached copy of the detached mount `m` (`open_tree(OPEN_TREE_CLONE)`
