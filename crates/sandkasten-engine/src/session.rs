@@ -435,21 +435,7 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        let mut phases = crate::metrics::Phases::start();
-        // A host whose disk is (nearly) full refuses new sandboxes until
-        // space returns; running sessions are not touched.
-        let room = self
-            .inner
-            .runtime
-            .check_room()
-            .await
-            .map_err(EngineError::runtime("checking free space"));
-        phases.end("room");
-        let acquired = match room {
-            Ok(()) => self.acquire(v, phases).await,
-            Err(e) => Err(e),
-        };
-        let acquired = match acquired {
+        let acquired = match self.acquire(v).await {
             Ok(a) => a,
             Err(e) => {
                 self.drop_made_workspace(made_ws).await;
@@ -663,13 +649,20 @@ impl Engine {
     /// A sandbox for the request: a pooled one when one is idle and can
     /// take the request (never a wait), else a cold one. The workspace is
     /// held against deletion until the session is listed.
-    async fn acquire(
-        &self,
-        v: ValidCreate,
-        mut phases: crate::metrics::Phases,
-    ) -> Result<Acquired, EngineError> {
+    async fn acquire(&self, v: ValidCreate) -> Result<Acquired, EngineError> {
         let started = std::time::Instant::now();
+        let mut phases = crate::metrics::Phases::start();
         let pool = &self.inner.pool;
+        // A host whose disk is (nearly) full refuses new sandboxes until
+        // space returns; running sessions are not touched. Checked while
+        // a pooled sandbox is taken (and proven alive): independent work.
+        let room = async {
+            self.inner
+                .runtime
+                .check_room()
+                .await
+                .map_err(EngineError::runtime("checking free space"))
+        };
         let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
         // A runtime without policies cannot change a pooled sandbox's mode;
         // one with policies could remove a pooled sandbox's link, but
@@ -678,16 +671,22 @@ impl Engine {
         // cold where pooled sandboxes wait with a link (default mode full).
         let other_mode = v.network.mode != self.inner.cfg.network.default.mode
             && (!self.inner.runtime.network_policies() || !v.network.is_full());
-        let mut taken = if (wants_workspace && !self.inner.runtime.can_bind_workspace())
+        let (room, mut taken) = if (wants_workspace && !self.inner.runtime.can_bind_workspace())
             || other_mode
             || v.pool_key.is_empty()
         {
             pool.record_miss(&v.pool_key);
-            None
+            (room.await, None)
         } else {
-            pool.take(&v.pool_key).await
+            tokio::join!(room, pool.take(&v.pool_key))
         };
-        phases.end("pool: take");
+        if let Err(e) = room {
+            if let Some(t) = taken {
+                t.put_back();
+            }
+            return Err(e);
+        }
+        phases.end("room and pool: take");
         let id = match &taken {
             Some(t) => t.warm().id.clone(),
             None => new_id(),
