@@ -316,3 +316,104 @@ fn sigkill_and_restart_leave_no_orphan_and_resize_the_pool() {
     // The session came through and kept its workspace.
     assert_eq!(d2.sh(&session, "cat f"), "mine\n");
 }
+
+/// Native keeps an image workspace mounted (detached, never on the host)
+/// between the pooled sessions that use it; whatever needs it unmounted
+/// still works at once after the session ends.
+mod native_only {
+    use super::*;
+
+    /// Loop devices of the data dir's workspaces.
+    fn loop_devices_of(d: &Daemon) -> Vec<String> {
+        let root = d.home.root.to_string_lossy().to_string();
+        let root = format!("{}/", root.trim_end_matches('/'));
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let backing =
+                std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+            if name.starts_with("loop")
+                && backing.starts_with(&root)
+                && backing.contains("/workspaces/")
+            {
+                out.push(format!("/dev/{name} ({})", backing.trim()));
+            }
+        }
+        out
+    }
+
+    fn pooled_on(d: &Daemon, ws: &str) -> String {
+        wait_idle(d, 1, Duration::from_secs(20));
+        let s = d.create_session(json!({"workspace_id": ws}));
+        assert_eq!(s["acquire_source"], "pool", "{s}");
+        s["id"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn a_kept_workspace_is_restored_imported_and_deleted_after_its_session() {
+        let d = Daemon::start(Some(&pool_config(1, "")));
+        let ws = ws_id("kept");
+        let id = pooled_on(&d, &ws);
+        assert_eq!(
+            d.sh(&id, "echo v1 > doc.txt; df --output=fstype . | tail -1"),
+            "btrfs\n"
+        );
+        let snap = d
+            .post(&format!("/v1/workspaces/{ws}/snapshots"), &json!({}))
+            .expect(201, "snapshot");
+        let snap_id = snap["id"].as_str().unwrap().to_string();
+        d.delete(&id);
+        // Kept between sessions, but never as a mount the host sees.
+        assert_eq!(loop_devices_of(&d).len(), 1, "{:?}", loop_devices_of(&d));
+        let root = d.home.root.to_string_lossy().to_string();
+        assert_eq!(mountinfo_lines_containing(&root), Vec::<String>::new());
+
+        // The next session gets the same content through the kept mount.
+        let id = pooled_on(&d, &ws);
+        assert_eq!(
+            d.sh(&id, "cat doc.txt; echo v2 > doc.txt; cat doc.txt"),
+            "v1\nv2\n"
+        );
+        d.post(
+            &format!("/v1/workspaces/{ws}/snapshots/{snap_id}/restore"),
+            &json!({}),
+        )
+        .assert_error(409, "WORKSPACE_IN_USE", "restore while a session mounts it");
+        d.delete(&id);
+
+        // A restore swaps the content subvolume: the kept mount of the old
+        // one is dropped first, and the next session sees the restored one.
+        d.post(
+            &format!("/v1/workspaces/{ws}/snapshots/{snap_id}/restore"),
+            &json!({}),
+        )
+        .expect(200, "restore right after the session");
+        let id = pooled_on(&d, &ws);
+        assert_eq!(d.sh(&id, "cat doc.txt"), "v1\n");
+        d.delete(&id);
+
+        // So does an import.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(3);
+        h.set_cksum();
+        b.append_data(&mut h, "doc.txt", &b"v3\n"[..]).unwrap();
+        d.send(
+            d.request(reqwest::Method::PUT, &format!("/v1/workspaces/{ws}/import"))
+                .header("content-type", "application/x-tar")
+                .body(b.into_inner().unwrap()),
+        )
+        .expect(200, "import right after the session");
+        let id = pooled_on(&d, &ws);
+        assert_eq!(d.sh(&id, "cat doc.txt"), "v3\n");
+        d.delete(&id);
+
+        // And the delete: nothing of the workspace stays attached.
+        d.del(&format!("/v1/workspaces/{ws}"))
+            .expect(200, "delete right after the session");
+        let gone = wait_for(Duration::from_secs(5), || loop_devices_of(&d).is_empty());
+        assert!(gone, "loop devices left: {:?}", loop_devices_of(&d));
+        assert_eq!(mountinfo_lines_containing(&root), Vec::<String>::new());
+    }
+}

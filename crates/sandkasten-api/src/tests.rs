@@ -416,6 +416,7 @@ impl Backend for Fake {
             pool_acquire: sandkasten_engine::HistogramSnapshot::default(),
             network_denials: 2,
             cold_create_phases: vec![("runtime: launcher: \"x\"".into(), 0.5, 2)],
+            pool_create_phases: vec![("pool: take".into(), 0.25, 5)],
         }
     }
 }
@@ -889,6 +890,9 @@ async fn metrics_are_prometheus_text() {
         "# TYPE sandkasten_cold_create_phase_seconds summary",
         "sandkasten_cold_create_phase_seconds_sum{phase=\"runtime: launcher: \\\"x\\\"\"} 0.5",
         "sandkasten_cold_create_phase_seconds_count{phase=\"runtime: launcher: \\\"x\\\"\"} 2",
+        "# TYPE sandkasten_pool_create_phase_seconds summary",
+        "sandkasten_pool_create_phase_seconds_sum{phase=\"pool: take\"} 0.25",
+        "sandkasten_pool_create_phase_seconds_count{phase=\"pool: take\"} 5",
     ] {
         assert!(
             text.lines().any(|l| l == line),

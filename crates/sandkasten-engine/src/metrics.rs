@@ -103,9 +103,65 @@ pub(crate) struct Counters {
     /// By final state, in the order of [`ENDED`].
     pub(crate) ended: [AtomicU64; 4],
     pub(crate) exec: Histogram,
-    /// Cold creates' steps: (name, total microseconds, count), in the
-    /// order first seen.
-    pub(crate) cold_phases: std::sync::Mutex<Vec<(String, u64, u64)>>,
+    /// Cold creates' steps.
+    pub(crate) cold_phases: PhaseTotals,
+    /// Pooled creates' steps (taking and binding a pooled sandbox).
+    pub(crate) pool_phases: PhaseTotals,
+}
+
+/// The steps of one create, timed back to back: each [`Phases::end`]
+/// closes the step that began at the previous one.
+pub(crate) struct Phases {
+    step: std::time::Instant,
+    pub(crate) list: Vec<(String, u64)>,
+}
+
+impl Phases {
+    pub(crate) fn start() -> Phases {
+        Phases {
+            step: std::time::Instant::now(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` (its time: since the previous step's end).
+    pub(crate) fn end(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        self.list
+            .push((name.to_string(), (now - self.step).as_micros() as u64));
+        self.step = now;
+    }
+}
+
+/// Steps of many creates: (name, total microseconds, count), in the order
+/// first seen.
+#[derive(Default)]
+pub(crate) struct PhaseTotals(std::sync::Mutex<Vec<(String, u64, u64)>>);
+
+impl PhaseTotals {
+    /// Adds one create's steps.
+    pub(crate) fn add(&self, phases: &[(String, u64)]) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, us) in phases {
+            match all.iter_mut().find(|(n, _, _)| n == name) {
+                Some(p) => {
+                    p.1 += us;
+                    p.2 += 1;
+                }
+                None => all.push((name.clone(), *us, 1)),
+            }
+        }
+    }
+
+    /// (name, total seconds, count) per step.
+    pub(crate) fn snapshot(&self) -> Vec<(String, f64, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, us, count)| (n.clone(), *us as f64 / 1e6, *count))
+            .collect()
+    }
 }
 
 pub(crate) const ENDED: [crate::SessionState; 4] = [
@@ -123,20 +179,7 @@ impl Counters {
             ended: Default::default(),
             exec: Histogram::new(),
             cold_phases: Default::default(),
-        }
-    }
-
-    /// Adds one cold create's steps.
-    pub(crate) fn cold_create(&self, phases: &[(String, u64)]) {
-        let mut all = self.cold_phases.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, us) in phases {
-            match all.iter_mut().find(|(n, _, _)| n == name) {
-                Some(p) => {
-                    p.1 += us;
-                    p.2 += 1;
-                }
-                None => all.push((name.clone(), *us, 1)),
-            }
+            pool_phases: Default::default(),
         }
     }
 

@@ -2,8 +2,10 @@
 //! (ephemeral `/workspace`, default limits) ready to become sessions.
 //!
 //! - **Fill.** One loop per image keeps `idle + in_flight` at the target.
-//!   It wakes on events only: a sandbox taken, discarded or filled, or the
-//!   next idle deadline. Fills across all images share a small semaphore,
+//!   It wakes on events only: a claim over (a taken sandbox promoted, put
+//!   back or discarded: not at the take, so that a refill never competes
+//!   with the claim for CPU), a sandbox discarded or filled, or the next
+//!   idle deadline. Fills across all images share a small semaphore,
 //!   so refills never take every core from live requests; a failing image
 //!   backs off exponentially (the error is kept for `GET /v1/pool`).
 //! - **Acquire** never waits: it pops the oldest idle sandbox, proves it
@@ -164,6 +166,9 @@ impl Drop for Taken {
             self.image.discarded.fetch_add(1, Ordering::Relaxed);
             self.pool.destroy_warm(w);
         }
+        // The refill starts once the claim is over (promoted, put back or
+        // discarded), so that it never competes with the claim for CPU.
+        self.image.wake.notify_one();
     }
 }
 
@@ -546,7 +551,6 @@ impl Pool {
                 p.record_miss();
                 return None;
             };
-            p.wake.notify_one();
             let ping = if w.agent.is_connected() {
                 tokio::time::timeout(HEALTH_TIMEOUT, w.agent.ping()).await
             } else {
@@ -571,6 +575,7 @@ impl Pool {
                     tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
                     p.discarded.fetch_add(1, Ordering::Relaxed);
                     self.destroy_warm(w);
+                    p.wake.notify_one();
                 }
             }
         }

@@ -440,19 +440,7 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        // A host whose disk is (nearly) full refuses new sandboxes until
-        // space returns; running sessions are not touched.
-        let room = self
-            .inner
-            .runtime
-            .check_room()
-            .await
-            .map_err(EngineError::runtime("checking free space"));
-        let acquired = match room {
-            Ok(()) => self.acquire(v).await,
-            Err(e) => Err(e),
-        };
-        let acquired = match acquired {
+        let acquired = match self.acquire(v).await {
             Ok(a) => a,
             Err(e) => {
                 self.drop_made_workspace(made_ws).await;
@@ -668,7 +656,18 @@ impl Engine {
     /// held against deletion until the session is listed.
     async fn acquire(&self, v: ValidCreate) -> Result<Acquired, EngineError> {
         let started = std::time::Instant::now();
+        let mut phases = crate::metrics::Phases::start();
         let pool = &self.inner.pool;
+        // A host whose disk is (nearly) full refuses new sandboxes until
+        // space returns; running sessions are not touched. Checked while
+        // a pooled sandbox is taken (and proven alive): independent work.
+        let room = async {
+            self.inner
+                .runtime
+                .check_room()
+                .await
+                .map_err(EngineError::runtime("checking free space"))
+        };
         let wants_workspace = v.workspace_id.is_some() || v.persist_by_default;
         // A runtime without policies cannot change a pooled sandbox's mode;
         // one with policies could remove a pooled sandbox's link, but
@@ -677,15 +676,22 @@ impl Engine {
         // cold where pooled sandboxes wait with a link (default mode full).
         let other_mode = v.network.mode != self.inner.cfg.network.default.mode
             && (!self.inner.runtime.network_policies() || !v.network.is_full());
-        let mut taken = if (wants_workspace && !self.inner.runtime.can_bind_workspace())
+        let (room, mut taken) = if (wants_workspace && !self.inner.runtime.can_bind_workspace())
             || other_mode
             || v.pool_key.is_empty()
         {
             pool.record_miss(&v.pool_key);
-            None
+            (room.await, None)
         } else {
-            pool.take(&v.pool_key).await
+            tokio::join!(room, pool.take(&v.pool_key))
         };
+        if let Err(e) = room {
+            if let Some(t) = taken {
+                t.put_back();
+            }
+            return Err(e);
+        }
+        phases.end("room and pool: take");
         let id = match &taken {
             Some(t) => t.warm().id.clone(),
             None => new_id(),
@@ -706,6 +712,9 @@ impl Engine {
             },
             None => None,
         };
+        if taken.is_some() && mount.is_some() {
+            phases.end("workspace: hold");
+        }
         let created_at = now();
         let mut record = SessionRecord {
             id,
@@ -732,12 +741,12 @@ impl Engine {
         if let Some(t) = taken {
             match self
                 .bind_warm(
-                    &t.warm().handle,
-                    &t.warm().agent,
+                    t.warm(),
                     record.workspace_id.as_deref(),
                     &v.env,
                     v.disk_limit_mb,
                     &v.network,
+                    &mut phases,
                 )
                 .await
             {
@@ -747,6 +756,10 @@ impl Engine {
                     record.pid = t.warm().handle.pid;
                     record.pid_start_time = t.warm().handle.start_time;
                     let (handle, agent) = t.promote(record.clone(), started).await?;
+                    phases.end("store: promote");
+                    let phases = phases.list;
+                    tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
+                    self.inner.counters.pool_phases.add(&phases);
                     return Ok(Acquired {
                         record,
                         sandbox: Sandbox {
@@ -792,15 +805,9 @@ impl Engine {
         let policies = self.inner.runtime.network_policies();
         let cfg = &self.inner.cfg;
         let rec = record.clone();
-        let mut step = std::time::Instant::now();
-        let mut phases: Vec<(String, u64)> = Vec::new();
-        let mut end = |name: &str, phases: &mut Vec<(String, u64)>| {
-            let now = std::time::Instant::now();
-            phases.push((name.to_string(), (now - step).as_micros() as u64));
-            step = now;
-        };
+        let mut phases = crate::metrics::Phases::start();
         self.inner.db.run(move |s| s.insert_session(&rec)).await?;
-        end("store: insert", &mut phases);
+        phases.end("store: insert");
         let spec = SandboxSpec {
             id: record.id.clone(),
             image: record.image.clone(),
@@ -836,14 +843,16 @@ impl Engine {
             Ok(s) => Ok(s),
             Err(e) => Err((e, "creating the sandbox")),
         };
-        end("runtime", &mut phases);
+        phases.end("runtime");
         let sandbox = match created {
             Ok(mut s) => {
                 // The runtime's own steps, inside "runtime".
                 let inner = std::mem::take(&mut s.phases_us);
-                let at = phases.len() - 1;
+                let at = phases.list.len() - 1;
                 for (i, (n, us)) in inner.into_iter().enumerate() {
-                    phases.insert(at + 1 + i, (format!("runtime: {n}"), us));
+                    phases
+                        .list
+                        .insert(at + 1 + i, (format!("runtime: {n}"), us));
                 }
                 s
             }
@@ -867,9 +876,10 @@ impl Engine {
             .db
             .run(move |s| s.set_session_sandbox(&id, SessionState::Running, pid, st))
             .await?;
-        end("store: running", &mut phases);
+        phases.end("store: running");
+        let phases = phases.list;
         tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "cold create");
-        self.inner.counters.cold_create(&phases);
+        self.inner.counters.cold_phases.add(&phases);
         Ok(sandbox)
     }
 
@@ -880,24 +890,32 @@ impl Engine {
     /// re-enters `/workspace`. Nothing is deferred to the first exec.
     async fn bind_warm(
         &self,
-        handle: &SandboxHandle,
-        agent: &AgentClient,
+        warm: &crate::pool::Warm,
         workspace: Option<&str>,
         env: &[(String, String)],
         disk_limit_mb: Option<u64>,
         network: &NetworkPolicy,
+        phases: &mut crate::metrics::Phases,
     ) -> Result<(), RuntimeError> {
+        let (handle, agent) = (&warm.handle, &warm.agent);
         if network.is_full() && self.inner.runtime.network_policies() {
             self.inner.runtime.set_network(handle, network).await?;
+            phases.end("network");
         }
         if let Some(mb) = disk_limit_mb.filter(|mb| Some(*mb) != self.inner.cfg.limits.disk_mb) {
             self.inner.runtime.set_disk_limit(handle, mb).await?;
+            phases.end("disk limit");
         }
         if let Some(ws) = workspace {
             self.inner.runtime.bind_workspace(handle, ws).await?;
+            phases.end("workspace: bind");
         }
         let cd = workspace.map(|_| "cd /workspace && unset OLDPWD".to_string());
-        prime_shell(agent, env, cd).await
+        if !env.is_empty() || cd.is_some() {
+            prime_shell(agent, env, cd).await?;
+            phases.end("shell: env and cd");
+        }
+        Ok(())
     }
 
     /// Counters and histograms for `GET /metrics`.
@@ -930,13 +948,8 @@ impl Engine {
             exec_duration: c.exec.snapshot(),
             pool_acquire: self.inner.pool.acquire_hist.snapshot(),
             network_denials: self.inner.runtime.network_denials_total(),
-            cold_create_phases: c
-                .cold_phases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(n, us, count)| (n.clone(), *us as f64 / 1e6, *count))
-                .collect(),
+            cold_create_phases: c.cold_phases.snapshot(),
+            pool_create_phases: c.pool_phases.snapshot(),
         }
     }
 

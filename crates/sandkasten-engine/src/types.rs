@@ -138,6 +138,8 @@ pub struct MetricsSnapshot {
     pub network_denials: u64,
     /// Cold creates' steps since start: (name, total seconds, count).
     pub cold_create_phases: Vec<(String, f64, u64)>,
+    /// Pooled creates' steps since start: (name, total seconds, count).
+    pub pool_create_phases: Vec<(String, f64, u64)>,
 }
 
 /// A cumulative histogram: `buckets` are (upper bound in seconds, count of

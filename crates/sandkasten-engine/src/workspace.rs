@@ -292,19 +292,12 @@ impl Workspaces {
             quota_bytes: self.cfg.default_quota_bytes,
             labels: Default::default(),
         };
-        let quota = self
-            .db
-            .run(move |s| {
-                s.insert_workspace(&rec)?;
-                Ok(s.get_workspace(&rec.id)?.and_then(|r| r.quota_bytes))
-            })
-            .await?;
+        // Its row (made if new) and its use, in one transaction.
+        let quota = self.db.run(move |s| s.use_workspace(&rec)).await?;
         self.runtime
             .ensure_workspace(id, quota)
             .await
             .map_err(rt(id, "creating the workspace"))?;
-        let wid = id.to_string();
-        self.db.run(move |s| s.touch_workspace(&wid, now)).await?;
         Ok(guard)
     }
 

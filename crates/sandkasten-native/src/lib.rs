@@ -39,6 +39,7 @@ mod process;
 mod ptys;
 mod scratch;
 mod wsimage;
+mod wskeep;
 mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
@@ -124,7 +125,8 @@ pub struct NativeRuntime {
 }
 
 /// Everything an operation needs, shared by the runtime and the blocking
-/// tasks that do its host work. All of it is fixed at construction.
+/// tasks that do its host work. All of it but `kept` is fixed at
+/// construction.
 struct Shared {
     cfg: NativeConfig,
     cgroups: Cgroups,
@@ -133,6 +135,8 @@ struct Shared {
     scratch: Option<scratch::Scratch>,
     /// The datapath; `None`: no network policies.
     network: Option<net::Network>,
+    /// Image workspaces kept mounted (detached) between sessions.
+    kept: wskeep::Kept,
 }
 
 /// How long deleting, restoring or importing an image workspace waits for
@@ -193,6 +197,7 @@ impl NativeRuntime {
             ids: IdRange::default(),
             scratch,
             network,
+            kept: wskeep::Kept::default(),
         };
         image::ensure_base(&shared.images_dir(), &shared.ids)?;
         tracing::info!(cgroups = ?shared.cgroups, scratch = ?shared.scratch, "native runtime ready");
@@ -750,9 +755,20 @@ impl Shared {
         self.attach_workspace(id)
     }
 
+    /// Drops the kept mounts of image `img` (its workspace's and its
+    /// clones'), so that it can detach once no sandbox mounts it.
+    fn release_kept(&self, img: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(img) {
+            self.kept.release(meta.ino());
+        }
+    }
+
     /// Waits (bounded, [`DETACH_WAIT`]) until no sandbox mounts image
-    /// workspace `id`; `Busy` when one still does.
+    /// workspace `id` (its kept mounts dropped first); `Busy` when one
+    /// still does.
     fn wait_unmounted(&self, id: &str, img: &Path) -> Result<(), RuntimeError> {
+        self.release_kept(img);
         let detached = wsimage::wait_detached(img, DETACH_WAIT).map_err(RuntimeError::io_ctx(
             "looking for the workspace's loop device",
         ))?;
@@ -847,6 +863,7 @@ impl Shared {
                 // Its image holds clones (or their origin) too: only its
                 // own content subvolume goes. The engine guarantees no
                 // session mounts this workspace; its family's may run.
+                self.release_kept(&img);
                 let device = wsimage::attach(&img)
                     .map_err(RuntimeError::io_ctx(format!("attaching workspace {id}")))?;
                 wsimage::delete_data(&device.device, &self.data_subvol(id))
@@ -1001,23 +1018,35 @@ impl Shared {
         })
     }
 
-    /// Late binding: a detached mount of the workspace (attaching its image,
-    /// or a clone of its directory) moved onto `/workspace` in the
-    /// sandbox's mount namespace by a thread of its own.
+    /// Late binding: a detached mount of the workspace (a clone of its kept
+    /// mount, see [`wskeep`], or of its directory) moved onto `/workspace`
+    /// in the sandbox's mount namespace by a thread of its own.
     fn bind_workspace(&self, handle: &SandboxHandle, id: &str) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::MetadataExt;
         let img = self.workspace_image(id);
-        // The attached device (if any) stays pinned until the mount is in
-        // the sandbox, which then keeps it bound.
-        let (mount, _attached) = if img.exists() {
-            let attached = self.attach_workspace(id)?;
-            let m = wsimage::mount_detached(&attached.device, Some(&self.data_subvol(id)))
-                .map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?;
-            (m, Some(attached))
-        } else {
-            let dir = self.ensure_workspace_dir(id)?;
-            let m = latebind::clone_dir(&dir)
-                .map_err(RuntimeError::io_ctx(format!("binding workspace {id}")))?;
-            (m, None)
+        let mount = match std::fs::metadata(&img) {
+            Ok(meta) => {
+                let subvol = self.data_subvol(id);
+                let kept = match self.kept.mount(id, meta.ino(), &subvol) {
+                    Some(m) => m,
+                    None => {
+                        // Attached and mounted once, then kept.
+                        let attached = self.attach_workspace(id)?;
+                        let m = wsimage::mount_detached(&attached.device, Some(&subvol))
+                            .map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?;
+                        self.kept.keep(id, meta.ino(), &subvol, attached, m);
+                        self.kept
+                            .mount(id, meta.ino(), &subvol)
+                            .expect("a workspace just kept is kept")
+                    }
+                };
+                kept.map_err(RuntimeError::io_ctx(format!("mounting workspace {id}")))?
+            }
+            Err(_) => {
+                let dir = self.ensure_workspace_dir(id)?;
+                latebind::clone_dir(&dir)
+                    .map_err(RuntimeError::io_ctx(format!("binding workspace {id}")))?
+            }
         };
         let pidfd = self
             .prove(handle)

@@ -83,6 +83,40 @@ impl Store {
             .map_err(q("recording workspace use"))
     }
 
+    /// A workspace about to be mounted, in one transaction: inserts `w`
+    /// unless a row of its id exists, records its use at
+    /// `w.last_used_at_ms` and answers its quota.
+    pub fn use_workspace(&self, w: &WorkspaceRecord) -> Result<Option<u64>, StoreError> {
+        let labels = serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into());
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(q("using workspace"))?;
+        tx.execute(
+            &format!("INSERT OR IGNORE INTO workspaces ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+            params![
+                w.id,
+                w.created_at_ms,
+                w.last_used_at_ms,
+                w.quota_bytes.map(|v| v as i64),
+                labels
+            ],
+        )
+        .map_err(q("using workspace"))?;
+        tx.execute(
+            "UPDATE workspaces SET last_used_at_ms = ?2 WHERE id = ?1",
+            params![w.id, w.last_used_at_ms],
+        )
+        .map_err(q("using workspace"))?;
+        let quota: Option<i64> = tx
+            .query_row(
+                "SELECT quota_bytes FROM workspaces WHERE id = ?1",
+                [&w.id],
+                |r| r.get(0),
+            )
+            .map_err(q("using workspace"))?;
+        tx.commit().map_err(q("using workspace"))?;
+        Ok(quota.map(|v| v as u64))
+    }
+
     /// Deletes a workspace row; `Ok(false)` when there was none.
     pub fn delete_workspace(&self, id: &str) -> Result<bool, StoreError> {
         self.conn()
@@ -199,6 +233,20 @@ mod tests {
             }
         );
         assert_eq!(s.list_workspaces().unwrap().len(), 1);
+        // Using it keeps its row (quota, creation) and records the use; a
+        // new id is inserted.
+        let use_at = |id: &str, at| WorkspaceRecord {
+            id: id.into(),
+            created_at_ms: at,
+            last_used_at_ms: Some(at),
+            quota_bytes: None,
+            labels: Default::default(),
+        };
+        assert_eq!(s.use_workspace(&use_at("ws1", 12)).unwrap(), Some(1 << 30));
+        let got = s.get_workspace("ws1").unwrap().unwrap();
+        assert_eq!((got.created_at_ms, got.last_used_at_ms), (5, Some(12)));
+        assert_eq!(s.use_workspace(&use_at("ws2", 13)).unwrap(), None);
+        assert_eq!(s.get_workspace("ws2").unwrap().unwrap(), use_at("ws2", 13));
         assert!(s.delete_workspace("ws1").unwrap());
         assert!(!s.delete_workspace("ws1").unwrap());
         assert!(s.get_workspace("ws1").unwrap().is_none());

@@ -188,6 +188,10 @@ impl Api {
     /// The daemon's cold-create steps so far (`GET /metrics`): name,
     /// total seconds, count.
     fn cold_phases(&self) -> Result<Vec<(String, f64, u64)>> {
+        self.phases(COLD_PHASES)
+    }
+    /// The steps of the summary `metric` so far (`GET /metrics`).
+    fn phases(&self, metric: &str) -> Result<Vec<(String, f64, u64)>> {
         let text = self
             .http
             .get(format!("{}/metrics", self.url))
@@ -195,15 +199,19 @@ impl Api {
             .send()?
             .error_for_status()?
             .text()?;
-        Ok(parse_phases(&text))
+        Ok(parse_phases(&text, metric))
     }
 }
 
-/// `sandkasten_cold_create_phase_seconds_{sum,count}{phase="…"}` lines.
-fn parse_phases(text: &str) -> Vec<(String, f64, u64)> {
+const COLD_PHASES: &str = "sandkasten_cold_create_phase_seconds";
+const POOL_PHASES: &str = "sandkasten_pool_create_phase_seconds";
+
+/// `<metric>_{sum,count}{phase="…"}` lines.
+fn parse_phases(text: &str, metric: &str) -> Vec<(String, f64, u64)> {
     let mut out: Vec<(String, f64, u64)> = Vec::new();
+    let prefix = format!("{metric}_");
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("sandkasten_cold_create_phase_seconds_") else {
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else {
             continue;
         };
         let Some((kind, rest)) = rest.split_once("{phase=\"") else {
@@ -751,8 +759,9 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     };
     // The pool: a daemon of its own with a pool of the default image (or
     // the --url daemon's pool, if it has one).
+    let mut pool_phases = Vec::new();
     let pooled = match &opts.url {
-        Some(_) => pooled_series(&api, n, opts.gap),
+        Some(_) => pooled_series(&api, n, opts.gap, &mut pool_phases),
         None => {
             let (d, u) = start_daemon(
                 &generated_key,
@@ -767,7 +776,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
                 url: u,
                 key: generated_key.clone(),
             };
-            let r = pooled_series(&pool_api, n, opts.gap);
+            let r = pooled_series(&pool_api, n, opts.gap, &mut pool_phases);
             drop(d);
             // Pooled creates with a network, on a daemon whose default is
             // full (its pooled sandboxes wait with a link that allows
@@ -855,6 +864,12 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             println!("  {name:<32} {ms:>8.2}");
         }
     }
+    if !pool_phases.is_empty() {
+        println!("pooled create, where the time goes (mean ms over the pooled creates):");
+        for (name, ms) in &pool_phases {
+            println!("  {name:<32} {ms:>8.2}");
+        }
+    }
     let exec_ratio = ratio("exec round trip (true)", "docker exec (true)");
     let pool_ratio = ratio("pooled create", "cold create");
     if let Some(r) = pool_ratio {
@@ -937,6 +952,10 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "pooled_with_workspace": p50(FIRST_POOLED_WS),
         },
         "cold_create_phases_mean_ms": phases
+            .iter()
+            .map(|(n, ms)| json!({"phase": n, "ms": ms}))
+            .collect::<Vec<_>>(),
+        "pool_create_phases_mean_ms": pool_phases
             .iter()
             .map(|(n, ms)| json!({"phase": n, "ms": ms}))
             .collect::<Vec<_>>(),
@@ -1184,7 +1203,14 @@ const FIRST_POOLED_WS: &str = "first command, pooled + workspace";
 /// Pooled creates (without and with a workspace) and the first exec after
 /// each, against a daemon whose default image has a pool. Each sample waits
 /// (untimed) until the pool is back at target, so every sample is a hit.
-fn pooled_series(api: &Api, n: usize, gap: Duration) -> Result<Option<Vec<Series>>> {
+/// `phases`: the daemon's account of where a pooled create's time goes
+/// (mean ms per step over these creates).
+fn pooled_series(
+    api: &Api,
+    n: usize,
+    gap: Duration,
+    phases: &mut Vec<(String, f64)>,
+) -> Result<Option<Vec<Series>>> {
     let pool = api.call(reqwest::Method::GET, "/v1/pool", None)?;
     let Some((image, target)) = pool["images"].as_object().and_then(|m| {
         m.iter().find_map(|(k, v)| {
@@ -1240,6 +1266,7 @@ fn pooled_series(api: &Api, n: usize, gap: Duration) -> Result<Option<Vec<Series
         name: FIRST_POOLED_WS,
         samples: vec![],
     };
+    let phases_before = api.phases(POOL_PHASES).unwrap_or_default();
     for i in 0..(2 * n) {
         wait_full()?;
         std::thread::sleep(gap);
@@ -1266,6 +1293,7 @@ fn pooled_series(api: &Api, n: usize, gap: Duration) -> Result<Option<Vec<Series
         first_exec.samples.push(exec_ms);
         api.destroy(&id)?;
     }
+    *phases = phase_means(&phases_before, &api.phases(POOL_PHASES).unwrap_or_default());
     let _ = api.call(
         reqwest::Method::DELETE,
         "/v1/workspaces/bench-pool-ws",
@@ -1327,7 +1355,8 @@ mod tests {
             sandkasten_cold_create_phase_seconds_sum{phase=\"a \\\"q\\\"\"} 0.5\n\
             sandkasten_cold_create_phase_seconds_count{phase=\"a \\\"q\\\"\"} 1\n\
             sandkasten_sessions{state=\"running\"} 1\n";
-        let after = parse_phases(text);
+        let after = parse_phases(text, COLD_PHASES);
+        assert!(parse_phases(text, POOL_PHASES).is_empty());
         assert_eq!(
             after,
             vec![

@@ -123,22 +123,25 @@ pub(crate) fn render(m: &MetricsSnapshot) -> String {
             let _ = writeln!(out, "{name}{{image=\"{}\"}} {}", label(image), f(s));
         }
     }
-    header(
-        &mut out,
-        "sandkasten_cold_create_phase_seconds",
-        "summary",
-        "Time spent in each step of cold creates since start (runtime: the runtime's own steps, inside runtime).",
-    );
-    for (phase, sum, count) in &m.cold_create_phases {
-        let p = label(phase);
-        let _ = writeln!(
-            out,
-            "sandkasten_cold_create_phase_seconds_sum{{phase=\"{p}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "sandkasten_cold_create_phase_seconds_count{{phase=\"{p}\"}} {count}"
-        );
+    let summaries = [
+        (
+            "sandkasten_cold_create_phase_seconds",
+            "Time spent in each step of cold creates since start (runtime: the runtime's own steps, inside runtime).",
+            &m.cold_create_phases,
+        ),
+        (
+            "sandkasten_pool_create_phase_seconds",
+            "Time spent in each step of pooled creates since start (taking a pooled sandbox and binding the request to it).",
+            &m.pool_create_phases,
+        ),
+    ];
+    for (name, help, phases) in summaries {
+        header(&mut out, name, "summary", help);
+        for (phase, sum, count) in phases {
+            let p = label(phase);
+            let _ = writeln!(out, "{name}_sum{{phase=\"{p}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{phase=\"{p}\"}} {count}");
+        }
     }
     header(
         &mut out,
