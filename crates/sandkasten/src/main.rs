@@ -425,6 +425,7 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         scratch_size_mb: cfg.disk.scratch_size_mb,
         min_free_mb: cfg.disk.min_free_mb,
         favordynmods: serve && cfg.cgroup_favordynmods,
+        uid_ranges: cfg.uid_ranges,
         network: if serve && cfg.network_config()?.allow_full {
             Some(sandkasten_native::NetConfig {
                 ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
