@@ -769,4 +769,60 @@ mod native_only {
         d.delete(&b);
         d.delete(&keep);
     }
+
+    /// A sandbox keeps its range while it lives, across a daemon's
+    /// SIGKILL and a hibernation (a wake takes the same range), and a new
+    /// session after the restart gets a range none of them holds.
+    #[test]
+    fn ranges_survive_a_restart_and_a_hibernation() {
+        let d1 = Daemon::start(None);
+        let a = d1.new_session();
+        let h = d1.new_session();
+        let (ra, rh) = (host_root(&d1, &a), host_root(&d1, &h));
+        d1.sh(&h, "echo kept > /tmp/kept; echo kept > ~/kept");
+        d1.post(&format!("/v1/sessions/{h}/hibernate"), &json!({}))
+            .expect(200, "hibernate");
+        let home = d1.home.clone();
+        d1.kill_9();
+        let d2 = Daemon::start_in(&home, None);
+        let b = d2.new_session();
+        let rb = host_root(&d2, &b);
+        assert!(
+            rb != ra && rb != rh,
+            "b {rb} took a held range (a {ra}, h {rh})"
+        );
+        assert_eq!(host_root(&d2, &a), ra);
+        d2.post(&format!("/v1/sessions/{h}/resume"), &json!({}))
+            .expect(200, "resume wakes the hibernated session");
+        assert_eq!(host_root(&d2, &h), rh, "a wake keeps the range");
+        assert_eq!(
+            d2.sh(&h, "cat /tmp/kept ~/kept; stat -c %u ~/kept"),
+            "kept\nkept\n1000\n"
+        );
+    }
+
+    /// `uid_ranges` bounds the sandboxes alive at once: a create beyond
+    /// answers 503 `CAPACITY_EXHAUSTED` saying why, leaves nothing behind,
+    /// and succeeds again once a session is destroyed.
+    #[test]
+    fn creates_beyond_uid_ranges_answer_capacity_exhausted() {
+        let d = Daemon::start(Some("uid_ranges: 2\n"));
+        let a = d.new_session();
+        let _b = d.new_session();
+        let r = d.try_create_session(json!({}));
+        r.assert_error(503, "CAPACITY_EXHAUSTED", "a third sandbox with two ranges");
+        let msg = r.json["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("uid_ranges"),
+            "the message names the setting: {msg}"
+        );
+        assert_eq!(
+            d.listed_ids().len(),
+            2,
+            "nothing is left of the refused create"
+        );
+        d.delete(&a);
+        let c = d.new_session();
+        assert_eq!(d.sh(&c, "id -u"), "1000\n");
+    }
 }
