@@ -20,7 +20,6 @@
 
 use sandkasten_runtime::RuntimeError;
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -181,17 +180,6 @@ fn read_range(session_dir: &Path) -> Option<u32> {
 // The idmapping's user namespace
 // ---------------------------------------------------------------------------
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-
 fn os(what: &str) -> io::Error {
     let e = io::Error::last_os_error();
     io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -290,28 +278,7 @@ impl IdmapNs {
     /// Makes the detached mount `mount` (an `open_tree` clone or an
     /// `fsmount`) idmapped through this namespace.
     pub fn apply(&self, mount: &OwnedFd) -> io::Result<()> {
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_IDMAP,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: self.ns.as_raw_fd() as u64,
-        };
-        let empty = CString::default();
-        // SAFETY: mount_setattr on our fd with a valid struct.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                mount.as_raw_fd(),
-                empty.as_ptr(),
-                libc::AT_EMPTY_PATH,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        if r < 0 {
-            return Err(os("mount_setattr(MOUNT_ATTR_IDMAP)"));
-        }
-        Ok(())
+        sandkasten_runtime::latebind::idmap(mount, &self.ns)
     }
 }
 
@@ -352,21 +319,8 @@ fn reap(child: libc::pid_t) {
 /// a namespace of range 1. Err: why not.
 pub fn idmap_support(dir: &Path) -> Result<(), String> {
     let ns = IdmapNs::new(1).map_err(|e| e.to_string())?;
-    let path = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: open_tree with a valid path; returns a new fd.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("open_tree of {}: {}", dir.display(), os("")));
-    }
-    // SAFETY: a fresh fd we own.
-    let clone = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let clone = sandkasten_runtime::latebind::clone_dir(dir)
+        .map_err(|e| format!("a clone of {}: {e}", dir.display()))?;
     ns.apply(&clone)
         .map_err(|e| format!("an idmapped mount of {}: {e}", dir.display()))
 }

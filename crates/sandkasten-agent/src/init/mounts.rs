@@ -89,20 +89,10 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     mount(None, target, None, flags, None)
 }
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+use libc::{
+    MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    MOVE_MOUNT_F_EMPTY_PATH, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE,
+};
 
 /// What [`idmapped_clone`] does with the mount it clones.
 #[derive(PartialEq)]
@@ -133,7 +123,7 @@ fn idmapped_clone(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             src.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
         )
     };
     if fd < 0 {
@@ -141,7 +131,7 @@ fn idmapped_clone(
     }
     // SAFETY: a fresh fd.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = MountAttr {
+    let attr = libc::mount_attr {
         attr_set: MOUNT_ATTR_IDMAP | attrs,
         attr_clr: 0,
         propagation: 0,
@@ -154,8 +144,8 @@ fn idmapped_clone(
             tree.as_raw_fd(),
             empty.as_ptr(),
             libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
         )
     };
     if r < 0 {
