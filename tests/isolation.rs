@@ -629,3 +629,205 @@ fn destroy_leaves_no_process_cgroup_mount_or_files() {
     );
     assert!(!d.listed_ids().contains(&id));
 }
+
+/// Native internals: each sandbox's host uid range.
+mod native_only {
+    use super::*;
+    use std::sync::OnceLock;
+
+    /// `tests/budgets/hold.c`, built once per test process.
+    fn hold_binary() -> &'static [u8] {
+        static HOLD: OnceLock<Vec<u8>> = OnceLock::new();
+        HOLD.get_or_init(|| static_c_binary("tests/budgets/hold.c", "the kernel budget test"))
+    }
+
+    fn session_with_hold(d: &Daemon) -> String {
+        let id = d.new_session();
+        d.write(&id, "/tmp/hold", hold_binary());
+        d.sh(&id, "chmod 755 /tmp/hold; mkfifo /tmp/hold.out");
+        id
+    }
+
+    /// Runs `hold <budget> <n>` in session `id` in the background (it keeps
+    /// what it took until `release`) and returns its line: `<taken>
+    /// <errno of the first failure or ok>`.
+    fn take(d: &Daemon, id: &str, budget: &str, n: u32) -> String {
+        let line = d.sh(
+            id,
+            &format!(
+                "/tmp/hold {budget} {n} > /tmp/hold.out & echo $! >> /tmp/hold.pids; \
+                 read -r line < /tmp/hold.out; echo \"$line\""
+            ),
+        );
+        line.trim().to_string()
+    }
+
+    fn release(d: &Daemon, id: &str) {
+        d.sh(id, "kill $(cat /tmp/hold.pids); rm /tmp/hold.pids");
+    }
+
+    /// Host uid of root inside session `id` (its uid_map's one line).
+    fn host_root(d: &Daemon, id: &str) -> u64 {
+        let map = d.sh(id, "cat /proc/self/uid_map");
+        let f: Vec<u64> = map.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(f.len(), 3, "one uid_map line: {map:?}");
+        assert_eq!((f[0], f[2]), (0, 65_536), "{map:?}");
+        f[1]
+    }
+
+    /// Issue 15, point 7: one session holding all 128 inotify instances
+    /// made `inotify_init` fail in every other session, because every
+    /// sandbox ran in host uids 100000-165535 and the kernel charges a user
+    /// namespace's inotify instances (and message queue bytes, pipe
+    /// buffers) to its owner's host uid. The shared range (`uid_ranges:
+    /// 0`, what a host without idmapped mounts gets) still shows the
+    /// finding; the default gives each sandbox a range, and budget, of its
+    /// own.
+    #[test]
+    fn kernel_budgets_are_each_sandboxs_own() {
+        {
+            let d = Daemon::start(Some("uid_ranges: 0\n"));
+            let (a, b) = (session_with_hold(&d), session_with_hold(&d));
+            assert_eq!(host_root(&d, &a), 100_000);
+            assert_eq!(host_root(&d, &b), 100_000);
+            let held = take(&d, &a, "inotify", 4096);
+            assert!(held.ends_with(" EMFILE"), "a takes the budget: {held}");
+            // Held only this long: the shared range is every such sandbox's.
+            let other = take(&d, &b, "inotify", 1);
+            eprintln!("shared range: a took {held:?}, b then {other:?}");
+            release(&d, &a);
+            release(&d, &b);
+            assert_eq!(other, "0 EMFILE", "shared range: a's instances starve b");
+        }
+
+        let d = Daemon::start(None);
+        let (a, b) = (session_with_hold(&d), session_with_hold(&d));
+        let (ra, rb) = (host_root(&d, &a), host_root(&d, &b));
+        assert!(
+            ra != rb && ra > 165_535 && rb > 165_535 && ra % 65_536 == rb % 65_536,
+            "own ranges above the shared one: a {ra}, b {rb}"
+        );
+        let held = take(&d, &a, "inotify", 4096);
+        eprintln!("own ranges: a took {held:?} inotify instances");
+        let n: u32 = held.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            held.ends_with(" EMFILE") && n >= 100,
+            "a takes its own budget (max_user_instances, 128 here): {held}"
+        );
+        assert_eq!(take(&d, &b, "inotify", 1), "1 ok", "b keeps its own");
+        let queues = take(&d, &a, "mqueue", 4096);
+        eprintln!("own ranges: a took {queues:?} message queues");
+        assert!(
+            queues.ends_with(" EMFILE") || queues.ends_with(" ENOMEM"),
+            "a takes its message queue bytes (RLIMIT_MSGQUEUE): {queues}"
+        );
+        assert_eq!(take(&d, &b, "mqueue", 1), "1 ok", "b keeps its own");
+        // A range is the sandbox's while it lives: a new session takes a
+        // range no live one holds.
+        release(&d, &a);
+        d.delete(&a);
+        let c = d.new_session();
+        assert_ne!(host_root(&d, &c), rb);
+    }
+
+    /// What sandboxes share keeps one on-disk ownership whatever their
+    /// range: a workspace written by one session is the sandbox user's in
+    /// the next (another range), and the session-less file API (host uid
+    /// 101000) writes into what both made.
+    #[test]
+    fn a_workspace_is_the_same_to_sessions_of_every_range() {
+        let d = Daemon::start(None);
+        let ws = ws_id("ranges");
+        let on = |d: &Daemon| {
+            d.create_session(json!({"workspace_id": ws}))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let a = on(&d);
+        d.sh(&a, "echo from-a > /workspace/a.txt; mkdir /workspace/d");
+        let ra = host_root(&d, &a);
+        d.delete(&a);
+        // The lowest free range is a's again: taken by another first.
+        let keep = d.new_session();
+        assert_eq!(host_root(&d, &keep), ra, "a's range is free again");
+        let b = on(&d);
+        assert_ne!(host_root(&d, &b), ra, "b runs in another range");
+        assert_eq!(
+            d.sh(&b, "stat -c '%u %g' /workspace/a.txt /workspace/d"),
+            "1000 1000\n1000 1000\n"
+        );
+        d.sh(&b, "echo from-b >> /workspace/a.txt; touch /workspace/d/b");
+        let r = d.post(
+            &format!("/v1/workspaces/{ws}/fs/write"),
+            &json!({"path": "d/host.txt", "text": "session-less"}),
+        );
+        r.expect(
+            200,
+            "a session-less write into a file tree both sessions made",
+        );
+        assert_eq!(
+            d.sh(&b, "cat /workspace/a.txt /workspace/d/host.txt"),
+            "from-a\nfrom-b\nsession-less"
+        );
+        assert_eq!(d.sh(&b, "stat -c %u /workspace/d/host.txt"), "1000\n");
+        d.delete(&b);
+        d.delete(&keep);
+    }
+
+    /// A sandbox keeps its range while it lives, across a daemon's
+    /// SIGKILL and a hibernation (a wake takes the same range), and a new
+    /// session after the restart gets a range none of them holds.
+    #[test]
+    fn ranges_survive_a_restart_and_a_hibernation() {
+        let d1 = Daemon::start(None);
+        let a = d1.new_session();
+        let h = d1.new_session();
+        let (ra, rh) = (host_root(&d1, &a), host_root(&d1, &h));
+        d1.sh(&h, "echo kept > /tmp/kept; echo kept > ~/kept");
+        d1.post(&format!("/v1/sessions/{h}/hibernate"), &json!({}))
+            .expect(200, "hibernate");
+        let home = d1.home.clone();
+        d1.kill_9();
+        let d2 = Daemon::start_in(&home, None);
+        let b = d2.new_session();
+        let rb = host_root(&d2, &b);
+        assert!(
+            rb != ra && rb != rh,
+            "b {rb} took a held range (a {ra}, h {rh})"
+        );
+        assert_eq!(host_root(&d2, &a), ra);
+        d2.post(&format!("/v1/sessions/{h}/resume"), &json!({}))
+            .expect(200, "resume wakes the hibernated session");
+        assert_eq!(host_root(&d2, &h), rh, "a wake keeps the range");
+        assert_eq!(
+            d2.sh(&h, "cat /tmp/kept ~/kept; stat -c %u ~/kept"),
+            "kept\nkept\n1000\n"
+        );
+    }
+
+    /// `uid_ranges` bounds the sandboxes alive at once: a create beyond
+    /// answers 503 `CAPACITY_EXHAUSTED` saying why, leaves nothing behind,
+    /// and succeeds again once a session is destroyed.
+    #[test]
+    fn creates_beyond_uid_ranges_answer_capacity_exhausted() {
+        let d = Daemon::start(Some("uid_ranges: 2\n"));
+        let a = d.new_session();
+        let _b = d.new_session();
+        let r = d.try_create_session(json!({}));
+        r.assert_error(503, "CAPACITY_EXHAUSTED", "a third sandbox with two ranges");
+        let msg = r.json["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("uid_ranges"),
+            "the message names the setting: {msg}"
+        );
+        assert_eq!(
+            d.listed_ids().len(),
+            2,
+            "nothing is left of the refused create"
+        );
+        d.delete(&a);
+        let c = d.new_session();
+        assert_eq!(d.sh(&c, "id -u"), "1000\n");
+    }
+}

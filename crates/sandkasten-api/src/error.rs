@@ -61,7 +61,7 @@ fn engine_status(e: &EngineError) -> (StatusCode, &'static str) {
             S::NotFound(_) => (GONE, "SESSION_NOT_FOUND"),
             S::NotRunning { .. } => (CONFLICT, "SESSION_NOT_RUNNING"),
             S::NotPaused { .. } => (CONFLICT, "SESSION_NOT_PAUSED"),
-            S::CapacityExhausted(_) => (UNAVAILABLE, "CAPACITY_EXHAUSTED"),
+            S::CapacityExhausted(_) | S::RuntimeCapacity(_) => (UNAVAILABLE, "CAPACITY_EXHAUSTED"),
             S::ShuttingDown => (UNAVAILABLE, "SHUTTING_DOWN"),
             S::AgentLost(_) => INTERNAL,
             S::Lost(_) => (StatusCode::GONE, "SESSION_LOST"),
@@ -310,6 +310,11 @@ mod tests {
             ),
             (S::Lost("s".into()).into(), 410, "SESSION_LOST"),
             (S::CapacityExhausted(4).into(), 503, "CAPACITY_EXHAUSTED"),
+            (
+                S::RuntimeCapacity("all 8 host uid ranges are taken".into()).into(),
+                503,
+                "CAPACITY_EXHAUSTED",
+            ),
             (S::ShuttingDown.into(), 503, "SHUTTING_DOWN"),
             (
                 E::StorageFull("the data dir has 3 MiB free".into()),

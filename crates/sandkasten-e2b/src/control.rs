@@ -111,6 +111,7 @@ impl From<EngineError> for E2bError {
             | EngineError::Session(SessionError::NotRunning { .. })
             | EngineError::Session(SessionError::Lost(_)) => StatusCode::NOT_FOUND,
             EngineError::Session(SessionError::CapacityExhausted(_))
+            | EngineError::Session(SessionError::RuntimeCapacity(_))
             | EngineError::Session(SessionError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             EngineError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             _ => {

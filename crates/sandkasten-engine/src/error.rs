@@ -20,6 +20,10 @@ pub enum SessionError {
     NotPaused { id: String, state: SessionState },
     #[error("session limit of {0} reached")]
     CapacityExhausted(usize),
+    /// The runtime has no room for another sandbox (native: all host uid
+    /// ranges taken); passes when a session ends.
+    #[error("{0}")]
+    RuntimeCapacity(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
     /// The sandbox's agent stopped answering or its connection closed
@@ -208,6 +212,7 @@ impl EngineError {
                 ProcErrorKind::InvalidRequest => EngineError::InvalidRequest(message),
             },
             RuntimeError::StorageFull(m) => EngineError::StorageFull(m),
+            RuntimeError::CapacityExhausted(m) => SessionError::RuntimeCapacity(m).into(),
             source => EngineError::Runtime { context, source },
         }
     }
@@ -279,6 +284,10 @@ mod tests {
         assert!(matches!(
             map(RuntimeError::StorageFull("data dir".into())),
             EngineError::StorageFull(_)
+        ));
+        assert!(matches!(
+            map(RuntimeError::CapacityExhausted("uid ranges".into())),
+            EngineError::Session(SessionError::RuntimeCapacity(_))
         ));
     }
 

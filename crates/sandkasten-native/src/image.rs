@@ -67,6 +67,7 @@ pub fn ensure_base(images_dir: &Path, ids: &IdRange) -> Result<ResolvedImage, Ru
                 source: host,
                 target: format!("/{d}"),
                 readonly: true,
+                idmap: false,
             })
         })
         .collect();

@@ -32,6 +32,7 @@
 
 mod cgroups;
 mod fsutil;
+mod ids;
 mod image;
 mod layers;
 mod net;
@@ -43,6 +44,7 @@ mod wskeep;
 mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
+pub use ids::MAX_RANGES as MAX_UID_RANGES;
 pub use net::NetConfig;
 pub use sandkasten_hostfs::{has_mounts_below, remove_tree};
 pub use scratch::{QuotaMode, MIN_SCRATCH_MB};
@@ -50,7 +52,7 @@ pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
 
 use async_trait::async_trait;
 use sandkasten_protocol::{
-    AgentConfig, BindMount, BlockMount, IdMap, LaunchReport, LaunchSpec,
+    AgentConfig, BindMount, BlockMount, IdMap, Idmap, LaunchReport, LaunchSpec,
     NetworkMode as WireNetwork, ScratchMount,
 };
 use sandkasten_runtime::{
@@ -65,8 +67,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// The host uid/gid range sandboxes map to: uid 0 inside is `host_root`,
-/// the sandbox user (uid 1000 inside) is `host_user`.
+/// The shared host uid/gid range: the on-disk owners of what sandboxes
+/// share (layers, workspaces, scratch subvolumes; uid 0 inside is
+/// `host_root`, the sandbox user, uid 1000 inside, is `host_user`). Each
+/// sandbox runs in a range of its own and sees these files through
+/// idmapped mounts (see `ids.rs`), or in this one where the host cannot.
 #[derive(Debug, Clone)]
 pub struct IdRange {
     pub host_root: u32,
@@ -112,6 +117,11 @@ pub struct NativeConfig {
     /// Raise the host's `kernel.pty.max` where it is too low for this many
     /// live sandboxes (see [`ptys::ensure_pty_max`]); `None`: leave it.
     pub pty_max_for_sessions: Option<u64>,
+    /// How many host uid/gid ranges of 65536 ids the runtime hands out,
+    /// one per sandbox (the kernel's per-user budgets are then each
+    /// sandbox's own); 0, or a host without idmapped mounts: every
+    /// sandbox in the shared range. At most [`MAX_UID_RANGES`].
+    pub uid_ranges: u32,
     /// The sandboxes' network datapath; `None`: no network policies (every
     /// sandbox has loopback only; what the image commands use, so they
     /// never touch a running daemon's rules).
@@ -131,6 +141,8 @@ struct Shared {
     cfg: NativeConfig,
     cgroups: Cgroups,
     ids: IdRange,
+    /// Which sandbox runs in which host range.
+    slots: ids::Slots,
     /// The scratch filesystem; `None`: disk limits are not enforced.
     scratch: Option<scratch::Scratch>,
     /// The datapath; `None`: no network policies.
@@ -186,6 +198,7 @@ impl NativeRuntime {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
                 .map_err(RuntimeError::io_ctx("chmod"))?;
         }
+        let slots = uid_slots(&cfg);
         let scratch = open_scratch(&cfg)?;
         let network = match &cfg.network {
             Some(n) => Some(net::Network::start(n, &cfg.data_dir)?),
@@ -195,6 +208,7 @@ impl NativeRuntime {
             cfg,
             cgroups,
             ids: IdRange::default(),
+            slots,
             scratch,
             network,
             kept: wskeep::Kept::default(),
@@ -298,7 +312,11 @@ impl NativeRuntime {
             }
             Err(e) => Err(e),
         };
-        let (launch, _attached) = match prepared {
+        let Prepared {
+            spec: launch,
+            _attached,
+            _idmap,
+        } = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // Out of the cgroups before they are removed.
@@ -377,6 +395,38 @@ impl NativeRuntime {
     }
 }
 
+/// One host range per sandbox where `cfg` asks for them and the data
+/// dir's filesystem takes idmapped mounts, else the shared range (said in
+/// the log).
+fn uid_slots(cfg: &NativeConfig) -> ids::Slots {
+    let sessions = cfg.data_dir.join("sessions");
+    if cfg.uid_ranges == 0 {
+        tracing::info!(
+            "sandbox uid ranges: all sandboxes share host uids 100000-165535 (uid_ranges: 0)"
+        );
+        return ids::Slots::shared(&sessions);
+    }
+    match ids::idmap_support(&cfg.data_dir.join("images")) {
+        Ok(()) => {
+            let slots = ids::Slots::per_sandbox(&sessions, cfg.uid_ranges);
+            tracing::info!(
+                held = slots.held(),
+                "sandbox uid ranges: one per sandbox (at most {}), shared files through idmapped mounts",
+                cfg.uid_ranges
+            );
+            slots
+        }
+        Err(why) => {
+            tracing::warn!(
+                "sandbox uid ranges: all sandboxes share host uids 100000-165535, so they share \
+                 the kernel's per-user budgets (inotify instances, message queues, pipe buffers): \
+                 this host cannot make idmapped mounts ({why})"
+            );
+            ids::Slots::shared(&sessions)
+        }
+    }
+}
+
 /// Opens (or makes) the scratch filesystem as `cfg` asks (see
 /// [`NativeConfig::scratch_size_mb`]).
 fn open_scratch(cfg: &NativeConfig) -> Result<Option<scratch::Scratch>, RuntimeError> {
@@ -423,6 +473,15 @@ fn full_or(e: std::io::Error, context: &str) -> RuntimeError {
     } else {
         RuntimeError::io(context, e)
     }
+}
+
+/// A launch spec and what must live until the launcher has reported: the
+/// attached workspace device (the sandbox's own mount keeps it bound from
+/// then on) and the idmapping's namespace (the launcher opens it by path).
+struct Prepared {
+    spec: LaunchSpec,
+    _attached: Option<wsimage::Attached>,
+    _idmap: Option<ids::IdmapNs>,
 }
 
 /// Where a workspace's content lives.
@@ -476,13 +535,10 @@ impl Shared {
         }
     }
 
-    /// The session's directories, its workspace (attached when it is an
-    /// image), and the launch spec that names them all (the cgroups are
-    /// made before: see `launch`).
-    fn prepare_launch(
-        &self,
-        spec: &SandboxSpec,
-    ) -> Result<(LaunchSpec, Option<wsimage::Attached>), RuntimeError> {
+    /// The session's directories, its host uid range, its workspace
+    /// (attached when it is an image), and the launch spec that names them
+    /// all (the cgroups are made before: see `launch`).
+    fn prepare_launch(&self, spec: &SandboxSpec) -> Result<Prepared, RuntimeError> {
         let dir = self.session_dir(&spec.id);
         let image = self.resolve_image(&spec.image)?;
         if spec.network == NetworkMode::Full && self.network.is_none() {
@@ -504,6 +560,7 @@ impl Shared {
         };
         mkdir(&dir, 0o700, None)?;
         mkdir(&dir.join("rootfs"), 0o755, None)?;
+        let range = self.slots.acquire(&spec.id)?;
         let ephemeral = spec.workspace == WorkspaceMount::Ephemeral;
         // The sandbox's writable state: its subvolume of the scratch
         // filesystem (mounted by the launcher at `scratch/`), else plain
@@ -572,6 +629,7 @@ impl Shared {
                 source: conf.to_path_buf(),
                 target: "/etc/resolv.conf".into(),
                 readonly: true,
+                idmap: false,
             });
         }
         let mut block_mounts = Vec::new();
@@ -579,10 +637,12 @@ impl Shared {
         match &spec.workspace {
             WorkspaceMount::Ephemeral => {
                 let w = state_dir.join("workspace");
+                // Below the (idmapped) scratch mount or session dir.
                 binds.push(BindMount {
                     source: w,
                     target: "/workspace".into(),
                     readonly: false,
+                    idmap: false,
                 });
             }
             WorkspaceMount::Persistent(ws) => {
@@ -602,6 +662,7 @@ impl Shared {
                         source: w,
                         target: "/workspace".into(),
                         readonly: false,
+                        idmap: true,
                     });
                 }
             }
@@ -609,10 +670,35 @@ impl Shared {
         let map = |size| {
             vec![IdMap {
                 inside: 0,
-                outside: self.ids.host_root,
+                outside: ids::base(range),
                 count: size,
             }]
         };
+        // A range of its own: the shared files through idmapped mounts,
+        // the layer stores and its own state first (the workspace's block
+        // mount or bind is idmapped where it is made).
+        let idmap = match range {
+            0 => None,
+            k => Some(
+                ids::IdmapNs::new(k)
+                    .map_err(RuntimeError::io_ctx("making the sandbox's idmapping"))?,
+            ),
+        };
+        let idmap_spec = idmap.as_ref().map(|ns| {
+            let layers = self.cfg.data_dir.join("layers");
+            let mut dirs = vec![self.images_dir()];
+            if image.layers.iter().any(|l| l.starts_with(&layers)) {
+                dirs.push(layers);
+            }
+            dirs.push(match &scratch_mount {
+                Some(m) => m.target.clone(),
+                None => dir.clone(),
+            });
+            Idmap {
+                userns: ns.path(),
+                dirs,
+            }
+        });
         let launch = LaunchSpec {
             session_id: spec.id.clone(),
             hostname: format!("sk-{}", &spec.id[..spec.id.len().min(12)]),
@@ -628,6 +714,7 @@ impl Shared {
             readonly_rootfs: spec.readonly_rootfs,
             uid_map: map(self.ids.size),
             gid_map: map(self.ids.size),
+            idmap: idmap_spec,
             socket_path: sandkasten_protocol::socket_path(&dir),
             network: WireNetwork::None,
             agent: AgentConfig {
@@ -641,7 +728,11 @@ impl Shared {
                 nproc_limit: None,
             },
         };
-        Ok((launch, attached))
+        Ok(Prepared {
+            spec: launch,
+            _attached: attached,
+            _idmap: idmap,
+        })
     }
 
     fn workspaces_dir(&self) -> PathBuf {
@@ -1048,6 +1139,12 @@ impl Shared {
                     .map_err(RuntimeError::io_ctx(format!("binding workspace {id}")))?
             }
         };
+        // The sandbox's own range sees the shared ids through its mapping.
+        if let k @ 1.. = self.slots.of(&handle.id) {
+            ids::IdmapNs::new(k)
+                .and_then(|ns| ns.apply(&mount))
+                .map_err(RuntimeError::io_ctx(format!("idmapping workspace {id}")))?;
+        }
         let pidfd = self
             .prove(handle)
             .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
@@ -1205,6 +1302,7 @@ impl Runtime for NativeRuntime {
             let dir = s.session_dir(&id);
             remove_tree(&dir)
                 .map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))?;
+            s.slots.release(&id);
             // The sandbox's processes are gone: its subvolume goes (the
             // kernel frees the space in the background).
             match &s.scratch {

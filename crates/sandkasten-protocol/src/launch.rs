@@ -21,6 +21,11 @@ pub struct BindMount {
     /// Absolute path inside the sandbox.
     pub target: String,
     pub readonly: bool,
+    /// Mount it through [`LaunchSpec::idmap`] (a workspace directory whose
+    /// files keep the shared on-disk ids); false for host paths and for
+    /// sources below a mount that is idmapped already.
+    #[serde(default)]
+    pub idmap: bool,
 }
 
 /// A block device (e.g. a workspace's loop device) mounted into the
@@ -48,6 +53,25 @@ pub struct ScratchMount {
     /// Host directory (in the session's root-only directory) it is mounted
     /// on; only the sandbox's mount namespace ever has the mount.
     pub target: PathBuf,
+}
+
+/// The sandbox's view of files that keep one on-disk ownership for every
+/// sandbox (image layers, workspaces, its own writable state): idmapped
+/// mounts (`mount_setattr(MOUNT_ATTR_IDMAP)`) whose user namespace maps
+/// the shared host ids to the sandbox's own range, so root and the
+/// sandbox user inside own them as before and what they write lands on
+/// disk with the shared ids.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Idmap {
+    /// A path that opens the mapping's user namespace (the daemon's
+    /// `/proc/<pid>/fd/<n>` of a namespace it holds until the launch
+    /// report).
+    pub userns: PathBuf,
+    /// Host directories replaced, in the launcher's private mount
+    /// namespace, by idmapped clones of themselves before the overlay is
+    /// mounted (the layer stores, the scratch mount or the session
+    /// directory); the scratch mount is mounted before.
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Network of the sandbox.
@@ -91,6 +115,11 @@ pub struct LaunchSpec {
     pub readonly_rootfs: bool,
     pub uid_map: Vec<IdMap>,
     pub gid_map: Vec<IdMap>,
+    /// Idmapped mounts of the shared files (None: the sandbox's range is
+    /// the shared one and nothing is idmapped). Block mounts and binds with
+    /// `idmap` are mounted through it too.
+    #[serde(default)]
+    pub idmap: Option<Idmap>,
     /// Unix socket path (in a root-only host directory) the agent serves on.
     pub socket_path: PathBuf,
     pub network: NetworkMode,

@@ -33,6 +33,7 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 #[repr(C)]
 struct MountAttr {
@@ -130,11 +131,39 @@ pub fn clone_dir(dir: &Path) -> io::Result<OwnedFd> {
 /// `nosuid,nodev` on the mount at `path` relative to `dirfd` (with
 /// `flags`: `AT_EMPTY_PATH` for the mount of the fd itself).
 fn set_nosuid_nodev(dirfd: i32, path: &CString, flags: libc::c_int) -> io::Result<()> {
+    set_attrs(dirfd, path, flags, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0)
+}
+
+/// Makes the detached mount `mount` (an `open_tree` clone or an
+/// `fsmount`, not yet attached) idmapped through the user namespace
+/// `userns`: its files' ids are seen through that namespace's maps.
+pub fn idmap(mount: &OwnedFd, userns: &OwnedFd) -> io::Result<()> {
+    let fd = userns.as_raw_fd();
+    let empty = CString::default();
+    set_attrs(
+        mount.as_raw_fd(),
+        &empty,
+        libc::AT_EMPTY_PATH,
+        MOUNT_ATTR_IDMAP,
+        fd as u64,
+    )
+    .map_err(|e| io::Error::new(e.kind(), format!("idmapping a mount: {e}")))
+}
+
+/// `mount_setattr` of `attr_set` (and the user namespace fd that
+/// `MOUNT_ATTR_IDMAP` takes).
+fn set_attrs(
+    dirfd: i32,
+    path: &CString,
+    flags: libc::c_int,
+    attr_set: u64,
+    userns_fd: u64,
+) -> io::Result<()> {
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd,
     };
     // SAFETY: mount_setattr with a valid C string and struct.
     let r = unsafe {

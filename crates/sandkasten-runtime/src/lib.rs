@@ -271,6 +271,10 @@ pub enum RuntimeError {
     /// another sandbox; it passes when space returns.
     #[error("{0}")]
     StorageFull(String),
+    /// The host has no room for another sandbox of this runtime (native:
+    /// every host uid range is taken); it passes when a sandbox ends.
+    #[error("{0}")]
+    CapacityExhausted(String),
     /// A process request failed for a reason of the request or of the
     /// process (no such process, it ended, its stdin is closed, its
     /// program cannot start).

@@ -97,6 +97,12 @@ pub struct Config {
     /// is lower than `max_sessions` sandboxes can hold (each sandbox's own
     /// terminals are capped at 64); never lowers it. `false`: leave it.
     pub raise_pty_max: bool,
+    /// Native runtime: how many host uid/gid ranges (65536 ids each) the
+    /// daemon hands out, one per sandbox, so that the kernel's per-user
+    /// budgets (inotify, message queues, pipe buffers) are each sandbox's
+    /// own; creates beyond it answer 503 `CAPACITY_EXHAUSTED`. 0: every
+    /// sandbox in the shared range (as on hosts without idmapped mounts).
+    pub uid_ranges: u32,
 }
 
 /// The `network:` section: the cap on sessions' network policies and the
@@ -345,6 +351,7 @@ impl Default for Config {
             network: Network::default(),
             cgroup_favordynmods: true,
             raise_pty_max: true,
+            uid_ranges: 16_384,
         }
     }
 }
@@ -545,6 +552,13 @@ impl Config {
         }
         if self.max_body_mb == 0 {
             bail!("max_body_mb: must be at least 1");
+        }
+        if self.uid_ranges > sandkasten_native::MAX_UID_RANGES {
+            bail!(
+                "uid_ranges: at most {} (the last range must end below 2^31), got {}",
+                sandkasten_native::MAX_UID_RANGES,
+                self.uid_ranges
+            );
         }
         let d = &self.defaults;
         if !(d.cpu_limit > 0.0 && d.cpu_limit <= 1024.0) {
@@ -1076,6 +1090,18 @@ mod tests {
         }
         let err = Config::parse("disk:\n  size: 1\n").unwrap_err().to_string();
         assert!(err.contains("size"), "{err}");
+    }
+
+    #[test]
+    fn uid_ranges_are_bounded() {
+        assert_eq!(Config::default().uid_ranges, 16_384);
+        for ok in ["uid_ranges: 0\n", "uid_ranges: 32000\n"] {
+            Config::parse(ok).unwrap().validate().unwrap();
+        }
+        assert_eq!(
+            invalid("uid_ranges: 32001\n"),
+            "uid_ranges: at most 32000 (the last range must end below 2^31), got 32001"
+        );
     }
 
     #[test]

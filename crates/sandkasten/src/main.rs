@@ -426,6 +426,7 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         min_free_mb: cfg.disk.min_free_mb,
         favordynmods: serve && cfg.cgroup_favordynmods,
         pty_max_for_sessions: (serve && cfg.raise_pty_max).then_some(cfg.max_sessions as u64),
+        uid_ranges: cfg.uid_ranges,
         network: if serve && cfg.network_config()?.allow_full {
             Some(sandkasten_native::NetConfig {
                 ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,

@@ -10,6 +10,9 @@
 //! 2. `unshare(CLONE_NEWNS)`, make every mount private, and assemble the
 //!    root filesystem as real root: overlayfs of the image layers plus the
 //!    per-session upper dir, bind mounts, tmpfs `/tmp`, a minimal `/dev`.
+//!    With `LaunchSpec::idmap` the layer stores, the sandbox's own state
+//!    and its workspace are idmapped clones first, so their shared on-disk
+//!    ids appear in the sandbox's own host range.
 //!    These mounts exist only in this mount namespace and its copies; the
 //!    host never sees them, and they vanish with the last process inside.
 //!    Meanwhile a thread moves the launcher into the session's cgroups

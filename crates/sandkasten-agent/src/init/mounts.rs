@@ -3,6 +3,7 @@
 use super::os_err;
 use sandkasten_protocol::LaunchSpec;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -88,6 +89,94 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     mount(None, target, None, flags, None)
 }
 
+use libc::{
+    MOUNT_ATTR_IDMAP, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    MOVE_MOUNT_F_EMPTY_PATH, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE,
+};
+
+/// What [`idmapped_clone`] does with the mount it clones.
+#[derive(PartialEq)]
+enum Original {
+    /// Leave it (a directory's own mount, or none: a bind of a directory).
+    Keep,
+    /// Detach it: the clone takes its place (a filesystem mounted at
+    /// `target` a moment ago), so the sandbox sees one mount there.
+    Replace,
+}
+
+/// A detached clone of the mount tree at `source` (not recursive: the
+/// sources are plain directories or one mount), with `attrs` and the
+/// idmapping of user namespace `ns` set, attached at `target`.
+fn idmapped_clone(
+    source: &Path,
+    target: &Path,
+    ns: &OwnedFd,
+    attrs: u64,
+    original: Original,
+) -> Result<(), String> {
+    let src = cstr(source)?;
+    let dst = cstr(target)?;
+    let empty = CString::default();
+    // SAFETY: open_tree with a valid path; returns a new fd we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(os_err(format!("open_tree of {}", source.display())));
+    }
+    // SAFETY: a fresh fd.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: MOUNT_ATTR_IDMAP | attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: ns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our detached mount with a valid struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(os_err(format!("idmapping {}", source.display())));
+    }
+    // SAFETY: umount2 of a mount in this private namespace; the clone
+    // keeps its filesystem.
+    if original == Original::Replace && unsafe { libc::umount2(src.as_ptr(), libc::MNT_DETACH) } < 0
+    {
+        return Err(os_err(format!("detaching {}", source.display())));
+    }
+    // SAFETY: move_mount of our detached mount onto a path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(os_err(format!(
+            "attaching the idmapped {}",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Step 2 of the launch, as real root in the launcher's private mount
 /// namespace: the scratch subvolume (if any), overlay rootfs, binds,
 /// `/tmp`, `/dev`.
@@ -111,6 +200,24 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
             Some(&s.options),
         )?;
     }
+    // Shared files (layers, the sandbox's own state, workspaces) keep the
+    // shared on-disk ids; the sandbox sees them in its own range.
+    let idmap = match &spec.idmap {
+        Some(m) => {
+            let ns = std::fs::File::open(&m.userns)
+                .map(OwnedFd::from)
+                .map_err(|e| format!("opening the idmapping ({}): {e}", m.userns.display()))?;
+            for d in &m.dirs {
+                let original = match &spec.scratch {
+                    Some(s) if &s.target == d => Original::Replace,
+                    _ => Original::Keep,
+                };
+                idmapped_clone(d, d, &ns, 0, original)?;
+            }
+            Some(ns)
+        }
+        None => None,
+    };
     // tmpfs mounts made here belong to the sandbox's root, not the host's.
     let owner = spec
         .uid_map
@@ -148,7 +255,21 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     )?;
 
     for b in &spec.binds {
-        bind(&b.source, &inside(rootfs, &b.target), b.readonly)?;
+        let target = inside(rootfs, &b.target);
+        match &idmap {
+            Some(ns) if b.idmap => {
+                ensure_dir(&target)?;
+                let ro = if b.readonly { MOUNT_ATTR_RDONLY } else { 0 };
+                idmapped_clone(
+                    &b.source,
+                    &target,
+                    ns,
+                    MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | ro,
+                    Original::Keep,
+                )?;
+            }
+            _ => bind(&b.source, &target, b.readonly)?,
+        }
     }
     for m in &spec.block_mounts {
         let target = inside(rootfs, &m.target);
@@ -160,6 +281,9 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
             libc::MS_NOSUID | libc::MS_NODEV,
             Some(&m.options),
         )?;
+        if let Some(ns) = &idmap {
+            idmapped_clone(&target, &target, ns, 0, Original::Replace)?;
+        }
     }
 
     let tmp = inside(rootfs, "/tmp");
