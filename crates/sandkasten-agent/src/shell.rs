@@ -381,6 +381,21 @@ struct Run {
     shell_gone: bool,
 }
 
+impl Run {
+    /// An exec that could not start: the reason as its output, code 126
+    /// (the shell's code for a command that cannot run).
+    fn refused(out: &mut dyn FnMut(Vec<u8>), why: &str) -> Run {
+        out(format!("sandkasten-agent: {why}\n").into_bytes());
+        Run {
+            exit_code: 126,
+            cwd: None,
+            timed_out: false,
+            truncated: false,
+            shell_gone: false,
+        }
+    }
+}
+
 /// Which shell language the driver lines are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flavor {
@@ -729,20 +744,24 @@ impl Instance {
     ) -> Run {
         let tty = match self.exec_tty() {
             Ok(t) => t,
+            // Without a terminal of its own the exec cannot be told apart
+            // from what others write: refuse to run it.
             Err(e) => {
-                // Without a terminal of its own the exec cannot be told
-                // apart from what others write: refuse to run it.
-                let msg = format!("sandkasten-agent: cannot open a terminal for the exec: {e}\n");
-                out(msg.into_bytes());
-                return Run {
-                    exit_code: 126,
-                    cwd: None,
-                    timed_out: false,
-                    truncated: false,
-                    shell_gone: false,
-                };
+                return Run::refused(out, &format!("cannot open a terminal for the exec: {e}"))
             }
         };
+        if let Some((text, shared)) = &self.text {
+            // The shell is between commands: nothing reads the text now
+            // (and no program of it has the fd: the eval closes it).
+            if let Err(e) = text
+                .write_all_at(cmd.as_bytes(), 0)
+                .and_then(|()| text.set_len(cmd.len() as u64))
+                .and_then(|()| rewind(shared))
+            {
+                self.release_tty(tty);
+                return Run::refused(out, &format!("cannot pass the command to the shell: {e}"));
+            }
+        }
         let (token, report) = (nonce(), nonce());
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
         *lock(&self.shared.sink) = Some(tx.clone());
@@ -757,31 +776,6 @@ impl Instance {
         // For the fallback of `signal_foreground` (kernels without a pty
         // foreground group): jobs started from here on are this exec's.
         let exec_start = boot_ticks();
-        if let Some((text, shared)) = &self.text {
-            // The shell is between commands: nothing reads the text now
-            // (and no program of it has the fd: the eval closes it).
-            if let Err(e) = text
-                .write_all_at(cmd.as_bytes(), 0)
-                .and_then(|()| text.set_len(cmd.len() as u64))
-                .and_then(|()| rewind(shared))
-            {
-                self.release_tty(tty);
-                *lock(&self.shared.sink) = None;
-                self.shared.set_current(None);
-                cancel.detach();
-                out(
-                    format!("sandkasten-agent: cannot pass the command to the shell: {e}\n")
-                        .into_bytes(),
-                );
-                return Run {
-                    exit_code: 126,
-                    cwd: None,
-                    timed_out: false,
-                    truncated: false,
-                    shell_gone: false,
-                };
-            }
-        }
         // EPIPE means the shell is gone; its death arrives as an event.
         let _ = self
             .cmd_w
