@@ -87,6 +87,8 @@ const DRAIN_MAX_BYTES: usize = 1024 * 1024;
 const EVENT_QUEUE: usize = 16;
 /// Terminal size reported to programs (rows, columns).
 const WINSIZE: (u16, u16) = (50, 200);
+/// How often an interrupt that found no job looks again for one.
+const SIGINT_RETRY: Duration = Duration::from_millis(5);
 /// Exit code of a timed-out or cancelled exec.
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
@@ -802,9 +804,19 @@ impl Instance {
         // 0 while running; then the number of escalation steps taken.
         let mut step = 0u8;
         let mut next_step_at = deadline;
+        // The SIGINT step found no job (a builtin was running, or the next
+        // program was not started yet): it is sent as soon as one appears,
+        // until the next step is due.
+        let mut sigint_pending = false;
         loop {
             if step == 0 && cancel.is_cancelled() {
                 next_step_at = Instant::now();
+            }
+            if sigint_pending
+                && Instant::now() < next_step_at
+                && self.signal_foreground(libc::SIGINT, exec_start)
+            {
+                sigint_pending = false;
             }
             // Checked before receiving, so a command that never stops
             // writing still times out.
@@ -814,13 +826,16 @@ impl Instance {
                 match step {
                     1 => {
                         run.timed_out = true;
-                        self.signal_foreground(libc::SIGINT, exec_start);
+                        sigint_pending = !self.signal_foreground(libc::SIGINT, exec_start);
                         // bash abandons the rest of the run line when its
                         // foreground job dies of SIGINT, so the status line
                         // must be there to report 130.
                         send_report(&mut self.cmd_w);
                     }
-                    2 => self.signal_foreground(libc::SIGKILL, exec_start),
+                    2 => {
+                        sigint_pending = false;
+                        self.signal_foreground(libc::SIGKILL, exec_start);
+                    }
                     3 => {
                         self.kill_session();
                         next_step_at = Instant::now() + DEATH_WAIT;
@@ -835,7 +850,11 @@ impl Instance {
                     }
                 }
             }
-            let wait = next_step_at.saturating_duration_since(Instant::now());
+            let mut wait = next_step_at.saturating_duration_since(Instant::now());
+            if sigint_pending {
+                // No event tells when the shell starts its next job.
+                wait = wait.min(SIGINT_RETRY);
+            }
             match rx.recv_timeout(wait) {
                 Ok(Event::Output(mut data)) => {
                     let room = max_output.saturating_sub(forwarded);
@@ -956,7 +975,8 @@ impl Instance {
     /// `exec_start` (clock ticks since boot) are signalled instead: the
     /// exec's own jobs (a job it sent to the background included), never
     /// the shell's group nor jobs of earlier execs.
-    fn signal_foreground(&self, sig: libc::c_int, exec_start: Option<u64>) {
+    /// True when some job got the signal.
+    fn signal_foreground(&self, sig: libc::c_int, exec_start: Option<u64>) -> bool {
         // SAFETY: plain syscalls on an owned fd / a process group id.
         let pgrp = unsafe { libc::tcgetpgrp(self.master.as_raw_fd()) };
         let groups = if pgrp > 0 {
@@ -969,10 +989,12 @@ impl Instance {
         } else {
             vec![]
         };
+        let mut sent = false;
         for g in groups.into_iter().filter(|g| *g != self.pid) {
             // SAFETY: signalling a process group id.
-            unsafe { libc::kill(-g, sig) };
+            sent |= unsafe { libc::kill(-g, sig) } == 0;
         }
+        sent
     }
 
     /// SIGKILLs the shell and every process in its session.
