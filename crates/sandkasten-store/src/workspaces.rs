@@ -27,23 +27,26 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<WorkspaceRecord> {
     })
 }
 
+/// `INSERT OR IGNORE` of a workspace row: 1 when inserted, 0 when its id
+/// exists.
+fn insert_if_absent(conn: &rusqlite::Connection, w: &WorkspaceRecord) -> rusqlite::Result<usize> {
+    let labels = serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into());
+    conn.execute(
+        &format!("INSERT OR IGNORE INTO workspaces ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+        params![
+            w.id,
+            w.created_at_ms,
+            w.last_used_at_ms,
+            w.quota_bytes.map(|v| v as i64),
+            labels
+        ],
+    )
+}
+
 impl Store {
     /// Inserts a workspace; `Ok(false)` when the id already exists.
     pub fn insert_workspace(&self, w: &WorkspaceRecord) -> Result<bool, StoreError> {
-        let labels = serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into());
-        self.conn()
-            .execute(
-                &format!(
-                    "INSERT OR IGNORE INTO workspaces ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
-                ),
-                params![
-                    w.id,
-                    w.created_at_ms,
-                    w.last_used_at_ms,
-                    w.quota_bytes.map(|v| v as i64),
-                    labels
-                ],
-            )
+        insert_if_absent(&self.conn(), w)
             .map(|n| n == 1)
             .map_err(q("inserting workspace"))
     }
@@ -87,20 +90,9 @@ impl Store {
     /// unless a row of its id exists, records its use at
     /// `w.last_used_at_ms` and answers its quota.
     pub fn use_workspace(&self, w: &WorkspaceRecord) -> Result<Option<u64>, StoreError> {
-        let labels = serde_json::to_string(&w.labels).unwrap_or_else(|_| "{}".into());
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(q("using workspace"))?;
-        tx.execute(
-            &format!("INSERT OR IGNORE INTO workspaces ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
-            params![
-                w.id,
-                w.created_at_ms,
-                w.last_used_at_ms,
-                w.quota_bytes.map(|v| v as i64),
-                labels
-            ],
-        )
-        .map_err(q("using workspace"))?;
+        insert_if_absent(&tx, w).map_err(q("using workspace"))?;
         tx.execute(
             "UPDATE workspaces SET last_used_at_ms = ?2 WHERE id = ?1",
             params![w.id, w.last_used_at_ms],
