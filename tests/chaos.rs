@@ -1117,6 +1117,60 @@ mod native_only {
             );
         }
     }
+
+    /// The launcher spawner (`sandkasten-agent spawner`, a child of the
+    /// daemon) killed from the host: the next create starts a new one and
+    /// works, and sandboxes still show `sandkasten-agent init` as PID 1.
+    #[test]
+    fn a_killed_launcher_spawner_is_replaced_at_the_next_create() {
+        require_native("the launcher spawner");
+        let d = Daemon::start(None);
+        let first = d.create_session(json!({}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let spawners = || -> Vec<i32> {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<i32>().ok());
+                if cmd == b"sandkasten-agent\0spawner\0" && ppid == Some(d.pid()) {
+                    out.push(pid);
+                }
+            }
+            out
+        };
+        let before = spawners();
+        assert_eq!(
+            before.len(),
+            1,
+            "one spawner, a child of the daemon: {before:?}"
+        );
+        // SAFETY: kill of the spawner this test's daemon started.
+        assert_eq!(unsafe { libc::kill(before[0], libc::SIGKILL) }, 0);
+        let second = d.create_session(json!({}))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(d.sh(&second, "echo ok"), "ok\n");
+        assert_eq!(d.sh(&first, "echo ok"), "ok\n");
+        assert_eq!(
+            d.sh(&second, "tr '\\0' ' ' < /proc/1/cmdline"),
+            "sandkasten-agent init    "
+        );
+        let after = spawners();
+        assert!(
+            after.len() == 1 && after != before,
+            "a new spawner replaced the killed one: {before:?} then {after:?}"
+        );
+    }
 }
 
 /// A docker engine of the test's own (its data root, exec root, pid file

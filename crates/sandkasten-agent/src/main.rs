@@ -2,10 +2,15 @@
 //! PID 1 of every sandbox.
 //!
 //! Modes:
-//! - `sandkasten-agent init`: read a [`LaunchSpec`] (JSON) on stdin, build
-//!   the sandbox (namespaces, mounts, cgroups, seccomp), print a
-//!   [`LaunchReport`] on stdout and serve the daemon as the sandbox's PID 1.
-//!   See `init/`.
+//! - `sandkasten-agent init [--base-ns PATH]`: read a [`LaunchSpec`]
+//!   (JSON) on stdin, build the sandbox (namespaces, mounts, cgroups,
+//!   seccomp), print a [`LaunchReport`] on stdout and serve the daemon as
+//!   the sandbox's PID 1. See `init/`.
+//! - `sandkasten-agent base-ns`: build the mount namespace that sandboxes'
+//!   namespaces are copied from (an empty read-only root), print `ok` and
+//!   wait for stdin to close. See `init/basens.rs`.
+//! - `sandkasten-agent spawner`: fork a launcher (the `init` mode) for each
+//!   request on the socket at stdin. See `spawner.rs`.
 //! - `sandkasten-agent container --socket PATH --config PATH`: PID 1 of a
 //!   container of the docker runtime; the engine built the sandbox, this
 //!   mode adds seccomp and serves. See `container.rs`. On a remote engine
@@ -33,6 +38,7 @@ mod reaper;
 mod relay;
 mod server;
 mod shell;
+mod spawner;
 mod sys;
 mod watch;
 
@@ -44,6 +50,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("init") => init::run(),
+        Some("base-ns") => init::run_base_ns(),
+        Some("spawner") => spawner::run(),
         Some("container") => container::run(&args),
         Some("relay") => relay::run(&args),
         // `publish TMP NAME`: rename(2), atomic. A helper container of a
@@ -98,7 +106,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: sandkasten-agent init | container --socket PATH --config PATH | relay --socket PATH | serve --socket PATH | version");
+            eprintln!("usage: sandkasten-agent init --base-ns PATH | base-ns | spawner | container --socket PATH --config PATH | relay --socket PATH | serve --socket PATH | version");
             ExitCode::from(2)
         }
     }

@@ -2,6 +2,7 @@
 //! hierarchies otherwise (each controller decided on its own, so hybrid
 //! hosts work). Groups live at `<hierarchy>/sandkasten/<session_id>`.
 
+use sandkasten_protocol::CgroupJoin;
 use sandkasten_runtime::{Limits, RuntimeError, SandboxStats};
 use std::path::{Path, PathBuf};
 
@@ -194,9 +195,12 @@ impl Cgroups {
         out
     }
 
-    /// Creates the session's groups with their limits; returns the
-    /// `cgroup.procs` files the sandbox init must join.
-    pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, RuntimeError> {
+    /// Creates the session's groups with their memory and pids limits;
+    /// returns what the launcher does before the sandbox init exists: the
+    /// CPU quota's write (it walks every CPU cgroup on the host, so its
+    /// cost grows with the live sandboxes: done there, it overlaps the
+    /// rootfs assembly) and the `cgroup.procs` files to join.
+    pub fn create(&self, id: &str, limits: &Limits) -> Result<CgroupJoin, RuntimeError> {
         for h in self.hierarchies() {
             if let Hierarchy::V2(root) = h {
                 // Delegate the controllers down to our groups.
@@ -237,20 +241,22 @@ impl Cgroups {
             }
         }
         set(&self.pids, "pids.max", limits.pids.to_string())?;
+        // The kernel's default period (100 ms) on v1, so only the quota is
+        // written there: each write is a walk of the hierarchy.
         let period = 100_000u64;
         let quota = ((limits.cpu * period as f64) as u64).max(1000);
-        match &self.cpu {
-            Hierarchy::V2(_) => set(&self.cpu, "cpu.max", format!("{quota} {period}"))?,
-            Hierarchy::V1(_) => {
-                set(&self.cpu, "cpu.cfs_period_us", period.to_string())?;
-                set(&self.cpu, "cpu.cfs_quota_us", quota.to_string())?;
-            }
-        }
-        Ok(self
-            .hierarchies()
-            .into_iter()
-            .map(|h| h.group(id).join("cgroup.procs"))
-            .collect())
+        let cpu = match &self.cpu {
+            Hierarchy::V2(_) => ("cpu.max", format!("{quota} {period}")),
+            Hierarchy::V1(_) => ("cpu.cfs_quota_us", quota.to_string()),
+        };
+        Ok(CgroupJoin {
+            writes: vec![(self.cpu.group(id).join(cpu.0), cpu.1)],
+            procs: self
+                .hierarchies()
+                .into_iter()
+                .map(|h| h.group(id).join("cgroup.procs"))
+                .collect(),
+        })
     }
 
     /// Pids currently in the session's groups.

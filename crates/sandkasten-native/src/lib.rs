@@ -30,6 +30,7 @@
 //!     workspace/              the ephemeral /workspace (see scratch.rs)
 //! ```
 
+mod basens;
 mod cgroups;
 mod fsutil;
 mod ids;
@@ -39,6 +40,7 @@ mod net;
 mod process;
 mod ptys;
 mod scratch;
+mod spawner;
 mod wsimage;
 mod wskeep;
 mod wstar;
@@ -53,19 +55,19 @@ pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
 use async_trait::async_trait;
 use sandkasten_protocol::{
     AgentConfig, BindMount, BlockMount, IdMap, Idmap, LaunchReport, LaunchSpec,
-    NetworkMode as WireNetwork, ScratchMount,
+    NetworkMode as WireNetwork, ScratchMount, SpawnRequest,
 };
 use sandkasten_runtime::{
     export_blocking, latebind, ports, AgentClient, ExportStream, FileOp, FileReply, FileStream,
     ImageInfo, NetworkMode, PortStream, Runtime, RuntimeError, Sandbox, SandboxHandle, SandboxSpec,
     SandboxStats, WorkspaceMount, SANDBOX_UID,
 };
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The shared host uid/gid range: the on-disk owners of what sandboxes
 /// share (layers, workspaces, scratch subvolumes; uid 0 inside is
@@ -149,6 +151,10 @@ struct Shared {
     network: Option<net::Network>,
     /// Image workspaces kept mounted (detached) between sessions.
     kept: wskeep::Kept,
+    /// The mount namespace sandboxes' own are copied from.
+    base_ns: basens::BaseNs,
+    /// Forks the launchers.
+    spawner: spawner::Spawner,
 }
 
 /// How long deleting, restoring or importing an image workspace waits for
@@ -198,6 +204,8 @@ impl NativeRuntime {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
                 .map_err(RuntimeError::io_ctx("chmod"))?;
         }
+        let base_ns = basens::BaseNs::start(&cfg.agent_binary)?;
+        let spawner = spawner::Spawner::start(&cfg.agent_binary)?;
         let slots = uid_slots(&cfg);
         let scratch = open_scratch(&cfg)?;
         let network = match &cfg.network {
@@ -212,6 +220,8 @@ impl NativeRuntime {
             scratch,
             network,
             kept: wskeep::Kept::default(),
+            base_ns,
+            spawner,
         };
         image::ensure_base(&shared.images_dir(), &shared.ids)?;
         tracing::info!(cgroups = ?shared.cgroups, scratch = ?shared.scratch, "native runtime ready");
@@ -263,87 +273,82 @@ impl NativeRuntime {
         sandkasten_runtime::blocking(context, move || f(&shared)).await
     }
 
-    /// Makes the sandbox's cgroups and starts the launcher with them (it
-    /// joins them while the rest is prepared: see the agent's `init`),
-    /// prepares its directories and workspace (blocking pool), then sends
-    /// the launch spec and reads the report.
+    /// Makes the sandbox's cgroups and has the spawner fork the launcher
+    /// (it writes the CPU quota and joins them while the rest is prepared:
+    /// see the agent's `init`), prepares its directories and workspace
+    /// (blocking pool), then sends the launch spec and reads the report.
     async fn launch(&self, spec: &SandboxSpec) -> Result<LaunchReport, RuntimeError> {
         let started = std::time::Instant::now();
         let (id, limits) = (spec.id.clone(), spec.limits.clone());
-        let procs = self
-            .run("creating a sandbox's cgroups", move |s| {
-                s.cgroups.create(&id, &limits)
+        let (mut launcher, cgroups_us, spawned_us) = self
+            .run("starting a sandbox's launcher", move |s| {
+                let join = s.cgroups.create(&id, &limits)?;
+                let cgroups_us = started.elapsed().as_micros() as u64;
+                let launcher = s.spawner.spawn(&SpawnRequest {
+                    base_ns: s.base_ns.path(),
+                    t0_ns: sandkasten_protocol::monotonic_ns(),
+                })?;
+                let mut line = serde_json::to_vec(&join)
+                    .map_err(|e| RuntimeError::StartFailed(format!("encoding the cgroups: {e}")))?;
+                line.push(b'\n');
+                // A few hundred bytes into an empty pipe: never blocks.
+                let stdin = launcher.stdin.as_ref().expect("stdin is set");
+                std::fs::File::from(stdin.try_clone().map_err(RuntimeError::io_ctx("dup"))?)
+                    .write_all(&line)
+                    .map_err(RuntimeError::io_ctx("sending the cgroups"))?;
+                Ok((launcher, cgroups_us, started.elapsed().as_micros() as u64))
             })
             .await?;
-        let cgroups_us = started.elapsed().as_micros() as u64;
-        let agent = &self.shared.cfg.agent_binary;
-        // argv[0] without the host path: the sandbox sees /proc/1/cmdline.
-        let mut child = tokio::process::Command::new(agent)
-            .arg0("sandkasten-agent")
-            .arg("init")
-            // The daemon's environment (its API key among it) stays out of
-            // the sandbox's PID 1; the shell's environment is in the spec.
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(RuntimeError::io_ctx(format!(
-                "starting {}",
-                agent.display()
-            )))?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let mut line = serde_json::to_vec(&procs)
-            .map_err(|e| RuntimeError::StartFailed(format!("encoding the cgroups: {e}")))?;
-        line.push(b'\n');
-        let sent = stdin
-            .write_all(&line)
-            .await
-            .map_err(RuntimeError::io_ctx("sending the cgroups"));
-        let spawned_us = started.elapsed().as_micros() as u64;
         let spec = spec.clone();
         // The attached workspace device (if any) stays pinned until the
         // launch report: the sandbox's own mount then keeps it bound.
-        let prepared = match sent {
-            Ok(()) => {
-                self.run("preparing a sandbox", move |s| s.prepare_launch(&spec))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        // Dropped on an error, the launcher is killed (out of the cgroups
+        // before they are removed).
         let Prepared {
             spec: launch,
             _attached,
             _idmap,
-        } = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                // Out of the cgroups before they are removed.
-                let _ = child.kill().await;
-                return Err(e);
-            }
-        };
+        } = self
+            .run("preparing a sandbox", move |s| s.prepare_launch(&spec))
+            .await?;
         let prepared_us = started.elapsed().as_micros() as u64;
         let json = serde_json::to_vec(&launch)
             .map_err(|e| RuntimeError::StartFailed(format!("encoding the launch spec: {e}")))?;
+        let pipe_err = |what: &'static str| RuntimeError::io_ctx(what);
+        let mut stdin = tokio::net::unix::pipe::Sender::from_owned_fd(
+            launcher.stdin.take().expect("stdin is set"),
+        )
+        .map_err(pipe_err("the launcher's stdin"))?;
         stdin
             .write_all(&json)
             .await
-            .map_err(RuntimeError::io_ctx("sending launch spec"))?;
+            .map_err(pipe_err("sending launch spec"))?;
         drop(stdin);
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(RuntimeError::io_ctx("waiting for sandbox init"))?;
-        if !out.status.success() {
-            return Err(RuntimeError::StartFailed(format!(
-                "sandbox init failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let mut report: LaunchReport = serde_json::from_slice(&out.stdout)
-            .map_err(|e| RuntimeError::StartFailed(format!("unreadable launch report: {e}")))?;
+        let mut stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(
+            launcher.stdout.take().expect("stdout is set"),
+        )
+        .map_err(pipe_err("the launcher's stdout"))?;
+        let mut stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(
+            launcher.stderr.take().expect("stderr is set"),
+        )
+        .map_err(pipe_err("the launcher's stderr"))?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (o, e) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        o.map_err(pipe_err("waiting for sandbox init"))?;
+        e.map_err(pipe_err("waiting for sandbox init"))?;
+        // Its stdout closed: it has exited (or is exiting) either way.
+        let mut report: LaunchReport = match serde_json::from_slice(&out) {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(RuntimeError::StartFailed(format!(
+                    "sandbox init failed: {}",
+                    String::from_utf8_lossy(&err).trim()
+                )))
+            }
+        };
+        launcher.finished();
+        // From the report's writing to its reading here: the launcher's exit.
+        let exit_us = sandkasten_protocol::monotonic_ns().saturating_sub(report.finished_ns) / 1000;
         let mut phases = vec![
             ("cgroups".to_string(), cgroups_us),
             ("spawn".to_string(), spawned_us - cgroups_us),
@@ -355,6 +360,7 @@ impl NativeRuntime {
                 .iter()
                 .map(|(n, us)| (format!("launcher: {n}"), *us)),
         );
+        phases.push(("launcher exit".to_string(), exit_us));
         phases.push(("launch".to_string(), started.elapsed().as_micros() as u64));
         tracing::debug!(target: "sandkasten::create", session = %launch.session_id, ?phases, "sandbox launched");
         report.phases_us = phases;

@@ -82,6 +82,31 @@ pub enum NetworkMode {
     None,
 }
 
+/// What the daemon asks `sandkasten-agent spawner` for: a launcher (the
+/// `init` mode, forked instead of executed) with these options. Its
+/// stdin, stdout and stderr travel with the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// Where the launcher opens the base mount namespace.
+    pub base_ns: String,
+    /// `CLOCK_MONOTONIC` (ns) when the daemon asked, to time the fork.
+    #[serde(default)]
+    pub t0_ns: u64,
+}
+
+/// The first line of `sandkasten-agent init`'s stdin (JSON), before the
+/// [`LaunchSpec`]: what its cgroup thread does while the rootfs is
+/// assembled, all of it before the sandbox init is cloned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CgroupJoin {
+    /// Limit files to write first, with their values: the CPU quota,
+    /// whose write walks every CPU cgroup on the host (the kernel checks
+    /// the whole bandwidth hierarchy), so it is kept off the daemon's path.
+    pub writes: Vec<(PathBuf, String)>,
+    /// The `cgroup.procs` files to join.
+    pub procs: Vec<PathBuf>,
+}
+
 /// Everything `sandkasten-agent init` needs to build a sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -138,4 +163,20 @@ pub struct LaunchReport {
     /// How long the launcher's steps took, in order, in microseconds.
     #[serde(default)]
     pub phases_us: Vec<(String, u64)>,
+    /// `CLOCK_MONOTONIC` (ns) when the launcher wrote this report, so the
+    /// daemon can tell how long the launcher's exit took to reach it.
+    #[serde(default)]
+    pub finished_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the
+/// host, so the daemon and the launcher can time the steps between them.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

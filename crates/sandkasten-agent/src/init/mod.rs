@@ -1,8 +1,8 @@
 //! `sandkasten-agent init`: builds one sandbox and becomes its PID 1.
 //!
-//! The daemon starts this binary as host root with a JSON array of the
-//! session's `cgroup.procs` files as stdin's first line, then a
-//! [`LaunchSpec`]. Steps, in this process (the *launcher*):
+//! The daemon starts this binary as host root with a [`CgroupJoin`] (the
+//! session's CPU quota and `cgroup.procs` files) as stdin's first line,
+//! then a [`LaunchSpec`]. Steps, in this process (the *launcher*):
 //!
 //! 1. Bind the agent socket (in a root-only host directory) before any
 //!    namespace exists; the sandbox's PID 1 inherits the listening fd, and
@@ -15,29 +15,35 @@
 //!    ids appear in the sandbox's own host range.
 //!    These mounts exist only in this mount namespace and its copies; the
 //!    host never sees them, and they vanish with the last process inside.
-//!    Meanwhile a thread moves the launcher into the session's cgroups
+//!    Meanwhile a thread writes the CPU quota (a walk of every CPU cgroup
+//!    on the host) and moves the launcher into the session's cgroups
 //!    (stdin's first line names them, before the spec; that write waits
-//!    for an RCU grace period, so it overlaps the rest), joined before the
-//!    clone.
+//!    for an RCU grace period without `favordynmods`, so it overlaps the
+//!    rest), joined before the clone. Then it clones the assembled tree, joins a private copy of
+//!    the base mount namespace (`--base-ns PATH`: an empty read-only root,
+//!    see `basens.rs`), stacks the tree on that root and `chroot`s into it
+//!    (no `pivot_root`, whose cost grows with the host's thread count).
 //! 3. `clone` the child, born in those cgroups, into new user, mount, pid,
 //!    uts, ipc and net namespaces. The launcher writes its uid/gid maps
 //!    (root inside maps to an unprivileged host uid), then releases it.
 //! 4. The child (PID 1 of the sandbox): new cgroup namespace, hostname,
-//!    loopback up, fresh `/proc` and `/dev/pts`, `pivot_root`, drop the
-//!    capability bounding set, no_new_privs, seccomp; then it serves the
-//!    daemon (`server::serve`).
+//!    loopback up, fresh `/proc` and `/dev/pts`, drop the capability
+//!    bounding set, no_new_privs, seccomp; then it serves the daemon
+//!    (`server::serve`).
 //! 5. The launcher prints a [`LaunchReport`] and exits, so the sandbox does
 //!    not depend on the daemon's process tree and survives its restart.
 //!
+//! [`CgroupJoin`]: sandkasten_protocol::CgroupJoin
 //! [`LaunchSpec`]: sandkasten_protocol::LaunchSpec
 //! [`LaunchReport`]: sandkasten_protocol::LaunchReport
 
+mod basens;
 pub mod caps;
 mod mounts;
 mod net;
 pub mod seccomp;
 
-use sandkasten_protocol::{LaunchReport, LaunchSpec};
+use sandkasten_protocol::{CgroupJoin, LaunchReport, LaunchSpec, SpawnRequest};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -49,8 +55,34 @@ pub(crate) fn os_err(what: impl std::fmt::Display) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
+/// `sandkasten-agent base-ns` (see [`basens`]).
+pub fn run_base_ns() -> ExitCode {
+    basens::run()
+}
+
+/// `sandkasten-agent init --base-ns PATH [--t0 NS]`: the launcher,
+/// executed (the spawner forks it instead: [`run_with`]).
 pub fn run() -> ExitCode {
-    match launch() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let Some(base_ns) = arg("--base-ns") else {
+        eprintln!("sandkasten-agent init: missing --base-ns PATH (the mount namespace sandboxes are copied from)");
+        return ExitCode::from(1);
+    };
+    run_with(&SpawnRequest {
+        base_ns,
+        t0_ns: arg("--t0").and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// The launcher with these options; prints the report or the error.
+pub fn run_with(opts: &SpawnRequest) -> ExitCode {
+    match launch(opts) {
         Ok(report) => {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             ExitCode::SUCCESS
@@ -95,8 +127,8 @@ impl Phases {
     }
 }
 
-/// Moves this process into the session's cgroups (the `cgroup.procs`
-/// files named by stdin's first line, a JSON array) on a thread of its
+/// Writes the session's CPU quota and moves this process into its
+/// cgroups (stdin's first line, a [`CgroupJoin`]) on a thread of its
 /// own. Writing `cgroup.procs` waits for an RCU grace period (12-15 ms on
 /// a quiet host, cgroup v1 and v2 alike); started first, it runs while the
 /// daemon prepares the rest, the spec is read and the root filesystem
@@ -109,17 +141,29 @@ fn join_cgroups_in_background() -> Result<std::thread::JoinHandle<Joined>, Strin
     std::io::stdin()
         .read_line(&mut line)
         .map_err(|e| format!("reading the cgroups: {e}"))?;
-    let procs: Vec<String> =
+    let join: CgroupJoin =
         serde_json::from_str(&line).map_err(|e| format!("invalid cgroups line: {e}"))?;
     Ok(std::thread::spawn(move || {
         let me = std::process::id().to_string();
         let mut took = Vec::new();
-        for p in &procs {
+        let t = std::time::Instant::now();
+        for (file, value) in &join.writes {
+            std::fs::write(file, value)
+                .map_err(|e| format!("writing {value} to {}: {e}", file.display()))?;
+        }
+        if !join.writes.is_empty() {
+            took.push(("cgroup limits".to_string(), t.elapsed().as_micros() as u64));
+        }
+        for p in &join.procs {
             let t = std::time::Instant::now();
-            std::fs::write(p, &me).map_err(|e| format!("joining cgroup {p}: {e}"))?;
+            std::fs::write(p, &me).map_err(|e| format!("joining cgroup {}: {e}", p.display()))?;
             // `<hierarchy>/sandkasten/<id>/cgroup.procs`: named by its
             // hierarchy (`memory`, … on v1; the cgroup2 mount's name).
-            let hierarchy = p.rsplit('/').nth(3).unwrap_or("?");
+            let hierarchy = p
+                .iter()
+                .rev()
+                .nth(3)
+                .map_or("?".into(), |h| h.to_string_lossy());
             took.push((
                 format!("cgroup {hierarchy}"),
                 t.elapsed().as_micros() as u64,
@@ -129,12 +173,17 @@ fn join_cgroups_in_background() -> Result<std::thread::JoinHandle<Joined>, Strin
     }))
 }
 
-fn launch() -> Result<LaunchReport, String> {
+fn launch(opts: &SpawnRequest) -> Result<LaunchReport, String> {
     // Nothing the daemon's own parent left open may reach the sandbox: the
     // sandbox init is a fork of this process and never execs.
     // SAFETY: close_range on fds this process does not use.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let mut phases = Phases::new();
+    // When the daemon asked for this process (CLOCK_MONOTONIC).
+    if opts.t0_ns > 0 {
+        let fork_us = sandkasten_protocol::monotonic_ns().saturating_sub(opts.t0_ns) / 1000;
+        phases.done.push(("start".to_string(), fork_us));
+    }
     let cgroups = join_cgroups_in_background()?;
     let mut input = String::new();
     std::io::stdin()
@@ -163,6 +212,13 @@ fn launch() -> Result<LaunchReport, String> {
         .map_err(|_| "the cgroup thread panicked".to_string())??;
     phases.end("cgroups (rest)");
     phases.done.extend(joined);
+    let base = std::fs::File::open(&opts.base_ns)
+        .map_err(|e| format!("opening the base mount namespace {}: {e}", opts.base_ns))?;
+    // The host's /proc, for the child's id maps and start time: no path
+    // leads there once this process is rooted in the sandbox's tree.
+    let proc_dir = std::fs::File::open("/proc").map_err(|e| format!("opening /proc: {e}"))?;
+    mounts::enter_base(&base.into())?;
+    phases.end("enter base");
 
     let (go_rd, go_wr) = pipe()?;
     let (ready_rd, ready_wr) = pipe()?;
@@ -221,8 +277,8 @@ fn launch() -> Result<LaunchReport, String> {
         // become the floor of every process it starts, so the sandbox could
         // make its own hogs unkillable. The shell raises its score to +500
         // instead (see shell.rs) and the agent keeps its memory bounded.
-        write_id_map(pid, "uid_map", &spec.uid_map)?;
-        write_id_map(pid, "gid_map", &spec.gid_map)
+        write_id_map(&proc_dir, pid, "uid_map", &spec.uid_map)?;
+        write_id_map(&proc_dir, pid, "gid_map", &spec.gid_map)
     })();
     if let Err(e) = setup {
         // SAFETY: pid is our own child, not yet released.
@@ -251,26 +307,63 @@ fn launch() -> Result<LaunchReport, String> {
         });
     }
     phases.end("init setup");
-    let start_time = proc_start_time(pid)?;
+    let start_time = start_time_in(&proc_dir, pid)?;
     Ok(LaunchReport {
         pid,
         start_time,
         phases_us: phases.done,
+        finished_ns: sandkasten_protocol::monotonic_ns(),
     })
 }
 
-fn write_id_map(pid: i32, file: &str, maps: &[sandkasten_protocol::IdMap]) -> Result<(), String> {
+/// Opens `<proc_dir>/<pid>/<file>` (read or write).
+fn proc_file(
+    proc_dir: &std::fs::File,
+    pid: i32,
+    file: &str,
+    write: bool,
+) -> Result<std::fs::File, String> {
+    let rel = std::ffi::CString::new(format!("{pid}/{file}")).expect("no NUL");
+    let mode = if write {
+        libc::O_WRONLY
+    } else {
+        libc::O_RDONLY
+    };
+    // SAFETY: a valid dirfd and NUL-terminated path; the fd is ours.
+    let fd = unsafe { libc::openat(proc_dir.as_raw_fd(), rel.as_ptr(), mode | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(os_err(format!("opening /proc/{pid}/{file}")));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+fn write_id_map(
+    proc_dir: &std::fs::File,
+    pid: i32,
+    file: &str,
+    maps: &[sandkasten_protocol::IdMap],
+) -> Result<(), String> {
     let text: String = maps
         .iter()
         .map(|m| format!("{} {} {}\n", m.inside, m.outside, m.count))
         .collect();
-    std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|e| format!("writing {file}: {e}"))
+    proc_file(proc_dir, pid, file, true)?
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("writing {file}: {e}"))
+}
+
+/// The start time of `pid`, read through a descriptor of the host's /proc.
+fn start_time_in(proc_dir: &std::fs::File, pid: i32) -> Result<u64, String> {
+    let mut stat = String::new();
+    proc_file(proc_dir, pid, "stat", false)?
+        .read_to_string(&mut stat)
+        .map_err(|e| format!("reading stat of {pid}: {e}"))?;
+    start_time_of(&stat)
 }
 
 /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot.
-pub fn proc_start_time(pid: i32) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("reading stat of {pid}: {e}"))?;
+fn start_time_of(stat: &str) -> Result<u64, String> {
     // The command name may contain spaces and parentheses: split after the last ')'.
     let rest = stat
         .rsplit_once(')')

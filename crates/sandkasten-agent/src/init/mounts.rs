@@ -356,11 +356,9 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
 }
 
 /// Step 4, in the sandbox's own user and mount namespace: fresh `/proc`
-/// and `/dev/pts`, then `pivot_root` and detach the host's tree.
-///
-/// The working directory is already the rootfs (set by the launcher), and
-/// every path here is relative to it: as root of its user namespace the
-/// child may not traverse the root-only host directories above it.
+/// and `/dev/pts`. The process is already rooted in the rootfs (the
+/// launcher's [`enter_base`]); below it lies only the base namespace's
+/// empty root.
 pub fn finish_in_namespace() -> Result<(), String> {
     mount(
         Some(Path::new("proc")),
@@ -379,18 +377,24 @@ pub fn finish_in_namespace() -> Result<(), String> {
             sandkasten_protocol::PTYS_PER_SANDBOX
         )),
     )?;
-    // The rootfs mount was copied into this user namespace's mount
-    // namespace and is therefore locked, and pivot_root refuses a locked
-    // new root. A recursive clone of it is not locked: attach that clone
-    // on top and step into it through its fd (paths above the rootfs are
-    // not searchable from here).
+    Ok(())
+}
+
+/// Moves this process from its copy of the host's mount namespace to a
+/// private copy of the base namespace (`base`, see `basens.rs`) with the
+/// rootfs assembled at the current directory stacked on its root, and
+/// `chroot`s into it. Single-threaded: `setns` needs an fs_struct of our
+/// own, which `unshare(CLONE_FS)` makes sure of (a joined thread may not
+/// have released it yet).
+pub fn enter_base(base: &OwnedFd) -> Result<(), String> {
     let dot = CString::new(".").unwrap();
+    let root = CString::new("/").unwrap();
     let empty = CString::new("").unwrap();
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const AT_RECURSIVE: libc::c_uint = 0x8000;
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-    // SAFETY: open_tree/move_mount/fchdir/pivot_root/umount2 with valid
-    // NUL-terminated strings and an fd we own.
+    // SAFETY: open_tree/setns/unshare/move_mount/fchdir/chroot with valid
+    // NUL-terminated strings and fds we own.
     unsafe {
         let tree = libc::syscall(
             libc::SYS_open_tree,
@@ -401,29 +405,33 @@ pub fn finish_in_namespace() -> Result<(), String> {
         if tree < 0 {
             return Err(os_err("open_tree of the rootfs"));
         }
-        let tree = tree as libc::c_int;
+        let tree = OwnedFd::from_raw_fd(tree as libc::c_int);
+        if libc::unshare(libc::CLONE_FS) != 0 {
+            return Err(os_err("unshare(CLONE_FS)"));
+        }
+        if libc::setns(base.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
+            return Err(os_err("joining the base mount namespace"));
+        }
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(os_err("unshare(CLONE_NEWNS) of the base"));
+        }
         if libc::syscall(
             libc::SYS_move_mount,
-            tree,
+            tree.as_raw_fd(),
             empty.as_ptr(),
             libc::AT_FDCWD,
-            dot.as_ptr(),
+            root.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
         ) != 0
         {
-            return Err(os_err("move_mount of the rootfs clone"));
+            return Err(os_err("move_mount of the rootfs onto the base"));
         }
-        if libc::fchdir(tree) != 0 {
-            return Err(os_err("fchdir into the rootfs clone"));
+        if libc::fchdir(tree.as_raw_fd()) != 0 {
+            return Err(os_err("fchdir into the rootfs"));
         }
-        libc::close(tree);
-        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
-            return Err(os_err("pivot_root"));
-        }
-        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
-            return Err(os_err("detaching the host root"));
+        if libc::chroot(dot.as_ptr()) != 0 {
+            return Err(os_err("chroot into the rootfs"));
         }
     }
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    Ok(())
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
 }

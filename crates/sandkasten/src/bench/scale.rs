@@ -7,7 +7,7 @@
 //! exec `true` back to back for a fixed time: execs per second and the
 //! p50/p99 latency.
 
-use super::{first_command_series, time, Api, Series};
+use super::{first_command_series, phase_means, time, Api, Series};
 use anyhow::Result;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -32,9 +32,21 @@ fn p50s(s: &[Series]) -> Value {
     })
 }
 
+/// Step name to mean milliseconds, for the JSON report.
+fn phase_map(phases: &[(String, f64)]) -> Value {
+    Value::Object(
+        phases
+            .iter()
+            .map(|(n, ms)| (n.clone(), json!(ms)))
+            .collect(),
+    )
+}
+
 /// `--sessions N`: the headline with none and with `sessions` idle ones.
 pub(super) fn sessions(api: &Api, sessions: usize, n: usize, gap: Duration) -> Result<Value> {
+    let p0 = api.cold_phases().unwrap_or_default();
     let empty = first_command_series(api, n, gap)?;
+    let empty_phases = phase_means(&p0, &api.cold_phases().unwrap_or_default());
     let before = mem_available_kb();
     let started = Instant::now();
     let mut ids = Vec::with_capacity(sessions);
@@ -54,7 +66,9 @@ pub(super) fn sessions(api: &Api, sessions: usize, n: usize, gap: Duration) -> R
             api.exec(id, "true")?;
         }
         let after = mem_available_kb();
+        let p1 = api.cold_phases().unwrap_or_default();
         let full = first_command_series(api, n, gap)?;
+        let full_phases = phase_means(&p1, &api.cold_phases().unwrap_or_default());
         let per_session_kb = match (before, after) {
             (Some(b), Some(a)) if sessions > 0 => Some(b.saturating_sub(a) / sessions as u64),
             _ => None,
@@ -70,6 +84,18 @@ pub(super) fn sessions(api: &Api, sessions: usize, n: usize, gap: Duration) -> R
             empty[2].percentile(50.0),
             full[2].percentile(50.0),
         );
+        // Which steps of a cold create grow with the live sessions.
+        println!("create steps (mean ms), with none → with {sessions}:");
+        for (name, ms) in &full_phases {
+            let before = empty_phases
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v);
+            println!(
+                "  {name:<32} {:>7} → {ms:>7.3}",
+                before.map_or("-".to_string(), |v| format!("{v:.3}"))
+            );
+        }
         if let Some(kb) = per_session_kb {
             println!(
                 "host memory per idle session: {:.2} MB (MemAvailable, {sessions} sessions)",
@@ -81,6 +107,8 @@ pub(super) fn sessions(api: &Api, sessions: usize, n: usize, gap: Duration) -> R
             "empty": p50s(&empty),
             "loaded": p50s(&full),
             "loaded_over_empty": ratio,
+            "empty_phases_mean_ms": phase_map(&empty_phases),
+            "loaded_phases_mean_ms": phase_map(&full_phases),
             "host_kb_per_session": per_session_kb,
         }))
     })();
