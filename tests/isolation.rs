@@ -635,6 +635,40 @@ mod native_only {
     use super::*;
     use std::sync::OnceLock;
 
+    /// Found by an attack on the launch without pivot_root: the sandbox
+    /// init (a fork that never execs) kept the launcher's descriptor of
+    /// the host's /proc, and a dumpable child of the agent handed it to
+    /// the sandbox's root (pidfd_getfd), who could then list every host
+    /// process. The init now holds nothing of the host's procfs.
+    #[test]
+    fn the_sandbox_init_holds_no_descriptor_of_the_hosts_proc() {
+        require_native("the sandbox init's descriptors");
+        use std::os::unix::fs::MetadataExt;
+        let d = Daemon::start(None);
+        let id = d.new_session();
+        assert_eq!(d.sh(&id, "echo ok"), "ok\n");
+        let init = sandbox_init_pid(&id).expect("the sandbox init");
+        let host_proc = std::fs::metadata("/proc").unwrap().dev();
+        let mut seen = 0;
+        for e in std::fs::read_dir(format!("/proc/{init}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            seen += 1;
+            let Ok(m) = std::fs::metadata(e.path()) else {
+                continue;
+            };
+            assert_ne!(
+                m.dev(),
+                host_proc,
+                "fd {:?} of the sandbox init is the host's procfs ({:?})",
+                e.file_name(),
+                std::fs::read_link(e.path())
+            );
+        }
+        assert!(seen >= 3, "the init's descriptors were read ({seen})");
+    }
+
     /// `tests/budgets/hold.c`, built once per test process.
     fn hold_binary() -> &'static [u8] {
         static HOLD: OnceLock<Vec<u8>> = OnceLock::new();

@@ -832,6 +832,8 @@ unsafe fn fork_process(plan: &ChildPlan) -> io::Result<libc::pid_t> {
                 fail();
             }
         }
+        // Nothing of the agent's stays open (see `sys::become_user`).
+        sys::close_fds_except(&[plan.err_w]);
         if !sys::become_user(plan.uid, plan.gid, plan.nproc) {
             fail();
         }

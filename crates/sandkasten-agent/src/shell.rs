@@ -1327,6 +1327,9 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
                 fail();
             }
         }
+        // Nothing of the agent's stays open (see `sys::become_user`).
+        let text_fd = plan.text.map_or(-1, |(_, fd)| fd);
+        sys::close_fds_except(&[plan.status_fd, text_fd, plan.err_w]);
         if !sys::become_user(plan.uid, plan.gid, plan.nproc) {
             fail();
         }

@@ -148,6 +148,27 @@ pub unsafe fn reset_signals() {
     }
 }
 
+/// Closes every descriptor above 2 but those in `keep` (in any order).
+/// Async-signal-safe (no allocation): for forked children and the sandbox
+/// init, which never exec or must not hold the agent's descriptors while
+/// another process of the sandbox could take them.
+pub fn close_fds_except(keep: &[libc::c_int]) {
+    let mut from: libc::c_int = 3;
+    loop {
+        // The lowest kept descriptor at or above `from`.
+        let next = keep.iter().copied().filter(|&k| k >= from).min();
+        let end = next.map_or(u32::MAX, |k| (k as u32).wrapping_sub(1));
+        if next != Some(from) {
+            // SAFETY: closing descriptors the caller does not keep.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, end, 0u32) };
+        }
+        match next {
+            Some(k) => from = k + 1,
+            None => return,
+        }
+    }
+}
+
 /// In a forked child: umask, OOM score, RLIMIT_NPROC, then the switch to
 /// `uid`/`gid` (`None`: kept). `false` on a failure, errno set.
 ///
@@ -161,11 +182,16 @@ pub unsafe fn become_user(uid: Option<u32>, gid: Option<u32>, nproc: Option<u64>
         // choice (+500), so a memory hog dies rather than the agent (PID 1,
         // at 0, whose floor of 0 they inherit: they may lower their score
         // back to 0, never below). Raising a score needs no privilege.
-        // The agent is not dumpable, so neither is this child until exec,
-        // and its /proc files are out of reach; exec resets this anyway.
+        // The agent is not dumpable, so neither is this child, and its
+        // /proc files are out of reach: dumpable just for the write, then
+        // not again until exec (which decides it anew). A dumpable child
+        // before exec still holds the agent's descriptors (close-on-exec
+        // only at exec), and a process of the sandbox's root could take
+        // them (ptrace, pidfd_getfd).
         libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         let oom = c"/proc/self/oom_score_adj";
         let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         if fd >= 0 {
             libc::write(fd, b"500".as_ptr().cast(), 3);
             libc::close(fd);

@@ -260,6 +260,16 @@ fn launch(opts: &SpawnRequest) -> Result<LaunchReport, String> {
     if pid == 0 {
         drop(go_wr);
         drop(ready_rd);
+        // The sandbox init never execs, so close-on-exec never fires: it
+        // keeps exactly its stdio, the agent socket and the two pipes.
+        // (The host's /proc above, left open here, was a way out: a
+        // dumpable process of the sandbox's root could take it.)
+        drop(proc_dir);
+        crate::sys::close_fds_except(&[
+            listener.as_raw_fd(),
+            go_rd.as_raw_fd(),
+            ready_wr.as_raw_fd(),
+        ]);
         child(spec, listener, go_rd, ready_wr);
     }
     // Back to root (the saved uid) to write the maps and join cgroups.
