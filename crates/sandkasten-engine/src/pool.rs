@@ -2,9 +2,11 @@
 //! (ephemeral `/workspace`, default limits) ready to become sessions.
 //!
 //! - **Fill.** One loop per image keeps `idle + in_flight` at the target.
-//!   It wakes on events only: a claim over (a taken sandbox promoted, put
-//!   back or discarded: not at the take, so that a refill never competes
-//!   with the claim for CPU), a sandbox discarded or filled, or the next
+//!   It wakes on events only: a claim over (a taken sandbox put back or
+//!   discarded; promoted, once the new session's first exec has answered
+//!   or [`REFILL_GRACE`] has passed, whichever comes first: never at the
+//!   take, so that a refill competes neither with the claim nor with the
+//!   first command for CPU), a sandbox discarded or filled, or the next
 //!   idle deadline. Fills across all images share a small semaphore,
 //!   so refills never take every core from live requests; a failing image
 //!   backs off exponentially (the error is kept for `GET /v1/pool`).
@@ -42,6 +44,9 @@ use tokio_util::sync::CancellationToken;
 /// (a live one answers in well under a millisecond; a create must never be
 /// much slower than a cold one because of a stuck pooled sandbox).
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a promoted sandbox's refill waits at most for the session's
+/// first exec (a session that runs none does not hold the pool back).
+pub(crate) const REFILL_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -106,6 +111,21 @@ pub(crate) struct Taken {
     pool: Arc<Pool>,
     image: Arc<ImagePool>,
     warm: Option<Warm>,
+    /// Promoted: the [`RefillGate`] wakes the fill loop, not the drop.
+    promoted: bool,
+}
+
+/// Wakes its image's fill loop when dropped: the session a pooled sandbox
+/// became holds it until its first exec has answered (or
+/// [`REFILL_GRACE`]), so that the refill does not slow that exec down.
+pub(crate) struct RefillGate {
+    image: Arc<ImagePool>,
+}
+
+impl Drop for RefillGate {
+    fn drop(&mut self) {
+        self.image.wake.notify_one();
+    }
 }
 
 impl Taken {
@@ -119,12 +139,13 @@ impl Taken {
     }
 
     /// Turns its pool record into the session `record` (one transaction)
-    /// and counts the hit; on failure the sandbox is destroyed.
+    /// and counts the hit; on failure the sandbox is destroyed. The gate
+    /// starts the refill when dropped.
     pub(crate) async fn promote(
         mut self,
         record: SessionRecord,
         started: Instant,
-    ) -> Result<(SandboxHandle, AgentClient), EngineError> {
+    ) -> Result<(SandboxHandle, AgentClient, RefillGate), EngineError> {
         match self
             .pool
             .db
@@ -135,7 +156,11 @@ impl Taken {
                 self.image.record_hit(started.elapsed());
                 self.pool.acquire_hist.observe(started.elapsed());
                 let w = self.take_warm();
-                Ok((w.handle, w.agent))
+                self.promoted = true;
+                let gate = RefillGate {
+                    image: self.image.clone(),
+                };
+                Ok((w.handle, w.agent, gate))
             }
             Err(e) => {
                 self.discard().await;
@@ -166,9 +191,12 @@ impl Drop for Taken {
             self.image.discarded.fetch_add(1, Ordering::Relaxed);
             self.pool.destroy_warm(w);
         }
-        // The refill starts once the claim is over (promoted, put back or
-        // discarded), so that it never competes with the claim for CPU.
-        self.image.wake.notify_one();
+        // The refill starts once the claim is over (put back or discarded;
+        // promoted: when the session drops its gate), so that it never
+        // competes with the claim for CPU.
+        if !self.promoted {
+            self.image.wake.notify_one();
+        }
     }
 }
 
@@ -563,6 +591,7 @@ impl Pool {
                         pool: self.clone(),
                         image: p,
                         warm: Some(w),
+                        promoted: false,
                     });
                 }
                 Err(_) => {

@@ -95,6 +95,9 @@ struct Acquired {
     mount: Option<MountGuard>,
     /// The network policy in force.
     network: NetworkPolicy,
+    /// A pooled sandbox's refill, held until the first exec (see
+    /// [`crate::pool::RefillGate`]).
+    refill: Option<crate::pool::RefillGate>,
 }
 
 impl Engine {
@@ -477,6 +480,9 @@ impl Engine {
             acquired.sandbox,
         );
         let info = session.info();
+        if let Some(gate) = acquired.refill {
+            session.hold_refill(gate);
+        }
         self.register(session, queue);
         // Listed now: the session holds its workspace from here on.
         drop(acquired.mount);
@@ -755,7 +761,7 @@ impl Engine {
                     record.acquire_source = AcquireSource::Pool;
                     record.pid = t.warm().handle.pid;
                     record.pid_start_time = t.warm().handle.start_time;
-                    let (handle, agent) = t.promote(record.clone(), started).await?;
+                    let (handle, agent, refill) = t.promote(record.clone(), started).await?;
                     phases.end("store: promote");
                     let phases = phases.list;
                     tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
@@ -770,6 +776,7 @@ impl Engine {
                         source: AcquireSource::Pool,
                         mount,
                         network: v.network,
+                        refill: Some(refill),
                     });
                 }
                 Err(e) => {
@@ -791,6 +798,7 @@ impl Engine {
             source: AcquireSource::Cold,
             mount,
             network: v.network,
+            refill: None,
         })
     }
 
@@ -1323,6 +1331,8 @@ impl Engine {
                             }
                             self.inner.counters.exec.observe(started.elapsed());
                             self.inner.db.record_activity(&s.id, s.set_cwd(&d.cwd));
+                            // The pool may refill now (a pooled session's first exec).
+                            s.release_refill();
                             let _ = tx.send(ExecEvent::Done {
                                 exit_code: d.exit_code,
                                 cwd: d.cwd,

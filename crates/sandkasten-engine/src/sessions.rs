@@ -87,6 +87,9 @@ pub(crate) struct Session {
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
     /// The exec queue (see the module doc).
     execs: mpsc::UnboundedSender<ExecJob>,
+    /// Held from a pooled create until the first exec has answered (or
+    /// `pool::REFILL_GRACE`): dropping it starts the pool's refill.
+    refill: Mutex<Option<crate::pool::RefillGate>>,
 }
 
 /// A session's activity as persisted: its expiry and cwd, with the TTL
@@ -155,8 +158,28 @@ impl Session {
             }),
             lifecycle: tokio::sync::Mutex::new(()),
             execs,
+            refill: Mutex::new(None),
         });
         (s, queue)
+    }
+
+    /// Keeps a pooled create's refill back until the first exec has
+    /// answered, at most `pool::REFILL_GRACE`.
+    pub(crate) fn hold_refill(self: &Arc<Self>, gate: crate::pool::RefillGate) {
+        *self.refill.lock().unwrap() = Some(gate);
+        let s = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::pool::REFILL_GRACE).await;
+            if let Some(s) = s.upgrade() {
+                s.release_refill();
+            }
+        });
+    }
+
+    /// Lets the pool refill (a no-op after the first time).
+    pub(crate) fn release_refill(&self) {
+        let gate = self.refill.lock().unwrap().take();
+        drop(gate);
     }
 
     pub(crate) fn info(&self) -> SessionInfo {
