@@ -10,7 +10,9 @@
 //! - **Room for authenticated work.** A new connection is always accepted
 //!   while one of the not-yet-authenticated connections is idle: the oldest
 //!   idle one is closed to make room (accept order, so a client that
-//!   connects and sends its request at once is the last in line). Only when
+//!   connects and sends its request at once is the last in line; one whose
+//!   request waits unread in its socket, because the daemon was too busy to
+//!   read it yet, is not idle). Only when
 //!   every connection of the class that is full is in the middle of a
 //!   request is the new one refused, with a 503 written to the socket and
 //!   the socket closed. A connection that has sent an authenticated request
@@ -175,6 +177,9 @@ pub(crate) struct Conn {
     /// Set by the acceptor to make room: close when idle, or after the
     /// request in flight.
     evict: Notify,
+    /// The socket's descriptor (-1 until set), to see whether a request
+    /// has arrived that the connection's task has not read yet.
+    fd: std::sync::atomic::AtomicI32,
 }
 
 impl Conn {
@@ -188,11 +193,27 @@ impl Conn {
             head_started: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             evict: Notify::new(),
+            fd: std::sync::atomic::AtomicI32::new(-1),
         }
     }
 
     fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Bytes wait in the socket that its task has not read: a client sent
+    /// its request while the daemon was too busy to run that task. Such a
+    /// connection is not idle; evicted, its request would go unanswered.
+    fn has_unread_bytes(&self) -> bool {
+        let fd = self.fd.load(Ordering::Relaxed);
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: the descriptor is the socket's while the connection is
+        // in the table (a stale number after its close only misleads this
+        // choice: FIONREAD reads a count and changes nothing).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::io::ioctl_fionread(fd).is_ok_and(|n| n > 0)
     }
 
     /// Moves the connection to the authenticated class (once).
@@ -316,7 +337,10 @@ impl Table {
 }
 
 fn oldest_idle(conns: &BTreeMap<u64, Arc<Conn>>) -> Option<u64> {
-    conns.values().find(|c| !c.is_busy()).map(|c| c.id)
+    conns
+        .values()
+        .find(|c| !c.is_busy() && !c.has_unread_bytes())
+        .map(|c| c.id)
 }
 
 /// The table, behind a lock held only for table operations (never across an
@@ -796,6 +820,8 @@ async fn serve_registry(
                 }
                 match admitted {
                     Some(conn) => {
+                        conn.fd
+                            .store(std::os::fd::AsRawFd::as_raw_fd(&stream), Ordering::Relaxed);
                         let _ = stream.set_nodelay(true);
                         tracker.spawn(run_conn(
                             stream,
