@@ -2,15 +2,15 @@
 //! PID 1 of every sandbox.
 //!
 //! Modes:
-//! - `sandkasten-agent init [--base-ns PATH]`: read a [`LaunchSpec`]
-//!   (JSON) on stdin, build the sandbox (namespaces, mounts, cgroups,
-//!   seccomp), print a [`LaunchReport`] on stdout and serve the daemon as
-//!   the sandbox's PID 1. See `init/`.
 //! - `sandkasten-agent base-ns`: build the mount namespace that sandboxes'
 //!   namespaces are copied from (an empty read-only root), print `ok` and
 //!   wait for stdin to close. See `init/basens.rs`.
-//! - `sandkasten-agent spawner`: fork a launcher (the `init` mode) for each
-//!   request on the socket at stdin. See `spawner.rs`.
+//! - `sandkasten-agent spawner`: for each request on the socket at stdin,
+//!   fork a launcher (shown as `sandkasten-agent init`): it reads a
+//!   [`LaunchSpec`] (JSON) on stdin, builds the sandbox (namespaces,
+//!   mounts, cgroups, seccomp), prints a [`LaunchReport`] on stdout, and its
+//!   child serves the daemon as the sandbox's PID 1. See `spawner.rs` and
+//!   `init/`.
 //! - `sandkasten-agent container --socket PATH --config PATH`: PID 1 of a
 //!   container of the docker runtime; the engine built the sandbox, this
 //!   mode adds seccomp and serves. See `container.rs`. On a remote engine
@@ -54,7 +54,6 @@ fn main() -> ExitCode {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("init") => init::run(),
         Some("base-ns") => init::run_base_ns(),
         Some("spawner") => spawner::run(),
         Some("container") => container::run(&args),
@@ -111,7 +110,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: sandkasten-agent init --base-ns PATH | base-ns | spawner | container --socket PATH --config PATH | relay --socket PATH | serve --socket PATH | version");
+            eprintln!("usage: sandkasten-agent base-ns | spawner | container --socket PATH --config PATH | relay --socket PATH | serve --socket PATH | version");
             ExitCode::from(2)
         }
     }

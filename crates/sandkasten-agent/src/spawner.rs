@@ -1,4 +1,5 @@
-//! `sandkasten-agent spawner`: forks the launchers of new sandboxes.
+//! `sandkasten-agent spawner`: forks the launchers of new sandboxes (see
+//! `init/`).
 //!
 //! The daemon holds a descriptor for every live sandbox, and a process it
 //! spawns pays for its descriptor table twice (the copy at `clone`, the
@@ -128,14 +129,13 @@ fn fork_launcher(req: &SpawnRequest, stdio: [RawFd; 3]) -> Result<(i32, RawFd), 
             }
         }
         retitle_as_init();
-        let code = crate::init::run_with(req);
+        let code = crate::init::run(req);
         std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
     }
     Ok((pid, pidfd))
 }
 
-/// Makes this process's command line `sandkasten-agent init`, as an
-/// executed launcher's (and so the sandbox's PID 1, which shares it): the
+/// Makes this process's command line `sandkasten-agent init` (and so the sandbox's PID 1, which shares it): the
 /// name operators and tools look for. The argument area
 /// (`sandkasten-agent\0spawner\0`) is rewritten in place and the rest
 /// zeroed; readers of `/proc/PID/cmdline` drop trailing empty arguments

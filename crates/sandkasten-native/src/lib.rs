@@ -63,6 +63,7 @@ use sandkasten_runtime::{
     SandboxStats, WorkspaceMount, SANDBOX_UID,
 };
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -292,8 +293,8 @@ impl NativeRuntime {
                     .map_err(|e| RuntimeError::StartFailed(format!("encoding the cgroups: {e}")))?;
                 line.push(b'\n');
                 // A few hundred bytes into an empty pipe: never blocks.
-                let stdin = launcher.stdin.as_ref().expect("stdin is set");
-                std::fs::File::from(stdin.try_clone().map_err(RuntimeError::io_ctx("dup"))?)
+                let mut stdin = launcher.stdin.as_ref().expect("stdin is set");
+                stdin
                     .write_all(&line)
                     .map_err(RuntimeError::io_ctx("sending the cgroups"))?;
                 Ok((launcher, cgroups_us, started.elapsed().as_micros() as u64))
@@ -315,9 +316,9 @@ impl NativeRuntime {
         let json = serde_json::to_vec(&launch)
             .map_err(|e| RuntimeError::StartFailed(format!("encoding the launch spec: {e}")))?;
         let pipe_err = |what: &'static str| RuntimeError::io_ctx(what);
-        let mut stdin = tokio::net::unix::pipe::Sender::from_owned_fd(
+        let mut stdin = tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(
             launcher.stdin.take().expect("stdin is set"),
-        )
+        ))
         .map_err(pipe_err("the launcher's stdin"))?;
         stdin
             .write_all(&json)

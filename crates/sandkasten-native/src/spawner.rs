@@ -43,7 +43,7 @@ impl Drop for Conn {
 /// [`Launcher::finished`], it is killed (a cancelled create).
 pub(crate) struct Launcher {
     pidfd: Option<OwnedFd>,
-    pub stdin: Option<OwnedFd>,
+    pub stdin: Option<std::fs::File>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
 }
@@ -113,7 +113,7 @@ impl Spawner {
                 Ok(Answer::Started(pidfd)) => {
                     return Ok(Launcher {
                         pidfd: Some(pidfd),
-                        stdin: Some(in_w),
+                        stdin: Some(in_w.into()),
                         stdout: Some(out_r),
                         stderr: Some(err_r),
                     })

@@ -22,46 +22,12 @@
 //! daemon opens `/proc/PID/ns/mnt`; the namespace lives as long as the
 //! daemon holds that descriptor.
 
+use super::mounts::{ensure_dir, mount};
 use super::os_err;
 use std::ffi::CString;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
-
-fn c(s: &str) -> CString {
-    CString::new(s).expect("no NUL")
-}
-
-/// `mount(2)` with string arguments; `None` for null.
-fn mount(
-    src: Option<&str>,
-    target: &str,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> Result<(), String> {
-    let (src_c, target_c) = (src.map(c), c(target));
-    let (fstype_c, data_c) = (fstype.map(c), data.map(c));
-    // SAFETY: valid NUL-terminated strings or null pointers.
-    let rc = unsafe {
-        libc::mount(
-            src_c.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            target_c.as_ptr(),
-            fstype_c.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            flags,
-            data_c
-                .as_ref()
-                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
-        )
-    };
-    if rc != 0 {
-        return Err(os_err(format!("mounting on {target}")));
-    }
-    Ok(())
-}
-
-fn mkdir(p: &str) -> Result<(), String> {
-    std::fs::create_dir(p).map_err(|e| format!("creating {p}: {e}"))
-}
 
 /// Builds the namespace in this process.
 fn build() -> Result<(), String> {
@@ -70,29 +36,36 @@ fn build() -> Result<(), String> {
         return Err(os_err("unshare(CLONE_NEWNS)"));
     }
     let noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let p = Path::new;
+    mount(None, p("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     // Any directory of the host will do as the mount point: this
     // namespace's mounts are private, and the host keeps its `/tmp`.
     mount(
-        Some("sandkasten-base"),
-        "/tmp",
+        Some(p("sandkasten-base")),
+        p("/tmp"),
         Some("tmpfs"),
         noexec,
         Some("size=64k,mode=0755"),
     )?;
-    for d in ["/tmp/hidden", "/tmp/hidden/proc", "/tmp/old"] {
-        mkdir(d)?;
+    for d in ["/tmp/hidden/proc", "/tmp/old"] {
+        ensure_dir(p(d))?;
     }
-    mount(Some("proc"), "/tmp/hidden/proc", Some("proc"), noexec, None)?;
     mount(
-        Some("sandkasten-cover"),
-        "/tmp/hidden",
+        Some(p("proc")),
+        p("/tmp/hidden/proc"),
+        Some("proc"),
+        noexec,
+        None,
+    )?;
+    mount(
+        Some(p("sandkasten-cover")),
+        p("/tmp/hidden"),
         Some("tmpfs"),
         noexec | libc::MS_RDONLY,
         Some("size=4k,mode=0555"),
     )?;
     std::env::set_current_dir("/tmp").map_err(|e| format!("chdir: {e}"))?;
-    let (dot, old) = (c("."), c("old"));
+    let (dot, old) = (CString::new(".").unwrap(), CString::new("old").unwrap());
     // SAFETY: valid NUL-terminated strings.
     unsafe {
         if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) != 0 {
@@ -105,7 +78,7 @@ fn build() -> Result<(), String> {
     std::fs::remove_dir("/old").map_err(|e| format!("removing /old: {e}"))?;
     mount(
         None,
-        "/",
+        p("/"),
         None,
         libc::MS_REMOUNT | libc::MS_RDONLY | noexec,
         None,

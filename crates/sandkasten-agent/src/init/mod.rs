@@ -1,8 +1,9 @@
-//! `sandkasten-agent init`: builds one sandbox and becomes its PID 1.
+//! The launcher: builds one sandbox, whose PID 1 it forks.
 //!
-//! The daemon starts this binary as host root with a [`CgroupJoin`] (the
-//! session's CPU quota and `cgroup.procs` files) as stdin's first line,
-//! then a [`LaunchSpec`]. Steps, in this process (the *launcher*):
+//! The spawner (`spawner.rs`) forks it as host root for each
+//! [`SpawnRequest`], with a [`CgroupJoin`] (the session's CPU quota and
+//! `cgroup.procs` files) as stdin's first line, then a [`LaunchSpec`].
+//! Steps, in this process (the *launcher*):
 //!
 //! 1. Bind the agent socket (in a root-only host directory) before any
 //!    namespace exists; the sandbox's PID 1 inherits the listening fd, and
@@ -20,7 +21,7 @@
 //!    (stdin's first line names them, before the spec; that write waits
 //!    for an RCU grace period without `favordynmods`, so it overlaps the
 //!    rest), joined before the clone. Then it clones the assembled tree, joins a private copy of
-//!    the base mount namespace (`--base-ns PATH`: an empty read-only root,
+//!    the base mount namespace (`SpawnRequest::base_ns`: an empty read-only root,
 //!    see `basens.rs`), stacks the tree on that root and `chroot`s into it
 //!    (no `pivot_root`, whose cost grows with the host's thread count).
 //! 3. `clone` the child, born in those cgroups, into new user, mount, pid,
@@ -33,6 +34,7 @@
 //! 5. The launcher prints a [`LaunchReport`] and exits, so the sandbox does
 //!    not depend on the daemon's process tree and survives its restart.
 //!
+//! [`SpawnRequest`]: sandkasten_protocol::SpawnRequest
 //! [`CgroupJoin`]: sandkasten_protocol::CgroupJoin
 //! [`LaunchSpec`]: sandkasten_protocol::LaunchSpec
 //! [`LaunchReport`]: sandkasten_protocol::LaunchReport
@@ -60,28 +62,8 @@ pub fn run_base_ns() -> ExitCode {
     basens::run()
 }
 
-/// `sandkasten-agent init --base-ns PATH [--t0 NS]`: the launcher,
-/// executed (the spawner forks it instead: [`run_with`]).
-pub fn run() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let Some(base_ns) = arg("--base-ns") else {
-        eprintln!("sandkasten-agent init: missing --base-ns PATH (the mount namespace sandboxes are copied from)");
-        return ExitCode::from(1);
-    };
-    run_with(&SpawnRequest {
-        base_ns,
-        t0_ns: arg("--t0").and_then(|v| v.parse().ok()).unwrap_or(0),
-    })
-}
-
 /// The launcher with these options; prints the report or the error.
-pub fn run_with(opts: &SpawnRequest) -> ExitCode {
+pub fn run(opts: &SpawnRequest) -> ExitCode {
     match launch(opts) {
         Ok(report) => {
             println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -11,7 +11,7 @@ fn cstr(p: &Path) -> Result<CString, String> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path with NUL: {}", p.display()))
 }
 
-fn mount(
+pub(super) fn mount(
     src: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
@@ -53,7 +53,7 @@ fn inside(rootfs: &Path, target: &str) -> PathBuf {
     rootfs.join(target.trim_start_matches('/'))
 }
 
-fn ensure_dir(p: &Path) -> Result<(), String> {
+pub(super) fn ensure_dir(p: &Path) -> Result<(), String> {
     std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))
 }
 
