@@ -553,10 +553,18 @@ fn check_after_restart(d: &Daemon, model: &Mutex<Model>, round: usize) {
     }
 
     // The store agrees with what runs, once the pool is full again.
+    let waited = Instant::now();
     let full = wait_for(Duration::from_secs(30), || {
         let p = pool_state(d);
         p["idle"] == POOL as u64 && p["in_flight"] == 0
     });
+    if waited.elapsed() > Duration::from_secs(5) {
+        eprintln!(
+            "round {round}: the pool took {:?} to refill; the daemons' warnings:\n{}",
+            waited.elapsed(),
+            daemon_warnings(&d.home)
+        );
+    }
     if !full {
         problems.push(format!("the pool did not refill: {}", pool_state(d)));
     }
@@ -757,7 +765,10 @@ fn sigkill_at_random_points_under_mixed_traffic_loses_nothing_and_leaks_nothing(
                 findings.join("\n  ")
             );
         }
-        eprintln!("round {round}: killed after {kill_after:?}");
+        eprintln!(
+            "round {round}: killed after {kill_after:?} ({:?} into the test)",
+            started.elapsed()
+        );
         // Every third round, on average, the next start is killed too, in
         // its recovery or its first pool fills.
         if rng.below(3) == 0 {
@@ -788,9 +799,11 @@ fn sigkill_at_random_points_under_mixed_traffic_loses_nothing_and_leaks_nothing(
         let r = d.del(&format!("/v1/workspaces/{ws}"));
         assert!(
             r.status == 200 || r.status == 404,
-            "deleting workspace {ws}: {} {}",
+            "deleting workspace {ws}: {} {}\n{}\n{}",
             r.status,
-            r.text
+            r.text,
+            workspace_holders(&d.home, ws),
+            daemon_warnings(&d.home)
         );
     }
     assert!(

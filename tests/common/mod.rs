@@ -735,6 +735,83 @@ pub fn workspace_on_host(home: &DataDir, ws: &str) -> bool {
     }
 }
 
+/// The warnings and errors of every daemon run on `home` (for a failure
+/// message), each prefixed with its log's name.
+pub fn daemon_warnings(home: &DataDir) -> String {
+    let mut logs: Vec<PathBuf> = fs::read_dir(&home.root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".stderr.log"))
+        .collect();
+    logs.sort();
+    let mut out = String::new();
+    for p in logs {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for l in fs::read_to_string(&p).unwrap_or_default().lines() {
+            if l.contains(" WARN ") || l.contains(" ERROR ") {
+                out.push_str(&format!("{name}: {l}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Who still mounts native image workspace `ws` (for a failure message):
+/// its loop device and every host process whose mount table lists it,
+/// with its command and cgroup. A detached mount held by a descriptor
+/// shows no mount table line; "no process mounts it" then.
+pub fn workspace_holders(home: &DataDir, ws: &str) -> String {
+    let img = home.data.join("workspaces").join(format!("{ws}.img"));
+    let img = fs::canonicalize(&img).unwrap_or(img);
+    let mut out = Vec::new();
+    for e in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(backing.trim()) != img {
+            continue;
+        }
+        let dev = fs::read_to_string(e.path().join("dev")).unwrap_or_default();
+        let dev = dev.trim().to_string();
+        out.push(format!("{name} ({dev}) is attached"));
+        for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = p.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let mounts = fs::read_to_string(p.path().join("mountinfo")).unwrap_or_default();
+            let lines: Vec<&str> = mounts
+                .lines()
+                .filter(|l| l.split(' ').nth(2) == Some(dev.as_str()))
+                .collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            let cgroup = fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
+            out.push(format!(
+                "pid {pid} ({}) in {:?} mounts it: {lines:?}",
+                comm.trim(),
+                cgroup.lines().next().unwrap_or("")
+            ));
+        }
+    }
+    if out.is_empty() {
+        return format!("no loop device backs {}", img.display());
+    }
+    if out.len() == 1 {
+        out.push("no process mounts it".into());
+    }
+    out.join("\n")
+}
+
 /// What of session `id`'s sandbox is still on the host; empty when it is
 /// destroyed completely. Native: processes, cgroups, the session dir,
 /// host mounts naming it. Docker: processes, the container, the run dir,

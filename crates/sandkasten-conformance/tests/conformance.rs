@@ -375,9 +375,13 @@ async fn suite_processes(rt: &dyn Runtime, env: &Env) {
     assert_eq!((o.as_str(), code, sig), ("", 143, Some(15)));
     // A killed sleep that PID 1 has not reaped yet is a zombie: dead, so
     // not counted (its reaping is asynchronous to the group's signal).
-    let sleeps = "for d in /proc/[0-9]*; do read n < $d/comm 2>/dev/null && [ \"$n\" = sleep ] || continue; \
+    // gVisor delivers the group's signal to each task on its own, so the
+    // sleep may end a moment after sh: it is given up to 5 s to, and
+    // one still alive then is printed.
+    let sleeps = "live() { for d in /proc/[0-9]*; do read n < $d/comm 2>/dev/null && [ \"$n\" = sleep ] || continue; \
                   st=; while read k v r; do [ \"$k\" = State: ] && st=$v; done < $d/status 2>/dev/null; \
-                  [ \"$st\" = Z ] || echo $d; done; echo none";
+                  [ \"$st\" = Z ] || echo $d; done; }; \
+                  i=0; while [ -n \"$(live)\" ] && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.05; done; live; echo none";
     assert_eq!(ok(a, sleeps).await, "none\n");
 
     // A PTY: one stream, a terminal of the asked size, resizable.
