@@ -583,6 +583,11 @@ fn check_after_restart(d: &Daemon, model: &Mutex<Model>, round: usize) {
              pool entries {pool_rows:?}"
         ));
     }
+    // A killed daemon dies whole: nothing it forked lives on with its
+    // descriptors (the store's locks, loop devices, workspace mounts).
+    for p in daemon_processes_of(&d.home, Some(d.pid())) {
+        problems.push(format!("a process of a killed daemon still runs: {p}"));
+    }
     for id in listed_now.difference(&host) {
         problems.push(format!("listed session {id} has no sandbox on the host"));
     }
@@ -622,6 +627,36 @@ fn agent_inits_of(home: &DataDir) -> Vec<i32> {
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
         if mounts.contains(&root) {
             out.push(pid);
+        }
+    }
+    out
+}
+
+/// Processes of daemons on this data dir (their command line names its
+/// config) other than `live` and its children: what a killed daemon left
+/// running (a helper it forked, holding its descriptors).
+fn daemon_processes_of(home: &DataDir, live: Option<i32>) -> Vec<String> {
+    let root = home.root.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // The live daemon and the helpers it has right now.
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("PPid:")
+                    .and_then(|v| v.trim().parse::<i32>().ok())
+            });
+        if live.is_some() && (Some(pid) == live || ppid == live) {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" serve ") && cmd.contains(&root) {
+            out.push(format!("{pid} ({cmd})"));
         }
     }
     out
@@ -667,6 +702,10 @@ fn leftovers(home: &DataDir, seen: &BTreeSet<String>, prefix: Option<&str>) -> V
         if !inits.is_empty() {
             left.push(format!("sandkasten-agent init processes {inits:?}"));
         }
+    }
+    let daemons = daemon_processes_of(home, None);
+    if !daemons.is_empty() {
+        left.push(format!("processes of stopped daemons {daemons:?}"));
     }
     let mounts = mountinfo_lines_containing(&home.root.to_string_lossy());
     if !mounts.is_empty() {
@@ -785,8 +824,30 @@ fn sigkill_at_random_points_under_mixed_traffic_loses_nothing_and_leaks_nothing(
             }
             eprintln!("round {round}: the next start killed after {during_start:?}");
         }
+        // A start and its checks take a second or two; one that takes far
+        // longer is reported while it hangs.
+        let (done, watched) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if watched.recv_timeout(Duration::from_secs(15)).is_err() {
+                eprintln!(
+                    "round {round}: the start and its checks still run after 15 s:\n{}",
+                    sandkasten_processes()
+                );
+            }
+        });
+        let restarted = Instant::now();
         d = start(&home);
+        let started_in = restarted.elapsed();
         check_after_restart(&d, &model, round);
+        let _ = done.send(());
+        let _ = watchdog.join();
+        if restarted.elapsed() > Duration::from_secs(15) {
+            eprintln!(
+                "round {round}: the start took {started_in:?}, its checks {:?}; {}",
+                restarted.elapsed() - started_in,
+                keep_logs(&home),
+            );
+        }
     }
 
     // The end: destroy everything through the API, stop, and look for

@@ -780,11 +780,35 @@ pub fn workspace_holders(home: &DataDir, ws: &str) -> String {
         }
         let dev = fs::read_to_string(e.path().join("dev")).unwrap_or_default();
         let dev = dev.trim().to_string();
-        out.push(format!("{name} ({dev}) is attached"));
+        // A btrfs filesystem lists its devices while it is mounted (a
+        // detached mount included).
+        let mounted = fs::read_dir("/sys/fs/btrfs")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|f| f.path().join("devices").join(&name).exists());
+        out.push(format!(
+            "{name} ({dev}) is attached; its btrfs is {}",
+            if mounted { "mounted" } else { "not mounted" }
+        ));
+        let dev_path = PathBuf::from(format!("/dev/{name}"));
         for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
             let pid = p.file_name().to_string_lossy().into_owned();
             if !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
+            }
+            let opened = fs::read_dir(p.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|f| fs::read_link(f.path()).is_ok_and(|t| t == dev_path))
+                .count();
+            if opened > 0 {
+                let cmd = fs::read(p.path().join("cmdline")).unwrap_or_default();
+                out.push(format!(
+                    "pid {pid} ({}) has {opened} descriptor(s) of it",
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                ));
             }
             let mounts = fs::read_to_string(p.path().join("mountinfo")).unwrap_or_default();
             let lines: Vec<&str> = mounts
@@ -807,7 +831,70 @@ pub fn workspace_holders(home: &DataDir, ws: &str) -> String {
         return format!("no loop device backs {}", img.display());
     }
     if out.len() == 1 {
-        out.push("no process mounts it".into());
+        out.push("no process mounts it or has it open".into());
+    }
+    out.push(keep_logs(home));
+    out.join("\n")
+}
+
+/// Copies the daemons' logs of `home` to a directory that outlives the
+/// test (for a failure message); says where.
+pub fn keep_logs(home: &DataDir) -> String {
+    let to = std::env::temp_dir().join(format!(
+        "sandkasten-failed-{}-{}",
+        std::process::id(),
+        home.root.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = fs::create_dir_all(&to);
+    for e in fs::read_dir(&home.root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".log") {
+            let _ = fs::copy(e.path(), to.join(e.file_name()));
+        }
+    }
+    format!("the daemons' logs are kept in {}", to.display())
+}
+
+/// The state, kernel wait channel and command of every process whose
+/// command line names sandkasten (for a report of a stall).
+pub fn sandkasten_processes() -> String {
+    let mut out = Vec::new();
+    for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains("sandkasten") {
+            continue;
+        }
+        let stat = fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+            .unwrap_or_default();
+        let wchan = fs::read_to_string(p.path().join("wchan")).unwrap_or_default();
+        out.push(format!("{pid} {state} {wchan} {cmd}"));
+        // Where each thread waits in the kernel.
+        for t in fs::read_dir(p.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stack = fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+            let top: Vec<&str> = stack
+                .lines()
+                .take(6)
+                .map(|l| l.split_whitespace().nth(1).unwrap_or(l))
+                .collect();
+            if !top.is_empty() {
+                out.push(format!(
+                    "  thread {}: {}",
+                    t.file_name().to_string_lossy(),
+                    top.join(" < ")
+                ));
+            }
+        }
     }
     out.join("\n")
 }

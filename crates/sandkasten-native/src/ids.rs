@@ -194,6 +194,12 @@ fn os(what: &str) -> io::Error {
 /// (sharing memory and fds, on a stack of its own) waits on a pipe while
 /// the maps are written and the namespace is opened, then exits. Dropping
 /// the value reaps it (the namespace lives on in the fd until then).
+///
+/// The child shares the daemon's descriptor table, so the pipe's write end
+/// is its own too: a daemon killed before closing it would leave the
+/// child waiting forever, and with it every descriptor of the daemon
+/// (loop devices, workspace mounts, the store and its locks). The child
+/// therefore dies with the thread that made it (`PR_SET_PDEATHSIG`).
 pub struct IdmapNs {
     ns: OwnedFd,
     child: libc::pid_t,
@@ -203,18 +209,50 @@ pub struct IdmapNs {
     _stack: Vec<u8>,
 }
 
+/// The child: dies with its parent thread, then waits for the end of the
+/// pipe. `arg` packs the read end (low 32 bits) and the parent's pid.
+/// Raw syscalls only: the child shares the parent's memory and stack
+/// guard, not its thread.
 extern "C" fn wait_for_eof(arg: *mut libc::c_void) -> libc::c_int {
-    let fd = arg as usize as RawFd;
-    let mut b = 0u8;
-    // SAFETY: read into a byte on this stack; the parent closes the write
-    // end, so this returns.
-    unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+    let fd = (arg as usize & 0xffff_ffff) as RawFd;
+    let parent = (arg as usize >> 32) as libc::pid_t;
+    // SAFETY: prctl and getppid take no pointers; the read goes into a
+    // byte on this stack. The parent closes the write end (or dies, and
+    // this child with it), so the read returns.
+    unsafe {
+        libc::syscall(
+            libc::SYS_prctl,
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // The parent died before the signal was asked for.
+        if libc::syscall(libc::SYS_getppid) as libc::pid_t != parent {
+            return 0;
+        }
+        let mut b = 0u8;
+        libc::syscall(
+            libc::SYS_read,
+            fd,
+            (&mut b as *mut u8).cast::<libc::c_void>(),
+            1,
+        );
+    }
     0
 }
 
-impl IdmapNs {
-    /// The namespace of range `k` (`k >= 1`).
-    pub fn new(k: u32) -> io::Result<IdmapNs> {
+/// A child cloned into a new user namespace, its maps not yet written.
+struct Pending {
+    child: libc::pid_t,
+    rd: OwnedFd,
+    wr: OwnedFd,
+    stack: Vec<u8>,
+}
+
+impl Pending {
+    fn clone() -> io::Result<Pending> {
         let mut fds = [0; 2];
         // SAFETY: fds is a valid array of two ints.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -223,12 +261,13 @@ impl IdmapNs {
         // SAFETY: pipe2 returned two fresh fds we now own.
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let mut stack = vec![0u8; 16 * 1024];
+        let arg = (rd.as_raw_fd() as u32 as usize) | ((std::process::id() as usize) << 32);
         // SAFETY: the stack pointer is the (16-byte aligned) top of a
         // buffer that outlives the child (kept in the value, freed after
         // the child is reaped). With CLONE_VM the child shares memory and
-        // runs only `wait_for_eof` (a read of the pipe), which touches
-        // nothing but its own stack; CLONE_FILES shares the fd table, so
-        // closing the write end here ends its read.
+        // runs only `wait_for_eof` (raw syscalls), which touches nothing
+        // but its own stack; CLONE_FILES shares the fd table, so closing
+        // the write end here ends its read.
         let child = unsafe {
             let top = stack.as_mut_ptr().add(stack.len());
             let top = (top as usize & !15) as *mut libc::c_void;
@@ -236,12 +275,30 @@ impl IdmapNs {
                 wait_for_eof,
                 top,
                 libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_NEWUSER | libc::SIGCHLD,
-                rd.as_raw_fd() as usize as *mut libc::c_void,
+                arg as *mut libc::c_void,
             )
         };
         if child < 0 {
             return Err(os("clone of a user namespace for idmapped mounts"));
         }
+        Ok(Pending {
+            child,
+            rd,
+            wr,
+            stack,
+        })
+    }
+}
+
+impl IdmapNs {
+    /// The namespace of range `k` (`k >= 1`).
+    pub fn new(k: u32) -> io::Result<IdmapNs> {
+        let Pending {
+            child,
+            rd,
+            wr,
+            stack,
+        } = Pending::clone()?;
         let made = (|| {
             let map = format!("0 0 1\n{SHARED_BASE} {} {RANGE_SIZE}\n", base(k));
             for file in ["uid_map", "gid_map"] {
@@ -368,6 +425,67 @@ mod tests {
         let slots = Slots::per_sandbox(sessions, 8);
         assert_eq!(slots.acquire("y").unwrap(), 1);
         assert_eq!(slots.of("x"), 3);
+    }
+
+    /// Run as a process of its own by the test below: clones the helper
+    /// child, says its pid, and waits to be killed with the write end open
+    /// (a daemon killed in the middle of `IdmapNs::new`).
+    #[test]
+    #[ignore = "a helper process of the_helper_child_dies_with_a_daemon_killed_mid_way"]
+    fn helper_process_killed_mid_way() {
+        let p = Pending::clone().unwrap();
+        println!("helper-child {}", p.child);
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        drop(p);
+    }
+
+    #[test]
+    fn the_helper_child_dies_with_a_daemon_killed_mid_way() {
+        use std::io::BufRead;
+        let mut maker = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "ids::tests::helper_process_killed_mid_way",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(maker.stdout.take().unwrap()).lines();
+        let child: libc::pid_t = lines
+            .find_map(|l| l.ok()?.split("helper-child ").nth(1)?.trim().parse().ok())
+            .expect("the maker names its helper child");
+        // SAFETY: pidfd_open of the helper (alive: its maker waits).
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child, 0) } as RawFd;
+        assert!(pidfd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: a fresh fd we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        maker.kill().unwrap();
+        maker.wait().unwrap();
+        // The helper ends with its maker: its pidfd becomes readable.
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll of one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        if n != 1 {
+            // SAFETY: SIGKILL through the pidfd of the helper this test made.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
+            };
+        }
+        assert_eq!(n, 1, "the helper child outlived the process that made it");
     }
 
     #[test]
