@@ -1508,9 +1508,9 @@ pub fn kill_sandbox(id: &str) {
 }
 
 /// Where the cgroups of a session may be: cgroup v1 (memory, pids, cpu,
-/// cpuacct hierarchies) and cgroup v2.
+/// cpuacct, freezer hierarchies) and cgroup v2.
 pub fn cgroup_dir_candidates(id: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = ["memory", "pids", "cpu", "cpuacct", "cpu,cpuacct"]
+    let mut v: Vec<PathBuf> = ["memory", "pids", "cpu", "cpuacct", "cpu,cpuacct", "freezer"]
         .iter()
         .map(|c| {
             Path::new("/sys/fs/cgroup")

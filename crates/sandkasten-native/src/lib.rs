@@ -283,6 +283,12 @@ impl NativeRuntime {
         let (id, limits) = (spec.id.clone(), spec.limits.clone());
         let (mut launcher, cgroups_us, spawned_us) = self
             .run("starting a sandbox's launcher", move |s| {
+                // The session directory first: it is what a restart finds
+                // an interrupted create by (`list_sandboxes`), so cgroups
+                // made after it are never left without an owner.
+                let dir = s.session_dir(&id);
+                std::fs::create_dir_all(&dir)
+                    .map_err(RuntimeError::io_ctx(format!("creating {}", dir.display())))?;
                 let join = s.cgroups.create(&id, &limits)?;
                 let cgroups_us = started.elapsed().as_micros() as u64;
                 let launcher = s.spawner.spawn(&SpawnRequest {
