@@ -26,6 +26,20 @@ fn shell_state_persists_between_execs() {
     assert_eq!(v["exit_code"], 0, "{v}");
 }
 
+/// A background job that keeps writing to the terminal of the exec that
+/// started it never reaches a later exec's output, however the exec's end
+/// and the next one's start fall between the agent's reads.
+#[test]
+fn late_output_of_a_background_job_never_reaches_the_next_exec() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for i in 0..60 {
+        d.sh(&id, "(for j in $(seq 1 200); do echo noise; done) &");
+        let v = d.exec(&id, &format!("echo check-{i}"));
+        assert_eq!(v["output"], format!("check-{i}\n"), "exec {i}: {v}");
+    }
+}
+
 #[test]
 fn background_jobs_persist() {
     let d = Daemon::start(None);

@@ -522,14 +522,23 @@ impl Flavor {
 
 /// State shared between an instance, its pump thread and its reaper hook.
 struct Shared {
-    /// The running exec's event queue, if any.
-    sink: Mutex<Option<SyncSender<Event>>>,
+    /// The running exec's event queue and its terminal, if any.
+    sink: Mutex<Option<Sink>>,
     /// Raw wait status once the shell has been reaped.
     exit: Mutex<Option<i32>>,
     /// The terminals whose output the pump reads besides the shell's own.
     ttys: Mutex<Ttys>,
     stop: AtomicBool,
     wake_w: OwnedFd,
+}
+
+/// Where a running exec's events go.
+struct Sink {
+    tx: SyncSender<Event>,
+    /// The exec's terminal: output read from any other (the terminal of an
+    /// exec that has ended, read by the pump just before it did) is not
+    /// this exec's.
+    tty: Arc<OwnedFd>,
 }
 
 /// Terminal masters the pump reads.
@@ -557,11 +566,24 @@ impl Shared {
     }
 
     fn emit(&self, ev: Event) {
-        let tx = lock(&self.sink).clone();
+        let tx = lock(&self.sink).as_ref().map(|s| s.tx.clone());
         if let Some(tx) = tx {
             // Blocks while the exec is behind (backpressure); fails once
             // the exec has finished and dropped its receiver.
             let _ = tx.send(ev);
+        }
+    }
+
+    /// Output read from terminal `from`: to the running exec if it is its
+    /// terminal, else dropped.
+    fn emit_output(&self, from: &Arc<OwnedFd>, data: Vec<u8>) {
+        let tx = lock(&self.sink)
+            .as_ref()
+            .filter(|s| Arc::ptr_eq(&s.tty, from))
+            .map(|s| s.tx.clone());
+        if let Some(tx) = tx {
+            // Blocks while the exec is behind (backpressure).
+            let _ = tx.send(Event::Output(data));
         }
     }
 
@@ -766,7 +788,10 @@ impl Instance {
         }
         let (token, report) = (nonce(), nonce());
         let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
-        *lock(&self.shared.sink) = Some(tx.clone());
+        *lock(&self.shared.sink) = Some(Sink {
+            tx: tx.clone(),
+            tty: tty.master.clone(),
+        });
         self.shared.set_current(Some(tty.master.clone()));
         cancel.attach(tx.clone());
         // If the shell died before the sink was installed, the pump had
@@ -1104,7 +1129,7 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
         let mut current_open = true;
         if let Some(c) = &current {
             if fds[3].revents != 0 {
-                current_open = read_tty(c, &mut buf, Some(shared)) != TtyRead::Closed;
+                current_open = read_tty(c, &mut buf, Some((shared, c))) != TtyRead::Closed;
             }
         }
         // An exec may have installed its terminal while we polled (its
@@ -1161,13 +1186,14 @@ enum TtyRead {
 }
 
 /// One read from a terminal master; the data goes to the running exec when
-/// `to` is given, else it is dropped.
-fn read_tty(master: &OwnedFd, buf: &mut [u8], to: Option<&Shared>) -> TtyRead {
+/// `to` is given (the shared state and this terminal, which must be the
+/// exec's own), else it is dropped.
+fn read_tty(master: &OwnedFd, buf: &mut [u8], to: Option<(&Shared, &Arc<OwnedFd>)>) -> TtyRead {
     // SAFETY: reads into a valid buffer from an owned fd.
     let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n > 0 {
-        if let Some(shared) = to {
-            shared.emit(Event::Output(buf[..n as usize].to_vec()));
+        if let Some((shared, tty)) = to {
+            shared.emit_output(tty, buf[..n as usize].to_vec());
         }
         return TtyRead::Data;
     }
@@ -1182,9 +1208,9 @@ fn read_tty(master: &OwnedFd, buf: &mut [u8], to: Option<&Shared>) -> TtyRead {
 }
 
 /// Forwards what is readable now (bounded); false if the master is closed.
-fn drain_tty(master: &OwnedFd, buf: &mut [u8], shared: &Shared) -> bool {
+fn drain_tty(master: &Arc<OwnedFd>, buf: &mut [u8], shared: &Shared) -> bool {
     for _ in 0..DRAIN_MAX_BYTES / 1024 {
-        match read_tty(master, buf, Some(shared)) {
+        match read_tty(master, buf, Some((shared, master))) {
             TtyRead::Data => {}
             TtyRead::Empty => return true,
             TtyRead::Closed => return false,
