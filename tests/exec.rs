@@ -26,6 +26,30 @@ fn shell_state_persists_between_execs() {
     assert_eq!(v["exit_code"], 0, "{v}");
 }
 
+/// The shell runs each command through an alias of its own (top level,
+/// so `declare` makes a global); a command that turns aliases off or
+/// removes them costs nothing: its next exec still runs, and the one after
+/// is at top level again.
+#[test]
+fn a_command_that_removes_every_alias_breaks_no_exec() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(
+        &id,
+        "declare -A map=([k]=v); shopt -u expand_aliases; unalias -a",
+    );
+    let v = d.exec(&id, "echo one; echo err >&2; (exit 7)");
+    assert_eq!(
+        (v["output"].as_str(), v["exit_code"].as_i64()),
+        (Some("one\nerr\n"), Some(7)),
+        "{v}"
+    );
+    d.sh(&id, "declare G=global");
+    let v = d.exec(&id, "echo \"$G ${map[k]}\"; shopt expand_aliases");
+    assert_eq!(v["output"], "global v\nexpand_aliases \ton\n", "{v}");
+    assert_eq!(v["exit_code"], 0, "{v}");
+}
+
 /// A background job that keeps writing to the terminal of the exec that
 /// started it never reaches a later exec's output, however the exec's end
 /// and the next one's start fall between the agent's reads.

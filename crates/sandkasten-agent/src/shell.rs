@@ -452,7 +452,13 @@ impl Flavor {
     /// text into `__sk_a` (`mapfile -d ''` reads a regular file buffered;
     /// bash before 4.4 has no `-d` and falls back to `read -d ''`).
     /// Functions, so that the line the shell reads byte by byte for each
-    /// exec stays short. They run outside the eval's redirections, where
+    /// exec stays short; and in bash the alias `__sk_x`, the exec's whole
+    /// step before its status (read the text, `eval` the command with its
+    /// redirections). An alias, not a function: the command must run at
+    /// top level (`declare` in a function makes a local, `return` ends it).
+    /// A command that turns aliases off or removes `__sk_x` gets the
+    /// function of that name at its next exec, which runs that one command
+    /// inside a function and restores the alias. They run outside the eval's redirections, where
     /// stderr is the shell's own terminal: a user's `set -x` traces them
     /// there, never into an exec's output.
     fn setup(self) -> &'static str {
@@ -463,7 +469,14 @@ impl Flavor {
                 r#"|| \builtin exit "$1"; \builtin unset __sk_a; }; "#,
                 r#"if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 404)); then "#,
                 r#"__sk_r() { \builtin mapfile -d '' -u 97 __sk_a; }; "#,
-                r#"else __sk_r() { __sk_a=; IFS= \builtin read -r -d '' -u 97 __sk_a; }; fi"#,
+                r#"else __sk_r() { __sk_a=(); IFS= \builtin read -r -d '' -u 97 '__sk_a[0]'; "#,
+                r#"IFS= \builtin read -r -d '' -u 97 '__sk_a[1]'; }; fi; "#,
+                r#"\builtin alias __sk_x='__sk_r;\builtin eval -- "${__sk_a[0]}" </dev/null "#,
+                r#">"${__sk_a[1]}" 2>&1 98>&- 97<&-'; "#,
+                r#"__sk_x() { \builtin shopt -s expand_aliases; "#,
+                r#"\builtin alias __sk_x='__sk_r;\builtin eval -- "${__sk_a[0]}" </dev/null "#,
+                r#">"${__sk_a[1]}" 2>&1 98>&- 97<&-'; __sk_r; "#,
+                r#"\builtin eval -- "${__sk_a[0]}" </dev/null >"${__sk_a[1]}" 2>&1 98>&- 97<&-; }"#,
                 "\n"
             ),
             Flavor::Sh => concat!(
@@ -477,9 +490,9 @@ impl Flavor {
 
     /// The script line of an exec: it runs the command and reports.
     ///
-    /// bash reads the command from the text fd (`__sk_r`: the agent wrote
-    /// it there), `sh` takes it single-quoted (always one complete token)
-    /// from this line; it is `eval`ed at top level with stdin `/dev/null`,
+    /// bash reads the command and the terminal's path from the text fd
+    /// (the alias `__sk_x`: the agent wrote them there), `sh` takes the
+    /// command single-quoted (always one complete token) from this line; it is `eval`ed at top level with stdin `/dev/null`,
     /// stdout and stderr on this exec's own terminal (`tty`) and the status
     /// and text fds closed (so no program inherits them): whatever the
     /// command does to these fds (`exec >/dev/null`, closing them) is
@@ -495,13 +508,10 @@ impl Flavor {
     /// its exec times out and the shell is replaced.
     fn run_line(self, cmd: &str, token: &str, tty: &str) -> String {
         match self {
-            // bash's eval takes options: `--` before a command that starts
-            // with `-`.
-            Flavor::Bash => {
-                format!(
-                    r#"__sk_r;\builtin eval -- "${{__sk_a[0]}}" </dev/null >{tty} 2>&1 98>&- 97<&-;__sk_s $? {token}"#
-                ) + "\n"
-            }
+            // The command and the terminal's path are in the text
+            // (`__sk_a[0]`, `__sk_a[1]`); the alias `__sk_x` runs them
+            // (bash's eval takes options: `--` before the command).
+            Flavor::Bash => format!("__sk_x;__sk_s $? {token}\n"),
             // dash's eval would run `--` as a command.
             Flavor::Sh => {
                 let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
@@ -777,9 +787,12 @@ impl Instance {
         if let Some((text, shared)) = &self.text {
             // The shell is between commands: nothing reads the text now
             // (and no program of it has the fd: the eval closes it).
+            // The command and this exec's terminal, each NUL-terminated
+            // (`mapfile -d ''` reads them into `__sk_a`).
+            let text_bytes = [cmd.as_bytes(), b"\0", tty.path.as_bytes(), b"\0"].concat();
             if let Err(e) = text
-                .write_all_at(cmd.as_bytes(), 0)
-                .and_then(|()| text.set_len(cmd.len() as u64))
+                .write_all_at(&text_bytes, 0)
+                .and_then(|()| text.set_len(text_bytes.len() as u64))
                 .and_then(|()| rewind(shared))
             {
                 self.release_tty(tty);
@@ -1650,8 +1663,7 @@ mod tests {
     fn driver_lines_are_one_line_each_and_sh_quotes_single_quotes() {
         // bash: the command is not in the line at all (it is in the text).
         let l = Flavor::Bash.run_line("echo 'a'\necho b", "e", "/dev/pts/3");
-        assert!(!l.contains("echo"), "{l}");
-        assert!(l.ends_with(" 97<&-;__sk_s $? e\n"), "{l}");
+        assert_eq!(l, "__sk_x;__sk_s $? e\n");
         assert_eq!(l.matches('\n').count(), 1);
         let l = Flavor::Sh.run_line("echo 'a'", "e", "/dev/pts/3");
         assert!(l.starts_with(r"{ __sk_c='echo '\''a'\'''; "), "{l}");
