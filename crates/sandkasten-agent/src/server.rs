@@ -6,7 +6,10 @@
 //! waits behind a long exec, and replies go back on the connection the
 //! request came from through that connection's writer lock. Exec requests
 //! take their place in the shell's queue on the reader thread, so execs run
-//! in arrival order. A malformed frame closes its connection only; the
+//! in arrival order; the reader then runs the exec itself and hands the
+//! reading to another thread once the command is on its way to the shell
+//! (or before anything it waits for), so that no thread wake-up lies
+//! between an exec's frame and its start, and none competes with it. A malformed frame closes its connection only; the
 //! execs and reads that connection started are then cancelled, since nobody
 //! can receive their results.
 //!
@@ -124,15 +127,47 @@ enum Prepared {
 
 pub(crate) type Writer = Arc<Mutex<UnixStream>>;
 
+/// A connection's reading side: whichever thread reads its frames holds
+/// it (see [`read_frames`]).
+struct Reading {
+    agent: Arc<Agent>,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    writer: Writer,
+    conn: u64,
+}
+
 fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
-    let writer: Writer = match stream.try_clone() {
-        Ok(w) => Arc::new(Mutex::new(w)),
-        Err(e) => {
-            eprintln!("sandkasten-agent: connection {conn}: {e}");
-            return;
-        }
+    let clone = |what: &str| {
+        stream
+            .try_clone()
+            .map_err(|e| eprintln!("sandkasten-agent: connection {conn}: {what}: {e}"))
     };
-    let mut reader = BufReader::new(&stream);
+    let (Ok(w), Ok(r)) = (clone("writer"), clone("reader")) else {
+        return;
+    };
+    read_frames(Reading {
+        agent: agent.clone(),
+        stream,
+        reader: BufReader::new(r),
+        writer: Arc::new(Mutex::new(w)),
+        conn,
+    });
+}
+
+/// Reads a connection's frames and hands each request on. An exec runs on
+/// this very thread, which first hands the reading to another: the exec's
+/// start then waits for no thread to wake up (the hand-over happens
+/// beside it), and the frames behind it (a `CancelExec`) are still read.
+fn read_frames(r: Reading) {
+    let Reading {
+        agent,
+        stream,
+        mut reader,
+        writer,
+        conn,
+    } = r;
+    let agent = &agent;
     loop {
         let frame = match read_frame(&mut reader) {
             Ok(Some(f)) => f,
@@ -205,8 +240,22 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
             _ => Prepared::None,
         };
         let is_read = matches!(prepared, Prepared::Read(_));
+        if matches!(prepared, Prepared::Exec(_)) {
+            // The exec runs here; the reading goes on on another thread
+            // from the moment the command is on its way to the shell.
+            let rest = Reading {
+                agent: agent.clone(),
+                stream,
+                reader,
+                writer: writer.clone(),
+                conn,
+            };
+            let mut handoff = Handoff::new(Box::new(move || read_frames(rest)));
+            handle(agent, conn, id, req, root, prepared, &writer, &mut handoff);
+            return;
+        }
         let (a, w) = (agent.clone(), writer.clone());
-        let job = move || handle(&a, conn, id, req, root, prepared, &w);
+        let job = move || handle(&a, conn, id, req, root, prepared, &w, &mut Handoff::none());
         if !is_read {
             run_detached("request", job);
         } else if let Err(e) = try_detached("read", job) {
@@ -255,6 +304,52 @@ fn is_file_op(req: &Request) -> bool {
     )
 }
 
+/// The reading of a connection, handed to another thread once (by the
+/// exec that took its reader thread).
+struct Handoff {
+    reading: Option<Job>,
+    /// The reading no thread could take: it goes on on this one, after
+    /// the exec.
+    left: Option<Job>,
+}
+
+impl Handoff {
+    fn new(reading: Job) -> Handoff {
+        Handoff {
+            reading: Some(reading),
+            left: None,
+        }
+    }
+
+    fn none() -> Handoff {
+        Handoff {
+            reading: None,
+            left: None,
+        }
+    }
+
+    fn fire(&mut self) {
+        if let Some(r) = self.reading.take() {
+            if let Err((r, e)) = WORKERS.submit("conn", r) {
+                eprintln!(
+                    "sandkasten-agent: cannot start a conn thread ({e}); reading after the exec"
+                );
+                self.left = Some(r);
+            }
+        }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.fire();
+        if let Some(r) = self.left.take() {
+            r();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn handle(
     agent: &Agent,
     conn: u64,
@@ -263,6 +358,7 @@ fn handle(
     root: bool,
     prepared: Prepared,
     writer: &Writer,
+    handoff: &mut Handoff,
 ) {
     let reply = |body: Response| send(writer, id, body);
     if root && !is_file_op(&req) {
@@ -295,6 +391,7 @@ fn handle(
                 Duration::from_millis(timeout_ms),
                 max_output_bytes,
                 &mut |data| reply(Response::ExecOutput { data }),
+                &mut || handoff.fire(),
             );
             lock(&agent.execs).remove(&(conn, id));
             match result {

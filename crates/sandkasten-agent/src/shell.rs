@@ -240,7 +240,9 @@ impl Shell {
     }
 
     /// Runs `cmd` in the shell when the ticket's turn comes, passing output
-    /// chunks to `out` as they are read.
+    /// chunks to `out` as they are read. `on_way` is called (perhaps more
+    /// than once) once the command is on its way to the shell, and before
+    /// anything that waits: for the exec's turn or for a new shell.
     pub fn exec(
         &self,
         ticket: ExecTicket,
@@ -248,6 +250,7 @@ impl Shell {
         timeout: Duration,
         max_output: u64,
         out: &mut dyn FnMut(Vec<u8>),
+        on_way: &mut dyn FnMut(),
     ) -> Result<ExecOutcome, ExecError> {
         let _turn = TurnGuard {
             shell: self,
@@ -258,7 +261,7 @@ impl Shell {
                 "the command contains a NUL byte".into(),
             ));
         }
-        if !self.wait_turn(ticket.seq, &ticket.cancel) {
+        if !self.wait_turn(ticket.seq, &ticket.cancel, on_way) {
             return Ok(ExecOutcome {
                 exit_code: TIMEOUT_EXIT_CODE,
                 cwd: self.cwd(),
@@ -270,6 +273,7 @@ impl Shell {
         let started = Instant::now();
         let mut slot = lock(&self.instance);
         if slot.as_ref().is_none_or(Instance::exited) {
+            on_way();
             *slot = None;
             *slot = Some(self.spawn_instance().map_err(ExecError::Spawn)?);
         }
@@ -278,7 +282,7 @@ impl Shell {
         let deadline = started
             .checked_add(timeout)
             .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 86_400));
-        let run = inst.run(cmd, deadline, max_output, &ticket.cancel, out);
+        let run = inst.run(cmd, deadline, max_output, &ticket.cancel, out, on_way);
 
         let cwd = match run.cwd {
             Some(c) if !c.is_empty() => {
@@ -311,7 +315,7 @@ impl Shell {
 
     /// Blocks until `seq` heads the queue (true) or it is cancelled first
     /// (false).
-    fn wait_turn(&self, seq: u64, cancel: &CancelHandle) -> bool {
+    fn wait_turn(&self, seq: u64, cancel: &CancelHandle, waiting: &mut dyn FnMut()) -> bool {
         let mut q = lock(&self.queue);
         loop {
             if q.waiting.front() == Some(&seq) {
@@ -320,6 +324,7 @@ impl Shell {
             if cancel.is_cancelled() {
                 return false;
             }
+            waiting();
             q = self.turn.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -775,6 +780,7 @@ impl Instance {
         max_output: u64,
         cancel: &CancelHandle,
         out: &mut dyn FnMut(Vec<u8>),
+        on_way: &mut dyn FnMut(),
     ) -> Run {
         let tty = match self.exec_tty() {
             Ok(t) => t,
@@ -820,6 +826,7 @@ impl Instance {
         let _ = self
             .cmd_w
             .write_all(self.flavor.run_line(cmd, &token, &tty.path).as_bytes());
+        on_way();
         let mut status = StatusParser::new(&token, &report);
         // The status line goes out only after an interrupt, never while
         // the command runs: see `Flavor::run_line`.

@@ -607,6 +607,25 @@ async fn suite_exec_timeout_cancel_and_truncation(rt: &dyn Runtime, env: &Env) {
         "{}",
         out.len()
     );
+
+    // While one exec runs, the connection still reads: a ping is answered
+    // and an exec queued behind it is cancelled at once, before its turn.
+    let started = Instant::now();
+    let running = a
+        .exec("sleep 3; echo first".into(), 60_000, 1 << 20)
+        .unwrap();
+    let queued = a.exec("echo never".into(), 60_000, 1 << 20).unwrap();
+    a.ping().await.unwrap();
+    a.cancel(queued.id).await.unwrap();
+    let (_, timed_out, _, out) = finish(queued).await;
+    assert!(timed_out && out.is_empty(), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the queued exec's cancel waited for the running one: {:?}",
+        started.elapsed()
+    );
+    let (code, _, _, out) = finish(running).await;
+    assert_eq!((code, out.as_str()), (0, "first\n"));
     rt.destroy(&sb.handle).await.unwrap();
     env.assert_clean(&sb.handle).await;
 }
