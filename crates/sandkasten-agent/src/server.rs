@@ -385,6 +385,15 @@ fn handle(
             let Prepared::Exec(ticket) = prepared else {
                 unreachable!("execs are enqueued by the reader")
             };
+            let done = |o: &crate::shell::ExecOutcome| Response::ExecDone {
+                exit_code: o.exit_code,
+                cwd: o.cwd.clone(),
+                timed_out: o.timed_out,
+                truncated: o.truncated,
+                duration_ms: o.duration_ms,
+            };
+            // The answer goes out as soon as the outcome is known.
+            let mut answered = false;
             let result = agent.shell.exec(
                 ticket,
                 &cmd,
@@ -392,16 +401,15 @@ fn handle(
                 max_output_bytes,
                 &mut |data| reply(Response::ExecOutput { data }),
                 &mut || handoff.fire(),
+                &mut |o| {
+                    reply(done(o));
+                    answered = true;
+                },
             );
             lock(&agent.execs).remove(&(conn, id));
             match result {
-                Ok(o) => Response::ExecDone {
-                    exit_code: o.exit_code,
-                    cwd: o.cwd,
-                    timed_out: o.timed_out,
-                    truncated: o.truncated,
-                    duration_ms: o.duration_ms,
-                },
+                Ok(_) if answered => return,
+                Ok(o) => done(&o),
                 Err(ExecError::InvalidRequest(message)) => Response::Error {
                     kind: ErrorKind::InvalidRequest,
                     message,

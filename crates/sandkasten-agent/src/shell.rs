@@ -243,6 +243,10 @@ impl Shell {
     /// chunks to `out` as they are read. `on_way` is called (perhaps more
     /// than once) once the command is on its way to the shell, and before
     /// anything that waits: for the exec's turn or for a new shell.
+    /// `ended` gets the outcome as soon as it is known, before the exec's
+    /// terminal is put away and a dead shell replaced (the next exec waits
+    /// for that, not this one's caller); the same outcome is returned.
+    #[allow(clippy::too_many_arguments)]
     pub fn exec(
         &self,
         ticket: ExecTicket,
@@ -251,6 +255,7 @@ impl Shell {
         max_output: u64,
         out: &mut dyn FnMut(Vec<u8>),
         on_way: &mut dyn FnMut(),
+        ended: &mut dyn FnMut(&ExecOutcome),
     ) -> Result<ExecOutcome, ExecError> {
         let _turn = TurnGuard {
             shell: self,
@@ -282,20 +287,42 @@ impl Shell {
         let deadline = started
             .checked_add(timeout)
             .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 86_400));
-        let run = inst.run(cmd, deadline, max_output, &ticket.cancel, out, on_way);
-
-        let cwd = match run.cwd {
-            Some(c) if !c.is_empty() => {
-                *lock(&self.cwd) = c.clone();
-                c
+        let cwd_lock = &self.cwd;
+        let outcome_of = |run: &Run| {
+            let cwd = match &run.cwd {
+                Some(c) if !c.is_empty() => {
+                    *lock(cwd_lock) = c.clone();
+                    c.clone()
+                }
+                _ => lock(cwd_lock).clone(),
+            };
+            ExecOutcome {
+                exit_code: if run.timed_out {
+                    TIMEOUT_EXIT_CODE
+                } else {
+                    run.exit_code
+                },
+                cwd,
+                timed_out: run.timed_out,
+                truncated: run.truncated,
+                duration_ms: started.elapsed().as_millis() as u64,
             }
-            _ => self.cwd(),
         };
-        let exit_code = if run.timed_out {
-            TIMEOUT_EXIT_CODE
-        } else {
-            run.exit_code
-        };
+        let mut outcome = None;
+        let run = inst.run(
+            cmd,
+            deadline,
+            max_output,
+            &ticket.cancel,
+            out,
+            on_way,
+            &mut |run| {
+                let o = outcome_of(run);
+                ended(&o);
+                outcome = Some(o);
+            },
+        );
+        let outcome = outcome.unwrap_or_else(|| outcome_of(&run));
         if run.shell_gone {
             // Replace the shell at once so the next exec finds one.
             *slot = None;
@@ -304,13 +331,7 @@ impl Shell {
                 Err(e) => eprintln!("sandkasten-agent: restarting the shell: {e}"),
             }
         }
-        Ok(ExecOutcome {
-            exit_code,
-            cwd,
-            timed_out: run.timed_out,
-            truncated: run.truncated,
-            duration_ms: started.elapsed().as_millis() as u64,
-        })
+        Ok(outcome)
     }
 
     /// Blocks until `seq` heads the queue (true) or it is cancelled first
@@ -773,6 +794,7 @@ impl Instance {
     }
 
     /// Runs one command to completion (or interruption).
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         cmd: &str,
@@ -781,6 +803,7 @@ impl Instance {
         cancel: &CancelHandle,
         out: &mut dyn FnMut(Vec<u8>),
         on_way: &mut dyn FnMut(),
+        ended: &mut dyn FnMut(&Run),
     ) -> Run {
         let tty = match self.exec_tty() {
             Ok(t) => t,
@@ -940,6 +963,9 @@ impl Instance {
             // death does not make it usable.
             run.shell_gone = true;
         }
+        // The outcome goes out now; the clean-up below delays only the
+        // next exec.
+        ended(&run);
         *lock(&self.shared.sink) = None;
         self.shared.set_current(None);
         cancel.detach();
