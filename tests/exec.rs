@@ -50,6 +50,45 @@ fn a_command_that_removes_every_alias_breaks_no_exec() {
     assert_eq!(v["exit_code"], 0, "{v}");
 }
 
+/// The exit code survives an `IFS` made of digits (the driver quotes `$?`).
+#[test]
+fn a_digit_in_ifs_does_not_garble_exit_codes() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for ifs in ["0", "1", "10"] {
+        d.sh(&id, &format!("IFS={ifs}"));
+        for code in [0, 1, 10, 101] {
+            let v = d.exec(&id, &format!("(exit {code})"));
+            assert_eq!(v["exit_code"], code, "IFS={ifs}: {v}");
+        }
+    }
+}
+
+/// A command that breaks the shell's driver (its reader function, the
+/// array the command arrives in, the alias that runs it) costs at most the
+/// next exec: a fresh shell replaces the broken one, and the exec after
+/// runs as asked.
+#[test]
+fn a_broken_driver_is_replaced_after_one_exec() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for breaker in [
+        "unset -f __sk_r",
+        "alias __sk_r=:",
+        "readonly __sk_a",
+        "unalias __sk_x; unset -f __sk_x",
+    ] {
+        d.exec(&id, breaker);
+        d.exec(&id, "echo one");
+        let v = d.exec(&id, "echo two; (exit 3)");
+        assert_eq!(
+            (v["output"].as_str(), v["exit_code"].as_i64()),
+            (Some("two\n"), Some(3)),
+            "after {breaker:?}: {v}"
+        );
+    }
+}
+
 /// A background job that keeps writing to the terminal of the exec that
 /// started it never reaches a later exec's output, however the exec's end
 /// and the next one's start fall between the agent's reads.

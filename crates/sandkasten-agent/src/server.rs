@@ -1,17 +1,17 @@
 //! Serves the daemon over the agent socket.
 //!
 //! Connections are accepted forever (the daemon reconnects after its own
-//! restart, and may hold several at once). Each connection has a reader
-//! thread; every request is handled on its own thread, so a file read never
-//! waits behind a long exec, and replies go back on the connection the
-//! request came from through that connection's writer lock. Exec requests
-//! take their place in the shell's queue on the reader thread, so execs run
-//! in arrival order; the reader then runs the exec itself and hands the
-//! reading to another thread once the command is on its way to the shell
-//! (or before anything it waits for), so that no thread wake-up lies
-//! between an exec's frame and its start, and none competes with it. A malformed frame closes its connection only; the
-//! execs and reads that connection started are then cancelled, since nobody
-//! can receive their results.
+//! restart, and may hold several at once). Each connection has a reader thread;
+//! every request is handled on its own thread, so a file read never waits
+//! behind a long exec, and replies go back on the connection the request came
+//! from through that connection's writer lock. Exec requests take their place
+//! in the shell's queue on the reader thread, so execs run in arrival order;
+//! the reader then runs the exec itself and hands the reading to another thread
+//! once the command is on its way to the shell (or before anything it waits
+//! for), so that no thread wake-up lies between an exec's frame and its start,
+//! and none competes with it. A malformed frame closes its connection only; the
+//! execs and reads that connection started are then cancelled, since nobody can
+//! receive their results.
 //!
 //! Streamed reads (`ReadStream`) register their flow on the reader thread
 //! too, so the `ReadAck` and `CancelRead` frames behind them (answered by
@@ -156,10 +156,20 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
 }
 
 /// Reads a connection's frames and hands each request on. An exec runs on
-/// this very thread, which first hands the reading to another: the exec's
-/// start then waits for no thread to wake up (the hand-over happens
-/// beside it), and the frames behind it (a `CancelExec`) are still read.
-fn read_frames(r: Reading) {
+/// this very thread, which hands the reading to another once the command
+/// is on its way: the exec's start waits for no thread to wake up, and the
+/// frames behind it (a `CancelExec`) are still read. Where no thread can
+/// take the reading, this one goes on with it after the exec (a loop, not
+/// a recursion).
+fn read_frames(mut r: Reading) {
+    while let Some(back) = serve_frames(r) {
+        r = back;
+    }
+}
+
+/// [`read_frames`] until the connection ends (`None`) or an exec that
+/// could not hand the reading on gives it back.
+fn serve_frames(r: Reading) -> Option<Reading> {
     let Reading {
         agent,
         stream,
@@ -235,7 +245,7 @@ fn read_frames(r: Reading) {
                 let buffered = reader.buffer().to_vec();
                 drop(reader);
                 crate::ports::serve_pipe(stream, &writer, id, port, buffered);
-                return;
+                return None;
             }
             _ => Prepared::None,
         };
@@ -250,9 +260,9 @@ fn read_frames(r: Reading) {
                 writer: writer.clone(),
                 conn,
             };
-            let mut handoff = Handoff::new(Box::new(move || read_frames(rest)));
+            let mut handoff = Handoff::new(rest);
             handle(agent, conn, id, req, root, prepared, &writer, &mut handoff);
-            return;
+            return handoff.reading.take();
         }
         let (a, w) = (agent.clone(), writer.clone());
         let job = move || handle(&a, conn, id, req, root, prepared, &w, &mut Handoff::none());
@@ -288,6 +298,7 @@ fn read_frames(r: Reading) {
     }
     agent.procs.wake_all();
     agent.watches.wake_all();
+    None
 }
 
 /// The requests `AsRoot` may wrap.
@@ -305,46 +316,38 @@ fn is_file_op(req: &Request) -> bool {
 }
 
 /// The reading of a connection, handed to another thread once (by the
-/// exec that took its reader thread).
+/// exec that took its reader thread). What no thread could take stays
+/// here: the next `fire` tries again, and after the exec the thread that
+/// ran it goes on reading.
 struct Handoff {
-    reading: Option<Job>,
-    /// The reading no thread could take: it goes on on this one, after
-    /// the exec.
-    left: Option<Job>,
+    reading: Option<Reading>,
 }
 
 impl Handoff {
-    fn new(reading: Job) -> Handoff {
+    fn new(reading: Reading) -> Handoff {
         Handoff {
             reading: Some(reading),
-            left: None,
         }
     }
 
     fn none() -> Handoff {
-        Handoff {
-            reading: None,
-            left: None,
-        }
+        Handoff { reading: None }
     }
 
     fn fire(&mut self) {
-        if let Some(r) = self.reading.take() {
-            if let Err((r, e)) = WORKERS.submit("conn", r) {
-                eprintln!(
-                    "sandkasten-agent: cannot start a conn thread ({e}); reading after the exec"
-                );
-                self.left = Some(r);
+        let Some(r) = self.reading.take() else {
+            return;
+        };
+        let slot = Arc::new(Mutex::new(Some(r)));
+        let taken = slot.clone();
+        let job: Job = Box::new(move || {
+            if let Some(r) = lock(&taken).take() {
+                read_frames(r);
             }
-        }
-    }
-}
-
-impl Drop for Handoff {
-    fn drop(&mut self) {
-        self.fire();
-        if let Some(r) = self.left.take() {
-            r();
+        });
+        if let Err((_, e)) = WORKERS.submit("conn", job) {
+            eprintln!("sandkasten-agent: cannot start a conn thread ({e}); reading after the exec");
+            self.reading = lock(&slot).take();
         }
     }
 }

@@ -4,43 +4,40 @@
 //!
 //! How a command reaches the shell and how its result comes back:
 //!
-//! - The shell reads its *script* from a pipe on its stdin. For every exec
-//!   the agent writes one line ([`Flavor::command_line`]): it assigns the
-//!   command (single-quoted, so it is always one complete token) to a
-//!   variable and `eval`s it with stdin `/dev/null`, stdout and stderr on
-//!   the exec's own terminal and the status fd closed; then it writes `$?`
-//!   and the working directory to the status pipe behind a random nonce of
-//!   that exec. `eval` runs in the shell itself, at top level, so state
-//!   persists and `declare` stays global; `break`/`continue` cannot escape
-//!   into a driver loop because there is none.
-//! - An exec's result is its own whatever the command does to the shell:
-//!   its redirections wrap the eval, so `exec >/dev/null` or closing fds
-//!   0-2 lasts until the eval returns; a status record counts only with the
-//!   exec's nonce, which sits in the line the shell has read whole before
-//!   the command starts (never in a variable or still in the pipe), so
-//!   writing look-alike records to the status fd does nothing; each exec
-//!   has a fresh terminal, so a background job that writes after its exec
-//!   ended writes to that exec's retired terminal, which the pump drains
-//!   and drops until the job closes it, never into a later exec; the
-//!   shell's own stdout and stderr (where a DEBUG trap, `set -x` or job
-//!   notifications of the driver's steps land) are a terminal whose output
-//!   is dropped; a shell that stops itself (`kill -STOP $$`) is continued
-//!   by the reaper.
-//! - Commands run with job control (`set -m`): every foreground job has its
-//!   own process group and owns the shell's controlling terminal, so an
-//!   interrupt can target exactly the running job. `trap : INT` keeps a
-//!   non-interactive shell alive when its foreground job dies of SIGINT;
-//!   bash then abandons the eval (like Ctrl-C at a prompt) and the status
-//!   step reports 130.
+//! - The shell reads its *script* from a pipe on its stdin. For every exec the
+//!   agent writes one line ([`Flavor::run_line`]): bash reads the command from
+//!   a memfd the agent wrote it to (`sh` gets it single-quoted in the line) and
+//!   `eval`s it with stdin `/dev/null`, stdout and stderr on the exec's own
+//!   terminal and the status fd closed; then it writes `$?` and the working
+//!   directory to the status pipe behind a random nonce of that exec. `eval`
+//!   runs in the shell itself, at top level, so state persists and `declare`
+//!   stays global; `break`/`continue` cannot escape into a driver loop because
+//!   there is none.
+//! - An exec's result is its own whatever the command does to the shell: its
+//!   redirections wrap the eval, so `exec >/dev/null` or closing fds 0-2 lasts
+//!   until the eval returns; a status record counts only with the exec's nonce,
+//!   which sits in the line the shell has read whole before the command starts
+//!   (never in a variable or still in the pipe), so writing look-alike records
+//!   to the status fd does nothing; each exec has a fresh terminal, so a
+//!   background job that writes after its exec ended writes to that exec's
+//!   retired terminal, which the pump drains and drops until the job closes it,
+//!   never into a later exec; the shell's own stdout and stderr (where a DEBUG
+//!   trap, `set -x` or job notifications of the driver's steps land) are a
+//!   terminal whose output is dropped; a shell that stops itself (`kill -STOP
+//!   $$`) is continued by the reaper.
+//! - Commands run with job control (`set -m`): every foreground job has its own
+//!   process group and owns the shell's controlling terminal, so an interrupt
+//!   can target exactly the running job. `trap : INT` keeps a non-interactive
+//!   shell alive when its foreground job dies of SIGINT; bash then abandons the
+//!   eval (like Ctrl-C at a prompt) and the status step reports 130.
 //! - Terminals have no echo and no output processing, so stdout and stderr
-//!   interleave in the order written and arrive byte for byte. A pump
-//!   thread reads them all the time: the running exec's terminal goes to
-//!   that exec, everything else is dropped, so a chatty job never blocks.
-//! - Exit code and cwd come only from the status pipe, never from output.
-//!   When status data arrives the pump first drains what is already
-//!   readable on the exec's terminal (a read on an empty master flushes the
-//!   kernel's pending pty buffer), so no output is lost or attributed to
-//!   the next exec.
+//!   interleave in the order written and arrive byte for byte. A pump thread
+//!   reads them all the time: the running exec's terminal goes to that exec,
+//!   everything else is dropped, so a chatty job never blocks.
+//! - Exit code and cwd come only from the status pipe, never from output. When
+//!   status data arrives the pump first drains what is already readable on the
+//!   exec's terminal (a read on an empty master flushes the kernel's pending
+//!   pty buffer), so no output is lost or attributed to the next exec.
 //!
 //! Timeouts and cancellation escalate: SIGINT to the foreground process
 //! group, then SIGKILL to it, then SIGKILL to the whole session (a loop
@@ -337,6 +334,7 @@ impl Shell {
     /// Blocks until `seq` heads the queue (true) or it is cancelled first
     /// (false).
     fn wait_turn(&self, seq: u64, cancel: &CancelHandle, waiting: &mut dyn FnMut()) -> bool {
+        let mut first = true;
         let mut q = lock(&self.queue);
         loop {
             if q.waiting.front() == Some(&seq) {
@@ -345,7 +343,14 @@ impl Shell {
             if cancel.is_cancelled() {
                 return false;
             }
-            waiting();
+            if std::mem::take(&mut first) {
+                // Outside the queue's lock (it may start a thread); then
+                // look again.
+                drop(q);
+                waiting();
+                q = lock(&self.queue);
+                continue;
+            }
             q = self.turn.wait(q).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -516,33 +521,37 @@ impl Flavor {
 
     /// The script line of an exec: it runs the command and reports.
     ///
-    /// bash reads the command and the terminal's path from the text fd
-    /// (the alias `__sk_x`: the agent wrote them there), `sh` takes the
-    /// command single-quoted (always one complete token) from this line; it is `eval`ed at top level with stdin `/dev/null`,
-    /// stdout and stderr on this exec's own terminal (`tty`) and the status
-    /// and text fds closed (so no program inherits them): whatever the
-    /// command does to these fds (`exec >/dev/null`, closing them) is
-    /// undone when the eval returns. Then `__sk_s` writes `token` (random,
-    /// this exec's), `$?` and the cwd to the status fd.
+    /// bash reads the command and the terminal's path from the text fd (the
+    /// alias `__sk_x`: the agent wrote them there), `sh` takes the command
+    /// single-quoted (always one complete token) from this line; it is `eval`ed
+    /// at top level with stdin `/dev/null`, stdout and stderr on this exec's
+    /// own terminal (`tty`) and the status and text fds closed (so no program
+    /// inherits them): whatever the command does to these fds
+    /// (`exec >/dev/null`, closing them) is undone when the eval returns.
+    /// Then `__sk_s` writes `token` (random, this exec's), `$?` and the cwd
+    /// to the status fd.
     ///
     /// bash reads this whole line before running any of it, and the agent
     /// writes nothing more while the command runs, so the command cannot
     /// learn the token from the shell's input, and records without it are
     /// ignored. If bash abandons the line (its foreground job died of
     /// SIGINT), the agent sends a [`Flavor::status_line`] with a second
-    /// token. A command that redefines `__sk_s` or `__sk_r` gets no status:
-    /// its exec times out and the shell is replaced.
+    /// token. A command that redefines `__sk_s` gets no status: its exec
+    /// times out and the shell is replaced. One that breaks the reading of
+    /// the text (`__sk_r`, `__sk_a`, the alias and its function) leaves the
+    /// memfd unread, which the agent sees after the next status: that shell
+    /// is replaced too.
     fn run_line(self, cmd: &str, token: &str, tty: &str) -> String {
         match self {
             // The command and the terminal's path are in the text
             // (`__sk_a[0]`, `__sk_a[1]`); the alias `__sk_x` runs them
             // (bash's eval takes options: `--` before the command).
-            Flavor::Bash => format!("__sk_x;__sk_s $? {token}\n"),
+            Flavor::Bash => format!("__sk_x;__sk_s \"$?\" {token}\n"),
             // dash's eval would run `--` as a command.
             Flavor::Sh => {
                 let quoted = format!("'{}'", cmd.replace('\'', r"'\''"));
                 format!(
-                    r#"{{ __sk_c={quoted}; }} 2>/dev/null; eval "$__sk_c" </dev/null >{tty} 2>&1 9>&-; __sk_s $? {token}"#
+                    r#"{{ __sk_c={quoted}; }} 2>/dev/null; eval "$__sk_c" </dev/null >{tty} 2>&1 9>&-; __sk_s "$?" {token}"#
                 ) + "\n"
             }
         }
@@ -552,7 +561,7 @@ impl Flavor {
     /// abandoned the run line (its foreground job died of SIGINT: `$?` is
     /// 130).
     fn status_line(self, token: &str) -> String {
-        format!("__sk_s $? {token}\n")
+        format!("__sk_s \"$?\" {token}\n")
     }
 }
 
@@ -813,12 +822,14 @@ impl Instance {
                 return Run::refused(out, &format!("cannot open a terminal for the exec: {e}"))
             }
         };
+        let mut text_len = 0;
         if let Some((text, shared)) = &self.text {
             // The shell is between commands: nothing reads the text now
             // (and no program of it has the fd: the eval closes it).
             // The command and this exec's terminal, each NUL-terminated
             // (`mapfile -d ''` reads them into `__sk_a`).
             let text_bytes = [cmd.as_bytes(), b"\0", tty.path.as_bytes(), b"\0"].concat();
+            text_len = text_bytes.len() as u64;
             if let Err(e) = text
                 .write_all_at(&text_bytes, 0)
                 .and_then(|()| text.set_len(text_bytes.len() as u64))
@@ -940,6 +951,17 @@ impl Instance {
                     if let Some((code, cwd)) = status.record() {
                         run.exit_code = code;
                         run.cwd = Some(cwd);
+                        // bash read the whole text (cmd, terminal) unless a
+                        // command broke the driver (`unset -f __sk_r`,
+                        // `readonly __sk_a`, an alias over `__sk_r`): then
+                        // this command did not run as asked, and no later
+                        // one would; a fresh shell replaces this one.
+                        if !self.text_consumed(text_len) {
+                            eprintln!(
+                                "sandkasten-agent: the shell did not read the command (its driver was changed); replacing it"
+                            );
+                            run.shell_gone = true;
+                        }
                         break;
                     }
                 }
@@ -974,13 +996,31 @@ impl Instance {
         run
     }
 
+    /// Whether the shell read the command text to its end (it shares the
+    /// file description of the agent's read-only fd, so its offset is the
+    /// shell's). True without a text (sh).
+    fn text_consumed(&self, len: u64) -> bool {
+        match &self.text {
+            Some((_, shared)) => {
+                // SAFETY: plain syscall on an owned fd.
+                let at = unsafe { libc::lseek(shared.as_raw_fd(), 0, libc::SEEK_CUR) };
+                at == len as libc::off_t
+            }
+            None => true,
+        }
+    }
+
     /// A fresh terminal for one exec, owned by the sandbox user and set up
     /// like the shell's own (no echo, no output processing).
     fn exec_tty(&self) -> io::Result<ExecTty> {
         let spare = lock(&self.shared.ttys).spare.take();
         if let Some(t) = spare {
+            // What a background job of the last exec wrote before it ended
+            // (nobody held the terminal when it was kept, so nothing came
+            // after) is nobody's: dropped. SAFETY: plain call on an owned fd.
+            let flushed = unsafe { libc::tcflush(t.master.as_raw_fd(), libc::TCIFLUSH) } == 0;
             // Whatever the last exec set (`stty`), this one starts clean.
-            if configure_tty(&t.slave).is_ok() {
+            if flushed && configure_tty(&t.slave).is_ok() {
                 return Ok(t);
             }
         }
@@ -1696,12 +1736,12 @@ mod tests {
     fn driver_lines_are_one_line_each_and_sh_quotes_single_quotes() {
         // bash: the command is not in the line at all (it is in the text).
         let l = Flavor::Bash.run_line("echo 'a'\necho b", "e", "/dev/pts/3");
-        assert_eq!(l, "__sk_x;__sk_s $? e\n");
+        assert_eq!(l, "__sk_x;__sk_s \"$?\" e\n");
         assert_eq!(l.matches('\n').count(), 1);
         let l = Flavor::Sh.run_line("echo 'a'", "e", "/dev/pts/3");
         assert!(l.starts_with(r"{ __sk_c='echo '\''a'\'''; "), "{l}");
         assert_eq!(l.matches('\n').count(), 1);
-        assert_eq!(Flavor::Sh.status_line("r"), "__sk_s $? r\n");
+        assert_eq!(Flavor::Sh.status_line("r"), "__sk_s \"$?\" r\n");
         for f in [Flavor::Bash, Flavor::Sh] {
             assert!(f.setup().contains("__sk_s()"));
             assert_eq!(f.setup().matches('\n').count(), 1);
