@@ -222,22 +222,24 @@ extern "C" fn wait_for_eof(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         libc::syscall(
             libc::SYS_prctl,
-            libc::PR_SET_PDEATHSIG,
+            libc::PR_SET_PDEATHSIG as libc::c_ulong,
             libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
         );
         // The parent died before the signal was asked for.
         if libc::syscall(libc::SYS_getppid) as libc::pid_t != parent {
             return 0;
         }
         let mut b = 0u8;
+        // Full-width arguments: a variadic call leaves the upper half of a
+        // narrower one undefined.
         libc::syscall(
             libc::SYS_read,
-            fd,
+            fd as libc::c_ulong,
             (&mut b as *mut u8).cast::<libc::c_void>(),
-            1,
+            1usize,
         );
     }
     0
