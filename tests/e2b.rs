@@ -783,27 +783,27 @@ fn envd_process_bad_input_gets_connect_codes_and_nothing_leaks_between_sandboxes
 
     // A long process in b, its pid (the stream is left after its first
     // event: the process runs on).
-    let mut r = d
-        .client
-        .post(format!("{}/process.Process/Start", d.url))
-        .header("E2b-Sandbox-Id", &b)
-        .header("X-Access-Token", &tb)
-        .header("Content-Type", "application/connect+json")
-        .body(envelope(
-            0,
-            br#"{"process": {"cmd": "sleep", "args": ["600"]}, "tag": "long"}"#,
-        ))
-        .send()
-        .unwrap();
-    let mut head = [0u8; 5];
-    std::io::Read::read_exact(&mut r, &mut head).unwrap();
-    let mut first = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
-    std::io::Read::read_exact(&mut r, &mut first).unwrap();
-    drop(r);
-    let first: Value = serde_json::from_slice(&first).unwrap();
-    let pid = first["event"]["start"]["pid"]
-        .as_u64()
-        .expect("a start event");
+    let start_in_b = |body: &'static [u8]| {
+        let mut r = d
+            .client
+            .post(format!("{}/process.Process/Start", d.url))
+            .header("E2b-Sandbox-Id", &b)
+            .header("X-Access-Token", &tb)
+            .header("Content-Type", "application/connect+json")
+            .body(envelope(0, body))
+            .send()
+            .unwrap();
+        let mut head = [0u8; 5];
+        std::io::Read::read_exact(&mut r, &mut head).unwrap();
+        let mut first = vec![0u8; u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize];
+        std::io::Read::read_exact(&mut r, &mut first).unwrap();
+        drop(r);
+        let first: Value = serde_json::from_slice(&first).unwrap();
+        first["event"]["start"]["pid"]
+            .as_u64()
+            .expect("a start event")
+    };
+    let mut pid = start_in_b(br#"{"process": {"cmd": "sleep", "args": ["600"]}, "tag": "long"}"#);
     // The deadline of a start ends its stream: Connect-Timeout-Ms.
     let r = d
         .client
@@ -821,6 +821,25 @@ fn envd_process_bad_input_gets_connect_codes_and_nothing_leaks_between_sandboxes
     let end = end_of_stream(&r.bytes().unwrap());
     assert_eq!(end["error"]["code"], "deadline_exceeded", "{end}");
 
+    // Each sandbox has its own pid namespace, so a pid of b's may be one of
+    // a's too (the CI met it on docker): the pid sent to a is one of b's
+    // that a does not have.
+    let pids_of_a = || -> Vec<u64> {
+        let listed = proc_rpc(&d, &a, &ta, "List", json!({})).expect(200, "List in a");
+        listed["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect()
+    };
+    for _ in 0..10 {
+        if !pids_of_a().contains(&pid) {
+            break;
+        }
+        pid = start_in_b(br#"{"process": {"cmd": "sleep", "args": ["600"]}}"#);
+    }
+    assert!(!pids_of_a().contains(&pid), "no pid of b's that a lacks");
     // Signals and input to pids a does not have, or that ended: not_found;
     // b's process is untouched.
     for p in [pid, 1, 999_999] {
