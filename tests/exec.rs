@@ -524,6 +524,54 @@ fn stream_client_disconnect_interrupts_the_command() {
 }
 
 #[test]
+fn a_plain_exec_whose_client_goes_away_is_interrupted() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let port: u16 = d.url.rsplit(':').next().unwrap().parse().unwrap();
+    let body =
+        json!({"cmd": "touch /tmp/started; sleep 30; touch /tmp/finished", "timeout_ms": 60000})
+            .to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "POST /v1/sessions/{id}/exec HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        d.key,
+        body.len()
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    // The command runs once its first file exists (file reads do not wait
+    // for the exec queue).
+    let t = Instant::now();
+    while d.read_resp(&id, "/tmp/started").status != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the command never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stream);
+    // The next exec waits for the abandoned one: it answers at once only
+    // if that was interrupted.
+    let t = Instant::now();
+    let v = d
+        .exec_with(&id, json!({"cmd": "echo next", "timeout_ms": 20000}))
+        .expect(200, "exec after the client went away");
+    assert_eq!(v["output"], "next\n", "{v}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the abandoned command kept running: the next exec waited {:?}",
+        t.elapsed()
+    );
+    let v = d.exec(&id, "cat /proc/[0-9]*/comm 2>/dev/null | grep -cx sleep");
+    assert_eq!(v["output"], "0\n", "sleep still running: {v}");
+    let v = d.exec(&id, "test -e /tmp/finished");
+    assert_eq!(
+        v["exit_code"], 1,
+        "the abandoned command ran to its end: {v}"
+    );
+}
+
+#[test]
 fn execs_in_different_sessions_run_in_parallel() {
     let d = Daemon::start(None);
     let a = d.new_session();

@@ -6,10 +6,11 @@
 //! behind a long exec, and replies go back on the connection the request came
 //! from through that connection's writer lock. Exec requests take their place
 //! in the shell's queue on the reader thread, so execs run in arrival order;
-//! the reader then runs the exec itself and hands the reading to another thread
-//! once the command is on its way to the shell (or before anything it waits
-//! for), so that no thread wake-up lies between an exec's frame and its start,
-//! and none competes with it. A malformed frame closes its connection only; the
+//! the reader then runs the exec itself, watching the connection while the
+//! command runs, and hands the reading to another thread only when a frame
+//! comes in behind the exec (or before anything the exec waits for: its turn,
+//! a new shell), so that an exec alone on its connection wakes no other
+//! thread, from its frame to its answer. A malformed frame closes its connection only; the
 //! execs and reads that connection started are then cancelled, since nobody can
 //! receive their results.
 //!
@@ -30,7 +31,7 @@ use crate::files::{Files, FsError};
 use crate::procs::{Attached, Procs};
 use crate::reads::{self, Budget, Ended, Flow, READ_BUFFERS};
 use crate::reaper;
-use crate::shell::{CancelHandle, ExecError, ExecTicket, Shell};
+use crate::shell::{CancelHandle, ExecError, ExecTicket, Shell, Standby};
 use crate::watch::{self, Watches};
 use sandkasten_protocol::{
     read_frame, write_frame, AgentConfig, Body, CodecError, ErrorKind, Frame, Request, Response,
@@ -39,6 +40,7 @@ use sandkasten_protocol::{
 use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -156,9 +158,9 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream, conn: u64) {
 }
 
 /// Reads a connection's frames and hands each request on. An exec runs on
-/// this very thread, which hands the reading to another once the command
-/// is on its way: the exec's start waits for no thread to wake up, and the
-/// frames behind it (a `CancelExec`) are still read. Where no thread can
+/// this very thread, which hands the reading to another when a frame comes
+/// in behind it: the exec wakes no other thread, and the frames behind it
+/// (a `CancelExec`) are still read. Where no thread can
 /// take the reading, this one goes on with it after the exec (a loop, not
 /// a recursion).
 fn read_frames(mut r: Reading) {
@@ -315,8 +317,8 @@ fn is_file_op(req: &Request) -> bool {
     )
 }
 
-/// The reading of a connection, handed to another thread once (by the
-/// exec that took its reader thread). What no thread could take stays
+/// The reading of a connection, handed to another thread at most once (by
+/// the exec that took its reader thread, when a frame comes in behind it). What no thread could take stays
 /// here: the next `fire` tries again, and after the exec the thread that
 /// ran it goes on reading.
 struct Handoff {
@@ -349,6 +351,22 @@ impl Handoff {
             eprintln!("sandkasten-agent: cannot start a conn thread ({e}); reading after the exec");
             self.reading = lock(&slot).take();
         }
+    }
+}
+
+impl Standby for Handoff {
+    fn watch(&mut self) -> Option<RawFd> {
+        let r = self.reading.as_ref()?;
+        if !r.reader.buffer().is_empty() {
+            // A frame is here already: no readiness would tell of it.
+            self.fire();
+            return None;
+        }
+        Some(r.stream.as_raw_fd())
+    }
+
+    fn hand_off(&mut self) {
+        self.fire();
     }
 }
 
@@ -403,7 +421,7 @@ fn handle(
                 Duration::from_millis(timeout_ms),
                 max_output_bytes,
                 &mut |data| reply(Response::ExecOutput { data }),
-                &mut || handoff.fire(),
+                handoff,
                 &mut |o| {
                     reply(done(o));
                     answered = true;

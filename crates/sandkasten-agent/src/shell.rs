@@ -31,13 +31,15 @@
 //!   shell alive when its foreground job dies of SIGINT; bash then abandons the
 //!   eval (like Ctrl-C at a prompt) and the status step reports 130.
 //! - Terminals have no echo and no output processing, so stdout and stderr
-//!   interleave in the order written and arrive byte for byte. A pump thread
-//!   reads them all the time: the running exec's terminal goes to that exec,
-//!   everything else is dropped, so a chatty job never blocks.
+//!   interleave in the order written and arrive byte for byte. The exec's
+//!   thread reads its own terminal and the status pipe itself (one `poll`,
+//!   no other thread in between); a pump thread reads and drops everything
+//!   else (the shell's own terminal, retired terminals), so a chatty job
+//!   never blocks, and wakes for no exec.
 //! - Exit code and cwd come only from the status pipe, never from output. When
-//!   status data arrives the pump first drains what is already readable on the
-//!   exec's terminal (a read on an empty master flushes the kernel's pending
-//!   pty buffer), so no output is lost or attributed to the next exec.
+//!   status data arrives the exec first drains what is already readable on its
+//!   terminal (a read on an empty master flushes the kernel's pending pty
+//!   buffer), so no output is lost or attributed to the next exec.
 //!
 //! Timeouts and cancellation escalate: SIGINT to the foreground process
 //! group, then SIGKILL to it, then SIGKILL to the whole session (a loop
@@ -63,7 +65,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,9 +80,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Reads of buffered output before a status is delivered; bounds the drain
 /// when a background job writes without pause.
 const DRAIN_MAX_BYTES: usize = 1024 * 1024;
-/// Output chunks queued between the pump and the exec; when full the pump
-/// stops reading, so the writing process blocks (backpressure).
-const EVENT_QUEUE: usize = 16;
 /// Terminal size reported to programs (rows, columns).
 const WINSIZE: (u16, u16) = (50, 200);
 /// How often an interrupt that found no job looks again for one.
@@ -125,8 +123,8 @@ impl ExecTicket {
 #[derive(Default)]
 pub struct CancelHandle {
     cancelled: AtomicBool,
-    /// The running exec's event queue, to wake it.
-    waker: Mutex<Option<SyncSender<Event>>>,
+    /// The running exec's shell, to wake the exec.
+    waker: Mutex<Option<Arc<Shared>>>,
 }
 
 impl CancelHandle {
@@ -134,12 +132,12 @@ impl CancelHandle {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    fn attach(&self, tx: SyncSender<Event>) {
+    fn attach(&self, shared: Arc<Shared>) {
         let mut w = lock(&self.waker);
         if self.is_cancelled() {
-            let _ = tx.try_send(Event::Cancel);
+            shared.wake_exec();
         }
-        *w = Some(tx);
+        *w = Some(shared);
     }
 
     fn detach(&self) {
@@ -147,15 +145,18 @@ impl CancelHandle {
     }
 }
 
-/// What the pump (and cancellation) tell the running exec.
-enum Event {
-    Output(Vec<u8>),
-    /// Bytes from the status pipe; only a record behind the running exec's
-    /// nonce ends it.
-    Status(Vec<u8>),
-    /// The shell was reaped with this raw wait status.
-    Died(i32),
-    Cancel,
+/// The connection an exec came from, whose other frames someone else must
+/// read while the exec waits. The exec watches it and hands its reading on
+/// only when a frame is there, so an exec alone on its connection wakes no
+/// other thread.
+pub trait Standby {
+    /// The descriptor to watch: readable means frames wait. `None` when
+    /// there is nothing to watch (the reading was handed on, or frames are
+    /// buffered already: then it is handed on here).
+    fn watch(&mut self) -> Option<RawFd>;
+    /// Hands the reading on now (before the exec waits for its turn or for
+    /// a new shell). Once only; later calls retry a hand-off that failed.
+    fn hand_off(&mut self);
 }
 
 struct Queue {
@@ -225,10 +226,8 @@ impl Shell {
     /// without running, a running one is interrupted.
     pub fn cancel(&self, handle: &CancelHandle) {
         handle.cancelled.store(true, Ordering::SeqCst);
-        if let Some(tx) = lock(&handle.waker).as_ref() {
-            // A full queue means the exec is busy reading it and will see
-            // the flag right after.
-            let _ = tx.try_send(Event::Cancel);
+        if let Some(shared) = lock(&handle.waker).as_ref() {
+            shared.wake_exec();
         }
         // Taking the queue lock orders this with a waiter's check of the
         // flag, so the wake-up cannot be lost.
@@ -237,9 +236,9 @@ impl Shell {
     }
 
     /// Runs `cmd` in the shell when the ticket's turn comes, passing output
-    /// chunks to `out` as they are read. `on_way` is called (perhaps more
-    /// than once) once the command is on its way to the shell, and before
-    /// anything that waits: for the exec's turn or for a new shell.
+    /// chunks to `out` as they are read. `standby` is the connection the
+    /// exec came from: handed on before anything that waits (the exec's
+    /// turn, a new shell), and watched while the command runs.
     /// `ended` gets the outcome as soon as it is known, before the exec's
     /// terminal is put away and a dead shell replaced (the next exec waits
     /// for that, not this one's caller); the same outcome is returned.
@@ -251,7 +250,7 @@ impl Shell {
         timeout: Duration,
         max_output: u64,
         out: &mut dyn FnMut(Vec<u8>),
-        on_way: &mut dyn FnMut(),
+        standby: &mut dyn Standby,
         ended: &mut dyn FnMut(&ExecOutcome),
     ) -> Result<ExecOutcome, ExecError> {
         let _turn = TurnGuard {
@@ -263,7 +262,7 @@ impl Shell {
                 "the command contains a NUL byte".into(),
             ));
         }
-        if !self.wait_turn(ticket.seq, &ticket.cancel, on_way) {
+        if !self.wait_turn(ticket.seq, &ticket.cancel, &mut || standby.hand_off()) {
             return Ok(ExecOutcome {
                 exit_code: TIMEOUT_EXIT_CODE,
                 cwd: self.cwd(),
@@ -275,7 +274,7 @@ impl Shell {
         let started = Instant::now();
         let mut slot = lock(&self.instance);
         if slot.as_ref().is_none_or(Instance::exited) {
-            on_way();
+            standby.hand_off();
             *slot = None;
             *slot = Some(self.spawn_instance().map_err(ExecError::Spawn)?);
         }
@@ -312,7 +311,7 @@ impl Shell {
             max_output,
             &ticket.cancel,
             out,
-            on_way,
+            standby,
             &mut |run| {
                 let o = outcome_of(run);
                 ended(&o);
@@ -565,32 +564,23 @@ impl Flavor {
     }
 }
 
-/// State shared between an instance, its pump thread and its reaper hook.
+/// State shared between an instance, its pump thread, its reaper hook and
+/// the cancel handle of its running exec.
 struct Shared {
-    /// The running exec's event queue and its terminal, if any.
-    sink: Mutex<Option<Sink>>,
     /// Raw wait status once the shell has been reaped.
     exit: Mutex<Option<i32>>,
-    /// The terminals whose output the pump reads besides the shell's own.
+    /// The terminals the pump reads besides the shell's own.
     ttys: Mutex<Ttys>,
     stop: AtomicBool,
+    /// Wakes the pump.
     wake_w: OwnedFd,
+    /// Wakes the running exec (an eventfd): a cancel, the shell's death.
+    exec_wake: OwnedFd,
 }
 
-/// Where a running exec's events go.
-struct Sink {
-    tx: SyncSender<Event>,
-    /// The exec's terminal: output read from any other (the terminal of an
-    /// exec that has ended, read by the pump just before it did) is not
-    /// this exec's.
-    tty: Arc<OwnedFd>,
-}
-
-/// Terminal masters the pump reads.
+/// Terminal masters besides the shell's own, for the pump.
 #[derive(Default)]
 struct Ttys {
-    /// The running exec's terminal: its output goes to the exec.
-    current: Option<Arc<OwnedFd>>,
     /// Terminals of finished execs that processes (background jobs) still
     /// hold: read and dropped until the last holder closes its end.
     retired: Vec<Arc<OwnedFd>>,
@@ -599,6 +589,8 @@ struct Ttys {
     /// exec's own work). Closed by the pump at `spare_until`, so an idle
     /// sandbox holds one pty, not two.
     spare: Option<ExecTty>,
+    /// Only ever moved later while set: the pump, sleeping until an
+    /// earlier time, looks again then.
     spare_until: Option<Instant>,
 }
 
@@ -610,31 +602,11 @@ impl Shared {
         unsafe { libc::write(self.wake_w.as_raw_fd(), (&raw const b).cast(), 1) };
     }
 
-    fn emit(&self, ev: Event) {
-        let tx = lock(&self.sink).as_ref().map(|s| s.tx.clone());
-        if let Some(tx) = tx {
-            // Blocks while the exec is behind (backpressure); fails once
-            // the exec has finished and dropped its receiver.
-            let _ = tx.send(ev);
-        }
-    }
-
-    /// Output read from terminal `from`: to the running exec if it is its
-    /// terminal, else dropped.
-    fn emit_output(&self, from: &Arc<OwnedFd>, data: Vec<u8>) {
-        let tx = lock(&self.sink)
-            .as_ref()
-            .filter(|s| Arc::ptr_eq(&s.tty, from))
-            .map(|s| s.tx.clone());
-        if let Some(tx) = tx {
-            // Blocks while the exec is behind (backpressure).
-            let _ = tx.send(Event::Output(data));
-        }
-    }
-
-    fn set_current(&self, tty: Option<Arc<OwnedFd>>) {
-        lock(&self.ttys).current = tty;
-        self.wake();
+    fn wake_exec(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid buffer to an owned eventfd
+        // (non-blocking: a counter at its maximum is a pending wake-up).
+        unsafe { libc::write(self.exec_wake.as_raw_fd(), (&raw const one).cast(), 8) };
     }
 
     fn retire(&self, tty: Arc<OwnedFd>) {
@@ -669,6 +641,12 @@ struct Instance {
     /// whose file description the shell's fd shares.
     text: Option<(File, OwnedFd)>,
     flavor: Flavor,
+    /// The shell's status pipe, read by the running exec.
+    status_r: OwnedFd,
+    /// EOF seen on the status pipe (every writer gone).
+    status_open: bool,
+    /// The read buffer of execs.
+    buf: Vec<u8>,
     shared: Arc<Shared>,
     pump: Option<JoinHandle<()>>,
 }
@@ -750,11 +728,11 @@ impl Instance {
         };
 
         let shared = Arc::new(Shared {
-            sink: Mutex::new(None),
             exit: Mutex::new(None),
             ttys: Mutex::new(Ttys::default()),
             stop: AtomicBool::new(false),
             wake_w,
+            exec_wake: eventfd()?,
         });
         let hook = shared.clone();
         let pid = reaper::spawn(
@@ -763,7 +741,7 @@ impl Instance {
             || unsafe { fork_shell(&plan) },
             move |status| {
                 *lock(&hook.exit) = Some(status);
-                hook.wake();
+                hook.wake_exec();
             },
         )?;
         drop((slave, cmd_r, status_w, err_w));
@@ -780,7 +758,7 @@ impl Instance {
             let (master, shared) = (master.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("shell-pump-{pid}"))
-                .spawn(move || pump(&master, &status_r, &wake_r, &shared))?
+                .spawn(move || pump(&master, &wake_r, &shared))?
         };
         let mut inst = Instance {
             pid,
@@ -789,6 +767,9 @@ impl Instance {
             cmd_w: File::from(cmd_w),
             text,
             flavor,
+            status_r,
+            status_open: true,
+            buf: vec![0u8; READ_CHUNK],
             shared,
             pump: Some(pump),
         };
@@ -811,7 +792,7 @@ impl Instance {
         max_output: u64,
         cancel: &CancelHandle,
         out: &mut dyn FnMut(Vec<u8>),
-        on_way: &mut dyn FnMut(),
+        standby: &mut dyn Standby,
         ended: &mut dyn FnMut(&Run),
     ) -> Run {
         let tty = match self.exec_tty() {
@@ -840,38 +821,22 @@ impl Instance {
             }
         }
         let (token, report) = (nonce(), nonce());
-        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
-        *lock(&self.shared.sink) = Some(Sink {
-            tx: tx.clone(),
-            tty: tty.master.clone(),
-        });
-        self.shared.set_current(Some(tty.master.clone()));
-        cancel.attach(tx.clone());
-        // If the shell died before the sink was installed, the pump had
-        // nowhere to report it.
-        if let Some(status) = *lock(&self.shared.exit) {
-            let _ = tx.try_send(Event::Died(status));
-        }
-        drop(tx);
+        // A wake-up left over from an earlier exec (a cancel that came
+        // after its end) would only cost one more look; cleared anyway.
+        drain_eventfd(&self.shared.exec_wake);
+        cancel.attach(self.shared.clone());
         // For the fallback of `signal_foreground` (kernels without a pty
         // foreground group): jobs started from here on are this exec's.
         let exec_start = boot_ticks();
-        // EPIPE means the shell is gone; its death arrives as an event.
+        // EPIPE means the shell is gone; its death arrives from the reaper.
         let _ = self
             .cmd_w
             .write_all(self.flavor.run_line(cmd, &token, &tty.path).as_bytes());
-        on_way();
+        let mut watch = standby.watch();
         let mut status = StatusParser::new(&token, &report);
         // The status line goes out only after an interrupt, never while
         // the command runs: see `Flavor::run_line`.
         let mut report_sent = false;
-        let mut send_report = |w: &mut File| {
-            if !report_sent {
-                report_sent = true;
-                let _ = w.write_all(self.flavor.status_line(&report).as_bytes());
-            }
-        };
-
         let mut run = Run {
             exit_code: 0,
             cwd: None,
@@ -880,6 +845,21 @@ impl Instance {
             shell_gone: false,
         };
         let mut forwarded: u64 = 0;
+        let mut forward = |data: &[u8], run: &mut Run| {
+            let room = max_output.saturating_sub(forwarded) as usize;
+            let data = if data.len() > room {
+                run.truncated = true;
+                &data[..room]
+            } else {
+                data
+            };
+            if !data.is_empty() {
+                forwarded += data.len() as u64;
+                out(data.to_vec());
+            }
+        };
+        let mut tty_open = true;
+        let mut buf = std::mem::take(&mut self.buf);
         // 0 while running; then the number of escalation steps taken.
         let mut step = 0u8;
         let mut next_step_at = deadline;
@@ -888,6 +868,18 @@ impl Instance {
         // until the next step is due.
         let mut sigint_pending = false;
         loop {
+            // Looked at before every wait: the shell may have died before
+            // this exec began (the reaper's wake-up was cleared above).
+            let died = *lock(&self.shared.exit);
+            if let Some(st) = died {
+                // What it wrote before it died is the exec's.
+                if tty_open {
+                    drain_tty(&tty.master, &mut buf, &mut |d| forward(d, &mut run));
+                }
+                run.exit_code = reaper::exit_code(st);
+                run.shell_gone = true;
+                break;
+            }
             if step == 0 && cancel.is_cancelled() {
                 next_step_at = Instant::now();
             }
@@ -897,7 +889,7 @@ impl Instance {
             {
                 sigint_pending = false;
             }
-            // Checked before receiving, so a command that never stops
+            // Checked before reading, so a command that never stops
             // writing still times out.
             if Instant::now() >= next_step_at {
                 step += 1;
@@ -909,7 +901,11 @@ impl Instance {
                         // bash abandons the rest of the run line when its
                         // foreground job dies of SIGINT, so the status line
                         // must be there to report 130.
-                        send_report(&mut self.cmd_w);
+                        if !report_sent {
+                            report_sent = true;
+                            let line = self.flavor.status_line(&report);
+                            let _ = self.cmd_w.write_all(line.as_bytes());
+                        }
                     }
                     2 => {
                         sigint_pending = false;
@@ -934,20 +930,59 @@ impl Instance {
                 // No event tells when the shell starts its next job.
                 wait = wait.min(SIGINT_RETRY);
             }
-            match rx.recv_timeout(wait) {
-                Ok(Event::Output(mut data)) => {
-                    let room = max_output.saturating_sub(forwarded);
-                    if data.len() as u64 > room {
-                        data.truncate(room as usize);
-                        run.truncated = true;
-                    }
-                    if !data.is_empty() {
-                        forwarded += data.len() as u64;
-                        out(data);
-                    }
+            let on = |open: bool, fd: RawFd| if open { fd } else { -1 };
+            let mut fds = [
+                pollfd(self.shared.exec_wake.as_raw_fd()),
+                pollfd(on(self.status_open, self.status_r.as_raw_fd())),
+                pollfd(on(tty_open, tty.master.as_raw_fd())),
+                pollfd(watch.unwrap_or(-1)),
+            ];
+            // Rounded up: a wait cut short would spin until the deadline.
+            let ms = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: a valid array of pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("sandkasten-agent: exec: poll: {e}");
+                    run.shell_gone = true;
+                    break;
                 }
-                Ok(Event::Status(data)) => {
-                    status.push(&data);
+                continue;
+            }
+            if fds[0].revents != 0 {
+                drain_eventfd(&self.shared.exec_wake);
+            }
+            if fds[3].revents != 0 {
+                // A frame behind this exec (a cancel, a ping): someone else
+                // reads the connection from now on.
+                standby.hand_off();
+                watch = None;
+            }
+            if tty_open && fds[2].revents != 0 {
+                match read_tty(&tty.master, &mut buf) {
+                    TtyRead::Data(n) => forward(&buf[..n], &mut run),
+                    TtyRead::Empty => {}
+                    TtyRead::Closed => tty_open = false,
+                }
+            }
+            if self.status_open && fds[1].revents != 0 {
+                // Output written before the status goes to the exec first.
+                if tty_open {
+                    tty_open = drain_tty(&tty.master, &mut buf, &mut |d| forward(d, &mut run));
+                }
+                // SAFETY: reads into a valid buffer from an owned fd.
+                let n = unsafe {
+                    libc::read(
+                        self.status_r.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                };
+                if n == 0 {
+                    self.status_open = false;
+                } else if n > 0 {
+                    status.push(&buf[..n as usize]);
                     if let Some((code, cwd)) = status.record() {
                         run.exit_code = code;
                         run.cwd = Some(cwd);
@@ -965,21 +1000,9 @@ impl Instance {
                         break;
                     }
                 }
-                Ok(Event::Died(status)) => {
-                    run.exit_code = reaper::exit_code(status);
-                    run.shell_gone = true;
-                    break;
-                }
-                // The flag is checked at the top of the loop.
-                Ok(Event::Cancel) | Err(RecvTimeoutError::Timeout) => {}
-                // Not while the cancel handle holds a sender; if it
-                // happens anyway, the pump is gone and so is the shell.
-                Err(RecvTimeoutError::Disconnected) => {
-                    run.shell_gone = true;
-                    break;
-                }
             }
         }
+        self.buf = buf;
         if step >= 3 {
             // We killed the shell; a status that slipped in before its
             // death does not make it usable.
@@ -988,10 +1011,7 @@ impl Instance {
         // The outcome goes out now; the clean-up below delays only the
         // next exec.
         ended(&run);
-        *lock(&self.shared.sink) = None;
-        self.shared.set_current(None);
         cancel.detach();
-        drop(rx);
         self.release_tty(tty);
         run
     }
@@ -1069,9 +1089,14 @@ impl Instance {
                     slave,
                     path,
                 });
+                // A pump with a deadline wakes then and sees the later one;
+                // only one without must be told.
+                let asleep = t.spare_until.is_none();
                 t.spare_until = Some(Instant::now() + SPARE_KEEP);
                 drop(t);
-                self.shared.wake();
+                if asleep {
+                    self.shared.wake();
+                }
             }
             return;
         }
@@ -1146,43 +1171,29 @@ impl Drop for Instance {
     }
 }
 
-/// The pump: reads the terminals and the status pipe until told to stop.
-///
-/// The running exec's terminal is forwarded to it; the shell's own terminal
-/// (where the driver's steps and job notifications land) and the retired
-/// terminals of earlier execs are read and dropped.
-fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared) {
+/// The pump: reads and drops the shell's own terminal (where the driver's
+/// steps and job notifications land) and the retired terminals of earlier
+/// execs, and closes the spare terminal when its time is up, until told to
+/// stop. The running exec reads its own terminal and the status pipe.
+fn pump(master: &OwnedFd, wake_r: &OwnedFd, shared: &Shared) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut master_open = true;
-    let mut status_open = true;
-    let mut death_reported = false;
-    // A current terminal that reported EOF/EIO is not polled again (it
-    // would report it in a loop). A weak reference identifies it (and keeps
-    // its address from being reused).
-    let mut dead_current: Option<std::sync::Weak<OwnedFd>> = None;
-    let is_dead = |c: &Arc<OwnedFd>, dead: &Option<std::sync::Weak<OwnedFd>>| {
-        dead.as_ref()
-            .is_some_and(|d| std::ptr::eq(d.as_ptr(), Arc::as_ptr(c)))
-    };
     loop {
         // The only deadline: closing a spare terminal nobody used.
-        let (current, retired, spare_until) = {
+        let (retired, spare_until) = {
             let t = lock(&shared.ttys);
-            (t.current.clone(), t.retired.clone(), t.spare_until)
+            (t.retired.clone(), t.spare_until)
         };
-        let current = current.filter(|c| !is_dead(c, &dead_current));
-        let fd_or_off = |open: bool, fd: &OwnedFd| if open { fd.as_raw_fd() } else { -1 };
         let mut fds = vec![
             pollfd(wake_r.as_raw_fd()),
-            pollfd(fd_or_off(status_open, status_r)),
-            pollfd(fd_or_off(master_open, master)),
-            pollfd(current.as_ref().map_or(-1, |c| c.as_raw_fd())),
+            pollfd(if master_open { master.as_raw_fd() } else { -1 }),
         ];
         fds.extend(retired.iter().map(|r| pollfd(r.as_raw_fd())));
         let timeout = match spare_until {
             Some(t) => t
                 .saturating_duration_since(Instant::now())
-                .as_millis()
+                .as_micros()
+                .div_ceil(1000)
                 .min(i32::MAX as u128) as i32,
             None => -1,
         };
@@ -1209,79 +1220,31 @@ fn pump(master: &OwnedFd, status_r: &OwnedFd, wake_r: &OwnedFd, shared: &Shared)
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if master_open && fds[2].revents != 0 {
-            master_open = read_tty(master, &mut buf, None) != TtyRead::Closed;
+        if master_open && fds[1].revents != 0 {
+            master_open = read_tty(master, &mut buf) != TtyRead::Closed;
         }
-        let mut current_open = true;
-        if let Some(c) = &current {
-            if fds[3].revents != 0 {
-                current_open = read_tty(c, &mut buf, Some((shared, c))) != TtyRead::Closed;
-            }
-        }
-        // An exec may have installed its terminal while we polled (its
-        // wake-up and its status can arrive in the same poll): the status
-        // must be preceded by that terminal's output, not the old one's.
-        let fresh = lock(&shared.ttys).current.clone();
-        if !match (&fresh, &current) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        } {
-            current_open = true;
-        }
-        let current = fresh.filter(|c| !is_dead(c, &dead_current));
-        for (r, p) in retired.iter().zip(&fds[4..]) {
-            if p.revents != 0 && read_tty(r, &mut buf, None) == TtyRead::Closed {
+        for (r, p) in retired.iter().zip(&fds[2..]) {
+            if p.revents != 0 && read_tty(r, &mut buf) == TtyRead::Closed {
                 lock(&shared.ttys).retired.retain(|x| !Arc::ptr_eq(x, r));
             }
-        }
-        if status_open && fds[1].revents != 0 {
-            // Output written before the status must reach the exec first.
-            if let Some(c) = &current {
-                current_open = current_open && drain_tty(c, &mut buf, shared);
-            }
-            // SAFETY: reads into a valid buffer from an owned fd.
-            let n = unsafe { libc::read(status_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                shared.emit(Event::Status(buf[..n as usize].to_vec()));
-            } else if n == 0 {
-                status_open = false;
-            }
-        }
-        if !death_reported {
-            let exit = *lock(&shared.exit);
-            if let Some(st) = exit {
-                if let Some(c) = &current {
-                    current_open = current_open && drain_tty(c, &mut buf, shared);
-                }
-                death_reported = true;
-                shared.emit(Event::Died(st));
-            }
-        }
-        if !current_open {
-            dead_current = current.as_ref().map(Arc::downgrade);
         }
     }
 }
 
 #[derive(PartialEq, Eq)]
 enum TtyRead {
-    Data,
+    /// This many bytes are at the start of the buffer.
+    Data(usize),
     Empty,
     Closed,
 }
 
-/// One read from a terminal master; the data goes to the running exec when
-/// `to` is given (the shared state and this terminal, which must be the
-/// exec's own), else it is dropped.
-fn read_tty(master: &OwnedFd, buf: &mut [u8], to: Option<(&Shared, &Arc<OwnedFd>)>) -> TtyRead {
+/// One read from a terminal master.
+fn read_tty(master: &OwnedFd, buf: &mut [u8]) -> TtyRead {
     // SAFETY: reads into a valid buffer from an owned fd.
     let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n > 0 {
-        if let Some((shared, tty)) = to {
-            shared.emit_output(tty, buf[..n as usize].to_vec());
-        }
-        return TtyRead::Data;
+        return TtyRead::Data(n as usize);
     }
     if n == 0 {
         return TtyRead::Closed;
@@ -1293,16 +1256,39 @@ fn read_tty(master: &OwnedFd, buf: &mut [u8], to: Option<(&Shared, &Arc<OwnedFd>
     }
 }
 
-/// Forwards what is readable now (bounded); false if the master is closed.
-fn drain_tty(master: &Arc<OwnedFd>, buf: &mut [u8], shared: &Shared) -> bool {
-    for _ in 0..DRAIN_MAX_BYTES / 1024 {
-        match read_tty(master, buf, Some((shared, master))) {
-            TtyRead::Data => {}
+/// Passes what is readable now to `to` (bounded: a job may write without
+/// pause); false if the master is closed.
+fn drain_tty(master: &OwnedFd, buf: &mut [u8], to: &mut dyn FnMut(&[u8])) -> bool {
+    let mut taken = 0;
+    while taken < DRAIN_MAX_BYTES {
+        match read_tty(master, buf) {
+            TtyRead::Data(n) => {
+                to(&buf[..n]);
+                taken += n;
+            }
             TtyRead::Empty => return true,
             TtyRead::Closed => return false,
         }
     }
     true
+}
+
+/// Clears an eventfd's count (non-blocking: nothing to clear is fine).
+fn drain_eventfd(fd: &OwnedFd) {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64 from an owned eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+}
+
+/// A non-blocking, close-on-exec eventfd.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is wrapped at once.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Finds the running exec's record in the status stream: one of its two

@@ -9,7 +9,7 @@ use sandkasten_store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// What the activity writer is told.
 enum Message {
@@ -32,6 +32,8 @@ const ACTIVITY_WINDOW: Duration = Duration::from_millis(500);
 pub(crate) struct Db {
     store: Arc<Store>,
     activity: mpsc::UnboundedSender<Message>,
+    /// Ends the writer's window early (a flush waits for it).
+    flush_now: Arc<Notify>,
 }
 
 impl Db {
@@ -39,10 +41,12 @@ impl Db {
     /// handle is dropped).
     pub(crate) fn new(store: Arc<Store>) -> Db {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_activity(store.clone(), rx));
+        let flush_now = Arc::new(Notify::new());
+        tokio::spawn(write_activity(store.clone(), rx, flush_now.clone()));
         Db {
             store,
             activity: tx,
+            flush_now,
         }
     }
 
@@ -73,6 +77,7 @@ impl Db {
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.activity.send(Message::Flush(tx)).is_ok() {
+            self.flush_now.notify_one();
             let _ = rx.await;
         }
     }
@@ -80,15 +85,26 @@ impl Db {
 
 /// Writes activity in batches: from the first message, whatever arrives
 /// within [`ACTIVITY_WINDOW`] (or until a flush is asked for) is one
-/// transaction with one row per session, its latest activity. The writes
+/// transaction with one row per session, its latest activity. The writer
+/// does not receive during the window, so the messages in it wake nobody
+/// (an exec's record costs it no task switch). The writes
 /// are conditional (`Store::record_session_activity`), so an activity that
 /// waited here never overwrites an expiry that a TTL change or a pause
 /// wrote directly in the meantime.
-async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Message>) {
+async fn write_activity(
+    store: Arc<Store>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    flush_now: Arc<Notify>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch: HashMap<String, Activity> = HashMap::new();
         let mut flushed = Vec::new();
-        let until = tokio::time::Instant::now() + ACTIVITY_WINDOW;
+        if !matches!(first, Message::Flush(_)) {
+            tokio::select! {
+                () = tokio::time::sleep(ACTIVITY_WINDOW) => {}
+                () = flush_now.notified() => {}
+            }
+        }
         let mut next = Some(first);
         while let Some(m) = next {
             match m {
@@ -97,14 +113,7 @@ async fn write_activity(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Messa
                 }
                 Message::Flush(done) => flushed.push(done),
             }
-            next = if flushed.is_empty() {
-                tokio::time::timeout_at(until, rx.recv())
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                rx.try_recv().ok()
-            };
+            next = rx.try_recv().ok();
         }
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {

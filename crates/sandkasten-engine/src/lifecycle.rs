@@ -361,7 +361,7 @@ impl Engine {
                 return;
             }
         };
-        let (session, queue) = Session::new(
+        let session = Session::new(
             crate::session::recovered_params(rec, rec.cwd.clone()),
             Sandbox {
                 handle,
@@ -370,7 +370,7 @@ impl Engine {
             },
         );
         let _ = session.set_hibernated(from_ms(rec.expires_at_ms));
-        self.register(session, queue);
+        self.register(session);
         tracing::info!(session = %rec.id, "hibernated session listed again");
     }
 

@@ -6,7 +6,7 @@
 //! A create is three steps: [`Engine::validate`] (the request against the
 //! config; nothing is reserved yet), [`Engine::acquire`] (a pooled sandbox
 //! bound to the request, or a cold one), [`Engine::register`] (listed,
-//! watched, its exec queue running).
+//! watched).
 
 use crate::db::Db;
 use crate::error::{FileError, ImageError, PortError, SessionError, WorkspaceError};
@@ -26,7 +26,7 @@ use sandkasten_runtime::{
 };
 use sandkasten_store::{SessionRecord, Store};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -165,10 +165,9 @@ impl Engine {
         &self.inner.cfg
     }
 
-    /// Lists a session and starts its exec queue and its watcher.
-    pub(crate) fn register(&self, session: Arc<Session>, queue: mpsc::UnboundedReceiver<ExecJob>) {
+    /// Lists a session and starts its watcher.
+    pub(crate) fn register(&self, session: Arc<Session>) {
         self.inner.sessions.insert(session.clone());
-        tokio::spawn(self.clone().run_execs(Arc::downgrade(&session), queue));
         // Watch only once listed, so an instant death is not missed.
         self.watch(&session);
         self.inner.reaper_wake.notify_one();
@@ -230,9 +229,9 @@ impl Engine {
             match alive {
                 Some((sandbox, cwd)) => {
                     tracing::info!(session = %rec.id, "reattached to running sandbox");
-                    let (session, queue) = Session::new(recovered_params(&rec, cwd), sandbox);
+                    let session = Session::new(recovered_params(&rec, cwd), sandbox);
                     let paused = rec.state == SessionState::Paused;
-                    self.register(session.clone(), queue);
+                    self.register(session.clone());
                     if paused {
                         self.repause(&session, from_ms(rec.expires_at_ms)).await;
                     }
@@ -457,7 +456,7 @@ impl Engine {
         }
         .fetch_add(1, Ordering::Relaxed);
         let rec = acquired.record;
-        let (session, queue) = Session::new(
+        let session = Session::new(
             SessionParams {
                 id: rec.id.clone(),
                 image: rec.image,
@@ -483,7 +482,7 @@ impl Engine {
         if let Some(gate) = acquired.refill {
             session.hold_refill(gate);
         }
-        self.register(session, queue);
+        self.register(session);
         // Listed now: the session holds its workspace from here on.
         drop(acquired.mount);
         tracing::debug!(session = %info.id, source = source.as_str(), "session created");
@@ -1210,104 +1209,112 @@ impl Engine {
         Ok((timeout, cfg.max_output_bytes))
     }
 
+    /// Runs a command in the session's shell and answers with its whole
+    /// output. It runs on the caller's task when its turn comes (no other
+    /// task in between); dropped before its end (the client went away), it
+    /// is interrupted in the sandbox.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, EngineError> {
         let (timeout_ms, max_output) = self.exec_params(&req)?;
         let s = self.live(id).await?;
-        let mut rx = Self::enqueue_exec(&s, req, timeout_ms, max_output)?;
-        let mut output = String::new();
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                ExecEvent::Chunk { data, .. } => output.push_str(&data),
-                ExecEvent::Done {
-                    exit_code,
-                    cwd,
-                    duration_ms,
-                    timed_out,
-                    truncated,
-                } => {
-                    return Ok(ExecResult {
-                        exit_code,
-                        cwd,
-                        output,
-                        truncated,
-                        duration_ms,
-                        timed_out,
-                    })
-                }
-                ExecEvent::Error { message } => {
-                    return Err(self
-                        .lost_or(&s, SessionError::AgentLost(message).into())
-                        .await)
-                }
-            }
-        }
-        let e = SessionError::AgentLost("the exec ended without a result".into());
-        Err(self.lost_or(&s, e.into()).await)
-    }
-
-    /// Starts a streamed exec: it joins the session's queue now (execs of
-    /// one session run in arrival order). Errors before the command starts
-    /// are returned here; later ones arrive as `ExecEvent::Error`.
-    pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
-        let (timeout_ms, max_output) = self.exec_params(&req)?;
-        let s = self.live(id).await?;
-        Self::enqueue_exec(&s, req, timeout_ms, max_output)
-    }
-
-    /// Puts an exec into the session's queue.
-    fn enqueue_exec(
-        s: &Session,
-        req: ExecRequest,
-        timeout_ms: u64,
-        max_output: u64,
-    ) -> Result<ExecStream, EngineError> {
-        let (tx, rx) = mpsc::channel::<ExecEvent>(64);
-        let queued = s.enqueue(ExecJob {
+        let job = ExecJob {
             cmd: req.cmd,
             timeout_ms,
             max_output,
             raw_output: req.raw_output,
-            events: tx,
-        });
-        if !queued {
-            return Err(SessionError::NotRunning {
-                id: s.id.clone(),
-                state: s.state(),
+        };
+        let turn = s.exec_turn.clone().lock_owned().await;
+        let mut sink = ExecSink::Collect {
+            output: String::new(),
+            end: None,
+        };
+        self.run_exec(&s, job, &mut sink).await;
+        drop(turn);
+        let ExecSink::Collect { output, end } = sink else {
+            unreachable!("the sink stays what it was made")
+        };
+        match end {
+            Some(ExecEvent::Done {
+                exit_code,
+                cwd,
+                duration_ms,
+                timed_out,
+                truncated,
+            }) => Ok(ExecResult {
+                exit_code,
+                cwd,
+                output,
+                truncated,
+                duration_ms,
+                timed_out,
+            }),
+            Some(ExecEvent::Error { message }) => Err(self
+                .lost_or(&s, SessionError::AgentLost(message).into())
+                .await),
+            _ => {
+                let e = SessionError::AgentLost("the exec ended without a result".into());
+                Err(self.lost_or(&s, e.into()).await)
             }
-            .into());
         }
+    }
+
+    /// Starts a streamed exec: it takes its place in the session's queue
+    /// now (execs of one session run in arrival order) and runs on a task
+    /// of its own. Errors before the command starts are returned here;
+    /// later ones arrive as `ExecEvent::Error`. Dropping the stream
+    /// interrupts the command (or takes it out of the queue).
+    pub async fn exec_stream(&self, id: &str, req: ExecRequest) -> Result<ExecStream, EngineError> {
+        let (timeout_ms, max_output) = self.exec_params(&req)?;
+        let s = self.live(id).await?;
+        let job = ExecJob {
+            cmd: req.cmd,
+            timeout_ms,
+            max_output,
+            raw_output: req.raw_output,
+        };
+        let (tx, rx) = mpsc::channel::<ExecEvent>(64);
+        // The lock is fair in the order of first polls: polled here, the
+        // place is this call's, whenever the task below runs.
+        let mut turn = Box::pin(s.exec_turn.clone().lock_owned());
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(turn.as_mut(), cx))
+        })
+        .await;
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let _turn = match first {
+                std::task::Poll::Ready(t) => t,
+                std::task::Poll::Pending => tokio::select! {
+                    t = turn => t,
+                    // The client went away before its turn.
+                    () = tx.closed() => return,
+                },
+            };
+            if tx.is_closed() {
+                return;
+            }
+            engine.run_exec(&s, job, &mut ExecSink::Stream(tx)).await;
+        });
         Ok(rx)
     }
 
-    /// Runs a session's exec queue, one exec at a time, until the session
-    /// is gone.
-    async fn run_execs(self, session: Weak<Session>, mut queue: mpsc::UnboundedReceiver<ExecJob>) {
-        while let Some(job) = queue.recv().await {
-            let Some(s) = session.upgrade() else {
-                return;
-            };
-            if job.events.is_closed() {
-                // The client went away before its turn.
-                continue;
-            }
-            self.run_exec(&s, job).await;
-        }
-    }
-
-    async fn run_exec(&self, s: &Session, job: ExecJob) {
-        let tx = job.events;
+    /// Runs one exec whose turn has come, its events to `sink`.
+    async fn run_exec(&self, s: &Session, job: ExecJob, sink: &mut ExecSink) {
         let started = std::time::Instant::now();
         let agent = s.connected_agent().await;
         let mut handle = match agent.exec(job.cmd, job.timeout_ms, job.max_output) {
             Ok(h) => h,
             Err(e) => {
-                let _ = tx
-                    .send(ExecEvent::Error {
-                        message: format!("sandbox agent unavailable: {e}"),
-                    })
-                    .await;
+                sink.take(ExecEvent::Error {
+                    message: format!("sandbox agent unavailable: {e}"),
+                })
+                .await;
                 return;
             }
+        };
+        // Dropped before the end, the exec is interrupted in the sandbox.
+        let mut interrupt = InterruptOnDrop {
+            agent: &agent,
+            id: Some(handle.id),
         };
         let mut cleaner = OutputCleaner::new(job.raw_output);
         // The agent enforces the timeout; this guard only catches an agent
@@ -1325,15 +1332,16 @@ impl Engine {
                             ExecEvent::Chunk { data: text, timestamp_ms: ms(now()) }
                         }
                         Some(ExecReply::Done(d)) => {
+                            interrupt.id = None;
                             let rest = cleaner.finish();
                             if !rest.is_empty() {
-                                let _ = tx.send(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
+                                sink.take(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
                             }
                             self.inner.counters.exec.observe(started.elapsed());
                             self.inner.db.record_activity(&s.id, s.set_cwd(&d.cwd));
                             // The pool may refill now (a pooled session's first exec).
                             s.release_refill();
-                            let _ = tx.send(ExecEvent::Done {
+                            sink.take(ExecEvent::Done {
                                 exit_code: d.exit_code,
                                 cwd: d.cwd,
                                 duration_ms: d.duration_ms,
@@ -1346,18 +1354,21 @@ impl Engine {
                         None => ExecEvent::Error { message: "the sandbox agent connection closed".into() },
                     };
                     let last = matches!(event, ExecEvent::Error { .. });
-                    if tx.send(event).await.is_err() && !cancelled {
+                    if last {
+                        interrupt.id = None;
+                    }
+                    if !sink.take(event).await && !cancelled {
                         cancelled = true;
                         let _ = agent.cancel(handle.id).await;
                     }
                     if last { return; }
                 }
-                _ = tx.closed(), if !cancelled => {
+                () = sink.gone(), if !cancelled => {
                     cancelled = true;
                     let _ = agent.cancel(handle.id).await;
                 }
                 _ = &mut guard => {
-                    let _ = tx.send(ExecEvent::Error { message: "the sandbox agent stopped answering".into() }).await;
+                    sink.take(ExecEvent::Error { message: "the sandbox agent stopped answering".into() }).await;
                     return;
                 }
             }
@@ -1624,6 +1635,57 @@ pub(crate) async fn prime_shell(
 
 pub(crate) fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// Where an exec's events go.
+enum ExecSink {
+    /// Kept for one answer: the output, and the event that ended the exec.
+    Collect {
+        output: String,
+        end: Option<ExecEvent>,
+    },
+    /// To a stream's consumer.
+    Stream(mpsc::Sender<ExecEvent>),
+}
+
+impl ExecSink {
+    /// Takes one event; false once nobody listens any more.
+    async fn take(&mut self, ev: ExecEvent) -> bool {
+        match self {
+            ExecSink::Collect { output, end } => {
+                match ev {
+                    ExecEvent::Chunk { data, .. } => output.push_str(&data),
+                    ev => *end = Some(ev),
+                }
+                true
+            }
+            ExecSink::Stream(tx) => tx.send(ev).await.is_ok(),
+        }
+    }
+
+    /// Resolves once nobody listens any more (never for an answer that
+    /// is collected: its caller dropping the exec is what ends it).
+    async fn gone(&self) {
+        match self {
+            ExecSink::Collect { .. } => std::future::pending().await,
+            ExecSink::Stream(tx) => tx.closed().await,
+        }
+    }
+}
+
+/// Interrupts a running exec in the sandbox when dropped before its end.
+struct InterruptOnDrop<'a> {
+    agent: &'a AgentClient,
+    /// `None` once the exec has ended.
+    id: Option<u64>,
+}
+
+impl Drop for InterruptOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.agent.cancel_detached(id);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,20 +3,20 @@
 //! the capacity reservation of creates in flight.
 //!
 //! Concurrency: the table is a std mutex held only for map operations
-//! (never across `.await`). Each session has one exec queue: a request
-//! enters it synchronously when it arrives, and one task per session runs
-//! the queue in order, so execs of one session run in arrival order and
-//! sessions run in parallel.
+//! (never across `.await`). Each session has one exec queue, a fair async
+//! lock: a request takes its place when it arrives and runs on its own
+//! task when its turn comes, so execs of one session run in arrival order,
+//! sessions run in parallel, and no task hand-off lies on an exec's path.
 
 use crate::error::SessionError;
-use crate::{AcquireSource, ExecEvent, OnTimeout, SessionInfo, SessionState};
+use crate::{AcquireSource, OnTimeout, SessionInfo, SessionState};
 use sandkasten_runtime::{AgentClient, NetworkPolicy, Sandbox, SandboxHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// How long a session whose agent connection broke waits for its backend
 /// to be reachable again before it is given up as `lost`.
@@ -25,14 +25,12 @@ pub(crate) const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a reattached agent may take to answer its first ping.
 pub(crate) const ATTACH_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One exec waiting in a session's queue.
+/// One exec, as its turn comes.
 pub(crate) struct ExecJob {
     pub(crate) cmd: String,
     pub(crate) timeout_ms: u64,
     pub(crate) max_output: u64,
     pub(crate) raw_output: bool,
-    /// Where its events go; closed when the client went away.
-    pub(crate) events: mpsc::Sender<ExecEvent>,
 }
 
 /// What a session is, fixed at creation.
@@ -85,8 +83,9 @@ pub(crate) struct Session {
     /// Orders pauses and resumes of this session (held across the
     /// runtime's freeze or thaw, by those only).
     pub(crate) lifecycle: tokio::sync::Mutex<()>,
-    /// The exec queue (see the module doc).
-    execs: mpsc::UnboundedSender<ExecJob>,
+    /// The exec queue (see the module doc): execs take turns in arrival
+    /// order (the lock is fair), each on its caller's task.
+    pub(crate) exec_turn: Arc<tokio::sync::Mutex<()>>,
     /// Held from a pooled create until the first exec has answered (or
     /// `pool::REFILL_GRACE`): dropping it starts the pool's refill.
     refill: Mutex<Option<crate::pool::RefillGate>>,
@@ -125,14 +124,8 @@ struct Live {
 
 impl Session {
     /// The one constructor (cold create, pooled create and recovery).
-    /// Returns the session and the receiving end of its exec queue, for
-    /// the task that runs it.
-    pub(crate) fn new(
-        p: SessionParams,
-        sandbox: Sandbox,
-    ) -> (Arc<Session>, mpsc::UnboundedReceiver<ExecJob>) {
-        let (execs, queue) = mpsc::unbounded_channel();
-        let s = Arc::new(Session {
+    pub(crate) fn new(p: SessionParams, sandbox: Sandbox) -> Arc<Session> {
+        Arc::new(Session {
             id: p.id,
             image: p.image,
             workspace_id: p.workspace_id,
@@ -157,10 +150,9 @@ impl Session {
                 cpu_seen: None,
             }),
             lifecycle: tokio::sync::Mutex::new(()),
-            execs,
+            exec_turn: Arc::new(tokio::sync::Mutex::new(())),
             refill: Mutex::new(None),
-        });
-        (s, queue)
+        })
     }
 
     /// Keeps a pooled create's refill back until the first exec has
@@ -409,10 +401,6 @@ impl Session {
     }
 
     /// Queues an exec (arrival order); false when the queue's task ended.
-    pub(crate) fn enqueue(&self, job: ExecJob) -> bool {
-        self.execs.send(job).is_ok()
-    }
-
     /// The current agent connection, as it is.
     pub(crate) fn agent(&self) -> AgentClient {
         self.agent.borrow().clone()

@@ -356,6 +356,13 @@ impl AgentClient {
         self.call(Request::CancelExec { target }).await.map(|_| ())
     }
 
+    /// Interrupts the exec started with request id `target` without
+    /// waiting (for a caller that is going away); its replies are dropped.
+    pub fn cancel_detached(&self, target: u64) {
+        self.forget(target);
+        self.notify(Request::CancelExec { target });
+    }
+
     /// Liveness: the agent answers with its shell's cwd (and its protocol
     /// version, which the client keeps).
     pub async fn ping(&self) -> Result<String, RuntimeError> {
