@@ -474,6 +474,17 @@ impl Flavor {
         }
     }
 
+    /// The fd (in the shell) the setup is read from at its start (bash):
+    /// a read-only memfd, sourced through `/proc/self/fd` (one buffered
+    /// read: the script pipe costs a syscall per byte, 746 of them) and
+    /// closed right after.
+    fn setup_fd(self) -> Option<RawFd> {
+        match self {
+            Flavor::Bash => Some(96),
+            Flavor::Sh => None,
+        }
+    }
+
     /// The first line the shell runs: job control, aliases, an INT trap
     /// that keeps the shell alive, `__sk_s CODE TOKEN`, the status step of
     /// every exec (it writes the token, the code and the working directory
@@ -668,6 +679,8 @@ struct ChildPlan {
     status_fd: RawFd,
     /// The read-only command text and the fd the shell has it as.
     text: Option<(RawFd, RawFd)>,
+    /// The read-only setup and the fd the shell has it as.
+    setup: Option<(RawFd, RawFd)>,
     err_w: RawFd,
 }
 
@@ -697,6 +710,16 @@ impl Instance {
             }
             None => None,
         };
+        // Where /proc is mounted (it is in every sandbox; checked anyway),
+        // bash sources its setup from a file.
+        let setup = match flavor.setup_fd() {
+            Some(fd) if Path::new("/proc/self/fd").is_dir() => {
+                let (rw, ro) = command_text()?;
+                File::from(rw).write_all(flavor.setup().as_bytes())?;
+                Some((move_above(ro, 100)?, fd))
+            }
+            _ => None,
+        };
         if cfg.uid.is_some() || cfg.gid.is_some() {
             // So that the sandbox user owns its terminal, like a login.
             let uid = cfg.uid.unwrap_or(u32::MAX);
@@ -724,6 +747,7 @@ impl Instance {
             status_w: status_w.as_raw_fd(),
             status_fd: flavor.status_fd(),
             text: text.as_ref().map(|(_, ro, fd)| (ro.as_raw_fd(), *fd)),
+            setup: setup.as_ref().map(|(ro, fd)| (ro.as_raw_fd(), *fd)),
             err_w: err_w.as_raw_fd(),
         };
 
@@ -745,6 +769,11 @@ impl Instance {
             },
         )?;
         drop((slave, cmd_r, status_w, err_w));
+        // The shell has its own copy of the setup now.
+        let setup_line = match setup {
+            Some((_, fd)) => format!(". /proc/self/fd/{fd}; exec {fd}<&-\n"),
+            None => flavor.setup().to_string(),
+        };
         let text = text.map(|(rw, ro, _)| (File::from(rw), ro));
 
         // The error pipe is closed by a successful exec; before that the
@@ -775,7 +804,7 @@ impl Instance {
         };
         // The shell reads this before any command; a failure shows up as
         // the shell's death.
-        let _ = inst.cmd_w.write_all(flavor.setup().as_bytes());
+        let _ = inst.cmd_w.write_all(setup_line.as_bytes());
         Ok(inst)
     }
 
@@ -1420,14 +1449,15 @@ unsafe fn fork_shell(plan: &ChildPlan) -> io::Result<libc::pid_t> {
         {
             fail();
         }
-        if let Some((text, fd)) = plan.text {
-            if libc::dup2(text, fd) < 0 {
+        for (from, fd) in [plan.text, plan.setup].into_iter().flatten() {
+            if libc::dup2(from, fd) < 0 {
                 fail();
             }
         }
         // Nothing of the agent's stays open (see `sys::become_user`).
         let text_fd = plan.text.map_or(-1, |(_, fd)| fd);
-        sys::close_fds_except(&[plan.status_fd, text_fd, plan.err_w]);
+        let setup_fd = plan.setup.map_or(-1, |(_, fd)| fd);
+        sys::close_fds_except(&[plan.status_fd, setup_fd, text_fd, plan.err_w]);
         if !sys::become_user(plan.uid, plan.gid, plan.nproc) {
             fail();
         }

@@ -402,4 +402,12 @@ fn neither_the_shell_nor_commands_inherit_agent_fds() {
     assert_eq!(r.exit_code, 0, "{}", r.text());
     assert!(r.text().contains("/dev/pts/"), "{}", r.text());
     assert!(!r.text().contains("socket:"), "{}", r.text());
+    // The shell holds the command text (saved by bash while the command
+    // runs), not its setup, which it closed after reading it.
+    assert_eq!(
+        r.text().matches("memfd:sandkasten-command").count(),
+        1,
+        "{}",
+        r.text()
+    );
 }
