@@ -142,31 +142,47 @@ impl Taken {
     /// and counts the hit; on failure the sandbox is destroyed. The gate
     /// starts the refill when dropped.
     pub(crate) async fn promote(
-        mut self,
+        self,
         record: SessionRecord,
         started: Instant,
     ) -> Result<(SandboxHandle, AgentClient, RefillGate), EngineError> {
-        match self
-            .pool
-            .db
-            .run(move |s| s.promote_pool_entry(&record))
-            .await
-        {
-            Ok(()) => {
-                self.image.record_hit(started.elapsed());
-                self.pool.acquire_hist.observe(started.elapsed());
-                let w = self.take_warm();
-                self.promoted = true;
-                let gate = RefillGate {
-                    image: self.image.clone(),
-                };
-                Ok((w.handle, w.agent, gate))
-            }
+        match self.record(record).await {
+            Ok(()) => Ok(self.promoted(started)),
             Err(e) => {
                 self.discard().await;
                 Err(e.into())
             }
         }
+    }
+
+    /// The store half of [`Taken::promote`]: its pool record becomes the
+    /// session `record` (one transaction).
+    pub(crate) async fn record(&self, record: SessionRecord) -> Result<(), StoreError> {
+        self.pool
+            .db
+            .run(move |s| s.promote_pool_entry(&record))
+            .await
+    }
+
+    /// The rest of [`Taken::promote`], once [`Taken::record`] succeeded.
+    pub(crate) fn promoted(mut self, started: Instant) -> (SandboxHandle, AgentClient, RefillGate) {
+        self.image.record_hit(started.elapsed());
+        self.pool.acquire_hist.observe(started.elapsed());
+        let w = self.take_warm();
+        self.promoted = true;
+        let gate = RefillGate {
+            image: self.image.clone(),
+        };
+        (w.handle, w.agent, gate)
+    }
+
+    /// Whether its agent answers a ping within [`HEALTH_TIMEOUT`].
+    pub(crate) async fn answers(&self) -> bool {
+        let agent = &self.warm().agent;
+        matches!(
+            tokio::time::timeout(HEALTH_TIMEOUT, agent.ping()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Puts it back unused, first in line.
@@ -565,6 +581,35 @@ impl Pool {
     /// Takes a live pooled sandbox of `image`, or `None` at once (the
     /// create goes cold; a miss is counted). Dead ones met on the way are
     /// discarded.
+    /// Takes the first idle sandbox whose agent connection is open without
+    /// asking it anything: the caller pings it ([`Taken::answers`]) along
+    /// with its other steps.
+    pub(crate) fn take_unchecked(self: &Arc<Self>, image: &str) -> Option<Taken> {
+        let p = self.images.get(image)?.clone();
+        if self.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        loop {
+            let w = p.idle.lock().unwrap().pop_front();
+            let Some(w) = w else {
+                p.record_miss();
+                return None;
+            };
+            if w.agent.is_connected() {
+                return Some(Taken {
+                    pool: self.clone(),
+                    image: p,
+                    warm: Some(w),
+                    promoted: false,
+                });
+            }
+            tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
+            p.discarded.fetch_add(1, Ordering::Relaxed);
+            self.destroy_warm(w);
+            p.wake.notify_one();
+        }
+    }
+
     pub(crate) async fn take(self: &Arc<Self>, image: &str) -> Option<Taken> {
         let p = self.images.get(image)?.clone();
         if self.closing.load(Ordering::SeqCst) {

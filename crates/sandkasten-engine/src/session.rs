@@ -666,7 +666,7 @@ impl Engine {
         // A host whose disk is (nearly) full refuses new sandboxes until
         // space returns; running sessions are not touched. Checked while
         // a pooled sandbox is taken (and proven alive): independent work.
-        let room = async {
+        let room = || async {
             self.inner
                 .runtime
                 .check_room()
@@ -681,14 +681,70 @@ impl Engine {
         // cold where pooled sandboxes wait with a link (default mode full).
         let other_mode = v.network.mode != self.inner.cfg.network.default.mode
             && (!self.inner.runtime.network_policies() || !v.network.is_full());
+        // A pooled sandbox that needs nothing bound (no workspace, no
+        // variables, the default limit, no policy to set) becomes the
+        // session while it is pinged: nothing would change between the
+        // two, so its record need not wait for the answer.
+        let plain = !wants_workspace
+            && v.env.is_empty()
+            && !(v.network.is_full() && self.inner.runtime.network_policies())
+            && v.disk_limit_mb
+                .is_none_or(|mb| Some(mb) == self.inner.cfg.limits.disk_mb);
         let (room, mut taken) = if (wants_workspace && !self.inner.runtime.can_bind_workspace())
             || other_mode
             || v.pool_key.is_empty()
         {
             pool.record_miss(&v.pool_key);
-            (room.await, None)
+            (room().await, None)
+        } else if plain {
+            match pool.take_unchecked(&v.pool_key) {
+                Some(t) => {
+                    let mut record = session_record(&v, t.warm().id.clone(), None);
+                    record.state = SessionState::Running;
+                    record.acquire_source = AcquireSource::Pool;
+                    record.pid = t.warm().handle.pid;
+                    record.pid_start_time = t.warm().handle.start_time;
+                    let (room, answers, recorded) =
+                        tokio::join!(room(), t.answers(), t.record(record.clone()));
+                    phases.end("room, ping and store: promote");
+                    if room.is_ok() && answers && recorded.is_ok() {
+                        let (handle, agent, refill) = t.promoted(started);
+                        let phases = phases.list;
+                        tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
+                        self.inner.counters.pool_phases.add(&phases);
+                        return Ok(Acquired {
+                            record,
+                            sandbox: Sandbox {
+                                handle,
+                                agent,
+                                phases_us: Vec::new(),
+                            },
+                            source: AcquireSource::Pool,
+                            mount: None,
+                            network: v.network,
+                            refill: Some(refill),
+                        });
+                    }
+                    if recorded.is_ok() {
+                        // Never handed out: its record ends as failed.
+                        let (id, at) = (record.id.clone(), ms(now()));
+                        let _ = self
+                            .inner
+                            .db
+                            .run(move |s| s.set_session_state(&id, SessionState::Failed, Some(at)))
+                            .await;
+                    }
+                    if room.is_ok() && recorded.is_ok() {
+                        tracing::warn!(session = %record.id, "a pooled sandbox did not answer; creating cold");
+                    }
+                    t.discard().await;
+                    recorded?;
+                    (room, None)
+                }
+                None => (room().await, None),
+            }
         } else {
-            tokio::join!(room, pool.take(&v.pool_key))
+            tokio::join!(room(), pool.take(&v.pool_key))
         };
         if let Err(e) = room {
             if let Some(t) = taken {
@@ -720,27 +776,7 @@ impl Engine {
         if taken.is_some() && mount.is_some() {
             phases.end("workspace: hold");
         }
-        let created_at = now();
-        let mut record = SessionRecord {
-            id,
-            image: v.image.clone(),
-            state: SessionState::Creating,
-            workspace_id,
-            cwd: "/workspace".into(),
-            ttl_seconds: v.ttl,
-            created_at_ms: ms(created_at),
-            expires_at_ms: ms(created_at + time::Duration::seconds(v.ttl as i64)),
-            acquire_source: AcquireSource::Cold,
-            pid: 0,
-            pid_start_time: 0,
-            ended_at_ms: None,
-            disk_limit_mb: v.disk_limit_mb,
-            network: Some(v.network.to_text()),
-            metadata: v.metadata.clone(),
-            on_timeout: Some(v.on_timeout.as_str().to_string()),
-            idle_timeout_seconds: v.idle_timeout_seconds,
-            hibernation: None,
-        };
+        let mut record = session_record(&v, id, workspace_id);
 
         // Late binding: the pooled sandbox takes on this request's identity.
         if let Some(t) = taken {
@@ -1635,6 +1671,31 @@ pub(crate) async fn prime_shell(
 
 pub(crate) fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// The store record of a session being created from `v` (not started yet).
+fn session_record(v: &ValidCreate, id: String, workspace_id: Option<String>) -> SessionRecord {
+    let created_at = now();
+    SessionRecord {
+        id,
+        image: v.image.clone(),
+        state: SessionState::Creating,
+        workspace_id,
+        cwd: "/workspace".into(),
+        ttl_seconds: v.ttl,
+        created_at_ms: ms(created_at),
+        expires_at_ms: ms(created_at + time::Duration::seconds(v.ttl as i64)),
+        acquire_source: AcquireSource::Cold,
+        pid: 0,
+        pid_start_time: 0,
+        ended_at_ms: None,
+        disk_limit_mb: v.disk_limit_mb,
+        network: Some(v.network.to_text()),
+        metadata: v.metadata.clone(),
+        on_timeout: Some(v.on_timeout.as_str().to_string()),
+        idle_timeout_seconds: v.idle_timeout_seconds,
+        hibernation: None,
+    }
 }
 
 /// Where an exec's events go.
