@@ -665,19 +665,11 @@ fn daemon_processes_of(home: &DataDir, live: Option<i32>) -> Vec<String> {
 /// Loop devices whose backing file lies in the data dir.
 fn loop_devices_of(home: &DataDir) -> Vec<String> {
     let root = home.root.to_string_lossy().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let backing =
-            std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
-        if backing.starts_with(&root) {
-            out.push(format!("/dev/{name} ({})", backing.trim()));
-        }
-    }
-    out
+    loop_devices()
+        .into_iter()
+        .filter(|(_, backing)| backing.starts_with(&root))
+        .map(|(name, backing)| format!("/dev/{name} ({backing})"))
+        .collect()
 }
 
 /// This daemon's link prefix (`skn<tag>`).

@@ -762,6 +762,21 @@ pub fn daemon_warnings(home: &DataDir) -> String {
     out
 }
 
+/// The host's attached loop devices: name (`loopN`) and backing file.
+pub fn loop_devices() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) {
+            out.push((name, backing.trim().to_string()));
+        }
+    }
+    out
+}
+
 /// Who still mounts native image workspace `ws` (for a failure message):
 /// its loop device and every host process whose mount table lists it,
 /// with its command and cgroup. A detached mount held by a descriptor
@@ -770,15 +785,11 @@ pub fn workspace_holders(home: &DataDir, ws: &str) -> String {
     let img = home.data.join("workspaces").join(format!("{ws}.img"));
     let img = fs::canonicalize(&img).unwrap_or(img);
     let mut out = Vec::new();
-    for e in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
-        };
-        if Path::new(backing.trim()) != img {
+    for (name, backing) in loop_devices() {
+        if Path::new(&backing) != img {
             continue;
         }
-        let dev = fs::read_to_string(e.path().join("dev")).unwrap_or_default();
+        let dev = fs::read_to_string(format!("/sys/block/{name}/dev")).unwrap_or_default();
         let dev = dev.trim().to_string();
         // A btrfs filesystem lists its devices while it is mounted (a
         // detached mount included).
