@@ -365,8 +365,9 @@ impl Standby for Handoff {
         Some(r.stream.as_raw_fd())
     }
 
-    fn hand_off(&mut self) {
+    fn hand_off(&mut self) -> bool {
         self.fire();
+        self.reading.is_none()
     }
 }
 

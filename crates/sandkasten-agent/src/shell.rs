@@ -84,6 +84,8 @@ const DRAIN_MAX_BYTES: usize = 1024 * 1024;
 const WINSIZE: (u16, u16) = (50, 200);
 /// How often an interrupt that found no job looks again for one.
 const SIGINT_RETRY: Duration = Duration::from_millis(5);
+/// How often a hand-off of the connection that found no thread tries again.
+const HAND_OFF_RETRY: Duration = Duration::from_millis(100);
 /// Exit code of a timed-out or cancelled exec.
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
@@ -156,7 +158,8 @@ pub trait Standby {
     fn watch(&mut self) -> Option<RawFd>;
     /// Hands the reading on now (before the exec waits for its turn or for
     /// a new shell). Once only; later calls retry a hand-off that failed.
-    fn hand_off(&mut self);
+    /// False while the reading is still here (no thread could take it).
+    fn hand_off(&mut self) -> bool;
 }
 
 struct Queue {
@@ -262,7 +265,9 @@ impl Shell {
                 "the command contains a NUL byte".into(),
             ));
         }
-        if !self.wait_turn(ticket.seq, &ticket.cancel, &mut || standby.hand_off()) {
+        if !self.wait_turn(ticket.seq, &ticket.cancel, &mut || {
+            standby.hand_off();
+        }) {
             return Ok(ExecOutcome {
                 exit_code: TIMEOUT_EXIT_CODE,
                 cwd: self.cwd(),
@@ -274,7 +279,7 @@ impl Shell {
         let started = Instant::now();
         let mut slot = lock(&self.instance);
         if slot.as_ref().is_none_or(Instance::exited) {
-            standby.hand_off();
+            let _ = standby.hand_off();
             *slot = None;
             *slot = Some(self.spawn_instance().map_err(ExecError::Spawn)?);
         }
@@ -862,6 +867,14 @@ impl Instance {
             .cmd_w
             .write_all(self.flavor.run_line(cmd, &token, &tty.path).as_bytes());
         let mut watch = standby.watch();
+        // A frame came in but no thread could take the reading (a sandbox
+        // at its pids limit): tried again at this time (no event tells
+        // when a thread can be started again).
+        let mut hand_off_again: Option<Instant> = None;
+        if watch.is_none() && !standby.hand_off() {
+            // Frames were buffered already and no thread took them.
+            hand_off_again = Some(Instant::now() + HAND_OFF_RETRY);
+        }
         let mut status = StatusParser::new(&token, &report);
         // The status line goes out only after an interrupt, never while
         // the command runs: see `Flavor::run_line`.
@@ -954,10 +967,16 @@ impl Instance {
                     }
                 }
             }
+            if hand_off_again.is_some_and(|t| Instant::now() >= t) {
+                hand_off_again = (!standby.hand_off()).then(|| Instant::now() + HAND_OFF_RETRY);
+            }
             let mut wait = next_step_at.saturating_duration_since(Instant::now());
             if sigint_pending {
                 // No event tells when the shell starts its next job.
                 wait = wait.min(SIGINT_RETRY);
+            }
+            if let Some(t) = hand_off_again {
+                wait = wait.min(t.saturating_duration_since(Instant::now()));
             }
             let on = |open: bool, fd: RawFd| if open { fd } else { -1 };
             let mut fds = [
@@ -985,8 +1004,10 @@ impl Instance {
             if fds[3].revents != 0 {
                 // A frame behind this exec (a cancel, a ping): someone else
                 // reads the connection from now on.
-                standby.hand_off();
                 watch = None;
+                if !standby.hand_off() {
+                    hand_off_again = Some(Instant::now() + HAND_OFF_RETRY);
+                }
             }
             if tty_open && fds[2].revents != 0 {
                 match read_tty(&tty.master, &mut buf) {

@@ -113,6 +113,19 @@ pub(crate) struct Taken {
     warm: Option<Warm>,
     /// Promoted: the [`RefillGate`] wakes the fill loop, not the drop.
     promoted: bool,
+    /// Its session record is written ([`Taken::record`]): dropped before
+    /// it is promoted, the record is marked failed.
+    recorded: AtomicBool,
+}
+
+/// How a taken sandbox answered its ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    Alive,
+    /// No answer within [`HEALTH_TIMEOUT`] (a busy host), connection open.
+    Slow,
+    /// Its connection is closed or the ping failed.
+    Dead,
 }
 
 /// Wakes its image's fill loop when dropped: the session a pooled sandbox
@@ -161,7 +174,9 @@ impl Taken {
         self.pool
             .db
             .run(move |s| s.promote_pool_entry(&record))
-            .await
+            .await?;
+        self.recorded.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The rest of [`Taken::promote`], once [`Taken::record`] succeeded.
@@ -176,13 +191,13 @@ impl Taken {
         (w.handle, w.agent, gate)
     }
 
-    /// Whether its agent answers a ping within [`HEALTH_TIMEOUT`].
-    pub(crate) async fn answers(&self) -> bool {
-        let agent = &self.warm().agent;
-        matches!(
-            tokio::time::timeout(HEALTH_TIMEOUT, agent.ping()).await,
-            Ok(Ok(_))
-        )
+    /// Pings its agent.
+    pub(crate) async fn health(&self) -> Health {
+        match tokio::time::timeout(HEALTH_TIMEOUT, self.warm().agent.ping()).await {
+            Ok(Ok(_)) => Health::Alive,
+            Ok(Err(_)) => Health::Dead,
+            Err(_) => Health::Slow,
+        }
     }
 
     /// Puts it back unused, first in line.
@@ -204,6 +219,25 @@ impl Drop for Taken {
     fn drop(&mut self) {
         if let Some(w) = self.warm.take() {
             tracing::warn!(sandbox = %w.id, "a create was cancelled while preparing a pooled sandbox; destroying it");
+            if self.recorded.load(Ordering::SeqCst) {
+                // Its record says running: it ends as failed.
+                let (db, id, at) = (
+                    self.pool.db.clone(),
+                    w.id.clone(),
+                    ms(crate::session::now()),
+                );
+                tokio::spawn(async move {
+                    let _ = db
+                        .run(move |s| {
+                            s.set_session_state(
+                                &id,
+                                sandkasten_store::SessionState::Failed,
+                                Some(at),
+                            )
+                        })
+                        .await;
+                });
+            }
             self.image.discarded.fetch_add(1, Ordering::Relaxed);
             self.pool.destroy_warm(w);
         }
@@ -601,6 +635,7 @@ impl Pool {
                     image: p,
                     warm: Some(w),
                     promoted: false,
+                    recorded: AtomicBool::new(false),
                 });
             }
             tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
@@ -637,6 +672,7 @@ impl Pool {
                         image: p,
                         warm: Some(w),
                         promoted: false,
+                        recorded: AtomicBool::new(false),
                     });
                 }
                 Err(_) => {

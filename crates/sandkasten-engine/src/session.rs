@@ -10,7 +10,7 @@
 
 use crate::db::Db;
 use crate::error::{FileError, ImageError, PortError, SessionError, WorkspaceError};
-use crate::pool::{Pool, WarmTemplate};
+use crate::pool::{Health, Pool, WarmTemplate};
 use crate::sessions::{
     ExecJob, Session, SessionParams, SessionTable, ATTACH_PING_TIMEOUT, RECONNECT_PATIENCE,
 };
@@ -684,7 +684,8 @@ impl Engine {
         // A pooled sandbox that needs nothing bound (no workspace, no
         // variables, the default limit, no policy to set) becomes the
         // session while it is pinged: nothing would change between the
-        // two, so its record need not wait for the answer.
+        // two, so its record need not wait for the answer. A slow answer
+        // (a busy host) is no reason to throw it away then; a dead one is.
         let plain = !wants_workspace
             && v.env.is_empty()
             && !(v.network.is_full() && self.inner.runtime.network_policies())
@@ -704,42 +705,59 @@ impl Engine {
                     record.acquire_source = AcquireSource::Pool;
                     record.pid = t.warm().handle.pid;
                     record.pid_start_time = t.warm().handle.start_time;
-                    let (room, answers, recorded) =
-                        tokio::join!(room(), t.answers(), t.record(record.clone()));
+                    // The record is written once the free-space check
+                    // passed, while the ping is on its way.
+                    let (health, stored) = tokio::join!(t.health(), async {
+                        room().await?;
+                        Ok::<_, EngineError>(t.record(record.clone()).await)
+                    });
                     phases.end("room, ping and store: promote");
-                    if room.is_ok() && answers && recorded.is_ok() {
-                        let (handle, agent, refill) = t.promoted(started);
-                        let phases = phases.list;
-                        tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
-                        self.inner.counters.pool_phases.add(&phases);
-                        return Ok(Acquired {
-                            record,
-                            sandbox: Sandbox {
-                                handle,
-                                agent,
-                                phases_us: Vec::new(),
-                            },
-                            source: AcquireSource::Pool,
-                            mount: None,
-                            network: v.network,
-                            refill: Some(refill),
-                        });
+                    match (stored, health) {
+                        (Ok(Ok(())), Health::Alive | Health::Slow) => {
+                            let (handle, agent, refill) = t.promoted(started);
+                            let phases = phases.list;
+                            tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
+                            self.inner.counters.pool_phases.add(&phases);
+                            return Ok(Acquired {
+                                record,
+                                sandbox: Sandbox {
+                                    handle,
+                                    agent,
+                                    phases_us: Vec::new(),
+                                },
+                                source: AcquireSource::Pool,
+                                mount: None,
+                                network: v.network,
+                                refill: Some(refill),
+                            });
+                        }
+                        (Ok(Ok(())), Health::Dead) => {
+                            // Never handed out: its record ends as failed.
+                            let (id, at) = (record.id.clone(), ms(now()));
+                            let _ = self
+                                .inner
+                                .db
+                                .run(move |s| {
+                                    s.set_session_state(&id, SessionState::Failed, Some(at))
+                                })
+                                .await;
+                            tracing::warn!(sandbox = %record.id, "discarding a dead pooled sandbox; creating cold");
+                            t.discard().await;
+                            (Ok(()), None)
+                        }
+                        (Ok(Err(e)), _) => {
+                            t.discard().await;
+                            return Err(e.into());
+                        }
+                        (Err(e), health) => {
+                            if health == Health::Dead {
+                                t.discard().await;
+                            } else {
+                                t.put_back();
+                            }
+                            return Err(e);
+                        }
                     }
-                    if recorded.is_ok() {
-                        // Never handed out: its record ends as failed.
-                        let (id, at) = (record.id.clone(), ms(now()));
-                        let _ = self
-                            .inner
-                            .db
-                            .run(move |s| s.set_session_state(&id, SessionState::Failed, Some(at)))
-                            .await;
-                    }
-                    if room.is_ok() && recorded.is_ok() {
-                        tracing::warn!(session = %record.id, "a pooled sandbox did not answer; creating cold");
-                    }
-                    t.discard().await;
-                    recorded?;
-                    (room, None)
                 }
                 None => (room().await, None),
             }
@@ -1263,8 +1281,7 @@ impl Engine {
             output: String::new(),
             end: None,
         };
-        self.run_exec(&s, job, &mut sink).await;
-        drop(turn);
+        self.run_exec(&s, job, &mut sink, turn).await;
         let ExecSink::Collect { output, end } = sink else {
             unreachable!("the sink stays what it was made")
         };
@@ -1317,7 +1334,7 @@ impl Engine {
         .await;
         let engine = self.clone();
         tokio::spawn(async move {
-            let _turn = match first {
+            let turn = match first {
                 std::task::Poll::Ready(t) => t,
                 std::task::Poll::Pending => tokio::select! {
                     t = turn => t,
@@ -1328,16 +1345,25 @@ impl Engine {
             if tx.is_closed() {
                 return;
             }
-            engine.run_exec(&s, job, &mut ExecSink::Stream(tx)).await;
+            engine
+                .run_exec(&s, job, &mut ExecSink::Stream(tx), turn)
+                .await;
         });
         Ok(rx)
     }
 
-    /// Runs one exec whose turn has come, its events to `sink`.
-    async fn run_exec(&self, s: &Session, job: ExecJob, sink: &mut ExecSink) {
+    /// Runs one exec whose turn (`turn`, the session's exec lock) has
+    /// come, its events to `sink`.
+    async fn run_exec(
+        &self,
+        s: &Session,
+        job: ExecJob,
+        sink: &mut ExecSink,
+        turn: tokio::sync::OwnedMutexGuard<()>,
+    ) {
         let started = std::time::Instant::now();
         let agent = s.connected_agent().await;
-        let mut handle = match agent.exec(job.cmd, job.timeout_ms, job.max_output) {
+        let handle = match agent.exec(job.cmd, job.timeout_ms, job.max_output) {
             Ok(h) => h,
             Err(e) => {
                 sink.take(ExecEvent::Error {
@@ -1347,18 +1373,27 @@ impl Engine {
                 return;
             }
         };
-        // Dropped before the end, the exec is interrupted in the sandbox.
-        let mut interrupt = InterruptOnDrop {
-            agent: &agent,
-            id: Some(handle.id),
+        // The agent enforces the timeout; this deadline only catches an
+        // agent that stopped answering altogether.
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(job.timeout_ms + 15_000);
+        let id = handle.id;
+        // Dropped before the end (the caller went away), the exec is
+        // interrupted in the sandbox and keeps the turn until it ended.
+        let mut run = Running {
+            agent: agent.clone(),
+            handle: Some(handle),
+            turn: Some(turn),
+            deadline,
         };
         let mut cleaner = OutputCleaner::new(job.raw_output);
-        // The agent enforces the timeout; this guard only catches an agent
-        // that stopped answering altogether.
-        let guard = tokio::time::sleep(std::time::Duration::from_millis(job.timeout_ms + 15_000));
+        let guard = tokio::time::sleep_until(deadline);
         tokio::pin!(guard);
         let mut cancelled = false;
         loop {
+            let Some(handle) = run.handle.as_mut() else {
+                return;
+            };
             tokio::select! {
                 reply = handle.next() => {
                     let event = match reply {
@@ -1368,7 +1403,7 @@ impl Engine {
                             ExecEvent::Chunk { data: text, timestamp_ms: ms(now()) }
                         }
                         Some(ExecReply::Done(d)) => {
-                            interrupt.id = None;
+                            run.handle = None;
                             let rest = cleaner.finish();
                             if !rest.is_empty() {
                                 sink.take(ExecEvent::Chunk { data: rest, timestamp_ms: ms(now()) }).await;
@@ -1391,19 +1426,22 @@ impl Engine {
                     };
                     let last = matches!(event, ExecEvent::Error { .. });
                     if last {
-                        interrupt.id = None;
+                        run.handle = None;
                     }
                     if !sink.take(event).await && !cancelled {
+                        // The consumer is gone: interrupted; its end is
+                        // still awaited here (the turn passes on after it).
                         cancelled = true;
-                        let _ = agent.cancel(handle.id).await;
+                        agent.request_cancel(id);
                     }
                     if last { return; }
                 }
                 () = sink.gone(), if !cancelled => {
                     cancelled = true;
-                    let _ = agent.cancel(handle.id).await;
+                    agent.request_cancel(id);
                 }
                 _ = &mut guard => {
+                    run.handle = None;
                     sink.take(ExecEvent::Error { message: "the sandbox agent stopped answering".into() }).await;
                     return;
                 }
@@ -1734,18 +1772,30 @@ impl ExecSink {
     }
 }
 
-/// Interrupts a running exec in the sandbox when dropped before its end.
-struct InterruptOnDrop<'a> {
-    agent: &'a AgentClient,
+/// An exec sent to the agent. Dropped before its end (its caller went
+/// away), it is interrupted in the sandbox, and the session's turn passes
+/// on only once the agent has ended it (or `deadline` passed), as when
+/// the caller had waited: the next exec's own deadline does not run while
+/// it waits behind this one in the agent.
+struct Running {
+    agent: AgentClient,
     /// `None` once the exec has ended.
-    id: Option<u64>,
+    handle: Option<sandkasten_runtime::ExecHandle>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    deadline: tokio::time::Instant,
 }
 
-impl Drop for InterruptOnDrop<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.agent.cancel_detached(id);
-        }
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        self.agent.request_cancel(handle.id);
+        let (turn, deadline) = (self.turn.take(), self.deadline);
+        tokio::spawn(async move {
+            let _turn = turn;
+            let _ = tokio::time::timeout_at(deadline, handle.finish()).await;
+        });
     }
 }
 

@@ -357,9 +357,8 @@ impl AgentClient {
     }
 
     /// Interrupts the exec started with request id `target` without
-    /// waiting (for a caller that is going away); its replies are dropped.
-    pub fn cancel_detached(&self, target: u64) {
-        self.forget(target);
+    /// waiting for the agent's answer (its replies still reach its handle).
+    pub fn request_cancel(&self, target: u64) {
         self.notify(Request::CancelExec { target });
     }
 
