@@ -142,6 +142,16 @@ impl Drop for RefillGate {
 }
 
 impl Taken {
+    fn new(pool: Arc<Pool>, image: Arc<ImagePool>, warm: Warm) -> Taken {
+        Taken {
+            pool,
+            image,
+            warm: Some(warm),
+            promoted: false,
+            recorded: AtomicBool::new(false),
+        }
+    }
+
     /// The sandbox (present until promoted, put back or discarded).
     pub(crate) fn warm(&self) -> &Warm {
         self.warm.as_ref().expect("a taken sandbox is used once")
@@ -630,13 +640,7 @@ impl Pool {
                 return None;
             };
             if w.agent.is_connected() {
-                return Some(Taken {
-                    pool: self.clone(),
-                    image: p,
-                    warm: Some(w),
-                    promoted: false,
-                    recorded: AtomicBool::new(false),
-                });
+                return Some(Taken::new(self.clone(), p, w));
             }
             tracing::warn!(image = %image, sandbox = %w.id, "discarding a dead pooled sandbox");
             p.discarded.fetch_add(1, Ordering::Relaxed);
@@ -667,13 +671,7 @@ impl Pool {
             match ping {
                 Ok(Ok(_)) => {
                     p.idle.lock().unwrap().extend(skipped);
-                    return Some(Taken {
-                        pool: self.clone(),
-                        image: p,
-                        warm: Some(w),
-                        promoted: false,
-                        recorded: AtomicBool::new(false),
-                    });
+                    return Some(Taken::new(self.clone(), p, w));
                 }
                 Err(_) => {
                     // Alive but slow (a busy host): not handed out now, not

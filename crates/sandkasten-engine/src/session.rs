@@ -701,10 +701,7 @@ impl Engine {
             match pool.take_unchecked(&v.pool_key) {
                 Some(t) => {
                     let mut record = session_record(&v, t.warm().id.clone(), None);
-                    record.state = SessionState::Running;
-                    record.acquire_source = AcquireSource::Pool;
-                    record.pid = t.warm().handle.pid;
-                    record.pid_start_time = t.warm().handle.start_time;
+                    pooled_record(&mut record, t.warm());
                     // The record is written once the free-space check
                     // passed, while the ping is on its way.
                     let (health, stored) = tokio::join!(t.health(), async {
@@ -714,22 +711,8 @@ impl Engine {
                     phases.end("room, ping and store: promote");
                     match (stored, health) {
                         (Ok(Ok(())), Health::Alive | Health::Slow) => {
-                            let (handle, agent, refill) = t.promoted(started);
-                            let phases = phases.list;
-                            tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
-                            self.inner.counters.pool_phases.add(&phases);
-                            return Ok(Acquired {
-                                record,
-                                sandbox: Sandbox {
-                                    handle,
-                                    agent,
-                                    phases_us: Vec::new(),
-                                },
-                                source: AcquireSource::Pool,
-                                mount: None,
-                                network: v.network,
-                                refill: Some(refill),
-                            });
+                            let promoted = t.promoted(started);
+                            return Ok(self.pooled(record, promoted, None, v.network, phases));
                         }
                         (Ok(Ok(())), Health::Dead) => {
                             // Never handed out: its record ends as failed.
@@ -810,27 +793,10 @@ impl Engine {
                 .await
             {
                 Ok(()) => {
-                    record.state = SessionState::Running;
-                    record.acquire_source = AcquireSource::Pool;
-                    record.pid = t.warm().handle.pid;
-                    record.pid_start_time = t.warm().handle.start_time;
-                    let (handle, agent, refill) = t.promote(record.clone(), started).await?;
+                    pooled_record(&mut record, t.warm());
+                    let promoted = t.promote(record.clone(), started).await?;
                     phases.end("store: promote");
-                    let phases = phases.list;
-                    tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
-                    self.inner.counters.pool_phases.add(&phases);
-                    return Ok(Acquired {
-                        record,
-                        sandbox: Sandbox {
-                            handle,
-                            agent,
-                            phases_us: Vec::new(),
-                        },
-                        source: AcquireSource::Pool,
-                        mount,
-                        network: v.network,
-                        refill: Some(refill),
-                    });
+                    return Ok(self.pooled(record, promoted, mount, v.network, phases));
                 }
                 Err(e) => {
                     tracing::warn!(session = %record.id, "preparing a pooled sandbox failed ({e}); creating cold");
@@ -853,6 +819,33 @@ impl Engine {
             network: v.network,
             refill: None,
         })
+    }
+
+    /// A pooled sandbox promoted to the session `record`, its create's
+    /// phases counted.
+    fn pooled(
+        &self,
+        record: SessionRecord,
+        (handle, agent, refill): (SandboxHandle, AgentClient, crate::pool::RefillGate),
+        mount: Option<MountGuard>,
+        network: NetworkPolicy,
+        phases: crate::metrics::Phases,
+    ) -> Acquired {
+        let phases = phases.list;
+        tracing::debug!(target: "sandkasten::create", session = %record.id, ?phases, "pooled create");
+        self.inner.counters.pool_phases.add(&phases);
+        Acquired {
+            record,
+            sandbox: Sandbox {
+                handle,
+                agent,
+                phases_us: Vec::new(),
+            },
+            source: AcquireSource::Pool,
+            mount,
+            network,
+            refill: Some(refill),
+        }
     }
 
     /// Creates a sandbox from scratch for `record` (inserted here).
@@ -1709,6 +1702,14 @@ pub(crate) async fn prime_shell(
 
 pub(crate) fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// A session record that a pooled sandbox becomes: running, its process.
+fn pooled_record(record: &mut SessionRecord, warm: &crate::pool::Warm) {
+    record.state = SessionState::Running;
+    record.acquire_source = AcquireSource::Pool;
+    record.pid = warm.handle.pid;
+    record.pid_start_time = warm.handle.start_time;
 }
 
 /// The store record of a session being created from `v` (not started yet).
