@@ -1141,27 +1141,32 @@ fn envd_watchers_bad_input_limits_and_sandbox_end() {
     assert_connect_error(&r, 404, "not_found");
     let r = rpc(&d, &b, &tb, "RemoveWatcher", json!({"watcherId": wid}));
     assert_connect_error(&r, 404, "not_found");
-    // The watcher sees what the shell does, names relative to the top.
-    d.sh(
-        &a,
-        "mkdir /workspace/w/s && echo x > /workspace/w/s/f && rm /workspace/w/s/f",
-    );
+    // The watcher sees what the shell does, names relative to the top. A
+    // directory made in a recursive watch is watched once its creation is
+    // reported (a file made and removed in it before that is not seen:
+    // inotify's own race, envd's too), so the file comes after.
     let mut names = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !names.contains(&"s/f EVENT_TYPE_REMOVE".to_string()) {
-        assert!(std::time::Instant::now() < deadline, "{names:?}");
-        let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
-        let v = r.expect(200, "GetWatcherEvents");
-        for e in v["events"].as_array().cloned().unwrap_or_default() {
-            names.push(format!(
-                "{} {}",
-                e["name"].as_str().unwrap(),
-                e["type"].as_str().unwrap()
-            ));
+    let poll_until = |names: &mut Vec<String>, want: &str| {
+        while !names.iter().any(|n| n == want) {
+            assert!(std::time::Instant::now() < deadline, "{names:?}");
+            let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
+            let v = r.expect(200, "GetWatcherEvents");
+            for e in v["events"].as_array().cloned().unwrap_or_default() {
+                names.push(format!(
+                    "{} {}",
+                    e["name"].as_str().unwrap(),
+                    e["type"].as_str().unwrap()
+                ));
+            }
+            // The sync SDKs poll a watcher, as envd defines it.
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        // The sync SDKs poll a watcher, as envd defines it.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    };
+    d.sh(&a, "mkdir /workspace/w/s");
+    poll_until(&mut names, "s EVENT_TYPE_CREATE");
+    d.sh(&a, "echo x > /workspace/w/s/f && rm /workspace/w/s/f");
+    poll_until(&mut names, "s/f EVENT_TYPE_REMOVE");
     assert!(
         names.contains(&"s EVENT_TYPE_CREATE".to_string()),
         "{names:?}"
