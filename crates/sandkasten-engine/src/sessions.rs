@@ -400,7 +400,6 @@ impl Session {
         Activity::of(&self.live.lock().unwrap())
     }
 
-    /// Queues an exec (arrival order); false when the queue's task ended.
     /// The current agent connection, as it is.
     pub(crate) fn agent(&self) -> AgentClient {
         self.agent.borrow().clone()
