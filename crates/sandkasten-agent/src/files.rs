@@ -1,4 +1,5 @@
-//! File operations (read, write, list, stat, mkdir, remove, rename) on absolute
+//! File operations (read, write, list, stat, mkdir, remove, rename, a file's
+//! metadata in extended attributes) on absolute
 //! paths, done with the rights of the sandbox user (or, for a request
 //! wrapped in `AsRoot`, of the sandbox's root: a second [`Files`] without
 //! an identity).
@@ -76,6 +77,16 @@ impl Files {
     /// Stats a path without following a final symlink.
     pub fn stat(&self, path: &str) -> FsResult<FileStat> {
         self.fs(path)?.stat(path)
+    }
+
+    /// [`Files::stat`] with the attributes under `prefix` (a `user.` name).
+    pub fn stat_meta(&self, path: &str, prefix: &str) -> FsResult<(FileStat, Vec<(String, String)>)> {
+        self.fs(path)?.stat_meta(path, prefix)
+    }
+
+    /// Makes `meta` the whole set of `path`'s attributes under `prefix`.
+    pub fn write_meta(&self, path: &str, prefix: &str, meta: &[(String, String)]) -> FsResult<()> {
+        self.fs(path)?.write_meta(path, prefix, meta)
     }
 
     /// Creates a directory (0755), with its parents when `parents`.

@@ -314,6 +314,8 @@ fn is_file_op(req: &Request) -> bool {
             | Request::Remove { .. }
             | Request::Rename { .. }
             | Request::ReadStream { .. }
+            | Request::StatMeta { .. }
+            | Request::WriteMeta { .. }
     )
 }
 
@@ -497,6 +499,13 @@ fn handle(
         Request::Mkdir { path, parents } => ok_or_error(files.mkdir(&path, parents)),
         Request::Remove { path, recursive } => ok_or_error(files.remove(&path, recursive)),
         Request::Rename { from, to } => ok_or_error(files.rename(&from, &to)),
+        Request::StatMeta { path, prefix } => match files.stat_meta(&path, &prefix) {
+            Ok((stat, meta)) => Response::StatMeta { stat, meta },
+            Err(e) => error(e),
+        },
+        Request::WriteMeta { path, prefix, meta } => {
+            ok_or_error(files.write_meta(&path, &prefix, &meta))
+        }
         Request::WatchDir {
             path,
             recursive,

@@ -288,9 +288,9 @@ fn engine_file_error(e: EngineError) -> Response {
         EngineError::File(FileError::NotFound(_)) => StatusCode::NOT_FOUND,
         EngineError::File(FileError::PermissionDenied(_)) => StatusCode::FORBIDDEN,
         EngineError::File(FileError::AlreadyExists(_)) => StatusCode::CONFLICT,
-        EngineError::File(FileError::InvalidPath(_)) | EngineError::InvalidRequest(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        EngineError::File(FileError::InvalidPath(_))
+        | EngineError::InvalidRequest(_)
+        | EngineError::Unsupported { .. } => StatusCode::BAD_REQUEST,
         EngineError::File(FileError::NoSpace(_)) | EngineError::StorageFull(_) => {
             StatusCode::INSUFFICIENT_STORAGE
         }
@@ -358,23 +358,119 @@ async fn download(e2b: &Shared, id: &str, user: FileUser, q: &Query) -> Response
 }
 
 /// One written file, as envd answers it.
-fn written(path: &str) -> serde_json::Value {
+fn written(path: &str, meta: &[(String, String)]) -> serde_json::Value {
     let name = path.rsplit('/').next().unwrap_or_default();
-    json!({"name": name, "type": "file", "path": path})
+    let meta: serde_json::Map<String, serde_json::Value> = meta
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let meta = if meta.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(meta)
+    };
+    json!({"name": name, "type": "file", "path": path, "metadata": meta})
+}
+
+/// Header names that carry a file's metadata (`X-Metadata-<key>`); the
+/// key is what follows, lower case (header names are).
+const META_HEADER: &str = "x-metadata-";
+
+/// The metadata an upload's `X-Metadata-*` headers carry, checked as envd
+/// checks it: keys non-empty and short enough to be an extended
+/// attribute's name with its prefix, values printable US-ASCII, all of it
+/// at most 4096 bytes with the prefix counted per key.
+fn upload_meta(headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
+    let prefix = crate::filesystem::META_PREFIX;
+    let max_key = sandkasten_engine::MAX_XATTR_NAME - prefix.len();
+    let mut meta: Vec<(String, String)> = Vec::new();
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix(META_HEADER) else {
+            continue;
+        };
+        if key.is_empty() || key.len() > max_key {
+            return Err(format!(
+                "metadata key {key:?}: 1 to {max_key} characters"
+            ));
+        }
+        let value = value.as_bytes();
+        if let Some(b) = value.iter().find(|b| !(0x20..=0x7e).contains(*b)) {
+            return Err(format!(
+                "metadata value of {key:?}: printable US-ASCII only (found byte 0x{b:02x})"
+            ));
+        }
+        let value = String::from_utf8_lossy(value).into_owned();
+        match meta.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value,
+            None => meta.push((key.to_string(), value)),
+        }
+    }
+    let total: usize = meta.iter().map(|(k, v)| prefix.len() + k.len() + v.len()).sum();
+    if total > sandkasten_engine::MAX_META_BYTES {
+        return Err(format!(
+            "metadata of {total} bytes (keys with the {prefix:?} prefix, and values): at most {}",
+            sandkasten_engine::MAX_META_BYTES
+        ));
+    }
+    meta.sort();
+    Ok(meta)
+}
+
+/// An upload's body as sent (`Content-Encoding` `identity` or none) or
+/// gunzipped (`gzip`, as the SDKs compress with `gzip=True`), at most
+/// `limit` bytes either way.
+async fn upload_body(req: Request, limit: usize) -> Result<Request, Response> {
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") | Some("") => return Ok(req),
+        Some("gzip") | Some("x-gzip") => {}
+        Some(other) => {
+            return Err(file_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {other:?}: only gzip (or none) is accepted"),
+            ))
+        }
+    }
+    let too_large = || {
+        file_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the file is over the limit of {limit} bytes"),
+        )
+    };
+    let (mut parts, body) = req.into_parts();
+    let packed = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let unpacked = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&packed[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map(|_| out)
+    })
+    .await
+    .map_err(|_| file_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))?
+    .map_err(|e| file_error(StatusCode::BAD_REQUEST, format!("the gzip body: {e}")))?;
+    if unpacked.len() > limit {
+        return Err(too_large());
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Request::from_parts(parts, Body::from(unpacked)))
 }
 
 async fn upload(e2b: &Shared, id: &str, user: FileUser, q: &Query, req: Request) -> Response {
-    if req
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity")
-    {
-        return file_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "compressed uploads (Content-Encoding) are not accepted: send the file as it is".into(),
-        );
-    }
+    let meta = match upload_meta(req.headers()) {
+        Ok(m) => m,
+        Err(m) => return file_error(StatusCode::BAD_REQUEST, m),
+    };
     let limit = e2b.cfg.max_body_bytes;
+    let req = match upload_body(req, limit).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -436,10 +532,20 @@ async fn upload(e2b: &Shared, id: &str, user: FileUser, q: &Query, req: Request)
             data,
             mode: None,
         };
-        match e2b.engine.file_as(id, user, op).await {
-            Ok(_) => out.push(written(&crate::filesystem::absolute(&path))),
-            Err(e) => return engine_file_error(e),
+        if let Err(e) = e2b.engine.file_as(id, user, op).await {
+            return engine_file_error(e);
         }
+        // As envd: the upload's metadata replaces the file's, so an
+        // overwrite without any clears what an earlier upload left.
+        let op = FileOp::WriteMeta {
+            path: path.clone(),
+            prefix: crate::filesystem::META_PREFIX.into(),
+            meta: meta.clone(),
+        };
+        if let Err(e) = e2b.engine.file_as(id, user, op).await {
+            return engine_file_error(e);
+        }
+        out.push(written(&crate::filesystem::absolute(&path), &meta));
     }
     Json(out).into_response()
 }

@@ -136,7 +136,11 @@ fn file_type(t: Ft) -> FileType {
     }
 }
 
-fn entry(st: &FileStat, user: (u32, u32)) -> EntryInfo {
+/// Where envd keeps a file's metadata: its extended attributes under
+/// this prefix (envd 0.6.2), taken off in `EntryInfo.metadata`.
+pub(crate) const META_PREFIX: &str = "user.e2b.";
+
+fn entry(st: &FileStat, meta: Vec<(String, String)>, user: (u32, u32)) -> EntryInfo {
     EntryInfo {
         name: st
             .path
@@ -157,6 +161,8 @@ fn entry(st: &FileStat, user: (u32, u32)) -> EntryInfo {
             nanos: 0,
         }),
         symlink_target: st.link_target.clone(),
+        metadata: meta.into_iter().collect(),
+        is_symlink: st.file_type == Ft::Symlink,
     }
 }
 
@@ -185,26 +191,41 @@ async fn stat_file(
     user: FileUser,
     path: &str,
 ) -> Result<FileStat, RpcError> {
-    let op = FileOp::Stat { path: path.into() };
+    stat_meta(e2b, id, user, FileOp::Stat { path: path.into() })
+        .await
+        .map(|(st, _)| st)
+}
+
+/// A stat (`FileOp::Stat` or `FileOp::StatMeta`) and the metadata it found.
+async fn stat_meta(
+    e2b: &Shared,
+    id: &str,
+    user: FileUser,
+    op: FileOp,
+) -> Result<(FileStat, Vec<(String, String)>), RpcError> {
     match file(e2b, id, user, op).await {
-        Ok(sandkasten_engine::FileReply::Stat(st)) => Ok(st),
-        Ok(other) => {
-            tracing::error!("envd: a stat answered {other:?}");
-            Err(RpcError::new(Code::Internal, "internal error"))
-        }
+        Ok(reply) => reply.into_stat_meta().map_err(|e| {
+            tracing::error!("envd: a stat answered {e}");
+            RpcError::new(Code::Internal, "internal error")
+        }),
         Err(e) => Err(rpc_error(e)),
     }
 }
 
+/// The entry at `path` as envd describes it, its metadata included.
 pub(crate) async fn stat_entry(
     e2b: &Shared,
     id: &str,
     path: &str,
     user: FileUser,
 ) -> Result<EntryInfo, RpcError> {
-    let mut st = stat_file(e2b, id, user, path).await?;
+    let op = FileOp::StatMeta {
+        path: path.into(),
+        prefix: META_PREFIX.into(),
+    };
+    let (mut st, meta) = stat_meta(e2b, id, user, op).await?;
     st.path = absolute(path);
-    Ok(entry(&st, e2b.engine.sandbox_ids()))
+    Ok(entry(&st, meta, e2b.engine.sandbox_ids()))
 }
 
 async fn stat(

@@ -42,9 +42,12 @@ use tower::ServiceExt;
 pub const ENVD_PORT: u16 = 49983;
 
 /// The envd version the control plane reports: the SDKs turn features on
-/// by it (0.5.7: `username` optional, octet-stream uploads, closing
-/// stdin). File metadata (0.6.2) is not kept, so it stays below.
-pub const ENVD_VERSION: &str = "0.5.7";
+/// by it, and every one up to this version is served (0.5.7: `username`
+/// optional, octet-stream and gzip uploads, closing stdin; 0.6.2: file
+/// metadata in `user.e2b.*` extended attributes; 0.6.3: entry info in
+/// watch events; 0.6.4: `allow_network_mounts` on watches, accepted: a
+/// sandbox cannot mount a network filesystem).
+pub const ENVD_VERSION: &str = "0.6.4";
 
 /// Settings from the daemon.
 #[derive(Clone)]

@@ -176,6 +176,15 @@ pub struct EntryInfo {
     #[prost(string, optional, tag = "10")]
     #[serde(alias = "symlink_target", skip_serializing_if = "Option::is_none")]
     pub symlink_target: Option<String>,
+    /// The file's `user.e2b.*` extended attributes, the prefix taken off
+    /// (envd 0.6.2).
+    #[prost(btree_map = "string, string", tag = "11")]
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The entry itself is a symlink.
+    #[prost(bool, tag = "12")]
+    #[serde(alias = "is_symlink")]
+    pub is_symlink: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]

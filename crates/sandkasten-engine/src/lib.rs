@@ -37,7 +37,8 @@ pub use pool::{PoolConfig, PoolError};
 pub use procs::StartedProcess;
 pub use sandkasten_runtime::PortStream;
 pub use sandkasten_runtime::{
-    FileOp, FileReply, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES,
+    FileOp, FileReply, FileUser, WatchEvent, WatchEventKind, MAX_META_BYTES, MAX_WATCHED_DIRS,
+    MAX_WATCHES, MAX_XATTR_NAME,
 };
 pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
 pub use sandkasten_runtime::{

@@ -66,6 +66,15 @@ impl Engine {
                 from: Self::resolve(&from)?,
                 to: Self::resolve(&to)?,
             },
+            FileOp::StatMeta { path, prefix } => FileOp::StatMeta {
+                path: Self::resolve(&path)?,
+                prefix,
+            },
+            FileOp::WriteMeta { path, prefix, meta } => FileOp::WriteMeta {
+                path: Self::resolve(&path)?,
+                prefix,
+                meta,
+            },
         };
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.file_as(user, op).await).await

@@ -44,7 +44,9 @@ pub use sys::readlink_at;
 mod tests;
 
 use identity::FsIdentity;
-use sandkasten_protocol::{DirEntry, ErrorKind, FileStat, FileType, Request, Response};
+use sandkasten_protocol::{
+    DirEntry, ErrorKind, FileStat, FileType, Request, Response, MAX_META_BYTES, MAX_XATTR_NAME,
+};
 use std::borrow::Cow;
 use std::ffi::CStr;
 use std::fs::File;
@@ -175,6 +177,13 @@ impl RootedFs {
             Request::Mkdir { path, parents } => done(self.mkdir(path, *parents)),
             Request::Remove { path, recursive } => done(self.remove(path, *recursive)),
             Request::Rename { from, to } => done(self.rename(from, to)),
+            Request::StatMeta { path, prefix } => match self.stat_meta(path, prefix) {
+                Ok((stat, meta)) => Response::StatMeta { stat, meta },
+                Err(e) => e.into(),
+            },
+            Request::WriteMeta { path, prefix, meta } => {
+                done(self.write_meta(path, prefix, meta))
+            }
             // Streamed reads are served by their callers on top of
             // `open_read`: they are more than one reply.
             Request::Ping
@@ -358,28 +367,112 @@ impl RootedFs {
         let abs = absolute(path)?;
         let path = &*abs;
         self.as_user(|| {
-            // O_PATH|O_NOFOLLOW opens a final symlink (even a magic link)
-            // itself; stat and readlink then see the very same inode.
+            let fd = self.resolve_nofollow(path)?;
+            stat_of(fd.as_fd(), path)
+        })
+    }
+
+    /// [`RootedFs::stat`] with the path's extended attributes whose names
+    /// start with `prefix` (a `user.` name), the prefix taken off, sorted
+    /// by name. None for what carries no `user.` attributes (a symlink,
+    /// which is not followed, a device, a FIFO), where the filesystem
+    /// keeps none, or where the user may not read them; values that are
+    /// not UTF-8 are left out.
+    pub fn stat_meta(&self, path: &str, prefix: &str) -> FsResult<(FileStat, Vec<(String, String)>)> {
+        check_prefix(prefix)?;
+        let abs = absolute(path)?;
+        let path = &*abs;
+        self.as_user(|| {
+            let fd = self.resolve_nofollow(path)?;
+            let st = stat_of(fd.as_fd(), path)?;
+            let meta = match st.file_type {
+                FileType::File | FileType::Dir => read_meta(fd.as_fd(), prefix, path)?,
+                FileType::Symlink | FileType::Other => Vec::new(),
+            };
+            Ok((st, meta))
+        })
+    }
+
+    /// Makes `meta` (names without `prefix`, a `user.` name) the whole set
+    /// of the path's extended attributes under `prefix`: the others there
+    /// are removed. A final symlink is followed inside the root, as a
+    /// write follows it; only a regular file or a directory carries them.
+    /// Names must be non-empty and fit `XATTR_NAME_MAX` with the prefix;
+    /// names and values together at most [`MAX_META_BYTES`].
+    pub fn write_meta(&self, path: &str, prefix: &str, meta: &[(String, String)]) -> FsResult<()> {
+        check_prefix(prefix)?;
+        let abs = absolute(path)?;
+        let path = &*abs;
+        let mut total = 0;
+        for (name, value) in meta {
+            if name.is_empty()
+                || name.contains('\0')
+                || prefix.len() + name.len() > MAX_XATTR_NAME
+            {
+                return Err(FsError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("metadata key {name:?}: empty, with a NUL, or longer than {} bytes", MAX_XATTR_NAME - prefix.len()),
+                ));
+            }
+            total += prefix.len() + name.len() + value.len();
+        }
+        if total > MAX_META_BYTES {
+            return Err(FsError::new(
+                ErrorKind::InvalidRequest,
+                format!("metadata of {total} bytes: at most {MAX_META_BYTES} (keys with their prefix, and values)"),
+            ));
+        }
+        let xattr_err = |e: io::Error| match e.raw_os_error() {
+            Some(libc::ENOTSUP) => FsError::new(
+                ErrorKind::InvalidRequest,
+                format!("{path}: its filesystem keeps no extended attributes (metadata)"),
+            ),
+            Some(libc::E2BIG) => FsError::new(
+                ErrorKind::NoSpace,
+                format!("{path}: no room for this metadata in the file's extended attributes"),
+            ),
+            _ => FsError::from_io(e, path),
+        };
+        self.as_user(|| {
             let fd = self
-                .resolve(path, libc::O_PATH | libc::O_NOFOLLOW)
+                .resolve(path, libc::O_PATH)
                 .map_err(|e| FsError::from_io(e, path))?;
             let st = sys::fstat(fd.as_fd()).map_err(|e| FsError::from_io(e, path))?;
-            let link_target = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                let t = sys::readlink_fd(fd.as_fd()).map_err(|e| FsError::from_io(e, path))?;
-                Some(String::from_utf8_lossy(&t).into_owned())
-            } else {
-                None
+            if !matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
+                return Err(FsError::new(
+                    ErrorKind::InvalidPath,
+                    format!("{path}: only files and directories carry metadata"),
+                ));
+            }
+            let at = sys::fd_path(fd.as_fd());
+            let existing = match sys::list_xattrs(&at) {
+                Ok(names) => names,
+                // Nothing there to clear.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) && meta.is_empty() => {
+                    return Ok(())
+                }
+                Err(e) => return Err(xattr_err(e)),
             };
-            Ok(FileStat {
-                path: path.to_string(),
-                file_type: file_type(st.st_mode),
-                size: st.st_size as u64,
-                mode: st.st_mode & 0o7777,
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mtime: st.st_mtime,
-                link_target,
-            })
+            for name in existing {
+                let keep = name
+                    .to_str()
+                    .ok()
+                    .and_then(|n| n.strip_prefix(prefix))
+                    .map(|n| meta.iter().any(|(k, _)| k == n));
+                if keep == Some(false) {
+                    match sys::remove_xattr(&at, &name) {
+                        Err(e) if e.raw_os_error() != Some(libc::ENODATA) => {
+                            return Err(xattr_err(e))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for (name, value) in meta {
+                let full = sys::cstr(&format!("{prefix}{name}")).map_err(xattr_err)?;
+                sys::set_xattr(&at, &full, value.as_bytes()).map_err(xattr_err)?;
+            }
+            Ok(())
         })
     }
 
@@ -496,6 +589,13 @@ impl RootedFs {
     }
 
     /// Resolves a whole (absolute, NUL-free) client path inside the root.
+    /// The path itself, a final symlink (even a magic link) not followed:
+    /// `O_PATH|O_NOFOLLOW`, so stat and readlink see the very same inode.
+    fn resolve_nofollow(&self, path: &str) -> FsResult<OwnedFd> {
+        self.resolve(path, libc::O_PATH | libc::O_NOFOLLOW)
+            .map_err(|e| FsError::from_io(e, path))
+    }
+
     fn resolve(&self, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
         sys::openat2(
             self.root.as_fd(),
@@ -567,6 +667,73 @@ impl RootedFs {
         let _identity = FsIdentity::assume(self.identity)?;
         op()
     }
+}
+
+/// What `fd` (opened `O_PATH|O_NOFOLLOW` on `path`) is, with a symlink's
+/// target.
+fn stat_of(fd: BorrowedFd<'_>, path: &str) -> FsResult<FileStat> {
+    let st = sys::fstat(fd).map_err(|e| FsError::from_io(e, path))?;
+    let link_target = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        let t = sys::readlink_fd(fd).map_err(|e| FsError::from_io(e, path))?;
+        Some(String::from_utf8_lossy(&t).into_owned())
+    } else {
+        None
+    };
+    Ok(FileStat {
+        path: path.to_string(),
+        file_type: file_type(st.st_mode),
+        size: st.st_size as u64,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        link_target,
+    })
+}
+
+/// A metadata prefix must name `user.` attributes: the others are the
+/// kernel's or need privileges no sandbox user has.
+fn check_prefix(prefix: &str) -> FsResult<()> {
+    if prefix.len() > "user.".len() && prefix.starts_with("user.") && !prefix.contains('\0') {
+        return Ok(());
+    }
+    Err(FsError::new(
+        ErrorKind::InvalidRequest,
+        format!("metadata prefix {prefix:?}: must start with \"user.\" and name more"),
+    ))
+}
+
+/// The attributes under `prefix` of the file or directory `fd` (see
+/// [`RootedFs::stat_meta`]).
+fn read_meta(fd: BorrowedFd<'_>, prefix: &str, path: &str) -> FsResult<Vec<(String, String)>> {
+    let at = sys::fd_path(fd);
+    let names = match sys::list_xattrs(&at) {
+        Ok(n) => n,
+        // No attributes on this filesystem, or none the user may see.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP | libc::EACCES | libc::EPERM)) => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(FsError::from_io(e, path)),
+    };
+    let mut meta = Vec::new();
+    for name in names {
+        let Some(key) = name.to_str().ok().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let value = match sys::get_xattr(&at, &name) {
+            Ok(v) => v,
+            // Removed since the listing, or not readable by the user.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EACCES | libc::EPERM)) => {
+                continue
+            }
+            Err(e) => return Err(FsError::from_io(e, path)),
+        };
+        if let Ok(value) = String::from_utf8(value) {
+            meta.push((key.to_string(), value));
+        }
+    }
+    meta.sort();
+    Ok(meta)
 }
 
 /// Opens one entry `name` of `dir` without following a symlink there or

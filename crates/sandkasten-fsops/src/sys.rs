@@ -249,3 +249,81 @@ pub fn read_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<RawEntry>> {
         }
     }
 }
+
+/// The path that names the very file `fd` is open on (any kind of fd,
+/// `O_PATH` included): its magic link in `/proc/self/fd`. The xattr calls
+/// take it because before Linux 6.13 they have no form for an `O_PATH`
+/// fd; following it (the calls without `l`) reaches exactly that inode,
+/// and a thread may always follow its own process's links.
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+/// The names of `path`'s extended attributes (`listxattr`, following the
+/// link of [`fd_path`]).
+pub fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: valid C string; the buffer is valid for its length.
+        let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| CString::new(n).expect("split at NUL"))
+                .collect());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 20 {
+            return Err(e);
+        }
+        // The list grew since it was sized: ask again with more room.
+        buf.resize(buf.len() * 4, 0);
+    }
+}
+
+/// The value of `path`'s extended attribute `name`.
+pub fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid C strings; the buffer is valid for its length.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 16 {
+            return Err(e);
+        }
+        buf.resize(buf.len() * 4, 0);
+    }
+}
+
+/// Sets `path`'s extended attribute `name` to `value`.
+pub fn set_xattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: valid C strings; the value is valid for its length.
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// Removes `path`'s extended attribute `name`.
+pub fn remove_xattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) })
+}

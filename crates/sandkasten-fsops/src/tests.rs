@@ -963,3 +963,140 @@ pub(crate) fn spawn_swapper(
         swaps
     })
 }
+
+/// `getxattr` of `path`'s attribute `name`, straight from the kernel.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    sys::get_xattr(&p, &std::ffi::CString::new(name).unwrap()).ok()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+const META: &str = "user.e2b.";
+
+#[test]
+fn metadata_is_the_user_xattrs_under_a_prefix_replaced_whole() {
+    let f = fixture();
+    let file = f.root.join("f");
+    std::fs::write(&file, "x").unwrap();
+    // Another tool's attribute, outside the prefix: kept, never shown.
+    let at = std::ffi::CString::new(file.as_os_str().as_bytes()).unwrap();
+    sys::set_xattr(&at, c"user.other", b"theirs").unwrap();
+    assert_eq!(f.fs.stat_meta("/f", META).unwrap().1, vec![]);
+
+    f.fs.write_meta("/f", META, &pairs(&[("b", "2"), ("a", "1")]))
+        .unwrap();
+    let (st, meta) = f.fs.stat_meta("/f", META).unwrap();
+    assert_eq!((st.file_type, st.size), (FileType::File, 1));
+    assert_eq!(meta, pairs(&[("a", "1"), ("b", "2")]));
+    assert_eq!(xattr(&file, "user.e2b.a").as_deref(), Some(&b"1"[..]));
+    // A new set replaces the old one whole; an empty one clears it.
+    f.fs.write_meta("/f", META, &pairs(&[("a", "3")])).unwrap();
+    assert_eq!(f.fs.stat_meta("/f", META).unwrap().1, pairs(&[("a", "3")]));
+    f.fs.write_meta("/f", META, &[]).unwrap();
+    assert_eq!(f.fs.stat_meta("/f", META).unwrap().1, vec![]);
+    assert_eq!(xattr(&file, "user.other").as_deref(), Some(&b"theirs"[..]));
+    // A value that is not UTF-8 (set inside, by hand) is left out.
+    sys::set_xattr(&at, c"user.e2b.bin", b"\xff\xfe").unwrap();
+    assert_eq!(f.fs.stat_meta("/f", META).unwrap().1, vec![]);
+
+    // Directories carry them; a write follows a final symlink (inside
+    // the root), a stat shows the link itself, which has none.
+    std::fs::create_dir(f.root.join("d")).unwrap();
+    f.fs.write_meta("/d/", META, &pairs(&[("k", "dir")])).unwrap();
+    assert_eq!(f.fs.stat_meta("/d", META).unwrap().1, pairs(&[("k", "dir")]));
+    symlink("f", f.root.join("l")).unwrap();
+    f.fs.write_meta("/l", META, &pairs(&[("via", "link")])).unwrap();
+    assert_eq!(
+        f.fs.stat_meta("/f", META).unwrap().1,
+        pairs(&[("via", "link")])
+    );
+    let (st, meta) = f.fs.stat_meta("/l", META).unwrap();
+    assert_eq!((st.file_type, meta), (FileType::Symlink, vec![]));
+    // A symlink that points out of the root resolves inside it.
+    symlink("../outside/secret", f.root.join("esc")).unwrap();
+    assert_eq!(
+        kind(f.fs.write_meta("/esc", META, &pairs(&[("x", "y")]))),
+        ErrorKind::NotFound
+    );
+    assert_eq!(xattr(&f.outside.join("secret"), "user.e2b.x"), None);
+
+    // Only files and directories; a FIFO is neither (and is not opened).
+    let fifo = std::ffi::CString::new(f.root.join("p").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert_eq!(
+        kind(f.fs.write_meta("/p", META, &pairs(&[("x", "y")]))),
+        ErrorKind::InvalidPath
+    );
+    assert_eq!(f.fs.stat_meta("/p", META).unwrap().1, vec![]);
+    f.assert_outside_untouched();
+}
+
+#[test]
+fn metadata_bad_input_is_refused_before_anything_changes() {
+    let f = fixture();
+    std::fs::write(f.root.join("f"), "x").unwrap();
+    f.fs.write_meta("/f", META, &pairs(&[("keep", "1")])).unwrap();
+    let long = "k".repeat(MAX_XATTR_NAME - META.len() + 1);
+    let big = "v".repeat(MAX_META_BYTES);
+    for (prefix, meta) in [
+        ("trusted.", pairs(&[("a", "1")])),
+        ("security.", pairs(&[("a", "1")])),
+        ("user.", pairs(&[("a", "1")])),
+        ("", pairs(&[("a", "1")])),
+        (META, pairs(&[("", "1")])),
+        (META, pairs(&[("a\0b", "1")])),
+        (META, pairs(&[(long.as_str(), "1")])),
+        (META, pairs(&[("a", big.as_str())])),
+    ] {
+        assert_eq!(
+            kind(f.fs.write_meta("/f", prefix, &meta)),
+            ErrorKind::InvalidRequest,
+            "{prefix:?} {:?}",
+            &meta[0].0
+        );
+    }
+    assert_eq!(kind(f.fs.stat_meta("/f", "trusted.")), ErrorKind::InvalidRequest);
+    assert_eq!(f.fs.stat_meta("/f", META).unwrap().1, pairs(&[("keep", "1")]));
+    assert_eq!(
+        kind(f.fs.write_meta("/missing", META, &[])),
+        ErrorKind::NotFound
+    );
+    assert_eq!(kind(f.fs.stat_meta("", META)), ErrorKind::InvalidPath);
+}
+
+#[test]
+fn metadata_needs_the_identitys_rights() {
+    require_root();
+    let f = fixture_as(Some((NOBODY, NOBODY)));
+    // Root's files: one anybody may read, one only root may.
+    for (name, mode) in [("open", 0o644), ("closed", 0o600)] {
+        let p = f.root.join(name);
+        std::fs::write(&p, "x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let at = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        sys::set_xattr(&at, c"user.e2b.owner", b"root").unwrap();
+    }
+    // Writing needs write permission; reading shows what may be read.
+    assert_eq!(
+        kind(f.fs.write_meta("/open", META, &pairs(&[("a", "1")]))),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        f.fs.stat_meta("/open", META).unwrap().1,
+        pairs(&[("owner", "root")])
+    );
+    assert_eq!(f.fs.stat_meta("/closed", META).unwrap().1, vec![]);
+    assert_eq!(
+        xattr(&f.root.join("open"), "user.e2b.owner").as_deref(),
+        Some(&b"root"[..])
+    );
+    // The user's own file: theirs to label.
+    std::fs::write(f.root.join("mine"), "m").unwrap();
+    std::os::unix::fs::chown(f.root.join("mine"), Some(NOBODY), Some(NOBODY)).unwrap();
+    f.fs.write_meta("/mine", META, &pairs(&[("a", "1")])).unwrap();
+    assert_eq!(f.fs.stat_meta("/mine", META).unwrap().1, pairs(&[("a", "1")]));
+}

@@ -22,7 +22,8 @@
 //! requests after it; see "Processes") and
 //! [`Request::Rename`]. Protocol 5 added directory watches
 //! ([`Request::WatchDir`]; see "Watches") and file operations as root
-//! ([`Request::AsRoot`]).
+//! ([`Request::AsRoot`]). Protocol 6 added a file's extended attributes
+//! ([`Request::StatMeta`], [`Request::WriteMeta`]).
 //!
 //! # Processes
 //!
@@ -93,7 +94,7 @@ mod launch;
 pub use launch::*;
 
 /// Protocol version; the agent reports it in [`Response::Pong`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The first protocol with [`Request::ReadStream`].
 pub const STREAMED_READS_SINCE: u32 = 2;
@@ -115,6 +116,15 @@ pub const RENAME_SINCE: u32 = 4;
 
 /// The first protocol with [`Request::WatchDir`] and [`Request::AsRoot`].
 pub const WATCH_SINCE: u32 = 5;
+
+/// The first protocol with [`Request::StatMeta`] and [`Request::WriteMeta`].
+pub const META_SINCE: u32 = 6;
+
+/// Longest extended attribute name (`XATTR_NAME_MAX`), prefix included.
+pub const MAX_XATTR_NAME: usize = 255;
+
+/// Most bytes of names and values one [`Request::WriteMeta`] stores.
+pub const MAX_META_BYTES: usize = 4096;
 
 /// Watches one agent (one sandbox) runs at once.
 pub const MAX_WATCHES: usize = 16;
@@ -276,6 +286,22 @@ pub enum Request {
     /// root instead of the sandbox user's (protocol 5); answered as the
     /// operation is. Any other request inside is `InvalidRequest`.
     AsRoot(Box<Request>),
+    /// Stats `path` as [`Request::Stat`] does, with its extended
+    /// attributes whose names start with `prefix` (a `user.` name; the
+    /// prefix taken off), read from the file itself (a final symlink,
+    /// which has none of its own, is not followed); none where the
+    /// filesystem keeps none (protocol 6). Answered with `StatMeta`.
+    StatMeta { path: String, prefix: String },
+    /// Makes `meta` (names without `prefix`) the whole set of `path`'s
+    /// extended attributes under `prefix` (a `user.` name): the others
+    /// under it are removed (protocol 6). A final symlink is followed,
+    /// inside the root, as a write follows it. At most
+    /// [`MAX_META_BYTES`] of prefixed names and values. Answered with `Ok`.
+    WriteMeta {
+        path: String,
+        prefix: String,
+        meta: Vec<(String, String)>,
+    },
 }
 
 /// What happened to an entry of a watched directory (E2B's event types,
@@ -440,6 +466,13 @@ pub enum Response {
     /// The watched directory was removed or moved, or the watch was
     /// cancelled: the watch's last reply.
     WatchEnded,
+    /// The answer to [`Request::StatMeta`]: the stat and the attributes
+    /// under the prefix (the prefix taken off), sorted by name; values
+    /// that are not UTF-8 are left out.
+    StatMeta {
+        stat: FileStat,
+        meta: Vec<(String, String)>,
+    },
 }
 
 /// Typed failure of an agent operation.

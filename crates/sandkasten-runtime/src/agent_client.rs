@@ -395,7 +395,30 @@ impl AgentClient {
 
     /// One file operation in the sandbox.
     pub async fn file(&self, op: FileOp) -> Result<FileReply, RuntimeError> {
-        FileReply::from_response(self.call(op.into_request()).await?)
+        match self.fit(op).await? {
+            Some(op) => FileReply::from_response(self.call(op.into_request()).await?),
+            None => Ok(FileReply::Done),
+        }
+    }
+
+    /// `op` as this agent takes it: before protocol 6 a stat with
+    /// metadata is a plain stat (such an agent never wrote any), clearing
+    /// metadata is nothing to do (`None`), and writing some is refused
+    /// (an older agent would close the connection on the request).
+    pub(crate) async fn fit(&self, op: FileOp) -> Result<Option<FileOp>, RuntimeError> {
+        if !matches!(op, FileOp::StatMeta { .. } | FileOp::WriteMeta { .. })
+            || self.protocol().await? >= proto::META_SINCE
+        {
+            return Ok(Some(op));
+        }
+        match op {
+            FileOp::StatMeta { path, .. } => Ok(Some(FileOp::Stat { path })),
+            FileOp::WriteMeta { meta, .. } if meta.is_empty() => Ok(None),
+            _ => Err(RuntimeError::Unsupported(
+                "file metadata in a sandbox started before this daemon version".into(),
+                "agent",
+            )),
+        }
     }
 
     /// The agent's protocol version, asked once per connection.

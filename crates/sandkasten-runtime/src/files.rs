@@ -48,6 +48,21 @@ pub enum FileOp {
         from: String,
         to: String,
     },
+    /// Stat (a final symlink not followed) with the extended attributes
+    /// under `prefix` (a `user.` name; agents of protocol 6 on: an older
+    /// one keeps none, so it is asked for a plain stat).
+    StatMeta {
+        path: String,
+        prefix: String,
+    },
+    /// Makes `meta` the whole set of `path`'s extended attributes under
+    /// `prefix` (agents of protocol 6 on; an older one is refused unless
+    /// `meta` is empty: it has nothing to clear).
+    WriteMeta {
+        path: String,
+        prefix: String,
+        meta: Vec<(String, String)>,
+    },
 }
 
 /// A whole file read, collected from a [`FileStream`] (tests, small files).
@@ -65,6 +80,8 @@ pub struct FileData {
 pub enum FileReply {
     Entries(Vec<DirEntry>),
     Stat(FileStat),
+    /// A stat with the extended attributes asked for (prefix taken off).
+    StatMeta(FileStat, Vec<(String, String)>),
     /// A write, mkdir or remove succeeded.
     Done,
 }
@@ -117,6 +134,8 @@ impl FileOp {
             FileOp::Mkdir { path, parents } => Request::Mkdir { path, parents },
             FileOp::Remove { path, recursive } => Request::Remove { path, recursive },
             FileOp::Rename { from, to } => Request::Rename { from, to },
+            FileOp::StatMeta { path, prefix } => Request::StatMeta { path, prefix },
+            FileOp::WriteMeta { path, prefix, meta } => Request::WriteMeta { path, prefix, meta },
         }
     }
 }
@@ -129,6 +148,7 @@ impl FileReply {
         match resp {
             Response::Entries(e) => Ok(FileReply::Entries(e)),
             Response::Stat(s) => Ok(FileReply::Stat(s)),
+            Response::StatMeta { stat, meta } => Ok(FileReply::StatMeta(stat, meta)),
             Response::Ok => Ok(FileReply::Done),
             Response::Error { kind, message } => Err(RuntimeError::File {
                 kind: kind.into(),
@@ -156,6 +176,15 @@ impl FileReply {
     pub fn into_stat(self) -> Result<FileStat, RuntimeError> {
         match self {
             FileReply::Stat(s) => Ok(s),
+            other => Err(other.mismatch("a stat")),
+        }
+    }
+
+    /// The result of a [`FileOp::StatMeta`] (a plain stat's: no metadata).
+    pub fn into_stat_meta(self) -> Result<(FileStat, Vec<(String, String)>), RuntimeError> {
+        match self {
+            FileReply::StatMeta(s, m) => Ok((s, m)),
+            FileReply::Stat(s) => Ok((s, Vec::new())),
             other => Err(other.mismatch("a stat")),
         }
     }

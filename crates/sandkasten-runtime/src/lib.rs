@@ -25,6 +25,7 @@ pub use procs::{
     ProcEnd, ProcErrorKind, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream,
     PtySize, Started,
 };
+pub use sandkasten_protocol::{MAX_META_BYTES, MAX_XATTR_NAME};
 pub use watch::{DirWatch, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES};
 
 pub use netpolicy::{

@@ -156,6 +156,9 @@ impl AgentClient {
             FileUser::Sandbox => self.file(op).await,
             FileUser::Root => {
                 self.watches("file operations as root").await?;
+                let Some(op) = self.fit(op).await? else {
+                    return Ok(FileReply::Done);
+                };
                 let req = Request::AsRoot(Box::new(op.into_request()));
                 FileReply::from_response(self.call(req).await?)
             }
