@@ -656,15 +656,57 @@ fn envd_files_checks_access_and_signatures() {
         d.sh(&id, "stat -c %u /by-root.txt; cat /by-root.txt"),
         "0\nroot's"
     );
+    // Encodings: gzip is taken (the SDKs' `gzip=True`), a body that is no
+    // gzip is 400, another encoding 415; nothing is written by either.
+    for (encoding, status) in [("gzip", 400), ("br", 415)] {
+        let r = d.send(
+            d.client
+                .post(files("path=/workspace/z"))
+                .header("E2b-Sandbox-Id", &id)
+                .header("X-Access-Token", &token)
+                .header("Content-Encoding", encoding)
+                .body("x"),
+        );
+        assert_eq!(r.status, status, "{encoding}: {}", r.text);
+    }
+    // A gzip bomb is cut at the body limit, not inflated into memory.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut bomb, &vec![0u8; 200 << 20]).unwrap();
     let r = d.send(
         d.client
             .post(files("path=/workspace/z"))
             .header("E2b-Sandbox-Id", &id)
             .header("X-Access-Token", &token)
             .header("Content-Encoding", "gzip")
-            .body("x"),
+            .body(bomb.finish().unwrap()),
     );
-    assert_eq!(r.status, 415, "{}", r.text);
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert_eq!(d.sh(&id, "ls /workspace/z 2>&1 >/dev/null | wc -l"), "1\n");
+    // Metadata headers: a key too long, a value not printable ASCII, too
+    // much in all: 400, nothing written.
+    let long_key = format!("X-Metadata-{}", "k".repeat(247));
+    let many: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("X-Metadata-key{i}"), "v".repeat(250)))
+        .collect();
+    let bad: Vec<Vec<(String, String)>> = vec![
+        vec![(long_key, "v".into())],
+        vec![("X-Metadata-k".into(), "tab\there".into())],
+        many,
+    ];
+    for headers in bad {
+        let mut rb = d
+            .client
+            .post(files("path=/workspace/z"))
+            .header("E2b-Sandbox-Id", &id)
+            .header("X-Access-Token", &token)
+            .header("Content-Type", "application/octet-stream");
+        for (k, v) in &headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        let r = d.send(rb.body("x"));
+        assert_eq!(r.status, 400, "{}: {}", headers[0].0, r.text);
+    }
+    assert_eq!(d.sh(&id, "ls /workspace/z 2>&1 >/dev/null | wc -l"), "1\n");
     // /health: 204 for a running sandbox, 502 for an unknown one (with
     // the key), 401 without access.
     let health = |sandbox: &str, token: Option<&str>| {

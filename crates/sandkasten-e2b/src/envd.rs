@@ -357,19 +357,19 @@ async fn download(e2b: &Shared, id: &str, user: FileUser, q: &Query) -> Response
         .into_response()
 }
 
-/// One written file, as envd answers it.
+/// One written file, as envd answers it (`metadata` only when it has
+/// some).
 fn written(path: &str, meta: &[(String, String)]) -> serde_json::Value {
     let name = path.rsplit('/').next().unwrap_or_default();
-    let meta: serde_json::Map<String, serde_json::Value> = meta
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    let meta = if meta.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::Value::Object(meta)
-    };
-    json!({"name": name, "type": "file", "path": path, "metadata": meta})
+    let mut v = json!({"name": name, "type": "file", "path": path});
+    if !meta.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = meta
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        v["metadata"] = serde_json::Value::Object(meta);
+    }
+    v
 }
 
 /// Header names that carry a file's metadata (`X-Metadata-<key>`); the
