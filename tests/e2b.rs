@@ -513,6 +513,47 @@ fn envd_files_checks_access_and_signatures() {
         v,
         json!([{"name": "o.bin", "type": "file", "path": "/workspace/o.bin"}])
     );
+    // Metadata (envd 0.6.2): the file's user.e2b.* extended attributes
+    // (tests/e2b/test_envd_06.py reads them inside), keys lower-cased;
+    // Stat shows them, a symlink is marked as one.
+    let r = d.send(
+        d.client
+            .post(files("path=/workspace/meta.txt"))
+            .header("E2b-Sandbox-Id", &id)
+            .header("X-Access-Token", &token)
+            .header("Content-Type", "application/octet-stream")
+            .header("X-Metadata-Owner", "agent 7")
+            .body("m"),
+    );
+    let v = r.expect(200, "upload with metadata");
+    assert_eq!(v[0]["metadata"], json!({"owner": "agent 7"}), "{v}");
+    d.sh(&id, "ln -s meta.txt /workspace/meta.lnk");
+    let v = rpc(
+        &d,
+        &id,
+        &token,
+        "Stat",
+        json!({"path": "/workspace/meta.txt"}),
+    )
+    .expect(200, "Stat with metadata");
+    assert_eq!(v["entry"]["metadata"], json!({"owner": "agent 7"}), "{v}");
+    let v = rpc(
+        &d,
+        &id,
+        &token,
+        "Stat",
+        json!({"path": "/workspace/meta.lnk"}),
+    )
+    .expect(200, "Stat of a symlink");
+    assert_eq!(
+        (
+            &v["entry"]["type"],
+            &v["entry"]["isSymlink"],
+            &v["entry"]["metadata"]
+        ),
+        (&json!("FILE_TYPE_SYMLINK"), &json!(true), &Value::Null),
+        "{v}"
+    );
     let form = Form::new()
         .part(
             "file",

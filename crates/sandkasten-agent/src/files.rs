@@ -80,7 +80,11 @@ impl Files {
     }
 
     /// [`Files::stat`] with the attributes under `prefix` (a `user.` name).
-    pub fn stat_meta(&self, path: &str, prefix: &str) -> FsResult<(FileStat, Vec<(String, String)>)> {
+    pub fn stat_meta(
+        &self,
+        path: &str,
+        prefix: &str,
+    ) -> FsResult<(FileStat, Vec<(String, String)>)> {
         self.fs(path)?.stat_meta(path, prefix)
     }
 

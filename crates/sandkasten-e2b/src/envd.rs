@@ -363,10 +363,8 @@ fn written(path: &str, meta: &[(String, String)]) -> serde_json::Value {
     let name = path.rsplit('/').next().unwrap_or_default();
     let mut v = json!({"name": name, "type": "file", "path": path});
     if !meta.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = meta
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        let meta: serde_json::Map<String, serde_json::Value> =
+            meta.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         v["metadata"] = serde_json::Value::Object(meta);
     }
     v
@@ -389,9 +387,7 @@ fn upload_meta(headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
             continue;
         };
         if key.is_empty() || key.len() > max_key {
-            return Err(format!(
-                "metadata key {key:?}: 1 to {max_key} characters"
-            ));
+            return Err(format!("metadata key {key:?}: 1 to {max_key} characters"));
         }
         let value = value.as_bytes();
         if let Some(b) = value.iter().find(|b| !(0x20..=0x7e).contains(*b)) {
@@ -405,7 +401,10 @@ fn upload_meta(headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
             None => meta.push((key.to_string(), value)),
         }
     }
-    let total: usize = meta.iter().map(|(k, v)| prefix.len() + k.len() + v.len()).sum();
+    let total: usize = meta
+        .iter()
+        .map(|(k, v)| prefix.len() + k.len() + v.len())
+        .sum();
     if total > sandkasten_engine::MAX_META_BYTES {
         return Err(format!(
             "metadata of {total} bytes (keys with the {prefix:?} prefix, and values): at most {}",
@@ -441,7 +440,9 @@ async fn upload_body(req: Request, limit: usize) -> Result<Request, Response> {
         )
     };
     let (mut parts, body) = req.into_parts();
-    let packed = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let packed = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
     let unpacked = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut out = Vec::new();

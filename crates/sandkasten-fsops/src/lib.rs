@@ -181,9 +181,7 @@ impl RootedFs {
                 Ok((stat, meta)) => Response::StatMeta { stat, meta },
                 Err(e) => e.into(),
             },
-            Request::WriteMeta { path, prefix, meta } => {
-                done(self.write_meta(path, prefix, meta))
-            }
+            Request::WriteMeta { path, prefix, meta } => done(self.write_meta(path, prefix, meta)),
             // Streamed reads are served by their callers on top of
             // `open_read`: they are more than one reply.
             Request::Ping
@@ -378,7 +376,11 @@ impl RootedFs {
     /// which is not followed, a device, a FIFO), where the filesystem
     /// keeps none, or where the user may not read them; values that are
     /// not UTF-8 are left out.
-    pub fn stat_meta(&self, path: &str, prefix: &str) -> FsResult<(FileStat, Vec<(String, String)>)> {
+    pub fn stat_meta(
+        &self,
+        path: &str,
+        prefix: &str,
+    ) -> FsResult<(FileStat, Vec<(String, String)>)> {
         check_prefix(prefix)?;
         let abs = absolute(path)?;
         let path = &*abs;
@@ -405,13 +407,14 @@ impl RootedFs {
         let path = &*abs;
         let mut total = 0;
         for (name, value) in meta {
-            if name.is_empty()
-                || name.contains('\0')
-                || prefix.len() + name.len() > MAX_XATTR_NAME
+            if name.is_empty() || name.contains('\0') || prefix.len() + name.len() > MAX_XATTR_NAME
             {
                 return Err(FsError::new(
                     ErrorKind::InvalidRequest,
-                    format!("metadata key {name:?}: empty, with a NUL, or longer than {} bytes", MAX_XATTR_NAME - prefix.len()),
+                    format!(
+                        "metadata key {name:?}: empty, with a NUL, or longer than {} bytes",
+                        MAX_XATTR_NAME - prefix.len()
+                    ),
                 ));
             }
             total += prefix.len() + name.len() + value.len();
@@ -710,7 +713,12 @@ fn read_meta(fd: BorrowedFd<'_>, prefix: &str, path: &str) -> FsResult<Vec<(Stri
     let names = match sys::list_xattrs(&at) {
         Ok(n) => n,
         // No attributes on this filesystem, or none the user may see.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP | libc::EACCES | libc::EPERM)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTSUP | libc::EACCES | libc::EPERM)
+            ) =>
+        {
             return Ok(Vec::new())
         }
         Err(e) => return Err(FsError::from_io(e, path)),
@@ -723,7 +731,12 @@ fn read_meta(fd: BorrowedFd<'_>, prefix: &str, path: &str) -> FsResult<Vec<(Stri
         let value = match sys::get_xattr(&at, &name) {
             Ok(v) => v,
             // Removed since the listing, or not readable by the user.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EACCES | libc::EPERM)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODATA | libc::EACCES | libc::EPERM)
+                ) =>
+            {
                 continue
             }
             Err(e) => return Err(FsError::from_io(e, path)),

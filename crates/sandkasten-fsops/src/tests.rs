@@ -971,7 +971,9 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    v.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 const META: &str = "user.e2b.";
@@ -1005,10 +1007,15 @@ fn metadata_is_the_user_xattrs_under_a_prefix_replaced_whole() {
     // Directories carry them; a write follows a final symlink (inside
     // the root), a stat shows the link itself, which has none.
     std::fs::create_dir(f.root.join("d")).unwrap();
-    f.fs.write_meta("/d/", META, &pairs(&[("k", "dir")])).unwrap();
-    assert_eq!(f.fs.stat_meta("/d", META).unwrap().1, pairs(&[("k", "dir")]));
+    f.fs.write_meta("/d/", META, &pairs(&[("k", "dir")]))
+        .unwrap();
+    assert_eq!(
+        f.fs.stat_meta("/d", META).unwrap().1,
+        pairs(&[("k", "dir")])
+    );
     symlink("f", f.root.join("l")).unwrap();
-    f.fs.write_meta("/l", META, &pairs(&[("via", "link")])).unwrap();
+    f.fs.write_meta("/l", META, &pairs(&[("via", "link")]))
+        .unwrap();
     assert_eq!(
         f.fs.stat_meta("/f", META).unwrap().1,
         pairs(&[("via", "link")])
@@ -1039,7 +1046,8 @@ fn metadata_is_the_user_xattrs_under_a_prefix_replaced_whole() {
 fn metadata_bad_input_is_refused_before_anything_changes() {
     let f = fixture();
     std::fs::write(f.root.join("f"), "x").unwrap();
-    f.fs.write_meta("/f", META, &pairs(&[("keep", "1")])).unwrap();
+    f.fs.write_meta("/f", META, &pairs(&[("keep", "1")]))
+        .unwrap();
     let long = "k".repeat(MAX_XATTR_NAME - META.len() + 1);
     let big = "v".repeat(MAX_META_BYTES);
     for (prefix, meta) in [
@@ -1059,8 +1067,14 @@ fn metadata_bad_input_is_refused_before_anything_changes() {
             &meta[0].0
         );
     }
-    assert_eq!(kind(f.fs.stat_meta("/f", "trusted.")), ErrorKind::InvalidRequest);
-    assert_eq!(f.fs.stat_meta("/f", META).unwrap().1, pairs(&[("keep", "1")]));
+    assert_eq!(
+        kind(f.fs.stat_meta("/f", "trusted.")),
+        ErrorKind::InvalidRequest
+    );
+    assert_eq!(
+        f.fs.stat_meta("/f", META).unwrap().1,
+        pairs(&[("keep", "1")])
+    );
     assert_eq!(
         kind(f.fs.write_meta("/missing", META, &[])),
         ErrorKind::NotFound
@@ -1097,6 +1111,10 @@ fn metadata_needs_the_identitys_rights() {
     // The user's own file: theirs to label.
     std::fs::write(f.root.join("mine"), "m").unwrap();
     std::os::unix::fs::chown(f.root.join("mine"), Some(NOBODY), Some(NOBODY)).unwrap();
-    f.fs.write_meta("/mine", META, &pairs(&[("a", "1")])).unwrap();
-    assert_eq!(f.fs.stat_meta("/mine", META).unwrap().1, pairs(&[("a", "1")]));
+    f.fs.write_meta("/mine", META, &pairs(&[("a", "1")]))
+        .unwrap();
+    assert_eq!(
+        f.fs.stat_meta("/mine", META).unwrap().1,
+        pairs(&[("a", "1")])
+    );
 }
