@@ -307,6 +307,21 @@ fn a_policy_opens_its_addresses_and_refuses_the_rest_at_once() {
     let c_addr = sandbox_addr(&d, &c, "4");
     refused(&d, &b, &c_addr, 8080);
     refused(&d, &a, &c_addr, 8080);
+    // Nor does anything tell it another sandbox's name or address: the
+    // engine's embedded resolver (127.0.0.11 inside a docker container,
+    // which knows every container of the network) is refused inside the
+    // container; on native nothing listens there.
+    for query in [format!("sandkasten-{c}"), c_addr.clone()] {
+        let out = d.sh(
+            &a,
+            &format!("timeout 5 busybox nslookup {query} 127.0.0.11 2>&1; echo rc=$?"),
+        );
+        assert!(
+            !out.contains(&c_addr) || !out.contains(&c),
+            "the engine's resolver told a sandbox about another: {out}"
+        );
+        assert!(!out.contains("rc=0"), "{query}: {out}");
+    }
 
     // Mode none: loopback only, no link at all.
     let n = create(&d, json!({"mode": "none"}));
@@ -544,12 +559,22 @@ fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
         "other.test: {out}"
     );
     if on_docker() {
-        // The engine's own resolver (127.0.0.11 inside the container)
-        // forwards to the daemon's server, as the container: judged alike.
-        let out = d.sh(&id, "busybox nslookup other.test 127.0.0.11 2>&1; true");
-        assert!(out.contains("NXDOMAIN"), "through 127.0.0.11: {out}");
-        let out = d.sh(&id, "busybox nslookup app.test 127.0.0.11 2>&1; true");
-        assert!(out.contains(&inet.v4(2)), "through 127.0.0.11: {out}");
+        // The engine's own resolver (127.0.0.11 inside the container) is
+        // refused at once, allowed names too: only the daemon's server
+        // answers a sandbox.
+        for name in ["other.test", "app.test"] {
+            let started = std::time::Instant::now();
+            let out = d.sh(
+                &id,
+                &format!("busybox nslookup {name} 127.0.0.11 2>&1; echo rc=$?"),
+            );
+            assert!(
+                out.contains("Operation not permitted")
+                    && !out.contains(&inet.v4(2))
+                    && started.elapsed() < Duration::from_secs(3),
+                "through 127.0.0.11: {out}"
+            );
+        }
     }
     refused(&d, &id, &inet.v4(3), 8080);
     // Ports 80 and 443 check the name a connection carries: the same

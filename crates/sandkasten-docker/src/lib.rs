@@ -1222,7 +1222,7 @@ impl Runtime for DockerRuntime {
         policy: &sandkasten_runtime::NetworkPolicy,
     ) -> Result<(), RuntimeError> {
         match &self.net {
-            Some(n) => n.apply(&handle.id, policy).await,
+            Some(n) => n.apply(handle, policy).await,
             None => Err(RuntimeError::Unsupported(
                 self.no_net.clone().unwrap_or_default(),
                 "docker",

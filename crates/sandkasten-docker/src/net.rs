@@ -18,10 +18,12 @@ use bollard::models::{
 };
 use bollard::Docker;
 use sandkasten_netguard::host;
-use sandkasten_netguard::netlink::{Msg, Socket, NETLINK_NETFILTER};
+use sandkasten_netguard::netlink::{self, Msg, Socket, NETLINK_NETFILTER};
 use sandkasten_netguard::nft::{self, Key};
 use sandkasten_netguard::wiring::{self as guard, Guard, NftSink};
-use sandkasten_runtime::{blocking, IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError};
+use sandkasten_runtime::{
+    blocking, latebind, IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError, SandboxHandle,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -68,6 +70,10 @@ struct State {
     elements: HashMap<String, (Ipv4Addr, nft::Elements)>,
     /// Sandboxes in the proxied set.
     proxied: BTreeSet<String>,
+    /// The containers (session id, host pid of their init) whose own
+    /// namespace refuses the engine's embedded resolver
+    /// (`nft::resolver_block`); a woken container has a new pid.
+    resolver_blocked: BTreeSet<(String, i32)>,
 }
 
 struct Sink(Arc<Mutex<State>>);
@@ -129,6 +135,7 @@ impl Datapath {
             nft: nft_sock,
             elements: HashMap::new(),
             proxied: BTreeSet::new(),
+            resolver_blocked: BTreeSet::new(),
         }));
         let guard = match cfg.dns_upstream {
             Some(up) => {
@@ -178,12 +185,18 @@ impl Datapath {
 
     /// Gives container `id` (running) `policy`: attached to the network
     /// with its elements for `full`, detached for `none`.
-    pub async fn apply(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
+    pub async fn apply(
+        &self,
+        handle: &SandboxHandle,
+        policy: &NetworkPolicy,
+    ) -> Result<(), RuntimeError> {
+        let id = handle.id.as_str();
         if !policy.is_full() {
             self.forget(id, false).await?;
             return self.detach(id).await;
         }
         let addr = self.attach(id).await?;
+        self.block_engine_resolver(handle).await?;
         let started = std::time::Instant::now();
         let (state, table, guard_on) =
             (self.state.clone(), self.table.clone(), self.guard.is_some());
@@ -283,6 +296,38 @@ impl Datapath {
             })
     }
 
+    /// Makes the container's own namespace refuse the engine's embedded
+    /// resolver (`nft::resolver_block`), once per container: it would
+    /// tell the sandbox every other container's name and address.
+    async fn block_engine_resolver(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        let key = (handle.id.clone(), handle.pid);
+        if lock(&self.state).resolver_blocked.contains(&key) {
+            return Ok(());
+        }
+        let Some(pidfd) = latebind::open_verified(handle.pid, handle.start_time) else {
+            return Err(RuntimeError::Backend {
+                context: "network".into(),
+                message: format!(
+                    "container {} has no provable init to reach its network namespace through",
+                    container_name(&handle.id)
+                ),
+            });
+        };
+        blocking(
+            "refusing the engine's resolver inside the container",
+            move || {
+                netlink::batch_in_netns(pidfd, nft::resolver_block())
+                    .map_err(err("refusing the engine's resolver inside the container"))
+            },
+        )
+        .await?;
+        let mut st = lock(&self.state);
+        // Only the containers still known: a forgotten one stays out.
+        st.resolver_blocked.retain(|(id, _)| id != &handle.id);
+        st.resolver_blocked.insert(key);
+        Ok(())
+    }
+
     /// Takes the container off the network (loopback only), if it is on it.
     async fn detach(&self, id: &str) -> Result<(), RuntimeError> {
         if !self.networks(id).await?.contains_key(&self.name) {
@@ -338,6 +383,9 @@ impl Datapath {
                 g.events.forget(id);
             }
         }
+        if gone {
+            lock(&self.state).resolver_blocked.retain(|(i, _)| i != id);
+        }
         let (state, table, sid) = (self.state.clone(), self.table.clone(), id.to_string());
         let resolved = self.guard.as_ref().map(|g| g.resolved.clone());
         blocking("deleting a sandbox's rules", move || {
@@ -360,6 +408,7 @@ impl Datapath {
             if st.proxied.remove(&sid) {
                 batch.push(nft::proxied_element(&table, &key, false));
             }
+
             st.nft
                 .batch(batch)
                 .map_err(err("deleting the sandbox's rules"))

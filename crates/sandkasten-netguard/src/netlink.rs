@@ -26,6 +26,30 @@ pub struct Socket {
     seq: u32,
 }
 
+/// Sends `msgs` as one batch on a netfilter socket made in the network
+/// namespace of the process behind `pidfd`: a thread of its own enters
+/// the namespace, sends, and exits, so no thread of the caller ever runs
+/// in a sandbox's namespace.
+pub fn batch_in_netns(pidfd: OwnedFd, msgs: Vec<Msg>) -> io::Result<()> {
+    let work = move || -> io::Result<()> {
+        // SAFETY: setns on a pidfd we own; it changes only this thread's
+        // network namespace, and this thread ends right after.
+        if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("entering the sandbox's network namespace: {e}"),
+            ));
+        }
+        Socket::open(NETLINK_NETFILTER)?.batch(msgs)
+    };
+    std::thread::Builder::new()
+        .name("netns-nft".into())
+        .spawn(work)?
+        .join()
+        .map_err(|_| io::Error::other("the namespace's netlink thread panicked"))?
+}
+
 impl Socket {
     /// A socket of `protocol` in the calling thread's network namespace,
     /// with a receive timeout so that a kernel that never answers cannot

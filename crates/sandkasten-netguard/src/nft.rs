@@ -7,7 +7,7 @@
 use crate::netlink::{find, Msg, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use sandkasten_runtime::IpNet;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 // Messages (NFNL_SUBSYS_NFTABLES).
 const NEWTABLE: u16 = 0;
@@ -67,6 +67,7 @@ const ELEM_TIMEOUT: u16 = 4;
 const HOOK_PREROUTING: u32 = 0;
 const HOOK_INPUT: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
+const HOOK_OUTPUT: u32 = 3;
 const HOOK_POSTROUTING: u32 = 4;
 
 const REG_VERDICT: u32 = 0;
@@ -774,6 +775,48 @@ pub fn table(l: &Layout) -> Vec<Msg> {
 }
 
 /// Deletes the table (nothing of this daemon's rules remains).
+/// The address of the resolver a Docker engine runs inside every container
+/// on a user-defined network (its "embedded DNS").
+pub const ENGINE_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
+/// Name of the table [`resolver_block`] makes in a container's namespace.
+pub const RESOLVER_TABLE: &str = "sandkasten_resolver";
+
+/// A table for a docker container's own network namespace that refuses
+/// everything its processes send to the engine's embedded resolver
+/// ([`ENGINE_RESOLVER`]) at once (TCP reset, else ICMP administratively
+/// prohibited): that resolver answers the names and addresses of every
+/// container on the network, other sandboxes included, and forwards the
+/// rest where no policy sees it. The container's resolver file names the
+/// daemon's DNS server instead. Replaces the table if it is there
+/// (applying it twice leaves one).
+pub fn resolver_block() -> Vec<Msg> {
+    let t = RESOLVER_TABLE;
+    let add_table = || {
+        let mut m = Msg::nft(NEWTABLE, NLM_F_CREATE, INET, "adding the resolver table");
+        m.str(TABLE_NAME, t);
+        m
+    };
+    let mut del = Msg::nft(DELTABLE, 0, INET, "replacing the resolver table");
+    del.str(TABLE_NAME, t);
+    let resolver = IpNet::new(IpAddr::V4(ENGINE_RESOLVER), 32).expect("a /32");
+    vec![
+        add_table(),
+        del,
+        add_table(),
+        chain(t, "output", Some((HOOK_OUTPUT, 0, "filter"))),
+        Rule::default()
+            .addr_in(&resolver, true)
+            .l4proto(libc::IPPROTO_TCP as u8)
+            .reject(REJECT_TCP_RST, 0)
+            .msg(INET, t, "output", None),
+        Rule::default()
+            .addr_in(&resolver, true)
+            .reject(REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED)
+            .msg(INET, t, "output", None),
+    ]
+}
+
 pub fn delete_table(table: &str) -> Vec<Msg> {
     delete_table_of(INET, table)
 }
