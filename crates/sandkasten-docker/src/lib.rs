@@ -581,15 +581,20 @@ impl DockerRuntime {
         // gVisor (or a VM runtime) keeps its own view of files: a socket the
         // agent binds on a bind mount is not one the host can connect to.
         // Such sandboxes are reached as on a remote engine.
-        let transport: Box<dyn Transport> = if local && oci == "runc" {
-            // Late binding enters a container's mount namespace through its
-            // PID 1: that needs runc (gVisor or a VM keeps its own mounts)
-            // and the engine's pids in our pid namespace.
+        // Late binding (and the resolver's refusal inside a container)
+        // enters a container's namespaces through its PID 1: that needs
+        // runc (gVisor or a VM keeps its own mounts) and the engine's pids
+        // in our pid namespace.
+        let late_bind = if local && oci == "runc" {
             let probe = socket.clone();
-            let late_bind = blocking("probing the engine's pids", move || {
+            blocking("probing the engine's pids", move || {
                 Ok(engine_pids_visible(&probe))
             })
-            .await?;
+            .await?
+        } else {
+            false
+        };
+        let transport: Box<dyn Transport> = if local && oci == "runc" {
             Box::new(local::LocalTransport::new(
                 docker.clone(),
                 cfg.agent_binary.clone(),
@@ -670,7 +675,7 @@ impl DockerRuntime {
                 )),
             ),
             Some(n) => (
-                Some(net::Datapath::start(&docker, n, &cfg.data_dir).await?),
+                Some(net::Datapath::start(&docker, n, &cfg.data_dir, late_bind).await?),
                 None,
             ),
         };

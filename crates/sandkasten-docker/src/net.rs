@@ -62,6 +62,9 @@ pub(crate) struct Datapath {
     /// `<data dir>/docker-resolv.conf`, bound at every container's
     /// `/etc/resolv.conf`.
     pub resolv_conf: PathBuf,
+    /// Whether a container's init can be proven (the engine's pids are
+    /// ours to see): only then is the engine's resolver refused inside.
+    pids_visible: bool,
 }
 
 struct State {
@@ -100,7 +103,16 @@ impl Datapath {
         docker: &Docker,
         cfg: &DockerNetConfig,
         data_dir: &Path,
+        pids_visible: bool,
     ) -> Result<Datapath, RuntimeError> {
+        if !pids_visible {
+            tracing::warn!(
+                "the engine's processes are in another pid namespace: the engine's embedded \
+                 resolver (127.0.0.11) cannot be refused inside containers and tells a sandbox \
+                 the other containers' names and addresses (run the daemon in the engine's pid \
+                 namespace to close it)"
+            );
+        }
         let tag = host::tag_of(data_dir);
         let subnet = cfg
             .ipv4_subnet
@@ -180,6 +192,7 @@ impl Datapath {
             state,
             guard,
             resolv_conf,
+            pids_visible,
         })
     }
 
@@ -195,8 +208,10 @@ impl Datapath {
             self.forget(id, false).await?;
             return self.detach(id).await;
         }
-        let addr = self.attach(id).await?;
+        // Refused before the container is on the network, so that nothing
+        // in it ever reaches the engine's resolver.
         self.block_engine_resolver(handle).await?;
+        let addr = self.attach(id).await?;
         let started = std::time::Instant::now();
         let (state, table, guard_on) =
             (self.state.clone(), self.table.clone(), self.guard.is_some());
@@ -301,7 +316,7 @@ impl Datapath {
     /// tell the sandbox every other container's name and address.
     async fn block_engine_resolver(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         let key = (handle.id.clone(), handle.pid);
-        if lock(&self.state).resolver_blocked.contains(&key) {
+        if !self.pids_visible || lock(&self.state).resolver_blocked.contains(&key) {
             return Ok(());
         }
         let Some(pidfd) = latebind::open_verified(handle.pid, handle.start_time) else {

@@ -449,7 +449,11 @@ async fn upload_body(req: Request, limit: usize) -> Result<Request, Response> {
         flate2::read::MultiGzDecoder::new(&packed[..])
             .take(limit as u64 + 1)
             .read_to_end(&mut out)
-            .map(|_| out)
+            .map(|_| {
+                // read_to_end doubles its buffer: give back the slack.
+                out.shrink_to_fit();
+                out
+            })
     })
     .await
     .map_err(|_| file_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))?

@@ -456,6 +456,12 @@ impl RootedFs {
                 }
                 Err(e) => return Err(xattr_err(e)),
             };
+            // The new set first: a write that does not fit fails before
+            // anything of the old one is gone.
+            for (name, value) in meta {
+                let full = sys::cstr(&format!("{prefix}{name}")).map_err(xattr_err)?;
+                sys::set_xattr(&at, &full, value.as_bytes()).map_err(xattr_err)?;
+            }
             for name in existing {
                 let keep = name
                     .to_str()
@@ -470,10 +476,6 @@ impl RootedFs {
                         _ => {}
                     }
                 }
-            }
-            for (name, value) in meta {
-                let full = sys::cstr(&format!("{prefix}{name}")).map_err(xattr_err)?;
-                sys::set_xattr(&at, &full, value.as_bytes()).map_err(xattr_err)?;
             }
             Ok(())
         })
@@ -707,7 +709,10 @@ fn check_prefix(prefix: &str) -> FsResult<()> {
 }
 
 /// The attributes under `prefix` of the file or directory `fd` (see
-/// [`RootedFs::stat_meta`]).
+/// [`RootedFs::stat_meta`]), by name, as many as fit in
+/// [`MAX_META_BYTES`] of names and values together (a write stores no
+/// more; a sandbox that sets more itself sees only those): what a stat
+/// answers stays small whatever a file carries.
 fn read_meta(fd: BorrowedFd<'_>, prefix: &str, path: &str) -> FsResult<Vec<(String, String)>> {
     let at = sys::fd_path(fd);
     let names = match sys::list_xattrs(&at) {
@@ -723,12 +728,18 @@ fn read_meta(fd: BorrowedFd<'_>, prefix: &str, path: &str) -> FsResult<Vec<(Stri
         }
         Err(e) => return Err(FsError::from_io(e, path)),
     };
+    let mut keys: Vec<(&str, &CStr)> = names
+        .iter()
+        .filter_map(|n| Some((n.to_str().ok()?.strip_prefix(prefix)?, n.as_c_str())))
+        .collect();
+    keys.sort();
     let mut meta = Vec::new();
-    for name in names {
-        let Some(key) = name.to_str().ok().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
-        };
-        let value = match sys::get_xattr(&at, &name) {
+    let mut total = 0;
+    for (key, name) in keys {
+        if total + prefix.len() + key.len() >= MAX_META_BYTES {
+            break;
+        }
+        let value = match sys::get_xattr_max(&at, name, MAX_META_BYTES - total) {
             Ok(v) => v,
             // Removed since the listing, or not readable by the user.
             Err(e)
@@ -741,11 +752,15 @@ fn read_meta(fd: BorrowedFd<'_>, prefix: &str, path: &str) -> FsResult<Vec<(Stri
             }
             Err(e) => return Err(FsError::from_io(e, path)),
         };
+        let Some(value) = value else {
+            // Longer than what is left of the budget: left out.
+            continue;
+        };
         if let Ok(value) = String::from_utf8(value) {
+            total += prefix.len() + key.len() + value.len();
             meta.push((key.to_string(), value));
         }
     }
-    meta.sort();
     Ok(meta)
 }
 

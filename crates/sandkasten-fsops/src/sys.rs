@@ -275,7 +275,7 @@ pub fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
                 .collect());
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 20 {
+        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 16 {
             return Err(e);
         }
         // The list grew since it was sized: ask again with more room.
@@ -283,29 +283,21 @@ pub fn list_xattrs(path: &CStr) -> io::Result<Vec<CString>> {
     }
 }
 
-/// The value of `path`'s extended attribute `name`.
-pub fn get_xattr(path: &CStr, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: valid C strings; the buffer is valid for its length.
-        let n = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ERANGE) || buf.len() >= 1 << 16 {
-            return Err(e);
-        }
-        buf.resize(buf.len() * 4, 0);
+/// The value of `path`'s extended attribute `name` if it is at most `max`
+/// bytes long (`None` when longer): never more is read or allocated.
+pub fn get_xattr_max(path: &CStr, name: &CStr, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; max];
+    // SAFETY: valid C strings; the buffer is valid for its length.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), max) };
+    if n >= 0 {
+        buf.truncate(n as usize);
+        return Ok(Some(buf));
     }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ERANGE) {
+        return Ok(None);
+    }
+    Err(e)
 }
 
 /// Sets `path`'s extended attribute `name` to `value`.

@@ -967,7 +967,9 @@ pub(crate) fn spawn_swapper(
 /// `getxattr` of `path`'s attribute `name`, straight from the kernel.
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    sys::get_xattr(&p, &std::ffi::CString::new(name).unwrap()).ok()
+    sys::get_xattr_max(&p, &std::ffi::CString::new(name).unwrap(), 1 << 16)
+        .ok()
+        .flatten()
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -1071,6 +1073,25 @@ fn metadata_bad_input_is_refused_before_anything_changes() {
         kind(f.fs.stat_meta("/f", "trusted.")),
         ErrorKind::InvalidRequest
     );
+    // What a sandbox sets itself beyond a write's bound is cut, not
+    // carried: a stat answers at most MAX_META_BYTES, by name (on a tmpfs:
+    // ext4 keeps no more than a block of attributes per file anyway).
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let fs = RootedFs::open(shm.path(), None).unwrap();
+    std::fs::write(shm.path().join("f"), "x").unwrap();
+    let at = std::ffi::CString::new(shm.path().join("f").as_os_str().as_bytes()).unwrap();
+    for i in 0..6 {
+        let name = std::ffi::CString::new(format!("user.e2b.big{i}")).unwrap();
+        sys::set_xattr(&at, &name, &vec![b'x'; 1500]).unwrap();
+    }
+    let meta = fs.stat_meta("/f", META).unwrap().1;
+    let bytes: usize = meta
+        .iter()
+        .map(|(k, v)| META.len() + k.len() + v.len())
+        .sum();
+    assert!(bytes <= MAX_META_BYTES && meta.len() == 2, "{}", meta.len());
+    assert_eq!((meta[0].0.as_str(), meta[1].0.as_str()), ("big0", "big1"));
+
     assert_eq!(
         f.fs.stat_meta("/f", META).unwrap().1,
         pairs(&[("keep", "1")])

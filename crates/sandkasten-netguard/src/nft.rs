@@ -774,7 +774,6 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out
 }
 
-/// Deletes the table (nothing of this daemon's rules remains).
 /// The address of the resolver a Docker engine runs inside every container
 /// on a user-defined network (its "embedded DNS").
 pub const ENGINE_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
@@ -817,6 +816,7 @@ pub fn resolver_block() -> Vec<Msg> {
     ]
 }
 
+/// Deletes the table (nothing of this daemon's rules remains).
 pub fn delete_table(table: &str) -> Vec<Msg> {
     delete_table_of(INET, table)
 }
