@@ -86,6 +86,12 @@ impl DockerRuntime {
         let handle = self.handle_of(&spec.id).await?;
         // Before anything runs in the sandbox but the agent.
         self.transport.restrict_workspace(&handle).await?;
+        if let (NetworkMode::Full, Some(net)) = (spec.network, &self.net) {
+            // Started on the network: the engine's resolver is refused
+            // now, off a later claim's path (it waits for the kernel to
+            // register the table's hook in the new namespace).
+            net.block_engine_resolver(&handle).await?;
+        }
         if let Some(snap) = snap {
             self.fill_tmp(&handle, snap).await?;
         }
