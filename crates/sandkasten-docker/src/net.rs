@@ -314,7 +314,10 @@ impl Datapath {
     /// Makes the container's own namespace refuse the engine's embedded
     /// resolver (`nft::resolver_block`), once per container: it would
     /// tell the sandbox every other container's name and address.
-    pub(crate) async fn block_engine_resolver(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+    pub(crate) async fn block_engine_resolver(
+        &self,
+        handle: &SandboxHandle,
+    ) -> Result<(), RuntimeError> {
         let key = (handle.id.clone(), handle.pid);
         if !self.pids_visible || lock(&self.state).resolver_blocked.contains(&key) {
             return Ok(());
