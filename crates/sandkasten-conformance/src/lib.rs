@@ -500,6 +500,7 @@ async fn backend_at(kind: Kind, data_dir: &Path) -> Backend {
                 // The host as the daemon finds it: both paths must hold.
                 favordynmods: false,
                 pty_max_for_sessions: None,
+                pid_max_for_sessions: None,
                 // One host range per sandbox, as a daemon runs them.
                 uid_ranges: 64,
                 network: None,

@@ -37,6 +37,7 @@ mod ids;
 mod image;
 mod layers;
 mod net;
+mod pidmax;
 mod process;
 mod ptys;
 mod scratch;
@@ -120,6 +121,10 @@ pub struct NativeConfig {
     /// Raise the host's `kernel.pty.max` where it is too low for this many
     /// live sandboxes (see [`ptys::ensure_pty_max`]); `None`: leave it.
     pub pty_max_for_sessions: Option<u64>,
+    /// Raise the host's `kernel.pid_max` where it is too low for this many
+    /// live sandboxes at this `pids_limit` (see
+    /// [`pidmax::ensure_pid_max`]); `None`: leave it.
+    pub pid_max_for_sessions: Option<(u64, u64)>,
     /// How many host uid/gid ranges of 65536 ids the runtime hands out,
     /// one per sandbox (the kernel's per-user budgets are then each
     /// sandbox's own); 0, or a host without idmapped mounts: every
@@ -196,6 +201,17 @@ impl NativeRuntime {
                 }
                 Ok(None) => {}
                 Err(why) => tracing::warn!("pseudo-terminals may run out: {why}"),
+            }
+        }
+        if let Some((n, pids)) = cfg.pid_max_for_sessions {
+            match pidmax::ensure_pid_max(n, pids) {
+                Ok(Some((old, new))) => tracing::info!(
+                    "raised kernel.pid_max from {old} to {new} for {n} sessions of {pids} tasks"
+                ),
+                Ok(None) => {}
+                Err(why) => tracing::warn!(
+                    "the host's pids may run out (creates and forks then fail): {why}"
+                ),
             }
         }
         for d in ["sessions", "images"] {

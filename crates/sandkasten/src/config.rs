@@ -97,6 +97,11 @@ pub struct Config {
     /// is lower than `max_sessions` sandboxes can hold (each sandbox's own
     /// terminals are capped at 64); never lowers it. `false`: leave it.
     pub raise_pty_max: bool,
+    /// Native runtime: raise the host's `kernel.pid_max` at start where it
+    /// is lower than `max_sessions` sandboxes at `defaults.pids_limit`
+    /// tasks each can use (plus 32768 for the host); never lowers it.
+    /// `false`: leave it.
+    pub raise_pid_max: bool,
     /// Native runtime: how many host uid/gid ranges (65536 ids each) the
     /// daemon hands out, one per sandbox, so that the kernel's per-user
     /// budgets (inotify, message queues, pipe buffers) are each sandbox's
@@ -351,6 +356,7 @@ impl Default for Config {
             network: Network::default(),
             cgroup_favordynmods: true,
             raise_pty_max: true,
+            raise_pid_max: true,
             uid_ranges: 16_384,
         }
     }

@@ -426,6 +426,8 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         min_free_mb: cfg.disk.min_free_mb,
         favordynmods: serve && cfg.cgroup_favordynmods,
         pty_max_for_sessions: (serve && cfg.raise_pty_max).then_some(cfg.max_sessions as u64),
+        pid_max_for_sessions: (serve && cfg.raise_pid_max)
+            .then_some((cfg.max_sessions as u64, cfg.defaults.pids_limit)),
         uid_ranges: cfg.uid_ranges,
         network: if serve && cfg.network_config()?.allow_full {
             Some(sandkasten_native::NetConfig {
