@@ -379,16 +379,11 @@ const META_HEADER: &str = "x-metadata-";
 /// attribute's name with its prefix, values printable US-ASCII, all of it
 /// at most 4096 bytes with the prefix counted per key.
 fn upload_meta(headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
-    let prefix = crate::filesystem::META_PREFIX;
-    let max_key = sandkasten_engine::MAX_XATTR_NAME - prefix.len();
     let mut meta: Vec<(String, String)> = Vec::new();
     for (name, value) in headers {
         let Some(key) = name.as_str().strip_prefix(META_HEADER) else {
             continue;
         };
-        if key.is_empty() || key.len() > max_key {
-            return Err(format!("metadata key {key:?}: 1 to {max_key} characters"));
-        }
         let value = value.as_bytes();
         if let Some(b) = value.iter().find(|b| !(0x20..=0x7e).contains(*b)) {
             return Err(format!(
@@ -401,15 +396,9 @@ fn upload_meta(headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
             None => meta.push((key.to_string(), value)),
         }
     }
-    let total: usize = meta
-        .iter()
-        .map(|(k, v)| prefix.len() + k.len() + v.len())
-        .sum();
-    if total > sandkasten_engine::MAX_META_BYTES {
-        return Err(format!(
-            "metadata of {total} bytes (keys with the {prefix:?} prefix, and values): at most {}",
-            sandkasten_engine::MAX_META_BYTES
-        ));
+    // What the agent would refuse, refused before the content is written.
+    if let Some(why) = sandkasten_engine::meta_problem(crate::filesystem::META_PREFIX, &meta) {
+        return Err(why);
     }
     meta.sort();
     Ok(meta)

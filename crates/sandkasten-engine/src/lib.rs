@@ -36,9 +36,9 @@ pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
 pub use procs::StartedProcess;
 pub use sandkasten_runtime::PortStream;
+pub use sandkasten_runtime::{meta_problem, MAX_META_BYTES};
 pub use sandkasten_runtime::{
-    FileOp, FileReply, FileUser, WatchEvent, WatchEventKind, MAX_META_BYTES, MAX_WATCHED_DIRS,
-    MAX_WATCHES, MAX_XATTR_NAME,
+    FileOp, FileReply, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES,
 };
 pub use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkMode, NetworkPolicy};
 pub use sandkasten_runtime::{

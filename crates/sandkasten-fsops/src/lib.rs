@@ -45,7 +45,7 @@ mod tests;
 
 use identity::FsIdentity;
 use sandkasten_protocol::{
-    DirEntry, ErrorKind, FileStat, FileType, Request, Response, MAX_META_BYTES, MAX_XATTR_NAME,
+    meta_problem, DirEntry, ErrorKind, FileStat, FileType, Request, Response, MAX_META_BYTES,
 };
 use std::borrow::Cow;
 use std::ffi::CStr;
@@ -405,25 +405,8 @@ impl RootedFs {
         check_prefix(prefix)?;
         let abs = absolute(path)?;
         let path = &*abs;
-        let mut total = 0;
-        for (name, value) in meta {
-            if name.is_empty() || name.contains('\0') || prefix.len() + name.len() > MAX_XATTR_NAME
-            {
-                return Err(FsError::new(
-                    ErrorKind::InvalidRequest,
-                    format!(
-                        "metadata key {name:?}: empty, with a NUL, or longer than {} bytes",
-                        MAX_XATTR_NAME - prefix.len()
-                    ),
-                ));
-            }
-            total += prefix.len() + name.len() + value.len();
-        }
-        if total > MAX_META_BYTES {
-            return Err(FsError::new(
-                ErrorKind::InvalidRequest,
-                format!("metadata of {total} bytes: at most {MAX_META_BYTES} (keys with their prefix, and values)"),
-            ));
+        if let Some(why) = meta_problem(prefix, meta) {
+            return Err(FsError::new(ErrorKind::InvalidRequest, why));
         }
         let xattr_err = |e: io::Error| match e.raw_os_error() {
             Some(libc::ENOTSUP) => FsError::new(

@@ -1050,7 +1050,7 @@ fn metadata_bad_input_is_refused_before_anything_changes() {
     std::fs::write(f.root.join("f"), "x").unwrap();
     f.fs.write_meta("/f", META, &pairs(&[("keep", "1")]))
         .unwrap();
-    let long = "k".repeat(MAX_XATTR_NAME - META.len() + 1);
+    let long = "k".repeat(sandkasten_protocol::MAX_XATTR_NAME - META.len() + 1);
     let big = "v".repeat(MAX_META_BYTES);
     for (prefix, meta) in [
         ("trusted.", pairs(&[("a", "1")])),

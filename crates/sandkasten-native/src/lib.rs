@@ -42,6 +42,7 @@ mod process;
 mod ptys;
 mod scratch;
 mod spawner;
+mod sysctl;
 mod wsimage;
 mod wskeep;
 mod wstar;

@@ -13,6 +13,7 @@
 //! nothing until pids are used (the kernel's pid map grows on demand).
 //! `kernel.threads-max` (sized by the kernel from memory) stays as it is.
 
+use crate::sysctl;
 use std::path::Path;
 
 /// The kernel's upper bound for `kernel.pid_max` on 64-bit
@@ -32,8 +33,7 @@ pub fn wanted_pid_max(max_sessions: u64, pids_limit: u64) -> u64 {
 }
 
 /// Raises `kernel.pid_max` to [`wanted_pid_max`] where it is lower; never
-/// lowers it. `Ok(Some((old, new)))` when it changed it, `Ok(None)` when it
-/// was high enough, `Err` with what to do when it could not.
+/// lowers it (see [`sysctl::raise`]).
 pub fn ensure_pid_max(max_sessions: u64, pids_limit: u64) -> Result<Option<(u64, u64)>, String> {
     ensure_at(
         Path::new("/proc/sys/kernel/pid_max"),
@@ -47,23 +47,8 @@ fn ensure_at(
     max_sessions: u64,
     pids_limit: u64,
 ) -> Result<Option<(u64, u64)>, String> {
-    let now: u64 = std::fs::read_to_string(file)
-        .map_err(|e| format!("reading {}: {e}", file.display()))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("parsing {}: {e}", file.display()))?;
     let want = wanted_pid_max(max_sessions, pids_limit);
-    if now >= want {
-        return Ok(None);
-    }
-    std::fs::write(file, want.to_string()).map_err(|e| {
-        format!(
-            "raising {} from {now} to {want}: {e} (set the sysctl kernel.pid_max={want} \
-             on the host)",
-            file.display()
-        )
-    })?;
-    Ok(Some((now, want)))
+    sysctl::raise(file, "kernel.pid_max", want)
 }
 
 #[cfg(test)]

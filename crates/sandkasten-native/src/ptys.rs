@@ -11,6 +11,7 @@
 //! no sandbox can take a terminal another one needs. A pty costs memory
 //! only while it is open: the limit itself costs nothing.
 
+use crate::sysctl;
 use std::path::Path;
 
 /// Terminals each sandbox's devpts instance may hold (the agent mounts it
@@ -38,29 +39,9 @@ pub fn ensure_pty_max(max_sessions: u64) -> Result<Option<(u64, u64)>, String> {
 }
 
 fn ensure_at(dir: &Path, max_sessions: u64) -> Result<Option<(u64, u64)>, String> {
-    let read = |name: &str| -> Result<u64, String> {
-        let p = dir.join(name);
-        std::fs::read_to_string(&p)
-            .map_err(|e| format!("reading {}: {e}", p.display()))?
-            .trim()
-            .parse()
-            .map_err(|e| format!("parsing {}: {e}", p.display()))
-    };
-    let (max, reserve) = (read("max")?, read("reserve")?);
+    let reserve = sysctl::read(&dir.join("reserve"))?;
     let want = wanted_pty_max(max_sessions, reserve);
-    if max >= want {
-        return Ok(None);
-    }
-    let p = dir.join("max");
-    std::fs::write(&p, want.to_string()).map_err(|e| {
-        format!(
-            "raising {} from {max} to {want}: {e} (sandboxes may hold {} terminals \
-             in all; set the sysctl kernel.pty.max={want} on the host)",
-            p.display(),
-            max.saturating_sub(reserve)
-        )
-    })?;
-    Ok(Some((max, want)))
+    sysctl::raise(&dir.join("max"), "kernel.pty.max", want)
 }
 
 #[cfg(test)]

@@ -126,6 +126,32 @@ pub const MAX_XATTR_NAME: usize = 255;
 /// Most bytes of names and values one [`Request::WriteMeta`] stores.
 pub const MAX_META_BYTES: usize = 4096;
 
+/// Why `meta` (names without `prefix`) cannot be one
+/// [`Request::WriteMeta`]: a name empty, with a NUL, or too long for
+/// [`MAX_XATTR_NAME`] with the prefix; more than [`MAX_META_BYTES`] of
+/// prefixed names and values. `None`: it can.
+pub fn meta_problem(prefix: &str, meta: &[(String, String)]) -> Option<String> {
+    let max_key = MAX_XATTR_NAME.saturating_sub(prefix.len());
+    if let Some((k, _)) = meta
+        .iter()
+        .find(|(k, _)| k.is_empty() || k.contains('\0') || k.len() > max_key)
+    {
+        return Some(format!(
+            "metadata key {k:?}: 1 to {max_key} bytes, without NUL"
+        ));
+    }
+    let total: usize = meta
+        .iter()
+        .map(|(k, v)| prefix.len() + k.len() + v.len())
+        .sum();
+    (total > MAX_META_BYTES).then(|| {
+        format!(
+            "metadata of {total} bytes (keys with the {prefix:?} prefix, and values): \
+             at most {MAX_META_BYTES}"
+        )
+    })
+}
+
 /// Watches one agent (one sandbox) runs at once.
 pub const MAX_WATCHES: usize = 16;
 

@@ -25,7 +25,7 @@ pub use procs::{
     ProcEnd, ProcErrorKind, ProcEvent, ProcInfo, ProcOutput, ProcRef, ProcSpec, ProcStream,
     PtySize, Started,
 };
-pub use sandkasten_protocol::{MAX_META_BYTES, MAX_XATTR_NAME};
+pub use sandkasten_protocol::{meta_problem, MAX_META_BYTES};
 pub use watch::{DirWatch, FileUser, WatchEvent, WatchEventKind, MAX_WATCHED_DIRS, MAX_WATCHES};
 
 pub use netpolicy::{
