@@ -9,9 +9,8 @@
 //! and other sandboxes are unreachable, a live policy change holds for the
 //! next connection, and after destroy, and after SIGKILL and a restart,
 //! no veth, set element, table, engine network or Docker rule is left.
-//! IPv6 is checked on native only (docker sandboxes have none); a
-//! sandbox's link is a veth on native and an endpoint on the daemon's
-//! engine network on docker. Nothing here sends a packet to an address
+//! IPv4 and IPv6 alike on both; a sandbox's link is a veth on native
+//! and an endpoint on the daemon's engine network on docker. Nothing here sends a packet to an address
 //! the test did not set up.
 
 mod common;
@@ -217,7 +216,10 @@ fn docker_rules(prefix: &str) -> String {
 }
 
 fn sandbox_addr(d: &Daemon, id: &str, family: &str) -> String {
-    let out = d.sh(id, &format!("ip -{family} -o addr show dev eth0"));
+    let out = d.sh(
+        id,
+        &format!("ip -{family} -o addr show dev eth0 scope global"),
+    );
     let word = out
         .split_whitespace()
         .nth(3)
@@ -255,10 +257,8 @@ fn a_policy_opens_its_addresses_and_refuses_the_rest_at_once() {
     );
     reaches(&d, &a, &inet.v4(2));
     refused(&d, &a, &inet.v4(3), 8080);
-    if !on_docker() {
-        reaches(&d, &a, &inet.v6(2));
-        refused(&d, &a, &inet.v6(3), 8080);
-    }
+    reaches(&d, &a, &inet.v6(2));
+    refused(&d, &a, &inet.v6(3), 8080);
     // The host itself: its address on the test's veth, its gateway
     // address, the daemon's own port on each.
     let host_listener = TcpListener::bind(format!("{}:0", inet.v4(1))).unwrap();
@@ -290,23 +290,15 @@ fn a_policy_opens_its_addresses_and_refuses_the_rest_at_once() {
     // Open (empty allow_out): everything not denied.
     let c = create(&d, json!({"mode": "full"}));
     reaches(&d, &c, &inet.v4(3));
-    if on_docker() {
-        // No IPv6 on the engine network, open policy or not: the kernel
-        // inside has no address to send from.
-        let (out, took) = connect(&d, &c, &inet.v6(3), 8080);
-        assert!(
-            out.contains("Cannot assign requested address") && took < Duration::from_secs(2),
-            "IPv6 from a docker sandbox: {out} ({took:?})"
-        );
-    } else {
-        reaches(&d, &c, &inet.v6(3));
-    }
+    reaches(&d, &c, &inet.v6(3));
 
     // Another sandbox is unreachable, even with a listener there.
     listen_inside(&d, &c);
     let c_addr = sandbox_addr(&d, &c, "4");
     refused(&d, &b, &c_addr, 8080);
     refused(&d, &a, &c_addr, 8080);
+    let c_addr6 = sandbox_addr(&d, &c, "6");
+    refused(&d, &b, &c_addr6, 8080);
     // Nor does anything tell it another sandbox's name or address: the
     // engine's embedded resolver (127.0.0.11 inside a docker container,
     // which knows every container of the network) is refused inside the
@@ -592,6 +584,9 @@ fn names_resolve_by_policy_and_open_only_what_they_resolved_to() {
         format!("hello {}", inet.v4(2))
     );
     assert_eq!(http_host(&d, &id, &inet.v4(2), "evil.test"), "reset");
+    // Over IPv6 too: the connection goes to the proxy (a reset for the
+    // name), not to the policy's refusal of the address.
+    assert_eq!(http_host(&d, &id, &inet.v6(2), "evil.test"), "reset");
     // Every refusal is recorded, and counted.
     let ev = d
         .get(&format!("/v1/sessions/{id}/network/events"))
@@ -824,17 +819,15 @@ fn connections_the_datapath_refuses_are_recorded_with_destination_and_reason() {
             "the destination is the host itself",
         ),
     );
-    if !on_docker() {
-        refused(&d, &id, &inet.v6(3), 8080);
-        recorded(
-            &d,
-            &id,
-            (
-                format!("[{}]:8080", inet.v6(3)),
-                "not in allow_out and not resolved for the sandbox",
-            ),
-        );
-    }
+    refused(&d, &id, &inet.v6(3), 8080);
+    recorded(
+        &d,
+        &id,
+        (
+            format!("[{}]:8080", inet.v6(3)),
+            "not in allow_out and not resolved for the sandbox",
+        ),
+    );
     // What was allowed is not among them; the counter counts them.
     let seen = denials(&d, &id);
     assert!(

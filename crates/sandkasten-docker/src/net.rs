@@ -19,14 +19,14 @@ use bollard::models::{
 use bollard::Docker;
 use sandkasten_netguard::host;
 use sandkasten_netguard::netlink::{self, Msg, Socket, NETLINK_NETFILTER};
-use sandkasten_netguard::nft::{self, Key};
+use sandkasten_netguard::nft::{self, Key, SandboxKey};
 use sandkasten_netguard::wiring::{self as guard, Guard, NftSink};
 use sandkasten_runtime::{
     blocking, latebind, IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError, SandboxHandle,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +41,11 @@ pub struct DockerNetConfig {
     /// The network's IPv4 subnet; `None`: a /20 of 10.128.0.0/10 picked by
     /// the data dir (as on native).
     pub ipv4_subnet: Option<IpNet>,
+    /// The network's IPv6 subnet; `None`: a /64 of fd5b:d::/32 picked by
+    /// the data dir.
+    pub ipv6_subnet: Option<IpNet>,
+    /// `network.ipv6`: whether the network has IPv6.
+    pub ipv6: bool,
     /// `network.deny_always`.
     pub deny_always: Vec<IpNet>,
     /// `network.dns_upstream`; `None`: no DNS server (host names in
@@ -57,6 +62,8 @@ pub(crate) struct Datapath {
     table: String,
     /// The bridge's address: sandboxes' gateway, DNS server and proxy.
     pub gateway: Ipv4Addr,
+    /// The network's IPv6 subnet, where it has IPv6.
+    pub v6: Option<IpNet>,
     state: Arc<Mutex<State>>,
     guard: Option<Guard>,
     /// `<data dir>/docker-resolv.conf`, bound at every container's
@@ -69,8 +76,9 @@ pub(crate) struct Datapath {
 
 struct State {
     nft: Socket,
-    /// Each attached sandbox's address and its elements in force.
-    elements: HashMap<String, (Ipv4Addr, nft::Elements)>,
+    /// Each attached sandbox's key (its addresses) and its elements in
+    /// force.
+    elements: HashMap<String, (SandboxKey, nft::Elements)>,
     /// Sandboxes in the proxied set.
     proxied: BTreeSet<String>,
     /// The containers (session id, host pid of their init) whose own
@@ -126,12 +134,36 @@ impl Datapath {
             Some(IpAddr::V4(a)) => a,
             _ => unreachable!("an IPv4 network of at least /24 has a first address"),
         };
+        let v6 = cfg.ipv6.then(|| {
+            cfg.ipv6_subnet.unwrap_or_else(|| {
+                let h = u16::from_str_radix(&tag, 16).unwrap_or(0);
+                let a = Ipv6Addr::new(0xfd5b, 0xd, h, 0, 0, 0, 0, 0);
+                IpNet::new(IpAddr::V6(a), 64).expect("a /64 on its boundary")
+            })
+        });
+        if let Some(n) = v6 {
+            if n.is_ipv4() || n.prefix() > 120 {
+                return Err(RuntimeError::HostNotReady(format!(
+                    "network.ipv6_subnet: {n} must be an IPv6 network of at least /120"
+                )));
+            }
+        }
         let name = format!("sandkasten-{tag}");
         let bridge = format!("skn{tag}-br");
         let table = format!("sandkasten_{tag}");
         let label = data_dir.display().to_string();
         blocking("filtering bridged traffic", bridge_netfilter).await?;
-        ensure_network(docker, &name, &bridge, &subnet, gateway, &label).await?;
+        let (v6, made) =
+            ensure_network(docker, &name, &bridge, (&subnet, gateway), v6, &label).await?;
+        if v6.is_some() {
+            // The engine forwards IPv4 itself; IPv6 is the daemon's to turn on.
+            host::enable_forwarding(true)
+                .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
+            if made {
+                bridge_nodad(&bridge, v6)?;
+            }
+        }
+        let subnets: Vec<IpNet> = std::iter::once(subnet).chain(v6).collect();
         let resolv_conf = data_dir.join("docker-resolv.conf");
         let (rc, text) = (
             resolv_conf.clone(),
@@ -152,7 +184,7 @@ impl Datapath {
         let guard = match cfg.dns_upstream {
             Some(up) => {
                 let mut deny = cfg.deny_always.clone();
-                deny.push(subnet);
+                deny.extend(subnets.iter().copied());
                 Some(
                     guard::start(
                         up,
@@ -160,7 +192,7 @@ impl Datapath {
                         Arc::new(Sink(state.clone())),
                         &table,
                         gateway,
-                        false,
+                        v6.is_some(),
                     )
                     .map_err(err("starting the sandboxes' DNS server"))?,
                 )
@@ -171,9 +203,10 @@ impl Datapath {
         let batch = nft::table(&nft::Layout {
             table: &table,
             prefix: &prefix,
-            key: Key::Saddr4,
+            key: Key::Saddr,
+            v6: v6.is_some(),
             any_prefix: "skn",
-            subnets: &[subnet],
+            subnets: &subnets,
             deny_always: &cfg.deny_always,
             guard: guard.as_ref().map(|g| g.ports),
         });
@@ -181,7 +214,7 @@ impl Datapath {
             .nft
             .batch(batch)
             .map_err(err("building the nftables tables"))?;
-        tracing::info!(%table, network = %name, %bridge, ipv4 = %subnet,
+        tracing::info!(%table, network = %name, %bridge, ipv4 = %subnet, ipv6 = ?v6,
             dns = ?guard.as_ref().map(|g| g.ports.dns), "sandbox network ready");
         Ok(Datapath {
             docker: docker.clone(),
@@ -189,6 +222,7 @@ impl Datapath {
             bridge,
             table,
             gateway,
+            v6,
             state,
             guard,
             resolv_conf,
@@ -211,7 +245,7 @@ impl Datapath {
         // Refused before the container is on the network, so that nothing
         // in it ever reaches the engine's resolver.
         self.block_engine_resolver(handle).await?;
-        let addr = self.attach(id).await?;
+        let (addr, addr6) = self.attach(id).await?;
         let started = std::time::Instant::now();
         let (state, table, guard_on) =
             (self.state.clone(), self.table.clone(), self.guard.is_some());
@@ -224,27 +258,30 @@ impl Datapath {
                 out.extend(list.iter().filter_map(NetEntry::net).copied());
                 *out = nft::disjoint(std::mem::take(out));
             }
-            let key = addr.octets();
-            let new = nft::Elements::new(&key, p.allow_out.is_empty(), &allow, &deny, false);
+            let key = SandboxKey::addrs(addr, addr6);
+            let new = nft::Elements::new(&key, p.allow_out.is_empty(), &allow, &deny);
             let mut batch = Vec::new();
-            if let Some((old_addr, old)) = st.elements.get(&sid) {
+            let mut old_key = None;
+            if let Some((k, old)) = st.elements.get(&sid) {
                 batch.extend(old.msgs(&table, false));
-                if *old_addr != addr && st.proxied.contains(&sid) {
-                    batch.push(nft::proxied_element(&table, &old_addr.octets(), false));
-                    st.proxied.remove(&sid);
+                old_key = Some(k.clone());
+            }
+            if let Some(k) = old_key.as_ref().filter(|k| **k != key) {
+                if st.proxied.remove(&sid) {
+                    batch.extend(nft::proxied_elements(&table, k, false));
                 }
             }
             batch.extend(new.msgs(&table, true));
             let proxied = guard_on && guard::names_hosts(&p);
             match (proxied, st.proxied.contains(&sid)) {
-                (true, false) => batch.push(nft::proxied_element(&table, &key, true)),
-                (false, true) => batch.push(nft::proxied_element(&table, &key, false)),
+                (true, false) => batch.extend(nft::proxied_elements(&table, &key, true)),
+                (false, true) => batch.extend(nft::proxied_elements(&table, &key, false)),
                 _ => {}
             }
             st.nft
                 .batch(batch)
                 .map_err(err("setting the sandbox's rules"))?;
-            st.elements.insert(sid.clone(), (addr, new));
+            st.elements.insert(sid.clone(), (key.clone(), new));
             if proxied {
                 st.proxied.insert(sid.clone());
             } else {
@@ -253,26 +290,31 @@ impl Datapath {
             // What the sandbox resolved under its old policy is not open
             // under the new one.
             if let Some(r) = resolved {
+                let old_key = old_key.unwrap_or_else(|| key.clone());
                 for a in r.take(&sid) {
-                    let _ = st
-                        .nft
-                        .batch(vec![nft::dns_element_delete(&table, &key, &a)]);
+                    if let Some(m) = nft::dns_element_delete(&table, &old_key, &a) {
+                        let _ = st.nft.batch(vec![m]);
+                    }
                 }
             }
             Ok(())
         })
         .await?;
         if let Some(g) = &self.guard {
-            g.view.set(id, &[IpAddr::V4(addr)], &addr.octets(), policy);
+            let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(addr))
+                .chain(addr6.map(IpAddr::V6))
+                .collect();
+            g.view
+                .set(id, &addrs, &SandboxKey::addrs(addr, addr6), policy);
         }
         tracing::debug!(session = %id, elapsed_us = started.elapsed().as_micros() as u64, "network policy applied");
         Ok(())
     }
 
-    /// The container's address on the network, after connecting it where
-    /// it is not (a container started without network is first taken off
-    /// the engine's `none`).
-    async fn attach(&self, id: &str) -> Result<Ipv4Addr, RuntimeError> {
+    /// The container's addresses on the network (IPv6 where the network
+    /// has it), after connecting it where it is not (a container started
+    /// without network is first taken off the engine's `none`).
+    async fn attach(&self, id: &str) -> Result<(Ipv4Addr, Option<Ipv6Addr>), RuntimeError> {
         if let Some(a) = self.address(id).await? {
             return Ok(a);
         }
@@ -382,14 +424,27 @@ impl Datapath {
         }
     }
 
-    /// The container's IPv4 address on the network, if it is on it.
-    async fn address(&self, id: &str) -> Result<Option<Ipv4Addr>, RuntimeError> {
-        Ok(self
-            .networks(id)
-            .await?
-            .get(&self.name)
-            .and_then(|e| e.ip_address.as_deref())
-            .and_then(|a| a.parse().ok()))
+    /// The container's addresses on the network (its IPv4 address, and
+    /// its IPv6 one where the network has IPv6), if it is on it.
+    async fn address(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Ipv4Addr, Option<Ipv6Addr>)>, RuntimeError> {
+        let nets = self.networks(id).await?;
+        let Some(e) = nets.get(&self.name) else {
+            return Ok(None);
+        };
+        let Some(v4) = e.ip_address.as_deref().and_then(|a| a.parse().ok()) else {
+            return Ok(None);
+        };
+        let v6 = match self.v6 {
+            Some(_) => e
+                .global_ipv6_address
+                .as_deref()
+                .and_then(|a| a.parse().ok()),
+            None => None,
+        };
+        Ok(Some((v4, v6)))
     }
 
     /// Deletes what sandbox `id` has in the tables and the guard; with
@@ -408,23 +463,22 @@ impl Datapath {
         let resolved = self.guard.as_ref().map(|g| g.resolved.clone());
         blocking("deleting a sandbox's rules", move || {
             let mut st = lock(&state);
-            let Some((addr, old)) = st.elements.remove(&sid) else {
+            let Some((key, old)) = st.elements.remove(&sid) else {
                 if let Some(r) = resolved {
                     r.take(&sid);
                 }
                 return Ok(());
             };
-            let key = addr.octets();
             if let Some(r) = resolved {
                 for a in r.take(&sid) {
-                    let _ = st
-                        .nft
-                        .batch(vec![nft::dns_element_delete(&table, &key, &a)]);
+                    if let Some(m) = nft::dns_element_delete(&table, &key, &a) {
+                        let _ = st.nft.batch(vec![m]);
+                    }
                 }
             }
             let mut batch = old.msgs(&table, false);
             if st.proxied.remove(&sid) {
-                batch.push(nft::proxied_element(&table, &key, false));
+                batch.extend(nft::proxied_elements(&table, &key, false));
             }
 
             st.nft
@@ -483,6 +537,42 @@ impl Datapath {
     }
 }
 
+/// Gives the bridge of a network just made its IPv6 gateway addresses
+/// (the subnet's first, and `fe80::1`, which the engine gave it) anew,
+/// exempt from duplicate address detection: they are ours alone, and the
+/// detection the engine's own addresses undergo when the bridge gets its
+/// first container holds the gateway back (unanswered, so sandboxes'
+/// first IPv6 connections wait) for one to two seconds. A flag changed
+/// on the engine's addresses does not stop it, nor does `accept_dad` of
+/// the bridge (the kernel takes the larger of it and `all`'s).
+fn bridge_nodad(bridge: &str, v6: Option<IpNet>) -> Result<(), RuntimeError> {
+    let Some(IpAddr::V6(gw)) = v6.and_then(|n| n.nth(1)) else {
+        return Ok(());
+    };
+    let name = std::ffi::CString::new(bridge).map_err(|_| {
+        RuntimeError::HostNotReady(format!("bridge name {bridge:?} has a NUL byte"))
+    })?;
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+    if index == 0 {
+        return Err(RuntimeError::io(
+            format!("network: finding bridge {bridge}"),
+            io::Error::last_os_error(),
+        ));
+    }
+    let prefix = v6.map_or(64, |n| n.prefix());
+    let mut sock = Socket::open(netlink::NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
+    let link_local = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
+    for (addr, len) in [(IpAddr::V6(gw), prefix), (link_local, 64)] {
+        // Missing already: nothing to delete.
+        let _ = sock.transact(vec![netlink::addr_delete(index, addr, len)]);
+        let flags = netlink::NLM_F_CREATE | netlink::NLM_F_EXCL;
+        sock.transact(vec![netlink::addr_nodad(index, addr, len, flags)])
+            .map_err(err("giving the bridge its IPv6 gateway address"))?;
+    }
+    Ok(())
+}
+
 /// Makes the kernel hand bridged IPv4 and IPv6 packets to the IP hooks
 /// (where the table refuses traffic between two sandboxes of the bridge),
 /// as Docker itself does for its bridges; needs `br_netfilter`.
@@ -508,18 +598,23 @@ fn bridge_netfilter() -> Result<(), RuntimeError> {
 }
 
 /// Finds the daemon's engine network, or creates it: a bridge named
-/// `bridge` on `subnet` (gateway `gateway`), no traffic between its
-/// containers by the engine's rules either (`enable_icc` false), labelled
-/// with the data dir. One of the same name that is not ours, or has
-/// another subnet, stops the start with a message.
+/// `bridge` on `v4` (subnet, gateway) and `v6` where given, no traffic
+/// between its containers by the engine's rules either (`enable_icc`
+/// false), labelled with the data dir. One of the same name that is not
+/// ours, or has other subnets, stops the start with a message; ours
+/// without the IPv6 subnet asked for (made by an earlier version) is made
+/// anew when no container is on it, else kept as it is (IPv4 only, with a
+/// warning). Returns the IPv6 subnet the network has, and whether it was
+/// made now.
 async fn ensure_network(
     docker: &Docker,
     name: &str,
     bridge: &str,
-    subnet: &IpNet,
-    gateway: Ipv4Addr,
+    v4: (&IpNet, Ipv4Addr),
+    v6: Option<IpNet>,
     data_dir: &str,
-) -> Result<(), RuntimeError> {
+) -> Result<(Option<IpNet>, bool), RuntimeError> {
+    let subnet = v4.0;
     let found = docker
         .inspect_network(
             name,
@@ -537,52 +632,93 @@ async fn ensure_network(
                 .into_iter()
                 .filter_map(|c| c.subnet)
                 .collect();
-            if !ours || subnets != [subnet.to_string()] {
-                return Err(RuntimeError::HostNotReady(format!(
-                    "docker network {name} exists but is not this daemon's on {subnet} \
-                     (labels {labels:?}, subnets {subnets:?}): remove it (docker network rm \
-                     {name}) or set network.ipv4_subnet"
-                )));
+            let want: Vec<String> = std::iter::once(*subnet)
+                .chain(v6)
+                .map(|n| n.to_string())
+                .collect();
+            if ours && subnets == want {
+                return Ok((v6, false));
             }
-            Ok(())
+            if ours && v6.is_some() && subnets == want[..1] {
+                let in_use = n.containers.is_some_and(|c| !c.is_empty());
+                if in_use {
+                    tracing::warn!(network = %name, "the sandbox network has no IPv6 and containers are on it: sandboxes stay IPv4 only until it is made anew (a restart with no sandbox running)");
+                    return Ok((None, false));
+                }
+                tracing::info!(network = %name, "making the sandbox network anew, with IPv6");
+                match docker.remove_network(name).await {
+                    Ok(()) => {}
+                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) => return Err(api_err(format!("removing network {name}"))(e)),
+                }
+                return Ok((
+                    create_network(docker, name, bridge, v4, v6, data_dir).await?,
+                    true,
+                ));
+            }
+            let want = want.join(", ");
+            Err(RuntimeError::HostNotReady(format!(
+                "docker network {name} exists but is not this daemon's on {want} \
+                 (labels {labels:?}, subnets {subnets:?}): remove it (docker network rm \
+                 {name}) or set network.ipv4_subnet"
+            )))
         }
-        Err(e) if status_of(&e) == Some(404) => {
-            let req = NetworkCreateRequest {
-                name: name.to_string(),
-                driver: Some("bridge".into()),
-                ipam: Some(Ipam {
-                    driver: Some("default".into()),
-                    config: Some(vec![IpamConfig {
-                        subnet: Some(subnet.to_string()),
-                        gateway: Some(gateway.to_string()),
-                        ..Default::default()
-                    }]),
-                    options: None,
-                }),
-                options: Some(HashMap::from([
-                    (
-                        "com.docker.network.bridge.name".to_string(),
-                        bridge.to_string(),
-                    ),
-                    (
-                        "com.docker.network.bridge.enable_icc".to_string(),
-                        "false".to_string(),
-                    ),
-                ])),
-                labels: Some(HashMap::from([
-                    (LABEL_NETWORK.to_string(), "true".to_string()),
-                    (LABEL_DATA_DIR.to_string(), data_dir.to_string()),
-                ])),
-                ..Default::default()
-            };
-            docker
-                .create_network(req)
-                .await
-                .map(drop)
-                .map_err(api_err(format!(
-                    "creating docker network {name} on {subnet}"
-                )))
-        }
+        Err(e) if status_of(&e) == Some(404) => Ok((
+            create_network(docker, name, bridge, v4, v6, data_dir).await?,
+            true,
+        )),
         Err(e) => Err(api_err(format!("inspecting docker network {name}"))(e)),
     }
+}
+
+/// Creates the engine network (see [`ensure_network`]).
+async fn create_network(
+    docker: &Docker,
+    name: &str,
+    bridge: &str,
+    (subnet, gateway): (&IpNet, Ipv4Addr),
+    v6: Option<IpNet>,
+    data_dir: &str,
+) -> Result<Option<IpNet>, RuntimeError> {
+    let mut config = vec![IpamConfig {
+        subnet: Some(subnet.to_string()),
+        gateway: Some(gateway.to_string()),
+        ..Default::default()
+    }];
+    if let Some(n) = v6 {
+        config.push(IpamConfig {
+            subnet: Some(n.to_string()),
+            gateway: n.nth(1).map(|a| a.to_string()),
+            ..Default::default()
+        });
+    }
+    let req = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        enable_ipv6: Some(v6.is_some()),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(config),
+            options: None,
+        }),
+        options: Some(HashMap::from([
+            (
+                "com.docker.network.bridge.name".to_string(),
+                bridge.to_string(),
+            ),
+            (
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "false".to_string(),
+            ),
+        ])),
+        labels: Some(HashMap::from([
+            (LABEL_NETWORK.to_string(), "true".to_string()),
+            (LABEL_DATA_DIR.to_string(), data_dir.to_string()),
+        ])),
+        ..Default::default()
+    };
+    docker.create_network(req).await.map_err(api_err(format!(
+        "creating docker network {name} on {subnet}"
+    )))?;
+    Ok(v6)
 }

@@ -474,6 +474,59 @@ impl Msg {
     }
 }
 
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+const IFA_F_NODAD: u32 = 0x02;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+
+/// An rtnetlink message giving link `index` the address `addr/prefix`,
+/// usable at once (no duplicate address detection), with `flags`
+/// (`NLM_F_CREATE | NLM_F_EXCL` adds it).
+pub fn addr_nodad(index: i32, addr: std::net::IpAddr, prefix: u8, flags: u16) -> Msg {
+    addr_msg(RTM_NEWADDR, index, addr, prefix, flags)
+}
+
+/// An rtnetlink message deleting `addr/prefix` from link `index`.
+pub fn addr_delete(index: i32, addr: std::net::IpAddr, prefix: u8) -> Msg {
+    addr_msg(RTM_DELADDR, index, addr, prefix, 0)
+}
+
+fn addr_msg(kind: u16, index: i32, addr: std::net::IpAddr, prefix: u8, flags: u16) -> Msg {
+    use std::net::IpAddr;
+    let (family, scope, octets) = match addr {
+        IpAddr::V4(a) => (libc::AF_INET, RT_SCOPE_UNIVERSE, a.octets().to_vec()),
+        IpAddr::V6(a) => {
+            let link = a.segments()[0] & 0xffc0 == 0xfe80;
+            let scope = if link {
+                RT_SCOPE_LINK
+            } else {
+                RT_SCOPE_UNIVERSE
+            };
+            (libc::AF_INET6, scope, a.octets().to_vec())
+        }
+    };
+    let mut hdr = [0u8; 8];
+    hdr[0] = family as u8;
+    hdr[1] = prefix;
+    hdr[2] = IFA_F_NODAD as u8;
+    hdr[3] = scope;
+    hdr[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
+    let what = if kind == RTM_NEWADDR {
+        "adding an address"
+    } else {
+        "deleting an address"
+    };
+    let mut m = Msg::new(kind, flags, what).raw(&hdr);
+    m.attr(IFA_LOCAL, &octets);
+    m.attr(IFA_ADDRESS, &octets);
+    m.u32_ne(IFA_FLAGS, IFA_F_NODAD);
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

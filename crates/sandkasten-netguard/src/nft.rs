@@ -108,9 +108,10 @@ pub const DENY6: &str = "deny6";
 /// kernel expires them).
 pub const DNS4: &str = "dns4";
 pub const DNS6: &str = "dns6";
-/// The host-side veths of sandboxes whose policy names hosts: their
-/// connections to ports 80 and 443 go to the daemon's proxy.
+/// The sandboxes whose policy names hosts (by their IPv4 and their IPv6
+/// key): their connections to ports 80 and 443 go to the daemon's proxy.
 pub const PROXIED: &str = "proxied";
+pub const PROXIED6: &str = "proxied6";
 
 /// What identifies one sandbox's packets in the table's sets (the first
 /// field of every key).
@@ -118,34 +119,73 @@ pub const PROXIED: &str = "proxied";
 pub enum Key {
     /// Its own host-side interface: a veth per sandbox (native).
     Ifname,
-    /// Its IPv4 source address: sandboxes that share a bridge (docker),
-    /// none of which may forge its source (no CAP_NET_RAW/NET_ADMIN).
-    Saddr4,
+    /// Its source address (IPv4 in the IPv4 sets, IPv6 in the IPv6 ones):
+    /// sandboxes that share a bridge (docker), none of which may forge its
+    /// source (no CAP_NET_RAW/NET_ADMIN).
+    Saddr,
 }
 
 impl Key {
-    fn len(self) -> u32 {
-        match self {
-            Key::Ifname => IFNAME_LEN as u32,
-            Key::Saddr4 => 4,
+    /// Its length in a set of family `v4` (IPv4) or IPv6.
+    fn len(self, v4: bool) -> u32 {
+        match (self, v4) {
+            (Key::Ifname, _) => IFNAME_LEN as u32,
+            (Key::Saddr, true) => 4,
+            (Key::Saddr, false) => 16,
         }
     }
 
-    fn data_type(self) -> u32 {
-        match self {
-            Key::Ifname => TYPE_IFNAME,
-            Key::Saddr4 => TYPE_IPADDR,
+    fn data_type(self, v4: bool) -> u32 {
+        match (self, v4) {
+            (Key::Ifname, _) => TYPE_IFNAME,
+            (Key::Saddr, true) => TYPE_IPADDR,
+            (Key::Saddr, false) => TYPE_IP6ADDR,
         }
     }
 
-    /// Loads the key into the first register; the register after it.
-    fn load(self, r: Rule) -> (Rule, u32) {
-        match self {
-            Key::Ifname => (r.meta(META_IIFNAME, REG), REG_AFTER_IFNAME),
-            Key::Saddr4 => (
-                r.nfproto(IPV4).payload(PAYLOAD_NETWORK, 12, 4, REG),
-                REG + 1,
-            ),
+    /// Loads the key of a packet of family `v4` (IPv4) or IPv6 into the
+    /// first register; the register after it.
+    fn load(self, r: Rule, v4: bool) -> (Rule, u32) {
+        match (self, v4) {
+            (Key::Ifname, _) => (r.meta(META_IIFNAME, REG), REG_AFTER_IFNAME),
+            (Key::Saddr, true) => (r.payload(PAYLOAD_NETWORK, 12, 4, REG), REG + 1),
+            (Key::Saddr, false) => (r.payload(PAYLOAD_NETWORK, 8, 16, REG), REG + 4),
+        }
+    }
+}
+
+/// One sandbox's key in the table's sets, per family: its veth's name in
+/// both (native), or its IPv4 and IPv6 addresses (docker). Without an IPv6
+/// key it has no IPv6 elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxKey {
+    pub v4: Vec<u8>,
+    pub v6: Option<Vec<u8>>,
+}
+
+impl SandboxKey {
+    /// The key of a sandbox known by its veth (both families).
+    pub fn ifname(name: &str) -> SandboxKey {
+        let k = ifname_key(name).to_vec();
+        SandboxKey {
+            v4: k.clone(),
+            v6: Some(k),
+        }
+    }
+
+    /// The key of a sandbox known by its addresses.
+    pub fn addrs(v4: std::net::Ipv4Addr, v6: Option<std::net::Ipv6Addr>) -> SandboxKey {
+        SandboxKey {
+            v4: v4.octets().to_vec(),
+            v6: v6.map(|a| a.octets().to_vec()),
+        }
+    }
+
+    fn of(&self, v4: bool) -> Option<&[u8]> {
+        if v4 {
+            Some(&self.v4)
+        } else {
+            self.v6.as_deref()
         }
     }
 }
@@ -320,7 +360,7 @@ impl Rule {
     /// `<key> . ip[6] daddr @set`.
     fn in_concat_set(self, key: Key, set: &str, v4: bool) -> Rule {
         let (family, off, len) = if v4 { (IPV4, 16, 4) } else { (IPV6, 24, 16) };
-        let (r, next) = key.load(self.nfproto(family));
+        let (r, next) = key.load(self.nfproto(family), v4);
         r.payload(PAYLOAD_NETWORK, off, len, next).lookup(set, REG)
     }
 
@@ -388,11 +428,14 @@ fn concat_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg 
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, SET_F_INTERVAL | SET_F_CONCAT)
-        .u32_be(SET_KEY_TYPE, (key.data_type() << 6) | addr_type)
-        .u32_be(SET_KEY_LEN, key.len() + addr_len)
+        .u32_be(
+            SET_KEY_TYPE,
+            (key.data_type(addr_len == 4) << 6) | addr_type,
+        )
+        .u32_be(SET_KEY_LEN, key.len(addr_len == 4) + addr_len)
         .u32_be(SET_ID, id);
     m.begin(SET_DESC).begin(SET_DESC_CONCAT);
-    for len in [key.len(), addr_len] {
+    for len in [key.len(addr_len == 4), addr_len] {
         m.begin(LIST_ELEM).u32_be(SET_FIELD_LEN, len).end();
     }
     m.end().end();
@@ -410,20 +453,23 @@ fn timeout_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, SET_F_TIMEOUT)
-        .u32_be(SET_KEY_TYPE, (key.data_type() << 6) | addr_type)
-        .u32_be(SET_KEY_LEN, key.len() + addr_len)
+        .u32_be(
+            SET_KEY_TYPE,
+            (key.data_type(addr_len == 4) << 6) | addr_type,
+        )
+        .u32_be(SET_KEY_LEN, key.len(addr_len == 4) + addr_len)
         .u32_be(SET_ID, id);
     m
 }
 
-/// A hash set of sandbox keys.
-fn key_set(table: &str, name: &str, id: u32, key: Key) -> Msg {
+/// A hash set of sandbox keys of family `v4` (IPv4) or IPv6.
+fn key_set(table: &str, name: &str, id: u32, key: Key, v4: bool) -> Msg {
     let mut m = Msg::nft(NEWSET, NLM_F_CREATE, INET, "adding a set");
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, 0)
-        .u32_be(SET_KEY_TYPE, key.data_type())
-        .u32_be(SET_KEY_LEN, key.len())
+        .u32_be(SET_KEY_TYPE, key.data_type(v4))
+        .u32_be(SET_KEY_LEN, key.len(v4))
         .u32_be(SET_ID, id);
     m
 }
@@ -513,9 +559,11 @@ pub struct Layout<'a> {
     /// prefix of their names: every host-side veth of this daemon
     /// (native), or the one bridge's name with its NUL (docker).
     pub prefix: &'a str,
-    /// What identifies one sandbox's packets; with [`Key::Saddr4`] IPv6
-    /// from sandboxes is refused whole (they have none).
+    /// What identifies one sandbox's packets.
     pub key: Key,
+    /// Whether sandboxes have IPv6: without, IPv6 from them is refused
+    /// whole.
+    pub v6: bool,
     /// Prefix of every sandbox veth of any daemon (sandboxes of other
     /// daemons on the host are refused too).
     pub any_prefix: &'a str,
@@ -543,14 +591,15 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     out.push(del);
     out.push(add_table());
     let k = l.key;
-    let v6 = k == Key::Ifname;
+    let v6 = l.v6;
     out.push(concat_set(t, ALLOW4, 1, k, 4));
     out.push(concat_set(t, DENY4, 2, k, 4));
     out.push(concat_set(t, ALLOW6, 3, k, 16));
     out.push(concat_set(t, DENY6, 4, k, 16));
     out.push(timeout_set(t, DNS4, 5, k, 4));
     out.push(timeout_set(t, DNS6, 6, k, 16));
-    out.push(key_set(t, PROXIED, 7, k));
+    out.push(key_set(t, PROXIED, 7, k, true));
+    out.push(key_set(t, PROXIED6, 8, k, false));
     out.push(chain(t, "refuse", None));
     // Where a sandbox's packet is refused for a reason: logged there when
     // the guard records (to its NFLOG group), then refused.
@@ -643,7 +692,23 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             .msg(INET, t, "forward", None),
     );
     // from_sandbox, in order: other sandboxes, the always-denied ranges,
-    // the sandbox's deny_out, then what it may reach.
+    // the sandbox's deny_out, then what it may reach. Neighbour discovery
+    // between two sandboxes of one bridge passes first (as ARP does), so
+    // that a connection to another sandbox is refused by its reset, not
+    // left to wait for an address that never resolves.
+    if v6 {
+        for icmp_type in [135u8, 136] {
+            out.push(
+                Rule::default()
+                    .ifname_prefix(META_OIFNAME, CMP_EQ, l.prefix)
+                    .l4proto(libc::IPPROTO_ICMPV6 as u8)
+                    .payload(PAYLOAD_TRANSPORT, 0, 1, REG)
+                    .cmp(CMP_EQ, REG, &[icmp_type])
+                    .accept()
+                    .msg(INET, t, "from_sandbox", None),
+            );
+        }
+    }
     out.push(
         Rule::default()
             .ifname_prefix(META_OIFNAME, CMP_EQ, l.any_prefix)
@@ -760,15 +825,25 @@ pub fn table(l: &Layout) -> Vec<Msg> {
                     .msg(INET, t, "prerouting", None),
             );
         }
-        for port in [80u16, 443] {
-            let (r, _) = k.load(Rule::default().ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix));
-            out.push(
-                r.lookup(PROXIED, REG)
-                    .l4proto(libc::IPPROTO_TCP as u8)
-                    .dport(port)
-                    .redirect(g.proxy)
-                    .msg(INET, t, "prerouting", None),
-            );
+        for (set, family) in [(PROXIED, IPV4), (PROXIED6, IPV6)]
+            .into_iter()
+            .filter(|(_, f)| *f == IPV4 || v6)
+        {
+            for port in [80u16, 443] {
+                let (r, _) = k.load(
+                    Rule::default()
+                        .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
+                        .nfproto(family),
+                    family == IPV4,
+                );
+                out.push(
+                    r.lookup(set, REG)
+                        .l4proto(libc::IPPROTO_TCP as u8)
+                        .dport(port)
+                        .redirect(g.proxy)
+                        .msg(INET, t, "prerouting", None),
+                );
+            }
         }
     }
     out
@@ -846,8 +921,8 @@ pub struct Elements {
 impl Elements {
     /// A sandbox whose `allow_out` is empty (`open`: everything not
     /// denied) allows the whole address space of both families (of IPv4
-    /// alone where `v6` is false: sandboxes without IPv6).
-    pub fn new(name: &[u8], open: bool, allow: &[IpNet], deny: &[IpNet], v6: bool) -> Elements {
+    /// alone where it has no IPv6 key: sandboxes without IPv6).
+    pub fn new(key: &SandboxKey, open: bool, allow: &[IpNet], deny: &[IpNet]) -> Elements {
         let mut items = Vec::new();
         let everything: Vec<IpNet> = ["0.0.0.0/0", "::/0"]
             .iter()
@@ -855,7 +930,10 @@ impl Elements {
             .collect();
         let allow = if open { &everything[..] } else { allow };
         for (list, v4set, v6set) in [(allow, ALLOW4, ALLOW6), (deny, DENY4, DENY6)] {
-            for net in list.iter().filter(|n| v6 || n.is_ipv4()) {
+            for net in list {
+                let Some(name) = key.of(net.is_ipv4()) else {
+                    continue;
+                };
                 let set = if net.is_ipv4() { v4set } else { v6set };
                 let mut start = name.to_vec();
                 start.extend(octets(&net.first()));
@@ -918,30 +996,36 @@ fn one_element(table: &str, set: &str, key: &[u8], add: bool, timeout_ms: Option
     m
 }
 
-/// The DNS-learned set of `addr`'s family and its key `<sandbox> . addr`.
-fn dns_key(sandbox: &[u8], addr: &IpAddr) -> (&'static str, Vec<u8>) {
-    let mut key = sandbox.to_vec();
+/// The DNS-learned set of `addr`'s family and its key `<sandbox> . addr`
+/// (none for an IPv6 address of a sandbox without IPv6).
+fn dns_key(sandbox: &SandboxKey, addr: &IpAddr) -> Option<(&'static str, Vec<u8>)> {
+    let mut key = sandbox.of(addr.is_ipv4())?.to_vec();
     key.extend(octets(addr));
-    (if addr.is_ipv4() { DNS4 } else { DNS6 }, key)
+    Some((if addr.is_ipv4() { DNS4 } else { DNS6 }, key))
 }
 
 /// Adds `<sandbox> . addr` to the DNS-learned set of its family for `ttl`
 /// (an element already there is refreshed where the kernel updates
-/// timeouts on re-add).
-pub fn dns_element(table: &str, sandbox: &[u8], addr: &IpAddr, ttl_ms: u64) -> Msg {
-    let (set, key) = dns_key(sandbox, addr);
-    one_element(table, set, &key, true, Some(ttl_ms))
+/// timeouts on re-add); none where the sandbox has no key of that family
+/// (it cannot connect there anyway).
+pub fn dns_element(table: &str, sandbox: &SandboxKey, addr: &IpAddr, ttl_ms: u64) -> Option<Msg> {
+    let (set, key) = dns_key(sandbox, addr)?;
+    Some(one_element(table, set, &key, true, Some(ttl_ms)))
 }
 
 /// Deletes `<sandbox> . addr` from the DNS-learned set of its family.
-pub fn dns_element_delete(table: &str, sandbox: &[u8], addr: &IpAddr) -> Msg {
-    let (set, key) = dns_key(sandbox, addr);
-    one_element(table, set, &key, false, None)
+pub fn dns_element_delete(table: &str, sandbox: &SandboxKey, addr: &IpAddr) -> Option<Msg> {
+    let (set, key) = dns_key(sandbox, addr)?;
+    Some(one_element(table, set, &key, false, None))
 }
 
-/// Adds (or deletes) a sandbox's key in the proxied set.
-pub fn proxied_element(table: &str, sandbox: &[u8], add: bool) -> Msg {
-    one_element(table, PROXIED, sandbox, add, None)
+/// Adds (or deletes) a sandbox's keys in the proxied sets.
+pub fn proxied_elements(table: &str, sandbox: &SandboxKey, add: bool) -> Vec<Msg> {
+    let mut out = vec![one_element(table, PROXIED, &sandbox.v4, add, None)];
+    if let Some(k) = &sandbox.v6 {
+        out.push(one_element(table, PROXIED6, k, add, None));
+    }
+    out
 }
 
 /// Docker's chain where users add rules (`DOCKER-USER` of `ip filter` and

@@ -55,20 +55,20 @@ pub struct View {
 struct Known {
     by_addr: HashMap<IpAddr, String>,
     policies: HashMap<String, Arc<NetworkPolicy>>,
-    keys: HashMap<String, Vec<u8>>,
+    keys: HashMap<String, nft::SandboxKey>,
 }
 
 impl View {
     /// Notes sandbox `id` at `addrs`, keyed `key` in the table's sets,
     /// with `policy`.
-    pub fn set(&self, id: &str, addrs: &[IpAddr], key: &[u8], policy: &NetworkPolicy) {
+    pub fn set(&self, id: &str, addrs: &[IpAddr], key: &nft::SandboxKey, policy: &NetworkPolicy) {
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         k.by_addr.retain(|_, v| v != id);
         for a in addrs {
             k.by_addr.insert(*a, id.to_string());
         }
         k.policies.insert(id.to_string(), Arc::new(policy.clone()));
-        k.keys.insert(id.to_string(), key.to_vec());
+        k.keys.insert(id.to_string(), key.clone());
     }
 
     /// Forgets sandbox `id`.
@@ -97,14 +97,11 @@ impl Sandboxes for View {
             k.keys.get(id).cloned()
         };
         let key = key.ok_or_else(|| format!("sandbox {id} has no network"))?;
-        self.sink
-            .send(vec![nft::dns_element(
-                &self.table,
-                &key,
-                &addr,
-                ttl.as_millis() as u64,
-            )])
-            .map_err(|e| e.to_string())
+        // An address of a family the sandbox has no link for opens nothing.
+        match nft::dns_element(&self.table, &key, &addr, ttl.as_millis() as u64) {
+            Some(m) => self.sink.send(vec![m]).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -127,10 +127,10 @@ pub struct Network {
     /// least a /24); unset: a /20 in 10.128.0.0/10 derived from the data
     /// dir, so daemons with separate data dirs do not collide.
     pub ipv4_subnet: Option<String>,
-    /// Native runtime: the IPv6 network (at least a /64 ... /120); unset: a
-    /// /64 in fd5b::/16 derived from the data dir.
+    /// The IPv6 network (at least a /120; docker: the engine network's);
+    /// unset: a /64 in fd5b::/16 derived from the data dir.
     pub ipv6_subnet: Option<String>,
-    /// Native runtime: whether sandboxes get IPv6 too.
+    /// Whether sandboxes get IPv6 too (docker: the engine network has it).
     pub ipv6: bool,
     /// Native runtime: the resolver the daemon's DNS server forwards the
     /// names sandboxes may resolve to (`address` or `address:port`);

@@ -466,6 +466,8 @@ pub(crate) async fn docker_runtime(
             network: if serve && cfg.network_config()?.allow_full {
                 Some(sandkasten_docker::DockerNetConfig {
                     ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
+                    ipv6_subnet: subnet(&cfg.network.ipv6_subnet, "network.ipv6_subnet")?,
+                    ipv6: cfg.network.ipv6,
                     deny_always: cfg.deny_always()?,
                     dns_upstream: cfg.network.dns_upstream()?,
                 })

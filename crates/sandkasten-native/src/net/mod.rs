@@ -169,6 +169,7 @@ impl Network {
             table: &table,
             prefix: &prefix,
             key: Key::Ifname,
+            v6: true,
             any_prefix: ANY_PREFIX,
             subnets: &subnets,
             deny_always: &cfg.deny_always,
@@ -245,8 +246,8 @@ impl Network {
             out.extend(list.iter().filter_map(NetEntry::net).copied());
             *out = nft::disjoint(std::mem::take(out));
         }
-        let key = nft::ifname_key(&name);
-        let new = nft::Elements::new(&key, policy.allow_out.is_empty(), &allow, &deny, true);
+        let key = nft::SandboxKey::ifname(&name);
+        let new = nft::Elements::new(&key, policy.allow_out.is_empty(), &allow, &deny);
         let mut batch = Vec::new();
         if let Some(old) = st.elements.get(id) {
             batch.extend(old.msgs(&self.table, false));
@@ -254,8 +255,8 @@ impl Network {
         batch.extend(new.msgs(&self.table, true));
         let proxied = self.guard.is_some() && guard::names_hosts(policy);
         match (proxied, st.proxied.contains(id)) {
-            (true, false) => batch.push(nft::proxied_element(&self.table, &key, true)),
-            (false, true) => batch.push(nft::proxied_element(&self.table, &key, false)),
+            (true, false) => batch.extend(nft::proxied_elements(&self.table, &key, true)),
+            (false, true) => batch.extend(nft::proxied_elements(&self.table, &key, false)),
             _ => {}
         }
         st.nft
@@ -327,11 +328,11 @@ impl Network {
     /// one the kernel has just expired must not fail the others).
     fn forget_resolved(&self, st: &mut State, id: &str) {
         let Some(g) = &self.guard else { return };
-        let key = nft::ifname_key(&ifname(&self.prefix, id));
+        let key = nft::SandboxKey::ifname(&ifname(&self.prefix, id));
         for addr in g.resolved.take(id) {
-            let _ = st
-                .nft
-                .batch(vec![nft::dns_element_delete(&self.table, &key, &addr)]);
+            if let Some(m) = nft::dns_element_delete(&self.table, &key, &addr) {
+                let _ = st.nft.batch(vec![m]);
+            }
         }
     }
 
@@ -436,9 +437,9 @@ impl Network {
         }
         self.forget_resolved(st, id);
         if st.proxied.remove(id) {
-            let key = nft::ifname_key(&ifname(&self.prefix, id));
+            let key = nft::SandboxKey::ifname(&ifname(&self.prefix, id));
             st.nft
-                .batch(vec![nft::proxied_element(&self.table, &key, false)])
+                .batch(nft::proxied_elements(&self.table, &key, false))
                 .map_err(err("taking the sandbox off the proxy"))?;
         }
         delete_link(&mut st.rtnl, &ifname(&self.prefix, id))?;

@@ -8,7 +8,6 @@ use std::net::IpAddr;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 
 const IFLA_IFNAME: u16 = 3;
@@ -17,11 +16,6 @@ const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
-const IFA_F_NODAD: u32 = 0x02;
 
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -117,21 +111,7 @@ fn octets(a: &IpAddr) -> Vec<u8> {
 
 /// Adds `addr/prefix` to link `index`, usable at once (no DAD).
 pub fn add_addr(index: i32, addr: IpAddr, prefix: u8) -> Msg {
-    let scope = match addr {
-        IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80 => RT_SCOPE_LINK,
-        _ => RT_SCOPE_UNIVERSE,
-    };
-    let mut hdr = [0u8; 8];
-    hdr[0] = family(&addr);
-    hdr[1] = prefix;
-    hdr[2] = IFA_F_NODAD as u8;
-    hdr[3] = scope;
-    hdr[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
-    let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, "adding an address").raw(&hdr);
-    m.attr(IFA_LOCAL, &octets(&addr));
-    m.attr(IFA_ADDRESS, &octets(&addr));
-    m.u32_ne(IFA_FLAGS, IFA_F_NODAD);
-    m
+    sandkasten_netguard::netlink::addr_nodad(index, addr, prefix, NLM_F_CREATE | NLM_F_EXCL)
 }
 
 /// A route to `dst/len` out of link `oif`, through `via` when given
