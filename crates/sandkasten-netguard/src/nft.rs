@@ -697,17 +697,12 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     // that a connection to another sandbox is refused by its reset, not
     // left to wait for an address that never resolves.
     if v6 {
-        for icmp_type in [135u8, 136] {
-            out.push(
-                Rule::default()
-                    .ifname_prefix(META_OIFNAME, CMP_EQ, l.prefix)
-                    .l4proto(libc::IPPROTO_ICMPV6 as u8)
-                    .payload(PAYLOAD_TRANSPORT, 0, 1, REG)
-                    .cmp(CMP_EQ, REG, &[icmp_type])
-                    .accept()
-                    .msg(INET, t, "from_sandbox", None),
-            );
-        }
+        out.extend(neighbour_discovery(
+            META_OIFNAME,
+            l.prefix,
+            t,
+            "from_sandbox",
+        ));
     }
     out.push(
         Rule::default()
@@ -783,17 +778,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             );
         }
     }
-    for icmp_type in [135u8, 136] {
-        out.push(
-            Rule::default()
-                .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
-                .l4proto(libc::IPPROTO_ICMPV6 as u8)
-                .payload(PAYLOAD_TRANSPORT, 0, 1, REG)
-                .cmp(CMP_EQ, REG, &[icmp_type])
-                .accept()
-                .msg(INET, t, "input", None),
-        );
-    }
+    out.extend(neighbour_discovery(META_IIFNAME, l.prefix, t, "input"));
     out.push(
         Rule::default()
             .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
@@ -847,6 +832,23 @@ pub fn table(l: &Layout) -> Vec<Msg> {
         }
     }
     out
+}
+
+/// Rules in `chain` accepting IPv6 neighbour solicitations and
+/// advertisements whose interface (`meta`: in or out) is one of `prefix`.
+fn neighbour_discovery(meta: u32, prefix: &str, table: &str, chain: &str) -> Vec<Msg> {
+    [135u8, 136]
+        .into_iter()
+        .map(|icmp_type| {
+            Rule::default()
+                .ifname_prefix(meta, CMP_EQ, prefix)
+                .l4proto(libc::IPPROTO_ICMPV6 as u8)
+                .payload(PAYLOAD_TRANSPORT, 0, 1, REG)
+                .cmp(CMP_EQ, REG, &[icmp_type])
+                .accept()
+                .msg(INET, table, chain, None)
+        })
+        .collect()
 }
 
 /// The address of the resolver a Docker engine runs inside every container
