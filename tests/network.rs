@@ -374,8 +374,23 @@ fn a_live_policy_change_holds_for_the_next_connection() {
     };
     put(json!({"mode": "none"}));
     assert_eq!(d.sh(&id, "ip -o link show | wc -l").trim(), "1");
-    put(json!({"mode": "full", "allow_out": [inet.v4(2)]}));
+    put(json!({"mode": "full", "allow_out": [inet.v4(2), inet.v6(2)]}));
     reaches(&d, &id, &inet.v4(2));
+    reaches(&d, &id, &inet.v6(2));
+    refused(&d, &id, &inet.v6(3), 8080);
+    // A sandbox created without network gets IPv6 too when given a link
+    // (on docker: a container whose engine turned IPv6 off at its start).
+    let late = create(&d, json!({"mode": "none"}));
+    d.send(
+        d.request(
+            reqwest::Method::PUT,
+            &format!("/v1/sessions/{late}/network"),
+        )
+        .json(&json!({"mode": "full", "allow_out": [inet.v6(2)]})),
+    )
+    .expect(200, "PUT network");
+    reaches(&d, &late, &inet.v6(2));
+    refused(&d, &late, &inet.v4(2), 8080);
     // A create beyond the cap is refused and creates nothing.
     let before = d.listed_ids().len();
     d.try_create_session(json!({"network": {"mode": "full", "allow_out": ["169.254.169.254"]}}))
