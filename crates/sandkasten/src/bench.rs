@@ -253,6 +253,8 @@ fn phase_means(before: &[(String, f64, u64)], after: &[(String, f64, u64)]) -> V
 }
 
 const PROC_FIRST_BYTE: &str = "process start to first byte";
+const E2B_START: &str = "e2b Start of bash -l -c true (Connect)";
+const E2B_EXEC: &str = "exec (true), alternating with e2b";
 const MCP_RUN: &str = "mcp run_command (true)";
 const MCP_EXEC: &str = "exec (true), alternating with mcp";
 
@@ -361,6 +363,61 @@ fn process_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
     }
     // The processes ended; they stay listed (64 at most), harmless.
     Ok(vec![start, first])
+}
+
+/// What the E2B SDKs' `commands.run("true")` asks of envd: a
+/// `process.Process/Start` of `/bin/bash -l -c true` (server streaming,
+/// the Connect JSON codec, one envelope each way), read to its end event;
+/// alternating with HTTP execs of `true`, so that the ratio compares the
+/// two under the same load. The SDK's own work on top is not in it
+/// (`tests/e2b/timing.py` measures through the SDK).
+fn e2b_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
+    use base64::Engine as _;
+    let mut start = Series {
+        name: E2B_START,
+        samples: vec![],
+    };
+    let mut exec = Series {
+        name: E2B_EXEC,
+        samples: vec![],
+    };
+    let msg = serde_json::to_vec(&json!({
+        "process": {"cmd": "/bin/bash", "args": ["-l", "-c", "true"], "envs": {}}
+    }))?;
+    let mut body = vec![0u8];
+    body.extend((msg.len() as u32).to_be_bytes());
+    body.extend(msg);
+    let user = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("user:")
+    );
+    for _ in 0..n {
+        let (ms, _) = time(|| api.exec(id, "true"))?;
+        exec.samples.push(ms);
+        let (ms, text) = time(|| {
+            let resp = api
+                .http
+                .post(format!("{}/process.Process/Start", api.url))
+                .header("Content-Type", "application/connect+json")
+                .header("Connect-Protocol-Version", "1")
+                .header("E2b-Sandbox-Id", id)
+                .header("X-API-Key", &api.key)
+                .header("Authorization", &user)
+                .body(body.clone())
+                .send()?;
+            let status = resp.status();
+            let bytes = resp.bytes()?;
+            if !status.is_success() {
+                bail!("process.Process/Start: {status}");
+            }
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        })?;
+        if !text.contains("\"exited\":true") {
+            bail!("process.Process/Start ended without an exit: {text}");
+        }
+        start.samples.push(ms);
+    }
+    Ok(vec![start, exec])
 }
 
 const FORK_CHILD: &str = "fork, per child (1 GB /workspace)";
@@ -690,6 +747,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     let ports = ports_series(&api, &first, n * 5);
     let procs = process_series(&api, &first, n * 5)?;
     let mcp = mcp_series(&api, &first, n * 5)?;
+    let e2b = e2b_series(&api, &first, n * 5)?;
     let lifecycle = lifecycle_series(&api, n);
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&payload);
@@ -742,6 +800,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     ]);
     series.extend(procs);
     series.extend(mcp);
+    series.extend(e2b);
     match lifecycle {
         Ok(l) => series.extend(l),
         Err(e) => println!("pause, hibernate and fork: not measured ({e:#})"),
@@ -926,6 +985,12 @@ pub fn run(opts: BenchOptions) -> Result<()> {
     if let (Some(ms), Some(r)) = (p50(MCP_RUN), mcp_ratio) {
         println!("MCP run_command of true (p50): {ms:.2} ms ({r:.2}x an HTTP exec, alternating)");
     }
+    let e2b_ratio = ratio(E2B_EXEC, E2B_START);
+    if let (Some(ms), Some(r)) = (p50(E2B_START), e2b_ratio) {
+        println!(
+            "e2b Start of bash -l -c true over Connect (p50): {ms:.2} ms ({r:.2}x an HTTP exec, alternating)"
+        );
+    }
     let port_added = match (p50(DIRECT), p50(PROXIED)) {
         (Some(d), Some(p)) => Some(p - d),
         _ => None,
@@ -971,6 +1036,7 @@ pub fn run(opts: BenchOptions) -> Result<()> {
             "first_exec_after_refill_over_exec": quiet_ratio,
             "port_proxied_over_direct": port_ratio,
             "mcp_run_command_over_exec": mcp_ratio,
+            "e2b_start_over_exec": e2b_ratio,
         },
         "port_proxy_added_ms": port_added,
         "ports": ports_measured,
