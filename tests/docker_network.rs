@@ -77,6 +77,19 @@ fn global_addrs(d: &Daemon, id: &str, family: &str) -> String {
     )
 }
 
+/// A sandbox with `mode: full`, checked to have an IPv4 address starting
+/// with `v4_prefix`; its global IPv6 addresses (`ip -o` lines).
+fn full_sandbox(d: &Daemon, v4_prefix: &str) -> (String, String) {
+    let id = d.create_session(json!({"network": {"mode": "full"}}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v4 = global_addrs(d, &id, "4");
+    assert!(v4.contains(&format!(" {v4_prefix}")), "{v4}");
+    let v6 = global_addrs(d, &id, "6");
+    (id, v6)
+}
+
 #[test]
 fn an_ipv4_only_network_of_an_earlier_version_gains_ipv6_when_free() {
     let home = DataDir::new();
@@ -85,16 +98,7 @@ fn an_ipv4_only_network_of_an_earlier_version_gains_ipv6_when_free() {
     assert_eq!(subnets(&name), "10.77.16.0/24");
     let d = Daemon::start_in(&home, Some(&config("10.77.16.0/24", "fd5b:77:1::/64")));
     assert_eq!(subnets(&name), "10.77.16.0/24 fd5b:77:1::/64");
-    let id = d.create_session(json!({"network": {"mode": "full"}}))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        global_addrs(&d, &id, "4").contains(" 10.77.16."),
-        "{}",
-        global_addrs(&d, &id, "4")
-    );
-    let v6 = global_addrs(&d, &id, "6");
+    let (_, v6) = full_sandbox(&d, "10.77.16.");
     assert!(v6.contains(" fd5b:77:1::"), "no IPv6 address: {v6}");
 }
 
@@ -125,16 +129,8 @@ fn an_ipv4_only_network_in_use_is_kept_and_its_sandboxes_stay_ipv4() {
         "no warning:\n{}",
         d.logs()
     );
-    let id = d.create_session(json!({"network": {"mode": "full"}}))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        global_addrs(&d, &id, "4").contains(" 10.77.17."),
-        "{}",
-        global_addrs(&d, &id, "4")
-    );
-    assert_eq!(global_addrs(&d, &id, "6").trim(), "");
+    let (id, v6) = full_sandbox(&d, "10.77.17.");
+    assert_eq!(v6.trim(), "");
     // Once the earlier container is gone, a graceful stop leaves nothing:
     // neither the network nor the daemon's table.
     d.delete(&id);

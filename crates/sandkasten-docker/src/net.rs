@@ -134,20 +134,11 @@ impl Datapath {
             Some(IpAddr::V4(a)) => a,
             _ => unreachable!("an IPv4 network of at least /24 has a first address"),
         };
-        let v6 = cfg.ipv6.then(|| {
-            cfg.ipv6_subnet.unwrap_or_else(|| {
-                let h = u16::from_str_radix(&tag, 16).unwrap_or(0);
-                let a = Ipv6Addr::new(0xfd5b, 0xd, h, 0, 0, 0, 0, 0);
-                IpNet::new(IpAddr::V6(a), 64).expect("a /64 on its boundary")
-            })
-        });
-        if let Some(n) = v6 {
-            if n.is_ipv4() || n.prefix() > 120 {
-                return Err(RuntimeError::HostNotReady(format!(
-                    "network.ipv6_subnet: {n} must be an IPv6 network of at least /120"
-                )));
-            }
-        }
+        let v6 = cfg
+            .ipv6
+            .then(|| host::ipv6_subnet(cfg.ipv6_subnet, &tag, 0xd))
+            .transpose()
+            .map_err(RuntimeError::HostNotReady)?;
         let name = format!("sandkasten-{tag}");
         let bridge = format!("skn{tag}-br");
         let table = format!("sandkasten_{tag}");
@@ -159,9 +150,9 @@ impl Datapath {
             // The engine forwards IPv4 itself; IPv6 is the daemon's to turn on.
             host::enable_forwarding(true)
                 .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
-            if made {
-                bridge_nodad(&bridge, v6)?;
-            }
+        }
+        if let (Some(n), true) = (v6, made) {
+            bridge_nodad(&bridge, n)?;
         }
         let subnets: Vec<IpNet> = std::iter::once(subnet).chain(v6).collect();
         let resolv_conf = data_dir.join("docker-resolv.conf");
@@ -246,19 +237,20 @@ impl Datapath {
         // in it ever reaches the engine's resolver.
         self.block_engine_resolver(handle).await?;
         let (addr, addr6) = self.attach(id).await?;
+        let key = SandboxKey::addrs(addr, addr6);
         let started = std::time::Instant::now();
         let (state, table, guard_on) =
             (self.state.clone(), self.table.clone(), self.guard.is_some());
-        let (sid, p) = (id.to_string(), policy.clone());
+        let (sid, p, k) = (id.to_string(), policy.clone(), key.clone());
         let resolved = self.guard.as_ref().map(|g| g.resolved.clone());
         blocking("setting a sandbox's rules", move || {
+            let key = k;
             let mut st = lock(&state);
             let (mut allow, mut deny) = (Vec::new(), Vec::new());
             for (list, out) in [(&p.allow_out, &mut allow), (&p.deny_out, &mut deny)] {
                 out.extend(list.iter().filter_map(NetEntry::net).copied());
                 *out = nft::disjoint(std::mem::take(out));
             }
-            let key = SandboxKey::addrs(addr, addr6);
             let new = nft::Elements::new(&key, p.allow_out.is_empty(), &allow, &deny);
             let mut batch = Vec::new();
             let mut old_key = None;
@@ -291,11 +283,7 @@ impl Datapath {
             // under the new one.
             if let Some(r) = resolved {
                 let old_key = old_key.unwrap_or_else(|| key.clone());
-                for a in r.take(&sid) {
-                    if let Some(m) = nft::dns_element_delete(&table, &old_key, &a) {
-                        let _ = st.nft.batch(vec![m]);
-                    }
-                }
+                nft::delete_dns_elements(&mut st.nft, &table, &old_key, r.take(&sid));
             }
             Ok(())
         })
@@ -304,8 +292,7 @@ impl Datapath {
             let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(addr))
                 .chain(addr6.map(IpAddr::V6))
                 .collect();
-            g.view
-                .set(id, &addrs, &SandboxKey::addrs(addr, addr6), policy);
+            g.view.set(id, &addrs, &key, policy);
         }
         tracing::debug!(session = %id, elapsed_us = started.elapsed().as_micros() as u64, "network policy applied");
         Ok(())
@@ -437,13 +424,10 @@ impl Datapath {
         let Some(v4) = e.ip_address.as_deref().and_then(|a| a.parse().ok()) else {
             return Ok(None);
         };
-        let v6 = match self.v6 {
-            Some(_) => e
-                .global_ipv6_address
-                .as_deref()
-                .and_then(|a| a.parse().ok()),
-            None => None,
-        };
+        let v6 = self
+            .v6
+            .and(e.global_ipv6_address.as_deref())
+            .and_then(|a| a.parse().ok());
         Ok(Some((v4, v6)))
     }
 
@@ -470,11 +454,7 @@ impl Datapath {
                 return Ok(());
             };
             if let Some(r) = resolved {
-                for a in r.take(&sid) {
-                    if let Some(m) = nft::dns_element_delete(&table, &key, &a) {
-                        let _ = st.nft.batch(vec![m]);
-                    }
-                }
+                nft::delete_dns_elements(&mut st.nft, &table, &key, r.take(&sid));
             }
             let mut batch = old.msgs(&table, false);
             if st.proxied.remove(&sid) {
@@ -545,8 +525,8 @@ impl Datapath {
 /// first IPv6 connections wait) for one to two seconds. A flag changed
 /// on the engine's addresses does not stop it, nor does `accept_dad` of
 /// the bridge (the kernel takes the larger of it and `all`'s).
-fn bridge_nodad(bridge: &str, v6: Option<IpNet>) -> Result<(), RuntimeError> {
-    let Some(IpAddr::V6(gw)) = v6.and_then(|n| n.nth(1)) else {
+fn bridge_nodad(bridge: &str, v6: IpNet) -> Result<(), RuntimeError> {
+    let Some(gw) = v6.nth(1) else {
         return Ok(());
     };
     let name = std::ffi::CString::new(bridge).map_err(|_| {
@@ -560,10 +540,10 @@ fn bridge_nodad(bridge: &str, v6: Option<IpNet>) -> Result<(), RuntimeError> {
             io::Error::last_os_error(),
         ));
     }
-    let prefix = v6.map_or(64, |n| n.prefix());
+    let prefix = v6.prefix();
     let mut sock = Socket::open(netlink::NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
     let link_local = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
-    for (addr, len) in [(IpAddr::V6(gw), prefix), (link_local, 64)] {
+    for (addr, len) in [(gw, prefix), (link_local, 64)] {
         // Missing already: nothing to delete.
         let _ = sock.transact(vec![netlink::addr_delete(index, addr, len)]);
         let flags = netlink::NLM_F_CREATE | netlink::NLM_F_EXCL;

@@ -21,6 +21,23 @@ pub fn default_ipv4_subnet(tag: &str) -> IpNet {
     IpNet::new(IpAddr::V4(a), 20).expect("a /20 on its boundary")
 }
 
+/// The sandbox IPv6 network of the daemon tagged `tag`: `configured`, or
+/// a /64 of `fd5b:<space>::/32` picked by the tag (native's space 0,
+/// docker's 0xd); an error unless it is an IPv6 network of at least /120.
+pub fn ipv6_subnet(configured: Option<IpNet>, tag: &str, space: u16) -> Result<IpNet, String> {
+    let n = configured.unwrap_or_else(|| {
+        let h = u16::from_str_radix(tag, 16).unwrap_or(0);
+        let a = std::net::Ipv6Addr::new(0xfd5b, space, h, 0, 0, 0, 0, 0);
+        IpNet::new(IpAddr::V6(a), 64).expect("a /64 on its boundary")
+    });
+    if n.is_ipv4() || n.prefix() > 120 {
+        return Err(format!(
+            "network.ipv6_subnet: {n} must be an IPv6 network of at least /120"
+        ));
+    }
+    Ok(n)
+}
+
 fn sysctl(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()

@@ -1021,6 +1021,22 @@ pub fn dns_element_delete(table: &str, sandbox: &SandboxKey, addr: &IpAddr) -> O
     Some(one_element(table, set, &key, false, None))
 }
 
+/// Deletes the DNS-learned elements `<sandbox> . addr` of `addrs`, each in
+/// its own batch: one the kernel has just expired must not fail the
+/// others.
+pub fn delete_dns_elements(
+    sock: &mut Socket,
+    table: &str,
+    sandbox: &SandboxKey,
+    addrs: impl IntoIterator<Item = IpAddr>,
+) {
+    for a in addrs {
+        if let Some(m) = dns_element_delete(table, sandbox, &a) {
+            let _ = sock.batch(vec![m]);
+        }
+    }
+}
+
 /// Adds (or deletes) a sandbox's keys in the proxied sets.
 pub fn proxied_elements(table: &str, sandbox: &SandboxKey, add: bool) -> Vec<Msg> {
     let mut out = vec![one_element(table, PROXIED, &sandbox.v4, add, None)];

@@ -372,7 +372,6 @@ fn process_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
 /// two under the same load. The SDK's own work on top is not in it
 /// (`tests/e2b/timing.py` measures through the SDK).
 fn e2b_series(api: &Api, id: &str, n: usize) -> Result<Vec<Series>> {
-    use base64::Engine as _;
     let mut start = Series {
         name: E2B_START,
         samples: vec![],

@@ -99,27 +99,18 @@ impl Network {
     /// session's policy).
     pub fn start(cfg: &NetConfig, data_dir: &std::path::Path) -> Result<Network, RuntimeError> {
         let tag = host::tag_of(data_dir);
-        let h = u32::from_str_radix(&tag, 16).unwrap_or(0);
         let v4 = cfg
             .ipv4_subnet
             .unwrap_or_else(|| host::default_ipv4_subnet(&tag));
-        let v6 = cfg.ipv6.then(|| {
-            cfg.ipv6_subnet.unwrap_or_else(|| {
-                let a = Ipv6Addr::new(0xfd5b, (h >> 16) as u16, h as u16, 0, 0, 0, 0, 0);
-                IpNet::new(IpAddr::V6(a), 64).expect("a /64 on its boundary")
-            })
-        });
+        let v6 = cfg
+            .ipv6
+            .then(|| host::ipv6_subnet(cfg.ipv6_subnet, &tag, 0))
+            .transpose()
+            .map_err(RuntimeError::HostNotReady)?;
         if v4.is_ipv4() && v4.prefix() > 24 || !v4.is_ipv4() {
             return Err(RuntimeError::HostNotReady(format!(
                 "network.ipv4_subnet: {v4} must be an IPv4 network of at least /24"
             )));
-        }
-        if let Some(n) = v6 {
-            if n.is_ipv4() || n.prefix() > 120 {
-                return Err(RuntimeError::HostNotReady(format!(
-                    "network.ipv6_subnet: {n} must be an IPv6 network of at least /120"
-                )));
-            }
         }
         host::enable_forwarding(v6.is_some())
             .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
@@ -329,11 +320,7 @@ impl Network {
     fn forget_resolved(&self, st: &mut State, id: &str) {
         let Some(g) = &self.guard else { return };
         let key = nft::SandboxKey::ifname(&ifname(&self.prefix, id));
-        for addr in g.resolved.take(id) {
-            if let Some(m) = nft::dns_element_delete(&self.table, &key, &addr) {
-                let _ = st.nft.batch(vec![m]);
-            }
-        }
+        nft::delete_dns_elements(&mut st.nft, &self.table, &key, g.resolved.take(id));
     }
 
     /// The resolv.conf sandboxes get, where the daemon answers DNS.
