@@ -1,10 +1,13 @@
-//! The docker runtime's engine network across an upgrade: one an earlier
-//! version made (IPv4 only, same name, labels and subnet) is made anew
-//! with IPv6 at the next start when no container is on it; while a
-//! container is on it, it is kept as it is, the start says so, and
-//! sandboxes get IPv4 alone. Each test gives its daemon its own subnets
-//! (in ranges the test picks; nothing is sent to them but by the
-//! sandboxes it makes).
+//! The docker runtime's network across an upgrade. Earlier versions put a
+//! container with network on an engine network of the daemon's
+//! (`sandkasten-<tag>`, its own bridge); now every container starts on
+//! the engine's `none` and a sandbox's link is the daemon's routed veth.
+//! A session of an earlier version, still on that engine network when
+//! the new daemon starts, is taken off it, given the routed link under
+//! its policy, and resolves through the daemon's server; the engine
+//! network is removed. Each test gives its daemon its own subnets (in
+//! ranges the test picks; nothing is sent to them but by the sandboxes it
+//! makes).
 //!
 //! Needs a running Docker engine (as root); without one every test fails
 //! with what to do, none is skipped. The rest of the docker network runs in
@@ -14,15 +17,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use sha2::Digest;
-
-/// The engine network's name and bridge for data dir `home` (the daemon's
-/// tag: four hex digits of a hash of the data dir).
-fn names(home: &DataDir) -> (String, String) {
-    let d = sha2::Sha256::digest(home.data.as_os_str().as_encoded_bytes());
-    let tag = format!("{:02x}{:02x}", d[0], d[1]);
-    (format!("sandkasten-{tag}"), format!("skn{tag}-br"))
-}
 
 fn config(v4: &str, v6: &str) -> String {
     format!(
@@ -32,22 +26,51 @@ fn config(v4: &str, v6: &str) -> String {
     )
 }
 
-/// The network as the version before IPv6 made it.
-fn make_ipv4_only(home: &DataDir, v4: &str, gateway: &str) -> String {
-    let (name, bridge) = names(home);
+fn engine_network_exists(name: &str) -> bool {
+    docker_cli(&["network", "inspect", name]).0
+}
+
+#[test]
+fn a_session_on_the_engine_network_of_an_earlier_version_gets_the_routed_link() {
+    let home = DataDir::new();
+    home.holds_docker_objects();
+    let cfg = config("10.77.16.0/24", "fd5b:77:1::/64");
+    let d = Daemon::start_in(&home, Some(&cfg));
+    let tag = net_tag(&d).expect("the daemon's network tag");
+    let prefix = format!("skn{tag}");
+    let id = d.create_session(json!({"network": {"mode": "full"}}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let veth = format!("{prefix}{}", &id[..8]);
+    assert_eq!(links_with(&prefix), vec![veth.clone()]);
+    // The routed link: an address of the subnet, the host as gateway.
+    let addrs = d.sh(&id, "ip -o addr show dev eth0 scope global");
+    assert!(
+        addrs.contains(" 10.77.16.") && addrs.contains(" fd5b:77:1::"),
+        "{addrs}"
+    );
+    assert!(d
+        .sh(&id, "ip route show default")
+        .contains("via 169.254.1.1"));
+
+    // The state an earlier version leaves: its daemon gone, the container
+    // on the engine network (the engine's eth0, no routed link, no slot).
+    d.kill_9();
+    let (ok, out) = try_ip(&["link", "del", &veth]);
+    assert!(ok, "ip link del {veth}: {out}");
+    std::fs::remove_file(home.data.join("docker").join(&id).join("net-slot"))
+        .expect("the session's address slot");
+    let name = format!("sandkasten-{tag}");
     let (ok, out) = docker_cli(&[
         "network",
         "create",
         "--driver",
         "bridge",
         "--subnet",
-        v4,
-        "--gateway",
-        gateway,
+        "10.77.17.0/24",
         "-o",
-        &format!("com.docker.network.bridge.name={bridge}"),
-        "-o",
-        "com.docker.network.bridge.enable_icc=false",
+        &format!("com.docker.network.bridge.name=skn{tag}-br"),
         "--label",
         "sandkasten.network=true",
         "--label",
@@ -55,95 +78,53 @@ fn make_ipv4_only(home: &DataDir, v4: &str, gateway: &str) -> String {
         &name,
     ]);
     assert!(ok, "docker network create: {out}");
-    name
-}
+    let container = format!("sandkasten-{id}");
+    let (ok, out) = docker_cli(&["network", "disconnect", "none", &container]);
+    assert!(ok, "docker network disconnect none: {out}");
+    let (ok, out) = docker_cli(&["network", "connect", &name, &container]);
+    assert!(ok, "docker network connect: {out}");
 
-fn subnets(name: &str) -> String {
-    let (ok, out) = docker_cli(&[
-        "network",
-        "inspect",
-        "-f",
-        "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
-        name,
-    ]);
-    assert!(ok, "docker network inspect {name}: {out}");
-    out.trim().to_string()
-}
-
-fn global_addrs(d: &Daemon, id: &str, family: &str) -> String {
-    d.sh(
-        id,
-        &format!("ip -{family} -o addr show dev eth0 scope global"),
-    )
-}
-
-/// A sandbox with `mode: full`, checked to have an IPv4 address starting
-/// with `v4_prefix`; its global IPv6 addresses (`ip -o` lines).
-fn full_sandbox(d: &Daemon, v4_prefix: &str) -> (String, String) {
-    let id = d.create_session(json!({"network": {"mode": "full"}}))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let v4 = global_addrs(d, &id, "4");
-    assert!(v4.contains(&format!(" {v4_prefix}")), "{v4}");
-    let v6 = global_addrs(d, &id, "6");
-    (id, v6)
-}
-
-#[test]
-fn an_ipv4_only_network_of_an_earlier_version_gains_ipv6_when_free() {
-    let home = DataDir::new();
-    home.holds_docker_objects();
-    let name = make_ipv4_only(&home, "10.77.16.0/24", "10.77.16.1");
-    assert_eq!(subnets(&name), "10.77.16.0/24");
-    let d = Daemon::start_in(&home, Some(&config("10.77.16.0/24", "fd5b:77:1::/64")));
-    assert_eq!(subnets(&name), "10.77.16.0/24 fd5b:77:1::/64");
-    let (_, v6) = full_sandbox(&d, "10.77.16.");
-    assert!(v6.contains(" fd5b:77:1::"), "no IPv6 address: {v6}");
-}
-
-#[test]
-fn an_ipv4_only_network_in_use_is_kept_and_its_sandboxes_stay_ipv4() {
-    let home = DataDir::new();
-    home.holds_docker_objects();
-    let name = make_ipv4_only(&home, "10.77.17.0/24", "10.77.17.1");
-    // A container of the earlier daemon still on it (labelled with the
-    // data dir: the clean-up removes it).
-    let (ok, dummy) = docker_cli(&[
-        "run",
-        "-d",
-        "--network",
-        &name,
-        "--label",
-        &format!("sandkasten.data_dir={}", home.data.display()),
-        docker_image(),
-        "/bin/busybox",
-        "sleep",
-        "600",
-    ]);
-    assert!(ok, "docker run: {dummy}");
-    let d = Daemon::start_in(&home, Some(&config("10.77.17.0/24", "fd5b:77:2::/64")));
-    assert_eq!(subnets(&name), "10.77.17.0/24");
+    let d = Daemon::start_in(&home, Some(&cfg));
     assert!(
-        d.logs().contains("the sandbox network has no IPv6"),
-        "no warning:\n{}",
-        d.logs()
+        !engine_network_exists(&name),
+        "the engine network of the earlier version is left"
     );
-    let (id, v6) = full_sandbox(&d, "10.77.17.");
-    assert_eq!(v6.trim(), "");
-    // Once the earlier container is gone, a graceful stop leaves nothing:
-    // neither the network nor the daemon's table.
+    assert_eq!(links_with(&prefix), vec![veth]);
+    let addrs = d.sh(&id, "ip -o addr show; ip route show default");
+    assert!(
+        addrs.contains(" 10.77.16.")
+            && !addrs.contains(" 10.77.17.")
+            && addrs.contains("via 169.254.1.1"),
+        "{addrs}"
+    );
+    assert_eq!(
+        d.sh(&id, "grep nameserver /etc/resolv.conf").trim(),
+        "nameserver 169.254.1.1"
+    );
+    // Its policy holds as before, and a graceful stop without sessions
+    // leaves nothing: no veth, no table.
+    assert_eq!(
+        d.get_session(&id).expect(200, "GET")["network"]["mode"],
+        "full"
+    );
     d.delete(&id);
-    let (ok, out) = docker_cli(&["rm", "-f", dummy.trim()]);
-    assert!(ok, "docker rm: {out}");
+    assert!(links_with(&prefix).is_empty());
     d.terminate();
-    let (tag, _) = names(&home);
-    let table = format!("sandkasten_{}", tag.trim_start_matches("sandkasten-"));
     let listed = std::process::Command::new("nft")
-        .args(["list", "table", "inet", &table])
+        .args(["list", "table", "inet", &format!("sandkasten_{tag}")])
         .output()
         .expect("nft");
-    assert!(!listed.status.success(), "table {table} left after a stop");
-    let (exists, _) = docker_cli(&["network", "inspect", &name]);
-    assert!(!exists, "network {name} left after a stop");
+    assert!(!listed.status.success(), "the table is left after a stop");
+}
+
+/// `ip ARGS`: whether it succeeded, and what it wrote.
+fn try_ip(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the network tests need iproute2");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }

@@ -72,8 +72,8 @@ fn raw(d: &Daemon, request: &str) -> (String, TcpStream) {
 fn http_requests_pass_through_and_the_key_stays_outside() {
     let d = Daemon::start(None);
     // Servers on every kind of loopback address: 127.0.0.1, ::1 and the
-    // wildcard are all reached. A docker container on an engine network
-    // without IPv6 has no ::1 at all (the engine disables IPv6 in it).
+    // wildcard are all reached. A docker container has no ::1 at all (the
+    // engine disables IPv6 in a container it starts on its `none`).
     let id = session_with_server(&d, &[(8000, "127.0.0.1"), (8002, "0.0.0.0")]);
     let mut ports = vec![8000, 8002];
     if on_docker() {

@@ -74,8 +74,9 @@
 //! snapshots, `snapshot.rs`, are full copies and refuse a persistent
 //! workspace), workspace export is a
 //! live walk (not point-in-time), no workspace import yet; `network: full`
-//! is the daemon's own engine network under the same nftables table as
-//! native (`net.rs`), on a local engine with runc only.
+//! is native's routed datapath, the daemon's veth made in the container's
+//! namespace (`net.rs`), on a local engine with runc and the engine's
+//! processes in the daemon's pid namespace only.
 
 mod hostfs;
 mod images;
@@ -105,7 +106,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use transport::Transport;
 
-pub use net::{DockerNetConfig, LABEL_NETWORK};
+pub use sandkasten_netguard::routed::NetConfig;
 pub use snapshot::{snapshot_image, SNAPSHOT_REPO};
 pub use user::{check_sandbox_user, group_name, passwd_name};
 
@@ -143,7 +144,7 @@ pub struct DockerConfig {
     pub min_free_mb: u64,
     /// The sandboxes' network (`net.rs`); `None`: no sandbox has one
     /// (`mode: full` is refused).
-    pub network: Option<DockerNetConfig>,
+    pub network: Option<NetConfig>,
     /// The ids commands run as (see [`SandboxUser`]).
     pub sandbox_user: SandboxUser,
 }
@@ -664,18 +665,34 @@ impl DockerRuntime {
             Some(_) if !local => (
                 None,
                 Some(
-                    "network mode full on a remote engine (its containers' traffic never                      passes this host's kernel, where network.deny_always and policies are                      enforced)"
+                    "network mode full on a remote engine (its containers' traffic never \
+                     passes this host's kernel, where network.deny_always and policies are \
+                     enforced)"
                         .to_string(),
                 ),
             ),
             Some(_) if oci != "runc" => (
                 None,
                 Some(format!(
-                    "network mode full under OCI runtime {oci} (its sandboxes keep their own                      network stack and files: the daemon's rules, resolver and DNS guard are                      not theirs; Debian's runsc runs here with --network=none)"
+                    "network mode full under OCI runtime {oci} (its sandboxes keep their own \
+                     network stack and files: the daemon's rules, resolver and DNS guard are \
+                     not theirs; Debian's runsc runs here with --network=none)"
                 )),
             ),
+            Some(_) if !late_bind => (
+                None,
+                Some(
+                    "network mode full when the engine's processes are in another pid \
+                     namespace than the daemon's (a sandbox's link is made in its container's \
+                     network namespace, reached through its init)"
+                        .to_string(),
+                ),
+            ),
             Some(n) => (
-                Some(net::Datapath::start(&docker, n, &cfg.data_dir, late_bind).await?),
+                Some(
+                    net::Datapath::start(&docker, n, &cfg.data_dir, &cfg.data_dir.join("docker"))
+                        .await?,
+                ),
                 None,
             ),
         };
@@ -730,8 +747,8 @@ impl DockerRuntime {
             .map_err(api_err("listing containers"))
     }
 
-    /// At a graceful stop: removes the sandbox network's tables and the
-    /// engine network when no container is on it (`false`: kept).
+    /// At a graceful stop: removes the sandbox network's table and
+    /// Docker rules when no sandbox has a link (`false`: kept).
     pub async fn release_network(&self) -> Result<bool, RuntimeError> {
         match &self.net {
             Some(n) => n.release().await,
@@ -739,11 +756,10 @@ impl DockerRuntime {
         }
     }
 
-    /// The engine network of sandboxes and its bridge, where there is one.
+    /// The name of the sandbox network's table and its veths' prefix,
+    /// where there is one (for tests).
     pub fn network_names(&self) -> Option<(String, String)> {
-        self.net
-            .as_ref()
-            .map(|n| (n.name.clone(), n.bridge().to_string()))
+        self.net.as_ref().map(|n| n.names())
     }
 
     /// Whether the engine's files are not the daemon's (a remote engine, or
@@ -885,8 +901,7 @@ impl Runtime for DockerRuntime {
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         let id = &handle.id;
         let name = container_name(id);
-        // Its elements first: the address goes back to the engine's pool
-        // with the container.
+        // Its link, elements and address slot first.
         if let Some(n) = &self.net {
             n.forget(id, true).await?;
         }

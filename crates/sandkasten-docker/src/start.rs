@@ -87,10 +87,9 @@ impl DockerRuntime {
         // Before anything runs in the sandbox but the agent.
         self.transport.restrict_workspace(&handle).await?;
         if let (NetworkMode::Full, Some(net)) = (spec.network, &self.net) {
-            // Started on the network: the engine's resolver is refused
-            // now, off a later claim's path (it waits for the kernel to
-            // register the table's hook in the new namespace).
-            net.block_engine_resolver(&handle).await?;
+            // Its link now, closed until the policy comes (a pool's
+            // sandbox waits so for its claim).
+            net.prepare(&handle).await?;
         }
         if let Some(snap) = snap {
             self.fill_tmp(&handle, snap).await?;
@@ -188,15 +187,13 @@ impl DockerRuntime {
         tmpfs.extend(launch.tmpfs);
         let mut mounts = launch.mounts;
         mounts.push(volume_mount(&volume.name, "/workspace", false));
-        // Where the daemon has a sandbox network every container resolves
-        // through its DNS server (also one started without network, which
-        // a policy change may connect later); the engine's own resolver
-        // (127.0.0.11, kept by the engine on its networks) forwards to the
-        // same server.
-        if let Some(n) = &self.net {
+        // Where the daemon answers DNS every container resolves through it
+        // (also one started without network, which a policy change may
+        // give a link later).
+        if let Some(conf) = self.net.as_ref().and_then(|n| n.resolv_conf()) {
             mounts.push(bollard::models::Mount {
                 target: Some(crate::net::RESOLV_CONF.into()),
-                source: Some(n.resolv_conf.display().to_string()),
+                source: Some(conf.display().to_string()),
                 typ: Some(bollard::models::MountType::BIND),
                 read_only: Some(true),
                 ..Default::default()
@@ -209,11 +206,8 @@ impl DockerRuntime {
             memory_swap: Some(mem),
             pids_limit: Some(crate::host_pids_limit(spec.limits.pids, self.gvisor) as i64),
             readonly_rootfs: Some(spec.readonly_rootfs),
-            network_mode: Some(match (spec.network, &self.net) {
-                (NetworkMode::Full, Some(n)) => n.name.clone(),
-                _ => "none".into(),
-            }),
-            dns: self.net.as_ref().map(|n| vec![n.gateway.to_string()]),
+            // The sandbox's link, when it has one, is the daemon's (`net.rs`).
+            network_mode: Some("none".into()),
             security_opt: Some(vec!["no-new-privileges".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(CAPABILITIES.map(String::from).to_vec()),

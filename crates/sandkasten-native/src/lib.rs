@@ -36,7 +36,6 @@ mod fsutil;
 mod ids;
 mod image;
 mod layers;
-mod net;
 mod pidmax;
 mod process;
 mod ptys;
@@ -49,8 +48,9 @@ mod wstar;
 
 pub use cgroups::{Cgroups, Hierarchy};
 pub use ids::MAX_RANGES as MAX_UID_RANGES;
-pub use net::NetConfig;
 pub use sandkasten_hostfs::{has_mounts_below, remove_tree};
+use sandkasten_netguard::routed as net;
+pub use sandkasten_netguard::routed::NetConfig;
 pub use scratch::{QuotaMode, MIN_SCRATCH_MB};
 pub use wsimage::{host_support as workspace_quota_support, MIN_QUOTA_BYTES};
 
@@ -227,7 +227,11 @@ impl NativeRuntime {
         let slots = uid_slots(&cfg);
         let scratch = open_scratch(&cfg)?;
         let network = match &cfg.network {
-            Some(n) => Some(net::Network::start(n, &cfg.data_dir)?),
+            Some(n) => Some(net::Network::start(
+                n,
+                &cfg.data_dir,
+                &cfg.data_dir.join("sessions"),
+            )?),
             None => None,
         };
         let shared = Shared {

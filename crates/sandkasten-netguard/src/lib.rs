@@ -11,9 +11,10 @@
 //! address. `wiring.rs` implements it over a datapath's nftables table.
 //!
 //! The kernel side both backends share lives here too: `netlink.rs` (a
-//! netlink socket, messages, batches, acks, dumps) and `nft.rs` (the
-//! daemon's nftables table, per-sandbox set elements, the bridge table of
-//! sandboxes that share a bridge, the DOCKER-USER accept rules).
+//! netlink socket, messages, batches, acks, dumps), `nft.rs` (the
+//! daemon's nftables table, per-sandbox set elements, the DOCKER-USER
+//! accept rules) and `routed/` (the datapath itself: a sandbox's veth
+//! pair, its address slot, its policy put in force).
 
 mod dns;
 mod events;
@@ -24,6 +25,7 @@ pub mod nft;
 mod policy;
 mod proxy;
 mod resolved;
+pub mod routed;
 pub mod wiring;
 
 pub use dns::{DnsConfig, DnsServer};

@@ -26,30 +26,6 @@ pub struct Socket {
     seq: u32,
 }
 
-/// Sends `msgs` as one batch on a netfilter socket made in the network
-/// namespace of the process behind `pidfd`: a thread of its own enters
-/// the namespace, sends, and exits, so no thread of the caller ever runs
-/// in a sandbox's namespace.
-pub fn batch_in_netns(pidfd: OwnedFd, msgs: Vec<Msg>) -> io::Result<()> {
-    let work = move || -> io::Result<()> {
-        // SAFETY: setns on a pidfd we own; it changes only this thread's
-        // network namespace, and this thread ends right after.
-        if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("entering the sandbox's network namespace: {e}"),
-            ));
-        }
-        Socket::open(NETLINK_NETFILTER)?.batch(msgs)
-    };
-    std::thread::Builder::new()
-        .name("netns-nft".into())
-        .spawn(work)?
-        .join()
-        .map_err(|_| io::Error::other("the namespace's netlink thread panicked"))?
-}
-
 impl Socket {
     /// A socket of `protocol` in the calling thread's network namespace,
     /// with a receive timeout so that a kernel that never answers cannot
@@ -475,7 +451,6 @@ impl Msg {
 }
 
 const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_FLAGS: u16 = 8;
@@ -488,11 +463,6 @@ const RT_SCOPE_LINK: u8 = 253;
 /// (`NLM_F_CREATE | NLM_F_EXCL` adds it).
 pub fn addr_nodad(index: i32, addr: std::net::IpAddr, prefix: u8, flags: u16) -> Msg {
     addr_msg(RTM_NEWADDR, index, addr, prefix, flags)
-}
-
-/// An rtnetlink message deleting `addr/prefix` from link `index`.
-pub fn addr_delete(index: i32, addr: std::net::IpAddr, prefix: u8) -> Msg {
-    addr_msg(RTM_DELADDR, index, addr, prefix, 0)
 }
 
 fn addr_msg(kind: u16, index: i32, addr: std::net::IpAddr, prefix: u8, flags: u16) -> Msg {

@@ -7,7 +7,7 @@
 use crate::netlink::{find, Msg, Socket, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use sandkasten_runtime::IpNet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 // Messages (NFNL_SUBSYS_NFTABLES).
 const NEWTABLE: u16 = 0;
@@ -67,7 +67,6 @@ const ELEM_TIMEOUT: u16 = 4;
 const HOOK_PREROUTING: u32 = 0;
 const HOOK_INPUT: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
-const HOOK_OUTPUT: u32 = 3;
 const HOOK_POSTROUTING: u32 = 4;
 
 const REG_VERDICT: u32 = 0;
@@ -117,12 +116,8 @@ pub const PROXIED6: &str = "proxied6";
 /// field of every key).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Key {
-    /// Its own host-side interface: a veth per sandbox (native).
+    /// Its own host-side interface: a veth per sandbox (both backends).
     Ifname,
-    /// Its source address (IPv4 in the IPv4 sets, IPv6 in the IPv6 ones):
-    /// sandboxes that share a bridge (docker), none of which may forge its
-    /// source (no CAP_NET_RAW/NET_ADMIN).
-    Saddr,
 }
 
 impl Key {
@@ -130,16 +125,12 @@ impl Key {
     fn len(self, v4: bool) -> u32 {
         match (self, v4) {
             (Key::Ifname, _) => IFNAME_LEN as u32,
-            (Key::Saddr, true) => 4,
-            (Key::Saddr, false) => 16,
         }
     }
 
     fn data_type(self, v4: bool) -> u32 {
         match (self, v4) {
             (Key::Ifname, _) => TYPE_IFNAME,
-            (Key::Saddr, true) => TYPE_IPADDR,
-            (Key::Saddr, false) => TYPE_IP6ADDR,
         }
     }
 
@@ -148,15 +139,12 @@ impl Key {
     fn load(self, r: Rule, v4: bool) -> (Rule, u32) {
         match (self, v4) {
             (Key::Ifname, _) => (r.meta(META_IIFNAME, REG), REG_AFTER_IFNAME),
-            (Key::Saddr, true) => (r.payload(PAYLOAD_NETWORK, 12, 4, REG), REG + 1),
-            (Key::Saddr, false) => (r.payload(PAYLOAD_NETWORK, 8, 16, REG), REG + 4),
         }
     }
 }
 
 /// One sandbox's key in the table's sets, per family: its veth's name in
-/// both (native), or its IPv4 and IPv6 addresses (docker). Without an IPv6
-/// key it has no IPv6 elements.
+/// both. Without an IPv6 key it has no IPv6 elements.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxKey {
     pub v4: Vec<u8>,
@@ -170,14 +158,6 @@ impl SandboxKey {
         SandboxKey {
             v4: k.clone(),
             v6: Some(k),
-        }
-    }
-
-    /// The key of a sandbox known by its addresses.
-    pub fn addrs(v4: std::net::Ipv4Addr, v6: Option<std::net::Ipv6Addr>) -> SandboxKey {
-        SandboxKey {
-            v4: v4.octets().to_vec(),
-            v6: v6.map(|a| a.octets().to_vec()),
         }
     }
 
@@ -556,8 +536,7 @@ pub const LOG_RATE: u64 = 200;
 pub struct Layout<'a> {
     pub table: &'a str,
     /// Matches the interfaces this daemon's sandboxes come in by, as a
-    /// prefix of their names: every host-side veth of this daemon
-    /// (native), or the one bridge's name with its NUL (docker).
+    /// prefix of their names: every host-side veth of this daemon.
     pub prefix: &'a str,
     /// What identifies one sandbox's packets.
     pub key: Key,
@@ -692,18 +671,7 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             .msg(INET, t, "forward", None),
     );
     // from_sandbox, in order: other sandboxes, the always-denied ranges,
-    // the sandbox's deny_out, then what it may reach. Neighbour discovery
-    // between two sandboxes of one bridge passes first (as ARP does), so
-    // that a connection to another sandbox is refused by its reset, not
-    // left to wait for an address that never resolves.
-    if v6 {
-        out.extend(neighbour_discovery(
-            META_OIFNAME,
-            l.prefix,
-            t,
-            "from_sandbox",
-        ));
-    }
+    // the sandbox's deny_out, then what it may reach.
     out.push(
         Rule::default()
             .ifname_prefix(META_OIFNAME, CMP_EQ, l.any_prefix)
@@ -849,48 +817,6 @@ fn neighbour_discovery(meta: u32, prefix: &str, table: &str, chain: &str) -> Vec
                 .msg(INET, table, chain, None)
         })
         .collect()
-}
-
-/// The address of the resolver a Docker engine runs inside every container
-/// on a user-defined network (its "embedded DNS").
-pub const ENGINE_RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
-
-/// Name of the table [`resolver_block`] makes in a container's namespace.
-pub const RESOLVER_TABLE: &str = "sandkasten_resolver";
-
-/// A table for a docker container's own network namespace that refuses
-/// everything its processes send to the engine's embedded resolver
-/// ([`ENGINE_RESOLVER`]) at once (TCP reset, else ICMP administratively
-/// prohibited): that resolver answers the names and addresses of every
-/// container on the network, other sandboxes included, and forwards the
-/// rest where no policy sees it. The container's resolver file names the
-/// daemon's DNS server instead. Replaces the table if it is there
-/// (applying it twice leaves one).
-pub fn resolver_block() -> Vec<Msg> {
-    let t = RESOLVER_TABLE;
-    let add_table = || {
-        let mut m = Msg::nft(NEWTABLE, NLM_F_CREATE, INET, "adding the resolver table");
-        m.str(TABLE_NAME, t);
-        m
-    };
-    let mut del = Msg::nft(DELTABLE, 0, INET, "replacing the resolver table");
-    del.str(TABLE_NAME, t);
-    let resolver = IpNet::new(IpAddr::V4(ENGINE_RESOLVER), 32).expect("a /32");
-    vec![
-        add_table(),
-        del,
-        add_table(),
-        chain(t, "output", Some((HOOK_OUTPUT, 0, "filter"))),
-        Rule::default()
-            .addr_in(&resolver, true)
-            .l4proto(libc::IPPROTO_TCP as u8)
-            .reject(REJECT_TCP_RST, 0)
-            .msg(INET, t, "output", None),
-        Rule::default()
-            .addr_in(&resolver, true)
-            .reject(REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED)
-            .msg(INET, t, "output", None),
-    ]
 }
 
 /// Deletes the table (nothing of this daemon's rules remains).

@@ -123,14 +123,14 @@ pub struct Network {
     /// range out to lift it). The host's own addresses and other
     /// sandboxes are unreachable whatever it says.
     pub deny_always: Option<Vec<String>>,
-    /// Native runtime: the IPv4 network sandboxes get addresses from (at
+    /// The IPv4 network sandboxes get addresses from (at
     /// least a /24); unset: a /20 in 10.128.0.0/10 derived from the data
     /// dir, so daemons with separate data dirs do not collide.
     pub ipv4_subnet: Option<String>,
-    /// The IPv6 network (at least a /120; docker: the engine network's);
-    /// unset: a /64 in fd5b::/16 derived from the data dir.
+    /// The IPv6 network (at least a /120); unset: a /64 in fd5b::/16
+    /// derived from the data dir.
     pub ipv6_subnet: Option<String>,
-    /// Whether sandboxes get IPv6 too (docker: the engine network has it).
+    /// Whether sandboxes get IPv6 too.
     pub ipv6: bool,
     /// Native runtime: the resolver the daemon's DNS server forwards the
     /// names sandboxes may resolve to (`address` or `address:port`);

@@ -409,6 +409,21 @@ fn subnet(value: &Option<String>, key: &str) -> Result<Option<sandkasten_runtime
         .map_err(|e: String| anyhow::anyhow!("{key}: {e}"))
 }
 
+/// The sandbox network's settings (both runtimes), where `serve` builds
+/// it and the operator allows `mode: full`.
+fn net_config(cfg: &Config, serve: bool) -> Result<Option<sandkasten_native::NetConfig>> {
+    if !(serve && cfg.network_config()?.allow_full) {
+        return Ok(None);
+    }
+    Ok(Some(sandkasten_native::NetConfig {
+        ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
+        ipv6_subnet: subnet(&cfg.network.ipv6_subnet, "network.ipv6_subnet")?,
+        ipv6: cfg.network.ipv6,
+        deny_always: cfg.deny_always()?,
+        dns_upstream: cfg.network.dns_upstream()?,
+    }))
+}
+
 /// The native runtime; `serve` also builds the sandbox network where the
 /// operator allows `mode: full` (without it no sandbox can have a link, so
 /// the host's forwarding, nftables and Docker's chain are left alone; the
@@ -429,24 +444,15 @@ fn native_runtime(cfg: &Config, serve: bool) -> Result<NativeRuntime> {
         pid_max_for_sessions: (serve && cfg.raise_pid_max)
             .then_some((cfg.max_sessions as u64, cfg.defaults.pids_limit)),
         uid_ranges: cfg.uid_ranges,
-        network: if serve && cfg.network_config()?.allow_full {
-            Some(sandkasten_native::NetConfig {
-                ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
-                ipv6_subnet: subnet(&cfg.network.ipv6_subnet, "network.ipv6_subnet")?,
-                ipv6: cfg.network.ipv6,
-                deny_always: cfg.deny_always()?,
-                dns_upstream: cfg.network.dns_upstream()?,
-            })
-        } else {
-            None
-        },
+        network: net_config(cfg, serve)?,
     })?)
 }
 
 /// The docker runtime on the configured engine; `serve` also builds the
-/// sandbox network (the engine network, the nftables tables, the DNS
-/// guard) where the operator allows `mode: full` and the engine can have
-/// it (a local engine with runc).
+/// sandbox network (native's datapath: the nftables table, the DNS
+/// guard, the routed veths) where the operator allows `mode: full` and
+/// the engine can have it (a local engine with runc whose processes the
+/// daemon sees).
 pub(crate) async fn docker_runtime(
     cfg: &Config,
     serve: bool,
@@ -463,17 +469,7 @@ pub(crate) async fn docker_runtime(
             oci_runtime: cfg.docker.runtime.clone(),
             tmp_size_mb: cfg.defaults.tmp_size_mb,
             min_free_mb: cfg.disk.min_free_mb,
-            network: if serve && cfg.network_config()?.allow_full {
-                Some(sandkasten_docker::DockerNetConfig {
-                    ipv4_subnet: subnet(&cfg.network.ipv4_subnet, "network.ipv4_subnet")?,
-                    ipv6_subnet: subnet(&cfg.network.ipv6_subnet, "network.ipv6_subnet")?,
-                    ipv6: cfg.network.ipv6,
-                    deny_always: cfg.deny_always()?,
-                    dns_upstream: cfg.network.dns_upstream()?,
-                })
-            } else {
-                None
-            },
+            network: net_config(cfg, serve)?,
             sandbox_user: sandkasten_docker::SandboxUser::new(cfg.docker.sandbox_uid),
         })
         .await?,

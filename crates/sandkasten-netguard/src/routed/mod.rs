@@ -1,18 +1,19 @@
-//! Sandboxes' network on the native runtime: a veth pair per sandbox with
-//! network (routed point to point, no bridge), the daemon's nftables table
-//! that enforces every sandbox's policy, NAT to the uplink, IPv4 and IPv6.
-//! Everything goes through netlink from this process (`rtnl.rs` here;
-//! the nftables table and the netlink socket are `sandkasten-netguard`'s,
-//! shared with the docker backend): no `ip`/`nft` subprocess, no
-//! userspace process per sandbox. Design, layout and invariants:
+//! Sandboxes' network, on both backends: a veth pair per sandbox with
+//! network (routed point to point, no bridge) into the sandbox's network
+//! namespace (a native sandbox's, or a Docker container's started with
+//! the engine's `none`), the daemon's nftables table that enforces every
+//! sandbox's policy, NAT to the uplink, IPv4 and IPv6. Everything goes
+//! through netlink from this process (`rtnl.rs` here, `netlink.rs` and
+//! `nft.rs` of this crate): no `ip`/`nft` subprocess, no userspace
+//! process per sandbox. Design, layout and invariants:
 //! docs/architecture.md, "Sandbox networks".
 
 mod rtnl;
 
-use sandkasten_netguard::host;
-use sandkasten_netguard::netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
-use sandkasten_netguard::nft::{self, Key};
-use sandkasten_netguard::wiring::{self as guard, NftSink};
+use crate::host;
+use crate::netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
+use crate::nft::{self, Key};
+use crate::wiring::{self as guard, NftSink};
 use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -70,7 +71,7 @@ pub struct Network {
 struct Sink(Arc<Mutex<State>>);
 
 impl NftSink for Sink {
-    fn send(&self, msgs: Vec<sandkasten_netguard::netlink::Msg>) -> io::Result<()> {
+    fn send(&self, msgs: Vec<crate::netlink::Msg>) -> io::Result<()> {
         let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
         st.nft.batch(msgs)
     }
@@ -97,7 +98,15 @@ impl Network {
     /// survived a restart, removes veths no sandbox owns, and builds the
     /// table anew (elements come back as the engine restores each
     /// session's policy).
-    pub fn start(cfg: &NetConfig, data_dir: &std::path::Path) -> Result<Network, RuntimeError> {
+    ///
+    /// `sessions_dir` holds a directory per sandbox (named by its id, made
+    /// by the runtime, removed with the sandbox) where its address slot is
+    /// kept.
+    pub fn start(
+        cfg: &NetConfig,
+        data_dir: &std::path::Path,
+        sessions_dir: &std::path::Path,
+    ) -> Result<Network, RuntimeError> {
         let tag = host::tag_of(data_dir);
         let v4 = cfg
             .ipv4_subnet
@@ -116,7 +125,7 @@ impl Network {
             .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
         let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
         let nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
-        let sessions_dir = data_dir.join("sessions");
+        let sessions_dir = sessions_dir.to_path_buf();
         let slots = read_slots(&sessions_dir);
         let prefix = format!("{ANY_PREFIX}{tag}");
         let owned: BTreeSet<String> = slots.keys().map(|id| ifname(&prefix, id)).collect();
@@ -386,6 +395,7 @@ impl Network {
                 ),
             ];
             if let Some(a6) = addr6 {
+                enable_ipv6_inside()?;
                 msgs.push(rtnl::add_addr(inner, IpAddr::V6(SANDBOX_LL6), 64));
                 msgs.push(rtnl::add_addr(inner, a6, 128));
                 msgs.push(rtnl::add_route(
@@ -416,6 +426,13 @@ impl Network {
             g.events.forget(id);
         }
         Ok(())
+    }
+
+    /// Removes sandbox `id`'s link, elements and slot, keeping its record
+    /// of refusals (a change to `none`, a hibernation).
+    pub fn unlink(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.remove_locked(&mut st, id)
     }
 
     fn remove_locked(&self, st: &mut State, id: &str) -> Result<(), RuntimeError> {
@@ -517,6 +534,23 @@ fn open_netns(pid: i32, pidfd: &OwnedFd) -> Result<OwnedFd, RuntimeError> {
         return Err(RuntimeError::Gone(format!("the sandbox of pid {pid}")));
     }
     Ok(f.into())
+}
+
+/// Turns IPv6 on for the sandbox's link, from inside its namespace (this
+/// thread's `/proc/sys/net` is that namespace's), where it is off: a
+/// Docker engine turns it off in containers it starts without an IPv6
+/// network, and a link made there inherits that.
+fn enable_ipv6_inside() -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{INNER}/disable_ipv6");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "0" => Ok(()),
+        Ok(_) => std::fs::write(&path, "0")
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {path} inside: {e}"))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("reading {path} inside: {e}"),
+        )),
+    }
 }
 
 /// Runs `f` with a route socket inside the network namespace `netns`, on

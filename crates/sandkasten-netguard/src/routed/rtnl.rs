@@ -1,7 +1,7 @@
 //! Links, addresses and routes over rtnetlink: the veth pair of a
 //! sandbox, the addresses and routes on either end.
 
-use sandkasten_netguard::netlink::{Msg, Socket, NLM_F_CREATE, NLM_F_EXCL};
+use crate::netlink::{Msg, Socket, NLM_F_CREATE, NLM_F_EXCL};
 use std::io;
 use std::net::IpAddr;
 
@@ -90,7 +90,7 @@ pub fn links_with_prefix(sock: &mut Socket, prefix: &str) -> io::Result<Vec<Stri
     Ok(sock
         .dump(m, 16)?
         .iter()
-        .filter_map(|a| sandkasten_netguard::netlink::find_str(a, IFLA_IFNAME))
+        .filter_map(|a| crate::netlink::find_str(a, IFLA_IFNAME))
         .filter(|n| n.starts_with(prefix))
         .collect())
 }
@@ -111,7 +111,7 @@ fn octets(a: &IpAddr) -> Vec<u8> {
 
 /// Adds `addr/prefix` to link `index`, usable at once (no DAD).
 pub fn add_addr(index: i32, addr: IpAddr, prefix: u8) -> Msg {
-    sandkasten_netguard::netlink::addr_nodad(index, addr, prefix, NLM_F_CREATE | NLM_F_EXCL)
+    crate::netlink::addr_nodad(index, addr, prefix, NLM_F_CREATE | NLM_F_EXCL)
 }
 
 /// A route to `dst/len` out of link `oif`, through `via` when given
