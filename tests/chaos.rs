@@ -222,7 +222,7 @@ impl Round<'_> {
         if let Some(ws) = &workspace {
             body["workspace_id"] = json!(ws);
         }
-        if !on_docker() && rng.below(4) == 0 {
+        if rng.below(4) == 0 {
             body["network"] = json!({"mode": "full"});
         }
         self.model.lock().unwrap().count("create");
@@ -725,9 +725,7 @@ fn chaos_config() -> String {
         "pool:\n  enabled: true\n  images:\n    \"{}\": {POOL}\n",
         default_image()
     );
-    if !on_docker() {
-        yaml.push_str("network:\n  allow_full: true\n");
-    }
+    yaml.push_str("network:\n  allow_full: true\n");
     yaml
 }
 
@@ -868,7 +866,7 @@ fn sigkill_at_random_points_under_mixed_traffic_loses_nothing_and_leaks_nothing(
     let seen = model.lock().unwrap().seen.clone();
     let prefix = prefix.or_else(|| link_prefix(&d));
     assert!(
-        on_docker() || prefix.is_some(),
+        prefix.is_some(),
         "no sandbox network named in the daemon's log; the link check needs it"
     );
     wait_for(Duration::from_secs(10), || {
