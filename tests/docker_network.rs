@@ -61,7 +61,14 @@ fn a_session_on_the_engine_network_of_an_earlier_version_gets_the_routed_link() 
     assert!(ok, "ip link del {veth}: {out}");
     std::fs::remove_file(home.data.join("docker").join(&id).join("net-slot"))
         .expect("the session's address slot");
-    let name = format!("sandkasten-{tag}");
+    // Named by the hash of the data dir, as earlier versions named it (the
+    // tag the daemon claims is that hash unless another daemon holds it).
+    let old_tag = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(home.data.as_os_str().as_encoded_bytes());
+        format!("{:02x}{:02x}", d[0], d[1])
+    };
+    let name = format!("sandkasten-{old_tag}");
     let (ok, out) = docker_cli(&[
         "network",
         "create",
@@ -70,7 +77,7 @@ fn a_session_on_the_engine_network_of_an_earlier_version_gets_the_routed_link() 
         "--subnet",
         "10.77.17.0/24",
         "-o",
-        &format!("com.docker.network.bridge.name=skn{tag}-br"),
+        &format!("com.docker.network.bridge.name=skn{old_tag}-br"),
         "--label",
         "sandkasten.network=true",
         "--label",

@@ -839,3 +839,76 @@ fn connections_the_datapath_refuses_are_recorded_with_destination_and_reason() {
     );
     assert!(denials(&d, &other).len() <= 1000);
 }
+
+/// The tag a data dir is given first: four hex digits of a hash of its
+/// path (`host::tag_of`).
+fn hash_tag(data: &std::path::Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data.as_os_str().as_encoded_bytes());
+    format!("{:02x}{:02x}", d[0], d[1])
+}
+
+#[test]
+fn daemons_whose_data_dirs_hash_alike_each_get_a_tag_of_their_own() {
+    let a_home = DataDir::new();
+    let a = Daemon::start_in(&a_home, Some(config()));
+    let a_tag = net_tag(&a).expect("a's tag");
+    // Another data dir whose path hashes to the same tag.
+    let b_home = DataDir::new();
+    let b_data = (0u32..)
+        .map(|n| b_home.root.join(format!("d{n}")))
+        .find(|p| hash_tag(p) == a_tag)
+        .unwrap();
+    std::fs::create_dir(&b_data).unwrap();
+    let b_opts = || Options {
+        config: Some(config().to_string()),
+        env: vec![(
+            "SANDKASTEN_DATA_DIR".to_string(),
+            b_data.display().to_string(),
+        )],
+        ..Options::default()
+    };
+    let b = Daemon::start_with(&b_home, b_opts());
+    let b_tag = net_tag(&b).expect("b's tag");
+    assert_ne!(a_tag, b_tag, "two live daemons share a tag");
+    // Their sandboxes have links of their own, on subnets of their own.
+    let (sa, sb) = (
+        create(&a, json!({"mode": "full"})),
+        create(&b, json!({"mode": "full"})),
+    );
+    let (addr_a, addr_b) = (sandbox_addr(&a, &sa, "4"), sandbox_addr(&b, &sb, "4"));
+    // (Their /20s: the default subnets.)
+    let slash20 = |addr: &str| u32::from(addr.parse::<std::net::Ipv4Addr>().unwrap()) >> 12;
+    assert_ne!(slash20(&addr_a), slash20(&addr_b), "{addr_a} and {addr_b}");
+    assert_eq!(links_with(&format!("skn{a_tag}")).len(), 1);
+    assert_eq!(links_with(&format!("skn{b_tag}")).len(), 1);
+    // b keeps its tag across a restart: its sandbox's link carries it.
+    b.kill_9();
+    let b = Daemon::start_with(&b_home, b_opts());
+    assert_eq!(net_tag(&b).as_deref(), Some(b_tag.as_str()));
+    assert_eq!(sandbox_addr(&b, &sb, "4"), addr_b);
+    b.delete(&sb);
+    b.terminate();
+    // A kept tag that another running daemon holds stops the start, with
+    // the holder named.
+    std::fs::write(b_data.join("net-tag"), format!("{a_tag}\n")).unwrap();
+    let conf = b_home.write_config(&format!(
+        "data_dir: {}\nlisten: 127.0.0.1:0\n{}",
+        b_data.display(),
+        config()
+    ));
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .env("SANDKASTEN_API_KEY", &b_home.key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a held tag: {err}");
+    assert!(
+        err.contains("held by another running daemon")
+            && err.contains(&a_home.data.display().to_string()),
+        "{err}"
+    );
+    a.delete(&sa);
+}

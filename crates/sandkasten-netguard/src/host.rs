@@ -1,33 +1,166 @@
 //! What every datapath does to the host alike: the tag that names a
-//! daemon's table, links and default subnet (from its data dir), and IP
-//! forwarding.
+//! daemon's table, links and default subnets (claimed for its data dir,
+//! so no two live daemons share one), and IP forwarding.
 
 use sandkasten_runtime::IpNet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
-/// Four hex digits of a hash of the data dir.
-pub fn tag_of(data_dir: &std::path::Path) -> String {
+/// Four hex digits of a hash of the data dir: the tag a data dir is
+/// given first (and the one versions before [`claim_tag`] always used).
+pub fn tag_of(data_dir: &Path) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     format!("{:02x}{:02x}", d[0], d[1])
 }
 
+/// Where live daemons hold their tags (a POSIX record lock on a file per
+/// tag, and per default IPv4 subnet: released when the daemon's process
+/// ends, never inherited by a child).
+const CLAIMS: &str = "/run/sandkasten/net";
+/// The file in the data dir that keeps the tag claimed for it.
+const TAG_FILE: &str = "net-tag";
+
+/// A daemon's hold on its tag (and its default IPv4 subnet): kept for the
+/// daemon's life.
+pub struct TagClaim {
+    _locks: Vec<std::fs::File>,
+}
+
+/// The tag of the daemon of `data_dir`, claimed so that no other live
+/// daemon on the host has it (or, with `default_v4`, the IPv4 subnet it
+/// picks): the one kept in `<data dir>/net-tag`, else the hash of the
+/// data dir ([`tag_of`]), else the first free one after it that names no
+/// link of a daemon that is not running; kept in the data dir for the
+/// next start (its sandboxes' links carry it). A kept tag another live
+/// daemon holds is an error naming that daemon's data dir.
+pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim), String> {
+    std::fs::create_dir_all(CLAIMS).map_err(|e| format!("creating {CLAIMS}: {e}"))?;
+    let kept_path = data_dir.join(TAG_FILE);
+    let kept = std::fs::read_to_string(&kept_path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|t| t.len() == 4 && u16::from_str_radix(t, 16).is_ok());
+    let first = u16::from_str_radix(&tag_of(data_dir), 16).expect("four hex digits");
+    let candidates: Vec<u16> = match &kept {
+        Some(t) => vec![u16::from_str_radix(t, 16).expect("checked")],
+        None => (0..512u16).map(|i| first.wrapping_add(i)).collect(),
+    };
+    let me = data_dir.display().to_string();
+    for (i, t) in candidates.into_iter().enumerate() {
+        let tag = format!("{t:04x}");
+        // A link named by a tag other than the data dir's own is another
+        // daemon's (one not running now; its sandboxes may be).
+        if kept.is_none() && i > 0 && links_with_prefix(&format!("skn{tag}")) {
+            continue;
+        }
+        let mut names = vec![format!("tag-{tag}")];
+        if default_v4 {
+            names.push(format!("ipv4-{}", v4_index(&tag)));
+        }
+        let mut locks = Vec::new();
+        let mut held = None;
+        for n in &names {
+            match lock(&Path::new(CLAIMS).join(n), &me)? {
+                Ok(f) => locks.push(f),
+                Err(holder) => {
+                    held = Some((n.clone(), holder));
+                    break;
+                }
+            }
+        }
+        match (held, &kept) {
+            (None, _) => {
+                if kept.is_none() {
+                    std::fs::write(&kept_path, format!("{tag}\n"))
+                        .map_err(|e| format!("writing {}: {e}", kept_path.display()))?;
+                }
+                return Ok((tag, TagClaim { _locks: locks }));
+            }
+            (Some((what, holder)), Some(_)) => {
+                return Err(format!(
+                    "the sandbox network's {what} (kept in {}) is held by another running \
+                     daemon ({holder}): stop it, or remove {} with no sandbox of this data \
+                     dir running{}",
+                    kept_path.display(),
+                    kept_path.display(),
+                    if what.starts_with("ipv4") {
+                        ", or set network.ipv4_subnet"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            (Some(_), None) => {}
+        }
+    }
+    Err("no free sandbox network tag: 512 are held by running daemons".into())
+}
+
+/// Takes a write lock on `path` (created), and writes `me` into it; the
+/// holder's text when another process holds it.
+fn lock(path: &Path, me: &str) -> Result<Result<std::fs::File, String>, String> {
+    use std::io::{Seek, Write};
+    use std::os::fd::AsRawFd;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: a zeroed flock is valid; the fields set make it a whole-file
+    // write lock.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    // SAFETY: fcntl on an fd we own with a valid flock.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(Err(std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default())),
+            _ => Err(format!("locking {}: {e}", path.display())),
+        };
+    }
+    let written = f
+        .set_len(0)
+        .and_then(|_| f.rewind())
+        .and_then(|_| writeln!(f, "{me}"));
+    written.map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(Ok(f))
+}
+
+/// Whether the host has a link whose name starts with `prefix`.
+fn links_with_prefix(prefix: &str) -> bool {
+    std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+}
+
+/// Which /20 of 10.128.0.0/10 the default IPv4 network of tag `tag` is.
+fn v4_index(tag: &str) -> u32 {
+    u32::from_str_radix(tag, 16).unwrap_or(0) % 1024
+}
+
 /// The default sandbox IPv4 network of the daemon tagged `tag`: a /20 of
 /// 10.128.0.0/10 picked by the tag.
 pub fn default_ipv4_subnet(tag: &str) -> IpNet {
-    let h = u32::from_str_radix(tag, 16).unwrap_or(0);
-    let i = h % 1024;
+    let i = v4_index(tag);
     let a = Ipv4Addr::new(10, 128 + (i >> 4) as u8, ((i & 15) << 4) as u8, 0);
     IpNet::new(IpAddr::V4(a), 20).expect("a /20 on its boundary")
 }
 
 /// The sandbox IPv6 network of the daemon tagged `tag`: `configured`, or
-/// a /64 of `fd5b:<space>::/32` picked by the tag (native's space 0,
-/// docker's 0xd); an error unless it is an IPv6 network of at least /120.
-pub fn ipv6_subnet(configured: Option<IpNet>, tag: &str, space: u16) -> Result<IpNet, String> {
+/// a /64 of `fd5b::/32` picked by the tag; an error unless it is an IPv6
+/// network of at least /120.
+pub fn ipv6_subnet(configured: Option<IpNet>, tag: &str) -> Result<IpNet, String> {
     let n = configured.unwrap_or_else(|| {
         let h = u16::from_str_radix(tag, 16).unwrap_or(0);
-        let a = std::net::Ipv6Addr::new(0xfd5b, space, h, 0, 0, 0, 0, 0);
+        let a = std::net::Ipv6Addr::new(0xfd5b, 0, h, 0, 0, 0, 0, 0);
         IpNet::new(IpAddr::V6(a), 64).expect("a /64 on its boundary")
     });
     if n.is_ipv4() || n.prefix() > 120 {

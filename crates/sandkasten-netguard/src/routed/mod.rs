@@ -52,9 +52,12 @@ pub struct NetConfig {
 
 /// The datapath of one daemon.
 pub struct Network {
-    /// Short tag of this daemon (from its data dir): names its table,
-    /// veths and Docker rules, so daemons on one host do not collide.
+    /// Short tag of this daemon (claimed for its data dir, `host.rs`):
+    /// names its table, veths and Docker rules, so daemons on one host do
+    /// not collide.
     tag: String,
+    /// The hold on the tag, for the daemon's life.
+    _claim: host::TagClaim,
     prefix: String,
     table: String,
     v4: IpNet,
@@ -107,13 +110,14 @@ impl Network {
         data_dir: &std::path::Path,
         sessions_dir: &std::path::Path,
     ) -> Result<Network, RuntimeError> {
-        let tag = host::tag_of(data_dir);
+        let (tag, claim) = host::claim_tag(data_dir, cfg.ipv4_subnet.is_none())
+            .map_err(RuntimeError::HostNotReady)?;
         let v4 = cfg
             .ipv4_subnet
             .unwrap_or_else(|| host::default_ipv4_subnet(&tag));
         let v6 = cfg
             .ipv6
-            .then(|| host::ipv6_subnet(cfg.ipv6_subnet, &tag, 0))
+            .then(|| host::ipv6_subnet(cfg.ipv6_subnet, &tag))
             .transpose()
             .map_err(RuntimeError::HostNotReady)?;
         if v4.is_ipv4() && v4.prefix() > 24 || !v4.is_ipv4() {
@@ -204,6 +208,7 @@ impl Network {
             dns = ?guard.as_ref().map(|g| g.ports.dns), "sandbox network ready");
         Ok(Network {
             tag,
+            _claim: claim,
             prefix,
             table,
             v4,
