@@ -912,3 +912,23 @@ fn daemons_whose_data_dirs_hash_alike_each_get_a_tag_of_their_own() {
     );
     a.delete(&sa);
 }
+
+#[test]
+fn a_daemon_killed_for_good_leaves_no_rules_once_its_test_is_done() {
+    // The harness's own hygiene: a test whose daemon is SIGKILLed and never
+    // started again leaves its table and Docker rules behind unless the
+    // data dir's clean-up removes them.
+    let (table_name, prefix) = {
+        let home = DataDir::new();
+        let d = Daemon::start_in(&home, Some(config()));
+        create(&d, json!({"mode": "full"}));
+        let names = names(&d);
+        d.kill_9();
+        assert!(table(&names.0).is_some(), "the killed daemon's table");
+        drop(d);
+        drop(home);
+        names
+    };
+    assert!(table(&table_name).is_none(), "the table after the clean-up");
+    assert_eq!(docker_rules(&prefix), "", "DOCKER-USER rules after it");
+}

@@ -1403,6 +1403,70 @@ impl DataDir {
         }
     }
 
+    /// Removes the nftables table and DOCKER-USER rules a daemon of this
+    /// data dir left (one SIGKILLed and not started again keeps them):
+    /// for each tag kept below the root (`net-tag` of a data dir), while
+    /// holding that tag's claim (`/run/sandkasten/net/tag-<tag>`, a
+    /// record lock), so a tag a running daemon holds is left alone.
+    fn remove_network_rules(&self) {
+        use std::os::fd::AsRawFd;
+        let dirs = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for tag_file in dirs.map(|e| e.path().join("net-tag")) {
+            let Ok(tag) = fs::read_to_string(&tag_file) else {
+                continue;
+            };
+            let tag = tag.trim();
+            if tag.len() != 4 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let Ok(claim) = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/run/sandkasten/net/tag-{tag}"))
+            else {
+                continue;
+            };
+            // SAFETY: a zeroed flock with the fields set: a whole-file
+            // write lock, tried on an fd we own.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as _;
+            fl.l_whence = libc::SEEK_SET as _;
+            if unsafe { libc::fcntl(claim.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
+                continue;
+            }
+            let nft = |args: &[&str]| {
+                Command::new("nft")
+                    .args(args)
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            };
+            let table = format!("sandkasten_{tag}");
+            if nft(&["list", "table", "inet", &table]).is_some() {
+                nft(&["delete", "table", "inet", &table]);
+            }
+            let comment = format!("\"sandkasten {tag}\"");
+            let rules = nft(&["-a", "list", "chain", "ip", "filter", "DOCKER-USER"]);
+            for line in rules.unwrap_or_default().lines() {
+                if let (true, Some((_, handle))) =
+                    (line.contains(&comment), line.rsplit_once("# handle "))
+                {
+                    nft(&[
+                        "delete",
+                        "rule",
+                        "ip",
+                        "filter",
+                        "DOCKER-USER",
+                        "handle",
+                        handle.trim(),
+                    ]);
+                }
+            }
+            drop(claim);
+        }
+    }
+
     fn mounts_below_root(&self) -> Vec<String> {
         let prefix = self.root.to_string_lossy().to_string();
         mount_points()
@@ -1454,6 +1518,7 @@ impl Drop for DataDir {
                 );
             }
         }
+        self.remove_network_rules();
         // Mounts of a sandbox live in its own mount namespace and vanish
         // with its last process; give the kernel a moment to tear them down.
         if !wait_for(Duration::from_secs(5), || {
