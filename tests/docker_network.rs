@@ -59,7 +59,7 @@ fn a_session_on_the_engine_network_of_an_earlier_version_gets_the_routed_link() 
     d.kill_9();
     let (ok, out) = try_ip(&["link", "del", &veth]);
     assert!(ok, "ip link del {veth}: {out}");
-    std::fs::remove_file(home.data.join("docker").join(&id).join("net-slot"))
+    std::fs::remove_file(home.data.join("docker-net-slots").join(&id))
         .expect("the session's address slot");
     // Named by the hash of the data dir, as earlier versions named it (the
     // tag the daemon claims is that hash unless another daemon holds it).

@@ -689,10 +689,7 @@ impl DockerRuntime {
                 ),
             ),
             Some(n) => (
-                Some(
-                    net::Datapath::start(&docker, n, &cfg.data_dir, &cfg.data_dir.join("docker"))
-                        .await?,
-                ),
+                Some(net::Datapath::start(&docker, n, &cfg.data_dir).await?),
                 None,
             ),
         };

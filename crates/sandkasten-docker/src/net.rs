@@ -18,7 +18,7 @@ use crate::{api_err, container_name, status_of, LABEL_DATA_DIR};
 use bollard::models::NetworkDisconnectRequest;
 use bollard::Docker;
 use sandkasten_netguard::host;
-use sandkasten_netguard::routed::{NetConfig, Network};
+use sandkasten_netguard::routed::{NetConfig, Network, Slots};
 use sandkasten_runtime::{
     blocking, latebind, NetworkDenial, NetworkPolicy, RuntimeError, SandboxHandle,
 };
@@ -49,16 +49,14 @@ impl Datapath {
         docker: &Docker,
         cfg: &NetConfig,
         data_dir: &Path,
-        sessions_dir: &Path,
     ) -> Result<Datapath, RuntimeError> {
         retire_engine_network(docker, data_dir).await?;
-        let (cfg, data, sessions) = (
-            cfg.clone(),
-            data_dir.to_path_buf(),
-            sessions_dir.to_path_buf(),
-        );
+        // Not in a container's run dir: that is bound inside it, where its
+        // root could rewrite its slot.
+        let slots = Slots::Files(data_dir.join("docker-net-slots"));
+        let (cfg, data) = (cfg.clone(), data_dir.to_path_buf());
         let routed = blocking("starting the sandbox network", move || {
-            Network::start(&cfg, &data, &sessions)
+            Network::start(&cfg, &data, slots)
         })
         .await?;
         // The file every container binds at /etc/resolv.conf: written in

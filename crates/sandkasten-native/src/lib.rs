@@ -230,7 +230,7 @@ impl NativeRuntime {
             Some(n) => Some(net::Network::start(
                 n,
                 &cfg.data_dir,
-                &cfg.data_dir.join("sessions"),
+                net::Slots::InSessionDirs(cfg.data_dir.join("sessions")),
             )?),
             None => None,
         };

@@ -33,6 +33,49 @@ const INNER: &str = "eth0";
 /// The file in a session dir that holds its address slot.
 const SLOT_FILE: &str = "net-slot";
 
+/// Where each sandbox's address slot is kept (for restarts).
+#[derive(Debug, Clone)]
+pub enum Slots {
+    /// `<dir>/<id>/net-slot`, in the directory of each sandbox that the
+    /// runtime makes and removes (native's session dirs).
+    InSessionDirs(PathBuf),
+    /// `<dir>/<id>`, a file per sandbox in a directory of the datapath's
+    /// own, made at start (docker: a container's run dir is bound inside
+    /// it, where its root could rewrite a slot).
+    Files(PathBuf),
+}
+
+impl Slots {
+    fn path(&self, id: &str) -> PathBuf {
+        match self {
+            Slots::InSessionDirs(d) => d.join(id).join(SLOT_FILE),
+            Slots::Files(d) => d.join(id),
+        }
+    }
+
+    /// The slots kept, by sandbox id.
+    fn read(&self) -> Result<HashMap<String, u32>, RuntimeError> {
+        let dir = match self {
+            Slots::InSessionDirs(d) => d,
+            Slots::Files(d) => {
+                std::fs::create_dir_all(d)
+                    .map_err(RuntimeError::io_ctx(format!("creating {}", d.display())))?;
+                d
+            }
+        };
+        let mut out = HashMap::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if let Ok(s) = std::fs::read_to_string(self.path(&id)) {
+                if let Ok(n) = s.trim().parse() {
+                    out.insert(id, n);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Settings of the datapath.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -62,7 +105,7 @@ pub struct Network {
     table: String,
     v4: IpNet,
     v6: Option<IpNet>,
-    sessions_dir: PathBuf,
+    slot_store: Slots,
     state: Arc<Mutex<State>>,
     guard: Option<guard::Guard>,
     /// `<data dir>/resolv.conf` naming the gateway, where the daemon
@@ -101,14 +144,11 @@ impl Network {
     /// survived a restart, removes veths no sandbox owns, and builds the
     /// table anew (elements come back as the engine restores each
     /// session's policy).
-    ///
-    /// `sessions_dir` holds a directory per sandbox (named by its id, made
-    /// by the runtime, removed with the sandbox) where its address slot is
-    /// kept.
+    /// `slot_store` says where each sandbox's address slot is kept.
     pub fn start(
         cfg: &NetConfig,
         data_dir: &std::path::Path,
-        sessions_dir: &std::path::Path,
+        slot_store: Slots,
     ) -> Result<Network, RuntimeError> {
         let (tag, claim) = host::claim_tag(data_dir, cfg.ipv4_subnet.is_none())
             .map_err(RuntimeError::HostNotReady)?;
@@ -129,8 +169,7 @@ impl Network {
             .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
         let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
         let nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
-        let sessions_dir = sessions_dir.to_path_buf();
-        let slots = read_slots(&sessions_dir);
+        let slots = slot_store.read()?;
         let prefix = format!("{ANY_PREFIX}{tag}");
         let owned: BTreeSet<String> = slots.keys().map(|id| ifname(&prefix, id)).collect();
         for link in rtnl::links_with_prefix(&mut rtnl, &prefix).map_err(err("listing links"))? {
@@ -213,7 +252,7 @@ impl Network {
             table,
             v4,
             v6,
-            sessions_dir,
+            slot_store,
             state,
             guard,
             resolv_conf,
@@ -309,7 +348,7 @@ impl Network {
                         context: "network".into(),
                         message: format!("no free address in {} for another sandbox", self.v4),
                     })?;
-                let path = self.sessions_dir.join(id).join(SLOT_FILE);
+                let path = self.slot_store.path(id);
                 std::fs::write(&path, s.to_string())
                     .map_err(RuntimeError::io_ctx(format!("writing {}", path.display())))?;
                 st.used.insert(s);
@@ -459,7 +498,7 @@ impl Network {
         }
         if let Some(s) = st.slots.remove(id) {
             st.used.remove(&s);
-            let _ = std::fs::remove_file(self.sessions_dir.join(id).join(SLOT_FILE));
+            let _ = std::fs::remove_file(self.slot_store.path(id));
         }
         Ok(())
     }
@@ -495,19 +534,6 @@ impl Network {
 fn ifname(prefix: &str, id: &str) -> String {
     let room = 15 - prefix.len();
     format!("{prefix}{}", &id[..room.min(id.len())])
-}
-
-fn read_slots(sessions: &std::path::Path) -> HashMap<String, u32> {
-    let mut out = HashMap::new();
-    for e in std::fs::read_dir(sessions).into_iter().flatten().flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
-        if let Ok(s) = std::fs::read_to_string(e.path().join(SLOT_FILE)) {
-            if let Ok(n) = s.trim().parse() {
-                out.insert(id, n);
-            }
-        }
-    }
-    out
 }
 
 fn delete_link(sock: &mut Socket, name: &str) -> Result<(), RuntimeError> {
