@@ -690,6 +690,65 @@ fn workspace_is_nosuid_nodev(rt: Rt) {
     }
 }
 
+/// A sandbox with a network holds its link as the daemon made it: neither
+/// the sandbox user nor the sandbox's root can take it down, give it
+/// another address (a forged source) or route through it, and raw and
+/// packet sockets (forged packets) are refused.
+fn the_network_link_is_the_daemons(rt: Rt) {
+    let d = daemon(rt, "network:\n  allow_full: true\n");
+    let id = d.create_session(serde_json::json!({"network": {"mode": "full"}}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.write(&id, "/tmp/probe", probe_binary());
+    d.sh(&id, "chmod 755 /tmp/probe");
+    let link = || {
+        d.sh(
+            &id,
+            "ip -o link show dev eth0 | grep -o '<[^>]*>'; ip -o -4 addr show dev eth0",
+        )
+    };
+    let before = link();
+    assert!(before.contains(",UP"), "{rt:?}: {before}");
+    assert_outcomes(
+        rt,
+        &d,
+        &id,
+        &[
+            one("netlink_route_dump", "ok:lo,eth0"),
+            one("eth0_down", "EPERM"),
+            one("eth0_newaddr", "EPERM"),
+            one("eth0_newroute", "EPERM"),
+            one("raw_socket", "EPERM"),
+            one("packet_socket", "EAFNOSUPPORT"),
+        ],
+    );
+    // The sandbox's root (the processes API's `user: root`) no more.
+    let mut s = d
+        .sse(
+            d.request(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{id}/processes/stream"),
+            )
+            .json(&serde_json::json!({
+                "argv": ["/tmp/probe", "run", "eth0_down", "eth0_newaddr", "eth0_newroute", "raw_socket"],
+                "user": "root",
+            })),
+        )
+        .unwrap_or_else(|r| panic!("processes/stream: {} {}", r.status, r.text));
+    let mut out = String::new();
+    while let Some(e) = s.next_event() {
+        if e.event == "stdout" {
+            out.push_str(e.data["data"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(
+        out, "eth0_down EPERM\neth0_newaddr EPERM\neth0_newroute EPERM\nraw_socket EPERM\n",
+        "{rt:?}: as the sandbox's root"
+    );
+    assert_eq!(link(), before, "{rt:?}: the link changed");
+}
+
 macro_rules! on_both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod native {
@@ -711,4 +770,5 @@ on_both_runtimes!(
     host_loopback_and_sockets_are_unreachable,
     other_sessions_are_invisible,
     workspace_is_nosuid_nodev,
+    the_network_link_is_the_daemons,
 );

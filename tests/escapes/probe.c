@@ -31,6 +31,7 @@
 #include <linux/userfaultfd.h>
 #include <linux/vm_sockets.h>
 #include <net/ethernet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -362,6 +363,79 @@ static int a_netlink_route_setlink(char *s, size_t n) {
     return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
 }
 
+/* The sandbox's own link (eth0, the daemon's veth end): taking it down,
+ * giving it another address (a forged source), routing through it. */
+static int a_eth0_down(char *s, size_t n) {
+    struct {
+        struct nlmsghdr h;
+        struct ifinfomsg i;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = RTM_NEWLINK;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    req.i.ifi_index = (int)if_nametoindex("eth0");
+    if (!req.i.ifi_index) return ENODEV;
+    req.i.ifi_change = 1; /* IFF_UP */
+    req.i.ifi_flags = 0;
+    return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
+}
+
+static int a_eth0_newaddr(char *s, size_t n) {
+    struct {
+        struct nlmsghdr h;
+        struct ifaddrmsg a;
+        char attrs[16];
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_type = RTM_NEWADDR;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    req.a.ifa_family = AF_INET;
+    req.a.ifa_prefixlen = 32;
+    req.a.ifa_index = if_nametoindex("eth0");
+    if (!req.a.ifa_index) return ENODEV;
+    struct rtattr *local = (struct rtattr *)((char *)&req + NLMSG_ALIGN(NLMSG_LENGTH(sizeof req.a)));
+    local->rta_type = IFA_LOCAL;
+    local->rta_len = RTA_LENGTH(4);
+    unsigned char addr[4] = {203, 0, 113, 99};
+    memcpy(RTA_DATA(local), addr, 4);
+    req.h.nlmsg_len = NLMSG_ALIGN(NLMSG_LENGTH(sizeof req.a)) + RTA_ALIGN(local->rta_len);
+    return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
+}
+
+static int a_eth0_newroute(char *s, size_t n) {
+    struct {
+        struct nlmsghdr h;
+        struct rtmsg r;
+        char attrs[32];
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_type = RTM_NEWROUTE;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    req.r.rtm_family = AF_INET;
+    req.r.rtm_dst_len = 24;
+    req.r.rtm_table = RT_TABLE_MAIN;
+    req.r.rtm_protocol = RTPROT_STATIC;
+    req.r.rtm_scope = RT_SCOPE_LINK;
+    req.r.rtm_type = RTN_UNICAST;
+    int oif = (int)if_nametoindex("eth0");
+    if (!oif) return ENODEV;
+    size_t off = NLMSG_ALIGN(NLMSG_LENGTH(sizeof req.r));
+    struct rtattr *dst = (struct rtattr *)((char *)&req + off);
+    dst->rta_type = RTA_DST;
+    dst->rta_len = RTA_LENGTH(4);
+    unsigned char net[4] = {203, 0, 113, 0};
+    memcpy(RTA_DATA(dst), net, 4);
+    off += RTA_ALIGN(dst->rta_len);
+    struct rtattr *out = (struct rtattr *)((char *)&req + off);
+    out->rta_type = RTA_OIF;
+    out->rta_len = RTA_LENGTH(4);
+    memcpy(RTA_DATA(out), &oif, 4);
+    off += RTA_ALIGN(out->rta_len);
+    req.h.nlmsg_len = off;
+    return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
+}
+
 static int a_netlink_audit_get(char *s, size_t n) {
     struct nlmsghdr req = {.nlmsg_len = NLMSG_LENGTH(0), .nlmsg_type = AUDIT_GET, .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK, .nlmsg_seq = 1};
     return nl_request(NETLINK_AUDIT, &req, NULL, 0);
@@ -493,6 +567,7 @@ static const struct {
     A(raw_socket), A(raw6_socket), A(ping_socket), A(packet_socket), A(vsock_socket),
     A(alg_socket), A(key_socket), A(socketpair_packet),
     A(netlink_route_dump), A(netlink_route_newlink), A(netlink_route_setlink),
+    A(eth0_down), A(eth0_newaddr), A(eth0_newroute),
     A(netlink_audit_get), A(netlink_uevent_bind), A(netlink_sock_diag), A(netlink_generic),
     A(netlink_netfilter), A(netlink_xfrm), A(netlink_crypto),
     A(proc_sys_core_pattern), A(proc_sys_drop_caches), A(proc_sys_ip_forward),
