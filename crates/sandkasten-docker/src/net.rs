@@ -190,22 +190,26 @@ async fn retire_engine_network(docker: &Docker, data_dir: &Path) -> Result<(), R
     {
         return Ok(());
     }
+    let mut kept = 0;
     for (container, _) in net.containers.unwrap_or_default() {
         tracing::info!(%container, network = %name, "taking a sandbox off the engine network of an earlier version");
-        match docker
-            .disconnect_network(
-                &name,
-                NetworkDisconnectRequest {
-                    container,
-                    force: Some(true),
-                },
-            )
-            .await
-        {
+        let req = NetworkDisconnectRequest {
+            container: container.clone(),
+            force: Some(true),
+        };
+        match docker.disconnect_network(&name, req).await {
             Ok(()) => {}
             Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(api_err(format!("disconnecting a container from {name}"))(e)),
+            // That sandbox cannot get its new link (its recovery says so);
+            // the others go on.
+            Err(e) => {
+                tracing::warn!(%container, network = %name, "cannot take a sandbox off the engine network of an earlier version: {e}");
+                kept += 1;
+            }
         }
+    }
+    if kept > 0 {
+        return Ok(());
     }
     match docker.remove_network(&name).await {
         Ok(()) => {}
