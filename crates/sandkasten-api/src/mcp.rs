@@ -246,7 +246,7 @@ pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
         },
     });
     let mut delete_responses = serde_json::json!({
-        "202": { "description": "The session is ended (or was not there)" },
+        "200": { "description": "The session is ended (or was not there)" },
     });
     for r in [
         &mut post_responses,
@@ -344,14 +344,21 @@ const INVALID_REQUEST: i64 = -32600;
 /// is not JSON at all is `-32700`, with status 400 like any other malformed
 /// message; the rest `-32600` with the SDK's status), so a client reads
 /// them like every other error, and the OpenAPI document can say what
-/// every refusal is.
+/// every refusal is. A DELETE that ends a session answers 200.
 pub(crate) async fn protocol_errors(
     State(limit): State<usize>,
     req: Request,
     next: Next,
 ) -> Response {
     if req.method() != Method::POST {
-        let response = next.run(req).await;
+        let delete = req.method() == Method::DELETE;
+        let mut response = next.run(req).await;
+        // A session's end is 200, as the reference servers answer: the SDK
+        // says 202, which Python's `mcp` 1.x client logs as a failed
+        // termination.
+        if delete && response.status() == StatusCode::ACCEPTED {
+            *response.status_mut() = StatusCode::OK;
+        }
         return match plain_client_error(response).await {
             Ok((status, text)) => rpc_error(status, INVALID_REQUEST, &text),
             Err(response) => response,

@@ -2279,6 +2279,46 @@ async fn mcp(router: &Router, method: &str, params: Value, key: bool) -> Reply {
 }
 
 #[tokio::test]
+async fn an_mcp_session_ends_with_200_on_delete() {
+    let (router, _) = app();
+    // A client of a revision with a handshake gets a session...
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}});
+    let r = send(
+        &router,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/mcp")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::HOST, "127.0.0.1")
+            .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sid = r.headers["mcp-session-id"].to_str().unwrap().to_string();
+    // ...and ends it with DELETE: 200, as the reference servers answer
+    // (Python's `mcp` 1.x client logs anything but 200 or 204 as a failure).
+    let r = send(
+        &router,
+        Request::builder()
+            .method(Method::DELETE)
+            .uri("/mcp")
+            .header("mcp-session-id", &sid)
+            .header("mcp-protocol-version", "2025-06-18")
+            .header(header::HOST, "127.0.0.1")
+            .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
 async fn mcp_needs_the_key() {
     let (router, _) = app();
     let r = mcp(&router, "tools/list", json!({}), false).await;
