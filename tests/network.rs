@@ -925,6 +925,18 @@ fn a_daemon_killed_for_good_leaves_no_rules_once_its_test_is_done() {
         let names = names(&d);
         d.kill_9();
         assert!(table(&names.0).is_some(), "the killed daemon's table");
+        // Its claim stays on disk until a start sweeps the claims no
+        // running daemon holds: the next daemon's.
+        let claim =
+            |tag: &str| std::path::Path::new("/run/sandkasten/net").join(format!("tag-{tag}"));
+        let tag = &names.1[3..];
+        assert!(claim(tag).exists());
+        let next = Daemon::start(Some(config()));
+        let next_tag = net_tag(&next).expect("the next daemon's tag");
+        assert!(claim(&next_tag).exists(), "the running daemon's claim");
+        if next_tag != tag {
+            assert!(!claim(tag).exists(), "a dead daemon's claim after a sweep");
+        }
         drop(d);
         drop(home);
         names

@@ -1407,7 +1407,8 @@ impl DataDir {
     /// data dir left (one SIGKILLed and not started again keeps them):
     /// for each tag kept below the root (`net-tag` of a data dir), while
     /// holding that tag's claim (`/run/sandkasten/net/tag-<tag>`, a
-    /// record lock), so a tag a running daemon holds is left alone.
+    /// record lock, taken and released as a daemon does), so a tag a
+    /// running daemon holds is left alone.
     fn remove_network_rules(&self) {
         use std::os::fd::AsRawFd;
         let dirs = fs::read_dir(&self.root).into_iter().flatten().flatten();
@@ -1419,21 +1420,40 @@ impl DataDir {
             if tag.len() != 4 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
             }
-            let Ok(claim) = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("/run/sandkasten/net/tag-{tag}"))
-            else {
+            // The claim, as a daemon takes it (created if a sweep removed
+            // it; again if a sweep removed it between open and lock).
+            let path = format!("/run/sandkasten/net/tag-{tag}");
+            let claim = loop {
+                let _ = fs::create_dir_all("/run/sandkasten/net");
+                let Ok(f) = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                else {
+                    break None;
+                };
+                // SAFETY: a zeroed flock with the fields set: a whole-file
+                // write lock, tried on an fd we own.
+                let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+                fl.l_type = libc::F_WRLCK as _;
+                fl.l_whence = libc::SEEK_SET as _;
+                if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
+                    break None;
+                }
+                use std::os::unix::fs::MetadataExt;
+                let same = match (f.metadata(), fs::metadata(&path)) {
+                    (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                    _ => false,
+                };
+                if same {
+                    break Some(f);
+                }
+            };
+            let Some(claim) = claim else {
                 continue;
             };
-            // SAFETY: a zeroed flock with the fields set: a whole-file
-            // write lock, tried on an fd we own.
-            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-            fl.l_type = libc::F_WRLCK as _;
-            fl.l_whence = libc::SEEK_SET as _;
-            if unsafe { libc::fcntl(claim.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
-                continue;
-            }
             let nft = |args: &[&str]| {
                 Command::new("nft")
                     .args(args)
@@ -1463,6 +1483,8 @@ impl DataDir {
                     ]);
                 }
             }
+            // Removed while held, as a daemon's sweep removes it.
+            let _ = fs::remove_file(&path);
             drop(claim);
         }
     }

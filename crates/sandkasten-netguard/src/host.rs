@@ -36,6 +36,7 @@ pub struct TagClaim {
 /// daemon holds is an error naming that daemon's data dir.
 pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim), String> {
     std::fs::create_dir_all(CLAIMS).map_err(|e| format!("creating {CLAIMS}: {e}"))?;
+    sweep_claims();
     let kept_path = data_dir.join(TAG_FILE);
     let kept = std::fs::read_to_string(&kept_path)
         .ok()
@@ -98,38 +99,89 @@ pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim)
 }
 
 /// Takes a write lock on `path` (created), and writes `me` into it; the
-/// holder's text when another process holds it.
+/// holder's text when another process holds it. A file another start's
+/// sweep removed between our open and our lock is opened anew (a lock on
+/// it would be on a file no other daemon finds).
 fn lock(path: &Path, me: &str) -> Result<Result<std::fs::File, String>, String> {
     use std::io::{Seek, Write};
+    loop {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        match try_lock(&f) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ok(Err(std::fs::read_to_string(path)
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default()))
+            }
+            Err(e) => return Err(format!("locking {}: {e}", path.display())),
+        }
+        if !same_file(&f, path) {
+            continue;
+        }
+        let written = f
+            .set_len(0)
+            .and_then(|_| f.rewind())
+            .and_then(|_| writeln!(f, "{me}"));
+        written.map_err(|e| format!("writing {}: {e}", path.display()))?;
+        return Ok(Ok(f));
+    }
+}
+
+/// A whole-file write lock (a POSIX record lock: this process's, never a
+/// child's) on `f`, if no other process holds one.
+fn try_lock(f: &std::fs::File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
     // SAFETY: a zeroed flock is valid; the fields set make it a whole-file
     // write lock.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as _;
     fl.l_whence = libc::SEEK_SET as _;
     // SAFETY: fcntl on an fd we own with a valid flock.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(Err(std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default())),
-            _ => Err(format!("locking {}: {e}", path.display())),
-        };
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+        return Ok(true);
     }
-    let written = f
-        .set_len(0)
-        .and_then(|_| f.rewind())
-        .and_then(|_| writeln!(f, "{me}"));
-    written.map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok(Ok(f))
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether `path` still names the file `f` is open on.
+fn same_file(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Removes the claim files no running daemon holds (a daemon that ended
+/// leaves its files; every start sweeps them, so the directory holds
+/// about the running daemons' alone). Each is removed while locked, and
+/// a start that opened it before checks that it is still there
+/// ([`lock`]). Run before this daemon claims: a second descriptor of a
+/// file whose lock this process holds would release it when closed.
+fn sweep_claims() {
+    for e in std::fs::read_dir(CLAIMS).into_iter().flatten().flatten() {
+        let path = e.path();
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        if try_lock(&f).unwrap_or(false) && same_file(&f, &path) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Whether the host has a link whose name starts with `prefix`.
