@@ -347,94 +347,81 @@ static int a_netlink_route_newlink(char *s, size_t n) {
     return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
 }
 
-/* Taking lo down: needs CAP_NET_ADMIN too. */
-static int a_netlink_route_setlink(char *s, size_t n) {
+/* Takes link `index` down (RTM_NEWLINK clearing IFF_UP). */
+static int link_down(int index) {
     struct {
         struct nlmsghdr h;
         struct ifinfomsg i;
     } req;
+    if (!index) return ENODEV;
     memset(&req, 0, sizeof req);
     req.h.nlmsg_len = sizeof req;
     req.h.nlmsg_type = RTM_NEWLINK;
     req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    req.i.ifi_index = 1;
+    req.i.ifi_index = index;
     req.i.ifi_change = 1; /* IFF_UP */
     req.i.ifi_flags = 0;
     return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
 }
+
+/* Taking lo down: needs CAP_NET_ADMIN too. */
+static int a_netlink_route_setlink(char *s, size_t n) { return link_down(1); }
 
 /* The sandbox's own link (eth0, the daemon's veth end): taking it down,
  * giving it another address (a forged source), routing through it. */
-static int a_eth0_down(char *s, size_t n) {
-    struct {
-        struct nlmsghdr h;
-        struct ifinfomsg i;
-    } req;
-    memset(&req, 0, sizeof req);
-    req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = RTM_NEWLINK;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    req.i.ifi_index = (int)if_nametoindex("eth0");
-    if (!req.i.ifi_index) return ENODEV;
-    req.i.ifi_change = 1; /* IFF_UP */
-    req.i.ifi_flags = 0;
-    return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
+static int a_eth0_down(char *s, size_t n) { return link_down((int)if_nametoindex("eth0")); }
+
+/* Appends attribute `type` (`len` bytes of `data`) to netlink message `h`
+ * (whose buffer has room). */
+static void nl_attr(struct nlmsghdr *h, unsigned short type, const void *data, size_t len) {
+    struct rtattr *a = (struct rtattr *)((char *)h + NLMSG_ALIGN(h->nlmsg_len));
+    a->rta_type = type;
+    a->rta_len = RTA_LENGTH(len);
+    memcpy(RTA_DATA(a), data, len);
+    h->nlmsg_len = NLMSG_ALIGN(h->nlmsg_len) + RTA_ALIGN(a->rta_len);
 }
 
-static int a_eth0_newaddr(char *s, size_t n) {
+/* A request of `type` creating something on eth0: RTM_NEWADDR gives it
+ * 203.0.113.99/32, RTM_NEWROUTE routes 203.0.113.0/24 through it. */
+static int eth0_create(unsigned short type) {
     struct {
         struct nlmsghdr h;
-        struct ifaddrmsg a;
-        char attrs[16];
-    } req;
-    memset(&req, 0, sizeof req);
-    req.h.nlmsg_type = RTM_NEWADDR;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    req.a.ifa_family = AF_INET;
-    req.a.ifa_prefixlen = 32;
-    req.a.ifa_index = if_nametoindex("eth0");
-    if (!req.a.ifa_index) return ENODEV;
-    struct rtattr *local = (struct rtattr *)((char *)&req + NLMSG_ALIGN(NLMSG_LENGTH(sizeof req.a)));
-    local->rta_type = IFA_LOCAL;
-    local->rta_len = RTA_LENGTH(4);
-    unsigned char addr[4] = {203, 0, 113, 99};
-    memcpy(RTA_DATA(local), addr, 4);
-    req.h.nlmsg_len = NLMSG_ALIGN(NLMSG_LENGTH(sizeof req.a)) + RTA_ALIGN(local->rta_len);
-    return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
-}
-
-static int a_eth0_newroute(char *s, size_t n) {
-    struct {
-        struct nlmsghdr h;
-        struct rtmsg r;
+        union {
+            struct ifaddrmsg a;
+            struct rtmsg r;
+        } m;
         char attrs[32];
     } req;
-    memset(&req, 0, sizeof req);
-    req.h.nlmsg_type = RTM_NEWROUTE;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    req.r.rtm_family = AF_INET;
-    req.r.rtm_dst_len = 24;
-    req.r.rtm_table = RT_TABLE_MAIN;
-    req.r.rtm_protocol = RTPROT_STATIC;
-    req.r.rtm_scope = RT_SCOPE_LINK;
-    req.r.rtm_type = RTN_UNICAST;
     int oif = (int)if_nametoindex("eth0");
     if (!oif) return ENODEV;
-    size_t off = NLMSG_ALIGN(NLMSG_LENGTH(sizeof req.r));
-    struct rtattr *dst = (struct rtattr *)((char *)&req + off);
-    dst->rta_type = RTA_DST;
-    dst->rta_len = RTA_LENGTH(4);
-    unsigned char net[4] = {203, 0, 113, 0};
-    memcpy(RTA_DATA(dst), net, 4);
-    off += RTA_ALIGN(dst->rta_len);
-    struct rtattr *out = (struct rtattr *)((char *)&req + off);
-    out->rta_type = RTA_OIF;
-    out->rta_len = RTA_LENGTH(4);
-    memcpy(RTA_DATA(out), &oif, 4);
-    off += RTA_ALIGN(out->rta_len);
-    req.h.nlmsg_len = off;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_type = type;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    if (type == RTM_NEWADDR) {
+        unsigned char addr[4] = {203, 0, 113, 99};
+        req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.m.a);
+        req.m.a.ifa_family = AF_INET;
+        req.m.a.ifa_prefixlen = 32;
+        req.m.a.ifa_index = oif;
+        nl_attr(&req.h, IFA_LOCAL, addr, 4);
+    } else {
+        unsigned char net[4] = {203, 0, 113, 0};
+        req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.m.r);
+        req.m.r.rtm_family = AF_INET;
+        req.m.r.rtm_dst_len = 24;
+        req.m.r.rtm_table = RT_TABLE_MAIN;
+        req.m.r.rtm_protocol = RTPROT_STATIC;
+        req.m.r.rtm_scope = RT_SCOPE_LINK;
+        req.m.r.rtm_type = RTN_UNICAST;
+        nl_attr(&req.h, RTA_DST, net, 4);
+        nl_attr(&req.h, RTA_OIF, &oif, 4);
+    }
     return nl_request(NETLINK_ROUTE, &req.h, NULL, 0);
 }
+
+static int a_eth0_newaddr(char *s, size_t n) { return eth0_create(RTM_NEWADDR); }
+
+static int a_eth0_newroute(char *s, size_t n) { return eth0_create(RTM_NEWROUTE); }
 
 static int a_netlink_audit_get(char *s, size_t n) {
     struct nlmsghdr req = {.nlmsg_len = NLMSG_LENGTH(0), .nlmsg_type = AUDIT_GET, .nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK, .nlmsg_seq = 1};
