@@ -63,11 +63,7 @@ fn a_session_on_the_engine_network_of_an_earlier_version_gets_the_routed_link() 
         .expect("the session's address slot");
     // Named by the hash of the data dir, as earlier versions named it (the
     // tag the daemon claims is that hash unless another daemon holds it).
-    let old_tag = {
-        use sha2::Digest;
-        let d = sha2::Sha256::digest(home.data.as_os_str().as_encoded_bytes());
-        format!("{:02x}{:02x}", d[0], d[1])
-    };
+    let old_tag = sandkasten_netguard::host::tag_of(&home.data);
     let name = format!("sandkasten-{old_tag}");
     let (ok, out) = docker_cli(&[
         "network",

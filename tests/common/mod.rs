@@ -1404,88 +1404,18 @@ impl DataDir {
     }
 
     /// Removes the nftables table and DOCKER-USER rules a daemon of this
-    /// data dir left (one SIGKILLed and not started again keeps them):
-    /// for each tag kept below the root (`net-tag` of a data dir), while
-    /// holding that tag's claim (`/run/sandkasten/net/tag-<tag>`, a
-    /// record lock, taken and released as a daemon does), so a tag a
-    /// running daemon holds is left alone.
+    /// data dir left (one SIGKILLed and not started again keeps them), for
+    /// each data dir below the root, under its tag's claim
+    /// (`Network::remove_leftovers`: a tag a running daemon holds is left
+    /// alone).
     fn remove_network_rules(&self) {
-        use std::os::fd::AsRawFd;
-        let dirs = fs::read_dir(&self.root).into_iter().flatten().flatten();
-        for tag_file in dirs.map(|e| e.path().join("net-tag")) {
-            let Ok(tag) = fs::read_to_string(&tag_file) else {
-                continue;
-            };
-            let tag = tag.trim();
-            if tag.len() != 4 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
+        for dir in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            if let Err(e) = sandkasten_netguard::routed::Network::remove_leftovers(&dir.path()) {
+                eprintln!(
+                    "e2e clean-up: the network rules of {}: {e}",
+                    dir.path().display()
+                );
             }
-            // The claim, as a daemon takes it (created if a sweep removed
-            // it; again if a sweep removed it between open and lock).
-            let path = format!("/run/sandkasten/net/tag-{tag}");
-            let claim = loop {
-                let _ = fs::create_dir_all("/run/sandkasten/net");
-                let Ok(f) = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                else {
-                    break None;
-                };
-                // SAFETY: a zeroed flock with the fields set: a whole-file
-                // write lock, tried on an fd we own.
-                let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-                fl.l_type = libc::F_WRLCK as _;
-                fl.l_whence = libc::SEEK_SET as _;
-                if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } != 0 {
-                    break None;
-                }
-                use std::os::unix::fs::MetadataExt;
-                let same = match (f.metadata(), fs::metadata(&path)) {
-                    (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-                    _ => false,
-                };
-                if same {
-                    break Some(f);
-                }
-            };
-            let Some(claim) = claim else {
-                continue;
-            };
-            let nft = |args: &[&str]| {
-                Command::new("nft")
-                    .args(args)
-                    .output()
-                    .ok()
-                    .filter(|o| o.status.success())
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            };
-            let table = format!("sandkasten_{tag}");
-            if nft(&["list", "table", "inet", &table]).is_some() {
-                nft(&["delete", "table", "inet", &table]);
-            }
-            let comment = format!("\"sandkasten {tag}\"");
-            let rules = nft(&["-a", "list", "chain", "ip", "filter", "DOCKER-USER"]);
-            for line in rules.unwrap_or_default().lines() {
-                if let (true, Some((_, handle))) =
-                    (line.contains(&comment), line.rsplit_once("# handle "))
-                {
-                    nft(&[
-                        "delete",
-                        "rule",
-                        "ip",
-                        "filter",
-                        "DOCKER-USER",
-                        "handle",
-                        handle.trim(),
-                    ]);
-                }
-            }
-            // Removed while held, as a daemon's sweep removes it.
-            let _ = fs::remove_file(&path);
-            drop(claim);
         }
     }
 

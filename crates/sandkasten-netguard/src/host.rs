@@ -24,24 +24,62 @@ const TAG_FILE: &str = "net-tag";
 /// A daemon's hold on its tag (and its default IPv4 subnet): kept for the
 /// daemon's life.
 pub struct TagClaim {
-    _locks: Vec<std::fs::File>,
+    locks: Vec<(std::path::PathBuf, std::fs::File)>,
+}
+
+impl TagClaim {
+    /// Gives the claim up, removing its files while they are still locked
+    /// (as a start's sweep removes them).
+    pub fn release(self) {
+        for (path, _file) in &self.locks {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The tag kept in `<data dir>/net-tag`, if any.
+fn kept_tag(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(TAG_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|t| t.len() == 4 && u16::from_str_radix(t, 16).is_ok())
+}
+
+/// The claim of the tag kept for `data_dir`, where it has one that no
+/// running daemon holds (its daemon ended; for clearing up what it left).
+pub fn claim_kept(data_dir: &Path) -> Result<Option<(String, TagClaim)>, String> {
+    let Some(tag) = kept_tag(data_dir) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(CLAIMS).map_err(|e| format!("creating {CLAIMS}: {e}"))?;
+    let path = Path::new(CLAIMS).join(format!("tag-{tag}"));
+    Ok(lock(&path, &data_dir.display().to_string())?.ok().map(|f| {
+        (
+            tag,
+            TagClaim {
+                locks: vec![(path, f)],
+            },
+        )
+    }))
 }
 
 /// The tag of the daemon of `data_dir`, claimed so that no other live
 /// daemon on the host has it (or, with `default_v4`, the IPv4 subnet it
 /// picks): the one kept in `<data dir>/net-tag`, else the hash of the
-/// data dir ([`tag_of`]), else the first free one after it that names no
-/// link of a daemon that is not running; kept in the data dir for the
-/// next start (its sandboxes' links carry it). A kept tag another live
-/// daemon holds is an error naming that daemon's data dir.
-pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim), String> {
+/// data dir ([`tag_of`]), else the first free one after it whose link
+/// prefix (`skn<tag>`) `has_links` finds on no link of a daemon that is
+/// not running; kept in the data dir for the next start (its sandboxes'
+/// links carry it). A kept tag another live daemon holds is an error
+/// naming that daemon's data dir.
+pub fn claim_tag(
+    data_dir: &Path,
+    default_v4: bool,
+    mut has_links: impl FnMut(&str) -> bool,
+) -> Result<(String, TagClaim), String> {
     std::fs::create_dir_all(CLAIMS).map_err(|e| format!("creating {CLAIMS}: {e}"))?;
     sweep_claims();
     let kept_path = data_dir.join(TAG_FILE);
-    let kept = std::fs::read_to_string(&kept_path)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|t| t.len() == 4 && u16::from_str_radix(t, 16).is_ok());
+    let kept = kept_tag(data_dir);
     let first = u16::from_str_radix(&tag_of(data_dir), 16).expect("four hex digits");
     let candidates: Vec<u16> = match &kept {
         Some(t) => vec![u16::from_str_radix(t, 16).expect("checked")],
@@ -52,7 +90,7 @@ pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim)
         let tag = format!("{t:04x}");
         // A link named by a tag other than the data dir's own is another
         // daemon's (one not running now; its sandboxes may be).
-        if kept.is_none() && i > 0 && links_with_prefix(&format!("skn{tag}")) {
+        if kept.is_none() && i > 0 && has_links(&format!("skn{tag}")) {
             continue;
         }
         let mut names = vec![format!("tag-{tag}")];
@@ -62,8 +100,9 @@ pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim)
         let mut locks = Vec::new();
         let mut held = None;
         for n in &names {
-            match lock(&Path::new(CLAIMS).join(n), &me)? {
-                Ok(f) => locks.push(f),
+            let path = Path::new(CLAIMS).join(n);
+            match lock(&path, &me)? {
+                Ok(f) => locks.push((path, f)),
                 Err(holder) => {
                     held = Some((n.clone(), holder));
                     break;
@@ -76,7 +115,7 @@ pub fn claim_tag(data_dir: &Path, default_v4: bool) -> Result<(String, TagClaim)
                     std::fs::write(&kept_path, format!("{tag}\n"))
                         .map_err(|e| format!("writing {}: {e}", kept_path.display()))?;
                 }
-                return Ok((tag, TagClaim { _locks: locks }));
+                return Ok((tag, TagClaim { locks }));
             }
             (Some((what, holder)), Some(_)) => {
                 return Err(format!(
@@ -182,15 +221,6 @@ fn sweep_claims() {
             let _ = std::fs::remove_file(&path);
         }
     }
-}
-
-/// Whether the host has a link whose name starts with `prefix`.
-fn links_with_prefix(prefix: &str) -> bool {
-    std::fs::read_dir("/sys/class/net")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
 }
 
 /// Which /20 of 10.128.0.0/10 the default IPv4 network of tag `tag` is.

@@ -112,35 +112,11 @@ pub const DNS6: &str = "dns6";
 pub const PROXIED: &str = "proxied";
 pub const PROXIED6: &str = "proxied6";
 
-/// What identifies one sandbox's packets in the table's sets (the first
-/// field of every key).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Key {
-    /// Its own host-side interface: a veth per sandbox (both backends).
-    Ifname,
-}
-
-impl Key {
-    /// Its length in a set of family `v4` (IPv4) or IPv6.
-    fn len(self, v4: bool) -> u32 {
-        match (self, v4) {
-            (Key::Ifname, _) => IFNAME_LEN as u32,
-        }
-    }
-
-    fn data_type(self, v4: bool) -> u32 {
-        match (self, v4) {
-            (Key::Ifname, _) => TYPE_IFNAME,
-        }
-    }
-
-    /// Loads the key of a packet of family `v4` (IPv4) or IPv6 into the
-    /// first register; the register after it.
-    fn load(self, r: Rule, v4: bool) -> (Rule, u32) {
-        match (self, v4) {
-            (Key::Ifname, _) => (r.meta(META_IIFNAME, REG), REG_AFTER_IFNAME),
-        }
-    }
+/// Loads a packet's sandbox key (its host-side veth's name, the first
+/// field of every set key) into the first register; the register after
+/// it.
+fn load_key(r: Rule) -> (Rule, u32) {
+    (r.meta(META_IIFNAME, REG), REG_AFTER_IFNAME)
 }
 
 /// One sandbox's key in the table's sets, per family: its veth's name in
@@ -338,9 +314,9 @@ impl Rule {
     }
 
     /// `<key> . ip[6] daddr @set`.
-    fn in_concat_set(self, key: Key, set: &str, v4: bool) -> Rule {
+    fn in_concat_set(self, set: &str, v4: bool) -> Rule {
         let (family, off, len) = if v4 { (IPV4, 16, 4) } else { (IPV6, 24, 16) };
-        let (r, next) = key.load(self.nfproto(family), v4);
+        let (r, next) = load_key(self.nfproto(family));
         r.payload(PAYLOAD_NETWORK, off, len, next).lookup(set, REG)
     }
 
@@ -398,7 +374,7 @@ const TYPE_IFNAME: u32 = 41;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 
-fn concat_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg {
+fn concat_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
     let addr_type = if addr_len == 4 {
         TYPE_IPADDR
     } else {
@@ -408,14 +384,11 @@ fn concat_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg 
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, SET_F_INTERVAL | SET_F_CONCAT)
-        .u32_be(
-            SET_KEY_TYPE,
-            (key.data_type(addr_len == 4) << 6) | addr_type,
-        )
-        .u32_be(SET_KEY_LEN, key.len(addr_len == 4) + addr_len)
+        .u32_be(SET_KEY_TYPE, (TYPE_IFNAME << 6) | addr_type)
+        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32 + addr_len)
         .u32_be(SET_ID, id);
     m.begin(SET_DESC).begin(SET_DESC_CONCAT);
-    for len in [key.len(addr_len == 4), addr_len] {
+    for len in [IFNAME_LEN as u32, addr_len] {
         m.begin(LIST_ELEM).u32_be(SET_FIELD_LEN, len).end();
     }
     m.end().end();
@@ -423,7 +396,7 @@ fn concat_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg 
 }
 
 /// A hash set of `<key> . addr` keys with per-element timeouts.
-fn timeout_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg {
+fn timeout_set(table: &str, name: &str, id: u32, addr_len: u32) -> Msg {
     let addr_type = if addr_len == 4 {
         TYPE_IPADDR
     } else {
@@ -433,23 +406,20 @@ fn timeout_set(table: &str, name: &str, id: u32, key: Key, addr_len: u32) -> Msg
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, SET_F_TIMEOUT)
-        .u32_be(
-            SET_KEY_TYPE,
-            (key.data_type(addr_len == 4) << 6) | addr_type,
-        )
-        .u32_be(SET_KEY_LEN, key.len(addr_len == 4) + addr_len)
+        .u32_be(SET_KEY_TYPE, (TYPE_IFNAME << 6) | addr_type)
+        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32 + addr_len)
         .u32_be(SET_ID, id);
     m
 }
 
-/// A hash set of sandbox keys of family `v4` (IPv4) or IPv6.
-fn key_set(table: &str, name: &str, id: u32, key: Key, v4: bool) -> Msg {
+/// A hash set of sandbox keys (veth names).
+fn key_set(table: &str, name: &str, id: u32) -> Msg {
     let mut m = Msg::nft(NEWSET, NLM_F_CREATE, INET, "adding a set");
     m.str(SET_TABLE, table)
         .str(SET_NAME, name)
         .u32_be(SET_FLAGS, 0)
-        .u32_be(SET_KEY_TYPE, key.data_type(v4))
-        .u32_be(SET_KEY_LEN, key.len(v4))
+        .u32_be(SET_KEY_TYPE, TYPE_IFNAME)
+        .u32_be(SET_KEY_LEN, IFNAME_LEN as u32)
         .u32_be(SET_ID, id);
     m
 }
@@ -538,11 +508,6 @@ pub struct Layout<'a> {
     /// Matches the interfaces this daemon's sandboxes come in by, as a
     /// prefix of their names: every host-side veth of this daemon.
     pub prefix: &'a str,
-    /// What identifies one sandbox's packets.
-    pub key: Key,
-    /// Whether sandboxes have IPv6: without, IPv6 from them is refused
-    /// whole.
-    pub v6: bool,
     /// Prefix of every sandbox veth of any daemon (sandboxes of other
     /// daemons on the host are refused too).
     pub any_prefix: &'a str,
@@ -569,16 +534,14 @@ pub fn table(l: &Layout) -> Vec<Msg> {
     del.str(TABLE_NAME, t);
     out.push(del);
     out.push(add_table());
-    let k = l.key;
-    let v6 = l.v6;
-    out.push(concat_set(t, ALLOW4, 1, k, 4));
-    out.push(concat_set(t, DENY4, 2, k, 4));
-    out.push(concat_set(t, ALLOW6, 3, k, 16));
-    out.push(concat_set(t, DENY6, 4, k, 16));
-    out.push(timeout_set(t, DNS4, 5, k, 4));
-    out.push(timeout_set(t, DNS6, 6, k, 16));
-    out.push(key_set(t, PROXIED, 7, k, true));
-    out.push(key_set(t, PROXIED6, 8, k, false));
+    out.push(concat_set(t, ALLOW4, 1, 4));
+    out.push(concat_set(t, DENY4, 2, 4));
+    out.push(concat_set(t, ALLOW6, 3, 16));
+    out.push(concat_set(t, DENY6, 4, 16));
+    out.push(timeout_set(t, DNS4, 5, 4));
+    out.push(timeout_set(t, DNS6, 6, 16));
+    out.push(key_set(t, PROXIED, 7));
+    out.push(key_set(t, PROXIED6, 8));
     out.push(chain(t, "refuse", None));
     // Where a sandbox's packet is refused for a reason: logged there when
     // the guard records (to its NFLOG group), then refused.
@@ -688,22 +651,16 @@ pub fn table(l: &Layout) -> Vec<Msg> {
             None,
         ));
     }
-    for (set, v4) in [(DENY4, true), (DENY6, false)]
-        .into_iter()
-        .filter(|(_, v4)| *v4 || v6)
-    {
+    for (set, v4) in [(DENY4, true), (DENY6, false)] {
         out.push(
             Rule::default()
-                .in_concat_set(k, set, v4)
+                .in_concat_set(set, v4)
                 .goto(refuse(Refusal::DenyOut))
                 .msg(INET, t, "from_sandbox", None),
         );
     }
-    for (set, v4) in [(ALLOW4, true), (ALLOW6, false)]
-        .into_iter()
-        .filter(|(_, v4)| *v4 || v6)
-    {
-        out.push(Rule::default().in_concat_set(k, set, v4).accept().msg(
+    for (set, v4) in [(ALLOW4, true), (ALLOW6, false)] {
+        out.push(Rule::default().in_concat_set(set, v4).accept().msg(
             INET,
             t,
             "from_sandbox",
@@ -711,11 +668,8 @@ pub fn table(l: &Layout) -> Vec<Msg> {
         ));
     }
     // What the daemon's DNS server answered the sandbox, until the TTL.
-    for (set, v4) in [(DNS4, true), (DNS6, false)]
-        .into_iter()
-        .filter(|(_, v4)| *v4 || v6)
-    {
-        out.push(Rule::default().in_concat_set(k, set, v4).accept().msg(
+    for (set, v4) in [(DNS4, true), (DNS6, false)] {
+        out.push(Rule::default().in_concat_set(set, v4).accept().msg(
             INET,
             t,
             "from_sandbox",
@@ -778,16 +732,12 @@ pub fn table(l: &Layout) -> Vec<Msg> {
                     .msg(INET, t, "prerouting", None),
             );
         }
-        for (set, family) in [(PROXIED, IPV4), (PROXIED6, IPV6)]
-            .into_iter()
-            .filter(|(_, f)| *f == IPV4 || v6)
-        {
+        for (set, family) in [(PROXIED, IPV4), (PROXIED6, IPV6)] {
             for port in [80u16, 443] {
-                let (r, _) = k.load(
+                let (r, _) = load_key(
                     Rule::default()
                         .ifname_prefix(META_IIFNAME, CMP_EQ, l.prefix)
                         .nfproto(family),
-                    family == IPV4,
                 );
                 out.push(
                     r.lookup(set, REG)

@@ -12,7 +12,7 @@ mod rtnl;
 
 use crate::host;
 use crate::netlink::{Socket, NETLINK_NETFILTER, NETLINK_ROUTE};
-use crate::nft::{self, Key};
+use crate::nft;
 use crate::wiring::{self as guard, NftSink};
 use sandkasten_runtime::{IpNet, NetEntry, NetworkDenial, NetworkPolicy, RuntimeError};
 use std::collections::{BTreeSet, HashMap};
@@ -150,8 +150,13 @@ impl Network {
         data_dir: &std::path::Path,
         slot_store: Slots,
     ) -> Result<Network, RuntimeError> {
-        let (tag, claim) = host::claim_tag(data_dir, cfg.ipv4_subnet.is_none())
-            .map_err(RuntimeError::HostNotReady)?;
+        let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
+        // A tag whose links are there (a daemon's that is not running)
+        // is not taken; nor is one that cannot be checked.
+        let (tag, claim) = host::claim_tag(data_dir, cfg.ipv4_subnet.is_none(), |prefix| {
+            rtnl::links_with_prefix(&mut rtnl, prefix).map_or(true, |l| !l.is_empty())
+        })
+        .map_err(RuntimeError::HostNotReady)?;
         let v4 = cfg
             .ipv4_subnet
             .unwrap_or_else(|| host::default_ipv4_subnet(&tag));
@@ -167,7 +172,6 @@ impl Network {
         }
         host::enable_forwarding(v6.is_some())
             .map_err(|(path, e)| RuntimeError::io(format!("writing {path}"), e))?;
-        let mut rtnl = Socket::open(NETLINK_ROUTE).map_err(err("opening rtnetlink"))?;
         let nft_sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
         let slots = slot_store.read()?;
         let prefix = format!("{ANY_PREFIX}{tag}");
@@ -178,7 +182,7 @@ impl Network {
                 delete_link(&mut rtnl, &link)?;
             }
         }
-        let table = format!("sandkasten_{tag}");
+        let table = table_name(&tag);
         let subnets: Vec<IpNet> = std::iter::once(v4).chain(v6).collect();
         let used = slots.values().copied().collect();
         let state = Arc::new(Mutex::new(State {
@@ -211,8 +215,6 @@ impl Network {
         let mut batch = nft::table(&nft::Layout {
             table: &table,
             prefix: &prefix,
-            key: Key::Ifname,
-            v6: true,
             any_prefix: ANY_PREFIX,
             subnets: &subnets,
             deny_always: &cfg.deny_always,
@@ -511,10 +513,24 @@ impl Network {
         if !st.slots.is_empty() {
             return Ok(false);
         }
-        let mut batch =
-            nft::docker_cleanup(&mut st.nft, &self.tag).map_err(err("reading DOCKER-USER"))?;
-        batch.extend(nft::delete_table(&self.table));
-        st.nft.batch(batch).map_err(err("deleting the table"))?;
+        delete_rules(&mut st.nft, &self.tag)?;
+        Ok(true)
+    }
+
+    /// Removes the table and Docker rules a daemon of `data_dir` left
+    /// when it ended without a graceful stop (its sandboxes' links went
+    /// with their namespaces), under its tag's claim: nothing when no tag
+    /// is kept there or a running daemon holds it. `false`: nothing to do.
+    /// (A start of that daemon rebuilds the table anyway; this is for a
+    /// data dir that is given up, as the tests do.)
+    pub fn remove_leftovers(data_dir: &std::path::Path) -> Result<bool, RuntimeError> {
+        let Some((tag, claim)) = host::claim_kept(data_dir).map_err(RuntimeError::HostNotReady)?
+        else {
+            return Ok(false);
+        };
+        let mut sock = Socket::open(NETLINK_NETFILTER).map_err(err("opening nfnetlink"))?;
+        delete_rules(&mut sock, &tag)?;
+        claim.release();
         Ok(true)
     }
 
@@ -527,6 +543,19 @@ impl Network {
     pub fn table(&self) -> &str {
         &self.table
     }
+}
+
+/// Deletes the table of the daemon tagged `tag` and its Docker rules, in
+/// one batch.
+fn delete_rules(sock: &mut Socket, tag: &str) -> Result<(), RuntimeError> {
+    let mut batch = nft::docker_cleanup(sock, tag).map_err(err("reading DOCKER-USER"))?;
+    batch.extend(nft::delete_table(&table_name(tag)));
+    sock.batch(batch).map_err(err("deleting the table"))
+}
+
+/// The name of the table of the daemon tagged `tag`.
+fn table_name(tag: &str) -> String {
+    format!("sandkasten_{tag}")
 }
 
 /// The host-side veth of sandbox `id`: prefix + the first characters of
