@@ -100,7 +100,7 @@ pub struct NativeConfig {
     pub data_dir: PathBuf,
     /// The static `sandkasten-agent` binary.
     pub agent_binary: PathBuf,
-    /// Size of each sandbox's `/dev/shm` tmpfs, and of its `/tmp` tmpfs
+    /// Size of each sandbox's `/dev` tmpfs (which holds `/dev/shm`), and of its `/tmp` tmpfs
     /// where there is no scratch filesystem (with one, `/tmp` is on it).
     pub tmp_size_mb: u64,
     /// Size (MiB) of a new scratch filesystem (`<data_dir>/scratch.img`,

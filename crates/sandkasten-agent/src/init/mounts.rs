@@ -5,6 +5,7 @@ use sandkasten_protocol::LaunchSpec;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 fn cstr(p: &Path) -> Result<CString, String> {
@@ -301,14 +302,19 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
         }
     }
 
+    // One tmpfs holds `/dev` and `/dev/shm` (a directory in it): every
+    // superblock costs each memory cgroup of the host a slot of the
+    // kernel's shrinker table, so a sandbox makes as few as it can. The
+    // device nodes are bind mounts, which keep the host's flags; `shm`
+    // needs exec (JITs map from it), so the tmpfs is `nosuid,nodev`.
     let dev = inside(rootfs, "/dev");
     ensure_dir(&dev)?;
     mount(
         Some(Path::new("tmpfs")),
         &dev,
         Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some(&format!("size=64k,mode=755{owner}")),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&format!("size={}m,mode=755{owner}", spec.tmp_size_mb)),
     )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(name);
@@ -334,13 +340,13 @@ pub fn assemble_rootfs(spec: &LaunchSpec) -> Result<(), String> {
     ensure_dir(&dev.join("pts"))?;
     let shm = dev.join("shm");
     ensure_dir(&shm)?;
-    mount(
-        Some(Path::new("tmpfs")),
-        &shm,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some(&format!("size={}m,mode=1777{owner}", spec.tmp_size_mb)),
-    )?;
+    // As the tmpfs it was: the sandbox root's, for everyone, sticky.
+    if let Some(root) = spec.uid_map.iter().find(|m| m.inside == 0) {
+        std::os::unix::fs::chown(&shm, Some(root.outside), Some(root.outside))
+            .map_err(|e| format!("chown /dev/shm: {e}"))?;
+    }
+    std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| format!("chmod /dev/shm: {e}"))?;
     ensure_dir(&inside(rootfs, "/proc"))?;
 
     if spec.readonly_rootfs {
