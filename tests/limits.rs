@@ -176,4 +176,78 @@ mod native_only {
         // The hog's terminals closed with its process: the session goes on.
         assert_eq!(d.sh(&hog, "echo again"), "again\n");
     }
+
+    /// Pages of `path` in the page cache (`mincore`).
+    fn resident_pages(path: &std::path::Path) -> usize {
+        let f = std::fs::File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a shared read-only map of a file we hold open, unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap of {}", path.display());
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: `vec` has a byte per page of the mapping.
+        let r = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(map, len) };
+        assert_eq!(r, 0, "mincore of {}", path.display());
+        vec.iter().filter(|b| **b & 1 == 1).count()
+    }
+
+    /// A sandbox that is the first to read a file of its image is charged for
+    /// that file's page cache. Unless its memory cgroup is reclaimed before
+    /// it is removed, the kernel keeps the removed group (offline, with its
+    /// share of the per-cgroup tables) for as long as that cache stays: a
+    /// daemon that creates and destroys sandboxes all day piles them up.
+    #[test]
+    fn a_destroyed_sandbox_leaves_no_page_cache_charged_to_its_cgroup() {
+        require_native("the native runtime's own memory cgroups");
+        let d = Daemon::start(None);
+        let probe = d.data_dir.join("images/base/rootfs/opt/cache-probe");
+        std::fs::write(&probe, random_bytes(1 << 20)).unwrap();
+        {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&probe).unwrap();
+            f.sync_all().unwrap();
+            // SAFETY: an advice on a file we hold open.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+        assert_eq!(resident_pages(&probe), 0, "the probe left in the cache");
+
+        let id = d.new_session();
+        assert_eq!(d.sh(&id, "cat /opt/cache-probe | wc -c"), "1048576\n");
+        assert!(
+            resident_pages(&probe) > 0,
+            "the sandbox's read left nothing in the page cache"
+        );
+        let cached: u64 = cgroup_value(&id, "memory", "memory.stat", "memory.stat")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("cache ")
+                    .or_else(|| l.strip_prefix("file "))?
+                    .parse()
+                    .ok()
+            })
+            .unwrap();
+        assert!(
+            cached >= 1 << 20,
+            "not charged to the sandbox: {cached} bytes"
+        );
+
+        d.delete(&id);
+        assert_eq!(
+            resident_pages(&probe),
+            0,
+            "the page cache the sandbox was first to read outlived it, charged to its removed cgroup"
+        );
+    }
 }

@@ -276,6 +276,7 @@ impl Cgroups {
     /// take a moment to release exited tasks, so EBUSY is retried briefly
     /// (v1 has no event for it). Blocking: call it on the blocking pool.
     pub fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.release_charges(id);
         for h in self.hierarchies() {
             let g = h.group(id);
             let mut delay = std::time::Duration::from_millis(1);
@@ -307,6 +308,49 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// Reclaims what is still charged to the session's memory group, its
+    /// processes gone. Page cache of files the sandbox was the first to
+    /// read (an image's files, a persistent workspace's) stays charged to
+    /// a removed group and keeps it in the kernel, offline, with its share
+    /// of the per-cgroup tables (`shrinker_info` grows with every
+    /// superblock on the host), until memory pressure reclaims that cache:
+    /// a daemon that creates and destroys sandboxes all day would pile up
+    /// thousands. The cost: those clean pages leave the page cache, and
+    /// the next reader reads them again. Best effort: a failure leaves the
+    /// group to the kernel as before.
+    fn release_charges(&self, id: &str) {
+        let g = self.memory.group(id);
+        // Page cache left: `cache` on v1 (shmem too, gone with the
+        // sandbox's tmpfs), `file` on v2. Mostly none once the sandbox's
+        // own files are deleted, and reclaiming costs a drain of every
+        // CPU's page lists (milliseconds), so only when there is some.
+        let key = match &self.memory {
+            Hierarchy::V1(_) => "cache",
+            Hierarchy::V2(_) => "file",
+        };
+        let cached = std::fs::read_to_string(g.join("memory.stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        tracing::debug!(session = %id, cached, "page cache charged at removal");
+        if cached == 0 {
+            return;
+        }
+        let r = match &self.memory {
+            Hierarchy::V1(_) => std::fs::write(g.join("memory.force_empty"), "0"),
+            Hierarchy::V2(_) => std::fs::write(g.join("memory.reclaim"), cached.to_string()),
+        };
+        match r {
+            Ok(()) => {}
+            // Gone already, or (v2) not all of it reclaimable.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EAGAIN)) => {}
+            Err(e) => tracing::debug!(session = %id, "reclaiming the memory cgroup: {e}"),
+        }
     }
 
     /// Freezes (`true`) or thaws the session's processes and waits until

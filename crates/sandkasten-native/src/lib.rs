@@ -400,6 +400,16 @@ impl NativeRuntime {
     /// the kernel gets to the dead namespace; its rules, its address) and
     /// its cgroups. A sandbox already gone only loses those.
     async fn stop(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
+        self.kill_and_unlink(handle).await?;
+        let id = handle.id.clone();
+        self.run("removing a sandbox's cgroups", move |s| {
+            s.cgroups.remove(&id)
+        })
+        .await
+    }
+
+    /// [`Self::stop`] but for the cgroups, which stay.
+    async fn kill_and_unlink(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         let h = handle.clone();
         let proven = self
             .run("proving a sandbox's init", move |s| {
@@ -415,11 +425,9 @@ impl NativeRuntime {
                 .map_err(RuntimeError::io_ctx("killing sandbox init"))?;
         }
         let id = handle.id.clone();
-        self.run("removing a sandbox's link and cgroups", move |s| {
-            if let Some(n) = &s.network {
-                n.remove(&id)?;
-            }
-            s.cgroups.remove(&id)
+        self.run("removing a sandbox's link", move |s| match &s.network {
+            Some(n) => n.remove(&id),
+            None => Ok(()),
         })
         .await
     }
@@ -1330,21 +1338,27 @@ impl Runtime for NativeRuntime {
     }
 
     async fn destroy(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
-        self.stop(handle).await?;
+        self.kill_and_unlink(handle).await?;
         let id = handle.id.clone();
-        self.run("removing a sandbox's files", move |s| {
+        self.run("removing a sandbox's files and cgroups", move |s| {
             let dir = s.session_dir(&id);
-            remove_tree(&dir)
-                .map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))?;
-            s.slots.release(&id);
-            // The sandbox's processes are gone: its subvolume goes (the
-            // kernel frees the space in the background).
-            match &s.scratch {
-                Some(scratch) => scratch.destroy(&id).map_err(RuntimeError::io_ctx(format!(
-                    "deleting the scratch subvolume of {id}"
-                ))),
-                None => Ok(()),
-            }
+            let files = remove_tree(&dir)
+                .map_err(RuntimeError::io_ctx(format!("removing {}", dir.display())))
+                .and_then(|()| {
+                    s.slots.release(&id);
+                    // The sandbox's processes are gone: its subvolume goes
+                    // (the kernel frees the space in the background).
+                    match &s.scratch {
+                        Some(scratch) => scratch.destroy(&id).map_err(RuntimeError::io_ctx(
+                            format!("deleting the scratch subvolume of {id}"),
+                        )),
+                        None => Ok(()),
+                    }
+                });
+            // After the files: what the sandbox's own files held in the
+            // page cache is freed with them, not reclaimed.
+            let groups = s.cgroups.remove(&id);
+            files.and(groups)
         })
         .await
     }
