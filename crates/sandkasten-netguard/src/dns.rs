@@ -3,22 +3,27 @@
 //! A query is answered only for a sandbox the source address belongs to,
 //! and only for a name its policy allows: anything else is NXDOMAIN at
 //! once, recorded as a denial. An allowed query goes to the upstream
-//! resolver as it came (same id, same transport); from the answer, every
-//! A/AAAA address that is not in a denied range joins the sandbox's
-//! allowed set for the record's TTL (at least [`MIN_ALLOW`], at most
-//! [`MAX_TTL`], and the answer's TTL is cut to the same cap) before the
-//! answer goes back, and addresses in denied ranges are taken out of it.
+//! resolver rebuilt from what was checked (same id, same transport, its
+//! one question and its EDNS size and DO bit; nothing else the sandbox
+//! put in it); from the answer, every A/AAAA address that is not in a
+//! denied range joins the sandbox's allowed set for the record's TTL (at
+//! least [`MIN_ALLOW`], at most [`MAX_TTL`], and the answer's TTL is cut
+//! to the same cap) before the answer goes back, and addresses in denied
+//! ranges are taken out of it. If the sandbox's policy changed while the
+//! upstream answered, nothing opens and the answer is SERVFAIL (the
+//! client asks again, under the new policy). A sandbox has at most
+//! [`MAX_IN_FLIGHT`] queries at the upstream at once; more are SERVFAIL.
 
 use crate::events::{Denial, EventLog};
 use crate::policy::{addr_verdict, name_verdict};
-use crate::resolved::Resolved;
-use crate::Sandboxes;
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use crate::{NotOpened, Sandboxes};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
 use sandkasten_runtime::{IpNet, NetworkPolicy};
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -32,6 +37,11 @@ pub const MAX_TTL: u32 = 3600;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message over UDP we accept or relay (EDNS0's common size).
 const UDP_MAX: usize = 4096;
+/// Queries of one sandbox at the upstream at once: each holds a socket
+/// until the upstream answers or [`UPSTREAM_TIMEOUT`], so without a cap a
+/// sandbox asking fast for names a slow upstream answers could take the
+/// daemon's descriptors.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Settings of the DNS server.
 #[derive(Debug, Clone)]
@@ -46,22 +56,22 @@ pub struct DnsConfig {
 pub struct DnsServer {
     cfg: DnsConfig,
     sandboxes: Arc<dyn Sandboxes>,
-    resolved: Arc<Resolved>,
     events: Arc<EventLog>,
+    /// Queries at the upstream, per sandbox.
+    in_flight: Mutex<HashMap<String, usize>>,
 }
 
 impl DnsServer {
     pub fn new(
         cfg: DnsConfig,
         sandboxes: Arc<dyn Sandboxes>,
-        resolved: Arc<Resolved>,
         events: Arc<EventLog>,
     ) -> Arc<DnsServer> {
         Arc::new(DnsServer {
             cfg,
             sandboxes,
-            resolved,
             events,
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -142,7 +152,14 @@ impl DnsServer {
             self.deny(&id, name.clone(), Some(name), reason);
             return Some(error_reply(&msg, ResponseCode::NXDomain));
         }
-        let raw = match self.forward(query, tcp).await {
+        let Some(_slot) = InFlight::take(&self.in_flight, &id) else {
+            tracing::debug!(session = %id, %name, "dns: {MAX_IN_FLIGHT} queries at the upstream already");
+            return Some(error_reply(&msg, ResponseCode::ServFail));
+        };
+        let Ok(upstream_query) = rebuilt(&msg) else {
+            return Some(error_reply(&msg, ResponseCode::FormErr));
+        };
+        let raw = match self.forward(&upstream_query, tcp).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(session = %id, %name, "dns upstream: {e}");
@@ -153,14 +170,32 @@ impl DnsServer {
             Ok(r) if r.id() == msg.id() => r,
             _ => return Some(error_reply(&msg, ResponseCode::ServFail)),
         };
-        Some(self.admit(&id, &policy, &name, &mut reply))
+        match self.admit(&id, &policy, &name, &mut reply) {
+            Ok(r) => Some(r),
+            Err(Stale) => {
+                tracing::debug!(session = %id, %name, "dns: the policy changed during the lookup");
+                Some(error_reply(&msg, ResponseCode::ServFail))
+            }
+        }
     }
 
     /// Opens the answer's allowed addresses for the sandbox, takes the
-    /// denied ones out, caps TTLs; the encoded reply.
-    fn admit(&self, id: &str, policy: &NetworkPolicy, name: &str, reply: &mut Message) -> Vec<u8> {
+    /// denied ones out, caps TTLs; the encoded reply. `Stale` when the
+    /// sandbox's policy is no longer `policy` (some addresses may have
+    /// opened before the change: the change deletes them).
+    fn admit(
+        &self,
+        id: &str,
+        policy: &Arc<NetworkPolicy>,
+        name: &str,
+        reply: &mut Message,
+    ) -> Result<Vec<u8>, Stale> {
         let mut answers = reply.take_answers();
+        let mut stale = false;
         answers.retain_mut(|rec| {
+            if stale {
+                return false;
+            }
             rec.set_ttl(rec.ttl().min(MAX_TTL));
             let addr = match rec.data() {
                 RData::A(a) => IpAddr::V4(a.0),
@@ -172,17 +207,21 @@ impl DnsServer {
                 return false;
             }
             let ttl = Duration::from_secs(rec.ttl().into()).max(MIN_ALLOW);
-            match self.sandboxes.allow(id, addr, ttl) {
-                Ok(()) => {
-                    self.resolved.open(id, addr, ttl);
-                    true
+            match self.sandboxes.allow(id, addr, ttl, policy) {
+                Ok(()) => true,
+                Err(NotOpened::Stale) => {
+                    stale = true;
+                    false
                 }
-                Err(e) => {
+                Err(NotOpened::Failed(e)) => {
                     tracing::warn!(session = id, %addr, "opening a resolved address: {e}");
                     false
                 }
             }
         });
+        if stale {
+            return Err(Stale);
+        }
         reply.insert_answers(answers);
         // Addresses elsewhere in the reply (additional records) are not
         // opened: leave none a client could take for an answer.
@@ -193,9 +232,9 @@ impl DnsServer {
                 .filter(|r| !matches!(r.record_type(), RecordType::A | RecordType::AAAA))
                 .collect(),
         );
-        reply
+        Ok(reply
             .to_vec()
-            .unwrap_or_else(|_| error_reply(reply, ResponseCode::ServFail))
+            .unwrap_or_else(|_| error_reply(reply, ResponseCode::ServFail)))
     }
 
     fn deny(&self, id: &str, destination: String, name: Option<String>, reason: &str) {
@@ -238,6 +277,63 @@ impl DnsServer {
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the upstream did not answer"))?
     }
+}
+
+/// The sandbox's policy changed while its query was at the upstream.
+struct Stale;
+
+/// One of a sandbox's [`MAX_IN_FLIGHT`] places at the upstream, given
+/// back when dropped.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<String, usize>>,
+    id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn take(map: &'a Mutex<HashMap<String, usize>>, id: &str) -> Option<InFlight<'a>> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(id.to_string()).or_default();
+        if *n >= MAX_IN_FLIGHT {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight {
+            map,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// What goes upstream for `query`: its id, flags a resolver needs, its one
+/// question, and its EDNS payload size and DO bit. Nothing else of what
+/// the sandbox sent (other sections, options, trailing bytes) leaves.
+fn rebuilt(query: &Message) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let mut m = Message::new();
+    m.set_id(query.id())
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(query.recursion_desired())
+        .set_checking_disabled(query.checking_disabled());
+    m.add_queries(query.queries().to_vec());
+    if let Some(e) = query.extensions() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(e.max_payload().clamp(512, UDP_MAX as u16))
+            .set_dnssec_ok(e.flags().dnssec_ok);
+        m.set_edns(edns);
+    }
+    m.to_vec()
 }
 
 /// A query name as policies spell names: lower case, no trailing dot.

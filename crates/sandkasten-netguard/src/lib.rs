@@ -28,7 +28,7 @@ mod resolved;
 pub mod routed;
 pub mod wiring;
 
-pub use dns::{DnsConfig, DnsServer};
+pub use dns::{DnsConfig, DnsServer, MAX_IN_FLIGHT};
 pub use events::{Denial, EventLog};
 pub use policy::{addr_verdict, name_verdict};
 pub use proxy::{Conntrack, OriginalDestination, Proxy};
@@ -45,8 +45,27 @@ pub trait Sandboxes: Send + Sync + 'static {
     /// as it is now (a changed policy applies to the next query).
     fn lookup(&self, src: IpAddr) -> Option<(String, Arc<NetworkPolicy>)>;
 
-    /// Lets sandbox `id` open new connections to `addr` for `ttl`. Returns
-    /// once that is in force: the answer that named the address goes out
-    /// only afterwards, so a connection right after it is let through.
-    fn allow(&self, id: &str, addr: IpAddr, ttl: Duration) -> Result<(), String>;
+    /// Lets sandbox `id` open new connections to `addr` for `ttl`, if its
+    /// policy is still `under` (the one the answer was checked against):
+    /// a policy change while the upstream was answering closes what the
+    /// old policy would have opened, so the check and the opening are one
+    /// step against the change. Returns once the opening is in force: the
+    /// answer that named the address goes out only afterwards, so a
+    /// connection right after it is let through.
+    fn allow(
+        &self,
+        id: &str,
+        addr: IpAddr,
+        ttl: Duration,
+        under: &Arc<NetworkPolicy>,
+    ) -> Result<(), NotOpened>;
+}
+
+/// Why [`Sandboxes::allow`] opened nothing.
+#[derive(Debug, PartialEq)]
+pub enum NotOpened {
+    /// The sandbox's policy changed (or the sandbox went) since the check.
+    Stale,
+    /// The datapath refused the element.
+    Failed(String),
 }

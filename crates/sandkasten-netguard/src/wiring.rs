@@ -8,7 +8,9 @@
 //! sends the messages ([`NftSink`]).
 
 use crate::netlink::Msg;
-use crate::{nft, Conntrack, DnsConfig, DnsServer, EventLog, Proxy, Resolved, Sandboxes};
+use crate::{
+    nft, Conntrack, DnsConfig, DnsServer, EventLog, NotOpened, Proxy, Resolved, Sandboxes,
+};
 use sandkasten_runtime::{IpNet, NetEntry, NetworkPolicy};
 use std::collections::HashMap;
 use std::io;
@@ -49,6 +51,7 @@ pub struct View {
     sink: Arc<dyn NftSink>,
     table: String,
     known: Mutex<Known>,
+    resolved: Arc<Resolved>,
 }
 
 #[derive(Default)]
@@ -91,17 +94,30 @@ impl Sandboxes for View {
         Some((id.clone(), k.policies.get(id)?.clone()))
     }
 
-    fn allow(&self, id: &str, addr: IpAddr, ttl: Duration) -> Result<(), String> {
-        let key = {
-            let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            k.keys.get(id).cloned()
-        };
-        let key = key.ok_or_else(|| format!("sandbox {id} has no network"))?;
-        // An address of a family the sandbox has no link for opens nothing.
-        match nft::dns_element(&self.table, &key, &addr, ttl.as_millis() as u64) {
-            Some(m) => self.sink.send(vec![m]).map_err(|e| e.to_string()),
-            None => Ok(()),
+    fn allow(
+        &self,
+        id: &str,
+        addr: IpAddr,
+        ttl: Duration,
+        under: &Arc<NetworkPolicy>,
+    ) -> Result<(), NotOpened> {
+        // Held until the element is in and noted: a policy change sets
+        // its policy here (under this lock) before it deletes the noted
+        // elements, so an opening is either refused as stale or deleted.
+        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        match k.policies.get(id) {
+            Some(p) if Arc::ptr_eq(p, under) => {}
+            _ => return Err(NotOpened::Stale),
         }
+        let key = k.keys.get(id).ok_or(NotOpened::Stale)?;
+        // An address of a family the sandbox has no link for opens nothing.
+        if let Some(m) = nft::dns_element(&self.table, key, &addr, ttl.as_millis() as u64) {
+            self.sink
+                .send(vec![m])
+                .map_err(|e| NotOpened::Failed(e.to_string()))?;
+        }
+        self.resolved.open(id, addr, ttl);
+        Ok(())
     }
 }
 
@@ -143,20 +159,20 @@ pub fn start(
     let udp = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(udp))?;
     let tcp = listen(tcp)?;
     let proxy_l = listen(proxy_sock)?;
+    let resolved = Arc::new(Resolved::default());
     let view = Arc::new(View {
         sink,
         table: table.to_string(),
         known: Mutex::new(Known::default()),
+        resolved: resolved.clone(),
     });
     let events = Arc::new(EventLog::default());
-    let resolved = Arc::new(Resolved::default());
     let dns = DnsServer::new(
         DnsConfig {
             upstream,
             deny_always: deny_always.clone(),
         },
         view.clone(),
-        resolved.clone(),
         events.clone(),
     );
     let proxy = Proxy::new(

@@ -5,7 +5,7 @@
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use sandkasten_netguard::{DnsConfig, DnsServer, EventLog, Sandboxes};
+use sandkasten_netguard::{DnsConfig, DnsServer, EventLog, NotOpened, Sandboxes};
 use sandkasten_runtime::{NetEntry, NetworkMode, NetworkPolicy};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -112,8 +112,19 @@ impl Sandboxes for Table {
         (src == IpAddr::from([127, 0, 0, 1]))
             .then(|| ("s1".into(), self.policy.lock().unwrap().clone()))
     }
-    fn allow(&self, id: &str, addr: IpAddr, ttl: Duration) -> Result<(), String> {
+    fn allow(
+        &self,
+        id: &str,
+        addr: IpAddr,
+        ttl: Duration,
+        under: &Arc<NetworkPolicy>,
+    ) -> Result<(), NotOpened> {
         assert_eq!(id, "s1");
+        // As the daemon's view: the check and the opening under one lock.
+        let current = self.policy.lock().unwrap();
+        if !Arc::ptr_eq(&current, under) {
+            return Err(NotOpened::Stale);
+        }
         self.opened
             .lock()
             .unwrap()
@@ -151,7 +162,6 @@ async fn guard(p: NetworkPolicy, upstream_at: Option<SocketAddr>) -> Guard {
             deny_always: sandkasten_runtime::default_deny_always(),
         },
         table.clone(),
-        Arc::new(sandkasten_netguard::Resolved::default()),
         events.clone(),
     );
     let (udp, tcp) = udp_and_tcp().await;
@@ -351,4 +361,145 @@ async fn queries_from_an_address_of_no_sandbox_get_no_answer() {
     let r = tokio::time::timeout(Duration::from_millis(300), s.recv_from(&mut buf)).await;
     assert!(r.is_err(), "answered a stranger");
     assert_eq!(g.asked.load(Ordering::SeqCst), 0);
+}
+
+/// An upstream on loopback that the test holds: each query it gets is
+/// sent on the channel with a sender for the go-ahead; it answers (from
+/// the zone) once that is sent.
+async fn held_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>,
+) {
+    let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = udp.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, from) = udp.recv_from(&mut buf).await.unwrap();
+            let q = buf[..len].to_vec();
+            let (go, wait) = tokio::sync::oneshot::channel();
+            if tx.send((q.clone(), go)).is_err() {
+                return;
+            }
+            let udp = udp.clone();
+            tokio::spawn(async move {
+                if wait.await.is_ok() {
+                    let _ = udp.send_to(&upstream_answer(&q), from).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn an_answer_that_arrives_after_a_policy_change_opens_nothing() {
+    let (up, mut queries) = held_upstream().await;
+    let g = guard(policy(&["ok.test"], &[]), Some(up)).await;
+    let asking = tokio::spawn(ask_udp(g.udp, "ok.test.", RecordType::A));
+    let (_, go) = queries.recv().await.unwrap();
+    // The change lands while the upstream holds the answer.
+    *g.table.policy.lock().unwrap() = Arc::new(policy(&["api.pkg.test"], &[]));
+    go.send(()).unwrap();
+    let m = asking.await.unwrap();
+    assert_eq!(m.response_code(), ResponseCode::ServFail);
+    assert!(addrs(&m).is_empty());
+    assert!(
+        g.table.opened.lock().unwrap().is_empty(),
+        "an answer checked under the old policy opened an address under the new one"
+    );
+    // Asked again, the name is checked under the new policy.
+    assert_eq!(
+        ask_udp(g.udp, "ok.test.", RecordType::A)
+            .await
+            .response_code(),
+        ResponseCode::NXDomain
+    );
+}
+
+#[tokio::test]
+async fn only_the_checked_question_goes_upstream() {
+    let (up, mut queries) = held_upstream().await;
+    let g = guard(policy(&["ok.test"], &[]), Some(up)).await;
+    // A query with a record of the sandbox's own in its additional
+    // section, and bytes after the message.
+    let mut m = Message::from_vec(&query("ok.test.", RecordType::A, 0x1234)).unwrap();
+    m.add_additional(Record::from_rdata(
+        Name::from_str("exfil-data.evil.test.").unwrap(),
+        60,
+        RData::TXT(hickory_proto::rr::rdata::TXT::new(vec!["secret".into()])),
+    ));
+    let mut bytes = m.to_vec().unwrap();
+    bytes.extend_from_slice(b"trailing-junk");
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(&bytes, g.udp).await.unwrap();
+    let (got, go) = queries.recv().await.unwrap();
+    go.send(()).unwrap();
+    let sent = Message::from_vec(&got).unwrap();
+    assert_eq!(sent.id(), 0x1234);
+    assert_eq!(sent.queries().len(), 1);
+    assert_eq!(sent.queries()[0].name().to_ascii(), "ok.test.");
+    assert!(sent.additionals().is_empty(), "{sent:?}");
+    assert_eq!(
+        got.len(),
+        sent.to_vec().unwrap().len(),
+        "bytes beyond the message went upstream"
+    );
+    assert!(!String::from_utf8_lossy(&got).contains("exfil"));
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), s.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        addrs(&Message::from_vec(&buf[..n]).unwrap()),
+        ["203.0.113.10"]
+    );
+}
+
+#[tokio::test]
+async fn a_sandbox_has_a_bounded_number_of_queries_at_the_upstream() {
+    let (up, mut queries) = held_upstream().await;
+    let g = guard(policy(&["ok.test"], &[]), Some(up)).await;
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let n = sandkasten_netguard::MAX_IN_FLIGHT;
+    let mut held = Vec::new();
+    for i in 0..n {
+        s.send_to(&query("ok.test.", RecordType::A, i as u16), g.udp)
+            .await
+            .unwrap();
+        held.push(queries.recv().await.unwrap().1);
+    }
+    // One more is refused at once, without asking upstream.
+    s.send_to(&query("ok.test.", RecordType::A, 0xbeef), g.udp)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf))
+        .await
+        .expect("the query over the cap was not answered at once")
+        .unwrap();
+    let m = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(
+        (m.id(), m.response_code()),
+        (0xbeef, ResponseCode::ServFail)
+    );
+    assert!(
+        queries.try_recv().is_err(),
+        "the query over the cap went upstream"
+    );
+    // Answers give the places back.
+    for go in held {
+        go.send(()).unwrap();
+    }
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), s.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let asking = tokio::spawn(ask_udp(g.udp, "ok.test.", RecordType::A));
+    queries.recv().await.unwrap().1.send(()).unwrap();
+    assert_eq!(asking.await.unwrap().response_code(), ResponseCode::NoError);
 }

@@ -1,7 +1,7 @@
 //! The SNI/Host proxy with real TCP on loopback: a destination server the
 //! test runs, HTTP requests, and real TLS ClientHellos from Python's `ssl`.
 
-use sandkasten_netguard::{EventLog, OriginalDestination, Proxy, Resolved, Sandboxes};
+use sandkasten_netguard::{EventLog, NotOpened, OriginalDestination, Proxy, Resolved, Sandboxes};
 use sandkasten_runtime::{NetEntry, NetworkMode, NetworkPolicy};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +16,13 @@ impl Sandboxes for Table {
     fn lookup(&self, src: IpAddr) -> Option<(String, Arc<NetworkPolicy>)> {
         (src == IpAddr::from([127, 0, 0, 1])).then(|| ("s1".into(), Arc::new(self.0.clone())))
     }
-    fn allow(&self, _: &str, _: IpAddr, _: Duration) -> Result<(), String> {
+    fn allow(
+        &self,
+        _: &str,
+        _: IpAddr,
+        _: Duration,
+        _: &Arc<NetworkPolicy>,
+    ) -> Result<(), NotOpened> {
         Ok(())
     }
 }

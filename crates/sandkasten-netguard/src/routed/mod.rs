@@ -314,9 +314,6 @@ impl Network {
         } else {
             st.proxied.remove(id);
         }
-        // What the sandbox resolved under its old policy is not open
-        // under the new one.
-        self.forget_resolved(&mut st, id);
         if let (Some(g), Some(slot)) = (&self.guard, st.slots.get(id).copied()) {
             let addrs: Vec<IpAddr> = self
                 .v4
@@ -326,6 +323,11 @@ impl Network {
                 .collect();
             g.view.set(id, &addrs, &key, policy);
         }
+        // What the sandbox resolved under its old policy is not open
+        // under the new one. After the new policy is in the view: an
+        // answer checked against the old one opens nothing from here on
+        // (`View::allow`), and what it opened before is deleted now.
+        self.forget_resolved(&mut st, id);
         tracing::debug!(session = %id, elapsed_us = started.elapsed().as_micros() as u64, "network policy applied");
         Ok(())
     }
