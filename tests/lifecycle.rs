@@ -764,3 +764,107 @@ mod native_only {
         assert!(left.is_empty(), "workspace storage left: {left:?}");
     }
 }
+
+/// A pause and a hibernate sent together, many times: both answer (the
+/// hibernate's own steps are not frozen under it by the pause), the
+/// hibernate wins or thaws the pause, and the session wakes for the next
+/// call. Two hibernates together: one hibernates, the other is 409.
+#[test]
+fn pause_and_hibernate_at_once_both_answer() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    if on_remote_engine() {
+        return;
+    }
+    d.sh(&id, "export KEPT=yes");
+    for round in 0..5 {
+        let (p, h) = std::thread::scope(|sc| {
+            let p = sc.spawn(|| post(&d, &id, "pause"));
+            let h = sc.spawn(|| post(&d, &id, "hibernate"));
+            (p.join().unwrap(), h.join().unwrap())
+        });
+        h.expect(200, &format!("hibernate beside a pause, round {round}"));
+        assert!(
+            p.status == 200 || p.error_code() == "SESSION_NOT_RUNNING",
+            "pause beside a hibernate, round {round}: {} {}",
+            p.status,
+            p.text
+        );
+        assert_eq!(status(&d, &id), "hibernated");
+        assert_eq!(d.sh(&id, "echo $KEPT"), "yes\n", "round {round}");
+    }
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| post(&d, &id, "hibernate"));
+        let b = sc.spawn(|| post(&d, &id, "hibernate"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut codes = [a.status, b.status];
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 409], "{} / {}", a.text, b.text);
+    for r in [&a, &b] {
+        if r.status == 409 {
+            r.assert_error(409, "SESSION_NOT_RUNNING", "the second hibernate");
+        }
+    }
+    assert_eq!(d.sh(&id, "echo $KEPT"), "yes\n");
+}
+
+/// A client that goes away during a fork does not cut it: the fork ends
+/// (its children are listed, its snapshot is gone), nothing half made.
+#[test]
+fn a_fork_whose_client_leaves_still_ends_whole() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    if refused_on_a_remote_engine(&d, &id) {
+        return;
+    }
+    let sent = d
+        .request(reqwest::Method::POST, &format!("/v1/sessions/{id}/fork"))
+        .json(&serde_json::json!({"count": 2}))
+        .timeout(Duration::from_millis(30))
+        .send();
+    assert!(sent.is_err(), "the fork answered within 30 ms: {sent:?}");
+    let settled = || {
+        let snaps = d.get("/v1/snapshots").expect(200, "snapshots");
+        let sessions = d.get("/v1/sessions").expect(200, "sessions");
+        snaps["snapshots"] == serde_json::json!([]) && sessions.as_array().unwrap().len() == 3
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), settled),
+        "the fork did not end whole: snapshots {}, sessions {}",
+        d.get("/v1/snapshots").text,
+        d.get("/v1/sessions").text
+    );
+    for s in d
+        .get("/v1/sessions")
+        .expect(200, "sessions")
+        .as_array()
+        .unwrap()
+    {
+        let sid = s["id"].as_str().unwrap();
+        assert_eq!(d.sh(sid, "echo ok"), "ok\n", "{sid}");
+    }
+}
+
+/// A fork's children have their parent's disk limit, as its other limits.
+#[test]
+fn forks_keep_the_parents_disk_limit() {
+    let d = Daemon::start(None);
+    let parent = d
+        .post("/v1/sessions", &serde_json::json!({"disk_limit_mb": 300}))
+        .expect(201, "create");
+    let id = parent["id"].as_str().unwrap();
+    if refused_on_a_remote_engine(&d, id) {
+        return;
+    }
+    let v = d
+        .post(
+            &format!("/v1/sessions/{id}/fork"),
+            &serde_json::json!({"count": 1}),
+        )
+        .expect(201, "fork");
+    assert_eq!(
+        v["sessions"][0]["disk_limit_mb"], parent["disk_limit_mb"],
+        "{v}"
+    );
+}

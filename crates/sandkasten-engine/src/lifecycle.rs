@@ -54,9 +54,30 @@ struct Hibernation {
 const SHELL_OWN: [&str; 4] = ["PWD", "OLDPWD", "SHLVL", "_"];
 
 impl Engine {
+    /// Runs `step` on a task of its own, so that it ends though its caller
+    /// goes away: a client that disconnects drops its request's future,
+    /// and a lifecycle step cut halfway would leave a sandbox frozen that
+    /// is stored as running, a woken sandbox nobody records, a snapshot
+    /// nobody lists, children nobody holds.
+    pub(crate) async fn to_the_end<T: Send + 'static>(
+        step: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        tokio::spawn(step).await.unwrap_or_else(|e| {
+            Err(EngineError::Runtime {
+                context: "a lifecycle step",
+                source: RuntimeError::io("its task", std::io::Error::other(e.to_string())),
+            })
+        })
+    }
+
     /// Freezes a running session. `SESSION_NOT_RUNNING` for any other
     /// state (a paused one included): nothing changes.
     pub async fn pause_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        let (e, id) = (self.clone(), id.to_string());
+        Self::to_the_end(async move { e.pause_now(&id).await }).await
+    }
+
+    async fn pause_now(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let s = self.inner.sessions.get(id)?;
         let _order = s.lifecycle.lock().await;
         if s.state() != SessionState::Running {
@@ -106,7 +127,16 @@ impl Engine {
 
     /// Thaws `s` if it is (still) paused.
     pub(crate) async fn resume(&self, s: &Arc<Session>) -> Result<(), EngineError> {
-        let _order = s.lifecycle.lock().await;
+        let (e, s) = (self.clone(), s.clone());
+        Self::to_the_end(async move {
+            let _order = s.lifecycle.lock().await;
+            e.resume_locked(&s).await
+        })
+        .await
+    }
+
+    /// [`Engine::resume`] with the lifecycle lock held.
+    async fn resume_locked(&self, s: &Arc<Session>) -> Result<(), EngineError> {
         if s.state() != SessionState::Paused {
             return Ok(());
         }
@@ -166,6 +196,11 @@ impl Engine {
     /// `hibernated_ttl_seconds` unless woken. `SESSION_NOT_RUNNING` for any
     /// other state; `UNSUPPORTED` where the backend cannot.
     pub async fn hibernate_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
+        let (e, id) = (self.clone(), id.to_string());
+        Self::to_the_end(async move { e.hibernate_now(&id).await }).await
+    }
+
+    async fn hibernate_now(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let rt = &self.inner.runtime;
         if !rt.can_hibernate() {
             return Err(EngineError::Unsupported {
@@ -174,9 +209,12 @@ impl Engine {
             });
         }
         let s = self.inner.sessions.get(id)?;
-        if s.state() == SessionState::Paused {
-            self.resume(&s).await?;
-        }
+        // Held throughout: a pause cannot freeze the sandbox under the
+        // steps below (their exec would wait for a thaw), a second
+        // hibernate finds this one done. The exec below takes no lock
+        // (its session is running).
+        let _order = s.lifecycle.lock().await;
+        self.resume_locked(&s).await?;
         if s.state() != SessionState::Running {
             return Err(SessionError::NotRunning {
                 id: id.to_string(),
@@ -204,7 +242,6 @@ impl Engine {
                 done.exit_code, done.output
             )));
         }
-        let _order = s.lifecycle.lock().await;
         let agent = s.agent();
         let env = root_run(&agent, &format!("cat {env_file}; rm -f {env_file}")).await?;
         let env = parse_env0(&env);
@@ -244,6 +281,11 @@ impl Engine {
     /// again on its kept filesystem, the shell in its cwd with its
     /// variables, `/tmp` as it was; its TTL counts from now.
     pub(crate) async fn wake(&self, s: &Arc<Session>) -> Result<(), EngineError> {
+        let (e, s) = (self.clone(), s.clone());
+        Self::to_the_end(async move { e.wake_now(&s).await }).await
+    }
+
+    async fn wake_now(&self, s: &Arc<Session>) -> Result<(), EngineError> {
         let _order = s.lifecycle.lock().await;
         if s.state() != SessionState::Hibernated {
             return Ok(());

@@ -69,7 +69,12 @@ impl Engine {
         id: &str,
         label: Option<String>,
     ) -> Result<SandboxSnapshotInfo, EngineError> {
-        Ok(self.take_snapshot(id, label).await?.into())
+        let (e, id) = (self.clone(), id.to_string());
+        Ok(
+            Self::to_the_end(async move { e.take_snapshot(&id, label).await })
+                .await?
+                .into(),
+        )
     }
 
     async fn take_snapshot(
@@ -252,6 +257,11 @@ impl Engine {
         id: &str,
         count: u64,
     ) -> Result<Vec<SessionInfo>, EngineError> {
+        let (e, id) = (self.clone(), id.to_string());
+        Self::to_the_end(async move { e.fork_now(&id, count).await }).await
+    }
+
+    async fn fork_now(&self, id: &str, count: u64) -> Result<Vec<SessionInfo>, EngineError> {
         let max = self.inner.cfg.max_fork_count;
         if count == 0 || count > max {
             return Err(EngineError::InvalidRequest(format!(
@@ -268,6 +278,7 @@ impl Engine {
             let req = CreateSession {
                 from_snapshot: Some(snap.id.clone()),
                 ttl_seconds: Some(parent.ttl_seconds),
+                disk_limit_mb: parent.disk_limit_mb.map(|mb| mb as i64),
                 network: Some(crate::NetworkRequest::from_policy(&parent.network)),
                 metadata: parent.metadata.clone(),
                 on_timeout: Some(parent.on_timeout),
