@@ -936,3 +936,78 @@ fn a_daemon_killed_for_good_leaves_no_rules_once_its_test_is_done() {
     assert!(table(&table_name).is_none(), "the table after the clean-up");
     assert_eq!(docker_rules(&prefix), "", "DOCKER-USER rules after it");
 }
+
+/// A UDP echo server on `addr:port` inside the internet's namespace.
+fn serve_udp_echo(inet: &Internet, addr: &str, port: u16) {
+    let path = format!("/var/run/netns/{}", inet.ns);
+    let bind = format!("{addr}:{port}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns of this thread only, to a netns fd.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let s = std::net::UdpSocket::bind(&bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the UDP echo server did not start");
+}
+
+/// What a datagram from sandbox `id`'s UDP port `sport` to `host:port`
+/// gets back within 2 s: `echo <payload>`, or `no echo`.
+fn udp_echo(d: &Daemon, id: &str, sport: u16, host: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {sport}))\n\
+         s.settimeout(2)\n\
+         try:\n    s.sendto(b'ping', ('{host}', {port})); print('echo', s.recv(100).decode())\n\
+         except OSError as e:\n    print('no echo', e)\n"
+    );
+    d.sh(id, &format!("python3 -c \"{script}\""))
+}
+
+mod native_only {
+    use super::*;
+
+    /// The slot's conntrack entries go with it (`routed/ct.rs`). Native
+    /// only for the sandbox's python3 (a fixed UDP source port); the
+    /// datapath, and its slot release, is docker's too.
+    #[test]
+    fn a_freed_address_slot_takes_its_established_flows_with_it() {
+        require_native("python3 in the sandbox, to send from a fixed UDP port");
+        let inet = Internet::new(11);
+        let server = inet.v4(2);
+        serve_udp_echo(&inet, &server, 9999);
+        // A daemon with only these sandboxes: slots go lowest first, so B
+        // gets the address A had.
+        let d = Daemon::start(Some(config()));
+        let a = create(&d, json!({"mode": "full", "allow_out": [server]}));
+        let addr = sandbox_addr(&d, &a, "4");
+        let out = udp_echo(&d, &a, 40001, &server, 9999);
+        assert!(
+            out.contains("echo ping"),
+            "A reaches its allowed server: {out}"
+        );
+        d.delete(&a);
+        let b = create(&d, json!({"mode": "full", "allow_out": [inet.v4(3)]}));
+        assert_eq!(sandbox_addr(&d, &b, "4"), addr, "B has A's old address");
+        // Not from another port (the policy), nor from A's port (A's
+        // conntrack entry, still established had it outlived A's slot).
+        let other = udp_echo(&d, &b, 40009, &server, 9999);
+        assert!(other.contains("no echo"), "B from another port: {other}");
+        let same = udp_echo(&d, &b, 40001, &server, 9999);
+        assert!(
+            same.contains("no echo"),
+            "B rode A's established flow past its own policy: {same}"
+        );
+    }
+}

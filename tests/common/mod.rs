@@ -45,6 +45,11 @@
 //! calls [`require_native`] (so it fails, never passes, on docker), and is
 //! listed here with where the docker side of its concern is covered:
 //!
+//! - `network::native_only::a_freed_address_slot_takes_its_established_flows_with_it`:
+//!   python3 in the sandbox sends from a fixed UDP source port (busybox's
+//!   `nc` in the docker suite image cannot). The datapath and its slot
+//!   release (`routed::Network::remove_locked`) are the docker backend's
+//!   too; docker's other network tests run the same code.
 //! - `workspaces::native_only::a_subvolume_cannot_be_made_inside_a_workspace`:
 //!   a btrfs ioctl against the btrfs image behind a native quota
 //!   workspace (python3 in the host's /usr). Docker volumes are plain

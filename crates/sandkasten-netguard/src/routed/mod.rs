@@ -5,9 +5,11 @@
 //! sandbox's policy, NAT to the uplink, IPv4 and IPv6. Everything goes
 //! through netlink from this process (`rtnl.rs` here, `netlink.rs` and
 //! `nft.rs` of this crate): no `ip`/`nft` subprocess, no userspace
-//! process per sandbox. Design, layout and invariants:
+//! process per sandbox. A freed address slot takes its connection
+//! tracking entries with it (`ct.rs`). Design, layout and invariants:
 //! docs/architecture.md, "Sandbox networks".
 
+mod ct;
 mod rtnl;
 
 use crate::host;
@@ -315,13 +317,7 @@ impl Network {
             st.proxied.remove(id);
         }
         if let (Some(g), Some(slot)) = (&self.guard, st.slots.get(id).copied()) {
-            let addrs: Vec<IpAddr> = self
-                .v4
-                .nth(slot as u128)
-                .into_iter()
-                .chain(self.v6.and_then(|n| n.nth(slot as u128)))
-                .collect();
-            g.view.set(id, &addrs, &key, policy);
+            g.view.set(id, &self.addrs(slot), &key, policy);
         }
         // What the sandbox resolved under its old policy is not open
         // under the new one. After the new policy is in the view: an
@@ -501,10 +497,32 @@ impl Network {
                 .map_err(err("deleting the sandbox's rules"))?;
         }
         if let Some(s) = st.slots.remove(id) {
-            st.used.remove(&s);
+            // With the link gone nothing adds to them: the slot's
+            // connection tracking entries go before the slot is given to
+            // another sandbox, which would ride them past its own policy
+            // (`forward` accepts established flows first). Where they
+            // cannot be deleted, the slot stays out of use.
+            match ct::forget(&mut st.nft, &self.addrs(s)) {
+                Ok(n) => {
+                    tracing::debug!(session = %id, slot = s, entries = n, "slot's conntrack entries deleted");
+                    st.used.remove(&s);
+                }
+                Err(e) => tracing::warn!(session = %id, slot = s, error = %e,
+                    "could not delete the conntrack entries of a freed address slot; \
+                     it is not given out again until the daemon restarts"),
+            }
             let _ = std::fs::remove_file(self.slot_store.path(id));
         }
         Ok(())
+    }
+
+    /// The addresses of `slot`: IPv4, and IPv6 where sandboxes have it.
+    fn addrs(&self, slot: u32) -> Vec<IpAddr> {
+        self.v4
+            .nth(slot as u128)
+            .into_iter()
+            .chain(self.v6.and_then(|n| n.nth(slot as u128)))
+            .collect()
     }
 
     /// At a graceful stop: when no sandbox has a link any more, the table
