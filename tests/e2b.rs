@@ -490,6 +490,40 @@ fn envd_rpc_bad_input_gets_connect_codes() {
         json!({"path": format!("/tmp/{marker}-moved")}),
     );
     assert_connect_error(&r, 404, "not_found");
+    // The root lists, however it is written.
+    for root in ["/", "//"] {
+        let v = rpc(
+            &d,
+            &id,
+            &token,
+            "ListDir",
+            json!({"path": root, "depth": 1}),
+        )
+        .expect(200, "ListDir of the root");
+        let paths: Vec<&str> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        assert!(paths.contains(&"/workspace"), "{root:?}: {v}");
+        assert!(paths.contains(&"/etc"), "{root:?}: {v}");
+    }
+    // A name that is not UTF-8 is listed (lossily), not hidden.
+    d.sh(
+        &id,
+        r#"mkdir -p /tmp/nu && touch /tmp/nu/visible "/tmp/nu/$(printf 'x\377y')""#,
+    );
+    let v = rpc(&d, &id, &token, "ListDir", json!({"path": "/tmp/nu"}))
+        .expect(200, "ListDir with a name that is not UTF-8");
+    let names: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["visible", "x\u{FFFD}y"], "{v}");
+    assert_eq!(v["entries"][1]["type"], "FILE_TYPE_FILE", "{v}");
     // The daemon is alive and well.
     assert_eq!(d.get("/healthz").status, 200);
 }
@@ -658,6 +692,41 @@ fn envd_files_checks_access_and_signatures() {
     );
     r.expect(200, "signed upload");
     assert_eq!(d.read(&id, "/workspace/s.txt"), b"signed");
+    // A URL signed for the default user is that user's: an Authorization
+    // header naming root (which the signature does not cover) is ignored.
+    let r = d.send(
+        d.client
+            .post(files("path=/root/s&username=root"))
+            .header("E2b-Sandbox-Id", &id)
+            .header("X-Access-Token", &token)
+            .header("Content-Type", "application/octet-stream")
+            .body("secret"),
+    );
+    r.expect(200, "upload as root");
+    let root = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("root:")
+    );
+    let r = d.send(
+        d.client
+            .get(files(&format!(
+                "path=%2Froot%2Fs&signature={}",
+                enc(&sign("/root/s", "read", None))
+            )))
+            .header("Authorization", &root),
+    );
+    assert_eq!(r.status, 403, "signed read as root: {}", r.text);
+    let r = d.send(
+        d.client
+            .post(files(&format!(
+                "path=%2Froot%2Fw&signature={}",
+                enc(&sign("/root/w", "write", None))
+            )))
+            .header("Authorization", &root)
+            .header("Content-Type", "application/octet-stream")
+            .body("pwned"),
+    );
+    assert_eq!(r.status, 403, "signed write as root: {}", r.text);
 
     // Bad requests: no token, no path, a missing file, a directory, root.
     let r = d.send(

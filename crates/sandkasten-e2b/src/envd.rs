@@ -33,8 +33,8 @@ pub(crate) async fn serve(e2b: &Arc<Shared>, id: Option<String>, req: Request) -
         return StatusCode::NO_CONTENT.into_response();
     }
     let query = Query::parse(req.uri().query());
-    let id = match authorize(e2b, id, &path, req.method(), req.headers(), &query).await {
-        Ok(id) => id,
+    let (id, access) = match authorize(e2b, id, &path, req.method(), req.headers(), &query).await {
+        Ok(a) => a,
         Err(message) => return refuse(&path, Code::Unauthenticated, message),
     };
     if path == "/health" {
@@ -52,7 +52,7 @@ pub(crate) async fn serve(e2b: &Arc<Shared>, id: Option<String>, req: Request) -
         Err(_) => return refuse(&path, Code::NotFound, format!("sandbox {id} not found")),
     }
     if path == "/files" {
-        let user = match file_user(query.get("username"), req.headers()) {
+        let user = match file_user(access, query.get("username"), req.headers()) {
             Ok(u) => u,
             Err(m) => return file_error(StatusCode::BAD_REQUEST, m),
         };
@@ -213,7 +213,16 @@ fn eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// The sandbox the request may act on, or why not.
+/// What let a request in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The sandbox's token or the daemon's key: any user.
+    Token,
+    /// A file URL's signature: only the user it signs.
+    Signature,
+}
+
+/// The sandbox the request may act on and what let it in, or why not.
 async fn authorize(
     e2b: &Shared,
     id: Option<String>,
@@ -221,12 +230,12 @@ async fn authorize(
     method: &Method,
     headers: &HeaderMap,
     query: &Query,
-) -> Result<String, String> {
+) -> Result<(String, Access), String> {
     if let Some(id) = &id {
         let token = (e2b.cfg.envd_token)(id);
         let presented = headers.get("x-access-token").and_then(|v| v.to_str().ok());
         if presented.is_some_and(|p| eq(p, &token)) || (e2b.cfg.key_ok)(headers) {
-            return Ok(id.clone());
+            return Ok((id.clone(), Access::Token));
         }
     }
     let signed = path == "/files" && query.get("signature").is_some();
@@ -270,6 +279,7 @@ async fn authorize(
             let token = (e2b.cfg.envd_token)(id);
             eq(sig, &signature(file, op, user, &token, expiry))
         })
+        .map(|id| (id, Access::Signature))
         .ok_or_else(|| "invalid signature".to_string())
 }
 
@@ -317,11 +327,18 @@ pub(crate) fn check_user(user: Option<&str>) -> Result<FileUser, String> {
     }
 }
 
-/// The user of a `/files` call: its `username`, else the one of its
-/// `Authorization` header.
-fn file_user(username: Option<&str>, headers: &HeaderMap) -> Result<FileUser, String> {
+/// The user of a `/files` call: its `username`, else (with the token)
+/// the one of its `Authorization` header. A signed URL acts as the user
+/// its signature covers (`username`, none the default user), as envd
+/// does: the header, which the signature does not cover, is ignored.
+fn file_user(
+    access: Access,
+    username: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<FileUser, String> {
     match username {
         Some(u) if !u.is_empty() => check_user(Some(u)),
+        _ if access == Access::Signature => Ok(FileUser::Sandbox),
         _ => headers_user(headers).map_err(|e| e.message),
     }
 }
@@ -572,6 +589,35 @@ mod tests {
         );
         assert_ne!(s, signature("/a.txt", "write", "", "tok", None));
         assert_ne!(s, signature("/a.txt", "read", "", "tok", Some("1")));
+    }
+
+    #[test]
+    fn a_signed_url_acts_as_the_user_it_signs() {
+        let mut root = HeaderMap::new();
+        root.insert(header::AUTHORIZATION, "Basic cm9vdDo=".parse().unwrap());
+        // The header, not covered by the signature, changes nothing.
+        assert_eq!(
+            file_user(Access::Signature, None, &root),
+            Ok(FileUser::Sandbox)
+        );
+        assert_eq!(
+            file_user(Access::Signature, Some(""), &root),
+            Ok(FileUser::Sandbox)
+        );
+        assert_eq!(
+            file_user(Access::Signature, Some("user"), &root),
+            Ok(FileUser::Sandbox)
+        );
+        assert_eq!(
+            file_user(Access::Signature, Some("root"), &HeaderMap::new()),
+            Ok(FileUser::Root)
+        );
+        // With the token, the header names the user.
+        assert_eq!(file_user(Access::Token, None, &root), Ok(FileUser::Root));
+        assert_eq!(
+            file_user(Access::Token, None, &HeaderMap::new()),
+            Ok(FileUser::Sandbox)
+        );
     }
 
     #[test]

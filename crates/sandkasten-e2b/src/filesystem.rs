@@ -303,7 +303,10 @@ async fn remove(
 
 /// The entries below `path`, `depth` levels down (0 means 1, as in
 /// envd), each with its owner and link target; directories reached
-/// through symlinks are not entered.
+/// through symlinks are not entered. A name that is not UTF-8 is listed
+/// with U+FFFD for what is not (the agent's lossy name), from the
+/// listing alone: no path reaches it, so it has no owner (`""`), no
+/// metadata, and is not entered.
 async fn list_dir(
     e2b: &Shared,
     id: &str,
@@ -320,7 +323,7 @@ async fn list_dir(
         ));
     }
     let mut out = Vec::new();
-    let mut level = vec![root.trim_end_matches('/').to_string()];
+    let mut level = vec![dir_path(&root)];
     for d in 1..=depth {
         let mut next = Vec::new();
         for dir in level {
@@ -339,10 +342,7 @@ async fn list_dir(
                     format!("more than {MAX_LIST_ENTRIES} entries: list with a smaller depth"),
                 ));
             }
-            let paths: Vec<String> = entries
-                .iter()
-                .map(|e| format!("{dir}/{}", e.name))
-                .collect();
+            let paths: Vec<String> = entries.iter().map(|e| child(&dir, &e.name)).collect();
             let infos: Vec<Result<EntryInfo, RpcError>> = futures::stream::iter(paths)
                 .map(|p| async move { stat_entry(e2b, id, &p, user).await })
                 .buffered(STAT_CONCURRENCY)
@@ -351,12 +351,17 @@ async fn list_dir(
             for (e, info) in entries.iter().zip(infos) {
                 match info {
                     Ok(info) => out.push(info),
+                    // Its name is not UTF-8: listed as it was read.
+                    Err(err) if err.code == Code::NotFound && e.name.contains('\u{FFFD}') => {
+                        out.push(listed_entry(&dir, e));
+                        continue;
+                    }
                     // Removed since the listing: skipped, as `ls` does.
                     Err(err) if err.code == Code::NotFound => continue,
                     Err(err) => return Err(err),
                 }
                 if d < depth && e.file_type == Ft::Dir {
-                    next.push(format!("{dir}/{}", e.name));
+                    next.push(child(&dir, &e.name));
                 }
             }
         }
@@ -365,9 +370,55 @@ async fn list_dir(
     Ok(ListDirResponse { entries: out })
 }
 
+/// An absolute directory path without trailing slashes (`/` for the root).
+fn dir_path(path: &str) -> String {
+    match path.trim_end_matches('/') {
+        "" => "/".into(),
+        p => p.into(),
+    }
+}
+
+/// The path of `name` in directory `dir` (as [`dir_path`] writes it).
+fn child(dir: &str, name: &str) -> String {
+    match dir {
+        "/" => format!("/{name}"),
+        d => format!("{d}/{name}"),
+    }
+}
+
+/// An entry of `dir` as its listing read it (a name that is not UTF-8).
+fn listed_entry(dir: &str, e: &DirEntry) -> EntryInfo {
+    EntryInfo {
+        name: e.name.clone(),
+        r#type: file_type(e.file_type) as i32,
+        path: child(dir, &e.name),
+        size: e.size as i64,
+        mode: e.mode & 0o777,
+        permissions: permissions(e.file_type, e.mode),
+        owner: String::new(),
+        group: String::new(),
+        modified_time: Some(Timestamp {
+            seconds: e.mtime,
+            nanos: 0,
+        }),
+        symlink_target: None,
+        metadata: Default::default(),
+        is_symlink: e.file_type == Ft::Symlink,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_lists_as_a_directory() {
+        assert_eq!(dir_path("/"), "/");
+        assert_eq!(dir_path("//"), "/");
+        assert_eq!(dir_path("/etc/"), "/etc");
+        assert_eq!(child(&dir_path("/"), "etc"), "/etc");
+        assert_eq!(child(&dir_path("/tmp//"), "x"), "/tmp/x");
+    }
 
     #[test]
     fn permissions_read_like_go_file_modes() {

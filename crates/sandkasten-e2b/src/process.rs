@@ -27,12 +27,14 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures::StreamExt;
 use sandkasten_engine::{
     Engine, ProcEnd, ProcEvent, ProcOutput, ProcRef, ProcSpec, ProcStream, PtySize, StartedProcess,
 };
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -284,16 +286,73 @@ pub(crate) fn end_event(end: ProcEnd) -> EndEvent {
     }
 }
 
+/// Events a Start's guard holds for a slow client.
+const GUARD_BUFFER: usize = 16;
+
 /// A process's event stream as it goes: Start, Data…, End.
 struct Follow {
-    out: ProcOutput,
+    pid: u32,
+    out: Source,
     started: bool,
     done: bool,
     keepalive: Option<tokio::time::Interval>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Told when the process ended before the deadline (a Start's killer
-    /// task then has nothing to do).
-    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Where a stream's events come from: the process's output, or the
+/// guard of a Start with a deadline (which reads it).
+enum Source {
+    Direct(ProcOutput),
+    Guarded(mpsc::Receiver<Result<ProcEvent, String>>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Result<ProcEvent, String> {
+        match self {
+            Source::Direct(out) => out.next().await.map_err(|e| e.to_string()),
+            Source::Guarded(rx) => rx
+                .recv()
+                .await
+                .unwrap_or_else(|| Err("the process stream has ended".into())),
+        }
+    }
+}
+
+/// A Start's process until its end or its deadline, whether or not the
+/// client still reads (it may have gone at its own deadline already):
+/// reads the process's events (`events`), hands them on while `tx` is
+/// read, and calls `kill` when the deadline passes first. It ends with
+/// the process: once the end is read, nothing is signalled (a pid is
+/// reused).
+async fn guard<S, K>(
+    mut events: S,
+    deadline: Duration,
+    tx: mpsc::Sender<Result<ProcEvent, String>>,
+    kill: K,
+) where
+    S: futures::Stream<Item = Result<ProcEvent, String>> + Unpin,
+    K: std::future::Future<Output = ()>,
+{
+    let expiry = tokio::time::sleep(deadline);
+    tokio::pin!(expiry);
+    let mut tx = Some(tx);
+    loop {
+        tokio::select! {
+            ev = events.next() => {
+                let last = !matches!(ev, Some(Ok(ProcEvent::Output { .. })));
+                if let (Some(ev), Some(t)) = (ev, &tx) {
+                    tokio::select! {
+                        sent = t.send(ev) => if sent.is_err() { tx = None },
+                        () = &mut expiry => return kill.await,
+                    }
+                }
+                if last {
+                    return;
+                }
+            }
+            () = &mut expiry => return kill.await,
+        }
+    }
 }
 
 pub(crate) async fn tick(i: &mut Option<tokio::time::Interval>) {
@@ -317,7 +376,7 @@ impl Follow {
         if self.done {
             return None;
         }
-        let pid = self.out.info.pid;
+        let pid = self.pid;
         if !self.started {
             self.started = true;
             return Some(Ok(response(Event::Start(StartEvent { pid }))));
@@ -337,9 +396,6 @@ impl Follow {
                 }
                 Ok(ProcEvent::End(end)) => {
                     self.done = true;
-                    if let Some(ended) = self.ended.take() {
-                        let _ = ended.send(());
-                    }
                     Some(Ok(response(Event::End(end_event(end)))))
                 }
                 Err(e) => {
@@ -370,33 +426,32 @@ fn events(
     timing: Timing,
     kill_at_deadline: bool,
 ) -> Response {
-    // A Start's process is killed at its deadline whether or not the
-    // client still reads (it may have gone at its own deadline already).
-    let ended = match timing.deadline {
+    let pid = out.info.pid;
+    let out = match timing.deadline {
         Some(d) if kill_at_deadline => {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let (engine, id, pid) = (engine.clone(), id.to_string(), out.info.pid);
-            tokio::spawn(async move {
-                tokio::select! {
-                    Ok(()) = rx => {}
-                    _ = tokio::time::sleep(d) => {
-                        if let Err(e) = engine.signal_process(&id, ProcRef::Pid(pid), 9).await {
-                            tracing::debug!(pid, "envd: killing a process at its deadline: {e}");
-                        }
-                    }
+            let (tx, rx) = mpsc::channel(GUARD_BUFFER);
+            let (engine, id) = (engine.clone(), id.to_string());
+            let kill = async move {
+                if let Err(e) = engine.signal_process(&id, ProcRef::Pid(pid), 9).await {
+                    tracing::debug!(pid, "envd: killing a process at its deadline: {e}");
                 }
-            });
-            Some(tx)
+            };
+            let events = Box::pin(futures::stream::unfold(out, |mut out| async move {
+                let ev = out.next().await.map_err(|e| e.to_string());
+                Some((ev, out))
+            }));
+            tokio::spawn(guard(events, d, tx, kill));
+            Source::Guarded(rx)
         }
-        _ => None,
+        _ => Source::Direct(out),
     };
     let follow = Follow {
+        pid,
         out,
         started: false,
         done: false,
         keepalive: timing.keepalive_interval(),
         deadline: timing.deadline_sleep(),
-        ended,
     };
     connect::stream(
         f,
@@ -532,6 +587,47 @@ async fn stream_input(f: Framing, engine: &Arc<Engine>, id: &str, body: Body) ->
 mod tests {
     use super::*;
     use crate::connect::Codec;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The guard of a Start with a deadline whose client left: done
+    /// when the process ends, never signalling it at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_guard_ends_with_its_process_though_the_client_left() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx); // the client left
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let events = Box::pin(futures::stream::unfold(ev_rx, |mut r| async move {
+            let ev = r.recv().await?;
+            Some((ev, r))
+        }));
+        let killed = Arc::new(AtomicBool::new(false));
+        let k = killed.clone();
+        let kill = async move { k.store(true, Ordering::SeqCst) };
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(guard(events, Duration::from_secs(3600), tx, kill));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let out = ProcEvent::Output {
+            stream: ProcStream::Stdout,
+            data: b"x".to_vec(),
+        };
+        ev_tx.send(Ok(out)).unwrap();
+        ev_tx
+            .send(Ok(ProcEvent::End(ProcEnd {
+                exit_code: 0,
+                signal: None,
+            })))
+            .unwrap();
+        task.await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3600));
+        assert!(!killed.load(Ordering::SeqCst));
+        // Without an end, the deadline kills.
+        let (tx, _rx) = mpsc::channel(1);
+        let killed = Arc::new(AtomicBool::new(false));
+        let k = killed.clone();
+        let kill = async move { k.store(true, Ordering::SeqCst) };
+        guard(futures::stream::pending(), Duration::from_secs(5), tx, kill).await;
+        assert!(killed.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn process_events_follow_the_protobuf_json_mapping() {
