@@ -1093,6 +1093,30 @@ fn envd_process_bad_input_gets_connect_codes_and_nothing_leaks_between_sandboxes
             "invalid_argument",
         ),
         ("Start", envelope(1, b"{}"), "unimplemented"),
+        // Tags as our own API takes them: not all digits (a pid), not
+        // other characters, not over 64.
+        (
+            "Start",
+            envelope(0, br#"{"process": {"cmd": "true"}, "tag": "4242"}"#),
+            "invalid_argument",
+        ),
+        (
+            "Start",
+            envelope(0, br#"{"process": {"cmd": "true"}, "tag": "../x y"}"#),
+            "invalid_argument",
+        ),
+        (
+            "Start",
+            envelope(
+                0,
+                format!(
+                    r#"{{"process": {{"cmd": "true"}}, "tag": "{}"}}"#,
+                    "t".repeat(65)
+                )
+                .as_bytes(),
+            ),
+            "invalid_argument",
+        ),
         (
             "Start",
             [envelope(0, b"{}"), envelope(0, b"{}")].concat(),

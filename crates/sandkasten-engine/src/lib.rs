@@ -34,7 +34,7 @@ pub use error::{
 };
 pub use network::{NetworkConfig, NetworkRequest};
 pub use pool::{PoolConfig, PoolError};
-pub use procs::StartedProcess;
+pub use procs::{check_process_tag, StartedProcess, MAX_PROCESS_TAG};
 pub use sandkasten_runtime::PortStream;
 pub use sandkasten_runtime::{meta_problem, MAX_META_BYTES};
 pub use sandkasten_runtime::{

@@ -23,6 +23,9 @@ impl Engine {
         spec: ProcSpec,
         attach: bool,
     ) -> Result<StartedProcess, EngineError> {
+        if let Some(tag) = &spec.tag {
+            check_process_tag(tag)?;
+        }
         let (s, agent) = self.file_agent(id).await?;
         let started = self
             .file_done(&s, agent.proc_start(spec, attach).await)
@@ -108,5 +111,27 @@ impl Engine {
         let (s, agent) = self.file_agent(id).await?;
         self.file_done(&s, agent.proc_resize(proc, size).await)
             .await
+    }
+}
+
+/// Longest process tag.
+pub const MAX_PROCESS_TAG: usize = 64;
+
+/// A process tag, as every API names processes by it: 1 to
+/// [`MAX_PROCESS_TAG`] characters of `[A-Za-z0-9._-]`, not all digits (a
+/// pid).
+pub fn check_process_tag(tag: &str) -> Result<(), EngineError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= MAX_PROCESS_TAG
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !tag.bytes().all(|b| b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::InvalidRequest(format!(
+            "invalid tag {tag:?}: use 1-{MAX_PROCESS_TAG} characters of [A-Za-z0-9._-], not all digits"
+        )))
     }
 }

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 
 /// Longest tag.
-const MAX_TAG: usize = 64;
 
 /// Who a process runs as.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -102,19 +101,7 @@ impl StartProcessRequest {
 /// A tag: 1-64 characters of `[A-Za-z0-9._-]`, not all digits (those are
 /// pids in a path).
 pub(crate) fn check_tag(tag: &str) -> Result<(), ApiError> {
-    let ok = !tag.is_empty()
-        && tag.len() <= MAX_TAG
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !tag.bytes().all(|b| b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::InvalidRequest(format!(
-            "invalid tag {tag:?}: use 1-{MAX_TAG} characters of [A-Za-z0-9._-], not all digits"
-        )))
-    }
+    engine::check_process_tag(tag).map_err(ApiError::from)
 }
 
 /// The `{proc}` of a process route: a pid, or a tag.
