@@ -150,8 +150,13 @@ fn route(req: &Request, domain: &str) -> Route {
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
     {
-        if let Some(id) = envd_host(host, domain) {
-            return Route::Envd(Some(id));
+        match sandbox_host(host, domain) {
+            Some((port, id)) if port == ENVD_PORT.to_string() => return Route::Envd(Some(id)),
+            // Another port's preview host is the app's, whatever the path
+            // (its `/health`, `/files`, `/sandboxes` included): the ports
+            // proxy serves it.
+            Some(_) => return Route::Pass,
+            None => {}
         }
     }
     let path = req.uri().path();
@@ -170,14 +175,19 @@ fn route(req: &Request, domain: &str) -> Route {
     Route::Pass
 }
 
-/// The sandbox of an envd host `49983-{id}.{domain}`.
-fn envd_host(host: &str, domain: &str) -> Option<String> {
+/// The port (as written: digits) and sandbox of a host
+/// `{port}-{id}.{domain}` (envd's when the port is 49983).
+fn sandbox_host(host: &str, domain: &str) -> Option<(String, String)> {
     let host = host.to_ascii_lowercase();
     let label = host
         .strip_suffix(&domain.to_ascii_lowercase())?
         .strip_suffix('.')?;
     let (port, id) = label.split_once('-')?;
-    (port == ENVD_PORT.to_string() && !id.is_empty() && !id.contains('.')).then(|| id.to_string())
+    (!port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !id.is_empty()
+        && !id.contains('.'))
+    .then(|| (port.to_string(), id.to_string()))
 }
 
 /// The middleware: E2B's requests are answered here, everything else goes
@@ -226,11 +236,20 @@ mod tests {
             route(&req("/files", &[("Host", "49983-abc.localhost:8080")]), d),
             envd("abc")
         );
-        // Other ports are the ports proxy's.
-        assert_eq!(
-            route(&req("/", &[("Host", "8000-abc.localhost:8080")]), d),
-            Route::Pass
-        );
+        // Other ports are the ports proxy's, whatever the path.
+        for path in [
+            "/",
+            "/health",
+            "/files?path=a&signature=v1_x",
+            "/sandboxes",
+            "/v2/templates",
+        ] {
+            assert_eq!(
+                route(&req(path, &[("Host", "8000-abc.localhost:8080")]), d),
+                Route::Pass,
+                "{path}"
+            );
+        }
         assert_eq!(
             route(&req("/files?path=a&signature=v1_x", &[]), d),
             Route::Envd(None)
