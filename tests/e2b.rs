@@ -234,6 +234,17 @@ fn control_plane_maps_sandboxes_onto_sessions_and_keeps_metadata_across_a_restar
         &format!("/sandboxes/{id}/resume"),
     ));
     assert_eq!(r.status, 409, "{}", r.text);
+    // envd resumes a paused sandbox, and wakes a hibernated one, for a
+    // call (E2B's autoResume, always on).
+    for body in ["{}", r#"{"memory": false}"#] {
+        assert_eq!(pause(body).status, 204, "pause {body}");
+        let r = rpc(&d, &id, &token, "Stat", json!({"path": "/tmp"}));
+        assert_eq!(r.status, 200, "Stat after pause {body}: {}", r.text);
+        assert_eq!(
+            d.get_session(&id).expect(200, "our GET")["status"],
+            "running"
+        );
+    }
     let r = d.send(ctl(
         &d,
         reqwest::Method::GET,

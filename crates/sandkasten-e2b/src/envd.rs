@@ -40,13 +40,26 @@ pub(crate) async fn serve(e2b: &Arc<Shared>, id: Option<String>, req: Request) -
     if path == "/health" {
         return health(e2b, &id).await;
     }
-    match e2b.engine.get_session(&id).await {
-        Ok(s) if s.status == SessionState::Running => {}
-        Ok(s) => {
+    let state = match e2b.engine.get_session(&id).await {
+        // Auto-resume, as E2B's proxy does for a sandbox paused with
+        // `autoResume` (always on here): a paused sandbox is thawed, a
+        // hibernated one woken, then the call goes on. (Another call may
+        // have resumed it meanwhile: the state read after decides.)
+        Ok(s) if matches!(s.status, SessionState::Paused | SessionState::Hibernated) => {
+            if let Err(e) = e2b.engine.resume_session(&id).await {
+                tracing::debug!(sandbox = %id, "envd: resuming for a call: {e}");
+            }
+            e2b.engine.get_session(&id).await.map(|s| s.status)
+        }
+        other => other.map(|s| s.status),
+    };
+    match state {
+        Ok(SessionState::Running) => {}
+        Ok(st) => {
             return refuse(
                 &path,
                 Code::NotFound,
-                format!("sandbox {id} is {}", s.status.as_str()),
+                format!("sandbox {id} is {}", st.as_str()),
             )
         }
         Err(_) => return refuse(&path, Code::NotFound, format!("sandbox {id} not found")),
