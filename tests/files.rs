@@ -538,3 +538,29 @@ fn concurrent_huge_workspace_reads_stream_through_the_daemon_in_bounded_memory()
     d.del(&format!("/v1/workspaces/{ws}"))
         .expect(200, "delete the workspace");
 }
+
+/// What a client asks that a filesystem refuses (a name over NAME_MAX, a
+/// path over PATH_MAX, a directory moved into itself) is the client's 400,
+/// never a 500.
+#[test]
+fn names_too_long_and_moves_into_themselves_are_400() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let long_name = format!("/workspace/{}", "n".repeat(300));
+    let r = d.post(
+        &format!("/v1/sessions/{id}/fs/mkdir"),
+        &serde_json::json!({"path": long_name}),
+    );
+    r.assert_client_error("mkdir of a name over NAME_MAX");
+    assert_eq!(r.status, 400, "{}", r.text);
+    let long_path = format!("/workspace/{}", "d/".repeat(2100));
+    let r = get_with_path(&d, &id, "stat", &long_path);
+    assert_eq!(r.status, 400, "stat of a path over PATH_MAX: {}", r.text);
+    d.sh(&id, "mkdir -p /workspace/a/b");
+    let r = d.post(
+        &format!("/v1/sessions/{id}/fs/move"),
+        &serde_json::json!({"from": "/workspace/a", "to": "/workspace/a/b/c"}),
+    );
+    assert_eq!(r.status, 400, "a directory moved into itself: {}", r.text);
+    assert_eq!(d.sh(&id, "ls /workspace/a"), "b\n");
+}

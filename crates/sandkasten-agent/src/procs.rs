@@ -558,6 +558,8 @@ fn spawn(
         let kind = match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ENOTDIR) => ErrorKind::NotFound,
             Some(libc::EACCES) | Some(libc::EPERM) => ErrorKind::PermissionDenied,
+            // Arguments and environment over the kernel's limit.
+            Some(libc::E2BIG) => ErrorKind::InvalidRequest,
             _ => ErrorKind::Io,
         };
         // The child exits 127 at once; the reaper collects it.

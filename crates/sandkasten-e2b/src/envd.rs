@@ -364,12 +364,8 @@ async fn download(e2b: &Shared, id: &str, user: FileUser, q: &Query) -> Response
         Ok(r) => r,
         Err(e) => return engine_file_error(e),
     };
-    let name = reader
-        .path
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .replace('"', "");
+    let name = reader.path.rsplit('/').next().unwrap_or_default();
+    let disposition = attachment(name);
     let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next().await?;
         Some((chunk.map_err(std::io::Error::other), reader))
@@ -377,14 +373,31 @@ async fn download(e2b: &Shared, id: &str, user: FileUser, q: &Query) -> Response
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{name}\""),
-            ),
+            (header::CONTENT_DISPOSITION, disposition),
         ],
         body,
     )
         .into_response()
+}
+
+/// `Content-Disposition` of a download of `name`, whatever bytes a name
+/// in the sandbox holds (quotes, control characters, non-ASCII): the
+/// printable ASCII of it as `filename`, all of it percent-encoded as
+/// `filename*` (RFC 6266).
+fn attachment(name: &str) -> String {
+    let plain: String = name
+        .chars()
+        .filter(|c| (c.is_ascii_graphic() || *c == ' ') && !matches!(c, '"' | '\\'))
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{plain}\"; filename*=UTF-8''{encoded}")
 }
 
 /// One written file, as envd answers it (`metadata` only when it has
@@ -602,6 +615,27 @@ mod tests {
         );
         assert_ne!(s, signature("/a.txt", "write", "", "tok", None));
         assert_ne!(s, signature("/a.txt", "read", "", "tok", Some("1")));
+    }
+
+    #[test]
+    fn any_name_makes_a_valid_content_disposition() {
+        for name in [
+            "a b.txt",
+            "q\"uote",
+            "line\r\nbreak",
+            "ümlaut",
+            "back\\slash",
+        ] {
+            let d = attachment(name);
+            assert!(
+                axum::http::HeaderValue::from_str(&d).is_ok(),
+                "{name:?}: {d}"
+            );
+        }
+        assert_eq!(
+            attachment("line\r\nx y"),
+            "attachment; filename=\"linex y\"; filename*=UTF-8''line%0D%0Ax%20y"
+        );
     }
 
     #[test]

@@ -93,8 +93,15 @@ impl FsError {
             // A full quota or disk limit: the writer's own doing, not a
             // fault of the agent or the daemon.
             Some(libc::ENOSPC | libc::EDQUOT) => ErrorKind::NoSpace,
-            // A property of the path the client gave, like a missing file.
-            Some(libc::ELOOP) => ErrorKind::InvalidPath,
+            // A property of the path the client gave, like a missing file:
+            // a loop, a name or path too long, a device or FIFO that
+            // cannot be opened so.
+            Some(libc::ELOOP | libc::ENAMETOOLONG | libc::ENXIO | libc::ENODEV) => {
+                ErrorKind::InvalidPath
+            }
+            // What the request asks cannot be done as asked: a move into
+            // itself or across filesystems, an argument the file refuses.
+            Some(libc::EINVAL | libc::EXDEV) => ErrorKind::InvalidRequest,
             _ => ErrorKind::Io,
         };
         let note = if e.raw_os_error() == Some(libc::ELOOP) {
