@@ -1363,6 +1363,35 @@ fn envd_watchers_bad_input_limits_and_sandbox_end() {
     let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
     assert_connect_error(&r, 404, "not_found");
 
+    // A watcher nobody reads keeps a bounded amount: with entries asked
+    // for, events in a deep directory are about 4 KB each (its path, the
+    // sandbox's to make long), and 1500 of them (far under the 10 000
+    // events) stop it at its byte budget instead of filling the daemon's
+    // memory.
+    let n250 = "n".repeat(250);
+    let deep = format!("/workspace/long/{}", vec![n250.as_str(); 13].join("/"));
+    d.sh(&a, &format!("mkdir -p {deep}"));
+    let r = rpc(
+        &d,
+        &a,
+        &ta,
+        "CreateWatcher",
+        json!({"path": deep, "includeEntry": true}),
+    );
+    let wid = r.expect(200, "CreateWatcher")["watcherId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sh(
+        &a,
+        &format!("cd {deep} && for i in $(seq 1500); do touch {n250}$i; done"),
+    );
+    let stopped = wait_for(std::time::Duration::from_secs(30), || {
+        let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
+        r.status == 429 && r.json["code"] == "resource_exhausted"
+    });
+    assert!(stopped, "the watcher kept over its byte budget");
+
     // A path that climbs out watches the sandbox's own directory.
     let marker = format!("e2b-watch-{}", random_hex(8));
     d.sh(&a, &format!("mkdir /tmp/{marker}"));

@@ -38,6 +38,11 @@ pub const MAX_WATCHES: usize = sandkasten_engine::MAX_WATCHES;
 /// Events a watcher keeps between two `GetWatcherEvents`.
 pub const MAX_KEPT_EVENTS: usize = 10_000;
 
+/// Their encoded size: names (up to 4 KiB each) and entries with their
+/// metadata are the sandbox's to make long, so a count alone would let
+/// its processes fill the daemon's memory behind a watcher nobody reads.
+pub const MAX_KEPT_BYTES: usize = 4 << 20;
+
 fn kind(k: WatchEventKind) -> EventType {
     match k {
         WatchEventKind::Create => EventType::Create,
@@ -217,6 +222,8 @@ impl Stream {
 #[derive(Default)]
 struct Kept {
     events: Vec<FilesystemEvent>,
+    /// Their encoded size.
+    bytes: usize,
     /// Why it stopped (answered by the next `GetWatcherEvents`, which
     /// then forgets the watcher).
     failed: Option<RpcError>,
@@ -316,17 +323,22 @@ pub(crate) async fn create(
             match next {
                 Ok(Some(events)) => {
                     let events = convert(&shared, &sandbox, &watch, events, include, user).await;
+                    let bytes: usize = events.iter().map(prost::Message::encoded_len).sum();
                     let mut k = lock(&task_kept);
-                    if k.events.len() + events.len() > MAX_KEPT_EVENTS {
+                    if k.events.len() + events.len() > MAX_KEPT_EVENTS
+                        || k.bytes + bytes > MAX_KEPT_BYTES
+                    {
                         k.failed = Some(RpcError::new(
                             Code::ResourceExhausted,
                             format!(
-                                "more than {MAX_KEPT_EVENTS} events since the last \
-                                 GetWatcherEvents: the watcher stopped"
+                                "more than {MAX_KEPT_EVENTS} events or {} MiB of them since \
+                                 the last GetWatcherEvents: the watcher stopped",
+                                MAX_KEPT_BYTES >> 20
                             ),
                         ));
                         return;
                     }
+                    k.bytes += bytes;
                     k.events.extend(events);
                 }
                 // The directory went away: the events stay readable.
@@ -373,6 +385,7 @@ pub(crate) fn events(
         map.remove(&r.watcher_id);
         return Err(e);
     }
+    kept.bytes = 0;
     Ok(GetWatcherEventsResponse {
         events: std::mem::take(&mut kept.events),
     })
