@@ -152,6 +152,10 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    // An object: serde would take an array for a struct too.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(E2bError::bad("the JSON body must be an object"));
+    }
     serde_json::from_slice(body).map_err(|e| E2bError::bad(format!("invalid JSON body: {e}")))
 }
 
@@ -303,6 +307,11 @@ async fn create(State(ctl): State<Ctl>, body: Bytes) -> Result<Response> {
         ));
     }
     let template = req.template_id.unwrap_or_else(|| "base".into());
+    if template.is_empty() {
+        return Err(E2bError::bad(
+            "templateID must not be empty (leave it out for base)",
+        ));
+    }
     let image = if template == "base" {
         None
     } else {
@@ -597,6 +606,13 @@ async fn list_snapshots(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result
 /// images themselves are managed with `sandkasten image`.
 async fn delete_template(State(ctl): State<Ctl>, Path(id): Path<String>) -> Result<StatusCode> {
     if !sandkasten_engine::is_sandbox_snapshot(&id) {
+        let images = ctl.engine.list_images().await?;
+        if !images.iter().any(|i| i.name == id) {
+            return Err(E2bError::new(
+                StatusCode::NOT_FOUND,
+                format!("template {id} not found"),
+            ));
+        }
         return Err(E2bError::bad(format!(
             "{id} is an image, not a snapshot: images are managed with `sandkasten image`"
         )));

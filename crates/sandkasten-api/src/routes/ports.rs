@@ -17,7 +17,11 @@ const DEFAULT_TTL_SECONDS: u64 = 3600;
 
 /// The port number of a path, 1-65535, or 400.
 pub(crate) fn parse_port(port: &str) -> Result<u16, ApiError> {
-    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+    // Digits as written, no sign or leading zero: one spelling per port
+    // (so one preview host, one signed URL).
+    let canonical = port.bytes().all(|b| b.is_ascii_digit()) && !port.starts_with('0');
+    let parsed = canonical.then(|| port.parse::<u16>().ok()).flatten();
+    parsed.ok_or_else(|| {
         ApiError::InvalidRequest(format!(
             "invalid port {port:?}: use a number from 1 to 65535"
         ))
@@ -108,4 +112,18 @@ pub(crate) async fn proxy(State(state): State<AppState>, req: Request) -> Respon
     // Never reached through the router in a running daemon: the ports
     // middleware answers these paths first. Declared for the document.
     crate::ports::serve(&state.ports, req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port;
+
+    #[test]
+    fn a_port_has_one_spelling() {
+        assert_eq!(parse_port("8000").ok(), Some(8000));
+        assert_eq!(parse_port("65535").ok(), Some(65535));
+        for bad in ["0", "08000", "+8000", "-1", "65536", "", " 80", "8e3"] {
+            assert!(parse_port(bad).is_err(), "{bad:?}");
+        }
+    }
 }
