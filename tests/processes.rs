@@ -536,3 +536,130 @@ fn only_the_newest_ended_processes_keep_their_output() {
         10
     );
 }
+
+/// A paste of 1 MiB into a terminal that echoes it: input and output
+/// flow at once (the input waits for the terminal, which waits for its
+/// output to be taken), and the paste comes back.
+#[test]
+fn a_large_paste_into_a_terminal_flows_both_ways() {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    // 1024 lines of 1000 bytes: echoed, then written again by `head`
+    // (about 2 MB back; what matters is that all of it flows and the
+    // process ends).
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/{id}/pty?cmd=head%20-n%201024%3B%20exit%205",
+        d.port
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", d.key).parse().unwrap(),
+    );
+    let (mut ws, _) = tungstenite::connect(req).unwrap();
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_mut() {
+        // A stuck terminal fails the test instead of hanging it.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+    let mut line = vec![b'x'; 999];
+    line.push(b'\n');
+    for _ in 0..16 {
+        ws.send(Message::Binary(line.repeat(64).into())).unwrap();
+    }
+    let mut seen = 0usize;
+    let exit = loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => seen += b.len(),
+            Ok(Message::Text(t)) => break serde_json::from_str::<Value>(&t).unwrap(),
+            Ok(Message::Close(_)) => panic!("closed without an exit message after {seen} bytes"),
+            Ok(_) => {}
+            Err(e) => panic!("the terminal stopped after {seen} bytes: {e}"),
+        }
+    };
+    assert_eq!(exit["exit_code"], 5, "{exit}");
+    assert!(
+        seen >= 1024 * 1000,
+        "{seen} bytes of the paste and its echo came back"
+    );
+}
+
+/// A write to a process's stdin that waits for it to read holds up no
+/// other call of the session's processes; a signal ends the process, and
+/// with it the write.
+#[test]
+fn a_waiting_stdin_write_holds_up_no_other_process_call() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for (tag, pty) in [
+        ("pipe", Value::Null),
+        ("term", json!({"rows": 24, "cols": 80})),
+    ] {
+        d.post(
+            &procs(&id),
+            &json!({"argv": ["sleep", "600"], "stdin": true, "tag": tag, "pty": pty}),
+        )
+        .expect(201, "start a process that never reads");
+        let stdin = format!("{}/{tag}/stdin", procs(&id));
+        let writer = {
+            let rb = d
+                .request(reqwest::Method::POST, &stdin)
+                .body(vec![b'x'; 4 << 20])
+                .timeout(Duration::from_secs(60));
+            std::thread::spawn(move || rb.send().map(|r| r.status().as_u16()))
+        };
+        // The write waits (the process never reads): other calls answer.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!writer.is_finished(), "{tag}: the write did not wait");
+        let t = std::time::Instant::now();
+        d.get(&procs(&id))
+            .expect(200, "list beside a waiting write");
+        d.get(&format!("{}/{tag}", procs(&id)))
+            .expect(200, "get beside a waiting write");
+        d.post(
+            &format!("{}/{tag}/signal", procs(&id)),
+            &json!({"signal": 9}),
+        )
+        .expect(200, "signal beside a waiting write");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{tag}: {:?}",
+            t.elapsed()
+        );
+        // The end ends the write, and the process shows as ended.
+        let status = writer.join().unwrap().expect("the write answered");
+        assert_eq!(status, 409, "{tag}: the write to an ended process");
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                d.get(&format!("{}/{tag}", procs(&id))).expect(200, "get")["running"] == false
+            }),
+            "{tag}: the process never showed as ended"
+        );
+    }
+}
+
+/// An ended process gives its terminal back: 70 terminal processes one
+/// after the other (a sandbox has 64 terminals) leave the shell its own.
+#[test]
+fn ended_terminal_processes_give_their_terminals_back() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    for i in 0..70 {
+        let v = d
+            .post(
+                &procs(&id),
+                &json!({"argv": ["true"], "pty": {"rows": 24, "cols": 80}}),
+            )
+            .expect(201, &format!("terminal process {i}"));
+        let pid = v["pid"].as_u64().unwrap();
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                d.get(&format!("{}/{pid}", procs(&id))).expect(200, "get")["running"] == false
+            }),
+            "terminal process {i} did not end: {}",
+            d.get(&format!("{}/{pid}", procs(&id))).text
+        );
+    }
+    assert_eq!(d.sh(&id, "echo ok"), "ok\n");
+}

@@ -31,6 +31,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -84,9 +85,18 @@ pub struct Proc {
     out: Mutex<Out>,
     changed: Condvar,
     /// Where input goes: the stdin pipe or a PTY master; `None` once closed.
+    /// Held by a write for as long as it waits for the process to read.
     stdin: Mutex<Option<OwnedFd>>,
-    /// The PTY master (for resizes).
-    master: Option<Arc<OwnedFd>>,
+    /// Whether `stdin` is open, for `info` (which never waits for a write:
+    /// the table's other users call it under the table's lock).
+    stdin_open: AtomicBool,
+    /// Readable (end of file) once the process has ended: a write waiting
+    /// for it to read gives up then.
+    ended_r: OwnedFd,
+    /// Whether it has a PTY, and the PTY master (for resizes) until the
+    /// process ends: its terminal is the sandbox's to use again then.
+    pty: bool,
+    master: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 struct Out {
@@ -228,7 +238,7 @@ impl Proc {
     pub fn info(&self) -> ProcInfo {
         let mut info = self.info.clone();
         info.end = lock(&self.out).end;
-        info.stdin = info.end.is_none() && lock(&self.stdin).is_some();
+        info.stdin = info.end.is_none() && self.stdin_open.load(Ordering::SeqCst);
         info
     }
 
@@ -302,12 +312,14 @@ impl Proc {
                 format!("the stdin of process {} is not open", self.info.pid),
             ));
         };
-        write_all(fd.as_raw_fd(), data).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPIPE) | Some(libc::EIO) => ProcError::new(
-                ErrorKind::StdinClosed,
-                format!("process {} no longer reads its stdin", self.info.pid),
-            ),
-            _ => ProcError::new(ErrorKind::Io, format!("writing to stdin: {e}")),
+        write_all(fd.as_raw_fd(), data, self.ended_r.as_raw_fd()).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EPIPE) | Some(libc::EIO) => ProcError::new(
+                    ErrorKind::StdinClosed,
+                    format!("process {} no longer reads its stdin", self.info.pid),
+                ),
+                _ => ProcError::new(ErrorKind::Io, format!("writing to stdin: {e}")),
+            }
         })
     }
 
@@ -315,10 +327,11 @@ impl Proc {
     /// terminal stays the process's.
     pub fn close_stdin(&self) -> Result<(), ProcError> {
         self.ended()?;
-        if self.master.is_some() {
+        if self.pty {
             return self.input(&[0x04]);
         }
         lock(&self.stdin).take();
+        self.stdin_open.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -355,11 +368,14 @@ impl Proc {
     /// Sets the PTY's window size.
     pub fn resize(&self, size: PtySize) -> Result<(), ProcError> {
         self.ended()?;
-        let Some(master) = &self.master else {
+        if !self.pty {
             return Err(ProcError::new(
                 ErrorKind::InvalidRequest,
                 format!("process {} has no PTY", self.info.pid),
             ));
+        }
+        let Some(master) = lock(&self.master).clone() else {
+            return self.ended();
         };
         check_size(size)?;
         set_winsize(master.as_raw_fd(), size)
@@ -503,6 +519,11 @@ fn spawn(
     }
     let (err_r, err_w) = pipe().map_err(|e| io_err("making a pipe", e))?;
     let (exit_r, exit_w) = pipe().map_err(|e| io_err("making a pipe", e))?;
+    let (ended_r, ended_w) = pipe().map_err(|e| io_err("making a pipe", e))?;
+    if let Some(w) = &stdin_w {
+        // Writes wait in poll, where the process's end can end them.
+        set_nonblocking(w.as_raw_fd()).map_err(|e| io_err("setting up stdin", e))?;
+    }
     let cs =
         |s: &str| cstring(s).map_err(|e| ProcError::new(ErrorKind::InvalidRequest, e.to_string()));
     let plan = ChildPlan {
@@ -583,14 +604,27 @@ fn spawn(
             end: None,
         }),
         changed: Condvar::new(),
+        stdin_open: AtomicBool::new(stdin_w.is_some()),
         stdin: Mutex::new(stdin_w),
-        master,
+        ended_r,
+        pty: master.is_some(),
+        master: Mutex::new(master),
     });
     let pumped = proc.clone();
     std::thread::Builder::new()
         .name(format!("proc-{pid}"))
         .spawn(move || {
-            pump(&pumped, reads, exit_r, &status);
+            pump(&pumped, reads, exit_r);
+            // Writes waiting for the process to read give up; its stdin
+            // and its terminal go (a sandbox has 64 terminals).
+            drop(ended_w);
+            lock(&pumped.stdin).take();
+            pumped.stdin_open.store(false, Ordering::SeqCst);
+            lock(&pumped.master).take();
+            let mut o = lock(&pumped.out);
+            o.end = Some(pumped_end(&status));
+            pumped.changed.notify_all();
+            drop(o);
             on_end();
         })
         .map_err(|e| {
@@ -663,12 +697,7 @@ fn resolve(argv0: &str, env: &[(String, String)], cwd: &str) -> Result<String, P
 }
 
 /// Reads the process's output into its log until it has ended.
-fn pump(
-    proc: &Proc,
-    mut reads: Vec<(OwnedFd, ProcStream)>,
-    exit_r: OwnedFd,
-    status: &Mutex<Option<i32>>,
-) {
+fn pump(proc: &Proc, mut reads: Vec<(OwnedFd, ProcStream)>, exit_r: OwnedFd) {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut exited_at: Option<Instant> = None;
     loop {
@@ -738,15 +767,15 @@ fn pump(
             exited_at = Some(Instant::now());
         }
     }
+}
+
+/// How the reaped process ended.
+fn pumped_end(status: &Mutex<Option<i32>>) -> ProcEnd {
     let st = lock(status).unwrap_or(0);
-    let end = ProcEnd {
+    ProcEnd {
         exit_code: reaper::exit_code(st),
         signal: libc::WIFSIGNALED(st).then(|| libc::WTERMSIG(st)),
-    };
-    lock(&proc.stdin).take();
-    let mut o = lock(&proc.out);
-    o.end = Some(end);
-    proc.changed.notify_all();
+    }
 }
 
 /// A close-on-exec duplicate of `fd`.
@@ -768,8 +797,10 @@ fn set_winsize(fd: RawFd, size: PtySize) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `data` to a blocking or non-blocking fd.
-fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` to a non-blocking fd, waiting while it is full
+/// until `ended` is readable (the process ended: EPIPE) or the fd hangs up
+/// (a PTY whose every slave closed: EIO).
+fn write_all(fd: RawFd, mut data: &[u8], ended: RawFd) -> io::Result<()> {
     while !data.is_empty() {
         // SAFETY: writes from a valid buffer.
         let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
@@ -781,13 +812,18 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
         match e.raw_os_error() {
             Some(libc::EINTR) => {}
             Some(libc::EAGAIN) => {
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: a valid pollfd.
-                unsafe { libc::poll(&mut p, 1, -1) };
+                let mut p = [sys::pollfd(fd), sys::pollfd(ended)];
+                p[0].events = libc::POLLOUT;
+                // SAFETY: a valid array of pollfds.
+                if unsafe { libc::poll(p.as_mut_ptr(), 2, -1) } < 0 {
+                    continue;
+                }
+                if p[1].revents != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EPIPE));
+                }
+                if p[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
             }
             _ => return Err(e),
         }

@@ -118,6 +118,23 @@ async fn serve(
     mut socket: WebSocket,
 ) {
     let proc = ProcRef::Pid(out.info.pid);
+    // Input goes to the terminal on a task of its own: a write waits while
+    // the terminal does not read, and the terminal stops reading while its
+    // output (the echo of a paste, say) is not taken, so output must flow
+    // meanwhile. The socket is read only while the writer has room (its
+    // backpressure), output always.
+    let (input_tx, mut input_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let writer = {
+        let (state, id, proc) = (state.clone(), id.clone(), proc.clone());
+        tokio::spawn(async move {
+            while let Some(input) = input_rx.recv().await {
+                if let Err(e) = state.backend.process_input(&id, proc.clone(), input).await {
+                    tracing::debug!(session = %id, error = %e, "terminal input");
+                }
+            }
+        })
+    };
+    let mut pending: Option<Vec<u8>> = None;
     loop {
         tokio::select! {
             ev = out.next() => match ev {
@@ -132,41 +149,46 @@ async fn serve(
                     });
                     let _ = socket.send(Message::Text(msg.to_string().into())).await;
                     let _ = socket.send(Message::Close(None)).await;
+                    writer.abort();
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "a terminal lost its sandbox");
                     let _ = socket.send(Message::Close(None)).await;
+                    writer.abort();
                     return;
                 }
             },
-            msg = socket.recv() => {
-                let input = match msg {
-                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+            permit = input_tx.reserve(), if pending.is_some() => match permit {
+                Ok(permit) => permit.send(pending.take().unwrap_or_default()),
+                Err(_) => break,
+            },
+            msg = socket.recv(), if pending.is_none() => {
+                pending = match msg {
+                    Some(Ok(Message::Binary(b))) => Some(b.to_vec()),
                     Some(Ok(Message::Text(t))) => match serde_json::from_str::<Control>(&t) {
-                        Ok(Control::Input { data }) => data.into_bytes(),
+                        Ok(Control::Input { data }) => Some(data.into_bytes()),
                         Ok(Control::Resize { rows, cols }) if rows > 0 && cols > 0 => {
                             let size = engine::PtySize { rows, cols };
                             if let Err(e) = state.backend.resize_process(&id, proc.clone(), size).await {
                                 tracing::debug!(session = %id, error = %e, "terminal resize");
                             }
-                            continue;
+                            None
                         }
                         // Unknown control messages are ignored.
-                        _ => continue,
+                        _ => None,
                     },
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 };
-                if let Err(e) = state.backend.process_input(&id, proc.clone(), input).await {
-                    tracing::debug!(session = %id, error = %e, "terminal input");
-                }
             }
         }
     }
     // The client went away: a terminal we started hangs up, like a closed
-    // terminal window.
+    // terminal window (which also ends a write waiting for it to read).
+    drop(input_tx);
     if owned {
         let _ = state.backend.signal_process(&id, proc, 1).await;
     }
+    writer.abort();
 }
