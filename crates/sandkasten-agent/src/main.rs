@@ -29,6 +29,7 @@
 //! [`AgentConfig`]: sandkasten_protocol::AgentConfig
 
 mod container;
+mod envs;
 mod files;
 mod init;
 mod ports;

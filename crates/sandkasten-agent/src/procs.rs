@@ -640,29 +640,30 @@ fn spawn(
 /// `USER` for its user, `PWD`, and `TERM` for a PTY unless asked.
 fn process_env(spec: &ProcSpec, cfg: &AgentConfig, cwd: &str) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::with_capacity(cfg.env.len() + spec.env.len() + 4);
-    let mut set = |k: &str, v: &str| {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.to_string(), v.to_string()));
-    };
-    for (k, v) in &cfg.env {
-        if !k.is_empty() && !k.contains('=') {
-            set(k, v);
-        }
-    }
+    let own = |k: &str, v: &str| (k.to_string(), v.to_string());
+    crate::envs::set_all(
+        &mut env,
+        cfg.env
+            .iter()
+            .filter(|(k, _)| !k.is_empty() && !k.contains('='))
+            .cloned(),
+    );
+    let mut fixed = Vec::new();
     if spec.root {
-        set("HOME", "/root");
-        set("USER", "root");
-        set("LOGNAME", "root");
+        fixed.extend([
+            own("HOME", "/root"),
+            own("USER", "root"),
+            own("LOGNAME", "root"),
+        ]);
     } else if !cfg.env.iter().any(|(k, _)| k == "HOME") {
-        set("HOME", &cfg.home);
+        fixed.push(own("HOME", &cfg.home));
     }
     if spec.pty.is_some() {
-        set("TERM", "xterm-256color");
+        fixed.push(own("TERM", "xterm-256color"));
     }
-    set("PWD", cwd);
-    for (k, v) in &spec.env {
-        set(k, v);
-    }
+    fixed.push(own("PWD", cwd));
+    crate::envs::set_all(&mut env, fixed);
+    crate::envs::set_all(&mut env, spec.env.iter().cloned());
     env
 }
 

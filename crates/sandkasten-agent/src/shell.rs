@@ -377,20 +377,13 @@ impl Shell {
     /// over the agent's.
     pub fn config(&self) -> AgentConfig {
         let mut cfg = self.cfg.clone();
-        for (k, v) in lock(&self.extra_env).iter() {
-            cfg.env.retain(|(ek, _)| ek != k);
-            cfg.env.push((k.clone(), v.clone()));
-        }
+        crate::envs::set_all(&mut cfg.env, lock(&self.extra_env).iter().cloned());
         cfg
     }
 
     /// Adds `env` to the environment of shells started from now on.
     pub fn set_env(&self, env: Vec<(String, String)>) {
-        let mut extra = lock(&self.extra_env);
-        for (k, v) in env {
-            extra.retain(|(ek, _)| *ek != k);
-            extra.push((k, v));
-        }
+        crate::envs::set_all(&mut lock(&self.extra_env), env);
     }
 }
 
