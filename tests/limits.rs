@@ -251,3 +251,33 @@ mod native_only {
         );
     }
 }
+
+/// Processes started past the pids limit are refused as the sandbox's
+/// limit (400 `PROCESS_START_FAILED`, saying so), never a 500, and the
+/// session goes on once they end.
+#[test]
+fn process_starts_past_the_pids_limit_are_the_sandboxes_limit() {
+    let d = Daemon::start(Some(PIDS_CONFIG));
+    let id = d.new_session();
+    let mut refused = None;
+    for i in 0..40 {
+        let r = d.post(
+            &format!("/v1/sessions/{id}/processes"),
+            &json!({"argv": ["sleep", "300"], "tag": format!("s{i}")}),
+        );
+        if r.status != 201 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("40 processes under a pids limit of 32");
+    r.assert_error(400, "PROCESS_START_FAILED", "a start past the pids limit");
+    assert!(r.text.contains("pids_limit"), "{}", r.text);
+    d.exec(&id, "pkill sleep; true");
+    assert_eq!(d.sh(&id, "echo ok"), "ok\n");
+    d.post(
+        &format!("/v1/sessions/{id}/processes"),
+        &json!({"argv": ["true"]}),
+    )
+    .expect(201, "a start once the others ended");
+}

@@ -457,7 +457,21 @@ fn spawn(
     cfg: &AgentConfig,
     on_end: impl FnOnce() + Send + 'static,
 ) -> Result<Arc<Proc>, ProcError> {
-    let io_err = |what: &str, e: io::Error| ProcError::new(ErrorKind::Io, format!("{what}: {e}"));
+    // A limit of the sandbox reached (its pids for a fork or a thread,
+    // its 64 terminals, its descriptors) is the sandbox's, not the
+    // agent's fault: the start is refused as such.
+    let io_err = |what: &str, e: io::Error| {
+        let kind = match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ENOSPC | libc::EMFILE | libc::ENFILE) => ErrorKind::NoSpace,
+            _ => ErrorKind::Io,
+        };
+        let hint = match e.raw_os_error() {
+            Some(libc::EAGAIN) => " (the sandbox's process limit, pids_limit, is reached)",
+            Some(libc::ENOSPC) => " (the sandbox's terminals are all in use)",
+            _ => "",
+        };
+        ProcError::new(kind, format!("{what}: {e}{hint}"))
+    };
     let cwd = spec.cwd.clone().unwrap_or_else(|| cfg.workdir.clone());
     let (uid, gid) = if spec.root {
         (None, None)

@@ -516,7 +516,8 @@ pub enum ErrorKind {
     /// The filesystem written to, or its quota, is full (`ENOSPC`,
     /// `EDQUOT`): a workspace's quota, a sandbox's disk limit, or the
     /// host's disk; for a watch (as for inotify, whose limits are
-    /// `ENOSPC` too): a watch limit reached or the event queue overflowed.
+    /// `ENOSPC` too): a watch limit reached or the event queue overflowed;
+    /// for a process start: the sandbox's pids, terminals or descriptors.
     NoSpace,
     Io,
     /// The process has ended (stdin, a signal or a resize came too late).

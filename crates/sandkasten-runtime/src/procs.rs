@@ -220,9 +220,11 @@ fn start_error(kind: ErrorKind, message: String) -> RuntimeError {
     let kind = match kind {
         ErrorKind::InvalidRequest => ProcErrorKind::InvalidRequest,
         ErrorKind::AlreadyExists => ProcErrorKind::TagInUse,
-        ErrorKind::NotFound | ErrorKind::PermissionDenied | ErrorKind::NotADirectory => {
-            ProcErrorKind::StartFailed
-        }
+        // NoSpace: a limit of the sandbox (pids, terminals) is reached.
+        ErrorKind::NotFound
+        | ErrorKind::PermissionDenied
+        | ErrorKind::NotADirectory
+        | ErrorKind::NoSpace => ProcErrorKind::StartFailed,
         _ => return RuntimeError::Agent(message),
     };
     RuntimeError::Process { kind, message }
