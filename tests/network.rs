@@ -937,6 +937,50 @@ fn a_daemon_killed_for_good_leaves_no_rules_once_its_test_is_done() {
     assert_eq!(docker_rules(&prefix), "", "DOCKER-USER rules after it");
 }
 
+/// DNS answers opening addresses while policies change, many at once:
+/// neither waits for the other for good (an opening took the view's lock
+/// and then the datapath's, a change the two the other way round), and
+/// every change answers.
+#[test]
+fn dns_openings_and_policy_changes_at_once_never_stall() {
+    let dns = upstream_dns(vec![
+        ("app.test", "203.0.113.61".to_string()),
+        ("api.test", "203.0.113.62".to_string()),
+    ]);
+    let d = Daemon::start(Some(&format!(
+        "network:\n  allow_full: true\n  dns_upstream: \"{dns}\"\n"
+    )));
+    let a = create(
+        &d,
+        json!({"mode": "full", "allow_out": ["app.test", "api.test"]}),
+    );
+    let b = create(&d, json!({"mode": "full", "allow_out": ["app.test"]}));
+    // A resolves as fast as it can in the background.
+    d.sh(
+        &a,
+        "(for i in $(seq 20000); do getent hosts app.test; getent hosts api.test; done \
+         >/dev/null 2>&1 &)",
+    );
+    for round in 0..150 {
+        let (target, allow) = match round % 3 {
+            0 => (&a, json!(["app.test", "api.test"])),
+            1 => (&a, json!(["app.test"])),
+            _ => (&b, json!(["api.test"])),
+        };
+        let r = d.send(
+            d.request(
+                reqwest::Method::PUT,
+                &format!("/v1/sessions/{target}/network"),
+            )
+            .json(&json!({"mode": "full", "allow_out": allow}))
+            .timeout(Duration::from_secs(10)),
+        );
+        r.expect(200, &format!("policy change {round} beside DNS answers"));
+    }
+    d.exec(&a, "pkill getent; pkill -f 'seq 20000'; true");
+    assert_eq!(d.sh(&b, "echo ok"), "ok\n");
+}
+
 /// A UDP echo server on `addr:port` inside the internet's namespace.
 fn serve_udp_echo(inet: &Internet, addr: &str, port: u16) {
     let path = format!("/var/run/netns/{}", inet.ns);

@@ -101,23 +101,40 @@ impl Sandboxes for View {
         ttl: Duration,
         under: &Arc<NetworkPolicy>,
     ) -> Result<(), NotOpened> {
-        // Held until the element is in and noted: a policy change sets
-        // its policy here (under this lock) before it deletes the noted
-        // elements, so an opening is either refused as stale or deleted.
-        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        match k.policies.get(id) {
-            Some(p) if Arc::ptr_eq(p, under) => {}
-            _ => return Err(NotOpened::Stale),
-        }
-        let key = k.keys.get(id).ok_or(NotOpened::Stale)?;
+        // Checked before and after the element goes in, the send outside
+        // the lock (the sink takes the datapath's lock, which a policy
+        // change holds while it takes this one). A change sets its policy
+        // here before it deletes what `Resolved` lists: an opening noted
+        // in `Resolved` under the policy it was checked against is
+        // deleted by the change; one that finds the policy changed
+        // deletes its element itself.
+        let current = |k: &Known| {
+            k.policies
+                .get(id)
+                .filter(|p| Arc::ptr_eq(p, under))
+                .and_then(|_| k.keys.get(id).cloned())
+        };
+        let key = current(&self.known.lock().unwrap_or_else(|p| p.into_inner()))
+            .ok_or(NotOpened::Stale)?;
         // An address of a family the sandbox has no link for opens nothing.
-        if let Some(m) = nft::dns_element(&self.table, key, &addr, ttl.as_millis() as u64) {
-            self.sink
-                .send(vec![m])
-                .map_err(|e| NotOpened::Failed(e.to_string()))?;
+        let Some(add) = nft::dns_element(&self.table, &key, &addr, ttl.as_millis() as u64) else {
+            return Ok(());
+        };
+        self.sink
+            .send(vec![add])
+            .map_err(|e| NotOpened::Failed(e.to_string()))?;
+        let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if current(&k).is_some() {
+            self.resolved.open(id, addr, ttl);
+            return Ok(());
         }
-        self.resolved.open(id, addr, ttl);
-        Ok(())
+        drop(k);
+        if let Some(del) = nft::dns_element_delete(&self.table, &key, &addr) {
+            if let Err(e) = self.sink.send(vec![del]) {
+                tracing::warn!(session = id, %addr, "closing an address a policy change made stale: {e}");
+            }
+        }
+        Err(NotOpened::Stale)
     }
 }
 
