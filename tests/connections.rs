@@ -287,6 +287,40 @@ fn huge_heads_are_431_or_a_closed_connection() {
 }
 
 #[test]
+fn heads_are_held_to_64_kib_however_they_arrive() {
+    let d = Daemon::start(None);
+    // A head of exactly `len` bytes (the blank line that ends it included),
+    // written at once: it may reach the daemon in a single read.
+    let head = |len: usize| {
+        let (start, end) = ("GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: ", "\r\n\r\n");
+        format!("{start}{}{end}", "a".repeat(len - start.len() - end.len()))
+    };
+    for (len, want) in [
+        (64 << 10, 200),
+        ((64 << 10) + 1, 431),
+        (70_000, 431),
+        (114_000, 431),
+        (1 << 20, 431),
+    ] {
+        let head = head(len);
+        assert_eq!(head.len(), len);
+        let mut s = connect(d.port);
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(head.as_bytes());
+        });
+        match read_answer(&mut s, Duration::from_secs(30)) {
+            Raw::Answered(status, body) => {
+                assert_eq!(status, want, "a head of {len} bytes: {body:.300}")
+            }
+            Raw::Closed => panic!("a head of {len} bytes: closed without an answer"),
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        writer.join().unwrap();
+    }
+}
+
+#[test]
 fn a_slow_or_silent_head_is_closed_within_the_header_timeout() {
     let d = Daemon::start(None);
     let port = d.port;

@@ -485,6 +485,65 @@ fn token_of(url: &Value) -> String {
 }
 
 #[test]
+fn our_cookie_never_reaches_the_app_however_access_was_given() {
+    let d = Daemon::start(None);
+    let id = session_with_server(&d, &[(8000, "127.0.0.1")]);
+    let token = token_of(
+        &d.post(&port_path(&id, 8000, "/url"), &json!({}))
+            .expect(200, "url"),
+    );
+    let host = format!("8000-{id}.localhost:{}", d.port);
+    let ours = format!("sandkasten_port_token={token}");
+    let c = anonymous();
+    // What the app sees of a request with `cookie`.
+    let seen = |what: &str, r: reqwest::blocking::RequestBuilder, cookie: &str| {
+        let r = r.header("Cookie", cookie).send().unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        let text = r.text().unwrap();
+        assert!(
+            !text.contains(&token),
+            "{what}: our cookie reached the app: {text}"
+        );
+        text
+    };
+    let by_path = |q: &str| {
+        c.get(format!(
+            "{}{}",
+            d.url,
+            port_path(&id, 8000, &format!("/echo{q}"))
+        ))
+    };
+    let by_host = |q: &str| c.get(format!("{}/echo{q}", d.url)).header("Host", &host);
+    let query = format!("?sandkasten_token={token}");
+    // The app's cookies as a browser may send them, ours among them: the
+    // app gets its own, each byte for byte.
+    let sent = format!("a=1;b=\"x y\" ; {ours}; c=%20=");
+    for (what, r) in [
+        // A browser that opens the signed URL a second time sends the
+        // query and the cookie the first visit set.
+        ("token in the query, path form", by_path(&query)),
+        ("token in the query, preview host", by_host(&query)),
+        (
+            "the key",
+            by_path("").header("Authorization", format!("Bearer {}", d.key)),
+        ),
+        ("the cookie alone", by_host("")),
+    ] {
+        let text = seen(what, r, &sent);
+        assert!(
+            text.contains("cookie: a=1; b=\"x y\"; c=%20=\n"),
+            "{what}: the app's own cookies: {text}"
+        );
+    }
+    // A Cookie header without ours passes exactly as sent; ours alone
+    // leaves none.
+    let text = seen("without ours", by_host(&query), "a=1;b=2 ;c");
+    assert!(text.contains("cookie: a=1;b=2 ;c\n"), "{text}");
+    let text = seen("ours alone", by_host(&query), &ours);
+    assert!(!text.to_ascii_lowercase().contains("cookie:"), "{text}");
+}
+
+#[test]
 fn signed_urls_open_one_port_until_they_expire_and_survive_a_restart() {
     let home = DataDir::new();
     let d = Daemon::start_in(&home, None);

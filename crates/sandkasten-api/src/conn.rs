@@ -26,9 +26,11 @@
 //!   [`ConnLimits::idle_timeout_near_limit`] while three quarters of the
 //!   connection budget is in use; a client that reads nothing of its
 //!   response for [`ConnLimits::write_timeout`] is disconnected.
-//! - **Heads are bounded.** A head larger than
-//!   [`ConnLimits::max_head_bytes`] (or with more than 100 header fields) is
-//!   answered 431 by hyper and the connection closed.
+//! - **Heads are bounded.** A head (request line, header fields and the
+//!   blank line) larger than [`ConnLimits::max_head_bytes`] (or with more
+//!   than 100 header fields) is answered 431 by hyper and the connection
+//!   closed, whether it arrives in one read or many. The same bound holds
+//!   for the trailers of a chunked body.
 //! - **Accept errors do not spin.** Out of descriptors (`EMFILE`, `ENFILE`)
 //!   or memory, the loop closes the oldest idle not-yet-authenticated
 //!   connection and waits for a connection to close (an event), at most a
@@ -985,7 +987,11 @@ async fn serve_conn(
         conn: conn.clone(),
     });
     let mut http = hyper::server::conn::http1::Builder::new();
+    // `max_header_size` bounds the head itself, however it arrives;
+    // `max_buf_size` alone only bounds a head still incomplete in the read
+    // buffer, so a longer one that lands in fewer reads would pass.
     http.max_buf_size(limits.max_head_bytes.max(8192))
+        .max_header_size(limits.max_head_bytes)
         .keep_alive(true);
     // Upgrades (WebSocket through the ports proxy) take the socket over
     // once their 101 is written; the connection's task then ends.

@@ -19,7 +19,16 @@
 //! tool result with `isError` and the API's `error_code`, which the model
 //! reads; only what is not a tool call at all (an unknown tool, malformed
 //! JSON-RPC) is a protocol error.
+//!
+//! Sessions are held in memory (about 50 KB each) until the client ends
+//! them (DELETE) or they sit idle for rmcp's keep-alive (5 minutes); at
+//! most [`MAX_SESSIONS`] live at once ([`sessions`]), past which an
+//! `initialize` is refused with 503 and the live ones go on. rmcp logs
+//! what a client sends whole at INFO (an `initialize`'s parameters, every
+//! notification), so the daemon keeps rmcp at WARN and the handler logs a
+//! client's name and version cut to [`LOGGED_CLIENT_CHARS`].
 
+mod sessions;
 mod tools;
 
 use crate::AppState;
@@ -30,14 +39,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use rmcp::model::{
-    ErrorData, Implementation, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    ErrorData, Implementation, InitializeRequestParams, InitializeResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
+    ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::RoleServer;
+use sessions::CappedSessions;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -57,13 +67,18 @@ const FILE_URI_PREFIX: &str = "sandkasten://sessions/";
 /// no truncation flag, so the text says so).
 const MAX_RESOURCE_BYTES: u64 = 1024 * 1024;
 
+/// Most MCP sessions alive at once (about 50 MB of them); an `initialize`
+/// past it is refused until a session ends or expires.
+pub(crate) const MAX_SESSIONS: usize = 1000;
+
+/// How much of a client's name and version its `initialize` logs.
+const LOGGED_CLIENT_CHARS: usize = 64;
+
 /// The `/mcp` service over `state`'s backend. `shutdown` ends its sessions
 /// (and their open SSE streams) when the daemon stops, so a graceful
 /// shutdown does not wait for MCP clients to hang up.
-pub(crate) fn service(
-    state: AppState,
-    shutdown: CancellationToken,
-) -> StreamableHttpService<Sandkasten, LocalSessionManager> {
+pub(crate) fn service(state: AppState, shutdown: CancellationToken) -> axum::Router {
+    let sessions = Arc::new(CappedSessions::new(MAX_SESSIONS));
     let tools = Arc::new(tools::list());
     let config = StreamableHttpServerConfig::default()
         // Sessions for clients that initialize (revisions before
@@ -77,16 +92,22 @@ pub(crate) fn service(
         // a page that rebinds a name to the daemon cannot present it, so the
         // Host check against DNS rebinding would only refuse remote clients.
         .disable_allowed_hosts();
-    StreamableHttpService::new(
+    let service = StreamableHttpService::new(
         move || {
             Ok(Sandkasten {
                 state: state.clone(),
                 tools: tools.clone(),
             })
         },
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         config,
-    )
+    );
+    axum::Router::new()
+        .fallback_service(service)
+        .layer(axum::middleware::from_fn_with_state(
+            sessions,
+            sessions::refuse_when_full,
+        ))
 }
 
 /// The MCP server handler: one per session (or per stateless request),
@@ -116,6 +137,22 @@ impl rmcp::ServerHandler for Sandkasten {
              are under /workspace); start_process runs a server or long job in the background; \
              pause_sandbox keeps an idle sandbox without CPU; destroy_sandbox when done.",
         )
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        let client = &request.client_info;
+        tracing::info!(
+            client = %cut(&client.name, LOGGED_CLIENT_CHARS),
+            client_version = %cut(&client.version, LOGGED_CLIENT_CHARS),
+            protocol = %cut(request.protocol_version.as_str(), LOGGED_CLIENT_CHARS),
+            "MCP session initialized"
+        );
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
     }
 
     async fn list_tools(
@@ -411,6 +448,14 @@ async fn plain_client_error(response: Response) -> Result<(StatusCode, String), 
     Ok((status, text))
 }
 
+/// `s` cut to its first `max` characters (`…` marks a cut), for a log line.
+fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]).into(),
+        None => s.into(),
+    }
+}
+
 fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
     let body = serde_json::json!({
         "jsonrpc": "2.0",
@@ -485,5 +530,16 @@ mod tests {
         assert_eq!(parse_file_uri("sandkasten://sessions//files/x"), None);
         assert_eq!(parse_file_uri("file:///etc/passwd"), None);
         assert_eq!(parse_file_uri("sandkasten://sessions/a/files/%zz"), None);
+    }
+
+    #[test]
+    fn cut_bounds_log_fields() {
+        assert_eq!(cut("claude", 64), "claude");
+        assert_eq!(cut(&"x".repeat(64), 64), "x".repeat(64));
+        assert_eq!(
+            cut(&"x".repeat(5_000_000), 64),
+            format!("{}…", "x".repeat(64))
+        );
+        assert_eq!(cut("ääää", 2), "ää…");
     }
 }

@@ -16,8 +16,9 @@
 //! removed before forwarding: a sandbox never sees the key), a signed
 //! token in the query (removed; the answer sets a cookie scoped to that
 //! port: host-only on a preview host, path `/v1/sessions/{id}/ports/{port}/`
-//! on the path form), or that cookie (removed from `Cookie`). Without
-//! access: 401 before anything else, so ids cannot be probed.
+//! on the path form), or that cookie. The cookie is removed from `Cookie`
+//! however access was given (the app's own cookies pass byte for byte).
+//! Without access: 401 before anything else, so ids cannot be probed.
 
 pub(crate) mod signed;
 
@@ -151,27 +152,69 @@ fn take_token(upstream: &mut String) -> Option<String> {
     Some(token)
 }
 
-/// Every value of cookie `name` in `headers`, and the `Cookie` header
-/// without them.
-fn split_cookies(headers: &HeaderMap, name: &str) -> (Vec<String>, Vec<String>) {
-    let (mut ours, mut rest) = (Vec::new(), Vec::new());
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some((k, v)) if k == name => ours.push(v.to_string()),
-                _ => rest.push(pair.to_string()),
-            }
+/// Every value of cookie `name` in `headers`.
+fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+/// Removes cookie `name` from every `Cookie` header of `headers`. A header
+/// without it stays as sent; one with it keeps the other cookies' bytes
+/// (joined by `; `), and goes if nothing is left.
+fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let is_ours = |pair: &[u8]| {
+        let key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        key.trim_ascii() == name.as_bytes()
+    };
+    let has_ours = |v: &HeaderValue| v.as_bytes().split(|b| *b == b';').any(is_ours);
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if !values.iter().any(has_ours) {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    for value in values {
+        if !has_ours(&value) {
+            headers.append(header::COOKIE, value);
+            continue;
+        }
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty() && !is_ours(pair))
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        // The bytes come from a valid header value: still valid.
+        if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+            headers.append(header::COOKIE, v);
         }
     }
-    (ours, rest)
 }
 
 impl Ports {
-    /// Checks access and strips what the sandbox must not see.
+    /// Checks access and strips what the sandbox must not see: the key's
+    /// `Authorization` header and our cookie, however access was given (a
+    /// browser that opens a signed URL again sends the cookie with it).
     fn authorize(&self, req: &mut Request, t: &mut Target, port: Option<u16>) -> Option<Access> {
-        if self.key.verify(req.headers()) {
+        let access = self.check_access(req, t, port)?;
+        if let Access::Key = access {
             req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        remove_cookie(req.headers_mut(), signed::COOKIE);
+        Some(access)
+    }
+
+    fn check_access(&self, req: &Request, t: &mut Target, port: Option<u16>) -> Option<Access> {
+        if self.key.verify(req.headers()) {
             return Some(Access::Key);
         }
         let port = port?;
@@ -180,21 +223,10 @@ impl Ports {
             let expiry = self.signer.check(&token, &t.session, port, now)?;
             return Some(Access::Token { token, expiry });
         }
-        let (ours, rest) = split_cookies(req.headers(), signed::COOKIE);
-        if ours
+        cookie_values(req.headers(), signed::COOKIE)
             .iter()
             .any(|c| self.signer.check(c, &t.session, port, now).is_some())
-        {
-            let headers = req.headers_mut();
-            headers.remove(header::COOKIE);
-            if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
-                if !rest.is_empty() {
-                    headers.insert(header::COOKIE, v);
-                }
-            }
-            return Some(Access::Cookie);
-        }
-        None
+            .then_some(Access::Cookie)
     }
 }
 
@@ -435,18 +467,42 @@ mod tests {
     }
 
     #[test]
-    fn our_cookie_is_split_from_the_apps_cookies() {
+    fn our_cookie_is_found_and_removed_leaving_the_apps_cookies() {
         let mut h = HeaderMap::new();
         h.append(
             header::COOKIE,
-            HeaderValue::from_static("a=1; sandkasten_port_token=t1"),
+            HeaderValue::from_static("a=1;sandkasten_port_token=t1"),
         );
         h.append(
             header::COOKIE,
-            HeaderValue::from_static("sandkasten_port_token=t2; b=2"),
+            HeaderValue::from_static("sandkasten_port_token=t2; b=\"x y\"; c=%FF=="),
         );
-        let (ours, rest) = split_cookies(&h, signed::COOKIE);
-        assert_eq!(ours, ["t1", "t2"]);
-        assert_eq!(rest, ["a=1", "b=2"]);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sandkasten_port_token=t3"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"d=\xe9t\xe9 ;  e=2").unwrap(),
+        );
+        assert_eq!(cookie_values(&h, signed::COOKIE), ["t1", "t2", "t3"]);
+        remove_cookie(&mut h, signed::COOKIE);
+        let left: Vec<&[u8]> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(
+            left,
+            [&b"a=1"[..], b"b=\"x y\"; c=%FF==", b"d=\xe9t\xe9 ;  e=2"],
+            "a header without ours stays as sent"
+        );
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sandkasten_port_token=t"),
+        );
+        remove_cookie(&mut h, signed::COOKIE);
+        assert!(h.get(header::COOKIE).is_none());
     }
 }

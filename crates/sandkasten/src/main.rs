@@ -252,8 +252,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rmcp logs what an MCP client sends whole at INFO (an initialize's
+    // parameters, every notification): megabytes of log per request. The
+    // daemon's MCP handler logs bounded fields instead; a RUST_LOG that
+    // names rmcp still decides.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rmcp")) {
+        filter = filter.add_directive("rmcp=warn".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
