@@ -868,3 +868,42 @@ fn forks_keep_the_parents_disk_limit() {
         "{v}"
     );
 }
+
+/// A session whose timeout action waits (its lifecycle lock held by a
+/// hibernate that waits behind its long exec) holds up no other
+/// session's timeout.
+#[test]
+fn one_waiting_timeout_holds_up_no_other() {
+    let d = Daemon::start(None);
+    let body = |ttl: u64| serde_json::json!({"ttl_seconds": ttl, "on_timeout": "pause"});
+    let c = d
+        .post("/v1/sessions", &body(2))
+        .expect(201, "create the stuck one")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if refused_on_a_remote_engine(&d, &c) {
+        return;
+    }
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            d.exec_with(
+                &c,
+                serde_json::json!({"cmd": "sleep 15", "timeout_ms": 30000}),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Waits behind the exec, holding the lifecycle lock.
+        sc.spawn(|| post(&d, &c, "hibernate"));
+        std::thread::sleep(Duration::from_millis(300));
+        let b = d.post("/v1/sessions", &body(2)).expect(201, "create")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            wait_for(Duration::from_secs(8), || status(&d, &b) == "paused"),
+            "the other session's timeout waited: {}",
+            status(&d, &b)
+        );
+    });
+}

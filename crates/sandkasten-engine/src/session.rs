@@ -273,6 +273,11 @@ impl Engine {
     /// `on_timeout` of running ones idle past their limit; sleeps until
     /// the next deadline.
     async fn reap(&self, shutdown: CancellationToken) {
+        // Sessions whose `on_timeout` runs now, each on a task of its own:
+        // a pause or hibernate waits for the session's lifecycle lock (a
+        // hibernate a client asked for holds it through its exec), which
+        // must not hold up every other session's timeout.
+        let timing_out: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         loop {
             let t = now();
             let mut next: Option<OffsetDateTime> = None;
@@ -296,7 +301,7 @@ impl Engine {
             }
             for s in expired {
                 if s.state() == SessionState::Running {
-                    self.timed_out(&s, true).await;
+                    self.time_out_apart(&timing_out, s, true);
                     continue;
                 }
                 tracing::info!(session = %s.id, state = s.state().as_str(), "session expired");
@@ -311,7 +316,7 @@ impl Engine {
                     }
                     continue;
                 }
-                self.timed_out(&s, false).await;
+                self.time_out_apart(&timing_out, s, false);
             }
             let wait = next
                 .map(|n| (n - now()).max(time::Duration::ZERO))
@@ -323,6 +328,32 @@ impl Engine {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Runs `s`'s `on_timeout` on a task of its own unless it already runs
+    /// (`timing_out`); the reaper looks again when it is done.
+    fn time_out_apart(
+        &self,
+        timing_out: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+        s: Arc<Session>,
+        ttl: bool,
+    ) {
+        let fresh = timing_out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.id.clone());
+        if !fresh {
+            return;
+        }
+        let (engine, timing_out) = (self.clone(), timing_out.clone());
+        tokio::spawn(async move {
+            engine.timed_out(&s, ttl).await;
+            timing_out
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&s.id);
+            engine.inner.reaper_wake.notify_one();
+        });
     }
 
     /// Watches the agent connection of a running session. When it closes
