@@ -623,7 +623,7 @@ fn a_waiting_stdin_write_holds_up_no_other_process_call() {
         )
         .expect(200, "signal beside a waiting write");
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < Duration::from_secs(20),
             "{tag}: {:?}",
             t.elapsed()
         );

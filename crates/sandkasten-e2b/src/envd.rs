@@ -282,7 +282,13 @@ async fn authorize(
             .list_sessions()
             .await
             .into_iter()
-            .filter(|s| s.status == SessionState::Running)
+            // Paused and hibernated ones too: the call resumes them.
+            .filter(|s| {
+                matches!(
+                    s.status,
+                    SessionState::Running | SessionState::Paused | SessionState::Hibernated
+                )
+            })
             .map(|s| s.id)
             .collect(),
     };

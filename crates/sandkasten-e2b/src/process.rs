@@ -339,15 +339,22 @@ async fn guard<S, K>(
     loop {
         tokio::select! {
             ev = events.next() => {
-                let last = !matches!(ev, Some(Ok(ProcEvent::Output { .. })));
+                let ended = matches!(ev, Some(Ok(ProcEvent::End(_))));
+                let lost = matches!(ev, None | Some(Err(_)));
                 if let (Some(ev), Some(t)) = (ev, &tx) {
                     tokio::select! {
                         sent = t.send(ev) => if sent.is_err() { tx = None },
                         () = &mut expiry => return kill.await,
                     }
                 }
-                if last {
+                if ended {
                     return;
+                }
+                if lost {
+                    // The process's stream broke (not its end): the
+                    // deadline still holds for it.
+                    expiry.as_mut().await;
+                    return kill.await;
                 }
             }
             () = &mut expiry => return kill.await,
@@ -627,6 +634,21 @@ mod tests {
         let kill = async move { k.store(true, Ordering::SeqCst) };
         guard(futures::stream::pending(), Duration::from_secs(5), tx, kill).await;
         assert!(killed.load(Ordering::SeqCst));
+    }
+
+    /// A stream that breaks (not the process's end) leaves the deadline
+    /// in force: the process is killed at it, not forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_stream_still_meets_the_deadline() {
+        let (tx, _rx) = mpsc::channel(1);
+        let killed = Arc::new(AtomicBool::new(false));
+        let k = killed.clone();
+        let kill = async move { k.store(true, Ordering::SeqCst) };
+        let broken = futures::stream::iter([Err::<ProcEvent, String>("connection lost".into())]);
+        let started = tokio::time::Instant::now();
+        guard(Box::pin(broken), Duration::from_secs(5), tx, kill).await;
+        assert!(killed.load(Ordering::SeqCst));
+        assert!(started.elapsed() >= Duration::from_secs(5));
     }
 
     #[test]

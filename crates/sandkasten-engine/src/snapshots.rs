@@ -278,7 +278,10 @@ impl Engine {
             let req = CreateSession {
                 from_snapshot: Some(snap.id.clone()),
                 ttl_seconds: Some(parent.ttl_seconds),
-                disk_limit_mb: parent.disk_limit_mb.map(|mb| mb as i64),
+                // Within today's cap (the parent's may predate a lower one).
+                disk_limit_mb: parent
+                    .disk_limit_mb
+                    .map(|mb| mb.min(self.inner.cfg.max_disk_limit_mb) as i64),
                 network: Some(crate::NetworkRequest::from_policy(&parent.network)),
                 metadata: parent.metadata.clone(),
                 on_timeout: Some(parent.on_timeout),

@@ -184,11 +184,26 @@ async fn serve(
             }
         }
     }
-    // The client went away: a terminal we started hangs up, like a closed
-    // terminal window (which also ends a write waiting for it to read).
+    // The client went away: what it sent before it left still goes in
+    // (a command and a close, say), if the terminal takes it soon; then a
+    // terminal we started hangs up, like a closed terminal window (which
+    // also ends a write waiting for it to read).
+    if let Some(input) = pending.take() {
+        let _ = input_tx.try_send(input);
+    }
     drop(input_tx);
+    let mut writer = writer;
+    if tokio::time::timeout(INPUT_DRAIN, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     if owned {
         let _ = state.backend.signal_process(&id, proc, 1).await;
     }
-    writer.abort();
 }
+
+/// How long a terminal whose client left gets to take the input the client
+/// sent before it left.
+const INPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
