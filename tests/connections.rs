@@ -107,6 +107,21 @@ fn wait_closed(s: &mut TcpStream, since: Instant, within: Duration) -> Duration 
     }
 }
 
+/// What the daemon answers to `head` written at once on a connection of
+/// its own. The server may answer before it has read everything: the
+/// writer may fail, the answer is what counts.
+fn send_head(port: u16, head: String) -> Raw {
+    let mut s = connect(port);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(head.as_bytes());
+    });
+    let answer = read_answer(&mut s, Duration::from_secs(30));
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+    answer
+}
+
 fn connect(port: u16) -> TcpStream {
     TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon")
 }
@@ -262,14 +277,7 @@ fn huge_heads_are_431_or_a_closed_connection() {
         ),
     ];
     for (what, head) in cases {
-        let mut s = connect(d.port);
-        let mut w = s.try_clone().unwrap();
-        // The server answers before it has read everything: the writer may
-        // fail, the answer is what counts.
-        let writer = std::thread::spawn(move || {
-            let _ = w.write_all(head.as_bytes());
-        });
-        match read_answer(&mut s, Duration::from_secs(30)) {
+        match send_head(d.port, head) {
             Raw::Answered(status, body) => {
                 assert!(
                     status == 431 || status == 414,
@@ -278,8 +286,6 @@ fn huge_heads_are_431_or_a_closed_connection() {
             }
             Raw::Closed => {}
         }
-        let _ = s.shutdown(std::net::Shutdown::Both);
-        writer.join().unwrap();
     }
     // The daemon is fine.
     d.get("/healthz").expect(200, "healthz after huge heads");
@@ -304,19 +310,12 @@ fn heads_are_held_to_64_kib_however_they_arrive() {
     ] {
         let head = head(len);
         assert_eq!(head.len(), len);
-        let mut s = connect(d.port);
-        let mut w = s.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let _ = w.write_all(head.as_bytes());
-        });
-        match read_answer(&mut s, Duration::from_secs(30)) {
+        match send_head(d.port, head) {
             Raw::Answered(status, body) => {
                 assert_eq!(status, want, "a head of {len} bytes: {body:.300}")
             }
             Raw::Closed => panic!("a head of {len} bytes: closed without an answer"),
         }
-        let _ = s.shutdown(std::net::Shutdown::Both);
-        writer.join().unwrap();
     }
 }
 

@@ -115,6 +115,16 @@ fn post_while_reading(
 }
 
 /// Protobuf of a message whose field 1 is the string `s`.
+/// `field` of each entry of a `ListDir` answer.
+fn entry_fields<'a>(v: &'a Value, field: &str) -> Vec<&'a str> {
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap())
+        .collect()
+}
+
 fn proto_string_field(s: &str) -> Vec<u8> {
     let mut out = vec![0x0a, s.len() as u8];
     out.extend_from_slice(s.as_bytes());
@@ -511,12 +521,7 @@ fn envd_rpc_bad_input_gets_connect_codes() {
             json!({"path": root, "depth": 1}),
         )
         .expect(200, "ListDir of the root");
-        let paths: Vec<&str> = v["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["path"].as_str().unwrap())
-            .collect();
+        let paths = entry_fields(&v, "path");
         assert!(paths.contains(&"/workspace"), "{root:?}: {v}");
         assert!(paths.contains(&"/etc"), "{root:?}: {v}");
     }
@@ -527,12 +532,7 @@ fn envd_rpc_bad_input_gets_connect_codes() {
     );
     let v = rpc(&d, &id, &token, "ListDir", json!({"path": "/tmp/nu"}))
         .expect(200, "ListDir with a name that is not UTF-8");
-    let names: Vec<&str> = v["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+    let names = entry_fields(&v, "name");
     assert_eq!(names, ["visible", "x\u{FFFD}y"], "{v}");
     assert_eq!(v["entries"][1]["type"], "FILE_TYPE_FILE", "{v}");
     // The daemon is alive and well.
