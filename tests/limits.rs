@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 const MEM_CONFIG: &str = "defaults:\n  mem_limit_mb: 64\n";
 const PIDS_CONFIG: &str = "defaults:\n  pids_limit: 32\n";
@@ -273,11 +274,42 @@ fn process_starts_past_the_pids_limit_are_the_sandboxes_limit() {
     let r = refused.expect("40 processes under a pids limit of 32");
     r.assert_error(400, "PROCESS_START_FAILED", "a start past the pids limit");
     assert!(r.text.contains("pids_limit"), "{}", r.text);
-    d.exec(&id, "pkill sleep; true");
+    for p in d
+        .get(&format!("/v1/sessions/{id}/processes"))
+        .expect(200, "list")
+        .as_array()
+        .unwrap()
+    {
+        let pid = p["pid"].as_u64().unwrap();
+        d.post(
+            &format!("/v1/sessions/{id}/processes/{pid}/signal"),
+            &json!({"signal": 9}),
+        );
+    }
+    // Their ends are seen (each process's output thread in the agent has
+    // gone with it) before a start is asked again.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            d.get(&format!("/v1/sessions/{id}/processes"))
+                .expect(200, "list")
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["running"] == false)
+        }),
+        "the processes did not end"
+    );
     assert_eq!(d.sh(&id, "echo ok"), "ok\n");
-    d.post(
-        &format!("/v1/sessions/{id}/processes"),
-        &json!({"argv": ["true"]}),
-    )
-    .expect(201, "a start once the others ended");
+    // (Their threads leave the pids cgroup a moment after the end.)
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            d.post(
+                &format!("/v1/sessions/{id}/processes"),
+                &json!({"argv": ["true"]}),
+            )
+            .status
+                == 201
+        }),
+        "no start once the others ended"
+    );
 }

@@ -606,8 +606,9 @@ async fn list_snapshots(State(ctl): State<Ctl>, RawQuery(q): RawQuery) -> Result
 /// images themselves are managed with `sandkasten image`.
 async fn delete_template(State(ctl): State<Ctl>, Path(id): Path<String>) -> Result<StatusCode> {
     if !sandkasten_engine::is_sandbox_snapshot(&id) {
+        // `base` is the default image's template, whatever its name.
         let images = ctl.engine.list_images().await?;
-        if !images.iter().any(|i| i.name == id) {
+        if id != "base" && !images.iter().any(|i| i.name == id) {
             return Err(E2bError::new(
                 StatusCode::NOT_FOUND,
                 format!("template {id} not found"),
