@@ -774,9 +774,6 @@ mod native_only {
 fn pause_and_hibernate_at_once_both_answer() {
     let d = Daemon::start(None);
     let id = d.new_session();
-    if on_remote_engine() {
-        return;
-    }
     d.sh(&id, "export KEPT=yes");
     for round in 0..5 {
         let (p, h) = std::thread::scope(|sc| {
@@ -901,9 +898,6 @@ fn one_waiting_timeout_holds_up_no_other() {
         .as_str()
         .unwrap()
         .to_string();
-    if refused_on_a_remote_engine(&d, &c) {
-        return;
-    }
     std::thread::scope(|sc| {
         sc.spawn(|| {
             d.exec_with(

@@ -460,9 +460,19 @@ fn the_cli_shell_is_a_terminal_over_a_websocket() {
     assert!(out.contains("got-hello\r\ntty\r\n"), "{out:?}");
 }
 
+/// A WebSocket request to `url` carrying the daemon's key.
+fn with_key(d: &Daemon, url: &str) -> tungstenite::handshake::client::Request {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", d.key).parse().unwrap(),
+    );
+    req
+}
+
 #[test]
 fn a_pty_websocket_carries_bytes_both_ways_and_resizes() {
-    use tungstenite::client::IntoClientRequest;
     use tungstenite::Message;
     let d = Daemon::start(None);
     let id = d.new_session();
@@ -476,11 +486,7 @@ fn a_pty_websocket_carries_bytes_both_ways_and_resizes() {
         matches!(&refused, Err(tungstenite::Error::Http(r)) if r.status() == 401),
         "{refused:?}"
     );
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", d.key).parse().unwrap(),
-    );
+    let req = with_key(&d, &url);
     let (mut ws, _) = tungstenite::connect(req).unwrap();
     ws.send(Message::Text(
         r#"{"type":"resize","rows":33,"cols":101}"#.into(),
@@ -542,7 +548,6 @@ fn only_the_newest_ended_processes_keep_their_output() {
 /// output to be taken), and the paste comes back.
 #[test]
 fn a_large_paste_into_a_terminal_flows_both_ways() {
-    use tungstenite::client::IntoClientRequest;
     use tungstenite::Message;
     let d = Daemon::start(None);
     let id = d.new_session();
@@ -553,11 +558,7 @@ fn a_large_paste_into_a_terminal_flows_both_ways() {
         "ws://127.0.0.1:{}/v1/sessions/{id}/pty?cmd=head%20-n%201024%3B%20exit%205",
         d.port
     );
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", d.key).parse().unwrap(),
-    );
+    let req = with_key(&d, &url);
     let (mut ws, _) = tungstenite::connect(req).unwrap();
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_mut() {
         // A stuck terminal fails the test instead of hanging it.
