@@ -37,6 +37,16 @@ enum Raw {
 /// Reads one response (or the close) from `s`, panicking if neither comes
 /// within `within`.
 fn read_answer(s: &mut TcpStream, within: Duration) -> Raw {
+    match read_response(s, within) {
+        Some((head, body)) => Raw::Answered(head[9..12].parse().unwrap(), body),
+        None => Raw::Closed,
+    }
+}
+
+/// Reads one response from `s`: its head (lower case) and body, or `None`
+/// when the server closed without one; panics if neither comes within
+/// `within`.
+fn read_response(s: &mut TcpStream, within: Duration) -> Option<(String, String)> {
     s.set_read_timeout(Some(within)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 65536];
@@ -44,17 +54,18 @@ fn read_answer(s: &mut TcpStream, within: Duration) -> Raw {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
             let body = &got[end + 4..];
-            let status: u16 = head[9..12].parse().unwrap();
             let len = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map(|v| v.trim().parse::<usize>().unwrap());
             match len {
                 Some(len) if body.len() >= len => {
-                    return Raw::Answered(status, String::from_utf8_lossy(&body[..len]).into())
+                    let body = String::from_utf8_lossy(&body[..len]).into();
+                    return Some((head, body));
                 }
                 None if body.ends_with(b"0\r\n\r\n") || head.starts_with("http/1.1 431") => {
-                    return Raw::Answered(status, String::from_utf8_lossy(body).into())
+                    let body = String::from_utf8_lossy(body).into();
+                    return Some((head, body));
                 }
                 _ => {}
             }
@@ -77,7 +88,7 @@ fn read_answer(s: &mut TcpStream, within: Duration) -> Raw {
         }
     }
     if got.is_empty() {
-        Raw::Closed
+        None
     } else {
         panic!(
             "the connection closed mid-response: {:?}",
@@ -391,6 +402,95 @@ fn a_stalled_body_is_answered_400_and_its_connection_closed() {
         d.list_sessions().is_empty(),
         "a stalled create made a session"
     );
+}
+
+/// An answer given before the request's body has been read to its end
+/// (an error part way through a streamed body, a refusal before it) ends
+/// the connection and says so (`connection: close`): the rest of the body
+/// would otherwise be read as the next request, and a client that reuses
+/// the connection loses its next request. A request read whole keeps its
+/// connection.
+#[test]
+fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let started = d
+        .post(
+            &format!("/v1/sessions/{id}/processes"),
+            &serde_json::json!({"argv": ["true"], "stdin": true}),
+        )
+        .expect(201, "start a process that ends at once");
+    let pid = started["pid"].as_u64().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            d.get(&format!("/v1/sessions/{id}/processes/{pid}"))
+                .expect(200, "get")["running"]
+                == false
+        }),
+        "the process did not end"
+    );
+    let total = 8 << 20;
+    let chunk = vec![b'x'; 64 << 10];
+    let cases = [
+        (
+            "stdin of an ended process",
+            format!("/v1/sessions/{id}/processes/{pid}/stdin"),
+            d.key.clone(),
+            409,
+        ),
+        (
+            "stdin of no such process",
+            format!("/v1/sessions/{id}/processes/99999/stdin"),
+            d.key.clone(),
+            404,
+        ),
+        (
+            "a wrong key",
+            format!("/v1/sessions/{id}/processes/{pid}/stdin"),
+            "not-the-key".to_string(),
+            401,
+        ),
+    ];
+    for (what, path, key, status) in cases {
+        let mut s = connect(d.port);
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {key}\r\n\
+                 content-type: application/octet-stream\r\ncontent-length: {total}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        s.write_all(&chunk).unwrap();
+        let (head, body) =
+            read_response(&mut s, Duration::from_secs(30)).expect("an answer, not a close");
+        assert_eq!(&head[9..12], status.to_string(), "{what}: {head}\n{body}");
+        assert!(
+            head.lines().any(|l| l == "connection: close"),
+            "{what}: the answer does not say the connection ends: {head}"
+        );
+        wait_closed(&mut s, Instant::now(), SLACK);
+    }
+    // A request whose body is read whole keeps its connection: two on one.
+    let mut s = connect(d.port);
+    for i in 0..2 {
+        let body = r#"{"cmd": "echo kept"}"#;
+        s.write_all(
+            format!(
+                "POST /v1/sessions/{id}/exec HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                d.key,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let (head, body) =
+            read_response(&mut s, Duration::from_secs(30)).expect("an answer, not a close");
+        assert!(head.starts_with("http/1.1 200"), "exec {i}: {head}\n{body}");
+        assert!(body.contains("kept"), "exec {i}: {body}");
+        assert!(!head.contains("connection: close"), "exec {i}: {head}");
+    }
 }
 
 #[test]

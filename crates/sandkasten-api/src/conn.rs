@@ -26,6 +26,11 @@
 //!   [`ConnLimits::idle_timeout_near_limit`] while three quarters of the
 //!   connection budget is in use; a client that reads nothing of its
 //!   response for [`ConnLimits::write_timeout`] is disconnected.
+//! - **A body not read is not taken for a request.** A response given
+//!   before its request's body was read to the end carries
+//!   `Connection: close` and ends the connection (the rest of the body
+//!   would otherwise be parsed as the next request, and a client reusing
+//!   the connection would lose its next one).
 //! - **Heads are bounded.** A head (request line, header fields and the
 //!   blank line) larger than [`ConnLimits::max_head_bytes`] (or with more
 //!   than 100 header fields) is answered 431 by hyper and the connection
@@ -182,6 +187,9 @@ pub(crate) struct Conn {
     /// The socket's descriptor (-1 until set), to see whether a request
     /// has arrived that the connection's task has not read yet.
     fd: std::sync::atomic::AtomicI32,
+    /// The body of the request in flight has been read to its end (one
+    /// request at a time: HTTP/1.1 answers in order).
+    body_read: AtomicBool,
 }
 
 impl Conn {
@@ -196,6 +204,7 @@ impl Conn {
             write_blocked: AtomicBool::new(false),
             evict: Notify::new(),
             fd: std::sync::atomic::AtomicI32::new(-1),
+            body_read: AtomicBool::new(false),
         }
     }
 
@@ -651,12 +660,14 @@ impl AsyncWrite for Watched {
 }
 
 /// A request body that fails when the client sends nothing for `timeout`
-/// while it is being read.
+/// while it is being read, and notes on its connection when it has been
+/// read to its end.
 struct TimeoutBody {
     inner: Incoming,
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
     armed: bool,
+    conn: Arc<Conn>,
 }
 
 /// The error of a request body that paused too long.
@@ -676,12 +687,15 @@ impl std::fmt::Display for BodyTimedOut {
 impl std::error::Error for BodyTimedOut {}
 
 impl TimeoutBody {
-    fn new(inner: Incoming, timeout: Duration) -> TimeoutBody {
+    fn new(inner: Incoming, timeout: Duration, conn: Arc<Conn>) -> TimeoutBody {
+        let read = hyper::body::Body::is_end_stream(&inner);
+        conn.body_read.store(read, Ordering::Relaxed);
         TimeoutBody {
             inner,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
             armed: false,
+            conn,
         }
     }
 }
@@ -698,6 +712,9 @@ impl hyper::body::Body for TimeoutBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
+                if frame.is_none() || hyper::body::Body::is_end_stream(&this.inner) {
+                    this.conn.body_read.store(true, Ordering::Relaxed);
+                }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -971,10 +988,24 @@ async fn serve_conn(
             conn.requests.fetch_add(1, Ordering::Relaxed);
             let guard = RequestGuard(conn.clone());
             req.extensions_mut().insert(ConnHandle(conn.clone()));
-            let req = req.map(|b| Body::new(TimeoutBody::new(b, body_timeout)));
+            let req = req.map(|b| Body::new(TimeoutBody::new(b, body_timeout, conn.clone())));
             let router = router.clone();
+            let conn = conn.clone();
             async move {
-                let Ok(resp) = router.oneshot(req).await;
+                let Ok(mut resp) = router.oneshot(req).await;
+                // Answered before the body was read to its end (an error
+                // part way through a stream, a refusal before the body):
+                // the rest of the body would be taken for the next request,
+                // so the connection ends with this response, and says so,
+                // or a client could send its next request on it.
+                if !conn.body_read.load(Ordering::Relaxed)
+                    && resp.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    resp.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(resp.map(|inner| GuardedBody {
                     inner,
                     guard: Some(guard),
