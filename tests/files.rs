@@ -506,6 +506,60 @@ fn concurrent_huge_reads_neither_kill_the_agent_nor_lose_the_session() {
     );
 }
 
+/// Uploads and writes are read whole before they are written, about 2.5
+/// times their size in the daemon at the peak: 16 at once at the body
+/// limit took it past 1.6 GB. They hold room in the body budget
+/// (`body_memory_mb`) while served: past it they queue. With a budget of
+/// two bodies, 16 concurrent 8 MiB uploads and writes (10.7 MiB of base64)
+/// all land, and the daemon's peak grows by about two of them, not
+/// sixteen (measured: 66 MiB; 240 MiB without the budget).
+#[test]
+fn concurrent_uploads_queue_for_the_body_budget_in_bounded_memory() {
+    let d = Daemon::start(Some("max_body_mb: 12\nbody_memory_mb: 24\n"));
+    let id = d.new_session();
+    let size = 8 * MIB as usize;
+    let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let encoded = b64(&data);
+    let before = daemon_peak_mib(&d);
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let (d, id, data, encoded) = (&d, &id, &data, &encoded);
+                s.spawn(move || {
+                    let r = if i % 2 == 0 {
+                        let part = Part::bytes(data.clone()).file_name(format!("up{i}.bin"));
+                        upload(d, id, Form::new().part("file", part))
+                    } else {
+                        d.write_with(
+                            id,
+                            json!({"path": format!("up{i}.bin"), "content_base64": encoded}),
+                        )
+                    };
+                    (r.status != 200).then(|| format!("call {i}: {} {}", r.status, r.text))
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect()
+    });
+    let grown = daemon_peak_mib(&d) - before;
+    eprintln!("daemon peak memory: {before} MiB before the uploads, grown by {grown} MiB");
+    assert!(failures.is_empty(), "{failures:?}");
+    let sizes = d.sh(
+        &id,
+        "for i in $(seq 0 15); do wc -c < up$i.bin; done | sort -u",
+    );
+    assert_eq!(sizes, format!("{size}\n"), "every file landed whole");
+    // Two bodies at a time: each body, its decoded copy and the copy on
+    // the way to the sandbox.
+    assert!(
+        grown < 130,
+        "the daemon's peak memory grew by {grown} MiB during 16 uploads of 8 MiB"
+    );
+}
+
 /// The session-less path: reads of a workspace's file stream through the
 /// daemon (native: from the host; docker: from the volume, or a helper
 /// container's agent on a remote engine) in bounded memory too.

@@ -27,6 +27,9 @@ pub(crate) enum ApiError {
     MethodNotAllowed { method: String, path: String },
     /// The body is larger than the configured limit.
     PayloadTooLarge { limit: usize },
+    /// The daemon holds all the request bodies it may (`body_memory_mb`)
+    /// and none was done within the wait: 503 `CAPACITY_EXHAUSTED`.
+    BodiesFull(sandkasten_engine::BodiesFull),
     /// The server behind a sandbox port broke off the exchange (closed the
     /// connection, or answered something that is not HTTP/1.1): 502
     /// `PORT_UNREACHABLE`.
@@ -113,6 +116,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
+            ApiError::BodiesFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "CAPACITY_EXHAUSTED"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
             ApiError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "PORT_UNREACHABLE"),
             ApiError::Engine(e) => engine_status(e),
@@ -131,6 +135,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("request body is larger than the limit of {limit} bytes")
             }
+            ApiError::BodiesFull(e) => e.to_string(),
             ApiError::Internal(_) => "internal error".into(),
             ApiError::Upstream { port, message } => {
                 format!("the server on port {port} inside the sandbox: {message}")
@@ -146,6 +151,7 @@ impl ApiError {
         use EngineError as E;
         let v = match self {
             ApiError::PayloadTooLarge { limit } => json!({ "max_bytes": limit }),
+            ApiError::BodiesFull(e) => json!({ "body_memory_bytes": e.total }),
             ApiError::Engine(E::Session(S::NotFound(id) | S::Lost(id))) => {
                 json!({ "session_id": id })
             }
@@ -204,6 +210,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::BodiesFull(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -385,6 +396,24 @@ mod tests {
         assert_eq!(s.as_u16(), 413);
         assert_eq!(body["error_code"], "PAYLOAD_TOO_LARGE");
         assert_eq!(body["details"]["max_bytes"], 10);
+        let full = ApiError::BodiesFull(sandkasten_engine::BodiesFull {
+            total: 1 << 20,
+            wait: std::time::Duration::from_secs(30),
+        });
+        let response = full.into_response();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let full = ApiError::BodiesFull(sandkasten_engine::BodiesFull {
+            total: 1 << 20,
+            wait: std::time::Duration::from_secs(30),
+        });
+        let (_, body) = render(full).await;
+        assert_eq!(body["error_code"], "CAPACITY_EXHAUSTED");
+        assert_eq!(body["details"]["body_memory_bytes"], 1 << 20);
+        assert!(
+            body["message"].as_str().unwrap().contains("retry"),
+            "{body}"
+        );
         let (s, body) = render(ApiError::InvalidPath("bad".into())).await;
         assert_eq!(
             (s.as_u16(), &body["error_code"]),

@@ -15,6 +15,7 @@
 mod access_log;
 mod auth;
 mod backend;
+mod bodies;
 mod conn;
 mod error;
 mod extract;
@@ -45,6 +46,9 @@ pub struct ApiConfig {
     /// Largest request body accepted (JSON and multipart alike); larger
     /// ones are answered with 413 `PAYLOAD_TOO_LARGE`.
     pub max_body_bytes: usize,
+    /// Request bodies held whole in memory at once, all requests together
+    /// (see `sandkasten_engine::BodyBudget`).
+    pub body_memory_bytes: u64,
     /// Domain of the ports proxy's preview hosts: `{port}-{id}.` + this
     /// (e.g. `localhost:8080`, which browsers resolve to loopback).
     pub preview_domain: String,
@@ -62,6 +66,7 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("api_key", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_memory_bytes", &self.body_memory_bytes)
             .field("preview_domain", &self.preview_domain)
             .field("port_url_secret", &"<redacted>")
             .finish()
@@ -73,6 +78,8 @@ impl std::fmt::Debug for ApiConfig {
 pub(crate) struct AppState {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) max_body_bytes: usize,
+    /// Room for request bodies held whole (see `bodies`).
+    pub(crate) bodies: sandkasten_engine::BodyBudget,
     pub(crate) ports: Arc<ports::Ports>,
 }
 
@@ -82,6 +89,7 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
     let engine = Arc::new(engine);
     let key = auth::ApiKey::new(&config.api_key);
     let signer = ports::signed::Signer::new(&config.port_url_secret);
+    let bodies = body_budget(&config);
     let e2b = sandkasten_e2b::E2b::new(
         engine.clone(),
         sandkasten_e2b::E2bConfig {
@@ -89,9 +97,19 @@ pub fn router(engine: Engine, config: ApiConfig) -> Router {
             envd_token: Arc::new(move |id| signer.envd_token(id)),
             domain: config.preview_domain.clone(),
             max_body_bytes: config.max_body_bytes,
+            bodies: bodies.clone(),
         },
     );
-    build_router(engine, config, Some(e2b))
+    build_router(engine, config, bodies, Some(e2b))
+}
+
+/// How long a request waits for room in the body budget before its 503.
+const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The budget of request bodies held at once: at least one whole body.
+fn body_budget(config: &ApiConfig) -> sandkasten_engine::BodyBudget {
+    let total = config.body_memory_bytes.max(config.max_body_bytes as u64);
+    sandkasten_engine::BodyBudget::new(total, BODY_WAIT)
 }
 
 /// Serves `router` on `listener` (HTTP/1.1) until `shutdown` is cancelled;
@@ -139,9 +157,24 @@ fn public_routes() -> OpenApiRouter<AppState> {
 /// path; the same declaration yields the axum route and its OpenAPI entry,
 /// so the two cannot drift apart.
 fn protected_routes() -> OpenApiRouter<AppState> {
-    use routes::{
-        exec, files, lifecycle, pool, ports, processes, pty, sessions, system, workspaces,
-    };
+    buffered_routes().merge(streamed_routes())
+}
+
+/// Routes that stream their request body (or have none to hold): outside
+/// the body budget.
+fn streamed_routes() -> OpenApiRouter<AppState> {
+    use routes::{ports, processes, pty, workspaces};
+    OpenApiRouter::new()
+        .routes(routes!(processes::write_stdin, processes::close_stdin))
+        .routes(routes!(pty::pty))
+        .routes(routes!(workspaces::import_workspace))
+        .routes(routes!(ports::proxy))
+}
+
+/// Routes that read their request body whole: each request holds a claim
+/// on the body budget while it is served (`bodies::hold`).
+fn buffered_routes() -> OpenApiRouter<AppState> {
+    use routes::{exec, files, lifecycle, pool, ports, processes, sessions, system, workspaces};
     OpenApiRouter::new()
         .routes(routes!(system::openapi_json))
         .routes(routes!(pool::pool))
@@ -167,10 +200,8 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(processes::start_process_stream))
         .routes(routes!(processes::get_process))
         .routes(routes!(processes::process_stream))
-        .routes(routes!(processes::write_stdin, processes::close_stdin))
         .routes(routes!(processes::signal_process))
         .routes(routes!(processes::resize_process))
-        .routes(routes!(pty::pty))
         .routes(routes!(files::write_file))
         .routes(routes!(files::read_file))
         .routes(routes!(files::upload))
@@ -198,15 +229,14 @@ fn protected_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workspaces::delete_snapshot))
         .routes(routes!(workspaces::restore_snapshot))
         .routes(routes!(workspaces::export_workspace))
-        .routes(routes!(workspaces::import_workspace))
         .routes(routes!(ports::port_url))
-        .routes(routes!(ports::proxy))
 }
 
 /// The router over any backend (the engine, or a fake in tests).
 pub(crate) fn build_router(
     backend: Arc<dyn Backend>,
     config: ApiConfig,
+    bodies: sandkasten_engine::BodyBudget,
     e2b: Option<sandkasten_e2b::E2b>,
 ) -> Router {
     let key = Arc::new(auth::ApiKey::new(&config.api_key));
@@ -219,17 +249,24 @@ pub(crate) fn build_router(
     let state = AppState {
         backend,
         max_body_bytes: config.max_body_bytes,
+        bodies,
         ports: ports.clone(),
     };
     let (public, _) = public_routes().split_for_parts();
-    let (protected, _) = protected_routes().split_for_parts();
+    let hold_bodies = middleware::from_fn_with_state(state.clone(), bodies::hold);
+    let (buffered, _) = buffered_routes()
+        .route_layer(hold_bodies.clone())
+        .split_for_parts();
+    let (streamed, _) = streamed_routes().split_for_parts();
     let mcp = Router::new()
         .fallback_service(mcp::service(state.clone(), config.shutdown.child_token()))
         .layer(middleware::from_fn_with_state(
             config.max_body_bytes,
             mcp::protocol_errors,
-        ));
-    let protected = protected
+        ))
+        .layer(hold_bodies);
+    let protected = buffered
+        .merge(streamed)
         .nest_service(mcp::PATH, mcp)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::route_not_found)

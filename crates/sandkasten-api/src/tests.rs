@@ -423,17 +423,16 @@ impl Backend for Fake {
 
 fn app() -> (Router, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
-    let router = build_router(
-        fake.clone(),
-        ApiConfig {
-            api_key: KEY.into(),
-            max_body_bytes: LIMIT,
-            preview_domain: "localhost:8080".into(),
-            port_url_secret: vec![7; 32],
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        },
-        None,
-    );
+    let config = ApiConfig {
+        api_key: KEY.into(),
+        max_body_bytes: LIMIT,
+        body_memory_bytes: 4 * LIMIT as u64,
+        preview_domain: "localhost:8080".into(),
+        port_url_secret: vec![7; 32],
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    };
+    let bodies = crate::body_budget(&config);
+    let router = build_router(fake.clone(), config, bodies, None);
     (router, fake)
 }
 

@@ -65,8 +65,12 @@ pub(crate) fn router(engine: Arc<Engine>, cfg: Arc<E2bConfig>) -> Router {
             ctl.clone(),
             require_key,
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctl)
 }
+
+/// Largest control-plane request body (JSON).
+const MAX_BODY: usize = 2 << 20;
 
 /// An E2B API error.
 #[derive(Debug)]
@@ -127,6 +131,16 @@ type Result<T> = std::result::Result<T, E2bError>;
 
 async fn require_key(State(ctl): State<Ctl>, req: Request, next: Next) -> Response {
     if (ctl.cfg.key_ok)(req.headers()) {
+        // The body, read whole, holds room in the daemon's body budget
+        // until it is answered.
+        let announced = axum::body::HttpBody::size_hint(req.body()).exact();
+        let _claim = match ctl.cfg.bodies.claim(announced, MAX_BODY as u64).await {
+            Ok(c) => c,
+            Err(e) => {
+                return E2bError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .into_response()
+            }
+        };
         next.run(req).await
     } else {
         E2bError::new(

@@ -64,6 +64,23 @@ pub(crate) async fn serve(e2b: &Arc<Shared>, id: Option<String>, req: Request) -
         }
         Err(_) => return refuse(&path, Code::NotFound, format!("sandbox {id} not found")),
     }
+    // A body read whole (an upload, a unary call's message) holds room in
+    // the daemon's body budget until it is answered; `StreamInput` reads
+    // one message at a time.
+    let _claim = if path == "/process.Process/StreamInput" {
+        None
+    } else {
+        let limit = if path == "/files" {
+            e2b.cfg.max_body_bytes
+        } else {
+            crate::connect::MAX_MESSAGE_BYTES
+        };
+        let announced = axum::body::HttpBody::size_hint(req.body()).exact();
+        match e2b.cfg.bodies.claim(announced, limit as u64).await {
+            Ok(c) => Some(c),
+            Err(e) => return refuse(&path, Code::Unavailable, e.to_string()),
+        }
+    };
     if path == "/files" {
         let user = match file_user(access, query.get("username"), req.headers()) {
             Ok(u) => u,

@@ -63,6 +63,10 @@ pub struct E2bConfig {
     pub domain: String,
     /// Largest request body (uploads); larger ones are 413.
     pub max_body_bytes: usize,
+    /// Room for request bodies held whole, shared with the rest of the
+    /// daemon: envd's uploads and unary calls and the control plane's
+    /// JSON claim their size before reading it.
+    pub bodies: sandkasten_engine::BodyBudget,
 }
 
 impl std::fmt::Debug for E2bConfig {

@@ -8,6 +8,7 @@
 //! operations), `db.rs` (the store off the async threads); `session.rs`
 //! composes them into the [`Engine`].
 
+mod bodies;
 mod config;
 mod db;
 mod error;
@@ -27,6 +28,7 @@ mod workspace;
 #[cfg(test)]
 mod tests;
 
+pub use bodies::{BodiesFull, BodyBudget, BodyClaim};
 pub use config::EngineConfig;
 pub use error::{
     EngineError, FileError, Holder, ImageError, PortError, ProcessError, SessionError,

@@ -77,6 +77,10 @@ pub struct Config {
     pub max_sessions: usize,
     /// Largest accepted request body (uploads and writes).
     pub max_body_mb: u64,
+    /// Request bodies held whole in memory at once (JSON, uploads, unary
+    /// E2B calls), at least one body of `max_body_mb`; past it a request
+    /// waits up to 30 s for room, then is answered 503.
+    pub body_memory_mb: u64,
     pub defaults: Defaults,
     pub workspace: Workspace,
     pub pool: Pool,
@@ -348,6 +352,7 @@ impl Default for Config {
             max_fork_count: 16,
             max_sessions: 64,
             max_body_mb: 64,
+            body_memory_mb: 256,
             defaults: Defaults::default(),
             workspace: Workspace::default(),
             pool: Pool::default(),
@@ -558,6 +563,9 @@ impl Config {
         }
         if self.max_body_mb == 0 {
             bail!("max_body_mb: must be at least 1");
+        }
+        if self.body_memory_mb == 0 {
+            bail!("body_memory_mb: must be at least 1");
         }
         if self.uid_ranges > sandkasten_native::MAX_UID_RANGES {
             bail!(
