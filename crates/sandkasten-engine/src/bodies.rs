@@ -13,6 +13,11 @@
 //!
 //! Bodies that are streamed (process stdin, workspace imports, the ports
 //! proxy, E2B's `StreamInput`) claim nothing: they hold one chunk at a time.
+//!
+//! When the last claim of a large body is given back, the allocator is
+//! asked to return its free pages to the system (`malloc_trim`, on the
+//! blocking pool): glibc keeps what its arenas once held, and the daemon
+//! stayed at hundreds of MB after a burst of uploads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +26,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Claims are counted in KiB (a semaphore counts at most `u32` permits at
 /// once).
 const UNIT: u64 = 1024;
+
+/// A claim of at least this many bytes asks for a trim when it is the
+/// last to go.
+const TRIM_AFTER: u64 = 4 << 20;
 
 /// Bytes of request bodies held at once; cheap to clone (one budget).
 #[derive(Clone, Debug)]
@@ -34,7 +43,33 @@ pub struct BodyBudget {
 #[derive(Debug)]
 #[must_use = "the room is given back when the claim is dropped"]
 pub struct BodyClaim {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// The budget's semaphore and size, to see whether this was the last
+    /// claim (only for claims of at least `TRIM_AFTER`).
+    last: Option<(Arc<Semaphore>, u32)>,
+}
+
+impl Drop for BodyClaim {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let Some((sem, units)) = self.last.take() else {
+            return;
+        };
+        if sem.available_permits() == units as usize {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn_blocking(trim);
+            }
+        }
+    }
+}
+
+/// Gives the allocator's free pages back to the system.
+fn trim() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The budget stayed taken for the whole wait.
@@ -81,7 +116,10 @@ impl BodyBudget {
             None => limit,
         };
         if bytes == 0 {
-            return Ok(BodyClaim { _permit: None });
+            return Ok(BodyClaim {
+                permit: None,
+                last: None,
+            });
         }
         // A body larger than the whole budget takes all of it.
         let units = u32::try_from(bytes.div_ceil(UNIT))
@@ -93,7 +131,8 @@ impl BodyBudget {
         };
         match tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(units)).await {
             Ok(Ok(permit)) => Ok(BodyClaim {
-                _permit: Some(permit),
+                permit: Some(permit),
+                last: (bytes >= TRIM_AFTER).then(|| (self.sem.clone(), self.units)),
             }),
             // Never closed; a timeout is the budget staying full.
             Ok(Err(_)) | Err(_) => Err(full()),
