@@ -640,6 +640,56 @@ fn a_waiting_stdin_write_holds_up_no_other_process_call() {
     }
 }
 
+/// Closing a process's stdin while a write to it waits for the process to
+/// read does not wait too: the write gives up (409 `STDIN_CLOSED`), the
+/// close answers at once, and the process runs on with its stdin closed.
+#[test]
+fn closing_stdin_ends_a_waiting_write_and_does_not_wait_for_it() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.post(
+        &procs(&id),
+        &json!({"argv": ["sleep", "600"], "stdin": true, "tag": "w"}),
+    )
+    .expect(201, "start a process that never reads");
+    let stdin = format!("{}/w/stdin", procs(&id));
+    let writer = {
+        let rb = d
+            .request(reqwest::Method::POST, &stdin)
+            .body(vec![b'x'; 4 << 20])
+            .timeout(Duration::from_secs(60));
+        std::thread::spawn(move || {
+            rb.send()
+                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!writer.is_finished(), "the write did not wait");
+    let t = std::time::Instant::now();
+    let closed = d.send(
+        d.request(reqwest::Method::DELETE, &stdin)
+            .timeout(Duration::from_secs(20)),
+    );
+    assert_eq!(
+        closed.status, 200,
+        "close beside a waiting write: {}",
+        closed.text
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the close took {:?}",
+        t.elapsed()
+    );
+    let (status, body) = writer.join().unwrap().expect("the write answered");
+    assert_eq!(status, 409, "the waiting write: {body}");
+    assert!(body.contains("STDIN_CLOSED"), "{body}");
+    let info = d.get(&format!("{}/w", procs(&id))).expect(200, "get");
+    assert_eq!(info["running"], true, "{info}");
+    assert_eq!(info["stdin"], false, "{info}");
+    d.post(&format!("{}/w/signal", procs(&id)), &json!({"signal": 9}))
+        .expect(200, "end it");
+}
+
 /// An ended process gives its terminal back: 70 terminal processes one
 /// after the other (a sandbox has 64 terminals) leave the shell its own.
 #[test]

@@ -93,6 +93,10 @@ pub struct Proc {
     /// Readable (end of file) once the process has ended: a write waiting
     /// for it to read gives up then.
     ended_r: OwnedFd,
+    /// Readable once stdin is being closed (an eventfd): a write waiting
+    /// for the process to read gives up then, so the close need not wait
+    /// for the process to read.
+    closing: OwnedFd,
     /// Whether it has a PTY, and the PTY master (for resizes) until the
     /// process ends: its terminal is the sandbox's to use again then.
     pty: bool,
@@ -312,14 +316,20 @@ impl Proc {
                 format!("the stdin of process {} is not open", self.info.pid),
             ));
         };
-        write_all(fd.as_raw_fd(), data, self.ended_r.as_raw_fd()).map_err(|e| {
-            match e.raw_os_error() {
-                Some(libc::EPIPE) | Some(libc::EIO) => ProcError::new(
-                    ErrorKind::StdinClosed,
-                    format!("process {} no longer reads its stdin", self.info.pid),
+        let ends = [self.ended_r.as_raw_fd(), self.closing.as_raw_fd()];
+        write_all(fd.as_raw_fd(), data, ends).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPIPE) | Some(libc::EIO) => ProcError::new(
+                ErrorKind::StdinClosed,
+                format!("process {} no longer reads its stdin", self.info.pid),
+            ),
+            Some(libc::ECANCELED) => ProcError::new(
+                ErrorKind::StdinClosed,
+                format!(
+                    "the stdin of process {} was closed while this write waited",
+                    self.info.pid
                 ),
-                _ => ProcError::new(ErrorKind::Io, format!("writing to stdin: {e}")),
-            }
+            ),
+            _ => ProcError::new(ErrorKind::Io, format!("writing to stdin: {e}")),
         })
     }
 
@@ -330,6 +340,12 @@ impl Proc {
         if self.pty {
             return self.input(&[0x04]);
         }
+        // A write waiting for the process to read holds `stdin`: tell it to
+        // give up, then close.
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid buffer to an owned eventfd
+        // (non-blocking: a counter at its maximum is still readable).
+        unsafe { libc::write(self.closing.as_raw_fd(), (&raw const one).cast(), 8) };
         lock(&self.stdin).take();
         self.stdin_open.store(false, Ordering::SeqCst);
         Ok(())
@@ -534,6 +550,7 @@ fn spawn(
     let (err_r, err_w) = pipe().map_err(|e| io_err("making a pipe", e))?;
     let (exit_r, exit_w) = pipe().map_err(|e| io_err("making a pipe", e))?;
     let (ended_r, ended_w) = pipe().map_err(|e| io_err("making a pipe", e))?;
+    let closing = sys::eventfd().map_err(|e| io_err("making an eventfd", e))?;
     if let Some(w) = &stdin_w {
         // Writes wait in poll, where the process's end can end them.
         set_nonblocking(w.as_raw_fd()).map_err(|e| io_err("setting up stdin", e))?;
@@ -621,6 +638,7 @@ fn spawn(
         stdin_open: AtomicBool::new(stdin_w.is_some()),
         stdin: Mutex::new(stdin_w),
         ended_r,
+        closing,
         pty: master.is_some(),
         master: Mutex::new(master),
     });
@@ -815,7 +833,10 @@ fn set_winsize(fd: RawFd, size: PtySize) -> io::Result<()> {
 /// Writes all of `data` to a non-blocking fd, waiting while it is full
 /// until `ended` is readable (the process ended: EPIPE) or the fd hangs up
 /// (a PTY whose every slave closed: EIO).
-fn write_all(fd: RawFd, mut data: &[u8], ended: RawFd) -> io::Result<()> {
+/// Writes all of `data` to the non-blocking `fd`, waiting in poll(2) while
+/// it is full. Gives up with `EPIPE` once `ends[0]` (the process's end) is
+/// readable, with `ECANCELED` once `ends[1]` (a close of stdin) is.
+fn write_all(fd: RawFd, mut data: &[u8], ends: [RawFd; 2]) -> io::Result<()> {
     while !data.is_empty() {
         // SAFETY: writes from a valid buffer.
         let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
@@ -827,14 +848,17 @@ fn write_all(fd: RawFd, mut data: &[u8], ended: RawFd) -> io::Result<()> {
         match e.raw_os_error() {
             Some(libc::EINTR) => {}
             Some(libc::EAGAIN) => {
-                let mut p = [sys::pollfd(fd), sys::pollfd(ended)];
+                let mut p = [sys::pollfd(fd), sys::pollfd(ends[0]), sys::pollfd(ends[1])];
                 p[0].events = libc::POLLOUT;
                 // SAFETY: a valid array of pollfds.
-                if unsafe { libc::poll(p.as_mut_ptr(), 2, -1) } < 0 {
+                if unsafe { libc::poll(p.as_mut_ptr(), 3, -1) } < 0 {
                     continue;
                 }
                 if p[1].revents != 0 {
                     return Err(io::Error::from_raw_os_error(libc::EPIPE));
+                }
+                if p[2].revents != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::ECANCELED));
                 }
                 if p[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                     return Err(io::Error::from_raw_os_error(libc::EIO));

@@ -754,7 +754,7 @@ impl Instance {
             ttys: Mutex::new(Ttys::default()),
             stop: AtomicBool::new(false),
             wake_w,
-            exec_wake: eventfd()?,
+            exec_wake: sys::eventfd()?,
         });
         let hook = shared.clone();
         let pid = reaper::spawn(
@@ -1321,17 +1321,6 @@ fn drain_eventfd(fd: &OwnedFd) {
     let mut v = 0u64;
     // SAFETY: reads 8 bytes into a valid u64 from an owned eventfd.
     unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
-}
-
-/// A non-blocking, close-on-exec eventfd.
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd is wrapped at once.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Finds the running exec's record in the status stream: one of its two
