@@ -1382,11 +1382,24 @@ fn envd_watchers_bad_input_limits_and_sandbox_end() {
         .as_str()
         .unwrap()
         .to_string();
+    // A second watch of the directory tells when the events have come
+    // through (a remote engine's relay on a loaded machine took over 30 s
+    // once): reading the watcher before then would take them out of it.
+    let mut probe = watch_stream(&d, &a, &ta, json!({"path": deep}), &[]);
+    assert_eq!(next_envelope(&mut probe), (0, json!({"start": {}})));
     d.sh(
         &a,
-        &format!("cd {deep} && for i in $(seq 1500); do touch {n250}$i; done"),
+        &format!("cd {deep} && for i in $(seq 1500); do touch {n250}$i; done; touch zz-done"),
     );
-    let stopped = wait_for(std::time::Duration::from_secs(30), || {
+    loop {
+        let (_, v) = next_envelope(&mut probe);
+        if v["filesystem"]["name"] == "zz-done" {
+            break;
+        }
+        assert!(v.get("filesystem").is_some(), "the probe ended: {v}");
+    }
+    drop(probe);
+    let stopped = wait_for(std::time::Duration::from_secs(60), || {
         let r = rpc(&d, &a, &ta, "GetWatcherEvents", json!({"watcherId": wid}));
         r.status == 429 && r.json["code"] == "resource_exhausted"
     });

@@ -830,12 +830,10 @@ fn set_winsize(fd: RawFd, size: PtySize) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes all of `data` to a non-blocking fd, waiting while it is full
-/// until `ended` is readable (the process ended: EPIPE) or the fd hangs up
-/// (a PTY whose every slave closed: EIO).
 /// Writes all of `data` to the non-blocking `fd`, waiting in poll(2) while
 /// it is full. Gives up with `EPIPE` once `ends[0]` (the process's end) is
-/// readable, with `ECANCELED` once `ends[1]` (a close of stdin) is.
+/// readable, with `ECANCELED` once `ends[1]` (a close of stdin) is, with
+/// `EIO` when the fd hangs up (a PTY whose every slave closed).
 fn write_all(fd: RawFd, mut data: &[u8], ends: [RawFd; 2]) -> io::Result<()> {
     while !data.is_empty() {
         // SAFETY: writes from a valid buffer.

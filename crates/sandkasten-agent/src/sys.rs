@@ -49,7 +49,6 @@ pub fn open_pty_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
-/// A close-on-exec pipe: (read end, write end).
 /// A non-blocking, close-on-exec eventfd.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is wrapped at once.
@@ -61,6 +60,7 @@ pub fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: valid out array; the fds are wrapped at once.

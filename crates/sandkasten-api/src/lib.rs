@@ -253,18 +253,16 @@ pub(crate) fn build_router(
         ports: ports.clone(),
     };
     let (public, _) = public_routes().split_for_parts();
-    let hold_bodies = middleware::from_fn_with_state(state.clone(), bodies::hold);
     let (buffered, _) = buffered_routes()
-        .route_layer(hold_bodies.clone())
+        .route_layer(middleware::from_fn_with_state(state.clone(), bodies::hold))
         .split_for_parts();
     let (streamed, _) = streamed_routes().split_for_parts();
     let mcp = Router::new()
         .fallback_service(mcp::service(state.clone(), config.shutdown.child_token()))
         .layer(middleware::from_fn_with_state(
-            config.max_body_bytes,
+            state.clone(),
             mcp::protocol_errors,
-        ))
-        .layer(hold_bodies);
+        ));
     let protected = buffered
         .merge(streamed)
         .nest_service(mcp::PATH, mcp)

@@ -373,6 +373,8 @@ pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
 /// JSON-RPC error codes of the specification.
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
+/// The implementation-defined server error (the daemon is full).
+const SERVER_ERROR: i64 = -32000;
 
 /// Middleware on `/mcp`: the SDK answers a request it cannot take (not
 /// JSON, not a JSON-RPC message, too large, an unknown session, the wrong
@@ -383,10 +385,11 @@ const INVALID_REQUEST: i64 = -32600;
 /// them like every other error, and the OpenAPI document can say what
 /// every refusal is. A DELETE that ends a session answers 200.
 pub(crate) async fn protocol_errors(
-    State(limit): State<usize>,
+    State(state): State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
+    let limit = state.max_body_bytes;
     if req.method() != Method::POST {
         let delete = req.method() == Method::DELETE;
         let mut response = next.run(req).await;
@@ -401,6 +404,23 @@ pub(crate) async fn protocol_errors(
             Err(response) => response,
         };
     }
+    // The body holds room in the daemon's body budget for as long as the
+    // answer lasts (a tool call's answer may be a stream that outlives this
+    // function).
+    let announced = crate::bodies::announced(&req);
+    let mut claim = match state.bodies.claim(announced, limit as u64).await {
+        Ok(c) => c,
+        Err(e) => {
+            let mut r = rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                SERVER_ERROR,
+                &e.to_string(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    };
     let (parts, body) = req.into_parts();
     // The body is read here (within the daemon's limit, like every
     // route's) and handed on; a copy is kept to tell a parse error from an
@@ -412,12 +432,13 @@ pub(crate) async fn protocol_errors(
             return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, &message);
         }
     };
+    claim.shrink_to(bytes.len() as u64);
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes.clone())))
         .await;
     let (status, text) = match plain_client_error(response).await {
         Ok(error) => error,
-        Err(response) => return response,
+        Err(response) => return crate::bodies::Holding::wrap(response, claim),
     };
     if status == StatusCode::UNSUPPORTED_MEDIA_TYPE && text.starts_with("fail to deserialize") {
         let code = if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() {

@@ -75,7 +75,15 @@ pub(crate) async fn serve(e2b: &Arc<Shared>, id: Option<String>, req: Request) -
         } else {
             crate::connect::MAX_MESSAGE_BYTES
         };
-        let announced = axum::body::HttpBody::size_hint(req.body()).exact();
+        // A compressed upload inflates up to the limit: it claims that.
+        let compressed = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let announced = match compressed {
+            true => None,
+            false => axum::body::HttpBody::size_hint(req.body()).exact(),
+        };
         match e2b.cfg.bodies.claim(announced, limit as u64).await {
             Ok(c) => Some(c),
             Err(e) => return refuse(&path, Code::Unavailable, e.to_string()),

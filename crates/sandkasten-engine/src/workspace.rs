@@ -732,7 +732,8 @@ impl Engine {
         &self,
         req: CreateWorkspace,
     ) -> Result<WorkspaceInfo, EngineError> {
-        self.inner.workspaces.create_workspace(req).await
+        let w = self.inner.workspaces.clone();
+        Self::to_the_end(async move { w.create_workspace(req).await }).await
     }
 
     pub async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
@@ -741,7 +742,8 @@ impl Engine {
 
     /// `InUse` while a live session has it mounted.
     pub async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
-        self.inner.workspaces.delete_workspace(id).await
+        let (w, id) = (self.inner.workspaces.clone(), id.to_string());
+        Self::to_the_end(async move { w.delete_workspace(&id).await }).await
     }
 
     /// Session-less file access. Paths are inside the workspace: `a/b`,
@@ -798,7 +800,8 @@ impl Engine {
         id: &str,
         archive: std::path::PathBuf,
     ) -> Result<(), EngineError> {
-        self.inner.workspaces.import_workspace(id, archive).await
+        let (w, id) = (self.inner.workspaces.clone(), id.to_string());
+        Self::to_the_end(async move { w.import_workspace(&id, archive).await }).await
     }
 
     /// A consistent point-in-time snapshot, also while sessions write.
@@ -807,7 +810,8 @@ impl Engine {
         id: &str,
         label: Option<String>,
     ) -> Result<SnapshotInfo, EngineError> {
-        self.inner.workspaces.create_snapshot(id, label).await
+        let (w, id) = (self.inner.workspaces.clone(), id.to_string());
+        Self::to_the_end(async move { w.create_snapshot(&id, label).await }).await
     }
 
     pub async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
@@ -815,12 +819,22 @@ impl Engine {
     }
 
     pub async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
-        self.inner.workspaces.delete_snapshot(id, snap).await
+        let (w, id, snap) = (
+            self.inner.workspaces.clone(),
+            id.to_string(),
+            snap.to_string(),
+        );
+        Self::to_the_end(async move { w.delete_snapshot(&id, &snap).await }).await
     }
 
     /// Restores a snapshot in place; `InUse` while mounted.
     pub async fn restore_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
-        self.inner.workspaces.restore_snapshot(id, snap).await
+        let (w, id, snap) = (
+            self.inner.workspaces.clone(),
+            id.to_string(),
+            snap.to_string(),
+        );
+        Self::to_the_end(async move { w.restore_snapshot(&id, &snap).await }).await
     }
 }
 

@@ -18,9 +18,15 @@ pub const MAX_SIZE_DEPTH: usize = 256;
 /// entry that vanishes during the walk counts 0, a directory that cannot
 /// be read counts what was read of it. Errors only when `root` cannot be
 /// opened.
+///
+/// A sandbox shapes these files, and the cleanup policy deletes other
+/// workspaces by this sum: a file counts at most what it holds on disk (a
+/// sparse file of 5 GB with nothing in it counts 0), a file with several
+/// names counts once, and the sum saturates instead of wrapping.
 pub fn tree_size(root: &Path) -> io::Result<u64> {
     let mut stack = vec![Dir::new(open_dir_nofollow(root)?)?];
     let mut total = 0u64;
+    let mut linked = std::collections::HashSet::new();
     loop {
         // The level of the subdirectories of the directory on top.
         let level = stack.len();
@@ -45,7 +51,12 @@ pub fn tree_size(root: &Path) -> io::Result<u64> {
         };
         let child = match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => {
-                total += u64::try_from(st.st_size).unwrap_or(0);
+                let once = st.st_nlink <= 1 || linked.insert((st.st_dev, st.st_ino));
+                if once {
+                    let length = u64::try_from(st.st_size).unwrap_or(0);
+                    let held = u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512);
+                    total = total.saturating_add(length.min(held));
+                }
                 None
             }
             FileType::Directory if level < MAX_SIZE_DEPTH => open_dir_at(fd, name).ok(),
@@ -72,6 +83,12 @@ mod tests {
         std::fs::write(d.path().join("g"), b"123").unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("a/out")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("big"), d.path().join("big")).unwrap();
+        assert_eq!(tree_size(d.path()).unwrap(), 8);
+        // A sparse file counts what it holds; a second name counts nothing.
+        let sparse = std::fs::File::create(d.path().join("sparse")).unwrap();
+        sparse.set_len(5 << 30).unwrap();
+        std::fs::hard_link(d.path().join("g"), d.path().join("g2")).unwrap();
+        std::fs::hard_link(d.path().join("g"), d.path().join("a/g3")).unwrap();
         assert_eq!(tree_size(d.path()).unwrap(), 8);
         assert!(
             tree_size(&d.path().join("big")).is_err(),

@@ -536,7 +536,10 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
         sandkasten_api::ApiConfig {
             api_key: key,
             max_body_bytes: (cfg.max_body_mb * 1024 * 1024) as usize,
-            body_memory_bytes: cfg.body_memory_mb.max(cfg.max_body_mb) * 1024 * 1024,
+            body_memory_bytes: cfg
+                .body_memory_mb
+                .max(cfg.max_body_mb)
+                .saturating_mul(1024 * 1024),
             preview_domain: cfg.network.preview_domain(addr.port()),
             port_url_secret: port_url_secret(&cfg.data_dir)?,
             shutdown: shutdown.clone(),

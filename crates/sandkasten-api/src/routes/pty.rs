@@ -106,8 +106,16 @@ pub(crate) async fn pty(
             }
         }
     };
-    Ok(ws.on_upgrade(move |socket| serve(state, id, out, owned, socket)))
+    // A message is held whole until it is written to the terminal: 4 MiB
+    // (a paste) at most, not tungstenite's 64.
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| serve(state, id, out, owned, socket)))
 }
+
+/// The largest WebSocket message (and frame) a terminal takes.
+const MAX_MESSAGE: usize = 4 << 20;
 
 /// Pumps the terminal both ways until the process ends or the client goes.
 async fn serve(
