@@ -519,6 +519,54 @@ mod native_only {
         d.delete(&id);
     }
 
+    /// Found by the session 13 attack: archives whose entries cannot be
+    /// made (a name over 255 bytes, a path over PATH_MAX, a hard link to
+    /// itself) were 500s. They are bad archives: 400, the old content kept.
+    #[test]
+    fn archives_whose_entries_cannot_be_made_are_400() {
+        require_native("workspace import");
+        let d = Daemon::start(None);
+        let ws = ws_id("imp-unmakeable");
+        d.post("/v1/workspaces", &json!({"id": ws, "quota_mb": 128}))
+            .expect(201, "create");
+        ws_write(&d, &ws, "keep.txt", "kept").expect(200, "old content");
+        let file = |b: &mut tar::Builder<Vec<u8>>, path: &str| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(1);
+            b.append_data(&mut h, path, &b"x"[..]).unwrap();
+        };
+        let long_name = {
+            let mut b = tar::Builder::new(Vec::new());
+            file(&mut b, &"n".repeat(300));
+            b.into_inner().unwrap()
+        };
+        let long_path = {
+            let mut b = tar::Builder::new(Vec::new());
+            file(&mut b, &vec!["d".repeat(200); 30].join("/"));
+            b.into_inner().unwrap()
+        };
+        let self_link = {
+            let mut b = tar::Builder::new(Vec::new());
+            file(&mut b, "a");
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            b.append_link(&mut h, "a", "a").unwrap();
+            b.into_inner().unwrap()
+        };
+        for (what, tar_bytes) in [
+            ("a name over 255 bytes", long_name),
+            ("a path over PATH_MAX", long_path),
+            ("a hard link to itself", self_link),
+        ] {
+            import(&d, &ws, tar_bytes).assert_error(400, "INVALID_REQUEST", what);
+            let v = ws_read(&d, &ws, "keep.txt").expect(200, what);
+            let kept = unb64(v["content_base64"].as_str().unwrap());
+            assert_eq!(kept, b"kept", "{what}: the old content: {v}");
+        }
+    }
+
     /// Found by the session 13 attack: an import whose client gave up
     /// went on extracting, but the workspace was free again, so a session
     /// mounted it and the import then swapped the content under it (its

@@ -1115,11 +1115,28 @@ impl Shared {
         result.map_err(|e| match e {
             wstar::ImportError::Invalid(m) => RuntimeError::InvalidArchive(m),
             wstar::ImportError::Io(e)
-                if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                    || matches!(
+                        e.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    ) =>
             {
                 RuntimeError::InvalidArchive(format!(
                     "the content does not fit in workspace {id}'s quota ({e}); \
                      the old content is unchanged"
+                ))
+            }
+            // What the archive asks for cannot be made: a name over 255
+            // bytes, a path over PATH_MAX, too many links to one file, a
+            // hard link to an entry that is not there (to itself).
+            wstar::ImportError::Io(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENAMETOOLONG | libc::EMLINK | libc::ENOENT)
+                ) =>
+            {
+                RuntimeError::InvalidArchive(format!(
+                    "the archive cannot be extracted ({e}); the old content is unchanged"
                 ))
             }
             wstar::ImportError::Io(e) => RuntimeError::io(format!("importing into {id}"), e),
