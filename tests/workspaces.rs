@@ -519,6 +519,37 @@ mod native_only {
         d.delete(&id);
     }
 
+    /// Found by the session 13 attack: 1000 links to a 48 MB file were
+    /// exported as 1001 copies (50 GB). A file with several names is
+    /// exported once, its other names as hard links, and an import makes
+    /// them links again.
+    #[test]
+    fn hard_links_are_exported_once_and_imported_as_links() {
+        require_native("workspace import");
+        let d = Daemon::start(None);
+        let (src, dst) = (ws_id("links-src"), ws_id("links-dst"));
+        let s = session_on(&d, &src);
+        d.sh(
+            &s,
+            "head -c 1048576 /dev/urandom > a && for i in $(seq 50); do ln a l$i; done",
+        );
+        let sum = d.sh(&s, "sha256sum < a");
+        d.delete(&s);
+        let tar_bytes = export_bytes(&d, &src);
+        assert!(
+            tar_bytes.len() < 2 << 20,
+            "{} bytes of export for one 1 MiB file with 51 names",
+            tar_bytes.len()
+        );
+        d.post("/v1/workspaces", &json!({"id": dst}))
+            .expect(201, "create target");
+        import(&d, &dst, tar_bytes).expect(200, "import");
+        let t = session_on(&d, &dst);
+        assert_eq!(d.sh(&t, "sha256sum < l50"), sum);
+        assert_eq!(d.sh(&t, "stat -c %h a"), "51\n");
+        d.delete(&t);
+    }
+
     /// Found by the session 13 attack: archives whose entries cannot be
     /// made (a name over 255 bytes, a path over PATH_MAX, a hard link to
     /// itself) were 500s. They are bad archives: 400, the old content kept.

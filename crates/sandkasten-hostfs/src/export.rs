@@ -4,17 +4,20 @@
 //! mid-walk) can make the daemon read outside the tree. Symlinks are
 //! stored as symlinks; sockets, fifos and devices are left out. A file that
 //! changes size during the walk is cut or zero-padded to the size it had
-//! when opened, so the archive stays well-formed.
+//! when opened, so the archive stays well-formed. A file with several
+//! names is written once, its other names as hard links to the first (a
+//! sandbox's 1000 links to a 48 MB file were 50 GB of export).
 
 use crate::{is_dot, open_dir_at, open_dir_nofollow};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How owners are written into the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +70,7 @@ pub struct ExportOptions {
 pub fn export_tar(root: &Path, opts: &ExportOptions, out: &mut dyn Write) -> io::Result<()> {
     let fd = open_dir_nofollow(root)?;
     let mut b = tar::Builder::new(out);
-    walk(&mut b, &fd, Path::new(""), opts, 0)?;
+    walk(&mut b, &fd, Path::new(""), opts, 0, &mut HashMap::new())?;
     b.into_inner()?.flush()
 }
 
@@ -101,12 +104,30 @@ fn header(
     h
 }
 
+/// Writes `path` as a hard link to `first` (out of `walk`'s frame, which
+/// recursion multiplies).
+#[inline(never)]
+fn hard_link(
+    b: &mut tar::Builder<&mut dyn Write>,
+    m: &std::fs::Metadata,
+    path: &Path,
+    first: &Path,
+    opts: &ExportOptions,
+) -> io::Result<()> {
+    let (mode, uid, gid, mtime) = (m.mode(), m.uid(), m.gid(), m.mtime());
+    let mut h = header(tar::EntryType::Link, mode, uid, gid, mtime, opts);
+    b.append_link(&mut h, path, first)
+}
+
+/// Writes the entries below `dir` (at `rel` in the archive); `linked`
+/// holds the first name written of each file with several names.
 fn walk(
     b: &mut tar::Builder<&mut dyn Write>,
     dir: &OwnedFd,
     rel: &Path,
     opts: &ExportOptions,
     depth: usize,
+    linked: &mut HashMap<(u64, u64), PathBuf>,
 ) -> io::Result<()> {
     for name in names(dir)? {
         let path = rel.join(OsStr::from_bytes(name.to_bytes()));
@@ -138,7 +159,7 @@ fn walk(
                         }
                     }
                 }
-                walk(b, &sub, &path, opts, depth + 1)?;
+                walk(b, &sub, &path, opts, depth + 1, linked)?;
             }
             FileType::RegularFile => {
                 // O_NONBLOCK: a file swapped for a fifo cannot stall the walk.
@@ -151,6 +172,13 @@ fn walk(
                 let m = file.metadata()?;
                 if !m.is_file() {
                     continue;
+                }
+                if m.nlink() > 1 {
+                    if let Some(first) = linked.get(&(m.dev(), m.ino())) {
+                        hard_link(b, &m, &path, first, opts)?;
+                        continue;
+                    }
+                    linked.insert((m.dev(), m.ino()), path.clone());
                 }
                 let size = m.len();
                 let mut h = header(
@@ -259,6 +287,30 @@ mod tests {
         // Sorted, parents before children.
         let paths: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(&paths[..3], &["a", "a/b", "a/b/f.txt"]);
+    }
+
+    #[test]
+    fn a_file_with_several_names_is_written_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("a"), vec![7u8; 100_000]).unwrap();
+        for n in ["b", "sub/c", "z"] {
+            std::fs::hard_link(d.path().join("a"), d.path().join(n)).unwrap();
+        }
+        let tar = export(d.path(), &MAPPED).unwrap();
+        assert!(tar.len() < 120_000, "{} bytes", tar.len());
+        let seen = entries(&tar);
+        let find = |p: &str| seen.iter().find(|s| s.0 == p).unwrap().clone();
+        assert_eq!(find("a").1, tar::EntryType::Regular);
+        assert_eq!(find("a").2.len(), 100_000);
+        for n in ["b", "sub/c", "z"] {
+            let e = find(n);
+            assert_eq!(
+                (e.1, e.3.as_deref()),
+                (tar::EntryType::Link, Some("a")),
+                "{n}"
+            );
+        }
     }
 
     #[test]
