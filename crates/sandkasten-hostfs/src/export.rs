@@ -96,7 +96,10 @@ fn header(
 ) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
-    h.set_mode(mode & 0o7777);
+    // Without setuid and setgid bits, as an import makes them: a root who
+    // unpacks an export with `tar -p` gets no setuid binary a sandbox
+    // left (found by the session 13 attack).
+    h.set_mode(mode & 0o1777);
     h.set_uid(opts.owners.id(uid));
     h.set_gid(opts.owners.id(gid));
     h.set_mtime(u64::try_from(mtime).unwrap_or(0));
@@ -287,6 +290,21 @@ mod tests {
         // Sorted, parents before children.
         let paths: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(&paths[..3], &["a", "a/b", "a/b/f.txt"]);
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_are_left_out() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        std::fs::set_permissions(d.path().join("f"), std::fs::Permissions::from_mode(0o6755))
+            .unwrap();
+        std::fs::create_dir(d.path().join("t")).unwrap();
+        std::fs::set_permissions(d.path().join("t"), std::fs::Permissions::from_mode(0o3777))
+            .unwrap();
+        let seen = entries(&export(d.path(), &MAPPED).unwrap());
+        let mode = |p: &str| seen.iter().find(|s| s.0 == p).unwrap().5;
+        assert_eq!(mode("f"), 0o755);
+        assert_eq!(mode("t"), 0o1777);
     }
 
     #[test]
