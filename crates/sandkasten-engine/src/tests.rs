@@ -1225,6 +1225,89 @@ async fn a_workspace_is_exported_held_meanwhile_and_imported_elsewhere() {
     e.delete_workspace("src").await.unwrap();
 }
 
+/// Found by the session 13 attack: an import whose caller went away (its
+/// HTTP client gave up) went on, but the workspace was free again, so a
+/// session mounted it and the import then swapped the content under it.
+/// The import runs to its end holding the workspace. (Its archive here is
+/// a fifo: the import waits in its read until the test writes it.)
+#[tokio::test]
+async fn an_import_whose_caller_goes_away_still_holds_the_workspace_to_its_end() {
+    let e = engine().await;
+    for id in ["src", "dst"] {
+        e.create_workspace(CreateWorkspace {
+            id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    e.workspace_write_file("src", "new.txt", b"imported".to_vec())
+        .await
+        .unwrap();
+    let mut rx = e.export_workspace("src").await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = within(rx.recv()).await {
+        bytes.extend(chunk.unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("archive");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo of a path in our temp dir.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let import = tokio::spawn({
+        let (e, fifo) = (e.engine.clone(), fifo.clone());
+        async move { e.import_workspace("dst", fifo).await }
+    });
+    // Opening the fifo for writing returns once the import reads it.
+    let writer = within(tokio::task::spawn_blocking({
+        let fifo = fifo.clone();
+        move || std::fs::OpenOptions::new().write(true).open(fifo).unwrap()
+    }))
+    .await
+    .unwrap();
+    import.abort();
+    assert!(import.await.unwrap_err().is_cancelled());
+    assert_err!(
+        e.create_session(CreateSession {
+            workspace_id: Some("dst".into()),
+            ..Default::default()
+        })
+        .await,
+        EngineError::Workspace(WorkspaceError::InUse { .. })
+    );
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut w = writer;
+        w.write_all(&bytes).unwrap();
+    })
+    .await
+    .unwrap();
+    // The import ends by itself, and the session then sees its content.
+    let sid = within(async {
+        loop {
+            match e
+                .create_session(CreateSession {
+                    workspace_id: Some("dst".into()),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(s) => break s.id,
+                Err(EngineError::Workspace(WorkspaceError::InUse { .. })) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        e.ws_read("dst", "new.txt", None).await.unwrap().data,
+        b"imported"
+    );
+    e.destroy_session(&sid).await.unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // The pool
 

@@ -1101,6 +1101,12 @@ impl Shared {
                     Err(e)
                 }
                 Ok(()) => {
+                    // The new content on disk before it is swapped in (the
+                    // extraction syncs no file of its own).
+                    if let Ok(d) = std::fs::File::open(&tmp) {
+                        // SAFETY: syncfs on an fd we own.
+                        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) };
+                    }
                     let old = self
                         .workspaces_dir()
                         .join(format!(".old-{id}-{}", std::process::id()));

@@ -68,10 +68,24 @@ fn clean(path: &Path) -> Result<Option<PathBuf>, ImportError> {
 
 /// Makes every parent of `rel` below `root` a real directory, refusing
 /// symlinks and other files on the way.
-fn parents(root: &Path, rel: &Path, owner: u32) -> Result<(), ImportError> {
-    let mut cur = root.to_path_buf();
+///
+/// `last` is the parent checked before: directories stay directories for
+/// the whole import (`clear` refuses to replace one), so the components
+/// shared with it are not looked at again. A tar lists a tree in order, so
+/// most entries check nothing (checking every component of every entry by
+/// its path was quadratic in the depth: 12 000 files 1900 levels deep took
+/// over 14 minutes).
+fn parents(root: &Path, rel: &Path, owner: u32, last: &mut PathBuf) -> Result<(), ImportError> {
     let comps: Vec<_> = rel.components().collect();
-    for c in &comps[..comps.len().saturating_sub(1)] {
+    let dirs = &comps[..comps.len().saturating_sub(1)];
+    let known = last
+        .components()
+        .zip(dirs.iter())
+        .take_while(|(a, b)| a == *b)
+        .count();
+    let mut cur = root.to_path_buf();
+    cur.extend(&dirs[..known]);
+    for c in &dirs[known..] {
         cur.push(c);
         match std::fs::symlink_metadata(&cur) {
             Ok(m) if m.is_dir() => {}
@@ -95,6 +109,7 @@ fn parents(root: &Path, rel: &Path, owner: u32) -> Result<(), ImportError> {
             Err(e) => return Err(e.into()),
         }
     }
+    *last = dirs.iter().collect();
     Ok(())
 }
 
@@ -144,6 +159,7 @@ pub fn extract(
     };
     let mut ar = tar::Archive::new(archive);
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let mut checked = PathBuf::new();
     let entries = ar
         .entries()
         .map_err(|e| ImportError::Invalid(format!("not a tar archive: {e}")))?;
@@ -172,7 +188,7 @@ pub fn extract(
             | tar::EntryType::Link => {}
             _ => continue, // devices, fifos, GNU extensions handled by the crate
         }
-        parents(root, &rel, owner)?;
+        parents(root, &rel, owner, &mut checked)?;
         let dst = root.join(&rel);
         match kind {
             tar::EntryType::Directory => {
@@ -207,7 +223,7 @@ pub fn extract(
                 let Some(trel) = clean(&target)? else {
                     return Err(ImportError::Invalid("hard link to the root".into()));
                 };
-                parents(root, &trel, owner)?;
+                parents(root, &trel, owner, &mut checked)?;
                 let src = root.join(&trel);
                 match std::fs::symlink_metadata(&src) {
                     Ok(m) if m.is_file() => {}
@@ -228,8 +244,9 @@ pub fn extract(
                     .write(true)
                     .create_new(true)
                     .open(&dst)?;
+                // No fsync per file: the caller syncs the filesystem once
+                // before it swaps the content in.
                 io::copy(&mut entry, &mut f)?;
-                f.sync_all()?;
                 drop(f);
                 std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))?;
                 std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode & 0o777))?;
