@@ -550,6 +550,40 @@ mod native_only {
         d.delete(&t);
     }
 
+    /// Found by the session 13 attack: a snapshot or an export of a
+    /// workspace full to its quota was a 500. A full disk is 507
+    /// `STORAGE_FULL` (or, where the step needs no room, it works).
+    #[test]
+    fn a_workspace_full_to_its_quota_is_507_not_500() {
+        require_native("workspace snapshots");
+        let d = Daemon::start(None);
+        let ws = ws_id("full");
+        d.post("/v1/workspaces", &json!({"id": ws, "quota_mb": 128}))
+            .expect(201, "create");
+        let s = session_on(&d, &ws);
+        d.sh(
+            &s,
+            "dd if=/dev/urandom of=/workspace/fill bs=1M 2>/dev/null; \
+             for i in $(seq 2000); do echo x > /workspace/f$i 2>/dev/null || break; done; true",
+        );
+        d.delete(&s);
+        let snap = d.post(&format!("/v1/workspaces/{ws}/snapshots"), &json!({}));
+        assert!(
+            snap.status == 201 || (snap.status == 507 && snap.text.contains("STORAGE_FULL")),
+            "snapshot of a full workspace: {} {}",
+            snap.status,
+            snap.text
+        );
+        let export =
+            d.send(d.request(reqwest::Method::GET, &format!("/v1/workspaces/{ws}/export")));
+        assert!(
+            export.status == 200 || export.status == 507,
+            "export of a full workspace: {} {}",
+            export.status,
+            export.text.chars().take(300).collect::<String>()
+        );
+    }
+
     /// Found by the session 13 attack: archives whose entries cannot be
     /// made (a name over 255 bytes, a path over PATH_MAX, a hard link to
     /// itself) were 500s. They are bad archives: 400, the old content kept.

@@ -213,9 +213,25 @@ impl EngineError {
             },
             RuntimeError::StorageFull(m) => EngineError::StorageFull(m),
             RuntimeError::CapacityExhausted(m) => SessionError::RuntimeCapacity(m).into(),
+            // No room on a disk (the host's, a workspace's image) is never
+            // the daemon's fault: 507, whatever step met it (a snapshot or
+            // export of a workspace full to its quota was a 500).
+            RuntimeError::Io { source: e, .. } if is_full(&e) => {
+                EngineError::StorageFull(format!("{context}: {e}"))
+            }
             source => EngineError::Runtime { context, source },
         }
     }
+}
+
+/// ENOSPC or EDQUOT, by errno or (where a context replaced the error) by
+/// kind.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
 }
 
 /// A typed file failure as the engine reports it (the one table for the
@@ -289,6 +305,24 @@ mod tests {
             map(RuntimeError::CapacityExhausted("uid ranges".into())),
             EngineError::Session(SessionError::RuntimeCapacity(_))
         ));
+    }
+
+    #[test]
+    fn a_full_disk_met_by_any_runtime_step_is_storage_full() {
+        let map = EngineError::runtime("snapshotting the workspace");
+        let full = RuntimeError::io("snapshot", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(matches!(map(full), EngineError::StorageFull(_)));
+        let map = EngineError::runtime("exporting the workspace");
+        // A context that kept only the kind (as wsimage's does).
+        let kept =
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "creating a snapshot: full");
+        assert!(matches!(
+            map(RuntimeError::io("export", kept)),
+            EngineError::StorageFull(_)
+        ));
+        let map = EngineError::runtime("exporting the workspace");
+        let other = RuntimeError::io("export", std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(map(other), EngineError::Runtime { .. }));
     }
 
     #[test]
