@@ -267,6 +267,36 @@ fn timeout_interrupts_and_keeps_the_shell() {
     assert_eq!(v["timed_out"], false, "{v}");
 }
 
+/// A command line that starts programs one after another spends much of its
+/// time between a fork and the program's start, where the forked shell still
+/// catches SIGINT (the driver's trap) and loses it at the program's start:
+/// the interrupt must still stop the line, not run it on and kill the shell.
+#[test]
+fn timeout_stops_a_loop_of_short_programs_and_keeps_the_shell() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(&id, "export KEEP=1; cd /tmp; rm -f /tmp/finished");
+    for round in 0..8 {
+        let t = Instant::now();
+        let r = d.exec_with(
+            &id,
+            json!({
+                "cmd": "for i in $(seq 100000); do /bin/true; done; touch /tmp/finished",
+                "timeout_ms": 200
+            }),
+        );
+        let elapsed = t.elapsed();
+        let v = r.expect(200, "timed out loop");
+        assert_eq!(v["timed_out"], true, "round {round}: {v}");
+        assert_eq!(v["exit_code"], 124, "round {round}: {v}");
+        let v = d.exec(&id, "echo $KEEP; pwd; test -e /tmp/finished; echo $?");
+        assert_eq!(
+            v["output"], "1\n/tmp\n1\n",
+            "round {round}: the loop ran on or the shell was not kept ({elapsed:?}): {v}"
+        );
+    }
+}
+
 #[test]
 fn timeout_escalates_to_sigkill_when_sigint_is_ignored() {
     let d = Daemon::start(None);

@@ -898,10 +898,10 @@ impl Instance {
         // 0 while running; then the number of escalation steps taken.
         let mut step = 0u8;
         let mut next_step_at = deadline;
-        // The SIGINT step found no job (a builtin was running, or the next
-        // program was not started yet): it is sent as soon as one appears,
-        // until the next step is due.
-        let mut sigint_pending = false;
+        // From the SIGINT step until the next: the jobs interrupted so far.
+        // Every job that appears meanwhile is interrupted too (the step may
+        // find a builtin running, or the shell between two programs).
+        let mut interrupt: Option<Interrupt> = None;
         loop {
             // Looked at before every wait: the shell may have died before
             // this exec began (the reaper's wake-up was cleared above).
@@ -918,11 +918,10 @@ impl Instance {
             if step == 0 && cancel.is_cancelled() {
                 next_step_at = Instant::now();
             }
-            if sigint_pending
-                && Instant::now() < next_step_at
-                && self.signal_foreground(libc::SIGINT, exec_start)
-            {
-                sigint_pending = false;
+            if let Some(i) = &mut interrupt {
+                if Instant::now() < next_step_at {
+                    self.interrupt_jobs(i, exec_start);
+                }
             }
             // Checked before reading, so a command that never stops
             // writing still times out.
@@ -932,7 +931,9 @@ impl Instance {
                 match step {
                     1 => {
                         run.timed_out = true;
-                        sigint_pending = !self.signal_foreground(libc::SIGINT, exec_start);
+                        let mut i = Interrupt::new(self.pid);
+                        self.interrupt_jobs(&mut i, exec_start);
+                        interrupt = Some(i);
                         // bash abandons the rest of the run line when its
                         // foreground job dies of SIGINT, so the status line
                         // must be there to report 130.
@@ -943,7 +944,7 @@ impl Instance {
                         }
                     }
                     2 => {
-                        sigint_pending = false;
+                        interrupt = None;
                         self.signal_foreground(libc::SIGKILL, exec_start);
                     }
                     3 => {
@@ -964,8 +965,9 @@ impl Instance {
                 hand_off_again = (!standby.hand_off()).then(|| Instant::now() + HAND_OFF_RETRY);
             }
             let mut wait = next_step_at.saturating_duration_since(Instant::now());
-            if sigint_pending {
-                // No event tells when the shell starts its next job.
+            if interrupt.is_some() {
+                // No event tells when the shell starts its next job, or
+                // when a job starts its program.
                 wait = wait.min(SIGINT_RETRY);
             }
             if let Some(t) = hand_off_again {
@@ -1156,7 +1158,17 @@ impl Instance {
     /// the shell's group nor jobs of earlier execs.
     /// True when some job got the signal.
     fn signal_foreground(&self, sig: libc::c_int, exec_start: Option<u64>) -> bool {
-        // SAFETY: plain syscalls on an owned fd / a process group id.
+        let mut sent = false;
+        for g in self.foreground_jobs(exec_start) {
+            // SAFETY: signalling a process group id.
+            sent |= unsafe { libc::kill(-g, sig) } == 0;
+        }
+        sent
+    }
+
+    /// The process groups [`Self::signal_foreground`] signals.
+    fn foreground_jobs(&self, exec_start: Option<u64>) -> Vec<i32> {
+        // SAFETY: a plain syscall on an owned fd.
         let pgrp = unsafe { libc::tcgetpgrp(self.master.as_raw_fd()) };
         let groups = if pgrp > 0 {
             vec![pgrp]
@@ -1168,12 +1180,37 @@ impl Instance {
         } else {
             vec![]
         };
-        let mut sent = false;
-        for g in groups.into_iter().filter(|g| *g != self.pid) {
-            // SAFETY: signalling a process group id.
-            sent |= unsafe { libc::kill(-g, sig) } == 0;
+        groups.into_iter().filter(|g| *g != self.pid).collect()
+    }
+
+    /// SIGINTs the foreground jobs not interrupted yet, and again a job
+    /// whose program started after its SIGINT: a job the shell has forked
+    /// but not yet started its program in still has the shell's handler
+    /// for SIGINT (the driver's trap), which takes the signal, and the
+    /// program then runs as if none came.
+    fn interrupt_jobs(&self, i: &mut Interrupt, exec_start: Option<u64>) {
+        for g in self.foreground_jobs(exec_start) {
+            // Read before the signal: a job seen as the shell's fork may
+            // start its program before or after the signal, never one seen
+            // as the program.
+            let comm = comm(g);
+            match i.jobs.iter_mut().find(|(pg, _)| *pg == g) {
+                Some((_, seen)) => {
+                    let started =
+                        seen.is_some() && *seen == i.shell && comm.is_some() && comm != *seen;
+                    if started {
+                        *seen = comm;
+                        // SAFETY: signalling a process group id.
+                        unsafe { libc::kill(-g, libc::SIGINT) };
+                    }
+                }
+                None => {
+                    i.jobs.push((g, comm));
+                    // SAFETY: signalling a process group id.
+                    unsafe { libc::kill(-g, libc::SIGINT) };
+                }
+            }
         }
-        sent
     }
 
     /// SIGKILLs the shell and every process in its session.
@@ -1212,6 +1249,30 @@ impl Drop for Instance {
             let _ = p.join();
         }
     }
+}
+
+/// The jobs an interrupt has sent SIGINT to, and what they ran then.
+struct Interrupt {
+    /// The shell's command name, which its forks keep until they start
+    /// their program.
+    shell: Option<Vec<u8>>,
+    /// Process group, and its leader's command name when signalled.
+    jobs: Vec<(i32, Option<Vec<u8>>)>,
+}
+
+impl Interrupt {
+    fn new(shell: libc::pid_t) -> Interrupt {
+        Interrupt {
+            shell: comm(shell),
+            jobs: Vec::new(),
+        }
+    }
+}
+
+/// A process's command name (`/proc/PID/comm`), which changes when it
+/// starts a program; None once it is gone.
+fn comm(pid: libc::pid_t) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/comm")).ok()
 }
 
 /// The pump: reads and drops the shell's own terminal (where the driver's
