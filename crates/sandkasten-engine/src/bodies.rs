@@ -145,15 +145,16 @@ impl BodyBudget {
                 last: None,
             });
         }
-        let (sem, units) = if bytes <= SMALL_BODY {
-            (&self.small, 0)
+        let sem = if bytes <= SMALL_BODY {
+            &self.small
         } else {
-            (&self.sem, self.units)
+            &self.sem
         };
-        // A body larger than the whole budget takes all of it.
+        // A body larger than the whole budget takes all of it (a small one
+        // is far below its pool).
         let want = u32::try_from(bytes.div_ceil(UNIT))
             .unwrap_or(u32::MAX)
-            .min(if units == 0 { u32::MAX } else { units });
+            .min(self.units);
         let full = || BodiesFull {
             total: self.total(),
             wait: self.wait,

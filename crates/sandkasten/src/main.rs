@@ -536,10 +536,8 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
         sandkasten_api::ApiConfig {
             api_key: key,
             max_body_bytes: (cfg.max_body_mb * 1024 * 1024) as usize,
-            body_memory_bytes: cfg
-                .body_memory_mb
-                .max(cfg.max_body_mb)
-                .saturating_mul(1024 * 1024),
+            // At least one body of max_body_mb: the API sees to that.
+            body_memory_bytes: cfg.body_memory_mb.saturating_mul(1024 * 1024),
             preview_domain: cfg.network.preview_domain(addr.port()),
             port_url_secret: port_url_secret(&cfg.data_dir)?,
             shutdown: shutdown.clone(),
