@@ -122,6 +122,36 @@ fn hard_link(
     b.append_link(&mut h, path, first)
 }
 
+/// Writes `path` as a symlink to `target`, byte for byte: the tar crate
+/// cleans link names up as paths (`/` became `//`, `a//b` and `a/./b`
+/// became `a/b`), and a symlink's target is not a path of the archive. A
+/// target longer than the header's field goes first in a GNU long link
+/// entry, as GNU tar writes it.
+fn symlink(
+    b: &mut tar::Builder<&mut dyn Write>,
+    h: &mut tar::Header,
+    path: &Path,
+    target: &[u8],
+) -> io::Result<()> {
+    let field = h.as_old().linkname.len();
+    if target.len() > field {
+        let mut long = tar::Header::new_gnu();
+        let name = b"././@LongLink";
+        long.as_gnu_mut().expect("a GNU header").name[..name.len()].copy_from_slice(name);
+        long.set_mode(0o644);
+        long.set_uid(0);
+        long.set_gid(0);
+        long.set_mtime(0);
+        // With its NUL, as GNU tar counts it.
+        long.set_size(target.len() as u64 + 1);
+        long.set_entry_type(tar::EntryType::GNULongLink);
+        long.set_cksum();
+        b.append(&long, target.chain(&[0u8][..]))?;
+    }
+    h.set_link_name_literal(&target[..target.len().min(field)])?;
+    b.append_data(h, path, io::empty())
+}
+
 /// Writes the entries below `dir` (at `rel` in the archive); `linked`
 /// holds the first name written of each file with several names.
 fn walk(
@@ -201,7 +231,7 @@ fn walk(
                     continue;
                 };
                 let mut h = header(tar::EntryType::Symlink, mode, uid, gid, mtime, opts);
-                b.append_link(&mut h, &path, OsStr::from_bytes(&target))?;
+                symlink(b, &mut h, &path, &target)?;
             }
             _ => {} // sockets, fifos, devices
         }
@@ -249,6 +279,42 @@ mod tests {
     fn export(root: &Path, opts: &ExportOptions) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         export_tar(root, opts, &mut out).map(|()| out)
+    }
+
+    /// A symlink's target is not cleaned up as a path: `/` stayed `//`
+    /// after a round trip (found by the session 13 attack).
+    #[test]
+    fn symlink_targets_are_exported_byte_for_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let long = format!("//{}/./x/", "y".repeat(140));
+        let targets = [
+            "/",
+            "//",
+            "a//b",
+            "./x",
+            "x/",
+            "../..",
+            "a/./b/",
+            long.as_str(),
+        ];
+        for (i, t) in targets.iter().enumerate() {
+            std::os::unix::fs::symlink(t, d.path().join(format!("l{i}"))).unwrap();
+        }
+        let tar = export(d.path(), &MAPPED).unwrap();
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut seen = HashMap::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let target = e.link_name_bytes().map(|l| l.into_owned());
+            seen.insert(e.path().unwrap().display().to_string(), target);
+        }
+        for (i, t) in targets.iter().enumerate() {
+            assert_eq!(
+                seen[&format!("l{i}")].as_deref(),
+                Some(t.as_bytes()),
+                "target of l{i}"
+            );
+        }
     }
 
     #[test]
