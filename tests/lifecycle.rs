@@ -744,9 +744,57 @@ mod native_only {
                     .bearer_auth(&d.key),
             )
         };
+        // A second sandbox snapshot, whose workspace snapshot is deleted
+        // on its own: the sandbox snapshot cannot start without it and goes
+        // with it.
+        let other = snapshot(&d, &id).expect(201, "second snapshot");
+        let label = format!("sandbox snapshot {}", other["id"].as_str().unwrap());
+        let ws_snaps = d
+            .get(&format!("/v1/workspaces/{ws}/snapshots"))
+            .expect(200, "list");
+        let ws_snap = ws_snaps["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["label"] == label.as_str())
+            .unwrap_or_else(|| panic!("no workspace snapshot labelled {label}: {ws_snaps}"));
+        let r = d.send(
+            d.client
+                .delete(format!(
+                    "{}/v1/workspaces/{ws}/snapshots/{}",
+                    d.url,
+                    ws_snap["id"].as_str().unwrap()
+                ))
+                .bearer_auth(&d.key),
+        );
+        assert_eq!(r.status, 200, "deleting the workspace snapshot: {}", r.text);
+        let gone = |snap: &serde_json::Value| {
+            let r = d.get(&format!("/v1/snapshots/{}", snap["id"].as_str().unwrap()));
+            assert_eq!(r.status, 404, "{snap} still there: {}", r.text);
+            let list = d.get("/v1/snapshots").expect(200, "list");
+            assert!(
+                !list["snapshots"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["id"] == snap["id"]),
+                "{snap} still listed: {list}"
+            );
+            let r = d.post(
+                "/v1/sessions",
+                &serde_json::json!({"from_snapshot": snap["id"]}),
+            );
+            assert_eq!(r.status, 404, "a session from {snap}: {}", r.text);
+        };
+        gone(&other);
+        d.get(&format!("/v1/snapshots/{}", snap["id"].as_str().unwrap()))
+            .expect(200, "the first snapshot stays");
         d.delete(&id);
         let r = del(&ws);
         assert_eq!(r.status, 200, "deleting the origin: {}", r.text);
+        // Its sandbox snapshot went with it (it was listed, and answered
+        // 404 WORKSPACE_NOT_FOUND when used).
+        gone(&snap);
         assert_eq!(d.sh(child, "cat /workspace/w"), "child\n");
         let info = d
             .get(&format!("/v1/workspaces/{child_ws}"))

@@ -429,15 +429,50 @@ impl Workspaces {
             .delete_workspace(id)
             .await
             .map_err(rt(id, "deleting the workspace"))?;
+        let held = self.drop_sandbox_snapshots(id, None).await?;
         let wid = id.to_string();
         self.db
             .run(move |s| {
                 s.delete_snapshots_of(&wid)?;
+                for snap in &held {
+                    s.delete_sandbox_snapshot(snap)?;
+                }
                 s.delete_workspace(&wid)
             })
             .await?;
         tracing::info!(workspace = %id, "workspace deleted");
         Ok(())
+    }
+
+    /// Frees the sandbox snapshots whose `/workspace` is a snapshot of
+    /// workspace `id` (only snapshot `snap` of it, when given): without it
+    /// they cannot start a session, so they go with it (the session 13
+    /// attack found them listed after their workspace was gone). Returns
+    /// their ids; their records are the caller's to delete, with its own.
+    async fn drop_sandbox_snapshots(
+        &self,
+        id: &str,
+        snap: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
+        let held: Vec<String> = self
+            .db
+            .run(|s| s.list_sandbox_snapshots())
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.workspace_id.as_deref() == Some(id)
+                    && snap.is_none_or(|snap| r.workspace_snapshot.as_deref() == Some(snap))
+            })
+            .map(|r| r.id)
+            .collect();
+        for s in &held {
+            self.runtime
+                .delete_sandbox_snapshot(s)
+                .await
+                .map_err(EngineError::runtime("deleting a sandbox snapshot"))?;
+            tracing::info!(workspace = %id, snapshot = %s, "sandbox snapshot deleted with its workspace snapshot");
+        }
+        Ok(held)
     }
 
     /// A session-less file operation on workspace `id`.
@@ -696,14 +731,24 @@ impl Workspaces {
             .ok_or_else(|| WorkspaceError::SnapshotNotFound(snap.to_string()).into())
     }
 
+    /// Deletes snapshot `snap` of workspace `id`, and the sandbox
+    /// snapshot it belongs to, if any.
     pub(crate) async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
         self.snapshot_record(id, snap).await?;
         self.runtime
             .delete_snapshot(id, snap)
             .await
             .map_err(rt(id, "deleting the snapshot"))?;
+        let held = self.drop_sandbox_snapshots(id, Some(snap)).await?;
         let sid = snap.to_string();
-        self.db.run(move |s| s.delete_snapshot(&sid)).await?;
+        self.db
+            .run(move |s| {
+                for h in &held {
+                    s.delete_sandbox_snapshot(h)?;
+                }
+                s.delete_snapshot(&sid)
+            })
+            .await?;
         Ok(())
     }
 
