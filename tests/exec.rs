@@ -276,12 +276,15 @@ fn timeout_stops_a_loop_of_short_programs_and_keeps_the_shell() {
     let d = Daemon::start(None);
     let id = d.new_session();
     d.sh(&id, "export KEEP=1; cd /tmp; rm -f /tmp/finished");
-    for round in 0..8 {
+    for round in 0..12 {
+        // Every other round a pipeline, whose later members the shell
+        // forks after the first.
+        let job = ["/bin/true", "/bin/true | /bin/cat"][round % 2];
         let t = Instant::now();
         let r = d.exec_with(
             &id,
             json!({
-                "cmd": "for i in $(seq 100000); do /bin/true; done; touch /tmp/finished",
+                "cmd": format!("for i in $(seq 100000); do {job}; done; touch /tmp/finished"),
                 "timeout_ms": 200
             }),
         );
@@ -295,6 +298,26 @@ fn timeout_stops_a_loop_of_short_programs_and_keeps_the_shell() {
             "round {round}: the loop ran on or the shell was not kept ({elapsed:?}): {v}"
         );
     }
+}
+
+/// The interrupt is one Ctrl-C for a running job: a job that cleans up on
+/// SIGINT (starting programs of its own meanwhile) gets it once, and its
+/// cleanup is not interrupted.
+#[test]
+fn timeout_lets_a_job_clean_up_after_one_sigint() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let r = d.exec_with(
+        &id,
+        json!({
+            "cmd": "bash -c 'trap \"/bin/sleep 0.1; echo cleaned; exit 3\" INT; echo ready; /bin/sleep 30 & wait'",
+            "timeout_ms": 300
+        }),
+    );
+    let v = r.expect(200, "timed out job");
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert_eq!(v["output"], "ready\ncleaned\n", "{v}");
+    assert_eq!(d.sh(&id, "echo next"), "next\n");
 }
 
 #[test]

@@ -726,7 +726,19 @@ mod native_only {
         let snap = snapshot(&d, &id).expect(201, "snapshot");
         assert_eq!(snap["workspace_id"], ws.as_str(), "{snap}");
         d.sh(&id, "echo changed > /workspace/w");
+        let used = |w: &str| {
+            d.get(&format!("/v1/workspaces/{w}"))
+                .expect(200, "workspace")["last_used_at"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let before = used(&ws);
+        std::thread::sleep(Duration::from_millis(5));
         let v = d.create_session(serde_json::json!({"from_snapshot": snap["id"]}));
+        // A copy of its snapshot is a use of the workspace, for the idle
+        // limit of the cleanup policy.
+        assert!(used(&ws) > before, "{} not after {before}", used(&ws));
         let child = v["id"].as_str().unwrap();
         let child_ws = v["workspace_id"].as_str().expect("a workspace of its own");
         assert_ne!(child_ws, ws, "{v}");

@@ -82,7 +82,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const DRAIN_MAX_BYTES: usize = 1024 * 1024;
 /// Terminal size reported to programs (rows, columns).
 const WINSIZE: (u16, u16) = (50, 200);
-/// How often an interrupt that found no job looks again for one.
+/// How often the SIGINT step looks again for jobs to interrupt.
 const SIGINT_RETRY: Duration = Duration::from_millis(5);
 /// How often a hand-off of the connection that found no thread tries again.
 const HAND_OFF_RETRY: Duration = Duration::from_millis(100);
@@ -919,7 +919,8 @@ impl Instance {
                 next_step_at = Instant::now();
             }
             if let Some(i) = &mut interrupt {
-                if Instant::now() < next_step_at {
+                let now = Instant::now();
+                if now < next_step_at && now >= i.next {
                     self.interrupt_jobs(i, exec_start);
                 }
             }
@@ -965,10 +966,8 @@ impl Instance {
                 hand_off_again = (!standby.hand_off()).then(|| Instant::now() + HAND_OFF_RETRY);
             }
             let mut wait = next_step_at.saturating_duration_since(Instant::now());
-            if interrupt.is_some() {
-                // No event tells when the shell starts its next job, or
-                // when a job starts its program.
-                wait = wait.min(SIGINT_RETRY);
+            if let Some(i) = &interrupt {
+                wait = wait.min(i.next.saturating_duration_since(Instant::now()));
             }
             if let Some(t) = hand_off_again {
                 wait = wait.min(t.saturating_duration_since(Instant::now()));
@@ -1183,32 +1182,49 @@ impl Instance {
         groups.into_iter().filter(|g| *g != self.pid).collect()
     }
 
-    /// SIGINTs the foreground jobs not interrupted yet, and again a job
-    /// whose program started after its SIGINT: a job the shell has forked
-    /// but not yet started its program in still has the shell's handler
-    /// for SIGINT (the driver's trap), which takes the signal, and the
-    /// program then runs as if none came.
+    /// One round of the SIGINT step: SIGINTs the foreground jobs not
+    /// interrupted yet (their whole process group, as Ctrl-C would), a
+    /// process the shell forked into an interrupted job after its SIGINT
+    /// (a pipeline being set up), and again a member of an interrupted job
+    /// that started its program after its SIGINT: the shell's fork still
+    /// has the shell's handler for SIGINT (the driver's trap) until it
+    /// starts its program, so the handler took the signal and the program
+    /// ran as if none came. Processes that members start are never
+    /// signalled one by one (a job's cleanup on SIGINT may start some).
     fn interrupt_jobs(&self, i: &mut Interrupt, exec_start: Option<u64>) {
-        for g in self.foreground_jobs(exec_start) {
-            // Read before the signal: a job seen as the shell's fork may
-            // start its program before or after the signal, never one seen
-            // as the program.
-            let comm = comm(g);
-            match i.jobs.iter_mut().find(|(pg, _)| *pg == g) {
-                Some((_, seen)) => {
-                    let started =
-                        seen.is_some() && *seen == i.shell && comm.is_some() && comm != *seen;
-                    if started {
-                        *seen = comm;
-                        // SAFETY: signalling a process group id.
-                        unsafe { libc::kill(-g, libc::SIGINT) };
-                    }
-                }
+        i.next = Instant::now() + SIGINT_RETRY;
+        let groups = self.foreground_jobs(exec_start);
+        // Read before any signal: a process seen as the shell's fork may
+        // start its program before or after the signal, never one seen as
+        // the program.
+        let kids = children(self.pid);
+        for &g in &groups {
+            if i.groups.contains(&g) {
+                continue;
+            }
+            // SAFETY: signalling a process group id.
+            unsafe { libc::kill(-g, libc::SIGINT) };
+            i.groups.push(g);
+            for k in kids.iter().filter(|k| k.pgrp == g) {
+                i.members.push((k.pid, k.program.clone()));
+            }
+        }
+        for k in kids.iter().filter(|k| i.groups.contains(&k.pgrp)) {
+            let resend = match i.members.iter_mut().find(|(pid, _)| *pid == k.pid) {
                 None => {
-                    i.jobs.push((g, comm));
-                    // SAFETY: signalling a process group id.
-                    unsafe { libc::kill(-g, libc::SIGINT) };
+                    i.members.push((k.pid, k.program.clone()));
+                    true
                 }
+                Some((_, seen)) if *seen == i.shell && k.program != *seen => {
+                    *seen = k.program.clone();
+                    true
+                }
+                Some(_) => false,
+            };
+            if resend {
+                // SAFETY: signalling a child of the shell, which is not
+                // reaped while it is listed as one.
+                unsafe { libc::kill(k.pid, libc::SIGINT) };
             }
         }
     }
@@ -1251,28 +1267,104 @@ impl Drop for Instance {
     }
 }
 
-/// The jobs an interrupt has sent SIGINT to, and what they ran then.
+/// The jobs an interrupt has sent SIGINT to, and what their members ran
+/// then.
 struct Interrupt {
-    /// The shell's command name, which its forks keep until they start
-    /// their program.
-    shell: Option<Vec<u8>>,
-    /// Process group, and its leader's command name when signalled.
-    jobs: Vec<(i32, Option<Vec<u8>>)>,
+    /// The shell's program, which its forks keep until they start theirs.
+    shell: Program,
+    /// The process groups signalled.
+    groups: Vec<i32>,
+    /// The shell's children in those groups, and their program when
+    /// signalled.
+    members: Vec<(i32, Program)>,
+    /// When the next round is due (no event tells when the shell starts
+    /// a job, or a job its program).
+    next: Instant,
 }
 
 impl Interrupt {
     fn new(shell: libc::pid_t) -> Interrupt {
         Interrupt {
-            shell: comm(shell),
-            jobs: Vec::new(),
+            shell: stat(shell).map(|s| s.program),
+            groups: Vec::new(),
+            members: Vec::new(),
+            next: Instant::now(),
         }
     }
 }
 
-/// A process's command name (`/proc/PID/comm`), which changes when it
-/// starts a program; None once it is gone.
-fn comm(pid: libc::pid_t) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/comm")).ok()
+/// What a process runs, as far as `/proc/PID/stat` tells: its command
+/// name and the start of its stack, both of which a new program changes
+/// (the stack's start is random per program where the kernel randomizes
+/// addresses; where it does not, or hides it, a program named like the
+/// shell cannot be told from the shell's fork). None once it is gone.
+type Program = Option<(Vec<u8>, u64)>;
+
+/// A child of the shell.
+struct Child {
+    pid: i32,
+    pgrp: i32,
+    program: Program,
+}
+
+/// The fields of `/proc/PID/stat` the interrupt uses.
+struct Stat {
+    ppid: i32,
+    pgrp: i32,
+    program: (Vec<u8>, u64),
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp …`; the name may hold `)` and spaces.
+    let open = text.iter().position(|&b| b == b'(')?;
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let comm = text.get(open + 1..close)?.to_vec();
+    let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Field n of the file is f[n - 3]: ppid 4, pgrp 5, startstack 28.
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        ppid: num(1)? as i32,
+        pgrp: num(2)? as i32,
+        program: (comm, num(25)?),
+    })
+}
+
+/// The shell's children (from its threads' `children` files, else a
+/// walk of `/proc`).
+fn children(shell: i32) -> Vec<Child> {
+    let child = |pid: i32| {
+        stat(pid).filter(|s| s.ppid == shell).map(|s| Child {
+            pid,
+            pgrp: s.pgrp,
+            program: Some(s.program),
+        })
+    };
+    // Each thread's children: the shell has one thread.
+    let listed: Option<Vec<i32>> = std::fs::read_dir(format!("/proc/{shell}/task"))
+        .ok()
+        .and_then(|tasks| {
+            let mut pids = Vec::new();
+            for t in tasks.flatten() {
+                let list = std::fs::read_to_string(t.path().join("children")).ok()?;
+                pids.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+            Some(pids)
+        });
+    match listed {
+        Some(pids) => pids.into_iter().filter_map(child).collect(),
+        None => std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter_map(child)
+            .collect(),
+    }
 }
 
 /// The pump: reads and drops the shell's own terminal (where the driver's
@@ -1739,6 +1831,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child's parent, group and program, and the shell's children as
+    /// the interrupt sees them.
+    #[test]
+    fn the_interrupt_reads_children_and_their_programs() {
+        let me = std::process::id() as i32;
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = c.id() as i32;
+        let t = Instant::now();
+        // Until it has started its program (a fork has ours).
+        let st = loop {
+            let st = stat(pid).unwrap();
+            if st.program.0 == b"sleep" || t.elapsed() > Duration::from_secs(5) {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(st.ppid, me);
+        // SAFETY: getpgrp has no preconditions.
+        assert_eq!(st.pgrp, unsafe { libc::getpgrp() });
+        assert_eq!(st.program.0, b"sleep");
+        assert_ne!(st.program, stat(me).unwrap().program);
+        let kids = children(me);
+        assert!(kids
+            .iter()
+            .any(|k| k.pid == pid && k.program.as_ref() == Some(&st.program)));
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(stat(pid).is_none());
+    }
 
     /// The fallback that finds an exec's jobs without the terminal: only
     /// children in their own process group started since the given tick.

@@ -395,6 +395,13 @@ impl Workspaces {
         .await;
         drop(change);
         result?;
+        // A copy of a snapshot is a use of its workspace (a sandbox
+        // snapshot used as an image uses it so): the idle limit counts
+        // from now.
+        let (src, at) = (snap.workspace_id.clone(), now_ms());
+        if let Err(e) = self.db.run(move |st| st.touch_workspace(&src, at)).await {
+            tracing::warn!(workspace = %snap.workspace_id, "recording workspace use: {e}");
+        }
         tracing::info!(workspace = %req.id, snapshot = %snap.id, "workspace created from a snapshot");
         self.info(rec).await
     }
@@ -425,18 +432,15 @@ impl Workspaces {
     pub(crate) async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
         self.record(id).await?;
         let _change = self.locks.begin_change(id)?;
+        self.drop_sandbox_snapshots(id, None).await?;
         self.runtime
             .delete_workspace(id)
             .await
             .map_err(rt(id, "deleting the workspace"))?;
-        let held = self.drop_sandbox_snapshots(id, None).await?;
         let wid = id.to_string();
         self.db
             .run(move |s| {
                 s.delete_snapshots_of(&wid)?;
-                for snap in &held {
-                    s.delete_sandbox_snapshot(snap)?;
-                }
                 s.delete_workspace(&wid)
             })
             .await?;
@@ -444,16 +448,18 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Frees the sandbox snapshots whose `/workspace` is a snapshot of
+    /// Deletes the sandbox snapshots whose `/workspace` is a snapshot of
     /// workspace `id` (only snapshot `snap` of it, when given): without it
     /// they cannot start a session, so they go with it (the session 13
-    /// attack found them listed after their workspace was gone). Returns
-    /// their ids; their records are the caller's to delete, with its own.
+    /// attack found them listed after their workspace was gone). Done
+    /// before the workspace's own storage goes, each one whole (storage,
+    /// then record; deleting storage that is gone is no error), so a
+    /// failure on the way leaves nothing half deleted.
     async fn drop_sandbox_snapshots(
         &self,
         id: &str,
         snap: Option<&str>,
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> Result<(), EngineError> {
         let held: Vec<String> = self
             .db
             .run(|s| s.list_sandbox_snapshots())
@@ -465,14 +471,18 @@ impl Workspaces {
             })
             .map(|r| r.id)
             .collect();
-        for s in &held {
+        for s in held {
             self.runtime
-                .delete_sandbox_snapshot(s)
+                .delete_sandbox_snapshot(&s)
                 .await
                 .map_err(EngineError::runtime("deleting a sandbox snapshot"))?;
+            let key = s.clone();
+            self.db
+                .run(move |st| st.delete_sandbox_snapshot(&key))
+                .await?;
             tracing::info!(workspace = %id, snapshot = %s, "sandbox snapshot deleted with its workspace snapshot");
         }
-        Ok(held)
+        Ok(())
     }
 
     /// A session-less file operation on workspace `id`.
@@ -735,20 +745,13 @@ impl Workspaces {
     /// snapshot it belongs to, if any.
     pub(crate) async fn delete_snapshot(&self, id: &str, snap: &str) -> Result<(), EngineError> {
         self.snapshot_record(id, snap).await?;
+        self.drop_sandbox_snapshots(id, Some(snap)).await?;
         self.runtime
             .delete_snapshot(id, snap)
             .await
             .map_err(rt(id, "deleting the snapshot"))?;
-        let held = self.drop_sandbox_snapshots(id, Some(snap)).await?;
         let sid = snap.to_string();
-        self.db
-            .run(move |s| {
-                for h in &held {
-                    s.delete_sandbox_snapshot(h)?;
-                }
-                s.delete_snapshot(&sid)
-            })
-            .await?;
+        self.db.run(move |s| s.delete_snapshot(&sid)).await?;
         Ok(())
     }
 
