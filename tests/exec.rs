@@ -277,9 +277,9 @@ fn timeout_stops_a_loop_of_short_programs_and_keeps_the_shell() {
     let id = d.new_session();
     d.sh(&id, "export KEEP=1; cd /tmp; rm -f /tmp/finished");
     for round in 0..12 {
-        // Every other round a pipeline, whose later members the shell
-        // forks after the first.
-        let job = ["/bin/true", "/bin/true | /bin/cat"][round % 2];
+        // Also a pipeline, whose later members the shell forks after the
+        // first, and a program named like the shell.
+        let job = ["/bin/true", "/bin/true | /bin/cat", "bash -c :"][round % 3];
         let t = Instant::now();
         let r = d.exec_with(
             &id,
@@ -298,6 +298,31 @@ fn timeout_stops_a_loop_of_short_programs_and_keeps_the_shell() {
             "round {round}: the loop ran on or the shell was not kept ({elapsed:?}): {v}"
         );
     }
+}
+
+/// A fork of the shell that takes the SIGINT (as the shell's fork does
+/// with the driver's trap until it starts its program) and then starts a
+/// program: the program gets the SIGINT too, and the line stops there
+/// rather than going on after the program's SIGKILL.
+#[test]
+fn timeout_reaches_a_program_started_after_the_sigint() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    d.sh(&id, "export KEEP=1; rm -f /tmp/finished");
+    let r = d.exec_with(
+        &id,
+        json!({
+            "cmd": "( trap : INT; /bin/sleep 5 & wait; exec /bin/sleep 30 ); touch /tmp/finished",
+            "timeout_ms": 200
+        }),
+    );
+    let v = r.expect(200, "timed out line");
+    assert_eq!(v["timed_out"], true, "{v}");
+    let v = d.exec(&id, "echo $KEEP; test -e /tmp/finished; echo $?");
+    assert_eq!(
+        v["output"], "1\n1\n",
+        "the line went on, or the shell was not kept: {v}"
+    );
 }
 
 /// The interrupt is one Ctrl-C for a running job: a job that cleans up on

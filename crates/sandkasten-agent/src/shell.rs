@@ -932,7 +932,7 @@ impl Instance {
                 match step {
                     1 => {
                         run.timed_out = true;
-                        let mut i = Interrupt::new(self.pid);
+                        let mut i = Interrupt::new();
                         self.interrupt_jobs(&mut i, exec_start);
                         interrupt = Some(i);
                         // bash abandons the rest of the run line when its
@@ -1186,17 +1186,18 @@ impl Instance {
     /// interrupted yet (their whole process group, as Ctrl-C would), a
     /// process the shell forked into an interrupted job after its SIGINT
     /// (a pipeline being set up), and again a member of an interrupted job
-    /// that started its program after its SIGINT: the shell's fork still
-    /// has the shell's handler for SIGINT (the driver's trap) until it
-    /// starts its program, so the handler took the signal and the program
-    /// ran as if none came. Processes that members start are never
-    /// signalled one by one (a job's cleanup on SIGINT may start some).
+    /// that was the shell's fork at its SIGINT and has started a program
+    /// since: the fork still has the shell's handler for SIGINT (the
+    /// driver's trap) until it starts its program, so the handler took the
+    /// signal and the program ran as if none came. Processes that members
+    /// start are never signalled one by one (a job's cleanup on SIGINT may
+    /// start some).
     fn interrupt_jobs(&self, i: &mut Interrupt, exec_start: Option<u64>) {
         i.next = Instant::now() + SIGINT_RETRY;
         let groups = self.foreground_jobs(exec_start);
         // Read before any signal: a process seen as the shell's fork may
-        // start its program before or after the signal, never one seen as
-        // the program.
+        // start its program before or after the signal, one seen as a
+        // program has had it.
         let kids = children(self.pid);
         for &g in &groups {
             if i.groups.contains(&g) {
@@ -1206,24 +1207,25 @@ impl Instance {
             unsafe { libc::kill(-g, libc::SIGINT) };
             i.groups.push(g);
             for k in kids.iter().filter(|k| k.pgrp == g) {
-                i.members.push((k.pid, k.program.clone()));
+                i.members.push((k.pid, k.forked));
             }
         }
         for k in kids.iter().filter(|k| i.groups.contains(&k.pgrp)) {
             let resend = match i.members.iter_mut().find(|(pid, _)| *pid == k.pid) {
                 None => {
-                    i.members.push((k.pid, k.program.clone()));
+                    i.members.push((k.pid, k.forked));
                     true
                 }
-                Some((_, seen)) if *seen == i.shell && k.program != *seen => {
-                    *seen = k.program.clone();
+                Some((_, forked)) if *forked && !k.forked => {
+                    *forked = false;
                     true
                 }
                 Some(_) => false,
             };
             if resend {
-                // SAFETY: signalling a child of the shell, which is not
-                // reaped while it is listed as one.
+                // SAFETY: signalling a pid read just now as the shell's
+                // child (the shell may have reaped it since: a pid is
+                // reused only after the whole pid space wrapped).
                 unsafe { libc::kill(k.pid, libc::SIGINT) };
             }
         }
@@ -1267,25 +1269,21 @@ impl Drop for Instance {
     }
 }
 
-/// The jobs an interrupt has sent SIGINT to, and what their members ran
-/// then.
+/// The jobs an interrupt has sent SIGINT to, and their members.
 struct Interrupt {
-    /// The shell's program, which its forks keep until they start theirs.
-    shell: Program,
     /// The process groups signalled.
     groups: Vec<i32>,
-    /// The shell's children in those groups, and their program when
-    /// signalled.
-    members: Vec<(i32, Program)>,
+    /// The shell's children in those groups, and whether each was still
+    /// the shell's fork (no program started) when last signalled.
+    members: Vec<(i32, bool)>,
     /// When the next round is due (no event tells when the shell starts
     /// a job, or a job its program).
     next: Instant,
 }
 
 impl Interrupt {
-    fn new(shell: libc::pid_t) -> Interrupt {
+    fn new() -> Interrupt {
         Interrupt {
-            shell: stat(shell).map(|s| s.program),
             groups: Vec::new(),
             members: Vec::new(),
             next: Instant::now(),
@@ -1293,41 +1291,37 @@ impl Interrupt {
     }
 }
 
-/// What a process runs, as far as `/proc/PID/stat` tells: its command
-/// name and the start of its stack, both of which a new program changes
-/// (the stack's start is random per program where the kernel randomizes
-/// addresses; where it does not, or hides it, a program named like the
-/// shell cannot be told from the shell's fork). None once it is gone.
-type Program = Option<(Vec<u8>, u64)>;
+/// The kernel's task flag of a process that has not started a program
+/// since its fork (`PF_FORKNOEXEC`, shown in `/proc/PID/stat` to anyone).
+const PF_FORKNOEXEC: u64 = 0x40;
 
 /// A child of the shell.
 struct Child {
     pid: i32,
     pgrp: i32,
-    program: Program,
+    /// Still the shell's fork: no program started.
+    forked: bool,
 }
 
 /// The fields of `/proc/PID/stat` the interrupt uses.
 struct Stat {
     ppid: i32,
     pgrp: i32,
-    program: (Vec<u8>, u64),
+    flags: u64,
 }
 
 fn stat(pid: i32) -> Option<Stat> {
     let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state ppid pgrp …`; the name may hold `)` and spaces.
-    let open = text.iter().position(|&b| b == b'(')?;
     let close = text.iter().rposition(|&b| b == b')')?;
-    let comm = text.get(open + 1..close)?.to_vec();
     let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // Field n of the file is f[n - 3]: ppid 4, pgrp 5, startstack 28.
+    // Field n of the file is f[n - 3]: ppid 4, pgrp 5, flags 9.
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
     Some(Stat {
         ppid: num(1)? as i32,
         pgrp: num(2)? as i32,
-        program: (comm, num(25)?),
+        flags: num(6)?,
     })
 }
 
@@ -1338,7 +1332,7 @@ fn children(shell: i32) -> Vec<Child> {
         stat(pid).filter(|s| s.ppid == shell).map(|s| Child {
             pid,
             pgrp: s.pgrp,
-            program: Some(s.program),
+            forked: s.flags & PF_FORKNOEXEC != 0,
         })
     };
     // Each thread's children: the shell has one thread.
@@ -1832,36 +1826,53 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    /// A child's parent, group and program, and the shell's children as
-    /// the interrupt sees them.
+    /// A child's parent and group, and whether it has started a program
+    /// since its fork, as the interrupt reads them.
     #[test]
-    fn the_interrupt_reads_children_and_their_programs() {
+    fn the_interrupt_tells_a_fork_from_a_program() {
         let me = std::process::id() as i32;
-        let mut c = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = c.id() as i32;
-        let t = Instant::now();
-        // Until it has started its program (a fork has ours).
-        let st = loop {
-            let st = stat(pid).unwrap();
-            if st.program.0 == b"sleep" || t.elapsed() > Duration::from_secs(5) {
-                break st;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert_eq!(st.ppid, me);
         // SAFETY: getpgrp has no preconditions.
-        assert_eq!(st.pgrp, unsafe { libc::getpgrp() });
-        assert_eq!(st.program.0, b"sleep");
-        assert_ne!(st.program, stat(me).unwrap().program);
-        let kids = children(me);
-        assert!(kids
-            .iter()
-            .any(|k| k.pid == pid && k.program.as_ref() == Some(&st.program)));
-        let _ = c.kill();
-        let _ = c.wait();
+        let own = unsafe { libc::getpgrp() };
+        let (r, w) = pipe().unwrap();
+        // A fork that waits before it starts its program.
+        // SAFETY: the child only calls async-signal-safe functions
+        // (read, execv, _exit).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut b = 0u8;
+            unsafe {
+                libc::read(r.as_raw_fd(), (&raw mut b).cast(), 1);
+                let sleep = c"/bin/sleep";
+                let argv = [sleep.as_ptr(), c"5".as_ptr(), std::ptr::null()];
+                libc::execv(sleep.as_ptr(), argv.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        let find = || children(me).into_iter().find(|k| k.pid == pid);
+        let k = find().expect("the fork is a child");
+        assert_eq!((k.pgrp, k.forked), (own, true));
+        let st = stat(pid).unwrap();
+        assert_eq!(st.ppid, me);
+        // SAFETY: writes one byte from a valid buffer to an owned fd.
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
+            1
+        );
+        let t = Instant::now();
+        while find().is_some_and(|k| k.forked) {
+            assert!(t.elapsed() < Duration::from_secs(5), "never started sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            std::fs::read(format!("/proc/{pid}/comm")).unwrap(),
+            b"sleep\n"
+        );
+        // SAFETY: our own child, not reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
         assert!(stat(pid).is_none());
     }
 

@@ -380,6 +380,14 @@ impl Workspaces {
         if self.db.run(move |s| s.get_workspace(&wid)).await?.is_some() {
             return Err(WorkspaceError::AlreadyExists(req.id).into());
         }
+        // A copy of a snapshot is a use of its workspace (a sandbox
+        // snapshot used as an image uses it so): the idle limit counts
+        // from the copy's start, so
+        // the cleanup policy does not find it idle while the copy runs.
+        let (src, at) = (snap.workspace_id.clone(), now_ms());
+        if let Err(e) = self.db.run(move |st| st.touch_workspace(&src, at)).await {
+            tracing::warn!(workspace = %snap.workspace_id, "recording workspace use: {e}");
+        }
         // No session may mount the new workspace before its copy is done.
         let change = self.locks.begin_change(&req.id)?;
         let result = async {
@@ -395,13 +403,6 @@ impl Workspaces {
         .await;
         drop(change);
         result?;
-        // A copy of a snapshot is a use of its workspace (a sandbox
-        // snapshot used as an image uses it so): the idle limit counts
-        // from now.
-        let (src, at) = (snap.workspace_id.clone(), now_ms());
-        if let Err(e) = self.db.run(move |st| st.touch_workspace(&src, at)).await {
-            tracing::warn!(workspace = %snap.workspace_id, "recording workspace use: {e}");
-        }
         tracing::info!(workspace = %req.id, snapshot = %snap.id, "workspace created from a snapshot");
         self.info(rec).await
     }
