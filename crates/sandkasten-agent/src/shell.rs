@@ -1303,11 +1303,13 @@ struct Child {
     forked: bool,
 }
 
-/// The fields of `/proc/PID/stat` the interrupt uses.
+/// The fields of `/proc/PID/stat` an interrupt uses.
 struct Stat {
     ppid: i32,
     pgrp: i32,
     flags: u64,
+    /// Clock ticks since boot.
+    start: u64,
 }
 
 fn stat(pid: i32) -> Option<Stat> {
@@ -1316,12 +1318,14 @@ fn stat(pid: i32) -> Option<Stat> {
     let close = text.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // Field n of the file is f[n - 3]: ppid 4, pgrp 5, flags 9.
+    // Field n of the file is f[n - 3]: ppid 4, pgrp 5, flags 9,
+    // starttime 22.
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
     Some(Stat {
         ppid: num(1)? as i32,
         pgrp: num(2)? as i32,
         flags: num(6)?,
+        start: num(19)?,
     })
 }
 
@@ -1655,22 +1659,9 @@ fn job_groups_since(shell: i32, own: i32, since: u64) -> Vec<i32> {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command name: state ppid pgrp ... starttime (field 22).
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
-        if let (Some(ppid), Some(pgrp), Some(start)) = (num(1), num(2), num(19)) {
-            if ppid == shell as i64
-                && pgrp != own as i64
-                && start >= since as i64
-                && !out.contains(&(pgrp as i32))
-            {
-                out.push(pgrp as i32);
+        if let Some(st) = stat(pid) {
+            if st.ppid == shell && st.pgrp != own && st.start >= since && !out.contains(&st.pgrp) {
+                out.push(st.pgrp);
             }
         }
     }
