@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::Read as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn ws_get(d: &Daemon, id: &str) -> Resp {
     d.get(&format!("/v1/workspaces/{id}"))
@@ -504,6 +505,87 @@ fn docker_has_no_workspace_quotas(d: &Daemon) {
 
 mod native_only {
     use super::*;
+
+    /// An import whose client goes away stops at its next read of the
+    /// archive and leaves the workspace as it was (it ran to its end for
+    /// nobody, holding the workspace, and a SIGTERM waited for it).
+    #[test]
+    fn an_import_whose_client_goes_away_stops_and_changes_nothing() {
+        require_native("docker has no import");
+        // Without quotas a workspace is a directory, and an import's
+        // extraction a directory beside it that the test can see.
+        let d = Daemon::start(Some("workspace:\n  quota_mb: 0\n"));
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..30_000 {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(1);
+            b.append_data(&mut h, format!("d{}/f{i}", i % 100), &b"x"[..])
+                .unwrap();
+        }
+        let archive = b.into_inner().unwrap();
+        // The reference: the same import, to its end.
+        let reference = ws_id("imp-ref");
+        d.post("/v1/workspaces", &json!({"id": reference}))
+            .expect(201, "create");
+        let t = Instant::now();
+        import(&d, &reference, archive.clone()).expect(200, "import");
+        let whole = t.elapsed();
+
+        let ws = ws_id("imp-gone");
+        d.post("/v1/workspaces", &json!({"id": ws}))
+            .expect(201, "create");
+        ws_write(&d, &ws, "keep.txt", "kept").expect(200, "write");
+        let port: u16 = d.url.rsplit(':').next().unwrap().parse().unwrap();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let head = format!(
+            "PUT /v1/workspaces/{ws}/import HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/x-tar\r\n\
+             Content-Length: {}\r\n\r\n",
+            d.key,
+            archive.len()
+        );
+        std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut conn, &archive).unwrap();
+        let dir = d.home.data.join("workspaces");
+        let extracting = || {
+            std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!(".import-{ws}-"))
+            })
+        };
+        let t = Instant::now();
+        while !extracting() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the import never began"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(conn);
+        let t = Instant::now();
+        while extracting() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the import never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stopped = t.elapsed();
+        assert!(
+            stopped < whole / 2,
+            "the import went on for its client that left: {stopped:?} (a whole one: {whole:?})"
+        );
+        let r = ws_read(&d, &ws, "keep.txt");
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = ws_read(&d, &ws, "d0/f0");
+        assert_eq!(
+            r.status, 404,
+            "the abandoned import changed the workspace: {}",
+            r.text
+        );
+    }
 
     #[test]
     fn a_subvolume_cannot_be_made_inside_a_workspace() {

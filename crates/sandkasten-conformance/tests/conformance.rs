@@ -1440,7 +1440,9 @@ async fn suite_export_and_import(rt: &dyn Runtime, env: &Env) {
     }
     match env.kind {
         Kind::Native => {
-            rt.import_workspace(&ws, archive).await.unwrap();
+            rt.import_workspace(&ws, archive, Default::default())
+                .await
+                .unwrap();
             assert_eq!(
                 ws_names(
                     rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() })
@@ -1450,7 +1452,7 @@ async fn suite_export_and_import(rt: &dyn Runtime, env: &Env) {
             );
         }
         Kind::Docker | Kind::DockerRemote | Kind::Gvisor => {
-            assert_unsupported(rt.import_workspace(&ws, archive).await);
+            assert_unsupported(rt.import_workspace(&ws, archive, Default::default()).await);
             assert_eq!(
                 ws_names(
                     rt.workspace_file(&ws, FileOp::ListDir { path: "/".into() })

@@ -657,12 +657,18 @@ impl Workspaces {
         &self,
         id: &str,
         archive: std::path::PathBuf,
+        abandoned: sandkasten_runtime::Abandoned,
     ) -> Result<(), EngineError> {
         self.record(id).await?;
         let _change = self.locks.begin_change(id)?;
         self.runtime
-            .import_workspace(id, archive)
+            .import_workspace(id, archive, abandoned.clone())
             .await
+            .inspect_err(|_| {
+                if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!(workspace = %id, "workspace import stopped: its client went away; the content is unchanged");
+                }
+            })
             .map_err(rt(id, "importing into the workspace"))?;
         tracing::info!(workspace = %id, "workspace content imported");
         Ok(())
@@ -843,14 +849,22 @@ impl Engine {
     }
 
     /// Replaces workspace `id`'s content with the tar at `archive`;
-    /// `InUse` while mounted.
+    /// `InUse` while mounted. The import holds the workspace to its end
+    /// also when its caller goes away, but then stops at its next read of
+    /// the archive and leaves the content as it was (unless it was past
+    /// its last read).
     pub async fn import_workspace(
         &self,
         id: &str,
         archive: std::path::PathBuf,
     ) -> Result<(), EngineError> {
         let (w, id) = (self.inner.workspaces.clone(), id.to_string());
-        Self::to_the_end(async move { w.import_workspace(&id, archive).await }).await
+        let abandoned = sandkasten_runtime::Abandoned::default();
+        let gone = SetOnDrop(Some(abandoned.clone()));
+        let r = Self::to_the_end(async move { w.import_workspace(&id, archive, abandoned).await })
+            .await;
+        gone.disarm();
+        r
     }
 
     /// A consistent point-in-time snapshot, also while sessions write.
@@ -884,6 +898,24 @@ impl Engine {
             snap.to_string(),
         );
         Self::to_the_end(async move { w.restore_snapshot(&id, &snap).await }).await
+    }
+}
+
+/// Sets its flag when dropped undisarmed: the future holding it was
+/// dropped (its caller went away).
+struct SetOnDrop(Option<sandkasten_runtime::Abandoned>);
+
+impl SetOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 

@@ -1651,12 +1651,27 @@ impl Runtime for NativeRuntime {
         export_blocking(move |out| shared.export(&id, out)).await
     }
 
-    async fn import_workspace(&self, id: &str, archive: PathBuf) -> Result<(), RuntimeError> {
+    async fn import_workspace(
+        &self,
+        id: &str,
+        archive: PathBuf,
+        abandoned: sandkasten_runtime::Abandoned,
+    ) -> Result<(), RuntimeError> {
         let id = id.to_string();
         self.run("importing into a workspace", move |s| {
             let f = std::fs::File::open(&archive)
                 .map_err(RuntimeError::io_ctx("opening the uploaded archive"))?;
-            s.import_from(&id, std::io::BufReader::new(f), false)
+            let read = wstar::Abandonable {
+                inner: std::io::BufReader::new(f),
+                abandoned: abandoned.clone(),
+            };
+            s.import_from(&id, read, false).map_err(|e| {
+                if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+                    sandkasten_runtime::abandoned_error("importing into a workspace")
+                } else {
+                    e
+                }
+            })
         })
         .await
     }

@@ -8,6 +8,23 @@
 //! archive cannot write through a symlink it created earlier.
 
 use crate::IdRange;
+
+/// A reader that fails once its step's caller has gone away, so an
+/// extraction stops at its next read (and cleans up as after a bad
+/// archive) rather than running to its end for nobody.
+pub struct Abandonable<R> {
+    pub inner: R,
+    pub abandoned: sandkasten_runtime::Abandoned,
+}
+
+impl<R: std::io::Read> std::io::Read for Abandonable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("the import's caller went away"));
+        }
+        self.inner.read(buf)
+    }
+}
 use sandkasten_hostfs::{ExportOptions, Owners, TooDeep};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;

@@ -1968,12 +1968,20 @@ impl Runtime for FakeRuntime {
         .await
     }
 
-    async fn import_workspace(&self, id: &str, archive: PathBuf) -> Result<(), RuntimeError> {
+    async fn import_workspace(
+        &self,
+        id: &str,
+        archive: PathBuf,
+        abandoned: crate::Abandoned,
+    ) -> Result<(), RuntimeError> {
         let tree = self.workspace_tree(id)?;
         let bytes = crate::blocking("reading a workspace archive", move || {
             std::fs::read(&archive).map_err(RuntimeError::io_ctx("reading the archive"))
         })
         .await?;
+        if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::abandoned_error("importing into a workspace"));
+        }
         if Self::mounted(&self.state(), id) {
             return Err(RuntimeError::Busy(format!("workspace {id} is mounted")));
         }
@@ -2272,11 +2280,13 @@ mod tests {
         let archive = dir.path().join("a");
         std::fs::write(&archive, &bytes).unwrap();
         rt.ensure_workspace("w2", None).await.unwrap();
-        rt.import_workspace("w2", archive.clone()).await.unwrap();
+        rt.import_workspace("w2", archive.clone(), Default::default())
+            .await
+            .unwrap();
         assert_eq!(rt.workspace_files("w2"), rt.workspace_files("w"));
         std::fs::write(&archive, b"junk").unwrap();
         assert!(matches!(
-            rt.import_workspace("w2", archive).await,
+            rt.import_workspace("w2", archive, Default::default()).await,
             Err(RuntimeError::InvalidArchive(_))
         ));
     }

@@ -16,6 +16,19 @@ mod watch;
 
 pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
 pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
+
+/// Set once the caller of a long step has gone away (its request's client
+/// disconnected): the step may stop where it is and leave everything as it
+/// was.
+pub type Abandoned = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// The error of a step that stopped because its caller went away.
+pub fn abandoned_error(what: &'static str) -> RuntimeError {
+    RuntimeError::io(
+        what,
+        std::io::Error::other("its caller went away; nothing was changed"),
+    )
+}
 pub use files::{
     read_blocking, DirEntry, FileData, FileErrorKind, FileOp, FileReply, FileSender, FileStat,
     FileStream, FileType, READ_CHUNK,
@@ -422,8 +435,14 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Replaces workspace `id`'s content with the tar at `archive` (the
     /// engine checks that nothing mounts it). A failed import leaves the
-    /// old content intact.
-    async fn import_workspace(&self, _id: &str, _archive: PathBuf) -> Result<(), RuntimeError> {
+    /// old content intact; one whose caller went away (`abandoned`) may
+    /// stop before its end, as a failed one.
+    async fn import_workspace(
+        &self,
+        _id: &str,
+        _archive: PathBuf,
+        _abandoned: Abandoned,
+    ) -> Result<(), RuntimeError> {
         Err(RuntimeError::Unsupported(
             "workspace import".into(),
             self.name(),
