@@ -1301,6 +1301,8 @@ struct Child {
     pgrp: i32,
     /// Still the shell's fork: no program started.
     forked: bool,
+    /// Clock ticks since boot.
+    start: u64,
 }
 
 /// The fields of `/proc/PID/stat` an interrupt uses.
@@ -1337,6 +1339,7 @@ fn children(shell: i32) -> Vec<Child> {
             pid,
             pgrp: s.pgrp,
             forked: s.flags & PF_FORKNOEXEC != 0,
+            start: s.start,
         })
     };
     // Each thread's children: the shell has one thread.
@@ -1652,17 +1655,9 @@ fn boot_ticks() -> Option<u64> {
 /// that started at or after `since` (clock ticks since boot), from `/proc`.
 fn job_groups_since(shell: i32, own: i32, since: u64) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Some(st) = stat(pid) {
-            if st.ppid == shell && st.pgrp != own && st.start >= since && !out.contains(&st.pgrp) {
-                out.push(st.pgrp);
-            }
+    for k in children(shell) {
+        if k.pgrp != own && k.start >= since && !out.contains(&k.pgrp) {
+            out.push(k.pgrp);
         }
     }
     out

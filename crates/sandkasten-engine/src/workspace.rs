@@ -665,7 +665,7 @@ impl Workspaces {
             .import_workspace(id, archive, abandoned.clone())
             .await
             .inspect_err(|_| {
-                if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+                if abandoned.is_cancelled() {
                     tracing::info!(workspace = %id, "workspace import stopped: its client went away; the content is unchanged");
                 }
             })
@@ -859,8 +859,9 @@ impl Engine {
         archive: std::path::PathBuf,
     ) -> Result<(), EngineError> {
         let (w, id) = (self.inner.workspaces.clone(), id.to_string());
-        let abandoned = sandkasten_runtime::Abandoned::default();
-        let gone = SetOnDrop(Some(abandoned.clone()));
+        let abandoned = sandkasten_runtime::Abandoned::new();
+        // Cancels the import when this future is dropped before its end.
+        let gone = abandoned.clone().drop_guard();
         let r = Self::to_the_end(async move { w.import_workspace(&id, archive, abandoned).await })
             .await;
         gone.disarm();
@@ -898,24 +899,6 @@ impl Engine {
             snap.to_string(),
         );
         Self::to_the_end(async move { w.restore_snapshot(&id, &snap).await }).await
-    }
-}
-
-/// Sets its flag when dropped undisarmed: the future holding it was
-/// dropped (its caller went away).
-struct SetOnDrop(Option<sandkasten_runtime::Abandoned>);
-
-impl SetOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        if let Some(f) = &self.0 {
-            f.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
     }
 }
 

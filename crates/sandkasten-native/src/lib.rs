@@ -1666,7 +1666,7 @@ impl Runtime for NativeRuntime {
                 abandoned: abandoned.clone(),
             };
             s.import_from(&id, read, false).map_err(|e| {
-                if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+                if abandoned.is_cancelled() {
                     sandkasten_runtime::abandoned_error("importing into a workspace")
                 } else {
                     e

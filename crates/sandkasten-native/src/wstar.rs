@@ -19,7 +19,7 @@ pub struct Abandonable<R> {
 
 impl<R: std::io::Read> std::io::Read for Abandonable<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.abandoned.is_cancelled() {
             return Err(std::io::Error::other("the import's caller went away"));
         }
         self.inner.read(buf)

@@ -1979,7 +1979,7 @@ impl Runtime for FakeRuntime {
             std::fs::read(&archive).map_err(RuntimeError::io_ctx("reading the archive"))
         })
         .await?;
-        if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+        if abandoned.is_cancelled() {
             return Err(crate::abandoned_error("importing into a workspace"));
         }
         if Self::mounted(&self.state(), id) {

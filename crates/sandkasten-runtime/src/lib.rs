@@ -17,10 +17,10 @@ mod watch;
 pub use agent_client::{AgentClient, ExecDone, ExecHandle, ExecReply, READ_WINDOW};
 pub use export::{export_blocking, ExportStream, EXPORT_CHUNK};
 
-/// Set once the caller of a long step has gone away (its request's client
-/// disconnected): the step may stop where it is and leave everything as it
-/// was.
-pub type Abandoned = std::sync::Arc<std::sync::atomic::AtomicBool>;
+/// Cancelled once the caller of a long step has gone away (its request's
+/// client disconnected): the step may stop where it is and leave
+/// everything as it was.
+pub type Abandoned = tokio_util::sync::CancellationToken;
 
 /// The error of a step that stopped because its caller went away.
 pub fn abandoned_error(what: &'static str) -> RuntimeError {
