@@ -793,3 +793,60 @@ fn idle_connections_leave_room_for_authenticated_requests() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[test]
+fn a_chunked_multipart_upload_keeps_its_connection() {
+    // A multipart parser stops at the closing boundary; the chunked
+    // body's last chunk comes after it. An upload that left it unread
+    // ended its connection (`Connection: close`): each upload of an SDK
+    // that streams its form cost a reconnect.
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    // Our upload names the file by the part's filename, in /workspace;
+    // E2B's by its path parameter (the daemon routes by the header).
+    let form = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"up.txt\"\r\n\
+                Content-Type: application/octet-stream\r\n\r\nhello\r\n--XyZ--\r\n";
+    let routes = [
+        (
+            "ours",
+            format!("/v1/sessions/{id}/fs/upload"),
+            String::new(),
+        ),
+        (
+            "e2b",
+            "/files?path=/workspace/up.txt".to_string(),
+            format!("e2b-sandbox-id: {id}\r\n"),
+        ),
+    ];
+    for (what, path, route) in routes {
+        let mut s = connect(d.port);
+        for i in 0..3 {
+            // The form in two chunks, then the last (empty) chunk.
+            let (a, b) = form.split_at(40);
+            s.write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {}\r\n\
+                     {route}content-type: multipart/form-data; boundary=XyZ\r\n\
+                     transfer-encoding: chunked\r\n\r\n\
+                     {:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                    d.key,
+                    a.len(),
+                    b.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            let (head, body) =
+                read_response(&mut s, Duration::from_secs(30)).expect("an answer, not a close");
+            assert!(
+                head.starts_with("http/1.1 200"),
+                "{what} {i}: {head}\n{body}"
+            );
+            assert!(
+                !head.lines().any(|l| l == "connection: close"),
+                "{what} {i}: the upload ended its connection: {head}"
+            );
+        }
+        assert_eq!(d.read(&id, "/workspace/up.txt"), b"hello", "{what}");
+    }
+}

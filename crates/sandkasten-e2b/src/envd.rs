@@ -480,22 +480,25 @@ fn upload_meta(headers: &HeaderMap) -> Result<Vec<(String, String)>, String> {
 
 /// An upload's body as sent (`Content-Encoding` `identity` or none) or
 /// gunzipped (`gzip`, as the SDKs compress with `gzip=True`), at most
-/// `limit` bytes either way.
+/// `limit` bytes either way, read whole: a multipart parser stops at the
+/// closing boundary, and a body left unread (the last chunk of a chunked
+/// one) would end the connection (`Connection: close`, a reconnect for
+/// the SDK's next call).
 async fn upload_body(req: Request, limit: usize) -> Result<Request, Response> {
     let encoding = req
         .headers()
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("identity") | Some("") => return Ok(req),
-        Some("gzip") | Some("x-gzip") => {}
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") | Some("") => false,
+        Some("gzip") | Some("x-gzip") => true,
         Some(other) => {
             return Err(file_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("Content-Encoding {other:?}: only gzip (or none) is accepted"),
             ))
         }
-    }
+    };
     let too_large = || {
         file_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -503,9 +506,23 @@ async fn upload_body(req: Request, limit: usize) -> Result<Request, Response> {
         )
     };
     let (mut parts, body) = req.into_parts();
-    let packed = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let packed = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if over_limit(&e) {
+            too_large()
+        } else {
+            file_error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })?;
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if !gzip {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, packed.len().into());
+        return Ok(Request::from_parts(parts, Body::from(packed)));
+    }
     let unpacked = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         let mut out = Vec::new();
@@ -525,8 +542,22 @@ async fn upload_body(req: Request, limit: usize) -> Result<Request, Response> {
         return Err(too_large());
     }
     parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, unpacked.len().into());
     Ok(Request::from_parts(parts, Body::from(unpacked)))
+}
+
+/// Whether a body's read failed on the length limit (not on the client).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 async fn upload(e2b: &Shared, id: &str, user: FileUser, q: &Query, req: Request) -> Response {
@@ -579,12 +610,13 @@ async fn upload(e2b: &Shared, id: &str, user: FileUser, q: &Query, req: Request)
         let Some(path) = query_path else {
             return file_error(StatusCode::BAD_REQUEST, "path is required".into());
         };
-        let data = match axum::body::to_bytes(req.into_body(), limit).await {
+        // Read whole (and within the limit) by `upload_body`.
+        let data = match axum::body::to_bytes(req.into_body(), usize::MAX).await {
             Ok(d) => d,
-            Err(_) => {
+            Err(e) => {
                 return file_error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the file is over the limit of {limit} bytes"),
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {e}"),
                 )
             }
         };
