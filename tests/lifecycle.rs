@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
@@ -713,6 +713,37 @@ fn a_pooled_docker_session_with_a_workspace_refuses_snapshots() {
 mod native_only {
     use super::*;
 
+    /// A sandbox at its disk limit, whose shell has a function named
+    /// `env`, still hibernates and wakes whole (session 15's attack: 500,
+    /// and with `on_timeout: hibernate` the session was destroyed). A
+    /// hibernate that fails at the TTL's end pauses instead.
+    #[test]
+    fn a_full_disk_or_an_env_function_does_not_stop_a_hibernate() {
+        require_native("the disk limit needs the scratch filesystem");
+        let d = Daemon::start(None);
+        let id = create_id(&d, json!({"disk_limit_mb": 20}));
+        d.sh(
+            &id,
+            "export KEPT=yes; env() { return 3; }; \
+             dd if=/dev/zero of=/home/sandbox/fill bs=1M count=40 2>/dev/null; \
+             echo > /home/sandbox/more || true",
+        );
+        assert_eq!(
+            d.sh(
+                &id,
+                "(head -c 1M /dev/zero > /home/sandbox/probe) 2>/dev/null || echo full"
+            ),
+            "full\n",
+            "the disk is not full"
+        );
+        post(&d, &id, "hibernate").expect(200, "hibernate at the disk limit");
+        assert_eq!(status(&d, &id), "hibernated");
+        assert_eq!(
+            d.sh(&id, "echo $KEPT; ls /home/sandbox/fill"),
+            "yes\n/home/sandbox/fill\n"
+        );
+    }
+
     #[test]
     fn a_snapshot_with_a_workspace_gives_new_sessions_a_copy_of_it() {
         require_native("docker workspaces have no snapshots (docker: 400, tested above)");
@@ -979,4 +1010,136 @@ fn one_waiting_timeout_holds_up_no_other() {
             status(&d, &b)
         );
     });
+}
+
+/// A pause and a DELETE at once (session 15's attack: 1 in 25 hung the
+/// DELETE for good, its sandbox frozen with the kill pending): the DELETE
+/// always answers and the session is gone; the pause answers 200 or 409,
+/// never 500.
+#[test]
+fn a_pause_racing_a_destroy_never_holds_the_destroy() {
+    let d = Daemon::start(None);
+    for round in 0..40 {
+        let id = d.new_session();
+        d.sh(&id, "sleep 1000 >/dev/null 2>&1 &");
+        let (p, del) = std::thread::scope(|sc| {
+            let p = sc.spawn(|| post(&d, &id, "pause"));
+            std::thread::sleep(Duration::from_micros(500 * (round % 4)));
+            let del = sc.spawn(|| {
+                let rb = d
+                    .request(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"))
+                    .timeout(Duration::from_secs(30));
+                rb.send().map(Resp::from_reqwest)
+            });
+            (p.join().unwrap(), del.join().unwrap())
+        });
+        let del = del.unwrap_or_else(|e| panic!("round {round}: the DELETE did not answer: {e}"));
+        assert!(
+            del.status == 200,
+            "round {round}: DELETE {} {}",
+            del.status,
+            del.text
+        );
+        assert!(
+            p.status == 200 || p.status == 409 || p.status == 404,
+            "round {round}: pause beside a DELETE: {} {}",
+            p.status,
+            p.text
+        );
+        d.get_session(&id).expect(404, "a destroyed session");
+    }
+}
+
+/// A pause while an exec runs waits for it (as a hibernate does): the
+/// exec answers whole, within its own time, and the next exec resumes the
+/// session. A session paused while an exec waited for its turn is
+/// resumed for it.
+#[test]
+fn a_pause_waits_for_the_running_exec() {
+    let d = Daemon::start(None);
+    let id = d.new_session();
+    let (exec, queued, pause) = std::thread::scope(|sc| {
+        let exec = sc.spawn(|| {
+            d.exec_with(
+                &id,
+                json!({"cmd": "sleep 1; echo done", "timeout_ms": 4000}),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let pause = sc.spawn(|| {
+            let t = std::time::Instant::now();
+            (post(&d, &id, "pause"), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // Behind the pause in the queue: runs after it, on a resumed
+        // sandbox.
+        let queued = sc.spawn(|| d.exec_with(&id, json!({"cmd": "echo queued"})));
+        (
+            exec.join().unwrap(),
+            queued.join().unwrap(),
+            pause.join().unwrap(),
+        )
+    });
+    let v = exec.expect(200, "the exec the pause waited for");
+    assert_eq!(
+        (v["output"].as_str(), v["exit_code"].as_i64()),
+        (Some("done\n"), Some(0)),
+        "{v}"
+    );
+    let (p, took) = pause;
+    assert!(
+        p.status == 200 || p.error_code() == "SESSION_NOT_RUNNING",
+        "pause: {} {}",
+        p.status,
+        p.text
+    );
+    assert!(
+        took >= Duration::from_millis(400),
+        "the pause did not wait: {took:?}"
+    );
+    let v = queued.expect(200, "the exec queued behind the pause");
+    assert_eq!(v["output"], "queued\n", "{v}");
+    assert_eq!(status(&d, &id), "running");
+}
+
+/// An exec in flight is a call in use: the TTL and the idle limit do not
+/// run out under it (session 15's attack: the session was paused or
+/// destroyed mid-command and the exec answered 500), and count from its
+/// end.
+#[test]
+fn an_exec_in_flight_holds_off_the_timeouts() {
+    let d = Daemon::start(None);
+    for (what, body) in [
+        (
+            "ttl, destroy",
+            json!({"ttl_seconds": 1, "on_timeout": "destroy"}),
+        ),
+        (
+            "ttl, pause",
+            json!({"ttl_seconds": 1, "on_timeout": "pause"}),
+        ),
+        (
+            "idle, pause",
+            json!({"idle_timeout_seconds": 1, "on_timeout": "pause"}),
+        ),
+    ] {
+        let id = d.create_session(body)["id"].as_str().unwrap().to_string();
+        let v = d
+            .exec_with(
+                &id,
+                json!({"cmd": "sleep 3; echo done", "timeout_ms": 6000}),
+            )
+            .expect(200, what);
+        assert_eq!(v["output"], "done\n", "{what}: {v}");
+        // The clocks count from the exec's end: still running just after.
+        assert_eq!(status(&d, &id), "running", "{what}");
+        // And they still run out.
+        assert!(
+            wait_for(Duration::from_secs(20), || {
+                let r = d.get_session(&id);
+                r.status == 404 || r.json["status"] != "running"
+            }),
+            "{what}: the timeout never came after the exec"
+        );
+    }
 }

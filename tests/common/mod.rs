@@ -1048,7 +1048,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    fn from_reqwest(r: reqwest::blocking::Response) -> Resp {
+    pub fn from_reqwest(r: reqwest::blocking::Response) -> Resp {
         let status = r.status().as_u16();
         let content_type = r
             .headers()

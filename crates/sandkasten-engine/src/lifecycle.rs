@@ -80,24 +80,47 @@ impl Engine {
     async fn pause_now(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let s = self.inner.sessions.get(id)?;
         let _order = s.lifecycle.lock().await;
-        if s.state() != SessionState::Running {
-            return Err(SessionError::NotRunning {
+        let not_running = |s: &Session| -> EngineError {
+            SessionError::NotRunning {
                 id: id.to_string(),
                 state: s.state(),
             }
-            .into());
+            .into()
+        };
+        if s.state() != SessionState::Running {
+            return Err(not_running(&s));
         }
-        self.inner
-            .runtime
-            .pause(&s.handle())
-            .await
-            .map_err(EngineError::runtime("pausing the sandbox"))?;
+        // The execs before this call end first (as before a hibernate):
+        // frozen in the middle, an exec would answer nothing until a
+        // resume. Execs after it resume the session (any call does).
+        let _turn = s.exec_turn.clone().lock_owned().await;
+        if s.state() != SessionState::Running {
+            return Err(not_running(&s));
+        }
+        let rt = &self.inner.runtime;
+        let handle = s.handle();
+        if let Err(e) = rt.pause(&handle).await {
+            // A freeze left half done (its processes dying under a
+            // destroy) would hold that destroy forever: undone.
+            if let Err(t) = rt.resume(&handle).await {
+                tracing::debug!(session = %id, "thawing after a failed pause: {t}");
+            }
+            if s.state() != SessionState::Running {
+                return Err(not_running(&s));
+            }
+            return Err(EngineError::runtime("pausing the sandbox")(e));
+        }
         let until = now() + time::Duration::seconds(self.inner.cfg.paused_ttl_seconds as i64);
         let persisted = s.set_paused(until);
         let (expires, cwd) = match persisted {
             Ok(p) => p,
             Err(e) => {
-                // Destroyed meanwhile: its destroy thaws it.
+                // A destroy began during the freeze: its kill, checked
+                // for a frozen sandbox before the freeze, waits for the
+                // thaw.
+                if let Err(t) = rt.resume(&handle).await {
+                    tracing::debug!(session = %id, "thawing for a destroy: {t}");
+                }
                 return Err(e.into());
             }
         };
@@ -224,13 +247,16 @@ impl Engine {
         }
         // The shell's exported variables, through the exec queue (after
         // any exec before this call), written to a file and read back
-        // exactly (the terminal would change the bytes).
-        let env_file = format!("/tmp/.sandkasten-env-{}", std::process::id());
+        // exactly (the terminal would change the bytes). The file is in
+        // `/dev/shm` (memory: a sandbox whose disk limit is reached still
+        // hibernates), and `command` runs the program even where the
+        // shell has a function named `env`.
+        let env_file = format!("/dev/shm/.sandkasten-env-{}", std::process::id());
         let done = self
             .exec(
                 id,
                 ExecRequest {
-                    cmd: format!("env -0 > {env_file}"),
+                    cmd: format!("\\command env -0 > {env_file}"),
                     timeout_ms: Some(10_000),
                     raw_output: true,
                 },
@@ -445,6 +471,15 @@ impl Engine {
         };
         match done {
             Ok(()) => {}
+            Err(e)
+                if ttl
+                    && matches!(s.on_timeout, OnTimeout::Hibernate)
+                    && s.state() == SessionState::Running
+                    && self.pause_session(&id).await.is_ok() =>
+            {
+                // Paused, everything kept: its paused limit runs now.
+                tracing::warn!(session = %id, "hibernating at the timeout failed ({e}); paused instead");
+            }
             Err(e) if ttl && s.state() == SessionState::Running => {
                 tracing::warn!(session = %id, "timeout action failed ({e}); destroying");
                 if let Err(e) = self.end_session(&id, SessionState::Expired).await {

@@ -284,6 +284,11 @@ impl Engine {
             let mut soonest = |at: OffsetDateTime| next = Some(next.map_or(at, |n| n.min(at)));
             let (mut expired, mut idle) = (Vec::new(), Vec::new());
             for s in self.inner.sessions.all() {
+                // A call in use: its end restarts the clocks and wakes
+                // this loop when they had run out.
+                if s.state() == SessionState::Running && s.exec_in_use() {
+                    continue;
+                }
                 if let Some(expires_at) = s.expiry() {
                     if expires_at <= t {
                         expired.push(s);
@@ -1300,7 +1305,9 @@ impl Engine {
             max_output,
             raw_output: req.raw_output,
         };
+        let _in_use = ExecInUse::new(self, &s);
         let turn = s.exec_turn.clone().lock_owned().await;
+        let turn = self.on_running(&s, turn).await?;
         let mut sink = ExecSink::Collect {
             output: String::new(),
             end: None,
@@ -1348,6 +1355,7 @@ impl Engine {
             max_output,
             raw_output: req.raw_output,
         };
+        let in_use = ExecInUse::new(self, &s);
         let (tx, rx) = mpsc::channel::<ExecEvent>(64);
         // The lock is fair in the order of first polls: polled here, the
         // place is this call's, whenever the task below runs.
@@ -1369,11 +1377,41 @@ impl Engine {
             if tx.is_closed() {
                 return;
             }
+            let turn = match engine.on_running(&s, turn).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let message = e.to_string();
+                    let _ = tx.send(ExecEvent::Error { message }).await;
+                    return;
+                }
+            };
             engine
                 .run_exec(&s, job, &mut ExecSink::Stream(tx), turn)
                 .await;
+            drop(in_use);
         });
         Ok(rx)
+    }
+
+    /// The exec turn `turn` on a running sandbox: a session paused (or
+    /// hibernated) while the exec waited for its turn (a pause waits for
+    /// the execs before it, then holds none) is resumed first, and the
+    /// exec takes its turn again.
+    async fn on_running(
+        &self,
+        s: &Arc<Session>,
+        mut turn: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
+        loop {
+            match s.state() {
+                SessionState::Paused | SessionState::Hibernated => {
+                    drop(turn);
+                    self.live(&s.id).await?;
+                    turn = s.exec_turn.clone().lock_owned().await;
+                }
+                _ => return Ok(turn),
+            }
+        }
     }
 
     /// Runs one exec whose turn (`turn`, the session's exec lock) has
@@ -1828,6 +1866,32 @@ impl Drop for Running {
             let _turn = turn;
             let _ = tokio::time::timeout_at(deadline, handle.finish()).await;
         });
+    }
+}
+
+/// An exec in use, from its arrival to its end (dropped): its session's
+/// TTL and idle limit do not run out under it, and count from its end.
+struct ExecInUse {
+    engine: Engine,
+    session: Arc<Session>,
+}
+
+impl ExecInUse {
+    fn new(engine: &Engine, session: &Arc<Session>) -> ExecInUse {
+        session.exec_started();
+        ExecInUse {
+            engine: engine.clone(),
+            session: session.clone(),
+        }
+    }
+}
+
+impl Drop for ExecInUse {
+    fn drop(&mut self) {
+        if self.session.exec_ended(now()) {
+            // The reaper passed it by while it ran: it looks again.
+            self.engine.inner.reaper_wake.notify_one();
+        }
     }
 }
 

@@ -89,6 +89,9 @@ pub(crate) struct Session {
     /// Held from a pooled create until the first exec has answered (or
     /// `pool::REFILL_GRACE`): dropping it starts the pool's refill.
     refill: Mutex<Option<crate::pool::RefillGate>>,
+    /// Execs running now: a call in use, so its TTL and idle limit do not
+    /// run out under it (the reaper passes it by).
+    execs_running: AtomicUsize,
 }
 
 /// A session's activity as persisted: its expiry and cwd, with the TTL
@@ -152,6 +155,7 @@ impl Session {
             lifecycle: tokio::sync::Mutex::new(()),
             exec_turn: Arc::new(tokio::sync::Mutex::new(())),
             refill: Mutex::new(None),
+            execs_running: Default::default(),
         })
     }
 
@@ -166,6 +170,32 @@ impl Session {
                 s.release_refill();
             }
         });
+    }
+
+    /// An exec starts; its end (`exec_ended`) counts as activity.
+    pub(crate) fn exec_started(&self) {
+        self.execs_running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An exec has ended: the TTL and the idle limit count from now.
+    /// Whether its deadline passed while it ran (the reaper passed the
+    /// session by and must look again).
+    pub(crate) fn exec_ended(&self, now: OffsetDateTime) -> bool {
+        let overdue = {
+            let live = self.live.lock().unwrap();
+            live.expires_at <= now
+                || self.idle_timeout_seconds.is_some_and(|secs| {
+                    live.last_active + time::Duration::seconds(secs as i64) <= now
+                })
+        };
+        let _ = self.touch(now);
+        self.execs_running.fetch_sub(1, Ordering::SeqCst);
+        overdue
+    }
+
+    /// Whether an exec runs (or waits for its turn) now.
+    pub(crate) fn exec_in_use(&self) -> bool {
+        self.execs_running.load(Ordering::SeqCst) > 0
     }
 
     /// Lets the pool refill (a no-op after the first time).
