@@ -713,6 +713,30 @@ fn a_pooled_docker_session_with_a_workspace_refuses_snapshots() {
 mod native_only {
     use super::*;
 
+    /// A fork that runs out of capacity part way destroys the children it
+    /// made and deletes their workspace copies (session 15's attack: 14
+    /// `<ws>-copy-*` workspaces were left that no client had heard of).
+    #[test]
+    fn a_failed_fork_leaves_no_workspace_copies() {
+        require_native("docker workspaces have no snapshots (docker: 400, tested above)");
+        let d = Daemon::start(Some("max_sessions: 3\n"));
+        let ws = ws_id("forkws");
+        let id = create_id(&d, json!({"workspace_id": ws}));
+        d.sh(&id, "echo data > /workspace/w");
+        let r = d.post(&format!("/v1/sessions/{id}/fork"), &json!({"count": 4}));
+        r.assert_error(503, "CAPACITY_EXHAUSTED", "a fork past max_sessions");
+        let all = d.get("/v1/workspaces").expect(200, "list workspaces");
+        let ids: Vec<&str> = all["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [ws.as_str()], "{all}");
+        let sessions = d.get("/v1/sessions").expect(200, "list sessions");
+        assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+    }
+
     /// A sandbox at its disk limit, whose shell has a function named
     /// `env`, still hibernates and wakes whole (session 15's attack: 500,
     /// and with `on_timeout: hibernate` the session was destroyed). A
@@ -1141,5 +1165,55 @@ fn an_exec_in_flight_holds_off_the_timeouts() {
             }),
             "{what}: the timeout never came after the exec"
         );
+    }
+}
+
+/// A hibernate, a wake (resume of a hibernated session) or a fork at the
+/// same time as a DELETE (session 15's attack: 500 in up to 18 of 20):
+/// the step answers 200 or, having lost the race, 404 or 409; the DELETE
+/// ends the session.
+#[test]
+fn lifecycle_steps_racing_a_delete_answer_404_or_409() {
+    let d = Daemon::start(None);
+    for round in 0..24 {
+        let id = d.new_session();
+        let step = match round % 3 {
+            0 => "hibernate",
+            1 => {
+                post(&d, &id, "hibernate").expect(200, "hibernate before the wake");
+                "resume"
+            }
+            _ => "fork",
+        };
+        let (r, del) = std::thread::scope(|sc| {
+            let r = sc.spawn(|| {
+                if step == "fork" {
+                    d.post(&format!("/v1/sessions/{id}/fork"), &json!({"count": 1}))
+                } else {
+                    post(&d, &id, step)
+                }
+            });
+            std::thread::sleep(Duration::from_millis(round as u64 % 4));
+            let del = sc.spawn(|| d.delete_session(&id));
+            (r.join().unwrap(), del.join().unwrap())
+        });
+        assert!(
+            matches!(r.status, 200 | 201 | 404 | 409),
+            "round {round}: {step} beside a DELETE: {} {}",
+            r.status,
+            r.text
+        );
+        assert!(
+            matches!(del.status, 200 | 404),
+            "round {round}: DELETE beside a {step}: {} {}",
+            del.status,
+            del.text
+        );
+        d.get_session(&id).expect(404, "a destroyed session");
+        if step == "fork" && r.status == 200 {
+            for child in r.json.as_array().into_iter().flatten() {
+                d.delete(child["id"].as_str().unwrap());
+            }
+        }
     }
 }

@@ -698,3 +698,99 @@ fn signed_urls_open_one_port_until_they_expire_and_survive_a_restart() {
         .unwrap();
     assert_eq!(r.status(), 200, "a URL signed before the restart");
 }
+
+/// What a server inside must not get and what it must not do to a
+/// client (session 15's attack): the key under E2B's header name never
+/// reaches it; a response framed both by length and by chunks arrives
+/// whole (the length was kept and cut it); CONNECT is refused, not
+/// forwarded.
+#[test]
+fn the_proxy_keeps_the_key_and_the_framing_and_refuses_connect() {
+    let d = Daemon::start(None);
+    let id = session_with_server(&d, &[(8000, "127.0.0.1")]);
+    let r = d.send(
+        d.request(reqwest::Method::GET, &port_path(&id, 8000, "/echo"))
+            .header("X-API-KEY", &d.key)
+            .header("X-App", "kept"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("x-app: kept\n"), "{}", r.text);
+    assert!(
+        !r.text.contains(&d.key),
+        "the key reached the sandbox: {}",
+        r.text
+    );
+    let r = d.get(&port_path(&id, 8000, "/clte"));
+    assert_eq!(
+        (r.status, r.text.as_str()),
+        (200, "AAAAABBBBBCCCCCDDDDDEEEEEFFFFF"),
+        "a chunked body with a length"
+    );
+    let (head, _s) = raw(
+        &d,
+        &format!(
+            "CONNECT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            port_path(&id, 8000, ""),
+            d.key
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 400"), "CONNECT: {head}");
+}
+
+/// Upgraded connections have a budget of their own (session 15's attack:
+/// under a 128-descriptor limit, 52 WebSockets opened with one signed URL
+/// took the descriptors every other client needed: `/healthz` and
+/// authenticated calls timed out until they closed). With 256
+/// descriptors the serve loop keeps 128 connections, and the proxy 32
+/// upgraded ones: the next is 503, and the API answers meanwhile.
+#[test]
+fn upgraded_connections_have_a_budget_and_leave_room_for_the_api() {
+    let home = DataDir::new();
+    let d = Daemon::start_with(
+        &home,
+        Options {
+            nofile: Some(256),
+            ..Options::default()
+        },
+    );
+    let id = session_with_server(&d, &[(8000, "127.0.0.1")]);
+    let upgrade = |i: usize| {
+        raw(
+            &d,
+            &format!(
+                "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                 Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZSB{i:03}==\r\n\r\n",
+                port_path(&id, 8000, "/ws"),
+                d.key
+            ),
+        )
+    };
+    let mut open = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let (head, s) = upgrade(i);
+        if head.starts_with("HTTP/1.1 101") {
+            open.push(s);
+        } else {
+            refused = Some((i, head));
+            break;
+        }
+    }
+    let (at, head) = refused.expect("40 upgrades through a 256-descriptor daemon");
+    assert_eq!(at, 32, "the budget: {head}");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // The API and the proxy's plain requests answer meanwhile.
+    d.get("/healthz").expect(200, "healthz beside the upgrades");
+    assert_eq!(d.sh(&id, "echo ok"), "ok\n");
+    let r = d.get(&port_path(&id, 8000, "/echo"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // One closed gives its place back.
+    drop(open.pop());
+    assert!(
+        wait_for(Duration::from_secs(10), || upgrade(99)
+            .0
+            .starts_with("HTTP/1.1 101")),
+        "a closed upgrade did not give its place back"
+    );
+}

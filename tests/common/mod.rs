@@ -1757,6 +1757,9 @@ pub struct Options {
     pub api_key: Option<String>,
     /// Extra environment (applied last).
     pub env: Vec<(String, String)>,
+    /// The daemon's open-file limit (soft and hard, so it cannot raise
+    /// it); `None` leaves the test's.
+    pub nofile: Option<u64>,
 }
 
 impl Default for Options {
@@ -1766,6 +1769,7 @@ impl Default for Options {
             disable_pool: true,
             api_key: None,
             env: Vec::new(),
+            nofile: None,
         }
     }
 }
@@ -2354,6 +2358,23 @@ fn base_command(home: &DataDir, opts: &Options, stderr_path: &Path) -> Command {
     }
     // Logs go to a file: plain text reads better there than colour codes.
     cmd.env("NO_COLOR", "1");
+    if let Some(nofile) = opts.nofile {
+        // SAFETY: between fork and exec only setrlimit, a plain system
+        // call (async-signal-safe), runs; nothing allocates or locks.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let log = File::create(stderr_path).expect("creating the daemon's log file");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -2433,8 +2454,7 @@ pub fn serve_expecting_refusal(yaml: &str) -> RefusedStart {
     let opts = Options {
         config: Some(yaml.to_string()),
         disable_pool: false,
-        api_key: None,
-        env: Vec::new(),
+        ..Options::default()
     };
     let mut cmd = base_command(&home, &opts, &stderr_path);
     cmd.env("SANDKASTEN_API_KEY", &home.key);

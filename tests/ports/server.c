@@ -297,6 +297,13 @@ static void serve(void) {
             int e = snprintf(ev, sizeof ev, "event: tick\ndata: %d\n\n", i);
             writeall(cfd, ev, (size_t)e);
         }
+    } else if (!strcmp(target, "/clte")) {
+        /* Both framings (RFC 9112 6.3: the transfer coding wins): a
+           30-byte body that a Content-Length of 5 would cut. */
+        const char *r = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+                        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                        "1e\r\nAAAAABBBBBCCCCCDDDDDEEEEEFFFFF\r\n0\r\n\r\n";
+        writeall(cfd, r, strlen(r));
     } else if (!strcmp(target, "/slow")) {
         sleep(3);
         respond(200, "text/plain", "slow", 4);

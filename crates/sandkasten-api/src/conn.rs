@@ -43,7 +43,8 @@
 //! - **Graceful shutdown.** Once `shutdown` is cancelled the listener is
 //!   closed, idle connections are closed, and the loop returns when every
 //!   in-flight request has finished, streams (SSE, file and export bodies)
-//!   included.
+//!   included, or after [`ConnLimits::shutdown_grace`] (20 s), when the
+//!   rest are closed with the process.
 //!
 //! How: each connection is one task that owns hyper's connection future and
 //! its timers. Everything that changes a connection's state (bytes read, a
@@ -104,6 +105,11 @@ pub(crate) struct ConnLimits {
     pub(crate) write_timeout: Duration,
     /// The largest request head (request line and header fields).
     pub(crate) max_head_bytes: usize,
+    /// How long a graceful shutdown waits for requests in flight before it
+    /// closes them: a proxied request to a server that never answers, or a
+    /// client that keeps a stream open, must not keep the daemon from
+    /// stopping.
+    pub(crate) shutdown_grace: Duration,
 }
 
 impl ConnLimits {
@@ -123,6 +129,7 @@ impl ConnLimits {
             idle_timeout_near_limit: Duration::from_secs(5),
             write_timeout: Duration::from_secs(60),
             max_head_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 
@@ -886,7 +893,14 @@ async fn serve_registry(
     }
     drop(listener);
     tracker.close();
-    tracker.wait().await;
+    let grace = registry.limits.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "requests still in flight {} s after the shutdown began; closing them",
+            grace.as_secs()
+        );
+    }
     Ok(())
 }
 

@@ -245,6 +245,9 @@ pub(crate) fn build_router(
         key: key.clone(),
         signer: ports::signed::Signer::new(&config.port_url_secret),
         preview_domain: config.preview_domain.clone(),
+        upgrades: Arc::new(tokio::sync::Semaphore::new(ports::upgrade_budget(
+            conn::raise_fd_limit(),
+        ))),
     });
     let state = AppState {
         backend,

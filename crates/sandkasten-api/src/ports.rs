@@ -43,6 +43,20 @@ pub(crate) struct Ports {
     pub(crate) signer: Signer,
     /// `localhost:8080` by default: hosts `{port}-{id}.` + this.
     pub(crate) preview_domain: String,
+    /// Upgraded connections (WebSocket) through the proxy: each holds two
+    /// descriptors (the client's, the server's) with no idle timeout and
+    /// outside the serve loop's connection table, so they have a budget
+    /// of their own ([`upgrade_budget`]); past it an upgrade is 503.
+    pub(crate) upgrades: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many upgraded connections the proxy keeps at once for a process
+/// that may open `nofile` descriptors: a quarter of the serve loop's
+/// connection budget (an eighth of the descriptors, a quarter with their
+/// second ends), so that a holder of one signed URL cannot take the
+/// descriptors that every other client needs.
+pub(crate) fn upgrade_budget(nofile: u64) -> usize {
+    (crate::conn::ConnLimits::for_fd_limit(nofile).max_connections / 4).max(1)
 }
 
 /// A request for a sandbox port, as parsed from its path or host.
@@ -153,15 +167,21 @@ fn take_token(upstream: &mut String) -> Option<String> {
 }
 
 /// Every value of cookie `name` in `headers`.
+/// Read as bytes: another cookie that is not ASCII (an app's UTF-8 value)
+/// must not hide ours.
 fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().to_string())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let at = pair.iter().position(|b| *b == b'=')?;
+            let (k, v) = (&pair[..at], &pair[at + 1..]);
+            (k.trim_ascii() == name.as_bytes())
+                .then(|| std::str::from_utf8(v.trim_ascii()).ok())
+                .flatten()
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -208,6 +228,11 @@ impl Ports {
         let access = self.check_access(req, t, port)?;
         if let Access::Key = access {
             req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        // E2B's header for the key: never to a sandbox either, however
+        // access was given.
+        if self.key.verify_header(req.headers(), "x-api-key") {
+            req.headers_mut().remove("x-api-key");
         }
         remove_cookie(req.headers_mut(), signed::COOKIE);
         Some(access)
@@ -333,6 +358,25 @@ async fn forward(
     port: u16,
     mut req: Request,
 ) -> Result<Response, ApiError> {
+    if req.method() == Method::CONNECT {
+        return Err(ApiError::InvalidRequest(
+            "CONNECT is not proxied: the proxy speaks HTTP to the port".into(),
+        ));
+    }
+    let upgrade = wanted_upgrade(req.headers());
+    let permit = match upgrade {
+        Some(_) => Some(ports.upgrades.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Engine(
+                sandkasten_engine::SessionError::RuntimeCapacity(
+                    "the ports proxy holds as many upgraded connections (WebSocket) as the \
+                     daemon's descriptors allow; try again when one ends"
+                        .into(),
+                )
+                .into(),
+            )
+        })?),
+        None => None,
+    };
     let stream = ports.backend.connect_port(&target.session, port).await?;
     let upstream_err = |e: hyper::Error| ApiError::Upstream {
         port,
@@ -348,7 +392,6 @@ async fn forward(
         }
     });
 
-    let upgrade = wanted_upgrade(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     parts.uri = target
@@ -379,6 +422,8 @@ async fn forward(
         };
         let server_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            // Held until both ends are closed.
+            let _permit = permit;
             match tokio::try_join!(client_upgrade, server_upgrade) {
                 Ok((client, server)) => {
                     let mut client = TokioIo::new(client);
@@ -401,6 +446,11 @@ async fn forward(
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (mut parts, body) = resp.into_parts();
+    // A server that sent both framed its body by the transfer coding
+    // (RFC 9112 §6.3): its length no longer says where the body ends.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     // The daemon speaks HTTP/1.1 to its client whatever the server inside
     // spoke (an HTTP/1.0 server's answer would end the keep-alive).
@@ -485,7 +535,13 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_bytes(b"d=\xe9t\xe9 ;  e=2").unwrap(),
         );
-        assert_eq!(cookie_values(&h, signed::COOKIE), ["t1", "t2", "t3"]);
+        // An app's cookie that is not ASCII before ours hides nothing.
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes("name=J\u{fc}rgen; sandkasten_port_token=t4".as_bytes())
+                .unwrap(),
+        );
+        assert_eq!(cookie_values(&h, signed::COOKIE), ["t1", "t2", "t3", "t4"]);
         remove_cookie(&mut h, signed::COOKIE);
         let left: Vec<&[u8]> = h
             .get_all(header::COOKIE)
@@ -494,7 +550,12 @@ mod tests {
             .collect();
         assert_eq!(
             left,
-            [&b"a=1"[..], b"b=\"x y\"; c=%FF==", b"d=\xe9t\xe9 ;  e=2"],
+            [
+                &b"a=1"[..],
+                b"b=\"x y\"; c=%FF==",
+                b"d=\xe9t\xe9 ;  e=2",
+                "name=J\u{fc}rgen".as_bytes()
+            ],
             "a header without ours stays as sent"
         );
         let mut h = HeaderMap::new();

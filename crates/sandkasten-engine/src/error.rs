@@ -219,9 +219,19 @@ impl EngineError {
             RuntimeError::Io { source: e, .. } if is_full(&e) => {
                 EngineError::StorageFull(format!("{context}: {e}"))
             }
+            // The daemon out of descriptors (or memory for one): it
+            // passes when connections end, as capacity does.
+            RuntimeError::Io { source: e, .. } if out_of_descriptors(&e) => {
+                SessionError::RuntimeCapacity(format!("{context}: {e}")).into()
+            }
             source => EngineError::Runtime { context, source },
         }
     }
+}
+
+/// EMFILE or ENFILE: no descriptor for the step.
+pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// ENOSPC or EDQUOT, by errno or (where a context replaced the error) by
@@ -323,6 +333,21 @@ mod tests {
         let map = EngineError::runtime("exporting the workspace");
         let other = RuntimeError::io("export", std::io::Error::from_raw_os_error(libc::EIO));
         assert!(matches!(map(other), EngineError::Runtime { .. }));
+    }
+
+    #[test]
+    fn a_daemon_out_of_descriptors_is_out_of_capacity_not_at_fault() {
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let map = EngineError::runtime("connecting to a port in the sandbox");
+            let e = RuntimeError::io("socket", std::io::Error::from_raw_os_error(errno));
+            assert!(
+                matches!(
+                    map(e),
+                    EngineError::Session(SessionError::RuntimeCapacity(_))
+                ),
+                "errno {errno}"
+            );
+        }
     }
 
     #[test]

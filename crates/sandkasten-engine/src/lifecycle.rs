@@ -70,11 +70,41 @@ impl Engine {
         })
     }
 
+    /// A lifecycle step's backend failure as its client sees it: when the
+    /// session was destroyed (or began to be) meanwhile, the step lost a
+    /// race with that DELETE, which is 404 or 409, not the daemon's fault
+    /// (session 15's attack: a resume, hibernate, pause or fork racing a
+    /// DELETE answered 500).
+    pub(crate) fn ended_meanwhile(&self, id: &str, e: EngineError) -> EngineError {
+        let lost_the_race = matches!(
+            e,
+            EngineError::Runtime { .. } | EngineError::Session(SessionError::AgentLost(_))
+        );
+        if !lost_the_race {
+            return e;
+        }
+        match self.inner.sessions.get(id) {
+            Err(_) => SessionError::NotFound(id.to_string()).into(),
+            Ok(s) => match s.state() {
+                SessionState::Running | SessionState::Paused | SessionState::Hibernated => e,
+                state => SessionError::NotRunning {
+                    id: id.to_string(),
+                    state,
+                }
+                .into(),
+            },
+        }
+    }
+
     /// Freezes a running session. `SESSION_NOT_RUNNING` for any other
     /// state (a paused one included): nothing changes.
     pub async fn pause_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Self::to_the_end(async move { e.pause_now(&id).await }).await
+        Self::to_the_end(async move {
+            let done = e.pause_now(&id).await;
+            done.map_err(|x| e.ended_meanwhile(&id, x))
+        })
+        .await
     }
 
     async fn pause_now(&self, id: &str) -> Result<SessionInfo, EngineError> {
@@ -134,9 +164,10 @@ impl Engine {
     /// again from now. `SESSION_NOT_PAUSED` for a session that is neither.
     pub async fn resume_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let s = self.inner.sessions.get(id)?;
+        let settled = |e| self.ended_meanwhile(id, e);
         match s.state() {
-            SessionState::Paused => self.resume(&s).await?,
-            SessionState::Hibernated => self.wake(&s).await?,
+            SessionState::Paused => self.resume(&s).await.map_err(settled)?,
+            SessionState::Hibernated => self.wake(&s).await.map_err(settled)?,
             state => {
                 return Err(SessionError::NotPaused {
                     id: id.to_string(),
@@ -145,7 +176,16 @@ impl Engine {
                 .into())
             }
         }
-        Ok(s.info())
+        // Destroyed (or lost) while it was resumed: not a running session
+        // to answer with (session 15's attack: 200 with `destroying`).
+        match s.state() {
+            SessionState::Running => Ok(s.info()),
+            state => Err(SessionError::NotRunning {
+                id: id.to_string(),
+                state,
+            }
+            .into()),
+        }
     }
 
     /// Thaws `s` if it is (still) paused.
@@ -220,7 +260,11 @@ impl Engine {
     /// other state; `UNSUPPORTED` where the backend cannot.
     pub async fn hibernate_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Self::to_the_end(async move { e.hibernate_now(&id).await }).await
+        Self::to_the_end(async move {
+            let done = e.hibernate_now(&id).await;
+            done.map_err(|x| e.ended_meanwhile(&id, x))
+        })
+        .await
     }
 
     async fn hibernate_now(&self, id: &str) -> Result<SessionInfo, EngineError> {
@@ -370,7 +414,18 @@ impl Engine {
             }
             return Err(EngineError::runtime("restoring the woken sandbox")(e));
         }
-        let (expires, cwd) = s.set_woken(sandbox, now())?;
+        let handle = sandbox.handle.clone();
+        let (expires, cwd) = match s.set_woken(sandbox, now()) {
+            Ok(woken) => woken,
+            Err(e) => {
+                // Destroyed meanwhile (its destroy waits for this wake):
+                // the sandbox started here is nobody's.
+                if let Err(d) = rt.destroy(&handle).await {
+                    tracing::warn!(session = %s.id, "stopping a sandbox woken for a destroyed session: {d}");
+                }
+                return Err(e.into());
+            }
+        };
         let (sid, at) = (s.id.clone(), ms(expires));
         self.inner
             .db

@@ -1181,9 +1181,22 @@ impl Engine {
         final_state: SessionState,
     ) -> Result<(), EngineError> {
         let s = self.inner.sessions.get(id)?;
-        s.begin_destroy()?;
+        let before = s.begin_destroy()?;
         let engine = self.clone();
-        match tokio::spawn(async move { engine.finish_session(s, final_state).await }).await {
+        let step = async move {
+            // A wake in flight (a hibernated session's: it holds the
+            // lifecycle lock from its state check to its end) finishes
+            // first, finds the session destroying and stops the sandbox
+            // it started; then the storage goes. Only a wake: a running
+            // session's pause or hibernate may wait for a long exec, which
+            // the destroy ends.
+            let _order = match before {
+                SessionState::Hibernated => Some(s.lifecycle.lock().await),
+                _ => None,
+            };
+            engine.finish_session(s.clone(), final_state).await
+        };
+        match tokio::spawn(step).await {
             Ok(r) => r,
             Err(e) => Err(EngineError::Runtime {
                 context: "destroying the sandbox",
@@ -1258,6 +1271,11 @@ impl Engine {
                 port,
             }
             .into()),
+            Err(e @ RuntimeError::Io { .. }) if matches!(&e, RuntimeError::Io { source, .. } if crate::error::out_of_descriptors(source)) => {
+                Err(EngineError::runtime("connecting to a port in the sandbox")(
+                    e,
+                ))
+            }
             Err(RuntimeError::Io { context, source }) => Err(PortError::Unreachable {
                 session: id.to_string(),
                 port,

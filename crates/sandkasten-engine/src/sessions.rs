@@ -393,9 +393,9 @@ impl Session {
         Ok(live.expires_at)
     }
 
-    /// Running, Paused or Hibernated → Destroying; `NotRunning` from any
-    /// other state.
-    pub(crate) fn begin_destroy(&self) -> Result<(), SessionError> {
+    /// Running, Paused or Hibernated → Destroying (returned: the state
+    /// before); `NotRunning` from any other state.
+    pub(crate) fn begin_destroy(&self) -> Result<SessionState, SessionError> {
         let mut live = self.live.lock().unwrap();
         if !matches!(
             live.state,
@@ -406,8 +406,9 @@ impl Session {
                 state: live.state,
             });
         }
+        let before = live.state;
         live.state = SessionState::Destroying;
-        Ok(())
+        Ok(before)
     }
 
     /// Destroying → a final state.

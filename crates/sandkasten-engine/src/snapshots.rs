@@ -70,11 +70,12 @@ impl Engine {
         label: Option<String>,
     ) -> Result<SandboxSnapshotInfo, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Ok(
-            Self::to_the_end(async move { e.take_snapshot(&id, label).await })
-                .await?
-                .into(),
-        )
+        Ok(Self::to_the_end(async move {
+            let done = e.take_snapshot(&id, label).await;
+            done.map_err(|x| e.ended_meanwhile(&id, x))
+        })
+        .await?
+        .into())
     }
 
     async fn take_snapshot(
@@ -258,7 +259,11 @@ impl Engine {
         count: u64,
     ) -> Result<Vec<SessionInfo>, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Self::to_the_end(async move { e.fork_now(&id, count).await }).await
+        Self::to_the_end(async move {
+            let done = e.fork_now(&id, count).await;
+            done.map_err(|x| e.ended_meanwhile(&id, x))
+        })
+        .await
     }
 
     async fn fork_now(&self, id: &str, count: u64) -> Result<Vec<SessionInfo>, EngineError> {
@@ -317,6 +322,13 @@ impl Engine {
         if let Some(e) = failed {
             for c in &children {
                 let _ = self.destroy_session(&c.id).await;
+                // Its workspace is this fork's copy (of the parent's, or
+                // named after the child): nobody else knows of it.
+                if let Some(ws) = &c.workspace_id {
+                    if let Err(d) = self.delete_workspace(ws).await {
+                        tracing::warn!(workspace = %ws, "deleting a failed fork's copy: {d}");
+                    }
+                }
             }
             return Err(e);
         }

@@ -416,7 +416,7 @@ impl NativeRuntime {
                 if s.cgroups.is_frozen(&h.id) {
                     s.cgroups.freeze(&h.id, false)?;
                 }
-                Ok(s.prove(&h))
+                s.prove(&h)
             })
             .await?;
         if let Some(pidfd) = proven {
@@ -540,12 +540,28 @@ impl Shared {
     /// recorded start time, is the init of a pid namespace, and sits in
     /// this session's own cgroup (two sandboxes started in the same clock
     /// tick share a start time; only one of them is in this group).
-    fn prove(&self, handle: &SandboxHandle) -> Option<std::os::fd::OwnedFd> {
-        let pidfd = process::open_verified(handle.pid, handle.start_time)?;
-        self.cgroups
+    fn prove(&self, handle: &SandboxHandle) -> Result<Option<std::os::fd::OwnedFd>, RuntimeError> {
+        let pidfd = match latebind::try_open_verified(handle.pid, handle.start_time) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(RuntimeError::CapacityExhausted(format!(
+                    "proving sandbox {}: {e}",
+                    handle.id
+                )))
+            }
+        };
+        Ok(self
+            .cgroups
             .procs(&handle.id)
             .contains(&handle.pid)
-            .then_some(pidfd)
+            .then_some(pidfd))
+    }
+
+    /// [`Shared::prove`], `Gone` when not proven.
+    fn proven(&self, handle: &SandboxHandle) -> Result<std::os::fd::OwnedFd, RuntimeError> {
+        self.prove(handle)?
+            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))
     }
 
     fn images_dir(&self) -> PathBuf {
@@ -1210,9 +1226,7 @@ impl Shared {
                 .and_then(|ns| ns.apply(&mount))
                 .map_err(RuntimeError::io_ctx(format!("idmapping workspace {id}")))?;
         }
-        let pidfd = self
-            .prove(handle)
-            .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))?;
+        let pidfd = self.proven(handle)?;
         latebind::move_into(pidfd, mount, "/workspace").map_err(RuntimeError::io_ctx(format!(
             "mounting workspace {id} into sandbox {}",
             handle.id
@@ -1306,9 +1320,7 @@ impl Runtime for NativeRuntime {
                 // policy comes when it is handed out).
                 let h = handle.clone();
                 self.run("preparing a sandbox's link", move |s| {
-                    let pidfd = s
-                        .prove(&h)
-                        .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
+                    let pidfd = s.proven(&h)?;
                     match &s.network {
                         Some(n) => n.prepare(&h.id, h.pid, &pidfd),
                         None => Ok(()),
@@ -1343,7 +1355,7 @@ impl Runtime for NativeRuntime {
         let h = handle.clone();
         let proven = self
             .run("proving a sandbox's init", move |s| {
-                Ok(s.prove(&h).is_some())
+                Ok(s.prove(&h)?.is_some())
             })
             .await?;
         if !proven {
@@ -1425,9 +1437,7 @@ impl Runtime for NativeRuntime {
                     "native",
                 ));
             };
-            let pidfd = s
-                .prove(&h)
-                .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
+            let pidfd = s.proven(&h)?;
             n.apply(&h.id, h.pid, &pidfd, &policy)
         })
         .await
@@ -1436,8 +1446,7 @@ impl Runtime for NativeRuntime {
     async fn pause(&self, handle: &SandboxHandle) -> Result<(), RuntimeError> {
         let h = handle.clone();
         self.run("pausing a sandbox", move |s| {
-            s.prove(&h)
-                .ok_or_else(|| RuntimeError::Gone(h.id.clone()))?;
+            s.proven(&h)?;
             s.cgroups.freeze(&h.id, true)
         })
         .await
@@ -1741,11 +1750,7 @@ impl Runtime for NativeRuntime {
     ) -> Result<PortStream, RuntimeError> {
         let shared = Arc::clone(&self.shared);
         let handle = handle.clone();
-        let prove = move || {
-            shared
-                .prove(&handle)
-                .ok_or_else(|| RuntimeError::Gone(handle.id.clone()))
-        };
+        let prove = move || shared.proven(&handle);
         Ok(Box::new(ports::connect_in_netns(prove, port).await?))
     }
 

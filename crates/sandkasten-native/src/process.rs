@@ -4,8 +4,6 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
-pub use sandkasten_runtime::latebind::open_verified;
-
 /// Sends SIGKILL through the pidfd and waits (event-driven) until the
 /// process has exited. In a pid namespace, the kernel kills every other
 /// process of the namespace before its init exits.

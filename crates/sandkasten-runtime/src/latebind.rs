@@ -76,17 +76,29 @@ pub fn is_pidns_init(pid: i32) -> bool {
 /// first children can share its tick, but not its namespace role). `None`
 /// when it is gone, is not ours, or no start time was recorded (0).
 pub fn open_verified(pid: i32, expected_start: u64) -> Option<OwnedFd> {
+    try_open_verified(pid, expected_start).ok().flatten()
+}
+
+/// [`open_verified`], with an error (not `None`) when the host could not
+/// tell: no descriptor or memory for the pidfd (`EMFILE`, `ENFILE`,
+/// `ENOMEM`). A daemon out of descriptors must not take its sandboxes
+/// for gone.
+pub fn try_open_verified(pid: i32, expected_start: u64) -> io::Result<Option<OwnedFd>> {
     if pid <= 0 || expected_start == 0 {
-        return None;
+        return Ok(None);
     }
     // SAFETY: pidfd_open takes a pid and flags.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        return None;
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => Err(e),
+            _ => Ok(None),
+        };
     }
     // SAFETY: the syscall returned a fresh fd we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    (start_time(pid) == Some(expected_start) && is_pidns_init(pid)).then_some(fd)
+    Ok((start_time(pid) == Some(expected_start) && is_pidns_init(pid)).then_some(fd))
 }
 
 /// A detached bind mount of the host directory `dir` (nosuid, nodev). A

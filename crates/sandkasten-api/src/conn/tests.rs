@@ -352,6 +352,7 @@ fn limits() -> ConnLimits {
         idle_timeout_near_limit: Duration::from_secs(30),
         write_timeout: Duration::from_secs(30),
         max_head_bytes: 8192,
+        shutdown_grace: Duration::from_secs(30),
     }
 }
 
@@ -758,6 +759,47 @@ async fn shutdown_closes_idle_connections_and_waits_for_streams() {
         .expect("serve did not return")
         .unwrap()
         .unwrap();
+}
+
+/// A request that never ends (a proxied server that never answers, a
+/// stream its client keeps open) holds a shutdown for its grace, not for
+/// good (session 15's attack: SIGTERM waited 40 s and more).
+#[tokio::test]
+async fn shutdown_waits_for_a_stream_only_for_its_grace() {
+    let srv = start(ConnLimits {
+        shutdown_grace: ms(300),
+        ..limits()
+    })
+    .await;
+    let mut streaming = connect(srv.addr).await;
+    streaming
+        .write_all(
+            format!(
+                "GET /private/stream HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {KEY}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let n = streaming.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let t = Instant::now();
+    srv.shutdown.cancel();
+    tokio::time::timeout(PATIENCE, srv.handle)
+        .await
+        .expect("serve did not return after its grace")
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.elapsed() >= ms(300),
+        "returned before the grace: {:?}",
+        t.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------
