@@ -720,6 +720,18 @@ fn the_proxy_keeps_the_key_and_the_framing_and_refuses_connect() {
         "the key reached the sandbox: {}",
         r.text
     );
+    // The app's answer to a POST carries no `Allow` of the daemon's.
+    let r = d
+        .request(reqwest::Method::POST, &port_path(&id, 8000, "/echo"))
+        .body("x")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("allow").is_none(),
+        "an Allow the app never sent: {:?}",
+        r.headers()
+    );
     let r = d.get(&port_path(&id, 8000, "/clte"));
     assert_eq!(
         (r.status, r.text.as_str()),

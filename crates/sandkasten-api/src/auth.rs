@@ -86,6 +86,31 @@ pub(crate) async fn require_api_key(
     }
 }
 
+/// The `Allow` header an app behind the ports proxy sent (or none): the
+/// router adds its own to answers that come through a route's fallback,
+/// so [`allow_only_where_due`] puts the app's back.
+#[derive(Clone)]
+pub(crate) struct AppAllow(pub(crate) Option<axum::http::HeaderValue>);
+
+/// Outermost, around the whole router: `Allow` only on a 405 (where it is
+/// due) and on an app's own answers through the ports proxy. The router
+/// adds the methods of the matched path to every answer of its fallback,
+/// so a 401 told a client without the key which methods a path takes,
+/// and a proxied answer carried the daemon's methods (session 15's
+/// attack).
+pub(crate) async fn allow_only_where_due(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if let Some(AppAllow(app)) = resp.extensions_mut().remove::<AppAllow>() {
+        match app {
+            Some(v) => resp.headers_mut().insert(header::ALLOW, v),
+            None => resp.headers_mut().remove(header::ALLOW),
+        };
+    } else if resp.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().remove(header::ALLOW);
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

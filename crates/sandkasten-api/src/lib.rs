@@ -291,9 +291,14 @@ pub(crate) fn build_router(
         )),
         None => router,
     };
-    router
+    let router = router
         .layer(middleware::from_fn(access_log::access_log))
-        .with_state(state)
+        .with_state(state);
+    // Around the router as a whole (a `Router::layer` wraps each route,
+    // inside the method router that adds `Allow`).
+    Router::new()
+        .fallback_service(router)
+        .layer(middleware::from_fn(auth::allow_only_where_due))
 }
 
 #[cfg(test)]

@@ -452,6 +452,9 @@ async fn forward(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
+    // The app's own `Allow`, whatever the router adds on the way out.
+    let app_allow = parts.headers.get(header::ALLOW).cloned();
+    parts.extensions.insert(crate::auth::AppAllow(app_allow));
     // The daemon speaks HTTP/1.1 to its client whatever the server inside
     // spoke (an HTTP/1.0 server's answer would end the keep-alive).
     parts.version = axum::http::Version::HTTP_11;

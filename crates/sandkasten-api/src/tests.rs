@@ -630,6 +630,26 @@ async fn wrong_methods_are_json_405() {
     let r = send(&router, req).await;
     r.assert_error(405, "METHOD_NOT_ALLOWED");
     assert_eq!(r.headers[header::ALLOW], "GET,HEAD");
+    // Without the key a wrong method is 401, and says nothing of the
+    // methods the path takes (session 15's attack: `allow: POST`).
+    for (method, uri) in [
+        (Method::DELETE, "/v1/sessions/s1/exec"),
+        (Method::PUT, "/v1/sessions"),
+        (Method::GET, "/v1/sessions/s1/fs/write"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let r = send(&router, req).await;
+        r.assert_error(401, "UNAUTHORIZED");
+        assert!(
+            !r.headers.contains_key(header::ALLOW),
+            "{uri}: {:?}",
+            r.headers
+        );
+    }
 }
 
 #[tokio::test]
