@@ -309,6 +309,43 @@ async fn serve_target(ports: &Ports, mut target: Target, mut req: Request) -> Re
     resp
 }
 
+/// Drops the `Domain` attribute of every cookie an app sets: its cookies
+/// are its host's alone. On a preview host (`{port}-{id}.` + the preview
+/// domain) that host is the session's and port's own, and a `Domain` of
+/// the preview domain would reach every other session's hosts (session
+/// 15's attack: `Domain=localhost` passed as sent).
+fn host_only_cookies(headers: &mut HeaderMap) {
+    let is_domain = |attr: &[u8]| {
+        let name = attr.split(|b| *b == b'=').next().unwrap_or_default();
+        name.trim_ascii().eq_ignore_ascii_case(b"domain")
+    };
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    if !values
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b';').skip(1).any(is_domain))
+    {
+        return;
+    }
+    headers.remove(header::SET_COOKIE);
+    for value in values {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .enumerate()
+            .filter(|(i, attr)| *i == 0 || !is_domain(attr))
+            .map(|(_, attr)| attr)
+            .collect();
+        // Bytes of a valid header value, joined by `;`: still valid.
+        if let Ok(v) = HeaderValue::from_bytes(&kept.join(&b";"[..])) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never forwarded; `Connection` and
 /// `Upgrade` are put back for an upgrade.
 const HOP_BY_HOP: [&str; 8] = [
@@ -452,6 +489,7 @@ async fn forward(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
+    host_only_cookies(&mut parts.headers);
     // The app's own `Allow`, whatever the router adds on the way out.
     let app_allow = parts.headers.get(header::ALLOW).cloned();
     parts.extensions.insert(crate::auth::AppAllow(app_allow));
@@ -517,6 +555,28 @@ mod tests {
         let mut u = "/?x=1".to_string();
         assert_eq!(take_token(&mut u), None);
         assert_eq!(u, "/?x=1");
+    }
+
+    #[test]
+    fn an_apps_cookies_lose_their_domain() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "a=1; Domain=localhost; Path=/",
+            "b=2; Path=/x; domain = .localhost ;HttpOnly",
+            "c=domain=x; Secure",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        host_only_cookies(&mut h);
+        let left: Vec<&str> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            ["a=1; Path=/", "b=2; Path=/x;HttpOnly", "c=domain=x; Secure"]
+        );
     }
 
     #[test]
