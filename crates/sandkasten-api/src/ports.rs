@@ -400,18 +400,27 @@ async fn forward(
             "CONNECT is not proxied: the proxy speaks HTTP to the port".into(),
         ));
     }
-    let upgrade = wanted_upgrade(req.headers());
-    let permit = match upgrade {
-        Some(_) => Some(ports.upgrades.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Engine(
-                sandkasten_engine::SessionError::RuntimeCapacity(
-                    "the ports proxy holds as many upgraded connections (WebSocket) as the \
-                     daemon's descriptors allow; try again when one ends"
-                        .into(),
-                )
-                .into(),
-            )
-        })?),
+    let mut upgrade = wanted_upgrade(req.headers());
+    let permit = match &upgrade {
+        Some(u) => match ports.upgrades.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // An upgrade a plain answer serves as well (`h2c`): asked
+            // without it.
+            Err(_) if !u.as_bytes().eq_ignore_ascii_case(b"websocket") => {
+                upgrade = None;
+                None
+            }
+            Err(_) => {
+                return Err(ApiError::Engine(
+                    sandkasten_engine::SessionError::RuntimeCapacity(
+                        "the ports proxy holds as many upgraded connections (WebSocket) as \
+                         the daemon's descriptors allow; try again when one ends"
+                            .into(),
+                    )
+                    .into(),
+                ))
+            }
+        },
         None => None,
     };
     let stream = ports.backend.connect_port(&target.session, port).await?;

@@ -58,11 +58,14 @@ impl Engine {
     /// goes away: a client that disconnects drops its request's future,
     /// and a lifecycle step cut halfway would leave a sandbox frozen that
     /// is stored as running, a woken sandbox nobody records, a snapshot
-    /// nobody lists, children nobody holds.
+    /// nobody lists, children nobody holds. [`Engine::shutdown`] waits
+    /// for these steps (the HTTP server's shutdown stops waiting for
+    /// requests after its grace; their steps go on).
     pub(crate) async fn to_the_end<T: Send + 'static>(
+        &self,
         step: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
     ) -> Result<T, EngineError> {
-        tokio::spawn(step).await.unwrap_or_else(|e| {
+        self.inner.steps.spawn(step).await.unwrap_or_else(|e| {
             Err(EngineError::Runtime {
                 context: "a lifecycle step",
                 source: RuntimeError::io("its task", std::io::Error::other(e.to_string())),
@@ -78,7 +81,8 @@ impl Engine {
     pub(crate) fn ended_meanwhile(&self, id: &str, e: EngineError) -> EngineError {
         let lost_the_race = matches!(
             e,
-            EngineError::Runtime { .. } | EngineError::Session(SessionError::AgentLost(_))
+            EngineError::Runtime { .. }
+                | EngineError::Session(SessionError::AgentLost(_) | SessionError::NotPaused { .. })
         );
         if !lost_the_race {
             return e;
@@ -100,7 +104,7 @@ impl Engine {
     /// state (a paused one included): nothing changes.
     pub async fn pause_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Self::to_the_end(async move {
+        self.to_the_end(async move {
             let done = e.pause_now(&id).await;
             done.map_err(|x| e.ended_meanwhile(&id, x))
         })
@@ -191,7 +195,7 @@ impl Engine {
     /// Thaws `s` if it is (still) paused.
     pub(crate) async fn resume(&self, s: &Arc<Session>) -> Result<(), EngineError> {
         let (e, s) = (self.clone(), s.clone());
-        Self::to_the_end(async move {
+        self.to_the_end(async move {
             let _order = s.lifecycle.lock().await;
             e.resume_locked(&s).await
         })
@@ -260,7 +264,7 @@ impl Engine {
     /// other state; `UNSUPPORTED` where the backend cannot.
     pub async fn hibernate_session(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Self::to_the_end(async move {
+        self.to_the_end(async move {
             let done = e.hibernate_now(&id).await;
             done.map_err(|x| e.ended_meanwhile(&id, x))
         })
@@ -278,42 +282,63 @@ impl Engine {
         let s = self.inner.sessions.get(id)?;
         // Held throughout: a pause cannot freeze the sandbox under the
         // steps below (their exec would wait for a thaw), a second
-        // hibernate finds this one done. The exec below takes no lock
-        // (its session is running).
+        // hibernate finds this one done.
         let _order = s.lifecycle.lock().await;
         self.resume_locked(&s).await?;
-        if s.state() != SessionState::Running {
-            return Err(SessionError::NotRunning {
+        let not_running = |s: &Session| -> EngineError {
+            SessionError::NotRunning {
                 id: id.to_string(),
                 state: s.state(),
             }
-            .into());
+            .into()
+        };
+        if s.state() != SessionState::Running {
+            return Err(not_running(&s));
         }
-        // The shell's exported variables, through the exec queue (after
-        // any exec before this call), written to a file and read back
+        // The exec turn, after the execs before this call, held to the
+        // end: an exec queued behind the hibernate runs after it, on the
+        // woken sandbox (it would be cut by the stop), and the steps'
+        // own exec runs on a turn of its own.
+        let _turn = s.exec_turn.clone().lock_owned().await;
+        if s.state() != SessionState::Running {
+            return Err(not_running(&s));
+        }
+        // The shell's exported variables, after the execs before this
+        // call, written to a file and read back
         // exactly (the terminal would change the bytes). The file is in
         // `/dev/shm` (memory: a sandbox whose disk limit is reached still
-        // hibernates), and `command` runs the program even where the
-        // shell has a function named `env`.
-        let env_file = format!("/dev/shm/.sandkasten-env-{}", std::process::id());
+        // hibernates), made first by the sandbox's root under a random
+        // name, writable by all: in the sticky directory the sandbox user
+        // can write it but not swap it for a symlink to a file only root
+        // may read, which root's read would follow. `command` runs the
+        // program even where the shell has a function named `env`; `>|`
+        // writes even under `set -C`.
+        let agent = s.agent();
+        let env_file = format!("/dev/shm/.sandkasten-env-{}", uuid::Uuid::new_v4().simple());
+        root_run(
+            &agent,
+            &format!("set -C; : > {env_file} && chmod 666 {env_file}"),
+        )
+        .await
+        .map_err(|e| hibernate_failed(format!("making the environment's file: {e}")))?;
         let done = self
-            .exec(
-                id,
+            .exec_holding_turn(
+                &s,
                 ExecRequest {
-                    cmd: format!("\\command env -0 > {env_file}"),
+                    cmd: format!("\\command env -0 >| {env_file}"),
                     timeout_ms: Some(10_000),
                     raw_output: true,
                 },
             )
             .await?;
+        let env = root_run(&agent, &format!("cat {env_file}; rm -f {env_file}")).await;
         if done.exit_code != 0 {
             return Err(hibernate_failed(format!(
                 "reading the shell's environment exited with {}: {}",
                 done.exit_code, done.output
             )));
         }
-        let agent = s.agent();
-        let env = root_run(&agent, &format!("cat {env_file}; rm -f {env_file}")).await?;
+        let env = env?;
         let env = parse_env0(&env);
         let saved_tmp = !rt.hibernate_keeps_tmp();
         if saved_tmp {
@@ -352,7 +377,7 @@ impl Engine {
     /// variables, `/tmp` as it was; its TTL counts from now.
     pub(crate) async fn wake(&self, s: &Arc<Session>) -> Result<(), EngineError> {
         let (e, s) = (self.clone(), s.clone());
-        Self::to_the_end(async move { e.wake_now(&s).await }).await
+        self.to_the_end(async move { e.wake_now(&s).await }).await
     }
 
     async fn wake_now(&self, s: &Arc<Session>) -> Result<(), EngineError> {

@@ -49,6 +49,10 @@ pub(crate) struct Inner {
     pub(crate) workspaces: Arc<Workspaces>,
     pool: Arc<Pool>,
     counters: crate::metrics::Counters,
+    /// Steps that run to their end once started (`Engine::to_the_end`, a
+    /// session's destroy): a shutdown waits for them, so a step a
+    /// request began is never cut halfway when the daemon stops.
+    pub(crate) steps: tokio_util::task::TaskTracker,
 }
 
 pub(crate) fn ms(t: OffsetDateTime) -> i64 {
@@ -142,6 +146,7 @@ impl Engine {
                 sessions,
                 reaper_wake: Notify::new(),
                 closing: Default::default(),
+                steps: tokio_util::task::TaskTracker::new(),
                 pool: pool.clone(),
                 counters: crate::metrics::Counters::new(),
             }),
@@ -250,6 +255,27 @@ impl Engine {
                 }
             }
         }
+        // Sandbox snapshots no record names: a crash between the storage
+        // and the record (of a snapshot, or of a fork's) left them.
+        let recorded: std::collections::HashSet<String> = self
+            .inner
+            .db
+            .run(|s| s.list_sandbox_snapshots())
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        match self.inner.runtime.list_sandbox_snapshots().await {
+            Ok(held) => {
+                for snap in held.into_iter().filter(|s| !recorded.contains(s)) {
+                    tracing::info!(snapshot = %snap, "removing a sandbox snapshot no record names");
+                    if let Err(e) = self.inner.runtime.delete_sandbox_snapshot(&snap).await {
+                        tracing::warn!(snapshot = %snap, "removing an orphaned snapshot: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("listing sandbox snapshots: {e}"),
+        }
         // Sandboxes on the host the store does not list as live are orphans.
         let known = self.inner.sessions.ids();
         let on_host = self
@@ -277,7 +303,7 @@ impl Engine {
         // a pause or hibernate waits for the session's lifecycle lock (a
         // hibernate a client asked for holds it through its exec), which
         // must not hold up every other session's timeout.
-        let timing_out: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+        let timing_out: TimingOut = Arc::default();
         loop {
             let t = now();
             let mut next: Option<OffsetDateTime> = None;
@@ -286,7 +312,7 @@ impl Engine {
             for s in self.inner.sessions.all() {
                 // A call in use: its end restarts the clocks and wakes
                 // this loop when they had run out.
-                if s.state() == SessionState::Running && s.exec_in_use() {
+                if s.state() == SessionState::Running && s.pass_by_in_use() {
                     continue;
                 }
                 if let Some(expires_at) = s.expiry() {
@@ -310,9 +336,9 @@ impl Engine {
                     continue;
                 }
                 tracing::info!(session = %s.id, state = s.state().as_str(), "session expired");
-                if let Err(e) = self.end_session(&s.id, SessionState::Expired).await {
-                    tracing::warn!(session = %s.id, "destroying expired session: {e}");
-                }
+                // On a task of its own: a hibernated session's destroy
+                // waits for a wake in flight.
+                self.expire_apart(&timing_out, s);
             }
             for s in idle {
                 if self.busy_anyway(&s).await {
@@ -335,14 +361,31 @@ impl Engine {
         }
     }
 
+    /// Destroys the paused or hibernated `s` whose limit ran out, on a
+    /// task of its own unless its timeout already runs (`timing_out`).
+    fn expire_apart(&self, timing_out: &TimingOut, s: Arc<Session>) {
+        self.apart(timing_out, s, |engine, s| async move {
+            if let Err(e) = engine.end_session(&s.id, SessionState::Expired).await {
+                tracing::warn!(session = %s.id, "destroying expired session: {e}");
+            }
+        });
+    }
+
     /// Runs `s`'s `on_timeout` on a task of its own unless it already runs
     /// (`timing_out`); the reaper looks again when it is done.
-    fn time_out_apart(
-        &self,
-        timing_out: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-        s: Arc<Session>,
-        ttl: bool,
-    ) {
+    fn time_out_apart(&self, timing_out: &TimingOut, s: Arc<Session>, ttl: bool) {
+        self.apart(timing_out, s, move |engine, s| async move {
+            engine.timed_out(&s, ttl).await
+        });
+    }
+
+    /// Runs `step` for `s` on a task of its own unless a step of the
+    /// reaper's already runs for it; wakes the reaper when done.
+    fn apart<F, Fut>(&self, timing_out: &TimingOut, s: Arc<Session>, step: F)
+    where
+        F: FnOnce(Engine, Arc<Session>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let fresh = timing_out
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -352,11 +395,12 @@ impl Engine {
         }
         let (engine, timing_out) = (self.clone(), timing_out.clone());
         tokio::spawn(async move {
-            engine.timed_out(&s, ttl).await;
+            let id = s.id.clone();
+            step(engine.clone(), s).await;
             timing_out
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&s.id);
+                .remove(&id);
             engine.inner.reaper_wake.notify_one();
         });
     }
@@ -1083,6 +1127,11 @@ impl Engine {
     /// stay running.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::SeqCst);
+        // Lifecycle and workspace steps and destroys in flight (a request
+        // the HTTP server stopped waiting for may have begun one) end
+        // first.
+        self.inner.steps.close();
+        self.inner.steps.wait().await;
         self.inner.pool.drain().await;
         self.inner.db.flush().await;
     }
@@ -1196,7 +1245,7 @@ impl Engine {
             };
             engine.finish_session(s.clone(), final_state).await
         };
-        match tokio::spawn(step).await {
+        match self.inner.steps.spawn(step).await {
             Ok(r) => r,
             Err(e) => Err(EngineError::Runtime {
                 context: "destroying the sandbox",
@@ -1326,11 +1375,40 @@ impl Engine {
         let _in_use = ExecInUse::new(self, &s);
         let turn = s.exec_turn.clone().lock_owned().await;
         let turn = self.on_running(&s, turn).await?;
+        self.exec_on_turn(&s, job, turn).await
+    }
+
+    /// An exec whose caller holds the session's exec turn for longer (a
+    /// hibernate: no exec queued behind its own may run until it is done):
+    /// it runs on a turn of its own.
+    pub(crate) async fn exec_holding_turn(
+        &self,
+        s: &Arc<Session>,
+        req: ExecRequest,
+    ) -> Result<ExecResult, EngineError> {
+        let (timeout_ms, max_output) = self.exec_params(&req)?;
+        let job = ExecJob {
+            cmd: req.cmd,
+            timeout_ms,
+            max_output,
+            raw_output: req.raw_output,
+        };
+        let own = Arc::new(tokio::sync::Mutex::new(())).lock_owned().await;
+        self.exec_on_turn(s, job, own).await
+    }
+
+    /// Runs `job` on `turn` and collects its answer.
+    async fn exec_on_turn(
+        &self,
+        s: &Arc<Session>,
+        job: ExecJob,
+        turn: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<ExecResult, EngineError> {
         let mut sink = ExecSink::Collect {
             output: String::new(),
             end: None,
         };
-        self.run_exec(&s, job, &mut sink, turn).await;
+        self.run_exec(s, job, &mut sink, turn).await;
         let ExecSink::Collect { output, end } = sink else {
             unreachable!("the sink stays what it was made")
         };
@@ -1350,11 +1428,11 @@ impl Engine {
                 timed_out,
             }),
             Some(ExecEvent::Error { message }) => Err(self
-                .lost_or(&s, SessionError::AgentLost(message).into())
+                .lost_or(s, SessionError::AgentLost(message).into())
                 .await),
             _ => {
                 let e = SessionError::AgentLost("the exec ended without a result".into());
-                Err(self.lost_or(&s, e.into()).await)
+                Err(self.lost_or(s, e.into()).await)
             }
         }
     }
@@ -1886,6 +1964,9 @@ impl Drop for Running {
         });
     }
 }
+
+/// Sessions a step of the reaper runs for (see `Engine::apart`).
+type TimingOut = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
 /// An exec in use, from its arrival to its end (dropped): its session's
 /// TTL and idle limit do not run out under it, and count from its end.

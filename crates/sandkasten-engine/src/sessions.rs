@@ -92,6 +92,9 @@ pub(crate) struct Session {
     /// Execs running now: a call in use, so its TTL and idle limit do not
     /// run out under it (the reaper passes it by).
     execs_running: AtomicUsize,
+    /// Set when the reaper passed the session by for an exec in flight:
+    /// the exec's end wakes the reaper to look at the new deadline.
+    reaper_passed: AtomicBool,
 }
 
 /// A session's activity as persisted: its expiry and cwd, with the TTL
@@ -156,6 +159,7 @@ impl Session {
             exec_turn: Arc::new(tokio::sync::Mutex::new(())),
             refill: Mutex::new(None),
             execs_running: Default::default(),
+            reaper_passed: AtomicBool::new(false),
         })
     }
 
@@ -178,23 +182,22 @@ impl Session {
     }
 
     /// An exec has ended: the TTL and the idle limit count from now.
-    /// Whether its deadline passed while it ran (the reaper passed the
-    /// session by and must look again).
+    /// Whether the reaper must look again: it passed the session by while
+    /// the exec ran (and sleeps until some other deadline).
     pub(crate) fn exec_ended(&self, now: OffsetDateTime) -> bool {
-        let overdue = {
-            let live = self.live.lock().unwrap();
-            live.expires_at <= now
-                || self.idle_timeout_seconds.is_some_and(|secs| {
-                    live.last_active + time::Duration::seconds(secs as i64) <= now
-                })
-        };
         let _ = self.touch(now);
         self.execs_running.fetch_sub(1, Ordering::SeqCst);
-        overdue
+        self.reaper_passed.swap(false, Ordering::SeqCst)
     }
 
-    /// Whether an exec runs (or waits for its turn) now.
-    pub(crate) fn exec_in_use(&self) -> bool {
+    /// Whether an exec runs (or waits for its turn) now; if so, the reaper
+    /// passes the session by, which the exec's end answers by waking it.
+    pub(crate) fn pass_by_in_use(&self) -> bool {
+        if self.execs_running.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        self.reaper_passed.store(true, Ordering::SeqCst);
+        // An exec that ended between the two saw no mark: look again.
         self.execs_running.load(Ordering::SeqCst) > 0
     }
 

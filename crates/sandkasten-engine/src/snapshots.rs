@@ -70,12 +70,13 @@ impl Engine {
         label: Option<String>,
     ) -> Result<SandboxSnapshotInfo, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Ok(Self::to_the_end(async move {
-            let done = e.take_snapshot(&id, label).await;
-            done.map_err(|x| e.ended_meanwhile(&id, x))
-        })
-        .await?
-        .into())
+        Ok(self
+            .to_the_end(async move {
+                let done = e.take_snapshot(&id, label).await;
+                done.map_err(|x| e.ended_meanwhile(&id, x))
+            })
+            .await?
+            .into())
     }
 
     async fn take_snapshot(
@@ -119,9 +120,15 @@ impl Engine {
             &uuid::Uuid::new_v4().simple().to_string()[..24]
         );
         if !was_paused {
-            rt.pause(&handle).await.map_err(EngineError::runtime(
-                "freezing the sandbox for its snapshot",
-            ))?;
+            if let Err(e) = rt.pause(&handle).await {
+                // A freeze left half done would hold a destroy's kill.
+                if let Err(t) = rt.resume(&handle).await {
+                    tracing::debug!(session = %id, "thawing after a failed freeze: {t}");
+                }
+                return Err(EngineError::runtime(
+                    "freezing the sandbox for its snapshot",
+                )(e));
+            }
         }
         let taken = async {
             rt.snapshot_sandbox(&handle, &snap)
@@ -259,7 +266,7 @@ impl Engine {
         count: u64,
     ) -> Result<Vec<SessionInfo>, EngineError> {
         let (e, id) = (self.clone(), id.to_string());
-        Self::to_the_end(async move {
+        self.to_the_end(async move {
             let done = e.fork_now(&id, count).await;
             done.map_err(|x| e.ended_meanwhile(&id, x))
         })

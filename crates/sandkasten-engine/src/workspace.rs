@@ -788,7 +788,8 @@ impl Engine {
         req: CreateWorkspace,
     ) -> Result<WorkspaceInfo, EngineError> {
         let w = self.inner.workspaces.clone();
-        Self::to_the_end(async move { w.create_workspace(req).await }).await
+        self.to_the_end(async move { w.create_workspace(req).await })
+            .await
     }
 
     pub async fn get_workspace(&self, id: &str) -> Result<WorkspaceInfo, EngineError> {
@@ -798,7 +799,8 @@ impl Engine {
     /// `InUse` while a live session has it mounted.
     pub async fn delete_workspace(&self, id: &str) -> Result<(), EngineError> {
         let (w, id) = (self.inner.workspaces.clone(), id.to_string());
-        Self::to_the_end(async move { w.delete_workspace(&id).await }).await
+        self.to_the_end(async move { w.delete_workspace(&id).await })
+            .await
     }
 
     /// Session-less file access. Paths are inside the workspace: `a/b`,
@@ -862,7 +864,8 @@ impl Engine {
         let abandoned = sandkasten_runtime::Abandoned::new();
         // Cancels the import when this future is dropped before its end.
         let gone = abandoned.clone().drop_guard();
-        let r = Self::to_the_end(async move { w.import_workspace(&id, archive, abandoned).await })
+        let r = self
+            .to_the_end(async move { w.import_workspace(&id, archive, abandoned).await })
             .await;
         gone.disarm();
         r
@@ -875,7 +878,8 @@ impl Engine {
         label: Option<String>,
     ) -> Result<SnapshotInfo, EngineError> {
         let (w, id) = (self.inner.workspaces.clone(), id.to_string());
-        Self::to_the_end(async move { w.create_snapshot(&id, label).await }).await
+        self.to_the_end(async move { w.create_snapshot(&id, label).await })
+            .await
     }
 
     pub async fn list_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>, EngineError> {
@@ -888,7 +892,8 @@ impl Engine {
             id.to_string(),
             snap.to_string(),
         );
-        Self::to_the_end(async move { w.delete_snapshot(&id, &snap).await }).await
+        self.to_the_end(async move { w.delete_snapshot(&id, &snap).await })
+            .await
     }
 
     /// Restores a snapshot in place; `InUse` while mounted.
@@ -898,7 +903,8 @@ impl Engine {
             id.to_string(),
             snap.to_string(),
         );
-        Self::to_the_end(async move { w.restore_snapshot(&id, &snap).await }).await
+        self.to_the_end(async move { w.restore_snapshot(&id, &snap).await })
+            .await
     }
 }
 

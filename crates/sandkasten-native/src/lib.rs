@@ -1502,6 +1502,16 @@ impl Runtime for NativeRuntime {
         .await
     }
 
+    async fn list_sandbox_snapshots(&self) -> Result<Vec<String>, RuntimeError> {
+        self.run("listing sandbox snapshots", move |s| match &s.scratch {
+            Some(scratch) => scratch
+                .list_snapshots()
+                .map_err(RuntimeError::io_ctx("listing sandbox snapshots")),
+            None => Ok(Vec::new()),
+        })
+        .await
+    }
+
     fn can_snapshot_sandbox(&self) -> bool {
         self.shared.scratch.is_some()
     }

@@ -345,6 +345,20 @@ impl Scratch {
         wsimage::open_dir_at(&self.top, SNAPSHOTS)
     }
 
+    /// Names of the sandbox snapshots in `.snapshots/`.
+    pub fn list_snapshots(&self) -> io::Result<Vec<String>> {
+        let fd = self.snapshots_dir()?;
+        let mut out = Vec::new();
+        for e in rustix::fs::Dir::read_from(&fd)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && e.file_type() == rustix::fs::FileType::Directory {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
     /// Names of the subvolumes (one per sandbox the filesystem knows).
     pub fn list(&self) -> io::Result<Vec<String>> {
         let fd = rustix::fs::openat(

@@ -585,6 +585,13 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The sandbox snapshots the backend holds (at start, those no record
+    /// names are a crash's leftovers and deleted). Empty where the
+    /// backend cannot tell them from what else it holds.
+    async fn list_sandbox_snapshots(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
+
     /// Whether [`Runtime::snapshot_sandbox`] is supported.
     fn can_snapshot_sandbox(&self) -> bool {
         false

@@ -560,7 +560,9 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
         signal_token.cancel();
     });
     sandkasten_api::serve(listener, router, shutdown).await?;
-    // In-flight requests are done: destroy the idle pool (sessions stay).
+    // In-flight requests are done or past the shutdown grace: the engine
+    // lets the lifecycle steps they began end, then destroys the idle pool
+    // (sessions stay).
     engine.shutdown().await;
     if let Some(rt) = native {
         match rt.release_network().await {
