@@ -114,6 +114,10 @@ impl Engine {
     async fn pause_now(&self, id: &str) -> Result<SessionInfo, EngineError> {
         let s = self.inner.sessions.get(id)?;
         let _order = s.lifecycle.lock().await;
+        // The execs before this call end first (as before a hibernate):
+        // frozen in the middle, an exec would answer nothing until a
+        // resume. Execs after it resume the session (any call does).
+        let _turn = running_turn(&s).await?;
         let not_running = |s: &Session| -> EngineError {
             SessionError::NotRunning {
                 id: id.to_string(),
@@ -121,16 +125,6 @@ impl Engine {
             }
             .into()
         };
-        if s.state() != SessionState::Running {
-            return Err(not_running(&s));
-        }
-        // The execs before this call end first (as before a hibernate):
-        // frozen in the middle, an exec would answer nothing until a
-        // resume. Execs after it resume the session (any call does).
-        let _turn = s.exec_turn.clone().lock_owned().await;
-        if s.state() != SessionState::Running {
-            return Err(not_running(&s));
-        }
         let rt = &self.inner.runtime;
         let handle = s.handle();
         if let Err(e) = rt.pause(&handle).await {
@@ -285,24 +279,11 @@ impl Engine {
         // hibernate finds this one done.
         let _order = s.lifecycle.lock().await;
         self.resume_locked(&s).await?;
-        let not_running = |s: &Session| -> EngineError {
-            SessionError::NotRunning {
-                id: id.to_string(),
-                state: s.state(),
-            }
-            .into()
-        };
-        if s.state() != SessionState::Running {
-            return Err(not_running(&s));
-        }
         // The exec turn, after the execs before this call, held to the
         // end: an exec queued behind the hibernate runs after it, on the
         // woken sandbox (it would be cut by the stop), and the steps'
         // own exec runs on a turn of its own.
-        let _turn = s.exec_turn.clone().lock_owned().await;
-        if s.state() != SessionState::Running {
-            return Err(not_running(&s));
-        }
+        let _turn = running_turn(&s).await?;
         // The shell's exported variables, after the execs before this
         // call, written to a file and read back
         // exactly (the terminal would change the bytes). The file is in
@@ -586,6 +567,27 @@ pub(crate) fn on_timeout_of(rec: &SessionRecord) -> OnTimeout {
         .as_deref()
         .and_then(OnTimeout::parse)
         .unwrap_or_default()
+}
+
+/// The exec turn of running session `s` (its lifecycle lock held), after
+/// the execs before it; `NotRunning` when it does not run, before or
+/// after the wait.
+async fn running_turn(s: &Session) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
+    let not_running = || -> EngineError {
+        SessionError::NotRunning {
+            id: s.id.clone(),
+            state: s.state(),
+        }
+        .into()
+    };
+    if s.state() != SessionState::Running {
+        return Err(not_running());
+    }
+    let turn = s.exec_turn.clone().lock_owned().await;
+    if s.state() != SessionState::Running {
+        return Err(not_running());
+    }
+    Ok(turn)
 }
 
 fn hibernate_failed(why: String) -> EngineError {

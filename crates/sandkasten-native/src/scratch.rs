@@ -134,6 +134,19 @@ pub fn default_size(data_dir: &Path) -> io::Result<Option<u64>> {
     Ok((size >= DEFAULT_MIN_BYTES).then_some(size))
 }
 
+/// The directories in `dir` whose names do not start with a dot.
+fn subvolumes_in(dir: &OwnedFd) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && e.file_type() == rustix::fs::FileType::Directory {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 impl Scratch {
     /// Opens the scratch filesystem of `data_dir`, making it (`size_bytes`
     /// preallocated) when it does not exist. An existing image keeps its
@@ -347,19 +360,11 @@ impl Scratch {
 
     /// Names of the sandbox snapshots in `.snapshots/`.
     pub fn list_snapshots(&self) -> io::Result<Vec<String>> {
-        let fd = self.snapshots_dir()?;
-        let mut out = Vec::new();
-        for e in rustix::fs::Dir::read_from(&fd)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && e.file_type() == rustix::fs::FileType::Directory {
-                out.push(name);
-            }
-        }
-        Ok(out)
+        subvolumes_in(&self.snapshots_dir()?)
     }
 
-    /// Names of the subvolumes (one per sandbox the filesystem knows).
+    /// Names of the subvolumes (one per sandbox the filesystem knows;
+    /// `.snapshots` holds snapshots, no sandbox).
     pub fn list(&self) -> io::Result<Vec<String>> {
         let fd = rustix::fs::openat(
             &self.top,
@@ -369,16 +374,7 @@ impl Scratch {
                 | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?;
-        let mut out = Vec::new();
-        for e in rustix::fs::Dir::read_from(&fd)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            // `.snapshots` holds snapshots, no sandbox.
-            if !name.starts_with('.') && e.file_type() == rustix::fs::FileType::Directory {
-                out.push(name);
-            }
-        }
-        Ok(out)
+        subvolumes_in(&fd)
     }
 
     /// Bytes free for new sandboxes' writes (statvfs of the filesystem).

@@ -718,24 +718,7 @@ async fn shutdown_closes_idle_connections_and_waits_for_streams() {
     let srv = start(limits()).await;
     let mut idle = connect(srv.addr).await;
     assert_eq!(get_on(&mut idle, "/open", false).await.0, 200);
-    let mut streaming = connect(srv.addr).await;
-    streaming
-        .write_all(
-            format!(
-                "GET /private/stream HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {KEY}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    // The first chunk arrived: the stream is in flight.
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("first") {
-        let n = streaming.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    let mut streaming = stream_in_flight(srv.addr).await;
     srv.shutdown.cancel();
     closed(&mut idle).await;
     // No new connection is served (one that raced the listener's close is
@@ -761,17 +744,10 @@ async fn shutdown_closes_idle_connections_and_waits_for_streams() {
         .unwrap();
 }
 
-/// A request that never ends (a proxied server that never answers, a
-/// stream its client keeps open) holds a shutdown for its grace, not for
-/// good (session 15's attack: SIGTERM waited 40 s and more).
-#[tokio::test]
-async fn shutdown_waits_for_a_stream_only_for_its_grace() {
-    let srv = start(ConnLimits {
-        shutdown_grace: ms(300),
-        ..limits()
-    })
-    .await;
-    let mut streaming = connect(srv.addr).await;
+/// A connection whose `/private/stream` has sent its first chunk (the
+/// stream is in flight).
+async fn stream_in_flight(addr: SocketAddr) -> TcpStream {
+    let mut streaming = connect(addr).await;
     streaming
         .write_all(
             format!(
@@ -788,6 +764,20 @@ async fn shutdown_waits_for_a_stream_only_for_its_grace() {
         assert!(n > 0);
         got.extend_from_slice(&buf[..n]);
     }
+    streaming
+}
+
+/// A request that never ends (a proxied server that never answers, a
+/// stream its client keeps open) holds a shutdown for its grace, not for
+/// good (session 15's attack: SIGTERM waited 40 s and more).
+#[tokio::test]
+async fn shutdown_waits_for_a_stream_only_for_its_grace() {
+    let srv = start(ConnLimits {
+        shutdown_grace: ms(300),
+        ..limits()
+    })
+    .await;
+    let _streaming = stream_in_flight(srv.addr).await;
     let t = Instant::now();
     srv.shutdown.cancel();
     tokio::time::timeout(PATIENCE, srv.handle)
