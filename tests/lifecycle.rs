@@ -1241,7 +1241,10 @@ fn lifecycle_steps_racing_a_delete_answer_404_or_409() {
     let d = Daemon::start(None);
     for round in 0..24 {
         let id = d.new_session();
-        let step = match round % 3 {
+        // A remote engine has no sandbox snapshots, so no fork (400,
+        // tested above).
+        let steps = if on_remote_engine() { 2 } else { 3 };
+        let step = match round % steps {
             0 => "hibernate",
             1 => {
                 post(&d, &id, "hibernate").expect(200, "hibernate before the wake");
