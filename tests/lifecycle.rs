@@ -1210,24 +1210,24 @@ fn an_exec_in_flight_holds_off_the_timeouts() {
             "{what}: the timeout never came after the exec"
         );
     }
-    // An exec that ends before its TTL's new end, the reaper having
-    // passed the session by at the old one: the new end is still kept
-    // (in a first version the reaper slept on, up to an hour).
-    let id = d.create_session(json!({"ttl_seconds": 3}))["id"]
+    // An exec across the TTL's old end, the reaper having passed the
+    // session by there: the end after the exec is still kept (in a first
+    // version the reaper slept on, up to an hour).
+    let id = d.create_session(json!({"ttl_seconds": 6}))["id"]
         .as_str()
         .unwrap()
         .to_string();
-    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::sleep(Duration::from_millis(4500));
     let started = std::time::Instant::now();
-    d.exec_with(&id, json!({"cmd": "sleep 2", "timeout_ms": 8000}))
+    d.exec_with(&id, json!({"cmd": "sleep 3", "timeout_ms": 10000}))
         .expect(200, "an exec across the old end");
     assert!(
-        wait_for(Duration::from_secs(15), || d.get_session(&id).status == 404),
+        wait_for(Duration::from_secs(20), || d.get_session(&id).status == 404),
         "the TTL after the exec never came"
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(4),
-        "the TTL ran out under the exec: {:?}",
+        started.elapsed() >= Duration::from_secs(8),
+        "the TTL ran out before its end after the exec: {:?}",
         started.elapsed()
     );
 }

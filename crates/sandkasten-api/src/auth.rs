@@ -101,10 +101,11 @@ pub(crate) struct AppAllow(pub(crate) Option<axum::http::HeaderValue>);
 pub(crate) async fn allow_only_where_due(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     if let Some(AppAllow(app)) = resp.extensions_mut().remove::<AppAllow>() {
-        match app {
-            Some(v) => resp.headers_mut().insert(header::ALLOW, v),
-            None => resp.headers_mut().remove(header::ALLOW),
-        };
+        // The router adds `Allow` only where there is none: the app's own
+        // lines are as it sent them.
+        if app.is_none() {
+            resp.headers_mut().remove(header::ALLOW);
+        }
     } else if resp.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut().remove(header::ALLOW);
     }

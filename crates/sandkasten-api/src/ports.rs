@@ -485,6 +485,8 @@ async fn forward(
             parts.headers.remove(header::UPGRADE),
         );
         strip_hop_by_hop(&mut parts.headers);
+        // A handshake's cookies count as any answer's.
+        host_only_cookies(&mut parts.headers);
         if let (Some(c), Some(u)) = (connection, upgrade) {
             parts.headers.insert(header::CONNECTION, c);
             parts.headers.insert(header::UPGRADE, u);

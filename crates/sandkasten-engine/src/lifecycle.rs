@@ -59,8 +59,8 @@ impl Engine {
     /// and a lifecycle step cut halfway would leave a sandbox frozen that
     /// is stored as running, a woken sandbox nobody records, a snapshot
     /// nobody lists, children nobody holds. [`Engine::shutdown`] waits
-    /// for these steps (the HTTP server's shutdown stops waiting for
-    /// requests after its grace; their steps go on).
+    /// for these steps, for a grace (the HTTP server's shutdown stops
+    /// waiting for requests after its own; their steps go on).
     pub(crate) async fn to_the_end<T: Send + 'static>(
         &self,
         step: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
@@ -284,6 +284,8 @@ impl Engine {
         // woken sandbox (it would be cut by the stop), and the steps'
         // own exec runs on a turn of its own.
         let _turn = running_turn(&s).await?;
+        // A call in use to its end: the TTL does not run out under it.
+        let _in_use = crate::session::ExecInUse::new(self, &s);
         // The shell's exported variables, after the execs before this
         // call, written to a file and read back
         // exactly (the terminal would change the bytes). The file is in
@@ -311,8 +313,12 @@ impl Engine {
                     raw_output: true,
                 },
             )
-            .await?;
+            .await;
+        // Read and removed whatever the exec did (through the agent of now:
+        // a connection may have been replaced meanwhile).
+        let agent = s.connected_agent().await;
         let env = root_run(&agent, &format!("cat {env_file}; rm -f {env_file}")).await;
+        let done = done?;
         if done.exit_code != 0 {
             return Err(hibernate_failed(format!(
                 "reading the shell's environment exited with {}: {}",

@@ -267,7 +267,10 @@ impl Engine {
             .collect();
         match self.inner.runtime.list_sandbox_snapshots().await {
             Ok(held) => {
-                for snap in held.into_iter().filter(|s| !recorded.contains(s)) {
+                let orphans = held
+                    .into_iter()
+                    .filter(|s| crate::snapshots::is_sandbox_snapshot(s) && !recorded.contains(s));
+                for snap in orphans {
                     tracing::info!(snapshot = %snap, "removing a sandbox snapshot no record names");
                     if let Err(e) = self.inner.runtime.delete_sandbox_snapshot(&snap).await {
                         tracing::warn!(snapshot = %snap, "removing an orphaned snapshot: {e}");
@@ -394,7 +397,8 @@ impl Engine {
             return;
         }
         let (engine, timing_out) = (self.clone(), timing_out.clone());
-        tokio::spawn(async move {
+        // A step of its own: a shutdown waits for it as for a client's.
+        self.inner.steps.spawn(async move {
             let id = s.id.clone();
             step(engine.clone(), s).await;
             timing_out
@@ -1131,7 +1135,16 @@ impl Engine {
         // the HTTP server stopped waiting for may have begun one) end
         // first.
         self.inner.steps.close();
-        self.inner.steps.wait().await;
+        if tokio::time::timeout(STEPS_GRACE, self.inner.steps.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.inner.steps.len(),
+                "lifecycle steps still running {} s into the shutdown; stopping anyway",
+                STEPS_GRACE.as_secs()
+            );
+        }
         self.inner.pool.drain().await;
         self.inner.db.flush().await;
     }
@@ -1965,18 +1978,23 @@ impl Drop for Running {
     }
 }
 
+/// How long a shutdown waits for lifecycle steps in flight (after the
+/// HTTP server's own grace for requests): a step queued behind a long
+/// exec, a large import, must not keep the daemon from stopping.
+const STEPS_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sessions a step of the reaper runs for (see `Engine::apart`).
 type TimingOut = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
 /// An exec in use, from its arrival to its end (dropped): its session's
 /// TTL and idle limit do not run out under it, and count from its end.
-struct ExecInUse {
+pub(crate) struct ExecInUse {
     engine: Engine,
     session: Arc<Session>,
 }
 
 impl ExecInUse {
-    fn new(engine: &Engine, session: &Arc<Session>) -> ExecInUse {
+    pub(crate) fn new(engine: &Engine, session: &Arc<Session>) -> ExecInUse {
         session.exec_started();
         ExecInUse {
             engine: engine.clone(),

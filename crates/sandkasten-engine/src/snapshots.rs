@@ -321,7 +321,7 @@ impl Engine {
         }
         let engine = self.clone();
         let (sid, rec) = (id.to_string(), snap);
-        tokio::spawn(async move {
+        self.inner.steps.spawn(async move {
             if let Err(e) = engine.free_sandbox_snapshot(&rec).await {
                 tracing::warn!(session = %sid, "deleting a fork's snapshot: {e}");
             }

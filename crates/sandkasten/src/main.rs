@@ -561,8 +561,8 @@ async fn serve(config: Option<PathBuf>) -> Result<()> {
     });
     sandkasten_api::serve(listener, router, shutdown).await?;
     // In-flight requests are done or past the shutdown grace: the engine
-    // lets the lifecycle steps they began end, then destroys the idle pool
-    // (sessions stay).
+    // gives the lifecycle steps they began a grace to end, then destroys
+    // the idle pool (sessions stay).
     engine.shutdown().await;
     if let Some(rt) = native {
         match rt.release_network().await {
